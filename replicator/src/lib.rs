@@ -1,0 +1,2 @@
+pub mod rev;
+pub mod tree;

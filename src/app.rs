@@ -1,0 +1,76 @@
+//! Building and running the server: `Application::build(config)` binds the listener (port 0
+//! picks a free port, as tests do) and returns a handle; `run_until_stopped` serves until the
+//! server is stopped. Nothing is global, so one process can run several applications.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::instance::Registry;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    registry: Arc<Registry>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let config = Arc::new(config);
+        let registry = Arc::new(Registry::open(config.clone())?);
+        let listener =
+            TcpListener::bind(&config.listen).with_context(|| format!("failed to listen on {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState { config: config.clone(), registry: registry.clone() });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap_fn(|req, srv| {
+                    // Log the route template, never the raw path or query: they may hold secrets.
+                    let started = Instant::now();
+                    let method = req.method().clone();
+                    let route = req.match_pattern().unwrap_or_else(|| "(unmatched)".into());
+                    let fut = srv.call(req);
+                    async move {
+                        let res = fut.await?;
+                        tracing::info!(
+                            %method,
+                            route = %route,
+                            status = res.status().as_u16(),
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "request"
+                        );
+                        Ok(res)
+                    }
+                })
+                .configure(http::routes)
+        })
+        .listen(listener)?
+        .shutdown_timeout(5)
+        .run();
+        Ok(Application { port, server, registry })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// A handle to stop the server from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,162 @@
+//! One `Config` for the server and every CLI command: defaults, then a TOML file, then
+//! `HEARTH_*` environment variables (`__` between nesting levels, e.g.
+//! `HEARTH_FEDERATION__ALLOW_HTTP=true`).
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds (port 0 picks a free one, as tests do).
+    pub listen: String,
+    /// Directory holding the instance registry and one database file per instance.
+    pub data_dir: PathBuf,
+    /// Storage backend: "sqlite" (embedded default) or "couchdb".
+    pub store: StoreKind,
+    /// Largest request body accepted, in bytes; larger ones get 413 before being read whole.
+    pub max_body_bytes: usize,
+    /// Revisions kept per document branch (CouchDB's `_revs_limit`).
+    pub revs_limit: usize,
+    /// Lifetime of tokens printed by `hearth instances token`, in seconds.
+    pub cli_token_ttl_secs: u64,
+    /// Lifetime of the owner's login session cookie, in seconds.
+    pub session_ttl_secs: u64,
+    /// Failed passphrase attempts allowed per instance in `login_window_secs` before 429.
+    pub login_max_failures: u32,
+    /// Window of the failed-login rate limit, in seconds.
+    pub login_window_secs: u64,
+    /// Longest a `feed=longpoll` changes request waits, in milliseconds.
+    pub longpoll_max_ms: u64,
+    pub couchdb: CouchConfig,
+    pub federation: FederationConfig,
+    pub mail: MailConfig,
+    pub replication: ReplicationConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Sqlite,
+    Couchdb,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CouchConfig {
+    /// Base URL of the CouchDB server, e.g. `http://127.0.0.1:5984`.
+    pub url: Option<String>,
+    pub user: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Let peers live on loopback and private addresses (tests and local demos only).
+    pub allow_private_addresses: bool,
+    /// Let peers be reached over plain `http://` (tests and local demos only).
+    pub allow_http: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// SMTP URL for invitation mails; none configured means invitations are only shown.
+    #[serde(skip_serializing)]
+    pub smtp_url: Option<SecretString>,
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Delay between a local write and the replication it schedules, in milliseconds.
+    pub debounce_ms: u64,
+    /// Documents per replication batch.
+    pub batch_size: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { debounce_ms: 100, batch_size: 500 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            store: StoreKind::Sqlite,
+            max_body_bytes: 32 * 1024 * 1024,
+            revs_limit: 1000,
+            cli_token_ttl_secs: 30 * 24 * 3600,
+            session_ttl_secs: 7 * 24 * 3600,
+            login_max_failures: 10,
+            login_window_secs: 300,
+            longpoll_max_ms: 60_000,
+            couchdb: CouchConfig::default(),
+            federation: FederationConfig::default(),
+            mail: MailConfig::default(),
+            replication: ReplicationConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment.merge(Env::prefixed("HEARTH_").split("__")).extract().map_err(Box::new)
+    }
+
+    /// A configuration for tests: a fresh data dir, port 0, private peers allowed.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_path_buf(),
+            federation: FederationConfig { allow_private_addresses: true, allow_http: true },
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its error by value
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hearth.toml", "listen = \"0.0.0.0:9000\"\n[replication]\nbatch_size = 7\n")?;
+            jail.set_env("HEARTH_REPLICATION__DEBOUNCE_MS", "42");
+            jail.set_env("HEARTH_FEDERATION__ALLOW_HTTP", "true");
+            let c = Config::load(Some(Path::new("hearth.toml"))).map_err(|e| *e)?;
+            assert_eq!(c.listen, "0.0.0.0:9000");
+            assert_eq!(c.replication.batch_size, 7);
+            assert_eq!(c.replication.debounce_ms, 42);
+            assert!(c.federation.allow_http);
+            assert_eq!(c.store, StoreKind::Sqlite);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("hearth.toml", "lisen = \"0.0.0.0:9000\"\n")?;
+            assert!(Config::load(Some(Path::new("hearth.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,670 @@
+//! `/data/:doctype/...`: each doctype of an instance looks like a CouchDB database, so a CouchDB
+//! replication client (PouchDB, CouchDB's replicator) can sync with it, and Cozy apps find the
+//! routes they know. Every route checks the bearer token's scope for the doctype, the verb and,
+//! for scopes limited to some ids, the documents touched.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use hearth_replicator::rev::Rev;
+use serde_json::{json, Map, Value};
+
+use super::{data_caller, parse_json, read_body, AppState, Inst, Query};
+use crate::auth::{PermissionSet, Reach, Verb};
+use crate::http::{ApiError, ApiResult};
+use crate::store::doc::{parse_doc, render};
+use crate::store::{
+    AllDocsQuery, AllDocsRow, ChangesQuery, DocId, DocView, Doctype, GetOptions, OpenRev, OpenRevs, WriteResult,
+};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/data/", web::get().to(welcome))
+        .service(
+            web::resource(["/data/{doctype}", "/data/{doctype}/"])
+                .route(web::get().to(db_info))
+                .route(web::head().to(db_info))
+                .route(web::post().to(create_doc)),
+        )
+        .service(
+            web::resource("/data/{doctype}/_all_docs").route(web::get().to(all_docs)).route(web::post().to(all_docs)),
+        )
+        .service(web::resource("/data/{doctype}/_changes").route(web::get().to(changes)).route(web::post().to(changes)))
+        .route("/data/{doctype}/_revs_diff", web::post().to(revs_diff))
+        .route("/data/{doctype}/_bulk_docs", web::post().to(bulk_docs))
+        .route("/data/{doctype}/_bulk_get", web::post().to(bulk_get))
+        .route("/data/{doctype}/_ensure_full_commit", web::post().to(ensure_full_commit))
+        .service(
+            web::resource("/data/{doctype}/_local/{id:.+}")
+                .route(web::get().to(get_local))
+                .route(web::put().to(put_local))
+                .route(web::delete().to(delete_local)),
+        )
+        .service(
+            web::resource("/data/{doctype}/{id:.+}")
+                .route(web::get().to(get_doc))
+                .route(web::head().to(get_doc))
+                .route(web::put().to(put_doc))
+                .route(web::delete().to(delete_doc)),
+        );
+}
+
+fn doctype_of(req: &HttpRequest) -> ApiResult<Doctype> {
+    Doctype::parse(req.match_info().get("doctype").unwrap_or_default()).map_err(ApiError::BadRequest)
+}
+
+fn doc_id_of(req: &HttpRequest) -> ApiResult<DocId> {
+    let raw = req.match_info().get("id").unwrap_or_default();
+    DocId::parse(raw).map_err(ApiError::BadRequest)
+}
+
+fn max_body(req: &HttpRequest) -> usize {
+    req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_body_bytes)
+}
+
+/// The caller's permissions on `doctype`, after checking the token (401) and that some rule
+/// covers the doctype with `verb` (403).
+fn authorize(inst: &Inst, req: &HttpRequest, doctype: &Doctype, verb: Verb) -> ApiResult<(PermissionSet, Reach)> {
+    let (_, perms) = data_caller(&inst.0, req)?;
+    match perms.reach(doctype, verb) {
+        Reach::None => Err(ApiError::Forbidden(format!("the token gives no {verb:?} access to {doctype}"))),
+        reach => Ok((perms, reach)),
+    }
+}
+
+/// Refuses when the caller's reach doesn't include every id.
+fn check_ids<'a>(reach: &Reach, ids: impl IntoIterator<Item = &'a DocId>) -> ApiResult<()> {
+    if let Reach::Ids(allowed) = reach {
+        for id in ids {
+            if !allowed.iter().any(|a| a == id.as_str()) {
+                return Err(ApiError::Forbidden(format!("the token gives no access to document {id}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses scopes limited to some ids on routes that touch the whole doctype.
+fn need_all(reach: &Reach) -> ApiResult<()> {
+    match reach {
+        Reach::All => Ok(()),
+        _ => Err(ApiError::Forbidden("this route needs access to the whole doctype".into())),
+    }
+}
+
+fn created(value: Value) -> HttpResponse {
+    HttpResponse::Created().json(value)
+}
+
+/// `GET /data/` — CouchDB's server welcome, which replication clients read for a server id.
+async fn welcome(inst: Inst) -> HttpResponse {
+    let uuid = hex::encode(&sha2::Sha256::digest(inst.0.domain.as_str().as_bytes())[..16]);
+    HttpResponse::Ok().json(json!({"couchdb": "Welcome", "vendor": {"name": "hearth"}, "uuid": uuid}))
+}
+
+use sha2::Digest;
+
+/// `GET /data/:doctype/` — database information (`update_seq`, `doc_count`...), which clients
+/// read before replicating.
+async fn db_info(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    authorize(&inst, &req, &doctype, Verb::Get)?;
+    let info = inst.0.store.db_info(&doctype).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "db_name": doctype.as_str(),
+        "doc_count": info.doc_count,
+        "doc_del_count": info.doc_del_count,
+        "update_seq": info.update_seq,
+        "purge_seq": 0,
+        "compact_running": false,
+        "disk_format_version": 8,
+        "instance_start_time": "0",
+        "sizes": {"file": 0, "external": 0, "active": 0},
+        "props": {},
+    })))
+}
+
+/// Answer of a single-document write, in Cozy's shape (a superset of CouchDB's).
+fn write_answer(
+    doctype: &Doctype,
+    id: &DocId,
+    rev: &Rev,
+    body: Map<String, Value>,
+    status: StatusCode,
+) -> HttpResponse {
+    let mut data = body;
+    data.insert("_id".into(), Value::String(id.to_string()));
+    data.insert("_rev".into(), Value::String(rev.to_string()));
+    HttpResponse::build(status)
+        .insert_header((header::ETAG, format!("\"{rev}\"")))
+        .json(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string(), "type": doctype.as_str(), "data": data}))
+}
+
+/// Runs one interactive write and maps a conflict to 409.
+async fn write_one(inst: &Inst, doctype: &Doctype, w: crate::store::DocWrite) -> ApiResult<Rev> {
+    let mut results = inst.0.store.bulk_docs(doctype, vec![w], true).await?;
+    match results.pop() {
+        Some(WriteResult::Ok { rev, .. }) => Ok(rev),
+        Some(WriteResult::Conflict { .. }) => Err(ApiError::Conflict),
+        Some(WriteResult::Rejected { reason, .. }) => Err(ApiError::BadRequest(reason)),
+        None => Err(ApiError::Internal(anyhow::anyhow!("store returned no result"))),
+    }
+}
+
+/// `POST /data/:doctype/` — creates a document; the server picks the id unless `_id` is given.
+async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post)?;
+    let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
+    let has_id = body.get("_id").is_some();
+    let mut w =
+        parse_doc(body, if has_id { None } else { Some(DocId::generate()) }, true).map_err(ApiError::BadRequest)?;
+    check_ids(&reach, [&w.id])?;
+    if w.rev.is_some() {
+        return Err(ApiError::bad_request("a new document cannot have _rev; use PUT to update"));
+    }
+    w.deleted = false;
+    let body = w.body.clone();
+    let id = w.id.clone();
+    let rev = write_one(&inst, &doctype, w).await?;
+    Ok(write_answer(&doctype, &id, &rev, body, StatusCode::CREATED))
+}
+
+/// The revision named by `?rev=` or `If-Match` (which must agree when both are given).
+fn rev_param(req: &HttpRequest, q: &Query) -> ApiResult<Option<Rev>> {
+    let from_query = q.get("rev").map(str::to_owned);
+    let from_header = req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().map(|s| s.trim().trim_matches('"').to_owned()))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid If-Match header"))?;
+    let raw = match (from_query, from_header) {
+        (Some(a), Some(b)) if a != b => return Err(ApiError::bad_request("rev and If-Match disagree")),
+        (a, b) => a.or(b),
+    };
+    raw.map(|r| r.parse::<Rev>().map_err(|_| ApiError::bad_request("invalid rev format"))).transpose()
+}
+
+fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
+    let Value::Array(items) = v else {
+        return Err(ApiError::bad_request(format!("{what} must be an array of revisions")));
+    };
+    items
+        .iter()
+        .map(|r| {
+            r.as_str()
+                .and_then(|s| s.parse::<Rev>().ok())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid revision in {what}")))
+        })
+        .collect()
+}
+
+fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> Map<String, Value> {
+    let mut out = render(&view.doc);
+    let revs = |list: &[Rev]| Value::Array(list.iter().map(|r| Value::String(r.to_string())).collect());
+    if conflicts && !view.conflicts.is_empty() {
+        out.insert("_conflicts".into(), revs(&view.conflicts));
+    }
+    if deleted_conflicts && !view.deleted_conflicts.is_empty() {
+        out.insert("_deleted_conflicts".into(), revs(&view.deleted_conflicts));
+    }
+    out
+}
+
+/// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
+/// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
+/// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
+async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let id = doc_id_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    check_ids(&reach, [&id])?;
+    let q = Query::of(&req)?;
+    if let Some(open) = q.get("open_revs") {
+        let revs = if open == "all" {
+            OpenRevs::All
+        } else {
+            let v: Value = serde_json::from_str(open)
+                .map_err(|_| ApiError::bad_request("open_revs must be all or a JSON array"))?;
+            OpenRevs::Some(parse_rev_list(&v, "open_revs")?)
+        };
+        let found = inst.0.store.open_revs(&doctype, &id, revs, q.flag("latest")?).await?;
+        let list: Vec<Value> = found
+            .into_iter()
+            .map(|r| match r {
+                OpenRev::Found(d) => json!({"ok": render(&d)}),
+                OpenRev::Missing(rev) => json!({"missing": rev.to_string()}),
+            })
+            .collect();
+        return Ok(HttpResponse::Ok().json(list));
+    }
+    let opts = GetOptions { rev: rev_param(&req, &q)?, revs: q.flag("revs")? };
+    let view = inst.0.store.get(&doctype, &id, opts).await?;
+    let etag = format!("\"{}\"", view.doc.rev);
+    let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?);
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).json(body))
+}
+
+/// `PUT /data/:doctype/:id` — creates or updates; the parent revision comes from `_rev`,
+/// `?rev=` or `If-Match`. With `?new_edits=false` the body is a replicated revision.
+async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let id = doc_id_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put)?;
+    check_ids(&reach, [&id])?;
+    let new_edits = q.bool("new_edits")?.unwrap_or(true);
+    let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
+    let mut w = parse_doc(body, Some(id.clone()), new_edits).map_err(ApiError::BadRequest)?;
+    if !new_edits {
+        let rev = w.rev.clone().ok_or_else(|| ApiError::bad_request("invalid rev format"))?;
+        let results = inst.0.store.bulk_docs(&doctype, vec![w], false).await?;
+        if let Some(WriteResult::Rejected { reason, .. }) = results.into_iter().next() {
+            return Err(ApiError::BadRequest(reason));
+        }
+        return Ok(created(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()})));
+    }
+    match (rev_param(&req, &q)?, &w.rev) {
+        (Some(a), Some(b)) if &a != b => {
+            return Err(ApiError::bad_request("rev in the body and in the request disagree"))
+        }
+        (Some(a), None) => w.rev = Some(a),
+        _ => {}
+    }
+    let body = w.body.clone();
+    let rev = write_one(&inst, &doctype, w).await?;
+    Ok(write_answer(&doctype, &id, &rev, body, StatusCode::CREATED))
+}
+
+/// `DELETE /data/:doctype/:id?rev=` — adds a deletion revision on top of `rev`.
+async fn delete_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let id = doc_id_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete)?;
+    check_ids(&reach, [&id])?;
+    let rev = rev_param(&req, &q)?
+        .ok_or_else(|| ApiError::bad_request("the revision to delete is required (?rev= or If-Match)"))?;
+    let w = crate::store::DocWrite { id: id.clone(), rev: Some(rev), revisions: None, deleted: true, body: Map::new() };
+    let rev = write_one(&inst, &doctype, w).await?;
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, format!("\"{rev}\""))).json(
+        json!({"ok": true, "id": id.as_str(), "rev": rev.to_string(), "type": doctype.as_str(), "deleted": true}),
+    ))
+}
+
+fn as_object(v: Value, what: &str) -> ApiResult<Map<String, Value>> {
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::bad_request(format!("{what} must be a JSON object"))),
+    }
+}
+
+/// `POST /data/:doctype/_bulk_docs` — `{"docs": [...], "new_edits": bool}` in one transaction.
+/// With `new_edits: false` (replication) the answer lists only the failures, as CouchDB does.
+async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post)?;
+    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
+    let new_edits = match body.remove("new_edits") {
+        None => q.bool("new_edits")?.unwrap_or(true),
+        Some(Value::Bool(b)) => b,
+        Some(_) => return Err(ApiError::bad_request("new_edits must be a boolean")),
+    };
+    let Some(Value::Array(docs)) = body.remove("docs") else {
+        return Err(ApiError::bad_request("the body must have a docs array"));
+    };
+    let writes = docs
+        .into_iter()
+        .map(|d| {
+            let generated = (new_edits && d.get("_id").is_none()).then(DocId::generate);
+            parse_doc(d, generated, new_edits).map_err(ApiError::BadRequest)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    check_ids(&reach, writes.iter().map(|w| &w.id))?;
+    let results = inst.0.store.bulk_docs(&doctype, writes, new_edits).await?;
+    let out: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            WriteResult::Ok { id, rev } => json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()}),
+            WriteResult::Conflict { id } => {
+                json!({"id": id.as_str(), "error": "conflict", "reason": "Document update conflict."})
+            }
+            WriteResult::Rejected { id, reason } => {
+                json!({"id": id.as_str(), "error": "bad_request", "reason": reason})
+            }
+        })
+        .collect();
+    Ok(created(Value::Array(out)))
+}
+
+/// `POST /data/:doctype/_revs_diff` — `{"id": [revs]}` → the revisions this instance lacks.
+async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
+    let mut wanted = BTreeMap::new();
+    for (id, revs) in body {
+        let id = DocId::parse(&id).map_err(ApiError::BadRequest)?;
+        wanted.insert(id, parse_rev_list(&revs, "the revision list")?);
+    }
+    check_ids(&reach, wanted.keys())?;
+    let diff = inst.0.store.revs_diff(&doctype, wanted).await?;
+    let mut out = Map::new();
+    for (id, d) in diff {
+        let mut entry = Map::new();
+        entry.insert("missing".into(), json!(d.missing.iter().map(Rev::to_string).collect::<Vec<_>>()));
+        if !d.possible_ancestors.is_empty() {
+            entry.insert(
+                "possible_ancestors".into(),
+                json!(d.possible_ancestors.iter().map(Rev::to_string).collect::<Vec<_>>()),
+            );
+        }
+        out.insert(id.to_string(), Value::Object(entry));
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or the
+/// winner) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape.
+async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
+    let revs_history = q.flag("revs")? || body.get("revs") == Some(&Value::Bool(true));
+    let latest = q.flag("latest")? || body.get("latest") == Some(&Value::Bool(true));
+    let Some(Value::Array(docs)) = body.remove("docs") else {
+        return Err(ApiError::bad_request("the body must have a docs array"));
+    };
+    let mut wanted = Vec::with_capacity(docs.len());
+    for d in docs {
+        let d = as_object(d, "each docs entry")?;
+        let id =
+            d.get("id").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("each docs entry needs an id"))?;
+        let id = DocId::parse(id).map_err(ApiError::BadRequest)?;
+        let rev = match d.get("rev") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|_| ApiError::bad_request("invalid rev format"))?),
+            Some(_) => return Err(ApiError::bad_request("invalid rev format")),
+        };
+        wanted.push((id, rev));
+    }
+    check_ids(&reach, wanted.iter().map(|(id, _)| id))?;
+    let mut results = Vec::with_capacity(wanted.len());
+    for (id, rev) in wanted {
+        let error = |rev: Option<&Rev>, reason: &str| json!({"error": {"id": id.as_str(), "rev": rev.map(Rev::to_string), "error": "not_found", "reason": reason}});
+        let docs: Vec<Value> = match &rev {
+            Some(r) => {
+                let found = inst.0.store.open_revs(&doctype, &id, OpenRevs::Some(vec![r.clone()]), latest).await?;
+                found
+                    .into_iter()
+                    .map(|f| match f {
+                        OpenRev::Found(mut d) => {
+                            if !revs_history {
+                                d.revisions = None;
+                            }
+                            json!({"ok": render(&d)})
+                        }
+                        OpenRev::Missing(r) => error(Some(&r), "missing"),
+                    })
+                    .collect()
+            }
+            None => match inst.0.store.get(&doctype, &id, GetOptions { rev: None, revs: revs_history }).await {
+                Ok(view) => vec![json!({"ok": render(&view.doc)})],
+                Err(crate::store::StoreError::NotFound) => vec![error(None, "missing")],
+                Err(crate::store::StoreError::Deleted) => vec![error(None, "deleted")],
+                Err(e) => return Err(e.into()),
+            },
+        };
+        results.push(json!({"id": id.as_str(), "docs": docs}));
+    }
+    Ok(HttpResponse::Ok().json(json!({"results": results})))
+}
+
+/// `POST /data/:doctype/_ensure_full_commit` — every write is durable when acknowledged; kept
+/// for replicators that still call it.
+async fn ensure_full_commit(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    authorize(&inst, &req, &doctype, Verb::Post)?;
+    Ok(created(json!({"ok": true, "instance_start_time": "0"})))
+}
+
+fn parse_seq(s: &str) -> ApiResult<u64> {
+    let s = s.trim().trim_matches('"');
+    // CouchDB 2+ sequences look like `N-opaque`; ours are plain integers, but accept the prefix.
+    let n = s.split('-').next().unwrap_or_default();
+    n.parse::<u64>().map_err(|_| ApiError::bad_request("since must be a sequence number or now"))
+}
+
+/// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
+/// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
+/// Each document appears once, at its latest change; scopes limited to some ids see only those.
+async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let state = req.app_data::<web::Data<AppState>>().map(|s| s.config.clone());
+    let body = if req.method() == actix_web::http::Method::POST {
+        let bytes = read_body(&req, payload, max_body(&req)).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Map::new()
+        } else {
+            as_object(parse_json(&bytes)?, "the body")?
+        }
+    } else {
+        Map::new()
+    };
+    let ids_param = match body.get("doc_ids") {
+        Some(v) => Some(v.clone()),
+        None => q.json("doc_ids")?,
+    };
+    let mut doc_ids = match (q.get("filter"), ids_param) {
+        (Some("_doc_ids"), Some(ids)) => {
+            let Value::Array(list) = ids else {
+                return Err(ApiError::bad_request("doc_ids must be an array"));
+            };
+            let ids = list
+                .iter()
+                .map(|v| v.as_str().ok_or_else(|| ApiError::bad_request("doc_ids must hold strings")))
+                .map(|s| s.and_then(|s| DocId::parse(s).map_err(ApiError::BadRequest)))
+                .collect::<ApiResult<Vec<_>>>()?;
+            Some(ids)
+        }
+        (Some("_doc_ids"), None) => return Err(ApiError::bad_request("filter=_doc_ids needs doc_ids")),
+        (Some(f), _) => return Err(ApiError::bad_request(format!("unsupported filter {f}"))),
+        (None, _) => None,
+    };
+    if let Reach::Ids(allowed) = &reach {
+        let allowed: Vec<DocId> = allowed.iter().filter_map(|a| DocId::parse(a).ok()).collect();
+        doc_ids = Some(match doc_ids {
+            Some(ids) => ids.into_iter().filter(|i| allowed.contains(i)).collect(),
+            None => allowed,
+        });
+    }
+    let store = &inst.0.store;
+    let since = match q.get("since") {
+        None => 0,
+        Some("now") => store.db_info(&doctype).await?.update_seq,
+        Some(s) => parse_seq(s)?,
+    };
+    let query = ChangesQuery {
+        since,
+        limit: q.u64("limit")?.map(|l| l as usize),
+        all_docs: match q.get("style") {
+            None | Some("main_only") => false,
+            Some("all_docs") => true,
+            Some(_) => return Err(ApiError::bad_request("style must be main_only or all_docs")),
+        },
+        include_docs: q.flag("include_docs")?,
+        doc_ids,
+    };
+    let longpoll = match q.get("feed") {
+        None | Some("normal") => false,
+        Some("longpoll") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("feed={other} is not supported; use normal or longpoll")))
+        }
+    };
+    let max_wait = state.map_or(60_000, |c| c.longpoll_max_ms);
+    let timeout = Duration::from_millis(q.u64("timeout")?.unwrap_or(max_wait).min(max_wait));
+    // Subscribe before the first read so no commit between the read and the wait is missed.
+    let mut commits = store.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut result = store.changes(&doctype, &query).await?;
+    while longpoll && result.rows.is_empty() {
+        match tokio::time::timeout_at(deadline, commits.changed()).await {
+            Ok(Ok(())) => result = store.changes(&doctype, &query).await?,
+            _ => break,
+        }
+    }
+    let rows: Vec<Value> = result
+        .rows
+        .iter()
+        .map(|row| {
+            let mut o = Map::new();
+            o.insert("seq".into(), json!(row.seq));
+            o.insert("id".into(), json!(row.id.as_str()));
+            o.insert(
+                "changes".into(),
+                Value::Array(row.changes.iter().map(|r| json!({"rev": r.to_string()})).collect()),
+            );
+            if row.deleted {
+                o.insert("deleted".into(), Value::Bool(true));
+            }
+            if query.include_docs {
+                o.insert("doc".into(), row.doc.as_ref().map_or(Value::Null, |d| Value::Object(render(d))));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"results": rows, "last_seq": result.last_seq, "pending": 0})))
+}
+
+fn key_param(q: &Query, body: &Map<String, Value>, names: &[&str]) -> ApiResult<Option<String>> {
+    for name in names {
+        let v = match body.get(*name) {
+            Some(v) => Some(v.clone()),
+            None => q.json(name)?,
+        };
+        if let Some(v) = v {
+            return match v {
+                Value::String(s) => Ok(Some(s)),
+                _ => Err(ApiError::bad_request(format!("{name} must be a JSON string (document ids are strings)"))),
+            };
+        }
+    }
+    Ok(None)
+}
+
+/// `GET|POST /data/:doctype/_all_docs` — documents by id, with `keys`, `startkey`/`endkey`
+/// (JSON strings), `limit`, `skip`, `descending`, `inclusive_end`, `include_docs`.
+async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let q = Query::of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let body = if req.method() == actix_web::http::Method::POST {
+        as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?
+    } else {
+        Map::new()
+    };
+    let keys = match body.get("keys").cloned().or(q.json("keys")?) {
+        None => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|k| {
+                    k.as_str()
+                        .ok_or_else(|| ApiError::bad_request("keys must be strings"))
+                        .and_then(|s| DocId::parse(s).map_err(ApiError::BadRequest))
+                })
+                .collect::<ApiResult<Vec<_>>>()?,
+        ),
+        Some(_) => return Err(ApiError::bad_request("keys must be an array")),
+    };
+    let keys = match (&reach, keys) {
+        (Reach::All, keys) => keys,
+        (Reach::Ids(_), Some(keys)) => {
+            check_ids(&reach, keys.iter())?;
+            Some(keys)
+        }
+        (Reach::Ids(allowed), None) => Some(allowed.iter().filter_map(|a| DocId::parse(a).ok()).collect()),
+        (Reach::None, _) => return Err(ApiError::Forbidden("no access".into())),
+    };
+    let key = key_param(&q, &body, &["key"])?;
+    let query = AllDocsQuery {
+        start_key: key.clone().or(key_param(&q, &body, &["startkey", "start_key"])?),
+        end_key: key.or(key_param(&q, &body, &["endkey", "end_key"])?),
+        keys,
+        inclusive_end: q.bool("inclusive_end")?.unwrap_or(true),
+        descending: q.flag("descending")?,
+        limit: q.u64("limit")?.map(|l| l as usize),
+        skip: q.u64("skip")?.unwrap_or(0) as usize,
+        include_docs: q.flag("include_docs")? || body.get("include_docs") == Some(&Value::Bool(true)),
+    };
+    let result = inst.0.store.all_docs(&doctype, &query).await?;
+    let rows: Vec<Value> = result
+        .rows
+        .into_iter()
+        .map(|row| match row {
+            AllDocsRow::Doc { id, rev, deleted, doc } => {
+                let mut value = json!({"rev": rev.to_string()});
+                if deleted {
+                    value["deleted"] = Value::Bool(true);
+                }
+                let mut o = json!({"id": id.as_str(), "key": id.as_str(), "value": value});
+                if query.include_docs {
+                    o["doc"] = doc.map_or(Value::Null, |d| Value::Object(render(&d)));
+                }
+                o
+            }
+            AllDocsRow::NotFound { key } => json!({"key": key.as_str(), "error": "not_found"}),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"total_rows": result.total_rows, "offset": result.offset, "rows": rows})))
+}
+
+fn local_id(req: &HttpRequest) -> ApiResult<String> {
+    let id = req.match_info().get("id").unwrap_or_default();
+    if id.is_empty() || id.len() > crate::store::doc::MAX_ID_LEN || id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid _local document id"));
+    }
+    Ok(id.to_owned())
+}
+
+/// `GET /data/:doctype/_local/:id` — a local (never replicated) document, e.g. a checkpoint.
+async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    need_all(&reach)?;
+    let id = local_id(&req)?;
+    let doc = inst.0.store.get_local(&doctype, &id).await?;
+    let mut out = Map::new();
+    out.insert("_id".into(), json!(format!("_local/{id}")));
+    out.insert("_rev".into(), json!(format!("0-{}", doc.rev)));
+    out.extend(doc.body);
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `PUT /data/:doctype/_local/:id` — writes it; as in CouchDB, revisions are not checked.
+async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put)?;
+    need_all(&reach)?;
+    let id = local_id(&req)?;
+    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the document")?;
+    body.retain(|k, _| !matches!(k.as_str(), "_id" | "_rev" | "_revisions" | "_deleted"));
+    let rev = inst.0.store.put_local(&doctype, &id, body).await?;
+    Ok(created(json!({"ok": true, "id": format!("_local/{id}"), "rev": format!("0-{rev}")})))
+}
+
+/// `DELETE /data/:doctype/_local/:id`.
+async fn delete_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let doctype = doctype_of(&req)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete)?;
+    need_all(&reach)?;
+    let id = local_id(&req)?;
+    inst.0.store.delete_local(&doctype, &id).await?;
+    Ok(HttpResponse::Ok().json(json!({"ok": true, "id": format!("_local/{id}"), "rev": "0-0"})))
+}

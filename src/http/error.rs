@@ -1,0 +1,107 @@
+//! One error type for every route: a status and a CouchDB-shaped body
+//! `{"error": "...", "reason": "..."}`. Internal failures answer an opaque 500 and log the
+//! cause chain; nothing secret is ever put in a reason.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("document update conflict")]
+    Conflict,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("request body too large")]
+    TooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("too many requests, try again later")]
+    TooManyRequests,
+    #[error("the storage backend is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(reason.into())
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict => "conflict",
+            ApiError::PreconditionFailed(_) => "precondition_failed",
+            ApiError::TooLarge => "too_large",
+            ApiError::UnsupportedMediaType(_) => "bad_content_type",
+            ApiError::TooManyRequests => "too_many_requests",
+            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_server_error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("missing".into()),
+            StoreError::Deleted => ApiError::NotFound("deleted".into()),
+            StoreError::Conflict => ApiError::Conflict,
+            StoreError::Unavailable(e) => ApiError::Unavailable(e),
+            e @ (StoreError::Corrupt(_) | StoreError::Internal(_)) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(e) | ApiError::Unavailable(e) => {
+                tracing::error!(error = ?e, "request failed");
+            }
+            _ => {}
+        }
+        let reason = match self {
+            ApiError::Conflict => "Document update conflict.".to_owned(),
+            other => other.to_string(),
+        };
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::TooManyRequests) {
+            resp.insert_header(("Retry-After", "60"));
+        }
+        resp.json(json!({ "error": self.kind(), "reason": reason }))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,160 @@
+//! The HTTP layer: routes, extractors (the instance chosen by `Host`, the caller's permissions),
+//! request-body and query-string helpers that turn every malformed input into a JSON 4xx.
+
+pub mod data;
+pub mod error;
+pub mod login;
+
+use std::collections::HashMap;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::auth::{Audience, Claims, PermissionSet};
+use crate::config::Config;
+use crate::instance::{Domain, Instance, Registry};
+pub use error::{ApiError, ApiResult};
+
+/// What every handler can reach: the configuration and the instance registry.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/status", web::get().to(status))
+        .configure(login::routes)
+        .configure(data::routes)
+        .default_service(web::to(not_found));
+}
+
+/// `GET /status` — answers once the server is ready.
+async fn status() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiResult<HttpResponse> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+/// The instance named by the request's `Host` header (404 JSON when this server doesn't host it).
+pub struct Inst(pub Arc<Instance>);
+
+impl FromRequest for Inst {
+    type Error = ApiError;
+    type Future = Ready<Result<Inst, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(instance_of(req).map(Inst))
+    }
+}
+
+fn instance_of(req: &HttpRequest) -> ApiResult<Arc<Instance>> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .ok_or_else(|| ApiError::bad_request("missing Host header"))?;
+    let unknown = || ApiError::NotFound("no instance for this host".into());
+    let domain = Domain::parse(host).map_err(|_| unknown())?;
+    state.registry.get(&domain).map_err(ApiError::Internal)?.ok_or_else(unknown)
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The caller of a `/data` route: a valid token of this instance with a scope.
+pub fn data_caller(inst: &Instance, req: &HttpRequest) -> ApiResult<(Claims, PermissionSet)> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let claims = inst
+        .keys
+        .verify(token, &[Audience::App, Audience::Cli, Audience::Access])
+        .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
+    let perms = claims.permissions().ok_or(ApiError::Unauthorized("invalid or expired token"))?;
+    Ok((claims, perms))
+}
+
+/// Reads a request body up to `limit` bytes: 413 as soon as the declared or received size is
+/// over it, without buffering the rest.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> ApiResult<web::Bytes> {
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::TooLarge);
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Parses a JSON body (serde_json's depth limit of 128 applies).
+pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request body is empty; a JSON document is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// A parsed query string with typed accessors that answer 400 on bad values.
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    pub fn of(req: &HttpRequest) -> ApiResult<Query> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+            .map_err(|_| ApiError::bad_request("malformed query string"))?;
+        Ok(Query(pairs.into_iter().collect()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn bool(&self, name: &str) -> ApiResult<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(ApiError::bad_request(format!("{name} must be true or false"))),
+        }
+    }
+
+    pub fn flag(&self, name: &str) -> ApiResult<bool> {
+        Ok(self.bool(name)?.unwrap_or(false))
+    }
+
+    pub fn u64(&self, name: &str) -> ApiResult<Option<u64>> {
+        self.get(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{name} must be a non-negative integer")))
+            })
+            .transpose()
+    }
+
+    /// A JSON-encoded parameter (`keys`, `startkey`, `open_revs`...).
+    pub fn json(&self, name: &str) -> ApiResult<Option<Value>> {
+        self.get(name)
+            .map(|v| serde_json::from_str(v).map_err(|_| ApiError::bad_request(format!("{name} must be JSON"))))
+            .transpose()
+    }
+}

@@ -1,0 +1,195 @@
+//! The `hearth` command line: `serve`, and the management commands, which all read the same
+//! configuration (so they agree on the data dir).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use hearth::auth::{Audience, PermissionSet};
+use hearth::instance::{Domain, NewInstance, Registry};
+use hearth::{Application, Config};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "A self-hosted personal cloud whose instances share documents")]
+struct Cli {
+    /// Configuration file (TOML); HEARTH_* environment variables override it.
+    #[arg(long, global = true, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (default 127.0.0.1:8080, data in ./data).
+    Serve,
+    /// Manage the instances this server hosts.
+    #[command(subcommand)]
+    Instances(InstancesCmd),
+}
+
+#[derive(Subcommand)]
+enum InstancesCmd {
+    /// Create an instance, e.g. `alice.localhost:8080`.
+    Add {
+        domain: String,
+        /// The owner's passphrase (asked on the terminal when omitted).
+        #[arg(long)]
+        passphrase: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        public_name: Option<String>,
+    },
+    /// List instances.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance and all its data.
+    Rm { domain: String },
+    /// Set or change the owner's passphrase.
+    Passphrase {
+        domain: String,
+        #[arg(long)]
+        passphrase: Option<String>,
+    },
+    /// Print a bearer token for the command line.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    domain: String,
+    /// A permission rule such as `io.cozy.notes` or `io.cozy.notes:GET:id1,id2`; repeatable.
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    /// Lifetime in seconds (default from the configuration: 30 days).
+    #[arg(long)]
+    ttl: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Instances(cmd) => instances(config, cmd),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HEARTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let app = Application::build(config.clone()).await?;
+        let registry = app.registry();
+        let port = app.port();
+        if registry.list()?.is_empty() {
+            // A fresh data dir: create an instance for this address so a newcomer has
+            // something to talk to at once.
+            let domain = Domain::parse(&format!("localhost:{port}")).map_err(anyhow::Error::msg)?;
+            registry.ensure(NewInstance { domain: domain.clone(), passphrase: None, email: None, public_name: None })?;
+            println!(
+                "Created instance {domain} (data in {}).\n\
+                 Set its passphrase to log in:   hearth instances passphrase {domain}\n\
+                 Get a token for the API:        hearth instances token {domain} --scope io.cozy.notes\n\
+                 Then: curl -H \"Authorization: Bearer $TOKEN\" -X POST http://{domain}/data/io.cozy.notes/ -d '{{\"title\":\"hi\"}}'",
+                config.data_dir.display()
+            );
+        }
+        let names: Vec<String> = registry.list()?.into_iter().map(|r| r.domain.to_string()).collect();
+        println!("hearth listening on http://{} serving {}", config.listen.replace(":0", &format!(":{port}")), names.join(", "));
+        let handle = app.handle();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                handle.stop(true).await;
+            }
+        });
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}
+
+fn read_passphrase(given: Option<String>) -> anyhow::Result<Option<String>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    if !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let line = line.trim_end_matches(['\r', '\n']).to_owned();
+        return Ok((!line.is_empty()).then_some(line));
+    }
+    eprint!("Passphrase for the owner (empty for none): ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    Ok((!line.is_empty()).then_some(line))
+}
+
+fn instances(config: Config, cmd: InstancesCmd) -> anyhow::Result<()> {
+    let registry = Registry::open(Arc::new(config))?;
+    let domain = |s: &str| Domain::parse(s).map_err(anyhow::Error::msg);
+    match cmd {
+        InstancesCmd::Add { domain: d, passphrase, email, public_name } => {
+            let d = domain(&d)?;
+            let passphrase = read_passphrase(passphrase)?;
+            registry.add(NewInstance { domain: d.clone(), passphrase: passphrase.as_deref(), email, public_name })?;
+            println!("Created instance {d}");
+        }
+        InstancesCmd::Ls { json } => {
+            let list = registry.list()?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"domain": r.domain.as_str(), "email": r.email, "public_name": r.public_name,
+                                           "created_at": r.created_at})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("No instance yet: hearth instances add DOMAIN");
+            } else {
+                println!("{:<32} {:<24} CREATED", "DOMAIN", "NAME");
+                for r in list {
+                    println!("{:<32} {:<24} {}", r.domain, r.public_name.as_deref().unwrap_or("-"), r.created_at);
+                }
+            }
+        }
+        InstancesCmd::Rm { domain: d } => {
+            let d = domain(&d)?;
+            registry.remove(&d)?;
+            println!("Removed instance {d}");
+        }
+        InstancesCmd::Passphrase { domain: d, passphrase } => {
+            let d = domain(&d)?;
+            let Some(p) = read_passphrase(passphrase)? else {
+                bail!("an empty passphrase is not allowed");
+            };
+            registry.set_passphrase(&d, &p)?;
+            println!("Passphrase of {d} updated");
+        }
+        InstancesCmd::Token(args) => {
+            let d = domain(&args.domain)?;
+            let inst = registry.get(&d)?.with_context(|| format!("no instance {d}"))?;
+            let scope = PermissionSet::parse(&args.scopes.join(" ")).map_err(anyhow::Error::msg)?;
+            let ttl = args.ttl.unwrap_or(registry.config().cli_token_ttl_secs);
+            println!("{}", inst.keys.issue(Audience::Cli, "cli", ttl, Some(&scope), None));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The conformance suite every `Store` backend must pass: CouchDB semantics of interactive and
+//! replicated writes, the changes feed, `_revs_diff`, `open_revs`, `_all_docs`, `_local`
+//! documents and counters. Each check uses its own doctype, so the suite runs on a store that
+//! already holds data. It panics (with the check's name) on the first failure.
+
+use std::collections::BTreeMap;
+
+use hearth_replicator::rev::Rev;
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+fn dt(name: &str) -> Doctype {
+    Doctype::parse(&format!("io.hearth.conformance.{name}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn id(s: &str) -> DocId {
+    DocId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rev(s: &str) -> Rev {
+    s.parse().unwrap_or_else(|_| panic!("bad rev {s}"))
+}
+
+fn body(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("body must be an object"),
+    }
+}
+
+fn edit(doc: &str, parent: Option<&Rev>, deleted: bool, b: Value) -> DocWrite {
+    DocWrite { id: id(doc), rev: parent.cloned(), revisions: None, deleted, body: body(b) }
+}
+
+/// A replicated revision with its history, newest first (`"3-c", "2-b", "1-a"`).
+fn replicated(doc: &str, history: &[&str], deleted: bool, b: Value) -> DocWrite {
+    let revs: Vec<Rev> = history.iter().map(|r| rev(r)).collect();
+    DocWrite { id: id(doc), rev: revs.first().cloned(), revisions: Some(revs), deleted, body: body(b) }
+}
+
+async fn put(store: &dyn Store, t: &Doctype, w: DocWrite) -> Result<Rev, WriteResult> {
+    let mut r = store.bulk_docs(t, vec![w], true).await.expect("bulk_docs");
+    match r.pop().expect("one result") {
+        WriteResult::Ok { rev, .. } => Ok(rev),
+        other => Err(other),
+    }
+}
+
+async fn replicate(store: &dyn Store, t: &Doctype, docs: Vec<DocWrite>) {
+    let errors = store.bulk_docs(t, docs, false).await.expect("bulk_docs new_edits=false");
+    assert!(errors.is_empty(), "replicated writes reported errors: {errors:?}");
+}
+
+/// Runs every check. `revs_limit` is the limit the store was opened with.
+pub async fn run_all(store: &dyn Store, revs_limit: usize) {
+    interactive_edits_follow_couchdb_rules(store).await;
+    recreating_a_deleted_document_continues_its_history(store).await;
+    replicated_writes_are_idempotent_and_never_overwrite(store).await;
+    concurrent_branches_pick_the_same_winner(store).await;
+    replicated_histories_are_stemmed_to_the_revs_limit(store, revs_limit).await;
+    changes_feed_lists_each_document_once_at_its_latest_change(store).await;
+    revs_diff_reports_missing_revisions_and_possible_ancestors(store).await;
+    open_revs_returns_leaves_with_history(store).await;
+    all_docs_ranges_keys_and_counts(store).await;
+    local_documents_have_no_history_and_stay_out_of_the_feed(store).await;
+}
+
+pub async fn interactive_edits_follow_couchdb_rules(store: &dyn Store) {
+    let t = dt("interactive");
+    let r1 = put(store, &t, edit("a", None, false, json!({"v": 1}))).await.expect("create");
+    assert_eq!(r1.pos, 1);
+    // Creating again without a revision conflicts.
+    assert!(matches!(put(store, &t, edit("a", None, false, json!({"v": 9}))).await, Err(WriteResult::Conflict { .. })));
+    let r2 = put(store, &t, edit("a", Some(&r1), false, json!({"v": 2}))).await.expect("update");
+    assert_eq!(r2.pos, 2);
+    // A stale parent conflicts, and an unknown one too.
+    assert!(matches!(
+        put(store, &t, edit("a", Some(&r1), false, json!({"v": 3}))).await,
+        Err(WriteResult::Conflict { .. })
+    ));
+    assert!(matches!(
+        put(store, &t, edit("a", Some(&rev("2-ffff")), false, json!({}))).await,
+        Err(WriteResult::Conflict { .. })
+    ));
+    // A revision for a document that doesn't exist conflicts (PouchDB #4712, CouchDB alike).
+    assert!(matches!(
+        put(store, &t, edit("nope", Some(&r1), false, json!({}))).await,
+        Err(WriteResult::Conflict { .. })
+    ));
+    let view = store.get(&t, &id("a"), GetOptions { rev: None, revs: true }).await.expect("get");
+    assert_eq!(view.doc.rev, r2);
+    assert_eq!(view.doc.body, body(json!({"v": 2})));
+    assert_eq!(view.doc.revisions, Some(vec![r2.clone(), r1.clone()]));
+    assert!(view.conflicts.is_empty());
+    // The old revision's body is gone (only leaves keep bodies), but its id is known.
+    assert!(matches!(
+        store.get(&t, &id("a"), GetOptions { rev: Some(r1.clone()), revs: false }).await,
+        Err(StoreError::NotFound)
+    ));
+    // The same edit of the same parent on two stores gives the same revision id.
+    let again = put(store, &t, edit("b", None, false, json!({"v": 1}))).await.expect("create b");
+    assert_eq!(again.hash, r1.hash, "revision ids must be deterministic");
+    let d = put(store, &t, edit("a", Some(&r2), true, json!({}))).await.expect("delete");
+    assert_eq!(d.pos, 3);
+    assert!(matches!(store.get(&t, &id("a"), GetOptions::default()).await, Err(StoreError::Deleted)));
+    let tomb = store.get(&t, &id("a"), GetOptions { rev: Some(d.clone()), revs: false }).await.expect("tombstone");
+    assert!(tomb.doc.deleted);
+    // Two writes of one id in one batch: the second has a stale parent.
+    let results = store
+        .bulk_docs(&t, vec![edit("c", None, false, json!({})), edit("c", None, false, json!({"x": 1}))], true)
+        .await
+        .expect("batch");
+    assert!(matches!(results[0], WriteResult::Ok { .. }));
+    assert!(matches!(results[1], WriteResult::Conflict { .. }));
+}
+
+pub async fn recreating_a_deleted_document_continues_its_history(store: &dyn Store) {
+    let t = dt("recreate");
+    let r1 = put(store, &t, edit("a", None, false, json!({"v": 1}))).await.expect("create");
+    let r2 = put(store, &t, edit("a", Some(&r1), true, json!({}))).await.expect("delete");
+    let r3 = put(store, &t, edit("a", None, false, json!({"v": 3}))).await.expect("recreate");
+    assert_eq!(r3.pos, 3, "a recreation continues from the deleted leaf");
+    let view = store.get(&t, &id("a"), GetOptions { rev: None, revs: true }).await.expect("get");
+    assert_eq!(view.doc.revisions, Some(vec![r3, r2, r1]));
+    assert!(view.deleted_conflicts.is_empty());
+    let info = store.db_info(&t).await.expect("info");
+    assert_eq!((info.doc_count, info.doc_del_count), (1, 0));
+}
+
+pub async fn replicated_writes_are_idempotent_and_never_overwrite(store: &dyn Store) {
+    let t = dt("replicated");
+    replicate(store, &t, vec![replicated("a", &["2-b", "1-a"], false, json!({"first": true}))]).await;
+    let seq = store.db_info(&t).await.expect("info").update_seq;
+    // Same revision again, with another body: ignored, no new change.
+    replicate(store, &t, vec![replicated("a", &["2-b", "1-a"], false, json!({"second": true}))]).await;
+    assert_eq!(store.db_info(&t).await.expect("info").update_seq, seq);
+    let view = store.get(&t, &id("a"), GetOptions::default()).await.expect("get");
+    assert_eq!(view.doc.body, body(json!({"first": true})));
+    // An ancestor arriving later changes nothing.
+    replicate(store, &t, vec![replicated("a", &["1-a"], false, json!({"old": true}))]).await;
+    assert_eq!(store.get(&t, &id("a"), GetOptions::default()).await.expect("get").doc.rev, rev("2-b"));
+    // A revision without history makes its own root; a live one beats a deleted higher one.
+    replicate(store, &t, vec![replicated("n", &["1-x"], false, json!({}))]).await;
+    replicate(store, &t, vec![replicated("n", &["2-y"], true, json!({}))]).await;
+    let v = store.get(&t, &id("n"), GetOptions::default()).await.expect("get n");
+    assert_eq!(v.doc.rev, rev("1-x"));
+    assert_eq!(v.deleted_conflicts, vec![rev("2-y")]);
+    // A tombstone with history deletes the document.
+    replicate(store, &t, vec![replicated("a", &["3-c", "2-b", "1-a"], true, json!({}))]).await;
+    assert!(matches!(store.get(&t, &id("a"), GetOptions::default()).await, Err(StoreError::Deleted)));
+    // A write without any revision is refused, the rest of the batch applies.
+    let mut bad = replicated("z", &["1-z"], false, json!({}));
+    bad.revisions = None;
+    let errors =
+        store.bulk_docs(&t, vec![bad, replicated("ok", &["1-o"], false, json!({}))], false).await.expect("batch");
+    assert_eq!(errors.len(), 1);
+    assert!(matches!(errors[0], WriteResult::Rejected { .. }));
+    assert!(store.get(&t, &id("ok"), GetOptions::default()).await.is_ok());
+}
+
+pub async fn concurrent_branches_pick_the_same_winner(store: &dyn Store) {
+    let t = dt("conflicts");
+    replicate(
+        store,
+        &t,
+        vec![
+            replicated("a", &["2-aaa", "1-a"], false, json!({"side": "low"})),
+            replicated("a", &["2-bbb", "1-a"], false, json!({"side": "high"})),
+            replicated("a", &["3-ccc", "2-ddd", "1-a"], true, json!({})),
+        ],
+    )
+    .await;
+    let v = store.get(&t, &id("a"), GetOptions::default()).await.expect("get");
+    assert_eq!(v.doc.rev, rev("2-bbb"), "non-deleted beats deleted, then highest rev id");
+    assert_eq!(v.conflicts, vec![rev("2-aaa")]);
+    assert_eq!(v.deleted_conflicts, vec![rev("3-ccc")]);
+    // Resolving: delete the losing leaf interactively.
+    put(store, &t, edit("a", Some(&rev("2-aaa")), true, json!({}))).await.expect("delete loser");
+    let v = store.get(&t, &id("a"), GetOptions::default()).await.expect("get");
+    assert!(v.conflicts.is_empty());
+    assert_eq!(v.doc.rev, rev("2-bbb"));
+    // An edit on a conflicting leaf is allowed (that's how conflicts are resolved).
+    replicate(
+        store,
+        &t,
+        vec![replicated("b", &["2-x", "1-a"], false, json!({})), replicated("b", &["2-y", "1-a"], false, json!({}))],
+    )
+    .await;
+    put(store, &t, edit("b", Some(&rev("2-x")), false, json!({"merged": true}))).await.expect("edit loser");
+    let v = store.get(&t, &id("b"), GetOptions::default()).await.expect("get b");
+    assert_eq!(v.doc.rev.pos, 3);
+    assert_eq!(v.conflicts, vec![rev("2-y")]);
+}
+
+pub async fn replicated_histories_are_stemmed_to_the_revs_limit(store: &dyn Store, revs_limit: usize) {
+    let t = dt("stemming");
+    let n = revs_limit + 50;
+    let history: Vec<String> = (1..=n).rev().map(|i| format!("{i}-h{i}")).collect();
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    replicate(store, &t, vec![replicated("long", &refs, false, json!({}))]).await;
+    let v = store.get(&t, &id("long"), GetOptions { rev: None, revs: true }).await.expect("get");
+    let revs = v.doc.revisions.expect("history");
+    assert_eq!(revs.len(), revs_limit);
+    assert_eq!(revs[0], rev(&format!("{n}-h{n}")));
+}
+
+pub async fn changes_feed_lists_each_document_once_at_its_latest_change(store: &dyn Store) {
+    let t = dt("changes");
+    let ra = put(store, &t, edit("a", None, false, json!({"n": 1}))).await.expect("a");
+    put(store, &t, edit("b", None, false, json!({"n": 2}))).await.expect("b");
+    let ra2 = put(store, &t, edit("a", Some(&ra), false, json!({"n": 3}))).await.expect("a2");
+    replicate(
+        store,
+        &t,
+        vec![replicated("c", &["1-zzz"], false, json!({})), replicated("c", &["1-aaa"], false, json!({}))],
+    )
+    .await;
+    let all = store
+        .changes(&t, &ChangesQuery { all_docs: true, include_docs: true, ..Default::default() })
+        .await
+        .expect("changes");
+    let ids: Vec<&str> = all.rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a", "c"], "one row per document, ordered by latest change");
+    assert!(all.rows.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(all.last_seq, all.rows[2].seq);
+    assert_eq!(all.rows[1].changes, vec![ra2.clone()]);
+    assert_eq!(all.rows[1].doc.as_ref().expect("doc").body, body(json!({"n": 3})));
+    assert_eq!(all.rows[2].changes, vec![rev("1-zzz"), rev("1-aaa")], "all_docs lists every leaf, winner first");
+    let main = store.changes(&t, &ChangesQuery::default()).await.expect("changes");
+    assert_eq!(main.rows[2].changes, vec![rev("1-zzz")]);
+    // `since` is exclusive; limit bounds the page.
+    let after = store
+        .changes(&t, &ChangesQuery { since: all.rows[0].seq, limit: Some(1), ..Default::default() })
+        .await
+        .expect("page");
+    assert_eq!(after.rows.len(), 1);
+    assert_eq!(after.rows[0].id.as_str(), "a");
+    assert_eq!(after.last_seq, after.rows[0].seq);
+    let empty = store.changes(&t, &ChangesQuery { since: all.last_seq, ..Default::default() }).await.expect("empty");
+    assert!(empty.rows.is_empty());
+    assert_eq!(empty.last_seq, all.last_seq);
+    let filtered = store
+        .changes(&t, &ChangesQuery { doc_ids: Some(vec![id("c"), id("b")]), ..Default::default() })
+        .await
+        .expect("doc_ids");
+    assert_eq!(filtered.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    // Deletions appear with their flag.
+    put(store, &t, edit("b", Some(&all.rows[0].changes[0]), true, json!({}))).await.expect("delete b");
+    let last =
+        store.changes(&t, &ChangesQuery { since: all.last_seq, ..Default::default() }).await.expect("after delete");
+    assert_eq!(last.rows.len(), 1);
+    assert!(last.rows[0].deleted);
+    // Another doctype's feed is separate.
+    assert!(store.changes(&dt("changes-other"), &ChangesQuery::default()).await.expect("other").rows.is_empty());
+}
+
+pub async fn revs_diff_reports_missing_revisions_and_possible_ancestors(store: &dyn Store) {
+    let t = dt("revsdiff");
+    replicate(store, &t, vec![replicated("a", &["4-d", "3-c", "2-b", "1-a"], false, json!({}))]).await;
+    let mut q = BTreeMap::new();
+    q.insert(id("a"), vec![rev("3-c"), rev("4-d"), rev("5-e"), rev("3-x")]);
+    q.insert(id("unknown"), vec![rev("1-a")]);
+    q.insert(id("complete"), vec![]);
+    let diff = store.revs_diff(&t, q).await.expect("revs_diff");
+    let a = diff.get(&id("a")).expect("a listed");
+    assert_eq!(a.missing, vec![rev("5-e"), rev("3-x")]);
+    assert_eq!(a.possible_ancestors, vec![rev("4-d")]);
+    let u = diff.get(&id("unknown")).expect("unknown listed");
+    assert_eq!(u.missing, vec![rev("1-a")]);
+    assert!(u.possible_ancestors.is_empty());
+    assert!(!diff.contains_key(&id("complete")));
+    let mut q = BTreeMap::new();
+    q.insert(id("a"), vec![rev("4-d"), rev("2-b")]);
+    assert!(store.revs_diff(&t, q).await.expect("nothing missing").is_empty());
+}
+
+pub async fn open_revs_returns_leaves_with_history(store: &dyn Store) {
+    let t = dt("openrevs");
+    replicate(
+        store,
+        &t,
+        vec![
+            replicated("a", &["2-x", "1-a"], false, json!({"x": 1})),
+            replicated("a", &["3-y", "2-y", "1-a"], true, json!({})),
+        ],
+    )
+    .await;
+    let all = store.open_revs(&t, &id("a"), OpenRevs::All, false).await.expect("all");
+    let revs: Vec<Rev> = all
+        .iter()
+        .map(|r| match r {
+            OpenRev::Found(d) => d.rev.clone(),
+            OpenRev::Missing(r) => panic!("missing {r}"),
+        })
+        .collect();
+    assert_eq!(revs, vec![rev("2-x"), rev("3-y")], "winner first");
+    if let OpenRev::Found(d) = &all[1] {
+        assert!(d.deleted);
+        assert_eq!(d.revisions, Some(vec![rev("3-y"), rev("2-y"), rev("1-a")]));
+    }
+    let some = store
+        .open_revs(&t, &id("a"), OpenRevs::Some(vec![rev("2-x"), rev("9-n"), rev("1-a")]), false)
+        .await
+        .expect("some");
+    assert!(matches!(&some[0], OpenRev::Found(d) if d.body == body(json!({"x": 1}))));
+    assert_eq!(some[1], OpenRev::Missing(rev("9-n")));
+    assert_eq!(some[2], OpenRev::Missing(rev("1-a")), "non-leaf revisions have no body");
+    let latest = store.open_revs(&t, &id("a"), OpenRevs::Some(vec![rev("1-a")]), true).await.expect("latest");
+    assert_eq!(latest.len(), 2, "latest=true gives the leaves under 1-a");
+    assert!(matches!(store.open_revs(&t, &id("none"), OpenRevs::All, false).await, Err(StoreError::NotFound)));
+    let none = store.open_revs(&t, &id("none"), OpenRevs::Some(vec![rev("1-a")]), true).await.expect("unknown doc");
+    assert_eq!(none, vec![OpenRev::Missing(rev("1-a"))]);
+}
+
+pub async fn all_docs_ranges_keys_and_counts(store: &dyn Store) {
+    let t = dt("alldocs");
+    for name in ["a", "b", "c", "d"] {
+        put(store, &t, edit(name, None, false, json!({"name": name}))).await.expect("create");
+    }
+    let rd = store.get(&t, &id("d"), GetOptions::default()).await.expect("d").doc.rev;
+    put(store, &t, edit("d", Some(&rd), true, json!({}))).await.expect("delete d");
+    let names = |r: &AllDocs| -> Vec<String> {
+        r.rows
+            .iter()
+            .map(|row| match row {
+                AllDocsRow::Doc { id, .. } => id.to_string(),
+                AllDocsRow::NotFound { key } => format!("!{key}"),
+            })
+            .collect()
+    };
+    let all = store
+        .all_docs(&t, &AllDocsQuery { inclusive_end: true, include_docs: true, ..Default::default() })
+        .await
+        .expect("all");
+    assert_eq!(names(&all), ["a", "b", "c"], "deleted documents are not listed");
+    assert_eq!(all.total_rows, 3);
+    assert!(matches!(&all.rows[0], AllDocsRow::Doc { doc: Some(d), .. } if d.body == body(json!({"name": "a"}))));
+    let range = AllDocsQuery {
+        start_key: Some("b".into()),
+        end_key: Some("c".into()),
+        inclusive_end: false,
+        ..Default::default()
+    };
+    assert_eq!(names(&store.all_docs(&t, &range).await.expect("range")), ["b"]);
+    let desc = AllDocsQuery { descending: true, limit: Some(2), inclusive_end: true, ..Default::default() };
+    assert_eq!(names(&store.all_docs(&t, &desc).await.expect("desc")), ["c", "b"]);
+    let skip = AllDocsQuery { skip: 1, limit: Some(1), inclusive_end: true, ..Default::default() };
+    assert_eq!(names(&store.all_docs(&t, &skip).await.expect("skip")), ["b"]);
+    let keys = AllDocsQuery { keys: Some(vec![id("c"), id("zz"), id("d")]), inclusive_end: true, ..Default::default() };
+    let by_keys = store.all_docs(&t, &keys).await.expect("keys");
+    assert_eq!(names(&by_keys), ["c", "!zz", "d"]);
+    assert!(matches!(&by_keys.rows[2], AllDocsRow::Doc { deleted: true, .. }));
+    let info = store.db_info(&t).await.expect("info");
+    assert_eq!((info.doc_count, info.doc_del_count), (3, 1));
+    assert!(info.update_seq >= 5);
+}
+
+pub async fn local_documents_have_no_history_and_stay_out_of_the_feed(store: &dyn Store) {
+    let t = dt("local");
+    assert!(matches!(store.get_local(&t, "cp").await, Err(StoreError::NotFound)));
+    assert_eq!(store.put_local(&t, "cp", body(json!({"last_seq": 1}))).await.expect("put"), 1);
+    assert_eq!(store.put_local(&t, "cp", body(json!({"last_seq": 2}))).await.expect("put"), 2);
+    let doc = store.get_local(&t, "cp").await.expect("get");
+    assert_eq!((doc.rev, doc.body), (2, body(json!({"last_seq": 2}))));
+    assert!(store.changes(&t, &ChangesQuery::default()).await.expect("changes").rows.is_empty());
+    assert_eq!(store.db_info(&t).await.expect("info").update_seq, 0);
+    store.delete_local(&t, "cp").await.expect("delete");
+    assert!(matches!(store.get_local(&t, "cp").await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete_local(&t, "cp").await, Err(StoreError::NotFound)));
+}

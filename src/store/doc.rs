@@ -1,0 +1,224 @@
+//! Document identifiers and the JSON shapes of documents: parsing a request's document into a
+//! [`DocWrite`] (with CouchDB's rules for `_` members) and rendering a stored revision back.
+
+use std::fmt;
+
+use hearth_replicator::rev::{Rev, Revisions};
+use serde_json::{Map, Value};
+
+use super::{DocRev, DocWrite};
+
+/// Longest document id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 512;
+
+/// A doctype such as `io.cozy.notes`: lowercase ASCII letters, digits, `.`, `-` and `_`,
+/// starting with a letter (so it also maps to a CouchDB database name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Doctype(String);
+
+impl Doctype {
+    pub fn parse(s: &str) -> Result<Doctype, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.as_bytes()[0].is_ascii_lowercase()
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'));
+        if ok {
+            Ok(Doctype(s.to_owned()))
+        } else {
+            Err(format!("invalid doctype {s:?}: use lowercase letters, digits, '.', '-' and '_'"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Doctype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// A document id: non-empty, at most [`MAX_ID_LEN`] bytes, no control characters, and not
+/// starting with `_` (CouchDB reserves those; `_local/` documents have their own routes and
+/// design documents are not supported).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocId(String);
+
+impl DocId {
+    pub fn parse(s: &str) -> Result<DocId, String> {
+        if s.is_empty() {
+            return Err("document id must not be empty".into());
+        }
+        if s.len() > MAX_ID_LEN {
+            return Err(format!("document id longer than {MAX_ID_LEN} bytes"));
+        }
+        if s.starts_with('_') {
+            return Err("only reserved document ids may start with underscore".into());
+        }
+        if s.chars().any(char::is_control) {
+            return Err("document id contains control characters".into());
+        }
+        Ok(DocId(s.to_owned()))
+    }
+
+    /// A fresh server-side id: 32 lowercase hex digits, as Cozy makes them.
+    pub fn generate() -> DocId {
+        DocId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// Parses a document body as sent by a client. `id` overrides (or supplies) `_id`; `new_edits`
+/// tells whether `_revisions`/`_rev` name the new revision (replication) or its parent.
+pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<DocWrite, String> {
+    let Value::Object(map) = value else {
+        return Err("document must be a JSON object".into());
+    };
+    let mut body = Map::new();
+    let mut doc_id = id;
+    let mut rev = None;
+    let mut revisions = None;
+    let mut deleted = false;
+    for (key, value) in map {
+        if !key.starts_with('_') {
+            body.insert(key, value);
+            continue;
+        }
+        match key.as_str() {
+            "_id" => {
+                let Value::String(s) = value else {
+                    return Err("_id must be a string".into());
+                };
+                let parsed = DocId::parse(&s)?;
+                match &doc_id {
+                    Some(given) if *given != parsed => {
+                        return Err("_id in the body does not match the document id in the URL".into())
+                    }
+                    _ => doc_id = Some(parsed),
+                }
+            }
+            "_rev" => match value {
+                Value::String(s) => rev = Some(s.parse::<Rev>().map_err(|_| "invalid rev format".to_string())?),
+                Value::Null => {}
+                _ => return Err("invalid rev format".into()),
+            },
+            "_revisions" => {
+                let r: Revisions =
+                    serde_json::from_value(value).map_err(|_| "_revisions must be {start, ids}".to_string())?;
+                revisions = Some(r.to_revs().map_err(|e| format!("invalid _revisions: {e}"))?);
+            }
+            "_deleted" => match value {
+                Value::Bool(b) => deleted = b,
+                Value::Null => {}
+                _ => return Err("_deleted must be a boolean".into()),
+            },
+            // Accepted on input and ignored, as CouchDB does.
+            "_revs_info" | "_conflicts" | "_deleted_conflicts" | "_local_seq" => {}
+            "_attachments" => return Err("attachments are not supported; store file contents elsewhere".into()),
+            other => return Err(format!("bad special document member: {other}")),
+        }
+    }
+    let id = doc_id.ok_or_else(|| "document id missing".to_string())?;
+    if !new_edits {
+        // The replicated revision is the head of `_revisions` when given, `_rev` otherwise.
+        if revisions.is_none() {
+            let Some(r) = rev.clone() else {
+                return Err("when new_edits is false, the document needs _rev or _revisions".into());
+            };
+            revisions = Some(vec![r]);
+        }
+        rev = revisions.as_ref().and_then(|r| r.first().cloned());
+    }
+    Ok(DocWrite { id, rev, revisions, deleted, body })
+}
+
+/// The JSON object a client sees for one revision: `_id`, `_rev`, the body, then `_deleted`
+/// and `_revisions` when they apply.
+pub fn render(doc: &DocRev) -> Map<String, Value> {
+    let mut out = Map::with_capacity(doc.body.len() + 4);
+    out.insert("_id".into(), Value::String(doc.id.as_str().to_owned()));
+    out.insert("_rev".into(), Value::String(doc.rev.to_string()));
+    for (k, v) in &doc.body {
+        out.insert(k.clone(), v.clone());
+    }
+    if doc.deleted {
+        out.insert("_deleted".into(), Value::Bool(true));
+    }
+    if let Some(revs) = &doc.revisions {
+        out.insert("_revisions".into(), serde_json::to_value(Revisions::from_revs(revs)).unwrap_or(Value::Null));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn doctypes_are_validated() {
+        assert!(Doctype::parse("io.cozy.notes").is_ok());
+        for bad in ["", "IO.cozy", "1abc", "a/b", "a b", "_users", &"a".repeat(129)] {
+            assert!(Doctype::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_ids_are_refused() {
+        for bad in ["", "_design/x", "_local/x", "_foo", "a\nb"] {
+            assert!(DocId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(DocId::parse("a_b/c d").is_ok());
+    }
+
+    #[test]
+    fn parses_an_interactive_edit() {
+        let w = parse_doc(json!({"_id": "a", "_rev": "1-x", "title": "t", "_conflicts": []}), None, true).unwrap();
+        assert_eq!(w.id.as_str(), "a");
+        assert_eq!(w.rev, Some(Rev::new(1, "x")));
+        assert_eq!(w.body, json!({"title": "t"}).as_object().unwrap().clone());
+        assert!(!w.deleted);
+    }
+
+    #[test]
+    fn replicated_docs_take_their_revision_from_revisions() {
+        let w = parse_doc(
+            json!({"_id": "a", "_rev": "1-zzz", "_revisions": {"start": 2, "ids": ["b", "a"]}, "_deleted": true}),
+            None,
+            false,
+        )
+        .unwrap();
+        assert_eq!(w.rev, Some(Rev::new(2, "b")));
+        assert_eq!(w.revisions.unwrap().len(), 2);
+        assert!(w.deleted);
+        assert!(parse_doc(json!({"_id": "a"}), None, false).is_err());
+    }
+
+    #[test]
+    fn bad_members_are_refused() {
+        for bad in [
+            json!([]),
+            json!({"_id": 3}),
+            json!({"_id": "a", "_rev": "x"}),
+            json!({"_id": "a", "_deleted": "yes"}),
+            json!({"_id": "a", "_foo": 1}),
+            json!({"_id": "a", "_attachments": {}}),
+            json!({"_id": "a", "_revisions": {"start": 1, "ids": []}}),
+            json!({"title": "no id"}),
+        ] {
+            assert!(parse_doc(bad.clone(), None, true).is_err(), "{bad}");
+        }
+        assert!(parse_doc(json!({"_id": "b"}), Some(DocId::parse("a").unwrap()), true).is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Document storage: the `Store` trait every backend implements, and the document types that
+//! cross it.
+//!
+//! A store holds, per doctype, documents with their full revision trees (bodies are kept for
+//! leaf revisions only, as CouchDB keeps them after compaction), a changes feed where each
+//! document appears once at its latest sequence number, and `_local` documents (replication
+//! checkpoints) that have no history and never appear in the feed.
+//!
+//! Every backend must pass the suite in [`conformance`].
+
+pub mod conformance;
+pub mod doc;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use hearth_replicator::rev::Rev;
+use serde_json::{Map, Value};
+
+pub use doc::{DocId, Doctype};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// The document exists but its winning revision is a deletion.
+    #[error("deleted")]
+    Deleted,
+    #[error("document update conflict")]
+    Conflict,
+    #[error("corrupt data in store: {0}")]
+    Corrupt(String),
+    #[error("store unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("store failure")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// A document write, as parsed from a request body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocWrite {
+    pub id: DocId,
+    /// `_rev`: the parent for interactive edits, the new revision itself for replicated ones.
+    pub rev: Option<Rev>,
+    /// `_revisions`, newest first (replicated writes).
+    pub revisions: Option<Vec<Rev>>,
+    pub deleted: bool,
+    /// The body without any `_` field.
+    pub body: Map<String, Value>,
+}
+
+/// The outcome of one document of a bulk write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteResult {
+    Ok {
+        id: DocId,
+        rev: Rev,
+    },
+    Conflict {
+        id: DocId,
+    },
+    /// Replicated write that was invalid (for example no revision).
+    Rejected {
+        id: DocId,
+        reason: String,
+    },
+}
+
+/// One revision of a document as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocRev {
+    pub id: DocId,
+    pub rev: Rev,
+    pub deleted: bool,
+    pub body: Map<String, Value>,
+    /// This revision's ancestry, newest first, when asked for.
+    pub revisions: Option<Vec<Rev>>,
+}
+
+/// The winning revision of a document plus its conflicts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocView {
+    pub doc: DocRev,
+    pub conflicts: Vec<Rev>,
+    pub deleted_conflicts: Vec<Rev>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    /// A specific revision instead of the winner.
+    pub rev: Option<Rev>,
+    /// Include `_revisions`.
+    pub revs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenRevs {
+    All,
+    Some(Vec<Rev>),
+}
+
+/// One answer of `open_revs`: the revision's document, or a revision we don't have.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenRev {
+    Found(DocRev),
+    Missing(Rev),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    pub seq: u64,
+    pub id: DocId,
+    /// Leaf revisions, winner first (only the winner unless `all_docs`).
+    pub changes: Vec<Rev>,
+    pub deleted: bool,
+    pub doc: Option<DocRev>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ChangesQuery {
+    pub since: u64,
+    pub limit: Option<usize>,
+    pub all_docs: bool,
+    pub include_docs: bool,
+    pub doc_ids: Option<Vec<DocId>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes {
+    pub rows: Vec<ChangeRow>,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AllDocsQuery {
+    pub keys: Option<Vec<DocId>>,
+    pub start_key: Option<String>,
+    pub end_key: Option<String>,
+    pub inclusive_end: bool,
+    pub descending: bool,
+    pub limit: Option<usize>,
+    pub skip: usize,
+    pub include_docs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AllDocsRow {
+    Doc { id: DocId, rev: Rev, deleted: bool, doc: Option<DocRev> },
+    NotFound { key: DocId },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllDocs {
+    pub total_rows: u64,
+    pub offset: usize,
+    pub rows: Vec<AllDocsRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbInfo {
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    pub update_seq: u64,
+}
+
+/// `_revs_diff` answer for one document: nothing is listed for documents missing nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RevsDiff {
+    pub missing: Vec<Rev>,
+    pub possible_ancestors: Vec<Rev>,
+}
+
+/// A `_local` document: no history, a `0-N` revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalDoc {
+    pub id: String,
+    pub rev: u64,
+    pub body: Map<String, Value>,
+}
+
+/// Storage of one instance. Implementations must make each bulk write atomic and durable
+/// before returning, and keep every revision tree's invariants (see `hearth_replicator::tree`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn db_info(&self, doctype: &Doctype) -> Result<DbInfo, StoreError>;
+
+    /// The winner (or `opts.rev`) with its conflicts. `NotFound` when the document or the
+    /// revision is unknown, or when the winner is deleted and no revision was asked for.
+    async fn get(&self, doctype: &Doctype, id: &DocId, opts: GetOptions) -> Result<DocView, StoreError>;
+
+    /// The given leaf revisions (`All`: every leaf, winner first) with their `_revisions`.
+    /// Unknown documents give `NotFound` with `All`, and `Missing` entries otherwise.
+    async fn open_revs(
+        &self,
+        doctype: &Doctype,
+        id: &DocId,
+        revs: OpenRevs,
+        latest: bool,
+    ) -> Result<Vec<OpenRev>, StoreError>;
+
+    /// Applies every write in one transaction. `new_edits = true` is an interactive edit
+    /// (`rev` must be a leaf; a new revision id is derived); `false` merges the given history
+    /// as a replicator does, idempotently.
+    async fn bulk_docs(
+        &self,
+        doctype: &Doctype,
+        docs: Vec<DocWrite>,
+        new_edits: bool,
+    ) -> Result<Vec<WriteResult>, StoreError>;
+
+    async fn changes(&self, doctype: &Doctype, query: &ChangesQuery) -> Result<Changes, StoreError>;
+
+    async fn revs_diff(
+        &self,
+        doctype: &Doctype,
+        revs: BTreeMap<DocId, Vec<Rev>>,
+    ) -> Result<BTreeMap<DocId, RevsDiff>, StoreError>;
+
+    async fn all_docs(&self, doctype: &Doctype, query: &AllDocsQuery) -> Result<AllDocs, StoreError>;
+
+    async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError>;
+
+    /// Writes a `_local` document; CouchDB does not check `_local` revisions, neither do we.
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError>;
+
+    async fn delete_local(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError>;
+
+    /// A counter bumped after every committed write, for long-polling feeds.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+}

@@ -1,0 +1,707 @@
+//! The embedded SQLite backend: one database file per instance, WAL journal, `synchronous=FULL`
+//! so a write is on disk before it is acknowledged, one transaction per bulk write.
+//!
+//! Tables: `docs` holds one row per document (its encoded revision tree, winner, leaves and the
+//! sequence of its latest change; the `(doctype, seq)` index is the changes feed), `bodies` the
+//! bodies of leaf revisions, `doctypes` the per-doctype sequence counter and counts, `locals` the
+//! `_local` documents. Revision trees are read and written per document, never whole tables.
+//!
+//! SQLite connections are blocking: every call runs on tokio's blocking pool. Writes go through
+//! one connection (SQLite has one writer anyway); reads use a small pool of their own
+//! connections, which WAL lets run alongside a write.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use hearth_replicator::rev::{new_rev, Rev};
+use hearth_replicator::tree::{MergeOutcome, RevTree};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use super::*;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS doctypes (
+    doctype TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    doc_count INTEGER NOT NULL,
+    del_count INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS docs (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    winner TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    leaves TEXT NOT NULL,
+    tree BLOB NOT NULL,
+    PRIMARY KEY (doctype, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (doctype, seq);
+CREATE TABLE IF NOT EXISTS bodies (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (doctype, id, rev)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locals (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (doctype, id)
+) WITHOUT ROWID;
+";
+
+/// Reader connections kept open per instance.
+const MAX_IDLE_READERS: usize = 4;
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    revs_limit: usize,
+    commits: watch::Sender<u64>,
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> StoreError {
+    StoreError::Internal(e.into())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(ref f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Unavailable(e.into())
+            }
+            e => StoreError::Internal(e.into()),
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, revs_limit: usize) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let conn = open_connection(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
+        }
+        conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let (commits, _) = watch::channel(0);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(conn),
+                readers: Mutex::new(Vec::new()),
+                revs_limit: revs_limit.max(1),
+                commits,
+            }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map_err(|_| internal(anyhow::anyhow!("reader pool poisoned")))?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path).map_err(StoreError::Unavailable)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < MAX_IDLE_READERS {
+                    pool.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, usize) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().map_err(|_| internal(anyhow::anyhow!("writer poisoned")))?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx, inner.revs_limit)?;
+            tx.commit()?;
+            inner.commits.send_modify(|n| *n += 1);
+            Ok(out)
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
+/// What the `docs` table holds for one document.
+struct DocRow {
+    tree: RevTree,
+    deleted: bool,
+}
+
+fn load_doc(conn: &Connection, doctype: &str, id: &str) -> Result<Option<DocRow>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT tree, deleted FROM docs WHERE doctype = ?1 AND id = ?2")?;
+    let row =
+        stmt.query_row(params![doctype, id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?))).optional()?;
+    row.map(|(bytes, deleted)| {
+        let tree = RevTree::decode(&bytes).map_err(|_| StoreError::Corrupt(format!("revision tree of {id}")))?;
+        Ok(DocRow { tree, deleted })
+    })
+    .transpose()
+}
+
+fn load_body(conn: &Connection, doctype: &str, id: &str, rev: &Rev) -> Result<Option<Map<String, Value>>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT body FROM bodies WHERE doctype = ?1 AND id = ?2 AND rev = ?3")?;
+    let bytes: Option<Vec<u8>> = stmt.query_row(params![doctype, id, rev.to_string()], |r| r.get(0)).optional()?;
+    bytes
+        .map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt(format!("body of {id} {rev}"))))
+        .transpose()
+}
+
+fn parse_body(id: &str, bytes: &[u8]) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(format!("body of {id}")))
+}
+
+fn encode_leaves(tree: &RevTree) -> String {
+    let leaves: Vec<(String, bool)> = tree.leaves().into_iter().map(|l| (l.rev.to_string(), l.deleted)).collect();
+    serde_json::to_string(&leaves).unwrap_or_else(|_| "[]".into())
+}
+
+fn decode_leaves(id: &str, s: &str) -> Result<Vec<(Rev, bool)>, StoreError> {
+    let raw: Vec<(String, bool)> =
+        serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("leaves of {id}")))?;
+    raw.into_iter()
+        .map(|(r, d)| Ok((r.parse().map_err(|_| StoreError::Corrupt(format!("leaves of {id}")))?, d)))
+        .collect()
+}
+
+/// The counters of one doctype, held in memory for the length of a write transaction.
+struct DoctypeCounters {
+    last_seq: u64,
+    doc_count: i64,
+    del_count: i64,
+}
+
+impl DoctypeCounters {
+    fn load(tx: &Transaction<'_>, doctype: &str) -> Result<Self, StoreError> {
+        let mut stmt = tx.prepare_cached("SELECT last_seq, doc_count, del_count FROM doctypes WHERE doctype = ?1")?;
+        let row = stmt.query_row(params![doctype], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let (last_seq, doc_count, del_count) = row.unwrap_or((0, 0, 0));
+        Ok(DoctypeCounters { last_seq: last_seq as u64, doc_count, del_count })
+    }
+
+    fn save(&self, tx: &Transaction<'_>, doctype: &str) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO doctypes (doctype, last_seq, doc_count, del_count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (doctype) DO UPDATE SET last_seq = ?2, doc_count = ?3, del_count = ?4",
+        )?
+        .execute(params![doctype, self.last_seq as i64, self.doc_count, self.del_count])?;
+        Ok(())
+    }
+}
+
+/// Writes one document's new state: tree, bodies added and removed, counters and sequence.
+struct DocUpdate<'a> {
+    doctype: &'a str,
+    id: &'a str,
+    before: Option<bool>,
+    tree: &'a RevTree,
+    new_body: Option<(&'a Rev, &'a [u8])>,
+    old_leaves: Vec<Rev>,
+}
+
+fn save_doc(tx: &Transaction<'_>, counters: &mut DoctypeCounters, u: DocUpdate<'_>) -> Result<(), StoreError> {
+    let winner = u.tree.winner().ok_or_else(|| StoreError::Corrupt(format!("empty tree for {}", u.id)))?;
+    if let Some((rev, body)) = u.new_body {
+        tx.prepare_cached("INSERT OR IGNORE INTO bodies (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![u.doctype, u.id, rev.to_string(), body])?;
+    }
+    // Only leaves keep a body (CouchDB keeps no more after compaction).
+    let mut del = tx.prepare_cached("DELETE FROM bodies WHERE doctype = ?1 AND id = ?2 AND rev = ?3")?;
+    for old in &u.old_leaves {
+        if !u.tree.is_leaf(old) {
+            del.execute(params![u.doctype, u.id, old.to_string()])?;
+        }
+    }
+    match (u.before, winner.deleted) {
+        (None, false) => counters.doc_count += 1,
+        (None, true) => counters.del_count += 1,
+        (Some(false), true) => {
+            counters.doc_count -= 1;
+            counters.del_count += 1;
+        }
+        (Some(true), false) => {
+            counters.doc_count += 1;
+            counters.del_count -= 1;
+        }
+        _ => {}
+    }
+    counters.last_seq += 1;
+    tx.prepare_cached(
+        "INSERT INTO docs (doctype, id, seq, winner, deleted, leaves, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (doctype, id) DO UPDATE SET seq = ?3, winner = ?4, deleted = ?5, leaves = ?6, tree = ?7",
+    )?
+    .execute(params![
+        u.doctype,
+        u.id,
+        counters.last_seq as i64,
+        winner.rev.to_string(),
+        winner.deleted,
+        encode_leaves(u.tree),
+        u.tree.encode(),
+    ])?;
+    Ok(())
+}
+
+fn apply_interactive(
+    tx: &Transaction<'_>,
+    counters: &mut DoctypeCounters,
+    doctype: &str,
+    w: &DocWrite,
+    revs_limit: usize,
+) -> Result<WriteResult, StoreError> {
+    let existing = load_doc(tx, doctype, w.id.as_str())?;
+    let before = existing.as_ref().map(|d| d.deleted);
+    let mut tree = existing.map(|d| d.tree).unwrap_or_default();
+    let Ok(parent) = tree.edit_parent(w.rev.as_ref(), w.deleted) else {
+        return Ok(WriteResult::Conflict { id: w.id.clone() });
+    };
+    let body = serde_json::to_vec(&w.body).map_err(internal)?;
+    let rev = new_rev(parent.as_ref(), w.deleted, &body);
+    let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent).collect();
+    let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
+    tree.merge_path(&path, w.deleted);
+    tree.stem(revs_limit);
+    save_doc(
+        tx,
+        counters,
+        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body: Some((&rev, &body)), old_leaves },
+    )?;
+    Ok(WriteResult::Ok { id: w.id.clone(), rev })
+}
+
+fn apply_replicated(
+    tx: &Transaction<'_>,
+    counters: &mut DoctypeCounters,
+    doctype: &str,
+    w: &DocWrite,
+    revs_limit: usize,
+) -> Result<Option<WriteResult>, StoreError> {
+    let Some(path) = w.revisions.as_deref().filter(|p| !p.is_empty()) else {
+        return Ok(Some(WriteResult::Rejected {
+            id: w.id.clone(),
+            reason: "when new_edits is false, the document needs _rev or _revisions".into(),
+        }));
+    };
+    let existing = load_doc(tx, doctype, w.id.as_str())?;
+    let before = existing.as_ref().map(|d| d.deleted);
+    let mut tree = existing.map(|d| d.tree).unwrap_or_default();
+    let head = &path[0];
+    let known_before = tree.contains(head).then(|| tree.clone());
+    let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
+    let outcome = tree.merge_path(path, w.deleted);
+    if outcome == MergeOutcome::AlreadyKnown && known_before.as_ref() == Some(&tree) {
+        // Idempotent: a revision we have is never rewritten, and re-sending it changes nothing.
+        return Ok(None);
+    }
+    tree.stem(revs_limit);
+    let body = serde_json::to_vec(&w.body).map_err(internal)?;
+    // Only a revision new to this tree gets a body: the first body of a revision is final.
+    let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, body.as_slice()));
+    save_doc(tx, counters, DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body, old_leaves })?;
+    Ok(None)
+}
+
+fn doc_rev(
+    conn: &Connection,
+    doctype: &str,
+    id: &DocId,
+    tree: &RevTree,
+    rev: &Rev,
+    revs: bool,
+) -> Result<Option<DocRev>, StoreError> {
+    let Some(leaf) = tree.leaves().into_iter().find(|l| &l.rev == rev) else {
+        return Ok(None);
+    };
+    let Some(body) = load_body(conn, doctype, id.as_str(), rev)? else {
+        return Ok(None);
+    };
+    Ok(Some(DocRev {
+        id: id.clone(),
+        rev: rev.clone(),
+        deleted: leaf.deleted,
+        body,
+        revisions: if revs { tree.history(rev) } else { None },
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn db_info(&self, doctype: &Doctype) -> Result<DbInfo, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT last_seq, doc_count, del_count FROM doctypes WHERE doctype = ?1")?;
+            let row = stmt
+                .query_row(params![doctype], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                .optional()?;
+            let (seq, docs, dels) = row.unwrap_or((0, 0, 0));
+            Ok(DbInfo { update_seq: seq as u64, doc_count: docs.max(0) as u64, doc_del_count: dels.max(0) as u64 })
+        })
+        .await
+    }
+
+    async fn get(&self, doctype: &Doctype, id: &DocId, opts: GetOptions) -> Result<DocView, StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
+        self.read(move |conn| {
+            let row = load_doc(conn, &doctype, id.as_str())?.ok_or(StoreError::NotFound)?;
+            let rev = match &opts.rev {
+                Some(r) => r.clone(),
+                None => {
+                    let winner = row.tree.winner().ok_or(StoreError::NotFound)?;
+                    if winner.deleted {
+                        return Err(StoreError::Deleted);
+                    }
+                    winner.rev
+                }
+            };
+            let doc = doc_rev(conn, &doctype, &id, &row.tree, &rev, opts.revs)?.ok_or(StoreError::NotFound)?;
+            Ok(DocView { doc, conflicts: row.tree.conflicts(), deleted_conflicts: row.tree.deleted_conflicts() })
+        })
+        .await
+    }
+
+    async fn open_revs(
+        &self,
+        doctype: &Doctype,
+        id: &DocId,
+        revs: OpenRevs,
+        latest: bool,
+    ) -> Result<Vec<OpenRev>, StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
+        self.read(move |conn| {
+            let row = load_doc(conn, &doctype, id.as_str())?;
+            let tree = match (row, &revs) {
+                (Some(r), _) => r.tree,
+                (None, OpenRevs::All) => return Err(StoreError::NotFound),
+                (None, OpenRevs::Some(_)) => RevTree::new(),
+            };
+            let wanted: Vec<Rev> = match revs {
+                OpenRevs::All => tree.leaves().into_iter().map(|l| l.rev).collect(),
+                OpenRevs::Some(list) if latest => {
+                    let mut seen = HashSet::new();
+                    let mut out = Vec::new();
+                    for r in list {
+                        let leaves = tree.latest(&r);
+                        if leaves.is_empty() {
+                            out.push(r);
+                        }
+                        for l in leaves {
+                            if seen.insert(l.clone()) {
+                                out.push(l);
+                            }
+                        }
+                    }
+                    out
+                }
+                OpenRevs::Some(list) => list,
+            };
+            wanted
+                .into_iter()
+                .map(|r| {
+                    Ok(match doc_rev(conn, &doctype, &id, &tree, &r, true)? {
+                        Some(d) => OpenRev::Found(d),
+                        None => OpenRev::Missing(r),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn bulk_docs(
+        &self,
+        doctype: &Doctype,
+        docs: Vec<DocWrite>,
+        new_edits: bool,
+    ) -> Result<Vec<WriteResult>, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        self.write(move |tx, revs_limit| {
+            let mut counters = DoctypeCounters::load(tx, &doctype)?;
+            let mut results = Vec::with_capacity(if new_edits { docs.len() } else { 0 });
+            for w in &docs {
+                if new_edits {
+                    results.push(apply_interactive(tx, &mut counters, &doctype, w, revs_limit)?);
+                } else if let Some(r) = apply_replicated(tx, &mut counters, &doctype, w, revs_limit)? {
+                    results.push(r);
+                }
+            }
+            counters.save(tx, &doctype)?;
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn changes(&self, doctype: &Doctype, query: &ChangesQuery) -> Result<Changes, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        let query = query.clone();
+        self.read(move |conn| {
+            let limit = query.limit.map_or(i64::MAX, |l| l as i64);
+            let ids_json = query
+                .doc_ids
+                .as_ref()
+                .map(|ids| serde_json::to_string(&ids.iter().map(|i| i.as_str()).collect::<Vec<_>>()))
+                .transpose()
+                .map_err(internal)?;
+            let sql = match (&ids_json, query.include_docs) {
+                (None, false) => {
+                    "SELECT d.id, d.seq, d.leaves, d.deleted, NULL FROM docs d
+                    WHERE d.doctype = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3"
+                }
+                (None, true) => {
+                    "SELECT d.id, d.seq, d.leaves, d.deleted, b.body FROM docs d
+                    LEFT JOIN bodies b ON b.doctype = d.doctype AND b.id = d.id AND b.rev = d.winner
+                    WHERE d.doctype = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3"
+                }
+                (Some(_), false) => {
+                    "SELECT d.id, d.seq, d.leaves, d.deleted, NULL FROM docs d
+                    WHERE d.doctype = ?1 AND d.seq > ?2 AND d.id IN (SELECT value FROM json_each(?4))
+                    ORDER BY d.seq LIMIT ?3"
+                }
+                (Some(_), true) => {
+                    "SELECT d.id, d.seq, d.leaves, d.deleted, b.body FROM docs d
+                    LEFT JOIN bodies b ON b.doctype = d.doctype AND b.id = d.id AND b.rev = d.winner
+                    WHERE d.doctype = ?1 AND d.seq > ?2 AND d.id IN (SELECT value FROM json_each(?4))
+                    ORDER BY d.seq LIMIT ?3"
+                }
+            };
+            let mut stmt = conn.prepare_cached(sql)?;
+            let map_row = |r: &rusqlite::Row<'_>| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            };
+            let raw: Vec<_> = match &ids_json {
+                None => {
+                    stmt.query_map(params![doctype, query.since as i64, limit], map_row)?.collect::<Result<_, _>>()?
+                }
+                Some(ids) => stmt
+                    .query_map(params![doctype, query.since as i64, limit, ids], map_row)?
+                    .collect::<Result<_, _>>()?,
+            };
+            let mut rows = Vec::with_capacity(raw.len());
+            let mut last_seq = query.since;
+            for (id, seq, leaves, deleted, body) in raw {
+                let leaves = decode_leaves(&id, &leaves)?;
+                let winner = leaves.first().ok_or_else(|| StoreError::Corrupt(format!("no leaves for {id}")))?.clone();
+                let doc_id = DocId::parse(&id).map_err(StoreError::Corrupt)?;
+                let doc = match body {
+                    Some(b) => Some(DocRev {
+                        id: doc_id.clone(),
+                        rev: winner.0.clone(),
+                        deleted: winner.1,
+                        body: parse_body(&id, &b)?,
+                        revisions: None,
+                    }),
+                    None => None,
+                };
+                let changes =
+                    if query.all_docs { leaves.into_iter().map(|(r, _)| r).collect() } else { vec![winner.0] };
+                last_seq = seq as u64;
+                rows.push(ChangeRow { seq: seq as u64, id: doc_id, changes, deleted, doc });
+            }
+            Ok(Changes { rows, last_seq })
+        })
+        .await
+    }
+
+    async fn revs_diff(
+        &self,
+        doctype: &Doctype,
+        revs: BTreeMap<DocId, Vec<Rev>>,
+    ) -> Result<BTreeMap<DocId, RevsDiff>, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        self.read(move |conn| {
+            let mut out = BTreeMap::new();
+            for (id, wanted) in revs {
+                let (missing, possible_ancestors) = match load_doc(conn, &doctype, id.as_str())? {
+                    Some(row) => row.tree.revs_diff(&wanted),
+                    None => {
+                        let mut seen = HashSet::new();
+                        (wanted.into_iter().filter(|r| seen.insert(r.clone())).collect(), Vec::new())
+                    }
+                };
+                if !missing.is_empty() {
+                    out.insert(id, RevsDiff { missing, possible_ancestors });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn all_docs(&self, doctype: &Doctype, query: &AllDocsQuery) -> Result<AllDocs, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        let query = query.clone();
+        self.read(move |conn| {
+            let total: i64 = conn
+                .prepare_cached("SELECT doc_count FROM doctypes WHERE doctype = ?1")?
+                .query_row(params![doctype], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let mut rows = Vec::new();
+            let fetch_doc = |id: &DocId, rev: &Rev, deleted: bool| -> Result<Option<DocRev>, StoreError> {
+                if !query.include_docs || deleted {
+                    return Ok(None);
+                }
+                Ok(load_body(conn, &doctype, id.as_str(), rev)?.map(|body| DocRev {
+                    id: id.clone(),
+                    rev: rev.clone(),
+                    deleted,
+                    body,
+                    revisions: None,
+                }))
+            };
+            if let Some(keys) = &query.keys {
+                let mut stmt =
+                    conn.prepare_cached("SELECT winner, deleted FROM docs WHERE doctype = ?1 AND id = ?2")?;
+                for key in keys.iter().skip(query.skip).take(query.limit.unwrap_or(usize::MAX)) {
+                    let found = stmt
+                        .query_row(params![doctype, key.as_str()], |r| {
+                            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                        })
+                        .optional()?;
+                    rows.push(match found {
+                        Some((rev, deleted)) => {
+                            let rev: Rev = rev.parse().map_err(|_| StoreError::Corrupt(format!("winner of {key}")))?;
+                            let doc = fetch_doc(key, &rev, deleted)?;
+                            AllDocsRow::Doc { id: key.clone(), rev, deleted, doc }
+                        }
+                        None => AllDocsRow::NotFound { key: key.clone() },
+                    });
+                }
+            } else {
+                let (lower, upper, upper_inclusive, lower_inclusive) = if query.descending {
+                    (query.end_key.clone(), query.start_key.clone(), true, query.inclusive_end)
+                } else {
+                    (query.start_key.clone(), query.end_key.clone(), query.inclusive_end, true)
+                };
+                let mut sql = String::from("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0");
+                if lower.is_some() {
+                    sql.push_str(if lower_inclusive { " AND id >= ?2" } else { " AND id > ?2" });
+                }
+                if upper.is_some() {
+                    sql.push_str(if upper_inclusive { " AND id <= ?3" } else { " AND id < ?3" });
+                }
+                sql.push_str(if query.descending { " ORDER BY id DESC" } else { " ORDER BY id" });
+                sql.push_str(" LIMIT ?4 OFFSET ?5");
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let limit = query.limit.map_or(-1, |l| l as i64);
+                let mut bind: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(doctype.clone())];
+                bind.push(Box::new(lower.clone().unwrap_or_default()));
+                bind.push(Box::new(upper.clone().unwrap_or_default()));
+                bind.push(Box::new(limit));
+                bind.push(Box::new(query.skip as i64));
+                // Unused placeholders still need a value bound; SQLite numbers them by position.
+                let found: Vec<(String, String)> = stmt
+                    .query_map(rusqlite::params_from_iter(bind.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (id, rev) in found {
+                    let id = DocId::parse(&id).map_err(StoreError::Corrupt)?;
+                    let rev: Rev = rev.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
+                    let doc = fetch_doc(&id, &rev, false)?;
+                    rows.push(AllDocsRow::Doc { id, rev, deleted: false, doc });
+                }
+            }
+            Ok(AllDocs { total_rows: total.max(0) as u64, offset: query.skip, rows })
+        })
+        .await
+    }
+
+    async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
+        self.read(move |conn| {
+            let row: Option<(i64, Vec<u8>)> = conn
+                .prepare_cached("SELECT rev, body FROM locals WHERE doctype = ?1 AND id = ?2")?
+                .query_row(params![doctype, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let (rev, body) = row.ok_or(StoreError::NotFound)?;
+            Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 })
+        })
+        .await
+    }
+
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
+        let bytes = serde_json::to_vec(&body).map_err(internal)?;
+        self.write(move |tx, _| {
+            let rev: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO locals (doctype, id, rev, body) VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (doctype, id) DO UPDATE SET rev = rev + 1, body = ?3 RETURNING rev",
+                )?
+                .query_row(params![doctype, id, bytes], |r| r.get(0))?;
+            Ok(rev as u64)
+        })
+        .await
+    }
+
+    async fn delete_local(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached("DELETE FROM locals WHERE doctype = ?1 AND id = ?2")?
+                .execute(params![doctype, id])?;
+            if n == 0 {
+                Err(StoreError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.commits.subscribe()
+    }
+}

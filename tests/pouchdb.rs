@@ -1,0 +1,76 @@
+//! A real CouchDB client against hearth: PouchDB (Node, `tests/node/replicate.js`) replicates
+//! 1,000 documents from a hearth doctype and 1,000 others to it, edits the same documents on
+//! both sides, replicates again both ways, and checks that both ends agree on every winning
+//! revision, body and `_conflicts`. Needs `npm ci` in tests/node (the test script does it).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use hearth::store::{AllDocsQuery, Doctype, GetOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pouchdb_replicates_both_ways_and_agrees_on_every_document() {
+    let node_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        node_dir.join("node_modules/pouchdb").exists(),
+        "run `npm ci --ignore-scripts` in tests/node first (scripts/test does it)"
+    );
+    let app = common::spawn_app().await;
+    // PouchDB talks to 127.0.0.1 directly, so the instance is named after that address.
+    let domain = format!("127.0.0.1:{}", app.port);
+    app.registry
+        .add(hearth::instance::NewInstance {
+            domain: hearth::instance::Domain::parse(&domain).unwrap(),
+            passphrase: None,
+            email: None,
+            public_name: None,
+        })
+        .unwrap();
+    let inst = common::TestInstance { domain: domain.clone(), port: app.port, client: app.client.clone() };
+    let token = app.token(&inst, "io.cozy.notes");
+
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("replicate.js"))
+        .env("HEARTH_DB", format!("http://{domain}/data/io.cozy.notes"))
+        .env("HEARTH_TOKEN", &token)
+        .env("DOCS", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let out = tokio::time::timeout(Duration::from_secs(300), run.wait_with_output())
+        .await
+        .expect("the PouchDB run took more than 5 minutes")
+        .expect("node run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!("no JSON summary; stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(
+        out.status.success() && summary["ok"] == true,
+        "PouchDB and hearth disagree: {summary}\nstderr tail: {}",
+        String::from_utf8_lossy(&out.stderr).lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+
+    // Cross-check from hearth's own store: every document is there and the conflicts PouchDB
+    // saw are in hearth's trees too.
+    let instance = app.registry.get(&hearth::instance::Domain::parse(&domain).unwrap()).unwrap().unwrap();
+    let t = Doctype::parse("io.cozy.notes").unwrap();
+    let all = instance.store.all_docs(&t, &AllDocsQuery { inclusive_end: true, ..Default::default() }).await.unwrap();
+    let mut conflicted = 0;
+    for row in &all.rows {
+        if let hearth::store::AllDocsRow::Doc { id, .. } = row {
+            let v = instance.store.get(&t, id, GetOptions::default()).await.unwrap();
+            if !v.conflicts.is_empty() {
+                conflicted += 1;
+            }
+        }
+    }
+    let expected = summary["conflicted"].as_u64().expect("summary has conflicted");
+    assert!(expected >= 300, "the run must create conflicts: {summary}");
+    assert_eq!(conflicted, expected, "hearth holds the same conflicted documents as PouchDB");
+    assert!(all.rows.len() >= 1900, "about 2,000 live documents expected, got {}", all.rows.len());
+}
