@@ -10,14 +10,23 @@ use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::federation::client::Federation;
+use crate::http;
 use crate::instance::Registry;
+use crate::services::Services;
+use crate::sync::outbox;
 
 pub struct Application {
     port: u16,
     server: Server,
     registry: Arc<Registry>,
+    services: Arc<Services>,
+    /// Stops the background workers when the application is dropped or stopped.
+    cancel: CancellationToken,
 }
 
 impl Application {
@@ -27,7 +36,17 @@ impl Application {
         let listener =
             TcpListener::bind(&config.listen).with_context(|| format!("failed to listen on {}", config.listen))?;
         let port = listener.local_addr()?.port();
-        let state = web::Data::new(AppState { config: config.clone(), registry: registry.clone() });
+        registry.open_all()?;
+        let federation = Arc::new(Federation::new(&config)?);
+        let services = Arc::new(Services {
+            config: config.clone(),
+            registry: registry.clone(),
+            federation,
+            outbox: Arc::new(Notify::new()),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(outbox::run(services.clone(), cancel.clone()));
+        let state = web::Data::from(services.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -54,7 +73,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
-        Ok(Application { port, server, registry })
+        Ok(Application { port, server, registry, services, cancel })
     }
 
     pub fn port(&self) -> u16 {
@@ -70,7 +89,14 @@ impl Application {
         self.server.handle()
     }
 
+    pub fn services(&self) -> Arc<Services> {
+        self.services.clone()
+    }
+
+    /// Serves until stopped (by the handle or a signal), then stops the background workers.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let result = self.server.await;
+        self.cancel.cancel();
+        result
     }
 }

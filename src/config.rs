@@ -55,13 +55,31 @@ pub struct CouchConfig {
     pub password: Option<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
     /// Let peers live on loopback and private addresses (tests and local demos only).
     pub allow_private_addresses: bool,
     /// Let peers be reached over plain `http://` (tests and local demos only).
     pub allow_http: bool,
+    /// Lifetime of the access tokens given to peer instances, in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Most members (owner included) a sharing may have.
+    pub max_members: usize,
+    /// Most sharing requests not yet answered that one peer instance may leave here.
+    pub max_pending_requests_per_peer: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            allow_private_addresses: false,
+            allow_http: false,
+            access_token_ttl_secs: 3600,
+            max_members: 100,
+            max_pending_requests_per_peer: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -80,11 +98,23 @@ pub struct ReplicationConfig {
     pub debounce_ms: u64,
     /// Documents per replication batch.
     pub batch_size: usize,
+    /// First retry delay after a failed peer call, in milliseconds; doubles on each failure.
+    pub retry_base_ms: u64,
+    /// Longest delay between retries, in milliseconds (jitter is applied below it).
+    pub retry_max_ms: u64,
+    /// How often background work (outbox, replication sweep) looks for due items, in ms.
+    pub sweep_ms: u64,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        ReplicationConfig { debounce_ms: 100, batch_size: 500 }
+        ReplicationConfig {
+            debounce_ms: 100,
+            batch_size: 500,
+            retry_base_ms: 1000,
+            retry_max_ms: 300_000,
+            sweep_ms: 1000,
+        }
     }
 }
 
@@ -124,7 +154,18 @@ impl Config {
         Config {
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.to_path_buf(),
-            federation: FederationConfig { allow_private_addresses: true, allow_http: true },
+            federation: FederationConfig {
+                allow_private_addresses: true,
+                allow_http: true,
+                ..FederationConfig::default()
+            },
+            replication: ReplicationConfig {
+                debounce_ms: 20,
+                retry_base_ms: 50,
+                retry_max_ms: 500,
+                sweep_ms: 100,
+                ..ReplicationConfig::default()
+            },
             ..Config::default()
         }
     }

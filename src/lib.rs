@@ -4,9 +4,13 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod instance;
+pub mod services;
+pub mod sharing;
 pub mod store;
+pub mod sync;
 
 pub use app::Application;
 pub use config::Config;

@@ -28,6 +28,35 @@ enum Command {
     /// Manage the instances this server hosts.
     #[command(subcommand)]
     Instances(InstancesCmd),
+    /// Look at and manage an instance's sharings.
+    #[command(subcommand)]
+    Sharings(SharingsCmd),
+}
+
+#[derive(Subcommand)]
+enum SharingsCmd {
+    /// List sharings, incoming and outgoing.
+    Ls {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a sharing: rules, members and their statuses.
+    Show {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the invitation links of members who have not answered yet.
+    Invitations { domain: String, id: String },
+    /// Revoke a sharing (every member), or one member with --member.
+    Revoke {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        member: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +106,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config),
         Command::Instances(cmd) => instances(config, cmd),
+        Command::Sharings(cmd) => tokio::runtime::Runtime::new()?.block_on(sharings(config, cmd)),
     }
 }
 
@@ -189,6 +219,109 @@ fn instances(config: Config, cmd: InstancesCmd) -> anyhow::Result<()> {
             let scope = PermissionSet::parse(&args.scopes.join(" ")).map_err(anyhow::Error::msg)?;
             let ttl = args.ttl.unwrap_or(registry.config().cli_token_ttl_secs);
             println!("{}", inst.keys.issue(Audience::Cli, "cli", ttl, Some(&scope), None));
+        }
+    }
+    Ok(())
+}
+
+async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
+    use hearth::sharing::{self, service, SharingId};
+    let config = Arc::new(config);
+    let registry = Arc::new(Registry::open(config.clone())?);
+    let svc = hearth::services::Services {
+        federation: Arc::new(hearth::federation::client::Federation::new(&config)?),
+        config,
+        registry: registry.clone(),
+        outbox: Arc::new(tokio::sync::Notify::new()),
+    };
+    let open = |d: &str| -> anyhow::Result<Arc<hearth::instance::Instance>> {
+        let d = Domain::parse(d).map_err(anyhow::Error::msg)?;
+        registry.get(&d)?.with_context(|| format!("no instance {d}"))
+    };
+    let sid = |s: &str| SharingId::parse(s).map_err(anyhow::Error::msg);
+    match cmd {
+        SharingsCmd::Ls { domain, json } => {
+            let inst = open(&domain)?;
+            let list = sharing::list(inst.store.as_ref()).await?;
+            if json {
+                let v: Vec<_> = list.iter().map(|s| s.to_api()).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("No sharing on {domain}");
+            } else {
+                println!("{:<32}  {:<9} {:<7} {:<8} DESCRIPTION", "ID", "DIRECTION", "ACTIVE", "MEMBERS");
+                for s in list {
+                    let dir = if s.owner { "outgoing" } else { "incoming" };
+                    println!("{:<32}  {:<9} {:<7} {:<8} {}", s.id(), dir, s.active, s.members.len() - 1, s.description);
+                }
+            }
+        }
+        SharingsCmd::Show { domain, id, json } => {
+            let inst = open(&domain)?;
+            let s = sharing::load(inst.store.as_ref(), &sid(&id)?).await?.context("no such sharing")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s.to_api())?);
+            } else {
+                println!(
+                    "Sharing {} ({}, {})",
+                    s.id(),
+                    if s.owner { "outgoing" } else { "incoming" },
+                    if s.active { "active" } else { "inactive" }
+                );
+                println!("Description: {}", s.description);
+                println!("Rules:");
+                for r in &s.rules {
+                    println!(
+                        "  {:<20} {:<24} add={:?} update={:?} remove={:?} values={}",
+                        r.title,
+                        r.doctype,
+                        r.add,
+                        r.update,
+                        r.remove,
+                        r.values.join(",")
+                    );
+                }
+                println!("Members:");
+                for (i, m) in s.members.iter().enumerate() {
+                    let who = m.public_name.as_deref().or(m.name.as_deref()).or(m.email.as_deref()).unwrap_or("-");
+                    println!(
+                        "  {i:<3} {:<14} {:<24} {}{}",
+                        m.status.as_str(),
+                        who,
+                        m.instance.as_deref().unwrap_or("-"),
+                        if m.read_only { " (read-only)" } else { "" }
+                    );
+                }
+            }
+        }
+        SharingsCmd::Invitations { domain, id } => {
+            let inst = open(&domain)?;
+            let s = sharing::load(inst.store.as_ref(), &sid(&id)?).await?.context("no such sharing")?;
+            if !s.owner {
+                anyhow::bail!("this instance is not the owner of the sharing");
+            }
+            let list = service::invitations(&svc, &inst, &s);
+            if list.is_empty() {
+                println!("No invitation waiting for an answer");
+            }
+            for (i, m, link) in list {
+                println!("{i}  {}  {link}", m.email.as_deref().or(m.name.as_deref()).unwrap_or("-"));
+            }
+        }
+        SharingsCmd::Revoke { domain, id, member } => {
+            let inst = open(&domain)?;
+            let id = sid(&id)?;
+            let s = match sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")? {
+                s if s.owner => service::revoke(&svc, &inst, &id, member).await?,
+                _ if member.is_some() => {
+                    anyhow::bail!("only the owner revokes a member; on a recipient, revoke leaves the sharing")
+                }
+                _ => service::leave(&svc, &inst, &id).await?,
+            };
+            println!(
+                "Revoked. The peers are told by the running server (hearth serve); sharing is now {}.",
+                if s.active { "active" } else { "inactive" }
+            );
         }
     }
     Ok(())

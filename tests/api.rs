@@ -40,7 +40,8 @@ async fn a_new_note_is_created_and_shows_in_the_changes_feed() {
 #[tokio::test]
 async fn unknown_hosts_get_a_json_404() {
     let app = spawn_app().await;
-    let ghost = TestInstance { domain: "ghost.localhost".into(), port: app.port, client: app.client.clone() };
+    let ghost =
+        TestInstance { domain: format!("ghost.localhost:{}", app.port), port: app.port, client: app.client.clone() };
     let (s, body) = ghost.call(Method::GET, "/data/io.cozy.notes/", None, None).await;
     assert_eq!(s, 404);
     assert_eq!(body["error"], "not_found");

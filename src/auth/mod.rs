@@ -1,6 +1,7 @@
 //! Authentication and authorisation: tokens, permission sets, the owner's passphrase, and the
 //! rate limiter that slows down guessing.
 
+pub mod oauth;
 pub mod scope;
 pub mod token;
 

@@ -51,7 +51,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn doctype_of(req: &HttpRequest) -> ApiResult<Doctype> {
-    Doctype::parse(req.match_info().get("doctype").unwrap_or_default()).map_err(ApiError::BadRequest)
+    let doctype = Doctype::parse(req.match_info().get("doctype").unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    if crate::sharing::model::is_internal_doctype(doctype.as_str()) {
+        return Err(ApiError::Forbidden(format!("{doctype} is managed by hearth and not reachable through /data")));
+    }
+    Ok(doctype)
 }
 
 fn doc_id_of(req: &HttpRequest) -> ApiResult<DocId> {

@@ -21,6 +21,11 @@ pub enum ApiError {
     #[error("document update conflict")]
     Conflict,
     #[error("{0}")]
+    ConflictWith(String),
+    /// A peer instance failed or refused; the reason names the peer, never a secret.
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
     PreconditionFailed(String),
     #[error("request body too large")]
     TooLarge,
@@ -45,7 +50,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Conflict => "conflict",
+            ApiError::Conflict | ApiError::ConflictWith(_) => "conflict",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::TooLarge => "too_large",
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
@@ -75,7 +81,8 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict => StatusCode::CONFLICT,
+            ApiError::Conflict | ApiError::ConflictWith(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

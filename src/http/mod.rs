@@ -4,6 +4,7 @@
 pub mod data;
 pub mod error;
 pub mod login;
+pub mod sharings;
 
 use std::collections::HashMap;
 use std::future::{ready, Ready};
@@ -16,20 +17,17 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::auth::{Audience, Claims, PermissionSet};
-use crate::config::Config;
-use crate::instance::{Domain, Instance, Registry};
+use crate::instance::{Domain, Instance};
 pub use error::{ApiError, ApiResult};
 
-/// What every handler can reach: the configuration and the instance registry.
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub registry: Arc<Registry>,
-}
+/// What every handler can reach: configuration, registry, federation client, outbox.
+pub type AppState = crate::services::Services;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/status", web::get().to(status))
         .configure(login::routes)
         .configure(data::routes)
+        .configure(sharings::routes)
         .default_service(web::to(not_found));
 }
 
@@ -76,12 +74,13 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The caller of a `/data` route: a valid token of this instance with a scope.
+/// The caller of a `/data` or management route: an app or CLI token of this instance with a
+/// scope. Tokens of peer instances (audience `access`) are checked by the sharing routes.
 pub fn data_caller(inst: &Instance, req: &HttpRequest) -> ApiResult<(Claims, PermissionSet)> {
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let claims = inst
         .keys
-        .verify(token, &[Audience::App, Audience::Cli, Audience::Access])
+        .verify(token, &[Audience::App, Audience::Cli])
         .ok_or(ApiError::Unauthorized("invalid or expired token"))?;
     let perms = claims.permissions().ok_or(ApiError::Unauthorized("invalid or expired token"))?;
     Ok((claims, perms))

@@ -81,11 +81,32 @@ pub struct Instance {
     pub public_name: Option<String>,
     pub store: Arc<dyn Store>,
     pub keys: TokenKeys,
+    /// Keyed with the instance's own secret, for deriving per-purpose secrets.
+    mac: hmac::Hmac<sha2::Sha256>,
     /// Failed passphrase attempts, keyed by client address and by instance.
     pub login_failures: FailureLimiter,
 }
 
 impl Instance {
+    /// A secret derived from the instance secret for `purpose` and `parts` (HMAC-SHA256,
+    /// 128 bits, hex): invitation states, CSRF tokens. Recomputable, so never stored.
+    pub fn derive_secret(&self, purpose: &str, parts: &[&str]) -> String {
+        use hmac::Mac;
+        let mut mac = self.mac.clone();
+        mac.update(purpose.as_bytes());
+        for p in parts {
+            mac.update(b"\0");
+            mac.update(p.as_bytes());
+        }
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Constant-time comparison of a presented secret with the expected one.
+    pub fn secrets_match(presented: &str, expected: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+    }
+
     /// The name shown to people: the public name, else the domain.
     pub fn display_name(&self) -> &str {
         self.public_name.as_deref().unwrap_or(self.domain.as_str())
@@ -261,6 +282,8 @@ impl Registry {
         };
         let inst = Arc::new(Instance {
             keys: TokenKeys::new(&rec.secret, rec.domain.as_str()),
+            mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&rec.secret)
+                .map_err(|_| anyhow::anyhow!("invalid instance secret"))?,
             domain: rec.domain,
             email: rec.email,
             public_name: rec.public_name,
@@ -272,6 +295,22 @@ impl Registry {
         });
         open.insert(domain.clone(), inst.clone());
         Ok(Some(inst))
+    }
+
+    /// Every instance opened so far in this process.
+    pub fn opened(&self) -> Vec<Arc<Instance>> {
+        self.open.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Opens every registered instance (so background work such as the outbox resumes after a
+    /// restart). Instances that fail to open are logged and skipped.
+    pub fn open_all(&self) -> anyhow::Result<()> {
+        for rec in self.list()? {
+            if let Err(e) = self.get(&rec.domain) {
+                tracing::error!(instance = %rec.domain, error = ?e, "failed to open instance");
+            }
+        }
+        Ok(())
     }
 
     /// Creates the instance if it doesn't exist yet; used by `hearth serve` on a fresh data dir.

@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod doc;
+pub mod json;
 pub mod sqlite;
 
 use std::collections::BTreeMap;

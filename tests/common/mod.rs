@@ -1,19 +1,54 @@
 //! Test harness: `spawn_app()` runs a real server on 127.0.0.1 (port 0) with a temporary data
-//! dir, and gives helpers to create instances, mint tokens and call the API.
+//! dir, and gives helpers to create instances, mint tokens and call the API. Test clients
+//! resolve every `*.localhost` name to 127.0.0.1 (RFC 6761), as hearth's federation client does,
+//! so instances are addressed by their real domain.
 #![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hearth::auth::{Audience, PermissionSet};
 use hearth::instance::{Domain, NewInstance};
+use hearth::services::Services;
 use hearth::{Application, Config};
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::Value;
 
+struct LocalhostResolver;
+
+impl reqwest::dns::Resolve for LocalhostResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let ok = name.as_str() == "localhost" || name.as_str().ends_with(".localhost");
+        Box::pin(async move {
+            if ok {
+                let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::from(([127, 0, 0, 1], 0))));
+                Ok(addrs)
+            } else {
+                Err("tests only resolve *.localhost".into())
+            }
+        })
+    }
+}
+
+/// A client like a browser: its own cookies, redirects not followed (tests look at them).
+pub fn browser() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .dns_resolver(Arc::new(LocalhostResolver))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
 pub struct TestApp {
     pub port: u16,
-    pub registry: std::sync::Arc<hearth::instance::Registry>,
+    pub registry: Arc<hearth::instance::Registry>,
+    pub services: Arc<Services>,
     pub client: Client,
-    pub dir: tempfile::TempDir,
-    handle: actix_web::dev::ServerHandle,
+    pub dir: Arc<tempfile::TempDir>,
+    pub config: Config,
+    handle: Option<actix_web::dev::ServerHandle>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -21,27 +56,33 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let mut config = Config::for_tests(dir.path());
     tweak(&mut config);
-    let app = Application::build(config).await.expect("build app");
+    start(config, dir).await
+}
+
+async fn start(config: Config, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let app = Application::build(config.clone()).await.expect("build app");
     let port = app.port();
     let registry = app.registry();
+    let services = app.services();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
-    let client =
-        Client::builder().redirect(reqwest::redirect::Policy::none()).cookie_store(true).build().expect("client");
-    TestApp { port, registry, client, dir, handle }
+    let mut config = config;
+    config.listen = format!("127.0.0.1:{port}");
+    TestApp { port, registry, services, client: browser(), dir, config, handle: Some(handle) }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let h = self.handle.clone();
-        drop(h.stop(false));
+        if let Some(h) = self.handle.take() {
+            drop(h.stop(false));
+        }
     }
 }
 
-/// An instance of a test app, addressed through its `Host`.
+/// An instance of a test app, addressed through its domain.
 pub struct TestInstance {
     pub domain: String,
     pub port: u16,
@@ -49,6 +90,23 @@ pub struct TestInstance {
 }
 
 impl TestApp {
+    /// Stops the server (its data stays): peers see it as down.
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop(true).await;
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut fresh = start(self.config.clone(), self.dir.clone()).await;
+        self.registry = fresh.registry.clone();
+        self.services = fresh.services.clone();
+        // `fresh` is dropped without its handle, so it doesn't stop the server.
+        self.handle = fresh.handle.take();
+    }
+
     pub fn add_instance(&self, name: &str, passphrase: &str) -> TestInstance {
         let domain = format!("{name}.localhost:{}", self.port);
         self.registry
@@ -62,19 +120,28 @@ impl TestApp {
         TestInstance { domain, port: self.port, client: self.client.clone() }
     }
 
+    pub fn instance(&self, domain: &str) -> Arc<hearth::instance::Instance> {
+        self.registry.get(&Domain::parse(domain).expect("domain")).expect("registry").expect("instance")
+    }
+
     pub fn token(&self, inst: &TestInstance, scope: &str) -> String {
-        let i = self.registry.get(&Domain::parse(&inst.domain).expect("domain")).expect("registry").expect("instance");
-        i.keys.issue(Audience::Cli, "cli", 3600, Some(&PermissionSet::parse(scope).expect("scope")), None)
+        self.instance(&inst.domain).keys.issue(
+            Audience::Cli,
+            "cli",
+            3600,
+            Some(&PermissionSet::parse(scope).expect("scope")),
+            None,
+        )
     }
 }
 
 impl TestInstance {
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}{path}", self.domain)
     }
 
     pub fn req(&self, method: Method, path: &str, token: Option<&str>) -> RequestBuilder {
-        let mut r = self.client.request(method, self.url(path)).header("Host", &self.domain);
+        let mut r = self.client.request(method, self.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -91,5 +158,21 @@ impl TestInstance {
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+/// Polls `check` until it returns true or `secs` pass (then fails with `what`).
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }

@@ -1,0 +1,205 @@
+//! The outbound client instances use to talk to each other. Every URL a user or a peer
+//! supplied goes through the SSRF guard ([`super::guard`]); responses are size-capped; calls
+//! authenticated with a peer's access token refresh it once on 401 through the peer's
+//! `POST /auth/access_token` (the `oauth2` crate, over the same guarded client) and retry.
+
+use std::time::Duration;
+
+use oauth2::basic::BasicClient;
+use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, TokenResponse, TokenUrl};
+use reqwest::Method;
+use serde_json::Value;
+use url::Url;
+
+use super::guard::{self, GuardError, PeerPolicy};
+use crate::config::Config;
+use crate::sharing::model::PeerCredentials;
+
+/// Largest response accepted from a peer.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("peer address refused: {0}")]
+    Guard(#[from] GuardError),
+    #[error("peer {peer} unreachable")]
+    Unreachable {
+        peer: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("peer {peer} answered {status}: {reason}")]
+    Status { peer: String, status: u16, reason: String },
+    #[error("peer {peer} sent an invalid response")]
+    BadResponse { peer: String },
+    #[error("peer {peer} refused to refresh our credentials")]
+    Refresh { peer: String },
+}
+
+impl FederationError {
+    /// Whether trying again later may succeed (network trouble, 5xx, 408, 429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FederationError::Unreachable { .. } | FederationError::BadResponse { .. } => true,
+            FederationError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            FederationError::Guard(g) => g.is_transient(),
+            FederationError::Refresh { .. } => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FederationError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub struct Federation {
+    http: reqwest::Client,
+    policy: PeerPolicy,
+    https: bool,
+}
+
+/// The printable part of a URL (never its path or query, which may carry secrets).
+pub fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+impl Federation {
+    pub fn new(config: &Config) -> anyhow::Result<Federation> {
+        let policy = PeerPolicy::new(config.federation.allow_private_addresses, config.federation.allow_http);
+        let http = guard::build_client(&policy, None)?;
+        Ok(Federation { http, policy, https: !config.federation.allow_http })
+    }
+
+    /// The scheme this server's instances are reached with.
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The base URL of one of our own instances.
+    pub fn instance_url(&self, domain: &str) -> String {
+        format!("{}://{domain}", self.scheme())
+    }
+
+    /// Normalises what a person typed as their instance address (`bob.example.net`,
+    /// `https://bob.example.net/some/path`) to its origin, and checks it with the SSRF guard.
+    pub fn normalise_instance_url(&self, input: &str) -> Result<Url, FederationError> {
+        let input = input.trim();
+        let with_scheme = if input.contains("://") { input.to_owned() } else { format!("{}://{input}", self.scheme()) };
+        let mut url = guard::check_url(&with_scheme, &self.policy)?;
+        url.set_path("/");
+        url.set_query(None);
+        url.set_fragment(None);
+        Ok(url)
+    }
+
+    fn join(base: &Url, path: &str) -> Result<Url, FederationError> {
+        base.join(path).map_err(|_| FederationError::BadResponse { peer: origin(base) })
+    }
+
+    /// Sends one request (no token refresh) and returns status and JSON body.
+    async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), FederationError> {
+        let url = guard::check_url(url.as_str(), &self.policy)?;
+        let peer = origin(&url);
+        let mut req = self.http.request(method, url).header("Accept", "application/json");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|source| FederationError::Unreachable { peer: peer.clone(), source })?;
+        let status = resp.status().as_u16();
+        let bytes = guard::read_limited(resp, MAX_RESPONSE_BYTES).await?;
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Ok((status, value))
+    }
+
+    /// An unauthenticated call; non-2xx answers become `Status` errors.
+    pub async fn call_open(
+        &self,
+        method: Method,
+        base: &Url,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, FederationError> {
+        let url = Self::join(base, path)?;
+        let (status, value) = self.send(method, &url, None, body).await?;
+        check_status(&url, status, value)
+    }
+
+    /// A call authenticated with the credentials a peer gave us. On 401 the access token is
+    /// refreshed once (and `creds` updated, so the caller can store it) and the call retried.
+    pub async fn call_peer(
+        &self,
+        creds: &mut PeerCredentials,
+        base: &Url,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, FederationError> {
+        let url = Self::join(base, path)?;
+        let (status, value) = self.send(method.clone(), &url, Some(&creds.access_token), body).await?;
+        if status != 401 {
+            return check_status(&url, status, value);
+        }
+        self.refresh(creds, base).await?;
+        let (status, value) = self.send(method, &url, Some(&creds.access_token), body).await?;
+        check_status(&url, status, value)
+    }
+
+    /// `POST <peer>/auth/access_token` with `grant_type=refresh_token`.
+    pub async fn refresh(&self, creds: &mut PeerCredentials, base: &Url) -> Result<(), FederationError> {
+        let peer = origin(base);
+        let token_url = Self::join(base, "/auth/access_token")?;
+        guard::check_url(token_url.as_str(), &self.policy)?;
+        let client = BasicClient::new(ClientId::new(creds.client_id.clone()))
+            .set_client_secret(ClientSecret::new(creds.client_secret.clone()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(TokenUrl::from_url(token_url));
+        let resp = client
+            .exchange_refresh_token(&RefreshToken::new(creds.refresh_token.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| {
+                tracing::warn!(peer = %peer, error = %e, "token refresh failed");
+                FederationError::Refresh { peer: peer.clone() }
+            })?;
+        creds.access_token = resp.access_token().secret().clone();
+        if let Some(r) = resp.refresh_token() {
+            creds.refresh_token = r.secret().clone();
+        }
+        Ok(())
+    }
+
+    pub fn timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+fn check_status(url: &Url, status: u16, value: Value) -> Result<Value, FederationError> {
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    let reason = value
+        .get("reason")
+        .or_else(|| value.get("error"))
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given")
+        .chars()
+        .take(200)
+        .collect();
+    Err(FederationError::Status { peer: origin(url), status, reason })
+}

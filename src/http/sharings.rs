@@ -1,0 +1,608 @@
+//! `/sharings/...` routes (the owner's and the recipients' sides of the Cozy-to-Cozy flow),
+//! the recipient's acceptance page (`/auth/authorize/sharing`) and the OAuth token refresh
+//! endpoint (`/auth/access_token`). The logic lives in `crate::sharing::service`; handlers parse,
+//! authorise and shape answers.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::login::{esc, owner_session, page, SESSION_COOKIE};
+use super::{bearer, data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use crate::auth::{oauth, PermissionSet, Verb};
+use crate::sharing::service::{self, Discovery, ListQuery};
+use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
+use crate::store::Doctype;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/sharings/").route(web::post().to(create)).route(web::get().to(list)))
+        .service(
+            web::resource("/sharings/{id}")
+                .route(web::get().to(get_sharing))
+                .route(web::put().to(put_request))
+                .route(web::delete().to(revoked_notification)),
+        )
+        .service(
+            web::resource("/sharings/{id}/discovery")
+                .route(web::get().to(discovery_page))
+                .route(web::post().to(discovery_post)),
+        )
+        .service(
+            web::resource("/sharings/{id}/answer")
+                .route(web::post().to(answer))
+                .route(web::delete().to(left_notification)),
+        )
+        .service(
+            web::resource("/sharings/{id}/recipients")
+                .route(web::post().to(add_recipients))
+                .route(web::delete().to(revoke_all)),
+        )
+        .route("/sharings/{id}/recipients/self", web::delete().to(leave))
+        .route("/sharings/{id}/recipients/delegated", web::post().to(add_delegated))
+        .route("/sharings/{id}/recipients/{index}", web::delete().to(revoke_one))
+        .service(
+            web::resource("/sharings/{id}/recipients/{index}/readonly")
+                .route(web::post().to(add_read_only))
+                .route(web::delete().to(remove_read_only)),
+        )
+        .route("/sharings/{id}/credentials", web::post().to(credentials_notification))
+        .service(
+            web::resource("/auth/authorize/sharing")
+                .route(web::get().to(authorize_page))
+                .route(web::post().to(authorize_post)),
+        )
+        .route("/auth/access_token", web::post().to(access_token));
+}
+
+impl From<SharingError> for ApiError {
+    fn from(e: SharingError) -> Self {
+        match e {
+            SharingError::BadRequest(r) => ApiError::BadRequest(r),
+            SharingError::Unauthorized(r) => ApiError::Unauthorized(r),
+            SharingError::Forbidden(r) => ApiError::Forbidden(r),
+            SharingError::NotFound(r) => ApiError::NotFound(r),
+            SharingError::Conflict(r) => ApiError::ConflictWith(r),
+            SharingError::TooMany(_) => ApiError::TooManyRequests,
+            SharingError::Peer(p) => ApiError::BadGateway(p.to_string()),
+            SharingError::Store(s) => s.into(),
+        }
+    }
+}
+
+fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
+}
+
+fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
+    SharingId::parse(req.match_info().get("id").unwrap_or_default()).map_err(ApiError::BadRequest)
+}
+
+fn member_index(req: &HttpRequest) -> ApiResult<usize> {
+    req.match_info()
+        .get("index")
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(|| ApiError::bad_request("member index must be a number"))
+}
+
+fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
+    HttpResponse::build(status).content_type("application/vnd.api+json").body(v.to_string())
+}
+
+fn doc(s: &Sharing) -> Value {
+    json!({"data": s.to_api()})
+}
+
+/// Whether an owner's token may manage this sharing: it covers every rule with every verb (as
+/// creating it required), or it has the whole `io.cozy.sharings` doctype.
+fn may_manage(perms: &PermissionSet, s: &Sharing) -> bool {
+    let sharings_dt = Doctype::parse("io.cozy.sharings").ok();
+    if sharings_dt
+        .is_some_and(|d| [Verb::Get, Verb::Post, Verb::Put, Verb::Delete].iter().all(|v| perms.allows(&d, *v, None)))
+    {
+        return true;
+    }
+    s.rules.iter().all(|r| {
+        Doctype::parse(&r.doctype).is_ok_and(|d| {
+            [Verb::Get, Verb::Post, Verb::Put, Verb::Delete].iter().all(|v| match &r.selector {
+                None => r.values.iter().all(|id| perms.allows(&d, *v, Some(id))),
+                Some(_) => perms.allows(&d, *v, None),
+            })
+        })
+    })
+}
+
+/// Whether an owner's token may read this sharing: GET on one of its doctypes, or on sharings.
+fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
+    let sharings_dt = Doctype::parse("io.cozy.sharings").ok();
+    sharings_dt.is_some_and(|d| perms.allows(&d, Verb::Get, Some(s.id())))
+        || s.rules.iter().any(|r| {
+            Doctype::parse(&r.doctype).is_ok_and(|d| perms.allows(&d, Verb::Get, r.values.first().map(String::as_str)))
+        })
+}
+
+async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
+    let perms = match data_caller(&inst.0, req) {
+        Ok((_, perms)) => perms,
+        Err(e) => {
+            // A member's instance is known here, but managing the sharing is the owner's.
+            if let Some(token) = bearer(req) {
+                if service::peer_member(&inst.0, id, token).await.is_ok() {
+                    return Err(ApiError::Forbidden("members cannot manage the sharing".into()));
+                }
+            }
+            return Err(e);
+        }
+    };
+    let s =
+        sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    if !may_manage(&perms, &s) {
+        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
+    }
+    Ok(s)
+}
+
+/// The member a peer's bearer token stands for (`401` when missing, invalid or revoked).
+async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<usize> {
+    let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let (client, perms) = service::peer_member(&inst.0, id, token).await?;
+    if !service::peer_may(&perms, id, verb) {
+        return Err(ApiError::Forbidden("this member's permissions do not allow it".into()));
+    }
+    Ok(client.member_index)
+}
+
+async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
+    let limit = state_of(req)?.config.max_body_bytes;
+    parse_json(&read_body(req, payload, limit).await?)
+}
+
+/// `POST /sharings/` — creates a sharing (JSON:API `io.cozy.sharings`); 201 with the sharing.
+async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let body = json_body(&req, payload).await?;
+    let s = service::create(state_of(&req)?, &inst.0, &perms, &body).await?;
+    Ok(jsonapi(StatusCode::CREATED, doc(&s)))
+}
+
+/// `GET /sharings/?direction=incoming|outgoing&status=&doctype=&page[cursor]=&page[limit]=`.
+async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let q = Query::of(&req)?;
+    let outgoing = match q.get("direction") {
+        None => None,
+        Some("outgoing") => Some(true),
+        Some("incoming") => Some(false),
+        Some(_) => return Err(ApiError::bad_request("direction must be incoming or outgoing")),
+    };
+    let status = q
+        .get("status")
+        .map(|s| MemberStatus::parse(s).ok_or_else(|| ApiError::bad_request("unknown status")))
+        .transpose()?;
+    let limit = match q.get("page[limit]") {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
+    };
+    let query = ListQuery {
+        outgoing,
+        status,
+        doctype: q.get("doctype").map(str::to_owned),
+        cursor: q.get("page[cursor]").map(str::to_owned),
+        limit,
+    };
+    let (items, next) = service::list_filtered(&inst.0, &query).await?;
+    let data: Vec<Value> = items.iter().filter(|s| may_read(&perms, s)).map(Sharing::to_api).collect();
+    let mut out = json!({"data": data, "meta": {"count": data.len()}});
+    if let Some(cursor) = next {
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("direction", q.get("direction")), ("status", q.get("status")), ("doctype", q.get("doctype"))] {
+            if let Some(v) = v {
+                url.append_pair(k, v);
+            }
+        }
+        url.append_pair("page[cursor]", &cursor).append_pair("page[limit]", &limit.to_string());
+        out["links"] = json!({"next": format!("/sharings/?{}", url.finish())});
+    }
+    Ok(jsonapi(StatusCode::OK, out))
+}
+
+/// `GET /sharings/:id` — for the owner's apps, or a member's instance (with its token).
+async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let s = sharing::load(inst.0.store.as_ref(), &id).await?;
+    let allowed = match data_caller(&inst.0, &req) {
+        Ok((_, perms)) => s.as_ref().is_some_and(|s| may_read(&perms, s)),
+        Err(_) => {
+            let (_, perms) = service::peer_member(&inst.0, &id, token).await?;
+            service::peer_may(&perms, &id, Verb::Get)
+        }
+    };
+    match s {
+        Some(s) if allowed => Ok(jsonapi(StatusCode::OK, doc(&s))),
+        Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
+        None => Err(ApiError::NotFound("no such sharing".into())),
+    }
+}
+
+/// `PUT /sharings/:id` — on a recipient, from the owner's instance: the sharing request.
+async fn put_request(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let body = json_body(&req, payload).await?;
+    let s = service::receive_request(state_of(&req)?, &inst.0, &id, &body).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `DELETE /sharings/:id` — on a recipient, from the owner: this instance was revoked.
+async fn revoked_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    if index != 0 {
+        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
+    }
+    service::revoked_by_owner(&inst.0, &id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `DELETE /sharings/:id/answer` — on the owner, from a member's instance: it left.
+async fn left_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    if index == 0 {
+        return Err(ApiError::Forbidden("only a member's instance may send this".into()));
+    }
+    service::member_left(&inst.0, &id, index).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /sharings/:id/credentials` — on a recipient, from the owner: new credentials.
+async fn credentials_notification(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    if index != 0 {
+        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
+    }
+    let body = json_body(&req, payload).await?;
+    service::receive_credentials(&inst.0, &id, &body).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /sharings/:id/answer` — on the owner, from a recipient's instance: the credential
+/// exchange (or a refusal), authenticated by the member's `state`.
+async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let body = json_body(&req, payload).await?;
+    let out = service::process_answer(state_of(&req)?, &inst.0, &id, &body).await?;
+    Ok(jsonapi(StatusCode::OK, out))
+}
+
+/// `POST /sharings/:id/recipients` — more recipients (owner).
+async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let body = json_body(&req, payload).await?;
+    let s = service::add_recipients(state_of(&req)?, &inst.0, &id, &body).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `POST /sharings/:id/recipients/delegated` — a ready member of an open sharing adds
+/// recipients through the owner; answers their invitation links.
+async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    let body = json_body(&req, payload).await?;
+    let links = service::add_delegated(state_of(&req)?, &inst.0, &id, index, &body).await?;
+    let data: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
+    Ok(jsonapi(StatusCode::OK, json!({"data": data})))
+}
+
+/// `DELETE /sharings/:id/recipients` — the owner revokes everyone.
+async fn revoke_all(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::revoke(state_of(&req)?, &inst.0, &id, None).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `DELETE /sharings/:id/recipients/:index` — the owner revokes one member.
+async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = member_index(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::revoke(state_of(&req)?, &inst.0, &id, Some(index)).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `DELETE /sharings/:id/recipients/self` — a recipient leaves.
+async fn leave(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::leave(state_of(&req)?, &inst.0, &id).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+async fn read_only(inst: Inst, req: HttpRequest, value: bool) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = member_index(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::set_read_only(state_of(&req)?, &inst.0, &id, index, value).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `POST /sharings/:id/recipients/:index/readonly` — the member becomes read-only.
+async fn add_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, req, true).await
+}
+
+/// `DELETE /sharings/:id/recipients/:index/readonly` — the member may write again.
+async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, req, false).await
+}
+
+#[derive(Deserialize)]
+struct StateQuery {
+    state: Option<String>,
+}
+
+fn small_page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
+    page(status, title, &format!("<h1>{}</h1><p id=\"message\">{}</p>", esc(title), esc(text)))
+}
+
+fn error_page(e: ApiError) -> HttpResponse {
+    use actix_web::ResponseError;
+    let status = e.status_code();
+    if status.is_server_error() {
+        // Log the cause as the JSON path would.
+        let _ = e.error_response();
+    }
+    small_page(status, "Something went wrong", &e.to_string())
+}
+
+/// `GET /sharings/:id/discovery?state=` — the page where a recipient gives their instance URL.
+async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse {
+    let result = async {
+        let id = sharing_id(&req)?;
+        let q: StateQuery =
+            serde_urlencoded::from_str(req.query_string()).map_err(|_| ApiError::bad_request("malformed query"))?;
+        let state = q.state.ok_or_else(|| ApiError::bad_request("the invitation link has no state"))?;
+        let found = service::discovery_state(&inst.0, &id, &state).await?;
+        Ok::<_, ApiError>((id, state, found))
+    }
+    .await;
+    match result {
+        Err(e) => error_page(e),
+        Ok((_, _, Discovery::Done { status })) => {
+            let text = match status {
+                MemberStatus::Ready => "This invitation was already accepted.",
+                MemberStatus::Refused => "This invitation was refused.",
+                _ => "This invitation was revoked.",
+            };
+            small_page(StatusCode::OK, "Invitation", text)
+        }
+        Ok((id, state, Discovery::Ask { sharing, index })) => {
+            let owner = sharing.members[0].public_name.clone().unwrap_or_default();
+            let known = sharing.members[index].instance.clone().unwrap_or_default();
+            let body = format!(
+                "<h1>{owner} shares “{desc}” with you</h1>\
+                 <form method=\"post\" action=\"/sharings/{id}/discovery\">\
+                 <input type=\"hidden\" name=\"state\" value=\"{state}\">\
+                 <label>The address of your instance <input type=\"text\" name=\"url\" id=\"url\" value=\"{known}\" \
+                 placeholder=\"https://you.example.net\" required></label> \
+                 <button type=\"submit\" id=\"discover\">Continue</button></form>",
+                owner = esc(&owner),
+                desc = esc(&sharing.description),
+                id = esc(id.as_str()),
+                state = esc(&state),
+                known = esc(&known),
+            );
+            page(StatusCode::OK, "Invitation", &body)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DiscoveryForm {
+    state: String,
+    url: String,
+}
+
+/// `POST /sharings/:id/discovery` — form post: 302 to the recipient's acceptance page; with
+/// `Accept: application/json`: `{"redirect": ...}`.
+async fn discovery_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let wants_json =
+        req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    let result = async {
+        let id = sharing_id(&req)?;
+        let body = read_body(&req, payload, 64 * 1024).await?;
+        let form: DiscoveryForm =
+            serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("the form needs state and url"))?;
+        Ok::<_, ApiError>(service::discover(state_of(&req)?, &inst.0, &id, &form.state, &form.url).await?)
+    }
+    .await;
+    match (result, wants_json) {
+        (Ok(redirect), true) => {
+            HttpResponse::Ok().insert_header(("Referrer-Policy", "no-referrer")).json(json!({"redirect": redirect}))
+        }
+        (Ok(redirect), false) => HttpResponse::Found()
+            .insert_header((header::LOCATION, redirect))
+            .insert_header(("Referrer-Policy", "no-referrer"))
+            .finish(),
+        (Err(e), true) => actix_web::ResponseError::error_response(&e),
+        (Err(e), false) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizeQuery {
+    sharing_id: String,
+    state: String,
+}
+
+fn csrf_token(inst: &crate::instance::Instance, req: &HttpRequest) -> Option<String> {
+    let cookie = req.cookie(SESSION_COOKIE)?;
+    Some(inst.derive_secret("csrf", &[cookie.value()]))
+}
+
+/// `GET /auth/authorize/sharing?sharing_id=&state=` — the recipient's owner sees what is
+/// shared and accepts or refuses (logged in; otherwise sent to the login page and back).
+async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
+    if owner_session(&inst.0, &req).is_none() {
+        let back = format!("/auth/authorize/sharing?{}", req.query_string());
+        let login = format!("/auth/login?{}", serde_urlencoded::to_string([("redirect", back)]).unwrap_or_default());
+        return HttpResponse::Found()
+            .insert_header((header::LOCATION, login))
+            .insert_header(("Referrer-Policy", "no-referrer"))
+            .finish();
+    }
+    let result = async {
+        let q: AuthorizeQuery = serde_urlencoded::from_str(req.query_string())
+            .map_err(|_| ApiError::bad_request("sharing_id and state are required"))?;
+        let id = SharingId::parse(&q.sharing_id).map_err(ApiError::BadRequest)?;
+        let s = sharing::load(inst.0.store.as_ref(), &id)
+            .await?
+            .filter(|s| !s.owner)
+            .ok_or_else(|| ApiError::NotFound("no such sharing request".into()))?;
+        Ok::<_, ApiError>((q, s))
+    }
+    .await;
+    let (q, s) = match result {
+        Ok(v) => v,
+        Err(e) => return error_page(e),
+    };
+    if s.active {
+        return small_page(StatusCode::OK, "Sharing", "You already accepted this sharing.");
+    }
+    let owner = s.members[0].public_name.clone().or_else(|| s.members[0].instance.clone()).unwrap_or_default();
+    let me = state_of(&req).ok().map(|st| st.federation.instance_url(inst.0.domain.as_str()));
+    let read_only = s.members.iter().any(|m| m.instance == me && m.read_only) || !s.has_sync_rule();
+    let rules: String = s
+        .rules
+        .iter()
+        .map(|r| {
+            format!("<li>{} <small>({}, {} document(s))</small></li>", esc(&r.title), esc(&r.doctype), r.values.len())
+        })
+        .collect();
+    let csrf = csrf_token(&inst.0, &req).unwrap_or_default();
+    let body = format!(
+        "<h1>{owner} wants to share with you</h1><p id=\"description\">{desc}</p><ul id=\"rules\">{rules}</ul>\
+         <p id=\"access\">{access}</p>\
+         <form method=\"post\" action=\"/auth/authorize/sharing\">\
+         <input type=\"hidden\" name=\"sharing_id\" value=\"{id}\"><input type=\"hidden\" name=\"state\" value=\"{state}\">\
+         <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
+         <button type=\"submit\" name=\"action\" value=\"accept\" id=\"accept\">Accept</button> \
+         <button type=\"submit\" name=\"action\" value=\"refuse\" id=\"refuse\">Refuse</button></form>",
+        owner = esc(&owner),
+        desc = esc(&s.description),
+        access = if read_only { "You will receive the documents, read-only." } else { "You will be able to edit the documents too." },
+        id = esc(s.id()),
+        state = esc(&q.state),
+    );
+    page(StatusCode::OK, "Accept a sharing", &body)
+}
+
+#[derive(Deserialize)]
+struct AuthorizeForm {
+    sharing_id: String,
+    state: String,
+    csrf_token: String,
+    action: String,
+}
+
+/// `POST /auth/authorize/sharing` — Accept or Refuse (session and CSRF token required).
+async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let result = async {
+        if owner_session(&inst.0, &req).is_none() {
+            return Err(ApiError::Unauthorized("log in first"));
+        }
+        let body = read_body(&req, payload, 64 * 1024).await?;
+        let form: AuthorizeForm =
+            serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("incomplete form"))?;
+        let expected = csrf_token(&inst.0, &req).unwrap_or_default();
+        if !crate::instance::Instance::secrets_match(&form.csrf_token, &expected) {
+            return Err(ApiError::Forbidden("invalid CSRF token".into()));
+        }
+        let id = SharingId::parse(&form.sharing_id).map_err(ApiError::BadRequest)?;
+        let svc = state_of(&req)?;
+        match form.action.as_str() {
+            "accept" => {
+                service::accept(svc, &inst.0, &id, &form.state).await?;
+                Ok("You accepted the sharing. The documents will appear on your instance.")
+            }
+            "refuse" => {
+                service::refuse(svc, &inst.0, &id, &form.state).await?;
+                Ok("You refused the sharing.")
+            }
+            _ => Err(ApiError::bad_request("action must be accept or refuse")),
+        }
+    }
+    .await;
+    match result {
+        Ok(text) => small_page(StatusCode::OK, "Sharing", text),
+        Err(e) => error_page(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    refresh_token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"error": error, "reason": error}))
+}
+
+/// `POST /auth/access_token` — OAuth 2 token endpoint for peer instances; only
+/// `grant_type=refresh_token` (RFC 6749 section 6), client credentials in the body or as HTTP
+/// Basic authentication.
+async fn access_token(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let body = read_body(&req, payload, 64 * 1024).await?;
+    let Ok(mut form) = serde_urlencoded::from_bytes::<TokenForm>(&body) else {
+        return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
+    };
+    if let Some((id, secret)) = basic_auth(&req) {
+        form.client_id.get_or_insert(id);
+        form.client_secret.get_or_insert(secret);
+    }
+    if form.grant_type != "refresh_token" {
+        return Ok(oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"));
+    }
+    let (Some(refresh), Some(id), Some(secret)) = (form.refresh_token, form.client_id, form.client_secret) else {
+        return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
+    };
+    let ttl = state_of(&req)?.config.federation.access_token_ttl_secs;
+    match oauth::refresh(&inst.0, &id, &secret, &refresh, ttl).await? {
+        Some((client, token)) => {
+            Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
+                "access_token": token,
+                "token_type": "bearer",
+                "expires_in": ttl,
+                "scope": client.scope,
+            })))
+        }
+        None => Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant")),
+    }
+}
+
+fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    Some((dec(id)?, dec(secret)?))
+}

@@ -1,0 +1,18 @@
+//! What background workers and request handlers share: configuration, the instance registry,
+//! the federation client and the wake-up signal of the outbox. Built once per `Application`.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::federation::client::Federation;
+use crate::instance::Registry;
+
+pub struct Services {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub federation: Arc<Federation>,
+    /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
+    pub outbox: Arc<Notify>,
+}

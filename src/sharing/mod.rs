@@ -1,0 +1,106 @@
+//! Sharings between instances (the Cozy-to-Cozy flow of DESIGN.md section 3): creation,
+//! invitations, discovery, the sharing request, acceptance and the OAuth credential exchange,
+//! members and their permissions, revocation.
+//!
+//! Sharings are stored as documents of `io.cozy.sharings` in the instance's own store; updates
+//! are optimistic (the current revision is the parent; a concurrent writer makes us re-read and
+//! re-apply), which is also what makes single-use invitation states safe under races.
+
+pub mod model;
+pub mod service;
+
+use hearth_replicator::rev::Rev;
+use serde_json::Value;
+
+use crate::federation::client::FederationError;
+use crate::store::{json, DocId, Doctype, Store, StoreError};
+pub use model::{Member, MemberStatus, Rule, Sharing, SharingId};
+
+pub const SHARINGS_DOCTYPE: &str = "io.cozy.sharings";
+
+fn sharings() -> Doctype {
+    Doctype::parse(SHARINGS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SharingError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooMany(String),
+    #[error(transparent)]
+    Peer(#[from] FederationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = SharingError> = std::result::Result<T, E>;
+
+fn decode(id: &DocId, rev: Rev, body: serde_json::Map<String, Value>) -> Result<Sharing, StoreError> {
+    let mut s: Sharing =
+        serde_json::from_value(Value::Object(body)).map_err(|e| StoreError::Corrupt(format!("sharing {id}: {e}")))?;
+    s.id = Some(SharingId::parse(id.as_str()).map_err(StoreError::Corrupt)?);
+    s.rev = Some(rev.to_string());
+    Ok(s)
+}
+
+fn encode(s: &Sharing) -> Result<serde_json::Map<String, Value>, StoreError> {
+    match serde_json::to_value(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(StoreError::Internal(anyhow::anyhow!("sharing does not serialise to an object"))),
+    }
+}
+
+fn doc_id(id: &SharingId) -> Result<DocId, StoreError> {
+    DocId::parse(id.as_str()).map_err(StoreError::Corrupt)
+}
+
+pub async fn load(store: &dyn Store, id: &SharingId) -> Result<Option<Sharing>, StoreError> {
+    let did = doc_id(id)?;
+    match json::get(store, &sharings(), &did).await? {
+        Some(rec) => Ok(Some(decode(&did, rec.rev, rec.body)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes a sharing: created when it has no revision, else on top of its revision (`Conflict`
+/// when someone wrote it meanwhile).
+pub async fn save(store: &dyn Store, s: &mut Sharing) -> Result<(), StoreError> {
+    let id = s.id.clone().ok_or_else(|| StoreError::Internal(anyhow::anyhow!("sharing without id")))?;
+    let parent =
+        s.rev.as_deref().map(|r| r.parse::<Rev>()).transpose().map_err(|_| StoreError::Corrupt("rev".into()))?;
+    s.updated_at = model::now_rfc3339();
+    let rev = json::put(store, &sharings(), &doc_id(&id)?, parent.as_ref(), encode(s)?).await?;
+    s.rev = Some(rev.to_string());
+    Ok(())
+}
+
+/// Loads, applies `f`, saves; on a concurrent write, starts again from the new version.
+pub async fn update<T>(
+    store: &dyn Store,
+    id: &SharingId,
+    mut f: impl FnMut(&mut Sharing) -> Result<T>,
+) -> Result<(T, Sharing)> {
+    for _ in 0..20 {
+        let mut s = load(store, id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+        let out = f(&mut s)?;
+        match save(store, &mut s).await {
+            Ok(()) => return Ok((out, s)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SharingError::Store(StoreError::Conflict))
+}
+
+pub async fn list(store: &dyn Store) -> Result<Vec<Sharing>, StoreError> {
+    json::list(store, &sharings()).await?.into_iter().map(|r| decode(&r.id, r.rev, r.body)).collect()
+}

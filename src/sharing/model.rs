@@ -1,0 +1,451 @@
+//! The sharing model: a sharing, its rules and members, the member state machine, and the
+//! credentials each side keeps to talk to the other. Stored as documents of the internal
+//! doctype `io.cozy.sharings` (so every storage backend holds them, and export moves them);
+//! [`Sharing::to_api`] is the only way out to clients, and it never includes credentials.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::store::Doctype;
+
+/// A sharing id: 32 lowercase hex digits, the same on every instance of the sharing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharingId(String);
+
+impl SharingId {
+    pub fn generate() -> SharingId {
+        SharingId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<SharingId, String> {
+        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            Ok(SharingId(s.to_ascii_lowercase()))
+        } else {
+            Err("invalid sharing id".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SharingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// How changes of one kind flow for a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Flow {
+    /// Never propagated.
+    #[default]
+    None,
+    /// From the owner to the recipients only.
+    Push,
+    /// Both ways.
+    Sync,
+    /// (`remove` only) deleting a matched document revokes the sharing.
+    Revoke,
+}
+
+impl Flow {
+    fn parse(s: &str, allow_revoke: bool) -> Option<Flow> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "none" => Some(Flow::None),
+            "push" => Some(Flow::Push),
+            "sync" => Some(Flow::Sync),
+            "revoke" if allow_revoke => Some(Flow::Revoke),
+            _ => None,
+        }
+    }
+
+    /// Whether a change of this kind may travel from the owner to recipients.
+    pub fn owner_to_recipient(self) -> bool {
+        matches!(self, Flow::Push | Flow::Sync | Flow::Revoke)
+    }
+
+    /// Whether a change of this kind may travel from a recipient to the owner.
+    pub fn recipient_to_owner(self) -> bool {
+        matches!(self, Flow::Sync)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rule {
+    pub title: String,
+    pub doctype: String,
+    /// Field path the values are matched against; `_id` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    pub values: Vec<String>,
+    /// Rules used for the preview only, never replicated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
+    #[serde(default)]
+    pub add: Flow,
+    #[serde(default)]
+    pub update: Flow,
+    #[serde(default)]
+    pub remove: Flow,
+}
+
+/// Doctypes that only hearth itself writes; sharing them or reaching them through `/data` is
+/// refused.
+pub fn is_internal_doctype(doctype: &str) -> bool {
+    matches!(doctype, "io.cozy.sharings" | "io.cozy.oauth.clients" | "io.cozy.permissions" | "io.cozy.shared")
+        || doctype.starts_with("io.hearth.")
+}
+
+impl Rule {
+    /// Builds a rule from a client's JSON, checking every field (400 reasons).
+    pub fn from_input(v: &Value) -> Result<Rule, String> {
+        let o = v.as_object().ok_or("each rule must be an object")?;
+        let text = |k: &str| -> Result<Option<String>, String> {
+            match o.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(format!("rule {k} must be a string")),
+            }
+        };
+        let title = text("title")?.unwrap_or_default();
+        if title.len() > 256 {
+            return Err("rule title longer than 256 characters".into());
+        }
+        let doctype = text("doctype")?.ok_or("each rule needs a doctype")?;
+        Doctype::parse(&doctype)?;
+        if is_internal_doctype(&doctype) {
+            return Err(format!("{doctype} cannot be shared"));
+        }
+        let selector = match text("selector")?.as_deref() {
+            None | Some("") | Some("id") | Some("_id") => None,
+            Some(s) if s.split('.').all(|p| !p.is_empty()) && s.len() <= 128 && !s.starts_with('_') => {
+                Some(s.to_owned())
+            }
+            Some(_) => return Err("invalid rule selector".into()),
+        };
+        let values = match o.get("values") {
+            Some(Value::Array(list)) if !list.is_empty() => list
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.is_empty() && s.len() <= 512 => Ok(s.clone()),
+                    _ => Err("rule values must be non-empty strings".to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            _ => return Err("each rule needs a non-empty values array".into()),
+        };
+        let flow = |k: &str, revoke: bool| -> Result<Flow, String> {
+            let s = text(k)?.unwrap_or_default();
+            Flow::parse(&s, revoke).ok_or_else(|| {
+                format!("rule {k} must be one of none, push, sync{}", if revoke { ", revoke" } else { "" })
+            })
+        };
+        let local = match o.get("local") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err("rule local must be a boolean".into()),
+        };
+        Ok(Rule {
+            title,
+            doctype,
+            selector,
+            values,
+            local,
+            add: flow("add", false)?,
+            update: flow("update", false)?,
+            remove: flow("remove", true)?,
+        })
+    }
+
+    /// Whether a document body (with its id) is selected by this rule.
+    pub fn matches(&self, doctype: &str, id: &str, body: &Map<String, Value>) -> bool {
+        if self.doctype != doctype {
+            return false;
+        }
+        match &self.selector {
+            None => self.values.iter().any(|v| v == id),
+            Some(path) => {
+                let mut cur: Option<&Value> = None;
+                for (i, part) in path.split('.').enumerate() {
+                    cur = if i == 0 { body.get(part) } else { cur.and_then(|c| c.get(part)) };
+                }
+                match cur {
+                    Some(Value::String(s)) => self.values.iter().any(|v| v == s),
+                    Some(Value::Array(items)) => {
+                        items.iter().any(|i| i.as_str().is_some_and(|s| self.values.iter().any(|v| v == s)))
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberStatus {
+    Owner,
+    MailNotSent,
+    Pending,
+    Seen,
+    Ready,
+    Refused,
+    Revoked,
+}
+
+impl MemberStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Owner => "owner",
+            MemberStatus::MailNotSent => "mail-not-sent",
+            MemberStatus::Pending => "pending",
+            MemberStatus::Seen => "seen",
+            MemberStatus::Ready => "ready",
+            MemberStatus::Refused => "refused",
+            MemberStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MemberStatus> {
+        serde_json::from_value(Value::String(s.to_owned())).ok()
+    }
+
+    /// Whether the invitation of a member in this status can still be answered.
+    pub fn is_invited(self) -> bool {
+        matches!(self, MemberStatus::MailNotSent | MemberStatus::Pending | MemberStatus::Seen)
+    }
+}
+
+/// Tokens and client credentials a peer issued to us, used for outbound calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub status: MemberStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Base URL of the member's instance (`https://bob.example.net`), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Owner side: random input of this member's invitation `state` (the state itself is
+    /// derived with the instance key, so it is never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_nonce: Option<String>,
+    /// Owner side: index of the member who added this one (delegated adds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<usize>,
+    /// Our OAuth client standing for this member (its tokens authenticate the member here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_client_id: Option<String>,
+    /// What we use to call this member (owner side) or the owner (recipient side, on member 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<PeerCredentials>,
+}
+
+impl Member {
+    pub fn new(status: MemberStatus) -> Member {
+        Member {
+            status,
+            name: None,
+            public_name: None,
+            email: None,
+            instance: None,
+            read_only: false,
+            state_nonce: None,
+            added_by: None,
+            inbound_client_id: None,
+            outbound: None,
+        }
+    }
+
+    fn to_api(&self) -> Value {
+        let mut o = Map::new();
+        o.insert("status".into(), json!(self.status.as_str()));
+        if let Some(n) = self.name.as_ref().or(self.public_name.as_ref()) {
+            o.insert("name".into(), json!(n));
+        }
+        if let Some(n) = &self.public_name {
+            o.insert("public_name".into(), json!(n));
+        }
+        if let Some(e) = &self.email {
+            o.insert("email".into(), json!(e));
+        }
+        if let Some(i) = &self.instance {
+            o.insert("instance".into(), json!(i));
+        }
+        if self.read_only {
+            o.insert("read_only".into(), json!(true));
+        }
+        Value::Object(o)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sharing {
+    #[serde(skip)]
+    pub id: Option<SharingId>,
+    /// Revision of the stored document (for optimistic updates).
+    #[serde(skip)]
+    pub rev: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_slug: Option<String>,
+    /// Whether this instance is the sharer.
+    pub owner: bool,
+    /// Whether the sharing is set up and replicating (at least one member ready).
+    pub active: bool,
+    #[serde(default)]
+    pub open_sharing: bool,
+    #[serde(default)]
+    pub initial_sync: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub rules: Vec<Rule>,
+    /// `members[0]` is always the owner.
+    pub members: Vec<Member>,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+impl Sharing {
+    pub fn id(&self) -> &str {
+        self.id.as_ref().map_or("", |i| i.as_str())
+    }
+
+    /// The JSON:API resource clients see: never credentials, states or nonces.
+    pub fn to_api(&self) -> Value {
+        let rules: Vec<Value> = self.rules.iter().map(Rule::to_json).collect();
+        let members: Vec<Value> = self.members.iter().map(Member::to_api).collect();
+        let mut attributes = json!({
+            "description": self.description,
+            "owner": self.owner,
+            "active": self.active,
+            "open_sharing": self.open_sharing,
+            "initial_sync": self.initial_sync,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "members": members,
+            "rules": rules,
+        });
+        if let Some(p) = &self.preview_path {
+            attributes["preview_path"] = json!(p);
+        }
+        if let Some(a) = &self.app_slug {
+            attributes["app_slug"] = json!(a);
+        }
+        json!({
+            "type": "io.cozy.sharings",
+            "id": self.id(),
+            "meta": {"rev": self.rev},
+            "attributes": attributes,
+            "links": {"self": format!("/sharings/{}", self.id())},
+        })
+    }
+
+    /// Whether any rule lets changes flow from recipients to the owner.
+    pub fn has_sync_rule(&self) -> bool {
+        self.rules.iter().any(|r| !r.local && (r.add == Flow::Sync || r.update == Flow::Sync || r.remove == Flow::Sync))
+    }
+
+    /// Whether a recipient at `index` may write to the owner.
+    pub fn member_may_write(&self, index: usize) -> bool {
+        index > 0 && self.members.get(index).is_some_and(|m| !m.read_only) && self.has_sync_rule()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_validated_case_insensitively() {
+        let r = Rule::from_input(
+            &json!({"title": "t", "doctype": "io.cozy.notes", "values": ["a"], "add": "SYNC", "remove": "Revoke"}),
+        )
+        .unwrap();
+        assert_eq!((r.add, r.update, r.remove), (Flow::Sync, Flow::None, Flow::Revoke));
+        for bad in [
+            json!({"doctype": "io.cozy.notes", "values": []}),
+            json!({"doctype": "io.cozy.notes"}),
+            json!({"doctype": "IO", "values": ["a"]}),
+            json!({"doctype": "io.cozy.sharings", "values": ["a"]}),
+            json!({"doctype": "io.cozy.notes", "values": ["a"], "add": "revoke"}),
+            json!({"doctype": "io.cozy.notes", "values": ["a"], "update": "always"}),
+            json!({"doctype": "io.cozy.notes", "values": [1]}),
+            json!({"doctype": "io.cozy.notes", "values": ["a"], "selector": "_rev"}),
+            json!("rule"),
+        ] {
+            assert!(Rule::from_input(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_match_by_id_or_by_a_field_path() {
+        let by_id = Rule::from_input(&json!({"doctype": "io.cozy.notes", "values": ["a"]})).unwrap();
+        assert!(by_id.matches("io.cozy.notes", "a", &Map::new()));
+        assert!(!by_id.matches("io.cozy.notes", "b", &Map::new()));
+        assert!(!by_id.matches("io.cozy.todos", "a", &Map::new()));
+        let by_field =
+            Rule::from_input(&json!({"doctype": "io.cozy.todos", "values": ["l1"], "selector": "list.id"})).unwrap();
+        let body = |v: Value| v.as_object().unwrap().clone();
+        assert!(by_field.matches("io.cozy.todos", "x", &body(json!({"list": {"id": "l1"}}))));
+        assert!(!by_field.matches("io.cozy.todos", "x", &body(json!({"list": {"id": "l2"}}))));
+        assert!(!by_field.matches("io.cozy.todos", "x", &body(json!({"list": "l1"}))));
+    }
+
+    #[test]
+    fn api_view_never_shows_credentials() {
+        let mut m = Member::new(MemberStatus::Ready);
+        m.state_nonce = Some("nonce-secret".into());
+        m.outbound = Some(PeerCredentials {
+            client_id: "cid".into(),
+            client_secret: "client-secret".into(),
+            access_token: "access-secret".into(),
+            refresh_token: "refresh-secret".into(),
+        });
+        m.inbound_client_id = Some("inbound".into());
+        let s = Sharing {
+            id: Some(SharingId::generate()),
+            rev: None,
+            description: "d".into(),
+            preview_path: None,
+            app_slug: None,
+            owner: true,
+            active: true,
+            open_sharing: false,
+            initial_sync: false,
+            created_at: now_rfc3339(),
+            updated_at: now_rfc3339(),
+            rules: vec![],
+            members: vec![Member::new(MemberStatus::Owner), m],
+        };
+        let text = s.to_api().to_string();
+        for secret in ["nonce-secret", "client-secret", "access-secret", "refresh-secret", "inbound", "cid"] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+    }
+}

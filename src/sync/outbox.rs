@@ -1,0 +1,232 @@
+//! The durable outbox: notifications to peers (a revocation, a member leaving, new
+//! credentials) are written as documents of `io.hearth.outbox` in the same store as the change
+//! that causes them, so the local effect is immediate and the peer learns it whenever it is
+//! reachable, even after a restart. A worker sends due entries, deletes them once delivered,
+//! and reschedules failures with exponential backoff and jitter, forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::auth::random_hex;
+use crate::federation::client::FederationError;
+use crate::instance::Instance;
+use crate::services::Services;
+use crate::sharing::{self, SharingId};
+use crate::store::{json, DocId, Doctype, StoreError};
+
+pub const OUTBOX_DOCTYPE: &str = "io.hearth.outbox";
+
+fn outbox() -> Doctype {
+    Doctype::parse(OUTBOX_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub sharing_id: String,
+    /// The member to notify; its stored credentials authenticate the call.
+    pub member_index: usize,
+    pub method: String,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: String,
+    /// Forget the credentials for this member once delivered (the last message to it).
+    #[serde(default)]
+    pub forget_credentials: bool,
+}
+
+impl Entry {
+    pub fn new(sharing_id: &SharingId, member_index: usize, method: Method, path: String) -> Entry {
+        Entry {
+            sharing_id: sharing_id.to_string(),
+            member_index,
+            method: method.to_string(),
+            path,
+            body: None,
+            attempts: 0,
+            next_at_ms: 0,
+            last_error: None,
+            created_at: crate::sharing::model::now_rfc3339(),
+            forget_credentials: false,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Adds an entry; the worker is woken to send it at once.
+pub async fn enqueue(svc: &Services, inst: &Instance, entry: Entry) -> Result<(), StoreError> {
+    let body = match serde_json::to_value(&entry) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let id = DocId::parse(&random_hex(16)).map_err(StoreError::Corrupt)?;
+    json::put(inst.store.as_ref(), &outbox(), &id, None, body).await?;
+    svc.outbox.notify_one();
+    Ok(())
+}
+
+/// Entries waiting to be delivered (for status displays and tests).
+pub async fn pending(inst: &Instance) -> Result<Vec<Entry>, StoreError> {
+    let mut out = Vec::new();
+    for rec in json::list(inst.store.as_ref(), &outbox()).await? {
+        if let Ok(e) = serde_json::from_value(Value::Object(rec.body)) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+enum Outcome {
+    Delivered,
+    Retry(String),
+    Drop(String),
+}
+
+async fn deliver(svc: &Services, inst: &Instance, entry: &Entry) -> Outcome {
+    let Ok(sid) = SharingId::parse(&entry.sharing_id) else {
+        return Outcome::Drop("invalid sharing id".into());
+    };
+    let sharing = match sharing::load(inst.store.as_ref(), &sid).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Outcome::Drop("sharing no longer exists".into()),
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let Some(member) = sharing.members.get(entry.member_index) else {
+        return Outcome::Drop("no such member".into());
+    };
+    let (Some(mut creds), Some(base)) = (member.outbound.clone(), member.instance.clone()) else {
+        return Outcome::Drop("no credentials for this member".into());
+    };
+    let Ok(base) = Url::parse(&base) else {
+        return Outcome::Drop("invalid member address".into());
+    };
+    let Ok(method) = Method::from_bytes(entry.method.as_bytes()) else {
+        return Outcome::Drop("invalid method".into());
+    };
+    let before = creds.clone();
+    let result = svc.federation.call_peer(&mut creds, &base, method, &entry.path, entry.body.as_ref()).await;
+    if creds != before {
+        // The access token was refreshed: keep it for the next calls.
+        let idx = entry.member_index;
+        let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
+            if let Some(m) = s.members.get_mut(idx) {
+                if m.outbound.is_some() {
+                    m.outbound = Some(creds.clone());
+                }
+            }
+            Ok(())
+        })
+        .await;
+    }
+    match result {
+        Ok(_) => Outcome::Delivered,
+        // The peer no longer knows this sharing, or already cut our credentials: there is
+        // nobody left to tell.
+        Err(e @ FederationError::Status { status: 404 | 410 | 401 | 403, .. }) => {
+            tracing::info!(sharing = %sid, error = %e, "peer already forgot the sharing");
+            Outcome::Delivered
+        }
+        Err(e @ FederationError::Refresh { .. }) => {
+            tracing::info!(sharing = %sid, error = %e, "peer refused our credentials");
+            Outcome::Delivered
+        }
+        Err(e) if e.is_transient() => Outcome::Retry(e.to_string()),
+        Err(e @ FederationError::Guard(_)) => Outcome::Retry(e.to_string()),
+        Err(e) => Outcome::Drop(e.to_string()),
+    }
+}
+
+/// Sends every due entry of one instance. Returns the earliest time a remaining entry is due.
+pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, StoreError> {
+    let mut next: Option<u64> = None;
+    for rec in json::list(inst.store.as_ref(), &outbox()).await? {
+        let Ok(mut entry) = serde_json::from_value::<Entry>(Value::Object(rec.body.clone())) else {
+            tracing::error!(entry = %rec.id, "unreadable outbox entry dropped");
+            let _ = json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await;
+            continue;
+        };
+        if entry.next_at_ms > now_ms() {
+            next = Some(next.map_or(entry.next_at_ms, |n: u64| n.min(entry.next_at_ms)));
+            continue;
+        }
+        match deliver(svc, inst, &entry).await {
+            Outcome::Delivered => {
+                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
+                if entry.forget_credentials {
+                    if let Ok(sid) = SharingId::parse(&entry.sharing_id) {
+                        let idx = entry.member_index;
+                        let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
+                            if let Some(m) = s.members.get_mut(idx) {
+                                m.outbound = None;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    }
+                }
+                tracing::info!(instance = %inst.domain, sharing = %entry.sharing_id, path = %entry.path, "notification delivered");
+            }
+            Outcome::Drop(reason) => {
+                tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, %reason, "notification dropped");
+                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
+            }
+            Outcome::Retry(reason) => {
+                let r = &svc.config.replication;
+                let delay = super::backoff(entry.attempts, r.retry_base_ms, r.retry_max_ms);
+                entry.attempts += 1;
+                entry.next_at_ms = now_ms() + delay.as_millis() as u64;
+                entry.last_error = Some(reason.clone());
+                tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "notification will be retried");
+                let body = match serde_json::to_value(&entry) {
+                    Ok(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                match json::put(inst.store.as_ref(), &outbox(), &rec.id, Some(&rec.rev), body).await {
+                    Ok(_) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+                next = Some(next.map_or(entry.next_at_ms, |n: u64| n.min(entry.next_at_ms)));
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// The worker: sends due entries of every open instance, sleeping until the next one is due,
+/// the sweep interval passes, or a new entry wakes it.
+pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
+    let sweep = Duration::from_millis(svc.config.replication.sweep_ms.max(10));
+    loop {
+        let mut wait = sweep;
+        for inst in svc.registry.opened() {
+            match process(&svc, &inst).await {
+                Ok(Some(due)) => {
+                    let until = Duration::from_millis(due.saturating_sub(now_ms()));
+                    wait = wait.min(until.max(Duration::from_millis(10)));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(instance = %inst.domain, error = ?e, "outbox processing failed"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = svc.outbox.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! The Cozy-to-Cozy sharing flow over real HTTP between instances on two servers: creation,
+//! discovery and the HTML forms, login, accept and refuse, the credential exchange, statuses
+//! on both sides, the read-only switch, revocation with the peer down, leaving.
+
+mod common;
+
+use common::{browser, eventually, spawn_app, TestApp, TestInstance};
+use hearth::sharing::{self, service, MemberStatus, Sharing, SharingId};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PASS: &str = "correct horse";
+
+fn notes_rule(values: &[&str]) -> Value {
+    json!({"title": "Notes", "doctype": "io.cozy.notes", "values": values, "add": "sync", "update": "sync", "remove": "sync"})
+}
+
+async fn create_sharing(
+    owner: &TestInstance,
+    token: &str,
+    rules: Value,
+    recipients: Value,
+    read_only: Value,
+) -> String {
+    let body = json!({"data": {"type": "io.cozy.sharings",
+        "attributes": {"description": "holiday notes", "rules": rules},
+        "relationships": {"recipients": {"data": recipients}, "read_only_recipients": {"data": read_only}}}});
+    let (s, v) = owner.call(Method::POST, "/sharings/", Some(token), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn load(app: &TestApp, inst: &TestInstance, id: &str) -> Sharing {
+    sharing::load(app.instance(&inst.domain).store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap()
+}
+
+async fn link(app: &TestApp, owner: &TestInstance, id: &str, index: usize) -> String {
+    let inst = app.instance(&owner.domain);
+    let s = sharing::load(inst.store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap();
+    service::invitation_link(&app.services, &inst, &s, index).unwrap()
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn state_of(link: &str) -> String {
+    link.split("state=").nth(1).unwrap().to_owned()
+}
+
+/// What a person does in a browser: opens the invitation, types their instance address, logs
+/// in on their instance, and presses Accept or Refuse. Returns the final page.
+async fn answer_invitation(link: &str, recipient: &TestInstance, action: &str) -> String {
+    let b = browser();
+    let page = b.get(link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"url\""), "{html}");
+    let state = hidden(&html, "state");
+    let action_url = link.split("?").next().unwrap().to_owned();
+    let resp = b
+        .post(&action_url)
+        .form(&[("state", state.as_str()), ("url", &format!("http://{}", recipient.domain))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302, "{}", resp.text().await.unwrap());
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    let authorize = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(authorize.starts_with(&format!("http://{}/auth/authorize/sharing?", recipient.domain)), "{authorize}");
+    let resp = b.get(&authorize).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "not logged in yet: sent to the login page");
+    let login = resp.headers()["location"].to_str().unwrap().to_owned();
+    let login_page = b.get(format!("http://{}{login}", recipient.domain)).send().await.unwrap().text().await.unwrap();
+    let redirect = hidden(&login_page, "redirect").replace("&amp;", "&");
+    let resp = b
+        .post(format!("http://{}/auth/login", recipient.domain))
+        .form(&[("passphrase", PASS), ("redirect", &redirect)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let back = resp.headers()["location"].to_str().unwrap().to_owned();
+    let page = b.get(format!("http://{}{back}", recipient.domain)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("holiday notes") && html.contains("id=\"accept\""), "{html}");
+    let form = [
+        ("sharing_id", hidden(&html, "sharing_id")),
+        ("state", hidden(&html, "state")),
+        ("csrf_token", hidden(&html, "csrf_token")),
+        ("action", action.to_owned()),
+    ];
+    // Without the CSRF token the form is refused.
+    let forged_form = [form[0].clone(), form[1].clone(), ("csrf_token", "x".to_owned()), form[3].clone()];
+    let forged =
+        b.post(format!("http://{}/auth/authorize/sharing", recipient.domain)).form(&forged_form).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    let done = b.post(format!("http://{}/auth/authorize/sharing", recipient.domain)).form(&form).send().await.unwrap();
+    let status = done.status();
+    let text = done.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+fn peer_token(s: &Sharing, index: usize) -> String {
+    s.members[index].outbound.as_ref().expect("credentials").access_token.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_accept_refuse_switch_and_revoke_with_the_peer_down() {
+    let one = spawn_app().await;
+    let mut two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let carol = two.add_instance("carol", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    let id = create_sharing(
+        &alice,
+        &token,
+        json!([notes_rule(&["n1"])]),
+        json!([{"email": "bob@example.net"}, {"email": "carol@example.net"}]),
+        json!([]),
+    )
+    .await;
+    let s = load(&one, &alice, &id).await;
+    assert_eq!(
+        s.members.iter().map(|m| m.status).collect::<Vec<_>>(),
+        [MemberStatus::Owner, MemberStatus::MailNotSent, MemberStatus::MailNotSent]
+    );
+
+    let bob_link = link(&one, &alice, &id, 1).await;
+    let page = answer_invitation(&bob_link, &bob, "accept").await;
+    assert!(page.contains("You accepted"), "{page}");
+    let carol_link = link(&one, &alice, &id, 2).await;
+    let page = answer_invitation(&carol_link, &carol, "refuse").await;
+    assert!(page.contains("You refused"), "{page}");
+
+    let owner_side = load(&one, &alice, &id).await;
+    assert!(owner_side.active);
+    assert_eq!(owner_side.members[1].status, MemberStatus::Ready);
+    assert_eq!(owner_side.members[2].status, MemberStatus::Refused);
+    let bob_side = load(&two, &bob, &id).await;
+    assert!(bob_side.active && !bob_side.owner);
+    assert_eq!(bob_side.members[1].status, MemberStatus::Ready);
+    let carol_side = load(&two, &carol, &id).await;
+    assert!(!carol_side.active);
+
+    // The discovery page now says the invitation is answered; answering again is a conflict.
+    let html = browser().get(&bob_link).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("already accepted"), "{html}");
+    let again = json!({"data": {"type": "io.cozy.sharings.answer", "id": id, "attributes": {"state": state_of(&bob_link),
+        "client": {"client_id": "x", "client_secret": "y"}, "access_token": {"access_token": "a", "refresh_token": "r"}}}});
+    let before = load(&one, &alice, &id).await;
+    assert_eq!(alice.call(Method::POST, &format!("/sharings/{id}/answer"), None, Some(again.clone())).await.0, 409);
+    let mut wrong = again.clone();
+    wrong["data"]["attributes"]["state"] = json!("0123456789abcdef0123456789abcdef");
+    assert_eq!(alice.call(Method::POST, &format!("/sharings/{id}/answer"), None, Some(wrong)).await.0, 403);
+    assert_eq!(load(&one, &alice, &id).await.rev, before.rev, "refused answers change nothing");
+
+    // Bob's instance can reach the sharing on alice with the token alice gave it.
+    let bob_token = peer_token(&bob_side, 0);
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&bob_token), None).await.0, 200);
+    // ...but cannot manage it.
+    assert_eq!(
+        alice.call(Method::DELETE, &format!("/sharings/{id}/recipients/2"), Some(&bob_token), None).await.0,
+        403
+    );
+    // Alice's instance reaches bob with bob's credentials.
+    let alice_token = peer_token(&owner_side, 1);
+    assert_eq!(bob.call(Method::GET, &format!("/sharings/{id}"), Some(&alice_token), None).await.0, 200);
+
+    // Read-only switch: bob's old token dies at once, new GET-only credentials reach bob.
+    let (s, v) = alice.call(Method::POST, &format!("/sharings/{id}/recipients/1/readonly"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["members"][1]["read_only"], true);
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&bob_token), None).await.0, 401);
+    eventually(10, "new credentials reach bob", || async { peer_token(&load(&two, &bob, &id).await, 0) != bob_token })
+        .await;
+    let new_token = peer_token(&load(&two, &bob, &id).await, 0);
+    let claims = one.instance(&alice.domain).keys.verify(&new_token, &[hearth::auth::Audience::Access]).unwrap();
+    assert_eq!(claims.scope.unwrap(), format!("io.cozy.sharings:GET:{id}"));
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&new_token), None).await.0, 200);
+
+    // Revoke bob while bob's server is down: immediate locally, delivered when bob is back.
+    two.stop().await;
+    let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{id}/recipients/1"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["members"][1]["status"], "revoked");
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&new_token), None).await.0, 401);
+    let alice_inst = one.instance(&alice.domain);
+    assert_eq!(hearth::sync::outbox::pending(&alice_inst).await.unwrap().len(), 1);
+    // Let a few deliveries fail while bob is down.
+    eventually(10, "delivery attempts fail while bob is down", || {
+        let inst = alice_inst.clone();
+        async move { hearth::sync::outbox::pending(&inst).await.unwrap().first().is_some_and(|e| e.attempts >= 2) }
+    })
+    .await;
+    assert!(load(&two, &bob, &id).await.active, "bob can't know yet");
+    two.restart().await;
+    eventually(15, "bob learns the revocation", || async { !load(&two, &bob, &id).await.active }).await;
+    eventually(5, "alice's outbox drains", || {
+        let inst = alice_inst.clone();
+        async move { hearth::sync::outbox::pending(&inst).await.unwrap().is_empty() }
+    })
+    .await;
+    assert!(load(&one, &alice, &id).await.members[1].outbound.is_none(), "credentials forgotten once told");
+    assert!(!load(&one, &alice, &id).await.active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_leaves_then_the_owner_revokes_everyone() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = one.add_instance("bob", PASS);
+    let carol = one.add_instance("carol", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    let id = create_sharing(
+        &alice,
+        &token,
+        json!([notes_rule(&["n1", "n2"])]),
+        json!([{"email": "bob@example.net"}]),
+        json!([{"instance": format!("http://{}", carol.domain)}]),
+    )
+    .await;
+    answer_invitation(&link(&one, &alice, &id, 1).await, &bob, "accept").await;
+    answer_invitation(&link(&one, &alice, &id, 2).await, &carol, "accept").await;
+    let s = load(&one, &alice, &id).await;
+    assert!(s.members[2].read_only && s.members[2].status == MemberStatus::Ready);
+    let claims = one
+        .instance(&alice.domain)
+        .keys
+        .verify(&peer_token(&load(&one, &carol, &id).await, 0), &[hearth::auth::Audience::Access])
+        .unwrap();
+    assert_eq!(claims.scope.unwrap(), format!("io.cozy.sharings:GET:{id}"), "a read-only member gets GET only");
+
+    // Bob leaves with his own app token.
+    let bob_app = one.token(&bob, "io.cozy.notes");
+    let bob_peer = peer_token(&load(&one, &bob, &id).await, 0);
+    let (s, v) = bob.call(Method::DELETE, &format!("/sharings/{id}/recipients/self"), Some(&bob_app), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!load(&one, &bob, &id).await.active);
+    eventually(10, "alice sees bob leave", || async {
+        load(&one, &alice, &id).await.members[1].status == MemberStatus::Revoked
+    })
+    .await;
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&bob_peer), None).await.0, 401);
+    assert!(load(&one, &alice, &id).await.active, "carol is still there");
+
+    // Alice revokes everyone.
+    let carol_peer = peer_token(&load(&one, &carol, &id).await, 0);
+    let (s, _) = alice.call(Method::DELETE, &format!("/sharings/{id}/recipients"), Some(&token), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&carol_peer), None).await.0, 401);
+    eventually(10, "carol learns the revocation", || async { !load(&one, &carol, &id).await.active }).await;
+    let s = load(&one, &alice, &id).await;
+    assert!(!s.active);
+    assert!(s.members[1..].iter().all(|m| m.status == MemberStatus::Revoked));
+}
+
+#[tokio::test]
+async fn sharing_requests_are_validated_and_bad_ones_change_nothing() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let notes_only = one.token(&alice, "io.cozy.notes");
+    let one_doc = one.token(&alice, "io.cozy.notes:ALL:n1");
+    let read_only = one.token(&alice, "io.cozy.notes:GET");
+    let ok_rule = notes_rule(&["n1"]);
+    let bob = json!([{"email": "bob@example.net"}]);
+    let cases: Vec<(&str, Option<&str>, Value, u16)> = vec![
+        ("no token", None, json!({}), 401),
+        ("not JSON:API", Some(&notes_only), json!({"rules": [ok_rule]}), 400),
+        (
+            "wrong type",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.files", "attributes": {"rules": [ok_rule]}}}),
+            400,
+        ),
+        (
+            "no rules",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": []}}}),
+            400,
+        ),
+        (
+            "empty values",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [{"doctype": "io.cozy.notes", "values": []}]}}}),
+            400,
+        ),
+        (
+            "bad action",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [{"doctype": "io.cozy.notes", "values": ["a"], "add": "maybe"}]}}}),
+            400,
+        ),
+        (
+            "bad doctype",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [{"doctype": "Not/Valid", "values": ["a"]}]}}}),
+            400,
+        ),
+        (
+            "bad recipient",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [ok_rule]}, "relationships": {"recipients": {"data": [{"name": "nobody"}]}}}}),
+            400,
+        ),
+        (
+            "unknown contact",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [ok_rule]}, "relationships": {"recipients": {"data": [{"id": "nope", "type": "io.cozy.contacts"}]}}}}),
+            400,
+        ),
+        (
+            "outside scope",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [{"doctype": "io.cozy.files", "values": ["a"]}]}, "relationships": {"recipients": {"data": bob}}}}),
+            403,
+        ),
+        (
+            "other ids",
+            Some(&one_doc),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [notes_rule(&["n2"])]}, "relationships": {"recipients": {"data": bob}}}}),
+            403,
+        ),
+        (
+            "read-only token",
+            Some(&read_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [ok_rule]}, "relationships": {"recipients": {"data": bob}}}}),
+            403,
+        ),
+        (
+            "internal doctype",
+            Some(&notes_only),
+            json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [{"doctype": "io.cozy.sharings", "values": ["a"]}]}}}),
+            400,
+        ),
+    ];
+    for (what, token, body, want) in cases {
+        let (s, v) = alice.call(Method::POST, "/sharings/", token, Some(body)).await;
+        assert_eq!(s, want, "{what}: {v}");
+        assert!(v["error"].is_string(), "{what}: JSON error expected, got {v}");
+    }
+    let raw = alice.req(Method::POST, "/sharings/", Some(&notes_only)).body("{oops").send().await.unwrap();
+    assert_eq!(raw.status(), 400);
+    let inst = one.instance(&alice.domain);
+    assert!(sharing::list(inst.store.as_ref()).await.unwrap().is_empty(), "nothing was created");
+    // A contact by id works, with its Cozy URL.
+    let contacts = one.token(&alice, "io.cozy.contacts");
+    alice.call(Method::PUT, "/data/io.cozy.contacts/c1", Some(&contacts), Some(json!({"fullname": "Bob", "email": [{"address": "bob@example.net", "primary": true}], "cozy": [{"url": "https://bob.example.net"}]}))).await;
+    let id = create_sharing(
+        &alice,
+        &notes_only,
+        json!([ok_rule]),
+        json!([{"id": "c1", "type": "io.cozy.contacts"}]),
+        json!([]),
+    )
+    .await;
+    let (s, v) = alice.call(Method::GET, &format!("/sharings/{id}"), Some(&notes_only), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["data"]["attributes"]["members"][1]["email"], "bob@example.net");
+    assert_eq!(v["data"]["attributes"]["members"][1]["instance"], "https://bob.example.net");
+    assert_eq!(v["data"]["attributes"]["members"][1]["name"], "Bob");
+    // The sharings doctype itself is not reachable through /data.
+    let all = one.token(&alice, "io.cozy.sharings");
+    assert_eq!(alice.call(Method::GET, "/data/io.cozy.sharings/_all_docs", Some(&all), None).await.0, 403);
+    // Listing, with filters and a cursor.
+    for _ in 0..3 {
+        create_sharing(&alice, &notes_only, json!([ok_rule]), bob.clone(), json!([])).await;
+    }
+    let (_, page1) =
+        alice.call(Method::GET, "/sharings/?direction=outgoing&page[limit]=3", Some(&notes_only), None).await;
+    assert_eq!(page1["data"].as_array().unwrap().len(), 3);
+    let next = page1["links"]["next"].as_str().unwrap().to_owned();
+    let (_, page2) = alice.call(Method::GET, &next, Some(&notes_only), None).await;
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+    let (_, incoming) = alice.call(Method::GET, "/sharings/?direction=incoming", Some(&notes_only), None).await;
+    assert_eq!(incoming["data"].as_array().unwrap().len(), 0);
+    let (_, none) = alice.call(Method::GET, "/sharings/?doctype=io.cozy.files", Some(&notes_only), None).await;
+    assert_eq!(none["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn discovery_refuses_private_addresses_when_not_allowed_and_reports_unreachable_peers() {
+    let one = common::spawn_app_with(|c| c.federation.allow_private_addresses = false).await;
+    let alice = one.add_instance("alice", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    let id =
+        create_sharing(&alice, &token, json!([notes_rule(&["n1"])]), json!([{"email": "bob@example.net"}]), json!([]))
+            .await;
+    let l = link(&one, &alice, &id, 1).await;
+    let b = browser();
+    for url in
+        ["http://127.0.0.1:1", "http://169.254.169.254", "http://10.0.0.1", "http://[::1]:80", "http://bob.localhost"]
+    {
+        let resp = b
+            .post(l.split('?').next().unwrap())
+            .header("Accept", "application/json")
+            .form(&[("state", state_of(&l).as_str()), ("url", url)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{url}");
+    }
+    let resp = b
+        .post(l.split('?').next().unwrap())
+        .form(&[("state", "wrong"), ("url", "https://example.net")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(load(&one, &alice, &id).await.members[1].status, MemberStatus::MailNotSent);
+}
