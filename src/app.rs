@@ -18,6 +18,7 @@ use crate::federation::client::Federation;
 use crate::http;
 use crate::instance::Registry;
 use crate::services::Services;
+use crate::sync::manager::{self, SyncManager};
 use crate::sync::outbox;
 
 pub struct Application {
@@ -43,9 +44,11 @@ impl Application {
             registry: registry.clone(),
             federation,
             outbox: Arc::new(Notify::new()),
+            sync: Arc::new(SyncManager::default()),
         });
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(services.clone(), cancel.clone()));
+        tokio::spawn(manager::run(services.clone(), cancel.clone()));
         let state = web::Data::from(services.clone());
         let server = HttpServer::new(move || {
             App::new()

@@ -36,6 +36,7 @@ pub struct Config {
     pub federation: FederationConfig,
     pub mail: MailConfig,
     pub replication: ReplicationConfig,
+    pub links: LinksConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -50,9 +51,13 @@ pub enum StoreKind {
 pub struct CouchConfig {
     /// Base URL of the CouchDB server, e.g. `http://127.0.0.1:5984`.
     pub url: Option<String>,
+    /// A CouchDB admin (hearth creates one database per instance and doctype).
     pub user: Option<String>,
     #[serde(skip_serializing)]
     pub password: Option<SecretString>,
+    /// First part of every database name (default `hearth`), so several hearth deployments
+    /// (or test runs) can share one CouchDB.
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -91,6 +96,25 @@ pub struct MailConfig {
     pub from: Option<String>,
 }
 
+/// Sharing by link and invitation links.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinksConfig {
+    /// Failed sharecode, link password and invitation code attempts allowed per client address
+    /// (IPv6: per /64) in `login_window_secs` before 429. Valid codes never count.
+    pub max_failures: u32,
+    /// Default lifetime of an invitation link, in seconds (72 hours).
+    pub invitation_ttl_secs: u64,
+    /// Longest lifetime an invitation link may be given, in seconds.
+    pub max_invitation_ttl_secs: u64,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        LinksConfig { max_failures: 20, invitation_ttl_secs: 72 * 3600, max_invitation_ttl_secs: 365 * 24 * 3600 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
@@ -98,6 +122,8 @@ pub struct ReplicationConfig {
     pub debounce_ms: u64,
     /// Documents per replication batch.
     pub batch_size: usize,
+    /// Most bytes per `_bulk_docs` request sent to a peer.
+    pub max_batch_bytes: usize,
     /// First retry delay after a failed peer call, in milliseconds; doubles on each failure.
     pub retry_base_ms: u64,
     /// Longest delay between retries, in milliseconds (jitter is applied below it).
@@ -111,6 +137,7 @@ impl Default for ReplicationConfig {
         ReplicationConfig {
             debounce_ms: 100,
             batch_size: 500,
+            max_batch_bytes: 8 * 1024 * 1024,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
             sweep_ms: 1000,
@@ -135,6 +162,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             mail: MailConfig::default(),
             replication: ReplicationConfig::default(),
+            links: LinksConfig::default(),
         }
     }
 }

@@ -50,6 +50,22 @@ enum SharingsCmd {
     },
     /// Print the invitation links of members who have not answered yet.
     Invitations { domain: String, id: String },
+    /// Replication state of each member (asks the running server).
+    Status {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replicate now and show progress until every member is up to date (asks the running
+    /// server).
+    Sync {
+        domain: String,
+        id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
     /// Revoke a sharing (every member), or one member with --member.
     Revoke {
         domain: String,
@@ -233,6 +249,7 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
         config,
         registry: registry.clone(),
         outbox: Arc::new(tokio::sync::Notify::new()),
+        sync: Arc::new(hearth::sync::manager::SyncManager::default()),
     };
     let open = |d: &str| -> anyhow::Result<Arc<hearth::instance::Instance>> {
         let d = Domain::parse(d).map_err(anyhow::Error::msg)?;
@@ -308,6 +325,23 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
                 println!("{i}  {}  {link}", m.email.as_deref().or(m.name.as_deref()).unwrap_or("-"));
             }
         }
+        SharingsCmd::Status { domain, id, json } => {
+            let inst = open(&domain)?;
+            let server = ServerApi::new(&svc, &inst)?;
+            let status = server.get(&format!("/sharings/{}/status", sid(&id)?)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        SharingsCmd::Sync { domain, id, timeout } => {
+            let inst = open(&domain)?;
+            let id = sid(&id)?;
+            let server = ServerApi::new(&svc, &inst)?;
+            server.post(&format!("/sharings/{id}/sync")).await?;
+            follow_sync(&server, &id, std::time::Duration::from_secs(timeout)).await?;
+        }
         SharingsCmd::Revoke { domain, id, member } => {
             let inst = open(&domain)?;
             let id = sid(&id)?;
@@ -325,4 +359,124 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Calls the running server (at `listen`) as the instance, with a short-lived token minted here.
+struct ServerApi {
+    client: reqwest::Client,
+    base: String,
+    host: String,
+    token: String,
+}
+
+impl ServerApi {
+    fn new(svc: &hearth::services::Services, inst: &hearth::instance::Instance) -> anyhow::Result<ServerApi> {
+        let scope = PermissionSet::parse("io.cozy.sharings").map_err(anyhow::Error::msg)?;
+        let listen = svc.config.listen.replace("0.0.0.0", "127.0.0.1");
+        Ok(ServerApi {
+            client: reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(30)).build()?,
+            base: format!("http://{listen}"),
+            host: inst.domain.to_string(),
+            token: inst.keys.issue(Audience::Cli, "cli", 600, Some(&scope), None),
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("Host", &self.host)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("is `hearth serve` running on {}?", self.base))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("the server answered {status}: {}", body["reason"].as_str().unwrap_or("no reason"));
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(reqwest::Method::POST, path).await
+    }
+}
+
+fn print_status(status: &serde_json::Value) {
+    let a = &status["data"]["attributes"];
+    println!(
+        "Sharing {} ({}, {}), {} document(s) tracked",
+        status["data"]["id"].as_str().unwrap_or("-"),
+        if a["owner"] == true { "outgoing" } else { "incoming" },
+        if a["active"] == true { "active" } else { "inactive" },
+        a["documents"]
+    );
+    println!("{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} LAST ERROR", "#", "STATUS", "NAME", "STATE", "PENDING", "LAST SUCCESS");
+    for m in a["members"].as_array().into_iter().flatten() {
+        let r = &m["replication"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        println!(
+            "{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} {}",
+            m["index"],
+            text(&m["status"]),
+            text(&m["name"]),
+            if r.is_null() { "-".into() } else { text(&r["health"]) },
+            if r.is_null() { "-".into() } else { r["pending"].to_string() },
+            text(&r["last_success"]),
+            text(&r["last_error"]),
+        );
+    }
+}
+
+/// Shows a progress bar per member replicated to, until nothing is pending.
+async fn follow_sync(server: &ServerApi, id: &hearth::sharing::SharingId, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:<20} [{bar:40}] {pos}/{len} {msg}")
+        .map_err(anyhow::Error::msg)?
+        .progress_chars("=> ");
+    let mut by_member: std::collections::BTreeMap<u64, ProgressBar> = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status = server.get(&format!("/sharings/{id}/status")).await?;
+        let members = status["data"]["attributes"]["members"].as_array().cloned().unwrap_or_default();
+        let mut done = true;
+        for m in members.iter().filter(|m| !m["replication"].is_null()) {
+            let r = &m["replication"];
+            let index = m["index"].as_u64().unwrap_or(0);
+            let bar = by_member.entry(index).or_insert_with(|| {
+                let b = bars.add(ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(m["name"].as_str().unwrap_or("member").to_owned());
+                b
+            });
+            let pending = r["pending"].as_u64().unwrap_or(0);
+            let total = r["total"].as_u64().unwrap_or(0).max(r["processed"].as_u64().unwrap_or(0) + pending);
+            bar.set_length(total.max(1));
+            bar.set_position(total.saturating_sub(pending));
+            bar.set_message(match r["last_error"].as_str() {
+                Some(e) => format!("{} ({e})", r["health"].as_str().unwrap_or("")),
+                None => r["health"].as_str().unwrap_or("").to_owned(),
+            });
+            if pending > 0 || r["running"] == true {
+                done = false;
+            }
+        }
+        if done {
+            for b in by_member.values() {
+                b.finish();
+            }
+            println!("Up to date.");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("still replicating after {}s", timeout.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::federation::client::Federation;
 use crate::instance::Registry;
+use crate::sync::manager::SyncManager;
 
 pub struct Services {
     pub config: Arc<Config>,
@@ -15,4 +16,6 @@ pub struct Services {
     pub federation: Arc<Federation>,
     /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
     pub outbox: Arc<Notify>,
+    /// Replication scheduling and per-peer state.
+    pub sync: Arc<SyncManager>,
 }

@@ -1,2 +1,3 @@
 pub mod rev;
 pub mod tree;
+pub mod replicate;

@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Map, Value};
 
-use super::{data_caller, parse_json, read_body, AppState, Inst, Query};
+use super::{parse_json, read_body, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::http::{ApiError, ApiResult};
 use crate::store::doc::{parse_doc, render};
@@ -67,10 +67,15 @@ fn max_body(req: &HttpRequest) -> usize {
     req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_body_bytes)
 }
 
-/// The caller's permissions on `doctype`, after checking the token (401) and that some rule
-/// covers the doctype with `verb` (403).
-fn authorize(inst: &Inst, req: &HttpRequest, doctype: &Doctype, verb: Verb) -> ApiResult<(PermissionSet, Reach)> {
-    let (_, perms) = data_caller(&inst.0, req)?;
+/// The caller's permissions on `doctype`, after checking the token or sharecode (401) and that
+/// some rule covers the doctype with `verb` (403).
+async fn authorize(
+    inst: &Inst,
+    req: &HttpRequest,
+    doctype: &Doctype,
+    verb: Verb,
+) -> ApiResult<(PermissionSet, Reach)> {
+    let perms = super::permissions::data_permissions(&inst.0, req).await?;
     match perms.reach(doctype, verb) {
         Reach::None => Err(ApiError::Forbidden(format!("the token gives no {verb:?} access to {doctype}"))),
         reach => Ok((perms, reach)),
@@ -113,7 +118,7 @@ use sha2::Digest;
 /// read before replicating.
 async fn db_info(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    authorize(&inst, &req, &doctype, Verb::Get)?;
+    authorize(&inst, &req, &doctype, Verb::Get).await?;
     let info = inst.0.store.db_info(&doctype).await?;
     Ok(HttpResponse::Ok().json(json!({
         "db_name": doctype.as_str(),
@@ -159,7 +164,7 @@ async fn write_one(inst: &Inst, doctype: &Doctype, w: crate::store::DocWrite) ->
 /// `POST /data/:doctype/` — creates a document; the server picks the id unless `_id` is given.
 async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
     let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
     let has_id = body.get("_id").is_some();
     let mut w =
@@ -223,7 +228,7 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> Map<
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let id = doc_id_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     check_ids(&reach, [&id])?;
     let q = Query::of(&req)?;
     if let Some(open) = q.get("open_revs") {
@@ -257,7 +262,7 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let doctype = doctype_of(&req)?;
     let id = doc_id_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     check_ids(&reach, [&id])?;
     let new_edits = q.bool("new_edits")?.unwrap_or(true);
     let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
@@ -287,7 +292,7 @@ async fn delete_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let id = doc_id_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete).await?;
     check_ids(&reach, [&id])?;
     let rev = rev_param(&req, &q)?
         .ok_or_else(|| ApiError::bad_request("the revision to delete is required (?rev= or If-Match)"))?;
@@ -310,7 +315,7 @@ fn as_object(v: Value, what: &str) -> ApiResult<Map<String, Value>> {
 async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
     let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
     let new_edits = match body.remove("new_edits") {
         None => q.bool("new_edits")?.unwrap_or(true),
@@ -347,7 +352,7 @@ async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
 /// `POST /data/:doctype/_revs_diff` — `{"id": [revs]}` → the revisions this instance lacks.
 async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     let body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
     let mut wanted = BTreeMap::new();
     for (id, revs) in body {
@@ -376,7 +381,7 @@ async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
 async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
     let revs_history = q.flag("revs")? || body.get("revs") == Some(&Value::Bool(true));
     let latest = q.flag("latest")? || body.get("latest") == Some(&Value::Bool(true));
@@ -432,7 +437,7 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
 /// for replicators that still call it.
 async fn ensure_full_commit(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    authorize(&inst, &req, &doctype, Verb::Post)?;
+    authorize(&inst, &req, &doctype, Verb::Post).await?;
     Ok(created(json!({"ok": true, "instance_start_time": "0"})))
 }
 
@@ -449,7 +454,7 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     let state = req.app_data::<web::Data<AppState>>().map(|s| s.config.clone());
     let body = if req.method() == actix_web::http::Method::POST {
         let bytes = read_body(&req, payload, max_body(&req)).await?;
@@ -568,7 +573,7 @@ fn key_param(q: &Query, body: &Map<String, Value>, names: &[&str]) -> ApiResult<
 async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     let body = if req.method() == actix_web::http::Method::POST {
         as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?
     } else {
@@ -640,7 +645,7 @@ fn local_id(req: &HttpRequest) -> ApiResult<String> {
 /// `GET /data/:doctype/_local/:id` — a local (never replicated) document, e.g. a checkpoint.
 async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
     let doc = inst.0.store.get_local(&doctype, &id).await?;
@@ -654,7 +659,7 @@ async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 /// `PUT /data/:doctype/_local/:id` — writes it; as in CouchDB, revisions are not checked.
 async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
     let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the document")?;
@@ -666,7 +671,7 @@ async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
 /// `DELETE /data/:doctype/_local/:id`.
 async fn delete_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete)?;
+    let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
     inst.0.store.delete_local(&doctype, &id).await?;

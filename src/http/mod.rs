@@ -3,7 +3,9 @@
 
 pub mod data;
 pub mod error;
+pub mod invitations;
 pub mod login;
+pub mod permissions;
 pub mod sharings;
 
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/status", web::get().to(status))
         .configure(login::routes)
         .configure(data::routes)
+        .configure(permissions::routes)
+        .configure(invitations::routes)
         .configure(sharings::routes)
         .default_service(web::to(not_found));
 }

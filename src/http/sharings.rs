@@ -47,6 +47,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(remove_read_only)),
         )
         .route("/sharings/{id}/credentials", web::post().to(credentials_notification))
+        .route("/sharings/{id}/_revs_diff", web::post().to(replication_revs_diff))
+        .route("/sharings/{id}/_bulk_docs", web::post().to(replication_bulk_docs))
+        .route("/sharings/{id}/status", web::get().to(status))
+        .route("/sharings/{id}/sync", web::post().to(sync_now))
         .service(
             web::resource("/auth/authorize/sharing")
                 .route(web::get().to(authorize_page))
@@ -96,7 +100,7 @@ fn doc(s: &Sharing) -> Value {
 
 /// Whether an owner's token may manage this sharing: it covers every rule with every verb (as
 /// creating it required), or it has the whole `io.cozy.sharings` doctype.
-fn may_manage(perms: &PermissionSet, s: &Sharing) -> bool {
+pub(super) fn may_manage(perms: &PermissionSet, s: &Sharing) -> bool {
     let sharings_dt = Doctype::parse("io.cozy.sharings").ok();
     if sharings_dt
         .is_some_and(|d| [Verb::Get, Verb::Post, Verb::Put, Verb::Delete].iter().all(|v| perms.allows(&d, *v, None)))
@@ -122,7 +126,7 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
         })
 }
 
-async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
+pub(super) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
     let perms = match data_caller(&inst.0, req) {
         Ok((_, perms)) => perms,
         Err(e) => {
@@ -144,7 +148,7 @@ async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResu
 }
 
 /// The member a peer's bearer token stands for (`401` when missing, invalid or revoked).
-async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<usize> {
+pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<usize> {
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let (client, perms) = service::peer_member(&inst.0, id, token).await?;
     if !service::peer_may(&perms, id, verb) {
@@ -198,6 +202,11 @@ async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let (items, next) = service::list_filtered(&inst.0, &query).await?;
     let data: Vec<Value> = items.iter().filter(|s| may_read(&perms, s)).map(Sharing::to_api).collect();
     let mut out = json!({"data": data, "meta": {"count": data.len()}});
+    if outgoing != Some(false) {
+        // The owner's link permissions and invitation links, apart from the sharings.
+        let first_page = query.cursor.is_none();
+        out["included"] = json!(super::invitations::included(&inst.0, &perms, &items, first_page).await?);
+    }
     if let Some(cursor) = next {
         let mut url = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in [("direction", q.get("direction")), ("status", q.get("status")), ("doctype", q.get("doctype"))] {
@@ -245,7 +254,7 @@ async fn revoked_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRes
     if index != 0 {
         return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
     }
-    service::revoked_by_owner(&inst.0, &id).await?;
+    service::revoked_by_owner(state_of(&req)?, &inst.0, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -256,7 +265,7 @@ async fn left_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
     if index == 0 {
         return Err(ApiError::Forbidden("only a member's instance may send this".into()));
     }
-    service::member_left(&inst.0, &id, index).await?;
+    service::member_left(state_of(&req)?, &inst.0, &id, index).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -347,6 +356,7 @@ async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespons
 #[derive(Deserialize)]
 struct StateQuery {
     state: Option<String>,
+    invitation: Option<String>,
 }
 
 fn small_page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
@@ -369,9 +379,9 @@ async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         let id = sharing_id(&req)?;
         let q: StateQuery =
             serde_urlencoded::from_str(req.query_string()).map_err(|_| ApiError::bad_request("malformed query"))?;
-        let state = q.state.ok_or_else(|| ApiError::bad_request("the invitation link has no state"))?;
-        let found = service::discovery_state(&inst.0, &id, &state).await?;
-        Ok::<_, ApiError>((id, state, found))
+        let (hidden, found) =
+            super::invitations::discovery_lookup(&inst.0, &req, &id, q.state, q.invitation).await?;
+        Ok::<_, ApiError>((id, hidden, found))
     }
     .await;
     match result {
@@ -384,20 +394,22 @@ async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse {
             };
             small_page(StatusCode::OK, "Invitation", text)
         }
-        Ok((id, state, Discovery::Ask { sharing, index })) => {
+        Ok((id, hidden, Discovery::Ask { sharing, index })) => {
             let owner = sharing.members[0].public_name.clone().unwrap_or_default();
-            let known = sharing.members[index].instance.clone().unwrap_or_default();
+            let known = sharing.members.get(index).and_then(|m| m.instance.clone()).unwrap_or_default();
+            let hidden = hidden
+                .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(&value)))
+                .unwrap_or_default();
             let body = format!(
                 "<h1>{owner} shares “{desc}” with you</h1>\
                  <form method=\"post\" action=\"/sharings/{id}/discovery\">\
-                 <input type=\"hidden\" name=\"state\" value=\"{state}\">\
+                 {hidden}\
                  <label>The address of your instance <input type=\"text\" name=\"url\" id=\"url\" value=\"{known}\" \
                  placeholder=\"https://you.example.net\" required></label> \
                  <button type=\"submit\" id=\"discover\">Continue</button></form>",
                 owner = esc(&owner),
                 desc = esc(&sharing.description),
                 id = esc(id.as_str()),
-                state = esc(&state),
                 known = esc(&known),
             );
             page(StatusCode::OK, "Invitation", &body)
@@ -407,7 +419,9 @@ async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse {
 
 #[derive(Deserialize)]
 struct DiscoveryForm {
-    state: String,
+    state: Option<String>,
+    invitation: Option<String>,
+    sharecode: Option<String>,
     url: String,
 }
 
@@ -421,7 +435,8 @@ async fn discovery_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
         let body = read_body(&req, payload, 64 * 1024).await?;
         let form: DiscoveryForm =
             serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("the form needs state and url"))?;
-        Ok::<_, ApiError>(service::discover(state_of(&req)?, &inst.0, &id, &form.state, &form.url).await?)
+        let key = (form.state, form.invitation, form.sharecode);
+        super::invitations::discover(&inst.0, &req, &id, key, &form.url).await
     }
     .await;
     match (result, wants_json) {
@@ -605,4 +620,90 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
     let (id, secret) = text.split_once(':')?;
     let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
     Some((dec(id)?, dec(secret)?))
+}
+
+/// The sharing as seen by a member's instance calling it: must be active, and the caller a
+/// ready member (any member on the owner, the owner on a recipient).
+async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<(Sharing, usize)> {
+    let index = peer(inst, req, id, Verb::Post).await?;
+    let s = sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    let ready = if s.owner {
+        s.members.get(index).is_some_and(|m| m.status == MemberStatus::Ready)
+    } else {
+        index == 0 && s.active
+    };
+    if !ready || !s.active {
+        return Err(ApiError::Forbidden("this member is not replicating this sharing".into()));
+    }
+    Ok((s, index))
+}
+
+/// `POST /sharings/:id/_revs_diff` — `{"doctype/id": [revs]}` → what this instance lacks.
+async fn replication_revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let (s, from) = replicating_peer(&inst, &req, &id).await?;
+    let body = json_body(&req, payload).await?;
+    let out = crate::sharing::receive::revs_diff(&inst.0, &s, from, &body).await?;
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `POST /sharings/:id/_bulk_docs` — `{"doctype": [docs with _revisions]}`, applied with
+/// `new_edits=false` semantics; answers the refused documents (`[]` when all applied).
+async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let (s, from) = replicating_peer(&inst, &req, &id).await?;
+    let body = json_body(&req, payload).await?;
+    let applied = crate::sharing::receive::bulk_docs(&inst.0, &s, from, &body).await?;
+    tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
+        refused = applied.refused.len(), "received documents");
+    let svc = state_of(&req)?;
+    if applied.revoke {
+        let outcome = if s.owner { service::revoke(svc, &inst.0, &id, None).await } else { service::leave(svc, &inst.0, &id).await };
+        outcome?;
+    }
+    svc.sync.wake();
+    Ok(HttpResponse::Ok().json(applied.refused))
+}
+
+/// `GET /sharings/:id/status` — each member's status and, for the peers this instance
+/// replicates to, the replication state: `healthy|retrying|down`, last error, last success,
+/// pending changes and progress.
+async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let s = sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    if !may_read(&perms, &s) {
+        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
+    }
+    let svc = state_of(&req)?;
+    let targets = crate::sync::manager::targets(&s);
+    let mut members = Vec::new();
+    for (i, m) in s.members.iter().enumerate() {
+        let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
+            "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
+        if targets.contains(&i) {
+            let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
+            let checkpoint = crate::sync::replication::read_checkpoint(&inst.0, id.as_str(), i).await?;
+            let info = inst.0.store.shared_info(id.as_str(), checkpoint).await?;
+            let mut rep = serde_json::to_value(svc.sync.state(&key)).unwrap_or(Value::Null);
+            rep["pending"] = json!(info.pending);
+            rep["checkpoint"] = json!(checkpoint);
+            entry["replication"] = rep;
+        }
+        members.push(entry);
+    }
+    let info = inst.0.store.shared_info(id.as_str(), u64::MAX).await?;
+    Ok(jsonapi(
+        StatusCode::OK,
+        json!({"data": {"type": "io.cozy.sharings.status", "id": id.as_str(), "attributes": {
+            "owner": s.owner, "active": s.active, "documents": info.docs, "last_seq": info.last_seq, "members": members}}}),
+    ))
+}
+
+/// `POST /sharings/:id/sync` — replicate now (skipping any backoff); answers 202.
+async fn sync_now(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let s = load_managed(&inst, &req, &id).await?;
+    state_of(&req)?.sync.sync_now(inst.0.domain.as_str(), &s);
+    Ok(HttpResponse::Accepted().json(json!({"ok": true})))
 }

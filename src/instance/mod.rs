@@ -2,6 +2,10 @@
 //! dir, shared by `hearth serve` and the CLI), and for each one its opened context: store,
 //! token keys, passphrase hash, settings.
 //!
+//! The registry is always this SQLite file, also with `store = "couchdb"`: it is the hosting
+//! process's own configuration (which domains, their keys), while the instances' documents live
+//! in the configured store.
+//!
 //! Instances are opened on first use and cached. An instance added by the CLI while the server
 //! runs is found on its first request, since a cache miss reads the registry file.
 
@@ -16,6 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::auth::{self, FailureLimiter, TokenKeys};
 use crate::config::{Config, StoreKind};
+use crate::store::couch::CouchServer;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -117,6 +122,9 @@ pub struct Registry {
     config: Arc<Config>,
     db: Mutex<Connection>,
     open: RwLock<HashMap<Domain, Arc<Instance>>>,
+    /// The CouchDB server instances' stores live on, with `store = "couchdb"` (the registry
+    /// itself stays this local SQLite file whatever the store).
+    couch: Option<Arc<CouchServer>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +168,12 @@ impl Registry {
                 created_at TEXT NOT NULL
             );",
         )?;
-        Ok(Registry { config, db: Mutex::new(conn), open: RwLock::new(HashMap::new()) })
+        // Refuse to start, saying why, when CouchDB is unreachable or refuses the credentials.
+        let couch = match config.store {
+            StoreKind::Sqlite => None,
+            StoreKind::Couchdb => Some(CouchServer::connect_blocking(&config.couchdb)?),
+        };
+        Ok(Registry { config, db: Mutex::new(conn), open: RwLock::new(HashMap::new()), couch })
     }
 
     pub fn config(&self) -> &Config {
@@ -278,7 +291,10 @@ impl Registry {
         }
         let store: Arc<dyn Store> = match self.config.store {
             StoreKind::Sqlite => Arc::new(SqliteStore::open(&self.instance_db_path(domain), self.config.revs_limit)?),
-            StoreKind::Couchdb => anyhow::bail!("the CouchDB backend is not available in this build yet"),
+            StoreKind::Couchdb => match &self.couch {
+                Some(server) => Arc::new(server.store(domain.as_str(), self.config.revs_limit)),
+                None => anyhow::bail!("the CouchDB server was not opened"),
+            },
         };
         let inst = Arc::new(Instance {
             keys: TokenKeys::new(&rec.secret, rec.domain.as_str()),

@@ -6,7 +6,10 @@
 //! are optimistic (the current revision is the parent; a concurrent writer makes us re-read and
 //! re-apply), which is also what makes single-use invitation states safe under races.
 
+pub mod invitations;
+pub mod links;
 pub mod model;
+pub mod receive;
 pub mod service;
 
 use hearth_replicator::rev::Rev;

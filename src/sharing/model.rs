@@ -63,9 +63,10 @@ impl Flow {
         }
     }
 
-    /// Whether a change of this kind may travel from the owner to recipients.
+    /// Whether a change of this kind may travel from the owner to recipients. (`revoke` does
+    /// not travel: the deletion revokes the sharing instead.)
     pub fn owner_to_recipient(self) -> bool {
-        matches!(self, Flow::Push | Flow::Sync | Flow::Revoke)
+        matches!(self, Flow::Push | Flow::Sync)
     }
 
     /// Whether a change of this kind may travel from a recipient to the owner.
@@ -160,32 +161,48 @@ impl Rule {
         })
     }
 
+    /// The rule as the store tracks it.
+    pub fn track_rule(&self, sharing_id: &str, rule_index: usize) -> crate::store::TrackRule {
+        crate::store::TrackRule {
+            sharing_id: sharing_id.to_owned(),
+            rule_index,
+            doctype: self.doctype.clone(),
+            selector: self.selector.clone(),
+            values: self.values.clone(),
+        }
+    }
+
     /// Whether a document body (with its id) is selected by this rule.
     pub fn matches(&self, doctype: &str, id: &str, body: &Map<String, Value>) -> bool {
-        if self.doctype != doctype {
-            return false;
-        }
-        match &self.selector {
-            None => self.values.iter().any(|v| v == id),
-            Some(path) => {
-                let mut cur: Option<&Value> = None;
-                for (i, part) in path.split('.').enumerate() {
-                    cur = if i == 0 { body.get(part) } else { cur.and_then(|c| c.get(part)) };
-                }
-                match cur {
-                    Some(Value::String(s)) => self.values.iter().any(|v| v == s),
-                    Some(Value::Array(items)) => {
-                        items.iter().any(|i| i.as_str().is_some_and(|s| self.values.iter().any(|v| v == s)))
-                    }
-                    _ => false,
-                }
-            }
+        self.track_rule("", 0).matches(doctype, id, body)
+    }
+
+    /// Whether a change may flow in this direction: `deleted` or `leaving` changes follow
+    /// `remove`, new documents `add`, others `update`.
+    pub fn allows(&self, kind: ChangeKind, to_owner: bool) -> bool {
+        let flow = match kind {
+            ChangeKind::Add => self.add,
+            ChangeKind::Update => self.update,
+            ChangeKind::Remove => self.remove,
+        };
+        if to_owner {
+            flow.recipient_to_owner()
+        } else {
+            flow.owner_to_recipient()
         }
     }
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+}
+
+/// What a replicated change does to a document of the sharing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Add,
+    Update,
+    Remove,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,9 +267,15 @@ pub struct Member {
     /// derived with the instance key, so it is never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_nonce: Option<String>,
+    /// Owner side: the key of this member's id transformation (see `sync::xor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xor_key: Option<String>,
     /// Owner side: index of the member who added this one (delegated adds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_by: Option<usize>,
+    /// Owner side: the invitation link this member joined through (see `sharing::invitations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<String>,
     /// Our OAuth client standing for this member (its tokens authenticate the member here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_client_id: Option<String>,
@@ -271,7 +294,9 @@ impl Member {
             instance: None,
             read_only: false,
             state_nonce: None,
+            xor_key: None,
             added_by: None,
+            invitation: None,
             inbound_client_id: None,
             outbound: None,
         }
@@ -325,6 +350,9 @@ pub struct Sharing {
     pub rules: Vec<Rule>,
     /// `members[0]` is always the owner.
     pub members: Vec<Member>,
+    /// Owner side: invitation links (see `sharing::invitations`); never shown to peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invitations: Vec<super::invitations::Invitation>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -369,6 +397,11 @@ impl Sharing {
     /// Whether any rule lets changes flow from recipients to the owner.
     pub fn has_sync_rule(&self) -> bool {
         self.rules.iter().any(|r| !r.local && (r.add == Flow::Sync || r.update == Flow::Sync || r.remove == Flow::Sync))
+    }
+
+    /// The tracking rules of this sharing (local rules are for previews and never tracked).
+    pub fn track_rules(&self) -> Vec<crate::store::TrackRule> {
+        self.rules.iter().enumerate().filter(|(_, r)| !r.local).map(|(i, r)| r.track_rule(self.id(), i)).collect()
     }
 
     /// Whether a recipient at `index` may write to the owner.
@@ -442,6 +475,7 @@ mod tests {
             updated_at: now_rfc3339(),
             rules: vec![],
             members: vec![Member::new(MemberStatus::Owner), m],
+            invitations: vec![],
         };
         let text = s.to_api().to_string();
         for secret in ["nonce-secret", "client-secret", "access-secret", "refresh-secret", "inbound", "cid"] {

@@ -41,6 +41,10 @@ pub fn member_by_state(inst: &Instance, sharing: &Sharing, state: &str) -> Optio
 
 pub fn invitation_link(svc: &Services, inst: &Instance, sharing: &Sharing, index: usize) -> Option<String> {
     let state = member_state(inst, sharing, index)?;
+    // With a preview path, the link opens the preview page (its code leads to discovery).
+    if let Some(preview) = super::links::preview_link(svc, inst, sharing, index) {
+        return Some(preview);
+    }
     Some(format!(
         "{}/sharings/{}/discovery?state={state}",
         svc.federation.instance_url(inst.domain.as_str()),
@@ -109,6 +113,7 @@ fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Opt
     m.instance = r.instance.filter(|i| i.len() <= 512);
     m.read_only = read_only;
     m.state_nonce = Some(random_hex(16));
+    m.xor_key = Some(random_hex(16));
     m.added_by = added_by;
     s.members.push(m);
     s.members.len() - 1
@@ -184,6 +189,7 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
         updated_at: now,
         rules,
         members: vec![owner],
+        invitations: Vec::new(),
     };
     for r in rw {
         add_member(&mut s, r, false, None);
@@ -282,8 +288,15 @@ fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>>
 /// with the other members reduced to their status and public name.
 fn request_document(s: &Sharing, target: usize) -> Value {
     let mut shown = s.clone();
+    // Document ids travel transformed with the member's key (see `sync::xor`).
+    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sync::xor::parse_key) {
+        for r in shown.rules.iter_mut().filter(|r| r.selector.is_none()) {
+            r.values = r.values.iter().map(|v| crate::sync::xor::xor_id(v, &key)).collect();
+        }
+    }
     for (i, m) in shown.members.iter_mut().enumerate() {
         m.state_nonce = None;
+        m.xor_key = None;
         m.inbound_client_id = None;
         m.outbound = None;
         if i != 0 && i != target {
@@ -444,6 +457,7 @@ pub async fn receive_request(svc: &Services, inst: &Instance, id: &SharingId, bo
         updated_at: now,
         rules,
         members,
+        invitations: Vec::new(),
     };
     save(store, &mut s).await.map_err(|e| match e {
         StoreError::Conflict => SharingError::Conflict("the sharing request changed meanwhile".into()),
@@ -554,6 +568,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     })
     .await?;
     tracing::info!(instance = %inst.domain, sharing = %id, "sharing accepted");
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(s)
 }
 
@@ -654,6 +669,7 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
         }
     };
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     let mut attributes = credentials_json(&issued);
     attributes["member_index"] = json!(index);
     attributes["read_only"] = json!(read_only);
@@ -683,6 +699,7 @@ pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Opti
             let was_ready = m.status == MemberStatus::Ready;
             m.status = MemberStatus::Revoked;
             done.push((i, m.inbound_client_id.take(), was_ready && m.outbound.is_some()));
+            super::invitations::revoke_created_by(s, i);
         }
         s.active = s.members.iter().any(|m| m.status == MemberStatus::Ready);
         Ok(done)
@@ -699,6 +716,7 @@ pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Opti
         }
         tracing::info!(instance = %inst.domain, sharing = %id, member = i, "member revoked");
     }
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(s)
 }
 
@@ -733,11 +751,12 @@ pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sh
         outbox::enqueue(svc, inst, e).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, "left the sharing");
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(s)
 }
 
 /// `DELETE /sharings/:id` from the owner, on a recipient: we were revoked.
-pub async fn revoked_by_owner(inst: &Instance, id: &SharingId) -> Result<()> {
+pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -> Result<()> {
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         if s.owner {
             return Err(SharingError::Forbidden("only the owner's instance sends this".into()));
@@ -757,11 +776,12 @@ pub async fn revoked_by_owner(inst: &Instance, id: &SharingId) -> Result<()> {
         oauth::delete_client(inst, &c).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, "revoked by the owner");
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(())
 }
 
 /// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
-pub async fn member_left(inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
+pub async fn member_left(svc: &Services, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         let m = s
             .members
@@ -771,6 +791,7 @@ pub async fn member_left(inst: &Instance, id: &SharingId, index: usize) -> Resul
         m.status = MemberStatus::Revoked;
         m.outbound = None;
         let c = m.inbound_client_id.take();
+        super::invitations::revoke_created_by(s, index);
         s.active = s.members.iter().any(|m| m.status == MemberStatus::Ready);
         Ok(c)
     })
@@ -779,6 +800,7 @@ pub async fn member_left(inst: &Instance, id: &SharingId, index: usize) -> Resul
         oauth::delete_client(inst, &c).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "member left");
+    crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(())
 }
 

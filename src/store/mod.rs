@@ -9,17 +9,21 @@
 //! Every backend must pass the suite in [`conformance`].
 
 pub mod conformance;
+pub mod couch;
 pub mod doc;
 pub mod json;
 pub mod sqlite;
+pub mod tracking;
+pub mod transfer;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use hearth_replicator::rev::Rev;
 use serde_json::{Map, Value};
 
 pub use doc::{DocId, Doctype};
+pub use tracking::{SharedChange, SharedInfo, SharedState, TrackRule};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -227,6 +231,83 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delete_local(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError>;
 
-    /// A counter bumped after every committed write, for long-polling feeds.
+    /// A counter bumped after every committed write, for long-polling feeds and replication
+    /// triggers.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// The leaf revisions (with their deleted flags, winner first) of some documents; unknown
+    /// documents are left out.
+    async fn doc_leaves(&self, doctype: &Doctype, ids: &[DocId]) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
+        let mut out = HashMap::new();
+        for id in ids {
+            match self.open_revs(doctype, id, OpenRevs::All, false).await {
+                Ok(found) => {
+                    let leaves = found
+                        .into_iter()
+                        .filter_map(|r| match r {
+                            OpenRev::Found(d) => Some((d.rev, d.deleted)),
+                            OpenRev::Missing(_) => None,
+                        })
+                        .collect();
+                    out.insert(id.clone(), leaves);
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    // Sharing tracking (see `tracking`): the rules of the active sharings, and per sharing a
+    // feed of the documents it holds, updated in the transaction of every write.
+
+    /// Replaces the rules every later write is tracked against.
+    fn set_tracking(&self, _rules: Vec<TrackRule>) {}
+
+    /// Tracks the documents that already match the rules of `sharing_id` (the initial sync of
+    /// a sharing that becomes ready). Returns how many were added to its feed.
+    async fn track_existing(&self, _sharing_id: &str) -> Result<u64, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
+    }
+
+    async fn shared_changes(&self, _sharing_id: &str, _since: u64, _limit: usize) -> Result<Vec<SharedChange>, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
+    }
+
+    async fn shared_state(
+        &self,
+        _sharing_id: &str,
+        _doctype: &Doctype,
+        _ids: &[DocId],
+    ) -> Result<HashMap<DocId, SharedState>, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
+    }
+
+    async fn shared_info(&self, _sharing_id: &str, _since: u64) -> Result<SharedInfo, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
+    }
+
+    /// Forgets a sharing's feed (after revocation; the documents themselves stay).
+    async fn untrack(&self, _sharing_id: &str) -> Result<(), StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
+    }
+
+    // Moving an instance between backends (`transfer`).
+
+    /// Every doctype holding documents or `_local` documents.
+    async fn doctypes(&self) -> Result<Vec<Doctype>, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot list its doctypes")))
+    }
+
+    /// Every `_local` document of a doctype.
+    async fn local_docs(&self, _doctype: &Doctype) -> Result<Vec<LocalDoc>, StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot list its _local documents")))
+    }
+
+    /// Makes the doctype's next change get a sequence number above `at_least` (an import
+    /// numbers its documents above the source's `update_seq`, so a checkpoint taken against
+    /// the old backend makes a replicator re-read them rather than skip them).
+    async fn advance_seq(&self, _doctype: &Doctype, _at_least: u64) -> Result<(), StoreError> {
+        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot advance its sequence")))
+    }
 }

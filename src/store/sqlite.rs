@@ -10,7 +10,7 @@
 //! one connection (SQLite has one writer anyway); reads use a small pool of their own
 //! connections, which WAL lets run alongside a write.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,9 +22,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use super::tracking::{self, TrackAction};
 use super::*;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS doctypes (
@@ -51,6 +52,20 @@ CREATE TABLE IF NOT EXISTS bodies (
     body BLOB NOT NULL,
     PRIMARY KEY (doctype, id, rev)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shared (
+    sharing_id TEXT NOT NULL,
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    rule INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    PRIMARY KEY (sharing_id, doctype, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
+CREATE TABLE IF NOT EXISTS sharing_seqs (
+    sharing_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locals (
     doctype TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -72,7 +87,14 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     revs_limit: usize,
+    tracking: std::sync::RwLock<Arc<Vec<TrackRule>>>,
     commits: watch::Sender<u64>,
+}
+
+/// What a write transaction needs besides the connection.
+struct WriteCtx {
+    revs_limit: usize,
+    tracking: Arc<Vec<TrackRule>>,
 }
 
 fn internal(e: impl Into<anyhow::Error>) -> StoreError {
@@ -121,6 +143,7 @@ impl SqliteStore {
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 revs_limit: revs_limit.max(1),
+                tracking: std::sync::RwLock::new(Arc::new(Vec::new())),
                 commits,
             }),
         })
@@ -153,13 +176,16 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, usize) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>, &WriteCtx) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().map_err(|_| internal(anyhow::anyhow!("writer poisoned")))?;
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let out = f(&tx, inner.revs_limit)?;
+            // Rules are read under the writer lock, so a write sees the rules set before it.
+            let tracking = inner.tracking.read().map(|t| t.clone()).unwrap_or_default();
+            let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
+            let out = f(&tx, &ctx)?;
             tx.commit()?;
             inner.commits.send_modify(|n| *n += 1);
             Ok(out)
@@ -243,10 +269,17 @@ struct DocUpdate<'a> {
     before: Option<bool>,
     tree: &'a RevTree,
     new_body: Option<(&'a Rev, &'a [u8])>,
+    /// The body just written, with its revision (to avoid reading it back for tracking).
+    written: (&'a Rev, &'a Map<String, Value>),
     old_leaves: Vec<Rev>,
 }
 
-fn save_doc(tx: &Transaction<'_>, counters: &mut DoctypeCounters, u: DocUpdate<'_>) -> Result<(), StoreError> {
+fn save_doc(
+    tx: &Transaction<'_>,
+    ctx: &WriteCtx,
+    counters: &mut DoctypeCounters,
+    u: DocUpdate<'_>,
+) -> Result<(), StoreError> {
     let winner = u.tree.winner().ok_or_else(|| StoreError::Corrupt(format!("empty tree for {}", u.id)))?;
     if let Some((rev, body)) = u.new_body {
         tx.prepare_cached("INSERT OR IGNORE INTO bodies (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)")?
@@ -286,15 +319,69 @@ fn save_doc(tx: &Transaction<'_>, counters: &mut DoctypeCounters, u: DocUpdate<'
         encode_leaves(u.tree),
         u.tree.encode(),
     ])?;
+    if ctx.tracking.iter().any(|r| r.doctype == u.doctype) {
+        let body = if &winner.rev == u.written.0 {
+            u.written.1.clone()
+        } else {
+            load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default()
+        };
+        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body)?;
+    }
+    Ok(())
+}
+
+/// Updates every sharing's feed for one written document (see `tracking::decide`).
+fn track_doc(
+    tx: &Transaction<'_>,
+    rules: &[TrackRule],
+    doctype: &str,
+    id: &str,
+    deleted: bool,
+    body: &Map<String, Value>,
+) -> Result<(), StoreError> {
+    let mut sharings: Vec<&str> = rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
+    sharings.dedup();
+    for sharing in sharings {
+        let matching = rules.iter().find(|r| r.sharing_id == sharing && r.matches(doctype, id, body)).map(|r| r.rule_index);
+        let tracked: Option<(usize, bool)> = tx
+            .prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
+            .query_row(params![sharing, doctype, id], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, bool>(1)?)))
+            .optional()?;
+        if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, tracked) {
+            record_shared(tx, sharing, doctype, id, rule_index, removed)?;
+        }
+    }
+    Ok(())
+}
+
+fn record_shared(
+    tx: &Transaction<'_>,
+    sharing: &str,
+    doctype: &str,
+    id: &str,
+    rule_index: usize,
+    removed: bool,
+) -> Result<(), StoreError> {
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO sharing_seqs (sharing_id, last_seq) VALUES (?1, 1)
+             ON CONFLICT (sharing_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
+        )?
+        .query_row(params![sharing], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (sharing_id, doctype, id) DO UPDATE SET seq = ?4, rule = ?5, removed = ?6",
+    )?
+    .execute(params![sharing, doctype, id, seq, rule_index as i64, removed])?;
     Ok(())
 }
 
 fn apply_interactive(
     tx: &Transaction<'_>,
+    ctx: &WriteCtx,
     counters: &mut DoctypeCounters,
     doctype: &str,
     w: &DocWrite,
-    revs_limit: usize,
 ) -> Result<WriteResult, StoreError> {
     let existing = load_doc(tx, doctype, w.id.as_str())?;
     let before = existing.as_ref().map(|d| d.deleted);
@@ -307,21 +394,30 @@ fn apply_interactive(
     let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent).collect();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     tree.merge_path(&path, w.deleted);
-    tree.stem(revs_limit);
+    tree.stem(ctx.revs_limit);
     save_doc(
         tx,
+        ctx,
         counters,
-        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body: Some((&rev, &body)), old_leaves },
+        DocUpdate {
+            doctype,
+            id: w.id.as_str(),
+            before,
+            tree: &tree,
+            new_body: Some((&rev, &body)),
+            written: (&rev, &w.body),
+            old_leaves,
+        },
     )?;
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
 }
 
 fn apply_replicated(
     tx: &Transaction<'_>,
+    ctx: &WriteCtx,
     counters: &mut DoctypeCounters,
     doctype: &str,
     w: &DocWrite,
-    revs_limit: usize,
 ) -> Result<Option<WriteResult>, StoreError> {
     let Some(path) = w.revisions.as_deref().filter(|p| !p.is_empty()) else {
         return Ok(Some(WriteResult::Rejected {
@@ -340,11 +436,20 @@ fn apply_replicated(
         // Idempotent: a revision we have is never rewritten, and re-sending it changes nothing.
         return Ok(None);
     }
-    tree.stem(revs_limit);
+    tree.stem(ctx.revs_limit);
     let body = serde_json::to_vec(&w.body).map_err(internal)?;
     // Only a revision new to this tree gets a body: the first body of a revision is final.
     let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, body.as_slice()));
-    save_doc(tx, counters, DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body, old_leaves })?;
+    let update = DocUpdate {
+        doctype,
+        id: w.id.as_str(),
+        before,
+        tree: &tree,
+        new_body,
+        written: (head, &w.body),
+        old_leaves,
+    };
+    save_doc(tx, ctx, counters, update)?;
     Ok(None)
 }
 
@@ -462,13 +567,13 @@ impl Store for SqliteStore {
         new_edits: bool,
     ) -> Result<Vec<WriteResult>, StoreError> {
         let doctype = doctype.as_str().to_owned();
-        self.write(move |tx, revs_limit| {
+        self.write(move |tx, ctx| {
             let mut counters = DoctypeCounters::load(tx, &doctype)?;
             let mut results = Vec::with_capacity(if new_edits { docs.len() } else { 0 });
             for w in &docs {
                 if new_edits {
-                    results.push(apply_interactive(tx, &mut counters, &doctype, w, revs_limit)?);
-                } else if let Some(r) = apply_replicated(tx, &mut counters, &doctype, w, revs_limit)? {
+                    results.push(apply_interactive(tx, ctx, &mut counters, &doctype, w)?);
+                } else if let Some(r) = apply_replicated(tx, ctx, &mut counters, &doctype, w)? {
                     results.push(r);
                 }
             }
@@ -703,5 +808,155 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
+    }
+
+    async fn doc_leaves(&self, doctype: &Doctype, ids: &[DocId]) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
+        let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT leaves FROM docs WHERE doctype = ?1 AND id = ?2")?;
+            let mut out = HashMap::with_capacity(ids.len());
+            for id in ids {
+                let leaves: Option<String> = stmt.query_row(params![doctype, id.as_str()], |r| r.get(0)).optional()?;
+                if let Some(l) = leaves {
+                    let decoded = decode_leaves(id.as_str(), &l)?;
+                    out.insert(id, decoded);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn set_tracking(&self, rules: Vec<TrackRule>) {
+        if let Ok(mut t) = self.inner.tracking.write() {
+            *t = Arc::new(rules);
+        }
+    }
+
+    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
+        let sharing_id = sharing_id.to_owned();
+        self.write(move |tx, ctx| {
+            let rules: Vec<&TrackRule> = ctx.tracking.iter().filter(|r| r.sharing_id == sharing_id).collect();
+            let mut added = 0;
+            for rule in &rules {
+                // Candidates: the listed ids for id rules, every live document otherwise.
+                let candidates: Vec<(String, String)> = match &rule.selector {
+                    None => {
+                        let mut stmt =
+                            tx.prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0")?;
+                        let mut found = Vec::new();
+                        for v in &rule.values {
+                            if let Some(row) = stmt
+                                .query_row(params![rule.doctype, v], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()?
+                            {
+                                found.push(row);
+                            }
+                        }
+                        found
+                    }
+                    Some(_) => tx
+                        .prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0 ORDER BY id")?
+                        .query_map(params![rule.doctype], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?,
+                };
+                for (id, winner) in candidates {
+                    let tracked: Option<bool> = tx
+                        .prepare_cached("SELECT removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
+                        .query_row(params![sharing_id, rule.doctype, id], |r| r.get(0))
+                        .optional()?;
+                    if tracked == Some(false) {
+                        continue;
+                    }
+                    let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
+                    let body = load_body(tx, &rule.doctype, &id, &rev)?.unwrap_or_default();
+                    // The first matching rule of the sharing wins, as for later writes.
+                    let first = rules.iter().find(|r| r.matches(&rule.doctype, &id, &body)).map(|r| r.rule_index);
+                    if let Some(rule_index) = first {
+                        record_shared(tx, &sharing_id, &rule.doctype, &id, rule_index, false)?;
+                        added += 1;
+                    }
+                }
+            }
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn shared_changes(&self, sharing_id: &str, since: u64, limit: usize) -> Result<Vec<SharedChange>, StoreError> {
+        let sharing_id = sharing_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, doctype, id, rule, removed FROM shared WHERE sharing_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows: Vec<(i64, String, String, i64, bool)> = stmt
+                .query_map(params![sharing_id, since as i64, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(seq, doctype, id, rule, removed)| {
+                    Ok(SharedChange {
+                        seq: seq as u64,
+                        doctype: Doctype::parse(&doctype).map_err(StoreError::Corrupt)?,
+                        id: DocId::parse(&id).map_err(StoreError::Corrupt)?,
+                        rule_index: rule as usize,
+                        removed,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn shared_state(
+        &self,
+        sharing_id: &str,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, SharedState>, StoreError> {
+        let (sharing_id, doctype, ids) = (sharing_id.to_owned(), doctype.as_str().to_owned(), ids.to_vec());
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?;
+            let mut out = HashMap::new();
+            for id in ids {
+                let row: Option<(i64, bool)> =
+                    stmt.query_row(params![sharing_id, doctype, id.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                if let Some((rule, removed)) = row {
+                    out.insert(id, SharedState { rule_index: rule as usize, removed });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {
+        let sharing_id = sharing_id.to_owned();
+        self.read(move |conn| {
+            let last_seq: i64 = conn
+                .prepare_cached("SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1")?
+                .query_row(params![sharing_id], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            let docs: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM shared WHERE sharing_id = ?1 AND removed = 0")?
+                .query_row(params![sharing_id], |r| r.get(0))?;
+            let pending: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM shared WHERE sharing_id = ?1 AND seq > ?2")?
+                .query_row(params![sharing_id, since as i64], |r| r.get(0))?;
+            Ok(SharedInfo { last_seq: last_seq as u64, docs: docs as u64, pending: pending as u64 })
+        })
+        .await
+    }
+
+    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError> {
+        let sharing_id = sharing_id.to_owned();
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM shared WHERE sharing_id = ?1")?.execute(params![sharing_id])?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -1,7 +1,10 @@
 //! Background work between instances: the durable outbox of notifications (revocations,
 //! credential changes) and, later, the replication workers.
 
+pub mod manager;
 pub mod outbox;
+pub mod replication;
+pub mod xor;
 
 use std::time::Duration;
 

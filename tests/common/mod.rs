@@ -4,6 +4,8 @@
 //! so instances are addressed by their real domain.
 #![allow(dead_code)]
 
+pub mod flow;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -58,8 +60,22 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let mut config = Config::for_tests(dir.path());
+    use_test_couchdb(&mut config);
     tweak(&mut config);
     start(config, dir).await
+}
+
+/// With `HEARTH_TEST_COUCHDB_URL` set (scripts/test sets it for its CouchDB pass, pointing at
+/// PouchDB Server), the app keeps its instances in that CouchDB, under a database prefix of its
+/// own so tests never see each other's data. Optional `HEARTH_TEST_COUCHDB_USER`/`_PASSWORD`.
+pub fn use_test_couchdb(config: &mut Config) {
+    if let Ok(url) = std::env::var("HEARTH_TEST_COUCHDB_URL") {
+        config.store = hearth::config::StoreKind::Couchdb;
+        config.couchdb.url = Some(url);
+        config.couchdb.user = std::env::var("HEARTH_TEST_COUCHDB_USER").ok();
+        config.couchdb.password = std::env::var("HEARTH_TEST_COUCHDB_PASSWORD").ok().map(Into::into);
+        config.couchdb.prefix = Some(format!("t{}", uuid::Uuid::new_v4().simple()));
+    }
 }
 
 async fn start(config: Config, dir: Arc<tempfile::TempDir>) -> TestApp {

@@ -1,0 +1,222 @@
+//! Invitation links over HTTP (the DIAL model, logic in `crate::sharing::invitations`): the
+//! owner creates, lists and revokes links of a sharing; a ready member with `share` re-shares
+//! (its app asks its own instance, which asks the owner with the member's credentials); a
+//! holder reads what a link offers; a recipient discards a sharing. The discovery page
+//! (`/sharings/:id/discovery`, in `sharings.rs`) takes `?invitation=` through [`discover`].
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::permissions::{code_failed, code_limited, preview_state};
+use super::sharings::{load_managed, may_manage, peer};
+use super::{data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use crate::auth::{PermissionSet, Verb};
+use crate::instance::Instance;
+use crate::sharing::invitations;
+use crate::sharing::service::{self, Discovery};
+use crate::sharing::{self, Sharing, SharingError, SharingId};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/sharings/{id}/invitations").route(web::get().to(list)).route(web::post().to(create)))
+        .route("/sharings/{id}/invitations/{inv}", web::delete().to(revoke))
+        .route("/sharings/{id}/discard", web::post().to(discard))
+        .route("/invitations/{code}", web::get().to(details));
+}
+
+fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
+}
+
+fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
+    SharingId::parse(req.match_info().get("id").unwrap_or_default()).map_err(ApiError::BadRequest)
+}
+
+fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/vnd.api+json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(v.to_string())
+}
+
+async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
+    parse_json(&read_body(req, payload, 64 * 1024).await?)
+}
+
+/// `POST /sharings/:id/invitations` — `{"permissions": ["read"|"write", "share"?],
+/// "max_accepted_users"?, "expires_in"?}`; 201 with the invitation and its `link` (shown this
+/// once). From the owner's app; from a ready member's instance (its access token: a re-share,
+/// read-only); or from a member's app on its own instance, which forwards it to the owner.
+async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let svc = state_of(&req)?;
+    let body = json_body(&req, payload).await?;
+    let creator = if data_caller(&inst.0, &req).is_ok() {
+        let s = load_managed(&inst, &req, &id).await?;
+        if !s.owner {
+            let answer = invitations::forward(svc, &inst.0, &id, &body).await?;
+            return Ok(jsonapi(StatusCode::CREATED, answer));
+        }
+        0
+    } else {
+        match peer(&inst, &req, &id, Verb::Get).await? {
+            0 => return Err(ApiError::Forbidden("only members re-share".into())),
+            i => i,
+        }
+    };
+    let (inv, link) = invitations::create(svc, &inst.0, &id, creator, &body).await?;
+    let s =
+        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    let mut data = invitations::to_api(&s, &inv);
+    data["attributes"]["link"] = json!(link);
+    Ok(jsonapi(StatusCode::CREATED, json!({"data": data})))
+}
+
+/// `GET /sharings/:id/invitations` — the owner's active links with their accept counts.
+async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let s = load_managed(&inst, &req, &id).await?;
+    if !s.owner {
+        return Err(ApiError::Forbidden("invitation links are kept by the sharing's owner".into()));
+    }
+    let data = invitations::active_list(&s);
+    Ok(jsonapi(StatusCode::OK, json!({"data": data, "meta": {"count": data.len()}})))
+}
+
+/// `DELETE /sharings/:id/invitations/:inv?revoke_members=true` — the link (and re-shares made
+/// from it) stops working; the members it made stay unless `revoke_members`.
+async fn revoke(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let inv = req.match_info().get("inv").unwrap_or_default().to_owned();
+    let revoke_members = Query::of(&req)?.flag("revoke_members")?;
+    let s = invitations::revoke(state_of(&req)?, &inst.0, &id, &inv, revoke_members).await?;
+    Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
+}
+
+/// `GET /invitations/:code` — what a link offers, for whoever holds it (404 for unknown,
+/// revoked and expired links alike; failures are rate-limited like sharecodes).
+async fn details(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    if code_limited(&inst.0, &req) {
+        return Err(ApiError::TooManyRequests);
+    }
+    let code = req.match_info().get("code").unwrap_or_default();
+    match invitations::details(&inst.0, code).await? {
+        Some(v) => Ok(jsonapi(StatusCode::OK, json!({"data": v}))),
+        None => {
+            code_failed(&inst.0, &req);
+            Err(ApiError::NotFound("no such invitation".into()))
+        }
+    }
+}
+
+/// `POST /sharings/:id/discard` — on a recipient: leaves an accepted sharing (as
+/// `DELETE /sharings/:id/recipients/self`), or drops a request not accepted.
+async fn discard(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let s = load_managed(&inst, &req, &id).await?;
+    if s.owner {
+        return Err(ApiError::bad_request("the owner revokes the sharing instead of discarding it"));
+    }
+    let s = if s.active {
+        service::leave(state_of(&req)?, &inst.0, &id).await?
+    } else {
+        invitations::drop_request(&inst.0, &id).await?
+    };
+    Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
+}
+
+/// What the discovery page found for its query: the hidden field to carry (none when the
+/// person is known from the preview cookie) and what to show.
+pub(super) async fn discovery_lookup(
+    inst: &Instance,
+    req: &HttpRequest,
+    id: &SharingId,
+    state: Option<String>,
+    invitation: Option<String>,
+) -> ApiResult<(Option<(&'static str, String)>, Discovery)> {
+    if let Some(state) = state {
+        let found = service::discovery_state(inst, id, &state).await?;
+        return Ok((Some(("state", state)), found));
+    }
+    if let Some(code) = invitation {
+        if code_limited(inst, req) {
+            return Err(ApiError::TooManyRequests);
+        }
+        let s = match invitations::discovery_view(inst, id, &code).await {
+            Ok(s) => s,
+            Err(e) => {
+                code_failed(inst, req);
+                return Err(e.into());
+            }
+        };
+        // No member yet: the index past the last one shows an empty address field.
+        let index = s.members.len();
+        return Ok((Some(("invitation", code)), Discovery::Ask { sharing: Box::new(s), index }));
+    }
+    let state = preview_state(inst, req, id, None).await?;
+    Ok((None, service::discovery_state(inst, id, &state).await?))
+}
+
+/// Whether a form post comes from a page of this instance (browsers send `Origin` on POST).
+fn same_origin(req: &HttpRequest) -> bool {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    match req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        None => true,
+        Some(origin) => url::Url::parse(origin).ok().is_some_and(|u| {
+            let h = u.host_str().unwrap_or_default();
+            let with_port = u.port().map_or_else(|| h.to_owned(), |p| format!("{h}:{p}"));
+            with_port.eq_ignore_ascii_case(host)
+        }),
+    }
+}
+
+/// `POST /sharings/:id/discovery`: a personal invitation (`state`), an invitation link
+/// (`invitation`: a new member takes a seat), or a preview (`sharecode`, or the preview page's
+/// cookie from a same-origin form). Answers where to send the browser.
+pub(super) async fn discover(
+    inst: &Instance,
+    req: &HttpRequest,
+    id: &SharingId,
+    form: (Option<String>, Option<String>, Option<String>),
+    url: &str,
+) -> ApiResult<String> {
+    let svc = state_of(req)?;
+    let (state, invitation, sharecode) = form;
+    if let Some(state) = state {
+        return Ok(service::discover(svc, inst, id, &state, url).await?);
+    }
+    if let Some(code) = invitation {
+        if code_limited(inst, req) {
+            return Err(ApiError::TooManyRequests);
+        }
+        return match invitations::discover(svc, inst, id, &code, url).await {
+            Err(SharingError::Forbidden(r)) => {
+                code_failed(inst, req);
+                Err(ApiError::Forbidden(r))
+            }
+            other => Ok(other?),
+        };
+    }
+    if sharecode.is_none() && !same_origin(req) {
+        return Err(ApiError::Forbidden("cross-site form".into()));
+    }
+    let state = preview_state(inst, req, id, sharecode).await?;
+    Ok(service::discover(svc, inst, id, &state, url).await?)
+}
+
+/// For `GET /sharings/`: the owner's link permissions (first page only) and the active
+/// invitation links of the listed sharings it manages.
+pub(super) async fn included(
+    inst: &Instance,
+    perms: &PermissionSet,
+    listed: &[Sharing],
+    first_page: bool,
+) -> ApiResult<Vec<Value>> {
+    let mut out = if first_page { super::permissions::covered_links(inst, perms).await? } else { Vec::new() };
+    for s in listed.iter().filter(|s| s.owner && may_manage(perms, s)) {
+        out.extend(invitations::active_list(s));
+    }
+    Ok(out)
+}

@@ -1,0 +1,298 @@
+//! Scheduling replication: a worker watches each open instance's commit counter, and shortly
+//! after a write (`replication.debounce_ms`) — or at each sweep (`replication.sweep_ms`), which
+//! catches anything missed, such as changes made by another process — it starts, for every
+//! (sharing, member) with undelivered changes, a replication task of its own: a slow or dead
+//! peer never blocks requests nor other peers. Failures back off exponentially with jitter up
+//! to `replication.retry_max_ms` and are retried forever; each peer's state (healthy,
+//! retrying, down, last error, last success, progress) is kept for the status route and CLI.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearth_replicator::replicate::{self, Limits};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::replication::{read_checkpoint, LocalSource, PeerTarget, SyncError};
+use crate::instance::Instance;
+use crate::services::Services;
+use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
+use crate::sharing::{self, service, SharingId};
+use crate::store::StoreError;
+
+/// Failures in a row after which a peer is reported `down` (it is still retried).
+const DOWN_AFTER: u32 = 5;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub domain: String,
+    pub sharing: String,
+    pub member: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Never replicated yet.
+    Idle,
+    Healthy,
+    Retrying,
+    Down,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerState {
+    pub health: Health,
+    pub running: bool,
+    pub last_error: Option<String>,
+    pub last_success: Option<String>,
+    pub attempts: u32,
+    /// Changes processed by the current (or last) run, and how many it had to process.
+    pub processed: u64,
+    pub total: u64,
+    pub docs_sent: u64,
+    pub refused: u64,
+    #[serde(skip)]
+    next_at: Option<Instant>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+impl Default for PeerState {
+    fn default() -> Self {
+        PeerState {
+            health: Health::Idle,
+            running: false,
+            last_error: None,
+            last_success: None,
+            attempts: 0,
+            processed: 0,
+            total: 0,
+            docs_sent: 0,
+            refused: 0,
+            next_at: None,
+            dirty: false,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct SyncManager {
+    states: Mutex<HashMap<PeerKey, PeerState>>,
+    seen: Mutex<HashMap<String, u64>>,
+    wake: Notify,
+}
+
+/// The members a sharing replicates to from this instance.
+pub fn targets(s: &Sharing) -> Vec<usize> {
+    if !s.active {
+        return Vec::new();
+    }
+    if s.owner {
+        (1..s.members.len())
+            .filter(|i| s.members[*i].status == MemberStatus::Ready && s.members[*i].outbound.is_some())
+            .collect()
+    } else {
+        let read_only = s.members.iter().skip(1).filter(|m| m.status == MemberStatus::Ready).all(|m| m.read_only);
+        if s.members[0].outbound.is_some() && s.has_sync_rule() && !read_only {
+            vec![0]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+impl SyncManager {
+    pub fn state(&self, key: &PeerKey) -> PeerState {
+        self.states.lock().ok().and_then(|m| m.get(key).cloned()).unwrap_or_default()
+    }
+
+    fn with_state<T>(&self, key: &PeerKey, f: impl FnOnce(&mut PeerState) -> T) -> Option<T> {
+        self.states.lock().ok().map(|mut m| f(m.entry(key.clone()).or_default()))
+    }
+
+    /// Asks the worker to look at every instance now (after a write through a peer or the CLI).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Replicate this sharing now, even if it is backing off.
+    pub fn sync_now(&self, domain: &str, s: &Sharing) {
+        for member in targets(s) {
+            let key = PeerKey { domain: domain.to_owned(), sharing: s.id().to_owned(), member };
+            self.with_state(&key, |st| {
+                st.next_at = None;
+                st.dirty = true;
+            });
+        }
+        self.wake();
+    }
+}
+
+/// Gives the store the rules of the instance's active sharings.
+pub async fn refresh_tracking(inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
+    let all = sharing::list(inst.store.as_ref()).await?;
+    let rules = all.iter().filter(|s| s.active).flat_map(Sharing::track_rules).collect();
+    inst.store.set_tracking(rules);
+    Ok(all)
+}
+
+/// After a sharing changed state: update tracking; when it is active on the owner, add the
+/// documents that already match (initial sync); when it ended, forget its feed.
+pub async fn sharing_changed(svc: &Services, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
+    let all = refresh_tracking(inst).await?;
+    if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
+        if s.active && s.owner {
+            let added = inst.store.track_existing(id.as_str()).await?;
+            tracing::info!(instance = %inst.domain, sharing = %id, added, "initial tracking");
+        } else if !s.active {
+            inst.store.untrack(id.as_str()).await?;
+        }
+    }
+    svc.sync.wake();
+    Ok(())
+}
+
+/// The worker: see the module docs.
+pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
+    let debounce = Duration::from_millis(svc.config.replication.debounce_ms.max(1));
+    let sweep = Duration::from_millis(svc.config.replication.sweep_ms.max(10));
+    let mut last_sweep: Option<Instant> = None;
+    loop {
+        let sweep_due = last_sweep.is_none_or(|t| t.elapsed() >= sweep);
+        if sweep_due {
+            last_sweep = Some(Instant::now());
+        }
+        for inst in svc.registry.opened() {
+            let counter = *inst.store.subscribe().borrow();
+            let changed = svc
+                .sync
+                .seen
+                .lock()
+                .map(|mut seen| seen.insert(inst.domain.to_string(), counter) != Some(counter))
+                .unwrap_or(true);
+            if changed || sweep_due {
+                if let Err(e) = plan(&svc, &inst).await {
+                    tracing::error!(instance = %inst.domain, error = ?e, "replication planning failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = svc.sync.wake.notified() => tokio::time::sleep(debounce).await,
+            _ = tokio::time::sleep(debounce) => {}
+        }
+    }
+}
+
+async fn plan(svc: &Arc<Services>, inst: &Arc<Instance>) -> Result<(), StoreError> {
+    let sharings = refresh_tracking(inst).await?;
+    for s in sharings {
+        for member in targets(&s) {
+            let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
+            let now = Instant::now();
+            let start = svc
+                .sync
+                .with_state(&key, |st| {
+                    if st.running {
+                        st.dirty = true;
+                        false
+                    } else {
+                        st.next_at.is_none_or(|t| t <= now)
+                    }
+                })
+                .unwrap_or(false);
+            if !start {
+                continue;
+            }
+            let checkpoint = read_checkpoint(inst, s.id(), member).await?;
+            let info = inst.store.shared_info(s.id(), checkpoint).await?;
+            let forced = svc.sync.with_state(&key, |st| std::mem::take(&mut st.dirty)).unwrap_or(false);
+            if info.last_seq <= checkpoint && !forced {
+                continue;
+            }
+            svc.sync.with_state(&key, |st| {
+                st.running = true;
+                st.processed = 0;
+                st.total = info.pending;
+            });
+            tokio::spawn(run_one(svc.clone(), inst.clone(), s.clone(), member, key));
+        }
+    }
+    Ok(())
+}
+
+/// Replicates one (sharing, member) until nothing is left, then records the outcome.
+async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: usize, key: PeerKey) {
+    let limits = Limits {
+        batch_size: svc.config.replication.batch_size.max(1),
+        max_docs: svc.config.replication.batch_size.max(1),
+        max_bytes: svc.config.replication.max_batch_bytes.max(1),
+    };
+    let mut source = LocalSource::new(inst.clone(), s.clone(), member);
+    let result = match PeerTarget::new(svc.federation.clone(), inst.clone(), &s, member) {
+        Ok(mut target) => {
+            let sync = svc.sync.clone();
+            replicate::run(&mut source, &mut target, &limits, |r| {
+                sync.with_state(&key, |st| {
+                    st.processed = r.changes_read;
+                    st.total = st.total.max(r.changes_read);
+                });
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let again = svc
+        .sync
+        .with_state(&key, |st| {
+            st.running = false;
+            match &result {
+                Ok(report) => {
+                    st.health = Health::Healthy;
+                    st.attempts = 0;
+                    st.last_error = None;
+                    st.last_success = Some(now_rfc3339());
+                    st.next_at = None;
+                    st.docs_sent += report.docs_sent;
+                    st.refused += report.refused.len() as u64;
+                    std::mem::take(&mut st.dirty)
+                }
+                Err(e) => {
+                    st.attempts += 1;
+                    st.health = if st.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
+                    st.last_error = Some(e.to_string());
+                    let r = &svc.config.replication;
+                    st.next_at = Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
+                    false
+                }
+            }
+        })
+        .unwrap_or(false);
+    match result {
+        Ok(report) => {
+            if report.docs_sent > 0 || !report.refused.is_empty() {
+                tracing::info!(instance = %inst.domain, sharing = %s.id(), member, sent = report.docs_sent,
+                    refused = report.refused.len(), batches = report.batches, "replicated");
+            }
+        }
+        Err(SyncError::RevokeRequested) => {
+            let Some(id) = s.id.clone() else { return };
+            tracing::info!(instance = %inst.domain, sharing = %id, "a removal revokes the sharing");
+            let outcome =
+                if s.owner { service::revoke(&svc, &inst, &id, None).await } else { service::leave(&svc, &inst, &id).await };
+            if let Err(e) = outcome {
+                tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "revocation failed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e, transient = e.is_transient(),
+                "replication failed, will retry");
+        }
+    }
+    if again {
+        svc.sync.wake();
+    }
+}

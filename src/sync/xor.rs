@@ -1,0 +1,58 @@
+//! Per-member id transformation (the answer to DESIGN.md §4's re-share pitfall, as in Cozy):
+//! the owner XORs the hex digits of every document id with a random key of the member when
+//! sending to that member, and applies the same XOR (an involution) to what it receives from
+//! it. A recipient therefore holds the owner's documents under ids of its own; a new sharing
+//! (or a new invitation) gets a new key, so documents shared again arrive as fresh documents
+//! instead of colliding with the copies (and tombstones) left by an earlier, revoked sharing.
+//! Other characters are kept, so any id works; recipients know nothing of the key.
+
+/// A key: 32 nibbles, from 32 hex digits.
+pub fn parse_key(hex: &str) -> Option<Vec<u8>> {
+    let key: Option<Vec<u8>> = hex.chars().map(|c| c.to_digit(16).map(|d| d as u8)).collect();
+    key.filter(|k| !k.is_empty())
+}
+
+/// XORs the lowercase hex digits (`0-9a-f`) of `id` with `key` (cycled). Uppercase letters
+/// are left alone: a digit may become a letter, and only lowercase keeps the mapping its own
+/// inverse.
+pub fn xor_id(id: &str, key: &[u8]) -> String {
+    if key.is_empty() {
+        return id.to_owned();
+    }
+    id.chars()
+        .enumerate()
+        .map(|(i, c)| match c {
+            '0'..='9' | 'a'..='f' => {
+                let d = c.to_digit(16).unwrap_or(0) as u8;
+                char::from_digit(u32::from(d ^ key[i % key.len()]), 16).unwrap_or(c)
+            }
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xor_is_an_involution_that_keeps_non_hex_characters() {
+        let key = parse_key("0123456789abcdef0123456789abcdef").unwrap();
+        for id in ["612acf1c-1d72-11e8-b043-ef239d3074dd", "ABCdef-xyz", "note:1", "", "ghij"] {
+            let x = xor_id(id, &key);
+            assert_eq!(xor_id(&x, &key), id);
+            assert_eq!(x.len(), id.len());
+            for (a, b) in id.chars().zip(x.chars()) {
+                let lower_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+                assert_eq!(lower_hex(a), lower_hex(b));
+                if !lower_hex(a) {
+                    assert_eq!(a, b);
+                }
+            }
+        }
+        assert_ne!(xor_id("612acf1c", &key), "612acf1c");
+        let other = parse_key("ffffffffffffffffffffffffffffffff").unwrap();
+        assert_ne!(xor_id("612acf1c", &key), xor_id("612acf1c", &other));
+        assert!(parse_key("not hex").is_none());
+    }
+}

@@ -1,0 +1,108 @@
+//! The sharing flow in a real browser: headless Chromium (Debian's `chromium`, which `.ci/run`
+//! installs), driven by `tests/node/browser.js` through playwright-core, opens alice's
+//! invitation link, types bob's address, logs in on bob, presses Accept; then the sharing is
+//! `ready` and active on both instances. Needs `npm ci` in tests/node (the test script does it).
+//! A missing browser is a failure, not a skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::spawn_app;
+use hearth::sharing::{self, service, MemberStatus, SharingId};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const PASS: &str = "correct horse";
+
+fn chromium() -> PathBuf {
+    let path = PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()));
+    assert!(
+        path.exists(),
+        "no Chromium at {}: the browser test needs Debian's `chromium` package \
+         (`apt-get install chromium`, as .ci/run does) or CHROMIUM pointing at a Chromium binary",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_accepts_a_sharing_in_headless_chromium() {
+    let browser = chromium();
+    let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        node_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --ignore-scripts` in tests/node first (scripts/test does it)"
+    );
+
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let token = app.token(&alice, "io.cozy.notes");
+    let body = json!({"data": {"type": "io.cozy.sharings",
+        "attributes": {"description": "holiday notes", "rules": [{"title": "Notes", "doctype": "io.cozy.notes",
+            "values": ["n1"], "add": "sync", "update": "sync", "remove": "sync"}]},
+        "relationships": {"recipients": {"data": [{"email": "bob@example.net"}]}, "read_only_recipients": {"data": []}}}});
+    let (s, v) = alice.call(Method::POST, "/sharings/", Some(&token), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let id = SharingId::parse(v["data"]["id"].as_str().unwrap()).unwrap();
+
+    let alice_inst = app.instance(&alice.domain);
+    let bob_inst = app.instance(&bob.domain);
+    let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    assert_eq!(created.members[1].status, MemberStatus::MailNotSent);
+    let link = service::invitation_link(&app.services, &alice_inst, &created, 1).unwrap();
+    assert!(link.starts_with(&format!("http://{}/sharings/", alice.domain)), "{link}");
+
+    let screenshots = std::env::var("SCREENSHOT_DIR")
+        .unwrap_or_else(|_| format!("{}/browser-screenshots", env!("CARGO_TARGET_TMPDIR")));
+    let started = Instant::now();
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("browser.js"))
+        .env("INVITATION_URL", &link)
+        .env("RECIPIENT_URL", format!("http://{}", bob.domain))
+        .env("PASSPHRASE", PASS)
+        .env("CHROMIUM", &browser)
+        .env("SCREENSHOT_DIR", &screenshots)
+        .env("TIMEOUT_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    // The script stops itself after 60 s (75 s at the most); this is only a backstop.
+    let out = tokio::time::timeout(Duration::from_secs(120), run.wait_with_output())
+        .await
+        .expect("the browser run took more than 2 minutes")
+        .expect("node run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("no JSON summary from browser.js; stdout: {stdout}\nstderr: {stderr}"));
+    assert!(
+        out.status.success() && summary["ok"] == true,
+        "the browser flow failed ({}): {summary}\nscreenshots in {screenshots}\nstderr tail:\n{}",
+        out.status,
+        stderr.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    eprintln!("browser flow done in {:?}: {summary}", started.elapsed());
+    let final_text = summary["final_text"].as_str().unwrap_or_default();
+    assert!(final_text.contains("You accepted"), "final page: {summary}");
+    assert_eq!(summary["description"], "holiday notes", "{summary}");
+
+    // Both sides: bob is a ready member and the sharing is active.
+    let owner_side = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    assert!(owner_side.active && owner_side.owner);
+    assert_eq!(owner_side.members[1].status, MemberStatus::Ready);
+    assert!(owner_side.members[1].outbound.is_some(), "alice holds credentials for bob");
+    let bob_side = sharing::load(bob_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    assert!(bob_side.active && !bob_side.owner);
+    assert_eq!(bob_side.members[1].status, MemberStatus::Ready);
+    assert!(bob_side.members[0].outbound.is_some(), "bob holds credentials for alice");
+
+    // The invitation can't be used twice: the link now shows a page, not a form.
+    let html = common::browser().get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("already accepted"), "{html}");
+}
