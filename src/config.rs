@@ -174,7 +174,19 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(Env::prefixed("HEARTH_").split("__")).extract().map_err(Box::new)
+        figment
+            .merge(
+                Env::prefixed("HEARTH_")
+                    // Variables that are not configuration keys: the log filter, the config
+                    // file path, and test-harness knobs.
+                    .filter(|k| {
+                        let k = k.as_str().to_ascii_lowercase();
+                        k != "log" && k != "config" && !k.starts_with("test_")
+                    })
+                    .split("__"),
+            )
+            .extract()
+            .map_err(Box::new)
     }
 
     /// A configuration for tests: a fresh data dir, port 0, private peers allowed.
@@ -210,6 +222,9 @@ mod tests {
             jail.create_file("hearth.toml", "listen = \"0.0.0.0:9000\"\n[replication]\nbatch_size = 7\n")?;
             jail.set_env("HEARTH_REPLICATION__DEBOUNCE_MS", "42");
             jail.set_env("HEARTH_FEDERATION__ALLOW_HTTP", "true");
+            jail.set_env("HEARTH_LOG", "debug");
+            jail.set_env("HEARTH_CONFIG", "hearth.toml");
+            jail.set_env("HEARTH_TEST_SOMETHING", "1");
             let c = Config::load(Some(Path::new("hearth.toml"))).map_err(|e| *e)?;
             assert_eq!(c.listen, "0.0.0.0:9000");
             assert_eq!(c.replication.batch_size, 7);

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hearth::auth::{Audience, PermissionSet};
 use hearth::instance::{Domain, NewInstance, Registry};
+use hearth::store::transfer;
 use hearth::{Application, Config};
 
 #[derive(Parser)]
@@ -103,6 +104,11 @@ enum InstancesCmd {
     },
     /// Print a bearer token for the command line.
     Token(TokenArgs),
+    /// Write an instance's documents (full revision trees, `_local` documents) to FILE, from the
+    /// configured store: export with `store = "sqlite"`, import with `store = "couchdb"` to move.
+    Export { domain: String, file: PathBuf },
+    /// Load an export into the configured store (the instance must exist; merges like replication).
+    Import { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -235,6 +241,26 @@ fn instances(config: Config, cmd: InstancesCmd) -> anyhow::Result<()> {
             let scope = PermissionSet::parse(&args.scopes.join(" ")).map_err(anyhow::Error::msg)?;
             let ttl = args.ttl.unwrap_or(registry.config().cli_token_ttl_secs);
             println!("{}", inst.keys.issue(Audience::Cli, "cli", ttl, Some(&scope), None));
+        }
+        InstancesCmd::Export { domain: d, file } => {
+            let d = domain(&d)?;
+            let inst = registry.get(&d)?.with_context(|| format!("no instance {d}"))?;
+            let out = std::fs::File::create(&file).with_context(|| format!("failed to create {}", file.display()))?;
+            let mut out = std::io::BufWriter::new(out);
+            let rt = tokio::runtime::Runtime::new()?;
+            let sum = rt.block_on(transfer::export(inst.store.as_ref(), d.as_str(), &mut out))?;
+            println!("Exported {d} to {}: {sum}", file.display());
+        }
+        InstancesCmd::Import { file } => {
+            let input = std::fs::File::open(&file).with_context(|| format!("failed to open {}", file.display()))?;
+            let mut input = std::io::BufReader::new(input);
+            let d = domain(&transfer::exported_domain(&mut input)?)?;
+            let inst = registry
+                .get(&d)?
+                .with_context(|| format!("no instance {d}: create it first (hearth instances add)"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let sum = rt.block_on(transfer::import(inst.store.as_ref(), &mut input))?;
+            println!("Imported into {d}: {sum}");
         }
     }
     Ok(())
@@ -416,13 +442,16 @@ fn print_status(status: &serde_json::Value) {
         if a["active"] == true { "active" } else { "inactive" },
         a["documents"]
     );
-    println!("{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} LAST ERROR", "#", "STATUS", "NAME", "STATE", "PENDING", "LAST SUCCESS");
+    println!(
+        "{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} LAST ERROR",
+        "#", "STATUS", "NAME", "STATE", "PENDING", "LAST SUCCESS"
+    );
     for m in a["members"].as_array().into_iter().flatten() {
         let r = &m["replication"];
         let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
         println!(
             "{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} {}",
-            m["index"],
+            m["index"].as_u64().unwrap_or_default(),
             text(&m["status"]),
             text(&m["name"]),
             if r.is_null() { "-".into() } else { text(&r["health"]) },
@@ -434,7 +463,11 @@ fn print_status(status: &serde_json::Value) {
 }
 
 /// Shows a progress bar per member replicated to, until nothing is pending.
-async fn follow_sync(server: &ServerApi, id: &hearth::sharing::SharingId, timeout: std::time::Duration) -> anyhow::Result<()> {
+async fn follow_sync(
+    server: &ServerApi,
+    id: &hearth::sharing::SharingId,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:<20} [{bar:40}] {pos}/{len} {msg}")

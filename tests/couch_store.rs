@@ -78,3 +78,34 @@ async fn concurrent_edits_from_two_processes_never_both_win_and_share_sequence_n
     assert_eq!(ca, cb);
     assert_eq!(ca.rows.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_instance_drops_its_databases() {
+    use hearth::instance::{Domain, NewInstance, Registry};
+    let Some(couch) = test_config() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hearth::Config::for_tests(dir.path());
+    config.store = hearth::config::StoreKind::Couchdb;
+    config.couchdb = couch;
+    let registry = Registry::open(Arc::new(config)).unwrap();
+    let d = Domain::parse("gone.localhost:8080").unwrap();
+    let add = || NewInstance { domain: d.clone(), passphrase: None, email: None, public_name: None };
+    registry.add(add()).unwrap();
+    let t = Doctype::parse("io.cozy.notes").unwrap();
+    let w = DocWrite {
+        id: DocId::parse("n").unwrap(),
+        rev: None,
+        revisions: None,
+        deleted: false,
+        body: serde_json::json!({"x": 1}).as_object().unwrap().clone(),
+    };
+    let store = registry.get(&d).unwrap().unwrap().store.clone();
+    store.bulk_docs(&t, vec![w], true).await.unwrap();
+    store.put_local(&t, "cp", Default::default()).await.unwrap();
+    assert_eq!(store.doctypes().await.unwrap(), vec![t.clone()]);
+    registry.remove(&d).unwrap();
+    registry.add(add()).unwrap();
+    let fresh = registry.get(&d).unwrap().unwrap().store.clone();
+    assert!(fresh.doctypes().await.unwrap().is_empty(), "the old databases are gone");
+    assert_eq!(fresh.db_info(&t).await.unwrap(), Default::default());
+}

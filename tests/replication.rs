@@ -31,7 +31,12 @@ async fn id_on(owner_app: &TestApp, owner: &TestInstance, sid: &str, member: usi
 }
 
 /// The winning revision, body and conflicts of a document, read from an instance's store.
-async fn read(app: &TestApp, inst: &TestInstance, doctype: &str, id: &str) -> Option<(String, Map<String, Value>, Vec<String>)> {
+async fn read(
+    app: &TestApp,
+    inst: &TestInstance,
+    doctype: &str,
+    id: &str,
+) -> Option<(String, Map<String, Value>, Vec<String>)> {
     let store = app.instance(&inst.domain).store.clone();
     match store.get(&Doctype::parse(doctype).unwrap(), &DocId::parse(id).unwrap(), GetOptions::default()).await {
         Ok(v) => Some((v.doc.rev.to_string(), v.doc.body, v.conflicts.iter().map(|r| r.to_string()).collect())),
@@ -47,14 +52,28 @@ async fn put(inst: &TestInstance, token: &str, doctype: &str, id: &str, body: Va
 }
 
 /// Sets up a sharing from `owner` with each recipient accepting, and returns its id.
-async fn share(owner_app: &TestApp, owner: &TestInstance, rules: Value, recipients: &[(&TestInstance, bool)]) -> String {
+async fn share(
+    owner_app: &TestApp,
+    owner: &TestInstance,
+    rules: Value,
+    recipients: &[(&TestInstance, bool)],
+) -> String {
     let token = owner_app.token(owner, "io.cozy.notes io.cozy.todos");
-    let rw: Vec<Value> = recipients.iter().filter(|(_, ro)| !ro).map(|(r, _)| json!({"instance": format!("http://{}", r.domain)})).collect();
-    let ro: Vec<Value> = recipients.iter().filter(|(_, ro)| *ro).map(|(r, _)| json!({"instance": format!("http://{}", r.domain)})).collect();
+    let rw: Vec<Value> = recipients
+        .iter()
+        .filter(|(_, ro)| !ro)
+        .map(|(r, _)| json!({"instance": format!("http://{}", r.domain)}))
+        .collect();
+    let ro: Vec<Value> = recipients
+        .iter()
+        .filter(|(_, ro)| *ro)
+        .map(|(r, _)| json!({"instance": format!("http://{}", r.domain)}))
+        .collect();
     let id = create_sharing(owner, &token, rules, json!(rw), json!(ro)).await;
     let s = load(owner_app, owner, &id).await;
     for (i, m) in s.members.iter().enumerate().skip(1) {
-        let who = recipients.iter().find(|(r, _)| m.instance.as_deref() == Some(&format!("http://{}", r.domain))).unwrap().0;
+        let who =
+            recipients.iter().find(|(r, _)| m.instance.as_deref() == Some(&format!("http://{}", r.domain))).unwrap().0;
         answer_invitation(&link(owner_app, owner, &id, i).await, who, "accept").await;
     }
     id
@@ -68,12 +87,24 @@ async fn push_rules_flow_from_the_owner_only_and_read_only_members_cannot_write(
     let a = app.token(&alice, "io.cozy.notes");
     let b = app.token(&bob, "io.cozy.notes");
     put(&alice, &a, "io.cozy.notes", "n1", json!({"title": "before"})).await;
-    let sid = share(&app, &alice, json!([rule("io.cozy.notes", &["n1", "n2"], "push", "push", "push")]), &[(&bob, false)]).await;
+    let sid =
+        share(&app, &alice, json!([rule("io.cozy.notes", &["n1", "n2"], "push", "push", "push")]), &[(&bob, false)])
+            .await;
     let n1 = id_on(&app, &alice, &sid, 1, "n1").await;
     assert_ne!(n1, "n1");
     eventually(WAIT, "n1 reaches bob", || async { read(&app, &bob, "io.cozy.notes", &n1).await.is_some() }).await;
-    let r = put(&alice, &a, "io.cozy.notes", "n1", json!({"_rev": read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().0, "title": "after"})).await;
-    eventually(WAIT, "the update reaches bob", || async { read(&app, &bob, "io.cozy.notes", &n1).await.unwrap().0 == r }).await;
+    let r = put(
+        &alice,
+        &a,
+        "io.cozy.notes",
+        "n1",
+        json!({"_rev": read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().0, "title": "after"}),
+    )
+    .await;
+    eventually(WAIT, "the update reaches bob", || async {
+        read(&app, &bob, "io.cozy.notes", &n1).await.unwrap().0 == r
+    })
+    .await;
     // A document created later under the rule arrives too.
     put(&alice, &a, "io.cozy.notes", "n2", json!({"title": "second"})).await;
     let n2 = id_on(&app, &alice, &sid, 1, "n2").await;
@@ -86,7 +117,8 @@ async fn push_rules_flow_from_the_owner_only_and_read_only_members_cannot_write(
     // And alice refuses it even if bob's instance sends it: with push rules its token is GET-only.
     let creds = load(&app, &bob, &sid).await.members[0].outbound.clone().unwrap();
     let doc = json!({"io.cozy.notes": [{"_id": n1, "_rev": bob_rev, "_revisions": {"start": 3, "ids": [bob_rev.split('-').nth(1).unwrap(), r.split('-').nth(1).unwrap()]}, "title": "forced"}]});
-    let (s, _) = alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await;
+    let (s, _) =
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await;
     assert_eq!(s, 403);
     assert_eq!(read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().1["title"], "after");
     let status = alice.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&a), None).await.1;
@@ -131,13 +163,17 @@ async fn sync_rules_relay_changes_between_recipients_through_the_owner() {
     assert_eq!(read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().0, new);
     let creds = load(&app, &dave, &sid).await.members[0].outbound.clone().unwrap();
     let doc = json!({"io.cozy.notes": [{"_id": on_dave, "_rev": dave_rev, "title": "forced"}]});
-    assert_eq!(alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await.0, 403);
+    assert_eq!(
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await.0,
+        403
+    );
     // Carol deletes it: the deletion flows to everyone (remove: sync).
     let c = app.token(&carol, "io.cozy.notes");
     let (s, _) = carol.call(Method::DELETE, &format!("/data/io.cozy.notes/{on_carol}?rev={new}"), Some(&c), None).await;
     assert_eq!(s, 200);
     eventually(WAIT, "carol's deletion reaches alice and bob", || async {
-        read(&app, &alice, "io.cozy.notes", "n1").await.is_none() && read(&app, &bob, "io.cozy.notes", &on_bob).await.is_none()
+        read(&app, &alice, "io.cozy.notes", "n1").await.is_none()
+            && read(&app, &bob, "io.cozy.notes", &on_bob).await.is_none()
     })
     .await;
 }
@@ -162,14 +198,22 @@ async fn selectors_on_a_field_track_documents_joining_and_leaving() {
     let t3 = id_on(&app, &alice, &sid, 1, "t3").await;
     eventually(WAIT, "t3 reaches bob", || async { read(&app, &bob, "io.cozy.todos", &t3).await.is_some() }).await;
     let b = app.token(&bob, "io.cozy.todos");
-    put(&bob, &b, "io.cozy.todos", "0000000000000000000000000000beef", json!({"list_id": "l1", "text": "from bob"})).await;
+    put(&bob, &b, "io.cozy.todos", "0000000000000000000000000000beef", json!({"list_id": "l1", "text": "from bob"}))
+        .await;
     let on_alice = id_on(&app, &alice, &sid, 1, "0000000000000000000000000000beef").await;
-    eventually(WAIT, "bob's todo reaches alice", || async { read(&app, &alice, "io.cozy.todos", &on_alice).await.is_some() }).await;
+    eventually(WAIT, "bob's todo reaches alice", || async {
+        read(&app, &alice, "io.cozy.todos", &on_alice).await.is_some()
+    })
+    .await;
     // t1 moves to l2: it leaves the sharing; bob gets that last revision, then nothing more.
     let rev = read(&app, &alice, "io.cozy.todos", "t1").await.unwrap().0;
     let moved = put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": rev, "list_id": "l2", "text": "milk"})).await;
-    eventually(WAIT, "the move reaches bob", || async { read(&app, &bob, "io.cozy.todos", &t1).await.unwrap().0 == moved }).await;
-    let later = put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": moved, "list_id": "l2", "text": "oat milk"})).await;
+    eventually(WAIT, "the move reaches bob", || async {
+        read(&app, &bob, "io.cozy.todos", &t1).await.unwrap().0 == moved
+    })
+    .await;
+    let later =
+        put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": moved, "list_id": "l2", "text": "oat milk"})).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(read(&app, &bob, "io.cozy.todos", &t1).await.unwrap().0, moved, "{later} must not flow");
 }
@@ -181,7 +225,8 @@ async fn deleting_a_document_under_a_revoke_rule_revokes_the_sharing() {
     let bob = app.add_instance("bob", PASS);
     let a = app.token(&alice, "io.cozy.notes");
     let r = put(&alice, &a, "io.cozy.notes", "n1", json!({"title": "playlist"})).await;
-    let sid = share(&app, &alice, json!([rule("io.cozy.notes", &["n1"], "push", "push", "revoke")]), &[(&bob, false)]).await;
+    let sid =
+        share(&app, &alice, json!([rule("io.cozy.notes", &["n1"], "push", "push", "revoke")]), &[(&bob, false)]).await;
     let n1 = id_on(&app, &alice, &sid, 1, "n1").await;
     eventually(WAIT, "n1 reaches bob", || async { read(&app, &bob, "io.cozy.notes", &n1).await.is_some() }).await;
     let (s, _) = alice.call(Method::DELETE, &format!("/data/io.cozy.notes/n1?rev={r}"), Some(&a), None).await;
@@ -194,7 +239,14 @@ async fn deleting_a_document_under_a_revoke_rule_revokes_the_sharing() {
 }
 
 /// Writes on an instance's store directly (its server may be stopped).
-async fn edit_in_store(app: &TestApp, inst: &TestInstance, id: &str, parent: &str, deleted: bool, body: Value) -> String {
+async fn edit_in_store(
+    app: &TestApp,
+    inst: &TestInstance,
+    id: &str,
+    parent: &str,
+    deleted: bool,
+    body: Value,
+) -> String {
     let store = app.instance(&inst.domain).store.clone();
     let w = DocWrite {
         id: DocId::parse(id).unwrap(),
@@ -227,8 +279,10 @@ async fn concurrent_edits_converge_everywhere_and_the_resolution_replicates() {
     let (b1, b2) = ids(1).await;
     let (c1, c2) = ids(2).await;
     eventually(WAIT, "both documents reach bob and carol", || async {
-        read(&two, &bob, "io.cozy.notes", &b2).await.is_some() && read(&two, &carol, "io.cozy.notes", &c2).await.is_some()
-            && read(&two, &bob, "io.cozy.notes", &b1).await.is_some() && read(&two, &carol, "io.cozy.notes", &c1).await.is_some()
+        read(&two, &bob, "io.cozy.notes", &b2).await.is_some()
+            && read(&two, &carol, "io.cozy.notes", &c2).await.is_some()
+            && read(&two, &bob, "io.cozy.notes", &b1).await.is_some()
+            && read(&two, &carol, "io.cozy.notes", &c1).await.is_some()
     })
     .await;
     // While bob's server is down, alice and bob edit n1 concurrently, alice deletes n2 while
@@ -295,7 +349,8 @@ async fn a_peer_down_for_a_while_catches_up_and_its_state_is_reported() {
     two.restart().await;
     for id in &ids {
         let on_bob = id_on(&one, &alice, &sid, 1, id).await;
-        eventually(WAIT, "bob catches up", || async { read(&two, &bob, "io.cozy.notes", &on_bob).await.is_some() }).await;
+        eventually(WAIT, "bob catches up", || async { read(&two, &bob, "io.cozy.notes", &on_bob).await.is_some() })
+            .await;
     }
     eventually(WAIT, "bob is healthy again", || async {
         let st = alice.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&a), None).await.1;
@@ -325,22 +380,38 @@ async fn a_peer_cannot_create_or_change_documents_outside_the_sharing() {
         {"_id": key("secret").await, "_rev": "2-ffff", "_revisions": {"start": 2, "ids": ["ffff", private.split('-').nth(1).unwrap()]}, "title": "pwned"},
         {"_id": key("other").await, "_rev": "1-aaaa", "title": "intruder"},
     ]});
-    let (s, refused) = alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(body)).await;
+    let (s, refused) =
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(body)).await;
     assert_eq!(s, 200, "{refused}");
     assert_eq!(refused.as_array().unwrap().len(), 2, "{refused}");
     assert_eq!(read(&app, &alice, "io.cozy.notes", "secret").await.unwrap().0, private, "local documents untouched");
     assert!(read(&app, &alice, "io.cozy.notes", "other").await.is_none());
     // `_revs_diff` says nothing about documents outside the sharing.
     let (_, diff) = alice
-        .call(Method::POST, &format!("/sharings/{sid}/_revs_diff"), Some(&creds.access_token), Some(json!({format!("io.cozy.notes/{}", key("secret").await): [private]})))
+        .call(
+            Method::POST,
+            &format!("/sharings/{sid}/_revs_diff"),
+            Some(&creds.access_token),
+            Some(json!({format!("io.cozy.notes/{}", key("secret").await): [private]})),
+        )
         .await;
     assert_eq!(diff.as_object().unwrap().len(), 1, "reported missing: {diff}");
     // Another instance's token, or none, is refused.
     assert_eq!(alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), None, Some(json!({}))).await.0, 401);
-    assert_eq!(alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&a), Some(json!({}))).await.0, 401);
+    assert_eq!(
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&a), Some(json!({}))).await.0,
+        401
+    );
     // Malformed bodies are 400s.
-    for bad in [json!([]), json!({"io.cozy.notes": 3}), json!({"io.cozy.notes": [{"title": "no id"}]}), json!({"Bad/Type": []})] {
-        let (s, v) = alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(bad)).await;
+    for bad in [
+        json!([]),
+        json!({"io.cozy.notes": 3}),
+        json!({"io.cozy.notes": [{"title": "no id"}]}),
+        json!({"Bad/Type": []}),
+    ] {
+        let (s, v) = alice
+            .call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(bad))
+            .await;
         assert_eq!(s, 400, "{v}");
     }
 }
@@ -364,7 +435,8 @@ async fn a_document_shared_again_after_revocation_arrives_fresh() {
     let second = share(&app, &alice, json!([notes_rule(&["n1"])]), &[(&bob, false)]).await;
     let new = id_on(&app, &alice, &second, 1, "n1").await;
     assert_ne!(new, old, "a new sharing gets new ids");
-    eventually(WAIT, "n1 arrives again, alive", || async { read(&app, &bob, "io.cozy.notes", &new).await.is_some() }).await;
+    eventually(WAIT, "n1 arrives again, alive", || async { read(&app, &bob, "io.cozy.notes", &new).await.is_some() })
+        .await;
     assert!(read(&app, &bob, "io.cozy.notes", &old).await.is_none(), "the old copy stays deleted");
     assert_eq!(load(&app, &alice, &second).await.members[1].status, MemberStatus::Ready);
 }

@@ -1,3 +1,3 @@
+pub mod replicate;
 pub mod rev;
 pub mod tree;
-pub mod replicate;

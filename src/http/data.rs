@@ -69,12 +69,7 @@ fn max_body(req: &HttpRequest) -> usize {
 
 /// The caller's permissions on `doctype`, after checking the token or sharecode (401) and that
 /// some rule covers the doctype with `verb` (403).
-async fn authorize(
-    inst: &Inst,
-    req: &HttpRequest,
-    doctype: &Doctype,
-    verb: Verb,
-) -> ApiResult<(PermissionSet, Reach)> {
+async fn authorize(inst: &Inst, req: &HttpRequest, doctype: &Doctype, verb: Verb) -> ApiResult<(PermissionSet, Reach)> {
     let perms = super::permissions::data_permissions(&inst.0, req).await?;
     match perms.reach(doctype, verb) {
         Reach::None => Err(ApiError::Forbidden(format!("the token gives no {verb:?} access to {doctype}"))),

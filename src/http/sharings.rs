@@ -379,8 +379,7 @@ async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         let id = sharing_id(&req)?;
         let q: StateQuery =
             serde_urlencoded::from_str(req.query_string()).map_err(|_| ApiError::bad_request("malformed query"))?;
-        let (hidden, found) =
-            super::invitations::discovery_lookup(&inst.0, &req, &id, q.state, q.invitation).await?;
+        let (hidden, found) = super::invitations::discovery_lookup(&inst.0, &req, &id, q.state, q.invitation).await?;
         Ok::<_, ApiError>((id, hidden, found))
     }
     .await;
@@ -499,7 +498,11 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         .rules
         .iter()
         .map(|r| {
-            format!("<li>{} <small>({}, {} document(s))</small></li>", esc(&r.title), esc(&r.doctype), r.values.len())
+            let scope = match &r.selector {
+                Some(field) => format!("documents whose {} is {}", esc(field), esc(&r.values.join(", "))),
+                None => format!("{} document(s)", r.values.len()),
+            };
+            format!("<li>{} <small>({}, {scope})</small></li>", esc(&r.title), esc(&r.doctype))
         })
         .collect();
     let csrf = csrf_token(&inst.0, &req).unwrap_or_default();
@@ -626,7 +629,8 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 /// ready member (any member on the owner, the owner on a recipient).
 async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<(Sharing, usize)> {
     let index = peer(inst, req, id, Verb::Post).await?;
-    let s = sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    let s =
+        sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
         s.members.get(index).is_some_and(|m| m.status == MemberStatus::Ready)
     } else {
@@ -658,7 +662,11 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
         refused = applied.refused.len(), "received documents");
     let svc = state_of(&req)?;
     if applied.revoke {
-        let outcome = if s.owner { service::revoke(svc, &inst.0, &id, None).await } else { service::leave(svc, &inst.0, &id).await };
+        let outcome = if s.owner {
+            service::revoke(svc, &inst.0, &id, None).await
+        } else {
+            service::leave(svc, &inst.0, &id).await
+        };
         outcome?;
     }
     svc.sync.wake();
@@ -671,7 +679,8 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
 async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (_, perms) = data_caller(&inst.0, &req)?;
-    let s = sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    let s =
+        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     if !may_read(&perms, &s) {
         return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
     }
@@ -682,7 +691,8 @@ async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
         if targets.contains(&i) {
-            let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
+            let key =
+                crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
             let checkpoint = crate::sync::replication::read_checkpoint(&inst.0, id.as_str(), i).await?;
             let info = inst.0.store.shared_info(id.as_str(), checkpoint).await?;
             let mut rep = serde_json::to_value(svc.sync.state(&key)).unwrap_or(Value::Null);

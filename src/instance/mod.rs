@@ -264,6 +264,9 @@ impl Registry {
         if let Ok(mut open) = self.open.write() {
             open.remove(domain);
         }
+        if let Some(server) = &self.couch {
+            server.destroy_instance_blocking(domain.as_str())?;
+        }
         let path = self.instance_db_path(domain);
         for suffix in ["", "-wal", "-shm"] {
             let mut p = path.clone().into_os_string();

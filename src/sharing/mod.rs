@@ -8,6 +8,7 @@
 
 pub mod invitations;
 pub mod links;
+pub mod mail;
 pub mod model;
 pub mod receive;
 pub mod service;

@@ -31,7 +31,11 @@ pub struct IdMap {
 
 impl IdMap {
     pub fn for_member(s: &Sharing, member: usize) -> IdMap {
-        let key = if s.owner { s.members.get(member).and_then(|m| m.xor_key.as_deref()).and_then(xor::parse_key) } else { None };
+        let key = if s.owner {
+            s.members.get(member).and_then(|m| m.xor_key.as_deref()).and_then(xor::parse_key)
+        } else {
+            None
+        };
         IdMap { key }
     }
 
@@ -46,7 +50,10 @@ impl IdMap {
 
 fn split_key(key: &str) -> Result<(Doctype, DocId)> {
     let (doctype, id) = key.split_once('/').ok_or_else(|| SharingError::BadRequest(format!("invalid key {key:?}")))?;
-    Ok((Doctype::parse(doctype).map_err(SharingError::BadRequest)?, DocId::parse(id).map_err(SharingError::BadRequest)?))
+    Ok((
+        Doctype::parse(doctype).map_err(SharingError::BadRequest)?,
+        DocId::parse(id).map_err(SharingError::BadRequest)?,
+    ))
 }
 
 /// `_revs_diff` for a peer: honest for documents of this sharing; documents outside it are
@@ -61,7 +68,11 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
             .as_array()
             .ok_or_else(|| SharingError::BadRequest("revisions must be arrays".into()))?
             .iter()
-            .map(|r| r.as_str().and_then(|r| r.parse().ok()).ok_or_else(|| SharingError::BadRequest("invalid revision".into())))
+            .map(|r| {
+                r.as_str()
+                    .and_then(|r| r.parse().ok())
+                    .ok_or_else(|| SharingError::BadRequest("invalid revision".into()))
+            })
             .collect::<Result<_>>()?;
         let id = DocId::parse(&map.convert(peer_id.as_str())).map_err(SharingError::BadRequest)?;
         per_doctype.entry(doctype).or_default().push((key.clone(), id, revs));
@@ -83,7 +94,8 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
             if let Some(d) = diff.get(id) {
                 let mut entry = json!({"missing": d.missing.iter().map(Rev::to_string).collect::<Vec<_>>()});
                 if !d.possible_ancestors.is_empty() {
-                    entry["possible_ancestors"] = json!(d.possible_ancestors.iter().map(Rev::to_string).collect::<Vec<_>>());
+                    entry["possible_ancestors"] =
+                        json!(d.possible_ancestors.iter().map(Rev::to_string).collect::<Vec<_>>());
                 }
                 out.insert(key.clone(), entry);
             }
@@ -105,15 +117,22 @@ pub struct Applied {
 pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
     let to_owner = s.owner;
-    let obj = body.as_object().ok_or_else(|| SharingError::BadRequest("the body must be an object of doctypes".into()))?;
+    let obj =
+        body.as_object().ok_or_else(|| SharingError::BadRequest("the body must be an object of doctypes".into()))?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in obj {
         let doctype = Doctype::parse(doctype).map_err(SharingError::BadRequest)?;
-        let docs = docs.as_array().ok_or_else(|| SharingError::BadRequest("each doctype needs an array of documents".into()))?;
+        let docs = docs
+            .as_array()
+            .ok_or_else(|| SharingError::BadRequest("each doctype needs an array of documents".into()))?;
         let mut writes = Vec::with_capacity(docs.len());
         for d in docs {
             let mut d = d.clone();
-            let peer_id = d.get("_id").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| SharingError::BadRequest("document without _id".into()))?;
+            let peer_id = d
+                .get("_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| SharingError::BadRequest("document without _id".into()))?;
             d["_id"] = Value::String(map.convert(&peer_id));
             let w = parse_doc(d, None, false).map_err(SharingError::BadRequest)?;
             writes.push((peer_id, w));
@@ -123,13 +142,22 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
         let existing: HashMap<DocId, Vec<(Rev, bool)>> = inst.store.doc_leaves(&doctype, &ids).await?;
         let mut accepted: Vec<DocWrite> = Vec::new();
         for (peer_id, w) in writes {
-            let verdict = judge(s, &doctype, &w, shared.get(&w.id).map(|st| st.rule_index), existing.contains_key(&w.id), to_owner);
+            let verdict = judge(
+                s,
+                &doctype,
+                &w,
+                shared.get(&w.id).map(|st| st.rule_index),
+                existing.contains_key(&w.id),
+                to_owner,
+            );
             match verdict {
                 Ok(revoke) => {
                     applied.revoke |= revoke;
                     accepted.push(w);
                 }
-                Err(reason) => applied.refused.push(json!({"id": peer_id, "doctype": doctype.as_str(), "error": "forbidden", "reason": reason})),
+                Err(reason) => applied
+                    .refused
+                    .push(json!({"id": peer_id, "doctype": doctype.as_str(), "error": "forbidden", "reason": reason})),
             }
         }
         applied.accepted += accepted.len();
@@ -147,12 +175,16 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
 
 /// The decision for one incoming document. `Ok(true)` when the change should revoke the sharing
 /// (a deletion under a `remove: revoke` rule).
-fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, tracked: Option<usize>, exists: bool, to_owner: bool) -> Result<bool, String> {
-    let matching = s
-        .rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
+fn judge(
+    s: &Sharing,
+    doctype: &Doctype,
+    w: &DocWrite,
+    tracked: Option<usize>,
+    exists: bool,
+    to_owner: bool,
+) -> Result<bool, String> {
+    let matching =
+        s.rules.iter().enumerate().find(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
     match tracked {
         None if exists => Err("the document exists here outside this sharing".into()),
         None if w.deleted => Err("the document is not in this sharing".into()),
@@ -170,7 +202,10 @@ fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, tracked: Option<usize>, e
             if rule.allows(kind, to_owner) {
                 Ok(false)
             } else {
-                Err(format!("the sharing's rules do not let {} flow this way", if kind == ChangeKind::Remove { "removals" } else { "updates" }))
+                Err(format!(
+                    "the sharing's rules do not let {} flow this way",
+                    if kind == ChangeKind::Remove { "removals" } else { "updates" }
+                ))
             }
         }
     }

@@ -199,6 +199,41 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
     }
     save(inst.store.as_ref(), &mut s).await?;
     tracing::info!(instance = %inst.domain, sharing = %s.id(), members = s.members.len() - 1, "sharing created");
+    send_invitations(svc, inst, s).await
+}
+
+/// Mails the invitation of every member not mailed yet, when SMTP is configured; those members
+/// become `pending`. Failures are logged and leave the member `mail-not-sent`.
+pub async fn send_invitations(svc: &Services, inst: &Instance, s: Sharing) -> Result<Sharing> {
+    if svc.config.mail.smtp_url.is_none() {
+        return Ok(s);
+    }
+    let mut sent = Vec::new();
+    for (i, m) in s.members.iter().enumerate().skip(1) {
+        let (Some(email), MemberStatus::MailNotSent) = (m.email.as_deref(), m.status) else { continue };
+        let Some(link) = invitation_link(svc, inst, &s, i) else { continue };
+        let invitation =
+            super::mail::Invitation { to: email, owner: inst.display_name(), description: &s.description, link: &link };
+        match super::mail::send_invitation(&svc.config.mail, &invitation).await {
+            Ok(()) => sent.push(i),
+            Err(e) => {
+                tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = i, error = %e, "invitation mail not sent")
+            }
+        }
+    }
+    if sent.is_empty() {
+        return Ok(s);
+    }
+    let id = s.id.clone().ok_or_else(|| bad("sharing without id"))?;
+    let ((), s) = update(inst.store.as_ref(), &id, |s| {
+        for i in &sent {
+            if let Some(m) = s.members.get_mut(*i).filter(|m| m.status == MemberStatus::MailNotSent) {
+                m.status = MemberStatus::Pending;
+            }
+        }
+        Ok(())
+    })
+    .await?;
     Ok(s)
 }
 
@@ -229,7 +264,7 @@ pub async fn add_recipients(svc: &Services, inst: &Instance, id: &SharingId, bod
         Ok(())
     })
     .await?;
-    Ok(s)
+    send_invitations(svc, inst, s).await
 }
 
 /// `POST /sharings/:id/recipients/delegated`: a ready recipient of an `open_sharing` adds
@@ -680,6 +715,14 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
 /// ready member is told through the outbox.
 pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Option<usize>) -> Result<Sharing> {
     let store = inst.store.as_ref();
+    // Credentials die first: once a member shows as revoked, its tokens must already fail.
+    if let Some(current) = load(store, id).await?.filter(|s| s.owner) {
+        let targets: Vec<usize> = match index {
+            Some(i) => vec![i],
+            None => (1..current.members.len()).collect(),
+        };
+        delete_inbound_clients(inst, &current, &targets).await?;
+    }
     let (revoked, s) = update(store, id, |s| {
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner revokes members".into()));
@@ -720,14 +763,24 @@ pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Opti
     Ok(s)
 }
 
+async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[usize]) -> Result<()> {
+    for i in members {
+        if let Some(c) = s.members.get(*i).and_then(|m| m.inbound_client_id.as_deref()) {
+            oauth::delete_client(inst, c).await?;
+        }
+    }
+    Ok(())
+}
+
 /// A recipient leaves (`DELETE /sharings/:id/recipients/self`): local effect now, the owner is
 /// told through the outbox.
 pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sharing> {
-    let me = own_index(
-        svc,
-        inst,
-        &load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?,
-    );
+    let current =
+        load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    let me = own_index(svc, inst, &current);
+    if !current.owner {
+        delete_inbound_clients(inst, &current, &[0]).await?;
+    }
     let (client, s) = update(inst.store.as_ref(), id, |s| {
         if s.owner {
             return Err(SharingError::Forbidden("the owner revokes the sharing instead of leaving it".into()));
@@ -757,6 +810,9 @@ pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sh
 
 /// `DELETE /sharings/:id` from the owner, on a recipient: we were revoked.
 pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -> Result<()> {
+    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|s| !s.owner) {
+        delete_inbound_clients(inst, &current, &[0]).await?;
+    }
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         if s.owner {
             return Err(SharingError::Forbidden("only the owner's instance sends this".into()));
@@ -782,6 +838,9 @@ pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -
 
 /// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
 pub async fn member_left(svc: &Services, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
+    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| index > 0) {
+        delete_inbound_clients(inst, &current, &[index]).await?;
+    }
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         let m = s
             .members

@@ -64,6 +64,7 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     open_revs_returns_leaves_with_history(store).await;
     all_docs_ranges_keys_and_counts(store).await;
     local_documents_have_no_history_and_stay_out_of_the_feed(store).await;
+    sharing_feeds_follow_every_write(store).await;
 }
 
 pub async fn interactive_edits_follow_couchdb_rules(store: &dyn Store) {
@@ -369,4 +370,59 @@ pub async fn local_documents_have_no_history_and_stay_out_of_the_feed(store: &dy
     store.delete_local(&t, "cp").await.expect("delete");
     assert!(matches!(store.get_local(&t, "cp").await, Err(StoreError::NotFound)));
     assert!(matches!(store.delete_local(&t, "cp").await, Err(StoreError::NotFound)));
+}
+
+pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
+    let t = dt("tracking");
+    let sharing = "0123456789abcdef0123456789abcdef";
+    let rule = |i: usize, selector: Option<&str>, values: &[&str]| TrackRule {
+        sharing_id: sharing.into(),
+        rule_index: i,
+        doctype: t.as_str().into(),
+        selector: selector.map(str::to_owned),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    // Documents written before the sharing exists are picked up by track_existing.
+    let before = put(store, &t, edit("early", None, false, json!({"list": "l1"}))).await.expect("early");
+    put(store, &t, edit("other", None, false, json!({"list": "l2"}))).await.expect("other");
+    store.set_tracking(vec![rule(0, None, &["byid"]), rule(1, Some("list"), &["l1"])]);
+    assert_eq!(store.track_existing(sharing).await.expect("track existing"), 1);
+    assert_eq!(store.track_existing(sharing).await.expect("again"), 0, "already tracked documents are not added twice");
+    let byid = put(store, &t, edit("byid", None, false, json!({}))).await.expect("byid");
+    let r1 = put(store, &t, edit("joined", None, false, json!({"list": "l1"}))).await.expect("joined");
+    put(store, &t, edit("outside", None, false, json!({"list": "l3"}))).await.expect("outside");
+    let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
+    let ids: Vec<&str> = feed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["early", "byid", "joined"]);
+    assert_eq!(feed.iter().map(|c| c.rule_index).collect::<Vec<_>>(), [1, 0, 1]);
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Leaving: the document stops matching, and a row says it was removed.
+    let r2 = put(store, &t, edit("joined", Some(&r1), false, json!({"list": "l2"}))).await.expect("leave");
+    let after = store.shared_changes(sharing, feed[2].seq, 100).await.expect("after");
+    assert_eq!(after.len(), 1);
+    assert!(after[0].removed && after[0].id.as_str() == "joined");
+    // Further edits of a removed document are not tracked; coming back is.
+    let r3 = put(store, &t, edit("joined", Some(&r2), false, json!({"list": "l2", "x": 1}))).await.expect("edit");
+    assert!(store.shared_changes(sharing, after[0].seq, 100).await.expect("none").is_empty());
+    put(store, &t, edit("joined", Some(&r3), false, json!({"list": "l1"}))).await.expect("back");
+    let back = store.shared_changes(sharing, after[0].seq, 100).await.expect("back");
+    assert!(!back[0].removed);
+    // Deletions of tracked documents travel; replicated writes are tracked too.
+    put(store, &t, edit("byid", Some(&byid), true, json!({}))).await.expect("delete");
+    replicate(store, &t, vec![replicated("early", &["2-zzz", &before.to_string()], false, json!({"list": "l1"}))])
+        .await;
+    let last = store.shared_changes(sharing, back[0].seq, 100).await.expect("last");
+    assert_eq!(last.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["byid", "early"]);
+    let state = store.shared_state(sharing, &t, &[id("early"), id("outside"), id("joined")]).await.expect("state");
+    assert_eq!(state.len(), 2);
+    assert!(!state[&id("early")].removed);
+    let info = store.shared_info(sharing, 0).await.expect("info");
+    assert_eq!((info.docs, info.pending), (3, 3));
+    assert_eq!(info.last_seq, last[1].seq);
+    let leaves = store.doc_leaves(&t, &[id("early"), id("nope")]).await.expect("leaves");
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[&id("early")][0].0.pos, 2);
+    store.untrack(sharing).await.expect("untrack");
+    assert!(store.shared_changes(sharing, 0, 100).await.expect("empty").is_empty());
+    store.set_tracking(Vec::new());
 }

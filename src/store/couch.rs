@@ -26,11 +26,14 @@
 //!
 //! # Requests
 //!
-//! `couch_rs` 0.12 (on reqwest 0.12, like the rest of hearth) creates databases. Everything else
+//! `couch_rs` 0.12 (on reqwest 0.12, like the rest of hearth) creates and deletes databases
+//! (its client has a 30 s total timeout but no separate connect timeout). Everything else
 //! goes through one reqwest client of our own, because couch_rs has no `_revs_diff`, no
 //! `new_edits: false`, no `_bulk_get`, no `open_revs`, no `style=all_docs` changes and no connect
-//! timeout. Every call is bounded: 5 s to connect, 30 s per request (long-polls are served from
-//! hearth's own commit counter, never by holding a CouchDB request open). A failed connection, a
+//! timeout. Every call is bounded: 5 s to connect, 30 s per request. Long-polls are served from
+//! hearth's own commit counter ([`Store::subscribe`], bumped by this process's writes), never by
+//! holding a CouchDB request open: a change written by another hearth process wakes a
+//! long-poll here only at its timeout. A failed connection, a
 //! timeout, a cut response or a 5xx from CouchDB is [`StoreError::Unavailable`] (the API answers
 //! 503); the next request tries again, so service resumes as soon as CouchDB is back. Startup
 //! checks `GET /` and `GET /_session`, and refuses to start with a clear message when CouchDB is
@@ -50,8 +53,10 @@
 //!   numbers get one 201 and one 409 (the loser re-reads and continues): numbers are never
 //!   reused. A batch is self-consistent (its rows and its `since` come from one feed read), so no
 //!   change between two batches is lost, and a crash before the write only means the next run
-//!   re-reads the same rows. The sequencer runs before every read of the feed or of
-//!   `update_seq`, so a write is visible as soon as it returns.
+//!   re-reads the same rows. The sequencer runs after every write (so consecutive writes get
+//!   consecutive numbers, as on SQLite) and before every read of the feed or of `update_seq`
+//!   (so a write is numbered even if that first run failed, and changes written by another
+//!   process are seen).
 //! * Serving `changes(since)` reads the batches after `since` and keeps a row only if its winner
 //!   is still the document's winner (one `_all_docs?keys=` request per batch): a document that
 //!   changed again has a later row. Within one answer a document appears once, at its latest
@@ -60,11 +65,21 @@
 //! * `update_seq` is the last number handed out; `_local` writes and writes that change nothing
 //!   (a revision already known) produce no CouchDB change, hence no number, as on SQLite.
 //!
-//! Since the index is derived from CouchDB's feed rather than written beside each document,
-//! anything that tracks changes (sharing replication reads the feed from a checkpoint) cannot
-//! miss a write: this is how the "tracking in the same transaction as the write" guarantee of
-//! the SQLite backend carries over. Sharings and the outbox are documents of internal doctypes
-//! in the same instance databases, written with the same interactive-edit rules.
+//! # Sharing tracking
+//!
+//! The SQLite backend updates each sharing's feed (see `tracking`) in the transaction of the
+//! document write. Here tracking is done by the sequencer, from the same feed page it numbers
+//! (the rows carry the winners' bodies), *before* it writes the batch: a change cannot be
+//! numbered without having been tracked, and a crash in between only tracks it twice, which the
+//! sharing feed absorbs. Since the sequencer runs after every write, before every feed read, and
+//! before every read of a sharing's feed (for each doctype its rules name), no write escapes
+//! tracking: this is how "tracking in the same transaction as the write" carries over. The rules
+//! applied are those in force when the change is numbered, normally right after the write.
+//! Each document's membership is `t/<sharing>/<doctype>/<id>` (`{seq, rule, removed}`, updated
+//! under MVCC, the latest sequence winning), and the sharing's feed is a chain of
+//! `u/<sharing>/<first>` batches numbered like the document batches; a feed row counts only if
+//! it is still its document's latest. Sharings and the outbox themselves are documents of
+//! internal doctypes, written with the interactive-edit rules below.
 //!
 //! # Atomicity
 //!
@@ -149,6 +164,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
+use super::tracking::{self, TrackAction};
 use super::*;
 use crate::config::CouchConfig;
 
@@ -201,6 +217,14 @@ fn from_couch_rs(e: couch_rs::error::CouchError) -> StoreError {
         _ if transport_failure => unavailable(anyhow!("CouchDB is unreachable: {e}")),
         Some(s) if s.is_server_error() => unavailable(anyhow!("CouchDB failed: {e}")),
         _ => internal(anyhow!("CouchDB refused a database operation: {e}")),
+    }
+}
+
+/// The innermost cause of a store error, for one-line messages.
+fn root_cause(e: StoreError) -> String {
+    match e {
+        StoreError::Unavailable(e) | StoreError::Internal(e) => e.root_cause().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -269,7 +293,8 @@ impl Reply {
 
     /// CouchDB says "Database does not exist.", PouchDB Server "no_db_file".
     fn db_missing(&self) -> bool {
-        self.status == StatusCode::NOT_FOUND && matches!(self.field("reason"), "Database does not exist." | "no_db_file")
+        self.status == StatusCode::NOT_FOUND
+            && matches!(self.field("reason"), "Database does not exist." | "no_db_file")
     }
 
     fn unexpected(&self, what: &str) -> StoreError {
@@ -371,7 +396,7 @@ impl CouchServer {
         let root = self
             .send_raw(Method::GET, &[], &[], None)
             .await
-            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {:#}", self.base, anyhow::Error::from(e)))?;
+            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {}", self.base, root_cause(e)))?;
         if root.status == StatusCode::UNAUTHORIZED {
             anyhow::bail!(
                 "CouchDB at {} refused the credentials of user {:?} (check couchdb.user and couchdb.password)",
@@ -379,14 +404,15 @@ impl CouchServer {
                 self.user.as_deref().unwrap_or("")
             );
         }
-        if !root.status.is_success() || (root.body.get("couchdb").is_none() && root.body.get("express-pouchdb").is_none())
+        if !root.status.is_success()
+            || (root.body.get("couchdb").is_none() && root.body.get("express-pouchdb").is_none())
         {
             anyhow::bail!("{} does not look like CouchDB (GET / answered {})", self.base, root.status);
         }
         let session = self
             .send_raw(Method::GET, &["_session"], &[], None)
             .await
-            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {:#}", self.base, anyhow::Error::from(e)))?;
+            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {}", self.base, root_cause(e)))?;
         if session.status == StatusCode::UNAUTHORIZED {
             anyhow::bail!(
                 "CouchDB at {} refused the credentials of user {:?} (check couchdb.user and couchdb.password)",
@@ -406,6 +432,44 @@ impl CouchServer {
                     "CouchDB user {u:?} is not an admin of {}; hearth creates databases, so it needs one",
                     self.base
                 ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every database of an instance (`hearth instances rm`), from synchronous code
+    /// (same helper-thread arrangement as [`CouchServer::connect_blocking`]).
+    pub fn destroy_instance_blocking(&self, domain: &str) -> anyhow::Result<()> {
+        let config = CouchConfig {
+            url: Some(self.base.clone()),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            prefix: Some(self.prefix.clone()),
+        };
+        let domain = domain.to_owned();
+        let dropped = std::thread::spawn(move || -> anyhow::Result<Vec<String>> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let server = Arc::new(CouchServer::new(&config)?);
+                let store = server.store(&domain, 1);
+                let mut names: Vec<String> =
+                    store.doctypes().await.map_err(anyhow::Error::from)?.iter().map(|t| store.db_name(t)).collect();
+                names.push(store.meta_db.clone());
+                for name in &names {
+                    match server.admin.destroy_db(name).await {
+                        Ok(_) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(anyhow!("failed to delete CouchDB database {name}: {e}")),
+                    }
+                }
+                Ok(names)
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("deleting the CouchDB databases panicked"))??;
+        if let Ok(mut k) = self.known_dbs.lock() {
+            for name in &dropped {
+                k.remove(name);
             }
         }
         Ok(())
@@ -440,7 +504,8 @@ impl CouchServer {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Reply, StoreError> {
-        let mut req = self.http.request(method, self.url(path, query)?).header(reqwest::header::ACCEPT, "application/json");
+        let mut req =
+            self.http.request(method, self.url(path, query)?).header(reqwest::header::ACCEPT, "application/json");
         if let Some(user) = &self.user {
             req = req.basic_auth(user, self.password.as_ref().map(|p| p.expose_secret()));
         }
@@ -530,6 +595,32 @@ struct Batch {
     /// CouchDB's `last_seq` after these rows: where the next batch reads from.
     since: Value,
     rows: Vec<BatchRow>,
+}
+
+/// One page of CouchDB's feed: rows, the winners' bodies (for tracking), how many rows CouchDB
+/// sent (some may not be hearth's) and where the page ends.
+struct FeedPage {
+    rows: Vec<BatchRow>,
+    bodies: Vec<Map<String, Value>>,
+    read: usize,
+    last_seq: Value,
+}
+
+/// A document's membership in one sharing, `t/<sharing>/<doctype>/<id>` in the meta database.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct TrackState {
+    seq: u64,
+    rule: usize,
+    removed: bool,
+}
+
+/// A batch of a sharing's feed, `u/<sharing>/<first>`: rows (doctype, id, rule, removed)
+/// numbered `first..=last`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShareBatch {
+    first: u64,
+    last: u64,
+    rows: Vec<(String, String, usize, bool)>,
 }
 
 /// What an edit guard records: the revisions an edit writes, with their bodies, and the
@@ -630,6 +721,14 @@ fn local_marker_prefix(doctype: &Doctype) -> String {
     format!("l/{}/", doctype.as_str())
 }
 
+fn track_key(sharing: &str, doctype: &str, id: &str) -> String {
+    format!("t/{sharing}/{doctype}/{id}")
+}
+
+fn share_batch_key(sharing: &str, first: u64) -> String {
+    format!("u/{sharing}/{first:020}")
+}
+
 fn json_key(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
@@ -646,6 +745,10 @@ pub struct CouchStore {
     seq_locks: Mutex<HashMap<Doctype, Arc<tokio::sync::Mutex<()>>>>,
     /// `_local` names already recorded in the meta database.
     markers: Mutex<HashSet<(Doctype, String)>>,
+    /// The rules of the active sharings, applied as changes are numbered.
+    tracking: std::sync::RwLock<Arc<Vec<TrackRule>>>,
+    /// One writer of a sharing's feed at a time in this process (others are fenced by CouchDB).
+    share_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl CouchStore {
@@ -661,6 +764,8 @@ impl CouchStore {
             commits,
             seq_locks: Mutex::new(HashMap::new()),
             markers: Mutex::new(HashSet::new()),
+            tracking: std::sync::RwLock::new(Arc::new(Vec::new())),
+            share_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -837,7 +942,7 @@ impl CouchStore {
     }
 
     /// One page of CouchDB's own feed, as batch rows; `None` if the database doesn't exist.
-    async fn couch_changes(&self, doctype: &Doctype, since: &Value) -> Result<Option<(Vec<BatchRow>, usize, Value)>, StoreError> {
+    async fn couch_changes(&self, doctype: &Doctype, since: &Value) -> Result<Option<FeedPage>, StoreError> {
         let since = match since {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -859,12 +964,14 @@ impl CouchStore {
             return Err(reply.unexpected("_changes"));
         }
         let results = reply.body.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
-        let Some(last_seq) = reply.body.get("last_seq").cloned().or_else(|| results.last().and_then(|r| r.get("seq").cloned()))
+        let Some(last_seq) =
+            reply.body.get("last_seq").cloned().or_else(|| results.last().and_then(|r| r.get("seq").cloned()))
         else {
-            return Ok(Some((Vec::new(), 0, Value::Null)));
+            return Ok(Some(FeedPage { rows: Vec::new(), bodies: Vec::new(), read: 0, last_seq: Value::Null }));
         };
         let read = results.len();
         let mut rows = Vec::with_capacity(read);
+        let mut bodies = Vec::with_capacity(read);
         for r in results {
             let Some(id) = r.get("id").and_then(Value::as_str) else { continue };
             // Design documents and the like are not hearth's: they get no number.
@@ -891,8 +998,9 @@ impl CouchStore {
             let leaves = order_leaves(all, winner, &conflicts);
             let deleted = r.get("deleted") == Some(&Value::Bool(true));
             rows.push(BatchRow(id.to_owned(), leaves.iter().map(Rev::to_string).collect(), deleted));
+            bodies.push(doc.and_then(Value::as_object).map(strip).unwrap_or_default());
         }
-        Ok(Some((rows, read, last_seq)))
+        Ok(Some(FeedPage { rows, bodies, read, last_seq }))
     }
 
     /// Numbers every change CouchDB has that the index lacks; returns the last number.
@@ -906,12 +1014,15 @@ impl CouchStore {
         let mut latest = self.latest_batch(doctype).await?;
         loop {
             let since = latest.as_ref().map_or(json!(0), |b| b.since.clone());
-            let Some((rows, read, last_seq)) = self.couch_changes(doctype, &since).await? else {
+            let Some(FeedPage { rows, bodies, read, last_seq }) = self.couch_changes(doctype, &since).await? else {
                 break;
             };
             if read == 0 {
                 break;
             }
+            // Tracking before numbering: a crash in between tracks these rows again (harmless),
+            // never not at all.
+            self.track_rows(doctype, &rows, &bodies).await?;
             let first = latest.as_ref().map_or(0, |b| b.last) + 1;
             // A page of non-hearth documents only still moves the feed position, on one number.
             let last = first + (rows.len().max(1) as u64) - 1;
@@ -965,13 +1076,18 @@ impl CouchStore {
     }
 
     /// The given revisions' documents through `_bulk_get` (tombstones included).
-    async fn bulk_get(&self, doctype: &Doctype, wanted: &[(DocId, Rev)]) -> Result<HashMap<(DocId, Rev), DocRev>, StoreError> {
+    async fn bulk_get(
+        &self,
+        doctype: &Doctype,
+        wanted: &[(DocId, Rev)],
+    ) -> Result<HashMap<(DocId, Rev), DocRev>, StoreError> {
         let mut out = HashMap::new();
         if wanted.is_empty() {
             return Ok(out);
         }
         let db = self.db_name(doctype);
-        let docs: Vec<Value> = wanted.iter().map(|(id, rev)| json!({"id": id.as_str(), "rev": rev.to_string()})).collect();
+        let docs: Vec<Value> =
+            wanted.iter().map(|(id, rev)| json!({"id": id.as_str(), "rev": rev.to_string()})).collect();
         let reply = self.server.send(Method::POST, &[&db, "_bulk_get"], &[], Some(&json!({"docs": docs}))).await?;
         if reply.db_missing() {
             return Ok(out);
@@ -982,16 +1098,14 @@ impl CouchStore {
         for result in reply.body.get("results").and_then(Value::as_array).into_iter().flatten() {
             for d in result.get("docs").and_then(Value::as_array).into_iter().flatten() {
                 let Some(Value::Object(doc)) = d.get("ok") else { continue };
-                let (Some(id), Some(rev)) = (doc.get("_id").and_then(Value::as_str), doc.get("_rev").and_then(Value::as_str))
+                let (Some(id), Some(rev)) =
+                    (doc.get("_id").and_then(Value::as_str), doc.get("_rev").and_then(Value::as_str))
                 else {
                     continue;
                 };
                 let (Ok(id), Ok(rev)) = (DocId::parse(id), rev.parse::<Rev>()) else { continue };
                 let deleted = doc.get("_deleted") == Some(&Value::Bool(true));
-                out.insert(
-                    (id.clone(), rev.clone()),
-                    DocRev { id, rev, deleted, body: strip(doc), revisions: None },
-                );
+                out.insert((id.clone(), rev.clone()), DocRev { id, rev, deleted, body: strip(doc), revisions: None });
             }
         }
         Ok(out)
@@ -1003,9 +1117,15 @@ impl CouchStore {
         let keys: Vec<String> = ids.iter().map(|id| guard_key(doctype, id)).collect();
         let reply = self
             .server
-            .send(Method::POST, &[&self.meta_db, "_all_docs"], &[("include_docs", "true".to_owned())], Some(&json!({"keys": keys})))
+            .send(
+                Method::POST,
+                &[&self.meta_db, "_all_docs"],
+                &[("include_docs", "true".to_owned())],
+                Some(&json!({"keys": keys})),
+            )
             .await?;
-        let mut out: HashMap<DocId, Guard> = ids.iter().map(|id| (id.clone(), Guard { rev: None, record: None })).collect();
+        let mut out: HashMap<DocId, Guard> =
+            ids.iter().map(|id| (id.clone(), Guard { rev: None, record: None })).collect();
         if reply.db_missing() {
             return Ok(out);
         }
@@ -1041,16 +1161,18 @@ impl CouchStore {
                     ids.push(docs[i].id.clone());
                 }
             }
-            let guards = self.read_guards(doctype, &ids).await?;
-            let mut trees: HashMap<DocId, RevTree> =
-                self.fetch_many(&db, &ids).await?.into_iter().map(|(id, f)| (id, f.tree)).collect();
+            // Both reads at once: a guard taken after our guard read makes our guard update
+            // conflict (step 4), and an edit our tree read missed is rolled forward (step 2).
+            let (guards, fetched) = tokio::try_join!(self.read_guards(doctype, &ids), self.fetch_many(&db, &ids))?;
+            let mut trees: HashMap<DocId, RevTree> = fetched.into_iter().map(|(id, f)| (id, f.tree)).collect();
 
             // 2. Finish edits whose writer stopped between taking the guard and writing.
             let mut roll = Vec::new();
             for (id, guard) in &guards {
                 let Some(record) = &guard.record else { continue };
                 let tree = trees.entry(id.clone()).or_default();
-                let Some(head) = record.writes.last().and_then(|w| w.revisions.first()).and_then(|r| r.parse::<Rev>().ok())
+                let Some(head) =
+                    record.writes.last().and_then(|w| w.revisions.first()).and_then(|r| r.parse::<Rev>().ok())
                 else {
                     continue;
                 };
@@ -1196,6 +1318,218 @@ impl CouchStore {
             }
         }
         Ok(rejected)
+    }
+
+    // ----- sharing tracking -----
+
+    fn rules(&self) -> Arc<Vec<TrackRule>> {
+        self.tracking.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn share_lock(&self, sharing: &str) -> Result<Arc<tokio::sync::Mutex<()>>, StoreError> {
+        let mut locks = self.share_locks.lock().map_err(|_| internal(anyhow!("sharing lock poisoned")))?;
+        Ok(locks.entry(sharing.to_owned()).or_default().clone())
+    }
+
+    /// Meta documents by id (those that exist), with their `_rev`.
+    async fn meta_docs(&self, keys: &[String]) -> Result<HashMap<String, (String, Value)>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in keys.chunks(500) {
+            let reply = self
+                .server
+                .send(
+                    Method::POST,
+                    &[&self.meta_db, "_all_docs"],
+                    &[("include_docs", "true".to_owned())],
+                    Some(&json!({ "keys": chunk })),
+                )
+                .await?;
+            if reply.db_missing() {
+                return Ok(out);
+            }
+            if !reply.status.is_success() {
+                return Err(reply.unexpected("meta _all_docs keys"));
+            }
+            for row in reply.body.get("rows").and_then(Value::as_array).into_iter().flatten() {
+                if row.pointer("/value/deleted") == Some(&Value::Bool(true)) {
+                    continue;
+                }
+                if let (Some(id), Some(rev), Some(doc)) = (
+                    row.get("id").and_then(Value::as_str),
+                    row.pointer("/value/rev").and_then(Value::as_str),
+                    row.get("doc").filter(|d| d.is_object()),
+                ) {
+                    out.insert(id.to_owned(), (rev.to_owned(), doc.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn track_states(&self, keys: &[String]) -> Result<HashMap<String, (String, TrackState)>, StoreError> {
+        let docs = self.meta_docs(keys).await?;
+        docs.into_iter()
+            .map(|(k, (rev, doc))| {
+                let state = serde_json::from_value(doc).map_err(|e| corrupt(format!("tracking state {k}: {e}")))?;
+                Ok((k, (rev, state)))
+            })
+            .collect()
+    }
+
+    /// Applies the tracking rules to a page of changes of `doctype` (see `tracking::decide`).
+    async fn track_rows(
+        &self,
+        doctype: &Doctype,
+        rows: &[BatchRow],
+        bodies: &[Map<String, Value>],
+    ) -> Result<(), StoreError> {
+        let rules = self.rules();
+        let mut sharings: Vec<&str> =
+            rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
+        sharings.sort_unstable();
+        sharings.dedup();
+        for sharing in sharings {
+            let lock = self.share_lock(sharing)?;
+            let _held = lock.lock().await;
+            let keys: Vec<String> = rows.iter().map(|r| track_key(sharing, doctype.as_str(), &r.0)).collect();
+            let states = self.track_states(&keys).await?;
+            let mut current: HashMap<&str, (usize, bool)> = HashMap::new();
+            for (row, key) in rows.iter().zip(&keys) {
+                if let Some((_, st)) = states.get(key) {
+                    current.insert(row.0.as_str(), (st.rule, st.removed));
+                }
+            }
+            let mut records = Vec::new();
+            for (row, body) in rows.iter().zip(bodies) {
+                let matching = rules
+                    .iter()
+                    .find(|r| r.sharing_id == sharing && r.matches(doctype.as_str(), &row.0, body))
+                    .map(|r| r.rule_index);
+                let tracked = current.get(row.0.as_str()).copied();
+                if let TrackAction::Record { rule_index, removed } = tracking::decide(row.2, matching, tracked) {
+                    current.insert(row.0.as_str(), (rule_index, removed));
+                    records.push((doctype.as_str().to_owned(), row.0.clone(), rule_index, removed));
+                }
+            }
+            self.record_shared(sharing, records, Some(states)).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends rows to a sharing's feed and moves the documents' states to them. The caller
+    /// holds the sharing's lock.
+    async fn record_shared(
+        &self,
+        sharing: &str,
+        rows: Vec<(String, String, usize, bool)>,
+        mut known: Option<HashMap<String, (String, TrackState)>>,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let first = loop {
+            let latest =
+                self.meta_range(&share_batch_key(sharing, u64::MAX), &share_batch_key(sharing, 0), true, 1).await?;
+            let last = match latest.into_iter().next() {
+                Some((_, doc)) => {
+                    serde_json::from_value::<ShareBatch>(doc).map_err(|e| corrupt(format!("sharing feed: {e}")))?.last
+                }
+                None => 0,
+            };
+            let batch = ShareBatch { first: last + 1, last: last + rows.len() as u64, rows: rows.clone() };
+            let body = serde_json::to_value(&batch).map_err(internal)?;
+            if self.create_meta(&share_batch_key(sharing, batch.first), &body).await? {
+                break batch.first;
+            }
+        };
+        let mut pending: Vec<(String, TrackState)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (dt, id, rule, removed))| {
+                (track_key(sharing, dt, id), TrackState { seq: first + i as u64, rule: *rule, removed: *removed })
+            })
+            .collect();
+        for _ in 0..EDIT_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let keys: Vec<String> = pending.iter().map(|(k, _)| k.clone()).collect();
+            // The states the caller just read (under the same lock) serve the first round.
+            let existing = match known.take() {
+                Some(k) => k,
+                None => self.track_states(&keys).await?,
+            };
+            let docs: Vec<Value> = pending
+                .iter()
+                // Another process may have recorded a later change meanwhile: keep the latest.
+                .filter(|(k, st)| existing.get(k).is_none_or(|(_, old)| old.seq < st.seq))
+                .map(|(k, st)| {
+                    let mut doc = json!({"_id": k, "seq": st.seq, "rule": st.rule, "removed": st.removed});
+                    if let (Some((rev, _)), Value::Object(m)) = (existing.get(k), &mut doc) {
+                        m.insert("_rev".into(), Value::String(rev.clone()));
+                    }
+                    doc
+                })
+                .collect();
+            if docs.is_empty() {
+                return Ok(());
+            }
+            let reply = self
+                .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({ "docs": docs })))
+                .await?;
+            if !reply.status.is_success() {
+                return Err(reply.unexpected("writing tracking states"));
+            }
+            let conflicted: HashSet<String> = reply
+                .body
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r.get("error").is_some())
+                .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            pending.retain(|(k, _)| conflicted.contains(k));
+        }
+        Err(StoreError::Unavailable(anyhow!("tracking states of sharing {sharing} keep conflicting")))
+    }
+
+    /// Numbers (and so tracks) the pending changes of every doctype the sharing's rules name.
+    async fn catch_up_sharing(&self, sharing: &str) -> Result<(), StoreError> {
+        let mut doctypes: Vec<Doctype> = self
+            .rules()
+            .iter()
+            .filter(|r| r.sharing_id == sharing)
+            .filter_map(|r| Doctype::parse(&r.doctype).ok())
+            .collect();
+        doctypes.sort();
+        doctypes.dedup();
+        for dt in doctypes {
+            self.catch_up(&dt).await?;
+        }
+        Ok(())
+    }
+
+    /// Every tracking state of a sharing (paged).
+    async fn all_track_states(&self, sharing: &str) -> Result<Vec<(String, String, TrackState)>, StoreError> {
+        let prefix = format!("t/{sharing}/");
+        let end = format!("{prefix}\u{fff0}");
+        let mut start = prefix.clone();
+        let mut out = Vec::new();
+        loop {
+            let page = self.meta_range(&start, &end, false, 500).await?;
+            let full = page.len() == 500;
+            for (key, doc) in &page {
+                let Some(st) = serde_json::from_value::<TrackState>(doc.clone()).ok() else { continue };
+                let Some((dt, id)) = key.strip_prefix(prefix.as_str()).and_then(|r| r.split_once('/')) else {
+                    continue;
+                };
+                out.push((dt.to_owned(), id.to_owned(), st));
+            }
+            match page.last() {
+                Some((key, _)) if full => start = format!("{key}\u{0}"),
+                _ => return Ok(out),
+            }
+        }
     }
 
     // ----- `_local` documents -----
@@ -1417,7 +1751,9 @@ impl Store for CouchStore {
         let request: Map<String, Value> = revs
             .iter()
             .filter(|(_, r)| !r.is_empty())
-            .map(|(id, r)| (id.as_str().to_owned(), Value::Array(r.iter().map(|r| Value::String(r.to_string())).collect())))
+            .map(|(id, r)| {
+                (id.as_str().to_owned(), Value::Array(r.iter().map(|r| Value::String(r.to_string())).collect()))
+            })
             .collect();
         if request.is_empty() {
             return Ok(BTreeMap::new());
@@ -1618,6 +1954,226 @@ impl Store for CouchStore {
             }
         }
         Ok(out)
+    }
+
+    async fn doc_leaves(
+        &self,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
+        let found = self.fetch_many(&self.db_name(doctype), ids).await?;
+        Ok(found
+            .into_iter()
+            .map(|(id, f)| (id, f.tree.leaves().into_iter().map(|l| (l.rev, l.deleted)).collect()))
+            .collect())
+    }
+
+    fn set_tracking(&self, rules: Vec<TrackRule>) {
+        if let Ok(mut t) = self.tracking.write() {
+            *t = Arc::new(rules);
+        }
+    }
+
+    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
+        // Number pending changes first (it takes the sharing's lock itself).
+        self.catch_up_sharing(sharing_id).await?;
+        let lock = self.share_lock(sharing_id)?;
+        let _held = lock.lock().await;
+        let rules: Vec<TrackRule> = self.rules().iter().filter(|r| r.sharing_id == sharing_id).cloned().collect();
+        let mut added = 0;
+        let mut done: HashSet<(String, String)> = HashSet::new();
+        for rule in &rules {
+            let Ok(doctype) = Doctype::parse(&rule.doctype) else { continue };
+            let db = self.db_name(&doctype);
+            // Candidates: the listed ids for id rules, every live document otherwise.
+            let mut start: Option<String> = None;
+            loop {
+                let (reply, paged) = match &rule.selector {
+                    None => {
+                        let body = json!({ "keys": rule.values });
+                        let q = [("include_docs", "true".to_owned())];
+                        (self.server.send(Method::POST, &[&db, "_all_docs"], &q, Some(&body)).await?, false)
+                    }
+                    Some(_) => {
+                        let mut q = vec![("include_docs", "true".to_owned()), ("limit", "500".to_owned())];
+                        if let Some(s) = &start {
+                            q.push(("startkey", json_key(s)));
+                            q.push(("skip", "1".to_owned()));
+                        }
+                        (self.server.send(Method::GET, &[&db, "_all_docs"], &q, None).await?, true)
+                    }
+                };
+                if reply.db_missing() {
+                    break;
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.unexpected("_all_docs for tracking"));
+                }
+                let rows = reply.body.get("rows").and_then(Value::as_array).cloned().unwrap_or_default();
+                let mut candidates = Vec::new();
+                for r in &rows {
+                    let (Some(id), Some(Value::Object(doc))) = (r.get("id").and_then(Value::as_str), r.get("doc"))
+                    else {
+                        continue;
+                    };
+                    if DocId::parse(id).is_err() || r.pointer("/value/deleted") == Some(&Value::Bool(true)) {
+                        continue;
+                    }
+                    if done.insert((rule.doctype.clone(), id.to_owned())) {
+                        candidates.push((id.to_owned(), strip(doc)));
+                    }
+                }
+                let keys: Vec<String> =
+                    candidates.iter().map(|(id, _)| track_key(sharing_id, &rule.doctype, id)).collect();
+                let states = self.track_states(&keys).await?;
+                let mut records = Vec::new();
+                for ((id, body), key) in candidates.iter().zip(&keys) {
+                    if states.get(key).is_some_and(|(_, st)| !st.removed) {
+                        continue;
+                    }
+                    // The first matching rule of the sharing wins, as for later writes.
+                    if let Some(first) = rules.iter().find(|r| r.matches(&rule.doctype, id, body)) {
+                        records.push((rule.doctype.clone(), id.clone(), first.rule_index, false));
+                    }
+                }
+                added += records.len() as u64;
+                self.record_shared(sharing_id, records, Some(states)).await?;
+                let last_id = rows.last().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+                match last_id {
+                    Some(last) if paged && rows.len() == 500 => start = Some(last),
+                    _ => break,
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    async fn shared_changes(
+        &self,
+        sharing_id: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<SharedChange>, StoreError> {
+        self.catch_up_sharing(sharing_id).await?;
+        let mut out = Vec::new();
+        let mut next = since + 1;
+        let holding =
+            self.meta_range(&share_batch_key(sharing_id, next), &share_batch_key(sharing_id, 0), true, 1).await?;
+        let mut queue: VecDeque<ShareBatch> = holding
+            .into_iter()
+            .filter_map(|(_, d)| serde_json::from_value::<ShareBatch>(d).ok())
+            .filter(|b| b.last >= next)
+            .collect();
+        while out.len() < limit {
+            let batch = match queue.pop_front() {
+                Some(b) => b,
+                None => {
+                    let page = self
+                        .meta_range(
+                            &share_batch_key(sharing_id, next),
+                            &share_batch_key(sharing_id, u64::MAX),
+                            false,
+                            BATCHES_PER_READ,
+                        )
+                        .await?;
+                    if page.is_empty() {
+                        break;
+                    }
+                    for (_, d) in page {
+                        let b: ShareBatch =
+                            serde_json::from_value(d).map_err(|e| corrupt(format!("sharing feed: {e}")))?;
+                        if b.last >= next {
+                            queue.push_back(b);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let candidates: Vec<(u64, &(String, String, usize, bool))> = batch
+                .rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (batch.first + i as u64, r))
+                .filter(|(seq, _)| *seq >= next)
+                .collect();
+            let keys: Vec<String> = candidates.iter().map(|(_, r)| track_key(sharing_id, &r.0, &r.1)).collect();
+            let states = self.track_states(&keys).await?;
+            for ((seq, row), key) in candidates.into_iter().zip(&keys) {
+                // Only a document's latest row counts.
+                let Some((_, st)) = states.get(key).filter(|(_, st)| st.seq == seq) else { continue };
+                let (Ok(doctype), Ok(id)) = (Doctype::parse(&row.0), DocId::parse(&row.1)) else { continue };
+                out.push(SharedChange { seq, doctype, id, rule_index: st.rule, removed: st.removed });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            next = batch.last + 1;
+        }
+        Ok(out)
+    }
+
+    async fn shared_state(
+        &self,
+        sharing_id: &str,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, SharedState>, StoreError> {
+        self.catch_up(doctype).await?;
+        let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
+        let states = self.track_states(&keys).await?;
+        Ok(ids
+            .iter()
+            .zip(&keys)
+            .filter_map(|(id, k)| {
+                states.get(k).map(|(_, st)| (id.clone(), SharedState { rule_index: st.rule, removed: st.removed }))
+            })
+            .collect())
+    }
+
+    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {
+        self.catch_up_sharing(sharing_id).await?;
+        let latest =
+            self.meta_range(&share_batch_key(sharing_id, u64::MAX), &share_batch_key(sharing_id, 0), true, 1).await?;
+        let last_seq = match latest.into_iter().next() {
+            Some((_, d)) => {
+                serde_json::from_value::<ShareBatch>(d).map_err(|e| corrupt(format!("sharing feed: {e}")))?.last
+            }
+            None => 0,
+        };
+        let states = self.all_track_states(sharing_id).await?;
+        let docs = states.iter().filter(|(_, _, st)| !st.removed).count() as u64;
+        let pending = states.iter().filter(|(_, _, st)| st.seq > since).count() as u64;
+        Ok(SharedInfo { last_seq, docs, pending })
+    }
+
+    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError> {
+        let lock = self.share_lock(sharing_id)?;
+        let _held = lock.lock().await;
+        for prefix in [format!("t/{sharing_id}/"), format!("u/{sharing_id}/")] {
+            loop {
+                let page = self.meta_range(&prefix, &format!("{prefix}\u{fff0}"), false, 500).await?;
+                if page.is_empty() {
+                    break;
+                }
+                let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+                let docs: Vec<Value> = self
+                    .meta_docs(&keys)
+                    .await?
+                    .into_iter()
+                    .map(|(id, (rev, _))| json!({"_id": id, "_rev": rev, "_deleted": true}))
+                    .collect();
+                if docs.is_empty() {
+                    break;
+                }
+                let reply = self
+                    .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({ "docs": docs })))
+                    .await?;
+                if !reply.status.is_success() {
+                    return Err(reply.unexpected("forgetting a sharing's feed"));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn advance_seq(&self, doctype: &Doctype, at_least: u64) -> Result<(), StoreError> {

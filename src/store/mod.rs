@@ -204,6 +204,20 @@ pub trait Store: Send + Sync + 'static {
         latest: bool,
     ) -> Result<Vec<OpenRev>, StoreError>;
 
+    /// `open_revs` (given revisions, with `_revisions`) for many documents at once.
+    async fn open_revs_many(
+        &self,
+        doctype: &Doctype,
+        wanted: Vec<(DocId, Vec<Rev>)>,
+    ) -> Result<Vec<(DocId, Vec<OpenRev>)>, StoreError> {
+        let mut out = Vec::with_capacity(wanted.len());
+        for (id, revs) in wanted {
+            let found = self.open_revs(doctype, &id, OpenRevs::Some(revs), false).await?;
+            out.push((id, found));
+        }
+        Ok(out)
+    }
+
     /// Applies every write in one transaction. `new_edits = true` is an interactive edit
     /// (`rev` must be a leaf; a new revision id is derived); `false` merges the given history
     /// as a replicator does, idempotently.
@@ -237,7 +251,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The leaf revisions (with their deleted flags, winner first) of some documents; unknown
     /// documents are left out.
-    async fn doc_leaves(&self, doctype: &Doctype, ids: &[DocId]) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
+    async fn doc_leaves(
+        &self,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
         let mut out = HashMap::new();
         for id in ids {
             match self.open_revs(doctype, id, OpenRevs::All, false).await {
@@ -270,7 +288,12 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
     }
 
-    async fn shared_changes(&self, _sharing_id: &str, _since: u64, _limit: usize) -> Result<Vec<SharedChange>, StoreError> {
+    async fn shared_changes(
+        &self,
+        _sharing_id: &str,
+        _since: u64,
+        _limit: usize,
+    ) -> Result<Vec<SharedChange>, StoreError> {
         Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
     }
 

@@ -161,7 +161,9 @@ impl SqliteStore {
                 Some(c) => c,
                 None => open_connection(&inner.path).map_err(StoreError::Unavailable)?,
             };
-            let out = f(&conn);
+            // One read transaction: a snapshot, so a write committing between two statements
+            // (e.g. the tree, then the body of its winner) is never half seen.
+            let out = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| f(&tx));
             if let Ok(mut pool) = inner.readers.lock() {
                 if pool.len() < MAX_IDLE_READERS {
                     pool.push(conn);
@@ -339,10 +341,12 @@ fn track_doc(
     deleted: bool,
     body: &Map<String, Value>,
 ) -> Result<(), StoreError> {
-    let mut sharings: Vec<&str> = rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
+    let mut sharings: Vec<&str> =
+        rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
     sharings.dedup();
     for sharing in sharings {
-        let matching = rules.iter().find(|r| r.sharing_id == sharing && r.matches(doctype, id, body)).map(|r| r.rule_index);
+        let matching =
+            rules.iter().find(|r| r.sharing_id == sharing && r.matches(doctype, id, body)).map(|r| r.rule_index);
         let tracked: Option<(usize, bool)> = tx
             .prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
             .query_row(params![sharing, doctype, id], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, bool>(1)?)))
@@ -440,15 +444,8 @@ fn apply_replicated(
     let body = serde_json::to_vec(&w.body).map_err(internal)?;
     // Only a revision new to this tree gets a body: the first body of a revision is final.
     let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, body.as_slice()));
-    let update = DocUpdate {
-        doctype,
-        id: w.id.as_str(),
-        before,
-        tree: &tree,
-        new_body,
-        written: (head, &w.body),
-        old_leaves,
-    };
+    let update =
+        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body, written: (head, &w.body), old_leaves };
     save_doc(tx, ctx, counters, update)?;
     Ok(None)
 }
@@ -474,6 +471,52 @@ fn doc_rev(
         body,
         revisions: if revs { tree.history(rev) } else { None },
     }))
+}
+
+/// `open_revs` within a read connection (shared by the single and the batched calls).
+fn open_revs_in(
+    conn: &Connection,
+    doctype: &str,
+    id: &DocId,
+    revs: OpenRevs,
+    latest: bool,
+) -> Result<Vec<OpenRev>, StoreError> {
+    let (doctype, id) = (doctype, id.clone());
+    let row = load_doc(conn, doctype, id.as_str())?;
+    let tree = match (row, &revs) {
+        (Some(r), _) => r.tree,
+        (None, OpenRevs::All) => return Err(StoreError::NotFound),
+        (None, OpenRevs::Some(_)) => RevTree::new(),
+    };
+    let wanted: Vec<Rev> = match revs {
+        OpenRevs::All => tree.leaves().into_iter().map(|l| l.rev).collect(),
+        OpenRevs::Some(list) if latest => {
+            let mut seen = HashSet::new();
+            let mut out = Vec::new();
+            for r in list {
+                let leaves = tree.latest(&r);
+                if leaves.is_empty() {
+                    out.push(r);
+                }
+                for l in leaves {
+                    if seen.insert(l.clone()) {
+                        out.push(l);
+                    }
+                }
+            }
+            out
+        }
+        OpenRevs::Some(list) => list,
+    };
+    wanted
+        .into_iter()
+        .map(|r| {
+            Ok(match doc_rev(conn, doctype, &id, &tree, &r, true)? {
+                Some(d) => OpenRev::Found(d),
+                None => OpenRev::Missing(r),
+            })
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -520,41 +563,19 @@ impl Store for SqliteStore {
         latest: bool,
     ) -> Result<Vec<OpenRev>, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
+        self.read(move |conn| open_revs_in(conn, &doctype, &id, revs, latest)).await
+    }
+
+    async fn open_revs_many(
+        &self,
+        doctype: &Doctype,
+        wanted: Vec<(DocId, Vec<Rev>)>,
+    ) -> Result<Vec<(DocId, Vec<OpenRev>)>, StoreError> {
+        let doctype = doctype.as_str().to_owned();
         self.read(move |conn| {
-            let row = load_doc(conn, &doctype, id.as_str())?;
-            let tree = match (row, &revs) {
-                (Some(r), _) => r.tree,
-                (None, OpenRevs::All) => return Err(StoreError::NotFound),
-                (None, OpenRevs::Some(_)) => RevTree::new(),
-            };
-            let wanted: Vec<Rev> = match revs {
-                OpenRevs::All => tree.leaves().into_iter().map(|l| l.rev).collect(),
-                OpenRevs::Some(list) if latest => {
-                    let mut seen = HashSet::new();
-                    let mut out = Vec::new();
-                    for r in list {
-                        let leaves = tree.latest(&r);
-                        if leaves.is_empty() {
-                            out.push(r);
-                        }
-                        for l in leaves {
-                            if seen.insert(l.clone()) {
-                                out.push(l);
-                            }
-                        }
-                    }
-                    out
-                }
-                OpenRevs::Some(list) => list,
-            };
             wanted
                 .into_iter()
-                .map(|r| {
-                    Ok(match doc_rev(conn, &doctype, &id, &tree, &r, true)? {
-                        Some(d) => OpenRev::Found(d),
-                        None => OpenRev::Missing(r),
-                    })
-                })
+                .map(|(id, revs)| Ok((id.clone(), open_revs_in(conn, &doctype, &id, OpenRevs::Some(revs), false)?)))
                 .collect()
         })
         .await
@@ -810,7 +831,11 @@ impl Store for SqliteStore {
         self.inner.commits.subscribe()
     }
 
-    async fn doc_leaves(&self, doctype: &Doctype, ids: &[DocId]) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
+    async fn doc_leaves(
+        &self,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
         let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached("SELECT leaves FROM docs WHERE doctype = ?1 AND id = ?2")?;
@@ -842,13 +867,13 @@ impl Store for SqliteStore {
                 // Candidates: the listed ids for id rules, every live document otherwise.
                 let candidates: Vec<(String, String)> = match &rule.selector {
                     None => {
-                        let mut stmt =
-                            tx.prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0")?;
+                        let mut stmt = tx.prepare_cached(
+                            "SELECT id, winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0",
+                        )?;
                         let mut found = Vec::new();
                         for v in &rule.values {
-                            if let Some(row) = stmt
-                                .query_row(params![rule.doctype, v], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()?
+                            if let Some(row) =
+                                stmt.query_row(params![rule.doctype, v], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
                             {
                                 found.push(row);
                             }
@@ -862,7 +887,9 @@ impl Store for SqliteStore {
                 };
                 for (id, winner) in candidates {
                     let tracked: Option<bool> = tx
-                        .prepare_cached("SELECT removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
+                        .prepare_cached(
+                            "SELECT removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3",
+                        )?
                         .query_row(params![sharing_id, rule.doctype, id], |r| r.get(0))
                         .optional()?;
                     if tracked == Some(false) {
@@ -883,7 +910,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn shared_changes(&self, sharing_id: &str, since: u64, limit: usize) -> Result<Vec<SharedChange>, StoreError> {
+    async fn shared_changes(
+        &self,
+        sharing_id: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<SharedChange>, StoreError> {
         let sharing_id = sharing_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -917,12 +949,14 @@ impl Store for SqliteStore {
     ) -> Result<HashMap<DocId, SharedState>, StoreError> {
         let (sharing_id, doctype, ids) = (sharing_id.to_owned(), doctype.as_str().to_owned(), ids.to_vec());
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3",
+            )?;
             let mut out = HashMap::new();
             for id in ids {
-                let row: Option<(i64, bool)> =
-                    stmt.query_row(params![sharing_id, doctype, id.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                let row: Option<(i64, bool)> = stmt
+                    .query_row(params![sharing_id, doctype, id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
                 if let Some((rule, removed)) = row {
                     out.insert(id, SharedState { rule_index: rule as usize, removed });
                 }
@@ -955,6 +989,44 @@ impl Store for SqliteStore {
         let sharing_id = sharing_id.to_owned();
         self.write(move |tx, _| {
             tx.prepare_cached("DELETE FROM shared WHERE sharing_id = ?1")?.execute(params![sharing_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn doctypes(&self) -> Result<Vec<Doctype>, StoreError> {
+        self.read(|conn| {
+            let names: Vec<String> = conn
+                .prepare_cached("SELECT doctype FROM doctypes UNION SELECT doctype FROM locals ORDER BY 1")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            names.iter().map(|n| Doctype::parse(n).map_err(StoreError::Corrupt)).collect()
+        })
+        .await
+    }
+
+    async fn local_docs(&self, doctype: &Doctype) -> Result<Vec<LocalDoc>, StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        self.read(move |conn| {
+            let rows: Vec<(String, i64, Vec<u8>)> = conn
+                .prepare_cached("SELECT id, rev, body FROM locals WHERE doctype = ?1 ORDER BY id")?
+                .query_map(params![doctype], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(id, rev, body)| Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 }))
+                .collect()
+        })
+        .await
+    }
+
+    async fn advance_seq(&self, doctype: &Doctype, at_least: u64) -> Result<(), StoreError> {
+        let doctype = doctype.as_str().to_owned();
+        self.write(move |tx, _| {
+            let mut counters = DoctypeCounters::load(tx, &doctype)?;
+            if counters.last_seq < at_least {
+                counters.last_seq = at_least;
+                counters.save(tx, &doctype)?;
+            }
             Ok(())
         })
         .await

@@ -49,7 +49,10 @@ impl TrackRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackAction {
     /// Record a change with this rule; `removed` when the document left the sharing.
-    Record { rule_index: usize, removed: bool },
+    Record {
+        rule_index: usize,
+        removed: bool,
+    },
     Nothing,
 }
 
@@ -112,7 +115,13 @@ mod tests {
 
     #[test]
     fn rules_match_ids_or_field_paths() {
-        let by_id = TrackRule { sharing_id: "s".into(), rule_index: 0, doctype: "d".into(), selector: None, values: vec!["a".into()] };
+        let by_id = TrackRule {
+            sharing_id: "s".into(),
+            rule_index: 0,
+            doctype: "d".into(),
+            selector: None,
+            values: vec!["a".into()],
+        };
         assert!(by_id.matches("d", "a", &Map::new()));
         assert!(!by_id.matches("d", "b", &Map::new()));
         assert!(!by_id.matches("e", "a", &Map::new()));

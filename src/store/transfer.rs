@@ -121,10 +121,7 @@ pub async fn export(store: &dyn Store, domain: &str, out: &mut dyn Write) -> any
             write_line(out, &Line::Local { doctype: doctype.to_string(), id: local.id, body: local.body })?;
         }
     }
-    write_line(
-        out,
-        &Line::End { doctypes: sum.doctypes, docs: sum.docs, leaves: sum.leaves, locals: sum.locals },
-    )?;
+    write_line(out, &Line::End { doctypes: sum.doctypes, docs: sum.docs, leaves: sum.leaves, locals: sum.locals })?;
     out.flush().context("failed to write the export")?;
     Ok(sum)
 }

@@ -265,7 +265,8 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
                     st.health = if st.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
                     st.last_error = Some(e.to_string());
                     let r = &svc.config.replication;
-                    st.next_at = Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
+                    st.next_at =
+                        Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
                     false
                 }
             }
@@ -281,8 +282,11 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         Err(SyncError::RevokeRequested) => {
             let Some(id) = s.id.clone() else { return };
             tracing::info!(instance = %inst.domain, sharing = %id, "a removal revokes the sharing");
-            let outcome =
-                if s.owner { service::revoke(&svc, &inst, &id, None).await } else { service::leave(&svc, &inst, &id).await };
+            let outcome = if s.owner {
+                service::revoke(&svc, &inst, &id, None).await
+            } else {
+                service::leave(&svc, &inst, &id).await
+            };
             if let Err(e) = outcome {
                 tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "revocation failed");
             }

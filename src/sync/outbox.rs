@@ -166,7 +166,8 @@ pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, Sto
         }
         match deliver(svc, inst, &entry).await {
             Outcome::Delivered => {
-                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
+                // Credentials go first: a crash in between leaves an entry that is dropped for
+                // lack of credentials, never credentials kept after the last message.
                 if entry.forget_credentials {
                     if let Ok(sid) = SharingId::parse(&entry.sharing_id) {
                         let idx = entry.member_index;
@@ -179,6 +180,7 @@ pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, Sto
                         .await;
                     }
                 }
+                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
                 tracing::info!(instance = %inst.domain, sharing = %entry.sharing_id, path = %entry.path, "notification delivered");
             }
             Outcome::Drop(reason) => {

@@ -21,7 +21,7 @@ use crate::sharing::model::{ChangeKind, Flow, PeerCredentials, Sharing};
 use crate::sharing::receive::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render;
-use crate::store::{DocId, Doctype, OpenRev, OpenRevs, StoreError};
+use crate::store::{DocId, Doctype, OpenRev, StoreError};
 
 pub const CHECKPOINTS_DOCTYPE: &str = "io.hearth.replication";
 
@@ -130,16 +130,25 @@ impl Source for LocalSource {
     }
 
     async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, SyncError> {
-        let mut out = Vec::with_capacity(wanted.len());
+        // One store call per doctype for the whole batch.
+        let mut by_doctype: BTreeMap<Doctype, Vec<(DocId, Vec<Rev>)>> = BTreeMap::new();
         for (key, revs) in wanted {
-            let (doctype, peer_id) = key.split_once('/').ok_or_else(|| SyncError::Protocol(format!("bad key {key}")))?;
+            let (doctype, peer_id) =
+                key.split_once('/').ok_or_else(|| SyncError::Protocol(format!("bad key {key}")))?;
             let doctype = Doctype::parse(doctype).map_err(SyncError::Protocol)?;
             let id = DocId::parse(&self.ids.convert(peer_id)).map_err(SyncError::Protocol)?;
-            for found in self.inst.store.open_revs(&doctype, &id, OpenRevs::Some(revs), false).await? {
-                if let OpenRev::Found(d) = found {
-                    let mut doc = render(&d);
-                    doc.insert("_id".into(), Value::String(peer_id.to_owned()));
-                    out.push(Outgoing::new(key.clone(), Value::Object(doc)));
+            by_doctype.entry(doctype).or_default().push((id, revs));
+        }
+        let mut out = Vec::new();
+        for (doctype, list) in by_doctype {
+            for (id, found) in self.inst.store.open_revs_many(&doctype, list).await? {
+                let peer_id = self.ids.convert(id.as_str());
+                for f in found {
+                    if let OpenRev::Found(d) = f {
+                        let mut doc = render(&d);
+                        doc.insert("_id".into(), Value::String(peer_id.clone()));
+                        out.push(Outgoing::new(format!("{doctype}/{peer_id}"), Value::Object(doc)));
+                    }
                 }
             }
         }
@@ -164,10 +173,19 @@ pub struct PeerTarget {
 }
 
 impl PeerTarget {
-    pub fn new(federation: Arc<Federation>, inst: Arc<Instance>, s: &Sharing, member: usize) -> Result<PeerTarget, SyncError> {
+    pub fn new(
+        federation: Arc<Federation>,
+        inst: Arc<Instance>,
+        s: &Sharing,
+        member: usize,
+    ) -> Result<PeerTarget, SyncError> {
         let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
         let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
-        let base = m.instance.as_deref().and_then(|u| Url::parse(u).ok()).ok_or_else(|| SyncError::Protocol("member without address".into()))?;
+        let base = m
+            .instance
+            .as_deref()
+            .and_then(|u| Url::parse(u).ok())
+            .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
         let sharing_id = s.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
         Ok(PeerTarget { federation, inst, sharing_id, member, base, creds })
     }

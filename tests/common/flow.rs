@@ -107,4 +107,3 @@ pub async fn answer_invitation(link: &str, recipient: &TestInstance, action: &st
 pub fn peer_token(s: &Sharing, index: usize) -> String {
     s.members[index].outbound.as_ref().expect("credentials").access_token.clone()
 }
-

@@ -1,0 +1,222 @@
+//! `hearth-bench`: measures what matters for sharing, and compares with a reference run in the
+//! same invocation (machines are noisy; ratios are what to read):
+//! 1. the SQLite store: replicated writes (`new_edits=false`, 500 per transaction) and
+//!    interactive writes, in documents per second;
+//! 2. an initial sync of N documents between two hearth instances over real HTTP (sharing
+//!    accepted, replication until the recipient holds every document);
+//! 3. the reference: PouchDB Server's own replicator (`POST /_replicate`) copying the same N
+//!    documents between two of its databases, when `pouchdb-server` is installed
+//!    (`tests/node`), and the ratio between the two;
+//! 4. the peak resident memory of this process.
+//!
+//! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--pouchdb-server PATH]`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hearth::instance::{Domain, NewInstance};
+use hearth::sharing::{service, SharingId};
+use hearth::store::sqlite::SqliteStore;
+use hearth::store::{DocId, DocWrite, Doctype, Store};
+use hearth::{Application, Config};
+use hearth_replicator::rev::Rev;
+use serde_json::{json, Value};
+
+struct Args {
+    docs: usize,
+    pouchdb_server: Option<String>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args { docs: 20_000, pouchdb_server: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--docs" => a.docs = it.next().context("--docs N")?.parse()?,
+            "--pouchdb-server" => a.pouchdb_server = Some(it.next().context("--pouchdb-server PATH")?),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if a.pouchdb_server.is_none() {
+        let default =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/.bin/pouchdb-server");
+        if default.exists() {
+            a.pouchdb_server = Some(default.display().to_string());
+        }
+    }
+    Ok(a)
+}
+
+fn body(i: usize) -> serde_json::Map<String, Value> {
+    json!({"list_id": "bench", "n": i, "title": format!("note {i}"), "text": "lorem ipsum ".repeat(20)})
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(&dir.path().join("bench.sqlite"), 1000)?;
+    let t = Doctype::parse("io.cozy.bench").map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let docs = chunk
+            .iter()
+            .map(|i| DocWrite {
+                id: DocId::parse(&format!("{i:032x}")).unwrap_or_else(|_| DocId::generate()),
+                rev: None,
+                revisions: Some(vec![Rev::new(2, format!("{i:x}b")), Rev::new(1, format!("{i:x}a"))]),
+                deleted: false,
+                body: body(*i),
+            })
+            .collect();
+        store.bulk_docs(&t, docs, false).await?;
+    }
+    let replicated = rate(n, started.elapsed());
+    let m = n.min(2000);
+    let started = Instant::now();
+    for i in 0..m {
+        let w = DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(i) };
+        store.bulk_docs(&t, vec![w], true).await?;
+    }
+    Ok((replicated, rate(m, started.elapsed())))
+}
+
+/// Two instances on one server, a sharing of `n` documents selected by a field, accepted
+/// through the service layer; returns docs/s from acceptance to the last document received.
+async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::for_tests(dir.path());
+    config.replication.batch_size = 500;
+    let app = Application::build(config).await?;
+    let port = app.port();
+    let registry = app.registry();
+    let svc = app.services();
+    tokio::spawn(app.run_until_stopped());
+    let (a, b) = (format!("alice.localhost:{port}"), format!("bob.localhost:{port}"));
+    for d in [&a, &b] {
+        registry.add(NewInstance {
+            domain: Domain::parse(d).map_err(anyhow::Error::msg)?,
+            passphrase: None,
+            email: None,
+            public_name: None,
+        })?;
+    }
+    let alice = registry.get(&Domain::parse(&a).map_err(anyhow::Error::msg)?)?.context("alice")?;
+    let bob = registry.get(&Domain::parse(&b).map_err(anyhow::Error::msg)?)?.context("bob")?;
+    let t = Doctype::parse("io.cozy.notes").map_err(anyhow::Error::msg)?;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let docs = chunk
+            .iter()
+            .map(|i| DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(*i) })
+            .collect();
+        alice.store.bulk_docs(&t, docs, true).await?;
+    }
+    let scope = hearth::auth::PermissionSet::parse("io.cozy.notes").map_err(anyhow::Error::msg)?;
+    let request = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "bench", "rules": [
+        {"title": "bench", "doctype": "io.cozy.notes", "selector": "list_id", "values": ["bench"], "add": "sync", "update": "sync", "remove": "sync"}]},
+        "relationships": {"recipients": {"data": [{"instance": format!("http://{b}")}]}}}});
+    let s = service::create(&svc, &alice, &scope, &request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let id = SharingId::parse(s.id()).map_err(anyhow::Error::msg)?;
+    let state = service::member_state(&alice, &s, 1).context("state")?;
+    service::discover(&svc, &alice, &id, &state, &format!("http://{b}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    service::accept(&svc, &bob, &id, &state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let deadline = started + Duration::from_secs(600);
+    while bob.store.db_info(&t).await?.doc_count < n as u64 {
+        if Instant::now() > deadline {
+            bail!("the initial sync did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(rate(n, started.elapsed()))
+}
+
+/// PouchDB Server replicating `n` documents between two of its in-memory databases.
+async fn pouchdb_server_replication(path: &str, n: usize) -> anyhow::Result<f64> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = tempfile::tempdir()?;
+    let mut child = tokio::process::Command::new(path)
+        .args(["-m", "-p", &port.to_string(), "-o", "127.0.0.1", "-n"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("failed to start pouchdb-server")?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let up = Instant::now();
+    while http.get(&base).send().await.is_err() {
+        if up.elapsed() > Duration::from_secs(30) {
+            bail!("pouchdb-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for db in ["src", "tgt"] {
+        http.put(format!("{base}/{db}")).send().await?;
+    }
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let docs: Vec<Value> = chunk
+            .iter()
+            .map(|i| {
+                let mut d = body(*i);
+                d.insert("_id".into(), json!(format!("{i:032x}")));
+                Value::Object(d)
+            })
+            .collect();
+        http.post(format!("{base}/src/_bulk_docs")).json(&json!({"docs": docs})).send().await?.error_for_status()?;
+    }
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{base}/_replicate"))
+        .json(&json!({"source": format!("{base}/src"), "target": format!("{base}/tgt")}))
+        .timeout(Duration::from_secs(900))
+        .send()
+        .await?;
+    let elapsed = started.elapsed();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    let count = http.get(format!("{base}/tgt")).send().await?.json::<Value>().await?["doc_count"].as_u64().unwrap_or(0);
+    child.kill().await.ok();
+    if count != n as u64 {
+        bail!("pouchdb-server replicated {count} of {n} documents: {v}");
+    }
+    Ok(rate(n, elapsed))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args()?;
+    let n = a.docs;
+    println!("hearth-bench: {n} documents of ~{} bytes", serde_json::to_vec(&body(0))?.len());
+    let (replicated, interactive) = store_writes(n).await?;
+    println!("store: replicated writes (500/transaction)   {replicated:>10.0} docs/s");
+    println!("store: interactive writes (1/transaction)    {interactive:>10.0} docs/s");
+    let hearth = hearth_initial_sync(n).await?;
+    println!("hearth → hearth initial sync over HTTP       {hearth:>10.0} docs/s");
+    match a.pouchdb_server {
+        Some(path) => match pouchdb_server_replication(&path, n).await {
+            Ok(reference) => {
+                println!("PouchDB Server replicator (reference)        {reference:>10.0} docs/s");
+                println!("ratio hearth / PouchDB Server                {:>10.1}x", hearth / reference);
+            }
+            Err(e) => println!("PouchDB Server reference failed: {e:#}"),
+        },
+        None => println!("PouchDB Server not installed (npm ci in tests/node): no reference run"),
+    }
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak resident memory of this process         {mib:>10.1} MiB");
+    }
+    Ok(())
+}
