@@ -540,17 +540,23 @@ fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
     PermissionSet::parse(&format!("io.cozy.sharings:{verbs}:{id}")).unwrap_or_default()
 }
 
-/// Accepting on the recipient: creates the client standing for the owner, sends the answer
-/// with `state`, stores the owner's credentials, and activates the sharing.
-pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<Sharing> {
-    let store = inst.store.as_ref();
-    let s = load(store, id)
+/// A sharing request received here and not accepted yet.
+async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
+    let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| !s.owner)
         .ok_or_else(|| SharingError::NotFound("no such sharing request".into()))?;
     if s.active {
         return Err(SharingError::Conflict("this sharing is already accepted".into()));
     }
+    Ok(s)
+}
+
+/// Accepting on the recipient: creates the client standing for the owner, sends the answer
+/// with `state`, stores the owner's credentials, and activates the sharing.
+pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<Sharing> {
+    let store = inst.store.as_ref();
+    let s = load_request(inst, id).await?;
     let owner = owner_url(&s)?;
     let ttl = svc.config.federation.access_token_ttl_secs;
     let owner_name =
@@ -610,13 +616,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
 /// Refusing on the recipient: tells the owner (with `state`) and forgets the request.
 pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
     let store = inst.store.as_ref();
-    let s = load(store, id)
-        .await?
-        .filter(|s| !s.owner)
-        .ok_or_else(|| SharingError::NotFound("no such sharing request".into()))?;
-    if s.active {
-        return Err(SharingError::Conflict("this sharing is already accepted".into()));
-    }
+    let s = load_request(inst, id).await?;
     let owner = owner_url(&s)?;
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
     svc.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await?;

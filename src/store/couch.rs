@@ -1622,26 +1622,7 @@ impl Store for CouchStore {
             (None, OpenRevs::All) => return Err(StoreError::NotFound),
             (None, OpenRevs::Some(_)) => Fetched { tree: RevTree::new(), leaves: HashMap::new() },
         };
-        let wanted: Vec<Rev> = match revs {
-            OpenRevs::All => f.tree.leaves().into_iter().map(|l| l.rev).collect(),
-            OpenRevs::Some(list) if latest => {
-                let mut seen = HashSet::new();
-                let mut out = Vec::new();
-                for r in list {
-                    let leaves = f.tree.latest(&r);
-                    if leaves.is_empty() {
-                        out.push(r);
-                    }
-                    for l in leaves {
-                        if seen.insert(l.clone()) {
-                            out.push(l);
-                        }
-                    }
-                }
-                out
-            }
-            OpenRevs::Some(list) => list,
-        };
+        let wanted = revs.resolve(&f.tree, latest);
         Ok(wanted
             .into_iter()
             .map(|r| match f.doc_rev(id, &r, true) {

@@ -105,6 +105,33 @@ pub enum OpenRevs {
     Some(Vec<Rev>),
 }
 
+impl OpenRevs {
+    /// The revisions to answer for a document with this tree: every leaf for `All`; the given
+    /// ones, or with `latest` the leaves descending from each (an unknown one kept, to be
+    /// reported missing), without repeats.
+    pub fn resolve(self, tree: &hearth_replicator::tree::RevTree, latest: bool) -> Vec<Rev> {
+        match self {
+            OpenRevs::All => tree.leaves().into_iter().map(|l| l.rev).collect(),
+            OpenRevs::Some(list) if latest => {
+                let mut out: Vec<Rev> = Vec::new();
+                for r in list {
+                    let leaves = tree.latest(&r);
+                    if leaves.is_empty() {
+                        out.push(r);
+                    }
+                    for l in leaves {
+                        if !out.contains(&l) {
+                            out.push(l);
+                        }
+                    }
+                }
+                out
+            }
+            OpenRevs::Some(list) => list,
+        }
+    }
+}
+
 /// One answer of `open_revs`: the revision's document, or a revision we don't have.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpenRev {

@@ -488,26 +488,7 @@ fn open_revs_in(
         (None, OpenRevs::All) => return Err(StoreError::NotFound),
         (None, OpenRevs::Some(_)) => RevTree::new(),
     };
-    let wanted: Vec<Rev> = match revs {
-        OpenRevs::All => tree.leaves().into_iter().map(|l| l.rev).collect(),
-        OpenRevs::Some(list) if latest => {
-            let mut seen = HashSet::new();
-            let mut out = Vec::new();
-            for r in list {
-                let leaves = tree.latest(&r);
-                if leaves.is_empty() {
-                    out.push(r);
-                }
-                for l in leaves {
-                    if seen.insert(l.clone()) {
-                        out.push(l);
-                    }
-                }
-            }
-            out
-        }
-        OpenRevs::Some(list) => list,
-    };
+    let wanted = revs.resolve(&tree, latest);
     wanted
         .into_iter()
         .map(|r| {
