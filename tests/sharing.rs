@@ -154,7 +154,21 @@ async fn a_recipient_leaves_then_the_owner_revokes_everyone() {
     let carol_peer = peer_token(&load(&one, &carol, &id).await, 0);
     let (s, _) = alice.call(Method::DELETE, &format!("/sharings/{id}/recipients"), Some(&token), None).await;
     assert_eq!(s, 200);
-    assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&carol_peer), None).await.0, 401);
+    // Every sharing route refuses the revoked member's token.
+    for (method, path) in [
+        (Method::GET, format!("/sharings/{id}")),
+        (Method::GET, format!("/sharings/{id}/status")),
+        (Method::POST, format!("/sharings/{id}/_revs_diff")),
+        (Method::POST, format!("/sharings/{id}/_bulk_docs")),
+        (Method::DELETE, format!("/sharings/{id}/answer")),
+        (Method::POST, format!("/sharings/{id}/recipients/delegated")),
+        (Method::POST, format!("/sharings/{id}/credentials")),
+        (Method::POST, format!("/sharings/{id}/invitations")),
+        (Method::DELETE, format!("/sharings/{id}/recipients/2")),
+    ] {
+        let (s, v) = alice.call(method.clone(), &path, Some(&carol_peer), Some(json!({}))).await;
+        assert_eq!(s, 401, "{method} {path}: {v}");
+    }
     eventually(10, "carol learns the revocation", || async { !load(&one, &carol, &id).await.active }).await;
     let s = load(&one, &alice, &id).await;
     assert!(!s.active);

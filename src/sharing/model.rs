@@ -382,9 +382,8 @@ impl Sharing {
         if let Some(p) = &self.preview_path {
             attributes["preview_path"] = json!(p);
         }
-        if let Some(a) = &self.app_slug {
-            attributes["app_slug"] = json!(a);
-        }
+        // Always present, as in Cozy's answers (null when no app created the sharing).
+        attributes["app_slug"] = json!(self.app_slug);
         json!({
             "type": "io.cozy.sharings",
             "id": self.id(),

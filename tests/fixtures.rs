@@ -1,0 +1,100 @@
+//! The seed's wire shapes (`fixtures/cozy-sharing/`, from Cozy's sharing documentation) sent to
+//! real instances: hearth accepts the requests as written and answers with at least the fields
+//! the seed shows.
+
+mod common;
+
+use common::flow::{answer_invitation, create_sharing, link, PASS};
+use common::spawn_app;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cozy-sharing").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Every object key of `expected` (recursively, arrays compared element by element) is in
+/// `actual`.
+fn has_shape(expected: &Value, actual: &Value, path: &str) {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, v) in e {
+                let inner = a.get(k).unwrap_or_else(|| panic!("{path}.{k} missing in {actual}"));
+                has_shape(v, inner, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert!(a.len() >= e.len(), "{path}: {} items, the seed shows {}", a.len(), e.len());
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                has_shape(ev, av, &format!("{path}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_seed_sharing_requests_are_accepted_and_answered_in_its_shape() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let token = app.token(&alice, "io.cozy.files io.cozy.contacts");
+    let contact = json!({"fullname": "Bob", "email": [{"address": "bob@example.net", "primary": true}]});
+    let (s, _) = alice
+        .call(Method::PUT, "/data/io.cozy.contacts/2a31ce0128b5f89e40fd90da3f014087", Some(&token), Some(contact))
+        .await;
+    assert_eq!(s, 201);
+    let (s, created) = alice.call(Method::POST, "/sharings/", Some(&token), Some(fixture("create-request.json"))).await;
+    assert_eq!(s, 201, "{created}");
+    has_shape(&fixture("create-response.json"), &created, "");
+    assert_eq!(created["data"]["attributes"]["members"][1]["name"], "Bob");
+    assert_eq!(created["data"]["attributes"]["rules"], fixture("create-request.json")["data"]["attributes"]["rules"]);
+
+    // The owner's request to a recipient, as the seed writes it (with reachable instances).
+    let mut put = fixture("put-request.json");
+    put["data"]["attributes"]["members"][0]["instance"] = json!(format!("http://{}", alice.domain));
+    put["data"]["attributes"]["members"][1]["instance"] = json!(format!("http://{}", bob.domain));
+    let id = put["data"]["id"].as_str().unwrap().to_owned();
+    let (s, answer) = bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(put.clone())).await;
+    assert_eq!(s, 200, "{answer}");
+    let mut expected = put.clone();
+    expected["data"]["meta"] = json!({"rev": "1-x"});
+    expected["data"]["links"] = json!({"self": ""});
+    has_shape(&expected, &answer, "");
+    assert_eq!(answer["data"]["attributes"]["owner"], false, "on the recipient, the sharing is not its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_replication_requests_are_understood() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let token = app.token(&alice, "io.cozy.files");
+    let rule = json!({"title": "Hawaii", "doctype": "io.cozy.files", "values": ["612acf1c-1d72-11e8-b043-ef239d3074dd"],
+        "add": "sync", "update": "sync", "remove": "sync"});
+    let id = create_sharing(&alice, &token, json!([rule]), json!([{"email": "bob@example.net"}]), json!([])).await;
+    answer_invitation(&link(&app, &alice, &id, 1).await, &bob, "accept").await;
+    let s = hearth::sharing::load(
+        app.instance(&bob.domain).store.as_ref(),
+        &hearth::sharing::SharingId::parse(&id).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let peer = s.members[0].outbound.clone().unwrap().access_token;
+    let request = fixture("revs-diff-request.json");
+    let (status, diff) =
+        alice.call(Method::POST, &format!("/sharings/{id}/_revs_diff"), Some(&peer), Some(request.clone())).await;
+    assert_eq!(status, 200, "{diff}");
+    for (key, revs) in request.as_object().unwrap() {
+        assert_eq!(&diff[key]["missing"], revs, "unknown documents miss every revision");
+    }
+    // The seed's document matches no rule of this sharing: refused, reported, nothing written.
+    let (status, refused) = alice
+        .call(Method::POST, &format!("/sharings/{id}/_bulk_docs"), Some(&peer), Some(fixture("bulk-docs-request.json")))
+        .await;
+    assert_eq!(status, 200, "{refused}");
+    assert_eq!(refused.as_array().unwrap().len(), 1);
+    assert_eq!(refused[0]["error"], "forbidden");
+}
