@@ -46,6 +46,10 @@ impl Application {
             outbox: Arc::new(Notify::new()),
             sync: Arc::new(SyncManager::default()),
         });
+        // Before serving: every open instance's store knows the rules of its sharings.
+        for inst in registry.opened() {
+            manager::refresh_tracking(&services, &inst).await?;
+        }
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(services.clone(), cancel.clone()));
         tokio::spawn(manager::run(services.clone(), cancel.clone()));

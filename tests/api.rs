@@ -245,6 +245,14 @@ async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
             ),
             400,
         ),
+        (
+            raw(
+                Method::POST,
+                format!("{NOTES}/_bulk_docs"),
+                r#"{"new_edits": false, "docs": [{"_id": "x", "_revisions": {"start": 18446744073709551615, "ids": ["a"]}}]}"#,
+            ),
+            400,
+        ),
         (raw(Method::POST, format!("{NOTES}/_revs_diff"), r#"{"a": ["x"]}"#), 400),
         (raw(Method::POST, format!("{NOTES}/_revs_diff"), r#"{"a": "1-x"}"#), 400),
         (raw(Method::POST, format!("{NOTES}/_bulk_get"), r#"{"docs": [{"rev": "1-a"}]}"#), 400),
@@ -302,9 +310,11 @@ async fn the_owner_logs_in_with_the_passphrase_and_guessing_is_rate_limited() {
     assert_eq!(ok.headers()["location"], "/somewhere");
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("hearth_session=") && cookie.contains("HttpOnly"), "{cookie}");
-    // No open redirect to another site.
-    let ok = login("correct horse", "//evil.example").await.unwrap();
-    assert_eq!(ok.headers()["location"], "/");
+    // No open redirect to another site (browsers drop the tab of `/\t/evil.example`).
+    for target in ["//evil.example", "/\t/evil.example", "/\\evil.example", "https://evil.example"] {
+        let ok = login("correct horse", target).await.unwrap();
+        assert_eq!(ok.headers()["location"], "/", "{target:?}");
+    }
     for _ in 0..3 {
         assert_eq!(login("wrong", "/").await.unwrap().status(), 401);
     }

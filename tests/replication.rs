@@ -91,7 +91,6 @@ async fn push_rules_flow_from_the_owner_only_and_read_only_members_cannot_write(
         share(&app, &alice, json!([rule("io.cozy.notes", &["n1", "n2"], "push", "push", "push")]), &[(&bob, false)])
             .await;
     let n1 = id_on(&app, &alice, &sid, 1, "n1").await;
-    assert_ne!(n1, "n1");
     eventually(WAIT, "n1 reaches bob", || async { read(&app, &bob, "io.cozy.notes", &n1).await.is_some() }).await;
     let r = put(
         &alice,
@@ -205,17 +204,24 @@ async fn selectors_on_a_field_track_documents_joining_and_leaving() {
         read(&app, &alice, "io.cozy.todos", &on_alice).await.is_some()
     })
     .await;
-    // t1 moves to l2: it leaves the sharing; bob gets that last revision, then nothing more.
+    // t1 moves to a private list: it leaves the sharing. Under `remove: sync` bob's copy is
+    // deleted, and nothing of its new content travels.
     let rev = read(&app, &alice, "io.cozy.todos", "t1").await.unwrap().0;
-    let moved = put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": rev, "list_id": "l2", "text": "milk"})).await;
-    eventually(WAIT, "the move reaches bob", || async {
-        read(&app, &bob, "io.cozy.todos", &t1).await.unwrap().0 == moved
-    })
-    .await;
-    let later =
-        put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": moved, "list_id": "l2", "text": "oat milk"})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(read(&app, &bob, "io.cozy.todos", &t1).await.unwrap().0, moved, "{later} must not flow");
+    let moved = put(&alice, &a, "io.cozy.todos", "t1", json!({"_rev": rev, "list_id": "l2", "text": "private"})).await;
+    eventually(WAIT, "bob's copy is deleted", || async { read(&app, &bob, "io.cozy.todos", &t1).await.is_none() })
+        .await;
+    let store = app.instance(&bob.domain).store.clone();
+    let todos = Doctype::parse("io.cozy.todos").unwrap();
+    let all = store.open_revs(&todos, &DocId::parse(&t1).unwrap(), hearth::store::OpenRevs::All, false).await.unwrap();
+    assert!(!format!("{all:?}").contains("private"), "the new content stays with alice: {all:?}");
+    assert_eq!(read(&app, &alice, "io.cozy.todos", "t1").await.unwrap().0, moved, "alice keeps her document");
+    // A peer cannot change it any more: it is outside the sharing.
+    let creds = load(&app, &bob, &sid).await.members[0].outbound.clone().unwrap();
+    let body = json!({"io.cozy.todos": [{"_id": t1, "_rev": "9-ffff", "list_id": "l1", "text": "pulled back"}]});
+    let (s, refused) =
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(body)).await;
+    assert_eq!((s, refused.as_array().map(Vec::len)), (200, Some(1)), "{refused}");
+    assert_eq!(read(&app, &alice, "io.cozy.todos", "t1").await.unwrap().0, moved);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

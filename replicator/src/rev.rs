@@ -12,6 +12,9 @@ use std::str::FromStr;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Highest generation: the largest 19-digit number, so every revision prints and parses back.
+pub const MAX_POS: u64 = 9_999_999_999_999_999_999;
+
 /// Longest hash we accept in a revision id. CouchDB's own are 32 hex digits; peers may use
 /// other strings, but nothing legitimate comes near this.
 pub const MAX_HASH_LEN: usize = 128;
@@ -110,7 +113,7 @@ impl Revisions {
     /// The revisions this history names, newest first. Fails on an empty list, a generation
     /// that would go below 1, or an invalid hash.
     pub fn to_revs(&self) -> Result<Vec<Rev>, RevError> {
-        if self.ids.is_empty() || (self.ids.len() as u64) > self.start {
+        if self.ids.is_empty() || (self.ids.len() as u64) > self.start || self.start > MAX_POS {
             return Err(RevError::History);
         }
         self.ids
@@ -193,6 +196,10 @@ mod tests {
         let r = Revisions::from_revs(&revs);
         assert_eq!(r.start, 3);
         assert_eq!(r.to_revs().unwrap(), revs);
+        let huge = Revisions { start: u64::MAX, ids: vec!["a".into()] };
+        assert!(huge.to_revs().is_err(), "generations must print and parse back");
+        let max = Revisions { start: MAX_POS, ids: vec!["a".into()] };
+        assert_eq!(max.to_revs().unwrap()[0].to_string().parse::<Rev>().unwrap().pos, MAX_POS);
         let too_long = Revisions { start: 1, ids: vec!["b".into(), "a".into()] };
         assert!(too_long.to_revs().is_err());
         let empty = Revisions { start: 1, ids: vec![] };

@@ -104,7 +104,8 @@ const FLAG_DELETED: u8 = 2;
 
 /// A revision id we can store: positive generation, and a hash that parses back to itself.
 fn valid_rev(rev: &Rev) -> bool {
-    rev.pos >= 1 && format!("1-{}", rev.hash).parse::<Rev>().is_ok_and(|parsed| parsed.hash == rev.hash)
+    (1..=crate::rev::MAX_POS).contains(&rev.pos)
+        && format!("1-{}", rev.hash).parse::<Rev>().is_ok_and(|parsed| parsed.hash == rev.hash)
 }
 
 /// Winner-first order: descending by (not deleted, pos, hash bytes).

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use oauth2::basic::BasicClient;
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, TokenResponse, TokenUrl};
 use reqwest::Method;
 use serde_json::Value;
@@ -34,6 +34,9 @@ pub enum FederationError {
     BadResponse { peer: String },
     #[error("peer {peer} refused to refresh our credentials")]
     Refresh { peer: String },
+    /// The token endpoint could not be reached or answered nonsense: try again later.
+    #[error("peer {peer} could not refresh our credentials now")]
+    RefreshUnavailable { peer: String },
 }
 
 impl FederationError {
@@ -44,6 +47,7 @@ impl FederationError {
             FederationError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             FederationError::Guard(g) => g.is_transient(),
             FederationError::Refresh { .. } => false,
+            FederationError::RefreshUnavailable { .. } => true,
         }
     }
 
@@ -175,7 +179,21 @@ impl Federation {
             .await
             .map_err(|e| {
                 tracing::warn!(peer = %peer, error = %e, "token refresh failed");
-                FederationError::Refresh { peer: peer.clone() }
+                match e {
+                    // The peer answered with an OAuth error (invalid_grant...): it no longer
+                    // accepts these credentials.
+                    oauth2::RequestTokenError::ServerResponse(r)
+                        if matches!(
+                            r.error(),
+                            BasicErrorResponseType::InvalidGrant
+                                | BasicErrorResponseType::InvalidClient
+                                | BasicErrorResponseType::UnauthorizedClient
+                        ) =>
+                    {
+                        FederationError::Refresh { peer: peer.clone() }
+                    }
+                    _ => FederationError::RefreshUnavailable { peer: peer.clone() },
+                }
             })?;
         creds.access_token = resp.access_token().secret().clone();
         if let Some(r) = resp.refresh_token() {

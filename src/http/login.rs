@@ -60,10 +60,16 @@ pub fn page(status: actix_web::http::StatusCode, title: &str, body_html: &str) -
 
 /// Only same-site paths are accepted as a place to go back to after login (no open redirect).
 fn safe_redirect(target: Option<&str>) -> String {
-    match target {
-        Some(t) if t.starts_with('/') && !t.starts_with("//") && !t.contains('\\') => t.to_owned(),
-        _ => "/".to_owned(),
-    }
+    target.filter(|t| is_local_path(t)).unwrap_or("/").to_owned()
+}
+
+/// Whether `target` is a path on this site: it starts with one `/`, and has no backslash,
+/// whitespace or control character (browsers drop tabs and newlines from URLs, which would
+/// turn `/\t/evil.example` into `//evil.example`).
+pub fn is_local_path(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.chars().any(|c| c == '\\' || c.is_whitespace() || c.is_control())
 }
 
 fn login_form(inst: &Instance, redirect: &str, error: Option<&str>) -> String {

@@ -274,7 +274,7 @@ struct PasswordForm {
 
 /// Only same-site paths are places to go back to (no open redirect).
 fn safe_redirect(target: Option<&str>) -> Option<String> {
-    target.filter(|t| t.starts_with('/') && !t.starts_with("//") && !t.contains('\\')).map(str::to_owned)
+    target.filter(|t| super::login::is_local_path(t)).map(str::to_owned)
 }
 
 /// `POST /auth/share-by-link/password` (form `perm_id`, `password`, optional `redirect`) —

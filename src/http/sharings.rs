@@ -657,10 +657,13 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
     let id = sharing_id(&req)?;
     let (s, from) = replicating_peer(&inst, &req, &id).await?;
     let body = json_body(&req, payload).await?;
+    let svc = state_of(&req)?;
+    // Received documents must land in this sharing's feed (to be relayed, and recognised as
+    // in the sharing later): the store must know its rules before applying them.
+    crate::sync::manager::ensure_tracked(svc, &inst.0, s.id()).await?;
     let applied = crate::sharing::receive::bulk_docs(&inst.0, &s, from, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
         refused = applied.refused.len(), "received documents");
-    let svc = state_of(&req)?;
     if applied.revoke {
         let outcome = if s.owner {
             service::revoke(svc, &inst.0, &id, None).await

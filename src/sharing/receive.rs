@@ -83,7 +83,8 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
         let shared = inst.store.shared_state(s.id(), &doctype, &ids).await?;
         let mut honest = BTreeMap::new();
         for (key, id, revs) in &entries {
-            if shared.contains_key(id) {
+            // Documents that left the sharing are outside it, like any other.
+            if shared.get(id).is_some_and(|st| !st.removed) {
                 honest.insert(id.clone(), revs.clone());
             } else if !revs.is_empty() {
                 out.insert(key.clone(), json!({"missing": revs.iter().map(Rev::to_string).collect::<Vec<_>>()}));
@@ -146,7 +147,7 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
                 s,
                 &doctype,
                 &w,
-                shared.get(&w.id).map(|st| st.rule_index),
+                shared.get(&w.id).filter(|st| !st.removed).map(|st| st.rule_index),
                 existing.contains_key(&w.id),
                 to_owner,
             );
@@ -197,7 +198,13 @@ fn judge(
             let rule = s.rules.get(index).ok_or_else(|| "unknown rule".to_string())?;
             let kind = if w.deleted || matching.is_none() { ChangeKind::Remove } else { ChangeKind::Update };
             if kind == ChangeKind::Remove && w.deleted && rule.remove == super::model::Flow::Revoke {
-                return Ok(true);
+                // The owner's deletion ends the sharing here; a member cannot delete the
+                // owner's document this way (its own deletion makes it leave instead).
+                return if to_owner {
+                    Err("removals under a revoke rule do not flow to the owner".into())
+                } else {
+                    Ok(true)
+                };
             }
             if rule.allows(kind, to_owner) {
                 Ok(false)

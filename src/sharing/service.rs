@@ -15,6 +15,9 @@ use crate::services::Services;
 use crate::store::{json as records, DocId, Doctype, StoreError};
 use crate::sync::outbox::{self, Entry};
 
+/// How many times the per-peer limit of unanswered sharing requests an instance keeps in all.
+const PENDING_PEERS_FACTOR: usize = 25;
+
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())
 }
@@ -461,19 +464,29 @@ pub async fn receive_request(svc: &Services, inst: &Instance, id: &SharingId, bo
         Some(e) if e.members.first().and_then(|m| m.instance.as_deref()) != Some(owner_url.as_str()) => {
             return Err(SharingError::Conflict("a request with this id exists from another instance".into()))
         }
+        // Once answered (accepted, then left or revoked), a request is history: an
+        // unauthenticated PUT must not rewrite it (nor the credentials a pending notice needs).
+        Some(e)
+            if e.members.first().is_some_and(|o| o.outbound.is_some() || o.inbound_client_id.is_some())
+                || e.members.iter().any(|m| matches!(m.status, MemberStatus::Revoked | MemberStatus::Refused)) =>
+        {
+            return Err(SharingError::Conflict("this sharing was already answered here".into()))
+        }
         Some(_) => {}
         None => {
-            let pending = super::list(store).await?;
+            let pending: Vec<Sharing> =
+                super::list(store).await?.into_iter().filter(|p| !p.owner && !p.active).collect();
             let from_peer = pending
                 .iter()
-                .filter(|p| {
-                    !p.owner
-                        && !p.active
-                        && p.members.first().and_then(|m| m.instance.as_deref()) == Some(owner_url.as_str())
-                })
+                .filter(|p| p.members.first().and_then(|m| m.instance.as_deref()) == Some(owner_url.as_str()))
                 .count();
-            if from_peer >= svc.config.federation.max_pending_requests_per_peer {
+            let cap = svc.config.federation.max_pending_requests_per_peer;
+            if from_peer >= cap {
                 return Err(SharingError::TooMany("too many sharing requests from this instance".into()));
+            }
+            // Owner addresses are the caller's to choose: bound the total too.
+            if pending.len() >= cap.saturating_mul(PENDING_PEERS_FACTOR) {
+                return Err(SharingError::TooMany("too many sharing requests waiting for an answer".into()));
             }
         }
     }

@@ -6,7 +6,7 @@
 //! to `replication.retry_max_ms` and are retried forever; each peer's state (healthy,
 //! retrying, down, last error, last success, progress) is kept for the status route and CLI.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,11 @@ pub struct SyncManager {
     states: Mutex<HashMap<PeerKey, PeerState>>,
     seen: Mutex<HashMap<String, u64>>,
     wake: Notify,
+    /// Serialises tracking refreshes: a refresh reads the sharings and hands their rules to
+    /// the store, and an older read must never overwrite newer rules.
+    tracking_lock: tokio::sync::Mutex<()>,
+    /// Per instance, the sharings whose rules the store was last given.
+    tracked: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// The members a sharing replicates to from this instance.
@@ -131,18 +136,43 @@ impl SyncManager {
     }
 }
 
-/// Gives the store the rules of the instance's active sharings.
-pub async fn refresh_tracking(inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
+async fn refresh_locked(sync: &SyncManager, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
     let all = sharing::list(inst.store.as_ref()).await?;
-    let rules = all.iter().filter(|s| s.active).flat_map(Sharing::track_rules).collect();
-    inst.store.set_tracking(rules);
+    let active: Vec<&Sharing> = all.iter().filter(|s| s.active).collect();
+    inst.store.set_tracking(active.iter().flat_map(|s| s.track_rules()).collect());
+    if let Ok(mut tracked) = sync.tracked.lock() {
+        tracked.insert(inst.domain.to_string(), active.iter().map(|s| s.id().to_owned()).collect());
+    }
     Ok(all)
 }
 
+/// Gives the store the rules of the instance's active sharings.
+pub async fn refresh_tracking(svc: &Services, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
+    let _guard = svc.sync.tracking_lock.lock().await;
+    refresh_locked(&svc.sync, inst).await
+}
+
+/// Makes sure the store tracks `sharing` before a write for it is applied (a sharing that
+/// has just become active, or an instance just opened).
+pub async fn ensure_tracked(svc: &Services, inst: &Instance, sharing: &str) -> Result<(), StoreError> {
+    let known = svc
+        .sync
+        .tracked
+        .lock()
+        .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(sharing)))
+        .unwrap_or(false);
+    if !known {
+        refresh_tracking(svc, inst).await?;
+    }
+    Ok(())
+}
+
 /// After a sharing changed state: update tracking; when it is active on the owner, add the
-/// documents that already match (initial sync); when it ended, forget its feed.
+/// documents that already match (initial sync); when it ended, forget its feed. Holds the
+/// tracking lock throughout, so the initial scan uses the rules just set.
 pub async fn sharing_changed(svc: &Services, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
-    let all = refresh_tracking(inst).await?;
+    let _guard = svc.sync.tracking_lock.lock().await;
+    let all = refresh_locked(&svc.sync, inst).await?;
     if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
         if s.active && s.owner {
             let added = inst.store.track_existing(id.as_str()).await?;
@@ -188,7 +218,7 @@ pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
 }
 
 async fn plan(svc: &Arc<Services>, inst: &Arc<Instance>) -> Result<(), StoreError> {
-    let sharings = refresh_tracking(inst).await?;
+    let sharings = refresh_tracking(svc, inst).await?;
     for s in sharings {
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };

@@ -71,12 +71,15 @@ pub struct LocalSource {
     pub sharing: Sharing,
     pub member: usize,
     ids: IdMap,
+    /// Documents that left the sharing in this batch: the deletion peers get instead of the
+    /// new content (key → the tombstone and the local revision it follows).
+    departures: HashMap<DocKey, (Rev, Rev)>,
 }
 
 impl LocalSource {
     pub fn new(inst: Arc<Instance>, sharing: Sharing, member: usize) -> LocalSource {
         let ids = IdMap::for_member(&sharing, member);
-        LocalSource { inst, sharing, member, ids }
+        LocalSource { inst, sharing, member, ids, departures: HashMap::new() }
     }
 
     /// Whether changes selected by rule `index` of this kind travel in this direction.
@@ -124,6 +127,17 @@ impl Source for LocalSource {
                 continue;
             }
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
+            if r.removed && !deleted {
+                // The document left the sharing (it no longer matches): its new content is
+                // none of the peers' business. Under the rule's `remove` policy they get a
+                // deletion on top of the revision they may have; the same on every instance,
+                // since the tombstone's id is derived from that revision.
+                let Some((winner, _)) = l.first() else { continue };
+                let tombstone = hearth_replicator::rev::new_rev(Some(winner), true, b"{}");
+                self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
+                changes.push(Change { seq: r.seq, key, leaves: vec![tombstone] });
+                continue;
+            }
             changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect() });
         }
         Ok(ChangeBatch { changes, last_seq, pending })
@@ -132,23 +146,41 @@ impl Source for LocalSource {
     async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, SyncError> {
         // One store call per doctype for the whole batch.
         let mut by_doctype: BTreeMap<Doctype, Vec<(DocId, Vec<Rev>)>> = BTreeMap::new();
-        for (key, revs) in wanted {
+        let mut tombstones: HashMap<(Doctype, DocId), Rev> = HashMap::new();
+        for (key, mut revs) in wanted {
+            let departure = self.departures.get(&key).filter(|(t, _)| revs.contains(t)).cloned();
             let (doctype, peer_id) =
                 key.split_once('/').ok_or_else(|| SyncError::Protocol(format!("bad key {key}")))?;
             let doctype = Doctype::parse(doctype).map_err(SyncError::Protocol)?;
             let id = DocId::parse(&self.ids.convert(peer_id)).map_err(SyncError::Protocol)?;
+            if let Some((tombstone, parent)) = departure {
+                // Read the parent's history to build the tombstone's.
+                revs = vec![parent];
+                tombstones.insert((doctype.clone(), id.clone()), tombstone);
+            }
             by_doctype.entry(doctype).or_default().push((id, revs));
         }
         let mut out = Vec::new();
         for (doctype, list) in by_doctype {
             for (id, found) in self.inst.store.open_revs_many(&doctype, list).await? {
                 let peer_id = self.ids.convert(id.as_str());
+                let tombstone = tombstones.remove(&(doctype.clone(), id.clone()));
                 for f in found {
-                    if let OpenRev::Found(d) = f {
-                        let mut doc = render(&d);
-                        doc.insert("_id".into(), Value::String(peer_id.clone()));
-                        out.push(Outgoing::new(format!("{doctype}/{peer_id}"), Value::Object(doc)));
-                    }
+                    let OpenRev::Found(d) = f else { continue };
+                    let doc = match &tombstone {
+                        Some(t) => {
+                            let mut history = vec![t.clone()];
+                            history.extend(d.revisions.unwrap_or_else(|| vec![d.rev.clone()]));
+                            json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
+                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history)})
+                        }
+                        None => {
+                            let mut doc = render(&d);
+                            doc.insert("_id".into(), Value::String(peer_id.clone()));
+                            Value::Object(doc)
+                        }
+                    };
+                    out.push(Outgoing::new(format!("{doctype}/{peer_id}"), doc));
                 }
             }
         }
