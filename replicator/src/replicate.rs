@@ -167,11 +167,18 @@ where
     loop {
         let batch = source.changes(since, limits.batch_size.max(1)).await?;
         if batch.changes.is_empty() {
-            if batch.last_seq > since {
-                source.save_checkpoint(batch.last_seq).await?;
-                report.last_seq = batch.last_seq;
+            // Nothing to send in this batch (the source may filter changes out): move the
+            // checkpoint past it, and go on while the source says more follows.
+            if batch.last_seq <= since {
+                return Ok(report);
             }
-            return Ok(report);
+            source.save_checkpoint(batch.last_seq).await?;
+            since = batch.last_seq;
+            report.last_seq = since;
+            if !batch.pending {
+                return Ok(report);
+            }
+            continue;
         }
         report.changes_read += batch.changes.len() as u64;
         let wanted = plan_revs_diff(&batch.changes);
@@ -214,6 +221,72 @@ mod tests {
         let plan = plan_revs_diff(&changes);
         assert_eq!(plan.len(), 1);
         assert_eq!(plan["d/a"], vec![rev("2-x"), rev("2-y"), rev("3-z")]);
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// A source whose first batch is entirely filtered out (empty but pending).
+    struct Filtered {
+        checkpoint: u64,
+        calls: u32,
+    }
+
+    impl Source for Filtered {
+        type Error = ();
+        async fn checkpoint(&mut self) -> Result<u64, ()> {
+            Ok(self.checkpoint)
+        }
+        async fn changes(&mut self, since: u64, _limit: usize) -> Result<ChangeBatch, ()> {
+            self.calls += 1;
+            Ok(match since {
+                0 => ChangeBatch { changes: vec![], last_seq: 10, pending: true },
+                10 => ChangeBatch {
+                    changes: vec![Change { seq: 11, key: "d/a".into(), leaves: vec![rev("1-a")] }],
+                    last_seq: 11,
+                    pending: false,
+                },
+                _ => ChangeBatch { changes: vec![], last_seq: since, pending: false },
+            })
+        }
+        async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, ()> {
+            Ok(wanted.into_keys().map(|k| Outgoing::new(k, Value::Null)).collect())
+        }
+        async fn save_checkpoint(&mut self, seq: u64) -> Result<(), ()> {
+            assert!(seq >= self.checkpoint, "checkpoints only move forward");
+            self.checkpoint = seq;
+            Ok(())
+        }
+    }
+
+    struct Sink(Vec<DocKey>);
+
+    impl Target for Sink {
+        type Error = ();
+        async fn revs_diff(&mut self, revs: BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, ()> {
+            Ok(revs)
+        }
+        async fn bulk_docs(&mut self, docs: Vec<Outgoing>) -> Result<Vec<Refusal>, ()> {
+            self.0.extend(docs.into_iter().map(|d| d.key));
+            Ok(vec![])
+        }
+    }
+
+    #[test]
+    fn a_batch_filtered_out_entirely_does_not_stop_the_run() {
+        let mut source = Filtered { checkpoint: 0, calls: 0 };
+        let mut sink = Sink(vec![]);
+        let report = block_on(run(&mut source, &mut sink, &Limits::default(), |_| {})).unwrap();
+        assert_eq!(sink.0, ["d/a"]);
+        assert_eq!((report.last_seq, source.checkpoint), (11, 11));
+        assert_eq!(source.calls, 2);
     }
 
     #[test]
