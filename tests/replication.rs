@@ -424,25 +424,30 @@ async fn a_peer_cannot_create_or_change_documents_outside_the_sharing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_shared_again_after_revocation_arrives_fresh() {
+    // Ids as hearth makes them (32 hex digits): every digit changes with the member key.
+    const DOC: &str = "5e1f0c2ab8d34f6e9a7b1c0d2e3f4a5b";
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);
     let bob = app.add_instance("bob", PASS);
     let a = app.token(&alice, "io.cozy.notes");
     let b = app.token(&bob, "io.cozy.notes");
-    put(&alice, &a, "io.cozy.notes", "n1", json!({"title": "v1"})).await;
-    let first = share(&app, &alice, json!([notes_rule(&["n1"])]), &[(&bob, false)]).await;
-    let old = id_on(&app, &alice, &first, 1, "n1").await;
-    eventually(WAIT, "n1 reaches bob", || async { read(&app, &bob, "io.cozy.notes", &old).await.is_some() }).await;
+    put(&alice, &a, "io.cozy.notes", DOC, json!({"title": "v1"})).await;
+    let first = share(&app, &alice, json!([notes_rule(&[DOC])]), &[(&bob, false)]).await;
+    let old = id_on(&app, &alice, &first, 1, DOC).await;
+    eventually(WAIT, "the note reaches bob", || async { read(&app, &bob, "io.cozy.notes", &old).await.is_some() })
+        .await;
     alice.call(Method::DELETE, &format!("/sharings/{first}/recipients"), Some(&a), None).await;
     eventually(WAIT, "bob learns the revocation", || async { !load(&app, &bob, &first).await.active }).await;
     // Bob deletes his copy, which leaves a tombstone above alice's revision.
     let rev = read(&app, &bob, "io.cozy.notes", &old).await.unwrap().0;
     assert_eq!(bob.call(Method::DELETE, &format!("/data/io.cozy.notes/{old}?rev={rev}"), Some(&b), None).await.0, 200);
-    let second = share(&app, &alice, json!([notes_rule(&["n1"])]), &[(&bob, false)]).await;
-    let new = id_on(&app, &alice, &second, 1, "n1").await;
+    let second = share(&app, &alice, json!([notes_rule(&[DOC])]), &[(&bob, false)]).await;
+    let new = id_on(&app, &alice, &second, 1, DOC).await;
     assert_ne!(new, old, "a new sharing gets new ids");
-    eventually(WAIT, "n1 arrives again, alive", || async { read(&app, &bob, "io.cozy.notes", &new).await.is_some() })
-        .await;
+    eventually(WAIT, "the note arrives again, alive", || async {
+        read(&app, &bob, "io.cozy.notes", &new).await.is_some()
+    })
+    .await;
     assert!(read(&app, &bob, "io.cozy.notes", &old).await.is_none(), "the old copy stays deleted");
     assert_eq!(load(&app, &alice, &second).await.members[1].status, MemberStatus::Ready);
 }

@@ -4,7 +4,11 @@
 //! it. A recipient therefore holds the owner's documents under ids of its own; a new sharing
 //! (or a new invitation) gets a new key, so documents shared again arrive as fresh documents
 //! instead of colliding with the copies (and tombstones) left by an earlier, revoked sharing.
-//! Other characters are kept, so any id works; recipients know nothing of the key.
+//! Other characters are kept, so any id works; recipients know nothing of the key. The
+//! transformation is only as good as the id has lowercase hex digits: hearth's own ids (and
+//! Cozy's) have 32, but an id like `n1` has one, so two keys give the same id one time in
+//! sixteen, and such an id may land on a recipient's own document (which is then refused by
+//! the safety rules instead of overwritten).
 
 /// A key: 32 nibbles, from 32 hex digits.
 pub fn parse_key(hex: &str) -> Option<Vec<u8>> {
