@@ -161,11 +161,16 @@ where
     S: Source<Error = E>,
     T: Target<Error = E>,
 {
+    let limit = limits.batch_size.max(1);
     let mut report = Report::default();
     let mut since = source.checkpoint().await?;
     report.last_seq = since;
+    let mut prefetched: Option<ChangeBatch> = None;
     loop {
-        let batch = source.changes(since, limits.batch_size.max(1)).await?;
+        let batch = match prefetched.take() {
+            Some(b) => b,
+            None => source.changes(since, limit).await?,
+        };
         if batch.changes.is_empty() {
             // Nothing to send in this batch (the source may filter changes out): move the
             // checkpoint past it, and go on while the source says more follows.
@@ -184,14 +189,29 @@ where
         let wanted = plan_revs_diff(&batch.changes);
         let missing = if wanted.is_empty() { BTreeMap::new() } else { target.revs_diff(wanted).await? };
         report.missing_found += missing.values().map(|v| v.len() as u64).sum::<u64>();
-        if !missing.is_empty() {
-            let docs = source.fetch(missing).await?;
+        let docs = if missing.is_empty() { Vec::new() } else { source.fetch(missing).await? };
+        // Send this batch while reading the next one; the checkpoint still moves only once
+        // the target has acknowledged this batch.
+        let send = async {
+            let mut sent = 0u64;
+            let mut refused = Vec::new();
             for part in chunk(docs, limits) {
-                report.docs_sent += part.len() as u64;
-                let refused = target.bulk_docs(part).await?;
-                report.refused.extend(refused);
+                sent += part.len() as u64;
+                refused.extend(target.bulk_docs(part).await?);
             }
-        }
+            Ok::<_, E>((sent, refused))
+        };
+        let (pending, next_since) = (batch.pending, batch.last_seq);
+        let next = async {
+            match pending {
+                true => source.changes(next_since, limit).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let (sent, next) = join(send, next).await;
+        let (sent, refused) = sent?;
+        report.docs_sent += sent;
+        report.refused.extend(refused);
         source.save_checkpoint(batch.last_seq).await?;
         since = batch.last_seq;
         report.last_seq = since;
@@ -200,7 +220,36 @@ where
         if !batch.pending {
             return Ok(report);
         }
+        prefetched = next?;
     }
+}
+
+/// Runs two futures concurrently on whatever executor polls this one (no runtime needed).
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let std::task::Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        match (ra.take(), rb.take()) {
+            (Some(x), Some(y)) => std::task::Poll::Ready((x, y)),
+            (x, y) => {
+                ra = x;
+                rb = y;
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
