@@ -1595,16 +1595,7 @@ impl Store for CouchStore {
 
     async fn get(&self, doctype: &Doctype, id: &DocId, opts: GetOptions) -> Result<DocView, StoreError> {
         let f = self.fetch(&self.db_name(doctype), id).await?.ok_or(StoreError::NotFound)?;
-        let rev = match opts.rev {
-            Some(r) => r,
-            None => {
-                let winner = f.tree.winner().ok_or(StoreError::NotFound)?;
-                if winner.deleted {
-                    return Err(StoreError::Deleted);
-                }
-                winner.rev
-            }
-        };
+        let rev = requested_rev(&f.tree, opts.rev)?;
         let doc = f.doc_rev(id, &rev, opts.revs).ok_or(StoreError::NotFound)?;
         Ok(DocView { doc, conflicts: f.tree.conflicts(), deleted_conflicts: f.tree.deleted_conflicts() })
     }

@@ -105,6 +105,22 @@ pub enum OpenRevs {
     Some(Vec<Rev>),
 }
 
+/// The revision a `get` answers: the one asked for, else the winner (`Deleted` when the winner
+/// is a deletion, `NotFound` for an empty tree).
+pub fn requested_rev(tree: &hearth_replicator::tree::RevTree, asked: Option<Rev>) -> Result<Rev, StoreError> {
+    match asked {
+        Some(r) => Ok(r),
+        None => {
+            let winner = tree.winner().ok_or(StoreError::NotFound)?;
+            if winner.deleted {
+                Err(StoreError::Deleted)
+            } else {
+                Ok(winner.rev)
+            }
+        }
+    }
+}
+
 impl OpenRevs {
     /// The revisions to answer for a document with this tree: every leaf for `All`; the given
     /// ones, or with `latest` the leaves descending from each (an unknown one kept, to be

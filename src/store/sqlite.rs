@@ -520,16 +520,7 @@ impl Store for SqliteStore {
         let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
         self.read(move |conn| {
             let row = load_doc(conn, &doctype, id.as_str())?.ok_or(StoreError::NotFound)?;
-            let rev = match &opts.rev {
-                Some(r) => r.clone(),
-                None => {
-                    let winner = row.tree.winner().ok_or(StoreError::NotFound)?;
-                    if winner.deleted {
-                        return Err(StoreError::Deleted);
-                    }
-                    winner.rev
-                }
-            };
+            let rev = requested_rev(&row.tree, opts.rev.clone())?;
             let doc = doc_rev(conn, &doctype, &id, &row.tree, &rev, opts.revs)?.ok_or(StoreError::NotFound)?;
             Ok(DocView { doc, conflicts: row.tree.conflicts(), deleted_conflicts: row.tree.deleted_conflicts() })
         })
