@@ -323,57 +323,37 @@ pub trait Store: Send + Sync + 'static {
     // feed of the documents it holds, updated in the transaction of every write.
 
     /// Replaces the rules every later write is tracked against.
-    fn set_tracking(&self, _rules: Vec<TrackRule>) {}
+    fn set_tracking(&self, rules: Vec<TrackRule>);
 
     /// Tracks the documents that already match the rules of `sharing_id` (the initial sync of
     /// a sharing that becomes ready). Returns how many were added to its feed.
-    async fn track_existing(&self, _sharing_id: &str) -> Result<u64, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
-    }
+    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError>;
 
-    async fn shared_changes(
-        &self,
-        _sharing_id: &str,
-        _since: u64,
-        _limit: usize,
-    ) -> Result<Vec<SharedChange>, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
-    }
+    async fn shared_changes(&self, sharing_id: &str, since: u64, limit: usize)
+        -> Result<Vec<SharedChange>, StoreError>;
 
     async fn shared_state(
         &self,
-        _sharing_id: &str,
-        _doctype: &Doctype,
-        _ids: &[DocId],
-    ) -> Result<HashMap<DocId, SharedState>, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
-    }
+        sharing_id: &str,
+        doctype: &Doctype,
+        ids: &[DocId],
+    ) -> Result<HashMap<DocId, SharedState>, StoreError>;
 
-    async fn shared_info(&self, _sharing_id: &str, _since: u64) -> Result<SharedInfo, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
-    }
+    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError>;
 
     /// Forgets a sharing's feed (after revocation; the documents themselves stay).
-    async fn untrack(&self, _sharing_id: &str) -> Result<(), StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("sharing tracking is not implemented by this backend")))
-    }
+    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError>;
 
     // Moving an instance between backends (`transfer`).
 
     /// Every doctype holding documents or `_local` documents.
-    async fn doctypes(&self) -> Result<Vec<Doctype>, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot list its doctypes")))
-    }
+    async fn doctypes(&self) -> Result<Vec<Doctype>, StoreError>;
 
     /// Every `_local` document of a doctype.
-    async fn local_docs(&self, _doctype: &Doctype) -> Result<Vec<LocalDoc>, StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot list its _local documents")))
-    }
+    async fn local_docs(&self, doctype: &Doctype) -> Result<Vec<LocalDoc>, StoreError>;
 
     /// Makes the doctype's next change get a sequence number above `at_least` (an import
     /// numbers its documents above the source's `update_seq`, so a checkpoint taken against
     /// the old backend makes a replicator re-read them rather than skip them).
-    async fn advance_seq(&self, _doctype: &Doctype, _at_least: u64) -> Result<(), StoreError> {
-        Err(StoreError::Internal(anyhow::anyhow!("this backend cannot advance its sequence")))
-    }
+    async fn advance_seq(&self, doctype: &Doctype, at_least: u64) -> Result<(), StoreError>;
 }
