@@ -80,11 +80,7 @@ async fn join(
     s.members.iter().rposition(|m| m.instance.as_deref() == Some(me.as_str())).unwrap()
 }
 
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no {name} in {html}")) + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
-}
+use common::flow::hidden;
 
 /// A person in a browser: opens the link, types their address, logs in on their instance and
 /// presses Accept. `form` are the hidden fields the discovery page must carry.
@@ -100,20 +96,7 @@ async fn accept_in_browser(b: &reqwest::Client, link: &str, form_fields: &[&str]
     let resp = b.post(&action).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), 302, "{}", resp.text().await.unwrap());
     let authorize = resp.headers()["location"].to_str().unwrap().to_owned();
-    let resp = b.get(&authorize).send().await.unwrap();
-    assert_eq!(resp.status(), 302, "sent to the login page");
-    let login = resp.headers()["location"].to_str().unwrap().to_owned();
-    let login_page = b.get(format!("http://{}{login}", recipient.domain)).send().await.unwrap().text().await.unwrap();
-    let redirect = hidden(&login_page, "redirect").replace("&amp;", "&");
-    let resp = b
-        .post(format!("http://{}/auth/login", recipient.domain))
-        .form(&[("passphrase", PASS), ("redirect", &redirect)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303);
-    let back = resp.headers()["location"].to_str().unwrap().to_owned();
-    let html = b.get(format!("http://{}{back}", recipient.domain)).send().await.unwrap().text().await.unwrap();
+    let html = common::flow::log_in_and_open(b, recipient, &authorize).await;
     let form = [
         ("sharing_id", hidden(&html, "sharing_id")),
         ("state", hidden(&html, "state")),

@@ -69,22 +69,7 @@ pub async fn answer_invitation(link: &str, recipient: &TestInstance, action: &st
     assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     let authorize = resp.headers()["location"].to_str().unwrap().to_owned();
     assert!(authorize.starts_with(&format!("http://{}/auth/authorize/sharing?", recipient.domain)), "{authorize}");
-    let resp = b.get(&authorize).send().await.unwrap();
-    assert_eq!(resp.status(), 302, "not logged in yet: sent to the login page");
-    let login = resp.headers()["location"].to_str().unwrap().to_owned();
-    let login_page = b.get(format!("http://{}{login}", recipient.domain)).send().await.unwrap().text().await.unwrap();
-    let redirect = hidden(&login_page, "redirect").replace("&amp;", "&");
-    let resp = b
-        .post(format!("http://{}/auth/login", recipient.domain))
-        .form(&[("passphrase", PASS), ("redirect", &redirect)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303);
-    let back = resp.headers()["location"].to_str().unwrap().to_owned();
-    let page = b.get(format!("http://{}{back}", recipient.domain)).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let html = log_in_and_open(&b, recipient, &authorize).await;
     assert!(html.contains("holiday notes") && html.contains("id=\"accept\""), "{html}");
     let form = [
         ("sharing_id", hidden(&html, "sharing_id")),
@@ -102,6 +87,27 @@ pub async fn answer_invitation(link: &str, recipient: &TestInstance, action: &st
     let text = done.text().await.unwrap();
     assert_eq!(status, 200, "{text}");
     text
+}
+
+/// Opens the recipient's acceptance page: sent to its login page first, logs in with
+/// [`PASS`], comes back. Returns the acceptance page.
+pub async fn log_in_and_open(b: &reqwest::Client, recipient: &TestInstance, authorize: &str) -> String {
+    let resp = b.get(authorize).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "not logged in yet: sent to the login page");
+    let login = resp.headers()["location"].to_str().unwrap().to_owned();
+    let login_page = b.get(format!("http://{}{login}", recipient.domain)).send().await.unwrap().text().await.unwrap();
+    let redirect = hidden(&login_page, "redirect").replace("&amp;", "&");
+    let resp = b
+        .post(format!("http://{}/auth/login", recipient.domain))
+        .form(&[("passphrase", PASS), ("redirect", &redirect)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let back = resp.headers()["location"].to_str().unwrap().to_owned();
+    let page = b.get(format!("http://{}{back}", recipient.domain)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    page.text().await.unwrap()
 }
 
 pub fn peer_token(s: &Sharing, index: usize) -> String {
