@@ -525,9 +525,14 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         Err(e) if json => return actix_web::ResponseError::error_response(&e),
         Err(e) => return error_page(e),
     };
+    let svc = match state_of(&req) {
+        Ok(svc) => svc,
+        Err(e) => return error_page(e),
+    };
+    let me = svc.federation.instance_url(inst.0.domain.as_str());
     let closed = if s.active {
         Some("You already accepted this sharing.")
-    } else if crate::sharing::request::answered(&s) {
+    } else if crate::sharing::request::answered(&s, &me) {
         Some("This sharing request was answered, or revoked.")
     } else {
         None
@@ -538,11 +543,6 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         }
         return small_page(StatusCode::OK, "Sharing", text);
     }
-    let svc = match state_of(&req) {
-        Ok(svc) => svc,
-        Err(e) => return error_page(e),
-    };
-    let me = svc.federation.instance_url(inst.0.domain.as_str());
     let my_index =
         s.members.iter().position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner);
     let digest = crate::sharing::request::digest(&s, my_index.unwrap_or(0));

@@ -502,7 +502,9 @@ pub async fn receive(svc: &Services, inst: &Instance, id: &SharingId, body: &Val
         }
         // Once answered (accepted, then left or revoked; refused; discarded), a request is
         // history: it is not rewritten (nor the credentials a pending notice needs).
-        Some(e) if answered(e) => return Err(SharingError::Conflict("this sharing was already answered here".into())),
+        Some(e) if answered(e, &me) => {
+            return Err(SharingError::Conflict("this sharing was already answered here".into()))
+        }
         Some(_) => {}
         None => check_pending_room(svc, store, &notice.owner).await?,
     }
@@ -541,11 +543,17 @@ pub async fn receive(svc: &Services, inst: &Instance, id: &SharingId, body: &Val
     Ok(s)
 }
 
-/// Whether a received request was answered here (or its sharing ended).
-pub fn answered(s: &Sharing) -> bool {
+/// Whether a request received by the instance at `me` was answered there (accepted, refused,
+/// discarded; its member then revoked or gone), or its sharing ended. Other members' statuses,
+/// as the owner reported them, do not count.
+pub fn answered(s: &Sharing, me: &str) -> bool {
+    let own = s.members.iter().skip(1).find(|m| m.instance.as_deref() == Some(me));
     s.is_revoked()
         || s.members.first().is_some_and(|o| o.outbound.is_some() || o.inbound_client_id.is_some())
-        || s.members.iter().any(|m| matches!(m.status, MemberStatus::Revoked | MemberStatus::Refused))
+        || match own {
+            Some(m) => !m.status.is_invited(),
+            None => s.members.iter().any(|m| matches!(m.status, MemberStatus::Revoked | MemberStatus::Refused)),
+        }
 }
 
 async fn check_pending_room(svc: &Services, store: &dyn Store, owner: &str) -> Result<()> {

@@ -465,7 +465,7 @@ fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
 }
 
 /// A sharing request received here and not answered yet.
-async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
+async fn load_request(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sharing> {
     let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| !s.owner)
@@ -473,7 +473,7 @@ async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
     if s.active {
         return Err(SharingError::Conflict("this sharing is already accepted".into()));
     }
-    if super::request::answered(&s) {
+    if super::request::answered(&s, &svc.federation.instance_url(inst.domain.as_str())) {
         return Err(SharingError::Conflict("this sharing request was already answered, or revoked".into()));
     }
     Ok(s)
@@ -482,7 +482,7 @@ async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
 /// The digest of a pending request as this instance shows it (see `request::digest`): what the
 /// acceptance page carries and [`accept`] checks.
 pub async fn pending_digest(svc: &Services, inst: &Instance, id: &SharingId) -> Result<String> {
-    let s = load_request(inst, id).await?;
+    let s = load_request(svc, inst, id).await?;
     Ok(super::request::digest(&s, own_index(svc, inst, &s).unwrap_or(0)))
 }
 
@@ -492,8 +492,9 @@ pub async fn pending_digest(svc: &Services, inst: &Instance, id: &SharingId) -> 
 /// the owner's credentials, and activates the sharing.
 pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
     let store = inst.store.as_ref();
-    let s = load_request(inst, id).await?;
+    let s = load_request(svc, inst, id).await?;
     let me = own_index(svc, inst, &s).unwrap_or(0);
+    let my_url = svc.federation.instance_url(inst.domain.as_str());
     let shown = super::request::digest(&s, me);
     if !Instance::secrets_match(digest, &shown) {
         return Err(changed_conflict());
@@ -521,7 +522,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
             Ok(a) => a,
             Err(e) => {
                 oauth::delete_client(inst, &issued.client_id).await?;
-                return Err(e.into());
+                return Err(owner_refusal(e));
             }
         };
     let attrs = answer.get("data").and_then(|d| d.get("attributes")).cloned().unwrap_or(Value::Null);
@@ -538,7 +539,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     let stored = update(store, id, |s| {
         // A replacement that landed during the exchange (only the owner can make one) is not
         // what was accepted.
-        if s.active || super::request::answered(s) || super::request::digest(s, me) != shown {
+        if s.active || super::request::answered(s, &my_url) || super::request::digest(s, me) != shown {
             return Err(changed_conflict());
         }
         let owner = s.members.first_mut().ok_or_else(|| bad("no owner"))?;
@@ -571,10 +572,13 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
 /// Refusing on the recipient: tells the owner (with `state`) and forgets the request.
 pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
     let store = inst.store.as_ref();
-    let s = load_request(inst, id).await?;
+    let s = load_request(svc, inst, id).await?;
     let owner = owner_url(&s)?;
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
-    svc.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await?;
+    svc.federation
+        .call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body))
+        .await
+        .map_err(owner_refusal)?;
     let (_, s) = update(store, id, |s| {
         for m in s.members.iter_mut().skip(1) {
             if m.status.is_invited() {
@@ -586,6 +590,18 @@ pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     .await?;
     super::request::unmark_pending(inst, &s).await;
     Ok(())
+}
+
+/// The owner's refusal of an answer (its invitation closed, the sharing revoked, the request
+/// changed, a wrong `state`) is a conflict for the person answering, with the owner's reason;
+/// anything else is the peer's failure (502).
+fn owner_refusal(e: crate::federation::client::FederationError) -> SharingError {
+    match e {
+        crate::federation::client::FederationError::Status { status: 400 | 403 | 404 | 409 | 410, reason, .. } => {
+            SharingError::Conflict(format!("the sharing's owner refused the answer: {reason}"))
+        }
+        other => SharingError::Peer(other),
+    }
 }
 
 fn changed_conflict() -> SharingError {
