@@ -45,6 +45,7 @@ impl Application {
             federation,
             outbox: Arc::new(Notify::new()),
             sync: Arc::new(SyncManager::default()),
+            request_fetches: Arc::new(tokio::sync::Semaphore::new(crate::sharing::request::MAX_CONCURRENT_FETCHES)),
         });
         // Before serving: every open instance's store knows the rules of its sharings.
         for inst in registry.opened() {

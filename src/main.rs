@@ -276,6 +276,7 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
         registry: registry.clone(),
         outbox: Arc::new(tokio::sync::Notify::new()),
         sync: Arc::new(hearth::sync::manager::SyncManager::default()),
+        request_fetches: Arc::new(tokio::sync::Semaphore::new(hearth::sharing::request::MAX_CONCURRENT_FETCHES)),
     };
     let open = |d: &str| -> anyhow::Result<Arc<hearth::instance::Instance>> {
         let d = Domain::parse(d).map_err(anyhow::Error::msg)?;

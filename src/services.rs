@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::config::Config;
 use crate::federation::client::Federation;
@@ -18,4 +18,7 @@ pub struct Services {
     pub outbox: Arc<Notify>,
     /// Replication scheduling and per-peer state.
     pub sync: Arc<SyncManager>,
+    /// Permits for the fetch-backs unauthenticated sharing requests cause (see
+    /// `sharing::request`): at most `MAX_CONCURRENT_FETCHES` at once.
+    pub request_fetches: Arc<Semaphore>,
 }

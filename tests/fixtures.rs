@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::flow::{answer_invitation, create_sharing, link, PASS};
+use common::flow::{answer_invitation, create_sharing, link, load, PASS};
 use common::spawn_app;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -51,18 +51,43 @@ async fn the_seed_sharing_requests_are_accepted_and_answered_in_its_shape() {
     assert_eq!(created["data"]["attributes"]["members"][1]["name"], "Bob");
     assert_eq!(created["data"]["attributes"]["rules"], fixture("create-request.json")["data"]["attributes"]["rules"]);
 
-    // The owner's request to a recipient, as the seed writes it (with reachable instances).
+    // The seed's request to a recipient, as written, is refused: nothing proves it comes from
+    // the owner (see `hearth::sharing::request`).
     let mut put = fixture("put-request.json");
     put["data"]["attributes"]["members"][0]["instance"] = json!(format!("http://{}", alice.domain));
     put["data"]["attributes"]["members"][1]["instance"] = json!(format!("http://{}", bob.domain));
-    let id = put["data"]["id"].as_str().unwrap().to_owned();
-    let (s, answer) = bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(put.clone())).await;
+    let seed_id = put["data"]["id"].as_str().unwrap().to_owned();
+    let (s, v) = bob.call(Method::PUT, &format!("/sharings/{seed_id}"), None, Some(put.clone())).await;
+    assert_eq!(s, 400, "{v}");
+    // The owner's notice goes through (discovery), and the request bob fetches back from alice
+    // is in the seed's shape.
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let inst = app.instance(&alice.domain);
+    let state = hearth::sharing::service::member_state(&inst, &load(&app, &alice, &id).await, 1).unwrap();
+    let resp = common::browser()
+        .post(alice.url(&format!("/sharings/{id}/discovery")))
+        .header("Accept", "application/json")
+        .form(&[("state", state), ("url", format!("http://{}", bob.domain))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let owned = load(&app, &alice, &id).await;
+    let token = hearth::sharing::request::request_token(&inst, &owned, 1).unwrap();
+    let (s, fetched) = alice.call(Method::GET, &format!("/sharings/{id}/request"), Some(&token), None).await;
+    assert_eq!(s, 200, "{fetched}");
+    has_shape(&put, &fetched, "");
+    assert_eq!(fetched["data"]["attributes"]["members"][1]["instance"], json!(format!("http://{}", bob.domain)));
+    // The notice sent again is answered in the seed's shape.
+    let notice = hearth::sharing::request::notice(&inst, &owned, 1).unwrap();
+    let (s, answer) = bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(notice)).await;
     assert_eq!(s, 200, "{answer}");
     let mut expected = put.clone();
     expected["data"]["meta"] = json!({"rev": "1-x"});
     expected["data"]["links"] = json!({"self": ""});
     has_shape(&expected, &answer, "");
     assert_eq!(answer["data"]["attributes"]["owner"], false, "on the recipient, the sharing is not its own");
+    assert_eq!(answer["data"]["attributes"]["rules"], fetched["data"]["attributes"]["rules"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

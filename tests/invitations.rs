@@ -59,8 +59,7 @@ async fn discover(owner: &TestInstance, id: &str, code: &str, recipient: &TestIn
 async fn accept(app: &TestApp, recipient: &TestInstance, id: &str, redirect: &str) {
     let url = url::Url::parse(redirect).unwrap();
     let state = url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
-    let inst = app.instance(&recipient.domain);
-    service::accept(&app.services, &inst, &SharingId::parse(id).unwrap(), &state).await.expect("accept");
+    common::flow::accept_request(app, recipient, id, &state).await;
 }
 
 /// Discovery then acceptance; answers the member's index on the owner.
@@ -102,6 +101,7 @@ async fn accept_in_browser(b: &reqwest::Client, link: &str, form_fields: &[&str]
         ("state", hidden(&html, "state")),
         ("csrf_token", hidden(&html, "csrf_token")),
         ("action", "accept".to_owned()),
+        ("digest", hidden(&html, "digest")),
     ];
     let done = b.post(format!("http://{}/auth/authorize/sharing", recipient.domain)).form(&form).send().await.unwrap();
     assert_eq!(done.status(), 200);
@@ -305,7 +305,9 @@ async fn revoking_a_link_keeps_its_members_unless_asked() {
     let url = url::Url::parse(pending["redirect"].as_str().unwrap()).unwrap();
     let state = url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let dave_inst = one.instance(&dave.domain);
-    assert!(service::accept(&one.services, &dave_inst, &SharingId::parse(&id).unwrap(), &state).await.is_err());
+    let sid = SharingId::parse(&id).unwrap();
+    let digest = hearth::sharing::request::digest(&load(&one, &dave, &id).await, 1);
+    assert!(service::accept(&one.services, &dave_inst, &sid, &state, &digest).await.is_err());
     let (_, list) = alice.call(Method::GET, &format!("/sharings/{id}/invitations"), Some(&token), None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
     assert_eq!(

@@ -117,7 +117,7 @@ fn query_param(url: &str, name: &str) -> String {
 }
 
 /// Every credential stored in the sharings of an instance (OAuth tokens and client secrets,
-/// and on the owner the states of its members).
+/// and on the owner the states and request tokens of its members).
 async fn stored_secrets(rec: &Recorder, app: &TestApp, inst: &TestInstance) {
     let i = app.instance(&inst.domain);
     for s in sharing::list(i.store.as_ref()).await.unwrap() {
@@ -129,6 +129,9 @@ async fn stored_secrets(rec: &Recorder, app: &TestApp, inst: &TestInstance) {
             }
             if let Some(state) = service::member_state(&i, &s, index) {
                 rec.secret(&state);
+            }
+            if let Some(token) = hearth::sharing::request::request_token(&i, &s, index) {
+                rec.secret(&token);
             }
         }
     }
@@ -161,6 +164,7 @@ async fn finish_in_browser(rec: &Recorder, b: &Client, html: &str, action: &str,
         ("state", hidden(&html, "state")),
         ("csrf_token", hidden(&html, "csrf_token")),
         ("action", "accept".to_owned()),
+        ("digest", hidden(&html, "digest")),
     ];
     let (s, _, text) =
         rec.send(b.post(format!("http://{}/auth/authorize/sharing", who.domain)).form(&form), false).await;
@@ -304,7 +308,7 @@ async fn no_secret_reaches_a_log_line_or_a_response_that_should_not_carry_it() {
     let redirect: Value = serde_json::from_str(&text).unwrap();
     let state = query_param(redirect["redirect"].as_str().unwrap(), "state");
     rec.secret(&state);
-    service::accept(&two.services, &two.instance(&dave.domain), &SharingId::parse(&id).unwrap(), &state).await.unwrap();
+    common::flow::accept_request(&two, &dave, &id, &state).await;
     stored_secrets(&rec, &one, &alice).await;
     stored_secrets(&rec, &two, &dave).await;
     stored_secrets(&rec, &two, &bob).await;

@@ -132,7 +132,8 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
     let state = service::member_state(&alice, &s, 1).context("state")?;
     service::discover(&svc, &alice, &id, &state, &format!("http://{b}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
-    service::accept(&svc, &bob, &id, &state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let digest = service::pending_digest(&svc, &bob, &id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    service::accept(&svc, &bob, &id, &state, &digest).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let deadline = started + Duration::from_secs(600);
     while bob.store.db_info(&t).await?.doc_count < n as u64 {
         if Instant::now() > deadline {

@@ -144,6 +144,38 @@ impl Federation {
         check_status(&url, status, value)
     }
 
+    /// A GET authenticated with a token the peer issued for this one purpose (a recipient
+    /// fetching its sharing request back from the owner): at most `max` bytes, all within
+    /// `deadline`; no refresh; non-2xx answers become `Status` errors. Answers the raw body,
+    /// for the caller to parse into bounded types.
+    pub async fn fetch_with_token(
+        &self,
+        base: &Url,
+        path: &str,
+        token: &str,
+        max: usize,
+        deadline: Duration,
+    ) -> Result<bytes::Bytes, FederationError> {
+        let url = guard::check_url(Self::join(base, path)?.as_str(), &self.policy)?;
+        let peer = origin(&url);
+        let resp = self
+            .http
+            .get(url.clone())
+            .header("Accept", "application/json")
+            .bearer_auth(token)
+            .timeout(deadline)
+            .send()
+            .await
+            .map_err(|source| FederationError::Unreachable { peer: peer.clone(), source })?;
+        let status = resp.status().as_u16();
+        let bytes = guard::read_limited(resp, max).await?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        check_status(&url, status, value).map(|_| bytes::Bytes::new())
+    }
+
     /// A call authenticated with the credentials a peer gave us. On 401 the access token is
     /// refreshed once (and `creds` updated, so the caller can store it) and the call retried.
     pub async fn call_peer(

@@ -15,6 +15,10 @@ use crate::sharing::service::{self, Discovery, ListQuery};
 use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
 use crate::store::Doctype;
 
+/// Largest body of a route reachable without credentials (the sharing notice and answer, the
+/// forms): see `sharing::request::MAX_NOTICE_BYTES`.
+pub const ANONYMOUS_BODY_BYTES: usize = crate::sharing::request::MAX_NOTICE_BYTES;
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/sharings/").route(web::post().to(create)).route(web::get().to(list)))
         .service(
@@ -46,6 +50,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(add_read_only))
                 .route(web::delete().to(remove_read_only)),
         )
+        .route("/sharings/{id}/request", web::get().to(request_fetch))
         .route("/sharings/{id}/credentials", web::post().to(credentials_notification))
         .route("/sharings/{id}/_revs_diff", web::post().to(replication_revs_diff))
         .route("/sharings/{id}/_bulk_docs", web::post().to(replication_bulk_docs))
@@ -162,6 +167,12 @@ async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value>
     parse_json(&read_body(req, payload, limit).await?)
 }
 
+/// The body of a route anyone may call, without credentials: at most [`ANONYMOUS_BODY_BYTES`]
+/// (413 beyond, before reading it whole).
+async fn anonymous_json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
+    parse_json(&read_body(req, payload, ANONYMOUS_BODY_BYTES).await?)
+}
+
 /// `POST /sharings/` — creates a sharing (JSON:API `io.cozy.sharings`); 201 with the sharing.
 async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let (_, perms) = data_caller(&inst.0, &req)?;
@@ -239,12 +250,26 @@ async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     }
 }
 
-/// `PUT /sharings/:id` — on a recipient, from the owner's instance: the sharing request.
+/// `PUT /sharings/:id` — on a recipient, from the owner's instance: the notice of a sharing
+/// request (at most 64 KiB); the request itself is fetched back from the owner (see
+/// `sharing::request`). Answers the stored request.
 async fn put_request(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    let body = json_body(&req, payload).await?;
+    let body = anonymous_json_body(&req, payload).await?;
     let s = service::receive_request(state_of(&req)?, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `GET /sharings/:id/request` — on the owner, from a recipient's instance with the request
+/// token of its notice (`Authorization: Bearer`): the sharing request for that member.
+async fn request_fetch(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let token = bearer(&req).ok_or(ApiError::Unauthorized("the request token is required"))?;
+    let doc = crate::sharing::request::serve(&inst.0, &id, token).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/vnd.api+json")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(doc.to_string()))
 }
 
 /// `DELETE /sharings/:id` — on a recipient, from the owner: this instance was revoked.
@@ -282,10 +307,10 @@ async fn credentials_notification(inst: Inst, req: HttpRequest, payload: web::Pa
 }
 
 /// `POST /sharings/:id/answer` — on the owner, from a recipient's instance: the credential
-/// exchange (or a refusal), authenticated by the member's `state`.
+/// exchange (or a refusal), authenticated by the member's `state` (at most 64 KiB).
 async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    let body = json_body(&req, payload).await?;
+    let body = anonymous_json_body(&req, payload).await?;
     let out = service::process_answer(state_of(&req)?, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, out))
 }
@@ -431,7 +456,7 @@ async fn discovery_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
         req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     let result = async {
         let id = sharing_id(&req)?;
-        let body = read_body(&req, payload, 64 * 1024).await?;
+        let body = read_body(&req, payload, ANONYMOUS_BODY_BYTES).await?;
         let form: DiscoveryForm =
             serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("the form needs state and url"))?;
         let key = (form.state, form.invitation, form.sharecode);
@@ -462,10 +487,21 @@ fn csrf_token(inst: &crate::instance::Instance, req: &HttpRequest) -> Option<Str
     Some(inst.derive_secret("csrf", &[cookie.value()]))
 }
 
+fn wants_json(req: &HttpRequest) -> bool {
+    req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("application/json"))
+}
+
 /// `GET /auth/authorize/sharing?sharing_id=&state=` — the recipient's owner sees what is
-/// shared and accepts or refuses (logged in; otherwise sent to the login page and back).
+/// shared, by whom (name and instance address) and with which access, and accepts or refuses
+/// (logged in; otherwise sent to the login page and back). The form carries the digest of what
+/// it shows (see `sharing::request`). With `Accept: application/json`:
+/// `{"data": <the sharing request>, "meta": {"digest", "csrf_token"}}`.
 async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
+    let json = wants_json(&req);
     if owner_session(&inst.0, &req).is_none() {
+        if json {
+            return actix_web::ResponseError::error_response(&ApiError::Unauthorized("log in first"));
+        }
         let back = format!("/auth/authorize/sharing?{}", req.query_string());
         let login = format!("/auth/login?{}", serde_urlencoded::to_string([("redirect", back)]).unwrap_or_default());
         return HttpResponse::Found()
@@ -486,14 +522,41 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
     .await;
     let (q, s) = match result {
         Ok(v) => v,
+        Err(e) if json => return actix_web::ResponseError::error_response(&e),
         Err(e) => return error_page(e),
     };
-    if s.active {
-        return small_page(StatusCode::OK, "Sharing", "You already accepted this sharing.");
+    let svc = match state_of(&req) {
+        Ok(svc) => svc,
+        Err(e) => return error_page(e),
+    };
+    let me = svc.federation.instance_url(inst.0.domain.as_str());
+    let closed = if s.active {
+        Some("You already accepted this sharing.")
+    } else if crate::sharing::request::answered(&s, &me) {
+        Some("This sharing request was answered, or revoked.")
+    } else {
+        None
+    };
+    if let Some(text) = closed {
+        if json {
+            return actix_web::ResponseError::error_response(&ApiError::ConflictWith(text.into()));
+        }
+        return small_page(StatusCode::OK, "Sharing", text);
     }
-    let owner = s.members[0].public_name.clone().or_else(|| s.members[0].instance.clone()).unwrap_or_default();
-    let me = state_of(&req).ok().map(|st| st.federation.instance_url(inst.0.domain.as_str()));
-    let read_only = s.members.iter().any(|m| m.instance == me && m.read_only) || !s.has_sync_rule();
+    let my_index =
+        s.members.iter().position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner);
+    let digest = crate::sharing::request::digest(&s, my_index.unwrap_or(0));
+    let csrf = csrf_token(&inst.0, &req).unwrap_or_default();
+    if json {
+        return HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({"data": s.to_api(), "meta": {"digest": digest, "csrf_token": csrf}}));
+    }
+    let read_only = my_index.is_some_and(|i| s.members[i].read_only) || !s.has_sync_rule();
+    let owner = &s.members[0];
+    // The name is the owner's to choose; the address is the one the request was fetched from.
+    let owner_address = owner.instance.clone().unwrap_or_default();
+    let owner_name = owner.public_name.clone().unwrap_or_else(|| owner_address.clone());
     let rules: String = s
         .rules
         .iter()
@@ -505,16 +568,18 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
             format!("<li>{} <small>({}, {scope})</small></li>", esc(&r.title), esc(&r.doctype))
         })
         .collect();
-    let csrf = csrf_token(&inst.0, &req).unwrap_or_default();
     let body = format!(
-        "<h1>{owner} wants to share with you</h1><p id=\"description\">{desc}</p><ul id=\"rules\">{rules}</ul>\
+        "<h1>{owner} wants to share with you</h1><p id=\"owner\">From the instance <code>{address}</code></p>\
+         <p id=\"description\">{desc}</p><ul id=\"rules\">{rules}</ul>\
          <p id=\"access\">{access}</p>\
          <form method=\"post\" action=\"/auth/authorize/sharing\">\
          <input type=\"hidden\" name=\"sharing_id\" value=\"{id}\"><input type=\"hidden\" name=\"state\" value=\"{state}\">\
+         <input type=\"hidden\" name=\"digest\" value=\"{digest}\">\
          <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
          <button type=\"submit\" name=\"action\" value=\"accept\" id=\"accept\">Accept</button> \
          <button type=\"submit\" name=\"action\" value=\"refuse\" id=\"refuse\">Refuse</button></form>",
-        owner = esc(&owner),
+        owner = esc(&owner_name),
+        address = esc(&owner_address),
         desc = esc(&s.description),
         access = if read_only { "You will receive the documents, read-only." } else { "You will be able to edit the documents too." },
         id = esc(s.id()),
@@ -529,15 +594,20 @@ struct AuthorizeForm {
     state: String,
     csrf_token: String,
     action: String,
+    /// The digest of the request the page showed (required to accept).
+    digest: Option<String>,
 }
 
-/// `POST /auth/authorize/sharing` — Accept or Refuse (session and CSRF token required).
+/// `POST /auth/authorize/sharing` — Accept or Refuse (session and CSRF token required; to
+/// accept, the `digest` the page showed: 409 when the request changed since). With `Accept:
+/// application/json` the answer is the sharing (JSON:API) or a JSON error.
 async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let json = wants_json(&req);
     let result = async {
         if owner_session(&inst.0, &req).is_none() {
             return Err(ApiError::Unauthorized("log in first"));
         }
-        let body = read_body(&req, payload, 64 * 1024).await?;
+        let body = read_body(&req, payload, ANONYMOUS_BODY_BYTES).await?;
         let form: AuthorizeForm =
             serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("incomplete form"))?;
         let expected = csrf_token(&inst.0, &req).unwrap_or_default();
@@ -548,20 +618,27 @@ async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
         let svc = state_of(&req)?;
         match form.action.as_str() {
             "accept" => {
-                service::accept(svc, &inst.0, &id, &form.state).await?;
-                Ok("You accepted the sharing. The documents will appear on your instance.")
+                let digest =
+                    form.digest.as_deref().ok_or_else(|| ApiError::bad_request("the form needs the digest"))?;
+                let s = service::accept(svc, &inst.0, &id, &form.state, digest).await?;
+                Ok(("You accepted the sharing. The documents will appear on your instance.", s))
             }
             "refuse" => {
                 service::refuse(svc, &inst.0, &id, &form.state).await?;
-                Ok("You refused the sharing.")
+                let s = sharing::load(inst.0.store.as_ref(), &id)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound("no such sharing request".into()))?;
+                Ok(("You refused the sharing.", s))
             }
             _ => Err(ApiError::bad_request("action must be accept or refuse")),
         }
     }
     .await;
-    match result {
-        Ok(text) => small_page(StatusCode::OK, "Sharing", text),
-        Err(e) => error_page(e),
+    match (result, json) {
+        (Ok((_, s)), true) => jsonapi(StatusCode::OK, doc(&s)),
+        (Ok((text, _)), false) => small_page(StatusCode::OK, "Sharing", text),
+        (Err(e), true) => actix_web::ResponseError::error_response(&e),
+        (Err(e), false) => error_page(e),
     }
 }
 
@@ -583,7 +660,7 @@ fn oauth_error(status: StatusCode, error: &str) -> HttpResponse {
 /// `grant_type=refresh_token` (RFC 6749 section 6), client credentials in the body or as HTTP
 /// Basic authentication.
 async fn access_token(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let body = read_body(&req, payload, 64 * 1024).await?;
+    let body = read_body(&req, payload, ANONYMOUS_BODY_BYTES).await?;
     let Ok(mut form) = serde_urlencoded::from_bytes::<TokenForm>(&body) else {
         return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
     };

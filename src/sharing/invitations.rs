@@ -19,6 +19,11 @@
 //! through a link with `share` may create read-only links (through its instance, which calls the
 //! owner with its credentials); they never outlive the member's own link, count against its
 //! `max_accepted_users`, and are revoked with the member or with the parent link.
+//!
+//! Revocation ends every way back in: revoking the whole sharing revokes every link of it (the
+//! sharing is terminal, see `Sharing::accepts_members`); revoking one member, or a member
+//! leaving, revokes the links it created, and its instance cannot take a seat again through any
+//! link (only a new sharing brings it back).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -200,6 +205,9 @@ pub async fn create(
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner's instance keeps invitation links".into()));
         }
+        if !s.accepts_members() {
+            return Err(SharingError::Conflict("this sharing was revoked".into()));
+        }
         let mut inv = Invitation {
             id: inv_id.clone(),
             code_hash: hash.clone(),
@@ -260,7 +268,7 @@ fn find_by_hash<'a>(s: &'a Sharing, hash: &str) -> Option<&'a Invitation> {
 /// The sharing an invitation code opens, for the discovery page (403 for unknown, revoked and
 /// expired codes alike).
 pub async fn discovery_view(inst: &Instance, id: &SharingId, code: &str) -> Result<Sharing> {
-    let s = load(inst.store.as_ref(), id).await?.filter(|s| s.owner).ok_or_else(invalid)?;
+    let s = load(inst.store.as_ref(), id).await?.filter(|s| s.owner && s.accepts_members()).ok_or_else(invalid)?;
     let ok = find_by_hash(&s, &code_hash(code)).is_some_and(Invitation::is_active);
     if ok {
         Ok(s)
@@ -275,10 +283,15 @@ async fn reserve(svc: &Services, inst: &Instance, id: &SharingId, code: &str, pe
     let hash = code_hash(code);
     let max_members = svc.config.federation.max_members;
     let (index, _) = update(inst.store.as_ref(), id, |s| {
-        if !s.owner {
+        if !s.owner || !s.accepts_members() {
             return Err(invalid());
         }
         let inv = find_by_hash(s, &hash).filter(|i| i.is_active()).cloned().ok_or_else(invalid)?;
+        // A member revoked (or who left) does not come back through a link: only a new
+        // sharing brings it back.
+        if s.instance_revoked(peer) {
+            return Err(SharingError::Forbidden("this instance was revoked from this sharing".into()));
+        }
         if let Some(p) = &inv.parent {
             if !s.invitations.iter().any(|x| &x.id == p && !x.revoked) {
                 return Err(invalid());
@@ -385,6 +398,12 @@ fn revoke_where(s: &mut Sharing, pred: impl Fn(&Invitation) -> bool) -> Vec<Stri
     ids
 }
 
+/// Revocation of the whole sharing: every link stops working (and members who had not
+/// answered through one are revoked).
+pub fn revoke_all(s: &mut Sharing) {
+    revoke_where(s, |_| true);
+}
+
 /// Hook of member revocation (owner revokes, member leaves): the links that member created
 /// stop working.
 pub fn revoke_created_by(s: &mut Sharing, index: usize) {
@@ -476,7 +495,7 @@ pub async fn details(inst: &Instance, code: &str) -> Result<Option<Value>> {
     let Ok(sid) = SharingId::parse(&sharing_id) else {
         return Ok(None);
     };
-    let Some(s) = load(inst.store.as_ref(), &sid).await?.filter(|s| s.owner) else {
+    let Some(s) = load(inst.store.as_ref(), &sid).await?.filter(|s| s.owner && s.accepts_members()) else {
         return Ok(None);
     };
     let Some(inv) = find_by_hash(&s, &hash).filter(|i| i.id == invitation_id && i.is_active()) else {
@@ -567,6 +586,7 @@ pub async fn drop_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
         Ok(())
     })
     .await?;
+    super::request::unmark_pending(inst, &s).await;
     tracing::info!(instance = %inst.domain, sharing = %id, "sharing request discarded");
     Ok(s)
 }
@@ -593,6 +613,8 @@ mod tests {
             rules: vec![],
             members: all,
             invitations,
+            id_nonce: None,
+            revoked_at: None,
         }
     }
 

@@ -727,7 +727,8 @@ async fn resolve_preview(inst: &Instance, code: &str) -> Result<Option<Grant>> {
     let Ok(sid) = SharingId::parse(sid) else {
         return Ok(None);
     };
-    let Some(s) = load(inst.store.as_ref(), &sid).await?.filter(|s| s.owner) else {
+    // A revoked sharing's preview codes all end with it.
+    let Some(s) = load(inst.store.as_ref(), &sid).await?.filter(|s| s.owner && !s.is_revoked()) else {
         return Ok(None);
     };
     let mut found = None;

@@ -11,6 +11,7 @@ pub mod links;
 pub mod mail;
 pub mod model;
 pub mod receive;
+pub mod request;
 pub mod service;
 
 use hearth_replicator::rev::Rev;

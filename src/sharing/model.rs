@@ -26,6 +26,21 @@ impl SharingId {
         }
     }
 
+    /// The id of a sharing created by the instance at `owner_url` (its base URL exactly as it
+    /// appears in the sharing, e.g. `https://alice.example.net`) with the random `nonce`: the
+    /// first 128 bits of SHA-256 over both, in hex. A recipient recomputes it from the sharing
+    /// request, so an id names its owner: no other instance can make a request under an id it
+    /// did not issue (see `sharing::request`).
+    pub fn derived(owner_url: &str, nonce: &str) -> SharingId {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in ["hearth-sharing-id", owner_url, nonce] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        SharingId(hex::encode(&h.finalize()[..16]))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -75,6 +90,15 @@ impl Flow {
     }
 }
 
+/// Most rules a sharing may have.
+pub const MAX_RULES: usize = 20;
+/// Most values one rule may list (document ids, or values of its selector).
+pub const MAX_VALUES_PER_RULE: usize = 100;
+/// Longest value of a rule, in bytes.
+pub const MAX_VALUE_BYTES: usize = 256;
+/// Longest rule title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rule {
     pub title: String,
@@ -113,8 +137,8 @@ impl Rule {
             }
         };
         let title = text("title")?.unwrap_or_default();
-        if title.len() > 256 {
-            return Err("rule title longer than 256 characters".into());
+        if title.len() > MAX_TITLE_BYTES || title.chars().any(char::is_control) {
+            return Err(format!("a rule title is at most {MAX_TITLE_BYTES} bytes, without control characters"));
         }
         let doctype = text("doctype")?.ok_or("each rule needs a doctype")?;
         Doctype::parse(&doctype)?;
@@ -129,11 +153,20 @@ impl Rule {
             Some(_) => return Err("invalid rule selector".into()),
         };
         let values = match o.get("values") {
+            Some(Value::Array(list)) if list.len() > MAX_VALUES_PER_RULE => {
+                return Err(format!("a rule lists at most {MAX_VALUES_PER_RULE} values"))
+            }
             Some(Value::Array(list)) if !list.is_empty() => list
                 .iter()
                 .map(|v| match v {
-                    Value::String(s) if !s.is_empty() && s.len() <= 512 => Ok(s.clone()),
-                    _ => Err("rule values must be non-empty strings".to_string()),
+                    Value::String(s)
+                        if !s.is_empty() && s.len() <= MAX_VALUE_BYTES && !s.chars().any(char::is_control) =>
+                    {
+                        Ok(s.clone())
+                    }
+                    _ => Err(format!(
+                        "rule values must be non-empty strings of at most {MAX_VALUE_BYTES} bytes, without control characters"
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             _ => return Err("each rule needs a non-empty values array".into()),
@@ -353,6 +386,15 @@ pub struct Sharing {
     /// Owner side: invitation links (see `sharing::invitations`); never shown to peers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invitations: Vec<super::invitations::Invitation>,
+    /// The random input of the id (see [`SharingId::derived`]); sent to recipients, who check
+    /// the id with it. Absent on sharings made before ids were derived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_nonce: Option<String>,
+    /// When the sharing ended for this instance (RFC 3339): on the owner, everyone was revoked
+    /// (by the owner, or by a `remove: revoke` rule); on a recipient, the owner revoked it or
+    /// it left. Terminal: nothing reopens a sharing once this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -382,6 +424,9 @@ impl Sharing {
         if let Some(p) = &self.preview_path {
             attributes["preview_path"] = json!(p);
         }
+        if let Some(at) = &self.revoked_at {
+            attributes["revoked_at"] = json!(at);
+        }
         // Always present, as in Cozy's answers (null when no app created the sharing).
         attributes["app_slug"] = json!(self.app_slug);
         json!({
@@ -391,6 +436,31 @@ impl Sharing {
             "attributes": attributes,
             "links": {"self": format!("/sharings/{}", self.id())},
         })
+    }
+
+    /// Whether the sharing ended (see `revoked_at`).
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+
+    /// Whether member `index`'s invitation can still be followed and answered: the one rule
+    /// every way in checks (discovery by `state` or preview code, the fetch of the sharing
+    /// request, the owner's processing of an answer). Closed once the member answered, was
+    /// revoked or left, and for everyone once the sharing is revoked.
+    pub fn invitation_open(&self, index: usize) -> bool {
+        !self.is_revoked() && index > 0 && self.members.get(index).is_some_and(|m| m.status.is_invited())
+    }
+
+    /// Whether new members may still join (invitation links, added recipients): not once the
+    /// sharing is revoked.
+    pub fn accepts_members(&self) -> bool {
+        !self.is_revoked()
+    }
+
+    /// Whether the instance at `url` was a member of this sharing and was revoked or left: it
+    /// does not come back in through an invitation link.
+    pub fn instance_revoked(&self, url: &str) -> bool {
+        self.members.iter().skip(1).any(|m| m.status == MemberStatus::Revoked && m.instance.as_deref() == Some(url))
     }
 
     /// Whether any rule lets changes flow from recipients to the owner.
@@ -475,6 +545,8 @@ mod tests {
             rules: vec![],
             members: vec![Member::new(MemberStatus::Owner), m],
             invitations: vec![],
+            id_nonce: None,
+            revoked_at: None,
         };
         let text = s.to_api().to_string();
         for secret in ["nonce-secret", "client-secret", "access-secret", "refresh-secret", "inbound", "cid"] {

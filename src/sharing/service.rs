@@ -15,9 +15,6 @@ use crate::services::Services;
 use crate::store::{json as records, DocId, Doctype, StoreError};
 use crate::sync::outbox::{self, Entry};
 
-/// How many times the per-peer limit of unanswered sharing requests an instance keeps in all.
-const PENDING_PEERS_FACTOR: usize = 25;
-
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())
 }
@@ -147,10 +144,11 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
         .get("rules")
         .and_then(Value::as_array)
         .filter(|r| !r.is_empty())
-        .ok_or_else(|| bad("a sharing needs a non-empty rules array"))?
-        .iter()
-        .map(|r| Rule::from_input(r).map_err(bad))
-        .collect::<Result<Vec<_>>>()?;
+        .ok_or_else(|| bad("a sharing needs a non-empty rules array"))?;
+    if rules.len() > super::model::MAX_RULES {
+        return Err(bad(format!("a sharing has at most {} rules", super::model::MAX_RULES)));
+    }
+    let rules = rules.iter().map(|r| Rule::from_input(r).map_err(bad)).collect::<Result<Vec<_>>>()?;
     for rule in &rules {
         let doctype = Doctype::parse(&rule.doctype).map_err(bad)?;
         let allowed = match &rule.selector {
@@ -175,11 +173,14 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
     }
     let now = now_rfc3339();
     let mut owner = Member::new(MemberStatus::Owner);
-    owner.public_name = Some(inst.display_name().to_owned());
+    owner.public_name = Some(inst.display_name().chars().filter(|c| !c.is_control()).take(200).collect());
     owner.email = inst.email.clone();
-    owner.instance = Some(svc.federation.instance_url(inst.domain.as_str()));
+    let owner_url = svc.federation.instance_url(inst.domain.as_str());
+    owner.instance = Some(owner_url.clone());
+    // The id names its owner (see `request`): recipients check it before anything else.
+    let id_nonce = random_hex(16);
     let mut s = Sharing {
-        id: Some(SharingId::generate()),
+        id: Some(SharingId::derived(&owner_url, &id_nonce)),
         rev: None,
         description: text("description")?.unwrap_or_default(),
         preview_path: text("preview_path")?,
@@ -193,6 +194,8 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
         rules,
         members: vec![owner],
         invitations: Vec::new(),
+        id_nonce: Some(id_nonce),
+        revoked_at: None,
     };
     for r in rw {
         add_member(&mut s, r, false, None);
@@ -254,6 +257,9 @@ pub async fn add_recipients(svc: &Services, inst: &Instance, id: &SharingId, bod
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner adds recipients".into()));
         }
+        if !s.accepts_members() {
+            return Err(revoked_conflict());
+        }
         let (rw, ro) = pending.take().ok_or(SharingError::Store(StoreError::Conflict))?;
         if s.members.len() + rw.len() + ro.len() > max {
             return Err(bad(format!("a sharing has at most {max} members")));
@@ -291,6 +297,9 @@ pub async fn add_delegated(
         if !s.owner || !s.open_sharing {
             return Err(SharingError::Forbidden("this sharing does not accept members added by recipients".into()));
         }
+        if !s.accepts_members() {
+            return Err(revoked_conflict());
+        }
         if s.members.get(caller_index).map(|m| m.status) != Some(MemberStatus::Ready) {
             return Err(SharingError::Forbidden("only ready members may add recipients".into()));
         }
@@ -322,35 +331,6 @@ fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>>
         .collect()
 }
 
-/// What a recipient's instance is told in `PUT /sharings/:id`: the sharing without any secret,
-/// with the other members reduced to their status and public name.
-fn request_document(s: &Sharing, target: usize) -> Value {
-    let mut shown = s.clone();
-    // Document ids travel transformed with the member's key (see `sync::xor`).
-    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sync::xor::parse_key) {
-        for r in shown.rules.iter_mut().filter(|r| r.selector.is_none()) {
-            r.values = r.values.iter().map(|v| crate::sync::xor::xor_id(v, &key)).collect();
-        }
-    }
-    for (i, m) in shown.members.iter_mut().enumerate() {
-        m.state_nonce = None;
-        m.xor_key = None;
-        m.inbound_client_id = None;
-        m.outbound = None;
-        if i != 0 && i != target {
-            m.instance = None;
-            m.email = None;
-            m.name = None;
-        }
-    }
-    shown.rules.retain(|r| !r.local);
-    let mut doc = shown.to_api();
-    if let Some(a) = doc.get_mut("attributes").and_then(Value::as_object_mut) {
-        a.remove("active");
-    }
-    json!({ "data": doc })
-}
-
 /// Where a member's invitation stands, for the discovery page.
 pub enum Discovery {
     /// Ask for the recipient's instance address (pre-filled when known).
@@ -367,23 +347,27 @@ pub async fn discovery_state(inst: &Instance, id: &SharingId, state: &str) -> Re
         .ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid invitation".into()))?;
     let status = s.members[index].status;
-    if status.is_invited() {
+    if s.invitation_open(index) {
         Ok(Discovery::Ask { sharing: Box::new(s), index })
+    } else if s.is_revoked() {
+        Ok(Discovery::Done { status: MemberStatus::Revoked })
     } else {
         Ok(Discovery::Done { status })
     }
 }
 
-/// `POST /sharings/:id/discovery`: checks the address the recipient typed, sends their instance
-/// the sharing request, and answers where to send their browser next.
+/// `POST /sharings/:id/discovery`: checks the address the recipient typed, records it on the
+/// member, sends that instance the notice of its sharing request (it fetches the request back,
+/// see `request`), and answers where to send the person's browser next. When the notice fails,
+/// the member is put back as it was.
 pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, state: &str, url: &str) -> Result<String> {
     let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| s.owner)
         .ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid invitation".into()))?;
-    if !s.members[index].status.is_invited() {
-        return Err(SharingError::Conflict("this invitation was already answered".into()));
+    if !s.invitation_open(index) {
+        return Err(closed_conflict(&s));
     }
     let peer = svc.federation.normalise_instance_url(url).map_err(|e| match e {
         crate::federation::client::FederationError::Guard(g) => bad(format!("this address cannot be used: {g}")),
@@ -393,126 +377,53 @@ pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, state: &s
     if peer_str == svc.federation.instance_url(inst.domain.as_str()) {
         return Err(bad("the recipient's instance cannot be the owner's"));
     }
-    let mut target = s.clone();
-    target.members[index].instance = Some(peer_str.clone());
-    svc.federation
-        .call_open(Method::PUT, &peer, &format!("/sharings/{id}"), Some(&request_document(&target, index)))
-        .await?;
-    update(inst.store.as_ref(), id, |s| {
-        let m = s.members.get_mut(index).ok_or_else(|| SharingError::NotFound("member".into()))?;
-        if !m.status.is_invited() {
-            return Err(SharingError::Conflict("this invitation was already answered".into()));
+    // The request the recipient fetches back names its instance: record it first.
+    let (before, s) = update(inst.store.as_ref(), id, |s| {
+        if !s.invitation_open(index) {
+            return Err(closed_conflict(s));
         }
+        let m = &mut s.members[index];
+        let before = (m.instance.clone(), m.status);
         m.instance = Some(peer_str.clone());
         m.status = MemberStatus::Seen;
-        Ok(())
+        Ok(before)
     })
     .await?;
+    if let Err(e) = super::request::send_notice(svc, inst, &s, index, &peer).await {
+        let restored = update(inst.store.as_ref(), id, |s| {
+            let m = &mut s.members[index];
+            if m.status == MemberStatus::Seen && m.instance.as_deref() == Some(peer_str.as_str()) {
+                (m.instance, m.status) = before.clone();
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(r) = restored {
+            tracing::warn!(instance = %inst.domain, sharing = %id, member = index, error = %r, "failed to restore a member after a failed notice");
+        }
+        return Err(e);
+    }
     let mut redirect = peer.join("/auth/authorize/sharing").map_err(|_| bad("invalid address"))?;
     redirect.query_pairs_mut().append_pair("sharing_id", id.as_str()).append_pair("state", state);
     Ok(redirect.to_string())
 }
 
-/// `PUT /sharings/:id` on a recipient: stores the sharing request, inactive until accepted.
-/// Unauthenticated by design (only the owner's later answer needs the `state`), hence bounded.
-pub async fn receive_request(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
-    let data =
-        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
-    let attrs = data.get("attributes").and_then(Value::as_object).ok_or_else(|| bad("data.attributes missing"))?;
-    let rules = attrs
-        .get("rules")
-        .and_then(Value::as_array)
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| bad("a sharing needs rules"))?
-        .iter()
-        .map(|r| Rule::from_input(r).map_err(bad))
-        .collect::<Result<Vec<_>>>()?;
-    let members: Vec<Member> = attrs
-        .get("members")
-        .and_then(Value::as_array)
-        .filter(|m| m.len() >= 2 && m.len() <= svc.config.federation.max_members)
-        .ok_or_else(|| bad("a sharing request needs its members"))?
-        .iter()
-        .map(|m| {
-            let status = m
-                .get("status")
-                .and_then(Value::as_str)
-                .and_then(MemberStatus::parse)
-                .ok_or_else(|| bad("invalid member status"))?;
-            let text = |k: &str| m.get(k).and_then(Value::as_str).map(|s| s.chars().take(512).collect::<String>());
-            let mut member = Member::new(status);
-            member.name = text("name");
-            member.public_name = text("public_name");
-            member.email = text("email");
-            member.instance = text("instance");
-            member.read_only = m.get("read_only") == Some(&Value::Bool(true));
-            Ok(member)
-        })
-        .collect::<Result<_>>()?;
-    let owner_url = members
-        .first()
-        .filter(|m| m.status == MemberStatus::Owner)
-        .and_then(|m| m.instance.clone())
-        .ok_or_else(|| bad("the first member must be the owner, with its instance"))?;
-    svc.federation.normalise_instance_url(&owner_url).map_err(|e| bad(format!("owner address refused: {e}")))?;
-    let text = |k: &str| attrs.get(k).and_then(Value::as_str).map(|s| s.chars().take(1000).collect::<String>());
-    let store = inst.store.as_ref();
-    let existing = load(store, id).await?;
-    match &existing {
-        Some(e) if e.owner => return Err(SharingError::Conflict("this sharing belongs to this instance".into())),
-        Some(e) if e.active => return Err(SharingError::Conflict("this sharing is already active here".into())),
-        Some(e) if e.members.first().and_then(|m| m.instance.as_deref()) != Some(owner_url.as_str()) => {
-            return Err(SharingError::Conflict("a request with this id exists from another instance".into()))
-        }
-        // Once answered (accepted, then left or revoked), a request is history: an
-        // unauthenticated PUT must not rewrite it (nor the credentials a pending notice needs).
-        Some(e)
-            if e.members.first().is_some_and(|o| o.outbound.is_some() || o.inbound_client_id.is_some())
-                || e.members.iter().any(|m| matches!(m.status, MemberStatus::Revoked | MemberStatus::Refused)) =>
-        {
-            return Err(SharingError::Conflict("this sharing was already answered here".into()))
-        }
-        Some(_) => {}
-        None => {
-            let pending: Vec<Sharing> =
-                super::list(store).await?.into_iter().filter(|p| !p.owner && !p.active).collect();
-            let from_peer = pending
-                .iter()
-                .filter(|p| p.members.first().and_then(|m| m.instance.as_deref()) == Some(owner_url.as_str()))
-                .count();
-            let cap = svc.config.federation.max_pending_requests_per_peer;
-            if from_peer >= cap {
-                return Err(SharingError::TooMany("too many sharing requests from this instance".into()));
-            }
-            // Owner addresses are the caller's to choose: bound the total too.
-            if pending.len() >= cap.saturating_mul(PENDING_PEERS_FACTOR) {
-                return Err(SharingError::TooMany("too many sharing requests waiting for an answer".into()));
-            }
-        }
+fn revoked_conflict() -> SharingError {
+    SharingError::Conflict("this sharing was revoked".into())
+}
+
+/// Why an invitation cannot be followed or answered any more.
+fn closed_conflict(s: &Sharing) -> SharingError {
+    if s.is_revoked() {
+        revoked_conflict()
+    } else {
+        SharingError::Conflict("this invitation was already answered, or revoked".into())
     }
-    let now = now_rfc3339();
-    let mut s = Sharing {
-        id: Some(id.clone()),
-        rev: existing.as_ref().and_then(|e| e.rev.clone()),
-        description: text("description").unwrap_or_default(),
-        preview_path: text("preview_path"),
-        app_slug: text("app_slug"),
-        owner: false,
-        active: false,
-        open_sharing: attrs.get("open_sharing") == Some(&Value::Bool(true)),
-        initial_sync: false,
-        created_at: existing.as_ref().map_or(now.clone(), |e| e.created_at.clone()),
-        updated_at: now,
-        rules,
-        members,
-        invitations: Vec::new(),
-    };
-    save(store, &mut s).await.map_err(|e| match e {
-        StoreError::Conflict => SharingError::Conflict("the sharing request changed meanwhile".into()),
-        e => e.into(),
-    })?;
-    tracing::info!(instance = %inst.domain, sharing = %id, "sharing request received");
-    Ok(s)
+}
+
+/// `PUT /sharings/:id` on a recipient: see [`super::request::receive`].
+pub async fn receive_request(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+    super::request::receive(svc, inst, id, body).await
 }
 
 /// The index of this instance among the members of a sharing it received.
@@ -553,8 +464,8 @@ fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
     PermissionSet::parse(&format!("io.cozy.sharings:{verbs}:{id}")).unwrap_or_default()
 }
 
-/// A sharing request received here and not accepted yet.
-async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
+/// A sharing request received here and not answered yet.
+async fn load_request(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sharing> {
     let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| !s.owner)
@@ -562,14 +473,32 @@ async fn load_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
     if s.active {
         return Err(SharingError::Conflict("this sharing is already accepted".into()));
     }
+    if super::request::answered(&s, &svc.federation.instance_url(inst.domain.as_str())) {
+        return Err(SharingError::Conflict("this sharing request was already answered, or revoked".into()));
+    }
     Ok(s)
 }
 
-/// Accepting on the recipient: creates the client standing for the owner, sends the answer
-/// with `state`, stores the owner's credentials, and activates the sharing.
-pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<Sharing> {
+/// The digest of a pending request as this instance shows it (see `request::digest`): what the
+/// acceptance page carries and [`accept`] checks.
+pub async fn pending_digest(svc: &Services, inst: &Instance, id: &SharingId) -> Result<String> {
+    let s = load_request(svc, inst, id).await?;
+    Ok(super::request::digest(&s, own_index(svc, inst, &s).unwrap_or(0)))
+}
+
+/// Accepting on the recipient: checks that the request is still the one shown (`digest`, from
+/// the acceptance page; 409 otherwise), creates the client standing for the owner, sends the
+/// answer with `state` and the digest (the owner checks it is the request it offers), stores
+/// the owner's credentials, and activates the sharing.
+pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
     let store = inst.store.as_ref();
-    let s = load_request(inst, id).await?;
+    let s = load_request(svc, inst, id).await?;
+    let me = own_index(svc, inst, &s).unwrap_or(0);
+    let my_url = svc.federation.instance_url(inst.domain.as_str());
+    let shown = super::request::digest(&s, me);
+    if !Instance::secrets_match(digest, &shown) {
+        return Err(changed_conflict());
+    }
     let owner = owner_url(&s)?;
     let ttl = svc.config.federation.access_token_ttl_secs;
     let owner_name =
@@ -586,13 +515,14 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     let mut attributes = credentials_json(&issued);
     attributes["state"] = json!(state);
     attributes["public_name"] = json!(inst.display_name());
+    attributes["request_digest"] = json!(shown);
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}});
     let answer =
         match svc.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await {
             Ok(a) => a,
             Err(e) => {
                 oauth::delete_client(inst, &issued.client_id).await?;
-                return Err(e.into());
+                return Err(owner_refusal(e));
             }
         };
     let attrs = answer.get("data").and_then(|d| d.get("attributes")).cloned().unwrap_or(Value::Null);
@@ -606,7 +536,12 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
     let fallback_index = own_index(svc, inst, &s);
     let client_id = issued.client_id.clone();
-    let (_, s) = update(store, id, |s| {
+    let stored = update(store, id, |s| {
+        // A replacement that landed during the exchange (only the owner can make one) is not
+        // what was accepted.
+        if s.active || super::request::answered(s, &my_url) || super::request::digest(s, me) != shown {
+            return Err(changed_conflict());
+        }
         let owner = s.members.first_mut().ok_or_else(|| bad("no owner"))?;
         owner.outbound = Some(creds.clone());
         owner.inbound_client_id = Some(client_id.clone());
@@ -620,7 +555,15 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
         s.initial_sync = true;
         Ok(())
     })
-    .await?;
+    .await;
+    let s = match stored {
+        Ok(((), s)) => s,
+        Err(e) => {
+            oauth::delete_client(inst, &client_id).await?;
+            return Err(e);
+        }
+    };
+    super::request::unmark_pending(inst, &s).await;
     tracing::info!(instance = %inst.domain, sharing = %id, "sharing accepted");
     crate::sync::manager::sharing_changed(svc, inst, id).await?;
     Ok(s)
@@ -629,11 +572,14 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
 /// Refusing on the recipient: tells the owner (with `state`) and forgets the request.
 pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
     let store = inst.store.as_ref();
-    let s = load_request(inst, id).await?;
+    let s = load_request(svc, inst, id).await?;
     let owner = owner_url(&s)?;
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
-    svc.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await?;
-    update(store, id, |s| {
+    svc.federation
+        .call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body))
+        .await
+        .map_err(owner_refusal)?;
+    let (_, s) = update(store, id, |s| {
         for m in s.members.iter_mut().skip(1) {
             if m.status.is_invited() {
                 m.status = MemberStatus::Refused;
@@ -642,7 +588,24 @@ pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str
         Ok(())
     })
     .await?;
+    super::request::unmark_pending(inst, &s).await;
     Ok(())
+}
+
+/// The owner's refusal of an answer (its invitation closed, the sharing revoked, the request
+/// changed, a wrong `state`) is a conflict for the person answering, with the owner's reason;
+/// anything else is the peer's failure (502).
+fn owner_refusal(e: crate::federation::client::FederationError) -> SharingError {
+    match e {
+        crate::federation::client::FederationError::Status { status: 400 | 403 | 404 | 409 | 410, reason, .. } => {
+            SharingError::Conflict(format!("the sharing's owner refused the answer: {reason}"))
+        }
+        other => SharingError::Peer(other),
+    }
+}
+
+fn changed_conflict() -> SharingError {
+    SharingError::Conflict("the sharing request changed since it was shown: open it again".into())
 }
 
 /// `POST /sharings/:id/answer` on the owner: checks the single-use `state`, and on acceptance
@@ -660,15 +623,15 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
     let s =
         load(store, id).await?.filter(|s| s.owner).ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid state".into()))?;
-    if !s.members[index].status.is_invited() {
-        return Err(SharingError::Conflict("this invitation was already answered".into()));
+    if !s.invitation_open(index) {
+        return Err(closed_conflict(&s));
     }
     if attrs.get("refused") == Some(&Value::Bool(true)) {
         update(store, id, |s| {
-            let m = &mut s.members[index];
-            if !m.status.is_invited() {
-                return Err(SharingError::Conflict("this invitation was already answered".into()));
+            if !s.invitation_open(index) {
+                return Err(closed_conflict(s));
             }
+            let m = &mut s.members[index];
             m.status = MemberStatus::Refused;
             Ok(())
         })
@@ -679,6 +642,14 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
         );
     }
     let creds = peer_credentials(&attrs).ok_or_else(|| bad("the answer needs client and access_token"))?;
+    // The member accepted exactly the request offered to it (see `request`).
+    let accepted = attrs
+        .get("request_digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("the answer needs the request_digest"))?;
+    if !Instance::secrets_match(accepted, &super::request::offered_digest(&s, index)?) {
+        return Err(SharingError::Conflict("the request accepted is not the one offered to this member".into()));
+    }
     let public_name = attrs.get("public_name").and_then(Value::as_str).map(|n| n.chars().take(200).collect::<String>());
     let write = s.member_may_write(index);
     let ttl = svc.config.federation.access_token_ttl_secs;
@@ -695,10 +666,11 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
     .await?;
     let client_id = issued.client_id.clone();
     let result = update(store, id, |s| {
-        let m = s.members.get_mut(index).ok_or_else(|| SharingError::NotFound("member".into()))?;
-        if !m.status.is_invited() {
-            return Err(SharingError::Conflict("this invitation was already answered".into()));
+        // The one place a member becomes ready: never once the invitation is closed.
+        if !s.invitation_open(index) {
+            return Err(closed_conflict(s));
         }
+        let m = &mut s.members[index];
         m.status = MemberStatus::Ready;
         m.outbound = Some(creds.clone());
         m.inbound_client_id = Some(client_id.clone());
@@ -747,6 +719,11 @@ pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Opti
             None => (1..s.members.len()).collect(),
         };
         let mut done = Vec::new();
+        if index.is_none() {
+            // Everyone: the sharing ends, with every invitation link of it.
+            s.revoked_at.get_or_insert_with(now_rfc3339);
+            super::invitations::revoke_all(s);
+        }
         for i in targets {
             let m = &mut s.members[i];
             if m.status == MemberStatus::Revoked {
@@ -800,6 +777,7 @@ pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sh
         }
         let was_active = s.active;
         s.active = false;
+        s.revoked_at.get_or_insert_with(now_rfc3339);
         if let Some(i) = me {
             s.members[i].status = MemberStatus::Revoked;
         }
@@ -831,6 +809,7 @@ pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -
             return Err(SharingError::Forbidden("only the owner's instance sends this".into()));
         }
         s.active = false;
+        s.revoked_at.get_or_insert_with(now_rfc3339);
         for m in s.members.iter_mut().skip(1) {
             if m.status != MemberStatus::Refused {
                 m.status = MemberStatus::Revoked;
@@ -982,7 +961,7 @@ pub fn peer_may(perms: &PermissionSet, id: &SharingId, verb: Verb) -> bool {
 /// Invitation links of the members who have not answered yet, for the owner.
 pub fn invitations(svc: &Services, inst: &Instance, s: &Sharing) -> Vec<(usize, Member, String)> {
     (1..s.members.len())
-        .filter(|i| s.members[*i].status.is_invited())
+        .filter(|i| s.invitation_open(*i))
         .filter_map(|i| invitation_link(svc, inst, s, i).map(|l| (i, s.members[i].clone(), l)))
         .collect()
 }

@@ -76,9 +76,11 @@ pub async fn answer_invitation(link: &str, recipient: &TestInstance, action: &st
         ("state", hidden(&html, "state")),
         ("csrf_token", hidden(&html, "csrf_token")),
         ("action", action.to_owned()),
+        ("digest", hidden(&html, "digest")),
     ];
     // Without the CSRF token the form is refused.
-    let forged_form = [form[0].clone(), form[1].clone(), ("csrf_token", "x".to_owned()), form[3].clone()];
+    let forged_form =
+        [form[0].clone(), form[1].clone(), ("csrf_token", "x".to_owned()), form[3].clone(), form[4].clone()];
     let forged =
         b.post(format!("http://{}/auth/authorize/sharing", recipient.domain)).form(&forged_form).send().await.unwrap();
     assert_eq!(forged.status(), 403);
@@ -108,6 +110,15 @@ pub async fn log_in_and_open(b: &reqwest::Client, recipient: &TestInstance, auth
     let page = b.get(format!("http://{}{back}", recipient.domain)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     page.text().await.unwrap()
+}
+
+/// The acceptance a recipient's owner makes on the page, through the service layer: with the
+/// digest of the request as stored (what the page would show).
+pub async fn accept_request(app: &TestApp, recipient: &TestInstance, id: &str, state: &str) {
+    let inst = app.instance(&recipient.domain);
+    let id = SharingId::parse(id).unwrap();
+    let digest = service::pending_digest(&app.services, &inst, &id).await.expect("a pending request");
+    service::accept(&app.services, &inst, &id, state, &digest).await.expect("accept");
 }
 
 pub fn peer_token(s: &Sharing, index: usize) -> String {
