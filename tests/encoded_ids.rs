@@ -61,10 +61,21 @@ async fn update_seq(inst: &TestInstance, token: &str) -> u64 {
     info["update_seq"].as_u64().expect("update_seq")
 }
 
+/// The ids of the live documents, sorted, from the changes feed. (Not from an unbounded
+/// `_all_docs`: PouchDB Server, the CouchDB of the test suite, leaves out ids that start above
+/// U+FFFF there, such as `😀`.)
 async fn live_ids(inst: &TestInstance, token: &str) -> Vec<String> {
-    let (s, all) = inst.call(Method::GET, &format!("{NOTES}/_all_docs"), Some(token), None).await;
-    assert_eq!(s, 200, "{all}");
-    all["rows"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+    let (s, feed) = inst.call(Method::GET, &format!("{NOTES}/_changes"), Some(token), None).await;
+    assert_eq!(s, 200, "{feed}");
+    let mut ids: Vec<String> = feed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["deleted"] != true)
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test]
@@ -92,7 +103,7 @@ async fn ids_with_reserved_characters_go_through_every_document_route_unchanged(
     }
     let mut expected: Vec<String> = IDS.iter().map(|s| s.to_string()).collect();
     expected.sort();
-    assert_eq!(live_ids(&alice, &t).await, expected, "exactly these ids, in CouchDB's order");
+    assert_eq!(live_ids(&alice, &t).await, expected, "exactly these ids");
 
     // _all_docs?keys= (GET, the JSON in the query string) and its POST form.
     let keys = json!(IDS).to_string();
@@ -165,9 +176,7 @@ async fn an_escape_in_an_id_is_decoded_once_never_twice() {
     assert_eq!((s, doc["_id"].as_str()), (200, Some("a+b")), "{doc}");
     let (s, _) = alice.call(Method::GET, &format!("{NOTES}/a%20b"), Some(&t), None).await;
     assert_eq!(s, 404, "a b is another id");
-    let mut ids = live_ids(&alice, &t).await;
-    ids.sort();
-    assert_eq!(ids, ["a+b", "x%2Fy", "x/y"]);
+    assert_eq!(live_ids(&alice, &t).await, ["a+b", "x%2Fy", "x/y"]);
 }
 
 #[tokio::test]
