@@ -1,7 +1,9 @@
 //! A real CouchDB client against hearth: PouchDB (Node, `tests/node/replicate.js`) replicates
 //! 1,000 documents from a hearth doctype and 1,000 others to it, edits the same documents on
 //! both sides, replicates again both ways, and checks that both ends agree on every winning
-//! revision, body and `_conflicts`. Needs `npm ci` in tests/node (the test script does it).
+//! revision, body and `_conflicts`. Most ids hold characters a path must encode (`/ + % ? #`,
+//! space, `é`, `😀`), so every id route replication uses is exercised with percent-encoded ids.
+//! Needs `npm ci` in tests/node (the test script does it).
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use hearth::store::{AllDocsQuery, Doctype, GetOptions};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pouchdb_replicates_both_ways_and_agrees_on_every_document() {
@@ -49,9 +52,11 @@ async fn pouchdb_replicates_both_ways_and_agrees_on_every_document() {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!("no JSON summary; stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
     });
+    let mut short = summary.clone();
+    short.as_object_mut().map(|o| o.remove("live_ids"));
     assert!(
         out.status.success() && summary["ok"] == true,
-        "PouchDB and hearth disagree: {summary}\nstderr tail: {}",
+        "PouchDB and hearth disagree: {short}\nstderr tail: {}",
         String::from_utf8_lossy(&out.stderr).lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
 
@@ -68,6 +73,23 @@ async fn pouchdb_replicates_both_ways_and_agrees_on_every_document() {
                 conflicted += 1;
             }
         }
+    }
+    // hearth holds exactly the ids PouchDB holds, as written: none stored in an encoded form.
+    let mut pouch_ids: Vec<&str> =
+        summary["live_ids"].as_array().expect("summary has live_ids").iter().filter_map(Value::as_str).collect();
+    pouch_ids.sort_unstable();
+    let mut hearth_ids: Vec<&str> = all
+        .rows
+        .iter()
+        .filter_map(|r| match r {
+            hearth::store::AllDocsRow::Doc { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    hearth_ids.sort_unstable();
+    assert_eq!(hearth_ids, pouch_ids, "hearth and PouchDB hold the same ids");
+    for c in ["/", "+", "%", "?", "#", " ", "é", "😀"] {
+        assert!(hearth_ids.iter().any(|id| id.contains(c)), "no replicated id holds {c:?}");
     }
     let expected = summary["conflicted"].as_u64().expect("summary has conflicted");
     assert!(expected >= 300, "the run must create conflicts: {summary}");

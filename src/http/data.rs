@@ -11,7 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Map, Value};
 
-use super::{parse_json, read_body, AppState, Inst, Query};
+use super::{parse_json, path, read_body, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::http::{ApiError, ApiResult};
 use crate::store::doc::{parse_doc, render};
@@ -35,12 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/data/{doctype}/_bulk_docs", web::post().to(bulk_docs))
         .route("/data/{doctype}/_bulk_get", web::post().to(bulk_get))
         .route("/data/{doctype}/_ensure_full_commit", web::post().to(ensure_full_commit))
-        .service(
-            web::resource("/data/{doctype}/_local/{id:.+}")
-                .route(web::get().to(get_local))
-                .route(web::put().to(put_local))
-                .route(web::delete().to(delete_local)),
-        )
+        // One resource for documents and `_local/` ones: the id is only known once decoded, and
+        // CouchDB takes `_local%2Fx` for `_local/x` (see `doc_of`).
         .service(
             web::resource("/data/{doctype}/{id:.+}")
                 .route(web::get().to(get_doc))
@@ -51,17 +47,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 fn doctype_of(req: &HttpRequest) -> ApiResult<Doctype> {
-    let doctype = Doctype::parse(req.match_info().get("doctype").unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let doctype = Doctype::parse(&path::param(req, "doctype")?).map_err(ApiError::BadRequest)?;
     if crate::sharing::model::is_internal_doctype(doctype.as_str()) {
         return Err(ApiError::Forbidden(format!("{doctype} is managed by hearth and not reachable through /data")));
     }
     Ok(doctype)
 }
 
-fn doc_id_of(req: &HttpRequest) -> ApiResult<DocId> {
-    let raw = req.match_info().get("id").unwrap_or_default();
-    DocId::parse(raw).map_err(ApiError::BadRequest)
+/// What the `{id}` of `/data/:doctype/{id}` names once decoded.
+enum PathDoc {
+    Doc(DocId),
+    /// A `_local/` document, whether the client sent `_local/x` or `_local%2Fx` (CouchDB takes
+    /// both; PouchDB sends the first). Its handlers read the id with `local_id`.
+    Local,
 }
+
+fn doc_of(req: &HttpRequest) -> ApiResult<PathDoc> {
+    let id = path::param(req, "id")?;
+    if id.starts_with(LOCAL_PREFIX) {
+        return Ok(PathDoc::Local);
+    }
+    DocId::parse(&id).map(PathDoc::Doc).map_err(ApiError::BadRequest)
+}
+
+const LOCAL_PREFIX: &str = "_local/";
 
 fn max_body(req: &HttpRequest) -> usize {
     req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_body_bytes)
@@ -222,7 +231,10 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> Map<
 /// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let id = doc_id_of(&req)?;
+    let id = match doc_of(&req)? {
+        PathDoc::Doc(id) => id,
+        PathDoc::Local => return get_local(inst, req).await,
+    };
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
     check_ids(&reach, [&id])?;
     let q = Query::of(&req)?;
@@ -255,7 +267,10 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 /// `?rev=` or `If-Match`. With `?new_edits=false` the body is a replicated revision.
 async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let id = doc_id_of(&req)?;
+    let id = match doc_of(&req)? {
+        PathDoc::Doc(id) => id,
+        PathDoc::Local => return put_local(inst, req, payload).await,
+    };
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     check_ids(&reach, [&id])?;
@@ -285,7 +300,10 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
 /// `DELETE /data/:doctype/:id?rev=` — adds a deletion revision on top of `rev`.
 async fn delete_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
-    let id = doc_id_of(&req)?;
+    let id = match doc_of(&req)? {
+        PathDoc::Doc(id) => id,
+        PathDoc::Local => return delete_local(inst, req).await,
+    };
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete).await?;
     check_ids(&reach, [&id])?;
@@ -630,14 +648,16 @@ async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
 }
 
 fn local_id(req: &HttpRequest) -> ApiResult<String> {
-    let id = req.match_info().get("id").unwrap_or_default();
+    let decoded = path::param(req, "id")?;
+    let id = decoded.strip_prefix(LOCAL_PREFIX).unwrap_or_default();
     if id.is_empty() || id.len() > crate::store::doc::MAX_ID_LEN || id.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid _local document id"));
     }
     Ok(id.to_owned())
 }
 
-/// `GET /data/:doctype/_local/:id` — a local (never replicated) document, e.g. a checkpoint.
+/// `GET /data/:doctype/_local/:id` (or `_local%2F:id`, through `get_doc`) — a local (never
+/// replicated) document, e.g. a checkpoint.
 async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::permissions::{code_failed, code_limited, preview_state};
 use super::sharings::{load_managed, may_manage, peer};
-use super::{data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Verb};
 use crate::instance::Instance;
 use crate::sharing::invitations;
@@ -30,7 +30,7 @@ fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
 }
 
 fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
-    SharingId::parse(req.match_info().get("id").unwrap_or_default()).map_err(ApiError::BadRequest)
+    SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
 fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
@@ -89,7 +89,7 @@ async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 async fn revoke(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let inv = req.match_info().get("inv").unwrap_or_default().to_owned();
+    let inv = path::param(&req, "inv")?;
     let revoke_members = Query::of(&req)?.flag("revoke_members")?;
     let s = invitations::revoke(state_of(&req)?, &inst.0, &id, &inv, revoke_members).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
@@ -101,8 +101,8 @@ async fn details(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     if code_limited(&inst.0, &req) {
         return Err(ApiError::TooManyRequests);
     }
-    let code = req.match_info().get("code").unwrap_or_default();
-    match invitations::details(&inst.0, code).await? {
+    let code = path::param(&req, "code")?;
+    match invitations::details(&inst.0, &code).await? {
         Some(v) => Ok(jsonapi(StatusCode::OK, json!({"data": v}))),
         None => {
             code_failed(&inst.0, &req);

@@ -1,10 +1,13 @@
 //! The HTTP layer: routes, extractors (the instance chosen by `Host`, the caller's permissions),
 //! request-body and query-string helpers that turn every malformed input into a JSON 4xx.
+//! Handlers read route parameters (ids, names) with [`path::param`], which decodes them exactly
+//! once, never with `match_info()` or actix's `web::Path` (see the `path` module for why).
 
 pub mod data;
 pub mod error;
 pub mod invitations;
 pub mod login;
+pub mod path;
 pub mod permissions;
 pub mod sharings;
 

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::login::{esc, page};
-use super::{bearer, data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{self, PermissionSet, Reach, Verb};
 use crate::instance::Instance;
 use crate::sharing::links::{self, Grant};
@@ -191,9 +191,9 @@ async fn get_self(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 }
 
 fn perm_id(req: &HttpRequest) -> ApiResult<String> {
-    let id = req.match_info().get("id").unwrap_or_default();
-    DocId::parse(id).map_err(ApiError::BadRequest)?;
-    Ok(id.to_owned())
+    let id = path::param(req, "id")?;
+    DocId::parse(&id).map_err(ApiError::BadRequest)?;
+    Ok(id)
 }
 
 /// `GET /permissions/:id` — a link whose set the token covers (code names only).
@@ -241,7 +241,7 @@ async fn delete(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 /// a doctype, for a token with GET on the whole doctype.
 async fn shared_by_link(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let (_, perms) = data_caller(&inst.0, &req)?;
-    let doctype = Doctype::parse(req.match_info().get("doctype").unwrap_or_default()).map_err(ApiError::BadRequest)?;
+    let doctype = Doctype::parse(&path::param(&req, "doctype")?).map_err(ApiError::BadRequest)?;
     if perms.reach(&doctype, Verb::Get) != Reach::All {
         return Err(ApiError::Forbidden(format!("listing links needs GET on the whole {doctype} doctype")));
     }

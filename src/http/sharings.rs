@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::login::{esc, owner_session, page, SESSION_COOKIE};
-use super::{bearer, data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
 use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
@@ -85,14 +85,11 @@ fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
 }
 
 fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
-    SharingId::parse(req.match_info().get("id").unwrap_or_default()).map_err(ApiError::BadRequest)
+    SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
 fn member_index(req: &HttpRequest) -> ApiResult<usize> {
-    req.match_info()
-        .get("index")
-        .and_then(|i| i.parse().ok())
-        .ok_or_else(|| ApiError::bad_request("member index must be a number"))
+    path::param(req, "index")?.parse().map_err(|_| ApiError::bad_request("member index must be a number"))
 }
 
 fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {

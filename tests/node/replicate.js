@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// PouchDB <-> hearth replication interoperability test.
+// PouchDB <-> hearth replication interoperability test. Most ids hold characters
+// that PouchDB percent-encodes in paths (`/ + % ? #`, space, non-ASCII).
 //
 //   HEARTH_DB=http://127.0.0.1:PORT/data/io.cozy.notes \
 //   HEARTH_TOKEN=... DOCS=1000 node tests/node/replicate.js
@@ -134,7 +135,11 @@ const local = new PouchDB('hearth-interop-' + process.pid + '-' + Date.now(), {
 // --------------------------------------------------------------- helpers ---
 
 const pad = Math.max(4, String(DOCS - 1).length);
-const idOf = (side, i) => `${side}-${String(i).padStart(pad, '0')}`;
+// Most ids carry characters a path must encode: PouchDB sends them through
+// encodeURIComponent (`/` as %2F, `+` as %2B, `%` as %25...), and hearth must decode each
+// exactly once on every route replication uses. No suffix holds a '-' (see `n` below).
+const ID_SUFFIXES = ['', '/notes/2026', '+a+b', '%25 50%off', '?q=1#frag', ' été', '😀', '%2F'];
+const idOf = (side, i) => `${side}-${String(i).padStart(pad, '0')}${ID_SUFFIXES[i % ID_SUFFIXES.length]}`;
 
 const mismatches = [];
 function mismatch(m) {
@@ -442,6 +447,8 @@ async function main() {
     mismatch_count: mismatches.length,
     mismatches: mismatches.slice(0, 20),
     requests,
+    // The ids both sides hold alive, for the caller to check against hearth's own store.
+    live_ids: [...r.map.keys()].sort(),
   });
 }
 
