@@ -1210,9 +1210,19 @@ impl CouchStore {
                     continue;
                 };
                 let canonical = serde_json::to_vec(&w.body).map_err(internal)?;
-                let rev = new_rev(parent.as_ref(), w.deleted, &canonical);
-                let path: Vec<Rev> = std::iter::once(rev).chain(parent.clone()).collect();
+                let rev = match new_rev(parent.as_ref(), w.deleted, &canonical) {
+                    Ok(rev) => rev,
+                    Err(e) => {
+                        results[i] = Some(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() });
+                        continue;
+                    }
+                };
+                let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent.clone()).collect();
                 tree.merge_path(&path, w.deleted);
+                // Acknowledge only what the tree holds: `merge_path` drops what it cannot store.
+                if !tree.is_leaf(&rev) {
+                    return Err(internal(anyhow!("edit {rev} of {} was not merged into its tree", w.id)));
+                }
                 tree.stem(self.revs_limit);
                 plans.entry(w.id.clone()).or_insert_with(|| (parent, Vec::new())).1.push((i, path));
             }

@@ -394,10 +394,17 @@ fn apply_interactive(
         return Ok(WriteResult::Conflict { id: w.id.clone() });
     };
     let body = serde_json::to_vec(&w.body).map_err(internal)?;
-    let rev = new_rev(parent.as_ref(), w.deleted, &body);
+    let rev = match new_rev(parent.as_ref(), w.deleted, &body) {
+        Ok(rev) => rev,
+        Err(e) => return Ok(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() }),
+    };
     let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent).collect();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     tree.merge_path(&path, w.deleted);
+    // Acknowledge only what the tree holds: `merge_path` drops revisions it cannot store.
+    if !tree.is_leaf(&rev) {
+        return Err(internal(anyhow::anyhow!("edit {rev} of {} was not merged into its tree", w.id)));
+    }
     tree.stem(ctx.revs_limit);
     save_doc(
         tx,
@@ -436,6 +443,13 @@ fn apply_replicated(
     let known_before = tree.contains(head).then(|| tree.clone());
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     let outcome = tree.merge_path(path, w.deleted);
+    // Acknowledge only what the tree holds: `merge_path` drops revisions it cannot store.
+    if !tree.contains(head) {
+        return Ok(Some(WriteResult::Rejected {
+            id: w.id.clone(),
+            reason: format!("revision {head} cannot be stored"),
+        }));
+    }
     if outcome == MergeOutcome::AlreadyKnown && known_before.as_ref() == Some(&tree) {
         // Idempotent: a revision we have is never rewritten, and re-sending it changes nothing.
         return Ok(None);
