@@ -33,6 +33,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests, try again later")]
     TooManyRequests,
+    /// 429 with a `Retry-After` of this many seconds.
+    #[error("too many attempts, try again in {0} s")]
+    RetryAfter(u64),
     #[error("the storage backend is unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -55,7 +58,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::TooLarge => "too_large",
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
-            ApiError::TooManyRequests => "too_many_requests",
+            ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_server_error",
         }
@@ -86,7 +89,7 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,8 +107,14 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::TooManyRequests) {
-            resp.insert_header(("Retry-After", "60"));
+        match self {
+            ApiError::TooManyRequests => {
+                resp.insert_header(("Retry-After", "60"));
+            }
+            ApiError::RetryAfter(secs) => {
+                resp.insert_header(("Retry-After", secs.to_string()));
+            }
+            _ => {}
         }
         resp.json(json!({ "error": self.kind(), "reason": reason }))
     }
