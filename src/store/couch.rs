@@ -223,7 +223,7 @@ fn from_couch_rs(e: couch_rs::error::CouchError) -> StoreError {
 /// The innermost cause of a store error, for one-line messages.
 fn root_cause(e: StoreError) -> String {
     match e {
-        StoreError::Unavailable(e) | StoreError::Internal(e) => e.root_cause().to_string(),
+        StoreError::Unavailable(e) | StoreError::Internal(e) | StoreError::Full(e) => e.root_cause().to_string(),
         other => other.to_string(),
     }
 }
@@ -298,6 +298,9 @@ impl Reply {
     }
 
     fn unexpected(&self, what: &str) -> StoreError {
+        if self.status == StatusCode::INSUFFICIENT_STORAGE {
+            return StoreError::Full(anyhow!("CouchDB has no space left ({what})"));
+        }
         internal(anyhow!(
             "unexpected CouchDB answer to {what}: {} {} {}",
             self.status,

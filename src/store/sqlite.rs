@@ -109,6 +109,9 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Unavailable(e.into())
             }
+            rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Full(e.into())
+            }
             e => StoreError::Internal(e.into()),
         }
     }
@@ -134,8 +137,12 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
         }
-        conn.execute_batch(SCHEMA).context("failed to create the schema")?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Only a new or older file is written to: opening must work on a full disk, where the
+        // store then serves reads and refuses writes (`StoreError::Full`).
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
             inner: Arc::new(Inner {

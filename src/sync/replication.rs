@@ -41,7 +41,8 @@ pub enum SyncError {
 impl SyncError {
     pub fn is_transient(&self) -> bool {
         match self {
-            SyncError::Store(StoreError::Unavailable(_)) => true,
+            // A full disk frees up: retry later, as for an unavailable store.
+            SyncError::Store(StoreError::Unavailable(_) | StoreError::Full(_)) => true,
             SyncError::Store(_) => false,
             SyncError::Peer(p) => p.is_transient(),
             SyncError::Protocol(_) | SyncError::RevokeRequested => false,
