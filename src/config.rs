@@ -26,10 +26,18 @@ pub struct Config {
     pub cli_token_ttl_secs: u64,
     /// Lifetime of the owner's login session cookie, in seconds.
     pub session_ttl_secs: u64,
-    /// Failed passphrase attempts allowed per instance in `login_window_secs` before 429.
+    /// Failed passphrase attempts allowed per client address (and per known browser) in
+    /// `login_window_secs` before 429; also the failures the whole instance tolerates before
+    /// spacing verifications for unknown browsers (see `auth::throttle`).
     pub login_max_failures: u32,
     /// Window of the failed-login rate limit, in seconds.
     pub login_window_secs: u64,
+    /// Once the instance saw `login_max_failures` failures in the window: the least time
+    /// between two passphrase verifications for browsers that never logged in, in ms.
+    pub login_slowdown_ms: u64,
+    /// Longest an attempt waits for its turn under that slowdown before getting 429 with
+    /// `Retry-After`, in seconds.
+    pub login_max_wait_secs: u64,
     /// Longest a `feed=longpoll` changes request waits, in milliseconds.
     pub longpoll_max_ms: u64,
     pub couchdb: CouchConfig,
@@ -157,6 +165,8 @@ impl Default for Config {
             session_ttl_secs: 7 * 24 * 3600,
             login_max_failures: 10,
             login_window_secs: 300,
+            login_slowdown_ms: 1000,
+            login_max_wait_secs: 30,
             longpoll_max_ms: 60_000,
             couchdb: CouchConfig::default(),
             federation: FederationConfig::default(),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod federation;
 pub mod http;
 pub mod instance;
+pub mod logging;
 pub mod services;
 pub mod sharing;
 pub mod store;

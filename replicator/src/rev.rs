@@ -12,8 +12,16 @@ use std::str::FromStr;
 use md5::{Digest, Md5};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Highest generation: the largest 19-digit number, so every revision prints and parses back.
-pub const MAX_POS: u64 = 9_999_999_999_999_999_999;
+/// Highest generation a revision may have: 2^53 - 1 (`Number.MAX_SAFE_INTEGER`).
+///
+/// Every peer must represent a generation exactly, and PouchDB (JavaScript) parses `_rev`'s
+/// generation and `_revisions.start` into a double, where integers above 2^53 - 1 silently
+/// round to a neighbour: a PouchDB peer would store and send back another revision than the one
+/// it acknowledged. CouchDB (Erlang integers) has no limit; no real document is edited 2^53
+/// times, so generations above this are refused on the way in ([`Rev::from_str`],
+/// [`Revisions::to_revs`]) and an edit that would go past it is refused by [`new_rev`]. With
+/// every generation at most this, `pos + 1` can never overflow.
+pub const MAX_POS: u64 = (1 << 53) - 1;
 
 /// Longest hash we accept in a revision id. CouchDB's own are 32 hex digits; peers may use
 /// other strings, but nothing legitimate comes near this.
@@ -30,6 +38,9 @@ pub struct Rev {
 pub enum RevError {
     #[error("invalid rev format")]
     Format,
+    /// A generation above [`MAX_POS`], given or about to be created by an edit.
+    #[error("revision generation above the limit of 9007199254740991 (2^53 - 1, the largest that every peer, PouchDB included, represents exactly)")]
+    GenerationLimit,
     #[error("revision history is empty or inconsistent")]
     History,
 }
@@ -74,17 +85,21 @@ fn normalise_hash(hash: &str) -> Result<String, RevError> {
 impl FromStr for Rev {
     type Err = RevError;
 
-    /// Parses `pos-hash`; `pos` must be a positive decimal without sign or leading zeros, the
-    /// hash non-empty.
+    /// Parses `pos-hash`; `pos` must be a positive decimal without sign or leading zeros, at
+    /// most [`MAX_POS`] ([`RevError::GenerationLimit`] above it), the hash non-empty.
     fn from_str(s: &str) -> Result<Self, RevError> {
         let (pos, hash) = s.split_once('-').ok_or(RevError::Format)?;
-        if pos.is_empty() || pos.len() > 19 || pos.starts_with('0') || hash.is_empty() {
+        if pos.is_empty() || pos.starts_with('0') || hash.is_empty() {
             return Err(RevError::Format);
         }
         if !pos.bytes().all(|b| b.is_ascii_digit()) {
             return Err(RevError::Format);
         }
-        let pos: u64 = pos.parse().map_err(|_| RevError::Format)?;
+        // Any longer run of digits is a number above the limit (and above u64).
+        let pos: u64 = pos.parse().map_err(|_| RevError::GenerationLimit)?;
+        if pos > MAX_POS {
+            return Err(RevError::GenerationLimit);
+        }
         Ok(Rev { pos, hash: normalise_hash(hash)? })
     }
 }
@@ -111,9 +126,12 @@ pub struct Revisions {
 
 impl Revisions {
     /// The revisions this history names, newest first. Fails on an empty list, a generation
-    /// that would go below 1, or an invalid hash.
+    /// that would go below 1 or above [`MAX_POS`], or an invalid hash.
     pub fn to_revs(&self) -> Result<Vec<Rev>, RevError> {
-        if self.ids.is_empty() || (self.ids.len() as u64) > self.start || self.start > MAX_POS {
+        if self.start > MAX_POS {
+            return Err(RevError::GenerationLimit);
+        }
+        if self.ids.is_empty() || (self.ids.len() as u64) > self.start {
             return Err(RevError::History);
         }
         self.ids
@@ -140,7 +158,14 @@ impl Revisions {
 ///
 /// `canonical_body` must be the body without any `_` field, serialised with sorted keys
 /// (`serde_json::to_vec` of a `Value` does that, since its maps are ordered).
-pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Rev {
+///
+/// Fails with [`RevError::GenerationLimit`] when the parent is already at [`MAX_POS`]: the
+/// edit must be refused, since a revision above the limit could not be stored or sent.
+pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Result<Rev, RevError> {
+    let pos = match parent {
+        None => 1,
+        Some(p) => p.pos.checked_add(1).filter(|&pos| pos <= MAX_POS).ok_or(RevError::GenerationLimit)?,
+    };
     let mut md5 = Md5::new();
     md5.update(b"hearth-rev-v1\0");
     match parent {
@@ -153,7 +178,7 @@ pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Re
     }
     md5.update(if deleted { b"\0d\0" } else { b"\0l\0" });
     md5.update(canonical_body);
-    Rev { pos: parent.map_or(1, |p| p.pos + 1), hash: hex::encode(md5.finalize()) }
+    Ok(Rev { pos, hash: hex::encode(md5.finalize()) })
 }
 
 #[cfg(test)]
@@ -169,9 +194,32 @@ mod tests {
 
     #[test]
     fn rejects_malformed_rev_ids() {
-        for bad in ["", "1", "-a", "0-a", "01-a", "1-", "a-b", "+1-a", "1 -a", "1-a b", "99999999999999999999-a"] {
-            assert!(bad.parse::<Rev>().is_err(), "{bad:?} should be refused");
+        for bad in ["", "1", "-a", "0-a", "01-a", "1-", "a-b", "+1-a", "1 -a", "1-a b"] {
+            assert_eq!(bad.parse::<Rev>(), Err(RevError::Format), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn generations_above_the_javascript_safe_limit_are_refused() {
+        assert_eq!(MAX_POS, 9_007_199_254_740_991);
+        assert_eq!("9007199254740991-a".parse::<Rev>().unwrap().pos, MAX_POS);
+        for bad in
+            ["9007199254740992-a", "9999999999999999999-a", "18446744073709551615-a", "99999999999999999999999-a"]
+        {
+            assert_eq!(bad.parse::<Rev>(), Err(RevError::GenerationLimit), "{bad:?} should be refused");
+        }
+        let over = Revisions { start: MAX_POS + 1, ids: vec!["a".into()] };
+        assert_eq!(over.to_revs(), Err(RevError::GenerationLimit));
+    }
+
+    #[test]
+    fn an_edit_past_the_limit_is_refused_and_one_up_to_it_is_made() {
+        let below = Rev::new(MAX_POS - 1, "a");
+        assert_eq!(new_rev(Some(&below), false, b"{}").unwrap().pos, MAX_POS);
+        let at = Rev::new(MAX_POS, "a");
+        assert_eq!(new_rev(Some(&at), false, b"{}"), Err(RevError::GenerationLimit));
+        let beyond = Rev::new(u64::MAX, "a");
+        assert_eq!(new_rev(Some(&beyond), true, b"{}"), Err(RevError::GenerationLimit));
     }
 
     #[test]
@@ -197,7 +245,7 @@ mod tests {
         assert_eq!(r.start, 3);
         assert_eq!(r.to_revs().unwrap(), revs);
         let huge = Revisions { start: u64::MAX, ids: vec!["a".into()] };
-        assert!(huge.to_revs().is_err(), "generations must print and parse back");
+        assert_eq!(huge.to_revs(), Err(RevError::GenerationLimit));
         let max = Revisions { start: MAX_POS, ids: vec!["a".into()] };
         assert_eq!(max.to_revs().unwrap()[0].to_string().parse::<Rev>().unwrap().pos, MAX_POS);
         let too_long = Revisions { start: 1, ids: vec!["b".into(), "a".into()] };
@@ -210,13 +258,14 @@ mod tests {
     fn new_revs_are_deterministic_and_depend_on_every_input() {
         let parent = Rev::new(1, "a");
         let body = br#"{"title":"hi"}"#;
-        let r1 = new_rev(Some(&parent), false, body);
-        assert_eq!(r1, new_rev(Some(&parent), false, body));
+        let new = |p: Option<&Rev>, d: bool, b: &[u8]| new_rev(p, d, b).unwrap();
+        let r1 = new(Some(&parent), false, body);
+        assert_eq!(r1, new(Some(&parent), false, body));
         assert_eq!(r1.pos, 2);
         assert_eq!(r1.hash.len(), 32);
-        assert_ne!(r1, new_rev(Some(&parent), true, body));
-        assert_ne!(r1, new_rev(Some(&Rev::new(1, "b")), false, body));
-        assert_ne!(r1, new_rev(Some(&parent), false, br#"{"title":"ho"}"#));
-        assert_eq!(new_rev(None, false, body).pos, 1);
+        assert_ne!(r1, new(Some(&parent), true, body));
+        assert_ne!(r1, new(Some(&Rev::new(1, "b")), false, body));
+        assert_ne!(r1, new(Some(&parent), false, br#"{"title":"ho"}"#));
+        assert_eq!(new(None, false, body).pos, 1);
     }
 }

@@ -471,7 +471,8 @@ impl World {
         let doc = self.insts[i].docs.entry(key.to_owned()).or_default();
         let parent = doc.tree.edit_parent(leaf, deleting).ok()?;
         let canonical = serde_json::to_vec(&body).expect("a JSON value serialises");
-        let rev = new_rev(parent.as_ref(), deleting, &canonical);
+        let rev =
+            new_rev(parent.as_ref(), deleting, &canonical).expect("simulated generations stay far below the limit");
         let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent.clone()).collect();
         doc.tree.merge_path(&path, deleting);
         doc.bodies.entry(rev.clone()).or_insert_with(|| body.clone());

@@ -7,9 +7,13 @@
 //! 3. the reference: PouchDB Server's own replicator (`POST /_replicate`) copying the same N
 //!    documents between two of its databases, when `pouchdb-server` is installed
 //!    (`tests/node`), and the ratio between the two;
-//! 4. the peak resident memory of this process.
+//! 4. many conflicts: `--branches N` (default 20,000) conflicting branches of one document
+//!    pushed into the SQLite store in batches of 5,000 (`new_edits=false`), the time of each
+//!    batch and the ratio of the last to the first (the reference): it must stay near 1, since
+//!    merging costs the size of the path, not of the tree;
+//! 5. the peak resident memory of this process.
 //!
-//! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--pouchdb-server PATH]`.
+//! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--branches N] [--pouchdb-server PATH]`.
 
 use std::time::{Duration, Instant};
 
@@ -24,15 +28,17 @@ use serde_json::{json, Value};
 
 struct Args {
     docs: usize,
+    branches: usize,
     pouchdb_server: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { docs: 20_000, pouchdb_server: None };
+    let mut a = Args { docs: 20_000, branches: 20_000, pouchdb_server: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--docs" => a.docs = it.next().context("--docs N")?.parse()?,
+            "--branches" => a.branches = it.next().context("--branches N")?.parse()?,
             "--pouchdb-server" => a.pouchdb_server = Some(it.next().context("--pouchdb-server PATH")?),
             other => bail!("unknown argument {other}"),
         }
@@ -91,6 +97,41 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
         store.bulk_docs(&t, vec![w], true).await?;
     }
     Ok((replicated, rate(m, started.elapsed())))
+}
+
+/// `n` conflicting branches (`2-<i>` on a shared `1-root`) of one document, written in batches
+/// of 5,000 replicated writes; returns each batch's duration.
+async fn many_conflicts(n: usize) -> anyhow::Result<Vec<Duration>> {
+    const BATCH: usize = 5_000;
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(&dir.path().join("conflicts.sqlite"), 1000)?;
+    let t = Doctype::parse("io.cozy.bench").map_err(anyhow::Error::msg)?;
+    let id = DocId::parse("conflicted").map_err(anyhow::Error::msg)?;
+    let mut times = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        let docs = chunk
+            .iter()
+            .map(|i| DocWrite {
+                id: id.clone(),
+                rev: None,
+                revisions: Some(vec![Rev::new(2, format!("{i:032x}")), Rev::new(1, "root")]),
+                deleted: false,
+                body: body(*i),
+            })
+            .collect();
+        let started = Instant::now();
+        let refused = store.bulk_docs(&t, docs, false).await?;
+        times.push(started.elapsed());
+        if !refused.is_empty() {
+            bail!("the store refused {} branches: {:?}", refused.len(), refused.first());
+        }
+    }
+    let leaves = store.doc_leaves(&t, std::slice::from_ref(&id)).await?;
+    let count = leaves.get(&id).map_or(0, Vec::len);
+    if count != n {
+        bail!("the document has {count} leaves, {n} expected");
+    }
+    Ok(times)
 }
 
 /// Two instances on one server, a sharing of `n` documents selected by a field, accepted
@@ -204,6 +245,13 @@ async fn main() -> anyhow::Result<()> {
     let (replicated, interactive) = store_writes(n).await?;
     println!("store: replicated writes (500/transaction)   {replicated:>10.0} docs/s");
     println!("store: interactive writes (1/transaction)    {interactive:>10.0} docs/s");
+    let times = many_conflicts(a.branches).await?;
+    for (i, d) in times.iter().enumerate() {
+        println!("store: conflicting branches, batch {:>2} of 5,000 {:>10.3} s", i + 1, d.as_secs_f64());
+    }
+    if let (Some(first), Some(last)) = (times.first(), times.last()) {
+        println!("ratio last batch / first batch (reference)   {:>10.2}x", last.as_secs_f64() / first.as_secs_f64());
+    }
     let hearth = hearth_initial_sync(n).await?;
     println!("hearth → hearth initial sync over HTTP       {hearth:>10.0} docs/s");
     match a.pouchdb_server {

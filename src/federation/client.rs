@@ -40,6 +40,12 @@ pub enum FederationError {
 }
 
 impl FederationError {
+    /// Whether the SSRF guard refused the address before any connection (see
+    /// [`GuardError::is_policy_refusal`]): the caller's input is at fault, not the peer.
+    pub fn is_policy_refusal(&self) -> bool {
+        matches!(self, FederationError::Guard(g) if g.is_policy_refusal())
+    }
+
     /// Whether trying again later may succeed (network trouble, 5xx, 408, 429).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -95,7 +101,11 @@ impl Federation {
     /// `https://bob.example.net/some/path`) to its origin, and checks it with the SSRF guard.
     pub fn normalise_instance_url(&self, input: &str) -> Result<Url, FederationError> {
         let input = input.trim();
-        let with_scheme = if input.contains("://") { input.to_owned() } else { format!("{}://{input}", self.scheme()) };
+        // `http:/\host` and the like are http URLs to browsers (WHATWG parsing), so to us too;
+        // `host:port` parses with `host` as its scheme and gets ours.
+        let has_scheme =
+            input.contains("://") || Url::parse(input).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        let with_scheme = if has_scheme { input.to_owned() } else { format!("{}://{input}", self.scheme()) };
         let mut url = guard::check_url(&with_scheme, &self.policy)?;
         url.set_path("/");
         url.set_query(None);
@@ -124,7 +134,15 @@ impl Federation {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|source| FederationError::Unreachable { peer: peer.clone(), source })?;
+        let resp = req.send().await.map_err(|source| {
+            // A refusal of the resolver or the connector layer reaches us inside reqwest's
+            // error: it is the guard's, not a network failure.
+            let source_is_refusal = GuardError::from_transport_ref(&source);
+            match source_is_refusal {
+                Some(refusal) => FederationError::Guard(refusal),
+                None => FederationError::Unreachable { peer: peer.clone(), source },
+            }
+        })?;
         let status = resp.status().as_u16();
         let bytes = guard::read_limited(resp, MAX_RESPONSE_BYTES).await?;
         let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };

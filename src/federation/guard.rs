@@ -152,6 +152,13 @@ pub enum GuardError {
 }
 
 impl GuardError {
+    /// Whether the guard refused the peer address itself (bad url, scheme, or an address that
+    /// is or resolves to a forbidden one): no connection was made, so the request, not the
+    /// peer, is at fault (400 rather than 502).
+    pub fn is_policy_refusal(&self) -> bool {
+        matches!(self, GuardError::InvalidUrl { .. } | GuardError::Scheme { .. } | GuardError::ForbiddenAddress { .. })
+    }
+
     /// Worth retrying later (the replicator backs off and retries these; the others are final).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -176,6 +183,18 @@ impl GuardError {
         }
         let peer = error.url().map(origin).unwrap_or_else(|| "peer".to_owned());
         GuardError::Transport { peer, source: error.without_url() }
+    }
+
+    /// The guard's own refusal inside a reqwest error's chain, if there is one.
+    pub fn from_transport_ref(error: &reqwest::Error) -> Option<Self> {
+        let mut cause: Option<&(dyn StdError + 'static)> = error.source();
+        while let Some(current) = cause {
+            if let Some(refusal) = current.downcast_ref::<GuardError>().and_then(GuardError::duplicate) {
+                return Some(refusal);
+            }
+            cause = current.source();
+        }
+        None
     }
 
     /// A copy of a refusal found by reference in an error chain. `Transport` is never raised

@@ -197,7 +197,7 @@ fn rev_param(req: &HttpRequest, q: &Query) -> ApiResult<Option<Rev>> {
         (Some(a), Some(b)) if a != b => return Err(ApiError::bad_request("rev and If-Match disagree")),
         (a, b) => a.or(b),
     };
-    raw.map(|r| r.parse::<Rev>().map_err(|_| ApiError::bad_request("invalid rev format"))).transpose()
+    raw.map(|r| r.parse::<Rev>().map_err(|e| ApiError::bad_request(e.to_string()))).transpose()
 }
 
 fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
@@ -207,9 +207,8 @@ fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
     items
         .iter()
         .map(|r| {
-            r.as_str()
-                .and_then(|s| s.parse::<Rev>().ok())
-                .ok_or_else(|| ApiError::bad_request(format!("invalid revision in {what}")))
+            let s = r.as_str().ok_or_else(|| ApiError::bad_request(format!("invalid revision in {what}")))?;
+            s.parse::<Rev>().map_err(|e| ApiError::bad_request(format!("invalid revision in {what}: {e}")))
         })
         .collect()
 }
@@ -409,7 +408,7 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
         let id = DocId::parse(id).map_err(ApiError::BadRequest)?;
         let rev = match d.get("rev") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|_| ApiError::bad_request("invalid rev format"))?),
+            Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|e| ApiError::bad_request(e.to_string()))?),
             Some(_) => return Err(ApiError::bad_request("invalid rev format")),
         };
         wanted.push((id, rev));

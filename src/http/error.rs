@@ -33,8 +33,14 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("too many requests, try again later")]
     TooManyRequests,
+    /// 429 with a `Retry-After` of this many seconds.
+    #[error("too many attempts, try again in {0} s")]
+    RetryAfter(u64),
     #[error("the storage backend is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// 507: the disk is full. Nothing was written; reads keep working.
+    #[error("the server's disk is full: nothing was written, and writes are refused until space is freed (reads still work)")]
+    InsufficientStorage,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -55,8 +61,9 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::TooLarge => "too_large",
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
-            ApiError::TooManyRequests => "too_many_requests",
+            ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
             ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal_server_error",
         }
     }
@@ -69,6 +76,10 @@ impl From<StoreError> for ApiError {
             StoreError::Deleted => ApiError::NotFound("deleted".into()),
             StoreError::Conflict => ApiError::Conflict,
             StoreError::Unavailable(e) => ApiError::Unavailable(e),
+            StoreError::Full(e) => {
+                tracing::warn!(error = %e, "write refused: the disk is full");
+                ApiError::InsufficientStorage
+            }
             e @ (StoreError::Corrupt(_) | StoreError::Internal(_)) => ApiError::Internal(e.into()),
         }
     }
@@ -76,6 +87,11 @@ impl From<StoreError> for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
+        if let ApiError::Internal(e) | ApiError::Unavailable(e) = self {
+            if crate::store::is_disk_full(e.as_ref()) {
+                return StatusCode::INSUFFICIENT_STORAGE;
+            }
+        }
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -86,13 +102,21 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        // A full disk met outside a store (the registry, a file) is still a full disk.
+        if let ApiError::Internal(e) | ApiError::Unavailable(e) = self {
+            if crate::store::is_disk_full(e.as_ref()) {
+                tracing::warn!(error = ?e, "write refused: the disk is full");
+                return ApiError::InsufficientStorage.error_response();
+            }
+        }
         match self {
             ApiError::Internal(e) | ApiError::Unavailable(e) => {
                 tracing::error!(error = ?e, "request failed");
@@ -104,8 +128,14 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::TooManyRequests) {
-            resp.insert_header(("Retry-After", "60"));
+        match self {
+            ApiError::TooManyRequests => {
+                resp.insert_header(("Retry-After", "60"));
+            }
+            ApiError::RetryAfter(secs) => {
+                resp.insert_header(("Retry-After", secs.to_string()));
+            }
+            _ => {}
         }
         resp.json(json!({ "error": self.kind(), "reason": reason }))
     }

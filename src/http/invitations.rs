@@ -8,7 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::permissions::{code_failed, code_limited, preview_state};
+use super::permissions::{code_failed, preview_state, reserve_code_attempt};
 use super::sharings::{load_managed, may_manage, peer};
 use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Verb};
@@ -98,14 +98,15 @@ async fn revoke(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 /// `GET /invitations/:code` — what a link offers, for whoever holds it (404 for unknown,
 /// revoked and expired links alike; failures are rate-limited like sharecodes).
 async fn details(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    if code_limited(&inst.0, &req) {
-        return Err(ApiError::TooManyRequests);
-    }
+    let attempt = reserve_code_attempt(&inst.0, &req)?;
     let code = path::param(&req, "code")?;
     match invitations::details(&inst.0, &code).await? {
-        Some(v) => Ok(jsonapi(StatusCode::OK, json!({"data": v}))),
+        Some(v) => {
+            attempt.succeeded();
+            Ok(jsonapi(StatusCode::OK, json!({"data": v})))
+        }
         None => {
-            code_failed(&inst.0, &req);
+            code_failed(&inst.0, attempt);
             Err(ApiError::NotFound("no such invitation".into()))
         }
     }
@@ -141,13 +142,14 @@ pub(super) async fn discovery_lookup(
         return Ok((Some(("state", state)), found));
     }
     if let Some(code) = invitation {
-        if code_limited(inst, req) {
-            return Err(ApiError::TooManyRequests);
-        }
+        let attempt = reserve_code_attempt(inst, req)?;
         let s = match invitations::discovery_view(inst, id, &code).await {
-            Ok(s) => s,
+            Ok(s) => {
+                attempt.succeeded();
+                s
+            }
             Err(e) => {
-                code_failed(inst, req);
+                code_failed(inst, attempt);
                 return Err(e.into());
             }
         };
@@ -188,15 +190,16 @@ pub(super) async fn discover(
         return Ok(service::discover(svc, inst, id, &state, url).await?);
     }
     if let Some(code) = invitation {
-        if code_limited(inst, req) {
-            return Err(ApiError::TooManyRequests);
-        }
+        let attempt = reserve_code_attempt(inst, req)?;
         return match invitations::discover(svc, inst, id, &code, url).await {
             Err(SharingError::Forbidden(r)) => {
-                code_failed(inst, req);
+                code_failed(inst, attempt);
                 Err(ApiError::Forbidden(r))
             }
-            other => Ok(other?),
+            other => {
+                attempt.cancel();
+                Ok(other?)
+            }
         };
     }
     if sharecode.is_none() && !same_origin(req) {

@@ -1,7 +1,13 @@
 //! The owner's passphrase login: `GET /auth/login` shows a form, `POST /auth/login` checks the
-//! passphrase and sets a session cookie (a short JWT of audience `session`, HttpOnly,
-//! SameSite=Lax) used by the owner-only pages of later steps (accepting a sharing).
-//! Failed attempts are rate-limited per client address and per instance.
+//! passphrase and starts a session, `POST /auth/logout` ends it.
+//!
+//! A session is a random id kept server-side (`instance::Sessions`, stored hashed) and sent as
+//! the `hearth_session` cookie (HttpOnly, SameSite=Lax): every login gets its own, logging out
+//! ends it, and changing the passphrase ends them all. Guessing is limited as `auth::throttle`
+//! describes: an attempt is reserved per client address before the passphrase is verified;
+//! once the instance has seen many failures, verifications for browsers that never logged in
+//! are spaced out instead of refused, and a browser that logged in before (the signed
+//! `hearth_device` cookie) is never slowed down by other people's guesses.
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::header;
@@ -9,17 +15,24 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::{read_body, AppState, Inst};
-use crate::auth::{Audience, Claims};
 use crate::http::{ApiError, ApiResult};
 use crate::instance::Instance;
 
 pub const SESSION_COOKIE: &str = "hearth_session";
 
-/// How many times the per-address limit the whole instance tolerates before locking logins.
-const INSTANCE_WIDE_FACTOR: u32 = 10;
+/// Marks a browser that logged in before: `<random id>.<MAC of the id>`.
+pub const DEVICE_COOKIE: &str = "hearth_device";
+
+/// Lifetime of the device cookie: a year (it grants nothing but an exemption from the
+/// instance-wide slowdown).
+const DEVICE_TTL_SECS: i64 = 365 * 24 * 3600;
+
+/// The limiter key of the instance-wide load of unknown browsers.
+const INSTANCE_KEY: &str = "instance";
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/auth/login").route(web::get().to(login_page)).route(web::post().to(login_submit)));
+    cfg.service(web::resource("/auth/logout").route(web::post().to(logout)));
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -103,8 +116,27 @@ struct LoginForm {
     redirect: Option<String>,
 }
 
-/// `POST /auth/login` — checks the passphrase; on success sets the session cookie and
-/// redirects (303) to `redirect`.
+/// The id of the browser's device cookie, when it carries a valid one for this instance.
+fn known_device(inst: &Instance, req: &HttpRequest) -> Option<String> {
+    let cookie = req.cookie(DEVICE_COOKIE)?;
+    let (id, mac) = cookie.value().split_once('.')?;
+    let expected = inst.derive_secret("device", &[id]);
+    (id.len() == 32 && Instance::secrets_match(mac, &expected)).then(|| id.to_owned())
+}
+
+fn cookie<'c>(req: &HttpRequest, name: &'c str, value: String, max_age_secs: i64) -> Cookie<'c> {
+    Cookie::build(name, value)
+        .path("/")
+        .http_only(true)
+        .secure(req.connection_info().scheme() == "https")
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::seconds(max_age_secs))
+        .finish()
+}
+
+/// `POST /auth/login` — checks the passphrase; on success starts a session (cookie) and
+/// redirects (303) to `redirect`. Wrong passphrase: 401 with the form again. Guessing: 429
+/// (see the module documentation).
 async fn login_submit(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -114,20 +146,46 @@ async fn login_submit(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
         serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("the form needs a passphrase field"))?;
     let redirect = safe_redirect(form.redirect.as_deref());
     let inst = inst.0;
-    let addr = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    let addr_key = format!("addr:{addr}");
-    if inst.login_failures.is_limited(&addr_key) || instance_locked(&inst, state.config.login_max_failures) {
+    let device = known_device(&inst, &req);
+    let key = match &device {
+        Some(id) => format!("device:{id}"),
+        None => format!("addr:{}", super::permissions::client_address(&req)),
+    };
+    // Reserved before verifying: concurrent attempts cannot all pass the check.
+    let Some(attempt) = inst.login_failures.reserve(&key) else {
         return Err(ApiError::TooManyRequests);
+    };
+    // Unknown browsers share the instance's load: failures, and verifications in flight (so
+    // that concurrent attempts from many addresses cannot all pass as "free").
+    let mut instance_attempt = None;
+    if device.is_none() {
+        let load = inst.login_failures.load(INSTANCE_KEY);
+        let Some(reserved) = inst.login_failures.reserve_with(INSTANCE_KEY, u32::MAX) else {
+            return Err(ApiError::TooManyRequests);
+        };
+        match inst.login_slowdown.turn(load) {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => tokio::time::sleep(wait).await,
+            Err(retry) => {
+                reserved.cancel();
+                attempt.cancel();
+                return Err(ApiError::RetryAfter(retry.as_secs().max(1)));
+            }
+        }
+        instance_attempt = Some(reserved);
     }
     // argon2 is deliberately slow: keep it off the async workers.
+    inst.passphrase_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let registry = state.registry.clone();
     let domain = inst.domain.clone();
     let ok = web::block(move || registry.check_passphrase(&domain, &form.passphrase))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     if !ok {
-        inst.login_failures.record_failure(&addr_key);
-        inst.login_failures.record_failure("instance");
+        attempt.failed();
+        if let Some(a) = instance_attempt {
+            a.failed();
+        }
         tracing::warn!(instance = %inst.domain, "failed login attempt");
         return Ok(page(
             actix_web::http::StatusCode::UNAUTHORIZED,
@@ -135,30 +193,35 @@ async fn login_submit(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
             &login_form(&inst, &redirect, Some("Wrong passphrase.")),
         ));
     }
+    attempt.succeeded();
+    if let Some(a) = instance_attempt {
+        a.succeeded();
+    }
     let ttl = state.config.session_ttl_secs;
-    let token = inst.keys.issue(Audience::Session, "owner", ttl, None, None);
-    let cookie = Cookie::build(SESSION_COOKIE, token)
-        .path("/")
-        .http_only(true)
-        .secure(req.connection_info().scheme() == "https")
-        .same_site(SameSite::Lax)
-        .max_age(actix_web::cookie::time::Duration::seconds(ttl.min(i64::MAX as u64) as i64))
-        .finish();
+    let session = inst.sessions.start(ttl).map_err(ApiError::Internal)?;
+    let device_id = device.unwrap_or_else(|| crate::auth::random_hex(16));
+    let device_value = format!("{device_id}.{}", inst.derive_secret("device", &[&device_id]));
     Ok(HttpResponse::SeeOther()
-        .cookie(cookie)
+        .cookie(cookie(&req, SESSION_COOKIE, session, ttl.min(i64::MAX as u64) as i64))
+        .cookie(cookie(&req, DEVICE_COOKIE, device_value, DEVICE_TTL_SECS))
         .insert_header((header::LOCATION, redirect))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .finish())
 }
 
-fn instance_locked(inst: &Instance, max: u32) -> bool {
-    // The instance-wide key uses the same limiter with a larger budget, so a distributed guess
-    // still hits a wall.
-    inst.login_failures.is_limited_with("instance", max.saturating_mul(INSTANCE_WIDE_FACTOR))
+/// `POST /auth/logout` — ends this browser's session (if any) and sends it to the login page.
+async fn logout(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    if let Some(c) = req.cookie(SESSION_COOKIE) {
+        inst.0.sessions.end(c.value()).map_err(ApiError::Internal)?;
+    }
+    Ok(HttpResponse::SeeOther()
+        .cookie(cookie(&req, SESSION_COOKIE, String::new(), 0))
+        .insert_header((header::LOCATION, "/auth/login"))
+        .finish())
 }
 
-/// The owner's session, when the request carries a valid session cookie for this instance.
-pub fn owner_session(inst: &Instance, req: &HttpRequest) -> Option<Claims> {
+/// The owner's session id, when the request carries the cookie of a live session.
+pub fn owner_session(inst: &Instance, req: &HttpRequest) -> Option<String> {
     let cookie = req.cookie(SESSION_COOKIE)?;
-    inst.keys.verify(cookie.value(), &[Audience::Session])
+    inst.sessions.is_valid(cookie.value()).then(|| cookie.value().to_owned())
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::login::{esc, page};
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
-use crate::auth::{self, PermissionSet, Reach, Verb};
+use crate::auth::{self, Attempt, PermissionSet, Reach, Verb};
 use crate::instance::Instance;
 use crate::sharing::links::{self, Grant};
 use crate::sharing::{self, service, SharingId};
@@ -58,33 +58,39 @@ fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
         .body(v.to_string())
 }
 
-/// The rate-limit key of the client: its address (IPv6 by /64, as one host often owns a whole
-/// /64). Forwarding headers are not trusted.
-pub(super) fn client_key(req: &HttpRequest) -> String {
+/// The client's address as rate limits count it: IPv6 by /64, as one host often owns a whole
+/// /64. Forwarding headers are not trusted.
+pub(super) fn client_address(req: &HttpRequest) -> String {
     match req.peer_addr().map(|a| a.ip()) {
         Some(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
-            format!("code:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
-        Some(std::net::IpAddr::V6(v6)) => {
-            format!("code:{}", v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default())
-        }
-        Some(ip) => format!("code:{ip}"),
-        None => "code:unknown".into(),
+        Some(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(|v4| v4.to_string()).unwrap_or_default(),
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
     }
+}
+
+/// The rate-limit key of a client presenting codes.
+fn client_key(req: &HttpRequest) -> String {
+    format!("code:{}", client_address(req))
 }
 
 fn max_failures(req: &HttpRequest) -> u32 {
     state_of(req).map_or(20, |s| s.config.links.max_failures)
 }
 
-/// Whether this client used up its failed code attempts (then even a valid code waits).
-pub(super) fn code_limited(inst: &Instance, req: &HttpRequest) -> bool {
-    inst.login_failures.is_limited_with(&client_key(req), max_failures(req))
+/// Reserves one code attempt of this client before the code is looked up (429 when failures
+/// and attempts in flight use up its budget; then even a valid code waits): see
+/// `auth::throttle` for why the reservation comes first.
+pub(super) fn reserve_code_attempt<'a>(inst: &'a Instance, req: &HttpRequest) -> ApiResult<Attempt<'a>> {
+    inst.login_failures.reserve_with(&client_key(req), max_failures(req)).ok_or(ApiError::TooManyRequests)
 }
 
-pub(super) fn code_failed(inst: &Instance, req: &HttpRequest) {
-    inst.login_failures.record_failure(&client_key(req));
+/// Counts a wrong code or link password against the client.
+pub(super) fn code_failed(inst: &Instance, attempt: Attempt<'_>) {
+    attempt.failed();
     tracing::warn!(instance = %inst.domain, "invalid code presented");
 }
 
@@ -102,13 +108,12 @@ fn presented_code(req: &HttpRequest) -> Option<String> {
 /// Resolves a presented code (429 when limited, the one 401 when invalid); the flag says
 /// whether the link is unlocked (no password, or the password cookie is there).
 pub(super) async fn resolve_code(inst: &Instance, req: &HttpRequest, code: &str) -> ApiResult<(Grant, bool)> {
-    if code_limited(inst, req) {
-        return Err(ApiError::TooManyRequests);
-    }
+    let attempt = reserve_code_attempt(inst, req)?;
     let Some(grant) = links::resolve(inst, code).await? else {
-        code_failed(inst, req);
+        code_failed(inst, attempt);
         return Err(ApiError::Unauthorized(INVALID_CODE));
     };
+    attempt.succeeded();
     let unlocked = match &grant.password_hash {
         None => true,
         Some(hash) => req.cookie(&links::password_cookie_name(&grant.perm_id)).is_some_and(|c| {
@@ -282,12 +287,10 @@ fn safe_redirect(target: Option<&str>) -> Option<String> {
 /// a MAC of the link and its password hash). Wrong password: 403; failures are rate-limited.
 async fn password(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let inst = inst.0;
-    if code_limited(&inst, &req) {
-        return Err(ApiError::TooManyRequests);
-    }
     let body = read_body(&req, payload, 64 * 1024).await?;
     let form: PasswordForm = serde_urlencoded::from_bytes(&body)
         .map_err(|_| ApiError::bad_request("the form needs perm_id and password"))?;
+    let attempt = reserve_code_attempt(&inst, &req)?;
     let link = match DocId::parse(&form.perm_id) {
         Ok(_) => links::load_link(&inst, &form.perm_id).await?,
         Err(_) => None,
@@ -302,9 +305,10 @@ async fn password(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
         None => false,
     };
     let Some(hash) = hash.filter(|_| ok) else {
-        code_failed(&inst, &req);
+        code_failed(&inst, attempt);
         return Err(ApiError::Forbidden("wrong password".into()));
     };
+    attempt.succeeded();
     let cookie = Cookie::build(
         links::password_cookie_name(&form.perm_id),
         links::password_cookie_value(&inst, &form.perm_id, &hash),

@@ -73,6 +73,10 @@ impl From<SharingError> for ApiError {
             SharingError::NotFound(r) => ApiError::NotFound(r),
             SharingError::Conflict(r) => ApiError::ConflictWith(r),
             SharingError::TooMany(_) => ApiError::TooManyRequests,
+            // Refused by the SSRF guard: no connection was made, nothing failed upstream.
+            SharingError::Peer(p) if p.is_policy_refusal() => {
+                ApiError::BadRequest(format!("this address cannot be used: {p}; no connection was made"))
+            }
             SharingError::Peer(p) => ApiError::BadGateway(p.to_string()),
             SharingError::Store(s) => s.into(),
         }

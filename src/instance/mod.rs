@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::auth::{self, FailureLimiter, TokenKeys};
+use crate::auth::{self, FailureLimiter, Slowdown, TokenKeys};
 use crate::config::{Config, StoreKind};
 use crate::store::couch::CouchServer;
 use crate::store::sqlite::SqliteStore;
@@ -88,8 +88,92 @@ pub struct Instance {
     pub keys: TokenKeys,
     /// Keyed with the instance's own secret, for deriving per-purpose secrets.
     mac: hmac::Hmac<sha2::Sha256>,
-    /// Failed passphrase attempts, keyed by client address and by instance.
+    /// Failed passphrase and code attempts, keyed by client address, known browser, and
+    /// `instance` (see `auth::throttle`).
     pub login_failures: FailureLimiter,
+    /// The instance-wide spacing of passphrase verifications for unknown browsers.
+    pub login_slowdown: Slowdown,
+    /// How many passphrases this process verified for the instance (argon2 runs): a real
+    /// counter, read by the rate-limit tests.
+    pub passphrase_checks: std::sync::atomic::AtomicU64,
+    /// The owner's login sessions.
+    pub sessions: Sessions,
+}
+
+/// The owner's login sessions, kept server-side in the registry file: a session is a random
+/// 256-bit id (the cookie's value) stored as its SHA-256, with an expiry. Logging out ends one;
+/// changing the passphrase ends them all.
+pub struct Sessions {
+    db: Arc<Mutex<Connection>>,
+    domain: Domain,
+}
+
+fn session_hash(id: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(id.as_bytes()))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Sessions {
+    fn db(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Connection>> {
+        self.db.lock().map_err(|_| anyhow::anyhow!("registry lock poisoned"))
+    }
+
+    /// Starts a session lasting `ttl_secs`; returns its id (the cookie value, never stored).
+    pub fn start(&self, ttl_secs: u64) -> anyhow::Result<String> {
+        let id = auth::random_hex(32);
+        let now = unix_now();
+        let db = self.db()?;
+        db.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+        db.execute(
+            "INSERT INTO sessions (id_hash, domain, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                session_hash(&id),
+                self.domain.as_str(),
+                now,
+                now.saturating_add(ttl_secs.min(i64::MAX as u64) as i64)
+            ],
+        )?;
+        Ok(id)
+    }
+
+    /// Whether `id` is a live session of this instance.
+    pub fn is_valid(&self, id: &str) -> bool {
+        let Ok(db) = self.db() else {
+            return false;
+        };
+        db.query_row(
+            "SELECT 1 FROM sessions WHERE id_hash = ?1 AND domain = ?2 AND expires_at > ?3",
+            params![session_hash(id), self.domain.as_str(), unix_now()],
+            |_| Ok(()),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .is_some()
+    }
+
+    /// Ends one session (logging out); ending an unknown one is not an error.
+    pub fn end(&self, id: &str) -> anyhow::Result<()> {
+        self.db()?.execute(
+            "DELETE FROM sessions WHERE id_hash = ?1 AND domain = ?2",
+            params![session_hash(id), self.domain.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// How many sessions are live.
+    pub fn count(&self) -> anyhow::Result<u64> {
+        let n: i64 = self.db()?.query_row(
+            "SELECT COUNT(*) FROM sessions WHERE domain = ?1 AND expires_at > ?2",
+            params![self.domain.as_str(), unix_now()],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
 }
 
 impl Instance {
@@ -120,7 +204,7 @@ impl Instance {
 
 pub struct Registry {
     config: Arc<Config>,
-    db: Mutex<Connection>,
+    db: Arc<Mutex<Connection>>,
     open: RwLock<HashMap<Domain, Arc<Instance>>>,
     /// The CouchDB server instances' stores live on, with `store = "couchdb"` (the registry
     /// itself stays this local SQLite file whatever the store).
@@ -166,14 +250,21 @@ impl Registry {
                 email TEXT,
                 public_name TEXT,
                 created_at TEXT NOT NULL
-            );",
+            );
+            CREATE TABLE IF NOT EXISTS sessions (
+                id_hash TEXT PRIMARY KEY,
+                domain TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS sessions_by_domain ON sessions (domain);",
         )?;
         // Refuse to start, saying why, when CouchDB is unreachable or refuses the credentials.
         let couch = match config.store {
             StoreKind::Sqlite => None,
             StoreKind::Couchdb => Some(CouchServer::connect_blocking(&config.couchdb)?),
         };
-        Ok(Registry { config, db: Mutex::new(conn), open: RwLock::new(HashMap::new()), couch })
+        Ok(Registry { config, db: Arc::new(Mutex::new(conn)), open: RwLock::new(HashMap::new()), couch })
     }
 
     pub fn config(&self) -> &Config {
@@ -234,15 +325,19 @@ impl Registry {
         rec.transpose()
     }
 
-    /// Sets the owner's passphrase.
+    /// Sets the owner's passphrase and ends every session of the instance (in one
+    /// transaction, so a running server sees both at once).
     pub fn set_passphrase(&self, domain: &Domain, passphrase: &str) -> Result<(), RegistryError> {
         let hash = auth::hash_passphrase(passphrase)?;
-        let n = self
-            .db()?
-            .execute("UPDATE instances SET passphrase_hash = ?2 WHERE domain = ?1", params![domain.as_str(), hash])?;
+        let mut db = self.db()?;
+        let tx = db.transaction()?;
+        let n =
+            tx.execute("UPDATE instances SET passphrase_hash = ?2 WHERE domain = ?1", params![domain.as_str(), hash])?;
         if n == 0 {
             return Err(RegistryError::Unknown(domain.clone()));
         }
+        tx.execute("DELETE FROM sessions WHERE domain = ?1", params![domain.as_str()])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -258,6 +353,7 @@ impl Registry {
     /// Removes an instance and its data.
     pub fn remove(&self, domain: &Domain) -> Result<(), RegistryError> {
         let n = self.db()?.execute("DELETE FROM instances WHERE domain = ?1", params![domain.as_str()])?;
+        self.db()?.execute("DELETE FROM sessions WHERE domain = ?1", params![domain.as_str()])?;
         if n == 0 {
             return Err(RegistryError::Unknown(domain.clone()));
         }
@@ -299,6 +395,7 @@ impl Registry {
                 None => anyhow::bail!("the CouchDB server was not opened"),
             },
         };
+        let sessions = Sessions { db: self.db.clone(), domain: rec.domain.clone() };
         let inst = Arc::new(Instance {
             keys: TokenKeys::new(&rec.secret, rec.domain.as_str()),
             mac: <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&rec.secret)
@@ -311,6 +408,13 @@ impl Registry {
                 self.config.login_max_failures,
                 Duration::from_secs(self.config.login_window_secs),
             ),
+            login_slowdown: Slowdown::new(
+                self.config.login_max_failures,
+                Duration::from_millis(self.config.login_slowdown_ms),
+                Duration::from_secs(self.config.login_max_wait_secs),
+            ),
+            passphrase_checks: Default::default(),
+            sessions,
         });
         open.insert(domain.clone(), inst.clone());
         Ok(Some(inst))
@@ -395,8 +499,16 @@ mod tests {
         let inst = reg.get(&d).unwrap().unwrap();
         assert!(reg.check_passphrase(&d, "x"));
         assert!(!reg.check_passphrase(&d, "y"));
+        let first = inst.sessions.start(60).unwrap();
+        let second = inst.sessions.start(60).unwrap();
+        assert_ne!(first, second, "every login gets its own session");
+        assert!(inst.sessions.is_valid(&first) && inst.sessions.is_valid(&second));
+        inst.sessions.end(&first).unwrap();
+        assert!(!inst.sessions.is_valid(&first) && inst.sessions.is_valid(&second));
         reg.set_passphrase(&d, "y").unwrap();
         assert!(reg.check_passphrase(&d, "y"));
+        assert!(!inst.sessions.is_valid(&second), "a passphrase change ends every session");
+        assert_eq!(inst.sessions.count().unwrap(), 0);
         assert_eq!(inst.display_name(), "Alice");
         assert!(reg.get(&Domain::parse("bob.localhost").unwrap()).unwrap().is_none());
         reg.remove(&d).unwrap();

@@ -69,9 +69,8 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
             .ok_or_else(|| SharingError::BadRequest("revisions must be arrays".into()))?
             .iter()
             .map(|r| {
-                r.as_str()
-                    .and_then(|r| r.parse().ok())
-                    .ok_or_else(|| SharingError::BadRequest("invalid revision".into()))
+                let r = r.as_str().ok_or_else(|| SharingError::BadRequest("invalid revision".into()))?;
+                r.parse().map_err(|e| SharingError::BadRequest(format!("invalid revision {r:?}: {e}")))
             })
             .collect::<Result<_>>()?;
         let id = DocId::parse(&map.convert(peer_id.as_str())).map_err(SharingError::BadRequest)?;

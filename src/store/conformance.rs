@@ -65,6 +65,7 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     all_docs_ranges_keys_and_counts(store).await;
     local_documents_have_no_history_and_stay_out_of_the_feed(store).await;
     sharing_feeds_follow_every_write(store).await;
+    branches_of_one_document_in_one_batch_all_count(store).await;
 }
 
 pub async fn interactive_edits_follow_couchdb_rules(store: &dyn Store) {
@@ -425,4 +426,49 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     store.untrack(sharing).await.expect("untrack");
     assert!(store.shared_changes(sharing, 0, 100).await.expect("empty").is_empty());
     store.set_tracking(Vec::new());
+}
+
+pub async fn branches_of_one_document_in_one_batch_all_count(store: &dyn Store) {
+    let t = dt("onebatch");
+    let errors = store
+        .bulk_docs(
+            &t,
+            vec![
+                replicated("a", &["2-b1", "1-r"], false, json!({"v": "b1"})),
+                replicated("other", &["1-o"], false, json!({"v": "o"})),
+                replicated("a", &["2-b2", "1-r"], false, json!({"v": "b2"})),
+                // The same revision again in the batch: its first body stays.
+                replicated("a", &["2-b2", "1-r"], false, json!({"v": "again"})),
+                // A branch extended further in the same batch keeps no body of its own.
+                replicated("a", &["2-b3", "1-r"], false, json!({"v": "b3"})),
+                replicated("a", &["3-c3", "2-b3", "1-r"], true, json!({"v": "c3"})),
+            ],
+            false,
+        )
+        .await
+        .expect("batch");
+    assert!(errors.is_empty(), "{errors:?}");
+    let found = store.open_revs(&t, &id("a"), OpenRevs::All, false).await.expect("open_revs");
+    let leaves: Vec<(String, bool, Value)> = found
+        .into_iter()
+        .map(|r| match r {
+            OpenRev::Found(d) => (d.rev.to_string(), d.deleted, d.body.get("v").cloned().unwrap_or(Value::Null)),
+            OpenRev::Missing(r) => panic!("leaf {r} has no body"),
+        })
+        .collect();
+    assert_eq!(
+        leaves,
+        [
+            ("2-b2".to_owned(), false, json!("b2")),
+            ("2-b1".to_owned(), false, json!("b1")),
+            ("3-c3".to_owned(), true, json!("c3")),
+        ]
+    );
+    let missing = store.open_revs(&t, &id("a"), OpenRevs::Some(vec![rev("2-b3")]), false).await.expect("b3");
+    assert_eq!(missing, vec![OpenRev::Missing(rev("2-b3"))]);
+    let info = store.db_info(&t).await.expect("info");
+    assert_eq!((info.doc_count, info.doc_del_count), (2, 0));
+    let feed = store.changes(&t, &ChangesQuery { all_docs: true, ..Default::default() }).await.expect("changes");
+    let a = feed.rows.iter().find(|r| r.id.as_str() == "a").expect("a in the feed");
+    assert_eq!(a.changes, vec![rev("2-b2"), rev("2-b1"), rev("3-c3")]);
 }

@@ -223,7 +223,7 @@ fn from_couch_rs(e: couch_rs::error::CouchError) -> StoreError {
 /// The innermost cause of a store error, for one-line messages.
 fn root_cause(e: StoreError) -> String {
     match e {
-        StoreError::Unavailable(e) | StoreError::Internal(e) => e.root_cause().to_string(),
+        StoreError::Unavailable(e) | StoreError::Internal(e) | StoreError::Full(e) => e.root_cause().to_string(),
         other => other.to_string(),
     }
 }
@@ -298,6 +298,9 @@ impl Reply {
     }
 
     fn unexpected(&self, what: &str) -> StoreError {
+        if self.status == StatusCode::INSUFFICIENT_STORAGE {
+            return StoreError::Full(anyhow!("CouchDB has no space left ({what})"));
+        }
         internal(anyhow!(
             "unexpected CouchDB answer to {what}: {} {} {}",
             self.status,
@@ -1210,9 +1213,19 @@ impl CouchStore {
                     continue;
                 };
                 let canonical = serde_json::to_vec(&w.body).map_err(internal)?;
-                let rev = new_rev(parent.as_ref(), w.deleted, &canonical);
-                let path: Vec<Rev> = std::iter::once(rev).chain(parent.clone()).collect();
+                let rev = match new_rev(parent.as_ref(), w.deleted, &canonical) {
+                    Ok(rev) => rev,
+                    Err(e) => {
+                        results[i] = Some(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() });
+                        continue;
+                    }
+                };
+                let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent.clone()).collect();
                 tree.merge_path(&path, w.deleted);
+                // Acknowledge only what the tree holds: `merge_path` drops what it cannot store.
+                if !tree.is_leaf(&rev) {
+                    return Err(internal(anyhow!("edit {rev} of {} was not merged into its tree", w.id)));
+                }
                 tree.stem(self.revs_limit);
                 plans.entry(w.id.clone()).or_insert_with(|| (parent, Vec::new())).1.push((i, path));
             }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use hearth_replicator::rev::{Rev, Revisions};
+use hearth_replicator::rev::{Rev, RevError, Revisions, MAX_POS};
 use serde_json::{Map, Value};
 
 use super::{DocRev, DocWrite};
@@ -109,11 +109,16 @@ pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<Doc
                 }
             }
             "_rev" => match value {
-                Value::String(s) => rev = Some(s.parse::<Rev>().map_err(|_| "invalid rev format".to_string())?),
+                Value::String(s) => rev = Some(s.parse::<Rev>().map_err(|e| e.to_string())?),
                 Value::Null => {}
                 _ => return Err("invalid rev format".into()),
             },
             "_revisions" => {
+                // A `start` too large for u64 (or written as a float) is still a generation
+                // above the limit, and is told so rather than as a shape error.
+                if value.get("start").and_then(Value::as_f64).is_some_and(|s| s > MAX_POS as f64) {
+                    return Err(format!("invalid _revisions: {}", RevError::GenerationLimit));
+                }
                 let r: Revisions =
                     serde_json::from_value(value).map_err(|_| "_revisions must be {start, ids}".to_string())?;
                 revisions = Some(r.to_revs().map_err(|e| format!("invalid _revisions: {e}"))?);
@@ -203,6 +208,25 @@ mod tests {
         assert_eq!(w.revisions.unwrap().len(), 2);
         assert!(w.deleted);
         assert!(parse_doc(json!({"_id": "a"}), None, false).is_err());
+    }
+
+    #[test]
+    fn generations_above_the_limit_are_refused_with_the_limit_named() {
+        let too_high = [
+            json!({"_id": "a", "_rev": "9007199254740992-a"}),
+            json!({"_id": "a", "_rev": "9999999999999999999-a"}),
+            json!({"_id": "a", "_revisions": {"start": 9007199254740992u64, "ids": ["a"]}}),
+            json!({"_id": "a", "_revisions": {"start": u64::MAX, "ids": ["a"]}}),
+            json!({"_id": "a", "_revisions": {"start": 1e30, "ids": ["a"]}}),
+        ];
+        for doc in too_high {
+            for new_edits in [true, false] {
+                let err = parse_doc(doc.clone(), None, new_edits).unwrap_err();
+                assert!(err.contains("9007199254740991"), "{doc} gave {err:?}");
+            }
+        }
+        let at = parse_doc(json!({"_id": "a", "_rev": "9007199254740991-a"}), None, false).unwrap();
+        assert_eq!(at.rev.unwrap().pos, MAX_POS);
     }
 
     #[test]

@@ -25,6 +25,29 @@ use serde_json::{Map, Value};
 pub use doc::{DocId, Doctype};
 pub use tracking::{SharedChange, SharedInfo, SharedState, TrackRule};
 
+/// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
+/// `ENOSPC`/`EDQUOT` (for writes outside the stores, e.g. the registry).
+pub fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(current) = cause {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = current.downcast_ref::<rusqlite::Error>() {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return true;
+            }
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::StorageFull || io.kind() == std::io::ErrorKind::QuotaExceeded {
+                return true;
+            }
+        }
+        if matches!(current.downcast_ref::<StoreError>(), Some(StoreError::Full(_))) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found")]
@@ -38,6 +61,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The disk (or CouchDB's) is full: the write was not made; reads still work, and writes
+    /// work again once space is freed (SQLite's `SQLITE_FULL`, CouchDB's 507).
+    #[error("no space left for writes")]
+    Full(#[source] anyhow::Error),
     #[error("store failure")]
     Internal(#[source] anyhow::Error),
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use async_trait::async_trait;
 use hearth_replicator::rev::{new_rev, Rev};
-use hearth_replicator::tree::{MergeOutcome, RevTree};
+use hearth_replicator::tree::RevTree;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -109,6 +109,9 @@ impl From<rusqlite::Error> for StoreError {
             {
                 StoreError::Unavailable(e.into())
             }
+            rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Full(e.into())
+            }
             e => StoreError::Internal(e.into()),
         }
     }
@@ -134,8 +137,12 @@ impl SqliteStore {
         if version > SCHEMA_VERSION {
             anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
         }
-        conn.execute_batch(SCHEMA).context("failed to create the schema")?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // Only a new or older file is written to: opening must work on a full disk, where the
+        // store then serves reads and refuses writes (`StoreError::Full`).
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -270,9 +277,9 @@ struct DocUpdate<'a> {
     id: &'a str,
     before: Option<bool>,
     tree: &'a RevTree,
-    new_body: Option<(&'a Rev, &'a [u8])>,
-    /// The body just written, with its revision (to avoid reading it back for tracking).
-    written: (&'a Rev, &'a Map<String, Value>),
+    /// Bodies of revisions new to the tree, encoded and as written (the latter to avoid
+    /// reading the winner's back for tracking).
+    new_bodies: Vec<(&'a Rev, &'a [u8], &'a Map<String, Value>)>,
     old_leaves: Vec<Rev>,
 }
 
@@ -283,9 +290,12 @@ fn save_doc(
     u: DocUpdate<'_>,
 ) -> Result<(), StoreError> {
     let winner = u.tree.winner().ok_or_else(|| StoreError::Corrupt(format!("empty tree for {}", u.id)))?;
-    if let Some((rev, body)) = u.new_body {
-        tx.prepare_cached("INSERT OR IGNORE INTO bodies (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![u.doctype, u.id, rev.to_string(), body])?;
+    for (rev, body, _) in &u.new_bodies {
+        // Only leaves keep a body: a revision extended later in the same batch gets none.
+        if u.tree.is_leaf(rev) {
+            tx.prepare_cached("INSERT OR IGNORE INTO bodies (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![u.doctype, u.id, rev.to_string(), body])?;
+        }
     }
     // Only leaves keep a body (CouchDB keeps no more after compaction).
     let mut del = tx.prepare_cached("DELETE FROM bodies WHERE doctype = ?1 AND id = ?2 AND rev = ?3")?;
@@ -322,10 +332,9 @@ fn save_doc(
         u.tree.encode(),
     ])?;
     if ctx.tracking.iter().any(|r| r.doctype == u.doctype) {
-        let body = if &winner.rev == u.written.0 {
-            u.written.1.clone()
-        } else {
-            load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default()
+        let body = match u.new_bodies.iter().find(|(rev, _, _)| **rev == winner.rev) {
+            Some((_, _, written)) => (*written).clone(),
+            None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
         track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body)?;
     }
@@ -394,10 +403,17 @@ fn apply_interactive(
         return Ok(WriteResult::Conflict { id: w.id.clone() });
     };
     let body = serde_json::to_vec(&w.body).map_err(internal)?;
-    let rev = new_rev(parent.as_ref(), w.deleted, &body);
+    let rev = match new_rev(parent.as_ref(), w.deleted, &body) {
+        Ok(rev) => rev,
+        Err(e) => return Ok(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() }),
+    };
     let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent).collect();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     tree.merge_path(&path, w.deleted);
+    // Acknowledge only what the tree holds: `merge_path` drops revisions it cannot store.
+    if !tree.is_leaf(&rev) {
+        return Err(internal(anyhow::anyhow!("edit {rev} of {} was not merged into its tree", w.id)));
+    }
     tree.stem(ctx.revs_limit);
     save_doc(
         tx,
@@ -408,46 +424,64 @@ fn apply_interactive(
             id: w.id.as_str(),
             before,
             tree: &tree,
-            new_body: Some((&rev, &body)),
-            written: (&rev, &w.body),
+            new_bodies: vec![(&rev, &body, &w.body)],
             old_leaves,
         },
     )?;
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
 }
 
+/// Replicated writes of one document (in request order), merged into its tree loaded once and
+/// saved once: a batch of n branches of one document costs O(n log n), not n times the size of
+/// its tree. Returns the writes refused.
 fn apply_replicated(
     tx: &Transaction<'_>,
     ctx: &WriteCtx,
     counters: &mut DoctypeCounters,
     doctype: &str,
-    w: &DocWrite,
-) -> Result<Option<WriteResult>, StoreError> {
-    let Some(path) = w.revisions.as_deref().filter(|p| !p.is_empty()) else {
-        return Ok(Some(WriteResult::Rejected {
-            id: w.id.clone(),
-            reason: "when new_edits is false, the document needs _rev or _revisions".into(),
-        }));
-    };
-    let existing = load_doc(tx, doctype, w.id.as_str())?;
+    id: &DocId,
+    writes: &[&DocWrite],
+) -> Result<Vec<WriteResult>, StoreError> {
+    let mut refused = Vec::new();
+    let existing = load_doc(tx, doctype, id.as_str())?;
     let before = existing.as_ref().map(|d| d.deleted);
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
-    let head = &path[0];
-    let known_before = tree.contains(head).then(|| tree.clone());
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
-    let outcome = tree.merge_path(path, w.deleted);
-    if outcome == MergeOutcome::AlreadyKnown && known_before.as_ref() == Some(&tree) {
-        // Idempotent: a revision we have is never rewritten, and re-sending it changes nothing.
-        return Ok(None);
+    let mut changed = false;
+    let mut added: Vec<(&Rev, &Map<String, Value>)> = Vec::new();
+    for w in writes {
+        let Some(path) = w.revisions.as_deref().filter(|p| !p.is_empty()) else {
+            refused.push(WriteResult::Rejected {
+                id: w.id.clone(),
+                reason: "when new_edits is false, the document needs _rev or _revisions".into(),
+            });
+            continue;
+        };
+        let head = &path[0];
+        let known_before = tree.contains(head);
+        // A revision we have is never rewritten, and re-sending it changes nothing.
+        changed |= tree.merge(path, w.deleted).1;
+        // Acknowledge only what the tree holds: `merge` drops revisions it cannot store.
+        if !tree.contains(head) {
+            refused
+                .push(WriteResult::Rejected { id: w.id.clone(), reason: format!("revision {head} cannot be stored") });
+            continue;
+        }
+        // Only a revision new to this tree gets a body: the first body of a revision is final.
+        if !known_before {
+            added.push((head, &w.body));
+        }
+    }
+    if !changed {
+        return Ok(refused);
     }
     tree.stem(ctx.revs_limit);
-    let body = serde_json::to_vec(&w.body).map_err(internal)?;
-    // Only a revision new to this tree gets a body: the first body of a revision is final.
-    let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, body.as_slice()));
-    let update =
-        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body, written: (head, &w.body), old_leaves };
+    let encoded: Vec<Vec<u8>> =
+        added.iter().map(|(_, b)| serde_json::to_vec(b)).collect::<Result<_, _>>().map_err(internal)?;
+    let new_bodies = added.iter().zip(&encoded).map(|((rev, body), bytes)| (*rev, bytes.as_slice(), *body)).collect();
+    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies, old_leaves };
     save_doc(tx, ctx, counters, update)?;
-    Ok(None)
+    Ok(refused)
 }
 
 fn doc_rev(
@@ -458,16 +492,17 @@ fn doc_rev(
     rev: &Rev,
     revs: bool,
 ) -> Result<Option<DocRev>, StoreError> {
-    let Some(leaf) = tree.leaves().into_iter().find(|l| &l.rev == rev) else {
+    if !tree.is_leaf(rev) {
         return Ok(None);
-    };
+    }
+    let deleted = tree.deleted(rev).unwrap_or(false);
     let Some(body) = load_body(conn, doctype, id.as_str(), rev)? else {
         return Ok(None);
     };
     Ok(Some(DocRev {
         id: id.clone(),
         rev: rev.clone(),
-        deleted: leaf.deleted,
+        deleted,
         body,
         revisions: if revs { tree.history(rev) } else { None },
     }))
@@ -563,11 +598,23 @@ impl Store for SqliteStore {
         self.write(move |tx, ctx| {
             let mut counters = DoctypeCounters::load(tx, &doctype)?;
             let mut results = Vec::with_capacity(if new_edits { docs.len() } else { 0 });
-            for w in &docs {
-                if new_edits {
+            if new_edits {
+                for w in &docs {
                     results.push(apply_interactive(tx, ctx, &mut counters, &doctype, w)?);
-                } else if let Some(r) = apply_replicated(tx, ctx, &mut counters, &doctype, w)? {
-                    results.push(r);
+                }
+            } else {
+                // Grouped per document, in order of first appearance (each keeps request order).
+                let mut groups: Vec<(&DocId, Vec<&DocWrite>)> = Vec::new();
+                let mut index: HashMap<&DocId, usize> = HashMap::new();
+                for w in &docs {
+                    let i = *index.entry(&w.id).or_insert_with(|| {
+                        groups.push((&w.id, Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[i].1.push(w);
+                }
+                for (id, writes) in groups {
+                    results.extend(apply_replicated(tx, ctx, &mut counters, &doctype, id, &writes)?);
                 }
             }
             counters.save(tx, &doctype)?;

@@ -41,7 +41,8 @@ pub enum SyncError {
 impl SyncError {
     pub fn is_transient(&self) -> bool {
         match self {
-            SyncError::Store(StoreError::Unavailable(_)) => true,
+            // A full disk frees up: retry later, as for an unavailable store.
+            SyncError::Store(StoreError::Unavailable(_) | StoreError::Full(_)) => true,
             SyncError::Store(_) => false,
             SyncError::Peer(p) => p.is_transient(),
             SyncError::Protocol(_) | SyncError::RevokeRequested => false,
@@ -133,7 +134,11 @@ impl Source for LocalSource {
                 // deletion on top of the revision they may have; the same on every instance,
                 // since the tombstone's id is derived from that revision.
                 let Some((winner, _)) = l.first() else { continue };
-                let tombstone = hearth_replicator::rev::new_rev(Some(winner), true, b"{}");
+                let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, b"{}") else {
+                    // A winner at the generation limit cannot get a child: its peers keep it.
+                    tracing::warn!(doc = %key, rev = %winner, "no removal sent: the revision is at the generation limit");
+                    continue;
+                };
                 self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
                 changes.push(Change { seq: r.seq, key, leaves: vec![tombstone] });
                 continue;
