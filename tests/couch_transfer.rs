@@ -9,15 +9,16 @@ use hearth::config::CouchConfig;
 use hearth::store::couch::{CouchServer, CouchStore};
 use hearth::store::sqlite::SqliteStore;
 use hearth::store::{
-    transfer, ChangesQuery, DocId, DocWrite, Doctype, GetOptions, OpenRev, OpenRevs, Store, StoreError, WriteResult,
+    transfer, Body, ChangesQuery, DocId, DocWrite, Doctype, GetOptions, OpenRev, OpenRevs, Store, StoreError,
+    WriteResult,
 };
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 const DOMAIN: &str = "mover.localhost:8080";
 
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap()
+fn body(v: Value) -> Body {
+    Body::from_map(v.as_object().unwrap())
 }
 
 fn rev(s: &str) -> Rev {

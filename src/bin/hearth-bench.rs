@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use hearth::instance::{Domain, NewInstance};
 use hearth::sharing::{service, SharingId};
 use hearth::store::sqlite::SqliteStore;
-use hearth::store::{DocId, DocWrite, Doctype, Store};
+use hearth::store::{Body, DocId, DocWrite, Doctype, Store};
 use hearth::{Application, Config};
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
                 rev: None,
                 revisions: Some(vec![Rev::new(2, format!("{i:x}b")), Rev::new(1, format!("{i:x}a"))]),
                 deleted: false,
-                body: body(*i),
+                body: Body::from_map(&body(*i)),
             })
             .collect();
         store.bulk_docs(&t, docs, false).await?;
@@ -87,7 +87,13 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
     let m = n.min(2000);
     let started = Instant::now();
     for i in 0..m {
-        let w = DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(i) };
+        let w = DocWrite {
+            id: DocId::generate(),
+            rev: None,
+            revisions: None,
+            deleted: false,
+            body: Body::from_map(&body(i)),
+        };
         store.bulk_docs(&t, vec![w], true).await?;
     }
     Ok((replicated, rate(m, started.elapsed())))
@@ -119,7 +125,13 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let docs = chunk
             .iter()
-            .map(|i| DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(*i) })
+            .map(|i| DocWrite {
+                id: DocId::generate(),
+                rev: None,
+                revisions: None,
+                deleted: false,
+                body: Body::from_map(&body(*i)),
+            })
             .collect();
         alice.store.bulk_docs(&t, docs, true).await?;
     }

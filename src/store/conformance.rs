@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::*;
 
@@ -22,9 +22,9 @@ fn rev(s: &str) -> Rev {
     s.parse().unwrap_or_else(|_| panic!("bad rev {s}"))
 }
 
-fn body(v: Value) -> Map<String, Value> {
+fn body(v: Value) -> Body {
     match v {
-        Value::Object(m) => m,
+        Value::Object(m) => Body::from_map(&m),
         _ => panic!("body must be an object"),
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Tables: `docs` holds one row per document (its encoded revision tree, winner, leaves and the
 //! sequence of its latest change; the `(doctype, seq)` index is the changes feed), `bodies` the
-//! bodies of leaf revisions, `doctypes` the per-doctype sequence counter and counts, `locals` the
-//! `_local` documents. Revision trees are read and written per document, never whole tables.
+//! bodies of leaf revisions (their JSON text as written, see `store::body`), `doctypes` the
+//! per-doctype sequence counter and counts, `feed_counts` how many documents sit in each range
+//! of [`FEED_BUCKET`] sequence numbers (for `pending`, see [`pending`]), `locals` the `_local`
+//! documents. Revision trees are read and written per document, never whole tables.
 //!
 //! SQLite connections are blocking: every call runs on tokio's blocking pool. Writes go through
 //! one connection (SQLite has one writer anyway); reads use a small pool of their own
@@ -19,13 +21,16 @@ use async_trait::async_trait;
 use hearth_replicator::rev::{new_rev, Rev};
 use hearth_replicator::tree::{MergeOutcome, RevTree};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::tracking::{self, TrackAction};
 use super::*;
 
-const SCHEMA_VERSION: i64 = 2;
+/// 3: `feed_counts` (filled from `docs` when an older file is opened).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Sequence numbers per `feed_counts` bucket.
+pub const FEED_BUCKET: u64 = 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS doctypes (
@@ -65,6 +70,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
 CREATE TABLE IF NOT EXISTS sharing_seqs (
     sharing_id TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_counts (
+    doctype TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    docs INTEGER NOT NULL,
+    PRIMARY KEY (doctype, bucket)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locals (
     doctype TEXT NOT NULL,
@@ -135,6 +146,15 @@ impl SqliteStore {
             anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
         }
         conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+        if version < 3 {
+            // Files from before `feed_counts`: count the feed once.
+            conn.execute(
+                "INSERT OR REPLACE INTO feed_counts (doctype, bucket, docs)
+                 SELECT doctype, seq / ?1, COUNT(*) FROM docs GROUP BY doctype, seq / ?1",
+                params![FEED_BUCKET as i64],
+            )
+            .context("failed to count the changes feeds")?;
+        }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
@@ -201,29 +221,31 @@ impl SqliteStore {
 struct DocRow {
     tree: RevTree,
     deleted: bool,
+    seq: u64,
 }
 
 fn load_doc(conn: &Connection, doctype: &str, id: &str) -> Result<Option<DocRow>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT tree, deleted FROM docs WHERE doctype = ?1 AND id = ?2")?;
-    let row =
-        stmt.query_row(params![doctype, id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?))).optional()?;
-    row.map(|(bytes, deleted)| {
+    let mut stmt = conn.prepare_cached("SELECT tree, deleted, seq FROM docs WHERE doctype = ?1 AND id = ?2")?;
+    let row = stmt
+        .query_row(params![doctype, id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)))
+        .optional()?;
+    row.map(|(bytes, deleted, seq)| {
         let tree = RevTree::decode(&bytes).map_err(|_| StoreError::Corrupt(format!("revision tree of {id}")))?;
-        Ok(DocRow { tree, deleted })
+        Ok(DocRow { tree, deleted, seq: seq as u64 })
     })
     .transpose()
 }
 
-fn load_body(conn: &Connection, doctype: &str, id: &str, rev: &Rev) -> Result<Option<Map<String, Value>>, StoreError> {
+fn load_body(conn: &Connection, doctype: &str, id: &str, rev: &Rev) -> Result<Option<Body>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT body FROM bodies WHERE doctype = ?1 AND id = ?2 AND rev = ?3")?;
     let bytes: Option<Vec<u8>> = stmt.query_row(params![doctype, id, rev.to_string()], |r| r.get(0)).optional()?;
-    bytes
-        .map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt(format!("body of {id} {rev}"))))
-        .transpose()
+    bytes.map(|b| parse_body(id, b)).transpose()
 }
 
-fn parse_body(id: &str, bytes: &[u8]) -> Result<Map<String, Value>, StoreError> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(format!("body of {id}")))
+/// Bodies are stored as their JSON text; files written before bodies were kept as written
+/// hold serde_json's serialisation of the same object, which reads the same way.
+fn parse_body(id: &str, bytes: Vec<u8>) -> Result<Body, StoreError> {
+    Body::from_stored(bytes).map_err(|e| StoreError::Corrupt(format!("body of {id}: {e}")))
 }
 
 fn encode_leaves(tree: &RevTree) -> String {
@@ -268,12 +290,57 @@ impl DoctypeCounters {
 struct DocUpdate<'a> {
     doctype: &'a str,
     id: &'a str,
-    before: Option<bool>,
+    /// The document's deleted flag and feed position before this write, if it existed.
+    before: Option<(bool, u64)>,
     tree: &'a RevTree,
     new_body: Option<(&'a Rev, &'a [u8])>,
     /// The body just written, with its revision (to avoid reading it back for tracking).
-    written: (&'a Rev, &'a Map<String, Value>),
+    written: (&'a Rev, &'a Body),
     old_leaves: Vec<Rev>,
+}
+
+/// Moves one document in the feed counts: out of its old position's bucket, into the new one's.
+fn count_move(tx: &Transaction<'_>, doctype: &str, old: Option<u64>, new: u64) -> Result<(), StoreError> {
+    if let Some(old) = old {
+        tx.prepare_cached("UPDATE feed_counts SET docs = docs - 1 WHERE doctype = ?1 AND bucket = ?2")?
+            .execute(params![doctype, (old / FEED_BUCKET) as i64])?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO feed_counts (doctype, bucket, docs) VALUES (?1, ?2, 1)
+         ON CONFLICT (doctype, bucket) DO UPDATE SET docs = docs + 1",
+    )?
+    .execute(params![doctype, (new / FEED_BUCKET) as i64])?;
+    Ok(())
+}
+
+/// How many documents of the feed sit after `after` (each document is in the feed once, at its
+/// latest change), without reading them: the counts of the buckets after `after`'s bucket,
+/// plus the documents counted in the rest of its bucket through the `(doctype, seq)` index.
+/// At most `update_seq / FEED_BUCKET` count rows and `FEED_BUCKET - 1` index entries are read,
+/// whatever the length of the feed.
+///
+/// With `ids` (`filter=_doc_ids`, or a scope limited to some documents) only those documents
+/// count: each is looked up by id, so the cost follows the list, not the feed.
+fn pending(conn: &Connection, doctype: &str, after: u64, ids: Option<&str>) -> Result<u64, StoreError> {
+    let n: i64 = match ids {
+        Some(ids) => conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT value AS id FROM json_each(?3)) AS wanted
+                 CROSS JOIN docs AS d ON d.doctype = ?1 AND d.id = wanted.id WHERE d.seq > ?2",
+            )?
+            .query_row(params![doctype, after as i64, ids], |r| r.get(0))?,
+        None => {
+            let bucket = after / FEED_BUCKET;
+            let later: i64 = conn
+                .prepare_cached("SELECT COALESCE(SUM(docs), 0) FROM feed_counts WHERE doctype = ?1 AND bucket > ?2")?
+                .query_row(params![doctype, bucket as i64], |r| r.get(0))?;
+            let within: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM docs WHERE doctype = ?1 AND seq > ?2 AND seq < ?3")?
+                .query_row(params![doctype, after as i64, ((bucket + 1) * FEED_BUCKET) as i64], |r| r.get(0))?;
+            later + within
+        }
+    };
+    Ok(n.max(0) as u64)
 }
 
 fn save_doc(
@@ -294,7 +361,7 @@ fn save_doc(
             del.execute(params![u.doctype, u.id, old.to_string()])?;
         }
     }
-    match (u.before, winner.deleted) {
+    match (u.before.map(|(deleted, _)| deleted), winner.deleted) {
         (None, false) => counters.doc_count += 1,
         (None, true) => counters.del_count += 1,
         (Some(false), true) => {
@@ -308,6 +375,7 @@ fn save_doc(
         _ => {}
     }
     counters.last_seq += 1;
+    count_move(tx, u.doctype, u.before.map(|(_, seq)| seq), counters.last_seq)?;
     tx.prepare_cached(
         "INSERT INTO docs (doctype, id, seq, winner, deleted, leaves, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (doctype, id) DO UPDATE SET seq = ?3, winner = ?4, deleted = ?5, leaves = ?6, tree = ?7",
@@ -339,7 +407,7 @@ fn track_doc(
     doctype: &str,
     id: &str,
     deleted: bool,
-    body: &Map<String, Value>,
+    body: &Body,
 ) -> Result<(), StoreError> {
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
@@ -388,13 +456,14 @@ fn apply_interactive(
     w: &DocWrite,
 ) -> Result<WriteResult, StoreError> {
     let existing = load_doc(tx, doctype, w.id.as_str())?;
-    let before = existing.as_ref().map(|d| d.deleted);
+    let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let Ok(parent) = tree.edit_parent(w.rev.as_ref(), w.deleted) else {
         return Ok(WriteResult::Conflict { id: w.id.clone() });
     };
-    let body = serde_json::to_vec(&w.body).map_err(internal)?;
-    let rev = new_rev(parent.as_ref(), w.deleted, &body);
+    // The revision id hashes the body's text as written (see `store::body`).
+    let body = w.body.as_str().as_bytes();
+    let rev = new_rev(parent.as_ref(), w.deleted, body);
     let path: Vec<Rev> = std::iter::once(rev.clone()).chain(parent).collect();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     tree.merge_path(&path, w.deleted);
@@ -408,7 +477,7 @@ fn apply_interactive(
             id: w.id.as_str(),
             before,
             tree: &tree,
-            new_body: Some((&rev, &body)),
+            new_body: Some((&rev, body)),
             written: (&rev, &w.body),
             old_leaves,
         },
@@ -430,7 +499,7 @@ fn apply_replicated(
         }));
     };
     let existing = load_doc(tx, doctype, w.id.as_str())?;
-    let before = existing.as_ref().map(|d| d.deleted);
+    let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let head = &path[0];
     let known_before = tree.contains(head).then(|| tree.clone());
@@ -441,9 +510,8 @@ fn apply_replicated(
         return Ok(None);
     }
     tree.stem(ctx.revs_limit);
-    let body = serde_json::to_vec(&w.body).map_err(internal)?;
     // Only a revision new to this tree gets a body: the first body of a revision is final.
-    let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, body.as_slice()));
+    let new_body = (known_before.is_none() && tree.is_leaf(head)).then_some((head, w.body.as_str().as_bytes()));
     let update =
         DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_body, written: (head, &w.body), old_leaves };
     save_doc(tx, ctx, counters, update)?;
@@ -638,7 +706,7 @@ impl Store for SqliteStore {
                         id: doc_id.clone(),
                         rev: winner.0.clone(),
                         deleted: winner.1,
-                        body: parse_body(&id, &b)?,
+                        body: parse_body(&id, b)?,
                         revisions: None,
                     }),
                     None => None,
@@ -648,7 +716,12 @@ impl Store for SqliteStore {
                 last_seq = seq as u64;
                 rows.push(ChangeRow { seq: seq as u64, id: doc_id, changes, deleted, doc });
             }
-            Ok(Changes { rows, last_seq })
+            // A shorter page than asked for is the end of the feed, in this read's snapshot.
+            let pending = match query.limit {
+                Some(l) if rows.len() >= l => pending(conn, &doctype, last_seq, ids_json.as_deref())?,
+                _ => 0,
+            };
+            Ok(Changes { rows, last_seq, pending })
         })
         .await
     }
@@ -764,15 +837,15 @@ impl Store for SqliteStore {
                 .query_row(params![doctype, id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let (rev, body) = row.ok_or(StoreError::NotFound)?;
-            Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 })
+            Ok(LocalDoc { body: parse_body(&id, body)?, id, rev: rev as u64 })
         })
         .await
     }
 
-    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError> {
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Body) -> Result<u64, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
-        let bytes = serde_json::to_vec(&body).map_err(internal)?;
         self.write(move |tx, _| {
+            let bytes = body.as_str().as_bytes();
             let rev: i64 = tx
                 .prepare_cached(
                     "INSERT INTO locals (doctype, id, rev, body) VALUES (?1, ?2, 1, ?3)
@@ -985,7 +1058,7 @@ impl Store for SqliteStore {
                 .query_map(params![doctype], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
-                .map(|(id, rev, body)| Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 }))
+                .map(|(id, rev, body)| Ok(LocalDoc { body: parse_body(&id, body)?, id, rev: rev as u64 }))
                 .collect()
         })
         .await
