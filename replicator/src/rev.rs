@@ -134,13 +134,15 @@ impl Revisions {
     }
 }
 
-/// The id of the revision that an interactive edit creates: md5 of a canonical encoding of the
-/// parent revision, the deleted flag and the body, so the same edit of the same parent gives the
-/// same revision on every instance (no spurious conflict when two peers make it).
+/// The id of the revision that an interactive edit creates: md5 of the parent revision, the
+/// deleted flag and the body, so the same edit of the same parent gives the same revision on
+/// every instance (no spurious conflict when two peers make it).
 ///
-/// `canonical_body` must be the body without any `_` field, serialised with sorted keys
-/// (`serde_json::to_vec` of a `Value` does that, since its maps are ordered).
-pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Rev {
+/// `body` is the body's JSON text as written, without any `_` member and without whitespace
+/// outside strings (hearth's `store::Body`). Key order and the exact spelling of numbers and
+/// strings enter the hash: `{"a":1,"b":2}` and `{"b":2,"a":1}` are two different edits, as in
+/// CouchDB, whose revision ids are an md5 of the body as it serialises it (keeping key order).
+pub fn new_rev(parent: Option<&Rev>, deleted: bool, body: &[u8]) -> Rev {
     let mut md5 = Md5::new();
     md5.update(b"hearth-rev-v1\0");
     match parent {
@@ -152,7 +154,7 @@ pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Re
         None => md5.update(b"0"),
     }
     md5.update(if deleted { b"\0d\0" } else { b"\0l\0" });
-    md5.update(canonical_body);
+    md5.update(body);
     Rev { pos: parent.map_or(1, |p| p.pos + 1), hash: hex::encode(md5.finalize()) }
 }
 
