@@ -250,6 +250,8 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
 /// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
 /// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
 /// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
+/// The ETag is the revision; an `If-None-Match` naming it answers 304 without a body (CouchDB,
+/// RFC 9110 §13.1.2). Bodies are answered as written (see `store::body`).
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let id = doc_id_of(&req)?;
@@ -498,6 +500,8 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 /// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
 /// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
 /// Each document appears once, at its latest change; scopes limited to some ids see only those.
+/// `pending` is the number of rows after `last_seq` for the same filter and scope (CouchDB's),
+/// which the store counts without reading them.
 async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
