@@ -108,7 +108,11 @@ fn created(value: Value) -> HttpResponse {
 /// A document as answered: its text spliced from the stored body (see `store::body`); a body
 /// that cannot be rendered is a corrupt store, an opaque 500.
 fn rendered(doc: &DocRev) -> ApiResult<Box<RawValue>> {
-    render(doc).map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("failed to render a stored document")))
+    render(doc).map_err(render_failed)
+}
+
+fn render_failed(e: serde_json::Error) -> ApiError {
+    ApiError::Internal(anyhow::Error::new(e).context("failed to render a stored document"))
 }
 
 /// `{"ok": doc}`, `{"missing": rev}` or `{"error": {...}}`: one answer of `open_revs` and
@@ -233,8 +237,7 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiR
     if deleted_conflicts && !view.deleted_conflicts.is_empty() {
         extra.push(("_deleted_conflicts", revs(&view.deleted_conflicts)));
     }
-    render_as(&view.doc, view.doc.id.as_str(), &extra)
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("failed to render a stored document")))
+    render_as(&view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)
 }
 
 /// Whether an `If-None-Match` header names this ETag (or is `*`), RFC 9110 §13.1.2: the

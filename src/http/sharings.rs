@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::login::{esc, owner_session, page, SESSION_COOKIE};
-use super::{bearer, data_caller, parse_json, parse_raw, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{bearer, data_caller, parse_json, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
 use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
@@ -658,7 +658,6 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
     let (s, from) = replicating_peer(&inst, &req, &id).await?;
     // Kept as text: documents are parsed as written (see `store::body`).
     let body = read_body(&req, payload, state_of(&req)?.config.max_body_bytes).await?;
-    parse_raw(&body)?;
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.

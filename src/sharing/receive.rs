@@ -121,8 +121,12 @@ pub struct Applied {
 pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
     let to_owner = s.owner;
-    let obj: BTreeMap<String, &RawValue> = serde_json::from_slice(body)
-        .map_err(|_| SharingError::BadRequest("the body must be an object of doctypes".into()))?;
+    let obj: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+        SharingError::BadRequest(match e.classify() {
+            serde_json::error::Category::Data => "the body must be an object of doctypes".into(),
+            _ => format!("invalid JSON: {e}"),
+        })
+    })?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in obj {
         let doctype = Doctype::parse(&doctype).map_err(SharingError::BadRequest)?;

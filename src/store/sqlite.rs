@@ -266,6 +266,9 @@ struct DoctypeCounters {
     last_seq: u64,
     doc_count: i64,
     del_count: i64,
+    /// Changes to `feed_counts` (bucket → documents added or removed), written once at the end
+    /// of the transaction: a batch moves many documents but touches few buckets.
+    buckets: BTreeMap<u64, i64>,
 }
 
 impl DoctypeCounters {
@@ -273,7 +276,15 @@ impl DoctypeCounters {
         let mut stmt = tx.prepare_cached("SELECT last_seq, doc_count, del_count FROM doctypes WHERE doctype = ?1")?;
         let row = stmt.query_row(params![doctype], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))).optional()?;
         let (last_seq, doc_count, del_count) = row.unwrap_or((0, 0, 0));
-        Ok(DoctypeCounters { last_seq: last_seq as u64, doc_count, del_count })
+        Ok(DoctypeCounters { last_seq: last_seq as u64, doc_count, del_count, buckets: BTreeMap::new() })
+    }
+
+    /// One document moves in the feed: out of its old position's bucket, into the new one's.
+    fn count_move(&mut self, old: Option<u64>, new: u64) {
+        if let Some(old) = old {
+            *self.buckets.entry(old / FEED_BUCKET).or_default() -= 1;
+        }
+        *self.buckets.entry(new / FEED_BUCKET).or_default() += 1;
     }
 
     fn save(&self, tx: &Transaction<'_>, doctype: &str) -> Result<(), StoreError> {
@@ -282,6 +293,13 @@ impl DoctypeCounters {
              ON CONFLICT (doctype) DO UPDATE SET last_seq = ?2, doc_count = ?3, del_count = ?4",
         )?
         .execute(params![doctype, self.last_seq as i64, self.doc_count, self.del_count])?;
+        let mut count = tx.prepare_cached(
+            "INSERT INTO feed_counts (doctype, bucket, docs) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doctype, bucket) DO UPDATE SET docs = docs + ?3",
+        )?;
+        for (bucket, delta) in self.buckets.iter().filter(|(_, d)| **d != 0) {
+            count.execute(params![doctype, *bucket as i64, delta])?;
+        }
         Ok(())
     }
 }
@@ -297,20 +315,6 @@ struct DocUpdate<'a> {
     /// The body just written, with its revision (to avoid reading it back for tracking).
     written: (&'a Rev, &'a Body),
     old_leaves: Vec<Rev>,
-}
-
-/// Moves one document in the feed counts: out of its old position's bucket, into the new one's.
-fn count_move(tx: &Transaction<'_>, doctype: &str, old: Option<u64>, new: u64) -> Result<(), StoreError> {
-    if let Some(old) = old {
-        tx.prepare_cached("UPDATE feed_counts SET docs = docs - 1 WHERE doctype = ?1 AND bucket = ?2")?
-            .execute(params![doctype, (old / FEED_BUCKET) as i64])?;
-    }
-    tx.prepare_cached(
-        "INSERT INTO feed_counts (doctype, bucket, docs) VALUES (?1, ?2, 1)
-         ON CONFLICT (doctype, bucket) DO UPDATE SET docs = docs + 1",
-    )?
-    .execute(params![doctype, (new / FEED_BUCKET) as i64])?;
-    Ok(())
 }
 
 /// How many documents of the feed sit after `after` (each document is in the feed once, at its
@@ -375,7 +379,7 @@ fn save_doc(
         _ => {}
     }
     counters.last_seq += 1;
-    count_move(tx, u.doctype, u.before.map(|(_, seq)| seq), counters.last_seq)?;
+    counters.count_move(u.before.map(|(_, seq)| seq), counters.last_seq);
     tx.prepare_cached(
         "INSERT INTO docs (doctype, id, seq, winner, deleted, leaves, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (doctype, id) DO UPDATE SET seq = ?3, winner = ?4, deleted = ?5, leaves = ?6, tree = ?7",
