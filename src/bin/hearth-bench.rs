@@ -9,6 +9,10 @@
 //!    (`tests/node`), and the ratio between the two;
 //! 4. the peak resident memory of this process.
 //!
+//! Next to each of hearth's rates, the CPU time this process spent per document (all threads,
+//! user and system, from `/proc/self/stat`): other processes on a busy machine disturb it far
+//! less than wall-clock rates, so it is what to compare between two builds.
+//!
 //! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--pouchdb-server PATH]`.
 
 use std::time::{Duration, Instant};
@@ -58,6 +62,39 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// CPU time used by this process so far (all threads, user and system).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields follow the command name, which may hold spaces: count from its closing ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // `utime` and `stime` (fields 14 and 15 of proc(5)), in clock ticks of 1/100 s on Linux.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The start of a measured phase.
+struct Measure {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Measure {
+    fn start() -> Measure {
+        Measure { wall: Instant::now(), cpu: cpu_time() }
+    }
+
+    /// Documents per second, and microseconds of CPU per document, since the start.
+    fn done(&self, n: usize) -> (f64, Option<f64>) {
+        let cpu = cpu_time().zip(self.cpu).map(|(now, then)| (now - then).as_secs_f64() * 1e6 / n as f64);
+        (rate(n, self.wall.elapsed()), cpu)
+    }
+}
+
+fn line(what: &str, (rate, cpu): (f64, Option<f64>)) {
+    let cpu = cpu.map_or(String::new(), |c| format!("   {c:>8.0} µs CPU/doc"));
+    println!("{what:<45}{rate:>10.0} docs/s{cpu}");
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -65,11 +102,13 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
+type Rate = (f64, Option<f64>);
+
+async fn store_writes(n: usize) -> anyhow::Result<(Rate, Rate)> {
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(&dir.path().join("bench.sqlite"), 1000)?;
     let t = Doctype::parse("io.cozy.bench").map_err(anyhow::Error::msg)?;
-    let started = Instant::now();
+    let started = Measure::start();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let docs = chunk
             .iter()
@@ -83,9 +122,9 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
             .collect();
         store.bulk_docs(&t, docs, false).await?;
     }
-    let replicated = rate(n, started.elapsed());
+    let replicated = started.done(n);
     let m = n.min(2000);
-    let started = Instant::now();
+    let started = Measure::start();
     for i in 0..m {
         let w = DocWrite {
             id: DocId::generate(),
@@ -96,12 +135,12 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
         };
         store.bulk_docs(&t, vec![w], true).await?;
     }
-    Ok((replicated, rate(m, started.elapsed())))
+    Ok((replicated, started.done(m)))
 }
 
 /// Two instances on one server, a sharing of `n` documents selected by a field, accepted
 /// through the service layer; returns docs/s from acceptance to the last document received.
-async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
+async fn hearth_initial_sync(n: usize) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_tests(dir.path());
     config.replication.batch_size = 500;
@@ -143,16 +182,16 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
     let id = SharingId::parse(s.id()).map_err(anyhow::Error::msg)?;
     let state = service::member_state(&alice, &s, 1).context("state")?;
     service::discover(&svc, &alice, &id, &state, &format!("http://{b}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let started = Instant::now();
+    let started = Measure::start();
     service::accept(&svc, &bob, &id, &state).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let deadline = started + Duration::from_secs(600);
+    let deadline = started.wall + Duration::from_secs(600);
     while bob.store.db_info(&t).await?.doc_count < n as u64 {
         if Instant::now() > deadline {
             bail!("the initial sync did not finish in 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(rate(n, started.elapsed()))
+    Ok(started.done(n))
 }
 
 /// PouchDB Server replicating `n` documents between two of its in-memory databases.
@@ -213,10 +252,11 @@ async fn main() -> anyhow::Result<()> {
     let n = a.docs;
     println!("hearth-bench: {n} documents of ~{} bytes", serde_json::to_vec(&body(0))?.len());
     let (replicated, interactive) = store_writes(n).await?;
-    println!("store: replicated writes (500/transaction)   {replicated:>10.0} docs/s");
-    println!("store: interactive writes (1/transaction)    {interactive:>10.0} docs/s");
-    let hearth = hearth_initial_sync(n).await?;
-    println!("hearth → hearth initial sync over HTTP       {hearth:>10.0} docs/s");
+    line("store: replicated writes (500/transaction)", replicated);
+    line("store: interactive writes (1/transaction)", interactive);
+    let sync = hearth_initial_sync(n).await?;
+    line("hearth → hearth initial sync over HTTP", sync);
+    let hearth = sync.0;
     match a.pouchdb_server {
         Some(path) => match pouchdb_server_replication(&path, n).await {
             Ok(reference) => {
