@@ -228,6 +228,32 @@ async fn if_none_match_with_the_current_etag_answers_304() {
 }
 
 #[tokio::test]
+async fn documents_nested_too_deep_are_refused_on_every_write_route_and_change_nothing() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let t = app.token(&alice, "io.cozy.notes");
+    let nested = |levels: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(levels - 1), "]".repeat(levels - 1));
+    let deep = nested(129);
+    let routes = [
+        (Method::PUT, format!("{NOTES}/d"), deep.clone()),
+        (Method::POST, format!("{NOTES}/"), deep.clone()),
+        (Method::POST, format!("{NOTES}/_bulk_docs"), format!(r#"{{"docs":[{}]}}"#, with_meta(r#""_id":"d""#, &deep))),
+        (Method::PUT, format!("{NOTES}/_local/d"), deep.clone()),
+    ];
+    for (method, path, body) in routes {
+        let (s, answer) = send(&alice, method.clone(), &path, &t, &body).await;
+        assert_eq!(s, 400, "{method} {path}: {answer}");
+        assert!(answer.contains("deeper than 128"), "{answer}");
+    }
+    let (s, info) = get_text(&alice, &format!("{NOTES}/"), &t).await;
+    assert_eq!(s, 200);
+    assert_eq!(serde_json::from_str::<Value>(&info).unwrap()["doc_count"], 0);
+    // 128 levels are fine.
+    let (s, answer) = send(&alice, Method::PUT, &format!("{NOTES}/d"), &t, &nested(128)).await;
+    assert_eq!(s, 201, "{answer}");
+}
+
+#[tokio::test]
 async fn changes_report_what_is_pending_for_filters_and_limited_scopes() {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);

@@ -762,6 +762,7 @@ async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     let bytes = read_body(&req, payload, max_body(&req)).await?;
     let members = Members::of(parse_raw(&bytes)?.get())
         .ok_or_else(|| ApiError::bad_request("the document must be a JSON object"))?;
+    members.check_depth().map_err(ApiError::BadRequest)?;
     let body = Body::from_members(
         members.iter().filter(|m| !matches!(m.key().as_ref(), "_id" | "_rev" | "_revisions" | "_deleted")),
     );

@@ -21,6 +21,10 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+/// Deepest nesting of arrays and objects accepted in a body, the document's own braces
+/// included (serde_json's default recursion limit, which hearth applied when it parsed bodies).
+pub const MAX_DEPTH: usize = 128;
+
 /// The JSON text of an object: compact (no whitespace outside strings), valid, and for
 /// documents without top-level `_` members. Every constructor checks this; the text is never
 /// parsed into numbers, so none is ever rounded.
@@ -69,6 +73,7 @@ impl Body {
     pub fn parse(json: &str) -> Result<Body, String> {
         serde_json::from_str::<IgnoredAny>(json).map_err(|e| format!("invalid JSON: {e}"))?;
         let members = Members::of(json).ok_or_else(|| "a body must be a JSON object".to_string())?;
+        members.check_depth()?;
         Ok(Body::from_members(members.iter()))
     }
 
@@ -109,8 +114,9 @@ impl Body {
 
     /// The members, as written.
     pub fn members(&self) -> Members<'_> {
-        // The text is a compact object by construction, so this always succeeds.
-        Members::of(&self.0).unwrap_or(Members { text: Cow::Borrowed("{}"), spans: Vec::new() })
+        // The text is a compact object by construction: no whitespace to remove.
+        let spans = member_spans(self.0.as_bytes()).unwrap_or_default();
+        Members { text: Cow::Borrowed(&self.0), spans, depth: 0 }
     }
 
     /// Parses the whole body (hearth's own records, which hold no big numbers).
@@ -124,9 +130,12 @@ impl Body {
     pub fn get(&self, path: &str) -> Option<Value> {
         let mut parts = path.split('.');
         let first = parts.next()?;
-        let members = self.members();
-        let raw = members.iter().filter(|m| m.key() == first).last()?.value;
-        let mut value: Value = serde_json::from_str(raw).ok()?;
+        let text = &self.0;
+        let (_, value) = MemberSpans::new(text.as_bytes())
+            .map_while(Result::ok)
+            .filter(|(k, _)| unescape_key(&text[k.clone()]) == first)
+            .last()?;
+        let mut value: Value = serde_json::from_str(&text[value]).ok()?;
         for p in parts {
             value = match value {
                 Value::Object(mut m) => m.remove(p)?,
@@ -175,6 +184,8 @@ impl Body {
 pub struct Members<'a> {
     text: Cow<'a, str>,
     spans: Vec<(Range<usize>, Range<usize>)>,
+    /// The deepest nesting of arrays and objects, the object's own braces included.
+    depth: usize,
 }
 
 /// One member: its key as written (with its quotes and escapes) and its value's text.
@@ -187,13 +198,18 @@ pub struct Member<'m> {
 impl<'m> Member<'m> {
     /// The key, unescaped.
     pub fn key(&self) -> Cow<'m, str> {
-        let inner = &self.raw_key[1..self.raw_key.len() - 1];
-        if inner.contains('\\') {
-            // A valid JSON string, so this only fails on an impossible input.
-            Cow::Owned(serde_json::from_str(self.raw_key).unwrap_or_default())
-        } else {
-            Cow::Borrowed(inner)
-        }
+        unescape_key(self.raw_key)
+    }
+}
+
+/// A key as written (a JSON string with its quotes), unescaped.
+fn unescape_key(raw: &str) -> Cow<'_, str> {
+    let inner = &raw[1..raw.len() - 1];
+    if inner.contains('\\') {
+        // A valid JSON string, so this only fails on an impossible input.
+        Cow::Owned(serde_json::from_str(raw).unwrap_or_default())
+    } else {
+        Cow::Borrowed(inner)
     }
 }
 
@@ -201,9 +217,18 @@ impl<'a> Members<'a> {
     /// Splits `json`, which must be valid JSON (the text of a `RawValue`, or checked before);
     /// `None` when it is not an object.
     pub fn of(json: &'a str) -> Option<Members<'a>> {
-        let text = minify(json);
+        let (text, depth) = minify_measure(json);
         let spans = member_spans(text.as_bytes())?;
-        Some(Members { text, spans })
+        Some(Members { text, spans, depth })
+    }
+
+    /// Refuses objects nested deeper than [`MAX_DEPTH`]: whatever parses them later (hearth's
+    /// own accessors, a peer, a client) need not recurse without bound.
+    pub fn check_depth(&self) -> Result<(), String> {
+        if self.depth > MAX_DEPTH {
+            return Err(format!("JSON nested deeper than {MAX_DEPTH} levels"));
+        }
+        Ok(())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Member<'_>> {
@@ -224,9 +249,15 @@ fn is_compact_object(text: &str) -> bool {
 /// Removes whitespace outside strings in one pass over valid JSON. Tokens are copied as they
 /// are: numbers, strings and escapes stay byte for byte.
 pub fn minify(json: &str) -> Cow<'_, str> {
+    minify_measure(json).0
+}
+
+/// [`minify`], and the deepest nesting of arrays and objects met on the way.
+fn minify_measure(json: &str) -> (Cow<'_, str>, usize) {
     let b = json.as_bytes();
     let mut in_string = false;
     let mut escaped = false;
+    let (mut depth, mut deepest) = (0usize, 0usize);
     let mut out: Option<Vec<u8>> = None;
     for (i, &c) in b.iter().enumerate() {
         if in_string {
@@ -239,6 +270,11 @@ pub fn minify(json: &str) -> Cow<'_, str> {
             }
         } else if c == b'"' {
             in_string = true;
+        } else if c == b'{' || c == b'[' {
+            depth += 1;
+            deepest = deepest.max(depth);
+        } else if c == b'}' || c == b']' {
+            depth = depth.saturating_sub(1);
         } else if is_space(c) {
             if out.is_none() {
                 let mut v = Vec::with_capacity(b.len());
@@ -251,11 +287,12 @@ pub fn minify(json: &str) -> Cow<'_, str> {
             v.push(c);
         }
     }
-    match out {
+    let text = match out {
         // Only ASCII whitespace was removed from valid UTF-8.
         Some(v) => Cow::Owned(String::from_utf8(v).unwrap_or_default()),
         None => Cow::Borrowed(json),
-    }
+    };
+    (text, deepest)
 }
 
 /// The index just past the string starting at `i` (which holds its opening quote).
@@ -293,15 +330,31 @@ fn skip_value(b: &[u8], i: usize) -> Option<usize> {
 
 /// Key and value spans of the top-level members of a compact object; `None` if `b` is not one.
 fn member_spans(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
-    if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
-        return None;
+    MemberSpans::new(b).collect::<Result<_, ()>>().ok()
+}
+
+/// The spans of [`member_spans`], one at a time (no allocation); an `Err` ends a text that is
+/// not a compact object.
+struct MemberSpans<'b> {
+    b: &'b [u8],
+    /// Where the next member starts; `None` once done.
+    next: Option<usize>,
+}
+
+impl<'b> MemberSpans<'b> {
+    fn new(b: &'b [u8]) -> MemberSpans<'b> {
+        MemberSpans { b, next: Some(1) }
     }
-    let mut out = Vec::new();
-    if b.len() == 2 {
-        return Some(out);
-    }
-    let mut i = 1;
-    loop {
+
+    fn member(&mut self, i: usize) -> Option<(Range<usize>, Range<usize>)> {
+        let b = self.b;
+        if i == 1 && (b.first() != Some(&b'{') || b.last() != Some(&b'}')) {
+            return None;
+        }
+        if i == 1 && b.len() == 2 {
+            self.next = None;
+            return Some((0..0, 0..0));
+        }
         if b.get(i) != Some(&b'"') {
             return None;
         }
@@ -310,11 +363,28 @@ fn member_spans(b: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
             return None;
         }
         let value_end = skip_value(b, key_end + 1)?;
-        out.push((i..key_end, key_end + 1..value_end));
-        match b.get(value_end)? {
-            b',' => i = value_end + 1,
-            b'}' if value_end == b.len() - 1 => return Some(out),
+        self.next = match b.get(value_end)? {
+            b',' => Some(value_end + 1),
+            b'}' if value_end == b.len() - 1 => None,
             _ => return None,
+        };
+        Some((i..key_end, key_end + 1..value_end))
+    }
+}
+
+impl Iterator for MemberSpans<'_> {
+    type Item = Result<(Range<usize>, Range<usize>), ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let i = self.next?;
+        match self.member(i) {
+            // `{}`: no member.
+            Some((k, _)) if k.is_empty() => None,
+            Some(span) => Some(Ok(span)),
+            None => {
+                self.next = None;
+                Some(Err(()))
+            }
         }
     }
 }
@@ -376,6 +446,15 @@ mod tests {
         assert_eq!(Body::from_stored(b"{ \"a\" : 1 }".to_vec()).unwrap().as_str(), r#"{"a":1}"#);
         assert!(Body::from_stored(b"{\"a\":".to_vec()).is_err());
         assert!(Body::from_stored(vec![0xff]).is_err());
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused() {
+        let nested = |levels: usize| format!("{{\"a\":{}1{}}}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+        assert!(Body::parse(&nested(MAX_DEPTH)).is_ok());
+        assert!(Body::parse(&nested(MAX_DEPTH + 1)).unwrap_err().contains("deeper"));
+        // Brackets inside strings are text.
+        assert!(Body::parse(&format!("{{\"a\":\"{}\"}}", "[".repeat(500))).is_ok());
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn parse_new_doc(raw: &RawValue, new_edits: bool) -> Result<DocWrite, String
 
 fn parse(raw: &RawValue, id: Option<DocId>, new_edits: bool, generate: bool) -> Result<DocWrite, String> {
     let members = Members::of(raw.get()).ok_or_else(|| "document must be a JSON object".to_string())?;
+    members.check_depth()?;
     let mut body = Vec::new();
     let mut doc_id = id;
     let mut rev = None;
