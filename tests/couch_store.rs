@@ -51,7 +51,7 @@ async fn concurrent_edits_from_two_processes_never_both_win_and_share_sequence_n
         rev: parent,
         revisions: None,
         deleted: false,
-        body: serde_json::json!({"n": n}).as_object().unwrap().clone(),
+        body: hearth::store::Body::from_map(serde_json::json!({"n": n}).as_object().unwrap()),
     };
     let WriteResult::Ok { rev: r1, .. } = a.bulk_docs(&t, vec![edit(None, 0)], true).await.unwrap().remove(0) else {
         panic!("create failed")
@@ -97,7 +97,7 @@ async fn removing_an_instance_drops_its_databases() {
         rev: None,
         revisions: None,
         deleted: false,
-        body: serde_json::json!({"x": 1}).as_object().unwrap().clone(),
+        body: hearth::store::Body::from_map(serde_json::json!({"x": 1}).as_object().unwrap()),
     };
     let store = registry.get(&d).unwrap().unwrap().store.clone();
     store.bulk_docs(&t, vec![w], true).await.unwrap();

@@ -9,15 +9,20 @@ use hearth::config::CouchConfig;
 use hearth::store::couch::{CouchServer, CouchStore};
 use hearth::store::sqlite::SqliteStore;
 use hearth::store::{
-    transfer, ChangesQuery, DocId, DocWrite, Doctype, GetOptions, OpenRev, OpenRevs, Store, StoreError, WriteResult,
+    transfer, Body, ChangesQuery, DocId, DocWrite, Doctype, GetOptions, OpenRev, OpenRevs, Store, StoreError,
+    WriteResult,
 };
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 const DOMAIN: &str = "mover.localhost:8080";
+/// Issue 9's body: keys out of order at two depths, integers beyond `u64` and `i64`.
+const EXACT: &str =
+    r#"{"zeta":1,"alpha":{"yak":2,"bee":3},"big":123456789012345678901234567890,"neg":-9223372036854775809}"#;
 
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap()
+fn body(v: Value) -> Body {
+    Body::from_map(v.as_object().unwrap())
 }
 
 fn rev(s: &str) -> Rev {
@@ -93,38 +98,77 @@ async fn populate(store: &dyn Store) {
     put(store, &files, edit("dir", None, false, json!({"type": "directory", "path": "/"}))).await;
     put(store, &sharings, edit("s1", None, false, json!({"rules": [{"doctype": "io.cozy.notes"}], "active": true})))
         .await;
+    // Bodies a parse into numbers would change: they must move byte for byte.
+    let exact = |text: &str| Body::parse(text).unwrap();
+    let mut w = edit("exact", None, false, json!({}));
+    w.body = exact(EXACT);
+    put(store, &notes, w).await;
+    let mut w = replicated("exact-conflict", &["2-a", "1-o"], false, json!({}));
+    w.body = exact(EXACT);
+    let mut other = replicated("exact-conflict", &["2-b", "1-o"], false, json!({}));
+    other.body = exact(r#"{"z":1e400,"a":0.30000000000000004,"9":{"y":1,"x":2}}"#);
+    assert!(store.bulk_docs(&notes, vec![w, other], false).await.unwrap().is_empty());
+    store.put_local(&files, "exact", exact(EXACT)).await.unwrap();
     store.put_local(&notes, "sharing-s1-1", body(json!({"last_seq": 12}))).await.unwrap();
     store.put_local(&notes, "sharing-s1-1", body(json!({"last_seq": 31}))).await.unwrap();
     store.put_local(&files, "a/b c", body(json!({"nested": {"x": [1, 2]}}))).await.unwrap();
     store.put_local(&checkpoints, "only-local", body(json!({"k": "v"}))).await.unwrap();
 }
 
-/// Header and end line; leaves per (doctype, id); `_local` bodies per (doctype, id).
-type Normalised = (Value, BTreeMap<(String, String), Vec<Value>>, BTreeMap<(String, String), Value>);
+/// Header and end line; leaves per (doctype, id); `_local` bodies per (doctype, id), all as
+/// their JSON text.
+type Normalised = (Value, BTreeMap<(String, String), Vec<String>>, BTreeMap<(String, String), String>);
+
+/// The parts of an export line the comparison needs; documents stay text (a parse into
+/// `Value` would round their numbers, or refuse `1e400`).
+#[derive(serde::Deserialize)]
+struct Line {
+    r#type: String,
+    #[serde(default)]
+    doctype: String,
+    #[serde(default)]
+    id: String,
+    /// The leaves on `doc` lines, their count on the `end` line.
+    leaves: Option<Box<RawValue>>,
+    body: Option<Box<RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Leaf {
+    _rev: String,
+}
 
 /// Everything an export says, in a form where order doesn't matter: per (doctype, id) the
-/// leaves (with bodies and `_revisions`) sorted by revision; per (doctype, id) the `_local`
-/// bodies. The header and counts are compared too.
+/// leaves (with bodies and `_revisions`, as text) sorted by revision; per (doctype, id) the
+/// `_local` bodies. The header and counts are compared too.
 fn normalise(export: &[u8]) -> Normalised {
     let mut docs = BTreeMap::new();
     let mut locals = BTreeMap::new();
     let mut header = Value::Null;
     let mut end = Value::Null;
     for line in std::str::from_utf8(export).unwrap().lines() {
-        let v: Value = serde_json::from_str(line).unwrap();
-        let key = || (v["doctype"].as_str().unwrap().to_owned(), v["id"].as_str().unwrap_or_default().to_owned());
-        match v["type"].as_str().unwrap() {
-            "header" => header = v.clone(),
+        let l: Line = serde_json::from_str(line).unwrap();
+        let key = (l.doctype.clone(), l.id.clone());
+        match l.r#type.as_str() {
+            "header" => header = serde_json::from_str(line).unwrap(),
             "doctype" => {}
             "doc" => {
-                let mut leaves = v["leaves"].as_array().unwrap().clone();
-                leaves.sort_by_key(|l| l["_rev"].as_str().unwrap().parse::<Rev>().unwrap());
-                assert!(docs.insert(key(), leaves).is_none(), "a document exported twice");
+                let leaves: Vec<Box<RawValue>> = serde_json::from_str(l.leaves.unwrap().get()).unwrap();
+                let mut leaves: Vec<(Rev, String)> = leaves
+                    .iter()
+                    .map(|leaf| {
+                        let rev = serde_json::from_str::<Leaf>(leaf.get()).unwrap()._rev.parse::<Rev>().unwrap();
+                        (rev, leaf.get().to_owned())
+                    })
+                    .collect();
+                leaves.sort();
+                let leaves = leaves.into_iter().map(|(_, text)| text).collect();
+                assert!(docs.insert(key, leaves).is_none(), "a document exported twice");
             }
             "local" => {
-                locals.insert(key(), v["body"].clone());
+                locals.insert(key, l.body.unwrap().get().to_owned());
             }
-            "end" => end = v.clone(),
+            "end" => end = serde_json::from_str(line).unwrap(),
             other => panic!("unknown line type {other}"),
         }
     }
@@ -186,6 +230,12 @@ async fn moves_there_and_back(target: &dyn Store) {
         target.changes(&notes, &ChangesQuery { since: old.update_seq, ..Default::default() }).await.unwrap();
     assert_eq!(after_checkpoint.rows.len() as u64, old.doc_count + old.doc_del_count);
     assert_eq!(target.get_local(&notes, "sharing-s1-1").await.unwrap().body, body(json!({"last_seq": 31})));
+    // Exact bodies, compared as text (`same_documents` compares every leaf's body text too).
+    assert!(String::from_utf8_lossy(&first).contains(&EXACT[1..EXACT.len() - 1]), "the file holds the text as written");
+    let exact = target.get(&notes, &DocId::parse("exact").unwrap(), GetOptions::default()).await.unwrap();
+    assert_eq!(exact.doc.body.as_str(), EXACT);
+    let files = Doctype::parse("io.cozy.files").unwrap();
+    assert_eq!(target.get_local(&files, "exact").await.unwrap().body.as_str(), EXACT);
 
     // And back into a fresh SQLite store.
     let back = SqliteStore::open(&dir.path().join("back.sqlite"), 1000).unwrap();

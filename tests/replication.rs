@@ -39,7 +39,11 @@ async fn read(
 ) -> Option<(String, Map<String, Value>, Vec<String>)> {
     let store = app.instance(&inst.domain).store.clone();
     match store.get(&Doctype::parse(doctype).unwrap(), &DocId::parse(id).unwrap(), GetOptions::default()).await {
-        Ok(v) => Some((v.doc.rev.to_string(), v.doc.body, v.conflicts.iter().map(|r| r.to_string()).collect())),
+        Ok(v) => Some((
+            v.doc.rev.to_string(),
+            v.doc.body.to_map().unwrap(),
+            v.conflicts.iter().map(|r| r.to_string()).collect(),
+        )),
         Err(StoreError::NotFound | StoreError::Deleted) => None,
         Err(e) => panic!("{e}"),
     }
@@ -259,7 +263,7 @@ async fn edit_in_store(
         rev: Some(parent.parse().unwrap()),
         revisions: None,
         deleted,
-        body: body.as_object().cloned().unwrap(),
+        body: hearth::store::Body::from_map(body.as_object().unwrap()),
     };
     match store.bulk_docs(&Doctype::parse("io.cozy.notes").unwrap(), vec![w], true).await.unwrap().pop().unwrap() {
         hearth::store::WriteResult::Ok { rev, .. } => rev.to_string(),

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::rev::Rev;
 
@@ -39,18 +39,20 @@ pub struct ChangeBatch {
     pub pending: bool,
 }
 
-/// A revision to send: the document with `_id`, `_rev`, `_revisions` and its body.
-#[derive(Clone, Debug, PartialEq)]
+/// A revision to send: the document with `_id`, `_rev`, `_revisions` and its body, as JSON
+/// text. The sender embeds the text as it is: a body is never parsed and re-serialised on its
+/// way to a peer, so it arrives as it was written.
+#[derive(Clone, Debug)]
 pub struct Outgoing {
     pub key: DocKey,
-    pub doc: Value,
+    pub doc: Box<RawValue>,
     /// Size of the serialised document, for byte-bounded chunks.
     pub bytes: usize,
 }
 
 impl Outgoing {
-    pub fn new(key: DocKey, doc: Value) -> Outgoing {
-        let bytes = serde_json::to_vec(&doc).map_or(0, |v| v.len());
+    pub fn new(key: DocKey, doc: Box<RawValue>) -> Outgoing {
+        let bytes = doc.get().len();
         Outgoing { key, doc, bytes }
     }
 }
@@ -272,6 +274,10 @@ mod tests {
         assert_eq!(plan["d/a"], vec![rev("2-x"), rev("2-y"), rev("3-z")]);
     }
 
+    fn null() -> Box<RawValue> {
+        RawValue::from_string("null".into()).unwrap()
+    }
+
     fn block_on<F: Future>(f: F) -> F::Output {
         let mut f = std::pin::pin!(f);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -306,7 +312,7 @@ mod tests {
             })
         }
         async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, ()> {
-            Ok(wanted.into_keys().map(|k| Outgoing::new(k, Value::Null)).collect())
+            Ok(wanted.into_keys().map(|k| Outgoing::new(k, null())).collect())
         }
         async fn save_checkpoint(&mut self, seq: u64) -> Result<(), ()> {
             assert!(seq >= self.checkpoint, "checkpoints only move forward");
@@ -340,7 +346,7 @@ mod tests {
 
     #[test]
     fn chunks_respect_count_and_bytes_and_keep_order() {
-        let doc = |i: usize, bytes: usize| Outgoing { key: format!("d/{i}"), doc: Value::Null, bytes };
+        let doc = |i: usize, bytes: usize| Outgoing { key: format!("d/{i}"), doc: null(), bytes };
         let docs: Vec<Outgoing> = (0..7).map(|i| doc(i, 10)).collect();
         let limits = Limits { batch_size: 10, max_docs: 3, max_bytes: 1000 };
         let sizes: Vec<usize> = chunk(docs, &limits).iter().map(Vec::len).collect();

@@ -152,16 +152,18 @@ impl Revisions {
     }
 }
 
-/// The id of the revision that an interactive edit creates: md5 of a canonical encoding of the
-/// parent revision, the deleted flag and the body, so the same edit of the same parent gives the
-/// same revision on every instance (no spurious conflict when two peers make it).
+/// The id of the revision that an interactive edit creates: md5 of the parent revision, the
+/// deleted flag and the body, so the same edit of the same parent gives the same revision on
+/// every instance (no spurious conflict when two peers make it).
 ///
-/// `canonical_body` must be the body without any `_` field, serialised with sorted keys
-/// (`serde_json::to_vec` of a `Value` does that, since its maps are ordered).
+/// `body` is the body's JSON text as written, without any `_` member and without whitespace
+/// outside strings (hearth's `store::Body`). Key order and the exact spelling of numbers and
+/// strings enter the hash: `{"a":1,"b":2}` and `{"b":2,"a":1}` are two different edits, as in
+/// CouchDB, whose revision ids are an md5 of the body as it serialises it (keeping key order).
 ///
 /// Fails with [`RevError::GenerationLimit`] when the parent is already at [`MAX_POS`]: the
 /// edit must be refused, since a revision above the limit could not be stored or sent.
-pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Result<Rev, RevError> {
+pub fn new_rev(parent: Option<&Rev>, deleted: bool, body: &[u8]) -> Result<Rev, RevError> {
     let pos = match parent {
         None => 1,
         Some(p) => p.pos.checked_add(1).filter(|&pos| pos <= MAX_POS).ok_or(RevError::GenerationLimit)?,
@@ -177,7 +179,7 @@ pub fn new_rev(parent: Option<&Rev>, deleted: bool, canonical_body: &[u8]) -> Re
         None => md5.update(b"0"),
     }
     md5.update(if deleted { b"\0d\0" } else { b"\0l\0" });
-    md5.update(canonical_body);
+    md5.update(body);
     Ok(Rev { pos, hash: hex::encode(md5.finalize()) })
 }
 

@@ -417,6 +417,11 @@ fn lock(world: &Shared) -> MutexGuard<'_, World> {
     world.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A sent document, parsed back (the simulation's bodies hold small numbers only).
+fn parsed(out: &Outgoing) -> Value {
+    serde_json::from_str(out.doc.get()).expect("outgoing documents are JSON")
+}
+
 fn name(i: usize) -> String {
     if i == OWNER {
         "owner".into()
@@ -615,7 +620,7 @@ impl World {
         }
         let fate = self.fate();
         self.log(|| {
-            let keys: Vec<String> = docs.iter().map(|d| format!("{}@{}", d.key, d.doc["_rev"])).collect();
+            let keys: Vec<String> = docs.iter().map(|d| format!("{}@{}", d.key, parsed(d)["_rev"])).collect();
             format!("bulk_docs {}->{} {fate:?} {}", name(from), name(to), keys.join(" "))
         });
         match fate {
@@ -655,15 +660,15 @@ impl World {
         *self.received.entry((from, to)).or_default() += docs.len() as u64;
         self.stats.docs_applied += docs.len() as u64;
         for out in docs {
-            let rev: Rev = out.doc["_rev"].as_str().and_then(|s| s.parse().ok()).expect("_rev");
-            let path = match serde_json::from_value::<Revisions>(out.doc["_revisions"].clone()) {
+            let doc = parsed(out);
+            let rev: Rev = doc["_rev"].as_str().and_then(|s| s.parse().ok()).expect("_rev");
+            let path = match serde_json::from_value::<Revisions>(doc["_revisions"].clone()) {
                 Ok(revisions) if sabotage != Sabotage::IgnoreRevisions => revisions.to_revs().expect("_revisions"),
                 _ => vec![rev.clone()],
             };
             assert_eq!(path[0], rev, "_revisions starts with _rev");
-            let deleted = out.doc["_deleted"] == json!(true);
-            let body: Map<String, Value> = out
-                .doc
+            let deleted = doc["_deleted"] == json!(true);
+            let body: Map<String, Value> = doc
                 .as_object()
                 .expect("object")
                 .iter()
@@ -748,7 +753,8 @@ impl World {
                 if deleted {
                     fields.insert("_deleted".into(), json!(true));
                 }
-                out.push(Outgoing::new(key.clone(), Value::Object(fields)));
+                let text = serde_json::value::to_raw_value(&fields).expect("json");
+                out.push(Outgoing::new(key.clone(), text));
             }
         }
         out

@@ -13,6 +13,10 @@
 //!    merging costs the size of the path, not of the tree;
 //! 5. the peak resident memory of this process.
 //!
+//! Next to each of hearth's rates, the CPU time this process spent per document (all threads,
+//! user and system, from `/proc/self/stat`): other processes on a busy machine disturb it far
+//! less than wall-clock rates, so it is what to compare between two builds.
+//!
 //! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--branches N] [--pouchdb-server PATH]`.
 
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ use anyhow::{bail, Context};
 use hearth::instance::{Domain, NewInstance};
 use hearth::sharing::{service, SharingId};
 use hearth::store::sqlite::SqliteStore;
-use hearth::store::{DocId, DocWrite, Doctype, Store};
+use hearth::store::{Body, DocId, DocWrite, Doctype, Store};
 use hearth::{Application, Config};
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Value};
@@ -64,6 +68,39 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// CPU time used by this process so far (all threads, user and system).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields follow the command name, which may hold spaces: count from its closing ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // `utime` and `stime` (fields 14 and 15 of proc(5)), in clock ticks of 1/100 s on Linux.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The start of a measured phase.
+struct Measure {
+    wall: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Measure {
+    fn start() -> Measure {
+        Measure { wall: Instant::now(), cpu: cpu_time() }
+    }
+
+    /// Documents per second, and microseconds of CPU per document, since the start.
+    fn done(&self, n: usize) -> (f64, Option<f64>) {
+        let cpu = cpu_time().zip(self.cpu).map(|(now, then)| (now - then).as_secs_f64() * 1e6 / n as f64);
+        (rate(n, self.wall.elapsed()), cpu)
+    }
+}
+
+fn line(what: &str, (rate, cpu): (f64, Option<f64>)) {
+    let cpu = cpu.map_or(String::new(), |c| format!("   {c:>8.0} µs CPU/doc"));
+    println!("{what:<45}{rate:>10.0} docs/s{cpu}");
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -71,11 +108,13 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
+type Rate = (f64, Option<f64>);
+
+async fn store_writes(n: usize) -> anyhow::Result<(Rate, Rate)> {
     let dir = tempfile::tempdir()?;
     let store = SqliteStore::open(&dir.path().join("bench.sqlite"), 1000)?;
     let t = Doctype::parse("io.cozy.bench").map_err(anyhow::Error::msg)?;
-    let started = Instant::now();
+    let started = Measure::start();
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let docs = chunk
             .iter()
@@ -84,19 +123,25 @@ async fn store_writes(n: usize) -> anyhow::Result<(f64, f64)> {
                 rev: None,
                 revisions: Some(vec![Rev::new(2, format!("{i:x}b")), Rev::new(1, format!("{i:x}a"))]),
                 deleted: false,
-                body: body(*i),
+                body: Body::from_map(&body(*i)),
             })
             .collect();
         store.bulk_docs(&t, docs, false).await?;
     }
-    let replicated = rate(n, started.elapsed());
+    let replicated = started.done(n);
     let m = n.min(2000);
-    let started = Instant::now();
+    let started = Measure::start();
     for i in 0..m {
-        let w = DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(i) };
+        let w = DocWrite {
+            id: DocId::generate(),
+            rev: None,
+            revisions: None,
+            deleted: false,
+            body: Body::from_map(&body(i)),
+        };
         store.bulk_docs(&t, vec![w], true).await?;
     }
-    Ok((replicated, rate(m, started.elapsed())))
+    Ok((replicated, started.done(m)))
 }
 
 /// `n` conflicting branches (`2-<i>` on a shared `1-root`) of one document, written in batches
@@ -116,7 +161,7 @@ async fn many_conflicts(n: usize) -> anyhow::Result<Vec<Duration>> {
                 rev: None,
                 revisions: Some(vec![Rev::new(2, format!("{i:032x}")), Rev::new(1, "root")]),
                 deleted: false,
-                body: body(*i),
+                body: Body::from_map(&body(*i)),
             })
             .collect();
         let started = Instant::now();
@@ -136,7 +181,7 @@ async fn many_conflicts(n: usize) -> anyhow::Result<Vec<Duration>> {
 
 /// Two instances on one server, a sharing of `n` documents selected by a field, accepted
 /// through the service layer; returns docs/s from acceptance to the last document received.
-async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
+async fn hearth_initial_sync(n: usize) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::for_tests(dir.path());
     config.replication.batch_size = 500;
@@ -160,7 +205,13 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let docs = chunk
             .iter()
-            .map(|i| DocWrite { id: DocId::generate(), rev: None, revisions: None, deleted: false, body: body(*i) })
+            .map(|i| DocWrite {
+                id: DocId::generate(),
+                rev: None,
+                revisions: None,
+                deleted: false,
+                body: Body::from_map(&body(*i)),
+            })
             .collect();
         alice.store.bulk_docs(&t, docs, true).await?;
     }
@@ -172,17 +223,17 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<f64> {
     let id = SharingId::parse(s.id()).map_err(anyhow::Error::msg)?;
     let state = service::member_state(&alice, &s, 1).context("state")?;
     service::discover(&svc, &alice, &id, &state, &format!("http://{b}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let started = Instant::now();
+    let started = Measure::start();
     let digest = service::pending_digest(&svc, &bob, &id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     service::accept(&svc, &bob, &id, &state, &digest).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let deadline = started + Duration::from_secs(600);
+    let deadline = started.wall + Duration::from_secs(600);
     while bob.store.db_info(&t).await?.doc_count < n as u64 {
         if Instant::now() > deadline {
             bail!("the initial sync did not finish in 10 minutes");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(rate(n, started.elapsed()))
+    Ok(started.done(n))
 }
 
 /// PouchDB Server replicating `n` documents between two of its in-memory databases.
@@ -243,8 +294,8 @@ async fn main() -> anyhow::Result<()> {
     let n = a.docs;
     println!("hearth-bench: {n} documents of ~{} bytes", serde_json::to_vec(&body(0))?.len());
     let (replicated, interactive) = store_writes(n).await?;
-    println!("store: replicated writes (500/transaction)   {replicated:>10.0} docs/s");
-    println!("store: interactive writes (1/transaction)    {interactive:>10.0} docs/s");
+    line("store: replicated writes (500/transaction)", replicated);
+    line("store: interactive writes (1/transaction)", interactive);
     let times = many_conflicts(a.branches).await?;
     for (i, d) in times.iter().enumerate() {
         println!("store: conflicting branches, batch {:>2} of 5,000 {:>10.3} s", i + 1, d.as_secs_f64());
@@ -252,8 +303,9 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         println!("ratio last batch / first batch (reference)   {:>10.2}x", last.as_secs_f64() / first.as_secs_f64());
     }
-    let hearth = hearth_initial_sync(n).await?;
-    println!("hearth → hearth initial sync over HTTP       {hearth:>10.0} docs/s");
+    let sync = hearth_initial_sync(n).await?;
+    line("hearth → hearth initial sync over HTTP", sync);
+    let hearth = sync.0;
     match a.pouchdb_server {
         Some(path) => match pouchdb_server_replication(&path, n).await {
             Ok(reference) => {

@@ -118,12 +118,12 @@ impl Federation {
     }
 
     /// Sends one request (no token refresh) and returns status and JSON body.
-    async fn send(
+    async fn send<B: serde::Serialize + ?Sized>(
         &self,
         method: Method,
         url: &Url,
         token: Option<&str>,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<(u16, Value), FederationError> {
         let url = guard::check_url(url.as_str(), &self.policy)?;
         let peer = origin(&url);
@@ -196,13 +196,14 @@ impl Federation {
 
     /// A call authenticated with the credentials a peer gave us. On 401 the access token is
     /// refreshed once (and `creds` updated, so the caller can store it) and the call retried.
-    pub async fn call_peer(
+    /// The body is anything serialisable, so documents can travel as their raw JSON text.
+    pub async fn call_peer<B: serde::Serialize + ?Sized>(
         &self,
         creds: &mut PeerCredentials,
         base: &Url,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Value, FederationError> {
         let url = Self::join(base, path)?;
         let (status, value) = self.send(method.clone(), &url, Some(&creds.access_token), body).await?;

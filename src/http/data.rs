@@ -9,14 +9,18 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use hearth_replicator::rev::Rev;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{parse_json, path, read_body, AppState, Inst, Query};
+use super::{parse_json, parse_raw, parse_raw_object, path, read_body, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::http::{ApiError, ApiResult};
-use crate::store::doc::{parse_doc, render};
+use crate::store::body::Members;
+use crate::store::doc::{parse_doc, parse_new_doc, render, render_as};
 use crate::store::{
-    AllDocsQuery, AllDocsRow, ChangesQuery, DocId, DocView, Doctype, GetOptions, OpenRev, OpenRevs, WriteResult,
+    AllDocsQuery, AllDocsRow, Body, ChangesQuery, DocId, DocRev, DocView, Doctype, GetOptions, OpenRev, OpenRevs,
+    WriteResult,
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -110,6 +114,26 @@ fn created(value: Value) -> HttpResponse {
     HttpResponse::Created().json(value)
 }
 
+/// A document as answered: its text spliced from the stored body (see `store::body`); a body
+/// that cannot be rendered is a corrupt store, an opaque 500.
+fn rendered(doc: &DocRev) -> ApiResult<Box<RawValue>> {
+    render(doc).map_err(render_failed)
+}
+
+fn render_failed(e: serde_json::Error) -> ApiError {
+    ApiError::Internal(anyhow::Error::new(e).context("failed to render a stored document"))
+}
+
+/// `{"ok": doc}`, `{"missing": rev}` or `{"error": {...}}`: one answer of `open_revs` and
+/// `_bulk_get`, documents embedded as their text.
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum RevAnswer {
+    Ok(Box<RawValue>),
+    Missing(String),
+    Error(Value),
+}
+
 /// `GET /data/` — CouchDB's server welcome, which replication clients read for a server id.
 async fn welcome(inst: Inst) -> HttpResponse {
     let uuid = hex::encode(&sha2::Sha256::digest(inst.0.domain.as_str().as_bytes())[..16]);
@@ -138,20 +162,21 @@ async fn db_info(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     })))
 }
 
-/// Answer of a single-document write, in Cozy's shape (a superset of CouchDB's).
-fn write_answer(
-    doctype: &Doctype,
-    id: &DocId,
-    rev: &Rev,
-    body: Map<String, Value>,
-    status: StatusCode,
-) -> HttpResponse {
-    let mut data = body;
-    data.insert("_id".into(), Value::String(id.to_string()));
-    data.insert("_rev".into(), Value::String(rev.to_string()));
-    HttpResponse::build(status)
-        .insert_header((header::ETAG, format!("\"{rev}\"")))
-        .json(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string(), "type": doctype.as_str(), "data": data}))
+/// Answer of a single-document write, in Cozy's shape (a superset of CouchDB's): `data` is the
+/// document as written, with its new `_id` and `_rev`.
+fn write_answer(doctype: &Doctype, id: &DocId, rev: &Rev, body: Body, status: StatusCode) -> ApiResult<HttpResponse> {
+    #[derive(Serialize)]
+    struct Written<'a> {
+        ok: bool,
+        id: &'a str,
+        rev: String,
+        r#type: &'a str,
+        data: Box<RawValue>,
+    }
+    let doc = DocRev { id: id.clone(), rev: rev.clone(), deleted: false, body, revisions: None };
+    let answer =
+        Written { ok: true, id: id.as_str(), rev: rev.to_string(), r#type: doctype.as_str(), data: rendered(&doc)? };
+    Ok(HttpResponse::build(status).insert_header((header::ETAG, format!("\"{rev}\""))).json(answer))
 }
 
 /// Runs one interactive write and maps a conflict to 409.
@@ -169,10 +194,8 @@ async fn write_one(inst: &Inst, doctype: &Doctype, w: crate::store::DocWrite) ->
 async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
-    let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
-    let has_id = body.get("_id").is_some();
-    let mut w =
-        parse_doc(body, if has_id { None } else { Some(DocId::generate()) }, true).map_err(ApiError::BadRequest)?;
+    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let mut w = parse_new_doc(parse_raw(&bytes)?, true).map_err(ApiError::BadRequest)?;
     check_ids(&reach, [&w.id])?;
     if w.rev.is_some() {
         return Err(ApiError::bad_request("a new document cannot have _rev; use PUT to update"));
@@ -181,7 +204,7 @@ async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiR
     let body = w.body.clone();
     let id = w.id.clone();
     let rev = write_one(&inst, &doctype, w).await?;
-    Ok(write_answer(&doctype, &id, &rev, body, StatusCode::CREATED))
+    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
 }
 
 /// The revision named by `?rev=` or `If-Match` (which must agree when both are given).
@@ -213,21 +236,33 @@ fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
         .collect()
 }
 
-fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> Map<String, Value> {
-    let mut out = render(&view.doc);
+fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<Box<RawValue>> {
     let revs = |list: &[Rev]| Value::Array(list.iter().map(|r| Value::String(r.to_string())).collect());
+    let mut extra = Vec::new();
     if conflicts && !view.conflicts.is_empty() {
-        out.insert("_conflicts".into(), revs(&view.conflicts));
+        extra.push(("_conflicts", revs(&view.conflicts)));
     }
     if deleted_conflicts && !view.deleted_conflicts.is_empty() {
-        out.insert("_deleted_conflicts".into(), revs(&view.deleted_conflicts));
+        extra.push(("_deleted_conflicts", revs(&view.deleted_conflicts)));
     }
-    out
+    render_as(&view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)
+}
+
+/// Whether an `If-None-Match` header names this ETag (or is `*`), RFC 9110 §13.1.2: the
+/// client's copy is current.
+fn none_match(req: &HttpRequest, etag: &str) -> bool {
+    req.headers().get_all(header::IF_NONE_MATCH).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|tag| {
+        let tag = tag.trim();
+        // Weak comparison: `W/"x"` matches `"x"`.
+        tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag
+    })
 }
 
 /// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
 /// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
 /// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
+/// The ETag is the revision; an `If-None-Match` naming it answers 304 without a body (CouchDB,
+/// RFC 9110 §13.1.2). Bodies are answered as written (see `store::body`).
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let id = match doc_of(&req)? {
@@ -246,19 +281,24 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             OpenRevs::Some(parse_rev_list(&v, "open_revs")?)
         };
         let found = inst.0.store.open_revs(&doctype, &id, revs, q.flag("latest")?).await?;
-        let list: Vec<Value> = found
+        let list = found
             .into_iter()
-            .map(|r| match r {
-                OpenRev::Found(d) => json!({"ok": render(&d)}),
-                OpenRev::Missing(rev) => json!({"missing": rev.to_string()}),
+            .map(|r| {
+                Ok(match r {
+                    OpenRev::Found(d) => RevAnswer::Ok(rendered(&d)?),
+                    OpenRev::Missing(rev) => RevAnswer::Missing(rev.to_string()),
+                })
             })
-            .collect();
+            .collect::<ApiResult<Vec<_>>>()?;
         return Ok(HttpResponse::Ok().json(list));
     }
     let opts = GetOptions { rev: rev_param(&req, &q)?, revs: q.flag("revs")? };
     let view = inst.0.store.get(&doctype, &id, opts).await?;
     let etag = format!("\"{}\"", view.doc.rev);
-    let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?);
+    if none_match(&req, &etag) {
+        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+    }
+    let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?)?;
     Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).json(body))
 }
 
@@ -274,8 +314,8 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     check_ids(&reach, [&id])?;
     let new_edits = q.bool("new_edits")?.unwrap_or(true);
-    let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
-    let mut w = parse_doc(body, Some(id.clone()), new_edits).map_err(ApiError::BadRequest)?;
+    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let mut w = parse_doc(parse_raw(&bytes)?, Some(id.clone()), new_edits).map_err(ApiError::BadRequest)?;
     if !new_edits {
         let rev = w.rev.clone().ok_or_else(|| ApiError::bad_request("invalid rev format"))?;
         let results = inst.0.store.bulk_docs(&doctype, vec![w], false).await?;
@@ -293,7 +333,7 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     }
     let body = w.body.clone();
     let rev = write_one(&inst, &doctype, w).await?;
-    Ok(write_answer(&doctype, &id, &rev, body, StatusCode::CREATED))
+    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
 }
 
 /// `DELETE /data/:doctype/:id?rev=` — adds a deletion revision on top of `rev`.
@@ -308,7 +348,8 @@ async fn delete_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     check_ids(&reach, [&id])?;
     let rev = rev_param(&req, &q)?
         .ok_or_else(|| ApiError::bad_request("the revision to delete is required (?rev= or If-Match)"))?;
-    let w = crate::store::DocWrite { id: id.clone(), rev: Some(rev), revisions: None, deleted: true, body: Map::new() };
+    let w =
+        crate::store::DocWrite { id: id.clone(), rev: Some(rev), revisions: None, deleted: true, body: Body::empty() };
     let rev = write_one(&inst, &doctype, w).await?;
     Ok(HttpResponse::Ok().insert_header((header::ETAG, format!("\"{rev}\""))).json(
         json!({"ok": true, "id": id.as_str(), "rev": rev.to_string(), "type": doctype.as_str(), "deleted": true}),
@@ -328,20 +369,23 @@ async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
-    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
-    let new_edits = match body.remove("new_edits") {
+    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    // Documents stay unparsed text until each is split into its `_` members and its body.
+    let body = parse_raw_object(&bytes, "the body")?;
+    let new_edits = match body.get("new_edits").map(|v| serde_json::from_str::<Value>(v.get())) {
         None => q.bool("new_edits")?.unwrap_or(true),
-        Some(Value::Bool(b)) => b,
+        Some(Ok(Value::Bool(b))) => b,
         Some(_) => return Err(ApiError::bad_request("new_edits must be a boolean")),
     };
-    let Some(Value::Array(docs)) = body.remove("docs") else {
-        return Err(ApiError::bad_request("the body must have a docs array"));
-    };
+    let docs: Vec<&RawValue> = body
+        .get("docs")
+        .and_then(|d| serde_json::from_str(d.get()).ok())
+        .ok_or_else(|| ApiError::bad_request("the body must have a docs array"))?;
     let writes = docs
         .into_iter()
         .map(|d| {
-            let generated = (new_edits && d.get("_id").is_none()).then(DocId::generate);
-            parse_doc(d, generated, new_edits).map_err(ApiError::BadRequest)
+            let w = if new_edits { parse_new_doc(d, true) } else { parse_doc(d, None, false) };
+            w.map_err(ApiError::BadRequest)
         })
         .collect::<ApiResult<Vec<_>>>()?;
     check_ids(&reach, writes.iter().map(|w| &w.id))?;
@@ -414,10 +458,19 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
         wanted.push((id, rev));
     }
     check_ids(&reach, wanted.iter().map(|(id, _)| id))?;
+    #[derive(Serialize)]
+    struct Result {
+        id: String,
+        docs: Vec<RevAnswer>,
+    }
     let mut results = Vec::with_capacity(wanted.len());
     for (id, rev) in wanted {
-        let error = |rev: Option<&Rev>, reason: &str| json!({"error": {"id": id.as_str(), "rev": rev.map(Rev::to_string), "error": "not_found", "reason": reason}});
-        let docs: Vec<Value> = match &rev {
+        let error = |rev: Option<&Rev>, reason: &str| {
+            RevAnswer::Error(
+                json!({"id": id.as_str(), "rev": rev.map(Rev::to_string), "error": "not_found", "reason": reason}),
+            )
+        };
+        let docs: Vec<RevAnswer> = match &rev {
             Some(r) => {
                 let found = inst.0.store.open_revs(&doctype, &id, OpenRevs::Some(vec![r.clone()]), latest).await?;
                 found
@@ -427,22 +480,26 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
                             if !revs_history {
                                 d.revisions = None;
                             }
-                            json!({"ok": render(&d)})
+                            Ok(RevAnswer::Ok(rendered(&d)?))
                         }
-                        OpenRev::Missing(r) => error(Some(&r), "missing"),
+                        OpenRev::Missing(r) => Ok(error(Some(&r), "missing")),
                     })
-                    .collect()
+                    .collect::<ApiResult<_>>()?
             }
             None => match inst.0.store.get(&doctype, &id, GetOptions { rev: None, revs: revs_history }).await {
-                Ok(view) => vec![json!({"ok": render(&view.doc)})],
+                Ok(view) => vec![RevAnswer::Ok(rendered(&view.doc)?)],
                 Err(crate::store::StoreError::NotFound) => vec![error(None, "missing")],
                 Err(crate::store::StoreError::Deleted) => vec![error(None, "deleted")],
                 Err(e) => return Err(e.into()),
             },
         };
-        results.push(json!({"id": id.as_str(), "docs": docs}));
+        results.push(Result { id: id.to_string(), docs });
     }
-    Ok(HttpResponse::Ok().json(json!({"results": results})))
+    #[derive(Serialize)]
+    struct Answer {
+        results: Vec<Result>,
+    }
+    Ok(HttpResponse::Ok().json(Answer { results }))
 }
 
 /// `POST /data/:doctype/_ensure_full_commit` — every write is durable when acknowledged; kept
@@ -463,6 +520,8 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 /// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
 /// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
 /// Each document appears once, at its latest change; scopes limited to some ids see only those.
+/// `pending` is the number of rows after `last_seq` for the same filter and scope (CouchDB's),
+/// which the store counts without reading them.
 async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -541,27 +600,42 @@ async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
             _ => break,
         }
     }
-    let rows: Vec<Value> = result
+    #[derive(Serialize)]
+    struct Row {
+        seq: u64,
+        id: String,
+        changes: Vec<Value>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// `Some(None)` serialises as `"doc": null` (a document without a body to show).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        doc: Option<Option<Box<RawValue>>>,
+    }
+    #[derive(Serialize)]
+    struct Answer {
+        results: Vec<Row>,
+        last_seq: u64,
+        pending: u64,
+    }
+    let rows = result
         .rows
-        .iter()
+        .into_iter()
         .map(|row| {
-            let mut o = Map::new();
-            o.insert("seq".into(), json!(row.seq));
-            o.insert("id".into(), json!(row.id.as_str()));
-            o.insert(
-                "changes".into(),
-                Value::Array(row.changes.iter().map(|r| json!({"rev": r.to_string()})).collect()),
-            );
-            if row.deleted {
-                o.insert("deleted".into(), Value::Bool(true));
-            }
-            if query.include_docs {
-                o.insert("doc".into(), row.doc.as_ref().map_or(Value::Null, |d| Value::Object(render(d))));
-            }
-            Value::Object(o)
+            let doc = match (&row.doc, query.include_docs) {
+                (_, false) => None,
+                (None, true) => Some(None),
+                (Some(d), true) => Some(Some(rendered(d)?)),
+            };
+            Ok(Row {
+                seq: row.seq,
+                changes: row.changes.iter().map(|r| json!({"rev": r.to_string()})).collect(),
+                id: row.id.to_string(),
+                deleted: row.deleted,
+                doc,
+            })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"results": rows, "last_seq": result.last_seq, "pending": 0})))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(HttpResponse::Ok().json(Answer { results: rows, last_seq: result.last_seq, pending: result.pending }))
 }
 
 fn key_param(q: &Query, body: &Map<String, Value>, names: &[&str]) -> ApiResult<Option<String>> {
@@ -625,25 +699,50 @@ async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
         include_docs: q.flag("include_docs")? || body.get("include_docs") == Some(&Value::Bool(true)),
     };
     let result = inst.0.store.all_docs(&doctype, &query).await?;
-    let rows: Vec<Value> = result
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Row {
+        Doc {
+            id: String,
+            key: String,
+            value: Value,
+            /// `Some(None)` serialises as `"doc": null`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            doc: Option<Option<Box<RawValue>>>,
+        },
+        NotFound {
+            key: String,
+            error: &'static str,
+        },
+    }
+    #[derive(Serialize)]
+    struct Answer {
+        total_rows: u64,
+        offset: usize,
+        rows: Vec<Row>,
+    }
+    let rows = result
         .rows
         .into_iter()
-        .map(|row| match row {
-            AllDocsRow::Doc { id, rev, deleted, doc } => {
-                let mut value = json!({"rev": rev.to_string()});
-                if deleted {
-                    value["deleted"] = Value::Bool(true);
+        .map(|row| {
+            Ok(match row {
+                AllDocsRow::Doc { id, rev, deleted, doc } => {
+                    let mut value = json!({"rev": rev.to_string()});
+                    if deleted {
+                        value["deleted"] = Value::Bool(true);
+                    }
+                    let doc = match (doc, query.include_docs) {
+                        (_, false) => None,
+                        (None, true) => Some(None),
+                        (Some(d), true) => Some(Some(rendered(&d)?)),
+                    };
+                    Row::Doc { key: id.to_string(), id: id.to_string(), value, doc }
                 }
-                let mut o = json!({"id": id.as_str(), "key": id.as_str(), "value": value});
-                if query.include_docs {
-                    o["doc"] = doc.map_or(Value::Null, |d| Value::Object(render(&d)));
-                }
-                o
-            }
-            AllDocsRow::NotFound { key } => json!({"key": key.as_str(), "error": "not_found"}),
+                AllDocsRow::NotFound { key } => Row::NotFound { key: key.to_string(), error: "not_found" },
+            })
         })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"total_rows": result.total_rows, "offset": result.offset, "rows": rows})))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(HttpResponse::Ok().json(Answer { total_rows: result.total_rows, offset: result.offset, rows }))
 }
 
 fn local_id(req: &HttpRequest) -> ApiResult<String> {
@@ -663,11 +762,14 @@ async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     need_all(&reach)?;
     let id = local_id(&req)?;
     let doc = inst.0.store.get_local(&doctype, &id).await?;
-    let mut out = Map::new();
-    out.insert("_id".into(), json!(format!("_local/{id}")));
-    out.insert("_rev".into(), json!(format!("0-{}", doc.rev)));
-    out.extend(doc.body);
-    Ok(HttpResponse::Ok().json(out))
+    // `_id`, `_rev`, then the body as written, spliced as for documents.
+    let mut out = json!({"_id": format!("_local/{id}"), "_rev": format!("0-{}", doc.rev)}).to_string();
+    if !doc.body.is_empty() {
+        out.pop();
+        out.push(',');
+        out.push_str(&doc.body.as_str()[1..]);
+    }
+    Ok(HttpResponse::Ok().content_type("application/json").body(out))
 }
 
 /// `PUT /data/:doctype/_local/:id` — writes it; as in CouchDB, revisions are not checked.
@@ -676,8 +778,13 @@ async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
-    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the document")?;
-    body.retain(|k, _| !matches!(k.as_str(), "_id" | "_rev" | "_revisions" | "_deleted"));
+    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let members = Members::of(parse_raw(&bytes)?.get())
+        .ok_or_else(|| ApiError::bad_request("the document must be a JSON object"))?;
+    members.check_depth().map_err(ApiError::BadRequest)?;
+    let body = Body::from_members(
+        members.iter().filter(|m| !matches!(m.key().as_ref(), "_id" | "_rev" | "_revisions" | "_deleted")),
+    );
     let rev = inst.0.store.put_local(&doctype, &id, body).await?;
     Ok(created(json!({"ok": true, "id": format!("_local/{id}"), "rev": format!("0-{rev}")})))
 }

@@ -11,7 +11,7 @@ pub mod path;
 pub mod permissions;
 pub mod sharings;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::auth::{Audience, Claims, PermissionSet};
@@ -120,6 +121,26 @@ pub fn parse_json(body: &[u8]) -> ApiResult<Value> {
         return Err(ApiError::bad_request("request body is empty; a JSON document is required"));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// Checks a JSON body and returns its text, unparsed (documents are kept as written: see
+/// `store::body`).
+pub fn parse_raw(body: &[u8]) -> ApiResult<&RawValue> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request body is empty; a JSON document is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// A JSON object body's members, their values unparsed; `what` names it in the error.
+pub fn parse_raw_object<'a>(body: &'a [u8], what: &str) -> ApiResult<BTreeMap<String, &'a RawValue>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("request body is empty; a JSON document is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::bad_request(format!("{what} must be a JSON object")),
+        _ => ApiError::bad_request(format!("invalid JSON: {e}")),
+    })
 }
 
 /// A parsed query string with typed accessors that answer 400 on bad values.

@@ -734,7 +734,8 @@ async fn replication_revs_diff(inst: Inst, req: HttpRequest, payload: web::Paylo
 async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (s, from) = replicating_peer(&inst, &req, &id).await?;
-    let body = json_body(&req, payload).await?;
+    // Kept as text: documents are parsed as written (see `store::body`).
+    let body = read_body(&req, payload, state_of(&req)?.config.max_body_bytes).await?;
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.

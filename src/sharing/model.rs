@@ -206,7 +206,7 @@ impl Rule {
     }
 
     /// Whether a document body (with its id) is selected by this rule.
-    pub fn matches(&self, doctype: &str, id: &str, body: &Map<String, Value>) -> bool {
+    pub fn matches(&self, doctype: &str, id: &str, body: &crate::store::Body) -> bool {
         self.track_rule("", 0).matches(doctype, id, body)
     }
 
@@ -508,12 +508,13 @@ mod tests {
     #[test]
     fn rules_match_by_id_or_by_a_field_path() {
         let by_id = Rule::from_input(&json!({"doctype": "io.cozy.notes", "values": ["a"]})).unwrap();
-        assert!(by_id.matches("io.cozy.notes", "a", &Map::new()));
-        assert!(!by_id.matches("io.cozy.notes", "b", &Map::new()));
-        assert!(!by_id.matches("io.cozy.todos", "a", &Map::new()));
+        let empty = crate::store::Body::empty();
+        assert!(by_id.matches("io.cozy.notes", "a", &empty));
+        assert!(!by_id.matches("io.cozy.notes", "b", &empty));
+        assert!(!by_id.matches("io.cozy.todos", "a", &empty));
         let by_field =
             Rule::from_input(&json!({"doctype": "io.cozy.todos", "values": ["l1"], "selector": "list.id"})).unwrap();
-        let body = |v: Value| v.as_object().unwrap().clone();
+        let body = |v: Value| crate::store::Body::from_map(v.as_object().unwrap());
         assert!(by_field.matches("io.cozy.todos", "x", &body(json!({"list": {"id": "l1"}}))));
         assert!(!by_field.matches("io.cozy.todos", "x", &body(json!({"list": {"id": "l2"}}))));
         assert!(!by_field.matches("io.cozy.todos", "x", &body(json!({"list": "l1"}))));

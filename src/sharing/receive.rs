@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hearth_replicator::rev::Rev;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::model::{ChangeKind, Sharing};
@@ -112,29 +113,29 @@ pub struct Applied {
     pub revoke: bool,
 }
 
-/// `_bulk_docs` from member `from`: checks each document against the sharing's rules and
-/// membership, applies the accepted ones, reports the others.
-pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<Applied> {
+/// `_bulk_docs` from member `from` (`{"doctype": [documents]}`, the request's JSON text):
+/// checks each document against the sharing's rules and membership, applies the accepted ones,
+/// reports the others. Documents are split into their `_` members and their body as written
+/// (see `store::body`), never parsed into numbers.
+pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
     let to_owner = s.owner;
-    let obj =
-        body.as_object().ok_or_else(|| SharingError::BadRequest("the body must be an object of doctypes".into()))?;
+    let obj: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
+        SharingError::BadRequest(match e.classify() {
+            serde_json::error::Category::Data => "the body must be an object of doctypes".into(),
+            _ => format!("invalid JSON: {e}"),
+        })
+    })?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in obj {
-        let doctype = Doctype::parse(doctype).map_err(SharingError::BadRequest)?;
-        let docs = docs
-            .as_array()
-            .ok_or_else(|| SharingError::BadRequest("each doctype needs an array of documents".into()))?;
+        let doctype = Doctype::parse(&doctype).map_err(SharingError::BadRequest)?;
+        let docs: Vec<&RawValue> = serde_json::from_str(docs.get())
+            .map_err(|_| SharingError::BadRequest("each doctype needs an array of documents".into()))?;
         let mut writes = Vec::with_capacity(docs.len());
         for d in docs {
-            let mut d = d.clone();
-            let peer_id = d
-                .get("_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .ok_or_else(|| SharingError::BadRequest("document without _id".into()))?;
-            d["_id"] = Value::String(map.convert(&peer_id));
-            let w = parse_doc(d, None, false).map_err(SharingError::BadRequest)?;
+            let mut w = parse_doc(d, None, false).map_err(SharingError::BadRequest)?;
+            let peer_id = w.id.to_string();
+            w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
             writes.push((peer_id, w));
         }
         let ids: Vec<DocId> = writes.iter().map(|(_, w)| w.id.clone()).collect();

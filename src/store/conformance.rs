@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::*;
 
@@ -22,9 +22,9 @@ fn rev(s: &str) -> Rev {
     s.parse().unwrap_or_else(|_| panic!("bad rev {s}"))
 }
 
-fn body(v: Value) -> Map<String, Value> {
+fn body(v: Value) -> Body {
     match v {
-        Value::Object(m) => m,
+        Value::Object(m) => Body::from_map(&m),
         _ => panic!("body must be an object"),
     }
 }
@@ -66,6 +66,134 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     local_documents_have_no_history_and_stay_out_of_the_feed(store).await;
     sharing_feeds_follow_every_write(store).await;
     branches_of_one_document_in_one_batch_all_count(store).await;
+    bodies_come_back_exactly_as_written(store).await;
+    changes_count_the_rows_still_pending(store).await;
+}
+
+/// Bodies whose key order and numbers a parse into `serde_json::Value` (or JavaScript) would
+/// change: issue 9's example first.
+pub const EXACT_BODIES: [&str; 3] = [
+    r#"{"zeta":1,"alpha":{"yak":2,"bee":3},"big":123456789012345678901234567890,"neg":-9223372036854775809}"#,
+    r#"{"f":0.1,"g":1.5e+300,"h":-0.0,"e":1E-7,"i":10.50,"s":"\u00e9 é \"q\" \ud83d\ude00 😀\n","z":[3,{"b":1,"a":[]}],"":null}"#,
+    r#"{"9":"nine","10":"ten","1":"one","b":{"2":true,"1":false},"a":18446744073709551616}"#,
+];
+
+fn exact(text: &str) -> Body {
+    let b = Body::parse(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(b.as_str(), text, "a compact body parses to itself");
+    b
+}
+
+pub async fn bodies_come_back_exactly_as_written(store: &dyn Store) {
+    let t = dt("exact");
+    let w = |doc: &str, parent: Option<&Rev>, text: &str| DocWrite {
+        id: id(doc),
+        rev: parent.cloned(),
+        revisions: None,
+        deleted: false,
+        body: exact(text),
+    };
+    let [first, second, third] = EXACT_BODIES;
+    let r1 = put(store, &t, w("edited", None, first)).await.expect("create");
+    let r2 = put(store, &t, w("edited", Some(&r1), second)).await.expect("update");
+    put(store, &t, w("made", None, third)).await.expect("create another");
+    let mut replicated_doc = replicated("replicated", &["2-b", "1-a"], false, json!({}));
+    replicated_doc.body = exact(first);
+    let mut conflict = replicated("replicated", &["2-c", "1-a"], false, json!({}));
+    conflict.body = exact(third);
+    replicate(store, &t, vec![replicated_doc, conflict]).await;
+    let made = put_rev(store, &t, "made").await;
+    for (doc, rev, text) in [("edited", &r2, second), ("made", &made, third)] {
+        let view = store.get(&t, &id(doc), GetOptions { rev: None, revs: true }).await.expect("get");
+        assert_eq!((&view.doc.rev, view.doc.body.as_str()), (rev, text), "get {doc}");
+    }
+    let leaves = store.open_revs(&t, &id("replicated"), OpenRevs::All, false).await.expect("open_revs");
+    let bodies: Vec<&str> = leaves
+        .iter()
+        .map(|l| match l {
+            OpenRev::Found(d) => d.body.as_str(),
+            OpenRev::Missing(r) => panic!("missing {r}"),
+        })
+        .collect();
+    assert_eq!(bodies, [third, first], "open_revs: the winner 2-c, then 2-b");
+    let many = store.open_revs_many(&t, vec![(id("replicated"), vec![rev("2-b")])]).await.expect("open_revs_many");
+    assert!(matches!(&many[0].1[0], OpenRev::Found(d) if d.body.as_str() == first));
+    let feed = store.changes(&t, &ChangesQuery { include_docs: true, ..Default::default() }).await.expect("changes");
+    let fed: Vec<(&str, &str)> =
+        feed.rows.iter().map(|r| (r.id.as_str(), r.doc.as_ref().expect("doc").body.as_str())).collect();
+    assert_eq!(fed, [("edited", second), ("made", third), ("replicated", third)], "changes with include_docs");
+    for q in [
+        AllDocsQuery { include_docs: true, inclusive_end: true, ..Default::default() },
+        AllDocsQuery {
+            include_docs: true,
+            keys: Some(vec![id("edited"), id("made"), id("replicated")]),
+            ..Default::default()
+        },
+    ] {
+        let all = store.all_docs(&t, &q).await.expect("all_docs");
+        let listed: Vec<&str> = all
+            .rows
+            .iter()
+            .map(|r| match r {
+                AllDocsRow::Doc { doc: Some(d), .. } => d.body.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(listed, [second, third, third], "all_docs with include_docs");
+    }
+    // The text enters the revision id: the same body gives the same revision, the same members
+    // in another order another one (as in CouchDB).
+    let same = put(store, &t, w("same", None, first)).await.expect("same body");
+    assert_eq!(same, r1);
+    let reordered =
+        r#"{"alpha":{"yak":2,"bee":3},"zeta":1,"big":123456789012345678901234567890,"neg":-9223372036854775809}"#;
+    assert_ne!(put(store, &t, w("reordered", None, reordered)).await.expect("reordered"), r1);
+    // `_local` documents too.
+    store.put_local(&t, "exact", exact(second)).await.expect("put_local");
+    assert_eq!(store.get_local(&t, "exact").await.expect("get_local").body.as_str(), second);
+}
+
+async fn put_rev(store: &dyn Store, t: &Doctype, doc: &str) -> Rev {
+    store.get(t, &id(doc), GetOptions::default()).await.expect("get").doc.rev
+}
+
+/// `pending` is what the feed still holds after the page: with 10 changes and `limit=3`,
+/// CouchDB answers 7, then 4 (PouchDB shows it as progress).
+pub async fn changes_count_the_rows_still_pending(store: &dyn Store) {
+    let t = dt("pending");
+    let mut revs = Vec::new();
+    for i in 0..10 {
+        revs.push(put(store, &t, edit(&format!("p{i}"), None, false, json!({"i": i}))).await.expect("create"));
+    }
+    let t = &t;
+    let page = |since: u64, limit: Option<usize>, doc_ids: Option<Vec<DocId>>| {
+        let q = ChangesQuery { since, limit, doc_ids, ..Default::default() };
+        async move { store.changes(t, &q).await.expect("changes") }
+    };
+    let ids = |c: &Changes| c.rows.iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
+    let a = page(0, Some(3), None).await;
+    assert_eq!((ids(&a), a.pending), (vec!["p0".into(), "p1".into(), "p2".into()], 7));
+    let b = page(a.last_seq, Some(3), None).await;
+    assert_eq!((b.rows.len(), b.pending), (3, 4));
+    // A document already passed changes again: it moves to the end of the feed.
+    put(store, t, edit("p0", Some(&revs[0]), false, json!({"i": 10}))).await.expect("update");
+    let c = page(b.last_seq, Some(3), None).await;
+    assert_eq!((ids(&c), c.pending), (vec!["p6".into(), "p7".into(), "p8".into()], 2));
+    let d = page(c.last_seq, Some(3), None).await;
+    assert_eq!((ids(&d), d.pending), (vec!["p9".into(), "p0".into()], 0));
+    let e = page(d.last_seq, Some(3), None).await;
+    assert_eq!((e.rows.len(), e.pending), (0, 0));
+    // Without a limit nothing is left; with `limit=0` everything is.
+    assert_eq!(page(0, None, None).await.pending, 0);
+    assert_eq!(page(0, Some(0), None).await.pending, 10);
+    assert_eq!(page(a.last_seq, Some(0), None).await.pending, 8, "p0 moved after p2");
+    // Filtered feeds count only their documents.
+    let only = Some(vec![id("p1"), id("p5"), id("p9"), id("p0"), id("nope")]);
+    let f = page(0, Some(1), only.clone()).await;
+    assert_eq!((ids(&f), f.pending), (vec!["p1".into()], 3));
+    let g = page(f.last_seq, Some(2), only.clone()).await;
+    assert_eq!((ids(&g), g.pending), (vec!["p5".into(), "p9".into()], 1));
+    assert_eq!(page(0, Some(0), only).await.pending, 4);
 }
 
 pub async fn interactive_edits_follow_couchdb_rules(store: &dyn Store) {
@@ -452,7 +580,7 @@ pub async fn branches_of_one_document_in_one_batch_all_count(store: &dyn Store) 
     let leaves: Vec<(String, bool, Value)> = found
         .into_iter()
         .map(|r| match r {
-            OpenRev::Found(d) => (d.rev.to_string(), d.deleted, d.body.get("v").cloned().unwrap_or(Value::Null)),
+            OpenRev::Found(d) => (d.rev.to_string(), d.deleted, d.body.get("v").unwrap_or(Value::Null)),
             OpenRev::Missing(r) => panic!("leaf {r} has no body"),
         })
         .collect();

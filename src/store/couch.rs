@@ -18,6 +18,18 @@
 //! creates nothing. A database that disappears (PouchDB Server restarted in memory) is created
 //! again on the next write.
 //!
+//! Each revision is a CouchDB document with its `_id`, `_rev`, `_revisions` and `_deleted`,
+//! and its body as one string member, `"hearth:body"`, holding the body's JSON text exactly as
+//! the client wrote it (see `store::body`). The body is not spread into native members because
+//! every server on the way would re-encode it: PouchDB Server's `JSON.parse` rounds integers
+//! beyond 2^53 and moves integer-like keys first, so a document would come back changed. A
+//! string is kept byte for byte by CouchDB and PouchDB Server alike. An empty body is left out
+//! (tombstones stay bare). `_local` documents keep their bodies the same way. Documents written
+//! before this layout, with native members, are still read (as their members, in the server's
+//! order): a document whose only member not starting with `_` is a string named
+//! `hearth:body` is taken for the new layout. The cost: CouchDB views or Mango queries on
+//! hearth's databases see one string, not the fields (hearth itself uses neither).
+//!
 //! Next to them, one `…+$meta` database per instance holds hearth's own bookkeeping: the
 //! sequence index (`b/<doctype>/<first seq>` documents), edit guards (`g/<doctype>/<doc id>`) and
 //! the names of `_local` documents (`l/<doctype>/<id>`), described below. The instance registry
@@ -64,6 +76,16 @@
 //!   which consumers of a changes feed already accept (CouchDB clusters do the same).
 //! * `update_seq` is the last number handed out; `_local` writes and writes that change nothing
 //!   (a revision already known) produce no CouchDB change, hence no number, as on SQLite.
+//! * `pending` (rows after an answer's `last_seq`) is counted without reading them: the rows
+//!   still current in the rest of the batch holding `last_seq` (that batch's rows were checked
+//!   for the answer anyway), plus the documents CouchDB's feed holds after that batch's `since`
+//!   (each document is once in CouchDB's feed, at its latest change, and a document changed after
+//!   the batch has its current row after it, numbered or about to be). CouchDB answers that
+//!   count itself (`_changes?since=…&limit=0` returns `pending` from its by-sequence index, per
+//!   shard); with `doc_ids` the listed documents' changes after `since` are counted
+//!   (`filter=_doc_ids`, which CouchDB serves by looking each id up). PouchDB Server does not
+//!   report `pending`: there the rows after `since` are read and counted, a cost of the
+//!   stand-in only.
 //!
 //! # Sharing tracking
 //!
@@ -90,8 +112,8 @@
 //!   so a replicator that re-sends an unacknowledged batch converges (the design's checkpoint
 //!   rule already requires the peer's acknowledgement).
 //! * Interactive edits (`new_edits: true`) must get hearth's deterministic revision ids (md5 of
-//!   parent, deleted flag and canonical body, as on SQLite, so the same edit on two instances
-//!   makes one revision), which CouchDB's own `new_edits: true` cannot produce. They are written
+//!   parent, deleted flag and the body's text as written, as on SQLite, so the same edit on two
+//!   instances makes one revision), which CouchDB's own `new_edits: true` cannot produce. They are written
 //!   with `new_edits: false` after checking that the parent is a leaf, and that check-then-write
 //!   is made atomic with an edit guard per document: a normal document in the meta database,
 //!   updated under CouchDB's MVCC (`_rev`) before the data write. The guard holds the revisions
@@ -147,6 +169,9 @@
 //!   it without `couchdb.user`.
 //! * `GET /` has no `"couchdb"` member (couch_rs's `check_status` fails on it): the startup
 //!   check accepts `"express-pouchdb"` too.
+//! * Documents are re-encoded by `JSON.parse`/`JSON.stringify`: integers beyond 2^53 are
+//!   rounded and integer-like keys move first. Bodies are stored as strings (see "Layout").
+//! * `_changes` has no `pending`: it is counted from the rows (see "Sequence numbers").
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -604,7 +629,7 @@ struct Batch {
 /// sent (some may not be hearth's) and where the page ends.
 struct FeedPage {
     rows: Vec<BatchRow>,
-    bodies: Vec<Map<String, Value>>,
+    bodies: Vec<Body>,
     read: usize,
     last_seq: Value,
 }
@@ -639,7 +664,8 @@ struct GuardWrite {
     /// The revision and its parent, newest first.
     revisions: Vec<String>,
     deleted: bool,
-    body: Map<String, Value>,
+    #[serde(with = "body_text")]
+    body: Body,
 }
 
 /// The edits of one document in one round: the parent of the first, and each edit's index in
@@ -654,7 +680,7 @@ struct Guard {
 /// A document as CouchDB holds it: its tree, and each leaf's deleted flag and body.
 struct Fetched {
     tree: RevTree,
-    leaves: HashMap<Rev, (bool, Map<String, Value>)>,
+    leaves: HashMap<Rev, (bool, Body)>,
 }
 
 impl Fetched {
@@ -673,9 +699,46 @@ impl Fetched {
     }
 }
 
-/// The body of a CouchDB document: every member not starting with `_`.
-fn strip(doc: &Map<String, Value>) -> Map<String, Value> {
-    doc.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect()
+/// The member of a CouchDB document holding its body's JSON text (see "Layout").
+const BODY_MEMBER: &str = "hearth:body";
+
+/// The body of a CouchDB document: the text in [`BODY_MEMBER`] when it is the only member not
+/// starting with `_`; otherwise (documents written before bodies were kept as text, and
+/// tombstones with an empty body) every member not starting with `_`.
+fn stored_body(doc: &Map<String, Value>) -> Result<Body, StoreError> {
+    let mut own = doc.iter().filter(|(k, _)| !k.starts_with('_'));
+    if let (Some((k, Value::String(text))), None) = (own.next(), own.next()) {
+        if k == BODY_MEMBER {
+            return Body::parse(text).map_err(|e| corrupt(format!("body of {:?}: {e}", doc.get("_id"))));
+        }
+    }
+    Ok(Body::from_map(doc))
+}
+
+/// A body as a member of a CouchDB document: its text, as a string (an empty body stays out,
+/// so tombstones stay bare).
+fn body_member(body: &Body) -> Option<(String, Value)> {
+    (!body.is_empty()).then(|| (BODY_MEMBER.to_owned(), Value::String(body.as_str().to_owned())))
+}
+
+/// Guard records keep bodies as text; records written before that hold objects.
+mod body_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::Value;
+
+    use super::Body;
+
+    pub fn serialize<S: Serializer>(body: &Body, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(body.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Body, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(text) => Body::parse(&text).map_err(serde::de::Error::custom),
+            Value::Object(map) => Ok(Body::from_map(&map)),
+            _ => Err(serde::de::Error::custom("a guard's body must be a string")),
+        }
+    }
 }
 
 fn parse_rev(s: &str) -> Result<Rev, StoreError> {
@@ -683,8 +746,8 @@ fn parse_rev(s: &str) -> Result<Rev, StoreError> {
 }
 
 /// The JSON of a replicated write: `_id`, `_rev`, `_revisions`, `_deleted`, body.
-fn replicated_json(id: &str, revisions: &[Rev], deleted: bool, body: &Map<String, Value>) -> Value {
-    let mut doc = Map::with_capacity(body.len() + 4);
+fn replicated_json(id: &str, revisions: &[Rev], deleted: bool, body: &Body) -> Value {
+    let mut doc = Map::with_capacity(5);
     doc.insert("_id".into(), Value::String(id.to_owned()));
     if let Some(head) = revisions.first() {
         doc.insert("_rev".into(), Value::String(head.to_string()));
@@ -693,9 +756,7 @@ fn replicated_json(id: &str, revisions: &[Rev], deleted: bool, body: &Map<String
     if deleted {
         doc.insert("_deleted".into(), Value::Bool(true));
     }
-    for (k, v) in body {
-        doc.insert(k.clone(), v.clone());
-    }
+    doc.extend(body_member(body));
     Value::Object(doc)
 }
 
@@ -730,6 +791,16 @@ fn track_key(sharing: &str, doctype: &str, id: &str) -> String {
 
 fn share_batch_key(sharing: &str, first: u64) -> String {
     format!("u/{sharing}/{first:020}")
+}
+
+/// A CouchDB sequence (an opaque string on CouchDB 2+, a number on PouchDB Server) as a query
+/// parameter.
+fn seq_param(since: &Value) -> String {
+    match since {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => "0".to_owned(),
+    }
 }
 
 fn json_key(s: &str) -> String {
@@ -835,7 +906,7 @@ impl CouchStore {
             let history = if history.first() == Some(&rev) { history } else { vec![rev.clone()] };
             let deleted = doc.get("_deleted") == Some(&Value::Bool(true));
             tree.merge_path(&history, deleted);
-            leaves.insert(rev, (deleted, strip(doc)));
+            leaves.insert(rev, (deleted, stored_body(doc)?));
         }
         if tree.is_empty() {
             return Ok(None);
@@ -946,11 +1017,7 @@ impl CouchStore {
 
     /// One page of CouchDB's own feed, as batch rows; `None` if the database doesn't exist.
     async fn couch_changes(&self, doctype: &Doctype, since: &Value) -> Result<Option<FeedPage>, StoreError> {
-        let since = match since {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => "0".to_owned(),
-        };
+        let since = seq_param(since);
         let query = [
             ("style", "all_docs".to_owned()),
             ("include_docs", "true".to_owned()),
@@ -1001,7 +1068,7 @@ impl CouchStore {
             let leaves = order_leaves(all, winner, &conflicts);
             let deleted = r.get("deleted") == Some(&Value::Bool(true));
             rows.push(BatchRow(id.to_owned(), leaves.iter().map(Rev::to_string).collect(), deleted));
-            bodies.push(doc.and_then(Value::as_object).map(strip).unwrap_or_default());
+            bodies.push(doc.and_then(Value::as_object).map(stored_body).transpose()?.unwrap_or_default());
         }
         Ok(Some(FeedPage { rows, bodies, read, last_seq }))
     }
@@ -1042,6 +1109,86 @@ impl CouchStore {
             }
         }
         Ok(latest)
+    }
+
+    /// `pending` of an answer of the feed that ended at `after`: the rows still to be served in
+    /// the batch holding `after` (`stopped` when the caller knows them already), plus what
+    /// CouchDB's own feed holds after that batch (see "Sequence numbers").
+    async fn pending_after(
+        &self,
+        doctype: &Doctype,
+        after: u64,
+        stopped: Option<(Value, u64)>,
+        wanted: Option<&HashSet<&str>>,
+    ) -> Result<u64, StoreError> {
+        let (since, within) = match stopped {
+            Some(at) => at,
+            None if after == 0 => (json!(0), 0),
+            None => {
+                let Some(batch) = self.batch_holding(doctype, after).await? else {
+                    return Ok(0);
+                };
+                let candidates: Vec<(u64, BatchRow)> = batch
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (batch.first + i as u64, r.clone()))
+                    .filter(|(seq, r)| *seq > after && wanted.is_none_or(|w| w.contains(r.0.as_str())))
+                    .collect();
+                let current = self.still_current(doctype, &candidates).await?;
+                (batch.since, current.into_iter().filter(|ok| *ok).count() as u64)
+            }
+        };
+        Ok(within + self.couch_changes_after(doctype, &since, wanted).await?)
+    }
+
+    /// How many documents CouchDB's feed holds after its position `since` (each document is
+    /// there once, at its latest change). CouchDB answers `pending` from its by-sequence index
+    /// without reading the rows; a server that does not (PouchDB Server) has its rows after
+    /// `since` counted instead. For a list of ids, `filter=_doc_ids` (which CouchDB serves by
+    /// looking each id up) and the rows are counted.
+    async fn couch_changes_after(
+        &self,
+        doctype: &Doctype,
+        since: &Value,
+        wanted: Option<&HashSet<&str>>,
+    ) -> Result<u64, StoreError> {
+        let db = self.db_name(doctype);
+        let since = seq_param(since);
+        let reply = match wanted {
+            None => {
+                let query = [("since", since.clone()), ("limit", "0".to_owned())];
+                let reply = self.server.send(Method::GET, &[&db, "_changes"], &query, None).await?;
+                if reply.db_missing() {
+                    return Ok(0);
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.unexpected("_changes for pending"));
+                }
+                if let Some(n) = reply.body.get("pending").and_then(Value::as_u64) {
+                    return Ok(n);
+                }
+                self.server.send(Method::GET, &[&db, "_changes"], &[("since", since)], None).await?
+            }
+            Some(ids) => {
+                let query = [("filter", "_doc_ids".to_owned()), ("since", since)];
+                let body = json!({ "doc_ids": ids.iter().collect::<Vec<_>>() });
+                self.server.send(Method::POST, &[&db, "_changes"], &query, Some(&body)).await?
+            }
+        };
+        if reply.db_missing() {
+            return Ok(0);
+        }
+        if !reply.status.is_success() {
+            return Err(reply.unexpected("_changes for pending"));
+        }
+        let results = reply.body.get("results").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let ids: HashSet<&str> = results
+            .iter()
+            .filter_map(|r| r.get("id").and_then(Value::as_str))
+            .filter(|id| DocId::parse(id).is_ok())
+            .collect();
+        Ok(ids.len() as u64)
     }
 
     /// For each candidate row, whether its winner is still the document's winner.
@@ -1108,7 +1255,8 @@ impl CouchStore {
                 };
                 let (Ok(id), Ok(rev)) = (DocId::parse(id), rev.parse::<Rev>()) else { continue };
                 let deleted = doc.get("_deleted") == Some(&Value::Bool(true));
-                out.insert((id.clone(), rev.clone()), DocRev { id, rev, deleted, body: strip(doc), revisions: None });
+                let body = stored_body(doc)?;
+                out.insert((id.clone(), rev.clone()), DocRev { id, rev, deleted, body, revisions: None });
             }
         }
         Ok(out)
@@ -1212,8 +1360,8 @@ impl CouchStore {
                     results[i] = Some(WriteResult::Conflict { id: w.id.clone() });
                     continue;
                 };
-                let canonical = serde_json::to_vec(&w.body).map_err(internal)?;
-                let rev = match new_rev(parent.as_ref(), w.deleted, &canonical) {
+                // The body's text as written, as on SQLite: both backends derive the same id.
+                let rev = match new_rev(parent.as_ref(), w.deleted, w.body.as_str().as_bytes()) {
                     Ok(rev) => rev,
                     Err(e) => {
                         results[i] = Some(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() });
@@ -1390,12 +1538,7 @@ impl CouchStore {
     }
 
     /// Applies the tracking rules to a page of changes of `doctype` (see `tracking::decide`).
-    async fn track_rows(
-        &self,
-        doctype: &Doctype,
-        rows: &[BatchRow],
-        bodies: &[Map<String, Value>],
-    ) -> Result<(), StoreError> {
+    async fn track_rows(&self, doctype: &Doctype, rows: &[BatchRow], bodies: &[Body]) -> Result<(), StoreError> {
         let rules = self.rules();
         let mut sharings: Vec<&str> =
             rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
@@ -1548,7 +1691,7 @@ impl CouchStore {
     // ----- `_local` documents -----
 
     /// The current revision number of a `_local` document, `None` if there is none.
-    async fn local_rev(&self, db: &str, id: &str) -> Result<Option<(u64, Map<String, Value>)>, StoreError> {
+    async fn local_rev(&self, db: &str, id: &str) -> Result<Option<(u64, Body)>, StoreError> {
         let reply = self.server.send(Method::GET, &[db, "_local", id], &[], None).await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -1562,7 +1705,7 @@ impl CouchStore {
             .strip_prefix("0-")
             .and_then(|n| n.parse::<u64>().ok())
             .ok_or_else(|| corrupt(format!("_local revision {rev:?}")))?;
-        Ok(Some((n, strip(&doc))))
+        Ok(Some((n, stored_body(&doc)?)))
     }
 
     async fn record_local_name(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError> {
@@ -1664,6 +1807,9 @@ impl Store for CouchStore {
         let mut position: HashMap<String, usize> = HashMap::new();
         let mut live = 0usize;
         let wanted: Option<HashSet<&str>> = query.doc_ids.as_ref().map(|ids| ids.iter().map(DocId::as_str).collect());
+        // Where the answer stopped on its limit: the batch's CouchDB position, and how many
+        // rows of that batch after `last_seq` are still to be served.
+        let mut stopped: Option<(Value, u64)> = None;
         if query.since < update_seq && query.limit != Some(0) {
             let mut next = query.since + 1;
             let mut queue: VecDeque<Batch> = self.batch_holding(doctype, next).await?.into_iter().collect();
@@ -1687,7 +1833,8 @@ impl Store for CouchStore {
                     .filter(|(seq, r)| *seq >= next && wanted.as_ref().is_none_or(|w| w.contains(r.0.as_str())))
                     .collect();
                 let current = self.still_current(doctype, &candidates).await?;
-                for ((seq, row), ok) in candidates.into_iter().zip(current) {
+                let mut rest = candidates.into_iter().zip(current);
+                for ((seq, row), ok) in rest.by_ref() {
                     last_seq = seq;
                     if !ok {
                         continue;
@@ -1699,6 +1846,7 @@ impl Store for CouchStore {
                     kept.push(Some((seq, row)));
                     live += 1;
                     if query.limit.is_some_and(|l| live >= l) {
+                        stopped = Some((batch.since.clone(), rest.filter(|(_, ok)| *ok).count() as u64));
                         break 'batches;
                     }
                 }
@@ -1706,6 +1854,12 @@ impl Store for CouchStore {
                 next = batch.last + 1;
             }
         }
+        let pending = match (stopped, query.limit) {
+            (Some(at), _) => self.pending_after(doctype, last_seq, Some(at), wanted.as_ref()).await?,
+            (None, Some(0)) => self.pending_after(doctype, last_seq, None, wanted.as_ref()).await?,
+            // The feed was read to its end.
+            (None, _) => 0,
+        };
         let kept: Vec<(u64, BatchRow)> = kept.into_iter().flatten().collect();
         let mut rows = Vec::with_capacity(kept.len());
         for (seq, BatchRow(id, leaves, deleted)) in kept {
@@ -1724,7 +1878,7 @@ impl Store for CouchStore {
                 row.doc = docs.remove(&(row.id.clone(), row.changes[0].clone()));
             }
         }
-        Ok(Changes { rows, last_seq })
+        Ok(Changes { rows, last_seq, pending })
     }
 
     async fn revs_diff(
@@ -1830,7 +1984,7 @@ impl Store for CouchStore {
             let deleted = r.pointer("/value/deleted") == Some(&Value::Bool(true));
             let doc = match r.get("doc") {
                 Some(Value::Object(d)) if query.include_docs && !deleted => {
-                    Some(DocRev { id: id.clone(), rev: rev.clone(), deleted, body: strip(d), revisions: None })
+                    Some(DocRev { id: id.clone(), rev: rev.clone(), deleted, body: stored_body(d)?, revisions: None })
                 }
                 _ => None,
             };
@@ -1846,13 +2000,13 @@ impl Store for CouchStore {
         }
     }
 
-    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError> {
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Body) -> Result<u64, StoreError> {
         let db = self.db_name(doctype);
         self.server.ensure_db(&db, self.revs_limit).await?;
         self.record_local_name(doctype, id).await?;
         for _ in 0..LOCAL_ATTEMPTS {
             let current = self.local_rev(&db, id).await?.map(|(n, _)| n);
-            let mut doc = body.clone();
+            let mut doc: Map<String, Value> = body_member(&body).into_iter().collect();
             if let Some(n) = current {
                 doc.insert("_rev".into(), Value::String(format!("0-{n}")));
             }
@@ -2005,7 +2159,7 @@ impl Store for CouchStore {
                         continue;
                     }
                     if done.insert((rule.doctype.clone(), id.to_owned())) {
-                        candidates.push((id.to_owned(), strip(doc)));
+                        candidates.push((id.to_owned(), stored_body(doc)?));
                     }
                 }
                 let keys: Vec<String> =

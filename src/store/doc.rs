@@ -1,11 +1,14 @@
 //! Document identifiers and the JSON shapes of documents: parsing a request's document into a
-//! [`DocWrite`] (with CouchDB's rules for `_` members) and rendering a stored revision back.
+//! [`DocWrite`] (with CouchDB's rules for `_` members) and rendering a stored revision back,
+//! its body spliced in as written.
 
 use std::fmt;
 
 use hearth_replicator::rev::{Rev, RevError, Revisions, MAX_POS};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
+use super::body::{Body, Members};
 use super::{DocRev, DocWrite};
 
 /// Longest document id accepted, in bytes.
@@ -79,25 +82,38 @@ impl fmt::Display for DocId {
     }
 }
 
-/// Parses a document body as sent by a client. `id` overrides (or supplies) `_id`; `new_edits`
-/// tells whether `_revisions`/`_rev` name the new revision (replication) or its parent.
-pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<DocWrite, String> {
-    let Value::Object(map) = value else {
-        return Err("document must be a JSON object".into());
-    };
-    let mut body = Map::new();
+/// Parses a document as sent by a client. `id` supplies `_id` (which must then agree with the
+/// body's, if any); `new_edits` tells whether `_revisions`/`_rev` name the new revision
+/// (replication) or its parent. The members not starting with `_` become the [`Body`], as
+/// written (see [`super::body`]).
+pub fn parse_doc(raw: &RawValue, id: Option<DocId>, new_edits: bool) -> Result<DocWrite, String> {
+    parse(raw, id, new_edits, false)
+}
+
+/// [`parse_doc`] for a document a client creates (`POST`, `_bulk_docs`): without `_id`, it
+/// gets a fresh one.
+pub fn parse_new_doc(raw: &RawValue, new_edits: bool) -> Result<DocWrite, String> {
+    parse(raw, None, new_edits, true)
+}
+
+fn parse(raw: &RawValue, id: Option<DocId>, new_edits: bool, generate: bool) -> Result<DocWrite, String> {
+    let members = Members::of(raw.get()).ok_or_else(|| "document must be a JSON object".to_string())?;
+    members.check_depth()?;
+    let mut body = Vec::new();
     let mut doc_id = id;
     let mut rev = None;
     let mut revisions = None;
     let mut deleted = false;
-    for (key, value) in map {
+    for m in members.iter() {
+        let key = m.key();
         if !key.starts_with('_') {
-            body.insert(key, value);
+            body.push(m);
             continue;
         }
-        match key.as_str() {
+        let value = || serde_json::from_str::<Value>(m.value).map_err(|e| format!("invalid {key}: {e}"));
+        match key.as_ref() {
             "_id" => {
-                let Value::String(s) = value else {
+                let Value::String(s) = value()? else {
                     return Err("_id must be a string".into());
                 };
                 let parsed = DocId::parse(&s)?;
@@ -108,7 +124,7 @@ pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<Doc
                     _ => doc_id = Some(parsed),
                 }
             }
-            "_rev" => match value {
+            "_rev" => match value()? {
                 Value::String(s) => rev = Some(s.parse::<Rev>().map_err(|e| e.to_string())?),
                 Value::Null => {}
                 _ => return Err("invalid rev format".into()),
@@ -116,14 +132,14 @@ pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<Doc
             "_revisions" => {
                 // A `start` too large for u64 (or written as a float) is still a generation
                 // above the limit, and is told so rather than as a shape error.
-                if value.get("start").and_then(Value::as_f64).is_some_and(|s| s > MAX_POS as f64) {
+                if value()?.get("start").and_then(Value::as_f64).is_some_and(|s| s > MAX_POS as f64) {
                     return Err(format!("invalid _revisions: {}", RevError::GenerationLimit));
                 }
                 let r: Revisions =
-                    serde_json::from_value(value).map_err(|_| "_revisions must be {start, ids}".to_string())?;
+                    serde_json::from_str(m.value).map_err(|_| "_revisions must be {start, ids}".to_string())?;
                 revisions = Some(r.to_revs().map_err(|e| format!("invalid _revisions: {e}"))?);
             }
-            "_deleted" => match value {
+            "_deleted" => match value()? {
                 Value::Bool(b) => deleted = b,
                 Value::Null => {}
                 _ => return Err("_deleted must be a boolean".into()),
@@ -134,7 +150,11 @@ pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<Doc
             other => return Err(format!("bad special document member: {other}")),
         }
     }
-    let id = doc_id.ok_or_else(|| "document id missing".to_string())?;
+    let id = match doc_id {
+        Some(id) => id,
+        None if generate => DocId::generate(),
+        None => return Err("document id missing".into()),
+    };
     if !new_edits {
         // The replicated revision is the head of `_revisions` when given, `_rev` otherwise.
         if revisions.is_none() {
@@ -145,25 +165,47 @@ pub fn parse_doc(value: Value, id: Option<DocId>, new_edits: bool) -> Result<Doc
         }
         rev = revisions.as_ref().and_then(|r| r.first().cloned());
     }
-    Ok(DocWrite { id, rev, revisions, deleted, body })
+    Ok(DocWrite { id, rev, revisions, deleted, body: Body::from_members(body) })
 }
 
-/// The JSON object a client sees for one revision: `_id`, `_rev`, the body, then `_deleted`
-/// and `_revisions` when they apply.
-pub fn render(doc: &DocRev) -> Map<String, Value> {
-    let mut out = Map::with_capacity(doc.body.len() + 4);
-    out.insert("_id".into(), Value::String(doc.id.as_str().to_owned()));
-    out.insert("_rev".into(), Value::String(doc.rev.to_string()));
-    for (k, v) in &doc.body {
-        out.insert(k.clone(), v.clone());
+/// The JSON a client sees for one revision: `_id`, `_rev`, the body as written, then
+/// `_deleted` and `_revisions` when they apply (CouchDB's order).
+pub fn render(doc: &DocRev) -> Result<Box<RawValue>, serde_json::Error> {
+    render_as(doc, doc.id.as_str(), &[])
+}
+
+/// [`render`] under another id (a peer's id space), followed by `extra` members (such as
+/// `_conflicts`). The body's text is spliced in, never parsed.
+pub fn render_as(doc: &DocRev, id: &str, extra: &[(&str, Value)]) -> Result<Box<RawValue>, serde_json::Error> {
+    let body = doc.body.as_str();
+    let mut out: Vec<u8> = Vec::with_capacity(body.len() + id.len() + 96);
+    out.extend_from_slice(b"{\"_id\":");
+    serde_json::to_writer(&mut out, id)?;
+    out.extend_from_slice(b",\"_rev\":\"");
+    out.extend_from_slice(doc.rev.to_string().as_bytes());
+    out.push(b'"');
+    if !doc.body.is_empty() {
+        out.push(b',');
+        // The body's members, without its braces.
+        out.extend_from_slice(&body.as_bytes()[1..body.len() - 1]);
     }
     if doc.deleted {
-        out.insert("_deleted".into(), Value::Bool(true));
+        out.extend_from_slice(b",\"_deleted\":true");
     }
     if let Some(revs) = &doc.revisions {
-        out.insert("_revisions".into(), serde_json::to_value(Revisions::from_revs(revs)).unwrap_or(Value::Null));
+        out.extend_from_slice(b",\"_revisions\":");
+        serde_json::to_writer(&mut out, &Revisions::from_revs(revs))?;
     }
-    out
+    for (k, v) in extra {
+        out.push(b',');
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, v)?;
+    }
+    out.push(b'}');
+    // Valid JSON pieces make valid JSON; this also checks the stored body once more.
+    let text = String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))?;
+    RawValue::from_string(text)
 }
 
 #[cfg(test)]
@@ -187,18 +229,55 @@ mod tests {
         assert!(DocId::parse("a_b/c d").is_ok());
     }
 
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    fn parse(v: Value, id: Option<DocId>, new_edits: bool) -> Result<DocWrite, String> {
+        parse_doc(&serde_json::value::to_raw_value(&v).unwrap(), id, new_edits)
+    }
+
     #[test]
     fn parses_an_interactive_edit() {
-        let w = parse_doc(json!({"_id": "a", "_rev": "1-x", "title": "t", "_conflicts": []}), None, true).unwrap();
+        let w = parse(json!({"_id": "a", "_rev": "1-x", "title": "t", "_conflicts": []}), None, true).unwrap();
         assert_eq!(w.id.as_str(), "a");
         assert_eq!(w.rev, Some(Rev::new(1, "x")));
-        assert_eq!(w.body, json!({"title": "t"}).as_object().unwrap().clone());
+        assert_eq!(w.body.as_str(), r#"{"title":"t"}"#);
         assert!(!w.deleted);
     }
 
     #[test]
+    fn the_body_is_kept_as_written_and_rendered_back_around_it() {
+        let text = r#"{ "zeta": 1, "_id": "x", "alpha": {"yak": 2, "bee": 3},
+            "big": 123456789012345678901234567890, "neg": -9223372036854775809, "f": 0.1e-7, "\u0041": "\ud83d\ude00" }"#;
+        let w = parse_doc(&raw(text), None, true).unwrap();
+        let body = r#"{"zeta":1,"alpha":{"yak":2,"bee":3},"big":123456789012345678901234567890,"neg":-9223372036854775809,"f":0.1e-7,"\u0041":"\ud83d\ude00"}"#;
+        assert_eq!(w.body.as_str(), body);
+        let doc = DocRev {
+            id: w.id.clone(),
+            rev: Rev::new(2, "b"),
+            deleted: true,
+            body: w.body.clone(),
+            revisions: Some(vec![Rev::new(2, "b"), Rev::new(1, "a")]),
+        };
+        assert_eq!(
+            render(&doc).unwrap().get(),
+            format!(
+                r#"{{"_id":"x","_rev":"2-b",{},"_deleted":true,"_revisions":{{"start":2,"ids":["b","a"]}}}}"#,
+                &body[1..body.len() - 1]
+            )
+        );
+        let empty = DocRev { body: Body::empty(), revisions: None, deleted: false, ..doc };
+        let extra = [("_conflicts", json!(["1-c"]))];
+        assert_eq!(
+            render_as(&empty, "peer\"id", &extra).unwrap().get(),
+            r#"{"_id":"peer\"id","_rev":"2-b","_conflicts":["1-c"]}"#
+        );
+    }
+
+    #[test]
     fn replicated_docs_take_their_revision_from_revisions() {
-        let w = parse_doc(
+        let w = parse(
             json!({"_id": "a", "_rev": "1-zzz", "_revisions": {"start": 2, "ids": ["b", "a"]}, "_deleted": true}),
             None,
             false,
@@ -207,7 +286,7 @@ mod tests {
         assert_eq!(w.rev, Some(Rev::new(2, "b")));
         assert_eq!(w.revisions.unwrap().len(), 2);
         assert!(w.deleted);
-        assert!(parse_doc(json!({"_id": "a"}), None, false).is_err());
+        assert!(parse(json!({"_id": "a"}), None, false).is_err());
     }
 
     #[test]
@@ -221,11 +300,11 @@ mod tests {
         ];
         for doc in too_high {
             for new_edits in [true, false] {
-                let err = parse_doc(doc.clone(), None, new_edits).unwrap_err();
+                let err = parse(doc.clone(), None, new_edits).unwrap_err();
                 assert!(err.contains("9007199254740991"), "{doc} gave {err:?}");
             }
         }
-        let at = parse_doc(json!({"_id": "a", "_rev": "9007199254740991-a"}), None, false).unwrap();
+        let at = parse(json!({"_id": "a", "_rev": "9007199254740991-a"}), None, false).unwrap();
         assert_eq!(at.rev.unwrap().pos, MAX_POS);
     }
 
@@ -241,8 +320,8 @@ mod tests {
             json!({"_id": "a", "_revisions": {"start": 1, "ids": []}}),
             json!({"title": "no id"}),
         ] {
-            assert!(parse_doc(bad.clone(), None, true).is_err(), "{bad}");
+            assert!(parse(bad.clone(), None, true).is_err(), "{bad}");
         }
-        assert!(parse_doc(json!({"_id": "b"}), Some(DocId::parse("a").unwrap()), true).is_err());
+        assert!(parse(json!({"_id": "b"}), Some(DocId::parse("a").unwrap()), true).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! Every backend must pass the suite in [`conformance`].
 
+pub mod body;
 pub mod conformance;
 pub mod couch;
 pub mod doc;
@@ -19,10 +20,9 @@ pub mod transfer;
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use hearth_replicator::rev::Rev;
-use serde_json::{Map, Value};
-
+pub use body::Body;
 pub use doc::{DocId, Doctype};
+use hearth_replicator::rev::Rev;
 pub use tracking::{SharedChange, SharedInfo, SharedState, TrackRule};
 
 /// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
@@ -78,8 +78,8 @@ pub struct DocWrite {
     /// `_revisions`, newest first (replicated writes).
     pub revisions: Option<Vec<Rev>>,
     pub deleted: bool,
-    /// The body without any `_` field.
-    pub body: Map<String, Value>,
+    /// The body without any `_` member, as written (see [`body`]).
+    pub body: Body,
 }
 
 /// The outcome of one document of a bulk write.
@@ -105,7 +105,7 @@ pub struct DocRev {
     pub id: DocId,
     pub rev: Rev,
     pub deleted: bool,
-    pub body: Map<String, Value>,
+    pub body: Body,
     /// This revision's ancestry, newest first, when asked for.
     pub revisions: Option<Vec<Rev>>,
 }
@@ -205,6 +205,9 @@ pub struct ChangesQuery {
 pub struct Changes {
     pub rows: Vec<ChangeRow>,
     pub last_seq: u64,
+    /// Rows of the same feed (same `doc_ids` filter) after `last_seq`: what a client asking
+    /// again from `last_seq` would still get (CouchDB's `pending`).
+    pub pending: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -251,7 +254,8 @@ pub struct RevsDiff {
 pub struct LocalDoc {
     pub id: String,
     pub rev: u64,
-    pub body: Map<String, Value>,
+    /// Every member but `_id`, `_rev`, `_revisions` and `_deleted`, as written.
+    pub body: Body,
 }
 
 /// Storage of one instance. Implementations must make each bulk write atomic and durable
@@ -298,6 +302,8 @@ pub trait Store: Send + Sync + 'static {
         new_edits: bool,
     ) -> Result<Vec<WriteResult>, StoreError>;
 
+    /// The feed after `query.since`, and how many rows remain after what it answers
+    /// ([`Changes::pending`]), computed without reading those rows (see each backend).
     async fn changes(&self, doctype: &Doctype, query: &ChangesQuery) -> Result<Changes, StoreError>;
 
     async fn revs_diff(
@@ -311,7 +317,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError>;
 
     /// Writes a `_local` document; CouchDB does not check `_local` revisions, neither do we.
-    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError>;
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Body) -> Result<u64, StoreError>;
 
     async fn delete_local(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError>;
 

@@ -3,8 +3,10 @@
 //!
 //! Tables: `docs` holds one row per document (its encoded revision tree, winner, leaves and the
 //! sequence of its latest change; the `(doctype, seq)` index is the changes feed), `bodies` the
-//! bodies of leaf revisions, `doctypes` the per-doctype sequence counter and counts, `locals` the
-//! `_local` documents. Revision trees are read and written per document, never whole tables.
+//! bodies of leaf revisions (their JSON text as written, see `store::body`), `doctypes` the
+//! per-doctype sequence counter and counts, `feed_counts` how many documents sit in each range
+//! of [`FEED_BUCKET`] sequence numbers (for `pending`, see [`pending`]), `locals` the `_local`
+//! documents. Revision trees are read and written per document, never whole tables.
 //!
 //! SQLite connections are blocking: every call runs on tokio's blocking pool. Writes go through
 //! one connection (SQLite has one writer anyway); reads use a small pool of their own
@@ -19,13 +21,16 @@ use async_trait::async_trait;
 use hearth_replicator::rev::{new_rev, Rev};
 use hearth_replicator::tree::RevTree;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use super::tracking::{self, TrackAction};
 use super::*;
 
-const SCHEMA_VERSION: i64 = 2;
+/// 3: `feed_counts` (filled from `docs` when an older file is opened).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Sequence numbers per `feed_counts` bucket.
+pub const FEED_BUCKET: u64 = 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS doctypes (
@@ -65,6 +70,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
 CREATE TABLE IF NOT EXISTS sharing_seqs (
     sharing_id TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_counts (
+    doctype TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    docs INTEGER NOT NULL,
+    PRIMARY KEY (doctype, bucket)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locals (
     doctype TEXT NOT NULL,
@@ -141,6 +152,15 @@ impl SqliteStore {
         // store then serves reads and refuses writes (`StoreError::Full`).
         if version < SCHEMA_VERSION {
             conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+            if version < 3 {
+                // Files from before `feed_counts`: count the feed once.
+                conn.execute(
+                    "INSERT OR REPLACE INTO feed_counts (doctype, bucket, docs)
+                     SELECT doctype, seq / ?1, COUNT(*) FROM docs GROUP BY doctype, seq / ?1",
+                    params![FEED_BUCKET as i64],
+                )
+                .context("failed to count the changes feeds")?;
+            }
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
         let (commits, _) = watch::channel(0);
@@ -208,29 +228,31 @@ impl SqliteStore {
 struct DocRow {
     tree: RevTree,
     deleted: bool,
+    seq: u64,
 }
 
 fn load_doc(conn: &Connection, doctype: &str, id: &str) -> Result<Option<DocRow>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT tree, deleted FROM docs WHERE doctype = ?1 AND id = ?2")?;
-    let row =
-        stmt.query_row(params![doctype, id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?))).optional()?;
-    row.map(|(bytes, deleted)| {
+    let mut stmt = conn.prepare_cached("SELECT tree, deleted, seq FROM docs WHERE doctype = ?1 AND id = ?2")?;
+    let row = stmt
+        .query_row(params![doctype, id], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)))
+        .optional()?;
+    row.map(|(bytes, deleted, seq)| {
         let tree = RevTree::decode(&bytes).map_err(|_| StoreError::Corrupt(format!("revision tree of {id}")))?;
-        Ok(DocRow { tree, deleted })
+        Ok(DocRow { tree, deleted, seq: seq as u64 })
     })
     .transpose()
 }
 
-fn load_body(conn: &Connection, doctype: &str, id: &str, rev: &Rev) -> Result<Option<Map<String, Value>>, StoreError> {
+fn load_body(conn: &Connection, doctype: &str, id: &str, rev: &Rev) -> Result<Option<Body>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT body FROM bodies WHERE doctype = ?1 AND id = ?2 AND rev = ?3")?;
     let bytes: Option<Vec<u8>> = stmt.query_row(params![doctype, id, rev.to_string()], |r| r.get(0)).optional()?;
-    bytes
-        .map(|b| serde_json::from_slice(&b).map_err(|_| StoreError::Corrupt(format!("body of {id} {rev}"))))
-        .transpose()
+    bytes.map(|b| parse_body(id, b)).transpose()
 }
 
-fn parse_body(id: &str, bytes: &[u8]) -> Result<Map<String, Value>, StoreError> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(format!("body of {id}")))
+/// Bodies are stored as their JSON text; files written before bodies were kept as written
+/// hold serde_json's serialisation of the same object, which reads the same way.
+fn parse_body(id: &str, bytes: Vec<u8>) -> Result<Body, StoreError> {
+    Body::from_stored(bytes).map_err(|e| StoreError::Corrupt(format!("body of {id}: {e}")))
 }
 
 fn encode_leaves(tree: &RevTree) -> String {
@@ -251,6 +273,9 @@ struct DoctypeCounters {
     last_seq: u64,
     doc_count: i64,
     del_count: i64,
+    /// Changes to `feed_counts` (bucket → documents added or removed), written once at the end
+    /// of the transaction: a batch moves many documents but touches few buckets.
+    buckets: BTreeMap<u64, i64>,
 }
 
 impl DoctypeCounters {
@@ -258,7 +283,15 @@ impl DoctypeCounters {
         let mut stmt = tx.prepare_cached("SELECT last_seq, doc_count, del_count FROM doctypes WHERE doctype = ?1")?;
         let row = stmt.query_row(params![doctype], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))).optional()?;
         let (last_seq, doc_count, del_count) = row.unwrap_or((0, 0, 0));
-        Ok(DoctypeCounters { last_seq: last_seq as u64, doc_count, del_count })
+        Ok(DoctypeCounters { last_seq: last_seq as u64, doc_count, del_count, buckets: BTreeMap::new() })
+    }
+
+    /// One document moves in the feed: out of its old position's bucket, into the new one's.
+    fn count_move(&mut self, old: Option<u64>, new: u64) {
+        if let Some(old) = old {
+            *self.buckets.entry(old / FEED_BUCKET).or_default() -= 1;
+        }
+        *self.buckets.entry(new / FEED_BUCKET).or_default() += 1;
     }
 
     fn save(&self, tx: &Transaction<'_>, doctype: &str) -> Result<(), StoreError> {
@@ -267,6 +300,13 @@ impl DoctypeCounters {
              ON CONFLICT (doctype) DO UPDATE SET last_seq = ?2, doc_count = ?3, del_count = ?4",
         )?
         .execute(params![doctype, self.last_seq as i64, self.doc_count, self.del_count])?;
+        let mut count = tx.prepare_cached(
+            "INSERT INTO feed_counts (doctype, bucket, docs) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doctype, bucket) DO UPDATE SET docs = docs + ?3",
+        )?;
+        for (bucket, delta) in self.buckets.iter().filter(|(_, d)| **d != 0) {
+            count.execute(params![doctype, *bucket as i64, delta])?;
+        }
         Ok(())
     }
 }
@@ -275,12 +315,43 @@ impl DoctypeCounters {
 struct DocUpdate<'a> {
     doctype: &'a str,
     id: &'a str,
-    before: Option<bool>,
+    /// The document's deleted flag and feed position before this write, if it existed.
+    before: Option<(bool, u64)>,
     tree: &'a RevTree,
-    /// Bodies of revisions new to the tree, encoded and as written (the latter to avoid
-    /// reading the winner's back for tracking).
-    new_bodies: Vec<(&'a Rev, &'a [u8], &'a Map<String, Value>)>,
+    /// Bodies of revisions new to the tree, as written (also used to avoid reading the
+    /// winner's back for tracking).
+    new_bodies: Vec<(&'a Rev, &'a Body)>,
     old_leaves: Vec<Rev>,
+}
+
+/// How many documents of the feed sit after `after` (each document is in the feed once, at its
+/// latest change), without reading them: the counts of the buckets after `after`'s bucket,
+/// plus the documents counted in the rest of its bucket through the `(doctype, seq)` index.
+/// At most `update_seq / FEED_BUCKET` count rows and `FEED_BUCKET - 1` index entries are read,
+/// whatever the length of the feed.
+///
+/// With `ids` (`filter=_doc_ids`, or a scope limited to some documents) only those documents
+/// count: each is looked up by id, so the cost follows the list, not the feed.
+fn pending(conn: &Connection, doctype: &str, after: u64, ids: Option<&str>) -> Result<u64, StoreError> {
+    let n: i64 = match ids {
+        Some(ids) => conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT DISTINCT value AS id FROM json_each(?3)) AS wanted
+                 CROSS JOIN docs AS d ON d.doctype = ?1 AND d.id = wanted.id WHERE d.seq > ?2",
+            )?
+            .query_row(params![doctype, after as i64, ids], |r| r.get(0))?,
+        None => {
+            let bucket = after / FEED_BUCKET;
+            let later: i64 = conn
+                .prepare_cached("SELECT COALESCE(SUM(docs), 0) FROM feed_counts WHERE doctype = ?1 AND bucket > ?2")?
+                .query_row(params![doctype, bucket as i64], |r| r.get(0))?;
+            let within: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM docs WHERE doctype = ?1 AND seq > ?2 AND seq < ?3")?
+                .query_row(params![doctype, after as i64, ((bucket + 1) * FEED_BUCKET) as i64], |r| r.get(0))?;
+            later + within
+        }
+    };
+    Ok(n.max(0) as u64)
 }
 
 fn save_doc(
@@ -290,11 +361,11 @@ fn save_doc(
     u: DocUpdate<'_>,
 ) -> Result<(), StoreError> {
     let winner = u.tree.winner().ok_or_else(|| StoreError::Corrupt(format!("empty tree for {}", u.id)))?;
-    for (rev, body, _) in &u.new_bodies {
+    for (rev, body) in &u.new_bodies {
         // Only leaves keep a body: a revision extended later in the same batch gets none.
         if u.tree.is_leaf(rev) {
             tx.prepare_cached("INSERT OR IGNORE INTO bodies (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![u.doctype, u.id, rev.to_string(), body])?;
+                .execute(params![u.doctype, u.id, rev.to_string(), body.as_str().as_bytes()])?;
         }
     }
     // Only leaves keep a body (CouchDB keeps no more after compaction).
@@ -304,7 +375,7 @@ fn save_doc(
             del.execute(params![u.doctype, u.id, old.to_string()])?;
         }
     }
-    match (u.before, winner.deleted) {
+    match (u.before.map(|(deleted, _)| deleted), winner.deleted) {
         (None, false) => counters.doc_count += 1,
         (None, true) => counters.del_count += 1,
         (Some(false), true) => {
@@ -318,6 +389,7 @@ fn save_doc(
         _ => {}
     }
     counters.last_seq += 1;
+    counters.count_move(u.before.map(|(_, seq)| seq), counters.last_seq);
     tx.prepare_cached(
         "INSERT INTO docs (doctype, id, seq, winner, deleted, leaves, tree) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (doctype, id) DO UPDATE SET seq = ?3, winner = ?4, deleted = ?5, leaves = ?6, tree = ?7",
@@ -332,8 +404,8 @@ fn save_doc(
         u.tree.encode(),
     ])?;
     if ctx.tracking.iter().any(|r| r.doctype == u.doctype) {
-        let body = match u.new_bodies.iter().find(|(rev, _, _)| **rev == winner.rev) {
-            Some((_, _, written)) => (*written).clone(),
+        let body = match u.new_bodies.iter().find(|(rev, _)| **rev == winner.rev) {
+            Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
         track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body)?;
@@ -348,7 +420,7 @@ fn track_doc(
     doctype: &str,
     id: &str,
     deleted: bool,
-    body: &Map<String, Value>,
+    body: &Body,
 ) -> Result<(), StoreError> {
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
@@ -397,13 +469,13 @@ fn apply_interactive(
     w: &DocWrite,
 ) -> Result<WriteResult, StoreError> {
     let existing = load_doc(tx, doctype, w.id.as_str())?;
-    let before = existing.as_ref().map(|d| d.deleted);
+    let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let Ok(parent) = tree.edit_parent(w.rev.as_ref(), w.deleted) else {
         return Ok(WriteResult::Conflict { id: w.id.clone() });
     };
-    let body = serde_json::to_vec(&w.body).map_err(internal)?;
-    let rev = match new_rev(parent.as_ref(), w.deleted, &body) {
+    // The revision id hashes the body's text as written (see `store::body`).
+    let rev = match new_rev(parent.as_ref(), w.deleted, w.body.as_str().as_bytes()) {
         Ok(rev) => rev,
         Err(e) => return Ok(WriteResult::Rejected { id: w.id.clone(), reason: e.to_string() }),
     };
@@ -419,14 +491,7 @@ fn apply_interactive(
         tx,
         ctx,
         counters,
-        DocUpdate {
-            doctype,
-            id: w.id.as_str(),
-            before,
-            tree: &tree,
-            new_bodies: vec![(&rev, &body, &w.body)],
-            old_leaves,
-        },
+        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_bodies: vec![(&rev, &w.body)], old_leaves },
     )?;
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
 }
@@ -444,11 +509,11 @@ fn apply_replicated(
 ) -> Result<Vec<WriteResult>, StoreError> {
     let mut refused = Vec::new();
     let existing = load_doc(tx, doctype, id.as_str())?;
-    let before = existing.as_ref().map(|d| d.deleted);
+    let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
     let mut changed = false;
-    let mut added: Vec<(&Rev, &Map<String, Value>)> = Vec::new();
+    let mut added: Vec<(&Rev, &Body)> = Vec::new();
     for w in writes {
         let Some(path) = w.revisions.as_deref().filter(|p| !p.is_empty()) else {
             refused.push(WriteResult::Rejected {
@@ -476,10 +541,7 @@ fn apply_replicated(
         return Ok(refused);
     }
     tree.stem(ctx.revs_limit);
-    let encoded: Vec<Vec<u8>> =
-        added.iter().map(|(_, b)| serde_json::to_vec(b)).collect::<Result<_, _>>().map_err(internal)?;
-    let new_bodies = added.iter().zip(&encoded).map(|((rev, body), bytes)| (*rev, bytes.as_slice(), *body)).collect();
-    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies, old_leaves };
+    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies: added, old_leaves };
     save_doc(tx, ctx, counters, update)?;
     Ok(refused)
 }
@@ -685,7 +747,7 @@ impl Store for SqliteStore {
                         id: doc_id.clone(),
                         rev: winner.0.clone(),
                         deleted: winner.1,
-                        body: parse_body(&id, &b)?,
+                        body: parse_body(&id, b)?,
                         revisions: None,
                     }),
                     None => None,
@@ -695,7 +757,12 @@ impl Store for SqliteStore {
                 last_seq = seq as u64;
                 rows.push(ChangeRow { seq: seq as u64, id: doc_id, changes, deleted, doc });
             }
-            Ok(Changes { rows, last_seq })
+            // A shorter page than asked for is the end of the feed, in this read's snapshot.
+            let pending = match query.limit {
+                Some(l) if rows.len() >= l => pending(conn, &doctype, last_seq, ids_json.as_deref())?,
+                _ => 0,
+            };
+            Ok(Changes { rows, last_seq, pending })
         })
         .await
     }
@@ -811,15 +878,15 @@ impl Store for SqliteStore {
                 .query_row(params![doctype, id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let (rev, body) = row.ok_or(StoreError::NotFound)?;
-            Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 })
+            Ok(LocalDoc { body: parse_body(&id, body)?, id, rev: rev as u64 })
         })
         .await
     }
 
-    async fn put_local(&self, doctype: &Doctype, id: &str, body: Map<String, Value>) -> Result<u64, StoreError> {
+    async fn put_local(&self, doctype: &Doctype, id: &str, body: Body) -> Result<u64, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
-        let bytes = serde_json::to_vec(&body).map_err(internal)?;
         self.write(move |tx, _| {
+            let bytes = body.as_str().as_bytes();
             let rev: i64 = tx
                 .prepare_cached(
                     "INSERT INTO locals (doctype, id, rev, body) VALUES (?1, ?2, 1, ?3)
@@ -1032,7 +1099,7 @@ impl Store for SqliteStore {
                 .query_map(params![doctype], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
-                .map(|(id, rev, body)| Ok(LocalDoc { body: parse_body(&id, &body)?, id, rev: rev as u64 }))
+                .map(|(id, rev, body)| Ok(LocalDoc { body: parse_body(&id, body)?, id, rev: rev as u64 }))
                 .collect()
         })
         .await

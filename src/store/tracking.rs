@@ -4,9 +4,9 @@
 //! the rule that selected it and whether it has left the sharing. Replication reads that feed
 //! (never the whole instance feed), so no change can be lost between a write and its tracking.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{DocId, Doctype};
+use super::{Body, DocId, Doctype};
 
 /// One rule of one sharing, as the store needs it to decide membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,27 +20,21 @@ pub struct TrackRule {
 }
 
 impl TrackRule {
-    /// Whether a document (its id and winning body) is selected by this rule.
-    pub fn matches(&self, doctype: &str, id: &str, body: &Map<String, Value>) -> bool {
+    /// Whether a document (its id and winning body) is selected by this rule. Only the
+    /// member on the selector's path is parsed.
+    pub fn matches(&self, doctype: &str, id: &str, body: &Body) -> bool {
         if self.doctype != doctype {
             return false;
         }
         match &self.selector {
             None => self.values.iter().any(|v| v == id),
-            Some(path) => {
-                let mut parts = path.split('.');
-                let mut cur = parts.next().and_then(|p| body.get(p));
-                for p in parts {
-                    cur = cur.and_then(|c| c.get(p));
+            Some(path) => match body.get(path) {
+                Some(Value::String(s)) => self.values.contains(&s),
+                Some(Value::Array(items)) => {
+                    items.iter().any(|i| i.as_str().is_some_and(|s| self.values.iter().any(|v| v == s)))
                 }
-                match cur {
-                    Some(Value::String(s)) => self.values.iter().any(|v| v == s),
-                    Some(Value::Array(items)) => {
-                        items.iter().any(|i| i.as_str().is_some_and(|s| self.values.iter().any(|v| v == s)))
-                    }
-                    _ => false,
-                }
-            }
+                _ => false,
+            },
         }
     }
 }
@@ -122,11 +116,11 @@ mod tests {
             selector: None,
             values: vec!["a".into()],
         };
-        assert!(by_id.matches("d", "a", &Map::new()));
-        assert!(!by_id.matches("d", "b", &Map::new()));
-        assert!(!by_id.matches("e", "a", &Map::new()));
+        assert!(by_id.matches("d", "a", &Body::empty()));
+        assert!(!by_id.matches("d", "b", &Body::empty()));
+        assert!(!by_id.matches("e", "a", &Body::empty()));
         let by_field = TrackRule { selector: Some("list.id".into()), values: vec!["l1".into()], ..by_id };
-        let body = |v: Value| v.as_object().cloned().unwrap();
+        let body = |v: Value| Body::from_map(v.as_object().unwrap());
         assert!(by_field.matches("d", "x", &body(json!({"list": {"id": "l1"}}))));
         assert!(by_field.matches("d", "x", &body(json!({"list": {"id": ["l0", "l1"]}}))));
         assert!(!by_field.matches("d", "x", &body(json!({"list": {"id": "l2"}}))));

@@ -31,7 +31,7 @@ use std::io::{BufRead, Write};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 use super::doc::{parse_doc, render};
 use super::*;
@@ -41,14 +41,52 @@ pub const VERSION: u64 = 1;
 /// Changes read per page, and documents written per `bulk_docs` on import.
 const PAGE: usize = 200;
 
+/// One line. Documents and `_local` bodies are carried as their JSON text, never parsed into
+/// numbers (see `store::body`), so they move exactly as written.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Line {
     Header { format: String, version: u64, domain: String },
     Doctype { doctype: String, update_seq: u64 },
-    Doc { doctype: String, id: String, leaves: Vec<Map<String, Value>> },
-    Local { doctype: String, id: String, body: Map<String, Value> },
+    Doc { doctype: String, id: String, leaves: Vec<Box<RawValue>> },
+    Local { doctype: String, id: String, body: Box<RawValue> },
     End { doctypes: u64, docs: u64, leaves: u64, locals: u64 },
+}
+
+/// A line's type, read first: serde cannot buffer `RawValue`s inside an internally tagged
+/// enum, so `doc` and `local` lines are then read into their own structs.
+#[derive(Deserialize)]
+struct LineType {
+    r#type: String,
+}
+
+#[derive(Deserialize)]
+struct DocLine {
+    doctype: String,
+    id: String,
+    leaves: Vec<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct LocalLine {
+    doctype: String,
+    id: String,
+    body: Box<RawValue>,
+}
+
+fn read_line(line: &str) -> serde_json::Result<Line> {
+    let kind: LineType = serde_json::from_str(line)?;
+    Ok(match kind.r#type.as_str() {
+        "doc" => {
+            let DocLine { doctype, id, leaves } = serde_json::from_str(line)?;
+            Line::Doc { doctype, id, leaves }
+        }
+        "local" => {
+            let LocalLine { doctype, id, body } = serde_json::from_str(line)?;
+            Line::Local { doctype, id, body }
+        }
+        _ => serde_json::from_str(line)?,
+    })
 }
 
 /// What an export or import moved.
@@ -97,13 +135,14 @@ pub async fn export(store: &dyn Store, domain: &str, out: &mut dyn Write) -> any
                     Err(StoreError::NotFound) => continue,
                     Err(e) => return Err(e).with_context(|| format!("failed to read {doctype}/{}", row.id)),
                 };
-                let leaves: Vec<Map<String, Value>> = leaves
+                let leaves: Vec<Box<RawValue>> = leaves
                     .iter()
                     .filter_map(|l| match l {
                         OpenRev::Found(d) => Some(render(d)),
                         OpenRev::Missing(_) => None,
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("failed to render {doctype}/{}", row.id))?;
                 if leaves.is_empty() {
                     continue;
                 }
@@ -118,7 +157,9 @@ pub async fn export(store: &dyn Store, domain: &str, out: &mut dyn Write) -> any
         }
         for local in store.local_docs(&doctype).await.with_context(|| format!("failed to list _local of {doctype}"))? {
             sum.locals += 1;
-            write_line(out, &Line::Local { doctype: doctype.to_string(), id: local.id, body: local.body })?;
+            let body = RawValue::from_string(local.body.as_str().to_owned())
+                .with_context(|| format!("_local/{} of {doctype} is corrupt", local.id))?;
+            write_line(out, &Line::Local { doctype: doctype.to_string(), id: local.id, body })?;
         }
     }
     write_line(out, &Line::End { doctypes: sum.doctypes, docs: sum.docs, leaves: sum.leaves, locals: sum.locals })?;
@@ -130,7 +171,7 @@ pub async fn export(store: &dyn Store, domain: &str, out: &mut dyn Write) -> any
 pub fn exported_domain(input: &mut dyn BufRead) -> anyhow::Result<String> {
     let mut first = String::new();
     input.read_line(&mut first).context("failed to read the export")?;
-    match serde_json::from_str::<Line>(&first) {
+    match read_line(&first) {
         Ok(Line::Header { format, version, domain }) if format == FORMAT => {
             if version != VERSION {
                 bail!("export format version {version} is not supported (this hearth reads {VERSION})");
@@ -162,7 +203,7 @@ pub async fn import(store: &dyn Store, input: &mut dyn BufRead) -> anyhow::Resul
         if ended.is_some() {
             bail!("line {number}: data after the end of the export");
         }
-        let parsed: Line = serde_json::from_str(&line).with_context(|| format!("line {number} is not valid"))?;
+        let parsed = read_line(&line).with_context(|| format!("line {number} is not valid"))?;
         let doctype_of =
             |s: &str| Doctype::parse(s).map_err(anyhow::Error::msg).with_context(|| format!("line {number}"));
         match parsed {
@@ -185,7 +226,7 @@ pub async fn import(store: &dyn Store, input: &mut dyn BufRead) -> anyhow::Resul
                 let id = DocId::parse(&id).map_err(anyhow::Error::msg).with_context(|| format!("line {number}"))?;
                 sum.docs += 1;
                 for leaf in leaves {
-                    let w = parse_doc(Value::Object(leaf), Some(id.clone()), false)
+                    let w = parse_doc(&leaf, Some(id.clone()), false)
                         .map_err(anyhow::Error::msg)
                         .with_context(|| format!("line {number}: a revision of {id}"))?;
                     batch.push(w);
@@ -198,6 +239,8 @@ pub async fn import(store: &dyn Store, input: &mut dyn BufRead) -> anyhow::Resul
             Line::Local { doctype, id, body } => {
                 flush(store, &mut batch_doctype, &mut batch).await?;
                 let doctype = doctype_of(&doctype)?;
+                let body =
+                    Body::parse(body.get()).map_err(anyhow::Error::msg).with_context(|| format!("line {number}"))?;
                 store.put_local(&doctype, &id, body).await.with_context(|| format!("failed to write _local/{id}"))?;
                 sum.locals += 1;
             }

@@ -20,8 +20,8 @@ use crate::instance::Instance;
 use crate::sharing::model::{ChangeKind, Flow, PeerCredentials, Sharing};
 use crate::sharing::receive::IdMap;
 use crate::sharing::{self, SharingId};
-use crate::store::doc::render;
-use crate::store::{DocId, Doctype, OpenRev, StoreError};
+use crate::store::doc::render_as;
+use crate::store::{Body, DocId, Doctype, OpenRev, StoreError};
 
 pub const CHECKPOINTS_DOCTYPE: &str = "io.hearth.replication";
 
@@ -61,7 +61,7 @@ pub fn checkpoint_id(sharing: &str, member: usize) -> String {
 /// The checkpoint of (sharing, member): everything up to it was acknowledged by the member.
 pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: usize) -> Result<u64, StoreError> {
     match inst.store.get_local(&checkpoints(), &checkpoint_id(sharing, member)).await {
-        Ok(doc) => Ok(doc.body.get("last_seq").and_then(Value::as_u64).unwrap_or(0)),
+        Ok(doc) => Ok(doc.body.get("last_seq").and_then(|v| v.as_u64()).unwrap_or(0)),
         Err(StoreError::NotFound) => Ok(0),
         Err(e) => Err(e),
     }
@@ -176,15 +176,15 @@ impl Source for LocalSource {
                         Some(t) => {
                             let mut history = vec![t.clone()];
                             history.extend(d.revisions.unwrap_or_else(|| vec![d.rev.clone()]));
-                            json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
-                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history)})
+                            serde_json::value::to_raw_value(
+                                &json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
+                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history)}),
+                            )
                         }
-                        None => {
-                            let mut doc = render(&d);
-                            doc.insert("_id".into(), Value::String(peer_id.clone()));
-                            Value::Object(doc)
-                        }
-                    };
+                        // The stored text, spliced under the peer's id: never re-serialised.
+                        None => render_as(&d, &peer_id, &[]),
+                    }
+                    .map_err(|e| SyncError::Store(StoreError::Corrupt(format!("{doctype}/{id}: {e}"))))?;
                     out.push(Outgoing::new(format!("{doctype}/{peer_id}"), doc));
                 }
             }
@@ -195,6 +195,7 @@ impl Source for LocalSource {
     async fn save_checkpoint(&mut self, seq: u64) -> Result<(), SyncError> {
         let mut body = Map::new();
         body.insert("last_seq".into(), json!(seq));
+        let body = Body::from_map(&body);
         self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member), body).await?;
         Ok(())
     }
@@ -227,7 +228,7 @@ impl PeerTarget {
         Ok(PeerTarget { federation, inst, sharing_id, member, base, creds })
     }
 
-    async fn call(&mut self, path: &str, body: &Value) -> Result<Value, SyncError> {
+    async fn call(&mut self, path: &str, body: &(impl serde::Serialize + ?Sized)) -> Result<Value, SyncError> {
         let before = self.creds.clone();
         let result = self.federation.call_peer(&mut self.creds, &self.base, Method::POST, path, Some(body)).await;
         if self.creds != before {
@@ -271,13 +272,13 @@ impl Target for PeerTarget {
     }
 
     async fn bulk_docs(&mut self, docs: Vec<Outgoing>) -> Result<Vec<Refusal>, SyncError> {
-        let mut by_doctype: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        // Documents travel as the text they were read as (`Outgoing::doc`).
+        let mut by_doctype: BTreeMap<String, Vec<Box<serde_json::value::RawValue>>> = BTreeMap::new();
         for d in docs {
             let doctype = d.key.split_once('/').map(|(t, _)| t.to_owned()).unwrap_or_default();
             by_doctype.entry(doctype).or_default().push(d.doc);
         }
-        let body = json!(by_doctype);
-        let reply = self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &body).await?;
+        let reply = self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &by_doctype).await?;
         Ok(reply
             .as_array()
             .map(|items| {

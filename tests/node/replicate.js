@@ -246,6 +246,93 @@ function body(side, i, extra) {
   return { title: `${side} doc ${i}`, n: i, tags: [side, i % 2 ? 'odd' : 'even'], ...extra };
 }
 
+// ---------------------------------------------------------- exact bodies ---
+
+const HEADERS = { Authorization: 'Bearer ' + HEARTH_TOKEN, 'Content-Type': 'application/json' };
+
+async function hearth(method, id, text) {
+  const res = await fetch(HEARTH_DB + '/' + encodeURIComponent(id), { method, headers: HEADERS, body: text });
+  return { status: res.status, text: await res.text() };
+}
+
+// A document as hearth renders it: `_id`, `_rev`, then the body's members as written.
+function rendered(id, rev, body) {
+  const members = JSON.stringify(body).slice(1);
+  return `{"_id":${JSON.stringify(id)},"_rev":${JSON.stringify(rev)}` + (members === '}' ? '}' : ',' + members);
+}
+
+function withoutMeta(doc) {
+  const body = {};
+  for (const [k, v] of Object.entries(doc)) if (!k.startsWith('_')) body[k] = v;
+  return body;
+}
+
+// Bodies whose text JavaScript writes back as it reads it: no integer-like keys (JavaScript
+// moves those first), numbers in their shortest form.
+function exactBody(i) {
+  return {
+    zeta: i, alpha: { yak: 2, bee: 3, mid: { z: [1, { y: true, x: null }], a: '' } },
+    f: 0.1, g: 1.5e300, e: 1e-7, h: 0.30000000000000004, n: -2.5, m: 12345678.9,
+    s: 'é "quoted" \\ back / slash 😀 \n\t\u0001 end', list: ['b', 'a', { d: 1, c: 2 }],
+  };
+}
+
+async function exactBodies() {
+  let checked = 0;
+  const compare = async (id, body, what) => {
+    const local = await local_get(id);
+    const got = await hearth('GET', id);
+    const want = rendered(id, local._rev, body);
+    checked++;
+    if (got.status !== 200 || got.text !== want) mismatch({ what: what + ': hearth text', id, want, got: got.text });
+    const localText = JSON.stringify(withoutMeta(local));
+    if (localText !== JSON.stringify(body)) mismatch({ what: what + ': PouchDB text', id, want: JSON.stringify(body), got: localText });
+  };
+  const local_get = (id) => local.get(id);
+
+  // From PouchDB to hearth.
+  const fromLocal = [0, 1, 2].map((i) => ({ _id: `exact-local-${i}`, ...exactBody(i) }));
+  await bulk(local, 'exact local', fromLocal);
+  await replicate('f. exact local->remote', local, remote, 'exact');
+  for (const d of fromLocal) await compare(d._id, withoutMeta(d), 'written by PouchDB');
+
+  // From hearth (raw text) to PouchDB.
+  const fromRemote = [3, 4].map((i) => [`exact-remote-${i}`, exactBody(i)]);
+  for (const [id, body] of fromRemote) {
+    const res = await hearth('PUT', id, JSON.stringify(body));
+    if (res.status !== 201) mismatch({ what: 'exact PUT refused', id, res });
+  }
+  // An integer JavaScript cannot hold, in an object whose keys hearth must keep in order.
+  const big = '{"order":{"z":1,"a":2},"big":123456789012345678901234567890,"neg":-9223372036854775809}';
+  const bigPut = await hearth('PUT', 'exact-big', big);
+  if (bigPut.status !== 201) mismatch({ what: 'big PUT refused', res: bigPut });
+  await replicate('f. exact remote->local', remote, local, 'exact');
+  for (const [id, body] of fromRemote) await compare(id, body, 'written to hearth');
+
+  // Edited in PouchDB (members keep their places), back to hearth.
+  const edited = [];
+  for (const [id] of [...fromRemote, ...fromLocal.map((d) => [d._id])]) {
+    const doc = await local.get(id);
+    doc.alpha.bee = 4.25;
+    doc.s = doc.s + ' ✓';
+    edited.push(doc);
+  }
+  await bulk(local, 'exact edits', edited);
+  await replicate('f. exact edits local->remote', local, remote, 'exact');
+  for (const d of edited) await compare(d._id, withoutMeta(d), 'edited in PouchDB');
+  // PouchDB holds the big document too (its numbers rounded in its own copy), and sends
+  // nothing back for it: hearth's text and revision stay.
+  const bigNow = await hearth('GET', 'exact-big');
+  const bigRev = JSON.parse(bigNow.text)._rev;
+  checked++;
+  if (bigNow.text !== rendered('exact-big', bigRev, {}).slice(0, -1) + ',' + big.slice(1)) {
+    mismatch({ what: 'big document changed on hearth', got: bigNow.text });
+  }
+  const bigLocal = await local.get('exact-big');
+  if (bigLocal._rev !== bigRev) mismatch({ what: 'big document revision differs', local: bigLocal._rev, remote: bigRev });
+  return { checked, bigRev };
+}
+
 // ------------------------------------------------------------------ main ---
 
 async function main() {
@@ -430,6 +517,12 @@ async function main() {
     mismatch({ what: 'requests sent without Authorization header', count: requestsWithoutToken });
   }
 
+  // f. exact bodies: key order at every depth, floats and strings come back as written,
+  // both ways. (Integers beyond 2^53 cannot live in PouchDB's JavaScript numbers: the one
+  // written to hearth below must stay exact there, which tests/pouchdb.rs checks.)
+  const exact = await exactBodies();
+  log(`f. exact bodies: ${exact.checked} documents compared as text`);
+
   const elapsed = Date.now() - t0;
   log('remote requests (method endpoint?params status: count):');
   for (const k of Object.keys(requests).sort()) log('  ' + k + ': ' + requests[k]);
@@ -444,6 +537,8 @@ async function main() {
     deleted,
     compared: ids.length,
     elapsed_ms: elapsed,
+    exact_checked: exact.checked,
+    big_rev: exact.bigRev,
     mismatch_count: mismatches.length,
     mismatches: mismatches.slice(0, 20),
     requests,
