@@ -161,6 +161,7 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
                     applied.accepted += 1;
                     applied.revoke |= revokes;
                 }
+                Received::Moot => applied.accepted += 1,
                 Received::Refused(reason) => applied.refused.push(refuse("forbidden", reason)),
                 Received::Invalid(reason) => applied.refused.push(refuse("bad_request", reason)),
             }
@@ -177,8 +178,10 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
 ///   matches), allowed by the rule's `update` or `remove` in this direction. A deletion under
 ///   `remove: revoke` from the owner is written and revokes the sharing here; a recipient
 ///   cannot delete the owner's document that way.
-/// - Not in it (never, or it left): refused if the document exists here (safety principle:
-///   a peer never pulls a local document into the sharing) or is a deletion; otherwise it must
+/// - Not in it (never, or it left): a deletion of a document that left the sharing here is
+///   moot (not written: the document stays as it is here, outside the sharing); otherwise
+///   refused if the document exists here (safety principle: a peer never pulls a local
+///   document into the sharing) or is a deletion; otherwise it must
 ///   match a rule, and either be part of the initial set the owner sends (named by an id rule,
 ///   or listed in `_initial`) or the rule's `add` must let new documents flow this way. It then
 ///   enters the sharing here with that rule.
@@ -187,6 +190,11 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
     let mut matching =
         s.rules.iter().enumerate().filter(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
     let Some(index) = standing.shared.filter(|st| !st.removed).map(|st| st.rule_index) else {
+        if standing.exists && w.deleted && standing.shared.is_some() {
+            // It left the sharing here: the peer's removal (often the echo of the deletion
+            // this instance sent when it left) asks for what already holds.
+            return Verdict::Moot;
+        }
         if standing.exists {
             return Verdict::Refuse("the document exists here outside this sharing".into());
         }

@@ -2190,6 +2190,7 @@ impl Store for CouchStore {
                     shared: states.get(key).map(|(_, st)| SharedState { rule_index: st.rule, removed: st.removed }),
                 };
                 match judge(w, &standing) {
+                    Verdict::Moot => out[i] = Some(Received::Moot),
                     Verdict::Refuse(reason) => out[i] = Some(Received::Refused(reason)),
                     Verdict::Accept { join, revokes } => match w.revisions.as_deref().filter(|p| !p.is_empty()) {
                         None => {

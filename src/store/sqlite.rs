@@ -957,6 +957,10 @@ impl Store for SqliteStore {
                 };
                 let (join, revokes) = match judge(w, &standing) {
                     Verdict::Accept { join, revokes } => (join, revokes),
+                    Verdict::Moot => {
+                        out.push(Received::Moot);
+                        continue;
+                    }
                     Verdict::Refuse(reason) => {
                         out.push(Received::Refused(reason));
                         continue;

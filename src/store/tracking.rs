@@ -155,6 +155,9 @@ pub enum Verdict {
         join: Option<usize>,
         revokes: bool,
     },
+    /// Nothing to write, nothing to refuse: what the change asks already holds here (a
+    /// removal of a document that already left the sharing here).
+    Moot,
     Refuse(String),
 }
 
@@ -167,6 +170,8 @@ pub enum Received {
     Written {
         revokes: bool,
     },
+    /// Judged moot: not written, not refused.
+    Moot,
     /// The judge refused it: nothing was written.
     Refused(String),
     /// It was accepted but is not a valid replicated write (no revisions...).
