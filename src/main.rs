@@ -512,6 +512,17 @@ async fn follow_sync(
                 b.finish();
             }
             println!("Up to date.");
+            // Delivered is not accepted: say which members refused documents, and why.
+            for m in members.iter().filter(|m| m["replication"]["refused_docs"].as_u64().unwrap_or(0) > 0) {
+                let r = &m["replication"];
+                println!(
+                    "{} refused {} document(s), last {}: {}",
+                    m["name"].as_str().unwrap_or("a member"),
+                    r["refused_docs"],
+                    r["last_refusal"]["doc"].as_str().unwrap_or("-"),
+                    r["last_refusal"]["reason"].as_str().unwrap_or("-")
+                );
+            }
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

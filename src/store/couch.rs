@@ -637,6 +637,12 @@ struct TrackState {
     origin: Option<usize>,
 }
 
+impl TrackState {
+    fn shared(&self) -> SharedState {
+        SharedState { rule_index: self.rule, removed: self.removed, seq: self.seq }
+    }
+}
+
 /// How a document enters a sharing, recorded when its state is created.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Entry {
@@ -2185,10 +2191,7 @@ impl Store for CouchStore {
             for (&i, key) in round.iter().zip(&keys) {
                 let w = &docs[i];
                 let tree = trees.get(&w.id).filter(|t| !t.is_empty());
-                let standing = Standing {
-                    exists: tree.is_some(),
-                    shared: states.get(key).map(|(_, st)| SharedState { rule_index: st.rule, removed: st.removed }),
-                };
+                let standing = Standing { exists: tree.is_some(), shared: states.get(key).map(|(_, st)| st.shared()) };
                 match judge(w, &standing) {
                     Verdict::Moot => out[i] = Some(Received::Moot),
                     Verdict::Refuse(reason) => out[i] = Some(Received::Refused(reason)),
@@ -2424,7 +2427,17 @@ impl Store for CouchStore {
             }
             next = batch.last + 1;
         }
-        Ok(out)
+        // Batches are checked against the states one after the other: a document written
+        // meanwhile can show twice (each row its latest when checked). Only the last one counts.
+        let mut seen: HashSet<(Doctype, DocId)> = HashSet::new();
+        let mut latest: Vec<SharedChange> = Vec::with_capacity(out.len());
+        for c in out.into_iter().rev() {
+            if seen.insert((c.doctype.clone(), c.id.clone())) {
+                latest.push(c);
+            }
+        }
+        latest.reverse();
+        Ok(latest)
     }
 
     async fn shared_state(
@@ -2436,13 +2449,7 @@ impl Store for CouchStore {
         self.catch_up(doctype).await?;
         let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
         let states = self.track_states(&keys).await?;
-        Ok(ids
-            .iter()
-            .zip(&keys)
-            .filter_map(|(id, k)| {
-                states.get(k).map(|(_, st)| (id.clone(), SharedState { rule_index: st.rule, removed: st.removed }))
-            })
-            .collect())
+        Ok(ids.iter().zip(&keys).filter_map(|(id, k)| states.get(k).map(|(_, st)| (id.clone(), st.shared()))).collect())
     }
 
     async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {

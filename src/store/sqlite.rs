@@ -386,9 +386,13 @@ fn track_doc(
 
 fn shared_row(conn: &Connection, sharing: &str, doctype: &str, id: &str) -> Result<Option<SharedState>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
+        .prepare_cached("SELECT rule, removed, seq FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
         .query_row(params![sharing, doctype, id], |r| {
-            Ok(SharedState { rule_index: r.get::<_, i64>(0)? as usize, removed: r.get(1)? })
+            Ok(SharedState {
+                rule_index: r.get::<_, i64>(0)? as usize,
+                removed: r.get(1)?,
+                seq: r.get::<_, i64>(2)? as u64,
+            })
         })
         .optional()?)
 }

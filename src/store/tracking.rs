@@ -135,6 +135,8 @@ pub struct SharedChange {
 pub struct SharedState {
     pub rule_index: usize,
     pub removed: bool,
+    /// The sequence of its latest row (every write of a document in the sharing moves it).
+    pub seq: u64,
 }
 
 /// A received document as its judge sees it, read in the transaction that writes it.

@@ -235,15 +235,26 @@ impl Source for LocalSource {
             by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
         }
         let mut leaves: HashMap<(Doctype, DocId), Vec<(Rev, bool)>> = HashMap::new();
+        let mut current: HashMap<(Doctype, DocId), u64> = HashMap::new();
         for (doctype, ids) in by_doctype {
             for (id, l) in self.inst.store.doc_leaves(&doctype, &ids).await? {
                 leaves.insert((doctype.clone(), id), l);
+            }
+            for (id, st) in self.inst.store.shared_state(self.sharing.id(), &doctype, &ids).await? {
+                current.insert((doctype.clone(), id), st.seq);
             }
         }
         let mut changes = Vec::with_capacity(rows.len());
         let mut initial = Vec::new();
         for r in rows {
-            let Some(l) = leaves.remove(&(r.doctype.clone(), r.id.clone())) else { continue };
+            let doc = (r.doctype.clone(), r.id.clone());
+            // The leaves were read after the row, and the row checked again after them: a
+            // document written meanwhile (moved out of the sharing, say) has a newer row, and
+            // must not go with leaves this row did not see. The newer row comes in a later batch.
+            if current.get(&doc) != Some(&r.seq) {
+                continue;
+            }
+            let Some(l) = leaves.remove(&doc) else { continue };
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let rule = self.sharing.rules.get(r.rule_index);
             if deleted && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
