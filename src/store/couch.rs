@@ -78,10 +78,10 @@
 //! Each document's membership is `t/<sharing>/<doctype>/<id>` (`{seq, rule, removed, joined,
 //! initial, origin}`, updated under MVCC, the latest sequence winning), and the sharing's feed
 //! is a chain of `u/<sharing>/<first>` batches numbered like the document batches; a feed row
-//! counts only if it is still its document's latest. `s/<sharing>` marks a sharing whose initial
-//! set was taken (`track_existing` creates it, so only the first call takes the set). Sharings
-//! and the outbox themselves are documents of internal doctypes, written with the
-//! interactive-edit rules below.
+//! counts only if it is still its document's latest. `s/<sharing>` marks a sharing whose
+//! initial set was taken (`track_existing` writes it once the set is recorded; later calls stop
+//! there). Sharings and the outbox themselves are documents of internal doctypes, written with
+//! the interactive-edit rules below.
 //!
 //! # Atomicity
 //!
@@ -2073,9 +2073,11 @@ impl Store for CouchStore {
         self.catch_up_sharing(sharing_id).await?;
         let lock = self.share_lock(sharing_id)?;
         let _held = lock.lock().await;
-        // Once per feed: the marker is created by the first call only (CouchDB's 409 fences
-        // other processes too).
-        if !self.create_meta(&start_key(sharing_id), &json!({})).await? {
+        // Once per feed: the marker is written once the whole set is recorded, so a crash
+        // midway takes it again (recording it twice changes nothing) rather than leaving it
+        // half taken.
+        let marker = start_key(sharing_id);
+        if self.meta_docs(std::slice::from_ref(&marker)).await?.contains_key(&marker) {
             return Ok(0);
         }
         let rules: Vec<TrackRule> = self.rules().iter().filter(|r| r.sharing_id == sharing_id).cloned().collect();
@@ -2145,6 +2147,7 @@ impl Store for CouchStore {
                 }
             }
         }
+        self.create_meta(&marker, &json!({})).await?;
         Ok(added)
     }
 
