@@ -237,3 +237,116 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sharing::model::{Member, MemberStatus, Rule};
+    use crate::store::SharedState;
+
+    fn sharing(owner: bool, policy: (&str, &str, &str)) -> Sharing {
+        let rule = |selector: Option<&str>, values: &[&str]| {
+            let mut r = json!({"doctype": "io.cozy.todos", "values": values,
+                "add": policy.0, "update": policy.1, "remove": policy.2});
+            if let Some(s) = selector {
+                r["selector"] = json!(s);
+            }
+            Rule::from_input(&r).unwrap()
+        };
+        Sharing {
+            id: Some(super::super::SharingId::generate()),
+            rev: None,
+            description: String::new(),
+            preview_path: None,
+            app_slug: None,
+            owner,
+            active: true,
+            open_sharing: false,
+            initial_sync: false,
+            created_at: String::new(),
+            updated_at: String::new(),
+            rules: vec![rule(None, &["named"]), rule(Some("list"), &["l1"])],
+            members: vec![Member::new(MemberStatus::Owner), Member::new(MemberStatus::Ready)],
+            invitations: Vec::new(),
+        }
+    }
+
+    fn doc(id: &str, list: &str, deleted: bool) -> DocWrite {
+        let body = json!({ "list": list }).as_object().cloned().unwrap();
+        DocWrite { id: DocId::parse(id).unwrap(), rev: None, revisions: None, deleted, body }
+    }
+
+    const NEW: Standing = Standing { exists: false, shared: None };
+    const OUTSIDE: Standing = Standing { exists: true, shared: None };
+    const IN: Standing = Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: false, seq: 1 }) };
+    const LEFT: Standing =
+        Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: true, seq: 1 }) };
+
+    fn join(rule: usize) -> Verdict {
+        Verdict::Accept { join: Some(rule), revokes: false }
+    }
+
+    fn refused(v: &Verdict) -> bool {
+        matches!(v, Verdict::Refuse(_))
+    }
+
+    #[test]
+    fn new_documents_enter_by_the_initial_set_or_by_add() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        // On a recipient, with add: none: named and claimed documents are the initial set.
+        let recipient = sharing(false, ("none", "sync", "sync"));
+        assert_eq!(judge(&recipient, &t, &doc("named", "x", false), &NEW, false), join(0));
+        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, true), join(1));
+        assert!(refused(&judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false)), "began to match later");
+        assert!(refused(&judge(&recipient, &t, &doc("t1", "l9", false), &NEW, true)), "claimed, matching no rule");
+        // On the owner, nothing is initial: a recipient's new document needs add: sync.
+        let owner = sharing(true, ("push", "sync", "sync"));
+        assert!(refused(&judge(&owner, &t, &doc("named", "x", false), &NEW, true)));
+        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", false), &NEW, true)));
+        let owner = sharing(true, ("sync", "none", "none"));
+        assert_eq!(judge(&owner, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+        // A recipient under add: push takes later documents from the owner.
+        let recipient = sharing(false, ("push", "none", "none"));
+        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+    }
+
+    #[test]
+    fn documents_outside_the_sharing_are_never_changed() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        let s = sharing(false, ("sync", "sync", "sync"));
+        for standing in [OUTSIDE, LEFT] {
+            assert!(refused(&judge(&s, &t, &doc("t1", "l1", false), &standing, true)), "{standing:?}");
+        }
+        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &OUTSIDE, false)));
+        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &NEW, false)));
+        // A removal of a document that left the sharing here is moot, not written.
+        assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
+    }
+
+    #[test]
+    fn changes_to_shared_documents_follow_update_and_remove_in_their_direction() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        let ok = Verdict::Accept { join: None, revokes: false };
+        for (owner, policy, update, remove) in [
+            (false, ("none", "push", "push"), true, true),
+            (true, ("none", "push", "push"), false, false),
+            (true, ("none", "sync", "none"), true, false),
+            (false, ("none", "none", "sync"), false, true),
+        ] {
+            let s = sharing(owner, policy);
+            let v = judge(&s, &t, &doc("t1", "l1", false), &IN, false);
+            assert_eq!(v == ok, update, "update, owner {owner}, {policy:?}: {v:?}");
+            // Deleted, or no longer matching: a removal.
+            for removal in [doc("t1", "l1", true), doc("t1", "l2", false)] {
+                let v = judge(&s, &t, &removal, &IN, false);
+                assert_eq!(v == ok, remove, "removal, owner {owner}, {policy:?}: {v:?}");
+            }
+        }
+        // Under remove: revoke, the owner's deletion revokes; a recipient's is refused.
+        let recipient = sharing(false, ("none", "none", "revoke"));
+        let v = judge(&recipient, &t, &doc("t1", "l1", true), &IN, false);
+        assert_eq!(v, Verdict::Accept { join: None, revokes: true });
+        let owner = sharing(true, ("none", "none", "revoke"));
+        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", true), &IN, false)));
+    }
+}
