@@ -438,22 +438,29 @@ fn print_status(status: &serde_json::Value) {
         a["documents"]
     );
     println!(
-        "{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} LAST ERROR",
-        "#", "STATUS", "NAME", "STATE", "PENDING", "LAST SUCCESS"
+        "{:<4} {:<14} {:<20} {:<9} {:>8} {:>8} {:<26} LAST ERROR",
+        "#", "STATUS", "NAME", "STATE", "PENDING", "REFUSED", "LAST SUCCESS"
     );
     for m in a["members"].as_array().into_iter().flatten() {
         let r = &m["replication"];
         let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let number = |v: &serde_json::Value| if r.is_null() { "-".into() } else { v.to_string() };
         println!(
-            "{:<4} {:<14} {:<20} {:<9} {:>8} {:<26} {}",
+            "{:<4} {:<14} {:<20} {:<9} {:>8} {:>8} {:<26} {}",
             m["index"].as_u64().unwrap_or_default(),
             text(&m["status"]),
             text(&m["name"]),
             if r.is_null() { "-".into() } else { text(&r["health"]) },
-            if r.is_null() { "-".into() } else { r["pending"].to_string() },
+            number(&r["pending"]),
+            number(&r["refused_docs"]),
             text(&r["last_success"]),
             text(&r["last_error"]),
         );
+        // Why the member's copy is incomplete, in its own words.
+        if r["refused_docs"].as_u64().unwrap_or(0) > 0 {
+            let last = &r["last_refusal"];
+            println!("     last refused: {} ({}): {}", text(&last["doc"]), text(&last["at"]), text(&last["reason"]));
+        }
     }
 }
 
@@ -500,6 +507,17 @@ async fn follow_sync(
                 b.finish();
             }
             println!("Up to date.");
+            // Delivered is not accepted: say which members refused documents, and why.
+            for m in members.iter().filter(|m| m["replication"]["refused_docs"].as_u64().unwrap_or(0) > 0) {
+                let r = &m["replication"];
+                println!(
+                    "{} refused {} document(s), last {}: {}",
+                    m["name"].as_str().unwrap_or("a member"),
+                    r["refused_docs"],
+                    r["last_refusal"]["doc"].as_str().unwrap_or("-"),
+                    r["last_refusal"]["reason"].as_str().unwrap_or("-")
+                );
+            }
             return Ok(());
         }
         if std::time::Instant::now() > deadline {

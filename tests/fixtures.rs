@@ -123,3 +123,47 @@ async fn the_seed_replication_requests_are_understood() {
     assert_eq!(refused.as_array().unwrap().len(), 1);
     assert_eq!(refused[0]["error"], "forbidden");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_sharing_answer_lists_its_shared_documents() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let token = app.token(&alice, "io.cozy.files");
+    let seed = fixture("get-response.json");
+    let shared: Vec<String> = seed["data"]["relationships"]["shared_docs"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &shared {
+        let (s, v) = alice.call(Method::PUT, &format!("/data/io.cozy.files/{id}"), Some(&token), Some(json!({}))).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let mut rule = seed["data"]["attributes"]["rules"][0].clone();
+    rule["values"] = json!(shared);
+    let body = json!({"data": {"type": "io.cozy.sharings",
+        "attributes": {"description": "holiday notes", "app_slug": "drive", "rules": [rule]},
+        "relationships": {"recipients": {"data": [{"name": "Bob", "email": "bob@example.net"}]}}}});
+    let (s, created) = alice.call(Method::POST, "/sharings/", Some(&token), Some(body)).await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    answer_invitation(&link(&app, &alice, &id, 1).await, &bob, "accept").await;
+    let (s, got) = alice.call(Method::GET, &format!("/sharings/{id}"), Some(&token), None).await;
+    assert_eq!(s, 200, "{got}");
+    // Everything the seed shows (`preview_path` only when the sharing has one).
+    let mut expected = seed.clone();
+    expected["data"]["attributes"].as_object_mut().unwrap().remove("preview_path");
+    has_shape(&expected, &got, "");
+    let listed: Vec<&str> = got["data"]["relationships"]["shared_docs"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["type"], "io.cozy.files");
+            d["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(listed, shared);
+}

@@ -13,7 +13,7 @@ use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResul
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
 use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
-use crate::store::Doctype;
+use crate::store::{DocId, Doctype};
 
 /// Largest body of a route reachable without credentials (the sharing notice and answer, the
 /// forms): see `sharing::request::MAX_NOTICE_BYTES`.
@@ -232,23 +232,69 @@ async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     Ok(jsonapi(StatusCode::OK, out))
 }
 
-/// `GET /sharings/:id` — for the owner's apps, or a member's instance (with its token).
+/// `shared_docs` listed per page of `GET /sharings/:id` when `page[limit]` is not given.
+const SHARED_DOCS_PAGE: usize = 100;
+/// The largest `page[limit]` of `GET /sharings/:id`.
+const SHARED_DOCS_MAX_PAGE: usize = 1000;
+
+/// `GET /sharings/:id?page[limit]=&page[cursor]=` — the sharing, for the owner's apps, or a
+/// member's instance (with its token), with `relationships.shared_docs` as in Cozy: the
+/// documents in the sharing on this instance, `{"id", "type"}` ordered by doctype then id,
+/// ids as this instance knows them (a member's instance gets them in its own id space).
+/// Paginated: `page[limit]` documents (default 100, 1 to 1000); when more follow,
+/// `shared_docs.links.next` is the URL of the next page (`page[cursor]` is opaque).
 async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let s = sharing::load(inst.0.store.as_ref(), &id).await?;
-    let allowed = match data_caller(&inst.0, &req) {
-        Ok((_, perms)) => s.as_ref().is_some_and(|s| may_read(&perms, s)),
+    let (allowed, member) = match data_caller(&inst.0, &req) {
+        Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
         Err(_) => {
-            let (_, perms) = service::peer_member(&inst.0, &id, token).await?;
-            service::peer_may(&perms, &id, Verb::Get)
+            let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
+            (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
         }
     };
-    match s {
-        Some(s) if allowed => Ok(jsonapi(StatusCode::OK, doc(&s))),
-        Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
-        None => Err(ApiError::NotFound("no such sharing".into())),
+    let s = match s {
+        Some(s) if allowed => s,
+        Some(_) => return Err(ApiError::Forbidden("the token does not cover this sharing".into())),
+        None => return Err(ApiError::NotFound("no such sharing".into())),
+    };
+    let q = Query::of(&req)?;
+    let limit = match q.get("page[limit]") {
+        None => SHARED_DOCS_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=SHARED_DOCS_MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
+    };
+    // Ids in the caller's space: ours for apps, the member's for its instance.
+    let ids = crate::sharing::receive::IdMap::for_member(&s, member.unwrap_or(0));
+    let after = q
+        .get("page[cursor]")
+        .map(|c| {
+            c.split_once('/')
+                .and_then(|(t, i)| Some((Doctype::parse(t).ok()?, DocId::parse(&ids.convert(i)).ok()?)))
+                .ok_or_else(|| ApiError::bad_request("invalid page[cursor]"))
+        })
+        .transpose()?;
+    let mut docs = inst.0.store.shared_docs(s.id(), after, limit + 1).await?;
+    let more = docs.len() > limit;
+    docs.truncate(limit);
+    let data: Vec<Value> =
+        docs.iter().map(|(t, i)| json!({"type": t.as_str(), "id": ids.convert(i.as_str())})).collect();
+    let mut shared_docs = json!({"data": data});
+    if let Some((t, i)) = docs.last().filter(|_| more) {
+        let cursor = format!("{t}/{}", ids.convert(i.as_str()));
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("page[cursor]", &cursor)
+            .append_pair("page[limit]", &limit.to_string())
+            .finish();
+        shared_docs["links"] = json!({"next": format!("/sharings/{}?{query}", s.id())});
     }
+    let mut out = doc(&s);
+    out["data"]["relationships"] = json!({"shared_docs": shared_docs});
+    Ok(jsonapi(StatusCode::OK, out))
 }
 
 /// `PUT /sharings/:id` — on a recipient, from the owner's instance: the notice of a sharing
@@ -756,8 +802,11 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
 }
 
 /// `GET /sharings/:id/status` — each member's status and, for the peers this instance
-/// replicates to, the replication state: `healthy|retrying|down`, last error, last success,
-/// pending changes and progress.
+/// replicates to, `replication`: the state (`crate::sync::manager::LinkStatus`: `health` one of
+/// `idle|healthy|degraded|retrying|down`, last error and success, progress, CouchDB's counters
+/// `last_seq`, `docs_written`, `doc_write_failures`, `missing_revisions_found`, the documents
+/// the member refused and has not written since, `refused_docs`, and `last_refusal` with its
+/// reason) and `pending`, the changes past `last_seq`.
 async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (_, perms) = data_caller(&inst.0, &req)?;
@@ -775,11 +824,11 @@ async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         if targets.contains(&i) {
             let key =
                 crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
-            let checkpoint = crate::sync::replication::read_checkpoint(&inst.0, id.as_str(), i).await?;
-            let info = inst.0.store.shared_info(id.as_str(), checkpoint).await?;
-            let mut rep = serde_json::to_value(svc.sync.state(&key)).unwrap_or(Value::Null);
+            let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
+            let info = inst.0.store.shared_info(id.as_str(), record.last_seq).await?;
+            let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
+            let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
             rep["pending"] = json!(info.pending);
-            rep["checkpoint"] = json!(checkpoint);
             entry["replication"] = rep;
         }
         members.push(entry);

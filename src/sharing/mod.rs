@@ -10,6 +10,7 @@ pub mod invitations;
 pub mod links;
 pub mod mail;
 pub mod model;
+pub mod protocol;
 pub mod receive;
 pub mod request;
 pub mod service;

@@ -194,20 +194,39 @@ impl Rule {
         })
     }
 
-    /// The rule as the store tracks it.
-    pub fn track_rule(&self, sharing_id: &str, rule_index: usize) -> crate::store::TrackRule {
+    /// The rule as the store tracks it on the owner's instance (`owner`) or a recipient's.
+    pub fn track_rule(&self, sharing_id: &str, rule_index: usize, owner: bool) -> crate::store::TrackRule {
         crate::store::TrackRule {
             sharing_id: sharing_id.to_owned(),
             rule_index,
             doctype: self.doctype.clone(),
             selector: self.selector.clone(),
             values: self.values.clone(),
+            joins: self.joins_later(owner),
+        }
+    }
+
+    /// Whether this rule names its documents by id (rather than by a field's value).
+    pub fn by_id(&self) -> bool {
+        self.selector.is_none()
+    }
+
+    /// Whether a document that begins to match after the sharing started enters it on the
+    /// owner's instance (`owner`) or a recipient's. As in Cozy, `add` governs exactly these
+    /// documents, in the direction they would flow: `push` or `sync` on the owner, `sync` on
+    /// a recipient. An id rule names its documents once and for all: on the owner they belong
+    /// to the sharing from its start, whenever they are written (none begins to match later).
+    pub fn joins_later(&self, owner: bool) -> bool {
+        if owner {
+            self.by_id() || self.add.owner_to_recipient()
+        } else {
+            self.add.recipient_to_owner()
         }
     }
 
     /// Whether a document body (with its id) is selected by this rule.
     pub fn matches(&self, doctype: &str, id: &str, body: &crate::store::Body) -> bool {
-        self.track_rule("", 0).matches(doctype, id, body)
+        self.track_rule("", 0, true).matches(doctype, id, body)
     }
 
     /// Whether a change may flow in this direction: `deleted` or `leaving` changes follow
@@ -470,7 +489,12 @@ impl Sharing {
 
     /// The tracking rules of this sharing (local rules are for previews and never tracked).
     pub fn track_rules(&self) -> Vec<crate::store::TrackRule> {
-        self.rules.iter().enumerate().filter(|(_, r)| !r.local).map(|(i, r)| r.track_rule(self.id(), i)).collect()
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.local)
+            .map(|(i, r)| r.track_rule(self.id(), i, self.owner))
+            .collect()
     }
 
     /// Whether a recipient at `index` may write to the owner.

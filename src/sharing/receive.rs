@@ -1,28 +1,34 @@
 //! The receiving side of replication (`POST /sharings/:id/_revs_diff` and `_bulk_docs`), with
-//! the safety principles enforced per document and per action:
-//! - a document unknown here is created only if it matches a rule of this sharing whose `add`
-//!   lets it flow in this direction;
+//! the safety principles and the rules enforced per document and per action, all in [`judge`]:
+//! - a document unknown here is created only if it matches a rule of this sharing, and either
+//!   belongs to the sharing's initial set (sent by the owner: named by an id rule, or listed
+//!   in the request's `_initial`) or the rule's `add` lets new documents flow this way;
 //! - a document already here is changed only if it is in this sharing, and the rule's `update`
 //!   (or `remove`, for a deletion or a document leaving the sharing) lets it flow;
 //! - a document that exists here outside the sharing is never touched (a peer cannot pull it
 //!   into the sharing);
 //! - nothing at all is accepted from a read-only member (its token is GET-only: 403 earlier).
 //!
+//! [`judge`] runs inside the store's write of each document (`Store::apply_received`), so
+//! what it reads (the document's existence, its membership) is what the write finds: a local
+//! write cannot move a document out of the sharing between the judgement and the write.
+//!
 //! Refused documents are reported; the rest of the batch applies (`new_edits=false`: merged
 //! into the revision trees, idempotent). On the owner, ids are transformed back from the
 //! sender's id space (see `sync::xor`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use hearth_replicator::rev::Rev;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::model::{ChangeKind, Sharing};
+use super::model::{ChangeKind, Flow, Sharing};
+use super::protocol::{BulkDocs, Refused};
 use super::{Result, SharingError};
 use crate::instance::Instance;
 use crate::store::doc::parse_doc;
-use crate::store::{DocId, DocWrite, Doctype};
+use crate::store::{DocId, DocWrite, Doctype, Judge, Received, Standing, Verdict};
 use crate::sync::xor;
 
 /// The id transformation between this instance and member `from` (only the owner has keys).
@@ -108,112 +114,237 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
 /// What `_bulk_docs` did.
 pub struct Applied {
     pub accepted: usize,
-    pub refused: Vec<Value>,
+    pub refused: Vec<Refused>,
     /// A document of a `remove: revoke` rule was deleted by the peer.
     pub revoke: bool,
 }
 
-/// `_bulk_docs` from member `from` (`{"doctype": [documents]}`, the request's JSON text):
-/// checks each document against the sharing's rules and membership, applies the accepted ones,
-/// reports the others. Documents are split into their `_` members and their body as written
-/// (see `store::body`), never parsed into numbers.
+/// `_bulk_docs` from member `from` (the request's JSON text): each document judged ([`judge`])
+/// and written in one store transaction; the refused ones reported. Documents are split into
+/// their `_` members and their body as written (see `store::body`), never parsed into numbers.
 pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
-    let to_owner = s.owner;
-    let obj: BTreeMap<String, &RawValue> = serde_json::from_slice(body).map_err(|e| {
-        SharingError::BadRequest(match e.classify() {
-            serde_json::error::Category::Data => "the body must be an object of doctypes".into(),
-            _ => format!("invalid JSON: {e}"),
-        })
-    })?;
+    let request = BulkDocs::parse(body).map_err(SharingError::BadRequest)?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
-    for (doctype, docs) in obj {
-        let doctype = Doctype::parse(&doctype).map_err(SharingError::BadRequest)?;
-        let docs: Vec<&RawValue> = serde_json::from_str(docs.get())
-            .map_err(|_| SharingError::BadRequest("each doctype needs an array of documents".into()))?;
+    for (doctype, docs) in request.docs {
+        let mut peer_ids = Vec::with_capacity(docs.len());
         let mut writes = Vec::with_capacity(docs.len());
+        let mut claimed: HashSet<DocId> = HashSet::new();
         for d in docs {
-            let mut w = parse_doc(d, None, false).map_err(SharingError::BadRequest)?;
+            let mut w = parse_doc(&d, None, false).map_err(SharingError::BadRequest)?;
             let peer_id = w.id.to_string();
             w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
-            writes.push((peer_id, w));
-        }
-        let ids: Vec<DocId> = writes.iter().map(|(_, w)| w.id.clone()).collect();
-        let shared = inst.store.shared_state(s.id(), &doctype, &ids).await?;
-        let existing: HashMap<DocId, Vec<(Rev, bool)>> = inst.store.doc_leaves(&doctype, &ids).await?;
-        let mut accepted: Vec<DocWrite> = Vec::new();
-        for (peer_id, w) in writes {
-            let verdict = judge(
-                s,
-                &doctype,
-                &w,
-                shared.get(&w.id).filter(|st| !st.removed).map(|st| st.rule_index),
-                existing.contains_key(&w.id),
-                to_owner,
-            );
-            match verdict {
-                Ok(revoke) => {
-                    applied.revoke |= revoke;
-                    accepted.push(w);
-                }
-                Err(reason) => applied
-                    .refused
-                    .push(json!({"id": peer_id, "doctype": doctype.as_str(), "error": "forbidden", "reason": reason})),
+            if request.initial.contains(&format!("{doctype}/{peer_id}")) {
+                claimed.insert(w.id.clone());
             }
+            peer_ids.push(peer_id);
+            writes.push(w);
         }
-        applied.accepted += accepted.len();
-        if !accepted.is_empty() {
-            let errors = inst.store.bulk_docs(&doctype, accepted, false).await?;
-            for e in errors {
-                if let crate::store::WriteResult::Rejected { id, reason } = e {
-                    applied.refused.push(json!({"id": map.convert(id.as_str()), "doctype": doctype.as_str(), "error": "bad_request", "reason": reason}));
+        let judge: Arc<Judge> = {
+            let (s, doctype) = (s.clone(), doctype.clone());
+            Arc::new(move |w: &DocWrite, standing: &Standing| judge(&s, &doctype, w, standing, claimed.contains(&w.id)))
+        };
+        let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
+        for (peer_id, outcome) in peer_ids.into_iter().zip(outcomes) {
+            let refuse = |error: &str, reason: String| Refused {
+                id: peer_id.clone(),
+                doctype: doctype.as_str().to_owned(),
+                error: error.to_owned(),
+                reason,
+            };
+            match outcome {
+                Received::Written { revokes } => {
+                    applied.accepted += 1;
+                    applied.revoke |= revokes;
                 }
+                Received::Moot => applied.accepted += 1,
+                Received::Refused(reason) => applied.refused.push(refuse("forbidden", reason)),
+                Received::Invalid(reason) => applied.refused.push(refuse("bad_request", reason)),
             }
         }
     }
     Ok(applied)
 }
 
-/// The decision for one incoming document. `Ok(true)` when the change should revoke the sharing
-/// (a deletion under a `remove: revoke` rule).
-fn judge(
-    s: &Sharing,
-    doctype: &Doctype,
-    w: &DocWrite,
-    tracked: Option<usize>,
-    exists: bool,
-    to_owner: bool,
-) -> Result<bool, String> {
-    let matching =
-        s.rules.iter().enumerate().find(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
-    match tracked {
-        None if exists => Err("the document exists here outside this sharing".into()),
-        None if w.deleted => Err("the document is not in this sharing".into()),
-        None => match matching {
-            Some((_, rule)) if rule.allows(ChangeKind::Add, to_owner) => Ok(false),
-            Some(_) => Err("the sharing's rules do not let new documents flow this way".into()),
-            None => Err("the document matches no rule of this sharing".into()),
-        },
-        Some(index) => {
-            let rule = s.rules.get(index).ok_or_else(|| "unknown rule".to_string())?;
-            let kind = if w.deleted || matching.is_none() { ChangeKind::Remove } else { ChangeKind::Update };
-            if kind == ChangeKind::Remove && w.deleted && rule.remove == super::model::Flow::Revoke {
-                // The owner's deletion ends the sharing here; a member cannot delete the
-                // owner's document this way (its own deletion makes it leave instead).
-                return if to_owner {
-                    Err("removals under a revoke rule do not flow to the owner".into())
-                } else {
-                    Ok(true)
-                };
-            }
-            if rule.allows(kind, to_owner) {
-                Ok(false)
-            } else {
-                Err(format!(
-                    "the sharing's rules do not let {} flow this way",
-                    if kind == ChangeKind::Remove { "removals" } else { "updates" }
-                ))
+/// The decision on one document received for sharing `s` from the other side (the owner when
+/// this instance is a recipient, a recipient when it is the owner), given what the store holds
+/// at the moment of the write. `claimed_initial`: the sender listed it in `_initial`.
+///
+/// - In the sharing here: an update, or a removal (a deletion, or a new version that no longer
+///   matches), allowed by the rule's `update` or `remove` in this direction. A deletion under
+///   `remove: revoke` from the owner is written and revokes the sharing here; a recipient
+///   cannot delete the owner's document that way.
+/// - Not in it (never, or it left): a deletion of a document that left the sharing here is
+///   moot (not written: the document stays as it is here, outside the sharing); otherwise
+///   refused if the document exists here (safety principle: a peer never pulls a local
+///   document into the sharing) or is a deletion; otherwise it must
+///   match a rule, and either be part of the initial set the owner sends (named by an id rule,
+///   or listed in `_initial`) or the rule's `add` must let new documents flow this way. It then
+///   enters the sharing here with that rule.
+pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, claimed_initial: bool) -> Verdict {
+    let to_owner = s.owner;
+    let mut matching =
+        s.rules.iter().enumerate().filter(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
+    let Some(index) = standing.shared.filter(|st| !st.removed).map(|st| st.rule_index) else {
+        if standing.exists && w.deleted && standing.shared.is_some() {
+            // It left the sharing here: the peer's removal (often the echo of the deletion
+            // this instance sent when it left) asks for what already holds.
+            return Verdict::Moot;
+        }
+        if standing.exists {
+            return Verdict::Refuse("the document exists here outside this sharing".into());
+        }
+        if w.deleted {
+            return Verdict::Refuse("the document is not in this sharing".into());
+        }
+        let mut matched = false;
+        for (i, rule) in matching {
+            matched = true;
+            let initial = !to_owner && (rule.by_id() || claimed_initial);
+            if initial || rule.allows(ChangeKind::Add, to_owner) {
+                return Verdict::Accept { join: Some(i), revokes: false };
             }
         }
+        return Verdict::Refuse(if matched {
+            "the sharing's rules do not let new documents flow this way".into()
+        } else {
+            "the document matches no rule of this sharing".into()
+        });
+    };
+    let Some(rule) = s.rules.get(index) else {
+        return Verdict::Refuse("unknown rule".into());
+    };
+    let kind = if w.deleted || matching.next().is_none() { ChangeKind::Remove } else { ChangeKind::Update };
+    if kind == ChangeKind::Remove && w.deleted && rule.remove == Flow::Revoke {
+        // The owner's deletion ends the sharing here; a member cannot delete the owner's
+        // document this way (its own deletion makes it leave instead).
+        return if to_owner {
+            Verdict::Refuse("removals under a revoke rule do not flow to the owner".into())
+        } else {
+            Verdict::Accept { join: None, revokes: true }
+        };
+    }
+    if rule.allows(kind, to_owner) {
+        Verdict::Accept { join: None, revokes: false }
+    } else {
+        Verdict::Refuse(format!(
+            "the sharing's rules do not let {} flow this way",
+            if kind == ChangeKind::Remove { "removals" } else { "updates" }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sharing::model::{Member, MemberStatus, Rule};
+    use crate::store::SharedState;
+
+    fn sharing(owner: bool, policy: (&str, &str, &str)) -> Sharing {
+        let rule = |selector: Option<&str>, values: &[&str]| {
+            let mut r = json!({"doctype": "io.cozy.todos", "values": values,
+                "add": policy.0, "update": policy.1, "remove": policy.2});
+            if let Some(s) = selector {
+                r["selector"] = json!(s);
+            }
+            Rule::from_input(&r).unwrap()
+        };
+        Sharing {
+            id: Some(super::super::SharingId::generate()),
+            rev: None,
+            description: String::new(),
+            preview_path: None,
+            app_slug: None,
+            owner,
+            active: true,
+            open_sharing: false,
+            initial_sync: false,
+            created_at: String::new(),
+            updated_at: String::new(),
+            rules: vec![rule(None, &["named"]), rule(Some("list"), &["l1"])],
+            members: vec![Member::new(MemberStatus::Owner), Member::new(MemberStatus::Ready)],
+            invitations: Vec::new(),
+            id_nonce: None,
+            revoked_at: None,
+        }
+    }
+
+    fn doc(id: &str, list: &str, deleted: bool) -> DocWrite {
+        let body = crate::store::Body::from_map(json!({ "list": list }).as_object().unwrap());
+        DocWrite { id: DocId::parse(id).unwrap(), rev: None, revisions: None, deleted, body }
+    }
+
+    const NEW: Standing = Standing { exists: false, shared: None };
+    const OUTSIDE: Standing = Standing { exists: true, shared: None };
+    const IN: Standing = Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: false, seq: 1 }) };
+    const LEFT: Standing =
+        Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: true, seq: 1 }) };
+
+    fn join(rule: usize) -> Verdict {
+        Verdict::Accept { join: Some(rule), revokes: false }
+    }
+
+    fn refused(v: &Verdict) -> bool {
+        matches!(v, Verdict::Refuse(_))
+    }
+
+    #[test]
+    fn new_documents_enter_by_the_initial_set_or_by_add() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        // On a recipient, with add: none: named and claimed documents are the initial set.
+        let recipient = sharing(false, ("none", "sync", "sync"));
+        assert_eq!(judge(&recipient, &t, &doc("named", "x", false), &NEW, false), join(0));
+        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, true), join(1));
+        assert!(refused(&judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false)), "began to match later");
+        assert!(refused(&judge(&recipient, &t, &doc("t1", "l9", false), &NEW, true)), "claimed, matching no rule");
+        // On the owner, nothing is initial: a recipient's new document needs add: sync.
+        let owner = sharing(true, ("push", "sync", "sync"));
+        assert!(refused(&judge(&owner, &t, &doc("named", "x", false), &NEW, true)));
+        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", false), &NEW, true)));
+        let owner = sharing(true, ("sync", "none", "none"));
+        assert_eq!(judge(&owner, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+        // A recipient under add: push takes later documents from the owner.
+        let recipient = sharing(false, ("push", "none", "none"));
+        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+    }
+
+    #[test]
+    fn documents_outside_the_sharing_are_never_changed() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        let s = sharing(false, ("sync", "sync", "sync"));
+        for standing in [OUTSIDE, LEFT] {
+            assert!(refused(&judge(&s, &t, &doc("t1", "l1", false), &standing, true)), "{standing:?}");
+        }
+        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &OUTSIDE, false)));
+        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &NEW, false)));
+        // A removal of a document that left the sharing here is moot, not written.
+        assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
+    }
+
+    #[test]
+    fn changes_to_shared_documents_follow_update_and_remove_in_their_direction() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        let ok = Verdict::Accept { join: None, revokes: false };
+        for (owner, policy, update, remove) in [
+            (false, ("none", "push", "push"), true, true),
+            (true, ("none", "push", "push"), false, false),
+            (true, ("none", "sync", "none"), true, false),
+            (false, ("none", "none", "sync"), false, true),
+        ] {
+            let s = sharing(owner, policy);
+            let v = judge(&s, &t, &doc("t1", "l1", false), &IN, false);
+            assert_eq!(v == ok, update, "update, owner {owner}, {policy:?}: {v:?}");
+            // Deleted, or no longer matching: a removal.
+            for removal in [doc("t1", "l1", true), doc("t1", "l2", false)] {
+                let v = judge(&s, &t, &removal, &IN, false);
+                assert_eq!(v == ok, remove, "removal, owner {owner}, {policy:?}: {v:?}");
+            }
+        }
+        // Under remove: revoke, the owner's deletion revokes; a recipient's is refused.
+        let recipient = sharing(false, ("none", "none", "revoke"));
+        let v = judge(&recipient, &t, &doc("t1", "l1", true), &IN, false);
+        assert_eq!(v, Verdict::Accept { join: None, revokes: true });
+        let owner = sharing(true, ("none", "none", "revoke"));
+        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", true), &IN, false)));
     }
 }

@@ -68,6 +68,9 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     branches_of_one_document_in_one_batch_all_count(store).await;
     bodies_come_back_exactly_as_written(store).await;
     changes_count_the_rows_still_pending(store).await;
+    documents_join_later_only_by_rules_that_let_them(store).await;
+    received_documents_are_judged_on_what_their_write_finds(store).await;
+    shared_documents_are_listed_by_page(store).await;
 }
 
 /// Bodies whose key order and numbers a parse into `serde_json::Value` (or JavaScript) would
@@ -510,6 +513,7 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
         doctype: t.as_str().into(),
         selector: selector.map(str::to_owned),
         values: values.iter().map(|v| v.to_string()).collect(),
+        joins: true,
     };
     // Documents written before the sharing exists are picked up by track_existing.
     let before = put(store, &t, edit("early", None, false, json!({"list": "l1"}))).await.expect("early");
@@ -525,6 +529,9 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     assert_eq!(ids, ["early", "byid", "joined"]);
     assert_eq!(feed.iter().map(|c| c.rule_index).collect::<Vec<_>>(), [1, 0, 1]);
     assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq));
+    // Each row says when and how its document entered: the initial set, then later writes.
+    assert_eq!(feed.iter().map(|c| c.initial).collect::<Vec<_>>(), [true, false, false]);
+    assert!(feed.iter().all(|c| c.joined == c.seq && c.origin.is_none()), "{feed:?}");
     // Leaving: the document stops matching, and a row says it was removed.
     let r2 = put(store, &t, edit("joined", Some(&r1), false, json!({"list": "l2"}))).await.expect("leave");
     let after = store.shared_changes(sharing, feed[2].seq, 100).await.expect("after");
@@ -536,6 +543,7 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     put(store, &t, edit("joined", Some(&r3), false, json!({"list": "l1"}))).await.expect("back");
     let back = store.shared_changes(sharing, after[0].seq, 100).await.expect("back");
     assert!(!back[0].removed);
+    assert_eq!(back[0].joined, feed[2].seq, "a document coming back keeps the sequence it first joined at");
     // Deletions of tracked documents travel; replicated writes are tracked too.
     put(store, &t, edit("byid", Some(&byid), true, json!({}))).await.expect("delete");
     replicate(store, &t, vec![replicated("early", &["2-zzz", &before.to_string()], false, json!({"list": "l1"}))])
@@ -553,6 +561,136 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     assert_eq!(leaves[&id("early")][0].0.pos, 2);
     store.untrack(sharing).await.expect("untrack");
     assert!(store.shared_changes(sharing, 0, 100).await.expect("empty").is_empty());
+    // Forgotten, the sharing starts again from what matches now.
+    assert_eq!(store.track_existing(sharing).await.expect("restart"), 2);
+    store.untrack(sharing).await.expect("untrack again");
+    store.set_tracking(Vec::new());
+}
+
+fn track_rule(sharing: &str, t: &Doctype, i: usize, selector: Option<&str>, values: &[&str], joins: bool) -> TrackRule {
+    TrackRule {
+        sharing_id: sharing.into(),
+        rule_index: i,
+        doctype: t.as_str().into(),
+        selector: selector.map(str::to_owned),
+        values: values.iter().map(|v| v.to_string()).collect(),
+        joins,
+    }
+}
+
+/// `add: none`: documents matching when the sharing starts are in it, documents that begin to
+/// match later are not, even when another member's acceptance starts the sharing again.
+pub async fn documents_join_later_only_by_rules_that_let_them(store: &dyn Store) {
+    let t = dt("joining");
+    let sharing = "1123456789abcdef0123456789abcdef";
+    put(store, &t, edit("first", None, false, json!({"list": "l1"}))).await.expect("first");
+    store.set_tracking(vec![track_rule(sharing, &t, 0, Some("list"), &["l1"], false)]);
+    assert_eq!(store.track_existing(sharing).await.expect("start"), 1);
+    let later = put(store, &t, edit("later", None, false, json!({"list": "l1"}))).await.expect("later");
+    put(store, &t, edit("later", Some(&later), false, json!({"list": "l1", "v": 2}))).await.expect("edit");
+    assert_eq!(store.track_existing(sharing).await.expect("again"), 0, "the initial set is taken once");
+    let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
+    assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["first"]);
+    // A second rule that lets documents join takes the later ones.
+    store.set_tracking(vec![
+        track_rule(sharing, &t, 0, Some("list"), &["l1"], false),
+        track_rule(sharing, &t, 1, Some("list"), &["l1", "l2"], true),
+    ]);
+    put(store, &t, edit("third", None, false, json!({"list": "l1"}))).await.expect("third");
+    let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
+    assert_eq!(feed.iter().map(|c| (c.id.as_str(), c.rule_index)).collect::<Vec<_>>(), [("first", 0), ("third", 1)]);
+    store.untrack(sharing).await.expect("untrack");
+    store.set_tracking(Vec::new());
+}
+
+/// `apply_received`: the judge sees each document as its write finds it (a copy sent twice in
+/// one batch sees the first), refused documents are not written, accepted ones enter the
+/// sharing with the judge's rule and the sender as origin.
+pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn Store) {
+    let t = dt("received");
+    let sharing = "2123456789abcdef0123456789abcdef";
+    // No rule lets documents join by tracking: they enter only through the judge.
+    store.set_tracking(vec![track_rule(sharing, &t, 0, Some("list"), &["l1"], false)]);
+    store.track_existing(sharing).await.expect("start");
+    let local = put(store, &t, edit("local", None, false, json!({"list": "l1"}))).await.expect("local");
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Standing)>>> = Default::default();
+    let log = seen.clone();
+    let judge: std::sync::Arc<Judge> = std::sync::Arc::new(move |w: &DocWrite, st: &Standing| {
+        log.lock().expect("log").push((w.id.as_str().to_owned(), *st));
+        match (st.exists, st.shared) {
+            (true, None) => Verdict::Refuse("exists outside".into()),
+            (false, _) => Verdict::Accept { join: Some(0), revokes: false },
+            (true, Some(_)) => Verdict::Accept { join: None, revokes: w.deleted },
+        }
+    });
+    let docs = vec![
+        replicated("new", &["1-aaa"], false, json!({"list": "l1"})),
+        replicated("local", &["2-fff", &local.to_string()], false, json!({"list": "l1", "pulled": true})),
+        replicated("new", &["2-bbb", "1-aaa"], true, json!({})),
+        DocWrite { revisions: None, rev: None, ..replicated("norev", &["1-ccc"], false, json!({})) },
+    ];
+    let out = store.apply_received(sharing, 3, &t, docs, judge.clone()).await.expect("apply");
+    assert_eq!(
+        out,
+        [
+            Received::Written { revokes: false },
+            Received::Refused("exists outside".into()),
+            Received::Written { revokes: true },
+            Received::Invalid("the document needs _rev or _revisions".into()),
+        ]
+    );
+    let seen = seen.lock().expect("log").clone();
+    let new_seen: Vec<&Standing> = seen.iter().filter(|(id, _)| id == "new").map(|(_, st)| st).collect();
+    assert_eq!(new_seen.len(), 2, "{seen:?}");
+    assert_eq!(*new_seen[0], Standing { exists: false, shared: None });
+    let shared = new_seen[1].shared.expect("the second copy sees the first in the sharing");
+    assert!(new_seen[1].exists && shared.rule_index == 0 && !shared.removed, "{seen:?}");
+    // Nothing of the refused document was written; the accepted one is in the sharing.
+    let view = store.get(&t, &id("local"), GetOptions::default()).await.expect("local");
+    assert_eq!((view.doc.rev, view.conflicts.len()), (local, 0));
+    assert!(matches!(store.get(&t, &id("norev"), GetOptions::default()).await, Err(StoreError::NotFound)));
+    let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
+    assert_eq!(feed.len(), 1, "{feed:?}");
+    assert_eq!((feed[0].id.as_str(), feed[0].origin, feed[0].initial), ("new", Some(3), false));
+    assert!(feed[0].joined <= feed[0].seq && feed[0].joined > 0);
+    let leaves = store.doc_leaves(&t, &[id("new")]).await.expect("leaves");
+    assert_eq!(leaves[&id("new")], vec![(rev("2-bbb"), true)]);
+    store.untrack(sharing).await.expect("untrack");
+    store.set_tracking(Vec::new());
+}
+
+/// `shared_docs`: live documents of the sharing, by (doctype, id), a page at a time.
+pub async fn shared_documents_are_listed_by_page(store: &dyn Store) {
+    let (a, b) = (dt("listed.a"), dt("listed.b"));
+    let sharing = "3123456789abcdef0123456789abcdef";
+    store.set_tracking(vec![
+        track_rule(sharing, &a, 0, Some("list"), &["l1"], true),
+        track_rule(sharing, &b, 1, Some("list"), &["l1"], true),
+    ]);
+    store.track_existing(sharing).await.expect("start");
+    let mut revs = BTreeMap::new();
+    for (t, doc) in [(&b, "x"), (&a, "d3"), (&a, "d1"), (&a, "d2"), (&a, "gone"), (&a, "moved"), (&b, "y")] {
+        let r = put(store, t, edit(doc, None, false, json!({"list": "l1"}))).await.expect("put");
+        revs.insert(doc, r);
+    }
+    put(store, &a, edit("outside", None, false, json!({"list": "l2"}))).await.expect("outside");
+    put(store, &a, edit("gone", Some(&revs["gone"]), true, json!({}))).await.expect("delete");
+    put(store, &a, edit("moved", Some(&revs["moved"]), false, json!({"list": "l2"}))).await.expect("move");
+    let key = |(t, i): &(Doctype, DocId)| format!("{}/{}", t.as_str().rsplit('.').next().unwrap_or(""), i.as_str());
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.shared_docs(sharing, after.clone(), 2).await.expect("page");
+        assert!(page.len() <= 2);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().cloned();
+        all.extend(page.iter().map(key));
+    }
+    assert_eq!(all, ["a/d1", "a/d2", "a/d3", "b/x", "b/y"]);
+    assert!(store.shared_docs("4123456789abcdef0123456789abcdef", None, 10).await.expect("none").is_empty());
+    store.untrack(sharing).await.expect("untrack");
     store.set_tracking(Vec::new());
 }
 

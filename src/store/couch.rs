@@ -97,11 +97,13 @@
 //! before every read of a sharing's feed (for each doctype its rules name), no write escapes
 //! tracking: this is how "tracking in the same transaction as the write" carries over. The rules
 //! applied are those in force when the change is numbered, normally right after the write.
-//! Each document's membership is `t/<sharing>/<doctype>/<id>` (`{seq, rule, removed}`, updated
-//! under MVCC, the latest sequence winning), and the sharing's feed is a chain of
-//! `u/<sharing>/<first>` batches numbered like the document batches; a feed row counts only if
-//! it is still its document's latest. Sharings and the outbox themselves are documents of
-//! internal doctypes, written with the interactive-edit rules below.
+//! Each document's membership is `t/<sharing>/<doctype>/<id>` (`{seq, rule, removed, joined,
+//! initial, origin}`, updated under MVCC, the latest sequence winning), and the sharing's feed
+//! is a chain of `u/<sharing>/<first>` batches numbered like the document batches; a feed row
+//! counts only if it is still its document's latest. `s/<sharing>` marks a sharing whose
+//! initial set was taken (`track_existing` writes it once the set is recorded; later calls stop
+//! there). Sharings and the outbox themselves are documents of internal doctypes, written with
+//! the interactive-edit rules below.
 //!
 //! # Atomicity
 //!
@@ -128,12 +130,25 @@
 //!   5. writes its revisions with `new_edits: false`.
 //!
 //!   Edits are thus serialised per document in guard order, as CouchDB's `new_edits: true`
-//!   would: two edits of one leaf never both succeed. Replicated writes take no guard: a branch
-//!   a peer adds while an edit is in flight is the same tree as if the edit came first. If step
-//!   5 fails the caller gets 503, and the edit may still be applied later by step 2 (as with any
-//!   request that times out). The guarantee is CouchDB's own: in a partitioned cluster two guard
-//!   updates can both be accepted, exactly as two `new_edits: true` edits can. Guards keep the
-//!   last edited body of each document (a storage cost of the meta database).
+//!   would: two edits of one leaf never both succeed. Plain replicated writes take no guard: a
+//!   branch a peer adds while an edit is in flight is the same tree as if the edit came first.
+//!   If step 5 fails the caller gets 503, and the edit may still be applied later by step 2 (as
+//!   with any request that times out). The guarantee is CouchDB's own: in a partitioned
+//!   cluster two guard updates can both be accepted, exactly as two `new_edits: true` edits
+//!   can. Guards keep the last edited body of each document (a storage cost of the meta
+//!   database).
+//! * Documents a peer sends for a sharing (`Store::apply_received`) must be judged on the state
+//!   their write finds: a local edit that moves a document out of the sharing must not land
+//!   between the judgement and the write. They go through the same guards: read the guards,
+//!   then the trees; roll pending edits forward and number the changes (so tracking has seen
+//!   every write that took its guard first); judge; replace each accepted document's guard,
+//!   conditional on the `_rev` read (a conflict means an edit came in between: that document
+//!   is judged again, up to 8 rounds, then 503); record a document entering the sharing; write.
+//!   The guard's record carries that membership, so a writer rolling the write forward records
+//!   it too. A crash after the membership and before the write leaves a member without its
+//!   document (harmless: it is skipped until written), never a written document outside.
+//!   Local replicated writes (`/data` with `new_edits: false`, a PouchDB client) still take no
+//!   guard, so they are not ordered with a received document's judgement.
 //!
 //! # Semantics kept where CouchDB servers differ
 //!
@@ -635,11 +650,57 @@ struct FeedPage {
 }
 
 /// A document's membership in one sharing, `t/<sharing>/<doctype>/<id>` in the meta database.
+/// `joined`, `initial` and `origin` are set when the state is created and kept afterwards
+/// (absent from states written by older versions: 0, false, none).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct TrackState {
     seq: u64,
     rule: usize,
     removed: bool,
+    #[serde(default)]
+    joined: u64,
+    #[serde(default)]
+    initial: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<usize>,
+}
+
+impl TrackState {
+    fn shared(&self) -> SharedState {
+        SharedState { rule_index: self.rule, removed: self.removed, seq: self.seq }
+    }
+}
+
+/// How a document enters a sharing, recorded when its state is created.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Entry {
+    initial: bool,
+    origin: Option<usize>,
+}
+
+/// A row to append to a sharing's feed.
+#[derive(Debug, Clone)]
+struct ShareRecord {
+    doctype: String,
+    id: String,
+    rule: usize,
+    removed: bool,
+    entry: Entry,
+}
+
+impl ShareRecord {
+    fn new(doctype: &str, id: &str, rule: usize, removed: bool, entry: Entry) -> ShareRecord {
+        ShareRecord { doctype: doctype.to_owned(), id: id.to_owned(), rule, removed, entry }
+    }
+}
+
+/// A received write's membership, kept in its edit guard so that a writer rolling the
+/// write forward records it too (`s`: the sharing, `rule` and `origin` as in [`Entry`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GuardJoin {
+    sharing: String,
+    rule: usize,
+    origin: usize,
 }
 
 /// A batch of a sharing's feed, `u/<sharing>/<first>`: rows (doctype, id, rule, removed)
@@ -657,6 +718,9 @@ struct ShareBatch {
 struct GuardRecord {
     base: Option<String>,
     writes: Vec<GuardWrite>,
+    /// For a received document entering a sharing: its membership, recorded before the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join: Option<GuardJoin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -787,6 +851,11 @@ fn local_marker_prefix(doctype: &Doctype) -> String {
 
 fn track_key(sharing: &str, doctype: &str, id: &str) -> String {
     format!("t/{sharing}/{doctype}/{id}")
+}
+
+/// Created when a sharing's initial set is taken (see `Store::track_existing`).
+fn start_key(sharing: &str) -> String {
+    format!("s/{sharing}")
 }
 
 fn share_batch_key(sharing: &str, first: u64) -> String {
@@ -1297,6 +1366,70 @@ impl CouchStore {
         Ok(out)
     }
 
+    /// Step 2 of an edit (see "Atomicity" in the module documentation): writes the revisions of
+    /// guard records whose writer stopped between taking the guard and writing them (with the
+    /// sharing membership a received write records first), and adds them to `trees`.
+    async fn roll_forward(
+        &self,
+        doctype: &Doctype,
+        guards: &HashMap<DocId, Guard>,
+        trees: &mut HashMap<DocId, RevTree>,
+    ) -> Result<(), StoreError> {
+        let mut roll = Vec::new();
+        let mut joins: BTreeMap<String, Vec<ShareRecord>> = BTreeMap::new();
+        for (id, guard) in guards {
+            let Some(record) = &guard.record else { continue };
+            let tree = trees.entry(id.clone()).or_default();
+            let Some(head) = record.writes.last().and_then(|w| w.revisions.first()).and_then(|r| r.parse::<Rev>().ok())
+            else {
+                continue;
+            };
+            let base_there = match record.base.as_deref().map(str::parse::<Rev>) {
+                None => tree.is_empty(),
+                Some(Ok(b)) => tree.contains(&b),
+                Some(Err(_)) => false,
+            };
+            if tree.contains(&head) || !base_there {
+                continue;
+            }
+            if let Some(j) = &record.join {
+                let entry = Entry { initial: false, origin: Some(j.origin) };
+                joins.entry(j.sharing.clone()).or_default().push(ShareRecord::new(
+                    doctype.as_str(),
+                    id.as_str(),
+                    j.rule,
+                    false,
+                    entry,
+                ));
+            }
+            for w in &record.writes {
+                let Ok(path) = w.revisions.iter().map(|r| r.parse::<Rev>()).collect::<Result<Vec<_>, _>>() else {
+                    continue;
+                };
+                tree.merge_path(&path, w.deleted);
+                roll.push(replicated_json(id.as_str(), &path, w.deleted, &w.body));
+            }
+        }
+        for (sharing, records) in joins {
+            self.join_sharing(&sharing, records).await?;
+        }
+        if !roll.is_empty() {
+            tracing::info!(%doctype, docs = roll.len(), "completing interrupted edits");
+            let errors = self.write_replicated(doctype, roll).await?;
+            if let Some(e) = errors.first() {
+                return Err(internal(anyhow!("CouchDB refused an interrupted edit: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records received documents entering a sharing (before they are written).
+    async fn join_sharing(&self, sharing: &str, records: Vec<ShareRecord>) -> Result<(), StoreError> {
+        let lock = self.share_lock(sharing)?;
+        let _held = lock.lock().await;
+        self.record_shared(sharing, records, None).await
+    }
+
     /// Applies interactive edits; see "Atomicity" in the module documentation.
     async fn bulk_interactive(&self, doctype: &Doctype, docs: Vec<DocWrite>) -> Result<Vec<WriteResult>, StoreError> {
         let db = self.db_name(doctype);
@@ -1318,38 +1451,7 @@ impl CouchStore {
             let mut trees: HashMap<DocId, RevTree> = fetched.into_iter().map(|(id, f)| (id, f.tree)).collect();
 
             // 2. Finish edits whose writer stopped between taking the guard and writing.
-            let mut roll = Vec::new();
-            for (id, guard) in &guards {
-                let Some(record) = &guard.record else { continue };
-                let tree = trees.entry(id.clone()).or_default();
-                let Some(head) =
-                    record.writes.last().and_then(|w| w.revisions.first()).and_then(|r| r.parse::<Rev>().ok())
-                else {
-                    continue;
-                };
-                let base_there = match record.base.as_deref().map(str::parse::<Rev>) {
-                    None => tree.is_empty(),
-                    Some(Ok(b)) => tree.contains(&b),
-                    Some(Err(_)) => false,
-                };
-                if tree.contains(&head) || !base_there {
-                    continue;
-                }
-                for w in &record.writes {
-                    let Ok(path) = w.revisions.iter().map(|r| r.parse::<Rev>()).collect::<Result<Vec<_>, _>>() else {
-                        continue;
-                    };
-                    tree.merge_path(&path, w.deleted);
-                    roll.push(replicated_json(id.as_str(), &path, w.deleted, &w.body));
-                }
-            }
-            if !roll.is_empty() {
-                tracing::info!(%doctype, docs = roll.len(), "completing interrupted edits");
-                let errors = self.write_replicated(doctype, roll).await?;
-                if let Some(e) = errors.first() {
-                    return Err(internal(anyhow!("CouchDB refused an interrupted edit: {e}")));
-                }
-            }
+            self.roll_forward(doctype, &guards, &mut trees).await?;
 
             // 3. Check parents and compute revisions, in request order.
             let mut plans: BTreeMap<DocId, EditPlan> = BTreeMap::new();
@@ -1383,6 +1485,7 @@ impl CouchStore {
                 .iter()
                 .map(|(id, (base, writes))| {
                     let record = GuardRecord {
+                        join: None,
                         base: base.as_ref().map(Rev::to_string),
                         writes: writes
                             .iter()
@@ -1557,14 +1660,12 @@ impl CouchStore {
             }
             let mut records = Vec::new();
             for (row, body) in rows.iter().zip(bodies) {
-                let matching = rules
-                    .iter()
-                    .find(|r| r.sharing_id == sharing && r.matches(doctype.as_str(), &row.0, body))
-                    .map(|r| r.rule_index);
+                let (matching, joining) = tracking::matching_rules(&rules, sharing, doctype.as_str(), &row.0, body);
                 let tracked = current.get(row.0.as_str()).copied();
-                if let TrackAction::Record { rule_index, removed } = tracking::decide(row.2, matching, tracked) {
+                if let TrackAction::Record { rule_index, removed } = tracking::decide(row.2, matching, joining, tracked)
+                {
                     current.insert(row.0.as_str(), (rule_index, removed));
-                    records.push((doctype.as_str().to_owned(), row.0.clone(), rule_index, removed));
+                    records.push(ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default()));
                 }
             }
             self.record_shared(sharing, records, Some(states)).await?;
@@ -1572,12 +1673,13 @@ impl CouchStore {
         Ok(())
     }
 
-    /// Appends rows to a sharing's feed and moves the documents' states to them. The caller
+    /// Appends rows to a sharing's feed and moves the documents' states to them (a state
+    /// created here takes its row's sequence as `joined`, and the row's entry). The caller
     /// holds the sharing's lock.
     async fn record_shared(
         &self,
         sharing: &str,
-        rows: Vec<(String, String, usize, bool)>,
+        rows: Vec<ShareRecord>,
         mut known: Option<HashMap<String, (String, TrackState)>>,
     ) -> Result<(), StoreError> {
         if rows.is_empty() {
@@ -1592,7 +1694,11 @@ impl CouchStore {
                 }
                 None => 0,
             };
-            let batch = ShareBatch { first: last + 1, last: last + rows.len() as u64, rows: rows.clone() };
+            let batch = ShareBatch {
+                first: last + 1,
+                last: last + rows.len() as u64,
+                rows: rows.iter().map(|r| (r.doctype.clone(), r.id.clone(), r.rule, r.removed)).collect(),
+            };
             let body = serde_json::to_value(&batch).map_err(internal)?;
             if self.create_meta(&share_batch_key(sharing, batch.first), &body).await? {
                 break batch.first;
@@ -1601,8 +1707,17 @@ impl CouchStore {
         let mut pending: Vec<(String, TrackState)> = rows
             .iter()
             .enumerate()
-            .map(|(i, (dt, id, rule, removed))| {
-                (track_key(sharing, dt, id), TrackState { seq: first + i as u64, rule: *rule, removed: *removed })
+            .map(|(i, r)| {
+                let seq = first + i as u64;
+                let state = TrackState {
+                    seq,
+                    rule: r.rule,
+                    removed: r.removed,
+                    joined: seq,
+                    initial: r.entry.initial,
+                    origin: r.entry.origin,
+                };
+                (track_key(sharing, &r.doctype, &r.id), state)
             })
             .collect();
         for _ in 0..EDIT_ATTEMPTS {
@@ -1620,9 +1735,16 @@ impl CouchStore {
                 // Another process may have recorded a later change meanwhile: keep the latest.
                 .filter(|(k, st)| existing.get(k).is_none_or(|(_, old)| old.seq < st.seq))
                 .map(|(k, st)| {
-                    let mut doc = json!({"_id": k, "seq": st.seq, "rule": st.rule, "removed": st.removed});
-                    if let (Some((rev, _)), Value::Object(m)) = (existing.get(k), &mut doc) {
-                        m.insert("_rev".into(), Value::String(rev.clone()));
+                    let mut st = *st;
+                    if let Some((_, old)) = existing.get(k) {
+                        (st.joined, st.initial, st.origin) = (old.joined, old.initial, old.origin);
+                    }
+                    let mut doc = serde_json::to_value(st).unwrap_or(Value::Null);
+                    if let Value::Object(m) = &mut doc {
+                        m.insert("_id".into(), Value::String(k.clone()));
+                        if let Some((rev, _)) = existing.get(k) {
+                            m.insert("_rev".into(), Value::String(rev.clone()));
+                        }
                     }
                     doc
                 })
@@ -2118,6 +2240,13 @@ impl Store for CouchStore {
         self.catch_up_sharing(sharing_id).await?;
         let lock = self.share_lock(sharing_id)?;
         let _held = lock.lock().await;
+        // Once per feed: the marker is written once the whole set is recorded, so a crash
+        // midway takes it again (recording it twice changes nothing) rather than leaving it
+        // half taken.
+        let marker = start_key(sharing_id);
+        if self.meta_docs(std::slice::from_ref(&marker)).await?.contains_key(&marker) {
+            return Ok(0);
+        }
         let rules: Vec<TrackRule> = self.rules().iter().filter(|r| r.sharing_id == sharing_id).cloned().collect();
         let mut added = 0;
         let mut done: HashSet<(String, String)> = HashSet::new();
@@ -2172,7 +2301,8 @@ impl Store for CouchStore {
                     }
                     // The first matching rule of the sharing wins, as for later writes.
                     if let Some(first) = rules.iter().find(|r| r.matches(&rule.doctype, id, body)) {
-                        records.push((rule.doctype.clone(), id.clone(), first.rule_index, false));
+                        let entry = Entry { initial: true, origin: None };
+                        records.push(ShareRecord::new(&rule.doctype, id, first.rule_index, false, entry));
                     }
                 }
                 added += records.len() as u64;
@@ -2184,7 +2314,217 @@ impl Store for CouchStore {
                 }
             }
         }
+        self.create_meta(&marker, &json!({})).await?;
         Ok(added)
+    }
+
+    async fn apply_received(
+        &self,
+        sharing_id: &str,
+        origin: usize,
+        doctype: &Doctype,
+        docs: Vec<DocWrite>,
+        judge: Arc<Judge>,
+    ) -> Result<Vec<Received>, StoreError> {
+        let db = self.db_name(doctype);
+        let mut out: Vec<Option<Received>> = vec![None; docs.len()];
+        let mut pending: Vec<usize> = (0..docs.len()).collect();
+        for _ in 0..EDIT_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            // A document sent twice in one batch: its second copy is judged next round, after
+            // the first is written (as one transaction after another would see it).
+            let mut round: Vec<usize> = Vec::new();
+            let mut later: Vec<usize> = Vec::new();
+            for &i in &pending {
+                if round.iter().any(|&j| docs[j].id == docs[i].id) {
+                    later.push(i);
+                } else {
+                    round.push(i);
+                }
+            }
+            let ids: Vec<DocId> = round.iter().map(|&i| docs[i].id.clone()).collect();
+            // 1. The guards first: any edit that takes a guard after this read makes our guard
+            //    update below conflict, and sends these documents back to be judged again.
+            let guards = self.read_guards(doctype, &ids).await?;
+            let mut trees: HashMap<DocId, RevTree> =
+                self.fetch_many(&db, &ids).await?.into_iter().map(|(id, f)| (id, f.tree)).collect();
+            // 2. Edits that took their guard before: finished, then tracked (3), so the judge
+            //    sees every write that came before ours.
+            self.roll_forward(doctype, &guards, &mut trees).await?;
+            self.catch_up(doctype).await?;
+            let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
+            let states = self.track_states(&keys).await?;
+            // 4. Judge.
+            let mut planned: Vec<(usize, Vec<Rev>, Option<usize>, bool)> = Vec::new();
+            for (&i, key) in round.iter().zip(&keys) {
+                let w = &docs[i];
+                let tree = trees.get(&w.id).filter(|t| !t.is_empty());
+                let standing = Standing { exists: tree.is_some(), shared: states.get(key).map(|(_, st)| st.shared()) };
+                match judge(w, &standing) {
+                    Verdict::Moot => out[i] = Some(Received::Moot),
+                    Verdict::Refuse(reason) => out[i] = Some(Received::Refused(reason)),
+                    Verdict::Accept { join, revokes } => match w.revisions.as_deref().filter(|p| !p.is_empty()) {
+                        None => {
+                            out[i] = Some(Received::Invalid("the document needs _rev or _revisions".into()));
+                        }
+                        Some(path) => planned.push((i, path.to_vec(), join, revokes)),
+                    },
+                }
+            }
+            // 5. Take the guards of the accepted documents, conditional on what was read in 1.
+            let guard_docs: Vec<Value> = planned
+                .iter()
+                .map(|(i, path, join, _)| {
+                    let w = &docs[*i];
+                    let record = GuardRecord {
+                        base: trees.get(&w.id).and_then(RevTree::winner).map(|l| l.rev.to_string()),
+                        writes: vec![GuardWrite {
+                            revisions: path.iter().map(Rev::to_string).collect(),
+                            deleted: w.deleted,
+                            body: w.body.clone(),
+                        }],
+                        join: join.map(|rule| GuardJoin { sharing: sharing_id.to_owned(), rule, origin }),
+                    };
+                    let mut doc = serde_json::to_value(record).unwrap_or(Value::Null);
+                    if let Value::Object(m) = &mut doc {
+                        m.insert("_id".into(), Value::String(guard_key(doctype, &w.id)));
+                        if let Some(rev) = guards.get(&w.id).and_then(|g| g.rev.clone()) {
+                            m.insert("_rev".into(), Value::String(rev));
+                        }
+                    }
+                    doc
+                })
+                .collect();
+            let mut taken: HashSet<String> = HashSet::new();
+            if !guard_docs.is_empty() {
+                let reply = self
+                    .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({"docs": guard_docs})))
+                    .await?;
+                if !reply.status.is_success() {
+                    return Err(reply.unexpected("taking edit guards"));
+                }
+                for r in reply.body.as_array().into_iter().flatten() {
+                    if r.get("error").is_none() {
+                        if let Some(id) = r.get("id").and_then(Value::as_str) {
+                            taken.insert(id.to_owned());
+                        }
+                    } else if r.get("error").and_then(Value::as_str) != Some("conflict") {
+                        return Err(internal(anyhow!("CouchDB refused an edit guard: {r}")));
+                    }
+                }
+            }
+            // 6. Under the guard: membership first (a crash before the write leaves a member
+            //    without document, never a document that entered the sharing unrecorded), then
+            //    the write. A guard lost to another writer: judged again next round.
+            let mut joins = Vec::new();
+            let mut writes = Vec::new();
+            let mut written = Vec::new();
+            for (i, path, join, revokes) in planned {
+                let w = &docs[i];
+                if !taken.contains(&guard_key(doctype, &w.id)) {
+                    later.push(i);
+                    continue;
+                }
+                if let Some(rule) = join {
+                    let entry = Entry { initial: false, origin: Some(origin) };
+                    joins.push(ShareRecord::new(doctype.as_str(), w.id.as_str(), rule, false, entry));
+                }
+                writes.push(replicated_json(w.id.as_str(), &path, w.deleted, &w.body));
+                written.push((i, revokes));
+            }
+            self.join_sharing(sharing_id, joins).await?;
+            let errors = self.write_replicated(doctype, writes).await?;
+            for (i, revokes) in written {
+                let id = docs[i].id.as_str();
+                let error = errors.iter().find(|e| e.get("id").and_then(Value::as_str) == Some(id));
+                out[i] = Some(match error {
+                    None => Received::Written { revokes },
+                    Some(e) => Received::Invalid(format!(
+                        "{}: {}",
+                        e.get("error").and_then(Value::as_str).unwrap_or("error"),
+                        e.get("reason").and_then(Value::as_str).unwrap_or("")
+                    )),
+                });
+            }
+            later.sort_unstable();
+            pending = later;
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Unavailable(anyhow!("received documents keep losing their edit guards")));
+        }
+        // Number and track the writes now, as after any write.
+        if let Err(e) = self.catch_up(doctype).await {
+            tracing::warn!(%doctype, error = %e, "could not number the changes of a write yet");
+        }
+        Ok(out.into_iter().map(|r| r.unwrap_or_else(|| Received::Invalid("not applied".into()))).collect())
+    }
+
+    async fn shared_docs(
+        &self,
+        sharing_id: &str,
+        after: Option<(Doctype, DocId)>,
+        limit: usize,
+    ) -> Result<Vec<(Doctype, DocId)>, StoreError> {
+        self.catch_up_sharing(sharing_id).await?;
+        let prefix = format!("t/{sharing_id}/");
+        let end = format!("{prefix}\u{fff0}");
+        // Keys sort by doctype then id, since doctypes cannot contain `/`.
+        let mut start = match &after {
+            Some((t, i)) => format!("{}\u{0}", track_key(sharing_id, t.as_str(), i.as_str())),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let page = self.meta_range(&start, &end, false, 500).await?;
+            let full = page.len() == 500;
+            let mut candidates: BTreeMap<Doctype, Vec<DocId>> = BTreeMap::new();
+            let mut in_order = Vec::new();
+            for (key, doc) in &page {
+                let Ok(st) = serde_json::from_value::<TrackState>(doc.clone()) else { continue };
+                let Some((dt, id)) = key.strip_prefix(prefix.as_str()).and_then(|r| r.split_once('/')) else {
+                    continue;
+                };
+                let (Ok(dt), Ok(id)) = (Doctype::parse(dt), DocId::parse(id)) else { continue };
+                if !st.removed {
+                    candidates.entry(dt.clone()).or_default().push(id.clone());
+                    in_order.push((dt, id));
+                }
+            }
+            // Deleted documents stay in the sharing's feed, but are no longer shared documents.
+            let mut live: HashSet<(Doctype, DocId)> = HashSet::new();
+            for (dt, ids) in candidates {
+                let db = self.db_name(&dt);
+                for chunk in ids.chunks(500) {
+                    let keys: Vec<&str> = chunk.iter().map(DocId::as_str).collect();
+                    let reply = self
+                        .server
+                        .send(Method::POST, &[&db, "_all_docs"], &[], Some(&json!({ "keys": keys })))
+                        .await?;
+                    if reply.db_missing() {
+                        continue;
+                    }
+                    if !reply.status.is_success() {
+                        return Err(reply.unexpected("_all_docs for shared documents"));
+                    }
+                    for row in reply.body.get("rows").and_then(Value::as_array).into_iter().flatten() {
+                        let alive = row.get("value").is_some_and(|v| v.get("deleted") != Some(&Value::Bool(true)));
+                        if let Some(id) = row.get("id").and_then(Value::as_str).filter(|_| alive) {
+                            if let Ok(id) = DocId::parse(id) {
+                                live.insert((dt.clone(), id));
+                            }
+                        }
+                    }
+                }
+            }
+            out.extend(in_order.into_iter().filter(|d| live.contains(d)).take(limit - out.len()));
+            match page.last() {
+                Some((key, _)) if full => start = format!("{key}\u{0}"),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     async fn shared_changes(
@@ -2241,14 +2581,33 @@ impl Store for CouchStore {
                 // Only a document's latest row counts.
                 let Some((_, st)) = states.get(key).filter(|(_, st)| st.seq == seq) else { continue };
                 let (Ok(doctype), Ok(id)) = (Doctype::parse(&row.0), DocId::parse(&row.1)) else { continue };
-                out.push(SharedChange { seq, doctype, id, rule_index: st.rule, removed: st.removed });
+                out.push(SharedChange {
+                    seq,
+                    doctype,
+                    id,
+                    rule_index: st.rule,
+                    removed: st.removed,
+                    joined: st.joined,
+                    initial: st.initial,
+                    origin: st.origin,
+                });
                 if out.len() >= limit {
                     break;
                 }
             }
             next = batch.last + 1;
         }
-        Ok(out)
+        // Batches are checked against the states one after the other: a document written
+        // meanwhile can show twice (each row its latest when checked). Only the last one counts.
+        let mut seen: HashSet<(Doctype, DocId)> = HashSet::new();
+        let mut latest: Vec<SharedChange> = Vec::with_capacity(out.len());
+        for c in out.into_iter().rev() {
+            if seen.insert((c.doctype.clone(), c.id.clone())) {
+                latest.push(c);
+            }
+        }
+        latest.reverse();
+        Ok(latest)
     }
 
     async fn shared_state(
@@ -2260,13 +2619,7 @@ impl Store for CouchStore {
         self.catch_up(doctype).await?;
         let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
         let states = self.track_states(&keys).await?;
-        Ok(ids
-            .iter()
-            .zip(&keys)
-            .filter_map(|(id, k)| {
-                states.get(k).map(|(_, st)| (id.clone(), SharedState { rule_index: st.rule, removed: st.removed }))
-            })
-            .collect())
+        Ok(ids.iter().zip(&keys).filter_map(|(id, k)| states.get(k).map(|(_, st)| (id.clone(), st.shared()))).collect())
     }
 
     async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {
@@ -2288,7 +2641,7 @@ impl Store for CouchStore {
     async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError> {
         let lock = self.share_lock(sharing_id)?;
         let _held = lock.lock().await;
-        for prefix in [format!("t/{sharing_id}/"), format!("u/{sharing_id}/")] {
+        for prefix in [format!("t/{sharing_id}/"), format!("u/{sharing_id}/"), start_key(sharing_id)] {
             loop {
                 let page = self.meta_range(&prefix, &format!("{prefix}\u{fff0}"), false, 500).await?;
                 if page.is_empty() {

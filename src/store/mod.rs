@@ -23,7 +23,7 @@ use async_trait::async_trait;
 pub use body::Body;
 pub use doc::{DocId, Doctype};
 use hearth_replicator::rev::Rev;
-pub use tracking::{SharedChange, SharedInfo, SharedState, TrackRule};
+pub use tracking::{Judge, Received, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
 
 /// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
 /// `ENOSPC`/`EDQUOT` (for writes outside the stores, e.g. the registry).
@@ -358,9 +358,37 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the rules every later write is tracked against.
     fn set_tracking(&self, rules: Vec<TrackRule>);
 
-    /// Tracks the documents that already match the rules of `sharing_id` (the initial sync of
-    /// a sharing that becomes ready). Returns how many were added to its feed.
+    /// Starts a sharing's feed: tracks the documents that match the rules of `sharing_id` now
+    /// (its initial set, marked `initial`), whatever the rules' `add` says. Only the first
+    /// call after the sharing's feed was created (or forgotten by [`Store::untrack`]) does so:
+    /// later calls (another member accepting) add nothing, since documents that began to match
+    /// meanwhile are `add`'s to decide. Returns how many were added.
     async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError>;
+
+    /// Judges and writes documents received from member `origin` of `sharing_id` (replicated
+    /// writes, `new_edits=false` semantics), each judgement in one transaction with its write:
+    /// `judge` sees the document's existence and its row in the sharing as the write will find
+    /// them, so a local write cannot slip in between (on CouchDB, which has no transactions, a
+    /// write conditional on the document's edit guard, judged again when the guard moved). A
+    /// document accepted with `join` enters the sharing with that rule and `origin`, before
+    /// the write's own tracking. One outcome per document, in order.
+    async fn apply_received(
+        &self,
+        sharing_id: &str,
+        origin: usize,
+        doctype: &Doctype,
+        docs: Vec<DocWrite>,
+        judge: std::sync::Arc<Judge>,
+    ) -> Result<Vec<Received>, StoreError>;
+
+    /// The documents in a sharing (rows not removed, documents not deleted), ordered by
+    /// (doctype, id), after `after` (exclusive), at most `limit`.
+    async fn shared_docs(
+        &self,
+        sharing_id: &str,
+        after: Option<(Doctype, DocId)>,
+        limit: usize,
+    ) -> Result<Vec<(Doctype, DocId)>, StoreError>;
 
     async fn shared_changes(&self, sharing_id: &str, since: u64, limit: usize)
         -> Result<Vec<SharedChange>, StoreError>;

@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use super::tracking::{self, TrackAction};
 use super::*;
 
-/// 3: `feed_counts` (filled from `docs` when an older file is opened).
+/// 3: `feed_counts` (filled from `docs` when an older file is opened), and where and how each
+/// document entered its sharing (`shared.joined`, `initial`, `origin`; `sharing_starts`).
 const SCHEMA_VERSION: i64 = 3;
 
 /// Sequence numbers per `feed_counts` bucket.
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS shared (
     seq INTEGER NOT NULL,
     rule INTEGER NOT NULL,
     removed INTEGER NOT NULL,
+    joined INTEGER NOT NULL DEFAULT 0,
+    initial INTEGER NOT NULL DEFAULT 0,
+    origin INTEGER,
     PRIMARY KEY (sharing_id, doctype, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
@@ -76,6 +80,9 @@ CREATE TABLE IF NOT EXISTS feed_counts (
     bucket INTEGER NOT NULL,
     docs INTEGER NOT NULL,
     PRIMARY KEY (doctype, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sharing_starts (
+    sharing_id TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS locals (
     doctype TEXT NOT NULL,
@@ -137,6 +144,28 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Brings a database written by an older hearth to [`SCHEMA_VERSION`] (`SCHEMA` has already
+/// created whatever table was missing).
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    if (1..3).contains(&from) {
+        // Version 3: where and how each document entered its sharing. Older rows get
+        // `joined = 0`, which every member's checkpoint is past: their documents count as
+        // already known to every member, as version 2 assumed.
+        let columns: Vec<String> =
+            conn.prepare("PRAGMA table_info(shared)")?.query_map([], |r| r.get(1))?.collect::<Result<_, _>>()?;
+        for (name, ddl) in [
+            ("joined", "ALTER TABLE shared ADD COLUMN joined INTEGER NOT NULL DEFAULT 0"),
+            ("initial", "ALTER TABLE shared ADD COLUMN initial INTEGER NOT NULL DEFAULT 0"),
+            ("origin", "ALTER TABLE shared ADD COLUMN origin INTEGER"),
+        ] {
+            if !columns.iter().any(|c| c == name) {
+                conn.execute_batch(ddl)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, revs_limit: usize) -> anyhow::Result<SqliteStore> {
@@ -152,6 +181,7 @@ impl SqliteStore {
         // store then serves reads and refuses writes (`StoreError::Full`).
         if version < SCHEMA_VERSION {
             conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+            migrate(&conn, version).context("failed to upgrade the schema")?;
             if version < 3 {
                 // Files from before `feed_counts`: count the feed once.
                 conn.execute(
@@ -424,19 +454,37 @@ fn track_doc(
 ) -> Result<(), StoreError> {
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
+    sharings.sort_unstable();
     sharings.dedup();
     for sharing in sharings {
-        let matching =
-            rules.iter().find(|r| r.sharing_id == sharing && r.matches(doctype, id, body)).map(|r| r.rule_index);
-        let tracked: Option<(usize, bool)> = tx
-            .prepare_cached("SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
-            .query_row(params![sharing, doctype, id], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, bool>(1)?)))
-            .optional()?;
-        if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, tracked) {
-            record_shared(tx, sharing, doctype, id, rule_index, removed)?;
+        let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body);
+        let tracked = shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed));
+        if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, joining, tracked) {
+            record_shared(tx, sharing, doctype, id, rule_index, removed, Entry::default())?;
         }
     }
     Ok(())
+}
+
+fn shared_row(conn: &Connection, sharing: &str, doctype: &str, id: &str) -> Result<Option<SharedState>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT rule, removed, seq FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3")?
+        .query_row(params![sharing, doctype, id], |r| {
+            Ok(SharedState {
+                rule_index: r.get::<_, i64>(0)? as usize,
+                removed: r.get(1)?,
+                seq: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()?)
+}
+
+/// How a document enters a sharing, recorded when its row is created (a row that exists keeps
+/// what it had).
+#[derive(Default, Clone, Copy)]
+struct Entry {
+    initial: bool,
+    origin: Option<usize>,
 }
 
 fn record_shared(
@@ -446,6 +494,7 @@ fn record_shared(
     id: &str,
     rule_index: usize,
     removed: bool,
+    entry: Entry,
 ) -> Result<(), StoreError> {
     let seq: i64 = tx
         .prepare_cached(
@@ -454,10 +503,20 @@ fn record_shared(
         )?
         .query_row(params![sharing], |r| r.get(0))?;
     tx.prepare_cached(
-        "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed, joined, initial, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?7, ?8)
          ON CONFLICT (sharing_id, doctype, id) DO UPDATE SET seq = ?4, rule = ?5, removed = ?6",
     )?
-    .execute(params![sharing, doctype, id, seq, rule_index as i64, removed])?;
+    .execute(params![
+        sharing,
+        doctype,
+        id,
+        seq,
+        rule_index as i64,
+        removed,
+        entry.initial,
+        entry.origin.map(|o| o as i64)
+    ])?;
     Ok(())
 }
 
@@ -947,6 +1006,12 @@ impl Store for SqliteStore {
     async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
         let sharing_id = sharing_id.to_owned();
         self.write(move |tx, ctx| {
+            let started = tx
+                .prepare_cached("INSERT INTO sharing_starts (sharing_id) VALUES (?1) ON CONFLICT DO NOTHING")?
+                .execute(params![sharing_id])?;
+            if started == 0 {
+                return Ok(0);
+            }
             let rules: Vec<&TrackRule> = ctx.tracking.iter().filter(|r| r.sharing_id == sharing_id).collect();
             let mut added = 0;
             for rule in &rules {
@@ -972,13 +1037,7 @@ impl Store for SqliteStore {
                         .collect::<Result<_, _>>()?,
                 };
                 for (id, winner) in candidates {
-                    let tracked: Option<bool> = tx
-                        .prepare_cached(
-                            "SELECT removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3",
-                        )?
-                        .query_row(params![sharing_id, rule.doctype, id], |r| r.get(0))
-                        .optional()?;
-                    if tracked == Some(false) {
+                    if shared_row(tx, &sharing_id, &rule.doctype, &id)?.is_some_and(|st| !st.removed) {
                         continue;
                     }
                     let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
@@ -986,12 +1045,92 @@ impl Store for SqliteStore {
                     // The first matching rule of the sharing wins, as for later writes.
                     let first = rules.iter().find(|r| r.matches(&rule.doctype, &id, &body)).map(|r| r.rule_index);
                     if let Some(rule_index) = first {
-                        record_shared(tx, &sharing_id, &rule.doctype, &id, rule_index, false)?;
+                        let entry = Entry { initial: true, origin: None };
+                        record_shared(tx, &sharing_id, &rule.doctype, &id, rule_index, false, entry)?;
                         added += 1;
                     }
                 }
             }
             Ok(added)
+        })
+        .await
+    }
+
+    async fn apply_received(
+        &self,
+        sharing_id: &str,
+        origin: usize,
+        doctype: &Doctype,
+        docs: Vec<DocWrite>,
+        judge: Arc<Judge>,
+    ) -> Result<Vec<Received>, StoreError> {
+        let (sharing_id, doctype) = (sharing_id.to_owned(), doctype.as_str().to_owned());
+        self.write(move |tx, ctx| {
+            let mut counters = DoctypeCounters::load(tx, &doctype)?;
+            let mut out = Vec::with_capacity(docs.len());
+            for w in &docs {
+                // Judged on what this transaction sees: no other write can come in between.
+                let standing = Standing {
+                    exists: load_doc(tx, &doctype, w.id.as_str())?.is_some(),
+                    shared: shared_row(tx, &sharing_id, &doctype, w.id.as_str())?,
+                };
+                let (join, revokes) = match judge(w, &standing) {
+                    Verdict::Accept { join, revokes } => (join, revokes),
+                    Verdict::Moot => {
+                        out.push(Received::Moot);
+                        continue;
+                    }
+                    Verdict::Refuse(reason) => {
+                        out.push(Received::Refused(reason));
+                        continue;
+                    }
+                };
+                if w.revisions.as_deref().is_none_or(<[Rev]>::is_empty) {
+                    out.push(Received::Invalid("the document needs _rev or _revisions".into()));
+                    continue;
+                }
+                if let Some(rule) = join {
+                    let entry = Entry { initial: false, origin: Some(origin) };
+                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), rule, false, entry)?;
+                }
+                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w])?.pop() {
+                    Some(WriteResult::Rejected { reason, .. }) => out.push(Received::Invalid(reason)),
+                    _ => out.push(Received::Written { revokes }),
+                }
+            }
+            counters.save(tx, &doctype)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn shared_docs(
+        &self,
+        sharing_id: &str,
+        after: Option<(Doctype, DocId)>,
+        limit: usize,
+    ) -> Result<Vec<(Doctype, DocId)>, StoreError> {
+        let sharing_id = sharing_id.to_owned();
+        let (after_doctype, after_id) =
+            after.map_or((String::new(), String::new()), |(t, i)| (t.as_str().to_owned(), i.as_str().to_owned()));
+        self.read(move |conn| {
+            let rows: Vec<(String, String)> = conn
+                .prepare_cached(
+                    "SELECT s.doctype, s.id FROM shared s JOIN docs d ON d.doctype = s.doctype AND d.id = s.id
+                     WHERE s.sharing_id = ?1 AND s.removed = 0 AND d.deleted = 0
+                       AND (s.doctype > ?2 OR (s.doctype = ?2 AND s.id > ?3))
+                     ORDER BY s.doctype, s.id LIMIT ?4",
+                )?
+                .query_map(params![sharing_id, after_doctype, after_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(t, i)| {
+                    Ok((
+                        Doctype::parse(&t).map_err(StoreError::Corrupt)?,
+                        DocId::parse(&i).map_err(StoreError::Corrupt)?,
+                    ))
+                })
+                .collect()
         })
         .await
     }
@@ -1005,21 +1144,26 @@ impl Store for SqliteStore {
         let sharing_id = sharing_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, doctype, id, rule, removed FROM shared WHERE sharing_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, doctype, id, rule, removed, joined, initial, origin FROM shared
+                 WHERE sharing_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
-            let rows: Vec<(i64, String, String, i64, bool)> = stmt
+            type Row = (i64, String, String, i64, bool, i64, bool, Option<i64>);
+            let rows: Vec<Row> = stmt
                 .query_map(params![sharing_id, since as i64, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
                 })?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
-                .map(|(seq, doctype, id, rule, removed)| {
+                .map(|(seq, doctype, id, rule, removed, joined, initial, origin)| {
                     Ok(SharedChange {
                         seq: seq as u64,
                         doctype: Doctype::parse(&doctype).map_err(StoreError::Corrupt)?,
                         id: DocId::parse(&id).map_err(StoreError::Corrupt)?,
                         rule_index: rule as usize,
                         removed,
+                        joined: joined as u64,
+                        initial,
+                        origin: origin.map(|o| o as usize),
                     })
                 })
                 .collect()
@@ -1035,16 +1179,10 @@ impl Store for SqliteStore {
     ) -> Result<HashMap<DocId, SharedState>, StoreError> {
         let (sharing_id, doctype, ids) = (sharing_id.to_owned(), doctype.as_str().to_owned(), ids.to_vec());
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT rule, removed FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3",
-            )?;
             let mut out = HashMap::new();
             for id in ids {
-                let row: Option<(i64, bool)> = stmt
-                    .query_row(params![sharing_id, doctype, id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((rule, removed)) = row {
-                    out.insert(id, SharedState { rule_index: rule as usize, removed });
+                if let Some(st) = shared_row(conn, &sharing_id, &doctype, id.as_str())? {
+                    out.insert(id, st);
                 }
             }
             Ok(out)
@@ -1075,6 +1213,7 @@ impl Store for SqliteStore {
         let sharing_id = sharing_id.to_owned();
         self.write(move |tx, _| {
             tx.prepare_cached("DELETE FROM shared WHERE sharing_id = ?1")?.execute(params![sharing_id])?;
+            tx.prepare_cached("DELETE FROM sharing_starts WHERE sharing_id = ?1")?.execute(params![sharing_id])?;
             Ok(())
         })
         .await

@@ -3,10 +3,24 @@
 //! a per-sharing changes feed: one row per (sharing, document) at its latest sequence, with
 //! the rule that selected it and whether it has left the sharing. Replication reads that feed
 //! (never the whole instance feed), so no change can be lost between a write and its tracking.
+//!
+//! How documents enter a sharing (the rules' semantics, as in Cozy):
+//! - on the owner, the documents its rules select when the sharing starts (the *initial set*,
+//!   [`Store::track_existing`](super::Store::track_existing), run once per sharing);
+//! - documents that begin to match later, only where the rule's `add` lets them flow from this
+//!   instance ([`TrackRule::joins`]): an id rule names its documents once and for all, so on
+//!   the owner they belong from the start whenever they are written;
+//! - documents received from a peer, when the receiving side's judge accepts them
+//!   ([`Store::apply_received`](super::Store::apply_received)): they join with the rule the judge
+//!   names, whatever `add` says, and the row remembers which member they came from.
+//!
+//! A row also keeps the sequence at which its document entered the sharing (`joined`): a
+//! member whose checkpoint is below it has never been sent the document, so its next change is
+//! the document's arrival there rather than an update (see `sync::replication`).
 
 use serde_json::Value;
 
-use super::{Body, DocId, Doctype};
+use super::{Body, DocId, DocWrite, Doctype};
 
 /// One rule of one sharing, as the store needs it to decide membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +31,9 @@ pub struct TrackRule {
     /// Field path matched against `values`; the document id when `None`.
     pub selector: Option<String>,
     pub values: Vec<String>,
+    /// Whether a document that begins to match after the sharing started enters it on this
+    /// instance (the sharing layer derives it from the rule's `add` and the instance's role).
+    pub joins: bool,
 }
 
 impl TrackRule {
@@ -51,17 +68,43 @@ pub enum TrackAction {
 }
 
 /// The decision for one sharing: `matching` is the first of its rules that selects the
-/// document's winner, `tracked` its current row (rule, removed) if any.
-pub fn decide(deleted: bool, matching: Option<usize>, tracked: Option<(usize, bool)>) -> TrackAction {
-    match (deleted, matching, tracked) {
+/// document's winner, `joining` the first of those that lets a document join later
+/// ([`TrackRule::joins`]), `tracked` its current row (rule, removed) if any.
+pub fn decide(
+    deleted: bool,
+    matching: Option<usize>,
+    joining: Option<usize>,
+    tracked: Option<(usize, bool)>,
+) -> TrackAction {
+    match (deleted, tracked) {
         // A deletion travels for documents in the sharing.
-        (true, _, Some((rule, false))) => TrackAction::Record { rule_index: rule, removed: false },
-        (true, _, _) => TrackAction::Nothing,
-        (false, Some(rule), _) => TrackAction::Record { rule_index: rule, removed: false },
-        // It no longer matches: it leaves the sharing (the rule's `remove` policy applies).
-        (false, None, Some((rule, false))) => TrackAction::Record { rule_index: rule, removed: true },
-        (false, None, _) => TrackAction::Nothing,
+        (true, Some((rule, false))) => TrackAction::Record { rule_index: rule, removed: false },
+        (true, _) => TrackAction::Nothing,
+        (false, Some((rule, false))) => match matching {
+            Some(now) => TrackAction::Record { rule_index: now, removed: false },
+            // It no longer matches: it leaves the sharing (the rule's `remove` policy applies).
+            None => TrackAction::Record { rule_index: rule, removed: true },
+        },
+        // Not in the sharing (never, or it left): it enters only where `add` lets it.
+        (false, _) => match joining {
+            Some(rule) => TrackAction::Record { rule_index: rule, removed: false },
+            None => TrackAction::Nothing,
+        },
     }
+}
+
+/// The first rule of `sharing` selecting a document, and the first of those it may join by.
+pub fn matching_rules(
+    rules: &[TrackRule],
+    sharing: &str,
+    doctype: &str,
+    id: &str,
+    body: &Body,
+) -> (Option<usize>, Option<usize>) {
+    let mut matching = rules.iter().filter(|r| r.sharing_id == sharing && r.matches(doctype, id, body));
+    let first = matching.next();
+    let joining = first.filter(|r| r.joins).or_else(|| matching.find(|r| r.joins));
+    (first.map(|r| r.rule_index), joining.map(|r| r.rule_index))
 }
 
 /// One row of a sharing's changes feed.
@@ -72,6 +115,13 @@ pub struct SharedChange {
     pub id: DocId,
     pub rule_index: usize,
     pub removed: bool,
+    /// The sequence at which the document entered the sharing (0 for rows older than this
+    /// field: taken as known to every member).
+    pub joined: u64,
+    /// Whether it is part of the initial set (recorded by `track_existing`).
+    pub initial: bool,
+    /// The member it was received from, when it entered the sharing that way.
+    pub origin: Option<usize>,
 }
 
 /// A document's membership in a sharing.
@@ -79,6 +129,49 @@ pub struct SharedChange {
 pub struct SharedState {
     pub rule_index: usize,
     pub removed: bool,
+    /// The sequence of its latest row (every write of a document in the sharing moves it).
+    pub seq: u64,
+}
+
+/// A received document as its judge sees it, read in the transaction that writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// The document exists here (alive or deleted).
+    pub exists: bool,
+    /// Its row in the sharing it is received for.
+    pub shared: Option<SharedState>,
+}
+
+/// A judge's decision on one received document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write it; `join`: it enters the sharing with this rule; `revokes`: the write ends the
+    /// sharing (a deletion under a `remove: revoke` rule), which the caller carries out.
+    Accept {
+        join: Option<usize>,
+        revokes: bool,
+    },
+    /// Nothing to write, nothing to refuse: what the change asks already holds here (a
+    /// removal of a document that already left the sharing here).
+    Moot,
+    Refuse(String),
+}
+
+/// The judging function `Store::apply_received` calls for each document, inside the write.
+pub type Judge = dyn Fn(&DocWrite, &Standing) -> Verdict + Send + Sync;
+
+/// What became of one received document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    Written {
+        revokes: bool,
+    },
+    /// Judged moot: not written, not refused.
+    Moot,
+    /// The judge refused it: nothing was written.
+    Refused(String),
+    /// It was accepted but is not a valid replicated write (no revisions...).
+    Invalid(String),
 }
 
 /// Counters of a sharing's feed.
@@ -98,13 +191,41 @@ mod tests {
 
     #[test]
     fn tracking_decisions_cover_joining_leaving_and_deleting() {
-        assert_eq!(decide(false, Some(0), None), TrackAction::Record { rule_index: 0, removed: false });
-        assert_eq!(decide(false, None, Some((1, false))), TrackAction::Record { rule_index: 1, removed: true });
-        assert_eq!(decide(false, None, Some((1, true))), TrackAction::Nothing);
-        assert_eq!(decide(false, Some(2), Some((1, true))), TrackAction::Record { rule_index: 2, removed: false });
-        assert_eq!(decide(true, None, Some((1, false))), TrackAction::Record { rule_index: 1, removed: false });
-        assert_eq!(decide(true, Some(0), None), TrackAction::Nothing);
-        assert_eq!(decide(false, None, None), TrackAction::Nothing);
+        let record = |rule_index, removed| TrackAction::Record { rule_index, removed };
+        // Entering: only by a rule that lets documents join later.
+        assert_eq!(decide(false, Some(0), Some(0), None), record(0, false));
+        assert_eq!(decide(false, Some(0), Some(2), None), record(2, false));
+        assert_eq!(decide(false, Some(0), None, None), TrackAction::Nothing, "add: none");
+        // In the sharing: an update under the rule matching now, or leaving.
+        assert_eq!(decide(false, Some(0), None, Some((1, false))), record(0, false));
+        assert_eq!(decide(false, None, None, Some((1, false))), record(1, true));
+        // Left: stays out, unless a rule lets it join again.
+        assert_eq!(decide(false, None, None, Some((1, true))), TrackAction::Nothing);
+        assert_eq!(decide(false, Some(2), None, Some((1, true))), TrackAction::Nothing);
+        assert_eq!(decide(false, Some(2), Some(2), Some((1, true))), record(2, false));
+        // Deletions travel for documents in the sharing only.
+        assert_eq!(decide(true, None, None, Some((1, false))), record(1, false));
+        assert_eq!(decide(true, Some(0), Some(0), None), TrackAction::Nothing);
+        assert_eq!(decide(true, None, None, Some((1, true))), TrackAction::Nothing);
+        assert_eq!(decide(false, None, None, None), TrackAction::Nothing);
+    }
+
+    #[test]
+    fn the_joining_rule_is_the_first_matching_rule_that_lets_documents_join() {
+        let rule = |i: usize, joins: bool, list: &str| TrackRule {
+            sharing_id: "s".into(),
+            rule_index: i,
+            doctype: "d".into(),
+            selector: Some("list".into()),
+            values: vec![list.into()],
+            joins,
+        };
+        let rules = [rule(0, false, "l1"), rule(1, true, "l2"), rule(2, true, "l1"), rule(3, true, "l1")];
+        let body = |list: &str| Body::from_map(json!({ "list": list }).as_object().unwrap());
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l1")), (Some(0), Some(2)));
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l2")), (Some(1), Some(1)));
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l9")), (None, None));
+        assert_eq!(matching_rules(&rules, "other", "d", "x", &body("l1")), (None, None));
     }
 
     #[test]
@@ -115,6 +236,7 @@ mod tests {
             doctype: "d".into(),
             selector: None,
             values: vec!["a".into()],
+            joins: true,
         };
         assert!(by_id.matches("d", "a", &Body::empty()));
         assert!(!by_id.matches("d", "b", &Body::empty()));

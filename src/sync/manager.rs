@@ -3,8 +3,9 @@
 //! catches anything missed, such as changes made by another process — it starts, for every
 //! (sharing, member) with undelivered changes, a replication task of its own: a slow or dead
 //! peer never blocks requests nor other peers. Failures back off exponentially with jitter up
-//! to `replication.retry_max_ms` and are retried forever; each peer's state (healthy,
-//! retrying, down, last error, last success, progress) is kept for the status route and CLI.
+//! to `replication.retry_max_ms` and are retried forever; each peer's state (see [`Health`],
+//! last error, last success, progress) is kept for the status route and CLI, with what the
+//! peer wrote and refused, which the link's checkpoint keeps ([`LinkRecord`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::replication::{read_checkpoint, LocalSource, PeerTarget, SyncError};
+use super::replication::{self, read_checkpoint, LastRefusal, LinkRecord, SyncError};
 use crate::instance::Instance;
 use crate::services::Services;
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
@@ -32,18 +33,27 @@ pub struct PeerKey {
     pub member: usize,
 }
 
+/// The state of replication to one member, as the status route and CLI show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
-    /// Never replicated yet.
+    /// Not replicated by this process yet, and no document refused.
     Idle,
+    /// The last run delivered everything, and the member refuses none of the documents sent.
     Healthy,
+    /// Runs succeed, but the member refused documents that it has not written since
+    /// (`refused_docs`, `last_refusal`): its copy is incomplete.
+    Degraded,
+    /// The last run failed; retrying with backoff.
     Retrying,
+    /// `DOWN_AFTER` runs in a row failed; still retried.
     Down,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What this process knows of one replication link (the rest is in its [`LinkRecord`]).
+#[derive(Clone, Debug)]
 pub struct PeerState {
+    /// `Idle`, `Healthy`, `Retrying` or `Down` (`Degraded` comes from the record).
     pub health: Health,
     pub running: bool,
     pub last_error: Option<String>,
@@ -52,11 +62,7 @@ pub struct PeerState {
     /// Changes processed by the current (or last) run, and how many it had to process.
     pub processed: u64,
     pub total: u64,
-    pub docs_sent: u64,
-    pub refused: u64,
-    #[serde(skip)]
     next_at: Option<Instant>,
-    #[serde(skip)]
     dirty: bool,
 }
 
@@ -70,10 +76,56 @@ impl Default for PeerState {
             attempts: 0,
             processed: 0,
             total: 0,
-            docs_sent: 0,
-            refused: 0,
             next_at: None,
             dirty: false,
+        }
+    }
+}
+
+/// The replication state of one member, for `GET /sharings/:id/status` (`replication`) and
+/// `hearth sharings status`. Counters are CouchDB's replication statistics, kept across
+/// restarts with the checkpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkStatus {
+    pub health: Health,
+    pub running: bool,
+    pub last_error: Option<String>,
+    /// RFC 3339.
+    pub last_success: Option<String>,
+    /// Failed runs in a row.
+    pub attempts: u32,
+    pub processed: u64,
+    pub total: u64,
+    /// The sharing feed's sequence the member acknowledged everything up to.
+    pub last_seq: u64,
+    pub docs_written: u64,
+    pub doc_write_failures: u64,
+    pub missing_revisions_found: u64,
+    /// Documents the member refused and has not written since.
+    pub refused_docs: u64,
+    pub last_refusal: Option<LastRefusal>,
+}
+
+impl LinkStatus {
+    pub fn new(state: PeerState, record: LinkRecord) -> LinkStatus {
+        let health = match state.health {
+            Health::Idle | Health::Healthy if !record.refused.is_empty() => Health::Degraded,
+            h => h,
+        };
+        LinkStatus {
+            health,
+            running: state.running,
+            last_error: state.last_error,
+            last_success: state.last_success,
+            attempts: state.attempts,
+            processed: state.processed,
+            total: state.total,
+            last_seq: record.last_seq,
+            docs_written: record.docs_written,
+            doc_write_failures: record.doc_write_failures,
+            missing_revisions_found: record.missing_revisions_found,
+            refused_docs: record.refused.len() as u64,
+            last_refusal: record.last_refusal,
         }
     }
 }
@@ -261,9 +313,8 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         max_docs: svc.config.replication.batch_size.max(1),
         max_bytes: svc.config.replication.max_batch_bytes.max(1),
     };
-    let mut source = LocalSource::new(inst.clone(), s.clone(), member);
-    let result = match PeerTarget::new(svc.federation.clone(), inst.clone(), &s, member) {
-        Ok(mut target) => {
+    let result = match replication::endpoints(svc.federation.clone(), inst.clone(), &s, member) {
+        Ok((mut source, mut target)) => {
             let sync = svc.sync.clone();
             replicate::run(&mut source, &mut target, &limits, |r| {
                 sync.with_state(&key, |st| {
@@ -280,14 +331,12 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         .with_state(&key, |st| {
             st.running = false;
             match &result {
-                Ok(report) => {
+                Ok(_) => {
                     st.health = Health::Healthy;
                     st.attempts = 0;
                     st.last_error = None;
                     st.last_success = Some(now_rfc3339());
                     st.next_at = None;
-                    st.docs_sent += report.docs_sent;
-                    st.refused += report.refused.len() as u64;
                     std::mem::take(&mut st.dirty)
                 }
                 Err(e) => {

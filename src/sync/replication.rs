@@ -2,22 +2,38 @@
 //! or a recipient to the owner), executing `hearth_replicator::replicate::run` with:
 //! - [`LocalSource`]: the sharing's tracked changes in the local store, filtered by the rules
 //!   for this direction, with ids transformed for the member; the checkpoint is a `_local`
-//!   document per (sharing, member);
+//!   document per (sharing, member), which also keeps what the member did with what it was
+//!   sent ([`LinkRecord`]: documents written, refused and why);
 //! - [`PeerTarget`]: the member's `/sharings/:id/_revs_diff` and `_bulk_docs`, called with the
 //!   credentials it gave us (refreshed on 401, and stored again when they change).
+//!
+//! Which changes travel (the rules' semantics, see also `store::tracking`):
+//! - a document the member has never been sent (it entered the sharing after the member's
+//!   checkpoint, and did not come from that member) *arrives*: it is sent whole if it is still
+//!   in the sharing and alive, and if it belongs to the initial set the owner sends (listed in
+//!   the request's `_initial`; documents of id rules are known to be so) or the rule's `add`
+//!   lets new documents flow this way; deletions and departures of documents the member never
+//!   had are not sent;
+//! - any other change is an update, a deletion or a departure, sent when the rule's `update`
+//!   or `remove` lets it flow this way.
+//!
+//! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
+//! what the sender knows, so that in a consistent sharing nothing sent is refused.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use hearth_replicator::replicate::{Change, ChangeBatch, DocKey, Outgoing, Refusal, Source, Target};
 use hearth_replicator::rev::Rev;
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
-use crate::sharing::model::{ChangeKind, Flow, PeerCredentials, Sharing};
+use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
+use crate::sharing::protocol::{BulkDocs, Refused};
 use crate::sharing::receive::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render_as;
@@ -58,13 +74,116 @@ pub fn checkpoint_id(sharing: &str, member: usize) -> String {
     format!("sharing-{sharing}-{member}")
 }
 
+/// Refused documents a [`LinkRecord`] names at most (beyond, refusals are only counted).
+pub const MAX_REFUSED_KEPT: usize = 10_000;
+
+/// What a (sharing, member) link has delivered, kept in its checkpoint document (`_local`
+/// `sharing-<sharing>-<member>` of `io.hearth.replication`), updated with the checkpoint after
+/// each batch the member acknowledged, so it survives restarts. Counters use the names of
+/// CouchDB's replication statistics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LinkRecord {
+    /// The sharing feed's sequence up to which the member acknowledged everything.
+    pub last_seq: u64,
+    /// Documents the member wrote.
+    pub docs_written: u64,
+    /// Documents the member refused (not written), all told.
+    pub doc_write_failures: u64,
+    /// Revisions the member said it lacked (`_revs_diff`).
+    pub missing_revisions_found: u64,
+    /// Documents the member refused and has not written since: `<doctype>/<id>` (this
+    /// instance's ids) → the member's reason. The link is not healthy while this is not empty.
+    pub refused: BTreeMap<String, String>,
+    pub last_refusal: Option<LastRefusal>,
+}
+
+/// The latest document a member refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRefusal {
+    /// `<doctype>/<id>`, this instance's id.
+    pub doc: String,
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+impl LinkRecord {
+    /// Folds in what the member did with one batch: the documents it wrote clear their earlier
+    /// refusal; the refused ones are kept (up to [`MAX_REFUSED_KEPT`]) and counted.
+    pub fn record_batch(&mut self, written: &[String], refused: &[(String, String)], at: &str) {
+        self.docs_written += written.len() as u64;
+        for key in written {
+            self.refused.remove(key);
+        }
+        self.doc_write_failures += refused.len() as u64;
+        for (key, reason) in refused {
+            if self.refused.len() < MAX_REFUSED_KEPT || self.refused.contains_key(key) {
+                self.refused.insert(key.clone(), reason.clone());
+            }
+        }
+        if let Some((key, reason)) = refused.last() {
+            self.last_refusal = Some(LastRefusal { doc: key.clone(), reason: reason.clone(), at: at.to_owned() });
+        }
+    }
+}
+
+/// The record of (sharing, member); `last_seq`: everything up to it was acknowledged.
+pub async fn read_link(inst: &Instance, sharing: &str, member: usize) -> Result<LinkRecord, StoreError> {
+    match inst.store.get_local(&checkpoints(), &checkpoint_id(sharing, member)).await {
+        Ok(doc) => serde_json::from_str(doc.body.as_str())
+            .map_err(|e| StoreError::Corrupt(format!("checkpoint of sharing {sharing}, member {member}: {e}"))),
+        Err(StoreError::NotFound) => Ok(LinkRecord::default()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The checkpoint of (sharing, member): everything up to it was acknowledged by the member.
+/// (Only `last_seq` is read: the scheduler asks often, and the refusals can be many.)
 pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: usize) -> Result<u64, StoreError> {
     match inst.store.get_local(&checkpoints(), &checkpoint_id(sharing, member)).await {
         Ok(doc) => Ok(doc.body.get("last_seq").and_then(|v| v.as_u64()).unwrap_or(0)),
         Err(StoreError::NotFound) => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// What the source and the target of one run share: the documents going as part of the
+/// initial set, and what the member did with the batch being sent (keys in its id space).
+#[derive(Default)]
+struct Exchange {
+    initial: HashSet<DocKey>,
+    missing_found: u64,
+    written: Vec<DocKey>,
+    refused: Vec<(DocKey, String)>,
+}
+
+type Shared = Arc<Mutex<Exchange>>;
+
+fn exchange(shared: &Shared) -> Result<std::sync::MutexGuard<'_, Exchange>, SyncError> {
+    shared.lock().map_err(|_| SyncError::Protocol("replication state poisoned".into()))
+}
+
+/// The two ends of one replication of `sharing` to `member`.
+pub fn endpoints(
+    federation: Arc<Federation>,
+    inst: Arc<Instance>,
+    sharing: &Sharing,
+    member: usize,
+) -> Result<(LocalSource, PeerTarget), SyncError> {
+    let shared = Shared::default();
+    let target = PeerTarget::new(federation, inst.clone(), sharing, member, shared.clone())?;
+    let ids = IdMap::for_member(sharing, member);
+    let source = LocalSource {
+        inst,
+        sharing: sharing.clone(),
+        member,
+        ids,
+        departures: HashMap::new(),
+        record: LinkRecord::default(),
+        shared,
+    };
+    Ok((source, target))
 }
 
 pub struct LocalSource {
@@ -75,22 +194,33 @@ pub struct LocalSource {
     /// Documents that left the sharing in this batch: the deletion peers get instead of the
     /// new content (key → the tombstone and the local revision it follows).
     departures: HashMap<DocKey, (Rev, Rev)>,
+    /// The link's record as of the last checkpoint.
+    record: LinkRecord,
+    shared: Shared,
 }
 
 impl LocalSource {
-    pub fn new(inst: Arc<Instance>, sharing: Sharing, member: usize) -> LocalSource {
-        let ids = IdMap::for_member(&sharing, member);
-        LocalSource { inst, sharing, member, ids, departures: HashMap::new() }
+    /// Whether a document the member has never been sent goes to it now (see the module docs):
+    /// the owner sends its initial set whatever `add` says.
+    fn arrives(&self, index: usize, initial: bool) -> bool {
+        let to_owner = !self.sharing.owner;
+        self.sharing
+            .rules
+            .get(index)
+            .is_some_and(|r| (!to_owner && (initial || r.by_id())) || r.allows(ChangeKind::Add, to_owner))
     }
 
-    /// Whether changes selected by rule `index` of this kind travel in this direction.
-    fn flows(&self, index: usize, kind: Option<ChangeKind>) -> bool {
-        let to_owner = !self.sharing.owner;
-        self.sharing.rules.get(index).is_some_and(|r| match kind {
-            Some(k) => r.allows(k, to_owner),
-            // A live document: an addition or an update, the target decides which.
-            None => r.allows(ChangeKind::Add, to_owner) || r.allows(ChangeKind::Update, to_owner),
-        })
+    /// Whether a change of this kind to a document the member has goes to it.
+    fn flows(&self, index: usize, kind: ChangeKind) -> bool {
+        self.sharing.rules.get(index).is_some_and(|r| r.allows(kind, !self.sharing.owner))
+    }
+
+    /// `doctype/id` in the member's id space → in this instance's.
+    fn local_key(&self, key: &str) -> String {
+        match key.split_once('/') {
+            Some((doctype, id)) => format!("{doctype}/{}", self.ids.convert(id)),
+            None => key.to_owned(),
+        }
     }
 }
 
@@ -98,7 +228,8 @@ impl Source for LocalSource {
     type Error = SyncError;
 
     async fn checkpoint(&mut self) -> Result<u64, SyncError> {
-        Ok(read_checkpoint(&self.inst, self.sharing.id(), self.member).await?)
+        self.record = read_link(&self.inst, self.sharing.id(), self.member).await?;
+        Ok(self.record.last_seq)
     }
 
     async fn changes(&mut self, since: u64, limit: usize) -> Result<ChangeBatch, SyncError> {
@@ -110,24 +241,48 @@ impl Source for LocalSource {
             by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
         }
         let mut leaves: HashMap<(Doctype, DocId), Vec<(Rev, bool)>> = HashMap::new();
+        let mut current: HashMap<(Doctype, DocId), u64> = HashMap::new();
         for (doctype, ids) in by_doctype {
             for (id, l) in self.inst.store.doc_leaves(&doctype, &ids).await? {
                 leaves.insert((doctype.clone(), id), l);
             }
+            for (id, st) in self.inst.store.shared_state(self.sharing.id(), &doctype, &ids).await? {
+                current.insert((doctype.clone(), id), st.seq);
+            }
         }
         let mut changes = Vec::with_capacity(rows.len());
+        let mut initial = Vec::new();
         for r in rows {
-            let Some(l) = leaves.remove(&(r.doctype.clone(), r.id.clone())) else { continue };
+            let doc = (r.doctype.clone(), r.id.clone());
+            // The leaves were read after the row, and the row checked again after them: a
+            // document written meanwhile (moved out of the sharing, say) has a newer row, and
+            // must not go with leaves this row did not see. The newer row comes in a later batch.
+            if current.get(&doc) != Some(&r.seq) {
+                continue;
+            }
+            let Some(l) = leaves.remove(&doc) else { continue };
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let rule = self.sharing.rules.get(r.rule_index);
             if deleted && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
                 return Err(SyncError::RevokeRequested);
             }
-            let kind = if deleted || r.removed { Some(ChangeKind::Remove) } else { None };
+            let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
+            let arrival = r.joined > since && r.origin != Some(self.member);
+            if arrival {
+                // Never sent to this member: it arrives whole, if it is still shared.
+                if deleted || r.removed || !self.arrives(r.rule_index, r.initial) {
+                    continue;
+                }
+                if r.initial && self.sharing.owner {
+                    initial.push(key.clone());
+                }
+                changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect() });
+                continue;
+            }
+            let kind = if deleted || r.removed { ChangeKind::Remove } else { ChangeKind::Update };
             if !self.flows(r.rule_index, kind) {
                 continue;
             }
-            let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
             if r.removed && !deleted {
                 // The document left the sharing (it no longer matches): its new content is
                 // none of the peers' business. Under the rule's `remove` policy they get a
@@ -145,6 +300,7 @@ impl Source for LocalSource {
             }
             changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect() });
         }
+        exchange(&self.shared)?.initial.extend(initial);
         Ok(ChangeBatch { changes, last_seq, pending })
     }
 
@@ -193,10 +349,22 @@ impl Source for LocalSource {
     }
 
     async fn save_checkpoint(&mut self, seq: u64) -> Result<(), SyncError> {
-        let mut body = Map::new();
-        body.insert("last_seq".into(), json!(seq));
-        let body = Body::from_map(&body);
+        let (missing, written, refused) = {
+            let mut x = exchange(&self.shared)?;
+            (std::mem::take(&mut x.missing_found), std::mem::take(&mut x.written), std::mem::take(&mut x.refused))
+        };
+        let written: Vec<String> = written.iter().map(|k| self.local_key(k)).collect();
+        let refused: Vec<(String, String)> = refused.iter().map(|(k, r)| (self.local_key(k), r.clone())).collect();
+        let mut record = self.record.clone();
+        record.last_seq = seq;
+        record.missing_revisions_found += missing;
+        record.record_batch(&written, &refused, &now_rfc3339());
+        let body = match serde_json::to_value(&record) {
+            Ok(Value::Object(m)) => Body::from_map(&m),
+            _ => return Err(SyncError::Protocol("checkpoint does not serialise".into())),
+        };
         self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member), body).await?;
+        self.record = record;
         Ok(())
     }
 }
@@ -208,14 +376,16 @@ pub struct PeerTarget {
     pub member: usize,
     pub base: Url,
     pub creds: PeerCredentials,
+    shared: Shared,
 }
 
 impl PeerTarget {
-    pub fn new(
+    fn new(
         federation: Arc<Federation>,
         inst: Arc<Instance>,
         s: &Sharing,
         member: usize,
+        shared: Shared,
     ) -> Result<PeerTarget, SyncError> {
         let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
         let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
@@ -225,7 +395,7 @@ impl PeerTarget {
             .and_then(|u| Url::parse(u).ok())
             .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
         let sharing_id = s.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
-        Ok(PeerTarget { federation, inst, sharing_id, member, base, creds })
+        Ok(PeerTarget { federation, inst, sharing_id, member, base, creds, shared })
     }
 
     async fn call(&mut self, path: &str, body: &(impl serde::Serialize + ?Sized)) -> Result<Value, SyncError> {
@@ -268,32 +438,71 @@ impl Target for PeerTarget {
                 out.insert(key.clone(), missing);
             }
         }
+        exchange(&self.shared)?.missing_found += out.values().map(|m| m.len() as u64).sum::<u64>();
         Ok(out)
     }
 
     async fn bulk_docs(&mut self, docs: Vec<Outgoing>) -> Result<Vec<Refusal>, SyncError> {
-        // Documents travel as the text they were read as (`Outgoing::doc`).
-        let mut by_doctype: BTreeMap<String, Vec<Box<serde_json::value::RawValue>>> = BTreeMap::new();
-        for d in docs {
-            let doctype = d.key.split_once('/').map(|(t, _)| t.to_owned()).unwrap_or_default();
-            by_doctype.entry(doctype).or_default().push(d.doc);
+        let mut body = BulkDocs::default();
+        let mut sent: BTreeSet<DocKey> = BTreeSet::new();
+        {
+            let mut x = exchange(&self.shared)?;
+            for d in docs {
+                let Some(doctype) = d.key.split_once('/').and_then(|(t, _)| Doctype::parse(t).ok()) else {
+                    return Err(SyncError::Protocol(format!("bad key {}", d.key)));
+                };
+                if x.initial.remove(&d.key) {
+                    body.initial.insert(d.key.clone());
+                }
+                sent.insert(d.key);
+                body.docs.entry(doctype).or_default().push(d.doc);
+            }
         }
-        let reply = self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &by_doctype).await?;
-        Ok(reply
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|i| Refusal {
-                        key: format!(
-                            "{}/{}",
-                            i.get("doctype").and_then(Value::as_str).unwrap_or_default(),
-                            i.get("id").and_then(Value::as_str).unwrap_or_default()
-                        ),
-                        reason: i.get("reason").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        let reply = self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &body).await?;
+        let refused = Refused::parse_answer(&reply);
+        let refused_keys: HashSet<String> = refused.iter().map(Refused::key).collect();
+        let mut x = exchange(&self.shared)?;
+        x.written.extend(sent.into_iter().filter(|k| !refused_keys.contains(k)));
+        x.refused.extend(refused.iter().map(|r| (r.key(), r.reason.clone())));
+        Ok(refused.into_iter().map(|r| Refusal { key: r.key(), reason: r.reason }).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn a_link_record_keeps_refused_documents_until_the_member_writes_them() {
+        let mut r = LinkRecord::default();
+        r.record_batch(&keys(&["t/a", "t/b"]), &[("t/c".into(), "exists".into())], "t1");
+        assert_eq!((r.docs_written, r.doc_write_failures), (2, 1));
+        assert_eq!(r.refused.keys().collect::<Vec<_>>(), ["t/c"]);
+        assert_eq!(r.last_refusal.as_ref().map(|l| (l.doc.as_str(), l.at.as_str())), Some(("t/c", "t1")));
+        // Refused again: counted again, kept once; another batch without refusals keeps it.
+        r.record_batch(&[], &[("t/c".into(), "exists still".into())], "t2");
+        r.record_batch(&keys(&["t/a"]), &[], "t3");
+        assert_eq!((r.doc_write_failures, r.refused.len()), (2, 1));
+        assert_eq!(r.refused["t/c"], "exists still");
+        // Written at last: no longer refused, the last refusal stays on record.
+        r.record_batch(&keys(&["t/c"]), &[], "t4");
+        assert!(r.refused.is_empty());
+        assert_eq!((r.docs_written, r.last_refusal.unwrap().at.as_str()), (4, "t2"));
+    }
+
+    #[test]
+    fn a_link_record_names_a_bounded_number_of_refused_documents() {
+        let mut r = LinkRecord::default();
+        let many: Vec<(String, String)> = (0..MAX_REFUSED_KEPT + 5).map(|i| (format!("t/{i}"), "no".into())).collect();
+        r.record_batch(&[], &many, "t");
+        assert_eq!(r.refused.len(), MAX_REFUSED_KEPT);
+        assert_eq!(r.doc_write_failures, many.len() as u64);
+        // A record written by an older version (only `last_seq`) reads with empty statistics.
+        let old: LinkRecord = serde_json::from_value(json!({"last_seq": 7})).unwrap();
+        assert_eq!(old, LinkRecord { last_seq: 7, ..LinkRecord::default() });
     }
 }

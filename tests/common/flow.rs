@@ -124,3 +124,83 @@ pub async fn accept_request(app: &TestApp, recipient: &TestInstance, id: &str, s
 pub fn peer_token(s: &Sharing, index: usize) -> String {
     s.members[index].outbound.as_ref().expect("credentials").access_token.clone()
 }
+
+/// A rule on `doctype` with the given `add`, `update` and `remove`.
+pub fn rule_with(doctype: &str, selector: Option<&str>, values: &[&str], policy: (&str, &str, &str)) -> Value {
+    let mut r = json!({"title": "shared", "doctype": doctype, "values": values,
+        "add": policy.0, "update": policy.1, "remove": policy.2});
+    if let Some(s) = selector {
+        r["selector"] = json!(s);
+    }
+    r
+}
+
+/// Sets up a sharing from `owner` with `rules`, every recipient accepting (read-only for
+/// those marked `true`); returns its id.
+pub async fn share(
+    owner_app: &TestApp,
+    owner: &TestInstance,
+    rules: Value,
+    recipients: &[(&TestInstance, bool)],
+) -> String {
+    let token = owner_app.token(owner, "io.cozy.notes io.cozy.todos");
+    let inline = |ro: bool| -> Vec<Value> {
+        recipients
+            .iter()
+            .filter(|(_, r)| *r == ro)
+            .map(|(r, _)| json!({"instance": format!("http://{}", r.domain)}))
+            .collect()
+    };
+    let id = create_sharing(owner, &token, rules, json!(inline(false)), json!(inline(true))).await;
+    let s = load(owner_app, owner, &id).await;
+    for (i, m) in s.members.iter().enumerate().skip(1) {
+        let who =
+            recipients.iter().find(|(r, _)| m.instance.as_deref() == Some(&format!("http://{}", r.domain))).unwrap().0;
+        answer_invitation(&link(owner_app, owner, &id, i).await, who, "accept").await;
+    }
+    id
+}
+
+/// A document's id on member `member`'s instance (ids travel XOR-ed with the member's key;
+/// the same function maps the member's ids back).
+pub async fn id_on(owner_app: &TestApp, owner: &TestInstance, sid: &str, member: usize, id: &str) -> String {
+    let s = load(owner_app, owner, sid).await;
+    let key = hearth::sync::xor::parse_key(s.members[member].xor_key.as_deref().unwrap()).unwrap();
+    hearth::sync::xor::xor_id(id, &key)
+}
+
+/// The winning revision and body of a document in an instance's store (`None`: absent or
+/// deleted).
+pub async fn winner(app: &TestApp, inst: &TestInstance, doctype: &str, id: &str) -> Option<(String, Value)> {
+    use hearth::store::{DocId, Doctype, GetOptions, StoreError};
+    let store = app.instance(&inst.domain).store.clone();
+    match store.get(&Doctype::parse(doctype).unwrap(), &DocId::parse(id).unwrap(), GetOptions::default()).await {
+        Ok(v) => Some((v.doc.rev.to_string(), Value::Object(v.doc.body.to_map().expect("a stored body")))),
+        Err(StoreError::NotFound | StoreError::Deleted) => None,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Every leaf revision of a document in an instance's store (empty when it has none).
+pub async fn leaves(app: &TestApp, inst: &TestInstance, doctype: &str, id: &str) -> Vec<String> {
+    use hearth::store::{DocId, Doctype};
+    let store = app.instance(&inst.domain).store.clone();
+    let id = DocId::parse(id).unwrap();
+    let found = store.doc_leaves(&Doctype::parse(doctype).unwrap(), std::slice::from_ref(&id)).await.unwrap();
+    found.get(&id).map(|l| l.iter().map(|(r, _)| r.to_string()).collect()).unwrap_or_default()
+}
+
+/// `PUT /data/:doctype/:id`; returns the new revision.
+pub async fn put_doc(inst: &TestInstance, token: &str, doctype: &str, id: &str, body: Value) -> String {
+    let (s, v) = inst.call(Method::PUT, &format!("/data/{doctype}/{id}"), Some(token), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    v["rev"].as_str().unwrap().to_owned()
+}
+
+/// The `replication` state of member `member` in `GET /sharings/:id/status` (Null when this
+/// instance does not replicate to it).
+pub async fn replication_state(inst: &TestInstance, token: &str, sid: &str, member: usize) -> Value {
+    let (s, v) = inst.call(Method::GET, &format!("/sharings/{sid}/status"), Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["attributes"]["members"][member]["replication"].clone()
+}

@@ -33,8 +33,11 @@ impl reqwest::dns::Resolve for LocalhostResolver {
 }
 
 /// A client like a browser: its own cookies, redirects not followed (tests look at them).
+/// Idle connections are dropped before the server's keep-alive (5 s) would close them, so a
+/// request never goes out on a connection the server is closing (hyper's IncompleteMessage).
 pub fn browser() -> Client {
     Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
         .dns_resolver(Arc::new(LocalhostResolver))
