@@ -46,6 +46,7 @@ impl Application {
             outbox: Arc::new(Notify::new()),
             sync: Arc::new(SyncManager::default()),
             request_fetches: Arc::new(tokio::sync::Semaphore::new(crate::sharing::request::MAX_CONCURRENT_FETCHES)),
+            files: Arc::new(crate::files::FilesRegistry::new(&config)?),
         });
         // Before serving: every open instance's store knows the rules of its sharings.
         for inst in registry.opened() {
@@ -54,6 +55,14 @@ impl Application {
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(services.clone(), cancel.clone()));
         tokio::spawn(manager::run(services.clone(), cancel.clone()));
+        // Content left by crashes and cut uploads goes at startup, then every `sweep_secs`.
+        tokio::spawn(crate::files::run_sweeps(
+            registry.clone(),
+            services.files.clone(),
+            std::time::Duration::from_secs(config.files.sweep_secs.max(1)),
+            std::time::Duration::from_secs(config.files.orphan_grace_secs),
+            cancel.clone(),
+        ));
         let state = web::Data::from(services.clone());
         let server = HttpServer::new(move || {
             App::new()

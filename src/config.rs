@@ -45,6 +45,7 @@ pub struct Config {
     pub mail: MailConfig,
     pub replication: ReplicationConfig,
     pub links: LinksConfig,
+    pub files: FilesConfig,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -123,6 +124,89 @@ impl Default for LinksConfig {
     }
 }
 
+/// Files (`io.cozy.files`): where content goes, quotas, the orphan sweep.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Where file content is kept: "fs" (under `data_dir/files/content`, the default) or "s3".
+    pub backend: FilesBackendKind,
+    /// Bytes of file content each instance may hold, trash included, unless the instance has
+    /// its own quota (`hearth instances quota`).
+    pub quota_bytes: u64,
+    /// Content no file names any more (left by a crash or a cut upload) is removed once older
+    /// than this, in seconds.
+    pub orphan_grace_secs: u64,
+    /// How often the orphan sweep runs, in seconds (also once at startup).
+    pub sweep_secs: u64,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesBackendKind {
+    Fs,
+    S3,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            backend: FilesBackendKind::Fs,
+            quota_bytes: 10 * 1024 * 1024 * 1024,
+            orphan_grace_secs: 3600,
+            sweep_secs: 3600,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// An S3-compatible object store for file content (`files.backend = "s3"`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `http(s)://host:port` of an S3-compatible server; none for AWS S3 itself.
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<SecretString>,
+    /// First segment of every object name (several deployments can share a bucket).
+    pub prefix: String,
+    /// Allow a plain `http://` endpoint (tests, a server on the same host).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: "hearth".into(),
+            allow_http: false,
+        }
+    }
+}
+
+impl S3Config {
+    /// The settings of the S3 backend; an error naming what is missing.
+    pub fn settings(&self) -> anyhow::Result<crate::files::content::S3Settings> {
+        let missing = |k: &str| anyhow::anyhow!("files.backend = \"s3\" needs files.s3.{k}");
+        Ok(crate::files::content::S3Settings {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone().ok_or_else(|| missing("bucket"))?,
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone().ok_or_else(|| missing("access_key_id"))?,
+            secret_access_key: self.secret_access_key.clone().ok_or_else(|| missing("secret_access_key"))?,
+            prefix: self.prefix.clone(),
+            allow_http: self.allow_http,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
@@ -173,6 +257,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             replication: ReplicationConfig::default(),
             links: LinksConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod federation;
+pub mod files;
 pub mod http;
 pub mod instance;
 pub mod logging;

@@ -264,6 +264,7 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
     use hearth::sharing::{self, service, SharingId};
     let config = Arc::new(config);
     let registry = Arc::new(Registry::open(config.clone())?);
+    let files = Arc::new(hearth::files::FilesRegistry::new(&config)?);
     let svc = hearth::services::Services {
         federation: Arc::new(hearth::federation::client::Federation::new(&config)?),
         config,
@@ -271,6 +272,7 @@ async fn sharings(config: Config, cmd: SharingsCmd) -> anyhow::Result<()> {
         outbox: Arc::new(tokio::sync::Notify::new()),
         sync: Arc::new(hearth::sync::manager::SyncManager::default()),
         request_fetches: Arc::new(tokio::sync::Semaphore::new(hearth::sharing::request::MAX_CONCURRENT_FETCHES)),
+        files,
     };
     let open = |d: &str| -> anyhow::Result<Arc<hearth::instance::Instance>> {
         let d = Domain::parse(d).map_err(anyhow::Error::msg)?;

@@ -21,4 +21,6 @@ pub struct Services {
     /// Permits for the fetch-backs unauthenticated sharing requests cause (see
     /// `sharing::request`): at most `MAX_CONCURRENT_FETCHES` at once.
     pub request_fetches: Arc<Semaphore>,
+    /// Each instance's files (`io.cozy.files`), opened on first use.
+    pub files: Arc<crate::files::FilesRegistry>,
 }

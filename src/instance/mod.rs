@@ -57,7 +57,7 @@ impl Domain {
     }
 
     /// A file name for this domain (`:` is not portable in file names).
-    fn file_stem(&self) -> String {
+    pub fn file_stem(&self) -> String {
         self.0.replace(':', "_")
     }
 }

@@ -1,0 +1,345 @@
+//! The tree index: a small SQLite file per instance, derived from the `io.cozy.files` changes
+//! feed of the instance's store, that answers what documents alone cannot answer cheaply on
+//! every backend: the children of a directory by name (unique names, paginated listings), the
+//! ancestors of a node (paths, the trash, permission subtrees, cycles), the bytes used (quota)
+//! and which content versions are referenced (the orphan sweep).
+//!
+//! It is a cache of the store, never a source of truth: each table row mirrors the winning
+//! revision of one document, and `meta.seq` is the feed sequence those rows reflect. Catching
+//! up reads the feed after `seq` (with the winners' bodies) and applies the rows and the new
+//! `seq` in one SQLite transaction, so after a crash the index is at some older `seq` and the
+//! next catch-up replays from there (applying a row twice is harmless: each is an upsert of a
+//! document's current state). Deleting the file rebuilds it from sequence 0. Documents written
+//! by any path — `/files`, a replicator through `Store::apply_received`, an import — reach the
+//! index the same way, through the feed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::model::{self, Kind, Node};
+use super::{FilesError, ROOT_ID, TRASH_ID};
+use crate::store::{ChangesQuery, Doctype, Store};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    dir_id TEXT,
+    name TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    vfs_id TEXT,
+    trashed INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes (dir_id, name, id);
+CREATE INDEX IF NOT EXISTS nodes_by_vfs ON nodes (vfs_id);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Feed rows read per catch-up step.
+const CATCH_UP_BATCH: usize = 500;
+/// Deepest tree walked up from a node; deeper chains (or cycles, which concurrent moves on two
+/// replicas can make) have no path.
+pub const MAX_DEPTH: i64 = 512;
+
+/// One row of the index: what the files layer needs of a node without reading its document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub dir_id: Option<String>,
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub vfs_id: Option<String>,
+    pub trashed: bool,
+}
+
+pub struct Index {
+    conn: Arc<Mutex<Connection>>,
+    /// One catch-up at a time (they would apply the same rows).
+    catching_up: tokio::sync::Mutex<()>,
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> FilesError {
+    FilesError::Internal(e.into())
+}
+
+impl Index {
+    pub fn open(path: &Path) -> anyhow::Result<Index> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The index is derived: losing its last transactions to a power cut only means replaying
+        // them from the feed.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA).context("failed to create the files index")?;
+        Ok(Index { conn: Arc::new(Mutex::new(conn)), catching_up: tokio::sync::Mutex::new(()) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, FilesError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().map_err(|_| internal(anyhow::anyhow!("files index lock poisoned")))?;
+            f(&mut conn).map_err(internal)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// The feed sequence the index reflects.
+    pub async fn seq(&self) -> Result<u64, FilesError> {
+        self.with(|c| meta(c, "seq")).await
+    }
+
+    /// Starts over from sequence 0 (the store was replaced or emptied under the index).
+    pub async fn reset(&self) -> Result<(), FilesError> {
+        self.with(|c| c.execute_batch("DELETE FROM nodes; DELETE FROM meta;")).await
+    }
+
+    /// Applies every change of the feed after the index's sequence; returns the new sequence.
+    pub async fn catch_up(&self, store: &dyn Store, doctype: &Doctype) -> Result<u64, FilesError> {
+        let _one = self.catching_up.lock().await;
+        let mut since = self.seq().await?;
+        loop {
+            let q = ChangesQuery { since, limit: Some(CATCH_UP_BATCH), include_docs: true, ..Default::default() };
+            let changes = store.changes(doctype, &q).await?;
+            if changes.rows.is_empty() {
+                return Ok(since);
+            }
+            let full = changes.rows.len() >= CATCH_UP_BATCH;
+            let rows: Vec<(String, Option<Node>)> = changes
+                .rows
+                .into_iter()
+                .map(|row| {
+                    let node = match (&row.doc, row.deleted) {
+                        (Some(doc), false) => model::node_of(row.id.as_str(), &doc.body),
+                        _ => None,
+                    };
+                    (row.id.as_str().to_owned(), node)
+                })
+                .collect();
+            let last = changes.last_seq;
+            self.with(move |c| {
+                let tx = c.transaction()?;
+                let mut bytes = meta(&tx, "bytes")? as i64;
+                for (id, node) in rows {
+                    let old: i64 = tx
+                        .prepare_cached("SELECT size FROM nodes WHERE id = ?1 AND kind = 1")?
+                        .query_row(params![id], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0);
+                    bytes -= old;
+                    match node {
+                        None => {
+                            tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute(params![id])?;
+                        }
+                        Some(n) => {
+                            if n.kind == Kind::File {
+                                bytes += n.size.min(i64::MAX as u64) as i64;
+                            }
+                            tx.prepare_cached(
+                                "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                 ON CONFLICT (id) DO UPDATE SET dir_id = ?2, name = ?3, kind = ?4, size = ?5,
+                                   vfs_id = ?6, trashed = ?7",
+                            )?
+                            .execute(params![
+                                id,
+                                n.dir_id,
+                                n.name,
+                                n.kind as i64,
+                                n.size.min(i64::MAX as u64) as i64,
+                                n.vfs_id,
+                                n.trashed
+                            ])?;
+                        }
+                    }
+                }
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                )?
+                .execute(params![last as i64])?;
+                tx.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('bytes', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                )?
+                .execute(params![bytes.max(0)])?;
+                tx.commit()
+            })
+            .await?;
+            since = last;
+            if !full {
+                return Ok(since);
+            }
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Entry>, FilesError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.prepare_cached("SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes WHERE id = ?1")?
+                .query_row(params![id], entry)
+                .optional()
+        })
+        .await
+    }
+
+    /// The child of `dir` named `name`, other than `except`.
+    pub async fn child_named(&self, dir: &str, name: &str, except: Option<&str>) -> Result<Option<Entry>, FilesError> {
+        let (dir, name, except) = (dir.to_owned(), name.to_owned(), except.unwrap_or_default().to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
+                 WHERE dir_id = ?1 AND name = ?2 AND id != ?3 LIMIT 1",
+            )?
+            .query_row(params![dir, name, except], entry)
+            .optional()
+        })
+        .await
+    }
+
+    /// Children of `dir` ordered by (name, id), after `after` (exclusive), at most `limit`.
+    pub async fn children(
+        &self,
+        dir: &str,
+        after: Option<(String, String)>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, FilesError> {
+        let dir = dir.to_owned();
+        let (name, id) = after.unwrap_or_default();
+        let has_after = !name.is_empty() || !id.is_empty();
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
+                 WHERE dir_id = ?1 AND (?2 = 0 OR name > ?3 OR (name = ?3 AND id > ?4))
+                 ORDER BY name, id LIMIT ?5",
+            )?
+            .query_map(params![dir, has_after, name, id, limit as i64], entry)?
+            .collect()
+        })
+        .await
+    }
+
+    pub async fn count_children(&self, dir: &str) -> Result<u64, FilesError> {
+        let dir = dir.to_owned();
+        self.with(move |c| {
+            c.prepare_cached("SELECT COUNT(*) FROM nodes WHERE dir_id = ?1")?
+                .query_row(params![dir], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        })
+        .await
+    }
+
+    /// The node and its ancestors, the node first and the farthest last. The chain ends at a
+    /// node without parent (the root, for a node in the tree), at a missing parent, or after
+    /// [`MAX_DEPTH`] steps (a cycle).
+    pub async fn ancestry(&self, id: &str) -> Result<Vec<Entry>, FilesError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.prepare_cached(
+                "WITH RECURSIVE up(id, depth) AS (
+                    SELECT ?1, 0
+                    UNION ALL
+                    SELECT n.dir_id, up.depth + 1 FROM up JOIN nodes n ON n.id = up.id
+                    WHERE n.dir_id IS NOT NULL AND up.depth < ?2
+                 )
+                 SELECT n.id, n.dir_id, n.name, n.kind, n.size, n.vfs_id, n.trashed
+                 FROM up JOIN nodes n ON n.id = up.id ORDER BY up.depth",
+            )?
+            .query_map(params![id, MAX_DEPTH], entry)?
+            .collect()
+        })
+        .await
+    }
+
+    /// Nodes under `dir` (not `dir` itself), the deepest first, at most `limit`: removing them
+    /// in that order never leaves a node whose parent is gone, so a caller working in batches
+    /// reaches every one.
+    pub async fn descendants(&self, dir: &str, limit: usize) -> Result<Vec<Entry>, FilesError> {
+        let dir = dir.to_owned();
+        self.with(move |c| {
+            c.prepare_cached(
+                "WITH RECURSIVE down(id, depth) AS (
+                    SELECT id, 1 FROM nodes WHERE dir_id = ?1
+                    UNION ALL
+                    SELECT n.id, down.depth + 1 FROM down JOIN nodes n ON n.dir_id = down.id WHERE down.depth < ?2
+                 )
+                 SELECT n.id, n.dir_id, n.name, n.kind, n.size, n.vfs_id, n.trashed
+                 FROM down JOIN nodes n ON n.id = down.id ORDER BY down.depth DESC LIMIT ?3",
+            )?
+            .query_map(params![dir, MAX_DEPTH, limit as i64], entry)?
+            .collect()
+        })
+        .await
+    }
+
+    /// Bytes of every file in the index (trashed ones too, as in Cozy), kept up to date by
+    /// each catch-up.
+    pub async fn used_bytes(&self) -> Result<u64, FilesError> {
+        self.with(|c| meta(c, "bytes")).await
+    }
+
+    /// Whether some file's current version is `vfs_id`.
+    pub async fn references(&self, vfs_id: &str) -> Result<bool, FilesError> {
+        let vfs_id = vfs_id.to_owned();
+        self.with(move |c| {
+            c.prepare_cached("SELECT 1 FROM nodes WHERE vfs_id = ?1 LIMIT 1")?
+                .query_row(params![vfs_id], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
+        })
+        .await
+    }
+}
+
+fn meta(c: &Connection, key: &str) -> rusqlite::Result<u64> {
+    c.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.unwrap_or(0).max(0) as u64)
+}
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        dir_id: r.get(1)?,
+        name: r.get(2)?,
+        kind: if r.get::<_, i64>(3)? == Kind::File as i64 { Kind::File } else { Kind::Directory },
+        size: r.get::<_, i64>(4)?.max(0) as u64,
+        vfs_id: r.get(5)?,
+        trashed: r.get(6)?,
+    })
+}
+
+/// The path of a node from its ancestry (node first): `/a/b`, or `None` when the chain does
+/// not end at the root.
+pub fn path_of(ancestry: &[Entry]) -> Option<String> {
+    let top = ancestry.last()?;
+    if top.id != ROOT_ID {
+        return None;
+    }
+    let mut path = String::new();
+    for e in ancestry.iter().rev().skip(1) {
+        path.push('/');
+        path.push_str(&e.name);
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    Some(path)
+}
+
+/// Whether a node is in the trash (the trash itself not included).
+pub fn in_trash(ancestry: &[Entry]) -> bool {
+    ancestry.iter().skip(1).any(|e| e.id == TRASH_ID)
+}
