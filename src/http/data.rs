@@ -83,6 +83,12 @@ fn max_body(req: &HttpRequest) -> usize {
 /// The caller's permissions on `doctype`, after checking the token or sharecode (401) and that
 /// some rule covers the doctype with `verb` (403).
 async fn authorize(inst: &Inst, req: &HttpRequest, doctype: &Doctype, verb: Verb) -> ApiResult<(PermissionSet, Reach)> {
+    if doctype.as_str() == crate::files::DOCTYPE && verb != Verb::Get {
+        // Content and metadata change together, through `/files`, or they could disagree.
+        return Err(ApiError::Forbidden(format!(
+            "{doctype} is read-only through /data: write files and directories through /files"
+        )));
+    }
     let perms = super::permissions::data_permissions(&inst.0, req).await?;
     match perms.reach(doctype, verb) {
         Reach::None => Err(ApiError::Forbidden(format!("the token gives no {verb:?} access to {doctype}"))),

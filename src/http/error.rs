@@ -29,6 +29,10 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("request body too large")]
     TooLarge,
+    /// 413 with its reason (a quota used up).
+    #[error("{0}")]
+    QuotaExceeded(String),
+
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("too many requests, try again later")]
@@ -59,7 +63,7 @@ impl ApiError {
             ApiError::Conflict | ApiError::ConflictWith(_) => "conflict",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::PreconditionFailed(_) => "precondition_failed",
-            ApiError::TooLarge => "too_large",
+            ApiError::TooLarge | ApiError::QuotaExceeded(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -100,7 +104,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict | ApiError::ConflictWith(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge | ApiError::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

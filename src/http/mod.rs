@@ -5,6 +5,7 @@
 
 pub mod data;
 pub mod error;
+pub mod files;
 pub mod invitations;
 pub mod login;
 pub mod path;
@@ -33,6 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/status", web::get().to(status))
         .configure(login::routes)
         .configure(data::routes)
+        .configure(files::routes)
         .configure(permissions::routes)
         .configure(invitations::routes)
         .configure(sharings::routes)

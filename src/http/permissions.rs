@@ -139,6 +139,15 @@ pub async fn data_permissions(inst: &Arc<Instance>, req: &HttpRequest) -> ApiRes
     }
 }
 
+/// The permissions of a `/files` request, and whether they come from a sharecode (a link,
+/// which only reads files).
+pub async fn files_permissions(inst: &Arc<Instance>, req: &HttpRequest) -> ApiResult<(PermissionSet, bool)> {
+    match presented_code(req) {
+        Some(code) => Ok((unlocked_grant(inst, req, &code).await?.set, true)),
+        None => Ok((data_caller(inst, req)?.1, false)),
+    }
+}
+
 async fn json_body(req: &HttpRequest, payload: web::Payload, allow_empty: bool) -> ApiResult<Value> {
     let limit = state_of(req)?.config.max_body_bytes.min(1024 * 1024);
     let bytes = read_body(req, payload, limit).await?;

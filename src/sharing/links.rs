@@ -124,6 +124,9 @@ impl LinkRule {
         if verbs.iter().any(|v| v == "ALL") {
             verbs.clear();
         }
+        if doctype == crate::files::DOCTYPE && verbs != ["GET"] {
+            return Err(bad(format!("permission {name}: links on {doctype} are read-only: verbs must be [\"GET\"]")));
+        }
         verbs.sort();
         verbs.dedup();
         let values = strings("values", MAX_VALUES)?;

@@ -1,0 +1,688 @@
+//! The files API (`/files`) on one instance, over real HTTP, on the configured store (SQLite,
+//! or CouchDB when `HEARTH_TEST_COUCHDB_URL` is set): uploads and downloads byte for byte,
+//! names, moves, the trash, quotas, ranges, scopes, links, and the tree index following
+//! documents that arrive by replication.
+
+mod common;
+
+use base64::Engine;
+use common::{spawn_app, spawn_app_with, TestApp, TestInstance};
+use hearth::files::conformance::pattern;
+use hearth::store::{Body, DocId, DocWrite, Doctype};
+use md5::Digest;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ROOT: &str = "io.cozy.files.root-dir";
+const TRASH: &str = "io.cozy.files.trash-dir";
+
+fn md5_b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn json_of(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> (u16, Value) {
+    let resp = i
+        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+        .header("Content-MD5", md5_b64(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    json_of(resp).await
+}
+
+async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> (u16, Value) {
+    let resp = i
+        .req(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token))
+        .send()
+        .await
+        .unwrap();
+    json_of(resp).await
+}
+
+async fn download(i: &TestInstance, token: &str, id: &str) -> (u16, Vec<u8>) {
+    let resp = i.req(Method::GET, &format!("/files/download/{}", enc(id)), Some(token)).send().await.unwrap();
+    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+}
+
+fn id_of(v: &Value) -> String {
+    v["data"]["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_owned()
+}
+
+async fn setup() -> (TestApp, TestInstance, String) {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", "pa");
+    let token = app.token(&alice, "io.cozy.files");
+    (app, alice, token)
+}
+
+/// Every child of a directory, following `links.next`.
+async fn children(i: &TestInstance, token: &str, dir: &str, limit: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut url = format!("/files/{}?page[limit]={limit}", enc(dir));
+    loop {
+        let (status, v) = i.call(Method::GET, &url, Some(token), None).await;
+        assert_eq!(status, 200, "{v}");
+        let page = v["included"].as_array().cloned().unwrap_or_default();
+        assert!(page.len() <= limit);
+        out.extend(page);
+        match v["links"]["next"].as_str() {
+            Some(next) => url = next.to_owned(),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_folder_tree_uploads_and_every_file_downloads_back_byte_identical() {
+    let (_app, alice, token) = setup().await;
+    let (status, docs) = mkdir(&alice, &token, ROOT, "Documents").await;
+    assert_eq!(status, 201, "{docs}");
+    assert_eq!(docs["data"]["attributes"]["path"], "/Documents");
+    let docs_id = id_of(&docs);
+    let (_, photos) = mkdir(&alice, &token, &docs_id, "Photos").await;
+    let photos_id = id_of(&photos);
+    let (_, deep) = mkdir(&alice, &token, &photos_id, "2026 été").await;
+    assert_eq!(deep["data"]["attributes"]["path"], "/Documents/Photos/2026 été");
+    let mut files = Vec::new();
+    for (n, (dir, len)) in
+        [(&docs_id, 0usize), (&docs_id, 1), (&photos_id, 65_537), (&id_of(&deep), 3 * 1024 * 1024 + 7)]
+            .iter()
+            .enumerate()
+    {
+        let data = pattern(*len, n as u64);
+        let (status, v) = upload(&alice, &token, dir, &format!("file {n}.bin"), &data).await;
+        assert_eq!(status, 201, "{v}");
+        let a = &v["data"]["attributes"];
+        assert_eq!(a["type"], "file");
+        assert_eq!(a["size"], *len as u64);
+        assert_eq!(a["md5sum"], md5_b64(&data));
+        assert_eq!(a["trashed"], false);
+        assert_eq!(v["data"]["relationships"]["parent"]["data"]["id"], dir.as_str());
+        files.push((id_of(&v), data));
+    }
+    for (id, data) in &files {
+        let (status, got) = download(&alice, &token, id).await;
+        assert_eq!(status, 200);
+        assert!(got == *data, "{id} came back different ({} bytes, {} expected)", got.len(), data.len());
+    }
+    // By path, metadata and content.
+    let (status, v) =
+        alice.call(Method::GET, "/files/metadata?Path=/Documents/Photos/file%202.bin", Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(id_of(&v), files[2].0);
+    let resp =
+        alice.req(Method::GET, "/files/download?Path=%2FDocuments%2Ffile%201.bin", Some(&token)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), files[1].1);
+    // The directory lists its children, sub-directory included.
+    let names: Vec<String> = children(&alice, &token, &docs_id, 30)
+        .await
+        .iter()
+        .map(|c| c["attributes"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["Photos", "file 0.bin", "file 1.bin"]);
+}
+
+#[tokio::test]
+async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
+    let (_app, alice, token) = setup().await;
+    let long = "x".repeat(256);
+    for name in ["", ".", "..", "a/b", "/", "a\0b", "line\nbreak", "\u{7f}", long.as_str()] {
+        for kind in ["file", "directory"] {
+            let resp = alice
+                .req(Method::POST, &format!("/files/{ROOT}?Type={kind}&Name={}", enc(name)), Some(&token))
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            let (status, v) = json_of(resp).await;
+            assert_eq!(status, 400, "{kind} {name:?}: {v}");
+            assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+        }
+    }
+    // `%2F` in a name is a slash once decoded; a raw %00 too.
+    for query in ["Type=file&Name=a%2Fb", "Type=file&Name=%2E%2E", "Type=file&Name=a%00", "Type=file", "Name=x"] {
+        let (status, v) = alice.call(Method::POST, &format!("/files/{ROOT}?{query}"), Some(&token), None).await;
+        assert_eq!(status, 400, "{query}: {v}");
+    }
+    for path in ["a/b", "/../etc/passwd", "/a/../b", "/./a", "//a", "", "/a%00b"] {
+        let (status, v) =
+            alice.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(&token), None).await;
+        assert!((400..500).contains(&status), "{path:?}: {status} {v}");
+        let resp =
+            alice.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(&token)).send().await.unwrap();
+        assert!((400..500).contains(&resp.status().as_u16()), "{path:?}");
+    }
+    let (status, _) = alice.call(Method::GET, "/files/%zz", Some(&token), None).await;
+    assert_eq!(status, 400);
+    // Nothing was created.
+    assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "only the trash is in the root");
+    // A 255-byte name is fine.
+    let (status, v) = mkdir(&alice, &token, ROOT, &"é".repeat(127)).await;
+    assert_eq!(status, 201, "{v}");
+}
+
+#[tokio::test]
+async fn names_are_unique_within_a_directory() {
+    let (_app, alice, token) = setup().await;
+    let (_, a) = mkdir(&alice, &token, ROOT, "a").await;
+    let a = id_of(&a);
+    assert_eq!(upload(&alice, &token, &a, "x.txt", b"1").await.0, 201);
+    let (status, v) = upload(&alice, &token, &a, "x.txt", b"2").await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(mkdir(&alice, &token, &a, "x.txt").await.0, 409);
+    assert_eq!(mkdir(&alice, &token, ROOT, "a").await.0, 409);
+    // Same name elsewhere, or differing in case, is fine (names are case sensitive, as in Cozy).
+    assert_eq!(upload(&alice, &token, ROOT, "x.txt", b"3").await.0, 201);
+    assert_eq!(upload(&alice, &token, &a, "X.txt", b"4").await.0, 201);
+    // Renaming onto a taken name is refused too.
+    let (_, y) = upload(&alice, &token, &a, "y.txt", b"5").await;
+    let (status, _) = alice
+        .call(
+            Method::PATCH,
+            &format!("/files/{}", id_of(&y)),
+            Some(&token),
+            Some(json!({"data": {"attributes": {"name": "x.txt"}}})),
+        )
+        .await;
+    assert_eq!(status, 409);
+}
+
+#[tokio::test]
+async fn items_are_renamed_moved_trashed_and_restored() {
+    let (_app, alice, token) = setup().await;
+    let (_, a) = mkdir(&alice, &token, ROOT, "a").await;
+    let a = id_of(&a);
+    let (_, b) = mkdir(&alice, &token, &a, "b").await;
+    let b = id_of(&b);
+    let (_, c) = mkdir(&alice, &token, &b, "c").await;
+    let c = id_of(&c);
+    let data = pattern(10_000, 1);
+    let (_, f) = upload(&alice, &token, &c, "f.txt", &data).await;
+    let f = id_of(&f);
+    let patch = |attrs: Value| json!({"data": {"type": "io.cozy.files", "attributes": attrs}});
+    // Rename, with tags.
+    let (status, v) = alice
+        .call(Method::PATCH, &format!("/files/{f}"), Some(&token), Some(patch(json!({"name": "g.txt", "tags": ["t"]}))))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["name"], "g.txt");
+    assert_eq!(v["data"]["attributes"]["tags"], json!(["t"]));
+    // Moving a directory into itself or below it is refused.
+    for target in [&a, &b, &c] {
+        let (status, v) = alice
+            .call(Method::PATCH, &format!("/files/{a}"), Some(&token), Some(patch(json!({"dir_id": target}))))
+            .await;
+        assert_eq!(status, 400, "{v}");
+    }
+    // Moving `c` to the root: its path and its file's follow.
+    let (status, v) =
+        alice.call(Method::PATCH, &format!("/files/{c}"), Some(&token), Some(patch(json!({"dir_id": ROOT})))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["path"], "/c");
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/c/g.txt", Some(&token), None).await;
+    assert_eq!((status, id_of(&v)), (200, f.clone()));
+    // A stale If-Match is refused.
+    let resp = alice
+        .req(Method::PATCH, &format!("/files/{f}"), Some(&token))
+        .header("If-Match", "1-00000000000000000000000000000000")
+        .json(&patch(json!({"name": "h.txt"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 412);
+
+    // Trash `a` (with `b` in it): both are trashed, `b` through its parent.
+    let (status, v) = alice.call(Method::DELETE, &format!("/files/{a}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["trashed"], true);
+    assert_eq!(v["data"]["attributes"]["path"], "/.cozy_trash/a");
+    let (_, v) = alice.call(Method::GET, &format!("/files/{b}"), Some(&token), None).await;
+    assert_eq!(v["data"]["attributes"]["trashed"], true);
+    let (status, list) = alice.call(Method::GET, "/files/trash", Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    // Uploading into the trash is refused.
+    assert_eq!(upload(&alice, &token, &b, "x", b"x").await.0, 400);
+    // Restored, with its path made again since a new `a` took its place meanwhile? No: the
+    // root is free, so it comes back as it was.
+    let (status, v) = alice.call(Method::POST, &format!("/files/trash/{a}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["path"], "/a");
+    assert_eq!(v["data"]["attributes"]["trashed"], false);
+    assert!(v["data"]["attributes"].get("restore_path").is_none());
+
+    // Trash the file, then trash and destroy its directory: restoring the file recreates it.
+    let (status, _) = alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{c}"), Some(&token), None).await.0, 200);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/trash/{c}"), Some(&token), None).await.0, 204);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{c}"), Some(&token), None).await.0, 404);
+    let (status, v) = alice.call(Method::POST, &format!("/files/trash/{f}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/c/g.txt", Some(&token), None).await;
+    assert_eq!((status, id_of(&v)), (200, f.clone()), "{v}");
+    assert_ne!(v["data"]["relationships"]["parent"]["data"]["id"], c.as_str(), "a new directory was made");
+    assert_eq!(download(&alice, &token, &f).await.1, data);
+    // A name taken at restore time gets a suffix.
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await.0, 200);
+    let (_, c2) = alice.call(Method::GET, "/files/metadata?Path=/c", Some(&token), None).await;
+    assert_eq!(upload(&alice, &token, &id_of(&c2), "g.txt", b"other").await.0, 201);
+    let (_, v) = alice.call(Method::POST, &format!("/files/trash/{f}"), Some(&token), None).await;
+    assert_eq!(v["data"]["attributes"]["name"], "g (2).txt");
+    // The root and the trash cannot be trashed or moved.
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{ROOT}"), Some(&token), None).await.0, 403);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{TRASH}"), Some(&token), None).await.0, 403);
+    // Emptying the trash destroys everything in it, content included.
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{a}"), Some(&token), None).await.0, 200);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await.0, 200);
+    assert_eq!(alice.call(Method::DELETE, "/files/trash", Some(&token), None).await.0, 204);
+    let (_, list) = alice.call(Method::GET, "/files/trash", Some(&token), None).await;
+    assert_eq!(list["data"], json!([]));
+    assert_eq!(alice.call(Method::GET, &format!("/files/{b}"), Some(&token), None).await.0, 404);
+    assert_eq!(download(&alice, &token, &f).await.0, 404);
+}
+
+#[tokio::test]
+async fn children_are_listed_page_by_page_in_name_order() {
+    let (_app, alice, token) = setup().await;
+    let (_, d) = mkdir(&alice, &token, ROOT, "many").await;
+    let d = id_of(&d);
+    let mut names: Vec<String> = (0..45).map(|i| format!("n{i:03}")).collect();
+    for n in names.iter().rev() {
+        assert_eq!(mkdir(&alice, &token, &d, n).await.0, 201);
+    }
+    let (_, first) = alice.call(Method::GET, &format!("/files/{d}?page[limit]=20"), Some(&token), None).await;
+    assert_eq!(first["meta"]["count"], 45);
+    assert_eq!(first["data"]["relationships"]["contents"]["data"].as_array().unwrap().len(), 20);
+    assert!(first["links"]["next"].is_string());
+    let listed: Vec<String> = children(&alice, &token, &d, 20)
+        .await
+        .iter()
+        .map(|c| c["attributes"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(listed, names);
+    let (status, _) = alice.call(Method::GET, &format!("/files/{d}?page[limit]=0"), Some(&token), None).await;
+    assert_eq!(status, 400);
+    let (status, _) = alice.call(Method::GET, &format!("/files/{d}?page[cursor]=nope"), Some(&token), None).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn downloads_answer_ranges_etags_and_content_disposition() {
+    let (_app, alice, token) = setup().await;
+    let data = pattern(100_000, 5);
+    let (_, v) = upload(&alice, &token, ROOT, "rapport été.pdf", &data).await;
+    let id = id_of(&v);
+    let url = format!("/files/download/{id}");
+    let resp = alice.req(Method::GET, &url, Some(&token)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{}\"", md5_b64(&data)));
+    assert_eq!(h["content-type"], "application/pdf");
+    assert_eq!(h["content-length"], "100000");
+    let cd = h["content-disposition"].to_str().unwrap();
+    assert!(cd.starts_with("inline; filename=\"rapport _t_.pdf\""), "{cd}");
+    assert!(cd.contains("filename*=UTF-8''rapport%20%C3%A9t%C3%A9%2Epdf"), "{cd}");
+    let resp = alice.req(Method::GET, &format!("{url}?Dl=1"), Some(&token)).send().await.unwrap();
+    assert!(resp.headers()["content-disposition"].to_str().unwrap().starts_with("attachment;"));
+    // If-None-Match with the ETag: 304, no body.
+    let resp = alice.req(Method::GET, &url, Some(&token)).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(resp.status(), 304);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let resp = alice.req(Method::GET, &url, Some(&token)).header("If-None-Match", "\"other\"").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Ranges.
+    for (header, start, end) in [
+        ("bytes=0-0", 0, 1),
+        ("bytes=10-19", 10, 20),
+        ("bytes=99990-", 99_990, 100_000),
+        ("bytes=-5", 99_995, 100_000),
+        ("bytes=50000-999999", 50_000, 100_000),
+    ] {
+        let resp = alice.req(Method::GET, &url, Some(&token)).header("Range", header).send().await.unwrap();
+        assert_eq!(resp.status(), 206, "{header}");
+        assert_eq!(resp.headers()["content-range"], format!("bytes {start}-{}/100000", end - 1).as_str(), "{header}");
+        assert_eq!(resp.bytes().await.unwrap().to_vec(), &data[start..end], "{header}");
+    }
+    let resp = alice.req(Method::GET, &url, Some(&token)).header("Range", "bytes=100000-").send().await.unwrap();
+    assert_eq!(resp.status(), 416);
+    assert_eq!(resp.headers()["content-range"], "bytes */100000");
+    // A range with a stale If-Range gets the whole content.
+    let resp = alice
+        .req(Method::GET, &url, Some(&token))
+        .header("Range", "bytes=0-9")
+        .header("If-Range", "\"x\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 100_000);
+}
+
+#[tokio::test]
+async fn a_content_md5_mismatch_is_refused_and_leaves_nothing() {
+    let (app, alice, token) = setup().await;
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=bad.txt"), Some(&token))
+        .header("Content-MD5", md5_b64(b"something else"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 412);
+    assert_eq!(alice.call(Method::GET, "/files/metadata?Path=/bad.txt", Some(&token), None).await.0, 404);
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=bad.txt"), Some(&token))
+        .header("Content-MD5", "not base64!")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    // No content object was kept.
+    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    assert!(files.content.list("files/").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
+    let (app, alice, token) = setup().await;
+    let (_, v) = upload(&alice, &token, ROOT, "doc.txt", b"version 1").await;
+    let id = id_of(&v);
+    let rev1 = v["data"]["meta"]["rev"].as_str().unwrap().to_owned();
+    let put = |body: &'static [u8], rev: &str| {
+        alice
+            .req(Method::PUT, &format!("/files/{id}"), Some(&token))
+            .header("If-Match", rev)
+            .header("Content-MD5", md5_b64(body))
+            .body(body)
+            .send()
+    };
+    let (status, v2) = json_of(put(b"version 2, longer", &rev1).await.unwrap()).await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["data"]["attributes"]["size"], 17);
+    assert_eq!(v2["data"]["attributes"]["name"], "doc.txt");
+    assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // The stale revision is refused; the content stays.
+    let (status, _) = json_of(put(b"version 3", &rev1).await.unwrap()).await;
+    assert_eq!(status, 412);
+    assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // One version is kept.
+    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    assert_eq!(files.content.list("files/").await.unwrap().len(), 1);
+    // A directory has no content to replace.
+    let (_, d) = mkdir(&alice, &token, ROOT, "d").await;
+    let resp = alice.req(Method::PUT, &format!("/files/{}", id_of(&d)), Some(&token)).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test]
+async fn the_quota_refuses_uploads_beyond_it_with_413_and_writes_nothing() {
+    let app = spawn_app_with(|c| c.files.quota_bytes = 100_000).await;
+    let alice = app.add_instance("alice", "pa");
+    let token = app.token(&alice, "io.cozy.files");
+    assert_eq!(upload(&alice, &token, ROOT, "a", &pattern(60_000, 1)).await.0, 201);
+    // Declared length over what is left: refused before the body is read.
+    let (status, v) = upload(&alice, &token, ROOT, "b", &pattern(60_000, 2)).await;
+    assert_eq!(status, 413, "{v}");
+    // A chunked body: refused once it passes the quota.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        pattern(60_000, 3).chunks(8192).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=c"), Some(&token))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // Neither is there; what fits still goes in; a chunked body that fits is taken.
+    for name in ["/b", "/c"] {
+        assert_eq!(alice.call(Method::GET, &format!("/files/metadata?Path={name}"), Some(&token), None).await.0, 404);
+    }
+    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    assert_eq!(files.content.list("files/").await.unwrap().len(), 1);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        pattern(30_000, 4).chunks(8192).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=d"), Some(&token))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // An instance's own quota overrides the default.
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(200_000)).await.unwrap();
+    assert_eq!(upload(&alice, &token, ROOT, "e", &pattern(60_000, 5)).await.0, 201);
+    assert_eq!(files.used().await.unwrap(), 150_000);
+}
+
+#[tokio::test]
+async fn data_io_cozy_files_is_read_only_and_scopes_apply_to_files() {
+    let (app, alice, token) = setup().await;
+    let (_, d) = mkdir(&alice, &token, ROOT, "shared").await;
+    let d = id_of(&d);
+    let (_, inside) = upload(&alice, &token, &d, "in.txt", b"inside").await;
+    let (_, outside) = upload(&alice, &token, ROOT, "out.txt", b"outside").await;
+    let (inside, outside) = (id_of(&inside), id_of(&outside));
+    // /data reads work, writes are refused with a reason.
+    let (status, v) = alice.call(Method::GET, &format!("/data/io.cozy.files/{inside}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["name"], "in.txt");
+    for (method, path, body) in [
+        (Method::PUT, format!("/data/io.cozy.files/{inside}"), Some(json!({"name": "x"}))),
+        (Method::POST, "/data/io.cozy.files/".to_owned(), Some(json!({"type": "file", "name": "y"}))),
+        (Method::DELETE, format!("/data/io.cozy.files/{inside}?rev={}", v["_rev"].as_str().unwrap()), None),
+        (Method::POST, "/data/io.cozy.files/_bulk_docs".to_owned(), Some(json!({"docs": [{"name": "z"}]}))),
+    ] {
+        let (status, v) = alice.call(method.clone(), &path, Some(&token), body).await;
+        assert_eq!(status, 403, "{method} {path}: {v}");
+        assert!(v["reason"].as_str().unwrap().contains("/files"), "{v}");
+    }
+    assert_eq!(alice.call(Method::GET, "/data/io.cozy.files/_changes", Some(&token), None).await.0, 200);
+    // A read-only token reads, and writes nothing.
+    let reader = app.token(&alice, "io.cozy.files:GET");
+    assert_eq!(download(&alice, &reader, &inside).await, (200, b"inside".to_vec()));
+    assert_eq!(upload(&alice, &reader, &d, "new.txt", b"x").await.0, 403);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{inside}"), Some(&reader), None).await.0, 403);
+    // A scope on a directory covers what is under it, nothing else.
+    let scoped = app.token(&alice, &format!("io.cozy.files:GET,POST:{d}"));
+    assert_eq!(download(&alice, &scoped, &inside).await.0, 200);
+    assert_eq!(download(&alice, &scoped, &outside).await.0, 403);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), Some(&scoped), None).await.0, 200);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&scoped), None).await.0, 403);
+    assert_eq!(upload(&alice, &scoped, &d, "new.txt", b"x").await.0, 201);
+    assert_eq!(upload(&alice, &scoped, ROOT, "new.txt", b"x").await.0, 403);
+    // No token: 401.
+    assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), None, None).await.0, 401);
+    // Another doctype's token: 403.
+    let notes = app.token(&alice, "io.cozy.notes");
+    assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), Some(&notes), None).await.0, 403);
+}
+
+#[tokio::test]
+async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
+    let (_app, alice, token) = setup().await;
+    let (_, d) = mkdir(&alice, &token, ROOT, "album").await;
+    let d = id_of(&d);
+    let (_, sub) = mkdir(&alice, &token, &d, "sub").await;
+    let (_, photo) = upload(&alice, &token, &id_of(&sub), "p.jpg", b"jpeg bytes").await;
+    let (_, secret) = upload(&alice, &token, ROOT, "secret.txt", b"no").await;
+    let (photo, secret) = (id_of(&photo), id_of(&secret));
+    // Links on files are read-only.
+    let (status, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=bob",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "album": {"type": "io.cozy.files", "verbs": ["GET", "POST"], "values": [d]}}}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=bob",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "album": {"type": "io.cozy.files", "verbs": ["GET"], "values": [d]}}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let code = v["data"]["attributes"]["codes"]["bob"].as_str().unwrap().to_owned();
+    let perm = id_of(&v);
+    // The code lists the directory and its sub-directory, and downloads what is in them.
+    let listed = children(&alice, &code, &d, 10).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["attributes"]["name"], "sub");
+    assert_eq!(download(&alice, &code, &photo).await, (200, b"jpeg bytes".to_vec()));
+    // Nothing outside, and no write inside.
+    assert_eq!(download(&alice, &code, &secret).await.0, 403);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&code), None).await.0, 403);
+    assert_eq!(upload(&alice, &code, &d, "new.txt", b"x").await.0, 403);
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{photo}"), Some(&code), None).await.0, 403);
+    let (status, _) = alice
+        .call(
+            Method::PATCH,
+            &format!("/files/{photo}"),
+            Some(&code),
+            Some(json!({"data": {"attributes": {"name": "q"}}})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    // A file moved out of the directory is out of the link's reach.
+    let (status, _) = alice
+        .call(
+            Method::PATCH,
+            &format!("/files/{photo}"),
+            Some(&token),
+            Some(json!({"data": {"attributes": {"dir_id": ROOT}}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(download(&alice, &code, &photo).await.0, 403);
+    // Revoked: the code stops at once.
+    assert_eq!(alice.call(Method::DELETE, &format!("/permissions/{perm}"), Some(&token), None).await.0, 204);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), Some(&code), None).await.0, 401);
+    assert_eq!(download(&alice, &code, &id_of(&sub)).await.0, 401);
+}
+
+#[tokio::test]
+async fn a_link_on_one_file_downloads_that_file() {
+    let (_app, alice, token) = setup().await;
+    let (_, f) = upload(&alice, &token, ROOT, "f.txt", b"file bytes").await;
+    let (_, g) = upload(&alice, &token, ROOT, "g.txt", b"other").await;
+    let (f, g) = (id_of(&f), id_of(&g));
+    let (_, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=x",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "f": {"type": "io.cozy.files", "verbs": ["GET"], "values": [f]}}}}})),
+        )
+        .await;
+    let code = v["data"]["attributes"]["codes"]["x"].as_str().unwrap().to_owned();
+    assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
+    assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 200);
+    assert_eq!(download(&alice, &code, &g).await.0, 403);
+}
+
+/// Documents written with `new_edits=false`, as the replicator writes what a peer sends,
+/// enter the tree like those made through `/files`: listed in their directory, with their path,
+/// their names counted for uniqueness, and their deletion seen.
+#[tokio::test]
+async fn documents_arriving_by_replication_enter_the_tree() {
+    let (app, alice, token) = setup().await;
+    let store = app.instance(&alice.domain).store.clone();
+    let dt = Doctype::parse("io.cozy.files").unwrap();
+    let doc = |id: &str, rev: &str, body: Value| DocWrite {
+        id: DocId::parse(id).unwrap(),
+        rev: Some(rev.parse().unwrap()),
+        revisions: Some(vec![rev.parse().unwrap()]),
+        deleted: false,
+        body: Body::parse(&body.to_string()).unwrap(),
+    };
+    let writes = vec![
+        doc(
+            "remote-dir",
+            "1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            json!({"type": "directory", "name": "From Bob", "dir_id": ROOT, "path": "/elsewhere/From Bob"}),
+        ),
+        doc(
+            "remote-sub",
+            "1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            json!({"type": "directory", "name": "sub", "dir_id": "remote-dir"}),
+        ),
+        doc(
+            "remote-file",
+            "1-cccccccccccccccccccccccccccccccc",
+            json!({"type": "file", "name": "notes.txt", "dir_id": "remote-sub", "size": "5"}),
+        ),
+    ];
+    store.bulk_docs(&dt, writes, false).await.unwrap();
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/From%20Bob/sub", Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(id_of(&v), "remote-sub");
+    assert_eq!(v["data"]["attributes"]["path"], "/From Bob/sub");
+    assert_eq!(v["included"][0]["id"], "remote-file");
+    let (_, dir) = alice.call(Method::GET, "/files/remote-dir", Some(&token), None).await;
+    assert_eq!(dir["data"]["attributes"]["path"], "/From Bob", "the path comes from the tree, not the document");
+    // Its names count for uniqueness.
+    assert_eq!(mkdir(&alice, &token, ROOT, "From Bob").await.0, 409);
+    // A replicated move and a replicated deletion are followed.
+    let moved = DocWrite {
+        revisions: Some(vec![
+            "2-dddddddddddddddddddddddddddddddd".parse().unwrap(),
+            "1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb".parse().unwrap(),
+        ]),
+        ..doc(
+            "remote-sub",
+            "2-dddddddddddddddddddddddddddddddd",
+            json!({"type": "directory", "name": "moved", "dir_id": ROOT}),
+        )
+    };
+    store.bulk_docs(&dt, vec![moved], false).await.unwrap();
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/moved", Some(&token), None).await;
+    assert_eq!((status, v["included"][0]["id"].as_str()), (200, Some("remote-file")));
+    let gone = DocWrite {
+        deleted: true,
+        revisions: Some(vec![
+            "2-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee".parse().unwrap(),
+            "1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
+        ]),
+        ..doc("remote-dir", "2-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee", json!({}))
+    };
+    store.bulk_docs(&dt, vec![gone], false).await.unwrap();
+    assert_eq!(alice.call(Method::GET, "/files/remote-dir", Some(&token), None).await.0, 404);
+    assert_eq!(mkdir(&alice, &token, ROOT, "From Bob").await.0, 201);
+}
+
+#[tokio::test]
+async fn the_tree_index_is_rebuilt_from_the_store_after_a_restart_without_it() {
+    let (mut app, alice, token) = setup().await;
+    let (_, d) = mkdir(&alice, &token, ROOT, "kept").await;
+    let (_, f) = upload(&alice, &token, &id_of(&d), "f.bin", &pattern(5000, 9)).await;
+    app.stop().await;
+    let index_dir = app.dir.path().join("files").join("index");
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    app.restart().await;
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/kept/f.bin", Some(&token), None).await;
+    assert_eq!((status, id_of(&v)), (200, id_of(&f)));
+    assert_eq!(download(&alice, &token, &id_of(&f)).await.1, pattern(5000, 9));
+    assert_eq!(mkdir(&alice, &token, ROOT, "kept").await.0, 409);
+}
