@@ -458,7 +458,20 @@ impl S3Backend {
             .with_region(&s.region)
             .with_access_key_id(&s.access_key_id)
             .with_secret_access_key(s.secret_access_key.expose_secret())
-            .with_allow_http(s.allow_http);
+            .with_allow_http(s.allow_http)
+            // No whole-request timeout: a download streams at its reader's pace. Connecting is
+            // bounded, and a failed call is retried a few times, within 30 s.
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_allow_http(s.allow_http)
+                    .with_timeout_disabled()
+                    .with_connect_timeout(std::time::Duration::from_secs(5)),
+            )
+            .with_retry(object_store::RetryConfig {
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(30),
+                ..Default::default()
+            });
         if let Some(endpoint) = &s.endpoint {
             // Path-style addressing (`endpoint/bucket/key`): what S3-compatible servers serve.
             b = b.with_endpoint(endpoint).with_virtual_hosted_style_request(false);

@@ -64,6 +64,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
     let mut config = Config::for_tests(dir.path());
     use_test_couchdb(&mut config);
+    use_test_s3(&mut config);
     tweak(&mut config);
     start(config, dir).await
 }
@@ -78,6 +79,24 @@ pub fn use_test_couchdb(config: &mut Config) {
         config.couchdb.user = std::env::var("HEARTH_TEST_COUCHDB_USER").ok();
         config.couchdb.password = std::env::var("HEARTH_TEST_COUCHDB_PASSWORD").ok().map(Into::into);
         config.couchdb.prefix = Some(format!("t{}", uuid::Uuid::new_v4().simple()));
+    }
+}
+
+/// With `HEARTH_TEST_S3_URL` set (scripts/test starts moto's server mode and sets it), file
+/// content goes to that S3-compatible server's bucket `hearth-test`, under a prefix of the
+/// app's own.
+pub fn use_test_s3(config: &mut Config) {
+    if let Ok(url) = std::env::var("HEARTH_TEST_S3_URL") {
+        config.files.backend = hearth::config::FilesBackendKind::S3;
+        config.files.s3 = hearth::config::S3Config {
+            endpoint: Some(url),
+            bucket: Some("hearth-test".into()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".to_owned().into()),
+            prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+            allow_http: true,
+            ..Default::default()
+        };
     }
 }
 
