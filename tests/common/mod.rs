@@ -82,11 +82,12 @@ pub fn use_test_couchdb(config: &mut Config) {
     }
 }
 
-/// With `HEARTH_TEST_S3_URL` set (scripts/test starts moto's server mode and sets it), file
-/// content goes to that S3-compatible server's bucket `hearth-test`, under a prefix of the
-/// app's own.
+/// With `HEARTH_TEST_FILES_S3=1` and `HEARTH_TEST_S3_URL` set (scripts/test starts moto's
+/// server mode, and sets both for its CouchDB pass), file content goes to that S3-compatible
+/// server's bucket `hearth-test`, under a prefix of the app's own.
 pub fn use_test_s3(config: &mut Config) {
-    if let Ok(url) = std::env::var("HEARTH_TEST_S3_URL") {
+    if std::env::var("HEARTH_TEST_FILES_S3").is_ok_and(|v| v == "1") {
+        let url = std::env::var("HEARTH_TEST_S3_URL").expect("HEARTH_TEST_FILES_S3=1 needs HEARTH_TEST_S3_URL");
         config.files.backend = hearth::config::FilesBackendKind::S3;
         config.files.s3 = hearth::config::S3Config {
             endpoint: Some(url),
