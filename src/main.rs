@@ -109,6 +109,16 @@ enum InstancesCmd {
     Export { domain: String, file: PathBuf },
     /// Load an export into the configured store (the instance must exist; merges like replication).
     Import { file: PathBuf },
+    /// Show or set the bytes of file content an instance may hold (its own quota, or the
+    /// configured `files.quota_bytes` with --default).
+    Quota {
+        domain: String,
+        /// The new quota in bytes; without it, the quota and the bytes used are shown.
+        bytes: Option<u64>,
+        /// Go back to the configured default.
+        #[arg(long, conflicts_with = "bytes")]
+        default: bool,
+    },
 }
 
 #[derive(Args)]
@@ -219,6 +229,8 @@ fn instances(config: Config, cmd: InstancesCmd) -> anyhow::Result<()> {
         InstancesCmd::Rm { domain: d } => {
             let d = domain(&d)?;
             registry.remove(&d)?;
+            let files = hearth::files::FilesRegistry::new(registry.config())?;
+            tokio::runtime::Runtime::new()?.block_on(files.destroy(&d))?;
             println!("Removed instance {d}");
         }
         InstancesCmd::Passphrase { domain: d, passphrase } => {
@@ -244,6 +256,25 @@ fn instances(config: Config, cmd: InstancesCmd) -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             let sum = rt.block_on(transfer::export(inst.store.as_ref(), d.as_str(), &mut out))?;
             println!("Exported {d} to {}: {sum}", file.display());
+        }
+        InstancesCmd::Quota { domain: d, bytes, default } => {
+            let d = domain(&d)?;
+            let inst = registry.get(&d)?.with_context(|| format!("no instance {d}"))?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let store = inst.store.as_ref();
+            if bytes.is_some() || default {
+                rt.block_on(hearth::files::set_instance_quota(store, bytes))?;
+            }
+            let own = rt.block_on(hearth::files::instance_quota(store))?;
+            let files = hearth::files::FilesRegistry::new(registry.config())?;
+            let used = rt.block_on(async { files.of(&inst).await?.used().await })?;
+            match own {
+                Some(q) => println!("{d}: quota {q} bytes (its own), {used} bytes used"),
+                None => println!(
+                    "{d}: quota {} bytes (the default, files.quota_bytes), {used} bytes used",
+                    registry.config().files.quota_bytes
+                ),
+            }
         }
         InstancesCmd::Import { file } => {
             let input = std::fs::File::open(&file).with_context(|| format!("failed to open {}", file.display()))?;
