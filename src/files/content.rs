@@ -148,6 +148,14 @@ pub trait ContentStore: Send + Sync + 'static {
     /// modified before `older_than`, except what this process is writing right now. Returns
     /// how many were removed.
     async fn sweep_incomplete(&self, older_than: SystemTime) -> Result<u64, ContentError>;
+
+    /// True when only this process writes to the store (the filesystem backend: one `hearth
+    /// serve` per data directory). Then whatever was left from before this process opened the
+    /// store is garbage of a dead process, and the sweep removes it at once, without waiting
+    /// for `files.orphan_grace_secs`. False for S3, whose bucket other processes may share.
+    fn exclusive(&self) -> bool {
+        false
+    }
 }
 
 /// The content stores of every instance of a server: one backend, one store per instance.
@@ -394,6 +402,10 @@ impl ContentStore for FsContent {
         })
         .await
         .map_err(|e| ContentError::Unavailable(e.into()))?
+    }
+
+    fn exclusive(&self) -> bool {
+        true
     }
 
     async fn sweep_incomplete(&self, older_than: SystemTime) -> Result<u64, ContentError> {

@@ -44,7 +44,9 @@
 //!
 //! [`Files::sweep`] (run at startup for every instance, then every `files.sweep_secs`) deletes
 //! temporary files and content objects that no file document's current version names, once
-//! they are older than `files.orphan_grace_secs` and not being written by this process. To
+//! they are older than `files.orphan_grace_secs` and not being written by this process. On the
+//! filesystem, which only this process writes, anything older than this process's opening of
+//! the instance goes at once: a crash's leftovers are gone right after the restart. To
 //! never delete a version about to be committed, an upload registers its version id before
 //! writing and unregisters it only after the document is written and the index caught up; the
 //! sweep checks that registry *before* it asks the index, so a version is either still
@@ -357,6 +359,8 @@ pub struct Files {
     reservations: Arc<Reservations>,
     used: AtomicU64,
     default_quota: u64,
+    /// When this process opened the instance's files (see [`ContentStore::exclusive`]).
+    opened_at: SystemTime,
 }
 
 impl Files {
@@ -378,6 +382,7 @@ impl Files {
             reservations: Default::default(),
             used: AtomicU64::new(0),
             default_quota,
+            opened_at: SystemTime::now(),
         };
         // A store emptied or replaced under the index (an instance removed and made again):
         // start over.
@@ -959,7 +964,11 @@ impl Files {
 
     /// Removes content no current version names (see "The sweep" above).
     pub async fn sweep(&self, grace: Duration) -> Result<Swept> {
-        let cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut cutoff = SystemTime::now().checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        if self.content.exclusive() {
+            // Left by a process that is gone (a crash): nobody will finish it.
+            cutoff = cutoff.max(self.opened_at);
+        }
         let temporary = self.content.sweep_incomplete(cutoff).await?;
         let objects = self.content.list("files/").await?;
         self.sync().await?;
