@@ -13,7 +13,7 @@ use serde_json::json;
 async fn malformed_requests_never_get_a_server_error() {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);
-    let token = app.token(&alice, "io.cozy.notes io.cozy.sharings");
+    let token = app.token(&alice, "io.cozy.notes io.cozy.sharings io.cozy.files");
     let sid =
         create_sharing(&alice, &token, json!([notes_rule(&["n1"])]), json!([{"email": "bob@example.net"}]), json!([]))
             .await;
@@ -57,6 +57,14 @@ async fn malformed_requests_never_get_a_server_error() {
         "/permissions/x".into(),
         "/permissions/doctype/io.cozy.notes/shared-by-link".into(),
         "/invitations/x".into(),
+        "/files/".into(),
+        "/files/io.cozy.files.root-dir".into(),
+        "/files/x".into(),
+        "/files/metadata".into(),
+        "/files/download".into(),
+        "/files/download/x".into(),
+        "/files/trash".into(),
+        "/files/trash/x".into(),
         "/public/x".into(),
     ];
     let queries = [
@@ -68,6 +76,8 @@ async fn malformed_requests_never_get_a_server_error() {
         "?state=&sharing_id=%00",
         "?limit=1e99",
         "?codes=,,",
+        "?Type=file&Name=%00&Path=%2F..&page[cursor]=%ff&page[limit]=0&Tags=%00",
+        "?Type=directory&Name=..&Path=/a%2Fb&page[limit]=99999999999999999999",
     ];
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let bodies: Vec<Vec<u8>> = vec![

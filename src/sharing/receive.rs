@@ -131,7 +131,19 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
         let mut writes = Vec::with_capacity(docs.len());
         let mut claimed: HashSet<DocId> = HashSet::new();
         for d in docs {
-            let mut w = parse_doc(&d, None, false).map_err(SharingError::BadRequest)?;
+            let mut w = match parse_doc(&d, None, false) {
+                Ok(w) => w,
+                // A document that names its id is refused alone (`_attachments`, say): the
+                // peer sees why, the rest of the batch applies.
+                Err(reason) => match peer_doc_id(&d) {
+                    Some(id) => {
+                        let doctype = doctype.as_str().to_owned();
+                        applied.refused.push(Refused { id, doctype, error: "bad_request".into(), reason });
+                        continue;
+                    }
+                    None => return Err(SharingError::BadRequest(reason)),
+                },
+            };
             let peer_id = w.id.to_string();
             w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
             if request.initial.contains(&format!("{doctype}/{peer_id}")) {
@@ -164,6 +176,16 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
         }
     }
     Ok(applied)
+}
+
+/// The `_id` of a received document that could not be parsed, when it has a string one.
+fn peer_doc_id(d: &serde_json::value::RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        #[serde(rename = "_id")]
+        id: String,
+    }
+    serde_json::from_str::<IdOnly>(d.get()).ok().map(|d| d.id)
 }
 
 /// The decision on one document received for sharing `s` from the other side (the owner when

@@ -86,6 +86,12 @@ impl fmt::Display for DocId {
 /// body's, if any); `new_edits` tells whether `_revisions`/`_rev` name the new revision
 /// (replication) or its parent. The members not starting with `_` become the [`Body`], as
 /// written (see [`super::body`]).
+/// Why a document with `_attachments` is refused, on every write path (`/data` PUT, POST and
+/// `_bulk_docs` with `new_edits` true or false, documents received from a sharing peer, an
+/// import): 400 `bad_request` with this reason.
+pub const ATTACHMENTS_REFUSED: &str =
+    "_attachments are not supported: keep file content in io.cozy.files, through /files";
+
 pub fn parse_doc(raw: &RawValue, id: Option<DocId>, new_edits: bool) -> Result<DocWrite, String> {
     parse(raw, id, new_edits, false)
 }
@@ -146,7 +152,8 @@ fn parse(raw: &RawValue, id: Option<DocId>, new_edits: bool, generate: bool) -> 
             },
             // Accepted on input and ignored, as CouchDB does.
             "_revs_info" | "_conflicts" | "_deleted_conflicts" | "_local_seq" => {}
-            "_attachments" => return Err("attachments are not supported; store file contents elsewhere".into()),
+            // For now: a later step may keep them in the files' content store.
+            "_attachments" => return Err(ATTACHMENTS_REFUSED.into()),
             other => return Err(format!("bad special document member: {other}")),
         }
     }
