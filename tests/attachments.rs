@@ -118,6 +118,10 @@ async fn a_peer_document_with_attachments_is_refused_alone_and_the_rest_of_its_b
     assert!(refused[0]["reason"].as_str().unwrap().contains("_attachments"), "{refused:?}");
     assert_eq!(winner(&app, &alice, "io.cozy.notes", "n1").await.unwrap().1["title"], "plain");
     let (rev, n2_body) = winner(&app, &alice, "io.cozy.notes", "n2").await.unwrap();
-    assert_eq!((rev, &n2_body["title"]), (common[1].clone(), &json!("first")), "the edit with attachments was not written");
+    assert_eq!(
+        (rev, &n2_body["title"]),
+        (common[1].clone(), &json!("first")),
+        "the edit with attachments was not written"
+    );
     assert!(n2_body.get("_attachments").is_none());
 }

@@ -166,6 +166,48 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
     }
     let (status, _) = alice.call(Method::GET, "/files/%zz", Some(&token), None).await;
     assert_eq!(status, 400);
+    // Hostile ids, on every route that takes one.
+    let long_id = "a".repeat(10_000);
+    for id in ["..", "%2E%2E", "..%2F..%2Fetc%2Fpasswd", "a%00b", "%2F", long_id.as_str()] {
+        for (method, path) in [
+            (Method::GET, format!("/files/{id}")),
+            (Method::GET, format!("/files/download/{id}")),
+            (Method::PUT, format!("/files/{id}")),
+            (Method::PATCH, format!("/files/{id}")),
+            (Method::DELETE, format!("/files/{id}")),
+            (Method::POST, format!("/files/{id}?Type=directory&Name=x")),
+            (Method::POST, format!("/files/trash/{id}")),
+            (Method::DELETE, format!("/files/trash/{id}")),
+        ] {
+            let resp = alice.req(method.clone(), &path, Some(&token)).body("{}").send().await.unwrap();
+            let status = resp.status().as_u16();
+            let (is_json, text) = (
+                resp.headers().get("content-type").is_some_and(|c| c.to_str().unwrap().contains("json")),
+                resp.text().await.unwrap(),
+            );
+            assert!(matches!(status, 400 | 404 | 405), "{method} {}: {status} {text}", &path[..path.len().min(80)]);
+            if status != 405 {
+                assert!(is_json && text.contains("\"reason\""), "{method} {path:.80}: {text}");
+            }
+        }
+    }
+    let long_path = format!("/{}", ["x"; 5000].join("/"));
+    for path in [long_path.as_str(), &format!("/{}", "y".repeat(300)), "/a\0"] {
+        let (status, v) =
+            alice.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(&token), None).await;
+        assert!((400..500).contains(&status), "{path:.40}: {status} {v}");
+    }
+    // Renames to hostile names are refused too.
+    let (_, d) = mkdir(&alice, &token, ROOT, "victim").await;
+    let victim = id_of(&d);
+    for name in ["", ".", "..", "a/b", "a\0b", long.as_str(), "../../etc"] {
+        let body = json!({"data": {"attributes": {"name": name}}});
+        let (status, v) = alice.call(Method::PATCH, &format!("/files/{victim}"), Some(&token), Some(body)).await;
+        assert_eq!(status, 400, "rename to {name:?}: {v}");
+    }
+    let (_, v) = alice.call(Method::DELETE, &format!("/files/{victim}"), Some(&token), None).await;
+    let (status, _) = alice.call(Method::DELETE, &format!("/files/trash/{}", id_of(&v)), Some(&token), None).await;
+    assert_eq!(status, 204);
     // Nothing was created.
     assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "only the trash is in the root");
     // A 255-byte name is fine.

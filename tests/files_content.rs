@@ -1,17 +1,51 @@
-//! The content stores' conformance suite: on the local filesystem always, and on S3 when
-//! `HEARTH_TEST_S3_URL` names an S3-compatible server with the bucket `hearth-test`
-//! (`scripts/test` starts moto's server mode for it; `scripts/s3-server start DIR` does it by
-//! hand). Then the same files API run end to end with each backend.
+//! The content stores' conformance suite, on the local filesystem and on S3: the server
+//! `HEARTH_TEST_S3_URL` names (with the bucket `hearth-test`; `scripts/test` starts moto's
+//! server mode for it), else a moto server this test starts with `scripts/s3-server`. The files
+//! API runs end to end on S3 in `scripts/test`'s CouchDB pass (`HEARTH_TEST_FILES_S3`).
 
 mod common;
 
 use hearth::files::conformance;
 use hearth::files::content::{ContentBackend, FsBackend, S3Backend, S3Settings};
 
+/// A moto server started by this test binary when `HEARTH_TEST_S3_URL` is not set, stopped
+/// when dropped.
+struct OwnS3 {
+    dir: tempfile::TempDir,
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3-server"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The S3 test server's URL: `HEARTH_TEST_S3_URL`, or a moto server started here with
+/// `scripts/s3-server` (which installs moto from PyPI on first use). Never skipped.
+fn s3_url() -> (String, Option<OwnS3>) {
+    if let Ok(url) = std::env::var("HEARTH_TEST_S3_URL") {
+        return (url, None);
+    }
+    let own = OwnS3 { dir: tempfile::tempdir().unwrap() };
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/s3-server"))
+        .arg("start")
+        .arg(own.dir.path())
+        .output()
+        .expect("scripts/s3-server");
+    assert!(
+        out.status.success(),
+        "no S3 server: set HEARTH_TEST_S3_URL or let scripts/s3-server install moto (python3-venv, PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), Some(own))
+}
+
 /// The S3 test server's settings, under a prefix of this run's own.
-pub fn s3_settings() -> Option<S3Settings> {
-    let url = std::env::var("HEARTH_TEST_S3_URL").ok()?;
-    Some(S3Settings {
+fn s3_settings(url: String) -> S3Settings {
+    S3Settings {
         endpoint: Some(url),
         bucket: "hearth-test".into(),
         region: "us-east-1".into(),
@@ -19,7 +53,7 @@ pub fn s3_settings() -> Option<S3Settings> {
         secret_access_key: "test".to_owned().into(),
         prefix: format!("c{}", uuid::Uuid::new_v4().simple()),
         allow_http: true,
-    })
+    }
 }
 
 #[tokio::test]
@@ -34,10 +68,8 @@ async fn the_filesystem_backend_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn the_s3_backend_passes_the_conformance_suite() {
-    let Some(settings) = s3_settings() else {
-        eprintln!("HEARTH_TEST_S3_URL is not set: the S3 backend is not tested here (scripts/test sets it)");
-        return;
-    };
+    let (url, _own) = s3_url();
+    let settings = s3_settings(url);
     let backend = S3Backend::new(&settings).unwrap();
     let store = backend.open("alice.localhost_8080").unwrap();
     conformance::run(store.as_ref()).await;
