@@ -18,6 +18,12 @@
 //! less than wall-clock rates, so it is what to compare between two builds.
 //!
 //! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--branches N] [--pouchdb-server PATH]`.
+//!
+//! `hearth-bench files [--large-mb N] [--small N] [--small-kb N] [--dir PATH]` measures file
+//! content instead (see [`files`]): a real `hearth serve` (the `hearth` binary next to this
+//! one: `cargo build --release --bins` first) takes uploads and serves downloads of one large
+//! file (1 GB by default) and of N small ones (1,000 of 16 KiB), compared with `cp` of the
+//! same bytes on the same disk, and the server's peak resident memory is reported.
 
 use std::time::{Duration, Instant};
 
@@ -290,6 +296,9 @@ async fn pouchdb_server_replication(path: &str, n: usize) -> anyhow::Result<f64>
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("files") {
+        return files::run(std::env::args().skip(2).collect()).await;
+    }
     let a = args()?;
     let n = a.docs;
     println!("hearth-bench: {n} documents of ~{} bytes", serde_json::to_vec(&body(0))?.len());
@@ -320,4 +329,341 @@ async fn main() -> anyhow::Result<()> {
         println!("peak resident memory of this process         {mib:>10.1} MiB");
     }
     Ok(())
+}
+
+/// File content throughput against `cp`, and the server's memory.
+///
+/// Everything lives under one directory (`--dir`, default a temporary directory under the
+/// system's): the source files, `cp`'s copies, the server's data directory and the downloads,
+/// so every figure is on the same disk; it is all removed at the end. Figures:
+/// * `cp` of the large file, and the same followed by an fsync of the copy (hearth fsyncs
+///   every upload before acknowledging it, so that is the fair reference for uploads);
+/// * upload (`POST /files/…` with `Content-Length` and `Content-MD5`, streamed from the file)
+///   and download (`GET /files/download/…`, streamed to a file), in MB/s and as a ratio of the
+///   `cp` figures;
+/// * the same for the small files, one request at a time, against `cp -r` of their directory;
+/// * the server's resident memory before, and its peak (`VmHWM`) after each phase, in MiB.
+mod files {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use base64::Engine;
+    use futures_util::StreamExt;
+    use md5::Digest;
+    use tokio::io::AsyncWriteExt;
+
+    const MIB: usize = 1024 * 1024;
+
+    struct Args {
+        large_mb: usize,
+        small: usize,
+        small_kb: usize,
+        dir: Option<PathBuf>,
+    }
+
+    fn args(raw: Vec<String>) -> anyhow::Result<Args> {
+        let mut a = Args { large_mb: 1024, small: 1000, small_kb: 16, dir: None };
+        let mut it = raw.into_iter();
+        while let Some(arg) = it.next() {
+            let mut value = |name: &str| it.next().with_context(|| format!("{name} N"));
+            match arg.as_str() {
+                "--large-mb" => a.large_mb = value("--large-mb")?.parse()?,
+                "--small" => a.small = value("--small")?.parse()?,
+                "--small-kb" => a.small_kb = value("--small-kb")?.parse()?,
+                "--dir" => a.dir = Some(PathBuf::from(value("--dir")?)),
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        Ok(a)
+    }
+
+    struct Serve(Child);
+
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// `VmRSS` and `VmHWM` of a process, in MiB.
+    fn memory_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse().ok())
+                .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+            Ok(kib / 1024.0)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Writes `len` pseudo-random bytes to `path`, returning their MD5.
+    fn write_source(path: &Path, len: usize, seed: u64) -> anyhow::Result<[u8; 16]> {
+        use std::io::Write;
+        let base = hearth::files::conformance::pattern(MIB.min(len.max(1)), seed);
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut h = md5::Md5::new();
+        let mut left = len;
+        let mut i = 0u64;
+        while left > 0 {
+            let mut chunk = base[..left.min(base.len())].to_vec();
+            let tag = i.to_le_bytes();
+            let n = tag.len().min(chunk.len());
+            chunk[..n].copy_from_slice(&tag[..n]);
+            h.update(&chunk);
+            f.write_all(&chunk)?;
+            left -= chunk.len();
+            i += 1;
+        }
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(h.finalize().into())
+    }
+
+    fn md5_of(path: &Path) -> anyhow::Result<[u8; 16]> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut h = md5::Md5::new();
+        let mut buf = vec![0; MIB];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(h.finalize().into());
+            }
+            h.update(&buf[..n]);
+        }
+    }
+
+    fn mb_s(bytes: usize, d: Duration) -> f64 {
+        bytes as f64 / 1e6 / d.as_secs_f64()
+    }
+
+    /// `cp SRC DST`, then (with `fsync`) an fsync of the copy; its duration.
+    fn cp(src: &Path, dst: &Path, recursive: bool, fsync: bool) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut cmd = Command::new("cp");
+        if recursive {
+            cmd.arg("-r");
+        }
+        let status = cmd.arg(src).arg(dst).status().context("cp")?;
+        if !status.success() {
+            bail!("cp failed: {status}");
+        }
+        if fsync {
+            std::fs::File::open(dst)?.sync_all()?;
+        }
+        Ok(started.elapsed())
+    }
+
+    struct Server {
+        domain: String,
+        token: String,
+        client: reqwest::Client,
+        port: u16,
+    }
+
+    impl Server {
+        fn url(&self, path: &str) -> String {
+            format!("http://127.0.0.1:{}{path}", self.port)
+        }
+
+        async fn upload(&self, name: &str, path: &Path, md5: &[u8; 16]) -> anyhow::Result<String> {
+            let file = tokio::fs::File::open(path).await?;
+            let len = file.metadata().await?.len();
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+            let resp = self
+                .client
+                .post(self.url(&format!("/files/io.cozy.files.root-dir?Type=file&Name={name}")))
+                .header("Host", &self.domain)
+                .bearer_auth(&self.token)
+                .header("Content-Length", len)
+                .header("Content-MD5", base64::engine::general_purpose::STANDARD.encode(md5))
+                .body(body)
+                .send()
+                .await?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            if status.as_u16() != 201 {
+                bail!("upload of {name}: {status} {v}");
+            }
+            v["data"]["id"].as_str().map(str::to_owned).context("no id in the upload's answer")
+        }
+
+        async fn download(&self, id: &str, to: &Path) -> anyhow::Result<()> {
+            let resp = self
+                .client
+                .get(self.url(&format!("/files/download/{id}")))
+                .header("Host", &self.domain)
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("download of {id}: {}", resp.status());
+            }
+            let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::create(to).await?);
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                out.write_all(&chunk?).await?;
+            }
+            out.flush().await?;
+            Ok(())
+        }
+    }
+
+    pub async fn run(raw: Vec<String>) -> anyhow::Result<()> {
+        let a = args(raw)?;
+        let root = match &a.dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        };
+        let outcome = bench(&a, root.path()).await;
+        // Disks are small: nothing of the run stays.
+        root.close()?;
+        outcome
+    }
+
+    async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
+        let hearth = std::env::current_exe()?.with_file_name("hearth");
+        if !hearth.exists() {
+            bail!("{} is missing: cargo build --release --bins", hearth.display());
+        }
+        let large = a.large_mb * MIB;
+        let small_len = a.small_kb * 1024;
+        println!(
+            "hearth-bench files: one file of {} MiB, {} files of {} KiB, under {}",
+            a.large_mb,
+            a.small,
+            a.small_kb,
+            root.display()
+        );
+        let src = root.join("src");
+        std::fs::create_dir_all(src.join("small"))?;
+        let large_src = src.join("large.bin");
+        let large_md5 = write_source(&large_src, large, 1)?;
+        let mut small_md5 = Vec::with_capacity(a.small);
+        for i in 0..a.small {
+            small_md5.push(write_source(&src.join("small").join(format!("f{i}")), small_len, 100 + i as u64)?);
+        }
+
+        // The references.
+        let cp_large = cp(&large_src, &root.join("cp-large.bin"), false, false)?;
+        std::fs::remove_file(root.join("cp-large.bin"))?;
+        let cp_large_sync = cp(&large_src, &root.join("cp-large.bin"), false, true)?;
+        std::fs::remove_file(root.join("cp-large.bin"))?;
+        let cp_small = cp(&src.join("small"), &root.join("cp-small"), true, false)?;
+        std::fs::remove_dir_all(root.join("cp-small"))?;
+        // What MD5 alone costs (hearth hashes every upload, for `md5sum` and `Content-MD5`).
+        let t = Instant::now();
+        md5_of(&large_src)?;
+        let md5_large = t.elapsed();
+
+        // The server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let domain = format!("bench.localhost:{port}");
+        let data = root.join("data");
+        let env = |cmd: &mut Command| {
+            cmd.env("HEARTH_DATA_DIR", &data)
+                .env("HEARTH_LISTEN", format!("127.0.0.1:{port}"))
+                .env("HEARTH_FILES__BACKEND", "fs")
+                .env("HEARTH_FILES__QUOTA_BYTES", ((large + a.small * small_len) * 2 + MIB).to_string())
+                .env("HEARTH_LOG", "warn");
+        };
+        let cli = |args: &[&str]| -> anyhow::Result<String> {
+            let mut cmd = Command::new(&hearth);
+            env(&mut cmd);
+            let out = cmd.args(args).stdin(Stdio::null()).output()?;
+            if !out.status.success() {
+                bail!("hearth {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        };
+        cli(&["instances", "add", &domain, "--passphrase", "bench"])?;
+        let token = cli(&["instances", "token", &domain, "--scope", "io.cozy.files"])?;
+        let mut cmd = Command::new(&hearth);
+        env(&mut cmd);
+        let serve = Serve(cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).spawn()?);
+        let pid = serve.0.id();
+        let server = Server { domain, token, client: reqwest::Client::builder().no_proxy().build()?, port };
+        let started = Instant::now();
+        while !server.client.get(server.url("/status")).send().await.is_ok_and(|r| r.status().is_success()) {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("hearth serve did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (rss_start, _) = memory_mib(pid)?;
+
+        let t = Instant::now();
+        let large_id = server.upload("large.bin", &large_src, &large_md5).await?;
+        let up_large = t.elapsed();
+        let (_, hwm_up) = memory_mib(pid)?;
+        let dl = root.join("download.bin");
+        let t = Instant::now();
+        server.download(&large_id, &dl).await?;
+        let down_large = t.elapsed();
+        let (_, hwm_down) = memory_mib(pid)?;
+        if md5_of(&dl)? != large_md5 {
+            bail!("the large file came back different");
+        }
+        std::fs::remove_file(&dl)?;
+
+        let mut ids = Vec::with_capacity(a.small);
+        let t = Instant::now();
+        for (i, md5) in small_md5.iter().enumerate() {
+            ids.push(server.upload(&format!("f{i}"), &src.join("small").join(format!("f{i}")), md5).await?);
+        }
+        let up_small = t.elapsed();
+        let dl_dir = root.join("download-small");
+        std::fs::create_dir_all(&dl_dir)?;
+        let t = Instant::now();
+        for (i, id) in ids.iter().enumerate() {
+            server.download(id, &dl_dir.join(format!("f{i}"))).await?;
+        }
+        let down_small = t.elapsed();
+        for (i, md5) in small_md5.iter().enumerate() {
+            if md5_of(&dl_dir.join(format!("f{i}")))? != *md5 {
+                bail!("small file {i} came back different");
+            }
+        }
+        let (rss_end, hwm_end) = memory_mib(pid)?;
+        drop(serve);
+
+        let small_bytes = a.small * small_len;
+        let row = |what: &str, bytes: usize, d: Duration| {
+            println!("{what:<48}{:>10.1} MB/s {:>9.2} s", mb_s(bytes, d), d.as_secs_f64());
+        };
+        row("cp, large file (reference)", large, cp_large);
+        row("cp + fsync, large file (reference)", large, cp_large_sync);
+        row("md5 of the large file, one core (reference)", large, md5_large);
+        row("hearth upload, large file", large, up_large);
+        row("hearth download, large file", large, down_large);
+        let ratio = |what: &str, d: Duration, reference: Duration| {
+            println!("{what:<48}{:>10.2}x", reference.as_secs_f64() / d.as_secs_f64());
+        };
+        ratio("ratio upload / cp", up_large, cp_large);
+        ratio("ratio upload / (cp + fsync)", up_large, cp_large_sync);
+        ratio("ratio upload / md5 alone", up_large, md5_large);
+        ratio("ratio download / cp", down_large, cp_large);
+        row(&format!("cp -r, {} small files (reference)", a.small), small_bytes, cp_small);
+        row("hearth upload, small files, one at a time", small_bytes, up_small);
+        row("hearth download, small files, one at a time", small_bytes, down_small);
+        println!(
+            "{:<48}{:>10.0} files/s {:>7.0} files/s",
+            "hearth small files: uploads, downloads",
+            a.small as f64 / up_small.as_secs_f64(),
+            a.small as f64 / down_small.as_secs_f64()
+        );
+        ratio("ratio small uploads / cp -r", up_small, cp_small);
+        ratio("ratio small downloads / cp -r", down_small, cp_small);
+        println!("hearth serve resident memory at start          {rss_start:>10.1} MiB");
+        println!("hearth serve peak after the large upload       {hwm_up:>10.1} MiB");
+        println!("hearth serve peak after the large download     {hwm_down:>10.1} MiB");
+        println!("hearth serve peak at the end, and RSS          {hwm_end:>10.1} MiB {rss_end:>7.1} MiB");
+        Ok(())
+    }
 }
