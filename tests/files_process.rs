@@ -5,7 +5,8 @@
 //!   `hearth-bench files`, does 1 GB and reports the numbers);
 //! * SIGKILL during a large upload and during a PUT replacing a file's content leaves, after a
 //!   restart, no partial file visible, the old content byte-identical, and no temporary or
-//!   orphaned content on disk or in the quota.
+//!   orphaned content on disk or in the quota; an instance's own quota (`hearth instances
+//!   quota`) then holds.
 
 mod common;
 
@@ -362,4 +363,17 @@ async fn sigkill_during_an_upload_or_a_replacement_leaves_the_old_content_whole_
     server.kill();
     let quota = server.cli(&["instances", "quota", &server.domain()]);
     assert!(quota.contains(&format!(", {OLD} bytes used")), "only keep.bin counts in the quota: {quota}");
+    // An instance's own quota, set with the CLI, holds: full now, one more byte is 413.
+    let quota = server.cli(&["instances", "quota", &server.domain(), &OLD.to_string()]);
+    assert!(quota.contains(&format!("quota {OLD} bytes (its own), {OLD} bytes used")), "{quota}");
+    server.start().await;
+    let one_more_url = server.url(&format!("/files/{ROOT}?Type=file&Name=one.txt"));
+    let one_more = || client.post(&one_more_url).bearer_auth(&token).body("x");
+    let (status, v) = json_of(one_more().send().await.unwrap()).await;
+    assert_eq!(status, 413, "{v}");
+    server.kill();
+    let quota = server.cli(&["instances", "quota", &server.domain(), "--default"]);
+    assert!(quota.contains("(the default, files.quota_bytes)"), "{quota}");
+    server.start().await;
+    assert_eq!(one_more().send().await.unwrap().status(), 201);
 }

@@ -137,10 +137,21 @@ async fn the_seed_sharing_answer_lists_its_shared_documents() {
         .iter()
         .map(|d| d["id"].as_str().unwrap().to_owned())
         .collect();
-    for id in &shared {
-        let (s, v) = alice.call(Method::PUT, &format!("/data/io.cozy.files/{id}"), Some(&token), Some(json!({}))).await;
-        assert_eq!(s, 201, "{v}");
-    }
+    // `/data/io.cozy.files` is read-only (files change through `/files`, with generated ids):
+    // the seed's ids go straight into the store, as a peer's documents would.
+    let store = app.instance(&alice.domain).store.clone();
+    let writes = shared
+        .iter()
+        .map(|id| hearth::store::DocWrite {
+            id: hearth::store::DocId::parse(id).unwrap(),
+            rev: None,
+            revisions: None,
+            deleted: false,
+            body: hearth::store::Body::parse("{}").unwrap(),
+        })
+        .collect();
+    let results = store.bulk_docs(&hearth::files::doctype(), writes, true).await.unwrap();
+    assert!(results.iter().all(|r| matches!(r, hearth::store::WriteResult::Ok { .. })));
     let mut rule = seed["data"]["attributes"]["rules"][0].clone();
     rule["values"] = json!(shared);
     let body = json!({"data": {"type": "io.cozy.sharings",
