@@ -21,6 +21,7 @@ pub struct Config {
     /// Largest request body accepted, in bytes (CouchDB's `max_http_request_size`); larger
     /// ones get 413 `too_large` before being read whole. Bodies are held in memory while
     /// parsed, hence a default far below CouchDB's 4 GiB.
+    #[serde(alias = "max_body_bytes")]
     pub max_http_request_size: usize,
     /// Largest document body accepted, in bytes of its JSON text without the `_` members
     /// (CouchDB's `max_document_size`, default 8,000,000): a larger one gets 413
