@@ -145,8 +145,8 @@ async fn bulk_get_of_many_documents_comes_whole_and_in_order() {
         feed["results"].as_array().unwrap().iter().map(|r| r["changes"][0]["rev"].as_str().unwrap().into()).collect();
     // Every document by its revision, every third by its winner, and some unknown ones.
     let mut wanted = Vec::new();
-    for i in 0..N {
-        wanted.push(json!({"id": id(i), "rev": revs[i]}));
+    for (i, rev) in revs.iter().enumerate() {
+        wanted.push(json!({"id": id(i), "rev": rev}));
         if i % 3 == 0 {
             wanted.push(json!({"id": id(i)}));
         }
