@@ -8,12 +8,12 @@ use std::time::Duration;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, TokenResponse, TokenUrl};
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
 use super::guard::{self, GuardError, PeerPolicy};
 use crate::config::Config;
-use crate::sharing::model::PeerCredentials;
 
 /// Largest response accepted from a peer.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -62,6 +62,22 @@ impl FederationError {
             FederationError::Status { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+/// Tokens and client credentials a peer issued to us, used for outbound calls to it (stored on
+/// the sharing member they belong to). `Debug` shows the client id only.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCredentials").field("client_id", &self.client_id).finish_non_exhaustive()
     }
 }
 

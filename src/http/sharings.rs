@@ -269,7 +269,7 @@ async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
     };
     // Ids in the caller's space: ours for apps, the member's for its instance.
-    let ids = crate::sharing::receive::IdMap::for_member(&s, member.unwrap_or(0));
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(0));
     let after = q
         .get("page[cursor]")
         .map(|c| {
@@ -722,7 +722,7 @@ async fn access_token(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
         return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
     };
     let ttl = state_of(&req)?.config.federation.access_token_ttl_secs;
-    match oauth::refresh(&inst.0, &id, &secret, &refresh, ttl).await? {
+    match oauth::refresh(inst.0.as_ref(), &id, &secret, &refresh, ttl).await? {
         Some((client, token)) => {
             Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "access_token": token,

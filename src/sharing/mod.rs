@@ -14,6 +14,7 @@ pub mod protocol;
 pub mod receive;
 pub mod request;
 pub mod service;
+pub mod xor;
 
 use hearth_replicator::rev::Rev;
 use serde_json::Value;

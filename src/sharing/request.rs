@@ -127,13 +127,14 @@ pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
 
 /// The request for member `target`, as its instance fetches it: Cozy's `PUT /sharings/:id`
 /// body, without any secret; the other members reduced to their status and public name, the
-/// rules' document ids transformed with the member's key (see `sync::xor`), local rules left
+/// rules' document ids transformed with the member's key (see `sharing::xor`), local rules left
 /// out.
 pub fn request_document(s: &Sharing, target: usize) -> Value {
     let mut shown = s.clone();
-    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sync::xor::parse_key) {
+    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sharing::xor::parse_key)
+    {
         for r in shown.rules.iter_mut().filter(|r| r.selector.is_none()) {
-            r.values = r.values.iter().map(|v| crate::sync::xor::xor_id(v, &key)).collect();
+            r.values = r.values.iter().map(|v| crate::sharing::xor::xor_id(v, &key)).collect();
         }
     }
     for (i, m) in shown.members.iter_mut().enumerate() {

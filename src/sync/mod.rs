@@ -4,7 +4,6 @@
 pub mod manager;
 pub mod outbox;
 pub mod replication;
-pub mod xor;
 
 use std::time::Duration;
 

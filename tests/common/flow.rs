@@ -165,8 +165,8 @@ pub async fn share(
 /// the same function maps the member's ids back).
 pub async fn id_on(owner_app: &TestApp, owner: &TestInstance, sid: &str, member: usize, id: &str) -> String {
     let s = load(owner_app, owner, sid).await;
-    let key = hearth::sync::xor::parse_key(s.members[member].xor_key.as_deref().unwrap()).unwrap();
-    hearth::sync::xor::xor_id(id, &key)
+    let key = hearth::sharing::xor::parse_key(s.members[member].xor_key.as_deref().unwrap()).unwrap();
+    hearth::sharing::xor::xor_id(id, &key)
 }
 
 /// The winning revision and body of a document in an instance's store (`None`: absent or
