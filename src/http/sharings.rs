@@ -178,7 +178,7 @@ async fn anonymous_json_body(req: &HttpRequest, payload: web::Payload) -> ApiRes
 async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let (_, perms) = data_caller(&inst.0, &req)?;
     let body = json_body(&req, payload).await?;
-    let s = service::create(state_of(&req)?, &inst.0, &perms, &body).await?;
+    let s = service::create(&state_of(&req)?.sharing, &inst.0, &perms, &body).await?;
     Ok(jsonapi(StatusCode::CREATED, doc(&s)))
 }
 
@@ -303,7 +303,7 @@ async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 async fn put_request(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let s = service::receive_request(state_of(&req)?, &inst.0, &id, &body).await?;
+    let s = service::receive_request(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -326,7 +326,7 @@ async fn revoked_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRes
     if index != 0 {
         return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
     }
-    service::revoked_by_owner(state_of(&req)?, &inst.0, &id).await?;
+    service::revoked_by_owner(&state_of(&req)?.sharing, &inst.0, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -337,7 +337,7 @@ async fn left_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
     if index == 0 {
         return Err(ApiError::Forbidden("only a member's instance may send this".into()));
     }
-    service::member_left(state_of(&req)?, &inst.0, &id, index).await?;
+    service::member_left(&state_of(&req)?.sharing, &inst.0, &id, index).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -358,7 +358,7 @@ async fn credentials_notification(inst: Inst, req: HttpRequest, payload: web::Pa
 async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let out = service::process_answer(state_of(&req)?, &inst.0, &id, &body).await?;
+    let out = service::process_answer(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, out))
 }
 
@@ -367,7 +367,7 @@ async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
     let body = json_body(&req, payload).await?;
-    let s = service::add_recipients(state_of(&req)?, &inst.0, &id, &body).await?;
+    let s = service::add_recipients(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -377,7 +377,7 @@ async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> A
     let id = sharing_id(&req)?;
     let index = peer(&inst, &req, &id, Verb::Get).await?;
     let body = json_body(&req, payload).await?;
-    let links = service::add_delegated(state_of(&req)?, &inst.0, &id, index, &body).await?;
+    let links = service::add_delegated(&state_of(&req)?.sharing, &inst.0, &id, index, &body).await?;
     let data: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
     Ok(jsonapi(StatusCode::OK, json!({"data": data})))
 }
@@ -386,7 +386,7 @@ async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> A
 async fn revoke_all(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::revoke(state_of(&req)?, &inst.0, &id, None).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, None).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -395,7 +395,7 @@ async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let index = member_index(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::revoke(state_of(&req)?, &inst.0, &id, Some(index)).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, Some(index)).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -403,7 +403,7 @@ async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 async fn leave(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::leave(state_of(&req)?, &inst.0, &id).await?;
+    let s = service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -411,7 +411,7 @@ async fn read_only(inst: Inst, req: HttpRequest, value: bool) -> ApiResult<HttpR
     let id = sharing_id(&req)?;
     let index = member_index(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::set_read_only(state_of(&req)?, &inst.0, &id, index, value).await?;
+    let s = service::set_read_only(&state_of(&req)?.sharing, &inst.0, &id, index, value).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -576,7 +576,7 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         Ok(svc) => svc,
         Err(e) => return error_page(e),
     };
-    let me = svc.federation.instance_url(inst.0.domain.as_str());
+    let me = svc.sharing.federation.instance_url(inst.0.domain.as_str());
     let closed = if s.active {
         Some("You already accepted this sharing.")
     } else if crate::sharing::request::answered(&s, &me) {
@@ -667,11 +667,11 @@ async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
             "accept" => {
                 let digest =
                     form.digest.as_deref().ok_or_else(|| ApiError::bad_request("the form needs the digest"))?;
-                let s = service::accept(svc, &inst.0, &id, &form.state, digest).await?;
+                let s = service::accept(&svc.sharing, &inst.0, &id, &form.state, digest).await?;
                 Ok(("You accepted the sharing. The documents will appear on your instance.", s))
             }
             "refuse" => {
-                service::refuse(svc, &inst.0, &id, &form.state).await?;
+                service::refuse(&svc.sharing, &inst.0, &id, &form.state).await?;
                 let s = sharing::load(inst.0.store.as_ref(), &id)
                     .await?
                     .ok_or_else(|| ApiError::NotFound("no such sharing request".into()))?;
@@ -785,15 +785,15 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
-    crate::sync::manager::ensure_tracked(svc, &inst.0, s.id()).await?;
+    svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
     let applied = crate::sharing::receive::bulk_docs(&inst.0, &s, from, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
         refused = applied.refused.len(), "received documents");
     if applied.revoke {
         let outcome = if s.owner {
-            service::revoke(svc, &inst.0, &id, None).await
+            service::revoke(&svc.sharing, &inst.0, &id, None).await
         } else {
-            service::leave(svc, &inst.0, &id).await
+            service::leave(&svc.sharing, &inst.0, &id).await
         };
         outcome?;
     }

@@ -11,9 +11,9 @@ use super::{load, save, update, Result, SharingError};
 use crate::auth::oauth::{self, OAuthClient};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
-use crate::services::Services;
+use super::Context;
 use crate::store::{json as records, DocId, Doctype, StoreError};
-use crate::sync::outbox::{self, Entry};
+use super::outbox::{self, Entry};
 
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())
@@ -39,15 +39,15 @@ pub fn member_by_state(inst: &Instance, sharing: &Sharing, state: &str) -> Optio
     found
 }
 
-pub fn invitation_link(svc: &Services, inst: &Instance, sharing: &Sharing, index: usize) -> Option<String> {
+pub fn invitation_link(cx: &Context, inst: &Instance, sharing: &Sharing, index: usize) -> Option<String> {
     let state = member_state(inst, sharing, index)?;
     // With a preview path, the link opens the preview page (its code leads to discovery).
-    if let Some(preview) = super::links::preview_link(svc, inst, sharing, index) {
+    if let Some(preview) = super::links::preview_link(cx, inst, sharing, index) {
         return Some(preview);
     }
     Some(format!(
         "{}/sharings/{}/discovery?state={state}",
-        svc.federation.instance_url(inst.domain.as_str()),
+        cx.federation.instance_url(inst.domain.as_str()),
         sharing.id()
     ))
 }
@@ -121,7 +121,7 @@ fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Opt
 
 /// `POST /sharings/`: validates the JSON:API body, checks every rule is within the caller's
 /// permissions, stores the sharing with the owner as member 0 and one member per recipient.
-pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, body: &Value) -> Result<Sharing> {
+pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body: &Value) -> Result<Sharing> {
     let data =
         body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
     if data.get("type").and_then(Value::as_str) != Some("io.cozy.sharings") {
@@ -168,14 +168,14 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
     let rels = data.get("relationships");
     let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
     let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
-    if 1 + rw.len() + ro.len() > svc.config.federation.max_members {
-        return Err(bad(format!("a sharing has at most {} members", svc.config.federation.max_members)));
+    if 1 + rw.len() + ro.len() > cx.config.federation.max_members {
+        return Err(bad(format!("a sharing has at most {} members", cx.config.federation.max_members)));
     }
     let now = now_rfc3339();
     let mut owner = Member::new(MemberStatus::Owner);
     owner.public_name = Some(inst.display_name().chars().filter(|c| !c.is_control()).take(200).collect());
     owner.email = inst.email.clone();
-    let owner_url = svc.federation.instance_url(inst.domain.as_str());
+    let owner_url = cx.federation.instance_url(inst.domain.as_str());
     owner.instance = Some(owner_url.clone());
     // The id names its owner (see `request`): recipients check it before anything else.
     let id_nonce = random_hex(16);
@@ -205,22 +205,22 @@ pub async fn create(svc: &Services, inst: &Instance, caller: &PermissionSet, bod
     }
     save(inst.store.as_ref(), &mut s).await?;
     tracing::info!(instance = %inst.domain, sharing = %s.id(), members = s.members.len() - 1, "sharing created");
-    send_invitations(svc, inst, s).await
+    send_invitations(cx, inst, s).await
 }
 
 /// Mails the invitation of every member not mailed yet, when SMTP is configured; those members
 /// become `pending`. Failures are logged and leave the member `mail-not-sent`.
-pub async fn send_invitations(svc: &Services, inst: &Instance, s: Sharing) -> Result<Sharing> {
-    if svc.config.mail.smtp_url.is_none() {
+pub async fn send_invitations(cx: &Context, inst: &Instance, s: Sharing) -> Result<Sharing> {
+    if cx.config.mail.smtp_url.is_none() {
         return Ok(s);
     }
     let mut sent = Vec::new();
     for (i, m) in s.members.iter().enumerate().skip(1) {
         let (Some(email), MemberStatus::MailNotSent) = (m.email.as_deref(), m.status) else { continue };
-        let Some(link) = invitation_link(svc, inst, &s, i) else { continue };
+        let Some(link) = invitation_link(cx, inst, &s, i) else { continue };
         let invitation =
             super::mail::Invitation { to: email, owner: inst.display_name(), description: &s.description, link: &link };
-        match super::mail::send_invitation(&svc.config.mail, &invitation).await {
+        match super::mail::send_invitation(&cx.config.mail, &invitation).await {
             Ok(()) => sent.push(i),
             Err(e) => {
                 tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = i, error = %e, "invitation mail not sent")
@@ -244,14 +244,14 @@ pub async fn send_invitations(svc: &Services, inst: &Instance, s: Sharing) -> Re
 }
 
 /// `POST /sharings/:id/recipients`: more recipients for an existing sharing (owner only).
-pub async fn add_recipients(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+pub async fn add_recipients(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
     let rels = body.get("data").and_then(|d| d.get("relationships"));
     let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
     let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
     if rw.is_empty() && ro.is_empty() {
         return Err(bad("no recipients given"));
     }
-    let max = svc.config.federation.max_members;
+    let max = cx.config.federation.max_members;
     let mut pending = Some((rw, ro));
     let ((), s) = update(inst.store.as_ref(), id, |s| {
         if !s.owner {
@@ -273,14 +273,14 @@ pub async fn add_recipients(svc: &Services, inst: &Instance, id: &SharingId, bod
         Ok(())
     })
     .await?;
-    send_invitations(svc, inst, s).await
+    send_invitations(cx, inst, s).await
 }
 
 /// `POST /sharings/:id/recipients/delegated`: a ready recipient of an `open_sharing` adds
 /// members on the owner; they are read-only until the owner upgrades them. Answers the new
 /// members' invitation links, for the recipient to pass on.
 pub async fn add_delegated(
-    svc: &Services,
+    cx: &Context,
     inst: &Instance,
     id: &SharingId,
     caller_index: usize,
@@ -291,7 +291,7 @@ pub async fn add_delegated(
     if list.is_empty() {
         return Err(bad("no recipients given"));
     }
-    let max = svc.config.federation.max_members;
+    let max = cx.config.federation.max_members;
     let mut pending = Some(list);
     let (added, s) = update(inst.store.as_ref(), id, |s| {
         if !s.owner || !s.open_sharing {
@@ -310,7 +310,7 @@ pub async fn add_delegated(
         Ok(list.into_iter().map(|r| add_member(s, r, true, Some(caller_index))).collect::<Vec<_>>())
     })
     .await?;
-    Ok(added.into_iter().filter_map(|i| invitation_link(svc, inst, &s, i).map(|l| (i, l))).collect())
+    Ok(added.into_iter().filter_map(|i| invitation_link(cx, inst, &s, i).map(|l| (i, l))).collect())
 }
 
 fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>> {
@@ -360,7 +360,7 @@ pub async fn discovery_state(inst: &Instance, id: &SharingId, state: &str) -> Re
 /// member, sends that instance the notice of its sharing request (it fetches the request back,
 /// see `request`), and answers where to send the person's browser next. When the notice fails,
 /// the member is put back as it was.
-pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, state: &str, url: &str) -> Result<String> {
+pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str, url: &str) -> Result<String> {
     let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| s.owner)
@@ -369,12 +369,12 @@ pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, state: &s
     if !s.invitation_open(index) {
         return Err(closed_conflict(&s));
     }
-    let peer = svc.federation.normalise_instance_url(url).map_err(|e| match e {
+    let peer = cx.federation.normalise_instance_url(url).map_err(|e| match e {
         crate::federation::client::FederationError::Guard(g) => bad(format!("this address cannot be used: {g}")),
         other => SharingError::Peer(other),
     })?;
     let peer_str = peer.as_str().trim_end_matches('/').to_owned();
-    if peer_str == svc.federation.instance_url(inst.domain.as_str()) {
+    if peer_str == cx.federation.instance_url(inst.domain.as_str()) {
         return Err(bad("the recipient's instance cannot be the owner's"));
     }
     // The request the recipient fetches back names its instance: record it first.
@@ -389,7 +389,7 @@ pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, state: &s
         Ok(before)
     })
     .await?;
-    if let Err(e) = super::request::send_notice(svc, inst, &s, index, &peer).await {
+    if let Err(e) = super::request::send_notice(cx, inst, &s, index, &peer).await {
         let restored = update(inst.store.as_ref(), id, |s| {
             let m = &mut s.members[index];
             if m.status == MemberStatus::Seen && m.instance.as_deref() == Some(peer_str.as_str()) {
@@ -422,13 +422,13 @@ fn closed_conflict(s: &Sharing) -> SharingError {
 }
 
 /// `PUT /sharings/:id` on a recipient: see [`super::request::receive`].
-pub async fn receive_request(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
-    super::request::receive(svc, inst, id, body).await
+pub async fn receive_request(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+    super::request::receive(cx, inst, id, body).await
 }
 
 /// The index of this instance among the members of a sharing it received.
-fn own_index(svc: &Services, inst: &Instance, s: &Sharing) -> Option<usize> {
-    let me = svc.federation.instance_url(inst.domain.as_str());
+fn own_index(cx: &Context, inst: &Instance, s: &Sharing) -> Option<usize> {
+    let me = cx.federation.instance_url(inst.domain.as_str());
     s.members.iter().position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner)
 }
 
@@ -465,7 +465,7 @@ fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
 }
 
 /// A sharing request received here and not answered yet.
-async fn load_request(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+async fn load_request(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
     let s = load(inst.store.as_ref(), id)
         .await?
         .filter(|s| !s.owner)
@@ -473,7 +473,7 @@ async fn load_request(svc: &Services, inst: &Instance, id: &SharingId) -> Result
     if s.active {
         return Err(SharingError::Conflict("this sharing is already accepted".into()));
     }
-    if super::request::answered(&s, &svc.federation.instance_url(inst.domain.as_str())) {
+    if super::request::answered(&s, &cx.federation.instance_url(inst.domain.as_str())) {
         return Err(SharingError::Conflict("this sharing request was already answered, or revoked".into()));
     }
     Ok(s)
@@ -481,26 +481,26 @@ async fn load_request(svc: &Services, inst: &Instance, id: &SharingId) -> Result
 
 /// The digest of a pending request as this instance shows it (see `request::digest`): what the
 /// acceptance page carries and [`accept`] checks.
-pub async fn pending_digest(svc: &Services, inst: &Instance, id: &SharingId) -> Result<String> {
-    let s = load_request(svc, inst, id).await?;
-    Ok(super::request::digest(&s, own_index(svc, inst, &s).unwrap_or(0)))
+pub async fn pending_digest(cx: &Context, inst: &Instance, id: &SharingId) -> Result<String> {
+    let s = load_request(cx, inst, id).await?;
+    Ok(super::request::digest(&s, own_index(cx, inst, &s).unwrap_or(0)))
 }
 
 /// Accepting on the recipient: checks that the request is still the one shown (`digest`, from
 /// the acceptance page; 409 otherwise), creates the client standing for the owner, sends the
 /// answer with `state` and the digest (the owner checks it is the request it offers), stores
 /// the owner's credentials, and activates the sharing.
-pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
+pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
     let store = inst.store.as_ref();
-    let s = load_request(svc, inst, id).await?;
-    let me = own_index(svc, inst, &s).unwrap_or(0);
-    let my_url = svc.federation.instance_url(inst.domain.as_str());
+    let s = load_request(cx, inst, id).await?;
+    let me = own_index(cx, inst, &s).unwrap_or(0);
+    let my_url = cx.federation.instance_url(inst.domain.as_str());
     let shown = super::request::digest(&s, me);
     if !Instance::secrets_match(digest, &shown) {
         return Err(changed_conflict());
     }
     let owner = owner_url(&s)?;
-    let ttl = svc.config.federation.access_token_ttl_secs;
+    let ttl = cx.config.federation.access_token_ttl_secs;
     let owner_name =
         s.members[0].public_name.clone().unwrap_or_else(|| owner.host_str().unwrap_or_default().to_owned());
     let issued = oauth::create_sharing_client(
@@ -518,7 +518,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     attributes["request_digest"] = json!(shown);
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}});
     let answer =
-        match svc.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await {
+        match cx.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await {
             Ok(a) => a,
             Err(e) => {
                 oauth::delete_client(inst, &issued.client_id).await?;
@@ -534,7 +534,7 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     };
     let my_index = attrs.get("member_index").and_then(Value::as_u64).map(|i| i as usize);
     let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
-    let fallback_index = own_index(svc, inst, &s);
+    let fallback_index = own_index(cx, inst, &s);
     let client_id = issued.client_id.clone();
     let stored = update(store, id, |s| {
         // A replacement that landed during the exchange (only the owner can make one) is not
@@ -565,17 +565,17 @@ pub async fn accept(svc: &Services, inst: &Instance, id: &SharingId, state: &str
     };
     super::request::unmark_pending(inst, &s).await;
     tracing::info!(instance = %inst.domain, sharing = %id, "sharing accepted");
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     Ok(s)
 }
 
 /// Refusing on the recipient: tells the owner (with `state`) and forgets the request.
-pub async fn refuse(svc: &Services, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
+pub async fn refuse(cx: &Context, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
     let store = inst.store.as_ref();
-    let s = load_request(svc, inst, id).await?;
+    let s = load_request(cx, inst, id).await?;
     let owner = owner_url(&s)?;
     let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
-    svc.federation
+    cx.federation
         .call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body))
         .await
         .map_err(owner_refusal)?;
@@ -611,7 +611,7 @@ fn changed_conflict() -> SharingError {
 /// `POST /sharings/:id/answer` on the owner: checks the single-use `state`, and on acceptance
 /// creates the client standing for the member, stores the member's credentials, and answers
 /// with its own.
-pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
+pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
     let store = inst.store.as_ref();
     let data =
         body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
@@ -652,7 +652,7 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
     }
     let public_name = attrs.get("public_name").and_then(Value::as_str).map(|n| n.chars().take(200).collect::<String>());
     let write = s.member_may_write(index);
-    let ttl = svc.config.federation.access_token_ttl_secs;
+    let ttl = cx.config.federation.access_token_ttl_secs;
     let name =
         public_name.clone().or_else(|| s.members[index].email.clone()).unwrap_or_else(|| format!("member {index}"));
     let issued = oauth::create_sharing_client(
@@ -689,7 +689,7 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
         }
     };
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     let mut attributes = credentials_json(&issued);
     attributes["member_index"] = json!(index);
     attributes["read_only"] = json!(read_only);
@@ -698,7 +698,7 @@ pub async fn process_answer(svc: &Services, inst: &Instance, id: &SharingId, bod
 
 /// Revokes members on the owner (`index` None: everyone). The local effect is immediate; each
 /// ready member is told through the outbox.
-pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Option<usize>) -> Result<Sharing> {
+pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option<usize>) -> Result<Sharing> {
     let store = inst.store.as_ref();
     // Credentials die first: once a member shows as revoked, its tokens must already fail.
     if let Some(current) = load(store, id).await?.filter(|s| s.owner) {
@@ -745,11 +745,11 @@ pub async fn revoke(svc: &Services, inst: &Instance, id: &SharingId, index: Opti
         if notify {
             let mut e = Entry::new(id, i, Method::DELETE, format!("/sharings/{id}"));
             e.forget_credentials = true;
-            outbox::enqueue(svc, inst, e).await?;
+            outbox::enqueue(cx, inst, e).await?;
         }
         tracing::info!(instance = %inst.domain, sharing = %id, member = i, "member revoked");
     }
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     Ok(s)
 }
 
@@ -764,10 +764,10 @@ async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[usize])
 
 /// A recipient leaves (`DELETE /sharings/:id/recipients/self`): local effect now, the owner is
 /// told through the outbox.
-pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+pub async fn leave(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
     let current =
         load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
-    let me = own_index(svc, inst, &current);
+    let me = own_index(cx, inst, &current);
     if !current.owner {
         delete_inbound_clients(inst, &current, &[0]).await?;
     }
@@ -792,15 +792,15 @@ pub async fn leave(svc: &Services, inst: &Instance, id: &SharingId) -> Result<Sh
     if notify {
         let mut e = Entry::new(id, 0, Method::DELETE, format!("/sharings/{id}/answer"));
         e.forget_credentials = true;
-        outbox::enqueue(svc, inst, e).await?;
+        outbox::enqueue(cx, inst, e).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, "left the sharing");
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     Ok(s)
 }
 
 /// `DELETE /sharings/:id` from the owner, on a recipient: we were revoked.
-pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -> Result<()> {
+pub async fn revoked_by_owner(cx: &Context, inst: &Instance, id: &SharingId) -> Result<()> {
     if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|s| !s.owner) {
         delete_inbound_clients(inst, &current, &[0]).await?;
     }
@@ -824,12 +824,12 @@ pub async fn revoked_by_owner(svc: &Services, inst: &Instance, id: &SharingId) -
         oauth::delete_client(inst, &c).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, "revoked by the owner");
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     Ok(())
 }
 
 /// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
-pub async fn member_left(svc: &Services, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
+pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
     if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| index > 0) {
         delete_inbound_clients(inst, &current, &[index]).await?;
     }
@@ -851,7 +851,7 @@ pub async fn member_left(svc: &Services, inst: &Instance, id: &SharingId, index:
         oauth::delete_client(inst, &c).await?;
     }
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "member left");
-    crate::sync::manager::sharing_changed(svc, inst, id).await?;
+    cx.sharing_changed(inst, id).await?;
     Ok(())
 }
 
@@ -859,7 +859,7 @@ pub async fn member_left(svc: &Services, inst: &Instance, id: &SharingId, index:
 /// client standing for it is replaced (its old tokens stop working at once) and the new
 /// credentials are sent to it through the outbox.
 pub async fn set_read_only(
-    svc: &Services,
+    cx: &Context,
     inst: &Instance,
     id: &SharingId,
     index: usize,
@@ -886,7 +886,7 @@ pub async fn set_read_only(
                 index,
                 &sharing_scope(id, write),
                 &format!("Sharing {name}"),
-                svc.config.federation.access_token_ttl_secs,
+                cx.config.federation.access_token_ttl_secs,
             )
             .await?,
         )
@@ -911,7 +911,7 @@ pub async fn set_read_only(
         let mut body = credentials_json(&issued);
         body["read_only"] = json!(read_only);
         e.body = Some(json!({"data": {"type": "io.cozy.sharings.credentials", "id": id.as_str(), "attributes": body}}));
-        outbox::enqueue(svc, inst, e).await?;
+        outbox::enqueue(cx, inst, e).await?;
     }
     Ok(s)
 }
@@ -959,10 +959,10 @@ pub fn peer_may(perms: &PermissionSet, id: &SharingId, verb: Verb) -> bool {
 }
 
 /// Invitation links of the members who have not answered yet, for the owner.
-pub fn invitations(svc: &Services, inst: &Instance, s: &Sharing) -> Vec<(usize, Member, String)> {
+pub fn invitations(cx: &Context, inst: &Instance, s: &Sharing) -> Vec<(usize, Member, String)> {
     (1..s.members.len())
         .filter(|i| s.invitation_open(*i))
-        .filter_map(|i| invitation_link(svc, inst, s, i).map(|l| (i, s.members[i].clone(), l)))
+        .filter_map(|i| invitation_link(cx, inst, s, i).map(|l| (i, s.members[i].clone(), l)))
         .collect()
 }
 

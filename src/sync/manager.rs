@@ -7,7 +7,7 @@
 //! last error, last success, progress) is kept for the status route and CLI, with what the
 //! peer wrote and refused, which the link's checkpoint keeps ([`LinkRecord`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::replication::{self, read_checkpoint, LastRefusal, LinkRecord, SyncError};
-use crate::instance::Instance;
-use crate::services::Services;
+use crate::instance::{Instance, Registry};
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
-use crate::sharing::{self, service, SharingId};
+use crate::sharing::{service, Context, SyncHandle};
 use crate::store::StoreError;
 
 /// Failures in a row after which a peer is reported `down` (it is still retried).
@@ -135,11 +134,19 @@ pub struct SyncManager {
     states: Mutex<HashMap<PeerKey, PeerState>>,
     seen: Mutex<HashMap<String, u64>>,
     wake: Notify,
-    /// Serialises tracking refreshes: a refresh reads the sharings and hands their rules to
-    /// the store, and an older read must never overwrite newer rules.
-    tracking_lock: tokio::sync::Mutex<()>,
-    /// Per instance, the sharings whose rules the store was last given.
-    tracked: Mutex<HashMap<String, HashSet<String>>>,
+    /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
+    outbox: Notify,
+}
+
+/// The sharing layer wakes the workers through this.
+impl SyncHandle for SyncManager {
+    fn wake_replication(&self) {
+        self.wake();
+    }
+
+    fn wake_outbox(&self) {
+        self.outbox.notify_one();
+    }
 }
 
 /// The members a sharing replicates to from this instance.
@@ -170,6 +177,11 @@ impl SyncManager {
         self.states.lock().ok().map(|mut m| f(m.entry(key.clone()).or_default()))
     }
 
+    /// Resolves when an outbox entry was added (see [`SyncHandle::wake_outbox`]).
+    pub async fn outbox_added(&self) {
+        self.outbox.notified().await
+    }
+
     /// Asks the worker to look at every instance now (after a write through a peer or the CLI).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -188,95 +200,44 @@ impl SyncManager {
     }
 }
 
-async fn refresh_locked(sync: &SyncManager, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
-    let all = sharing::list(inst.store.as_ref()).await?;
-    let active: Vec<&Sharing> = all.iter().filter(|s| s.active).collect();
-    inst.store.set_tracking(active.iter().flat_map(|s| s.track_rules()).collect());
-    if let Ok(mut tracked) = sync.tracked.lock() {
-        tracked.insert(inst.domain.to_string(), active.iter().map(|s| s.id().to_owned()).collect());
-    }
-    Ok(all)
-}
-
-/// Gives the store the rules of the instance's active sharings.
-pub async fn refresh_tracking(svc: &Services, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
-    let _guard = svc.sync.tracking_lock.lock().await;
-    refresh_locked(&svc.sync, inst).await
-}
-
-/// Makes sure the store tracks `sharing` before a write for it is applied (a sharing that
-/// has just become active, or an instance just opened).
-pub async fn ensure_tracked(svc: &Services, inst: &Instance, sharing: &str) -> Result<(), StoreError> {
-    let known = svc
-        .sync
-        .tracked
-        .lock()
-        .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(sharing)))
-        .unwrap_or(false);
-    if !known {
-        refresh_tracking(svc, inst).await?;
-    }
-    Ok(())
-}
-
-/// After a sharing changed state: update tracking; when it is active on the owner, add the
-/// documents that already match (initial sync); when it ended, forget its feed. Holds the
-/// tracking lock throughout, so the initial scan uses the rules just set.
-pub async fn sharing_changed(svc: &Services, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
-    let _guard = svc.sync.tracking_lock.lock().await;
-    let all = refresh_locked(&svc.sync, inst).await?;
-    if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
-        if s.active && s.owner {
-            let added = inst.store.track_existing(id.as_str()).await?;
-            tracing::info!(instance = %inst.domain, sharing = %id, added, "initial tracking");
-        } else if !s.active {
-            inst.store.untrack(id.as_str()).await?;
-        }
-    }
-    svc.sync.wake();
-    Ok(())
-}
-
 /// The worker: see the module docs.
-pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
-    let debounce = Duration::from_millis(svc.config.replication.debounce_ms.max(1));
-    let sweep = Duration::from_millis(svc.config.replication.sweep_ms.max(10));
+pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncManager>, cancel: CancellationToken) {
+    let debounce = Duration::from_millis(cx.config.replication.debounce_ms.max(1));
+    let sweep = Duration::from_millis(cx.config.replication.sweep_ms.max(10));
     let mut last_sweep: Option<Instant> = None;
     loop {
         let sweep_due = last_sweep.is_none_or(|t| t.elapsed() >= sweep);
         if sweep_due {
             last_sweep = Some(Instant::now());
         }
-        for inst in svc.registry.opened() {
+        for inst in registry.opened() {
             let counter = *inst.store.subscribe().borrow();
-            let changed = svc
-                .sync
+            let changed = manager
                 .seen
                 .lock()
                 .map(|mut seen| seen.insert(inst.domain.to_string(), counter) != Some(counter))
                 .unwrap_or(true);
             if changed || sweep_due {
-                if let Err(e) = plan(&svc, &inst).await {
+                if let Err(e) = plan(&cx, &manager, &inst).await {
                     tracing::error!(instance = %inst.domain, error = ?e, "replication planning failed");
                 }
             }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = svc.sync.wake.notified() => tokio::time::sleep(debounce).await,
+            _ = manager.wake.notified() => tokio::time::sleep(debounce).await,
             _ = tokio::time::sleep(debounce) => {}
         }
     }
 }
 
-async fn plan(svc: &Arc<Services>, inst: &Arc<Instance>) -> Result<(), StoreError> {
-    let sharings = refresh_tracking(svc, inst).await?;
+async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance>) -> Result<(), StoreError> {
+    let sharings = cx.tracking.refresh(inst).await?;
     for s in sharings {
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
             let now = Instant::now();
-            let start = svc
-                .sync
+            let start = manager
                 .with_state(&key, |st| {
                     if st.running {
                         st.dirty = true;
@@ -291,33 +252,39 @@ async fn plan(svc: &Arc<Services>, inst: &Arc<Instance>) -> Result<(), StoreErro
             }
             let checkpoint = read_checkpoint(inst, s.id(), member).await?;
             let info = inst.store.shared_info(s.id(), checkpoint).await?;
-            let forced = svc.sync.with_state(&key, |st| std::mem::take(&mut st.dirty)).unwrap_or(false);
+            let forced = manager.with_state(&key, |st| std::mem::take(&mut st.dirty)).unwrap_or(false);
             if info.last_seq <= checkpoint && !forced {
                 continue;
             }
-            svc.sync.with_state(&key, |st| {
+            manager.with_state(&key, |st| {
                 st.running = true;
                 st.processed = 0;
                 st.total = info.pending;
             });
-            tokio::spawn(run_one(svc.clone(), inst.clone(), s.clone(), member, key));
+            tokio::spawn(run_one(cx.clone(), manager.clone(), inst.clone(), s.clone(), member, key));
         }
     }
     Ok(())
 }
 
 /// Replicates one (sharing, member) until nothing is left, then records the outcome.
-async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: usize, key: PeerKey) {
+async fn run_one(
+    cx: Arc<Context>,
+    manager: Arc<SyncManager>,
+    inst: Arc<Instance>,
+    s: Sharing,
+    member: usize,
+    key: PeerKey,
+) {
     let limits = Limits {
-        batch_size: svc.config.replication.batch_size.max(1),
-        max_docs: svc.config.replication.batch_size.max(1),
-        max_bytes: svc.config.replication.max_batch_bytes.max(1),
+        batch_size: cx.config.replication.batch_size.max(1),
+        max_docs: cx.config.replication.batch_size.max(1),
+        max_bytes: cx.config.replication.max_batch_bytes.max(1),
     };
-    let result = match replication::endpoints(svc.federation.clone(), inst.clone(), &s, member) {
+    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member) {
         Ok((mut source, mut target)) => {
-            let sync = svc.sync.clone();
             replicate::run(&mut source, &mut target, &limits, |r| {
-                sync.with_state(&key, |st| {
+                manager.with_state(&key, |st| {
                     st.processed = r.changes_read;
                     st.total = st.total.max(r.changes_read);
                 });
@@ -326,8 +293,7 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         }
         Err(e) => Err(e),
     };
-    let again = svc
-        .sync
+    let again = manager
         .with_state(&key, |st| {
             st.running = false;
             match &result {
@@ -343,7 +309,7 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
                     st.attempts += 1;
                     st.health = if st.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
                     st.last_error = Some(e.to_string());
-                    let r = &svc.config.replication;
+                    let r = &cx.config.replication;
                     st.next_at =
                         Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
                     false
@@ -362,9 +328,9 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
             let Some(id) = s.id.clone() else { return };
             tracing::info!(instance = %inst.domain, sharing = %id, "a removal revokes the sharing");
             let outcome = if s.owner {
-                service::revoke(&svc, &inst, &id, None).await
+                service::revoke(&cx, &inst, &id, None).await
             } else {
-                service::leave(&svc, &inst, &id).await
+                service::leave(&cx, &inst, &id).await
             };
             if let Err(e) = outcome {
                 tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "revocation failed");
@@ -376,6 +342,6 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         }
     }
     if again {
-        svc.sync.wake();
+        manager.wake();
     }
 }

@@ -36,7 +36,7 @@ pub async fn load(app: &TestApp, inst: &TestInstance, id: &str) -> Sharing {
 pub async fn link(app: &TestApp, owner: &TestInstance, id: &str, index: usize) -> String {
     let inst = app.instance(&owner.domain);
     let s = sharing::load(inst.store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap();
-    service::invitation_link(&app.services, &inst, &s, index).unwrap()
+    service::invitation_link(&app.sharing, &inst, &s, index).unwrap()
 }
 
 pub fn hidden(html: &str, name: &str) -> String {
@@ -117,8 +117,8 @@ pub async fn log_in_and_open(b: &reqwest::Client, recipient: &TestInstance, auth
 pub async fn accept_request(app: &TestApp, recipient: &TestInstance, id: &str, state: &str) {
     let inst = app.instance(&recipient.domain);
     let id = SharingId::parse(id).unwrap();
-    let digest = service::pending_digest(&app.services, &inst, &id).await.expect("a pending request");
-    service::accept(&app.services, &inst, &id, state, &digest).await.expect("accept");
+    let digest = service::pending_digest(&app.sharing, &inst, &id).await.expect("a pending request");
+    service::accept(&app.sharing, &inst, &id, state, &digest).await.expect("accept");
 }
 
 pub fn peer_token(s: &Sharing, index: usize) -> String {

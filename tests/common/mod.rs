@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use hearth::auth::{Audience, PermissionSet};
 use hearth::instance::{Domain, NewInstance};
-use hearth::services::Services;
 use hearth::{Application, Config};
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::Value;
@@ -49,7 +48,7 @@ pub fn browser() -> Client {
 pub struct TestApp {
     pub port: u16,
     pub registry: Arc<hearth::instance::Registry>,
-    pub services: Arc<Services>,
+    pub sharing: Arc<hearth::sharing::Context>,
     pub client: Client,
     pub dir: Arc<tempfile::TempDir>,
     pub config: Config,
@@ -85,12 +84,12 @@ async fn start(config: Config, dir: Arc<tempfile::TempDir>) -> TestApp {
     let app = Application::build(config.clone()).await.expect("build app");
     let port = app.port();
     let registry = app.registry();
-    let services = app.services();
+    let sharing = app.sharing();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     let mut config = config;
     config.listen = format!("127.0.0.1:{port}");
-    TestApp { port, registry, services, client: browser(), dir, config, handle: Some(handle) }
+    TestApp { port, registry, sharing, client: browser(), dir, config, handle: Some(handle) }
 }
 
 impl Drop for TestApp {
@@ -121,7 +120,7 @@ impl TestApp {
         self.stop().await;
         let mut fresh = start(self.config.clone(), self.dir.clone()).await;
         self.registry = fresh.registry.clone();
-        self.services = fresh.services.clone();
+        self.sharing = fresh.sharing.clone();
         // `fresh` is dropped without its handle, so it doesn't stop the server.
         self.handle = fresh.handle.take();
     }
