@@ -191,8 +191,7 @@ async fn revoking_one_member_ends_its_ways_back_in_and_nobody_elses() {
     }
     member_ways_are_closed(&one, &alice, &id, bob_index, &bob).await;
     eventually(WAIT, "bob learns the revocation", || async { load(&one, &bob, &id).await.revoked_at.is_some() }).await;
-    let late =
-        service::pending_digest(&one.sharing, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
+    let late = service::pending_digest(&one.sharing, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
     assert!(matches!(late, Err(SharingError::Conflict(_))), "bob's copy is not a request to accept: {late:?}");
 
     // The others are not touched: carol stays, and the link still lets someone new in.

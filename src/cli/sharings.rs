@@ -208,11 +208,7 @@ fn print_status(status: &serde_json::Value) {
 }
 
 /// Shows a progress bar per member replicated to, until nothing is pending.
-async fn follow_sync(
-    server: &ServerApi,
-    id: &SharingId,
-    timeout: std::time::Duration,
-) -> anyhow::Result<()> {
+async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Duration) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:<20} [{bar:40}] {pos}/{len} {msg}")

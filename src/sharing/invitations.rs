@@ -31,11 +31,11 @@ use url::Url;
 
 use super::links::{self, code_hash, in_secs, is_past, CodeRef};
 use super::model::{now_rfc3339, Member, MemberStatus, Sharing, SharingId};
+use super::Context;
 use super::{load, service, update, Result, SharingError};
 use crate::auth::random_hex;
 use crate::federation::client::FederationError;
 use crate::instance::Instance;
-use super::Context;
 
 /// The JSON:API type of invitation resources.
 pub const INVITATIONS_TYPE: &str = "io.hearth.invitations";

@@ -25,10 +25,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::model::{is_internal_doctype, now_rfc3339, MemberStatus, Sharing, SharingId};
+use super::Context;
 use super::{load, update, Result, SharingError};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
-use super::Context;
 use crate::store::{json as records, DocId, Doctype, StoreError};
 
 pub const PERMISSIONS_DOCTYPE: &str = "io.cozy.permissions";

@@ -54,9 +54,9 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId, MAX_RULES, MAX_VALUES_PER_RULE};
+use super::Context;
 use super::{load, save, Result, SharingError};
 use crate::instance::Instance;
-use super::Context;
 use crate::store::{json as records, AllDocsQuery, AllDocsRow, DocId, Doctype, Store, StoreError};
 
 /// Largest body of an unauthenticated request (`PUT /sharings/:id`, `POST /sharings/:id/answer`,

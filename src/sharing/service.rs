@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 use url::Url;
 
 use super::model::{now_rfc3339, Member, MemberStatus, PeerCredentials, Rule, Sharing, SharingId};
+use super::outbox::{self, Entry};
+use super::Context;
 use super::{load, save, update, Result, SharingError};
 use crate::auth::oauth::{self, OAuthClient};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
-use super::Context;
 use crate::store::{json as records, DocId, Doctype, StoreError};
-use super::outbox::{self, Entry};
 
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())
@@ -529,7 +529,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
     let Some(creds) = peer_credentials(&attrs) else {
         oauth::delete_client(inst, &issued.client_id).await?;
         return Err(SharingError::Peer(crate::federation::client::FederationError::BadResponse {
-            peer: owner.origin().ascii_serialization(),
+            peer: crate::federation::client::origin(&owner),
         }));
     };
     let my_index = attrs.get("member_index").and_then(Value::as_u64).map(|i| i as usize);
