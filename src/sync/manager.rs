@@ -1,17 +1,21 @@
-//! Scheduling replication: a worker watches each open instance's commit counter, and shortly
-//! after a write (`replication.debounce_ms`) — or at each sweep (`replication.sweep_ms`), which
-//! catches anything missed, such as changes made by another process — it starts, for every
-//! (sharing, member) with undelivered changes, a replication task of its own: a slow or dead
-//! peer never blocks requests nor other peers. Failures back off exponentially with jitter up
-//! to `replication.retry_max_ms` and are retried forever; each peer's state (see [`Health`],
-//! last error, last success, progress) is kept for the status route and CLI, with what the
-//! peer wrote and refused, which the link's checkpoint keeps ([`LinkRecord`]).
+//! Executing the replication schedule: a worker watches each open instance's commit counter,
+//! and shortly after a write (`replication.debounce_ms`) — or at each sweep
+//! (`replication.sweep_ms`), which catches anything missed, such as changes made by another
+//! process — it starts, for every (sharing, member) with undelivered changes whose schedule says
+//! it is due, a replication task of its own: a slow or dead peer never blocks requests nor other
+//! peers. The schedule itself (backoff with jitter up to `replication.retry_max_ms`, health
+//! states, never giving up) is the sans-I/O crate's `schedule::LinkSchedule`; this module gives
+//! it the clock and the jitter. Each link's state (see [`Health`], last error, last success,
+//! progress) is kept for the status route and CLI, with what the peer wrote and refused, which
+//! the link's checkpoint keeps ([`LinkRecord`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_replicator::replicate::{self, Limits};
+pub use hearth_replicator::schedule::Health;
+use hearth_replicator::schedule::LinkSchedule;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -22,9 +26,6 @@ use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
 use crate::sharing::{service, Context, SyncHandle};
 use crate::store::StoreError;
 
-/// Failures in a row after which a peer is reported `down` (it is still retried).
-const DOWN_AFTER: u32 = 5;
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     pub domain: String,
@@ -32,53 +33,16 @@ pub struct PeerKey {
     pub member: usize,
 }
 
-/// The state of replication to one member, as the status route and CLI show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Not replicated by this process yet, and no document refused.
-    Idle,
-    /// The last run delivered everything, and the member refuses none of the documents sent.
-    Healthy,
-    /// Runs succeed, but the member refused documents that it has not written since
-    /// (`refused_docs`, `last_refusal`): its copy is incomplete.
-    Degraded,
-    /// The last run failed; retrying with backoff.
-    Retrying,
-    /// `DOWN_AFTER` runs in a row failed; still retried.
-    Down,
-}
-
 /// What this process knows of one replication link (the rest is in its [`LinkRecord`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PeerState {
-    /// `Idle`, `Healthy`, `Retrying` or `Down` (`Degraded` comes from the record).
-    pub health: Health,
-    pub running: bool,
+    /// When the link runs, its health and failures in a row.
+    pub schedule: LinkSchedule,
     pub last_error: Option<String>,
     pub last_success: Option<String>,
-    pub attempts: u32,
     /// Changes processed by the current (or last) run, and how many it had to process.
     pub processed: u64,
     pub total: u64,
-    next_at: Option<Instant>,
-    dirty: bool,
-}
-
-impl Default for PeerState {
-    fn default() -> Self {
-        PeerState {
-            health: Health::Idle,
-            running: false,
-            last_error: None,
-            last_success: None,
-            attempts: 0,
-            processed: 0,
-            total: 0,
-            next_at: None,
-            dirty: false,
-        }
-    }
 }
 
 /// The replication state of one member, for `GET /sharings/:id/status` (`replication`) and
@@ -107,16 +71,12 @@ pub struct LinkStatus {
 
 impl LinkStatus {
     pub fn new(state: PeerState, record: LinkRecord) -> LinkStatus {
-        let health = match state.health {
-            Health::Idle | Health::Healthy if !record.refused.is_empty() => Health::Degraded,
-            h => h,
-        };
         LinkStatus {
-            health,
-            running: state.running,
+            health: state.schedule.health.with_refusals(!record.refused.is_empty()),
+            running: state.schedule.running,
             last_error: state.last_error,
             last_success: state.last_success,
-            attempts: state.attempts,
+            attempts: state.schedule.attempts,
             processed: state.processed,
             total: state.total,
             last_seq: record.last_seq,
@@ -129,13 +89,26 @@ impl LinkStatus {
     }
 }
 
-#[derive(Default)]
 pub struct SyncManager {
+    /// The origin of the schedules' clock (milliseconds since).
+    epoch: Instant,
     states: Mutex<HashMap<PeerKey, PeerState>>,
     seen: Mutex<HashMap<String, u64>>,
     wake: Notify,
     /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
     outbox: Notify,
+}
+
+impl Default for SyncManager {
+    fn default() -> Self {
+        SyncManager {
+            epoch: Instant::now(),
+            states: Mutex::default(),
+            seen: Mutex::default(),
+            wake: Notify::new(),
+            outbox: Notify::new(),
+        }
+    }
 }
 
 /// The sharing layer wakes the workers through this.
@@ -177,6 +150,11 @@ impl SyncManager {
         self.states.lock().ok().map(|mut m| f(m.entry(key.clone()).or_default()))
     }
 
+    /// The schedules' clock: milliseconds since this manager was made (monotonic).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// Resolves when an outbox entry was added (see [`SyncHandle::wake_outbox`]).
     pub async fn outbox_added(&self) {
         self.outbox.notified().await
@@ -191,10 +169,7 @@ impl SyncManager {
     pub fn sync_now(&self, domain: &str, s: &Sharing) {
         for member in targets(s) {
             let key = PeerKey { domain: domain.to_owned(), sharing: s.id().to_owned(), member };
-            self.with_state(&key, |st| {
-                st.next_at = None;
-                st.dirty = true;
-            });
+            self.with_state(&key, |st| st.schedule.force());
         }
         self.wake();
     }
@@ -236,28 +211,19 @@ async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance
     for s in sharings {
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
-            let now = Instant::now();
-            let start = manager
-                .with_state(&key, |st| {
-                    if st.running {
-                        st.dirty = true;
-                        false
-                    } else {
-                        st.next_at.is_none_or(|t| t <= now)
-                    }
-                })
-                .unwrap_or(false);
+            let now = manager.now_ms();
+            let start = manager.with_state(&key, |st| st.schedule.due(now)).unwrap_or(false);
             if !start {
                 continue;
             }
             let checkpoint = read_checkpoint(inst, s.id(), member).await?;
             let info = inst.store.shared_info(s.id(), checkpoint).await?;
-            let forced = manager.with_state(&key, |st| std::mem::take(&mut st.dirty)).unwrap_or(false);
+            let forced = manager.with_state(&key, |st| st.schedule.take_dirty()).unwrap_or(false);
             if info.last_seq <= checkpoint && !forced {
                 continue;
             }
             manager.with_state(&key, |st| {
-                st.running = true;
+                st.schedule.started();
                 st.processed = 0;
                 st.total = info.pending;
             });
@@ -293,27 +259,19 @@ async fn run_one(
         }
         Err(e) => Err(e),
     };
+    let backoff = super::backoff(&cx.config);
+    let now = manager.now_ms();
     let again = manager
-        .with_state(&key, |st| {
-            st.running = false;
-            match &result {
-                Ok(_) => {
-                    st.health = Health::Healthy;
-                    st.attempts = 0;
-                    st.last_error = None;
-                    st.last_success = Some(now_rfc3339());
-                    st.next_at = None;
-                    std::mem::take(&mut st.dirty)
-                }
-                Err(e) => {
-                    st.attempts += 1;
-                    st.health = if st.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
-                    st.last_error = Some(e.to_string());
-                    let r = &cx.config.replication;
-                    st.next_at =
-                        Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
-                    false
-                }
+        .with_state(&key, |st| match &result {
+            Ok(_) => {
+                st.last_error = None;
+                st.last_success = Some(now_rfc3339());
+                st.schedule.succeeded()
+            }
+            Err(e) => {
+                st.last_error = Some(e.to_string());
+                st.schedule.failed(now, &backoff, rand::random());
+                false
             }
         })
         .unwrap_or(false);

@@ -118,10 +118,9 @@ pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, Store
                 json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await?;
             }
             Outcome::Retry(reason) => {
-                let r = &cx.config.replication;
-                let delay = super::backoff(entry.attempts, r.retry_base_ms, r.retry_max_ms);
+                let delay = super::backoff(&cx.config).delay_ms(entry.attempts, rand::random());
                 entry.attempts += 1;
-                entry.next_at_ms = now_ms() + delay.as_millis() as u64;
+                entry.next_at_ms = now_ms() + delay;
                 entry.last_error = Some(reason.clone());
                 tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "notification will be retried");
                 let body = match serde_json::to_value(&entry) {
