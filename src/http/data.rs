@@ -172,20 +172,58 @@ async fn db_info(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 }
 
 /// Answer of a single-document write, in Cozy's shape (a superset of CouchDB's): `data` is the
-/// document as written, with its new `_id` and `_rev`.
-fn write_answer(doctype: &Doctype, id: &DocId, rev: &Rev, body: Body, status: StatusCode) -> ApiResult<HttpResponse> {
+/// document as written, with its new `_id` and `_rev` (and `_deleted: true` for a deletion).
+/// Headers: `ETag` (the new revision) and, as CouchDB sends for 201, `Location` (the document's
+/// absolute URL, see [`location`]).
+fn write_answer(req: &HttpRequest, doctype: &Doctype, w: &Written, status: StatusCode) -> ApiResult<HttpResponse> {
     #[derive(Serialize)]
-    struct Written<'a> {
+    struct Answer<'a> {
         ok: bool,
         id: &'a str,
         rev: String,
         r#type: &'a str,
         data: Box<RawValue>,
     }
-    let doc = DocRev { id: id.clone(), rev: rev.clone(), deleted: false, body, revisions: None };
+    let doc =
+        DocRev { id: w.id.clone(), rev: w.rev.clone(), deleted: w.deleted, body: w.body.clone(), revisions: None };
     let answer =
-        Written { ok: true, id: id.as_str(), rev: rev.to_string(), r#type: doctype.as_str(), data: rendered(&doc)? };
-    Ok(HttpResponse::build(status).insert_header((header::ETAG, format!("\"{rev}\""))).json(answer))
+        Answer { ok: true, id: w.id.as_str(), rev: w.rev.to_string(), r#type: doctype.as_str(), data: rendered(&doc)? };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::ETAG, format!("\"{}\"", w.rev)));
+    if status == StatusCode::CREATED {
+        resp.insert_header((header::LOCATION, location(req, doctype, w.id.as_str())));
+    }
+    Ok(resp.json(answer))
+}
+
+/// A document just written, as [`write_answer`] tells it.
+struct Written {
+    id: DocId,
+    rev: Rev,
+    deleted: bool,
+    body: Body,
+}
+
+/// Bytes of an id escaped in a `Location` path: all but RFC 3986's unreserved characters.
+const PATH_ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The absolute URL of a document (`http://host/data/doctype/id`, the id percent-encoded once,
+/// `_local/` kept as is), which CouchDB sends as `Location` with a 201 (its
+/// `couch_httpd:absolute_uri`). Scheme and host are the request's own.
+fn location(req: &HttpRequest, doctype: &Doctype, id: &str) -> String {
+    let info = req.connection_info();
+    let (prefix, rest) = match id.strip_prefix(LOCAL_PREFIX) {
+        Some(rest) => (LOCAL_PREFIX, rest),
+        None => ("", id),
+    };
+    format!(
+        "{}://{}/data/{}/{prefix}{}",
+        info.scheme(),
+        info.host(),
+        percent_encoding::utf8_percent_encode(doctype.as_str(), PATH_ESCAPED),
+        percent_encoding::utf8_percent_encode(rest, PATH_ESCAPED)
+    )
 }
 
 /// Runs one interactive write and maps a conflict to 409.
@@ -212,10 +250,9 @@ async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiR
         return Err(ApiError::bad_request("a new document cannot have _rev; use PUT to update"));
     }
     w.deleted = false;
-    let body = w.body.clone();
-    let id = w.id.clone();
+    let (id, body) = (w.id.clone(), w.body.clone());
     let rev = write_one(&inst, &doctype, w).await?;
-    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
+    write_answer(&req, &doctype, &Written { id, rev, deleted: false, body }, StatusCode::CREATED)
 }
 
 /// The revision named by `?rev=` or `If-Match` (which must agree when both are given).
@@ -340,7 +377,9 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
         if let Some(WriteResult::Rejected { reason, .. }) = results.into_iter().next() {
             return Err(ApiError::BadRequest(reason));
         }
-        return Ok(created(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()})));
+        return Ok(HttpResponse::Created()
+            .insert_header((header::LOCATION, location(&req, &doctype, id.as_str())))
+            .json(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()})));
     }
     match (rev_param(&req, &q)?, &w.rev) {
         (Some(a), Some(b)) if &a != b => {
@@ -349,9 +388,9 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
         (Some(a), None) => w.rev = Some(a),
         _ => {}
     }
-    let body = w.body.clone();
+    let (deleted, body) = (w.deleted, w.body.clone());
     let rev = write_one(&inst, &doctype, w).await?;
-    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
+    write_answer(&req, &doctype, &Written { id, rev, deleted, body }, StatusCode::CREATED)
 }
 
 /// `DELETE /data/:doctype/:id?rev=` — adds a deletion revision on top of `rev`.
@@ -1038,31 +1077,80 @@ async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().content_type("application/json").body(out))
 }
 
-/// `PUT /data/:doctype/_local/:id` — writes it; as in CouchDB, revisions are not checked.
+/// The `N` of a `_local` revision `0-N` a client names (CouchDB reads it as an integer; `0`
+/// for none).
+fn local_rev_number(rev: Option<&str>) -> ApiResult<u64> {
+    let Some(rev) = rev else { return Ok(0) };
+    rev.strip_prefix("0-")
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid rev format: a _local revision is 0-N"))
+}
+
+/// The `_local` revision named by `?rev=` or `If-Match` (which must agree).
+fn local_rev_param(req: &HttpRequest, q: &Query) -> ApiResult<Option<String>> {
+    let from_header = req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().map(|s| s.trim().trim_matches('"').to_owned()))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid If-Match header"))?;
+    match (q.get("rev").map(str::to_owned), from_header) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request("rev and If-Match disagree")),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// `PUT /data/:doctype/_local/:id` — writes it if the `_rev` given (in the body, `?rev=` or
+/// `If-Match`) is its current one, none for a new document; otherwise 409 `conflict`, as
+/// CouchDB's `update_local_docs` and PouchDB answer. Replicators read a checkpoint before they
+/// write it, so they name its revision.
 async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
+    let q = Query::of(&req)?;
     let limits = Limits::of(&req);
     let bytes = read_body(&req, payload, limits.request).await?;
     let members = Members::of(parse_raw(&bytes)?.get())
         .ok_or_else(|| ApiError::bad_request("the document must be a JSON object"))?;
     members.check_depth().map_err(ApiError::BadRequest)?;
+    let mut body_rev = None;
+    for m in members.iter().filter(|m| m.key() == "_rev") {
+        body_rev = match serde_json::from_str::<Value>(m.value) {
+            Ok(Value::String(s)) => Some(s),
+            Ok(Value::Null) => None,
+            _ => return Err(ApiError::bad_request("invalid rev format: a _local revision is 0-N")),
+        };
+    }
+    let rev = match (body_rev, local_rev_param(&req, &q)?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request("rev in the body and in the request disagree"))
+        }
+        (a, b) => a.or(b),
+    };
+    let expected = local_rev_number(rev.as_deref())?;
     let body = Body::from_members(
         members.iter().filter(|m| !matches!(m.key().as_ref(), "_id" | "_rev" | "_revisions" | "_deleted")),
     );
     limits.check_document(&format!("_local/{id}"), body.as_str().len())?;
-    let rev = inst.0.store.put_local(&doctype, &id, body).await?;
-    Ok(created(json!({"ok": true, "id": format!("_local/{id}"), "rev": format!("0-{rev}")})))
+    let rev = inst.0.store.put_local_if(&doctype, &id, body, expected).await?;
+    let full = format!("{LOCAL_PREFIX}{id}");
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location(&req, &doctype, &full)))
+        .json(json!({"ok": true, "id": full, "rev": format!("0-{rev}")})))
 }
 
-/// `DELETE /data/:doctype/_local/:id`.
+/// `DELETE /data/:doctype/_local/:id?rev=0-N` (or `If-Match`) — 409 `conflict` when `0-N` is
+/// not its current revision (none given included), 404 when there is no such document
+/// (CouchDB's and PouchDB's answers).
 async fn delete_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
-    inst.0.store.delete_local(&doctype, &id).await?;
+    let q = Query::of(&req)?;
+    let expected = local_rev_number(local_rev_param(&req, &q)?.as_deref())?;
+    inst.0.store.delete_local_if(&doctype, &id, expected).await?;
     Ok(HttpResponse::Ok().json(json!({"ok": true, "id": format!("_local/{id}"), "rev": "0-0"})))
 }
