@@ -134,3 +134,40 @@ async fn local_writes_need_the_current_revision_as_couchdb_checks_it() {
     let (s, _, a) = send(&alice, Method::PUT, &ck, &t, Some(json!({"last_seq": 10}))).await;
     assert_eq!((s, &a["rev"]), (201, &json!("0-1")), "{a}");
 }
+
+/// GET with `If-None-Match`: status, ETag header if any, and the body.
+async fn get_if(inst: &TestInstance, path: &str, token: &str, etag: &str) -> (u16, Option<String>, String) {
+    let resp = inst.req(Method::GET, path, Some(token)).header("If-None-Match", etag).send().await.unwrap();
+    let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+    (resp.status().as_u16(), etag, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn an_etag_never_answers_304_for_a_body_whose_meta_members_changed() {
+    let (_app, alice, t) = setup().await;
+    let (s, h, put) = send(&alice, Method::PUT, &format!("{U}/cg"), &t, Some(json!({"key": 1}))).await;
+    assert_eq!(s, 201, "{put}");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    // Without conflicts the body is the revision's own: the ETag holds, with or without the option.
+    for q in ["", "?conflicts=true", "?deleted_conflicts=true"] {
+        let (s, tag, _) = get_if(&alice, &format!("{U}/cg{q}"), &t, &etag).await;
+        assert_eq!((s, tag.as_deref()), (304, Some(etag.as_str())), "{q}");
+    }
+    let losing = json!({"_rev": "1-0000000000000000000000000000000a", "key": 2});
+    let (s, _, a) = send(&alice, Method::PUT, &format!("{U}/cg?new_edits=false"), &t, Some(losing)).await;
+    assert_eq!(s, 201, "{a}");
+    for q in ["?conflicts=true", "?meta=true"] {
+        let (s, tag, body) = get_if(&alice, &format!("{U}/cg{q}"), &t, &etag).await;
+        assert_eq!((s, tag), (200, None), "{q}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["_conflicts"], json!(["1-0000000000000000000000000000000a"]), "{q}");
+    }
+    // revs_info and local_seq: CouchDB sends no ETag either.
+    for q in ["?revs_info=true", "?local_seq=true"] {
+        let (s, tag, _) = get_if(&alice, &format!("{U}/cg{q}"), &t, &etag).await;
+        assert_eq!((s, tag), (200, None), "{q}");
+    }
+    // The plain document did not change: still 304.
+    let (s, _, _) = get_if(&alice, &format!("{U}/cg"), &t, &etag).await;
+    assert_eq!(s, 304);
+}

@@ -285,8 +285,9 @@ fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
 }
 
 /// A document's JSON text, written once into the buffer that becomes the response body (a
-/// large document is copied once, from the stored text).
-fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<Vec<u8>> {
+/// large document is copied once, from the stored text), and whether it holds meta members
+/// (`_conflicts`, `_deleted_conflicts`) besides the revision's own.
+fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<(Vec<u8>, bool)> {
     let revs = |list: &[Rev]| Value::Array(list.iter().map(|r| Value::String(r.to_string())).collect());
     let mut extra = Vec::new();
     if conflicts && !view.conflicts.is_empty() {
@@ -297,7 +298,7 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiR
     }
     let mut out = Vec::with_capacity(view.doc.body.as_str().len() + 256);
     render_into(&mut out, &view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)?;
-    Ok(out)
+    Ok((out, !extra.is_empty()))
 }
 
 /// Whether an `If-None-Match` header names this ETag (or is `*`), RFC 9110 §13.1.2: the
@@ -313,7 +314,9 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
 /// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
 /// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
 /// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
-/// The ETag is the revision; an `If-None-Match` naming it answers 304 without a body (CouchDB,
+/// `?meta=true` is `conflicts` and `deleted_conflicts` together. The ETag is the revision, sent
+/// when the body has no meta members (`_conflicts`, `_deleted_conflicts`) and none were asked
+/// with `meta`, `revs_info` or `local_seq`; an `If-None-Match` naming it then answers 304 without a body (CouchDB,
 /// RFC 9110 §13.1.2). Bodies are answered as written (see `store::body`).
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
@@ -346,13 +349,28 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     }
     let opts = GetOptions { rev: rev_param(&req, &q)?, revs: q.flag("revs")? };
     let view = inst.0.store.get(&doctype, &id, opts).await?;
-    let etag = format!("\"{}\"", view.doc.rev);
-    if none_match(&req, &etag) {
-        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
-    }
-    let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?)?;
+    // `meta=true` asks for both lists too (CouchDB's `meta` = conflicts, deleted_conflicts,
+    // revs_info). `revs_info` and `local_seq` are not answered, but CouchDB sends no ETag with
+    // them either.
+    let meta_asked = q.flag("meta")?;
+    let (body, meta) =
+        render_view(&view, meta_asked || q.flag("conflicts")?, meta_asked || q.flag("deleted_conflicts")?)?;
+    let meta = meta || meta_asked || q.flag("revs_info")? || q.flag("local_seq")?;
+    let rev = view.doc.rev.clone();
     drop(view);
-    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).insert_header(ContentType::json()).body(body))
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(ContentType::json());
+    // The revision names the revision's own text (and `_revisions`, which a revision keeps),
+    // not meta members that change while the revision stays: with them, no ETag and no 304
+    // (CouchDB's `send_doc` does the same).
+    if !meta {
+        let etag = format!("\"{rev}\"");
+        if none_match(&req, &etag) {
+            return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+        }
+        resp.insert_header((header::ETAG, etag));
+    }
+    Ok(resp.body(body))
 }
 
 /// `PUT /data/:doctype/:id` — creates or updates; the parent revision comes from `_rev`,
