@@ -171,3 +171,23 @@ async fn an_etag_never_answers_304_for_a_body_whose_meta_members_changed() {
     let (s, _, _) = get_if(&alice, &format!("{U}/cg"), &t, &etag).await;
     assert_eq!(s, 304);
 }
+
+#[tokio::test]
+async fn open_revs_answers_revisions_only_when_asked_with_revs_true() {
+    let (_app, alice, t) = setup().await;
+    let (s, _, a) = send(&alice, Method::PUT, &format!("{U}/o"), &t, Some(json!({"v": 1}))).await;
+    assert_eq!(s, 201, "{a}");
+    let (s, _, b) = send(&alice, Method::PUT, &format!("{U}/o"), &t, Some(json!({"_rev": a["rev"], "v": 2}))).await;
+    assert_eq!(s, 201, "{b}");
+    let rev = b["rev"].as_str().unwrap();
+    for q in ["open_revs=all", &format!("open_revs=[\"{rev}\"]")] {
+        let (s, plain) = alice.call(Method::GET, &format!("{U}/o?{q}"), Some(&t), None).await;
+        assert_eq!(s, 200);
+        assert_eq!(plain, json!([{"ok": {"_id": "o", "_rev": rev, "v": 2}}]), "{q}");
+        let (s, with) = alice.call(Method::GET, &format!("{U}/o?{q}&revs=true"), Some(&t), None).await;
+        assert_eq!(s, 200);
+        let ids = &with[0]["ok"]["_revisions"];
+        assert_eq!(ids["start"], 2, "{q}: {with}");
+        assert_eq!(ids["ids"].as_array().map(Vec::len), Some(2), "{q}: {with}");
+    }
+}

@@ -312,8 +312,9 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
 }
 
 /// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
-/// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
-/// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
+/// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`,
+/// `revs=true` for `_revisions`) answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as
+/// CouchDB does for JSON clients.
 /// `?meta=true` is `conflicts` and `deleted_conflicts` together. The ETag is the revision, sent
 /// when the body has no meta members (`_conflicts`, `_deleted_conflicts`) and none were asked
 /// with `meta`, `revs_info` or `local_seq`; an `If-None-Match` naming it then answers 304 without a body (CouchDB,
@@ -336,11 +337,18 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             OpenRevs::Some(parse_rev_list(&v, "open_revs")?)
         };
         let found = inst.0.store.open_revs(&doctype, &id, revs, q.flag("latest")?).await?;
+        // `_revisions` only with `revs=true`, as CouchDB and PouchDB answer.
+        let revs_history = q.flag("revs")?;
         let list = found
             .into_iter()
             .map(|r| {
                 Ok(match r {
-                    OpenRev::Found(d) => RevAnswer::Ok(rendered(&d)?),
+                    OpenRev::Found(mut d) => {
+                        if !revs_history {
+                            d.revisions = None;
+                        }
+                        RevAnswer::Ok(rendered(&d)?)
+                    }
                     OpenRev::Missing(rev) => RevAnswer::Missing(rev.to_string()),
                 })
             })
