@@ -191,3 +191,38 @@ async fn open_revs_answers_revisions_only_when_asked_with_revs_true() {
         assert_eq!(ids["ids"].as_array().map(Vec::len), Some(2), "{q}: {with}");
     }
 }
+
+#[tokio::test]
+async fn bulk_get_answers_a_bad_rev_in_its_own_entry_and_a_deleted_document_without_rev_as_its_leaf() {
+    let (_app, alice, t) = setup().await;
+    let (s, _, cf) = send(&alice, Method::PUT, &format!("{U}/cf"), &t, Some(json!({"v": 1}))).await;
+    assert_eq!(s, 201, "{cf}");
+    let (s, _, dz) = send(&alice, Method::PUT, &format!("{U}/dz"), &t, Some(json!({"v": 2}))).await;
+    assert_eq!(s, 201, "{dz}");
+    let (s, _, del) =
+        send(&alice, Method::DELETE, &format!("{U}/dz?rev={}", dz["rev"].as_str().unwrap()), &t, None).await;
+    assert_eq!(s, 200, "{del}");
+    let aaa = "1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let docs = json!({"docs": [
+        {"id": "cf", "rev": aaa},
+        {"id": "a+b", "rev": "bad"},
+        {"id": "cf"},
+        {"id": "dz"},
+        {"id": "nope"},
+        {"id": "_design/x"},
+    ]});
+    let (s, answer) = alice.call(Method::POST, &format!("{U}/_bulk_get"), Some(&t), Some(docs)).await;
+    assert_eq!(s, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6, "{answer}");
+    assert_eq!(results[0]["docs"][0]["error"]["error"], "not_found", "{answer}");
+    assert_eq!(results[0]["docs"][0]["error"]["rev"], aaa);
+    let bad = &results[1];
+    assert_eq!(bad["id"], "a+b");
+    assert_eq!(bad["docs"][0]["error"]["error"], "bad_request", "{answer}");
+    assert_eq!(bad["docs"][0]["error"]["rev"], "bad");
+    assert_eq!(results[2]["docs"], json!([{"ok": {"_id": "cf", "_rev": cf["rev"], "v": 1}}]));
+    assert_eq!(results[3]["docs"], json!([{"ok": {"_id": "dz", "_rev": del["rev"], "_deleted": true}}]));
+    assert_eq!(results[4]["docs"][0]["error"]["error"], "not_found", "{answer}");
+    assert_eq!(results[5]["docs"][0]["error"]["error"], "bad_request", "{answer}");
+}

@@ -542,10 +542,11 @@ async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     Ok(HttpResponse::Ok().json(out))
 }
 
-/// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or the
-/// winner) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape, written as
+/// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or without
+/// one every leaf, deleted ones included, as CouchDB's `open_revs=all`) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape, written as
 /// they are read (see `http::stream`). More than `max_bulk_get_count` documents asked for: 413
-/// `max_bulk_get_count_exceeded`.
+/// `max_bulk_get_count_exceeded`. An entry with an invalid id or rev gets its own
+/// `{"error": {"id", "rev", "error": "bad_request", "reason"}}`, the others are answered (CouchDB).
 async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -575,17 +576,34 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
             d.id.as_ref()
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad_request("each docs entry needs an id"))?;
-        let id = DocId::parse(id).map_err(ApiError::BadRequest)?;
-        let rev = match d.rev {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|e| ApiError::bad_request(e.to_string()))?),
-            Some(_) => return Err(ApiError::bad_request("invalid rev format")),
+        // An id or rev CouchDB refuses is that entry's error, not the request's.
+        let id = match DocId::parse(id) {
+            Ok(id) => id,
+            Err(reason) => {
+                wanted.push(BulkEntry::Bad { id: id.to_owned(), rev: rev_text(&d.rev), reason });
+                continue;
+            }
         };
-        wanted.push((id, rev));
+        let rev = match &d.rev {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.parse::<Rev>() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    wanted.push(BulkEntry::Bad { id: id.to_string(), rev: Some(s.clone()), reason: e.to_string() });
+                    continue;
+                }
+            },
+            Some(other) => {
+                let reason = "invalid rev format".to_owned();
+                wanted.push(BulkEntry::Bad { id: id.to_string(), rev: Some(other.to_string()), reason });
+                continue;
+            }
+        };
+        wanted.push(BulkEntry::Doc(id, rev));
     }
     drop(body);
     drop(bytes);
-    check_ids(&reach, wanted.iter().map(|(id, _)| id))?;
+    check_ids(&reach, wanted.iter().filter_map(|w| if let BulkEntry::Doc(id, _) = w { Some(id) } else { None }))?;
     let mut feed = BulkGet { store: inst.0.store.clone(), doctype, wanted, next: 0, revs_history, latest };
     let mut out = b"{\"results\":[".to_vec();
     let next = feed.step(&mut out).await?;
@@ -596,11 +614,27 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
     }))
 }
 
+/// One entry of a `_bulk_get`: a document (at a revision, or all its leaves), or an entry
+/// CouchDB answers with an error of its own (`bad_request` and the reason).
+enum BulkEntry {
+    Doc(DocId, Option<Rev>),
+    Bad { id: String, rev: Option<String>, reason: String },
+}
+
+/// A `rev` member as an error entry repeats it.
+fn rev_text(rev: &Option<Value>) -> Option<String> {
+    match rev {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
 /// A `_bulk_get` being answered: the documents asked for, and how many were written.
 struct BulkGet {
     store: Arc<dyn Store>,
     doctype: Doctype,
-    wanted: Vec<(DocId, Option<Rev>)>,
+    wanted: Vec<BulkEntry>,
     next: usize,
     revs_history: bool,
     latest: bool,
@@ -614,31 +648,45 @@ impl BulkGet {
     /// after the last); whether more follow.
     async fn step(&mut self, out: &mut Vec<u8>) -> ApiResult<bool> {
         while self.next < self.wanted.len() && out.len() < BULK_GET_CHUNK {
-            let (id, rev) = &self.wanted[self.next];
+            let entry = &self.wanted[self.next];
             if self.next > 0 {
                 out.push(b',');
             }
             self.next += 1;
-            out.extend_from_slice(b"{\"id\":");
-            put_json(out, id.as_str())?;
-            out.extend_from_slice(b",\"docs\":[");
             #[derive(Serialize)]
             struct Failed<'a> {
                 id: &'a str,
-                rev: Option<String>,
-                error: &'static str,
-                reason: &'static str,
+                rev: Option<&'a str>,
+                error: &'a str,
+                reason: &'a str,
             }
-            let error = |out: &mut Vec<u8>, rev: Option<&Rev>, reason| {
+            let error = |out: &mut Vec<u8>, f: Failed<'_>| {
                 out.extend_from_slice(b"{\"error\":");
-                put_json(out, &Failed { id: id.as_str(), rev: rev.map(Rev::to_string), error: "not_found", reason })?;
+                put_json(out, &f)?;
                 out.push(b'}');
                 Ok::<(), ApiError>(())
             };
-            match rev {
-                Some(r) => {
-                    let found =
-                        self.store.open_revs(&self.doctype, id, OpenRevs::Some(vec![r.clone()]), self.latest).await?;
+            let (id, rev) = match entry {
+                BulkEntry::Doc(id, rev) => (id, rev),
+                BulkEntry::Bad { id, rev, reason } => {
+                    out.extend_from_slice(b"{\"id\":");
+                    put_json(out, id)?;
+                    out.extend_from_slice(b",\"docs\":[");
+                    error(out, Failed { id, rev: rev.as_deref(), error: "bad_request", reason })?;
+                    out.extend_from_slice(b"]}");
+                    continue;
+                }
+            };
+            out.extend_from_slice(b"{\"id\":");
+            put_json(out, id.as_str())?;
+            out.extend_from_slice(b",\"docs\":[");
+            // Without a rev, every leaf (deleted ones included), as CouchDB's `open_revs=all`.
+            let revs = match rev {
+                Some(r) => OpenRevs::Some(vec![r.clone()]),
+                None => OpenRevs::All,
+            };
+            match self.store.open_revs(&self.doctype, id, revs, self.latest).await {
+                Ok(found) => {
                     for (i, f) in found.into_iter().enumerate() {
                         if i > 0 {
                             out.push(b',');
@@ -652,23 +700,20 @@ impl BulkGet {
                                 render_into(out, &d, d.id.as_str(), &[]).map_err(render_failed)?;
                                 out.push(b'}');
                             }
-                            OpenRev::Missing(r) => error(out, Some(&r), "missing")?,
+                            OpenRev::Missing(r) => {
+                                let r = r.to_string();
+                                error(
+                                    out,
+                                    Failed { id: id.as_str(), rev: Some(&r), error: "not_found", reason: "missing" },
+                                )?
+                            }
                         }
                     }
                 }
-                None => {
-                    let opts = GetOptions { rev: None, revs: self.revs_history };
-                    match self.store.get(&self.doctype, id, opts).await {
-                        Ok(view) => {
-                            out.extend_from_slice(b"{\"ok\":");
-                            render_into(out, &view.doc, view.doc.id.as_str(), &[]).map_err(render_failed)?;
-                            out.push(b'}');
-                        }
-                        Err(crate::store::StoreError::NotFound) => error(out, None, "missing")?,
-                        Err(crate::store::StoreError::Deleted) => error(out, None, "deleted")?,
-                        Err(e) => return Err(e.into()),
-                    }
+                Err(crate::store::StoreError::NotFound) => {
+                    error(out, Failed { id: id.as_str(), rev: None, error: "not_found", reason: "missing" })?
                 }
+                Err(e) => return Err(e.into()),
             }
             out.extend_from_slice(b"]}");
         }
