@@ -226,3 +226,21 @@ async fn bulk_get_answers_a_bad_rev_in_its_own_entry_and_a_deleted_document_with
     assert_eq!(results[4]["docs"][0]["error"]["error"], "not_found", "{answer}");
     assert_eq!(results[5]["docs"][0]["error"]["error"], "bad_request", "{answer}");
 }
+
+#[tokio::test]
+async fn changes_in_descending_order_are_refused_rather_than_answered_in_the_wrong_order() {
+    let (_app, alice, t) = setup().await;
+    for id in ["c1", "c2"] {
+        let (s, _, _) = send(&alice, Method::PUT, &format!("{U}/{id}"), &t, Some(json!({}))).await;
+        assert_eq!(s, 201);
+    }
+    for method in [Method::GET, Method::POST] {
+        let (s, a) = alice.call(method.clone(), &format!("{U}/_changes?descending=true"), Some(&t), None).await;
+        assert_eq!((s, &a["error"]), (400, &json!("bad_request")), "{method}: {a}");
+        assert!(a["reason"].as_str().unwrap().contains("descending"), "{a}");
+    }
+    let (s, a) = alice.call(Method::GET, &format!("{U}/_changes?descending=false"), Some(&t), None).await;
+    assert_eq!(s, 200, "{a}");
+    let ids: Vec<_> = a["results"].as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(ids, [json!("c1"), json!("c2")]);
+}

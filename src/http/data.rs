@@ -741,7 +741,8 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 }
 
 /// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
-/// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
+/// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body);
+/// `descending=true` gets a 400 (not served, and never silently ignored).
 /// Each document appears once, at its latest change (one changed while a long answer is being
 /// written may appear again, at its new sequence: see [`ChangesFeed`]); scopes limited to some
 /// ids see only those. `pending` is the number of rows after `last_seq` for the same filter and
@@ -788,6 +789,12 @@ async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
             Some(ids) => ids.into_iter().filter(|i| allowed.contains(i)).collect(),
             None => allowed,
         });
+    }
+    // Refused rather than ignored: an answer in the wrong order would look like a valid one.
+    if q.flag("descending")? {
+        return Err(ApiError::bad_request(
+            "descending=true is not supported on _changes: read the feed in order, from since",
+        ));
     }
     let store = &inst.0.store;
     let since = match q.get("since") {
