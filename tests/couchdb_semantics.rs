@@ -244,3 +244,21 @@ async fn changes_in_descending_order_are_refused_rather_than_answered_in_the_wro
     let ids: Vec<_> = a["results"].as_array().unwrap().iter().map(|r| r["id"].clone()).collect();
     assert_eq!(ids, [json!("c1"), json!("c2")]);
 }
+
+#[tokio::test]
+async fn all_docs_tells_a_scoped_token_its_own_count_not_the_doctypes() {
+    let (app, alice, t) = setup().await;
+    for i in 0..10 {
+        let (s, _, _) = send(&alice, Method::PUT, &format!("{U}/n{i}"), &t, Some(json!({"i": i}))).await;
+        assert_eq!(s, 201);
+    }
+    let (s, all) = alice.call(Method::GET, &format!("{U}/_all_docs"), Some(&t), None).await;
+    assert_eq!((s, &all["total_rows"]), (200, &json!(10)));
+    let some = app.token(&alice, "io.cozy.notes:GET:n2,n3,n9");
+    let (s, scoped) = alice.call(Method::GET, &format!("{U}/_all_docs"), Some(&some), None).await;
+    assert_eq!(s, 200, "{scoped}");
+    assert_eq!(scoped["total_rows"], 3, "{scoped}");
+    assert_eq!(scoped["rows"].as_array().unwrap().len(), 3);
+    let (s, keyed) = alice.call(Method::GET, &format!("{U}/_all_docs?keys=[\"n2\"]"), Some(&some), None).await;
+    assert_eq!((s, &keyed["total_rows"]), (200, &json!(3)), "{keyed}");
+}

@@ -952,7 +952,8 @@ fn key_param(q: &Query, body: &BTreeMap<String, &RawValue>, names: &[&str]) -> A
 /// it is read (see `http::stream`), a page of ids at a time: each page is its own read, from the
 /// last id answered, so (as with CouchDB's clusters) the answer is not one snapshot: a document
 /// created or deleted while it is written may or may not be listed, every other one is listed
-/// once. `total_rows` is the count when the first page was read.
+/// once. `total_rows` is the count when the first page was read; for a scope limited to some
+/// ids, the number of ids it lists.
 async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -1007,8 +1008,14 @@ async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
     let keys = keys.map(|k| k.into_iter().skip(skip).take(limit.unwrap_or(usize::MAX)).collect());
     let mut feed = AllDocsFeed { store: inst.0.store.clone(), doctype, query, keys, remaining: limit, written: 0 };
     let page = feed.read().await?;
+    // A scope limited to some ids is told how many it lists, never the doctype's count (which
+    // would tell how many documents it cannot see).
+    let total_rows = match &reach {
+        Reach::Ids(allowed) => allowed.len() as u64,
+        _ => page.total_rows,
+    };
     let mut out = Vec::new();
-    out.extend_from_slice(format!("{{\"total_rows\":{},\"offset\":{skip},\"rows\":[", page.total_rows).as_bytes());
+    out.extend_from_slice(format!("{{\"total_rows\":{total_rows},\"offset\":{skip},\"rows\":[").as_bytes());
     let more = feed.write(page, &mut out)?;
     Ok(stream::respond(out, more.then_some(feed), |mut feed: AllDocsFeed| async move {
         let page = feed.read().await?;
