@@ -172,20 +172,58 @@ async fn db_info(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 }
 
 /// Answer of a single-document write, in Cozy's shape (a superset of CouchDB's): `data` is the
-/// document as written, with its new `_id` and `_rev`.
-fn write_answer(doctype: &Doctype, id: &DocId, rev: &Rev, body: Body, status: StatusCode) -> ApiResult<HttpResponse> {
+/// document as written, with its new `_id` and `_rev` (and `_deleted: true` for a deletion).
+/// Headers: `ETag` (the new revision) and, as CouchDB sends for 201, `Location` (the document's
+/// absolute URL, see [`location`]).
+fn write_answer(req: &HttpRequest, doctype: &Doctype, w: &Written, status: StatusCode) -> ApiResult<HttpResponse> {
     #[derive(Serialize)]
-    struct Written<'a> {
+    struct Answer<'a> {
         ok: bool,
         id: &'a str,
         rev: String,
         r#type: &'a str,
         data: Box<RawValue>,
     }
-    let doc = DocRev { id: id.clone(), rev: rev.clone(), deleted: false, body, revisions: None };
+    let doc =
+        DocRev { id: w.id.clone(), rev: w.rev.clone(), deleted: w.deleted, body: w.body.clone(), revisions: None };
     let answer =
-        Written { ok: true, id: id.as_str(), rev: rev.to_string(), r#type: doctype.as_str(), data: rendered(&doc)? };
-    Ok(HttpResponse::build(status).insert_header((header::ETAG, format!("\"{rev}\""))).json(answer))
+        Answer { ok: true, id: w.id.as_str(), rev: w.rev.to_string(), r#type: doctype.as_str(), data: rendered(&doc)? };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::ETAG, format!("\"{}\"", w.rev)));
+    if status == StatusCode::CREATED {
+        resp.insert_header((header::LOCATION, location(req, doctype, w.id.as_str())));
+    }
+    Ok(resp.json(answer))
+}
+
+/// A document just written, as [`write_answer`] tells it.
+struct Written {
+    id: DocId,
+    rev: Rev,
+    deleted: bool,
+    body: Body,
+}
+
+/// Bytes of an id escaped in a `Location` path: all but RFC 3986's unreserved characters.
+const PATH_ESCAPED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// The absolute URL of a document (`http://host/data/doctype/id`, the id percent-encoded once,
+/// `_local/` kept as is), which CouchDB sends as `Location` with a 201 (its
+/// `couch_httpd:absolute_uri`). Scheme and host are the request's own.
+fn location(req: &HttpRequest, doctype: &Doctype, id: &str) -> String {
+    let info = req.connection_info();
+    let (prefix, rest) = match id.strip_prefix(LOCAL_PREFIX) {
+        Some(rest) => (LOCAL_PREFIX, rest),
+        None => ("", id),
+    };
+    format!(
+        "{}://{}/data/{}/{prefix}{}",
+        info.scheme(),
+        info.host(),
+        percent_encoding::utf8_percent_encode(doctype.as_str(), PATH_ESCAPED),
+        percent_encoding::utf8_percent_encode(rest, PATH_ESCAPED)
+    )
 }
 
 /// Runs one interactive write and maps a conflict to 409.
@@ -212,10 +250,9 @@ async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiR
         return Err(ApiError::bad_request("a new document cannot have _rev; use PUT to update"));
     }
     w.deleted = false;
-    let body = w.body.clone();
-    let id = w.id.clone();
+    let (id, body) = (w.id.clone(), w.body.clone());
     let rev = write_one(&inst, &doctype, w).await?;
-    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
+    write_answer(&req, &doctype, &Written { id, rev, deleted: false, body }, StatusCode::CREATED)
 }
 
 /// The revision named by `?rev=` or `If-Match` (which must agree when both are given).
@@ -248,8 +285,9 @@ fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
 }
 
 /// A document's JSON text, written once into the buffer that becomes the response body (a
-/// large document is copied once, from the stored text).
-fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<Vec<u8>> {
+/// large document is copied once, from the stored text), and whether it holds meta members
+/// (`_conflicts`, `_deleted_conflicts`) besides the revision's own.
+fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<(Vec<u8>, bool)> {
     let revs = |list: &[Rev]| Value::Array(list.iter().map(|r| Value::String(r.to_string())).collect());
     let mut extra = Vec::new();
     if conflicts && !view.conflicts.is_empty() {
@@ -260,7 +298,7 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiR
     }
     let mut out = Vec::with_capacity(view.doc.body.as_str().len() + 256);
     render_into(&mut out, &view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)?;
-    Ok(out)
+    Ok((out, !extra.is_empty()))
 }
 
 /// Whether an `If-None-Match` header names this ETag (or is `*`), RFC 9110 §13.1.2: the
@@ -274,9 +312,12 @@ fn none_match(req: &HttpRequest, etag: &str) -> bool {
 }
 
 /// `GET /data/:doctype/:id` — the winning revision (or `?rev=`), with `?revs=true`,
-/// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`)
-/// answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as CouchDB does for JSON clients.
-/// The ETag is the revision; an `If-None-Match` naming it answers 304 without a body (CouchDB,
+/// `?conflicts=true`, `?deleted_conflicts=true`; `?open_revs=all|[...]` (and `latest=true`,
+/// `revs=true` for `_revisions`) answers a JSON array of `{"ok": doc}` / `{"missing": rev}` as
+/// CouchDB does for JSON clients.
+/// `?meta=true` is `conflicts` and `deleted_conflicts` together. The ETag is the revision, sent
+/// when the body has no meta members (`_conflicts`, `_deleted_conflicts`) and none were asked
+/// with `meta`, `revs_info` or `local_seq`; an `If-None-Match` naming it then answers 304 without a body (CouchDB,
 /// RFC 9110 §13.1.2). Bodies are answered as written (see `store::body`).
 async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
@@ -296,11 +337,18 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             OpenRevs::Some(parse_rev_list(&v, "open_revs")?)
         };
         let found = inst.0.store.open_revs(&doctype, &id, revs, q.flag("latest")?).await?;
+        // `_revisions` only with `revs=true`, as CouchDB and PouchDB answer.
+        let revs_history = q.flag("revs")?;
         let list = found
             .into_iter()
             .map(|r| {
                 Ok(match r {
-                    OpenRev::Found(d) => RevAnswer::Ok(rendered(&d)?),
+                    OpenRev::Found(mut d) => {
+                        if !revs_history {
+                            d.revisions = None;
+                        }
+                        RevAnswer::Ok(rendered(&d)?)
+                    }
                     OpenRev::Missing(rev) => RevAnswer::Missing(rev.to_string()),
                 })
             })
@@ -309,13 +357,28 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     }
     let opts = GetOptions { rev: rev_param(&req, &q)?, revs: q.flag("revs")? };
     let view = inst.0.store.get(&doctype, &id, opts).await?;
-    let etag = format!("\"{}\"", view.doc.rev);
-    if none_match(&req, &etag) {
-        return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
-    }
-    let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?)?;
+    // `meta=true` asks for both lists too (CouchDB's `meta` = conflicts, deleted_conflicts,
+    // revs_info). `revs_info` and `local_seq` are not answered, but CouchDB sends no ETag with
+    // them either.
+    let meta_asked = q.flag("meta")?;
+    let (body, meta) =
+        render_view(&view, meta_asked || q.flag("conflicts")?, meta_asked || q.flag("deleted_conflicts")?)?;
+    let meta = meta || meta_asked || q.flag("revs_info")? || q.flag("local_seq")?;
+    let rev = view.doc.rev.clone();
     drop(view);
-    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).insert_header(ContentType::json()).body(body))
+    let mut resp = HttpResponse::Ok();
+    resp.insert_header(ContentType::json());
+    // The revision names the revision's own text (and `_revisions`, which a revision keeps),
+    // not meta members that change while the revision stays: with them, no ETag and no 304
+    // (CouchDB's `send_doc` does the same).
+    if !meta {
+        let etag = format!("\"{rev}\"");
+        if none_match(&req, &etag) {
+            return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
+        }
+        resp.insert_header((header::ETAG, etag));
+    }
+    Ok(resp.body(body))
 }
 
 /// `PUT /data/:doctype/:id` — creates or updates; the parent revision comes from `_rev`,
@@ -340,7 +403,9 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
         if let Some(WriteResult::Rejected { reason, .. }) = results.into_iter().next() {
             return Err(ApiError::BadRequest(reason));
         }
-        return Ok(created(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()})));
+        return Ok(HttpResponse::Created()
+            .insert_header((header::LOCATION, location(&req, &doctype, id.as_str())))
+            .json(json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()})));
     }
     match (rev_param(&req, &q)?, &w.rev) {
         (Some(a), Some(b)) if &a != b => {
@@ -349,9 +414,9 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
         (Some(a), None) => w.rev = Some(a),
         _ => {}
     }
-    let body = w.body.clone();
+    let (deleted, body) = (w.deleted, w.body.clone());
     let rev = write_one(&inst, &doctype, w).await?;
-    write_answer(&doctype, &id, &rev, body, StatusCode::CREATED)
+    write_answer(&req, &doctype, &Written { id, rev, deleted, body }, StatusCode::CREATED)
 }
 
 /// `DELETE /data/:doctype/:id?rev=` — adds a deletion revision on top of `rev`.
@@ -477,10 +542,11 @@ async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     Ok(HttpResponse::Ok().json(out))
 }
 
-/// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or the
-/// winner) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape, written as
+/// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or without
+/// one every leaf, deleted ones included, as CouchDB's `open_revs=all`) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape, written as
 /// they are read (see `http::stream`). More than `max_bulk_get_count` documents asked for: 413
-/// `max_bulk_get_count_exceeded`.
+/// `max_bulk_get_count_exceeded`. An entry with an invalid id or rev gets its own
+/// `{"error": {"id", "rev", "error": "bad_request", "reason"}}`, the others are answered (CouchDB).
 async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -510,17 +576,34 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
             d.id.as_ref()
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::bad_request("each docs entry needs an id"))?;
-        let id = DocId::parse(id).map_err(ApiError::BadRequest)?;
-        let rev = match d.rev {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|e| ApiError::bad_request(e.to_string()))?),
-            Some(_) => return Err(ApiError::bad_request("invalid rev format")),
+        // An id or rev CouchDB refuses is that entry's error, not the request's.
+        let id = match DocId::parse(id) {
+            Ok(id) => id,
+            Err(reason) => {
+                wanted.push(BulkEntry::Bad { id: id.to_owned(), rev: rev_text(&d.rev), reason });
+                continue;
+            }
         };
-        wanted.push((id, rev));
+        let rev = match &d.rev {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match s.parse::<Rev>() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    wanted.push(BulkEntry::Bad { id: id.to_string(), rev: Some(s.clone()), reason: e.to_string() });
+                    continue;
+                }
+            },
+            Some(other) => {
+                let reason = "invalid rev format".to_owned();
+                wanted.push(BulkEntry::Bad { id: id.to_string(), rev: Some(other.to_string()), reason });
+                continue;
+            }
+        };
+        wanted.push(BulkEntry::Doc(id, rev));
     }
     drop(body);
     drop(bytes);
-    check_ids(&reach, wanted.iter().map(|(id, _)| id))?;
+    check_ids(&reach, wanted.iter().filter_map(|w| if let BulkEntry::Doc(id, _) = w { Some(id) } else { None }))?;
     let mut feed = BulkGet { store: inst.0.store.clone(), doctype, wanted, next: 0, revs_history, latest };
     let mut out = b"{\"results\":[".to_vec();
     let next = feed.step(&mut out).await?;
@@ -531,11 +614,27 @@ async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
     }))
 }
 
+/// One entry of a `_bulk_get`: a document (at a revision, or all its leaves), or an entry
+/// CouchDB answers with an error of its own (`bad_request` and the reason).
+enum BulkEntry {
+    Doc(DocId, Option<Rev>),
+    Bad { id: String, rev: Option<String>, reason: String },
+}
+
+/// A `rev` member as an error entry repeats it.
+fn rev_text(rev: &Option<Value>) -> Option<String> {
+    match rev {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
 /// A `_bulk_get` being answered: the documents asked for, and how many were written.
 struct BulkGet {
     store: Arc<dyn Store>,
     doctype: Doctype,
-    wanted: Vec<(DocId, Option<Rev>)>,
+    wanted: Vec<BulkEntry>,
     next: usize,
     revs_history: bool,
     latest: bool,
@@ -549,31 +648,45 @@ impl BulkGet {
     /// after the last); whether more follow.
     async fn step(&mut self, out: &mut Vec<u8>) -> ApiResult<bool> {
         while self.next < self.wanted.len() && out.len() < BULK_GET_CHUNK {
-            let (id, rev) = &self.wanted[self.next];
+            let entry = &self.wanted[self.next];
             if self.next > 0 {
                 out.push(b',');
             }
             self.next += 1;
-            out.extend_from_slice(b"{\"id\":");
-            put_json(out, id.as_str())?;
-            out.extend_from_slice(b",\"docs\":[");
             #[derive(Serialize)]
             struct Failed<'a> {
                 id: &'a str,
-                rev: Option<String>,
-                error: &'static str,
-                reason: &'static str,
+                rev: Option<&'a str>,
+                error: &'a str,
+                reason: &'a str,
             }
-            let error = |out: &mut Vec<u8>, rev: Option<&Rev>, reason| {
+            let error = |out: &mut Vec<u8>, f: Failed<'_>| {
                 out.extend_from_slice(b"{\"error\":");
-                put_json(out, &Failed { id: id.as_str(), rev: rev.map(Rev::to_string), error: "not_found", reason })?;
+                put_json(out, &f)?;
                 out.push(b'}');
                 Ok::<(), ApiError>(())
             };
-            match rev {
-                Some(r) => {
-                    let found =
-                        self.store.open_revs(&self.doctype, id, OpenRevs::Some(vec![r.clone()]), self.latest).await?;
+            let (id, rev) = match entry {
+                BulkEntry::Doc(id, rev) => (id, rev),
+                BulkEntry::Bad { id, rev, reason } => {
+                    out.extend_from_slice(b"{\"id\":");
+                    put_json(out, id)?;
+                    out.extend_from_slice(b",\"docs\":[");
+                    error(out, Failed { id, rev: rev.as_deref(), error: "bad_request", reason })?;
+                    out.extend_from_slice(b"]}");
+                    continue;
+                }
+            };
+            out.extend_from_slice(b"{\"id\":");
+            put_json(out, id.as_str())?;
+            out.extend_from_slice(b",\"docs\":[");
+            // Without a rev, every leaf (deleted ones included), as CouchDB's `open_revs=all`.
+            let revs = match rev {
+                Some(r) => OpenRevs::Some(vec![r.clone()]),
+                None => OpenRevs::All,
+            };
+            match self.store.open_revs(&self.doctype, id, revs, self.latest).await {
+                Ok(found) => {
                     for (i, f) in found.into_iter().enumerate() {
                         if i > 0 {
                             out.push(b',');
@@ -587,23 +700,20 @@ impl BulkGet {
                                 render_into(out, &d, d.id.as_str(), &[]).map_err(render_failed)?;
                                 out.push(b'}');
                             }
-                            OpenRev::Missing(r) => error(out, Some(&r), "missing")?,
+                            OpenRev::Missing(r) => {
+                                let r = r.to_string();
+                                error(
+                                    out,
+                                    Failed { id: id.as_str(), rev: Some(&r), error: "not_found", reason: "missing" },
+                                )?
+                            }
                         }
                     }
                 }
-                None => {
-                    let opts = GetOptions { rev: None, revs: self.revs_history };
-                    match self.store.get(&self.doctype, id, opts).await {
-                        Ok(view) => {
-                            out.extend_from_slice(b"{\"ok\":");
-                            render_into(out, &view.doc, view.doc.id.as_str(), &[]).map_err(render_failed)?;
-                            out.push(b'}');
-                        }
-                        Err(crate::store::StoreError::NotFound) => error(out, None, "missing")?,
-                        Err(crate::store::StoreError::Deleted) => error(out, None, "deleted")?,
-                        Err(e) => return Err(e.into()),
-                    }
+                Err(crate::store::StoreError::NotFound) => {
+                    error(out, Failed { id: id.as_str(), rev: None, error: "not_found", reason: "missing" })?
                 }
+                Err(e) => return Err(e.into()),
             }
             out.extend_from_slice(b"]}");
         }
@@ -631,7 +741,8 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 }
 
 /// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
-/// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
+/// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body);
+/// `descending=true` gets a 400 (not served, and never silently ignored).
 /// Each document appears once, at its latest change (one changed while a long answer is being
 /// written may appear again, at its new sequence: see [`ChangesFeed`]); scopes limited to some
 /// ids see only those. `pending` is the number of rows after `last_seq` for the same filter and
@@ -678,6 +789,12 @@ async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
             Some(ids) => ids.into_iter().filter(|i| allowed.contains(i)).collect(),
             None => allowed,
         });
+    }
+    // Refused rather than ignored: an answer in the wrong order would look like a valid one.
+    if q.flag("descending")? {
+        return Err(ApiError::bad_request(
+            "descending=true is not supported on _changes: read the feed in order, from since",
+        ));
     }
     let store = &inst.0.store;
     let since = match q.get("since") {
@@ -835,7 +952,8 @@ fn key_param(q: &Query, body: &BTreeMap<String, &RawValue>, names: &[&str]) -> A
 /// it is read (see `http::stream`), a page of ids at a time: each page is its own read, from the
 /// last id answered, so (as with CouchDB's clusters) the answer is not one snapshot: a document
 /// created or deleted while it is written may or may not be listed, every other one is listed
-/// once. `total_rows` is the count when the first page was read.
+/// once. `total_rows` is the count when the first page was read; for a scope limited to some
+/// ids, the number of ids it lists.
 async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -890,8 +1008,14 @@ async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
     let keys = keys.map(|k| k.into_iter().skip(skip).take(limit.unwrap_or(usize::MAX)).collect());
     let mut feed = AllDocsFeed { store: inst.0.store.clone(), doctype, query, keys, remaining: limit, written: 0 };
     let page = feed.read().await?;
+    // A scope limited to some ids is told how many it lists, never the doctype's count (which
+    // would tell how many documents it cannot see).
+    let total_rows = match &reach {
+        Reach::Ids(allowed) => allowed.len() as u64,
+        _ => page.total_rows,
+    };
     let mut out = Vec::new();
-    out.extend_from_slice(format!("{{\"total_rows\":{},\"offset\":{skip},\"rows\":[", page.total_rows).as_bytes());
+    out.extend_from_slice(format!("{{\"total_rows\":{total_rows},\"offset\":{skip},\"rows\":[").as_bytes());
     let more = feed.write(page, &mut out)?;
     Ok(stream::respond(out, more.then_some(feed), |mut feed: AllDocsFeed| async move {
         let page = feed.read().await?;
@@ -1038,31 +1162,80 @@ async fn get_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().content_type("application/json").body(out))
 }
 
-/// `PUT /data/:doctype/_local/:id` — writes it; as in CouchDB, revisions are not checked.
+/// The `N` of a `_local` revision `0-N` a client names (CouchDB reads it as an integer; `0`
+/// for none).
+fn local_rev_number(rev: Option<&str>) -> ApiResult<u64> {
+    let Some(rev) = rev else { return Ok(0) };
+    rev.strip_prefix("0-")
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::bad_request("invalid rev format: a _local revision is 0-N"))
+}
+
+/// The `_local` revision named by `?rev=` or `If-Match` (which must agree).
+fn local_rev_param(req: &HttpRequest, q: &Query) -> ApiResult<Option<String>> {
+    let from_header = req
+        .headers()
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().map(|s| s.trim().trim_matches('"').to_owned()))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid If-Match header"))?;
+    match (q.get("rev").map(str::to_owned), from_header) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request("rev and If-Match disagree")),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// `PUT /data/:doctype/_local/:id` — writes it if the `_rev` given (in the body, `?rev=` or
+/// `If-Match`) is its current one, none for a new document; otherwise 409 `conflict`, as
+/// CouchDB's `update_local_docs` and PouchDB answer. Replicators read a checkpoint before they
+/// write it, so they name its revision.
 async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
+    let q = Query::of(&req)?;
     let limits = Limits::of(&req);
     let bytes = read_body(&req, payload, limits.request).await?;
     let members = Members::of(parse_raw(&bytes)?.get())
         .ok_or_else(|| ApiError::bad_request("the document must be a JSON object"))?;
     members.check_depth().map_err(ApiError::BadRequest)?;
+    let mut body_rev = None;
+    for m in members.iter().filter(|m| m.key() == "_rev") {
+        body_rev = match serde_json::from_str::<Value>(m.value) {
+            Ok(Value::String(s)) => Some(s),
+            Ok(Value::Null) => None,
+            _ => return Err(ApiError::bad_request("invalid rev format: a _local revision is 0-N")),
+        };
+    }
+    let rev = match (body_rev, local_rev_param(&req, &q)?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request("rev in the body and in the request disagree"))
+        }
+        (a, b) => a.or(b),
+    };
+    let expected = local_rev_number(rev.as_deref())?;
     let body = Body::from_members(
         members.iter().filter(|m| !matches!(m.key().as_ref(), "_id" | "_rev" | "_revisions" | "_deleted")),
     );
     limits.check_document(&format!("_local/{id}"), body.as_str().len())?;
-    let rev = inst.0.store.put_local(&doctype, &id, body).await?;
-    Ok(created(json!({"ok": true, "id": format!("_local/{id}"), "rev": format!("0-{rev}")})))
+    let rev = inst.0.store.put_local_if(&doctype, &id, body, expected).await?;
+    let full = format!("{LOCAL_PREFIX}{id}");
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, location(&req, &doctype, &full)))
+        .json(json!({"ok": true, "id": full, "rev": format!("0-{rev}")})))
 }
 
-/// `DELETE /data/:doctype/_local/:id`.
+/// `DELETE /data/:doctype/_local/:id?rev=0-N` (or `If-Match`) — 409 `conflict` when `0-N` is
+/// not its current revision (none given included), 404 when there is no such document
+/// (CouchDB's and PouchDB's answers).
 async fn delete_local(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Delete).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
-    inst.0.store.delete_local(&doctype, &id).await?;
+    let q = Query::of(&req)?;
+    let expected = local_rev_number(local_rev_param(&req, &q)?.as_deref())?;
+    inst.0.store.delete_local_if(&doctype, &id, expected).await?;
     Ok(HttpResponse::Ok().json(json!({"ok": true, "id": format!("_local/{id}"), "rev": "0-0"})))
 }

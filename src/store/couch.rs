@@ -2196,6 +2196,51 @@ impl Store for CouchStore {
         Err(StoreError::Conflict)
     }
 
+    async fn put_local_if(&self, doctype: &Doctype, id: &str, body: Body, expected: u64) -> Result<u64, StoreError> {
+        let db = self.db_name(doctype);
+        self.server.ensure_db(&db, self.revs_limit).await?;
+        self.record_local_name(doctype, id).await?;
+        // CouchDB checks the revision itself (update_local_docs), atomically.
+        let mut doc: Map<String, Value> = body_member(&body).into_iter().collect();
+        if expected > 0 {
+            doc.insert("_rev".into(), Value::String(format!("0-{expected}")));
+        }
+        let reply = self.send_to_db(&db, Method::PUT, &["_local", id], &[], Some(&Value::Object(doc))).await?;
+        if reply.status == StatusCode::CONFLICT {
+            return Err(StoreError::Conflict);
+        }
+        if !reply.status.is_success() {
+            return Err(reply.unexpected("writing a _local document"));
+        }
+        let rev = reply.field("rev");
+        let n = rev
+            .strip_prefix("0-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| corrupt(format!("_local revision {rev:?}")))?;
+        self.committed();
+        Ok(n)
+    }
+
+    async fn delete_local_if(&self, doctype: &Doctype, id: &str, expected: u64) -> Result<(), StoreError> {
+        let db = self.db_name(doctype);
+        match self.local_rev(&db, id).await? {
+            None => return Err(StoreError::NotFound),
+            Some((n, _)) if n != expected => return Err(StoreError::Conflict),
+            Some(_) => {}
+        }
+        let reply =
+            self.server.send(Method::DELETE, &[&db, "_local", id], &[("rev", format!("0-{expected}"))], None).await?;
+        match reply.status {
+            s if s.is_success() => {
+                self.committed();
+                Ok(())
+            }
+            StatusCode::NOT_FOUND => Err(StoreError::NotFound),
+            StatusCode::CONFLICT => Err(StoreError::Conflict),
+            _ => Err(reply.unexpected("deleting a _local document")),
+        }
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.commits.subscribe()
     }

@@ -106,7 +106,9 @@ fn parse(raw: &RawValue, id: Option<DocId>, new_edits: bool, generate: bool) -> 
     let members = Members::of(raw.get()).ok_or_else(|| "document must be a JSON object".to_string())?;
     members.check_depth()?;
     let mut body = Vec::new();
+    let from_url = id.is_some();
     let mut doc_id = id;
+    let mut seen_id = false;
     let mut rev = None;
     let mut revisions = None;
     let mut deleted = false;
@@ -124,11 +126,15 @@ fn parse(raw: &RawValue, id: Option<DocId>, new_edits: bool, generate: bool) -> 
                 };
                 let parsed = DocId::parse(&s)?;
                 match &doc_id {
-                    Some(given) if *given != parsed => {
+                    Some(given) if *given != parsed && seen_id => {
+                        return Err("the document has _id more than once, with different values".into())
+                    }
+                    Some(given) if *given != parsed && from_url => {
                         return Err("_id in the body does not match the document id in the URL".into())
                     }
                     _ => doc_id = Some(parsed),
                 }
+                seen_id = true;
             }
             "_rev" => match value()? {
                 Value::String(s) => rev = Some(s.parse::<Rev>().map_err(|e| e.to_string())?),

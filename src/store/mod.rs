@@ -331,10 +331,20 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError>;
 
-    /// Writes a `_local` document; CouchDB does not check `_local` revisions, neither do we.
+    /// Writes a `_local` document whatever its revision (hearth's own checkpoints and settings;
+    /// client writes go through [`Store::put_local_if`]).
     async fn put_local(&self, doctype: &Doctype, id: &str, body: Body) -> Result<u64, StoreError>;
 
     async fn delete_local(&self, doctype: &Doctype, id: &str) -> Result<(), StoreError>;
+
+    /// Writes a `_local` document for a client, if its current revision is `0-expected` (`0`:
+    /// it must not exist), as CouchDB's `update_local_docs` checks; [`StoreError::Conflict`]
+    /// otherwise, nothing written. Returns the new `N` of `0-N`.
+    async fn put_local_if(&self, doctype: &Doctype, id: &str, body: Body, expected: u64) -> Result<u64, StoreError>;
+
+    /// Deletes a `_local` document for a client, if its current revision is `0-expected`:
+    /// [`StoreError::NotFound`] when there is none, [`StoreError::Conflict`] for another revision.
+    async fn delete_local_if(&self, doctype: &Doctype, id: &str, expected: u64) -> Result<(), StoreError>;
 
     /// A counter bumped after every committed write, for long-polling feeds and replication
     /// triggers.

@@ -1004,6 +1004,37 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_local_if(&self, doctype: &Doctype, id: &str, body: Body, expected: u64) -> Result<u64, StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
+        self.write(move |tx, _| {
+            if local_rev(tx, &doctype, &id)?.unwrap_or(0) != expected {
+                return Err(StoreError::Conflict);
+            }
+            let rev = expected as i64 + 1;
+            tx.prepare_cached(
+                "INSERT INTO locals (doctype, id, rev, body) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (doctype, id) DO UPDATE SET rev = ?3, body = ?4",
+            )?
+            .execute(params![doctype, id, rev, body.as_str().as_bytes()])?;
+            Ok(rev as u64)
+        })
+        .await
+    }
+
+    async fn delete_local_if(&self, doctype: &Doctype, id: &str, expected: u64) -> Result<(), StoreError> {
+        let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
+        self.write(move |tx, _| match local_rev(tx, &doctype, &id)? {
+            None => Err(StoreError::NotFound),
+            Some(n) if n != expected => Err(StoreError::Conflict),
+            Some(_) => {
+                tx.prepare_cached("DELETE FROM locals WHERE doctype = ?1 AND id = ?2")?
+                    .execute(params![doctype, id])?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.commits.subscribe()
     }
@@ -1286,6 +1317,15 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+/// The `N` of a `_local` document's `0-N`, if it exists.
+fn local_rev(conn: &Connection, doctype: &str, id: &str) -> Result<Option<u64>, StoreError> {
+    let rev: Option<i64> = conn
+        .prepare_cached("SELECT rev FROM locals WHERE doctype = ?1 AND id = ?2")?
+        .query_row(params![doctype, id], |r| r.get(0))
+        .optional()?;
+    Ok(rev.map(|r| r as u64))
 }
 
 #[cfg(test)]
