@@ -10,7 +10,9 @@ pub mod invitations;
 pub mod login;
 pub mod path;
 pub mod permissions;
+pub mod realtime;
 pub mod sharings;
+pub mod home;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
@@ -38,6 +40,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(permissions::routes)
         .configure(invitations::routes)
         .configure(sharings::routes)
+        .configure(realtime::routes)
+        .configure(home::routes)
         .default_service(web::to(not_found));
 }
 
