@@ -146,8 +146,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let mut sharings = sharing::list(inst.store.as_ref()).await?;
     sharings.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     let scope = owner_scope(&inst).await?;
-    let links: Vec<Value> =
-        sharing::links::list_covered(&inst, &scope).await?.iter().map(|l| l.to_api(None)).collect();
+    let links: Vec<Value> = sharing::links::list_covered(&inst, &scope).await?.iter().map(|l| l.to_api(None)).collect();
     let files = svc.files.of(&inst).await?;
     let dir_id = q.get("dir").unwrap_or(ROOT_ID);
     let dir = match files.get(dir_id).await {
@@ -374,8 +373,10 @@ fn link_item(l: &Value) -> Markup {
         .map(|m| {
             m.values()
                 .map(|r| {
-                    let values: Vec<&str> =
-                        r["values"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let values: Vec<&str> = r["values"]
+                        .as_array()
+                        .map(|v| v.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
                     format!("{} {}", r["type"].as_str().unwrap_or_default(), values.join(", "))
                 })
                 .collect()

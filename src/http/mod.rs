@@ -6,13 +6,13 @@
 pub mod data;
 pub mod error;
 pub mod files;
+pub mod home;
 pub mod invitations;
 pub mod login;
 pub mod path;
 pub mod permissions;
 pub mod realtime;
 pub mod sharings;
-pub mod home;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};

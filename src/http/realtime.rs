@@ -50,7 +50,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/realtime/events", web::get().to(events));
 }
 
-/// Counts a live subscriber for as long as it lives (`Instance::realtime_subscribers`).
+/// Counts a live subscriber (one whose starting point is taken) for as long as its feed runs
+/// (`Instance::realtime_subscribers`).
 struct Subscribed(Arc<Instance>);
 
 impl Subscribed {
@@ -79,14 +80,13 @@ async fn events(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         return Err(ApiError::Unauthorized("a bearer token or the owner's session is required"));
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_EVENTS);
-    let subscribed = Subscribed::new(inst.0.clone());
     tokio::spawn(async move {
-        let _subscribed = subscribed;
         if let Err(e) = feed(&svc, &inst.0, &perms, &tx).await {
             tracing::debug!(instance = %inst.0.domain, "realtime subscriber ends: {e}");
         }
     });
-    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, std::convert::Infallible>)));
+    let stream =
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, std::convert::Infallible>)));
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -153,7 +153,12 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
 
 type SyncView = (String, bool, Option<String>, usize);
 
-async fn feed(svc: &AppState, inst: &Arc<Instance>, perms: &PermissionSet, tx: &mpsc::Sender<Bytes>) -> Result<(), Ended> {
+async fn feed(
+    svc: &AppState,
+    inst: &Arc<Instance>,
+    perms: &PermissionSet,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), Ended> {
     let store = inst.store.clone();
     let mut commits = store.subscribe();
     let doctypes = readable(perms);
@@ -163,7 +168,8 @@ async fn feed(svc: &AppState, inst: &Arc<Instance>, perms: &PermissionSet, tx: &
         let seq = store.db_info(&dt).await?.update_seq;
         seqs.push((dt, seq, ids.clone()));
     }
-    let sharings_dt = Doctype::parse(sharing::SHARINGS_DOCTYPE).map_err(|e| Ended::Store(crate::store::StoreError::Corrupt(e)))?;
+    let sharings_dt =
+        Doctype::parse(sharing::SHARINGS_DOCTYPE).map_err(|e| Ended::Store(crate::store::StoreError::Corrupt(e)))?;
     let mut sharings_seq = store.db_info(&sharings_dt).await?.update_seq;
     let mut known: HashMap<String, Sharing> = sharing::list(store.as_ref())
         .await?
@@ -173,6 +179,8 @@ async fn feed(svc: &AppState, inst: &Arc<Instance>, perms: &PermissionSet, tx: &
         .collect();
     let mut sync_seen: HashMap<(String, usize), SyncView> = HashMap::new();
     sync_changes(svc, inst, &known, &mut sync_seen, None).await?;
+    // Counted from here: what happens from now on reaches the subscriber.
+    let _live = Subscribed::new(inst.clone());
     send(tx, frame("ready", &json!({"doctypes": doctypes.keys().collect::<Vec<_>>()}))).await?;
 
     let mut poll = tokio::time::interval(SYNC_POLL);
@@ -201,7 +209,8 @@ async fn feed(svc: &AppState, inst: &Arc<Instance>, perms: &PermissionSet, tx: &
                         continue;
                     }
                     let rev = row.changes.first().map(ToString::to_string);
-                    let data = json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
+                    let data =
+                        json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
                     send(tx, frame("change", &data)).await?;
                 }
                 *since = changes.last_seq.max(*since);
