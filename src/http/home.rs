@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::login::owner_session;
 use super::{ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{Audience, PermissionSet};
-use crate::files::{Kind, ROOT_ID};
+use crate::files::{Kind, ROOT_ID, TRASH_ID};
 use crate::instance::Instance;
 use crate::sharing::{self, MemberStatus, Sharing};
 
@@ -42,6 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(home))
         .route("/web/app.js", web::get().to(script))
         .route("/web/app.css", web::get().to(stylesheet))
+        .route("/favicon.ico", web::get().to(no_icon))
         .route("/auth/session/token", web::post().to(session_token));
 }
 
@@ -83,6 +84,11 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
 
 async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// Browsers ask for it on every page: no icon, and no 404 in their console.
+async fn no_icon() -> HttpResponse {
+    HttpResponse::NoContent().insert_header((header::CACHE_CONTROL, "max-age=86400")).finish()
 }
 
 async fn stylesheet() -> HttpResponse {
@@ -216,8 +222,9 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                     }
                 }
                 progress #upload-progress max="100" value="0" hidden {}
+                @let count = if dir.id == ROOT_ID { count.saturating_sub(1) } else { count };
                 p.count { (count) " item(s)" @if count as usize > FOLDER_PAGE { ", the first " (FOLDER_PAGE) " shown" } }
-                ul.list.files { @for item in &children { (file_item(item)) } }
+                ul.list.files { @for item in children.iter().filter(|i| i.id != TRASH_ID) { (file_item(item)) } }
             }
         }
         div #output role="status" aria-live="polite" {}
@@ -433,7 +440,7 @@ fn file_item(item: &crate::files::Item) -> Markup {
     html! {
         li.file data-file=(item.id) data-name=(name) data-kind=(if dir { "directory" } else { "file" }) {
             span.name {
-                @if dir { a href={"/?dir=" (urlencode(&item.id)) "#files"} { "📁 " (name) } }
+                @if dir { a href={"/?dir=" (urlencode(&item.id)) "#files"} { (name) } " " span.badge { "folder" } }
                 @else { button type="button" .link data-action="download" data-file=(item.id) data-name=(name) { (name) } }
             }
             @if !dir { " " small { (human_size(item.size())) } }
