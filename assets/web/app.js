@@ -348,6 +348,9 @@
       const message = await handler(el);
       if (message) say(message, false);
       await refresh();
+      // The control is gone (an accepted request, a revoked member): keyboard users continue
+      // from the message that says what happened.
+      if (!document.body.contains(el) && !document.getElementById('new-link')) output.focus();
     } catch (e) {
       say(e.message || String(e), true);
     } finally {

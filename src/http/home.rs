@@ -227,7 +227,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                 ul.list.files { @for item in children.iter().filter(|i| i.id != TRASH_ID) { (file_item(item)) } }
             }
         }
-        div #output role="status" aria-live="polite" {}
+        div #output role="status" aria-live="polite" tabindex="-1" {}
     };
     Ok(html_page("Home", &session_csrf(&inst, &session), body))
 }
