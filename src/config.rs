@@ -18,8 +18,25 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Storage backend: "sqlite" (embedded default) or "couchdb".
     pub store: StoreKind,
-    /// Largest request body accepted, in bytes; larger ones get 413 before being read whole.
-    pub max_body_bytes: usize,
+    /// Largest request body accepted, in bytes (CouchDB's `max_http_request_size`); larger
+    /// ones get 413 `too_large` before being read whole. Bodies are held in memory while
+    /// parsed, hence a default far below CouchDB's 4 GiB.
+    #[serde(alias = "max_body_bytes")]
+    pub max_http_request_size: usize,
+    /// Largest document body accepted, in bytes of its JSON text without the `_` members
+    /// (CouchDB's `max_document_size`, default 8,000,000): a larger one gets 413
+    /// `document_too_large` with its id as the reason, on every route that writes documents
+    /// (a `_bulk_docs` is refused whole, as CouchDB does; a peer's replicator then sends the
+    /// other documents alone and reports that one refused).
+    pub max_document_size: usize,
+    /// Most documents in one `_bulk_docs` (CouchDB's `max_bulk_docs_count`): beyond, 413
+    /// `max_bulk_docs_count_exceeded`, told while reading the request, before any document is
+    /// parsed. Also the most documents a `_revs_diff` may list (each with at most `revs_limit`
+    /// revisions).
+    pub max_bulk_docs_count: usize,
+    /// Most documents asked for in one `_bulk_get` (CouchDB's `max_bulk_get_count`): beyond,
+    /// 413 `max_bulk_get_count_exceeded`.
+    pub max_bulk_get_count: usize,
     /// Revisions kept per document branch (CouchDB's `_revs_limit`).
     pub revs_limit: usize,
     /// Lifetime of tokens printed by `hearth instances token`, in seconds.
@@ -243,7 +260,10 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./data"),
             store: StoreKind::Sqlite,
-            max_body_bytes: 32 * 1024 * 1024,
+            max_http_request_size: 32 * 1024 * 1024,
+            max_document_size: 8_000_000,
+            max_bulk_docs_count: 10_000,
+            max_bulk_get_count: 10_000,
             revs_limit: 1000,
             cli_token_ttl_secs: 30 * 24 * 3600,
             session_ttl_secs: 7 * 24 * 3600,

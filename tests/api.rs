@@ -211,7 +211,7 @@ async fn tokens_are_checked_for_presence_validity_and_scope() {
 
 #[tokio::test]
 async fn bad_input_gets_a_json_4xx_and_changes_nothing() {
-    let app = spawn_app_with(|c| c.max_body_bytes = 4096).await;
+    let app = spawn_app_with(|c| c.max_http_request_size = 4096).await;
     let alice = app.add_instance("alice", "x");
     let t = app.token(&alice, "io.cozy.notes");
     alice.call(Method::PUT, &format!("{NOTES}/keep"), Some(&t), Some(json!({"v": 1}))).await;

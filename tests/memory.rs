@@ -151,3 +151,122 @@ async fn a_flood_of_large_anonymous_requests_leaves_the_servers_memory_bounded()
     let resp = client.get(format!("http://{domain}/status")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Resets `VmHWM` to the current resident memory (`/proc/<pid>/clear_refs`, proc(5)), so the
+/// next peak is one request's own.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("clear_refs");
+}
+
+/// Bounds for a token holder's requests, in MiB above the resident memory before each.
+const BULK_BOUND_MIB: f64 = 96.0;
+const FEED_BOUND_MIB: f64 = 32.0;
+const GETS_BOUND_MIB: f64 = 400.0;
+
+/// A token holder's requests against a `hearth serve` child: a 30 MB `_bulk_docs` of 10 M
+/// empty documents gets 413 `max_bulk_docs_count_exceeded` without being parsed into
+/// documents (its peak stays within [`BULK_BOUND_MIB`], about three times the body); `_changes`
+/// and `_all_docs` with `include_docs` over 20,000 documents of ~1 KB (~22 MB of answer) stay
+/// within [`FEED_BOUND_MIB`] since they are written a page at a time; four parallel GETs of a 30
+/// MB document stay within [`GETS_BOUND_MIB`] (each holds the document about three times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_holders_large_requests_cost_a_small_multiple_of_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let domain = format!("alice.localhost:{port}");
+    let env = |cmd: &mut Command| {
+        cmd.env("HEARTH_DATA_DIR", dir.path())
+            .env("HEARTH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HEARTH_MAX_DOCUMENT_SIZE", "40000000")
+            .env("HEARTH_MAX_HTTP_REQUEST_SIZE", "41943040")
+            .env("HEARTH_LOG", "warn");
+    };
+    let mut add = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    env(&mut add);
+    let out = add.args(["instances", "add", &domain, "--passphrase", "pa"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut tok = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    env(&mut tok);
+    let out = tok.args(["instances", "token", &domain, "--scope", "io.cozy.notes"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    env(&mut serve);
+    let server = Serve(serve.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).spawn().unwrap());
+    let pid = server.0.id();
+    let client = common::browser();
+    let base = format!("http://{domain}/data/io.cozy.notes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.get(format!("http://{domain}/status")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "hearth serve did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let post = |path: &str, body: bytes::Bytes| {
+        client
+            .post(format!("{base}/{path}"))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    let text = "x".repeat(1000);
+    for start in (0..20_000).step_by(2_000) {
+        let docs: Vec<_> = (start..start + 2_000).map(|i| json!({"_id": format!("d{i:05}"), "text": text})).collect();
+        let resp = post("_bulk_docs", json!({ "docs": docs }).to_string().into()).await.unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    let mut report = Vec::new();
+    let mut measure = |what: &str, before: f64, pid: u32, bound: f64| {
+        let (_, hwm) = memory_mib(pid);
+        report.push(format!("{what}: {:.1} MiB over {before:.1} MiB", hwm - before));
+        assert!(hwm - before < bound, "{what}: peak {hwm:.1} MiB, {before:.1} MiB before: over {bound} MiB more");
+    };
+
+    // 10 M empty documents, 30 MB.
+    let huge = bytes::Bytes::from(format!("{{\"docs\":[{}{{}}]}}", "{},".repeat(10_000_000 - 1)));
+    reset_peak(pid);
+    let (before, _) = memory_mib(pid);
+    let resp = post("_bulk_docs", huge).await.unwrap();
+    assert_eq!(resp.status(), 413);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "max_bulk_docs_count_exceeded", "{v}");
+    measure("_bulk_docs of 10 M documents", before, pid, BULK_BOUND_MIB);
+
+    for path in ["_changes?include_docs=true", "_all_docs?include_docs=true"] {
+        reset_peak(pid);
+        let (before, _) = memory_mib(pid);
+        let resp = client.get(format!("{base}/{path}")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let answer = resp.bytes().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&answer).expect("a complete answer");
+        let rows = v.get("results").or(v.get("rows")).and_then(|r| r.as_array()).map_or(0, Vec::len);
+        assert_eq!(rows, 20_000, "{path}");
+        measure(path, before, pid, FEED_BOUND_MIB);
+    }
+
+    let big = json!({ "_id": "big", "text": "y".repeat(30_000_000) }).to_string();
+    let resp = client
+        .put(format!("{base}/big"))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reset_peak(pid);
+    let (before, _) = memory_mib(pid);
+    let gets = (0..4).map(|_| {
+        let req = client.get(format!("{base}/big")).bearer_auth(&token);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap().len()
+        }
+    });
+    let sizes = futures_util::future::join_all(gets).await;
+    assert!(sizes.iter().all(|s| *s > 30_000_000), "{sizes:?}");
+    measure("4 parallel GETs of a 30 MB document", before, pid, GETS_BOUND_MIB);
+    println!("hearth serve peak RSS growth: {}", report.join("; "));
+}

@@ -4,8 +4,10 @@
 //! for scopes limited to some ids, the documents touched.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header::ContentType;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use hearth_replicator::rev::Rev;
@@ -13,14 +15,16 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
+use super::limits::{array_at_most, Bounded, Limits};
+use super::stream::{self, put_json, Step, PAGE_BYTES, PAGE_ROWS};
 use super::{parse_json, parse_raw, parse_raw_object, path, read_body, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::http::{ApiError, ApiResult};
 use crate::store::body::Members;
-use crate::store::doc::{parse_doc, parse_new_doc, render, render_as};
+use crate::store::doc::{parse_doc, parse_new_doc, render, render_into};
 use crate::store::{
-    AllDocsQuery, AllDocsRow, Body, ChangesQuery, DocId, DocRev, DocView, Doctype, GetOptions, OpenRev, OpenRevs,
-    WriteResult,
+    AllDocs, AllDocsQuery, AllDocsRow, Body, ChangeRow, Changes, ChangesQuery, DocId, DocRev, DocView, Doctype,
+    GetOptions, OpenRev, OpenRevs, Store, WriteResult,
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -77,7 +81,7 @@ fn doc_of(req: &HttpRequest) -> ApiResult<PathDoc> {
 const LOCAL_PREFIX: &str = "_local/";
 
 fn max_body(req: &HttpRequest) -> usize {
-    req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_body_bytes)
+    Limits::of(req).request
 }
 
 /// The caller's permissions on `doctype`, after checking the token or sharecode (401) and that
@@ -130,14 +134,13 @@ fn render_failed(e: serde_json::Error) -> ApiError {
     ApiError::Internal(anyhow::Error::new(e).context("failed to render a stored document"))
 }
 
-/// `{"ok": doc}`, `{"missing": rev}` or `{"error": {...}}`: one answer of `open_revs` and
-/// `_bulk_get`, documents embedded as their text.
+/// `{"ok": doc}` or `{"missing": rev}`: one answer of `open_revs`, documents embedded as
+/// their text.
 #[derive(Serialize)]
 #[serde(rename_all = "snake_case")]
 enum RevAnswer {
     Ok(Box<RawValue>),
     Missing(String),
-    Error(Value),
 }
 
 /// `GET /data/` — CouchDB's server welcome, which replication clients read for a server id.
@@ -200,8 +203,10 @@ async fn write_one(inst: &Inst, doctype: &Doctype, w: crate::store::DocWrite) ->
 async fn create_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
-    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
     let mut w = parse_new_doc(parse_raw(&bytes)?, true).map_err(ApiError::BadRequest)?;
+    limits.check_document(w.id.as_str(), w.body.as_str().len())?;
     check_ids(&reach, [&w.id])?;
     if w.rev.is_some() {
         return Err(ApiError::bad_request("a new document cannot have _rev; use PUT to update"));
@@ -242,7 +247,9 @@ fn parse_rev_list(v: &Value, what: &str) -> ApiResult<Vec<Rev>> {
         .collect()
 }
 
-fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<Box<RawValue>> {
+/// A document's JSON text, written once into the buffer that becomes the response body (a
+/// large document is copied once, from the stored text).
+fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiResult<Vec<u8>> {
     let revs = |list: &[Rev]| Value::Array(list.iter().map(|r| Value::String(r.to_string())).collect());
     let mut extra = Vec::new();
     if conflicts && !view.conflicts.is_empty() {
@@ -251,7 +258,9 @@ fn render_view(view: &DocView, conflicts: bool, deleted_conflicts: bool) -> ApiR
     if deleted_conflicts && !view.deleted_conflicts.is_empty() {
         extra.push(("_deleted_conflicts", revs(&view.deleted_conflicts)));
     }
-    render_as(&view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)
+    let mut out = Vec::with_capacity(view.doc.body.as_str().len() + 256);
+    render_into(&mut out, &view.doc, view.doc.id.as_str(), &extra).map_err(render_failed)?;
+    Ok(out)
 }
 
 /// Whether an `If-None-Match` header names this ETag (or is `*`), RFC 9110 §13.1.2: the
@@ -305,7 +314,8 @@ async fn get_doc(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         return Ok(HttpResponse::NotModified().insert_header((header::ETAG, etag)).finish());
     }
     let body = render_view(&view, q.flag("conflicts")?, q.flag("deleted_conflicts")?)?;
-    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).json(body))
+    drop(view);
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag)).insert_header(ContentType::json()).body(body))
 }
 
 /// `PUT /data/:doctype/:id` — creates or updates; the parent revision comes from `_rev`,
@@ -320,8 +330,10 @@ async fn put_doc(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     check_ids(&reach, [&id])?;
     let new_edits = q.bool("new_edits")?.unwrap_or(true);
-    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
     let mut w = parse_doc(parse_raw(&bytes)?, Some(id.clone()), new_edits).map_err(ApiError::BadRequest)?;
+    limits.check_document(id.as_str(), w.body.as_str().len())?;
     if !new_edits {
         let rev = w.rev.clone().ok_or_else(|| ApiError::bad_request("invalid rev format"))?;
         let results = inst.0.store.bulk_docs(&doctype, vec![w], false).await?;
@@ -371,11 +383,16 @@ fn as_object(v: Value, what: &str) -> ApiResult<Map<String, Value>> {
 
 /// `POST /data/:doctype/_bulk_docs` — `{"docs": [...], "new_edits": bool}` in one transaction.
 /// With `new_edits: false` (replication) the answer lists only the failures, as CouchDB does.
+/// More than `max_bulk_docs_count` documents: 413 `max_bulk_docs_count_exceeded`, told at the
+/// first document past the limit; a document over `max_document_size`: 413
+/// `document_too_large` for the whole request (CouchDB's answers; its replicator then splits the
+/// batch until that document travels alone, and counts it as a write failure).
 async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Post).await?;
-    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
     // Documents stay unparsed text until each is split into its `_` members and its body.
     let body = parse_raw_object(&bytes, "the body")?;
     let new_edits = match body.get("new_edits").map(|v| serde_json::from_str::<Value>(v.get())) {
@@ -383,44 +400,66 @@ async fn bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
         Some(Ok(Value::Bool(b))) => b,
         Some(_) => return Err(ApiError::bad_request("new_edits must be a boolean")),
     };
-    let docs: Vec<&RawValue> = body
-        .get("docs")
-        .and_then(|d| serde_json::from_str(d.get()).ok())
-        .ok_or_else(|| ApiError::bad_request("the body must have a docs array"))?;
+    let no_docs = || ApiError::bad_request("the body must have a docs array");
+    let docs = match array_at_most(body.get("docs").ok_or_else(no_docs)?.get().as_bytes(), limits.bulk_docs) {
+        Ok(docs) => docs,
+        Err(Bounded::TooMany) => return Err(limits.too_many_docs()),
+        Err(Bounded::Invalid(_)) => return Err(no_docs()),
+    };
     let writes = docs
         .into_iter()
         .map(|d| {
             let w = if new_edits { parse_new_doc(d, true) } else { parse_doc(d, None, false) };
-            w.map_err(ApiError::BadRequest)
+            let w = w.map_err(ApiError::BadRequest)?;
+            limits.check_document(w.id.as_str(), w.body.as_str().len())?;
+            Ok(w)
         })
         .collect::<ApiResult<Vec<_>>>()?;
+    drop(body);
+    drop(bytes);
     check_ids(&reach, writes.iter().map(|w| &w.id))?;
     let results = inst.0.store.bulk_docs(&doctype, writes, new_edits).await?;
-    let out: Vec<Value> = results
-        .into_iter()
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Answer<'a> {
+        Ok { ok: bool, id: &'a str, rev: String },
+        Failed { id: &'a str, error: &'static str, reason: &'a str },
+    }
+    let out: Vec<Answer<'_>> = results
+        .iter()
         .map(|r| match r {
-            WriteResult::Ok { id, rev } => json!({"ok": true, "id": id.as_str(), "rev": rev.to_string()}),
+            WriteResult::Ok { id, rev } => Answer::Ok { ok: true, id: id.as_str(), rev: rev.to_string() },
             WriteResult::Conflict { id } => {
-                json!({"id": id.as_str(), "error": "conflict", "reason": "Document update conflict."})
+                Answer::Failed { id: id.as_str(), error: "conflict", reason: "Document update conflict." }
             }
-            WriteResult::Rejected { id, reason } => {
-                json!({"id": id.as_str(), "error": "bad_request", "reason": reason})
-            }
+            WriteResult::Rejected { id, reason } => Answer::Failed { id: id.as_str(), error: "bad_request", reason },
         })
         .collect();
-    Ok(created(Value::Array(out)))
+    Ok(HttpResponse::Created().json(out))
 }
 
-/// `POST /data/:doctype/_revs_diff` — `{"id": [revs]}` → the revisions this instance lacks.
+/// `POST /data/:doctype/_revs_diff` — `{"id": [revs]}` → the revisions this instance lacks. At
+/// most `max_bulk_docs_count` documents of at most `revs_limit` revisions each (413 beyond).
 async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
-    let body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
     let mut wanted = BTreeMap::new();
-    for (id, revs) in body {
+    for (id, revs) in limits.revs_diff(&bytes)? {
         let id = DocId::parse(&id).map_err(ApiError::BadRequest)?;
-        wanted.insert(id, parse_rev_list(&revs, "the revision list")?);
+        let revs = revs
+            .into_iter()
+            .map(|r| {
+                let s: String = serde_json::from_str(r.get())
+                    .map_err(|_| ApiError::bad_request("invalid revision in the revision list"))?;
+                s.parse::<Rev>()
+                    .map_err(|e| ApiError::bad_request(format!("invalid revision in the revision list: {e}")))
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        wanted.insert(id, revs);
     }
+    drop(bytes);
     check_ids(&reach, wanted.keys())?;
     let diff = inst.0.store.revs_diff(&doctype, wanted).await?;
     let mut out = Map::new();
@@ -439,73 +478,141 @@ async fn revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
 }
 
 /// `POST /data/:doctype/_bulk_get?revs=true` — several documents (given revisions, or the
-/// winner) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape.
+/// winner) in CouchDB's `{"results": [{"id", "docs": [{"ok"}|{"error"}]}]}` shape, written as
+/// they are read (see `http::stream`). More than `max_bulk_get_count` documents asked for: 413
+/// `max_bulk_get_count_exceeded`.
 async fn bulk_get(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
-    let mut body = as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?;
-    let revs_history = q.flag("revs")? || body.get("revs") == Some(&Value::Bool(true));
-    let latest = q.flag("latest")? || body.get("latest") == Some(&Value::Bool(true));
-    let Some(Value::Array(docs)) = body.remove("docs") else {
-        return Err(ApiError::bad_request("the body must have a docs array"));
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
+    let body = parse_raw_object(&bytes, "the body")?;
+    let flag = |name: &str| body.get(name).is_some_and(|v| v.get() == "true");
+    let revs_history = q.flag("revs")? || flag("revs");
+    let latest = q.flag("latest")? || flag("latest");
+    let no_docs = || ApiError::bad_request("the body must have a docs array");
+    let docs = match array_at_most(body.get("docs").ok_or_else(no_docs)?.get().as_bytes(), limits.bulk_get) {
+        Ok(docs) => docs,
+        Err(Bounded::TooMany) => return Err(limits.too_many_gets()),
+        Err(Bounded::Invalid(_)) => return Err(no_docs()),
     };
+    #[derive(serde::Deserialize)]
+    struct Wanted {
+        id: Option<Value>,
+        rev: Option<Value>,
+    }
     let mut wanted = Vec::with_capacity(docs.len());
     for d in docs {
-        let d = as_object(d, "each docs entry")?;
+        let d: Wanted = serde_json::from_str(d.get())
+            .map_err(|_| ApiError::bad_request("each docs entry must be a JSON object"))?;
         let id =
-            d.get("id").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request("each docs entry needs an id"))?;
+            d.id.as_ref()
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("each docs entry needs an id"))?;
         let id = DocId::parse(id).map_err(ApiError::BadRequest)?;
-        let rev = match d.get("rev") {
+        let rev = match d.rev {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.parse::<Rev>().map_err(|e| ApiError::bad_request(e.to_string()))?),
             Some(_) => return Err(ApiError::bad_request("invalid rev format")),
         };
         wanted.push((id, rev));
     }
+    drop(body);
+    drop(bytes);
     check_ids(&reach, wanted.iter().map(|(id, _)| id))?;
-    #[derive(Serialize)]
-    struct Result {
-        id: String,
-        docs: Vec<RevAnswer>,
-    }
-    let mut results = Vec::with_capacity(wanted.len());
-    for (id, rev) in wanted {
-        let error = |rev: Option<&Rev>, reason: &str| {
-            RevAnswer::Error(
-                json!({"id": id.as_str(), "rev": rev.map(Rev::to_string), "error": "not_found", "reason": reason}),
-            )
-        };
-        let docs: Vec<RevAnswer> = match &rev {
-            Some(r) => {
-                let found = inst.0.store.open_revs(&doctype, &id, OpenRevs::Some(vec![r.clone()]), latest).await?;
-                found
-                    .into_iter()
-                    .map(|f| match f {
-                        OpenRev::Found(mut d) => {
-                            if !revs_history {
-                                d.revisions = None;
-                            }
-                            Ok(RevAnswer::Ok(rendered(&d)?))
-                        }
-                        OpenRev::Missing(r) => Ok(error(Some(&r), "missing")),
-                    })
-                    .collect::<ApiResult<_>>()?
+    let mut feed = BulkGet { store: inst.0.store.clone(), doctype, wanted, next: 0, revs_history, latest };
+    let mut out = b"{\"results\":[".to_vec();
+    let next = feed.step(&mut out).await?;
+    Ok(stream::respond(out, next.then_some(feed), |mut feed: BulkGet| async move {
+        let mut out = Vec::new();
+        let more = feed.step(&mut out).await?;
+        Ok::<Step<BulkGet>, ApiError>((out, more.then_some(feed)))
+    }))
+}
+
+/// A `_bulk_get` being answered: the documents asked for, and how many were written.
+struct BulkGet {
+    store: Arc<dyn Store>,
+    doctype: Doctype,
+    wanted: Vec<(DocId, Option<Rev>)>,
+    next: usize,
+    revs_history: bool,
+    latest: bool,
+}
+
+/// Bytes of a `_bulk_get` answer written per chunk (one document past it at most).
+const BULK_GET_CHUNK: usize = 256 * 1024;
+
+impl BulkGet {
+    /// Writes the next results, about [`BULK_GET_CHUNK`] bytes of them (the end of the answer
+    /// after the last); whether more follow.
+    async fn step(&mut self, out: &mut Vec<u8>) -> ApiResult<bool> {
+        while self.next < self.wanted.len() && out.len() < BULK_GET_CHUNK {
+            let (id, rev) = &self.wanted[self.next];
+            if self.next > 0 {
+                out.push(b',');
             }
-            None => match inst.0.store.get(&doctype, &id, GetOptions { rev: None, revs: revs_history }).await {
-                Ok(view) => vec![RevAnswer::Ok(rendered(&view.doc)?)],
-                Err(crate::store::StoreError::NotFound) => vec![error(None, "missing")],
-                Err(crate::store::StoreError::Deleted) => vec![error(None, "deleted")],
-                Err(e) => return Err(e.into()),
-            },
-        };
-        results.push(Result { id: id.to_string(), docs });
+            self.next += 1;
+            out.extend_from_slice(b"{\"id\":");
+            put_json(out, id.as_str())?;
+            out.extend_from_slice(b",\"docs\":[");
+            #[derive(Serialize)]
+            struct Failed<'a> {
+                id: &'a str,
+                rev: Option<String>,
+                error: &'static str,
+                reason: &'static str,
+            }
+            let error = |out: &mut Vec<u8>, rev: Option<&Rev>, reason| {
+                out.extend_from_slice(b"{\"error\":");
+                put_json(out, &Failed { id: id.as_str(), rev: rev.map(Rev::to_string), error: "not_found", reason })?;
+                out.push(b'}');
+                Ok::<(), ApiError>(())
+            };
+            match rev {
+                Some(r) => {
+                    let found =
+                        self.store.open_revs(&self.doctype, id, OpenRevs::Some(vec![r.clone()]), self.latest).await?;
+                    for (i, f) in found.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        match f {
+                            OpenRev::Found(mut d) => {
+                                if !self.revs_history {
+                                    d.revisions = None;
+                                }
+                                out.extend_from_slice(b"{\"ok\":");
+                                render_into(out, &d, d.id.as_str(), &[]).map_err(render_failed)?;
+                                out.push(b'}');
+                            }
+                            OpenRev::Missing(r) => error(out, Some(&r), "missing")?,
+                        }
+                    }
+                }
+                None => {
+                    let opts = GetOptions { rev: None, revs: self.revs_history };
+                    match self.store.get(&self.doctype, id, opts).await {
+                        Ok(view) => {
+                            out.extend_from_slice(b"{\"ok\":");
+                            render_into(out, &view.doc, view.doc.id.as_str(), &[]).map_err(render_failed)?;
+                            out.push(b'}');
+                        }
+                        Err(crate::store::StoreError::NotFound) => error(out, None, "missing")?,
+                        Err(crate::store::StoreError::Deleted) => error(out, None, "deleted")?,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            out.extend_from_slice(b"]}");
+        }
+        if self.next < self.wanted.len() {
+            return Ok(true);
+        }
+        out.extend_from_slice(b"]}");
+        Ok(false)
     }
-    #[derive(Serialize)]
-    struct Answer {
-        results: Vec<Result>,
-    }
-    Ok(HttpResponse::Ok().json(Answer { results }))
 }
 
 /// `POST /data/:doctype/_ensure_full_commit` — every write is durable when acknowledged; kept
@@ -525,9 +632,11 @@ fn parse_seq(s: &str) -> ApiResult<u64> {
 
 /// `GET|POST /data/:doctype/_changes` — `since`, `limit`, `style=all_docs`, `include_docs`,
 /// `feed=normal|longpoll` with `timeout`, `filter=_doc_ids` with `doc_ids` (query or body).
-/// Each document appears once, at its latest change; scopes limited to some ids see only those.
-/// `pending` is the number of rows after `last_seq` for the same filter and scope (CouchDB's),
-/// which the store counts without reading them.
+/// Each document appears once, at its latest change (one changed while a long answer is being
+/// written may appear again, at its new sequence: see [`ChangesFeed`]); scopes limited to some
+/// ids see only those. `pending` is the number of rows after `last_seq` for the same filter and
+/// scope (CouchDB's), which the store counts without reading them. The answer is written as it
+/// is read (see `http::stream`).
 async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
@@ -576,16 +685,19 @@ async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
         Some("now") => store.db_info(&doctype).await?.update_seq,
         Some(s) => parse_seq(s)?,
     };
+    let limit = q.u64("limit")?.map(|l| l as usize);
+    let include_docs = q.flag("include_docs")?;
     let query = ChangesQuery {
         since,
-        limit: q.u64("limit")?.map(|l| l as usize),
+        limit,
         all_docs: match q.get("style") {
             None | Some("main_only") => false,
             Some("all_docs") => true,
             Some(_) => return Err(ApiError::bad_request("style must be main_only or all_docs")),
         },
-        include_docs: q.flag("include_docs")?,
+        include_docs,
         doc_ids,
+        max_bytes: include_docs.then_some(PAGE_BYTES),
     };
     let longpoll = match q.get("feed") {
         None | Some("normal") => false,
@@ -596,58 +708,116 @@ async fn changes(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     };
     let max_wait = state.map_or(60_000, |c| c.longpoll_max_ms);
     let timeout = Duration::from_millis(q.u64("timeout")?.unwrap_or(max_wait).min(max_wait));
+    let mut feed = ChangesFeed { store: store.clone(), doctype, query, remaining: limit, end: None, written: 0 };
     // Subscribe before the first read so no commit between the read and the wait is missed.
     let mut commits = store.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut result = store.changes(&doctype, &query).await?;
-    while longpoll && result.rows.is_empty() {
+    let mut page = feed.read().await?;
+    while longpoll && page.rows.is_empty() {
         match tokio::time::timeout_at(deadline, commits.changed()).await {
-            Ok(Ok(())) => result = store.changes(&doctype, &query).await?,
+            Ok(Ok(())) => page = feed.read().await?,
             _ => break,
         }
     }
-    #[derive(Serialize)]
-    struct Row {
-        seq: u64,
-        id: String,
-        changes: Vec<Value>,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        deleted: bool,
-        /// `Some(None)` serialises as `"doc": null` (a document without a body to show).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        doc: Option<Option<Box<RawValue>>>,
-    }
-    #[derive(Serialize)]
-    struct Answer {
-        results: Vec<Row>,
-        last_seq: u64,
-        pending: u64,
-    }
-    let rows = result
-        .rows
-        .into_iter()
-        .map(|row| {
-            let doc = match (&row.doc, query.include_docs) {
-                (_, false) => None,
-                (None, true) => Some(None),
-                (Some(d), true) => Some(Some(rendered(d)?)),
-            };
-            Ok(Row {
-                seq: row.seq,
-                changes: row.changes.iter().map(|r| json!({"rev": r.to_string()})).collect(),
-                id: row.id.to_string(),
-                deleted: row.deleted,
-                doc,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(HttpResponse::Ok().json(Answer { results: rows, last_seq: result.last_seq, pending: result.pending }))
+    let mut out = b"{\"results\":[".to_vec();
+    let more = feed.write(page, &mut out).await?;
+    Ok(stream::respond(out, more.then_some(feed), |mut feed: ChangesFeed| async move {
+        let page = feed.read().await?;
+        let mut out = Vec::new();
+        let more = feed.write(page, &mut out).await?;
+        Ok::<Step<ChangesFeed>, ApiError>((out, more.then_some(feed)))
+    }))
 }
 
-fn key_param(q: &Query, body: &Map<String, Value>, names: &[&str]) -> ApiResult<Option<String>> {
+/// A changes feed being answered, read a page at a time ([`PAGE_ROWS`] rows, or the rows whose
+/// documents reach [`PAGE_BYTES`]). Each page is its own read, from the last sequence answered:
+/// like CouchDB's feed, the answer is not one snapshot. It ends at the `update_seq` seen once
+/// the first page shows more to come (so steady writes cannot keep it going), or at the limit;
+/// a document changed while the feed is read can appear again at its new sequence, and nothing
+/// is skipped (a change past the end is what `pending` counts and the next request reads).
+struct ChangesFeed {
+    store: Arc<dyn Store>,
+    doctype: Doctype,
+    /// The next page's query (its `since` moves on).
+    query: ChangesQuery,
+    /// Rows still allowed by the request's `limit`.
+    remaining: Option<usize>,
+    end: Option<u64>,
+    written: usize,
+}
+
+impl ChangesFeed {
+    async fn read(&mut self) -> ApiResult<Changes> {
+        self.query.limit = Some(self.remaining.map_or(PAGE_ROWS, |r| r.min(PAGE_ROWS)));
+        Ok(self.store.changes(&self.doctype, &self.query).await?)
+    }
+
+    /// Writes a page's rows, then the end of the answer after the last page; whether more
+    /// pages follow.
+    async fn write(&mut self, page: Changes, out: &mut Vec<u8>) -> ApiResult<bool> {
+        for row in &page.rows {
+            if self.written > 0 {
+                out.push(b',');
+            }
+            self.written += 1;
+            write_change(out, row, self.query.include_docs)?;
+        }
+        if let Some(r) = self.remaining.as_mut() {
+            *r = r.saturating_sub(page.rows.len());
+        }
+        let mut more = !page.rows.is_empty() && page.pending > 0 && self.remaining != Some(0);
+        if more {
+            let end = match self.end {
+                Some(end) => end,
+                None => *self.end.insert(self.store.db_info(&self.doctype).await?.update_seq),
+            };
+            more = page.last_seq < end;
+        }
+        if more {
+            self.query.since = page.last_seq;
+            return Ok(true);
+        }
+        out.extend_from_slice(format!("],\"last_seq\":{},\"pending\":{}}}", page.last_seq, page.pending).as_bytes());
+        Ok(false)
+    }
+}
+
+/// One row of a changes feed: `{"seq", "id", "changes": [{"rev"}], "deleted"?, "doc"?}`, `doc`
+/// being `null` for a document without a body to show.
+fn write_change(out: &mut Vec<u8>, row: &ChangeRow, include_docs: bool) -> ApiResult<()> {
+    out.extend_from_slice(format!("{{\"seq\":{},\"id\":", row.seq).as_bytes());
+    put_json(out, row.id.as_str())?;
+    out.extend_from_slice(b",\"changes\":[");
+    for (i, rev) in row.changes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"rev\":");
+        put_json(out, &rev.to_string())?;
+        out.push(b'}');
+    }
+    out.push(b']');
+    if row.deleted {
+        out.extend_from_slice(b",\"deleted\":true");
+    }
+    if include_docs {
+        out.extend_from_slice(b",\"doc\":");
+        match &row.doc {
+            Some(d) => render_into(out, d, d.id.as_str(), &[]).map_err(render_failed)?,
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn key_param(q: &Query, body: &BTreeMap<String, &RawValue>, names: &[&str]) -> ApiResult<Option<String>> {
     for name in names {
         let v = match body.get(*name) {
-            Some(v) => Some(v.clone()),
+            Some(raw) => Some(
+                serde_json::from_str::<Value>(raw.get())
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be JSON")))?,
+            ),
             None => q.json(name)?,
         };
         if let Some(v) = v {
@@ -661,29 +831,34 @@ fn key_param(q: &Query, body: &Map<String, Value>, names: &[&str]) -> ApiResult<
 }
 
 /// `GET|POST /data/:doctype/_all_docs` — documents by id, with `keys`, `startkey`/`endkey`
-/// (JSON strings), `limit`, `skip`, `descending`, `inclusive_end`, `include_docs`.
+/// (JSON strings), `limit`, `skip`, `descending`, `inclusive_end`, `include_docs`. Written as
+/// it is read (see `http::stream`), a page of ids at a time: each page is its own read, from the
+/// last id answered, so (as with CouchDB's clusters) the answer is not one snapshot: a document
+/// created or deleted while it is written may or may not be listed, every other one is listed
+/// once. `total_rows` is the count when the first page was read.
 async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let doctype = doctype_of(&req)?;
     let q = Query::of(&req)?;
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Get).await?;
-    let body = if req.method() == actix_web::http::Method::POST {
-        as_object(parse_json(&read_body(&req, payload, max_body(&req)).await?)?, "the body")?
+    let bytes = if req.method() == actix_web::http::Method::POST {
+        Some(read_body(&req, payload, max_body(&req)).await?)
     } else {
-        Map::new()
+        None
     };
-    let keys = match body.get("keys").cloned().or(q.json("keys")?) {
-        None => None,
-        Some(Value::Array(list)) => Some(
-            list.iter()
-                .map(|k| {
-                    k.as_str()
-                        .ok_or_else(|| ApiError::bad_request("keys must be strings"))
-                        .and_then(|s| DocId::parse(s).map_err(ApiError::BadRequest))
-                })
-                .collect::<ApiResult<Vec<_>>>()?,
-        ),
-        Some(_) => return Err(ApiError::bad_request("keys must be an array")),
+    let body = match &bytes {
+        Some(b) => parse_raw_object(b, "the body")?,
+        None => BTreeMap::new(),
     };
+    let keys: Option<Vec<String>> = match body.get("keys") {
+        Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|_| keys_error(raw.get()))?),
+        None => match q.get("keys") {
+            Some(text) => Some(serde_json::from_str(text).map_err(|_| keys_error(text))?),
+            None => None,
+        },
+    };
+    let keys = keys
+        .map(|list| list.iter().map(|k| DocId::parse(k).map_err(ApiError::BadRequest)).collect::<ApiResult<Vec<_>>>())
+        .transpose()?;
     let keys = match (&reach, keys) {
         (Reach::All, keys) => keys,
         (Reach::Ids(_), Some(keys)) => {
@@ -694,61 +869,146 @@ async fn all_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
         (Reach::None, _) => return Err(ApiError::Forbidden("no access".into())),
     };
     let key = key_param(&q, &body, &["key"])?;
+    let limit = q.u64("limit")?.map(|l| l as usize);
+    let skip = q.u64("skip")?.unwrap_or(0) as usize;
+    let include_docs = q.flag("include_docs")? || body.get("include_docs").is_some_and(|v| v.get() == "true");
     let query = AllDocsQuery {
         start_key: key.clone().or(key_param(&q, &body, &["startkey", "start_key"])?),
         end_key: key.or(key_param(&q, &body, &["endkey", "end_key"])?),
-        keys,
+        keys: None,
         inclusive_end: q.bool("inclusive_end")?.unwrap_or(true),
         descending: q.flag("descending")?,
-        limit: q.u64("limit")?.map(|l| l as usize),
-        skip: q.u64("skip")?.unwrap_or(0) as usize,
-        include_docs: q.flag("include_docs")? || body.get("include_docs") == Some(&Value::Bool(true)),
+        limit: None,
+        skip,
+        include_docs,
+        exclusive_start: false,
+        max_bytes: include_docs.then_some(PAGE_BYTES),
     };
-    let result = inst.0.store.all_docs(&doctype, &query).await?;
-    #[derive(Serialize)]
-    #[serde(untagged)]
-    enum Row {
-        Doc {
-            id: String,
-            key: String,
-            value: Value,
-            /// `Some(None)` serialises as `"doc": null`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            doc: Option<Option<Box<RawValue>>>,
-        },
-        NotFound {
-            key: String,
-            error: &'static str,
-        },
+    drop(body);
+    drop(bytes);
+    // With keys, the request's `skip` and `limit` pick the keys; pages then take them in order.
+    let keys = keys.map(|k| k.into_iter().skip(skip).take(limit.unwrap_or(usize::MAX)).collect());
+    let mut feed = AllDocsFeed { store: inst.0.store.clone(), doctype, query, keys, remaining: limit, written: 0 };
+    let page = feed.read().await?;
+    let mut out = Vec::new();
+    out.extend_from_slice(format!("{{\"total_rows\":{},\"offset\":{skip},\"rows\":[", page.total_rows).as_bytes());
+    let more = feed.write(page, &mut out)?;
+    Ok(stream::respond(out, more.then_some(feed), |mut feed: AllDocsFeed| async move {
+        let page = feed.read().await?;
+        let mut out = Vec::new();
+        let more = feed.write(page, &mut out)?;
+        Ok::<Step<AllDocsFeed>, ApiError>((out, more.then_some(feed)))
+    }))
+}
+
+fn keys_error(text: &str) -> ApiError {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(_)) => ApiError::bad_request("keys must be strings"),
+        Ok(_) => ApiError::bad_request("keys must be an array"),
+        Err(_) => ApiError::bad_request("keys must be JSON"),
     }
-    #[derive(Serialize)]
-    struct Answer {
-        total_rows: u64,
-        offset: usize,
-        rows: Vec<Row>,
+}
+
+/// An `_all_docs` being answered: by range, each page starting after the last id answered; by
+/// keys, each page taking the next keys.
+struct AllDocsFeed {
+    store: Arc<dyn Store>,
+    doctype: Doctype,
+    /// The next page's query.
+    query: AllDocsQuery,
+    /// The keys not yet answered, in order.
+    keys: Option<std::collections::VecDeque<DocId>>,
+    /// Rows still allowed by the request's `limit` (by range).
+    remaining: Option<usize>,
+    written: usize,
+}
+
+impl AllDocsFeed {
+    async fn read(&mut self) -> ApiResult<AllDocs> {
+        match &self.keys {
+            Some(keys) => {
+                self.query.keys = Some(keys.iter().take(PAGE_ROWS).cloned().collect());
+                self.query.skip = 0;
+            }
+            None => self.query.limit = Some(self.remaining.map_or(PAGE_ROWS, |r| r.min(PAGE_ROWS))),
+        }
+        Ok(self.store.all_docs(&self.doctype, &self.query).await?)
     }
-    let rows = result
-        .rows
-        .into_iter()
-        .map(|row| {
-            Ok(match row {
-                AllDocsRow::Doc { id, rev, deleted, doc } => {
-                    let mut value = json!({"rev": rev.to_string()});
-                    if deleted {
-                        value["deleted"] = Value::Bool(true);
-                    }
-                    let doc = match (doc, query.include_docs) {
-                        (_, false) => None,
-                        (None, true) => Some(None),
-                        (Some(d), true) => Some(Some(rendered(&d)?)),
-                    };
-                    Row::Doc { key: id.to_string(), id: id.to_string(), value, doc }
+
+    /// Writes a page's rows, then the end of the answer after the last page; whether more
+    /// pages follow.
+    fn write(&mut self, page: AllDocs, out: &mut Vec<u8>) -> ApiResult<bool> {
+        let answered = page.rows.len();
+        let last = match page.rows.last() {
+            Some(AllDocsRow::Doc { id, .. }) => Some(id.as_str().to_owned()),
+            _ => None,
+        };
+        for row in &page.rows {
+            if self.written > 0 {
+                out.push(b',');
+            }
+            self.written += 1;
+            write_all_docs_row(out, row, self.query.include_docs)?;
+        }
+        let more = match &mut self.keys {
+            Some(keys) => {
+                keys.drain(..answered.min(keys.len()));
+                answered > 0 && !keys.is_empty()
+            }
+            None => {
+                if let Some(r) = self.remaining.as_mut() {
+                    *r = r.saturating_sub(answered);
                 }
-                AllDocsRow::NotFound { key } => Row::NotFound { key: key.to_string(), error: "not_found" },
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(HttpResponse::Ok().json(Answer { total_rows: result.total_rows, offset: result.offset, rows }))
+                match last {
+                    // A page that answered nothing cannot move on.
+                    Some(last) if page.more && self.remaining != Some(0) => {
+                        self.query.start_key = Some(last);
+                        self.query.exclusive_start = true;
+                        self.query.skip = 0;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        };
+        if !more {
+            out.extend_from_slice(b"]}");
+        }
+        Ok(more)
+    }
+}
+
+/// One row of `_all_docs`: `{"id", "key", "value": {"rev", "deleted"?}, "doc"?}`, or
+/// `{"key", "error": "not_found"}` for a key without a document.
+fn write_all_docs_row(out: &mut Vec<u8>, row: &AllDocsRow, include_docs: bool) -> ApiResult<()> {
+    match row {
+        AllDocsRow::Doc { id, rev, deleted, doc } => {
+            out.extend_from_slice(b"{\"id\":");
+            put_json(out, id.as_str())?;
+            out.extend_from_slice(b",\"key\":");
+            put_json(out, id.as_str())?;
+            out.extend_from_slice(b",\"value\":{\"rev\":");
+            put_json(out, &rev.to_string())?;
+            if *deleted {
+                out.extend_from_slice(b",\"deleted\":true");
+            }
+            out.push(b'}');
+            if include_docs {
+                out.extend_from_slice(b",\"doc\":");
+                match doc {
+                    Some(d) => render_into(out, d, d.id.as_str(), &[]).map_err(render_failed)?,
+                    None => out.extend_from_slice(b"null"),
+                }
+            }
+            out.push(b'}');
+        }
+        AllDocsRow::NotFound { key } => {
+            out.extend_from_slice(b"{\"key\":");
+            put_json(out, key.as_str())?;
+            out.extend_from_slice(b",\"error\":\"not_found\"}");
+        }
+    }
+    Ok(())
 }
 
 fn local_id(req: &HttpRequest) -> ApiResult<String> {
@@ -784,13 +1044,15 @@ async fn put_local(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRe
     let (_, reach) = authorize(&inst, &req, &doctype, Verb::Put).await?;
     need_all(&reach)?;
     let id = local_id(&req)?;
-    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
     let members = Members::of(parse_raw(&bytes)?.get())
         .ok_or_else(|| ApiError::bad_request("the document must be a JSON object"))?;
     members.check_depth().map_err(ApiError::BadRequest)?;
     let body = Body::from_members(
         members.iter().filter(|m| !matches!(m.key().as_ref(), "_id" | "_rev" | "_revisions" | "_deleted")),
     );
+    limits.check_document(&format!("_local/{id}"), body.as_str().len())?;
     let rev = inst.0.store.put_local(&doctype, &id, body).await?;
     Ok(created(json!({"ok": true, "id": format!("_local/{id}"), "rev": format!("0-{rev}")})))
 }

@@ -32,7 +32,10 @@ pub enum ApiError {
     /// 413 with its reason (a quota used up).
     #[error("{0}")]
     QuotaExceeded(String),
-
+    /// 413 for a configured limit, with CouchDB's error name for it (`document_too_large`,
+    /// `max_bulk_docs_count_exceeded`, `max_bulk_get_count_exceeded`) and its reason.
+    #[error("{reason}")]
+    Limit { error: &'static str, reason: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("too many requests, try again later")]
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::TooLarge | ApiError::QuotaExceeded(_) => "too_large",
+            ApiError::Limit { error, .. } => error,
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
             ApiError::Unavailable(_) => "service_unavailable",
@@ -104,7 +108,9 @@ impl ResponseError for ApiError {
             ApiError::Conflict | ApiError::ConflictWith(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::TooLarge | ApiError::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge | ApiError::QuotaExceeded(_) | ApiError::Limit { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -329,7 +329,7 @@ async fn replace(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
 }
 
 fn max_body(req: &HttpRequest) -> usize {
-    req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_body_bytes.min(1024 * 1024))
+    req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_http_request_size.min(1024 * 1024))
 }
 
 /// `PATCH /files/:id` — JSON:API `{"data": {"attributes": {"name", "dir_id", "tags",

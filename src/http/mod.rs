@@ -8,11 +8,13 @@ pub mod error;
 pub mod files;
 pub mod home;
 pub mod invitations;
+pub mod limits;
 pub mod login;
 pub mod path;
 pub mod permissions;
 pub mod realtime;
 pub mod sharings;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{ready, Ready};
@@ -103,14 +105,14 @@ pub fn data_caller(inst: &Instance, req: &HttpRequest) -> ApiResult<(Claims, Per
 /// Reads a request body up to `limit` bytes: 413 as soon as the declared or received size is
 /// over it, without buffering the rest.
 pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> ApiResult<web::Bytes> {
-    if let Some(len) =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ApiError::TooLarge);
-        }
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::TooLarge);
     }
-    let mut body = web::BytesMut::new();
+    // A declared length is allocated once (a growing buffer copies, and holds up to twice the
+    // body while it does).
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {

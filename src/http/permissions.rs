@@ -149,7 +149,7 @@ pub async fn files_permissions(inst: &Arc<Instance>, req: &HttpRequest) -> ApiRe
 }
 
 async fn json_body(req: &HttpRequest, payload: web::Payload, allow_empty: bool) -> ApiResult<Value> {
-    let limit = state_of(req)?.config.max_body_bytes.min(1024 * 1024);
+    let limit = state_of(req)?.config.max_http_request_size.min(1024 * 1024);
     let bytes = read_body(req, payload, limit).await?;
     if allow_empty && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({"data": {"attributes": {}}}));

@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::limits::Limits;
 use super::login::{esc, owner_session, page, SESSION_COOKIE};
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
@@ -164,7 +165,7 @@ pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: V
 }
 
 async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
-    let limit = state_of(req)?.config.max_body_bytes;
+    let limit = state_of(req)?.config.max_http_request_size;
     parse_json(&read_body(req, payload, limit).await?)
 }
 
@@ -766,22 +767,31 @@ async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> Api
     Ok((s, index))
 }
 
-/// `POST /sharings/:id/_revs_diff` — `{"doctype/id": [revs]}` → what this instance lacks.
+/// `POST /sharings/:id/_revs_diff` — `{"doctype/id": [revs]}` → what this instance lacks; at
+/// most `max_bulk_docs_count` documents of at most `revs_limit` revisions (413 beyond).
 async fn replication_revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (s, from) = replicating_peer(&inst, &req, &id).await?;
-    let body = json_body(&req, payload).await?;
+    let limits = Limits::of(&req);
+    let bytes = read_body(&req, payload, limits.request).await?;
+    limits.revs_diff(&bytes)?;
+    let body = parse_json(&bytes)?;
     let out = crate::sharing::receive::revs_diff(&inst.0, &s, from, &body).await?;
     Ok(HttpResponse::Ok().json(out))
 }
 
 /// `POST /sharings/:id/_bulk_docs` — `{"doctype": [docs with _revisions]}`, applied with
-/// `new_edits=false` semantics; answers the refused documents (`[]` when all applied).
+/// `new_edits=false` semantics; answers the refused documents (`[]` when all applied). Within
+/// the limits of `/data`'s `_bulk_docs` (413 `max_bulk_docs_count_exceeded` or
+/// `document_too_large` for the whole request: the sender splits its batch, see
+/// `sync::replication`).
 async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (s, from) = replicating_peer(&inst, &req, &id).await?;
     // Kept as text: documents are parsed as written (see `store::body`).
-    let body = read_body(&req, payload, state_of(&req)?.config.max_body_bytes).await?;
+    let limits = Limits::of(&req);
+    let body = read_body(&req, payload, limits.request).await?;
+    limits.peer_bulk_docs(&body)?;
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.

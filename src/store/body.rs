@@ -200,6 +200,11 @@ impl<'m> Member<'m> {
     pub fn key(&self) -> Cow<'m, str> {
         unescape_key(self.raw_key)
     }
+
+    /// The length of the key as written, quotes and escapes included.
+    pub fn raw_key_len(&self) -> usize {
+        self.raw_key.len()
+    }
 }
 
 /// A key as written (a JSON string with its quotes), unescaped.

@@ -71,6 +71,7 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     documents_join_later_only_by_rules_that_let_them(store).await;
     received_documents_are_judged_on_what_their_write_finds(store).await;
     shared_documents_are_listed_by_page(store).await;
+    pages_start_after_a_key_and_say_whether_more_follow(store).await;
 }
 
 /// Bodies whose key order and numbers a parse into `serde_json::Value` (or JavaScript) would
@@ -488,6 +489,100 @@ pub async fn all_docs_ranges_keys_and_counts(store: &dyn Store) {
     let info = store.db_info(&t).await.expect("info");
     assert_eq!((info.doc_count, info.doc_del_count), (3, 1));
     assert!(info.update_seq >= 5);
+}
+
+/// What an answer written a page at a time needs (see `http::stream`): `_all_docs` pages that
+/// start after the last id answered and say whether rows may follow, and pages of bodies
+/// bounded by `max_bytes` that say what is left (the bound is a backend's choice: the
+/// CouchDB one reads by rows only, and must then answer whole pages).
+pub async fn pages_start_after_a_key_and_say_whether_more_follow(store: &dyn Store) {
+    let t = dt("pages");
+    let text = "x".repeat(1000);
+    for name in ["a", "b", "c", "d"] {
+        put(store, &t, edit(name, None, false, json!({"text": text}))).await.expect("create");
+    }
+    let ids = |r: &AllDocs| -> Vec<String> {
+        r.rows
+            .iter()
+            .map(|row| match row {
+                AllDocsRow::Doc { id, .. } => id.to_string(),
+                AllDocsRow::NotFound { key } => format!("!{key}"),
+            })
+            .collect()
+    };
+    let q = |start: Option<&str>, descending: bool, limit: Option<usize>| AllDocsQuery {
+        start_key: start.map(str::to_owned),
+        exclusive_start: start.is_some(),
+        descending,
+        limit,
+        inclusive_end: true,
+        ..Default::default()
+    };
+    let first = store.all_docs(&t, &q(None, false, Some(2))).await.expect("first page");
+    assert_eq!((ids(&first), first.more), (vec!["a".into(), "b".into()], true));
+    let second = store.all_docs(&t, &q(Some("b"), false, Some(2))).await.expect("second page");
+    assert_eq!(ids(&second), ["c", "d"], "the page starts after b");
+    let rest = store.all_docs(&t, &q(Some("d"), false, Some(2))).await.expect("after the end");
+    assert_eq!((ids(&rest), rest.more), (Vec::<String>::new(), false));
+    let all = store.all_docs(&t, &q(None, false, Some(10))).await.expect("all");
+    assert_eq!((all.rows.len(), all.more), (4, false), "a page short of its limit is the last");
+    let down = store.all_docs(&t, &q(Some("c"), true, Some(10))).await.expect("descending");
+    assert_eq!(ids(&down), ["b", "a"], "descending, after c");
+    // A start key that is not a document: the page starts at the next id.
+    let between = store.all_docs(&t, &q(Some("bb"), false, Some(1))).await.expect("between");
+    assert_eq!(ids(&between), ["c"]);
+
+    // Pages of bodies bounded in bytes: whatever a backend answers, the rest is accounted for.
+    let bounded = |since: u64| ChangesQuery {
+        since,
+        limit: Some(10),
+        include_docs: true,
+        max_bytes: Some(1500),
+        ..Default::default()
+    };
+    let mut since = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = store.changes(&t, &bounded(since)).await.expect("bounded changes");
+        assert!(!page.rows.is_empty(), "a bounded page holds one row at least");
+        assert!(page.rows.iter().all(|r| r.doc.as_ref().is_some_and(|d| d.body.as_str().len() > 1000)));
+        seen.extend(page.rows.iter().map(|r| r.id.to_string()));
+        assert_eq!(page.pending as usize, 4 - seen.len(), "pending counts what the bound left");
+        since = page.last_seq;
+        if page.pending == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d"]);
+    let mut start: Option<String> = None;
+    let mut listed = Vec::new();
+    loop {
+        let query = AllDocsQuery {
+            include_docs: true,
+            max_bytes: Some(1500),
+            limit: Some(10),
+            ..q(start.as_deref(), false, Some(10))
+        };
+        let page = store.all_docs(&t, &query).await.expect("bounded all_docs");
+        listed.extend(ids(&page));
+        assert_eq!(page.more, listed.len() < 4, "more says whether rows remain");
+        if !page.more {
+            break;
+        }
+        start = listed.last().cloned();
+    }
+    assert_eq!(listed, ["a", "b", "c", "d"]);
+    let keys = AllDocsQuery {
+        keys: Some(vec![id("d"), id("nope"), id("a")]),
+        include_docs: true,
+        max_bytes: Some(1500),
+        inclusive_end: true,
+        ..Default::default()
+    };
+    let by_keys = store.all_docs(&t, &keys).await.expect("bounded keys");
+    let answered = ids(&by_keys);
+    assert_eq!(answered[..], ["d", "!nope", "a"][..answered.len()], "the first keys are answered, in order");
+    assert_eq!(by_keys.more, answered.len() < 3);
 }
 
 pub async fn local_documents_have_no_history_and_stay_out_of_the_feed(store: &dyn Store) {

@@ -2067,11 +2067,14 @@ impl Store for CouchStore {
                 if query.descending {
                     params.push(("descending", "true".into()));
                 }
+                // CouchDB's `startkey` is inclusive: with `exclusive_start`, the start key's row
+                // is read and left out below, and skipped rows are counted after it.
+                let (skip, extra) = if query.exclusive_start { (0, query.skip + 1) } else { (query.skip, 0) };
                 if let Some(l) = query.limit {
-                    params.push(("limit", l.to_string()));
+                    params.push(("limit", (l + extra).to_string()));
                 }
-                if query.skip > 0 {
-                    params.push(("skip", query.skip.to_string()));
+                if skip > 0 {
+                    params.push(("skip", skip.to_string()));
                 }
                 self.server.send(Method::GET, &[&db, "_all_docs"], &params, None).await?
             }
@@ -2086,14 +2089,35 @@ impl Store for CouchStore {
                     .collect(),
                 None => Vec::new(),
             };
-            return Ok(AllDocs { total_rows: 0, offset: query.skip, rows });
+            return Ok(AllDocs { total_rows: 0, offset: query.skip, rows, more: false });
         }
         if !reply.status.is_success() {
             return Err(reply.unexpected("_all_docs"));
         }
         let total_rows = reply.body.get("total_rows").and_then(Value::as_u64).unwrap_or(0);
+        let read: &[Value] = reply.body.get("rows").and_then(Value::as_array).map_or(&[], Vec::as_slice);
+        let mut read = read.iter().peekable();
+        let mut more = false;
+        if query.keys.is_none() {
+            // Rows CouchDB read, before any is left out: as many as asked means more may follow.
+            let asked = query.limit.map(|l| if query.exclusive_start { l + query.skip + 1 } else { l });
+            more = asked.is_some_and(|a| read.len() >= a);
+            if query.exclusive_start {
+                let start = query.start_key.as_deref();
+                if start.is_some() && read.peek().and_then(|r| r.get("id")).and_then(Value::as_str) == start {
+                    read.next();
+                }
+                for _ in 0..query.skip {
+                    read.next();
+                }
+            }
+        }
         let mut rows = Vec::new();
-        for r in reply.body.get("rows").and_then(Value::as_array).into_iter().flatten() {
+        for r in read {
+            if query.keys.is_none() && query.limit.is_some_and(|l| rows.len() >= l) {
+                more = true;
+                break;
+            }
             if r.get("error").is_some() {
                 if let Some(key) = r.get("key").and_then(Value::as_str).and_then(|k| DocId::parse(k).ok()) {
                     rows.push(AllDocsRow::NotFound { key });
@@ -2112,7 +2136,7 @@ impl Store for CouchStore {
             };
             rows.push(AllDocsRow::Doc { id, rev, deleted, doc });
         }
-        Ok(AllDocs { total_rows, offset: query.skip, rows })
+        Ok(AllDocs { total_rows, offset: query.skip, rows, more })
     }
 
     async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError> {

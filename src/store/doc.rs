@@ -184,10 +184,24 @@ pub fn render(doc: &DocRev) -> Result<Box<RawValue>, serde_json::Error> {
 /// [`render`] under another id (a peer's id space), followed by `extra` members (such as
 /// `_conflicts`). The body's text is spliced in, never parsed.
 pub fn render_as(doc: &DocRev, id: &str, extra: &[(&str, Value)]) -> Result<Box<RawValue>, serde_json::Error> {
+    let mut out: Vec<u8> = Vec::with_capacity(doc.body.as_str().len() + id.len() + 96);
+    render_into(&mut out, doc, id, extra)?;
+    // Valid JSON pieces make valid JSON; this also checks the stored body once more.
+    let text = String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))?;
+    RawValue::from_string(text)
+}
+
+/// [`render_as`] appended to `out`, unchecked: for answers written as they are read, whose
+/// bodies were checked when read from the store (`Body` is valid JSON by construction).
+pub fn render_into(
+    out: &mut Vec<u8>,
+    doc: &DocRev,
+    id: &str,
+    extra: &[(&str, Value)],
+) -> Result<(), serde_json::Error> {
     let body = doc.body.as_str();
-    let mut out: Vec<u8> = Vec::with_capacity(body.len() + id.len() + 96);
     out.extend_from_slice(b"{\"_id\":");
-    serde_json::to_writer(&mut out, id)?;
+    serde_json::to_writer(&mut *out, id)?;
     out.extend_from_slice(b",\"_rev\":\"");
     out.extend_from_slice(doc.rev.to_string().as_bytes());
     out.push(b'"');
@@ -201,18 +215,28 @@ pub fn render_as(doc: &DocRev, id: &str, extra: &[(&str, Value)]) -> Result<Box<
     }
     if let Some(revs) = &doc.revisions {
         out.extend_from_slice(b",\"_revisions\":");
-        serde_json::to_writer(&mut out, &Revisions::from_revs(revs))?;
+        serde_json::to_writer(&mut *out, &Revisions::from_revs(revs))?;
     }
     for (k, v) in extra {
         out.push(b',');
-        serde_json::to_writer(&mut out, k)?;
+        serde_json::to_writer(&mut *out, k)?;
         out.push(b':');
-        serde_json::to_writer(&mut out, v)?;
+        serde_json::to_writer(&mut *out, v)?;
     }
     out.push(b'}');
-    // Valid JSON pieces make valid JSON; this also checks the stored body once more.
-    let text = String::from_utf8(out).map_err(|e| serde::de::Error::custom(e.to_string()))?;
-    RawValue::from_string(text)
+    Ok(())
+}
+
+/// The size [`max_document_size`](crate::config::Config::max_document_size) is compared with:
+/// the bytes of a document's body as stored, its members not starting with `_`, without
+/// insignificant whitespace (CouchDB measures its encoding of the body without the `_`
+/// members). `None` when `raw` is not an object.
+pub fn body_size(raw: &RawValue) -> Option<usize> {
+    let members = Members::of(raw.get())?;
+    let sizes: Vec<usize> =
+        members.iter().filter(|m| !m.key().starts_with('_')).map(|m| m.raw_key_len() + 1 + m.value.len()).collect();
+    // Braces, and commas between members.
+    Some(2 + sizes.iter().sum::<usize>() + sizes.len().saturating_sub(1))
 }
 
 #[cfg(test)]

@@ -199,6 +199,11 @@ pub struct ChangesQuery {
     pub all_docs: bool,
     pub include_docs: bool,
     pub doc_ids: Option<Vec<DocId>>,
+    /// With `include_docs`: stop after the row whose document takes the answer's bodies to
+    /// this many bytes (one row at least), so a page of large documents stays bounded; the
+    /// answer's `pending` then counts the rows left. A bound the store may exceed: the CouchDB
+    /// backend reads pages by rows only.
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +225,12 @@ pub struct AllDocsQuery {
     pub limit: Option<usize>,
     pub skip: usize,
     pub include_docs: bool,
+    /// Leaves `start_key` itself out (the next page after a row with that id).
+    pub exclusive_start: bool,
+    /// With `include_docs`: stop after the row whose document takes the answer's bodies to
+    /// this many bytes (one row at least); [`AllDocs::more`] then says so. As for
+    /// [`ChangesQuery::max_bytes`], the CouchDB backend reads by rows only.
+    pub max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,6 +244,9 @@ pub struct AllDocs {
     pub total_rows: u64,
     pub offset: usize,
     pub rows: Vec<AllDocsRow>,
+    /// Whether rows may follow the last one answered: the store stopped at `limit` or at
+    /// `max_bytes` (with `keys`: not every key was answered, the rows answer the first ones).
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -787,14 +787,22 @@ impl Store for SqliteStore {
                     r.get::<_, Option<Vec<u8>>>(4)?,
                 ))
             };
-            let raw: Vec<_> = match &ids_json {
-                None => {
-                    stmt.query_map(params![doctype, query.since as i64, limit], map_row)?.collect::<Result<_, _>>()?
-                }
-                Some(ids) => stmt
-                    .query_map(params![doctype, query.since as i64, limit, ids], map_row)?
-                    .collect::<Result<_, _>>()?,
+            let found = match &ids_json {
+                None => stmt.query_map(params![doctype, query.since as i64, limit], map_row)?,
+                Some(ids) => stmt.query_map(params![doctype, query.since as i64, limit, ids], map_row)?,
             };
+            // Rows are read one at a time: the read stops once the bodies reach `max_bytes`.
+            let max_bytes = query.max_bytes.filter(|_| query.include_docs).unwrap_or(usize::MAX);
+            let (mut raw, mut bytes, mut cut) = (Vec::new(), 0usize, false);
+            for row in found {
+                if bytes >= max_bytes {
+                    cut = true;
+                    break;
+                }
+                let row = row?;
+                bytes += row.4.as_ref().map_or(0, Vec::len);
+                raw.push(row);
+            }
             let mut rows = Vec::with_capacity(raw.len());
             let mut last_seq = query.since;
             for (id, seq, leaves, deleted, body) in raw {
@@ -816,8 +824,10 @@ impl Store for SqliteStore {
                 last_seq = seq as u64;
                 rows.push(ChangeRow { seq: seq as u64, id: doc_id, changes, deleted, doc });
             }
-            // A shorter page than asked for is the end of the feed, in this read's snapshot.
+            // A shorter page than asked for is the end of the feed, in this read's snapshot,
+            // unless the read stopped on `max_bytes`.
             let pending = match query.limit {
+                _ if cut => pending(conn, &doctype, last_seq, ids_json.as_deref())?,
                 Some(l) if rows.len() >= l => pending(conn, &doctype, last_seq, ids_json.as_deref())?,
                 _ => 0,
             };
@@ -861,6 +871,9 @@ impl Store for SqliteStore {
                 .optional()?
                 .unwrap_or(0);
             let mut rows = Vec::new();
+            // Bodies read so far, against `max_bytes`.
+            let max_bytes = query.max_bytes.filter(|_| query.include_docs).unwrap_or(usize::MAX);
+            let mut bytes = 0usize;
             let fetch_doc = |id: &DocId, rev: &Rev, deleted: bool| -> Result<Option<DocRev>, StoreError> {
                 if !query.include_docs || deleted {
                     return Ok(None);
@@ -873,10 +886,19 @@ impl Store for SqliteStore {
                     revisions: None,
                 }))
             };
+            let size = |doc: &Option<DocRev>| doc.as_ref().map_or(0, |d| d.body.as_str().len());
+            let mut more = false;
             if let Some(keys) = &query.keys {
                 let mut stmt =
                     conn.prepare_cached("SELECT winner, deleted FROM docs WHERE doctype = ?1 AND id = ?2")?;
-                for key in keys.iter().skip(query.skip).take(query.limit.unwrap_or(usize::MAX)) {
+                let wanted: Vec<&DocId> =
+                    keys.iter().skip(query.skip).take(query.limit.unwrap_or(usize::MAX)).collect();
+                for key in wanted {
+                    if bytes >= max_bytes {
+                        // Keys remain unanswered.
+                        more = true;
+                        break;
+                    }
                     let found = stmt
                         .query_row(params![doctype, key.as_str()], |r| {
                             Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
@@ -886,16 +908,18 @@ impl Store for SqliteStore {
                         Some((rev, deleted)) => {
                             let rev: Rev = rev.parse().map_err(|_| StoreError::Corrupt(format!("winner of {key}")))?;
                             let doc = fetch_doc(key, &rev, deleted)?;
+                            bytes += size(&doc);
                             AllDocsRow::Doc { id: key.clone(), rev, deleted, doc }
                         }
                         None => AllDocsRow::NotFound { key: key.clone() },
                     });
                 }
             } else {
+                let start_inclusive = !query.exclusive_start;
                 let (lower, upper, upper_inclusive, lower_inclusive) = if query.descending {
-                    (query.end_key.clone(), query.start_key.clone(), true, query.inclusive_end)
+                    (query.end_key.clone(), query.start_key.clone(), start_inclusive, query.inclusive_end)
                 } else {
-                    (query.start_key.clone(), query.end_key.clone(), query.inclusive_end, true)
+                    (query.start_key.clone(), query.end_key.clone(), query.inclusive_end, start_inclusive)
                 };
                 let mut sql = String::from("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0");
                 if lower.is_some() {
@@ -914,17 +938,25 @@ impl Store for SqliteStore {
                 bind.push(Box::new(limit));
                 bind.push(Box::new(query.skip as i64));
                 // Unused placeholders still need a value bound; SQLite numbers them by position.
-                let found: Vec<(String, String)> = stmt
-                    .query_map(rusqlite::params_from_iter(bind.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                for (id, rev) in found {
+                let found = stmt.query_map(rusqlite::params_from_iter(bind.iter()), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?;
+                for row in found {
+                    if bytes >= max_bytes {
+                        // A row follows the last one answered.
+                        more = true;
+                        break;
+                    }
+                    let (id, rev) = row?;
                     let id = DocId::parse(&id).map_err(StoreError::Corrupt)?;
                     let rev: Rev = rev.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
                     let doc = fetch_doc(&id, &rev, false)?;
+                    bytes += size(&doc);
                     rows.push(AllDocsRow::Doc { id, rev, deleted: false, doc });
                 }
+                more |= query.limit.is_some_and(|l| rows.len() >= l);
             }
-            Ok(AllDocs { total_rows: total.max(0) as u64, offset: query.skip, rows })
+            Ok(AllDocs { total_rows: total.max(0) as u64, offset: query.skip, rows, more })
         })
         .await
     }

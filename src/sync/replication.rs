@@ -419,7 +419,65 @@ impl PeerTarget {
 impl Target for PeerTarget {
     type Error = SyncError;
 
+    /// Asks the member; a 413 (more documents than its `max_bulk_docs_count`) splits the
+    /// request in halves until each part passes.
     async fn revs_diff(&mut self, revs: BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, SyncError> {
+        let mut parts = std::collections::VecDeque::from([revs]);
+        let mut out = BTreeMap::new();
+        while let Some(mut part) = parts.pop_front() {
+            match self.diff_part(&part).await {
+                Ok(missing) => out.extend(missing),
+                Err(SyncError::Peer(FederationError::Status { status: 413, .. })) if part.len() > 1 => {
+                    let Some(middle) = part.keys().nth(part.len() / 2).cloned() else { continue };
+                    let second = part.split_off(&middle);
+                    parts.push_front(second);
+                    parts.push_front(part);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        exchange(&self.shared)?.missing_found += out.values().map(|m| m.len() as u64).sum::<u64>();
+        Ok(out)
+    }
+
+    /// Sends the documents; a 413 (the member's `max_http_request_size`,
+    /// `max_bulk_docs_count` or `max_document_size`) splits the request in halves until each
+    /// part passes, and a document refused alone is reported as refused, as CouchDB's
+    /// replicator does: it is not sent again until it changes.
+    async fn bulk_docs(&mut self, docs: Vec<Outgoing>) -> Result<Vec<Refusal>, SyncError> {
+        let mut parts = std::collections::VecDeque::from([docs]);
+        let mut refusals = Vec::new();
+        while let Some(part) = parts.pop_front() {
+            match self.send_docs(part).await? {
+                Sent::Answered(refused) => refusals.extend(refused),
+                Sent::TooLarge(mut part, _) if part.len() > 1 => {
+                    let second = part.split_off(part.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(part);
+                }
+                Sent::TooLarge(part, reason) => {
+                    let reason = format!("the member refused it as too large ({reason})");
+                    let mut x = exchange(&self.shared)?;
+                    for d in part {
+                        x.refused.push((d.key.clone(), reason.clone()));
+                        refusals.push(Refusal { key: d.key, reason: reason.clone() });
+                    }
+                }
+            }
+        }
+        Ok(refusals)
+    }
+}
+
+/// What the member did with one `_bulk_docs` request.
+enum Sent {
+    Answered(Vec<Refusal>),
+    /// 413: the documents, to be sent in smaller parts, and the member's reason.
+    TooLarge(Vec<Outgoing>, String),
+}
+
+impl PeerTarget {
+    async fn diff_part(&mut self, revs: &BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, SyncError> {
         let body: Map<String, Value> =
             revs.iter().map(|(k, v)| (k.clone(), json!(v.iter().map(Rev::to_string).collect::<Vec<_>>()))).collect();
         let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &Value::Object(body)).await?;
@@ -438,13 +496,12 @@ impl Target for PeerTarget {
                 out.insert(key.clone(), missing);
             }
         }
-        exchange(&self.shared)?.missing_found += out.values().map(|m| m.len() as u64).sum::<u64>();
         Ok(out)
     }
 
-    async fn bulk_docs(&mut self, docs: Vec<Outgoing>) -> Result<Vec<Refusal>, SyncError> {
+    async fn send_docs(&mut self, docs: Vec<Outgoing>) -> Result<Sent, SyncError> {
         let mut body = BulkDocs::default();
-        let mut sent: BTreeSet<DocKey> = BTreeSet::new();
+        let mut sent: Vec<(DocKey, Doctype)> = Vec::with_capacity(docs.len());
         {
             let mut x = exchange(&self.shared)?;
             for d in docs {
@@ -454,17 +511,34 @@ impl Target for PeerTarget {
                 if x.initial.remove(&d.key) {
                     body.initial.insert(d.key.clone());
                 }
-                sent.insert(d.key);
-                body.docs.entry(doctype).or_default().push(d.doc);
+                body.docs.entry(doctype.clone()).or_default().push(d.doc);
+                sent.push((d.key, doctype));
             }
         }
-        let reply = self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &body).await?;
+        let reply = match self.call(&format!("/sharings/{}/_bulk_docs", self.sharing_id), &body).await {
+            Ok(reply) => reply,
+            Err(SyncError::Peer(FederationError::Status { status: 413, reason, .. })) => {
+                // The documents go back in their order, still marked as the initial set's.
+                exchange(&self.shared)?.initial.extend(std::mem::take(&mut body.initial));
+                let mut by_doctype: HashMap<Doctype, std::vec::IntoIter<Box<serde_json::value::RawValue>>> =
+                    body.docs.into_iter().map(|(t, docs)| (t, docs.into_iter())).collect();
+                let docs = sent
+                    .into_iter()
+                    .filter_map(|(key, doctype)| {
+                        by_doctype.get_mut(&doctype).and_then(Iterator::next).map(|doc| Outgoing::new(key, doc))
+                    })
+                    .collect();
+                return Ok(Sent::TooLarge(docs, reason));
+            }
+            Err(e) => return Err(e),
+        };
         let refused = Refused::parse_answer(&reply);
         let refused_keys: HashSet<String> = refused.iter().map(Refused::key).collect();
         let mut x = exchange(&self.shared)?;
+        let sent: BTreeSet<DocKey> = sent.into_iter().map(|(k, _)| k).collect();
         x.written.extend(sent.into_iter().filter(|k| !refused_keys.contains(k)));
         x.refused.extend(refused.iter().map(|r| (r.key(), r.reason.clone())));
-        Ok(refused.into_iter().map(|r| Refusal { key: r.key(), reason: r.reason }).collect())
+        Ok(Sent::Answered(refused.into_iter().map(|r| Refusal { key: r.key(), reason: r.reason }).collect()))
     }
 }
 
