@@ -108,9 +108,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict | ApiError::ConflictWith(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            ApiError::TooLarge | ApiError::QuotaExceeded(_) | ApiError::Limit { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            ApiError::TooLarge | ApiError::QuotaExceeded(_) | ApiError::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
