@@ -180,7 +180,7 @@
 
   const clicks = {
     async accept(b) {
-      await api('POST', sharingPath(b, '/accept'));
+      await api('POST', sharingPath(b, '/accept'), { digest: b.getAttribute('data-digest') });
       return 'You accepted the sharing.';
     },
     async refuse(b) {

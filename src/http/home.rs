@@ -182,7 +182,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             section #requests aria-labelledby="requests-h" {
                 h2 #requests-h { "Requests" }
                 @if requests.is_empty() { p.empty { "No sharing request waiting." } }
-                @for s in &requests { (request_card(s)) }
+                @for s in &requests { (request_card(s, &me)) }
             }
             section #shared-by-me aria-labelledby="mine-h" {
                 h2 #mine-h { "Shared by me" }
@@ -278,8 +278,11 @@ fn member_name(m: &sharing::Member) -> String {
         .unwrap_or_else(|| "someone".into())
 }
 
-fn request_card(s: &Sharing) -> Markup {
+fn request_card(s: &Sharing, me: &str) -> Markup {
     let owner = s.members.first();
+    // What accepting covers: the digest of the request as shown here (see `sharing::request`).
+    let mine = s.members.iter().position(|m| m.instance.as_deref() == Some(me) && m.status != MemberStatus::Owner);
+    let digest = crate::sharing::request::digest(s, mine.unwrap_or(0));
     html! {
         article.card.request data-sharing=(s.id()) {
             h3 { (if s.description.is_empty() { "A sharing" } else { s.description.as_str() }) }
@@ -287,7 +290,7 @@ fn request_card(s: &Sharing) -> Markup {
                 code { (owner.and_then(|o| o.instance.clone()).unwrap_or_default()) } }
             (rules_list(s))
             div.actions {
-                button type="button" data-action="accept" data-sharing=(s.id()) { "Accept" }
+                button type="button" data-action="accept" data-sharing=(s.id()) data-digest=(digest) { "Accept" }
                 " "
                 button type="button" data-action="refuse" data-sharing=(s.id()) { "Refuse" }
             }
