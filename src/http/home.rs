@@ -314,11 +314,11 @@ fn sharing_card(s: &Sharing) -> Markup {
                 tbody {
                     @for (i, m) in s.members.iter().enumerate() {
                         tr {
-                            td { (member_name(m)) @if let Some(inst) = &m.instance { br; small { (inst) } } }
-                            td.status { (status_text(m.status)) @if m.read_only { " · read-only" } }
-                            td.sync #{"sync-" (s.id()) "-" (i)} { "—" }
+                            td data-label="Member" { (member_name(m)) @if let Some(inst) = &m.instance { br; small { (inst) } } }
+                            td.status data-label="Status" { (status_text(m.status)) @if m.read_only { " · read-only" } }
+                            td.sync #{"sync-" (s.id()) "-" (i)} data-label="Sync" { "—" }
                             @if s.owner && !ended {
-                                td {
+                                td data-label="Actions" {
                                     @if i > 0 && m.status != MemberStatus::Revoked && m.status != MemberStatus::Refused {
                                         @if m.status == MemberStatus::Ready {
                                             button type="button" data-action="readonly" data-sharing=(s.id())
@@ -342,7 +342,7 @@ fn sharing_card(s: &Sharing) -> Markup {
                     ul.list {
                         @for inv in s.invitations.iter().filter(|i| i.is_active()) {
                             li {
-                                (inv.permissions().join(", ")) " · expires " (inv.expires_at)
+                                (inv.permissions().join(", ")) " · expires " (short_time(&inv.expires_at))
                                 @if let Some(max) = inv.max_accepted_users { " · up to " (max) " people" }
                                 " "
                                 button type="button" data-action="revoke-invitation" data-sharing=(s.id()) data-invitation=(inv.id) { "Revoke link" }
@@ -395,7 +395,7 @@ fn link_item(l: &Value) -> Markup {
     html! {
         li data-link=(id) {
             (what.join("; "))
-            @if let Some(e) = a["expires_at"].as_str() { " · expires " (e) }
+            @if let Some(e) = a["expires_at"].as_str() { " · expires " (short_time(e)) }
             @if a["password"] == true { " · password" }
             " "
             button type="button" data-action="revoke-link" data-link=(id) { "Revoke" }
@@ -416,6 +416,18 @@ fn breadcrumb(dir: &crate::files::Item) -> Markup {
                 @else { a href={"/?dir=" (urlencode(id)) "#files"} { (label) } }
             }
         }
+    }
+}
+
+/// An RFC 3339 time as people read it: `2026-12-02 02:10 UTC` (the text as is when it is not
+/// one).
+fn short_time(t: &str) -> String {
+    match time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+        Ok(d) => {
+            let d = d.to_offset(time::UtcOffset::UTC);
+            format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", d.year(), u8::from(d.month()), d.day(), d.hour(), d.minute())
+        }
+        Err(_) => t.to_owned(),
     }
 }
 
