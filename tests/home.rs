@@ -148,3 +148,35 @@ async fn the_files_section_lists_a_folder_and_falls_back_to_the_root() {
     assert_eq!(unknown.status(), 200);
     assert!(unknown.text().await.unwrap().contains("Photos &lt;b&gt;"));
 }
+
+#[tokio::test]
+async fn the_sessions_event_stream_starts_with_ready_and_ends_when_the_owner_logs_out() {
+    use futures_util::StreamExt;
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let (b, _) = logged_in(&alice).await;
+    let resp = b.get(format!("http://{}/realtime/events", alice.domain)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let first =
+        tokio::time::timeout(std::time::Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.starts_with("event: ready\ndata: "), "{first}");
+    assert!(first.contains("io.cozy.files"), "the owner's page hears of its files: {first}");
+
+    let resp = b.post(format!("http://{}/auth/logout", alice.domain)).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    // The stream ends at the next keepalive (15 s at most).
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(25), async {
+        while let Some(chunk) = stream.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream went on after logging out");
+    // And a new one is refused.
+    let resp = b.get(format!("http://{}/realtime/events", alice.domain)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -17,7 +17,8 @@
 //! Each subscriber has a bounded queue of [`QUEUE_EVENTS`] events; a subscriber that does not
 //! take them within [`SLOW_CONSUMER_SECS`] of the queue filling is dropped (its stream ends),
 //! so a slow or stalled client costs the server at most that queue and the socket's buffers.
-//! A comment line every [`KEEPALIVE_SECS`] finds dead connections.
+//! A comment line every [`KEEPALIVE_SECS`] finds dead connections; then, too, a browser
+//! session's stream ends once the session has (logging out).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -72,16 +73,18 @@ async fn events(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?
         .clone();
+    let mut session = None;
     let perms = if bearer(&req).is_some() {
         data_caller(&inst.0, &req)?.1
-    } else if super::login::owner_session(&inst.0, &req).is_some() {
+    } else if let Some(id) = super::login::owner_session(&inst.0, &req) {
+        session = Some(id);
         super::home::owner_scope(&inst.0).await?
     } else {
         return Err(ApiError::Unauthorized("a bearer token or the owner's session is required"));
     };
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_EVENTS);
     tokio::spawn(async move {
-        if let Err(e) = feed(&svc, &inst.0, &perms, &tx).await {
+        if let Err(e) = feed(&svc, &inst.0, &perms, session.as_deref(), &tx).await {
             tracing::debug!(instance = %inst.0.domain, "realtime subscriber ends: {e}");
         }
     });
@@ -105,6 +108,8 @@ enum Ended {
     Gone,
     #[error("the client did not keep up")]
     TooSlow,
+    #[error("the session ended")]
+    LoggedOut,
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -153,10 +158,13 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
 
 type SyncView = (String, bool, Option<String>, usize);
 
+/// Streams events to `tx` until the subscriber goes, falls behind, or (for a browser session)
+/// its session ends.
 async fn feed(
     svc: &AppState,
     inst: &Arc<Instance>,
     perms: &PermissionSet,
+    session: Option<&str>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), Ended> {
     let store = inst.store.clone();
@@ -195,6 +203,9 @@ async fn feed(
                 continue;
             }
             _ = keepalive.tick() => {
+                if session.is_some_and(|id| !inst.sessions.is_valid(id)) {
+                    return Err(Ended::LoggedOut);
+                }
                 send(tx, Bytes::from_static(b": keepalive\n\n")).await?;
                 continue;
             }
