@@ -1,6 +1,8 @@
-//! Building and running the server: `Application::build(config)` binds the listener (port 0
-//! picks a free port, as tests do) and returns a handle; `run_until_stopped` serves until the
-//! server is stopped. Nothing is global, so one process can run several applications.
+//! Building and running the server: [`Core::open`] wires the application's parts once (the
+//! command line uses them as they are); `Application::build(config)` adds the listener (port 0
+//! picks a free port, as tests do) and the background workers, and returns a handle;
+//! `run_until_stopped` serves until the server is stopped. Nothing is global, so one process
+//! can run several applications.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,60 +12,85 @@ use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::federation::client::Federation;
-use crate::http;
+use crate::http::{self, AppState};
 use crate::instance::Registry;
-use crate::services::Services;
+use crate::sharing;
 use crate::sync::manager::{self, SyncManager};
 use crate::sync::outbox;
+
+/// The application's parts, each built once and handed down to the layer that needs it: the
+/// configuration, the instance registry, the sharing layer's context (with the federation
+/// client, and the replication manager seen through `sharing::SyncHandle`), and the
+/// replication manager itself. Opening them starts nothing.
+#[derive(Clone)]
+pub struct Core {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub sharing: Arc<sharing::Context>,
+    pub sync: Arc<SyncManager>,
+    /// Each instance's files (`io.cozy.files`), opened on first use.
+    pub files: Arc<crate::files::FilesRegistry>,
+}
+
+impl Core {
+    pub fn open(config: Config) -> anyhow::Result<Core> {
+        let config = Arc::new(config);
+        let registry = Arc::new(Registry::open(config.clone())?);
+        let federation = Arc::new(Federation::new(&config)?);
+        let sync = Arc::new(SyncManager::default());
+        let sharing = Arc::new(sharing::Context::new(config.clone(), federation, sync.clone()));
+        let files = Arc::new(crate::files::FilesRegistry::new(&config)?);
+        Ok(Core { config, registry, sharing, sync, files })
+    }
+
+    /// What the HTTP handlers reach.
+    fn state(&self) -> AppState {
+        AppState {
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+            sharing: self.sharing.clone(),
+            sync: self.sync.clone(),
+            files: self.files.clone(),
+        }
+    }
+}
 
 pub struct Application {
     port: u16,
     server: Server,
-    registry: Arc<Registry>,
-    services: Arc<Services>,
+    core: Core,
     /// Stops the background workers when the application is dropped or stopped.
     cancel: CancellationToken,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let config = Arc::new(config);
-        let registry = Arc::new(Registry::open(config.clone())?);
+        let core = Core::open(config)?;
+        let Core { config, registry, sharing, sync, files } = core.clone();
         let listener =
             TcpListener::bind(&config.listen).with_context(|| format!("failed to listen on {}", config.listen))?;
         let port = listener.local_addr()?.port();
         registry.open_all()?;
-        let federation = Arc::new(Federation::new(&config)?);
-        let services = Arc::new(Services {
-            config: config.clone(),
-            registry: registry.clone(),
-            federation,
-            outbox: Arc::new(Notify::new()),
-            sync: Arc::new(SyncManager::default()),
-            request_fetches: Arc::new(tokio::sync::Semaphore::new(crate::sharing::request::MAX_CONCURRENT_FETCHES)),
-            files: Arc::new(crate::files::FilesRegistry::new(&config)?),
-        });
         // Before serving: every open instance's store knows the rules of its sharings.
         for inst in registry.opened() {
-            manager::refresh_tracking(&services, &inst).await?;
+            sharing.tracking.refresh(&inst).await?;
         }
         let cancel = CancellationToken::new();
-        tokio::spawn(outbox::run(services.clone(), cancel.clone()));
-        tokio::spawn(manager::run(services.clone(), cancel.clone()));
+        tokio::spawn(outbox::run(registry.clone(), sharing.clone(), sync.clone(), cancel.clone()));
         // Content left by crashes and cut uploads goes at startup, then every `sweep_secs`.
         tokio::spawn(crate::files::run_sweeps(
             registry.clone(),
-            services.files.clone(),
+            files,
             std::time::Duration::from_secs(config.files.sweep_secs.max(1)),
             std::time::Duration::from_secs(config.files.orphan_grace_secs),
             cancel.clone(),
         ));
-        let state = web::Data::from(services.clone());
+        tokio::spawn(manager::run(registry, sharing, sync, cancel.clone()));
+        let state = web::Data::new(core.state());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -93,7 +120,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
-        Ok(Application { port, server, registry, services, cancel })
+        Ok(Application { port, server, core, cancel })
     }
 
     pub fn port(&self) -> u16 {
@@ -101,7 +128,7 @@ impl Application {
     }
 
     pub fn registry(&self) -> Arc<Registry> {
-        self.registry.clone()
+        self.core.registry.clone()
     }
 
     /// A handle to stop the server from elsewhere.
@@ -109,8 +136,19 @@ impl Application {
         self.server.handle()
     }
 
-    pub fn services(&self) -> Arc<Services> {
-        self.services.clone()
+    /// The sharing layer's context (tests and the benchmark drive sharing operations with it).
+    pub fn sharing(&self) -> Arc<sharing::Context> {
+        self.core.sharing.clone()
+    }
+
+    /// Each instance's files (`io.cozy.files`).
+    pub fn files(&self) -> Arc<crate::files::FilesRegistry> {
+        self.core.files.clone()
+    }
+
+    /// The replication manager: per-peer states.
+    pub fn sync(&self) -> Arc<SyncManager> {
+        self.core.sync.clone()
     }
 
     /// Serves until stopped (by the handle or a signal), then stops the background workers.

@@ -208,22 +208,6 @@ impl Default for S3Config {
     }
 }
 
-impl S3Config {
-    /// The settings of the S3 backend; an error naming what is missing.
-    pub fn settings(&self) -> anyhow::Result<crate::files::content::S3Settings> {
-        let missing = |k: &str| anyhow::anyhow!("files.backend = \"s3\" needs files.s3.{k}");
-        Ok(crate::files::content::S3Settings {
-            endpoint: self.endpoint.clone(),
-            bucket: self.bucket.clone().ok_or_else(|| missing("bucket"))?,
-            region: self.region.clone(),
-            access_key_id: self.access_key_id.clone().ok_or_else(|| missing("access_key_id"))?,
-            secret_access_key: self.secret_access_key.clone().ok_or_else(|| missing("secret_access_key"))?,
-            prefix: self.prefix.clone(),
-            allow_http: self.allow_http,
-        })
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {

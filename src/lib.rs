@@ -9,10 +9,9 @@ pub mod files;
 pub mod http;
 pub mod instance;
 pub mod logging;
-pub mod services;
 pub mod sharing;
 pub mod store;
 pub mod sync;
 
-pub use app::Application;
+pub use app::{Application, Core};
 pub use config::Config;

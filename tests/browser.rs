@@ -53,7 +53,7 @@ async fn a_person_accepts_a_sharing_in_headless_chromium() {
     let bob_inst = app.instance(&bob.domain);
     let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
     assert_eq!(created.members[1].status, MemberStatus::MailNotSent);
-    let link = service::invitation_link(&app.services, &alice_inst, &created, 1).unwrap();
+    let link = service::invitation_link(&app.sharing, &alice_inst, &created, 1).unwrap();
     assert!(link.starts_with(&format!("http://{}/sharings/", alice.domain)), "{link}");
 
     let screenshots = std::env::var("SCREENSHOT_DIR")

@@ -217,14 +217,14 @@ async fn initial_sync_survives_sigkill_of_either_side_and_resends_at_most_a_batc
 
     let (a, b) = (alice.store(), bob.store());
     let s = sharing::load(&a, &SharingId::parse(&sid).unwrap()).await.unwrap().unwrap();
-    let key = hearth::sync::xor::parse_key(s.members[1].xor_key.as_deref().unwrap()).unwrap();
+    let key = hearth::sharing::xor::parse_key(s.members[1].xor_key.as_deref().unwrap()).unwrap();
     let todos = Doctype::parse("io.cozy.todos").unwrap();
     let all = a.all_docs(&todos, &AllDocsQuery { inclusive_end: true, ..Default::default() }).await.unwrap();
     assert_eq!(all.rows.len(), DOCS);
     assert_eq!(b.db_info(&todos).await.unwrap().doc_count, DOCS as u64);
     for row in all.rows {
         let AllDocsRow::Doc { id, .. } = row else { panic!("missing row") };
-        let other = DocId::parse(&hearth::sync::xor::xor_id(id.as_str(), &key)).unwrap();
+        let other = DocId::parse(&hearth::sharing::xor::xor_id(id.as_str(), &key)).unwrap();
         let mine = a.open_revs(&todos, &id, OpenRevs::All, false).await.unwrap();
         let theirs = b.open_revs(&todos, &other, OpenRevs::All, false).await.unwrap();
         // Bodies compared as text: the same revision must carry the same bytes everywhere.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use common::flow::{self, PASS};
 use common::{eventually, spawn_app, TestInstance};
+use hearth::sharing::xor;
 use hearth::store::doc::{parse_doc, render};
 use hearth::store::sqlite::SqliteStore;
 use hearth::store::{DocId, Doctype, GetOptions, OpenRev, OpenRevs, Store, WriteResult};
-use hearth::sync::xor;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use reqwest::Method;

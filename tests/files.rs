@@ -436,7 +436,7 @@ async fn a_content_md5_mismatch_is_refused_and_leaves_nothing() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     // No content object was kept.
-    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
     assert!(files.content.list("files/").await.unwrap().is_empty());
 }
 
@@ -464,7 +464,7 @@ async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     assert_eq!(status, 412);
     assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
     // One version is kept.
-    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
     assert_eq!(files.content.list("files/").await.unwrap().len(), 1);
     // A directory has no content to replace.
     let (_, d) = mkdir(&alice, &token, ROOT, "d").await;
@@ -495,7 +495,7 @@ async fn the_quota_refuses_uploads_beyond_it_with_413_and_writes_nothing() {
     for name in ["/b", "/c"] {
         assert_eq!(alice.call(Method::GET, &format!("/files/metadata?Path={name}"), Some(&token), None).await.0, 404);
     }
-    let files = app.services.files.of(&app.instance(&alice.domain)).await.unwrap();
+    let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
     assert_eq!(files.content.list("files/").await.unwrap().len(), 1);
     let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
         pattern(30_000, 4).chunks(8192).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();

@@ -307,7 +307,7 @@ async fn revoking_a_link_keeps_its_members_unless_asked() {
     let dave_inst = one.instance(&dave.domain);
     let sid = SharingId::parse(&id).unwrap();
     let digest = hearth::sharing::request::digest(&load(&one, &dave, &id).await, 1);
-    assert!(service::accept(&one.services, &dave_inst, &sid, &state, &digest).await.is_err());
+    assert!(service::accept(&one.sharing, &dave_inst, &sid, &state, &digest).await.is_err());
     let (_, list) = alice.call(Method::GET, &format!("/sharings/{id}/invitations"), Some(&token), None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
     assert_eq!(
@@ -401,7 +401,7 @@ async fn a_preview_code_shows_the_sharing_and_moves_the_member_to_seen() {
     let id = create_sharing(&alice, &token, Some("/preview"), json!([{"email": "bob@example.net"}])).await;
     let inst = one.instance(&alice.domain);
     let s = load(&one, &alice, &id).await;
-    let link = service::invitation_link(&one.services, &inst, &s, 1).unwrap();
+    let link = service::invitation_link(&one.sharing, &inst, &s, 1).unwrap();
     let prefix = format!("http://{}/public/preview?sharecode=", alice.domain);
     assert!(link.starts_with(&prefix), "{link}");
     let code = link[prefix.len()..].to_owned();

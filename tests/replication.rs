@@ -7,9 +7,9 @@ mod common;
 
 use common::flow::*;
 use common::{eventually, spawn_app, TestApp, TestInstance};
+use hearth::sharing::xor;
 use hearth::sharing::{self, MemberStatus, Sharing, SharingId};
 use hearth::store::{DocId, DocWrite, Doctype, GetOptions, StoreError};
-use hearth::sync::xor;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 

@@ -62,8 +62,8 @@ async fn accept(app: &TestApp, who: &TestInstance, id: &str, redirect: &Value) -
     let state = url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let inst = app.instance(&who.domain);
     let sid = SharingId::parse(id).unwrap();
-    let digest = service::pending_digest(&app.services, &inst, &sid).await?;
-    service::accept(&app.services, &inst, &sid, &state, &digest).await.map(|_| ())
+    let digest = service::pending_digest(&app.sharing, &inst, &sid).await?;
+    service::accept(&app.sharing, &inst, &sid, &state, &digest).await.map(|_| ())
 }
 
 /// Discovery then acceptance; answers the member's index on the owner.
@@ -191,8 +191,7 @@ async fn revoking_one_member_ends_its_ways_back_in_and_nobody_elses() {
     }
     member_ways_are_closed(&one, &alice, &id, bob_index, &bob).await;
     eventually(WAIT, "bob learns the revocation", || async { load(&one, &bob, &id).await.revoked_at.is_some() }).await;
-    let late =
-        service::pending_digest(&one.services, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
+    let late = service::pending_digest(&one.sharing, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
     assert!(matches!(late, Err(SharingError::Conflict(_))), "bob's copy is not a request to accept: {late:?}");
 
     // The others are not touched: carol stays, and the link still lets someone new in.
@@ -276,7 +275,7 @@ async fn a_member_who_left_does_not_come_back_in() {
     assert_eq!(s, 403, "{v}");
     member_ways_are_closed(&one, &alice, &id, bob_index, &bob).await;
     let again =
-        service::pending_digest(&one.services, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
+        service::pending_digest(&one.sharing, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
     assert!(matches!(again, Err(SharingError::Conflict(_))), "{again:?}");
     let s = load(&one, &alice, &id).await;
     assert!(s.active && s.members[1].status == MemberStatus::Ready, "carol stays");

@@ -92,11 +92,11 @@ async fn three_instances_share_accept_refuse_switch_and_revoke_with_the_peer_dow
     assert_eq!(v["data"]["attributes"]["members"][1]["status"], "revoked");
     assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&new_token), None).await.0, 401);
     let alice_inst = one.instance(&alice.domain);
-    assert_eq!(hearth::sync::outbox::pending(&alice_inst).await.unwrap().len(), 1);
+    assert_eq!(hearth::sharing::outbox::pending(&alice_inst).await.unwrap().len(), 1);
     // Let a few deliveries fail while bob is down.
     eventually(10, "delivery attempts fail while bob is down", || {
         let inst = alice_inst.clone();
-        async move { hearth::sync::outbox::pending(&inst).await.unwrap().first().is_some_and(|e| e.attempts >= 2) }
+        async move { hearth::sharing::outbox::pending(&inst).await.unwrap().first().is_some_and(|e| e.attempts >= 2) }
     })
     .await;
     assert!(load(&two, &bob, &id).await.active, "bob can't know yet");
@@ -104,7 +104,7 @@ async fn three_instances_share_accept_refuse_switch_and_revoke_with_the_peer_dow
     eventually(15, "bob learns the revocation", || async { !load(&two, &bob, &id).await.active }).await;
     eventually(5, "alice's outbox drains", || {
         let inst = alice_inst.clone();
-        async move { hearth::sync::outbox::pending(&inst).await.unwrap().is_empty() }
+        async move { hearth::sharing::outbox::pending(&inst).await.unwrap().is_empty() }
     })
     .await;
     assert!(load(&one, &alice, &id).await.members[1].outbound.is_none(), "credentials forgotten once told");

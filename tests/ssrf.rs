@@ -1,4 +1,5 @@
-//! SSRF guard, end to end with real sockets on 127.0.0.1 only.
+//! SSRF guard, end to end with real sockets on 127.0.0.1 only, through the one outbound client
+//! production uses (`federation::client::Federation`).
 //!
 //! Forbidden targets are refused before any packet leaves: a counting listener on loopback is the
 //! target (or the redirect target) of every refused request and must accept zero connections, and
@@ -10,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hearth::federation::guard::{
-    build_client, check_url, read_limited, GuardError, Lookup, PeerClient, PeerPolicy, StaticLookup,
-};
+use hearth::federation::client::{Federation, FederationError};
+use hearth::federation::guard::{build_client, check_url, GuardError, Lookup, PeerPolicy, StaticLookup};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -187,7 +187,8 @@ enum Refusal {
     TooManyRedirects,
 }
 
-fn kind(error: &GuardError) -> Option<Refusal> {
+fn kind(error: &FederationError) -> Option<Refusal> {
+    let FederationError::Guard(error) = error else { return None };
     match error {
         GuardError::ForbiddenAddress { .. } => Some(Refusal::Forbidden),
         GuardError::Scheme { .. } => Some(Refusal::Scheme),
@@ -197,10 +198,10 @@ fn kind(error: &GuardError) -> Option<Refusal> {
     }
 }
 
-/// Checks the URL, then sends it: the path every federation request takes.
-async fn fetch(client: &PeerClient, url: &str) -> Result<reqwest::Response, GuardError> {
-    let request = client.request(Method::GET, url)?;
-    client.send(request).await
+/// A GET through the client: the path every federation request takes. Answers the status and
+/// the body (within the policy's cap).
+async fn fetch(client: &Federation, url: &str) -> Result<(u16, bytes::Bytes), FederationError> {
+    client.fetch(Method::GET, url).await
 }
 
 #[tokio::test]
@@ -211,7 +212,7 @@ async fn forbidden_targets_are_refused_before_any_connection() {
     // Production rules except plain http (the test servers speak no TLS), plus one exact exemption
     // for the redirecting server so redirects out of an allowed peer are exercised.
     let policy = PeerPolicy::new(false, true).with_exempt_addr(redirector.addr);
-    let client = PeerClient::new(policy, Some(test_names())).unwrap();
+    let client = Federation::with_policy(policy, Some(test_names())).unwrap();
 
     use Refusal::*;
     let direct: Vec<(String, Refusal)> = vec![
@@ -320,12 +321,12 @@ async fn forbidden_targets_are_refused_before_any_connection() {
 #[tokio::test]
 async fn an_allowed_loopback_peer_is_reached() {
     let target = TestServer::ok().await;
-    let client = PeerClient::new(PeerPolicy::new(true, true), Some(test_names())).unwrap();
+    let client = Federation::with_policy(PeerPolicy::new(true, true), Some(test_names())).unwrap();
 
     for url in [format!("http://alice.localhost:{}/", target.port()), target.url("/")] {
-        let response = fetch(&client, &url).await.unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(client.read_limited(response).await.unwrap(), "ok");
+        let (status, body) = fetch(&client, &url).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "ok");
     }
     assert_eq!(target.accepted(), 2);
 }
@@ -334,11 +335,11 @@ async fn an_allowed_loopback_peer_is_reached() {
 async fn plain_http_is_refused_when_only_https_is_allowed() {
     let target = TestServer::ok().await;
     let policy = PeerPolicy::new(true, false);
-    let client = PeerClient::new(policy.clone(), Some(test_names())).unwrap();
+    let client = Federation::with_policy(policy.clone(), Some(test_names())).unwrap();
 
     for url in [format!("http://alice.localhost:{}/", target.port()), target.url("/")] {
         let refusal = fetch(&client, &url).await.unwrap_err();
-        assert!(matches!(refusal, GuardError::Scheme { .. }), "{url}: {refusal:?}");
+        assert!(matches!(refusal, FederationError::Guard(GuardError::Scheme { .. })), "{url}: {refusal:?}");
         assert!(matches!(check_url(&url, &policy), Err(GuardError::Scheme { .. })));
         // The bare client refuses too (`https_only`), for callers that skip `check_url`.
         let bare = build_client(&policy, Some(test_names())).unwrap();
@@ -352,10 +353,10 @@ async fn a_redirect_to_a_non_http_scheme_is_not_followed() {
     // `file:` has no authority, so reqwest hands back the 302 itself instead of asking the redirect
     // policy; `ftp:` reaches the policy and is refused there (see the refusal list).
     let redirector = redirecting_server().await;
-    let client = PeerClient::new(PeerPolicy::new(false, true).with_exempt_addr(redirector.addr), None).unwrap();
+    let client = Federation::with_policy(PeerPolicy::new(false, true).with_exempt_addr(redirector.addr), None).unwrap();
     match fetch(&client, &redirect_to(&redirector, "file:///etc/passwd")).await {
-        Ok(response) => assert_eq!(response.status(), 302),
-        Err(refusal) => assert!(matches!(refusal, GuardError::Scheme { .. }), "{refusal:?}"),
+        Ok((status, _)) => assert_eq!(status, 302),
+        Err(refusal) => assert!(matches!(refusal, FederationError::Guard(GuardError::Scheme { .. })), "{refusal:?}"),
     }
     assert_eq!(redirector.accepted(), 1);
 }
@@ -372,15 +373,20 @@ async fn oversized_bodies_are_refused() {
         _ => Reply::Large { len: MAX + 1, framing: Framing::ContentLength },
     })
     .await;
-    let client = PeerClient::new(PeerPolicy::new(true, true), None).unwrap();
+    let mut policy = PeerPolicy::new(true, true);
+    assert_eq!(policy.max_response_bytes, 64 * 1024 * 1024, "the one cap production uses");
+    policy.max_response_bytes = MAX;
+    let client = Federation::with_policy(policy, None).unwrap();
 
     for path in ["/length", "/chunked", "/close", "/one-too-many"] {
-        let response = fetch(&client, &server.url(path)).await.unwrap();
-        let refusal = read_limited(response, MAX).await.unwrap_err();
-        assert!(matches!(refusal, GuardError::BodyTooLarge { limit: MAX, .. }), "{path}: {refusal:?}");
+        let refusal = fetch(&client, &server.url(path)).await.unwrap_err();
+        assert!(
+            matches!(refusal, FederationError::Guard(GuardError::BodyTooLarge { limit: MAX, .. })),
+            "{path}: {refusal:?}"
+        );
     }
-    let response = fetch(&client, &server.url("/exact")).await.unwrap();
-    assert_eq!(read_limited(response, MAX).await.unwrap().len(), MAX);
+    let (_, body) = fetch(&client, &server.url("/exact")).await.unwrap();
+    assert_eq!(body.len(), MAX);
 }
 
 #[tokio::test]
@@ -388,14 +394,14 @@ async fn redirect_chains_stop_at_the_limit() {
     let server = redirecting_server().await;
     let policy = PeerPolicy::new(false, true).with_exempt_addr(server.addr);
     assert_eq!(policy.max_redirects, 3);
-    let client = PeerClient::new(policy, None).unwrap();
+    let client = Federation::with_policy(policy, None).unwrap();
 
-    let response = fetch(&client, &server.url("/chain/3")).await.unwrap();
-    assert_eq!(client.read_limited(response).await.unwrap(), "end of chain");
+    let (_, body) = fetch(&client, &server.url("/chain/3")).await.unwrap();
+    assert_eq!(body, "end of chain");
     assert_eq!(server.accepted(), 4);
 
     let refusal = fetch(&client, &server.url("/chain/4")).await.unwrap_err();
-    assert!(matches!(refusal, GuardError::TooManyRedirects { limit: 3, .. }), "{refusal:?}");
+    assert!(matches!(refusal, FederationError::Guard(GuardError::TooManyRedirects { limit: 3, .. })), "{refusal:?}");
     assert_eq!(server.accepted(), 8, "the 4th redirect must not be followed");
 }
 
@@ -404,13 +410,13 @@ async fn a_silent_peer_hits_the_deadline_and_errors_hide_the_query() {
     let server = TestServer::spawn(|_| Reply::Silent).await;
     let mut policy = PeerPolicy::new(true, true);
     policy.timeout = Duration::from_millis(300);
-    let client = PeerClient::new(policy, None).unwrap();
+    let client = Federation::with_policy(policy, None).unwrap();
 
     let started = Instant::now();
     let error = fetch(&client, &server.url("/secret-path?token=SECRET")).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     match &error {
-        GuardError::Transport { source, .. } => assert!(source.is_timeout(), "{source:?}"),
+        FederationError::Unreachable { source, .. } => assert!(source.is_timeout(), "{source:?}"),
         other => panic!("expected a transport timeout, got {other:?}"),
     }
     assert!(error.is_transient());
@@ -424,7 +430,7 @@ async fn a_silent_peer_hits_the_deadline_and_errors_hide_the_query() {
     for text in &chain {
         assert!(!text.contains("SECRET") && !text.contains("secret-path"), "leaked: {text}");
     }
-    assert_eq!(error.to_string(), format!("request to http://{}:{} failed", server.addr.ip(), server.port()));
+    assert_eq!(error.to_string(), format!("peer http://{}:{} unreachable", server.addr.ip(), server.port()));
 }
 
 /// Run by `proxy_variables_are_ignored` in a child process, so that the proxy variables never
@@ -432,9 +438,9 @@ async fn a_silent_peer_hits_the_deadline_and_errors_hide_the_query() {
 #[tokio::test]
 async fn proxy_child() {
     let Ok(url) = std::env::var("HEARTH_SSRF_PROXY_CHILD_TARGET") else { return };
-    let client = PeerClient::new(PeerPolicy::new(true, true), None).unwrap();
-    let response = fetch(&client, &url).await.unwrap();
-    assert_eq!(client.read_limited(response).await.unwrap(), "ok");
+    let client = Federation::with_policy(PeerPolicy::new(true, true), None).unwrap();
+    let (_, body) = fetch(&client, &url).await.unwrap();
+    assert_eq!(body, "ok");
 }
 
 #[tokio::test]

@@ -1,3 +1,4 @@
 pub mod replicate;
 pub mod rev;
+pub mod schedule;
 pub mod tree;

@@ -32,6 +32,14 @@
 //! (every run involving the instance is dropped wherever it stands, e.g. between `_bulk_docs` and
 //! `save_checkpoint`, and restarted later from the durable checkpoint).
 //!
+//! # Schedule
+//!
+//! Runs start when the link's [`LinkSchedule`] says so, on a simulated clock (each step is
+//! [`STEP_MS`]): a failed run backs off ([`BACKOFF`], seeded jitter), a crash of the source
+//! forgets its schedules (they live in its memory), a crash of the target fails the run. After
+//! the network heals, every link must be due again within the backoff's cap (never given up),
+//! and once the healing rounds succeed every link is healthy.
+//!
 //! # Checks
 //!
 //! While running: whenever a source saves a checkpoint, every leaf of every document at or below
@@ -73,6 +81,7 @@ use hearth_replicator::replicate::{
     run, Change, ChangeBatch, DocKey, Limits, Outgoing, Refusal, Report, Source, Target,
 };
 use hearth_replicator::rev::{new_rev, Rev, Revisions};
+use hearth_replicator::schedule::{Backoff, Health, LinkSchedule};
 use hearth_replicator::tree::{Leaf, RevTree};
 use serde_json::{json, Map, Value};
 
@@ -154,6 +163,12 @@ const NO_STEMMING: usize = 1000;
 /// Replication rounds (every recipient to the owner, then the owner to every recipient) allowed
 /// after the network heals before "did not converge" is a failure.
 const MAX_ROUNDS: usize = 6;
+
+/// Simulated time per step of the scheduler.
+const STEP_MS: u64 = 10;
+
+/// The links' retry schedule in the simulation (hearth's defaults, scaled to its clock).
+const BACKOFF: Backoff = Backoff { base_ms: 10, max_ms: 400 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum SimError {
@@ -321,6 +336,11 @@ struct Stats {
     runs_started: u64,
     runs_ok: u64,
     runs_failed: u64,
+    /// Starts the schedule deferred (the link was backing off).
+    runs_deferred: u64,
+    /// Links that reached `down`, and runs started on a link that was down (never given up).
+    links_down: u64,
+    runs_while_down: u64,
     lost_requests: u64,
     lost_replies: u64,
     delayed: u64,
@@ -361,6 +381,9 @@ impl Stats {
             runs_started,
             runs_ok,
             runs_failed,
+            runs_deferred,
+            links_down,
+            runs_while_down,
             lost_requests,
             lost_replies,
             delayed,
@@ -922,8 +945,13 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
     let world: Shared = Arc::new(Mutex::new(World::new(rng, cfg.clone(), trace)));
     lock(&world).log(|| format!("seed {seed}: {cfg:?}"));
     let mut flights: Vec<Flight> = Vec::new();
+    // Each source's schedule of its links, on the simulated clock.
+    let mut schedules: BTreeMap<(usize, usize), LinkSchedule> =
+        directions(n).into_iter().map(|d| (d, LinkSchedule::default())).collect();
+    let mut now: u64 = 0;
 
     for _ in 0..cfg.steps {
+        now += STEP_MS;
         let mut guard = lock(&world);
         let w = &mut *guard;
         w.stats.steps += 1;
@@ -955,14 +983,23 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
                 if let Poll::Ready(result) = polled {
                     let done = flights.swap_remove(f);
                     let mut w = lock(&world);
+                    let sched = schedules.entry((done.src, done.dst)).or_default();
                     match result {
                         Ok(report) => {
                             w.stats.runs_ok += 1;
+                            sched.succeeded();
                             w.log(|| format!("run {}->{} done: {report:?}", name(done.src), name(done.dst)));
                         }
                         Err(e) => {
                             w.stats.runs_failed += 1;
-                            w.log(|| format!("run {}->{} failed: {e:?}", name(done.src), name(done.dst)));
+                            let was_down = sched.health == Health::Down;
+                            let jitter = w.rng.next();
+                            sched.failed(now, &BACKOFF, jitter);
+                            w.stats.links_down += u64::from(!was_down && sched.health == Health::Down);
+                            let next = sched.next_at_ms;
+                            w.log(|| {
+                                format!("run {}->{} failed: {e:?}; next at {next:?}", name(done.src), name(done.dst))
+                            });
                         }
                     }
                 }
@@ -974,6 +1011,13 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
                 if flights.iter().any(|f| (f.src, f.dst) == (src, dst)) {
                     continue;
                 }
+                let sched = schedules.entry((src, dst)).or_default();
+                if !sched.due(now) {
+                    w.stats.runs_deferred += 1;
+                    continue;
+                }
+                sched.started();
+                w.stats.runs_while_down += u64::from(sched.health == Health::Down);
                 w.stats.runs_started += 1;
                 w.log(|| format!("run {}->{} starts", name(src), name(dst)));
                 drop(guard);
@@ -993,8 +1037,19 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
                 }
                 let k = w.rng.index(n);
                 w.stats.crashes += 1;
+                // The crashed instance's schedules were in its memory: it starts afresh.
+                for ((src, _), sched) in schedules.iter_mut() {
+                    if *src == k {
+                        *sched = LinkSchedule::default();
+                    }
+                }
                 let mut kept = Vec::new();
                 for f in flights.drain(..) {
+                    if f.dst == k && f.src != k {
+                        // Its source sees the run fail.
+                        let jitter = w.rng.next();
+                        schedules.entry((f.src, f.dst)).or_default().failed(now, &BACKOFF, jitter);
+                    }
                     if f.src == k || f.dst == k {
                         if w.unsaved.contains(&(f.src, f.dst)) {
                             w.stats.crashes_between_bulk_docs_and_checkpoint += 1;
@@ -1035,6 +1090,19 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
         if let Err(e) = block_on(f.fut) {
             return fail(&world, format!("run {}->{} failed after the network healed: {e:?}", f.src, f.dst));
         }
+        schedules.entry((f.src, f.dst)).or_default().succeeded();
+    }
+    // Never given up: every link is due again within the backoff's cap, whatever it went through.
+    for ((src, dst), sched) in schedules.iter_mut() {
+        if sched.next_at_ms.is_some_and(|t| t > now + BACKOFF.max_ms) {
+            return fail(&world, format!("link {src}->{dst} is not retried within the cap: {sched:?} at {now}"));
+        }
+    }
+    now += BACKOFF.max_ms;
+    for ((src, dst), sched) in schedules.iter_mut() {
+        if !sched.due(now) {
+            return fail(&world, format!("link {src}->{dst} is not due after the cap: {sched:?} at {now}"));
+        }
     }
     {
         let mut guard = lock(&world);
@@ -1055,10 +1123,13 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
         let mut moved = 0;
         let order: Vec<(usize, usize)> = (1..n).map(|r| (r, OWNER)).chain((1..n).map(|r| (OWNER, r))).collect();
         for (src, dst) in order {
+            let sched = schedules.entry((src, dst)).or_default();
+            sched.started();
             match replicate(&world, src, dst) {
                 Ok(report) => moved += report.missing_found + report.docs_sent,
                 Err(e) => return fail(&world, format!("round {round}: run {src}->{dst} failed: {e:?}")),
             }
+            sched.succeeded();
         }
         if moved == 0 {
             quiet = true;
@@ -1067,6 +1138,9 @@ fn simulate(seed: u64, sabotage: Sabotage, trace: bool) -> Result<Outcome, (Stri
     }
     if !quiet {
         return fail(&world, format!("still replicating after {MAX_ROUNDS} rounds"));
+    }
+    if let Some((link, sched)) = schedules.iter().find(|(_, s)| s.health != Health::Healthy || s.attempts != 0) {
+        return fail(&world, format!("link {link:?} is not healthy after the healing rounds: {sched:?}"));
     }
     let mut w = lock(&world);
     if let Err(msg) = check(&mut w) {
@@ -1371,6 +1445,9 @@ fn random_seeds_converge_after_the_network_heals() {
             ("crashes", s.crashes),
             ("crashes between bulk_docs and checkpoint", s.crashes_between_bulk_docs_and_checkpoint),
             ("partitions", s.partitions),
+            ("runs deferred by the backoff", s.runs_deferred),
+            ("links reported down", s.links_down),
+            ("runs on a link reported down", s.runs_while_down),
             ("stemmed revisions", s.stemmed),
             ("documents in conflict at the end", s.docs_in_conflict_at_end),
             ("deleted documents at the end", s.deleted_docs_at_end),

@@ -36,6 +36,20 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(bytes)
 }
 
+/// Constant-time comparison of a presented secret with the expected one.
+pub fn secrets_match(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// What OAuth clients and tokens need of an instance: the store its clients are kept in and
+/// the keys its tokens are signed with. `instance::Instance` implements it; `auth` sits below
+/// `instance` and never names it.
+pub trait Authority: Send + Sync {
+    fn store(&self) -> &dyn crate::store::Store;
+    fn keys(&self) -> &TokenKeys;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

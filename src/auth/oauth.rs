@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{random_hex, Audience, PermissionSet};
-use crate::instance::Instance;
+use super::{random_hex, secrets_match, Audience, Authority, PermissionSet};
 use crate::store::{json, DocId, Doctype, StoreError};
 
 pub const CLIENTS_DOCTYPE: &str = "io.cozy.oauth.clients";
@@ -50,14 +49,14 @@ impl OAuthClient {
     }
 
     pub fn secret_matches(&self, presented: &str) -> bool {
-        Instance::secrets_match(&hash_secret(presented), &self.secret_hash)
+        secrets_match(&hash_secret(presented), &self.secret_hash)
     }
 }
 
 /// Creates a client for the peer that is member `member_index` of `sharing_id` (0 = the owner,
 /// on a recipient), with `scope`, and issues its first tokens.
 pub async fn create_sharing_client(
-    inst: &Instance,
+    inst: &dyn Authority,
     sharing_id: &str,
     member_index: usize,
     scope: &PermissionSet,
@@ -80,10 +79,10 @@ pub async fn create_sharing_client(
         _ => Map::new(),
     };
     let id = DocId::parse(&client_id).map_err(StoreError::Corrupt)?;
-    json::put(inst.store.as_ref(), &clients(), &id, None, body).await?;
+    json::put(inst.store(), &clients(), &id, None, body).await?;
     Ok(IssuedClient {
         access_token: issue_access(inst, &client, access_ttl_secs),
-        refresh_token: inst.keys.issue(
+        refresh_token: inst.keys().issue(
             Audience::Refresh,
             &client_id,
             100 * 365 * 24 * 3600,
@@ -96,16 +95,16 @@ pub async fn create_sharing_client(
     })
 }
 
-pub fn issue_access(inst: &Instance, client: &OAuthClient, ttl_secs: u64) -> String {
+pub fn issue_access(inst: &dyn Authority, client: &OAuthClient, ttl_secs: u64) -> String {
     let scope = client.permissions();
-    inst.keys.issue(Audience::Access, &client.id, ttl_secs, scope.as_ref(), Some(&client.id))
+    inst.keys().issue(Audience::Access, &client.id, ttl_secs, scope.as_ref(), Some(&client.id))
 }
 
-pub async fn find_client(inst: &Instance, client_id: &str) -> Result<Option<OAuthClient>, StoreError> {
+pub async fn find_client(inst: &dyn Authority, client_id: &str) -> Result<Option<OAuthClient>, StoreError> {
     let Ok(id) = DocId::parse(client_id) else {
         return Ok(None);
     };
-    let Some(rec) = json::get(inst.store.as_ref(), &clients(), &id).await? else {
+    let Some(rec) = json::get(inst.store(), &clients(), &id).await? else {
         return Ok(None);
     };
     let mut client: OAuthClient = serde_json::from_value(Value::Object(rec.body))
@@ -115,15 +114,15 @@ pub async fn find_client(inst: &Instance, client_id: &str) -> Result<Option<OAut
 }
 
 /// Deletes a client: every token it holds stops working now. Deleting a missing client is fine.
-pub async fn delete_client(inst: &Instance, client_id: &str) -> Result<(), StoreError> {
+pub async fn delete_client(inst: &dyn Authority, client_id: &str) -> Result<(), StoreError> {
     let Ok(id) = DocId::parse(client_id) else {
         return Ok(());
     };
     for _ in 0..5 {
-        let Some(rec) = json::get(inst.store.as_ref(), &clients(), &id).await? else {
+        let Some(rec) = json::get(inst.store(), &clients(), &id).await? else {
             return Ok(());
         };
-        match json::delete(inst.store.as_ref(), &clients(), &id, &rec.rev).await {
+        match json::delete(inst.store(), &clients(), &id, &rec.rev).await {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict) => continue,
             Err(e) => return Err(e),
@@ -134,8 +133,8 @@ pub async fn delete_client(inst: &Instance, client_id: &str) -> Result<(), Store
 
 /// The client a token was issued to, when the token is a valid access token of this instance
 /// and its client still exists.
-pub async fn client_of_access_token(inst: &Instance, token: &str) -> Result<Option<OAuthClient>, StoreError> {
-    let Some(claims) = inst.keys.verify(token, &[Audience::Access]) else {
+pub async fn client_of_access_token(inst: &dyn Authority, token: &str) -> Result<Option<OAuthClient>, StoreError> {
+    let Some(claims) = inst.keys().verify(token, &[Audience::Access]) else {
         return Ok(None);
     };
     let Some(client_id) = claims.client_id.filter(|c| *c == claims.sub) else {
@@ -147,13 +146,13 @@ pub async fn client_of_access_token(inst: &Instance, token: &str) -> Result<Opti
 /// `grant_type=refresh_token`: checks the refresh token, the client and its secret, and issues
 /// a new access token. `None` for anything invalid (the caller answers 400 `invalid_grant`).
 pub async fn refresh(
-    inst: &Instance,
+    inst: &dyn Authority,
     client_id: &str,
     client_secret: &str,
     refresh_token: &str,
     ttl_secs: u64,
 ) -> Result<Option<(OAuthClient, String)>, StoreError> {
-    let Some(claims) = inst.keys.verify(refresh_token, &[Audience::Refresh]) else {
+    let Some(claims) = inst.keys().verify(refresh_token, &[Audience::Refresh]) else {
         return Ok(None);
     };
     if claims.sub != client_id || claims.client_id.as_deref() != Some(client_id) {

@@ -201,7 +201,7 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<Rate> {
     let app = Application::build(config).await?;
     let port = app.port();
     let registry = app.registry();
-    let svc = app.services();
+    let svc = app.sharing();
     tokio::spawn(app.run_until_stopped());
     let (a, b) = (format!("alice.localhost:{port}"), format!("bob.localhost:{port}"));
     for d in [&a, &b] {

@@ -1,27 +1,29 @@
-//! The outbound client instances use to talk to each other. Every URL a user or a peer
-//! supplied goes through the SSRF guard ([`super::guard`]); responses are size-capped; calls
+//! The outbound client: the one way hearth sends a request to another instance (or to any URL a
+//! user or a peer supplied). Every request goes through the SSRF guard ([`super::guard`]): the
+//! URL is checked before sending and on every redirect hop, the guarded resolver and connector
+//! check every address, and responses are capped at the policy's `max_response_bytes`. Calls
 //! authenticated with a peer's access token refresh it once on 401 through the peer's
 //! `POST /auth/access_token` (the `oauth2` crate, over the same guarded client) and retry.
+//! Errors name a peer by [`origin`] only: paths and queries may carry secrets.
 
 use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, TokenResponse, TokenUrl};
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use url::Url;
 
-use super::guard::{self, GuardError, PeerPolicy};
+pub use super::guard::origin;
+use super::guard::{self, GuardError, Lookup, PeerPolicy};
 use crate::config::Config;
-use crate::sharing::model::PeerCredentials;
-
-/// Largest response accepted from a peer.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
     #[error("peer address refused: {0}")]
     Guard(#[from] GuardError),
+    /// Connect, TLS, timeout, protocol or body errors; the wrapped error has its URL removed.
     #[error("peer {peer} unreachable")]
     Unreachable {
         peer: String,
@@ -65,27 +67,50 @@ impl FederationError {
     }
 }
 
+/// Tokens and client credentials a peer issued to us, used for outbound calls to it (stored on
+/// the sharing member they belong to). `Debug` shows the client id only.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCredentials").field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+/// The guarded client with its policy, so URL checks and client always agree.
 pub struct Federation {
     http: reqwest::Client,
     policy: PeerPolicy,
-    https: bool,
-}
-
-/// The printable part of a URL (never its path or query, which may carry secrets).
-pub fn origin(url: &Url) -> String {
-    url.origin().ascii_serialization()
 }
 
 impl Federation {
-    pub fn new(config: &Config) -> anyhow::Result<Federation> {
-        let policy = PeerPolicy::new(config.federation.allow_private_addresses, config.federation.allow_http);
-        let http = guard::build_client(&policy, None)?;
-        Ok(Federation { http, policy, https: !config.federation.allow_http })
+    /// The client for the configuration's `[federation]` switches, with the default deadlines
+    /// and response cap.
+    pub fn new(config: &Config) -> Result<Federation, GuardError> {
+        Federation::with_policy(PeerPolicy::from(&config.federation), None)
+    }
+
+    /// A client for `policy`; `lookup` replaces the system resolver (tests name addresses with it).
+    pub fn with_policy(
+        policy: PeerPolicy,
+        lookup: Option<std::sync::Arc<dyn Lookup>>,
+    ) -> Result<Federation, GuardError> {
+        Ok(Federation { http: guard::build_client(&policy, lookup)?, policy })
+    }
+
+    pub fn policy(&self) -> &PeerPolicy {
+        &self.policy
     }
 
     /// The scheme this server's instances are reached with.
     pub fn scheme(&self) -> &'static str {
-        if self.https {
+        if !self.policy.allow_http {
             "https"
         } else {
             "http"
@@ -117,6 +142,34 @@ impl Federation {
         base.join(path).map_err(|_| FederationError::BadResponse { peer: origin(base) })
     }
 
+    /// The one path of every request: the URL checked, the request sent through the guarded
+    /// client (refusals raised inside reqwest by the resolver, the redirect policy or the
+    /// connector come back as the guard's), and the body read up to `max` bytes.
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        max: usize,
+    ) -> Result<(u16, bytes::Bytes, Url), FederationError> {
+        let request = request.build().map_err(|e| FederationError::Guard(GuardError::from_transport(e)))?;
+        let url = guard::check_url(request.url().as_str(), &self.policy)?;
+        let resp =
+            self.http.execute(request).await.map_err(|source| match GuardError::from_transport_ref(&source) {
+                Some(refusal) => FederationError::Guard(refusal),
+                None => FederationError::Unreachable { peer: origin(&url), source: source.without_url() },
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = guard::read_limited(resp, max).await?;
+        Ok((status, bytes, url))
+    }
+
+    /// Sends `method` to a URL a user or a peer supplied, without credentials, and answers the
+    /// status and the body (the policy's cap applies; redirects are followed, each hop checked).
+    pub async fn fetch(&self, method: Method, url: &str) -> Result<(u16, bytes::Bytes), FederationError> {
+        let url = guard::check_url(url, &self.policy)?;
+        let (status, bytes, _) = self.exchange(self.http.request(method, url), self.policy.max_response_bytes).await?;
+        Ok((status, bytes))
+    }
+
     /// Sends one request (no token refresh) and returns status and JSON body.
     async fn send<B: serde::Serialize + ?Sized>(
         &self,
@@ -126,7 +179,6 @@ impl Federation {
         body: Option<&B>,
     ) -> Result<(u16, Value), FederationError> {
         let url = guard::check_url(url.as_str(), &self.policy)?;
-        let peer = origin(&url);
         let mut req = self.http.request(method, url).header("Accept", "application/json");
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -134,17 +186,7 @@ impl Federation {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|source| {
-            // A refusal of the resolver or the connector layer reaches us inside reqwest's
-            // error: it is the guard's, not a network failure.
-            let source_is_refusal = GuardError::from_transport_ref(&source);
-            match source_is_refusal {
-                Some(refusal) => FederationError::Guard(refusal),
-                None => FederationError::Unreachable { peer: peer.clone(), source },
-            }
-        })?;
-        let status = resp.status().as_u16();
-        let bytes = guard::read_limited(resp, MAX_RESPONSE_BYTES).await?;
+        let (status, bytes, _) = self.exchange(req, self.policy.max_response_bytes).await?;
         let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         Ok((status, value))
     }
@@ -175,18 +217,8 @@ impl Federation {
         deadline: Duration,
     ) -> Result<bytes::Bytes, FederationError> {
         let url = guard::check_url(Self::join(base, path)?.as_str(), &self.policy)?;
-        let peer = origin(&url);
-        let resp = self
-            .http
-            .get(url.clone())
-            .header("Accept", "application/json")
-            .bearer_auth(token)
-            .timeout(deadline)
-            .send()
-            .await
-            .map_err(|source| FederationError::Unreachable { peer: peer.clone(), source })?;
-        let status = resp.status().as_u16();
-        let bytes = guard::read_limited(resp, max).await?;
+        let request = self.http.get(url).header("Accept", "application/json").bearer_auth(token).timeout(deadline);
+        let (status, bytes, url) = self.exchange(request, max.min(self.policy.max_response_bytes)).await?;
         if (200..300).contains(&status) {
             return Ok(bytes);
         }

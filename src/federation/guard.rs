@@ -36,7 +36,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpInfo};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use url::{Host, Url};
 
 /// `User-Agent` of every outbound request.
@@ -63,7 +63,8 @@ pub struct PeerPolicy {
     pub timeout: Duration,
     /// Redirect hops followed before a request is refused.
     pub max_redirects: usize,
-    /// Default body cap for [`PeerClient::read_limited`].
+    /// Largest response body accepted from a peer (`federation::client::Federation` reads
+    /// every response with [`read_limited`] and this cap).
     pub max_response_bytes: usize,
 }
 
@@ -71,7 +72,8 @@ impl PeerPolicy {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_REDIRECTS: usize = 3;
-    pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+    /// A batch of replicated documents is the largest answer a peer sends.
+    pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
     /// The policy for the two configuration switches (`[federation]` in the config), with the
     /// default deadlines and caps.
@@ -548,7 +550,7 @@ fn redirect_policy(policy: &PeerPolicy) -> reqwest::redirect::Policy {
 /// The HTTP client for peers: guarded resolver (`lookup` replaces the system resolver, for tests),
 /// connector check, redirect re-checks, no proxies from the environment, no `Referer`, deadlines,
 /// `https` only unless `http` is allowed, rustls. Check each URL with [`check_url`] before using
-/// this client (or use [`PeerClient`], which does).
+/// this client (`federation::client::Federation` does).
 pub fn build_client(policy: &PeerPolicy, lookup: Option<Arc<dyn Lookup>>) -> Result<reqwest::Client, GuardError> {
     let lookup = lookup.unwrap_or_else(|| Arc::new(SystemLookup));
     reqwest::Client::builder()
@@ -582,42 +584,6 @@ pub async fn read_limited(mut response: Response, max: usize) -> Result<Bytes, G
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// A guarded client together with its policy, so URL checks and client always agree.
-#[derive(Debug, Clone)]
-pub struct PeerClient {
-    client: reqwest::Client,
-    policy: Arc<PeerPolicy>,
-}
-
-impl PeerClient {
-    /// See [`build_client`] for `lookup`.
-    pub fn new(policy: PeerPolicy, lookup: Option<Arc<dyn Lookup>>) -> Result<Self, GuardError> {
-        Ok(Self { client: build_client(&policy, lookup)?, policy: Arc::new(policy) })
-    }
-
-    pub fn policy(&self) -> &PeerPolicy {
-        &self.policy
-    }
-
-    /// A request to a checked URL (see [`check_url`]).
-    pub fn request(&self, method: Method, url: &str) -> Result<RequestBuilder, GuardError> {
-        Ok(self.client.request(method, check_url(url, &self.policy)?))
-    }
-
-    /// Sends a request built with [`PeerClient::request`], checking its URL once more and turning
-    /// refusals raised inside reqwest (resolver, redirects, connector) back into [`GuardError`]s.
-    pub async fn send(&self, request: RequestBuilder) -> Result<Response, GuardError> {
-        let request = request.build()?;
-        check_url(request.url().as_str(), &self.policy)?;
-        Ok(self.client.execute(request).await?)
-    }
-
-    /// [`read_limited`] with the policy's `max_response_bytes`.
-    pub async fn read_limited(&self, response: Response) -> Result<Bytes, GuardError> {
-        read_limited(response, self.policy.max_response_bytes).await
-    }
 }
 
 #[cfg(test)]

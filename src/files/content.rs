@@ -456,6 +456,23 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
+impl S3Settings {
+    /// The settings of the S3 backend from the `[files.s3]` configuration; an error naming what
+    /// is missing.
+    pub fn from_config(s3: &crate::config::S3Config) -> anyhow::Result<S3Settings> {
+        let missing = |k: &str| anyhow::anyhow!("files.backend = \"s3\" needs files.s3.{k}");
+        Ok(S3Settings {
+            endpoint: s3.endpoint.clone(),
+            bucket: s3.bucket.clone().ok_or_else(|| missing("bucket"))?,
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone().ok_or_else(|| missing("access_key_id"))?,
+            secret_access_key: s3.secret_access_key.clone().ok_or_else(|| missing("secret_access_key"))?,
+            prefix: s3.prefix.clone(),
+            allow_http: s3.allow_http,
+        })
+    }
+}
+
 /// The S3 backend: one client, each instance under its own prefix.
 pub struct S3Backend {
     store: Arc<dyn ObjectStore>,

@@ -1116,7 +1116,9 @@ impl FilesRegistry {
             crate::config::FilesBackendKind::Fs => {
                 Arc::new(content::FsBackend::new(config.data_dir.join("files").join("content")))
             }
-            crate::config::FilesBackendKind::S3 => Arc::new(content::S3Backend::new(&config.files.s3.settings()?)?),
+            crate::config::FilesBackendKind::S3 => {
+                Arc::new(content::S3Backend::new(&content::S3Settings::from_config(&config.files.s3)?)?)
+            }
         };
         Ok(FilesRegistry {
             backend,

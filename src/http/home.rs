@@ -160,7 +160,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         _ => files.get(ROOT_ID).await?,
     };
     let (children, _, count) = files.children(&dir, None, FOLDER_PAGE).await?;
-    let me = svc.federation.instance_url(inst.domain.as_str());
+    let me = svc.sharing.federation.instance_url(inst.domain.as_str());
 
     let (mine, theirs): (Vec<&Sharing>, Vec<&Sharing>) = sharings.iter().partition(|s| s.owner);
     let requests: Vec<&Sharing> =

@@ -55,7 +55,7 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
     let creator = if data_caller(&inst.0, &req).is_ok() {
         let s = load_managed(&inst, &req, &id).await?;
         if !s.owner {
-            let answer = invitations::forward(svc, &inst.0, &id, &body).await?;
+            let answer = invitations::forward(&svc.sharing, &inst.0, &id, &body).await?;
             return Ok(jsonapi(StatusCode::CREATED, answer));
         }
         0
@@ -65,7 +65,7 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
             i => i,
         }
     };
-    let (inv, link) = invitations::create(svc, &inst.0, &id, creator, &body).await?;
+    let (inv, link) = invitations::create(&svc.sharing, &inst.0, &id, creator, &body).await?;
     let s =
         sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let mut data = invitations::to_api(&s, &inv);
@@ -91,7 +91,7 @@ async fn revoke(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     load_managed(&inst, &req, &id).await?;
     let inv = path::param(&req, "inv")?;
     let revoke_members = Query::of(&req)?.flag("revoke_members")?;
-    let s = invitations::revoke(state_of(&req)?, &inst.0, &id, &inv, revoke_members).await?;
+    let s = invitations::revoke(&state_of(&req)?.sharing, &inst.0, &id, &inv, revoke_members).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
 }
 
@@ -121,7 +121,7 @@ async fn discard(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         return Err(ApiError::bad_request("the owner revokes the sharing instead of discarding it"));
     }
     let s = if s.active {
-        service::leave(state_of(&req)?, &inst.0, &id).await?
+        service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?
     } else {
         invitations::drop_request(&inst.0, &id).await?
     };
@@ -187,11 +187,11 @@ pub(super) async fn discover(
     let svc = state_of(req)?;
     let (state, invitation, sharecode) = form;
     if let Some(state) = state {
-        return Ok(service::discover(svc, inst, id, &state, url).await?);
+        return Ok(service::discover(&svc.sharing, inst, id, &state, url).await?);
     }
     if let Some(code) = invitation {
         let attempt = reserve_code_attempt(inst, req)?;
-        return match invitations::discover(svc, inst, id, &code, url).await {
+        return match invitations::discover(&svc.sharing, inst, id, &code, url).await {
             Err(SharingError::Forbidden(r)) => {
                 code_failed(inst, attempt);
                 Err(ApiError::Forbidden(r))
@@ -206,7 +206,7 @@ pub(super) async fn discover(
         return Err(ApiError::Forbidden("cross-site form".into()));
     }
     let state = preview_state(inst, req, id, sharecode).await?;
-    Ok(service::discover(svc, inst, id, &state, url).await?)
+    Ok(service::discover(&svc.sharing, inst, id, &state, url).await?)
 }
 
 /// For `GET /sharings/`: the owner's link permissions (first page only) and the active

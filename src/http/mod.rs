@@ -28,11 +28,22 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::auth::{Audience, Claims, PermissionSet};
-use crate::instance::{Domain, Instance};
+use crate::config::Config;
+use crate::instance::{Domain, Instance, Registry};
+use crate::sharing;
+use crate::sync::manager::SyncManager;
 pub use error::{ApiError, ApiResult};
 
-/// What every handler can reach: configuration, registry, federation client, outbox.
-pub type AppState = crate::services::Services;
+/// What the handlers reach, each part built once by the application and handed down: the
+/// configuration, the instance registry, the sharing layer's context, and the replication
+/// manager (for its per-peer states and to wake it).
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub sharing: Arc<sharing::Context>,
+    pub sync: Arc<SyncManager>,
+    pub files: Arc<crate::files::FilesRegistry>,
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/status", web::get().to(status))

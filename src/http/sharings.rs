@@ -179,7 +179,7 @@ async fn anonymous_json_body(req: &HttpRequest, payload: web::Payload) -> ApiRes
 async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let (_, perms) = data_caller(&inst.0, &req)?;
     let body = json_body(&req, payload).await?;
-    let s = service::create(state_of(&req)?, &inst.0, &perms, &body).await?;
+    let s = service::create(&state_of(&req)?.sharing, &inst.0, &perms, &body).await?;
     Ok(jsonapi(StatusCode::CREATED, doc(&s)))
 }
 
@@ -270,7 +270,7 @@ async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
     };
     // Ids in the caller's space: ours for apps, the member's for its instance.
-    let ids = crate::sharing::receive::IdMap::for_member(&s, member.unwrap_or(0));
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(0));
     let after = q
         .get("page[cursor]")
         .map(|c| {
@@ -304,7 +304,7 @@ async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 async fn put_request(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let s = service::receive_request(state_of(&req)?, &inst.0, &id, &body).await?;
+    let s = service::receive_request(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -327,7 +327,7 @@ async fn revoked_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRes
     if index != 0 {
         return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
     }
-    service::revoked_by_owner(state_of(&req)?, &inst.0, &id).await?;
+    service::revoked_by_owner(&state_of(&req)?.sharing, &inst.0, &id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -338,7 +338,7 @@ async fn left_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
     if index == 0 {
         return Err(ApiError::Forbidden("only a member's instance may send this".into()));
     }
-    service::member_left(state_of(&req)?, &inst.0, &id, index).await?;
+    service::member_left(&state_of(&req)?.sharing, &inst.0, &id, index).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -359,7 +359,7 @@ async fn credentials_notification(inst: Inst, req: HttpRequest, payload: web::Pa
 async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let out = service::process_answer(state_of(&req)?, &inst.0, &id, &body).await?;
+    let out = service::process_answer(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, out))
 }
 
@@ -368,7 +368,7 @@ async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
     let body = json_body(&req, payload).await?;
-    let s = service::add_recipients(state_of(&req)?, &inst.0, &id, &body).await?;
+    let s = service::add_recipients(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -378,7 +378,7 @@ async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> A
     let id = sharing_id(&req)?;
     let index = peer(&inst, &req, &id, Verb::Get).await?;
     let body = json_body(&req, payload).await?;
-    let links = service::add_delegated(state_of(&req)?, &inst.0, &id, index, &body).await?;
+    let links = service::add_delegated(&state_of(&req)?.sharing, &inst.0, &id, index, &body).await?;
     let data: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
     Ok(jsonapi(StatusCode::OK, json!({"data": data})))
 }
@@ -387,7 +387,7 @@ async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> A
 async fn revoke_all(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::revoke(state_of(&req)?, &inst.0, &id, None).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, None).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -396,7 +396,7 @@ async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let index = member_index(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::revoke(state_of(&req)?, &inst.0, &id, Some(index)).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, Some(index)).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -404,7 +404,7 @@ async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 async fn leave(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::leave(state_of(&req)?, &inst.0, &id).await?;
+    let s = service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -412,7 +412,7 @@ async fn read_only(inst: Inst, req: HttpRequest, value: bool) -> ApiResult<HttpR
     let id = sharing_id(&req)?;
     let index = member_index(&req)?;
     load_managed(&inst, &req, &id).await?;
-    let s = service::set_read_only(state_of(&req)?, &inst.0, &id, index, value).await?;
+    let s = service::set_read_only(&state_of(&req)?.sharing, &inst.0, &id, index, value).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -577,7 +577,7 @@ async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         Ok(svc) => svc,
         Err(e) => return error_page(e),
     };
-    let me = svc.federation.instance_url(inst.0.domain.as_str());
+    let me = svc.sharing.federation.instance_url(inst.0.domain.as_str());
     let closed = if s.active {
         Some("You already accepted this sharing.")
     } else if crate::sharing::request::answered(&s, &me) {
@@ -668,11 +668,11 @@ async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
             "accept" => {
                 let digest =
                     form.digest.as_deref().ok_or_else(|| ApiError::bad_request("the form needs the digest"))?;
-                let s = service::accept(svc, &inst.0, &id, &form.state, digest).await?;
+                let s = service::accept(&svc.sharing, &inst.0, &id, &form.state, digest).await?;
                 Ok(("You accepted the sharing. The documents will appear on your instance.", s))
             }
             "refuse" => {
-                service::refuse(svc, &inst.0, &id, &form.state).await?;
+                service::refuse(&svc.sharing, &inst.0, &id, &form.state).await?;
                 let s = sharing::load(inst.0.store.as_ref(), &id)
                     .await?
                     .ok_or_else(|| ApiError::NotFound("no such sharing request".into()))?;
@@ -723,7 +723,7 @@ async fn access_token(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
         return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request"));
     };
     let ttl = state_of(&req)?.config.federation.access_token_ttl_secs;
-    match oauth::refresh(&inst.0, &id, &secret, &refresh, ttl).await? {
+    match oauth::refresh(inst.0.as_ref(), &id, &secret, &refresh, ttl).await? {
         Some((client, token)) => {
             Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
                 "access_token": token,
@@ -795,15 +795,15 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
-    crate::sync::manager::ensure_tracked(svc, &inst.0, s.id()).await?;
+    svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
     let applied = crate::sharing::receive::bulk_docs(&inst.0, &s, from, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
         refused = applied.refused.len(), "received documents");
     if applied.revoke {
         let outcome = if s.owner {
-            service::revoke(svc, &inst.0, &id, None).await
+            service::revoke(&svc.sharing, &inst.0, &id, None).await
         } else {
-            service::leave(svc, &inst.0, &id).await
+            service::leave(&svc.sharing, &inst.0, &id).await
         };
         outcome?;
     }

@@ -194,13 +194,22 @@ impl Instance {
 
     /// Constant-time comparison of a presented secret with the expected one.
     pub fn secrets_match(presented: &str, expected: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        presented.len() == expected.len() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+        auth::secrets_match(presented, expected)
     }
 
     /// The name shown to people: the public name, else the domain.
     pub fn display_name(&self) -> &str {
         self.public_name.as_deref().unwrap_or(self.domain.as_str())
+    }
+}
+
+impl auth::Authority for Instance {
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    fn keys(&self) -> &TokenKeys {
+        &self.keys
     }
 }
 

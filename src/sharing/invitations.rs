@@ -31,11 +31,11 @@ use url::Url;
 
 use super::links::{self, code_hash, in_secs, is_past, CodeRef};
 use super::model::{now_rfc3339, Member, MemberStatus, Sharing, SharingId};
+use super::Context;
 use super::{load, service, update, Result, SharingError};
 use crate::auth::random_hex;
 use crate::federation::client::FederationError;
 use crate::instance::Instance;
-use crate::services::Services;
 
 /// The JSON:API type of invitation resources.
 pub const INVITATIONS_TYPE: &str = "io.hearth.invitations";
@@ -109,7 +109,7 @@ pub struct NewInvitation {
 
 /// Reads `{"permissions": [...], "max_accepted_users"?, "expires_in"?}` (also inside a JSON:API
 /// `data.attributes`). A re-sharer may only ask for `read`.
-pub fn parse_request(svc: &Services, body: &Value, resharer: bool) -> Result<NewInvitation> {
+pub fn parse_request(cx: &Context, body: &Value, resharer: bool) -> Result<NewInvitation> {
     let attrs = body.get("data").and_then(|d| d.get("attributes")).unwrap_or(body);
     let attrs = attrs.as_object().ok_or_else(|| bad("the body must be a JSON object"))?;
     let list = attrs
@@ -141,7 +141,7 @@ pub fn parse_request(svc: &Services, body: &Value, resharer: bool) -> Result<New
                 .ok_or_else(|| bad(format!("max_accepted_users must be an integer from 1 to {MAX_SEATS}")))?,
         ),
     };
-    let links_cfg = &svc.config.links;
+    let links_cfg = &cx.config.links;
     let expires_in = match attrs.get("expires_in") {
         None | Some(Value::Null) => links_cfg.invitation_ttl_secs,
         Some(v) => v.as_u64().filter(|n| (1..=links_cfg.max_invitation_ttl_secs).contains(n)).ok_or_else(|| {
@@ -189,13 +189,13 @@ fn prune(s: &mut Sharing) {
 /// or the index of a ready member re-sharing. Answers the record and the link (the only time
 /// the link is shown).
 pub async fn create(
-    svc: &Services,
+    cx: &Context,
     inst: &Instance,
     id: &SharingId,
     creator: usize,
     body: &Value,
 ) -> Result<(Invitation, String)> {
-    let req = parse_request(svc, body, creator > 0)?;
+    let req = parse_request(cx, body, creator > 0)?;
     let code = links::new_code();
     let hash = code_hash(&code);
     let inv_id = random_hex(16);
@@ -251,7 +251,7 @@ pub async fn create(
     .await?;
     tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv.id, by = creator, "invitation link created");
     let link =
-        format!("{}/sharings/{id}/discovery?invitation={code}", svc.federation.instance_url(inst.domain.as_str()));
+        format!("{}/sharings/{id}/discovery?invitation={code}", cx.federation.instance_url(inst.domain.as_str()));
     Ok((inv, link))
 }
 
@@ -279,9 +279,9 @@ pub async fn discovery_view(inst: &Instance, id: &SharingId, code: &str) -> Resu
 
 /// Atomically takes a seat of the link and makes the member for `peer` (or finds the member
 /// this instance already started with through the same link). Answers its index.
-async fn reserve(svc: &Services, inst: &Instance, id: &SharingId, code: &str, peer: &str) -> Result<usize> {
+async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer: &str) -> Result<usize> {
     let hash = code_hash(code);
-    let max_members = svc.config.federation.max_members;
+    let max_members = cx.config.federation.max_members;
     let (index, _) = update(inst.store.as_ref(), id, |s| {
         if !s.owner || !s.accepts_members() {
             return Err(invalid());
@@ -351,19 +351,19 @@ async fn release(inst: &Instance, id: &SharingId, index: usize) {
 
 /// `POST /sharings/:id/discovery` with `invitation`: checks the address, takes a seat (a new
 /// member), then continues as a personal invitation of that member. Answers the redirect.
-pub async fn discover(svc: &Services, inst: &Instance, id: &SharingId, code: &str, url: &str) -> Result<String> {
-    let peer = svc.federation.normalise_instance_url(url).map_err(|e| match e {
+pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, code: &str, url: &str) -> Result<String> {
+    let peer = cx.federation.normalise_instance_url(url).map_err(|e| match e {
         FederationError::Guard(g) => bad(format!("this address cannot be used: {g}")),
         other => SharingError::Peer(other),
     })?;
     let peer_str = peer.as_str().trim_end_matches('/').to_owned();
-    if peer_str == svc.federation.instance_url(inst.domain.as_str()) {
+    if peer_str == cx.federation.instance_url(inst.domain.as_str()) {
         return Err(bad("the recipient's instance cannot be the owner's"));
     }
-    let index = reserve(svc, inst, id, code, &peer_str).await?;
+    let index = reserve(cx, inst, id, code, &peer_str).await?;
     let s = load(inst.store.as_ref(), id).await?.ok_or_else(invalid)?;
     let state = service::member_state(inst, &s, index).ok_or_else(invalid)?;
-    match service::discover(svc, inst, id, &state, url).await {
+    match service::discover(cx, inst, id, &state, url).await {
         Ok(redirect) => {
             let inv = s.members.get(index).and_then(|m| m.invitation.clone()).unwrap_or_default();
             tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv, member = index, "invitation link used");
@@ -415,7 +415,7 @@ pub fn revoke_created_by(s: &mut Sharing, index: usize) {
 /// `DELETE /sharings/:id/invitations/:inv`: the link (and its re-shares) stops working; the
 /// members made through it stay unless `revoke_members`.
 pub async fn revoke(
-    svc: &Services,
+    cx: &Context,
     inst: &Instance,
     id: &SharingId,
     inv_id: &str,
@@ -450,7 +450,7 @@ pub async fn revoke(
     tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv_id, "invitation link revoked");
     if revoke_members {
         for i in ready {
-            s = service::revoke(svc, inst, id, Some(i)).await?;
+            s = service::revoke(cx, inst, id, Some(i)).await?;
         }
     }
     Ok(s)
@@ -529,7 +529,7 @@ pub async fn details(inst: &Instance, code: &str) -> Result<Option<Value>> {
 /// On a recipient: a member's app asks to re-share; the request goes to the owner with this
 /// instance's credentials (the owner decides), and the owner's answer (with the link) comes
 /// back. A refreshed access token is kept.
-pub async fn forward(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
+pub async fn forward(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
     let s = load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     if s.owner || !s.active {
         return Err(SharingError::Forbidden("re-sharing needs an active sharing received from its owner".into()));
@@ -545,7 +545,7 @@ pub async fn forward(svc: &Services, inst: &Instance, id: &SharingId, body: &Val
         .clone()
         .ok_or_else(|| SharingError::Forbidden("no credentials for the owner's instance".into()))?;
     let before = creds.access_token.clone();
-    let result = svc
+    let result = cx
         .federation
         .call_peer(&mut creds, &owner, reqwest::Method::POST, &format!("/sharings/{id}/invitations"), Some(body))
         .await;

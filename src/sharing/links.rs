@@ -25,10 +25,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::model::{is_internal_doctype, now_rfc3339, MemberStatus, Sharing, SharingId};
+use super::Context;
 use super::{load, update, Result, SharingError};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
-use crate::services::Services;
 use crate::store::{json as records, DocId, Doctype, StoreError};
 
 pub const PERMISSIONS_DOCTYPE: &str = "io.cozy.permissions";
@@ -702,10 +702,10 @@ pub fn preview_page_path(s: &Sharing) -> Option<String> {
 
 /// The invitation link of a member of a sharing with a preview path: its preview page with its
 /// preview code.
-pub fn preview_link(svc: &Services, inst: &Instance, s: &Sharing, index: usize) -> Option<String> {
+pub fn preview_link(cx: &Context, inst: &Instance, s: &Sharing, index: usize) -> Option<String> {
     let code = preview_code(inst, s, index)?;
     let path = preview_page_path(s)?;
-    Some(format!("{}{path}?sharecode={code}", svc.federation.instance_url(inst.domain.as_str())))
+    Some(format!("{}{path}?sharecode={code}", cx.federation.instance_url(inst.domain.as_str())))
 }
 
 fn preview_set(s: &Sharing) -> PermissionSet {

@@ -10,15 +10,24 @@ pub mod invitations;
 pub mod links;
 pub mod mail;
 pub mod model;
+pub mod outbox;
 pub mod protocol;
 pub mod receive;
 pub mod request;
 pub mod service;
+pub mod tracking;
+pub mod xor;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use hearth_replicator::rev::Rev;
 use serde_json::Value;
 
-use crate::federation::client::FederationError;
+use crate::config::Config;
+use crate::federation::client::{Federation, FederationError};
+use crate::instance::Instance;
 use crate::store::{json, DocId, Doctype, Store, StoreError};
 pub use model::{Member, MemberStatus, Rule, Sharing, SharingId};
 
@@ -49,6 +58,50 @@ pub enum SharingError {
 }
 
 pub type Result<T, E = SharingError> = std::result::Result<T, E>;
+
+/// How the sharing layer tells the background workers (in `sync`, the layer above) that there
+/// is work for them, without knowing them: `sync::manager::SyncManager` implements it, and the
+/// application hands it down in the [`Context`].
+pub trait SyncHandle: Send + Sync {
+    /// A sharing changed state (or its tracked documents did): plan replication now rather
+    /// than at the next sweep.
+    fn wake_replication(&self);
+    /// An outbox entry was written: deliver it now rather than at the next sweep.
+    fn wake_outbox(&self);
+}
+
+/// What the sharing operations need beyond the instance they act on: the configuration, the
+/// federation client, which sharings each store tracks, the handle that wakes the workers, and
+/// the permits for request fetch-backs. One per application (the CLI builds its own).
+pub struct Context {
+    pub config: Arc<Config>,
+    pub federation: Arc<Federation>,
+    pub tracking: tracking::Tracking,
+    pub sync: Arc<dyn SyncHandle>,
+    /// Permits for the fetch-backs unauthenticated sharing requests cause (see [`request`]):
+    /// at most [`request::MAX_CONCURRENT_FETCHES`] at once.
+    pub request_fetches: Semaphore,
+}
+
+impl Context {
+    pub fn new(config: Arc<Config>, federation: Arc<Federation>, sync: Arc<dyn SyncHandle>) -> Context {
+        Context {
+            config,
+            federation,
+            tracking: tracking::Tracking::default(),
+            sync,
+            request_fetches: Semaphore::new(request::MAX_CONCURRENT_FETCHES),
+        }
+    }
+
+    /// After a sharing changed state: tracking follows (see [`tracking::Tracking::changed`]),
+    /// and replication is woken.
+    pub async fn sharing_changed(&self, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
+        self.tracking.changed(inst, id).await?;
+        self.sync.wake_replication();
+        Ok(())
+    }
+}
 
 fn decode(id: &DocId, rev: Rev, body: serde_json::Map<String, Value>) -> Result<Sharing, StoreError> {
     let mut s: Sharing =

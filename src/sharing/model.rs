@@ -3,6 +3,7 @@
 //! doctype `io.cozy.sharings` (so every storage backend holds them, and export moves them);
 //! [`Sharing::to_api`] is the only way out to clients, and it never includes credentials.
 
+pub use crate::federation::client::PeerCredentials;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -292,15 +293,6 @@ impl MemberStatus {
     }
 }
 
-/// Tokens and client credentials a peer issued to us, used for outbound calls.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct PeerCredentials {
-    pub client_id: String,
-    pub client_secret: String,
-    pub access_token: String,
-    pub refresh_token: String,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub status: MemberStatus,
@@ -319,7 +311,7 @@ pub struct Member {
     /// derived with the instance key, so it is never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_nonce: Option<String>,
-    /// Owner side: the key of this member's id transformation (see `sync::xor`).
+    /// Owner side: the key of this member's id transformation (see `sharing::xor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xor_key: Option<String>,
     /// Owner side: index of the member who added this one (delegated adds).

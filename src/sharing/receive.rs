@@ -15,7 +15,7 @@
 //!
 //! Refused documents are reported; the rest of the batch applies (`new_edits=false`: merged
 //! into the revision trees, idempotent). On the owner, ids are transformed back from the
-//! sender's id space (see `sync::xor`).
+//! sender's id space (see `sharing::xor`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -25,35 +25,11 @@ use serde_json::{json, Value};
 
 use super::model::{ChangeKind, Flow, Sharing};
 use super::protocol::{BulkDocs, Refused};
+use super::xor::IdMap;
 use super::{Result, SharingError};
 use crate::instance::Instance;
 use crate::store::doc::parse_doc;
 use crate::store::{DocId, DocWrite, Doctype, Judge, Received, Standing, Verdict};
-use crate::sync::xor;
-
-/// The id transformation between this instance and member `from` (only the owner has keys).
-pub struct IdMap {
-    key: Option<Vec<u8>>,
-}
-
-impl IdMap {
-    pub fn for_member(s: &Sharing, member: usize) -> IdMap {
-        let key = if s.owner {
-            s.members.get(member).and_then(|m| m.xor_key.as_deref()).and_then(xor::parse_key)
-        } else {
-            None
-        };
-        IdMap { key }
-    }
-
-    /// Our id for an id in the peer's space, and back (XOR is its own inverse).
-    pub fn convert(&self, id: &str) -> String {
-        match &self.key {
-            Some(k) => xor::xor_id(id, k),
-            None => id.to_owned(),
-        }
-    }
-}
 
 fn split_key(key: &str) -> Result<(Doctype, DocId)> {
     let (doctype, id) = key.split_once('/').ok_or_else(|| SharingError::BadRequest(format!("invalid key {key:?}")))?;

@@ -54,9 +54,9 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId, MAX_RULES, MAX_VALUES_PER_RULE};
+use super::Context;
 use super::{load, save, Result, SharingError};
 use crate::instance::Instance;
-use crate::services::Services;
 use crate::store::{json as records, AllDocsQuery, AllDocsRow, DocId, Doctype, Store, StoreError};
 
 /// Largest body of an unauthenticated request (`PUT /sharings/:id`, `POST /sharings/:id/answer`,
@@ -127,13 +127,14 @@ pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
 
 /// The request for member `target`, as its instance fetches it: Cozy's `PUT /sharings/:id`
 /// body, without any secret; the other members reduced to their status and public name, the
-/// rules' document ids transformed with the member's key (see `sync::xor`), local rules left
+/// rules' document ids transformed with the member's key (see `sharing::xor`), local rules left
 /// out.
 pub fn request_document(s: &Sharing, target: usize) -> Value {
     let mut shown = s.clone();
-    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sync::xor::parse_key) {
+    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sharing::xor::parse_key)
+    {
         for r in shown.rules.iter_mut().filter(|r| r.selector.is_none()) {
-            r.values = r.values.iter().map(|v| crate::sync::xor::xor_id(v, &key)).collect();
+            r.values = r.values.iter().map(|v| crate::sharing::xor::xor_id(v, &key)).collect();
         }
     }
     for (i, m) in shown.members.iter_mut().enumerate() {
@@ -462,12 +463,12 @@ pub async fn unmark_pending(inst: &Instance, s: &Sharing) {
 }
 
 /// The owner's request, fetched back with the notice's token (see the module docs).
-async fn fetch(svc: &Services, owner: &Url, id: &SharingId, token: &str) -> Result<Vec<u8>> {
-    let permit = tokio::time::timeout(FETCH_DEADLINE, svc.request_fetches.acquire())
+async fn fetch(cx: &Context, owner: &Url, id: &SharingId, token: &str) -> Result<Vec<u8>> {
+    let permit = tokio::time::timeout(FETCH_DEADLINE, cx.request_fetches.acquire())
         .await
         .map_err(|_| SharingError::TooMany("too many sharing requests being checked".into()))?
         .map_err(|_| SharingError::TooMany("too many sharing requests being checked".into()))?;
-    let fetched = svc
+    let fetched = cx
         .federation
         .fetch_with_token(owner, &format!("/sharings/{id}/request"), token, MAX_REQUEST_BYTES, FETCH_DEADLINE)
         .await;
@@ -481,17 +482,17 @@ async fn fetch(svc: &Services, owner: &Url, id: &SharingId, token: &str) -> Resu
 /// `PUT /sharings/:id` on a recipient (unauthenticated by design, see the module docs): checks
 /// the notice, fetches the request back from its owner and stores it, inactive until accepted
 /// (created, or replacing a pending request of the same owner).
-pub async fn receive(svc: &Services, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+pub async fn receive(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
     let notice = parse_notice(body)?;
     if SharingId::derived(&notice.owner, &notice.nonce) != *id {
         return Err(SharingError::Forbidden("this sharing id was not issued by that instance".into()));
     }
-    let me = svc.federation.instance_url(inst.domain.as_str());
+    let me = cx.federation.instance_url(inst.domain.as_str());
     if notice.owner == me {
         return Err(SharingError::Conflict("this sharing belongs to this instance".into()));
     }
     let owner_url =
-        svc.federation.normalise_instance_url(&notice.owner).map_err(|e| bad(format!("owner address refused: {e}")))?;
+        cx.federation.normalise_instance_url(&notice.owner).map_err(|e| bad(format!("owner address refused: {e}")))?;
     let store = inst.store.as_ref();
     let existing = load(store, id).await?;
     match &existing {
@@ -506,10 +507,10 @@ pub async fn receive(svc: &Services, inst: &Instance, id: &SharingId, body: &Val
             return Err(SharingError::Conflict("this sharing was already answered here".into()))
         }
         Some(_) => {}
-        None => check_pending_room(svc, store, &notice.owner).await?,
+        None => check_pending_room(cx, store, &notice.owner).await?,
     }
-    let bytes = fetch(svc, &owner_url, id, &notice.token).await?;
-    let mut s = parse_document(&bytes, id, svc.config.federation.max_members)?;
+    let bytes = fetch(cx, &owner_url, id, &notice.token).await?;
+    let mut s = parse_document(&bytes, id, cx.config.federation.max_members)?;
     if s.members[0].instance.as_deref() != Some(notice.owner.as_str()) {
         return Err(SharingError::Forbidden("the owner's request names another owner".into()));
     }
@@ -521,7 +522,7 @@ pub async fn receive(svc: &Services, inst: &Instance, id: &SharingId, body: &Val
     }
     if existing.is_none() {
         mark_pending(store, &notice.owner, id).await?;
-        if let Err(e) = check_pending_room_after(svc, store, &notice.owner).await {
+        if let Err(e) = check_pending_room_after(cx, store, &notice.owner).await {
             unmark_pending(inst, &s).await;
             return Err(e);
         }
@@ -556,8 +557,8 @@ pub fn answered(s: &Sharing, me: &str) -> bool {
         }
 }
 
-async fn check_pending_room(svc: &Services, store: &dyn Store, owner: &str) -> Result<()> {
-    let cap = svc.config.federation.max_pending_requests_per_peer;
+async fn check_pending_room(cx: &Context, store: &dyn Store, owner: &str) -> Result<()> {
+    let cap = cx.config.federation.max_pending_requests_per_peer;
     let (from_owner, total) = count_pending(store, owner, cap).await?;
     if from_owner >= cap {
         return Err(SharingError::TooMany("too many sharing requests from this instance".into()));
@@ -570,8 +571,8 @@ async fn check_pending_room(svc: &Services, store: &dyn Store, owner: &str) -> R
 }
 
 /// The same check once this request is in the index (concurrent notices all see each other).
-async fn check_pending_room_after(svc: &Services, store: &dyn Store, owner: &str) -> Result<()> {
-    let cap = svc.config.federation.max_pending_requests_per_peer;
+async fn check_pending_room_after(cx: &Context, store: &dyn Store, owner: &str) -> Result<()> {
+    let cap = cx.config.federation.max_pending_requests_per_peer;
     let (from_owner, total) = count_pending(store, owner, cap).await?;
     if from_owner > cap || total > cap.saturating_mul(PENDING_PEERS_FACTOR) as u64 {
         return Err(SharingError::TooMany("too many sharing requests from this instance".into()));
@@ -580,9 +581,9 @@ async fn check_pending_room_after(svc: &Services, store: &dyn Store, owner: &str
 }
 
 /// Sends member `index` its notice (owner side); answers the recipient's reply.
-pub async fn send_notice(svc: &Services, inst: &Instance, s: &Sharing, index: usize, peer: &Url) -> Result<Value> {
+pub async fn send_notice(cx: &Context, inst: &Instance, s: &Sharing, index: usize, peer: &Url) -> Result<Value> {
     let body = notice(inst, s, index).ok_or_else(|| bad("this member has no invitation"))?;
-    Ok(svc.federation.call_open(Method::PUT, peer, &format!("/sharings/{}", s.id()), Some(&body)).await?)
+    Ok(cx.federation.call_open(Method::PUT, peer, &format!("/sharings/{}", s.id()), Some(&body)).await?)
 }
 
 #[cfg(test)]

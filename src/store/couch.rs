@@ -889,7 +889,7 @@ pub struct CouchStore {
     /// `_local` names already recorded in the meta database.
     markers: Mutex<HashSet<(Doctype, String)>>,
     /// The rules of the active sharings, applied as changes are numbered.
-    tracking: std::sync::RwLock<Arc<Vec<TrackRule>>>,
+    tracking: tracking::Rules,
     /// One writer of a sharing's feed at a time in this process (others are fenced by CouchDB).
     share_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -907,7 +907,7 @@ impl CouchStore {
             commits,
             seq_locks: Mutex::new(HashMap::new()),
             markers: Mutex::new(HashSet::new()),
-            tracking: std::sync::RwLock::new(Arc::new(Vec::new())),
+            tracking: tracking::Rules::default(),
             share_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -1586,8 +1586,9 @@ impl CouchStore {
 
     // ----- sharing tracking -----
 
-    fn rules(&self) -> Arc<Vec<TrackRule>> {
-        self.tracking.read().map(|t| t.clone()).unwrap_or_default()
+    /// The tracking rules; `Internal` if their lock is poisoned (nothing is numbered untracked).
+    fn rules(&self) -> Result<Arc<Vec<TrackRule>>, StoreError> {
+        self.tracking.get()
     }
 
     fn share_lock(&self, sharing: &str) -> Result<Arc<tokio::sync::Mutex<()>>, StoreError> {
@@ -1642,7 +1643,7 @@ impl CouchStore {
 
     /// Applies the tracking rules to a page of changes of `doctype` (see `tracking::decide`).
     async fn track_rows(&self, doctype: &Doctype, rows: &[BatchRow], bodies: &[Body]) -> Result<(), StoreError> {
-        let rules = self.rules();
+        let rules = self.rules()?;
         let mut sharings: Vec<&str> =
             rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
         sharings.sort_unstable();
@@ -1774,7 +1775,7 @@ impl CouchStore {
     /// Numbers (and so tracks) the pending changes of every doctype the sharing's rules name.
     async fn catch_up_sharing(&self, sharing: &str) -> Result<(), StoreError> {
         let mut doctypes: Vec<Doctype> = self
-            .rules()
+            .rules()?
             .iter()
             .filter(|r| r.sharing_id == sharing)
             .filter_map(|r| Doctype::parse(&r.doctype).ok())
@@ -2254,9 +2255,7 @@ impl Store for CouchStore {
     }
 
     fn set_tracking(&self, rules: Vec<TrackRule>) {
-        if let Ok(mut t) = self.tracking.write() {
-            *t = Arc::new(rules);
-        }
+        self.tracking.set(rules);
     }
 
     async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
@@ -2271,7 +2270,7 @@ impl Store for CouchStore {
         if self.meta_docs(std::slice::from_ref(&marker)).await?.contains_key(&marker) {
             return Ok(0);
         }
-        let rules: Vec<TrackRule> = self.rules().iter().filter(|r| r.sharing_id == sharing_id).cloned().collect();
+        let rules: Vec<TrackRule> = self.rules()?.iter().filter(|r| r.sharing_id == sharing_id).cloned().collect();
         let mut added = 0;
         let mut done: HashSet<(String, String)> = HashSet::new();
         for rule in &rules {

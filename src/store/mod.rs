@@ -9,6 +9,7 @@
 //! Every backend must pass the suite in [`conformance`].
 
 pub mod body;
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod couch;
 pub mod doc;

@@ -105,7 +105,7 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     revs_limit: usize,
-    tracking: std::sync::RwLock<Arc<Vec<TrackRule>>>,
+    tracking: tracking::Rules,
     commits: watch::Sender<u64>,
 }
 
@@ -200,7 +200,7 @@ impl SqliteStore {
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
                 revs_limit: revs_limit.max(1),
-                tracking: std::sync::RwLock::new(Arc::new(Vec::new())),
+                tracking: tracking::Rules::default(),
                 commits,
             }),
         })
@@ -242,7 +242,7 @@ impl SqliteStore {
             let mut conn = inner.writer.lock().map_err(|_| internal(anyhow::anyhow!("writer poisoned")))?;
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             // Rules are read under the writer lock, so a write sees the rules set before it.
-            let tracking = inner.tracking.read().map(|t| t.clone()).unwrap_or_default();
+            let tracking = inner.tracking.get()?;
             let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
             let out = f(&tx, &ctx)?;
             tx.commit()?;
@@ -1030,9 +1030,7 @@ impl Store for SqliteStore {
     }
 
     fn set_tracking(&self, rules: Vec<TrackRule>) {
-        if let Ok(mut t) = self.inner.tracking.write() {
-            *t = Arc::new(rules);
-        }
+        self.inner.tracking.set(rules);
     }
 
     async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
@@ -1287,5 +1285,42 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::json;
+
+    #[tokio::test]
+    async fn a_write_fails_and_commits_nothing_while_the_tracking_rules_are_poisoned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
+        let t = Doctype::parse("io.hearth.notes").expect("doctype");
+        let rule = TrackRule {
+            sharing_id: "s1".into(),
+            rule_index: 0,
+            doctype: t.as_str().into(),
+            selector: None,
+            values: vec!["a".into()],
+            joins: true,
+        };
+        store.set_tracking(vec![rule.clone()]);
+        let id = DocId::parse("a").expect("id");
+        let body = || json!({"n": 1}).as_object().cloned().expect("object");
+
+        store.inner.tracking.poison();
+        let refused = json::put(&store, &t, &id, None, body()).await;
+        assert!(matches!(refused, Err(StoreError::Internal(_))), "{refused:?}");
+        assert!(json::get(&store, &t, &id).await.expect("read").is_none(), "nothing was committed");
+
+        // Setting the rules again heals the lock, and the write is tracked.
+        store.set_tracking(vec![rule]);
+        json::put(&store, &t, &id, None, body()).await.expect("write after healing");
+        let feed = store.shared_changes("s1", 0, 10).await.expect("feed");
+        assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 }

@@ -18,9 +18,11 @@
 //! member whose checkpoint is below it has never been sent the document, so its next change is
 //! the document's arrival there rather than an update (see `sync::replication`).
 
+use std::sync::{Arc, RwLock};
+
 use serde_json::Value;
 
-use super::{Body, DocId, DocWrite, Doctype};
+use super::{Body, DocId, DocWrite, Doctype, StoreError};
 
 /// One rule of one sharing, as the store needs it to decide membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +55,43 @@ impl TrackRule {
                 _ => false,
             },
         }
+    }
+}
+
+/// The rules every write of a backend is tracked against, shared by its writers.
+///
+/// If a thread panicked while holding the lock, [`Rules::get`] fails (`Internal`) until the
+/// next [`Rules::set`]: a write never commits untracked for want of its rules.
+#[derive(Debug, Default)]
+pub struct Rules(RwLock<Arc<Vec<TrackRule>>>);
+
+impl Rules {
+    /// The current rules; `Internal` while the lock is poisoned.
+    pub fn get(&self) -> Result<Arc<Vec<TrackRule>>, StoreError> {
+        match self.0.read() {
+            Ok(rules) => Ok(rules.clone()),
+            Err(_) => Err(StoreError::Internal(anyhow::anyhow!("tracking rules lock poisoned"))),
+        }
+    }
+
+    /// Replaces the rules. The whole value is replaced, so this also heals a poisoned lock.
+    pub fn set(&self, rules: Vec<TrackRule>) {
+        let mut held = self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *held = Arc::new(rules);
+        drop(held);
+        self.0.clear_poison();
+    }
+
+    /// Poisons the lock as a panicking holder would (for the tests of what follows).
+    #[cfg(test)]
+    pub(crate) fn poison(&self) {
+        let _ = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _held = self.0.write();
+                panic!("poisoning the tracking rules on purpose");
+            })
+            .join()
+        });
     }
 }
 

@@ -1,30 +1,30 @@
-//! Scheduling replication: a worker watches each open instance's commit counter, and shortly
-//! after a write (`replication.debounce_ms`) — or at each sweep (`replication.sweep_ms`), which
-//! catches anything missed, such as changes made by another process — it starts, for every
-//! (sharing, member) with undelivered changes, a replication task of its own: a slow or dead
-//! peer never blocks requests nor other peers. Failures back off exponentially with jitter up
-//! to `replication.retry_max_ms` and are retried forever; each peer's state (see [`Health`],
-//! last error, last success, progress) is kept for the status route and CLI, with what the
-//! peer wrote and refused, which the link's checkpoint keeps ([`LinkRecord`]).
+//! Executing the replication schedule: a worker watches each open instance's commit counter,
+//! and shortly after a write (`replication.debounce_ms`) — or at each sweep
+//! (`replication.sweep_ms`), which catches anything missed, such as changes made by another
+//! process — it starts, for every (sharing, member) with undelivered changes whose schedule says
+//! it is due, a replication task of its own: a slow or dead peer never blocks requests nor other
+//! peers. The schedule itself (backoff with jitter up to `replication.retry_max_ms`, health
+//! states, never giving up) is the sans-I/O crate's `schedule::LinkSchedule`; this module gives
+//! it the clock and the jitter. Each link's state (see [`Health`], last error, last success,
+//! progress) is kept for the status route and CLI, with what the peer wrote and refused, which
+//! the link's checkpoint keeps ([`LinkRecord`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_replicator::replicate::{self, Limits};
+pub use hearth_replicator::schedule::Health;
+use hearth_replicator::schedule::LinkSchedule;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::replication::{self, read_checkpoint, LastRefusal, LinkRecord, SyncError};
-use crate::instance::Instance;
-use crate::services::Services;
+use crate::instance::{Instance, Registry};
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
-use crate::sharing::{self, service, SharingId};
+use crate::sharing::{service, Context, SyncHandle};
 use crate::store::StoreError;
-
-/// Failures in a row after which a peer is reported `down` (it is still retried).
-const DOWN_AFTER: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -33,53 +33,16 @@ pub struct PeerKey {
     pub member: usize,
 }
 
-/// The state of replication to one member, as the status route and CLI show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Not replicated by this process yet, and no document refused.
-    Idle,
-    /// The last run delivered everything, and the member refuses none of the documents sent.
-    Healthy,
-    /// Runs succeed, but the member refused documents that it has not written since
-    /// (`refused_docs`, `last_refusal`): its copy is incomplete.
-    Degraded,
-    /// The last run failed; retrying with backoff.
-    Retrying,
-    /// `DOWN_AFTER` runs in a row failed; still retried.
-    Down,
-}
-
 /// What this process knows of one replication link (the rest is in its [`LinkRecord`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PeerState {
-    /// `Idle`, `Healthy`, `Retrying` or `Down` (`Degraded` comes from the record).
-    pub health: Health,
-    pub running: bool,
+    /// When the link runs, its health and failures in a row.
+    pub schedule: LinkSchedule,
     pub last_error: Option<String>,
     pub last_success: Option<String>,
-    pub attempts: u32,
     /// Changes processed by the current (or last) run, and how many it had to process.
     pub processed: u64,
     pub total: u64,
-    next_at: Option<Instant>,
-    dirty: bool,
-}
-
-impl Default for PeerState {
-    fn default() -> Self {
-        PeerState {
-            health: Health::Idle,
-            running: false,
-            last_error: None,
-            last_success: None,
-            attempts: 0,
-            processed: 0,
-            total: 0,
-            next_at: None,
-            dirty: false,
-        }
-    }
 }
 
 /// The replication state of one member, for `GET /sharings/:id/status` (`replication`) and
@@ -108,16 +71,12 @@ pub struct LinkStatus {
 
 impl LinkStatus {
     pub fn new(state: PeerState, record: LinkRecord) -> LinkStatus {
-        let health = match state.health {
-            Health::Idle | Health::Healthy if !record.refused.is_empty() => Health::Degraded,
-            h => h,
-        };
         LinkStatus {
-            health,
-            running: state.running,
+            health: state.schedule.health.with_refusals(!record.refused.is_empty()),
+            running: state.schedule.running,
             last_error: state.last_error,
             last_success: state.last_success,
-            attempts: state.attempts,
+            attempts: state.schedule.attempts,
             processed: state.processed,
             total: state.total,
             last_seq: record.last_seq,
@@ -130,16 +89,37 @@ impl LinkStatus {
     }
 }
 
-#[derive(Default)]
 pub struct SyncManager {
+    /// The origin of the schedules' clock (milliseconds since).
+    epoch: Instant,
     states: Mutex<HashMap<PeerKey, PeerState>>,
     seen: Mutex<HashMap<String, u64>>,
     wake: Notify,
-    /// Serialises tracking refreshes: a refresh reads the sharings and hands their rules to
-    /// the store, and an older read must never overwrite newer rules.
-    tracking_lock: tokio::sync::Mutex<()>,
-    /// Per instance, the sharings whose rules the store was last given.
-    tracked: Mutex<HashMap<String, HashSet<String>>>,
+    /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
+    outbox: Notify,
+}
+
+impl Default for SyncManager {
+    fn default() -> Self {
+        SyncManager {
+            epoch: Instant::now(),
+            states: Mutex::default(),
+            seen: Mutex::default(),
+            wake: Notify::new(),
+            outbox: Notify::new(),
+        }
+    }
+}
+
+/// The sharing layer wakes the workers through this.
+impl SyncHandle for SyncManager {
+    fn wake_replication(&self) {
+        self.wake();
+    }
+
+    fn wake_outbox(&self) {
+        self.outbox.notify_one();
+    }
 }
 
 /// The members a sharing replicates to from this instance.
@@ -170,6 +150,16 @@ impl SyncManager {
         self.states.lock().ok().map(|mut m| f(m.entry(key.clone()).or_default()))
     }
 
+    /// The schedules' clock: milliseconds since this manager was made (monotonic).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Resolves when an outbox entry was added (see [`SyncHandle::wake_outbox`]).
+    pub async fn outbox_added(&self) {
+        self.outbox.notified().await
+    }
+
     /// Asks the worker to look at every instance now (after a write through a peer or the CLI).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -179,145 +169,88 @@ impl SyncManager {
     pub fn sync_now(&self, domain: &str, s: &Sharing) {
         for member in targets(s) {
             let key = PeerKey { domain: domain.to_owned(), sharing: s.id().to_owned(), member };
-            self.with_state(&key, |st| {
-                st.next_at = None;
-                st.dirty = true;
-            });
+            self.with_state(&key, |st| st.schedule.force());
         }
         self.wake();
     }
 }
 
-async fn refresh_locked(sync: &SyncManager, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
-    let all = sharing::list(inst.store.as_ref()).await?;
-    let active: Vec<&Sharing> = all.iter().filter(|s| s.active).collect();
-    inst.store.set_tracking(active.iter().flat_map(|s| s.track_rules()).collect());
-    if let Ok(mut tracked) = sync.tracked.lock() {
-        tracked.insert(inst.domain.to_string(), active.iter().map(|s| s.id().to_owned()).collect());
-    }
-    Ok(all)
-}
-
-/// Gives the store the rules of the instance's active sharings.
-pub async fn refresh_tracking(svc: &Services, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
-    let _guard = svc.sync.tracking_lock.lock().await;
-    refresh_locked(&svc.sync, inst).await
-}
-
-/// Makes sure the store tracks `sharing` before a write for it is applied (a sharing that
-/// has just become active, or an instance just opened).
-pub async fn ensure_tracked(svc: &Services, inst: &Instance, sharing: &str) -> Result<(), StoreError> {
-    let known = svc
-        .sync
-        .tracked
-        .lock()
-        .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(sharing)))
-        .unwrap_or(false);
-    if !known {
-        refresh_tracking(svc, inst).await?;
-    }
-    Ok(())
-}
-
-/// After a sharing changed state: update tracking; when it is active on the owner, add the
-/// documents that already match (initial sync); when it ended, forget its feed. Holds the
-/// tracking lock throughout, so the initial scan uses the rules just set.
-pub async fn sharing_changed(svc: &Services, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
-    let _guard = svc.sync.tracking_lock.lock().await;
-    let all = refresh_locked(&svc.sync, inst).await?;
-    if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
-        if s.active && s.owner {
-            let added = inst.store.track_existing(id.as_str()).await?;
-            tracing::info!(instance = %inst.domain, sharing = %id, added, "initial tracking");
-        } else if !s.active {
-            inst.store.untrack(id.as_str()).await?;
-        }
-    }
-    svc.sync.wake();
-    Ok(())
-}
-
 /// The worker: see the module docs.
-pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
-    let debounce = Duration::from_millis(svc.config.replication.debounce_ms.max(1));
-    let sweep = Duration::from_millis(svc.config.replication.sweep_ms.max(10));
+pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncManager>, cancel: CancellationToken) {
+    let debounce = Duration::from_millis(cx.config.replication.debounce_ms.max(1));
+    let sweep = Duration::from_millis(cx.config.replication.sweep_ms.max(10));
     let mut last_sweep: Option<Instant> = None;
     loop {
         let sweep_due = last_sweep.is_none_or(|t| t.elapsed() >= sweep);
         if sweep_due {
             last_sweep = Some(Instant::now());
         }
-        for inst in svc.registry.opened() {
+        for inst in registry.opened() {
             let counter = *inst.store.subscribe().borrow();
-            let changed = svc
-                .sync
+            let changed = manager
                 .seen
                 .lock()
                 .map(|mut seen| seen.insert(inst.domain.to_string(), counter) != Some(counter))
                 .unwrap_or(true);
             if changed || sweep_due {
-                if let Err(e) = plan(&svc, &inst).await {
+                if let Err(e) = plan(&cx, &manager, &inst).await {
                     tracing::error!(instance = %inst.domain, error = ?e, "replication planning failed");
                 }
             }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = svc.sync.wake.notified() => tokio::time::sleep(debounce).await,
+            _ = manager.wake.notified() => tokio::time::sleep(debounce).await,
             _ = tokio::time::sleep(debounce) => {}
         }
     }
 }
 
-async fn plan(svc: &Arc<Services>, inst: &Arc<Instance>) -> Result<(), StoreError> {
-    let sharings = refresh_tracking(svc, inst).await?;
+async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance>) -> Result<(), StoreError> {
+    let sharings = cx.tracking.refresh(inst).await?;
     for s in sharings {
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
-            let now = Instant::now();
-            let start = svc
-                .sync
-                .with_state(&key, |st| {
-                    if st.running {
-                        st.dirty = true;
-                        false
-                    } else {
-                        st.next_at.is_none_or(|t| t <= now)
-                    }
-                })
-                .unwrap_or(false);
+            let now = manager.now_ms();
+            let start = manager.with_state(&key, |st| st.schedule.due(now)).unwrap_or(false);
             if !start {
                 continue;
             }
             let checkpoint = read_checkpoint(inst, s.id(), member).await?;
             let info = inst.store.shared_info(s.id(), checkpoint).await?;
-            let forced = svc.sync.with_state(&key, |st| std::mem::take(&mut st.dirty)).unwrap_or(false);
+            let forced = manager.with_state(&key, |st| st.schedule.take_dirty()).unwrap_or(false);
             if info.last_seq <= checkpoint && !forced {
                 continue;
             }
-            svc.sync.with_state(&key, |st| {
-                st.running = true;
+            manager.with_state(&key, |st| {
+                st.schedule.started();
                 st.processed = 0;
                 st.total = info.pending;
             });
-            tokio::spawn(run_one(svc.clone(), inst.clone(), s.clone(), member, key));
+            tokio::spawn(run_one(cx.clone(), manager.clone(), inst.clone(), s.clone(), member, key));
         }
     }
     Ok(())
 }
 
 /// Replicates one (sharing, member) until nothing is left, then records the outcome.
-async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: usize, key: PeerKey) {
+async fn run_one(
+    cx: Arc<Context>,
+    manager: Arc<SyncManager>,
+    inst: Arc<Instance>,
+    s: Sharing,
+    member: usize,
+    key: PeerKey,
+) {
     let limits = Limits {
-        batch_size: svc.config.replication.batch_size.max(1),
-        max_docs: svc.config.replication.batch_size.max(1),
-        max_bytes: svc.config.replication.max_batch_bytes.max(1),
+        batch_size: cx.config.replication.batch_size.max(1),
+        max_docs: cx.config.replication.batch_size.max(1),
+        max_bytes: cx.config.replication.max_batch_bytes.max(1),
     };
-    let result = match replication::endpoints(svc.federation.clone(), inst.clone(), &s, member) {
+    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member) {
         Ok((mut source, mut target)) => {
-            let sync = svc.sync.clone();
             replicate::run(&mut source, &mut target, &limits, |r| {
-                sync.with_state(&key, |st| {
+                manager.with_state(&key, |st| {
                     st.processed = r.changes_read;
                     st.total = st.total.max(r.changes_read);
                 });
@@ -326,28 +259,19 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         }
         Err(e) => Err(e),
     };
-    let again = svc
-        .sync
-        .with_state(&key, |st| {
-            st.running = false;
-            match &result {
-                Ok(_) => {
-                    st.health = Health::Healthy;
-                    st.attempts = 0;
-                    st.last_error = None;
-                    st.last_success = Some(now_rfc3339());
-                    st.next_at = None;
-                    std::mem::take(&mut st.dirty)
-                }
-                Err(e) => {
-                    st.attempts += 1;
-                    st.health = if st.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
-                    st.last_error = Some(e.to_string());
-                    let r = &svc.config.replication;
-                    st.next_at =
-                        Some(Instant::now() + super::backoff(st.attempts - 1, r.retry_base_ms, r.retry_max_ms));
-                    false
-                }
+    let backoff = super::backoff(&cx.config);
+    let now = manager.now_ms();
+    let again = manager
+        .with_state(&key, |st| match &result {
+            Ok(_) => {
+                st.last_error = None;
+                st.last_success = Some(now_rfc3339());
+                st.schedule.succeeded()
+            }
+            Err(e) => {
+                st.last_error = Some(e.to_string());
+                st.schedule.failed(now, &backoff, rand::random());
+                false
             }
         })
         .unwrap_or(false);
@@ -362,9 +286,9 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
             let Some(id) = s.id.clone() else { return };
             tracing::info!(instance = %inst.domain, sharing = %id, "a removal revokes the sharing");
             let outcome = if s.owner {
-                service::revoke(&svc, &inst, &id, None).await
+                service::revoke(&cx, &inst, &id, None).await
             } else {
-                service::leave(&svc, &inst, &id).await
+                service::leave(&cx, &inst, &id).await
             };
             if let Err(e) = outcome {
                 tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "revocation failed");
@@ -376,6 +300,6 @@ async fn run_one(svc: Arc<Services>, inst: Arc<Instance>, s: Sharing, member: us
         }
     }
     if again {
-        svc.sync.wake();
+        manager.wake();
     }
 }

@@ -1,33 +1,17 @@
-//! Background work between instances: the durable outbox of notifications (revocations,
-//! credential changes) and, later, the replication workers.
+//! Background work between instances, executing what the layers below decide: the replication
+//! workers (`manager`, running `replication` per link on the schedule of
+//! `hearth_replicator::schedule`) and the delivery of the sharing layer's outbox (`outbox`).
 
 pub mod manager;
 pub mod outbox;
 pub mod replication;
-pub mod xor;
 
-use std::time::Duration;
+use hearth_replicator::schedule::Backoff;
 
-use rand::Rng;
+use crate::config::Config;
 
-/// Exponential backoff with jitter: `base * 2^attempts`, capped at `max`, then a random point
-/// in its upper half so that retries of many items don't fire together.
-pub fn backoff(attempts: u32, base_ms: u64, max_ms: u64) -> Duration {
-    let exp = base_ms.saturating_mul(1u64 << attempts.min(32)).min(max_ms.max(1));
-    let low = exp / 2;
-    Duration::from_millis(rand::thread_rng().gen_range(low..=exp.max(low)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        for attempts in 0..40 {
-            let d = backoff(attempts, 100, 10_000).as_millis() as u64;
-            let exp = (100u64.saturating_mul(1 << attempts.min(32))).min(10_000);
-            assert!(d >= exp / 2 && d <= exp, "attempt {attempts}: {d}");
-        }
-    }
+/// The retry schedule of links and outbox entries (`replication.retry_base_ms`, `retry_max_ms`):
+/// see `hearth_replicator::schedule`.
+pub fn backoff(config: &Config) -> Backoff {
+    Backoff { base_ms: config.replication.retry_base_ms, max_ms: config.replication.retry_max_ms }
 }

@@ -1,94 +1,24 @@
-//! The durable outbox: notifications to peers (a revocation, a member leaving, new
-//! credentials) are written as documents of `io.hearth.outbox` in the same store as the change
-//! that causes them, so the local effect is immediate and the peer learns it whenever it is
-//! reachable, even after a restart. A worker sends due entries, deletes them once delivered,
-//! and reschedules failures with exponential backoff and jitter, forever.
+//! The outbox worker: sends the due entries of every open instance's durable outbox (written
+//! by the sharing operations, see `sharing::outbox`), deletes them once delivered, and
+//! reschedules failures with exponential backoff and jitter, forever.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::auth::random_hex;
+use super::manager::SyncManager;
 use crate::federation::client::FederationError;
-use crate::instance::Instance;
-use crate::services::Services;
-use crate::sharing::{self, SharingId};
-use crate::store::{json, DocId, Doctype, StoreError};
-
-pub const OUTBOX_DOCTYPE: &str = "io.hearth.outbox";
-
-fn outbox() -> Doctype {
-    Doctype::parse(OUTBOX_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Entry {
-    pub sharing_id: String,
-    /// The member to notify; its stored credentials authenticate the call.
-    pub member_index: usize,
-    pub method: String,
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<Value>,
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default)]
-    pub next_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    pub created_at: String,
-    /// Forget the credentials for this member once delivered (the last message to it).
-    #[serde(default)]
-    pub forget_credentials: bool,
-}
-
-impl Entry {
-    pub fn new(sharing_id: &SharingId, member_index: usize, method: Method, path: String) -> Entry {
-        Entry {
-            sharing_id: sharing_id.to_string(),
-            member_index,
-            method: method.to_string(),
-            path,
-            body: None,
-            attempts: 0,
-            next_at_ms: 0,
-            last_error: None,
-            created_at: crate::sharing::model::now_rfc3339(),
-            forget_credentials: false,
-        }
-    }
-}
+use crate::instance::{Instance, Registry};
+use crate::sharing::outbox::{self as entries, Entry};
+use crate::sharing::{self, Context, SharingId};
+use crate::store::{json, StoreError};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Adds an entry; the worker is woken to send it at once.
-pub async fn enqueue(svc: &Services, inst: &Instance, entry: Entry) -> Result<(), StoreError> {
-    let body = match serde_json::to_value(&entry) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
-    let id = DocId::parse(&random_hex(16)).map_err(StoreError::Corrupt)?;
-    json::put(inst.store.as_ref(), &outbox(), &id, None, body).await?;
-    svc.outbox.notify_one();
-    Ok(())
-}
-
-/// Entries waiting to be delivered (for status displays and tests).
-pub async fn pending(inst: &Instance) -> Result<Vec<Entry>, StoreError> {
-    let mut out = Vec::new();
-    for rec in json::list(inst.store.as_ref(), &outbox()).await? {
-        if let Ok(e) = serde_json::from_value(Value::Object(rec.body)) {
-            out.push(e);
-        }
-    }
-    Ok(out)
 }
 
 enum Outcome {
@@ -97,7 +27,7 @@ enum Outcome {
     Drop(String),
 }
 
-async fn deliver(svc: &Services, inst: &Instance, entry: &Entry) -> Outcome {
+async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
     let Ok(sid) = SharingId::parse(&entry.sharing_id) else {
         return Outcome::Drop("invalid sharing id".into());
     };
@@ -119,7 +49,7 @@ async fn deliver(svc: &Services, inst: &Instance, entry: &Entry) -> Outcome {
         return Outcome::Drop("invalid method".into());
     };
     let before = creds.clone();
-    let result = svc.federation.call_peer(&mut creds, &base, method, &entry.path, entry.body.as_ref()).await;
+    let result = cx.federation.call_peer(&mut creds, &base, method, &entry.path, entry.body.as_ref()).await;
     if creds != before {
         // The access token was refreshed: keep it for the next calls.
         let idx = entry.member_index;
@@ -152,19 +82,19 @@ async fn deliver(svc: &Services, inst: &Instance, entry: &Entry) -> Outcome {
 }
 
 /// Sends every due entry of one instance. Returns the earliest time a remaining entry is due.
-pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, StoreError> {
+pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, StoreError> {
     let mut next: Option<u64> = None;
-    for rec in json::list(inst.store.as_ref(), &outbox()).await? {
+    for rec in json::list(inst.store.as_ref(), &entries::doctype()).await? {
         let Ok(mut entry) = serde_json::from_value::<Entry>(Value::Object(rec.body.clone())) else {
             tracing::error!(entry = %rec.id, "unreadable outbox entry dropped");
-            let _ = json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await;
+            let _ = json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await;
             continue;
         };
         if entry.next_at_ms > now_ms() {
             next = Some(next.map_or(entry.next_at_ms, |n: u64| n.min(entry.next_at_ms)));
             continue;
         }
-        match deliver(svc, inst, &entry).await {
+        match deliver(cx, inst, &entry).await {
             Outcome::Delivered => {
                 // Credentials go first: a crash in between leaves an entry that is dropped for
                 // lack of credentials, never credentials kept after the last message.
@@ -180,25 +110,24 @@ pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, Sto
                         .await;
                     }
                 }
-                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
+                json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await?;
                 tracing::info!(instance = %inst.domain, sharing = %entry.sharing_id, path = %entry.path, "notification delivered");
             }
             Outcome::Drop(reason) => {
                 tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, %reason, "notification dropped");
-                json::delete(inst.store.as_ref(), &outbox(), &rec.id, &rec.rev).await?;
+                json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await?;
             }
             Outcome::Retry(reason) => {
-                let r = &svc.config.replication;
-                let delay = super::backoff(entry.attempts, r.retry_base_ms, r.retry_max_ms);
+                let delay = super::backoff(&cx.config).delay_ms(entry.attempts, rand::random());
                 entry.attempts += 1;
-                entry.next_at_ms = now_ms() + delay.as_millis() as u64;
+                entry.next_at_ms = now_ms() + delay;
                 entry.last_error = Some(reason.clone());
                 tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "notification will be retried");
                 let body = match serde_json::to_value(&entry) {
                     Ok(Value::Object(m)) => m,
                     _ => Map::new(),
                 };
-                match json::put(inst.store.as_ref(), &outbox(), &rec.id, Some(&rec.rev), body).await {
+                match json::put(inst.store.as_ref(), &entries::doctype(), &rec.id, Some(&rec.rev), body).await {
                     Ok(_) | Err(StoreError::Conflict) => {}
                     Err(e) => return Err(e),
                 }
@@ -211,12 +140,12 @@ pub async fn process(svc: &Services, inst: &Instance) -> Result<Option<u64>, Sto
 
 /// The worker: sends due entries of every open instance, sleeping until the next one is due,
 /// the sweep interval passes, or a new entry wakes it.
-pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
-    let sweep = Duration::from_millis(svc.config.replication.sweep_ms.max(10));
+pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncManager>, cancel: CancellationToken) {
+    let sweep = Duration::from_millis(cx.config.replication.sweep_ms.max(10));
     loop {
         let mut wait = sweep;
-        for inst in svc.registry.opened() {
-            match process(&svc, &inst).await {
+        for inst in registry.opened() {
+            match process(&cx, &inst).await {
                 Ok(Some(due)) => {
                     let until = Duration::from_millis(due.saturating_sub(now_ms()));
                     wait = wait.min(until.max(Duration::from_millis(10)));
@@ -227,7 +156,7 @@ pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = svc.outbox.notified() => {}
+            _ = manager.outbox_added() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -34,7 +34,7 @@ use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
 use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
 use crate::sharing::protocol::{BulkDocs, Refused};
-use crate::sharing::receive::IdMap;
+use crate::sharing::xor::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render_as;
 use crate::store::{Body, DocId, Doctype, OpenRev, StoreError};

@@ -36,7 +36,7 @@ pub async fn load(app: &TestApp, inst: &TestInstance, id: &str) -> Sharing {
 pub async fn link(app: &TestApp, owner: &TestInstance, id: &str, index: usize) -> String {
     let inst = app.instance(&owner.domain);
     let s = sharing::load(inst.store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap();
-    service::invitation_link(&app.services, &inst, &s, index).unwrap()
+    service::invitation_link(&app.sharing, &inst, &s, index).unwrap()
 }
 
 pub fn hidden(html: &str, name: &str) -> String {
@@ -117,8 +117,8 @@ pub async fn log_in_and_open(b: &reqwest::Client, recipient: &TestInstance, auth
 pub async fn accept_request(app: &TestApp, recipient: &TestInstance, id: &str, state: &str) {
     let inst = app.instance(&recipient.domain);
     let id = SharingId::parse(id).unwrap();
-    let digest = service::pending_digest(&app.services, &inst, &id).await.expect("a pending request");
-    service::accept(&app.services, &inst, &id, state, &digest).await.expect("accept");
+    let digest = service::pending_digest(&app.sharing, &inst, &id).await.expect("a pending request");
+    service::accept(&app.sharing, &inst, &id, state, &digest).await.expect("accept");
 }
 
 pub fn peer_token(s: &Sharing, index: usize) -> String {
@@ -165,8 +165,8 @@ pub async fn share(
 /// the same function maps the member's ids back).
 pub async fn id_on(owner_app: &TestApp, owner: &TestInstance, sid: &str, member: usize, id: &str) -> String {
     let s = load(owner_app, owner, sid).await;
-    let key = hearth::sync::xor::parse_key(s.members[member].xor_key.as_deref().unwrap()).unwrap();
-    hearth::sync::xor::xor_id(id, &key)
+    let key = hearth::sharing::xor::parse_key(s.members[member].xor_key.as_deref().unwrap()).unwrap();
+    hearth::sharing::xor::xor_id(id, &key)
 }
 
 /// The winning revision and body of a document in an instance's store (`None`: absent or

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use hearth::auth::{Audience, PermissionSet};
 use hearth::instance::{Domain, NewInstance};
-use hearth::services::Services;
 use hearth::{Application, Config};
 use reqwest::{Client, Method, RequestBuilder};
 use serde_json::Value;
@@ -49,7 +48,8 @@ pub fn browser() -> Client {
 pub struct TestApp {
     pub port: u16,
     pub registry: Arc<hearth::instance::Registry>,
-    pub services: Arc<Services>,
+    pub sharing: Arc<hearth::sharing::Context>,
+    pub files: Arc<hearth::files::FilesRegistry>,
     pub client: Client,
     pub dir: Arc<tempfile::TempDir>,
     pub config: Config,
@@ -105,12 +105,13 @@ async fn start(config: Config, dir: Arc<tempfile::TempDir>) -> TestApp {
     let app = Application::build(config.clone()).await.expect("build app");
     let port = app.port();
     let registry = app.registry();
-    let services = app.services();
+    let sharing = app.sharing();
+    let files = app.files();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     let mut config = config;
     config.listen = format!("127.0.0.1:{port}");
-    TestApp { port, registry, services, client: browser(), dir, config, handle: Some(handle) }
+    TestApp { port, registry, sharing, files, client: browser(), dir, config, handle: Some(handle) }
 }
 
 impl Drop for TestApp {
@@ -141,7 +142,8 @@ impl TestApp {
         self.stop().await;
         let mut fresh = start(self.config.clone(), self.dir.clone()).await;
         self.registry = fresh.registry.clone();
-        self.services = fresh.services.clone();
+        self.sharing = fresh.sharing.clone();
+        self.files = fresh.files.clone();
         // `fresh` is dropped without its handle, so it doesn't stop the server.
         self.handle = fresh.handle.take();
     }

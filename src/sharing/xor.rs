@@ -10,6 +10,8 @@
 //! sixteen, and such an id may land on a recipient's own document (which is then refused by
 //! the safety rules instead of overwritten).
 
+use super::model::Sharing;
+
 /// A key: 32 nibbles, from 32 hex digits.
 pub fn parse_key(hex: &str) -> Option<Vec<u8>> {
     let key: Option<Vec<u8>> = hex.chars().map(|c| c.to_digit(16).map(|d| d as u8)).collect();
@@ -33,6 +35,27 @@ pub fn xor_id(id: &str, key: &[u8]) -> String {
             c => c,
         })
         .collect()
+}
+
+/// The id transformation between this instance and member `from` (only the owner has keys).
+pub struct IdMap {
+    key: Option<Vec<u8>>,
+}
+
+impl IdMap {
+    pub fn for_member(s: &Sharing, member: usize) -> IdMap {
+        let key =
+            if s.owner { s.members.get(member).and_then(|m| m.xor_key.as_deref()).and_then(parse_key) } else { None };
+        IdMap { key }
+    }
+
+    /// Our id for an id in the peer's space, and back (XOR is its own inverse).
+    pub fn convert(&self, id: &str) -> String {
+        match &self.key {
+            Some(k) => xor_id(id, k),
+            None => id.to_owned(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,203 @@
+//! When replication to a peer runs, and how the link is doing: the schedule of one
+//! (sharing, member) link as pure state and functions. No clock and no randomness of its own:
+//! the caller passes the time (milliseconds on any monotonic clock) and the jitter (any `u64`,
+//! random in production, seeded in the simulation). `src/sync` keeps one [`LinkSchedule`] per
+//! link and executes what it says; `tests/simulation.rs` drives the same state through faults.
+//!
+//! The rule: never give up. CouchDB's replicator marks a job `failed` after a few crashes in a
+//! row and waits for someone to restart it; a sharing link is retried forever instead, backing
+//! off exponentially with jitter ([`Backoff`]) up to a cap, so a peer that comes back after a
+//! week is caught up within `max_ms`. After [`DOWN_AFTER`] failures in a row the link shows as
+//! [`Health::Down`], and is still retried.
+
+use serde::Serialize;
+
+/// Failures in a row after which a link is reported [`Health::Down`] (it is still retried).
+pub const DOWN_AFTER: u32 = 5;
+
+/// Exponential backoff with jitter: the wait before the try after `attempts` failures is
+/// `base_ms * 2^attempts`, capped at `max_ms`, then a point in the upper half of that, chosen by
+/// the jitter, so that retries of many links don't fire together ("equal jitter").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    /// The wait in milliseconds; within `[cap / 2, cap]` where `cap = min(base * 2^attempts,
+    /// max)` (at least 1 ms).
+    pub fn delay_ms(&self, attempts: u32, jitter: u64) -> u64 {
+        let cap = self.base_ms.saturating_mul(1u64 << attempts.min(32)).min(self.max_ms.max(1)).max(1);
+        let low = cap / 2;
+        low + jitter % (cap - low + 1)
+    }
+}
+
+/// The state of replication to one member, as the status route and CLI show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not replicated by this process yet, and no document refused.
+    #[default]
+    Idle,
+    /// The last run delivered everything, and the member refuses none of the documents sent.
+    Healthy,
+    /// Runs succeed, but the member refused documents that it has not written since: its copy
+    /// is incomplete.
+    Degraded,
+    /// The last run failed; retrying with backoff.
+    Retrying,
+    /// [`DOWN_AFTER`] runs in a row failed; still retried.
+    Down,
+}
+
+impl Health {
+    /// The health to show, given whether the member refuses documents it was sent: a link
+    /// that runs well but whose member refuses documents is `Degraded`, never `Healthy`.
+    pub fn with_refusals(self, refused: bool) -> Health {
+        match self {
+            Health::Idle | Health::Healthy if refused => Health::Degraded,
+            h => h,
+        }
+    }
+}
+
+/// The schedule of one link.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkSchedule {
+    /// `Idle`, `Healthy`, `Retrying` or `Down` (`Degraded` comes from the refusals, see
+    /// [`Health::with_refusals`]).
+    pub health: Health,
+    /// A run is in flight.
+    pub running: bool,
+    /// Failed runs in a row.
+    pub attempts: u32,
+    /// No run starts before this time (ms), unless forced; `None`: any time.
+    pub next_at_ms: Option<u64>,
+    /// Something changed while a run was in flight, or a run was asked for: run (again) even if
+    /// the feed seems delivered.
+    pub dirty: bool,
+}
+
+impl LinkSchedule {
+    /// Whether a run may start at `now_ms`. While a run is in flight none starts, and the link
+    /// is marked to run again once it ends.
+    pub fn due(&mut self, now_ms: u64) -> bool {
+        if self.running {
+            self.dirty = true;
+            return false;
+        }
+        self.next_at_ms.is_none_or(|t| t <= now_ms)
+    }
+
+    /// Run now, even while backing off (`hearth sharings sync`, `POST /sharings/:id/sync`).
+    pub fn force(&mut self) {
+        self.next_at_ms = None;
+        self.dirty = true;
+    }
+
+    /// Whether a run was asked for since the last look (and forget it).
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// A run starts.
+    pub fn started(&mut self) {
+        self.running = true;
+    }
+
+    /// The run delivered everything: the link is healthy. Answers whether to run again at once
+    /// (something was asked for during the run).
+    pub fn succeeded(&mut self) -> bool {
+        self.running = false;
+        self.health = Health::Healthy;
+        self.attempts = 0;
+        self.next_at_ms = None;
+        self.take_dirty()
+    }
+
+    /// The run failed at `now_ms`: retrying (down after [`DOWN_AFTER`] in a row), the next try
+    /// after the backoff for this many failures. Never gives up.
+    pub fn failed(&mut self, now_ms: u64, backoff: &Backoff, jitter: u64) {
+        self.running = false;
+        self.attempts = self.attempts.saturating_add(1);
+        self.health = if self.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
+        self.next_at_ms = Some(now_ms.saturating_add(backoff.delay_ms(self.attempts - 1, jitter)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: Backoff = Backoff { base_ms: 100, max_ms: 10_000 };
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_cap_and_jitters_within_the_upper_half() {
+        for attempts in 0..70 {
+            let cap = 100u64.saturating_mul(1 << attempts.min(32)).min(10_000);
+            for jitter in [0, 1, 7, 12_345, u64::MAX / 3, u64::MAX] {
+                let d = B.delay_ms(attempts, jitter);
+                assert!(
+                    d >= cap / 2 && d <= cap,
+                    "attempt {attempts}, jitter {jitter}: {d} outside [{}, {cap}]",
+                    cap / 2
+                );
+            }
+            // Every point of the range is reachable.
+            assert_eq!(B.delay_ms(attempts, 0), cap / 2);
+            assert_eq!(B.delay_ms(attempts, cap - cap / 2), cap);
+        }
+        assert_eq!(Backoff { base_ms: 0, max_ms: 0 }.delay_ms(3, 5), 1, "never a zero wait");
+    }
+
+    #[test]
+    fn a_failing_link_is_retried_forever_and_reported_down_after_five_failures() {
+        let mut s = LinkSchedule::default();
+        let mut now = 0;
+        for failure in 1..=1000u32 {
+            assert!(s.due(now), "failure {failure}: a due link starts");
+            s.started();
+            assert!(!s.due(now), "no second run while one is in flight");
+            s.failed(now, &B, u64::from(failure) * 7919);
+            let expected = if failure >= DOWN_AFTER { Health::Down } else { Health::Retrying };
+            assert_eq!((s.health, s.attempts), (expected, failure));
+            let next = s.next_at_ms.expect("a failed link has a next try");
+            assert!(next > now && next <= now + B.max_ms, "failure {failure}: retried within the cap");
+            assert!(!s.due(next - 1), "not before its time");
+            now = next;
+        }
+        // A success heals it at once, and the run asked for during the flight happens.
+        s.due(now);
+        s.started();
+        s.due(now);
+        assert!(s.succeeded());
+        assert_eq!((s.health, s.attempts, s.next_at_ms), (Health::Healthy, 0, None));
+        assert!(!s.succeeded(), "asked once, run once");
+    }
+
+    #[test]
+    fn forcing_a_run_skips_the_backoff() {
+        let mut s = LinkSchedule::default();
+        s.started();
+        s.failed(1_000, &B, 0);
+        assert!(!s.due(1_000));
+        s.force();
+        assert!(s.due(1_000) && s.take_dirty() && !s.take_dirty());
+    }
+
+    #[test]
+    fn refusals_degrade_a_healthy_link_but_not_a_failing_one() {
+        for (health, refused, shown) in [
+            (Health::Idle, false, Health::Idle),
+            (Health::Idle, true, Health::Degraded),
+            (Health::Healthy, true, Health::Degraded),
+            (Health::Healthy, false, Health::Healthy),
+            (Health::Retrying, true, Health::Retrying),
+            (Health::Down, true, Health::Down),
+        ] {
+            assert_eq!(health.with_refusals(refused), shown, "{health:?}, refused {refused}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The `hearth` command line: `serve`, and the management commands, which all read the same
+//! configuration (so they agree on the data dir) and work on the same application parts
+//! (`hearth::Core`) that `hearth serve` runs: nothing is wired twice.
+
+mod instances;
+mod sharings;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hearth::instance::{Domain, NewInstance};
+use hearth::{Application, Config, Core};
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "A self-hosted personal cloud whose instances share documents")]
+struct Cli {
+    /// Configuration file (TOML); HEARTH_* environment variables override it.
+    #[arg(long, global = true, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (default 127.0.0.1:8080, data in ./data).
+    Serve,
+    /// Manage the instances this server hosts.
+    #[command(subcommand)]
+    Instances(InstancesCmd),
+    /// Look at and manage an instance's sharings.
+    #[command(subcommand)]
+    Sharings(SharingsCmd),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SharingsCmd {
+    /// List sharings, incoming and outgoing.
+    Ls {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a sharing: rules, members and their statuses.
+    Show {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the invitation links of members who have not answered yet.
+    Invitations { domain: String, id: String },
+    /// Replication state of each member (asks the running server).
+    Status {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replicate now and show progress until every member is up to date (asks the running
+    /// server).
+    Sync {
+        domain: String,
+        id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+    },
+    /// Revoke a sharing (every member), or one member with --member.
+    Revoke {
+        domain: String,
+        id: String,
+        #[arg(long)]
+        member: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum InstancesCmd {
+    /// Create an instance, e.g. `alice.localhost:8080`.
+    Add {
+        domain: String,
+        /// The owner's passphrase (asked on the terminal when omitted).
+        #[arg(long)]
+        passphrase: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        public_name: Option<String>,
+    },
+    /// List instances.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an instance and all its data.
+    Rm { domain: String },
+    /// Set or change the owner's passphrase.
+    Passphrase {
+        domain: String,
+        #[arg(long)]
+        passphrase: Option<String>,
+    },
+    /// Print a bearer token for the command line.
+    Token(TokenArgs),
+    /// Write an instance's documents (full revision trees, `_local` documents) to FILE, from the
+    /// configured store: export with `store = "sqlite"`, import with `store = "couchdb"` to move.
+    Export { domain: String, file: PathBuf },
+    /// Load an export into the configured store (the instance must exist; merges like replication).
+    Import { file: PathBuf },
+    /// Show or set the bytes of file content an instance may hold (its own quota, or the
+    /// configured `files.quota_bytes` with --default).
+    Quota {
+        domain: String,
+        /// The new quota in bytes; without it, the quota and the bytes used are shown.
+        bytes: Option<u64>,
+        /// Go back to the configured default.
+        #[arg(long, conflicts_with = "bytes")]
+        default: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct TokenArgs {
+    pub(crate) domain: String,
+    /// A permission rule such as `io.cozy.notes` or `io.cozy.notes:GET:id1,id2`; repeatable.
+    #[arg(long = "scope", required = true)]
+    pub(crate) scopes: Vec<String>,
+    /// Lifetime in seconds (default from the configuration: 30 days).
+    #[arg(long)]
+    pub(crate) ttl: Option<u64>,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
+    match cli.command {
+        Command::Serve => serve(config),
+        Command::Instances(cmd) => instances::run(Core::open(config)?, cmd),
+        Command::Sharings(cmd) => tokio::runtime::Runtime::new()?.block_on(sharings::run(Core::open(config)?, cmd)),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    hearth::logging::init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let app = Application::build(config.clone()).await?;
+        let registry = app.registry();
+        let port = app.port();
+        if registry.list()?.is_empty() {
+            // A fresh data dir: create an instance for this address so a newcomer has
+            // something to talk to at once.
+            let domain = Domain::parse(&format!("localhost:{port}")).map_err(anyhow::Error::msg)?;
+            registry.ensure(NewInstance { domain: domain.clone(), passphrase: None, email: None, public_name: None })?;
+            println!(
+                "Created instance {domain} (data in {}).\n\
+                 Set its passphrase to log in:   hearth instances passphrase {domain}\n\
+                 Get a token for the API:        hearth instances token {domain} --scope io.cozy.notes\n\
+                 Then: curl -H \"Authorization: Bearer $TOKEN\" -X POST http://{domain}/data/io.cozy.notes/ -d '{{\"title\":\"hi\"}}'",
+                config.data_dir.display()
+            );
+        }
+        let names: Vec<String> = registry.list()?.into_iter().map(|r| r.domain.to_string()).collect();
+        println!("hearth listening on http://{} serving {}", config.listen.replace(":0", &format!(":{port}")), names.join(", "));
+        let handle = app.handle();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                handle.stop(true).await;
+            }
+        });
+        app.run_until_stopped().await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,267 @@
+//! `hearth sharings ...`: an instance's sharings, read from its store; the replication state
+//! and `sync`, asked of the running server (which runs the replication workers).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hearth::auth::{Audience, PermissionSet};
+use hearth::instance::{Domain, Instance};
+use hearth::sharing::{self, service, SharingId};
+use hearth::Core;
+
+use super::SharingsCmd;
+
+pub(super) async fn run(core: Core, cmd: SharingsCmd) -> anyhow::Result<()> {
+    // Changes made here (a revocation) are written to the store with their outbox entries;
+    // the running server's workers deliver them at their next sweep.
+    let (registry, cx) = (core.registry.clone(), core.sharing.clone());
+    let open = |d: &str| -> anyhow::Result<Arc<Instance>> {
+        let d = Domain::parse(d).map_err(anyhow::Error::msg)?;
+        registry.get(&d)?.with_context(|| format!("no instance {d}"))
+    };
+    let sid = |s: &str| SharingId::parse(s).map_err(anyhow::Error::msg);
+    match cmd {
+        SharingsCmd::Ls { domain, json } => {
+            let inst = open(&domain)?;
+            let list = sharing::list(inst.store.as_ref()).await?;
+            if json {
+                let v: Vec<_> = list.iter().map(|s| s.to_api()).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if list.is_empty() {
+                println!("No sharing on {domain}");
+            } else {
+                println!("{:<32}  {:<9} {:<7} {:<8} DESCRIPTION", "ID", "DIRECTION", "ACTIVE", "MEMBERS");
+                for s in list {
+                    let dir = if s.owner { "outgoing" } else { "incoming" };
+                    println!("{:<32}  {:<9} {:<7} {:<8} {}", s.id(), dir, s.active, s.members.len() - 1, s.description);
+                }
+            }
+        }
+        SharingsCmd::Show { domain, id, json } => {
+            let inst = open(&domain)?;
+            let s = sharing::load(inst.store.as_ref(), &sid(&id)?).await?.context("no such sharing")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s.to_api())?);
+            } else {
+                println!(
+                    "Sharing {} ({}, {})",
+                    s.id(),
+                    if s.owner { "outgoing" } else { "incoming" },
+                    if s.active { "active" } else { "inactive" }
+                );
+                println!("Description: {}", s.description);
+                println!("Rules:");
+                for r in &s.rules {
+                    println!(
+                        "  {:<20} {:<24} add={:?} update={:?} remove={:?} values={}",
+                        r.title,
+                        r.doctype,
+                        r.add,
+                        r.update,
+                        r.remove,
+                        r.values.join(",")
+                    );
+                }
+                println!("Members:");
+                for (i, m) in s.members.iter().enumerate() {
+                    let who = m.public_name.as_deref().or(m.name.as_deref()).or(m.email.as_deref()).unwrap_or("-");
+                    println!(
+                        "  {i:<3} {:<14} {:<24} {}{}",
+                        m.status.as_str(),
+                        who,
+                        m.instance.as_deref().unwrap_or("-"),
+                        if m.read_only { " (read-only)" } else { "" }
+                    );
+                }
+            }
+        }
+        SharingsCmd::Invitations { domain, id } => {
+            let inst = open(&domain)?;
+            let s = sharing::load(inst.store.as_ref(), &sid(&id)?).await?.context("no such sharing")?;
+            if !s.owner {
+                anyhow::bail!("this instance is not the owner of the sharing");
+            }
+            let list = service::invitations(&cx, &inst, &s);
+            if list.is_empty() {
+                println!("No invitation waiting for an answer");
+            }
+            for (i, m, link) in list {
+                println!("{i}  {}  {link}", m.email.as_deref().or(m.name.as_deref()).unwrap_or("-"));
+            }
+        }
+        SharingsCmd::Status { domain, id, json } => {
+            let inst = open(&domain)?;
+            let server = ServerApi::new(&core, &inst)?;
+            let status = server.get(&format!("/sharings/{}/status", sid(&id)?)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        SharingsCmd::Sync { domain, id, timeout } => {
+            let inst = open(&domain)?;
+            let id = sid(&id)?;
+            let server = ServerApi::new(&core, &inst)?;
+            server.post(&format!("/sharings/{id}/sync")).await?;
+            follow_sync(&server, &id, std::time::Duration::from_secs(timeout)).await?;
+        }
+        SharingsCmd::Revoke { domain, id, member } => {
+            let inst = open(&domain)?;
+            let id = sid(&id)?;
+            let s = match sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")? {
+                s if s.owner => service::revoke(&cx, &inst, &id, member).await?,
+                _ if member.is_some() => {
+                    anyhow::bail!("only the owner revokes a member; on a recipient, revoke leaves the sharing")
+                }
+                _ => service::leave(&cx, &inst, &id).await?,
+            };
+            println!(
+                "Revoked. The peers are told by the running server (hearth serve); sharing is now {}.",
+                if s.active { "active" } else { "inactive" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Calls the running server (at `listen`) as the instance, with a short-lived token minted here.
+struct ServerApi {
+    client: reqwest::Client,
+    base: String,
+    host: String,
+    token: String,
+}
+
+impl ServerApi {
+    fn new(core: &Core, inst: &Instance) -> anyhow::Result<ServerApi> {
+        let scope = PermissionSet::parse("io.cozy.sharings").map_err(anyhow::Error::msg)?;
+        let listen = core.config.listen.replace("0.0.0.0", "127.0.0.1");
+        Ok(ServerApi {
+            client: reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(30)).build()?,
+            base: format!("http://{listen}"),
+            host: inst.domain.to_string(),
+            token: inst.keys.issue(Audience::Cli, "cli", 600, Some(&scope), None),
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("Host", &self.host)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("is `hearth serve` running on {}?", self.base))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            anyhow::bail!("the server answered {status}: {}", body["reason"].as_str().unwrap_or("no reason"));
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(reqwest::Method::GET, path).await
+    }
+
+    async fn post(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(reqwest::Method::POST, path).await
+    }
+}
+
+fn print_status(status: &serde_json::Value) {
+    let a = &status["data"]["attributes"];
+    println!(
+        "Sharing {} ({}, {}), {} document(s) tracked",
+        status["data"]["id"].as_str().unwrap_or("-"),
+        if a["owner"] == true { "outgoing" } else { "incoming" },
+        if a["active"] == true { "active" } else { "inactive" },
+        a["documents"]
+    );
+    println!(
+        "{:<4} {:<14} {:<20} {:<9} {:>8} {:>8} {:<26} LAST ERROR",
+        "#", "STATUS", "NAME", "STATE", "PENDING", "REFUSED", "LAST SUCCESS"
+    );
+    for m in a["members"].as_array().into_iter().flatten() {
+        let r = &m["replication"];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let number = |v: &serde_json::Value| if r.is_null() { "-".into() } else { v.to_string() };
+        println!(
+            "{:<4} {:<14} {:<20} {:<9} {:>8} {:>8} {:<26} {}",
+            m["index"].as_u64().unwrap_or_default(),
+            text(&m["status"]),
+            text(&m["name"]),
+            if r.is_null() { "-".into() } else { text(&r["health"]) },
+            number(&r["pending"]),
+            number(&r["refused_docs"]),
+            text(&r["last_success"]),
+            text(&r["last_error"]),
+        );
+        // Why the member's copy is incomplete, in its own words.
+        if r["refused_docs"].as_u64().unwrap_or(0) > 0 {
+            let last = &r["last_refusal"];
+            println!("     last refused: {} ({}): {}", text(&last["doc"]), text(&last["at"]), text(&last["reason"]));
+        }
+    }
+}
+
+/// Shows a progress bar per member replicated to, until nothing is pending.
+async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:<20} [{bar:40}] {pos}/{len} {msg}")
+        .map_err(anyhow::Error::msg)?
+        .progress_chars("=> ");
+    let mut by_member: std::collections::BTreeMap<u64, ProgressBar> = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let status = server.get(&format!("/sharings/{id}/status")).await?;
+        let members = status["data"]["attributes"]["members"].as_array().cloned().unwrap_or_default();
+        let mut done = true;
+        for m in members.iter().filter(|m| !m["replication"].is_null()) {
+            let r = &m["replication"];
+            let index = m["index"].as_u64().unwrap_or(0);
+            let bar = by_member.entry(index).or_insert_with(|| {
+                let b = bars.add(ProgressBar::new(0));
+                b.set_style(style.clone());
+                b.set_prefix(m["name"].as_str().unwrap_or("member").to_owned());
+                b
+            });
+            let pending = r["pending"].as_u64().unwrap_or(0);
+            let total = r["total"].as_u64().unwrap_or(0).max(r["processed"].as_u64().unwrap_or(0) + pending);
+            bar.set_length(total.max(1));
+            bar.set_position(total.saturating_sub(pending));
+            bar.set_message(match r["last_error"].as_str() {
+                Some(e) => format!("{} ({e})", r["health"].as_str().unwrap_or("")),
+                None => r["health"].as_str().unwrap_or("").to_owned(),
+            });
+            if pending > 0 || r["running"] == true {
+                done = false;
+            }
+        }
+        if done {
+            for b in by_member.values() {
+                b.finish();
+            }
+            println!("Up to date.");
+            // Delivered is not accepted: say which members refused documents, and why.
+            for m in members.iter().filter(|m| m["replication"]["refused_docs"].as_u64().unwrap_or(0) > 0) {
+                let r = &m["replication"];
+                println!(
+                    "{} refused {} document(s), last {}: {}",
+                    m["name"].as_str().unwrap_or("a member"),
+                    r["refused_docs"],
+                    r["last_refusal"]["doc"].as_str().unwrap_or("-"),
+                    r["last_refusal"]["reason"].as_str().unwrap_or("-")
+                );
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("still replicating after {}s", timeout.as_secs());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

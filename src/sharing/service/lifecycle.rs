@@ -1,0 +1,224 @@
+//! After acceptance, on either side: revocation (of the sharing or one member), leaving, being
+//! revoked or left, and members' read-only permission.
+
+use super::*;
+
+/// Revokes members on the owner (`index` None: everyone). The local effect is immediate; each
+/// ready member is told through the outbox.
+pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option<usize>) -> Result<Sharing> {
+    let store = inst.store.as_ref();
+    // Credentials die first: once a member shows as revoked, its tokens must already fail.
+    if let Some(current) = load(store, id).await?.filter(|s| s.owner) {
+        let targets: Vec<usize> = match index {
+            Some(i) => vec![i],
+            None => (1..current.members.len()).collect(),
+        };
+        delete_inbound_clients(inst, &current, &targets).await?;
+    }
+    let (revoked, s) = update(store, id, |s| {
+        if !s.owner {
+            return Err(SharingError::Forbidden("only the owner revokes members".into()));
+        }
+        let targets: Vec<usize> = match index {
+            Some(0) => return Err(bad("the owner cannot be revoked; revoke the sharing instead")),
+            Some(i) if i < s.members.len() => vec![i],
+            Some(_) => return Err(SharingError::NotFound("no such member".into())),
+            None => (1..s.members.len()).collect(),
+        };
+        let mut done = Vec::new();
+        if index.is_none() {
+            // Everyone: the sharing ends, with every invitation link of it.
+            s.revoked_at.get_or_insert_with(now_rfc3339);
+            invitations::revoke_all(s);
+        }
+        for i in targets {
+            let m = &mut s.members[i];
+            if m.status == MemberStatus::Revoked {
+                continue;
+            }
+            let was_ready = m.status == MemberStatus::Ready;
+            m.status = MemberStatus::Revoked;
+            done.push((i, m.inbound_client_id.take(), was_ready && m.outbound.is_some()));
+            invitations::revoke_created_by(s, i);
+        }
+        s.active = s.members.iter().any(|m| m.status == MemberStatus::Ready);
+        Ok(done)
+    })
+    .await?;
+    for (i, client, notify) in revoked {
+        if let Some(c) = client {
+            oauth::delete_client(inst, &c).await?;
+        }
+        if notify {
+            let mut e = Entry::new(id, i, Method::DELETE, format!("/sharings/{id}"));
+            e.forget_credentials = true;
+            outbox::enqueue(cx, inst, e).await?;
+        }
+        tracing::info!(instance = %inst.domain, sharing = %id, member = i, "member revoked");
+    }
+    cx.sharing_changed(inst, id).await?;
+    Ok(s)
+}
+
+pub(super) async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[usize]) -> Result<()> {
+    for i in members {
+        if let Some(c) = s.members.get(*i).and_then(|m| m.inbound_client_id.as_deref()) {
+            oauth::delete_client(inst, c).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A recipient leaves (`DELETE /sharings/:id/recipients/self`): local effect now, the owner is
+/// told through the outbox.
+pub async fn leave(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+    let current =
+        load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    let me = own_index(cx, inst, &current);
+    if !current.owner {
+        delete_inbound_clients(inst, &current, &[0]).await?;
+    }
+    let (client, s) = update(inst.store.as_ref(), id, |s| {
+        if s.owner {
+            return Err(SharingError::Forbidden("the owner revokes the sharing instead of leaving it".into()));
+        }
+        let was_active = s.active;
+        s.active = false;
+        s.revoked_at.get_or_insert_with(now_rfc3339);
+        if let Some(i) = me {
+            s.members[i].status = MemberStatus::Revoked;
+        }
+        let owner = &mut s.members[0];
+        Ok((owner.inbound_client_id.take(), was_active && owner.outbound.is_some()))
+    })
+    .await?;
+    let (client, notify) = client;
+    if let Some(c) = client {
+        oauth::delete_client(inst, &c).await?;
+    }
+    if notify {
+        let mut e = Entry::new(id, 0, Method::DELETE, format!("/sharings/{id}/answer"));
+        e.forget_credentials = true;
+        outbox::enqueue(cx, inst, e).await?;
+    }
+    tracing::info!(instance = %inst.domain, sharing = %id, "left the sharing");
+    cx.sharing_changed(inst, id).await?;
+    Ok(s)
+}
+
+/// `DELETE /sharings/:id` from the owner, on a recipient: we were revoked.
+pub async fn revoked_by_owner(cx: &Context, inst: &Instance, id: &SharingId) -> Result<()> {
+    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|s| !s.owner) {
+        delete_inbound_clients(inst, &current, &[0]).await?;
+    }
+    let (client, _) = update(inst.store.as_ref(), id, |s| {
+        if s.owner {
+            return Err(SharingError::Forbidden("only the owner's instance sends this".into()));
+        }
+        s.active = false;
+        s.revoked_at.get_or_insert_with(now_rfc3339);
+        for m in s.members.iter_mut().skip(1) {
+            if m.status != MemberStatus::Refused {
+                m.status = MemberStatus::Revoked;
+            }
+        }
+        let owner = &mut s.members[0];
+        owner.outbound = None;
+        Ok(owner.inbound_client_id.take())
+    })
+    .await?;
+    if let Some(c) = client {
+        oauth::delete_client(inst, &c).await?;
+    }
+    tracing::info!(instance = %inst.domain, sharing = %id, "revoked by the owner");
+    cx.sharing_changed(inst, id).await?;
+    Ok(())
+}
+
+/// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
+pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
+    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| index > 0) {
+        delete_inbound_clients(inst, &current, &[index]).await?;
+    }
+    let (client, _) = update(inst.store.as_ref(), id, |s| {
+        let m = s
+            .members
+            .get_mut(index)
+            .filter(|_| index > 0)
+            .ok_or_else(|| SharingError::NotFound("no such member".into()))?;
+        m.status = MemberStatus::Revoked;
+        m.outbound = None;
+        let c = m.inbound_client_id.take();
+        invitations::revoke_created_by(s, index);
+        s.active = s.members.iter().any(|m| m.status == MemberStatus::Ready);
+        Ok(c)
+    })
+    .await?;
+    if let Some(c) = client {
+        oauth::delete_client(inst, &c).await?;
+    }
+    tracing::info!(instance = %inst.domain, sharing = %id, member = index, "member left");
+    cx.sharing_changed(inst, id).await?;
+    Ok(())
+}
+
+/// `POST|DELETE /sharings/:id/recipients/:index/readonly` on the owner. For a ready member the
+/// client standing for it is replaced (its old tokens stop working at once) and the new
+/// credentials are sent to it through the outbox.
+pub async fn set_read_only(
+    cx: &Context,
+    inst: &Instance,
+    id: &SharingId,
+    index: usize,
+    read_only: bool,
+) -> Result<Sharing> {
+    let store = inst.store.as_ref();
+    let s = load(store, id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    if !s.owner {
+        return Err(SharingError::Forbidden("only the owner changes permissions".into()));
+    }
+    if index == 0 || index >= s.members.len() {
+        return Err(SharingError::NotFound("no such member".into()));
+    }
+    let ready = s.members[index].status == MemberStatus::Ready;
+    let issued = if ready {
+        let mut probe = s.clone();
+        probe.members[index].read_only = read_only;
+        let write = probe.member_may_write(index);
+        let name = s.members[index].public_name.clone().unwrap_or_else(|| format!("member {index}"));
+        Some(
+            oauth::create_sharing_client(
+                inst,
+                id.as_str(),
+                index,
+                &sharing_scope(id, write),
+                &format!("Sharing {name}"),
+                cx.config.federation.access_token_ttl_secs,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let new_client = issued.as_ref().map(|c| c.client_id.clone());
+    let (old_client, s) = update(store, id, |s| {
+        let m = s.members.get_mut(index).ok_or_else(|| SharingError::NotFound("no such member".into()))?;
+        m.read_only = read_only;
+        Ok(match &new_client {
+            Some(c) => m.inbound_client_id.replace(c.clone()),
+            None => None,
+        })
+    })
+    .await?;
+    if let Some(c) = old_client {
+        oauth::delete_client(inst, &c).await?;
+    }
+    if let Some(issued) = issued {
+        let mut e = Entry::new(id, index, Method::POST, format!("/sharings/{id}/credentials"));
+        let mut body = credentials_json(&issued);
+        body["read_only"] = json!(read_only);
+        e.body = Some(json!({"data": {"type": "io.cozy.sharings.credentials", "id": id.as_str(), "attributes": body}}));
+        outbox::enqueue(cx, inst, e).await?;
+    }
+    Ok(s)
+}

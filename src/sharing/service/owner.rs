@@ -1,0 +1,448 @@
+//! The owner's side: creating a sharing, adding recipients and sending their invitations,
+//! discovery (a recipient names its instance), and the recipients' answers.
+
+use super::*;
+
+/// One recipient as given by the client: a contact id, or inline email/instance.
+pub(super) struct RecipientInput {
+    name: Option<String>,
+    email: Option<String>,
+    instance: Option<String>,
+}
+
+pub(super) fn first_string(v: Option<&Value>, key: &str) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => {
+            let primary = items.iter().find(|i| i.get("primary") == Some(&Value::Bool(true)));
+            primary.or(items.first()).and_then(|i| i.get(key)).and_then(Value::as_str).map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+pub(super) async fn resolve_recipients(inst: &Instance, rel: Option<&Value>) -> Result<Vec<RecipientInput>> {
+    let Some(rel) = rel else {
+        return Ok(Vec::new());
+    };
+    let data = rel.get("data").and_then(Value::as_array).ok_or_else(|| bad("recipients must have a data array"))?;
+    let contacts = Doctype::parse("io.cozy.contacts").map_err(bad)?;
+    let mut out = Vec::with_capacity(data.len());
+    for item in data {
+        let item = item.as_object().ok_or_else(|| bad("each recipient must be an object"))?;
+        let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+        if let Some(id) = text("id") {
+            if item.get("type").and_then(Value::as_str).is_some_and(|t| t != "io.cozy.contacts") {
+                return Err(bad("recipients must be io.cozy.contacts"));
+            }
+            let did = DocId::parse(&id).map_err(bad)?;
+            let contact = records::get(inst.store.as_ref(), &contacts, &did)
+                .await?
+                .ok_or_else(|| bad(format!("no contact {id}")))?;
+            let b = &contact.body;
+            out.push(RecipientInput {
+                name: b.get("fullname").and_then(Value::as_str).map(str::to_owned),
+                email: first_string(b.get("email"), "address"),
+                instance: first_string(b.get("cozy"), "url")
+                    .or_else(|| b.get("instance").and_then(Value::as_str).map(str::to_owned)),
+            });
+        } else {
+            let r = RecipientInput { name: text("name"), email: text("email"), instance: text("instance") };
+            if r.email.is_none() && r.instance.is_none() {
+                return Err(bad("an inline recipient needs an email or an instance"));
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Option<usize>) -> usize {
+    let mut m = Member::new(MemberStatus::MailNotSent);
+    m.name = r.name;
+    m.email = r.email.filter(|e| e.len() <= 320);
+    m.instance = r.instance.filter(|i| i.len() <= 512);
+    m.read_only = read_only;
+    m.state_nonce = Some(random_hex(16));
+    m.xor_key = Some(random_hex(16));
+    m.added_by = added_by;
+    s.members.push(m);
+    s.members.len() - 1
+}
+
+/// `POST /sharings/`: validates the JSON:API body, checks every rule is within the caller's
+/// permissions, stores the sharing with the owner as member 0 and one member per recipient.
+pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body: &Value) -> Result<Sharing> {
+    let data =
+        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
+    if data.get("type").and_then(Value::as_str) != Some("io.cozy.sharings") {
+        return Err(bad("data.type must be io.cozy.sharings"));
+    }
+    let attrs = data.get("attributes").and_then(Value::as_object).ok_or_else(|| bad("data.attributes missing"))?;
+    let text = |k: &str| -> Result<Option<String>> {
+        match attrs.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= 1000 => Ok(Some(s.clone())),
+            Some(_) => Err(bad(format!("{k} must be a string of at most 1000 characters"))),
+        }
+    };
+    let open_sharing = match attrs.get("open_sharing") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("open_sharing must be a boolean")),
+    };
+    let rules = attrs
+        .get("rules")
+        .and_then(Value::as_array)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| bad("a sharing needs a non-empty rules array"))?;
+    if rules.len() > model::MAX_RULES {
+        return Err(bad(format!("a sharing has at most {} rules", model::MAX_RULES)));
+    }
+    let rules = rules.iter().map(|r| Rule::from_input(r).map_err(bad)).collect::<Result<Vec<_>>>()?;
+    for rule in &rules {
+        let doctype = Doctype::parse(&rule.doctype).map_err(bad)?;
+        let allowed = match &rule.selector {
+            None => rule.values.iter().all(|v| {
+                [Verb::Get, Verb::Post, Verb::Put, Verb::Delete]
+                    .iter()
+                    .all(|verb| caller.allows(&doctype, *verb, Some(v)))
+            }),
+            Some(_) => {
+                [Verb::Get, Verb::Post, Verb::Put, Verb::Delete].iter().all(|verb| caller.allows(&doctype, *verb, None))
+            }
+        };
+        if !allowed {
+            return Err(SharingError::Forbidden(format!("the rule on {doctype} is outside the token's permissions")));
+        }
+    }
+    let rels = data.get("relationships");
+    let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
+    let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
+    if 1 + rw.len() + ro.len() > cx.config.federation.max_members {
+        return Err(bad(format!("a sharing has at most {} members", cx.config.federation.max_members)));
+    }
+    let now = now_rfc3339();
+    let mut owner = Member::new(MemberStatus::Owner);
+    owner.public_name = Some(inst.display_name().chars().filter(|c| !c.is_control()).take(200).collect());
+    owner.email = inst.email.clone();
+    let owner_url = cx.federation.instance_url(inst.domain.as_str());
+    owner.instance = Some(owner_url.clone());
+    // The id names its owner (see `request`): recipients check it before anything else.
+    let id_nonce = random_hex(16);
+    let mut s = Sharing {
+        id: Some(SharingId::derived(&owner_url, &id_nonce)),
+        rev: None,
+        description: text("description")?.unwrap_or_default(),
+        preview_path: text("preview_path")?,
+        app_slug: text("app_slug")?,
+        owner: true,
+        active: false,
+        open_sharing,
+        initial_sync: false,
+        created_at: now.clone(),
+        updated_at: now,
+        rules,
+        members: vec![owner],
+        invitations: Vec::new(),
+        id_nonce: Some(id_nonce),
+        revoked_at: None,
+    };
+    for r in rw {
+        add_member(&mut s, r, false, None);
+    }
+    for r in ro {
+        add_member(&mut s, r, true, None);
+    }
+    save(inst.store.as_ref(), &mut s).await?;
+    tracing::info!(instance = %inst.domain, sharing = %s.id(), members = s.members.len() - 1, "sharing created");
+    send_invitations(cx, inst, s).await
+}
+
+/// Mails the invitation of every member not mailed yet, when SMTP is configured; those members
+/// become `pending`. Failures are logged and leave the member `mail-not-sent`.
+pub async fn send_invitations(cx: &Context, inst: &Instance, s: Sharing) -> Result<Sharing> {
+    if cx.config.mail.smtp_url.is_none() {
+        return Ok(s);
+    }
+    let mut sent = Vec::new();
+    for (i, m) in s.members.iter().enumerate().skip(1) {
+        let (Some(email), MemberStatus::MailNotSent) = (m.email.as_deref(), m.status) else { continue };
+        let Some(link) = invitation_link(cx, inst, &s, i) else { continue };
+        let invitation =
+            mail::Invitation { to: email, owner: inst.display_name(), description: &s.description, link: &link };
+        match mail::send_invitation(&cx.config.mail, &invitation).await {
+            Ok(()) => sent.push(i),
+            Err(e) => {
+                tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = i, error = %e, "invitation mail not sent")
+            }
+        }
+    }
+    if sent.is_empty() {
+        return Ok(s);
+    }
+    let id = s.id.clone().ok_or_else(|| bad("sharing without id"))?;
+    let ((), s) = update(inst.store.as_ref(), &id, |s| {
+        for i in &sent {
+            if let Some(m) = s.members.get_mut(*i).filter(|m| m.status == MemberStatus::MailNotSent) {
+                m.status = MemberStatus::Pending;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(s)
+}
+
+/// `POST /sharings/:id/recipients`: more recipients for an existing sharing (owner only).
+pub async fn add_recipients(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+    let rels = body.get("data").and_then(|d| d.get("relationships"));
+    let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
+    let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
+    if rw.is_empty() && ro.is_empty() {
+        return Err(bad("no recipients given"));
+    }
+    let max = cx.config.federation.max_members;
+    let mut pending = Some((rw, ro));
+    let ((), s) = update(inst.store.as_ref(), id, |s| {
+        if !s.owner {
+            return Err(SharingError::Forbidden("only the owner adds recipients".into()));
+        }
+        if !s.accepts_members() {
+            return Err(revoked_conflict());
+        }
+        let (rw, ro) = pending.take().ok_or(SharingError::Store(StoreError::Conflict))?;
+        if s.members.len() + rw.len() + ro.len() > max {
+            return Err(bad(format!("a sharing has at most {max} members")));
+        }
+        for r in rw {
+            add_member(s, r, false, None);
+        }
+        for r in ro {
+            add_member(s, r, true, None);
+        }
+        Ok(())
+    })
+    .await?;
+    send_invitations(cx, inst, s).await
+}
+
+/// `POST /sharings/:id/recipients/delegated`: a ready recipient of an `open_sharing` adds
+/// members on the owner; they are read-only until the owner upgrades them. Answers the new
+/// members' invitation links, for the recipient to pass on.
+pub async fn add_delegated(
+    cx: &Context,
+    inst: &Instance,
+    id: &SharingId,
+    caller_index: usize,
+    body: &Value,
+) -> Result<Vec<(usize, String)>> {
+    let rel = body.get("data").and_then(|d| d.get("relationships")).and_then(|r| r.get("recipients"));
+    let list = resolve_recipients_inline(rel)?;
+    if list.is_empty() {
+        return Err(bad("no recipients given"));
+    }
+    let max = cx.config.federation.max_members;
+    let mut pending = Some(list);
+    let (added, s) = update(inst.store.as_ref(), id, |s| {
+        if !s.owner || !s.open_sharing {
+            return Err(SharingError::Forbidden("this sharing does not accept members added by recipients".into()));
+        }
+        if !s.accepts_members() {
+            return Err(revoked_conflict());
+        }
+        if s.members.get(caller_index).map(|m| m.status) != Some(MemberStatus::Ready) {
+            return Err(SharingError::Forbidden("only ready members may add recipients".into()));
+        }
+        let list = pending.take().ok_or(SharingError::Store(StoreError::Conflict))?;
+        if s.members.len() + list.len() > max {
+            return Err(bad(format!("a sharing has at most {max} members")));
+        }
+        Ok(list.into_iter().map(|r| add_member(s, r, true, Some(caller_index))).collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(added.into_iter().filter_map(|i| invitation_link(cx, inst, &s, i).map(|l| (i, l))).collect())
+}
+
+pub(super) fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>> {
+    let data = rel
+        .and_then(|r| r.get("data"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("recipients must have a data array"))?;
+    data.iter()
+        .map(|item| {
+            let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
+            let r = RecipientInput { name: text("name"), email: text("email"), instance: text("instance") };
+            if r.email.is_none() && r.instance.is_none() {
+                Err(bad("a delegated recipient needs an email or an instance"))
+            } else {
+                Ok(r)
+            }
+        })
+        .collect()
+}
+
+/// Where a member's invitation stands, for the discovery page.
+pub enum Discovery {
+    /// Ask for the recipient's instance address (pre-filled when known).
+    Ask { sharing: Box<Sharing>, index: usize },
+    /// Already answered or revoked: nothing to do.
+    Done { status: MemberStatus },
+}
+
+/// `GET /sharings/:id/discovery?state=`: what to show for this state.
+pub async fn discovery_state(inst: &Instance, id: &SharingId, state: &str) -> Result<Discovery> {
+    let s = load(inst.store.as_ref(), id)
+        .await?
+        .filter(|s| s.owner)
+        .ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid invitation".into()))?;
+    let status = s.members[index].status;
+    if s.invitation_open(index) {
+        Ok(Discovery::Ask { sharing: Box::new(s), index })
+    } else if s.is_revoked() {
+        Ok(Discovery::Done { status: MemberStatus::Revoked })
+    } else {
+        Ok(Discovery::Done { status })
+    }
+}
+
+/// `POST /sharings/:id/discovery`: checks the address the recipient typed, records it on the
+/// member, sends that instance the notice of its sharing request (it fetches the request back,
+/// see `request`), and answers where to send the person's browser next. When the notice fails,
+/// the member is put back as it was.
+pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str, url: &str) -> Result<String> {
+    let s = load(inst.store.as_ref(), id)
+        .await?
+        .filter(|s| s.owner)
+        .ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid invitation".into()))?;
+    if !s.invitation_open(index) {
+        return Err(closed_conflict(&s));
+    }
+    let peer = cx.federation.normalise_instance_url(url).map_err(|e| match e {
+        crate::federation::client::FederationError::Guard(g) => bad(format!("this address cannot be used: {g}")),
+        other => SharingError::Peer(other),
+    })?;
+    let peer_str = peer.as_str().trim_end_matches('/').to_owned();
+    if peer_str == cx.federation.instance_url(inst.domain.as_str()) {
+        return Err(bad("the recipient's instance cannot be the owner's"));
+    }
+    // The request the recipient fetches back names its instance: record it first.
+    let (before, s) = update(inst.store.as_ref(), id, |s| {
+        if !s.invitation_open(index) {
+            return Err(closed_conflict(s));
+        }
+        let m = &mut s.members[index];
+        let before = (m.instance.clone(), m.status);
+        m.instance = Some(peer_str.clone());
+        m.status = MemberStatus::Seen;
+        Ok(before)
+    })
+    .await?;
+    if let Err(e) = request::send_notice(cx, inst, &s, index, &peer).await {
+        let restored = update(inst.store.as_ref(), id, |s| {
+            let m = &mut s.members[index];
+            if m.status == MemberStatus::Seen && m.instance.as_deref() == Some(peer_str.as_str()) {
+                (m.instance, m.status) = before.clone();
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(r) = restored {
+            tracing::warn!(instance = %inst.domain, sharing = %id, member = index, error = %r, "failed to restore a member after a failed notice");
+        }
+        return Err(e);
+    }
+    let mut redirect = peer.join("/auth/authorize/sharing").map_err(|_| bad("invalid address"))?;
+    redirect.query_pairs_mut().append_pair("sharing_id", id.as_str()).append_pair("state", state);
+    Ok(redirect.to_string())
+}
+
+/// `POST /sharings/:id/answer` on the owner: checks the single-use `state`, and on acceptance
+/// creates the client standing for the member, stores the member's credentials, and answers
+/// with its own.
+pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
+    let store = inst.store.as_ref();
+    let data =
+        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
+    if data.get("type").and_then(Value::as_str) != Some("io.cozy.sharings.answer") {
+        return Err(bad("data.type must be io.cozy.sharings.answer"));
+    }
+    let attrs = data.get("attributes").cloned().unwrap_or(Value::Null);
+    let state = attrs.get("state").and_then(Value::as_str).ok_or_else(|| bad("the answer needs a state"))?;
+    let s =
+        load(store, id).await?.filter(|s| s.owner).ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid state".into()))?;
+    if !s.invitation_open(index) {
+        return Err(closed_conflict(&s));
+    }
+    if attrs.get("refused") == Some(&Value::Bool(true)) {
+        update(store, id, |s| {
+            if !s.invitation_open(index) {
+                return Err(closed_conflict(s));
+            }
+            let m = &mut s.members[index];
+            m.status = MemberStatus::Refused;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing refused");
+        return Ok(
+            json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"refused": true}}}),
+        );
+    }
+    let creds = peer_credentials(&attrs).ok_or_else(|| bad("the answer needs client and access_token"))?;
+    // The member accepted exactly the request offered to it (see `request`).
+    let accepted = attrs
+        .get("request_digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("the answer needs the request_digest"))?;
+    if !Instance::secrets_match(accepted, &request::offered_digest(&s, index)?) {
+        return Err(SharingError::Conflict("the request accepted is not the one offered to this member".into()));
+    }
+    let public_name = attrs.get("public_name").and_then(Value::as_str).map(|n| n.chars().take(200).collect::<String>());
+    let write = s.member_may_write(index);
+    let ttl = cx.config.federation.access_token_ttl_secs;
+    let name =
+        public_name.clone().or_else(|| s.members[index].email.clone()).unwrap_or_else(|| format!("member {index}"));
+    let issued = oauth::create_sharing_client(
+        inst,
+        id.as_str(),
+        index,
+        &sharing_scope(id, write),
+        &format!("Sharing {name}"),
+        ttl,
+    )
+    .await?;
+    let client_id = issued.client_id.clone();
+    let result = update(store, id, |s| {
+        // The one place a member becomes ready: never once the invitation is closed.
+        if !s.invitation_open(index) {
+            return Err(closed_conflict(s));
+        }
+        let m = &mut s.members[index];
+        m.status = MemberStatus::Ready;
+        m.outbound = Some(creds.clone());
+        m.inbound_client_id = Some(client_id.clone());
+        if public_name.is_some() {
+            m.public_name = public_name.clone();
+        }
+        s.active = true;
+        Ok(m.read_only)
+    })
+    .await;
+    let read_only = match result {
+        Ok((ro, _)) => ro,
+        Err(e) => {
+            oauth::delete_client(inst, &client_id).await?;
+            return Err(e);
+        }
+    };
+    tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
+    cx.sharing_changed(inst, id).await?;
+    let mut attributes = credentials_json(&issued);
+    attributes["member_index"] = json!(index);
+    attributes["read_only"] = json!(read_only);
+    Ok(json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}}))
+}

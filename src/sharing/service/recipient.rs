@@ -1,0 +1,197 @@
+//! A recipient's side: the sharing request as received, accepting (the OAuth credential
+//! exchange with the owner) or refusing it, and credentials sent later.
+
+use super::*;
+
+/// `PUT /sharings/:id` on a recipient: see [`request::receive`].
+pub async fn receive_request(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+    request::receive(cx, inst, id, body).await
+}
+
+pub(super) fn peer_credentials(v: &Value) -> Option<PeerCredentials> {
+    let client = v.get("client")?;
+    let tokens = v.get("access_token")?;
+    let s = |o: &Value, k: &str| {
+        o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() < 4096).map(str::to_owned)
+    };
+    Some(PeerCredentials {
+        client_id: s(client, "client_id")?,
+        client_secret: s(client, "client_secret")?,
+        access_token: s(tokens, "access_token")?,
+        refresh_token: s(tokens, "refresh_token")?,
+    })
+}
+
+pub(super) fn credentials_json(c: &oauth::IssuedClient) -> Value {
+    json!({
+        "client": {"client_id": c.client_id, "client_secret": c.client_secret, "client_kind": "sharing"},
+        "access_token": {"token_type": "bearer", "access_token": c.access_token, "refresh_token": c.refresh_token, "scope": c.scope},
+    })
+}
+
+pub(super) fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
+    let verbs = if write { "ALL" } else { "GET" };
+    PermissionSet::parse(&format!("io.cozy.sharings:{verbs}:{id}")).unwrap_or_default()
+}
+
+/// A sharing request received here and not answered yet.
+pub(super) async fn load_request(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+    let s = load(inst.store.as_ref(), id)
+        .await?
+        .filter(|s| !s.owner)
+        .ok_or_else(|| SharingError::NotFound("no such sharing request".into()))?;
+    if s.active {
+        return Err(SharingError::Conflict("this sharing is already accepted".into()));
+    }
+    if request::answered(&s, &cx.federation.instance_url(inst.domain.as_str())) {
+        return Err(SharingError::Conflict("this sharing request was already answered, or revoked".into()));
+    }
+    Ok(s)
+}
+
+/// The digest of a pending request as this instance shows it (see `request::digest`): what the
+/// acceptance page carries and [`accept`] checks.
+pub async fn pending_digest(cx: &Context, inst: &Instance, id: &SharingId) -> Result<String> {
+    let s = load_request(cx, inst, id).await?;
+    Ok(request::digest(&s, own_index(cx, inst, &s).unwrap_or(0)))
+}
+
+/// Accepting on the recipient: checks that the request is still the one shown (`digest`, from
+/// the acceptance page; 409 otherwise), creates the client standing for the owner, sends the
+/// answer with `state` and the digest (the owner checks it is the request it offers), stores
+/// the owner's credentials, and activates the sharing.
+pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
+    let store = inst.store.as_ref();
+    let s = load_request(cx, inst, id).await?;
+    let me = own_index(cx, inst, &s).unwrap_or(0);
+    let my_url = cx.federation.instance_url(inst.domain.as_str());
+    let shown = request::digest(&s, me);
+    if !Instance::secrets_match(digest, &shown) {
+        return Err(changed_conflict());
+    }
+    let owner = owner_url(&s)?;
+    let ttl = cx.config.federation.access_token_ttl_secs;
+    let owner_name =
+        s.members[0].public_name.clone().unwrap_or_else(|| owner.host_str().unwrap_or_default().to_owned());
+    let issued = oauth::create_sharing_client(
+        inst,
+        id.as_str(),
+        0,
+        &sharing_scope(id, true),
+        &format!("Sharing {owner_name}"),
+        ttl,
+    )
+    .await?;
+    let mut attributes = credentials_json(&issued);
+    attributes["state"] = json!(state);
+    attributes["public_name"] = json!(inst.display_name());
+    attributes["request_digest"] = json!(shown);
+    let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}});
+    let answer =
+        match cx.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await {
+            Ok(a) => a,
+            Err(e) => {
+                oauth::delete_client(inst, &issued.client_id).await?;
+                return Err(owner_refusal(e));
+            }
+        };
+    let attrs = answer.get("data").and_then(|d| d.get("attributes")).cloned().unwrap_or(Value::Null);
+    let Some(creds) = peer_credentials(&attrs) else {
+        oauth::delete_client(inst, &issued.client_id).await?;
+        return Err(SharingError::Peer(crate::federation::client::FederationError::BadResponse {
+            peer: crate::federation::client::origin(&owner),
+        }));
+    };
+    let my_index = attrs.get("member_index").and_then(Value::as_u64).map(|i| i as usize);
+    let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
+    let fallback_index = own_index(cx, inst, &s);
+    let client_id = issued.client_id.clone();
+    let stored = update(store, id, |s| {
+        // A replacement that landed during the exchange (only the owner can make one) is not
+        // what was accepted.
+        if s.active || request::answered(s, &my_url) || request::digest(s, me) != shown {
+            return Err(changed_conflict());
+        }
+        let owner = s.members.first_mut().ok_or_else(|| bad("no owner"))?;
+        owner.outbound = Some(creds.clone());
+        owner.inbound_client_id = Some(client_id.clone());
+        if let Some(i) = my_index.or(fallback_index) {
+            if let Some(m) = s.members.get_mut(i) {
+                m.status = MemberStatus::Ready;
+                m.read_only = read_only;
+            }
+        }
+        s.active = true;
+        s.initial_sync = true;
+        Ok(())
+    })
+    .await;
+    let s = match stored {
+        Ok(((), s)) => s,
+        Err(e) => {
+            oauth::delete_client(inst, &client_id).await?;
+            return Err(e);
+        }
+    };
+    request::unmark_pending(inst, &s).await;
+    tracing::info!(instance = %inst.domain, sharing = %id, "sharing accepted");
+    cx.sharing_changed(inst, id).await?;
+    Ok(s)
+}
+
+/// Refusing on the recipient: tells the owner (with `state`) and forgets the request.
+pub async fn refuse(cx: &Context, inst: &Instance, id: &SharingId, state: &str) -> Result<()> {
+    let store = inst.store.as_ref();
+    let s = load_request(cx, inst, id).await?;
+    let owner = owner_url(&s)?;
+    let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
+    cx.federation
+        .call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body))
+        .await
+        .map_err(owner_refusal)?;
+    let (_, s) = update(store, id, |s| {
+        for m in s.members.iter_mut().skip(1) {
+            if m.status.is_invited() {
+                m.status = MemberStatus::Refused;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    request::unmark_pending(inst, &s).await;
+    Ok(())
+}
+
+/// The owner's refusal of an answer (its invitation closed, the sharing revoked, the request
+/// changed, a wrong `state`) is a conflict for the person answering, with the owner's reason;
+/// anything else is the peer's failure (502).
+pub(super) fn owner_refusal(e: crate::federation::client::FederationError) -> SharingError {
+    match e {
+        crate::federation::client::FederationError::Status { status: 400 | 403 | 404 | 409 | 410, reason, .. } => {
+            SharingError::Conflict(format!("the sharing's owner refused the answer: {reason}"))
+        }
+        other => SharingError::Peer(other),
+    }
+}
+
+/// `POST /sharings/:id/credentials` from the owner, on a recipient: new credentials after a
+/// permission change.
+pub async fn receive_credentials(inst: &Instance, id: &SharingId, body: &Value) -> Result<()> {
+    let attrs = body.get("data").and_then(|d| d.get("attributes")).ok_or_else(|| bad("data.attributes missing"))?;
+    let creds = peer_credentials(attrs).ok_or_else(|| bad("client and access_token required"))?;
+    let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
+    update(inst.store.as_ref(), id, |s| {
+        if s.owner || !s.active {
+            return Err(SharingError::Conflict("not an active sharing received from an owner".into()));
+        }
+        s.members[0].outbound = Some(creds.clone());
+        for m in s.members.iter_mut().skip(1) {
+            if m.status == MemberStatus::Ready && m.instance.is_some() {
+                m.read_only = read_only;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
