@@ -137,7 +137,7 @@ async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headles
     let alice_inst = app.instance(&alice.domain);
     let bob_inst = app.instance(&bob.domain);
     let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
-    let link = service::invitation_link(&app.services, &alice_inst, &created, 1).unwrap();
+    let link = service::invitation_link(&app.sharing, &alice_inst, &created, 1).unwrap();
 
     let screenshots = std::env::var("SCREENSHOT_DIR")
         .unwrap_or_else(|_| format!("{}/target/screenshots", env!("CARGO_MANIFEST_DIR")));
@@ -181,7 +181,7 @@ async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headles
     assert_eq!(owner_side.invitations.iter().filter(|i| i.is_active()).count(), 1, "the link alice made");
     let bob_side = sharing::load(bob_inst.store.as_ref(), &id).await.unwrap().unwrap();
     assert!(bob_side.revoked_at.is_some() && !bob_side.active);
-    let files = app.services.files.of(&alice_inst).await.unwrap();
+    let files = app.files.of(&alice_inst).await.unwrap();
     let uploaded = files.by_path("/Photos/hello.txt").await.expect("the uploaded file");
     assert_eq!(uploaded.size(), 23 + 200_000);
 }

@@ -13,6 +13,7 @@ pub mod login;
 pub mod path;
 pub mod permissions;
 pub mod realtime;
+pub mod requests;
 pub mod sharings;
 pub mod stream;
 
@@ -51,6 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(data::routes)
         .configure(files::routes)
         .configure(permissions::routes)
+        // Before `/sharings/{id}`, which would take `requests` for an id.
+        .configure(requests::routes)
         .configure(invitations::routes)
         .configure(sharings::routes)
         .configure(realtime::routes)
