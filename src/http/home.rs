@@ -172,7 +172,8 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             h1 { "hearth · " (inst.display_name()) }
             form method="post" action="/auth/logout" { button type="submit" { "Log out" } }
         }
-        p #live role="status" aria-live="polite" .live { "Connecting…" }
+        p #live .live { "Connecting…" }
+        div #output role="status" aria-live="polite" tabindex="-1" {}
         nav aria-label="Sections" {
             a href="#requests" { "Requests" } " · " a href="#shared-by-me" { "Shared by me" } " · "
             a href="#shared-with-me" { "Shared with me" } " · " a href="#links" { "Links" } " · "
@@ -227,7 +228,6 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                 ul.list.files { @for item in children.iter().filter(|i| i.id != TRASH_ID) { (file_item(item)) } }
             }
         }
-        div #output role="status" aria-live="polite" tabindex="-1" {}
     };
     Ok(html_page("Home", &session_csrf(&inst, &session), body))
 }
