@@ -29,7 +29,15 @@ fn csrf_of(html: &str) -> String {
 async fn strangers_are_sent_to_the_login_page_and_back() {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);
-    let resp = browser().get(format!("http://{}/?dir=abc", alice.domain)).send().await.unwrap();
+    // An API client is told there is no such route, as before the page existed.
+    let (s, v) = alice.call(Method::GET, "/", None, None).await;
+    assert_eq!(s, 404, "{v}");
+    let resp = browser()
+        .get(format!("http://{}/?dir=abc", alice.domain))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/auth/login?redirect=%2F%3Fdir%3Dabc");
     let login = browser().get(format!("http://{}/auth/login?redirect=%2F%3Fdir%3Dabc", alice.domain)).send().await;

@@ -116,7 +116,10 @@
     refreshing = (async () => {
       do {
         again = false;
-        const r = await fetch(location.pathname + location.search, { credentials: 'same-origin' });
+        const r = await fetch(location.pathname + location.search, {
+          credentials: 'same-origin',
+          headers: { Accept: 'text/html' },
+        });
         if (r.redirected && new URL(r.url).pathname === '/auth/login') return toLogin();
         if (!r.ok) return;
         const doc = new DOMParser().parseFromString(await r.text(), 'text/html');

@@ -138,9 +138,16 @@ fn html_page(title: &str, csrf: &str, body: Markup) -> HttpResponse {
         .body(page.into_string())
 }
 
-/// `GET /[?dir=FOLDER-ID]` — the owner's home (303 to the login page without a session).
+/// `GET /[?dir=FOLDER-ID]` — the owner's home. Without a session: a browser (`Accept` with
+/// `text/html`) is sent (303) to the login page; any other client gets the JSON 404 of a route
+/// the API does not have.
 async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let Some(session) = owner_session(&inst.0, &req) else {
+        let browser =
+            req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
+        if !browser {
+            return Err(ApiError::NotFound("no such route".into()));
+        }
         let back = format!("/?{}", req.query_string());
         let back = if req.query_string().is_empty() { "/" } else { back.as_str() };
         let login = format!("/auth/login?{}", serde_urlencoded::to_string([("redirect", back)]).unwrap_or_default());
