@@ -106,3 +106,82 @@ async fn a_person_accepts_a_sharing_in_headless_chromium() {
     let html = common::browser().get(&link).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("already accepted"), "{html}");
 }
+
+/// The owner's web app (`GET /`), driven by `tests/node/home.js`: a request appears live on
+/// bob's page, bob accepts it with the keyboard only, alice's page shows the first sync done,
+/// alice's new invitation link opens in another browser context, alice revokes bob and bob's
+/// page shows it, alice uploads a file and downloads it back; no console error, no CSP
+/// violation. Screenshots at 375 px and 1280 px go to `target/screenshots` (or SCREENSHOT_DIR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headless_chromium() {
+    let browser = chromium();
+    let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        node_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --ignore-scripts` in tests/node first (scripts/test does it)"
+    );
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let token = app.token(&alice, "io.cozy.notes");
+    let (s, v) =
+        alice.call(Method::PUT, "/data/io.cozy.notes/n1", Some(&token), Some(json!({"title": "packing list"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let body = json!({"data": {"type": "io.cozy.sharings",
+        "attributes": {"description": "holiday notes", "rules": [{"title": "Notes", "doctype": "io.cozy.notes",
+            "values": ["n1"], "add": "sync", "update": "sync", "remove": "sync"}]},
+        "relationships": {"recipients": {"data": [{"email": "bob@example.net"}]}, "read_only_recipients": {"data": []}}}});
+    let (s, v) = alice.call(Method::POST, "/sharings/", Some(&token), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let id = SharingId::parse(v["data"]["id"].as_str().unwrap()).unwrap();
+    let alice_inst = app.instance(&alice.domain);
+    let bob_inst = app.instance(&bob.domain);
+    let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    let link = service::invitation_link(&app.sharing, &alice_inst, &created, 1).unwrap();
+
+    let screenshots = std::env::var("SCREENSHOT_DIR")
+        .unwrap_or_else(|_| format!("{}/target/screenshots", env!("CARGO_MANIFEST_DIR")));
+    let run = tokio::process::Command::new("node")
+        .arg(node_dir.join("home.js"))
+        .env("ALICE_URL", format!("http://{}", alice.domain))
+        .env("BOB_URL", format!("http://{}", bob.domain))
+        .env("PASSPHRASE", PASS)
+        .env("INVITATION_URL", &link)
+        .env("SHARING_ID", id.as_str())
+        .env("CHROMIUM", &browser)
+        .env("SCREENSHOT_DIR", &screenshots)
+        .env("TIMEOUT_MS", "90000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let out = tokio::time::timeout(Duration::from_secs(150), run.wait_with_output())
+        .await
+        .expect("the browser run took more than 150 s")
+        .expect("node run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("no JSON summary from home.js; stdout: {stdout}\nstderr: {stderr}"));
+    assert!(
+        out.status.success() && summary["ok"] == true,
+        "the owner's page flow failed ({}): {summary}\nscreenshots in {screenshots}\nstderr tail:\n{}",
+        out.status,
+        stderr.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    eprintln!("owner's page flow: {summary}");
+    assert!(summary["syncText"].as_str().is_some_and(|t| t.contains("healthy")), "{summary}");
+    assert_eq!(summary["progress"], "100", "{summary}");
+    assert_eq!(summary["offered"], true, "the invitation page shows the sharing: {summary}");
+
+    // What the pages did is what the instances hold.
+    let owner_side = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    assert_eq!(owner_side.members[1].status, MemberStatus::Revoked);
+    assert_eq!(owner_side.invitations.iter().filter(|i| i.is_active()).count(), 1, "the link alice made");
+    let bob_side = sharing::load(bob_inst.store.as_ref(), &id).await.unwrap().unwrap();
+    assert!(bob_side.revoked_at.is_some() && !bob_side.active);
+    let files = app.files.of(&alice_inst).await.unwrap();
+    let uploaded = files.by_path("/Photos/hello.txt").await.expect("the uploaded file");
+    assert_eq!(uploaded.size(), 23 + 200_000);
+}

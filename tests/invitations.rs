@@ -500,3 +500,29 @@ async fn lists_show_links_and_invitations_and_recipients_discard() {
     .await;
     assert_eq!(alice.call(Method::POST, &format!("/sharings/{id}/discard"), Some(&token), None).await.0, 400);
 }
+
+#[tokio::test]
+async fn discarding_a_request_tells_the_owner_and_frees_its_seat() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let [bob, carol] = ["bob", "carol"].map(|n| one.add_instance(n, PASS));
+    let token = one.token(&alice, "io.cozy.notes");
+    let id = create_sharing(&alice, &token, None, json!([])).await;
+    let (_, link, _) = new_link(&alice, &token, &id, json!({"permissions": ["read"], "max_accepted_users": 1})).await;
+    let (s, _) = discover(&alice, &id, &code_of(&link), &bob).await;
+    assert_eq!(s, 200);
+    // Bob's request holds the only seat.
+    let (s, v) = discover(&alice, &id, &code_of(&link), &carol).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["reason"], "The limit of maximum accepted invites is reached");
+
+    let bob_app = one.token(&bob, "io.cozy.notes");
+    let (s, v) = bob.call(Method::POST, &format!("/sharings/{id}/discard"), Some(&bob_app), None).await;
+    assert_eq!(s, 200, "{v}");
+    let owner_side = load(&one, &alice, &id).await;
+    let bob_index =
+        owner_side.members.iter().position(|m| m.instance.as_deref() == Some(&format!("http://{}", bob.domain)));
+    assert_eq!(owner_side.members[bob_index.expect("bob is a member")].status, MemberStatus::Refused);
+    let (s, v) = discover(&alice, &id, &code_of(&link), &carol).await;
+    assert_eq!(s, 200, "the seat is free again: {v}");
+}

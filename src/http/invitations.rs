@@ -120,11 +120,35 @@ async fn discard(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     if s.owner {
         return Err(ApiError::bad_request("the owner revokes the sharing instead of discarding it"));
     }
-    let s = if s.active {
-        service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?
-    } else {
-        invitations::drop_request(&inst.0, &id).await?
-    };
+    let cx = &state_of(&req)?.sharing;
+    if s.active {
+        let s = service::leave(cx, &inst.0, &id).await?;
+        return Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})));
+    }
+    // A pending request: the owner is told, as for a refusal (its member becomes `refused`,
+    // which frees an invitation link's seat), when the owner gave the state to answer with.
+    let me = cx.federation.instance_url(inst.0.domain.as_str());
+    let state = s
+        .members
+        .iter()
+        .skip(1)
+        .find(|m| m.instance.as_deref() == Some(me.as_str()) && m.status.is_invited())
+        .and_then(|m| m.answer_state.clone());
+    if let Some(state) = state.filter(|_| !sharing::request::answered(&s, &me)) {
+        match service::refuse(cx, &inst.0, &id, &state).await {
+            Ok(()) => {
+                let s = sharing::load(inst.0.store.as_ref(), &id)
+                    .await?
+                    .ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+                return Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})));
+            }
+            // Discarding never fails because the owner cannot be told: it is forgotten here.
+            Err(e) => {
+                tracing::warn!(instance = %inst.0.domain, sharing = %id, "discarded without telling the owner: {e}")
+            }
+        }
+    }
+    let s = invitations::drop_request(&inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
 }
 

@@ -6,11 +6,14 @@
 pub mod data;
 pub mod error;
 pub mod files;
+pub mod home;
 pub mod invitations;
 pub mod limits;
 pub mod login;
 pub mod path;
 pub mod permissions;
+pub mod realtime;
+pub mod requests;
 pub mod sharings;
 pub mod stream;
 
@@ -49,8 +52,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(data::routes)
         .configure(files::routes)
         .configure(permissions::routes)
+        // Before `/sharings/{id}`, which would take `requests` for an id.
+        .configure(requests::routes)
         .configure(invitations::routes)
         .configure(sharings::routes)
+        .configure(realtime::routes)
+        .configure(home::routes)
         .default_service(web::to(not_found));
 }
 

@@ -98,6 +98,8 @@ pub struct Instance {
     pub passphrase_checks: std::sync::atomic::AtomicU64,
     /// The owner's login sessions.
     pub sessions: Sessions,
+    /// Live subscribers of `GET /realtime/events` (see `http::realtime`).
+    pub realtime_subscribers: std::sync::atomic::AtomicUsize,
 }
 
 /// The owner's login sessions, kept server-side in the registry file: a session is a random
@@ -423,6 +425,7 @@ impl Registry {
                 Duration::from_secs(self.config.login_max_wait_secs),
             ),
             passphrase_checks: Default::default(),
+            realtime_subscribers: Default::default(),
             sessions,
         });
         open.insert(domain.clone(), inst.clone());

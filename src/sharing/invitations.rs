@@ -571,8 +571,8 @@ pub async fn forward(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
 }
 
 /// `POST /sharings/:id/discard` on a recipient, for a request not accepted: forgets it here
-/// (marked refused, so it is not shown as pending any more). The owner is not told: the state
-/// that would authenticate a refusal stays in the invitation link, not on this instance.
+/// (marked refused, so it is not shown as pending any more), without telling the owner (the
+/// route refuses through the owner first when it holds the member's `answer_state`).
 pub async fn drop_request(inst: &Instance, id: &SharingId) -> Result<Sharing> {
     let (_, s) = update(inst.store.as_ref(), id, |s| {
         if s.owner {

@@ -320,6 +320,11 @@ pub struct Member {
     /// Owner side: the invitation link this member joined through (see `sharing::invitations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation: Option<String>,
+    /// Recipient side, on this instance's own member: the `state` its answer carries, as the
+    /// owner gave it with the request (see `sharing::request::serve`), so that an app can accept
+    /// or refuse without the invitation link. A secret: never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_state: Option<String>,
     /// Our OAuth client standing for this member (its tokens authenticate the member here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_client_id: Option<String>,
@@ -341,6 +346,7 @@ impl Member {
             xor_key: None,
             added_by: None,
             invitation: None,
+            answer_state: None,
             inbound_client_id: None,
             outbound: None,
         }

@@ -170,7 +170,13 @@ pub async fn serve(inst: &Instance, id: &SharingId, token: &str) -> Result<Value
     if !s.invitation_open(index) || s.members[index].instance.is_none() {
         return Err(refused());
     }
-    Ok(request_document(&s, index))
+    let mut doc = request_document(&s, index);
+    // The member's `state`, for its instance only (the holder of its request token): it lets
+    // the recipient's apps answer without the invitation link, which carries the same state.
+    if let Some(state) = super::service::member_state(inst, &s, index) {
+        doc["meta"] = json!({ "state": state });
+    }
+    Ok(doc)
 }
 
 /// What a recipient shows and what its acceptance covers, in a fixed field order.
@@ -211,6 +217,25 @@ pub fn offered_digest(s: &Sharing, index: usize) -> Result<String> {
 #[derive(Deserialize)]
 struct RequestWire {
     data: DataWire,
+}
+
+/// The request's `meta`, read on its own: the member's `state` (see [`serve`]).
+#[derive(Deserialize)]
+struct MetaWire {
+    #[serde(default)]
+    meta: Option<StateWire>,
+}
+
+#[derive(Deserialize)]
+struct StateWire {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+/// The `state` an owner gave with its request (owners before it gave none).
+fn answer_state(bytes: &[u8]) -> Option<String> {
+    let wire: MetaWire = serde_json::from_slice(bytes).ok()?;
+    clip(wire.meta?.state, 256).filter(|s| !s.is_empty())
 }
 
 #[derive(Deserialize)]
@@ -519,6 +544,10 @@ pub async fn receive(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
         || !s.members[1..].iter().any(|m| m.instance.as_deref() == Some(me.as_str()) && m.status.is_invited())
     {
         return Err(SharingError::Forbidden("this sharing request is not addressed to this instance".into()));
+    }
+    let state = answer_state(&bytes);
+    if let Some(own) = s.members[1..].iter_mut().find(|m| m.instance.as_deref() == Some(me.as_str())) {
+        own.answer_state = state;
     }
     if existing.is_none() {
         mark_pending(store, &notice.owner, id).await?;

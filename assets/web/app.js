@@ -1,0 +1,401 @@
+// hearth's owner page: progressive enhancement of the server-rendered home (src/http/web.rs).
+// It acts only through the public API with a short-lived app token that the session obtains
+// from POST /auth/session/token (CSRF token in X-CSRF-Token), listens to /realtime/events,
+// and re-reads the page's sections from the server whenever something changes.
+'use strict';
+
+(function () {
+  const meta = document.querySelector('meta[name="hearth-csrf"]');
+  if (!meta) return;
+  const csrf = meta.content;
+  let token = null;
+  let tokenUntil = 0;
+  let uploading = 0;
+
+  function toLogin() {
+    location.href = '/auth/login?redirect=' + encodeURIComponent(location.pathname + location.search);
+  }
+
+  async function getToken() {
+    if (token && Date.now() < tokenUntil - 60000) return token;
+    const r = await fetch('/auth/session/token', {
+      method: 'POST',
+      headers: { 'X-CSRF-Token': csrf },
+      credentials: 'same-origin',
+    });
+    if (r.status === 401) {
+      toLogin();
+      throw new Error('The session ended: log in again.');
+    }
+    if (!r.ok) throw new Error('Could not get an app token (' + r.status + ').');
+    const j = await r.json();
+    token = j.access_token;
+    tokenUntil = Date.now() + j.expires_in * 1000;
+    return token;
+  }
+
+  async function api(method, path, body, extraHeaders) {
+    const headers = Object.assign({ Authorization: 'Bearer ' + (await getToken()) }, extraHeaders || {});
+    let payload = body;
+    if (body !== undefined && !(body instanceof Blob)) {
+      headers['Content-Type'] = 'application/json';
+      payload = JSON.stringify(body);
+    }
+    const r = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
+    const text = await r.text();
+    let json = null;
+    try {
+      json = text ? JSON.parse(text) : null;
+    } catch (e) {
+      json = null;
+    }
+    if (!r.ok) throw new Error((json && (json.reason || json.error)) || 'HTTP ' + r.status);
+    return json;
+  }
+
+  const output = document.getElementById('output');
+  function say(message, isError) {
+    output.textContent = '';
+    const p = document.createElement('p');
+    p.textContent = message;
+    if (isError) p.className = 'error';
+    output.appendChild(p);
+  }
+
+  // A link to copy: shown with a read-only field and a Copy button.
+  function offerLink(label, url) {
+    output.textContent = '';
+    const wrap = document.createElement('div');
+    wrap.className = 'newlink';
+    const l = document.createElement('label');
+    l.textContent = label + ' ';
+    const input = document.createElement('input');
+    input.readOnly = true;
+    input.value = url;
+    input.id = 'new-link';
+    l.appendChild(input);
+    const copy = document.createElement('button');
+    copy.type = 'button';
+    copy.textContent = 'Copy';
+    copy.addEventListener('click', async () => {
+      input.select();
+      try {
+        await navigator.clipboard.writeText(url);
+        copy.textContent = 'Copied';
+      } catch (e) {
+        copy.textContent = 'Selected: press Ctrl+C';
+      }
+    });
+    wrap.appendChild(l);
+    wrap.appendChild(document.createTextNode(' '));
+    wrap.appendChild(copy);
+    output.appendChild(wrap);
+    input.focus();
+    input.select();
+  }
+
+  // What identifies an element across a re-render, to give it the focus back.
+  function focusKey(el) {
+    if (!el || el === document.body) return null;
+    if (el.id) return '#' + CSS.escape(el.id);
+    const attrs = ['data-action', 'data-sharing', 'data-member', 'data-file', 'data-invitation', 'data-link'];
+    const sel = attrs
+      .filter((a) => el.hasAttribute(a))
+      .map((a) => '[' + a + '="' + CSS.escape(el.getAttribute(a)) + '"]')
+      .join('');
+    return sel ? el.tagName.toLowerCase() + sel : null;
+  }
+
+  let refreshing = null;
+  let again = false;
+  async function refresh() {
+    if (refreshing) {
+      again = true;
+      return refreshing;
+    }
+    refreshing = (async () => {
+      do {
+        again = false;
+        const r = await fetch(location.pathname + location.search, {
+          credentials: 'same-origin',
+          headers: { Accept: 'text/html' },
+        });
+        if (r.redirected && new URL(r.url).pathname === '/auth/login') return toLogin();
+        if (!r.ok) return;
+        const doc = new DOMParser().parseFromString(await r.text(), 'text/html');
+        const active = document.activeElement;
+        const key = focusKey(active);
+        for (const fresh of doc.querySelectorAll('main > section')) {
+          const current = document.getElementById(fresh.id);
+          if (!current) continue;
+          // Leave a section alone while someone types in it or a file is on its way.
+          if (active && current.contains(active) && active.matches('input, select, textarea')) continue;
+          if (fresh.id === 'files' && uploading > 0) continue;
+          current.replaceWith(fresh);
+        }
+        if (key && !document.body.contains(active)) {
+          const again = document.querySelector(key);
+          if (again) again.focus();
+        }
+        await syncStatuses();
+      } while (again);
+    })().finally(() => {
+      refreshing = null;
+    });
+    return refreshing;
+  }
+
+  function syncText(m) {
+    const rep = m.replication;
+    if (!rep) return m.status === 'owner' ? '—' : '';
+    const parts = [rep.health];
+    if (rep.running) parts.push('running');
+    if (rep.pending) parts.push(rep.pending + ' pending');
+    if (rep.refused_docs && rep.refused_docs.length) parts.push(rep.refused_docs.length + ' refused');
+    if (rep.last_error) parts.push('error: ' + rep.last_error);
+    return parts.join(' · ');
+  }
+
+  async function syncStatuses() {
+    const cards = document.querySelectorAll('#shared-by-me article[data-sharing], #shared-with-me article[data-sharing]');
+    await Promise.all(
+      Array.from(cards).map(async (card) => {
+        const id = card.getAttribute('data-sharing');
+        try {
+          const st = await api('GET', '/sharings/' + encodeURIComponent(id) + '/status');
+          for (const m of st.data.attributes.members) {
+            const cell = document.getElementById('sync-' + id + '-' + m.index);
+            if (!cell) continue;
+            cell.textContent = syncText(m) || '—';
+            const h = m.replication && m.replication.health;
+            cell.className = 'sync' + (h ? ' health-' + h : '');
+          }
+        } catch (e) {
+          // The card shows "—" until the status can be read.
+        }
+      }),
+    );
+  }
+
+  function sharingPath(el, rest) {
+    return '/sharings/' + encodeURIComponent(el.getAttribute('data-sharing')) + rest;
+  }
+
+  const clicks = {
+    async accept(b) {
+      await api('POST', sharingPath(b, '/accept'), { digest: b.getAttribute('data-digest') });
+      return 'You accepted the sharing.';
+    },
+    async refuse(b) {
+      await api('POST', sharingPath(b, '/refuse'));
+      return 'You refused the sharing.';
+    },
+    async readonly(b) {
+      const path = sharingPath(b, '/recipients/' + b.getAttribute('data-member') + '/readonly');
+      await api(b.getAttribute('data-value') === 'true' ? 'POST' : 'DELETE', path);
+      return 'Access changed.';
+    },
+    async 'revoke-one'(b) {
+      if (!confirm('Revoke this member?')) return null;
+      await api('DELETE', sharingPath(b, '/recipients/' + b.getAttribute('data-member')));
+      return 'Member revoked.';
+    },
+    async 'revoke-all'(b) {
+      if (!confirm('Revoke everyone and end this sharing?')) return null;
+      await api('DELETE', sharingPath(b, '/recipients'));
+      return 'Sharing revoked.';
+    },
+    async leave(b) {
+      if (!confirm('Leave this sharing?')) return null;
+      await api('DELETE', sharingPath(b, '/recipients/self'));
+      return 'You left the sharing.';
+    },
+    async sync(b) {
+      await api('POST', sharingPath(b, '/sync'));
+      return 'Sync started.';
+    },
+    async 'revoke-invitation'(b) {
+      await api('DELETE', sharingPath(b, '/invitations/' + encodeURIComponent(b.getAttribute('data-invitation'))));
+      return 'Invitation link revoked.';
+    },
+    async 'revoke-link'(b) {
+      await api('DELETE', '/permissions/' + encodeURIComponent(b.getAttribute('data-link')));
+      return 'Link revoked.';
+    },
+    async trash(b) {
+      await api('DELETE', '/files/' + encodeURIComponent(b.getAttribute('data-file')));
+      return 'Moved to the trash.';
+    },
+    async download(b) {
+      const r = await fetch('/files/download/' + encodeURIComponent(b.getAttribute('data-file')), {
+        headers: { Authorization: 'Bearer ' + (await getToken()) },
+      });
+      if (!r.ok) throw new Error('Download failed (' + r.status + ').');
+      const url = URL.createObjectURL(await r.blob());
+      const a = document.createElement('a');
+      a.href = url;
+      a.download = b.getAttribute('data-name');
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      return null;
+    },
+  };
+
+  function currentDir() {
+    const f = document.getElementById('files');
+    return f ? f.getAttribute('data-dir') : 'io.cozy.files.root-dir';
+  }
+
+  function upload(dir, file, progress) {
+    return getToken().then(
+      (t) =>
+        new Promise((resolve, reject) => {
+          const xhr = new XMLHttpRequest();
+          const q = '?Type=file&Name=' + encodeURIComponent(file.name);
+          xhr.open('POST', '/files/' + encodeURIComponent(dir) + q);
+          xhr.setRequestHeader('Authorization', 'Bearer ' + t);
+          if (file.type) xhr.setRequestHeader('Content-Type', file.type);
+          xhr.upload.addEventListener('progress', (e) => {
+            if (e.lengthComputable) progress(e.loaded / e.total);
+          });
+          xhr.addEventListener('load', () => {
+            if (xhr.status >= 200 && xhr.status < 300) return resolve();
+            let reason = 'HTTP ' + xhr.status;
+            try {
+              reason = JSON.parse(xhr.responseText).reason || reason;
+            } catch (e) {
+              // keep the status
+            }
+            reject(new Error(file.name + ': ' + reason));
+          });
+          xhr.addEventListener('error', () => reject(new Error(file.name + ': the upload failed')));
+          xhr.send(file);
+        }),
+    );
+  }
+
+  const submits = {
+    async invite(f) {
+      const days = Number(f.elements.days.value);
+      const body = {
+        permissions: [f.elements.access.value],
+        max_accepted_users: Number(f.elements.max.value),
+        expires_in: days * 86400,
+      };
+      const j = await api('POST', sharingPath(f, '/invitations'), body);
+      offerLink('Invitation link', j.data.attributes.link);
+      return null;
+    },
+    async mkdir(f) {
+      const q = '?Type=directory&Name=' + encodeURIComponent(f.elements.name.value);
+      await api('POST', '/files/' + encodeURIComponent(currentDir()) + q);
+      f.reset();
+      return 'Folder created.';
+    },
+    async upload(f) {
+      const files = Array.from(f.elements.file.files);
+      const bar = document.getElementById('upload-progress');
+      const total = files.reduce((n, x) => n + x.size, 0) || 1;
+      let done = 0;
+      uploading += 1;
+      bar.hidden = false;
+      bar.value = 0;
+      try {
+        for (const file of files) {
+          await upload(currentDir(), file, (part) => {
+            bar.value = Math.round(((done + part * file.size) / total) * 100);
+          });
+          done += file.size;
+        }
+        bar.value = 100;
+      } finally {
+        uploading -= 1;
+      }
+      f.reset();
+      return files.length + ' file(s) uploaded.';
+    },
+    async 'share-folder'(f) {
+      const attributes = {
+        permissions: { files: { type: 'io.cozy.files', verbs: ['GET'], values: [currentDir()] } },
+      };
+      if (f.elements.password.value) attributes.password = f.elements.password.value;
+      const ttl = Number(f.elements.days.value) + 'D';
+      const j = await api('POST', '/permissions?codes=link&ttl=' + ttl, {
+        data: { type: 'io.cozy.permissions', attributes },
+      });
+      const code = j.data.attributes.codes.link;
+      offerLink('Folder link', location.origin + '/public/?sharecode=' + encodeURIComponent(code));
+      f.reset();
+      return null;
+    },
+    async rename(f) {
+      const id = f.getAttribute('data-file');
+      await api('PATCH', '/files/' + encodeURIComponent(id), { data: { attributes: { name: f.elements.name.value } } });
+      return 'Renamed.';
+    },
+    async move(f) {
+      const id = f.getAttribute('data-file');
+      const target = await api('GET', '/files/metadata?Path=' + encodeURIComponent(f.elements.path.value));
+      await api('PATCH', '/files/' + encodeURIComponent(id), { data: { attributes: { dir_id: target.data.id } } });
+      return 'Moved.';
+    },
+  };
+
+  async function run(kind, handlers, el) {
+    const handler = handlers[kind];
+    if (!handler) return;
+    el.setAttribute('aria-busy', 'true');
+    try {
+      const message = await handler(el);
+      if (message) say(message, false);
+      await refresh();
+      // The control is gone (an accepted request, a revoked member): keyboard users continue
+      // from the message that says what happened.
+      if (!document.body.contains(el) && !document.getElementById('new-link')) output.focus();
+    } catch (e) {
+      say(e.message || String(e), true);
+    } finally {
+      el.removeAttribute('aria-busy');
+    }
+  }
+
+  document.addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-action]');
+    if (!b) return;
+    e.preventDefault();
+    run(b.getAttribute('data-action'), clicks, b);
+  });
+  document.addEventListener('submit', (e) => {
+    const f = e.target.closest('form[data-action]');
+    if (!f) return;
+    e.preventDefault();
+    run(f.getAttribute('data-action'), submits, f);
+  });
+
+  // Live updates: any change refreshes the page's sections (at most a few times a second).
+  const live = document.getElementById('live');
+  let pending = null;
+  function soon() {
+    if (pending) return;
+    pending = setTimeout(() => {
+      pending = null;
+      refresh().catch(() => {});
+    }, 150);
+  }
+  function connect() {
+    const source = new EventSource('/realtime/events');
+    source.addEventListener('ready', () => {
+      live.textContent = 'Live';
+      live.className = 'live on';
+    });
+    for (const name of ['change', 'sharing', 'sync']) source.addEventListener(name, soon);
+    source.addEventListener('error', () => {
+      live.textContent = 'Reconnecting…';
+      live.className = 'live';
+    });
+  }
+  connect();
+  syncStatuses();
+})();

@@ -1,0 +1,315 @@
+//! `GET /realtime/events` — Server-Sent Events (the WHATWG HTML `text/event-stream` format) of
+//! what changes on the instance, for an app token (`Authorization: Bearer`) or the owner's
+//! browser session (the session cookie; `EventSource` cannot send headers, and another site
+//! cannot read the stream: no CORS is granted).
+//!
+//! Events, each `event: NAME` with one JSON `data:` line:
+//! - `ready` `{"doctypes": [...]}`: the doctypes whose changes follow.
+//! - `change` `{"doctype", "id", "rev", "deleted"}`: a document of a doctype the caller may read
+//!   (`GET` in its scope; whole doctypes or the ids it covers) changed. Internal doctypes
+//!   (`io.cozy.sharings`, `io.cozy.permissions`...) never appear.
+//! - `sharing` `{"sharing_id", "kind", "member"?, "status"?}`: a sharing the caller may read
+//!   changed; `kind` is `request` (a new request came in), `accepted`, `refused`, `revoked`
+//!   (a member's status), `ended` (the sharing ended for this instance) or `updated`.
+//! - `sync` `{"sharing_id", "member", "health", "running", "last_error", "refused_docs"}`:
+//!   the replication state to a member changed (the `status` route's terms).
+//!
+//! Each subscriber has a bounded queue of [`QUEUE_EVENTS`] events; a subscriber that does not
+//! take them within [`SLOW_CONSUMER_SECS`] of the queue filling is dropped (its stream ends),
+//! so a slow or stalled client costs the server at most that queue and the socket's buffers.
+//! A comment line every [`KEEPALIVE_SECS`] finds dead connections; then, too, a browser
+//! session's stream ends once the session has (logging out).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{bearer, data_caller, ApiError, ApiResult, AppState, Inst};
+use crate::auth::{PermissionSet, Reach, Verb};
+use crate::instance::Instance;
+use crate::sharing::{self, MemberStatus, Sharing};
+use crate::store::{ChangesQuery, Doctype};
+
+/// Events queued per subscriber at most.
+pub const QUEUE_EVENTS: usize = 64;
+/// How long a full queue waits for its subscriber before dropping it.
+pub const SLOW_CONSUMER_SECS: u64 = 5;
+const KEEPALIVE_SECS: u64 = 15;
+/// How often sync states are compared (they live in memory, not in the store).
+const SYNC_POLL: Duration = Duration::from_secs(1);
+/// Rows read per doctype per round.
+const CHANGES_BATCH: usize = 200;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/realtime/events", web::get().to(events));
+}
+
+/// Counts a live subscriber (one whose starting point is taken) for as long as its feed runs
+/// (`Instance::realtime_subscribers`).
+struct Subscribed(Arc<Instance>);
+
+impl Subscribed {
+    fn new(inst: Arc<Instance>) -> Subscribed {
+        inst.realtime_subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscribed(inst)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.realtime_subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn events(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let svc = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?
+        .clone();
+    let mut session = None;
+    let perms = if bearer(&req).is_some() {
+        data_caller(&inst.0, &req)?.1
+    } else if let Some(id) = super::login::owner_session(&inst.0, &req) {
+        session = Some(id);
+        super::home::owner_scope(&inst.0).await?
+    } else {
+        return Err(ApiError::Unauthorized("a bearer token or the owner's session is required"));
+    };
+    let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_EVENTS);
+    tokio::spawn(async move {
+        if let Err(e) = feed(&svc, &inst.0, &perms, session.as_deref(), &tx).await {
+            tracing::debug!(instance = %inst.0.domain, "realtime subscriber ends: {e}");
+        }
+    });
+    let stream =
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|o| o.map(Ok::<_, std::convert::Infallible>)));
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+fn frame(event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// Why a feed ends.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("the client went away")]
+    Gone,
+    #[error("the client did not keep up")]
+    TooSlow,
+    #[error("the session ended")]
+    LoggedOut,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+async fn send(tx: &mpsc::Sender<Bytes>, b: Bytes) -> Result<(), Ended> {
+    match tx.try_send(b) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Gone),
+        Err(mpsc::error::TrySendError::Full(b)) => {
+            match tokio::time::timeout(Duration::from_secs(SLOW_CONSUMER_SECS), tx.send(b)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Ended::Gone),
+                Err(_) => Err(Ended::TooSlow),
+            }
+        }
+    }
+}
+
+/// The doctypes whose documents the caller may read, and which ids when not all.
+fn readable(perms: &PermissionSet) -> BTreeMap<String, Option<Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for r in &perms.rules {
+        let name = r.doctype.as_str();
+        if sharing::model::is_internal_doctype(name) || out.contains_key(name) {
+            continue;
+        }
+        match perms.reach(&r.doctype, Verb::Get) {
+            Reach::All => {
+                out.insert(name.to_owned(), None);
+            }
+            Reach::Ids(ids) => {
+                out.insert(name.to_owned(), Some(ids));
+            }
+            Reach::None => {}
+        }
+    }
+    out
+}
+
+/// Whether the caller may read a sharing: the whole `io.cozy.sharings` doctype, or `GET` on one
+/// of its rules' doctypes (as `GET /sharings/:id/status`).
+fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
+    let readable = |d: &str| Doctype::parse(d).is_ok_and(|d| perms.reach(&d, Verb::Get) != Reach::None);
+    readable(sharing::SHARINGS_DOCTYPE) || s.rules.iter().any(|r| readable(&r.doctype))
+}
+
+type SyncView = (String, bool, Option<String>, usize);
+
+/// Streams events to `tx` until the subscriber goes, falls behind, or (for a browser session)
+/// its session ends.
+async fn feed(
+    svc: &AppState,
+    inst: &Arc<Instance>,
+    perms: &PermissionSet,
+    session: Option<&str>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), Ended> {
+    let store = inst.store.clone();
+    let mut commits = store.subscribe();
+    let doctypes = readable(perms);
+    let mut seqs: Vec<(Doctype, u64, Option<Vec<String>>)> = Vec::new();
+    for (name, ids) in &doctypes {
+        let Ok(dt) = Doctype::parse(name) else { continue };
+        let seq = store.db_info(&dt).await?.update_seq;
+        seqs.push((dt, seq, ids.clone()));
+    }
+    let sharings_dt =
+        Doctype::parse(sharing::SHARINGS_DOCTYPE).map_err(|e| Ended::Store(crate::store::StoreError::Corrupt(e)))?;
+    let mut sharings_seq = store.db_info(&sharings_dt).await?.update_seq;
+    let mut known: HashMap<String, Sharing> = sharing::list(store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|s| may_read(perms, s))
+        .map(|s| (s.id().to_owned(), s))
+        .collect();
+    let mut sync_seen: HashMap<(String, usize), SyncView> = HashMap::new();
+    sync_changes(svc, inst, &known, &mut sync_seen, None).await?;
+    // Counted from here: what happens from now on reaches the subscriber.
+    let _live = Subscribed::new(inst.clone());
+    send(tx, frame("ready", &json!({"doctypes": doctypes.keys().collect::<Vec<_>>()}))).await?;
+
+    let mut poll = tokio::time::interval(SYNC_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keepalive = tokio::time::interval(Duration::from_secs(KEEPALIVE_SECS));
+    keepalive.tick().await;
+    loop {
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() { return Err(Ended::Gone) },
+            _ = poll.tick() => {
+                sync_changes(svc, inst, &known, &mut sync_seen, Some(tx)).await?;
+                continue;
+            }
+            _ = keepalive.tick() => {
+                if session.is_some_and(|id| !inst.sessions.is_valid(id)) {
+                    return Err(Ended::LoggedOut);
+                }
+                send(tx, Bytes::from_static(b": keepalive\n\n")).await?;
+                continue;
+            }
+            _ = tx.closed() => return Err(Ended::Gone),
+        }
+        for (dt, since, ids) in seqs.iter_mut() {
+            loop {
+                let q = ChangesQuery { since: *since, limit: Some(CHANGES_BATCH), ..Default::default() };
+                let changes = store.changes(dt, &q).await?;
+                for row in &changes.rows {
+                    if ids.as_ref().is_some_and(|ids| !ids.iter().any(|i| i == row.id.as_str())) {
+                        continue;
+                    }
+                    let rev = row.changes.first().map(ToString::to_string);
+                    let data =
+                        json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
+                    send(tx, frame("change", &data)).await?;
+                }
+                *since = changes.last_seq.max(*since);
+                if changes.pending == 0 || changes.rows.is_empty() {
+                    break;
+                }
+            }
+        }
+        let seq = store.db_info(&sharings_dt).await?.update_seq;
+        if seq != sharings_seq {
+            sharings_seq = seq;
+            let now: HashMap<String, Sharing> = sharing::list(store.as_ref())
+                .await?
+                .into_iter()
+                .filter(|s| may_read(perms, s))
+                .map(|s| (s.id().to_owned(), s))
+                .collect();
+            for (id, s) in &now {
+                for ev in lifecycle(known.get(id), s) {
+                    send(tx, frame("sharing", &ev)).await?;
+                }
+            }
+            known = now;
+        }
+    }
+}
+
+/// What changed in a sharing between two versions, as `sharing` events.
+fn lifecycle(before: Option<&Sharing>, after: &Sharing) -> Vec<Value> {
+    let id = after.id();
+    let Some(before) = before else {
+        let kind = if after.owner { "updated" } else { "request" };
+        return vec![json!({"sharing_id": id, "kind": kind})];
+    };
+    if before.rev == after.rev {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if before.revoked_at.is_none() && after.revoked_at.is_some() {
+        out.push(json!({"sharing_id": id, "kind": "ended"}));
+    }
+    for (i, m) in after.members.iter().enumerate() {
+        let was = before.members.get(i).map(|b| b.status);
+        if was == Some(m.status) {
+            continue;
+        }
+        let kind = match m.status {
+            MemberStatus::Ready => "accepted",
+            MemberStatus::Refused => "refused",
+            MemberStatus::Revoked => "revoked",
+            _ => "updated",
+        };
+        out.push(json!({"sharing_id": id, "kind": kind, "member": i, "status": m.status.as_str()}));
+    }
+    if out.is_empty() {
+        out.push(json!({"sharing_id": id, "kind": "updated"}));
+    }
+    out
+}
+
+/// Compares the replication states of the readable sharings' links with what was last seen;
+/// sends a `sync` event for each that changed (only records them when `tx` is `None`).
+async fn sync_changes(
+    svc: &AppState,
+    inst: &Arc<Instance>,
+    sharings: &HashMap<String, Sharing>,
+    seen: &mut HashMap<(String, usize), SyncView>,
+    tx: Option<&mpsc::Sender<Bytes>>,
+) -> Result<(), Ended> {
+    for (id, s) in sharings.iter().filter(|(_, s)| s.active) {
+        for member in crate::sync::manager::targets(s) {
+            let key = crate::sync::manager::PeerKey { domain: inst.domain.to_string(), sharing: id.clone(), member };
+            let record = crate::sync::replication::read_link(inst, id, member).await?;
+            let refused = record.refused.len();
+            let status = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
+            let health = serde_json::to_value(status.health).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let view: SyncView = (health.unwrap_or_default(), status.running, status.last_error.clone(), refused);
+            let k = (id.clone(), member);
+            if seen.get(&k) == Some(&view) {
+                continue;
+            }
+            if let Some(tx) = tx {
+                let data = json!({"sharing_id": id, "member": member, "health": view.0, "running": view.1,
+                    "last_error": view.2, "refused_docs": view.3});
+                send(tx, frame("sync", &data)).await?;
+            }
+            seen.insert(k, view);
+        }
+    }
+    Ok(())
+}

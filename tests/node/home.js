@@ -1,0 +1,305 @@
+#!/usr/bin/env node
+// The owner's web app (GET /) in a real browser: headless Chromium through playwright-core.
+// Bob logs in (keyboard only) and keeps his home open; a guest opens alice's invitation for
+// bob and gives bob's address; the request appears on bob's page without a reload; bob
+// accepts it with the keyboard only; alice's page shows bob ready and the first sync done;
+// alice creates an invitation link, which a second browser context opens; alice revokes bob,
+// and bob's page shows the sharing ended; alice makes a folder, uploads a file (progress bar)
+// and downloads it back. No console error and no CSP violation anywhere. Screenshots of the
+// pages at 375 px and 1280 px go to SCREENSHOT_DIR.
+//
+// Env: ALICE_URL, BOB_URL, PASSPHRASE, INVITATION_URL (alice's link for bob), SHARING_ID,
+// CHROMIUM (default /usr/bin/chromium), SCREENSHOT_DIR, TIMEOUT_MS (default 90000).
+// Stdout: one JSON line {"ok":true,...} or {"ok":false,"error":...}. Exit code 0 on success.
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require('playwright-core');
+
+const started = Date.now();
+const TIMEOUT_MS = Number(process.env.TIMEOUT_MS || 90000);
+const steps = [];
+const problems = []; // console errors, page errors, CSP violations: each fails the run
+const consoleLines = [];
+
+function log(msg) {
+  process.stderr.write(`[home +${Date.now() - started}ms] ${msg}\n`);
+}
+function step(name, extra) {
+  steps.push({ step: name, ms: Date.now() - started, ...extra });
+  log(`${name}${extra ? ' ' + JSON.stringify(extra) : ''}`);
+}
+function required(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} is not set`);
+  return v;
+}
+let emitted = false;
+function emit(summary) {
+  if (emitted) return;
+  emitted = true;
+  process.stdout.write(JSON.stringify(summary) + '\n');
+}
+const hardStop = setTimeout(() => {
+  emit({ ok: false, error: `hard timeout after ${TIMEOUT_MS + 15000} ms`, steps });
+  process.exit(1);
+}, TIMEOUT_MS + 15000);
+hardStop.unref();
+
+const shotsDir = process.env.SCREENSHOT_DIR;
+const shots = [];
+async function screenshots(page, name) {
+  if (!shotsDir) return;
+  fs.mkdirSync(shotsDir, { recursive: true });
+  const before = page.viewportSize();
+  for (const [label, width] of [['375', 375], ['desktop', 1280]]) {
+    await page.setViewportSize({ width, height: 900 });
+    const file = path.join(shotsDir, `${name}-${label}.png`);
+    await page.screenshot({ path: file, fullPage: true });
+    shots.push(file);
+  }
+  await page.setViewportSize(before);
+}
+
+async function newContext(browser, who) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  // Reports CSP violations as console errors (an init script runs whatever the page's CSP).
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  context.on('page', (p) => watch(p, who));
+  return context;
+}
+
+function watch(page, who) {
+  page.on('console', (m) => {
+    const line = `${who} ${m.type()}: ${m.text()}`;
+    consoleLines.push(line);
+    if (m.type() === 'error') problems.push(line);
+  });
+  page.on('pageerror', (e) => problems.push(`${who} pageerror: ${e.message}`));
+}
+
+async function logIn(page, base, passphrase, keyboardOnly) {
+  await page.goto(base + '/');
+  await page.waitForURL((u) => u.pathname === '/auth/login');
+  if (keyboardOnly) {
+    // The passphrase field has the focus on arrival; Enter submits.
+    await page.keyboard.type(passphrase);
+    await Promise.all([page.waitForURL((u) => u.pathname === '/'), page.keyboard.press('Enter')]);
+  } else {
+    await page.fill('#passphrase', passphrase);
+    await Promise.all([page.waitForURL((u) => u.pathname === '/'), page.click('#login')]);
+  }
+  await page.waitForSelector('#live.on');
+}
+
+async function run(browser, env) {
+  const remaining = () => Math.max(1000, started + TIMEOUT_MS - Date.now());
+  const card = (side) => `${side} article[data-sharing="${env.sharing}"]`;
+
+  const bobContext = await newContext(browser, 'bob');
+  const bob = await bobContext.newPage();
+  bob.setDefaultTimeout(30000);
+  await logIn(bob, env.bob, env.passphrase, true);
+  step('bob logged in with the keyboard, live');
+  await bob.evaluate(() => {
+    window.hearthNotReloaded = true;
+  });
+
+  const aliceContext = await newContext(browser, 'alice');
+  const alice = await aliceContext.newPage();
+  alice.setDefaultTimeout(30000);
+  alice.on('dialog', (d) => d.accept());
+  await logIn(alice, env.alice, env.passphrase, false);
+  step('alice logged in, live');
+
+  // A guest gives bob's address on alice's invitation: the request goes to bob's instance.
+  const guestContext = await newContext(browser, 'guest');
+  const guest = await guestContext.newPage();
+  await guest.goto(env.invitation);
+  await guest.fill('#url', env.bob);
+  await Promise.all([guest.waitForURL((u) => u.pathname === '/auth/login'), guest.click('#discover')]);
+  step('request sent to bob');
+
+  // It appears on bob's page, live (no reload).
+  const accept = `${card('#requests')} button[data-action="accept"]`;
+  await bob.waitForSelector(accept, { timeout: remaining() });
+  if (!(await bob.evaluate(() => window.hearthNotReloaded === true))) throw new Error('bob\'s page was reloaded');
+  step('request appeared live on bob\'s page');
+  await screenshots(bob, 'bob-request');
+
+  // Keyboard only: Tab to Accept, Enter.
+  let focused = false;
+  for (let i = 0; i < 80 && !focused; i++) {
+    await bob.keyboard.press('Tab');
+    focused = await bob.evaluate(
+      (sel) => document.activeElement === document.querySelector(sel),
+      accept,
+    );
+  }
+  if (!focused) throw new Error('Accept cannot be reached with Tab');
+  await bob.keyboard.press('Enter');
+  await bob.waitForSelector(`${card('#shared-with-me')} .badge.ok`, { timeout: remaining() });
+  step('bob accepted with the keyboard');
+
+  // Alice's page: bob ready, and the first sync done.
+  await alice.waitForFunction(
+    (sel) => {
+      const rows = document.querySelectorAll(sel + ' table.members tbody tr');
+      return rows.length > 1 && /ready/.test(rows[1].textContent);
+    },
+    card('#shared-by-me'),
+    { timeout: remaining() },
+  );
+  await alice.waitForFunction(
+    (id) => /healthy/.test((document.getElementById(`sync-${id}-1`) || {}).textContent || ''),
+    env.sharing,
+    { timeout: remaining() },
+  );
+  const syncText = (await alice.textContent(`#sync-${env.sharing}-1`)).trim();
+  step('first sync complete on alice\'s page', { sync: syncText });
+  await screenshots(alice, 'alice-home');
+  await screenshots(bob, 'bob-home');
+
+  // Alice creates an invitation link; a second browser context opens it.
+  const form = `${card('#shared-by-me')} form[data-action="invite"]`;
+  await alice.selectOption(`${form} select[name="access"]`, 'read');
+  await alice.fill(`${form} input[name="max"]`, '2');
+  await alice.fill(`${form} input[name="days"]`, '3');
+  await alice.click(`${form} button[type="submit"]`);
+  await alice.waitForSelector('#new-link');
+  const link = await alice.inputValue('#new-link');
+  const other = await newContext(browser, 'other');
+  const otherPage = await other.newPage();
+  const opened = await otherPage.goto(link);
+  if (!opened || opened.status() !== 200) throw new Error(`the invitation link answered ${opened && opened.status()}`);
+  await otherPage.waitForSelector('#url', { state: 'visible' });
+  const offered = await otherPage.textContent('body');
+  step('invitation link opened in another context', { status: opened.status() });
+  await alice.waitForSelector(`${card('#shared-by-me')} button[data-action="revoke-invitation"]`);
+
+  // Alice revokes bob; bob's page shows the sharing ended.
+  await alice.click(`${card('#shared-by-me')} button[data-action="revoke-one"][data-member="1"]`);
+  await alice.waitForFunction(
+    (sel) => /revoked/.test(document.querySelectorAll(sel + ' table.members tbody tr')[1].textContent),
+    card('#shared-by-me'),
+    { timeout: remaining() },
+  );
+  await bob.waitForFunction(
+    (sel) => /ended/.test((document.querySelector(sel) || {}).textContent || ''),
+    card('#shared-with-me'),
+    { timeout: remaining() },
+  );
+  step('alice revoked bob; bob\'s page shows it ended');
+
+  // Files: a folder, an upload with its progress bar, a download.
+  await alice.fill('form[data-action="mkdir"] input[name="name"]', 'Photos');
+  await alice.click('form[data-action="mkdir"] button');
+  await alice.click('#files a:has-text("Photos")');
+  await alice.waitForSelector('#files nav.breadcrumb [aria-current="page"]:has-text("Photos")');
+  const content = Buffer.from('hello from the browser ' + 'x'.repeat(200000));
+  await alice.setInputFiles('form[data-action="upload"] input[type="file"]', {
+    name: 'hello.txt',
+    mimeType: 'text/plain',
+    buffer: content,
+  });
+  // The progress bar's values as the page sets them (the section is re-rendered afterwards).
+  await alice.evaluate(() => {
+    window.hearthProgress = [];
+    new MutationObserver(() => {
+      const bar = document.getElementById('upload-progress');
+      if (bar && !bar.hidden) window.hearthProgress.push(Number(bar.value));
+    }).observe(document.getElementById('main'), { subtree: true, attributes: true, attributeFilter: ['value', 'hidden'] });
+  });
+  await alice.click('form[data-action="upload"] button');
+  await alice.waitForSelector('#files button[data-action="download"][data-name="hello.txt"]');
+  const progress = String(Math.max(-1, ...(await alice.evaluate(() => window.hearthProgress))));
+  const [download] = await Promise.all([
+    alice.waitForEvent('download'),
+    alice.click('#files button[data-action="download"][data-name="hello.txt"]'),
+  ]);
+  const downloaded = fs.readFileSync(await download.path());
+  if (!downloaded.equals(content)) throw new Error('the downloaded file differs from the uploaded one');
+  step('folder made, file uploaded and downloaded', { progress });
+  await screenshots(alice, 'alice-files');
+
+  return { syncText, progress, offered: offered.includes('holiday notes') };
+}
+
+async function main() {
+  let env;
+  try {
+    env = {
+      alice: required('ALICE_URL').replace(/\/+$/, ''),
+      bob: required('BOB_URL').replace(/\/+$/, ''),
+      passphrase: required('PASSPHRASE'),
+      invitation: required('INVITATION_URL'),
+      sharing: required('SHARING_ID'),
+    };
+  } catch (e) {
+    emit({ ok: false, error: e.message });
+    return 1;
+  }
+  let browser = null;
+  let code = 1;
+  try {
+    browser = await chromium.launch({
+      executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+      headless: true,
+      timeout: 30000,
+      args: [
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--disable-dev-shm-usage',
+        '--no-proxy-server',
+        '--host-resolver-rules=MAP *.localhost 127.0.0.1',
+      ],
+    });
+    step('launched', { version: browser.version() });
+    const result = await Promise.race([
+      run(browser, env),
+      new Promise((_, reject) => setTimeout(() => reject(new Error('the flow timed out')), TIMEOUT_MS)),
+    ]);
+    if (problems.length) throw new Error(`console errors or CSP violations: ${problems.join(' | ')}`);
+    emit({ ok: true, ...result, screenshots: shots, ms: Date.now() - started, steps });
+    code = 0;
+  } catch (e) {
+    log(`FAILED: ${e && e.stack ? e.stack : e}`);
+    for (const l of consoleLines) log(`console ${l}`);
+    if (browser && shotsDir) {
+      for (const ctx of browser.contexts()) {
+        for (const p of ctx.pages()) {
+          try {
+            fs.mkdirSync(shotsDir, { recursive: true });
+            const file = path.join(shotsDir, `failure-${shots.length}.png`);
+            await p.screenshot({ path: file, fullPage: true, timeout: 3000 });
+            shots.push(file);
+          } catch (err) {
+            log(`screenshot failed: ${err.message}`);
+          }
+        }
+      }
+    }
+    emit({ ok: false, error: String(e && e.message ? e.message : e), problems, screenshots: shots, steps });
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+  }
+  return code;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e) => {
+    emit({ ok: false, error: `unexpected: ${e && e.stack ? e.stack : e}`, steps });
+    process.exit(1);
+  },
+);
