@@ -49,7 +49,8 @@ pub enum SyncError {
     Peer(#[from] FederationError),
     #[error("{0}")]
     Protocol(String),
-    /// A document under a `remove: revoke` rule was deleted here: the sharing must be revoked.
+    /// A document under a `remove: revoke` rule was deleted here or left the rule's set: the
+    /// sharing must be revoked.
     #[error("a document whose removal revokes the sharing was deleted")]
     RevokeRequested,
 }
@@ -263,7 +264,9 @@ impl Source for LocalSource {
             let Some(l) = leaves.remove(&doc) else { continue };
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let rule = self.sharing.rules.get(r.rule_index);
-            if deleted && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
+            // Deleted, or no longer matching its rule: under `remove: revoke` either ends the
+            // sharing (Cozy, cozy-stack PR #3133: leaving the set counts as a removal).
+            if (deleted || r.removed) && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
                 return Err(SyncError::RevokeRequested);
             }
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
