@@ -286,6 +286,10 @@ impl Source for LocalSource {
             if !self.flows(r.rule_index, kind) {
                 continue;
             }
+            if r.removed && !deleted && rule.is_some_and(|rule| rule.subtree()) {
+                // Moved out of a shared directory: the members keep their copy (Cozy).
+                continue;
+            }
             if r.removed && !deleted {
                 // The document left the sharing (it no longer matches): its new content is
                 // none of the peers' business. Under the rule's `remove` policy they get a
@@ -341,7 +345,11 @@ impl Source for LocalSource {
                             )
                         }
                         // The stored text, spliced under the peer's id: never re-serialised.
-                        None => render_as(&d, &peer_id, &[]),
+                        None => {
+                            let mut d = d;
+                            self.ids.convert_fields(doctype.as_str(), &mut d.body);
+                            render_as(&d, &peer_id, &[])
+                        }
                     }
                     .map_err(|e| SyncError::Store(StoreError::Corrupt(format!("{doctype}/{id}: {e}"))))?;
                     out.push(Outgoing::new(format!("{doctype}/{peer_id}"), doc));
