@@ -98,6 +98,16 @@ async fn a_shared_directory_arrives_whole_in_shared_with_me_with_its_tree_consis
     let path_b = "/Shared with me/Team projects/sub/deep/later/b.txt";
     eventually(WAIT, "a later file reaches bob", || async { at_path(&bob, &tb, path_b).await.0 == 200 }).await;
 
+    // Bob adds a file in the shared folder: it reaches alice's tree where it belongs.
+    let bob_sub = at_path(&bob, &tb, "/Shared with me/Team projects/sub").await.1.unwrap();
+    upload(&bob, &tb, &bob_sub, "from-bob.txt", b"hi alice").await;
+    eventually(WAIT, "bob's file reaches alice", || async {
+        at_path(&alice, &ta, "/Projects/sub/from-bob.txt").await.0 == 200
+    })
+    .await;
+    let (_, root_now) = winner(&app, &alice, "io.cozy.files", &projects).await.unwrap();
+    assert_eq!(root_now["dir_id"], json!(ROOT), "alice's root stays in place");
+
     // Moved out: it leaves the sharing, bob keeps his copy; later changes to it stay on alice.
     let patch = |attrs: Value| json!({"data": {"type": "io.cozy.files", "attributes": attrs}});
     let (s, v) =
