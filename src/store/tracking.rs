@@ -297,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn a_subtree_rule_selects_its_root_and_whatever_has_a_parent_in_the_sharing_under_it() {
+        let rule = TrackRule {
+            sharing_id: "s".into(),
+            rule_index: 1,
+            doctype: "io.cozy.files".into(),
+            selector: None,
+            values: vec!["root".into()],
+            joins: true,
+            parent_field: Some("dir_id".into()),
+        };
+        let body = |parent: &str| Body::from_map(json!({ "dir_id": parent }).as_object().unwrap());
+        let rules = [rule.clone()];
+        assert_eq!(TrackRule::parent_of(&rules, "io.cozy.files", &body("d1")).as_deref(), Some("d1"));
+        assert_eq!(TrackRule::parent_of(&rules, "io.cozy.notes", &body("d1")), None);
+        assert!(rule.matches_in("io.cozy.files", "root", &body("elsewhere"), None));
+        assert!(rule.matches_in("io.cozy.files", "child", &body("d1"), Some(1)));
+        assert!(!rule.matches_in("io.cozy.files", "child", &body("d1"), None), "parent outside the sharing");
+        assert!(!rule.matches_in("io.cozy.files", "child", &body("d1"), Some(0)), "parent under another rule");
+        let flat = TrackRule { parent_field: None, ..rule };
+        assert!(!flat.matches_in("io.cozy.files", "child", &body("d1"), Some(1)), "not a subtree rule");
+    }
+
+    #[test]
     fn rules_match_ids_or_field_paths() {
         let by_id = TrackRule {
             sharing_id: "s".into(),
