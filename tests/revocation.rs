@@ -244,6 +244,68 @@ async fn a_removal_under_a_revoke_rule_ends_the_sharing_for_good() {
     assert!(!n1, "the note stays deleted on alice");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_leaving_a_selector_rule_with_remove_revoke_revokes_the_sharing() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let [bob, carol] = ["bob", "carol"].map(|n| one.add_instance(n, PASS));
+    let token = one.token(&alice, "io.cozy.todos");
+    let (s, v) =
+        alice.call(Method::PUT, "/data/io.cozy.todos/rvX", Some(&token), Some(json!({"list": "R1", "n": 1}))).await;
+    assert_eq!(s, 201, "{v}");
+    let rev = v["rev"].as_str().unwrap().to_owned();
+    let rule = json!({"title": "Todos", "doctype": "io.cozy.todos", "selector": "list", "values": ["R1"],
+        "add": "sync", "update": "sync", "remove": "revoke"});
+    let id = create(&alice, &token, rule, json!([{"email": "bob@example.net"}, {"email": "carol@example.net"}])).await;
+    join(&one, &alice, &id, "state", &state(&one, &alice, &id, 1).await, &bob).await;
+    let (s, carol_redirect) = discover(&alice, &id, "state", &state(&one, &alice, &id, 2).await, &carol).await;
+    assert_eq!(s, 200, "{carol_redirect}");
+    let todos = Doctype::parse("io.cozy.todos").unwrap();
+    let bob_store = one.instance(&bob.domain).store.clone();
+    eventually(WAIT, "the todo reaches bob", || {
+        let (store, todos) = (bob_store.clone(), todos.clone());
+        async move { store.db_info(&todos).await.unwrap().doc_count == 1 }
+    })
+    .await;
+    assert!(!load(&one, &alice, &id).await.is_revoked());
+
+    let (s, v) = alice
+        .call(Method::PUT, &format!("/data/io.cozy.todos/rvX?rev={rev}"), Some(&token), Some(json!({"list": "other"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    eventually(WAIT, "leaving the set revokes the sharing", || async { load(&one, &alice, &id).await.is_revoked() })
+        .await;
+    eventually(WAIT, "bob learns the revocation", || async { load(&one, &bob, &id).await.is_revoked() }).await;
+    let late = accept(&one, &carol, &id, &carol_redirect).await;
+    assert!(matches!(late, Err(SharingError::Conflict(_))), "{late:?}");
+    let s = load(&one, &alice, &id).await;
+    assert!(!s.active && s.members[1..].iter().all(|m| m.status == MemberStatus::Revoked), "{:?}", s.members);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_document_of_a_revoke_rule_before_anyone_accepted_revokes_the_sharing() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = one.add_instance("bob", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    let (s, v) =
+        alice.call(Method::PUT, "/data/io.cozy.notes/n1", Some(&token), Some(json!({"title": "playlist"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let rev = v["rev"].as_str().unwrap().to_owned();
+    let id = create(&alice, &token, rule("revoke"), json!([{"email": "bob@example.net"}])).await;
+    let (s, redirect) = discover(&alice, &id, "state", &state(&one, &alice, &id, 1).await, &bob).await;
+    assert_eq!(s, 200, "{redirect}");
+    let (s, _) = alice.call(Method::DELETE, &format!("/data/io.cozy.notes/n1?rev={rev}"), Some(&token), None).await;
+    assert_eq!(s, 200);
+
+    let late = accept(&one, &bob, &id, &redirect).await;
+    assert!(matches!(late, Err(SharingError::Conflict(_))), "{late:?}");
+    let s = load(&one, &alice, &id).await;
+    assert!(s.is_revoked() && !s.active, "{s:?}");
+    assert_eq!(s.members[1].status, MemberStatus::Revoked);
+    member_ways_are_closed(&one, &alice, &id, 1, &bob).await;
+}
+
 async fn alice_store_has(app: &TestApp, inst: &TestInstance, id: &str) -> bool {
     let store = app.instance(&inst.domain).store.clone();
     store

@@ -436,28 +436,8 @@ impl Files {
     }
 
     async fn ensure_dir(&self, id: &str, fields: Value) -> Result<()> {
-        let id = DocId::parse(id).map_err(|e| FilesError::Internal(anyhow::anyhow!(e)))?;
-        match self.store.get(&doctype(), &id, GetOptions::default()).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::NotFound | StoreError::Deleted) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let mut body = Body::empty();
-        let at = now();
-        if let Value::Object(map) = fields {
-            for (k, v) in map {
-                model::set(&mut body, &k, v);
-            }
-        }
-        model::set(&mut body, "created_at", json!(at));
-        model::set(&mut body, "updated_at", json!(at));
-        model::set(&mut body, "tags", json!([]));
-        // A concurrent first use wrote it first: fine.
-        let w = DocWrite { id, rev: None, revisions: None, deleted: false, body };
-        self.store.bulk_docs(&doctype(), vec![w], true).await?;
-        Ok(())
+        ensure_dir_in(self.store.as_ref(), id, fields).await
     }
-
     /// Catches the index up with the store.
     pub async fn sync(&self) -> Result<()> {
         self.index.catch_up(self.store.as_ref(), &doctype()).await?;
@@ -1076,6 +1056,41 @@ fn decode_cursor(c: &str) -> Result<(String, String)> {
     let invalid = || bad("invalid page[cursor]");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c).map_err(|_| invalid())?;
     serde_json::from_slice::<(String, String)>(&bytes).map_err(|_| invalid())
+}
+
+/// The directory received shared roots go in, on a recipient (Cozy's id and name).
+pub const SHARED_WITH_ME_ID: &str = "io.cozy.files.shared-with-me-dir";
+pub const SHARED_WITH_ME_NAME: &str = "Shared with me";
+
+/// Creates the "Shared with me" directory at the root when it is missing.
+pub async fn ensure_shared_with_me(store: &dyn crate::store::Store) -> Result<()> {
+    let fields = json!({"type": "directory", "name": SHARED_WITH_ME_NAME, "dir_id": ROOT_ID,
+        "path": format!("/{SHARED_WITH_ME_NAME}")});
+    ensure_dir_in(store, SHARED_WITH_ME_ID, fields).await
+}
+
+/// Writes directory `id` with `fields` (and dates, tags) when it does not exist.
+async fn ensure_dir_in(store: &dyn crate::store::Store, id: &str, fields: Value) -> Result<()> {
+    let id = DocId::parse(id).map_err(|e| FilesError::Internal(anyhow::anyhow!(e)))?;
+    match store.get(&doctype(), &id, GetOptions::default()).await {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NotFound | StoreError::Deleted) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut body = Body::empty();
+    let at = now();
+    if let Value::Object(map) = fields {
+        for (k, v) in map {
+            model::set(&mut body, &k, v);
+        }
+    }
+    model::set(&mut body, "created_at", json!(at));
+    model::set(&mut body, "updated_at", json!(at));
+    model::set(&mut body, "tags", json!([]));
+    // A concurrent first use wrote it first: fine.
+    let w = DocWrite { id, rev: None, revisions: None, deleted: false, body };
+    store.bulk_docs(&doctype(), vec![w], true).await?;
+    Ok(())
 }
 
 /// An instance's own quota, if one was set.

@@ -563,7 +563,12 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         }
     };
     let stream = files.content.read(&key, range.clone()).await.map_err(|e| match e {
-        files::ContentError::NotFound => ApiError::Internal(anyhow::anyhow!("content {key} of {} is missing", item.id)),
+        // A file received by sharing before its content (or whose content is lost): never
+        // served as if complete, never a 5xx.
+        files::ContentError::NotFound => {
+            tracing::warn!(file = %item.id, content = %key, "download of a file whose content is not here");
+            ApiError::NotFound("this file's content is not on this instance (not arrived yet)".into())
+        }
         e => FilesError::Content(e).into(),
     })?;
     let mut resp = match &range {

@@ -4,6 +4,11 @@
 //! [`Sharing::to_api`] is the only way out to clients, and it never includes credentials.
 
 pub use crate::federation::client::PeerCredentials;
+
+/// The files doctype, whose rules by id share subtrees (see [`Rule::subtree`]).
+pub const FILES_DOCTYPE: &str = "io.cozy.files";
+/// The member of a file or directory naming its parent directory (Cozy's `dir_id`).
+pub const FILES_PARENT: &str = "dir_id";
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -204,7 +209,15 @@ impl Rule {
             selector: self.selector.clone(),
             values: self.values.clone(),
             joins: self.joins_later(owner),
+            parent_field: self.subtree().then(|| FILES_PARENT.to_owned()),
         }
+    }
+
+    /// Whether this rule shares subtrees: a rule by id on `io.cozy.files` shares each named
+    /// directory with everything under it, at any depth, including what is added or moved in
+    /// later (a file named alone is shared alone), as in Cozy.
+    pub fn subtree(&self) -> bool {
+        self.doctype == FILES_DOCTYPE && self.by_id()
     }
 
     /// Whether this rule names its documents by id (rather than by a field's value).
@@ -228,6 +241,19 @@ impl Rule {
     /// Whether a document body (with its id) is selected by this rule.
     pub fn matches(&self, doctype: &str, id: &str, body: &crate::store::Body) -> bool {
         self.track_rule("", 0, true).matches(doctype, id, body)
+    }
+
+    /// [`Rule::matches`], or (subtree rules) its parent is in the sharing under this rule,
+    /// whose index is `index` (`parent`: the rule of the parent's row, see `store::Standing`).
+    pub fn matches_in(
+        &self,
+        index: usize,
+        doctype: &str,
+        id: &str,
+        body: &crate::store::Body,
+        parent: Option<usize>,
+    ) -> bool {
+        self.track_rule("", index, true).matches_in(doctype, id, body, parent)
     }
 
     /// Whether a change may flow in this direction: `deleted` or `leaving` changes follow

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Value};
 
-use super::model::{ChangeKind, Flow, Sharing};
+use super::model::{ChangeKind, Flow, Sharing, FILES_PARENT};
 use super::protocol::{BulkDocs, Refused};
 use super::xor::IdMap;
 use super::{Result, SharingError};
@@ -122,11 +122,18 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
             };
             let peer_id = w.id.to_string();
             w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
+            map.convert_fields(doctype.as_str(), &mut w.body);
+            if !w.deleted {
+                place_shared_root(inst, s, &doctype, &mut w).await?;
+            }
             if request.initial.contains(&format!("{doctype}/{peer_id}")) {
                 claimed.insert(w.id.clone());
             }
             peer_ids.push(peer_id);
             writes.push(w);
+        }
+        if crate::sharing::xor::ID_FIELDS.iter().any(|(d, _)| *d == doctype.as_str()) {
+            (peer_ids, writes) = parents_first(peer_ids, writes);
         }
         let judge: Arc<Judge> = {
             let (s, doctype) = (s.clone(), doctype.clone());
@@ -152,6 +159,70 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
         }
     }
     Ok(applied)
+}
+
+/// Orders a batch so that a directory comes before what it holds (a subtree rule lets a
+/// document in by its parent, judged first): parents first, otherwise the order sent.
+fn parents_first(peer_ids: Vec<String>, writes: Vec<DocWrite>) -> (Vec<String>, Vec<DocWrite>) {
+    let index: std::collections::HashMap<String, usize> =
+        writes.iter().enumerate().map(|(i, w)| (w.id.to_string(), i)).collect();
+    let parent = |i: usize| match writes[i].body.get(FILES_PARENT) {
+        Some(Value::String(p)) => index.get(&p).copied(),
+        _ => None,
+    };
+    let mut order = Vec::with_capacity(writes.len());
+    let mut placed = vec![false; writes.len()];
+    for start in 0..writes.len() {
+        // Walk up to the first ancestor not placed (bounded: a cycle stops the walk).
+        let mut chain = vec![start];
+        while let Some(p) = parent(*chain.last().unwrap_or(&start)) {
+            if placed[p] || chain.contains(&p) {
+                break;
+            }
+            chain.push(p);
+        }
+        for &i in chain.iter().rev() {
+            if !placed[i] {
+                placed[i] = true;
+                order.push(i);
+            }
+        }
+    }
+    let mut slots: Vec<Option<(String, DocWrite)>> = peer_ids.into_iter().zip(writes).map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).unzip()
+}
+
+/// The root of a shared subtree (a value of a subtree rule, see `Rule::subtree`) has its place
+/// in each member's own tree: on a recipient, inside the "Shared with me" directory (created
+/// when needed) under the rule's title; on the owner, where the owner keeps it. Its `dir_id`
+/// and `name` are therefore local members: set here on what a peer sends, whatever it says
+/// (Cozy does the same; the revision is the same everywhere, the placement is each member's).
+async fn place_shared_root(inst: &Instance, s: &Sharing, doctype: &Doctype, w: &mut DocWrite) -> Result<()> {
+    let Some(rule) =
+        s.rules.iter().find(|r| r.subtree() && r.doctype == doctype.as_str() && r.values.contains(&w.id.to_string()))
+    else {
+        return Ok(());
+    };
+    let raw = |v: &str| serde_json::value::to_raw_value(v).map_err(|e| SharingError::BadRequest(e.to_string()));
+    if s.owner {
+        let current = inst.store.get(doctype, &w.id, crate::store::GetOptions::default()).await;
+        if let Ok(current) = current {
+            for field in [FILES_PARENT, "name"] {
+                if let Some(Value::String(v)) = current.doc.body.get(field) {
+                    w.body.set(field, &raw(&v)?);
+                }
+            }
+        }
+    } else {
+        crate::files::ensure_shared_with_me(inst.store.as_ref())
+            .await
+            .map_err(|e| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!(e.to_string()))))?;
+        w.body.set(FILES_PARENT, &raw(crate::files::SHARED_WITH_ME_ID)?);
+        if !rule.title.is_empty() {
+            w.body.set("name", &raw(&rule.title)?);
+        }
+    }
+    Ok(())
 }
 
 /// The `_id` of a received document that could not be parsed, when it has a string one.
@@ -181,8 +252,11 @@ fn peer_doc_id(d: &serde_json::value::RawValue) -> Option<String> {
 ///   enters the sharing here with that rule.
 pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, claimed_initial: bool) -> Verdict {
     let to_owner = s.owner;
-    let mut matching =
-        s.rules.iter().enumerate().filter(|(_, r)| !r.local && r.matches(doctype.as_str(), w.id.as_str(), &w.body));
+    let mut matching = s
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| !r.local && r.matches_in(*i, doctype.as_str(), w.id.as_str(), &w.body, standing.parent));
     let Some(index) = standing.shared.filter(|st| !st.removed).map(|st| st.rule_index) else {
         if standing.exists && w.deleted && standing.shared.is_some() {
             // It left the sharing here: the peer's removal (often the echo of the deletion
@@ -272,11 +346,12 @@ mod tests {
         DocWrite { id: DocId::parse(id).unwrap(), rev: None, revisions: None, deleted, body }
     }
 
-    const NEW: Standing = Standing { exists: false, shared: None };
-    const OUTSIDE: Standing = Standing { exists: true, shared: None };
-    const IN: Standing = Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: false, seq: 1 }) };
+    const NEW: Standing = Standing { exists: false, shared: None, parent: None };
+    const OUTSIDE: Standing = Standing { exists: true, shared: None, parent: None };
+    const IN: Standing =
+        Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: false, seq: 1 }), parent: None };
     const LEFT: Standing =
-        Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: true, seq: 1 }) };
+        Standing { exists: true, shared: Some(SharedState { rule_index: 1, removed: true, seq: 1 }), parent: None };
 
     fn join(rule: usize) -> Verdict {
         Verdict::Accept { join: Some(rule), revokes: false }

@@ -58,6 +58,27 @@ impl IdMap {
     }
 }
 
+/// Members holding another document's id, per doctype: they go through the same transform
+/// as `_id`, so a tree stays a tree on every member (Cozy transforms `dir_id` the same way).
+pub const ID_FIELDS: &[(&str, &str)] = &[(super::model::FILES_DOCTYPE, super::model::FILES_PARENT)];
+
+impl IdMap {
+    /// Transforms, in place and keeping the other members byte for byte, the [`ID_FIELDS`]
+    /// members of a body of `doctype`.
+    pub fn convert_fields(&self, doctype: &str, body: &mut crate::store::Body) {
+        if self.key.is_none() {
+            return;
+        }
+        for (_, field) in ID_FIELDS.iter().filter(|(d, _)| *d == doctype) {
+            if let Some(serde_json::Value::String(id)) = body.get(field) {
+                if let Ok(raw) = serde_json::value::to_raw_value(&self.convert(&id)) {
+                    body.set(field, &raw);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -609,6 +609,7 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
         selector: selector.map(str::to_owned),
         values: values.iter().map(|v| v.to_string()).collect(),
         joins: true,
+        parent_field: None,
     };
     // Documents written before the sharing exists are picked up by track_existing.
     let before = put(store, &t, edit("early", None, false, json!({"list": "l1"}))).await.expect("early");
@@ -670,6 +671,7 @@ fn track_rule(sharing: &str, t: &Doctype, i: usize, selector: Option<&str>, valu
         selector: selector.map(str::to_owned),
         values: values.iter().map(|v| v.to_string()).collect(),
         joins,
+        parent_field: None,
     }
 }
 
@@ -737,7 +739,7 @@ pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn
     let seen = seen.lock().expect("log").clone();
     let new_seen: Vec<&Standing> = seen.iter().filter(|(id, _)| id == "new").map(|(_, st)| st).collect();
     assert_eq!(new_seen.len(), 2, "{seen:?}");
-    assert_eq!(*new_seen[0], Standing { exists: false, shared: None });
+    assert_eq!(*new_seen[0], Standing { exists: false, shared: None, parent: None });
     let shared = new_seen[1].shared.expect("the second copy sees the first in the sharing");
     assert!(new_seen[1].exists && shared.rule_index == 0 && !shared.removed, "{seen:?}");
     // Nothing of the refused document was written; the accepted one is in the sharing.

@@ -1659,9 +1659,26 @@ impl CouchStore {
                     current.insert(row.0.as_str(), (st.rule, st.removed));
                 }
             }
+            // Subtree rules: the parents' rows (a parent written in this page is in `current`).
+            let parents: Vec<Option<String>> =
+                bodies.iter().map(|b| TrackRule::parent_of(&rules, doctype.as_str(), b)).collect();
+            let parent_keys: Vec<String> = parents
+                .iter()
+                .flatten()
+                .map(|p| track_key(sharing, doctype.as_str(), p))
+                .filter(|k| !states.contains_key(k))
+                .collect();
+            let parent_states = self.track_states(&parent_keys).await?;
             let mut records = Vec::new();
-            for (row, body) in rows.iter().zip(bodies) {
-                let (matching, joining) = tracking::matching_rules(&rules, sharing, doctype.as_str(), &row.0, body);
+            for ((row, body), parent) in rows.iter().zip(bodies).zip(&parents) {
+                let parent_rule = parent.as_deref().and_then(|p| {
+                    current.get(p).copied().or_else(|| {
+                        parent_states.get(&track_key(sharing, doctype.as_str(), p)).map(|(_, st)| (st.rule, st.removed))
+                    })
+                });
+                let parent_rule = parent_rule.filter(|(_, removed)| !removed).map(|(rule, _)| rule);
+                let (matching, joining) =
+                    tracking::matching_rules(&rules, sharing, doctype.as_str(), &row.0, body, parent_rule);
                 let tracked = current.get(row.0.as_str()).copied();
                 if let TrackAction::Record { rule_index, removed } = tracking::decide(row.2, matching, joining, tracked)
                 {
@@ -2382,6 +2399,57 @@ impl Store for CouchStore {
                 }
             }
         }
+        // Subtree rules: the documents under a shared one, a level per pass, so parents come
+        // before their children in the feed.
+        let mut subtree: Vec<&str> =
+            rules.iter().filter(|r| r.parent_field.is_some()).map(|r| r.doctype.as_str()).collect();
+        subtree.dedup();
+        for doctype in subtree {
+            let Ok(dt) = Doctype::parse(doctype) else { continue };
+            let db = self.db_name(&dt);
+            loop {
+                let q = [("include_docs", "true".to_owned())];
+                let reply = self.server.send(Method::GET, &[&db, "_all_docs"], &q, None).await?;
+                if reply.db_missing() {
+                    break;
+                }
+                if !reply.status.is_success() {
+                    return Err(reply.unexpected("_all_docs for tracking"));
+                }
+                let rows = reply.body.get("rows").and_then(Value::as_array).cloned().unwrap_or_default();
+                let mut candidates = Vec::new();
+                for r in &rows {
+                    let (Some(id), Some(Value::Object(doc))) = (r.get("id").and_then(Value::as_str), r.get("doc"))
+                    else {
+                        continue;
+                    };
+                    if DocId::parse(id).is_ok() {
+                        candidates.push((id.to_owned(), stored_body(doc)?));
+                    }
+                }
+                let keys: Vec<String> = candidates.iter().map(|(id, _)| track_key(sharing_id, doctype, id)).collect();
+                let states = self.track_states(&keys).await?;
+                let alive = |id: &str| {
+                    states.get(&track_key(sharing_id, doctype, id)).filter(|(_, st)| !st.removed).map(|(_, st)| st.rule)
+                };
+                let mut records = Vec::new();
+                for (id, body) in &candidates {
+                    if alive(id).is_some() {
+                        continue;
+                    }
+                    let parent = TrackRule::parent_of(&rules, doctype, body).and_then(|p| alive(&p));
+                    if let Some(first) = rules.iter().find(|r| r.matches_in(doctype, id, body, parent)) {
+                        let entry = Entry { initial: true, origin: None };
+                        records.push(ShareRecord::new(doctype, id, first.rule_index, false, entry));
+                    }
+                }
+                if records.is_empty() {
+                    break;
+                }
+                added += records.len() as u64;
+                self.record_shared(sharing_id, records, Some(states)).await?;
+            }
+        }
         self.create_meta(&marker, &json!({})).await?;
         Ok(added)
     }
@@ -2424,13 +2492,36 @@ impl Store for CouchStore {
             self.catch_up(doctype).await?;
             let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
             let states = self.track_states(&keys).await?;
+            // Subtree rules: the parents' rows, and the parents joining in this round.
+            let rules = self.rules()?;
+            let parent_keys: Vec<String> = round
+                .iter()
+                .filter_map(|&i| TrackRule::parent_of(&rules, doctype.as_str(), &docs[i].body))
+                .map(|p| track_key(sharing_id, doctype.as_str(), &p))
+                .collect();
+            let parent_states = self.track_states(&parent_keys).await?;
+            let mut joining: HashMap<DocId, usize> = HashMap::new();
             // 4. Judge.
             let mut planned: Vec<(usize, Vec<Rev>, Option<usize>, bool)> = Vec::new();
             for (&i, key) in round.iter().zip(&keys) {
                 let w = &docs[i];
                 let tree = trees.get(&w.id).filter(|t| !t.is_empty());
-                let standing = Standing { exists: tree.is_some(), shared: states.get(key).map(|(_, st)| st.shared()) };
-                match judge(w, &standing) {
+                let parent = TrackRule::parent_of(&rules, doctype.as_str(), &w.body).and_then(|p| {
+                    let joined = DocId::parse(&p).ok().and_then(|id| joining.get(&id).copied());
+                    joined.or_else(|| {
+                        parent_states
+                            .get(&track_key(sharing_id, doctype.as_str(), &p))
+                            .filter(|(_, st)| !st.removed)
+                            .map(|(_, st)| st.rule)
+                    })
+                });
+                let standing =
+                    Standing { exists: tree.is_some(), shared: states.get(key).map(|(_, st)| st.shared()), parent };
+                let verdict = judge(w, &standing);
+                if let Verdict::Accept { join: Some(rule), .. } = verdict {
+                    joining.insert(w.id.clone(), rule);
+                }
+                match verdict {
                     Verdict::Moot => out[i] = Some(Received::Moot),
                     Verdict::Refuse(reason) => out[i] = Some(Received::Refused(reason)),
                     Verdict::Accept { join, revokes } => match w.revisions.as_deref().filter(|p| !p.is_empty()) {

@@ -456,14 +456,27 @@ fn track_doc(
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
     sharings.sort_unstable();
     sharings.dedup();
+    let parent = TrackRule::parent_of(rules, doctype, body);
     for sharing in sharings {
-        let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body);
+        let parent_rule = parent_rule(tx, sharing, doctype, parent.as_deref())?;
+        let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body, parent_rule);
         let tracked = shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed));
         if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, joining, tracked) {
             record_shared(tx, sharing, doctype, id, rule_index, removed, Entry::default())?;
         }
     }
     Ok(())
+}
+
+/// The rule of a parent's row in a sharing, when the parent is in it (see `Standing::parent`).
+fn parent_rule(
+    conn: &Connection,
+    sharing: &str,
+    doctype: &str,
+    parent: Option<&str>,
+) -> Result<Option<usize>, StoreError> {
+    let Some(parent) = parent else { return Ok(None) };
+    Ok(shared_row(conn, sharing, doctype, parent)?.filter(|st| !st.removed).map(|st| st.rule_index))
 }
 
 fn shared_row(conn: &Connection, sharing: &str, doctype: &str, id: &str) -> Result<Option<SharedState>, StoreError> {
@@ -1112,6 +1125,43 @@ impl Store for SqliteStore {
                     }
                 }
             }
+            // Subtree rules: the documents under a shared one, a level per pass, so parents
+            // come before their children in the feed.
+            let subtree: Vec<&str> = {
+                let mut d: Vec<&str> =
+                    rules.iter().filter(|r| r.parent_field.is_some()).map(|r| r.doctype.as_str()).collect();
+                d.dedup();
+                d
+            };
+            for doctype in subtree {
+                loop {
+                    let live: Vec<(String, String)> = tx
+                        .prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0 ORDER BY id")?
+                        .query_map(params![doctype], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    let mut joined = Vec::new();
+                    for (id, winner) in live {
+                        if shared_row(tx, &sharing_id, doctype, &id)?.is_some_and(|st| !st.removed) {
+                            continue;
+                        }
+                        let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
+                        let body = load_body(tx, doctype, &id, &rev)?.unwrap_or_default();
+                        let parent = TrackRule::parent_of(&ctx.tracking, doctype, &body);
+                        let parent = parent_rule(tx, &sharing_id, doctype, parent.as_deref())?;
+                        if let Some(r) = rules.iter().find(|r| r.matches_in(doctype, &id, &body, parent)) {
+                            joined.push((id, r.rule_index));
+                        }
+                    }
+                    if joined.is_empty() {
+                        break;
+                    }
+                    for (id, rule_index) in joined {
+                        let entry = Entry { initial: true, origin: None };
+                        record_shared(tx, &sharing_id, doctype, &id, rule_index, false, entry)?;
+                        added += 1;
+                    }
+                }
+            }
             Ok(added)
         })
         .await
@@ -1131,9 +1181,11 @@ impl Store for SqliteStore {
             let mut out = Vec::with_capacity(docs.len());
             for w in &docs {
                 // Judged on what this transaction sees: no other write can come in between.
+                let parent = TrackRule::parent_of(&ctx.tracking, &doctype, &w.body);
                 let standing = Standing {
                     exists: load_doc(tx, &doctype, w.id.as_str())?.is_some(),
                     shared: shared_row(tx, &sharing_id, &doctype, w.id.as_str())?,
+                    parent: parent_rule(tx, &sharing_id, &doctype, parent.as_deref())?,
                 };
                 let (join, revokes) = match judge(w, &standing) {
                     Verdict::Accept { join, revokes } => (join, revokes),
@@ -1347,6 +1399,7 @@ mod tests {
             selector: None,
             values: vec!["a".into()],
             joins: true,
+            parent_field: None,
         };
         store.set_tracking(vec![rule.clone()]);
         let id = DocId::parse("a").expect("id");

@@ -36,9 +36,33 @@ pub struct TrackRule {
     /// Whether a document that begins to match after the sharing started enters it on this
     /// instance (the sharing layer derives it from the rule's `add` and the instance's role).
     pub joins: bool,
+    /// Subtree rules (`io.cozy.files` shared by id, as in Cozy): the member naming a
+    /// document's parent (`dir_id`). A document whose parent is in the sharing under this
+    /// rule is selected too, at any depth; one whose parent is not (moved out) is not.
+    pub parent_field: Option<String>,
 }
 
+/// What a judge or a tracking decision knows of a document's parent: the rule its row in the
+/// sharing has, when the parent is in it (not removed).
+pub type ParentRule = Option<usize>;
+
 impl TrackRule {
+    /// The parent a document names, when some rule of `rules` for its doctype selects by parent.
+    pub fn parent_of(rules: &[TrackRule], doctype: &str, body: &Body) -> Option<String> {
+        let field = rules.iter().find(|r| r.doctype == doctype && r.parent_field.is_some())?.parent_field.as_ref()?;
+        match body.get(field) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// [`TrackRule::matches`], or for a subtree rule, the document's parent is in the sharing
+    /// under this rule (`parent`).
+    pub fn matches_in(&self, doctype: &str, id: &str, body: &Body, parent: ParentRule) -> bool {
+        self.matches(doctype, id, body)
+            || (self.parent_field.is_some() && self.doctype == doctype && parent == Some(self.rule_index))
+    }
+
     /// Whether a document (its id and winning body) is selected by this rule. Only the
     /// member on the selector's path is parsed.
     pub fn matches(&self, doctype: &str, id: &str, body: &Body) -> bool {
@@ -139,8 +163,9 @@ pub fn matching_rules(
     doctype: &str,
     id: &str,
     body: &Body,
+    parent: ParentRule,
 ) -> (Option<usize>, Option<usize>) {
-    let mut matching = rules.iter().filter(|r| r.sharing_id == sharing && r.matches(doctype, id, body));
+    let mut matching = rules.iter().filter(|r| r.sharing_id == sharing && r.matches_in(doctype, id, body, parent));
     let first = matching.next();
     let joining = first.filter(|r| r.joins).or_else(|| matching.find(|r| r.joins));
     (first.map(|r| r.rule_index), joining.map(|r| r.rule_index))
@@ -179,6 +204,9 @@ pub struct Standing {
     pub exists: bool,
     /// Its row in the sharing it is received for.
     pub shared: Option<SharedState>,
+    /// The rule of its parent's row in that sharing, for doctypes with subtree rules (see
+    /// [`TrackRule::parent_field`]): its parent named by the received version.
+    pub parent: ParentRule,
 }
 
 /// A judge's decision on one received document.
@@ -258,13 +286,37 @@ mod tests {
             selector: Some("list".into()),
             values: vec![list.into()],
             joins,
+            parent_field: None,
         };
         let rules = [rule(0, false, "l1"), rule(1, true, "l2"), rule(2, true, "l1"), rule(3, true, "l1")];
         let body = |list: &str| Body::from_map(json!({ "list": list }).as_object().unwrap());
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l1")), (Some(0), Some(2)));
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l2")), (Some(1), Some(1)));
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l9")), (None, None));
-        assert_eq!(matching_rules(&rules, "other", "d", "x", &body("l1")), (None, None));
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l1"), None), (Some(0), Some(2)));
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l2"), None), (Some(1), Some(1)));
+        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l9"), None), (None, None));
+        assert_eq!(matching_rules(&rules, "other", "d", "x", &body("l1"), None), (None, None));
+    }
+
+    #[test]
+    fn a_subtree_rule_selects_its_root_and_whatever_has_a_parent_in_the_sharing_under_it() {
+        let rule = TrackRule {
+            sharing_id: "s".into(),
+            rule_index: 1,
+            doctype: "io.cozy.files".into(),
+            selector: None,
+            values: vec!["root".into()],
+            joins: true,
+            parent_field: Some("dir_id".into()),
+        };
+        let body = |parent: &str| Body::from_map(json!({ "dir_id": parent }).as_object().unwrap());
+        let rules = [rule.clone()];
+        assert_eq!(TrackRule::parent_of(&rules, "io.cozy.files", &body("d1")).as_deref(), Some("d1"));
+        assert_eq!(TrackRule::parent_of(&rules, "io.cozy.notes", &body("d1")), None);
+        assert!(rule.matches_in("io.cozy.files", "root", &body("elsewhere"), None));
+        assert!(rule.matches_in("io.cozy.files", "child", &body("d1"), Some(1)));
+        assert!(!rule.matches_in("io.cozy.files", "child", &body("d1"), None), "parent outside the sharing");
+        assert!(!rule.matches_in("io.cozy.files", "child", &body("d1"), Some(0)), "parent under another rule");
+        let flat = TrackRule { parent_field: None, ..rule };
+        assert!(!flat.matches_in("io.cozy.files", "child", &body("d1"), Some(1)), "not a subtree rule");
     }
 
     #[test]
@@ -276,6 +328,7 @@ mod tests {
             selector: None,
             values: vec!["a".into()],
             joins: true,
+            parent_field: None,
         };
         assert!(by_id.matches("d", "a", &Body::empty()));
         assert!(!by_id.matches("d", "b", &Body::empty()));

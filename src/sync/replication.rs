@@ -49,7 +49,8 @@ pub enum SyncError {
     Peer(#[from] FederationError),
     #[error("{0}")]
     Protocol(String),
-    /// A document under a `remove: revoke` rule was deleted here: the sharing must be revoked.
+    /// A document under a `remove: revoke` rule was deleted here or left the rule's set: the
+    /// sharing must be revoked.
     #[error("a document whose removal revokes the sharing was deleted")]
     RevokeRequested,
 }
@@ -263,7 +264,9 @@ impl Source for LocalSource {
             let Some(l) = leaves.remove(&doc) else { continue };
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let rule = self.sharing.rules.get(r.rule_index);
-            if deleted && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
+            // Deleted, or no longer matching its rule: under `remove: revoke` either ends the
+            // sharing (Cozy, cozy-stack PR #3133: leaving the set counts as a removal).
+            if (deleted || r.removed) && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
                 return Err(SyncError::RevokeRequested);
             }
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
@@ -281,6 +284,10 @@ impl Source for LocalSource {
             }
             let kind = if deleted || r.removed { ChangeKind::Remove } else { ChangeKind::Update };
             if !self.flows(r.rule_index, kind) {
+                continue;
+            }
+            if r.removed && !deleted && rule.is_some_and(|rule| rule.subtree()) {
+                // Moved out of a shared directory: the members keep their copy (Cozy).
                 continue;
             }
             if r.removed && !deleted {
@@ -338,7 +345,11 @@ impl Source for LocalSource {
                             )
                         }
                         // The stored text, spliced under the peer's id: never re-serialised.
-                        None => render_as(&d, &peer_id, &[]),
+                        None => {
+                            let mut d = d;
+                            self.ids.convert_fields(doctype.as_str(), &mut d.body);
+                            render_as(&d, &peer_id, &[])
+                        }
                     }
                     .map_err(|e| SyncError::Store(StoreError::Corrupt(format!("{doctype}/{id}: {e}"))))?;
                     out.push(Outgoing::new(format!("{doctype}/{peer_id}"), doc));

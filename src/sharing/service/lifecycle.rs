@@ -222,3 +222,20 @@ pub async fn set_read_only(
     }
     Ok(s)
 }
+
+/// Whether a `remove: revoke` rule on ids has lost its documents: every one of its values is
+/// deleted or absent here, and at least one was deleted. The sharing is not tracked before its
+/// first acceptance, so such a deletion is seen when a member answers: the sharing is revoked
+/// then, as a deletion after acceptance revokes it (Cozy).
+pub(super) async fn revoke_rule_emptied(inst: &Instance, s: &Sharing) -> Result<bool> {
+    for rule in s.rules.iter().filter(|r| r.remove == model::Flow::Revoke && r.by_id()) {
+        let Ok(doctype) = Doctype::parse(&rule.doctype) else { continue };
+        let ids: Vec<DocId> = rule.values.iter().filter_map(|v| DocId::parse(v).ok()).collect();
+        let leaves = inst.store.doc_leaves(&doctype, &ids).await?;
+        let alive = leaves.values().any(|l| l.first().is_some_and(|(_, deleted)| !deleted));
+        if !alive && !leaves.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

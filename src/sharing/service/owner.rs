@@ -392,6 +392,11 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
             json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"refused": true}}}),
         );
     }
+    if !s.active && revoke_rule_emptied(inst, &s).await? {
+        tracing::info!(instance = %inst.domain, sharing = %id, "a removal before any acceptance revokes the sharing");
+        let s = revoke(cx, inst, id, None).await?;
+        return Err(closed_conflict(&s));
+    }
     let creds = peer_credentials(&attrs).ok_or_else(|| bad("the answer needs client and access_token"))?;
     // The member accepted exactly the request offered to it (see `request`).
     let accepted = attrs
