@@ -18,7 +18,8 @@ use maud::{html, Markup, DOCTYPE};
 use serde_json::{json, Value};
 
 use super::login::owner_session;
-use super::{ApiError, ApiResult, AppState, Inst, Query};
+use super::state_of;
+use super::{ApiError, ApiResult, Inst, Query};
 use crate::auth::{Audience, PermissionSet};
 use crate::files::{Kind, ROOT_ID, TRASH_ID};
 use crate::instance::Instance;
@@ -44,11 +45,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/web/app.css", web::get().to(stylesheet))
         .route("/favicon.ico", web::get().to(no_icon))
         .route("/auth/session/token", web::post().to(session_token));
-}
-
-fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
 }
 
 /// The CSRF token of the browser's session (see the module documentation).

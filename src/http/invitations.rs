@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use super::permissions::{code_failed, preview_state, reserve_code_attempt};
 use super::sharings::{load_managed, may_manage, peer};
-use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
+use super::{jsonapi, state_of};
 use crate::auth::{PermissionSet, Verb};
 use crate::instance::Instance;
 use crate::sharing::invitations;
@@ -24,20 +25,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/invitations/{code}", web::get().to(details));
 }
 
-fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
-}
-
 fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
-}
-
-fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/vnd.api+json")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(v.to_string())
 }
 
 async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {

@@ -207,3 +207,19 @@ impl Query {
             .transpose()
     }
 }
+
+/// The application's state, as every handler reaches it (a 500 only if the server was wired
+/// without it, which `app::Core` never does).
+pub(crate) fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
+}
+
+/// A JSON:API answer (`application/vnd.api+json`) that no cache keeps: what the sharing,
+/// permission and request routes answer holds states and codes.
+pub(crate) fn jsonapi(status: actix_web::http::StatusCode, v: Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/vnd.api+json")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .body(v.to_string())
+}

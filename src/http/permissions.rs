@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::login::{esc, page};
-use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
+use super::{jsonapi, state_of};
 use crate::auth::{self, Attempt, PermissionSet, Reach, Verb};
 use crate::instance::Instance;
 use crate::sharing::links::{self, Grant};
@@ -44,18 +45,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/auth/share-by-link/password", web::post().to(password))
         .route("/public/{tail:.*}", web::get().to(public_page));
-}
-
-fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
-}
-
-fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/vnd.api+json")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(v.to_string())
 }
 
 /// The client's address as rate limits count it: IPv6 by /64, as one host often owns a whole

@@ -7,12 +7,13 @@
 //! `Member::answer_state`). The token must be able to manage the sharing (`io.cozy.sharings`,
 //! or every rule with every verb), as for the other owner-side routes.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::sharings::{load_managed, may_manage};
-use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst};
+use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst};
+use super::{jsonapi, state_of};
 use crate::instance::Instance;
 use crate::sharing::service;
 use crate::sharing::{self, MemberStatus, Sharing, SharingId};
@@ -21,18 +22,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/sharings/requests", web::get().to(list))
         .route("/sharings/{id}/accept", web::post().to(accept))
         .route("/sharings/{id}/refuse", web::post().to(refuse));
-}
-
-fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
-}
-
-fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/vnd.api+json")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(v.to_string())
 }
 
 /// This instance's own member in a request it received.

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use super::limits::Limits;
 use super::login::{esc, owner_session, page, SESSION_COOKIE};
-use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::state_of;
+use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
 use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
@@ -82,11 +83,6 @@ impl From<SharingError> for ApiError {
             SharingError::Store(s) => s.into(),
         }
     }
-}
-
-fn state_of(req: &HttpRequest) -> ApiResult<&web::Data<AppState>> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))
 }
 
 fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
