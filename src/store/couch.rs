@@ -921,6 +921,32 @@ impl CouchStore {
         self.commits.send_modify(|n| *n += 1);
     }
 
+    /// Writes edit guards to the meta database in one `_bulk_docs`; answers the keys of the
+    /// guards this writer now holds. A guard another writer took first is a `conflict`, left
+    /// out (its documents are judged again); any other refusal is an error.
+    async fn take_guards(&self, guard_docs: Vec<Value>) -> Result<HashSet<String>, StoreError> {
+        let mut taken = HashSet::new();
+        if guard_docs.is_empty() {
+            return Ok(taken);
+        }
+        let reply = self
+            .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({"docs": guard_docs})))
+            .await?;
+        if !reply.status.is_success() {
+            return Err(reply.unexpected("taking edit guards"));
+        }
+        for r in reply.body.as_array().into_iter().flatten() {
+            if r.get("error").is_none() {
+                if let Some(id) = r.get("id").and_then(Value::as_str) {
+                    taken.insert(id.to_owned());
+                }
+            } else if r.get("error").and_then(Value::as_str) != Some("conflict") {
+                return Err(internal(anyhow!("CouchDB refused an edit guard: {r}")));
+            }
+        }
+        Ok(taken)
+    }
+
     /// Sends a request to a database that must exist (writes): creates it first if needed,
     /// and once more if it disappeared since.
     async fn send_to_db(
@@ -1506,24 +1532,7 @@ impl CouchStore {
                     doc
                 })
                 .collect();
-            let mut taken: HashSet<String> = HashSet::new();
-            if !guard_docs.is_empty() {
-                let reply = self
-                    .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({"docs": guard_docs})))
-                    .await?;
-                if !reply.status.is_success() {
-                    return Err(reply.unexpected("taking edit guards"));
-                }
-                for r in reply.body.as_array().into_iter().flatten() {
-                    if r.get("error").is_none() {
-                        if let Some(id) = r.get("id").and_then(Value::as_str) {
-                            taken.insert(id.to_owned());
-                        }
-                    } else if r.get("error").and_then(Value::as_str) != Some("conflict") {
-                        return Err(internal(anyhow!("CouchDB refused an edit guard: {r}")));
-                    }
-                }
-            }
+            let taken = self.take_guards(guard_docs).await?;
 
             // 5. Write what we hold the guard for; retry the rest from the start.
             let mut writes = Vec::new();
@@ -2556,24 +2565,7 @@ impl Store for CouchStore {
                     doc
                 })
                 .collect();
-            let mut taken: HashSet<String> = HashSet::new();
-            if !guard_docs.is_empty() {
-                let reply = self
-                    .send_to_db(&self.meta_db, Method::POST, &["_bulk_docs"], &[], Some(&json!({"docs": guard_docs})))
-                    .await?;
-                if !reply.status.is_success() {
-                    return Err(reply.unexpected("taking edit guards"));
-                }
-                for r in reply.body.as_array().into_iter().flatten() {
-                    if r.get("error").is_none() {
-                        if let Some(id) = r.get("id").and_then(Value::as_str) {
-                            taken.insert(id.to_owned());
-                        }
-                    } else if r.get("error").and_then(Value::as_str) != Some("conflict") {
-                        return Err(internal(anyhow!("CouchDB refused an edit guard: {r}")));
-                    }
-                }
-            }
+            let taken = self.take_guards(guard_docs).await?;
             // 6. Under the guard: membership first (a crash before the write leaves a member
             //    without document, never a document that entered the sharing unrecorded), then
             //    the write. A guard lost to another writer: judged again next round.
