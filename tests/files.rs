@@ -138,7 +138,22 @@ async fn a_folder_tree_uploads_and_every_file_downloads_back_byte_identical() {
 async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
     let (_app, alice, token) = setup().await;
     let long = "x".repeat(256);
-    for name in ["", ".", "..", "a/b", "/", "a\0b", "line\nbreak", "\u{7f}", long.as_str()] {
+    // Blank names and names that display as something else (nextcloud/server#10030) too.
+    for name in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "/",
+        "a\0b",
+        "line\nbreak",
+        "\u{7f}",
+        long.as_str(),
+        " ",
+        "  \t",
+        "a\u{202E}txt.exe",
+        "\u{FEFF}",
+    ] {
         for kind in ["file", "directory"] {
             let resp = alice
                 .req(Method::POST, &format!("/files/{ROOT}?Type={kind}&Name={}", enc(name)), Some(&token))
@@ -642,6 +657,50 @@ async fn a_link_on_one_file_downloads_that_file() {
     assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
     assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 200);
     assert_eq!(download(&alice, &code, &g).await.0, 403);
+    // Trashing the linked file cuts the link (seafile#1024, ocis#3269); restoring it brings the
+    // link back, while the owner reads it in the trash all along.
+    let (status, _) = alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(download(&alice, &code, &f).await.0, 404);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 404);
+    assert_eq!(download(&alice, &token, &f).await, (200, b"file bytes".to_vec()));
+    let (status, _) = alice.call(Method::POST, &format!("/files/trash/{f}"), Some(&token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
+}
+
+/// A file a browser would run (HTML, SVG, XML, script), whatever its declared type, is served
+/// as an attachment; every download carries `nosniff` and a sandboxing policy, so an uploaded
+/// page never runs on the instance's origin (cozy-stack#3435).
+#[tokio::test]
+async fn downloads_never_run_uploaded_pages_on_the_instances_origin() {
+    let (_app, alice, token) = setup().await;
+    let page = b"<script>fetch('/auth/session/token')</script>";
+    for (name, content_type) in
+        [("x.html", None), ("x.svg", None), ("ct.jpg", Some("text/html")), ("x.xhtml", Some("application/xhtml+xml"))]
+    {
+        let mut req = alice
+            .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name={}", enc(name)), Some(&token))
+            .header("Content-MD5", md5_b64(page));
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        let (status, v) = json_of(req.body(page.to_vec()).send().await.unwrap()).await;
+        assert_eq!(status, 201, "{v}");
+        let resp =
+            alice.req(Method::GET, &format!("/files/download/{}", id_of(&v)), Some(&token)).send().await.unwrap();
+        let h = resp.headers();
+        let disposition = h["content-disposition"].to_str().unwrap();
+        assert!(disposition.starts_with("attachment;"), "{name}: {disposition}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{name}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("sandbox") && csp.contains("default-src 'none'"), "{name}: {csp}");
+    }
+    // Plain text and images still display inline, under the same policy.
+    let (_, v) = upload(&alice, &token, ROOT, "notes.txt", b"hello").await;
+    let resp = alice.req(Method::GET, &format!("/files/download/{}", id_of(&v)), Some(&token)).send().await.unwrap();
+    assert!(resp.headers()["content-disposition"].to_str().unwrap().starts_with("inline;"));
+    assert!(resp.headers()["content-security-policy"].to_str().unwrap().contains("sandbox"));
 }
 
 /// Documents written with `new_edits=false`, as the replicator writes what a peer sends,

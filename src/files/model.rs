@@ -80,11 +80,20 @@ pub fn size_of(body: &Body) -> u64 {
     }
 }
 
-/// Checks a file or directory name: not empty, not `.` or `..`, no `/`, no NUL or other
-/// control character, at most [`MAX_NAME_BYTES`] bytes. The reason is the 400 answer.
+/// Checks a file or directory name: not empty or blank, not `.` or `..`, no `/`, no NUL or
+/// other control character, no character that hides or reorders the text shown (bidi
+/// embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069, the invisible U+FEFF:
+/// `a\u{202E}txt.exe` displays as "aexe.txt", nextcloud/server#10030), at most
+/// [`MAX_NAME_BYTES`] bytes. The reason is the 400 answer.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("the name is empty".into());
+    }
+    if name.trim().is_empty() {
+        return Err("a name cannot be only white space".into());
+    }
+    if name.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')) {
+        return Err("a name cannot contain bidirectional-override or invisible characters".into());
     }
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a valid name"));
@@ -121,6 +130,17 @@ pub fn mime_for(name: &str, content_type: Option<&str>) -> String {
         Some(c) if !c.is_empty() && c != "application/octet-stream" && c.contains('/') && c.len() <= 255 => c,
         _ => mime_guess::from_path(name).first_raw().unwrap_or("application/octet-stream").to_owned(),
     }
+}
+
+/// Whether a browser would run content of this MIME type (HTML, XHTML, SVG, XML, scripts):
+/// such files are always downloaded as attachments, never shown inline.
+pub fn is_active_mime(mime: &str) -> bool {
+    let m = mime.to_ascii_lowercase();
+    m.starts_with("text/html")
+        || m.contains("xml")
+        || m.contains("javascript")
+        || m.contains("ecmascript")
+        || m.starts_with("multipart/")
 }
 
 /// Cozy's `class` of a MIME type.

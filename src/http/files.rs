@@ -83,17 +83,22 @@ impl Caller {
 
     /// Refuses unless `verb` is allowed on the item (or directory) with this lineage (the item
     /// first, then its ancestors).
+    /// A link never reaches into the trash: trashing a linked item cuts the link until it is
+    /// restored (as a deleted item would).
     fn check<'a>(&self, verb: Verb, lineage: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
         if self.link && verb != Verb::Get {
             return Err(ApiError::Forbidden("a link gives read-only access to files".into()));
+        }
+        let lineage: Vec<&str> = lineage.into_iter().collect();
+        if self.link && lineage.contains(&files::TRASH_ID) {
+            return Err(ApiError::NotFound("no such file or directory".into()));
         }
         let doctype = files::doctype();
         match self.perms.reach(&doctype, verb) {
             Reach::All => Ok(()),
             Reach::None => Err(ApiError::Forbidden(format!("no {verb:?} access to {}", files::DOCTYPE))),
             Reach::Ids(ids) => {
-                let mut lineage = lineage.into_iter();
-                if lineage.any(|id| ids.iter().any(|a| a == id)) {
+                if lineage.iter().any(|id| ids.iter().any(|a| a == id)) {
                     Ok(())
                 } else {
                     Err(ApiError::Forbidden(format!("no {verb:?} access to this file or directory")))
@@ -527,6 +532,11 @@ fn disposition(kind: &str, name: &str) -> String {
     format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
+/// The policy of every download: whatever a file holds, it runs no script and loads nothing,
+/// in a sandbox of its own origin (images, media and plain text still display).
+pub const DOWNLOAD_CSP: &str =
+    "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox";
+
 /// Streams a file's content: `ETag` (its MD5), 304 for a matching `If-None-Match`, 206 with
 /// `Content-Range` for one satisfiable `Range` (honoured only when `If-Range`, if any, names
 /// the current ETag), 416 for an unsatisfiable one, `Content-Disposition` inline (attachment
@@ -550,7 +560,10 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
     }
     let size = item.size();
     let q = Query::of(req)?;
-    let kind = if q.get("Dl") == Some("1") { "attachment" } else { "inline" };
+    // A file that a browser would run (HTML, SVG, XML, scripts) is never shown inline on the
+    // instance's origin: stored XSS through an upload (cozy-stack#3435).
+    let mime = item.mime();
+    let kind = if q.get("Dl") == Some("1") || files::model::is_active_mime(&mime) { "attachment" } else { "inline" };
     let if_range_ok = h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == etag);
     let range = if if_range_ok { byte_range(req, size) } else { Ok(None) };
     let range = match range {
@@ -582,8 +595,10 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
     let len = range.as_ref().map_or(size, |r| r.end - r.start);
     resp.insert_header((header::ETAG, etag))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CONTENT_TYPE, item.mime()))
+        .insert_header((header::CONTENT_TYPE, mime))
         .insert_header((header::CONTENT_DISPOSITION, disposition(kind, item.name())))
-        .insert_header((header::CACHE_CONTROL, "private"));
+        .insert_header((header::CACHE_CONTROL, "private"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOWNLOAD_CSP));
     Ok(resp.body(actix_web::body::SizedStream::new(len, stream)))
 }
