@@ -112,6 +112,7 @@ impl Application {
                         Ok(res)
                     }
                 })
+                .wrap(actix_web::middleware::ErrorHandlers::new().default_handler_client(http::error::json_when_empty))
                 .configure(http::routes)
         })
         // Without it, a response whose body follows its headers in a second write (a file

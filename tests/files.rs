@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::{spawn_app, spawn_app_with, TestApp, TestInstance};
+use common::{browser, spawn_app, spawn_app_with, TestApp, TestInstance};
 use hearth::files::conformance::pattern;
 use hearth::store::{Body, DocId, DocWrite, Doctype};
 use md5::Digest;
@@ -786,4 +786,82 @@ async fn the_tree_index_is_rebuilt_from_the_store_after_a_restart_without_it() {
     assert_eq!((status, id_of(&v)), (200, id_of(&f)));
     assert_eq!(download(&alice, &token, &id_of(&f)).await.1, pattern(5000, 9));
     assert_eq!(mkdir(&alice, &token, ROOT, "kept").await.0, 409);
+}
+
+/// A link on a directory opened in a browser (`/public/?sharecode=`) lists what it reaches with
+/// working downloads, and its sub-directories (`?dir=`), never anything outside it; paths
+/// outside the link answer exactly as paths that do not exist.
+#[tokio::test]
+async fn a_directory_link_opened_in_a_browser_lists_and_downloads_its_files_only() {
+    let (_app, alice, token) = setup().await;
+    let (_, album) = mkdir(&alice, &token, ROOT, "album").await;
+    let album = id_of(&album);
+    let (_, sub) = mkdir(&alice, &token, &album, "2026 <trip>").await;
+    let sub = id_of(&sub);
+    let (_, photo) = upload(&alice, &token, &sub, "beach.jpg", b"jpeg bytes").await;
+    let (_, cover) = upload(&alice, &token, &album, "cover.png", b"png bytes").await;
+    let (_, secret) = mkdir(&alice, &token, ROOT, "Private").await;
+    let secret = id_of(&secret);
+    let (_, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=friend",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "album": {"type": "io.cozy.files", "verbs": ["GET"], "values": [album]}}}}})),
+        )
+        .await;
+    let code = v["data"]["attributes"]["codes"]["friend"].as_str().unwrap().to_owned();
+    let b = browser();
+    let resp = b.get(alice.url(&format!("/public/?sharecode={code}"))).send().await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let html = b.get(alice.url("/public/")).send().await.unwrap().text().await.unwrap();
+    let cover_link = format!("/files/download/{}?Dl=1", enc(&id_of(&cover)));
+    assert!(html.contains(&cover_link), "{html}");
+    assert!(html.contains("2026 &lt;trip&gt;/") && !html.contains("<trip>"), "names are escaped: {html}");
+    // The download link works with the page's cookie alone.
+    let resp = b.get(alice.url(&cover_link)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"png bytes");
+    // Into the sub-directory, and not outside the link.
+    let html = b.get(alice.url(&format!("/public/?dir={}", enc(&sub)))).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains(&format!("/files/download/{}?Dl=1", enc(&id_of(&photo)))), "{html}");
+    let resp = b.get(alice.url(&format!("/public/?dir={}", enc(&secret)))).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(!resp.text().await.unwrap().contains("Private"));
+    // Outside the link, a path that exists answers as one that does not.
+    let (exists, v1) = alice.call(Method::GET, "/files/metadata?Path=/Private", Some(&code), None).await;
+    let (missing, v2) = alice.call(Method::GET, "/files/metadata?Path=/Nothing", Some(&code), None).await;
+    assert_eq!((exists, missing), (404, 404), "{v1} {v2}");
+    assert_eq!(v1, v2);
+    let resp = alice.req(Method::GET, "/files/download?Path=/Private", Some(&code)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    // Inside, by path, it reads.
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/album/cover.png", Some(&code), None).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+/// Malformed input that actix itself refuses, or that is not UTF-8 once decoded, still gets a
+/// JSON error and changes nothing.
+#[tokio::test]
+async fn every_refusal_is_a_json_error_even_for_methods_and_bytes_actix_refuses() {
+    let (_app, alice, token) = setup().await;
+    // A name that is not UTF-8 is refused, not rewritten to U+FFFD.
+    let (status, v) =
+        alice.call(Method::POST, &format!("/files/{ROOT}?Type=file&Name=%FF%FE"), Some(&token), None).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("UTF-8"), "{v}");
+    assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "nothing was created");
+    // A method a route does not take: 405 with a JSON body and its Allow header kept.
+    let (_, f) = upload(&alice, &token, ROOT, "f.txt", b"x").await;
+    for (method, path) in
+        [(Method::OPTIONS, format!("/files/{}", id_of(&f))), (Method::GET, format!("/files/trash/{}", id_of(&f)))]
+    {
+        let resp = alice.req(method.clone(), &path, Some(&token)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(status, 405, "{method} {path}");
+        let v: Value = resp.json().await.unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert_eq!(v["error"], "method_not_allowed", "{v}");
+        assert!(v["reason"].is_string());
+    }
 }

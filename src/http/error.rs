@@ -150,3 +150,28 @@ impl ResponseError for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Gives a JSON body to a 4xx answer that actix made without one (a method the route does not
+/// take: 405; a query or body an extractor of actix's refused), so that every error a client
+/// gets is `{"error", "reason"}`. Answers to `HEAD` stay empty; other headers (`Allow`) stay.
+pub fn json_when_empty<B: actix_web::body::MessageBody + 'static>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::body::BodySize;
+    use actix_web::middleware::ErrorHandlerResponse;
+    let empty = matches!(res.response().body().size(), BodySize::Sized(0) | BodySize::None);
+    if !empty || res.request().method() == actix_web::http::Method::HEAD {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let reason = status.canonical_reason().unwrap_or("the request was refused");
+    let error = reason.to_ascii_lowercase().replace([' ', '-'], "_");
+    let (req, old) = res.into_parts();
+    let mut new = HttpResponse::build(status).json(json!({ "error": error, "reason": reason }));
+    for (name, value) in old.headers() {
+        if name != actix_web::http::header::CONTENT_TYPE && name != actix_web::http::header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ErrorHandlerResponse::Response(actix_web::dev::ServiceResponse::new(req, new).map_into_right_body()))
+}

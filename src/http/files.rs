@@ -108,6 +108,23 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// The item at a path, for this caller: what it may not read answers exactly as what is
+    /// not there (404), so a link or a narrow token cannot probe the rest of the tree.
+    async fn at_path(&self, files: &Files, path: &str) -> ApiResult<Item> {
+        let hidden = || ApiError::NotFound("no such file or directory".into());
+        match files.by_path(path).await {
+            Ok(item) => match self.check(Verb::Get, item.lineage()) {
+                Ok(()) => Ok(item),
+                Err(ApiError::Forbidden(_)) => Err(hidden()),
+                Err(e) => Err(e),
+            },
+            Err(FilesError::NotFound(_)) => Err(hidden()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 async fn files_of(req: &HttpRequest, inst: &Inst) -> ApiResult<Arc<Files>> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -202,7 +219,7 @@ async fn metadata_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespons
     let files = files_of(&req, &inst).await?;
     let q = Query::of(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
-    let item = files.by_path(p).await?;
+    let item = caller.at_path(&files, p).await?;
     show(&files, &caller, item, &q).await
 }
 
@@ -472,7 +489,7 @@ async fn download_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespons
     let files = files_of(&req, &inst).await?;
     let q = Query::of(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
-    let item = files.by_path(p).await?;
+    let item = caller.at_path(&files, p).await?;
     serve(&files, &caller, &req, item).await
 }
 

@@ -169,10 +169,24 @@ pub fn parse_raw_object<'a>(body: &'a [u8], what: &str) -> ApiResult<BTreeMap<St
 pub struct Query(HashMap<String, String>);
 
 impl Query {
+    /// The query string's parameters (`application/x-www-form-urlencoded`: `+` is a space,
+    /// `%XX` a byte; a name given twice keeps its last value). A value that is not UTF-8 once
+    /// decoded is a 400, never silently replaced by U+FFFD (a name `%FF%FE` would otherwise be
+    /// stored as "��" and collide with every other such name).
     pub fn of(req: &HttpRequest) -> ApiResult<Query> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
-            .map_err(|_| ApiError::bad_request("malformed query string"))?;
-        Ok(Query(pairs.into_iter().collect()))
+        fn decode(s: &str) -> ApiResult<String> {
+            let s = s.replace('+', " ");
+            percent_encoding::percent_decode_str(&s)
+                .decode_utf8()
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|_| ApiError::bad_request("the query string is not UTF-8 once decoded"))
+        }
+        let mut pairs = HashMap::new();
+        for part in req.query_string().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            pairs.insert(decode(k)?, decode(v)?);
+        }
+        Ok(Query(pairs))
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -399,14 +399,16 @@ async fn public_page(inst: Inst, req: HttpRequest) -> HttpResponse {
         }
         Err(e) => return error_page(&e),
     };
-    match render_grant(&inst, &grant).await {
+    match render_grant(&inst, &req, &grant, q.get("dir")).await {
         Ok(html) => page(StatusCode::OK, "Shared with you", &html),
         Err(e) => error_page(&e),
     }
 }
 
-/// The page body for a link: what it shares (document titles when they have one).
-async fn render_grant(inst: &Instance, grant: &Grant) -> ApiResult<String> {
+/// The page body for a link: what it shares (document titles when they have one; for files,
+/// a download link per file and the listing of each directory, or of the sub-directory `dir`
+/// inside one).
+async fn render_grant(inst: &Instance, req: &HttpRequest, grant: &Grant, dir: Option<&str>) -> ApiResult<String> {
     let mut html = String::new();
     if let Some((sid, _)) = &grant.member {
         let s = sharing::load(inst.store.as_ref(), sid)
@@ -425,6 +427,11 @@ async fn render_grant(inst: &Instance, grant: &Grant) -> ApiResult<String> {
     html.push_str("<ul id=\"documents\">");
     let mut shown = 0;
     for rule in &grant.set.rules {
+        if rule.doctype.as_str() == crate::files::DOCTYPE && !rule.values.is_empty() {
+            let files = state_of(req)?.files.of(inst).await?;
+            shown += render_files(&files, &rule.values, dir, &mut html).await?;
+            continue;
+        }
         if rule.values.is_empty() {
             html.push_str(&format!("<li>every document of {}</li>", esc(rule.doctype.as_str())));
             continue;
@@ -449,6 +456,69 @@ async fn render_grant(inst: &Instance, grant: &Grant) -> ApiResult<String> {
         html.push_str("<p>Nothing to show.</p>");
     }
     Ok(html)
+}
+
+/// Lists what a link on files reaches, as `<li>` items: each linked file with its download
+/// (`/files/download/ID`, read with the page's cookie), each linked directory with its
+/// children (first 200), or, with `dir`, that directory if it lies inside a linked one and
+/// outside the trash. Returns how many items were listed.
+async fn render_files(
+    files: &crate::files::Files,
+    values: &[String],
+    dir: Option<&str>,
+    html: &mut String,
+) -> ApiResult<usize> {
+    use crate::files::Kind;
+    const SHOWN: usize = 200;
+    let entry = |item: &crate::files::Item| match item.kind() {
+        Kind::File => format!(
+            "<li class=\"file\"><a href=\"/files/download/{}?Dl=1\" download>{}</a> <small>{} bytes</small></li>",
+            esc(&percent(&item.id)),
+            esc(item.name()),
+            item.size()
+        ),
+        Kind::Directory => format!(
+            "<li class=\"dir\"><a href=\"/public/?dir={}\">{}/</a></li>",
+            esc(&percent(&item.id)),
+            esc(item.name())
+        ),
+    };
+    let reachable = |item: &crate::files::Item| {
+        let lineage: Vec<&str> = item.lineage().collect();
+        !lineage.contains(&crate::files::TRASH_ID) && lineage.iter().any(|id| values.iter().any(|v| v == id))
+    };
+    let mut shown = 0;
+    let roots: Vec<&str> = match dir {
+        Some(d) => vec![d],
+        None => values.iter().map(String::as_str).take(50).collect(),
+    };
+    for id in roots {
+        let item = match files.get(id).await {
+            Ok(item) if reachable(&item) => item,
+            // Not there, in the trash, or outside the link: the same answer for each.
+            _ if dir.is_some() => return Err(ApiError::NotFound("no such file or directory".into())),
+            _ => continue,
+        };
+        shown += 1;
+        if item.kind() == Kind::File {
+            html.push_str(&entry(&item));
+            continue;
+        }
+        let (children, _, count) = files.children(&item, None, SHOWN).await?;
+        html.push_str(&format!("<li class=\"dir\"><strong>{}/</strong><ul class=\"listing\">", esc(item.name())));
+        for child in &children {
+            html.push_str(&entry(child));
+        }
+        if count > children.len() as u64 {
+            html.push_str(&format!("<li>and {} more</li>", count - children.len() as u64));
+        }
+        html.push_str("</ul></li>");
+    }
+    Ok(shown)
+}
+
+fn percent(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// For the discovery of a previewed sharing: the member whose preview code the request carries
