@@ -156,6 +156,17 @@ pub fn decide(
     }
 }
 
+/// Whether a tracking decision changes a document's membership (it enters the sharing, or
+/// leaves it), as opposed to recording one more change of a document that stays where it is.
+/// A cascade ([`Store::retrack`](super::Store::retrack)) records only those.
+pub fn changes_membership(action: TrackAction, tracked: Option<(usize, bool)>) -> bool {
+    match (action, tracked) {
+        (TrackAction::Nothing, _) => false,
+        (TrackAction::Record { .. }, None) => true,
+        (TrackAction::Record { removed, .. }, Some((_, was_removed))) => removed != was_removed,
+    }
+}
+
 /// The first rule of `sharing` selecting a document, and the first of those it may join by.
 pub fn matching_rules(
     rules: &[TrackRule],

@@ -286,15 +286,13 @@ impl Source for LocalSource {
             if !self.flows(r.rule_index, kind) {
                 continue;
             }
-            if r.removed && !deleted && rule.is_some_and(|rule| rule.subtree()) {
-                // Moved out of a shared directory: the members keep their copy (Cozy).
-                continue;
-            }
             if r.removed && !deleted {
-                // The document left the sharing (it no longer matches): its new content is
-                // none of the peers' business. Under the rule's `remove` policy they get a
-                // deletion on top of the revision they may have; the same on every instance,
-                // since the tombstone's id is derived from that revision.
+                // The document left the sharing (it no longer matches, or was moved out of a
+                // shared directory): its new content is none of the peers' business. Under the
+                // rule's `remove` policy they get a deletion on top of the revision they may
+                // have; the same on every instance, since the tombstone's id is derived from
+                // that revision. For files, the member keeps a dissociated copy (Cozy; see
+                // `files::shared`).
                 let Some((winner, _)) = l.first() else { continue };
                 let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, b"{}") else {
                     // A winner at the generation limit cannot get a child: its peers keep it.
