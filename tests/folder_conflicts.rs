@@ -174,7 +174,8 @@ impl World {
         let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
         fill(&alice, &ta, &projects).await;
         let entry = |i: &TestInstance| json!({"instance": format!("http://{}", i.domain)});
-        let (rw, ro): (Vec<_>, Vec<_>) = [("bob", &bob), ("carol", &carol)].into_iter().partition(|(n, _)| !read_only.contains(n));
+        let (rw, ro): (Vec<_>, Vec<_>) =
+            [("bob", &bob), ("carol", &carol)].into_iter().partition(|(n, _)| !read_only.contains(n));
         let rw: Vec<Value> = rw.iter().map(|(_, i)| entry(i)).collect();
         let ro: Vec<Value> = ro.iter().map(|(_, i)| entry(i)).collect();
         let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, policy)]), json!(rw), json!(ro)).await;
@@ -322,15 +323,7 @@ async fn a_sync_member_moving_a_directory_out_takes_its_subtree_out_of_every_tre
     .await;
     let b = at_path(&w.alice, &w.ta, "/Projects/sub/b.txt").await.unwrap();
     let bob_sub = at_path(&w.bob, &w.tb, &format!("{SHARED}/sub")).await.unwrap();
-    eprintln!("BOB SUB {bob_sub} {:?}", winner(&w.two, &w.bob, FILES, &bob_sub).await);
-    let body = json!({"data": {"type": FILES, "attributes": {"dir_id": ROOT}}});
-    let (s, v) = w.bob.call(Method::PATCH, &format!("/files/{}", enc(&bob_sub)), Some(&w.tb), Some(body)).await;
-    eprintln!("PATCH {s} {v} {:?}", winner(&w.two, &w.bob, FILES, &bob_sub).await);
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    eprintln!("TREES {:#?}", w.trees().await);
-    eprintln!("ALICE TRASH {:?}", trash_list(&w.alice, &w.ta).await.keys().collect::<Vec<_>>());
-    eprintln!("ALICE STATUS {}", replication_state(&w.alice, &w.ta, &w.sid, 1).await);
-    eprintln!("BOB STATUS {}", replication_state(&w.bob, &w.tb, &w.sid, 0).await);
+    patch(&w.bob, &w.tb, &bob_sub, json!({"dir_id": ROOT})).await;
     let t = w.converged("sub leaves every tree").await;
     assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
     // Bob's own copy is where he put it; alice and carol keep theirs in the trash.
@@ -383,9 +376,11 @@ async fn concurrent_edits_end_with_the_same_winner_and_the_same_conflict_copy_on
     // CouchDB's winner (highest revision hash at the same generation) on every member, with
     // no conflict left in any tree.
     let (rev, _) = winner(&w.one, &w.alice, FILES, &report).await.unwrap();
-    for (app, i, id) in
-        [(&w.one, &w.alice, report.clone()), (&w.two, &w.bob, w.on_bob(&report)), (&w.one, &w.carol, w.on_carol(&report))]
-    {
+    for (app, i, id) in [
+        (&w.one, &w.alice, report.clone()),
+        (&w.two, &w.bob, w.on_bob(&report)),
+        (&w.one, &w.carol, w.on_carol(&report)),
+    ] {
         eventually(WAIT, "one live leaf left, the same winner", || async {
             live_leaves(app, i, &id).await == 1 && winner(app, i, FILES, &id).await.unwrap().0 == rev
         })
@@ -475,24 +470,35 @@ async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_i
     let (bob_rev, bob_body) = winner(&w.two, &w.bob, FILES, &w.on_bob(&r)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before, "alice's file is unchanged");
-    // Bob's instance does not even try (read-only members replicate nothing to the owner);
-    // sent anyway with bob's credentials, alice refuses it.
-    let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
-    eprintln!("BOB STATE {st}");
+    // Sent by hand with bob's credentials, alice refuses it too.
+    // Bob's instance tries, alice refuses, and bob's status says so.
+    eventually(WAIT, "bob's status shows the refusal", || async {
+        let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
+        (st["health"] == "retrying" || st["health"] == "down")
+            && st["last_error"].as_str().is_some_and(|e| e.contains("403") && e.contains("permissions"))
+    })
+    .await;
     let creds = load(&w.two, &w.bob, &w.sid).await.members[0].outbound.clone().unwrap();
     let mut doc = bob_body.clone();
     doc["_id"] = json!(w.on_bob(&r));
     doc["_rev"] = json!(bob_rev);
     let (s, v) = w
         .alice
-        .call(Method::POST, &format!("/sharings/{}/_bulk_docs", w.sid), Some(&creds.access_token), Some(json!({FILES: [doc]})))
+        .call(
+            Method::POST,
+            &format!("/sharings/{}/_bulk_docs", w.sid),
+            Some(&creds.access_token),
+            Some(json!({FILES: [doc]})),
+        )
         .await;
     assert_eq!(s, 403, "{v}");
     assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before);
     // Alice's edit still reaches bob (over his).
     assert_eq!(replace(&w.alice, &w.ta, &r, b"alice's v2").await, 200);
     eventually(WAIT, "alice's edit reaches carol", || async {
-        winner(&w.one, &w.carol, FILES, &w.on_carol(&r)).await.is_some_and(|(_, b)| b["md5sum"] == json!(md5_of(b"alice's v2")))
+        winner(&w.one, &w.carol, FILES, &w.on_carol(&r))
+            .await
+            .is_some_and(|(_, b)| b["md5sum"] == json!(md5_of(b"alice's v2")))
     })
     .await;
 }

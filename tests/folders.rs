@@ -139,7 +139,8 @@ async fn a_shared_directory_arrives_whole_in_shared_with_me_with_its_tree_consis
     assert!(winner(&app, &bob, "io.cozy.files", &on_bob(a).await).await.is_none());
     let (s, v) = bob.call(Method::GET, "/files/trash", Some(&tb), None).await;
     assert_eq!(s, 200, "{v}");
-    let names: Vec<&str> = v["data"].as_array().unwrap().iter().filter_map(|c| c["attributes"]["name"].as_str()).collect();
+    let names: Vec<&str> =
+        v["data"].as_array().unwrap().iter().filter_map(|c| c["attributes"]["name"].as_str()).collect();
     assert_eq!(names, ["a.txt"], "{v}");
 }
 

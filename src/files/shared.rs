@@ -26,7 +26,8 @@
 //!    member: it keeps the id. When the losing leaf's content differs (`md5sum`), it becomes a
 //!    new file beside the winner, named as the winner with ` (2)` before the extension (the
 //!    first free `(n)`, as Cozy's `conflictName`), with an id derived from the original's and
-//!    the losing revision (as Cozy's `conflictID`). The losing leaf is then deleted in the original's tree.
+//!    the losing revision (as Cozy's `conflictID`). The losing leaf is then deleted in the
+//!    original's tree, by a deletion marked [`CONFLICT_LOSER`] (members tell it from a removal).
 //!    A losing leaf with the same content (a concurrent rename or move, or a directory) is only
 //!    deleted: the winner's metadata stands (Cozy reconciles these the same way).
 //! 2. **Same name in one directory** (a member's item arrives where the owner already has that
@@ -60,6 +61,11 @@ use super::index;
 use super::model::{self, Kind};
 use super::{child_path, doctype, Files, FilesError, Result, TRASH_ID, TRASH_NAME};
 use crate::store::{Body, DocId, DocWrite, GetOptions, StoreError, WriteResult};
+
+/// The member marking the deletion of a settled conflict's losing leaf (`true`), which a
+/// member receiving it tells from a removal (a removal leaves a dissociated copy; this does
+/// not: the document lives on as its winner).
+pub const CONFLICT_LOSER: &str = "conflict_loser";
 
 /// The id of the dissociated copy of `id` (a derived one, so a removal received twice makes
 /// one copy, and a directory's descendants find their parent's copy).
@@ -184,7 +190,8 @@ impl Files {
             model::set(&mut body, "restore_path", json!(restore_path.unwrap_or_else(|| "/".into())));
         }
         if kind == Kind::Directory {
-            let parent_path = index::path_of(&self.index.ancestry(&dir).await?).unwrap_or_else(|| format!("/{TRASH_NAME}"));
+            let parent_path =
+                index::path_of(&self.index.ancestry(&dir).await?).unwrap_or_else(|| format!("/{TRASH_NAME}"));
             model::set(&mut body, "path", json!(child_path(&parent_path, &name)));
         }
         let written = self.write_new(&copy, None, false, body).await?;
@@ -222,7 +229,9 @@ impl Files {
                     self.sync().await?;
                 }
             }
-            self.write_new(id, Some(rev), true, Body::empty()).await?;
+            let mut mark = Body::empty();
+            model::set(&mut mark, CONFLICT_LOSER, json!(true));
+            self.write_new(id, Some(rev), true, mark).await?;
             out.losers += 1;
         }
         // 2. and 3. Its place: a live directory outside the trash, and a name of its own there.

@@ -141,28 +141,39 @@ pub async fn bulk_docs(
         if crate::sharing::xor::ID_FIELDS.iter().any(|(d, _)| *d == doctype.as_str()) {
             (peer_ids, writes) = parents_first(peer_ids, writes);
         }
-        let tree = if doctype.as_str() == FILES_DOCTYPE { Some(TreeBefore::read(inst, s, &writes).await?) } else { None };
+        let tree =
+            if doctype.as_str() == FILES_DOCTYPE { Some(TreeBefore::read(inst, s, &writes).await?) } else { None };
+        let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
+        if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
+            (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);
+        }
         let judge: Arc<Judge> = {
             let (s, doctype) = (s.clone(), doctype.clone());
             let orphans = tree.as_ref().map(|t| t.orphans.clone()).unwrap_or_default();
             Arc::new(move |w: &DocWrite, standing: &Standing| {
                 let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
-                match (verdict, orphans.get(&w.id)) {
+                let Some(&rule) = orphans.get(&w.id) else { return verdict };
+                let relocation = w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone())));
+                let adds = s.rules.get(rule).is_some_and(|r| r.allows(ChangeKind::Add, s.owner));
+                match verdict {
                     // Its parent left the sharing here meanwhile: it is restored (see
-                    // `files::shared`, rule 3), if new documents may flow this way.
-                    (Verdict::Refuse(_), Some(&rule))
-                        if !standing.exists
-                            && standing.shared.is_none()
-                            && !w.deleted
-                            && s.rules.get(rule).is_some_and(|r| r.allows(ChangeKind::Add, s.owner)) =>
-                    {
+                    // `files::shared`, rule 3), if new documents may flow this way; its
+                    // relocation, written next in the same batch, takes it back in.
+                    Verdict::Refuse(_) if !standing.exists && standing.shared.is_none() && !w.deleted && adds => {
                         Verdict::Accept { join: Some(rule), revokes: false }
                     }
-                    (verdict, _) => verdict,
+                    _ if relocation && adds => Verdict::Accept { join: Some(rule), revokes: false },
+                    verdict => verdict,
                 }
             })
         };
-        let written_ids: Vec<(DocId, bool)> = writes.iter().map(|w| (w.id.clone(), w.deleted)).collect();
+        // A removal, as opposed to the deletion of a settled conflict's losing leaf.
+        let written_ids: Vec<(DocId, bool)> = writes
+            .iter()
+            .map(|w| {
+                (w.id.clone(), w.deleted && w.body.get(crate::files::shared::CONFLICT_LOSER) != Some(Value::Bool(true)))
+            })
+            .collect();
         let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
         if let (Some(files), Some(tree)) = (files, &tree) {
             let written: Vec<(DocId, bool)> = written_ids
@@ -192,6 +203,52 @@ pub async fn bulk_docs(
         }
     }
     Ok(applied)
+}
+
+/// On the owner, each new item whose parent left the sharing (rule 3 of `files::shared`) is
+/// followed in the batch by its relocation: a revision on top of the one received that puts
+/// it in the shared directory (the rule's root). Written in the same batch, the item never
+/// stands outside the sharing, so no removal of it is ever sent. Answers the batch and the
+/// relocations (id, revision).
+fn restore_orphans(
+    s: &Sharing,
+    tree: &TreeBefore,
+    peer_ids: Vec<String>,
+    writes: Vec<DocWrite>,
+) -> (Vec<String>, Vec<DocWrite>, HashSet<(DocId, Rev)>) {
+    let mut relocations = HashSet::new();
+    let (mut ids, mut out) = (Vec::with_capacity(writes.len()), Vec::with_capacity(writes.len()));
+    for (peer_id, w) in peer_ids.into_iter().zip(writes) {
+        let root = tree
+            .orphans
+            .get(&w.id)
+            .and_then(|&rule| s.rules.get(rule))
+            .filter(|r| r.subtree())
+            .and_then(|r| r.values.first())
+            .and_then(|v| serde_json::value::to_raw_value(v).ok());
+        let relocation = match (root, w.revisions.as_deref().filter(|p| !p.is_empty())) {
+            (Some(root), Some(path)) if !w.deleted => {
+                let mut body = w.body.clone();
+                body.set(FILES_PARENT, &root);
+                hearth_replicator::rev::new_rev(path.first(), false, body.as_str().as_bytes()).ok().map(|rev| {
+                    let mut revisions = vec![rev.clone()];
+                    revisions.extend(path.iter().cloned());
+                    DocWrite { id: w.id.clone(), rev: Some(rev), revisions: Some(revisions), deleted: false, body }
+                })
+            }
+            _ => None,
+        };
+        ids.push(peer_id.clone());
+        out.push(w);
+        if let Some(r) = relocation {
+            if let Some(rev) = &r.rev {
+                relocations.insert((r.id.clone(), rev.clone()));
+            }
+            ids.push(peer_id);
+            out.push(r);
+        }
+    }
+    (ids, out, relocations)
 }
 
 /// What a batch of `io.cozy.files` needs known of the tree before it is written, for what
@@ -253,14 +310,14 @@ impl TreeBefore {
     ) -> Result<()> {
         let failed = |e: crate::files::FilesError| SharingError::Store(StoreError::Internal(anyhow::anyhow!("{e}")));
         let doctype = crate::files::doctype();
-        // A document is removed when the sender sent deletions only (a settled conflict comes
-        // as the winner and the loser's deletion: not a removal). Removals go parents first
-        // (a batch is in id order), so a copy lands under its parent's copy.
+        // A document is removed when the sender removed it (not when it deleted the losing
+        // leaf of a settled conflict). Removals go parents first (a batch is in id order), so
+        // a copy lands under its parent's copy.
         let mut order: Vec<DocId> = Vec::new();
         let mut removed: std::collections::HashMap<DocId, bool> = std::collections::HashMap::new();
         for (id, deleted) in written {
             match removed.get_mut(id) {
-                Some(all) => *all &= *deleted,
+                Some(any) => *any |= *deleted,
                 None => {
                     order.push(id.clone());
                     removed.insert(id.clone(), *deleted);
