@@ -7,7 +7,13 @@
 //!   (or `remove`, for a deletion or a document leaving the sharing) lets it flow;
 //! - a document that exists here outside the sharing is never touched (a peer cannot pull it
 //!   into the sharing);
-//! - nothing at all is accepted from a read-only member (its token is GET-only: 403 earlier).
+//! - nothing at all is accepted from a read-only member (its token is GET-only: 403 earlier);
+//! - an item of a shared folder that left the sharing here while the peer changed it is moot
+//!   (the removal this instance sends answers it), and, on the owner, a new item whose parent
+//!   left the sharing is restored into the shared directory (`files::shared`, rules 3 and 4).
+//!
+//! After the write, files follow up (`files::shared`): removals leave dissociated copies, the
+//! owner settles conflicts, moved directories take their subtrees along.
 //!
 //! [`judge`] runs inside the store's write of each document (`Store::apply_received`), so
 //! what it reads (the document's existence, its membership) is what the write finds: a local
@@ -616,6 +622,22 @@ mod tests {
         assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &NEW, false)));
         // A removal of a document that left the sharing here is moot, not written.
         assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
+    }
+
+    #[test]
+    fn a_change_to_a_shared_folders_item_that_left_here_is_moot_when_its_removal_flows_back() {
+        let files = Doctype::parse(FILES_DOCTYPE).unwrap();
+        let mut s = sharing(true, ("sync", "sync", "sync"));
+        s.rules = vec![Rule::from_input(&json!({"title": "t", "doctype": FILES_DOCTYPE, "values": ["root"],
+            "add": "sync", "update": "sync", "remove": "sync"}))
+        .unwrap()];
+        let left =
+            Standing { exists: true, shared: Some(SharedState { rule_index: 0, removed: true, seq: 1 }), parent: None };
+        // The removal this instance sends answers the edit: moot (files::shared, rule 4).
+        assert_eq!(judge(&s, &files, &doc("f", "x", false), &left, false), Verdict::Moot);
+        // Where removals do not flow back to the sender, the edit is refused as before.
+        s.rules[0].remove = Flow::None;
+        assert!(refused(&judge(&s, &files, &doc("f", "x", false), &left, false)));
     }
 
     #[test]

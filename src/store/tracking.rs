@@ -289,6 +289,17 @@ mod tests {
     }
 
     #[test]
+    fn a_cascade_records_only_documents_entering_or_leaving() {
+        let record = |rule_index, removed| TrackAction::Record { rule_index, removed };
+        assert!(changes_membership(record(0, false), None), "enters");
+        assert!(changes_membership(record(0, true), Some((0, false))), "leaves");
+        assert!(changes_membership(record(0, false), Some((0, true))), "enters again");
+        assert!(!changes_membership(record(0, false), Some((0, false))), "stays in");
+        assert!(!changes_membership(TrackAction::Nothing, Some((0, true))), "stays out");
+        assert!(!changes_membership(TrackAction::Nothing, None));
+    }
+
+    #[test]
     fn the_joining_rule_is_the_first_matching_rule_that_lets_documents_join() {
         let rule = |i: usize, joins: bool, list: &str| TrackRule {
             sharing_id: "s".into(),
