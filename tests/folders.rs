@@ -1,6 +1,7 @@
 //! Sharing folders (issue 13), over real HTTP between instances: a rule on `io.cozy.files`
 //! naming a directory shares its whole subtree, on every member under ids of its own with
-//! `dir_id`s that follow, the shared root placed in the recipient's "Shared with me".
+//! `dir_id`s that follow, the shared root placed in the recipient's "Shared with me". Moves of
+//! whole subtrees and the conflict rules are in `folder_conflicts.rs`.
 
 mod common;
 
@@ -131,9 +132,16 @@ async fn a_shared_directory_arrives_whole_in_shared_with_me_with_its_tree_consis
         at_path(&bob, &tb, path_c).await.0 == 200
     })
     .await;
-    assert_eq!(at_path(&bob, &tb, path_a).await.0, 200, "bob keeps the copy of the file moved out");
-    let (_, bob_a) = winner(&app, &bob, "io.cozy.files", &on_bob(a).await).await.unwrap();
-    assert_eq!(bob_a["name"], json!("a.txt"), "what alice did after the move is not sent");
+    // It left bob's shared tree; bob keeps a dissociated copy in his trash, as it was when it
+    // left (what alice did after the move is not sent).
+    eventually(WAIT, "the file moved out leaves bob's tree", || async { at_path(&bob, &tb, path_a).await.0 == 404 })
+        .await;
+    assert!(winner(&app, &bob, "io.cozy.files", &on_bob(a).await).await.is_none());
+    let (s, v) = bob.call(Method::GET, "/files/trash", Some(&tb), None).await;
+    assert_eq!(s, 200, "{v}");
+    let names: Vec<&str> =
+        v["data"].as_array().unwrap().iter().filter_map(|c| c["attributes"]["name"].as_str()).collect();
+    assert_eq!(names, ["a.txt"], "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

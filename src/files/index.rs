@@ -283,6 +283,26 @@ impl Index {
         .await
     }
 
+    /// Ids of the nodes under `dir` (not `dir` itself), the shallowest first: each one comes
+    /// after its parent, so a caller going through them in order sees a parent settled before
+    /// what it holds (the cascade of a move, see `Files::cascade`).
+    pub async fn subtree(&self, dir: &str) -> Result<Vec<String>, FilesError> {
+        let dir = dir.to_owned();
+        self.with(move |c| {
+            c.prepare_cached(
+                "WITH RECURSIVE down(id, depth) AS (
+                    SELECT id, 1 FROM nodes WHERE dir_id = ?1
+                    UNION ALL
+                    SELECT n.id, down.depth + 1 FROM down JOIN nodes n ON n.dir_id = down.id WHERE down.depth < ?2
+                 )
+                 SELECT id FROM down ORDER BY depth, id",
+            )?
+            .query_map(params![dir, MAX_DEPTH], |r| r.get(0))?
+            .collect()
+        })
+        .await
+    }
+
     /// Bytes of every file in the index (trashed ones too, as in Cozy), kept up to date by
     /// each catch-up.
     pub async fn used_bytes(&self) -> Result<u64, FilesError> {

@@ -57,6 +57,7 @@ pub mod conformance;
 pub mod content;
 pub mod index;
 pub mod model;
+pub mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -794,6 +795,9 @@ impl Files {
         }
         model::set(&mut body, "updated_at", json!(p.updated_at.unwrap_or_else(now)));
         self.write_doc(id, Some(&item.rev), false, body).await?;
+        if item.kind() == Kind::Directory && Some(dir_id.as_str()) != item.dir_id() {
+            self.cascade(id).await?;
+        }
         self.sync().await?;
         self.load(id).await
     }
@@ -820,6 +824,9 @@ impl Files {
             model::set(&mut body, "path", json!(child_path(&format!("/{TRASH_NAME}"), &name)));
         }
         self.write_doc(id, Some(&item.rev), false, body).await?;
+        if item.kind() == Kind::Directory {
+            self.cascade(id).await?;
+        }
         self.sync().await?;
         self.load(id).await
     }
@@ -877,6 +884,9 @@ impl Files {
             model::set(&mut body, "path", json!(child_path(&index::path_of(&parent).unwrap_or("/".into()), &name)));
         }
         self.write_doc(id, Some(&item.rev), false, body).await?;
+        if item.kind() == Kind::Directory {
+            self.cascade(id).await?;
+        }
         self.sync().await?;
         self.load(id).await
     }

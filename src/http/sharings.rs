@@ -792,7 +792,8 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
     svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
-    let applied = crate::sharing::receive::bulk_docs(&inst.0, &s, from, &body).await?;
+    let files = svc.files.of(&inst.0).await.ok();
+    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
         refused = applied.refused.len(), "received documents");
     if applied.revoke {

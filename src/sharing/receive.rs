@@ -7,7 +7,13 @@
 //!   (or `remove`, for a deletion or a document leaving the sharing) lets it flow;
 //! - a document that exists here outside the sharing is never touched (a peer cannot pull it
 //!   into the sharing);
-//! - nothing at all is accepted from a read-only member (its token is GET-only: 403 earlier).
+//! - nothing at all is accepted from a read-only member (its token is GET-only: 403 earlier);
+//! - an item of a shared folder that left the sharing here while the peer changed it is moot
+//!   (the removal this instance sends answers it), and, on the owner, a new item whose parent
+//!   left the sharing is restored into the shared directory (`files::shared`, rules 3 and 4).
+//!
+//! After the write, files follow up (`files::shared`): removals leave dissociated copies, the
+//! owner settles conflicts, moved directories take their subtrees along.
 //!
 //! [`judge`] runs inside the store's write of each document (`Store::apply_received`), so
 //! what it reads (the document's existence, its membership) is what the write finds: a local
@@ -23,13 +29,13 @@ use std::sync::Arc;
 use hearth_replicator::rev::Rev;
 use serde_json::{json, Value};
 
-use super::model::{ChangeKind, Flow, Sharing, FILES_PARENT};
+use super::model::{ChangeKind, Flow, Sharing, FILES_DOCTYPE, FILES_PARENT};
 use super::protocol::{BulkDocs, Refused};
 use super::xor::IdMap;
 use super::{Result, SharingError};
 use crate::instance::Instance;
 use crate::store::doc::parse_doc;
-use crate::store::{DocId, DocWrite, Doctype, Judge, Received, Standing, Verdict};
+use crate::store::{Body, DocId, DocWrite, Doctype, GetOptions, Judge, Received, Standing, StoreError, Verdict};
 
 fn split_key(key: &str) -> Result<(Doctype, DocId)> {
     let (doctype, id) = key.split_once('/').ok_or_else(|| SharingError::BadRequest(format!("invalid key {key:?}")))?;
@@ -98,7 +104,13 @@ pub struct Applied {
 /// `_bulk_docs` from member `from` (the request's JSON text): each document judged ([`judge`])
 /// and written in one store transaction; the refused ones reported. Documents are split into
 /// their `_` members and their body as written (see `store::body`), never parsed into numbers.
-pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -> Result<Applied> {
+pub async fn bulk_docs(
+    inst: &Instance,
+    files: Option<&crate::files::Files>,
+    s: &Sharing,
+    from: usize,
+    body: &[u8],
+) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
     let request = BulkDocs::parse(body).map_err(SharingError::BadRequest)?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
@@ -135,11 +147,49 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
         if crate::sharing::xor::ID_FIELDS.iter().any(|(d, _)| *d == doctype.as_str()) {
             (peer_ids, writes) = parents_first(peer_ids, writes);
         }
+        let tree =
+            if doctype.as_str() == FILES_DOCTYPE { Some(TreeBefore::read(inst, s, &writes).await?) } else { None };
+        let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
+        if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
+            (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);
+        }
         let judge: Arc<Judge> = {
             let (s, doctype) = (s.clone(), doctype.clone());
-            Arc::new(move |w: &DocWrite, standing: &Standing| judge(&s, &doctype, w, standing, claimed.contains(&w.id)))
+            let orphans = tree.as_ref().map(|t| t.orphans.clone()).unwrap_or_default();
+            Arc::new(move |w: &DocWrite, standing: &Standing| {
+                let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
+                let Some(&rule) = orphans.get(&w.id) else { return verdict };
+                let relocation = w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone())));
+                let adds = s.rules.get(rule).is_some_and(|r| r.allows(ChangeKind::Add, s.owner));
+                match verdict {
+                    // Its parent left the sharing here meanwhile: it is restored (see
+                    // `files::shared`, rule 3), if new documents may flow this way; its
+                    // relocation, written next in the same batch, takes it back in.
+                    Verdict::Refuse(_) if !standing.exists && standing.shared.is_none() && !w.deleted && adds => {
+                        Verdict::Accept { join: Some(rule), revokes: false }
+                    }
+                    _ if relocation && adds => Verdict::Accept { join: Some(rule), revokes: false },
+                    verdict => verdict,
+                }
+            })
         };
+        // A removal, as opposed to the deletion of a settled conflict's losing leaf.
+        let written_ids: Vec<(DocId, bool)> = writes
+            .iter()
+            .map(|w| {
+                (w.id.clone(), w.deleted && w.body.get(crate::files::shared::CONFLICT_LOSER) != Some(Value::Bool(true)))
+            })
+            .collect();
         let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
+        if let (Some(files), Some(tree)) = (files, &tree) {
+            let written: Vec<(DocId, bool)> = written_ids
+                .into_iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| matches!(o, Received::Written { .. }))
+                .map(|(w, _)| w)
+                .collect();
+            tree.follow_up(inst, files, s, &written).await?;
+        }
         for (peer_id, outcome) in peer_ids.into_iter().zip(outcomes) {
             let refuse = |error: &str, reason: String| Refused {
                 id: peer_id.clone(),
@@ -159,6 +209,178 @@ pub async fn bulk_docs(inst: &Instance, s: &Sharing, from: usize, body: &[u8]) -
         }
     }
     Ok(applied)
+}
+
+/// On the owner, each new item whose parent left the sharing (rule 3 of `files::shared`) is
+/// followed in the batch by its relocation: a revision on top of the one received that puts
+/// it in the shared directory (the rule's root). Written in the same batch, the item never
+/// stands outside the sharing, so no removal of it is ever sent. Answers the batch and the
+/// relocations (id, revision).
+fn restore_orphans(
+    s: &Sharing,
+    tree: &TreeBefore,
+    peer_ids: Vec<String>,
+    writes: Vec<DocWrite>,
+) -> (Vec<String>, Vec<DocWrite>, HashSet<(DocId, Rev)>) {
+    let mut relocations = HashSet::new();
+    let (mut ids, mut out) = (Vec::with_capacity(writes.len()), Vec::with_capacity(writes.len()));
+    for (peer_id, w) in peer_ids.into_iter().zip(writes) {
+        let root = tree
+            .orphans
+            .get(&w.id)
+            .and_then(|&rule| s.rules.get(rule))
+            .filter(|r| r.subtree())
+            .and_then(|r| r.values.first())
+            .and_then(|v| serde_json::value::to_raw_value(v).ok());
+        let relocation = match (root, w.revisions.as_deref().filter(|p| !p.is_empty())) {
+            (Some(root), Some(path)) if !w.deleted => {
+                let mut body = w.body.clone();
+                body.set(FILES_PARENT, &root);
+                hearth_replicator::rev::new_rev(path.first(), false, body.as_str().as_bytes()).ok().map(|rev| {
+                    let mut revisions = vec![rev.clone()];
+                    revisions.extend(path.iter().cloned());
+                    DocWrite { id: w.id.clone(), rev: Some(rev), revisions: Some(revisions), deleted: false, body }
+                })
+            }
+            _ => None,
+        };
+        ids.push(peer_id.clone());
+        out.push(w);
+        if let Some(r) = relocation {
+            if let Some(rev) = &r.rev {
+                relocations.insert((r.id.clone(), rev.clone()));
+            }
+            ids.push(peer_id);
+            out.push(r);
+        }
+    }
+    (ids, out, relocations)
+}
+
+/// What a batch of `io.cozy.files` needs known of the tree before it is written, for what
+/// follows the write (see `files::shared`).
+struct TreeBefore {
+    /// The version before the write, of the documents the batch deletes or moves.
+    before: std::collections::HashMap<DocId, Body>,
+    /// New documents whose parent left the sharing here (owner only): the rule it was in.
+    orphans: std::collections::HashMap<DocId, usize>,
+}
+
+impl TreeBefore {
+    async fn read(inst: &Instance, s: &Sharing, writes: &[DocWrite]) -> Result<TreeBefore> {
+        let doctype = crate::files::doctype();
+        let mut before = std::collections::HashMap::new();
+        for w in writes {
+            let directory = matches!(w.body.get("type"), Some(Value::String(t)) if t == "directory");
+            if !(w.deleted || directory) {
+                continue;
+            }
+            match inst.store.get(&doctype, &w.id, GetOptions::default()).await {
+                Ok(v) => {
+                    before.insert(w.id.clone(), v.doc.body);
+                }
+                Err(StoreError::NotFound | StoreError::Deleted) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut orphans = std::collections::HashMap::new();
+        if s.owner {
+            let parents: Vec<(DocId, DocId)> = writes
+                .iter()
+                .filter(|w| !w.deleted)
+                .filter_map(|w| match w.body.get(FILES_PARENT) {
+                    Some(Value::String(p)) => DocId::parse(&p).ok().map(|p| (w.id.clone(), p)),
+                    _ => None,
+                })
+                .collect();
+            let ids: Vec<DocId> = parents.iter().map(|(_, p)| p.clone()).collect();
+            let states = inst.store.shared_state(s.id(), &doctype, &ids).await?;
+            for (id, parent) in parents {
+                if let Some(st) = states.get(&parent).filter(|st| st.removed) {
+                    orphans.insert(id, st.rule_index);
+                }
+            }
+        }
+        Ok(TreeBefore { before, orphans })
+    }
+
+    /// After the write: a received removal leaves a dissociated copy; on the owner, what a
+    /// member sent is settled (conflicts, parent gone, name taken); a directory that moved
+    /// takes its subtree with it.
+    async fn follow_up(
+        &self,
+        inst: &Instance,
+        files: &crate::files::Files,
+        s: &Sharing,
+        written: &[(DocId, bool)],
+    ) -> Result<()> {
+        let failed = |e: crate::files::FilesError| SharingError::Store(StoreError::Internal(anyhow::anyhow!("{e}")));
+        let doctype = crate::files::doctype();
+        // A document is removed when the sender removed it (not when it deleted the losing
+        // leaf of a settled conflict). Removals go parents first (a batch is in id order), so
+        // a copy lands under its parent's copy.
+        let mut order: Vec<DocId> = Vec::new();
+        let mut removed: std::collections::HashMap<DocId, bool> = std::collections::HashMap::new();
+        for (id, deleted) in written {
+            match removed.get_mut(id) {
+                Some(any) => *any |= *deleted,
+                None => {
+                    order.push(id.clone());
+                    removed.insert(id.clone(), *deleted);
+                }
+            }
+        }
+        let removals: Vec<DocId> = order.iter().filter(|id| removed.get(*id) == Some(&true)).cloned().collect();
+        let parent_in = |id: &DocId| -> Option<usize> {
+            let parent = match self.before.get(id)?.get(FILES_PARENT) {
+                Some(Value::String(p)) => p,
+                _ => return None,
+            };
+            removals.iter().position(|r| r.as_str() == parent)
+        };
+        let mut placed = vec![false; removals.len()];
+        for start in 0..removals.len() {
+            let mut chain = vec![start];
+            while let Some(p) = chain.last().and_then(|&i| parent_in(&removals[i])) {
+                if placed[p] || chain.contains(&p) {
+                    break;
+                }
+                chain.push(p);
+            }
+            for &i in chain.iter().rev() {
+                if !placed[i] {
+                    placed[i] = true;
+                    let id = &removals[i];
+                    files.dissociate(id.as_str(), self.before.get(id).cloned()).await.map_err(failed)?;
+                }
+            }
+        }
+        let states = inst.store.shared_state(s.id(), &doctype, &order).await?;
+        for id in &order {
+            if removed.get(id) == Some(&true) {
+                continue;
+            }
+            if s.owner {
+                let root = states
+                    .get(id)
+                    .and_then(|st| s.rules.get(st.rule_index))
+                    .filter(|r| r.subtree())
+                    .and_then(|r| r.values.first())
+                    .cloned();
+                let settled = files.settle(id.as_str(), root.as_deref()).await.map_err(failed)?;
+                if settled != crate::files::shared::Settled::default() {
+                    tracing::info!(instance = %inst.domain, sharing = %s.id(), doc = %id, ?settled, "settled a member's version");
+                }
+            }
+            if let Some(old) = self.before.get(id) {
+                let now = inst.store.get(&doctype, id, GetOptions::default()).await.ok().map(|v| v.doc.body);
+                if now.is_some_and(|b| b.get(FILES_PARENT) != old.get(FILES_PARENT)) {
+                    files.cascade(id.as_str()).await.map_err(failed)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Orders a batch so that a directory comes before what it holds (a subtree rule lets a
@@ -261,6 +483,14 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
         if standing.exists && w.deleted && standing.shared.is_some() {
             // It left the sharing here: the peer's removal (often the echo of the deletion
             // this instance sent when it left) asks for what already holds.
+            return Verdict::Moot;
+        }
+        let left = standing.shared.and_then(|st| s.rules.get(st.rule_index));
+        if standing.exists && left.is_some_and(|r| r.subtree() && r.allows(ChangeKind::Remove, !to_owner)) {
+            // An item of a shared folder that left it here (moved out, trashed) while the peer
+            // changed it: the removal this instance sends answers it, and the peer keeps its
+            // version as a dissociated copy (`files::shared`, rule 4). Neither written nor
+            // refused.
             return Verdict::Moot;
         }
         if standing.exists {
@@ -392,6 +622,22 @@ mod tests {
         assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &NEW, false)));
         // A removal of a document that left the sharing here is moot, not written.
         assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
+    }
+
+    #[test]
+    fn a_change_to_a_shared_folders_item_that_left_here_is_moot_when_its_removal_flows_back() {
+        let files = Doctype::parse(FILES_DOCTYPE).unwrap();
+        let mut s = sharing(true, ("sync", "sync", "sync"));
+        s.rules = vec![Rule::from_input(&json!({"title": "t", "doctype": FILES_DOCTYPE, "values": ["root"],
+            "add": "sync", "update": "sync", "remove": "sync"}))
+        .unwrap()];
+        let left =
+            Standing { exists: true, shared: Some(SharedState { rule_index: 0, removed: true, seq: 1 }), parent: None };
+        // The removal this instance sends answers the edit: moot (files::shared, rule 4).
+        assert_eq!(judge(&s, &files, &doc("f", "x", false), &left, false), Verdict::Moot);
+        // Where removals do not flow back to the sender, the edit is refused as before.
+        s.rules[0].remove = Flow::None;
+        assert!(refused(&judge(&s, &files, &doc("f", "x", false), &left, false)));
     }
 
     #[test]

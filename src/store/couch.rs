@@ -1187,7 +1187,7 @@ impl CouchStore {
             }
             // Tracking before numbering: a crash in between tracks these rows again (harmless),
             // never not at all.
-            self.track_rows(doctype, &rows, &bodies).await?;
+            self.track_rows(doctype, &rows, &bodies, false).await?;
             let first = latest.as_ref().map_or(0, |b| b.last) + 1;
             // A page of non-hearth documents only still moves the feed position, on one number.
             let last = first + (rows.len().max(1) as u64) - 1;
@@ -1650,8 +1650,17 @@ impl CouchStore {
             .collect()
     }
 
-    /// Applies the tracking rules to a page of changes of `doctype` (see `tracking::decide`).
-    async fn track_rows(&self, doctype: &Doctype, rows: &[BatchRow], bodies: &[Body]) -> Result<(), StoreError> {
+    /// Applies the tracking rules to a page of changes of `doctype` (see `tracking::decide`);
+    /// with `membership_only`, only where a document's membership changes (a cascade, see
+    /// `Store::retrack`). Returns the rows recorded.
+    async fn track_rows(
+        &self,
+        doctype: &Doctype,
+        rows: &[BatchRow],
+        bodies: &[Body],
+        membership_only: bool,
+    ) -> Result<u64, StoreError> {
+        let mut recorded = 0;
         let rules = self.rules()?;
         let mut sharings: Vec<&str> =
             rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
@@ -1689,15 +1698,19 @@ impl CouchStore {
                 let (matching, joining) =
                     tracking::matching_rules(&rules, sharing, doctype.as_str(), &row.0, body, parent_rule);
                 let tracked = current.get(row.0.as_str()).copied();
-                if let TrackAction::Record { rule_index, removed } = tracking::decide(row.2, matching, joining, tracked)
-                {
+                let action = tracking::decide(row.2, matching, joining, tracked);
+                if membership_only && !tracking::changes_membership(action, tracked) {
+                    continue;
+                }
+                if let TrackAction::Record { rule_index, removed } = action {
                     current.insert(row.0.as_str(), (rule_index, removed));
                     records.push(ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default()));
                 }
             }
+            recorded += records.len() as u64;
             self.record_shared(sharing, records, Some(states)).await?;
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// Appends rows to a sharing's feed and moves the documents' states to them (a state
@@ -2461,6 +2474,31 @@ impl Store for CouchStore {
         }
         self.create_meta(&marker, &json!({})).await?;
         Ok(added)
+    }
+
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError> {
+        if !self.rules()?.iter().any(|r| r.doctype == doctype.as_str()) {
+            return Ok(0);
+        }
+        // The feed's pending tracking first: the cascade is judged on every earlier write.
+        self.catch_up(doctype).await?;
+        let mut rows = Vec::with_capacity(ids.len());
+        let mut bodies = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.get(doctype, id, GetOptions::default()).await {
+                Ok(found) => {
+                    rows.push(BatchRow(id.as_str().to_owned(), vec![found.doc.rev.to_string()], false));
+                    bodies.push(found.doc.body);
+                }
+                Err(StoreError::Deleted) => {
+                    rows.push(BatchRow(id.as_str().to_owned(), Vec::new(), true));
+                    bodies.push(Body::empty());
+                }
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.track_rows(doctype, &rows, &bodies, true).await
     }
 
     async fn apply_received(

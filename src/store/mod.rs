@@ -406,6 +406,14 @@ pub trait Store: Send + Sync + 'static {
         judge: std::sync::Arc<Judge>,
     ) -> Result<Vec<Received>, StoreError>;
 
+    /// Tracks documents again against their current winners, in the order given (a directory
+    /// before what it holds), recording only those whose membership changes: they enter a
+    /// sharing (their parent did) or leave it (their parent did). This is the cascade of a
+    /// move under subtree rules ([`TrackRule::parent_field`]): a write tracks the document
+    /// written, and its descendants follow through this call, parents first, so each one is
+    /// judged on its parent's new standing. Unknown ids are skipped. Returns the rows recorded.
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError>;
+
     /// The documents in a sharing (rows not removed, documents not deleted), ordered by
     /// (doctype, id), after `after` (exclusive), at most `limit`.
     async fn shared_docs(

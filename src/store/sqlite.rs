@@ -438,12 +438,14 @@ fn save_doc(
             Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
-        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body)?;
+        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body, false)?;
     }
     Ok(())
 }
 
-/// Updates every sharing's feed for one written document (see `tracking::decide`).
+/// Updates every sharing's feed for one written document (see `tracking::decide`); with
+/// `membership_only`, only where its membership changes (a cascade, see `Store::retrack`).
+/// Returns the rows recorded.
 fn track_doc(
     tx: &Transaction<'_>,
     rules: &[TrackRule],
@@ -451,7 +453,9 @@ fn track_doc(
     id: &str,
     deleted: bool,
     body: &Body,
-) -> Result<(), StoreError> {
+    membership_only: bool,
+) -> Result<u64, StoreError> {
+    let mut recorded = 0;
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
     sharings.sort_unstable();
@@ -461,11 +465,16 @@ fn track_doc(
         let parent_rule = parent_rule(tx, sharing, doctype, parent.as_deref())?;
         let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body, parent_rule);
         let tracked = shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed));
-        if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, joining, tracked) {
+        let action = tracking::decide(deleted, matching, joining, tracked);
+        if membership_only && !tracking::changes_membership(action, tracked) {
+            continue;
+        }
+        if let TrackAction::Record { rule_index, removed } = action {
             record_shared(tx, sharing, doctype, id, rule_index, removed, Entry::default())?;
+            recorded += 1;
         }
     }
-    Ok(())
+    Ok(recorded)
 }
 
 /// The rule of a parent's row in a sharing, when the parent is in it (see `Standing::parent`).
@@ -1213,6 +1222,24 @@ impl Store for SqliteStore {
             }
             counters.save(tx, &doctype)?;
             Ok(out)
+        })
+        .await
+    }
+
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError> {
+        let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
+        self.write(move |tx, ctx| {
+            if !ctx.tracking.iter().any(|r| r.doctype == doctype) {
+                return Ok(0);
+            }
+            let mut recorded = 0;
+            for id in &ids {
+                let Some(row) = load_doc(tx, &doctype, id.as_str())? else { continue };
+                let Some(winner) = row.tree.winner() else { continue };
+                let body = load_body(tx, &doctype, id.as_str(), &winner.rev)?.unwrap_or_default();
+                recorded += track_doc(tx, &ctx.tracking, &doctype, id.as_str(), winner.deleted, &body, true)?;
+            }
+            Ok(recorded)
         })
         .await
     }

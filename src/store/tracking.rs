@@ -156,6 +156,17 @@ pub fn decide(
     }
 }
 
+/// Whether a tracking decision changes a document's membership (it enters the sharing, or
+/// leaves it), as opposed to recording one more change of a document that stays where it is.
+/// A cascade ([`Store::retrack`](super::Store::retrack)) records only those.
+pub fn changes_membership(action: TrackAction, tracked: Option<(usize, bool)>) -> bool {
+    match (action, tracked) {
+        (TrackAction::Nothing, _) => false,
+        (TrackAction::Record { .. }, None) => true,
+        (TrackAction::Record { removed, .. }, Some((_, was_removed))) => removed != was_removed,
+    }
+}
+
 /// The first rule of `sharing` selecting a document, and the first of those it may join by.
 pub fn matching_rules(
     rules: &[TrackRule],
@@ -275,6 +286,17 @@ mod tests {
         assert_eq!(decide(true, Some(0), Some(0), None), TrackAction::Nothing);
         assert_eq!(decide(true, None, None, Some((1, true))), TrackAction::Nothing);
         assert_eq!(decide(false, None, None, None), TrackAction::Nothing);
+    }
+
+    #[test]
+    fn a_cascade_records_only_documents_entering_or_leaving() {
+        let record = |rule_index, removed| TrackAction::Record { rule_index, removed };
+        assert!(changes_membership(record(0, false), None), "enters");
+        assert!(changes_membership(record(0, true), Some((0, false))), "leaves");
+        assert!(changes_membership(record(0, false), Some((0, true))), "enters again");
+        assert!(!changes_membership(record(0, false), Some((0, false))), "stays in");
+        assert!(!changes_membership(TrackAction::Nothing, Some((0, true))), "stays out");
+        assert!(!changes_membership(TrackAction::Nothing, None));
     }
 
     #[test]

@@ -201,6 +201,24 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
+    /// A removal on top of a document's current winner: the tombstone and the winner (with its
+    /// history) to build it from; nothing when the winner is a deletion already.
+    async fn departure_from_winner(
+        &self,
+        doctype: &Doctype,
+        id: &DocId,
+    ) -> Result<(Option<Rev>, Vec<OpenRev>), SyncError> {
+        let leaves = self.inst.store.doc_leaves(doctype, std::slice::from_ref(id)).await?;
+        let Some((winner, false)) = leaves.get(id).and_then(|l| l.first()).cloned() else {
+            return Ok((None, Vec::new()));
+        };
+        let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(&winner), true, b"{}") else {
+            return Ok((None, Vec::new()));
+        };
+        let found = self.inst.store.open_revs_many(doctype, vec![(id.clone(), vec![winner])]).await?;
+        Ok((Some(tombstone), found.into_iter().next().map(|(_, f)| f).unwrap_or_default()))
+    }
+
     /// Whether a document the member has never been sent goes to it now (see the module docs):
     /// the owner sends its initial set whatever `add` says.
     fn arrives(&self, index: usize, initial: bool) -> bool {
@@ -286,15 +304,13 @@ impl Source for LocalSource {
             if !self.flows(r.rule_index, kind) {
                 continue;
             }
-            if r.removed && !deleted && rule.is_some_and(|rule| rule.subtree()) {
-                // Moved out of a shared directory: the members keep their copy (Cozy).
-                continue;
-            }
             if r.removed && !deleted {
-                // The document left the sharing (it no longer matches): its new content is
-                // none of the peers' business. Under the rule's `remove` policy they get a
-                // deletion on top of the revision they may have; the same on every instance,
-                // since the tombstone's id is derived from that revision.
+                // The document left the sharing (it no longer matches, or was moved out of a
+                // shared directory): its new content is none of the peers' business. Under the
+                // rule's `remove` policy they get a deletion on top of the revision they may
+                // have; the same on every instance, since the tombstone's id is derived from
+                // that revision. For files, the member keeps a dissociated copy (Cozy; see
+                // `files::shared`).
                 let Some((winner, _)) = l.first() else { continue };
                 let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, b"{}") else {
                     // A winner at the generation limit cannot get a child: its peers keep it.
@@ -330,9 +346,15 @@ impl Source for LocalSource {
         }
         let mut out = Vec::new();
         for (doctype, list) in by_doctype {
-            for (id, found) in self.inst.store.open_revs_many(&doctype, list).await? {
+            for (id, mut found) in self.inst.store.open_revs_many(&doctype, list).await? {
                 let peer_id = self.ids.convert(id.as_str());
-                let tombstone = tombstones.remove(&(doctype.clone(), id.clone()));
+                let mut tombstone = tombstones.remove(&(doctype.clone(), id.clone()));
+                if tombstone.is_some() && !found.iter().any(|f| matches!(f, OpenRev::Found(_))) {
+                    // The document changed since its row was read (renamed after it left, say):
+                    // the revision the tombstone was to follow is no longer readable. The
+                    // removal follows the current winner instead (still a removal there).
+                    (tombstone, found) = self.departure_from_winner(&doctype, &id).await?;
+                }
                 for f in found {
                     let OpenRev::Found(d) = f else { continue };
                     let doc = match &tombstone {

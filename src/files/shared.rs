@@ -1,0 +1,274 @@
+//! What sharing folders (issue 13) asks of an instance's tree: membership that follows moves,
+//! copies kept when an item leaves a sharing, and the owner's settlement of what members send.
+//! The sharing layer calls these after it wrote received documents (`sharing::receive`); the
+//! `/files` writes call [`Files::cascade`] themselves. None of it reads a clock or anything
+//! local to decide: every outcome follows from revision trees, ids and the owner's tree, so
+//! every member ends with the same tree.
+//!
+//! # Membership follows moves (the cascade)
+//!
+//! A files rule naming a directory shares its subtree (Cozy, `vfs.WalkByID`): a document is in
+//! the sharing when its parent is. When a directory moves (in, out, to the trash, back), the
+//! store tracks the directory itself in the write's transaction; [`Files::cascade`] then
+//! tracks its whole subtree again, parents first, so every descendant enters or leaves with
+//! it (`Store::retrack`), on whichever instance the move was made (the owner, or a member
+//! under `sync`). A descendant that leaves travels as a removal, one that enters as an arrival.
+//!
+//! # Conflict rules
+//!
+//! Only the owner settles (Cozy's star: every change passes through the owner, which relays it;
+//! settling in one place is what makes the result the same everywhere). Members keep what the
+//! owner sends, revision trees merged as CouchDB does (`new_edits=false`), until the owner's
+//! settlement reaches them as ordinary revisions.
+//!
+//! 1. **Concurrent edits** (two live leaves in a file's revision tree). The winner is CouchDB's
+//!    (the live leaf of highest generation, then of highest revision hash), the same on every
+//!    member: it keeps the id. When the losing leaf's content differs (`md5sum`), it becomes a
+//!    new file beside the winner, named as the winner with ` (2)` before the extension (the
+//!    first free `(n)`, as Cozy's `conflictName`), with an id derived from the original's and
+//!    the losing revision (as Cozy's `conflictID`). The losing leaf is then deleted in the
+//!    original's tree, by a deletion marked [`CONFLICT_LOSER`] (members tell it from a removal).
+//!    A losing leaf with the same content (a concurrent rename or move, or a directory) is only
+//!    deleted: the winner's metadata stands (Cozy reconciles these the same way).
+//! 2. **Same name in one directory** (a member's item arrives where the owner already has that
+//!    name). The item already in the owner's tree keeps its name; the arriving one is renamed
+//!    with the first free ` (n)` (Cozy's `resolveConflictSamePath`, owner wins) by a new
+//!    revision, which reaches every member.
+//! 3. **Parent deleted meanwhile** (a member adds or moves an item into a directory the owner
+//!    deleted, trashed or moved out at the same time). The item is restored into the shared
+//!    directory itself (the rule's root) by a new revision, rather than lost with its parent
+//!    (Cozy's "parent trashed concurrently" recreates the parent; moving the item is what the
+//!    other members can follow without bringing back what the owner deleted).
+//! 4. **Trashed on one side, edited on the other.** The trash wins the shared tree: the item
+//!    left the sharing on the side that trashed it, and its removal reaches the editor, whose
+//!    edit is not lost: the editor keeps it as its dissociated copy (below). The owner answers
+//!    the concurrent edit as moot (neither written nor refused), since the removal it answers
+//!    with is already on its way.
+//!
+//! # Leaving keeps a copy (dissociation)
+//!
+//! An item that leaves a sharing on one side (moved out, trashed) reaches the others as a
+//! removal. The receiving member deletes it from the shared tree and keeps a dissociated copy
+//! in its trash, with a new id of its own and `restore_path` where it was (Cozy's
+//! `TrashFile`/`TrashDir` dissociate the same way): the copy belongs to no sharing. The
+//! descendants of a directory that left land under their parent's copy.
+
+use hearth_replicator::rev::Rev;
+use md5::Digest;
+use serde_json::json;
+
+use super::index;
+use super::model::{self, Kind};
+use super::{child_path, doctype, Files, FilesError, Result, TRASH_ID, TRASH_NAME};
+use crate::store::{Body, DocId, DocWrite, GetOptions, StoreError, WriteResult};
+
+/// The member marking the deletion of a settled conflict's losing leaf (`true`), which a
+/// member receiving it tells from a removal (a removal leaves a dissociated copy; this does
+/// not: the document lives on as its winner).
+pub const CONFLICT_LOSER: &str = "conflict_loser";
+
+/// The id of the dissociated copy of `id` (a derived one, so a removal received twice makes
+/// one copy, and a directory's descendants find their parent's copy).
+pub fn dissociated_id(id: &str) -> String {
+    hex::encode(md5::Md5::digest(format!("dissociated/{id}").as_bytes()))
+}
+
+/// The id of the conflict copy of `id` made from its losing revision `rev`: derived from both
+/// (as Cozy's `conflictID`), so settling the same conflict twice makes one copy.
+pub fn conflict_id(id: &str, rev: &Rev) -> String {
+    hex::encode(md5::Md5::digest(format!("conflict/{id}/{rev}").as_bytes()))
+}
+
+fn str_of(body: &Body, field: &str) -> Option<String> {
+    body.get(field).and_then(|v| v.as_str().map(str::to_owned))
+}
+
+fn kind_of(body: &Body) -> Kind {
+    if str_of(body, "type").as_deref() == Some("directory") {
+        Kind::Directory
+    } else {
+        Kind::File
+    }
+}
+
+/// What [`Files::settle`] did to one received document.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// Conflict copies made (their ids).
+    pub copies: Vec<String>,
+    /// Losing leaves deleted.
+    pub losers: usize,
+    /// Moved into the shared root (its parent was gone).
+    pub restored: bool,
+    /// Renamed (its name was taken in its directory).
+    pub renamed: bool,
+}
+
+impl Files {
+    /// Tracks the subtree of directory `dir` again after it moved (see the module docs);
+    /// answers the rows recorded.
+    pub async fn cascade(&self, dir: &str) -> Result<u64> {
+        self.sync().await?;
+        let ids = self.index.subtree(dir).await?;
+        let mut recorded = 0;
+        for chunk in ids.chunks(500) {
+            let ids: Vec<DocId> = chunk.iter().filter_map(|i| DocId::parse(i).ok()).collect();
+            recorded += self.store.retrack(&doctype(), &ids).await?;
+        }
+        if recorded > 0 {
+            tracing::info!(dir, recorded, "sharing membership followed a move");
+        }
+        Ok(recorded)
+    }
+
+    /// Writes one document with `new_edits=true` semantics; `Ok(false)` on a conflict (someone
+    /// wrote it first: for a derived id, the same copy).
+    async fn write_new(&self, id: &str, parent: Option<&Rev>, deleted: bool, body: Body) -> Result<bool> {
+        let id = DocId::parse(id).map_err(FilesError::BadRequest)?;
+        let w = DocWrite { id, rev: parent.cloned(), revisions: None, deleted, body };
+        match self.store.bulk_docs(&doctype(), vec![w], true).await?.pop() {
+            Some(WriteResult::Ok { .. }) => Ok(true),
+            Some(WriteResult::Conflict { .. }) => Ok(false),
+            Some(WriteResult::Rejected { reason, .. }) => Err(FilesError::BadRequest(reason)),
+            None => Err(FilesError::Internal(anyhow::anyhow!("the store returned no result"))),
+        }
+    }
+
+    /// The live leaves of a document (winner first) and their bodies.
+    async fn live_leaves(&self, id: &DocId) -> Result<Vec<(Rev, Body)>> {
+        let leaves = self.store.doc_leaves(&doctype(), std::slice::from_ref(id)).await?;
+        let mut out = Vec::new();
+        for (rev, deleted) in leaves.get(id).cloned().unwrap_or_default() {
+            if deleted {
+                continue;
+            }
+            let opts = GetOptions { rev: Some(rev.clone()), revs: false };
+            match self.store.get(&doctype(), id, opts).await {
+                Ok(v) => out.push((rev, v.doc.body)),
+                Err(StoreError::NotFound | StoreError::Deleted) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// After a removal of `id` was received and written: deletes what is left of it (a live
+    /// leaf the removal did not reach: an edit made here meanwhile) and keeps a dissociated copy
+    /// in the trash, of that edit if there was one, else of `before` (its version before the
+    /// removal). Answers the copy's id, `None` when there was nothing to keep or the copy exists.
+    pub async fn dissociate(&self, id: &str, before: Option<Body>) -> Result<Option<String>> {
+        let _lock = self.writes.lock().await;
+        let doc = DocId::parse(id).map_err(FilesError::BadRequest)?;
+        let live = self.live_leaves(&doc).await?;
+        let kept = live.first().map(|(_, b)| b.clone()).or(before);
+        for (rev, _) in &live {
+            self.write_new(id, Some(rev), true, Body::empty()).await?;
+        }
+        let Some(mut body) = kept else { return Ok(None) };
+        self.sync().await?;
+        let copy = dissociated_id(id);
+        if self.index.get(&copy).await?.is_some() {
+            return Ok(None);
+        }
+        let kind = kind_of(&body);
+        let old_dir = str_of(&body, "dir_id");
+        let parent_copy = match old_dir.as_deref().map(dissociated_id) {
+            Some(p) => self.index.get(&p).await?.filter(|e| e.kind == Kind::Directory).map(|e| e.id),
+            None => None,
+        };
+        let name = str_of(&body, "name").unwrap_or_else(|| copy.clone());
+        let dir = parent_copy.clone().unwrap_or_else(|| TRASH_ID.to_owned());
+        let name = self.free_name(&dir, &name, kind, "").await?;
+        model::set(&mut body, "name", json!(name));
+        model::set(&mut body, "dir_id", json!(dir));
+        if parent_copy.is_none() {
+            let restore_path = match old_dir {
+                Some(d) => index::path_of(&self.index.ancestry(&d).await?),
+                None => None,
+            };
+            model::set(&mut body, "trashed", json!(true));
+            model::set(&mut body, "restore_path", json!(restore_path.unwrap_or_else(|| "/".into())));
+        }
+        if kind == Kind::Directory {
+            let parent_path =
+                index::path_of(&self.index.ancestry(&dir).await?).unwrap_or_else(|| format!("/{TRASH_NAME}"));
+            model::set(&mut body, "path", json!(child_path(&parent_path, &name)));
+        }
+        let written = self.write_new(&copy, None, false, body).await?;
+        self.sync().await?;
+        Ok(written.then_some(copy))
+    }
+
+    /// On the owner, after a member's version of `id` was written: settles it by the conflict
+    /// rules of the module docs (concurrent edits, parent gone, name taken). `root`: the
+    /// shared directory of the rule it is in, where an item whose parent is gone is restored.
+    pub async fn settle(&self, id: &str, root: Option<&str>) -> Result<Settled> {
+        let _lock = self.writes.lock().await;
+        self.sync().await?;
+        let doc = DocId::parse(id).map_err(FilesError::BadRequest)?;
+        let mut out = Settled::default();
+        let live = self.live_leaves(&doc).await?;
+        let Some((winner_rev, winner)) = live.first().cloned() else { return Ok(out) };
+        // 1. Concurrent edits: the losers.
+        let winner_md5 = str_of(&winner, "md5sum");
+        let dir = str_of(&winner, "dir_id").unwrap_or_else(|| super::ROOT_ID.to_owned());
+        for (rev, loser) in live.iter().skip(1) {
+            let loser_md5 = str_of(loser, "md5sum");
+            if kind_of(loser) == Kind::File && kind_of(&winner) == Kind::File && loser_md5 != winner_md5 {
+                let copy = conflict_id(id, rev);
+                if self.index.get(&copy).await?.is_none() {
+                    let base = str_of(&winner, "name").unwrap_or_else(|| copy.clone());
+                    // The winner holds `base`: the copy gets the first free ` (n)`.
+                    let name = self.free_name(&dir, &base, Kind::File, "").await?;
+                    let mut body = loser.clone();
+                    model::set(&mut body, "name", json!(name));
+                    model::set(&mut body, "dir_id", json!(dir));
+                    if self.write_new(&copy, None, false, body).await? {
+                        out.copies.push(copy);
+                    }
+                    self.sync().await?;
+                }
+            }
+            let mut mark = Body::empty();
+            model::set(&mut mark, CONFLICT_LOSER, json!(true));
+            self.write_new(id, Some(rev), true, mark).await?;
+            out.losers += 1;
+        }
+        // 2. and 3. Its place: a live directory outside the trash, and a name of its own there.
+        let mut body = winner.clone();
+        let mut changed = false;
+        let ancestry = self.index.ancestry(&dir).await?;
+        let parent_ok = ancestry.first().is_some_and(|p| p.kind == Kind::Directory)
+            && !index::in_trash(&ancestry)
+            && index::path_of(&ancestry).is_some();
+        let mut dir = dir;
+        if !parent_ok {
+            if let Some(root) = root.filter(|r| *r != id) {
+                dir = root.to_owned();
+                model::set(&mut body, "dir_id", json!(dir));
+                out.restored = true;
+                changed = true;
+            }
+        }
+        let name = str_of(&body, "name").unwrap_or_default();
+        if !name.is_empty() && self.index.child_named(&dir, &name, Some(id)).await?.is_some() {
+            let free = self.free_name(&dir, &name, kind_of(&body), id).await?;
+            model::set(&mut body, "name", json!(free));
+            out.renamed = true;
+            changed = true;
+        }
+        if changed {
+            if kind_of(&body) == Kind::Directory {
+                let parent_path = index::path_of(&self.index.ancestry(&dir).await?).unwrap_or_else(|| "/".into());
+                let name = str_of(&body, "name").unwrap_or_default();
+                model::set(&mut body, "path", json!(child_path(&parent_path, &name)));
+            }
+            self.write_new(id, Some(&winner_rev), false, body).await?;
+        }
+        self.sync().await?;
+        if out.restored && kind_of(&winner) == Kind::Directory {
+            self.cascade(id).await?;
+        }
+        Ok(out)
+    }
+}

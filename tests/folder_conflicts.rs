@@ -1,0 +1,613 @@
+//! Shared folders converge (issue 13, items 1, 3 and 4): three instances on two servers (alice
+//! the owner and carol on one, bob on the other), real HTTP between them. Membership follows
+//! moves of whole subtrees; concurrent changes end in the same tree on every member by the
+//! rules of `files::shared`; every sharing rule holds for files. Concurrency is made for real:
+//! bob's server is stopped while alice changes something, then bob changes the same thing as
+//! soon as it is back, before alice's retry (which backs off at least 2 s) reaches him.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use common::flow::{answer_invitation, create_sharing, link, load, replication_state, winner, PASS};
+use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
+use md5::Digest;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ROOT: &str = "io.cozy.files.root-dir";
+const WAIT: u64 = 30;
+const FILES: &str = "io.cozy.files";
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn md5_of(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
+}
+
+async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
+    let resp = i
+        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+        .header("Content-MD5", md5_of(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["data"]["id"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_owned()
+}
+
+/// `PUT /files/:id`: new content for a file; answers the status.
+async fn replace(i: &TestInstance, token: &str, id: &str, data: &[u8]) -> u16 {
+    let resp = i
+        .req(Method::PUT, &format!("/files/{}", enc(id)), Some(token))
+        .header("Content-MD5", md5_of(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert!(status == 200 || status == 403, "replace: {status} {}", resp.text().await.unwrap_or_default());
+    status
+}
+
+async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
+    let (s, v) = i
+        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
+        .await;
+    assert_eq!(s, 201, "mkdir: {v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn patch(i: &TestInstance, token: &str, id: &str, attrs: Value) {
+    let body = json!({"data": {"type": FILES, "attributes": attrs.clone()}});
+    let (s, v) = i.call(Method::PATCH, &format!("/files/{}", enc(id)), Some(token), Some(body)).await;
+    assert_eq!(s, 200, "patch {id} {attrs}: {v}");
+}
+
+async fn trash(i: &TestInstance, token: &str, id: &str) {
+    let (s, v) = i.call(Method::DELETE, &format!("/files/{}", enc(id)), Some(token), None).await;
+    assert_eq!(s, 200, "trash: {v}");
+}
+
+/// `GET /files/metadata?Path=`: the item's id, if there is one.
+async fn at_path(i: &TestInstance, token: &str, path: &str) -> Option<String> {
+    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
+    (s == 200).then(|| v["data"]["id"].as_str().unwrap().to_owned())
+}
+
+/// `GET /files/metadata?Path=`: the item's attributes, if there is one.
+async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
+    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
+    (s == 200).then(|| v["data"]["attributes"].clone())
+}
+
+/// How many live (not deleted) leaves a document's revision tree has on an instance.
+async fn live_leaves(app: &TestApp, i: &TestInstance, id: &str) -> usize {
+    use hearth::store::{DocId, Doctype};
+    let store = app.instance(&i.domain).store.clone();
+    let id = DocId::parse(id).unwrap();
+    let found = store.doc_leaves(&Doctype::parse(FILES).unwrap(), std::slice::from_ref(&id)).await.unwrap();
+    found.get(&id).map_or(0, |l| l.iter().filter(|(_, deleted)| !deleted).count())
+}
+
+/// One member's view of a shared tree: relative path → (id in alice's id space, md5sum).
+type Tree = BTreeMap<String, (String, Value)>;
+
+/// The tree under `root` on `i`, ids mapped back into the owner's space with `key`.
+async fn tree(i: &TestInstance, token: &str, root: &str, key: Option<&[u8]>) -> Tree {
+    let mut out = Tree::new();
+    let Some(root_id) = at_path(i, token, root).await else { return out };
+    let mut stack = vec![(root_id, String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let (s, v) = i.call(Method::GET, &format!("/files/{}?page[limit]=1000", enc(&dir)), Some(token), None).await;
+        if s == 404 {
+            // Removed while walked: the tree is changing; a marker keeps it from matching.
+            out.insert(format!("{prefix} (removed while read)"), (dir, Value::Null));
+            continue;
+        }
+        assert_eq!(s, 200, "{v}");
+        for c in v["included"].as_array().cloned().unwrap_or_default() {
+            let id = c["id"].as_str().unwrap().to_owned();
+            let path = format!("{prefix}/{}", c["attributes"]["name"].as_str().unwrap());
+            let owner_id = key.map_or(id.clone(), |k| hearth::sharing::xor::xor_id(&id, k));
+            out.insert(path.clone(), (owner_id, c["attributes"]["md5sum"].clone()));
+            if c["attributes"]["type"] == "directory" {
+                stack.push((id, path));
+            }
+        }
+    }
+    out
+}
+
+/// Names in an instance's trash (top level), with their attributes.
+async fn trash_list(i: &TestInstance, token: &str) -> BTreeMap<String, Value> {
+    let (s, v) = i.call(Method::GET, "/files/trash", Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["attributes"]["name"].as_str().unwrap().to_owned(), c["attributes"].clone()))
+        .collect()
+}
+
+fn files_rule(value: &str, policy: (&str, &str, &str)) -> Value {
+    json!({"title": "Team", "doctype": FILES, "values": [value], "add": policy.0, "update": policy.1, "remove": policy.2})
+}
+
+const SYNC: (&str, &str, &str) = ("sync", "sync", "sync");
+const SHARED: &str = "/Shared with me/Team";
+
+/// Alice and carol on `one`, bob on `two`; alice's retries back off 2 to 4 s, so a change
+/// made on bob right after his server comes back is concurrent with what alice did meanwhile.
+struct World {
+    one: TestApp,
+    two: TestApp,
+    alice: TestInstance,
+    bob: TestInstance,
+    carol: TestInstance,
+    ta: String,
+    tb: String,
+    tc: String,
+    sid: String,
+    /// Bob's and carol's id transforms.
+    keys: [Vec<u8>; 2],
+}
+
+impl World {
+    /// Alice shares the directory `/Projects` that `fill` made, bob and carol accept (read-only
+    /// for those named in `read_only`), everything arrives.
+    async fn new(
+        policy: (&str, &str, &str),
+        read_only: &[&str],
+        fill: impl AsyncFnOnce(&TestInstance, &str, &str),
+    ) -> (World, String) {
+        let one = spawn_app_with(|c| {
+            c.replication.retry_base_ms = 4000;
+            c.replication.retry_max_ms = 8000;
+        })
+        .await;
+        let two = spawn_app().await;
+        let alice = one.add_instance("alice", PASS);
+        let carol = one.add_instance("carol", PASS);
+        let bob = two.add_instance("bob", PASS);
+        let (ta, tb, tc) = (one.token(&alice, FILES), two.token(&bob, FILES), one.token(&carol, FILES));
+        let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+        fill(&alice, &ta, &projects).await;
+        let entry = |i: &TestInstance| json!({"instance": format!("http://{}", i.domain)});
+        let (rw, ro): (Vec<_>, Vec<_>) =
+            [("bob", &bob), ("carol", &carol)].into_iter().partition(|(n, _)| !read_only.contains(n));
+        let rw: Vec<Value> = rw.iter().map(|(_, i)| entry(i)).collect();
+        let ro: Vec<Value> = ro.iter().map(|(_, i)| entry(i)).collect();
+        let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, policy)]), json!(rw), json!(ro)).await;
+        let s = load(&one, &alice, &sid).await;
+        let mut keys = [Vec::new(), Vec::new()];
+        for (i, m) in s.members.iter().enumerate().skip(1) {
+            let is_bob = m.instance.as_deref() == Some(&format!("http://{}", bob.domain));
+            answer_invitation(&link(&one, &alice, &sid, i).await, if is_bob { &bob } else { &carol }, "accept").await;
+        }
+        let s = load(&one, &alice, &sid).await;
+        for m in s.members.iter().skip(1) {
+            let key = hearth::sharing::xor::parse_key(m.xor_key.as_deref().unwrap()).unwrap();
+            let is_bob = m.instance.as_deref() == Some(&format!("http://{}", bob.domain));
+            keys[usize::from(!is_bob)] = key;
+        }
+        let w = World { one, two, alice, bob, carol, ta, tb, tc, sid, keys };
+        w.converged("the shared folder reaches bob and carol").await;
+        (w, projects)
+    }
+
+    fn on_bob(&self, id: &str) -> String {
+        hearth::sharing::xor::xor_id(id, &self.keys[0])
+    }
+
+    fn on_carol(&self, id: &str) -> String {
+        hearth::sharing::xor::xor_id(id, &self.keys[1])
+    }
+
+    /// Bob's member index on alice.
+    async fn bob_index(&self) -> usize {
+        let s = load(&self.one, &self.alice, &self.sid).await;
+        s.members.iter().position(|m| m.instance.as_deref() == Some(&format!("http://{}", self.bob.domain))).unwrap()
+    }
+
+    async fn trees(&self) -> [Tree; 3] {
+        [
+            tree(&self.alice, &self.ta, "/Projects", None).await,
+            tree(&self.bob, &self.tb, SHARED, Some(&self.keys[0])).await,
+            tree(&self.carol, &self.tc, SHARED, Some(&self.keys[1])).await,
+        ]
+    }
+
+    /// Waits until the three trees are the same (and alice's is not empty); answers it.
+    async fn converged(&self, what: &str) -> Tree {
+        eventually(WAIT, what, || async {
+            let [a, b, c] = self.trees().await;
+            !a.is_empty() && a == b && b == c
+        })
+        .await;
+        self.trees().await[0].clone()
+    }
+
+    /// Stops bob's server, lets alice's attempt to reach him fail (so her retry backs off).
+    async fn cut_bob(&mut self, change_on_alice: impl AsyncFnOnce(&World)) {
+        self.two.stop().await;
+        change_on_alice(self).await;
+        let index = self.bob_index().await;
+        eventually(WAIT, "alice's replication to bob fails", || async {
+            let health = replication_state(&self.alice, &self.ta, &self.sid, index).await["health"].clone();
+            health == "retrying" || health == "down"
+        })
+        .await;
+    }
+
+    /// Starts bob's server again and makes `change_on_bob` at once (concurrent with what alice
+    /// did), then asks alice to replicate now.
+    async fn heal_bob(&mut self, change_on_bob: impl AsyncFnOnce(&World)) {
+        self.two.restart().await;
+        change_on_bob(self).await;
+        let (s, v) = self.alice.call(Method::POST, &format!("/sharings/{}/sync", self.sid), Some(&self.ta), None).await;
+        assert_eq!(s, 202, "{v}");
+    }
+
+    /// No member's link reports refused documents.
+    async fn no_refusals(&self) {
+        let index = self.bob_index().await;
+        for member in [index, 3 - index] {
+            let st = replication_state(&self.alice, &self.ta, &self.sid, member).await;
+            assert_eq!(st["refused_docs"].as_array().map_or(0, Vec::len), 0, "{st}");
+        }
+        let st = replication_state(&self.bob, &self.tb, &self.sid, 0).await;
+        assert_eq!(st["refused_docs"].as_array().map_or(0, Vec::len), 0, "{st}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_a_directory_out_takes_its_whole_subtree_out_and_moving_one_in_brings_its_subtree() {
+    let (w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let sub = mkdir(alice, ta, projects, "sub").await;
+        let deep = mkdir(alice, ta, &sub, "deep").await;
+        upload(alice, ta, &deep, "a.txt", b"alpha").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let sub = at_path(&w.alice, &w.ta, "/Projects/sub").await.unwrap();
+    let a = at_path(&w.alice, &w.ta, "/Projects/sub/deep/a.txt").await.unwrap();
+
+    // Out: the directory and everything under it leave bob's and carol's shared trees.
+    patch(&w.alice, &w.ta, &sub, json!({"dir_id": ROOT})).await;
+    let t = w.converged("sub leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    for (i, tok, id) in [(&w.bob, &w.tb, w.on_bob(&a)), (&w.carol, &w.tc, w.on_carol(&a))] {
+        eventually(WAIT, "the shared a.txt is gone, a copy kept", || async {
+            winner(w.two_or_one(i), i, FILES, &id).await.is_none()
+                && at_path(i, tok, "/.cozy_trash/sub/deep/a.txt").await.is_some()
+        })
+        .await;
+        // Each keeps a dissociated copy of the subtree, in its trash, with new ids.
+        let copy = attrs_at(i, tok, "/.cozy_trash/sub/deep/a.txt").await.expect("a dissociated copy");
+        assert_eq!(copy["md5sum"], json!(md5_of(b"alpha")));
+        let copy_id = at_path(i, tok, "/.cozy_trash/sub/deep/a.txt").await.unwrap();
+        assert_ne!(copy_id, id);
+        assert_eq!(trash_list(i, tok).await["sub"]["restore_path"], json!(SHARED));
+    }
+    // What alice does to it now is hers alone.
+    patch(&w.alice, &w.ta, &a, json!({"name": "private.txt"})).await;
+    upload(&w.alice, &w.ta, &projects, "later.txt", b"later").await;
+    let t = w.converged("a later file reaches everyone").await;
+    assert!(t.contains_key("/later.txt") && !t.keys().any(|k| k.contains("private")), "{t:?}");
+
+    // In: a directory moved into the shared folder brings its whole subtree.
+    let incoming = mkdir(&w.alice, &w.ta, ROOT, "incoming").await;
+    let inner = mkdir(&w.alice, &w.ta, &incoming, "inner").await;
+    let x = upload(&w.alice, &w.ta, &inner, "x.txt", b"x").await;
+    patch(&w.alice, &w.ta, &incoming, json!({"dir_id": projects})).await;
+    let t = w.converged("incoming arrives whole").await;
+    assert_eq!(t.get("/incoming/inner/x.txt"), Some(&(x.clone(), json!(md5_of(b"x")))), "{t:?}");
+    w.no_refusals().await;
+}
+
+impl World {
+    /// The app serving `i`.
+    fn two_or_one(&self, i: &TestInstance) -> &TestApp {
+        if i.domain == self.bob.domain {
+            &self.two
+        } else {
+            &self.one
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_member_moving_a_directory_out_takes_its_subtree_out_of_every_tree() {
+    let (w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let sub = mkdir(alice, ta, projects, "sub").await;
+        upload(alice, ta, &sub, "b.txt", b"beta").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let b = at_path(&w.alice, &w.ta, "/Projects/sub/b.txt").await.unwrap();
+    let bob_sub = at_path(&w.bob, &w.tb, &format!("{SHARED}/sub")).await.unwrap();
+    patch(&w.bob, &w.tb, &bob_sub, json!({"dir_id": ROOT})).await;
+    let t = w.converged("sub leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    // Bob's own copy is where he put it; alice and carol keep theirs in the trash.
+    assert_eq!(attrs_at(&w.bob, &w.tb, "/sub/b.txt").await.unwrap()["md5sum"], json!(md5_of(b"beta")));
+    eventually(WAIT, "alice and carol keep their copies", || async {
+        winner(&w.one, &w.alice, FILES, &b).await.is_none()
+            && attrs_at(&w.alice, &w.ta, "/.cozy_trash/sub/b.txt").await.is_some()
+            && attrs_at(&w.carol, &w.tc, "/.cozy_trash/sub/b.txt").await.is_some()
+    })
+    .await;
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_moved_out_leaves_every_tree_and_members_keep_a_dissociated_copy() {
+    let (w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "a.txt", b"alpha").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let a = at_path(&w.alice, &w.ta, "/Projects/a.txt").await.unwrap();
+    patch(&w.alice, &w.ta, &a, json!({"dir_id": ROOT})).await;
+    let t = w.converged("a.txt leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"]);
+    for (i, tok) in [(&w.bob, &w.tb), (&w.carol, &w.tc)] {
+        eventually(WAIT, "the copy is kept", || async { trash_list(i, tok).await.contains_key("a.txt") }).await;
+        let copy = &trash_list(i, tok).await["a.txt"];
+        assert_eq!((copy["md5sum"].clone(), copy["restore_path"].clone()), (json!(md5_of(b"alpha")), json!(SHARED)));
+    }
+    assert_eq!(at_path(&w.alice, &w.ta, "/a.txt").await, Some(a), "alice's file is where she put it");
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_end_with_the_same_winner_and_the_same_conflict_copy_on_all_three() {
+    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "report.txt", b"v1").await;
+    })
+    .await;
+    let report = at_path(&w.alice, &w.ta, "/Projects/report.txt").await.unwrap();
+    w.cut_bob(async |w| assert_eq!(replace(&w.alice, &w.ta, &report, b"alice's edit").await, 200)).await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&report), b"bob's edit").await, 200)).await;
+    let t = w.converged("the conflict is settled the same way everywhere").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/report (2).txt", "/report.txt"], "{t:?}");
+    // The winner keeps the id; the copy's id derives from it and the losing revision.
+    let (id, winner_md5) = t["/report.txt"].clone();
+    assert_eq!(id, report);
+    let (copy_id, copy_md5) = t["/report (2).txt"].clone();
+    let mut both = [winner_md5.clone(), copy_md5];
+    both.sort_by_key(|v| v.to_string());
+    let mut edits = [json!(md5_of(b"alice's edit")), json!(md5_of(b"bob's edit"))];
+    edits.sort_by_key(|v| v.to_string());
+    assert_eq!(both, edits, "both edits are kept");
+    // CouchDB's winner (highest revision hash at the same generation) on every member, with
+    // no conflict left in any tree.
+    let (rev, _) = winner(&w.one, &w.alice, FILES, &report).await.unwrap();
+    for (app, i, id) in [
+        (&w.one, &w.alice, report.clone()),
+        (&w.two, &w.bob, w.on_bob(&report)),
+        (&w.one, &w.carol, w.on_carol(&report)),
+    ] {
+        eventually(WAIT, "one live leaf left, the same winner", || async {
+            live_leaves(app, i, &id).await == 1 && winner(app, i, FILES, &id).await.unwrap().0 == rev
+        })
+        .await;
+        assert_eq!(winner(app, i, FILES, &id).await.unwrap().1["md5sum"], winner_md5);
+    }
+    let copy_rev = winner(&w.one, &w.alice, FILES, &copy_id).await.unwrap().0;
+    assert_eq!(winner(&w.two, &w.bob, FILES, &w.on_bob(&copy_id)).await.unwrap().0, copy_rev);
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_name_made_on_two_sides_keeps_the_owners_item_and_renames_the_other_everywhere() {
+    let (mut w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let mut alices = String::new();
+    w.cut_bob(async |w| {
+        alices = upload(&w.alice, &w.ta, &projects, "notes.txt", b"alice's notes").await;
+    })
+    .await;
+    let mut bobs = String::new();
+    w.heal_bob(async |w| {
+        let dir = w.on_bob(&projects);
+        bobs = upload(&w.bob, &w.tb, &dir, "notes.txt", b"bob's notes").await;
+    })
+    .await;
+    let t = w.converged("the name clash is settled the same way everywhere").await;
+    assert_eq!(t["/notes.txt"], (alices, json!(md5_of(b"alice's notes"))), "{t:?}");
+    assert_eq!(t["/notes (2).txt"], (w.on_bob(&bobs), json!(md5_of(b"bob's notes"))), "{t:?}");
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_added_to_a_directory_deleted_meanwhile_is_restored_into_the_shared_folder() {
+    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let d = mkdir(alice, ta, projects, "drafts").await;
+        upload(alice, ta, &d, "old.txt", b"old").await;
+    })
+    .await;
+    let drafts = at_path(&w.alice, &w.ta, "/Projects/drafts").await.unwrap();
+    w.cut_bob(async |w| trash(&w.alice, &w.ta, &drafts).await).await;
+    let mut new = String::new();
+    w.heal_bob(async |w| {
+        new = upload(&w.bob, &w.tb, &w.on_bob(&drafts), "new.txt", b"bob's new file").await;
+    })
+    .await;
+    let t = w.converged("bob's file is restored into the shared folder everywhere").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/new.txt"], "{t:?}");
+    assert_eq!(t["/new.txt"].0, w.on_bob(&new));
+    // Alice's trashed directory stays in her trash, as she left it; carol keeps her copy.
+    assert!(attrs_at(&w.alice, &w.ta, "/.cozy_trash/drafts/old.txt").await.is_some());
+    eventually(WAIT, "carol keeps her copy", || async {
+        attrs_at(&w.carol, &w.tc, "/.cozy_trash/drafts/old.txt").await.is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_and_the_editor_keeps_the_edit() {
+    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "plan.txt", b"v1").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
+    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    let t = w.converged("the trash wins the shared tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    // Bob's edit is kept, in his trash; alice's trash has her version.
+    eventually(WAIT, "bob keeps his edit", || async {
+        trash_list(&w.bob, &w.tb).await.get("plan.txt").is_some_and(|c| c["md5sum"] == json!(md5_of(b"bob's edit")))
+    })
+    .await;
+    assert_eq!(trash_list(&w.alice, &w.ta).await["plan.txt"]["md5sum"], json!(md5_of(b"v1")));
+    eventually(WAIT, "carol keeps her copy", || async {
+        trash_list(&w.carol, &w.tc).await.get("plan.txt").is_some_and(|c| c["md5sum"] == json!(md5_of(b"v1")))
+    })
+    .await;
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_is_refused() {
+    let (w, _) = World::new(SYNC, &["bob"], async |alice, ta, projects| {
+        upload(alice, ta, projects, "r.txt", b"v1").await;
+    })
+    .await;
+    let r = at_path(&w.alice, &w.ta, "/Projects/r.txt").await.unwrap();
+    let before = winner(&w.one, &w.alice, FILES, &r).await.unwrap().0;
+    assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&r), b"bob's edit").await, 200);
+    let (bob_rev, bob_body) = winner(&w.two, &w.bob, FILES, &w.on_bob(&r)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before, "alice's file is unchanged");
+    // Sent by hand with bob's credentials, alice refuses it too.
+    // Bob's instance tries, alice refuses, and bob's status says so.
+    eventually(WAIT, "bob's status shows the refusal", || async {
+        let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
+        (st["health"] == "retrying" || st["health"] == "down")
+            && st["last_error"].as_str().is_some_and(|e| e.contains("403") && e.contains("permissions"))
+    })
+    .await;
+    let creds = load(&w.two, &w.bob, &w.sid).await.members[0].outbound.clone().unwrap();
+    let mut doc = bob_body.clone();
+    doc["_id"] = json!(w.on_bob(&r));
+    doc["_rev"] = json!(bob_rev);
+    let (s, v) = w
+        .alice
+        .call(
+            Method::POST,
+            &format!("/sharings/{}/_bulk_docs", w.sid),
+            Some(&creds.access_token),
+            Some(json!({FILES: [doc]})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before);
+    // Alice's edit still reaches bob (over his).
+    assert_eq!(replace(&w.alice, &w.ta, &r, b"alice's v2").await, 200);
+    eventually(WAIT, "alice's edit reaches carol", || async {
+        winner(&w.one, &w.carol, FILES, &w.on_carol(&r))
+            .await
+            .is_some_and(|(_, b)| b["md5sum"] == json!(md5_of(b"alice's v2")))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_rules_send_files_from_the_owner_only_and_none_keeps_each_action_home() {
+    // add: push, update: none, remove: push.
+    let (w, projects) = World::new(("push", "none", "push"), &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "f.txt", b"v1").await;
+    })
+    .await;
+    let f = at_path(&w.alice, &w.ta, "/Projects/f.txt").await.unwrap();
+    // add: push: alice's new file reaches both; bob's new file stays on bob.
+    upload(&w.alice, &w.ta, &projects, "new.txt", b"new").await;
+    let bobs = upload(&w.bob, &w.tb, &w.on_bob(&projects), "bobs.txt", b"bob's").await;
+    eventually(WAIT, "alice's new file arrives", || async {
+        at_path(&w.bob, &w.tb, &format!("{SHARED}/new.txt")).await.is_some()
+            && at_path(&w.carol, &w.tc, &format!("{SHARED}/new.txt")).await.is_some()
+    })
+    .await;
+    // update: none: alice's edit stays on alice.
+    assert_eq!(replace(&w.alice, &w.ta, &f, b"v2").await, 200);
+    // remove: push: alice's removal (moved out) reaches them.
+    let new = at_path(&w.alice, &w.ta, "/Projects/new.txt").await.unwrap();
+    patch(&w.alice, &w.ta, &new, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "the removal arrives", || async {
+        at_path(&w.bob, &w.tb, &format!("{SHARED}/new.txt")).await.is_none()
+            && at_path(&w.carol, &w.tc, &format!("{SHARED}/new.txt")).await.is_none()
+    })
+    .await;
+    let on_bob = winner(&w.two, &w.bob, FILES, &w.on_bob(&f)).await.unwrap().1;
+    assert_eq!(on_bob["md5sum"], json!(md5_of(b"v1")), "update: none");
+    assert!(winner(&w.one, &w.alice, FILES, &w.on_bob(&bobs)).await.is_none(), "add: push");
+    assert!(winner(&w.one, &w.alice, FILES, &bobs).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_remove_revoke_a_file_leaving_the_folder_revokes_and_members_keep_their_files() {
+    let (w, _) = World::new(("sync", "sync", "revoke"), &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "a.txt", b"alpha").await;
+        upload(alice, ta, projects, "b.txt", b"beta").await;
+    })
+    .await;
+    let a = at_path(&w.alice, &w.ta, "/Projects/a.txt").await.unwrap();
+    patch(&w.alice, &w.ta, &a, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "the sharing is revoked everywhere", || async {
+        !load(&w.one, &w.alice, &w.sid).await.active
+            && !load(&w.two, &w.bob, &w.sid).await.active
+            && !load(&w.one, &w.carol, &w.sid).await.active
+    })
+    .await;
+    // The members keep their files, and nothing flows any more.
+    for (i, tok) in [(&w.bob, &w.tb), (&w.carol, &w.tc)] {
+        for name in ["a.txt", "b.txt"] {
+            assert!(at_path(i, tok, &format!("{SHARED}/{name}")).await.is_some(), "{name}");
+        }
+    }
+    let b = at_path(&w.alice, &w.ta, "/Projects/b.txt").await.unwrap();
+    assert_eq!(replace(&w.alice, &w.ta, &b, b"after").await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let on_bob = winner(&w.two, &w.bob, FILES, &w.on_bob(&b)).await.unwrap().1;
+    assert_eq!(on_bob["md5sum"], json!(md5_of(b"beta")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_leaving_or_revocation_members_keep_their_files_and_nothing_flows() {
+    let (w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let sub = mkdir(alice, ta, projects, "sub").await;
+        upload(alice, ta, &sub, "a.txt", b"alpha").await;
+    })
+    .await;
+    let before = w.converged("everything arrived").await;
+    // Bob leaves: he keeps the folder; alice's later file does not reach him, carol's tree goes on.
+    let (s, v) = w.bob.call(Method::DELETE, &format!("/sharings/{}/recipients/self", w.sid), Some(&w.tb), None).await;
+    assert_eq!(s, 200, "{v}");
+    upload(&w.alice, &w.ta, &projects, "later.txt", b"later").await;
+    eventually(WAIT, "carol gets the later file", || async {
+        at_path(&w.carol, &w.tc, &format!("{SHARED}/later.txt")).await.is_some()
+    })
+    .await;
+    assert_eq!(tree(&w.bob, &w.tb, SHARED, Some(&w.keys[0])).await, before, "bob keeps what he had");
+    // Alice revokes: carol keeps hers; a later edit reaches no one.
+    let (s, v) = w.alice.call(Method::DELETE, &format!("/sharings/{}/recipients", w.sid), Some(&w.ta), None).await;
+    assert_eq!(s, 200, "{v}");
+    eventually(WAIT, "carol learns the revocation", || async { !load(&w.one, &w.carol, &w.sid).await.active }).await;
+    let kept = tree(&w.carol, &w.tc, SHARED, Some(&w.keys[1])).await;
+    assert!(kept.contains_key("/later.txt") && kept.contains_key("/sub/a.txt"), "{kept:?}");
+    upload(&w.alice, &w.ta, &projects, "private.txt", b"private").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(tree(&w.carol, &w.tc, SHARED, Some(&w.keys[1])).await, kept);
+    assert_eq!(tree(&w.bob, &w.tb, SHARED, Some(&w.keys[0])).await, before);
+}
