@@ -219,7 +219,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                         fieldset {
                             legend { "Share this folder with someone" }
                             label { "Email or hearth address " input name="who" required autocomplete="email"
-                                placeholder="bob@example.net"; }
+                                placeholder="name@example.net"; }
                             " "
                             label { "Access " select name="access" { option value="write" { "read and write" } option value="read" { "read only" } } }
                             " " button type="submit" { "Share" }
@@ -408,7 +408,7 @@ fn add_member_form(s: &Sharing) -> Markup {
         form.inline data-action="add-member" data-sharing=(s.id()) {
             fieldset {
                 legend { "Add someone" }
-                label { "Email or hearth address " input name="who" required autocomplete="email" placeholder="carol@example.net"; }
+                label { "Email or hearth address " input name="who" required autocomplete="email" placeholder="name@example.net"; }
                 " " button type="submit" { "Add" }
             }
         }
