@@ -55,6 +55,7 @@ impl Core {
             sharing: self.sharing.clone(),
             sync: self.sync.clone(),
             files: self.files.clone(),
+            realtime: Default::default(),
         }
     }
 }

@@ -109,8 +109,10 @@ async fn a_person_accepts_a_sharing_in_headless_chromium() {
 
 /// The owner's web app (`GET /`), driven by `tests/node/home.js`: a request appears live on
 /// bob's page, bob accepts it with the keyboard only, alice's page shows the first sync done,
-/// alice's new invitation link opens in another browser context, alice revokes bob and bob's
-/// page shows it, alice uploads a file and downloads it back; no console error, no CSP
+/// alice switches bob read-only and back, alice's new invitation link opens in another browser
+/// context, alice revokes bob and bob's page shows it, alice uploads a file and downloads it
+/// back, shares the folder with an email and by a link with a password (both opened in other
+/// contexts), renames, moves and trashes the file; no console error, no CSP
 /// violation. Screenshots at 375 px and 1280 px go to `target/screenshots` (or SCREENSHOT_DIR).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headless_chromium() {
@@ -181,7 +183,24 @@ async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headles
     assert_eq!(owner_side.invitations.iter().filter(|i| i.is_active()).count(), 1, "the link alice made");
     let bob_side = sharing::load(bob_inst.store.as_ref(), &id).await.unwrap().unwrap();
     assert!(bob_side.revoked_at.is_some() && !bob_side.active);
+    assert_eq!(summary["folderOffered"], true, "the folder invitation shows the folder: {summary}");
     let files = app.files.of(&alice_inst).await.unwrap();
-    let uploaded = files.by_path("/Photos/hello.txt").await.expect("the uploaded file");
+    let photos = files.by_path("/Photos").await.expect("the folder made");
+    // Uploaded into Photos, renamed, moved to the root, trashed.
+    let uploaded = files.get(summary["fileId"].as_str().unwrap()).await.expect("the uploaded file");
     assert_eq!(uploaded.size(), 23 + 200_000);
+    assert_eq!(uploaded.name(), "notes.txt");
+    assert!(uploaded.trashed(), "the file is in the trash");
+    assert!(files.by_path("/Photos/hello.txt").await.is_err());
+    // The folder is shared with carol's email, and by a link with a password.
+    let folder_sharing = sharing::list(alice_inst.store.as_ref())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.rules.iter().any(|r| r.doctype == "io.cozy.files" && r.values == [photos.id.clone()]))
+        .expect("a sharing of the folder");
+    assert_eq!(folder_sharing.members[1].email.as_deref(), Some("carol@example.net"));
+    let scope = hearth::auth::PermissionSet::parse("io.cozy.files").unwrap();
+    let links = sharing::links::list_covered(&alice_inst, &scope).await.unwrap();
+    assert!(links.iter().any(|l| l.to_api(None)["attributes"]["password"] == true), "a link with a password");
 }

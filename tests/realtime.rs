@@ -183,3 +183,69 @@ async fn a_subscriber_that_never_reads_is_dropped_and_the_server_goes_on() {
     assert!(got.iter().any(|(n, d)| n == "change" && d["id"] == "after"));
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_on_a_shared_document_is_a_sharing_event() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let id = common::flow::share(&app, &alice, json!([common::flow::notes_rule(&["n1"])]), &[(&bob, false)]).await;
+    let token = app.token(&alice, "io.cozy.notes io.cozy.sharings");
+    let rev = common::flow::put_doc(&alice, &token, "io.cozy.notes", "n1", json!({"title": "one"})).await;
+    let events = subscribe(&alice, &token).await;
+    let got = tokio::spawn(read_events(events, |name, d| name == "sharing" && d["kind"] == "conflict"));
+    eventually(10, "the subscriber is live", || async {
+        app.instance(&alice.domain).realtime_subscribers.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // A sibling of the first revision, as a replication brings it: two live leaves.
+    let sibling = json!({"_id": "n1", "_rev": "1-ffffffffffffffffffffffffffffffff", "title": "other"});
+    let (s, v) = alice.call(Method::PUT, "/data/io.cozy.notes/n1?new_edits=false", Some(&token), Some(sibling)).await;
+    assert!(s == 201 || s == 200, "{s} {v}");
+    let got = got.await.unwrap();
+    let (_, conflict) = got.last().unwrap();
+    assert_eq!(conflict["sharing_id"], id.as_str(), "{got:?}");
+    assert_eq!(conflict["doctype"], "io.cozy.notes");
+    assert_eq!(conflict["id"], "n1");
+    let revs: Vec<&str> = conflict["revs"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert_eq!(revs.len(), 2, "{conflict}");
+    assert!(revs.contains(&rev.as_str()) && revs.contains(&"1-ffffffffffffffffffffffffffffffff"), "{conflict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_of_one_instance_each_get_every_change_once_and_in_order() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let token = app.token(&alice, "io.cozy.notes");
+    let inst = app.instance(&alice.domain);
+    const N: usize = 3000;
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let resp = subscribe(&alice, &token).await;
+        readers
+            .push(tokio::spawn(read_events(resp, |name, d| name == "change" && d["id"] == format!("d{:05}", N - 1))));
+    }
+    // One more that stops reading for a second while the changes pour in: it falls behind the
+    // instance's shared events and catches up from the store.
+    let slow = subscribe(&alice, &token).await;
+    let slow = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        read_events(slow, |name, d| name == "change" && d["id"] == format!("d{:05}", N - 1)).await
+    });
+    eventually(10, "every subscriber is live", || async { inst.realtime_subscribers.load(Ordering::Relaxed) == 6 })
+        .await;
+    for batch in 0..N / 500 {
+        let docs: Vec<Value> = (0..500).map(|i| json!({"_id": format!("d{:05}", batch * 500 + i)})).collect();
+        let (s, v) =
+            alice.call(Method::POST, "/data/io.cozy.notes/_bulk_docs", Some(&token), Some(json!({"docs": docs}))).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("d{i:05}")).collect();
+    readers.push(slow);
+    for r in readers {
+        let got = r.await.unwrap();
+        let ids: Vec<String> =
+            got.iter().filter(|(n, _)| n == "change").map(|(_, d)| d["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(ids, expected);
+    }
+}

@@ -86,12 +86,17 @@ async fn three_instances_share_accept_refuse_switch_and_revoke_with_the_peer_dow
     assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&new_token), None).await.0, 200);
 
     // Revoke bob while bob's server is down: immediate locally, delivered when bob is back.
+    let alice_inst = one.instance(&alice.domain);
+    eventually(10, "what alice had to tell bob is delivered", || {
+        let inst = alice_inst.clone();
+        async move { hearth::sharing::outbox::pending(&inst).await.unwrap().is_empty() }
+    })
+    .await;
     two.stop().await;
     let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{id}/recipients/1"), Some(&token), None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["data"]["attributes"]["members"][1]["status"], "revoked");
     assert_eq!(alice.call(Method::GET, &format!("/sharings/{id}"), Some(&new_token), None).await.0, 401);
-    let alice_inst = one.instance(&alice.domain);
     assert_eq!(hearth::sharing::outbox::pending(&alice_inst).await.unwrap().len(), 1);
     // Let a few deliveries fail while bob is down.
     eventually(10, "delivery attempts fail while bob is down", || {

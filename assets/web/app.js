@@ -1,4 +1,4 @@
-// hearth's owner page: progressive enhancement of the server-rendered home (src/http/web.rs).
+// hearth's owner page: progressive enhancement of the server-rendered home (src/http/home.rs).
 // It acts only through the public API with a short-lived app token that the session obtains
 // from POST /auth/session/token (CSRF token in X-CSRF-Token), listens to /realtime/events,
 // and re-reads the page's sections from the server whenever something changes.
@@ -145,14 +145,40 @@
     return refreshing;
   }
 
+  function bytes(n) {
+    const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+    let v = n;
+    let u = 0;
+    while (v >= 1000 && u + 1 < units.length) {
+      v /= 1000;
+      u += 1;
+    }
+    return (u ? v.toFixed(1) : String(v)) + ' ' + units[u];
+  }
+
+  // A member's sync state (GET /sharings/:id/status): state, documents pending, refused
+  // documents with the latest reason, the last error, and file contents still to send.
   function syncText(m) {
     const rep = m.replication;
-    if (!rep) return m.status === 'owner' ? '—' : '';
-    const parts = [rep.health];
-    if (rep.running) parts.push('running');
-    if (rep.pending) parts.push(rep.pending + ' pending');
-    if (rep.refused_docs && rep.refused_docs.length) parts.push(rep.refused_docs.length + ' refused');
-    if (rep.last_error) parts.push('error: ' + rep.last_error);
+    const content = m.content || (rep && rep.content);
+    if (!rep && !content) return m.status === 'owner' ? '—' : '';
+    const parts = [];
+    if (rep) {
+      parts.push(rep.health);
+      if (rep.running) parts.push('running');
+      parts.push((rep.pending || 0) + ' pending');
+      const refused = Array.isArray(rep.refused_docs) ? rep.refused_docs.length : Number(rep.refused_docs) || 0;
+      if (refused) {
+        const why = rep.last_refusal && rep.last_refusal.reason ? ' (' + rep.last_refusal.reason + ')' : '';
+        parts.push(refused + ' refused' + why);
+      }
+      if (rep.last_error) parts.push('error: ' + rep.last_error);
+    }
+    if (content && (content.files_pending || content.bytes_pending)) {
+      parts.push('files: ' + (content.files_pending || 0) + ' to send, ' + bytes(content.bytes_pending || 0));
+    } else if (content) {
+      parts.push('files up to date');
+    }
     return parts.join(' · ');
   }
 
@@ -222,6 +248,10 @@
       await api('DELETE', '/permissions/' + encodeURIComponent(b.getAttribute('data-link')));
       return 'Link revoked.';
     },
+    async copy(b) {
+      offerLink('Invitation link', b.getAttribute('data-link-url'));
+      return null;
+    },
     async trash(b) {
       await api('DELETE', '/files/' + encodeURIComponent(b.getAttribute('data-file')));
       return 'Moved to the trash.';
@@ -276,6 +306,12 @@
     );
   }
 
+  // An email, or the address of a hearth instance.
+  function recipientOf(text) {
+    const who = text.trim();
+    return /^https?:\/\//.test(who) ? { instance: who } : { email: who };
+  }
+
   const submits = {
     async invite(f) {
       const days = Number(f.elements.days.value);
@@ -315,6 +351,43 @@
       }
       f.reset();
       return files.length + ' file(s) uploaded.';
+    },
+    async 'add-member'(f) {
+      const j = await api('POST', sharingPath(f, '/recipients'), {
+        data: { type: 'io.cozy.sharings', relationships: { recipients: { data: [recipientOf(f.elements.who.value)] } } },
+      });
+      const links = (j && j.meta && j.meta.invitations) || [];
+      f.reset();
+      // On a received open sharing, the owner answers the invitation to pass on.
+      if (links.length) {
+        offerLink('Invitation link', links[0].invitation);
+        return null;
+      }
+      return 'Added. Copy the invitation from the members list if no mail was sent.';
+    },
+    async 'share-folder-with'(f) {
+      const who = f.elements.who.value.trim();
+      const recipient = recipientOf(who);
+      const name = document.querySelector('.breadcrumb [aria-current]');
+      const rule = {
+        title: name ? name.textContent : 'Folder',
+        doctype: 'io.cozy.files',
+        values: [currentDir()],
+        add: 'sync',
+        update: 'sync',
+        remove: 'sync',
+      };
+      const rels = {};
+      rels[f.elements.access.value === 'read' ? 'read_only_recipients' : 'recipients'] = { data: [recipient] };
+      await api('POST', '/sharings/', {
+        data: {
+          type: 'io.cozy.sharings',
+          attributes: { description: rule.title, rules: [rule] },
+          relationships: rels,
+        },
+      });
+      f.reset();
+      return 'Folder shared with ' + who + '. Copy the invitation from "Shared by me" if no mail was sent.';
     },
     async 'share-folder'(f) {
       const attributes = {

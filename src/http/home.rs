@@ -191,12 +191,12 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             section #shared-by-me aria-labelledby="mine-h" {
                 h2 #mine-h { "Shared by me" }
                 @if mine.is_empty() { p.empty { "You share nothing yet." } }
-                @for s in &mine { (sharing_card(s)) }
+                @for s in &mine { (sharing_card(s, &svc.sharing, &inst)) }
             }
             section #shared-with-me aria-labelledby="theirs-h" {
                 h2 #theirs-h { "Shared with me" }
                 @if incoming.is_empty() { p.empty { "Nothing is shared with you yet." } }
-                @for s in &incoming { (sharing_card(s)) }
+                @for s in &incoming { (sharing_card(s, &svc.sharing, &inst)) }
             }
             section #links aria-labelledby="links-h" {
                 h2 #links-h { "Links" }
@@ -214,6 +214,16 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                     form.inline data-action="upload" {
                         label { "Upload " input type="file" name="file" multiple required; }
                         " " button type="submit" { "Send" }
+                    }
+                    form.inline data-action="share-folder-with" {
+                        fieldset {
+                            legend { "Share this folder with someone" }
+                            label { "Email or hearth address " input name="who" required autocomplete="email"
+                                placeholder="name@example.net"; }
+                            " "
+                            label { "Access " select name="access" { option value="write" { "read and write" } option value="read" { "read only" } } }
+                            " " button type="submit" { "Share" }
+                        }
                     }
                     form.inline data-action="share-folder" {
                         fieldset {
@@ -301,8 +311,14 @@ fn request_card(s: &Sharing, me: &str) -> Markup {
     }
 }
 
-fn sharing_card(s: &Sharing) -> Markup {
+fn sharing_card(s: &Sharing, cx: &sharing::Context, inst: &Instance) -> Markup {
     let ended = s.revoked_at.is_some();
+    // The owner passes these on when no mail is sent (see `service::invitations`).
+    let member_links: Vec<(usize, String)> = if s.owner && !ended {
+        sharing::service::invitations(cx, inst, s).into_iter().map(|(i, _, l)| (i, l)).collect()
+    } else {
+        Vec::new()
+    };
     html! {
         article.card data-sharing=(s.id()) data-owner=(s.owner) {
             h3 {
@@ -328,6 +344,11 @@ fn sharing_card(s: &Sharing) -> Markup {
                                                 data-member=(i) data-value=(!m.read_only) {
                                                 (if m.read_only { "Allow writing" } else { "Make read-only" })
                                             }
+                                            " "
+                                        }
+                                        @if let Some((_, l)) = member_links.iter().find(|(j, _)| *j == i) {
+                                            button type="button" data-action="copy" data-link-url=(l)
+                                                aria-label={"Copy the invitation link of " (member_name(m))} { "Copy invitation" }
                                             " "
                                         }
                                         button type="button" data-action="revoke-one" data-sharing=(s.id()) data-member=(i)
@@ -368,11 +389,27 @@ fn sharing_card(s: &Sharing) -> Markup {
                         " "
                         button type="button" .danger data-action="revoke-all" data-sharing=(s.id()) { "Revoke all" }
                     }
+                    (add_member_form(s))
                 } @else {
+                    @if s.open_sharing && s.active { (add_member_form(s)) }
                     div.actions {
                         button type="button" .danger data-action="leave" data-sharing=(s.id()) { "Leave" }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Adds a member: on the owner's sharings, and on an `open_sharing` received (the instance
+/// forwards it to the owner; see `service::forward_recipients`).
+fn add_member_form(s: &Sharing) -> Markup {
+    html! {
+        form.inline data-action="add-member" data-sharing=(s.id()) {
+            fieldset {
+                legend { "Add someone" }
+                label { "Email or hearth address " input name="who" required autocomplete="email" placeholder="name@example.net"; }
+                " " button type="submit" { "Add" }
             }
         }
     }

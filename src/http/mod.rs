@@ -44,6 +44,8 @@ pub struct AppState {
     pub sharing: Arc<sharing::Context>,
     pub sync: Arc<SyncManager>,
     pub files: Arc<crate::files::FilesRegistry>,
+    /// The realtime readers, one per instance with subscribers.
+    pub realtime: Arc<realtime::Hubs>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -14,9 +14,17 @@
 //! - `sync` `{"sharing_id", "member", "health", "running", "last_error", "refused_docs"}`:
 //!   the replication state to a member changed (the `status` route's terms).
 //!
-//! Each subscriber has a bounded queue of [`QUEUE_EVENTS`] events; a subscriber that does not
-//! take them within [`SLOW_CONSUMER_SECS`] of the queue filling is dropped (its stream ends),
-//! so a slow or stalled client costs the server at most that queue and the socket's buffers.
+//! - `sharing` of kind `conflict` `{"sharing_id", "kind", "doctype", "id", "revs"}`: a document
+//!   of an active sharing now has several live leaf revisions (CouchDB's `_conflicts`), winner
+//!   first.
+//!
+//! One reader per instance (a [`Hub`], started by its first subscriber) reads the changes, the
+//! sharings and the sync states once and broadcasts them to every subscriber through a ring of
+//! [`HUB_EVENTS`] events; each subscriber filters them with its own permissions. A subscriber
+//! that falls behind the ring reads what it missed from the store itself. Each subscriber has a
+//! bounded queue of [`QUEUE_EVENTS`] events; a subscriber that does not take them within
+//! [`SLOW_CONSUMER_SECS`] of the queue filling is dropped (its stream ends), so a slow or
+//! stalled client costs the server at most that queue and the socket's buffers.
 //! A comment line every [`KEEPALIVE_SECS`] finds dead connections; then, too, a browser
 //! session's stream ends once the session has (logging out).
 
@@ -158,50 +166,203 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
 
 type SyncView = (String, bool, Option<String>, usize);
 
-/// Streams events to `tx` until the subscriber goes, falls behind, or (for a browser session)
-/// its session ends.
+/// Events kept for the subscribers of one instance (shared by all of them): a subscriber more
+/// than this many events behind catches up from the store.
+pub const HUB_EVENTS: usize = 1024;
+
+/// One event as the instance's reader produced it, with what a subscriber needs to filter it.
+enum Event {
+    /// A document changed: `seq` in its doctype's feed.
+    Change { doctype: Doctype, id: String, seq: u64, frame: Bytes },
+    /// A `sharing` or `sync` event about this sharing.
+    Sharing { sharing: Arc<Sharing>, frame: Bytes },
+}
+
+/// The instances' readers: one per instance with subscribers (`GET /realtime/events`), started
+/// by the first subscriber and ending within [`SYNC_POLL`] of the last one leaving.
+#[derive(Default)]
+pub struct Hubs(std::sync::Mutex<HashMap<String, std::sync::Weak<Hub>>>);
+
+/// The reader of one instance: it reads each subscribed doctype's changes, the sharings and
+/// the sync states once, and broadcasts the events to every subscriber (each filters them with
+/// its own permissions), instead of one reader per subscriber.
+pub struct Hub {
+    events: tokio::sync::broadcast::Sender<Arc<Event>>,
+    /// The doctypes read, and the sequence each is read up to.
+    cursors: std::sync::Mutex<HashMap<Doctype, u64>>,
+}
+
+impl Hubs {
+    fn hub(&self, svc: &web::Data<AppState>, inst: &Arc<Instance>) -> Arc<Hub> {
+        let mut hubs = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        hubs.retain(|_, h| h.strong_count() > 0);
+        if let Some(h) = hubs.get(inst.domain.as_str()).and_then(std::sync::Weak::upgrade) {
+            return h;
+        }
+        let (events, _) = tokio::sync::broadcast::channel(HUB_EVENTS);
+        let hub = Arc::new(Hub { events, cursors: Default::default() });
+        hubs.insert(inst.domain.to_string(), Arc::downgrade(&hub));
+        let (weak, svc, inst) = (Arc::downgrade(&hub), svc.clone(), inst.clone());
+        tokio::spawn(async move {
+            if let Err(e) = read(&svc, &inst, weak).await {
+                tracing::warn!(instance = %inst.domain, "realtime reader ends: {e}");
+            }
+        });
+        hub
+    }
+}
+
+impl Hub {
+    /// Reads `doctype` from `seq` on, unless it is read already (from an earlier sequence).
+    fn follow(&self, doctype: &Doctype, seq: u64) {
+        let mut c = self.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.entry(doctype.clone()).or_insert(seq);
+    }
+}
+
+/// The instance's reader: broadcasts what changes until no subscriber is left.
+async fn read(svc: &AppState, inst: &Arc<Instance>, hub: std::sync::Weak<Hub>) -> Result<(), Ended> {
+    let store = inst.store.clone();
+    let mut commits = store.subscribe();
+    let sharings_dt =
+        Doctype::parse(sharing::SHARINGS_DOCTYPE).map_err(|e| Ended::Store(crate::store::StoreError::Corrupt(e)))?;
+    let mut sharings_seq = store.db_info(&sharings_dt).await?.update_seq;
+    let mut known: HashMap<String, Arc<Sharing>> =
+        sharing::list(store.as_ref()).await?.into_iter().map(|s| (s.id().to_owned(), Arc::new(s))).collect();
+    let mut sync_seen: HashMap<(String, usize), SyncView> = HashMap::new();
+    sync_changes(svc, inst, &known, &mut sync_seen, None).await?;
+    let mut poll = tokio::time::interval(SYNC_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = commits.changed() => if changed.is_err() { return Err(Ended::Gone) },
+            _ = poll.tick() => {
+                let Some(hub) = hub.upgrade() else { return Ok(()) };
+                sync_changes(svc, inst, &known, &mut sync_seen, Some(&hub.events)).await?;
+                continue;
+            }
+        }
+        let Some(hub) = hub.upgrade() else { return Ok(()) };
+        let cursors: Vec<(Doctype, u64)> = hub
+            .cursors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(d, s)| (d.clone(), *s))
+            .collect();
+        for (dt, mut since) in cursors {
+            loop {
+                let q = ChangesQuery { since, limit: Some(CHANGES_BATCH), all_docs: true, ..Default::default() };
+                let changes = store.changes(&dt, &q).await?;
+                for row in &changes.rows {
+                    let rev = row.changes.first().map(ToString::to_string);
+                    let data =
+                        json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
+                    let ev = Event::Change {
+                        doctype: dt.clone(),
+                        id: row.id.as_str().to_owned(),
+                        seq: row.seq,
+                        frame: frame("change", &data),
+                    };
+                    let _ = hub.events.send(Arc::new(ev));
+                    if row.changes.len() > 1 {
+                        conflicts(inst, &known, &dt, row, &hub.events).await?;
+                    }
+                }
+                since = changes.last_seq.max(since);
+                if changes.pending == 0 || changes.rows.is_empty() {
+                    break;
+                }
+            }
+            let mut c = hub.cursors.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(s) = c.get_mut(&dt) {
+                *s = (*s).max(since);
+            }
+        }
+        let seq = store.db_info(&sharings_dt).await?.update_seq;
+        if seq != sharings_seq {
+            sharings_seq = seq;
+            let now: HashMap<String, Arc<Sharing>> =
+                sharing::list(store.as_ref()).await?.into_iter().map(|s| (s.id().to_owned(), Arc::new(s))).collect();
+            for (id, s) in &now {
+                for ev in lifecycle(known.get(id).map(|s| s.as_ref()), s) {
+                    let _ =
+                        hub.events.send(Arc::new(Event::Sharing { sharing: s.clone(), frame: frame("sharing", &ev) }));
+                }
+            }
+            known = now;
+        }
+    }
+}
+
+/// A `sharing` event of kind `conflict` for each active sharing covering a document that now
+/// has more than one live leaf revision (CouchDB's `_conflicts`): `{"sharing_id", "kind":
+/// "conflict", "doctype", "id", "revs"}`, the revisions winner first.
+async fn conflicts(
+    inst: &Arc<Instance>,
+    known: &HashMap<String, Arc<Sharing>>,
+    dt: &Doctype,
+    row: &crate::store::ChangeRow,
+    events: &tokio::sync::broadcast::Sender<Arc<Event>>,
+) -> Result<(), Ended> {
+    let covering: Vec<&Arc<Sharing>> = known
+        .values()
+        .filter(|s| s.active)
+        .filter(|s| {
+            s.rules.iter().any(|r| {
+                r.doctype == dt.as_str() && (r.selector.is_some() || r.values.iter().any(|v| v == row.id.as_str()))
+            })
+        })
+        .collect();
+    if covering.is_empty() {
+        return Ok(());
+    }
+    let leaves = inst.store.doc_leaves(dt, std::slice::from_ref(&row.id)).await?;
+    let live: Vec<String> = leaves
+        .get(&row.id)
+        .map(|l| l.iter().filter(|(_, deleted)| !deleted).map(|(r, _)| r.to_string()).collect())
+        .unwrap_or_default();
+    if live.len() < 2 {
+        return Ok(());
+    }
+    for s in covering {
+        let data = json!({"sharing_id": s.id(), "kind": "conflict", "doctype": dt.as_str(), "id": row.id.as_str(), "revs": live});
+        let _ = events.send(Arc::new(Event::Sharing { sharing: s.clone(), frame: frame("sharing", &data) }));
+    }
+    Ok(())
+}
+
+/// Streams one subscriber's events to `tx` until it goes, falls behind, or (for a browser
+/// session) its session ends. Events come from the instance's [`Hub`]; a subscriber that falls
+/// more than [`HUB_EVENTS`] behind reads the changes it missed from the store itself (and is
+/// told every readable sharing was `updated`), so a slow but live reader loses nothing.
 async fn feed(
-    svc: &AppState,
+    svc: &web::Data<AppState>,
     inst: &Arc<Instance>,
     perms: &PermissionSet,
     session: Option<&str>,
     tx: &mpsc::Sender<Bytes>,
 ) -> Result<(), Ended> {
     let store = inst.store.clone();
-    let mut commits = store.subscribe();
+    let hub = svc.realtime.hub(svc, inst);
+    let mut events = hub.events.subscribe();
     let doctypes = readable(perms);
-    let mut seqs: Vec<(Doctype, u64, Option<Vec<String>>)> = Vec::new();
-    for (name, ids) in &doctypes {
+    // What this subscriber was given of each doctype, for catching up.
+    let mut delivered: HashMap<Doctype, u64> = HashMap::new();
+    for name in doctypes.keys() {
         let Ok(dt) = Doctype::parse(name) else { continue };
         let seq = store.db_info(&dt).await?.update_seq;
-        seqs.push((dt, seq, ids.clone()));
+        hub.follow(&dt, seq);
+        delivered.insert(dt, seq);
     }
-    let sharings_dt =
-        Doctype::parse(sharing::SHARINGS_DOCTYPE).map_err(|e| Ended::Store(crate::store::StoreError::Corrupt(e)))?;
-    let mut sharings_seq = store.db_info(&sharings_dt).await?.update_seq;
-    let mut known: HashMap<String, Sharing> = sharing::list(store.as_ref())
-        .await?
-        .into_iter()
-        .filter(|s| may_read(perms, s))
-        .map(|s| (s.id().to_owned(), s))
-        .collect();
-    let mut sync_seen: HashMap<(String, usize), SyncView> = HashMap::new();
-    sync_changes(svc, inst, &known, &mut sync_seen, None).await?;
     // Counted from here: what happens from now on reaches the subscriber.
     let _live = Subscribed::new(inst.clone());
     send(tx, frame("ready", &json!({"doctypes": doctypes.keys().collect::<Vec<_>>()}))).await?;
-
-    let mut poll = tokio::time::interval(SYNC_POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keepalive = tokio::time::interval(Duration::from_secs(KEEPALIVE_SECS));
     keepalive.tick().await;
     loop {
-        tokio::select! {
-            changed = commits.changed() => if changed.is_err() { return Err(Ended::Gone) },
-            _ = poll.tick() => {
-                sync_changes(svc, inst, &known, &mut sync_seen, Some(tx)).await?;
-                continue;
-            }
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
             _ = keepalive.tick() => {
                 if session.is_some_and(|id| !inst.sessions.is_valid(id)) {
                     return Err(Ended::LoggedOut);
@@ -210,43 +371,68 @@ async fn feed(
                 continue;
             }
             _ = tx.closed() => return Err(Ended::Gone),
-        }
-        for (dt, since, ids) in seqs.iter_mut() {
-            loop {
-                let q = ChangesQuery { since: *since, limit: Some(CHANGES_BATCH), ..Default::default() };
-                let changes = store.changes(dt, &q).await?;
-                for row in &changes.rows {
-                    if ids.as_ref().is_some_and(|ids| !ids.iter().any(|i| i == row.id.as_str())) {
+        };
+        match ev {
+            Ok(ev) => match ev.as_ref() {
+                Event::Change { doctype, id, seq, frame } => {
+                    let Some(ids) = doctypes.get(doctype.as_str()) else { continue };
+                    let Some(done) = delivered.get_mut(doctype) else { continue };
+                    if *seq <= *done {
                         continue;
                     }
-                    let rev = row.changes.first().map(ToString::to_string);
-                    let data =
-                        json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
-                    send(tx, frame("change", &data)).await?;
+                    *done = *seq;
+                    if ids.as_ref().is_some_and(|ids| !ids.iter().any(|i| i == id)) {
+                        continue;
+                    }
+                    send(tx, frame.clone()).await?;
                 }
-                *since = changes.last_seq.max(*since);
-                if changes.pending == 0 || changes.rows.is_empty() {
-                    break;
+                Event::Sharing { sharing, frame } => {
+                    if may_read(perms, sharing) {
+                        send(tx, frame.clone()).await?;
+                    }
                 }
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                catch_up(inst, perms, &doctypes, &mut delivered, tx).await?;
             }
-        }
-        let seq = store.db_info(&sharings_dt).await?.update_seq;
-        if seq != sharings_seq {
-            sharings_seq = seq;
-            let now: HashMap<String, Sharing> = sharing::list(store.as_ref())
-                .await?
-                .into_iter()
-                .filter(|s| may_read(perms, s))
-                .map(|s| (s.id().to_owned(), s))
-                .collect();
-            for (id, s) in &now {
-                for ev in lifecycle(known.get(id), s) {
-                    send(tx, frame("sharing", &ev)).await?;
-                }
-            }
-            known = now;
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err(Ended::Gone),
         }
     }
+}
+
+/// What a subscriber that fell behind the hub missed: its doctypes' changes read from the
+/// store since what it was given, and an `updated` event for each sharing it may read.
+async fn catch_up(
+    inst: &Arc<Instance>,
+    perms: &PermissionSet,
+    doctypes: &BTreeMap<String, Option<Vec<String>>>,
+    delivered: &mut HashMap<Doctype, u64>,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), Ended> {
+    let store = inst.store.clone();
+    for (dt, since) in delivered.iter_mut() {
+        let ids = doctypes.get(dt.as_str()).cloned().flatten();
+        loop {
+            let q = ChangesQuery { since: *since, limit: Some(CHANGES_BATCH), ..Default::default() };
+            let changes = store.changes(dt, &q).await?;
+            for row in &changes.rows {
+                if ids.as_ref().is_some_and(|ids| !ids.iter().any(|i| i == row.id.as_str())) {
+                    continue;
+                }
+                let rev = row.changes.first().map(ToString::to_string);
+                let data = json!({"doctype": dt.as_str(), "id": row.id.as_str(), "rev": rev, "deleted": row.deleted});
+                send(tx, frame("change", &data)).await?;
+            }
+            *since = changes.last_seq.max(*since);
+            if changes.pending == 0 || changes.rows.is_empty() {
+                break;
+            }
+        }
+    }
+    for s in sharing::list(store.as_ref()).await?.iter().filter(|s| may_read(perms, s)) {
+        send(tx, frame("sharing", &json!({"sharing_id": s.id(), "kind": "updated"}))).await?;
+    }
+    Ok(())
 }
 
 /// What changed in a sharing between two versions, as `sharing` events.
@@ -282,14 +468,14 @@ fn lifecycle(before: Option<&Sharing>, after: &Sharing) -> Vec<Value> {
     out
 }
 
-/// Compares the replication states of the readable sharings' links with what was last seen;
-/// sends a `sync` event for each that changed (only records them when `tx` is `None`).
+/// Compares the replication states of the active sharings' links with what was last seen;
+/// broadcasts a `sync` event for each that changed (only records them when `events` is `None`).
 async fn sync_changes(
     svc: &AppState,
     inst: &Arc<Instance>,
-    sharings: &HashMap<String, Sharing>,
+    sharings: &HashMap<String, Arc<Sharing>>,
     seen: &mut HashMap<(String, usize), SyncView>,
-    tx: Option<&mpsc::Sender<Bytes>>,
+    events: Option<&tokio::sync::broadcast::Sender<Arc<Event>>>,
 ) -> Result<(), Ended> {
     for (id, s) in sharings.iter().filter(|(_, s)| s.active) {
         for member in crate::sync::manager::targets(s) {
@@ -303,10 +489,10 @@ async fn sync_changes(
             if seen.get(&k) == Some(&view) {
                 continue;
             }
-            if let Some(tx) = tx {
+            if let Some(events) = events {
                 let data = json!({"sharing_id": id, "member": member, "health": view.0, "running": view.1,
                     "last_error": view.2, "refused_docs": view.3});
-                send(tx, frame("sync", &data)).await?;
+                let _ = events.send(Arc::new(Event::Sharing { sharing: s.clone(), frame: frame("sync", &data) }));
             }
             seen.insert(k, view);
         }

@@ -42,6 +42,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/sharings/{id}/recipients")
                 .route(web::post().to(add_recipients))
+                .route(web::put().to(members_notification))
                 .route(web::delete().to(revoke_all)),
         )
         .route("/sharings/{id}/recipients/self", web::delete().to(leave))
@@ -359,13 +360,38 @@ async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
     Ok(jsonapi(StatusCode::OK, out))
 }
 
-/// `POST /sharings/:id/recipients` — more recipients (owner).
+/// `POST /sharings/:id/recipients` — more recipients. On the owner they are added; on a
+/// recipient of an `open_sharing` they are forwarded to the owner's delegated route (see
+/// `service::forward_recipients`) and the answer carries their invitation links in
+/// `meta.invitations` (`[{"index", "invitation"}]`); on a recipient of a sharing that is not
+/// open, 403.
 async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    load_managed(&inst, &req, &id).await?;
+    let s = load_managed(&inst, &req, &id).await?;
     let body = json_body(&req, payload).await?;
-    let s = service::add_recipients(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
+    let cx = &state_of(&req)?.sharing;
+    if !s.owner {
+        let (s, links) = service::forward_recipients(cx, &inst.0, &id, &body).await?;
+        let mut out = doc(&s);
+        let links: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
+        out["meta"] = json!({"invitations": links});
+        return Ok(jsonapi(StatusCode::OK, out));
+    }
+    let s = service::add_recipients(cx, &inst.0, &id, &body).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `PUT /sharings/:id/recipients` — on a recipient, from the owner's instance: the member list
+/// (see `service::receive_members`).
+async fn members_notification(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    if index != 0 {
+        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
+    }
+    let body = json_body(&req, payload).await?;
+    service::receive_members(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// `POST /sharings/:id/recipients/delegated` — a ready member of an open sharing adds

@@ -69,6 +69,44 @@ pub async fn enqueue(cx: &Context, inst: &Instance, entry: Entry) -> Result<(), 
     Ok(())
 }
 
+/// Adds an entry under a fixed id, replacing the one of that id not delivered yet: for notices
+/// where only the latest counts (the member list). An entry being delivered while it is
+/// replaced keeps the new one (the worker's delete of the old revision then conflicts).
+pub async fn enqueue_replacing(cx: &Context, inst: &Instance, key: &str, entry: Entry) -> Result<(), StoreError> {
+    let body = match serde_json::to_value(&entry) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let id = DocId::parse(key).map_err(StoreError::Corrupt)?;
+    let store = inst.store.as_ref();
+    let mut tries = 0;
+    loop {
+        let parent = json::get(store, &doctype(), &id).await?.map(|r| r.rev);
+        match json::put(store, &doctype(), &id, parent.as_ref(), body.clone()).await {
+            Ok(_) => break,
+            // Replaced or delivered meanwhile: read it again.
+            Err(StoreError::Conflict) if tries < 8 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    cx.sync.wake_outbox();
+    Ok(())
+}
+
+/// Drops the entry of a fixed id (see [`enqueue_replacing`]) when one waits.
+pub async fn cancel(inst: &Instance, key: &str) -> Result<(), StoreError> {
+    let id = DocId::parse(key).map_err(StoreError::Corrupt)?;
+    let store = inst.store.as_ref();
+    if let Some(r) = json::get(store, &doctype(), &id).await? {
+        match json::delete(store, &doctype(), &id, &r.rev).await {
+            // Delivered or replaced meanwhile: nothing left to cancel, or a newer list.
+            Ok(_) | Err(StoreError::Conflict) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Entries waiting to be delivered (for status displays and tests).
 pub async fn pending(inst: &Instance) -> Result<Vec<Entry>, StoreError> {
     let mut out = Vec::new();

@@ -57,6 +57,7 @@ pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option
         tracing::info!(instance = %inst.domain, sharing = %id, member = i, "member revoked");
     }
     cx.sharing_changed(inst, id).await?;
+    tell_members(cx, inst, &s).await?;
     Ok(s)
 }
 
@@ -159,6 +160,7 @@ pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, index: u
     }
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "member left");
     cx.sharing_changed(inst, id).await?;
+    tell_members_of(cx, inst, id).await?;
     Ok(())
 }
 
@@ -220,6 +222,7 @@ pub async fn set_read_only(
         e.body = Some(json!({"data": {"type": "io.cozy.sharings.credentials", "id": id.as_str(), "attributes": body}}));
         outbox::enqueue(cx, inst, e).await?;
     }
+    tell_members(cx, inst, &s).await?;
     Ok(s)
 }
 

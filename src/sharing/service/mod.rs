@@ -6,10 +6,12 @@
 //! operation is reachable as `service::name`.
 
 mod lifecycle;
+mod members;
 mod owner;
 mod recipient;
 
 pub use lifecycle::*;
+pub use members::*;
 pub use owner::*;
 pub use recipient::*;
 

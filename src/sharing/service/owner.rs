@@ -5,9 +5,9 @@ use super::*;
 
 /// One recipient as given by the client: a contact id, or inline email/instance.
 pub(super) struct RecipientInput {
-    name: Option<String>,
-    email: Option<String>,
-    instance: Option<String>,
+    pub(super) name: Option<String>,
+    pub(super) email: Option<String>,
+    pub(super) instance: Option<String>,
 }
 
 pub(super) fn first_string(v: Option<&Value>, key: &str) -> Option<String> {
@@ -224,7 +224,9 @@ pub async fn add_recipients(cx: &Context, inst: &Instance, id: &SharingId, body:
         Ok(())
     })
     .await?;
-    send_invitations(cx, inst, s).await
+    let s = send_invitations(cx, inst, s).await?;
+    tell_members(cx, inst, &s).await?;
+    Ok(s)
 }
 
 /// `POST /sharings/:id/recipients/delegated`: a ready recipient of an `open_sharing` adds
@@ -261,6 +263,8 @@ pub async fn add_delegated(
         Ok(list.into_iter().map(|r| add_member(s, r, true, Some(caller_index))).collect::<Vec<_>>())
     })
     .await?;
+    let s = send_invitations(cx, inst, s).await?;
+    tell_members(cx, inst, &s).await?;
     Ok(added.into_iter().filter_map(|i| invitation_link(cx, inst, &s, i).map(|l| (i, l))).collect())
 }
 
@@ -388,6 +392,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
         })
         .await?;
         tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing refused");
+        tell_members_of(cx, inst, id).await?;
         return Ok(
             json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"refused": true}}}),
         );
@@ -446,6 +451,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     };
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
     cx.sharing_changed(inst, id).await?;
+    tell_members_of(cx, inst, id).await?;
     let mut attributes = credentials_json(&issued);
     attributes["member_index"] = json!(index);
     attributes["read_only"] = json!(read_only);
