@@ -19,11 +19,12 @@
 //!
 //! Usage: `cargo run --release --bin hearth-bench -- [--docs N] [--branches N] [--pouchdb-server PATH]`.
 //!
-//! `hearth-bench files [--large-mb N] [--small N] [--small-kb N] [--dir PATH]` measures file
-//! content instead (see [`files`]): a real `hearth serve` (the `hearth` binary next to this
-//! one: `cargo build --release --bins` first) takes uploads and serves downloads of one large
-//! file (1 GB by default) and of N small ones (1,000 of 16 KiB), compared with `cp` of the
-//! same bytes on the same disk, and the server's peak resident memory is reported.
+//! `hearth-bench files [--large-mb N] [--small N] [--small-kb N] [--runs N] [--dir PATH]`
+//! measures file content instead (see [`files`]): a real `hearth serve` (the `hearth` binary
+//! next to this one: `cargo build --release --bins` first) takes uploads and serves downloads
+//! of one large file (1 GB by default, best of `--runs`, default 2) and of N small ones (1,000
+//! of 16 KiB), compared with `cp` of the same bytes on the same disk (best of as many runs),
+//! with the CPU time of the server and of this client, and the server's peak resident memory.
 //!
 //! `hearth-bench realtime [--docs N] [--stalled N]` measures `GET /realtime/events` (see
 //! [`realtime`]): the write rate of N documents (default 20,000, in batches of 100) with one
@@ -345,14 +346,27 @@ async fn main() -> anyhow::Result<()> {
 ///
 /// Everything lives under one directory (`--dir`, default a temporary directory under the
 /// system's): the source files, `cp`'s copies, the server's data directory and the downloads,
-/// so every figure is on the same disk; it is all removed at the end. Figures:
-/// * `cp` of the large file, and the same followed by an fsync of the copy (hearth fsyncs
-///   every upload before acknowledging it, so that is the fair reference for uploads);
-/// * upload (`POST /files/…` with `Content-Length` and `Content-MD5`, streamed from the file)
-///   and download (`GET /files/download/…`, streamed to a file), in MB/s and as a ratio of the
-///   `cp` figures;
-/// * the same for the small files, one request at a time, against `cp -r` of their directory;
+/// so every figure is on the same disk; it is all removed at the end. Source files are written
+/// (and fsynced) first, so every reader, `cp` included, finds them in the page cache.
+///
+/// What each side does, so the ratios compare like with like:
+/// * `cp SRC DST` (GNU cp: `copy_file_range`, one copy inside the kernel), and the same followed
+///   by an fsync of the copy: hearth fsyncs every upload before acknowledging it, so that is the
+///   reference for uploads; plain `cp` (no fsync) for downloads, whose client does not fsync;
+/// * MD5 of the large file on one core: hearth hashes every upload (`md5sum`, `Content-MD5`),
+///   and one MD5 cannot be spread over cores, so it bounds an upload whatever the disk;
+/// * upload: `POST /files/…` with `Content-Length` and `Content-MD5` (computed before timing),
+///   the body read from the file by a thread of this client in 1 MiB blocks; the server
+///   hashes, writes and fsyncs;
+/// * download: `GET /files/download/…`, the body written to a file by a thread of this client
+///   as it arrives, not fsynced, not hashed (the MD5 check runs after the timing);
+/// * the same for the small files, one request at a time (each read or written whole), against
+///   `cp -r` of their directory;
+/// * CPU seconds (user + system, `/proc/PID/stat`) of the server and of this client in each
+///   phase: on a busy machine they say what the work costs better than wall-clock rates;
 /// * the server's resident memory before, and its peak (`VmHWM`) after each phase, in MiB.
+///
+/// Large-file figures and their references are the best of `--runs` (the machine is shared).
 mod files {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
@@ -360,9 +374,9 @@ mod files {
 
     use anyhow::{bail, Context};
     use base64::Engine;
+    use bytes::Bytes;
     use futures_util::StreamExt;
     use md5::Digest;
-    use tokio::io::AsyncWriteExt;
 
     const MIB: usize = 1024 * 1024;
 
@@ -370,11 +384,12 @@ mod files {
         large_mb: usize,
         small: usize,
         small_kb: usize,
+        runs: usize,
         dir: Option<PathBuf>,
     }
 
     fn args(raw: Vec<String>) -> anyhow::Result<Args> {
-        let mut a = Args { large_mb: 1024, small: 1000, small_kb: 16, dir: None };
+        let mut a = Args { large_mb: 1024, small: 1000, small_kb: 16, runs: 2, dir: None };
         let mut it = raw.into_iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| it.next().with_context(|| format!("{name} N"));
@@ -382,6 +397,7 @@ mod files {
                 "--large-mb" => a.large_mb = value("--large-mb")?.parse()?,
                 "--small" => a.small = value("--small")?.parse()?,
                 "--small-kb" => a.small_kb = value("--small-kb")?.parse()?,
+                "--runs" => a.runs = value("--runs")?.parse::<usize>()?.max(1),
                 "--dir" => a.dir = Some(PathBuf::from(value("--dir")?)),
                 other => bail!("unknown argument {other}"),
             }
@@ -411,6 +427,50 @@ mod files {
             Ok(kib / 1024.0)
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU time (user + system, all threads) of a process so far; `/proc/PID/stat` counts in
+    /// ticks of 1/100 s on Linux.
+    fn cpu_of(pid: &str) -> Duration {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return Duration::ZERO;
+        };
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, f)| f.split_whitespace().collect());
+        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        Duration::from_millis((tick(11) + tick(12)) * 10)
+    }
+
+    /// CPU time of the server and of this client, at a moment.
+    #[derive(Clone, Copy)]
+    struct Cpu {
+        server: Duration,
+        client: Duration,
+    }
+
+    impl Cpu {
+        fn now(server_pid: u32) -> Cpu {
+            Cpu { server: cpu_of(&server_pid.to_string()), client: cpu_of("self") }
+        }
+
+        fn since(self, then: Cpu) -> Cpu {
+            Cpu { server: self.server.saturating_sub(then.server), client: self.client.saturating_sub(then.client) }
+        }
+    }
+
+    /// One timed phase: its duration and the CPU it took.
+    #[derive(Clone, Copy)]
+    struct Timed {
+        wall: Duration,
+        cpu: Option<Cpu>,
+    }
+
+    impl Timed {
+        fn best(a: Option<Timed>, b: Timed) -> Option<Timed> {
+            Some(match a {
+                Some(a) if a.wall <= b.wall => a,
+                _ => b,
+            })
+        }
     }
 
     /// Writes `len` pseudo-random bytes to `path`, returning their MD5.
@@ -482,10 +542,15 @@ mod files {
             format!("http://127.0.0.1:{}{path}", self.port)
         }
 
+        /// Uploads a file: whole in one buffer when small, else streamed in 1 MiB blocks read by a
+        /// thread of its own (one read and one copy per block, as curl does).
         async fn upload(&self, name: &str, path: &Path, md5: &[u8; 16]) -> anyhow::Result<String> {
-            let file = tokio::fs::File::open(path).await?;
-            let len = file.metadata().await?.len();
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+            let len = std::fs::metadata(path)?.len();
+            let body = if len <= MIB as u64 {
+                reqwest::Body::from(std::fs::read(path)?)
+            } else {
+                reqwest::Body::wrap_stream(blocks_of(path.to_owned()))
+            };
             let resp = self
                 .client
                 .post(self.url(&format!("/files/io.cozy.files.root-dir?Type=file&Name={name}")))
@@ -504,6 +569,8 @@ mod files {
             v["data"]["id"].as_str().map(str::to_owned).context("no id in the upload's answer")
         }
 
+        /// Downloads a file into `to`: whole when small, else each chunk handed as it arrives to a
+        /// thread that writes it (one copy into the page cache, no fsync, like `cp`).
         async fn download(&self, id: &str, to: &Path) -> anyhow::Result<()> {
             let resp = self
                 .client
@@ -515,14 +582,77 @@ mod files {
             if !resp.status().is_success() {
                 bail!("download of {id}: {}", resp.status());
             }
-            let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::create(to).await?);
+            if resp.content_length().is_some_and(|l| l <= MIB as u64) {
+                std::fs::write(to, resp.bytes().await?)?;
+                return Ok(());
+            }
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let mut file = std::fs::File::create(to)?;
+            let writer = std::thread::spawn(move || -> std::io::Result<()> {
+                use std::io::Write;
+                while let Some(chunk) = rx.blocking_recv() {
+                    file.write_all(&chunk)?;
+                }
+                Ok(())
+            });
             let mut body = resp.bytes_stream();
             while let Some(chunk) = body.next().await {
-                out.write_all(&chunk?).await?;
+                if tx.send(chunk?).await.is_err() {
+                    break;
+                }
             }
-            out.flush().await?;
+            drop(tx);
+            writer.join().map_err(|_| anyhow::anyhow!("the writing thread panicked"))??;
             Ok(())
         }
+
+        /// Trashes then destroys a file, so the next run's upload finds room.
+        async fn remove(&self, id: &str) -> anyhow::Result<()> {
+            for path in [format!("/files/{id}"), format!("/files/trash/{id}")] {
+                let resp = self
+                    .client
+                    .delete(self.url(&path))
+                    .header("Host", &self.domain)
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("DELETE {path}: {}", resp.status());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// A file's bytes in blocks of 1 MiB, read by a thread of its own, a few blocks ahead.
+    fn blocks_of(path: PathBuf) -> futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let mut block = Vec::with_capacity(MIB);
+                match (&mut file).take(MIB as u64).read_to_end(&mut block) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        if tx.blocking_send(Ok(Bytes::from(block))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) }).boxed()
     }
 
     pub async fn run(raw: Vec<String>) -> anyhow::Result<()> {
@@ -560,18 +690,6 @@ mod files {
             small_md5.push(write_source(&src.join("small").join(format!("f{i}")), small_len, 100 + i as u64)?);
         }
 
-        // The references.
-        let cp_large = cp(&large_src, &root.join("cp-large.bin"), false, false)?;
-        std::fs::remove_file(root.join("cp-large.bin"))?;
-        let cp_large_sync = cp(&large_src, &root.join("cp-large.bin"), false, true)?;
-        std::fs::remove_file(root.join("cp-large.bin"))?;
-        let cp_small = cp(&src.join("small"), &root.join("cp-small"), true, false)?;
-        std::fs::remove_dir_all(root.join("cp-small"))?;
-        // What MD5 alone costs (hearth hashes every upload, for `md5sum` and `Content-MD5`).
-        let t = Instant::now();
-        md5_of(&large_src)?;
-        let md5_large = t.elapsed();
-
         // The server.
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let domain = format!("bench.localhost:{port}");
@@ -608,33 +726,58 @@ mod files {
         }
         let (rss_start, _) = memory_mib(pid)?;
 
-        let t = Instant::now();
-        let large_id = server.upload("large.bin", &large_src, &large_md5).await?;
-        let up_large = t.elapsed();
-        let (_, hwm_up) = memory_mib(pid)?;
-        let dl = root.join("download.bin");
-        let t = Instant::now();
-        server.download(&large_id, &dl).await?;
-        let down_large = t.elapsed();
-        let (_, hwm_down) = memory_mib(pid)?;
-        if md5_of(&dl)? != large_md5 {
-            bail!("the large file came back different");
-        }
-        std::fs::remove_file(&dl)?;
+        // The large file: each run times the references, then hearth, back to back.
+        let (mut cp_large, mut cp_large_sync, mut md5_large) = (None, None, None);
+        let (mut up_large, mut down_large) = (None, None);
+        let (mut hwm_up, mut hwm_down) = (0f64, 0f64);
+        let timed = |wall: Duration, cpu: Option<Cpu>| Timed { wall, cpu };
+        for run in 0..a.runs {
+            let copy = root.join("cp-large.bin");
+            cp_large = Timed::best(cp_large, timed(cp(&large_src, &copy, false, false)?, None));
+            std::fs::remove_file(&copy)?;
+            cp_large_sync = Timed::best(cp_large_sync, timed(cp(&large_src, &copy, false, true)?, None));
+            std::fs::remove_file(&copy)?;
+            // What MD5 alone costs, with the MD5 code hearth uses (this binary links the same).
+            let (t, c) = (Instant::now(), Cpu::now(pid));
+            md5_of(&large_src)?;
+            md5_large = Timed::best(md5_large, timed(t.elapsed(), Some(Cpu::now(pid).since(c))));
 
+            let (t, c) = (Instant::now(), Cpu::now(pid));
+            let large_id = server.upload(&format!("large-{run}.bin"), &large_src, &large_md5).await?;
+            up_large = Timed::best(up_large, timed(t.elapsed(), Some(Cpu::now(pid).since(c))));
+            hwm_up = hwm_up.max(memory_mib(pid)?.1);
+            let dl = root.join("download.bin");
+            let (t, c) = (Instant::now(), Cpu::now(pid));
+            server.download(&large_id, &dl).await?;
+            down_large = Timed::best(down_large, timed(t.elapsed(), Some(Cpu::now(pid).since(c))));
+            hwm_down = hwm_down.max(memory_mib(pid)?.1);
+            if md5_of(&dl)? != large_md5 {
+                bail!("the large file came back different");
+            }
+            std::fs::remove_file(&dl)?;
+            server.remove(&large_id).await?;
+        }
+        let [Some(cp_large), Some(cp_large_sync), Some(md5_large), Some(up_large), Some(down_large)] =
+            [cp_large, cp_large_sync, md5_large, up_large, down_large]
+        else {
+            bail!("no run");
+        };
+
+        let cp_small = cp(&src.join("small"), &root.join("cp-small"), true, false)?;
+        std::fs::remove_dir_all(root.join("cp-small"))?;
         let mut ids = Vec::with_capacity(a.small);
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), Cpu::now(pid));
         for (i, md5) in small_md5.iter().enumerate() {
             ids.push(server.upload(&format!("f{i}"), &src.join("small").join(format!("f{i}")), md5).await?);
         }
-        let up_small = t.elapsed();
+        let up_small = timed(t.elapsed(), Some(Cpu::now(pid).since(c)));
         let dl_dir = root.join("download-small");
         std::fs::create_dir_all(&dl_dir)?;
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), Cpu::now(pid));
         for (i, id) in ids.iter().enumerate() {
             server.download(id, &dl_dir.join(format!("f{i}"))).await?;
         }
-        let down_small = t.elapsed();
+        let down_small = timed(t.elapsed(), Some(Cpu::now(pid).since(c)));
         for (i, md5) in small_md5.iter().enumerate() {
             if md5_of(&dl_dir.join(format!("f{i}")))? != *md5 {
                 bail!("small file {i} came back different");
@@ -644,36 +787,40 @@ mod files {
         drop(serve);
 
         let small_bytes = a.small * small_len;
-        let row = |what: &str, bytes: usize, d: Duration| {
-            println!("{what:<48}{:>10.1} MB/s {:>9.2} s", mb_s(bytes, d), d.as_secs_f64());
+        println!("{:<52}{:>10} {:>9}   CPU s: server, client", "", "", "");
+        let row = |what: &str, bytes: usize, t: Timed| {
+            let cpu = t.cpu.map_or(String::new(), |c| {
+                format!("   {:>5.2} {:>5.2}", c.server.as_secs_f64(), c.client.as_secs_f64())
+            });
+            println!("{what:<52}{:>10.1} MB/s {:>7.2} s{cpu}", mb_s(bytes, t.wall), t.wall.as_secs_f64());
         };
-        row("cp, large file (reference)", large, cp_large);
+        let runs = if a.runs > 1 { format!(", best of {}", a.runs) } else { String::new() };
+        row(&format!("cp, large file (reference{runs})"), large, cp_large);
         row("cp + fsync, large file (reference)", large, cp_large_sync);
         row("md5 of the large file, one core (reference)", large, md5_large);
-        row("hearth upload, large file", large, up_large);
-        row("hearth download, large file", large, down_large);
-        let ratio = |what: &str, d: Duration, reference: Duration| {
-            println!("{what:<48}{:>10.2}x", reference.as_secs_f64() / d.as_secs_f64());
+        row("hearth upload, large file (md5 + write + fsync)", large, up_large);
+        row("hearth download, large file (no fsync)", large, down_large);
+        let ratio = |what: &str, t: Timed, reference: Timed| {
+            println!("{what:<52}{:>10.2}x", reference.wall.as_secs_f64() / t.wall.as_secs_f64());
         };
-        ratio("ratio upload / cp", up_large, cp_large);
         ratio("ratio upload / (cp + fsync)", up_large, cp_large_sync);
         ratio("ratio upload / md5 alone", up_large, md5_large);
         ratio("ratio download / cp", down_large, cp_large);
-        row(&format!("cp -r, {} small files (reference)", a.small), small_bytes, cp_small);
+        row(&format!("cp -r, {} small files (reference)", a.small), small_bytes, timed(cp_small, None));
         row("hearth upload, small files, one at a time", small_bytes, up_small);
         row("hearth download, small files, one at a time", small_bytes, down_small);
         println!(
-            "{:<48}{:>10.0} files/s {:>7.0} files/s",
+            "{:<52}{:>10.0} files/s {:>7.0} files/s",
             "hearth small files: uploads, downloads",
-            a.small as f64 / up_small.as_secs_f64(),
-            a.small as f64 / down_small.as_secs_f64()
+            a.small as f64 / up_small.wall.as_secs_f64(),
+            a.small as f64 / down_small.wall.as_secs_f64()
         );
-        ratio("ratio small uploads / cp -r", up_small, cp_small);
-        ratio("ratio small downloads / cp -r", down_small, cp_small);
-        println!("hearth serve resident memory at start          {rss_start:>10.1} MiB");
-        println!("hearth serve peak after the large upload       {hwm_up:>10.1} MiB");
-        println!("hearth serve peak after the large download     {hwm_down:>10.1} MiB");
-        println!("hearth serve peak at the end, and RSS          {hwm_end:>10.1} MiB {rss_end:>7.1} MiB");
+        ratio("ratio small uploads / cp -r", up_small, timed(cp_small, None));
+        ratio("ratio small downloads / cp -r", down_small, timed(cp_small, None));
+        println!("hearth serve resident memory at start              {rss_start:>10.1} MiB");
+        println!("hearth serve peak after the large uploads          {hwm_up:>10.1} MiB");
+        println!("hearth serve peak after the large downloads        {hwm_down:>10.1} MiB");
+        println!("hearth serve peak at the end, and RSS              {hwm_end:>10.1} MiB {rss_end:>7.1} MiB");
         Ok(())
     }
 }

@@ -303,10 +303,31 @@ pub struct Upload {
     /// Bytes this upload may still take: the declared size, or what the quota leaves.
     reserved: Reserved,
     quota_room: u64,
+    /// Body chunks (as small as the socket's reads) gathered into blocks of
+    /// [`Upload::BLOCK`], which go to the hasher and the content writer: few hand-overs, large
+    /// writes.
+    block: bytes::BytesMut,
     _writing: Writing,
 }
 
 impl Upload {
+    const BLOCK: usize = 1024 * 1024;
+
+    /// Hands the gathered block to the hasher and the writer.
+    async fn flush_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = self.block.split().freeze();
+        self.hand_over(block).await
+    }
+
+    async fn hand_over(&mut self, block: Bytes) -> Result<()> {
+        self.md5.update(block.clone()).await?;
+        self.writer.write(block).await?;
+        Ok(())
+    }
+
     /// Writes one chunk of the body: 413 (`QuotaExceeded`) as soon as the body goes past the
     /// quota, 400 past its declared `Content-Length`.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
@@ -326,23 +347,35 @@ impl Upload {
             *total += more;
             self.reserved.bytes += more;
         }
-        self.md5.update(chunk.clone()).await?;
+        if self.block.is_empty() && chunk.len() >= Self::BLOCK {
+            self.size = new_size;
+            return self.hand_over(chunk).await;
+        }
+        if self.block.is_empty() {
+            // A block, or what is left of a declared body when that is less.
+            let left = self.spec.declared_size.map_or(u64::MAX, |d| d - self.size);
+            self.block.reserve(left.min(Self::BLOCK as u64) as usize);
+        }
         self.size = new_size;
-        self.writer.write(chunk).await?;
+        self.block.extend_from_slice(&chunk);
+        if self.block.len() >= Self::BLOCK {
+            self.flush_block().await?;
+        }
         Ok(())
     }
 }
 
 /// The MD5 of an upload, computed on a thread of its own while the chunks are written, so
 /// hashing and writing overlap (MD5 runs at about the speed of a disk: one after the other,
-/// they would halve an upload's throughput). At most [`Hasher::QUEUE`] chunks wait for it.
+/// they would halve an upload's throughput). At most [`Hasher::QUEUE`] blocks (of
+/// [`Upload::BLOCK`]) wait for it.
 struct Hasher {
     chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
     digest: tokio::task::JoinHandle<[u8; 16]>,
 }
 
 impl Hasher {
-    const QUEUE: usize = 16;
+    const QUEUE: usize = 4;
 
     fn start() -> Hasher {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(Self::QUEUE);
@@ -641,14 +674,19 @@ impl Files {
             size: 0,
             reserved,
             quota_room,
+            block: bytes::BytesMut::new(),
             _writing: writing,
         })
     }
 
     /// Ends an upload whose whole body was written: checks size and MD5, commits the content,
     /// then writes the document that points at it (the switch), and removes the old version.
-    pub async fn finish_upload(&self, upload: Upload) -> Result<Item> {
-        let Upload { target, spec, vfs_id, writer, md5, size, reserved, quota_room: _, _writing } = upload;
+    pub async fn finish_upload(&self, mut upload: Upload) -> Result<Item> {
+        if let Err(e) = upload.flush_block().await {
+            upload.writer.abort().await;
+            return Err(e);
+        }
+        let Upload { target, spec, vfs_id, writer, md5, size, reserved, quota_room: _, block: _, _writing } = upload;
         let digest = match md5.finish().await {
             Ok(d) => d,
             Err(e) => {
