@@ -155,6 +155,10 @@ pub struct FilesConfig {
     pub orphan_grace_secs: u64,
     /// How often the orphan sweep runs, in seconds (also once at startup).
     pub sweep_secs: u64,
+    /// An upload whose body sends nothing for this many seconds is ended with a 408 and
+    /// leaves nothing (a stalled body would otherwise hold its connection and temporary
+    /// content for ever).
+    pub body_idle_secs: u64,
     pub s3: S3Config,
 }
 
@@ -172,6 +176,7 @@ impl Default for FilesConfig {
             quota_bytes: 10 * 1024 * 1024 * 1024,
             orphan_grace_secs: 3600,
             sweep_secs: 3600,
+            body_idle_secs: 60,
             s3: S3Config::default(),
         }
     }

@@ -38,6 +38,9 @@ pub enum ApiError {
     Limit { error: &'static str, reason: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 408: the client stopped sending a body it had started.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("too many requests, try again later")]
     TooManyRequests,
     /// 429 with a `Retry-After` of this many seconds.
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::TooLarge | ApiError::QuotaExceeded(_) => "too_large",
             ApiError::Limit { error, .. } => error,
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::InsufficientStorage => "insufficient_storage",
@@ -110,6 +114,7 @@ impl ResponseError for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::TooLarge | ApiError::QuotaExceeded(_) | ApiError::Limit { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{parse_json, path, read_body, ApiError, ApiResult, AppState, Inst, Query};
+use super::{parse_json, path, read_body, state_of, ApiError, ApiResult, AppState, Inst, Query};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::files::{self, Files, FilesError, Item, Kind, Patch, UploadSpec, UploadTarget, ROOT_ID, TRASH_ID};
 
@@ -292,10 +292,23 @@ fn upload_spec(req: &HttpRequest, q: &Query) -> ApiResult<UploadSpec> {
     })
 }
 
-/// Streams the body into a new content version, then switches the file to it.
-async fn upload(files: &Files, target: UploadTarget, spec: UploadSpec, mut payload: web::Payload) -> ApiResult<Item> {
+/// Streams the body into a new content version, then switches the file to it. A body that
+/// sends nothing for `files.body_idle_secs` ends the upload with a 408; the temporary content
+/// goes with the dropped upload.
+async fn upload(
+    req: &HttpRequest,
+    files: &Files,
+    target: UploadTarget,
+    spec: UploadSpec,
+    mut payload: web::Payload,
+) -> ApiResult<Item> {
+    let idle = std::time::Duration::from_secs(state_of(req)?.config.files.body_idle_secs.max(1));
     let mut up = files.begin_upload(target, spec).await?;
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = tokio::time::timeout(idle, payload.next())
+            .await
+            .map_err(|_| ApiError::RequestTimeout(format!("the request body sent nothing for {} s", idle.as_secs())))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
         up.write(chunk).await?;
     }
@@ -329,7 +342,7 @@ async fn create_in(inst: Inst, req: HttpRequest, payload: web::Payload, dir_id: 
         "directory" => files.create_dir(&dir_id, &name, tags_param(&q)?, date_param(&q, "CreatedAt")?).await?,
         "file" => {
             let spec = upload_spec(&req, &q)?;
-            upload(&files, UploadTarget::New { dir_id, name }, spec, payload).await?
+            upload(&req, &files, UploadTarget::New { dir_id, name }, spec, payload).await?
         }
         _ => return Err(ApiError::bad_request("Type must be file or directory")),
     };
@@ -346,7 +359,7 @@ async fn replace(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     caller.check(Verb::Put, item.lineage())?;
     let q = Query::of(&req)?;
     let spec = upload_spec(&req, &q)?;
-    let item = upload(&files, UploadTarget::Replace { id, if_match: if_match(&req)? }, spec, payload).await?;
+    let item = upload(&req, &files, UploadTarget::Replace { id, if_match: if_match(&req)? }, spec, payload).await?;
     one(StatusCode::OK, &item)
 }
 
