@@ -352,6 +352,19 @@ struct DocUpdate<'a> {
     /// winner's back for tracking).
     new_bodies: Vec<(&'a Rev, &'a Body)>,
     old_leaves: Vec<Rev>,
+    /// A document received from a member that joins a sharing with this write.
+    join: Option<Join<'a>>,
+}
+
+/// A received document joining sharing `sharing` by rule `rule`, sent by member `origin`: its
+/// row is created by the write's own tracking, with that entry, so the row's `joined` is the
+/// sequence of the write that brought it (see `SharedChange::joined`: nothing changed here since
+/// while `seq == joined`).
+#[derive(Clone, Copy)]
+struct Join<'a> {
+    sharing: &'a str,
+    rule: usize,
+    origin: usize,
 }
 
 /// How many documents of the feed sit after `after` (each document is in the feed once, at its
@@ -438,7 +451,7 @@ fn save_doc(
             Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
-        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body)?;
+        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body, u.join)?;
     }
     Ok(())
 }
@@ -451,6 +464,7 @@ fn track_doc(
     id: &str,
     deleted: bool,
     body: &Body,
+    join: Option<Join<'_>>,
 ) -> Result<(), StoreError> {
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
@@ -460,9 +474,13 @@ fn track_doc(
     for sharing in sharings {
         let parent_rule = parent_rule(tx, sharing, doctype, parent.as_deref())?;
         let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body, parent_rule);
-        let tracked = shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed));
+        let (tracked, entry) = match join.filter(|j| j.sharing == sharing) {
+            // Joining now: tracked as if its row were there already, created with its entry.
+            Some(j) => (Some((j.rule, false)), Entry { initial: false, origin: Some(j.origin) }),
+            None => (shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed)), Entry::default()),
+        };
         if let TrackAction::Record { rule_index, removed } = tracking::decide(deleted, matching, joining, tracked) {
-            record_shared(tx, sharing, doctype, id, rule_index, removed, Entry::default())?;
+            record_shared(tx, sharing, doctype, id, rule_index, removed, entry)?;
         }
     }
     Ok(())
@@ -563,7 +581,15 @@ fn apply_interactive(
         tx,
         ctx,
         counters,
-        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_bodies: vec![(&rev, &w.body)], old_leaves },
+        DocUpdate {
+            doctype,
+            id: w.id.as_str(),
+            before,
+            tree: &tree,
+            new_bodies: vec![(&rev, &w.body)],
+            old_leaves,
+            join: None,
+        },
     )?;
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
 }
@@ -578,9 +604,10 @@ fn apply_replicated(
     doctype: &str,
     id: &DocId,
     writes: &[&DocWrite],
+    existing: Option<DocRow>,
+    join: Option<Join<'_>>,
 ) -> Result<Vec<WriteResult>, StoreError> {
     let mut refused = Vec::new();
-    let existing = load_doc(tx, doctype, id.as_str())?;
     let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
@@ -613,7 +640,7 @@ fn apply_replicated(
         return Ok(refused);
     }
     tree.stem(ctx.revs_limit);
-    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies: added, old_leaves };
+    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies: added, old_leaves, join };
     save_doc(tx, ctx, counters, update)?;
     Ok(refused)
 }
@@ -748,7 +775,8 @@ impl Store for SqliteStore {
                     groups[i].1.push(w);
                 }
                 for (id, writes) in groups {
-                    results.extend(apply_replicated(tx, ctx, &mut counters, &doctype, id, &writes)?);
+                    let existing = load_doc(tx, &doctype, id.as_str())?;
+                    results.extend(apply_replicated(tx, ctx, &mut counters, &doctype, id, &writes, existing, None)?);
                 }
             }
             counters.save(tx, &doctype)?;
@@ -1182,8 +1210,9 @@ impl Store for SqliteStore {
             for w in &docs {
                 // Judged on what this transaction sees: no other write can come in between.
                 let parent = TrackRule::parent_of(&ctx.tracking, &doctype, &w.body);
+                let existing = load_doc(tx, &doctype, w.id.as_str())?;
                 let standing = Standing {
-                    exists: load_doc(tx, &doctype, w.id.as_str())?.is_some(),
+                    exists: existing.is_some(),
                     shared: shared_row(tx, &sharing_id, &doctype, w.id.as_str())?,
                     parent: parent_rule(tx, &sharing_id, &doctype, parent.as_deref())?,
                 };
@@ -1202,11 +1231,16 @@ impl Store for SqliteStore {
                     out.push(Received::Invalid("the document needs _rev or _revisions".into()));
                     continue;
                 }
-                if let Some(rule) = join {
+                let join = join.map(|rule| Join { sharing: &sharing_id, rule, origin });
+                let tracked = ctx.tracking.iter().any(|r| r.doctype == doctype && r.sharing_id == sharing_id);
+                if let (Some(j), false) = (join, tracked) {
+                    // No tracking rule of this sharing for the doctype (rules changing under
+                    // it): the row is recorded here, as the write's tracking would not.
                     let entry = Entry { initial: false, origin: Some(origin) };
-                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), rule, false, entry)?;
+                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
                 }
-                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w])?.pop() {
+                let join = join.filter(|_| tracked);
+                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], existing, join)?.pop() {
                     Some(WriteResult::Rejected { reason, .. }) => out.push(Received::Invalid(reason)),
                     _ => out.push(Received::Written { revokes }),
                 }
