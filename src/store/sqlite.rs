@@ -594,6 +594,13 @@ fn apply_interactive(
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
 }
 
+/// What the caller of [`apply_replicated`] already knows of the document: its row (read in the
+/// same transaction), and whether it joins a sharing with this write.
+struct Prior<'a> {
+    existing: Option<DocRow>,
+    join: Option<Join<'a>>,
+}
+
 /// Replicated writes of one document (in request order), merged into its tree loaded once and
 /// saved once: a batch of n branches of one document costs O(n log n), not n times the size of
 /// its tree. Returns the writes refused.
@@ -604,9 +611,9 @@ fn apply_replicated(
     doctype: &str,
     id: &DocId,
     writes: &[&DocWrite],
-    existing: Option<DocRow>,
-    join: Option<Join<'_>>,
+    prior: Prior<'_>,
 ) -> Result<Vec<WriteResult>, StoreError> {
+    let Prior { existing, join } = prior;
     let mut refused = Vec::new();
     let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
@@ -776,7 +783,15 @@ impl Store for SqliteStore {
                 }
                 for (id, writes) in groups {
                     let existing = load_doc(tx, &doctype, id.as_str())?;
-                    results.extend(apply_replicated(tx, ctx, &mut counters, &doctype, id, &writes, existing, None)?);
+                    results.extend(apply_replicated(
+                        tx,
+                        ctx,
+                        &mut counters,
+                        &doctype,
+                        id,
+                        &writes,
+                        Prior { existing, join: None },
+                    )?);
                 }
             }
             counters.save(tx, &doctype)?;
@@ -1240,7 +1255,7 @@ impl Store for SqliteStore {
                     record_shared(tx, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
                 }
                 let join = join.filter(|_| tracked);
-                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], existing, join)?.pop() {
+                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], Prior { existing, join })?.pop() {
                     Some(WriteResult::Rejected { reason, .. }) => out.push(Received::Invalid(reason)),
                     _ => out.push(Received::Written { revokes }),
                 }
