@@ -271,7 +271,7 @@ impl Source for LocalSource {
             if (deleted || r.removed) && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
                 return Err(SyncError::RevokeRequested);
             }
-            if r.origin == Some(self.member) && r.joined == r.seq {
+            if r.origin == Some(self.member) && r.joined == r.seq && !r.removed {
                 // It came from this member and has not changed here since (the row's latest
                 // change is the write that brought it): the member holds every revision of it,
                 // so it is not even asked (no echo of an initial sync back to its sender).
