@@ -216,7 +216,9 @@ impl Default for S3Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationConfig {
-    /// Delay between a local write and the replication it schedules, in milliseconds.
+    /// Extra delay between a local write and the replication it starts, in milliseconds; 0 (the
+    /// default): at once. Writes made while a batch is in flight go together in the next run,
+    /// whatever this is.
     pub debounce_ms: u64,
     /// Documents per replication batch.
     pub batch_size: usize,
@@ -233,7 +235,7 @@ pub struct ReplicationConfig {
 impl Default for ReplicationConfig {
     fn default() -> Self {
         ReplicationConfig {
-            debounce_ms: 100,
+            debounce_ms: 0,
             batch_size: 500,
             max_batch_bytes: 8 * 1024 * 1024,
             retry_base_ms: 1000,
@@ -304,7 +306,6 @@ impl Config {
                 ..FederationConfig::default()
             },
             replication: ReplicationConfig {
-                debounce_ms: 20,
                 retry_base_ms: 50,
                 retry_max_ms: 500,
                 sweep_ms: 100,

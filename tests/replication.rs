@@ -182,6 +182,52 @@ async fn sync_rules_relay_changes_between_recipients_through_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_a_recipient_received_are_not_sent_back_but_its_own_edits_are() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let a = app.token(&alice, "io.cozy.notes");
+    let ids = ["n0", "n1", "n2", "n3", "n4"];
+    for id in ids {
+        put(&alice, &a, "io.cozy.notes", id, json!({"title": "v1"})).await;
+    }
+    let sid = share(&app, &alice, json!([notes_rule(&ids)]), &[(&bob, false)]).await;
+    let mut on_bob = Vec::new();
+    for id in ids {
+        on_bob.push(id_on(&app, &alice, &sid, 1, id).await);
+    }
+    eventually(WAIT, "every note reaches bob", || async {
+        for id in &on_bob {
+            if read(&app, &bob, "io.cozy.notes", id).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // Bob's link to alice goes past what it received without asking alice about any of it.
+    let b = app.token(&bob, "io.cozy.notes");
+    let link = || async {
+        let st = bob.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&b), None).await.1;
+        st["data"]["attributes"]["members"][0]["replication"].clone()
+    };
+    eventually(WAIT, "bob's link to alice has gone past the received notes", || async {
+        let l = link().await;
+        l["last_seq"].as_u64() > Some(0) && l["pending"] == 0 && l["running"] == false
+    })
+    .await;
+    let l = link().await;
+    assert_eq!((l["processed"].as_u64(), l["health"].as_str()), (Some(0), Some("healthy")), "{l}");
+    // An edit made on bob still goes to alice.
+    let rev = read(&app, &bob, "io.cozy.notes", &on_bob[0]).await.unwrap().0;
+    let new = put(&bob, &b, "io.cozy.notes", &on_bob[0], json!({"_rev": rev, "title": "from bob"})).await;
+    eventually(WAIT, "bob's edit reaches alice", || async {
+        read(&app, &alice, "io.cozy.notes", "n0").await.is_some_and(|(r, _, _)| r == new)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selectors_on_a_field_track_documents_joining_and_leaving() {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);

@@ -352,6 +352,19 @@ struct DocUpdate<'a> {
     /// winner's back for tracking).
     new_bodies: Vec<(&'a Rev, &'a Body)>,
     old_leaves: Vec<Rev>,
+    /// A document received from a member that joins a sharing with this write.
+    join: Option<Join<'a>>,
+}
+
+/// A received document joining sharing `sharing` by rule `rule`, sent by member `origin`: its
+/// row is created by the write's own tracking, with that entry, so the row's `joined` is the
+/// sequence of the write that brought it (see `SharedChange::joined`: nothing changed here since
+/// while `seq == joined`).
+#[derive(Clone, Copy)]
+struct Join<'a> {
+    sharing: &'a str,
+    rule: usize,
+    origin: usize,
 }
 
 /// How many documents of the feed sit after `after` (each document is in the feed once, at its
@@ -438,14 +451,22 @@ fn save_doc(
             Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
-        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body, false)?;
+        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body, Track::Write(u.join))?;
     }
     Ok(())
 }
 
-/// Updates every sharing's feed for one written document (see `tracking::decide`); with
-/// `membership_only`, only where its membership changes (a cascade, see `Store::retrack`).
-/// Returns the rows recorded.
+/// Why [`track_doc`] runs.
+#[derive(Clone, Copy)]
+enum Track<'a> {
+    /// A write, and the sharing a received document joins with it, if any.
+    Write(Option<Join<'a>>),
+    /// A cascade (see `Store::retrack`): rows are recorded only where membership changes.
+    MembershipOnly,
+}
+
+/// Updates every sharing's feed for one written document (see `tracking::decide`), as `how`
+/// says. Returns the rows recorded.
 fn track_doc(
     tx: &Transaction<'_>,
     rules: &[TrackRule],
@@ -453,8 +474,12 @@ fn track_doc(
     id: &str,
     deleted: bool,
     body: &Body,
-    membership_only: bool,
+    how: Track<'_>,
 ) -> Result<u64, StoreError> {
+    let (join, membership_only) = match how {
+        Track::Write(join) => (join, false),
+        Track::MembershipOnly => (None, true),
+    };
     let mut recorded = 0;
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
@@ -464,13 +489,17 @@ fn track_doc(
     for sharing in sharings {
         let parent_rule = parent_rule(tx, sharing, doctype, parent.as_deref())?;
         let (matching, joining) = tracking::matching_rules(rules, sharing, doctype, id, body, parent_rule);
-        let tracked = shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed));
+        let (tracked, entry) = match join.filter(|j| j.sharing == sharing) {
+            // Joining now: tracked as if its row were there already, created with its entry.
+            Some(j) => (Some((j.rule, false)), Entry { initial: false, origin: Some(j.origin) }),
+            None => (shared_row(tx, sharing, doctype, id)?.map(|st| (st.rule_index, st.removed)), Entry::default()),
+        };
         let action = tracking::decide(deleted, matching, joining, tracked);
         if membership_only && !tracking::changes_membership(action, tracked) {
             continue;
         }
         if let TrackAction::Record { rule_index, removed } = action {
-            record_shared(tx, sharing, doctype, id, rule_index, removed, Entry::default())?;
+            record_shared(tx, sharing, doctype, id, rule_index, removed, entry)?;
             recorded += 1;
         }
     }
@@ -572,9 +601,24 @@ fn apply_interactive(
         tx,
         ctx,
         counters,
-        DocUpdate { doctype, id: w.id.as_str(), before, tree: &tree, new_bodies: vec![(&rev, &w.body)], old_leaves },
+        DocUpdate {
+            doctype,
+            id: w.id.as_str(),
+            before,
+            tree: &tree,
+            new_bodies: vec![(&rev, &w.body)],
+            old_leaves,
+            join: None,
+        },
     )?;
     Ok(WriteResult::Ok { id: w.id.clone(), rev })
+}
+
+/// What the caller of [`apply_replicated`] already knows of the document: its row (read in the
+/// same transaction), and whether it joins a sharing with this write.
+struct Prior<'a> {
+    existing: Option<DocRow>,
+    join: Option<Join<'a>>,
 }
 
 /// Replicated writes of one document (in request order), merged into its tree loaded once and
@@ -587,9 +631,10 @@ fn apply_replicated(
     doctype: &str,
     id: &DocId,
     writes: &[&DocWrite],
+    prior: Prior<'_>,
 ) -> Result<Vec<WriteResult>, StoreError> {
+    let Prior { existing, join } = prior;
     let mut refused = Vec::new();
-    let existing = load_doc(tx, doctype, id.as_str())?;
     let before = existing.as_ref().map(|d| (d.deleted, d.seq));
     let mut tree = existing.map(|d| d.tree).unwrap_or_default();
     let old_leaves: Vec<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
@@ -622,7 +667,7 @@ fn apply_replicated(
         return Ok(refused);
     }
     tree.stem(ctx.revs_limit);
-    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies: added, old_leaves };
+    let update = DocUpdate { doctype, id: id.as_str(), before, tree: &tree, new_bodies: added, old_leaves, join };
     save_doc(tx, ctx, counters, update)?;
     Ok(refused)
 }
@@ -757,7 +802,16 @@ impl Store for SqliteStore {
                     groups[i].1.push(w);
                 }
                 for (id, writes) in groups {
-                    results.extend(apply_replicated(tx, ctx, &mut counters, &doctype, id, &writes)?);
+                    let existing = load_doc(tx, &doctype, id.as_str())?;
+                    results.extend(apply_replicated(
+                        tx,
+                        ctx,
+                        &mut counters,
+                        &doctype,
+                        id,
+                        &writes,
+                        Prior { existing, join: None },
+                    )?);
                 }
             }
             counters.save(tx, &doctype)?;
@@ -1191,8 +1245,9 @@ impl Store for SqliteStore {
             for w in &docs {
                 // Judged on what this transaction sees: no other write can come in between.
                 let parent = TrackRule::parent_of(&ctx.tracking, &doctype, &w.body);
+                let existing = load_doc(tx, &doctype, w.id.as_str())?;
                 let standing = Standing {
-                    exists: load_doc(tx, &doctype, w.id.as_str())?.is_some(),
+                    exists: existing.is_some(),
                     shared: shared_row(tx, &sharing_id, &doctype, w.id.as_str())?,
                     parent: parent_rule(tx, &sharing_id, &doctype, parent.as_deref())?,
                 };
@@ -1211,11 +1266,16 @@ impl Store for SqliteStore {
                     out.push(Received::Invalid("the document needs _rev or _revisions".into()));
                     continue;
                 }
-                if let Some(rule) = join {
+                let join = join.map(|rule| Join { sharing: &sharing_id, rule, origin });
+                let tracked = ctx.tracking.iter().any(|r| r.doctype == doctype && r.sharing_id == sharing_id);
+                if let (Some(j), false) = (join, tracked) {
+                    // No tracking rule of this sharing for the doctype (rules changing under
+                    // it): the row is recorded here, as the write's tracking would not.
                     let entry = Entry { initial: false, origin: Some(origin) };
-                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), rule, false, entry)?;
+                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
                 }
-                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w])?.pop() {
+                let join = join.filter(|_| tracked);
+                match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], Prior { existing, join })?.pop() {
                     Some(WriteResult::Rejected { reason, .. }) => out.push(Received::Invalid(reason)),
                     _ => out.push(Received::Written { revokes }),
                 }
@@ -1237,7 +1297,8 @@ impl Store for SqliteStore {
                 let Some(row) = load_doc(tx, &doctype, id.as_str())? else { continue };
                 let Some(winner) = row.tree.winner() else { continue };
                 let body = load_body(tx, &doctype, id.as_str(), &winner.rev)?.unwrap_or_default();
-                recorded += track_doc(tx, &ctx.tracking, &doctype, id.as_str(), winner.deleted, &body, true)?;
+                recorded +=
+                    track_doc(tx, &ctx.tracking, &doctype, id.as_str(), winner.deleted, &body, Track::MembershipOnly)?;
             }
             Ok(recorded)
         })

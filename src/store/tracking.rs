@@ -191,7 +191,8 @@ pub struct SharedChange {
     pub rule_index: usize,
     pub removed: bool,
     /// The sequence at which the document entered the sharing (0 for rows older than this
-    /// field: taken as known to every member).
+    /// field: taken as known to every member). A document received from a member enters with
+    /// the write that brings it, so `joined == seq` while it has not changed here since.
     pub joined: u64,
     /// Whether it is part of the initial set (recorded by `track_existing`).
     pub initial: bool,

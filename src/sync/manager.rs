@@ -1,5 +1,5 @@
 //! Executing the replication schedule: a worker watches each open instance's commit counter,
-//! and shortly after a write (`replication.debounce_ms`) — or at each sweep
+//! and right after a write (or `replication.debounce_ms` after it, when set) — or at each sweep
 //! (`replication.sweep_ms`), which catches anything missed, such as changes made by another
 //! process — it starts, for every (sharing, member) with undelivered changes whose schedule says
 //! it is due, a replication task of its own: a slow or dead peer never blocks requests nor other
@@ -15,16 +15,21 @@ use std::time::{Duration, Instant};
 
 use hearth_replicator::replicate::{self, Limits};
 pub use hearth_replicator::schedule::Health;
-use hearth_replicator::schedule::LinkSchedule;
+use hearth_replicator::schedule::{Backoff, LinkSchedule};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::replication::{self, read_checkpoint, LastRefusal, LinkRecord, SyncError};
+use crate::federation::client::FederationError;
 use crate::instance::{Instance, Registry};
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
 use crate::sharing::{service, Context, SyncHandle};
 use crate::store::StoreError;
+
+/// The first retry, in milliseconds, of a link refused (403) before it ever ran: the member
+/// may still be storing the acceptance it has just answered.
+const ACTIVATING_RETRY_MS: u64 = 50;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -176,8 +181,14 @@ impl SyncManager {
 }
 
 /// The worker: see the module docs.
+///
+/// It waits on every open instance's commit counter, so a write is planned at once (after
+/// `replication.debounce_ms`, 0 by default): a link that is idle starts its run straight away,
+/// and a link with a run in flight is marked dirty and runs again as soon as that run ends,
+/// taking every write made meanwhile in one go (writes coalesce while a batch is in flight
+/// instead of waiting a fixed delay).
 pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncManager>, cancel: CancellationToken) {
-    let debounce = Duration::from_millis(cx.config.replication.debounce_ms.max(1));
+    let debounce = Duration::from_millis(cx.config.replication.debounce_ms);
     let sweep = Duration::from_millis(cx.config.replication.sweep_ms.max(10));
     let mut last_sweep: Option<Instant> = None;
     loop {
@@ -185,8 +196,12 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
         if sweep_due {
             last_sweep = Some(Instant::now());
         }
+        let mut commits = Vec::new();
         for inst in registry.opened() {
-            let counter = *inst.store.subscribe().borrow();
+            // Subscribed before the counter is read: a commit after this read wakes the wait below.
+            let mut rx = inst.store.subscribe();
+            let counter = *rx.borrow_and_update();
+            commits.push(rx);
             let changed = manager
                 .seen
                 .lock()
@@ -198,10 +213,22 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
                 }
             }
         }
+        let next_sweep = last_sweep.map_or(sweep, |t| sweep.saturating_sub(t.elapsed()));
+        let committed = async {
+            if commits.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            // An error (the store closed) wakes the loop too, which then no longer sees it.
+            let (_, _, _) = futures_util::future::select_all(commits.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = manager.wake.notified() => tokio::time::sleep(debounce).await,
-            _ = tokio::time::sleep(debounce) => {}
+            _ = manager.wake.notified() => {}
+            _ = committed => {}
+            _ = tokio::time::sleep(next_sweep) => {}
+        }
+        if !debounce.is_zero() {
+            tokio::time::sleep(debounce).await;
         }
     }
 }
@@ -261,6 +288,7 @@ async fn run_one(
     };
     let backoff = super::backoff(&cx.config);
     let now = manager.now_ms();
+    let mut retry_in = None;
     let again = manager
         .with_state(&key, |st| match &result {
             Ok(_) => {
@@ -270,11 +298,27 @@ async fn run_one(
             }
             Err(e) => {
                 st.last_error = Some(e.to_string());
+                // A member that has just accepted answers the owner before it stores its own
+                // side, so the owner's first run may be refused (403) for a moment: the first
+                // refusal of a link that never ran is retried shortly, not after the backoff.
+                let activating = st.schedule.health == Health::Idle
+                    && st.schedule.attempts == 0
+                    && matches!(e, SyncError::Peer(FederationError::Status { status: 403, .. }));
+                let backoff = if activating { Backoff { base_ms: ACTIVATING_RETRY_MS, ..backoff } } else { backoff };
                 st.schedule.failed(now, &backoff, rand::random());
+                retry_in = st.schedule.next_at_ms.map(|at| at.saturating_sub(now));
                 false
             }
         })
         .unwrap_or(false);
+    if let Some(ms) = retry_in {
+        // The retry is due before the next sweep may come: wake the worker then.
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            manager.wake();
+        });
+    }
     match result {
         Ok(report) => {
             if report.docs_sent > 0 || !report.refused.is_empty() {

@@ -15,7 +15,9 @@
 //!   lets new documents flow this way; deletions and departures of documents the member never
 //!   had are not sent;
 //! - any other change is an update, a deletion or a departure, sent when the rule's `update`
-//!   or `remove` lets it flow this way.
+//!   or `remove` lets it flow this way;
+//! - a document that came from the member and has not changed here since is not sent back:
+//!   the member has all of it.
 //!
 //! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
 //! what the sender knows, so that in a consistent sharing nothing sent is refused.
@@ -286,6 +288,12 @@ impl Source for LocalSource {
             // sharing (Cozy, cozy-stack PR #3133: leaving the set counts as a removal).
             if (deleted || r.removed) && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
                 return Err(SyncError::RevokeRequested);
+            }
+            if r.origin == Some(self.member) && r.joined == r.seq && !r.removed {
+                // It came from this member and has not changed here since (the row's latest
+                // change is the write that brought it): the member holds every revision of it,
+                // so it is not even asked (no echo of an initial sync back to its sender).
+                continue;
             }
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
             let arrival = r.joined > since && r.origin != Some(self.member);
