@@ -57,6 +57,7 @@ pub mod conformance;
 pub mod content;
 pub mod index;
 pub mod model;
+pub mod received;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,6 +3,7 @@
 //! Handlers read route parameters (ids, names) with [`path::param`], which decodes them exactly
 //! once, never with `match_info()` or actix's `web::Path` (see the `path` module for why).
 
+pub mod content;
 pub mod data;
 pub mod error;
 pub mod files;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub sharing: Arc<sharing::Context>,
     pub sync: Arc<SyncManager>,
     pub files: Arc<crate::files::FilesRegistry>,
+    pub content: Arc<crate::sync::content::ContentSender>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -55,6 +57,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         // Before `/sharings/{id}`, which would take `requests` for an id.
         .configure(requests::routes)
         .configure(invitations::routes)
+        .configure(content::routes)
         .configure(sharings::routes)
         .configure(realtime::routes)
         .configure(home::routes)
