@@ -213,7 +213,10 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
     bob.cli(&["instances", "add", &bob.domain(), "--passphrase", common::flow::PASS]);
     let ta = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
-    let ts = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.sharings"]).trim().to_owned();
+    let ts = alice
+        .cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files", "--scope", "io.cozy.sharings"])
+        .trim()
+        .to_owned();
     let tb = bob.cli(&["instances", "token", &bob.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
     alice.start().await;
     bob.start().await;
@@ -246,7 +249,7 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     upload(&alice.domain(), &ta, &sub, "big.bin", &base, 1000, BIG).await;
     expected.push(("sub/big.bin".into(), md5_of(&base, 1000, BIG)));
 
-    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "media", "rules": [
+    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "holiday notes", "rules": [
         {"title": "Media", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"}]},
         "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
     let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", &ts, Some(body)).await;
