@@ -111,7 +111,7 @@ impl Files {
         if self.named_version(id, vfs_id).await?.is_none() {
             return Ok(ContentNeed::Stale);
         }
-        if self.writing.lock().map_or(false, |w| w.contains(vfs_id)) {
+        if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
             return Ok(ContentNeed::InProgress);
         }
         let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
