@@ -389,7 +389,7 @@ fn simulate(seed: u64, sabotage: Sabotage) -> World {
     let members = 2 + (seed % 2) as usize;
     let world: Shared = Arc::new(Mutex::new(World::new(seed, members, sabotage)));
     let limit = 1 + (seed % 5) as usize;
-    for _ in 0..200 {
+    for _ in 0..100 {
         let m = world.lock().unwrap().rng.below(members as u64) as usize;
         run_once(&world, m, limit);
     }
