@@ -19,6 +19,7 @@ use crate::federation::client::Federation;
 use crate::http::{self, AppState};
 use crate::instance::Registry;
 use crate::sharing;
+use crate::sync::content::ContentSender;
 use crate::sync::manager::{self, SyncManager};
 use crate::sync::outbox;
 
@@ -34,6 +35,8 @@ pub struct Core {
     pub sync: Arc<SyncManager>,
     /// Each instance's files (`io.cozy.files`), opened on first use.
     pub files: Arc<crate::files::FilesRegistry>,
+    /// The senders of files sharings' content (`sync::content`).
+    pub content: Arc<ContentSender>,
 }
 
 impl Core {
@@ -44,7 +47,8 @@ impl Core {
         let sync = Arc::new(SyncManager::default());
         let sharing = Arc::new(sharing::Context::new(config.clone(), federation, sync.clone()));
         let files = Arc::new(crate::files::FilesRegistry::new(&config)?);
-        Ok(Core { config, registry, sharing, sync, files })
+        let content = Arc::new(ContentSender::default());
+        Ok(Core { config, registry, sharing, sync, files, content })
     }
 
     /// What the HTTP handlers reach.
@@ -56,6 +60,7 @@ impl Core {
             sync: self.sync.clone(),
             files: self.files.clone(),
             realtime: Default::default(),
+            content: self.content.clone(),
         }
     }
 }
@@ -71,7 +76,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let core = Core::open(config)?;
-        let Core { config, registry, sharing, sync, files } = core.clone();
+        let Core { config, registry, sharing, sync, files, content } = core.clone();
         let listener =
             TcpListener::bind(&config.listen).with_context(|| format!("failed to listen on {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -83,6 +88,13 @@ impl Application {
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(registry.clone(), sharing.clone(), sync.clone(), cancel.clone()));
         // Content left by crashes and cut uploads goes at startup, then every `sweep_secs`.
+        tokio::spawn(crate::sync::content::run(
+            registry.clone(),
+            sharing.clone(),
+            files.clone(),
+            content,
+            cancel.clone(),
+        ));
         tokio::spawn(crate::files::run_sweeps(
             registry.clone(),
             files,

@@ -85,15 +85,13 @@ async fn a_shared_directory_arrives_whole_in_shared_with_me_with_its_tree_consis
     assert_eq!(bob_a["dir_id"], json!(on_bob(deep.clone()).await));
     let (_, bob_sub) = winner(&app, &bob, "io.cozy.files", &on_bob(sub.clone()).await).await.unwrap();
     assert_eq!(bob_sub["dir_id"], json!(on_bob(projects.clone()).await));
-    // Content travels apart (not built yet): until it is here, no bytes are served as if complete.
-    let resp = bob
-        .req(Method::GET, &format!("/files/download/{}", enc(&on_bob(a.clone()).await)), Some(&tb))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 404);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["error"], "not_found", "{v}");
+    // Content travels apart, on the content channel (tests/folder_content.rs): it follows.
+    let download = format!("/files/download/{}", enc(&on_bob(a.clone()).await));
+    eventually(WAIT, "the content follows", || async {
+        let resp = bob.req(Method::GET, &download, Some(&tb)).send().await.unwrap();
+        resp.status().as_u16() == 200 && resp.bytes().await.unwrap().as_ref() == b"alpha"
+    })
+    .await;
     let (_, bob_root) = winner(&app, &bob, "io.cozy.files", &on_bob(projects.clone()).await).await.unwrap();
     assert_eq!(bob_root["dir_id"], json!("io.cozy.files.shared-with-me-dir"));
     assert_eq!(bob_root["name"], json!("Team projects"));

@@ -1,3 +1,4 @@
+pub mod content;
 pub mod replicate;
 pub mod rev;
 pub mod schedule;

@@ -204,6 +204,33 @@ fn print_status(status: &serde_json::Value) {
             let last = &r["last_refusal"];
             println!("     last refused: {} ({}): {}", text(&last["doc"]), text(&last["at"]), text(&last["reason"]));
         }
+        // Files sharings: the content still to deliver to this member.
+        let c = &m["content"];
+        if !c.is_null() {
+            println!(
+                "     content: {} file(s), {} pending; {} file(s), {} sent{}",
+                c["files_pending"],
+                bytes(&c["bytes_pending"]),
+                c["files_sent"],
+                bytes(&c["bytes_sent"]),
+                c["last_error"].as_str().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+        }
+    }
+    let missing = &a["content_missing"];
+    if !missing.is_null() {
+        println!("Content not arrived here yet: {} file(s), {}", missing["files"], bytes(&missing["bytes"]));
+    }
+}
+
+/// A byte count for people: `1.5 MB`.
+fn bytes(v: &serde_json::Value) -> String {
+    let n = v.as_u64().unwrap_or(0) as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n} B"),
     }
 }
 

@@ -247,6 +247,35 @@ impl Federation {
         check_status(&url, status, value)
     }
 
+    /// `PUT`s a streamed body (a file's content) with the credentials a peer gave us, within
+    /// `deadline` (a large file needs more than the usual request deadline). A stream cannot be
+    /// sent twice, so a 401 is not retried here: the caller refreshes with its next
+    /// [`Federation::call_peer`] and tries again. Non-2xx answers become `Status` errors.
+    pub async fn put_stream(
+        &self,
+        creds: &PeerCredentials,
+        base: &Url,
+        path: &str,
+        headers: &[(&str, String)],
+        body: reqwest::Body,
+        deadline: Duration,
+    ) -> Result<Value, FederationError> {
+        let url = Self::join(base, path)?;
+        let mut req = self
+            .http
+            .put(url.clone())
+            .header("Accept", "application/json")
+            .bearer_auth(&creds.access_token)
+            .timeout(deadline)
+            .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, value.as_str());
+        }
+        let (status, bytes, _) = self.exchange(req, self.policy.max_response_bytes).await?;
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        check_status(&url, status, value)
+    }
+
     /// `POST <peer>/auth/access_token` with `grant_type=refresh_token`.
     pub async fn refresh(&self, creds: &mut PeerCredentials, base: &Url) -> Result<(), FederationError> {
         let peer = origin(base);

@@ -58,6 +58,7 @@ pub mod content;
 pub mod index;
 pub mod model;
 pub mod shared;
+pub mod received;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -567,6 +567,11 @@ fn disposition(kind: &str, name: &str) -> String {
 pub const DOWNLOAD_CSP: &str =
     "default-src 'none'; img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; sandbox";
 
+/// The reason of the 409 a download answers while a file received by sharing has its metadata
+/// here but not yet its content (see `files::received`): never partial or other bytes.
+pub const CONTENT_PENDING: &str =
+    "this file's content has not arrived on this instance yet (a sharing is still transferring it): retry later";
+
 /// Streams a file's content: `ETag` (its MD5), 304 for a matching `If-None-Match`, 206 with
 /// `Content-Range` for one satisfiable `Range` (honoured only when `If-Range`, if any, names
 /// the current ETag), 416 for an unsatisfiable one, `Content-Disposition` inline (attachment
@@ -609,8 +614,8 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         // A file received by sharing before its content (or whose content is lost): never
         // served as if complete, never a 5xx.
         files::ContentError::NotFound => {
-            tracing::warn!(file = %item.id, content = %key, "download of a file whose content is not here");
-            ApiError::NotFound("this file's content is not on this instance (not arrived yet)".into())
+            tracing::debug!(file = %item.id, content = %key, "download of a file whose content is not here");
+            ApiError::ConflictWith(CONTENT_PENDING.into())
         }
         e => FilesError::Content(e).into(),
     })?;

@@ -3,6 +3,7 @@
 //! Handlers read route parameters (ids, names) with [`path::param`], which decodes them exactly
 //! once, never with `match_info()` or actix's `web::Path` (see the `path` module for why).
 
+pub mod content;
 pub mod data;
 pub mod error;
 pub mod files;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub files: Arc<crate::files::FilesRegistry>,
     /// The realtime readers, one per instance with subscribers.
     pub realtime: Arc<realtime::Hubs>,
+    pub content: Arc<crate::sync::content::ContentSender>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -57,6 +59,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         // Before `/sharings/{id}`, which would take `requests` for an id.
         .configure(requests::routes)
         .configure(invitations::routes)
+        .configure(content::routes)
         .configure(sharings::routes)
         .configure(realtime::routes)
         .configure(home::routes)

@@ -774,7 +774,7 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 
 /// The sharing as seen by a member's instance calling it: must be active, and the caller a
 /// ready member (any member on the owner, the owner on a recipient).
-async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<(Sharing, usize)> {
+pub(super) async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<(Sharing, usize)> {
     let index = peer(inst, req, id, Verb::Post).await?;
     let s =
         sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
@@ -839,7 +839,11 @@ async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Paylo
 /// `idle|healthy|degraded|retrying|down`, last error and success, progress, CouchDB's counters
 /// `last_seq`, `docs_written`, `doc_write_failures`, `missing_revisions_found`, the documents
 /// the member refused and has not written since, `refused_docs`, and `last_refusal` with its
-/// reason) and `pending`, the changes past `last_seq`.
+/// reason) and `pending`, the changes past `last_seq`. For a sharing of files, each such member
+/// also has `content` (`crate::sync::content::ContentStatus`: `files_pending`, `bytes_pending`
+/// still to deliver to it, `files_sent`, `bytes_sent`, its content checkpoint `last_seq`,
+/// `running`, `last_error`), and the sharing `content_missing` (`files`, `bytes`): the files of
+/// the sharing whose content has not arrived on this instance yet.
 async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (_, perms) = data_caller(&inst.0, &req)?;
@@ -850,6 +854,12 @@ async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     }
     let svc = state_of(&req)?;
     let targets = crate::sync::manager::targets(&s);
+    // Files sharings: each member's content link, and what this instance still waits for.
+    let files = if s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) {
+        Some(svc.files.of(&inst.0).await?)
+    } else {
+        None
+    };
     let mut members = Vec::new();
     for (i, m) in s.members.iter().enumerate() {
         let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
@@ -863,15 +873,43 @@ async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
             rep["pending"] = json!(info.pending);
             entry["replication"] = rep;
+            if let Some(files) = &files {
+                entry["content"] = content_status(&svc.content, &inst.0, files, &s, i).await?;
+            }
         }
         members.push(entry);
     }
     let info = inst.0.store.shared_info(id.as_str(), u64::MAX).await?;
+    let mut attributes = json!({"owner": s.owner, "active": s.active, "documents": info.docs,
+        "last_seq": info.last_seq, "members": members});
+    if let Some(files) = &files {
+        let (count, bytes) =
+            crate::sync::content::missing_here(&inst.0, files, id.as_str()).await.map_err(sync_error)?;
+        attributes["content_missing"] = json!({"files": count, "bytes": bytes});
+    }
     Ok(jsonapi(
         StatusCode::OK,
-        json!({"data": {"type": "io.cozy.sharings.status", "id": id.as_str(), "attributes": {
-            "owner": s.owner, "active": s.active, "documents": info.docs, "last_seq": info.last_seq, "members": members}}}),
+        json!({"data": {"type": "io.cozy.sharings.status", "id": id.as_str(), "attributes": attributes}}),
     ))
+}
+
+/// The `content` of a member in the status (see `sync::content::ContentStatus`).
+async fn content_status(
+    sender: &crate::sync::content::ContentSender,
+    inst: &crate::instance::Instance,
+    files: &crate::files::Files,
+    s: &Sharing,
+    member: usize,
+) -> ApiResult<Value> {
+    let status = sender.status(inst, files, s, member).await.map_err(sync_error)?;
+    Ok(serde_json::to_value(status).unwrap_or(Value::Null))
+}
+
+fn sync_error(e: crate::sync::replication::SyncError) -> ApiError {
+    match e {
+        crate::sync::replication::SyncError::Store(s) => s.into(),
+        e => ApiError::Internal(e.into()),
+    }
 }
 
 /// `POST /sharings/:id/sync` — replicate now (skipping any backoff); answers 202.

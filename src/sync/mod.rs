@@ -2,6 +2,7 @@
 //! workers (`manager`, running `replication` per link on the schedule of
 //! `hearth_replicator::schedule`) and the delivery of the sharing layer's outbox (`outbox`).
 
+pub mod content;
 pub mod manager;
 pub mod outbox;
 pub mod replication;

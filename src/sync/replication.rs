@@ -352,7 +352,11 @@ impl Source for LocalSource {
             }
             by_doctype.entry(doctype).or_default().push((id, revs));
         }
+        // Deletions go after everything else of the batch (a directory's children are moved
+        // or deleted before it is); the receiver puts directories before what they hold
+        // (`sharing::receive`).
         let mut out = Vec::new();
+        let mut deletions = Vec::new();
         for (doctype, list) in by_doctype {
             for (id, mut found) in self.inst.store.open_revs_many(&doctype, list).await? {
                 let peer_id = self.ids.convert(id.as_str());
@@ -365,6 +369,7 @@ impl Source for LocalSource {
                 }
                 for f in found {
                     let OpenRev::Found(d) = f else { continue };
+                    let deleted = tombstone.is_some() || d.deleted;
                     let doc = match &tombstone {
                         Some(t) => {
                             let mut history = vec![t.clone()];
@@ -382,10 +387,16 @@ impl Source for LocalSource {
                         }
                     }
                     .map_err(|e| SyncError::Store(StoreError::Corrupt(format!("{doctype}/{id}: {e}"))))?;
-                    out.push(Outgoing::new(format!("{doctype}/{peer_id}"), doc));
+                    let o = Outgoing::new(format!("{doctype}/{peer_id}"), doc);
+                    if deleted {
+                        deletions.push(o);
+                    } else {
+                        out.push(o);
+                    }
                 }
             }
         }
+        out.extend(deletions);
         Ok(out)
     }
 

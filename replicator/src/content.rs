@@ -1,0 +1,179 @@
+//! The content loop of a files sharing, generic over a source and a target endpoint, like
+//! [`crate::replicate`] for documents. Metadata goes first, by the replicator; the bytes of each
+//! file follow, per (sharing, member), in one run:
+//!
+//! 1. read the files whose feed row is past the content checkpoint and at most `upto` (the
+//!    replication checkpoint: their metadata reached the member), in feed order;
+//! 2. ask the target which of their versions it lacks ([`Need`]);
+//! 3. stream each missing version whose bytes are here, and save the checkpoint at that file's
+//!    row once the target acknowledged it; when all of a batch is settled, at its end.
+//!
+//! Resuming after any failure or crash is therefore from the last file delivered, and a file the
+//! target has is answered [`Need::Present`]: a completed file is never sent again. A file whose
+//! bytes are not here yet (a relay waiting for them), or that the target is receiving from
+//! elsewhere, ends the run as [`Outcome::Blocked`] without moving past it.
+//!
+//! The target's side of the contract (see `tests/content_simulation.rs`, which checks both
+//! under faults): it answers `Missing` only for the version its current document names and
+//! whose bytes it lacks, and makes bytes visible only whole and verified against that document.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+/// One file to offer: its feed row, its id on the target, its version and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOffer {
+    pub seq: u64,
+    /// The file's id in the target's id space.
+    pub key: String,
+    /// The version (`internal_vfs_id`): content is immutable per version.
+    pub version: String,
+    pub size: u64,
+    /// The MD5 of the content (base64, Cozy's `md5sum`), sent with it; the target checks the
+    /// bytes against its own document.
+    pub md5sum: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct OfferBatch {
+    /// Files among the rows read, in feed order (directories and deletions have no content).
+    pub offers: Vec<FileOffer>,
+    /// The last row read (checkpointed once the batch is settled).
+    pub last_seq: u64,
+    /// Whether more rows follow, up to `upto`.
+    pub pending: bool,
+}
+
+/// What the target needs of a version it is offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Its document names this version and the bytes are not there: send them.
+    Missing,
+    Present,
+    /// Its document does not name this version (replaced since, deleted, refused): nothing to
+    /// send; a newer version comes with its own row.
+    Stale,
+    /// Being received right now (another run, a delayed request).
+    InProgress,
+}
+
+impl Need {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::Missing => "missing",
+            Need::Present => "present",
+            Need::Stale => "stale",
+            Need::InProgress => "in_progress",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Need> {
+        Some(match s {
+            "missing" => Need::Missing,
+            "present" => Need::Present,
+            "stale" => Need::Stale,
+            "in_progress" => Need::InProgress,
+            _ => return None,
+        })
+    }
+}
+
+/// How a run ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything up to `upto` is delivered.
+    Done,
+    /// A file's bytes are not here yet, or the target is receiving them: try again later.
+    Blocked,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContentReport {
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    pub last_seq: u64,
+}
+
+pub trait ContentSource {
+    type Error;
+    /// The content of one version, as the target's `put` takes it.
+    type Content: Send;
+    /// The sequence up to which every file's content was delivered.
+    fn checkpoint(&mut self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    /// The files whose row is in `(since, upto]`, at most `limit` rows read.
+    fn offers(
+        &mut self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<OfferBatch, Self::Error>> + Send;
+    /// The bytes of `offer`, `None` when they are not here (yet).
+    fn read(&mut self, offer: &FileOffer) -> impl Future<Output = Result<Option<Self::Content>, Self::Error>> + Send;
+    /// Records that everything up to `seq` is delivered; `sent`: the file just delivered.
+    fn save_checkpoint(
+        &mut self,
+        seq: u64,
+        sent: Option<&FileOffer>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+pub trait ContentTarget<C> {
+    type Error;
+    /// Which of these versions the target lacks; a file not answered counts as `Stale`.
+    fn diff(&mut self, offers: &[FileOffer])
+        -> impl Future<Output = Result<HashMap<String, Need>, Self::Error>> + Send;
+    /// Sends one version's bytes; `Ok` once the target holds them (verified, visible).
+    fn put(&mut self, offer: &FileOffer, content: C) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// Delivers the content of the files past the source's checkpoint, up to `upto`.
+pub async fn run<S, T, E>(
+    source: &mut S,
+    target: &mut T,
+    upto: u64,
+    limit: usize,
+) -> Result<(Outcome, ContentReport), E>
+where
+    S: ContentSource<Error = E>,
+    T: ContentTarget<S::Content, Error = E>,
+{
+    let mut report = ContentReport::default();
+    let mut since = source.checkpoint().await?;
+    report.last_seq = since;
+    loop {
+        if since >= upto {
+            return Ok((Outcome::Done, report));
+        }
+        let batch = source.offers(since, upto, limit.max(1)).await?;
+        if batch.last_seq <= since && batch.offers.is_empty() {
+            return Ok((Outcome::Done, report));
+        }
+        let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
+        for offer in &batch.offers {
+            match needs.get(&offer.key) {
+                Some(Need::Missing) => {
+                    let Some(content) = source.read(offer).await? else {
+                        return Ok((Outcome::Blocked, report));
+                    };
+                    target.put(offer, content).await?;
+                    report.files_sent += 1;
+                    report.bytes_sent += offer.size;
+                    source.save_checkpoint(offer.seq, Some(offer)).await?;
+                    since = offer.seq;
+                    report.last_seq = since;
+                }
+                Some(Need::InProgress) => return Ok((Outcome::Blocked, report)),
+                Some(Need::Present | Need::Stale) | None => {}
+            }
+        }
+        if batch.last_seq > since {
+            source.save_checkpoint(batch.last_seq, None).await?;
+            since = batch.last_seq;
+            report.last_seq = since;
+        }
+        if !batch.pending {
+            return Ok((Outcome::Done, report));
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Content received from a sharing member (issue 13, item 2): a file document arrives by the
+//! replicator naming its version (`internal_vfs_id`, `md5sum`, `size`) before its bytes; the
+//! bytes come apart, on the content channel (`sync::content` sends them, `http::content`
+//! receives them), and are stored here under the *same* version id the sender uses. So the
+//! content of a file is here exactly when the object its document names exists:
+//! - [`Files::content_need`] answers, for a version a member offers, whether this instance
+//!   lacks it (the "which files need content" question of Cozy's files sharing);
+//! - [`Files::begin_received`] / [`ReceivedContent::write`] / [`Files::finish_received`] write
+//!   it to a temporary object while computing its MD5 and size, check both against the
+//!   *document here* (never against what the sender claims), then commit the object, which
+//!   makes it visible atomically under its key: a reader sees no object, or the whole verified
+//!   one. Until then `GET /files/download` answers 409 (see `http::files`).
+//!
+//! A cut transfer leaves a temporary object the sweep removes; the version is registered as
+//! being written for the duration, so the sweep never takes it half-way.
+
+use super::{internal, version_key, ContentWriter, Files, FilesError, Hasher, Kind, Result, Writing};
+use bytes::Bytes;
+
+/// What this instance needs of one version of a file a member offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentNeed {
+    /// The file here names this version and its bytes are not here: send them.
+    Missing,
+    /// The bytes are here already.
+    Present,
+    /// The file here does not name this version (not arrived yet, replaced since, deleted, a
+    /// directory): nothing to send now.
+    Stale,
+    /// Another transfer of this version is being written here right now.
+    InProgress,
+}
+
+impl ContentNeed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContentNeed::Missing => "missing",
+            ContentNeed::Present => "present",
+            ContentNeed::Stale => "stale",
+            ContentNeed::InProgress => "in_progress",
+        }
+    }
+}
+
+/// A received version being written: feed it with [`ReceivedContent::write`], then
+/// [`Files::finish_received`]. Dropping it discards what was written.
+pub struct ReceivedContent {
+    vfs_id: String,
+    writer: Box<dyn ContentWriter>,
+    md5: Hasher,
+    size: u64,
+    expected_size: u64,
+    expected_md5: String,
+    _writing: Writing,
+}
+
+impl ReceivedContent {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Writes one chunk: `BadRequest` as soon as the bytes go past the document's `size`.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.size += chunk.len() as u64;
+        if self.size > self.expected_size {
+            return Err(FilesError::BadRequest(format!(
+                "the content is longer than the file's size ({} bytes)",
+                self.expected_size
+            )));
+        }
+        self.md5.update(chunk.clone()).await?;
+        self.writer.write(chunk).await?;
+        Ok(())
+    }
+
+    /// Drops what was written (the temporary object goes).
+    pub async fn abort(self) {
+        self.writer.abort().await;
+    }
+}
+
+impl Files {
+    /// The version `vfs_id` of file `id` (ids of this instance) and what its document says of
+    /// it: (size, md5sum). `None` when the winning document is not a file naming `vfs_id`.
+    /// (The index must have been caught up.)
+    async fn named_version(&self, id: &str, vfs_id: &str) -> Result<Option<(u64, String)>> {
+        let Some(entry) = self.index.get(id).await? else { return Ok(None) };
+        if entry.kind != Kind::File || entry.vfs_id.as_deref() != Some(vfs_id) {
+            return Ok(None);
+        }
+        let item = match self.load(id).await {
+            Ok(item) => item,
+            Err(FilesError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(item.md5sum().map(|md5| (entry.size, md5)))
+    }
+
+    /// Whether this instance lacks the bytes of each version `vfs_id` of file `id` asked about.
+    pub async fn content_needs(&self, asked: &[(String, String)]) -> Result<Vec<ContentNeed>> {
+        self.sync().await?;
+        let mut out = Vec::with_capacity(asked.len());
+        for (id, vfs_id) in asked {
+            out.push(self.content_need(id, vfs_id).await?);
+        }
+        Ok(out)
+    }
+
+    async fn content_need(&self, id: &str, vfs_id: &str) -> Result<ContentNeed> {
+        if self.named_version(id, vfs_id).await?.is_none() {
+            return Ok(ContentNeed::Stale);
+        }
+        if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
+            return Ok(ContentNeed::InProgress);
+        }
+        let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
+        Ok(match self.content.size(&key).await? {
+            Some(_) => ContentNeed::Present,
+            None => ContentNeed::Missing,
+        })
+    }
+
+    /// Whether the bytes of file `id`'s current version are here (a directory: true).
+    pub async fn has_content(&self, id: &str) -> Result<bool> {
+        self.sync().await?;
+        self.has_content_synced(id).await
+    }
+
+    async fn has_content_synced(&self, id: &str) -> Result<bool> {
+        let Some(entry) = self.index.get(id).await? else { return Ok(false) };
+        match (entry.kind, entry.vfs_id.as_deref().and_then(version_key)) {
+            (Kind::Directory, _) => Ok(true),
+            (Kind::File, Some(key)) => Ok(self.content.size(&key).await?.is_some()),
+            (Kind::File, None) => Ok(false),
+        }
+    }
+
+    /// A file's current version as the content channel offers it: (vfs_id, size, md5sum);
+    /// `None` for a directory, a deleted or unknown id, or a file without a version.
+    pub async fn current_version(&self, id: &str) -> Result<Option<(String, u64, String)>> {
+        Ok(self.current_versions(&[id.to_owned()]).await?.pop().flatten())
+    }
+
+    /// [`Files::current_version`] of each id, with whether its bytes are here.
+    pub async fn current_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
+        self.sync().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let version = match self.index.get(id).await? {
+                Some(entry) if entry.kind == Kind::File => match entry.vfs_id {
+                    Some(vfs_id) => self.named_version(id, &vfs_id).await?.map(|(size, md5)| (vfs_id, size, md5)),
+                    None => None,
+                },
+                _ => None,
+            };
+            out.push(version);
+        }
+        Ok(out)
+    }
+
+    /// Of `ids`, the files whose current version's bytes are not here: (size) each, `None`
+    /// for the others.
+    pub async fn missing_content(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
+        self.sync().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let missing = match self.index.get(id).await? {
+                Some(e) if e.kind == Kind::File && !self.has_content_synced(id).await? => Some(e.size),
+                _ => None,
+            };
+            out.push(missing);
+        }
+        Ok(out)
+    }
+
+    /// Starts receiving version `vfs_id` of file `id`: `Conflict` when the document here does
+    /// not name that version (or it is being received already), `Ok(None)` when its bytes are
+    /// here already (nothing to write).
+    pub async fn begin_received(&self, id: &str, vfs_id: &str) -> Result<Option<ReceivedContent>> {
+        self.sync().await?;
+        let Some((expected_size, expected_md5)) = self.named_version(id, vfs_id).await? else {
+            return Err(FilesError::Conflict("the file here does not name this version".into()));
+        };
+        let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
+        {
+            let mut w = self.writing.lock().map_err(|_| internal("writing set poisoned"))?;
+            if w.contains(vfs_id) {
+                return Err(FilesError::Conflict("this version is being received already".into()));
+            }
+            w.insert(vfs_id.to_owned());
+        }
+        let writing = Writing { set: self.writing.clone(), vfs_id: vfs_id.to_owned() };
+        if self.content.size(&key).await?.is_some() {
+            return Ok(None);
+        }
+        let writer = self.content.create(&key).await?;
+        Ok(Some(ReceivedContent {
+            vfs_id: vfs_id.to_owned(),
+            writer,
+            md5: Hasher::start(),
+            size: 0,
+            expected_size,
+            expected_md5,
+            _writing: writing,
+        }))
+    }
+
+    /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
+    /// nothing kept), then the object is committed, which makes it visible whole.
+    pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
+        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, _writing } = r;
+        let digest = match md5.finish().await {
+            Ok(d) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d),
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        if size != expected_size || digest != expected_md5 {
+            writer.abort().await;
+            return Err(FilesError::Precondition(format!(
+                "the content received ({size} bytes, md5 {digest}) is not the file's ({expected_size} bytes, md5 \
+                 {expected_md5}): nothing was kept"
+            )));
+        }
+        writer.commit().await?;
+        tracing::debug!(version = %vfs_id, size, "received content committed");
+        Ok(size)
+    }
+}

@@ -1,0 +1,142 @@
+//! The receiving end of the content channel of a files sharing (issue 13, item 2; the sending
+//! end is `sync::content`). Metadata travels by `_revs_diff`/`_bulk_docs`; then the sender asks
+//! which versions this instance lacks and streams each one. Both routes are peer routes,
+//! authenticated like `/sharings/:id/_bulk_docs` (the member's bearer token), and only concern
+//! files of this sharing, in this instance's ids:
+//!
+//! - `POST /sharings/:id/io.cozy.files/_content_diff` — `{"<file-id>": {"vfs_id": "<v>"}, ...}`
+//!   (at most [`MAX_DIFF`] files) → `{"<file-id>": "missing" | "present" | "stale" |
+//!   "in_progress"}` (see `files::received::ContentNeed`); a file not in the sharing is
+//!   `stale`. Ids are in the caller's id space, transformed by the owner as for documents
+//!   (`sharing::xor`).
+//! - `PUT /sharings/:id/io.cozy.files/:file-id/content?vfs_id=<v>` — the bytes of that version
+//!   (`Content-Length` required). Written to a temporary object, checked against the size and
+//!   `md5sum` of the document *here*, then made visible at once: 201 `{"ok": true, "size": N}`;
+//!   200 when the bytes were here already (the body is not read); 409 when the document here
+//!   does not name that version or it is being received already; 412 when the bytes do not
+//!   match (nothing kept); 403 from a read-only member.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+
+use super::sharings::replicating_peer;
+use super::{parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
+use crate::files::received::ContentNeed;
+use crate::sharing::xor::IdMap;
+use crate::sharing::{Sharing, SharingId};
+use crate::store::DocId;
+
+/// Files one `_content_diff` may ask about.
+pub const MAX_DIFF: usize = 1000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sharings/{id}/io.cozy.files/_content_diff", web::post().to(content_diff))
+        .route("/sharings/{id}/io.cozy.files/{file_id}/content", web::put().to(put_content));
+}
+
+fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
+    SharingId::parse(&path::param(req, "id")?).map_err(|_| ApiError::NotFound("no such sharing".into()))
+}
+
+/// The peer calling, for content: a replicating member, and never a read-only one.
+async fn content_peer(inst: &Inst, req: &HttpRequest) -> ApiResult<(Sharing, usize)> {
+    let id = sharing_id(req)?;
+    let (s, from) = replicating_peer(inst, req, &id).await?;
+    if s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
+        return Err(ApiError::Forbidden("a read-only member does not send content".into()));
+    }
+    Ok((s, from))
+}
+
+/// Which of `ids` are files in sharing `s` here.
+async fn in_sharing(inst: &Inst, s: &Sharing, ids: &[DocId]) -> ApiResult<std::collections::HashSet<DocId>> {
+    let doctype = crate::files::doctype();
+    let states = inst.0.store.shared_state(s.id(), &doctype, ids).await?;
+    Ok(states.into_iter().filter(|(_, st)| !st.removed).map(|(id, _)| id).collect())
+}
+
+fn version_param(v: &str) -> ApiResult<String> {
+    if v.len() < 3 || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ApiError::bad_request("vfs_id must be 3 to 64 letters and digits"));
+    }
+    Ok(v.to_owned())
+}
+
+async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let (s, from) = content_peer(&inst, &req).await?;
+    // Ids come in the member's space: the owner transforms them (`sharing::xor`).
+    let ids = IdMap::for_member(&s, from);
+    let limit = state_of(&req)?.config.max_http_request_size;
+    let body = parse_json(&read_body(&req, payload, limit).await?)?;
+    let Value::Object(asked) = body else {
+        return Err(ApiError::bad_request("the body must be an object of file ids"));
+    };
+    if asked.len() > MAX_DIFF {
+        return Err(ApiError::Limit {
+            error: "max_bulk_docs_count_exceeded",
+            reason: format!("at most {MAX_DIFF} files per request"),
+        });
+    }
+    let mut wanted = Vec::with_capacity(asked.len());
+    for (id, v) in &asked {
+        let vfs_id = v
+            .get("vfs_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request(format!("{id}: an object with a string vfs_id is required")))?;
+        let doc = DocId::parse(&ids.convert(id)).map_err(|e| ApiError::bad_request(format!("{id}: {e}")))?;
+        wanted.push((doc, version_param(vfs_id)?));
+    }
+    let docs: Vec<DocId> = wanted.iter().map(|(id, _)| id.clone()).collect();
+    let shared = in_sharing(&inst, &s, &docs).await?;
+    let files = state_of(&req)?.files.of(&inst.0).await?;
+    let (in_it, outside): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(id, _)| shared.contains(id));
+    let asked: Vec<(String, String)> = in_it.into_iter().map(|(id, v)| (id.to_string(), v)).collect();
+    let needs = files.content_needs(&asked).await?;
+    let mut out = Map::new();
+    for ((id, _), need) in asked.iter().zip(needs) {
+        out.insert(ids.convert(id), json!(need.as_str()));
+    }
+    for (id, _) in outside {
+        out.insert(ids.convert(id.as_str()), json!(ContentNeed::Stale.as_str()));
+    }
+    Ok(HttpResponse::Ok().json(Value::Object(out)))
+}
+
+async fn put_content(inst: Inst, req: HttpRequest, mut payload: web::Payload) -> ApiResult<HttpResponse> {
+    let (s, from) = content_peer(&inst, &req).await?;
+    let id = IdMap::for_member(&s, from).convert(&path::param(&req, "file_id")?);
+    let doc = DocId::parse(&id).map_err(|e| ApiError::bad_request(format!("file id: {e}")))?;
+    let q = super::Query::of(&req)?;
+    let vfs_id = version_param(q.get("vfs_id").ok_or_else(|| ApiError::bad_request("vfs_id is required"))?)?;
+    if req.headers().get(header::CONTENT_LENGTH).is_none() {
+        return Err(ApiError::bad_request("Content-Length is required"));
+    }
+    if !in_sharing(&inst, &s, std::slice::from_ref(&doc)).await?.contains(&doc) {
+        return Err(ApiError::ConflictWith("this file is not in the sharing here (yet)".into()));
+    }
+    let files = state_of(&req)?.files.of(&inst.0).await?;
+    let Some(mut received) = files.begin_received(&id, &vfs_id).await? else {
+        return Ok(HttpResponse::Ok().json(json!({"ok": true, "size": null, "present": true})));
+    };
+    while let Some(chunk) = payload.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                received.abort().await;
+                return Err(ApiError::bad_request(format!("the body was cut: {e}")));
+            }
+        };
+        if let Err(e) = received.write(chunk).await {
+            received.abort().await;
+            return Err(e.into());
+        }
+    }
+    let size = files.finish_received(received).await?;
+    tracing::info!(instance = %inst.0.domain, sharing = %s.id(), member = from, file = %id, size,
+        "received file content");
+    // The owner relays what a recipient sent to the other members: wake the senders.
+    state_of(&req)?.content.wake();
+    Ok(HttpResponse::Created().json(json!({"ok": true, "size": size})))
+}

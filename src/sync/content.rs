@@ -1,0 +1,445 @@
+//! The sending end of the content channel of files sharings (issue 13, item 2; the receiving
+//! end is `http::content`, the storage `files::received`). Metadata goes first, by the
+//! replicator (`replication`); the bytes of each file follow here, per (sharing, member):
+//!
+//! 1. Only what the member acknowledged is looked at: the sharing feed's rows after this
+//!    link's *content checkpoint* and up to its replication checkpoint (`last_seq` of the
+//!    link's [`LinkRecord`](super::replication::LinkRecord)): the documents there have landed
+//!    on the member (or were refused).
+//! 2. For the files among them (feed order: a directory, which has no content, comes before
+//!    what it holds, and deletions, which have none either, settle at once), the member is
+//!    asked which versions it lacks (`POST /sharings/:id/io.cozy.files/_content_diff`, ids in
+//!    its id space), then each missing version is streamed with its MD5
+//!    (`PUT /sharings/:id/io.cozy.files/:file-id/content?vfs_id=`), which the member checks
+//!    against the document it holds before making it visible.
+//! 3. The content checkpoint (`_local` `content-<sharing>-<member>` of
+//!    `io.hearth.replication`, [`ContentRecord`]) moves past each row once its content is
+//!    delivered or not needed, and is written after each file sent: after a cut connection or
+//!    a crash of either side the next round starts after the last delivered file, and a file
+//!    the member already has is answered `present` by the diff, so it is never sent again.
+//!
+//! A file whose bytes are not here yet (the owner relaying a recipient's file to the other
+//! members before it arrived) stops the round there; it goes on when the bytes arrive (the
+//! receiving route wakes this worker) or at the next retry. Failures back off from 1 s to 30 s.
+//!
+//! `files_pending` and `bytes_pending` of [`ContentStatus`] are computed from the same state:
+//! the files of the sharing whose row is past the content checkpoint.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::manager::{targets, PeerKey};
+use super::replication::{read_checkpoint, SyncError, CHECKPOINTS_DOCTYPE};
+use crate::federation::client::Federation;
+use crate::files::{Files, FilesRegistry};
+use crate::instance::{Instance, Registry};
+use crate::sharing::model::{PeerCredentials, Sharing};
+use crate::sharing::xor::IdMap;
+use crate::sharing::{self, Context};
+use crate::store::{Body, Doctype, StoreError};
+
+/// Feed rows looked at per content diff (the receiver takes at most
+/// `http::content::MAX_DIFF` files per request).
+const BATCH: usize = 200;
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often the worker looks for links whose content is behind, besides being woken.
+const TICK: Duration = Duration::from_millis(250);
+
+fn checkpoints() -> Doctype {
+    Doctype::parse(CHECKPOINTS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
+}
+
+pub fn record_id(sharing: &str, member: usize) -> String {
+    format!("content-{sharing}-{member}")
+}
+
+/// What a (sharing, member) content link has delivered, kept durably (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContentRecord {
+    /// The sharing feed's sequence up to which every file's content was delivered to the
+    /// member, or was not needed.
+    pub last_seq: u64,
+    /// Files whose content the member acknowledged, all told (a file is counted once per
+    /// version sent).
+    pub files_sent: u64,
+    /// Their bytes.
+    pub bytes_sent: u64,
+}
+
+pub async fn read_record(inst: &Instance, sharing: &str, member: usize) -> Result<ContentRecord, StoreError> {
+    match inst.store.get_local(&checkpoints(), &record_id(sharing, member)).await {
+        Ok(doc) => serde_json::from_str(doc.body.as_str())
+            .map_err(|e| StoreError::Corrupt(format!("content checkpoint of sharing {sharing}, member {member}: {e}"))),
+        Err(StoreError::NotFound) => Ok(ContentRecord::default()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn write_record(inst: &Instance, sharing: &str, member: usize, r: &ContentRecord) -> Result<(), SyncError> {
+    let body = match serde_json::to_value(r) {
+        Ok(Value::Object(m)) => Body::from_map(&m),
+        _ => return Err(SyncError::Protocol("content checkpoint does not serialise".into())),
+    };
+    inst.store.put_local(&checkpoints(), &record_id(sharing, member), body).await?;
+    Ok(())
+}
+
+/// The content state of one member, for `GET /sharings/:id/status` (`content`) and `hearth
+/// sharings status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ContentStatus {
+    /// Files of the sharing whose content the member may still lack (past the content
+    /// checkpoint), and their bytes.
+    pub files_pending: u64,
+    pub bytes_pending: u64,
+    pub files_sent: u64,
+    pub bytes_sent: u64,
+    /// The content checkpoint (a sequence of the sharing feed).
+    pub last_seq: u64,
+    pub running: bool,
+    pub last_error: Option<String>,
+}
+
+/// In-process state of one content link.
+#[derive(Clone, Debug, Default)]
+struct LinkState {
+    running: bool,
+    last_error: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The content senders of one application: per-link state, and the bell that wakes them.
+#[derive(Default)]
+pub struct ContentSender {
+    states: Mutex<HashMap<PeerKey, LinkState>>,
+    wake: Notify,
+}
+
+impl ContentSender {
+    /// Look at every link now (metadata or content arrived).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn with_state<T>(&self, key: &PeerKey, f: impl FnOnce(&mut LinkState) -> T) -> Option<T> {
+        self.states.lock().ok().map(|mut m| f(m.entry(key.clone()).or_default()))
+    }
+
+    /// The status of one member's content link, computed from the checkpoint and the feed.
+    pub async fn status(
+        &self,
+        inst: &Instance,
+        files: &Files,
+        s: &Sharing,
+        member: usize,
+    ) -> Result<ContentStatus, SyncError> {
+        let record = read_record(inst, s.id(), member).await?;
+        let (files_pending, bytes_pending) = pending(inst, files, s.id(), record.last_seq).await?;
+        let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
+        let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
+        Ok(ContentStatus {
+            files_pending,
+            bytes_pending,
+            files_sent: record.files_sent,
+            bytes_sent: record.bytes_sent,
+            last_seq: record.last_seq,
+            running: st.running,
+            last_error: st.last_error,
+        })
+    }
+}
+
+/// Files of sharing `sharing` whose feed row is past `since`, and their bytes.
+pub async fn pending(inst: &Instance, files: &Files, sharing: &str, since: u64) -> Result<(u64, u64), SyncError> {
+    let doctype = crate::files::doctype();
+    let (mut count, mut bytes, mut at) = (0, 0, since);
+    loop {
+        let rows = inst.store.shared_changes(sharing, at, 1000).await?;
+        let Some(last) = rows.last() else { break };
+        at = last.seq;
+        let ids = file_ids(&rows, &doctype);
+        for (_, size, _) in files.current_versions(&ids).await.map_err(files_error)?.into_iter().flatten() {
+            count += 1;
+            bytes += size;
+        }
+        if rows.len() < 1000 {
+            break;
+        }
+    }
+    Ok((count, bytes))
+}
+
+/// Files of sharing `sharing` whose content is not on this instance, and their bytes (what a
+/// member receiving content still waits for).
+pub async fn missing_here(inst: &Instance, files: &Files, sharing: &str) -> Result<(u64, u64), SyncError> {
+    let doctype = crate::files::doctype();
+    let (mut count, mut bytes, mut at) = (0, 0, 0);
+    loop {
+        let rows = inst.store.shared_changes(sharing, at, 1000).await?;
+        let Some(last) = rows.last() else { break };
+        at = last.seq;
+        let ids = file_ids(&rows, &doctype);
+        for size in files.missing_content(&ids).await.map_err(files_error)?.into_iter().flatten() {
+            count += 1;
+            bytes += size;
+        }
+        if rows.len() < 1000 {
+            break;
+        }
+    }
+    Ok((count, bytes))
+}
+
+/// The ids of the rows of files (and directories) still in the sharing.
+fn file_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
+    rows.iter().filter(|r| &r.doctype == doctype && !r.removed).map(|r| r.id.to_string()).collect()
+}
+
+fn files_error(e: crate::files::FilesError) -> SyncError {
+    match e {
+        crate::files::FilesError::Store(s) => SyncError::Store(s),
+        e => SyncError::Protocol(format!("files: {e}")),
+    }
+}
+
+fn has_files_rule(s: &Sharing) -> bool {
+    s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE && !r.local)
+}
+
+/// The worker: see the module docs.
+pub async fn run(
+    registry: Arc<Registry>,
+    cx: Arc<Context>,
+    files: Arc<FilesRegistry>,
+    sender: Arc<ContentSender>,
+    cancel: CancellationToken,
+) {
+    loop {
+        for inst in registry.opened() {
+            if let Err(e) = plan(&cx, &files, &sender, &inst).await {
+                tracing::warn!(instance = %inst.domain, error = %e, "content planning failed");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = sender.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn plan(
+    cx: &Arc<Context>,
+    files: &Arc<FilesRegistry>,
+    sender: &Arc<ContentSender>,
+    inst: &Arc<Instance>,
+) -> Result<(), SyncError> {
+    for s in sharing::list(inst.store.as_ref()).await? {
+        if !has_files_rule(&s) {
+            continue;
+        }
+        for member in targets(&s) {
+            let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
+            let idle = sender
+                .with_state(&key, |st| !st.running && st.retry_at.is_none_or(|t| t <= Instant::now()))
+                .unwrap_or(false);
+            if !idle {
+                continue;
+            }
+            let link_seq = read_checkpoint(inst, s.id(), member).await?;
+            let record = read_record(inst, s.id(), member).await?;
+            if link_seq <= record.last_seq {
+                continue;
+            }
+            let f = files.of(inst).await.map_err(files_error)?;
+            sender.with_state(&key, |st| st.running = true);
+            let (cx, sender, inst, s) = (cx.clone(), sender.clone(), inst.clone(), s.clone());
+            tokio::spawn(async move {
+                let outcome = round(&cx.federation, &inst, &f, &s, member, link_seq).await;
+                sender.with_state(&key, |st| {
+                    st.running = false;
+                    match &outcome {
+                        Ok(Outcome::Done) => {
+                            st.last_error = None;
+                            st.failures = 0;
+                            st.retry_at = None;
+                        }
+                        Ok(Outcome::Blocked) => {
+                            st.last_error = None;
+                            st.retry_at = Some(Instant::now() + RETRY_MIN);
+                        }
+                        Err(e) => {
+                            st.failures = st.failures.saturating_add(1);
+                            let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
+                            st.retry_at = Some(Instant::now() + wait);
+                            st.last_error = Some(e.to_string());
+                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e,
+                                "content transfer failed, will retry");
+                        }
+                    }
+                });
+                sender.wake();
+            });
+        }
+    }
+    Ok(())
+}
+
+/// This instance's side of one content link (see `hearth_replicator::content`).
+struct LocalContent<'a> {
+    inst: &'a Instance,
+    files: &'a Files,
+    sharing: &'a Sharing,
+    member: usize,
+    ids: IdMap,
+    record: ContentRecord,
+}
+
+impl ContentSource for LocalContent<'_> {
+    type Error = SyncError;
+    type Content = crate::files::content::ContentStream;
+
+    async fn checkpoint(&mut self) -> Result<u64, SyncError> {
+        self.record = read_record(self.inst, self.sharing.id(), self.member).await?;
+        Ok(self.record.last_seq)
+    }
+
+    async fn offers(&mut self, since: u64, upto: u64, limit: usize) -> Result<OfferBatch, SyncError> {
+        let rows = self.inst.store.shared_changes(self.sharing.id(), since, limit).await?;
+        let full = rows.len() >= limit;
+        let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
+        let last_seq = rows.last().map_or(since, |r| r.seq);
+        let ids = file_ids(&rows, &crate::files::doctype());
+        let versions = self.files.current_versions(&ids).await.map_err(files_error)?;
+        let seqs: HashMap<&str, u64> = rows.iter().map(|r| (r.id.as_str(), r.seq)).collect();
+        let mut offers = Vec::new();
+        for (id, version) in ids.iter().zip(versions) {
+            if let (Some((vfs_id, size, md5sum)), Some(seq)) = (version, seqs.get(id.as_str())) {
+                offers.push(FileOffer { seq: *seq, key: self.ids.convert(id), version: vfs_id, size, md5sum });
+            }
+        }
+        offers.sort_by_key(|o| o.seq);
+        Ok(OfferBatch { offers, last_seq, pending: full && last_seq < upto })
+    }
+
+    async fn read(&mut self, offer: &FileOffer) -> Result<Option<Self::Content>, SyncError> {
+        let key = crate::files::version_key(&offer.version)
+            .ok_or_else(|| SyncError::Protocol(format!("invalid version id {}", offer.version)))?;
+        match self.files.content.read(&key, None).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(crate::files::ContentError::NotFound) => {
+                tracing::debug!(version = %offer.version, "content not here yet: the round waits for it");
+                Ok(None)
+            }
+            Err(e) => Err(SyncError::Protocol(format!("reading version {}: {e}", offer.version))),
+        }
+    }
+
+    async fn save_checkpoint(&mut self, seq: u64, sent: Option<&FileOffer>) -> Result<(), SyncError> {
+        let mut record = self.record.clone();
+        record.last_seq = seq;
+        if let Some(o) = sent {
+            record.files_sent += 1;
+            record.bytes_sent += o.size;
+        }
+        write_record(self.inst, self.sharing.id(), self.member, &record).await?;
+        self.record = record;
+        Ok(())
+    }
+}
+
+/// The member's side: its content routes, called with the credentials it gave us.
+struct Peer<'a> {
+    federation: &'a Federation,
+    inst: &'a Instance,
+    sharing: &'a Sharing,
+    member: usize,
+    base: Url,
+    creds: PeerCredentials,
+}
+
+impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
+    type Error = SyncError;
+
+    async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, SyncError> {
+        let body: Map<String, Value> = offers.iter().map(|o| (o.key.clone(), json!({"vfs_id": o.version}))).collect();
+        let path = format!("/sharings/{}/io.cozy.files/_content_diff", self.sharing.id());
+        let before = self.creds.clone();
+        let answer = self
+            .federation
+            .call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&Value::Object(body)))
+            .await;
+        if self.creds != before {
+            // Keep refreshed credentials, as the replicator does.
+            let (member, creds) = (self.member, self.creds.clone());
+            let id = self.sharing.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
+            sharing::update(self.inst.store.as_ref(), &id, |s| {
+                if let Some(m) = s.members.get_mut(member).filter(|m| m.outbound.is_some()) {
+                    m.outbound = Some(creds.clone());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| SyncError::Protocol(format!("storing refreshed credentials: {e}")))?;
+        }
+        let Value::Object(answer) = answer? else {
+            return Err(SyncError::Protocol("the member's content diff is not an object".into()));
+        };
+        Ok(answer.into_iter().filter_map(|(k, v)| Need::parse(v.as_str()?).map(|n| (k, n))).collect())
+    }
+
+    async fn put(&mut self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {
+        let path = format!(
+            "/sharings/{}/io.cozy.files/{}/content?vfs_id={}",
+            self.sharing.id(),
+            crate::files::encode_id(&o.key),
+            o.version
+        );
+        // A generous deadline: a minute, plus a second per megabyte.
+        let deadline = Duration::from_secs(60 + o.size / 1_000_000);
+        let headers = [("Content-Length", o.size.to_string()), ("Content-MD5", o.md5sum.clone())];
+        self.federation
+            .put_stream(&self.creds, &self.base, &path, &headers, reqwest::Body::wrap_stream(content), deadline)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Delivers the content of the files past the content checkpoint, up to `link_seq`.
+async fn round(
+    federation: &Federation,
+    inst: &Instance,
+    files: &Files,
+    s: &Sharing,
+    member: usize,
+    link_seq: u64,
+) -> Result<Outcome, SyncError> {
+    let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
+    let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
+    let base = m
+        .instance
+        .as_deref()
+        .and_then(|u| Url::parse(u).ok())
+        .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
+    let mut target = Peer { federation, inst, sharing: s, member, base, creds };
+    let mut source =
+        LocalContent { inst, files, sharing: s, member, ids: IdMap::for_member(s, member), record: Default::default() };
+    let (outcome, report) = content::run(&mut source, &mut target, link_seq, BATCH).await?;
+    if report.files_sent > 0 {
+        tracing::info!(instance = %inst.domain, sharing = %s.id(), member, files = report.files_sent,
+            bytes = report.bytes_sent, "sent file content");
+    }
+    Ok(outcome)
+}
