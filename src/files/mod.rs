@@ -57,8 +57,8 @@ pub mod conformance;
 pub mod content;
 pub mod index;
 pub mod model;
-pub mod shared;
 pub mod received;
+pub mod shared;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
