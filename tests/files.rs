@@ -904,3 +904,31 @@ async fn a_stalled_upload_body_ends_with_a_408_and_leaves_nothing() {
     let resp = alice.req(Method::GET, "/files/download?Path=/stalled.bin", Some(&token)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+/// Cozy's free-form `metadata` of a file is kept as written (key order, numbers of any size)
+/// and a metadata that is not an object is a 400 that changes nothing.
+#[tokio::test]
+async fn file_metadata_is_kept_exactly_as_written() {
+    let (_app, alice, token) = setup().await;
+    let (_, f) = upload(&alice, &token, ROOT, "photo.jpg", b"jpeg").await;
+    let id = id_of(&f);
+    let metadata = r#"{"zeta":1,"alpha":{"yak":2,"bee":3},"big":123456789012345678901234567890}"#;
+    let body = format!(r#"{{"data": {{"attributes": {{"metadata": {metadata}}}}}}}"#);
+    let resp = alice.req(Method::PATCH, &format!("/files/{id}"), Some(&token)).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text =
+        alice.req(Method::GET, &format!("/files/{id}"), Some(&token)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!(r#""metadata":{metadata}"#)), "{text}");
+    let (status, v) = alice
+        .call(
+            Method::PATCH,
+            &format!("/files/{id}"),
+            Some(&token),
+            Some(json!({"data": {"attributes": {"metadata": [1]}}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let again =
+        alice.req(Method::GET, &format!("/files/{id}"), Some(&token)).send().await.unwrap().text().await.unwrap();
+    assert!(again.contains(&format!(r#""metadata":{metadata}"#)), "{again}");
+}

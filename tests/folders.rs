@@ -162,3 +162,23 @@ async fn a_rule_naming_a_file_shares_that_file_alone() {
     assert_eq!(names, ["report.pdf"], "{v}");
     assert_eq!(load(&app, &alice, &sid).await.members[1].status, hearth::sharing::MemberStatus::Ready);
 }
+
+/// The root holds the trash and "Shared with me": a rule on it, on the trash or on "Shared with
+/// me" is a 400 that creates nothing (sharing the root would send what the owner threw away).
+#[tokio::test]
+async fn the_root_the_trash_and_shared_with_me_cannot_be_shared() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let token = app.token(&alice, "io.cozy.files");
+    for dir in [ROOT, "io.cozy.files.trash-dir", "io.cozy.files.shared-with-me-dir"] {
+        let body = json!({"data": {"type": "io.cozy.sharings",
+            "attributes": {"description": "everything", "rules": [files_rule("All", dir)]},
+            "relationships": {"recipients": {"data": [{"instance": "http://bob.localhost:1"}]}}}});
+        let (status, v) = alice.call(Method::POST, "/sharings/", Some(&token), Some(body)).await;
+        assert_eq!(status, 400, "{dir}: {v}");
+        assert!(v["reason"].as_str().unwrap().contains("cannot be shared"), "{v}");
+    }
+    let (status, v) = alice.call(Method::GET, "/sharings/", Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(0), "nothing was created: {v}");
+}

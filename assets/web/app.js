@@ -182,7 +182,15 @@
     return parts.join(' · ');
   }
 
+  // Content goes on after the documents, with no event of its own when it ends: while any
+  // member has files to send or a sync running, the statuses are read again every 2 s.
+  let busy = false;
+  setInterval(() => {
+    if (busy && !document.hidden) syncStatuses().catch(() => {});
+  }, 2000);
+
   async function syncStatuses() {
+    let anyBusy = false;
     const cards = document.querySelectorAll('#shared-by-me article[data-sharing], #shared-with-me article[data-sharing]');
     await Promise.all(
       Array.from(cards).map(async (card) => {
@@ -193,6 +201,10 @@
             const cell = document.getElementById('sync-' + id + '-' + m.index);
             if (!cell) continue;
             cell.textContent = syncText(m) || '—';
+            const content = m.content || (m.replication && m.replication.content);
+            if ((content && (content.files_pending || content.bytes_pending)) || (m.replication && m.replication.running)) {
+              anyBusy = true;
+            }
             const h = m.replication && m.replication.health;
             cell.className = 'sync' + (h ? ' health-' + h : '');
           }
@@ -201,6 +213,7 @@
         }
       }),
     );
+    busy = anyBusy;
   }
 
   function sharingPath(el, rest) {
@@ -423,7 +436,18 @@
     try {
       const message = await handler(el);
       if (message) say(message, false);
+      // A form sent with Enter keeps the focus in its input, and refresh() leaves a section
+      // alone while someone types in it: the form is done, so its section may be redrawn.
+      let leftForm = false;
+      if (el.tagName === 'FORM') {
+        if (el.contains(document.activeElement)) {
+          document.activeElement.blur();
+          leftForm = true;
+        }
+        el.reset();
+      }
       await refresh();
+      if (leftForm) output.focus();
       // The control is gone (an accepted request, a revoked member): keyboard users continue
       // from the message that says what happened.
       if (!document.body.contains(el) && !document.getElementById('new-link')) output.focus();

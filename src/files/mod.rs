@@ -250,6 +250,8 @@ pub struct UploadSpec {
 /// Changes of `PATCH /files/:id`.
 #[derive(Clone, Debug, Default)]
 pub struct Patch {
+    /// Cozy's free-form `metadata` object, as written (replaces the former one whole).
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
     pub name: Option<String>,
     pub dir_id: Option<String>,
     pub tags: Option<Vec<String>>,
@@ -825,6 +827,9 @@ impl Files {
         }
         if let Some(tags) = p.tags {
             model::set(&mut body, "tags", json!(tags));
+        }
+        if let Some(metadata) = &p.metadata {
+            body.set("metadata", metadata);
         }
         if let Some(x) = p.executable {
             if item.kind() != Kind::File {

@@ -367,13 +367,34 @@ fn max_body(req: &HttpRequest) -> usize {
     req.app_data::<web::Data<AppState>>().map_or(1024 * 1024, |s| s.config.max_http_request_size.min(1024 * 1024))
 }
 
+/// The text of `data.attributes.KEY` in a JSON:API request body, exactly as sent.
+fn raw_attribute(body: &[u8], key: &str) -> ApiResult<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Doc<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        attributes: std::collections::HashMap<String, &'a RawValue>,
+    }
+    let doc: Doc<'_> = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    doc.data
+        .attributes
+        .get(key)
+        .map(|v| (*v).to_owned())
+        .ok_or_else(|| ApiError::bad_request(format!("{key} is missing")))
+}
+
 /// `PATCH /files/:id` — JSON:API `{"data": {"attributes": {"name", "dir_id", "tags",
-/// "executable", "updated_at"}}}`: renames, moves (never into itself or below), retags.
+/// "executable", "updated_at", "metadata"}}}`: renames, moves (never into itself or below), retags.
 /// Optional `If-Match`.
 async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let id = id_param(&req)?;
-    let body = parse_json(&read_body(&req, payload, max_body(&req)).await?)?;
+    let bytes = read_body(&req, payload, max_body(&req)).await?;
+    let body = parse_json(&bytes)?;
     let attrs = body
         .get("data")
         .and_then(|d| d.get("attributes"))
@@ -404,7 +425,15 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(ApiError::bad_request("executable must be true or false")),
     };
+    // `metadata` (Cozy's free-form object: EXIF, page count...) is kept as written: key order
+    // and numbers of any size, so it is taken from the request's text, not from `attrs`.
+    let metadata = match attrs.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(_)) => Some(raw_attribute(&bytes, "metadata")?),
+        Some(_) => return Err(ApiError::bad_request("metadata must be an object")),
+    };
     let p = Patch {
+        metadata,
         name: string("name")?,
         dir_id: string("dir_id")?,
         tags,

@@ -215,23 +215,27 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
                         label { "Upload " input type="file" name="file" multiple required; }
                         " " button type="submit" { "Send" }
                     }
-                    form.inline data-action="share-folder-with" {
-                        fieldset {
-                            legend { "Share this folder with someone" }
-                            label { "Email or hearth address " input name="who" required autocomplete="email"
-                                placeholder="name@example.net"; }
-                            " "
-                            label { "Access " select name="access" { option value="write" { "read and write" } option value="read" { "read only" } } }
-                            " " button type="submit" { "Share" }
+                    // The root holds the trash and "Shared with me": folders inside it are shared,
+                    // never the root itself (the API refuses it too).
+                    @if dir.id != ROOT_ID {
+                        form.inline data-action="share-folder-with" {
+                            fieldset {
+                                legend { "Share this folder with someone" }
+                                label { "Email or hearth address " input name="who" required autocomplete="email"
+                                    placeholder="name@example.net"; }
+                                " "
+                                label { "Access " select name="access" { option value="write" { "read and write" } option value="read" { "read only" } } }
+                                " " button type="submit" { "Share" }
+                            }
                         }
-                    }
-                    form.inline data-action="share-folder" {
-                        fieldset {
-                            legend { "Share this folder by link" }
-                            label { "Expires in days " input type="number" name="days" min="1" max="3650" value="7"; }
-                            " "
-                            label { "Password " input type="password" name="password" autocomplete="new-password"; }
-                            " " button type="submit" { "Create link" }
+                        form.inline data-action="share-folder" {
+                            fieldset {
+                                legend { "Share this folder by link" }
+                                label { "Expires in days " input type="number" name="days" min="1" max="3650" value="7"; }
+                                " "
+                                label { "Password " input type="password" name="password" autocomplete="new-password"; }
+                                " " button type="submit" { "Create link" }
+                            }
                         }
                     }
                 }

@@ -177,6 +177,17 @@ impl Rule {
                 .collect::<Result<Vec<_>, _>>()?,
             _ => return Err("each rule needs a non-empty values array".into()),
         };
+        // The root holds the trash and "Shared with me": sharing it (or them) would send
+        // what the owner threw away and what others shared with them.
+        let special = [crate::files::ROOT_ID, crate::files::TRASH_ID, crate::files::SHARED_WITH_ME_ID];
+        if doctype == crate::files::DOCTYPE
+            && selector.is_none()
+            && values.iter().any(|v| special.contains(&v.as_str()))
+        {
+            return Err(
+                "the root, the trash and \"Shared with me\" cannot be shared: share a folder inside them".into()
+            );
+        }
         let flow = |k: &str, revoke: bool| -> Result<Flow, String> {
             let s = text(k)?.unwrap_or_default();
             Flow::parse(&s, revoke).ok_or_else(|| {

@@ -76,10 +76,19 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
             Outcome::Delivered
         }
         Err(e) if e.is_transient() => Outcome::Retry(e.to_string()),
+        // A peer between two states answers 409 for a moment: a recipient whose acceptance
+        // reached the owner before its own copy was stored as active gets the first member
+        // list then. Retried a few times (with the backoff), then dropped.
+        Err(e @ FederationError::Status { status: 409, .. }) if entry.attempts < CONFLICT_RETRIES => {
+            Outcome::Retry(e.to_string())
+        }
         Err(e @ FederationError::Guard(_)) => Outcome::Retry(e.to_string()),
         Err(e) => Outcome::Drop(e.to_string()),
     }
 }
+
+/// How many times a notice answered 409 is sent again before it is dropped.
+const CONFLICT_RETRIES: u32 = 6;
 
 /// Sends every due entry of one instance. Returns the earliest time a remaining entry is due.
 pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, StoreError> {
