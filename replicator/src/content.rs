@@ -11,7 +11,8 @@
 //! Resuming after any failure or crash is therefore from the last file delivered, and a file the
 //! target has is answered [`Need::Present`]: a completed file is never sent again. A file whose
 //! bytes are not here yet (a relay waiting for them), or that the target is receiving from
-//! elsewhere, ends the run as [`Outcome::Blocked`] without moving past it.
+//! elsewhere, is passed over: the run delivers the files after it, keeps the checkpoint before
+//! it, and ends as [`Outcome::Blocked`].
 //!
 //! The target's side of the contract (see `tests/content_simulation.rs`, which checks both
 //! under faults): it answers `Missing` only for the version its current document names and
@@ -83,7 +84,8 @@ impl Need {
 pub enum Outcome {
     /// Everything up to `upto` is delivered.
     Done,
-    /// A file's bytes are not here yet, or the target is receiving them: try again later.
+    /// Some files' bytes are not here yet, or the target is receiving them: everything else
+    /// was delivered, and the checkpoint stays before the first of them; try again later.
     Blocked,
 }
 
@@ -93,6 +95,8 @@ pub struct ContentReport {
     pub files_sent: u64,
     pub bytes_sent: u64,
     pub last_seq: u64,
+    /// Files passed over because their bytes are not here (yet) or are being received.
+    pub waiting: u64,
 }
 
 pub trait ContentSource {
@@ -139,41 +143,56 @@ where
     T: ContentTarget<S::Content, Error = E>,
 {
     let mut report = ContentReport::default();
-    let mut since = source.checkpoint().await?;
-    report.last_seq = since;
+    let mut checkpoint = source.checkpoint().await?;
+    report.last_seq = checkpoint;
+    // Where reading goes on; ahead of `checkpoint` once a file had to be passed over, so that
+    // one file whose bytes never come (lost, or refused on their way here) cannot hold back
+    // every file after it. The checkpoint stays before it: a later run offers the files after
+    // it again, and the target answers `Present` for those it already holds (never re-sent).
+    let mut cursor = checkpoint;
+    let mut held = false;
+    let finish = |report: ContentReport, held: bool| Ok((if held { Outcome::Blocked } else { Outcome::Done }, report));
     loop {
-        if since >= upto {
-            return Ok((Outcome::Done, report));
+        if cursor >= upto {
+            return finish(report, held);
         }
-        let batch = source.offers(since, upto, limit.max(1)).await?;
-        if batch.last_seq <= since && batch.offers.is_empty() {
-            return Ok((Outcome::Done, report));
+        let batch = source.offers(cursor, upto, limit.max(1)).await?;
+        if batch.last_seq <= cursor && batch.offers.is_empty() {
+            return finish(report, held);
         }
         let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
         for offer in &batch.offers {
             match needs.get(&offer.key) {
                 Some(Need::Missing) => {
                     let Some(content) = source.read(offer).await? else {
-                        return Ok((Outcome::Blocked, report));
+                        held = true;
+                        report.waiting += 1;
+                        continue;
                     };
                     target.put(offer, content).await?;
                     report.files_sent += 1;
                     report.bytes_sent += offer.size;
-                    source.save_checkpoint(offer.seq, Some(offer)).await?;
-                    since = offer.seq;
-                    report.last_seq = since;
+                    if !held {
+                        checkpoint = offer.seq;
+                        report.last_seq = checkpoint;
+                    }
+                    source.save_checkpoint(checkpoint, Some(offer)).await?;
                 }
-                Some(Need::InProgress) => return Ok((Outcome::Blocked, report)),
+                Some(Need::InProgress) => {
+                    held = true;
+                    report.waiting += 1;
+                }
                 Some(Need::Present | Need::Stale) | None => {}
             }
         }
-        if batch.last_seq > since {
+        cursor = cursor.max(batch.last_seq);
+        if !held && batch.last_seq > checkpoint {
             source.save_checkpoint(batch.last_seq, None).await?;
-            since = batch.last_seq;
-            report.last_seq = since;
+            checkpoint = batch.last_seq;
+            report.last_seq = checkpoint;
         }
         if !batch.pending {
-            return Ok((Outcome::Done, report));
+            return finish(report, held);
         }
     }
 }

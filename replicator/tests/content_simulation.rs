@@ -454,3 +454,78 @@ fn the_checks_catch_broken_endpoints() {
         assert!(caught, "{sabotage:?} went unnoticed");
     }
 }
+
+// One file whose bytes never come (lost, or refused on their way to the sender) must not stall
+// every file after it: they are delivered, and the checkpoint stays before it.
+
+/// Five files; the bytes of file 2 are not on the source (lost, or not arrived).
+struct LossySource {
+    checkpoint: u64,
+    lost: u64,
+}
+
+fn numbered(seq: u64) -> FileOffer {
+    FileOffer { seq, key: format!("f{seq}"), version: format!("v{seq}"), size: 10, md5sum: String::new() }
+}
+
+impl ContentSource for LossySource {
+    type Error = ();
+    type Content = u64;
+    async fn checkpoint(&mut self) -> Result<u64, ()> {
+        Ok(self.checkpoint)
+    }
+    async fn offers(&mut self, since: u64, upto: u64, limit: usize) -> Result<OfferBatch, ()> {
+        let offers: Vec<FileOffer> = (since + 1..=upto).take(limit).map(numbered).collect();
+        let last_seq = offers.last().map_or(since, |o| o.seq);
+        Ok(OfferBatch { offers, last_seq, pending: last_seq < upto })
+    }
+    async fn read(&mut self, offer: &FileOffer) -> Result<Option<u64>, ()> {
+        Ok((offer.seq != self.lost).then_some(offer.seq))
+    }
+    async fn save_checkpoint(&mut self, seq: u64, _: Option<&FileOffer>) -> Result<(), ()> {
+        assert!(seq >= self.checkpoint, "the checkpoint never goes back");
+        self.checkpoint = seq;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct HoldingTarget {
+    held: HashSet<String>,
+    puts: u64,
+}
+
+impl ContentTarget<u64> for HoldingTarget {
+    type Error = ();
+    async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, ()> {
+        Ok(offers
+            .iter()
+            .map(|o| (o.key.clone(), if self.held.contains(&o.key) { Need::Present } else { Need::Missing }))
+            .collect())
+    }
+    async fn put(&mut self, offer: &FileOffer, _: u64) -> Result<(), ()> {
+        assert!(self.held.insert(offer.key.clone()), "{} sent twice", offer.key);
+        self.puts += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_file_whose_bytes_never_come_holds_the_checkpoint_but_not_the_files_after_it() {
+    block_on(async {
+        let (mut source, mut target) = (LossySource { checkpoint: 0, lost: 2 }, HoldingTarget::default());
+        let (outcome, report) = content::run(&mut source, &mut target, 5, 2).await.unwrap();
+        assert_eq!(outcome, Outcome::Blocked);
+        assert_eq!((report.files_sent, report.waiting), (4, 1));
+        assert_eq!(source.checkpoint, 1, "the checkpoint stays before the missing file");
+        assert!(["f1", "f3", "f4", "f5"].iter().all(|k| target.held.contains(*k)));
+        // Again, still without its bytes: nothing is sent twice.
+        let (outcome, report) = content::run(&mut source, &mut target, 5, 2).await.unwrap();
+        assert_eq!((outcome, report.files_sent, report.waiting), (Outcome::Blocked, 0, 1));
+        // Its bytes arrive: it goes, alone, and the checkpoint reaches the end.
+        source.lost = 0;
+        let (outcome, report) = content::run(&mut source, &mut target, 5, 2).await.unwrap();
+        assert_eq!((outcome, report.files_sent, source.checkpoint), (Outcome::Done, 1, 5));
+        assert_eq!(target.puts, 5);
+    });
+}

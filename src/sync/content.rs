@@ -271,13 +271,17 @@ async fn plan(
                 sender.with_state(&key, |st| {
                     st.running = false;
                     match &outcome {
-                        Ok(Outcome::Done) => {
+                        Ok((Outcome::Done, _)) => {
                             st.last_error = None;
                             st.failures = 0;
                             st.retry_at = None;
                         }
-                        Ok(Outcome::Blocked) => {
-                            st.last_error = None;
+                        // The rest was delivered; these files hold the checkpoint until their
+                        // bytes are here (shown, never a silent stall).
+                        Ok((Outcome::Blocked, waiting)) => {
+                            st.last_error = Some(format!(
+                                "{waiting} file(s) wait for content that is not on this instance yet, or that the member is receiving"
+                            ));
                             st.retry_at = Some(Instant::now() + RETRY_MIN);
                         }
                         Err(e) => {
@@ -425,7 +429,7 @@ async fn round(
     s: &Sharing,
     member: usize,
     link_seq: u64,
-) -> Result<Outcome, SyncError> {
+) -> Result<(Outcome, u64), SyncError> {
     let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
     let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
     let base = m
@@ -441,5 +445,5 @@ async fn round(
         tracing::info!(instance = %inst.domain, sharing = %s.id(), member, files = report.files_sent,
             bytes = report.bytes_sent, "sent file content");
     }
-    Ok(outcome)
+    Ok((outcome, report.waiting))
 }
