@@ -261,6 +261,17 @@ async fn a_password_protected_link_needs_the_password_cookie() {
         .unwrap();
     assert_eq!(wrong.status(), 403);
     assert_eq!(get(&b).await.unwrap().status(), 401);
+    // From the page's form, a wrong password goes back to the page, which says so.
+    let wrong = b
+        .post(alice.url("/auth/share-by-link/password"))
+        .form(&[("perm_id", id.as_str()), ("password", "guess"), ("redirect", "/public/notes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 303);
+    assert_eq!(wrong.headers()["location"], "/public/notes?wrong_password=1");
+    assert!(wrong.headers().get("set-cookie").is_none());
+    assert_eq!(get(&b).await.unwrap().status(), 401);
     let right = b
         .post(alice.url("/auth/share-by-link/password"))
         .form(&[("perm_id", id.as_str()), ("password", "open sesame")])

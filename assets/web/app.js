@@ -438,16 +438,13 @@
       if (message) say(message, false);
       // A form sent with Enter keeps the focus in its input, and refresh() leaves a section
       // alone while someone types in it: the form is done, so its section may be redrawn.
-      let leftForm = false;
-      if (el.tagName === 'FORM') {
-        if (el.contains(document.activeElement)) {
-          document.activeElement.blur();
-          leftForm = true;
-        }
-        el.reset();
+      // The focus moves to the form's button, as after a click.
+      const typing = document.activeElement;
+      if (el.tagName === 'FORM' && el.contains(typing) && typing.matches('input, select, textarea')) {
+        const button = el.querySelector('button[type="submit"], button:not([type])');
+        if (button) button.focus();
       }
       await refresh();
-      if (leftForm) output.focus();
       // The control is gone (an accepted request, a revoked member): keyboard users continue
       // from the message that says what happened.
       if (!document.body.contains(el) && !document.getElementById('new-link')) output.focus();

@@ -282,7 +282,9 @@ fn safe_redirect(target: Option<&str>) -> Option<String> {
 
 /// `POST /auth/share-by-link/password` (form `perm_id`, `password`, optional `redirect`) —
 /// checks a link's password and sets the cookie its codes then need (HttpOnly, SameSite=Lax,
-/// a MAC of the link and its password hash). Wrong password: 403; failures are rate-limited.
+/// a MAC of the link and its password hash). Wrong password: 403, or, for the page's form
+/// (with `redirect`), 303 back to the page with `wrong_password=1`, which asks again and says
+/// why; failures are rate-limited either way.
 async fn password(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let inst = inst.0;
     let body = read_body(&req, payload, 64 * 1024).await?;
@@ -304,6 +306,15 @@ async fn password(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiRes
     };
     let Some(hash) = hash.filter(|_| ok) else {
         code_failed(&inst, attempt);
+        // The page's form goes back to its page, which asks again and says why; an API
+        // caller gets the 403.
+        if let Some(to) = safe_redirect(form.redirect.as_deref()) {
+            let sep = if to.contains('?') { '&' } else { '?' };
+            return Ok(HttpResponse::SeeOther()
+                .insert_header((header::LOCATION, format!("{to}{sep}wrong_password=1")))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .finish());
+        }
         return Err(ApiError::Forbidden("wrong password".into()));
     };
     attempt.succeeded();
@@ -386,8 +397,13 @@ async fn public_page(inst: Inst, req: HttpRequest) -> HttpResponse {
     let grant = match resolve_code(&inst, &req, &code).await {
         Ok((grant, true)) => grant,
         Ok((grant, false)) => {
+            let wrong = if q.get("wrong_password").is_some() {
+                "<p role=\"alert\" id=\"password-error\">Wrong password: try again.</p>"
+            } else {
+                ""
+            };
             let body = format!(
-                "<h1>This link is protected by a password</h1>\
+                "<h1>This link is protected by a password</h1>{wrong}\
                  <form method=\"post\" action=\"/auth/share-by-link/password\">\
                  <input type=\"hidden\" name=\"perm_id\" value=\"{}\"><input type=\"hidden\" name=\"redirect\" value=\"{}\">\
                  <label>Password <input type=\"password\" name=\"password\" id=\"password\" autofocus required></label> \
@@ -395,7 +411,9 @@ async fn public_page(inst: Inst, req: HttpRequest) -> HttpResponse {
                 esc(&grant.perm_id),
                 esc(req.path())
             );
-            return page(StatusCode::UNAUTHORIZED, "Shared link", &body);
+            // A page asking for a password, as the login page: 200 (a 401 document load is a
+            // console error in browsers).
+            return page(StatusCode::OK, "Shared link", &body);
         }
         Err(e) => return error_page(&e),
     };
