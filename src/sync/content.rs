@@ -430,13 +430,7 @@ async fn round(
     member: usize,
     link_seq: u64,
 ) -> Result<(Outcome, u64), SyncError> {
-    let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
-    let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
-    let base = m
-        .instance
-        .as_deref()
-        .and_then(|u| Url::parse(u).ok())
-        .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
+    let (base, creds) = super::replication::member_link(s, member)?;
     let mut target = Peer { federation, inst, sharing: s, member, base, creds };
     let mut source =
         LocalContent { inst, files, sharing: s, member, ids: IdMap::for_member(s, member), record: Default::default() };

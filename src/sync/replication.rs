@@ -431,6 +431,19 @@ pub struct PeerTarget {
     shared: Shared,
 }
 
+/// Where and how this instance reaches member `member` of `s`: its address and the
+/// credentials it gave us (documents and file content both go this way).
+pub(crate) fn member_link(s: &Sharing, member: usize) -> Result<(Url, PeerCredentials), SyncError> {
+    let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
+    let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
+    let base = m
+        .instance
+        .as_deref()
+        .and_then(|u| Url::parse(u).ok())
+        .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
+    Ok((base, creds))
+}
+
 impl PeerTarget {
     fn new(
         federation: Arc<Federation>,
@@ -439,13 +452,7 @@ impl PeerTarget {
         member: usize,
         shared: Shared,
     ) -> Result<PeerTarget, SyncError> {
-        let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
-        let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
-        let base = m
-            .instance
-            .as_deref()
-            .and_then(|u| Url::parse(u).ok())
-            .ok_or_else(|| SyncError::Protocol("member without address".into()))?;
+        let (base, creds) = member_link(s, member)?;
         let sharing_id = s.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
         Ok(PeerTarget { federation, inst, sharing_id, member, base, creds, shared })
     }
