@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::flow::answer_invitation;
+use common::process::ServerProcess as Server;
 use common::{browser, TestInstance};
 use hearth::sharing::{self, SharingId};
 use hearth::store::sqlite::SqliteStore;
@@ -20,10 +19,6 @@ use serde_json::{json, Value};
 const DOCS: usize = 20_000;
 const BATCH: usize = 500;
 const KILLS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A small deterministic PRNG (the seed is printed, so a failing run can be replayed).
 struct Rng(u64);
@@ -41,76 +36,10 @@ impl Rng {
     }
 }
 
-struct Server {
-    name: &'static str,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-    runs: usize,
-}
-
-impl Server {
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("HEARTH_DATA_DIR", &self.dir)
-            .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
-            .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
-            .env("HEARTH_REPLICATION__DEBOUNCE_MS", "20")
-            .env("HEARTH_REPLICATION__SWEEP_MS", "100")
-            .env("HEARTH_REPLICATION__RETRY_BASE_MS", "50")
-            .env("HEARTH_REPLICATION__RETRY_MAX_MS", "400")
-            .env("HEARTH_REPLICATION__BATCH_SIZE", BATCH.to_string())
-            .env("HEARTH_LOG", "info,actix_server=warn,hearth::app=warn");
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-        self.env(&mut cmd);
-        let out = cmd.args(args).stdin(Stdio::null()).output().expect("hearth cli");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn domain(&self) -> String {
-        format!("{}.localhost:{}", self.name, self.port)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("serve.log")
-    }
-
-    async fn start(&mut self) {
-        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-        self.env(&mut cmd);
-        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
-        self.child = Some(cmd.spawn().expect("hearth serve"));
-        self.runs += 1;
-        let url = format!("http://127.0.0.1:{}/status", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) {
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().unwrap();
-        }
-    }
-
-    fn store(&self) -> SqliteStore {
-        let file = self.dir.join("instances").join(format!("{}.sqlite", self.domain().replace(':', "_")));
-        SqliteStore::open(&file, 1000).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The store of a server's instance, opened beside it.
+fn store(s: &Server) -> SqliteStore {
+    let file = s.dir.join("instances").join(format!("{}.sqlite", s.domain().replace(':', "_")));
+    SqliteStore::open(&file, 1000).unwrap()
 }
 
 /// Documents the receiver accepted, summed over every run of it (from its logs).
@@ -142,8 +71,9 @@ async fn initial_sync_survives_sigkill_of_either_side_and_resends_at_most_a_batc
     println!("crash test seed: {seed} (CRASH_SEED={seed} replays the kill schedule)");
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Server { name: "alice", dir: root.path().join("a"), port: free_port(), child: None, runs: 0 };
-    let mut bob = Server { name: "bob", dir: root.path().join("b"), port: free_port(), child: None, runs: 0 };
+    let batch = vec![("HEARTH_REPLICATION__BATCH_SIZE", BATCH.to_string())];
+    let mut alice = Server::new("alice", root.path().join("a"), batch.clone());
+    let mut bob = Server::new("bob", root.path().join("b"), batch);
     alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
     bob.cli(&["instances", "add", &bob.domain(), "--passphrase", "pb"]);
     let token = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.todos"]).trim().to_owned();
@@ -215,7 +145,7 @@ async fn initial_sync_survives_sigkill_of_either_side_and_resends_at_most_a_batc
         "{total_received} documents received for {DOCS}: more than one batch re-sent per kill ({kills} kills)"
     );
 
-    let (a, b) = (alice.store(), bob.store());
+    let (a, b) = (store(&alice), store(&bob));
     let s = sharing::load(&a, &SharingId::parse(&sid).unwrap()).await.unwrap().unwrap();
     let key = hearth::sharing::xor::parse_key(s.members[1].xor_key.as_deref().unwrap()).unwrap();
     let todos = Doctype::parse("io.cozy.todos").unwrap();

@@ -8,15 +8,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
 use common::browser;
 use common::flow::answer_invitation;
+use common::process::ServerProcess as Server;
 use common::TestInstance;
 use futures_util::StreamExt;
 use md5::Digest;
@@ -26,86 +25,17 @@ const MIB: usize = 1024 * 1024;
 const SMALL: usize = 30;
 const BIG: usize = 120 * MIB;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server {
-    name: &'static str,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn env(&self, cmd: &mut Command) {
-        cmd.env("HEARTH_DATA_DIR", &self.dir)
-            .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
-            .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
-            .env("HEARTH_FILES__BACKEND", "fs")
-            .env("HEARTH_REPLICATION__DEBOUNCE_MS", "20")
-            .env("HEARTH_REPLICATION__SWEEP_MS", "100")
-            .env("HEARTH_REPLICATION__RETRY_BASE_MS", "50")
-            .env("HEARTH_REPLICATION__RETRY_MAX_MS", "400")
-            .env("HEARTH_LOG", "info,actix_server=warn,hearth::app=warn");
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-        self.env(&mut cmd);
-        let out = cmd.args(args).stdin(Stdio::null()).output().expect("hearth cli");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn domain(&self) -> String {
-        format!("{}.localhost:{}", self.name, self.port)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join("serve.log")
-    }
-
-    async fn start(&mut self) {
-        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-        self.env(&mut cmd);
-        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
-        self.child = Some(cmd.spawn().expect("hearth serve"));
-        let url = format!("http://127.0.0.1:{}/status", self.port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) {
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().unwrap();
-        }
-    }
-
-    /// The largest temporary content object being written, in bytes.
-    fn receiving(&self) -> u64 {
-        let dir = self.dir.join("files").join("content").join(self.domain().replace(':', "_")).join("tmp");
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .max()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The largest temporary content object a server is writing, in bytes.
+fn receiving(s: &Server) -> u64 {
+    let dir = s.dir.join("files").join("content").join(s.domain().replace(':', "_")).join("tmp");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// How many times the receiver committed each file's content, over all its runs (its logs).
@@ -208,8 +138,9 @@ async fn download(domain: &str, token: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_without_resending_completed_files() {
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Server { name: "alice", dir: root.path().join("a"), port: free_port(), child: None };
-    let mut bob = Server { name: "bob", dir: root.path().join("b"), port: free_port(), child: None };
+    let fs = vec![("HEARTH_FILES__BACKEND", "fs".to_owned())];
+    let mut alice = Server::new("alice", root.path().join("a"), fs.clone());
+    let mut bob = Server::new("bob", root.path().join("b"), fs);
     alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
     bob.cli(&["instances", "add", &bob.domain(), "--passphrase", common::flow::PASS]);
     let ta = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
@@ -264,7 +195,7 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     for victim in ["bob", "alice"] {
         // Wait for the large file to be on its way, then kill.
         let deadline = Instant::now() + Duration::from_secs(120);
-        while bob.receiving() < 8 * MIB as u64 {
+        while receiving(&bob) < 8 * MIB as u64 {
             assert!(Instant::now() < deadline, "the large file never started arriving");
             let (s, _) = download(&bob.domain(), &tb, big).await;
             assert_ne!(s, 200, "the large file cannot be complete yet");

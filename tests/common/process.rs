@@ -1,0 +1,93 @@
+//! `hearth serve` as a process of its own, for the crash tests: its data directory and port,
+//! the settings of a federation on loopback with quick retries, the CLI on the same
+//! configuration, and SIGKILL (also when dropped).
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct ServerProcess {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub port: u16,
+    /// Settings beyond the shared ones, as `HEARTH_...` variables.
+    pub extra_env: Vec<(&'static str, String)>,
+    /// How many times it was started.
+    pub runs: usize,
+    child: Option<Child>,
+}
+
+impl ServerProcess {
+    /// A server named `name` (its instance is `NAME.localhost:PORT`) on `dir`, on a free port.
+    pub fn new(name: &'static str, dir: PathBuf, extra_env: Vec<(&'static str, String)>) -> ServerProcess {
+        ServerProcess { name, dir, port: free_port(), extra_env, runs: 0, child: None }
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("HEARTH_DATA_DIR", &self.dir)
+            .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
+            .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
+            .env("HEARTH_REPLICATION__DEBOUNCE_MS", "20")
+            .env("HEARTH_REPLICATION__SWEEP_MS", "100")
+            .env("HEARTH_REPLICATION__RETRY_BASE_MS", "50")
+            .env("HEARTH_REPLICATION__RETRY_MAX_MS", "400")
+            .env("HEARTH_LOG", "info,actix_server=warn,hearth::app=warn");
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+    }
+
+    /// Runs `hearth ARGS` on this server's configuration; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        self.env(&mut cmd);
+        let out = cmd.args(args).stdin(Stdio::null()).output().expect("hearth cli");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn domain(&self) -> String {
+        format!("{}.localhost:{}", self.name, self.port)
+    }
+
+    /// Its log, appended to by every run.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("serve.log")
+    }
+
+    /// Starts `hearth serve` and waits until it answers `/status`.
+    pub async fn start(&mut self) {
+        let log = OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        self.env(&mut cmd);
+        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        self.child = Some(cmd.spawn().expect("hearth serve"));
+        self.runs += 1;
+        let url = format!("http://127.0.0.1:{}/status", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) {
+            assert!(Instant::now() < deadline, "{} did not start", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, and waits for the process to end.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
