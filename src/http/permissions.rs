@@ -491,13 +491,13 @@ async fn render_files(
     let entry = |item: &crate::files::Item| match item.kind() {
         Kind::File => format!(
             "<li class=\"file\"><a href=\"/files/download/{}?Dl=1\" download>{}</a> <small>{} bytes</small></li>",
-            esc(&percent(&item.id)),
+            esc(&crate::files::encode_id(&item.id)),
             esc(item.name()),
             item.size()
         ),
         Kind::Directory => format!(
             "<li class=\"dir\"><a href=\"/public/?dir={}\">{}/</a></li>",
-            esc(&percent(&item.id)),
+            esc(&crate::files::encode_id(&item.id)),
             esc(item.name())
         ),
     };
@@ -533,10 +533,6 @@ async fn render_files(
         html.push_str("</ul></li>");
     }
     Ok(shown)
-}
-
-fn percent(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// For the discovery of a previewed sharing: the member whose preview code the request carries
