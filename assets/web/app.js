@@ -131,6 +131,13 @@
           // Leave a section alone while someone types in it or a file is on its way.
           if (active && current.contains(active) && active.matches('input, select, textarea')) continue;
           if (fresh.id === 'files' && uploading > 0) continue;
+          // A menu someone opened stays open: its row is found again by its ids.
+          for (const open of current.querySelectorAll('details[open]')) {
+            const row = open.parentElement && open.parentElement.closest('[data-file], [data-sharing], [data-member], [data-link]');
+            const rowKey = row ? focusKey(row) : null;
+            const again = rowKey ? fresh.querySelector(rowKey + ' details') : null;
+            if (again) again.open = true;
+          }
           current.replaceWith(fresh);
         }
         if (key && !document.body.contains(active)) {
@@ -433,6 +440,14 @@
     const handler = handlers[kind];
     if (!handler) return;
     el.setAttribute('aria-busy', 'true');
+    // An action chosen from a menu closes the menu, as a native menu does, before any
+    // live redraw (which keeps open menus open) can see it.
+    const menu = el.closest('details');
+    if (menu) {
+      menu.open = false;
+      const summary = menu.querySelector('summary');
+      if (summary && menu.contains(document.activeElement)) summary.focus();
+    }
     try {
       const message = await handler(el);
       if (message) say(message, false);

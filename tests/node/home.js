@@ -303,7 +303,24 @@ async function run(browser, env) {
   await alice.click(`${fileRow('hello.txt')} form[data-action="rename"] button`);
   await alice.waitForSelector(fileRow('notes.txt'), { timeout: remaining() });
   const fileId = await alice.getAttribute(fileRow('notes.txt'), 'data-file');
+  // The menu closed when the rename was sent; opened again, it stays open while a change made
+  // elsewhere (a folder made in another tab) redraws the section live.
+  if (await alice.isVisible(`${fileRow('notes.txt')} form[data-action="move"] input[name="path"]`)) {
+    throw new Error('the actions menu stayed open after its rename was sent');
+  }
   await alice.click(`${fileRow('notes.txt')} summary`);
+  await alice.evaluate(() => {
+    document.getElementById('files').dataset.before = 'redraw';
+  });
+  const tab = await aliceContext.newPage();
+  await tab.goto(env.alice + '/');
+  await tab.fill('form[data-action="mkdir"] input[name="name"]', 'Made elsewhere');
+  await tab.press('form[data-action="mkdir"] input[name="name"]', 'Enter');
+  await alice.waitForFunction(() => !document.getElementById('files').dataset.before, null, { timeout: remaining() });
+  await tab.close();
+  if (!(await alice.isVisible(`${fileRow('notes.txt')} form[data-action="move"] input[name="path"]`))) {
+    throw new Error('a live redraw closed the actions menu someone had opened');
+  }
   await alice.fill(`${fileRow('notes.txt')} form[data-action="move"] input[name="path"]`, '/');
   await alice.click(`${fileRow('notes.txt')} form[data-action="move"] button`);
   await alice.waitForSelector(fileRow('notes.txt'), { state: 'detached', timeout: remaining() });
