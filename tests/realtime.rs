@@ -14,16 +14,16 @@ use tokio::io::AsyncWriteExt;
 
 const PASS: &str = "correct horse";
 
-/// Reads `event:`/`data:` frames from an SSE response until `stop` says so (or 20 s pass).
+/// Reads `event:`/`data:` frames from an SSE response until `stop` says so (or 60 s pass: the machine may be loaded).
 async fn read_events(resp: reqwest::Response, mut stop: impl FnMut(&str, &Value) -> bool) -> Vec<(String, Value)> {
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let chunk = tokio::time::timeout_at(deadline, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("no matching event within 20 s; got {out:?}"))
+            .unwrap_or_else(|_| panic!("no matching event within 60 s; got {out:?}"))
             .expect("the stream ended")
             .expect("chunk");
         buf.push_str(&String::from_utf8_lossy(&chunk));

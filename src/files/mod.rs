@@ -209,6 +209,19 @@ impl Item {
     }
 }
 
+/// The tree entry of node `id` as its document describes it.
+fn entry_of(id: &str, n: model::Node) -> Entry {
+    Entry {
+        id: id.to_owned(),
+        dir_id: n.dir_id,
+        name: n.name,
+        kind: n.kind,
+        size: n.size,
+        vfs_id: n.vfs_id,
+        trashed: n.trashed,
+    }
+}
+
 /// The content key of version `vfs_id`.
 pub fn version_key(vfs_id: &str) -> Option<ContentKey> {
     let shard = vfs_id.get(..2)?;
@@ -493,19 +506,37 @@ impl Files {
         Ok(self.used.load(Ordering::SeqCst))
     }
 
+    /// The item `id`: its winning document, and its place in the tree from the index. The
+    /// node's own fields (size, content version, name, parent) are the document's: a revision
+    /// received after the index caught up (a replicated edit) must never pair its `md5sum` with
+    /// the previous version's content. When the two differ the index catches up and the read is
+    /// tried again, so that the ancestors match too; after that the document's fields win.
     async fn load(&self, id: &str) -> Result<Item> {
         let missing = || FilesError::NotFound(format!("no file or directory {id}"));
         let doc_id = DocId::parse(id).map_err(|_| missing())?;
-        let ancestry = self.index.ancestry(id).await?;
-        if ancestry.is_empty() {
-            return Err(missing());
+        let mut attempts = 0;
+        loop {
+            let mut ancestry = self.index.ancestry(id).await?;
+            if ancestry.is_empty() {
+                return Err(missing());
+            }
+            let view = match self.store.get(&doctype(), &doc_id, GetOptions::default()).await {
+                Ok(v) => v,
+                Err(StoreError::NotFound | StoreError::Deleted) => return Err(missing()),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(node) = model::node_of(id, &view.doc.body) else { return Err(missing()) };
+            let fresh = entry_of(id, node);
+            if fresh != ancestry[0] {
+                attempts += 1;
+                if attempts < 3 {
+                    self.sync().await?;
+                    continue;
+                }
+                ancestry[0] = fresh;
+            }
+            return Ok(Item { id: id.to_owned(), rev: view.doc.rev, body: view.doc.body, ancestry });
         }
-        let view = match self.store.get(&doctype(), &doc_id, GetOptions::default()).await {
-            Ok(v) => v,
-            Err(StoreError::NotFound | StoreError::Deleted) => return Err(missing()),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(Item { id: id.to_owned(), rev: view.doc.rev, body: view.doc.body, ancestry })
     }
 
     /// A file or directory by id (after catching up).
@@ -558,7 +589,9 @@ impl Files {
             .collect();
         for e in entries {
             if let Some((rev, body)) = docs.get(&e.id) {
-                let mut ancestry = vec![e.clone()];
+                // The node's own fields from the revision listed (see `load`).
+                let Some(node) = model::node_of(&e.id, body) else { continue };
+                let mut ancestry = vec![entry_of(&e.id, node)];
                 ancestry.extend(dir.ancestry.iter().cloned());
                 items.push(Item { id: e.id.clone(), rev: rev.clone(), body: body.clone(), ancestry });
             }
@@ -1253,5 +1286,40 @@ pub async fn run_sweeps(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::json;
+    use crate::store::sqlite::SqliteStore;
+
+    fn file_body(size: &str, md5: &str, vfs_id: &str) -> serde_json::Map<String, Value> {
+        json!({"type": "file", "name": "a.bin", "dir_id": ROOT_ID, "size": size, "md5sum": md5,
+               "internal_vfs_id": vfs_id})
+        .as_object()
+        .cloned()
+        .expect("object")
+    }
+
+    /// A revision written after the index caught up (as a replicated edit is) must not pair its
+    /// `md5sum` with the previous version's size and content: a download would serve the old
+    /// bytes under the new ETag.
+    #[tokio::test]
+    async fn an_item_read_while_the_index_lags_describes_one_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("store"));
+        let content = Arc::new(content::FsContent::open(&dir.path().join("content")).expect("content"));
+        let files = Files::open(store.clone(), content, &dir.path().join("index.sqlite"), 1 << 30).await.expect("open");
+        let id = DocId::parse("f1").expect("id");
+        let rev = json::put(store.as_ref(), &doctype(), &id, None, file_body("3", "old", "aaa111")).await.expect("v1");
+        files.sync().await.expect("sync");
+        json::put(store.as_ref(), &doctype(), &id, Some(&rev), file_body("5000", "new", "bbb222")).await.expect("v2");
+        // The index has not caught up with the second revision.
+        let item = files.load("f1").await.expect("load");
+        assert_eq!(item.md5sum().as_deref(), Some("new"));
+        assert_eq!(item.size(), 5000);
+        assert_eq!(item.content_key(), version_key("bbb222"));
     }
 }

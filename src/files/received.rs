@@ -89,12 +89,14 @@ impl Files {
         if entry.kind != Kind::File || entry.vfs_id.as_deref() != Some(vfs_id) {
             return Ok(None);
         }
+        // Size, version and md5sum all from the document read (the index may lag it).
         let item = match self.load(id).await {
             Ok(item) => item,
             Err(FilesError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(item.md5sum().map(|md5| (entry.size, md5)))
+        let named = item.ancestry.first().is_some_and(|e| e.kind == Kind::File && e.vfs_id.as_deref() == Some(vfs_id));
+        Ok(item.md5sum().filter(|_| named).map(|md5| (item.size(), md5)))
     }
 
     /// Whether this instance lacks the bytes of each version `vfs_id` of file `id` asked about.
