@@ -413,6 +413,11 @@
         },
       });
       f.reset();
+      // An address is never mailed, and its instance hears of the sharing only once the
+      // invitation is opened (see the README's "The owner's page").
+      if (recipient.instance) {
+        return 'Folder shared with ' + who + ': copy the invitation under "Shared by me" and send it to them; their instance gets the request when they open it.';
+      }
       return 'Folder shared with ' + who + '. Copy the invitation from "Shared by me" if no mail was sent.';
     },
     async 'share-folder'(f) {
