@@ -105,7 +105,7 @@ async fn a_folder_tree_uploads_and_every_file_downloads_back_byte_identical() {
         assert_eq!(status, 201, "{v}");
         let a = &v["data"]["attributes"];
         assert_eq!(a["type"], "file");
-        assert_eq!(a["size"], *len as u64);
+        assert_eq!(a["size"], len.to_string(), "Cozy's form: a decimal string");
         assert_eq!(a["md5sum"], md5_b64(&data));
         assert_eq!(a["trashed"], false);
         assert_eq!(v["data"]["relationships"]["parent"]["data"]["id"], dir.as_str());
@@ -471,7 +471,7 @@ async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     };
     let (status, v2) = json_of(put(b"version 2, longer", &rev1).await.unwrap()).await;
     assert_eq!(status, 200, "{v2}");
-    assert_eq!(v2["data"]["attributes"]["size"], 17);
+    assert_eq!(v2["data"]["attributes"]["size"], "17");
     assert_eq!(v2["data"]["attributes"]["name"], "doc.txt");
     assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
     // The stale revision is refused; the content stays.
@@ -931,4 +931,101 @@ async fn file_metadata_is_kept_exactly_as_written() {
     let again =
         alice.req(Method::GET, &format!("/files/{id}"), Some(&token)).send().await.unwrap().text().await.unwrap();
     assert!(again.contains(&format!(r#""metadata":{metadata}"#)), "{again}");
+}
+
+/// `HEAD` on an item, its metadata by path and its content answers as `GET` does: the same
+/// status and headers (`Content-Length`, `Content-Type`, `ETag`, `Content-Range`...), no body.
+#[tokio::test]
+async fn head_answers_with_the_headers_of_get_and_no_body() {
+    let (_app, alice, token) = setup().await;
+    let data = pattern(70_000, 9);
+    let (_, v) = upload(&alice, &token, ROOT, "notes été.txt", &data).await;
+    let id = id_of(&v);
+    let path = enc("/notes été.txt");
+    let cases = [
+        (format!("/files/{id}"), None),
+        (format!("/files/metadata?Path={path}"), None),
+        (format!("/files/download/{id}"), None),
+        (format!("/files/download?Path={path}"), None),
+        (format!("/files/download/{id}"), Some("bytes=10-19")),
+    ];
+    for (url, range) in cases {
+        let send = |method: Method| {
+            let mut r = alice.req(method, &url, Some(&token));
+            if let Some(range) = range {
+                r = r.header("Range", range);
+            }
+            r.send()
+        };
+        let get = send(Method::GET).await.unwrap();
+        let head = send(Method::HEAD).await.unwrap();
+        assert_eq!(head.status(), get.status(), "{url}");
+        assert!(head.status().is_success(), "{url}: {}", head.status());
+        for h in ["content-type", "content-length", "etag", "content-range", "content-disposition", "accept-ranges"] {
+            assert_eq!(head.headers().get(h), get.headers().get(h), "{url}: {h}");
+        }
+        let get_len = get.headers()["content-length"].to_str().unwrap().parse::<usize>().unwrap();
+        assert_eq!(get.bytes().await.unwrap().len(), get_len, "{url}");
+        assert!(head.bytes().await.unwrap().is_empty(), "{url}: HEAD has no body");
+    }
+    let resp = alice.req(Method::HEAD, &format!("/files/download/{id}"), Some(&token)).send().await.unwrap();
+    assert_eq!(resp.headers()["content-length"], "70000");
+    assert_eq!(resp.headers()["etag"], format!("\"{}\"", md5_b64(&data)).as_str());
+    // Whatever GET refuses, HEAD refuses with the same status.
+    for url in ["/files/nope".to_owned(), "/files/download/nope".to_owned(), format!("/files/download/{ROOT}")] {
+        let get = alice.req(Method::GET, &url, Some(&token)).send().await.unwrap().status();
+        let head = alice.req(Method::HEAD, &url, Some(&token)).send().await.unwrap().status();
+        assert_eq!((head, head.is_client_error()), (get, true), "{url}");
+    }
+    let other = alice.req(Method::HEAD, &format!("/files/{id}"), None).send().await.unwrap().status();
+    assert_eq!(other, 401, "HEAD needs the same token as GET");
+}
+
+/// Two names that differ only by Unicode normalization (`é` precomposed, NFC, as most systems
+/// write it; decomposed, NFD, as macOS does) are one name in a directory: the second is a
+/// conflict (409), as for identical names, and a path in either form finds the item. The name
+/// is kept as written.
+#[tokio::test]
+async fn names_that_differ_only_by_unicode_normalization_are_one_name() {
+    let (_app, alice, token) = setup().await;
+    let (nfc, nfd) = ("caf\u{e9}.txt", "cafe\u{301}.txt");
+    assert_ne!(nfc, nfd);
+    let (status, v) = upload(&alice, &token, ROOT, nfc, b"one").await;
+    assert_eq!(status, 201, "{v}");
+    let id = id_of(&v);
+    let (status, v) = upload(&alice, &token, ROOT, nfd, b"two").await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(mkdir(&alice, &token, ROOT, nfd).await.0, 409);
+    // Found by either form of its path, named as it was written.
+    for name in [nfc, nfd] {
+        let (status, v) =
+            alice.call(Method::GET, &format!("/files/metadata?Path=/{}", enc(name)), Some(&token), None).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            (v["data"]["id"].as_str(), v["data"]["attributes"]["name"].as_str()),
+            (Some(id.as_str()), Some(nfc))
+        );
+    }
+    // Renaming another item onto the other form is refused; the item itself may take it.
+    let (_, other) = upload(&alice, &token, ROOT, "other.txt", b"3").await;
+    let rename = |id: String, name: &str| {
+        let body = json!({"data": {"attributes": {"name": name}}});
+        let alice = &alice;
+        let token = &token;
+        async move { alice.call(Method::PATCH, &format!("/files/{id}"), Some(token), Some(body)).await }
+    };
+    assert_eq!(rename(id_of(&other), nfd).await.0, 409);
+    let (status, v) = rename(id.clone(), nfd).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["name"], nfd, "kept as written");
+    // Directories too: a folder and a file of one name in two forms cannot sit side by side.
+    let (status, d) = mkdir(&alice, &token, ROOT, "\u{C5}rhus").await;
+    assert_eq!(status, 201, "{d}");
+    assert_eq!(upload(&alice, &token, ROOT, "A\u{30A}rhus", b"4").await.0, 409);
+    let names: Vec<String> = children(&alice, &token, ROOT, 30)
+        .await
+        .iter()
+        .filter_map(|c| c["attributes"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names.len(), 4, "the trash, café, other and Århus: {names:?}");
 }

@@ -6,6 +6,7 @@ mod common;
 
 use common::flow::*;
 use common::{browser, eventually, spawn_app, TestInstance};
+use hearth::sharing::MemberStatus;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -193,4 +194,106 @@ async fn a_member_list_from_anyone_but_the_owner_is_refused_and_changes_nothing(
         assert!(v["reason"].is_string(), "{v}");
     }
     assert_eq!(members_seen(&bob, &bob_app, &id).await, before);
+}
+
+/// `POST /sharings/:id/discovery` as a script does (JSON answer): `form` plus the address.
+async fn discover_json(owner: &TestInstance, id: &str, form: (&str, &str), url: &str) -> (u16, Value) {
+    let resp = browser()
+        .post(owner.url(&format!("/sharings/{id}/discovery")))
+        .header("Accept", "application/json")
+        .form(&[form, ("url", url)])
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// Adding someone who is already in a sharing never makes a second member of them (whose
+/// invitation their instance refused, which the owner answered with a 502): a ready member is
+/// left as is, an invited one is sent the same invitation again, as Cozy's `addMember` does.
+/// An instance already in the sharing that is named again (through an invitation link, or on
+/// someone else's invitation) gets a clear 409; so does a request the recipient's instance
+/// refuses (it answered one before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_member_again_never_makes_a_second_member_nor_a_bad_gateway() {
+    let one = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = one.add_instance("bob", PASS);
+    let carol = one.add_instance("carol", PASS);
+    let dave = one.add_instance("dave", PASS);
+    let erin = one.add_instance("erin", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    let (bob_url, erin_url) = (format!("http://{}", bob.domain), format!("http://{}", erin.domain));
+    let recipients = json!([{"instance": bob_url}, {"email": "carol@example.net"}, {"instance": erin_url}]);
+    let id = create_sharing(&alice, &token, json!([notes_rule(&["n1"])]), recipients, json!([])).await;
+    answer_invitation(&link(&one, &alice, &id, 1).await, &bob, "accept").await;
+    answer_invitation(&link(&one, &alice, &id, 3).await, &erin, "refuse").await;
+    let carol_link = link(&one, &alice, &id, 2).await;
+    let path = format!("/sharings/{id}/recipients");
+    let add = |r: Value| {
+        Some(json!({"data": {"type": "io.cozy.sharings", "id": id, "relationships": {"recipients": {"data": [r]}}}}))
+    };
+
+    // Bob, ready, added again by his address (as typed, with a slash): nothing changes.
+    let (s, v) = alice.call(Method::POST, &path, Some(&token), add(json!({"instance": format!("{bob_url}/")}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["meta"]["recipients"], json!([{"index": 1, "outcome": "already_member"}]), "{v}");
+    // Carol, invited, added again by her email (other case): the same invitation, still valid.
+    let (s, v) = alice.call(Method::POST, &path, Some(&token), add(json!({"email": "Carol@Example.net"}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["meta"]["recipients"], json!([{"index": 2, "outcome": "invited_again"}]), "{v}");
+    let s = load(&one, &alice, &id).await;
+    assert_eq!(s.members.len(), 4, "nobody made twice: {:?}", s.members);
+    assert_eq!(link(&one, &alice, &id, 2).await, carol_link);
+    answer_invitation(&carol_link, &carol, "accept").await;
+
+    // Bob through an invitation link: 409, and no seat taken.
+    let (s, v) = alice
+        .call(
+            Method::POST,
+            &format!("/sharings/{id}/invitations"),
+            Some(&token),
+            Some(json!({"permissions": ["read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let code = v["data"]["attributes"]["link"].as_str().unwrap().split("invitation=").nth(1).unwrap().to_owned();
+    let (s, v) = discover_json(&alice, &id, ("invitation", &code), &bob_url).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("already a member"), "{v}");
+    assert_eq!(load(&one, &alice, &id).await.members.len(), 4, "no seat for bob");
+
+    // Dave's invitation, given bob's address: 409; dave's invitation stays open for dave.
+    let (s, v) = alice.call(Method::POST, &path, Some(&token), add(json!({"email": "dave@example.net"}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["meta"]["recipients"], json!([{"index": 4, "outcome": "added"}]), "{v}");
+    let dave_link = link(&one, &alice, &id, 4).await;
+    let (s, v) = discover_json(&alice, &id, ("state", &state_of(&dave_link)), &bob_url).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("already a member"), "{v}");
+    answer_invitation(&dave_link, &dave, "accept").await;
+
+    // Erin refused: added again, she is a new member, whose request her instance refuses
+    // (it answered this sharing already): a 409 that says so.
+    let (s, v) = alice.call(Method::POST, &path, Some(&token), add(json!({"instance": erin_url}))).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["meta"]["recipients"], json!([{"index": 5, "outcome": "added"}]), "{v}");
+    let (s, v) = discover_json(&alice, &id, ("state", &state_of(&link(&one, &alice, &id, 5).await)), &erin_url).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("refused the sharing request"), "{v}");
+
+    let s = load(&one, &alice, &id).await;
+    let statuses: Vec<MemberStatus> = s.members.iter().map(|m| m.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            MemberStatus::Owner,
+            MemberStatus::Ready,
+            MemberStatus::Ready,
+            MemberStatus::Refused,
+            MemberStatus::Ready,
+            MemberStatus::MailNotSent
+        ]
+    );
 }

@@ -377,11 +377,17 @@
         data: { type: 'io.cozy.sharings', relationships: { recipients: { data: [recipientOf(f.elements.who.value)] } } },
       });
       const links = (j && j.meta && j.meta.invitations) || [];
+      const outcome = ((j && j.meta && j.meta.recipients) || [])[0];
       f.reset();
       // On a received open sharing, the owner answers the invitation to pass on.
       if (links.length) {
         offerLink('Invitation link', links[0].invitation);
         return null;
+      }
+      // Someone already there is never added twice (see POST /sharings/:id/recipients).
+      if (outcome && outcome.outcome === 'already_member') return 'Already a member of this sharing: nothing to send.';
+      if (outcome && outcome.outcome === 'invited_again') {
+        return 'Already invited: the same invitation was sent again if mail is set up; else copy it from the members list.';
       }
       return 'Added. Copy the invitation from the members list if no mail was sent.';
     },
@@ -407,6 +413,11 @@
         },
       });
       f.reset();
+      // An address is never mailed, and its instance hears of the sharing only once the
+      // invitation is opened (see the README's "The owner's page").
+      if (recipient.instance) {
+        return 'Folder shared with ' + who + ': copy the invitation under "Shared by me" and send it to them; their instance gets the request when they open it.';
+      }
       return 'Folder shared with ' + who + '. Copy the invitation from "Shared by me" if no mail was sent.';
     },
     async 'share-folder'(f) {

@@ -31,9 +31,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     kind INTEGER NOT NULL,
     size INTEGER NOT NULL,
     vfs_id TEXT,
-    trashed INTEGER NOT NULL
+    trashed INTEGER NOT NULL,
+    name_key TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes (dir_id, name, id);
+CREATE INDEX IF NOT EXISTS nodes_by_name_key ON nodes (dir_id, name_key);
 CREATE INDEX IF NOT EXISTS nodes_by_vfs ON nodes (vfs_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -80,6 +82,18 @@ impl Index {
         // The index is derived: losing its last transactions to a power cut only means replaying
         // them from the feed.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // An index made before `name_key` existed is dropped and rebuilt from the feed (it is
+        // a cache: see the module documentation).
+        let has_key: i64 = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name = 'name_key'", [], |r| r.get(0))
+            .context("failed to read the files index schema")?;
+        let has_nodes: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'nodes'", [], |r| r.get(0))
+            .context("failed to read the files index schema")?;
+        if has_nodes > 0 && has_key == 0 {
+            conn.execute_batch("DROP TABLE nodes; DROP TABLE IF EXISTS meta;")
+                .context("failed to drop an old files index")?;
+        }
         conn.execute_batch(SCHEMA).context("failed to create the files index")?;
         Ok(Index { conn: Arc::new(Mutex::new(conn)), catching_up: tokio::sync::Mutex::new(()) })
     }
@@ -149,10 +163,10 @@ impl Index {
                                 bytes += n.size.min(i64::MAX as u64) as i64;
                             }
                             tx.prepare_cached(
-                                "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed)
-                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                                "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed, name_key)
+                                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                                  ON CONFLICT (id) DO UPDATE SET dir_id = ?2, name = ?3, kind = ?4, size = ?5,
-                                   vfs_id = ?6, trashed = ?7",
+                                   vfs_id = ?6, trashed = ?7, name_key = ?8",
                             )?
                             .execute(params![
                                 id,
@@ -161,7 +175,8 @@ impl Index {
                                 n.kind as i64,
                                 n.size.min(i64::MAX as u64) as i64,
                                 n.vfs_id,
-                                n.trashed
+                                n.trashed,
+                                model::name_key(&n.name)
                             ])?;
                         }
                     }
@@ -194,13 +209,15 @@ impl Index {
         .await
     }
 
-    /// The child of `dir` named `name`, other than `except`.
+    /// The child of `dir` named `name`, other than `except`. Names are compared as
+    /// [`model::name_key`] does: `é` written precomposed (NFC) or decomposed (NFD, as macOS
+    /// writes it) is one name.
     pub async fn child_named(&self, dir: &str, name: &str, except: Option<&str>) -> Result<Option<Entry>, FilesError> {
-        let (dir, name, except) = (dir.to_owned(), name.to_owned(), except.unwrap_or_default().to_owned());
+        let (dir, name, except) = (dir.to_owned(), model::name_key(name), except.unwrap_or_default().to_owned());
         self.with(move |c| {
             c.prepare_cached(
                 "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
-                 WHERE dir_id = ?1 AND name = ?2 AND id != ?3 LIMIT 1",
+                 WHERE dir_id = ?1 AND name_key = ?2 AND id != ?3 ORDER BY name, id LIMIT 1",
             )?
             .query_row(params![dir, name, except], entry)
             .optional()
@@ -362,4 +379,33 @@ pub fn path_of(ancestry: &[Entry]) -> Option<String> {
 /// Whether a node is in the trash (the trash itself not included).
 pub fn in_trash(ancestry: &[Entry]) -> bool {
     ancestry.iter().skip(1).any(|e| e.id == TRASH_ID)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_index_made_before_name_keys_is_dropped_and_rebuilt_from_the_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE nodes (id TEXT PRIMARY KEY, dir_id TEXT, name TEXT NOT NULL, kind INTEGER NOT NULL,
+                   size INTEGER NOT NULL, vfs_id TEXT, trashed INTEGER NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO nodes VALUES ('f', 'io.cozy.files.root-dir', 'cafe\u{301}', 1, 3, NULL, 0);
+                 INSERT INTO meta VALUES ('seq', 42);",
+            )
+            .unwrap();
+        }
+        let index = Index::open(&path).unwrap();
+        assert_eq!(index.seq().await.unwrap(), 0, "caught up again from the start of the feed");
+        assert_eq!(index.get("f").await.unwrap(), None);
+        // Reopening a current index keeps it.
+        index.with(|c| c.execute("INSERT INTO meta (key, value) VALUES ('seq', 7)", []).map(|_| ())).await.unwrap();
+        drop(index);
+        assert_eq!(Index::open(&path).unwrap().seq().await.unwrap(), 7);
+    }
 }

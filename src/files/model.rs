@@ -80,6 +80,16 @@ pub fn size_of(body: &Body) -> u64 {
     }
 }
 
+/// What two names of one directory are compared by: their Unicode NFC form (canonical
+/// composition, UAX #15). A name typed on macOS arrives decomposed (NFD: `e` + U+0301) where
+/// other systems send `é` precomposed; both name the same file for a person, and Cozy's clients
+/// treat them so. Case is kept apart (`a` and `A` are two names, as in Cozy). The name stored
+/// is always the one written.
+pub fn name_key(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    name.nfc().collect()
+}
+
 /// Checks a file or directory name: not empty or blank, not `.` or `..`, no `/`, no NUL or
 /// other control character, no character that hides or reorders the text shown (bidi
 /// embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069, the invisible U+FEFF:
@@ -179,7 +189,9 @@ pub fn remove(body: &mut Body, key: &str) {
 
 /// The JSON:API resource of a document, in Cozy's shape: `attributes` are the stored members
 /// as written (key order, numbers of any size), except `path` and `trashed` (derived from the
-/// tree), `size` (a number, as Cozy's API answers it) and `internal_vfs_id` (left out). Raw
+/// tree), `size` (a decimal string, as Cozy's API answers it: its `FileDoc` marshals the size
+/// with `json:"size,string"`, for JavaScript clients and sizes past 2^53) and
+/// `internal_vfs_id` (left out). Raw
 /// JSON, so nothing a client wrote is re-encoded on the way out.
 pub fn resource(id: &str, rev: &str, body: &Body, path: Option<&str>, trashed: bool) -> Box<RawValue> {
     #[derive(serde::Serialize)]
@@ -201,7 +213,7 @@ pub fn resource(id: &str, rev: &str, body: &Body, path: Option<&str>, trashed: b
     if kind == "directory" {
         set(&mut attrs, "path", path.map_or(Value::Null, |p| json!(p)));
     } else {
-        set(&mut attrs, "size", json!(size_of(body)));
+        set(&mut attrs, "size", json!(size_of(body).to_string()));
     }
     let attributes = raw_text(attrs.as_str());
     let relationships = body.get("dir_id").and_then(|v| v.as_str().map(str::to_owned)).map(|dir| {
@@ -229,6 +241,14 @@ pub fn raw_text(text: &str) -> Box<RawValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_differ_only_by_normalization_have_one_key() {
+        assert_eq!(name_key("cafe\u{301}.txt"), name_key("caf\u{e9}.txt"));
+        assert_eq!(name_key("\u{212B}"), name_key("\u{C5}"), "the Angstrom sign is the letter");
+        assert_ne!(name_key("Cafe"), name_key("cafe"), "case still counts");
+        assert_ne!(name_key("ﬁ"), name_key("fi"), "compatibility forms (NFKC) stay apart");
+    }
 
     #[test]
     fn names_are_checked_as_the_issue_asks() {

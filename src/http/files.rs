@@ -24,7 +24,11 @@ use crate::files::{self, Files, FilesError, Item, Kind, Patch, UploadSpec, Uploa
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource(["/files", "/files/"]).route(web::post().to(create_at_root)))
-        .service(web::resource("/files/metadata").route(web::get().to(metadata_by_path)))
+        .service(
+            web::resource("/files/metadata")
+                .route(web::get().to(metadata_by_path))
+                .route(web::head().to(metadata_by_path)),
+        )
         .service(
             web::resource("/files/download")
                 .route(web::get().to(download_by_path))
@@ -40,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/files/{id}")
                 .route(web::get().to(get_one))
+                .route(web::head().to(get_one))
                 .route(web::post().to(create))
                 .route(web::put().to(replace))
                 .route(web::patch().to(patch))
@@ -205,7 +210,9 @@ async fn show(files: &Files, caller: &Caller, item: Item, q: &Query) -> ApiResul
 }
 
 /// `GET /files/:id` — a file's metadata, or a directory with a page of its children
-/// (`page[limit]`, default 30, at most 1000; `page[cursor]` from `links.next`).
+/// (`page[limit]`, default 30, at most 1000; `page[cursor]` from `links.next`). `HEAD` answers
+/// the same status and headers (`Content-Length` of the JSON included), without the body
+/// (RFC 9110 §9.3.2).
 async fn get_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
@@ -604,7 +611,7 @@ pub const CONTENT_PENDING: &str =
 /// Streams a file's content: `ETag` (its MD5), 304 for a matching `If-None-Match`, 206 with
 /// `Content-Range` for one satisfiable `Range` (honoured only when `If-Range`, if any, names
 /// the current ETag), 416 for an unsatisfiable one, `Content-Disposition` inline (attachment
-/// with `Dl=1`).
+/// with `Dl=1`). `HEAD` answers the same status and headers without reading the content.
 async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) -> ApiResult<HttpResponse> {
     caller.check(Verb::Get, item.lineage())?;
     if item.kind() != Kind::File {
@@ -639,6 +646,33 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
                 .json(json!({"error": "range_not_satisfiable", "reason": format!("the file has {size} bytes")})));
         }
     };
+    let len = range.as_ref().map_or(size, |r| r.end - r.start);
+    let mut resp = match &range {
+        Some(r) => {
+            let mut b = HttpResponse::PartialContent();
+            b.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
+            b
+        }
+        None => HttpResponse::Ok(),
+    };
+    resp.insert_header((header::ETAG, etag))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CONTENT_TYPE, mime))
+        .insert_header((header::CONTENT_DISPOSITION, disposition(kind, item.name())))
+        .insert_header((header::CACHE_CONTROL, "private"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, DOWNLOAD_CSP));
+    if req.method() == actix_web::http::Method::HEAD {
+        // The headers a GET would have, `Content-Length` included, and no body: the content is
+        // only looked up, not read (a file whose content has not arrived answers as GET does).
+        if files.content.size(&key).await.map_err(FilesError::Content)?.is_none() {
+            return Err(ApiError::ConflictWith(CONTENT_PENDING.into()));
+        }
+        return Ok(resp.body(actix_web::body::SizedStream::new(
+            len,
+            futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        )));
+    }
     let stream = files.content.read(&key, range.clone()).await.map_err(|e| match e {
         // A file received by sharing before its content (or whose content is lost): never
         // served as if complete, never a 5xx.
@@ -648,21 +682,5 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         }
         e => FilesError::Content(e).into(),
     })?;
-    let mut resp = match &range {
-        Some(r) => {
-            let mut b = HttpResponse::PartialContent();
-            b.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)));
-            b
-        }
-        None => HttpResponse::Ok(),
-    };
-    let len = range.as_ref().map_or(size, |r| r.end - r.start);
-    resp.insert_header((header::ETAG, etag))
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CONTENT_TYPE, mime))
-        .insert_header((header::CONTENT_DISPOSITION, disposition(kind, item.name())))
-        .insert_header((header::CACHE_CONTROL, "private"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, DOWNLOAD_CSP));
     Ok(resp.body(actix_web::body::SizedStream::new(len, stream)))
 }

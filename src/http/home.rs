@@ -12,6 +12,8 @@
 //! Every page here has a strict CSP: scripts, styles and connections from this origin only, no
 //! inline script or style, no framing.
 
+use std::collections::HashMap;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
@@ -157,6 +159,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let scope = owner_scope(&inst).await?;
     let links: Vec<Value> = sharing::links::list_covered(&inst, &scope).await?.iter().map(|l| l.to_api(None)).collect();
     let files = svc.files.of(&inst).await?;
+    let linked = linked_files(&files, &links).await?;
     let dir_id = q.get("dir").unwrap_or(ROOT_ID);
     let dir = match files.get(dir_id).await {
         Ok(d) if d.kind() == Kind::Directory && !d.trashed() => d,
@@ -201,7 +204,7 @@ async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             section #links aria-labelledby="links-h" {
                 h2 #links-h { "Links" }
                 @if links.is_empty() { p.empty { "No link." } }
-                ul.list { @for l in &links { (link_item(l)) } }
+                ul.list { @for l in &links { (link_item(l, &linked)) } }
             }
             section #files aria-labelledby="files-h" data-dir=(dir.id) {
                 h2 #files-h { "Files" }
@@ -419,26 +422,75 @@ fn add_member_form(s: &Sharing) -> Markup {
     }
 }
 
-fn link_item(l: &Value) -> Markup {
+/// The files and folders the links name, by id: what a person knows them by is their name and
+/// path, not their id (`None`: gone, or not readable as a file any more).
+async fn linked_files(files: &crate::files::Files, links: &[Value]) -> ApiResult<HashMap<String, Option<LinkedItem>>> {
+    let mut out = HashMap::new();
+    for l in links {
+        let Some(rules) = l["attributes"]["permissions"].as_object() else { continue };
+        for r in rules.values().filter(|r| r["type"] == crate::files::DOCTYPE) {
+            for id in r["values"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if out.contains_key(id) {
+                    continue;
+                }
+                let found = match files.get(id).await {
+                    Ok(item) => Some(LinkedItem {
+                        name: if item.id == ROOT_ID { "Home".to_owned() } else { item.name().to_owned() },
+                        path: item.path(),
+                        dir: item.kind() == Kind::Directory,
+                        trashed: item.trashed(),
+                    }),
+                    Err(crate::files::FilesError::NotFound(_) | crate::files::FilesError::BadRequest(_)) => None,
+                    Err(e) => return Err(e.into()),
+                };
+                out.insert(id.to_owned(), found);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A file or folder a link gives, as the Links list shows it.
+struct LinkedItem {
+    name: String,
+    path: Option<String>,
+    dir: bool,
+    trashed: bool,
+}
+
+/// One link: what it gives (files and folders by name and path; other documents by doctype
+/// and id), its expiry, whether it has a password, and Revoke.
+fn link_item(l: &Value, linked: &HashMap<String, Option<LinkedItem>>) -> Markup {
     let a = &l["attributes"];
     let id = l["id"].as_str().unwrap_or_default();
-    let what: Vec<String> = a["permissions"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .map(|r| {
-                    let values: Vec<&str> = r["values"]
-                        .as_array()
-                        .map(|v| v.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
-                    format!("{} {}", r["type"].as_str().unwrap_or_default(), values.join(", "))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rules: Vec<&Value> = a["permissions"].as_object().map(|m| m.values().collect()).unwrap_or_default();
+    let values = |r: &Value| -> Vec<String> {
+        r["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
     html! {
         li data-link=(id) {
-            (what.join("; "))
+            @for (n, r) in rules.iter().enumerate() {
+                @if n > 0 { "; " }
+                @if r["type"] == crate::files::DOCTYPE {
+                    @for (k, v) in values(r).iter().enumerate() {
+                        @if k > 0 { ", " }
+                        @match linked.get(v.as_str()).and_then(Option::as_ref) {
+                            Some(f) => {
+                                (if f.dir { "Folder " } else { "File " })
+                                strong.linked { (f.name) }
+                                @if f.trashed { " (in the trash)" }
+                                @else if let Some(p) = &f.path { " " small { (p) } }
+                            }
+                            None => { "a file or folder that is gone" }
+                        }
+                    }
+                } @else {
+                    (r["type"].as_str().unwrap_or_default()) " " (values(r).join(", "))
+                }
+            }
             @if let Some(e) = a["expires_at"].as_str() { " · expires " (short_time(e)) }
             @if a["password"] == true { " · password" }
             " "

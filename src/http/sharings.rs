@@ -364,7 +364,10 @@ async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
 /// recipient of an `open_sharing` they are forwarded to the owner's delegated route (see
 /// `service::forward_recipients`) and the answer carries their invitation links in
 /// `meta.invitations` (`[{"index", "invitation"}]`); on a recipient of a sharing that is not
-/// open, 403.
+/// open, 403. On the owner, `meta.recipients` says per recipient given (`recipients`, then
+/// `read_only_recipients`) `{"index", "outcome"}`: `added`, `invited_again` (already invited
+/// and not answered: the same invitation is sent again) or `already_member` (ready: nothing
+/// changes); a person is never made a member twice.
 async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let s = load_managed(&inst, &req, &id).await?;
@@ -377,8 +380,11 @@ async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> 
         out["meta"] = json!({"invitations": links});
         return Ok(jsonapi(StatusCode::OK, out));
     }
-    let s = service::add_recipients(cx, &inst.0, &id, &body).await?;
-    Ok(jsonapi(StatusCode::OK, doc(&s)))
+    let (s, outcomes) = service::add_recipients(cx, &inst.0, &id, &body).await?;
+    let mut out = doc(&s);
+    let outcomes: Vec<Value> = outcomes.into_iter().map(|(i, o)| json!({"index": i, "outcome": o.as_str()})).collect();
+    out["meta"] = json!({"recipients": outcomes});
+    Ok(jsonapi(StatusCode::OK, out))
 }
 
 /// `PUT /sharings/:id/recipients` — on a recipient, from the owner's instance: the member list

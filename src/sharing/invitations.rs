@@ -310,6 +310,9 @@ async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer
             }
             return Ok(i);
         }
+        // An instance that is already in the sharing (invited personally, or through another
+        // link) gets a clear 409 here, not a seat its instance would refuse.
+        service::already_there(s, 0, peer)?;
         for link in [Some(inv.id.as_str()), inv.parent.as_deref()].into_iter().flatten() {
             let max = s.invitations.iter().find(|x| x.id == link).and_then(|x| x.max_accepted_users);
             if max.is_some_and(|max| seats_used(s, link) >= max as usize) {

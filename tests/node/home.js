@@ -3,11 +3,12 @@
 // Bob logs in (keyboard only) and keeps his home open; a guest opens alice's invitation for
 // bob and gives bob's address; the request appears on bob's page without a reload; bob
 // accepts it with the keyboard only; alice's page shows bob ready and the first sync done;
-// alice switches bob read-only and back (bob's page follows); alice creates an invitation
+// alice switches bob read-only and back (bob's page follows); adding bob again says he is a
+// member already; alice creates an invitation
 // link, which a second browser context opens; alice revokes bob, and bob's page shows the
 // sharing ended; alice makes a folder, uploads a file (progress bar) and downloads it back,
 // shares the folder with an email (its invitation copied and opened elsewhere) and by a link
-// with a password (which asks for it), then renames, moves and trashes the file. No console error and no CSP violation anywhere. Screenshots of the
+// with a password (which asks for it; the Links list names the folder), then renames, moves and trashes the file. No console error and no CSP violation anywhere. Screenshots of the
 // pages at 375 px and 1280 px go to SCREENSHOT_DIR.
 //
 // Env: ALICE_URL, BOB_URL, PASSPHRASE, INVITATION_URL (alice's link for bob), SHARING_ID,
@@ -208,6 +209,21 @@ async function run(browser, env) {
   );
   step('read-only switched on and off; bob\'s page followed');
 
+  // Adding bob again (his address, as typed on the page) says he is a member already, and
+  // makes no second row for him.
+  const addForm = `${card('#shared-by-me')} form[data-action="add-member"]`;
+  await alice.fill(`${addForm} input[name="who"]`, env.bob);
+  await alice.click(`${addForm} button[type="submit"]`);
+  await alice.waitForFunction(() => /Already a member/.test(document.getElementById('output').textContent), null, {
+    timeout: remaining(),
+  });
+  const rows = await alice.evaluate(
+    (sel) => document.querySelectorAll(sel + ' table.members tbody tr').length,
+    card('#shared-by-me'),
+  );
+  if (rows !== 2) throw new Error(`adding bob again left ${rows} member rows, not 2`);
+  step('adding bob again said he is a member already');
+
   // Alice revokes bob; bob's page shows the sharing ended.
   await alice.click(`${card('#shared-by-me')} button[data-action="revoke-one"][data-member="1"]`);
   await alice.waitForFunction(
@@ -293,6 +309,12 @@ async function run(browser, env) {
   await Promise.all([strangerPage.waitForLoadState('load'), strangerPage.click('#unlock')]);
   await strangerPage.waitForFunction(() => /Photos|hello\.txt/.test(document.body.textContent));
   await alice.waitForSelector('#links li:has-text("password") button[data-action="revoke-link"]', { timeout: remaining() });
+  // The link names the folder by its name and path, not by its id.
+  const linkText = await alice.textContent('#links li:has-text("password")');
+  const folderId = await alice.getAttribute('#files', 'data-dir');
+  if (!/Folder\s+Photos\s+\/Photos/.test(linkText) || linkText.includes(folderId)) {
+    throw new Error(`the Links list does not name the folder: ${linkText}`);
+  }
   step('folder link with a password opened in another context');
   await screenshots(alice, 'alice-links');
 

@@ -27,7 +27,7 @@ use super::{load, save, update, Result, SharingError};
 use crate::auth::oauth::{self, OAuthClient};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
-use crate::store::{json as records, DocId, Doctype, StoreError};
+use crate::store::{json as records, DocId, Doctype};
 
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())

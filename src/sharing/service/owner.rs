@@ -4,6 +4,7 @@
 use super::*;
 
 /// One recipient as given by the client: a contact id, or inline email/instance.
+#[derive(Clone)]
 pub(super) struct RecipientInput {
     pub(super) name: Option<String>,
     pub(super) email: Option<String>,
@@ -55,6 +56,57 @@ pub(super) async fn resolve_recipients(inst: &Instance, rel: Option<&Value>) -> 
         }
     }
     Ok(out)
+}
+
+/// What adding one recipient did (`meta.recipients` of `POST /sharings/:id/recipients`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// A new member, with its own invitation.
+    Added,
+    /// The person was already invited and had not answered: the invitation is sent again (the
+    /// same link, which stays valid: they may hold the first one already).
+    InvitedAgain,
+    /// The person is already a ready member: nothing changes.
+    AlreadyMember,
+}
+
+impl AddOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddOutcome::Added => "added",
+            AddOutcome::InvitedAgain => "invited_again",
+            AddOutcome::AlreadyMember => "already_member",
+        }
+    }
+}
+
+fn same_instance(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// The member a recipient names already, as Cozy's `addMember` matches them: by email when
+/// one is given, else by instance address. Only members still in the sharing (invited or
+/// ready) count: one who refused or was revoked is added anew.
+pub(super) fn existing_member(s: &Sharing, r: &RecipientInput) -> Option<usize> {
+    (1..s.members.len()).find(|&i| {
+        let m = &s.members[i];
+        let current = m.status == MemberStatus::Ready || m.status.is_invited();
+        let same = match (&r.email, &r.instance) {
+            (Some(e), _) => m.email.as_deref().is_some_and(|x| x.trim().eq_ignore_ascii_case(e.trim())),
+            (None, Some(u)) => m.instance.as_deref().is_some_and(|x| same_instance(x, u)),
+            (None, None) => false,
+        };
+        current && same
+    })
+}
+
+/// Adds `r` unless it names a member already there (see [`existing_member`]).
+fn add_or_find(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Option<usize>) -> (usize, AddOutcome) {
+    match existing_member(s, &r) {
+        Some(i) if s.members[i].status == MemberStatus::Ready => (i, AddOutcome::AlreadyMember),
+        Some(i) => (i, AddOutcome::InvitedAgain),
+        None => (add_member(s, r, read_only, added_by), AddOutcome::Added),
+    }
 }
 
 pub(super) fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Option<usize>) -> usize {
@@ -162,12 +214,19 @@ pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body:
 /// Mails the invitation of every member not mailed yet, when SMTP is configured; those members
 /// become `pending`. Failures are logged and leave the member `mail-not-sent`.
 pub async fn send_invitations(cx: &Context, inst: &Instance, s: Sharing) -> Result<Sharing> {
+    send_invitations_again(cx, inst, s, &[]).await
+}
+
+/// [`send_invitations`], and the invitation of the members `again` (invited, not answered) once
+/// more, whatever their status.
+async fn send_invitations_again(cx: &Context, inst: &Instance, s: Sharing, again: &[usize]) -> Result<Sharing> {
     if cx.config.mail.smtp_url.is_none() {
         return Ok(s);
     }
     let mut sent = Vec::new();
     for (i, m) in s.members.iter().enumerate().skip(1) {
-        let (Some(email), MemberStatus::MailNotSent) = (m.email.as_deref(), m.status) else { continue };
+        let due = m.status == MemberStatus::MailNotSent || (again.contains(&i) && s.invitation_open(i));
+        let (Some(email), true) = (m.email.as_deref(), due) else { continue };
         let Some(link) = invitation_link(cx, inst, &s, i) else { continue };
         let invitation =
             mail::Invitation { to: email, owner: inst.display_name(), description: &s.description, link: &link };
@@ -194,8 +253,18 @@ pub async fn send_invitations(cx: &Context, inst: &Instance, s: Sharing) -> Resu
     Ok(s)
 }
 
-/// `POST /sharings/:id/recipients`: more recipients for an existing sharing (owner only).
-pub async fn add_recipients(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
+/// `POST /sharings/:id/recipients`: more recipients for an existing sharing (owner only). A
+/// recipient who is already a member is not added twice (two members of one instance would
+/// make that instance refuse the request): one still invited gets the invitation again, one
+/// ready is left as it is, as Cozy's `addMember` does. Answers the sharing and, per recipient
+/// in the order given (`recipients` then `read_only_recipients`), its member index and what
+/// was done.
+pub async fn add_recipients(
+    cx: &Context,
+    inst: &Instance,
+    id: &SharingId,
+    body: &Value,
+) -> Result<(Sharing, Vec<(usize, AddOutcome)>)> {
     let rels = body.get("data").and_then(|d| d.get("relationships"));
     let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
     let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
@@ -203,30 +272,28 @@ pub async fn add_recipients(cx: &Context, inst: &Instance, id: &SharingId, body:
         return Err(bad("no recipients given"));
     }
     let max = cx.config.federation.max_members;
-    let mut pending = Some((rw, ro));
-    let ((), s) = update(inst.store.as_ref(), id, |s| {
+    let (outcomes, s) = update(inst.store.as_ref(), id, |s| {
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner adds recipients".into()));
         }
         if !s.accepts_members() {
             return Err(revoked_conflict());
         }
-        let (rw, ro) = pending.take().ok_or(SharingError::Store(StoreError::Conflict))?;
-        if s.members.len() + rw.len() + ro.len() > max {
+        let all = rw.iter().map(|r| (r, false)).chain(ro.iter().map(|r| (r, true)));
+        let outcomes: Vec<(usize, AddOutcome)> =
+            all.map(|(r, read_only)| add_or_find(s, r.clone(), read_only, None)).collect();
+        if s.members.len() > max {
             return Err(bad(format!("a sharing has at most {max} members")));
         }
-        for r in rw {
-            add_member(s, r, false, None);
-        }
-        for r in ro {
-            add_member(s, r, true, None);
-        }
-        Ok(())
+        Ok(outcomes)
     })
     .await?;
-    let s = send_invitations(cx, inst, s).await?;
-    tell_members(cx, inst, &s).await?;
-    Ok(s)
+    let again: Vec<usize> = outcomes.iter().filter(|(_, o)| *o == AddOutcome::InvitedAgain).map(|(i, _)| *i).collect();
+    let s = send_invitations_again(cx, inst, s, &again).await?;
+    if outcomes.iter().any(|(_, o)| *o == AddOutcome::Added) {
+        tell_members(cx, inst, &s).await?;
+    }
+    Ok((s, outcomes))
 }
 
 /// `POST /sharings/:id/recipients/delegated`: a ready recipient of an `open_sharing` adds
@@ -245,7 +312,6 @@ pub async fn add_delegated(
         return Err(bad("no recipients given"));
     }
     let max = cx.config.federation.max_members;
-    let mut pending = Some(list);
     let (added, s) = update(inst.store.as_ref(), id, |s| {
         if !s.owner || !s.open_sharing {
             return Err(SharingError::Forbidden("this sharing does not accept members added by recipients".into()));
@@ -256,16 +322,23 @@ pub async fn add_delegated(
         if s.members.get(caller_index).map(|m| m.status) != Some(MemberStatus::Ready) {
             return Err(SharingError::Forbidden("only ready members may add recipients".into()));
         }
-        let list = pending.take().ok_or(SharingError::Store(StoreError::Conflict))?;
-        if s.members.len() + list.len() > max {
+        let added: Vec<(usize, AddOutcome)> =
+            list.iter().map(|r| add_or_find(s, r.clone(), true, Some(caller_index))).collect();
+        if s.members.len() > max {
             return Err(bad(format!("a sharing has at most {max} members")));
         }
-        Ok(list.into_iter().map(|r| add_member(s, r, true, Some(caller_index))).collect::<Vec<_>>())
+        Ok(added)
     })
     .await?;
     let s = send_invitations(cx, inst, s).await?;
     tell_members(cx, inst, &s).await?;
-    Ok(added.into_iter().filter_map(|i| invitation_link(cx, inst, &s, i).map(|l| (i, l))).collect())
+    // The invitation of someone already invited goes back only to the member who invited
+    // them: another member's (or the owner's) invitation is not theirs to pass on.
+    Ok(added
+        .into_iter()
+        .filter(|(i, o)| *o != AddOutcome::AlreadyMember && s.members[*i].added_by == Some(caller_index))
+        .filter_map(|(i, _)| invitation_link(cx, inst, &s, i).map(|l| (i, l)))
+        .collect())
 }
 
 pub(super) fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>> {
@@ -337,6 +410,7 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str
         if !s.invitation_open(index) {
             return Err(closed_conflict(s));
         }
+        already_there(s, index, &peer_str)?;
         let m = &mut s.members[index];
         let before = (m.instance.clone(), m.status);
         m.instance = Some(peer_str.clone());
@@ -344,7 +418,7 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str
         Ok(before)
     })
     .await?;
-    if let Err(e) = request::send_notice(cx, inst, &s, index, &peer).await {
+    if let Err(e) = request::send_notice(cx, inst, &s, index, &peer).await.map_err(notice_refused) {
         let restored = update(inst.store.as_ref(), id, |s| {
             let m = &mut s.members[index];
             if m.status == MemberStatus::Seen && m.instance.as_deref() == Some(peer_str.as_str()) {
@@ -361,6 +435,40 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str
     let mut redirect = peer.join("/auth/authorize/sharing").map_err(|_| bad("invalid address"))?;
     redirect.query_pairs_mut().append_pair("sharing_id", id.as_str()).append_pair("state", state);
     Ok(redirect.to_string())
+}
+
+/// Refuses to send `peer` a request through member `index` when another member of the sharing
+/// is already that instance, invited or ready: the instance would refuse it (a request names
+/// each instance once, and an active sharing is not asked again), and the person is already in.
+pub(crate) fn already_there(s: &Sharing, index: usize, peer: &str) -> Result<()> {
+    let other = (1..s.members.len()).filter(|&i| i != index).map(|i| &s.members[i]).find(|m| {
+        (m.status == MemberStatus::Ready || m.status.is_invited())
+            && m.instance.as_deref().is_some_and(|u| same_instance(u, peer))
+    });
+    match other {
+        Some(m) if m.status == MemberStatus::Ready => {
+            Err(SharingError::Conflict(format!("{peer} is already a member of this sharing")))
+        }
+        Some(_) => Err(SharingError::Conflict(format!(
+            "{peer} is already invited to this sharing: use the invitation it was given"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A recipient's instance that refuses the notice (4xx) refused the request for its own
+/// reasons (it answered it already, it has it from another member...): the person gets that
+/// reason with 409, not a 502 as if it had failed. Transient answers (408, 429) and the rest
+/// stay what they are.
+fn notice_refused(e: SharingError) -> SharingError {
+    match e {
+        SharingError::Peer(crate::federation::client::FederationError::Status { peer, status, reason })
+            if (400..500).contains(&status) && status != 408 && status != 429 =>
+        {
+            SharingError::Conflict(format!("the instance {peer} refused the sharing request ({status}): {reason}"))
+        }
+        e => e,
+    }
 }
 
 /// `POST /sharings/:id/answer` on the owner: checks the single-use `state`, and on acceptance
