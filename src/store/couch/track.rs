@@ -437,3 +437,63 @@ impl CouchStore {
         Ok(added)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::CouchConfig;
+    use crate::store::json;
+
+    /// The CouchDB named by `HEARTH_TEST_COUCHDB_URL` (as for tests/couch_store.rs), with a
+    /// fresh prefix; `None`, saying so, when no server was given.
+    fn test_server() -> Option<Arc<CouchServer>> {
+        let Ok(url) = std::env::var("HEARTH_TEST_COUCHDB_URL") else {
+            eprintln!("SKIPPED: set HEARTH_TEST_COUCHDB_URL to run the CouchDB backend tests (scripts/test does)");
+            return None;
+        };
+        let config = CouchConfig {
+            url: Some(url),
+            user: std::env::var("HEARTH_TEST_COUCHDB_USER").ok(),
+            password: std::env::var("HEARTH_TEST_COUCHDB_PASSWORD").ok().map(Into::into),
+            prefix: Some(format!("t{}", uuid::Uuid::new_v4().simple())),
+        };
+        Some(CouchServer::connect_blocking(&config).expect("the test CouchDB must be reachable"))
+    }
+
+    /// CouchDB has no transaction to fail: the write itself stands, but while the rules are
+    /// poisoned the sequencer numbers nothing (numbering tracks first), so the feed answers an
+    /// error rather than a change that escaped tracking; once the rules are set again the
+    /// change is numbered and tracked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_is_never_numbered_untracked_while_the_tracking_rules_are_poisoned() {
+        let Some(server) = test_server() else { return };
+        let store = server.store("poison.localhost", 1000);
+        let t = Doctype::parse("io.hearth.notes").expect("doctype");
+        let rule = TrackRule {
+            sharing_id: "s1".into(),
+            rule_index: 0,
+            doctype: t.as_str().into(),
+            selector: None,
+            values: vec!["a".into()],
+            joins: true,
+            parent_field: None,
+        };
+        store.set_tracking(vec![rule.clone()]);
+        let id = DocId::parse("a").expect("id");
+        let body = json!({"n": 1}).as_object().cloned().expect("object");
+
+        store.tracking.poison();
+        json::put(&store, &t, &id, None, body).await.expect("the write itself");
+        let refused = store.changes(&t, &ChangesQuery::default()).await;
+        assert!(matches!(refused, Err(StoreError::Internal(_))), "{refused:?}");
+
+        // Setting the rules again heals the lock: the change is numbered, and tracked.
+        store.set_tracking(vec![rule]);
+        let feed = store.changes(&t, &ChangesQuery::default()).await.expect("feed");
+        assert_eq!(feed.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
+        let shared = store.shared_changes("s1", 0, 10).await.expect("sharing feed");
+        assert_eq!(shared.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+}
