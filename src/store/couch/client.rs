@@ -1,4 +1,4 @@
-//! HTTPS calls to CouchDB and their errors: [`CouchServer`] (the clients, the startup check,
+//! HTTP calls to CouchDB and their errors: [`CouchServer`] (the clients, the startup check,
 //! database creation), each answer as a [`Reply`], the mapping of transport failures and CouchDB
 //! refusals to [`StoreError`], and the requests of one instance's store to its databases
 //! (`send_to_db`) and to its meta database.

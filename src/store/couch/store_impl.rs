@@ -1,5 +1,6 @@
 //! The [`Store`] trait on CouchDB: each operation in terms of the client, the sequence index,
-//! the edit guards and the tracking of the sibling modules.
+//! the edit guards and the tracking of the sibling modules. A document a peer sends for a
+//! sharing is judged and written here, in `apply_received` (see "Atomicity").
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
