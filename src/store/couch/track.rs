@@ -471,15 +471,7 @@ mod tests {
         let Some(server) = test_server() else { return };
         let store = server.store("poison.localhost", 1000);
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
-        let rule = TrackRule {
-            sharing_id: "s1".into(),
-            rule_index: 0,
-            doctype: t.as_str().into(),
-            selector: None,
-            values: vec!["a".into()],
-            joins: true,
-            parent_field: None,
-        };
+        let rule = crate::store::conformance::track_rule("s1", &t, 0, None, &["a"], true);
         store.set_tracking(vec![rule.clone()]);
         let id = DocId::parse("a").expect("id");
         let body = json!({"n": 1}).as_object().cloned().expect("object");
