@@ -663,7 +663,15 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     store.set_tracking(Vec::new());
 }
 
-fn track_rule(sharing: &str, t: &Doctype, i: usize, selector: Option<&str>, values: &[&str], joins: bool) -> TrackRule {
+/// A rule of `sharing` on `t` (no subtree), for the suites here and the backends' own tests.
+pub(crate) fn track_rule(
+    sharing: &str,
+    t: &Doctype,
+    i: usize,
+    selector: Option<&str>,
+    values: &[&str],
+    joins: bool,
+) -> TrackRule {
     TrackRule {
         sharing_id: sharing.into(),
         rule_index: i,
