@@ -2,7 +2,8 @@
 //! as pure functions. One run replicates a sharing's changes from one instance to one peer:
 //!
 //! 1. read the source's changes since its checkpoint (one entry per document: its leaves);
-//! 2. ask the target which of those revisions it lacks (`_revs_diff`);
+//! 2. ask the target which of those revisions it lacks (`_revs_diff`), except for documents
+//!    the source knows the target cannot have ([`Change::fresh`]);
 //! 3. fetch the missing revisions with their history and send them (`_bulk_docs`,
 //!    `new_edits=false` semantics: idempotent, trees merge), in chunks bounded by count and
 //!    bytes;
@@ -28,6 +29,11 @@ pub struct Change {
     pub key: DocKey,
     /// Every leaf revision of the document (conflicts included).
     pub leaves: Vec<Rev>,
+    /// The target cannot hold any revision of this document (the source knows it never sent
+    /// it there, nor got it from there): its leaves are sent without asking `_revs_diff`.
+    /// Sending a revision the target has is harmless (`new_edits=false` merges nothing new),
+    /// so this only saves a round trip; a source unsure of it says `false`.
+    pub fresh: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -117,19 +123,29 @@ pub struct Report {
     pub last_seq: u64,
 }
 
-/// The `_revs_diff` request for a batch: every leaf of every changed document.
-pub fn plan_revs_diff(changes: &[Change]) -> BTreeMap<DocKey, Vec<Rev>> {
-    let mut out: BTreeMap<DocKey, Vec<Rev>> = BTreeMap::new();
+/// The `_revs_diff` request for a batch: every leaf of every changed document, except the
+/// documents the target cannot have ([`Change::fresh`]), which come second: they are missing
+/// whole. A document named twice is asked about if either change is not fresh.
+pub fn plan_revs_diff(changes: &[Change]) -> (BTreeMap<DocKey, Vec<Rev>>, BTreeMap<DocKey, Vec<Rev>>) {
+    let mut ask: BTreeMap<DocKey, Vec<Rev>> = BTreeMap::new();
+    let mut fresh: BTreeMap<DocKey, Vec<Rev>> = BTreeMap::new();
+    for c in changes.iter().filter(|c| !c.fresh) {
+        ask.entry(c.key.clone()).or_default();
+    }
     for c in changes {
-        let entry = out.entry(c.key.clone()).or_default();
+        let entry = match ask.get_mut(&c.key) {
+            Some(e) => e,
+            None => fresh.entry(c.key.clone()).or_default(),
+        };
         for l in &c.leaves {
             if !entry.contains(l) {
                 entry.push(l.clone());
             }
         }
     }
-    out.retain(|_, revs| !revs.is_empty());
-    out
+    ask.retain(|_, revs| !revs.is_empty());
+    fresh.retain(|_, revs| !revs.is_empty());
+    (ask, fresh)
 }
 
 /// Splits documents into requests of at most `max_docs` documents and `max_bytes` bytes,
@@ -167,11 +183,13 @@ where
     let mut report = Report::default();
     let mut since = source.checkpoint().await?;
     report.last_seq = since;
-    let mut prefetched: Option<ChangeBatch> = None;
+    // The next batch, read (and, when the target cannot have any of it, fetched) while the
+    // previous one was being sent.
+    let mut prefetched: Option<Prepared> = None;
     loop {
-        let batch = match prefetched.take() {
-            Some(b) => b,
-            None => source.changes(since, limit).await?,
+        let Prepared { batch, docs } = match prefetched.take() {
+            Some(p) => p,
+            None => Prepared { batch: source.changes(since, limit).await?, docs: None },
         };
         if batch.changes.is_empty() {
             // Nothing to send in this batch (the source may filter changes out): move the
@@ -188,12 +206,27 @@ where
             continue;
         }
         report.changes_read += batch.changes.len() as u64;
-        let wanted = plan_revs_diff(&batch.changes);
-        let missing = if wanted.is_empty() { BTreeMap::new() } else { target.revs_diff(wanted).await? };
-        report.missing_found += missing.values().map(|v| v.len() as u64).sum::<u64>();
-        let docs = if missing.is_empty() { Vec::new() } else { source.fetch(missing).await? };
-        // Send this batch while reading the next one; the checkpoint still moves only once
-        // the target has acknowledged this batch.
+        let docs = match docs {
+            Some((docs, found)) => {
+                report.missing_found += found;
+                docs
+            }
+            None => {
+                let (wanted, fresh) = plan_revs_diff(&batch.changes);
+                let mut missing = if wanted.is_empty() { BTreeMap::new() } else { target.revs_diff(wanted).await? };
+                missing.extend(fresh);
+                report.missing_found += missing.values().map(|v| v.len() as u64).sum::<u64>();
+                if missing.is_empty() {
+                    Vec::new()
+                } else {
+                    source.fetch(missing).await?
+                }
+            }
+        };
+        // Send this batch while reading the next one (and fetching it, when there is nothing
+        // to ask the target about it); the checkpoint still moves only once the target has
+        // acknowledged this batch, and the next batch is sent only after that: at most one
+        // batch is ever sent past the checkpoint.
         let send = async {
             let mut sent = 0u64;
             let mut refused = Vec::new();
@@ -205,10 +238,17 @@ where
         };
         let (pending, next_since) = (batch.pending, batch.last_seq);
         let next = async {
-            match pending {
-                true => source.changes(next_since, limit).await.map(Some),
-                false => Ok(None),
+            if !pending {
+                return Ok(None);
             }
+            let batch = source.changes(next_since, limit).await?;
+            let (wanted, fresh) = plan_revs_diff(&batch.changes);
+            if !wanted.is_empty() || batch.changes.is_empty() {
+                return Ok(Some(Prepared { batch, docs: None }));
+            }
+            let found = fresh.values().map(|v| v.len() as u64).sum::<u64>();
+            let docs = if fresh.is_empty() { Vec::new() } else { source.fetch(fresh).await? };
+            Ok::<_, E>(Some(Prepared { batch, docs: Some((docs, found)) }))
         };
         let (sent, next) = join(send, next).await;
         let (sent, refused) = sent?;
@@ -224,6 +264,13 @@ where
         }
         prefetched = next?;
     }
+}
+
+/// A batch read ahead, with its documents when they could be fetched ahead too (and the
+/// revisions they count as missing).
+struct Prepared {
+    batch: ChangeBatch,
+    docs: Option<(Vec<Outgoing>, u64)>,
 }
 
 /// Runs two futures concurrently on whatever executor polls this one (no runtime needed).
@@ -265,13 +312,15 @@ mod tests {
     #[test]
     fn revs_diff_plan_merges_leaves_per_document() {
         let changes = vec![
-            Change { seq: 1, key: "d/a".into(), leaves: vec![rev("2-x"), rev("2-y")] },
-            Change { seq: 2, key: "d/b".into(), leaves: vec![] },
-            Change { seq: 3, key: "d/a".into(), leaves: vec![rev("2-x"), rev("3-z")] },
+            Change { seq: 1, key: "d/a".into(), leaves: vec![rev("2-x"), rev("2-y")], fresh: false },
+            Change { seq: 2, key: "d/b".into(), leaves: vec![], fresh: false },
+            Change { seq: 3, key: "d/a".into(), leaves: vec![rev("2-x"), rev("3-z")], fresh: true },
+            Change { seq: 4, key: "d/c".into(), leaves: vec![rev("1-c")], fresh: true },
         ];
-        let plan = plan_revs_diff(&changes);
-        assert_eq!(plan.len(), 1);
-        assert_eq!(plan["d/a"], vec![rev("2-x"), rev("2-y"), rev("3-z")]);
+        let (ask, fresh) = plan_revs_diff(&changes);
+        assert_eq!(ask.len(), 1);
+        assert_eq!(ask["d/a"], vec![rev("2-x"), rev("2-y"), rev("3-z")], "asked: one of its changes is not fresh");
+        assert_eq!(fresh.into_iter().collect::<Vec<_>>(), vec![("d/c".to_string(), vec![rev("1-c")])]);
     }
 
     fn null() -> Box<RawValue> {
@@ -304,7 +353,7 @@ mod tests {
             Ok(match since {
                 0 => ChangeBatch { changes: vec![], last_seq: 10, pending: true },
                 10 => ChangeBatch {
-                    changes: vec![Change { seq: 11, key: "d/a".into(), leaves: vec![rev("1-a")] }],
+                    changes: vec![Change { seq: 11, key: "d/a".into(), leaves: vec![rev("1-a")], fresh: false }],
                     last_seq: 11,
                     pending: false,
                 },

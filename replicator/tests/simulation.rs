@@ -746,7 +746,7 @@ impl World {
             .into_iter()
             .map(|(seq, key)| {
                 let leaves = inst.docs[&key].tree.leaves().into_iter().map(|l| l.rev).collect();
-                Change { seq, key, leaves }
+                Change { seq, key, leaves, fresh: false }
             })
             .collect();
         if self.cfg.sabotage == Sabotage::EarlyCheckpoint {

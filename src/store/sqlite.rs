@@ -11,6 +11,13 @@
 //! SQLite connections are blocking: every call runs on tokio's blocking pool. Writes go through
 //! one connection (SQLite has one writer anyway); reads use a small pool of their own
 //! connections, which WAL lets run alongside a write.
+//!
+//! Writes are committed in groups: the writes that arrive while one transaction is being
+//! written wait in a queue, and the next transaction takes them all, each in a savepoint of its
+//! own (a write that fails is rolled back alone, the others commit). One fsync then covers the
+//! group, and each write is acknowledged only once that commit is on disk. Many small
+//! concurrent writes (single documents, checkpoints) thus cost one fsync per group instead of
+//! one each.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -100,9 +107,17 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// A queued write: runs in its savepoint, and answers how to acknowledge it once the group's
+/// commit is known (`None`: committed; `Some(e)`: the commit failed).
+/// A group that cannot be written gives each of its writes the error instead (`Err`).
+type Job = Box<dyn FnOnce(Result<(&Transaction<'_>, &WriteCtx), StoreError>) -> Ack + Send>;
+type Ack = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
 struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
+    /// Writes waiting for the next group commit (see the module docs).
+    queue: Mutex<Vec<Job>>,
     readers: Mutex<Vec<Connection>>,
     revs_limit: usize,
     tracking: tracking::Rules,
@@ -198,6 +213,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: Mutex::new(conn),
+                queue: Mutex::new(Vec::new()),
                 readers: Mutex::new(Vec::new()),
                 revs_limit: revs_limit.max(1),
                 tracking: tracking::Rules::default(),
@@ -237,21 +253,120 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &WriteCtx) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().map_err(|_| internal(anyhow::anyhow!("writer poisoned")))?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            // Rules are read under the writer lock, so a write sees the rules set before it.
-            let tracking = inner.tracking.get()?;
-            let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
-            let out = f(&tx, &ctx)?;
-            tx.commit()?;
-            inner.commits.send_modify(|n| *n += 1);
-            Ok(out)
-        })
-        .await
-        .map_err(internal)?
+        let (sender, receiver) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |group| {
+            let out = match group {
+                Ok((tx, ctx)) => in_savepoint(tx, |tx| f(tx, ctx)),
+                Err(e) => Err(e),
+            };
+            Box::new(move |failed: Option<StoreError>| {
+                let _ = sender.send(match (failed, out) {
+                    (Some(e), Ok(_)) => Err(e),
+                    (_, out) => out,
+                });
+            })
+        });
+        let leader = {
+            let mut queue = self.inner.queue.lock().map_err(|_| internal(anyhow::anyhow!("write queue poisoned")))?;
+            queue.push(job);
+            queue.len() == 1
+        };
+        if leader {
+            // The queue was empty: no group is waiting to take it, this write starts one. (A
+            // group being written has taken its queue already; this one waits for it.)
+            let inner = self.inner.clone();
+            let group = tokio::task::spawn_blocking(move || commit_group(&inner));
+            drop(group);
+        }
+        receiver.await.map_err(|_| internal(anyhow::anyhow!("the write was dropped: its group commit failed")))?
     }
+}
+
+/// Runs `f` in a savepoint of `tx`: a failure undoes `f`'s writes alone.
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.prepare_cached("SAVEPOINT write")?.execute([])?;
+    match f(tx) {
+        Ok(v) => {
+            tx.prepare_cached("RELEASE write")?.execute([])?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO write; RELEASE write")?;
+            Err(e)
+        }
+    }
+}
+
+/// Takes every queued write and commits them in one transaction, then acknowledges each.
+fn commit_group(inner: &Inner) {
+    let mut conn = match inner.writer.lock() {
+        Ok(c) => c,
+        Err(_) => return fail_all(take_queue(inner), internal(anyhow::anyhow!("writer poisoned"))),
+    };
+    let jobs = take_queue(inner);
+    if jobs.is_empty() {
+        return;
+    }
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(jobs, e.into()),
+    };
+    // Rules are read under the writer lock, so a write sees the rules set before it.
+    let tracking = match inner.tracking.get() {
+        Ok(t) => t,
+        Err(e) => return fail_all(jobs, e),
+    };
+    let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
+    let acks: Vec<Ack> = jobs.into_iter().map(|job| job(Ok((&tx, &ctx)))).collect();
+    match tx.commit() {
+        Ok(()) => {
+            inner.commits.send_modify(|n| *n += 1);
+            for ack in acks {
+                ack(None);
+            }
+        }
+        Err(e) => {
+            let mut errors = errors_for(acks.len(), e.into());
+            for ack in acks {
+                ack(errors.pop());
+            }
+        }
+    }
+}
+
+fn take_queue(inner: &Inner) -> Vec<Job> {
+    inner.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+}
+
+/// Answers every write of a group that could not be written.
+fn fail_all(jobs: Vec<Job>, error: StoreError) {
+    let mut errors = errors_for(jobs.len(), error);
+    for job in jobs {
+        if let Some(e) = errors.pop() {
+            job(Err(e))(None);
+        }
+    }
+}
+
+/// The error of a failed group, once per write (store errors are not `Clone`: the first write
+/// gets the error itself, the others a copy of the same kind).
+fn errors_for(n: usize, e: StoreError) -> Vec<StoreError> {
+    let copy = |e: &StoreError| match e {
+        StoreError::Unavailable(x) => StoreError::Unavailable(anyhow::anyhow!("{x:#}")),
+        StoreError::Full(x) => StoreError::Full(anyhow::anyhow!("{x:#}")),
+        StoreError::Internal(x) => StoreError::Internal(anyhow::anyhow!("{x:#}")),
+        StoreError::Corrupt(x) => StoreError::Corrupt(x.clone()),
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Deleted => StoreError::Deleted,
+        StoreError::Conflict => StoreError::Conflict,
+    };
+    let mut out: Vec<StoreError> = (1..n).map(|_| copy(&e)).collect();
+    out.push(e);
+    out.reverse();
+    out
 }
 
 /// What the `docs` table holds for one document.

@@ -305,7 +305,11 @@ impl Source for LocalSource {
                 if r.initial && self.sharing.owner {
                     initial.push(key.clone());
                 }
-                changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect() });
+                // The member cannot have it (it was never sent there, nor came from there): it
+                // goes without `_revs_diff`. After a crash, the batch that was in flight is sent
+                // again whole, which the member merges as a no-op (`new_edits=false`).
+                let leaves = l.into_iter().map(|(rev, _)| rev).collect();
+                changes.push(Change { seq: r.seq, key, leaves, fresh: true });
                 continue;
             }
             let kind = if deleted || r.removed { ChangeKind::Remove } else { ChangeKind::Update };
@@ -326,16 +330,18 @@ impl Source for LocalSource {
                     continue;
                 };
                 self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
-                changes.push(Change { seq: r.seq, key, leaves: vec![tombstone] });
+                changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
                 continue;
             }
-            changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect() });
+            changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect(), fresh: false });
         }
         exchange(&self.shared)?.initial.extend(initial);
         Ok(ChangeBatch { changes, last_seq, pending })
     }
 
     async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, SyncError> {
+        // What the member lacks: what its `_revs_diff` said, and the documents it cannot have.
+        exchange(&self.shared)?.missing_found += wanted.values().map(|m| m.len() as u64).sum::<u64>();
         // One store call per doctype for the whole batch.
         let mut by_doctype: BTreeMap<Doctype, Vec<(DocId, Vec<Rev>)>> = BTreeMap::new();
         let mut tombstones: HashMap<(Doctype, DocId), Rev> = HashMap::new();
@@ -495,7 +501,6 @@ impl Target for PeerTarget {
                 Err(e) => return Err(e),
             }
         }
-        exchange(&self.shared)?.missing_found += out.values().map(|m| m.len() as u64).sum::<u64>();
         Ok(out)
     }
 
