@@ -45,7 +45,7 @@ async fn content_peer(inst: &Inst, req: &HttpRequest) -> ApiResult<(Sharing, usi
     let id = sharing_id(req)?;
     let (s, from) = replicating_peer(inst, req, &id).await?;
     if s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
-        return Err(ApiError::Forbidden("a read-only member does not send content".into()));
+        return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
     }
     Ok((s, from))
 }

@@ -156,6 +156,11 @@ pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: V
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let (client, perms) = service::peer_member(&inst.0, id, token).await?;
     if !service::peer_may(&perms, id, verb) {
+        if verb != Verb::Get && service::peer_may(&perms, id, Verb::Get) {
+            // A member that may read but not write: its changes are refused (a reason its
+            // replicator recognises, see `sharing::protocol::READ_ONLY_REFUSAL`).
+            return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
+        }
         return Err(ApiError::Forbidden("this member's permissions do not allow it".into()));
     }
     Ok(client.member_index)

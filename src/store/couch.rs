@@ -1659,8 +1659,10 @@ impl CouchStore {
         rows: &[BatchRow],
         bodies: &[Body],
         membership_only: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Vec<String>), StoreError> {
         let mut recorded = 0;
+        // Live documents whose row goes from removed to in (see `Retracked::rejoined`).
+        let mut rejoined = Vec::new();
         let rules = self.rules()?;
         let mut sharings: Vec<&str> =
             rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
@@ -1703,6 +1705,9 @@ impl CouchStore {
                     continue;
                 }
                 if let TrackAction::Record { rule_index, removed } = action {
+                    if !removed && !row.2 && tracked.is_some_and(|(_, was)| was) && !rejoined.contains(&row.0) {
+                        rejoined.push(row.0.clone());
+                    }
                     current.insert(row.0.as_str(), (rule_index, removed));
                     records.push(ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default()));
                 }
@@ -1710,7 +1715,7 @@ impl CouchStore {
             recorded += records.len() as u64;
             self.record_shared(sharing, records, Some(states)).await?;
         }
-        Ok(recorded)
+        Ok((recorded, rejoined))
     }
 
     /// Appends rows to a sharing's feed and moves the documents' states to them (a state
@@ -2476,9 +2481,9 @@ impl Store for CouchStore {
         Ok(added)
     }
 
-    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError> {
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<Retracked, StoreError> {
         if !self.rules()?.iter().any(|r| r.doctype == doctype.as_str()) {
-            return Ok(0);
+            return Ok(Retracked::default());
         }
         // The feed's pending tracking first: the cascade is judged on every earlier write.
         self.catch_up(doctype).await?;
@@ -2498,7 +2503,9 @@ impl Store for CouchStore {
                 Err(e) => return Err(e),
             }
         }
-        self.track_rows(doctype, &rows, &bodies, true).await
+        let (recorded, rejoined) = self.track_rows(doctype, &rows, &bodies, true).await?;
+        let rejoined = rejoined.iter().filter_map(|id| DocId::parse(id).ok()).collect();
+        Ok(Retracked { recorded, rejoined })
     }
 
     async fn apply_received(

@@ -18,6 +18,9 @@
 //!    a crash of either side the next round starts after the last delivered file, and a file
 //!    the member already has is answered `present` by the diff, so it is never sent again.
 //!
+//! A file whose document the member refused (see the link's `LinkRecord::refused`) is passed
+//! over: there is nothing to deliver for it.
+//!
 //! A file whose bytes are not here yet (the owner relaying a recipient's file to the other
 //! members before it arrived) stops the round there; it goes on when the bytes arrive (the
 //! receiving route wakes this worker) or at the next retry. Failures back off from 1 s to 30 s.
@@ -38,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::manager::{targets, PeerKey};
-use super::replication::{read_checkpoint, SyncError, CHECKPOINTS_DOCTYPE};
+use super::replication::{read_checkpoint, read_link, SyncError, CHECKPOINTS_DOCTYPE};
 use crate::federation::client::Federation;
 use crate::files::{Files, FilesRegistry};
 use crate::instance::{Instance, Registry};
@@ -325,7 +328,13 @@ impl ContentSource for LocalContent<'_> {
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);
-        let ids = file_ids(&rows, &crate::files::doctype());
+        let mut ids = file_ids(&rows, &crate::files::doctype());
+        // A file whose metadata the member refused (a read-only member's edit, say) has no
+        // content to deliver there: its row is passed over.
+        let refused = read_link(self.inst, self.sharing.id(), self.member).await?.refused;
+        if !refused.is_empty() {
+            ids.retain(|id| !refused.contains_key(&format!("{}/{id}", crate::files::DOCTYPE)));
+        }
         let versions = self.files.current_versions(&ids).await.map_err(files_error)?;
         let seqs: HashMap<&str, u64> = rows.iter().map(|r| (r.id.as_str(), r.seq)).collect();
         let mut offers = Vec::new();
