@@ -199,12 +199,8 @@ where
                 }
                 source.save_checkpoint(*checkpoint, Some(offer)).await?;
             }
-            Some(Err(e)) => {
-                if failure.is_none() {
-                    failure = Some(e);
-                }
-            }
-            None => {}
+            Some(Err(e)) if failure.is_none() => failure = Some(e),
+            Some(Err(_)) | None => {}
         }
     }
     match failure {

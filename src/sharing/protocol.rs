@@ -24,7 +24,7 @@ pub const READ_ONLY_REFUSAL: &str =
 /// that receive it store a revision that instance lacks, and may send it back. The instance
 /// that sees its own mark on a received removal knows it for the echo of its own departure:
 /// not a removal by the peer (the item may have come back here since, see `files::shared`,
-/// "Re-entry"), so nothing here is deleted or dissociated for it.
+/// "Re-entry"): it is moot (`sharing::receive`), neither written nor refused.
 pub const DEPARTED_FROM: &str = "departed_from";
 
 /// The value of [`DEPARTED_FROM`] for an instance: a digest of its domain (members do not

@@ -163,10 +163,17 @@ pub async fn bulk_docs(
         if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
             (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);
         }
+        // The echo of a removal this instance sent (see `protocol::DEPARTED_FROM`) is moot:
+        // never written, so it cannot delete an item that came back here meanwhile.
+        let own_mark = Value::String(super::protocol::departure_mark(inst.domain.as_str()));
         let judge: Arc<Judge> = {
             let (s, doctype) = (s.clone(), doctype.clone());
             let orphans = tree.as_ref().map(|t| t.orphans.clone()).unwrap_or_default();
+            let own_mark = own_mark.clone();
             Arc::new(move |w: &DocWrite, standing: &Standing| {
+                if w.deleted && w.body.get(super::protocol::DEPARTED_FROM).as_ref() == Some(&own_mark) {
+                    return Verdict::Moot;
+                }
                 let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
                 let Some(&rule) = orphans.get(&w.id) else { return verdict };
                 let relocation = w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone())));
@@ -185,7 +192,6 @@ pub async fn bulk_docs(
         };
         // A removal, as opposed to the deletion of a settled conflict's losing leaf, or to the
         // echo of a removal this instance sent (see `protocol::DEPARTED_FROM`).
-        let own_mark = Value::String(super::protocol::departure_mark(inst.domain.as_str()));
         let written_ids: Vec<(DocId, bool)> = writes
             .iter()
             .map(|w| {
