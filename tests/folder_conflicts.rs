@@ -87,6 +87,28 @@ async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
     (s == 200).then(|| v["data"]["attributes"].clone())
 }
 
+/// Runs the `hearth` command line against `app`'s data directory and server.
+fn cli(app: &TestApp, args: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    cmd.env("HEARTH_DATA_DIR", app.dir.path()).env("HEARTH_LISTEN", &app.config.listen).env("HEARTH_LOG", "warn");
+    if let Some(url) = &app.config.couchdb.url {
+        cmd.env("HEARTH_STORE", "couchdb").env("HEARTH_COUCHDB__URL", url);
+        for (var, value) in [
+            ("HEARTH_COUCHDB__USER", app.config.couchdb.user.clone()),
+            ("HEARTH_COUCHDB__PREFIX", app.config.couchdb.prefix.clone()),
+            ("HEARTH_COUCHDB__PASSWORD", std::env::var("HEARTH_TEST_COUCHDB_PASSWORD").ok()),
+        ] {
+            if let Some(v) = value {
+                cmd.env(var, v);
+            }
+        }
+    }
+    let out = cmd.args(args).stdin(Stdio::null()).output().expect("hearth cli");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// How many live (not deleted) leaves a document's revision tree has on an instance.
 async fn live_leaves(app: &TestApp, i: &TestInstance, id: &str) -> usize {
     use hearth::store::{DocId, Doctype};
@@ -266,6 +288,16 @@ impl World {
         states.iter().all(|st| st.is_null() || (st["running"] != json!(true) && st["pending"].as_u64() == Some(0)))
     }
 
+    /// Waits until the three trees are the same and `want` holds for them; answers the tree.
+    async fn converged_to(&self, what: &str, want: impl Fn(&Tree) -> bool) -> Tree {
+        eventually(WAIT, what, || async {
+            let [a, b, c] = self.trees().await;
+            want(&a) && a == b && b == c
+        })
+        .await;
+        self.trees().await[0].clone()
+    }
+
     /// Stops bob's server, lets alice's attempt to reach him fail (so her retry backs off).
     async fn cut_bob(&mut self, change_on_alice: impl AsyncFnOnce(&World)) {
         self.two.stop().await;
@@ -353,6 +385,97 @@ impl World {
             &self.one
         }
     }
+}
+
+/// `GET /files/download?Path=`: the bytes, once they are there.
+async fn content_at(i: &TestInstance, token: &str, path: &str) -> Option<Vec<u8>> {
+    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
+    (resp.status().as_u16() == 200).then_some(())?;
+    Some(resp.bytes().await.unwrap().to_vec())
+}
+
+/// Every member can read the bytes of `path` (relative to the shared folder) as `data`.
+async fn content_everywhere(w: &World, path: &str, data: &[u8]) {
+    for (i, tok, root) in [(&w.alice, &w.ta, "/Projects"), (&w.bob, &w.tb, SHARED), (&w.carol, &w.tc, SHARED)] {
+        let full = format!("{root}{path}");
+        eventually(WAIT, &format!("{full} is readable on {}", i.domain), || async {
+            content_at(i, tok, &full).await.as_deref() == Some(data)
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_out_and_back_brings_its_whole_subtree_back_at_any_depth() {
+    let (w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let sub = mkdir(alice, ta, projects, "sub").await;
+        let deep = mkdir(alice, ta, &sub, "deep").await;
+        upload(alice, ta, &deep, "a.txt", b"alpha").await;
+        upload(alice, ta, &sub, "b.txt", b"beta").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let sub = at_path(&w.alice, &w.ta, "/Projects/sub").await.unwrap();
+    let deep = at_path(&w.alice, &w.ta, "/Projects/sub/deep").await.unwrap();
+    let a = at_path(&w.alice, &w.ta, "/Projects/sub/deep/a.txt").await.unwrap();
+    let b = at_path(&w.alice, &w.ta, "/Projects/sub/b.txt").await.unwrap();
+
+    // Out, then back: the directory and everything it holds are shared again, bytes included.
+    patch(&w.alice, &w.ta, &sub, json!({"dir_id": ROOT})).await;
+    let t = w.converged("sub leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    patch(&w.alice, &w.ta, &sub, json!({"dir_id": projects})).await;
+    let t = w
+        .converged_to("sub comes back whole", |t| t.contains_key("/sub/deep/a.txt") && t.contains_key("/sub/b.txt"))
+        .await;
+    assert_eq!(t.get("/sub/deep/a.txt"), Some(&(a.clone(), json!(md5_of(b"alpha")))), "{t:?}");
+    assert_eq!(t.get("/sub/b.txt"), Some(&(b.clone(), json!(md5_of(b"beta")))), "{t:?}");
+    content_everywhere(&w, "/sub/deep/a.txt", b"alpha").await;
+    content_everywhere(&w, "/sub/b.txt", b"beta").await;
+
+    // Deeper: sub leaves again, and only its inner directory comes back, elsewhere.
+    patch(&w.alice, &w.ta, &sub, json!({"dir_id": ROOT})).await;
+    let t = w.converged("sub leaves again").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    let landing = mkdir(&w.alice, &w.ta, &projects, "landing").await;
+    patch(&w.alice, &w.ta, &deep, json!({"dir_id": landing})).await;
+    let t = w.converged_to("deep comes back under landing", |t| t.contains_key("/landing/deep/a.txt")).await;
+    assert_eq!(t.get("/landing/deep/a.txt"), Some(&(a.clone(), json!(md5_of(b"alpha")))), "{t:?}");
+    assert!(!t.keys().any(|k| k.contains("b.txt")), "b.txt stayed out: {t:?}");
+    content_everywhere(&w, "/landing/deep/a.txt", b"alpha").await;
+
+    // From the trash: a directory trashed and restored comes back whole too.
+    trash(&w.alice, &w.ta, &landing).await;
+    let t = w.converged("landing leaves").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    let (s, v) = w.alice.call(Method::POST, &format!("/files/trash/{}", enc(&landing)), Some(&w.ta), None).await;
+    assert_eq!(s, 200, "restore: {v}");
+    let t = w.converged_to("landing comes back whole", |t| t.contains_key("/landing/deep/a.txt")).await;
+    assert_eq!(t.get("/landing/deep/a.txt"), Some(&(a.clone(), json!(md5_of(b"alpha")))), "{t:?}");
+    content_everywhere(&w, "/landing/deep/a.txt", b"alpha").await;
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_a_sync_member_moves_out_and_back_comes_back_whole_everywhere() {
+    let (w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        let sub = mkdir(alice, ta, projects, "sub").await;
+        let deep = mkdir(alice, ta, &sub, "deep").await;
+        upload(alice, ta, &deep, "a.txt", b"alpha").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let a = at_path(&w.alice, &w.ta, "/Projects/sub/deep/a.txt").await.unwrap();
+    let bob_projects = at_path(&w.bob, &w.tb, SHARED).await.unwrap();
+    let bob_sub = at_path(&w.bob, &w.tb, &format!("{SHARED}/sub")).await.unwrap();
+    patch(&w.bob, &w.tb, &bob_sub, json!({"dir_id": ROOT})).await;
+    let t = w.converged("sub leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    patch(&w.bob, &w.tb, &bob_sub, json!({"dir_id": bob_projects})).await;
+    let t = w.converged_to("sub comes back whole", |t| t.contains_key("/sub/deep/a.txt")).await;
+    assert_eq!(t.get("/sub/deep/a.txt"), Some(&(a.clone(), json!(md5_of(b"alpha")))), "{t:?}");
+    content_everywhere(&w, "/sub/deep/a.txt", b"alpha").await;
+    w.no_refusals().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,18 +642,38 @@ async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_i
     .await;
     let r = at_path(&w.alice, &w.ta, "/Projects/r.txt").await.unwrap();
     let before = winner(&w.one, &w.alice, FILES, &r).await.unwrap().0;
+    // What bob received is not refused back: nothing of his has been sent yet.
+    let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
+    assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{st}");
     assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&r), b"bob's edit").await, 200);
     let (bob_rev, bob_body) = winner(&w.two, &w.bob, FILES, &w.on_bob(&r)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before, "alice's file is unchanged");
     // Sent by hand with bob's credentials, alice refuses it too.
-    // Bob's instance tries, alice refuses, and bob's status says so.
+    // Bob's instance tries, alice refuses, and bob's status says so: the link is degraded
+    // with the refused file and alice's reason (not retrying, not down, not healthy).
     eventually(WAIT, "bob's status shows the refusal", || async {
         let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
-        (st["health"] == "retrying" || st["health"] == "down")
-            && st["last_error"].as_str().is_some_and(|e| e.contains("403") && e.contains("permissions"))
+        st["health"] == "degraded" && st["refused_docs"] == 1
     })
     .await;
+    let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
+    assert_eq!(st["last_refusal"]["doc"], json!(format!("{FILES}/{}", w.on_bob(&r))), "{st}");
+    let reason = st["last_refusal"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("403") && reason.contains("may only read"), "{st}");
+    assert!(st["last_error"].is_null(), "a refusal, not a failure: {st}");
+    // The command line says the same.
+    let text = cli(&w.two, &["sharings", "status", &w.bob.domain, &w.sid]);
+    let row = text.lines().find(|l| l.starts_with("0 ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("degraded"), "{text}");
+    assert!(text.contains("may only read") && text.contains(&w.on_bob(&r)), "{text}");
+    let json: Value =
+        serde_json::from_str(&cli(&w.two, &["sharings", "status", &w.bob.domain, &w.sid, "--json"])).unwrap();
+    let members = json["data"]["attributes"]["members"].as_array().cloned().unwrap_or_default();
+    assert!(
+        members.iter().any(|m| m["replication"]["health"] == "degraded" && m["replication"]["refused_docs"] == 1),
+        "{json}"
+    );
     let creds = load(&w.two, &w.bob, &w.sid).await.members[0].outbound.clone().unwrap();
     let mut doc = bob_body.clone();
     doc["_id"] = json!(w.on_bob(&r));
@@ -554,6 +697,45 @@ async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_i
             .is_some_and(|(_, b)| b["md5sum"] == json!(md5_of(b"alice's v2")))
     })
     .await;
+}
+
+/// Whether the bytes of content version `vfs_id` are in `i`'s content store.
+async fn version_stored(app: &TestApp, i: &TestInstance, vfs_id: &str) -> bool {
+    let files = app.files.of(&app.instance(&i.domain)).await.unwrap();
+    let key = hearth::files::version_key(vfs_id).unwrap();
+    files.content.size(&key).await.unwrap().is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_members_losing_version_is_deleted_when_the_owners_version_wins_there() {
+    let (w, _) = World::new(SYNC, &["bob"], async |alice, ta, projects| {
+        upload(alice, ta, projects, "r.txt", b"v1").await;
+    })
+    .await;
+    let r = at_path(&w.alice, &w.ta, "/Projects/r.txt").await.unwrap();
+    let on_bob = w.on_bob(&r);
+    assert_eq!(replace(&w.bob, &w.tb, &on_bob, b"bob's edit").await, 200);
+    let (_, mine) = winner(&w.two, &w.bob, FILES, &on_bob).await.unwrap();
+    let bobs_version = mine["internal_vfs_id"].as_str().expect("a version").to_owned();
+    assert!(version_stored(&w.two, &w.bob, &bobs_version).await, "bob's edit is stored on bob");
+    eventually(WAIT, "alice refuses bob's edit", || async {
+        replication_state(&w.bob, &w.tb, &w.sid, 0).await["refused_docs"] == 1
+    })
+    .await;
+    // Two edits on alice: her version is a generation ahead of bob's, so it wins on bob.
+    assert_eq!(replace(&w.alice, &w.ta, &r, b"alice's v2").await, 200);
+    assert_eq!(replace(&w.alice, &w.ta, &r, b"alice's v3").await, 200);
+    eventually(WAIT, "alice's version is bob's file, bytes included", || async {
+        content_at(&w.bob, &w.tb, &format!("{SHARED}/r.txt")).await.as_deref() == Some(b"alice's v3".as_slice())
+    })
+    .await;
+    // Bob may not keep his losing version (only the owner makes conflict copies): its bytes
+    // are gone at once, not at the next sweep or restart.
+    eventually(WAIT, "bob's losing version is deleted", || async {
+        !version_stored(&w.two, &w.bob, &bobs_version).await
+    })
+    .await;
+    assert_eq!(winner(&w.two, &w.bob, FILES, &on_bob).await.unwrap().1["md5sum"], json!(md5_of(b"alice's v3")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

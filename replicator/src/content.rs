@@ -5,8 +5,10 @@
 //! 1. read the files whose feed row is past the content checkpoint and at most `upto` (the
 //!    replication checkpoint: their metadata reached the member), in feed order;
 //! 2. ask the target which of their versions it lacks ([`Need`]);
-//! 3. stream each missing version whose bytes are here, and save the checkpoint at that file's
-//!    row once the target acknowledged it; when all of a batch is settled, at its end.
+//! 3. stream each missing version whose bytes are here, up to [`IN_FLIGHT`] at once
+//!    ([`ContentTarget::put_many`]), and save the checkpoint at each file's row once the target
+//!    acknowledged it and every file before it (outcomes settle in feed order); when all of a
+//!    batch is settled, at its end.
 //!
 //! Resuming after any failure or crash is therefore from the last file delivered, and a file the
 //! target has is answered [`Need::Present`]: a completed file is never sent again. A file whose
@@ -129,6 +131,82 @@ pub trait ContentTarget<C> {
         -> impl Future<Output = Result<HashMap<String, Need>, Self::Error>> + Send;
     /// Sends one version's bytes; `Ok` once the target holds them (verified, visible).
     fn put(&mut self, offer: &FileOffer, content: C) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Sends several versions, each as [`ContentTarget::put`] would, and answers each one's
+    /// outcome in their order. A target may send them at once (several files in flight); by
+    /// default they go one after the other, stopping at the first failure (the ones after it
+    /// are answered with `None`: not attempted).
+    fn put_many(
+        &mut self,
+        batch: Vec<(FileOffer, C)>,
+    ) -> impl Future<Output = Vec<Option<Result<(), Self::Error>>>> + Send
+    where
+        Self: Send,
+        Self::Error: Send,
+        C: Send,
+    {
+        async move {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut failed = false;
+            for (offer, content) in batch {
+                if failed {
+                    out.push(None);
+                    continue;
+                }
+                let r = self.put(&offer, content).await;
+                failed = r.is_err();
+                out.push(Some(r));
+            }
+            out
+        }
+    }
+}
+
+/// Files read and sent together by [`run`] (their puts may be in flight at once).
+pub const IN_FLIGHT: usize = 4;
+
+/// Sends the files of `group` (read, in feed order) and settles their outcomes in order: each
+/// one delivered is saved with the checkpoint moved past it unless an earlier one is held; the
+/// first failure is answered after the deliveries before it were saved.
+async fn send_group<S, T, E>(
+    source: &mut S,
+    target: &mut T,
+    group: &mut Vec<(FileOffer, S::Content)>,
+    checkpoint: &mut u64,
+    held: &mut bool,
+    report: &mut ContentReport,
+) -> Result<(), E>
+where
+    S: ContentSource<Error = E>,
+    T: ContentTarget<S::Content, Error = E> + Send,
+    E: Send,
+{
+    if group.is_empty() {
+        return Ok(());
+    }
+    let batch = std::mem::take(group);
+    let offers: Vec<FileOffer> = batch.iter().map(|(o, _)| o.clone()).collect();
+    let outcomes = target.put_many(batch).await;
+    let mut failure = None;
+    for (offer, outcome) in offers.iter().zip(outcomes) {
+        match outcome {
+            Some(Ok(())) => {
+                report.files_sent += 1;
+                report.bytes_sent += offer.size;
+                if !*held && failure.is_none() {
+                    *checkpoint = offer.seq;
+                    report.last_seq = *checkpoint;
+                }
+                source.save_checkpoint(*checkpoint, Some(offer)).await?;
+            }
+            Some(Err(e)) if failure.is_none() => failure = Some(e),
+            Some(Err(_)) | None => {}
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Delivers the content of the files past the source's checkpoint, up to `upto`.
@@ -140,7 +218,8 @@ pub async fn run<S, T, E>(
 ) -> Result<(Outcome, ContentReport), E>
 where
     S: ContentSource<Error = E>,
-    T: ContentTarget<S::Content, Error = E>,
+    T: ContentTarget<S::Content, Error = E> + Send,
+    E: Send,
 {
     let mut report = ContentReport::default();
     let mut checkpoint = source.checkpoint().await?;
@@ -161,28 +240,31 @@ where
             return finish(report, held);
         }
         let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
-        for offer in &batch.offers {
+        // Up to `IN_FLIGHT` missing files are read, then sent together; their outcomes are
+        // settled in feed order, so the checkpoint only ever moves past files delivered (one
+        // delivered after a failed one is held back, answered `Present` next time).
+        let mut group: Vec<(FileOffer, S::Content)> = Vec::new();
+        let mut offers = batch.offers.iter().peekable();
+        while let Some(offer) = offers.next() {
             match needs.get(&offer.key) {
-                Some(Need::Missing) => {
-                    let Some(content) = source.read(offer).await? else {
+                Some(Need::Missing) => match source.read(offer).await? {
+                    Some(content) => group.push((offer.clone(), content)),
+                    None => {
+                        // Sent in order: what is grouped goes first, then this one is held.
+                        send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
                         held = true;
                         report.waiting += 1;
-                        continue;
-                    };
-                    target.put(offer, content).await?;
-                    report.files_sent += 1;
-                    report.bytes_sent += offer.size;
-                    if !held {
-                        checkpoint = offer.seq;
-                        report.last_seq = checkpoint;
                     }
-                    source.save_checkpoint(checkpoint, Some(offer)).await?;
-                }
+                },
                 Some(Need::InProgress) => {
+                    send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
                     held = true;
                     report.waiting += 1;
                 }
                 Some(Need::Present | Need::Stale) | None => {}
+            }
+            if group.len() >= IN_FLIGHT || offers.peek().is_none() {
+                send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
             }
         }
         cursor = cursor.max(batch.last_seq);

@@ -14,6 +14,20 @@
 //! it (`Store::retrack`), on whichever instance the move was made (the owner, or a member
 //! under `sync`). A descendant that leaves travels as a removal, one that enters as an arrival.
 //!
+//! # Re-entry
+//!
+//! A removal reaches the other members as a tombstone on top of the revision they hold
+//! (`sync::replication`), and the item itself does not change when it comes back with its
+//! parent: its revision is one the members already have, under their tombstone, so sending it
+//! again would bring nothing back. So an item that enters a sharing again after having left
+//! it (`Retracked::rejoined`: a directory moved out and back, restored from the trash, or any
+//! directory holding it brought back in, at any depth) gets a new revision, with the same
+//! body, on the instance where the move was made. A live leaf wins over a deleted one
+//! (CouchDB's rule), so on every member it takes the item's place again, content included
+//! (its bytes follow on the content channel as for any new version). The revision id is
+//! derived from its parent and body, so two instances reviving the same item make the same
+//! revision. A file or directory moved back itself has a new revision already (the move).
+//!
 //! # Conflict rules
 //!
 //! Only the owner settles (Cozy's star: every change passes through the owner, which relays it;
@@ -111,14 +125,29 @@ impl Files {
         self.sync().await?;
         let ids = self.index.subtree(dir).await?;
         let mut recorded = 0;
+        let mut revived = 0;
         for chunk in ids.chunks(500) {
             let ids: Vec<DocId> = chunk.iter().filter_map(|i| DocId::parse(i).ok()).collect();
-            recorded += self.store.retrack(&doctype(), &ids).await?;
+            let done = self.store.retrack(&doctype(), &ids).await?;
+            recorded += done.recorded;
+            // Parents first, as retracked (see "Re-entry" in the module docs).
+            for id in &done.rejoined {
+                if self.revive(id).await? {
+                    revived += 1;
+                }
+            }
         }
         if recorded > 0 {
-            tracing::info!(dir, recorded, "sharing membership followed a move");
+            tracing::info!(dir, recorded, revived, "sharing membership followed a move");
         }
         Ok(recorded)
+    }
+
+    /// Writes a new revision of `id`'s winner with the same body (see "Re-entry" in the module
+    /// docs); `false` when it is deleted, gone, or was written meanwhile.
+    async fn revive(&self, id: &DocId) -> Result<bool> {
+        let Some((rev, body)) = self.live_leaves(id).await?.into_iter().next() else { return Ok(false) };
+        self.write_new(id.as_str(), Some(&rev), false, body).await
     }
 
     /// Writes one document with `new_edits=true` semantics; `Ok(false)` on a conflict (someone
@@ -150,6 +179,45 @@ impl Files {
             }
         }
         Ok(out)
+    }
+
+    /// The content versions the live leaves of these documents name (every branch of a
+    /// conflict, not only the winner's).
+    pub async fn versions_named(&self, ids: &[DocId]) -> Result<std::collections::HashSet<String>> {
+        let mut out = std::collections::HashSet::new();
+        for id in ids {
+            for (_, body) in self.live_leaves(id).await? {
+                if let Some(v) = str_of(&body, "internal_vfs_id") {
+                    out.insert(v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes the content of those of `versions` that no file's current version names any
+    /// more, and that nothing is writing: what the sweep would remove later, removed when the
+    /// write that left them unnamed is made (a received version replacing another, or winning
+    /// over a read-only member's own edit, which that member may not keep as a conflict copy:
+    /// only the owner settles conflicts into copies). Answers how many were deleted.
+    pub async fn release_versions(&self, versions: &std::collections::HashSet<String>) -> Result<usize> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        self.sync().await?;
+        let mut released = 0;
+        for v in versions {
+            // The registry first, then the index, as the sweep does (see "The sweep").
+            if self.writing.lock().map_or(true, |w| w.contains(v)) || self.index.references(v).await? {
+                continue;
+            }
+            let Some(key) = super::version_key(v) else { continue };
+            match self.content.delete(&key).await {
+                Ok(()) => released += 1,
+                Err(e) => tracing::warn!(version = %v, error = ?e, "failed to delete unnamed content; the sweep will"),
+            }
+        }
+        Ok(released)
     }
 
     /// After a removal of `id` was received and written: deletes what is left of it (a live

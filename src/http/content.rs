@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::sharings::replicating_peer;
 use super::{parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
+use crate::auth::Verb;
 use crate::files::received::ContentNeed;
 use crate::sharing::xor::IdMap;
 use crate::sharing::{Sharing, SharingId};
@@ -40,12 +41,13 @@ fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(|_| ApiError::NotFound("no such sharing".into()))
 }
 
-/// The peer calling, for content: a replicating member, and never a read-only one.
-async fn content_peer(inst: &Inst, req: &HttpRequest) -> ApiResult<(Sharing, usize)> {
+/// The peer calling, for content: a replicating member; one that may only read may ask the
+/// diff (`verb` GET: a question that writes nothing), never send content.
+async fn content_peer(inst: &Inst, req: &HttpRequest, verb: Verb) -> ApiResult<(Sharing, usize)> {
     let id = sharing_id(req)?;
-    let (s, from) = replicating_peer(inst, req, &id).await?;
-    if s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
-        return Err(ApiError::Forbidden("a read-only member does not send content".into()));
+    let (s, from) = replicating_peer(inst, req, &id, verb).await?;
+    if verb != Verb::Get && s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
+        return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
     }
     Ok((s, from))
 }
@@ -65,7 +67,7 @@ fn version_param(v: &str) -> ApiResult<String> {
 }
 
 async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (s, from) = content_peer(&inst, &req).await?;
+    let (s, from) = content_peer(&inst, &req, Verb::Get).await?;
     // Ids come in the member's space: the owner transforms them (`sharing::xor`).
     let ids = IdMap::for_member(&s, from);
     let limit = state_of(&req)?.config.max_http_request_size;
@@ -105,7 +107,7 @@ async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
 }
 
 async fn put_content(inst: Inst, req: HttpRequest, mut payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (s, from) = content_peer(&inst, &req).await?;
+    let (s, from) = content_peer(&inst, &req, Verb::Post).await?;
     let id = IdMap::for_member(&s, from).convert(&path::param(&req, "file_id")?);
     let doc = DocId::parse(&id).map_err(|e| ApiError::bad_request(format!("file id: {e}")))?;
     let q = super::Query::of(&req)?;

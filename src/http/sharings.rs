@@ -156,6 +156,11 @@ pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: V
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let (client, perms) = service::peer_member(&inst.0, id, token).await?;
     if !service::peer_may(&perms, id, verb) {
+        if verb != Verb::Get && service::peer_may(&perms, id, Verb::Get) {
+            // A member that may read but not write: its changes are refused (a reason its
+            // replicator recognises, see `sharing::protocol::READ_ONLY_REFUSAL`).
+            return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
+        }
         return Err(ApiError::Forbidden("this member's permissions do not allow it".into()));
     }
     Ok(client.member_index)
@@ -780,8 +785,13 @@ fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 
 /// The sharing as seen by a member's instance calling it: must be active, and the caller a
 /// ready member (any member on the owner, the owner on a recipient).
-pub(super) async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<(Sharing, usize)> {
-    let index = peer(inst, req, id, Verb::Post).await?;
+pub(super) async fn replicating_peer(
+    inst: &Inst,
+    req: &HttpRequest,
+    id: &SharingId,
+    verb: Verb,
+) -> ApiResult<(Sharing, usize)> {
+    let index = peer(inst, req, id, verb).await?;
     let s =
         sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
@@ -796,10 +806,13 @@ pub(super) async fn replicating_peer(inst: &Inst, req: &HttpRequest, id: &Sharin
 }
 
 /// `POST /sharings/:id/_revs_diff` — `{"doctype/id": [revs]}` → what this instance lacks; at
-/// most `max_bulk_docs_count` documents of at most `revs_limit` revisions (413 beyond).
+/// most `max_bulk_docs_count` documents of at most `revs_limit` revisions (413 beyond). A
+/// question that writes nothing: a member that may only read may ask it too, so that its
+/// replicator learns which of its changes are its own (refused by `_bulk_docs`) and which
+/// the owner has already (what it received).
 async fn replication_revs_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    let (s, from) = replicating_peer(&inst, &req, &id).await?;
+    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
     let limits = Limits::of(&req);
     let bytes = read_body(&req, payload, limits.request).await?;
     limits.revs_diff(&bytes)?;
@@ -815,7 +828,7 @@ async fn replication_revs_diff(inst: Inst, req: HttpRequest, payload: web::Paylo
 /// `sync::replication`).
 async fn replication_bulk_docs(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    let (s, from) = replicating_peer(&inst, &req, &id).await?;
+    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Post).await?;
     // Kept as text: documents are parsed as written (see `store::body`).
     let limits = Limits::of(&req);
     let body = read_body(&req, payload, limits.request).await?;

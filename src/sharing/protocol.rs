@@ -10,6 +10,37 @@ use serde_json::Value;
 
 use crate::store::Doctype;
 
+/// The reason of the owner's 403 to a member that may not write (read-only, or a sharing
+/// without `sync` rules: its token is GET-only) when it calls a replication route that writes
+/// (`_revs_diff`, `_bulk_docs`, content). The member's replicator reads it as the refusal of
+/// every document it was sending, shown in its status as `degraded` with `refused_docs`
+/// (`sync::replication::PeerTarget`), rather than as a failure to retry.
+pub const READ_ONLY_REFUSAL: &str =
+    "this member's permissions do not allow it: it may only read this sharing, so the owner refuses its changes";
+
+/// The member of a removal's tombstone naming the instance the document left the sharing on
+/// (its [`departure_mark`]). A removal is synthesised by the instance the document left (the
+/// sender does not store it: the document lives on there, outside the sharing), so the members
+/// that receive it store a revision that instance lacks, and may send it back. The instance
+/// that sees its own mark on a received removal knows it for the echo of its own departure:
+/// not a removal by the peer (the item may have come back here since, see `files::shared`,
+/// "Re-entry"): it is moot (`sharing::receive`), neither written nor refused.
+pub const DEPARTED_FROM: &str = "departed_from";
+
+/// The value of [`DEPARTED_FROM`] for an instance: a digest of its domain (members do not
+/// learn each other's addresses from it).
+pub fn departure_mark(domain: &str) -> String {
+    use md5::Digest;
+    hex::encode(md5::Md5::digest(format!("hearth-departure/{domain}").as_bytes()))
+}
+
+/// The body of the removal an instance sends for a document that left the sharing there (the
+/// revision's id is derived from it and from the revision it follows, so it is the same
+/// whenever that instance sends it).
+pub fn departure_body(domain: &str) -> String {
+    serde_json::json!({ DEPARTED_FROM: departure_mark(domain) }).to_string()
+}
+
 /// The member of a `_bulk_docs` body listing the documents of the sharing's initial set.
 pub const INITIAL: &str = "_initial";
 

@@ -149,14 +149,31 @@ pub async fn bulk_docs(
         }
         let tree =
             if doctype.as_str() == FILES_DOCTYPE { Some(TreeBefore::read(inst, s, &writes).await?) } else { None };
+        // The content versions these files name before the write: those the write leaves
+        // unnamed (a version replaced, or one losing to the owner's, such as a read-only
+        // member's own edit) are deleted once the batch is written, not at the next sweep.
+        let named_before = match (files, &tree) {
+            (Some(files), Some(_)) => {
+                let ids: Vec<DocId> = writes.iter().map(|w| w.id.clone()).collect();
+                files.versions_named(&ids).await.map_err(files_failed)?
+            }
+            _ => Default::default(),
+        };
         let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
         if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
             (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);
         }
+        // The echo of a removal this instance sent (see `protocol::DEPARTED_FROM`) is moot:
+        // never written, so it cannot delete an item that came back here meanwhile.
+        let own_mark = Value::String(super::protocol::departure_mark(inst.domain.as_str()));
         let judge: Arc<Judge> = {
             let (s, doctype) = (s.clone(), doctype.clone());
             let orphans = tree.as_ref().map(|t| t.orphans.clone()).unwrap_or_default();
+            let own_mark = own_mark.clone();
             Arc::new(move |w: &DocWrite, standing: &Standing| {
+                if w.deleted && w.body.get(super::protocol::DEPARTED_FROM).as_ref() == Some(&own_mark) {
+                    return Verdict::Moot;
+                }
                 let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
                 let Some(&rule) = orphans.get(&w.id) else { return verdict };
                 let relocation = w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone())));
@@ -173,11 +190,15 @@ pub async fn bulk_docs(
                 }
             })
         };
-        // A removal, as opposed to the deletion of a settled conflict's losing leaf.
+        // A removal, as opposed to the deletion of a settled conflict's losing leaf, or to the
+        // echo of a removal this instance sent (see `protocol::DEPARTED_FROM`).
         let written_ids: Vec<(DocId, bool)> = writes
             .iter()
             .map(|w| {
-                (w.id.clone(), w.deleted && w.body.get(crate::files::shared::CONFLICT_LOSER) != Some(Value::Bool(true)))
+                let removal = w.deleted
+                    && w.body.get(crate::files::shared::CONFLICT_LOSER) != Some(Value::Bool(true))
+                    && w.body.get(super::protocol::DEPARTED_FROM).as_ref() != Some(&own_mark);
+                (w.id.clone(), removal)
             })
             .collect();
         let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
@@ -189,6 +210,10 @@ pub async fn bulk_docs(
                 .map(|(w, _)| w)
                 .collect();
             tree.follow_up(inst, files, s, &written).await?;
+            let released = files.release_versions(&named_before).await.map_err(files_failed)?;
+            if released > 0 {
+                tracing::info!(instance = %inst.domain, sharing = %s.id(), released, "content no file names any more deleted");
+            }
         }
         for (peer_id, outcome) in peer_ids.into_iter().zip(outcomes) {
             let refuse = |error: &str, reason: String| Refused {
@@ -209,6 +234,10 @@ pub async fn bulk_docs(
         }
     }
     Ok(applied)
+}
+
+fn files_failed(e: crate::files::FilesError) -> SharingError {
+    SharingError::Store(StoreError::Internal(anyhow::anyhow!("{e}")))
 }
 
 /// On the owner, each new item whose parent left the sharing (rule 3 of `files::shared`) is

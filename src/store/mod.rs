@@ -24,7 +24,7 @@ use async_trait::async_trait;
 pub use body::Body;
 pub use doc::{DocId, Doctype};
 use hearth_replicator::rev::Rev;
-pub use tracking::{Judge, Received, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
+pub use tracking::{Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
 
 /// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
 /// `ENOSPC`/`EDQUOT` (for writes outside the stores, e.g. the registry).
@@ -411,8 +411,9 @@ pub trait Store: Send + Sync + 'static {
     /// sharing (their parent did) or leave it (their parent did). This is the cascade of a
     /// move under subtree rules ([`TrackRule::parent_field`]): a write tracks the document
     /// written, and its descendants follow through this call, parents first, so each one is
-    /// judged on its parent's new standing. Unknown ids are skipped. Returns the rows recorded.
-    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError>;
+    /// judged on its parent's new standing. Unknown ids are skipped. Returns the rows recorded
+    /// and the documents that entered a sharing again after having left it.
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<Retracked, StoreError>;
 
     /// The documents in a sharing (rows not removed, documents not deleted), ordered by
     /// (doctype, id), after `after` (exclusive), at most `limit`.

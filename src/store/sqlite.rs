@@ -1401,21 +1401,31 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError> {
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<Retracked, StoreError> {
         let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
         self.write(move |tx, ctx| {
+            let mut out = Retracked::default();
             if !ctx.tracking.iter().any(|r| r.doctype == doctype) {
-                return Ok(0);
+                return Ok(out);
             }
-            let mut recorded = 0;
+            let removed_rows = |id: &DocId| -> Result<i64, StoreError> {
+                Ok(tx
+                    .prepare_cached("SELECT COUNT(*) FROM shared WHERE doctype = ?1 AND id = ?2 AND removed = 1")?
+                    .query_row(params![doctype, id.as_str()], |r| r.get(0))?)
+            };
             for id in &ids {
                 let Some(row) = load_doc(tx, &doctype, id.as_str())? else { continue };
                 let Some(winner) = row.tree.winner() else { continue };
                 let body = load_body(tx, &doctype, id.as_str(), &winner.rev)?.unwrap_or_default();
-                recorded +=
+                let before = if winner.deleted { 0 } else { removed_rows(id)? };
+                let recorded =
                     track_doc(tx, &ctx.tracking, &doctype, id.as_str(), winner.deleted, &body, Track::MembershipOnly)?;
+                out.recorded += recorded;
+                if recorded > 0 && before > 0 && removed_rows(id)? < before {
+                    out.rejoined.push(id.clone());
+                }
             }
-            Ok(recorded)
+            Ok(out)
         })
         .await
     }

@@ -182,6 +182,18 @@ pub fn matching_rules(
     (first.map(|r| r.rule_index), joining.map(|r| r.rule_index))
 }
 
+/// What [`Store::retrack`](super::Store::retrack) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retracked {
+    /// Rows recorded (documents whose membership changed).
+    pub recorded: u64,
+    /// Live documents that entered a sharing again after having left it (their row was
+    /// `removed`). Members may hold the removal that was sent when they left, a tombstone on
+    /// top of the revision they still have: they come back only with a newer revision (see
+    /// `files::shared`, "Re-entry").
+    pub rejoined: Vec<DocId>,
+}
+
 /// One row of a sharing's changes feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedChange {

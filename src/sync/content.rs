@@ -18,6 +18,9 @@
 //!    a crash of either side the next round starts after the last delivered file, and a file
 //!    the member already has is answered `present` by the diff, so it is never sent again.
 //!
+//! A file whose document the member refused (see the link's `LinkRecord::refused`) is passed
+//! over: there is nothing to deliver for it.
+//!
 //! A file whose bytes are not here yet (the owner relaying a recipient's file to the other
 //! members before it arrived) stops the round there; it goes on when the bytes arrive (the
 //! receiving route wakes this worker) or at the next retry. Failures back off from 1 s to 30 s.
@@ -38,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::manager::{targets, PeerKey};
-use super::replication::{read_checkpoint, SyncError, CHECKPOINTS_DOCTYPE};
+use super::replication::{read_checkpoint, read_link, SyncError, CHECKPOINTS_DOCTYPE};
 use crate::federation::client::Federation;
 use crate::files::{Files, FilesRegistry};
 use crate::instance::{Instance, Registry};
@@ -301,6 +304,10 @@ async fn plan(
     Ok(())
 }
 
+/// How often, at most, a content link's record is written while files are delivered (see
+/// `LocalContent::save_checkpoint`).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
 /// This instance's side of one content link (see `hearth_replicator::content`).
 struct LocalContent<'a> {
     inst: &'a Instance,
@@ -309,6 +316,21 @@ struct LocalContent<'a> {
     member: usize,
     ids: IdMap,
     record: ContentRecord,
+    /// The record moved since it was last written.
+    dirty: bool,
+    written_at: Option<Instant>,
+}
+
+impl LocalContent<'_> {
+    /// Writes the record if it moved since it was last written.
+    async fn flush(&mut self) -> Result<(), SyncError> {
+        if self.dirty {
+            write_record(self.inst, self.sharing.id(), self.member, &self.record).await?;
+            self.dirty = false;
+            self.written_at = Some(Instant::now());
+        }
+        Ok(())
+    }
 }
 
 impl ContentSource for LocalContent<'_> {
@@ -325,7 +347,13 @@ impl ContentSource for LocalContent<'_> {
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);
-        let ids = file_ids(&rows, &crate::files::doctype());
+        let mut ids = file_ids(&rows, &crate::files::doctype());
+        // A file whose metadata the member refused (a read-only member's edit, say) has no
+        // content to deliver there: its row is passed over.
+        let refused = read_link(self.inst, self.sharing.id(), self.member).await?.refused;
+        if !refused.is_empty() {
+            ids.retain(|id| !refused.contains_key(&format!("{}/{id}", crate::files::DOCTYPE)));
+        }
         let versions = self.files.current_versions(&ids).await.map_err(files_error)?;
         let seqs: HashMap<&str, u64> = rows.iter().map(|r| (r.id.as_str(), r.seq)).collect();
         let mut offers = Vec::new();
@@ -351,15 +379,21 @@ impl ContentSource for LocalContent<'_> {
         }
     }
 
+    /// After each file delivered the record moves in memory, and is written at most every
+    /// [`CHECKPOINT_EVERY`] (and at the end of each batch, and of the round: [`LocalContent::flush`]):
+    /// a file delivered after the last write is offered again after a crash, and the member
+    /// answers `present` for it, so it is still never sent twice, and a small file no longer
+    /// costs a durable write of its own here.
     async fn save_checkpoint(&mut self, seq: u64, sent: Option<&FileOffer>) -> Result<(), SyncError> {
-        let mut record = self.record.clone();
-        record.last_seq = seq;
+        self.record.last_seq = seq;
         if let Some(o) = sent {
-            record.files_sent += 1;
-            record.bytes_sent += o.size;
+            self.record.files_sent += 1;
+            self.record.bytes_sent += o.size;
         }
-        write_record(self.inst, self.sharing.id(), self.member, &record).await?;
-        self.record = record;
+        self.dirty = true;
+        if sent.is_none() || self.written_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY) {
+            self.flush().await?;
+        }
         Ok(())
     }
 }
@@ -405,6 +439,23 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
     }
 
     async fn put(&mut self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {
+        self.put_one(o, content).await
+    }
+
+    /// The files of a group go at once, each on its own request (see `content::IN_FLIGHT`):
+    /// small files are not held up by one another's round trips and fsyncs, nor by a large one.
+    async fn put_many(
+        &mut self,
+        batch: Vec<(FileOffer, crate::files::content::ContentStream)>,
+    ) -> Vec<Option<Result<(), SyncError>>> {
+        let this = &*self;
+        futures_util::future::join_all(batch.into_iter().map(|(o, c)| async move { Some(this.put_one(&o, c).await) }))
+            .await
+    }
+}
+
+impl Peer<'_> {
+    async fn put_one(&self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {
         let path = format!(
             "/sharings/{}/io.cozy.files/{}/content?vfs_id={}",
             self.sharing.id(),
@@ -432,9 +483,20 @@ async fn round(
 ) -> Result<(Outcome, u64), SyncError> {
     let (base, creds) = super::replication::member_link(s, member)?;
     let mut target = Peer { federation, inst, sharing: s, member, base, creds };
-    let mut source =
-        LocalContent { inst, files, sharing: s, member, ids: IdMap::for_member(s, member), record: Default::default() };
-    let (outcome, report) = content::run(&mut source, &mut target, link_seq, BATCH).await?;
+    let mut source = LocalContent {
+        inst,
+        files,
+        sharing: s,
+        member,
+        ids: IdMap::for_member(s, member),
+        record: Default::default(),
+        dirty: false,
+        written_at: None,
+    };
+    let outcome = content::run(&mut source, &mut target, link_seq, BATCH).await;
+    // What was delivered is recorded whatever the outcome (a failure ends the round).
+    source.flush().await?;
+    let (outcome, report) = outcome?;
     if report.files_sent > 0 {
         tracing::info!(instance = %inst.domain, sharing = %s.id(), member, files = report.files_sent,
             bytes = report.bytes_sent, "sent file content");

@@ -127,7 +127,10 @@ impl SyncHandle for SyncManager {
     }
 }
 
-/// The members a sharing replicates to from this instance.
+/// The members a sharing replicates to from this instance. A recipient sends to the owner when
+/// the sharing has `sync` rules, even when it may only read: the owner refuses what it sends
+/// (`sharing::protocol::READ_ONLY_REFUSAL`), and the link shows those documents refused
+/// (`degraded`), never a silent stay at home nor a link merely retrying.
 pub fn targets(s: &Sharing) -> Vec<usize> {
     if !s.active {
         return Vec::new();
@@ -137,8 +140,7 @@ pub fn targets(s: &Sharing) -> Vec<usize> {
             .filter(|i| s.members[*i].status == MemberStatus::Ready && s.members[*i].outbound.is_some())
             .collect()
     } else {
-        let read_only = s.members.iter().skip(1).filter(|m| m.status == MemberStatus::Ready).all(|m| m.read_only);
-        if s.members[0].outbound.is_some() && s.has_sync_rule() && !read_only {
+        if s.members[0].outbound.is_some() && s.has_sync_rule() {
             vec![0]
         } else {
             Vec::new()

@@ -214,7 +214,8 @@ impl LocalSource {
         let Some((winner, false)) = leaves.get(id).and_then(|l| l.first()).cloned() else {
             return Ok((None, Vec::new()));
         };
-        let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(&winner), true, b"{}") else {
+        let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
+        let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(&winner), true, body.as_bytes()) else {
             return Ok((None, Vec::new()));
         };
         let found = self.inst.store.open_revs_many(doctype, vec![(id.clone(), vec![winner])]).await?;
@@ -324,7 +325,8 @@ impl Source for LocalSource {
                 // that revision. For files, the member keeps a dissociated copy (Cozy; see
                 // `files::shared`).
                 let Some((winner, _)) = l.first() else { continue };
-                let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, b"{}") else {
+                let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
+                let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, body.as_bytes()) else {
                     // A winner at the generation limit cannot get a child: its peers keep it.
                     tracing::warn!(doc = %key, rev = %winner, "no removal sent: the revision is at the generation limit");
                     continue;
@@ -363,6 +365,7 @@ impl Source for LocalSource {
         // (`sharing::receive`).
         let mut out = Vec::new();
         let mut deletions = Vec::new();
+        let departure_mark = crate::sharing::protocol::departure_mark(self.inst.domain.as_str());
         for (doctype, list) in by_doctype {
             for (id, mut found) in self.inst.store.open_revs_many(&doctype, list).await? {
                 let peer_id = self.ids.convert(id.as_str());
@@ -382,7 +385,8 @@ impl Source for LocalSource {
                             history.extend(d.revisions.unwrap_or_else(|| vec![d.rev.clone()]));
                             serde_json::value::to_raw_value(
                                 &json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
-                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history)}),
+                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history),
+                                   crate::sharing::protocol::DEPARTED_FROM: departure_mark}),
                             )
                         }
                         // The stored text, spliced under the peer's id: never re-serialised.
@@ -481,6 +485,33 @@ impl PeerTarget {
     }
 }
 
+/// The owner's refusal of everything a member that may only read sends (see
+/// `sharing::protocol::READ_ONLY_REFUSAL`): the reason to record for each document.
+fn read_only_refusal(e: &SyncError) -> Option<String> {
+    match e {
+        SyncError::Peer(FederationError::Status { status: 403, reason, .. })
+            if reason.contains(crate::sharing::protocol::READ_ONLY_REFUSAL) =>
+        {
+            Some(format!("the owner refused it (403): {}", crate::sharing::protocol::READ_ONLY_REFUSAL))
+        }
+        _ => None,
+    }
+}
+
+impl PeerTarget {
+    /// Records every document of `keys` as refused for `reason` (the link shows `degraded`
+    /// with them in `refused_docs`, and does not send them again until they change).
+    fn refuse_all(&self, keys: impl IntoIterator<Item = DocKey>, reason: &str) -> Result<Vec<Refusal>, SyncError> {
+        let mut x = exchange(&self.shared)?;
+        let mut out = Vec::new();
+        for key in keys {
+            x.refused.push((key.clone(), reason.to_owned()));
+            out.push(Refusal { key, reason: reason.to_owned() });
+        }
+        Ok(out)
+    }
+}
+
 impl Target for PeerTarget {
     type Error = SyncError;
 
@@ -492,6 +523,14 @@ impl Target for PeerTarget {
         while let Some(mut part) = parts.pop_front() {
             match self.diff_part(&part).await {
                 Ok(missing) => out.extend(missing),
+                // A member that may only read: the owner refuses all it sends, these included.
+                Err(e) if read_only_refusal(&e).is_some() => {
+                    let reason = read_only_refusal(&e).unwrap_or_default();
+                    let mut keys: Vec<DocKey> = part.into_keys().collect();
+                    keys.extend(parts.drain(..).flat_map(BTreeMap::into_keys));
+                    self.refuse_all(keys, &reason)?;
+                    break;
+                }
                 Err(SyncError::Peer(FederationError::Status { status: 413, .. })) if part.len() > 1 => {
                     let Some(middle) = part.keys().nth(part.len() / 2).cloned() else { continue };
                     let second = part.split_off(&middle);
@@ -512,7 +551,17 @@ impl Target for PeerTarget {
         let mut parts = std::collections::VecDeque::from([docs]);
         let mut refusals = Vec::new();
         while let Some(part) = parts.pop_front() {
-            match self.send_docs(part).await? {
+            let keys: Vec<DocKey> = part.iter().map(|d| d.key.clone()).collect();
+            let sent = match self.send_docs(part).await {
+                Err(e) if read_only_refusal(&e).is_some() => {
+                    let reason = read_only_refusal(&e).unwrap_or_default();
+                    let rest = parts.drain(..).flatten().map(|d| d.key);
+                    refusals.extend(self.refuse_all(keys.into_iter().chain(rest), &reason)?);
+                    break;
+                }
+                sent => sent?,
+            };
+            match sent {
                 Sent::Answered(refused) => refusals.extend(refused),
                 Sent::TooLarge(mut part, _) if part.len() > 1 => {
                     let second = part.split_off(part.len() / 2);

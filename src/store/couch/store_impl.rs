@@ -309,9 +309,9 @@ impl Store for CouchStore {
         self.take_existing(sharing_id).await
     }
 
-    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<u64, StoreError> {
+    async fn retrack(&self, doctype: &Doctype, ids: &[DocId]) -> Result<Retracked, StoreError> {
         if !self.rules()?.iter().any(|r| r.doctype == doctype.as_str()) {
-            return Ok(0);
+            return Ok(Retracked::default());
         }
         // The feed's pending tracking first: the cascade is judged on every earlier write.
         self.catch_up(doctype).await?;
@@ -331,7 +331,9 @@ impl Store for CouchStore {
                 Err(e) => return Err(e),
             }
         }
-        self.track_rows(doctype, &rows, &bodies, true).await
+        let (recorded, rejoined) = self.track_rows(doctype, &rows, &bodies, true).await?;
+        let rejoined = rejoined.iter().filter_map(|id| DocId::parse(id).ok()).collect();
+        Ok(Retracked { recorded, rejoined })
     }
 
     async fn apply_received(

@@ -101,8 +101,10 @@ impl CouchStore {
         rows: &[BatchRow],
         bodies: &[Body],
         membership_only: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Vec<String>), StoreError> {
         let mut recorded = 0;
+        // Live documents whose row goes from removed to in (see `Retracked::rejoined`).
+        let mut rejoined = Vec::new();
         let rules = self.rules()?;
         let mut sharings: Vec<&str> =
             rules.iter().filter(|r| r.doctype == doctype.as_str()).map(|r| r.sharing_id.as_str()).collect();
@@ -145,6 +147,9 @@ impl CouchStore {
                     continue;
                 }
                 if let TrackAction::Record { rule_index, removed } = action {
+                    if !removed && !row.2 && tracked.is_some_and(|(_, was)| was) && !rejoined.contains(&row.0) {
+                        rejoined.push(row.0.clone());
+                    }
                     current.insert(row.0.as_str(), (rule_index, removed));
                     records.push(ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default()));
                 }
@@ -152,7 +157,7 @@ impl CouchStore {
             recorded += records.len() as u64;
             self.record_shared(sharing, records, Some(states)).await?;
         }
-        Ok(recorded)
+        Ok((recorded, rejoined))
     }
 
     /// Appends rows to a sharing's feed and moves the documents' states to them (a state
