@@ -218,12 +218,9 @@ async fn documents_a_recipient_received_are_not_sent_back_but_its_own_edits_are(
     .await;
     let l = link().await;
     assert_eq!(l["health"], "healthy", "{l}");
-    // The SQLite store records a received document's feed row with the write that brings it,
-    // marked as from that member; the CouchDB store does not yet (its rows are written apart),
-    // so there bob still asks alice about them once (safe, only slower).
-    if std::env::var("HEARTH_TEST_COUCHDB_URL").is_err() {
-        assert_eq!(l["processed"].as_u64(), Some(0), "{l}");
-    }
+    // Both stores record a received document as from that member, unchanged since: bob does
+    // not ask alice about any of it.
+    assert_eq!(l["processed"].as_u64(), Some(0), "{l}");
     // An edit made on bob still goes to alice.
     let rev = read(&app, &bob, "io.cozy.notes", &on_bob[0]).await.unwrap().0;
     let new = put(&bob, &b, "io.cozy.notes", &on_bob[0], json!({"_rev": rev, "title": "from bob"})).await;
@@ -231,6 +228,63 @@ async fn documents_a_recipient_received_are_not_sent_back_but_its_own_edits_are(
         read(&app, &alice, "io.cozy.notes", "n0").await.is_some_and(|(r, _, _)| r == new)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_recipient_stays_at_rest_after_its_initial_sync() {
+    // A read-only member's token on the owner is GET-only: sending received documents back to
+    // alice would be refused (403) and leave bob's link retrying with documents pending, though
+    // bob did nothing. (Bob has a link to alice because carol, a read-write member, may send
+    // documents through alice; with read-only members only, he would have none.)
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let carol = app.add_instance("carol", PASS);
+    let a = app.token(&alice, "io.cozy.notes");
+    let ids = ["r0", "r1", "r2", "r3"];
+    for id in ids {
+        put(&alice, &a, "io.cozy.notes", id, json!({"title": "v1"})).await;
+    }
+    let sid = share(&app, &alice, json!([notes_rule(&ids)]), &[(&bob, true), (&carol, false)]).await;
+    let s = load(&app, &alice, &sid).await;
+    let bob_index = s.members.iter().position(|m| m.instance.as_deref() == Some(&format!("http://{}", bob.domain)));
+    let bob_index = bob_index.expect("bob is a member");
+    assert!(s.members[bob_index].read_only);
+    let mut on_bob = Vec::new();
+    for id in ids {
+        on_bob.push(id_on(&app, &alice, &sid, bob_index, id).await);
+    }
+    eventually(WAIT, "every note reaches bob", || async {
+        for id in &on_bob {
+            if read(&app, &bob, "io.cozy.notes", id).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    let b = app.token(&bob, "io.cozy.notes");
+    let link = || async {
+        let st = bob.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&b), None).await.1;
+        st["data"]["attributes"]["members"][0]["replication"].clone()
+    };
+    // Bob's link to alice goes past the received notes (its feed holds them) and rests.
+    eventually(WAIT, "bob's link to alice has gone past the received notes", || async {
+        let l = link().await;
+        l["last_seq"].as_u64() > Some(0) && l["running"] == false
+    })
+    .await;
+    let l = link().await;
+    assert_eq!(l["pending"], 0, "{l}");
+    assert_eq!(l["health"], "healthy", "{l}");
+    assert!(l["last_error"].is_null(), "{l}");
+    assert_eq!(l["attempts"], 0, "{l}");
+    assert_eq!(l["processed"].as_u64(), Some(0), "nothing was sent back to alice: {l}");
+    // Alice's side of the link saw nothing from bob either.
+    let t = app.token(&alice, "io.cozy.notes");
+    let st = alice.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&t), None).await.1;
+    let member = &st["data"]["attributes"]["members"][bob_index];
+    assert_eq!(member["replication"]["refused_docs"], 0, "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! owner creates, lists and revokes links of a sharing; a ready member with `share` re-shares
 //! (its app asks its own instance, which asks the owner with the member's credentials); a
 //! holder reads what a link offers; a recipient discards a sharing. The discovery page
-//! (`/sharings/:id/discovery`, in `sharings.rs`) takes `?invitation=` through [`discover`].
+//! (`/sharings/:id/discovery`, in `sharings::pages`) takes `?invitation=` through [`discover`].
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -164,7 +164,8 @@ impl CouchStore {
                 continue;
             }
             if let Some(j) = &record.join {
-                let entry = Entry { initial: false, origin: Some(j.origin) };
+                let arrival = record.writes.first().and_then(|w| w.revisions.first()).cloned();
+                let entry = Entry { initial: false, origin: Some(j.origin), arrival };
                 joins.entry(j.sharing.clone()).or_default().push(ShareRecord::new(
                     doctype.as_str(),
                     id.as_str(),

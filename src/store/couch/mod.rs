@@ -102,8 +102,13 @@
 //! is a chain of `u/<sharing>/<first>` batches numbered like the document batches; a feed row
 //! counts only if it is still its document's latest. `s/<sharing>` marks a sharing whose
 //! initial set was taken (`track_existing` writes it once the set is recorded; later calls stop
-//! there). Sharings and the outbox themselves are documents of internal doctypes, written with
-//! the interactive-edit rules below.
+//! there). A received document's membership is recorded before its write (see "Atomicity"),
+//! so the two get different rows; the state keeps the revision the write brings, and the
+//! write's row, if that revision is still the winner and nothing changed in between, becomes
+//! its `joined` row: as on SQLite, `joined == seq` means the document has not changed here
+//! since it came from its sender, and is not sent back to it. Sharings and the outbox
+//! themselves are documents of internal doctypes, written with the interactive-edit rules
+//! below.
 //!
 //! # Atomicity
 //!

@@ -452,7 +452,8 @@ impl Store for CouchStore {
                     continue;
                 }
                 if let Some(rule) = join {
-                    let entry = Entry { initial: false, origin: Some(origin) };
+                    let arrival = path.first().map(Rev::to_string);
+                    let entry = Entry { initial: false, origin: Some(origin), arrival };
                     joins.push(ShareRecord::new(doctype.as_str(), w.id.as_str(), rule, false, entry));
                 }
                 writes.push(replicated_json(w.id.as_str(), &path, w.deleted, &w.body));

@@ -16,8 +16,9 @@ use crate::store::tracking::{self, TrackAction};
 
 /// A document's membership in one sharing, `t/<sharing>/<doctype>/<id>` in the meta database.
 /// `joined`, `initial` and `origin` are set when the state is created and kept afterwards
-/// (absent from states written by older versions: 0, false, none).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// (absent from states written by older versions: 0, false, none), except that a received
+/// document's state moves `joined` to the row of the write that brought it (see `arrival`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct TrackState {
     pub(super) seq: u64,
     pub(super) rule: usize,
@@ -28,6 +29,15 @@ pub(super) struct TrackState {
     pub(super) initial: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) origin: Option<usize>,
+    /// For a received document whose membership is recorded before its write (see
+    /// "Atomicity"): the revision that write brings. The membership's row and the write's row
+    /// are numbered apart here (on SQLite they are one row), so when the sequencer tracks the
+    /// write, still the winner and with nothing changed since the membership (`seq == joined`),
+    /// `joined` moves to the write's row: `joined == seq` then means, as on SQLite, that the
+    /// document has not changed here since it came from `origin`, and it is not sent back
+    /// (`SharedChange::joined`). Cleared by any later row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) arrival: Option<String>,
 }
 
 impl TrackState {
@@ -36,11 +46,13 @@ impl TrackState {
     }
 }
 
-/// How a document enters a sharing, recorded when its state is created.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// How a document enters a sharing, recorded when its state is created (`arrival`: see
+/// [`TrackState::arrival`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct Entry {
     pub(super) initial: bool,
     pub(super) origin: Option<usize>,
+    pub(super) arrival: Option<String>,
 }
 
 /// A row to append to a sharing's feed.
@@ -51,11 +63,13 @@ pub(super) struct ShareRecord {
     rule: usize,
     removed: bool,
     entry: Entry,
+    /// The row is the write of a received document's `arrival`: its state's `joined` moves to it.
+    arrived: bool,
 }
 
 impl ShareRecord {
     pub(super) fn new(doctype: &str, id: &str, rule: usize, removed: bool, entry: Entry) -> ShareRecord {
-        ShareRecord { doctype: doctype.to_owned(), id: id.to_owned(), rule, removed, entry }
+        ShareRecord { doctype: doctype.to_owned(), id: id.to_owned(), rule, removed, entry, arrived: false }
     }
 }
 
@@ -116,9 +130,14 @@ impl CouchStore {
             let keys: Vec<String> = rows.iter().map(|r| track_key(sharing, doctype.as_str(), &r.0)).collect();
             let states = self.track_states(&keys).await?;
             let mut current: HashMap<&str, (usize, bool)> = HashMap::new();
+            // Received documents whose write this page may hold: the revision it brings.
+            let mut arriving: HashMap<&str, &str> = HashMap::new();
             for (row, key) in rows.iter().zip(&keys) {
                 if let Some((_, st)) = states.get(key) {
                     current.insert(row.0.as_str(), (st.rule, st.removed));
+                    if let Some(rev) = st.arrival.as_deref().filter(|_| st.joined == st.seq && !st.removed) {
+                        arriving.insert(row.0.as_str(), rev);
+                    }
                 }
             }
             // Subtree rules: the parents' rows (a parent written in this page is in `current`).
@@ -151,7 +170,14 @@ impl CouchStore {
                         rejoined.push(row.0.clone());
                     }
                     current.insert(row.0.as_str(), (rule_index, removed));
-                    records.push(ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default()));
+                    let mut record = ShareRecord::new(doctype.as_str(), &row.0, rule_index, removed, Entry::default());
+                    // The received write itself, its revision still the winner: nothing changed
+                    // here since it came (a later edit on top of it, or winning over it, would
+                    // be the winner instead).
+                    let arrival = arriving.remove(row.0.as_str());
+                    record.arrived =
+                        !removed && arrival.is_some_and(|rev| row.1.first().map(String::as_str) == Some(rev));
+                    records.push(record);
                 }
             }
             recorded += records.len() as u64;
@@ -191,7 +217,7 @@ impl CouchStore {
                 break batch.first;
             }
         };
-        let mut pending: Vec<(String, TrackState)> = rows
+        let mut pending: Vec<(String, TrackState, bool)> = rows
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -203,15 +229,16 @@ impl CouchStore {
                     joined: seq,
                     initial: r.entry.initial,
                     origin: r.entry.origin,
+                    arrival: r.entry.arrival.clone(),
                 };
-                (track_key(sharing, &r.doctype, &r.id), state)
+                (track_key(sharing, &r.doctype, &r.id), state, r.arrived)
             })
             .collect();
         for _ in 0..EDIT_ATTEMPTS {
             if pending.is_empty() {
                 return Ok(());
             }
-            let keys: Vec<String> = pending.iter().map(|(k, _)| k.clone()).collect();
+            let keys: Vec<String> = pending.iter().map(|(k, _, _)| k.clone()).collect();
             // The states the caller just read (under the same lock) serve the first round.
             let existing = match known.take() {
                 Some(k) => k,
@@ -220,11 +247,16 @@ impl CouchStore {
             let docs: Vec<Value> = pending
                 .iter()
                 // Another process may have recorded a later change meanwhile: keep the latest.
-                .filter(|(k, st)| existing.get(k).is_none_or(|(_, old)| old.seq < st.seq))
-                .map(|(k, st)| {
-                    let mut st = *st;
+                .filter(|(k, st, _)| existing.get(k).is_none_or(|(_, old)| old.seq < st.seq))
+                .map(|(k, st, arrived)| {
+                    let mut st = st.clone();
                     if let Some((_, old)) = existing.get(k) {
-                        (st.joined, st.initial, st.origin) = (old.joined, old.initial, old.origin);
+                        // The received write's own row: `joined` follows it (see `arrival`),
+                        // if the state is still the one that awaited it.
+                        let arrived = *arrived && old.arrival.is_some() && old.joined == old.seq;
+                        let joined = if arrived { st.seq } else { old.joined };
+                        (st.joined, st.initial, st.origin) = (joined, old.initial, old.origin);
+                        st.arrival = None;
                     }
                     let mut doc = serde_json::to_value(st).unwrap_or(Value::Null);
                     if let Value::Object(m) = &mut doc {
@@ -253,7 +285,7 @@ impl CouchStore {
                 .filter(|r| r.get("error").is_some())
                 .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_owned))
                 .collect();
-            pending.retain(|(k, _)| conflicted.contains(k));
+            pending.retain(|(k, _, _)| conflicted.contains(k));
         }
         Err(StoreError::Unavailable(anyhow!("tracking states of sharing {sharing} keep conflicting")))
     }
@@ -374,7 +406,7 @@ impl CouchStore {
                     }
                     // The first matching rule of the sharing wins, as for later writes.
                     if let Some(first) = rules.iter().find(|r| r.matches(&rule.doctype, id, body)) {
-                        let entry = Entry { initial: true, origin: None };
+                        let entry = Entry { initial: true, origin: None, arrival: None };
                         records.push(ShareRecord::new(&rule.doctype, id, first.rule_index, false, entry));
                     }
                 }
@@ -427,7 +459,7 @@ impl CouchStore {
                     }
                     let parent = TrackRule::parent_of(&rules, doctype, body).and_then(|p| alive(&p));
                     if let Some(first) = rules.iter().find(|r| r.matches_in(doctype, id, body, parent)) {
-                        let entry = Entry { initial: true, origin: None };
+                        let entry = Entry { initial: true, origin: None, arrival: None };
                         records.push(ShareRecord::new(doctype, id, first.rule_index, false, entry));
                     }
                 }

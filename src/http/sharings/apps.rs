@@ -1,0 +1,284 @@
+//! `/sharings/...` routes for apps, authorised by bearer app tokens: creating and listing
+//! sharings, reading one, adding recipients, revoking, leaving, the read-only switch, the
+//! replication status and a sync on demand.
+
+use super::*;
+
+/// `POST /sharings/` — creates a sharing (JSON:API `io.cozy.sharings`); 201 with the sharing.
+pub(super) async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let body = json_body(&req, payload).await?;
+    let s = service::create(&state_of(&req)?.sharing, &inst.0, &perms, &body).await?;
+    Ok(jsonapi(StatusCode::CREATED, doc(&s)))
+}
+
+/// `GET /sharings/?direction=incoming|outgoing&status=&doctype=&page[cursor]=&page[limit]=`.
+pub(super) async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let q = Query::of(&req)?;
+    let outgoing = match q.get("direction") {
+        None => None,
+        Some("outgoing") => Some(true),
+        Some("incoming") => Some(false),
+        Some(_) => return Err(ApiError::bad_request("direction must be incoming or outgoing")),
+    };
+    let status = q
+        .get("status")
+        .map(|s| MemberStatus::parse(s).ok_or_else(|| ApiError::bad_request("unknown status")))
+        .transpose()?;
+    let limit = match q.get("page[limit]") {
+        None => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
+    };
+    let query = ListQuery {
+        outgoing,
+        status,
+        doctype: q.get("doctype").map(str::to_owned),
+        cursor: q.get("page[cursor]").map(str::to_owned),
+        limit,
+    };
+    let (items, next) = service::list_filtered(&inst.0, &query).await?;
+    let data: Vec<Value> = items.iter().filter(|s| may_read(&perms, s)).map(Sharing::to_api).collect();
+    let mut out = json!({"data": data, "meta": {"count": data.len()}});
+    if outgoing != Some(false) {
+        // The owner's link permissions and invitation links, apart from the sharings.
+        let first_page = query.cursor.is_none();
+        out["included"] = json!(crate::http::invitations::included(&inst.0, &perms, &items, first_page).await?);
+    }
+    if let Some(cursor) = next {
+        let mut url = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("direction", q.get("direction")), ("status", q.get("status")), ("doctype", q.get("doctype"))] {
+            if let Some(v) = v {
+                url.append_pair(k, v);
+            }
+        }
+        url.append_pair("page[cursor]", &cursor).append_pair("page[limit]", &limit.to_string());
+        out["links"] = json!({"next": format!("/sharings/?{}", url.finish())});
+    }
+    Ok(jsonapi(StatusCode::OK, out))
+}
+
+/// `shared_docs` listed per page of `GET /sharings/:id` when `page[limit]` is not given.
+pub(super) const SHARED_DOCS_PAGE: usize = 100;
+/// The largest `page[limit]` of `GET /sharings/:id`.
+pub(super) const SHARED_DOCS_MAX_PAGE: usize = 1000;
+
+/// `GET /sharings/:id?page[limit]=&page[cursor]=` — the sharing, for the owner's apps, or a
+/// member's instance (with its token), with `relationships.shared_docs` as in Cozy: the
+/// documents in the sharing on this instance, `{"id", "type"}` ordered by doctype then id,
+/// ids as this instance knows them (a member's instance gets them in its own id space).
+/// Paginated: `page[limit]` documents (default 100, 1 to 1000); when more follow,
+/// `shared_docs.links.next` is the URL of the next page (`page[cursor]` is opaque).
+pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let s = sharing::load(inst.0.store.as_ref(), &id).await?;
+    let (allowed, member) = match data_caller(&inst.0, &req) {
+        Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
+        Err(_) => {
+            let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
+            (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
+        }
+    };
+    let s = match s {
+        Some(s) if allowed => s,
+        Some(_) => return Err(ApiError::Forbidden("the token does not cover this sharing".into())),
+        None => return Err(ApiError::NotFound("no such sharing".into())),
+    };
+    let q = Query::of(&req)?;
+    let limit = match q.get("page[limit]") {
+        None => SHARED_DOCS_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=SHARED_DOCS_MAX_PAGE).contains(l))
+            .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
+    };
+    // Ids in the caller's space: ours for apps, the member's for its instance.
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(0));
+    let after = q
+        .get("page[cursor]")
+        .map(|c| {
+            c.split_once('/')
+                .and_then(|(t, i)| Some((Doctype::parse(t).ok()?, DocId::parse(&ids.convert(i)).ok()?)))
+                .ok_or_else(|| ApiError::bad_request("invalid page[cursor]"))
+        })
+        .transpose()?;
+    let mut docs = inst.0.store.shared_docs(s.id(), after, limit + 1).await?;
+    let more = docs.len() > limit;
+    docs.truncate(limit);
+    let data: Vec<Value> =
+        docs.iter().map(|(t, i)| json!({"type": t.as_str(), "id": ids.convert(i.as_str())})).collect();
+    let mut shared_docs = json!({"data": data});
+    if let Some((t, i)) = docs.last().filter(|_| more) {
+        let cursor = format!("{t}/{}", ids.convert(i.as_str()));
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("page[cursor]", &cursor)
+            .append_pair("page[limit]", &limit.to_string())
+            .finish();
+        shared_docs["links"] = json!({"next": format!("/sharings/{}?{query}", s.id())});
+    }
+    let mut out = doc(&s);
+    out["data"]["relationships"] = json!({"shared_docs": shared_docs});
+    Ok(jsonapi(StatusCode::OK, out))
+}
+
+/// `POST /sharings/:id/recipients` — more recipients. On the owner they are added; on a
+/// recipient of an `open_sharing` they are forwarded to the owner's delegated route (see
+/// `service::forward_recipients`) and the answer carries their invitation links in
+/// `meta.invitations` (`[{"index", "invitation"}]`); on a recipient of a sharing that is not
+/// open, 403. On the owner, `meta.recipients` says per recipient given (`recipients`, then
+/// `read_only_recipients`) `{"index", "outcome"}`: `added`, `invited_again` (already invited
+/// and not answered: the same invitation is sent again) or `already_member` (ready: nothing
+/// changes); a person is never made a member twice.
+pub(super) async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let s = load_managed(&inst, &req, &id).await?;
+    let body = json_body(&req, payload).await?;
+    let cx = &state_of(&req)?.sharing;
+    if !s.owner {
+        let (s, links) = service::forward_recipients(cx, &inst.0, &id, &body).await?;
+        let mut out = doc(&s);
+        let links: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
+        out["meta"] = json!({"invitations": links});
+        return Ok(jsonapi(StatusCode::OK, out));
+    }
+    let (s, outcomes) = service::add_recipients(cx, &inst.0, &id, &body).await?;
+    let mut out = doc(&s);
+    let outcomes: Vec<Value> = outcomes.into_iter().map(|(i, o)| json!({"index": i, "outcome": o.as_str()})).collect();
+    out["meta"] = json!({"recipients": outcomes});
+    Ok(jsonapi(StatusCode::OK, out))
+}
+
+/// `DELETE /sharings/:id/recipients` — the owner revokes everyone.
+pub(super) async fn revoke_all(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, None).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `DELETE /sharings/:id/recipients/:index` — the owner revokes one member.
+pub(super) async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = member_index(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, Some(index)).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `DELETE /sharings/:id/recipients/self` — a recipient leaves.
+pub(super) async fn leave(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+pub(super) async fn read_only(inst: Inst, req: HttpRequest, value: bool) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let index = member_index(&req)?;
+    load_managed(&inst, &req, &id).await?;
+    let s = service::set_read_only(&state_of(&req)?.sharing, &inst.0, &id, index, value).await?;
+    Ok(jsonapi(StatusCode::OK, doc(&s)))
+}
+
+/// `POST /sharings/:id/recipients/:index/readonly` — the member becomes read-only.
+pub(super) async fn add_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, req, true).await
+}
+
+/// `DELETE /sharings/:id/recipients/:index/readonly` — the member may write again.
+pub(super) async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, req, false).await
+}
+
+/// `GET /sharings/:id/status` — each member's status and, for the peers this instance
+/// replicates to, `replication`: the state (`crate::sync::manager::LinkStatus`: `health` one of
+/// `idle|healthy|degraded|retrying|down`, last error and success, progress, CouchDB's counters
+/// `last_seq`, `docs_written`, `doc_write_failures`, `missing_revisions_found`, the documents
+/// the member refused and has not written since, `refused_docs`, and `last_refusal` with its
+/// reason) and `pending`, the changes past `last_seq`. For a sharing of files, each such member
+/// also has `content` (`crate::sync::content::ContentStatus`: `files_pending`, `bytes_pending`
+/// still to deliver to it, `files_sent`, `bytes_sent`, its content checkpoint `last_seq`,
+/// `running`, `last_error`), and the sharing `content_missing` (`files`, `bytes`): the files of
+/// the sharing whose content has not arrived on this instance yet.
+pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let s =
+        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    if !may_read(&perms, &s) {
+        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
+    }
+    let svc = state_of(&req)?;
+    let targets = crate::sync::manager::targets(&s);
+    // Files sharings: each member's content link, and what this instance still waits for.
+    let files = if s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) {
+        Some(svc.files.of(&inst.0).await?)
+    } else {
+        None
+    };
+    let mut members = Vec::new();
+    for (i, m) in s.members.iter().enumerate() {
+        let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
+            "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
+        if targets.contains(&i) {
+            let key =
+                crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
+            let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
+            let info = inst.0.store.shared_info(id.as_str(), record.last_seq).await?;
+            let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
+            let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
+            rep["pending"] = json!(info.pending);
+            entry["replication"] = rep;
+            if let Some(files) = &files {
+                entry["content"] = content_status(&svc.content, &inst.0, files, &s, i).await?;
+            }
+        }
+        members.push(entry);
+    }
+    let info = inst.0.store.shared_info(id.as_str(), u64::MAX).await?;
+    let mut attributes = json!({"owner": s.owner, "active": s.active, "documents": info.docs,
+        "last_seq": info.last_seq, "members": members});
+    if let Some(files) = &files {
+        let (count, bytes) =
+            crate::sync::content::missing_here(&inst.0, files, id.as_str()).await.map_err(sync_error)?;
+        attributes["content_missing"] = json!({"files": count, "bytes": bytes});
+    }
+    Ok(jsonapi(
+        StatusCode::OK,
+        json!({"data": {"type": "io.cozy.sharings.status", "id": id.as_str(), "attributes": attributes}}),
+    ))
+}
+
+/// The `content` of a member in the status (see `sync::content::ContentStatus`).
+pub(super) async fn content_status(
+    sender: &crate::sync::content::ContentSender,
+    inst: &crate::instance::Instance,
+    files: &crate::files::Files,
+    s: &Sharing,
+    member: usize,
+) -> ApiResult<Value> {
+    let status = sender.status(inst, files, s, member).await.map_err(sync_error)?;
+    Ok(serde_json::to_value(status).unwrap_or(Value::Null))
+}
+
+pub(super) fn sync_error(e: crate::sync::replication::SyncError) -> ApiError {
+    match e {
+        crate::sync::replication::SyncError::Store(s) => s.into(),
+        e => ApiError::Internal(e.into()),
+    }
+}
+
+/// `POST /sharings/:id/sync` — replicate now (skipping any backoff); answers 202.
+pub(super) async fn sync_now(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let id = sharing_id(&req)?;
+    let s = load_managed(&inst, &req, &id).await?;
+    state_of(&req)?.sync.sync_now(inst.0.domain.as_str(), &s);
+    Ok(HttpResponse::Accepted().json(json!({"ok": true})))
+}
