@@ -80,8 +80,33 @@ impl AddOutcome {
     }
 }
 
+/// Whether two instance addresses name the same instance: case, a trailing slash and a
+/// missing `http://`/`https://` scheme (`bob.example` as typed in a form) aside.
 fn same_instance(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
+    fn bare(u: &str) -> &str {
+        let u = u.trim().trim_end_matches('/');
+        for scheme in ["https://", "http://"] {
+            if u.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme)) {
+                return &u[scheme.len()..];
+            }
+        }
+        u
+    }
+    bare(a).eq_ignore_ascii_case(bare(b))
+}
+
+#[cfg(test)]
+mod same_instance_tests {
+    use super::same_instance;
+
+    #[test]
+    fn an_address_matches_with_or_without_its_scheme_case_or_trailing_slash() {
+        assert!(same_instance("http://bob.localhost:8080", "bob.localhost:8080"));
+        assert!(same_instance("HTTPS://Bob.Example/", "bob.example"));
+        assert!(same_instance("http://bob.example/", "http://bob.example"));
+        assert!(!same_instance("http://bob.example", "http://bob.example.org"));
+        assert!(!same_instance("http://bob.example:8081", "bob.example:8080"));
+    }
 }
 
 /// The member a recipient names already, as Cozy's `addMember` matches them: by email when
