@@ -120,9 +120,9 @@ async fn push_rules_flow_from_the_owner_only_and_read_only_members_cannot_write(
     // And alice refuses it even if bob's instance sends it: with push rules its token is GET-only.
     let creds = load(&app, &bob, &sid).await.members[0].outbound.clone().unwrap();
     let doc = json!({"io.cozy.notes": [{"_id": n1, "_rev": bob_rev, "_revisions": {"start": 3, "ids": [bob_rev.split('-').nth(1).unwrap(), r.split('-').nth(1).unwrap()]}, "title": "forced"}]});
-    let (s, _) =
+    let (s, v) =
         alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await;
-    assert_eq!(s, 403);
+    assert_refused_as_read_only(s, &v);
     assert_eq!(read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().1["title"], "after");
     let status = alice.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&a), None).await.1;
     assert_eq!(status["data"]["attributes"]["members"][1]["replication"]["health"], "healthy", "{status}");
@@ -166,10 +166,9 @@ async fn sync_rules_relay_changes_between_recipients_through_the_owner() {
     assert_eq!(read(&app, &alice, "io.cozy.notes", "n1").await.unwrap().0, new);
     let creds = load(&app, &dave, &sid).await.members[0].outbound.clone().unwrap();
     let doc = json!({"io.cozy.notes": [{"_id": on_dave, "_rev": dave_rev, "title": "forced"}]});
-    assert_eq!(
-        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await.0,
-        403
-    );
+    let (s, v) =
+        alice.call(Method::POST, &format!("/sharings/{sid}/_bulk_docs"), Some(&creds.access_token), Some(doc)).await;
+    assert_refused_as_read_only(s, &v);
     // Carol deletes it: the deletion flows to everyone (remove: sync).
     let c = app.token(&carol, "io.cozy.notes");
     let (s, _) = carol.call(Method::DELETE, &format!("/data/io.cozy.notes/{on_carol}?rev={new}"), Some(&c), None).await;
@@ -560,4 +559,14 @@ async fn a_document_shared_again_after_revocation_arrives_fresh() {
     .await;
     assert!(read(&app, &bob, "io.cozy.notes", &old).await.is_none(), "the old copy stays deleted");
     assert_eq!(load(&app, &alice, &second).await.members[1].status, MemberStatus::Ready);
+}
+
+/// A member whose token may not write is let in and has each document refused, with the
+/// reason its replicator shows (CouchDB's per-document `forbidden`).
+fn assert_refused_as_read_only(status: u16, v: &Value) {
+    assert!((200..300).contains(&status), "{status} {v}");
+    let refused = v.as_array().cloned().unwrap_or_default();
+    assert_eq!(refused.len(), 1, "{v}");
+    assert_eq!(refused[0]["error"], "forbidden", "{v}");
+    assert!(refused[0]["reason"].as_str().is_some_and(|r| r.contains("may only read")), "{v}");
 }

@@ -102,13 +102,17 @@ pub struct Applied {
 }
 
 /// `_bulk_docs` from member `from` (the request's JSON text): each document judged ([`judge`])
-/// and written in one store transaction; the refused ones reported. Documents are split into
+/// and written in one store transaction; the refused ones reported. A member whose token may
+/// not write (`may_write` false: read-only, or without `sync` rules) has every document
+/// refused with [`super::protocol::READ_ONLY_REFUSAL`], but for the echo of a removal this
+/// instance made, which is moot: it only hands back what this instance sent. Documents are split into
 /// their `_` members and their body as written (see `store::body`), never parsed into numbers.
 pub async fn bulk_docs(
     inst: &Instance,
     files: Option<&crate::files::Files>,
     s: &Sharing,
     from: usize,
+    may_write: bool,
     body: &[u8],
 ) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
@@ -173,6 +177,9 @@ pub async fn bulk_docs(
             Arc::new(move |w: &DocWrite, standing: &Standing| {
                 if w.deleted && w.body.get(super::protocol::DEPARTED_FROM).as_ref() == Some(&own_mark) {
                     return Verdict::Moot;
+                }
+                if !may_write {
+                    return Verdict::Refuse(super::protocol::READ_ONLY_REFUSAL.into());
                 }
                 let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
                 let Some(&rule) = orphans.get(&w.id) else { return verdict };

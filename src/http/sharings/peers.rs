@@ -215,7 +215,15 @@ pub(super) async fn replication_bulk_docs(
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
-    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Post).await?;
+    // A member that may only read is let in, and each of its documents judged: the echo of a
+    // removal this instance made is moot, anything else refused with `READ_ONLY_REFUSAL`
+    // (shown by the member as refused, never as a failure; see `sharing::receive::bulk_docs`).
+    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
+    let may_write = match peer(&inst, &req, &id, Verb::Post).await {
+        Ok(_) => true,
+        Err(ApiError::Forbidden(_)) => false,
+        Err(e) => return Err(e),
+    };
     // Kept as text: documents are parsed as written (see `store::body`).
     let limits = Limits::of(&req);
     let body = read_body(&req, payload, limits.request).await?;
@@ -225,7 +233,7 @@ pub(super) async fn replication_bulk_docs(
     // in the sharing later): the store must know its rules before applying them.
     svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
     let files = svc.files.of(&inst.0).await.ok();
-    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, &body).await?;
+    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
         refused = applied.refused.len(), "received documents");
     if applied.revoke {
