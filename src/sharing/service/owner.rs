@@ -95,20 +95,6 @@ fn same_instance(a: &str, b: &str) -> bool {
     bare(a).eq_ignore_ascii_case(bare(b))
 }
 
-#[cfg(test)]
-mod same_instance_tests {
-    use super::same_instance;
-
-    #[test]
-    fn an_address_matches_with_or_without_its_scheme_case_or_trailing_slash() {
-        assert!(same_instance("http://bob.localhost:8080", "bob.localhost:8080"));
-        assert!(same_instance("HTTPS://Bob.Example/", "bob.example"));
-        assert!(same_instance("http://bob.example/", "http://bob.example"));
-        assert!(!same_instance("http://bob.example", "http://bob.example.org"));
-        assert!(!same_instance("http://bob.example:8081", "bob.example:8080"));
-    }
-}
-
 /// The member a recipient names already, as Cozy's `addMember` matches them: by email when
 /// one is given, else by instance address. Only members still in the sharing (invited or
 /// ready) count: one who refused or was revoked is added anew.
@@ -589,4 +575,18 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     attributes["member_index"] = json!(index);
     attributes["read_only"] = json!(read_only);
     Ok(json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}}))
+}
+
+#[cfg(test)]
+mod same_instance_tests {
+    use super::same_instance;
+
+    #[test]
+    fn an_address_matches_with_or_without_its_scheme_case_or_trailing_slash() {
+        assert!(same_instance("http://bob.localhost:8080", "bob.localhost:8080"));
+        assert!(same_instance("HTTPS://Bob.Example/", "bob.example"));
+        assert!(same_instance("http://bob.example/", "http://bob.example"));
+        assert!(!same_instance("http://bob.example", "http://bob.example.org"));
+        assert!(!same_instance("http://bob.example:8081", "bob.example:8080"));
+    }
 }
