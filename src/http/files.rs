@@ -468,7 +468,13 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Delete, item.lineage())?;
-    let item = files.trash(&id, if_match(&req)?).await?;
+    let if_match = if_match(&req)?;
+    // A sharing whose root goes to the trash ends first (see `service::trashing`); a trash
+    // that will be refused anyway (already there, stale `If-Match`) ends none.
+    if !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev) {
+        crate::sharing::service::trashing(&state_of(&req)?.sharing, &inst.0, &files, &id).await?;
+    }
+    let item = files.trash(&id, if_match).await?;
     one(StatusCode::OK, &item)
 }
 

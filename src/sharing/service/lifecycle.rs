@@ -242,3 +242,45 @@ pub(super) async fn revoke_rule_emptied(inst: &Instance, s: &Sharing) -> Result<
     }
     Ok(false)
 }
+
+/// `DELETE /files/:id` is about to move `id` to the trash: every sharing whose shared root (a
+/// value of a files rule by id, see `Rule::subtree`) is `id` or lies under it ends here first,
+/// as in Cozy (cozy-stack PR #2487, and #3709 for a root inside a trashed directory): on the
+/// owner it is revoked for everyone (the members keep their files), on a recipient this
+/// recipient leaves it (its copy is its own to keep or destroy). Done before the trash write,
+/// so tracking has stopped when the root moves: no removal of it ever reaches the other side.
+/// Answers the sharings ended.
+pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files, id: &str) -> Result<Vec<SharingId>> {
+    let failed =
+        |e: crate::files::FilesError| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!("{e}")));
+    let mut ended = Vec::new();
+    for s in crate::sharing::list(inst.store.as_ref()).await? {
+        let Some(sid) = s.id.clone() else { continue };
+        let live = if s.owner { s.revoked_at.is_none() } else { s.active };
+        if !live {
+            continue;
+        }
+        let mut root_inside = false;
+        for root in s.rules.iter().filter(|r| r.subtree()).flat_map(|r| r.values.iter()) {
+            match files.get(root).await {
+                Ok(item) if !item.trashed() && item.lineage().any(|a| a == id) => {
+                    root_inside = true;
+                    break;
+                }
+                Ok(_) | Err(crate::files::FilesError::NotFound(_)) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        if !root_inside {
+            continue;
+        }
+        tracing::info!(instance = %inst.domain, sharing = %sid, "the shared root goes to the trash: the sharing ends here");
+        if s.owner {
+            revoke(cx, inst, &sid, None).await?;
+        } else {
+            leave(cx, inst, &sid).await?;
+        }
+        ended.push(sid);
+    }
+    Ok(ended)
+}

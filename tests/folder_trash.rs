@@ -1,0 +1,186 @@
+//! A shared folder's root going to the trash ends the sharing there (Cozy, cozy-stack PR #2487
+//! and #3709): on a recipient, that recipient leaves (its copy is its own, nothing of it flows
+//! back to the owner); on the owner, the sharing is revoked for everyone (members keep their
+//! files). Two instances on two servers, real HTTP between them.
+
+mod common;
+
+use base64::Engine;
+use common::flow::{answer_invitation, create_sharing, link, load, winner, PASS};
+use common::{eventually, spawn_app, TestApp, TestInstance};
+use hearth::sharing::MemberStatus;
+use md5::Digest;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ROOT: &str = "io.cozy.files.root-dir";
+const WAIT: u64 = 90;
+const FILES: &str = "io.cozy.files";
+const SHARED: &str = "/Shared with me/Team";
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data));
+    let resp = i
+        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+        .header("Content-MD5", md5)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["data"]["id"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_owned()
+}
+
+async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
+    let (s, v) = i
+        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
+        .await;
+    assert_eq!(s, 201, "mkdir: {v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn trash(i: &TestInstance, token: &str, id: &str) {
+    let (s, v) = i.call(Method::DELETE, &format!("/files/{}", enc(id)), Some(token), None).await;
+    assert_eq!(s, 200, "trash: {v}");
+}
+
+/// `GET /files/metadata?Path=`: the item's attributes, if there is one.
+async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
+    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
+    (s == 200).then(|| v["data"].clone())
+}
+
+async fn id_at(i: &TestInstance, token: &str, path: &str) -> Option<String> {
+    attrs_at(i, token, path).await.map(|d| d["id"].as_str().unwrap().to_owned())
+}
+
+/// Alice (on `one`) shares `/Projects` holding `a.txt` with bob (on `two`), who accepts.
+struct World {
+    one: TestApp,
+    two: TestApp,
+    alice: TestInstance,
+    bob: TestInstance,
+    ta: String,
+    tb: String,
+    sid: String,
+    projects: String,
+    key: Vec<u8>,
+}
+
+impl World {
+    async fn new() -> World {
+        let one = spawn_app().await;
+        let two = spawn_app().await;
+        let alice = one.add_instance("alice", PASS);
+        let bob = two.add_instance("bob", PASS);
+        let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+        let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+        upload(&alice, &ta, &projects, "a.txt", b"alpha").await;
+        let rule = json!({"title": "Team", "doctype": FILES, "values": [projects], "add": "sync", "update": "sync", "remove": "sync"});
+        let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
+        let sid = create_sharing(&alice, &ta, json!([rule]), rw, json!([])).await;
+        answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+        let s = load(&one, &alice, &sid).await;
+        let key = hearth::sharing::xor::parse_key(s.members[1].xor_key.as_deref().unwrap()).unwrap();
+        let w = World { one, two, alice, bob, ta, tb, sid, projects, key };
+        eventually(WAIT, "a.txt reaches bob", || async {
+            id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some()
+        })
+        .await;
+        w
+    }
+
+    fn on_bob(&self, id: &str) -> String {
+        hearth::sharing::xor::xor_id(id, &self.key)
+    }
+
+    /// Bob's membership has ended on both sides (he left, alice knows).
+    async fn bob_left(&self) -> bool {
+        let on_bob = load(&self.two, &self.bob, &self.sid).await;
+        let on_alice = load(&self.one, &self.alice, &self.sid).await;
+        !on_bob.active
+            && on_bob.members[1].status == MemberStatus::Revoked
+            && on_alice.members[1].status == MemberStatus::Revoked
+    }
+
+    /// Alice's `/Projects` is where it was, with the id it had, holding `names`.
+    async fn alice_intact(&self, names: &[&str]) {
+        let p = attrs_at(&self.alice, &self.ta, "/Projects").await.expect("alice's /Projects is there");
+        assert_eq!(p["id"], json!(self.projects), "{p}");
+        assert_eq!(p["attributes"]["dir_id"], json!(ROOT), "{p}");
+        assert_ne!(p["attributes"]["trashed"], json!(true), "{p}");
+        for name in names {
+            assert!(id_at(&self.alice, &self.ta, &format!("/Projects/{name}")).await.is_some(), "{name}");
+        }
+        let (s, v) = self.alice.call(Method::GET, "/files/trash", Some(&self.ta), None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["data"].as_array().map_or(0, Vec::len), 0, "alice's trash stays empty: {v}");
+    }
+
+    /// After bob's membership ended: alice's later file does not reach him, and bob emptying
+    /// his trash leaves alice's folder alone.
+    async fn nothing_flows_after_bob_left(&self) {
+        let later = upload(&self.alice, &self.ta, &self.projects, "later.txt", b"later").await;
+        let (s, v) = self.bob.call(Method::DELETE, "/files/trash", Some(&self.tb), None).await;
+        assert!(s == 200 || s == 204, "empty trash: {s} {v}");
+        // Give anything that would wrongly flow a chance to (a negative cannot be waited on).
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(winner(&self.two, &self.bob, FILES, &self.on_bob(&later)).await.is_none(), "later.txt reached bob");
+        self.alice_intact(&["a.txt", "later.txt"]).await;
+        assert!(self.bob_left().await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_trashing_the_shared_folder_leaves_the_sharing_and_the_owners_folder_stays() {
+    let w = World::new().await;
+    let root = id_at(&w.bob, &w.tb, SHARED).await.unwrap();
+    assert_eq!(root, w.on_bob(&w.projects));
+    trash(&w.bob, &w.tb, &root).await;
+    assert!(!load(&w.two, &w.bob, &w.sid).await.active, "bob left before his trash answered");
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    w.alice_intact(&["a.txt"]).await;
+    w.nothing_flows_after_bob_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_trashing_a_directory_holding_the_shared_folder_leaves_the_sharing() {
+    let w = World::new().await;
+    let root = id_at(&w.bob, &w.tb, SHARED).await.unwrap();
+    let mine = mkdir(&w.bob, &w.tb, ROOT, "Mine").await;
+    let body = json!({"data": {"type": FILES, "attributes": {"dir_id": mine}}});
+    let (s, v) = w.bob.call(Method::PATCH, &format!("/files/{}", enc(&root)), Some(&w.tb), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(load(&w.two, &w.bob, &w.sid).await.active, "moving the root alone ends nothing");
+    trash(&w.bob, &w.tb, &mine).await;
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    w.alice_intact(&["a.txt"]).await;
+    w.nothing_flows_after_bob_left().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_trashing_the_shared_folder_revokes_the_sharing_and_members_keep_their_files() {
+    let w = World::new().await;
+    trash(&w.alice, &w.ta, &w.projects).await;
+    let on_alice = load(&w.one, &w.alice, &w.sid).await;
+    assert!(!on_alice.active && on_alice.revoked_at.is_some(), "revoked before the trash answered");
+    assert_eq!(on_alice.members[1].status, MemberStatus::Revoked);
+    eventually(WAIT, "bob learns the revocation", || async {
+        let s = load(&w.two, &w.bob, &w.sid).await;
+        !s.active && s.revoked_at.is_some()
+    })
+    .await;
+    // Bob keeps his copy, where it was, and what he adds stays his.
+    let shared = attrs_at(&w.bob, &w.tb, SHARED).await.expect("bob keeps the folder");
+    assert_ne!(shared["attributes"]["trashed"], json!(true), "{shared}");
+    assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some());
+    let root = shared["id"].as_str().unwrap().to_owned();
+    let mine = upload(&w.bob, &w.tb, &root, "mine.txt", b"mine").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(winner(&w.one, &w.alice, FILES, &w.on_bob(&mine)).await.is_none(), "bob's file reached alice");
+    assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some());
+}
