@@ -153,6 +153,14 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
         "  \t",
         "a\u{202E}txt.exe",
         "\u{FEFF}",
+        // Only invisible characters: blank too.
+        "\u{200B}",
+        "\u{200C}\u{200D}",
+        "\u{2060}",
+        "\u{00AD}",
+        "\u{180E}",
+        "\u{200E}",
+        " \u{200B} ",
     ] {
         for kind in ["file", "directory"] {
             let resp = alice
