@@ -486,6 +486,15 @@ async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     let (status, _) = json_of(put(b"version 3", &rev1).await.unwrap()).await;
     assert_eq!(status, 412);
     assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // A weak tag never matches (RFC 9110 strong comparison): 412, even the current revision's.
+    let rev2 = v2["data"]["meta"]["rev"].as_str().unwrap().to_owned();
+    let (status, v) = json_of(put(b"version 3", &format!("W/\"{rev2}\"")).await.unwrap()).await;
+    assert_eq!(status, 412, "{v}");
+    assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // `*` matches any current representation: the replacement goes through.
+    let (status, v) = json_of(put(b"version *", "*").await.unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(download(&alice, &token, &id).await.1, b"version *");
     // One version is kept.
     let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
     assert_eq!(files.content.list("files/").await.unwrap().len(), 1);
