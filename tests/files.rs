@@ -464,6 +464,28 @@ async fn a_content_md5_mismatch_is_refused_and_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_trailing_slash_after_a_file_path_finds_nothing() {
+    let (_app, alice, token) = setup().await;
+    // A trailing slash names a directory; a file is not one (404), a directory still is.
+    let (status, v) = upload(&alice, &token, ROOT, "case.txt", b"case").await;
+    assert_eq!(status, 201, "{v}");
+    for route in ["metadata", "download"] {
+        let resp = alice
+            .req(Method::GET, &format!("/files/{route}?Path={}", enc("/case.txt/")), Some(&token))
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = json_of(resp).await;
+        assert_eq!(status, 404, "{route} /case.txt/: {v}");
+    }
+    let (status, v) = mkdir(&alice, &token, ROOT, "casedir").await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) =
+        alice.call(Method::GET, &format!("/files/metadata?Path={}", enc("/casedir/")), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
 async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     let (app, alice, token) = setup().await;
     let (_, v) = upload(&alice, &token, ROOT, "doc.txt", b"version 1").await;

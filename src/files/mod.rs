@@ -562,7 +562,12 @@ impl Files {
                 None => return Err(FilesError::NotFound(format!("nothing at {path}"))),
             };
         }
-        self.load(&at).await
+        let item = self.load(&at).await?;
+        // A trailing slash names a directory: a file is not one (404, as a file system answers).
+        if path.len() > 1 && path.ends_with('/') && item.kind() == Kind::File {
+            return Err(FilesError::NotFound(format!("nothing at {path}: a file is not a directory")));
+        }
+        Ok(item)
     }
 
     /// A page of a directory's children, ordered by name, after `cursor`; the cursor of the
