@@ -153,6 +153,14 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
         "  \t",
         "a\u{202E}txt.exe",
         "\u{FEFF}",
+        // Only invisible characters: blank too.
+        "\u{200B}",
+        "\u{200C}\u{200D}",
+        "\u{2060}",
+        "\u{00AD}",
+        "\u{180E}",
+        "\u{200E}",
+        " \u{200B} ",
     ] {
         for kind in ["file", "directory"] {
             let resp = alice
@@ -456,6 +464,28 @@ async fn a_content_md5_mismatch_is_refused_and_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_trailing_slash_after_a_file_path_finds_nothing() {
+    let (_app, alice, token) = setup().await;
+    // A trailing slash names a directory; a file is not one (404), a directory still is.
+    let (status, v) = upload(&alice, &token, ROOT, "case.txt", b"case").await;
+    assert_eq!(status, 201, "{v}");
+    for route in ["metadata", "download"] {
+        let resp = alice
+            .req(Method::GET, &format!("/files/{route}?Path={}", enc("/case.txt/")), Some(&token))
+            .send()
+            .await
+            .unwrap();
+        let (status, v) = json_of(resp).await;
+        assert_eq!(status, 404, "{route} /case.txt/: {v}");
+    }
+    let (status, v) = mkdir(&alice, &token, ROOT, "casedir").await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) =
+        alice.call(Method::GET, &format!("/files/metadata?Path={}", enc("/casedir/")), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
 async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     let (app, alice, token) = setup().await;
     let (_, v) = upload(&alice, &token, ROOT, "doc.txt", b"version 1").await;
@@ -478,6 +508,15 @@ async fn content_is_replaced_with_if_match_and_the_old_version_goes() {
     let (status, _) = json_of(put(b"version 3", &rev1).await.unwrap()).await;
     assert_eq!(status, 412);
     assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // A weak tag never matches (RFC 9110 strong comparison): 412, even the current revision's.
+    let rev2 = v2["data"]["meta"]["rev"].as_str().unwrap().to_owned();
+    let (status, v) = json_of(put(b"version 3", &format!("W/\"{rev2}\"")).await.unwrap()).await;
+    assert_eq!(status, 412, "{v}");
+    assert_eq!(download(&alice, &token, &id).await.1, b"version 2, longer");
+    // `*` matches any current representation: the replacement goes through.
+    let (status, v) = json_of(put(b"version *", "*").await.unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(download(&alice, &token, &id).await.1, b"version *");
     // One version is kept.
     let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
     assert_eq!(files.content.list("files/").await.unwrap().len(), 1);

@@ -99,6 +99,8 @@ pub struct ContentReport {
     pub last_seq: u64,
     /// Files passed over because their bytes are not here (yet) or are being received.
     pub waiting: u64,
+    /// Files the target refused ([`ContentTarget::refused`]), also passed over.
+    pub refused: u64,
 }
 
 pub trait ContentSource {
@@ -132,10 +134,18 @@ pub trait ContentTarget<C> {
     /// Sends one version's bytes; `Ok` once the target holds them (verified, visible).
     fn put(&mut self, offer: &FileOffer, content: C) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Whether `e`, answered for one file, is the target refusing that file for now (over its
+    /// quota, say) rather than a failure of the link: the file is passed over and held like one
+    /// whose bytes are not here (the run goes on with the files after it, the checkpoint stays
+    /// before it, and the run ends as [`Outcome::Blocked`]). By default no error is.
+    fn refused(&self, _e: &Self::Error) -> bool {
+        false
+    }
+
     /// Sends several versions, each as [`ContentTarget::put`] would, and answers each one's
     /// outcome in their order. A target may send them at once (several files in flight); by
-    /// default they go one after the other, stopping at the first failure (the ones after it
-    /// are answered with `None`: not attempted).
+    /// default they go one after the other, stopping at the first failure that is not a
+    /// refusal (the ones after it are answered with `None`: not attempted).
     fn put_many(
         &mut self,
         batch: Vec<(FileOffer, C)>,
@@ -154,7 +164,7 @@ pub trait ContentTarget<C> {
                     continue;
                 }
                 let r = self.put(&offer, content).await;
-                failed = r.is_err();
+                failed = r.as_ref().is_err_and(|e| !self.refused(e));
                 out.push(Some(r));
             }
             out
@@ -198,6 +208,11 @@ where
                     report.last_seq = *checkpoint;
                 }
                 source.save_checkpoint(*checkpoint, Some(offer)).await?;
+            }
+            Some(Err(e)) if target.refused(&e) => {
+                *held = true;
+                report.waiting += 1;
+                report.refused += 1;
             }
             Some(Err(e)) if failure.is_none() => failure = Some(e),
             Some(Err(_)) | None => {}

@@ -326,6 +326,16 @@ impl Index {
         self.with(|c| meta(c, "bytes")).await
     }
 
+    /// Every file's current version and size: (vfs_id, size).
+    pub async fn file_versions(&self) -> Result<Vec<(String, u64)>, FilesError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT vfs_id, size FROM nodes WHERE kind = 1 AND vfs_id IS NOT NULL")?
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?
+                .collect()
+        })
+        .await
+    }
+
     /// Whether some file's current version is `vfs_id`.
     pub async fn references(&self, vfs_id: &str) -> Result<bool, FilesError> {
         let vfs_id = vfs_id.to_owned();

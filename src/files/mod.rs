@@ -441,6 +441,10 @@ pub struct Files {
     writes: tokio::sync::Mutex<()>,
     writing: Arc<Mutex<HashSet<String>>>,
     reservations: Arc<Reservations>,
+    /// Bytes of content being received from sharing members (see `received`), and the lock
+    /// under which a reception's quota check and a commit of received content happen.
+    receiving: Arc<Reservations>,
+    receiving_check: tokio::sync::Mutex<()>,
     used: AtomicU64,
     default_quota: u64,
     /// When this process opened the instance's files (see [`ContentStore::exclusive`]).
@@ -464,6 +468,8 @@ impl Files {
             writes: tokio::sync::Mutex::new(()),
             writing: Default::default(),
             reservations: Default::default(),
+            receiving: Default::default(),
+            receiving_check: tokio::sync::Mutex::new(()),
             used: AtomicU64::new(0),
             default_quota,
             opened_at: SystemTime::now(),
@@ -556,7 +562,12 @@ impl Files {
                 None => return Err(FilesError::NotFound(format!("nothing at {path}"))),
             };
         }
-        self.load(&at).await
+        let item = self.load(&at).await?;
+        // A trailing slash names a directory: a file is not one (404, as a file system answers).
+        if path.len() > 1 && path.ends_with('/') && item.kind() == Kind::File {
+            return Err(FilesError::NotFound(format!("nothing at {path}: a file is not a directory")));
+        }
+        Ok(item)
     }
 
     /// A page of a directory's children, ordered by name, after `cursor`; the cursor of the

@@ -102,6 +102,13 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("a name cannot be only white space".into());
     }
+    // Invisible (zero-width, soft hyphen, marks): a name made only of them is as blank as one
+    // of spaces.
+    if name.chars().all(|c| {
+        c.is_whitespace() || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}')
+    }) {
+        return Err("a name needs a visible character (this one has only invisible ones)".into());
+    }
     if name.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')) {
         return Err("a name cannot contain bidirectional-override or invisible characters".into());
     }

@@ -14,8 +14,9 @@
 //! A cut transfer leaves a temporary object the sweep removes; the version is registered as
 //! being written for the duration, so the sweep never takes it half-way.
 
-use super::{internal, version_key, ContentWriter, Files, FilesError, Hasher, Kind, Result, Writing};
+use super::{internal, version_key, ContentWriter, Files, FilesError, Hasher, Kind, Reserved, Result, Writing};
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 
 /// What this instance needs of one version of a file a member offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct ReceivedContent {
     size: u64,
     expected_size: u64,
     expected_md5: String,
+    /// Its bytes, counted against the quota while it is received.
+    reserved: Reserved,
     _writing: Writing,
 }
 
@@ -196,6 +199,7 @@ impl Files {
         if self.content.size(&key).await?.is_some() {
             return Ok(None);
         }
+        let reserved = self.reserve_received(expected_size).await?;
         let writer = self.content.create(&key).await?;
         Ok(Some(ReceivedContent {
             vfs_id: vfs_id.to_owned(),
@@ -204,14 +208,49 @@ impl Files {
             size: 0,
             expected_size,
             expected_md5,
+            reserved,
             _writing: writing,
         }))
+    }
+
+    /// Counts `size` bytes being received against the instance's quota, as a local upload is
+    /// (the source of the rule: cozy-stack#2578, a sharing's files obey the receiver's quota):
+    /// `QuotaExceeded` (413) when the bytes of content here, those being uploaded or received,
+    /// and these do not fit. The documents of received files arrive before their bytes, and
+    /// the bytes used (`Files::used`) count them all: while those fit the quota, so does any
+    /// content; past it, the content actually here is counted (one size look-up per file).
+    async fn reserve_received(&self, size: u64) -> Result<Reserved> {
+        let _check = self.receiving_check.lock().await;
+        let quota = self.quota().await?;
+        let uploading = *self.reservations.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
+        let documents = self.used.load(Ordering::SeqCst);
+        if documents.saturating_add(uploading) > quota {
+            let mut present = 0u64;
+            let mut seen = std::collections::HashSet::new();
+            for (vfs_id, bytes) in self.index.file_versions().await? {
+                let Some(key) = version_key(&vfs_id) else { continue };
+                if seen.insert(vfs_id) && self.content.size(&key).await?.is_some() {
+                    present = present.saturating_add(bytes);
+                }
+            }
+            let receiving = *self.receiving.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
+            let needed = present.saturating_add(uploading).saturating_add(receiving).saturating_add(size);
+            if needed > quota {
+                return Err(FilesError::QuotaExceeded(format!(
+                    "the instance's quota ({quota} bytes) has no room for this file ({size} bytes; {present} bytes \
+                     of content are here): nothing was kept"
+                )));
+            }
+        }
+        let mut total = self.receiving.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
+        *total = total.saturating_add(size);
+        Ok(Reserved { pool: self.receiving.clone(), bytes: size })
     }
 
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
     pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
-        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, _writing } = r;
+        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, reserved, _writing } = r;
         let digest = match md5.finish().await {
             Ok(d) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d),
             Err(e) => {
@@ -226,7 +265,12 @@ impl Files {
                  {expected_md5}): nothing was kept"
             )));
         }
-        writer.commit().await?;
+        {
+            // The bytes go from "being received" to "here" at once for the quota check.
+            let _check = self.receiving_check.lock().await;
+            writer.commit().await?;
+            drop(reserved);
+        }
         tracing::debug!(version = %vfs_id, size, "received content committed");
         Ok(size)
     }

@@ -14,7 +14,9 @@
 //!   `md5sum` of the document *here*, then made visible at once: 201 `{"ok": true, "size": N}`;
 //!   200 when the bytes were here already (the body is not read); 409 when the document here
 //!   does not name that version or it is being received already; 412 when the bytes do not
-//!   match (nothing kept); 403 from a read-only member.
+//!   match (nothing kept); 403 from a read-only member; 413 `too_large` when the bytes do not
+//!   fit this instance's quota (`files::received`, nothing kept: the sender holds the file and
+//!   retries later).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -119,7 +121,16 @@ async fn put_content(inst: Inst, req: HttpRequest, mut payload: web::Payload) ->
         return Err(ApiError::ConflictWith("this file is not in the sharing here (yet)".into()));
     }
     let files = state_of(&req)?.files.of(&inst.0).await?;
-    let Some(mut received) = files.begin_received(&id, &vfs_id).await? else {
+    let begun = match files.begin_received(&id, &vfs_id).await {
+        Err(e @ crate::files::FilesError::QuotaExceeded(_)) => {
+            // Over this instance's quota: the body is read (and dropped) before the refusal, so
+            // that the sender surely gets the answer rather than a cut connection.
+            while let Some(Ok(_)) = payload.next().await {}
+            return Err(e.into());
+        }
+        r => r?,
+    };
+    let Some(mut received) = begun else {
         return Ok(HttpResponse::Ok().json(json!({"ok": true, "size": null, "present": true})));
     };
     while let Some(chunk) = payload.next().await {

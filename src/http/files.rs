@@ -246,17 +246,19 @@ fn date_param(q: &Query, name: &str) -> ApiResult<Option<String>> {
     q.get(name).map(|d| files::check_date(d).map_err(ApiError::from)).transpose()
 }
 
+/// `If-Match` (RFC 9110 §13.1.1): a revision, quoted or not; `*` matches any current
+/// representation (no condition); a weak tag (`W/"..."`) never matches under the strong
+/// comparison `If-Match` uses: 412.
 fn if_match(req: &HttpRequest) -> ApiResult<Option<Rev>> {
-    req.headers()
-        .get(header::IF_MATCH)
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .map(|s| s.trim().trim_matches('"'))
-                .and_then(|s| s.parse::<Rev>().ok())
-                .ok_or_else(|| ApiError::bad_request("If-Match must be a revision"))
-        })
-        .transpose()
+    let Some(v) = req.headers().get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError::bad_request("If-Match must be a revision"))?.trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    if s.starts_with("W/") {
+        return Err(ApiError::PreconditionFailed("a weak entity tag never matches If-Match (RFC 9110)".into()));
+    }
+    s.trim_matches('"').parse::<Rev>().map(Some).map_err(|_| ApiError::bad_request("If-Match must be a revision"))
 }
 
 /// The parameters of an upload, from its query string and headers: the body's length is its

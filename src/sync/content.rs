@@ -281,7 +281,17 @@ async fn plan(
                         }
                         // The rest was delivered; these files hold the checkpoint until their
                         // bytes are here (shown, never a silent stall).
-                        Ok((Outcome::Blocked, waiting)) => {
+                        // The member refused some (over its quota): shown, and retried with a
+                        // growing wait, as a failure is.
+                        Ok((Outcome::Blocked, Held { refused: Some(reason), count, .. })) => {
+                            st.failures = st.failures.saturating_add(1);
+                            let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
+                            st.retry_at = Some(Instant::now() + wait);
+                            st.last_error = Some(format!("the member refused {count} file(s): {reason}"));
+                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, refused = count,
+                                reason = %reason, "the member refused file content, will retry");
+                        }
+                        Ok((Outcome::Blocked, Held { waiting, .. })) => {
                             st.last_error = Some(format!(
                                 "{waiting} file(s) wait for content that is not on this instance yet, or that the member is receiving"
                             ));
@@ -406,6 +416,17 @@ struct Peer<'a> {
     member: usize,
     base: Url,
     creds: PeerCredentials,
+    /// The reason of the last file the member refused (see [`is_refusal`]).
+    refusal: Mutex<Option<String>>,
+}
+
+/// A file the member refuses for now, held and retried later: 413, over its quota
+/// (`http::content`).
+fn is_refusal(e: &SyncError) -> Option<&str> {
+    match e {
+        SyncError::Peer(crate::federation::client::FederationError::Status { status: 413, reason, .. }) => Some(reason),
+        _ => None,
+    }
 }
 
 impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
@@ -442,6 +463,10 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
         self.put_one(o, content).await
     }
 
+    fn refused(&self, e: &SyncError) -> bool {
+        is_refusal(e).is_some()
+    }
+
     /// The files of a group go at once, each on its own request (see `content::IN_FLIGHT`):
     /// small files are not held up by one another's round trips and fsyncs, nor by a large one.
     async fn put_many(
@@ -467,9 +492,23 @@ impl Peer<'_> {
         let headers = [("Content-Length", o.size.to_string()), ("Content-MD5", o.md5sum.clone())];
         self.federation
             .put_stream(&self.creds, &self.base, &path, &headers, reqwest::Body::wrap_stream(content), deadline)
-            .await?;
+            .await
+            .map_err(SyncError::from)
+            .inspect_err(|e| {
+                if let (Some(reason), Ok(mut last)) = (is_refusal(e), self.refusal.lock()) {
+                    *last = Some(reason.to_owned());
+                }
+            })?;
         Ok(())
     }
+}
+
+/// What a round left held: files waiting, how many of them the member refused, and the reason
+/// of the last refusal.
+struct Held {
+    waiting: u64,
+    count: u64,
+    refused: Option<String>,
 }
 
 /// Delivers the content of the files past the content checkpoint, up to `link_seq`.
@@ -480,9 +519,9 @@ async fn round(
     s: &Sharing,
     member: usize,
     link_seq: u64,
-) -> Result<(Outcome, u64), SyncError> {
+) -> Result<(Outcome, Held), SyncError> {
     let (base, creds) = super::replication::member_link(s, member)?;
-    let mut target = Peer { federation, inst, sharing: s, member, base, creds };
+    let mut target = Peer { federation, inst, sharing: s, member, base, creds, refusal: Mutex::new(None) };
     let mut source = LocalContent {
         inst,
         files,
@@ -501,5 +540,6 @@ async fn round(
         tracing::info!(instance = %inst.domain, sharing = %s.id(), member, files = report.files_sent,
             bytes = report.bytes_sent, "sent file content");
     }
-    Ok((outcome, report.waiting))
+    let refused = if report.refused > 0 { target.refusal.lock().ok().and_then(|r| r.clone()) } else { None };
+    Ok((outcome, Held { waiting: report.waiting, count: report.refused, refused }))
 }

@@ -1,0 +1,178 @@
+//! A files sharing obeys the receiving instance's quota (cozy-stack#2578), over real HTTP
+//! between instances: content a member sends past the receiver's quota is refused (413, the
+//! reason naming the quota), nothing is kept, and the sender shows it in its status, holds the
+//! file and retries it later, while the files after it still go.
+
+mod common;
+
+use base64::Engine;
+use common::flow::{answer_invitation, create_sharing, link, load, peer_token};
+use common::{eventually, spawn_app, TestApp, TestInstance};
+use md5::Digest;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const ROOT: &str = "io.cozy.files.root-dir";
+const WAIT: u64 = 90;
+const MB: usize = 1_000_000;
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Deterministic bytes that differ from file to file.
+fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn md5_b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
+}
+
+async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
+    let (s, v) = {
+        let resp = i
+            .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+            .header("Content-MD5", md5_b64(data))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s, 201, "{v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET /files/download?Path=`: the status, and whether the body is `data`.
+async fn download(i: &TestInstance, token: &str, path: &str, data: &[u8]) -> (u16, bool) {
+    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (status, body.as_ref() == data)
+}
+
+async fn status(app: &TestApp, i: &TestInstance, sid: &str) -> Value {
+    let token = app.token(i, "io.cozy.sharings");
+    let (s, v) = i.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["attributes"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retried() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(4 * MB as u64)).await.unwrap();
+    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["data"]["id"].as_str().unwrap().to_owned();
+    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let sid =
+        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
+            .await;
+    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
+    eventually(WAIT, "the shared folder reaches bob", || async {
+        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
+    })
+    .await;
+    let bob_team =
+        bob.call(Method::GET, &team_path, Some(&tb), None).await.1["data"]["id"].as_str().unwrap().to_owned();
+
+    // Bob puts three 3 MB files in the folder, then a small one.
+    let big: Vec<(String, Vec<u8>)> = (0..3).map(|n| (format!("big-{n}.bin"), bytes_of(n, 3 * MB))).collect();
+    let mut bob_ids = Vec::new();
+    for (name, data) in &big {
+        bob_ids.push(upload(&bob, &tb, &bob_team, name, data).await);
+    }
+    let small = bytes_of(9, 10_000);
+    upload(&bob, &tb, &bob_team, "small.bin", &small).await;
+
+    // Bob's status shows alice refusing files for her quota, still pending.
+    eventually(WAIT, "bob's status shows alice's quota refusing files", || async {
+        let c = &status(&app, &bob, &sid).await["members"][0]["content"];
+        c["last_error"].as_str().is_some_and(|e| e.contains("quota"))
+    })
+    .await;
+    // The small file after the refused ones still arrives.
+    eventually(WAIT, "the small file reaches alice", || async {
+        download(&alice, &ta, "/Team/small.bin", &small).await == (200, true)
+    })
+    .await;
+    let c = status(&app, &bob, &sid).await["members"][0]["content"].clone();
+    assert!(c["files_pending"].as_u64().unwrap() >= 2, "{c}");
+    assert!(c["bytes_pending"].as_u64().unwrap() >= 6 * MB as u64, "{c}");
+    // At most one big file fits on alice (3 MB of 4 MB); the others are not there.
+    let mut here = 0;
+    for (name, data) in &big {
+        match download(&alice, &ta, &format!("/Team/{name}"), data).await {
+            (200, true) => here += 1,
+            (409, _) => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(here <= 1, "{here} big files stored on alice past her 4 MB quota");
+    let used = app.files.of(&app.instance(&alice.domain)).await.unwrap();
+    let mut stored = 0u64;
+    for id in &bob_ids {
+        let on_alice = hearth::sharing::xor::xor_id(
+            id,
+            &hearth::sharing::xor::parse_key(load(&app, &alice, &sid).await.members[1].xor_key.as_deref().unwrap())
+                .unwrap(),
+        );
+        if let Some((vfs_id, size, _)) = used.current_version(&on_alice).await.unwrap() {
+            if used.content.size(&hearth::files::version_key(&vfs_id).unwrap()).await.unwrap().is_some() {
+                stored += size;
+            }
+        }
+    }
+    assert!(stored <= 4 * MB as u64, "{stored} bytes of content kept on alice");
+
+    // Sent by hand, a refused file gets a JSON 413 naming the quota, and nothing is kept.
+    let bob_files = app.files.of(&app.instance(&bob.domain)).await.unwrap();
+    let s_bob = load(&app, &bob, &sid).await;
+    let token = peer_token(&s_bob, 0);
+    let mut refused = 0;
+    for ((name, data), id) in big.iter().zip(&bob_ids) {
+        if download(&alice, &ta, &format!("/Team/{name}"), data).await.0 == 200 {
+            continue;
+        }
+        let (vfs_id, _, _) = bob_files.current_version(id).await.unwrap().unwrap();
+        let path = format!("/sharings/{sid}/io.cozy.files/{}/content?vfs_id={vfs_id}", enc(id));
+        let resp = alice.req(Method::PUT, &path, Some(&token)).body(data.clone()).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 413);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "too_large", "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("quota"), "{v}");
+        assert_eq!(download(&alice, &ta, &format!("/Team/{name}"), data).await.0, 409, "nothing kept");
+        refused += 1;
+    }
+    assert!(refused >= 2);
+
+    // Alice's quota grows: the held files are retried and arrive, whole.
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(40 * MB as u64)).await.unwrap();
+    for (name, data) in &big {
+        eventually(WAIT, &format!("{name} reaches alice once the quota allows"), || async {
+            download(&alice, &ta, &format!("/Team/{name}"), data).await == (200, true)
+        })
+        .await;
+    }
+    eventually(WAIT, "bob's status shows nothing pending and no error", || async {
+        let c = &status(&app, &bob, &sid).await["members"][0]["content"];
+        c["files_pending"] == json!(0) && c["last_error"].is_null()
+    })
+    .await;
+}
+
+use common::flow::PASS;
