@@ -64,6 +64,13 @@ impl FailureLimiter {
 
     /// Like [`FailureLimiter::reserve`], with another budget for this key.
     pub fn reserve_with(&self, key: &str, max: u32) -> Option<Attempt<'_>> {
+        self.reserve_counting(key, max).map(|(attempt, _)| attempt)
+    }
+
+    /// Like [`FailureLimiter::reserve_with`], with the key's load (failures in the window and
+    /// attempts in flight) just before this reservation, read under the same lock: concurrent
+    /// callers each see the ones reserved before them, never the same load twice.
+    pub fn reserve_counting(&self, key: &str, max: u32) -> Option<(Attempt<'_>, usize)> {
         let mut keys = self.keys.lock().ok()?;
         let now = Instant::now();
         if keys.len() > 10_000 {
@@ -74,11 +81,12 @@ impl FailureLimiter {
         }
         let state = keys.entry(key.to_owned()).or_default();
         Self::expire(&mut state.failures, now, self.window);
-        if state.failures.len() + state.pending as usize >= max as usize {
+        let load = state.failures.len() + state.pending as usize;
+        if load >= max as usize {
             return None;
         }
         state.pending += 1;
-        Some(Attempt { limiter: self, key: key.to_owned(), resolved: false })
+        Some((Attempt { limiter: self, key: key.to_owned(), resolved: false }, load))
     }
 
     /// Failures of `key` in the window plus its attempts in flight.

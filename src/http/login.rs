@@ -159,8 +159,9 @@ async fn login_submit(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
     // that concurrent attempts from many addresses cannot all pass as "free").
     let mut instance_attempt = None;
     if device.is_none() {
-        let load = inst.login_failures.load(INSTANCE_KEY);
-        let Some(reserved) = inst.login_failures.reserve_with(INSTANCE_KEY, u32::MAX) else {
+        // The load read with the reservation, atomically: two concurrent attempts never both
+        // see the same load and pass as the same free one.
+        let Some((reserved, load)) = inst.login_failures.reserve_counting(INSTANCE_KEY, u32::MAX) else {
             return Err(ApiError::TooManyRequests);
         };
         match inst.login_slowdown.turn(load) {
