@@ -5,37 +5,15 @@
 
 mod common;
 
-use base64::Engine;
+use common::bytes::{bytes_of, enc, md5_b64};
 use common::flow::{answer_invitation, create_sharing, link, load, peer_token};
 use common::{eventually, spawn_app, TestApp, TestInstance};
-use md5::Digest;
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const ROOT: &str = "io.cozy.files.root-dir";
 const WAIT: u64 = 90;
 const MB: usize = 1_000_000;
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// Deterministic bytes that differ from file to file.
-fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn md5_b64(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
-}
 
 async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
     let (s, v) = {

@@ -4,6 +4,7 @@
 //! so instances are addressed by their real domain.
 #![allow(dead_code)]
 
+pub mod bytes;
 pub mod flow;
 pub mod process;
 
