@@ -4,6 +4,7 @@
 //! `_bulk_docs`) and the token refresh.
 
 use super::*;
+use crate::sharing::protocol::{Document, InvitationLink};
 
 /// `PUT /sharings/:id` — on a recipient, from the owner's instance: the notice of a sharing
 /// request (at most 64 KiB); the request itself is fetched back from the owner (see
@@ -98,8 +99,9 @@ pub(super) async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Pa
     let index = peer(&inst, &req, &id, Verb::Get).await?;
     let body = json_body(&req, payload).await?;
     let links = service::add_delegated(&state_of(&req)?.sharing, &inst.0, &id, index, &body).await?;
-    let data: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
-    Ok(jsonapi(StatusCode::OK, json!({"data": data})))
+    let data: Vec<InvitationLink> =
+        links.into_iter().map(|(index, invitation)| InvitationLink { index, invitation }).collect();
+    Ok(jsonapi(StatusCode::OK, serde_json::to_value(Document { data }).unwrap_or_default()))
 }
 
 #[derive(Deserialize)]
