@@ -340,13 +340,8 @@ async fn discovery_refuses_private_addresses_when_not_allowed_and_reports_unreac
 #[tokio::test]
 async fn every_audience_is_refused_with_its_status_and_reason() {
     let one = spawn_app().await;
-    let alice = one.add_instance("alice", PASS);
-    let bob = one.add_instance("bob", PASS);
-    let token = one.token(&alice, "io.cozy.notes");
-    let id =
-        create_sharing(&alice, &token, json!([notes_rule(&["n1"])]), json!([{"email": "bob@example.net"}]), json!([]))
-            .await;
-    answer_invitation(&link(&one, &alice, &id, 1).await, &bob, "accept").await;
+    let (alice, bob) = (one.add_instance("alice", PASS), one.add_instance("bob", PASS));
+    let id = share(&one, &alice, json!([notes_rule(&["n1"])]), &[(&bob, false)]).await;
     // Bob's instance calls Alice's as member 1; Alice's calls Bob's as the owner.
     let bob_peer = peer_token(&load(&one, &bob, &id).await, 0);
     let alice_peer = peer_token(&load(&one, &alice, &id).await, 1);
