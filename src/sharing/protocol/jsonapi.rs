@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{lenient, lenient_list, object, present, wire_object, Lenient};
+use super::{lenient, lenient_list, object, or_default, present, wire_object, Lenient};
 use crate::auth::oauth::IssuedClient;
 use crate::federation::client::PeerCredentials;
 
@@ -271,6 +271,61 @@ impl Relationships {
     }
 }
 
+wire_object! {
+    /// The owner as a notice names it: its `status` (`owner`), `instance` and `public_name`,
+    /// each written even when `null`.
+    pub struct NoticeOwner {
+        ;
+        instance: Option<String>,
+        public_name: Option<String>,
+        status: String,
+    }
+}
+
+/// The attributes of a notice: the nonce the sharing's id derives from (written even when
+/// `null`), and the owner, alone in `members`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoticeAttributes {
+    #[serde(default, deserialize_with = "or_default")]
+    pub id_nonce: Option<String>,
+    /// Received: `None` when absent or not an array.
+    #[serde(default, deserialize_with = "lenient_list")]
+    pub members: Option<Vec<Lenient<NoticeOwner>>>,
+}
+
+wire_object! {
+    /// The meta of a notice: the token that fetches the request back.
+    pub struct NoticeMeta {
+        request_token: String,
+    }
+}
+
+wire_object! {
+    /// The resource of a notice (`PUT /sharings/:id`, owner to recipient: see
+    /// `sharing::request`), `{"attributes", "id", "meta", "type"}`; a member of the wrong shape
+    /// reads as its default.
+    pub struct Notice {
+        ;
+        attributes: NoticeAttributes,
+        id: String,
+        meta: NoticeMeta,
+        #[serde(rename = "type")]
+        kind: String,
+    }
+}
+
+impl Notice {
+    /// Reads a notice's body: `None` unless `data` is an object.
+    pub fn read(body: &Value) -> Option<Notice> {
+        #[derive(Deserialize)]
+        struct In {
+            #[serde(default, deserialize_with = "lenient")]
+            data: Option<Notice>,
+        }
+        object::<In>(body.clone()).and_then(|d| d.data)
+    }
+}
+
 /// One invitation link in the owner's answer to delegated recipients: the new member's index
 /// and its invitation's URL (`{"data": [link, ...]}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,5 +487,27 @@ mod tests {
         );
         let back = Document { data: InvitationLink::parse_answer(&links) };
         assert_eq!(serde_json::to_string(&back).unwrap(), r#"{"data":[{"index":3,"invitation":"http://x/i"}]}"#);
+    }
+
+    #[test]
+    fn notices_round_trip_and_are_read_leniently() {
+        // The notice of `sharing::request`'s module docs.
+        let wire = json!({"data": {"type": "io.cozy.sharings", "id": "s1", "attributes": {"id_nonce": "n1",
+            "members": [{"status": "owner", "instance": "http://alice.example", "public_name": "Alice"}]},
+            "meta": {"request_token": "t1"}}});
+        let notice = Notice::read(&wire).unwrap();
+        let owner = notice.attributes.members.as_ref().and_then(|m| m[0].0.clone()).unwrap();
+        assert_eq!((owner.status.as_str(), owner.instance.as_deref()), ("owner", Some("http://alice.example")));
+        assert_eq!((notice.id.as_str(), notice.meta.request_token.as_deref()), ("s1", Some("t1")));
+        assert_eq!(serde_json::to_string(&Document { data: notice }).unwrap(), wire.to_string());
+        // An owner without a name is written with `null`, as it always was.
+        let bare = NoticeOwner { status: "owner".into(), ..NoticeOwner::default() };
+        assert_eq!(serde_json::to_string(&bare).unwrap(), r#"{"instance":null,"public_name":null,"status":"owner"}"#);
+        let odd = json!({"data": {"attributes": {"id_nonce": 3, "members": [["owner"]]}, "meta": []}});
+        let notice = Notice::read(&odd).unwrap();
+        assert_eq!(notice.attributes.id_nonce, None);
+        assert_eq!(notice.attributes.members, Some(vec![Lenient(None)]));
+        assert_eq!(notice.meta, NoticeMeta::default());
+        assert!(Notice::read(&json!({"data": [1]})).is_none() && Notice::read(&json!([])).is_none());
     }
 }

@@ -97,8 +97,9 @@ pub(crate) fn present<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>
 }
 
 /// A wire object: its optional members (`Option<T>`, absent when `None`, read leniently) then,
-/// after `;`, those always written (read leniently, their default when absent). Members are
-/// written in the order given: alphabetical, as a JSON value writes them.
+/// after `;`, those always written (read leniently, their default when absent; not lists,
+/// which [`Lenient`] never reads). Members are written in the order given: alphabetical, as a
+/// JSON value writes them.
 macro_rules! wire_object {
     (
         $(#[$meta:meta])*
