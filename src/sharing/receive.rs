@@ -27,10 +27,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::model::{ChangeKind, Flow, Sharing, FILES_DOCTYPE, FILES_PARENT};
-use super::protocol::{BulkDocs, Refused};
+use super::protocol::{BulkDocs, Refused, RevsDiffAnswer, RevsDiffEntry, RevsDiffRequest};
 use super::xor::IdMap;
 use super::{Result, SharingError};
 use crate::instance::Instance;
@@ -47,25 +47,16 @@ fn split_key(key: &str) -> Result<(Doctype, DocId)> {
 
 /// `_revs_diff` for a peer: honest for documents of this sharing; documents outside it are
 /// reported as entirely missing (their existence here is none of the peer's business).
-pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<Value> {
+pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<RevsDiffAnswer> {
     let map = IdMap::for_member(s, from);
-    let obj = body.as_object().ok_or_else(|| SharingError::BadRequest("the body must be an object".into()))?;
+    let asked = RevsDiffRequest::parse(body, |key| split_key(key).map_err(|e| e.to_string()))
+        .map_err(SharingError::BadRequest)?;
     let mut per_doctype: BTreeMap<Doctype, Vec<(String, DocId, Vec<Rev>)>> = BTreeMap::new();
-    for (key, revs) in obj {
-        let (doctype, peer_id) = split_key(key)?;
-        let revs: Vec<Rev> = revs
-            .as_array()
-            .ok_or_else(|| SharingError::BadRequest("revisions must be arrays".into()))?
-            .iter()
-            .map(|r| {
-                let r = r.as_str().ok_or_else(|| SharingError::BadRequest("invalid revision".into()))?;
-                r.parse().map_err(|e| SharingError::BadRequest(format!("invalid revision {r:?}: {e}")))
-            })
-            .collect::<Result<_>>()?;
+    for (key, (doctype, peer_id), revs) in asked {
         let id = DocId::parse(&map.convert(peer_id.as_str())).map_err(SharingError::BadRequest)?;
-        per_doctype.entry(doctype).or_default().push((key.clone(), id, revs));
+        per_doctype.entry(doctype).or_default().push((key, id, revs));
     }
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     for (doctype, entries) in per_doctype {
         let ids: Vec<DocId> = entries.iter().map(|(_, id, _)| id.clone()).collect();
         let shared = inst.store.shared_state(s.id(), &doctype, &ids).await?;
@@ -75,22 +66,19 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
             if shared.get(id).is_some_and(|st| !st.removed) {
                 honest.insert(id.clone(), revs.clone());
             } else if !revs.is_empty() {
-                out.insert(key.clone(), json!({"missing": revs.iter().map(Rev::to_string).collect::<Vec<_>>()}));
+                out.insert(key.clone(), RevsDiffEntry { missing: revs.clone(), possible_ancestors: Vec::new() });
             }
         }
         let diff = inst.store.revs_diff(&doctype, honest).await?;
         for (key, id, _) in &entries {
             if let Some(d) = diff.get(id) {
-                let mut entry = json!({"missing": d.missing.iter().map(Rev::to_string).collect::<Vec<_>>()});
-                if !d.possible_ancestors.is_empty() {
-                    entry["possible_ancestors"] =
-                        json!(d.possible_ancestors.iter().map(Rev::to_string).collect::<Vec<_>>());
-                }
+                let entry =
+                    RevsDiffEntry { missing: d.missing.clone(), possible_ancestors: d.possible_ancestors.clone() };
                 out.insert(key.clone(), entry);
             }
         }
     }
-    Ok(Value::Object(out))
+    Ok(RevsDiffAnswer(out))
 }
 
 /// What `_bulk_docs` did.
@@ -574,6 +562,8 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::sharing::model::{Member, MemberStatus, Rule};
     use crate::store::SharedState;

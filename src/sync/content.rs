@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -46,6 +46,7 @@ use crate::federation::client::Federation;
 use crate::files::{Files, FilesRegistry};
 use crate::instance::{Instance, Registry};
 use crate::sharing::model::{PeerCredentials, Sharing};
+use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context};
 use crate::store::{Body, Doctype, StoreError};
@@ -433,13 +434,12 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
     type Error = SyncError;
 
     async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, SyncError> {
-        let body: Map<String, Value> = offers.iter().map(|o| (o.key.clone(), json!({"vfs_id": o.version}))).collect();
+        let body = ContentDiffRequest(
+            offers.iter().map(|o| (o.key.clone(), ContentOffer { vfs_id: o.version.clone() })).collect(),
+        );
         let path = format!("/sharings/{}/io.cozy.files/_content_diff", self.sharing.id());
         let before = self.creds.clone();
-        let answer = self
-            .federation
-            .call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&Value::Object(body)))
-            .await;
+        let answer = self.federation.call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&body)).await;
         if self.creds != before {
             // Keep refreshed credentials, as the replicator does.
             let (member, creds) = (self.member, self.creds.clone());
@@ -453,10 +453,8 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
             .await
             .map_err(|e| SyncError::Protocol(format!("storing refreshed credentials: {e}")))?;
         }
-        let Value::Object(answer) = answer? else {
-            return Err(SyncError::Protocol("the member's content diff is not an object".into()));
-        };
-        Ok(answer.into_iter().filter_map(|(k, v)| Need::parse(v.as_str()?).map(|n| (k, n))).collect())
+        let answer = ContentDiffAnswer::parse(answer?).map_err(SyncError::Protocol)?;
+        Ok(answer.0.into_iter().filter_map(|(k, v)| Need::parse(&v).map(|n| (k, n))).collect())
     }
 
     async fn put(&mut self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {

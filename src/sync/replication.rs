@@ -29,13 +29,13 @@ use hearth_replicator::replicate::{Change, ChangeBatch, DocKey, Outgoing, Refusa
 use hearth_replicator::rev::Rev;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use url::Url;
 
 use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
 use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
-use crate::sharing::protocol::{BulkDocs, Refused};
+use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, RevsDiffRequest};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render_as;
@@ -383,11 +383,12 @@ impl Source for LocalSource {
                         Some(t) => {
                             let mut history = vec![t.clone()];
                             history.extend(d.revisions.unwrap_or_else(|| vec![d.rev.clone()]));
-                            serde_json::value::to_raw_value(
-                                &json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
-                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history),
-                                   crate::sharing::protocol::DEPARTED_FROM: departure_mark}),
-                            )
+                            serde_json::value::to_raw_value(&Departure::new(
+                                peer_id.clone(),
+                                t.clone(),
+                                &history,
+                                departure_mark.clone(),
+                            ))
                         }
                         // The stored text, spliced under the peer's id: never re-serialised.
                         None => {
@@ -591,22 +592,13 @@ enum Sent {
 
 impl PeerTarget {
     async fn diff_part(&mut self, revs: &BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, SyncError> {
-        let body: Map<String, Value> =
-            revs.iter().map(|(k, v)| (k.clone(), json!(v.iter().map(Rev::to_string).collect::<Vec<_>>()))).collect();
-        let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &Value::Object(body)).await?;
-        let obj = reply.as_object().ok_or_else(|| SyncError::Protocol("_revs_diff answer is not an object".into()))?;
+        let body = RevsDiffRequest(revs);
+        let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &body).await?;
+        let answer = RevsDiffAnswer::parse(reply).map_err(SyncError::Protocol)?;
         let mut out = BTreeMap::new();
-        for (key, entry) in obj {
-            if !revs.contains_key(key) {
-                continue;
-            }
-            let missing: Vec<Rev> = entry
-                .get("missing")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|r| r.as_str().and_then(|r| r.parse().ok())).collect())
-                .unwrap_or_default();
-            if !missing.is_empty() {
-                out.insert(key.clone(), missing);
+        for (key, entry) in answer.0 {
+            if revs.contains_key(&key) && !entry.missing.is_empty() {
+                out.insert(key, entry.missing);
             }
         }
         Ok(out)
@@ -657,6 +649,8 @@ impl PeerTarget {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn keys(list: &[&str]) -> Vec<String> {
