@@ -1019,3 +1019,112 @@ async fn a_member_accepting_after_a_folder_went_out_and_back_gets_all_of_it() {
     healthy(&links).await;
     assert!(trash_list(&w.carol, &w.tc).await.is_empty(), "carol's trash holds nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_owner_moves_out_or_trashes_stays_whole_in_each_members_dissociated_copy() {
+    let (w, projects) = World::new(SYNC, &["carol"], async |alice, ta, projects| {
+        let d = mkdir(alice, ta, projects, "D").await;
+        upload(alice, ta, &d, "f.txt", b"f").await;
+        upload(alice, ta, &d, "g.txt", b"g").await;
+        let e = mkdir(alice, ta, &d, "E").await;
+        upload(alice, ta, &e, "h.txt", b"h").await;
+        let t = mkdir(alice, ta, projects, "T").await;
+        upload(alice, ta, &t, "t.txt", b"t").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let _ = projects;
+    // (Right after the documents arrived: some bytes may still be on their way.)
+    let d = at_path(&w.alice, &w.ta, "/Projects/D").await.unwrap();
+    let t = at_path(&w.alice, &w.ta, "/Projects/T").await.unwrap();
+    // D is moved out, T trashed: each member keeps each directory whole, in its trash.
+    patch(&w.alice, &w.ta, &d, json!({"dir_id": ROOT})).await;
+    trash(&w.alice, &w.ta, &t).await;
+    let tr = w.converged("D and T leave every tree").await;
+    assert_eq!(tr.keys().collect::<Vec<_>>(), ["/stays.txt"], "{tr:?}");
+    for (i, tok) in [(&w.bob, &w.tb), (&w.carol, &w.tc)] {
+        let seen = std::cell::RefCell::new(Tree::new());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(WAIT);
+        loop {
+            let mut all = true;
+            let mut wrong = Vec::new();
+            for (path, data) in [
+                ("/.cozy_trash/D/f.txt", b"f".as_slice()),
+                ("/.cozy_trash/D/g.txt", b"g"),
+                ("/.cozy_trash/D/E/h.txt", b"h"),
+                ("/.cozy_trash/T/t.txt", b"t"),
+            ] {
+                let got = content_at(i, tok, path).await;
+                if got.as_deref() != Some(data) {
+                    all = false;
+                    wrong.push((path, got));
+                }
+            }
+            if all {
+                break;
+            }
+            let mut t = tree(i, tok, "/.cozy_trash", None).await;
+            t.insert(format!("unreadable: {wrong:?}"), (String::new(), Value::Null));
+            *seen.borrow_mut() = t;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: each directory's copy holds what it held; the trash holds {:#?}",
+                i.domain,
+                seen.borrow()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let top = trash_list(i, tok).await;
+        assert_eq!(top.keys().collect::<Vec<_>>(), ["D", "T"], "only the directories at the top: {top:?}");
+        assert_eq!(top["D"]["restore_path"], json!(SHARED), "{top:?}");
+    }
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_members_copy() {
+    let one = spawn_app().await;
+    let two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+    // Bob's quota has no room: the documents arrive, their bytes are refused for now.
+    let bob_store = two.instance(&bob.domain).store.clone();
+    hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+    let d = mkdir(&alice, &ta, &projects, "D").await;
+    upload(&alice, &ta, &d, "f.txt", b"f").await;
+    let e = mkdir(&alice, &ta, &d, "E").await;
+    upload(&alice, &ta, &e, "h.txt", b"h").await;
+    upload(&alice, &ta, &projects, "stays.txt", b"stays").await;
+    let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, SYNC)]), rw, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    eventually(WAIT, "the documents reach bob", || async {
+        at_path(&bob, &tb, &format!("{SHARED}/D/E/h.txt")).await.is_some()
+            && at_path(&bob, &tb, &format!("{SHARED}/stays.txt")).await.is_some()
+    })
+    .await;
+    assert!(content_at(&bob, &tb, &format!("{SHARED}/D/f.txt")).await.is_none(), "no room for the bytes yet");
+    // D leaves before its bytes reached bob: bob keeps a copy of it, whole.
+    patch(&alice, &ta, &d, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "bob keeps a copy of D", || async {
+        at_path(&bob, &tb, "/.cozy_trash/D/E/h.txt").await.is_some()
+            && at_path(&bob, &tb, &format!("{SHARED}/D")).await.is_none()
+    })
+    .await;
+    // Room again: the copy gets the bytes of what left, as the shared folder gets its own.
+    hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
+    for (path, data) in [
+        ("/.cozy_trash/D/f.txt".to_owned(), b"f".as_slice()),
+        ("/.cozy_trash/D/E/h.txt".to_owned(), b"h"),
+        (format!("{SHARED}/stays.txt"), b"stays"),
+    ] {
+        eventually(WAIT, &format!("bob can read {path}"), || async {
+            content_at(&bob, &tb, &path).await.as_deref() == Some(data)
+        })
+        .await;
+    }
+    // Alice's D is hers, where she put it.
+    assert_eq!(at_path(&alice, &ta, "/D").await, Some(d));
+}

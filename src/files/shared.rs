@@ -65,7 +65,11 @@
 //! removal. The receiving member deletes it from the shared tree and keeps a dissociated copy
 //! in its trash, with a new id of its own and `restore_path` where it was (Cozy's
 //! `TrashFile`/`TrashDir` dissociate the same way): the copy belongs to no sharing. The
-//! descendants of a directory that left land under their parent's copy.
+//! descendants of a directory that left land under their parent's copy, so the copy of a
+//! directory holds what the directory held. A file whose bytes had not arrived yet when it
+//! left still gets them: the sender goes on offering the content of what left, and the
+//! member takes the bytes of the version its copy names (`files::received`), never of a
+//! later one.
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;
