@@ -17,7 +17,10 @@
 //! - any other change is an update, a deletion or a departure, sent when the rule's `update`
 //!   or `remove` lets it flow this way;
 //! - a document that came from the member and has not changed here since is not sent back:
-//!   the member has all of it.
+//!   the member has all of it;
+//! - a removal (a deletion marked `departed_from`) that is not the document's winner here, the
+//!   document being alive and in the sharing, is not sent: the document came back from it
+//!   (see `files::shared`, "Re-entry"), and a member would take it for a removal.
 //!
 //! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
 //! what the sender knows, so that in a consistent sharing nothing sent is refused.
