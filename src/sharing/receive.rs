@@ -196,14 +196,23 @@ pub async fn bulk_docs(
                 (w.id.clone(), removal)
             })
             .collect();
+        let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
         let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
         if let (Some(files), Some(tree)) = (files, &tree) {
-            let written: Vec<(DocId, bool)> = written_ids
+            let written: Vec<((DocId, bool), bool)> = written_ids
                 .into_iter()
+                .zip(live)
                 .zip(&outcomes)
                 .filter(|(_, o)| matches!(o, Received::Written { .. }))
                 .map(|(w, _)| w)
                 .collect();
+            // A document the peer sent a live revision of in the same batch is alive there: a
+            // deletion coming with it is a branch of its history, not a removal (see
+            // `files::shared`, "Re-entry"); removing it here would lose what the peer holds.
+            let alive: HashSet<DocId> =
+                written.iter().filter(|(_, live)| *live).map(|((id, _), _)| id.clone()).collect();
+            let written: Vec<(DocId, bool)> =
+                written.into_iter().map(|((id, removal), _)| (id.clone(), removal && !alive.contains(&id))).collect();
             tree.follow_up(inst, files, s, &written).await?;
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
             if released > 0 {
@@ -410,8 +419,12 @@ impl TreeBefore {
 /// Orders a batch so that a directory comes before what it holds (a subtree rule lets a
 /// document in by its parent, judged first): parents first, otherwise the order sent.
 fn parents_first(peer_ids: Vec<String>, writes: Vec<DocWrite>) -> (Vec<String>, Vec<DocWrite>) {
-    let index: std::collections::HashMap<String, usize> =
-        writes.iter().enumerate().map(|(i, w)| (w.id.to_string(), i)).collect();
+    // A parent is found by its first live write (a batch may hold several revisions of one
+    // document, its deleted leaves after its live ones: those must not go first).
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate().filter(|(_, w)| !w.deleted) {
+        index.entry(w.id.to_string()).or_insert(i);
+    }
     let parent = |i: usize| match writes[i].body.get(FILES_PARENT) {
         Some(Value::String(p)) => index.get(&p).copied(),
         _ => None,

@@ -173,7 +173,7 @@ pub async fn pending(inst: &Instance, files: &Files, sharing: &str, since: u64) 
         let rows = inst.store.shared_changes(sharing, at, 1000).await?;
         let Some(last) = rows.last() else { break };
         at = last.seq;
-        let ids = file_ids(&rows, &doctype);
+        let ids = offered_ids(&rows, &doctype);
         for (_, size, _) in files.current_versions(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
@@ -209,6 +209,15 @@ pub async fn missing_here(inst: &Instance, files: &Files, sharing: &str) -> Resu
 /// The ids of the rows of files (and directories) still in the sharing.
 fn file_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
     rows.iter().filter(|r| &r.doctype == doctype && !r.removed).map(|r| r.id.to_string()).collect()
+}
+
+/// The ids of the rows of files (and directories) offered to a member: those in the sharing,
+/// and those that left it. A file that left before its bytes reached the member is kept
+/// there as a dissociated copy naming the version it had (`files::shared`, "Leaving keeps a
+/// copy"): the member answers whether that copy lacks the version offered, and takes its
+/// bytes only for the version its copy names (never a later one).
+fn offered_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
+    rows.iter().filter(|r| &r.doctype == doctype).map(|r| r.id.to_string()).collect()
 }
 
 fn files_error(e: crate::files::FilesError) -> SyncError {
@@ -358,7 +367,7 @@ impl ContentSource for LocalContent<'_> {
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);
-        let mut ids = file_ids(&rows, &crate::files::doctype());
+        let mut ids = offered_ids(&rows, &crate::files::doctype());
         // A file whose metadata the member refused (a read-only member's edit, say) has no
         // content to deliver there: its row is passed over.
         let refused = read_link(self.inst, self.sharing.id(), self.member).await?.refused;

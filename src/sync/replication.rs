@@ -17,7 +17,10 @@
 //! - any other change is an update, a deletion or a departure, sent when the rule's `update`
 //!   or `remove` lets it flow this way;
 //! - a document that came from the member and has not changed here since is not sent back:
-//!   the member has all of it.
+//!   the member has all of it;
+//! - a removal (a deletion marked `departed_from`) that is not the document's winner here, the
+//!   document being alive and in the sharing, is not sent: the document came back from it
+//!   (see `files::shared`, "Re-entry"), and a member would take it for a removal.
 //!
 //! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
 //! what the sender knows, so that in a consistent sharing nothing sent is refused.
@@ -183,6 +186,7 @@ pub fn endpoints(
         member,
         ids,
         departures: HashMap::new(),
+        alive: HashSet::new(),
         record: LinkRecord::default(),
         shared,
     };
@@ -197,6 +201,9 @@ pub struct LocalSource {
     /// Documents that left the sharing in this batch: the deletion peers get instead of the
     /// new content (key → the tombstone and the local revision it follows).
     departures: HashMap<DocKey, (Rev, Rev)>,
+    /// Documents of the batch that are alive and in the sharing here: a removal that is one of
+    /// their deleted leaves is history, never sent (see [`LocalSource::fetch`]).
+    alive: HashSet<DocKey>,
     /// The link's record as of the last checkpoint.
     record: LinkRecord,
     shared: Shared,
@@ -310,6 +317,7 @@ impl Source for LocalSource {
                 // goes without `_revs_diff`. After a crash, the batch that was in flight is sent
                 // again whole, which the member merges as a no-op (`new_edits=false`).
                 let leaves = l.into_iter().map(|(rev, _)| rev).collect();
+                self.alive.insert(key.clone());
                 changes.push(Change { seq: r.seq, key, leaves, fresh: true });
                 continue;
             }
@@ -332,8 +340,14 @@ impl Source for LocalSource {
                     continue;
                 };
                 self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
+                self.alive.remove(&key);
                 changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
                 continue;
+            }
+            if deleted {
+                self.alive.remove(&key);
+            } else {
+                self.alive.insert(key.clone());
             }
             changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect(), fresh: false });
         }
@@ -376,8 +390,19 @@ impl Source for LocalSource {
                     // removal follows the current winner instead (still a removal there).
                     (tombstone, found) = self.departure_from_winner(&doctype, &id).await?;
                 }
+                let alive = self.alive.contains(&format!("{doctype}/{peer_id}"));
                 for f in found {
                     let OpenRev::Found(d) = f else { continue };
+                    if alive && d.deleted && d.body.get(crate::sharing::protocol::DEPARTED_FROM).is_some() {
+                        // A removal the document came back from (moved out of the sharing
+                        // and back, see `files::shared`, "Re-entry"): it lost to the live
+                        // revision that brought the document back, and is history here.
+                        // Sent, a member would take it for a removal it has not seen (a
+                        // member accepting later, or one that missed it) and remove the
+                        // document; so it is not sent. (A deletion that is not a removal,
+                        // such as a settled conflict's losing leaf, goes as any revision.)
+                        continue;
+                    }
                     let deleted = tombstone.is_some() || d.deleted;
                     let doc = match &tombstone {
                         Some(t) => {
