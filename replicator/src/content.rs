@@ -5,8 +5,8 @@
 //! 1. read the files whose feed row is past the content checkpoint and at most `upto` (the
 //!    replication checkpoint: their metadata reached the member), in feed order;
 //! 2. ask the target which of their versions it lacks ([`Need`]);
-//! 3. stream each missing version whose bytes are here, up to [`IN_FLIGHT`] at once
-//!    ([`ContentTarget::put_many`]), and save the checkpoint at each file's row once the target
+//! 3. stream each missing version whose bytes are here, in groups of [`GROUP`]
+//!    ([`ContentTarget::put_many`], up to [`IN_FLIGHT`] at once), and save the checkpoint at each file's row once the target
 //!    acknowledged it and every file before it (outcomes settle in feed order); when all of a
 //!    batch is settled, at its end.
 //!
@@ -172,8 +172,14 @@ pub trait ContentTarget<C> {
     }
 }
 
-/// Files read and sent together by [`run`] (their puts may be in flight at once).
-pub const IN_FLIGHT: usize = 4;
+/// Files read and handed together to [`ContentTarget::put_many`] by [`run`]. A target that sends
+/// concurrently keeps up to [`IN_FLIGHT`] of them in flight, starting the next one as soon as
+/// one is answered (a window, not lock-step), so one large file does not hold up the small ones
+/// after it, and the receiver's fsyncs of several files overlap.
+pub const GROUP: usize = 32;
+
+/// Puts in flight at once, at most, for a target that sends concurrently (see [`GROUP`]).
+pub const IN_FLIGHT: usize = 8;
 
 /// Sends the files of `group` (read, in feed order) and settles their outcomes in order: each
 /// one delivered is saved with the checkpoint moved past it unless an earlier one is held; the
@@ -255,7 +261,7 @@ where
             return finish(report, held);
         }
         let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
-        // Up to `IN_FLIGHT` missing files are read, then sent together; their outcomes are
+        // Up to `GROUP` missing files are read, then sent together; their outcomes are
         // settled in feed order, so the checkpoint only ever moves past files delivered (one
         // delivered after a failed one is held back, answered `Present` next time).
         let mut group: Vec<(FileOffer, S::Content)> = Vec::new();
@@ -278,7 +284,7 @@ where
                 }
                 Some(Need::Present | Need::Stale) | None => {}
             }
-            if group.len() >= IN_FLIGHT || offers.peek().is_none() {
+            if group.len() >= GROUP || offers.peek().is_none() {
                 send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
             }
         }

@@ -169,7 +169,7 @@ pub trait ContentBackend: Send + Sync + 'static {
 // Local filesystem.
 
 /// Chunks read from a file for a download.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// The filesystem backend: each instance's content under `<root>/<instance>/`.
 pub struct FsBackend {
@@ -205,6 +205,9 @@ pub struct FsContent {
     tmp: PathBuf,
     /// Temporary files of the writers open in this process, which a sweep leaves alone.
     live: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// Directories under `objects` whose entry in their parent this process has synced (see
+    /// [`publish`]).
+    durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl FsContent {
@@ -214,7 +217,7 @@ impl FsContent {
         for d in [&objects, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("failed to create {}: {e}", d.display()))?;
         }
-        Ok(FsContent { objects, tmp, live: Default::default() })
+        Ok(FsContent { objects, tmp, live: Default::default(), durable_dirs: Default::default() })
     }
 
     fn path(&self, key: &ContentKey) -> PathBuf {
@@ -260,6 +263,7 @@ struct FsWriter {
     objects: PathBuf,
     done: bool,
     live: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl Drop for FsWriter {
@@ -343,7 +347,6 @@ impl ContentWriter for FsWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), ContentError> {
-        let io = |e| ContentError::io(e, "failed to commit content");
         if !self.pending.is_empty() {
             let block = self.pending.split().freeze();
             self.submit(block).await?;
@@ -351,31 +354,17 @@ impl ContentWriter for FsWriter {
         self.settle().await?;
         self.settle_sync().await?;
         let file = self.file.take().ok_or_else(Self::closed)?;
-        tokio::task::spawn_blocking(move || file.sync_all())
+        let (tmp, dest, objects, durable) =
+            (self.tmp.clone(), self.dest.clone(), self.objects.clone(), self.durable_dirs.clone());
+        // The whole commit on one thread of the blocking pool (one hand-over, not one per step).
+        let renamed = tokio::task::spawn_blocking(move || publish(&file, &tmp, &dest, &objects, &durable))
             .await
-            .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("the fsync task failed: {e}")))?
-            .map_err(io)?;
-        let parent = self.dest.parent().map(Path::to_path_buf).unwrap_or_else(|| self.objects.clone());
-        // Each new directory level must itself be durable in its parent.
-        let mut created = Vec::new();
-        let mut at = parent.clone();
-        while at != self.objects && tokio::fs::metadata(&at).await.is_err() {
-            created.push(at.clone());
-            match at.parent() {
-                Some(p) => at = p.to_path_buf(),
-                None => break,
-            }
+            .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("the commit task failed: {e}")))?;
+        let (moved, outcome) = renamed;
+        if moved {
+            self.done = true;
         }
-        tokio::fs::create_dir_all(&parent).await.map_err(io)?;
-        tokio::fs::rename(&self.tmp, &self.dest).await.map_err(io)?;
-        self.done = true;
-        sync_dir(&parent).await.map_err(io)?;
-        for dir in created {
-            if let Some(p) = dir.parent() {
-                sync_dir(p).await.map_err(io)?;
-            }
-        }
-        Ok(())
+        outcome.map_err(|e| ContentError::io(e, "failed to commit content"))
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -387,8 +376,50 @@ impl ContentWriter for FsWriter {
     }
 }
 
+/// Makes the temporary file `tmp` the object `dest`, durably: fsync of the file, rename, fsync
+/// of the directory it lands in, and of the parent of each directory level under `objects` not
+/// yet known durable in this process (`durable`: a level another commit created, or that was
+/// there before, gets its entry synced once, by whichever commit comes first; two commits
+/// meeting there both sync it, so neither answers before the entry is on disk). Returns whether
+/// the rename happened, and the outcome.
+fn publish(
+    file: &std::fs::File,
+    tmp: &Path,
+    dest: &Path,
+    objects: &Path,
+    durable: &std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+) -> (bool, io::Result<()>) {
+    if let Err(e) = file.sync_all() {
+        return (false, Err(e));
+    }
+    let parent = dest.parent().unwrap_or(objects);
+    if let Err(e) = std::fs::create_dir_all(parent) {
+        return (false, Err(e));
+    }
+    if let Err(e) = std::fs::rename(tmp, dest) {
+        return (false, Err(e));
+    }
+    let synced = (|| {
+        std::fs::File::open(parent)?.sync_all()?;
+        let mut level = parent;
+        while level != objects && level.starts_with(objects) {
+            let Some(up) = level.parent() else { break };
+            if !durable.lock().is_ok_and(|d| d.contains(level)) {
+                std::fs::File::open(up)?.sync_all()?;
+                if let Ok(mut d) = durable.lock() {
+                    d.insert(level.to_path_buf());
+                }
+            }
+            level = up;
+        }
+        Ok(())
+    })();
+    (true, synced)
+}
+
 /// Reads `range` of `file` in blocks of [`READ_CHUNK`], each by one positional read on a thread
-/// of the blocking pool, the next block read while the caller sends the previous one. Holds no
+/// of the blocking pool, the next block read while the caller sends the previous one (from the
+/// first poll on). Holds no
 /// thread while the caller waits (a slow client costs a block of memory, not a thread).
 fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>) -> ContentStream {
     type Pending = tokio::task::JoinHandle<io::Result<Bytes>>;
@@ -405,9 +436,10 @@ fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>) -> ContentStream {
             Ok(buf.freeze())
         }))
     }
-    let first = start(&file, range.start, range.end);
-    futures_util::stream::try_unfold((file, range.start, range.end, first), |(file, at, end, pending)| async move {
-        let Some(pending) = pending else {
+    // The first block is read when the stream is first polled: a stream made ahead of its
+    // turn (the content channel reads a group of files before sending them) holds no block.
+    futures_util::stream::try_unfold((file, range.start, range.end, None), |(file, at, end, pending)| async move {
+        let Some(pending) = pending.or_else(|| start(&file, at, end)) else {
             return Ok(None);
         };
         let block = pending
@@ -455,6 +487,7 @@ impl ContentStore for FsContent {
             objects: self.objects.clone(),
             done: false,
             live: self.live.clone(),
+            durable_dirs: self.durable_dirs.clone(),
         }))
     }
 

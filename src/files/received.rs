@@ -198,6 +198,12 @@ impl Files {
             return Err(FilesError::Conflict("the file here does not name this version".into()));
         };
         let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
+        // Looked at first, so that a version already here is not put in the writing set (the
+        // quota check does not count those among the present), then again once it is, in case
+        // another transfer committed it meanwhile.
+        if self.content.size(&key).await?.is_some() {
+            return Ok(None);
+        }
         {
             let mut w = self.writing.lock().map_err(|_| internal("writing set poisoned"))?;
             if w.contains(vfs_id) {
@@ -236,7 +242,10 @@ impl Files {
         let documents = self.used.load(Ordering::SeqCst);
         if documents.saturating_add(uploading) > quota {
             let mut present = 0u64;
-            let mut seen = std::collections::HashSet::new();
+            // A version being received is counted by its reservation (`receiving`) until both
+            // go at once, under this lock (`finish_received`): never here besides, even once
+            // its object is committed.
+            let mut seen = self.writing.lock().map_err(|_| internal("writing set poisoned"))?.clone();
             for (vfs_id, bytes) in self.index.file_versions().await? {
                 let Some(key) = version_key(&vfs_id) else { continue };
                 if seen.insert(vfs_id) && self.content.size(&key).await?.is_some() {
@@ -275,11 +284,15 @@ impl Files {
                  {expected_md5}): nothing was kept"
             )));
         }
+        // Committed outside the quota lock, so that the commits (fsyncs) of files received at
+        // once overlap, and the filesystem folds them into few journal commits.
+        writer.commit().await?;
         {
-            // The bytes go from "being received" to "here" at once for the quota check.
+            // The bytes go from "being received" (`reserved`, and the version in the writing
+            // set, which the quota check skips among the present) to "here" at once.
             let _check = self.receiving_check.lock().await;
-            writer.commit().await?;
             drop(reserved);
+            drop(_writing);
         }
         tracing::debug!(version = %vfs_id, size, "received content committed");
         Ok(size)
