@@ -1,0 +1,342 @@
+//! Uploads: the body streamed into a new content version while its MD5 is computed on a thread
+//! of its own, then the atomic switch of the file document to that version (see "Writes" in
+//! the module above).
+
+use super::*;
+
+/// What an upload makes or replaces.
+#[derive(Clone, Debug)]
+pub enum UploadTarget {
+    New {
+        dir_id: String,
+        name: String,
+    },
+    /// New content for an existing file; `if_match`: the revision it must still be at.
+    Replace {
+        id: String,
+        if_match: Option<Rev>,
+    },
+}
+
+/// The parameters of an upload besides its target.
+#[derive(Clone, Debug, Default)]
+pub struct UploadSpec {
+    /// `Content-Length`, when declared.
+    pub declared_size: Option<u64>,
+    /// `Content-MD5`, decoded.
+    pub declared_md5: Option<[u8; 16]>,
+    pub content_type: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub executable: Option<bool>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// Bytes reserved by uploads in progress, so concurrent uploads cannot together pass the quota.
+#[derive(Default)]
+pub(super) struct Reservations {
+    pub(super) bytes: Mutex<u64>,
+}
+
+/// Releases its bytes when dropped.
+pub(super) struct Reserved {
+    pub(super) pool: Arc<Reservations>,
+    pub(super) bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.pool.bytes.lock() {
+            *b = b.saturating_sub(self.bytes);
+        }
+    }
+}
+
+/// A content version being written by this process (see "The sweep").
+pub(super) struct Writing {
+    pub(super) set: Arc<Mutex<HashSet<String>>>,
+    pub(super) vfs_id: String,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.vfs_id);
+        }
+    }
+}
+
+/// An upload in progress: feed it the body with [`Upload::write`], then [`Files::finish_upload`].
+/// Dropping it discards what was written.
+pub struct Upload {
+    target: UploadTarget,
+    spec: UploadSpec,
+    vfs_id: String,
+    writer: Box<dyn ContentWriter>,
+    md5: Hasher,
+    size: u64,
+    /// Bytes this upload may still take: the declared size, or what the quota leaves.
+    reserved: Reserved,
+    quota_room: u64,
+    /// Body chunks (as small as the socket's reads) gathered into blocks of
+    /// [`Upload::BLOCK`], which go to the hasher and the content writer: few hand-overs, large
+    /// writes.
+    block: bytes::BytesMut,
+    _writing: Writing,
+}
+
+impl Upload {
+    pub(super) const BLOCK: usize = 1024 * 1024;
+
+    /// Hands the gathered block to the hasher and the writer.
+    pub(super) async fn flush_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = self.block.split().freeze();
+        self.hand_over(block).await
+    }
+
+    pub(super) async fn hand_over(&mut self, block: Bytes) -> Result<()> {
+        self.md5.update(block.clone()).await?;
+        self.writer.write(block).await?;
+        Ok(())
+    }
+
+    /// Writes one chunk of the body: 413 (`QuotaExceeded`) as soon as the body goes past the
+    /// quota, 400 past its declared `Content-Length`.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let new_size = self.size + chunk.len() as u64;
+        if let Some(declared) = self.spec.declared_size {
+            if new_size > declared {
+                return Err(bad("the body is longer than its Content-Length"));
+            }
+        } else if new_size > self.reserved.bytes {
+            // A body of unknown length reserves quota as it comes.
+            let more = new_size - self.reserved.bytes;
+            let mut total = self.reserved.pool.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
+            let others = total.saturating_sub(self.reserved.bytes);
+            if others.saturating_add(new_size) > self.quota_room {
+                return Err(quota_exceeded());
+            }
+            *total += more;
+            self.reserved.bytes += more;
+        }
+        if self.block.is_empty() && chunk.len() >= Self::BLOCK {
+            self.size = new_size;
+            return self.hand_over(chunk).await;
+        }
+        if self.block.is_empty() {
+            // A block, or what is left of a declared body when that is less.
+            let left = self.spec.declared_size.map_or(u64::MAX, |d| d - self.size);
+            self.block.reserve(left.min(Self::BLOCK as u64) as usize);
+        }
+        self.size = new_size;
+        self.block.extend_from_slice(&chunk);
+        if self.block.len() >= Self::BLOCK {
+            self.flush_block().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The MD5 of an upload, computed on a thread of its own while the chunks are written, so
+/// hashing and writing overlap (MD5 runs at about the speed of a disk: one after the other,
+/// they would halve an upload's throughput). At most [`Hasher::QUEUE`] blocks (of
+/// [`Upload::BLOCK`]) wait for it.
+pub(super) struct Hasher {
+    pub(super) chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    pub(super) digest: tokio::task::JoinHandle<[u8; 16]>,
+}
+
+impl Hasher {
+    pub(super) const QUEUE: usize = 4;
+
+    pub(super) fn start() -> Hasher {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(Self::QUEUE);
+        let digest = tokio::task::spawn_blocking(move || {
+            let mut md5 = md5::Md5::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                md5.update(&chunk);
+            }
+            md5.finalize().into()
+        });
+        Hasher { chunks: Some(tx), digest }
+    }
+
+    pub(super) async fn update(&mut self, chunk: Bytes) -> Result<()> {
+        let tx = self.chunks.as_ref().ok_or_else(|| internal("hasher closed"))?;
+        tx.send(chunk).await.map_err(|_| internal("the hashing thread stopped"))
+    }
+
+    pub(super) async fn finish(mut self) -> Result<[u8; 16]> {
+        self.chunks = None;
+        (&mut self.digest).await.map_err(|e| FilesError::Internal(e.into()))
+    }
+}
+
+impl Files {
+    /// Starts an upload: checks the target and the quota (413 when a declared size does not fit),
+    /// then opens a new content version.
+    pub async fn begin_upload(&self, target: UploadTarget, spec: UploadSpec) -> Result<Upload> {
+        self.sync().await?;
+        let credit = match &target {
+            UploadTarget::New { dir_id, name } => {
+                model::check_name(name).map_err(bad)?;
+                self.writable_dir(dir_id).await?;
+                self.check_free(dir_id, name, None).await?;
+                0
+            }
+            UploadTarget::Replace { id, if_match } => {
+                let item = self.load(id).await?;
+                check_replaceable(&item, if_match.as_ref())?;
+                item.size()
+            }
+        };
+        let quota = self.quota().await?;
+        let room = quota.saturating_add(credit).saturating_sub(self.used.load(Ordering::SeqCst));
+        let reserve = spec.declared_size.unwrap_or(0);
+        let reserved = {
+            let mut total = self.reservations.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
+            if reserve > room.saturating_sub(*total) {
+                return Err(quota_exceeded());
+            }
+            *total += reserve;
+            Reserved { pool: self.reservations.clone(), bytes: reserve }
+        };
+        let quota_room = room;
+        let vfs_id = new_version();
+        if let Ok(mut w) = self.writing.lock() {
+            w.insert(vfs_id.clone());
+        }
+        let writing = Writing { set: self.writing.clone(), vfs_id: vfs_id.clone() };
+        let key = version_key(&vfs_id).ok_or_else(|| internal("invalid version id"))?;
+        let writer = self.content.create(&key).await?;
+        Ok(Upload {
+            target,
+            spec,
+            vfs_id,
+            writer,
+            md5: Hasher::start(),
+            size: 0,
+            reserved,
+            quota_room,
+            block: bytes::BytesMut::new(),
+            _writing: writing,
+        })
+    }
+
+    /// Ends an upload whose whole body was written: checks size and MD5, commits the content,
+    /// then writes the document that points at it (the switch), and removes the old version.
+    pub async fn finish_upload(&self, mut upload: Upload) -> Result<Item> {
+        if let Err(e) = upload.flush_block().await {
+            upload.writer.abort().await;
+            return Err(e);
+        }
+        let Upload { target, spec, vfs_id, writer, md5, size, reserved, quota_room: _, block: _, _writing } = upload;
+        let digest = match md5.finish().await {
+            Ok(d) => d,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        if let Some(declared) = spec.declared_size {
+            if size != declared {
+                writer.abort().await;
+                return Err(bad(format!("the body has {size} bytes, Content-Length said {declared}")));
+            }
+        }
+        if let Some(expected) = spec.declared_md5 {
+            if expected != digest {
+                writer.abort().await;
+                return Err(FilesError::Precondition(
+                    "the content does not match its Content-MD5: nothing was written".into(),
+                ));
+            }
+        }
+        writer.commit().await?;
+        let key = version_key(&vfs_id).ok_or_else(|| internal("invalid version id"))?;
+        let outcome = self.switch(&target, &spec, &vfs_id, size, &digest).await;
+        drop(reserved);
+        match outcome {
+            Ok((item, old)) => {
+                if let Some(old) = old.and_then(|v| version_key(&v)) {
+                    if let Err(e) = self.content.delete(&old).await {
+                        tracing::warn!(error = ?e, "failed to delete a replaced version; the sweep will");
+                    }
+                }
+                Ok(item)
+            }
+            Err(e) => {
+                if let Err(e) = self.content.delete(&key).await {
+                    tracing::warn!(error = ?e, "failed to delete an unused version; the sweep will");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Under the lock: the checks again, then the document write. Returns the item and the
+    /// version it replaced.
+    pub(super) async fn switch(
+        &self,
+        target: &UploadTarget,
+        spec: &UploadSpec,
+        vfs_id: &str,
+        size: u64,
+        digest: &[u8; 16],
+    ) -> Result<(Item, Option<String>)> {
+        let _lock = self.writes.lock().await;
+        self.sync().await?;
+        let at = now();
+        let md5sum = base64::engine::general_purpose::STANDARD.encode(digest);
+        let (id, parent_rev, mut body, old, name) = match target {
+            UploadTarget::New { dir_id, name } => {
+                self.writable_dir(dir_id).await?;
+                self.check_free(dir_id, name, None).await?;
+                let mut body = Body::empty();
+                model::set(&mut body, "type", json!("file"));
+                model::set(&mut body, "name", json!(name));
+                model::set(&mut body, "dir_id", json!(dir_id));
+                model::set(&mut body, "created_at", json!(spec.created_at.clone().unwrap_or_else(|| at.clone())));
+                model::set(&mut body, "tags", json!(spec.tags.clone().unwrap_or_default()));
+                model::set(&mut body, "trashed", json!(false));
+                (DocId::generate().as_str().to_owned(), None, body, None, name.clone())
+            }
+            UploadTarget::Replace { id, if_match } => {
+                let item = self.load(id).await?;
+                check_replaceable(&item, if_match.as_ref())?;
+                let old = item.ancestry.first().and_then(|e| e.vfs_id.clone());
+                let mut body = item.body.clone();
+                if let Some(tags) = &spec.tags {
+                    model::set(&mut body, "tags", json!(tags));
+                }
+                (id.clone(), Some(item.rev.clone()), body, old, item.name().to_owned())
+            }
+        };
+        let quota = self.quota().await?;
+        let credit = match target {
+            UploadTarget::Replace { id, .. } => self.index.get(id).await?.map_or(0, |e| e.size),
+            UploadTarget::New { .. } => 0,
+        };
+        if self.used.load(Ordering::SeqCst).saturating_sub(credit).saturating_add(size) > quota {
+            return Err(quota_exceeded());
+        }
+        let mime = model::mime_for(&name, spec.content_type.as_deref());
+        model::set(&mut body, "updated_at", json!(spec.updated_at.clone().unwrap_or(at)));
+        model::set(&mut body, "size", json!(size.to_string()));
+        model::set(&mut body, "md5sum", json!(md5sum));
+        model::set(&mut body, "class", json!(model::class_for(&mime)));
+        model::set(&mut body, "mime", json!(mime));
+        if let Some(x) = spec.executable {
+            model::set(&mut body, "executable", json!(x));
+        } else if parent_rev.is_none() {
+            model::set(&mut body, "executable", json!(false));
+        }
+        model::set(&mut body, "internal_vfs_id", json!(vfs_id));
+        self.write_doc(&id, parent_rev.as_ref(), false, body).await?;
+        self.sync().await?;
+        Ok((self.load(&id).await?, old))
+    }
+}

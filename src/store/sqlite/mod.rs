@@ -1,0 +1,413 @@
+//! The embedded SQLite backend: one database file per instance, WAL journal, `synchronous=FULL`
+//! so a write is on disk before it is acknowledged, one transaction per bulk write.
+//!
+//! Tables: `docs` holds one row per document (its encoded revision tree, winner, leaves and the
+//! sequence of its latest change; the `(doctype, seq)` index is the changes feed), `bodies` the
+//! bodies of leaf revisions (their JSON text as written, see `store::body`), `doctypes` the
+//! per-doctype sequence counter and counts, `feed_counts` how many documents sit in each range
+//! of [`FEED_BUCKET`] sequence numbers (for `pending`, see [`pending`]), `locals` the `_local`
+//! documents. Revision trees are read and written per document, never whole tables.
+//!
+//! SQLite connections are blocking: every call runs on tokio's blocking pool. Writes go through
+//! one connection (SQLite has one writer anyway); reads use a small pool of their own
+//! connections, which WAL lets run alongside a write.
+//!
+//! Writes are committed in groups: the writes that arrive while one transaction is being
+//! written wait in a queue, and the next transaction takes them all, each in a savepoint of its
+//! own (a write that fails is rolled back alone, the others commit). One fsync then covers the
+//! group, and each write is acknowledged only once that commit is on disk. Many small
+//! concurrent writes (single documents, checkpoints) thus cost one fsync per group instead of
+//! one each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use hearth_replicator::rev::{new_rev, Rev};
+use hearth_replicator::tree::RevTree;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::watch;
+
+use super::tracking::{self, TrackAction};
+use super::*;
+
+/// 3: `feed_counts` (filled from `docs` when an older file is opened), and where and how each
+/// document entered its sharing (`shared.joined`, `initial`, `origin`; `sharing_starts`).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Sequence numbers per `feed_counts` bucket.
+pub const FEED_BUCKET: u64 = 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS doctypes (
+    doctype TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,
+    doc_count INTEGER NOT NULL,
+    del_count INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS docs (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    winner TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    leaves TEXT NOT NULL,
+    tree BLOB NOT NULL,
+    PRIMARY KEY (doctype, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (doctype, seq);
+CREATE TABLE IF NOT EXISTS bodies (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (doctype, id, rev)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shared (
+    sharing_id TEXT NOT NULL,
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    rule INTEGER NOT NULL,
+    removed INTEGER NOT NULL,
+    joined INTEGER NOT NULL DEFAULT 0,
+    initial INTEGER NOT NULL DEFAULT 0,
+    origin INTEGER,
+    PRIMARY KEY (sharing_id, doctype, id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
+CREATE TABLE IF NOT EXISTS sharing_seqs (
+    sharing_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS feed_counts (
+    doctype TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    docs INTEGER NOT NULL,
+    PRIMARY KEY (doctype, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sharing_starts (
+    sharing_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS locals (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (doctype, id)
+) WITHOUT ROWID;
+";
+
+/// Reader connections kept open per instance.
+const MAX_IDLE_READERS: usize = 4;
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+/// A queued write: runs in its savepoint, and answers how to acknowledge it once the group's
+/// commit is known (`None`: committed; `Some(e)`: the commit failed).
+/// A group that cannot be written gives each of its writes the error instead (`Err`).
+type Job = Box<dyn FnOnce(Result<(&Transaction<'_>, &WriteCtx), StoreError>) -> Ack + Send>;
+type Ack = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    /// Writes waiting for the next group commit (see the module docs).
+    queue: Mutex<Vec<Job>>,
+    readers: Mutex<Vec<Connection>>,
+    revs_limit: usize,
+    tracking: tracking::Rules,
+    commits: watch::Sender<u64>,
+}
+
+/// What a write transaction needs besides the connection.
+struct WriteCtx {
+    revs_limit: usize,
+    tracking: Arc<Vec<TrackRule>>,
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> StoreError {
+    StoreError::Internal(e.into())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(ref f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Unavailable(e.into())
+            }
+            rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StoreError::Full(e.into())
+            }
+            e => StoreError::Internal(e.into()),
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+/// Brings a database written by an older hearth to [`SCHEMA_VERSION`] (`SCHEMA` has already
+/// created whatever table was missing).
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    if (1..3).contains(&from) {
+        // Version 3: where and how each document entered its sharing. Older rows get
+        // `joined = 0`, which every member's checkpoint is past: their documents count as
+        // already known to every member, as version 2 assumed.
+        let columns: Vec<String> =
+            conn.prepare("PRAGMA table_info(shared)")?.query_map([], |r| r.get(1))?.collect::<Result<_, _>>()?;
+        for (name, ddl) in [
+            ("joined", "ALTER TABLE shared ADD COLUMN joined INTEGER NOT NULL DEFAULT 0"),
+            ("initial", "ALTER TABLE shared ADD COLUMN initial INTEGER NOT NULL DEFAULT 0"),
+            ("origin", "ALTER TABLE shared ADD COLUMN origin INTEGER"),
+        ] {
+            if !columns.iter().any(|c| c == name) {
+                conn.execute_batch(ddl)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, revs_limit: usize) -> anyhow::Result<SqliteStore> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+        }
+        let conn = open_connection(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
+        }
+        // Only a new or older file is written to: opening must work on a full disk, where the
+        // store then serves reads and refuses writes (`StoreError::Full`).
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(SCHEMA).context("failed to create the schema")?;
+            migrate(&conn, version).context("failed to upgrade the schema")?;
+            if version < 3 {
+                // Files from before `feed_counts`: count the feed once.
+                conn.execute(
+                    "INSERT OR REPLACE INTO feed_counts (doctype, bucket, docs)
+                     SELECT doctype, seq / ?1, COUNT(*) FROM docs GROUP BY doctype, seq / ?1",
+                    params![FEED_BUCKET as i64],
+                )
+                .context("failed to count the changes feeds")?;
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        let (commits, _) = watch::channel(0);
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: Mutex::new(conn),
+                queue: Mutex::new(Vec::new()),
+                readers: Mutex::new(Vec::new()),
+                revs_limit: revs_limit.max(1),
+                tracking: tracking::Rules::default(),
+                commits,
+            }),
+        })
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map_err(|_| internal(anyhow::anyhow!("reader pool poisoned")))?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path).map_err(StoreError::Unavailable)?,
+            };
+            // One read transaction: a snapshot, so a write committing between two statements
+            // (e.g. the tree, then the body of its winner) is never half seen.
+            let out = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| f(&tx));
+            if let Ok(mut pool) = inner.readers.lock() {
+                if pool.len() < MAX_IDLE_READERS {
+                    pool.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &WriteCtx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (sender, receiver) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |group| {
+            let out = match group {
+                Ok((tx, ctx)) => in_savepoint(tx, |tx| f(tx, ctx)),
+                Err(e) => Err(e),
+            };
+            Box::new(move |failed: Option<StoreError>| {
+                let _ = sender.send(match (failed, out) {
+                    (Some(e), Ok(_)) => Err(e),
+                    (_, out) => out,
+                });
+            })
+        });
+        let leader = {
+            let mut queue = self.inner.queue.lock().map_err(|_| internal(anyhow::anyhow!("write queue poisoned")))?;
+            queue.push(job);
+            queue.len() == 1
+        };
+        if leader {
+            // The queue was empty: no group is waiting to take it, this write starts one. (A
+            // group being written has taken its queue already; this one waits for it.)
+            let inner = self.inner.clone();
+            let group = tokio::task::spawn_blocking(move || commit_group(&inner));
+            drop(group);
+        }
+        receiver.await.map_err(|_| internal(anyhow::anyhow!("the write was dropped: its group commit failed")))?
+    }
+}
+
+/// Runs `f` in a savepoint of `tx`: a failure undoes `f`'s writes alone.
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.prepare_cached("SAVEPOINT write")?.execute([])?;
+    match f(tx) {
+        Ok(v) => {
+            tx.prepare_cached("RELEASE write")?.execute([])?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO write; RELEASE write")?;
+            Err(e)
+        }
+    }
+}
+
+/// Takes every queued write and commits them in one transaction, then acknowledges each.
+fn commit_group(inner: &Inner) {
+    let mut conn = match inner.writer.lock() {
+        Ok(c) => c,
+        Err(_) => return fail_all(take_queue(inner), internal(anyhow::anyhow!("writer poisoned"))),
+    };
+    let jobs = take_queue(inner);
+    if jobs.is_empty() {
+        return;
+    }
+    let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(jobs, e.into()),
+    };
+    // Rules are read under the writer lock, so a write sees the rules set before it.
+    let tracking = match inner.tracking.get() {
+        Ok(t) => t,
+        Err(e) => return fail_all(jobs, e),
+    };
+    let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
+    let acks: Vec<Ack> = jobs.into_iter().map(|job| job(Ok((&tx, &ctx)))).collect();
+    match tx.commit() {
+        Ok(()) => {
+            inner.commits.send_modify(|n| *n += 1);
+            for ack in acks {
+                ack(None);
+            }
+        }
+        Err(e) => {
+            let mut errors = errors_for(acks.len(), e.into());
+            for ack in acks {
+                ack(errors.pop());
+            }
+        }
+    }
+}
+
+fn take_queue(inner: &Inner) -> Vec<Job> {
+    inner.queue.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+}
+
+/// Answers every write of a group that could not be written.
+fn fail_all(jobs: Vec<Job>, error: StoreError) {
+    let mut errors = errors_for(jobs.len(), error);
+    for job in jobs {
+        if let Some(e) = errors.pop() {
+            job(Err(e))(None);
+        }
+    }
+}
+
+/// The error of a failed group, once per write (store errors are not `Clone`: the first write
+/// gets the error itself, the others a copy of the same kind).
+fn errors_for(n: usize, e: StoreError) -> Vec<StoreError> {
+    let copy = |e: &StoreError| match e {
+        StoreError::Unavailable(x) => StoreError::Unavailable(anyhow::anyhow!("{x:#}")),
+        StoreError::Full(x) => StoreError::Full(anyhow::anyhow!("{x:#}")),
+        StoreError::Internal(x) => StoreError::Internal(anyhow::anyhow!("{x:#}")),
+        StoreError::Corrupt(x) => StoreError::Corrupt(x.clone()),
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Deleted => StoreError::Deleted,
+        StoreError::Conflict => StoreError::Conflict,
+    };
+    let mut out: Vec<StoreError> = (1..n).map(|_| copy(&e)).collect();
+    out.push(e);
+    out.reverse();
+    out
+}
+
+mod rows;
+mod store_impl;
+
+use rows::*;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::json;
+
+    #[tokio::test]
+    async fn a_write_fails_and_commits_nothing_while_the_tracking_rules_are_poisoned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
+        let t = Doctype::parse("io.hearth.notes").expect("doctype");
+        let rule = TrackRule {
+            sharing_id: "s1".into(),
+            rule_index: 0,
+            doctype: t.as_str().into(),
+            selector: None,
+            values: vec!["a".into()],
+            joins: true,
+            parent_field: None,
+        };
+        store.set_tracking(vec![rule.clone()]);
+        let id = DocId::parse("a").expect("id");
+        let body = || json!({"n": 1}).as_object().cloned().expect("object");
+
+        store.inner.tracking.poison();
+        let refused = json::put(&store, &t, &id, None, body()).await;
+        assert!(matches!(refused, Err(StoreError::Internal(_))), "{refused:?}");
+        assert!(json::get(&store, &t, &id).await.expect("read").is_none(), "nothing was committed");
+
+        // Setting the rules again heals the lock, and the write is tracked.
+        store.set_tracking(vec![rule]);
+        json::put(&store, &t, &id, None, body()).await.expect("write after healing");
+        let feed = store.shared_changes("s1", 0, 10).await.expect("feed");
+        assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+}
