@@ -60,7 +60,12 @@ impl Step {
 
 impl Drop for Step {
     fn drop(&mut self) {
-        tracing::debug!(step = self.what, docs = self.docs, us = self.started.elapsed().as_micros() as u64, "replication step");
+        tracing::debug!(
+            step = self.what,
+            docs = self.docs,
+            us = self.started.elapsed().as_micros() as u64,
+            "replication step"
+        );
     }
 }
 
