@@ -1483,7 +1483,9 @@ mod servers {
                 bail!("{} is missing: cargo build --release --bins", hearth.display());
             }
             let mut cmd = Command::new(hearth);
-            cmd.env("HEARTH_DATA_DIR", &self.dir)
+            // `HEARTH_BENCH_LOG` is this program's: a server would refuse it as an unknown key.
+            cmd.env_remove("HEARTH_BENCH_LOG")
+                .env("HEARTH_DATA_DIR", &self.dir)
                 .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
                 .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
                 .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
