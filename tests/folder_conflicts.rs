@@ -182,6 +182,8 @@ struct World {
     keys: [Vec<u8>; 2],
     /// Whether bob, carol are read-only members.
     read_only: [bool; 2],
+    /// Whether carol has accepted (see [`World::with_late_carol`]).
+    carol_in: std::cell::Cell<bool>,
 }
 
 impl World {
@@ -190,6 +192,25 @@ impl World {
     async fn new(
         policy: (&str, &str, &str),
         read_only: &[&str],
+        fill: impl AsyncFnOnce(&TestInstance, &str, &str),
+    ) -> (World, String) {
+        Self::build(policy, read_only, false, fill).await
+    }
+
+    /// [`World::new`], but carol does not answer her invitation yet
+    /// ([`World::carol_accepts`]).
+    async fn with_late_carol(
+        policy: (&str, &str, &str),
+        read_only: &[&str],
+        fill: impl AsyncFnOnce(&TestInstance, &str, &str),
+    ) -> (World, String) {
+        Self::build(policy, read_only, true, fill).await
+    }
+
+    async fn build(
+        policy: (&str, &str, &str),
+        read_only: &[&str],
+        late_carol: bool,
         fill: impl AsyncFnOnce(&TestInstance, &str, &str),
     ) -> (World, String) {
         let one = spawn_app_with(|c| {
@@ -214,7 +235,10 @@ impl World {
         let mut keys = [Vec::new(), Vec::new()];
         for (i, m) in s.members.iter().enumerate().skip(1) {
             let is_bob = m.instance.as_deref() == Some(&format!("http://{}", bob.domain));
-            answer_invitation(&link(&one, &alice, &sid, i).await, if is_bob { &bob } else { &carol }, "accept").await;
+            if is_bob || !late_carol {
+                answer_invitation(&link(&one, &alice, &sid, i).await, if is_bob { &bob } else { &carol }, "accept")
+                    .await;
+            }
         }
         let s = load(&one, &alice, &sid).await;
         for m in s.members.iter().skip(1) {
@@ -223,9 +247,17 @@ impl World {
             keys[usize::from(!is_bob)] = key;
         }
         let read_only = [read_only.contains(&"bob"), read_only.contains(&"carol")];
-        let w = World { one, two, alice, bob, carol, ta, tb, tc, sid, keys, read_only };
+        let carol_in = std::cell::Cell::new(!late_carol);
+        let w = World { one, two, alice, bob, carol, ta, tb, tc, sid, keys, read_only, carol_in };
         w.converged("the shared folder reaches bob and carol").await;
         (w, projects)
+    }
+
+    /// Carol accepts her invitation now (see [`World::with_late_carol`]).
+    async fn carol_accepts(&self) {
+        let index = 3 - self.bob_index().await;
+        answer_invitation(&link(&self.one, &self.alice, &self.sid, index).await, &self.carol, "accept").await;
+        self.carol_in.set(true);
     }
 
     fn on_bob(&self, id: &str) -> String {
@@ -242,12 +274,15 @@ impl World {
         s.members.iter().position(|m| m.instance.as_deref() == Some(&format!("http://{}", self.bob.domain))).unwrap()
     }
 
+    /// Alice's, bob's and carol's trees (before carol accepts, alice's stands for hers).
     async fn trees(&self) -> [Tree; 3] {
-        [
-            tree(&self.alice, &self.ta, "/Projects", None).await,
-            tree(&self.bob, &self.tb, SHARED, Some(&self.keys[0])).await,
-            tree(&self.carol, &self.tc, SHARED, Some(&self.keys[1])).await,
-        ]
+        let a = tree(&self.alice, &self.ta, "/Projects", None).await;
+        let c = if self.carol_in.get() {
+            tree(&self.carol, &self.tc, SHARED, Some(&self.keys[1])).await
+        } else {
+            a.clone()
+        };
+        [a, tree(&self.bob, &self.tb, SHARED, Some(&self.keys[0])).await, c]
     }
 
     /// Waits until the three trees are the same (and alice's is not empty); answers it.
@@ -282,7 +317,7 @@ impl World {
         if !self.read_only[0] {
             states.push(replication_state(&self.bob, &self.tb, &self.sid, 0).await);
         }
-        if !self.read_only[1] {
+        if !self.read_only[1] && self.carol_in.get() {
             states.push(replication_state(&self.carol, &self.tc, &self.sid, 0).await);
         }
         states.iter().all(|st| st.is_null() || (st["running"] != json!(true) && st["pending"].as_u64() == Some(0)))
@@ -319,15 +354,16 @@ impl World {
         assert_eq!(s, 202, "{v}");
     }
 
-    /// No member's link reports refused documents.
+    /// No member's link reports refused documents (`refused_docs` is a count).
     async fn no_refusals(&self) {
         let index = self.bob_index().await;
         for member in [index, 3 - index] {
             let st = replication_state(&self.alice, &self.ta, &self.sid, member).await;
-            assert_eq!(st["refused_docs"].as_array().map_or(0, Vec::len), 0, "{st}");
+            assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{st}");
+            assert_ne!(st["health"], "degraded", "{st}");
         }
         let st = replication_state(&self.bob, &self.tb, &self.sid, 0).await;
-        assert_eq!(st["refused_docs"].as_array().map_or(0, Vec::len), 0, "{st}");
+        assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{st}");
     }
 }
 
@@ -865,4 +901,230 @@ async fn a_read_only_member_is_not_degraded_by_the_owners_moves_out_and_back() {
     })
     .await;
     carol_at_rest_and_clean("carol's link at rest after the move back").await;
+}
+
+/// Every link of `links` (instance, token, sharing, member) is at rest: nothing running,
+/// nothing pending.
+async fn links_at_rest(links: &[(&TestInstance, &str, &str, usize)]) -> bool {
+    for (i, tok, sid, member) in links {
+        let st = replication_state(i, tok, sid, *member).await;
+        if !(st.is_null() || (st["running"] != json!(true) && st["pending"].as_u64() == Some(0))) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits until `links` are at rest twice in a row, two seconds apart (a link that goes on
+/// replicating what the first rest left, say a member's deletion, is caught by the second).
+async fn settled(what: &str, links: &[(&TestInstance, &str, &str, usize)]) {
+    for _ in 0..2 {
+        eventually(WAIT, what, || links_at_rest(links)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    eventually(WAIT, what, || links_at_rest(links)).await;
+}
+
+/// The status of `links` shows no refusal and nothing degraded.
+async fn healthy(links: &[(&TestInstance, &str, &str, usize)]) {
+    for (i, tok, sid, member) in links {
+        let st = replication_state(i, tok, sid, *member).await;
+        assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{} member {member}: {st}", i.domain);
+        assert_ne!(st["health"], "degraded", "{} member {member}: {st}", i.domain);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sharing_of_a_folder_a_member_moved_out_and_back_loses_nothing() {
+    let (w, projects) = World::new(SYNC, &["carol"], async |alice, ta, projects| {
+        let s = mkdir(alice, ta, projects, "S").await;
+        upload(alice, ta, &s, "f.txt", b"f").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let s = at_path(&w.alice, &w.ta, "/Projects/S").await.unwrap();
+    let f = at_path(&w.alice, &w.ta, "/Projects/S/f.txt").await.unwrap();
+    // Bob moves S out of the folder and back.
+    let bob_projects = at_path(&w.bob, &w.tb, SHARED).await.unwrap();
+    patch(&w.bob, &w.tb, &w.on_bob(&s), json!({"dir_id": ROOT})).await;
+    let t = w.converged("S leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    patch(&w.bob, &w.tb, &w.on_bob(&s), json!({"dir_id": bob_projects})).await;
+    w.converged_to("S comes back whole", |t| t.contains_key("/S/f.txt")).await;
+    content_everywhere(&w, "/S/f.txt", b"f").await;
+
+    // Alice shares the same folder a second time, with carol, who may write in this one.
+    let rule = json!({"title": "Again", "doctype": FILES, "values": [projects],
+        "add": "sync", "update": "sync", "remove": "sync"});
+    let rw = json!([{"instance": format!("http://{}", w.carol.domain)}]);
+    let again = create_sharing(&w.alice, &w.ta, json!([rule]), rw, json!([])).await;
+    answer_invitation(&link(&w.one, &w.alice, &again, 1).await, &w.carol, "accept").await;
+    eventually(WAIT, "the second sharing brings S/f.txt to carol", || async {
+        content_at(&w.carol, &w.tc, "/Shared with me/Again/S/f.txt").await.as_deref() == Some(b"f".as_slice())
+    })
+    .await;
+    let index = w.bob_index().await;
+    let links = [
+        (&w.alice, w.ta.as_str(), w.sid.as_str(), index),
+        (&w.alice, w.ta.as_str(), w.sid.as_str(), 3 - index),
+        (&w.bob, w.tb.as_str(), w.sid.as_str(), 0),
+        (&w.alice, w.ta.as_str(), again.as_str(), 1),
+        (&w.carol, w.tc.as_str(), again.as_str(), 0),
+    ];
+    settled("both sharings at rest", &links).await;
+    // Nothing was lost anywhere: alice's S is the same item, and every tree holds it.
+    assert_eq!(at_path(&w.alice, &w.ta, "/Projects/S").await, Some(s.clone()));
+    assert_eq!(at_path(&w.alice, &w.ta, "/Projects/S/f.txt").await, Some(f.clone()));
+    let t = w.converged("the first sharing's trees still agree").await;
+    assert_eq!(t.get("/S/f.txt"), Some(&(f.clone(), json!(md5_of(b"f")))), "{t:?}");
+    content_everywhere(&w, "/S/f.txt", b"f").await;
+    assert_eq!(content_at(&w.carol, &w.tc, "/Shared with me/Again/S/f.txt").await.as_deref(), Some(b"f".as_slice()));
+    healthy(&links).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_accepting_after_a_folder_went_out_and_back_gets_all_of_it() {
+    let (w, _) = World::with_late_carol(SYNC, &["carol"], async |alice, ta, projects| {
+        let s = mkdir(alice, ta, projects, "S").await;
+        upload(alice, ta, &s, "f.txt", b"f").await;
+        let deep = mkdir(alice, ta, &s, "deep").await;
+        upload(alice, ta, &deep, "g.txt", b"g").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let s = at_path(&w.alice, &w.ta, "/Projects/S").await.unwrap();
+    let bob_projects = at_path(&w.bob, &w.tb, SHARED).await.unwrap();
+    patch(&w.bob, &w.tb, &w.on_bob(&s), json!({"dir_id": ROOT})).await;
+    let t = w.converged("S leaves every tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    patch(&w.bob, &w.tb, &w.on_bob(&s), json!({"dir_id": bob_projects})).await;
+    w.converged_to("S comes back whole", |t| t.contains_key("/S/deep/g.txt")).await;
+
+    // Carol accepts only now: she gets the whole tree, S included, bytes and all.
+    w.carol_accepts().await;
+    let t = w.converged_to("carol gets the whole tree", |t| t.contains_key("/S/deep/g.txt")).await;
+    assert!(t.contains_key("/S/f.txt") && t.contains_key("/stays.txt"), "{t:?}");
+    content_everywhere(&w, "/S/f.txt", b"f").await;
+    content_everywhere(&w, "/S/deep/g.txt", b"g").await;
+    let index = w.bob_index().await;
+    let links = [
+        (&w.alice, w.ta.as_str(), w.sid.as_str(), index),
+        (&w.alice, w.ta.as_str(), w.sid.as_str(), 3 - index),
+        (&w.bob, w.tb.as_str(), w.sid.as_str(), 0),
+        (&w.carol, w.tc.as_str(), w.sid.as_str(), 0),
+    ];
+    settled("every link at rest", &links).await;
+    let t = w.converged("the trees still agree").await;
+    assert!(t.contains_key("/S/f.txt") && t.contains_key("/S/deep/g.txt"), "{t:?}");
+    healthy(&links).await;
+    assert!(trash_list(&w.carol, &w.tc).await.is_empty(), "carol's trash holds nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_owner_moves_out_or_trashes_stays_whole_in_each_members_dissociated_copy() {
+    let (w, projects) = World::new(SYNC, &["carol"], async |alice, ta, projects| {
+        let d = mkdir(alice, ta, projects, "D").await;
+        upload(alice, ta, &d, "f.txt", b"f").await;
+        upload(alice, ta, &d, "g.txt", b"g").await;
+        let e = mkdir(alice, ta, &d, "E").await;
+        upload(alice, ta, &e, "h.txt", b"h").await;
+        let t = mkdir(alice, ta, projects, "T").await;
+        upload(alice, ta, &t, "t.txt", b"t").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let _ = projects;
+    // (Right after the documents arrived: some bytes may still be on their way.)
+    let d = at_path(&w.alice, &w.ta, "/Projects/D").await.unwrap();
+    let t = at_path(&w.alice, &w.ta, "/Projects/T").await.unwrap();
+    // D is moved out, T trashed: each member keeps each directory whole, in its trash.
+    patch(&w.alice, &w.ta, &d, json!({"dir_id": ROOT})).await;
+    trash(&w.alice, &w.ta, &t).await;
+    let tr = w.converged("D and T leave every tree").await;
+    assert_eq!(tr.keys().collect::<Vec<_>>(), ["/stays.txt"], "{tr:?}");
+    for (i, tok) in [(&w.bob, &w.tb), (&w.carol, &w.tc)] {
+        let seen = std::cell::RefCell::new(Tree::new());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(WAIT);
+        loop {
+            let mut all = true;
+            let mut wrong = Vec::new();
+            for (path, data) in [
+                ("/.cozy_trash/D/f.txt", b"f".as_slice()),
+                ("/.cozy_trash/D/g.txt", b"g"),
+                ("/.cozy_trash/D/E/h.txt", b"h"),
+                ("/.cozy_trash/T/t.txt", b"t"),
+            ] {
+                let got = content_at(i, tok, path).await;
+                if got.as_deref() != Some(data) {
+                    all = false;
+                    wrong.push((path, got));
+                }
+            }
+            if all {
+                break;
+            }
+            let mut t = tree(i, tok, "/.cozy_trash", None).await;
+            t.insert(format!("unreadable: {wrong:?}"), (String::new(), Value::Null));
+            *seen.borrow_mut() = t;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: each directory's copy holds what it held; the trash holds {:#?}",
+                i.domain,
+                seen.borrow()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let top = trash_list(i, tok).await;
+        assert_eq!(top.keys().collect::<Vec<_>>(), ["D", "T"], "only the directories at the top: {top:?}");
+        assert_eq!(top["D"]["restore_path"], json!(SHARED), "{top:?}");
+    }
+    w.no_refusals().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_members_copy() {
+    let one = spawn_app().await;
+    let two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+    // Bob's quota has no room: the documents arrive, their bytes are refused for now.
+    let bob_store = two.instance(&bob.domain).store.clone();
+    hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+    let d = mkdir(&alice, &ta, &projects, "D").await;
+    upload(&alice, &ta, &d, "f.txt", b"f").await;
+    let e = mkdir(&alice, &ta, &d, "E").await;
+    upload(&alice, &ta, &e, "h.txt", b"h").await;
+    upload(&alice, &ta, &projects, "stays.txt", b"stays").await;
+    let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, SYNC)]), rw, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    eventually(WAIT, "the documents reach bob", || async {
+        at_path(&bob, &tb, &format!("{SHARED}/D/E/h.txt")).await.is_some()
+            && at_path(&bob, &tb, &format!("{SHARED}/stays.txt")).await.is_some()
+    })
+    .await;
+    assert!(content_at(&bob, &tb, &format!("{SHARED}/D/f.txt")).await.is_none(), "no room for the bytes yet");
+    // D leaves before its bytes reached bob: bob keeps a copy of it, whole.
+    patch(&alice, &ta, &d, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "bob keeps a copy of D", || async {
+        at_path(&bob, &tb, "/.cozy_trash/D/E/h.txt").await.is_some()
+            && at_path(&bob, &tb, &format!("{SHARED}/D")).await.is_none()
+    })
+    .await;
+    // Room again: the copy gets the bytes of what left, as the shared folder gets its own.
+    hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
+    for (path, data) in [
+        ("/.cozy_trash/D/f.txt".to_owned(), b"f".as_slice()),
+        ("/.cozy_trash/D/E/h.txt".to_owned(), b"h"),
+        (format!("{SHARED}/stays.txt"), b"stays"),
+    ] {
+        eventually(WAIT, &format!("bob can read {path}"), || async {
+            content_at(&bob, &tb, &path).await.as_deref() == Some(data)
+        })
+        .await;
+    }
+    // Alice's D is hers, where she put it.
+    assert_eq!(at_path(&alice, &ta, "/D").await, Some(d));
 }

@@ -184,3 +184,27 @@ async fn the_owner_trashing_the_shared_folder_revokes_the_sharing_and_members_ke
     assert!(winner(&w.one, &w.alice, FILES, &w.on_bob(&mine)).await.is_none(), "bob's file reached alice");
     assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_shared_folder_the_owner_trashed_does_not_share_it_again() {
+    let w = World::new().await;
+    trash(&w.alice, &w.ta, &w.projects).await;
+    eventually(WAIT, "bob learns the revocation", || async {
+        let s = load(&w.two, &w.bob, &w.sid).await;
+        !s.active && s.revoked_at.is_some()
+    })
+    .await;
+    let (s, v) = w.alice.call(Method::POST, &format!("/files/trash/{}", enc(&w.projects)), Some(&w.ta), None).await;
+    assert_eq!(s, 200, "restore: {v}");
+    let p = attrs_at(&w.alice, &w.ta, "/Projects").await.expect("restored where it was");
+    assert_eq!(p["id"], json!(w.projects), "{p}");
+    // The sharing stays ended on both sides (as in Cozy): what alice adds stays hers.
+    let on_alice = load(&w.one, &w.alice, &w.sid).await;
+    assert!(!on_alice.active && on_alice.revoked_at.is_some());
+    let later = upload(&w.alice, &w.ta, &w.projects, "later.txt", b"later").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(winner(&w.two, &w.bob, FILES, &w.on_bob(&later)).await.is_none(), "later.txt reached bob");
+    let on_bob = load(&w.two, &w.bob, &w.sid).await;
+    assert!(!on_bob.active && on_bob.revoked_at.is_some());
+    assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some(), "bob keeps his copy");
+}

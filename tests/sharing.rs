@@ -334,3 +334,47 @@ async fn discovery_refuses_private_addresses_when_not_allowed_and_reports_unreac
     assert_eq!(resp.status(), 403);
     assert_eq!(load(&one, &alice, &id).await.members[1].status, MemberStatus::MailNotSent);
 }
+
+/// Each audience's caller (apps' bearer tokens, peers' sharing credentials, the owner's
+/// session) is refused before the handler runs, with the status and JSON error it always had.
+#[tokio::test]
+async fn every_audience_is_refused_with_its_status_and_reason() {
+    let one = spawn_app().await;
+    let (alice, bob) = (one.add_instance("alice", PASS), one.add_instance("bob", PASS));
+    let id = share(&one, &alice, json!([notes_rule(&["n1"])]), &[(&bob, false)]).await;
+    // Bob's instance calls Alice's as member 1; Alice's calls Bob's as the owner.
+    let bob_peer = peer_token(&load(&one, &bob, &id).await, 0);
+    let alice_peer = peer_token(&load(&one, &alice, &id).await, 1);
+    let (creds, revs_diff) = (format!("/sharings/{id}/credentials"), format!("/sharings/{id}/_revs_diff"));
+    refused(&alice, Method::POST, &creds, None, 401, "a bearer token is required").await;
+    refused(&alice, Method::POST, &revs_diff, None, 401, "a bearer token is required").await;
+    refused(&alice, Method::DELETE, &format!("/sharings/{id}"), Some(&bob_peer), 403, "only the owner's").await;
+    refused(&bob, Method::DELETE, &format!("/sharings/{id}/answer"), Some(&alice_peer), 403, "only a member's").await;
+    refused(&alice, Method::DELETE, "/sharings/%20/answer", Some(&bob_peer), 400, "").await;
+    refused(&alice, Method::POST, "/sharings/", None, 401, "a bearer token is required").await;
+    refused(&alice, Method::GET, "/sharings/", Some(&bob_peer), 401, "invalid or expired token").await;
+    refused(&alice, Method::GET, "/permissions/x", None, 401, "a bearer token is required").await;
+    refused(&alice, Method::POST, "/auth/session/token", None, 401, "log in first").await;
+    assert!(load(&one, &alice, &id).await.active && load(&one, &bob, &id).await.active, "nothing was changed");
+}
+
+/// Asserts that `inst` refuses the call with `status`, its JSON error kind, and a reason
+/// containing `reason`.
+async fn refused(
+    inst: &common::TestInstance,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    status: u16,
+    reason: &str,
+) {
+    let (s, v) = inst.call(method.clone(), path, token, Some(json!({}))).await;
+    assert_eq!(s, status, "{method} {path}: {v}");
+    let error = match status {
+        400 => "bad_request",
+        401 => "unauthorized",
+        _ => "forbidden",
+    };
+    assert_eq!(v["error"], error, "{method} {path}: {v}");
+    assert!(v["reason"].as_str().is_some_and(|r| r.contains(reason)), "{method} {path}: {v}");
+}

@@ -112,8 +112,18 @@ impl Files {
         Ok(out)
     }
 
+    /// The version `vfs_id` of file `id` as [`Files::named_version`], or else as the
+    /// dissociated copy of `id` names it (a file that left the sharing before its bytes arrived
+    /// here: the copy kept of it still lacks them, see `files::shared`).
+    async fn named_here(&self, id: &str, vfs_id: &str) -> Result<Option<(u64, String)>> {
+        match self.named_version(id, vfs_id).await? {
+            Some(v) => Ok(Some(v)),
+            None => self.named_version(&super::shared::dissociated_id(id), vfs_id).await,
+        }
+    }
+
     async fn content_need(&self, id: &str, vfs_id: &str) -> Result<ContentNeed> {
-        if self.named_version(id, vfs_id).await?.is_none() {
+        if self.named_here(id, vfs_id).await?.is_none() {
             return Ok(ContentNeed::Stale);
         }
         if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
@@ -184,7 +194,7 @@ impl Files {
     /// here already (nothing to write).
     pub async fn begin_received(&self, id: &str, vfs_id: &str) -> Result<Option<ReceivedContent>> {
         self.sync().await?;
-        let Some((expected_size, expected_md5)) = self.named_version(id, vfs_id).await? else {
+        let Some((expected_size, expected_md5)) = self.named_here(id, vfs_id).await? else {
             return Err(FilesError::Conflict("the file here does not name this version".into()));
         };
         let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;

@@ -28,6 +28,16 @@
 //! derived from its parent and body, so two instances reviving the same item make the same
 //! revision. A file or directory moved back itself has a new revision already (the move).
 //!
+//! The removal stays in the item's revision tree, a deleted leaf under the live one. It is
+//! history, not a removal any more: a sender never sends a removal (a deletion marked
+//! `departed_from`) of a document that is alive and in the sharing on its side
+//! (`sync::replication`), so a member that never had the item (one accepting later, or a
+//! second sharing of the same folder) or that missed the removal gets the item as it is; and
+//! a receiver takes a deletion that comes in one batch with a live revision of the same
+//! document for a branch of its history, never for a removal (`sharing::receive`). Taken for
+//! a removal, it would delete the item there and send that deletion on, to the owner and
+//! from there to every member.
+//!
 //! # Conflict rules
 //!
 //! Only the owner settles (Cozy's star: every change passes through the owner, which relays it;
@@ -65,7 +75,11 @@
 //! removal. The receiving member deletes it from the shared tree and keeps a dissociated copy
 //! in its trash, with a new id of its own and `restore_path` where it was (Cozy's
 //! `TrashFile`/`TrashDir` dissociate the same way): the copy belongs to no sharing. The
-//! descendants of a directory that left land under their parent's copy.
+//! descendants of a directory that left land under their parent's copy, so the copy of a
+//! directory holds what the directory held. A file whose bytes had not arrived yet when it
+//! left still gets them: the sender goes on offering the content of what left, and the
+//! member takes the bytes of the version its copy names (`files::received`), never of a
+//! later one.
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;

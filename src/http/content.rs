@@ -21,12 +21,13 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 use super::sharings::replicating_peer;
 use super::{parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
 use crate::auth::Verb;
 use crate::files::received::ContentNeed;
+use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{Sharing, SharingId};
 use crate::store::DocId;
@@ -74,9 +75,7 @@ async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
     let ids = IdMap::for_member(&s, from);
     let limit = state_of(&req)?.config.max_http_request_size;
     let body = parse_json(&read_body(&req, payload, limit).await?)?;
-    let Value::Object(asked) = body else {
-        return Err(ApiError::bad_request("the body must be an object of file ids"));
-    };
+    let asked = ContentDiffRequest::parse(body).map_err(ApiError::BadRequest)?;
     if asked.len() > MAX_DIFF {
         return Err(ApiError::Limit {
             error: "max_bulk_docs_count_exceeded",
@@ -84,13 +83,12 @@ async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
         });
     }
     let mut wanted = Vec::with_capacity(asked.len());
-    for (id, v) in &asked {
-        let vfs_id = v
-            .get("vfs_id")
-            .and_then(Value::as_str)
+    for (id, offer) in &asked {
+        let offer = offer
+            .as_ref()
             .ok_or_else(|| ApiError::bad_request(format!("{id}: an object with a string vfs_id is required")))?;
         let doc = DocId::parse(&ids.convert(id)).map_err(|e| ApiError::bad_request(format!("{id}: {e}")))?;
-        wanted.push((doc, version_param(vfs_id)?));
+        wanted.push((doc, version_param(&offer.vfs_id)?));
     }
     let docs: Vec<DocId> = wanted.iter().map(|(id, _)| id.clone()).collect();
     let shared = in_sharing(&inst, &s, &docs).await?;
@@ -98,14 +96,14 @@ async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
     let (in_it, outside): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(id, _)| shared.contains(id));
     let asked: Vec<(String, String)> = in_it.into_iter().map(|(id, v)| (id.to_string(), v)).collect();
     let needs = files.content_needs(&asked).await?;
-    let mut out = Map::new();
+    let mut out = ContentDiffAnswer::default();
     for ((id, _), need) in asked.iter().zip(needs) {
-        out.insert(ids.convert(id), json!(need.as_str()));
+        out.0.insert(ids.convert(id), need.as_str().to_owned());
     }
     for (id, _) in outside {
-        out.insert(ids.convert(id.as_str()), json!(ContentNeed::Stale.as_str()));
+        out.0.insert(ids.convert(id.as_str()), ContentNeed::Stale.as_str().to_owned());
     }
-    Ok(HttpResponse::Ok().json(Value::Object(out)))
+    Ok(HttpResponse::Ok().json(out))
 }
 
 async fn put_content(inst: Inst, req: HttpRequest, mut payload: web::Payload) -> ApiResult<HttpResponse> {

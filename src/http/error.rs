@@ -48,6 +48,10 @@ pub enum ApiError {
     RetryAfter(u64),
     #[error("the storage backend is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// 503 with a `Retry-After` of 1 s: what is asked for is being set up here (nothing failed,
+    /// nothing is logged); the reason says what.
+    #[error("{0}")]
+    NotReadyYet(String),
     /// 507: the disk is full. Nothing was written; reads keep working.
     #[error("the server's disk is full: nothing was written, and writes are refused until space is freed (reads still work)")]
     InsufficientStorage,
@@ -74,7 +78,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
-            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) => "service_unavailable",
             ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal_server_error",
         }
@@ -116,7 +120,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -147,6 +151,9 @@ impl ResponseError for ApiError {
             }
             ApiError::RetryAfter(secs) => {
                 resp.insert_header(("Retry-After", secs.to_string()));
+            }
+            ApiError::NotReadyYet(_) => {
+                resp.insert_header(("Retry-After", "1"));
             }
             _ => {}
         }

@@ -19,7 +19,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup, DOCTYPE};
 use serde_json::{json, Value};
 
-use super::login::owner_session;
+use super::callers::PageSession;
 use super::state_of;
 use super::{ApiError, ApiResult, Inst, Query};
 use crate::auth::{Audience, PermissionSet};
@@ -97,8 +97,7 @@ async fn stylesheet() -> HttpResponse {
 /// home page's `<meta name="hearth-csrf">`): `{"access_token", "token_type": "bearer",
 /// "expires_in": 600, "scope"}`, an app token of the owner. 401 without a live session, 403
 /// with a missing or wrong CSRF token.
-async fn session_token(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let session = owner_session(&inst.0, &req).ok_or(ApiError::Unauthorized("log in first"))?;
+async fn session_token(inst: Inst, PageSession(session): PageSession, req: HttpRequest) -> ApiResult<HttpResponse> {
     let presented = req.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !Instance::secrets_match(presented, &session_csrf(&inst.0, &session)) {
         return Err(ApiError::Forbidden("invalid CSRF token".into()));
@@ -139,8 +138,8 @@ fn html_page(title: &str, csrf: &str, body: Markup) -> HttpResponse {
 /// `GET /[?dir=FOLDER-ID]` — the owner's home. Without a session: a browser (`Accept` with
 /// `text/html`) is sent (303) to the login page; any other client gets the JSON 404 of a route
 /// the API does not have.
-async fn home(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let Some(session) = owner_session(&inst.0, &req) else {
+async fn home(inst: Inst, session: Option<PageSession>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let Some(PageSession(session)) = session else {
         let browser =
             req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
         if !browser {

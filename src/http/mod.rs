@@ -3,6 +3,7 @@
 //! Handlers read route parameters (ids, names) with [`path::param`], which decodes them exactly
 //! once, never with `match_info()` or actix's `web::Path` (see the `path` module for why).
 
+pub mod callers;
 pub mod content;
 pub mod data;
 pub mod error;

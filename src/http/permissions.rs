@@ -18,6 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::callers::AppCaller;
 use super::login::{esc, page};
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use super::{jsonapi, state_of};
@@ -156,8 +157,7 @@ async fn hash_password(pw: String) -> ApiResult<String> {
 
 /// `POST /permissions?codes=a,b&ttl=1h` — a `share` link on a set within the token's own
 /// permissions, with one sharecode per name; the codes are in this answer only.
-async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn create(inst: Inst, caller: AppCaller, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let q = Query::of(&req)?;
     let names = links::parse_code_names(q.get("codes").unwrap_or_default())?;
     let ttl = q.get("ttl").map(links::parse_ttl).transpose()?;
@@ -166,7 +166,7 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
         Some(pw) => Some(hash_password(pw).await?),
         None => None,
     };
-    let (p, issued) = links::create(&inst.0, &perms, new, hash, &names, ttl).await?;
+    let (p, issued) = links::create(&inst.0, &caller.perms, new, hash, &names, ttl).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": p.to_api(Some(&issued))})))
 }
 
@@ -200,8 +200,7 @@ fn perm_id(req: &HttpRequest) -> ApiResult<String> {
 }
 
 /// `GET /permissions/:id` — a link whose set the token covers (code names only).
-async fn get_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn get_one(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     let p = links::managed(&inst.0, &perms, &perm_id(&req)?).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": p.to_api(None)})))
 }
@@ -209,8 +208,7 @@ async fn get_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 /// `PATCH /permissions/:id?codes=c&ttl=` — adds codes (`?codes=` or `add_codes`, answered once),
 /// removes codes (`remove_codes`: they stop at once), changes `expires_at` or `password` (an
 /// empty string removes either).
-async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn patch(inst: Inst, caller: AppCaller, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = perm_id(&req)?;
     let q = Query::of(&req)?;
     let (mut change, password) = links::parse_patch(&json_body(&req, payload, true).await?)?;
@@ -223,27 +221,25 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
         change.expires_at = Some(Some(links::in_secs(links::parse_ttl(ttl)?)));
     }
     // Check the caller before any argon2 work or code issuing.
-    links::managed(&inst.0, &perms, &id).await?;
+    links::managed(&inst.0, &caller.perms, &id).await?;
     change.password_hash = match password {
         None => None,
         Some(None) => Some(None),
         Some(Some(pw)) => Some(Some(hash_password(pw).await?)),
     };
-    let (p, issued) = links::patch(&inst.0, &perms, &id, change).await?;
+    let (p, issued) = links::patch(&inst.0, &caller.perms, &id, change).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": p.to_api((!issued.is_empty()).then_some(&issued))})))
 }
 
 /// `DELETE /permissions/:id` — revokes the link: every code stops working now.
-async fn delete(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn delete(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     links::delete(&inst.0, &perms, &perm_id(&req)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `GET /permissions/doctype/:doctype/shared-by-link?page[limit]=&page[cursor]=` — the links on
 /// a doctype, for a token with GET on the whole doctype.
-async fn shared_by_link(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn shared_by_link(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     let doctype = Doctype::parse(&path::param(&req, "doctype")?).map_err(ApiError::BadRequest)?;
     if perms.reach(&doctype, Verb::Get) != Reach::All {
         return Err(ApiError::Forbidden(format!("listing links needs GET on the whole {doctype} doctype")));

@@ -11,9 +11,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use super::callers::AppCaller;
 use super::sharings::{load_managed, may_manage};
-use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst};
 use super::{jsonapi, state_of};
+use super::{parse_json, path, read_body, ApiError, ApiResult, Inst};
 use crate::instance::Instance;
 use crate::sharing::service;
 use crate::sharing::{self, MemberStatus, Sharing, SharingId};
@@ -39,8 +40,7 @@ fn is_pending(s: &Sharing, me: &str) -> bool {
 
 /// `GET /sharings/requests` — the requests received and not answered, each with `meta.digest`
 /// (what `accept` needs); the owner's `state` is never shown.
-async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+async fn list(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     let me = state_of(&req)?.sharing.federation.instance_url(inst.0.domain.as_str());
     let mut data = Vec::new();
     for s in sharing::list(inst.0.store.as_ref()).await? {

@@ -27,10 +27,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use hearth_replicator::rev::Rev;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::model::{ChangeKind, Flow, Sharing, FILES_DOCTYPE, FILES_PARENT};
-use super::protocol::{BulkDocs, Refused};
+use super::protocol::{BulkDocs, Refused, RevsDiffAnswer, RevsDiffEntry, RevsDiffRequest};
 use super::xor::IdMap;
 use super::{Result, SharingError};
 use crate::instance::Instance;
@@ -47,25 +47,16 @@ fn split_key(key: &str) -> Result<(Doctype, DocId)> {
 
 /// `_revs_diff` for a peer: honest for documents of this sharing; documents outside it are
 /// reported as entirely missing (their existence here is none of the peer's business).
-pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<Value> {
+pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<RevsDiffAnswer> {
     let map = IdMap::for_member(s, from);
-    let obj = body.as_object().ok_or_else(|| SharingError::BadRequest("the body must be an object".into()))?;
+    let asked = RevsDiffRequest::parse(body, |key| split_key(key).map_err(|e| e.to_string()))
+        .map_err(SharingError::BadRequest)?;
     let mut per_doctype: BTreeMap<Doctype, Vec<(String, DocId, Vec<Rev>)>> = BTreeMap::new();
-    for (key, revs) in obj {
-        let (doctype, peer_id) = split_key(key)?;
-        let revs: Vec<Rev> = revs
-            .as_array()
-            .ok_or_else(|| SharingError::BadRequest("revisions must be arrays".into()))?
-            .iter()
-            .map(|r| {
-                let r = r.as_str().ok_or_else(|| SharingError::BadRequest("invalid revision".into()))?;
-                r.parse().map_err(|e| SharingError::BadRequest(format!("invalid revision {r:?}: {e}")))
-            })
-            .collect::<Result<_>>()?;
+    for (key, (doctype, peer_id), revs) in asked {
         let id = DocId::parse(&map.convert(peer_id.as_str())).map_err(SharingError::BadRequest)?;
-        per_doctype.entry(doctype).or_default().push((key.clone(), id, revs));
+        per_doctype.entry(doctype).or_default().push((key, id, revs));
     }
-    let mut out = serde_json::Map::new();
+    let mut out = BTreeMap::new();
     for (doctype, entries) in per_doctype {
         let ids: Vec<DocId> = entries.iter().map(|(_, id, _)| id.clone()).collect();
         let shared = inst.store.shared_state(s.id(), &doctype, &ids).await?;
@@ -75,22 +66,19 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
             if shared.get(id).is_some_and(|st| !st.removed) {
                 honest.insert(id.clone(), revs.clone());
             } else if !revs.is_empty() {
-                out.insert(key.clone(), json!({"missing": revs.iter().map(Rev::to_string).collect::<Vec<_>>()}));
+                out.insert(key.clone(), RevsDiffEntry { missing: revs.clone(), possible_ancestors: Vec::new() });
             }
         }
         let diff = inst.store.revs_diff(&doctype, honest).await?;
         for (key, id, _) in &entries {
             if let Some(d) = diff.get(id) {
-                let mut entry = json!({"missing": d.missing.iter().map(Rev::to_string).collect::<Vec<_>>()});
-                if !d.possible_ancestors.is_empty() {
-                    entry["possible_ancestors"] =
-                        json!(d.possible_ancestors.iter().map(Rev::to_string).collect::<Vec<_>>());
-                }
+                let entry =
+                    RevsDiffEntry { missing: d.missing.clone(), possible_ancestors: d.possible_ancestors.clone() };
                 out.insert(key.clone(), entry);
             }
         }
     }
-    Ok(Value::Object(out))
+    Ok(RevsDiffAnswer(out))
 }
 
 /// What `_bulk_docs` did.
@@ -208,14 +196,23 @@ pub async fn bulk_docs(
                 (w.id.clone(), removal)
             })
             .collect();
+        let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
         let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
         if let (Some(files), Some(tree)) = (files, &tree) {
-            let written: Vec<(DocId, bool)> = written_ids
+            let written: Vec<((DocId, bool), bool)> = written_ids
                 .into_iter()
+                .zip(live)
                 .zip(&outcomes)
                 .filter(|(_, o)| matches!(o, Received::Written { .. }))
                 .map(|(w, _)| w)
                 .collect();
+            // A document the peer sent a live revision of in the same batch is alive there: a
+            // deletion coming with it is a branch of its history, not a removal (see
+            // `files::shared`, "Re-entry"); removing it here would lose what the peer holds.
+            let alive: HashSet<DocId> =
+                written.iter().filter(|(_, live)| *live).map(|((id, _), _)| id.clone()).collect();
+            let written: Vec<(DocId, bool)> =
+                written.into_iter().map(|((id, removal), _)| (id.clone(), removal && !alive.contains(&id))).collect();
             tree.follow_up(inst, files, s, &written).await?;
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
             if released > 0 {
@@ -422,8 +419,12 @@ impl TreeBefore {
 /// Orders a batch so that a directory comes before what it holds (a subtree rule lets a
 /// document in by its parent, judged first): parents first, otherwise the order sent.
 fn parents_first(peer_ids: Vec<String>, writes: Vec<DocWrite>) -> (Vec<String>, Vec<DocWrite>) {
-    let index: std::collections::HashMap<String, usize> =
-        writes.iter().enumerate().map(|(i, w)| (w.id.to_string(), i)).collect();
+    // A parent is found by its first live write (a batch may hold several revisions of one
+    // document, its deleted leaves after its live ones: those must not go first).
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (i, w) in writes.iter().enumerate().filter(|(_, w)| !w.deleted) {
+        index.entry(w.id.to_string()).or_insert(i);
+    }
     let parent = |i: usize| match writes[i].body.get(FILES_PARENT) {
         Some(Value::String(p)) => index.get(&p).copied(),
         _ => None,
@@ -574,6 +575,8 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::sharing::model::{Member, MemberStatus, Rule};
     use crate::store::SharedState;

@@ -54,6 +54,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId, MAX_RULES, MAX_VALUES_PER_RULE};
+use super::protocol::{Document, Lenient, Notice, NoticeAttributes, NoticeMeta, NoticeOwner};
 use super::Context;
 use super::{load, save, Result, SharingError};
 use crate::instance::Instance;
@@ -114,15 +115,18 @@ fn member_by_token(inst: &Instance, s: &Sharing, token: &str) -> Option<usize> {
 pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
     let token = request_token(inst, s, index)?;
     let owner = s.members.first()?;
-    Some(json!({"data": {
-        "type": super::SHARINGS_DOCTYPE,
-        "id": s.id(),
-        "attributes": {
-            "id_nonce": s.id_nonce,
-            "members": [{"status": "owner", "instance": owner.instance, "public_name": owner.public_name}],
-        },
-        "meta": {"request_token": token},
-    }}))
+    let owner = NoticeOwner {
+        instance: owner.instance.clone(),
+        public_name: owner.public_name.clone(),
+        status: MemberStatus::Owner.as_str().to_owned(),
+    };
+    let data = Notice {
+        attributes: NoticeAttributes { id_nonce: s.id_nonce.clone(), members: Some(vec![Lenient(Some(owner))]) },
+        id: s.id().to_owned(),
+        meta: NoticeMeta { request_token: Some(token) },
+        kind: super::SHARINGS_DOCTYPE.to_owned(),
+    };
+    serde_json::to_value(Document { data }).ok()
 }
 
 /// The request for member `target`, as its instance fetches it: Cozy's `PUT /sharings/:id`
@@ -398,31 +402,27 @@ fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sh
 }
 
 /// What a notice says: the owner's address, the id's nonce, the request token.
-struct Notice {
+struct NoticeFacts {
     owner: String,
     nonce: String,
     token: String,
 }
 
-fn parse_notice(body: &Value) -> Result<Notice> {
-    let data =
-        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
-    let text = |v: Option<&Value>, max: usize| {
-        v.and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= max).map(str::to_owned)
-    };
-    let attrs = data.get("attributes");
-    let owner = attrs
-        .and_then(|a| a.get("members"))
-        .and_then(Value::as_array)
-        .and_then(|m| m.first())
-        .filter(|m| m.get("status").and_then(Value::as_str) == Some("owner"))
-        .and_then(|m| text(m.get("instance"), 512))
+fn parse_notice(body: &Value) -> Result<NoticeFacts> {
+    let data = Notice::read(body).ok_or_else(|| bad("the body must be a JSON:API document"))?;
+    let text = |v: Option<String>, max: usize| v.filter(|s| !s.is_empty() && s.len() <= max);
+    let owner = data
+        .attributes
+        .members
+        .and_then(|m| m.into_iter().next())
+        .and_then(|m| m.0)
+        .filter(|m| m.status == MemberStatus::Owner.as_str())
+        .and_then(|m| text(m.instance, 512))
         .ok_or_else(|| bad("the first member must be the owner, with its instance"))?;
-    let nonce = text(attrs.and_then(|a| a.get("id_nonce")), 64)
+    let nonce = text(data.attributes.id_nonce, 64)
         .ok_or_else(|| bad("the sharing request needs the id_nonce its id derives from"))?;
-    let token = text(data.get("meta").and_then(|m| m.get("request_token")), 256)
-        .ok_or_else(|| bad("the sharing request needs its request_token"))?;
-    Ok(Notice { owner, nonce, token })
+    let token = text(data.meta.request_token, 256).ok_or_else(|| bad("the sharing request needs its request_token"))?;
+    Ok(NoticeFacts { owner, nonce, token })
 }
 
 fn pending_dt() -> Doctype {

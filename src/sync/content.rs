@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -46,6 +46,7 @@ use crate::federation::client::Federation;
 use crate::files::{Files, FilesRegistry};
 use crate::instance::{Instance, Registry};
 use crate::sharing::model::{PeerCredentials, Sharing};
+use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context};
 use crate::store::{Body, Doctype, StoreError};
@@ -172,7 +173,7 @@ pub async fn pending(inst: &Instance, files: &Files, sharing: &str, since: u64) 
         let rows = inst.store.shared_changes(sharing, at, 1000).await?;
         let Some(last) = rows.last() else { break };
         at = last.seq;
-        let ids = file_ids(&rows, &doctype);
+        let ids = offered_ids(&rows, &doctype);
         for (_, size, _) in files.current_versions(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
@@ -208,6 +209,15 @@ pub async fn missing_here(inst: &Instance, files: &Files, sharing: &str) -> Resu
 /// The ids of the rows of files (and directories) still in the sharing.
 fn file_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
     rows.iter().filter(|r| &r.doctype == doctype && !r.removed).map(|r| r.id.to_string()).collect()
+}
+
+/// The ids of the rows of files (and directories) offered to a member: those in the sharing,
+/// and those that left it. A file that left before its bytes reached the member is kept
+/// there as a dissociated copy naming the version it had (`files::shared`, "Leaving keeps a
+/// copy"): the member answers whether that copy lacks the version offered, and takes its
+/// bytes only for the version its copy names (never a later one).
+fn offered_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
+    rows.iter().filter(|r| &r.doctype == doctype).map(|r| r.id.to_string()).collect()
 }
 
 fn files_error(e: crate::files::FilesError) -> SyncError {
@@ -357,7 +367,7 @@ impl ContentSource for LocalContent<'_> {
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);
-        let mut ids = file_ids(&rows, &crate::files::doctype());
+        let mut ids = offered_ids(&rows, &crate::files::doctype());
         // A file whose metadata the member refused (a read-only member's edit, say) has no
         // content to deliver there: its row is passed over.
         let refused = read_link(self.inst, self.sharing.id(), self.member).await?.refused;
@@ -433,13 +443,12 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
     type Error = SyncError;
 
     async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, SyncError> {
-        let body: Map<String, Value> = offers.iter().map(|o| (o.key.clone(), json!({"vfs_id": o.version}))).collect();
+        let body = ContentDiffRequest(
+            offers.iter().map(|o| (o.key.clone(), ContentOffer { vfs_id: o.version.clone() })).collect(),
+        );
         let path = format!("/sharings/{}/io.cozy.files/_content_diff", self.sharing.id());
         let before = self.creds.clone();
-        let answer = self
-            .federation
-            .call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&Value::Object(body)))
-            .await;
+        let answer = self.federation.call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&body)).await;
         if self.creds != before {
             // Keep refreshed credentials, as the replicator does.
             let (member, creds) = (self.member, self.creds.clone());
@@ -453,10 +462,8 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
             .await
             .map_err(|e| SyncError::Protocol(format!("storing refreshed credentials: {e}")))?;
         }
-        let Value::Object(answer) = answer? else {
-            return Err(SyncError::Protocol("the member's content diff is not an object".into()));
-        };
-        Ok(answer.into_iter().filter_map(|(k, v)| Need::parse(v.as_str()?).map(|n| (k, n))).collect())
+        let answer = ContentDiffAnswer::parse(answer?).map_err(SyncError::Protocol)?;
+        Ok(answer.0.into_iter().filter_map(|(k, v)| Need::parse(&v).map(|n| (k, n))).collect())
     }
 
     async fn put(&mut self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {

@@ -17,7 +17,10 @@
 //! - any other change is an update, a deletion or a departure, sent when the rule's `update`
 //!   or `remove` lets it flow this way;
 //! - a document that came from the member and has not changed here since is not sent back:
-//!   the member has all of it.
+//!   the member has all of it;
+//! - a removal (a deletion marked `departed_from`) that is not the document's winner here, the
+//!   document being alive and in the sharing, is not sent: the document came back from it
+//!   (see `files::shared`, "Re-entry"), and a member would take it for a removal.
 //!
 //! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
 //! what the sender knows, so that in a consistent sharing nothing sent is refused.
@@ -29,13 +32,13 @@ use hearth_replicator::replicate::{Change, ChangeBatch, DocKey, Outgoing, Refusa
 use hearth_replicator::rev::Rev;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use url::Url;
 
 use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
 use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
-use crate::sharing::protocol::{BulkDocs, Refused};
+use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, RevsDiffRequest};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render_as;
@@ -232,6 +235,7 @@ pub fn endpoints(
         member,
         ids,
         departures: HashMap::new(),
+        alive: HashSet::new(),
         record: LinkRecord::default(),
         position,
         shared,
@@ -247,6 +251,9 @@ pub struct LocalSource {
     /// Documents that left the sharing in this batch: the deletion peers get instead of the
     /// new content (key → the tombstone and the local revision it follows).
     departures: HashMap<DocKey, (Rev, Rev)>,
+    /// Documents of the batch that are alive and in the sharing here: a removal that is one of
+    /// their deleted leaves is history, never sent (see [`LocalSource::fetch`]).
+    alive: HashSet<DocKey>,
     /// The link's record as of the last checkpoint.
     record: LinkRecord,
     /// Where an earlier run got to, possibly past the saved checkpoint (see [`save_position`]).
@@ -377,6 +384,7 @@ impl Source for LocalSource {
                 // goes without `_revs_diff`. After a crash, the batch that was in flight is sent
                 // again whole, which the member merges as a no-op (`new_edits=false`).
                 let leaves = l.into_iter().map(|(rev, _)| rev).collect();
+                self.alive.insert(key.clone());
                 changes.push(Change { seq: r.seq, key, leaves, fresh: true });
                 continue;
             }
@@ -399,8 +407,14 @@ impl Source for LocalSource {
                     continue;
                 };
                 self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
+                self.alive.remove(&key);
                 changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
                 continue;
+            }
+            if deleted {
+                self.alive.remove(&key);
+            } else {
+                self.alive.insert(key.clone());
             }
             changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect(), fresh: false });
         }
@@ -444,18 +458,30 @@ impl Source for LocalSource {
                     // removal follows the current winner instead (still a removal there).
                     (tombstone, found) = self.departure_from_winner(&doctype, &id).await?;
                 }
+                let alive = self.alive.contains(&format!("{doctype}/{peer_id}"));
                 for f in found {
                     let OpenRev::Found(d) = f else { continue };
+                    if alive && d.deleted && d.body.get(crate::sharing::protocol::DEPARTED_FROM).is_some() {
+                        // A removal the document came back from (moved out of the sharing
+                        // and back, see `files::shared`, "Re-entry"): it lost to the live
+                        // revision that brought the document back, and is history here.
+                        // Sent, a member would take it for a removal it has not seen (a
+                        // member accepting later, or one that missed it) and remove the
+                        // document; so it is not sent. (A deletion that is not a removal,
+                        // such as a settled conflict's losing leaf, goes as any revision.)
+                        continue;
+                    }
                     let deleted = tombstone.is_some() || d.deleted;
                     let doc = match &tombstone {
                         Some(t) => {
                             let mut history = vec![t.clone()];
                             history.extend(d.revisions.unwrap_or_else(|| vec![d.rev.clone()]));
-                            serde_json::value::to_raw_value(
-                                &json!({"_id": peer_id, "_rev": t.to_string(), "_deleted": true,
-                                   "_revisions": hearth_replicator::rev::Revisions::from_revs(&history),
-                                   crate::sharing::protocol::DEPARTED_FROM: departure_mark}),
-                            )
+                            serde_json::value::to_raw_value(&Departure::new(
+                                peer_id.clone(),
+                                t.clone(),
+                                &history,
+                                departure_mark.clone(),
+                            ))
                         }
                         // The stored text, spliced under the peer's id: never re-serialised.
                         None => {
@@ -658,22 +684,13 @@ enum Sent {
 impl PeerTarget {
     async fn diff_part(&mut self, revs: &BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, SyncError> {
         let _step = Step::start("_revs_diff", revs.len());
-        let body: Map<String, Value> =
-            revs.iter().map(|(k, v)| (k.clone(), json!(v.iter().map(Rev::to_string).collect::<Vec<_>>()))).collect();
-        let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &Value::Object(body)).await?;
-        let obj = reply.as_object().ok_or_else(|| SyncError::Protocol("_revs_diff answer is not an object".into()))?;
+        let body = RevsDiffRequest(revs);
+        let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &body).await?;
+        let answer = RevsDiffAnswer::parse(reply).map_err(SyncError::Protocol)?;
         let mut out = BTreeMap::new();
-        for (key, entry) in obj {
-            if !revs.contains_key(key) {
-                continue;
-            }
-            let missing: Vec<Rev> = entry
-                .get("missing")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|r| r.as_str().and_then(|r| r.parse().ok())).collect())
-                .unwrap_or_default();
-            if !missing.is_empty() {
-                out.insert(key.clone(), missing);
+        for (key, entry) in answer.0 {
+            if revs.contains_key(&key) && !entry.missing.is_empty() {
+                out.insert(key, entry.missing);
             }
         }
         Ok(out)
@@ -725,6 +742,8 @@ impl PeerTarget {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn keys(list: &[&str]) -> Vec<String> {

@@ -3,18 +3,22 @@
 //! replication status and a sync on demand.
 
 use super::*;
+use crate::http::callers::AppCaller;
 
 /// `POST /sharings/` — creates a sharing (JSON:API `io.cozy.sharings`); 201 with the sharing.
-pub(super) async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+pub(super) async fn create(
+    inst: Inst,
+    caller: AppCaller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     let body = json_body(&req, payload).await?;
-    let s = service::create(&state_of(&req)?.sharing, &inst.0, &perms, &body).await?;
+    let s = service::create(&state_of(&req)?.sharing, &inst.0, &caller.perms, &body).await?;
     Ok(jsonapi(StatusCode::CREATED, doc(&s)))
 }
 
 /// `GET /sharings/?direction=incoming|outgoing&status=&doctype=&page[cursor]=&page[limit]=`.
-pub(super) async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (_, perms) = data_caller(&inst.0, &req)?;
+pub(super) async fn list(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     let q = Query::of(&req)?;
     let outgoing = match q.get("direction") {
         None => None,

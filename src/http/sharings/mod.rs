@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::limits::Limits;
-use super::login::{esc, owner_session, page, SESSION_COOKIE};
+use super::login::{esc, page, SESSION_COOKIE};
 use super::state_of;
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
@@ -100,7 +100,7 @@ impl From<SharingError> for ApiError {
     }
 }
 
-fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
+pub(super) fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 

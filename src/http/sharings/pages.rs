@@ -2,6 +2,7 @@
 //! gives their instance's address) and the acceptance page (`/auth/authorize/sharing`).
 
 use super::*;
+use crate::http::callers::PageSession;
 
 #[derive(Deserialize)]
 pub(super) struct StateQuery {
@@ -122,9 +123,9 @@ pub(super) fn wants_json(req: &HttpRequest) -> bool {
 /// (logged in; otherwise sent to the login page and back). The form carries the digest of what
 /// it shows (see `sharing::request`). With `Accept: application/json`:
 /// `{"data": <the sharing request>, "meta": {"digest", "csrf_token"}}`.
-pub(super) async fn authorize_page(inst: Inst, req: HttpRequest) -> HttpResponse {
+pub(super) async fn authorize_page(inst: Inst, session: Option<PageSession>, req: HttpRequest) -> HttpResponse {
     let json = wants_json(&req);
-    if owner_session(&inst.0, &req).is_none() {
+    if session.is_none() {
         if json {
             return actix_web::ResponseError::error_response(&ApiError::Unauthorized("log in first"));
         }
@@ -227,10 +228,15 @@ pub(super) struct AuthorizeForm {
 /// `POST /auth/authorize/sharing` — Accept or Refuse (session and CSRF token required; to
 /// accept, the `digest` the page showed: 409 when the request changed since). With `Accept:
 /// application/json` the answer is the sharing (JSON:API) or a JSON error.
-pub(super) async fn authorize_post(inst: Inst, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+pub(super) async fn authorize_post(
+    inst: Inst,
+    session: Option<PageSession>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
     let json = wants_json(&req);
     let result = async {
-        if owner_session(&inst.0, &req).is_none() {
+        if session.is_none() {
             return Err(ApiError::Unauthorized("log in first"));
         }
         let body = read_body(&req, payload, ANONYMOUS_BODY_BYTES).await?;

@@ -4,6 +4,8 @@
 //! `_bulk_docs`) and the token refresh.
 
 use super::*;
+use crate::http::callers::{PeerCaller, ReplicatingPeer};
+use crate::sharing::protocol::{Document, InvitationLink};
 
 /// `PUT /sharings/:id` — on a recipient, from the owner's instance: the notice of a sharing
 /// request (at most 64 KiB); the request itself is fetched back from the owner (see
@@ -28,40 +30,29 @@ pub(super) async fn request_fetch(inst: Inst, req: HttpRequest) -> ApiResult<Htt
 }
 
 /// `DELETE /sharings/:id` — on a recipient, from the owner: this instance was revoked.
-pub(super) async fn revoked_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = peer(&inst, &req, &id, Verb::Get).await?;
-    if index != 0 {
-        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
-    }
-    service::revoked_by_owner(&state_of(&req)?.sharing, &inst.0, &id).await?;
+pub(super) async fn revoked_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
+    caller.owner_only()?;
+    service::revoked_by_owner(&state_of(&req)?.sharing, &inst.0, &caller.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `DELETE /sharings/:id/answer` — on the owner, from a member's instance: it left.
-pub(super) async fn left_notification(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = peer(&inst, &req, &id, Verb::Get).await?;
-    if index == 0 {
-        return Err(ApiError::Forbidden("only a member's instance may send this".into()));
-    }
-    service::member_left(&state_of(&req)?.sharing, &inst.0, &id, index).await?;
+pub(super) async fn left_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
+    caller.member_only()?;
+    service::member_left(&state_of(&req)?.sharing, &inst.0, &caller.id, caller.index).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `POST /sharings/:id/credentials` — on a recipient, from the owner: new credentials.
 pub(super) async fn credentials_notification(
     inst: Inst,
+    caller: PeerCaller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = peer(&inst, &req, &id, Verb::Get).await?;
-    if index != 0 {
-        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
-    }
+    caller.owner_only()?;
     let body = json_body(&req, payload).await?;
-    service::receive_credentials(&inst.0, &id, &body).await?;
+    service::receive_credentials(&inst.0, &caller.id, &body).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -78,28 +69,29 @@ pub(super) async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) 
 /// (see `service::receive_members`).
 pub(super) async fn members_notification(
     inst: Inst,
+    caller: PeerCaller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = peer(&inst, &req, &id, Verb::Get).await?;
-    if index != 0 {
-        return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
-    }
+    caller.owner_only()?;
     let body = json_body(&req, payload).await?;
-    service::receive_members(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
+    service::receive_members(&state_of(&req)?.sharing, &inst.0, &caller.id, &body).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `POST /sharings/:id/recipients/delegated` — a ready member of an open sharing adds
 /// recipients through the owner; answers their invitation links.
-pub(super) async fn add_delegated(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = peer(&inst, &req, &id, Verb::Get).await?;
+pub(super) async fn add_delegated(
+    inst: Inst,
+    caller: PeerCaller,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     let body = json_body(&req, payload).await?;
-    let links = service::add_delegated(&state_of(&req)?.sharing, &inst.0, &id, index, &body).await?;
-    let data: Vec<Value> = links.into_iter().map(|(i, l)| json!({"index": i, "invitation": l})).collect();
-    Ok(jsonapi(StatusCode::OK, json!({"data": data})))
+    let links = service::add_delegated(&state_of(&req)?.sharing, &inst.0, &caller.id, caller.index, &body).await?;
+    let data: Vec<InvitationLink> =
+        links.into_iter().map(|(index, invitation)| InvitationLink { index, invitation }).collect();
+    Ok(jsonapi(StatusCode::OK, serde_json::to_value(Document { data }).unwrap_or_default()))
 }
 
 #[derive(Deserialize)]
@@ -178,6 +170,17 @@ pub(in crate::http) async fn replicating_peer(
     } else {
         index == 0 && s.active
     };
+    if !s.owner
+        && index == 0
+        && !s.active
+        && s.revoked_at.is_none()
+        && s.members.first().is_some_and(|o| o.outbound.is_none())
+    {
+        // The owner's token is valid, so this recipient is accepting: the owner learnt of the
+        // acceptance (its answer) before the recipient recorded it. Try again in a moment (a
+        // transient failure for the owner's replicator, not a refusal).
+        return Err(ApiError::NotReadyYet("this instance is still recording its acceptance of this sharing".into()));
+    }
     if !ready || !s.active {
         return Err(ApiError::Forbidden("this member is not replicating this sharing".into()));
     }
@@ -191,11 +194,11 @@ pub(in crate::http) async fn replicating_peer(
 /// the owner has already (what it received).
 pub(super) async fn replication_revs_diff(
     inst: Inst,
+    caller: ReplicatingPeer,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
+    let (s, from) = (caller.sharing, caller.index);
     let limits = Limits::of(&req);
     let bytes = read_body(&req, payload, limits.request).await?;
     limits.revs_diff(&bytes)?;
@@ -211,15 +214,15 @@ pub(super) async fn replication_revs_diff(
 /// `sync::replication`).
 pub(super) async fn replication_bulk_docs(
     inst: Inst,
+    caller: ReplicatingPeer,
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let started = std::time::Instant::now();
-    let id = sharing_id(&req)?;
     // A member that may only read is let in, and each of its documents judged: the echo of a
     // removal this instance made is moot, anything else refused with `READ_ONLY_REFUSAL`
     // (shown by the member as refused, never as a failure; see `sharing::receive::bulk_docs`).
-    let (s, from) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
+    let (id, s, from) = (caller.id, caller.sharing, caller.index);
     let may_write = match peer(&inst, &req, &id, Verb::Post).await {
         Ok(_) => true,
         Err(ApiError::Forbidden(_)) => false,

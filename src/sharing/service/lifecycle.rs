@@ -217,9 +217,8 @@ pub async fn set_read_only(
     }
     if let Some(issued) = issued {
         let mut e = Entry::new(id, index, Method::POST, format!("/sharings/{id}/credentials"));
-        let mut body = credentials_json(&issued);
-        body["read_only"] = json!(read_only);
-        e.body = Some(json!({"data": {"type": "io.cozy.sharings.credentials", "id": id.as_str(), "attributes": body}}));
+        let notice = Answer { read_only: Some(read_only), ..Answer::with_credentials(&issued) };
+        e.body = Some(to_value(Document::resource(CREDENTIALS_TYPE, id.as_str(), notice)));
         outbox::enqueue(cx, inst, e).await?;
     }
     tell_members(cx, inst, &s).await?;

@@ -4,6 +4,10 @@
 //! calls the owner's `POST /sharings/:id/recipients/delegated` with its peer credentials).
 
 use super::*;
+use crate::sharing::protocol::{
+    DelegatedRecipients, InvitationLink, MembersAttributes, RecipientRef, RelatedResource, Relationship, Relationships,
+    WireMember, CONTACTS_TYPE,
+};
 
 /// The path of the member-list notice on a recipient.
 fn members_path(id: &SharingId) -> String {
@@ -14,26 +18,24 @@ fn members_path(id: &SharingId) -> String {
 /// read-only flag, by index (the indices are the owner's); the address, name and email only of
 /// the owner and of `target` itself, as in the sharing request (see `request::request_document`).
 pub fn members_document(s: &Sharing, target: usize) -> Value {
-    let members: Vec<Value> = s
+    let members: Vec<WireMember> = s
         .members
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let mut o = json!({"status": m.status.as_str(), "read_only": m.read_only});
-            if let Some(n) = &m.public_name {
-                o["public_name"] = json!(n);
-            }
+            let mut o = WireMember {
+                status: m.status.as_str().to_owned(),
+                read_only: m.read_only,
+                public_name: m.public_name.clone(),
+                ..WireMember::default()
+            };
             if i == 0 || i == target {
-                for (k, v) in [("name", &m.name), ("email", &m.email), ("instance", &m.instance)] {
-                    if let Some(v) = v {
-                        o[k] = json!(v);
-                    }
-                }
+                (o.name, o.email, o.instance) = (m.name.clone(), m.email.clone(), m.instance.clone());
             }
             o
         })
         .collect();
-    json!({"data": {"type": "io.cozy.sharings", "id": s.id(), "attributes": {"members": members}}})
+    to_value(Document::resource(SHARINGS_TYPE, s.id(), MembersAttributes::of(members)))
 }
 
 /// On the owner, after a member change (added, answered, revoked, left, read-only): queues the
@@ -73,29 +75,19 @@ pub(super) async fn tell_members_of(cx: &Context, inst: &Instance, id: &SharingI
 /// appended. This instance's own credentials and the owner's entry are left as they are.
 /// 400 when the list is malformed, shorter than the one known, or longer than `max_members`.
 pub async fn receive_members(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Sharing> {
-    let list = body
-        .get("data")
-        .and_then(|d| d.get("attributes"))
-        .and_then(|a| a.get("members"))
-        .and_then(Value::as_array)
+    let list = Received::<MembersAttributes>::read(body)
+        .attributes_or_default()
+        .members
         .ok_or_else(|| bad("data.attributes.members must be an array"))?;
     if list.len() > cx.config.federation.max_members {
         return Err(bad(format!("a sharing has at most {} members", cx.config.federation.max_members)));
     }
     let mut wire = Vec::with_capacity(list.len());
     for item in list {
-        let status = item
-            .get("status")
-            .and_then(Value::as_str)
-            .and_then(MemberStatus::parse)
-            .ok_or_else(|| bad("each member needs a known status"))?;
-        let text = |k: &str| {
-            item.get(k)
-                .and_then(Value::as_str)
-                .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
-        };
-        let read_only = item.get("read_only") == Some(&Value::Bool(true));
-        wire.push((status, text("public_name"), text("name"), text("email"), read_only));
+        let item = item.0.unwrap_or_default();
+        let status = MemberStatus::parse(&item.status).ok_or_else(|| bad("each member needs a known status"))?;
+        let text = |t: Option<String>| t.map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>());
+        wire.push((status, text(item.public_name), text(item.name), text(item.email), item.read_only));
     }
     let ((), s) = update(inst.store.as_ref(), id, |s| {
         let me = own_index(cx, inst, s);
@@ -164,26 +156,29 @@ pub async fn forward_recipients(
     if !s.active || s.is_revoked() || me.is_none_or(|i| s.members[i].status != MemberStatus::Ready) {
         return Err(SharingError::Forbidden("only a ready member of the sharing adds recipients".into()));
     }
-    let rels = body.get("data").and_then(|d| d.get("relationships"));
-    let mut given = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
-    given.extend(resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?);
+    let rels = Relationships::of(body);
+    let mut given = resolve_recipients(inst, rels.recipients.as_ref()).await?;
+    given.extend(resolve_recipients(inst, rels.read_only_recipients.as_ref()).await?);
     if given.is_empty() {
         return Err(bad("no recipients given"));
     }
-    let inline: Vec<Value> = given
+    let inline: Vec<RecipientRef> = given
         .iter()
-        .map(|r| {
-            let mut o = json!({"type": "io.cozy.contacts"});
-            for (k, v) in [("name", &r.name), ("email", &r.email), ("instance", &r.instance)] {
-                if let Some(v) = v {
-                    o[k] = json!(v);
-                }
-            }
-            o
+        .map(|r| RecipientRef {
+            kind: Some(CONTACTS_TYPE.into()),
+            name: r.name.clone(),
+            email: r.email.clone(),
+            instance: r.instance.clone(),
+            id: None,
         })
         .collect();
-    let delegated = json!({"data": {"type": "io.cozy.sharings", "id": id.as_str(),
-        "relationships": {"recipients": {"data": inline}}}});
+    let delegated = Document {
+        data: RelatedResource {
+            id: id.as_str().to_owned(),
+            relationships: DelegatedRecipients { recipients: Relationship { data: inline } },
+            kind: SHARINGS_TYPE,
+        },
+    };
     let owner = owner_url(&s)?;
     let mut creds = s.members[0].outbound.clone().ok_or_else(|| bad("no credentials for the owner"))?;
     let before = creds.clone();
@@ -206,19 +201,8 @@ pub async fn forward_recipients(
             });
         }
     };
-    let links: Vec<(usize, String)> = answer
-        .get("data")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| {
-                    let index = i.get("index")?.as_u64()? as usize;
-                    Some((index, i.get("invitation")?.as_str()?.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let links: Vec<(usize, String)> =
+        InvitationLink::parse_answer(&answer).into_iter().map(|l| (l.index, l.invitation)).collect();
     let max = cx.config.federation.max_members;
     let ((), s) = update(inst.store.as_ref(), id, |s| {
         if let Some(c) = &refreshed {

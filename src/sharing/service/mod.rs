@@ -16,11 +16,12 @@ pub use owner::*;
 pub use recipient::*;
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 use url::Url;
 
 use super::model::{now_rfc3339, Member, MemberStatus, PeerCredentials, Rule, Sharing, SharingId};
 use super::outbox::{self, Entry};
+use super::protocol::{Answer, Document, Received, ANSWER_TYPE, CREDENTIALS_TYPE, SHARINGS_TYPE};
 use super::Context;
 use super::{invitations, links, mail, model, request};
 use super::{load, save, update, Result, SharingError};
@@ -28,6 +29,12 @@ use crate::auth::oauth::{self, OAuthClient};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
 use crate::store::{json as records, DocId, Doctype};
+
+/// A document to send, as JSON (what the outbox and the federation client carry). Our wire
+/// types always serialise.
+fn to_value(doc: impl serde::Serialize) -> Value {
+    serde_json::to_value(doc).unwrap_or(Value::Null)
+}
 
 fn bad(reason: impl Into<String>) -> SharingError {
     SharingError::BadRequest(reason.into())

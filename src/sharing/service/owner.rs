@@ -2,6 +2,7 @@
 //! discovery (a recipient names its instance), and the recipients' answers.
 
 use super::*;
+use crate::sharing::protocol::{RecipientRef, Relationships, CONTACTS_TYPE};
 
 /// One recipient as given by the client: a contact id, or inline email/instance.
 #[derive(Clone)]
@@ -26,14 +27,13 @@ pub(super) async fn resolve_recipients(inst: &Instance, rel: Option<&Value>) -> 
     let Some(rel) = rel else {
         return Ok(Vec::new());
     };
-    let data = rel.get("data").and_then(Value::as_array).ok_or_else(|| bad("recipients must have a data array"))?;
-    let contacts = Doctype::parse("io.cozy.contacts").map_err(bad)?;
+    let data = RecipientRef::parse_relationship(rel).map_err(bad)?;
+    let contacts = Doctype::parse(CONTACTS_TYPE).map_err(bad)?;
     let mut out = Vec::with_capacity(data.len());
     for item in data {
-        let item = item.as_object().ok_or_else(|| bad("each recipient must be an object"))?;
-        let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
-        if let Some(id) = text("id") {
-            if item.get("type").and_then(Value::as_str).is_some_and(|t| t != "io.cozy.contacts") {
+        let item = item.ok_or_else(|| bad("each recipient must be an object"))?;
+        if let Some(id) = item.id {
+            if item.kind.as_deref().is_some_and(|t| t != CONTACTS_TYPE) {
                 return Err(bad("recipients must be io.cozy.contacts"));
             }
             let did = DocId::parse(&id).map_err(bad)?;
@@ -48,7 +48,7 @@ pub(super) async fn resolve_recipients(inst: &Instance, rel: Option<&Value>) -> 
                     .or_else(|| b.get("instance").and_then(Value::as_str).map(str::to_owned)),
             });
         } else {
-            let r = RecipientInput { name: text("name"), email: text("email"), instance: text("instance") };
+            let r = RecipientInput { name: item.name, email: item.email, instance: item.instance };
             if r.email.is_none() && r.instance.is_none() {
                 return Err(bad("an inline recipient needs an email or an instance"));
             }
@@ -179,9 +179,9 @@ pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body:
             return Err(SharingError::Forbidden(format!("the rule on {doctype} is outside the token's permissions")));
         }
     }
-    let rels = data.get("relationships");
-    let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
-    let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
+    let rels = Relationships::of(body);
+    let rw = resolve_recipients(inst, rels.recipients.as_ref()).await?;
+    let ro = resolve_recipients(inst, rels.read_only_recipients.as_ref()).await?;
     if 1 + rw.len() + ro.len() > cx.config.federation.max_members {
         return Err(bad(format!("a sharing has at most {} members", cx.config.federation.max_members)));
     }
@@ -276,9 +276,9 @@ pub async fn add_recipients(
     id: &SharingId,
     body: &Value,
 ) -> Result<(Sharing, Vec<(usize, AddOutcome)>)> {
-    let rels = body.get("data").and_then(|d| d.get("relationships"));
-    let rw = resolve_recipients(inst, rels.and_then(|r| r.get("recipients"))).await?;
-    let ro = resolve_recipients(inst, rels.and_then(|r| r.get("read_only_recipients"))).await?;
+    let rels = Relationships::of(body);
+    let rw = resolve_recipients(inst, rels.recipients.as_ref()).await?;
+    let ro = resolve_recipients(inst, rels.read_only_recipients.as_ref()).await?;
     if rw.is_empty() && ro.is_empty() {
         return Err(bad("no recipients given"));
     }
@@ -317,8 +317,7 @@ pub async fn add_delegated(
     caller_index: usize,
     body: &Value,
 ) -> Result<Vec<(usize, String)>> {
-    let rel = body.get("data").and_then(|d| d.get("relationships")).and_then(|r| r.get("recipients"));
-    let list = resolve_recipients_inline(rel)?;
+    let list = resolve_recipients_inline(Relationships::of(body).recipients.as_ref())?;
     if list.is_empty() {
         return Err(bad("no recipients given"));
     }
@@ -353,14 +352,11 @@ pub async fn add_delegated(
 }
 
 pub(super) fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<RecipientInput>> {
-    let data = rel
-        .and_then(|r| r.get("data"))
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("recipients must have a data array"))?;
-    data.iter()
+    let data = RecipientRef::parse_relationship(rel.unwrap_or(&Value::Null)).map_err(bad)?;
+    data.into_iter()
         .map(|item| {
-            let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
-            let r = RecipientInput { name: text("name"), email: text("email"), instance: text("instance") };
+            let item = item.unwrap_or_default();
+            let r = RecipientInput { name: item.name, email: item.email, instance: item.instance };
             if r.email.is_none() && r.instance.is_none() {
                 Err(bad("a delegated recipient needs an email or an instance"))
             } else {
@@ -487,20 +483,20 @@ fn notice_refused(e: SharingError) -> SharingError {
 /// with its own.
 pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
     let store = inst.store.as_ref();
-    let data =
-        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
-    if data.get("type").and_then(Value::as_str) != Some("io.cozy.sharings.answer") {
+    let received = Received::<Answer>::read(body);
+    let data = received.resource().ok_or_else(|| bad("the body must be a JSON:API document"))?;
+    if data.kind.as_deref() != Some(ANSWER_TYPE) {
         return Err(bad("data.type must be io.cozy.sharings.answer"));
     }
-    let attrs = data.get("attributes").cloned().unwrap_or(Value::Null);
-    let state = attrs.get("state").and_then(Value::as_str).ok_or_else(|| bad("the answer needs a state"))?;
+    let attrs = received.attributes_or_default();
+    let state = attrs.state.as_deref().ok_or_else(|| bad("the answer needs a state"))?;
     let s =
         load(store, id).await?.filter(|s| s.owner).ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     let index = member_by_state(inst, &s, state).ok_or_else(|| SharingError::Forbidden("invalid state".into()))?;
     if !s.invitation_open(index) {
         return Err(closed_conflict(&s));
     }
-    if attrs.get("refused") == Some(&Value::Bool(true)) {
+    if attrs.refused == Some(true) {
         update(store, id, |s| {
             if !s.invitation_open(index) {
                 return Err(closed_conflict(s));
@@ -512,25 +508,21 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
         .await?;
         tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing refused");
         tell_members_of(cx, inst, id).await?;
-        return Ok(
-            json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"refused": true}}}),
-        );
+        let refused = Answer { refused: Some(true), ..Answer::default() };
+        return Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), refused)));
     }
     if !s.active && revoke_rule_emptied(inst, &s).await? {
         tracing::info!(instance = %inst.domain, sharing = %id, "a removal before any acceptance revokes the sharing");
         let s = revoke(cx, inst, id, None).await?;
         return Err(closed_conflict(&s));
     }
-    let creds = peer_credentials(&attrs).ok_or_else(|| bad("the answer needs client and access_token"))?;
+    let creds = attrs.peer_credentials().ok_or_else(|| bad("the answer needs client and access_token"))?;
     // The member accepted exactly the request offered to it (see `request`).
-    let accepted = attrs
-        .get("request_digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("the answer needs the request_digest"))?;
+    let accepted = attrs.request_digest.as_deref().ok_or_else(|| bad("the answer needs the request_digest"))?;
     if !Instance::secrets_match(accepted, &request::offered_digest(&s, index)?) {
         return Err(SharingError::Conflict("the request accepted is not the one offered to this member".into()));
     }
-    let public_name = attrs.get("public_name").and_then(Value::as_str).map(|n| n.chars().take(200).collect::<String>());
+    let public_name = attrs.public_name.as_deref().map(|n| n.chars().take(200).collect::<String>());
     let write = s.member_may_write(index);
     let ttl = cx.config.federation.access_token_ttl_secs;
     let name =
@@ -571,10 +563,9 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
     cx.sharing_changed(inst, id).await?;
     tell_members_of(cx, inst, id).await?;
-    let mut attributes = credentials_json(&issued);
-    attributes["member_index"] = json!(index);
-    attributes["read_only"] = json!(read_only);
-    Ok(json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}}))
+    let attributes =
+        Answer { member_index: Some(index), read_only: Some(read_only), ..Answer::with_credentials(&issued) };
+    Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), attributes)))
 }
 
 #[cfg(test)]

@@ -8,27 +8,6 @@ pub async fn receive_request(cx: &Context, inst: &Instance, id: &SharingId, body
     request::receive(cx, inst, id, body).await
 }
 
-pub(super) fn peer_credentials(v: &Value) -> Option<PeerCredentials> {
-    let client = v.get("client")?;
-    let tokens = v.get("access_token")?;
-    let s = |o: &Value, k: &str| {
-        o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() < 4096).map(str::to_owned)
-    };
-    Some(PeerCredentials {
-        client_id: s(client, "client_id")?,
-        client_secret: s(client, "client_secret")?,
-        access_token: s(tokens, "access_token")?,
-        refresh_token: s(tokens, "refresh_token")?,
-    })
-}
-
-pub(super) fn credentials_json(c: &oauth::IssuedClient) -> Value {
-    json!({
-        "client": {"client_id": c.client_id, "client_secret": c.client_secret, "client_kind": "sharing"},
-        "access_token": {"token_type": "bearer", "access_token": c.access_token, "refresh_token": c.refresh_token, "scope": c.scope},
-    })
-}
-
 pub(super) fn sharing_scope(id: &SharingId, write: bool) -> PermissionSet {
     let verbs = if write { "ALL" } else { "GET" };
     PermissionSet::parse(&format!("io.cozy.sharings:{verbs}:{id}")).unwrap_or_default()
@@ -82,11 +61,13 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
         ttl,
     )
     .await?;
-    let mut attributes = credentials_json(&issued);
-    attributes["state"] = json!(state);
-    attributes["public_name"] = json!(inst.display_name());
-    attributes["request_digest"] = json!(shown);
-    let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": attributes}});
+    let attributes = Answer {
+        state: Some(state.to_owned()),
+        public_name: Some(inst.display_name().to_owned()),
+        request_digest: Some(shown.clone()),
+        ..Answer::with_credentials(&issued)
+    };
+    let body = to_value(Document::resource(ANSWER_TYPE, id.as_str(), attributes));
     let answer =
         match cx.federation.call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body)).await {
             Ok(a) => a,
@@ -95,15 +76,15 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
                 return Err(owner_refusal(e));
             }
         };
-    let attrs = answer.get("data").and_then(|d| d.get("attributes")).cloned().unwrap_or(Value::Null);
-    let Some(creds) = peer_credentials(&attrs) else {
+    let attrs = Received::<Answer>::read(&answer).attributes_or_default();
+    let Some(creds) = attrs.peer_credentials() else {
         oauth::delete_client(inst, &issued.client_id).await?;
         return Err(SharingError::Peer(crate::federation::client::FederationError::BadResponse {
             peer: crate::federation::client::origin(&owner),
         }));
     };
-    let my_index = attrs.get("member_index").and_then(Value::as_u64).map(|i| i as usize);
-    let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
+    let my_index = attrs.member_index;
+    let read_only = attrs.read_only == Some(true);
     let fallback_index = own_index(cx, inst, &s);
     let client_id = issued.client_id.clone();
     let stored = update(store, id, |s| {
@@ -144,7 +125,8 @@ pub async fn refuse(cx: &Context, inst: &Instance, id: &SharingId, state: &str) 
     let store = inst.store.as_ref();
     let s = load_request(cx, inst, id).await?;
     let owner = owner_url(&s)?;
-    let body = json!({"data": {"type": "io.cozy.sharings.answer", "id": id.as_str(), "attributes": {"state": state, "refused": true}}});
+    let refusal = Answer { state: Some(state.to_owned()), refused: Some(true), ..Answer::default() };
+    let body = to_value(Document::resource(ANSWER_TYPE, id.as_str(), refusal));
     cx.federation
         .call_open(Method::POST, &owner, &format!("/sharings/{id}/answer"), Some(&body))
         .await
@@ -177,9 +159,10 @@ pub(super) fn owner_refusal(e: crate::federation::client::FederationError) -> Sh
 /// `POST /sharings/:id/credentials` from the owner, on a recipient: new credentials after a
 /// permission change.
 pub async fn receive_credentials(inst: &Instance, id: &SharingId, body: &Value) -> Result<()> {
-    let attrs = body.get("data").and_then(|d| d.get("attributes")).ok_or_else(|| bad("data.attributes missing"))?;
-    let creds = peer_credentials(attrs).ok_or_else(|| bad("client and access_token required"))?;
-    let read_only = attrs.get("read_only") == Some(&Value::Bool(true));
+    let notice = Received::<Answer>::read(body);
+    let attrs = notice.attributes().ok_or_else(|| bad("data.attributes missing"))?.cloned().unwrap_or_default();
+    let creds = attrs.peer_credentials().ok_or_else(|| bad("client and access_token required"))?;
+    let read_only = attrs.read_only == Some(true);
     update(inst.store.as_ref(), id, |s| {
         if s.owner || !s.active {
             return Err(SharingError::Conflict("not an active sharing received from an owner".into()));

@@ -23,26 +23,27 @@
 //! Refusals never need a packet to the forbidden address: the integration tests prove it with a
 //! listener on loopback that must accept zero connections.
 
-use std::collections::HashMap;
+mod addresses;
+mod resolve;
+
+pub use addresses::is_forbidden_ip;
+pub use resolve::{GuardedResolver, Lookup, StaticLookup, SystemLookup};
+
 use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpInfo};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::{Response, StatusCode};
 use url::{Host, Url};
 
+use addresses::is_localhost_name;
+use resolve::VerifyPeerLayer;
+
 /// `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("hearth/", env!("CARGO_PKG_VERSION"));
-
-type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// What outbound requests may reach, and how long and how much they may take.
 #[derive(Debug, Clone)]
@@ -233,91 +234,6 @@ pub fn origin(url: &Url) -> String {
     }
 }
 
-/// IPv4 ranges that are never a peer (IANA special-purpose registry, RFC 6890, and Mastodon's
-/// `PrivateAddressCheck` list, which is the most complete one in use).
-const FORBIDDEN_V4: &[(Ipv4Addr, u8)] = &[
-    (Ipv4Addr::new(0, 0, 0, 0), 8),  // "this network"; 0.0.0.0 dials the local host on Linux
-    (Ipv4Addr::new(10, 0, 0, 0), 8), // private, RFC 1918
-    (Ipv4Addr::new(100, 64, 0, 0), 10), // carrier-grade NAT, RFC 6598
-    (Ipv4Addr::new(127, 0, 0, 0), 8), // loopback
-    (Ipv4Addr::new(169, 254, 0, 0), 16), // link-local, RFC 3927; cloud metadata 169.254.169.254
-    (Ipv4Addr::new(172, 16, 0, 0), 12), // private, RFC 1918
-    (Ipv4Addr::new(192, 0, 0, 0), 24), // IETF protocol assignments, RFC 6890
-    (Ipv4Addr::new(192, 0, 2, 0), 24), // TEST-NET-1, RFC 5737
-    (Ipv4Addr::new(192, 88, 99, 0), 24), // 6to4 relay anycast, RFC 7526
-    (Ipv4Addr::new(192, 168, 0, 0), 16), // private, RFC 1918
-    (Ipv4Addr::new(198, 18, 0, 0), 15), // benchmarking, RFC 2544
-    (Ipv4Addr::new(198, 51, 100, 0), 24), // TEST-NET-2, RFC 5737
-    (Ipv4Addr::new(203, 0, 113, 0), 24), // TEST-NET-3, RFC 5737
-    (Ipv4Addr::new(224, 0, 0, 0), 4), // multicast
-    (Ipv4Addr::new(240, 0, 0, 0), 4), // reserved, RFC 1112, and 255.255.255.255 broadcast
-];
-
-/// Forbidden ranges inside IPv6 global unicast (2000::/3); everything outside it is refused.
-const FORBIDDEN_V6_GLOBAL: &[(Ipv6Addr, u8)] = &[
-    // IETF protocol assignments, RFC 2928: Teredo 2001::/32 (tunnels to an embedded IPv4 address),
-    // benchmarking 2001:2::/48, ORCHID 2001:10::/28 and 2001:20::/28.
-    (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32), // documentation, RFC 3849
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20),     // documentation, RFC 9637
-];
-
-const NAT64_WELL_KNOWN: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
-const SIX_TO_FOUR: Ipv6Addr = Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0);
-const GLOBAL_UNICAST: Ipv6Addr = Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0);
-
-/// Is this address off limits for a peer? True for loopback, private (RFC 1918, fc00::/7),
-/// link-local (including 169.254.169.254), site-local, unspecified, multicast, broadcast, CGNAT,
-/// documentation, benchmarking and reserved ranges, and for IPv6 addresses that embed a forbidden
-/// IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16). IPv6 outside global unicast
-/// 2000::/3 is refused whole, which covers the deprecated IPv4-compatible ::/96 form
-/// (`::127.0.0.1`) and every range IANA has not assigned for unicast.
-pub fn is_forbidden_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_forbidden_v4(v4),
-        IpAddr::V6(v6) => is_forbidden_v6(v6),
-    }
-}
-
-fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
-    let bits = u32::from(ip);
-    FORBIDDEN_V4.iter().any(|&(network, prefix)| {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        bits & mask == u32::from(network)
-    })
-}
-
-fn in_v6(bits: u128, network: Ipv6Addr, prefix: u8) -> bool {
-    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-    bits & mask == u128::from(network)
-}
-
-fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
-    let bits = u128::from(ip);
-    // ::ffff:a.b.c.d: a dual-stack socket connects to the IPv4 address itself (CVE-2021-21392).
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_forbidden_v4(v4);
-    }
-    // NAT64 (RFC 6052): the translator forwards to the IPv4 address in the low 32 bits. Public
-    // embeddings stay allowed, since IPv6-only hosts reach IPv4 peers this way through DNS64.
-    if in_v6(bits, NAT64_WELL_KNOWN, 96) {
-        return is_forbidden_v4(Ipv4Addr::from(bits as u32));
-    }
-    // 6to4 (RFC 3056): the relay forwards to the IPv4 address in bits 16..48.
-    if in_v6(bits, SIX_TO_FOUR, 16) {
-        return is_forbidden_v4(Ipv4Addr::from((bits >> 80) as u32));
-    }
-    !in_v6(bits, GLOBAL_UNICAST, 3) || FORBIDDEN_V6_GLOBAL.iter().any(|&(network, prefix)| in_v6(bits, network, prefix))
-}
-
-/// `localhost` and `*.localhost` are loopback by definition (RFC 6761 §6.3), whatever DNS says.
-fn is_localhost_name(host: &str) -> bool {
-    let host = host.trim_end_matches('.');
-    host.eq_ignore_ascii_case("localhost")
-        || host.len() > ".localhost".len()
-            && host.as_bytes()[host.len() - ".localhost".len()..].eq_ignore_ascii_case(b".localhost")
-}
-
 /// Parses and checks a peer URL, returning it normalised (WHATWG parsing turns `2130706433`,
 /// `0x7f.1` and `0177.0.0.1` into `127.0.0.1`, lowercases, and applies IDNA) and without fragment.
 /// Refuses other schemes than `https` (and `http` when allowed), userinfo, and IP-literal hosts
@@ -347,187 +263,6 @@ pub fn check_url(url: impl AsRef<str>, policy: &PeerPolicy) -> Result<Url, Guard
     }
     url.set_fragment(None);
     Ok(url)
-}
-
-/// Where [`GuardedResolver`] gets DNS answers: the system resolver in production, a table in tests.
-#[async_trait::async_trait]
-pub trait Lookup: Send + Sync {
-    /// All addresses of `host` (a DNS name, never an IP literal).
-    async fn lookup(&self, host: &str) -> io::Result<Vec<IpAddr>>;
-}
-
-/// The system resolver (`getaddrinfo` through tokio).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemLookup;
-
-#[async_trait::async_trait]
-impl Lookup for SystemLookup {
-    async fn lookup(&self, host: &str) -> io::Result<Vec<IpAddr>> {
-        Ok(tokio::net::lookup_host((host, 0)).await?.map(|addr| addr.ip()).collect())
-    }
-}
-
-/// A fixed name → addresses table, for tests: `evil.test` can answer `10.0.0.1` without DNS.
-/// Names are matched case-insensitively and without trailing dot; unknown names fail to resolve.
-#[derive(Debug, Clone, Default)]
-pub struct StaticLookup {
-    table: HashMap<String, Vec<IpAddr>>,
-}
-
-impl StaticLookup {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn with(mut self, host: &str, addrs: impl IntoIterator<Item = IpAddr>) -> Self {
-        self.table.insert(normalise_name(host), addrs.into_iter().collect());
-        self
-    }
-}
-
-impl From<HashMap<String, Vec<IpAddr>>> for StaticLookup {
-    fn from(table: HashMap<String, Vec<IpAddr>>) -> Self {
-        Self { table: table.into_iter().map(|(host, addrs)| (normalise_name(&host), addrs)).collect() }
-    }
-}
-
-#[async_trait::async_trait]
-impl Lookup for StaticLookup {
-    async fn lookup(&self, host: &str) -> io::Result<Vec<IpAddr>> {
-        self.table
-            .get(&normalise_name(host))
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name not in the static table"))
-    }
-}
-
-fn normalise_name(host: &str) -> String {
-    host.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// The DNS resolver of the peer client: resolves with a [`Lookup`], drops forbidden addresses
-/// from the answer and refuses the name when none is left. `localhost` names answer `127.0.0.1`
-/// without any lookup when private addresses are allowed (so `alice.localhost:PORT` works without
-/// /etc/hosts) and are refused otherwise.
-#[derive(Clone)]
-pub struct GuardedResolver {
-    lookup: Arc<dyn Lookup>,
-    policy: Arc<PeerPolicy>,
-}
-
-impl std::fmt::Debug for GuardedResolver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedResolver").field("policy", &self.policy).finish_non_exhaustive()
-    }
-}
-
-impl GuardedResolver {
-    pub fn new(policy: &PeerPolicy, lookup: Arc<dyn Lookup>) -> Self {
-        Self { lookup, policy: Arc::new(policy.clone()) }
-    }
-
-    /// The allowed addresses of `host`, in the order the lookup gave them.
-    pub async fn resolve_host(&self, host: &str) -> Result<Vec<IpAddr>, GuardError> {
-        if is_localhost_name(host) {
-            return if self.policy.allow_private_addresses {
-                Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
-            } else {
-                Err(GuardError::ForbiddenAddress { peer: host.to_owned() })
-            };
-        }
-        let answer = self
-            .lookup
-            .lookup(host)
-            .await
-            .map_err(|source| GuardError::Resolution { host: host.to_owned(), source })?;
-        if answer.is_empty() {
-            let source = io::Error::new(io::ErrorKind::NotFound, "no addresses");
-            return Err(GuardError::Resolution { host: host.to_owned(), source });
-        }
-        let total = answer.len();
-        let allowed: Vec<IpAddr> = answer.into_iter().filter(|ip| self.policy.allows_ip(*ip)).collect();
-        if allowed.len() < total {
-            tracing::debug!(host, dropped = total - allowed.len(), "dropped forbidden addresses from a dns answer");
-        }
-        if allowed.is_empty() {
-            return Err(GuardError::ForbiddenAddress { peer: host.to_owned() });
-        }
-        Ok(allowed)
-    }
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let resolver = self.clone();
-        Box::pin(async move {
-            let allowed = resolver.resolve_host(name.as_str()).await?;
-            // Port 0 is replaced by the URL's port.
-            let addrs: Addrs = Box::new(allowed.into_iter().map(|ip| SocketAddr::new(ip, 0)));
-            Ok(addrs)
-        })
-    }
-}
-
-/// Connector layer that refuses a fresh connection whose remote address the policy forbids,
-/// before hyper writes the request on it. With the resolver and `check_url` in place it never
-/// fires; it is there so that a path around them (a new reqwest code path, a missed URL check)
-/// still cannot send a request to a forbidden address.
-#[derive(Debug, Clone)]
-struct VerifyPeerLayer {
-    policy: Arc<PeerPolicy>,
-}
-
-impl<S> tower_layer::Layer<S> for VerifyPeerLayer {
-    type Service = VerifyPeer<S>;
-
-    fn layer(&self, inner: S) -> VerifyPeer<S> {
-        VerifyPeer { inner, policy: self.policy.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct VerifyPeer<S> {
-    inner: S,
-    policy: Arc<PeerPolicy>,
-}
-
-impl<S, R> tower_service::Service<R> for VerifyPeer<S>
-where
-    S: tower_service::Service<R, Error = BoxError>,
-    S::Response: Connection + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        let policy = self.policy.clone();
-        let connecting = self.inner.call(request);
-        Box::pin(async move {
-            let connection = connecting.await?;
-            verify_connected(&connection.connected(), &policy)?;
-            Ok(connection)
-        })
-    }
-}
-
-fn verify_connected(connected: &Connected, policy: &PeerPolicy) -> Result<(), GuardError> {
-    if policy.allow_private_addresses {
-        return Ok(());
-    }
-    let mut extras = ::http::Extensions::new();
-    connected.get_extras(&mut extras);
-    match extras.get::<HttpInfo>().map(HttpInfo::remote_addr) {
-        Some(remote) if policy.allows_socket(remote) => Ok(()),
-        Some(remote) => Err(GuardError::ForbiddenAddress { peer: remote.to_string() }),
-        // Fail closed: a TCP connection (plain or under rustls) always reports its remote address.
-        None => Err(GuardError::ForbiddenAddress { peer: "unknown remote address".to_owned() }),
-    }
 }
 
 /// The redirect policy: every hop is re-checked with [`check_url`] (scheme, userinfo, IP literals;
@@ -588,7 +323,14 @@ pub async fn read_limited(mut response: Response, max: usize) -> Result<Bytes, G
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::net::Ipv4Addr;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
     use super::*;
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
     /// Addresses that must be refused, with the reason in a comment where it is not obvious.
     const FORBIDDEN: &[&str] = &[
