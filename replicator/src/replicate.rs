@@ -168,7 +168,22 @@ pub fn chunk(docs: Vec<Outgoing>, limits: &Limits) -> Vec<Vec<Outgoing>> {
     out
 }
 
+/// Sequence numbers past the saved checkpoint that batches filtered out whole may leave
+/// unsaved, in batches (see [`run`]).
+pub const FILTERED_UNSAVED_BATCHES: u64 = 20;
+
 /// Replicates until the source has nothing more, calling `progress` after each batch.
+///
+/// The checkpoint is saved after each batch the target acknowledged. A batch the source
+/// filtered out whole (nothing of it goes to this target) moves the run's position without a
+/// write: only once such batches add up to [`FILTERED_UNSAVED_BATCHES`] batches' worth of
+/// sequence numbers past the saved checkpoint, or when a later batch is delivered, is the
+/// checkpoint saved. A crash then costs reading those changes again, never sending them (they
+/// were not sent), so nothing is re-sent because of it. [`Report::last_seq`] is the run's
+/// position, which the caller may keep in memory to start the next run from.
+///
+/// A run ends when a read finds nothing new: the next batch is read while one is being sent
+/// (even when the source said nothing followed), so changes made meanwhile go in the same run.
 pub async fn run<S, T, E>(
     source: &mut S,
     target: &mut T,
@@ -182,6 +197,7 @@ where
     let limit = limits.batch_size.max(1);
     let mut report = Report::default();
     let mut since = source.checkpoint().await?;
+    let mut saved = since;
     report.last_seq = since;
     // The next batch, read (and, when the target cannot have any of it, fetched) while the
     // previous one was being sent.
@@ -192,14 +208,17 @@ where
             None => Prepared { batch: source.changes(since, limit).await?, docs: None },
         };
         if batch.changes.is_empty() {
-            // Nothing to send in this batch (the source may filter changes out): move the
-            // checkpoint past it, and go on while the source says more follows.
+            // Nothing to send in this batch (the source may filter changes out): move past it,
+            // and go on while the source says more follows.
             if batch.last_seq <= since {
                 return Ok(report);
             }
-            source.save_checkpoint(batch.last_seq).await?;
             since = batch.last_seq;
             report.last_seq = since;
+            if since - saved >= FILTERED_UNSAVED_BATCHES * limit as u64 {
+                source.save_checkpoint(since).await?;
+                saved = since;
+            }
             if !batch.pending {
                 return Ok(report);
             }
@@ -236,19 +255,16 @@ where
             }
             Ok::<_, E>((sent, refused))
         };
-        let (pending, next_since) = (batch.pending, batch.last_seq);
+        let next_since = batch.last_seq;
         let next = async {
-            if !pending {
-                return Ok(None);
-            }
             let batch = source.changes(next_since, limit).await?;
             let (wanted, fresh) = plan_revs_diff(&batch.changes);
             if !wanted.is_empty() || batch.changes.is_empty() {
-                return Ok(Some(Prepared { batch, docs: None }));
+                return Ok(Prepared { batch, docs: None });
             }
             let found = fresh.values().map(|v| v.len() as u64).sum::<u64>();
             let docs = if fresh.is_empty() { Vec::new() } else { source.fetch(fresh).await? };
-            Ok::<_, E>(Some(Prepared { batch, docs: Some((docs, found)) }))
+            Ok::<_, E>(Prepared { batch, docs: Some((docs, found)) })
         };
         let (sent, next) = join(send, next).await;
         let (sent, refused) = sent?;
@@ -256,13 +272,11 @@ where
         report.refused.extend(refused);
         source.save_checkpoint(batch.last_seq).await?;
         since = batch.last_seq;
+        saved = since;
         report.last_seq = since;
         report.batches += 1;
         progress(&report);
-        if !batch.pending {
-            return Ok(report);
-        }
-        prefetched = next?;
+        prefetched = Some(next?);
     }
 }
 
@@ -390,7 +404,50 @@ mod tests {
         let report = block_on(run(&mut source, &mut sink, &Limits::default(), |_| {})).unwrap();
         assert_eq!(sink.0, ["d/a"]);
         assert_eq!((report.last_seq, source.checkpoint), (11, 11));
-        assert_eq!(source.calls, 2);
+        // The two batches, and the read made while sending the second, which found nothing
+        // new and ended the run.
+        assert_eq!(source.calls, 3);
+    }
+
+    /// A source whose changes are all filtered out, in batches of 10 sequence numbers.
+    struct AllFiltered {
+        checkpoint: u64,
+        saves: u32,
+        end: u64,
+    }
+
+    impl Source for AllFiltered {
+        type Error = ();
+        async fn checkpoint(&mut self) -> Result<u64, ()> {
+            Ok(self.checkpoint)
+        }
+        async fn changes(&mut self, since: u64, _limit: usize) -> Result<ChangeBatch, ()> {
+            let last_seq = (since + 10).min(self.end);
+            Ok(ChangeBatch { changes: vec![], last_seq, pending: last_seq < self.end })
+        }
+        async fn fetch(&mut self, _: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, ()> {
+            Ok(vec![])
+        }
+        async fn save_checkpoint(&mut self, seq: u64) -> Result<(), ()> {
+            self.checkpoint = seq;
+            self.saves += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn batches_filtered_out_whole_move_the_position_without_writing_a_checkpoint_each() {
+        let limits = Limits { batch_size: 10, max_docs: 10, max_bytes: 1000 };
+        // Fewer than FILTERED_UNSAVED_BATCHES batches: the run goes past them, writing nothing.
+        let mut source = AllFiltered { checkpoint: 0, saves: 0, end: 50 };
+        let report = block_on(run(&mut source, &mut Sink(vec![]), &limits, |_| {})).unwrap();
+        assert_eq!((report.last_seq, source.checkpoint, source.saves), (50, 0, 0));
+        // Many more: saved each time FILTERED_UNSAVED_BATCHES batches' worth went by unsaved,
+        // so that a crash re-reads (never re-sends) at most that much.
+        let span = FILTERED_UNSAVED_BATCHES * 10;
+        let mut source = AllFiltered { checkpoint: 0, saves: 0, end: 5 * span + 30 };
+        let report = block_on(run(&mut source, &mut Sink(vec![]), &limits, |_| {})).unwrap();
+        assert_eq!((report.last_seq, source.checkpoint, source.saves), (5 * span + 30, 5 * span, 5));
     }
 
     #[test]

@@ -37,7 +37,10 @@
 //! latency of single writes at each rate (p50, p99, max: from the write's request on the sender
 //! to the change on the recipient's realtime stream) for `--seconds` each; the peak resident
 //! memory of each server; the ratio of the per-document cost at the largest count to the
-//! smallest. `--json` prints all of it as one JSON object.
+//! smallest. `--json` prints all of it as one JSON object. With `HEARTH_BENCH_LOG=FILTER`
+//! (`HEARTH_LOG` syntax, e.g. `warn,hearth::sync=debug`) the servers log at that level and
+//! their data directories, with each one's `serve.log`, are kept (their path is printed): the
+//! replication steps' timings, to profile a run.
 //!
 //! `hearth-bench realtime [--docs N] [--stalled N]` measures `GET /realtime/events` (see
 //! [`realtime`]): the write rate of N documents (default 20,000, in batches of 100) with one
@@ -1598,11 +1601,13 @@ mod servers {
                 bail!("{} is missing: cargo build --release --bins", hearth.display());
             }
             let mut cmd = Command::new(hearth);
-            cmd.env("HEARTH_DATA_DIR", &self.dir)
+            // `HEARTH_BENCH_LOG` is this program's: a server would refuse it as an unknown key.
+            cmd.env_remove("HEARTH_BENCH_LOG")
+                .env("HEARTH_DATA_DIR", &self.dir)
                 .env("HEARTH_LISTEN", format!("127.0.0.1:{}", self.port))
                 .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
                 .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
-                .env("HEARTH_LOG", "warn");
+                .env("HEARTH_LOG", std::env::var("HEARTH_BENCH_LOG").unwrap_or_else(|_| "warn".into()));
             Ok(cmd)
         }
 
@@ -1812,7 +1817,11 @@ mod servers {
     /// One run: `n` documents of about `size` bytes on alice, shared with bob, accepted, synced;
     /// then single writes at each rate, timed until bob's realtime stream shows them.
     async fn two_servers(n: usize, size: usize, rates: &[usize], seconds: f64, f: &mut Figures) -> anyhow::Result<()> {
-        let root = tempfile::tempdir()?;
+        let mut root = tempfile::tempdir()?;
+        if std::env::var_os("HEARTH_BENCH_LOG").is_some() {
+            root.disable_cleanup(true);
+            eprintln!("servers' data and logs kept in {}", root.path().display());
+        }
         let mut alice = Server::new("alice", root.path())?;
         let mut bob = Server::new("bob", root.path())?;
         let http = client(&[&alice, &bob])?;

@@ -264,6 +264,7 @@ async fn read(svc: &AppState, inst: &Arc<Instance>, hub: std::sync::Weak<Hub>) -
                         seq: row.seq,
                         frame: frame("change", &data),
                     };
+                    tracing::debug!(instance = %inst.domain, id = %row.id, seq = row.seq, "realtime change");
                     let _ = hub.events.send(Arc::new(ev));
                     if row.changes.len() > 1 {
                         conflicts(inst, &known, &dt, row, &hub.events).await?;

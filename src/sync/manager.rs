@@ -48,6 +48,10 @@ pub struct PeerState {
     /// Changes processed by the current (or last) run, and how many it had to process.
     pub processed: u64,
     pub total: u64,
+    /// The sharing feed's sequence the last runs went past: everything up to it was delivered
+    /// or is not for this member. It may be ahead of the saved checkpoint (runs do not write
+    /// one after changes filtered out whole, see `replicate::run`); the sweep saves it.
+    pub position: u64,
 }
 
 /// The replication state of one member, for `GET /sharings/:id/status` (`replication`) and
@@ -75,6 +79,7 @@ pub struct LinkStatus {
 }
 
 impl LinkStatus {
+    /// `last_seq` is the saved checkpoint, or this process's position when it is further.
     pub fn new(state: PeerState, record: LinkRecord) -> LinkStatus {
         LinkStatus {
             health: state.schedule.health.with_refusals(!record.refused.is_empty()),
@@ -84,7 +89,7 @@ impl LinkStatus {
             attempts: state.schedule.attempts,
             processed: state.processed,
             total: state.total,
-            last_seq: record.last_seq,
+            last_seq: record.last_seq.max(state.position),
             docs_written: record.docs_written,
             doc_write_failures: record.doc_write_failures,
             missing_revisions_found: record.missing_revisions_found,
@@ -210,7 +215,10 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
                 .map(|mut seen| seen.insert(inst.domain.to_string(), counter) != Some(counter))
                 .unwrap_or(true);
             if changed || sweep_due {
-                if let Err(e) = plan(&cx, &manager, &inst).await {
+                let started = Instant::now();
+                let planned = plan(&cx, &manager, &inst, sweep_due).await;
+                tracing::debug!(instance = %inst.domain, counter, us = started.elapsed().as_micros() as u64, "planned");
+                if let Err(e) = planned {
                     tracing::error!(instance = %inst.domain, error = ?e, "replication planning failed");
                 }
             }
@@ -235,7 +243,14 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
     }
 }
 
-async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance>) -> Result<(), StoreError> {
+/// Starts a run for each link of `inst` that is due and has changes past its position; at a
+/// sweep, saves the position of idle links whose runs went past their saved checkpoint.
+async fn plan(
+    cx: &Arc<Context>,
+    manager: &Arc<SyncManager>,
+    inst: &Arc<Instance>,
+    sweep: bool,
+) -> Result<(), StoreError> {
     let sharings = cx.tracking.refresh(inst).await?;
     for s in sharings {
         for member in targets(&s) {
@@ -245,16 +260,27 @@ async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance
             if !start {
                 continue;
             }
-            let checkpoint = read_checkpoint(inst, s.id(), member).await?;
-            let info = inst.store.shared_info(s.id(), checkpoint).await?;
+            let saved = read_checkpoint(inst, s.id(), member).await?;
+            let checkpoint = manager.with_state(&key, |st| st.position).unwrap_or(0).max(saved);
+            // One row past the position says whether there is anything to do (an index seek;
+            // counting the feed here would cost a scan of the whole sharing after each write).
+            let next = inst.store.shared_changes(s.id(), checkpoint, 1).await?;
             let forced = manager.with_state(&key, |st| st.schedule.take_dirty()).unwrap_or(false);
-            if info.last_seq <= checkpoint && !forced {
+            if next.is_empty() && !forced {
+                if sweep && checkpoint > saved {
+                    // No run of this link is under way (it is due), and none starts before
+                    // this returns: the position can be written without racing one.
+                    if let Err(e) = replication::save_position(inst, s.id(), member, checkpoint).await {
+                        tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e,
+                            "the replication position could not be saved");
+                    }
+                }
                 continue;
             }
             manager.with_state(&key, |st| {
                 st.schedule.started();
                 st.processed = 0;
-                st.total = info.pending;
+                st.total = 0;
             });
             tokio::spawn(run_one(cx.clone(), manager.clone(), inst.clone(), s.clone(), member, key));
         }
@@ -276,7 +302,9 @@ async fn run_one(
         max_docs: cx.config.replication.batch_size.max(1),
         max_bytes: cx.config.replication.max_batch_bytes.max(1),
     };
-    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member) {
+    let started = Instant::now();
+    let position = manager.with_state(&key, |st| st.position).unwrap_or(0);
+    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member, position) {
         Ok((mut source, mut target)) => {
             replicate::run(&mut source, &mut target, &limits, |r| {
                 manager.with_state(&key, |st| {
@@ -288,12 +316,15 @@ async fn run_one(
         }
         Err(e) => Err(e),
     };
+    tracing::debug!(instance = %inst.domain, sharing = %s.id(), member, us = started.elapsed().as_micros() as u64,
+        sent = result.as_ref().map_or(0, |r| r.docs_sent), "replication run");
     let backoff = super::backoff(&cx.config);
     let now = manager.now_ms();
     let mut retry_in = None;
     let again = manager
         .with_state(&key, |st| match &result {
-            Ok(_) => {
+            Ok(report) => {
+                st.position = st.position.max(report.last_seq);
                 st.last_error = None;
                 st.last_success = Some(now_rfc3339());
                 st.schedule.succeeded()

@@ -42,9 +42,35 @@ use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, Rev
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, SharingId};
 use crate::store::doc::render_as;
-use crate::store::{Body, DocId, Doctype, OpenRev, StoreError};
+use crate::store::{Body, DocId, Doctype, OpenRev, SharedChange, StoreError};
 
 pub const CHECKPOINTS_DOCTYPE: &str = "io.hearth.replication";
+
+/// Logs how long one replication step took, at DEBUG, when dropped: with
+/// `HEARTH_LOG=hearth::sync=debug`, a change's way to a peer reads step by step (`step`, the
+/// documents it handled, `us` microseconds).
+struct Step {
+    what: &'static str,
+    docs: usize,
+    started: std::time::Instant,
+}
+
+impl Step {
+    fn start(what: &'static str, docs: usize) -> Step {
+        Step { what, docs, started: std::time::Instant::now() }
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        tracing::debug!(
+            step = self.what,
+            docs = self.docs,
+            us = self.started.elapsed().as_micros() as u64,
+            "replication step"
+        );
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -154,6 +180,27 @@ pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: usize) -> R
     }
 }
 
+/// Saves `seq` as the checkpoint of (sharing, member) when it is past the saved one: the
+/// position runs reached through changes filtered out whole, which they keep in memory rather
+/// than write after each batch (see `replicate::run`). The caller makes sure no run of the
+/// link is under way.
+pub async fn save_position(inst: &Instance, sharing: &str, member: usize, seq: u64) -> Result<(), SyncError> {
+    let mut record = read_link(inst, sharing, member).await?;
+    if record.last_seq >= seq {
+        return Ok(());
+    }
+    record.last_seq = seq;
+    inst.store.put_local(&checkpoints(), &checkpoint_id(sharing, member), record_body(&record)?).await?;
+    Ok(())
+}
+
+fn record_body(record: &LinkRecord) -> Result<Body, SyncError> {
+    match serde_json::to_value(record) {
+        Ok(Value::Object(m)) => Ok(Body::from_map(&m)),
+        _ => Err(SyncError::Protocol("checkpoint does not serialise".into())),
+    }
+}
+
 /// What the source and the target of one run share: the documents going as part of the
 /// initial set, and what the member did with the batch being sent (keys in its id space).
 #[derive(Default)]
@@ -170,12 +217,14 @@ fn exchange(shared: &Shared) -> Result<std::sync::MutexGuard<'_, Exchange>, Sync
     shared.lock().map_err(|_| SyncError::Protocol("replication state poisoned".into()))
 }
 
-/// The two ends of one replication of `sharing` to `member`.
+/// The two ends of one replication of `sharing` to `member`, starting from the saved
+/// checkpoint or from `position`, where an earlier run of this process got to, if further.
 pub fn endpoints(
     federation: Arc<Federation>,
     inst: Arc<Instance>,
     sharing: &Sharing,
     member: usize,
+    position: u64,
 ) -> Result<(LocalSource, PeerTarget), SyncError> {
     let shared = Shared::default();
     let target = PeerTarget::new(federation, inst.clone(), sharing, member, shared.clone())?;
@@ -188,6 +237,7 @@ pub fn endpoints(
         departures: HashMap::new(),
         alive: HashSet::new(),
         record: LinkRecord::default(),
+        position,
         shared,
     };
     Ok((source, target))
@@ -206,6 +256,8 @@ pub struct LocalSource {
     alive: HashSet<DocKey>,
     /// The link's record as of the last checkpoint.
     record: LinkRecord,
+    /// Where an earlier run got to, possibly past the saved checkpoint (see [`save_position`]).
+    position: u64,
     shared: Shared,
 }
 
@@ -258,13 +310,28 @@ impl Source for LocalSource {
 
     async fn checkpoint(&mut self) -> Result<u64, SyncError> {
         self.record = read_link(&self.inst, self.sharing.id(), self.member).await?;
-        Ok(self.record.last_seq)
+        Ok(self.record.last_seq.max(self.position))
     }
 
     async fn changes(&mut self, since: u64, limit: usize) -> Result<ChangeBatch, SyncError> {
+        let mut step = Step::start("changes", 0);
         let rows = self.inst.store.shared_changes(self.sharing.id(), since, limit).await?;
+        step.docs = rows.len();
         let pending = rows.len() >= limit;
         let last_seq = rows.last().map_or(since, |r| r.seq);
+        // What came from this member and has not changed here since (the row's latest change
+        // is the write that brought it) is not sent back: the member holds every revision of
+        // it, so it is not even asked about (no echo of an initial sync to its sender), and its
+        // leaves are not read. A document under a `remove: revoke` rule is still looked at, as
+        // its deletion must end the sharing here too.
+        let member = self.member;
+        let echo = |r: &SharedChange| {
+            r.origin == Some(member)
+                && r.joined == r.seq
+                && !r.removed
+                && self.sharing.rules.get(r.rule_index).is_some_and(|rule| rule.remove != Flow::Revoke)
+        };
+        let rows: Vec<SharedChange> = rows.into_iter().filter(|r| !echo(r)).collect();
         let mut by_doctype: BTreeMap<Doctype, Vec<DocId>> = BTreeMap::new();
         for r in &rows {
             by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
@@ -356,6 +423,7 @@ impl Source for LocalSource {
     }
 
     async fn fetch(&mut self, wanted: BTreeMap<DocKey, Vec<Rev>>) -> Result<Vec<Outgoing>, SyncError> {
+        let _step = Step::start("fetch", wanted.len());
         // What the member lacks: what its `_revs_diff` said, and the documents it cannot have.
         exchange(&self.shared)?.missing_found += wanted.values().map(|m| m.len() as u64).sum::<u64>();
         // One store call per doctype for the whole batch.
@@ -437,6 +505,7 @@ impl Source for LocalSource {
     }
 
     async fn save_checkpoint(&mut self, seq: u64) -> Result<(), SyncError> {
+        let _step = Step::start("save_checkpoint", 0);
         let (missing, written, refused) = {
             let mut x = exchange(&self.shared)?;
             (std::mem::take(&mut x.missing_found), std::mem::take(&mut x.written), std::mem::take(&mut x.refused))
@@ -447,10 +516,7 @@ impl Source for LocalSource {
         record.last_seq = seq;
         record.missing_revisions_found += missing;
         record.record_batch(&written, &refused, &now_rfc3339());
-        let body = match serde_json::to_value(&record) {
-            Ok(Value::Object(m)) => Body::from_map(&m),
-            _ => return Err(SyncError::Protocol("checkpoint does not serialise".into())),
-        };
+        let body = record_body(&record)?;
         self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member), body).await?;
         self.record = record;
         Ok(())
@@ -617,6 +683,7 @@ enum Sent {
 
 impl PeerTarget {
     async fn diff_part(&mut self, revs: &BTreeMap<DocKey, Vec<Rev>>) -> Result<BTreeMap<DocKey, Vec<Rev>>, SyncError> {
+        let _step = Step::start("_revs_diff", revs.len());
         let body = RevsDiffRequest(revs);
         let reply = self.call(&format!("/sharings/{}/_revs_diff", self.sharing_id), &body).await?;
         let answer = RevsDiffAnswer::parse(reply).map_err(SyncError::Protocol)?;
@@ -630,6 +697,7 @@ impl PeerTarget {
     }
 
     async fn send_docs(&mut self, docs: Vec<Outgoing>) -> Result<Sent, SyncError> {
+        let _step = Step::start("_bulk_docs", docs.len());
         let mut body = BulkDocs::default();
         let mut sent: Vec<(DocKey, Doctype)> = Vec::with_capacity(docs.len());
         {

@@ -235,10 +235,14 @@ pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
             let key =
                 crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
             let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
-            let info = inst.0.store.shared_info(id.as_str(), record.last_seq).await?;
             let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
+            let info = inst.0.store.shared_info(id.as_str(), link.last_seq).await?;
             let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
             rep["pending"] = json!(info.pending);
+            // What the run has to process: what it did and what is left (runs learn their
+            // total as they read the feed).
+            let total = rep["total"].as_u64().unwrap_or(0).max(rep["processed"].as_u64().unwrap_or(0) + info.pending);
+            rep["total"] = json!(total);
             entry["replication"] = rep;
             if let Some(files) = &files {
                 entry["content"] = content_status(&svc.content, &inst.0, files, &s, i).await?;

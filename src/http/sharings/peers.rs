@@ -218,6 +218,7 @@ pub(super) async fn replication_bulk_docs(
     req: HttpRequest,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
+    let started = std::time::Instant::now();
     // A member that may only read is let in, and each of its documents judged: the echo of a
     // removal this instance made is moot, anything else refused with `READ_ONLY_REFUSAL`
     // (shown by the member as refused, never as a failure; see `sharing::receive::bulk_docs`).
@@ -238,7 +239,7 @@ pub(super) async fn replication_bulk_docs(
     let files = svc.files.of(&inst.0).await.ok();
     let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
-        refused = applied.refused.len(), "received documents");
+        refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
     if applied.revoke {
         let outcome = if s.owner {
             service::revoke(&svc.sharing, &inst.0, &id, None).await
