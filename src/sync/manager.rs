@@ -246,7 +246,7 @@ async fn plan(cx: &Arc<Context>, manager: &Arc<SyncManager>, inst: &Arc<Instance
                 continue;
             }
             let checkpoint = read_checkpoint(inst, s.id(), member).await?;
-            let info = inst.store.shared_info(s.id(), checkpoint).await?;
+            let info = inst.store.shared_info(s.sharing_id(), checkpoint).await?;
             let forced = manager.with_state(&key, |st| st.schedule.take_dirty()).unwrap_or(false);
             if info.last_seq <= checkpoint && !forced {
                 continue;
