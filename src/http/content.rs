@@ -58,7 +58,7 @@ async fn content_peer(inst: &Inst, req: &HttpRequest, verb: Verb) -> ApiResult<(
 /// Which of `ids` are files in sharing `s` here.
 async fn in_sharing(inst: &Inst, s: &Sharing, ids: &[DocId]) -> ApiResult<std::collections::HashSet<DocId>> {
     let doctype = crate::files::doctype();
-    let states = inst.0.store.shared_state(s.id(), &doctype, ids).await?;
+    let states = inst.0.store.shared_state(s.sharing_id(), &doctype, ids).await?;
     Ok(states.into_iter().filter(|(_, st)| !st.removed).map(|(id, _)| id).collect())
 }
 

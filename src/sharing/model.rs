@@ -4,6 +4,8 @@
 //! [`Sharing::to_api`] is the only way out to clients, and it never includes credentials.
 
 pub use crate::federation::client::PeerCredentials;
+/// Defined with the store's ids, which the tracking methods of [`crate::store::Store`] take.
+pub use crate::store::SharingId;
 
 /// The files doctype, whose rules by id share subtrees (see [`Rule::subtree`]).
 pub const FILES_DOCTYPE: &str = "io.cozy.files";
@@ -13,50 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::store::Doctype;
-
-/// A sharing id: 32 lowercase hex digits, the same on every instance of the sharing.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SharingId(String);
-
-impl SharingId {
-    pub fn generate() -> SharingId {
-        SharingId(uuid::Uuid::new_v4().simple().to_string())
-    }
-
-    pub fn parse(s: &str) -> Result<SharingId, String> {
-        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
-            Ok(SharingId(s.to_ascii_lowercase()))
-        } else {
-            Err("invalid sharing id".into())
-        }
-    }
-
-    /// The id of a sharing created by the instance at `owner_url` (its base URL exactly as it
-    /// appears in the sharing, e.g. `https://alice.example.net`) with the random `nonce`: the
-    /// first 128 bits of SHA-256 over both, in hex. A recipient recomputes it from the sharing
-    /// request, so an id names its owner: no other instance can make a request under an id it
-    /// did not issue (see `sharing::request`).
-    pub fn derived(owner_url: &str, nonce: &str) -> SharingId {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for part in ["hearth-sharing-id", owner_url, nonce] {
-            h.update(part.as_bytes());
-            h.update(b"\0");
-        }
-        SharingId(hex::encode(&h.finalize()[..16]))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for SharingId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(&self.0)
-    }
-}
 
 /// How changes of one kind flow for a rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -457,7 +415,13 @@ pub fn now_rfc3339() -> String {
 
 impl Sharing {
     pub fn id(&self) -> &str {
-        self.id.as_ref().map_or("", |i| i.as_str())
+        self.sharing_id().as_str()
+    }
+
+    /// The sharing's id, typed (as the store's tracking methods take it); an empty id before
+    /// one is given.
+    pub fn sharing_id(&self) -> &SharingId {
+        self.id.as_ref().unwrap_or(&crate::store::doc::UNSET_SHARING_ID)
     }
 
     /// The JSON:API resource clients see: never credentials, states or nonces.

@@ -59,7 +59,7 @@ pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) 
     let mut out = BTreeMap::new();
     for (doctype, entries) in per_doctype {
         let ids: Vec<DocId> = entries.iter().map(|(_, id, _)| id.clone()).collect();
-        let shared = inst.store.shared_state(s.id(), &doctype, &ids).await?;
+        let shared = inst.store.shared_state(s.sharing_id(), &doctype, &ids).await?;
         let mut honest = BTreeMap::new();
         for (key, id, revs) in &entries {
             // Documents that left the sharing are outside it, like any other.
@@ -197,7 +197,7 @@ pub async fn bulk_docs(
             })
             .collect();
         let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
-        let outcomes = inst.store.apply_received(s.id(), from, &doctype, writes, judge).await?;
+        let outcomes = inst.store.apply_received(s.sharing_id(), from, &doctype, writes, judge).await?;
         if let (Some(files), Some(tree)) = (files, &tree) {
             let written: Vec<((DocId, bool), bool)> = written_ids
                 .into_iter()
@@ -327,7 +327,7 @@ impl TreeBefore {
                 })
                 .collect();
             let ids: Vec<DocId> = parents.iter().map(|(_, p)| p.clone()).collect();
-            let states = inst.store.shared_state(s.id(), &doctype, &ids).await?;
+            let states = inst.store.shared_state(s.sharing_id(), &doctype, &ids).await?;
             for (id, parent) in parents {
                 if let Some(st) = states.get(&parent).filter(|st| st.removed) {
                     orphans.insert(id, st.rule_index);
@@ -388,7 +388,7 @@ impl TreeBefore {
                 }
             }
         }
-        let states = inst.store.shared_state(s.id(), &doctype, &order).await?;
+        let states = inst.store.shared_state(s.sharing_id(), &doctype, &order).await?;
         for id in &order {
             if removed.get(id) == Some(&true) {
                 continue;

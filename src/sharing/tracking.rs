@@ -61,10 +61,10 @@ impl Tracking {
         let all = self.refresh_locked(inst).await?;
         if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
             if s.active && s.owner {
-                let added = inst.store.track_existing(id.as_str()).await?;
+                let added = inst.store.track_existing(id).await?;
                 tracing::info!(instance = %inst.domain, sharing = %id, added, "initial tracking");
             } else if !s.active {
-                inst.store.untrack(id.as_str()).await?;
+                inst.store.untrack(id).await?;
             }
         }
         Ok(())

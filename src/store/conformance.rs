@@ -606,9 +606,9 @@ pub async fn local_documents_have_no_history_and_stay_out_of_the_feed(store: &dy
 
 pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     let t = dt("tracking");
-    let sharing = "0123456789abcdef0123456789abcdef";
+    let sharing = &SharingId::parse("0123456789abcdef0123456789abcdef").expect("sharing id");
     let rule = |i: usize, selector: Option<&str>, values: &[&str]| TrackRule {
-        sharing_id: sharing.into(),
+        sharing_id: sharing.as_str().into(),
         rule_index: i,
         doctype: t.as_str().into(),
         selector: selector.map(str::to_owned),
@@ -670,7 +670,7 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
 
 /// A rule of `sharing` on `t` (no subtree), for the suites here and the backends' own tests.
 pub(crate) fn track_rule(
-    sharing: &str,
+    sharing: &SharingId,
     t: &Doctype,
     i: usize,
     selector: Option<&str>,
@@ -678,7 +678,7 @@ pub(crate) fn track_rule(
     joins: bool,
 ) -> TrackRule {
     TrackRule {
-        sharing_id: sharing.into(),
+        sharing_id: sharing.as_str().into(),
         rule_index: i,
         doctype: t.as_str().into(),
         selector: selector.map(str::to_owned),
@@ -692,7 +692,7 @@ pub(crate) fn track_rule(
 /// match later are not, even when another member's acceptance starts the sharing again.
 pub async fn documents_join_later_only_by_rules_that_let_them(store: &dyn Store) {
     let t = dt("joining");
-    let sharing = "1123456789abcdef0123456789abcdef";
+    let sharing = &SharingId::parse("1123456789abcdef0123456789abcdef").expect("sharing id");
     put(store, &t, edit("first", None, false, json!({"list": "l1"}))).await.expect("first");
     store.set_tracking(vec![track_rule(sharing, &t, 0, Some("list"), &["l1"], false)]);
     assert_eq!(store.track_existing(sharing).await.expect("start"), 1);
@@ -718,7 +718,7 @@ pub async fn documents_join_later_only_by_rules_that_let_them(store: &dyn Store)
 /// sharing with the judge's rule and the sender as origin.
 pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn Store) {
     let t = dt("received");
-    let sharing = "2123456789abcdef0123456789abcdef";
+    let sharing = &SharingId::parse("2123456789abcdef0123456789abcdef").expect("sharing id");
     // No rule lets documents join by tracking: they enter only through the judge.
     store.set_tracking(vec![track_rule(sharing, &t, 0, Some("list"), &["l1"], false)]);
     store.track_existing(sharing).await.expect("start");
@@ -772,7 +772,7 @@ pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn
 /// `shared_docs`: live documents of the sharing, by (doctype, id), a page at a time.
 pub async fn shared_documents_are_listed_by_page(store: &dyn Store) {
     let (a, b) = (dt("listed.a"), dt("listed.b"));
-    let sharing = "3123456789abcdef0123456789abcdef";
+    let sharing = &SharingId::parse("3123456789abcdef0123456789abcdef").expect("sharing id");
     store.set_tracking(vec![
         track_rule(sharing, &a, 0, Some("list"), &["l1"], true),
         track_rule(sharing, &b, 1, Some("list"), &["l1"], true),
@@ -799,7 +799,11 @@ pub async fn shared_documents_are_listed_by_page(store: &dyn Store) {
         all.extend(page.iter().map(key));
     }
     assert_eq!(all, ["a/d1", "a/d2", "a/d3", "b/x", "b/y"]);
-    assert!(store.shared_docs("4123456789abcdef0123456789abcdef", None, 10).await.expect("none").is_empty());
+    assert!(store
+        .shared_docs(&SharingId::parse("4123456789abcdef0123456789abcdef").expect("sharing id"), None, 10)
+        .await
+        .expect("none")
+        .is_empty());
     store.untrack(sharing).await.expect("untrack");
     store.set_tracking(Vec::new());
 }

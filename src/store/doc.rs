@@ -11,6 +11,54 @@ use serde_json::Value;
 use super::body::{Body, Members};
 use super::{DocRev, DocWrite};
 
+/// A sharing id: 32 lowercase hex digits, the same on every instance of the sharing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SharingId(String);
+
+impl SharingId {
+    pub fn generate() -> SharingId {
+        SharingId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn parse(s: &str) -> Result<SharingId, String> {
+        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            Ok(SharingId(s.to_ascii_lowercase()))
+        } else {
+            Err("invalid sharing id".into())
+        }
+    }
+
+    /// The id of a sharing created by the instance at `owner_url` (its base URL exactly as it
+    /// appears in the sharing, e.g. `https://alice.example.net`) with the random `nonce`: the
+    /// first 128 bits of SHA-256 over both, in hex. A recipient recomputes it from the sharing
+    /// request, so an id names its owner: no other instance can make a request under an id it
+    /// did not issue (see `sharing::request`).
+    pub fn derived(owner_url: &str, nonce: &str) -> SharingId {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in ["hearth-sharing-id", owner_url, nonce] {
+            h.update(part.as_bytes());
+            h.update(b"\0");
+        }
+        SharingId(hex::encode(&h.finalize()[..16]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The id of a sharing not yet given one: matches no tracking row (what `""` did before the
+/// store took [`SharingId`]s).
+pub static UNSET_SHARING_ID: SharingId = SharingId(String::new());
+
+impl std::fmt::Display for SharingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 /// Longest document id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 512;
 

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 pub use body::Body;
-pub use doc::{DocId, Doctype};
+pub use doc::{DocId, Doctype, SharingId};
 use hearth_replicator::rev::Rev;
 pub use tracking::{Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
 
@@ -388,7 +388,7 @@ pub trait Store: Send + Sync + 'static {
     /// call after the sharing's feed was created (or forgotten by [`Store::untrack`]) does so:
     /// later calls (another member accepting) add nothing, since documents that began to match
     /// meanwhile are `add`'s to decide. Returns how many were added.
-    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError>;
+    async fn track_existing(&self, sharing_id: &SharingId) -> Result<u64, StoreError>;
 
     /// Judges and writes documents received from member `origin` of `sharing_id` (replicated
     /// writes, `new_edits=false` semantics), each judgement in one transaction with its write:
@@ -399,7 +399,7 @@ pub trait Store: Send + Sync + 'static {
     /// the write's own tracking. One outcome per document, in order.
     async fn apply_received(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         origin: usize,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
@@ -419,25 +419,29 @@ pub trait Store: Send + Sync + 'static {
     /// (doctype, id), after `after` (exclusive), at most `limit`.
     async fn shared_docs(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         after: Option<(Doctype, DocId)>,
         limit: usize,
     ) -> Result<Vec<(Doctype, DocId)>, StoreError>;
 
-    async fn shared_changes(&self, sharing_id: &str, since: u64, limit: usize)
-        -> Result<Vec<SharedChange>, StoreError>;
+    async fn shared_changes(
+        &self,
+        sharing_id: &SharingId,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<SharedChange>, StoreError>;
 
     async fn shared_state(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         doctype: &Doctype,
         ids: &[DocId],
     ) -> Result<HashMap<DocId, SharedState>, StoreError>;
 
-    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError>;
+    async fn shared_info(&self, sharing_id: &SharingId, since: u64) -> Result<SharedInfo, StoreError>;
 
     /// Forgets a sharing's feed (after revocation; the documents themselves stay).
-    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError>;
+    async fn untrack(&self, sharing_id: &SharingId) -> Result<(), StoreError>;
 
     // Moving an instance between backends (`transfer`).
 

@@ -49,7 +49,7 @@ use crate::sharing::model::{PeerCredentials, Sharing};
 use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context};
-use crate::store::{Body, Doctype, StoreError};
+use crate::store::{Body, Doctype, SharingId, StoreError};
 
 /// Feed rows looked at per content diff (the receiver takes at most
 /// `http::content::MAX_DIFF` files per request).
@@ -150,7 +150,7 @@ impl ContentSender {
         member: usize,
     ) -> Result<ContentStatus, SyncError> {
         let record = read_record(inst, s.id(), member).await?;
-        let (files_pending, bytes_pending) = pending(inst, files, s.id(), record.last_seq).await?;
+        let (files_pending, bytes_pending) = pending(inst, files, s.sharing_id(), record.last_seq).await?;
         let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
         let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
         Ok(ContentStatus {
@@ -166,7 +166,7 @@ impl ContentSender {
 }
 
 /// Files of sharing `sharing` whose feed row is past `since`, and their bytes.
-pub async fn pending(inst: &Instance, files: &Files, sharing: &str, since: u64) -> Result<(u64, u64), SyncError> {
+pub async fn pending(inst: &Instance, files: &Files, sharing: &SharingId, since: u64) -> Result<(u64, u64), SyncError> {
     let doctype = crate::files::doctype();
     let (mut count, mut bytes, mut at) = (0, 0, since);
     loop {
@@ -187,7 +187,7 @@ pub async fn pending(inst: &Instance, files: &Files, sharing: &str, since: u64) 
 
 /// Files of sharing `sharing` whose content is not on this instance, and their bytes (what a
 /// member receiving content still waits for).
-pub async fn missing_here(inst: &Instance, files: &Files, sharing: &str) -> Result<(u64, u64), SyncError> {
+pub async fn missing_here(inst: &Instance, files: &Files, sharing: &SharingId) -> Result<(u64, u64), SyncError> {
     let doctype = crate::files::doctype();
     let (mut count, mut bytes, mut at) = (0, 0, 0);
     loop {
@@ -363,7 +363,7 @@ impl ContentSource for LocalContent<'_> {
     }
 
     async fn offers(&mut self, since: u64, upto: u64, limit: usize) -> Result<OfferBatch, SyncError> {
-        let rows = self.inst.store.shared_changes(self.sharing.id(), since, limit).await?;
+        let rows = self.inst.store.shared_changes(self.sharing.sharing_id(), since, limit).await?;
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);

@@ -264,7 +264,7 @@ async fn plan(
             let checkpoint = manager.with_state(&key, |st| st.position).unwrap_or(0).max(saved);
             // One row past the position says whether there is anything to do (an index seek;
             // counting the feed here would cost a scan of the whole sharing after each write).
-            let next = inst.store.shared_changes(s.id(), checkpoint, 1).await?;
+            let next = inst.store.shared_changes(s.sharing_id(), checkpoint, 1).await?;
             let forced = manager.with_state(&key, |st| st.schedule.take_dirty()).unwrap_or(false);
             if next.is_empty() && !forced {
                 if sweep && checkpoint > saved {

@@ -315,7 +315,7 @@ impl Source for LocalSource {
 
     async fn changes(&mut self, since: u64, limit: usize) -> Result<ChangeBatch, SyncError> {
         let mut step = Step::start("changes", 0);
-        let rows = self.inst.store.shared_changes(self.sharing.id(), since, limit).await?;
+        let rows = self.inst.store.shared_changes(self.sharing.sharing_id(), since, limit).await?;
         step.docs = rows.len();
         let pending = rows.len() >= limit;
         let last_seq = rows.last().map_or(since, |r| r.seq);
@@ -342,7 +342,7 @@ impl Source for LocalSource {
             for (id, l) in self.inst.store.doc_leaves(&doctype, &ids).await? {
                 leaves.insert((doctype.clone(), id), l);
             }
-            for (id, st) in self.inst.store.shared_state(self.sharing.id(), &doctype, &ids).await? {
+            for (id, st) in self.inst.store.shared_state(self.sharing.sharing_id(), &doctype, &ids).await? {
                 current.insert((doctype.clone(), id), st.seq);
             }
         }

@@ -112,7 +112,7 @@ pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpR
                 .ok_or_else(|| ApiError::bad_request("invalid page[cursor]"))
         })
         .transpose()?;
-    let mut docs = inst.0.store.shared_docs(s.id(), after, limit + 1).await?;
+    let mut docs = inst.0.store.shared_docs(s.sharing_id(), after, limit + 1).await?;
     let more = docs.len() > limit;
     docs.truncate(limit);
     let data: Vec<Value> =
@@ -236,7 +236,7 @@ pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
                 crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
             let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
             let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
-            let info = inst.0.store.shared_info(id.as_str(), link.last_seq).await?;
+            let info = inst.0.store.shared_info(&id, link.last_seq).await?;
             let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
             rep["pending"] = json!(info.pending);
             // What the run has to process: what it did and what is left (runs learn their
@@ -250,12 +250,11 @@ pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
         }
         members.push(entry);
     }
-    let info = inst.0.store.shared_info(id.as_str(), u64::MAX).await?;
+    let info = inst.0.store.shared_info(&id, u64::MAX).await?;
     let mut attributes = json!({"owner": s.owner, "active": s.active, "documents": info.docs,
         "last_seq": info.last_seq, "members": members});
     if let Some(files) = &files {
-        let (count, bytes) =
-            crate::sync::content::missing_here(&inst.0, files, id.as_str()).await.map_err(sync_error)?;
+        let (count, bytes) = crate::sync::content::missing_here(&inst.0, files, &id).await.map_err(sync_error)?;
         attributes["content_missing"] = json!({"files": count, "bytes": bytes});
     }
     Ok(jsonapi(

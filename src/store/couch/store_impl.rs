@@ -305,7 +305,8 @@ impl Store for CouchStore {
         self.tracking.set(rules);
     }
 
-    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
+    async fn track_existing(&self, sharing_id: &SharingId) -> Result<u64, StoreError> {
+        let sharing_id = sharing_id.as_str();
         self.take_existing(sharing_id).await
     }
 
@@ -338,12 +339,13 @@ impl Store for CouchStore {
 
     async fn apply_received(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         origin: usize,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
         judge: Arc<Judge>,
     ) -> Result<Vec<Received>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let db = self.db_name(doctype);
         let mut out: Vec<Option<Received>> = vec![None; docs.len()];
         let mut pending: Vec<usize> = (0..docs.len()).collect();
@@ -488,10 +490,11 @@ impl Store for CouchStore {
 
     async fn shared_docs(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         after: Option<(Doctype, DocId)>,
         limit: usize,
     ) -> Result<Vec<(Doctype, DocId)>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         self.catch_up_sharing(sharing_id).await?;
         let prefix = format!("t/{sharing_id}/");
         let end = format!("{prefix}\u{fff0}");
@@ -554,10 +557,11 @@ impl Store for CouchStore {
 
     async fn shared_changes(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         since: u64,
         limit: usize,
     ) -> Result<Vec<SharedChange>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         self.catch_up_sharing(sharing_id).await?;
         let mut out = Vec::new();
         let mut next = since + 1;
@@ -637,17 +641,19 @@ impl Store for CouchStore {
 
     async fn shared_state(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         doctype: &Doctype,
         ids: &[DocId],
     ) -> Result<HashMap<DocId, SharedState>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         self.catch_up(doctype).await?;
         let keys: Vec<String> = ids.iter().map(|id| track_key(sharing_id, doctype.as_str(), id.as_str())).collect();
         let states = self.track_states(&keys).await?;
         Ok(ids.iter().zip(&keys).filter_map(|(id, k)| states.get(k).map(|(_, st)| (id.clone(), st.shared()))).collect())
     }
 
-    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {
+    async fn shared_info(&self, sharing_id: &SharingId, since: u64) -> Result<SharedInfo, StoreError> {
+        let sharing_id = sharing_id.as_str();
         self.catch_up_sharing(sharing_id).await?;
         let latest =
             self.meta_range(&share_batch_key(sharing_id, u64::MAX), &share_batch_key(sharing_id, 0), true, 1).await?;
@@ -663,7 +669,8 @@ impl Store for CouchStore {
         Ok(SharedInfo { last_seq, docs, pending })
     }
 
-    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError> {
+    async fn untrack(&self, sharing_id: &SharingId) -> Result<(), StoreError> {
+        let sharing_id = sharing_id.as_str();
         let lock = self.share_lock(sharing_id)?;
         let _held = lock.lock().await;
         for prefix in [format!("t/{sharing_id}/"), format!("u/{sharing_id}/"), start_key(sharing_id)] {

@@ -508,7 +508,8 @@ mod tests {
         let Some(server) = test_server() else { return };
         let store = server.store("poison.localhost", 1000);
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
-        let rule = crate::store::conformance::track_rule("s1", &t, 0, None, &["a"], true);
+        let rule =
+            crate::store::conformance::track_rule(&SharingId::parse("e1").expect("id"), &t, 0, None, &["a"], true);
         store.set_tracking(vec![rule.clone()]);
         let id = DocId::parse("a").expect("id");
         let body = json!({"n": 1}).as_object().cloned().expect("object");
@@ -522,7 +523,7 @@ mod tests {
         store.set_tracking(vec![rule]);
         let feed = store.changes(&t, &ChangesQuery::default()).await.expect("feed");
         assert_eq!(feed.rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"]);
-        let shared = store.shared_changes("s1", 0, 10).await.expect("sharing feed");
+        let shared = store.shared_changes(&SharingId::parse("e1").expect("id"), 0, 10).await.expect("sharing feed");
         assert_eq!(shared.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 }

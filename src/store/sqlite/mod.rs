@@ -387,7 +387,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
         let rule = TrackRule {
-            sharing_id: "s1".into(),
+            sharing_id: "e1".into(),
             rule_index: 0,
             doctype: t.as_str().into(),
             selector: None,
@@ -407,7 +407,7 @@ mod tests {
         // Setting the rules again heals the lock, and the write is tracked.
         store.set_tracking(vec![rule]);
         json::put(&store, &t, &id, None, body()).await.expect("write after healing");
-        let feed = store.shared_changes("s1", 0, 10).await.expect("feed");
+        let feed = store.shared_changes(&SharingId::parse("e1").expect("id"), 0, 10).await.expect("feed");
         assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 }

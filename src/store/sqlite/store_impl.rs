@@ -419,7 +419,8 @@ impl Store for SqliteStore {
         self.inner.tracking.set(rules);
     }
 
-    async fn track_existing(&self, sharing_id: &str) -> Result<u64, StoreError> {
+    async fn track_existing(&self, sharing_id: &SharingId) -> Result<u64, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let sharing_id = sharing_id.to_owned();
         self.write(move |tx, ctx| {
             let started = tx
@@ -511,12 +512,13 @@ impl Store for SqliteStore {
 
     async fn apply_received(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         origin: usize,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
         judge: Arc<Judge>,
     ) -> Result<Vec<Received>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let (sharing_id, doctype) = (sharing_id.to_owned(), doctype.as_str().to_owned());
         self.write(move |tx, ctx| {
             let mut counters = DoctypeCounters::load(tx, &doctype)?;
@@ -596,10 +598,11 @@ impl Store for SqliteStore {
 
     async fn shared_docs(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         after: Option<(Doctype, DocId)>,
         limit: usize,
     ) -> Result<Vec<(Doctype, DocId)>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let sharing_id = sharing_id.to_owned();
         let (after_doctype, after_id) =
             after.map_or((String::new(), String::new()), |(t, i)| (t.as_str().to_owned(), i.as_str().to_owned()));
@@ -627,10 +630,11 @@ impl Store for SqliteStore {
 
     async fn shared_changes(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         since: u64,
         limit: usize,
     ) -> Result<Vec<SharedChange>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let sharing_id = sharing_id.to_owned();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
@@ -663,10 +667,11 @@ impl Store for SqliteStore {
 
     async fn shared_state(
         &self,
-        sharing_id: &str,
+        sharing_id: &SharingId,
         doctype: &Doctype,
         ids: &[DocId],
     ) -> Result<HashMap<DocId, SharedState>, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let (sharing_id, doctype, ids) = (sharing_id.to_owned(), doctype.as_str().to_owned(), ids.to_vec());
         self.read(move |conn| {
             let mut out = HashMap::new();
@@ -680,7 +685,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn shared_info(&self, sharing_id: &str, since: u64) -> Result<SharedInfo, StoreError> {
+    async fn shared_info(&self, sharing_id: &SharingId, since: u64) -> Result<SharedInfo, StoreError> {
+        let sharing_id = sharing_id.as_str();
         let sharing_id = sharing_id.to_owned();
         self.read(move |conn| {
             let last_seq: i64 = conn
@@ -699,7 +705,8 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn untrack(&self, sharing_id: &str) -> Result<(), StoreError> {
+    async fn untrack(&self, sharing_id: &SharingId) -> Result<(), StoreError> {
+        let sharing_id = sharing_id.as_str();
         let sharing_id = sharing_id.to_owned();
         self.write(move |tx, _| {
             tx.prepare_cached("DELETE FROM shared WHERE sharing_id = ?1")?.execute(params![sharing_id])?;
