@@ -3,18 +3,27 @@
 
 use std::process::{Command, Stdio};
 
-/// Runs `hearth args` on `dir` with stdout a pipe whose read end is already closed: its
-/// first write fails with EPIPE. Answers (exit code, stderr).
+/// Runs `hearth args` on `dir` with stdout a pipe whose read end is already closed, so its
+/// first write fails with EPIPE: a FIFO opened for reading and writing (which does not block on
+/// Linux), opened again for writing, then the first descriptor closed. Answers (exit code,
+/// stderr).
 fn run_into_closed_pipe(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+    let fifo = dir.join("closed.fifo");
+    let script = r#"f="$1"; shift; rm -f "$f"; mkfifo "$f" || exit 90
+        exec 3<>"$f"; exec 4>"$f"; exec 3<&-
+        "$@" >&4"#;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(&fifo)
+        .arg(env!("CARGO_BIN_EXE_hearth"))
         .args(args)
         .env("HEARTH_DATA_DIR", dir)
         .env("HEARTH_STORE", "sqlite")
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
-        .stdout(writer)
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .unwrap();
