@@ -278,3 +278,15 @@ async fn a_sharing_accepted_after_a_directory_holding_shared_with_me_was_trashed
     let root = attrs_at(&w.bob, &w.tb, "/Shared with me (2)/Second").await.unwrap();
     assert_ne!(root["attributes"]["trashed"], json!(true), "{root}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_accepted_after_shared_with_me_was_destroyed_gets_it_made_again() {
+    let w = World::new().await;
+    trash(&w.bob, &w.tb, "io.cozy.files.shared-with-me-dir").await;
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    let (s, v) = w.bob.call(Method::DELETE, "/files/trash", Some(&w.tb), None).await;
+    assert!(s == 200 || s == 204, "empty trash: {s} {v}");
+    assert!(attrs_at(&w.bob, &w.tb, "/Shared with me").await.is_none());
+    second_sharing(&w).await;
+    second_lands_out_of_the_trash(&w, "/Shared with me/Second").await;
+}
