@@ -56,6 +56,17 @@ async fn replace(i: &TestInstance, token: &str, id: &str, data: &[u8]) -> u16 {
     status
 }
 
+/// Replaces file `id`'s content on `i` in-process, past `/files`: a write `/files` no longer
+/// takes from a read-only member (403, see `http::files`), yet one its instance may hold
+/// (made before the member became read-only, or by a client beside hearth's API).
+async fn replace_past_files_api(app: &TestApp, i: &TestInstance, id: &str, data: &[u8]) {
+    let files = app.files.of(&app.instance(&i.domain)).await.unwrap();
+    let target = hearth::files::UploadTarget::Replace { id: id.to_owned(), if_match: None };
+    let mut up = files.begin_upload(target, hearth::files::UploadSpec::default()).await.unwrap();
+    up.write(bytes::Bytes::copy_from_slice(data)).await.unwrap();
+    files.finish_upload(up).await.unwrap();
+}
+
 async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
     let (s, v) = i
         .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
@@ -681,7 +692,8 @@ async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_i
     // What bob received is not refused back: nothing of his has been sent yet.
     let st = replication_state(&w.bob, &w.tb, &w.sid, 0).await;
     assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{st}");
-    assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&r), b"bob's edit").await, 200);
+    assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&r), b"bob's edit").await, 403, "read-only: /files refuses");
+    replace_past_files_api(&w.two, &w.bob, &w.on_bob(&r), b"bob's edit").await;
     let (bob_rev, bob_body) = winner(&w.two, &w.bob, FILES, &w.on_bob(&r)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(winner(&w.one, &w.alice, FILES, &r).await.unwrap().0, before, "alice's file is unchanged");
@@ -754,7 +766,8 @@ async fn a_read_only_members_losing_version_is_deleted_when_the_owners_version_w
     .await;
     let r = at_path(&w.alice, &w.ta, "/Projects/r.txt").await.unwrap();
     let on_bob = w.on_bob(&r);
-    assert_eq!(replace(&w.bob, &w.tb, &on_bob, b"bob's edit").await, 200);
+    assert_eq!(replace(&w.bob, &w.tb, &on_bob, b"bob's edit").await, 403, "read-only: /files refuses");
+    replace_past_files_api(&w.two, &w.bob, &on_bob, b"bob's edit").await;
     let (_, mine) = winner(&w.two, &w.bob, FILES, &on_bob).await.unwrap();
     let bobs_version = mine["internal_vfs_id"].as_str().expect("a version").to_owned();
     assert!(version_stored(&w.two, &w.bob, &bobs_version).await, "bob's edit is stored on bob");
@@ -1127,4 +1140,104 @@ async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_m
     }
     // Alice's D is hers, where she put it.
     assert_eq!(at_path(&alice, &ta, "/D").await, Some(d));
+}
+
+/// A read-only member's change through `/files` at or below the shared root: the status and
+/// the reason of the refusal.
+async fn refused_read_only(i: &TestInstance, token: &str, method: Method, path: &str, body: Option<Vec<u8>>) {
+    let mut r = i.req(method.clone(), path, Some(token));
+    if let Some(b) = body {
+        r = r.header("Content-MD5", md5_of(&b)).body(b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 403, "{method} {path}: {text}");
+    assert!(text.contains("this folder is shared with you read-only"), "{method} {path}: {text}");
+}
+
+async fn refused_patch(i: &TestInstance, token: &str, id: &str, attrs: Value) {
+    let body = json!({"data": {"type": FILES, "attributes": attrs.clone()}});
+    let (s, v) = i.call(Method::PATCH, &format!("/files/{}", enc(id)), Some(token), Some(body)).await;
+    assert_eq!(s, 403, "patch {attrs}: {v}");
+    assert!(v.to_string().contains("this folder is shared with you read-only"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_members_writes_in_the_shared_folder_are_refused_and_its_tree_stays_the_owners() {
+    let (w, _) = World::new(SYNC, &["carol"], async |alice, ta, projects| {
+        let d = mkdir(alice, ta, projects, "d").await;
+        upload(alice, ta, &d, "f.txt", b"f").await;
+        upload(alice, ta, projects, "r.txt", b"r").await;
+        upload(alice, ta, projects, "gone.txt", b"gone").await;
+    })
+    .await;
+    let before = w.converged("everything arrived").await;
+    let (c, tc) = (&w.carol, &w.tc);
+    let root = at_path(c, tc, SHARED).await.unwrap();
+    let d = at_path(c, tc, &format!("{SHARED}/d")).await.unwrap();
+    let r = at_path(c, tc, &format!("{SHARED}/r.txt")).await.unwrap();
+    let f = at_path(c, tc, &format!("{SHARED}/d/f.txt")).await.unwrap();
+    // Upload into the root and into a subdirectory, a new directory, new content.
+    for dir in [&root, &d] {
+        let path = format!("/files/{}?Type=file&Name=mine.txt", enc(dir));
+        refused_read_only(c, tc, Method::POST, &path, Some(b"mine".to_vec())).await;
+        let path = format!("/files/{}?Type=directory&Name=mine", enc(dir));
+        refused_read_only(c, tc, Method::POST, &path, None).await;
+    }
+    refused_read_only(c, tc, Method::PUT, &format!("/files/{}", enc(&r)), Some(b"carol's".to_vec())).await;
+    // Rename, tags, executable, moves within, out of and into the shared folder.
+    refused_patch(c, tc, &r, json!({"name": "renamed.txt"})).await;
+    refused_patch(c, tc, &r, json!({"tags": ["mine"]})).await;
+    refused_patch(c, tc, &f, json!({"executable": true})).await;
+    refused_patch(c, tc, &f, json!({"dir_id": root})).await;
+    refused_patch(c, tc, &r, json!({"dir_id": ROOT})).await;
+    refused_patch(c, tc, &d, json!({"name": "dd"})).await;
+    let own = upload(c, tc, ROOT, "own.txt", b"own").await;
+    refused_patch(c, tc, &own, json!({"dir_id": d})).await;
+    // The root itself: not renamed nor moved (the sharing goes on), only trashed (it ends).
+    refused_patch(c, tc, &root, json!({"name": "Mine now"})).await;
+    refused_read_only(c, tc, Method::DELETE, &format!("/files/{}", enc(&r)), None).await;
+    refused_read_only(c, tc, Method::DELETE, &format!("/files/{}", enc(&d)), None).await;
+    // The owner trashes gone.txt: carol keeps a dissociated copy in her trash, which does not
+    // go back into the shared folder.
+    let gone = at_path(&w.alice, &w.ta, "/Projects/gone.txt").await.unwrap();
+    trash(&w.alice, &w.ta, &gone).await;
+    eventually(WAIT, "carol's copy of gone.txt is in her trash", || async {
+        trash_list(c, tc).await.contains_key("gone.txt")
+    })
+    .await;
+    let (s, v) = c.call(Method::GET, "/files/trash", Some(tc), None).await;
+    assert_eq!(s, 200);
+    let copy = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["attributes"]["name"] == "gone.txt")
+        .and_then(|e| e["id"].as_str())
+        .unwrap()
+        .to_owned();
+    refused_read_only(c, tc, Method::POST, &format!("/files/trash/{}", enc(&copy)), None).await;
+    // Carol's tree is alice's; her link has nothing refused, nothing pending.
+    let after = w.converged_to("gone.txt left every tree", |t| !t.contains_key("/gone.txt")).await;
+    let mut expected = before.clone();
+    expected.remove("/gone.txt");
+    assert_eq!(after, expected);
+    let st = replication_state(c, tc, &w.sid, 0).await;
+    assert_eq!(st["refused_docs"].as_u64().unwrap_or(0), 0, "{st}");
+    assert_ne!(st["health"], "degraded", "{st}");
+    assert!(at_path(c, tc, "/own.txt").await.is_some(), "carol's own file stays hers");
+    // Bob (read-write) is unaffected: his file and rename reach alice and carol.
+    let b = at_path(&w.bob, &w.tb, SHARED).await.unwrap();
+    upload(&w.bob, &w.tb, &b, "bobs.txt", b"bob's").await;
+    let r_bob = at_path(&w.bob, &w.tb, &format!("{SHARED}/r.txt")).await.unwrap();
+    patch(&w.bob, &w.tb, &r_bob, json!({"name": "r2.txt"})).await;
+    w.converged_to("bob's changes reach alice and carol", |t| {
+        t.contains_key("/bobs.txt") && t.contains_key("/r2.txt") && !t.contains_key("/r.txt")
+    })
+    .await;
+    assert!(at_path(&w.alice, &w.ta, "/Projects/bobs.txt").await.is_some());
+    // Trashing the root itself is carol's to do: she leaves the sharing.
+    trash(c, tc, &root).await;
+    assert!(!load(&w.one, c, &w.sid).await.active);
 }

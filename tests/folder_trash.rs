@@ -208,3 +208,85 @@ async fn restoring_a_shared_folder_the_owner_trashed_does_not_share_it_again() {
     assert!(!on_bob.active && on_bob.revoked_at.is_some());
     assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some(), "bob keeps his copy");
 }
+
+/// Alice shares `/Other` (holding `b.txt`) with bob under the title "Second"; bob accepts.
+async fn second_sharing(w: &World) -> String {
+    let other = mkdir(&w.alice, &w.ta, ROOT, "Other").await;
+    upload(&w.alice, &w.ta, &other, "b.txt", b"bravo").await;
+    let rule = json!({"title": "Second", "doctype": FILES, "values": [other], "add": "sync", "update": "sync", "remove": "sync"});
+    let rw = json!([{"instance": format!("http://{}", w.bob.domain)}]);
+    let sid = create_sharing(&w.alice, &w.ta, json!([rule]), rw, json!([])).await;
+    answer_invitation(&link(&w.one, &w.alice, &sid, 1).await, &w.bob, "accept").await;
+    sid
+}
+
+/// The second sharing's root is at `at` on bob, out of the trash, with its content, and
+/// "Shared with me" is back at the root; what it held when trashed stays in the trash.
+async fn second_lands_out_of_the_trash(w: &World, at: &str) {
+    eventually(WAIT, "b.txt reaches bob", || async { id_at(&w.bob, &w.tb, &format!("{at}/b.txt")).await.is_some() })
+        .await;
+    let root = attrs_at(&w.bob, &w.tb, at).await.expect("the second root is there");
+    assert_ne!(root["attributes"]["trashed"], json!(true), "{root}");
+    assert_eq!(root["attributes"]["path"], json!(at), "{root}");
+    let swm = attrs_at(&w.bob, &w.tb, "/Shared with me").await.expect("Shared with me is back");
+    assert_eq!(swm["id"], json!("io.cozy.files.shared-with-me-dir"), "{swm}");
+    assert_eq!(swm["attributes"]["dir_id"], json!(ROOT), "{swm}");
+    assert_ne!(swm["attributes"]["trashed"], json!(true), "{swm}");
+    assert!(id_at(&w.bob, &w.tb, SHARED).await.is_none(), "the trashed Team stays in the trash");
+    let path = format!("/files/download?Path={}", enc(&format!("{at}/b.txt")));
+    eventually(WAIT, "b.txt's content reaches bob", || async {
+        let resp = w.bob.req(Method::GET, &path, Some(&w.tb)).send().await.unwrap();
+        resp.status() == 200 && resp.bytes().await.unwrap().as_ref() == b"bravo"
+    })
+    .await;
+    // Emptying the trash leaves the second sharing's files alone.
+    let (s, v) = w.bob.call(Method::DELETE, "/files/trash", Some(&w.tb), None).await;
+    assert!(s == 200 || s == 204, "empty trash: {s} {v}");
+    assert!(id_at(&w.bob, &w.tb, &format!("{at}/b.txt")).await.is_some(), "emptying the trash destroyed it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_accepted_after_shared_with_me_was_trashed_lands_outside_the_trash() {
+    let w = World::new().await;
+    trash(&w.bob, &w.tb, "io.cozy.files.shared-with-me-dir").await;
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    let sid = second_sharing(&w).await;
+    second_lands_out_of_the_trash(&w, "/Shared with me/Second").await;
+    assert!(load(&w.two, &w.bob, &sid).await.active);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_accepted_after_a_directory_holding_shared_with_me_was_trashed_lands_outside_the_trash() {
+    let w = World::new().await;
+    // Bob moves "Shared with me" into his own directory, trashes that, then makes a directory
+    // named "Shared with me" at the root: the one brought back takes the next free name.
+    let mine = mkdir(&w.bob, &w.tb, ROOT, "Mine").await;
+    let body = json!({"data": {"type": FILES, "attributes": {"dir_id": mine}}});
+    let (s, v) = w.bob.call(Method::PATCH, "/files/io.cozy.files.shared-with-me-dir", Some(&w.tb), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    trash(&w.bob, &w.tb, &mine).await;
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    mkdir(&w.bob, &w.tb, ROOT, "Shared with me").await;
+    second_sharing(&w).await;
+    eventually(WAIT, "b.txt reaches bob", || async {
+        id_at(&w.bob, &w.tb, "/Shared with me (2)/Second/b.txt").await.is_some()
+    })
+    .await;
+    let swm = attrs_at(&w.bob, &w.tb, "/Shared with me (2)").await.expect("Shared with me is back");
+    assert_eq!(swm["id"], json!("io.cozy.files.shared-with-me-dir"), "{swm}");
+    assert_ne!(swm["attributes"]["trashed"], json!(true), "{swm}");
+    let root = attrs_at(&w.bob, &w.tb, "/Shared with me (2)/Second").await.unwrap();
+    assert_ne!(root["attributes"]["trashed"], json!(true), "{root}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharing_accepted_after_shared_with_me_was_destroyed_gets_it_made_again() {
+    let w = World::new().await;
+    trash(&w.bob, &w.tb, "io.cozy.files.shared-with-me-dir").await;
+    eventually(WAIT, "bob's membership ends on both sides", || w.bob_left()).await;
+    let (s, v) = w.bob.call(Method::DELETE, "/files/trash", Some(&w.tb), None).await;
+    assert!(s == 200 || s == 204, "empty trash: {s} {v}");
+    assert!(attrs_at(&w.bob, &w.tb, "/Shared with me").await.is_none());
+    second_sharing(&w).await;
+    second_lands_out_of_the_trash(&w, "/Shared with me/Second").await;
+}

@@ -134,6 +134,7 @@ pub(crate) struct TokenArgs {
 
 /// Parses the command line and runs the command.
 pub fn main() -> anyhow::Result<()> {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
     match cli.command {
@@ -141,6 +142,29 @@ pub fn main() -> anyhow::Result<()> {
         Command::Instances(cmd) => instances::run(Core::open(config)?, cmd),
         Command::Sharings(cmd) => tokio::runtime::Runtime::new()?.block_on(sharings::run(Core::open(config)?, cmd)),
     }
+}
+
+/// A closed stdout (`hearth sharings status … | head`) ends the process quietly, for every
+/// command: `print!` panics with "failed printing to stdout: Broken pipe" when the reader has
+/// gone, and that panic exits with 141 (128 + SIGPIPE, what a shell reports for a process
+/// ended by SIGPIPE), without the panic text. Rust ignores SIGPIPE; restoring its default
+/// instead would also kill a command writing to a socket its peer closed. Any other panic is
+/// reported as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        let epipe = message.contains("Broken pipe") || message.contains("os error 32");
+        if message.starts_with("failed printing to stdout") && epipe {
+            std::process::exit(141);
+        }
+        report(info)
+    }));
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

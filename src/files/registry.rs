@@ -48,11 +48,61 @@ impl Files {
 pub const SHARED_WITH_ME_ID: &str = "io.cozy.files.shared-with-me-dir";
 pub const SHARED_WITH_ME_NAME: &str = "Shared with me";
 
-/// Creates the "Shared with me" directory at the root when it is missing.
+/// Creates the "Shared with me" directory at the root when it is missing (only that:
+/// [`Files::ensure_shared_with_me`] also brings it back from the trash).
 pub async fn ensure_shared_with_me(store: &dyn crate::store::Store) -> Result<()> {
     let fields = json!({"type": "directory", "name": SHARED_WITH_ME_NAME, "dir_id": ROOT_ID,
         "path": format!("/{SHARED_WITH_ME_NAME}")});
     ensure_dir_in(store, SHARED_WITH_ME_ID, fields).await
+}
+
+impl Files {
+    /// The "Shared with me" directory, ready to take a received shared root: made when missing
+    /// (never made, or destroyed), and brought back to the root when it is in the trash, itself
+    /// or with a directory holding it, or no longer attached to the root. A root placed in it
+    /// would otherwise land in the trash, where emptying the trash destroys it (cozy-stack
+    /// `EnsureSharedWithMeDir`, PR #3442 and #4475). It comes back under its name, or the
+    /// first free ` (n)` when the root holds that name now; what it held when it went to the
+    /// trash stays there (the user trashed it): each such item moves to the trash itself,
+    /// restorable into "Shared with me", as Cozy does.
+    pub async fn ensure_shared_with_me(&self) -> Result<()> {
+        let _lock = self.writes.lock().await;
+        self.sync().await?;
+        let item = match self.load(SHARED_WITH_ME_ID).await {
+            Ok(item) => item,
+            Err(FilesError::NotFound(_)) => {
+                ensure_shared_with_me(self.store.as_ref()).await?;
+                return self.sync().await;
+            }
+            Err(e) => return Err(e),
+        };
+        if !item.trashed() && item.dir_id() != Some(TRASH_ID) && index::path_of(&item.ancestry).is_some() {
+            return Ok(());
+        }
+        let name = self.free_name(ROOT_ID, SHARED_WITH_ME_NAME, Kind::Directory, SHARED_WITH_ME_ID).await?;
+        loop {
+            let children = self.index.children(SHARED_WITH_ME_ID, None, 100).await?;
+            if children.is_empty() {
+                break;
+            }
+            for child in children {
+                let child = self.load(&child.id).await?;
+                self.trash_locked(&child, &format!("/{name}")).await?;
+            }
+            self.sync().await?;
+        }
+        let item = self.load(SHARED_WITH_ME_ID).await?;
+        let mut body = item.body.clone();
+        model::set(&mut body, "name", json!(name));
+        model::set(&mut body, "dir_id", json!(ROOT_ID));
+        model::set(&mut body, "trashed", json!(false));
+        model::set(&mut body, "path", json!(format!("/{name}")));
+        model::set(&mut body, "updated_at", json!(now()));
+        model::remove(&mut body, "restore_path");
+        self.write_doc(SHARED_WITH_ME_ID, Some(&item.rev), false, body).await?;
+        tracing::info!(name, "\"Shared with me\" was in the trash or detached: brought back to the root");
+        self.sync().await
+    }
 }
 
 /// Writes directory `id` with `fields` (and dates, tags) when it does not exist.

@@ -79,6 +79,14 @@ impl Files {
             return Err(bad("this item is already in the trash"));
         }
         let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
+        self.trash_locked(&item, &restore_path).await?;
+        self.sync().await?;
+        self.load(id).await
+    }
+
+    /// Moves `item` into the trash (the write lock held), to be restored at `restore_path`.
+    pub(super) async fn trash_locked(&self, item: &Item, restore_path: &str) -> Result<()> {
+        let id = item.id.as_str();
         let name = self.free_name(TRASH_ID, item.name(), item.kind(), &item.id).await?;
         let mut body = item.body.clone();
         model::set(&mut body, "name", json!(name));
@@ -92,8 +100,7 @@ impl Files {
         if item.kind() == Kind::Directory {
             self.cascade(id).await?;
         }
-        self.sync().await?;
-        self.load(id).await
+        Ok(())
     }
 
     /// `POST /files/trash/:id`: puts an item of the trash back where it was, recreating the

@@ -130,6 +130,57 @@ impl Caller {
     }
 }
 
+/// The reason of the 403 a change inside a folder shared with this instance read-only gets.
+pub const READ_ONLY_SHARED: &str = "this folder is shared with you read-only";
+
+/// The roots of the folders shared with this instance read-only (see
+/// `sharing::service::read_only_roots`): a change at or below one through `/files` is refused
+/// with a 403 ([`READ_ONLY_SHARED`]) and changes nothing, since the owner would refuse it and
+/// the member's tree would never match the owner's again (nextcloud/server#17819). Trashing the
+/// root itself stays allowed: it ends the sharing here (`service::trashing`).
+struct ReadOnlyRoots(Vec<String>);
+
+impl ReadOnlyRoots {
+    async fn of(req: &HttpRequest, inst: &Inst) -> ApiResult<ReadOnlyRoots> {
+        Ok(ReadOnlyRoots(crate::sharing::service::read_only_roots(&state_of(req)?.sharing, &inst.0).await?))
+    }
+
+    /// Refuses when one of `lineage` (an item first, then its ancestors) is a read-only root.
+    fn check<'a>(&self, lineage: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        if lineage.into_iter().any(|id| self.0.iter().any(|r| r == id)) {
+            return Err(ApiError::Forbidden(READ_ONLY_SHARED.into()));
+        }
+        Ok(())
+    }
+
+    /// Refuses restoring `item` from the trash when the directory it goes back to (its
+    /// `restore_path`, or the nearest existing directory above it, which `Files::restore`
+    /// makes the rest under) is in a read-only shared folder.
+    async fn check_restore(&self, files: &Files, item: &Item) -> ApiResult<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut path = item.body.get("restore_path").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        loop {
+            if path.is_empty() || path == "/" {
+                return Ok(());
+            }
+            match files.by_path(&path).await {
+                Ok(dir) => return self.check(dir.lineage()),
+                Err(FilesError::NotFound(_) | FilesError::BadRequest(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            path = match path.rfind('/') {
+                Some(i) => path[..i].to_owned(),
+                None => String::new(),
+            };
+        }
+    }
+}
+
 async fn files_of(req: &HttpRequest, inst: &Inst) -> ApiResult<Arc<Files>> {
     let state = req
         .app_data::<web::Data<AppState>>()
@@ -347,6 +398,7 @@ async fn create_in(inst: Inst, req: HttpRequest, payload: web::Payload, dir_id: 
     let files = files_of(&req, &inst).await?;
     let dir = files.get(&dir_id).await?;
     caller.check(Verb::Post, dir.lineage())?;
+    ReadOnlyRoots::of(&req, &inst).await?.check(dir.lineage())?;
     let item = match kind {
         "directory" => files.create_dir(&dir_id, &name, tags_param(&q)?, date_param(&q, "CreatedAt")?).await?,
         "file" => {
@@ -366,6 +418,7 @@ async fn replace(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Put, item.lineage())?;
+    ReadOnlyRoots::of(&req, &inst).await?.check(item.lineage())?;
     let q = Query::of(&req)?;
     let spec = upload_spec(&req, &q)?;
     let item = upload(&req, &files, UploadTarget::Replace { id, if_match: if_match(&req)? }, spec, payload).await?;
@@ -453,10 +506,13 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Patch, item.lineage())?;
+    let read_only = ReadOnlyRoots::of(&req, &inst).await?;
+    read_only.check(item.lineage())?;
     if let Some(dir) = &p.dir_id {
         if Some(dir.as_str()) != item.dir_id() {
             let target = files.get(dir).await?;
             caller.check(Verb::Patch, target.lineage())?;
+            read_only.check(target.lineage())?;
         }
     }
     let item = files.patch(&id, p).await?;
@@ -470,6 +526,8 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Delete, item.lineage())?;
+    // The root itself may go (the sharing ends here), nothing below it.
+    ReadOnlyRoots::of(&req, &inst).await?.check(item.lineage().skip(1))?;
     let if_match = if_match(&req)?;
     // A sharing whose root goes to the trash ends first (see `service::trashing`); a trash
     // that will be refused anyway (already there, stale `If-Match`) ends none.
@@ -517,6 +575,7 @@ async fn restore(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Post, item.lineage())?;
+    ReadOnlyRoots::of(&req, &inst).await?.check_restore(&files, &item).await?;
     let item = files.restore(&id).await?;
     one(StatusCode::OK, &item)
 }

@@ -128,7 +128,7 @@ pub async fn bulk_docs(
             w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
             map.convert_fields(doctype.as_str(), &mut w.body);
             if !w.deleted {
-                place_shared_root(inst, s, &doctype, &mut w).await?;
+                place_shared_root(inst, files, s, &doctype, &mut w).await?;
             }
             if request.initial.contains(&format!("{doctype}/{peer_id}")) {
                 claimed.insert(w.id.clone());
@@ -456,7 +456,13 @@ fn parents_first(peer_ids: Vec<String>, writes: Vec<DocWrite>) -> (Vec<String>, 
 /// when needed) under the rule's title; on the owner, where the owner keeps it. Its `dir_id`
 /// and `name` are therefore local members: set here on what a peer sends, whatever it says
 /// (Cozy does the same; the revision is the same everywhere, the placement is each member's).
-async fn place_shared_root(inst: &Instance, s: &Sharing, doctype: &Doctype, w: &mut DocWrite) -> Result<()> {
+async fn place_shared_root(
+    inst: &Instance,
+    files: Option<&crate::files::Files>,
+    s: &Sharing,
+    doctype: &Doctype,
+    w: &mut DocWrite,
+) -> Result<()> {
     let Some(rule) =
         s.rules.iter().find(|r| r.subtree() && r.doctype == doctype.as_str() && r.values.contains(&w.id.to_string()))
     else {
@@ -473,9 +479,13 @@ async fn place_shared_root(inst: &Instance, s: &Sharing, doctype: &Doctype, w: &
             }
         }
     } else {
-        crate::files::ensure_shared_with_me(inst.store.as_ref())
-            .await
-            .map_err(|e| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!(e.to_string()))))?;
+        // Never into the trash: one there comes back to the root first (see
+        // `Files::ensure_shared_with_me`).
+        match files {
+            Some(files) => files.ensure_shared_with_me().await,
+            None => crate::files::ensure_shared_with_me(inst.store.as_ref()).await,
+        }
+        .map_err(|e| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!(e.to_string()))))?;
         w.body.set(FILES_PARENT, &raw(crate::files::SHARED_WITH_ME_ID)?);
         if !rule.title.is_empty() {
             w.body.set("name", &raw(&rule.title)?);

@@ -283,3 +283,22 @@ pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files
     }
     Ok(ended)
 }
+
+/// The shared roots (ids on this instance) of the live sharings this instance received
+/// read-only: the values of their files rules by id (`Rule::subtree`). On a recipient a
+/// root's id is already the one it holds (the owner transforms ids before sending, see
+/// `sharing::xor`). `/files` refuses a change at or below one of them (nextcloud/server#17819:
+/// accepted here, the owner would refuse it and the member's tree would never match again).
+pub async fn read_only_roots(cx: &Context, inst: &Instance) -> Result<Vec<String>> {
+    let mut roots = Vec::new();
+    for s in crate::sharing::list(inst.store.as_ref()).await? {
+        if s.owner || !s.active || s.is_revoked() {
+            continue;
+        }
+        let read_only = own_index(cx, inst, &s).and_then(|i| s.members.get(i)).is_some_and(|m| m.read_only);
+        if read_only {
+            roots.extend(s.rules.iter().filter(|r| r.subtree() && !r.local).flat_map(|r| r.values.iter().cloned()));
+        }
+    }
+    Ok(roots)
+}
