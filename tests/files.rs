@@ -238,6 +238,86 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
     assert_eq!(status, 201, "{v}");
 }
 
+/// Every Unicode `Default_Ignorable_Code_Point` range (DerivedCoreProperties.txt), both ends,
+/// and the blank-drawn U+2800 and U+3000: a name made only of them is blank (400) by POST and by
+/// PATCH; with a visible character beside them it is a name (201).
+#[tokio::test]
+async fn names_made_only_of_invisible_characters_are_refused_by_class() {
+    let (_app, alice, token) = setup().await;
+    let blanks: Vec<char> = [
+        ('\u{00AD}', '\u{00AD}'),
+        ('\u{034F}', '\u{034F}'),
+        ('\u{061C}', '\u{061C}'),
+        ('\u{115F}', '\u{1160}'),
+        ('\u{17B4}', '\u{17B5}'),
+        ('\u{180B}', '\u{180F}'),
+        ('\u{200B}', '\u{200F}'),
+        ('\u{202A}', '\u{202E}'),
+        ('\u{2060}', '\u{206F}'),
+        ('\u{3164}', '\u{3164}'),
+        ('\u{FE00}', '\u{FE0F}'),
+        ('\u{FEFF}', '\u{FEFF}'),
+        ('\u{FFA0}', '\u{FFA0}'),
+        ('\u{FFF0}', '\u{FFF8}'),
+        ('\u{1BCA0}', '\u{1BCA3}'),
+        ('\u{1D173}', '\u{1D17A}'),
+        ('\u{E0000}', '\u{E0001}'),
+        ('\u{E0FFE}', '\u{E0FFF}'),
+        ('\u{2800}', '\u{2800}'),
+        ('\u{3000}', '\u{3000}'),
+    ]
+    .into_iter()
+    .flat_map(|(a, b)| {
+        // Both ends and one in the middle of each range.
+        let mid = char::from_u32((a as u32 + b as u32) / 2).unwrap();
+        [a, mid, b]
+    })
+    .collect();
+    let (_, d) = mkdir(&alice, &token, ROOT, "victim").await;
+    let victim = id_of(&d);
+    let patch = |name: &str| json!({"data": {"attributes": {"name": name}}});
+    for c in &blanks {
+        for name in [c.to_string(), format!("{c}{c}"), format!(" {c} ")] {
+            for kind in ["file", "directory"] {
+                let resp = alice
+                    .req(Method::POST, &format!("/files/{ROOT}?Type={kind}&Name={}", enc(&name)), Some(&token))
+                    .body("x")
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, v) = json_of(resp).await;
+                assert_eq!(status, 400, "{kind} U+{:04X}: {v}", *c as u32);
+                assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+            }
+            let (status, v) =
+                alice.call(Method::PATCH, &format!("/files/{victim}"), Some(&token), Some(patch(&name))).await;
+            assert_eq!(status, 400, "rename to U+{:04X}: {v}", *c as u32);
+        }
+    }
+    // Only the victim and the trash: nothing was created, nothing renamed.
+    let names: Vec<String> = children(&alice, &token, ROOT, 50)
+        .await
+        .iter()
+        .map(|c| c["attributes"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"victim".to_owned()), "{names:?}");
+    // A visible character beside them makes a name (those that are not bidi controls).
+    for (n, name) in ["a\u{3164}", "\u{2800}b", "c\u{FE0F}", "\u{115F}d", "e\u{034F}f", "g\u{E0001}", "h\u{00AD}i"]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, v) = mkdir(&alice, &token, ROOT, name).await;
+        assert_eq!(status, 201, "{name:?}: {v}");
+        assert_eq!(v["data"]["attributes"]["name"], name);
+        let renamed = format!("{name}{n}");
+        let (status, v) =
+            alice.call(Method::PATCH, &format!("/files/{}", id_of(&v)), Some(&token), Some(patch(&renamed))).await;
+        assert_eq!(status, 200, "{renamed:?}: {v}");
+        assert_eq!(v["data"]["attributes"]["name"], renamed.as_str());
+    }
+}
+
 #[tokio::test]
 async fn names_are_unique_within_a_directory() {
     let (_app, alice, token) = setup().await;
