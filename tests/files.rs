@@ -727,8 +727,8 @@ async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
     assert_eq!(listed[0]["attributes"]["name"], "sub");
     assert_eq!(download(&alice, &code, &photo).await, (200, b"jpeg bytes".to_vec()));
     // Nothing outside, and no write inside.
-    assert_eq!(download(&alice, &code, &secret).await.0, 403);
-    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&code), None).await.0, 403);
+    assert_eq!(download(&alice, &code, &secret).await.0, 404);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&code), None).await.0, 404);
     assert_eq!(upload(&alice, &code, &d, "new.txt", b"x").await.0, 403);
     assert_eq!(alice.call(Method::DELETE, &format!("/files/{photo}"), Some(&code), None).await.0, 403);
     let (status, _) = alice
@@ -750,11 +750,78 @@ async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(download(&alice, &code, &photo).await.0, 403);
+    assert_eq!(download(&alice, &code, &photo).await.0, 404);
     // Revoked: the code stops at once.
     assert_eq!(alice.call(Method::DELETE, &format!("/permissions/{perm}"), Some(&token), None).await.0, 204);
     assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), Some(&code), None).await.0, 401);
     assert_eq!(download(&alice, &code, &id_of(&sub)).await.0, 401);
+}
+
+/// A link holder cannot tell which ids exist outside the link: every files route (metadata,
+/// HEAD, children, download, by id and by path, and the write verbs) answers an existing id
+/// outside its scope exactly as an id that names nothing (the same 404, the same body).
+#[tokio::test]
+async fn outside_a_link_every_files_route_answers_as_for_an_id_that_does_not_exist() {
+    let (_app, alice, token) = setup().await;
+    let (_, parent) = mkdir(&alice, &token, ROOT, "parent").await;
+    let parent = id_of(&parent);
+    let (_, sub1) = mkdir(&alice, &token, &parent, "sub1").await;
+    let sub1 = id_of(&sub1);
+    let (_, inside) = upload(&alice, &token, &sub1, "in.txt", b"inside").await;
+    let (_, beside) = upload(&alice, &token, &parent, "beside.txt", b"beside").await;
+    let (_, other) = mkdir(&alice, &token, ROOT, "other").await;
+    let (_, trashed) = upload(&alice, &token, ROOT, "gone.txt", b"gone").await;
+    let (inside, beside, other, trashed) = (id_of(&inside), id_of(&beside), id_of(&other), id_of(&trashed));
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{trashed}"), Some(&token), None).await.0, 200);
+    let (status, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=bob",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "sub": {"type": "io.cozy.files", "verbs": ["GET"], "values": [sub1]}}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let code = v["data"]["attributes"]["codes"]["bob"].as_str().unwrap().to_owned();
+    // Inside: read.
+    assert_eq!(download(&alice, &code, &inside).await, (200, b"inside".to_vec()));
+    let answer = |method: Method, path: String| {
+        let (alice, code) = (&alice, &code);
+        async move {
+            let body = if method == Method::PATCH { r#"{"data": {"attributes": {"name": "y"}}}"# } else { "{}" };
+            let resp = alice.req(method, &path, Some(code)).body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let made_up = "0123456789abcdef0123456789abcdef";
+    for outside in [parent.as_str(), beside.as_str(), other.as_str(), trashed.as_str(), ROOT, TRASH] {
+        for (method, route) in [
+            (Method::GET, "/files/{}"),
+            (Method::HEAD, "/files/{}"),
+            (Method::GET, "/files/{}?page[limit]=5"),
+            (Method::GET, "/files/download/{}"),
+            (Method::HEAD, "/files/download/{}"),
+            (Method::PATCH, "/files/{}"),
+            (Method::DELETE, "/files/{}"),
+            (Method::PUT, "/files/{}"),
+            (Method::POST, "/files/{}?Type=directory&Name=x"),
+        ] {
+            let got = answer(method.clone(), route.replace("{}", &enc(outside))).await;
+            let none = answer(method.clone(), route.replace("{}", made_up)).await;
+            assert_eq!(got.0, 404, "{method} {route} on {outside}: {got:?}");
+            assert_eq!(got, (none.0, none.1.replace(made_up, outside)), "{method} {route} on {outside}");
+        }
+    }
+    // By path: what lies outside answers as a path where nothing is.
+    for path in ["/parent", "/parent/beside.txt", "/other", "/"] {
+        for route in ["/files/metadata?Path=", "/files/download?Path="] {
+            let got = answer(Method::GET, format!("{route}{}", enc(path))).await;
+            let none = answer(Method::GET, format!("{route}{}", enc("/parent/nothing-here"))).await;
+            assert_eq!(got.0, 404, "{route}{path}: {got:?}");
+            assert_eq!(got, none, "{route}{path}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -775,7 +842,7 @@ async fn a_link_on_one_file_downloads_that_file() {
     let code = v["data"]["attributes"]["codes"]["x"].as_str().unwrap().to_owned();
     assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
     assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 200);
-    assert_eq!(download(&alice, &code, &g).await.0, 403);
+    assert_eq!(download(&alice, &code, &g).await.0, 404);
     // Trashing the linked file cuts the link (seafile#1024, ocis#3269); restoring it brings the
     // link back, while the owner reads it in the trash all along.
     let (status, _) = alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await;

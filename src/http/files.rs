@@ -88,17 +88,35 @@ impl Caller {
 
     /// Refuses unless `verb` is allowed on the item (or directory) with this lineage (the item
     /// first, then its ancestors).
-    /// A link never reaches into the trash: trashing a linked item cuts the link until it is
-    /// restored (as a deleted item would).
+    ///
+    /// For a link (a sharecode) whatever lies outside what it covers does not exist: the answer
+    /// is the 404 of an id that names nothing (`no file or directory ID`, the same body), for
+    /// every verb, so that a link holder cannot tell which ids exist. A link never reaches into
+    /// the trash either: trashing a linked item cuts the link until it is restored (as a
+    /// deleted item would). Inside its scope a link only reads (403 for any other verb).
+    /// A token (the owner's apps) with a narrower scope gets the 403 of its scope.
     fn check<'a>(&self, verb: Verb, lineage: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
-        if self.link && verb != Verb::Get {
-            return Err(ApiError::Forbidden("a link gives read-only access to files".into()));
-        }
         let lineage: Vec<&str> = lineage.into_iter().collect();
-        if self.link && lineage.contains(&files::TRASH_ID) {
-            return Err(ApiError::NotFound("no such file or directory".into()));
-        }
         let doctype = files::doctype();
+        if self.link {
+            let id = lineage.first().copied().unwrap_or_default();
+            let hidden = || Err(ApiError::NotFound(format!("no file or directory {id}")));
+            if lineage.contains(&files::TRASH_ID) {
+                return hidden();
+            }
+            let covered = match self.perms.reach(&doctype, Verb::Get) {
+                Reach::All => true,
+                Reach::None => return Err(ApiError::Forbidden(format!("no Get access to {}", files::DOCTYPE))),
+                Reach::Ids(ids) => lineage.iter().any(|id| ids.iter().any(|a| a == id)),
+            };
+            if !covered {
+                return hidden();
+            }
+            if verb != Verb::Get {
+                return Err(ApiError::Forbidden("a link gives read-only access to files".into()));
+            }
+            return Ok(());
+        }
         match self.perms.reach(&doctype, verb) {
             Reach::All => Ok(()),
             Reach::None => Err(ApiError::Forbidden(format!("no {verb:?} access to {}", files::DOCTYPE))),
@@ -121,7 +139,7 @@ impl Caller {
         match files.by_path(path).await {
             Ok(item) => match self.check(Verb::Get, item.lineage()) {
                 Ok(()) => Ok(item),
-                Err(ApiError::Forbidden(_)) => Err(hidden()),
+                Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Err(hidden()),
                 Err(e) => Err(e),
             },
             Err(FilesError::NotFound(_)) => Err(hidden()),
