@@ -646,6 +646,67 @@ async fn the_quota_refuses_uploads_beyond_it_with_413_and_writes_nothing() {
     assert_eq!(files.used().await.unwrap(), 150_000);
 }
 
+/// A 413 says what is true: the file's size and the bytes that were free, for a new file, a
+/// replacement and a body of unknown length.
+#[tokio::test]
+async fn a_file_that_does_not_fit_is_refused_with_its_size_and_the_room_left() {
+    let app = spawn_app_with(|c| c.files.quota_bytes = 100_000).await;
+    let alice = app.add_instance("alice", "pa");
+    let token = app.token(&alice, "io.cozy.files");
+    let (_, a) = upload(&alice, &token, ROOT, "a", &pattern(60_000, 1)).await;
+    let a = id_of(&a);
+    // A new file: 70,000 bytes with 40,000 free.
+    let (status, v) = upload(&alice, &token, ROOT, "b", &pattern(70_000, 2)).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("does not fit") && reason.contains("it is 70000 bytes"), "{v}");
+    assert!(reason.contains("40000 bytes are free") && reason.contains("nothing was written"), "{v}");
+    // A replacement: the old content's room counts as free (100,000), the new one is 150,000.
+    let data = pattern(150_000, 3);
+    let resp = alice
+        .req(Method::PUT, &format!("/files/{a}"), Some(&token))
+        .header("Content-MD5", md5_b64(&data))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("it is 150000 bytes") && reason.contains("100000 bytes are free"), "{v}");
+    // A chunked body: what had arrived when it passed the room left.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        pattern(60_000, 4).chunks(8192).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=c"), Some(&token))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("its body passed") && reason.contains("40000 bytes are free"), "{v}");
+}
+
+/// A query parameter given twice on `/files` is a 400: no value silently wins.
+#[tokio::test]
+async fn a_files_query_parameter_given_twice_is_refused() {
+    let (_app, alice, token) = setup().await;
+    for query in ["Type=file&Name=a&Name=b", "Type=file&Type=directory&Name=c", "Name=d&Type=directory&Type=directory"]
+    {
+        let resp =
+            alice.req(Method::POST, &format!("/files/{ROOT}?{query}"), Some(&token)).body("x").send().await.unwrap();
+        let (status, v) = json_of(resp).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(v["reason"].as_str().unwrap().contains("more than once"), "{v}");
+    }
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/&Path=/x", Some(&token), None).await;
+    assert_eq!(status, 400, "{v}");
+    // Nothing was created.
+    assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "only the trash is in the root");
+}
+
 #[tokio::test]
 async fn data_io_cozy_files_is_read_only_and_scopes_apply_to_files() {
     let (app, alice, token) = setup().await;

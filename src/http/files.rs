@@ -235,14 +235,14 @@ async fn get_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id_param(&req)?).await?;
-    show(&files, &caller, item, &Query::of(&req)?).await
+    show(&files, &caller, item, &Query::of_single(&req)?).await
 }
 
 /// `GET /files/metadata?Path=/a/b` — the same, by absolute path.
 async fn metadata_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
     let item = caller.at_path(&files, p).await?;
     show(&files, &caller, item, &q).await
@@ -358,7 +358,7 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
 
 async fn create_in(inst: Inst, req: HttpRequest, payload: web::Payload, dir_id: String) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let kind = q.get("Type").ok_or_else(|| ApiError::bad_request("Type is required: file or directory"))?;
     let name = q.get("Name").ok_or_else(|| ApiError::bad_request("Name is required"))?.to_owned();
     crate::files::model::check_name(&name).map_err(ApiError::BadRequest)?;
@@ -384,7 +384,7 @@ async fn replace(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Put, item.lineage())?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let spec = upload_spec(&req, &q)?;
     let item = upload(&req, &files, UploadTarget::Replace { id, if_match: if_match(&req)? }, spec, payload).await?;
     one(StatusCode::OK, &item)
@@ -504,7 +504,7 @@ async fn list_trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let trash = files.get(TRASH_ID).await?;
     caller.check(Verb::Get, trash.lineage())?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let limit = page_limit(&q)?;
     let (children, next, count) = files.children(&trash, q.get("page[cursor]"), limit).await?;
     let list: Vec<Box<RawValue>> = children.iter().map(Item::resource).collect();
@@ -562,7 +562,7 @@ async fn download_by_id(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse>
 async fn download_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
     let item = caller.at_path(&files, p).await?;
     serve(&files, &caller, &req, item).await
@@ -656,7 +656,7 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         }
     }
     let size = item.size();
-    let q = Query::of(req)?;
+    let q = Query::of_single(req)?;
     // A file that a browser would run (HTML, SVG, XML, scripts) is never shown inline on the
     // instance's origin: stored XSS through an upload (cozy-stack#3435).
     let mime = item.mime();
