@@ -204,6 +204,17 @@ fn print_status(status: &serde_json::Value) {
             let last = &r["last_refusal"];
             println!("     last refused: {} ({}): {}", text(&last["doc"]), text(&last["at"]), text(&last["reason"]));
         }
+        // What this instance refused of what the member sent (a read-only member's edits).
+        let received = &m["refused_received"];
+        if received["docs"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "     refused here: {} document(s) it sent, last {} ({}): {}",
+                received["docs"],
+                text(&received["last"]["doc"]),
+                text(&received["last"]["at"]),
+                text(&received["last"]["reason"])
+            );
+        }
         // Files sharings: the content still to deliver to this member.
         let c = &m["content"];
         if !c.is_null() {
