@@ -202,7 +202,15 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
             (Method::POST, format!("/files/trash/{id}")),
             (Method::DELETE, format!("/files/trash/{id}")),
         ] {
-            let resp = alice.req(method.clone(), &path, Some(&token)).body("{}").send().await.unwrap();
+            // An API client asking for JSON (`/files/..` is `/` once the client resolves the dot
+            // segment: the home, which sends other clients to log in).
+            let resp = alice
+                .req(method.clone(), &path, Some(&token))
+                .header("Accept", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             let status = resp.status().as_u16();
             let (is_json, text) = (
                 resp.headers().get("content-type").is_some_and(|c| c.to_str().unwrap().contains("json")),
@@ -236,6 +244,86 @@ async fn hostile_names_and_paths_get_clear_4xx_and_change_nothing() {
     // A 255-byte name is fine.
     let (status, v) = mkdir(&alice, &token, ROOT, &"é".repeat(127)).await;
     assert_eq!(status, 201, "{v}");
+}
+
+/// Every Unicode `Default_Ignorable_Code_Point` range (DerivedCoreProperties.txt), both ends,
+/// and the blank-drawn U+2800 and U+3000: a name made only of them is blank (400) by POST and by
+/// PATCH; with a visible character beside them it is a name (201).
+#[tokio::test]
+async fn names_made_only_of_invisible_characters_are_refused_by_class() {
+    let (_app, alice, token) = setup().await;
+    let blanks: Vec<char> = [
+        ('\u{00AD}', '\u{00AD}'),
+        ('\u{034F}', '\u{034F}'),
+        ('\u{061C}', '\u{061C}'),
+        ('\u{115F}', '\u{1160}'),
+        ('\u{17B4}', '\u{17B5}'),
+        ('\u{180B}', '\u{180F}'),
+        ('\u{200B}', '\u{200F}'),
+        ('\u{202A}', '\u{202E}'),
+        ('\u{2060}', '\u{206F}'),
+        ('\u{3164}', '\u{3164}'),
+        ('\u{FE00}', '\u{FE0F}'),
+        ('\u{FEFF}', '\u{FEFF}'),
+        ('\u{FFA0}', '\u{FFA0}'),
+        ('\u{FFF0}', '\u{FFF8}'),
+        ('\u{1BCA0}', '\u{1BCA3}'),
+        ('\u{1D173}', '\u{1D17A}'),
+        ('\u{E0000}', '\u{E0001}'),
+        ('\u{E0FFE}', '\u{E0FFF}'),
+        ('\u{2800}', '\u{2800}'),
+        ('\u{3000}', '\u{3000}'),
+    ]
+    .into_iter()
+    .flat_map(|(a, b)| {
+        // Both ends and one in the middle of each range.
+        let mid = char::from_u32((a as u32 + b as u32) / 2).unwrap();
+        [a, mid, b]
+    })
+    .collect();
+    let (_, d) = mkdir(&alice, &token, ROOT, "victim").await;
+    let victim = id_of(&d);
+    let patch = |name: &str| json!({"data": {"attributes": {"name": name}}});
+    for c in &blanks {
+        for name in [c.to_string(), format!("{c}{c}"), format!(" {c} ")] {
+            for kind in ["file", "directory"] {
+                let resp = alice
+                    .req(Method::POST, &format!("/files/{ROOT}?Type={kind}&Name={}", enc(&name)), Some(&token))
+                    .body("x")
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, v) = json_of(resp).await;
+                assert_eq!(status, 400, "{kind} U+{:04X}: {v}", *c as u32);
+                assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+            }
+            let (status, v) =
+                alice.call(Method::PATCH, &format!("/files/{victim}"), Some(&token), Some(patch(&name))).await;
+            assert_eq!(status, 400, "rename to U+{:04X}: {v}", *c as u32);
+        }
+    }
+    // Only the victim and the trash: nothing was created, nothing renamed.
+    let names: Vec<String> = children(&alice, &token, ROOT, 50)
+        .await
+        .iter()
+        .map(|c| c["attributes"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"victim".to_owned()), "{names:?}");
+    // A visible character beside them makes a name (those that are not bidi controls).
+    for (n, name) in ["a\u{3164}", "\u{2800}b", "c\u{FE0F}", "\u{115F}d", "e\u{034F}f", "g\u{E0001}", "h\u{00AD}i"]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, v) = mkdir(&alice, &token, ROOT, name).await;
+        assert_eq!(status, 201, "{name:?}: {v}");
+        assert_eq!(v["data"]["attributes"]["name"], name);
+        let renamed = format!("{name}{n}");
+        let (status, v) =
+            alice.call(Method::PATCH, &format!("/files/{}", id_of(&v)), Some(&token), Some(patch(&renamed))).await;
+        assert_eq!(status, 200, "{renamed:?}: {v}");
+        assert_eq!(v["data"]["attributes"]["name"], renamed.as_str());
+    }
 }
 
 #[tokio::test]
@@ -566,6 +654,67 @@ async fn the_quota_refuses_uploads_beyond_it_with_413_and_writes_nothing() {
     assert_eq!(files.used().await.unwrap(), 150_000);
 }
 
+/// A 413 says what is true: the file's size and the bytes that were free, for a new file, a
+/// replacement and a body of unknown length.
+#[tokio::test]
+async fn a_file_that_does_not_fit_is_refused_with_its_size_and_the_room_left() {
+    let app = spawn_app_with(|c| c.files.quota_bytes = 100_000).await;
+    let alice = app.add_instance("alice", "pa");
+    let token = app.token(&alice, "io.cozy.files");
+    let (_, a) = upload(&alice, &token, ROOT, "a", &pattern(60_000, 1)).await;
+    let a = id_of(&a);
+    // A new file: 70,000 bytes with 40,000 free.
+    let (status, v) = upload(&alice, &token, ROOT, "b", &pattern(70_000, 2)).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("does not fit") && reason.contains("it is 70000 bytes"), "{v}");
+    assert!(reason.contains("40000 bytes are free") && reason.contains("nothing was written"), "{v}");
+    // A replacement: the old content's room counts as free (100,000), the new one is 150,000.
+    let data = pattern(150_000, 3);
+    let resp = alice
+        .req(Method::PUT, &format!("/files/{a}"), Some(&token))
+        .header("Content-MD5", md5_b64(&data))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("it is 150000 bytes") && reason.contains("100000 bytes are free"), "{v}");
+    // A chunked body: what had arrived when it passed the room left.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        pattern(60_000, 4).chunks(8192).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let resp = alice
+        .req(Method::POST, &format!("/files/{ROOT}?Type=file&Name=c"), Some(&token))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(resp).await;
+    assert_eq!(status, 413, "{v}");
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("its body passed") && reason.contains("40000 bytes are free"), "{v}");
+}
+
+/// A query parameter given twice on `/files` is a 400: no value silently wins.
+#[tokio::test]
+async fn a_files_query_parameter_given_twice_is_refused() {
+    let (_app, alice, token) = setup().await;
+    for query in ["Type=file&Name=a&Name=b", "Type=file&Type=directory&Name=c", "Name=d&Type=directory&Type=directory"]
+    {
+        let resp =
+            alice.req(Method::POST, &format!("/files/{ROOT}?{query}"), Some(&token)).body("x").send().await.unwrap();
+        let (status, v) = json_of(resp).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(v["reason"].as_str().unwrap().contains("more than once"), "{v}");
+    }
+    let (status, v) = alice.call(Method::GET, "/files/metadata?Path=/&Path=/x", Some(&token), None).await;
+    assert_eq!(status, 400, "{v}");
+    // Nothing was created.
+    assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "only the trash is in the root");
+}
+
 #[tokio::test]
 async fn data_io_cozy_files_is_read_only_and_scopes_apply_to_files() {
     let (app, alice, token) = setup().await;
@@ -647,8 +796,8 @@ async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
     assert_eq!(listed[0]["attributes"]["name"], "sub");
     assert_eq!(download(&alice, &code, &photo).await, (200, b"jpeg bytes".to_vec()));
     // Nothing outside, and no write inside.
-    assert_eq!(download(&alice, &code, &secret).await.0, 403);
-    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&code), None).await.0, 403);
+    assert_eq!(download(&alice, &code, &secret).await.0, 404);
+    assert_eq!(alice.call(Method::GET, &format!("/files/{ROOT}"), Some(&code), None).await.0, 404);
     assert_eq!(upload(&alice, &code, &d, "new.txt", b"x").await.0, 403);
     assert_eq!(alice.call(Method::DELETE, &format!("/files/{photo}"), Some(&code), None).await.0, 403);
     let (status, _) = alice
@@ -670,11 +819,78 @@ async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(download(&alice, &code, &photo).await.0, 403);
+    assert_eq!(download(&alice, &code, &photo).await.0, 404);
     // Revoked: the code stops at once.
     assert_eq!(alice.call(Method::DELETE, &format!("/permissions/{perm}"), Some(&token), None).await.0, 204);
     assert_eq!(alice.call(Method::GET, &format!("/files/{d}"), Some(&code), None).await.0, 401);
     assert_eq!(download(&alice, &code, &id_of(&sub)).await.0, 401);
+}
+
+/// A link holder cannot tell which ids exist outside the link: every files route (metadata,
+/// HEAD, children, download, by id and by path, and the write verbs) answers an existing id
+/// outside its scope exactly as an id that names nothing (the same 404, the same body).
+#[tokio::test]
+async fn outside_a_link_every_files_route_answers_as_for_an_id_that_does_not_exist() {
+    let (_app, alice, token) = setup().await;
+    let (_, parent) = mkdir(&alice, &token, ROOT, "parent").await;
+    let parent = id_of(&parent);
+    let (_, sub1) = mkdir(&alice, &token, &parent, "sub1").await;
+    let sub1 = id_of(&sub1);
+    let (_, inside) = upload(&alice, &token, &sub1, "in.txt", b"inside").await;
+    let (_, beside) = upload(&alice, &token, &parent, "beside.txt", b"beside").await;
+    let (_, other) = mkdir(&alice, &token, ROOT, "other").await;
+    let (_, trashed) = upload(&alice, &token, ROOT, "gone.txt", b"gone").await;
+    let (inside, beside, other, trashed) = (id_of(&inside), id_of(&beside), id_of(&other), id_of(&trashed));
+    assert_eq!(alice.call(Method::DELETE, &format!("/files/{trashed}"), Some(&token), None).await.0, 200);
+    let (status, v) = alice
+        .call(
+            Method::POST,
+            "/permissions?codes=bob",
+            Some(&token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "sub": {"type": "io.cozy.files", "verbs": ["GET"], "values": [sub1]}}}}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let code = v["data"]["attributes"]["codes"]["bob"].as_str().unwrap().to_owned();
+    // Inside: read.
+    assert_eq!(download(&alice, &code, &inside).await, (200, b"inside".to_vec()));
+    let answer = |method: Method, path: String| {
+        let (alice, code) = (&alice, &code);
+        async move {
+            let body = if method == Method::PATCH { r#"{"data": {"attributes": {"name": "y"}}}"# } else { "{}" };
+            let resp = alice.req(method, &path, Some(code)).body(body).send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let made_up = "0123456789abcdef0123456789abcdef";
+    for outside in [parent.as_str(), beside.as_str(), other.as_str(), trashed.as_str(), ROOT, TRASH] {
+        for (method, route) in [
+            (Method::GET, "/files/{}"),
+            (Method::HEAD, "/files/{}"),
+            (Method::GET, "/files/{}?page[limit]=5"),
+            (Method::GET, "/files/download/{}"),
+            (Method::HEAD, "/files/download/{}"),
+            (Method::PATCH, "/files/{}"),
+            (Method::DELETE, "/files/{}"),
+            (Method::PUT, "/files/{}"),
+            (Method::POST, "/files/{}?Type=directory&Name=x"),
+        ] {
+            let got = answer(method.clone(), route.replace("{}", &enc(outside))).await;
+            let none = answer(method.clone(), route.replace("{}", made_up)).await;
+            assert_eq!(got.0, 404, "{method} {route} on {outside}: {got:?}");
+            assert_eq!(got, (none.0, none.1.replace(made_up, outside)), "{method} {route} on {outside}");
+        }
+    }
+    // By path: what lies outside answers as a path where nothing is.
+    for path in ["/parent", "/parent/beside.txt", "/other", "/"] {
+        for route in ["/files/metadata?Path=", "/files/download?Path="] {
+            let got = answer(Method::GET, format!("{route}{}", enc(path))).await;
+            let none = answer(Method::GET, format!("{route}{}", enc("/parent/nothing-here"))).await;
+            assert_eq!(got.0, 404, "{route}{path}: {got:?}");
+            assert_eq!(got, none, "{route}{path}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -695,7 +911,7 @@ async fn a_link_on_one_file_downloads_that_file() {
     let code = v["data"]["attributes"]["codes"]["x"].as_str().unwrap().to_owned();
     assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
     assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 200);
-    assert_eq!(download(&alice, &code, &g).await.0, 403);
+    assert_eq!(download(&alice, &code, &g).await.0, 404);
     // Trashing the linked file cuts the link (seafile#1024, ocis#3269); restoring it brings the
     // link back, while the owner reads it in the trash all along.
     let (status, _) = alice.call(Method::DELETE, &format!("/files/{f}"), Some(&token), None).await;

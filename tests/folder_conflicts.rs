@@ -722,6 +722,24 @@ async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_i
         members.iter().any(|m| m["replication"]["health"] == "degraded" && m["replication"]["refused_docs"] == 1),
         "{json}"
     );
+    // The owner's status says it too: what it refused of what bob sent, and why.
+    eventually(WAIT, "alice's status shows what she refused of bob's", || async {
+        let (_, v) = w.alice.call(Method::GET, &format!("/sharings/{}/status", w.sid), Some(&w.ta), None).await;
+        v["data"]["attributes"]["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["read_only"] == true && m["refused_received"]["docs"].as_u64().unwrap_or(0) >= 1)
+    })
+    .await;
+    let (_, v) = w.alice.call(Method::GET, &format!("/sharings/{}/status", w.sid), Some(&w.ta), None).await;
+    let members = v["data"]["attributes"]["members"].as_array().cloned().unwrap_or_default();
+    let bob_there = members.iter().find(|m| m["refused_received"]["docs"].as_u64().unwrap_or(0) >= 1).unwrap();
+    let last = &bob_there["refused_received"]["last"];
+    assert!(last["reason"].as_str().is_some_and(|r| r.contains("may only read")), "{v}");
+    assert_eq!(last["doc"], json!(format!("{FILES}/{}", w.on_bob(&r))), "as bob names it: {v}");
+    let text = cli(&w.one, &["sharings", "status", &w.alice.domain, &w.sid]);
+    assert!(text.contains("refused here") && text.contains("may only read"), "{text}");
     let creds = load(&w.two, &w.bob, &w.sid).await.members[0].outbound.clone().unwrap();
     let mut doc = bob_body.clone();
     doc["_id"] = json!(w.on_bob(&r));

@@ -133,6 +133,9 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"], "too_large", "{v}");
         assert!(v["reason"].as_str().unwrap().contains("quota"), "{v}");
+        // What is true: this file's size and the room left for it.
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("it is {} bytes", data.len())) && reason.contains("bytes are free"), "{v}");
         assert_eq!(download(&alice, &ta, &format!("/Team/{name}"), data).await.0, 409, "nothing kept");
         refused += 1;
     }

@@ -29,9 +29,31 @@ fn csrf_of(html: &str) -> String {
 async fn strangers_are_sent_to_the_login_page_and_back() {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);
-    // An API client is told there is no such route, as before the page existed.
-    let (s, v) = alice.call(Method::GET, "/", None, None).await;
-    assert_eq!(s, 404, "{v}");
+    // An API client asking for JSON only is told there is no such route, as before the page
+    // existed.
+    for accept in ["application/json", "application/vnd.api+json, application/json;q=0.5"] {
+        let resp = alice.req(Method::GET, "/", None).header("Accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{accept}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["reason"], "no such route", "{accept}");
+    }
+    // Any other client (curl's `*/*`, no Accept at all, a browser) is sent to log in and back.
+    for accept in ["*/*", "text/html", "application/json, */*;q=0.1", "text/plain"] {
+        let resp = browser().get(format!("http://{}/", alice.domain)).header("Accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), 303, "{accept}");
+        assert_eq!(resp.headers()["location"], "/auth/login?redirect=%2F", "{accept}");
+    }
+    // No Accept header at all (reqwest always sends one: raw HTTP/1.1).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", alice.port)).await.unwrap();
+        let request = format!("GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", alice.domain);
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("location: /auth/login?redirect=%2f"), "{answer}");
+    }
     let resp = browser()
         .get(format!("http://{}/?dir=abc", alice.domain))
         .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")

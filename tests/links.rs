@@ -57,6 +57,10 @@ async fn a_read_only_code_reads_its_documents_and_nothing_else() {
     assert_eq!(alice.call(Method::GET, &format!("{NOTES}/n1"), Some(&jane), None).await.0, 200);
     // Only the listed document, only reads, only that doctype.
     assert_eq!(alice.call(Method::GET, &format!("{NOTES}/n2"), Some(&bob), None).await.0, 403);
+    // An existing id outside the link and one that names nothing answer alike: no probing.
+    let (s2, v2) = alice.call(Method::GET, &format!("{NOTES}/n2"), Some(&bob), None).await;
+    let (s9, v9) = alice.call(Method::GET, &format!("{NOTES}/n9"), Some(&bob), None).await;
+    assert_eq!((s2, v2.to_string().replace("n2", "n9")), (s9, v9.to_string()));
     let (s, v) = alice.call(Method::PUT, &format!("{NOTES}/n1"), Some(&bob), Some(json!({"title": "hacked"}))).await;
     assert_eq!(s, 403, "{v}");
     assert_eq!(alice.call(Method::DELETE, &format!("{NOTES}/n1?rev=1-x"), Some(&bob), None).await.0, 403);

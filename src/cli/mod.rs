@@ -58,8 +58,9 @@ pub(crate) enum SharingsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replicate now and show progress until every member is up to date (asks the running
-    /// server).
+    /// Replicate now and show progress until the metadata and the content of every ready member
+    /// are at rest (asks the running server); an error when no member is ready, on timeout or
+    /// on Ctrl-C (the server goes on syncing).
     Sync {
         domain: String,
         id: String,

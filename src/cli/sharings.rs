@@ -204,6 +204,17 @@ fn print_status(status: &serde_json::Value) {
             let last = &r["last_refusal"];
             println!("     last refused: {} ({}): {}", text(&last["doc"]), text(&last["at"]), text(&last["reason"]));
         }
+        // What this instance refused of what the member sent (a read-only member's edits).
+        let received = &m["refused_received"];
+        if received["docs"].as_u64().unwrap_or(0) > 0 {
+            println!(
+                "     refused here: {} document(s) it sent, last {} ({}): {}",
+                received["docs"],
+                text(&received["last"]["doc"]),
+                text(&received["last"]["at"]),
+                text(&received["last"]["reason"])
+            );
+        }
         // Files sharings: the content still to deliver to this member.
         let c = &m["content"];
         if !c.is_null() {
@@ -234,7 +245,81 @@ fn bytes(v: &serde_json::Value) -> String {
     }
 }
 
-/// Shows a progress bar per member replicated to, until nothing is pending.
+/// What one ready member still waits for, from its entry in `GET /sharings/:id/status`.
+#[derive(Debug, Default, PartialEq)]
+struct Pending {
+    /// Changes past its checkpoint, and whether a replication is running now.
+    docs: u64,
+    running: bool,
+    /// Files whose content it may still lack, and their bytes (files sharings).
+    files: u64,
+    bytes: u64,
+    content_running: bool,
+}
+
+impl Pending {
+    fn of(member: &serde_json::Value) -> Pending {
+        let (r, c) = (&member["replication"], &member["content"]);
+        Pending {
+            docs: r["pending"].as_u64().unwrap_or(0),
+            running: r["running"] == true,
+            files: c["files_pending"].as_u64().unwrap_or(0),
+            bytes: c["bytes_pending"].as_u64().unwrap_or(0),
+            content_running: c["running"] == true,
+        }
+    }
+
+    /// Metadata and content at rest: nothing pending, nothing running.
+    fn at_rest(&self) -> bool {
+        self.docs == 0 && !self.running && self.files == 0 && !self.content_running
+    }
+
+    fn describe(&self) -> String {
+        let mut out = format!("{} change(s) pending", self.docs);
+        if self.files > 0 {
+            out.push_str(&format!(", content: {} file(s), {} pending", self.files, bytes(&json_u64(self.bytes))));
+        }
+        out
+    }
+}
+
+fn json_u64(n: u64) -> serde_json::Value {
+    serde_json::Value::from(n)
+}
+
+/// What is still not at rest, in one line per member (and the content still to arrive here).
+fn still_pending(members: &[serde_json::Value], missing: &serde_json::Value) -> String {
+    let mut lines: Vec<String> = members
+        .iter()
+        .filter(|m| !m["replication"].is_null())
+        .map(|m| (m, Pending::of(m)))
+        .filter(|(_, p)| !p.at_rest())
+        .map(|(m, p)| {
+            let error = m["content"]["last_error"].as_str().or(m["replication"]["last_error"].as_str());
+            format!(
+                "  {}: {}{}",
+                m["name"].as_str().unwrap_or("a member"),
+                p.describe(),
+                error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            )
+        })
+        .collect();
+    if missing["files"].as_u64().unwrap_or(0) > 0 {
+        lines.push(format!(
+            "  content still to arrive here: {} file(s), {}",
+            missing["files"],
+            bytes(&missing["bytes"])
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Shows a progress bar per ready member, until its metadata (the changes past its checkpoint)
+/// and, for a sharing of files, its content (`content.files_pending`) are at rest, and the
+/// content this instance waits for (`content_missing`) has arrived; then "Up to date.". A
+/// sharing with no ready member (nobody has accepted, or all were revoked) is an error:
+/// nothing can be synced. After `timeout`, or on Ctrl-C, it stops waiting with an error that
+/// lists what is still pending; the running server goes on syncing either way.
 async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Duration) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let bars = MultiProgress::new();
@@ -243,12 +328,32 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
         .progress_chars("=> ");
     let mut by_member: std::collections::BTreeMap<u64, ProgressBar> = std::collections::BTreeMap::new();
     let deadline = std::time::Instant::now() + timeout;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let background = "the running server goes on syncing; follow it with `hearth sharings status`";
     loop {
         let status = server.get(&format!("/sharings/{id}/status")).await?;
-        let members = status["data"]["attributes"]["members"].as_array().cloned().unwrap_or_default();
+        let attributes = &status["data"]["attributes"];
+        let members = attributes["members"].as_array().cloned().unwrap_or_default();
+        let ready: Vec<&serde_json::Value> = members.iter().filter(|m| !m["replication"].is_null()).collect();
+        if ready.is_empty() {
+            let states: Vec<String> = members
+                .iter()
+                .map(|m| {
+                    format!("{} is {}", m["name"].as_str().unwrap_or("a member"), m["status"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            anyhow::bail!(
+                "nothing to sync: no member of this sharing is ready ({}); a member is ready once it has accepted \
+                 the invitation{}",
+                if states.is_empty() { "it has no member".to_owned() } else { states.join(", ") },
+                if attributes["active"] == false { ", and this sharing is no longer active" } else { "" }
+            );
+        }
         let mut done = true;
-        for m in members.iter().filter(|m| !m["replication"].is_null()) {
+        for m in &ready {
             let r = &m["replication"];
+            let p = Pending::of(m);
             let index = m["index"].as_u64().unwrap_or(0);
             let bar = by_member.entry(index).or_insert_with(|| {
                 let b = bars.add(ProgressBar::new(0));
@@ -256,23 +361,25 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
                 b.set_prefix(m["name"].as_str().unwrap_or("member").to_owned());
                 b
             });
-            let pending = r["pending"].as_u64().unwrap_or(0);
-            let total = r["total"].as_u64().unwrap_or(0).max(r["processed"].as_u64().unwrap_or(0) + pending);
+            let total = r["total"].as_u64().unwrap_or(0).max(r["processed"].as_u64().unwrap_or(0) + p.docs);
             bar.set_length(total.max(1));
-            bar.set_position(total.saturating_sub(pending));
-            bar.set_message(match r["last_error"].as_str() {
-                Some(e) => format!("{} ({e})", r["health"].as_str().unwrap_or("")),
-                None => r["health"].as_str().unwrap_or("").to_owned(),
-            });
-            if pending > 0 || r["running"] == true {
-                done = false;
-            }
+            bar.set_position(total.saturating_sub(p.docs));
+            let health = r["health"].as_str().unwrap_or("");
+            let error = m["content"]["last_error"].as_str().or(r["last_error"].as_str());
+            bar.set_message(format!(
+                "{health}; {}{}",
+                p.describe(),
+                error.map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
+            done &= p.at_rest();
         }
+        let missing = &attributes["content_missing"];
+        done &= missing["files"].as_u64().unwrap_or(0) == 0;
         if done {
             for b in by_member.values() {
                 b.finish();
             }
-            println!("Up to date.");
+            println!("Up to date: metadata and content are at rest with {} ready member(s).", ready.len());
             // Delivered is not accepted: say which members refused documents, and why.
             for m in members.iter().filter(|m| m["replication"]["refused_docs"].as_u64().unwrap_or(0) > 0) {
                 let r = &m["replication"];
@@ -287,8 +394,23 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("still replicating after {}s", timeout.as_secs());
+            for b in by_member.values() {
+                b.abandon();
+            }
+            anyhow::bail!(
+                "not up to date after {}s (--timeout); still pending:\n{}\n{background}",
+                timeout.as_secs(),
+                still_pending(&members, missing)
+            );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = &mut interrupted => {
+                for b in by_member.values() {
+                    b.abandon();
+                }
+                anyhow::bail!("interrupted; still pending:\n{}\n{background}", still_pending(&members, missing));
+            }
+        }
     }
 }

@@ -247,8 +247,13 @@ fn internal(what: &str) -> FilesError {
     FilesError::Internal(anyhow::anyhow!("{what}"))
 }
 
-fn quota_exceeded() -> FilesError {
-    FilesError::QuotaExceeded("the instance's quota is used up: nothing was written".into())
+/// The 413 of a file that does not fit: its size (`None` for a body of unknown length, then
+/// `size` is what had arrived when it passed the quota) and the bytes that were free for it.
+fn quota_exceeded(size: u64, known: bool, free: u64) -> FilesError {
+    let what = if known { format!("it is {size} bytes") } else { format!("its body passed {size} bytes") };
+    FilesError::QuotaExceeded(format!(
+        "the file does not fit in the instance's quota: {what}, {free} bytes are free: nothing was written"
+    ))
 }
 
 /// The files of one instance.

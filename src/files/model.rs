@@ -90,7 +90,8 @@ pub fn name_key(name: &str) -> String {
     name.nfc().collect()
 }
 
-/// Checks a file or directory name: not empty or blank, not `.` or `..`, no `/`, no NUL or
+/// Checks a file or directory name: not empty, not blank (made only of characters that draw
+/// nothing, see [`renders_blank`]), not `.` or `..`, no `/`, no NUL or
 /// other control character, no character that hides or reorders the text shown (bidi
 /// embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069, the invisible U+FEFF:
 /// `a\u{202E}txt.exe` displays as "aexe.txt", nextcloud/server#10030), at most
@@ -102,12 +103,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("a name cannot be only white space".into());
     }
-    // Invisible (zero-width, soft hyphen, marks): a name made only of them is as blank as one
-    // of spaces.
-    if name.chars().all(|c| {
-        c.is_whitespace() || matches!(c, '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}')
-    }) {
-        return Err("a name needs a visible character (this one has only invisible ones)".into());
+    // A name made only of characters that draw nothing is as blank as one of spaces.
+    if name.chars().all(renders_blank) {
+        return Err("a name needs a visible character (this one has only invisible or blank ones)".into());
     }
     if name.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')) {
         return Err("a name cannot contain bidirectional-override or invisible characters".into());
@@ -125,6 +123,43 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("a name is at most {MAX_NAME_BYTES} bytes long (this one is {})", name.len()));
     }
     Ok(())
+}
+
+/// Whether a character draws nothing where it stands: white space (`White_Space`), a control
+/// (`Cc`), a Unicode `Default_Ignorable_Code_Point` (the ranges below, as listed in the Unicode
+/// Character Database's DerivedCoreProperties.txt: soft hyphen, zero-width characters, joiners,
+/// bidi marks, Hangul fillers, variation selectors, tags, ...), or one of the characters that
+/// are not ignorable but are drawn as an empty cell: U+2800 BRAILLE PATTERN BLANK, U+3000
+/// IDEOGRAPHIC SPACE (also white space), U+2000–U+200A and U+205F spaces (white space too).
+/// A name made only of such characters is refused by [`check_name`]; a name with at least one
+/// other character may contain them.
+pub fn renders_blank(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || is_default_ignorable(c) || matches!(c, '\u{2800}' | '\u{3000}')
+}
+
+/// Unicode `Default_Ignorable_Code_Point` (DerivedCoreProperties.txt, Unicode 15.1; the set has
+/// been stable since Unicode 6.0 apart from U+180F, added in 14.0).
+pub fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Splits an absolute path (`/a/b`) into checked names; `/` gives none. Refuses relative

@@ -255,9 +255,10 @@ impl Files {
             let receiving = *self.receiving.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
             let needed = present.saturating_add(uploading).saturating_add(receiving).saturating_add(size);
             if needed > quota {
+                let free = quota.saturating_sub(needed.saturating_sub(size));
                 return Err(FilesError::QuotaExceeded(format!(
-                    "the instance's quota ({quota} bytes) has no room for this file ({size} bytes; {present} bytes \
-                     of content are here): nothing was kept"
+                    "the file does not fit in the instance's quota: it is {size} bytes, {free} bytes are free \
+                     (quota {quota} bytes, {present} bytes of content here): nothing was kept"
                 )));
             }
         }

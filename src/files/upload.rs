@@ -117,7 +117,7 @@ impl Upload {
             let mut total = self.reserved.pool.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
             let others = total.saturating_sub(self.reserved.bytes);
             if others.saturating_add(new_size) > self.quota_room {
-                return Err(quota_exceeded());
+                return Err(quota_exceeded(new_size, false, self.quota_room.saturating_sub(others)));
             }
             *total += more;
             self.reserved.bytes += more;
@@ -199,7 +199,7 @@ impl Files {
         let reserved = {
             let mut total = self.reservations.bytes.lock().map_err(|_| internal("reservations poisoned"))?;
             if reserve > room.saturating_sub(*total) {
-                return Err(quota_exceeded());
+                return Err(quota_exceeded(reserve, true, room.saturating_sub(*total)));
             }
             *total += reserve;
             Reserved { pool: self.reservations.clone(), bytes: reserve }
@@ -320,8 +320,9 @@ impl Files {
             UploadTarget::Replace { id, .. } => self.index.get(id).await?.map_or(0, |e| e.size),
             UploadTarget::New { .. } => 0,
         };
-        if self.used.load(Ordering::SeqCst).saturating_sub(credit).saturating_add(size) > quota {
-            return Err(quota_exceeded());
+        let taken = self.used.load(Ordering::SeqCst).saturating_sub(credit);
+        if taken.saturating_add(size) > quota {
+            return Err(quota_exceeded(size, true, quota.saturating_sub(taken)));
         }
         let mime = model::mime_for(&name, spec.content_type.as_deref());
         model::set(&mut body, "updated_at", json!(spec.updated_at.clone().unwrap_or(at)));

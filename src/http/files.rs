@@ -88,17 +88,35 @@ impl Caller {
 
     /// Refuses unless `verb` is allowed on the item (or directory) with this lineage (the item
     /// first, then its ancestors).
-    /// A link never reaches into the trash: trashing a linked item cuts the link until it is
-    /// restored (as a deleted item would).
+    ///
+    /// For a link (a sharecode) whatever lies outside what it covers does not exist: the answer
+    /// is the 404 of an id that names nothing (`no file or directory ID`, the same body), for
+    /// every verb, so that a link holder cannot tell which ids exist. A link never reaches into
+    /// the trash either: trashing a linked item cuts the link until it is restored (as a
+    /// deleted item would). Inside its scope a link only reads (403 for any other verb).
+    /// A token (the owner's apps) with a narrower scope gets the 403 of its scope.
     fn check<'a>(&self, verb: Verb, lineage: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
-        if self.link && verb != Verb::Get {
-            return Err(ApiError::Forbidden("a link gives read-only access to files".into()));
-        }
         let lineage: Vec<&str> = lineage.into_iter().collect();
-        if self.link && lineage.contains(&files::TRASH_ID) {
-            return Err(ApiError::NotFound("no such file or directory".into()));
-        }
         let doctype = files::doctype();
+        if self.link {
+            let id = lineage.first().copied().unwrap_or_default();
+            let hidden = || Err(ApiError::NotFound(format!("no file or directory {id}")));
+            if lineage.contains(&files::TRASH_ID) {
+                return hidden();
+            }
+            let covered = match self.perms.reach(&doctype, Verb::Get) {
+                Reach::All => true,
+                Reach::None => return Err(ApiError::Forbidden(format!("no Get access to {}", files::DOCTYPE))),
+                Reach::Ids(ids) => lineage.iter().any(|id| ids.iter().any(|a| a == id)),
+            };
+            if !covered {
+                return hidden();
+            }
+            if verb != Verb::Get {
+                return Err(ApiError::Forbidden("a link gives read-only access to files".into()));
+            }
+            return Ok(());
+        }
         match self.perms.reach(&doctype, verb) {
             Reach::All => Ok(()),
             Reach::None => Err(ApiError::Forbidden(format!("no {verb:?} access to {}", files::DOCTYPE))),
@@ -121,7 +139,7 @@ impl Caller {
         match files.by_path(path).await {
             Ok(item) => match self.check(Verb::Get, item.lineage()) {
                 Ok(()) => Ok(item),
-                Err(ApiError::Forbidden(_)) => Err(hidden()),
+                Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Err(hidden()),
                 Err(e) => Err(e),
             },
             Err(FilesError::NotFound(_)) => Err(hidden()),
@@ -268,14 +286,14 @@ async fn get_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id_param(&req)?).await?;
-    show(&files, &caller, item, &Query::of(&req)?).await
+    show(&files, &caller, item, &Query::of_single(&req)?).await
 }
 
 /// `GET /files/metadata?Path=/a/b` — the same, by absolute path.
 async fn metadata_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
     let item = caller.at_path(&files, p).await?;
     show(&files, &caller, item, &q).await
@@ -391,7 +409,7 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
 
 async fn create_in(inst: Inst, req: HttpRequest, payload: web::Payload, dir_id: String) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let kind = q.get("Type").ok_or_else(|| ApiError::bad_request("Type is required: file or directory"))?;
     let name = q.get("Name").ok_or_else(|| ApiError::bad_request("Name is required"))?.to_owned();
     crate::files::model::check_name(&name).map_err(ApiError::BadRequest)?;
@@ -419,7 +437,7 @@ async fn replace(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResu
     let item = files.get(&id).await?;
     caller.check(Verb::Put, item.lineage())?;
     ReadOnlyRoots::of(&req, &inst).await?.check(item.lineage())?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let spec = upload_spec(&req, &q)?;
     let item = upload(&req, &files, UploadTarget::Replace { id, if_match: if_match(&req)? }, spec, payload).await?;
     one(StatusCode::OK, &item)
@@ -544,7 +562,7 @@ async fn list_trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let trash = files.get(TRASH_ID).await?;
     caller.check(Verb::Get, trash.lineage())?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let limit = page_limit(&q)?;
     let (children, next, count) = files.children(&trash, q.get("page[cursor]"), limit).await?;
     let list: Vec<Box<RawValue>> = children.iter().map(Item::resource).collect();
@@ -603,7 +621,7 @@ async fn download_by_id(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse>
 async fn download_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
-    let q = Query::of(&req)?;
+    let q = Query::of_single(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
     let item = caller.at_path(&files, p).await?;
     serve(&files, &caller, &req, item).await
@@ -697,7 +715,7 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         }
     }
     let size = item.size();
-    let q = Query::of(req)?;
+    let q = Query::of_single(req)?;
     // A file that a browser would run (HTML, SVG, XML, scripts) is never shown inline on the
     // instance's origin: stored XSS through an upload (cozy-stack#3435).
     let mime = item.mime();

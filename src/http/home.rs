@@ -135,14 +135,26 @@ fn html_page(title: &str, csrf: &str, body: Markup) -> HttpResponse {
         .body(page.into_string())
 }
 
-/// `GET /[?dir=FOLDER-ID]` — the owner's home. Without a session: a browser (`Accept` with
-/// `text/html`) is sent (303) to the login page; any other client gets the JSON 404 of a route
-/// the API does not have.
+/// Whether `Accept` asks for JSON only: every media range it lists is a JSON type
+/// (`application/json`, `application/vnd.api+json`, ...). No `Accept`, `*/*` (curl's default)
+/// or any other type is not JSON only (RFC 9110 §12.5.1: no header means any type).
+fn json_only(req: &HttpRequest) -> bool {
+    let Some(accept) = req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()) else { return false };
+    let ranges: Vec<String> = accept
+        .split(',')
+        .map(|r| r.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .filter(|r| !r.is_empty())
+        .collect();
+    !ranges.is_empty() && ranges.iter().all(|r| r == "application/json" || r.ends_with("+json"))
+}
+
+/// `GET /[?dir=FOLDER-ID]` — the owner's home. Without a session, a client is sent (303) to
+/// the login page, which brings it back here (`/auth/login?redirect=%2F`), whatever its
+/// `Accept` (`*/*`, none, `text/html`, ...), except one that asks for JSON only: that API client
+/// gets the JSON 404 of a route the API does not have.
 async fn home(inst: Inst, session: Option<PageSession>, req: HttpRequest) -> ApiResult<HttpResponse> {
     let Some(PageSession(session)) = session else {
-        let browser =
-            req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/html"));
-        if !browser {
+        if json_only(&req) {
             return Err(ApiError::NotFound("no such route".into()));
         }
         let back = format!("/?{}", req.query_string());

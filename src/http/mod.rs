@@ -195,6 +195,21 @@ impl Query {
         Ok(Query(pairs))
     }
 
+    /// The same, refusing (400) a parameter given twice (`Name=a&Name=b`): for the routes where
+    /// one value would silently win over another (`/files`: `Name`, `Type`, `Path`, ...).
+    pub fn of_single(req: &HttpRequest) -> ApiResult<Query> {
+        let q = Query::of(req)?;
+        let mut seen = std::collections::HashSet::new();
+        for part in req.query_string().split('&').filter(|p| !p.is_empty()) {
+            let key = part.split_once('=').map_or(part, |(k, _)| k);
+            let key = percent_encoding::percent_decode_str(&key.replace('+', " ")).decode_utf8_lossy().into_owned();
+            if !seen.insert(key.clone()) {
+                return Err(ApiError::bad_request(format!("the query parameter {key} is given more than once")));
+            }
+        }
+        Ok(q)
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

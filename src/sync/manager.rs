@@ -99,10 +99,26 @@ impl LinkStatus {
     }
 }
 
+/// What this instance refused of the documents one member sent it (`POST
+/// /sharings/:id/_bulk_docs`: a read-only member's own edits, documents outside the sharing),
+/// counted since this process started: the receiving side's view of the refusals the member's
+/// own status shows (`refused_docs`, `last_refusal`), in `GET /sharings/:id/status` as the
+/// member's `refused_received`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReceivedRefusals {
+    /// Documents refused (each refusal counted, a document sent again counts again).
+    pub docs: u64,
+    /// The last one: `<doctype>/<id>` as the member sent it (its own id), the reason, when
+    /// (RFC 3339).
+    pub last: Option<LastRefusal>,
+}
+
 pub struct SyncManager {
     /// The origin of the schedules' clock (milliseconds since).
     epoch: Instant,
     states: Mutex<HashMap<PeerKey, PeerState>>,
+    /// Refusals of what members sent here, per member (see [`ReceivedRefusals`]).
+    received: Mutex<HashMap<PeerKey, ReceivedRefusals>>,
     seen: Mutex<HashMap<String, u64>>,
     wake: Notify,
     /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
@@ -114,6 +130,7 @@ impl Default for SyncManager {
         SyncManager {
             epoch: Instant::now(),
             states: Mutex::default(),
+            received: Mutex::default(),
             seen: Mutex::default(),
             wake: Notify::new(),
             outbox: Notify::new(),
@@ -154,6 +171,25 @@ pub fn targets(s: &Sharing) -> Vec<usize> {
 }
 
 impl SyncManager {
+    /// Notes the documents refused from what member `key.member` sent (none: nothing changes).
+    pub fn note_received_refusals(&self, key: &PeerKey, refused: &[crate::sharing::protocol::Refused]) {
+        let Some(last) = refused.last() else { return };
+        if let Ok(mut m) = self.received.lock() {
+            let r = m.entry(key.clone()).or_default();
+            r.docs = r.docs.saturating_add(refused.len() as u64);
+            r.last = Some(LastRefusal {
+                doc: format!("{}/{}", last.doctype, last.id),
+                reason: last.reason.clone(),
+                at: now_rfc3339(),
+            });
+        }
+    }
+
+    /// What was refused of what member `key.member` sent here, since this process started.
+    pub fn received_refusals(&self, key: &PeerKey) -> ReceivedRefusals {
+        self.received.lock().ok().and_then(|m| m.get(key).cloned()).unwrap_or_default()
+    }
+
     pub fn state(&self, key: &PeerKey) -> PeerState {
         self.states.lock().ok().and_then(|m| m.get(key).cloned()).unwrap_or_default()
     }

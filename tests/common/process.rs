@@ -52,6 +52,13 @@ impl ServerProcess {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `hearth ARGS` on this server's configuration, whatever its exit status.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        self.env(&mut cmd);
+        cmd.args(args).stdin(Stdio::null()).output().expect("hearth cli")
+    }
+
     pub fn domain(&self) -> String {
         format!("{}.localhost:{}", self.name, self.port)
     }

@@ -210,7 +210,11 @@ pub(super) async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<
 /// also has `content` (`crate::sync::content::ContentStatus`: `files_pending`, `bytes_pending`
 /// still to deliver to it, `files_sent`, `bytes_sent`, its content checkpoint `last_seq`,
 /// `running`, `last_error`), and the sharing `content_missing` (`files`, `bytes`): the files of
-/// the sharing whose content has not arrived on this instance yet.
+/// the sharing whose content has not arrived on this instance yet. Each member this instance
+/// replicates with (or that sent it something refused) has `refused_received`
+/// (`crate::sync::manager::ReceivedRefusals`: `docs`, `last` with `doc`, `reason`, `at`): what
+/// this instance refused of what that member sent it (a read-only member's own edits, say),
+/// since the server started.
 pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let (_, perms) = data_caller(&inst.0, &req)?;
@@ -231,9 +235,13 @@ pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespon
     for (i, m) in s.members.iter().enumerate() {
         let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
+        let key =
+            crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
+        let received = svc.sync.received_refusals(&key);
+        if targets.contains(&i) || received.docs > 0 {
+            entry["refused_received"] = serde_json::to_value(received).unwrap_or(Value::Null);
+        }
         if targets.contains(&i) {
-            let key =
-                crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
             let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
             let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
             let info = inst.0.store.shared_info(&id, link.last_seq).await?;
