@@ -4,22 +4,12 @@
 
 mod common;
 
+use common::process::call;
+
 use common::flow::answer_invitation;
 use common::process::ServerProcess as Server;
 use common::{browser, TestInstance};
 use serde_json::{json, Value};
-
-async fn call(domain: &str, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
-    let mut r = browser().request(method, format!("http://{domain}{path}")).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
-}
 
 fn text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

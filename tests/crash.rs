@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::process::call;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,18 +51,6 @@ fn received(log: &Path) -> usize {
         .filter(|l| l.contains("received documents"))
         .filter_map(|l| l.split("accepted=").nth(1)?.split_whitespace().next()?.parse::<usize>().ok())
         .sum()
-}
-
-async fn call(domain: &str, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
-    let mut r = browser().request(method, format!("http://{domain}{path}")).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

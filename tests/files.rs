@@ -59,6 +59,22 @@ fn id_of(v: &Value) -> String {
     v["data"]["id"].as_str().unwrap_or_else(|| panic!("no id in {v}")).to_owned()
 }
 
+/// A link (sharecode) for `holder` reading the files or directories `values`: the answer of
+/// `POST /permissions?codes=holder` (status and body) and the code when it was made.
+async fn file_link(i: &TestInstance, token: &str, holder: &str, values: &[&str]) -> (u16, Value, Option<String>) {
+    let (status, v) = i
+        .call(
+            Method::POST,
+            &format!("/permissions?codes={holder}"),
+            Some(token),
+            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
+                "files": {"type": "io.cozy.files", "verbs": ["GET"], "values": values}}}}})),
+        )
+        .await;
+    let code = v["data"]["attributes"]["codes"][holder].as_str().map(str::to_owned);
+    (status, v, code)
+}
+
 async fn setup() -> (TestApp, TestInstance, String) {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", "pa");
@@ -778,17 +794,9 @@ async fn a_link_on_a_directory_reads_its_subtree_only_until_revoked() {
         )
         .await;
     assert_eq!(status, 400, "{v}");
-    let (status, v) = alice
-        .call(
-            Method::POST,
-            "/permissions?codes=bob",
-            Some(&token),
-            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
-                "album": {"type": "io.cozy.files", "verbs": ["GET"], "values": [d]}}}}})),
-        )
-        .await;
+    let (status, v, code) = file_link(&alice, &token, "bob", &[&d]).await;
     assert_eq!(status, 200, "{v}");
-    let code = v["data"]["attributes"]["codes"]["bob"].as_str().unwrap().to_owned();
+    let code = code.unwrap();
     let perm = id_of(&v);
     // The code lists the directory and its sub-directory, and downloads what is in them.
     let listed = children(&alice, &code, &d, 10).await;
@@ -842,17 +850,9 @@ async fn outside_a_link_every_files_route_answers_as_for_an_id_that_does_not_exi
     let (_, trashed) = upload(&alice, &token, ROOT, "gone.txt", b"gone").await;
     let (inside, beside, other, trashed) = (id_of(&inside), id_of(&beside), id_of(&other), id_of(&trashed));
     assert_eq!(alice.call(Method::DELETE, &format!("/files/{trashed}"), Some(&token), None).await.0, 200);
-    let (status, v) = alice
-        .call(
-            Method::POST,
-            "/permissions?codes=bob",
-            Some(&token),
-            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
-                "sub": {"type": "io.cozy.files", "verbs": ["GET"], "values": [sub1]}}}}})),
-        )
-        .await;
+    let (status, v, code) = file_link(&alice, &token, "bob", &[&sub1]).await;
     assert_eq!(status, 200, "{v}");
-    let code = v["data"]["attributes"]["codes"]["bob"].as_str().unwrap().to_owned();
+    let code = code.unwrap();
     // Inside: read.
     assert_eq!(download(&alice, &code, &inside).await, (200, b"inside".to_vec()));
     let answer = |method: Method, path: String| {
@@ -899,16 +899,9 @@ async fn a_link_on_one_file_downloads_that_file() {
     let (_, f) = upload(&alice, &token, ROOT, "f.txt", b"file bytes").await;
     let (_, g) = upload(&alice, &token, ROOT, "g.txt", b"other").await;
     let (f, g) = (id_of(&f), id_of(&g));
-    let (_, v) = alice
-        .call(
-            Method::POST,
-            "/permissions?codes=x",
-            Some(&token),
-            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
-                "f": {"type": "io.cozy.files", "verbs": ["GET"], "values": [f]}}}}})),
-        )
-        .await;
-    let code = v["data"]["attributes"]["codes"]["x"].as_str().unwrap().to_owned();
+    let (status, v, code) = file_link(&alice, &token, "x", &[&f]).await;
+    assert_eq!(status, 200, "{v}");
+    let code = code.unwrap();
     assert_eq!(download(&alice, &code, &f).await, (200, b"file bytes".to_vec()));
     assert_eq!(alice.call(Method::GET, &format!("/files/{f}"), Some(&code), None).await.0, 200);
     assert_eq!(download(&alice, &code, &g).await.0, 404);
@@ -1057,16 +1050,9 @@ async fn a_directory_link_opened_in_a_browser_lists_and_downloads_its_files_only
     let (_, cover) = upload(&alice, &token, &album, "cover.png", b"png bytes").await;
     let (_, secret) = mkdir(&alice, &token, ROOT, "Private").await;
     let secret = id_of(&secret);
-    let (_, v) = alice
-        .call(
-            Method::POST,
-            "/permissions?codes=friend",
-            Some(&token),
-            Some(json!({"data": {"type": "io.cozy.permissions", "attributes": {"permissions": {
-                "album": {"type": "io.cozy.files", "verbs": ["GET"], "values": [album]}}}}})),
-        )
-        .await;
-    let code = v["data"]["attributes"]["codes"]["friend"].as_str().unwrap().to_owned();
+    let (status, v, code) = file_link(&alice, &token, "friend", &[&album]).await;
+    assert_eq!(status, 200, "{v}");
+    let code = code.unwrap();
     let b = browser();
     let resp = b.get(alice.url(&format!("/public/?sharecode={code}"))).send().await.unwrap();
     assert_eq!(resp.status(), 302);

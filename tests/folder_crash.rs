@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::process::call;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,18 +50,6 @@ fn receptions(log: &Path) -> HashMap<String, usize> {
         }
     }
     out
-}
-
-async fn call(domain: &str, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> Value {
-    let mut r = browser().request(method, format!("http://{domain}{path}")).bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{path}: {status} {v}");
-    v
 }
 
 fn enc(s: &str) -> String {

@@ -486,19 +486,26 @@ impl Files {
         self.check_free(dir_id, name, None).await?;
         let path = child_path(index::path_of(&parent).as_deref().unwrap_or("/"), name);
         let id = DocId::generate();
-        let at = now();
-        let mut body = Body::empty();
-        model::set(&mut body, "type", json!("directory"));
-        model::set(&mut body, "name", json!(name));
-        model::set(&mut body, "dir_id", json!(dir_id));
-        model::set(&mut body, "path", json!(path));
-        model::set(&mut body, "created_at", json!(created_at.unwrap_or_else(|| at.clone())));
-        model::set(&mut body, "updated_at", json!(at));
-        model::set(&mut body, "tags", json!(tags.unwrap_or_default()));
+        let body = directory_body(name, dir_id, &path, created_at, tags.unwrap_or_default());
         self.write_doc(id.as_str(), None, false, body).await?;
         self.sync().await?;
         self.load(id.as_str()).await
     }
+}
+
+/// A new directory's document: `name` in `dir_id` at `path`, created at `created_at` (now when
+/// `None`), updated now, with `tags`.
+fn directory_body(name: &str, dir_id: &str, path: &str, created_at: Option<String>, tags: Vec<String>) -> Body {
+    let at = now();
+    let mut body = Body::empty();
+    model::set(&mut body, "type", json!("directory"));
+    model::set(&mut body, "name", json!(name));
+    model::set(&mut body, "dir_id", json!(dir_id));
+    model::set(&mut body, "path", json!(path));
+    model::set(&mut body, "created_at", json!(created_at.unwrap_or_else(|| at.clone())));
+    model::set(&mut body, "updated_at", json!(at));
+    model::set(&mut body, "tags", json!(tags));
+    body
 }
 
 fn check_mutable(item: &Item) -> Result<()> {

@@ -129,15 +129,7 @@ impl Files {
                         name = self.free_name(&dir, &wanted, Kind::Directory, "").await?;
                     }
                     let new_id = DocId::generate();
-                    let at = now();
-                    let mut body = Body::empty();
-                    model::set(&mut body, "type", json!("directory"));
-                    model::set(&mut body, "name", json!(name));
-                    model::set(&mut body, "dir_id", json!(dir));
-                    model::set(&mut body, "path", json!(child_path(&dir_path, &name)));
-                    model::set(&mut body, "created_at", json!(at));
-                    model::set(&mut body, "updated_at", json!(at));
-                    model::set(&mut body, "tags", json!([]));
+                    let body = directory_body(&name, &dir, &child_path(&dir_path, &name), None, Vec::new());
                     self.write_doc(new_id.as_str(), None, false, body).await?;
                     self.sync().await?;
                     new_id.as_str().to_owned()

@@ -6,6 +6,7 @@
 
 pub mod bytes;
 pub mod flow;
+pub mod logs;
 pub mod process;
 
 use std::net::SocketAddr;

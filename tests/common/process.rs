@@ -98,3 +98,23 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Calls `path` on the server of `domain` with a bearer `token` (and a JSON `body`), asserting
+/// a 2xx; the JSON answer (`null` when none).
+pub async fn call(
+    domain: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut r = super::browser().request(method, format!("http://{domain}{path}")).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
