@@ -1,7 +1,8 @@
 //! Accepting a sharing is no failure: the owner learns of the acceptance (the recipient's
 //! answer) before the recipient has recorded it, and may push at once; the recipient then
 //! answers 503 with `Retry-After` (it is still recording its acceptance), a transient failure
-//! the owner retries, never a final one (`transient=false`). Two servers, real HTTP; the
+//! the owner retries, never a final one (`transient=false`), and the same for the owner's
+//! notices (never a warning). Two servers, real HTTP; the
 //! server's own log layer (`hearth::logging`) is captured.
 
 mod common;
@@ -55,4 +56,8 @@ async fn accepting_sharings_logs_no_final_replication_failure() {
     assert!(text.contains("sharing accepted"), "the log is captured: {text}");
     let finals: Vec<&str> = text.lines().filter(|l| l.contains("transient=false")).collect();
     assert!(finals.is_empty(), "{finals:#?}");
+    // The owner's notices (the member list after each acceptance) meet the same moment: the
+    // recipient answers them 503 too, retried as expected, never a warning.
+    let notices: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ") && l.contains("notification")).collect();
+    assert!(notices.is_empty(), "{notices:#?}");
 }

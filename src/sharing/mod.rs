@@ -51,6 +51,10 @@ pub enum SharingError {
     Conflict(String),
     #[error("{0}")]
     TooMany(String),
+    /// What is asked for is being set up here (see `Sharing::accepting_here`): try again in
+    /// a moment (503 with `Retry-After`).
+    #[error("{0}")]
+    NotReadyYet(String),
     #[error(transparent)]
     Peer(#[from] FederationError),
     #[error(transparent)]

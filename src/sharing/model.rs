@@ -418,6 +418,19 @@ impl Sharing {
         self.sharing_id().as_str()
     }
 
+    /// On a recipient, called by the owner with valid credentials: still recording its own
+    /// acceptance. The owner learns of the acceptance (the recipient's answer) before the
+    /// recipient stores it as active, and may push documents or send the member list at once;
+    /// such a call is answered "not ready yet" (503 with `Retry-After`), a transient failure
+    /// the owner retries, not a refusal. (A request never accepted gave the owner no
+    /// credentials, so only an acceptance under way gets there.)
+    pub fn accepting_here(&self) -> bool {
+        !self.owner
+            && !self.active
+            && self.revoked_at.is_none()
+            && self.members.first().is_some_and(|o| o.outbound.is_none())
+    }
+
     /// The sharing's id, typed (as the store's tracking methods take it); an empty id before
     /// one is given.
     pub fn sharing_id(&self) -> &SharingId {

@@ -23,9 +23,24 @@ fn now_ms() -> u64 {
 
 enum Outcome {
     Delivered,
-    Retry(String),
+    /// Sent again later; `expected` when the peer is setting up what the notice is about (503,
+    /// see `Sharing::accepting_here`): logged as such rather than as a failure.
+    Retry {
+        reason: String,
+        expected: bool,
+    },
     Drop(String),
 }
+
+impl Outcome {
+    fn retry(reason: impl ToString) -> Outcome {
+        Outcome::Retry { reason: reason.to_string(), expected: false }
+    }
+}
+
+/// How many times a peer answering 503 is retried as expected (logged at INFO) before it is
+/// logged as a failure.
+const NOT_YET_RETRIES: u32 = 3;
 
 async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
     let Ok(sid) = SharingId::parse(&entry.sharing_id) else {
@@ -34,7 +49,7 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
     let sharing = match sharing::load(inst.store.as_ref(), &sid).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::Drop("sharing no longer exists".into()),
-        Err(e) => return Outcome::Retry(e.to_string()),
+        Err(e) => return Outcome::retry(e.to_string()),
     };
     let Some(member) = sharing.members.get(entry.member_index) else {
         return Outcome::Drop("no such member".into());
@@ -75,14 +90,17 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
             tracing::info!(sharing = %sid, error = %e, "peer refused our credentials");
             Outcome::Delivered
         }
-        Err(e) if e.is_transient() => Outcome::Retry(e.to_string()),
+        Err(e @ FederationError::Status { status: 503, .. }) if entry.attempts < NOT_YET_RETRIES => {
+            Outcome::Retry { reason: e.to_string(), expected: true }
+        }
+        Err(e) if e.is_transient() => Outcome::retry(e.to_string()),
         // A peer between two states answers 409 for a moment: a recipient whose acceptance
         // reached the owner before its own copy was stored as active gets the first member
         // list then. Retried a few times (with the backoff), then dropped.
         Err(e @ FederationError::Status { status: 409, .. }) if entry.attempts < CONFLICT_RETRIES => {
-            Outcome::Retry(e.to_string())
+            Outcome::retry(e.to_string())
         }
-        Err(e @ FederationError::Guard(_)) => Outcome::Retry(e.to_string()),
+        Err(e @ FederationError::Guard(_)) => Outcome::retry(e.to_string()),
         Err(e) => Outcome::Drop(e.to_string()),
     }
 }
@@ -126,12 +144,16 @@ pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, Store
                 tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, %reason, "notification dropped");
                 json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await?;
             }
-            Outcome::Retry(reason) => {
+            Outcome::Retry { reason, expected } => {
                 let delay = super::backoff(&cx.config).delay_ms(entry.attempts, rand::random());
                 entry.attempts += 1;
                 entry.next_at_ms = now_ms() + delay;
                 entry.last_error = Some(reason.clone());
-                tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "notification will be retried");
+                if expected {
+                    tracing::info!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "peer not ready yet; notification will be retried");
+                } else {
+                    tracing::warn!(instance = %inst.domain, sharing = %entry.sharing_id, attempts = entry.attempts, %reason, "notification will be retried");
+                }
                 let body = match serde_json::to_value(&entry) {
                     Ok(Value::Object(m)) => m,
                     _ => Map::new(),

@@ -90,6 +90,7 @@ impl From<SharingError> for ApiError {
             SharingError::NotFound(r) => ApiError::NotFound(r),
             SharingError::Conflict(r) => ApiError::ConflictWith(r),
             SharingError::TooMany(_) => ApiError::TooManyRequests,
+            SharingError::NotReadyYet(r) => ApiError::NotReadyYet(r),
             // Refused by the SSRF guard: no connection was made, nothing failed upstream.
             SharingError::Peer(p) if p.is_policy_refusal() => {
                 ApiError::BadRequest(format!("this address cannot be used: {p}; no connection was made"))

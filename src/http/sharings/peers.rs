@@ -170,15 +170,9 @@ pub(in crate::http) async fn replicating_peer(
     } else {
         index == 0 && s.active
     };
-    if !s.owner
-        && index == 0
-        && !s.active
-        && s.revoked_at.is_none()
-        && s.members.first().is_some_and(|o| o.outbound.is_none())
-    {
-        // The owner's token is valid, so this recipient is accepting: the owner learnt of the
-        // acceptance (its answer) before the recipient recorded it. Try again in a moment (a
-        // transient failure for the owner's replicator, not a refusal).
+    if index == 0 && s.accepting_here() {
+        // The owner's token is valid, so this recipient is accepting (see
+        // `Sharing::accepting_here`): a transient failure for the owner's replicator.
         return Err(ApiError::NotReadyYet("this instance is still recording its acceptance of this sharing".into()));
     }
     if !ready || !s.active {

@@ -91,6 +91,9 @@ pub async fn receive_members(cx: &Context, inst: &Instance, id: &SharingId, body
     }
     let ((), s) = update(inst.store.as_ref(), id, |s| {
         let me = own_index(cx, inst, s);
+        if s.accepting_here() {
+            return Err(still_accepting());
+        }
         if s.owner || !s.active {
             return Err(SharingError::Conflict("not an active sharing received from an owner".into()));
         }

@@ -98,6 +98,12 @@ fn owner_url(s: &Sharing) -> Result<Url> {
     Url::parse(raw).map_err(|_| bad("invalid owner address"))
 }
 
+/// A call from the owner while this recipient still records its acceptance (see
+/// `Sharing::accepting_here`).
+fn still_accepting() -> SharingError {
+    SharingError::NotReadyYet("this instance is still recording its acceptance of this sharing".into())
+}
+
 fn changed_conflict() -> SharingError {
     SharingError::Conflict("the sharing request changed since it was shown: open it again".into())
 }

@@ -164,6 +164,9 @@ pub async fn receive_credentials(inst: &Instance, id: &SharingId, body: &Value) 
     let creds = attrs.peer_credentials().ok_or_else(|| bad("client and access_token required"))?;
     let read_only = attrs.read_only == Some(true);
     update(inst.store.as_ref(), id, |s| {
+        if s.accepting_here() {
+            return Err(still_accepting());
+        }
         if s.owner || !s.active {
             return Err(SharingError::Conflict("not an active sharing received from an owner".into()));
         }
