@@ -1,5 +1,6 @@
 //! hearth: a self-hosted personal cloud server whose instances share documents with each
-//! other. See DESIGN.md for the architecture; `Application` is the entry point.
+//! other. The architecture (its layers, the path of a received document and of a local write)
+//! is in docs/architecture.md; `Application` is the entry point.
 
 pub mod app;
 pub mod auth;

@@ -2,6 +2,10 @@
 //! or CouchDB when `HEARTH_TEST_COUCHDB_URL` is set): uploads and downloads byte for byte,
 //! names, moves, the trash, quotas, ranges, scopes, links, and the tree index following
 //! documents that arrive by replication.
+//!
+//! One file, over 800 lines: each integration test file is its own binary, linked against the
+//! whole crate (about a minute of link time per binary here, on both test passes); these tests
+//! share one fixture set, so they stay one binary.
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! rules of `files::shared`; every sharing rule holds for files. Concurrency is made for real:
 //! bob's server is stopped while alice changes something, then bob changes the same thing as
 //! soon as it is back, before alice's retry (which backs off at least 2 s) reaches him.
+//!
+//! One file, over 800 lines: one binary (each integration test file is linked apart, about a
+//! minute each on both test passes) for one three-instance fixture and its helpers.
 
 mod common;
 

@@ -68,6 +68,9 @@
 //! `SIM_SEEDS=n` runs seeds `0..n` (default 1,000; `SIM_SEED_START` shifts the range),
 //! `SIM_SEED=n` runs one seed (`SIM_TRACE=1` prints what happened step by step). A failure names
 //! the seed and the command reproducing it.
+//!
+//! One file, over 800 lines: the model, its invariants and the scenarios that drive it are one
+//! piece, read together (every scenario is a use of the same harness).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;

@@ -19,18 +19,7 @@ async fn read_all(store: &dyn ContentStore, k: &ContentKey, range: Option<std::o
     chunks.concat()
 }
 
-/// Deterministic bytes (a small PRNG), so a shifted or repeated chunk shows.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use super::sample::pattern;
 
 async fn write(store: &dyn ContentStore, k: &ContentKey, data: &[u8], chunk: usize) {
     let mut w = store.create(k).await.unwrap_or_else(|e| panic!("create {k}: {e:?}"));

@@ -53,12 +53,16 @@
 //! registered or already in the index when looked at. The grace period covers uploads of other
 //! processes sharing an S3 bucket.
 
+/// The content backends' conformance suite: for the tests only (the `conformance` feature, as
+/// the store's), never in a release build.
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod content;
 pub mod index;
 pub mod model;
 pub mod received;
 mod registry;
+pub mod sample;
 pub mod shared;
 mod tree;
 mod upload;

@@ -1,6 +1,9 @@
 //! The outbox worker: sends the due entries of every open instance's durable outbox (written
 //! by the sharing operations, see `sharing::outbox`), deletes them once delivered, and
-//! reschedules failures with exponential backoff and jitter, forever.
+//! reschedules failures with exponential backoff and jitter. A transient failure (the peer
+//! unreachable, a 5xx, 408, 429) is retried forever; a peer answering 409 (between two
+//! states) a few times, then the entry is dropped; a peer that forgot the sharing or cut our
+//! credentials (404, 410, 401, 403) needs no more telling. Each drop is logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,9 +97,9 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
             Outcome::Retry { reason: e.to_string(), expected: true }
         }
         Err(e) if e.is_transient() => Outcome::retry(e.to_string()),
-        // A peer between two states answers 409 for a moment: a recipient whose acceptance
-        // reached the owner before its own copy was stored as active gets the first member
-        // list then. Retried a few times (with the backoff), then dropped.
+        // A peer between two states may answer 409 for a moment (a recipient still recording
+        // its acceptance answers 503, above): retried a few times (with the backoff), then
+        // dropped.
         Err(e @ FederationError::Status { status: 409, .. }) if entry.attempts < CONFLICT_RETRIES => {
             Outcome::retry(e.to_string())
         }

@@ -137,7 +137,7 @@ impl Timed {
 /// Writes `len` pseudo-random bytes to `path`, returning their MD5.
 fn write_source(path: &Path, len: usize, seed: u64) -> anyhow::Result<[u8; 16]> {
     use std::io::Write;
-    let base = hearth::files::conformance::pattern(MIB.min(len.max(1)), seed);
+    let base = hearth::files::sample::pattern(MIB.min(len.max(1)), seed);
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut h = md5::Md5::new();
     let mut left = len;

@@ -83,7 +83,7 @@ fn hwm_mib(pid: u32) -> anyhow::Result<f64> {
 
 fn write_source(path: &Path, len: usize, seed: u64) -> anyhow::Result<String> {
     use std::io::Write;
-    let base = hearth::files::conformance::pattern(MIB.min(len.max(1)), seed);
+    let base = hearth::files::sample::pattern(MIB.min(len.max(1)), seed);
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut h = md5::Md5::new();
     let (mut left, mut i) = (len, 0u64);
