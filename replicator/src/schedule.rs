@@ -15,6 +15,10 @@ use serde::Serialize;
 /// Failures in a row after which a link is reported [`Health::Down`] (it is still retried).
 pub const DOWN_AFTER: u32 = 5;
 
+/// The longest wait, in milliseconds, before retrying a link refused before it ever ran (see
+/// [`LinkSchedule::refused`]).
+pub const ACTIVATING_RETRY_MS: u64 = 50;
+
 /// Exponential backoff with jitter: the wait before the try after `attempts` failures is
 /// `base_ms * 2^attempts`, capped at `max_ms`, then a point in the upper half of that, chosen by
 /// the jitter, so that retries of many links don't fire together ("equal jitter").
@@ -125,6 +129,20 @@ impl LinkSchedule {
         self.health = if self.attempts >= DOWN_AFTER { Health::Down } else { Health::Retrying };
         self.next_at_ms = Some(now_ms.saturating_add(backoff.delay_ms(self.attempts - 1, jitter)));
     }
+
+    /// The peer refused the run (HTTP 403) at `now_ms`. A member that has just accepted answers
+    /// the owner before it stores its own side, so the first run of a link that never ran may
+    /// be refused for a moment: that first refusal is retried within [`ACTIVATING_RETRY_MS`],
+    /// not after the backoff. Any other refusal is a failure as [`LinkSchedule::failed`] says.
+    pub fn refused(&mut self, now_ms: u64, backoff: &Backoff, jitter: u64) {
+        let activating = self.health == Health::Idle && self.attempts == 0;
+        let backoff = if activating {
+            Backoff { base_ms: ACTIVATING_RETRY_MS.min(backoff.base_ms), ..*backoff }
+        } else {
+            *backoff
+        };
+        self.failed(now_ms, &backoff, jitter);
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +150,28 @@ mod tests {
     use super::*;
 
     const B: Backoff = Backoff { base_ms: 100, max_ms: 10_000 };
+
+    #[test]
+    fn only_the_first_refusal_of_a_link_that_never_ran_is_retried_at_once() {
+        let slow = Backoff { base_ms: 5_000, max_ms: 60_000 };
+        let mut fresh = LinkSchedule::default();
+        fresh.started();
+        fresh.refused(1_000, &slow, u64::MAX);
+        assert_eq!(fresh.health, Health::Retrying);
+        assert!(fresh.next_at_ms.is_some_and(|t| t <= 1_000 + ACTIVATING_RETRY_MS), "{fresh:?}");
+        // Refused again: no longer the moment of an acceptance, the backoff applies.
+        fresh.started();
+        fresh.refused(2_000, &slow, u64::MAX);
+        assert!(fresh.next_at_ms.is_some_and(|t| t >= 2_000 + slow.base_ms), "{fresh:?}");
+        // A link that ran before and is refused now (a member made read-only, say) backs off.
+        let mut ran = LinkSchedule::default();
+        ran.started();
+        ran.succeeded();
+        ran.started();
+        ran.refused(1_000, &slow, 0);
+        assert!(ran.next_at_ms.is_some_and(|t| t >= 1_000 + slow.base_ms / 2), "{ran:?}");
+        assert_eq!(ran.attempts, 1);
+    }
 
     #[test]
     fn the_backoff_doubles_up_to_its_cap_and_jitters_within_the_upper_half() {

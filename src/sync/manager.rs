@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hearth_replicator::replicate::{self, Limits};
 pub use hearth_replicator::schedule::Health;
-use hearth_replicator::schedule::{Backoff, LinkSchedule};
+use hearth_replicator::schedule::LinkSchedule;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,10 +26,6 @@ use crate::instance::{Instance, Registry};
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
 use crate::sharing::{service, Context, SyncHandle};
 use crate::store::StoreError;
-
-/// The first retry, in milliseconds, of a link refused (403) before it ever ran: the member
-/// may still be storing the acceptance it has just answered.
-const ACTIVATING_RETRY_MS: u64 = 50;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -367,14 +363,11 @@ async fn run_one(
             }
             Err(e) => {
                 st.last_error = Some(e.to_string());
-                // A member that has just accepted answers the owner before it stores its own
-                // side, so the owner's first run may be refused (403) for a moment: the first
-                // refusal of a link that never ran is retried shortly, not after the backoff.
-                let activating = st.schedule.health == Health::Idle
-                    && st.schedule.attempts == 0
-                    && matches!(e, SyncError::Peer(FederationError::Status { status: 403, .. }));
-                let backoff = if activating { Backoff { base_ms: ACTIVATING_RETRY_MS, ..backoff } } else { backoff };
-                st.schedule.failed(now, &backoff, rand::random());
+                if matches!(e, SyncError::Peer(FederationError::Status { status: 403, .. })) {
+                    st.schedule.refused(now, &backoff, rand::random());
+                } else {
+                    st.schedule.failed(now, &backoff, rand::random());
+                }
                 retry_in = st.schedule.next_at_ms.map(|at| at.saturating_sub(now));
                 false
             }
