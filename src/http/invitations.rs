@@ -2,31 +2,26 @@
 //! owner creates, lists and revokes links of a sharing; a ready member with `share` re-shares
 //! (its app asks its own instance, which asks the owner with the member's credentials); a
 //! holder reads what a link offers; a recipient discards a sharing. The discovery page
-//! (`/sharings/:id/discovery`, in `sharings::pages`) takes `?invitation=` through [`discover`].
+//! (`/sharings/:id/discovery`, in `sharings::pages`) takes `?invitation=` too.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::permissions::{code_failed, preview_state, reserve_code_attempt};
-use super::sharings::{load_managed, may_manage, peer};
+use super::permissions::{code_failed, reserve_code_attempt};
+use super::sharings::{load_managed, peer, sharing_id};
 use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use super::{jsonapi, state_of};
-use crate::auth::{PermissionSet, Verb};
-use crate::instance::Instance;
+use crate::auth::Verb;
+use crate::sharing;
 use crate::sharing::invitations;
-use crate::sharing::service::{self, Discovery};
-use crate::sharing::{self, Sharing, SharingError, SharingId};
+use crate::sharing::service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/sharings/{id}/invitations").route(web::get().to(list)).route(web::post().to(create)))
         .route("/sharings/{id}/invitations/{inv}", web::delete().to(revoke))
         .route("/sharings/{id}/discard", web::post().to(discard))
         .route("/invitations/{code}", web::get().to(details));
-}
-
-fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
-    SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
 async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
@@ -139,100 +134,4 @@ async fn discard(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     }
     let s = invitations::drop_request(&inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
-}
-
-/// What the discovery page found for its query: the hidden field to carry (none when the
-/// person is known from the preview cookie) and what to show.
-pub(super) async fn discovery_lookup(
-    inst: &Instance,
-    req: &HttpRequest,
-    id: &SharingId,
-    state: Option<String>,
-    invitation: Option<String>,
-) -> ApiResult<(Option<(&'static str, String)>, Discovery)> {
-    if let Some(state) = state {
-        let found = service::discovery_state(inst, id, &state).await?;
-        return Ok((Some(("state", state)), found));
-    }
-    if let Some(code) = invitation {
-        let attempt = reserve_code_attempt(inst, req)?;
-        let s = match invitations::discovery_view(inst, id, &code).await {
-            Ok(s) => {
-                attempt.succeeded();
-                s
-            }
-            Err(e) => {
-                code_failed(inst, attempt);
-                return Err(e.into());
-            }
-        };
-        // No member yet: the index past the last one shows an empty address field.
-        let index = s.members.len();
-        return Ok((Some(("invitation", code)), Discovery::Ask { sharing: Box::new(s), index }));
-    }
-    let state = preview_state(inst, req, id, None).await?;
-    Ok((None, service::discovery_state(inst, id, &state).await?))
-}
-
-/// Whether a form post comes from a page of this instance (browsers send `Origin` on POST).
-fn same_origin(req: &HttpRequest) -> bool {
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    match req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        None => true,
-        Some(origin) => url::Url::parse(origin).ok().is_some_and(|u| {
-            let h = u.host_str().unwrap_or_default();
-            let with_port = u.port().map_or_else(|| h.to_owned(), |p| format!("{h}:{p}"));
-            with_port.eq_ignore_ascii_case(host)
-        }),
-    }
-}
-
-/// `POST /sharings/:id/discovery`: a personal invitation (`state`), an invitation link
-/// (`invitation`: a new member takes a seat), or a preview (`sharecode`, or the preview page's
-/// cookie from a same-origin form). Answers where to send the browser.
-pub(super) async fn discover(
-    inst: &Instance,
-    req: &HttpRequest,
-    id: &SharingId,
-    form: (Option<String>, Option<String>, Option<String>),
-    url: &str,
-) -> ApiResult<String> {
-    let svc = state_of(req)?;
-    let (state, invitation, sharecode) = form;
-    if let Some(state) = state {
-        return Ok(service::discover(&svc.sharing, inst, id, &state, url).await?);
-    }
-    if let Some(code) = invitation {
-        let attempt = reserve_code_attempt(inst, req)?;
-        return match invitations::discover(&svc.sharing, inst, id, &code, url).await {
-            Err(SharingError::Forbidden(r)) => {
-                code_failed(inst, attempt);
-                Err(ApiError::Forbidden(r))
-            }
-            other => {
-                attempt.cancel();
-                Ok(other?)
-            }
-        };
-    }
-    if sharecode.is_none() && !same_origin(req) {
-        return Err(ApiError::Forbidden("cross-site form".into()));
-    }
-    let state = preview_state(inst, req, id, sharecode).await?;
-    Ok(service::discover(&svc.sharing, inst, id, &state, url).await?)
-}
-
-/// For `GET /sharings/`: the owner's link permissions (first page only) and the active
-/// invitation links of the listed sharings it manages.
-pub(super) async fn included(
-    inst: &Instance,
-    perms: &PermissionSet,
-    listed: &[Sharing],
-    first_page: bool,
-) -> ApiResult<Vec<Value>> {
-    let mut out = if first_page { super::permissions::covered_links(inst, perms).await? } else { Vec::new() };
-    for s in listed.iter().filter(|s| s.owner && may_manage(perms, s)) {
-        out.extend(invitations::active_list(s));
-    }
-    Ok(out)
 }

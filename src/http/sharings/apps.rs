@@ -3,7 +3,10 @@
 //! replication status and a sync on demand.
 
 use super::*;
+use crate::auth::PermissionSet;
 use crate::http::callers::AppCaller;
+use crate::instance::Instance;
+use crate::sharing::invitations;
 
 /// `POST /sharings/` — creates a sharing (JSON:API `io.cozy.sharings`); 201 with the sharing.
 pub(super) async fn create(
@@ -51,7 +54,7 @@ pub(super) async fn list(inst: Inst, AppCaller { perms, .. }: AppCaller, req: Ht
     if outgoing != Some(false) {
         // The owner's link permissions and invitation links, apart from the sharings.
         let first_page = query.cursor.is_none();
-        out["included"] = json!(crate::http::invitations::included(&inst.0, &perms, &items, first_page).await?);
+        out["included"] = json!(included(&inst.0, &perms, &items, first_page).await?);
     }
     if let Some(cursor) = next {
         let mut url = url::form_urlencoded::Serializer::new(String::new());
@@ -296,4 +299,19 @@ pub(super) async fn sync_now(inst: Inst, req: HttpRequest) -> ApiResult<HttpResp
     let s = load_managed(&inst, &req, &id).await?;
     state_of(&req)?.sync.sync_now(inst.0.domain.as_str(), &s);
     Ok(HttpResponse::Accepted().json(json!({"ok": true})))
+}
+
+/// For `GET /sharings/`: the owner's link permissions (first page only) and the active
+/// invitation links of the listed sharings it manages.
+async fn included(
+    inst: &Instance,
+    perms: &PermissionSet,
+    listed: &[Sharing],
+    first_page: bool,
+) -> ApiResult<Vec<Value>> {
+    let mut out = if first_page { crate::http::permissions::covered_links(inst, perms).await? } else { Vec::new() };
+    for s in listed.iter().filter(|s| s.owner && may_manage(perms, s)) {
+        out.extend(invitations::active_list(s));
+    }
+    Ok(out)
 }

@@ -3,6 +3,9 @@
 
 use super::*;
 use crate::http::callers::PageSession;
+use crate::http::permissions::{code_failed, preview_state, reserve_code_attempt};
+use crate::instance::Instance;
+use crate::sharing::invitations;
 
 #[derive(Deserialize)]
 pub(super) struct StateQuery {
@@ -30,8 +33,7 @@ pub(super) async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse
         let id = sharing_id(&req)?;
         let q: StateQuery =
             serde_urlencoded::from_str(req.query_string()).map_err(|_| ApiError::bad_request("malformed query"))?;
-        let (hidden, found) =
-            crate::http::invitations::discovery_lookup(&inst.0, &req, &id, q.state, q.invitation).await?;
+        let (hidden, found) = discovery_lookup(&inst.0, &req, &id, q.state, q.invitation).await?;
         Ok::<_, ApiError>((id, hidden, found))
     }
     .await;
@@ -87,7 +89,7 @@ pub(super) async fn discovery_post(inst: Inst, req: HttpRequest, payload: web::P
         let form: DiscoveryForm =
             serde_urlencoded::from_bytes(&body).map_err(|_| ApiError::bad_request("the form needs state and url"))?;
         let key = (form.state, form.invitation, form.sharecode);
-        crate::http::invitations::discover(&inst.0, &req, &id, key, &form.url).await
+        discover(&inst.0, &req, &id, key, &form.url).await
     }
     .await;
     match (result, wants_json) {
@@ -272,4 +274,85 @@ pub(super) async fn authorize_post(
         (Err(e), true) => actix_web::ResponseError::error_response(&e),
         (Err(e), false) => error_page(e),
     }
+}
+
+/// What the discovery page found for its query: the hidden field to carry (none when the
+/// person is known from the preview cookie) and what to show.
+async fn discovery_lookup(
+    inst: &Instance,
+    req: &HttpRequest,
+    id: &SharingId,
+    state: Option<String>,
+    invitation: Option<String>,
+) -> ApiResult<(Option<(&'static str, String)>, Discovery)> {
+    if let Some(state) = state {
+        let found = service::discovery_state(inst, id, &state).await?;
+        return Ok((Some(("state", state)), found));
+    }
+    if let Some(code) = invitation {
+        let attempt = reserve_code_attempt(inst, req)?;
+        let s = match invitations::discovery_view(inst, id, &code).await {
+            Ok(s) => {
+                attempt.succeeded();
+                s
+            }
+            Err(e) => {
+                code_failed(inst, attempt);
+                return Err(e.into());
+            }
+        };
+        // No member yet: the index past the last one shows an empty address field.
+        let index = s.members.len();
+        return Ok((Some(("invitation", code)), Discovery::Ask { sharing: Box::new(s), index }));
+    }
+    let state = preview_state(inst, req, id, None).await?;
+    Ok((None, service::discovery_state(inst, id, &state).await?))
+}
+
+/// Whether a form post comes from a page of this instance (browsers send `Origin` on POST).
+fn same_origin(req: &HttpRequest) -> bool {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    match req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        None => true,
+        Some(origin) => url::Url::parse(origin).ok().is_some_and(|u| {
+            let h = u.host_str().unwrap_or_default();
+            let with_port = u.port().map_or_else(|| h.to_owned(), |p| format!("{h}:{p}"));
+            with_port.eq_ignore_ascii_case(host)
+        }),
+    }
+}
+
+/// `POST /sharings/:id/discovery`: a personal invitation (`state`), an invitation link
+/// (`invitation`: a new member takes a seat), or a preview (`sharecode`, or the preview page's
+/// cookie from a same-origin form). Answers where to send the browser.
+async fn discover(
+    inst: &Instance,
+    req: &HttpRequest,
+    id: &SharingId,
+    form: (Option<String>, Option<String>, Option<String>),
+    url: &str,
+) -> ApiResult<String> {
+    let svc = state_of(req)?;
+    let (state, invitation, sharecode) = form;
+    if let Some(state) = state {
+        return Ok(service::discover(&svc.sharing, inst, id, &state, url).await?);
+    }
+    if let Some(code) = invitation {
+        let attempt = reserve_code_attempt(inst, req)?;
+        return match invitations::discover(&svc.sharing, inst, id, &code, url).await {
+            Err(SharingError::Forbidden(r)) => {
+                code_failed(inst, attempt);
+                Err(ApiError::Forbidden(r))
+            }
+            other => {
+                attempt.cancel();
+                Ok(other?)
+            }
+        };
+    }
+    if sharecode.is_none() && !same_origin(req) {
+        return Err(ApiError::Forbidden("cross-site form".into()));
+    }
+    let state = preview_state(inst, req, id, sharecode).await?;
+    Ok(service::discover(&svc.sharing, inst, id, &state, url).await?)
 }
