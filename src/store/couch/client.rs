@@ -174,33 +174,28 @@ impl CouchServer {
     /// Checks that CouchDB answers, accepts the credentials and lets this user create
     /// databases, with messages that say what to fix.
     pub async fn check(&self) -> anyhow::Result<()> {
-        let root = self
-            .send_raw(Method::GET, &[], &[], None)
-            .await
-            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {}", self.base, root_cause(e)))?;
-        if root.status == StatusCode::UNAUTHORIZED {
-            anyhow::bail!(
-                "CouchDB at {} refused the credentials of user {:?} (check couchdb.user and couchdb.password)",
-                self.base,
-                self.user.as_deref().unwrap_or("")
-            );
-        }
+        // GET at `path`, failing on no answer or refused credentials.
+        let get = |path: &'static [&'static str]| async move {
+            let reply = self
+                .send_raw(Method::GET, path, &[], None)
+                .await
+                .map_err(|e| anyhow!("CouchDB at {} is unreachable: {}", self.base, root_cause(e)))?;
+            if reply.status == StatusCode::UNAUTHORIZED {
+                anyhow::bail!(
+                    "CouchDB at {} refused the credentials of user {:?} (check couchdb.user and couchdb.password)",
+                    self.base,
+                    self.user.as_deref().unwrap_or("")
+                );
+            }
+            Ok(reply)
+        };
+        let root = get(&[]).await?;
         if !root.status.is_success()
             || (root.body.get("couchdb").is_none() && root.body.get("express-pouchdb").is_none())
         {
             anyhow::bail!("{} does not look like CouchDB (GET / answered {})", self.base, root.status);
         }
-        let session = self
-            .send_raw(Method::GET, &["_session"], &[], None)
-            .await
-            .map_err(|e| anyhow!("CouchDB at {} is unreachable: {}", self.base, root_cause(e)))?;
-        if session.status == StatusCode::UNAUTHORIZED {
-            anyhow::bail!(
-                "CouchDB at {} refused the credentials of user {:?} (check couchdb.user and couchdb.password)",
-                self.base,
-                self.user.as_deref().unwrap_or("")
-            );
-        }
+        let session = get(&["_session"]).await?;
         let roles = session.body.pointer("/userCtx/roles").and_then(Value::as_array).cloned().unwrap_or_default();
         if !roles.iter().any(|r| r == "_admin") {
             match &self.user {
@@ -428,19 +423,24 @@ impl CouchStore {
         }
     }
 
+    /// `POST <meta>/_all_docs?include_docs=true` for `keys` (one request: callers keep it to a
+    /// page): a row per key, deleted documents included.
+    pub(super) async fn meta_rows(&self, keys: &[String]) -> Result<Reply, StoreError> {
+        self.server
+            .send(
+                Method::POST,
+                &[&self.meta_db, "_all_docs"],
+                &[("include_docs", "true".to_owned())],
+                Some(&json!({ "keys": keys })),
+            )
+            .await
+    }
+
     /// Meta documents by id (those that exist), with their `_rev`.
     pub(super) async fn meta_docs(&self, keys: &[String]) -> Result<HashMap<String, (String, Value)>, StoreError> {
         let mut out = HashMap::new();
         for chunk in keys.chunks(500) {
-            let reply = self
-                .server
-                .send(
-                    Method::POST,
-                    &[&self.meta_db, "_all_docs"],
-                    &[("include_docs", "true".to_owned())],
-                    Some(&json!({ "keys": chunk })),
-                )
-                .await?;
+            let reply = self.meta_rows(chunk).await?;
             if reply.db_missing() {
                 return Ok(out);
             }

@@ -106,15 +106,7 @@ impl CouchStore {
         ids: &[DocId],
     ) -> Result<HashMap<DocId, Guard>, StoreError> {
         let keys: Vec<String> = ids.iter().map(|id| guard_key(doctype, id)).collect();
-        let reply = self
-            .server
-            .send(
-                Method::POST,
-                &[&self.meta_db, "_all_docs"],
-                &[("include_docs", "true".to_owned())],
-                Some(&json!({"keys": keys})),
-            )
-            .await?;
+        let reply = self.meta_rows(&keys).await?;
         let mut out: HashMap<DocId, Guard> =
             ids.iter().map(|id| (id.clone(), Guard { rev: None, record: None })).collect();
         if reply.db_missing() {

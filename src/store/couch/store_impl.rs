@@ -154,25 +154,10 @@ impl Store for CouchStore {
         self.server.ensure_db(&db, self.revs_limit).await?;
         self.record_local_name(doctype, id).await?;
         for _ in 0..LOCAL_ATTEMPTS {
-            let current = self.local_rev(&db, id).await?.map(|(n, _)| n);
-            let mut doc: Map<String, Value> = body_member(&body).into_iter().collect();
-            if let Some(n) = current {
-                doc.insert("_rev".into(), Value::String(format!("0-{n}")));
+            let current = self.local_rev(&db, id).await?.map_or(0, |(n, _)| n);
+            if let Some(n) = self.write_local(&db, id, &body, current).await? {
+                return Ok(n);
             }
-            let reply = self.send_to_db(&db, Method::PUT, &["_local", id], &[], Some(&Value::Object(doc))).await?;
-            if reply.status == StatusCode::CONFLICT {
-                continue;
-            }
-            if !reply.status.is_success() {
-                return Err(reply.unexpected("writing a _local document"));
-            }
-            let rev = reply.field("rev");
-            let n = rev
-                .strip_prefix("0-")
-                .and_then(|n| n.parse::<u64>().ok())
-                .ok_or_else(|| corrupt(format!("_local revision {rev:?}")))?;
-            self.committed();
-            return Ok(n);
         }
         Err(StoreError::Conflict)
     }
@@ -203,24 +188,7 @@ impl Store for CouchStore {
         self.server.ensure_db(&db, self.revs_limit).await?;
         self.record_local_name(doctype, id).await?;
         // CouchDB checks the revision itself (update_local_docs), atomically.
-        let mut doc: Map<String, Value> = body_member(&body).into_iter().collect();
-        if expected > 0 {
-            doc.insert("_rev".into(), Value::String(format!("0-{expected}")));
-        }
-        let reply = self.send_to_db(&db, Method::PUT, &["_local", id], &[], Some(&Value::Object(doc))).await?;
-        if reply.status == StatusCode::CONFLICT {
-            return Err(StoreError::Conflict);
-        }
-        if !reply.status.is_success() {
-            return Err(reply.unexpected("writing a _local document"));
-        }
-        let rev = reply.field("rev");
-        let n = rev
-            .strip_prefix("0-")
-            .and_then(|n| n.parse::<u64>().ok())
-            .ok_or_else(|| corrupt(format!("_local revision {rev:?}")))?;
-        self.committed();
-        Ok(n)
+        self.write_local(&db, id, &body, expected).await?.ok_or(StoreError::Conflict)
     }
 
     async fn delete_local_if(&self, doctype: &Doctype, id: &str, expected: u64) -> Result<(), StoreError> {
@@ -716,5 +684,30 @@ impl Store for CouchStore {
                 return Ok(());
             }
         }
+    }
+}
+
+impl CouchStore {
+    /// `PUT <db>/_local/<id>` over revision `0-<rev>` (none when `rev` is 0): the new revision
+    /// number, or `None` when CouchDB answers 409 (the revision moved on).
+    async fn write_local(&self, db: &str, id: &str, body: &Body, rev: u64) -> Result<Option<u64>, StoreError> {
+        let mut doc: Map<String, Value> = body_member(body).into_iter().collect();
+        if rev > 0 {
+            doc.insert("_rev".into(), Value::String(format!("0-{rev}")));
+        }
+        let reply = self.send_to_db(db, Method::PUT, &["_local", id], &[], Some(&Value::Object(doc))).await?;
+        if reply.status == StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        if !reply.status.is_success() {
+            return Err(reply.unexpected("writing a _local document"));
+        }
+        let rev = reply.field("rev");
+        let n = rev
+            .strip_prefix("0-")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| corrupt(format!("_local revision {rev:?}")))?;
+        self.committed();
+        Ok(Some(n))
     }
 }
