@@ -8,17 +8,9 @@ pub fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// Deterministic bytes that differ from seed to seed.
+/// Deterministic bytes that differ from seed to seed (`hearth::files::sample::pattern`).
 pub fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    hearth::files::sample::pattern(len, seed)
 }
 
 /// The base64 MD5 of `data`, as `Content-MD5` and `md5sum` carry it.
