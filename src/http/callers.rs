@@ -20,7 +20,7 @@ use futures_util::future::LocalBoxFuture;
 use super::sharings::{peer, replicating_peer, sharing_id};
 use super::{data_caller, instance_of, ApiError, ApiResult, Inst};
 use crate::auth::{Claims, PermissionSet, Verb};
-use crate::sharing::{Sharing, SharingId};
+use crate::sharing::{MemberIndex, Sharing, SharingId};
 
 /// An app's (or the CLI's) call: its token's claims and permissions. 401 without a bearer
 /// token, or with one that is not a live app or CLI token of this instance.
@@ -48,13 +48,13 @@ impl FromRequest for AppCaller {
 /// reading the sharing.
 pub struct PeerCaller {
     pub id: SharingId,
-    pub index: usize,
+    pub index: MemberIndex,
 }
 
 impl PeerCaller {
     /// 403 unless the caller is the sharing's owner (notices only the owner sends).
     pub fn owner_only(&self) -> ApiResult<()> {
-        if self.index != 0 {
+        if !self.index.is_owner() {
             return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
         }
         Ok(())
@@ -62,7 +62,7 @@ impl PeerCaller {
 
     /// 403 unless the caller is a member other than the owner.
     pub fn member_only(&self) -> ApiResult<()> {
-        if self.index == 0 {
+        if self.index.is_owner() {
             return Err(ApiError::Forbidden("only a member's instance may send this".into()));
         }
         Ok(())
@@ -102,7 +102,7 @@ where
 pub struct ReplicatingPeer {
     pub id: SharingId,
     pub sharing: Sharing,
-    pub index: usize,
+    pub index: MemberIndex,
 }
 
 impl FromRequest for ReplicatingPeer {

@@ -49,6 +49,8 @@ fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
 async fn content_peer(inst: &Inst, req: &HttpRequest, verb: Verb) -> ApiResult<(Sharing, usize)> {
     let id = sharing_id(req)?;
     let (s, from) = replicating_peer(inst, req, &id, verb).await?;
+    // Bare: the handlers index the member list with it (`IdMap::for_member`).
+    let from = from.get();
     if verb != Verb::Get && s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
         return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
     }

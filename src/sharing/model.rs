@@ -5,7 +5,7 @@
 
 pub use crate::federation::client::PeerCredentials;
 /// Defined with the store's ids, which the tracking methods of [`crate::store::Store`] take.
-pub use crate::store::SharingId;
+pub use crate::store::{MemberIndex, SharingId};
 
 /// The files doctype, whose rules by id share subtrees (see [`Rule::subtree`]).
 pub const FILES_DOCTYPE: &str = "io.cozy.files";

@@ -103,7 +103,7 @@ pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpR
             .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
     };
     // Ids in the caller's space: ours for apps, the member's for its instance.
-    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(0));
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(MemberIndex::OWNER).get());
     let after = q
         .get("page[cursor]")
         .map(|c| {

@@ -28,7 +28,7 @@ use super::state_of;
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
-use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
+use crate::sharing::{self, MemberIndex, MemberStatus, Sharing, SharingError, SharingId};
 use crate::store::{DocId, Doctype};
 
 /// Largest body of a route reachable without credentials (the sharing notice and answer, the
@@ -104,8 +104,11 @@ pub(super) fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
-fn member_index(req: &HttpRequest) -> ApiResult<usize> {
-    path::param(req, "index")?.parse().map_err(|_| ApiError::bad_request("member index must be a number"))
+fn member_index(req: &HttpRequest) -> ApiResult<MemberIndex> {
+    path::param(req, "index")?
+        .parse()
+        .map(MemberIndex)
+        .map_err(|_| ApiError::bad_request("member index must be a number"))
 }
 
 fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
@@ -166,7 +169,7 @@ pub(super) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId)
 }
 
 /// The member a peer's bearer token stands for (`401` when missing, invalid or revoked).
-pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<usize> {
+pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<MemberIndex> {
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let (client, perms) = service::peer_member(&inst.0, id, token).await?;
     if !service::peer_may(&perms, id, verb) {

@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::{lenient, lenient_list, object, or_default, present, wire_object, Lenient};
 use crate::auth::oauth::IssuedClient;
 use crate::federation::client::PeerCredentials;
+use crate::store::MemberIndex;
 
 /// `type` of an answer to a sharing request.
 pub const ANSWER_TYPE: &str = "io.cozy.sharings.answer";
@@ -126,7 +127,7 @@ wire_object! {
     pub struct Answer {
         access_token: AccessToken,
         client: WireClient,
-        member_index: usize,
+        member_index: MemberIndex,
         public_name: String,
         read_only: bool,
         refused: bool,
@@ -391,7 +392,11 @@ mod tests {
 
     #[test]
     fn the_owners_reply_and_a_refusal_round_trip() {
-        let reply = Answer { member_index: Some(2), read_only: Some(false), ..Answer::with_credentials(&issued()) };
+        let reply = Answer {
+            member_index: Some(MemberIndex(2)),
+            read_only: Some(false),
+            ..Answer::with_credentials(&issued())
+        };
         let text = serde_json::to_string(&Document::resource(ANSWER_TYPE, "s1", reply.clone())).unwrap();
         let back = Received::<Answer>::read(&serde_json::from_str(&text).unwrap()).attributes_or_default();
         assert_eq!(back, reply);

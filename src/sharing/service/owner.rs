@@ -314,9 +314,10 @@ pub async fn add_delegated(
     cx: &Context,
     inst: &Instance,
     id: &SharingId,
-    caller_index: usize,
+    caller: MemberIndex,
     body: &Value,
 ) -> Result<Vec<(usize, String)>> {
+    let caller_index = caller.get();
     let list = resolve_recipients_inline(Relationships::of(body).recipients.as_ref())?;
     if list.is_empty() {
         return Err(bad("no recipients given"));
@@ -530,7 +531,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     let issued = oauth::create_sharing_client(
         inst,
         id.as_str(),
-        index,
+        MemberIndex(index),
         &sharing_scope(id, write),
         &format!("Sharing {name}"),
         ttl,
@@ -563,8 +564,11 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
     cx.sharing_changed(inst, id).await?;
     tell_members_of(cx, inst, id).await?;
-    let attributes =
-        Answer { member_index: Some(index), read_only: Some(read_only), ..Answer::with_credentials(&issued) };
+    let attributes = Answer {
+        member_index: Some(MemberIndex(index)),
+        read_only: Some(read_only),
+        ..Answer::with_credentials(&issued)
+    };
     Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), attributes)))
 }
 
