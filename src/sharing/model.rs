@@ -577,4 +577,73 @@ mod tests {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
     }
+
+    /// A sharing for the pinned API views: fixed dates, id and revision.
+    fn pinned(owner: bool, members: Vec<Member>) -> Sharing {
+        Sharing {
+            id: Some(SharingId::parse("0123456789abcdef0123456789abcdef").unwrap()),
+            rev: Some("2-abc".into()),
+            description: "Holiday \"notes\"".into(),
+            preview_path: None,
+            app_slug: None,
+            owner,
+            active: true,
+            open_sharing: false,
+            initial_sync: false,
+            created_at: "2026-01-02T03:04:05Z".into(),
+            updated_at: "2026-01-02T03:04:06Z".into(),
+            rules: vec![Rule::from_input(
+                &json!({"title": "notes", "doctype": "io.cozy.notes", "values": ["n1", "n2"],
+                "add": "sync", "update": "push", "remove": "revoke"}),
+            )
+            .unwrap()],
+            members,
+            invitations: vec![],
+            id_nonce: Some("nonce".into()),
+            revoked_at: None,
+        }
+    }
+
+    /// The JSON:API view apps get, byte for byte (key order and values), pinned before it was
+    /// built from types: an owner's, a recipient's, one without members, and a revoked one.
+    #[test]
+    fn api_view_is_pinned_byte_for_byte() {
+        let mut owner = Member::new(MemberStatus::Owner);
+        owner.public_name = Some("Alice".into());
+        owner.email = Some("alice@example.net".into());
+        owner.instance = Some("https://alice.example.net".into());
+        let mut bob = Member::new(MemberStatus::Ready);
+        bob.name = Some("Bob B.".into());
+        bob.public_name = Some("Bob".into());
+        bob.instance = Some("https://bob.example.net".into());
+        bob.read_only = true;
+        bob.xor_key = Some("k".into());
+        let mut carol = Member::new(MemberStatus::MailNotSent);
+        carol.email = Some("carol@example.net".into());
+        let shown = pinned(true, vec![owner.clone(), bob.clone(), carol]);
+        assert_eq!(shown.to_api().to_string(), OWNER_VIEW);
+
+        let mut recipient = pinned(false, vec![owner, bob]);
+        recipient.rev = None;
+        recipient.app_slug = Some("notes".into());
+        recipient.preview_path = Some("/preview".into());
+        recipient.open_sharing = true;
+        recipient.initial_sync = true;
+        assert_eq!(recipient.to_api().to_string(), RECIPIENT_VIEW);
+
+        let mut empty = pinned(true, vec![]);
+        empty.rules = vec![];
+        empty.description = String::new();
+        assert_eq!(empty.to_api().to_string(), EMPTY_VIEW);
+
+        let mut revoked = pinned(true, vec![Member::new(MemberStatus::Owner), Member::new(MemberStatus::Revoked)]);
+        revoked.active = false;
+        revoked.revoked_at = Some("2026-02-03T04:05:06Z".into());
+        assert_eq!(revoked.to_api().to_string(), REVOKED_VIEW);
+    }
+
+    const OWNER_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":false,"members":[{"email":"alice@example.net","instance":"https://alice.example.net","name":"Alice","public_name":"Alice","status":"owner"},{"instance":"https://bob.example.net","name":"Bob B.","public_name":"Bob","read_only":true,"status":"ready"},{"email":"carol@example.net","status":"mail-not-sent"}],"open_sharing":false,"owner":true,"rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
+    const RECIPIENT_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":"notes","created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":true,"members":[{"email":"alice@example.net","instance":"https://alice.example.net","name":"Alice","public_name":"Alice","status":"owner"},{"instance":"https://bob.example.net","name":"Bob B.","public_name":"Bob","read_only":true,"status":"ready"}],"open_sharing":true,"owner":false,"preview_path":"/preview","rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":null},"type":"io.cozy.sharings"}"#;
+    const EMPTY_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"","initial_sync":false,"members":[],"open_sharing":false,"owner":true,"rules":[],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
+    const REVOKED_VIEW: &str = r#"{"attributes":{"active":false,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":false,"members":[{"status":"owner"},{"status":"revoked"}],"open_sharing":false,"owner":true,"revoked_at":"2026-02-03T04:05:06Z","rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
 }
