@@ -12,8 +12,9 @@ pub const FILES_DOCTYPE: &str = "io.cozy.files";
 /// The member of a file or directory naming its parent directory (Cozy's `dir_id`).
 pub const FILES_PARENT: &str = "dir_id";
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use super::protocol::{ApiMember, RevMeta, SelfLink, SharingAttributes, SharingResource, SHARINGS_TYPE};
 use crate::store::Doctype;
 
 /// How changes of one kind flow for a rule.
@@ -347,25 +348,16 @@ impl Member {
         }
     }
 
-    fn to_api(&self) -> Value {
-        let mut o = Map::new();
-        o.insert("status".into(), json!(self.status.as_str()));
-        if let Some(n) = self.name.as_ref().or(self.public_name.as_ref()) {
-            o.insert("name".into(), json!(n));
+    /// The member as apps see it (its own name, else its public name, as `name`).
+    fn api(&self) -> ApiMember {
+        ApiMember {
+            email: self.email.clone(),
+            instance: self.instance.clone(),
+            name: self.name.clone().or_else(|| self.public_name.clone()),
+            public_name: self.public_name.clone(),
+            read_only: self.read_only,
+            status: self.status.as_str().to_owned(),
         }
-        if let Some(n) = &self.public_name {
-            o.insert("public_name".into(), json!(n));
-        }
-        if let Some(e) = &self.email {
-            o.insert("email".into(), json!(e));
-        }
-        if let Some(i) = &self.instance {
-            o.insert("instance".into(), json!(i));
-        }
-        if self.read_only {
-            o.insert("read_only".into(), json!(true));
-        }
-        Value::Object(o)
     }
 }
 
@@ -424,36 +416,35 @@ impl Sharing {
         self.id.as_ref().unwrap_or(&crate::store::doc::UNSET_SHARING_ID)
     }
 
-    /// The JSON:API resource clients see: never credentials, states or nonces.
+    /// The JSON:API resource clients see ([`SharingResource`]): never credentials, states or
+    /// nonces.
+    pub fn api(&self) -> SharingResource {
+        SharingResource {
+            attributes: SharingAttributes {
+                active: self.active,
+                app_slug: self.app_slug.clone(),
+                created_at: self.created_at.clone(),
+                description: self.description.clone(),
+                initial_sync: self.initial_sync,
+                members: self.members.iter().map(Member::api).collect(),
+                open_sharing: self.open_sharing,
+                owner: self.owner,
+                preview_path: self.preview_path.clone(),
+                revoked_at: self.revoked_at.clone(),
+                rules: self.rules.clone(),
+                updated_at: self.updated_at.clone(),
+            },
+            id: self.id().to_owned(),
+            links: SelfLink { self_link: format!("/sharings/{}", self.id()) },
+            meta: RevMeta { rev: self.rev.clone() },
+            kind: SHARINGS_TYPE.to_owned(),
+        }
+    }
+
+    /// [`Sharing::api`] as a JSON value, for answers that add members to it (members in
+    /// alphabetical order, as a JSON value writes them).
     pub fn to_api(&self) -> Value {
-        let rules: Vec<Value> = self.rules.iter().map(Rule::to_json).collect();
-        let members: Vec<Value> = self.members.iter().map(Member::to_api).collect();
-        let mut attributes = json!({
-            "description": self.description,
-            "owner": self.owner,
-            "active": self.active,
-            "open_sharing": self.open_sharing,
-            "initial_sync": self.initial_sync,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "members": members,
-            "rules": rules,
-        });
-        if let Some(p) = &self.preview_path {
-            attributes["preview_path"] = json!(p);
-        }
-        if let Some(at) = &self.revoked_at {
-            attributes["revoked_at"] = json!(at);
-        }
-        // Always present, as in Cozy's answers (null when no app created the sharing).
-        attributes["app_slug"] = json!(self.app_slug);
-        json!({
-            "type": "io.cozy.sharings",
-            "id": self.id(),
-            "meta": {"rev": self.rev},
-            "attributes": attributes,
-            "links": {"self": format!("/sharings/{}", self.id())},
-        })
+        serde_json::to_value(self.api()).unwrap_or(Value::Null)
     }
 
     /// Whether the sharing ended (see `revoked_at`).
@@ -504,6 +495,8 @@ impl Sharing {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
