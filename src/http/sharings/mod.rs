@@ -104,7 +104,7 @@ pub(super) fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
-fn member_index(req: &HttpRequest) -> ApiResult<MemberIndex> {
+pub(in crate::http) fn member_index(req: &HttpRequest) -> ApiResult<MemberIndex> {
     path::param(req, "index")?
         .parse()
         .map(MemberIndex)
@@ -139,7 +139,7 @@ pub(super) fn may_manage(perms: &PermissionSet, s: &Sharing) -> bool {
 }
 
 /// Whether an owner's token may read this sharing: GET on one of its doctypes, or on sharings.
-fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
+pub(in crate::http) fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
     let sharings_dt = Doctype::parse("io.cozy.sharings").ok();
     sharings_dt.is_some_and(|d| perms.allows(&d, Verb::Get, Some(s.id())))
         || s.rules.iter().any(|r| {
@@ -147,7 +147,7 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
         })
 }
 
-pub(super) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
+pub(in crate::http) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
     let perms = match data_caller(&inst.0, req) {
         Ok((_, perms)) => perms,
         Err(e) => {
