@@ -28,6 +28,21 @@ use super::{bearer, data_caller, instance_of, ApiError, ApiResult, Inst};
 use crate::auth::{Claims, PermissionSet, Verb};
 use crate::sharing::{self, service, MemberIndex, Sharing, SharingId};
 
+/// `FromRequest` for the caller of a `/sharings/:id/...` route, as `check` finds it (see
+/// [`of_sharing`]).
+macro_rules! sharing_caller {
+    ($name:ident, $check:expr) => {
+        impl FromRequest for $name {
+            type Error = ApiError;
+            type Future = LocalBoxFuture<'static, Result<$name, ApiError>>;
+
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                of_sharing(req, $check)
+            }
+        }
+    };
+}
+
 /// An app's (or the CLI's) call: its token's claims and permissions. 401 without a bearer
 /// token, or with one that is not a live app or CLI token of this instance.
 pub struct AppCaller {
@@ -75,17 +90,10 @@ impl PeerCaller {
     }
 }
 
-impl FromRequest for PeerCaller {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<PeerCaller, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let index = peer(&inst, &req, &id, Verb::Get).await?;
-            Ok(PeerCaller { id, index })
-        })
-    }
-}
+sharing_caller!(PeerCaller, |inst, req, id| async move {
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    Ok(PeerCaller { id, index })
+});
 
 /// The caller of a `/sharings/:id/...` route, as `check` finds it with the instance, the
 /// request and the sharing id of the path (400 for an invalid id, before any credential).
@@ -111,17 +119,10 @@ pub struct ReplicatingPeer {
     pub index: MemberIndex,
 }
 
-impl FromRequest for ReplicatingPeer {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<ReplicatingPeer, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let (sharing, index) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
-            Ok(ReplicatingPeer { id, sharing, index })
-        })
-    }
-}
+sharing_caller!(ReplicatingPeer, |inst, req, id| async move {
+    let (sharing, index) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
+    Ok(ReplicatingPeer { id, sharing, index })
+});
 
 /// The owner's browser, logged in: its session id. 401 `log in first` without a live session
 /// (pages that send a browser to the login page instead take an `Option<PageSession>`).
@@ -178,17 +179,10 @@ pub struct ManagedSharing {
     pub sharing: Sharing,
 }
 
-impl FromRequest for ManagedSharing {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<ManagedSharing, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let sharing = load_managed(&inst, &req, &id).await?;
-            Ok(ManagedSharing { id, sharing })
-        })
-    }
-}
+sharing_caller!(ManagedSharing, |inst, req, id| async move {
+    let sharing = load_managed(&inst, &req, &id).await?;
+    Ok(ManagedSharing { id, sharing })
+});
 
 /// As [`ManagedSharing`], on one member of the sharing (`/sharings/:id/recipients/:index...`):
 /// 400 `member index must be a number` after the id's check and before any credential.
@@ -198,18 +192,11 @@ pub struct ManagedMember {
     pub sharing: Sharing,
 }
 
-impl FromRequest for ManagedMember {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<ManagedMember, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let index = member_index(&req)?;
-            let sharing = load_managed(&inst, &req, &id).await?;
-            Ok(ManagedMember { id, index, sharing })
-        })
-    }
-}
+sharing_caller!(ManagedMember, |inst, req, id| async move {
+    let index = member_index(&req)?;
+    let sharing = load_managed(&inst, &req, &id).await?;
+    Ok(ManagedMember { id, index, sharing })
+});
 
 /// An app reading the sharing named in the path (its status), with the sharing as loaded: 400
 /// for an invalid sharing id, 401 without a live app token, 404 for no such sharing, 403 when
@@ -219,23 +206,15 @@ pub struct ReadableSharing {
     pub sharing: Sharing,
 }
 
-impl FromRequest for ReadableSharing {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<ReadableSharing, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let (_, perms) = data_caller(&inst.0, &req)?;
-            let sharing = sharing::load(inst.0.store.as_ref(), &id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
-            if !may_read(&perms, &sharing) {
-                return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
-            }
-            Ok(ReadableSharing { id, sharing })
-        })
+sharing_caller!(ReadableSharing, |inst, req, id| async move {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let sharing =
+        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    if !may_read(&perms, &sharing) {
+        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
     }
-}
+    Ok(ReadableSharing { id, sharing })
+});
 
 /// Whoever reads the sharing named in the path (`GET /sharings/:id`): one of the owner's apps
 /// (as [`ReadableSharing`]) or a member's instance with its sharing token, then `member` is its
@@ -249,26 +228,19 @@ pub struct SharingReader {
     pub member: Option<MemberIndex>,
 }
 
-impl FromRequest for SharingReader {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<SharingReader, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-            let s = sharing::load(inst.0.store.as_ref(), &id).await?;
-            let (allowed, member) = match data_caller(&inst.0, &req) {
-                Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
-                Err(_) => {
-                    let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
-                    (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
-                }
-            };
-            match s {
-                Some(sharing) if allowed => Ok(SharingReader { id, sharing, member }),
-                Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
-                None => Err(ApiError::NotFound("no such sharing".into())),
-            }
-        })
+sharing_caller!(SharingReader, |inst, req, id| async move {
+    let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let s = sharing::load(inst.0.store.as_ref(), &id).await?;
+    let (allowed, member) = match data_caller(&inst.0, &req) {
+        Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
+        Err(_) => {
+            let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
+            (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
+        }
+    };
+    match s {
+        Some(sharing) if allowed => Ok(SharingReader { id, sharing, member }),
+        Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
+        None => Err(ApiError::NotFound("no such sharing".into())),
     }
-}
+});

@@ -573,28 +573,15 @@ mod tests {
 
     /// A sharing for the pinned API views: fixed dates, id and revision.
     fn pinned(owner: bool, members: Vec<Member>) -> Sharing {
-        Sharing {
-            id: Some(SharingId::parse("0123456789abcdef0123456789abcdef").unwrap()),
-            rev: Some("2-abc".into()),
-            description: "Holiday \"notes\"".into(),
-            preview_path: None,
-            app_slug: None,
-            owner,
-            active: true,
-            open_sharing: false,
-            initial_sync: false,
-            created_at: "2026-01-02T03:04:05Z".into(),
-            updated_at: "2026-01-02T03:04:06Z".into(),
-            rules: vec![Rule::from_input(
-                &json!({"title": "notes", "doctype": "io.cozy.notes", "values": ["n1", "n2"],
-                "add": "sync", "update": "push", "remove": "revoke"}),
-            )
-            .unwrap()],
-            members,
-            invitations: vec![],
-            id_nonce: Some("nonce".into()),
-            revoked_at: None,
-        }
+        let rule = json!({"title": "notes", "doctype": "io.cozy.notes", "values": ["n1", "n2"],
+            "add": "sync", "update": "push", "remove": "revoke"});
+        let mut s: Sharing = serde_json::from_value(json!({"description": "Holiday \"notes\"", "owner": owner,
+            "active": true, "created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:06Z",
+            "rules": [rule], "members": [], "id_nonce": "nonce"}))
+        .unwrap();
+        (s.id, s.rev, s.members) =
+            (SharingId::parse("0123456789abcdef0123456789abcdef").ok(), Some("2-abc".into()), members);
+        s
     }
 
     /// The JSON:API view apps get, byte for byte (key order and values), pinned before it was
