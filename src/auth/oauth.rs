@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{random_hex, secrets_match, Audience, Authority, PermissionSet};
-use crate::store::{json, DocId, Doctype, StoreError};
+use crate::store::{json, DocId, Doctype, MemberIndex, StoreError};
 
 pub const CLIENTS_DOCTYPE: &str = "io.cozy.oauth.clients";
 
@@ -25,7 +25,7 @@ pub struct OAuthClient {
     pub client_kind: String,
     secret_hash: String,
     pub sharing_id: String,
-    pub member_index: usize,
+    pub member_index: MemberIndex,
     pub scope: String,
 }
 
@@ -58,7 +58,7 @@ impl OAuthClient {
 pub async fn create_sharing_client(
     inst: &dyn Authority,
     sharing_id: &str,
-    member_index: usize,
+    member_index: MemberIndex,
     scope: &PermissionSet,
     name: &str,
     access_ttl_secs: u64,

@@ -110,7 +110,7 @@ pub(super) async fn run(core: Core, cmd: SharingsCmd) -> anyhow::Result<()> {
             let inst = open(&domain)?;
             let id = sid(&id)?;
             let s = match sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")? {
-                s if s.owner => service::revoke(&cx, &inst, &id, member).await?,
+                s if s.owner => service::revoke(&cx, &inst, &id, member.map(sharing::MemberIndex)).await?,
                 _ if member.is_some() => {
                     anyhow::bail!("only the owner revokes a member; on a recipient, revoke leaves the sharing")
                 }

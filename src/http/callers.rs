@@ -6,7 +6,13 @@
 //! - [`PeerCaller`]: another instance, with the sharing credentials this instance issued it
 //!   for the sharing named in the path (`/sharings/:id/...` notifications and replication);
 //!   [`ReplicatingPeer`] adds that the sharing is active and the caller a ready member;
-//! - [`PageSession`]: the owner's browser, with a live session cookie (pages).
+//! - [`PageSession`]: the owner's browser, with a live session cookie (pages);
+//! - [`AppOrOwner`]: either an app's token or the owner's session (the realtime feed).
+//!
+//! And, for app routes on one sharing, the caller with the sharing it may act on, checked in
+//! the order the handlers always checked them (the path's ids first, then the token, then the
+//! sharing): [`ManagedSharing`], [`ManagedMember`], [`ReadableSharing`] and, for apps and
+//! members alike, [`SharingReader`].
 //!
 //! Each fails with the error its handlers answered before, same status, same JSON body
 //! (`{"error","reason"}`, see `http::error`).
@@ -17,10 +23,25 @@ use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 
-use super::sharings::{peer, replicating_peer, sharing_id};
-use super::{data_caller, instance_of, ApiError, ApiResult, Inst};
+use super::sharings::{load_managed, may_read, member_index, peer, replicating_peer, sharing_id};
+use super::{bearer, data_caller, instance_of, ApiError, ApiResult, Inst};
 use crate::auth::{Claims, PermissionSet, Verb};
-use crate::sharing::{Sharing, SharingId};
+use crate::sharing::{self, service, MemberIndex, Sharing, SharingId};
+
+/// `FromRequest` for the caller of a `/sharings/:id/...` route, as `check` finds it (see
+/// [`of_sharing`]).
+macro_rules! sharing_caller {
+    ($name:ident, $check:expr) => {
+        impl FromRequest for $name {
+            type Error = ApiError;
+            type Future = LocalBoxFuture<'static, Result<$name, ApiError>>;
+
+            fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+                of_sharing(req, $check)
+            }
+        }
+    };
+}
 
 /// An app's (or the CLI's) call: its token's claims and permissions. 401 without a bearer
 /// token, or with one that is not a live app or CLI token of this instance.
@@ -48,13 +69,13 @@ impl FromRequest for AppCaller {
 /// reading the sharing.
 pub struct PeerCaller {
     pub id: SharingId,
-    pub index: usize,
+    pub index: MemberIndex,
 }
 
 impl PeerCaller {
     /// 403 unless the caller is the sharing's owner (notices only the owner sends).
     pub fn owner_only(&self) -> ApiResult<()> {
-        if self.index != 0 {
+        if !self.index.is_owner() {
             return Err(ApiError::Forbidden("only the owner's instance may send this".into()));
         }
         Ok(())
@@ -62,24 +83,17 @@ impl PeerCaller {
 
     /// 403 unless the caller is a member other than the owner.
     pub fn member_only(&self) -> ApiResult<()> {
-        if self.index == 0 {
+        if self.index.is_owner() {
             return Err(ApiError::Forbidden("only a member's instance may send this".into()));
         }
         Ok(())
     }
 }
 
-impl FromRequest for PeerCaller {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<PeerCaller, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let index = peer(&inst, &req, &id, Verb::Get).await?;
-            Ok(PeerCaller { id, index })
-        })
-    }
-}
+sharing_caller!(PeerCaller, |inst, req, id| async move {
+    let index = peer(&inst, &req, &id, Verb::Get).await?;
+    Ok(PeerCaller { id, index })
+});
 
 /// The caller of a `/sharings/:id/...` route, as `check` finds it with the instance, the
 /// request and the sharing id of the path (400 for an invalid id, before any credential).
@@ -102,20 +116,13 @@ where
 pub struct ReplicatingPeer {
     pub id: SharingId,
     pub sharing: Sharing,
-    pub index: usize,
+    pub index: MemberIndex,
 }
 
-impl FromRequest for ReplicatingPeer {
-    type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<ReplicatingPeer, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        of_sharing(req, |inst, req, id| async move {
-            let (sharing, index) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
-            Ok(ReplicatingPeer { id, sharing, index })
-        })
-    }
-}
+sharing_caller!(ReplicatingPeer, |inst, req, id| async move {
+    let (sharing, index) = replicating_peer(&inst, &req, &id, Verb::Get).await?;
+    Ok(ReplicatingPeer { id, sharing, index })
+});
 
 /// The owner's browser, logged in: its session id. 401 `log in first` without a live session
 /// (pages that send a browser to the login page instead take an `Option<PageSession>`).
@@ -131,3 +138,109 @@ impl FromRequest for PageSession {
         }))
     }
 }
+
+/// An app's call or the owner's browser (`GET /realtime/...`, which `EventSource` opens with
+/// the session cookie, unable to send headers): with a bearer token, the token's permissions
+/// (401 as for [`AppCaller`] when it is not a live app or CLI token, the session not looked
+/// at); without one, the owner's live session and the owner's scope (`home::owner_scope`);
+/// 401 `a bearer token or the owner's session is required` with neither.
+pub struct AppOrOwner {
+    pub perms: PermissionSet,
+    /// The session, when the owner's browser calls (its feed ends with the session).
+    pub session: Option<String>,
+}
+
+impl FromRequest for AppOrOwner {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<AppOrOwner, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let inst = instance_of(&req)?;
+            if bearer(&req).is_some() {
+                return Ok(AppOrOwner { perms: data_caller(&inst, &req)?.1, session: None });
+            }
+            match super::login::owner_session(&inst, &req) {
+                Some(id) => Ok(AppOrOwner { perms: super::home::owner_scope(&inst).await?, session: Some(id) }),
+                None => Err(ApiError::Unauthorized("a bearer token or the owner's session is required")),
+            }
+        })
+    }
+}
+
+/// An app managing the sharing named in the path (`/sharings/:id/...`: its owner's apps, or a
+/// recipient's to leave it), with the sharing as loaded. 400 for an invalid sharing id, before
+/// any credential; then 401 without a live app token (403 `members cannot manage the sharing`
+/// when it is a member instance's token), 404 for no such sharing, 403 when the token does not
+/// cover every rule of it with every verb (see `sharings::may_manage`).
+pub struct ManagedSharing {
+    pub id: SharingId,
+    pub sharing: Sharing,
+}
+
+sharing_caller!(ManagedSharing, |inst, req, id| async move {
+    let sharing = load_managed(&inst, &req, &id).await?;
+    Ok(ManagedSharing { id, sharing })
+});
+
+/// As [`ManagedSharing`], on one member of the sharing (`/sharings/:id/recipients/:index...`):
+/// 400 `member index must be a number` after the id's check and before any credential.
+pub struct ManagedMember {
+    pub id: SharingId,
+    pub index: MemberIndex,
+    pub sharing: Sharing,
+}
+
+sharing_caller!(ManagedMember, |inst, req, id| async move {
+    let index = member_index(&req)?;
+    let sharing = load_managed(&inst, &req, &id).await?;
+    Ok(ManagedMember { id, index, sharing })
+});
+
+/// An app reading the sharing named in the path (its status), with the sharing as loaded: 400
+/// for an invalid sharing id, 401 without a live app token, 404 for no such sharing, 403 when
+/// the token reads none of its doctypes nor sharings (see `sharings::may_read`).
+pub struct ReadableSharing {
+    pub id: SharingId,
+    pub sharing: Sharing,
+}
+
+sharing_caller!(ReadableSharing, |inst, req, id| async move {
+    let (_, perms) = data_caller(&inst.0, &req)?;
+    let sharing =
+        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    if !may_read(&perms, &sharing) {
+        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
+    }
+    Ok(ReadableSharing { id, sharing })
+});
+
+/// Whoever reads the sharing named in the path (`GET /sharings/:id`): one of the owner's apps
+/// (as [`ReadableSharing`]) or a member's instance with its sharing token, then `member` is its
+/// index. 400 for an invalid sharing id, 401 `a bearer token is required` without a token; a
+/// token that is not an app's is taken for a member's, refused as `service::peer_member` does
+/// (401 for an unknown token, 403 for another sharing's); then 404 for no such sharing, 403
+/// when the caller may not read it.
+pub struct SharingReader {
+    pub id: SharingId,
+    pub sharing: Sharing,
+    pub member: Option<MemberIndex>,
+}
+
+sharing_caller!(SharingReader, |inst, req, id| async move {
+    let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+    let s = sharing::load(inst.0.store.as_ref(), &id).await?;
+    let (allowed, member) = match data_caller(&inst.0, &req) {
+        Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
+        Err(_) => {
+            let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
+            (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
+        }
+    };
+    match s {
+        Some(sharing) if allowed => Ok(SharingReader { id, sharing, member }),
+        Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
+        None => Err(ApiError::NotFound("no such sharing".into())),
+    }
+});

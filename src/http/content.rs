@@ -18,13 +18,15 @@
 //!   fit this instance's quota (`files::received`, nothing kept: the sender holds the file and
 //!   retries later).
 
+use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
 
 use super::sharings::replicating_peer;
-use super::{parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
+use super::{instance_of, parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
 use crate::auth::Verb;
 use crate::files::received::ContentNeed;
 use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest};
@@ -44,15 +46,32 @@ fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(|_| ApiError::NotFound("no such sharing".into()))
 }
 
-/// The peer calling, for content: a replicating member; one that may only read may ask the
-/// diff (`verb` GET: a question that writes nothing), never send content.
-async fn content_peer(inst: &Inst, req: &HttpRequest, verb: Verb) -> ApiResult<(Sharing, usize)> {
-    let id = sharing_id(req)?;
-    let (s, from) = replicating_peer(inst, req, &id, verb).await?;
-    if verb != Verb::Get && s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
-        return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
+/// The peer calling, for content: a replicating member (as `callers::ReplicatingPeer`, its
+/// errors after a 404 `no such sharing` for an invalid sharing id, as content routes always
+/// answered); with `SENDS` false (the diff, a question that writes nothing) one that may only
+/// read is let in, with `SENDS` true (content) it is refused, 403 `READ_ONLY_REFUSAL`. Carries
+/// the sharing as loaded and the member's index, bare: the handlers index the member list
+/// with it (`IdMap::for_member`).
+struct ContentPeer<const SENDS: bool>(Sharing, usize);
+
+impl<const SENDS: bool> FromRequest for ContentPeer<SENDS> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let inst = Inst(instance_of(&req)?);
+            let verb = if SENDS { Verb::Post } else { Verb::Get };
+            let id = sharing_id(&req)?;
+            let (s, from) = replicating_peer(&inst, &req, &id, verb).await?;
+            let from = from.get();
+            if verb != Verb::Get && s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
+                return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
+            }
+            Ok(ContentPeer(s, from))
+        })
     }
-    Ok((s, from))
 }
 
 /// Which of `ids` are files in sharing `s` here.
@@ -69,8 +88,12 @@ fn version_param(v: &str) -> ApiResult<String> {
     Ok(v.to_owned())
 }
 
-async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (s, from) = content_peer(&inst, &req, Verb::Get).await?;
+async fn content_diff(
+    inst: Inst,
+    ContentPeer(s, from): ContentPeer<false>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     // Ids come in the member's space: the owner transforms them (`sharing::xor`).
     let ids = IdMap::for_member(&s, from);
     let limit = state_of(&req)?.config.max_http_request_size;
@@ -106,8 +129,12 @@ async fn content_diff(inst: Inst, req: HttpRequest, payload: web::Payload) -> Ap
     Ok(HttpResponse::Ok().json(out))
 }
 
-async fn put_content(inst: Inst, req: HttpRequest, mut payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (s, from) = content_peer(&inst, &req, Verb::Post).await?;
+async fn put_content(
+    inst: Inst,
+    ContentPeer(s, from): ContentPeer<true>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     let id = IdMap::for_member(&s, from).convert(&path::param(&req, "file_id")?);
     let doc = DocId::parse(&id).map_err(|e| ApiError::bad_request(format!("file id: {e}")))?;
     let q = super::Query::of(&req)?;

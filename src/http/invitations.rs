@@ -45,8 +45,8 @@ async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
         0
     } else {
         match peer(&inst, &req, &id, Verb::Get).await? {
-            0 => return Err(ApiError::Forbidden("only members re-share".into())),
-            i => i,
+            i if i.is_owner() => return Err(ApiError::Forbidden("only members re-share".into())),
+            i => i.get(),
         }
     };
     let (inv, link) = invitations::create(&svc.sharing, &inst.0, &id, creator, &body).await?;

@@ -39,7 +39,8 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{bearer, data_caller, ApiError, ApiResult, AppState, Inst};
+use super::callers::AppOrOwner;
+use super::{ApiError, ApiResult, AppState, Inst};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::instance::Instance;
 use crate::sharing::{self, MemberStatus, Sharing};
@@ -76,20 +77,12 @@ impl Drop for Subscribed {
     }
 }
 
-async fn events(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
+async fn events(inst: Inst, caller: AppOrOwner, req: HttpRequest) -> ApiResult<HttpResponse> {
     let svc = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("application state missing")))?
         .clone();
-    let mut session = None;
-    let perms = if bearer(&req).is_some() {
-        data_caller(&inst.0, &req)?.1
-    } else if let Some(id) = super::login::owner_session(&inst.0, &req) {
-        session = Some(id);
-        super::home::owner_scope(&inst.0).await?
-    } else {
-        return Err(ApiError::Unauthorized("a bearer token or the owner's session is required"));
-    };
+    let AppOrOwner { perms, session } = caller;
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE_EVENTS);
     tokio::spawn(async move {
         if let Err(e) = feed(&svc, &inst.0, &perms, session.as_deref(), &tx).await {

@@ -453,7 +453,7 @@ pub async fn revoke(
     tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv_id, "invitation link revoked");
     if revoke_members {
         for i in ready {
-            s = service::revoke(cx, inst, id, Some(i)).await?;
+            s = service::revoke(cx, inst, id, Some(super::MemberIndex(i))).await?;
         }
     }
     Ok(s)

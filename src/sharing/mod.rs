@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
 use crate::store::{json, DocId, Doctype, Store, StoreError};
-pub use model::{Member, MemberStatus, Rule, Sharing, SharingId};
+pub use model::{Member, MemberIndex, MemberStatus, Rule, Sharing, SharingId};
 
 pub const SHARINGS_DOCTYPE: &str = "io.cozy.sharings";
 

@@ -5,15 +5,16 @@
 
 pub use crate::federation::client::PeerCredentials;
 /// Defined with the store's ids, which the tracking methods of [`crate::store::Store`] take.
-pub use crate::store::SharingId;
+pub use crate::store::{MemberIndex, SharingId};
 
 /// The files doctype, whose rules by id share subtrees (see [`Rule::subtree`]).
 pub const FILES_DOCTYPE: &str = "io.cozy.files";
 /// The member of a file or directory naming its parent directory (Cozy's `dir_id`).
 pub const FILES_PARENT: &str = "dir_id";
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
+use super::protocol::{ApiMember, RevMeta, SelfLink, SharingAttributes, SharingResource, SHARINGS_TYPE};
 use crate::store::Doctype;
 
 /// How changes of one kind flow for a rule.
@@ -347,25 +348,16 @@ impl Member {
         }
     }
 
-    fn to_api(&self) -> Value {
-        let mut o = Map::new();
-        o.insert("status".into(), json!(self.status.as_str()));
-        if let Some(n) = self.name.as_ref().or(self.public_name.as_ref()) {
-            o.insert("name".into(), json!(n));
+    /// The member as apps see it (its own name, else its public name, as `name`).
+    fn api(&self) -> ApiMember {
+        ApiMember {
+            email: self.email.clone(),
+            instance: self.instance.clone(),
+            name: self.name.clone().or_else(|| self.public_name.clone()),
+            public_name: self.public_name.clone(),
+            read_only: self.read_only,
+            status: self.status.as_str().to_owned(),
         }
-        if let Some(n) = &self.public_name {
-            o.insert("public_name".into(), json!(n));
-        }
-        if let Some(e) = &self.email {
-            o.insert("email".into(), json!(e));
-        }
-        if let Some(i) = &self.instance {
-            o.insert("instance".into(), json!(i));
-        }
-        if self.read_only {
-            o.insert("read_only".into(), json!(true));
-        }
-        Value::Object(o)
     }
 }
 
@@ -437,36 +429,35 @@ impl Sharing {
         self.id.as_ref().unwrap_or(&crate::store::doc::UNSET_SHARING_ID)
     }
 
-    /// The JSON:API resource clients see: never credentials, states or nonces.
+    /// The JSON:API resource clients see ([`SharingResource`]): never credentials, states or
+    /// nonces.
+    pub fn api(&self) -> SharingResource {
+        SharingResource {
+            attributes: SharingAttributes {
+                active: self.active,
+                app_slug: self.app_slug.clone(),
+                created_at: self.created_at.clone(),
+                description: self.description.clone(),
+                initial_sync: self.initial_sync,
+                members: self.members.iter().map(Member::api).collect(),
+                open_sharing: self.open_sharing,
+                owner: self.owner,
+                preview_path: self.preview_path.clone(),
+                revoked_at: self.revoked_at.clone(),
+                rules: self.rules.clone(),
+                updated_at: self.updated_at.clone(),
+            },
+            id: self.id().to_owned(),
+            links: SelfLink { self_link: format!("/sharings/{}", self.id()) },
+            meta: RevMeta { rev: self.rev.clone() },
+            kind: SHARINGS_TYPE.to_owned(),
+        }
+    }
+
+    /// [`Sharing::api`] as a JSON value, for answers that add members to it (members in
+    /// alphabetical order, as a JSON value writes them).
     pub fn to_api(&self) -> Value {
-        let rules: Vec<Value> = self.rules.iter().map(Rule::to_json).collect();
-        let members: Vec<Value> = self.members.iter().map(Member::to_api).collect();
-        let mut attributes = json!({
-            "description": self.description,
-            "owner": self.owner,
-            "active": self.active,
-            "open_sharing": self.open_sharing,
-            "initial_sync": self.initial_sync,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "members": members,
-            "rules": rules,
-        });
-        if let Some(p) = &self.preview_path {
-            attributes["preview_path"] = json!(p);
-        }
-        if let Some(at) = &self.revoked_at {
-            attributes["revoked_at"] = json!(at);
-        }
-        // Always present, as in Cozy's answers (null when no app created the sharing).
-        attributes["app_slug"] = json!(self.app_slug);
-        json!({
-            "type": "io.cozy.sharings",
-            "id": self.id(),
-            "meta": {"rev": self.rev},
-            "attributes": attributes,
-            "links": {"self": format!("/sharings/{}", self.id())},
-        })
+        serde_json::to_value(self.api()).unwrap_or(Value::Null)
     }
 
     /// Whether the sharing ended (see `revoked_at`).
@@ -517,6 +508,8 @@ impl Sharing {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -590,4 +583,60 @@ mod tests {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
     }
+
+    /// A sharing for the pinned API views: fixed dates, id and revision.
+    fn pinned(owner: bool, members: Vec<Member>) -> Sharing {
+        let rule = json!({"title": "notes", "doctype": "io.cozy.notes", "values": ["n1", "n2"],
+            "add": "sync", "update": "push", "remove": "revoke"});
+        let mut s: Sharing = serde_json::from_value(json!({"description": "Holiday \"notes\"", "owner": owner,
+            "active": true, "created_at": "2026-01-02T03:04:05Z", "updated_at": "2026-01-02T03:04:06Z",
+            "rules": [rule], "members": [], "id_nonce": "nonce"}))
+        .unwrap();
+        (s.id, s.rev, s.members) =
+            (SharingId::parse("0123456789abcdef0123456789abcdef").ok(), Some("2-abc".into()), members);
+        s
+    }
+
+    /// The JSON:API view apps get, byte for byte (key order and values), pinned before it was
+    /// built from types: an owner's, a recipient's, one without members, and a revoked one.
+    #[test]
+    fn api_view_is_pinned_byte_for_byte() {
+        let mut owner = Member::new(MemberStatus::Owner);
+        owner.public_name = Some("Alice".into());
+        owner.email = Some("alice@example.net".into());
+        owner.instance = Some("https://alice.example.net".into());
+        let mut bob = Member::new(MemberStatus::Ready);
+        bob.name = Some("Bob B.".into());
+        bob.public_name = Some("Bob".into());
+        bob.instance = Some("https://bob.example.net".into());
+        bob.read_only = true;
+        bob.xor_key = Some("k".into());
+        let mut carol = Member::new(MemberStatus::MailNotSent);
+        carol.email = Some("carol@example.net".into());
+        let shown = pinned(true, vec![owner.clone(), bob.clone(), carol]);
+        assert_eq!(shown.to_api().to_string(), OWNER_VIEW);
+
+        let mut recipient = pinned(false, vec![owner, bob]);
+        recipient.rev = None;
+        recipient.app_slug = Some("notes".into());
+        recipient.preview_path = Some("/preview".into());
+        recipient.open_sharing = true;
+        recipient.initial_sync = true;
+        assert_eq!(recipient.to_api().to_string(), RECIPIENT_VIEW);
+
+        let mut empty = pinned(true, vec![]);
+        empty.rules = vec![];
+        empty.description = String::new();
+        assert_eq!(empty.to_api().to_string(), EMPTY_VIEW);
+
+        let mut revoked = pinned(true, vec![Member::new(MemberStatus::Owner), Member::new(MemberStatus::Revoked)]);
+        revoked.active = false;
+        revoked.revoked_at = Some("2026-02-03T04:05:06Z".into());
+        assert_eq!(revoked.to_api().to_string(), REVOKED_VIEW);
+    }
+
+    const OWNER_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":false,"members":[{"email":"alice@example.net","instance":"https://alice.example.net","name":"Alice","public_name":"Alice","status":"owner"},{"instance":"https://bob.example.net","name":"Bob B.","public_name":"Bob","read_only":true,"status":"ready"},{"email":"carol@example.net","status":"mail-not-sent"}],"open_sharing":false,"owner":true,"rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
+    const RECIPIENT_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":"notes","created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":true,"members":[{"email":"alice@example.net","instance":"https://alice.example.net","name":"Alice","public_name":"Alice","status":"owner"},{"instance":"https://bob.example.net","name":"Bob B.","public_name":"Bob","read_only":true,"status":"ready"}],"open_sharing":true,"owner":false,"preview_path":"/preview","rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":null},"type":"io.cozy.sharings"}"#;
+    const EMPTY_VIEW: &str = r#"{"attributes":{"active":true,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"","initial_sync":false,"members":[],"open_sharing":false,"owner":true,"rules":[],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
+    const REVOKED_VIEW: &str = r#"{"attributes":{"active":false,"app_slug":null,"created_at":"2026-01-02T03:04:05Z","description":"Holiday \"notes\"","initial_sync":false,"members":[{"status":"owner"},{"status":"revoked"}],"open_sharing":false,"owner":true,"revoked_at":"2026-02-03T04:05:06Z","rules":[{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"push","values":["n1","n2"]}],"updated_at":"2026-01-02T03:04:06Z"},"id":"0123456789abcdef0123456789abcdef","links":{"self":"/sharings/0123456789abcdef0123456789abcdef"},"meta":{"rev":"2-abc"},"type":"io.cozy.sharings"}"#;
 }

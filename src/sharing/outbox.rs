@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{Context, SharingId};
 use crate::auth::random_hex;
 use crate::instance::Instance;
-use crate::store::{json, DocId, Doctype, StoreError};
+use crate::store::{json, DocId, Doctype, MemberIndex, StoreError};
 
 pub const OUTBOX_DOCTYPE: &str = "io.hearth.outbox";
 
@@ -23,7 +23,7 @@ pub(crate) fn doctype() -> Doctype {
 pub struct Entry {
     pub sharing_id: String,
     /// The member to notify; its stored credentials authenticate the call.
-    pub member_index: usize,
+    pub member_index: MemberIndex,
     pub method: String,
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,7 +41,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(sharing_id: &SharingId, member_index: usize, method: Method, path: String) -> Entry {
+    pub fn new(sharing_id: &SharingId, member_index: MemberIndex, method: Method, path: String) -> Entry {
         Entry {
             sharing_id: sharing_id.to_string(),
             member_index,

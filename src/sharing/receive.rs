@@ -32,7 +32,7 @@ use serde_json::Value;
 use super::model::{ChangeKind, Flow, Sharing, FILES_DOCTYPE, FILES_PARENT};
 use super::protocol::{BulkDocs, Refused, RevsDiffAnswer, RevsDiffEntry, RevsDiffRequest};
 use super::xor::IdMap;
-use super::{Result, SharingError};
+use super::{MemberIndex, Result, SharingError};
 use crate::instance::Instance;
 use crate::store::doc::parse_doc;
 use crate::store::{Body, DocId, DocWrite, Doctype, GetOptions, Judge, Received, Standing, StoreError, Verdict};
@@ -47,8 +47,8 @@ fn split_key(key: &str) -> Result<(Doctype, DocId)> {
 
 /// `_revs_diff` for a peer: honest for documents of this sharing; documents outside it are
 /// reported as entirely missing (their existence here is none of the peer's business).
-pub async fn revs_diff(inst: &Instance, s: &Sharing, from: usize, body: &Value) -> Result<RevsDiffAnswer> {
-    let map = IdMap::for_member(s, from);
+pub async fn revs_diff(inst: &Instance, s: &Sharing, from: MemberIndex, body: &Value) -> Result<RevsDiffAnswer> {
+    let map = IdMap::for_member(s, from.get());
     let asked = RevsDiffRequest::parse(body, |key| split_key(key).map_err(|e| e.to_string()))
         .map_err(SharingError::BadRequest)?;
     let mut per_doctype: BTreeMap<Doctype, Vec<(String, DocId, Vec<Rev>)>> = BTreeMap::new();
@@ -99,11 +99,11 @@ pub async fn bulk_docs(
     inst: &Instance,
     files: Option<&crate::files::Files>,
     s: &Sharing,
-    from: usize,
+    from: MemberIndex,
     may_write: bool,
     body: &[u8],
 ) -> Result<Applied> {
-    let map = IdMap::for_member(s, from);
+    let map = IdMap::for_member(s, from.get());
     let request = BulkDocs::parse(body).map_err(SharingError::BadRequest)?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {

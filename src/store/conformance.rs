@@ -739,7 +739,7 @@ pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn
         replicated("new", &["2-bbb", "1-aaa"], true, json!({})),
         DocWrite { revisions: None, rev: None, ..replicated("norev", &["1-ccc"], false, json!({})) },
     ];
-    let out = store.apply_received(sharing, 3, &t, docs, judge.clone()).await.expect("apply");
+    let out = store.apply_received(sharing, MemberIndex(3), &t, docs, judge.clone()).await.expect("apply");
     assert_eq!(
         out,
         [
@@ -761,7 +761,7 @@ pub async fn received_documents_are_judged_on_what_their_write_finds(store: &dyn
     assert!(matches!(store.get(&t, &id("norev"), GetOptions::default()).await, Err(StoreError::NotFound)));
     let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
     assert_eq!(feed.len(), 1, "{feed:?}");
-    assert_eq!((feed[0].id.as_str(), feed[0].origin, feed[0].initial), ("new", Some(3), false));
+    assert_eq!((feed[0].id.as_str(), feed[0].origin, feed[0].initial), ("new", Some(MemberIndex(3)), false));
     assert!(feed[0].joined <= feed[0].seq && feed[0].joined > 0);
     let leaves = store.doc_leaves(&t, &[id("new")]).await.expect("leaves");
     assert_eq!(leaves[&id("new")], vec![(rev("2-bbb"), true)]);

@@ -59,6 +59,34 @@ impl std::fmt::Display for SharingId {
     }
 }
 
+/// A member's index in its sharing's member list: 0 is the owner, recipients follow in the
+/// order they were added, and an index never changes once given (members who leave keep
+/// theirs). The same bare JSON number on the wire (`member_index`, `PeerKey`'s member) and in
+/// stored tracking rows (`origin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct MemberIndex(pub usize);
+
+impl MemberIndex {
+    /// The owner's index.
+    pub const OWNER: MemberIndex = MemberIndex(0);
+
+    /// The position in the member list.
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    pub fn is_owner(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for MemberIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
 /// Longest document id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 512;
 

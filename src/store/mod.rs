@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 pub use body::Body;
-pub use doc::{DocId, Doctype, SharingId};
+pub use doc::{DocId, Doctype, MemberIndex, SharingId};
 use hearth_replicator::rev::Rev;
 pub use tracking::{Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
 
@@ -400,7 +400,7 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_received(
         &self,
         sharing_id: &SharingId,
-        origin: usize,
+        origin: MemberIndex,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
         judge: std::sync::Arc<Judge>,

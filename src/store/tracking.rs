@@ -209,7 +209,7 @@ pub struct SharedChange {
     /// Whether it is part of the initial set (recorded by `track_existing`).
     pub initial: bool,
     /// The member it was received from, when it entered the sharing that way.
-    pub origin: Option<usize>,
+    pub origin: Option<super::MemberIndex>,
 }
 
 /// A document's membership in a sharing.

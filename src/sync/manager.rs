@@ -24,13 +24,14 @@ use super::replication::{self, read_checkpoint, LastRefusal, LinkRecord, SyncErr
 use crate::federation::client::FederationError;
 use crate::instance::{Instance, Registry};
 use crate::sharing::model::{now_rfc3339, MemberStatus, Sharing};
-use crate::sharing::{service, Context, SyncHandle};
+use crate::sharing::{service, Context, MemberIndex, SyncHandle};
 use crate::store::StoreError;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     pub domain: String,
     pub sharing: String,
+    /// The member's index, bare: `sync::content` keys its links by the same positions.
     pub member: usize,
 }
 
@@ -336,7 +337,7 @@ async fn run_one(
     };
     let started = Instant::now();
     let position = manager.with_state(&key, |st| st.position).unwrap_or(0);
-    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member, position) {
+    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, MemberIndex(member), position) {
         Ok((mut source, mut target)) => {
             replicate::run(&mut source, &mut target, &limits, |r| {
                 manager.with_state(&key, |st| {

@@ -54,7 +54,7 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
         Ok(None) => return Outcome::Drop("sharing no longer exists".into()),
         Err(e) => return Outcome::retry(e.to_string()),
     };
-    let Some(member) = sharing.members.get(entry.member_index) else {
+    let Some(member) = sharing.members.get(entry.member_index.get()) else {
         return Outcome::Drop("no such member".into());
     };
     let (Some(mut creds), Some(base)) = (member.outbound.clone(), member.instance.clone()) else {
@@ -70,7 +70,7 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
     let result = cx.federation.call_peer(&mut creds, &base, method, &entry.path, entry.body.as_ref()).await;
     if creds != before {
         // The access token was refreshed: keep it for the next calls.
-        let idx = entry.member_index;
+        let idx = entry.member_index.get();
         let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
             if let Some(m) = s.members.get_mut(idx) {
                 if m.outbound.is_some() {
@@ -130,7 +130,7 @@ pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, Store
                 // lack of credentials, never credentials kept after the last message.
                 if entry.forget_credentials {
                     if let Ok(sid) = SharingId::parse(&entry.sharing_id) {
-                        let idx = entry.member_index;
+                        let idx = entry.member_index.get();
                         let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
                             if let Some(m) = s.members.get_mut(idx) {
                                 m.outbound = None;

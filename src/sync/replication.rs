@@ -40,7 +40,7 @@ use crate::instance::Instance;
 use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
 use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, RevsDiffRequest};
 use crate::sharing::xor::IdMap;
-use crate::sharing::{self, SharingId};
+use crate::sharing::{self, MemberIndex, SharingId};
 use crate::store::doc::render_as;
 use crate::store::{Body, DocId, Doctype, OpenRev, SharedChange, StoreError};
 
@@ -223,12 +223,12 @@ pub fn endpoints(
     federation: Arc<Federation>,
     inst: Arc<Instance>,
     sharing: &Sharing,
-    member: usize,
+    member: MemberIndex,
     position: u64,
 ) -> Result<(LocalSource, PeerTarget), SyncError> {
     let shared = Shared::default();
     let target = PeerTarget::new(federation, inst.clone(), sharing, member, shared.clone())?;
-    let ids = IdMap::for_member(sharing, member);
+    let ids = IdMap::for_member(sharing, member.get());
     let source = LocalSource {
         inst,
         sharing: sharing.clone(),
@@ -246,7 +246,7 @@ pub fn endpoints(
 pub struct LocalSource {
     pub inst: Arc<Instance>,
     pub sharing: Sharing,
-    pub member: usize,
+    pub member: MemberIndex,
     ids: IdMap,
     /// Documents that left the sharing in this batch: the deletion peers get instead of the
     /// new content (key → the tombstone and the local revision it follows).
@@ -309,7 +309,7 @@ impl Source for LocalSource {
     type Error = SyncError;
 
     async fn checkpoint(&mut self) -> Result<u64, SyncError> {
-        self.record = read_link(&self.inst, self.sharing.id(), self.member).await?;
+        self.record = read_link(&self.inst, self.sharing.id(), self.member.get()).await?;
         Ok(self.record.last_seq.max(self.position))
     }
 
@@ -517,7 +517,7 @@ impl Source for LocalSource {
         record.missing_revisions_found += missing;
         record.record_batch(&written, &refused, &now_rfc3339());
         let body = record_body(&record)?;
-        self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member), body).await?;
+        self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member.get()), body).await?;
         self.record = record;
         Ok(())
     }
@@ -527,7 +527,7 @@ pub struct PeerTarget {
     pub federation: Arc<Federation>,
     pub inst: Arc<Instance>,
     pub sharing_id: SharingId,
-    pub member: usize,
+    pub member: MemberIndex,
     pub base: Url,
     pub creds: PeerCredentials,
     shared: Shared,
@@ -551,10 +551,10 @@ impl PeerTarget {
         federation: Arc<Federation>,
         inst: Arc<Instance>,
         s: &Sharing,
-        member: usize,
+        member: MemberIndex,
         shared: Shared,
     ) -> Result<PeerTarget, SyncError> {
-        let (base, creds) = member_link(s, member)?;
+        let (base, creds) = member_link(s, member.get())?;
         let sharing_id = s.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
         Ok(PeerTarget { federation, inst, sharing_id, member, base, creds, shared })
     }
@@ -565,7 +565,7 @@ impl PeerTarget {
         if self.creds != before {
             let (member, creds) = (self.member, self.creds.clone());
             sharing::update(self.inst.store.as_ref(), &self.sharing_id, |s| {
-                if let Some(m) = s.members.get_mut(member).filter(|m| m.outbound.is_some()) {
+                if let Some(m) = s.members.get_mut(member.get()).filter(|m| m.outbound.is_some()) {
                     m.outbound = Some(creds.clone());
                 }
                 Ok(())

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::auth::PermissionSet;
-use crate::http::callers::AppCaller;
+use crate::http::callers::{AppCaller, ManagedMember, ManagedSharing, ReadableSharing, SharingReader};
 use crate::instance::Instance;
 use crate::sharing::invitations;
 
@@ -80,22 +80,8 @@ pub(super) const SHARED_DOCS_MAX_PAGE: usize = 1000;
 /// ids as this instance knows them (a member's instance gets them in its own id space).
 /// Paginated: `page[limit]` documents (default 100, 1 to 1000); when more follow,
 /// `shared_docs.links.next` is the URL of the next page (`page[cursor]` is opaque).
-pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let token = bearer(&req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-    let s = sharing::load(inst.0.store.as_ref(), &id).await?;
-    let (allowed, member) = match data_caller(&inst.0, &req) {
-        Ok((_, perms)) => (s.as_ref().is_some_and(|s| may_read(&perms, s)), None),
-        Err(_) => {
-            let (client, perms) = service::peer_member(&inst.0, &id, token).await?;
-            (service::peer_may(&perms, &id, Verb::Get), Some(client.member_index))
-        }
-    };
-    let s = match s {
-        Some(s) if allowed => s,
-        Some(_) => return Err(ApiError::Forbidden("the token does not cover this sharing".into())),
-        None => return Err(ApiError::NotFound("no such sharing".into())),
-    };
+pub(super) async fn get_sharing(inst: Inst, caller: SharingReader, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let SharingReader { sharing: s, member, .. } = caller;
     let q = Query::of(&req)?;
     let limit = match q.get("page[limit]") {
         None => SHARED_DOCS_PAGE,
@@ -106,7 +92,7 @@ pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpR
             .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
     };
     // Ids in the caller's space: ours for apps, the member's for its instance.
-    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(0));
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(MemberIndex::OWNER).get());
     let after = q
         .get("page[cursor]")
         .map(|c| {
@@ -142,9 +128,12 @@ pub(super) async fn get_sharing(inst: Inst, req: HttpRequest) -> ApiResult<HttpR
 /// `read_only_recipients`) `{"index", "outcome"}`: `added`, `invited_again` (already invited
 /// and not answered: the same invitation is sent again) or `already_member` (ready: nothing
 /// changes); a person is never made a member twice.
-pub(super) async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let s = load_managed(&inst, &req, &id).await?;
+pub(super) async fn add_recipients(
+    inst: Inst,
+    ManagedSharing { id, sharing: s }: ManagedSharing,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     let body = json_body(&req, payload).await?;
     let cx = &state_of(&req)?.sharing;
     if !s.owner {
@@ -162,46 +151,54 @@ pub(super) async fn add_recipients(inst: Inst, req: HttpRequest, payload: web::P
 }
 
 /// `DELETE /sharings/:id/recipients` — the owner revokes everyone.
-pub(super) async fn revoke_all(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    load_managed(&inst, &req, &id).await?;
+pub(super) async fn revoke_all(
+    inst: Inst,
+    ManagedSharing { id, .. }: ManagedSharing,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, None).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
 /// `DELETE /sharings/:id/recipients/:index` — the owner revokes one member.
-pub(super) async fn revoke_one(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = member_index(&req)?;
-    load_managed(&inst, &req, &id).await?;
+pub(super) async fn revoke_one(
+    inst: Inst,
+    ManagedMember { id, index, .. }: ManagedMember,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, Some(index)).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
 /// `DELETE /sharings/:id/recipients/self` — a recipient leaves.
-pub(super) async fn leave(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    load_managed(&inst, &req, &id).await?;
+pub(super) async fn leave(
+    inst: Inst,
+    ManagedSharing { id, .. }: ManagedSharing,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     let s = service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
-pub(super) async fn read_only(inst: Inst, req: HttpRequest, value: bool) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let index = member_index(&req)?;
-    load_managed(&inst, &req, &id).await?;
+pub(super) async fn read_only(
+    inst: Inst,
+    caller: ManagedMember,
+    req: HttpRequest,
+    value: bool,
+) -> ApiResult<HttpResponse> {
+    let ManagedMember { id, index, .. } = caller;
     let s = service::set_read_only(&state_of(&req)?.sharing, &inst.0, &id, index, value).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
 /// `POST /sharings/:id/recipients/:index/readonly` — the member becomes read-only.
-pub(super) async fn add_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    read_only(inst, req, true).await
+pub(super) async fn add_read_only(inst: Inst, caller: ManagedMember, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, caller, req, true).await
 }
 
 /// `DELETE /sharings/:id/recipients/:index/readonly` — the member may write again.
-pub(super) async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    read_only(inst, req, false).await
+pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: HttpRequest) -> ApiResult<HttpResponse> {
+    read_only(inst, caller, req, false).await
 }
 
 /// `GET /sharings/:id/status` — each member's status and, for the peers this instance
@@ -218,14 +215,8 @@ pub(super) async fn remove_read_only(inst: Inst, req: HttpRequest) -> ApiResult<
 /// (`crate::sync::manager::ReceivedRefusals`: `docs`, `last` with `doc`, `reason`, `at`): what
 /// this instance refused of what that member sent it (a read-only member's own edits, say),
 /// since the server started.
-pub(super) async fn status(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let (_, perms) = data_caller(&inst.0, &req)?;
-    let s =
-        sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
-    if !may_read(&perms, &s) {
-        return Err(ApiError::Forbidden("the token does not cover this sharing".into()));
-    }
+pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let ReadableSharing { id, sharing: s } = caller;
     let svc = state_of(&req)?;
     let targets = crate::sync::manager::targets(&s);
     // Files sharings: each member's content link, and what this instance still waits for.
@@ -294,9 +285,11 @@ pub(super) fn sync_error(e: crate::sync::replication::SyncError) -> ApiError {
 }
 
 /// `POST /sharings/:id/sync` — replicate now (skipping any backoff); answers 202.
-pub(super) async fn sync_now(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let s = load_managed(&inst, &req, &id).await?;
+pub(super) async fn sync_now(
+    inst: Inst,
+    ManagedSharing { sharing: s, .. }: ManagedSharing,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     state_of(&req)?.sync.sync_now(inst.0.domain.as_str(), &s);
     Ok(HttpResponse::Accepted().json(json!({"ok": true})))
 }

@@ -28,7 +28,7 @@ use super::state_of;
 use super::{bearer, data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::auth::{oauth, PermissionSet, Verb};
 use crate::sharing::service::{self, Discovery, ListQuery};
-use crate::sharing::{self, MemberStatus, Sharing, SharingError, SharingId};
+use crate::sharing::{self, MemberIndex, MemberStatus, Sharing, SharingError, SharingId};
 use crate::store::{DocId, Doctype};
 
 /// Largest body of a route reachable without credentials (the sharing notice and answer, the
@@ -105,8 +105,11 @@ pub(super) fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
     SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)
 }
 
-fn member_index(req: &HttpRequest) -> ApiResult<usize> {
-    path::param(req, "index")?.parse().map_err(|_| ApiError::bad_request("member index must be a number"))
+pub(in crate::http) fn member_index(req: &HttpRequest) -> ApiResult<MemberIndex> {
+    path::param(req, "index")?
+        .parse()
+        .map(MemberIndex)
+        .map_err(|_| ApiError::bad_request("member index must be a number"))
 }
 
 fn jsonapi(status: StatusCode, v: Value) -> HttpResponse {
@@ -137,7 +140,7 @@ pub(super) fn may_manage(perms: &PermissionSet, s: &Sharing) -> bool {
 }
 
 /// Whether an owner's token may read this sharing: GET on one of its doctypes, or on sharings.
-fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
+pub(in crate::http) fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
     let sharings_dt = Doctype::parse("io.cozy.sharings").ok();
     sharings_dt.is_some_and(|d| perms.allows(&d, Verb::Get, Some(s.id())))
         || s.rules.iter().any(|r| {
@@ -145,7 +148,7 @@ fn may_read(perms: &PermissionSet, s: &Sharing) -> bool {
         })
 }
 
-pub(super) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
+pub(in crate::http) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId) -> ApiResult<Sharing> {
     let perms = match data_caller(&inst.0, req) {
         Ok((_, perms)) => perms,
         Err(e) => {
@@ -167,7 +170,7 @@ pub(super) async fn load_managed(inst: &Inst, req: &HttpRequest, id: &SharingId)
 }
 
 /// The member a peer's bearer token stands for (`401` when missing, invalid or revoked).
-pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<usize> {
+pub(super) async fn peer(inst: &Inst, req: &HttpRequest, id: &SharingId, verb: Verb) -> ApiResult<MemberIndex> {
     let token = bearer(req).ok_or(ApiError::Unauthorized("a bearer token is required"))?;
     let (client, perms) = service::peer_member(&inst.0, id, token).await?;
     if !service::peer_may(&perms, id, verb) {

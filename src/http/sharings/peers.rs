@@ -161,16 +161,16 @@ pub(in crate::http) async fn replicating_peer(
     req: &HttpRequest,
     id: &SharingId,
     verb: Verb,
-) -> ApiResult<(Sharing, usize)> {
+) -> ApiResult<(Sharing, MemberIndex)> {
     let index = peer(inst, req, id, verb).await?;
     let s =
         sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
-        s.members.get(index).is_some_and(|m| m.status == MemberStatus::Ready)
+        s.members.get(index.get()).is_some_and(|m| m.status == MemberStatus::Ready)
     } else {
-        index == 0 && s.active
+        index.is_owner() && s.active
     };
-    if index == 0 && s.accepting_here() {
+    if index.is_owner() && s.accepting_here() {
         // The owner's token is valid, so this recipient is accepting (see
         // `Sharing::accepting_here`): a transient failure for the owner's replicator.
         return Err(ApiError::NotReadyYet("this instance is still recording its acceptance of this sharing".into()));
@@ -232,10 +232,13 @@ pub(super) async fn replication_bulk_docs(
     svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
     let files = svc.files.of(&inst.0).await.ok();
     let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
-    tracing::info!(instance = %inst.0.domain, sharing = %id, member = from, accepted = applied.accepted,
+    tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
         refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
-    let key =
-        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: from };
+    let key = crate::sync::manager::PeerKey {
+        domain: inst.0.domain.to_string(),
+        sharing: id.to_string(),
+        member: from.get(),
+    };
     svc.sync.note_received_refusals(&key, &applied.refused);
     if applied.revoke {
         let outcome = if s.owner {

@@ -19,6 +19,8 @@ use serde_json::Value;
 use super::{lenient, lenient_list, object, or_default, present, wire_object, Lenient};
 use crate::auth::oauth::IssuedClient;
 use crate::federation::client::PeerCredentials;
+use crate::sharing::model::Rule;
+use crate::store::MemberIndex;
 
 /// `type` of an answer to a sharing request.
 pub const ANSWER_TYPE: &str = "io.cozy.sharings.answer";
@@ -126,7 +128,7 @@ wire_object! {
     pub struct Answer {
         access_token: AccessToken,
         client: WireClient,
-        member_index: usize,
+        member_index: MemberIndex,
         public_name: String,
         read_only: bool,
         refused: bool,
@@ -347,6 +349,114 @@ impl InvitationLink {
     }
 }
 
+/// A sharing as its apps see it: `data` of `GET /sharings/:id` and of the other answers of
+/// `/sharings` (Cozy's shape), `{"attributes", "id", "links": {"self": "/sharings/<id>"},
+/// "meta": {"rev"}, "type": "io.cozy.sharings"}`. Never credentials, states or nonces (see
+/// `Sharing::to_api`, the one way to make it). Written through a JSON value, whose members
+/// come out in alphabetical order, nested rules included, as they always did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharingResource {
+    pub attributes: SharingAttributes,
+    pub id: String,
+    pub links: SelfLink,
+    pub meta: RevMeta,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The attributes of a [`SharingResource`]. `app_slug` is always written (`null` when no app
+/// created the sharing, as in Cozy's answers); `preview_path` and `revoked_at` (RFC 3339, when
+/// the sharing ended for this instance) only when set. `members` are by index, the owner's
+/// first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharingAttributes {
+    pub active: bool,
+    pub app_slug: Option<String>,
+    pub created_at: String,
+    pub description: String,
+    pub initial_sync: bool,
+    pub members: Vec<ApiMember>,
+    pub open_sharing: bool,
+    pub owner: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    pub rules: Vec<Rule>,
+    pub updated_at: String,
+}
+
+/// A member as apps see it: its `status` (`model::MemberStatus`'s name), `name` (its own, or
+/// else its public name), `public_name`, `email` and `instance` when known, and `read_only`
+/// only when `true`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiMember {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    pub status: String,
+}
+
+/// `links` of a resource: `{"self": path}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfLink {
+    #[serde(rename = "self")]
+    pub self_link: String,
+}
+
+/// `meta` of a stored resource: its revision, `null` before it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevMeta {
+    pub rev: Option<String>,
+}
+
+/// A member of an app's input that may be left out, set to `null`, or be of another type
+/// than the one expected; told apart so that each gets the answer it always had.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Field<T> {
+    /// Absent, or `null`.
+    #[default]
+    Unset,
+    Set(T),
+    /// Present, of another type.
+    Invalid,
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Null => Field::Unset,
+            v => serde_json::from_value(v).map_or(Field::Invalid, Field::Set),
+        })
+    }
+}
+
+/// The attributes of `POST /sharings`'s `data` (type `io.cozy.sharings`), as an app sends them
+/// (Cozy's shape): `description`, `preview_path` and `app_slug` (strings), `open_sharing` (a
+/// boolean), and `rules`, a non-empty array of rules, each read and checked by
+/// `Rule::from_input`. The recipients come in the resource's relationships
+/// ([`Relationships`]). Other members are ignored; `sharing::service::create` judges these.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NewSharingAttributes {
+    #[serde(default)]
+    pub description: Field<String>,
+    #[serde(default)]
+    pub preview_path: Field<String>,
+    #[serde(default)]
+    pub app_slug: Field<String>,
+    #[serde(default)]
+    pub open_sharing: Field<bool>,
+    #[serde(default)]
+    pub rules: Field<Vec<Value>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,7 +501,11 @@ mod tests {
 
     #[test]
     fn the_owners_reply_and_a_refusal_round_trip() {
-        let reply = Answer { member_index: Some(2), read_only: Some(false), ..Answer::with_credentials(&issued()) };
+        let reply = Answer {
+            member_index: Some(MemberIndex(2)),
+            read_only: Some(false),
+            ..Answer::with_credentials(&issued())
+        };
         let text = serde_json::to_string(&Document::resource(ANSWER_TYPE, "s1", reply.clone())).unwrap();
         let back = Received::<Answer>::read(&serde_json::from_str(&text).unwrap()).attributes_or_default();
         assert_eq!(back, reply);

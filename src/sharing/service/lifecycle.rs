@@ -5,7 +5,8 @@ use super::*;
 
 /// Revokes members on the owner (`index` None: everyone). The local effect is immediate; each
 /// ready member is told through the outbox.
-pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option<usize>) -> Result<Sharing> {
+pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option<MemberIndex>) -> Result<Sharing> {
+    let index = index.map(MemberIndex::get);
     let store = inst.store.as_ref();
     // Credentials die first: once a member shows as revoked, its tokens must already fail.
     if let Some(current) = load(store, id).await?.filter(|s| s.owner) {
@@ -50,7 +51,7 @@ pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option
             oauth::delete_client(inst, &c).await?;
         }
         if notify {
-            let mut e = Entry::new(id, i, Method::DELETE, format!("/sharings/{id}"));
+            let mut e = Entry::new(id, MemberIndex(i), Method::DELETE, format!("/sharings/{id}"));
             e.forget_credentials = true;
             outbox::enqueue(cx, inst, e).await?;
         }
@@ -98,7 +99,7 @@ pub async fn leave(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Shar
         oauth::delete_client(inst, &c).await?;
     }
     if notify {
-        let mut e = Entry::new(id, 0, Method::DELETE, format!("/sharings/{id}/answer"));
+        let mut e = Entry::new(id, MemberIndex::OWNER, Method::DELETE, format!("/sharings/{id}/answer"));
         e.forget_credentials = true;
         outbox::enqueue(cx, inst, e).await?;
     }
@@ -137,7 +138,8 @@ pub async fn revoked_by_owner(cx: &Context, inst: &Instance, id: &SharingId) -> 
 }
 
 /// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
-pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, index: usize) -> Result<()> {
+pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, member: MemberIndex) -> Result<()> {
+    let index = member.get();
     if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| index > 0) {
         delete_inbound_clients(inst, &current, &[index]).await?;
     }
@@ -171,9 +173,10 @@ pub async fn set_read_only(
     cx: &Context,
     inst: &Instance,
     id: &SharingId,
-    index: usize,
+    member: MemberIndex,
     read_only: bool,
 ) -> Result<Sharing> {
+    let index = member.get();
     let store = inst.store.as_ref();
     let s = load(store, id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     if !s.owner {
@@ -192,7 +195,7 @@ pub async fn set_read_only(
             oauth::create_sharing_client(
                 inst,
                 id.as_str(),
-                index,
+                member,
                 &sharing_scope(id, write),
                 &format!("Sharing {name}"),
                 cx.config.federation.access_token_ttl_secs,
@@ -216,7 +219,7 @@ pub async fn set_read_only(
         oauth::delete_client(inst, &c).await?;
     }
     if let Some(issued) = issued {
-        let mut e = Entry::new(id, index, Method::POST, format!("/sharings/{id}/credentials"));
+        let mut e = Entry::new(id, member, Method::POST, format!("/sharings/{id}/credentials"));
         let notice = Answer { read_only: Some(read_only), ..Answer::with_credentials(&issued) };
         e.body = Some(to_value(Document::resource(CREDENTIALS_TYPE, id.as_str(), notice)));
         outbox::enqueue(cx, inst, e).await?;

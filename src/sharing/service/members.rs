@@ -55,7 +55,7 @@ pub async fn tell_members(cx: &Context, inst: &Instance, s: &Sharing) -> Result<
             }
             continue;
         }
-        let mut e = Entry::new(&id, i, Method::PUT, members_path(&id));
+        let mut e = Entry::new(&id, MemberIndex(i), Method::PUT, members_path(&id));
         e.body = Some(members_document(s, i));
         outbox::enqueue_replacing(cx, inst, &key, e).await?;
     }

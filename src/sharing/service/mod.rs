@@ -19,7 +19,7 @@ use reqwest::Method;
 use serde_json::Value;
 use url::Url;
 
-use super::model::{now_rfc3339, Member, MemberStatus, PeerCredentials, Rule, Sharing, SharingId};
+use super::model::{now_rfc3339, Member, MemberIndex, MemberStatus, PeerCredentials, Rule, Sharing, SharingId};
 use super::outbox::{self, Entry};
 use super::protocol::{Answer, Document, Received, ANSWER_TYPE, CREDENTIALS_TYPE, SHARINGS_TYPE};
 use super::Context;

@@ -2,7 +2,7 @@
 //! discovery (a recipient names its instance), and the recipients' answers.
 
 use super::*;
-use crate::sharing::protocol::{RecipientRef, Relationships, CONTACTS_TYPE};
+use crate::sharing::protocol::{Field, NewSharingAttributes, RecipientRef, Relationships, CONTACTS_TYPE};
 
 /// One recipient as given by the client: a contact id, or inline email/instance.
 #[derive(Clone)]
@@ -136,33 +136,7 @@ pub(super) fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, ad
 /// `POST /sharings/`: validates the JSON:API body, checks every rule is within the caller's
 /// permissions, stores the sharing with the owner as member 0 and one member per recipient.
 pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body: &Value) -> Result<Sharing> {
-    let data =
-        body.get("data").and_then(Value::as_object).ok_or_else(|| bad("the body must be a JSON:API document"))?;
-    if data.get("type").and_then(Value::as_str) != Some("io.cozy.sharings") {
-        return Err(bad("data.type must be io.cozy.sharings"));
-    }
-    let attrs = data.get("attributes").and_then(Value::as_object).ok_or_else(|| bad("data.attributes missing"))?;
-    let text = |k: &str| -> Result<Option<String>> {
-        match attrs.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.len() <= 1000 => Ok(Some(s.clone())),
-            Some(_) => Err(bad(format!("{k} must be a string of at most 1000 characters"))),
-        }
-    };
-    let open_sharing = match attrs.get("open_sharing") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(bad("open_sharing must be a boolean")),
-    };
-    let rules = attrs
-        .get("rules")
-        .and_then(Value::as_array)
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| bad("a sharing needs a non-empty rules array"))?;
-    if rules.len() > model::MAX_RULES {
-        return Err(bad(format!("a sharing has at most {} rules", model::MAX_RULES)));
-    }
-    let rules = rules.iter().map(|r| Rule::from_input(r).map_err(bad)).collect::<Result<Vec<_>>>()?;
+    let (attrs, open_sharing, rules) = read_new_sharing(body)?;
     for rule in &rules {
         let doctype = Doctype::parse(&rule.doctype).map_err(bad)?;
         let allowed = match &rule.selector {
@@ -196,9 +170,9 @@ pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body:
     let mut s = Sharing {
         id: Some(SharingId::derived(&owner_url, &id_nonce)),
         rev: None,
-        description: text("description")?.unwrap_or_default(),
-        preview_path: text("preview_path")?,
-        app_slug: text("app_slug")?,
+        description: text(&attrs.description, "description")?.unwrap_or_default(),
+        preview_path: text(&attrs.preview_path, "preview_path")?,
+        app_slug: text(&attrs.app_slug, "app_slug")?,
         owner: true,
         active: false,
         open_sharing,
@@ -220,6 +194,45 @@ pub async fn create(cx: &Context, inst: &Instance, caller: &PermissionSet, body:
     save(inst.store.as_ref(), &mut s).await?;
     tracing::info!(instance = %inst.domain, sharing = %s.id(), members = s.members.len() - 1, "sharing created");
     send_invitations(cx, inst, s).await
+}
+
+/// The attributes of a `POST /sharings` body (see [`NewSharingAttributes`]), with its
+/// `open_sharing` flag and its rules, checked in this order (400, the first reason found): a
+/// JSON:API document whose `data` is of type `io.cozy.sharings` and has attributes,
+/// `open_sharing` a boolean, `rules` a non-empty array of at most [`model::MAX_RULES`] valid
+/// rules. The text attributes are checked last, by [`text`], once the rules were found within
+/// the caller's permissions and the recipients read.
+fn read_new_sharing(body: &Value) -> Result<(NewSharingAttributes, bool, Vec<Rule>)> {
+    let doc = Received::<NewSharingAttributes>::read(body);
+    let resource = doc.resource().ok_or_else(|| bad("the body must be a JSON:API document"))?;
+    if resource.kind.as_deref() != Some(SHARINGS_TYPE) {
+        return Err(bad("data.type must be io.cozy.sharings"));
+    }
+    let attrs = doc.attributes().flatten().cloned().ok_or_else(|| bad("data.attributes missing"))?;
+    let open_sharing = match attrs.open_sharing {
+        Field::Unset => false,
+        Field::Set(b) => b,
+        Field::Invalid => return Err(bad("open_sharing must be a boolean")),
+    };
+    let rules = match &attrs.rules {
+        Field::Set(rules) if !rules.is_empty() => rules,
+        _ => return Err(bad("a sharing needs a non-empty rules array")),
+    };
+    if rules.len() > model::MAX_RULES {
+        return Err(bad(format!("a sharing has at most {} rules", model::MAX_RULES)));
+    }
+    let rules = rules.iter().map(|r| Rule::from_input(r).map_err(bad)).collect::<Result<Vec<_>>>()?;
+    Ok((attrs, open_sharing, rules))
+}
+
+/// A text attribute of a new sharing (`key`): a string of at most 1000 bytes, or absent or
+/// `null` (400 otherwise).
+fn text(value: &Field<String>, key: &str) -> Result<Option<String>> {
+    match value {
+        Field::Unset => Ok(None),
+        Field::Set(s) if s.len() <= 1000 => Ok(Some(s.clone())),
+        _ => Err(bad(format!("{key} must be a string of at most 1000 characters"))),
+    }
 }
 
 /// Mails the invitation of every member not mailed yet, when SMTP is configured; those members
@@ -314,9 +327,10 @@ pub async fn add_delegated(
     cx: &Context,
     inst: &Instance,
     id: &SharingId,
-    caller_index: usize,
+    caller: MemberIndex,
     body: &Value,
 ) -> Result<Vec<(usize, String)>> {
+    let caller_index = caller.get();
     let list = resolve_recipients_inline(Relationships::of(body).recipients.as_ref())?;
     if list.is_empty() {
         return Err(bad("no recipients given"));
@@ -530,7 +544,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     let issued = oauth::create_sharing_client(
         inst,
         id.as_str(),
-        index,
+        MemberIndex(index),
         &sharing_scope(id, write),
         &format!("Sharing {name}"),
         ttl,
@@ -563,8 +577,11 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
     cx.sharing_changed(inst, id).await?;
     tell_members_of(cx, inst, id).await?;
-    let attributes =
-        Answer { member_index: Some(index), read_only: Some(read_only), ..Answer::with_credentials(&issued) };
+    let attributes = Answer {
+        member_index: Some(MemberIndex(index)),
+        read_only: Some(read_only),
+        ..Answer::with_credentials(&issued)
+    };
     Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), attributes)))
 }
 
@@ -579,5 +596,94 @@ mod same_instance_tests {
         assert!(same_instance("http://bob.example/", "http://bob.example"));
         assert!(!same_instance("http://bob.example", "http://bob.example.org"));
         assert!(!same_instance("http://bob.example:8081", "bob.example:8080"));
+    }
+}
+
+#[cfg(test)]
+mod new_sharing_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn reason(body: Value) -> String {
+        match read_new_sharing(&body) {
+            Err(SharingError::BadRequest(r)) => r,
+            Err(e) => panic!("not a 400: {e:?}"),
+            Ok(_) => panic!("accepted: {body}"),
+        }
+    }
+
+    fn rule() -> Value {
+        json!({"title": "t", "doctype": "io.cozy.notes", "values": ["n1"]})
+    }
+
+    /// Each refusal of `POST /sharings`'s body, with the reason it always had, the first found
+    /// in the order they were always checked.
+    #[test]
+    fn new_sharings_are_refused_with_the_reasons_they_always_had() {
+        let doc = |data: Value| json!({"data": data});
+        for body in [json!([]), json!({}), doc(json!(null)), doc(json!([{"type": "io.cozy.sharings"}])), doc(json!(3))]
+        {
+            assert_eq!(reason(body), "the body must be a JSON:API document");
+        }
+        for kind in [json!(null), json!("io.cozy.notes"), json!(["io.cozy.sharings"])] {
+            assert_eq!(reason(doc(json!({"type": kind, "attributes": {}}))), "data.type must be io.cozy.sharings");
+        }
+        assert_eq!(reason(doc(json!({"attributes": {"rules": [rule()]}}))), "data.type must be io.cozy.sharings");
+        for attrs in [json!(null), json!([]), json!("x")] {
+            let body = doc(json!({"type": "io.cozy.sharings", "attributes": attrs}));
+            assert_eq!(reason(body), "data.attributes missing");
+        }
+        assert_eq!(reason(doc(json!({"type": "io.cozy.sharings"}))), "data.attributes missing");
+        let with = |attrs: Value| doc(json!({"type": "io.cozy.sharings", "attributes": attrs}));
+        for bad in [json!("true"), json!(1), json!([true]), json!({})] {
+            // Before the rules: an invalid flag is the first reason even without rules.
+            assert_eq!(reason(with(json!({"open_sharing": bad}))), "open_sharing must be a boolean");
+        }
+        for rules in [json!(null), json!([]), json!({}), json!("r"), json!({"0": rule()})] {
+            assert_eq!(reason(with(json!({"rules": rules}))), "a sharing needs a non-empty rules array");
+        }
+        assert_eq!(reason(with(json!({}))), "a sharing needs a non-empty rules array");
+        let many: Vec<Value> = (0..=model::MAX_RULES).map(|_| rule()).collect();
+        assert_eq!(reason(with(json!({"rules": many}))), format!("a sharing has at most {} rules", model::MAX_RULES));
+        assert_eq!(reason(with(json!({"rules": [rule(), 3]}))), "each rule must be an object");
+        assert_eq!(reason(with(json!({"rules": [rule(), []]}))), "each rule must be an object");
+        assert_eq!(reason(with(json!({"rules": [{"values": ["a"]}]}))), "each rule needs a doctype");
+    }
+
+    /// What is accepted, with the text attributes read (and refused) as they always were:
+    /// absent or `null` are unset, anything but a string of at most 1000 bytes is refused.
+    #[test]
+    fn new_sharings_accept_what_they_always_did() {
+        let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [rule()],
+            "description": "d", "preview_path": null, "open_sharing": null, "other": [1]}}});
+        let (attrs, open, rules) = read_new_sharing(&body).unwrap();
+        assert!(!open);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(text(&attrs.description, "description").unwrap().as_deref(), Some("d"));
+        assert_eq!(text(&attrs.preview_path, "preview_path").unwrap(), None);
+        assert_eq!(text(&attrs.app_slug, "app_slug").unwrap(), None);
+        let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [rule()], "open_sharing": true,
+            "description": 3, "app_slug": "a".repeat(1001), "preview_path": "a".repeat(1000)}}});
+        let (attrs, open, _) = read_new_sharing(&body).unwrap();
+        assert!(open);
+        let refused = |f: &Field<String>, k: &str| match text(f, k) {
+            Err(SharingError::BadRequest(r)) => r,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(
+            refused(&attrs.description, "description"),
+            "description must be a string of at most 1000 characters"
+        );
+        assert_eq!(refused(&attrs.app_slug, "app_slug"), "app_slug must be a string of at most 1000 characters");
+        assert_eq!(text(&attrs.preview_path, "preview_path").unwrap().map(|p| p.len()), Some(1000));
+        let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"rules": [rule()], "description": ["d"],
+            "preview_path": {"p": 1}, "app_slug": true}}});
+        let (attrs, _, _) = read_new_sharing(&body).unwrap();
+        for (f, k) in
+            [(&attrs.description, "description"), (&attrs.preview_path, "preview_path"), (&attrs.app_slug, "app_slug")]
+        {
+            assert_eq!(refused(f, k), format!("{k} must be a string of at most 1000 characters"));
+        }
     }
 }

@@ -55,7 +55,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
     let issued = oauth::create_sharing_client(
         inst,
         id.as_str(),
-        0,
+        MemberIndex::OWNER,
         &sharing_scope(id, true),
         &format!("Sharing {owner_name}"),
         ttl,
@@ -83,7 +83,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
             peer: crate::federation::client::origin(&owner),
         }));
     };
-    let my_index = attrs.member_index;
+    let my_index = attrs.member_index.map(MemberIndex::get);
     let read_only = attrs.read_only == Some(true);
     let fallback_index = own_index(cx, inst, &s);
     let client_id = issued.client_id.clone();

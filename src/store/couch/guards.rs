@@ -21,7 +21,7 @@ use super::*;
 pub(super) struct GuardJoin {
     pub(super) sharing: String,
     pub(super) rule: usize,
-    pub(super) origin: usize,
+    pub(super) origin: MemberIndex,
 }
 
 /// What an edit guard records: the revisions an edit writes, with their bodies, and the
@@ -157,7 +157,7 @@ impl CouchStore {
             }
             if let Some(j) = &record.join {
                 let arrival = record.writes.first().and_then(|w| w.revisions.first()).cloned();
-                let entry = Entry { initial: false, origin: Some(j.origin), arrival };
+                let entry = Entry { initial: false, origin: Some(j.origin.get()), arrival };
                 joins.entry(j.sharing.clone()).or_default().push(ShareRecord::new(
                     doctype.as_str(),
                     id.as_str(),

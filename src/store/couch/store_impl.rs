@@ -308,7 +308,7 @@ impl Store for CouchStore {
     async fn apply_received(
         &self,
         sharing_id: &SharingId,
-        origin: usize,
+        origin: MemberIndex,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
         judge: Arc<Judge>,
@@ -423,7 +423,8 @@ impl Store for CouchStore {
                 }
                 if let Some(rule) = join {
                     let arrival = path.first().map(Rev::to_string);
-                    let entry = Entry { initial: false, origin: Some(origin), arrival };
+                    // `track` keeps the index as the bare number it stores.
+                    let entry = Entry { initial: false, origin: Some(origin.get()), arrival };
                     joins.push(ShareRecord::new(doctype.as_str(), w.id.as_str(), rule, false, entry));
                 }
                 writes.push(replicated_json(w.id.as_str(), &path, w.deleted, &w.body));
@@ -586,7 +587,7 @@ impl Store for CouchStore {
                     removed: st.removed,
                     joined: st.joined,
                     initial: st.initial,
-                    origin: st.origin,
+                    origin: st.origin.map(MemberIndex),
                 });
                 if out.len() >= limit {
                     break;

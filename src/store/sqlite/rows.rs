@@ -113,7 +113,7 @@ pub(super) struct DocUpdate<'a> {
 pub(super) struct Join<'a> {
     pub(super) sharing: &'a str,
     pub(super) rule: usize,
-    pub(super) origin: usize,
+    pub(super) origin: MemberIndex,
 }
 
 /// How many documents of the feed sit after `after` (each document is in the feed once, at its
@@ -289,7 +289,7 @@ pub(super) fn shared_row(
 #[derive(Default, Clone, Copy)]
 pub(super) struct Entry {
     pub(super) initial: bool,
-    pub(super) origin: Option<usize>,
+    pub(super) origin: Option<MemberIndex>,
 }
 
 pub(super) fn record_shared(
@@ -320,7 +320,7 @@ pub(super) fn record_shared(
         rule_index as i64,
         removed,
         entry.initial,
-        entry.origin.map(|o| o as i64)
+        entry.origin.map(|o| o.get() as i64)
     ])?;
     Ok(())
 }

@@ -513,7 +513,7 @@ impl Store for SqliteStore {
     async fn apply_received(
         &self,
         sharing_id: &SharingId,
-        origin: usize,
+        origin: MemberIndex,
         doctype: &Doctype,
         docs: Vec<DocWrite>,
         judge: Arc<Judge>,
@@ -657,7 +657,7 @@ impl Store for SqliteStore {
                         removed,
                         joined: joined as u64,
                         initial,
-                        origin: origin.map(|o| o as usize),
+                        origin: origin.map(|o| MemberIndex(o as usize)),
                     })
                 })
                 .collect()
