@@ -170,17 +170,24 @@ impl Rule {
         })
     }
 
-    /// The rule as the store tracks it on the owner's instance (`owner`) or a recipient's.
-    pub fn track_rule(&self, sharing_id: &str, rule_index: usize, owner: bool) -> crate::store::TrackRule {
-        crate::store::TrackRule {
-            sharing_id: sharing_id.to_owned(),
+    /// The rule as the store tracks it on the owner's instance (`owner`) or a recipient's;
+    /// `None` for a doctype the store cannot hold (rules are checked when made, so only a
+    /// damaged document has one: it tracks nothing).
+    pub fn track_rule(
+        &self,
+        sharing_id: &SharingId,
+        rule_index: usize,
+        owner: bool,
+    ) -> Option<crate::store::TrackRule> {
+        Some(crate::store::TrackRule {
+            sharing_id: sharing_id.clone(),
             rule_index,
-            doctype: self.doctype.clone(),
+            doctype: Doctype::parse(&self.doctype).ok()?,
             selector: self.selector.clone(),
             values: self.values.clone(),
             joins: self.joins_later(owner),
             parent_field: self.subtree().then(|| FILES_PARENT.to_owned()),
-        }
+        })
     }
 
     /// Whether this rule shares subtrees: a rule by id on `io.cozy.files` shares each named
@@ -210,7 +217,7 @@ impl Rule {
 
     /// Whether a document body (with its id) is selected by this rule.
     pub fn matches(&self, doctype: &str, id: &str, body: &crate::store::Body) -> bool {
-        self.track_rule("", 0, true).matches(doctype, id, body)
+        self.track_rule(&crate::store::doc::UNSET_SHARING_ID, 0, true).is_some_and(|r| r.matches(doctype, id, body))
     }
 
     /// [`Rule::matches`], or (subtree rules) its parent is in the sharing under this rule,
@@ -223,7 +230,8 @@ impl Rule {
         body: &crate::store::Body,
         parent: Option<usize>,
     ) -> bool {
-        self.track_rule("", index, true).matches_in(doctype, id, body, parent)
+        self.track_rule(&crate::store::doc::UNSET_SHARING_ID, index, true)
+            .is_some_and(|r| r.matches_in(doctype, id, body, parent))
     }
 
     /// Whether a change may flow in this direction: `deleted` or `leaving` changes follow
@@ -496,7 +504,7 @@ impl Sharing {
             .iter()
             .enumerate()
             .filter(|(_, r)| !r.local)
-            .map(|(i, r)| r.track_rule(self.id(), i, self.owner))
+            .filter_map(|(i, r)| r.track_rule(self.sharing_id(), i, self.owner))
             .collect()
     }
 

@@ -608,9 +608,9 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     let t = dt("tracking");
     let sharing = &SharingId::parse("0123456789abcdef0123456789abcdef").expect("sharing id");
     let rule = |i: usize, selector: Option<&str>, values: &[&str]| TrackRule {
-        sharing_id: sharing.as_str().into(),
+        sharing_id: sharing.clone(),
         rule_index: i,
-        doctype: t.as_str().into(),
+        doctype: t.clone(),
         selector: selector.map(str::to_owned),
         values: values.iter().map(|v| v.to_string()).collect(),
         joins: true,
@@ -678,9 +678,9 @@ pub(crate) fn track_rule(
     joins: bool,
 ) -> TrackRule {
     TrackRule {
-        sharing_id: sharing.as_str().into(),
+        sharing_id: sharing.clone(),
         rule_index: i,
-        doctype: t.as_str().into(),
+        doctype: t.clone(),
         selector: selector.map(str::to_owned),
         values: values.iter().map(|v| v.to_string()).collect(),
         joins,

@@ -59,6 +59,25 @@ impl std::fmt::Display for SharingId {
     }
 }
 
+/// Compared with the text of the value, as read from a request or a stored key.
+impl PartialEq<str> for SharingId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for SharingId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for SharingId {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
 /// A member's index in its sharing's member list: 0 is the owner, recipients follow in the
 /// order they were added, and an index never changes once given (members who leave keep
 /// theirs). The same bare JSON number on the wire (`member_index`, `PeerKey`'s member) and in
@@ -116,6 +135,25 @@ impl Doctype {
 impl fmt::Display for Doctype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)
+    }
+}
+
+/// Compared with the text of the value, as read from a request or a stored key.
+impl PartialEq<str> for Doctype {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Doctype {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Doctype {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
     }
 }
 

@@ -22,14 +22,14 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
-use super::{Body, DocId, DocWrite, Doctype, StoreError};
+use super::{Body, DocId, DocWrite, Doctype, SharingId, StoreError};
 
 /// One rule of one sharing, as the store needs it to decide membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackRule {
-    pub sharing_id: String,
+    pub sharing_id: SharingId,
     pub rule_index: usize,
-    pub doctype: String,
+    pub doctype: Doctype,
     /// Field path matched against `values`; the document id when `None`.
     pub selector: Option<String>,
     pub values: Vec<String>,
@@ -315,9 +315,9 @@ mod tests {
     #[test]
     fn the_joining_rule_is_the_first_matching_rule_that_lets_documents_join() {
         let rule = |i: usize, joins: bool, list: &str| TrackRule {
-            sharing_id: "s".into(),
+            sharing_id: SharingId::parse("5e").unwrap(),
             rule_index: i,
-            doctype: "d".into(),
+            doctype: Doctype::parse("d").unwrap(),
             selector: Some("list".into()),
             values: vec![list.into()],
             joins,
@@ -325,18 +325,18 @@ mod tests {
         };
         let rules = [rule(0, false, "l1"), rule(1, true, "l2"), rule(2, true, "l1"), rule(3, true, "l1")];
         let body = |list: &str| Body::from_map(json!({ "list": list }).as_object().unwrap());
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l1"), None), (Some(0), Some(2)));
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l2"), None), (Some(1), Some(1)));
-        assert_eq!(matching_rules(&rules, "s", "d", "x", &body("l9"), None), (None, None));
+        assert_eq!(matching_rules(&rules, "5e", "d", "x", &body("l1"), None), (Some(0), Some(2)));
+        assert_eq!(matching_rules(&rules, "5e", "d", "x", &body("l2"), None), (Some(1), Some(1)));
+        assert_eq!(matching_rules(&rules, "5e", "d", "x", &body("l9"), None), (None, None));
         assert_eq!(matching_rules(&rules, "other", "d", "x", &body("l1"), None), (None, None));
     }
 
     #[test]
     fn a_subtree_rule_selects_its_root_and_whatever_has_a_parent_in_the_sharing_under_it() {
         let rule = TrackRule {
-            sharing_id: "s".into(),
+            sharing_id: SharingId::parse("5e").unwrap(),
             rule_index: 1,
-            doctype: "io.cozy.files".into(),
+            doctype: Doctype::parse("io.cozy.files").unwrap(),
             selector: None,
             values: vec!["root".into()],
             joins: true,
@@ -357,9 +357,9 @@ mod tests {
     #[test]
     fn rules_match_ids_or_field_paths() {
         let by_id = TrackRule {
-            sharing_id: "s".into(),
+            sharing_id: SharingId::parse("5e").unwrap(),
             rule_index: 0,
-            doctype: "d".into(),
+            doctype: Doctype::parse("d").unwrap(),
             selector: None,
             values: vec!["a".into()],
             joins: true,

@@ -292,12 +292,8 @@ impl CouchStore {
 
     /// Numbers (and so tracks) the pending changes of every doctype the sharing's rules name.
     pub(super) async fn catch_up_sharing(&self, sharing: &str) -> Result<(), StoreError> {
-        let mut doctypes: Vec<Doctype> = self
-            .rules()?
-            .iter()
-            .filter(|r| r.sharing_id == sharing)
-            .filter_map(|r| Doctype::parse(&r.doctype).ok())
-            .collect();
+        let mut doctypes: Vec<Doctype> =
+            self.rules()?.iter().filter(|r| r.sharing_id == sharing).map(|r| r.doctype.clone()).collect();
         doctypes.sort();
         doctypes.dedup();
         for dt in doctypes {
@@ -356,7 +352,7 @@ impl CouchStore {
         let mut added = 0;
         let mut done: HashSet<(String, String)> = HashSet::new();
         for rule in &rules {
-            let Ok(doctype) = Doctype::parse(&rule.doctype) else { continue };
+            let doctype = rule.doctype.clone();
             let db = self.db_name(&doctype);
             // Candidates: the listed ids for id rules, every live document otherwise.
             let mut start: Option<String> = None;
@@ -392,12 +388,12 @@ impl CouchStore {
                     if DocId::parse(id).is_err() || r.pointer("/value/deleted") == Some(&Value::Bool(true)) {
                         continue;
                     }
-                    if done.insert((rule.doctype.clone(), id.to_owned())) {
+                    if done.insert((rule.doctype.to_string(), id.to_owned())) {
                         candidates.push((id.to_owned(), stored_body(doc)?));
                     }
                 }
                 let keys: Vec<String> =
-                    candidates.iter().map(|(id, _)| track_key(sharing_id, &rule.doctype, id)).collect();
+                    candidates.iter().map(|(id, _)| track_key(sharing_id, rule.doctype.as_str(), id)).collect();
                 let states = self.track_states(&keys).await?;
                 let mut records = Vec::new();
                 for ((id, body), key) in candidates.iter().zip(&keys) {
@@ -405,9 +401,9 @@ impl CouchStore {
                         continue;
                     }
                     // The first matching rule of the sharing wins, as for later writes.
-                    if let Some(first) = rules.iter().find(|r| r.matches(&rule.doctype, id, body)) {
+                    if let Some(first) = rules.iter().find(|r| r.matches(rule.doctype.as_str(), id, body)) {
                         let entry = Entry { initial: true, origin: None, arrival: None };
-                        records.push(ShareRecord::new(&rule.doctype, id, first.rule_index, false, entry));
+                        records.push(ShareRecord::new(rule.doctype.as_str(), id, first.rule_index, false, entry));
                     }
                 }
                 added += records.len() as u64;

@@ -387,9 +387,9 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
         let rule = TrackRule {
-            sharing_id: "e1".into(),
+            sharing_id: SharingId::parse("e1").expect("sharing id"),
             rule_index: 0,
-            doctype: t.as_str().into(),
+            doctype: t.clone(),
             selector: None,
             values: vec!["a".into()],
             joins: true,

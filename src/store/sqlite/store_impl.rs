@@ -440,8 +440,9 @@ impl Store for SqliteStore {
                         )?;
                         let mut found = Vec::new();
                         for v in &rule.values {
-                            if let Some(row) =
-                                stmt.query_row(params![rule.doctype, v], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
+                            if let Some(row) = stmt
+                                .query_row(params![rule.doctype.as_str(), v], |r| Ok((r.get(0)?, r.get(1)?)))
+                                .optional()?
                             {
                                 found.push(row);
                             }
@@ -450,20 +451,21 @@ impl Store for SqliteStore {
                     }
                     Some(_) => tx
                         .prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0 ORDER BY id")?
-                        .query_map(params![rule.doctype], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .query_map(params![rule.doctype.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<Result<_, _>>()?,
                 };
                 for (id, winner) in candidates {
-                    if shared_row(tx, &sharing_id, &rule.doctype, &id)?.is_some_and(|st| !st.removed) {
+                    if shared_row(tx, &sharing_id, rule.doctype.as_str(), &id)?.is_some_and(|st| !st.removed) {
                         continue;
                     }
                     let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
-                    let body = load_body(tx, &rule.doctype, &id, &rev)?.unwrap_or_default();
+                    let body = load_body(tx, rule.doctype.as_str(), &id, &rev)?.unwrap_or_default();
                     // The first matching rule of the sharing wins, as for later writes.
-                    let first = rules.iter().find(|r| r.matches(&rule.doctype, &id, &body)).map(|r| r.rule_index);
+                    let first =
+                        rules.iter().find(|r| r.matches(rule.doctype.as_str(), &id, &body)).map(|r| r.rule_index);
                     if let Some(rule_index) = first {
                         let entry = Entry { initial: true, origin: None };
-                        record_shared(tx, &sharing_id, &rule.doctype, &id, rule_index, false, entry)?;
+                        record_shared(tx, &sharing_id, rule.doctype.as_str(), &id, rule_index, false, entry)?;
                         added += 1;
                     }
                 }
