@@ -305,24 +305,36 @@ impl World {
     /// where the trees happen to agree halfway through settling a conflict does not count.
     /// Answers that tree.
     async fn converged(&self, what: &str) -> Tree {
-        let settled = std::cell::RefCell::new(Tree::new());
-        eventually(WAIT, what, || async {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(WAIT);
+        loop {
             let [a, b, c] = self.trees().await;
-            if a.is_empty() || a != b || b != c || !self.at_rest().await {
-                return false;
+            if !a.is_empty() && a == b && b == c && self.at_rest().await {
+                let again = self.trees().await;
+                if again.iter().all(|t| *t == a) {
+                    return a;
+                }
             }
-            let again = self.trees().await;
-            let same = again.iter().all(|t| *t == a);
-            *settled.borrow_mut() = a;
-            same
-        })
-        .await;
-        settled.into_inner()
+            if tokio::time::Instant::now() >= deadline {
+                // What was seen last, to tell a tree that never converged from a link that
+                // never came to rest.
+                panic!(
+                    "timed out waiting for: {what}\nalice: {a:?}\nbob: {b:?}\ncarol: {c:?}\nlinks: {:#?}",
+                    self.link_states().await
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     /// No link of the sharing is running or has documents pending. (A read-only member's own
     /// link is left out: what it would send is refused, and stays pending.)
     async fn at_rest(&self) -> bool {
+        let states = self.link_states().await;
+        states.iter().all(|st| st.is_null() || (st["running"] != json!(true) && st["pending"].as_u64() == Some(0)))
+    }
+
+    /// The replication state of every link [`World::at_rest`] looks at.
+    async fn link_states(&self) -> Vec<Value> {
         let index = self.bob_index().await;
         let mut states = vec![
             replication_state(&self.alice, &self.ta, &self.sid, index).await,
@@ -334,7 +346,7 @@ impl World {
         if !self.read_only[1] && self.carol_in.get() {
             states.push(replication_state(&self.carol, &self.tc, &self.sid, 0).await);
         }
-        states.iter().all(|st| st.is_null() || (st["running"] != json!(true) && st["pending"].as_u64() == Some(0)))
+        states
     }
 
     /// Waits until the three trees are the same and `want` holds for them; answers the tree.
