@@ -364,7 +364,9 @@ async fn run_one(
             }
             Err(e) => {
                 st.last_error = Some(e.to_string());
-                if matches!(e, SyncError::Peer(FederationError::Status { status: 403, .. })) {
+                // 403 from a member that has not stored its acceptance yet, 503 from one that
+                // is recording it (see `Sharing::accepting_here`).
+                if matches!(e, SyncError::Peer(FederationError::Status { status: 403 | 503, .. })) {
                     st.schedule.refused(now, &backoff, rand::random());
                 } else {
                     st.schedule.failed(now, &backoff, rand::random());
