@@ -369,21 +369,11 @@ fn blocks_of(path: PathBuf) -> futures_util::stream::BoxStream<'static, std::io:
 
 pub async fn run(raw: Vec<String>) -> anyhow::Result<()> {
     let a = args(raw)?;
-    let root = match &a.dir {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir()?,
-    };
-    let outcome = bench(&a, root.path()).await;
-    // Disks are small: nothing of the run stays.
-    root.close()?;
-    outcome
+    super::in_scratch_dir(a.dir.as_deref(), async |root| bench(&a, &root).await).await
 }
 
 async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
-    let hearth = std::env::current_exe()?.with_file_name("hearth");
-    if !hearth.exists() {
-        bail!("{} is missing: cargo build --release --bins", hearth.display());
-    }
+    let hearth = super::hearth_binary()?;
     let large = a.large_mb * MIB;
     let small_len = a.small_kb * 1024;
     println!(

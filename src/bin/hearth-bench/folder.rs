@@ -227,20 +227,11 @@ fn mb_s(bytes: u64, d: Duration) -> f64 {
 
 pub async fn run(raw: Vec<String>) -> anyhow::Result<()> {
     let a = args(raw)?;
-    let root = match &a.dir {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir()?,
-    };
-    let outcome = bench(&a, root.path()).await;
-    root.close()?;
-    outcome
+    super::in_scratch_dir(a.dir.as_deref(), async |root| bench(&a, &root).await).await
 }
 
 async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
-    let hearth = std::env::current_exe()?.with_file_name("hearth");
-    if !hearth.exists() {
-        bail!("{} is missing: cargo build --release --bins", hearth.display());
-    }
+    let hearth = super::hearth_binary()?;
     let large = a.large_mb * MIB;
     let each = (a.total_mb * MIB - large) / (a.files - 1);
     println!(

@@ -368,6 +368,31 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `hearth` binary next to this one, which the benches start as servers.
+fn hearth_binary() -> anyhow::Result<std::path::PathBuf> {
+    let hearth = std::env::current_exe()?.with_file_name("hearth");
+    if !hearth.exists() {
+        bail!("{} is missing: cargo build --release --bins", hearth.display());
+    }
+    Ok(hearth)
+}
+
+/// Runs `bench` in a scratch directory under `dir` (the system's temporary directory by
+/// default), removed afterwards whatever the outcome: disks are small, nothing of a run stays.
+async fn in_scratch_dir<F, Fut>(dir: Option<&std::path::Path>, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let root = match dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let outcome = bench(root.path().to_path_buf()).await;
+    root.close()?;
+    outcome
+}
+
 mod files;
 
 mod folder;

@@ -106,11 +106,7 @@ impl Server {
     }
 
     fn command(&self) -> anyhow::Result<Command> {
-        let hearth = std::env::current_exe()?.with_file_name("hearth");
-        if !hearth.exists() {
-            bail!("{} is missing: cargo build --release --bins", hearth.display());
-        }
-        let mut cmd = Command::new(hearth);
+        let mut cmd = Command::new(super::hearth_binary()?);
         // `HEARTH_BENCH_LOG` is this program's: a server would refuse it as an unknown key.
         cmd.env_remove("HEARTH_BENCH_LOG")
             .env("HEARTH_DATA_DIR", &self.dir)
