@@ -675,6 +675,58 @@ mod tests {
         assert_eq!(offered_digest(&s, 1).unwrap(), offered_digest(&s, 1).unwrap());
     }
 
+    /// A small sharing with fixed times, nonces and keys.
+    fn small() -> Sharing {
+        let mut s = largest(3);
+        s.description = "Holidays".into();
+        s.preview_path = Some("/preview".into());
+        s.app_slug = Some("drive".into());
+        s.created_at = "2026-01-02T03:04:05Z".into();
+        s.updated_at = "2026-01-02T03:04:06Z".into();
+        s.id_nonce = Some("0123456789abcdef".into());
+        s.members[0].instance = Some("https://alice.example".into());
+        s.members[0].public_name = Some("Alice".into());
+        for (i, m) in s.members.iter_mut().enumerate().skip(1) {
+            m.name = Some(format!("Member {i}"));
+            m.public_name = (i == 1).then(|| "Bob".to_owned());
+            m.email = Some(format!("m{i}@example.net"));
+            m.instance = Some(format!("https://m{i}.example"));
+            m.read_only = i == 2;
+            m.xor_key = Some("ffff".into());
+            m.state_nonce = Some("secret-nonce".into());
+        }
+        s.rules = vec![
+            Rule::from_input(&json!({"title": "notes", "doctype": "io.cozy.notes", "values": ["0a1b"], "add": "sync", "update": "sync", "remove": "revoke"}))
+                .unwrap(),
+            Rule::from_input(&json!({"title": "by author", "doctype": "io.cozy.notes", "selector": "author", "values": ["Bob"]}))
+                .unwrap(),
+            Rule::from_input(&json!({"title": "preview", "doctype": "io.cozy.files", "values": ["x"], "local": true})).unwrap(),
+        ];
+        s
+    }
+
+    #[test]
+    fn the_request_document_is_pinned_byte_for_byte() {
+        let s = small();
+        let text = serde_json::to_string(&request_document(&s, 2)).unwrap();
+        let id = s.id();
+        let expected = format!(
+            concat!(
+                r#"{{"data":{{"attributes":{{"app_slug":"drive","created_at":"2026-01-02T03:04:05Z","#,
+                r#""description":"Holidays","id_nonce":"0123456789abcdef","initial_sync":false,"#,
+                r#""members":[{{"instance":"https://alice.example","name":"Alice","public_name":"Alice","status":"owner"}},"#,
+                r#"{{"name":"Bob","public_name":"Bob","status":"ready"}},"#,
+                r#"{{"email":"m2@example.net","instance":"https://m2.example","name":"Member 2","read_only":true,"status":"ready"}}],"#,
+                r#""open_sharing":true,"owner":true,"preview_path":"/preview","#,
+                r#""rules":[{{"add":"sync","doctype":"io.cozy.notes","remove":"revoke","title":"notes","update":"sync","values":["f5e4"]}},"#,
+                r#"{{"add":"none","doctype":"io.cozy.notes","remove":"none","selector":"author","title":"by author","update":"none","values":["Bob"]}}],"#,
+                r#""updated_at":"2026-01-02T03:04:06Z"}},"id":"{id}","links":{{"self":"/sharings/{id}"}},"meta":{{"rev":"1-abc"}},"type":"io.cozy.sharings"}}}}"#
+            ),
+            id = id
+        );
+        assert_eq!(text, expected);
+    }
+
     #[test]
     fn ids_derive_from_the_owner_address_and_the_nonce() {
         let id = SharingId::derived("https://alice.example", "0123");
