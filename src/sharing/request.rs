@@ -47,14 +47,16 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId, MAX_RULES, MAX_VALUES_PER_RULE};
-use super::protocol::{Document, Lenient, Notice, NoticeAttributes, NoticeMeta, NoticeOwner};
+use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId};
+use super::protocol::{
+    Document, Lenient, Notice, NoticeAttributes, NoticeMeta, NoticeOwner, RequestAttributes, RequestMeta,
+    RequestResource, SharingRequest,
+};
 use super::Context;
 use super::{load, save, Result, SharingError};
 use crate::instance::Instance;
@@ -65,7 +67,7 @@ use crate::store::{json as records, AllDocsQuery, AllDocsRow, DocId, Doctype, St
 pub const MAX_NOTICE_BYTES: usize = 64 * 1024;
 
 /// Largest request document a recipient reads from an owner. The largest request hearth makes
-/// is about 1.2 MB: [`MAX_RULES`] rules of [`MAX_VALUES_PER_RULE`] values of at most
+/// is about 1.2 MB: [`super::model::MAX_RULES`] rules of [`super::model::MAX_VALUES_PER_RULE`] values of at most
 /// [`super::model::MAX_VALUE_BYTES`] bytes (each at most doubled by JSON escapes), plus 100
 /// members (the default `max_members`) of at most 1.1 KB; the unit test
 /// `the_largest_request_fits_the_fetch_limit` builds it.
@@ -77,10 +79,6 @@ pub const FETCH_DEADLINE: Duration = Duration::from_secs(10);
 /// Fetch-backs running at once in a process; more wait, and give up (429) after
 /// [`FETCH_DEADLINE`].
 pub const MAX_CONCURRENT_FETCHES: usize = 4;
-
-/// Members a fetched request may list before its parse stops (the configured `max_members`
-/// is checked after).
-const MAX_WIRE_MEMBERS: usize = 1000;
 
 /// The total of pending requests an instance keeps is this many times the per-peer limit.
 pub const PENDING_PEERS_FACTOR: usize = 25;
@@ -133,7 +131,7 @@ pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
 /// body, without any secret; the other members reduced to their status and public name, the
 /// rules' document ids transformed with the member's key (see `sharing::xor`), local rules left
 /// out.
-pub fn request_document(s: &Sharing, target: usize) -> Value {
+pub fn request_document(s: &Sharing, target: usize) -> SharingRequest {
     let mut shown = s.clone();
     if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sharing::xor::parse_key)
     {
@@ -142,12 +140,6 @@ pub fn request_document(s: &Sharing, target: usize) -> Value {
         }
     }
     for (i, m) in shown.members.iter_mut().enumerate() {
-        m.state_nonce = None;
-        m.xor_key = None;
-        m.inbound_client_id = None;
-        m.outbound = None;
-        m.invitation = None;
-        m.added_by = None;
         if i != 0 && i != target {
             m.instance = None;
             m.email = None;
@@ -155,13 +147,36 @@ pub fn request_document(s: &Sharing, target: usize) -> Value {
         }
     }
     shown.rules.retain(|r| !r.local);
-    let mut doc = shown.to_api();
-    if let Some(a) = doc.get_mut("attributes").and_then(Value::as_object_mut) {
-        a.remove("active");
-        a.remove("revoked_at");
-        a.insert("id_nonce".into(), json!(s.id_nonce));
+    let api = shown.api();
+    let a = api.attributes;
+    SharingRequest {
+        data: RequestResource {
+            attributes: RequestAttributes {
+                app_slug: a.app_slug,
+                created_at: a.created_at,
+                description: Some(a.description),
+                id_nonce: s.id_nonce.clone(),
+                initial_sync: a.initial_sync,
+                members: a.members,
+                open_sharing: a.open_sharing,
+                owner: a.owner,
+                preview_path: a.preview_path,
+                rules: a.rules,
+                updated_at: a.updated_at,
+            },
+            id: api.id,
+            links: Some(api.links),
+            meta: Some(api.meta),
+            kind: api.kind,
+        },
+        meta: None,
     }
-    json!({ "data": doc })
+}
+
+/// A request as written on the wire: through a JSON value, so its members come out in
+/// alphabetical order at every depth (see `protocol::request`).
+fn wire(doc: &SharingRequest) -> Result<Value> {
+    serde_json::to_value(doc).map_err(|e| bad(e.to_string()))
 }
 
 /// `GET /sharings/:id/request` on the owner: the request of the member whose request token
@@ -177,10 +192,8 @@ pub async fn serve(inst: &Instance, id: &SharingId, token: &str) -> Result<Value
     let mut doc = request_document(&s, index);
     // The member's `state`, for its instance only (the holder of its request token): it lets
     // the recipient's apps answer without the invitation link, which carries the same state.
-    if let Some(state) = super::service::member_state(inst, &s, index) {
-        doc["meta"] = json!({ "state": state });
-    }
-    Ok(doc)
+    doc.meta = super::service::member_state(inst, &s, index).map(|state| RequestMeta { state: Some(state) });
+    wire(&doc)
 }
 
 /// What a recipient shows and what its acceptance covers, in a fixed field order.
@@ -210,130 +223,9 @@ pub fn digest(s: &Sharing, target: usize) -> String {
 /// The digest of the request the owner offers member `index` (owner side): that of the
 /// request document once read back as a recipient reads it.
 pub fn offered_digest(s: &Sharing, index: usize) -> Result<String> {
-    let bytes = serde_json::to_vec(&request_document(s, index)).map_err(|e| bad(e.to_string()))?;
-    let offered = parse_document(&bytes, &SharingId::parse(s.id()).map_err(bad)?, usize::MAX)?;
+    let bytes = serde_json::to_vec(&wire(&request_document(s, index))?).map_err(|e| bad(e.to_string()))?;
+    let (offered, _) = parse_document(&bytes, &SharingId::parse(s.id()).map_err(bad)?, usize::MAX)?;
     Ok(digest(&offered, index))
-}
-
-// The request document as a recipient reads it: typed, with every list bounded, so a hostile
-// owner's answer costs at most about its size in memory.
-
-#[derive(Deserialize)]
-struct RequestWire {
-    data: DataWire,
-}
-
-/// The request's `meta`, read on its own: the member's `state` (see [`serve`]).
-#[derive(Deserialize)]
-struct MetaWire {
-    #[serde(default)]
-    meta: Option<StateWire>,
-}
-
-#[derive(Deserialize)]
-struct StateWire {
-    #[serde(default)]
-    state: Option<String>,
-}
-
-/// The `state` an owner gave with its request (owners before it gave none).
-fn answer_state(bytes: &[u8]) -> Option<String> {
-    let wire: MetaWire = serde_json::from_slice(bytes).ok()?;
-    clip(wire.meta?.state, 256).filter(|s| !s.is_empty())
-}
-
-#[derive(Deserialize)]
-struct DataWire {
-    #[serde(rename = "type")]
-    kind: String,
-    id: String,
-    attributes: AttributesWire,
-}
-
-#[derive(Deserialize)]
-struct AttributesWire {
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    preview_path: Option<String>,
-    #[serde(default)]
-    app_slug: Option<String>,
-    #[serde(default)]
-    open_sharing: Option<bool>,
-    #[serde(default)]
-    id_nonce: Option<String>,
-    #[serde(deserialize_with = "rules_list")]
-    rules: Vec<RuleWire>,
-    #[serde(deserialize_with = "members_list")]
-    members: Vec<MemberWire>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct RuleWire {
-    #[serde(default)]
-    title: Option<String>,
-    doctype: String,
-    #[serde(default)]
-    selector: Option<String>,
-    #[serde(deserialize_with = "values_list")]
-    values: Vec<String>,
-    #[serde(default)]
-    local: Option<bool>,
-    #[serde(default)]
-    add: Option<String>,
-    #[serde(default)]
-    update: Option<String>,
-    #[serde(default)]
-    remove: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct MemberWire {
-    status: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    public_name: Option<String>,
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    instance: Option<String>,
-    #[serde(default)]
-    read_only: Option<bool>,
-}
-
-/// A list of at most `max` items; the parse stops at the first one past it.
-fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max: usize) -> Result<Vec<T>, D::Error> {
-    struct Bounded<T>(usize, std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
-        type Value = Vec<T>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            write!(f, "a list of at most {} items", self.0)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(item) = seq.next_element()? {
-                if out.len() == self.0 {
-                    return Err(A::Error::custom(format!("more than {} items", self.0)));
-                }
-                out.push(item);
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_seq(Bounded(max, std::marker::PhantomData))
-}
-
-fn rules_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RuleWire>, D::Error> {
-    bounded(d, MAX_RULES)
-}
-
-fn values_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    bounded(d, MAX_VALUES_PER_RULE)
-}
-
-fn members_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MemberWire>, D::Error> {
-    bounded(d, MAX_WIRE_MEMBERS)
 }
 
 fn clip(s: Option<String>, max_chars: usize) -> Option<String> {
@@ -341,10 +233,12 @@ fn clip(s: Option<String>, max_chars: usize) -> Option<String> {
 }
 
 /// Reads a request document (recipient side) into an inactive, not-owned sharing with the same
-/// validation as a sharing created here. `max_members` counts the owner.
-fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sharing> {
-    let wire: RequestWire =
+/// validation as a sharing created here, and the member's `state` if the owner gave it.
+/// `max_members` counts the owner.
+fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<(Sharing, Option<String>)> {
+    let wire: SharingRequest =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("the sharing request is invalid: {e}")))?;
+    let state = wire.meta.and_then(|m| clip(m.state, 256)).filter(|s| !s.is_empty());
     let data = wire.data;
     if data.kind != super::SHARINGS_DOCTYPE || data.id != id.as_str() {
         return Err(bad("the sharing request is for another sharing"));
@@ -353,13 +247,6 @@ fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sh
     if a.rules.is_empty() {
         return Err(bad("a sharing needs rules"));
     }
-    let rules = a
-        .rules
-        .iter()
-        .map(|r| {
-            serde_json::to_value(r).map_err(|e| bad(e.to_string())).and_then(|v| Rule::from_input(&v).map_err(bad))
-        })
-        .collect::<Result<Vec<_>>>()?;
     if a.members.len() < 2 || a.members.len() > max_members {
         return Err(bad("a sharing request needs its members, within this instance's limit"));
     }
@@ -373,7 +260,7 @@ fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sh
             member.public_name = clip(m.public_name, 512);
             member.email = clip(m.email, 512);
             member.instance = clip(m.instance, 512);
-            member.read_only = m.read_only == Some(true);
+            member.read_only = m.read_only;
             Ok(member)
         })
         .collect::<Result<Vec<_>>>()?;
@@ -381,7 +268,7 @@ fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sh
         return Err(bad("the first member, and only it, must be the owner"));
     }
     let now = now_rfc3339();
-    Ok(Sharing {
+    let sharing = Sharing {
         id: Some(id.clone()),
         rev: None,
         description: clip(a.description, 1000).unwrap_or_default(),
@@ -389,16 +276,17 @@ fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<Sh
         app_slug: clip(a.app_slug, 1000),
         owner: false,
         active: false,
-        open_sharing: a.open_sharing == Some(true),
+        open_sharing: a.open_sharing,
         initial_sync: false,
         created_at: now.clone(),
         updated_at: now,
-        rules,
+        rules: a.rules,
         members,
         invitations: Vec::new(),
         id_nonce: clip(a.id_nonce, 64),
         revoked_at: None,
-    })
+    };
+    Ok((sharing, state))
 }
 
 /// What a notice says: the owner's address, the id's nonce, the request token.
@@ -535,7 +423,7 @@ pub async fn receive(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
         None => check_pending_room(cx, store, &notice.owner).await?,
     }
     let bytes = fetch(cx, &owner_url, id, &notice.token).await?;
-    let mut s = parse_document(&bytes, id, cx.config.federation.max_members)?;
+    let (mut s, state) = parse_document(&bytes, id, cx.config.federation.max_members)?;
     if s.members[0].instance.as_deref() != Some(notice.owner.as_str()) {
         return Err(SharingError::Forbidden("the owner's request names another owner".into()));
     }
@@ -545,7 +433,6 @@ pub async fn receive(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
     {
         return Err(SharingError::Forbidden("this sharing request is not addressed to this instance".into()));
     }
-    let state = answer_state(&bytes);
     if let Some(own) = s.members[1..].iter_mut().find(|m| m.instance.as_deref() == Some(me.as_str())) {
         own.answer_state = state;
     }
@@ -618,7 +505,9 @@ pub async fn send_notice(cx: &Context, inst: &Instance, s: &Sharing, index: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sharing::model::{MAX_TITLE_BYTES, MAX_VALUE_BYTES};
+    use crate::sharing::model::{MAX_RULES, MAX_TITLE_BYTES, MAX_VALUES_PER_RULE, MAX_VALUE_BYTES};
+    use crate::sharing::protocol::MAX_WIRE_MEMBERS;
+    use serde_json::json;
 
     fn rule(n: usize) -> Rule {
         Rule::from_input(&json!({
@@ -668,7 +557,7 @@ mod tests {
     #[test]
     fn the_largest_request_fits_the_fetch_limit() {
         let s = largest(crate::config::FederationConfig::default().max_members);
-        let size = serde_json::to_vec(&request_document(&s, 1)).unwrap().len();
+        let size = serde_json::to_vec(&wire(&request_document(&s, 1)).unwrap()).unwrap().len();
         assert!(size > MAX_REQUEST_BYTES / 2, "the worst case is really built: {size} bytes");
         assert!(size < MAX_REQUEST_BYTES, "{size} bytes");
         // ...and reads back with the same digest.
@@ -708,7 +597,7 @@ mod tests {
     #[test]
     fn the_request_document_is_pinned_byte_for_byte() {
         let s = small();
-        let text = serde_json::to_string(&request_document(&s, 2)).unwrap();
+        let text = serde_json::to_string(&wire(&request_document(&s, 2)).unwrap()).unwrap();
         let id = s.id();
         let expected = format!(
             concat!(
@@ -728,6 +617,32 @@ mod tests {
     }
 
     #[test]
+    fn the_recipient_reads_the_state_and_checks_each_rule_as_one_made_here() {
+        let s = small();
+        let id = SharingId::parse(s.id()).unwrap();
+        let mut doc = request_document(&s, 2);
+        doc.meta = Some(RequestMeta { state: Some("the-state".into()) });
+        let bytes = serde_json::to_vec(&wire(&doc).unwrap()).unwrap();
+        let (read, state) = parse_document(&bytes, &id, 100).unwrap();
+        assert_eq!(state.as_deref(), Some("the-state"));
+        assert_eq!(read.rules.len(), 2, "local rules stay with the owner");
+        assert!(read.members[2].read_only && !read.members[1].read_only);
+        // What only the owner uses is read leniently; a bad rule is refused with its reason.
+        let mut v = wire(&doc).unwrap();
+        v["meta"] = json!(7);
+        v["data"]["links"] = json!("x");
+        v["data"]["attributes"]["created_at"] = json!(1);
+        v["data"]["attributes"]["members"][1]["read_only"] = Value::Null;
+        let (_, state) = parse_document(&serde_json::to_vec(&v).unwrap(), &id, 100).unwrap();
+        assert_eq!(state, None);
+        v["data"]["attributes"]["rules"][0]["doctype"] = json!("io.cozy.sharings");
+        let Err(SharingError::BadRequest(reason)) = parse_document(&serde_json::to_vec(&v).unwrap(), &id, 100) else {
+            panic!("an internal doctype is refused")
+        };
+        assert!(reason.starts_with("the sharing request is invalid: "), "{reason}");
+    }
+
+    #[test]
     fn ids_derive_from_the_owner_address_and_the_nonce() {
         let id = SharingId::derived("https://alice.example", "0123");
         assert_eq!(id.as_str().len(), 32);
@@ -741,8 +656,9 @@ mod tests {
     fn a_request_document_reads_back_as_it_was_offered() {
         let mut s = largest(3);
         s.rules = vec![Rule::from_input(&json!({"title": "t", "doctype": "io.cozy.notes", "values": ["a"]})).unwrap()];
-        let bytes = serde_json::to_vec(&request_document(&s, 2)).unwrap();
-        let read = parse_document(&bytes, &SharingId::parse(s.id()).unwrap(), 100).unwrap();
+        let bytes = serde_json::to_vec(&wire(&request_document(&s, 2)).unwrap()).unwrap();
+        let (read, state) = parse_document(&bytes, &SharingId::parse(s.id()).unwrap(), 100).unwrap();
+        assert_eq!(state, None, "no state unless the owner gives the member its own");
         assert_eq!(read.rules, s.rules);
         assert_eq!(read.members.len(), 3);
         assert_eq!(read.members[2].instance, s.members[2].instance);
@@ -756,10 +672,10 @@ mod tests {
         ro.members[2].read_only = !ro.members[2].read_only;
         assert_ne!(digest(&read, 2), digest(&ro, 2));
         // Over-long lists stop the parse.
-        let mut doc = request_document(&s, 2);
+        let mut doc = wire(&request_document(&s, 2)).unwrap();
         doc["data"]["attributes"]["rules"][0]["values"] = json!(vec!["x"; MAX_VALUES_PER_RULE + 1]);
         assert!(parse_document(&serde_json::to_vec(&doc).unwrap(), &SharingId::parse(s.id()).unwrap(), 100).is_err());
-        let mut doc = request_document(&s, 2);
+        let mut doc = wire(&request_document(&s, 2)).unwrap();
         doc["data"]["attributes"]["members"] = json!(vec![json!({"status": "ready"}); MAX_WIRE_MEMBERS + 1]);
         assert!(parse_document(&serde_json::to_vec(&doc).unwrap(), &SharingId::parse(s.id()).unwrap(), 2000).is_err());
     }

@@ -6,7 +6,9 @@
 //!   by `http::content`);
 //! - [`jsonapi`]: the JSON:API documents of `/sharings` exchanged between instances: the
 //!   answer and its credentials, new credentials, the member list, delegated recipients
-//!   (sent and read by `sharing::service`, routed by `http::sharings::peers`).
+//!   (sent and read by `sharing::service`, routed by `http::sharings::peers`);
+//! - [`request`]: the sharing request an owner serves a recipient's instance (written and read
+//!   by `sharing::request`).
 //!
 //! Document bodies are never parsed into these types: they travel as the text they were
 //! written as (`RawValue`, see `store::body`).
@@ -18,10 +20,12 @@
 pub mod content;
 pub mod jsonapi;
 pub mod replication;
+pub mod request;
 
 pub use content::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 pub use jsonapi::*;
 pub use replication::*;
+pub use request::{RequestAttributes, RequestMeta, RequestResource, SharingRequest, MAX_WIRE_MEMBERS};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
@@ -61,6 +65,29 @@ pub(crate) fn not_a_list<T: serde::de::DeserializeOwned>(v: Value) -> Option<T> 
 /// `v` read as a `T`, when it is an object of that shape.
 pub(crate) fn object<T: serde::de::DeserializeOwned>(v: Value) -> Option<T> {
     v.is_object().then(|| serde_json::from_value(v).ok()).flatten()
+}
+
+/// `#[serde(deserialize_with)]` helper: a list of at most `max` items; the parse stops at the
+/// first one past it (so a hostile peer's list costs at most `max` items in memory).
+pub(crate) fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max: usize) -> Result<Vec<T>, D::Error> {
+    struct Bounded<T>(usize, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {} items", self.0)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.0 {
+                    return Err(serde::de::Error::custom(format!("more than {} items", self.0)));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(max, std::marker::PhantomData))
 }
 
 /// `#[serde(deserialize_with)]` for an optional member read leniently (see [`Lenient`]).
