@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod receive;
 pub mod request;
+pub mod send;
 pub mod service;
 pub mod tracking;
 pub mod xor;

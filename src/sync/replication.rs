@@ -7,23 +7,9 @@
 //! - [`PeerTarget`]: the member's `/sharings/:id/_revs_diff` and `_bulk_docs`, called with the
 //!   credentials it gave us (refreshed on 401, and stored again when they change).
 //!
-//! Which changes travel (the rules' semantics, see also `store::tracking`):
-//! - a document the member has never been sent (it entered the sharing after the member's
-//!   checkpoint, and did not come from that member) *arrives*: it is sent whole if it is still
-//!   in the sharing and alive, and if it belongs to the initial set the owner sends (listed in
-//!   the request's `_initial`; documents of id rules are known to be so) or the rule's `add`
-//!   lets new documents flow this way; deletions and departures of documents the member never
-//!   had are not sent;
-//! - any other change is an update, a deletion or a departure, sent when the rule's `update`
-//!   or `remove` lets it flow this way;
-//! - a document that came from the member and has not changed here since is not sent back:
-//!   the member has all of it;
-//! - a removal (a deletion marked `departed_from`) that is not the document's winner here, the
-//!   document being alive and in the sharing, is not sent: the document came back from it
-//!   (see `files::shared`, "Re-entry"), and a member would take it for a removal.
-//!
-//! This is the judgement the receiving side makes (`sharing::receive::judge`), made here with
-//! what the sender knows, so that in a consistent sharing nothing sent is refused.
+//! Which changes travel is decided by `sharing::send::judge` (the rules, and how they mirror
+//! the receiving side's judgement, are there); this module reads the feed and the leaves it
+//! needs and executes the decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,8 +23,9 @@ use url::Url;
 
 use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
-use crate::sharing::model::{now_rfc3339, ChangeKind, Flow, PeerCredentials, Sharing};
+use crate::sharing::model::{now_rfc3339, PeerCredentials, Sharing};
 use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, RevsDiffRequest};
+use crate::sharing::send::{self, Send};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, MemberIndex, SharingId};
 use crate::store::doc::render_as;
@@ -281,21 +268,6 @@ impl LocalSource {
         Ok((Some(tombstone), found.into_iter().next().map(|(_, f)| f).unwrap_or_default()))
     }
 
-    /// Whether a document the member has never been sent goes to it now (see the module docs):
-    /// the owner sends its initial set whatever `add` says.
-    fn arrives(&self, index: usize, initial: bool) -> bool {
-        let to_owner = !self.sharing.owner;
-        self.sharing
-            .rules
-            .get(index)
-            .is_some_and(|r| (!to_owner && (initial || r.by_id())) || r.allows(ChangeKind::Add, to_owner))
-    }
-
-    /// Whether a change of this kind to a document the member has goes to it.
-    fn flows(&self, index: usize, kind: ChangeKind) -> bool {
-        self.sharing.rules.get(index).is_some_and(|r| r.allows(kind, !self.sharing.owner))
-    }
-
     /// `doctype/id` in the member's id space → in this instance's.
     fn local_key(&self, key: &str) -> String {
         match key.split_once('/') {
@@ -324,14 +296,8 @@ impl Source for LocalSource {
         // it, so it is not even asked about (no echo of an initial sync to its sender), and its
         // leaves are not read. A document under a `remove: revoke` rule is still looked at, as
         // its deletion must end the sharing here too.
-        let member = self.member;
-        let echo = |r: &SharedChange| {
-            r.origin == Some(member)
-                && r.joined == r.seq
-                && !r.removed
-                && self.sharing.rules.get(r.rule_index).is_some_and(|rule| rule.remove != Flow::Revoke)
-        };
-        let rows: Vec<SharedChange> = rows.into_iter().filter(|r| !echo(r)).collect();
+        let rows: Vec<SharedChange> =
+            rows.into_iter().filter(|r| !send::is_echo(&self.sharing, self.member, r)).collect();
         let mut by_doctype: BTreeMap<Doctype, Vec<DocId>> = BTreeMap::new();
         for r in &rows {
             by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
@@ -358,65 +324,44 @@ impl Source for LocalSource {
             }
             let Some(l) = leaves.remove(&doc) else { continue };
             let deleted = l.first().is_some_and(|(_, d)| *d);
-            let rule = self.sharing.rules.get(r.rule_index);
-            // Deleted, or no longer matching its rule: under `remove: revoke` either ends the
-            // sharing (Cozy, cozy-stack PR #3133: leaving the set counts as a removal).
-            if (deleted || r.removed) && rule.is_some_and(|rule| rule.remove == Flow::Revoke) {
-                return Err(SyncError::RevokeRequested);
-            }
-            if r.origin == Some(self.member) && r.joined == r.seq && !r.removed {
-                // It came from this member and has not changed here since (the row's latest
-                // change is the write that brought it): the member holds every revision of it,
-                // so it is not even asked (no echo of an initial sync back to its sender).
-                continue;
-            }
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
-            let arrival = r.joined > since && r.origin != Some(self.member);
-            if arrival {
-                // Never sent to this member: it arrives whole, if it is still shared.
-                if deleted || r.removed || !self.arrives(r.rule_index, r.initial) {
-                    continue;
+            match send::judge(&self.sharing, self.member, &r, deleted, since) {
+                Send::Skip => continue,
+                Send::Revoke => return Err(SyncError::RevokeRequested),
+                Send::Arrival { initial: listed } => {
+                    if listed {
+                        initial.push(key.clone());
+                    }
+                    let leaves = l.into_iter().map(|(rev, _)| rev).collect();
+                    self.alive.insert(key.clone());
+                    changes.push(Change { seq: r.seq, key, leaves, fresh: true });
                 }
-                if r.initial && self.sharing.owner {
-                    initial.push(key.clone());
+                Send::Departure => {
+                    // Under the rule's `remove` policy the member gets a deletion on top of
+                    // the revision it may have; the same on every instance, since the
+                    // tombstone's id is derived from that revision. For files, the member
+                    // keeps a dissociated copy (Cozy; see `files::shared`).
+                    let Some((winner, _)) = l.first() else { continue };
+                    let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
+                    let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, body.as_bytes()) else {
+                        // A winner at the generation limit cannot get a child: its peers keep it.
+                        tracing::warn!(doc = %key, rev = %winner, "no removal sent: the revision is at the generation limit");
+                        continue;
+                    };
+                    self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
+                    self.alive.remove(&key);
+                    changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
                 }
-                // The member cannot have it (it was never sent there, nor came from there): it
-                // goes without `_revs_diff`. After a crash, the batch that was in flight is sent
-                // again whole, which the member merges as a no-op (`new_edits=false`).
-                let leaves = l.into_iter().map(|(rev, _)| rev).collect();
-                self.alive.insert(key.clone());
-                changes.push(Change { seq: r.seq, key, leaves, fresh: true });
-                continue;
+                Send::Change => {
+                    if deleted {
+                        self.alive.remove(&key);
+                    } else {
+                        self.alive.insert(key.clone());
+                    }
+                    let leaves = l.into_iter().map(|(rev, _)| rev).collect();
+                    changes.push(Change { seq: r.seq, key, leaves, fresh: false });
+                }
             }
-            let kind = if deleted || r.removed { ChangeKind::Remove } else { ChangeKind::Update };
-            if !self.flows(r.rule_index, kind) {
-                continue;
-            }
-            if r.removed && !deleted {
-                // The document left the sharing (it no longer matches, or was moved out of a
-                // shared directory): its new content is none of the peers' business. Under the
-                // rule's `remove` policy they get a deletion on top of the revision they may
-                // have; the same on every instance, since the tombstone's id is derived from
-                // that revision. For files, the member keeps a dissociated copy (Cozy; see
-                // `files::shared`).
-                let Some((winner, _)) = l.first() else { continue };
-                let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
-                let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, body.as_bytes()) else {
-                    // A winner at the generation limit cannot get a child: its peers keep it.
-                    tracing::warn!(doc = %key, rev = %winner, "no removal sent: the revision is at the generation limit");
-                    continue;
-                };
-                self.departures.insert(key.clone(), (tombstone.clone(), winner.clone()));
-                self.alive.remove(&key);
-                changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
-                continue;
-            }
-            if deleted {
-                self.alive.remove(&key);
-            } else {
-                self.alive.insert(key.clone());
-            }
-            changes.push(Change { seq: r.seq, key, leaves: l.into_iter().map(|(rev, _)| rev).collect(), fresh: false });
         }
         exchange(&self.shared)?.initial.extend(initial);
         Ok(ChangeBatch { changes, last_seq, pending })
