@@ -7,7 +7,9 @@
 //!   for the sharing named in the path (`/sharings/:id/...` notifications and replication);
 //!   [`ReplicatingPeer`] adds that the sharing is active and the caller a ready member;
 //! - [`PageSession`]: the owner's browser, with a live session cookie (pages);
-//! - [`AppOrOwner`]: either an app's token or the owner's session (the realtime feed).
+//! - [`AppOrOwner`]: either an app's token or the owner's session (the realtime feed);
+//! - [`InvitationCreator`]: either an app managing a sharing or a member's instance (invitation
+//!   links).
 //!
 //! And, for app routes on one sharing, the caller with the sharing it may act on, checked in
 //! the order the handlers always checked them (the path's ids first, then the token, then the
@@ -242,5 +244,26 @@ sharing_caller!(SharingReader, |inst, req, id| async move {
         Some(sharing) if allowed => Ok(SharingReader { id, sharing, member }),
         Some(_) => Err(ApiError::Forbidden("the token does not cover this sharing".into())),
         None => Err(ApiError::NotFound("no such sharing".into())),
+    }
+});
+
+/// Who makes an invitation link on the sharing named in the path (`POST /sharings/:id/
+/// invitations`): with an app token of this instance, an app managing the sharing (as
+/// [`ManagedSharing`]; on a recipient, its app asks for a re-share that its instance forwards to
+/// the owner); with any other token, a member's instance re-sharing through the owner (as
+/// [`PeerCaller`]; 403 `only members re-share` for the owner's own instance).
+pub enum InvitationCreator {
+    App(Box<ManagedSharing>),
+    Member { id: SharingId, index: MemberIndex },
+}
+
+sharing_caller!(InvitationCreator, |inst, req, id| async move {
+    if data_caller(&inst.0, &req).is_ok() {
+        let sharing = load_managed(&inst, &req, &id).await?;
+        return Ok(InvitationCreator::App(Box::new(ManagedSharing { id, sharing })));
+    }
+    match peer(&inst, &req, &id, Verb::Get).await? {
+        index if index.is_owner() => Err(ApiError::Forbidden("only members re-share".into())),
+        index => Ok(InvitationCreator::Member { id, index }),
     }
 });

@@ -8,11 +8,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
+use super::callers::InvitationCreator;
 use super::permissions::{code_failed, reserve_code_attempt};
-use super::sharings::{load_managed, peer, sharing_id};
-use super::{data_caller, parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
+use super::sharings::{load_managed, sharing_id};
 use super::{jsonapi, state_of};
-use crate::auth::Verb;
+use super::{parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::sharing;
 use crate::sharing::invitations;
 use crate::sharing::service;
@@ -32,22 +32,21 @@ async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value>
 /// "max_accepted_users"?, "expires_in"?}`; 201 with the invitation and its `link` (shown this
 /// once). From the owner's app; from a ready member's instance (its access token: a re-share,
 /// read-only); or from a member's app on its own instance, which forwards it to the owner.
-async fn create(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
+async fn create(
+    inst: Inst,
+    caller: InvitationCreator,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
     let svc = state_of(&req)?;
     let body = json_body(&req, payload).await?;
-    let creator = if data_caller(&inst.0, &req).is_ok() {
-        let s = load_managed(&inst, &req, &id).await?;
-        if !s.owner {
-            let answer = invitations::forward(&svc.sharing, &inst.0, &id, &body).await?;
+    let (id, creator) = match caller {
+        InvitationCreator::App(app) if !app.sharing.owner => {
+            let answer = invitations::forward(&svc.sharing, &inst.0, &app.id, &body).await?;
             return Ok(jsonapi(StatusCode::CREATED, answer));
         }
-        0
-    } else {
-        match peer(&inst, &req, &id, Verb::Get).await? {
-            i if i.is_owner() => return Err(ApiError::Forbidden("only members re-share".into())),
-            i => i.get(),
-        }
+        InvitationCreator::App(app) => (app.id, 0),
+        InvitationCreator::Member { id, index } => (id, index.get()),
     };
     let (inv, link) = invitations::create(&svc.sharing, &inst.0, &id, creator, &body).await?;
     let s =
