@@ -584,14 +584,16 @@ pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
     use crate::sharing::model::{Member, MemberStatus, Rule};
     use crate::store::SharedState;
 
-    fn sharing(owner: bool, policy: (&str, &str, &str)) -> Sharing {
+    /// An active sharing between an owner and one recipient, seen from the owner's side when
+    /// `owner`, with two rules of this policy: by id (index 0), and by selector (`list`, 1).
+    pub(in crate::sharing) fn sharing(owner: bool, policy: (&str, &str, &str)) -> Sharing {
         let rule = |selector: Option<&str>, values: &[&str]| {
             let mut r = json!({"doctype": "io.cozy.todos", "values": values,
                 "add": policy.0, "update": policy.1, "remove": policy.2});

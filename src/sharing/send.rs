@@ -85,40 +85,9 @@ pub fn judge(s: &Sharing, member: MemberIndex, row: &SharedChange, deleted: bool
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-    use crate::sharing::model::{Member, MemberStatus, Rule};
+    use crate::sharing::receive::tests::sharing;
     use crate::store::{DocId, Doctype};
-
-    fn sharing(owner: bool, policy: (&str, &str, &str)) -> Sharing {
-        let rule = |selector: Option<&str>| {
-            let mut r = json!({"doctype": "io.cozy.todos", "values": ["v"],
-                "add": policy.0, "update": policy.1, "remove": policy.2});
-            if let Some(s) = selector {
-                r["selector"] = json!(s);
-            }
-            Rule::from_input(&r).unwrap()
-        };
-        Sharing {
-            id: Some(super::super::SharingId::generate()),
-            rev: None,
-            description: String::new(),
-            preview_path: None,
-            app_slug: None,
-            owner,
-            active: true,
-            open_sharing: false,
-            initial_sync: false,
-            created_at: String::new(),
-            updated_at: String::new(),
-            rules: vec![rule(None), rule(Some("list"))],
-            members: vec![Member::new(MemberStatus::Owner), Member::new(MemberStatus::Ready)],
-            invitations: Vec::new(),
-            id_nonce: None,
-            revoked_at: None,
-        }
-    }
 
     /// A row at `seq`, that joined at `joined`, of the selector rule unless `by_id`.
     fn row(seq: u64, joined: u64, by_id: bool) -> SharedChange {
