@@ -28,6 +28,14 @@ enum Reply {
     },
     /// Read the request, never answer.
     Silent,
+    /// A JSON body, with its `Content-Type`.
+    Json(&'static str),
+    /// `len` bytes of body (chunked), counting in `sent` how many the client took before it
+    /// closed the connection.
+    Counted {
+        len: usize,
+        sent: Arc<AtomicUsize>,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -127,6 +135,24 @@ async fn serve(mut stream: TcpStream, reply: &(dyn Fn(&str) -> Reply + Send + Sy
             if let Framing::Chunked = framing {
                 stream.write_all(b"0\r\n\r\n").await?;
             }
+        }
+        Reply::Json(body) => {
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(response.as_bytes()).await?;
+        }
+        Reply::Counted { len, sent } => {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").await?;
+            let block = vec![b' '; 64 * 1024];
+            while sent.load(Ordering::SeqCst) < len {
+                stream.write_all(format!("{:x}\r\n", block.len()).as_bytes()).await?;
+                stream.write_all(&block).await?;
+                stream.write_all(b"\r\n").await?;
+                sent.fetch_add(block.len(), Ordering::SeqCst);
+            }
+            stream.write_all(b"0\r\n\r\n").await?;
         }
         Reply::Silent => {
             // Hold the connection until the client gives up.
@@ -387,6 +413,43 @@ async fn oversized_bodies_are_refused() {
     }
     let (_, body) = fetch(&client, &server.url("/exact")).await.unwrap();
     assert_eq!(body.len(), MAX);
+}
+
+/// Token refresh (`POST /auth/access_token`, through oauth2) goes through the same client: the
+/// same cap on the answer, read as it streams (oauth2's own client would read it whole).
+#[tokio::test]
+async fn a_token_refresh_answer_is_capped_too() {
+    const MAX: usize = 1024 * 1024;
+    const LARGE: usize = 256 * 1024 * 1024;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let hostile = TestServer::spawn(move |_| Reply::Counted { len: LARGE, sent: counter.clone() }).await;
+    let honest = TestServer::spawn(|_| {
+        Reply::Json(r#"{"access_token":"new-access","token_type":"bearer","refresh_token":"new-refresh"}"#)
+    })
+    .await;
+    let mut policy = PeerPolicy::new(true, true);
+    policy.max_response_bytes = MAX;
+    let client = Federation::with_policy(policy, None).unwrap();
+    let creds = || hearth::federation::client::PeerCredentials {
+        client_id: "cid".into(),
+        client_secret: "secret".into(),
+        access_token: "old-access".into(),
+        refresh_token: "old-refresh".into(),
+    };
+
+    let mut c = creds();
+    let base = url::Url::parse(&hostile.url("/")).unwrap();
+    let refusal = client.refresh(&mut c, &base).await.unwrap_err();
+    assert!(matches!(refusal, FederationError::RefreshUnavailable { .. }), "{refusal:?}");
+    assert_eq!(c.access_token, "old-access");
+    // The client stopped reading past the cap (what the socket buffers hold aside).
+    let taken = sent.load(Ordering::SeqCst);
+    assert!(taken < 32 * MAX, "{taken} bytes of a {LARGE}-byte answer were read");
+
+    let mut c = creds();
+    client.refresh(&mut c, &url::Url::parse(&honest.url("/")).unwrap()).await.unwrap();
+    assert_eq!((c.access_token.as_str(), c.refresh_token.as_str()), ("new-access", "new-refresh"));
 }
 
 #[tokio::test]

@@ -84,6 +84,7 @@ impl std::fmt::Debug for PeerCredentials {
 }
 
 /// The guarded client with its policy, so URL checks and client always agree.
+#[derive(Clone)]
 pub struct Federation {
     http: reqwest::Client,
     policy: PeerPolicy,
@@ -150,6 +151,16 @@ impl Federation {
         request: reqwest::RequestBuilder,
         max: usize,
     ) -> Result<(u16, bytes::Bytes, Url), FederationError> {
+        let (status, _, bytes, url) = self.exchange_with_headers(request, max).await?;
+        Ok((status, bytes, url))
+    }
+
+    /// [`Federation::exchange`], with the answer's headers.
+    async fn exchange_with_headers(
+        &self,
+        request: reqwest::RequestBuilder,
+        max: usize,
+    ) -> Result<(u16, reqwest::header::HeaderMap, bytes::Bytes, Url), FederationError> {
         let request = request.build().map_err(|e| FederationError::Guard(GuardError::from_transport(e)))?;
         let url = guard::check_url(request.url().as_str(), &self.policy)?;
         let resp =
@@ -158,8 +169,25 @@ impl Federation {
                 None => FederationError::Unreachable { peer: origin(&url), source: source.without_url() },
             })?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let bytes = guard::read_limited(resp, max).await?;
-        Ok((status, bytes, url))
+        Ok((status, headers, bytes, url))
+    }
+
+    /// oauth2's HTTP client for token requests: through [`Federation::exchange_with_headers`],
+    /// so the guard's checks and the policy's response cap apply to them as to every call
+    /// (oauth2's own reqwest client reads a whole answer, however large).
+    async fn oauth_exchange(&self, request: oauth2::HttpRequest) -> Result<oauth2::HttpResponse, FederationError> {
+        let (parts, body) = request.into_parts();
+        let url =
+            Url::parse(&parts.uri.to_string()).map_err(|_| FederationError::BadResponse { peer: String::new() })?;
+        let builder = self.http.request(parts.method, url.clone()).headers(parts.headers).body(body);
+        let (status, headers, bytes, _) = self.exchange_with_headers(builder, self.policy.max_response_bytes).await?;
+        let mut response = http::Response::new(bytes.to_vec());
+        *response.status_mut() =
+            http::StatusCode::from_u16(status).map_err(|_| FederationError::BadResponse { peer: origin(&url) })?;
+        *response.headers_mut() = headers;
+        Ok(response)
     }
 
     /// Sends `method` to a URL a user or a peer supplied, without credentials, and answers the
@@ -287,7 +315,12 @@ impl Federation {
             .set_token_uri(TokenUrl::from_url(token_url));
         let resp = client
             .exchange_refresh_token(&RefreshToken::new(creds.refresh_token.clone()))
-            .request_async(&self.http)
+            .request_async(&move |request| {
+                // An owned client (cheap: the connection pool is shared), so the future is
+                // not tied to this borrow.
+                let federation = self.clone();
+                async move { federation.oauth_exchange(request).await }
+            })
             .await
             .map_err(|e| {
                 tracing::warn!(peer = %peer, error = %e, "token refresh failed");
