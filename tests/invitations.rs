@@ -38,6 +38,13 @@ fn code_of(link: &str) -> String {
     link.split("invitation=").nth(1).unwrap().to_owned()
 }
 
+/// How many code index entries (`io.hearth.sharecodes`) the instance holds.
+async fn code_entries(app: &TestApp, inst: &TestInstance) -> usize {
+    let dt = hearth::store::Doctype::parse(hearth::sharing::links::CODES_DOCTYPE).unwrap();
+    let q = hearth::store::AllDocsQuery { inclusive_end: true, ..Default::default() };
+    app.instance(&inst.domain).store.all_docs(&dt, &q).await.unwrap().rows.len()
+}
+
 async fn load(app: &TestApp, inst: &TestInstance, id: &str) -> Sharing {
     sharing::load(app.instance(&inst.domain).store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap()
 }
@@ -361,10 +368,14 @@ async fn a_share_member_re_shares_read_only_and_its_links_die_with_it() {
     let (_, l3, _) = new_link(&alice, &token, &id, json!({"permissions": ["read"]})).await;
     join(&one, &alice, &two, &erin, &id, &code_of(&l3)).await;
     let erin_app = two.token(&erin, "io.cozy.notes");
-    let (s, v) = erin.call(Method::POST, &url, Some(&erin_app), Some(json!({"permissions": ["read"]}))).await;
-    assert_eq!(s, 400, "{v}");
+    let codes_before = code_entries(&one, &alice).await;
+    for _ in 0..5 {
+        let (s, v) = erin.call(Method::POST, &url, Some(&erin_app), Some(json!({"permissions": ["read"]}))).await;
+        assert_eq!(s, 400, "{v}");
+    }
     let carol_app = two.token(&carol, "io.cozy.notes");
     assert_eq!(carol.call(Method::POST, &url, Some(&carol_app), Some(json!({"permissions": ["read"]}))).await.0, 400);
+    assert_eq!(code_entries(&one, &alice).await, codes_before, "a refused request leaves nothing on the owner");
     // The peer route itself, with bob's access token on alice.
     let bob_peer = load(&two, &bob, &id).await.members[0].outbound.clone().unwrap().access_token;
     let (s, v) = alice.call(Method::POST, &url, Some(&bob_peer), Some(json!({"permissions": ["read"]}))).await;

@@ -196,12 +196,15 @@ pub async fn create(
     body: &Value,
 ) -> Result<(Invitation, String)> {
     let req = parse_request(cx, body, creator > 0)?;
+    // The records as they were, so that the entries of those pruned can go.
+    let pruned_before: Vec<String> = load(inst.store.as_ref(), id)
+        .await?
+        .map(|s| s.invitations.iter().filter(|i| !i.is_active()).map(|i| i.code_hash.clone()).collect())
+        .unwrap_or_default();
     let code = links::new_code();
     let hash = code_hash(&code);
     let inv_id = random_hex(16);
-    links::index_code(inst, &hash, &CodeRef::Invitation { sharing_id: id.to_string(), invitation_id: inv_id.clone() })
-        .await?;
-    let (inv, _) = update(inst.store.as_ref(), id, |s| {
+    let (inv, s) = update(inst.store.as_ref(), id, |s| {
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner's instance keeps invitation links".into()));
         }
@@ -249,6 +252,23 @@ pub async fn create(
         Ok(inv)
     })
     .await?;
+    // The code's index entry, once the link exists (a refused request leaves nothing behind);
+    // entries of the records pruned above go. Without its entry the code opens nothing, so a
+    // failure here revokes the link, whose code nobody was shown.
+    let target = CodeRef::Invitation { sharing_id: id.to_string(), invitation_id: inv_id.clone() };
+    if let Err(e) = links::index_code(inst, &hash, &target).await {
+        let revoked = update(inst.store.as_ref(), id, |s| {
+            revoke_where(s, |i| i.id == inv_id);
+            Ok(())
+        })
+        .await;
+        if let Err(r) = revoked {
+            tracing::warn!(instance = %inst.domain, sharing = %id, error = %r, "an unindexed invitation link stays");
+        }
+        return Err(e.into());
+    }
+    let kept: std::collections::HashSet<&str> = s.invitations.iter().map(|i| i.code_hash.as_str()).collect();
+    links::unindex_codes(inst, pruned_before.into_iter().filter(|h| !kept.contains(h.as_str()))).await;
     tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv.id, by = creator, "invitation link created");
     let link =
         format!("{}/sharings/{id}/discovery?invitation={code}", cx.federation.instance_url(inst.domain.as_str()));
