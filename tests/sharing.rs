@@ -378,3 +378,26 @@ async fn refused(
     assert_eq!(v["error"], error, "{method} {path}: {v}");
     assert!(v["reason"].as_str().is_some_and(|r| r.contains(reason)), "{method} {path}: {v}");
 }
+
+/// An outbox entry stored (by an older build) with an invalid sharing id is dropped by the
+/// worker, logged, and the next entry is still delivered or dropped as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_entry_with_an_invalid_sharing_id_is_dropped() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let inst = app.instance(&alice.domain);
+    let outbox = hearth::store::Doctype::parse(hearth::sharing::outbox::OUTBOX_DOCTYPE).unwrap();
+    let store = inst.store.as_ref();
+    for (id, sharing_id) in [("bad", "not a sharing id"), ("unknown", "0123456789abcdef0123456789abcdef")] {
+        let entry = json!({"sharing_id": sharing_id, "member_index": 1, "method": "PUT", "path": "/x",
+            "created_at": "2024-01-01T00:00:00Z"});
+        let id = hearth::store::DocId::parse(id).unwrap();
+        hearth::store::json::put(store, &outbox, &id, None, entry.as_object().unwrap().clone()).await.unwrap();
+    }
+    assert_eq!(hearth::sharing::outbox::pending(&inst).await.unwrap().len(), 1, "the bad entry does not read back");
+    eventually(10, "both entries are dropped", || {
+        let (inst, outbox) = (inst.clone(), outbox.clone());
+        async move { hearth::store::json::list(inst.store.as_ref(), &outbox).await.unwrap().is_empty() }
+    })
+    .await;
+}

@@ -31,7 +31,7 @@ use crate::auth::Verb;
 use crate::files::received::ContentNeed;
 use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest};
 use crate::sharing::xor::IdMap;
-use crate::sharing::{Sharing, SharingId};
+use crate::sharing::{MemberIndex, Sharing, SharingId};
 use crate::store::DocId;
 
 /// Files one `_content_diff` may ask about.
@@ -50,9 +50,9 @@ fn sharing_id(req: &HttpRequest) -> ApiResult<SharingId> {
 /// errors after a 404 `no such sharing` for an invalid sharing id, as content routes always
 /// answered); with `SENDS` false (the diff, a question that writes nothing) one that may only
 /// read is let in, with `SENDS` true (content) it is refused, 403 `READ_ONLY_REFUSAL`. Carries
-/// the sharing as loaded and the member's index, bare: the handlers index the member list
-/// with it (`IdMap::for_member`).
-struct ContentPeer<const SENDS: bool>(Sharing, usize);
+/// the sharing as loaded and the member's index (the handlers map ids with it,
+/// `IdMap::for_member`).
+struct ContentPeer<const SENDS: bool>(Sharing, MemberIndex);
 
 impl<const SENDS: bool> FromRequest for ContentPeer<SENDS> {
     type Error = ApiError;
@@ -65,8 +65,7 @@ impl<const SENDS: bool> FromRequest for ContentPeer<SENDS> {
             let verb = if SENDS { Verb::Post } else { Verb::Get };
             let id = sharing_id(&req)?;
             let (s, from) = replicating_peer(&inst, &req, &id, verb).await?;
-            let from = from.get();
-            if verb != Verb::Get && s.owner && s.members.get(from).is_some_and(|m| m.read_only) {
+            if verb != Verb::Get && s.owner && s.members.get(from.get()).is_some_and(|m| m.read_only) {
                 return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
             }
             Ok(ContentPeer(s, from))
@@ -172,7 +171,7 @@ async fn put_content(
         }
     }
     let size = files.finish_received(received).await?;
-    tracing::info!(instance = %inst.0.domain, sharing = %s.id(), member = from, file = %id, size,
+    tracing::info!(instance = %inst.0.domain, sharing = %s.id(), member = from.get(), file = %id, size,
         "received file content");
     // The owner relays what a recipient sent to the other members: wake the senders.
     state_of(&req)?.content.wake();

@@ -43,7 +43,7 @@ use super::callers::AppOrOwner;
 use super::{ApiError, ApiResult, AppState, Inst};
 use crate::auth::{PermissionSet, Reach, Verb};
 use crate::instance::Instance;
-use crate::sharing::{self, MemberStatus, Sharing};
+use crate::sharing::{self, MemberIndex, MemberStatus, Sharing};
 use crate::store::{ChangesQuery, Doctype};
 
 /// Events queued per subscriber at most.
@@ -222,7 +222,7 @@ async fn read(svc: &AppState, inst: &Arc<Instance>, hub: std::sync::Weak<Hub>) -
     let mut sharings_seq = store.db_info(&sharings_dt).await?.update_seq;
     let mut known: HashMap<String, Arc<Sharing>> =
         sharing::list(store.as_ref()).await?.into_iter().map(|s| (s.id().to_owned(), Arc::new(s))).collect();
-    let mut sync_seen: HashMap<(String, usize), SyncView> = HashMap::new();
+    let mut sync_seen: HashMap<(String, MemberIndex), SyncView> = HashMap::new();
     sync_changes(svc, inst, &known, &mut sync_seen, None).await?;
     let mut poll = tokio::time::interval(SYNC_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -468,7 +468,7 @@ async fn sync_changes(
     svc: &AppState,
     inst: &Arc<Instance>,
     sharings: &HashMap<String, Arc<Sharing>>,
-    seen: &mut HashMap<(String, usize), SyncView>,
+    seen: &mut HashMap<(String, MemberIndex), SyncView>,
     events: Option<&tokio::sync::broadcast::Sender<Arc<Event>>>,
 ) -> Result<(), Ended> {
     for (id, s) in sharings.iter().filter(|(_, s)| s.active) {

@@ -21,7 +21,10 @@ pub(crate) fn doctype() -> Doctype {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Entry {
-    pub sharing_id: String,
+    /// Stored as the bare id. Read back through [`SharingId::parse`]: an entry stored with an
+    /// invalid id does not deserialise, and the worker drops it (`sync::outbox::process`).
+    #[serde(deserialize_with = "parsed_sharing_id")]
+    pub sharing_id: SharingId,
     /// The member to notify; its stored credentials authenticate the call.
     pub member_index: MemberIndex,
     pub method: String,
@@ -43,7 +46,7 @@ pub struct Entry {
 impl Entry {
     pub fn new(sharing_id: &SharingId, member_index: MemberIndex, method: Method, path: String) -> Entry {
         Entry {
-            sharing_id: sharing_id.to_string(),
+            sharing_id: sharing_id.clone(),
             member_index,
             method: method.to_string(),
             path,
@@ -55,6 +58,10 @@ impl Entry {
             forget_credentials: false,
         }
     }
+}
+
+fn parsed_sharing_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SharingId, D::Error> {
+    SharingId::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// Adds an entry; the worker is woken to send it at once.
@@ -116,4 +123,34 @@ pub async fn pending(inst: &Instance) -> Result<Vec<Entry>, StoreError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_entry_is_stored_with_its_sharing_id_as_a_bare_string() {
+        let sid = SharingId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let mut e = Entry::new(&sid, MemberIndex(2), Method::PUT, "/sharings/x/members".into());
+        e.created_at = "2024-01-01T00:00:00Z".into();
+        let stored = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            stored,
+            json!({"sharing_id": "0123456789abcdef0123456789abcdef", "member_index": 2, "method": "PUT",
+                "path": "/sharings/x/members", "attempts": 0, "next_at_ms": 0,
+                "created_at": "2024-01-01T00:00:00Z", "forget_credentials": false})
+        );
+        assert_eq!(serde_json::from_value::<Entry>(stored).unwrap(), e);
+    }
+
+    #[test]
+    fn an_entry_stored_with_an_invalid_sharing_id_does_not_read_back() {
+        let stored = json!({"sharing_id": "not a sharing id", "member_index": 1, "method": "PUT",
+            "path": "/x", "created_at": "2024-01-01T00:00:00Z"});
+        let err = serde_json::from_value::<Entry>(stored).unwrap_err();
+        assert!(err.to_string().contains("invalid sharing id"), "{err}");
+    }
 }

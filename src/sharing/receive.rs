@@ -48,7 +48,7 @@ fn split_key(key: &str) -> Result<(Doctype, DocId)> {
 /// `_revs_diff` for a peer: honest for documents of this sharing; documents outside it are
 /// reported as entirely missing (their existence here is none of the peer's business).
 pub async fn revs_diff(inst: &Instance, s: &Sharing, from: MemberIndex, body: &Value) -> Result<RevsDiffAnswer> {
-    let map = IdMap::for_member(s, from.get());
+    let map = IdMap::for_member(s, from);
     let asked = RevsDiffRequest::parse(body, |key| split_key(key).map_err(|e| e.to_string()))
         .map_err(SharingError::BadRequest)?;
     let mut per_doctype: BTreeMap<Doctype, Vec<(String, DocId, Vec<Rev>)>> = BTreeMap::new();
@@ -103,7 +103,7 @@ pub async fn bulk_docs(
     may_write: bool,
     body: &[u8],
 ) -> Result<Applied> {
-    let map = IdMap::for_member(s, from.get());
+    let map = IdMap::for_member(s, from);
     let request = BulkDocs::parse(body).map_err(SharingError::BadRequest)?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {

@@ -10,7 +10,7 @@
 //! sixteen, and such an id may land on a recipient's own document (which is then refused by
 //! the safety rules instead of overwritten).
 
-use super::model::Sharing;
+use super::model::{MemberIndex, Sharing};
 
 /// A key: 32 nibbles, from 32 hex digits.
 pub fn parse_key(hex: &str) -> Option<Vec<u8>> {
@@ -43,9 +43,12 @@ pub struct IdMap {
 }
 
 impl IdMap {
-    pub fn for_member(s: &Sharing, member: usize) -> IdMap {
-        let key =
-            if s.owner { s.members.get(member).and_then(|m| m.xor_key.as_deref()).and_then(parse_key) } else { None };
+    pub fn for_member(s: &Sharing, member: MemberIndex) -> IdMap {
+        let key = if s.owner {
+            s.members.get(member.get()).and_then(|m| m.xor_key.as_deref()).and_then(parse_key)
+        } else {
+            None
+        };
         IdMap { key }
     }
 

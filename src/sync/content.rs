@@ -48,7 +48,7 @@ use crate::instance::{Instance, Registry};
 use crate::sharing::model::{PeerCredentials, Sharing};
 use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 use crate::sharing::xor::IdMap;
-use crate::sharing::{self, Context};
+use crate::sharing::{self, Context, MemberIndex};
 use crate::store::{Body, Doctype, SharingId, StoreError};
 
 /// Feed rows looked at per content diff (the receiver takes at most
@@ -63,7 +63,7 @@ fn checkpoints() -> Doctype {
     Doctype::parse(CHECKPOINTS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
 }
 
-pub fn record_id(sharing: &str, member: usize) -> String {
+pub fn record_id(sharing: &str, member: MemberIndex) -> String {
     format!("content-{sharing}-{member}")
 }
 
@@ -81,7 +81,7 @@ pub struct ContentRecord {
     pub bytes_sent: u64,
 }
 
-pub async fn read_record(inst: &Instance, sharing: &str, member: usize) -> Result<ContentRecord, StoreError> {
+pub async fn read_record(inst: &Instance, sharing: &str, member: MemberIndex) -> Result<ContentRecord, StoreError> {
     match inst.store.get_local(&checkpoints(), &record_id(sharing, member)).await {
         Ok(doc) => serde_json::from_str(doc.body.as_str())
             .map_err(|e| StoreError::Corrupt(format!("content checkpoint of sharing {sharing}, member {member}: {e}"))),
@@ -90,7 +90,7 @@ pub async fn read_record(inst: &Instance, sharing: &str, member: usize) -> Resul
     }
 }
 
-async fn write_record(inst: &Instance, sharing: &str, member: usize, r: &ContentRecord) -> Result<(), SyncError> {
+async fn write_record(inst: &Instance, sharing: &str, member: MemberIndex, r: &ContentRecord) -> Result<(), SyncError> {
     let body = match serde_json::to_value(r) {
         Ok(Value::Object(m)) => Body::from_map(&m),
         _ => return Err(SyncError::Protocol("content checkpoint does not serialise".into())),
@@ -147,7 +147,7 @@ impl ContentSender {
         inst: &Instance,
         files: &Files,
         s: &Sharing,
-        member: usize,
+        member: MemberIndex,
     ) -> Result<ContentStatus, SyncError> {
         let record = read_record(inst, s.id(), member).await?;
         let (files_pending, bytes_pending) = pending(inst, files, s.sharing_id(), record.last_seq).await?;
@@ -298,7 +298,7 @@ async fn plan(
                             let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
                             st.retry_at = Some(Instant::now() + wait);
                             st.last_error = Some(format!("the member refused {count} file(s): {reason}"));
-                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, refused = count,
+                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
                                 reason = %reason, "the member refused file content, will retry");
                         }
                         Ok((Outcome::Blocked, Held { waiting, .. })) => {
@@ -312,7 +312,7 @@ async fn plan(
                             let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
                             st.retry_at = Some(Instant::now() + wait);
                             st.last_error = Some(e.to_string());
-                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e,
+                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
                                 "content transfer failed, will retry");
                         }
                     }
@@ -333,7 +333,7 @@ struct LocalContent<'a> {
     inst: &'a Instance,
     files: &'a Files,
     sharing: &'a Sharing,
-    member: usize,
+    member: MemberIndex,
     ids: IdMap,
     record: ContentRecord,
     /// The record moved since it was last written.
@@ -423,7 +423,7 @@ struct Peer<'a> {
     federation: &'a Federation,
     inst: &'a Instance,
     sharing: &'a Sharing,
-    member: usize,
+    member: MemberIndex,
     base: Url,
     creds: PeerCredentials,
     /// The reason of the last file the member refused (see [`is_refusal`]).
@@ -454,7 +454,7 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
             let (member, creds) = (self.member, self.creds.clone());
             let id = self.sharing.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
             sharing::update(self.inst.store.as_ref(), &id, |s| {
-                if let Some(m) = s.members.get_mut(member).filter(|m| m.outbound.is_some()) {
+                if let Some(m) = s.members.get_mut(member.get()).filter(|m| m.outbound.is_some()) {
                     m.outbound = Some(creds.clone());
                 }
                 Ok(())
@@ -544,7 +544,7 @@ async fn round(
     inst: &Instance,
     files: &Files,
     s: &Sharing,
-    member: usize,
+    member: MemberIndex,
     link_seq: u64,
 ) -> Result<(Outcome, Held), SyncError> {
     let (base, creds) = super::replication::member_link(s, member)?;
@@ -564,7 +564,7 @@ async fn round(
     source.flush().await?;
     let (outcome, report) = outcome?;
     if report.files_sent > 0 {
-        tracing::info!(instance = %inst.domain, sharing = %s.id(), member, files = report.files_sent,
+        tracing::info!(instance = %inst.domain, sharing = %s.id(), member = member.get(), files = report.files_sent,
             bytes = report.bytes_sent, "sent file content");
     }
     let refused = if report.refused > 0 { target.refusal.lock().ok().and_then(|r| r.clone()) } else { None };

@@ -31,8 +31,8 @@ use crate::store::StoreError;
 pub struct PeerKey {
     pub domain: String,
     pub sharing: String,
-    /// The member's index, bare: `sync::content` keys its links by the same positions.
-    pub member: usize,
+    /// The member's index (`sync::content` keys its links the same way).
+    pub member: MemberIndex,
 }
 
 /// What this process knows of one replication link (the rest is in its [`LinkRecord`]).
@@ -150,17 +150,18 @@ impl SyncHandle for SyncManager {
 /// the sharing has `sync` rules, even when it may only read: the owner refuses what it sends
 /// (`sharing::protocol::READ_ONLY_REFUSAL`), and the link shows those documents refused
 /// (`degraded`), never a silent stay at home nor a link merely retrying.
-pub fn targets(s: &Sharing) -> Vec<usize> {
+pub fn targets(s: &Sharing) -> Vec<MemberIndex> {
     if !s.active {
         return Vec::new();
     }
     if s.owner {
         (1..s.members.len())
             .filter(|i| s.members[*i].status == MemberStatus::Ready && s.members[*i].outbound.is_some())
+            .map(MemberIndex)
             .collect()
     } else {
         if s.members[0].outbound.is_some() && s.has_sync_rule() {
-            vec![0]
+            vec![MemberIndex::OWNER]
         } else {
             Vec::new()
         }
@@ -304,7 +305,7 @@ async fn plan(
                     // No run of this link is under way (it is due), and none starts before
                     // this returns: the position can be written without racing one.
                     if let Err(e) = replication::save_position(inst, s.id(), member, checkpoint).await {
-                        tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e,
+                        tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
                             "the replication position could not be saved");
                     }
                 }
@@ -327,7 +328,7 @@ async fn run_one(
     manager: Arc<SyncManager>,
     inst: Arc<Instance>,
     s: Sharing,
-    member: usize,
+    member: MemberIndex,
     key: PeerKey,
 ) {
     let limits = Limits {
@@ -337,7 +338,7 @@ async fn run_one(
     };
     let started = Instant::now();
     let position = manager.with_state(&key, |st| st.position).unwrap_or(0);
-    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, MemberIndex(member), position) {
+    let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member, position) {
         Ok((mut source, mut target)) => {
             replicate::run(&mut source, &mut target, &limits, |r| {
                 manager.with_state(&key, |st| {
@@ -349,7 +350,7 @@ async fn run_one(
         }
         Err(e) => Err(e),
     };
-    tracing::debug!(instance = %inst.domain, sharing = %s.id(), member, us = started.elapsed().as_micros() as u64,
+    tracing::debug!(instance = %inst.domain, sharing = %s.id(), member = member.get(), us = started.elapsed().as_micros() as u64,
         sent = result.as_ref().map_or(0, |r| r.docs_sent), "replication run");
     let backoff = super::backoff(&cx.config);
     let now = manager.now_ms();
@@ -387,7 +388,7 @@ async fn run_one(
     match result {
         Ok(report) => {
             if report.docs_sent > 0 || !report.refused.is_empty() {
-                tracing::info!(instance = %inst.domain, sharing = %s.id(), member, sent = report.docs_sent,
+                tracing::info!(instance = %inst.domain, sharing = %s.id(), member = member.get(), sent = report.docs_sent,
                     refused = report.refused.len(), batches = report.batches, "replicated");
             }
         }
@@ -404,7 +405,7 @@ async fn run_one(
             }
         }
         Err(e) => {
-            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member, error = %e, transient = e.is_transient(),
+            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e, transient = e.is_transient(),
                 "replication failed, will retry");
         }
     }

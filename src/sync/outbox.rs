@@ -17,7 +17,7 @@ use super::manager::SyncManager;
 use crate::federation::client::FederationError;
 use crate::instance::{Instance, Registry};
 use crate::sharing::outbox::{self as entries, Entry};
-use crate::sharing::{self, Context, SharingId};
+use crate::sharing::{self, Context};
 use crate::store::{json, StoreError};
 
 fn now_ms() -> u64 {
@@ -46,10 +46,8 @@ impl Outcome {
 const NOT_YET_RETRIES: u32 = 3;
 
 async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
-    let Ok(sid) = SharingId::parse(&entry.sharing_id) else {
-        return Outcome::Drop("invalid sharing id".into());
-    };
-    let sharing = match sharing::load(inst.store.as_ref(), &sid).await {
+    let sid = &entry.sharing_id;
+    let sharing = match sharing::load(inst.store.as_ref(), sid).await {
         Ok(Some(s)) => s,
         Ok(None) => return Outcome::Drop("sharing no longer exists".into()),
         Err(e) => return Outcome::retry(e.to_string()),
@@ -71,7 +69,7 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
     if creds != before {
         // The access token was refreshed: keep it for the next calls.
         let idx = entry.member_index.get();
-        let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
+        let _ = sharing::update(inst.store.as_ref(), sid, |s| {
             if let Some(m) = s.members.get_mut(idx) {
                 if m.outbound.is_some() {
                     m.outbound = Some(creds.clone());
@@ -115,10 +113,14 @@ const CONFLICT_RETRIES: u32 = 6;
 pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, StoreError> {
     let mut next: Option<u64> = None;
     for rec in json::list(inst.store.as_ref(), &entries::doctype()).await? {
-        let Ok(mut entry) = serde_json::from_value::<Entry>(Value::Object(rec.body.clone())) else {
-            tracing::error!(entry = %rec.id, "unreadable outbox entry dropped");
-            let _ = json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await;
-            continue;
+        // An entry stored with an invalid sharing id (by an older build) is unreadable too.
+        let mut entry = match serde_json::from_value::<Entry>(Value::Object(rec.body.clone())) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::error!(instance = %inst.domain, entry = %rec.id, error = %e, "unreadable outbox entry dropped");
+                let _ = json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await;
+                continue;
+            }
         };
         if entry.next_at_ms > now_ms() {
             next = Some(next.map_or(entry.next_at_ms, |n: u64| n.min(entry.next_at_ms)));
@@ -129,16 +131,14 @@ pub async fn process(cx: &Context, inst: &Instance) -> Result<Option<u64>, Store
                 // Credentials go first: a crash in between leaves an entry that is dropped for
                 // lack of credentials, never credentials kept after the last message.
                 if entry.forget_credentials {
-                    if let Ok(sid) = SharingId::parse(&entry.sharing_id) {
-                        let idx = entry.member_index.get();
-                        let _ = sharing::update(inst.store.as_ref(), &sid, |s| {
-                            if let Some(m) = s.members.get_mut(idx) {
-                                m.outbound = None;
-                            }
-                            Ok(())
-                        })
-                        .await;
-                    }
+                    let idx = entry.member_index.get();
+                    let _ = sharing::update(inst.store.as_ref(), &entry.sharing_id, |s| {
+                        if let Some(m) = s.members.get_mut(idx) {
+                            m.outbound = None;
+                        }
+                        Ok(())
+                    })
+                    .await;
                 }
                 json::delete(inst.store.as_ref(), &entries::doctype(), &rec.id, &rec.rev).await?;
                 tracing::info!(instance = %inst.domain, sharing = %entry.sharing_id, path = %entry.path, "notification delivered");

@@ -89,7 +89,7 @@ fn checkpoints() -> Doctype {
     Doctype::parse(CHECKPOINTS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
 }
 
-pub fn checkpoint_id(sharing: &str, member: usize) -> String {
+pub fn checkpoint_id(sharing: &str, member: MemberIndex) -> String {
     format!("sharing-{sharing}-{member}")
 }
 
@@ -148,7 +148,7 @@ impl LinkRecord {
 }
 
 /// The record of (sharing, member); `last_seq`: everything up to it was acknowledged.
-pub async fn read_link(inst: &Instance, sharing: &str, member: usize) -> Result<LinkRecord, StoreError> {
+pub async fn read_link(inst: &Instance, sharing: &str, member: MemberIndex) -> Result<LinkRecord, StoreError> {
     match inst.store.get_local(&checkpoints(), &checkpoint_id(sharing, member)).await {
         Ok(doc) => serde_json::from_str(doc.body.as_str())
             .map_err(|e| StoreError::Corrupt(format!("checkpoint of sharing {sharing}, member {member}: {e}"))),
@@ -159,7 +159,7 @@ pub async fn read_link(inst: &Instance, sharing: &str, member: usize) -> Result<
 
 /// The checkpoint of (sharing, member): everything up to it was acknowledged by the member.
 /// (Only `last_seq` is read: the scheduler asks often, and the refusals can be many.)
-pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: usize) -> Result<u64, StoreError> {
+pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: MemberIndex) -> Result<u64, StoreError> {
     match inst.store.get_local(&checkpoints(), &checkpoint_id(sharing, member)).await {
         Ok(doc) => Ok(doc.body.get("last_seq").and_then(|v| v.as_u64()).unwrap_or(0)),
         Err(StoreError::NotFound) => Ok(0),
@@ -171,7 +171,7 @@ pub async fn read_checkpoint(inst: &Instance, sharing: &str, member: usize) -> R
 /// position runs reached through changes filtered out whole, which they keep in memory rather
 /// than write after each batch (see `replicate::run`). The caller makes sure no run of the
 /// link is under way.
-pub async fn save_position(inst: &Instance, sharing: &str, member: usize, seq: u64) -> Result<(), SyncError> {
+pub async fn save_position(inst: &Instance, sharing: &str, member: MemberIndex, seq: u64) -> Result<(), SyncError> {
     let mut record = read_link(inst, sharing, member).await?;
     if record.last_seq >= seq {
         return Ok(());
@@ -215,7 +215,7 @@ pub fn endpoints(
 ) -> Result<(LocalSource, PeerTarget), SyncError> {
     let shared = Shared::default();
     let target = PeerTarget::new(federation, inst.clone(), sharing, member, shared.clone())?;
-    let ids = IdMap::for_member(sharing, member.get());
+    let ids = IdMap::for_member(sharing, member);
     let source = LocalSource {
         inst,
         sharing: sharing.clone(),
@@ -281,7 +281,7 @@ impl Source for LocalSource {
     type Error = SyncError;
 
     async fn checkpoint(&mut self) -> Result<u64, SyncError> {
-        self.record = read_link(&self.inst, self.sharing.id(), self.member.get()).await?;
+        self.record = read_link(&self.inst, self.sharing.id(), self.member).await?;
         Ok(self.record.last_seq.max(self.position))
     }
 
@@ -462,7 +462,7 @@ impl Source for LocalSource {
         record.missing_revisions_found += missing;
         record.record_batch(&written, &refused, &now_rfc3339());
         let body = record_body(&record)?;
-        self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member.get()), body).await?;
+        self.inst.store.put_local(&checkpoints(), &checkpoint_id(self.sharing.id(), self.member), body).await?;
         self.record = record;
         Ok(())
     }
@@ -480,8 +480,8 @@ pub struct PeerTarget {
 
 /// Where and how this instance reaches member `member` of `s`: its address and the
 /// credentials it gave us (documents and file content both go this way).
-pub(crate) fn member_link(s: &Sharing, member: usize) -> Result<(Url, PeerCredentials), SyncError> {
-    let m = s.members.get(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
+pub(crate) fn member_link(s: &Sharing, member: MemberIndex) -> Result<(Url, PeerCredentials), SyncError> {
+    let m = s.members.get(member.get()).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
     let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
     let base = m
         .instance
@@ -499,7 +499,7 @@ impl PeerTarget {
         member: MemberIndex,
         shared: Shared,
     ) -> Result<PeerTarget, SyncError> {
-        let (base, creds) = member_link(s, member.get())?;
+        let (base, creds) = member_link(s, member)?;
         let sharing_id = s.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
         Ok(PeerTarget { federation, inst, sharing_id, member, base, creds, shared })
     }

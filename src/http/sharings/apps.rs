@@ -92,7 +92,7 @@ pub(super) async fn get_sharing(inst: Inst, caller: SharingReader, req: HttpRequ
             .ok_or_else(|| ApiError::bad_request("page[limit] must be 1 to 1000"))?,
     };
     // Ids in the caller's space: ours for apps, the member's for its instance.
-    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(MemberIndex::OWNER).get());
+    let ids = crate::sharing::xor::IdMap::for_member(&s, member.unwrap_or(MemberIndex::OWNER));
     let after = q
         .get("page[cursor]")
         .map(|c| {
@@ -227,16 +227,16 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
     };
     let mut members = Vec::new();
     for (i, m) in s.members.iter().enumerate() {
-        let mut entry = json!({"index": i, "status": m.status.as_str(), "read_only": m.read_only,
+        let member = MemberIndex(i);
+        let mut entry = json!({"index": member, "status": m.status.as_str(), "read_only": m.read_only,
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
-        let key =
-            crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: i };
+        let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member };
         let received = svc.sync.received_refusals(&key);
-        if targets.contains(&i) || received.docs > 0 {
+        if targets.contains(&member) || received.docs > 0 {
             entry["refused_received"] = serde_json::to_value(received).unwrap_or(Value::Null);
         }
-        if targets.contains(&i) {
-            let record = crate::sync::replication::read_link(&inst.0, id.as_str(), i).await?;
+        if targets.contains(&member) {
+            let record = crate::sync::replication::read_link(&inst.0, id.as_str(), member).await?;
             let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
             let info = inst.0.store.shared_info(&id, link.last_seq).await?;
             let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
@@ -247,7 +247,7 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
             rep["total"] = json!(total);
             entry["replication"] = rep;
             if let Some(files) = &files {
-                entry["content"] = content_status(&svc.content, &inst.0, files, &s, i).await?;
+                entry["content"] = content_status(&svc.content, &inst.0, files, &s, member).await?;
             }
         }
         members.push(entry);
@@ -271,7 +271,7 @@ pub(super) async fn content_status(
     inst: &crate::instance::Instance,
     files: &crate::files::Files,
     s: &Sharing,
-    member: usize,
+    member: MemberIndex,
 ) -> ApiResult<Value> {
     let status = sender.status(inst, files, s, member).await.map_err(sync_error)?;
     Ok(serde_json::to_value(status).unwrap_or(Value::Null))

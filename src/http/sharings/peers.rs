@@ -234,11 +234,8 @@ pub(super) async fn replication_bulk_docs(
     let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
         refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
-    let key = crate::sync::manager::PeerKey {
-        domain: inst.0.domain.to_string(),
-        sharing: id.to_string(),
-        member: from.get(),
-    };
+    let key =
+        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: from };
     svc.sync.note_received_refusals(&key, &applied.refused);
     if applied.revoke {
         let outcome = if s.owner {
