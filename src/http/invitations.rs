@@ -15,6 +15,7 @@ use super::{jsonapi, state_of};
 use super::{parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::sharing;
 use crate::sharing::invitations;
+use crate::sharing::protocol::Document;
 use crate::sharing::service;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -22,6 +23,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sharings/{id}/invitations/{inv}", web::delete().to(revoke))
         .route("/sharings/{id}/discard", web::post().to(discard))
         .route("/invitations/{code}", web::get().to(details));
+}
+
+/// A wire type as JSON: through a value, so members come out in alphabetical order, as they
+/// always did.
+fn wire(v: &impl serde::Serialize) -> ApiResult<Value> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.into()))
 }
 
 async fn json_body(req: &HttpRequest, payload: web::Payload) -> ApiResult<Value> {
@@ -43,7 +50,7 @@ async fn create(
     let (id, creator) = match caller {
         InvitationCreator::App(app) if !app.sharing.owner => {
             let answer = invitations::forward(&svc.sharing, &inst.0, &app.id, &body).await?;
-            return Ok(jsonapi(StatusCode::CREATED, answer));
+            return Ok(jsonapi(StatusCode::CREATED, wire(&answer)?));
         }
         InvitationCreator::App(app) => (app.id, 0),
         InvitationCreator::Member { id, index } => (id, index.get()),
@@ -52,8 +59,8 @@ async fn create(
     let s =
         sharing::load(inst.0.store.as_ref(), &id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let mut data = invitations::to_api(&s, &inv);
-    data["attributes"]["link"] = json!(link);
-    Ok(jsonapi(StatusCode::CREATED, json!({"data": data})))
+    data.attributes.link = Some(link);
+    Ok(jsonapi(StatusCode::CREATED, wire(&Document { data })?))
 }
 
 /// `GET /sharings/:id/invitations` — the owner's active links with their accept counts.
@@ -64,7 +71,7 @@ async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
         return Err(ApiError::Forbidden("invitation links are kept by the sharing's owner".into()));
     }
     let data = invitations::active_list(&s);
-    Ok(jsonapi(StatusCode::OK, json!({"data": data, "meta": {"count": data.len()}})))
+    Ok(jsonapi(StatusCode::OK, json!({"data": wire(&data)?, "meta": {"count": data.len()}})))
 }
 
 /// `DELETE /sharings/:id/invitations/:inv?revoke_members=true` — the link (and re-shares made

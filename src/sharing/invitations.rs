@@ -31,7 +31,9 @@ use url::Url;
 
 use super::links::{self, code_hash, in_secs, is_past, CodeRef};
 use super::model::{now_rfc3339, Member, MemberStatus, Sharing, SharingId};
+use super::protocol::{Document, Field, InvitationAttributes, InvitationRequest, InvitationResource};
 use super::Context;
+use super::MemberIndex;
 use super::{load, service, update, Result, SharingError};
 use crate::auth::random_hex;
 use crate::federation::client::FederationError;
@@ -107,23 +109,60 @@ pub struct NewInvitation {
     pub expires_in: u64,
 }
 
-/// Reads `{"permissions": [...], "max_accepted_users"?, "expires_in"?}` (also inside a JSON:API
-/// `data.attributes`). A re-sharer may only ask for `read`.
+/// Judges an [`InvitationRequest`] in `body` (see its docs). A re-sharer may only ask for
+/// `read`. Reasons of the 400s: the permissions' shape, `share` alone, a re-sharer's `write` or
+/// `share`, seats from 1 to [`MAX_SEATS`], an expiry from 1 s to the configured maximum.
 pub fn parse_request(cx: &Context, body: &Value, resharer: bool) -> Result<NewInvitation> {
-    let attrs = body.get("data").and_then(|d| d.get("attributes")).unwrap_or(body);
-    let attrs = attrs.as_object().ok_or_else(|| bad("the body must be a JSON object"))?;
-    let list = attrs
-        .get("permissions")
-        .and_then(Value::as_array)
-        .filter(|l| !l.is_empty() && l.len() <= 3)
-        .ok_or_else(|| bad("permissions must be a list of read or write, and optionally share"))?;
+    let ask = judge_shape(body, resharer)?;
+    let max_accepted_users = match ask.max_accepted_users {
+        Field::Unset => None,
+        Field::Set(n) => Some(
+            Some(n)
+                .filter(|n| (1..=MAX_SEATS).contains(n))
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(seats_refused)?,
+        ),
+        Field::Invalid => return Err(seats_refused()),
+    };
+    let links_cfg = &cx.config.links;
+    let expiry_refused =
+        || bad(format!("expires_in must be a number of seconds from 1 to {}", links_cfg.max_invitation_ttl_secs));
+    let expires_in = match ask.expires_in {
+        Field::Unset => links_cfg.invitation_ttl_secs,
+        Field::Set(n) if (1..=links_cfg.max_invitation_ttl_secs).contains(&n) => n,
+        _ => return Err(expiry_refused()),
+    };
+    let (write, share) = ask.flags;
+    Ok(NewInvitation { write, share, max_accepted_users, expires_in })
+}
+
+fn seats_refused() -> SharingError {
+    bad(format!("max_accepted_users must be an integer from 1 to {MAX_SEATS}"))
+}
+
+/// A request whose permissions were judged (`flags`: write, share); the rest as asked.
+struct Asked {
+    flags: (bool, bool),
+    max_accepted_users: Field<u64>,
+    expires_in: Field<u64>,
+}
+
+/// The checks that need no configuration: the body's shape and its permissions (also made by a
+/// re-sharing member's instance before it asks the owner).
+fn judge_shape(body: &Value, resharer: bool) -> Result<Asked> {
+    let ask = InvitationRequest::read(body).ok_or_else(|| bad("the body must be a JSON object"))?;
+    let shape = || bad("permissions must be a list of read or write, and optionally share");
+    let Field::Set(list) = ask.permissions else { return Err(shape()) };
+    if list.is_empty() || list.len() > 3 {
+        return Err(shape());
+    }
     let (mut read, mut write, mut share) = (false, false, false);
-    for p in list {
-        match p.as_str().map(str::to_ascii_lowercase).as_deref() {
-            Some("read") => read = true,
-            Some("write") => write = true,
-            Some("share") => share = true,
-            _ => return Err(bad("permissions must be a list of read or write, and optionally share")),
+    for p in &list {
+        match p.to_ascii_lowercase().as_str() {
+            "read" => read = true,
+            "write" => write = true,
+            "share" => share = true,
+            _ => return Err(shape()),
         }
     }
     if !read && !write {
@@ -132,23 +171,7 @@ pub fn parse_request(cx: &Context, body: &Value, resharer: bool) -> Result<NewIn
     if resharer && (write || share) {
         return Err(bad(ONLY_READ));
     }
-    let max_accepted_users = match attrs.get("max_accepted_users") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| (1..=MAX_SEATS).contains(n))
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad(format!("max_accepted_users must be an integer from 1 to {MAX_SEATS}")))?,
-        ),
-    };
-    let links_cfg = &cx.config.links;
-    let expires_in = match attrs.get("expires_in") {
-        None | Some(Value::Null) => links_cfg.invitation_ttl_secs,
-        Some(v) => v.as_u64().filter(|n| (1..=links_cfg.max_invitation_ttl_secs).contains(n)).ok_or_else(|| {
-            bad(format!("expires_in must be a number of seconds from 1 to {}", links_cfg.max_invitation_ttl_secs))
-        })?,
-    };
-    Ok(NewInvitation { write, share, max_accepted_users, expires_in })
+    Ok(Asked { flags: (write, share), max_accepted_users: ask.max_accepted_users, expires_in: ask.expires_in })
 }
 
 /// Whether a member holds a seat of its link.
@@ -480,28 +503,29 @@ pub async fn revoke(
 }
 
 /// The JSON:API view of a link for its owner (never its code).
-pub fn to_api(s: &Sharing, inv: &Invitation) -> Value {
-    json!({
-        "type": INVITATIONS_TYPE,
-        "id": inv.id,
-        "attributes": {
-            "sharing_id": s.id(),
-            "permissions": inv.permissions(),
-            "max_accepted_users": inv.max_accepted_users,
-            "expires_at": inv.expires_at,
-            "created_at": inv.created_at,
-            "created_by": inv.created_by,
-            "parent": inv.parent,
-            "active": inv.is_active(),
-            "accepted": count_members(s, &inv.id, |st| st == MemberStatus::Ready),
-            "pending": count_members(s, &inv.id, MemberStatus::is_invited),
-            "seats_used": seats_used(s, &inv.id),
+pub fn to_api(s: &Sharing, inv: &Invitation) -> InvitationResource {
+    InvitationResource {
+        attributes: InvitationAttributes {
+            accepted: count_members(s, &inv.id, |st| st == MemberStatus::Ready),
+            active: inv.is_active(),
+            created_at: inv.created_at.clone(),
+            created_by: MemberIndex(inv.created_by),
+            expires_at: inv.expires_at.clone(),
+            link: None,
+            max_accepted_users: inv.max_accepted_users,
+            parent: inv.parent.clone(),
+            pending: count_members(s, &inv.id, MemberStatus::is_invited),
+            permissions: inv.permissions().into_iter().map(str::to_owned).collect(),
+            seats_used: seats_used(s, &inv.id),
+            sharing_id: s.id().to_owned(),
         },
-    })
+        id: inv.id.clone(),
+        kind: INVITATIONS_TYPE.to_owned(),
+    }
 }
 
 /// The active links of a sharing, with their accept counts.
-pub fn active_list(s: &Sharing) -> Vec<Value> {
+pub fn active_list(s: &Sharing) -> Vec<InvitationResource> {
     s.invitations.iter().filter(|i| i.is_active()).map(|i| to_api(s, i)).collect()
 }
 
@@ -550,9 +574,22 @@ pub async fn details(inst: &Instance, code: &str) -> Result<Option<Value>> {
 }
 
 /// On a recipient: a member's app asks to re-share; the request goes to the owner with this
-/// instance's credentials (the owner decides), and the owner's answer (with the link) comes
-/// back. A refreshed access token is kept.
-pub async fn forward(cx: &Context, inst: &Instance, id: &SharingId, body: &Value) -> Result<Value> {
+/// instance's credentials (the owner decides; what needs no configuration is checked here
+/// first, with the owner's reasons), and the owner's answer (the link, shown this once) comes
+/// back; an answer that is not one answers 502. A refreshed access token is kept.
+pub async fn forward(
+    cx: &Context,
+    inst: &Instance,
+    id: &SharingId,
+    body: &Value,
+) -> Result<Document<InvitationResource>> {
+    let asked = judge_shape(body, true)?;
+    let request = InvitationRequest {
+        expires_in: asked.expires_in,
+        max_accepted_users: asked.max_accepted_users,
+        permissions: Field::Set(vec!["read".to_owned()]),
+    };
+    let request = serde_json::to_value(&request).map_err(|e| bad(e.to_string()))?;
     let s = load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     if s.owner || !s.active {
         return Err(SharingError::Forbidden("re-sharing needs an active sharing received from its owner".into()));
@@ -570,7 +607,7 @@ pub async fn forward(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
     let before = creds.access_token.clone();
     let result = cx
         .federation
-        .call_peer(&mut creds, &owner, reqwest::Method::POST, &format!("/sharings/{id}/invitations"), Some(body))
+        .call_peer(&mut creds, &owner, reqwest::Method::POST, &format!("/sharings/{id}/invitations"), Some(&request))
         .await;
     if creds.access_token != before {
         let kept = update(inst.store.as_ref(), id, |s| {
@@ -585,12 +622,25 @@ pub async fn forward(cx: &Context, inst: &Instance, id: &SharingId, body: &Value
             tracing::warn!(instance = %inst.domain, sharing = %id, error = %e, "failed to keep a refreshed token");
         }
     }
-    result.map_err(|e| match e {
+    let answer = result.map_err(|e| match e {
         FederationError::Status { status: 400, reason, .. } => SharingError::BadRequest(reason),
         FederationError::Status { status: 403, reason, .. } => SharingError::Forbidden(reason),
         FederationError::Status { status: 404, .. } => SharingError::NotFound("no such sharing on its owner".into()),
         other => SharingError::Peer(other),
-    })
+    })?;
+    created_link(answer).ok_or_else(|| SharingError::Peer(FederationError::BadResponse { peer: origin_of(&owner) }))
+}
+
+/// The owner's answer to a re-share, when it is one: an invitation link, with its `link`.
+fn created_link(answer: Value) -> Option<Document<InvitationResource>> {
+    serde_json::from_value::<Document<InvitationResource>>(answer)
+        .ok()
+        .filter(|d| d.data.kind == INVITATIONS_TYPE && d.data.attributes.link.is_some())
+}
+
+/// `scheme://host:port` of a peer, as errors name it.
+fn origin_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
 }
 
 /// `POST /sharings/:id/discard` on a recipient, for a request not accepted: forgets it here
@@ -694,6 +744,23 @@ mod tests {
         // Revoking the parent link revokes its re-shares.
         let mut s = sharing_with(vec![inv("a", None, 0), inv("b", Some("a"), 1)], vec![]);
         assert_eq!(revoke_where(&mut s, |i| i.id == "a"), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn a_re_share_takes_only_an_invitation_link_from_the_owner() {
+        let s = sharing_with(vec![inv("a", None, 0)], vec![]);
+        let mut link = to_api(&s, &s.invitations[0]);
+        assert!(created_link(serde_json::to_value(Document { data: link.clone() }).unwrap()).is_none(), "no link");
+        link.attributes.link = Some("https://owner.example/sharings/x/discovery?invitation=c".into());
+        let answer = serde_json::to_value(Document { data: link.clone() }).unwrap();
+        assert_eq!(created_link(answer.clone()).map(|d| d.data), Some(link));
+        for bad in [Value::Null, json!({"data": null}), json!("<html>"), json!({"data": {"type": "io.cozy.sharings"}})]
+        {
+            assert!(created_link(bad.clone()).is_none(), "{bad}");
+        }
+        let mut other = answer;
+        other["data"]["type"] = json!("io.cozy.sharings");
+        assert!(created_link(other).is_none());
     }
 
     #[test]

@@ -304,7 +304,9 @@ async fn included(
 ) -> ApiResult<Vec<Value>> {
     let mut out = if first_page { crate::http::permissions::covered_links(inst, perms).await? } else { Vec::new() };
     for s in listed.iter().filter(|s| s.owner && may_manage(perms, s)) {
-        out.extend(invitations::active_list(s));
+        for inv in invitations::active_list(s) {
+            out.push(serde_json::to_value(inv).map_err(|e| ApiError::Internal(e.into()))?);
+        }
     }
     Ok(out)
 }

@@ -32,7 +32,7 @@ pub const SHARINGS_TYPE: &str = "io.cozy.sharings";
 pub const CONTACTS_TYPE: &str = "io.cozy.contacts";
 
 /// A JSON:API document: `{"data": ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document<T> {
     pub data: T,
 }
@@ -436,6 +436,80 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Field<T> {
             v => serde_json::from_value(v).map_or(Field::Invalid, Field::Set),
         })
     }
+}
+
+impl<T> Field<T> {
+    /// Absent, or `null` (left out when written).
+    pub fn is_unset(&self) -> bool {
+        matches!(self, Field::Unset)
+    }
+}
+
+/// Written as its value (`null` when unset: skip it with [`Field::is_unset`]); an invalid field
+/// is only ever read, never written.
+impl<T: Serialize> Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Unset => s.serialize_none(),
+            Field::Set(v) => v.serialize(s),
+            Field::Invalid => Err(serde::ser::Error::custom("an invalid field is not written")),
+        }
+    }
+}
+
+/// The body of `POST /sharings/:id/invitations` (hearth's own, in the spirit of DIAL's share
+/// links): `{"permissions": ["read"|"write", "share"?], "max_accepted_users"?: seats,
+/// "expires_in"?: seconds}`, also read inside a JSON:API `data.attributes`. Sent by an app, and
+/// by a re-sharing member's instance on behalf of its app (`invitations::forward`); judged by the
+/// owner (`invitations::parse_request`), with the reasons it always gave for each member.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct InvitationRequest {
+    #[serde(default, skip_serializing_if = "Field::is_unset")]
+    pub expires_in: Field<u64>,
+    #[serde(default, skip_serializing_if = "Field::is_unset")]
+    pub max_accepted_users: Field<u64>,
+    #[serde(default, skip_serializing_if = "Field::is_unset")]
+    pub permissions: Field<Vec<String>>,
+}
+
+impl InvitationRequest {
+    /// The request in `body` (its `data.attributes` when it has them); `None` unless an object.
+    pub fn read(body: &Value) -> Option<InvitationRequest> {
+        let attrs = body.get("data").and_then(|d| d.get("attributes")).unwrap_or(body);
+        attrs.is_object().then(|| serde_json::from_value(attrs.clone()).ok()).flatten()
+    }
+}
+
+/// An invitation link (type `io.hearth.invitations`), as `POST` and `GET /sharings/:id/
+/// invitations` answer it: its `permissions` (`read` or `write`, and `share`), seats
+/// (`max_accepted_users`, `null` for no limit; `seats_used` by members made through it or a
+/// re-share of it), RFC 3339 dates, `created_by` (0: the owner, or the re-sharing member's
+/// index), the `parent` link of a re-share, and counts of members `accepted` and `pending`.
+/// `link`, the link itself, only in the answer that creates it (the one time it is shown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationResource {
+    pub attributes: InvitationAttributes,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The attributes of an [`InvitationResource`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvitationAttributes {
+    pub accepted: usize,
+    pub active: bool,
+    pub created_at: String,
+    pub created_by: MemberIndex,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    pub max_accepted_users: Option<u32>,
+    pub parent: Option<String>,
+    pub pending: usize,
+    pub permissions: Vec<String>,
+    pub seats_used: usize,
+    pub sharing_id: String,
 }
 
 /// The attributes of `POST /sharings`'s `data` (type `io.cozy.sharings`), as an app sends them
