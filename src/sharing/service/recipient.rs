@@ -83,9 +83,12 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
             peer: crate::federation::client::origin(&owner),
         }));
     };
-    let my_index = attrs.member_index.map(MemberIndex::get);
+    // This instance's member is the one the request is addressed to (`request::receive` made
+    // sure there is exactly one); an owner naming another index is not followed.
+    if attrs.member_index.is_some_and(|i| i.get() != me) {
+        tracing::warn!(instance = %inst.domain, sharing = %id, "the owner's answer names another member index; ignored");
+    }
     let read_only = attrs.read_only == Some(true);
-    let fallback_index = own_index(cx, inst, &s);
     let client_id = issued.client_id.clone();
     let stored = update(store, id, |s| {
         // A replacement that landed during the exchange (only the owner can make one) is not
@@ -96,7 +99,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
         let owner = s.members.first_mut().ok_or_else(|| bad("no owner"))?;
         owner.outbound = Some(creds.clone());
         owner.inbound_client_id = Some(client_id.clone());
-        if let Some(i) = my_index.or(fallback_index) {
+        if let Some(i) = own_index(cx, inst, s) {
             if let Some(m) = s.members.get_mut(i) {
                 m.status = MemberStatus::Ready;
                 m.read_only = read_only;
