@@ -163,26 +163,14 @@ pub async fn bulk_docs(
             let orphans = tree.as_ref().map(|t| t.orphans.clone()).unwrap_or_default();
             let own_mark = own_mark.clone();
             Arc::new(move |w: &DocWrite, standing: &Standing| {
-                if w.deleted && w.body.get(super::protocol::DEPARTED_FROM).as_ref() == Some(&own_mark) {
-                    return Verdict::Moot;
-                }
-                if !may_write {
-                    return Verdict::Refuse(super::protocol::READ_ONLY_REFUSAL.into());
-                }
-                let verdict = judge(&s, &doctype, w, standing, claimed.contains(&w.id));
-                let Some(&rule) = orphans.get(&w.id) else { return verdict };
-                let relocation = w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone())));
-                let adds = s.rules.get(rule).is_some_and(|r| r.allows(ChangeKind::Add, s.owner));
-                match verdict {
-                    // Its parent left the sharing here meanwhile: it is restored (see
-                    // `files::shared`, rule 3), if new documents may flow this way; its
-                    // relocation, written next in the same batch, takes it back in.
-                    Verdict::Refuse(_) if !standing.exists && standing.shared.is_none() && !w.deleted && adds => {
-                        Verdict::Accept { join: Some(rule), revokes: false }
-                    }
-                    _ if relocation && adds => Verdict::Accept { join: Some(rule), revokes: false },
-                    verdict => verdict,
-                }
+                let facts = Facts {
+                    claimed_initial: claimed.contains(&w.id),
+                    may_write,
+                    own_removal: w.body.get(super::protocol::DEPARTED_FROM).as_ref() == Some(&own_mark),
+                    orphan_of: orphans.get(&w.id).copied(),
+                    relocation: w.rev.as_ref().is_some_and(|r| relocations.contains(&(w.id.clone(), r.clone()))),
+                };
+                judge(&s, &doctype, w, standing, facts)
             })
         };
         // A removal, as opposed to the deletion of a settled conflict's losing leaf, or to the
@@ -504,9 +492,57 @@ fn peer_doc_id(d: &serde_json::value::RawValue) -> Option<String> {
     serde_json::from_str::<IdOnly>(d.get()).ok().map(|d| d.id)
 }
 
+/// What the batch knows of a received document, beside what the store holds (see [`judge`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The sender listed it in `_initial`.
+    pub claimed_initial: bool,
+    /// The sender may write here (not a read-only member, nor a sharing without `sync` rules).
+    pub may_write: bool,
+    /// It carries this instance's removal mark (`protocol::DEPARTED_FROM`): when a deletion,
+    /// the echo of a removal this instance sent.
+    pub own_removal: bool,
+    /// Its parent left the sharing here meanwhile (`TreeBefore::orphans`): the rule it was
+    /// shared by.
+    pub orphan_of: Option<usize>,
+    /// This write is the relocation of such an orphan into the shared directory, made here in
+    /// the same batch (`restore_orphans`).
+    pub relocation: bool,
+}
+
 /// The decision on one document received for sharing `s` from the other side (the owner when
 /// this instance is a recipient, a recipient when it is the owner), given what the store holds
-/// at the moment of the write. `claimed_initial`: the sender listed it in `_initial`.
+/// at the moment of the write and what the batch knows of it: the one place where a received
+/// document is written, refused or found moot.
+///
+/// - The echo of a removal this instance sent is moot: never written, so it cannot delete an
+///   item that came back here meanwhile.
+/// - Anything else from a member that may not write is refused (`READ_ONLY_REFUSAL`).
+/// - Then the rules ([`judge_by_rules`]).
+/// - A new item whose parent left the sharing here meanwhile, refused by the rules for that
+///   reason, is restored (`files::shared`, rule 3) if new documents may flow this way, as is its
+///   relocation into the shared directory, written next in the same batch.
+pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, facts: Facts) -> Verdict {
+    if w.deleted && facts.own_removal {
+        return Verdict::Moot;
+    }
+    if !facts.may_write {
+        return Verdict::Refuse(super::protocol::READ_ONLY_REFUSAL.into());
+    }
+    let verdict = judge_by_rules(s, doctype, w, standing, facts.claimed_initial);
+    let Some(rule) = facts.orphan_of else { return verdict };
+    let adds = s.rules.get(rule).is_some_and(|r| r.allows(ChangeKind::Add, s.owner));
+    match verdict {
+        Verdict::Refuse(_) if !standing.exists && standing.shared.is_none() && !w.deleted && adds => {
+            Verdict::Accept { join: Some(rule), revokes: false }
+        }
+        _ if facts.relocation && adds => Verdict::Accept { join: Some(rule), revokes: false },
+        verdict => verdict,
+    }
+}
+
+/// The rules' decision on a received document (see [`judge`]). `claimed_initial`: the sender
+/// listed it in `_initial`.
 ///
 /// - In the sharing here: an update, or a removal (a deletion, or a new version that no longer
 ///   matches), allowed by the rule's `update` or `remove` in this direction. A deletion under
@@ -519,7 +555,13 @@ fn peer_doc_id(d: &serde_json::value::RawValue) -> Option<String> {
 ///   match a rule, and either be part of the initial set the owner sends (named by an id rule,
 ///   or listed in `_initial`) or the rule's `add` must let new documents flow this way. It then
 ///   enters the sharing here with that rule.
-pub fn judge(s: &Sharing, doctype: &Doctype, w: &DocWrite, standing: &Standing, claimed_initial: bool) -> Verdict {
+pub fn judge_by_rules(
+    s: &Sharing,
+    doctype: &Doctype,
+    w: &DocWrite,
+    standing: &Standing,
+    claimed_initial: bool,
+) -> Verdict {
     let to_owner = s.owner;
     let mut matching = s
         .rules
@@ -647,19 +689,55 @@ pub(super) mod tests {
         let t = Doctype::parse("io.cozy.todos").unwrap();
         // On a recipient, with add: none: named and claimed documents are the initial set.
         let recipient = sharing(false, ("none", "sync", "sync"));
-        assert_eq!(judge(&recipient, &t, &doc("named", "x", false), &NEW, false), join(0));
-        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, true), join(1));
-        assert!(refused(&judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false)), "began to match later");
-        assert!(refused(&judge(&recipient, &t, &doc("t1", "l9", false), &NEW, true)), "claimed, matching no rule");
+        assert_eq!(judge_by_rules(&recipient, &t, &doc("named", "x", false), &NEW, false), join(0));
+        assert_eq!(judge_by_rules(&recipient, &t, &doc("t1", "l1", false), &NEW, true), join(1));
+        assert!(refused(&judge_by_rules(&recipient, &t, &doc("t1", "l1", false), &NEW, false)), "began to match later");
+        assert!(
+            refused(&judge_by_rules(&recipient, &t, &doc("t1", "l9", false), &NEW, true)),
+            "claimed, matching no rule"
+        );
         // On the owner, nothing is initial: a recipient's new document needs add: sync.
         let owner = sharing(true, ("push", "sync", "sync"));
-        assert!(refused(&judge(&owner, &t, &doc("named", "x", false), &NEW, true)));
-        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", false), &NEW, true)));
+        assert!(refused(&judge_by_rules(&owner, &t, &doc("named", "x", false), &NEW, true)));
+        assert!(refused(&judge_by_rules(&owner, &t, &doc("t1", "l1", false), &NEW, true)));
         let owner = sharing(true, ("sync", "none", "none"));
-        assert_eq!(judge(&owner, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+        assert_eq!(judge_by_rules(&owner, &t, &doc("t1", "l1", false), &NEW, false), join(1));
         // A recipient under add: push takes later documents from the owner.
         let recipient = sharing(false, ("push", "none", "none"));
-        assert_eq!(judge(&recipient, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+        assert_eq!(judge_by_rules(&recipient, &t, &doc("t1", "l1", false), &NEW, false), join(1));
+    }
+
+    #[test]
+    fn echoes_are_moot_read_only_members_refused_and_orphans_restored() {
+        let t = Doctype::parse("io.cozy.todos").unwrap();
+        let s = sharing(true, ("sync", "sync", "sync"));
+        let writer = Facts { may_write: true, ..Facts::default() };
+        // The echo of this instance's own removal is moot, even from a read-only member.
+        let echo = Facts { own_removal: true, ..Facts::default() };
+        assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &IN, echo), Verdict::Moot);
+        assert_eq!(
+            judge(&s, &t, &doc("t1", "l1", false), &IN, echo),
+            Verdict::Refuse(super::super::protocol::READ_ONLY_REFUSAL.into()),
+            "the mark on a live document is no echo"
+        );
+        // A read-only member's documents are refused whatever the rules say.
+        assert_eq!(
+            judge_by_rules(&s, &t, &doc("t1", "l1", false), &IN, false),
+            Verdict::Accept { join: None, revokes: false }
+        );
+        assert!(refused(&judge(&s, &t, &doc("t1", "l1", false), &IN, Facts::default())));
+        // An item whose parent left the sharing here (refused by the rules: it matches none
+        // now) is restored under its rule when `add` lets it in, and so is its relocation.
+        let orphan = Facts { orphan_of: Some(1), ..writer };
+        assert!(refused(&judge(&s, &t, &doc("t1", "l9", false), &NEW, writer)));
+        assert_eq!(judge(&s, &t, &doc("t1", "l9", false), &NEW, orphan), join(1));
+        assert!(refused(&judge(&s, &t, &doc("t1", "l9", true), &NEW, orphan)), "not a deletion");
+        assert_eq!(judge(&s, &t, &doc("t1", "l9", false), &OUTSIDE, Facts { relocation: true, ..orphan }), join(1));
+        let push = sharing(true, ("push", "sync", "sync"));
+        assert!(
+            refused(&judge(&push, &t, &doc("t1", "l9", false), &NEW, orphan)),
+            "add: push keeps members' items out"
+        );
     }
 
     #[test]
@@ -667,12 +745,12 @@ pub(super) mod tests {
         let t = Doctype::parse("io.cozy.todos").unwrap();
         let s = sharing(false, ("sync", "sync", "sync"));
         for standing in [OUTSIDE, LEFT] {
-            assert!(refused(&judge(&s, &t, &doc("t1", "l1", false), &standing, true)), "{standing:?}");
+            assert!(refused(&judge_by_rules(&s, &t, &doc("t1", "l1", false), &standing, true)), "{standing:?}");
         }
-        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &OUTSIDE, false)));
-        assert!(refused(&judge(&s, &t, &doc("t1", "l1", true), &NEW, false)));
+        assert!(refused(&judge_by_rules(&s, &t, &doc("t1", "l1", true), &OUTSIDE, false)));
+        assert!(refused(&judge_by_rules(&s, &t, &doc("t1", "l1", true), &NEW, false)));
         // A removal of a document that left the sharing here is moot, not written.
-        assert_eq!(judge(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
+        assert_eq!(judge_by_rules(&s, &t, &doc("t1", "l1", true), &LEFT, false), Verdict::Moot);
     }
 
     #[test]
@@ -685,10 +763,10 @@ pub(super) mod tests {
         let left =
             Standing { exists: true, shared: Some(SharedState { rule_index: 0, removed: true, seq: 1 }), parent: None };
         // The removal this instance sends answers the edit: moot (files::shared, rule 4).
-        assert_eq!(judge(&s, &files, &doc("f", "x", false), &left, false), Verdict::Moot);
+        assert_eq!(judge_by_rules(&s, &files, &doc("f", "x", false), &left, false), Verdict::Moot);
         // Where removals do not flow back to the sender, the edit is refused as before.
         s.rules[0].remove = Flow::None;
-        assert!(refused(&judge(&s, &files, &doc("f", "x", false), &left, false)));
+        assert!(refused(&judge_by_rules(&s, &files, &doc("f", "x", false), &left, false)));
     }
 
     #[test]
@@ -702,19 +780,19 @@ pub(super) mod tests {
             (false, ("none", "none", "sync"), false, true),
         ] {
             let s = sharing(owner, policy);
-            let v = judge(&s, &t, &doc("t1", "l1", false), &IN, false);
+            let v = judge_by_rules(&s, &t, &doc("t1", "l1", false), &IN, false);
             assert_eq!(v == ok, update, "update, owner {owner}, {policy:?}: {v:?}");
             // Deleted, or no longer matching: a removal.
             for removal in [doc("t1", "l1", true), doc("t1", "l2", false)] {
-                let v = judge(&s, &t, &removal, &IN, false);
+                let v = judge_by_rules(&s, &t, &removal, &IN, false);
                 assert_eq!(v == ok, remove, "removal, owner {owner}, {policy:?}: {v:?}");
             }
         }
         // Under remove: revoke, the owner's deletion revokes; a recipient's is refused.
         let recipient = sharing(false, ("none", "none", "revoke"));
-        let v = judge(&recipient, &t, &doc("t1", "l1", true), &IN, false);
+        let v = judge_by_rules(&recipient, &t, &doc("t1", "l1", true), &IN, false);
         assert_eq!(v, Verdict::Accept { join: None, revokes: true });
         let owner = sharing(true, ("none", "none", "revoke"));
-        assert!(refused(&judge(&owner, &t, &doc("t1", "l1", true), &IN, false)));
+        assert!(refused(&judge_by_rules(&owner, &t, &doc("t1", "l1", true), &IN, false)));
     }
 }

@@ -29,7 +29,7 @@ use crate::store::{MemberIndex, SharedChange};
 
 /// What to do with one change of the sharing's feed for one member (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Send {
+pub enum ToMember {
     /// Not sent.
     Skip,
     /// A document under a `remove: revoke` rule was deleted here or left the rule's set: the
@@ -59,27 +59,27 @@ pub fn is_echo(s: &Sharing, member: MemberIndex, row: &SharedChange) -> bool {
 
 /// The decision on `row` of `s`'s feed for `member`, whose checkpoint is `since`, given whether
 /// the document's winning revision here is a deletion (`deleted`).
-pub fn judge(s: &Sharing, member: MemberIndex, row: &SharedChange, deleted: bool, since: u64) -> Send {
-    let Some(rule) = s.rules.get(row.rule_index) else { return Send::Skip };
+pub fn judge(s: &Sharing, member: MemberIndex, row: &SharedChange, deleted: bool, since: u64) -> ToMember {
+    let Some(rule) = s.rules.get(row.rule_index) else { return ToMember::Skip };
     let gone = deleted || row.removed;
     if gone && rule.remove == Flow::Revoke {
-        return Send::Revoke;
+        return ToMember::Revoke;
     }
     if row.origin == Some(member) && row.joined == row.seq && !row.removed {
-        return Send::Skip;
+        return ToMember::Skip;
     }
     let to_owner = !s.owner;
     if row.joined > since && row.origin != Some(member) {
         let arrives = (!to_owner && (row.initial || rule.by_id())) || rule.allows(ChangeKind::Add, to_owner);
-        return if gone || !arrives { Send::Skip } else { Send::Arrival { initial: row.initial && s.owner } };
+        return if gone || !arrives { ToMember::Skip } else { ToMember::Arrival { initial: row.initial && s.owner } };
     }
     let kind = if gone { ChangeKind::Remove } else { ChangeKind::Update };
     if !rule.allows(kind, to_owner) {
-        Send::Skip
+        ToMember::Skip
     } else if row.removed && !deleted {
-        Send::Departure
+        ToMember::Departure
     } else {
-        Send::Change
+        ToMember::Change
     }
 }
 
@@ -111,55 +111,55 @@ mod tests {
         let s = sharing(true, ("sync", "sync", "sync"));
         let echo = SharedChange { origin: Some(M), ..row(5, 5, false) };
         assert!(is_echo(&s, M, &echo));
-        assert_eq!(judge(&s, M, &echo, false, 0), Send::Skip);
+        assert_eq!(judge(&s, M, &echo, false, 0), ToMember::Skip);
         assert!(!is_echo(&s, MemberIndex(2), &echo), "another member gets it");
-        assert_eq!(judge(&s, MemberIndex(2), &echo, false, 0), Send::Arrival { initial: false });
+        assert_eq!(judge(&s, MemberIndex(2), &echo, false, 0), ToMember::Arrival { initial: false });
         assert!(!is_echo(&s, M, &SharedChange { seq: 6, ..echo.clone() }), "changed here since");
         let revoke = sharing(true, ("sync", "sync", "revoke"));
         assert!(!is_echo(&revoke, M, &echo));
-        assert_eq!(judge(&revoke, M, &echo, true, 0), Send::Revoke);
-        assert_eq!(judge(&revoke, M, &SharedChange { removed: true, ..echo }, false, 0), Send::Revoke);
+        assert_eq!(judge(&revoke, M, &echo, true, 0), ToMember::Revoke);
+        assert_eq!(judge(&revoke, M, &SharedChange { removed: true, ..echo }, false, 0), ToMember::Revoke);
     }
 
     #[test]
     fn a_new_document_arrives_when_initial_by_id_or_allowed_by_add() {
         // The owner sends its initial set and its id rules' documents whatever `add` says.
         let s = sharing(true, ("none", "sync", "sync"));
-        assert_eq!(judge(&s, M, &row(5, 5, false), false, 0), Send::Skip);
+        assert_eq!(judge(&s, M, &row(5, 5, false), false, 0), ToMember::Skip);
         assert_eq!(
             judge(&s, M, &SharedChange { initial: true, ..row(5, 5, false) }, false, 0),
-            Send::Arrival { initial: true }
+            ToMember::Arrival { initial: true }
         );
-        assert_eq!(judge(&s, M, &row(5, 5, true), false, 0), Send::Arrival { initial: false });
+        assert_eq!(judge(&s, M, &row(5, 5, true), false, 0), ToMember::Arrival { initial: false });
         // A recipient sends a new document only under `add: sync`.
         let r = sharing(false, ("push", "sync", "sync"));
-        assert_eq!(judge(&r, OWNER, &row(5, 5, true), false, 0), Send::Skip);
+        assert_eq!(judge(&r, OWNER, &row(5, 5, true), false, 0), ToMember::Skip);
         let r = sharing(false, ("sync", "sync", "sync"));
-        assert_eq!(judge(&r, OWNER, &row(5, 5, true), false, 0), Send::Arrival { initial: false });
+        assert_eq!(judge(&r, OWNER, &row(5, 5, true), false, 0), ToMember::Arrival { initial: false });
         assert_eq!(
             judge(&r, OWNER, &SharedChange { initial: true, ..row(5, 5, true) }, false, 0),
-            Send::Arrival { initial: false },
+            ToMember::Arrival { initial: false },
             "only the owner lists an initial set"
         );
         // Deleted or gone before the member ever had it: nothing to send.
-        assert_eq!(judge(&r, OWNER, &row(5, 5, true), true, 0), Send::Skip);
-        assert_eq!(judge(&r, OWNER, &SharedChange { removed: true, ..row(5, 5, true) }, false, 0), Send::Skip);
+        assert_eq!(judge(&r, OWNER, &row(5, 5, true), true, 0), ToMember::Skip);
+        assert_eq!(judge(&r, OWNER, &SharedChange { removed: true, ..row(5, 5, true) }, false, 0), ToMember::Skip);
     }
 
     #[test]
     fn a_known_document_goes_as_its_rule_lets_it_flow() {
         let s = sharing(true, ("sync", "push", "none"));
         // Joined before the checkpoint (3): the member has it.
-        assert_eq!(judge(&s, M, &row(5, 2, false), false, 3), Send::Change);
-        assert_eq!(judge(&s, M, &row(5, 2, false), true, 3), Send::Skip, "remove: none");
+        assert_eq!(judge(&s, M, &row(5, 2, false), false, 3), ToMember::Change);
+        assert_eq!(judge(&s, M, &row(5, 2, false), true, 3), ToMember::Skip, "remove: none");
         let r = sharing(false, ("sync", "push", "sync"));
-        assert_eq!(judge(&r, OWNER, &row(5, 2, false), false, 3), Send::Skip, "update: push, not from a recipient");
-        assert_eq!(judge(&r, OWNER, &row(5, 2, false), true, 3), Send::Change, "a deletion");
+        assert_eq!(judge(&r, OWNER, &row(5, 2, false), false, 3), ToMember::Skip, "update: push, not from a recipient");
+        assert_eq!(judge(&r, OWNER, &row(5, 2, false), true, 3), ToMember::Change, "a deletion");
         let left = SharedChange { removed: true, ..row(5, 2, false) };
-        assert_eq!(judge(&r, OWNER, &left, false, 3), Send::Departure, "alive here, out of the sharing");
-        assert_eq!(judge(&r, OWNER, &left, true, 3), Send::Change, "deleted here: the deletion itself");
+        assert_eq!(judge(&r, OWNER, &left, false, 3), ToMember::Departure, "alive here, out of the sharing");
+        assert_eq!(judge(&r, OWNER, &left, true, 3), ToMember::Change, "deleted here: the deletion itself");
         // A document that came from the member and changed here since goes back to it.
         let changed = SharedChange { origin: Some(OWNER), ..row(5, 2, false) };
-        assert_eq!(judge(&r, OWNER, &changed, true, 3), Send::Change);
+        assert_eq!(judge(&r, OWNER, &changed, true, 3), ToMember::Change);
     }
 }

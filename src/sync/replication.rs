@@ -25,7 +25,7 @@ use crate::federation::client::{Federation, FederationError};
 use crate::instance::Instance;
 use crate::sharing::model::{now_rfc3339, PeerCredentials, Sharing};
 use crate::sharing::protocol::{BulkDocs, Departure, Refused, RevsDiffAnswer, RevsDiffRequest};
-use crate::sharing::send::{self, Send};
+use crate::sharing::send::{self, ToMember};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, MemberIndex, SharingId};
 use crate::store::doc::render_as;
@@ -326,9 +326,9 @@ impl Source for LocalSource {
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
             match send::judge(&self.sharing, self.member, &r, deleted, since) {
-                Send::Skip => continue,
-                Send::Revoke => return Err(SyncError::RevokeRequested),
-                Send::Arrival { initial: listed } => {
+                ToMember::Skip => continue,
+                ToMember::Revoke => return Err(SyncError::RevokeRequested),
+                ToMember::Arrival { initial: listed } => {
                     if listed {
                         initial.push(key.clone());
                     }
@@ -336,7 +336,7 @@ impl Source for LocalSource {
                     self.alive.insert(key.clone());
                     changes.push(Change { seq: r.seq, key, leaves, fresh: true });
                 }
-                Send::Departure => {
+                ToMember::Departure => {
                     // Under the rule's `remove` policy the member gets a deletion on top of
                     // the revision it may have; the same on every instance, since the
                     // tombstone's id is derived from that revision. For files, the member
@@ -352,7 +352,7 @@ impl Source for LocalSource {
                     self.alive.remove(&key);
                     changes.push(Change { seq: r.seq, key, leaves: vec![tombstone], fresh: false });
                 }
-                Send::Change => {
+                ToMember::Change => {
                     if deleted {
                         self.alive.remove(&key);
                     } else {

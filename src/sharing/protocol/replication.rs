@@ -14,11 +14,13 @@ use serde_json::Value;
 use super::{object, Lenient};
 use crate::store::Doctype;
 
-/// The reason of the owner's 403 to a member that may not write (read-only, or a sharing
-/// without `sync` rules: its token is GET-only) when it calls a replication route that writes
-/// (`_revs_diff`, `_bulk_docs`, content). The member's replicator reads it as the refusal of
-/// every document it was sending, shown in its status as `degraded` with `refused_docs`
-/// (`sync::replication::PeerTarget`), rather than as a failure to retry.
+/// The reason given to a member that may not write (read-only, or a sharing without `sync`
+/// rules: its token is GET-only): for each document it sends to `_bulk_docs`, refused in the
+/// answer (`sharing::receive::judge`; the echo of the receiver's own removal excepted, moot),
+/// and as the 403 of the other routes that would write (sending file content). The member's
+/// replicator reads it as the refusal of what it was sending, shown in its status as
+/// `degraded` with `refused_docs` (`sync::replication::PeerTarget`), rather than as a failure
+/// to retry.
 pub const READ_ONLY_REFUSAL: &str =
     "this member's permissions do not allow it: it may only read this sharing, so the owner refuses its changes";
 
