@@ -635,6 +635,22 @@ mod tests {
         v["data"]["attributes"]["members"][1]["read_only"] = Value::Null;
         let (_, state) = parse_document(&serde_json::to_vec(&v).unwrap(), &id, 100).unwrap();
         assert_eq!(state, None);
+        // Lists and objects where a flag, the state or what only the owner uses is expected
+        // are skipped (as they are read, not built).
+        let bulk = json!(vec![json!({"x": [0, 1, "two"]}); 1000]);
+        for path in [&["meta"][..], &["meta", "state"], &["data", "meta"], &["data", "attributes", "open_sharing"]] {
+            let mut w = wire(&doc).unwrap();
+            let (last, parents) = path.split_last().unwrap();
+            let mut at = &mut w;
+            for p in parents {
+                at = &mut at[*p];
+            }
+            at[*last] = bulk.clone();
+            let (read, state) = parse_document(&serde_json::to_vec(&w).unwrap(), &id, 100).unwrap();
+            let open = s.open_sharing && *last != "open_sharing";
+            let kept = (path[0] != "meta").then(|| "the-state".to_owned());
+            assert_eq!((state, read.open_sharing), (kept, open), "{path:?}");
+        }
         v["data"]["attributes"]["rules"][0]["doctype"] = json!("io.cozy.sharings");
         let Err(SharingError::BadRequest(reason)) = parse_document(&serde_json::to_vec(&v).unwrap(), &id, 100) else {
             panic!("an internal doctype is refused")

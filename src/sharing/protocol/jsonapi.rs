@@ -399,7 +399,7 @@ pub struct ApiMember {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_name: Option<String>,
-    #[serde(default, deserialize_with = "or_default", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, deserialize_with = "super::flag", skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
     pub status: String,
 }

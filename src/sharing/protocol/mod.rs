@@ -90,6 +90,104 @@ pub(crate) fn bounded<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D, max:
     d.deserialize_seq(Bounded(max, std::marker::PhantomData))
 }
 
+/// `#[serde(deserialize_with)]` for a flag read leniently without buffering: `true` only when
+/// the member is `true`; any other value, however large, is skipped as it is read (where
+/// [`or_default`] reads it into a `Value` first). For what a hostile peer sends in bulk.
+pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    d.deserialize_any(Skipping(|v: Scalar| matches!(v, Scalar::Bool(true))))
+}
+
+/// `#[serde(deserialize_with)]` for an optional text read leniently without buffering: `None`
+/// unless a string (see [`flag`]).
+pub(crate) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(Skipping(|v: Scalar| match v {
+        Scalar::Text(t) => Some(t),
+        _ => None,
+    }))
+}
+
+/// `#[serde(deserialize_with)]` for an optional object read leniently without buffering: `None`
+/// unless an object, read as a `T` (whose members must themselves be lenient); anything else
+/// is skipped as it is read.
+pub(crate) fn lenient_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    struct Object<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any value")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Object(std::marker::PhantomData))
+}
+
+/// A scalar as [`Skipping`] hands it over (lists and objects are skipped, never built).
+enum Scalar {
+    Bool(bool),
+    Text(String),
+    Other,
+}
+
+/// A visitor that reads a scalar into `f` and skips anything else without building it.
+struct Skipping<F>(F);
+
+impl<'de, T, F: FnOnce(Scalar) -> T> serde::de::Visitor<'de> for Skipping<F> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<T, E> {
+        Ok((self.0)(Scalar::Bool(v)))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<T, E> {
+        Ok((self.0)(Scalar::Other))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<T, E> {
+        Ok((self.0)(Scalar::Other))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+        Ok((self.0)(Scalar::Other))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<T, E> {
+        Ok((self.0)(Scalar::Text(v.to_owned())))
+    }
+    fn visit_unit<E>(self) -> Result<T, E> {
+        Ok((self.0)(Scalar::Other))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok((self.0)(Scalar::Other))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok((self.0)(Scalar::Other))
+    }
+}
+
 /// `#[serde(deserialize_with)]` for an optional member read leniently (see [`Lenient`]).
 pub(crate) fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
     Ok(Lenient::<T>::deserialize(d)?.0)

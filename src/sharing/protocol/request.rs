@@ -7,13 +7,15 @@
 //! they always did on the wire). Read, every list is bounded (a longer list stops the parse, so
 //! a hostile owner's answer costs at most about its size in memory: [`MAX_RULES`] rules of
 //! [`MAX_VALUES_PER_RULE`] values, [`MAX_WIRE_MEMBERS`] members), each rule is checked by
-//! `Rule::from_input` as a rule made here, and members that only the owner uses (`links`,
-//! `meta`, the dates, `owner`) are read leniently.
+//! `Rule::from_input` as a rule made here, members that only the owner uses (`links`, `meta`,
+//! the dates, `owner`, `initial_sync`) are skipped, and flags and the member's `state` are read
+//! leniently, all without building what is skipped (a value of the wrong type, however large,
+//! costs nothing but its reading).
 
 use serde::de::{Deserializer, Error as _};
 use serde::{Deserialize, Serialize};
 
-use super::{bounded, lenient, or_default, ApiMember, RevMeta, SelfLink};
+use super::{bounded, flag, lenient_object, text, ApiMember, RevMeta, SelfLink};
 use crate::sharing::model::{Rule, MAX_RULES, MAX_VALUES_PER_RULE};
 
 /// Members a request may list before its parse stops (the recipient's configured
@@ -25,7 +27,7 @@ pub const MAX_WIRE_MEMBERS: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharingRequest {
     pub data: RequestResource,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient_object", skip_serializing_if = "Option::is_none")]
     pub meta: Option<RequestMeta>,
 }
 
@@ -33,7 +35,7 @@ pub struct SharingRequest {
 /// can answer without the invitation link (owners before it gave none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestMeta {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "text")]
     pub state: Option<String>,
 }
 
@@ -43,9 +45,9 @@ pub struct RequestMeta {
 pub struct RequestResource {
     pub attributes: RequestAttributes,
     pub id: String,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub links: Option<SelfLink>,
-    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub meta: Option<RevMeta>,
     #[serde(rename = "type")]
     pub kind: String,
@@ -60,25 +62,25 @@ pub struct RequestResource {
 pub struct RequestAttributes {
     #[serde(default)]
     pub app_slug: Option<String>,
-    #[serde(default, deserialize_with = "or_default")]
+    #[serde(skip_deserializing)]
     pub created_at: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub id_nonce: Option<String>,
-    #[serde(default, deserialize_with = "or_default")]
+    #[serde(skip_deserializing)]
     pub initial_sync: bool,
     #[serde(deserialize_with = "members")]
     pub members: Vec<ApiMember>,
-    #[serde(default, deserialize_with = "or_default")]
+    #[serde(default, deserialize_with = "flag")]
     pub open_sharing: bool,
-    #[serde(default, deserialize_with = "or_default")]
+    #[serde(skip_deserializing)]
     pub owner: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_path: Option<String>,
     #[serde(deserialize_with = "rules")]
     pub rules: Vec<Rule>,
-    #[serde(default, deserialize_with = "or_default")]
+    #[serde(skip_deserializing)]
     pub updated_at: String,
 }
 
