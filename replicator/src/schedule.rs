@@ -130,6 +130,14 @@ impl LinkSchedule {
         self.next_at_ms = Some(now_ms.saturating_add(backoff.delay_ms(self.attempts - 1, jitter)));
     }
 
+    /// The run delivered what it could and waits for something outside the link (file
+    /// content not on this instance yet, say): look again `ms` after `now_ms`. Not a failure:
+    /// the health and the failures in a row stay as they were.
+    pub fn wait(&mut self, now_ms: u64, ms: u64) {
+        self.running = false;
+        self.next_at_ms = Some(now_ms.saturating_add(ms));
+    }
+
     /// The peer refused the run, or is not ready for it (HTTP 403 or 503), at `now_ms`. A member
     /// that has just accepted answers the owner before it stores its own side, so the first run
     /// of a link that never ran may be refused for a moment: that first refusal is retried
@@ -152,6 +160,17 @@ mod tests {
     use super::*;
 
     const B: Backoff = Backoff { base_ms: 100, max_ms: 10_000 };
+
+    #[test]
+    fn waiting_for_something_else_is_no_failure() {
+        let mut l = LinkSchedule::default();
+        l.started();
+        l.failed(0, &B, 0);
+        l.started();
+        l.wait(1_000, 250);
+        assert_eq!((l.health, l.attempts, l.running), (Health::Retrying, 1, false));
+        assert!(!l.due(1_249) && l.due(1_250));
+    }
 
     #[test]
     fn only_the_first_refusal_of_a_link_that_never_ran_is_retried_at_once() {

@@ -236,8 +236,11 @@ fn clip(s: Option<String>, max_chars: usize) -> Option<String> {
 /// validation as a sharing created here, and the member's `state` if the owner gave it.
 /// `max_members` counts the owner.
 fn parse_document(bytes: &[u8], id: &SharingId, max_members: usize) -> Result<(Sharing, Option<String>)> {
-    let wire: SharingRequest =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("the sharing request is invalid: {e}")))?;
+    let wire: SharingRequest = serde_json::from_slice(bytes).map_err(|e| {
+        // The reason without serde's position in the owner's text.
+        let e = e.to_string();
+        bad(format!("the sharing request is invalid: {}", e.split(" at line ").next().unwrap_or(&e)))
+    })?;
     let state = wire.meta.and_then(|m| clip(m.state, 256)).filter(|s| !s.is_empty());
     let data = wire.data;
     if data.kind != super::SHARINGS_DOCTYPE || data.id != id.as_str() {

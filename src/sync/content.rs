@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
+use hearth_replicator::schedule::LinkSchedule;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -54,8 +55,9 @@ use crate::store::{Body, Doctype, SharingId, StoreError};
 /// Feed rows looked at per content diff (the receiver takes at most
 /// `http::content::MAX_DIFF` files per request).
 const BATCH: usize = 200;
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a link whose files wait for content not on this instance yet waits before it
+/// looks again, in milliseconds.
+const WAITING_MS: u64 = 1000;
 /// How often the worker looks for links whose content is behind, besides being woken.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -115,13 +117,18 @@ pub struct ContentStatus {
     pub last_error: Option<String>,
 }
 
-/// In-process state of one content link.
+/// In-process state of one content link: its schedule (the replicator's, as for documents:
+/// backoff with jitter, never giving up) and the last error.
 #[derive(Clone, Debug, Default)]
 struct LinkState {
-    running: bool,
+    schedule: LinkSchedule,
     last_error: Option<String>,
-    failures: u32,
-    retry_at: Option<Instant>,
+}
+
+/// The schedules' clock: milliseconds since the first look (monotonic).
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
 }
 
 /// The content senders of one application: per-link state, and the bell that wakes them.
@@ -159,7 +166,7 @@ impl ContentSender {
             files_sent: record.files_sent,
             bytes_sent: record.bytes_sent,
             last_seq: record.last_seq,
-            running: st.running,
+            running: st.schedule.running,
             last_error: st.last_error,
         })
     }
@@ -266,7 +273,7 @@ async fn plan(
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
             let idle = sender
-                .with_state(&key, |st| !st.running && st.retry_at.is_none_or(|t| t <= Instant::now()))
+                .with_state(&key, |st| !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= now_ms()))
                 .unwrap_or(false);
             if !idle {
                 continue;
@@ -277,26 +284,24 @@ async fn plan(
                 continue;
             }
             let f = files.of(inst).await.map_err(files_error)?;
-            sender.with_state(&key, |st| st.running = true);
+            sender.with_state(&key, |st| st.schedule.started());
+            let backoff = super::backoff(&cx.config);
             let (cx, sender, inst, s) = (cx.clone(), sender.clone(), inst.clone(), s.clone());
             tokio::spawn(async move {
                 let outcome = round(&cx.federation, &inst, &f, &s, member, link_seq).await;
                 sender.with_state(&key, |st| {
-                    st.running = false;
+                    let now = now_ms();
                     match &outcome {
                         Ok((Outcome::Done, _)) => {
                             st.last_error = None;
-                            st.failures = 0;
-                            st.retry_at = None;
+                            st.schedule.succeeded();
                         }
                         // The rest was delivered; these files hold the checkpoint until their
                         // bytes are here (shown, never a silent stall).
                         // The member refused some (over its quota): shown, and retried with a
                         // growing wait, as a failure is.
                         Ok((Outcome::Blocked, Held { refused: Some(reason), count, .. })) => {
-                            st.failures = st.failures.saturating_add(1);
-                            let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
-                            st.retry_at = Some(Instant::now() + wait);
+                            st.schedule.failed(now, &backoff, rand::random());
                             st.last_error = Some(format!("the member refused {count} file(s): {reason}"));
                             tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
                                 reason = %reason, "the member refused file content, will retry");
@@ -305,12 +310,10 @@ async fn plan(
                             st.last_error = Some(format!(
                                 "{waiting} file(s) wait for content that is not on this instance yet, or that the member is receiving"
                             ));
-                            st.retry_at = Some(Instant::now() + RETRY_MIN);
+                            st.schedule.wait(now, WAITING_MS);
                         }
                         Err(e) => {
-                            st.failures = st.failures.saturating_add(1);
-                            let wait = RETRY_MIN.saturating_mul(1 << st.failures.min(5)).min(RETRY_MAX);
-                            st.retry_at = Some(Instant::now() + wait);
+                            st.schedule.failed(now, &backoff, rand::random());
                             st.last_error = Some(e.to_string());
                             tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
                                 "content transfer failed, will retry");
