@@ -17,7 +17,10 @@
 //! members alike, [`SharingReader`].
 //!
 //! Each fails with the error its handlers answered before, same status, same JSON body
-//! (`{"error","reason"}`, see `http::error`).
+//! (`{"error","reason"}`, see `http::error`). Being extractors, they run before the handler
+//! reads the body: a request without valid credentials gets its 401 or 403 whatever its body
+//! (for `POST /sharings/:id/invitations`, whose handler used to read the body first, a
+//! malformed body from an unauthenticated caller answered 400 before [`InvitationCreator`]).
 
 use std::future::{ready, Future, Ready};
 
