@@ -127,6 +127,14 @@ pub fn notice(inst: &Instance, s: &Sharing, index: MemberIndex) -> Option<Value>
     serde_json::to_value(Document { data }).ok()
 }
 
+/// Whether member `member`'s address, name and email are shown to member `target`: only the
+/// owner's and `target`'s own; every other member is reduced to its status, public name and
+/// read-only flag. The one rule of the sharing request and of the member list
+/// (`service::members_document`).
+pub fn shows_address(member: MemberIndex, target: MemberIndex) -> bool {
+    member.is_owner() || member == target
+}
+
 /// The request for member `target`, as its instance fetches it: Cozy's `PUT /sharings/:id`
 /// body, without any secret; the other members reduced to their status and public name, the
 /// rules' document ids transformed with the member's key (see `sharing::xor`), local rules left
@@ -139,7 +147,7 @@ pub fn request_document(s: &Sharing, target: MemberIndex) -> SharingRequest {
         }
     }
     for (i, m) in shown.members.iter_mut().enumerate() {
-        if i != 0 && MemberIndex(i) != target {
+        if !shows_address(MemberIndex(i), target) {
             m.instance = None;
             m.email = None;
             m.name = None;

@@ -16,7 +16,7 @@ fn members_path(id: &SharingId) -> String {
 
 /// The member list as member `target` is shown it: every member's status, public name and
 /// read-only flag, by index (the indices are the owner's); the address, name and email only of
-/// the owner and of `target` itself, as in the sharing request (see `request::request_document`).
+/// the owner and of `target` itself, as in the sharing request (see `request::shows_address`).
 pub fn members_document(s: &Sharing, target: MemberIndex) -> Value {
     let members: Vec<WireMember> = s
         .members
@@ -29,7 +29,7 @@ pub fn members_document(s: &Sharing, target: MemberIndex) -> Value {
                 public_name: m.public_name.clone(),
                 ..WireMember::default()
             };
-            if i == 0 || MemberIndex(i) == target {
+            if request::shows_address(MemberIndex(i), target) {
                 (o.name, o.email, o.instance) = (m.name.clone(), m.email.clone(), m.instance.clone());
             }
             o
