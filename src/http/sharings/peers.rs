@@ -229,7 +229,7 @@ pub(super) async fn replication_bulk_docs(
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
-    svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
+    svc.sharing.tracking.ensure(&inst.0, &id).await?;
     let files = svc.files.of(&inst.0).await.ok();
     let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,

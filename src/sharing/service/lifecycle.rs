@@ -248,7 +248,12 @@ pub(super) async fn revoke_rule_emptied(inst: &Instance, s: &Sharing) -> Result<
 /// recipient leaves it (its copy is its own to keep or destroy). Done before the trash write,
 /// so tracking has stopped when the root moves: no removal of it ever reaches the other side.
 /// Answers the sharings ended.
-pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files, id: &str) -> Result<Vec<SharingId>> {
+pub async fn trashing(
+    cx: &Context,
+    inst: &Instance,
+    files: &crate::files::Files,
+    id: &DocId,
+) -> Result<Vec<SharingId>> {
     let failed =
         |e: crate::files::FilesError| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!("{e}")));
     let mut ended = Vec::new();
@@ -261,7 +266,7 @@ pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files
         let mut root_inside = false;
         for root in s.rules.iter().filter(|r| r.subtree()).flat_map(|r| r.values.iter()) {
             match files.get(root).await {
-                Ok(item) if !item.trashed() && item.lineage().any(|a| a == id) => {
+                Ok(item) if !item.trashed() && item.lineage().any(|a| a == id.as_str()) => {
                     root_inside = true;
                     break;
                 }
