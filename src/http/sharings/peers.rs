@@ -238,12 +238,7 @@ pub(super) async fn replication_bulk_docs(
         crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: from };
     svc.sync.note_received_refusals(&key, &applied.refused);
     if applied.revoke {
-        let outcome = if s.owner {
-            service::revoke(&svc.sharing, &inst.0, &id, None).await
-        } else {
-            service::leave(&svc.sharing, &inst.0, &id).await
-        };
-        outcome?;
+        service::end(&svc.sharing, &inst.0, &id).await?;
     }
     svc.sync.wake();
     Ok(HttpResponse::Ok().json(applied.refused))

@@ -61,6 +61,19 @@ pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option
     Ok(s)
 }
 
+/// Ends sharing `id` on this instance, whichever side it is: on the owner the sharing is
+/// revoked for every member ([`revoke`] with no index), on a recipient this instance leaves it
+/// ([`leave`]). What a removal under a `remove: revoke` rule, a shared root going to the trash,
+/// and `hearth sharings revoke` without a member do.
+pub async fn end(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+    let s = load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    if s.owner {
+        revoke(cx, inst, id, None).await
+    } else {
+        leave(cx, inst, id).await
+    }
+}
+
 pub(super) async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[MemberIndex]) -> Result<()> {
     for i in members {
         if let Some(c) = s.member(*i).and_then(|m| m.inbound_client_id.as_deref()) {
@@ -278,11 +291,7 @@ pub async fn trashing(
             continue;
         }
         tracing::info!(instance = %inst.domain, sharing = %sid, "the shared root goes to the trash: the sharing ends here");
-        if s.owner {
-            revoke(cx, inst, &sid, None).await?;
-        } else {
-            leave(cx, inst, &sid).await?;
-        }
+        end(cx, inst, &sid).await?;
         ended.push(sid);
     }
     Ok(ended)
