@@ -718,6 +718,24 @@ mod tests {
     }
 
     #[test]
+    fn creators_and_adders_are_stored_as_bare_numbers() {
+        let mut i = inv("a", None, 2);
+        i.created_at = "t".into();
+        i.expires_at = "t".into();
+        let stored = serde_json::to_value(&i).unwrap();
+        assert_eq!(stored["created_by"], json!(2));
+        let mut old = stored.clone();
+        old.as_object_mut().unwrap().remove("created_by");
+        let read: Invitation = serde_json::from_value(old).unwrap();
+        assert_eq!(read.created_by, MemberIndex::OWNER, "absent: the owner, as before");
+        let mut m = Member::new(MemberStatus::Ready);
+        m.added_by = Some(MemberIndex(3));
+        let stored = serde_json::to_value(&m).unwrap();
+        assert_eq!(stored["added_by"], json!(3));
+        assert_eq!(serde_json::from_value::<Member>(stored).unwrap().added_by, Some(MemberIndex(3)));
+    }
+
+    #[test]
     fn seats_count_re_shares_against_the_parent_and_ignore_refusals() {
         let s = sharing_with(
             vec![inv("a", None, 0), inv("b", Some("a"), 1)],

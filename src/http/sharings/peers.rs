@@ -166,7 +166,7 @@ pub(in crate::http) async fn replicating_peer(
     let s =
         sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
-        s.members.get(index.get()).is_some_and(|m| m.status == MemberStatus::Ready)
+        s.member(index).is_some_and(|m| m.status == MemberStatus::Ready)
     } else {
         index.is_owner() && s.active
     };
