@@ -53,7 +53,7 @@ async fn a_person_accepts_a_sharing_in_headless_chromium() {
     let bob_inst = app.instance(&bob.domain);
     let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
     assert_eq!(created.members[1].status, MemberStatus::MailNotSent);
-    let link = service::invitation_link(&app.sharing, &alice_inst, &created, 1).unwrap();
+    let link = service::invitation_link(&app.sharing, &alice_inst, &created, hearth::sharing::MemberIndex(1)).unwrap();
     assert!(link.starts_with(&format!("http://{}/sharings/", alice.domain)), "{link}");
 
     let screenshots = std::env::var("SCREENSHOT_DIR")
@@ -139,7 +139,7 @@ async fn the_owners_page_shows_a_request_live_and_manages_the_sharing_in_headles
     let alice_inst = app.instance(&alice.domain);
     let bob_inst = app.instance(&bob.domain);
     let created = sharing::load(alice_inst.store.as_ref(), &id).await.unwrap().unwrap();
-    let link = service::invitation_link(&app.sharing, &alice_inst, &created, 1).unwrap();
+    let link = service::invitation_link(&app.sharing, &alice_inst, &created, hearth::sharing::MemberIndex(1)).unwrap();
 
     let screenshots = std::env::var("SCREENSHOT_DIR")
         .unwrap_or_else(|_| format!("{}/target/screenshots", env!("CARGO_MANIFEST_DIR")));

@@ -63,7 +63,9 @@ async fn the_seed_sharing_requests_are_accepted_and_answered_in_its_shape() {
     // is in the seed's shape.
     let id = created["data"]["id"].as_str().unwrap().to_owned();
     let inst = app.instance(&alice.domain);
-    let state = hearth::sharing::service::member_state(&inst, &load(&app, &alice, &id).await, 1).unwrap();
+    let state =
+        hearth::sharing::service::member_state(&inst, &load(&app, &alice, &id).await, hearth::sharing::MemberIndex(1))
+            .unwrap();
     let resp = common::browser()
         .post(alice.url(&format!("/sharings/{id}/discovery")))
         .header("Accept", "application/json")
@@ -73,13 +75,13 @@ async fn the_seed_sharing_requests_are_accepted_and_answered_in_its_shape() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let owned = load(&app, &alice, &id).await;
-    let token = hearth::sharing::request::request_token(&inst, &owned, 1).unwrap();
+    let token = hearth::sharing::request::request_token(&inst, &owned, hearth::sharing::MemberIndex(1)).unwrap();
     let (s, fetched) = alice.call(Method::GET, &format!("/sharings/{id}/request"), Some(&token), None).await;
     assert_eq!(s, 200, "{fetched}");
     has_shape(&put, &fetched, "");
     assert_eq!(fetched["data"]["attributes"]["members"][1]["instance"], json!(format!("http://{}", bob.domain)));
     // The notice sent again is answered in the seed's shape.
-    let notice = hearth::sharing::request::notice(&inst, &owned, 1).unwrap();
+    let notice = hearth::sharing::request::notice(&inst, &owned, hearth::sharing::MemberIndex(1)).unwrap();
     let (s, answer) = bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(notice)).await;
     assert_eq!(s, 200, "{answer}");
     let mut expected = put.clone();

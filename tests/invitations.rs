@@ -313,7 +313,7 @@ async fn revoking_a_link_keeps_its_members_unless_asked() {
     let state = url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let dave_inst = one.instance(&dave.domain);
     let sid = SharingId::parse(&id).unwrap();
-    let digest = hearth::sharing::request::digest(&load(&one, &dave, &id).await, 1);
+    let digest = hearth::sharing::request::digest(&load(&one, &dave, &id).await, hearth::sharing::MemberIndex(1));
     assert!(service::accept(&one.sharing, &dave_inst, &sid, &state, &digest).await.is_err());
     let (_, list) = alice.call(Method::GET, &format!("/sharings/{id}/invitations"), Some(&token), None).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
@@ -357,7 +357,10 @@ async fn a_share_member_re_shares_read_only_and_its_links_die_with_it() {
     let carol_index = join(&one, &alice, &two, &carol, &id, &code_of(&l2)).await;
     let s = load(&one, &alice, &id).await;
     let c = &s.members[carol_index];
-    assert_eq!((c.status, c.read_only, c.added_by), (MemberStatus::Ready, true, Some(bob_index)));
+    assert_eq!(
+        (c.status, c.read_only, c.added_by),
+        (MemberStatus::Ready, true, Some(hearth::sharing::MemberIndex(bob_index)))
+    );
     assert_eq!(c.invitation.as_deref(), Some(inv2.as_str()));
     // Re-shares count against the original limit: bob + carol use the two seats.
     let (s, v) = discover(&alice, &id, &code_of(&l2), &dave).await;
@@ -412,7 +415,7 @@ async fn a_preview_code_shows_the_sharing_and_moves_the_member_to_seen() {
     let id = create_sharing(&alice, &token, Some("/preview"), json!([{"email": "bob@example.net"}])).await;
     let inst = one.instance(&alice.domain);
     let s = load(&one, &alice, &id).await;
-    let link = service::invitation_link(&one.sharing, &inst, &s, 1).unwrap();
+    let link = service::invitation_link(&one.sharing, &inst, &s, hearth::sharing::MemberIndex(1)).unwrap();
     let prefix = format!("http://{}/public/preview?sharecode=", alice.domain);
     assert!(link.starts_with(&prefix), "{link}");
     let code = link[prefix.len()..].to_owned();

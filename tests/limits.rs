@@ -106,7 +106,12 @@ async fn pending_requests_are_counted_per_owner_without_reading_them() {
         let (app, alice, bob) = (&app, &alice, &bob);
         async move {
             let s = load(app, alice, &id).await;
-            let state = hearth::sharing::service::member_state(&app.instance(&alice.domain), &s, 1).unwrap();
+            let state = hearth::sharing::service::member_state(
+                &app.instance(&alice.domain),
+                &s,
+                hearth::sharing::MemberIndex(1),
+            )
+            .unwrap();
             let resp = browser()
                 .post(alice.url(&format!("/sharings/{id}/discovery")))
                 .header("Accept", "application/json")

@@ -67,7 +67,7 @@ async fn a_recipients_app_adds_carol_to_an_open_sharing_through_the_owner_and_ca
     // The owner has carol, added by bob, read-only until the owner upgrades her.
     let s = load(&one, &alice, &id).await;
     assert_eq!(s.members.len(), 3);
-    assert_eq!(s.members[2].added_by, Some(1));
+    assert_eq!(s.members[2].added_by, Some(hearth::sharing::MemberIndex(1)));
     assert!(s.members[2].read_only);
 
     let carol_link = invitations[0]["invitation"].as_str().unwrap().to_owned();

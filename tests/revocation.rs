@@ -80,7 +80,12 @@ async fn index_of(app: &TestApp, owner: &TestInstance, id: &str, who: &TestInsta
 }
 
 async fn state(app: &TestApp, owner: &TestInstance, id: &str, index: usize) -> String {
-    service::member_state(&app.instance(&owner.domain), &load(app, owner, id).await, index).unwrap()
+    service::member_state(
+        &app.instance(&owner.domain),
+        &load(app, owner, id).await,
+        hearth::sharing::MemberIndex(index),
+    )
+    .unwrap()
 }
 
 /// The owner's invitation link lets nobody in: not its page, not its use, not its details.
@@ -97,7 +102,7 @@ async fn link_is_closed(owner: &TestInstance, id: &str, code: &str, who: &TestIn
 async fn member_ways_are_closed(app: &TestApp, owner: &TestInstance, id: &str, index: usize, who: &TestInstance) {
     let inst = app.instance(&owner.domain);
     let s = load(app, owner, id).await;
-    let state = service::member_state(&inst, &s, index).unwrap();
+    let state = service::member_state(&inst, &s, hearth::sharing::MemberIndex(index)).unwrap();
     let html = browser()
         .get(owner.url(&format!("/sharings/{id}/discovery?state={state}")))
         .send()
@@ -109,13 +114,13 @@ async fn member_ways_are_closed(app: &TestApp, owner: &TestInstance, id: &str, i
     assert!(html.contains("This invitation was revoked.") && !html.contains("id=\"url\""), "{html}");
     let (s2, v) = discover(owner, id, "state", &state, who).await;
     assert_eq!(s2, 409, "discovery with the state: {v}");
-    let code = links::preview_code(&inst, &s, index).unwrap();
+    let code = links::preview_code(&inst, &s, hearth::sharing::MemberIndex(index)).unwrap();
     assert_eq!(owner.call(Method::GET, "/permissions/self", Some(&code), None).await.0, 401, "the preview code");
-    let token = request::request_token(&inst, &s, index).unwrap();
+    let token = request::request_token(&inst, &s, hearth::sharing::MemberIndex(index)).unwrap();
     assert_eq!(owner.call(Method::GET, &format!("/sharings/{id}/request"), Some(&token), None).await.0, 403);
     let late = json!({"data": {"type": "io.cozy.sharings.answer", "id": id, "attributes": {"state": state,
         "client": {"client_id": "c", "client_secret": "s"}, "access_token": {"access_token": "a", "refresh_token": "r"},
-        "request_digest": request::offered_digest(&s, index).unwrap()}}});
+        "request_digest": request::offered_digest(&s, hearth::sharing::MemberIndex(index)).unwrap()}}});
     let (s3, v) = owner.call(Method::POST, &format!("/sharings/{id}/answer"), None, Some(late)).await;
     assert_eq!(s3, 409, "a late answer: {v}");
 }
@@ -161,7 +166,7 @@ async fn after_revoking_everyone_no_link_code_or_late_answer_reopens_the_sharing
     // Bob's instance learns it, and a notice sent to it again changes nothing.
     eventually(WAIT, "bob learns the revocation", || async { load(&one, &bob, &id).await.revoked_at.is_some() }).await;
     let s = load(&one, &alice, &id).await;
-    let notice = request::notice(&one.instance(&alice.domain), &s, 1).unwrap();
+    let notice = request::notice(&one.instance(&alice.domain), &s, hearth::sharing::MemberIndex(1)).unwrap();
     assert_eq!(bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(notice)).await.0, 409);
 
     let s = load(&one, &alice, &id).await;

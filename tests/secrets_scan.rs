@@ -127,10 +127,10 @@ async fn stored_secrets(rec: &Recorder, app: &TestApp, inst: &TestInstance) {
                     rec.secret(v);
                 }
             }
-            if let Some(state) = service::member_state(&i, &s, index) {
+            if let Some(state) = service::member_state(&i, &s, hearth::sharing::MemberIndex(index)) {
                 rec.secret(&state);
             }
-            if let Some(token) = hearth::sharing::request::request_token(&i, &s, index) {
+            if let Some(token) = hearth::sharing::request::request_token(&i, &s, hearth::sharing::MemberIndex(index)) {
                 rec.secret(&token);
             }
         }
@@ -212,7 +212,9 @@ async fn no_secret_reaches_a_log_line_or_a_response_that_should_not_carry_it() {
     assert_eq!(s, 201, "{v}");
     let id = v["data"]["id"].as_str().unwrap().to_owned();
     let inst = one.instance(&alice.domain);
-    let preview = service::invitation_link(&one.sharing, &inst, &load(&one, &alice, &id).await, 1).unwrap();
+    let preview =
+        service::invitation_link(&one.sharing, &inst, &load(&one, &alice, &id).await, hearth::sharing::MemberIndex(1))
+            .unwrap();
     let preview_code = query_param(&preview, "sharecode");
     rec.secret(&preview_code);
     stored_secrets(&rec, &one, &alice).await;

@@ -33,7 +33,12 @@ async fn create(owner: &TestInstance, token: &str, recipients: Value) -> String 
 }
 
 async fn discover(app: &TestApp, owner: &TestInstance, id: &str, index: usize, who: &TestInstance) -> String {
-    let state = service::member_state(&app.instance(&owner.domain), &load(app, owner, id).await, index).unwrap();
+    let state = service::member_state(
+        &app.instance(&owner.domain),
+        &load(app, owner, id).await,
+        hearth::sharing::MemberIndex(index),
+    )
+    .unwrap();
     let resp = browser()
         .post(owner.url(&format!("/sharings/{id}/discovery")))
         .header("Accept", "application/json")
@@ -145,7 +150,9 @@ async fn someone_who_knows_the_sharing_id_cannot_plant_or_replace_a_request() {
     assert!(stored(&app, &bob, planted.as_str()).await.is_none(), "nothing planted");
 
     // Alice's own notice, sent again, replaces it with the same request.
-    let notice = request::notice(&app.instance(&alice.domain), &load(&app, &alice, &id).await, 1).unwrap();
+    let notice =
+        request::notice(&app.instance(&alice.domain), &load(&app, &alice, &id).await, hearth::sharing::MemberIndex(1))
+            .unwrap();
     let (s, v) = bob.call(Method::PUT, &path, None, Some(notice)).await;
     assert_eq!(s, 200, "{v}");
     let after = stored(&app, &bob, &id).await.unwrap();
@@ -166,7 +173,7 @@ async fn a_co_recipients_own_token_does_not_rewrite_another_members_request() {
     // Carol's instance holds a genuine token, for carol's request: sent to bob, the request it
     // fetches is addressed to carol's instance, so bob refuses it.
     let owned = load(&app, &alice, &id).await;
-    let carols = request::notice(&app.instance(&alice.domain), &owned, 2).unwrap();
+    let carols = request::notice(&app.instance(&alice.domain), &owned, hearth::sharing::MemberIndex(2)).unwrap();
     let (s, v) = bob.call(Method::PUT, &format!("/sharings/{id}"), None, Some(carols)).await;
     assert_eq!(s, 403, "{v}");
     assert!(v["reason"].as_str().unwrap().contains("not addressed to this instance"), "{v}");
@@ -300,7 +307,12 @@ async fn the_rules_accepted_are_the_rules_shown() {
     assert!(!load(&app, &bob, &id).await.active);
 
     // The owner checks the digest too: an answer for another request is refused.
-    let state = service::member_state(&app.instance(&alice.domain), &load(&app, &alice, &id).await, 1).unwrap();
+    let state = service::member_state(
+        &app.instance(&alice.domain),
+        &load(&app, &alice, &id).await,
+        hearth::sharing::MemberIndex(1),
+    )
+    .unwrap();
     let answer = json!({"data": {"type": "io.cozy.sharings.answer", "id": id, "attributes": {"state": state,
         "client": {"client_id": "c", "client_secret": "s"}, "access_token": {"access_token": "a", "refresh_token": "r"},
         "request_digest": shown}}});

@@ -109,12 +109,12 @@ pub(super) async fn run(core: Core, cmd: SharingsCmd) -> anyhow::Result<()> {
         SharingsCmd::Revoke { domain, id, member } => {
             let inst = open(&domain)?;
             let id = sid(&id)?;
-            let s = match sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")? {
-                s if s.owner => service::revoke(&cx, &inst, &id, member.map(sharing::MemberIndex)).await?,
-                _ if member.is_some() => {
+            let s = match (sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")?, member) {
+                (s, Some(m)) if s.owner => service::revoke(&cx, &inst, &id, Some(sharing::MemberIndex(m))).await?,
+                (_, Some(_)) => {
                     anyhow::bail!("only the owner revokes a member; on a recipient, revoke leaves the sharing")
                 }
-                _ => service::leave(&cx, &inst, &id).await?,
+                (_, None) => service::end(&cx, &inst, &id).await?,
             };
             println!(
                 "Revoked. The peers are told by the running server (hearth serve); sharing is now {}.",

@@ -65,7 +65,7 @@ impl<const SENDS: bool> FromRequest for ContentPeer<SENDS> {
             let verb = if SENDS { Verb::Post } else { Verb::Get };
             let id = sharing_id(&req)?;
             let (s, from) = replicating_peer(&inst, &req, &id, verb).await?;
-            if verb != Verb::Get && s.owner && s.members.get(from.get()).is_some_and(|m| m.read_only) {
+            if verb != Verb::Get && s.owner && s.member(from).is_some_and(|m| m.read_only) {
                 return Err(ApiError::Forbidden(crate::sharing::protocol::READ_ONLY_REFUSAL.into()));
             }
             Ok(ContentPeer(s, from))

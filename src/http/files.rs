@@ -550,7 +550,8 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     // A sharing whose root goes to the trash ends first (see `service::trashing`); a trash
     // that will be refused anyway (already there, stale `If-Match`) ends none.
     if !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev) {
-        crate::sharing::service::trashing(&state_of(&req)?.sharing, &inst.0, &files, &id).await?;
+        let doc_id = crate::store::DocId::parse(&id).map_err(|_| ApiError::bad_request("invalid file id"))?;
+        crate::sharing::service::trashing(&state_of(&req)?.sharing, &inst.0, &files, &doc_id).await?;
     }
     let item = files.trash(&id, if_match).await?;
     one(StatusCode::OK, &item)

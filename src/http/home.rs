@@ -25,7 +25,7 @@ use super::{ApiError, ApiResult, Inst, Query};
 use crate::auth::{Audience, PermissionSet};
 use crate::files::{Kind, ROOT_ID, TRASH_ID};
 use crate::instance::Instance;
-use crate::sharing::{self, MemberStatus, Sharing};
+use crate::sharing::{self, MemberIndex, MemberStatus, Sharing};
 
 /// Lifetime of the app token the page gets for its session: ten minutes (the script asks for a
 /// new one before it ends).
@@ -313,7 +313,7 @@ fn request_card(s: &Sharing, me: &str) -> Markup {
     let owner = s.members.first();
     // What accepting covers: the digest of the request as shown here (see `sharing::request`).
     let mine = s.members.iter().position(|m| m.instance.as_deref() == Some(me) && m.status != MemberStatus::Owner);
-    let digest = crate::sharing::request::digest(s, mine.unwrap_or(0));
+    let digest = crate::sharing::request::digest(s, MemberIndex(mine.unwrap_or(0)));
     html! {
         article.card.request data-sharing=(s.id()) {
             h3 { (if s.description.is_empty() { "A sharing" } else { s.description.as_str() }) }
@@ -332,7 +332,7 @@ fn request_card(s: &Sharing, me: &str) -> Markup {
 fn sharing_card(s: &Sharing, cx: &sharing::Context, inst: &Instance) -> Markup {
     let ended = s.revoked_at.is_some();
     // The owner passes these on when no mail is sent (see `service::invitations`).
-    let member_links: Vec<(usize, String)> = if s.owner && !ended {
+    let member_links: Vec<(MemberIndex, String)> = if s.owner && !ended {
         sharing::service::invitations(cx, inst, s).into_iter().map(|(i, _, l)| (i, l)).collect()
     } else {
         Vec::new()
@@ -364,7 +364,7 @@ fn sharing_card(s: &Sharing, cx: &sharing::Context, inst: &Instance) -> Markup {
                                             }
                                             " "
                                         }
-                                        @if let Some((_, l)) = member_links.iter().find(|(j, _)| *j == i) {
+                                        @if let Some((_, l)) = member_links.iter().find(|(j, _)| j.get() == i) {
                                             button type="button" data-action="copy" data-link-url=(l)
                                                 aria-label={"Copy the invitation link of " (member_name(m))} { "Copy invitation" }
                                             " "

@@ -52,8 +52,8 @@ async fn create(
             let answer = invitations::forward(&svc.sharing, &inst.0, &app.id, &body).await?;
             return Ok(jsonapi(StatusCode::CREATED, wire(&answer)?));
         }
-        InvitationCreator::App(app) => (app.id, 0),
-        InvitationCreator::Member { id, index } => (id, index.get()),
+        InvitationCreator::App(app) => (app.id, sharing::MemberIndex::OWNER),
+        InvitationCreator::Member { id, index } => (id, index),
     };
     let (inv, link) = invitations::create(&svc.sharing, &inst.0, &id, creator, &body).await?;
     let s =

@@ -17,7 +17,7 @@ use super::{jsonapi, state_of};
 use super::{parse_json, path, read_body, ApiError, ApiResult, Inst};
 use crate::instance::Instance;
 use crate::sharing::service;
-use crate::sharing::{self, MemberStatus, Sharing, SharingId};
+use crate::sharing::{self, MemberIndex, MemberStatus, Sharing, SharingId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/sharings/requests", web::get().to(list))
@@ -47,7 +47,7 @@ async fn list(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) 
         if !is_pending(&s, &me) || !may_manage(&perms, &s) {
             continue;
         }
-        let index = own_member(&s, &me).map_or(0, |(i, _)| i);
+        let index = own_member(&s, &me).map_or(MemberIndex::OWNER, |(i, _)| MemberIndex(i));
         let mut v = s.to_api();
         v["meta"]["digest"] = json!(sharing::request::digest(&s, index));
         data.push(v);

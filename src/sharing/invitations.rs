@@ -64,9 +64,10 @@ pub struct Invitation {
     pub max_accepted_users: Option<u32>,
     pub expires_at: String,
     pub created_at: String,
-    /// Member index of the creator: 0 for the owner, else the re-sharing member.
-    #[serde(default)]
-    pub created_by: usize,
+    /// Member index of the creator: 0 for the owner, else the re-sharing member (stored as the
+    /// bare number).
+    #[serde(default = "owner_index")]
+    pub created_by: MemberIndex,
     /// For a re-share: the link the re-sharing member joined through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
@@ -86,6 +87,11 @@ impl Invitation {
         }
         p
     }
+}
+
+/// `Invitation::created_by` when absent: the owner.
+fn owner_index() -> MemberIndex {
+    MemberIndex::OWNER
 }
 
 fn bad(reason: impl Into<String>) -> SharingError {
@@ -215,10 +221,10 @@ pub async fn create(
     cx: &Context,
     inst: &Instance,
     id: &SharingId,
-    creator: usize,
+    creator: MemberIndex,
     body: &Value,
 ) -> Result<(Invitation, String)> {
-    let req = parse_request(cx, body, creator > 0)?;
+    let req = parse_request(cx, body, !creator.is_owner())?;
     // The records as they were, so that the entries of those pruned can go.
     let pruned_before: Vec<String> = load(inst.store.as_ref(), id)
         .await?
@@ -246,10 +252,9 @@ pub async fn create(
             parent: None,
             revoked: false,
         };
-        if creator > 0 {
+        if !creator.is_owner() {
             let m = s
-                .members
-                .get(creator)
+                .member(creator)
                 .filter(|m| m.status == MemberStatus::Ready)
                 .ok_or_else(|| SharingError::Forbidden("only ready members may re-share".into()))?;
             let parent = m
@@ -292,7 +297,7 @@ pub async fn create(
     }
     let kept: std::collections::HashSet<&str> = s.invitations.iter().map(|i| i.code_hash.as_str()).collect();
     links::unindex_codes(inst, pruned_before.into_iter().filter(|h| !kept.contains(h.as_str()))).await;
-    tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv.id, by = creator, "invitation link created");
+    tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv.id, by = creator.get(), "invitation link created");
     let link =
         format!("{}/sharings/{id}/discovery?invitation={code}", cx.federation.instance_url(inst.domain.as_str()));
     Ok((inv, link))
@@ -322,7 +327,7 @@ pub async fn discovery_view(inst: &Instance, id: &SharingId, code: &str) -> Resu
 
 /// Atomically takes a seat of the link and makes the member for `peer` (or finds the member
 /// this instance already started with through the same link). Answers its index.
-async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer: &str) -> Result<usize> {
+async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer: &str) -> Result<MemberIndex> {
     let hash = code_hash(code);
     let max_members = cx.config.federation.max_members;
     let (index, _) = update(inst.store.as_ref(), id, |s| {
@@ -341,7 +346,7 @@ async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer
             }
         }
         // The same instance coming back through the same link resumes its pending seat.
-        let again = (1..s.members.len()).find(|&i| {
+        let again = s.recipient_indexes().find(|&i| {
             let m = &s.members[i];
             m.invitation.as_deref() == Some(inv.id.as_str())
                 && m.instance.as_deref() == Some(peer)
@@ -355,7 +360,7 @@ async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer
         }
         // An instance that is already in the sharing (invited personally, or through another
         // link) gets a clear 409 here, not a seat its instance would refuse.
-        service::already_there(s, 0, peer)?;
+        service::already_there(s, MemberIndex::OWNER, peer)?;
         for link in [Some(inv.id.as_str()), inv.parent.as_deref()].into_iter().flatten() {
             let max = s.invitations.iter().find(|x| x.id == link).and_then(|x| x.max_accepted_users);
             if max.is_some_and(|max| seats_used(s, link) >= max as usize) {
@@ -371,18 +376,18 @@ async fn reserve(cx: &Context, inst: &Instance, id: &SharingId, code: &str, peer
         m.state_nonce = Some(random_hex(16));
         m.xor_key = Some(random_hex(16));
         m.invitation = Some(inv.id.clone());
-        m.added_by = (inv.created_by > 0).then_some(inv.created_by);
+        m.added_by = (!inv.created_by.is_owner()).then_some(inv.created_by);
         s.members.push(m);
-        Ok(s.members.len() - 1)
+        Ok(MemberIndex(s.members.len() - 1))
     })
     .await?;
     Ok(index)
 }
 
 /// Gives a seat back when the discovery that took it failed.
-async fn release(inst: &Instance, id: &SharingId, index: usize) {
+async fn release(inst: &Instance, id: &SharingId, index: MemberIndex) {
     let r = update(inst.store.as_ref(), id, |s| {
-        if let Some(m) = s.members.get_mut(index) {
+        if let Some(m) = s.member_mut(index) {
             if m.status.is_invited() {
                 m.status = MemberStatus::Refused;
             }
@@ -391,7 +396,7 @@ async fn release(inst: &Instance, id: &SharingId, index: usize) {
     })
     .await;
     if let Err(e) = r {
-        tracing::warn!(instance = %inst.domain, sharing = %id, member = index, error = %e, "failed to give a seat back");
+        tracing::warn!(instance = %inst.domain, sharing = %id, member = index.get(), error = %e, "failed to give a seat back");
     }
 }
 
@@ -411,8 +416,8 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, code: &str,
     let state = service::member_state(inst, &s, index).ok_or_else(invalid)?;
     match service::discover(cx, inst, id, &state, url).await {
         Ok(redirect) => {
-            let inv = s.members.get(index).and_then(|m| m.invitation.clone()).unwrap_or_default();
-            tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv, member = index, "invitation link used");
+            let inv = s.member(index).and_then(|m| m.invitation.clone()).unwrap_or_default();
+            tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv, member = index.get(), "invitation link used");
             Ok(redirect)
         }
         Err(e) => {
@@ -452,8 +457,8 @@ pub fn revoke_all(s: &mut Sharing) {
 
 /// Hook of member revocation (owner revokes, member leaves): the links that member created
 /// stop working.
-pub fn revoke_created_by(s: &mut Sharing, index: usize) {
-    if index > 0 {
+pub fn revoke_created_by(s: &mut Sharing, index: MemberIndex) {
+    if !index.is_owner() {
         revoke_where(s, |i| i.created_by == index);
     }
 }
@@ -485,7 +490,7 @@ pub async fn revoke(
         } else {
             ids
         };
-        Ok((1..s.members.len())
+        Ok(s.recipient_indexes()
             .filter(|&i| {
                 let m = &s.members[i];
                 m.status == MemberStatus::Ready && m.invitation.as_ref().is_some_and(|x| ids.contains(x))
@@ -496,7 +501,7 @@ pub async fn revoke(
     tracing::info!(instance = %inst.domain, sharing = %id, invitation = %inv_id, "invitation link revoked");
     if revoke_members {
         for i in ready {
-            s = service::revoke(cx, inst, id, Some(super::MemberIndex(i))).await?;
+            s = service::revoke(cx, inst, id, Some(i)).await?;
         }
     }
     Ok(s)
@@ -509,7 +514,7 @@ pub fn to_api(s: &Sharing, inv: &Invitation) -> InvitationResource {
             accepted: count_members(s, &inv.id, |st| st == MemberStatus::Ready),
             active: inv.is_active(),
             created_at: inv.created_at.clone(),
-            created_by: MemberIndex(inv.created_by),
+            created_by: inv.created_by,
             expires_at: inv.expires_at.clone(),
             link: None,
             max_accepted_users: inv.max_accepted_users,
@@ -700,7 +705,7 @@ mod tests {
             max_accepted_users: Some(3),
             expires_at: in_secs(3600),
             created_at: now_rfc3339(),
-            created_by,
+            created_by: MemberIndex(created_by),
             parent: parent.map(str::to_owned),
             revoked: false,
         }
@@ -710,6 +715,24 @@ mod tests {
         let mut m = Member::new(status);
         m.invitation = Some(inv.into());
         m
+    }
+
+    #[test]
+    fn creators_and_adders_are_stored_as_bare_numbers() {
+        let mut i = inv("a", None, 2);
+        i.created_at = "t".into();
+        i.expires_at = "t".into();
+        let stored = serde_json::to_value(&i).unwrap();
+        assert_eq!(stored["created_by"], json!(2));
+        let mut old = stored.clone();
+        old.as_object_mut().unwrap().remove("created_by");
+        let read: Invitation = serde_json::from_value(old).unwrap();
+        assert_eq!(read.created_by, MemberIndex::OWNER, "absent: the owner, as before");
+        let mut m = Member::new(MemberStatus::Ready);
+        m.added_by = Some(MemberIndex(3));
+        let stored = serde_json::to_value(&m).unwrap();
+        assert_eq!(stored["added_by"], json!(3));
+        assert_eq!(serde_json::from_value::<Member>(stored).unwrap().added_by, Some(MemberIndex(3)));
     }
 
     #[test]
@@ -737,7 +760,7 @@ mod tests {
                 member("b", MemberStatus::Ready),
             ],
         );
-        revoke_created_by(&mut s, 1);
+        revoke_created_by(&mut s, MemberIndex(1));
         assert!(!s.invitations[0].revoked && s.invitations[1].revoked);
         assert_eq!(s.members[2].status, MemberStatus::Revoked);
         assert_eq!(s.members[3].status, MemberStatus::Ready, "members who accepted stay");

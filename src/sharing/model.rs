@@ -318,9 +318,10 @@ pub struct Member {
     /// Owner side: the key of this member's id transformation (see `sharing::xor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xor_key: Option<String>,
-    /// Owner side: index of the member who added this one (delegated adds).
+    /// Owner side: index of the member who added this one (delegated adds); stored as the bare
+    /// number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub added_by: Option<usize>,
+    pub added_by: Option<MemberIndex>,
     /// Owner side: the invitation link this member joined through (see `sharing::invitations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invitation: Option<String>,
@@ -335,6 +336,22 @@ pub struct Member {
     /// What we use to call this member (owner side) or the owner (recipient side, on member 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<PeerCredentials>,
+}
+
+/// `members[index]`: a sharing's member list is indexed by member index (panics when out of
+/// bounds, as a `usize` index does; see `Sharing::member` for the checked way).
+impl std::ops::Index<MemberIndex> for Vec<Member> {
+    type Output = Member;
+
+    fn index(&self, index: MemberIndex) -> &Member {
+        &self[index.get()]
+    }
+}
+
+impl std::ops::IndexMut<MemberIndex> for Vec<Member> {
+    fn index_mut(&mut self, index: MemberIndex) -> &mut Member {
+        &mut self[index.get()]
+    }
 }
 
 impl Member {
@@ -477,8 +494,23 @@ impl Sharing {
     /// every way in checks (discovery by `state` or preview code, the fetch of the sharing
     /// request, the owner's processing of an answer). Closed once the member answered, was
     /// revoked or left, and for everyone once the sharing is revoked.
-    pub fn invitation_open(&self, index: usize) -> bool {
-        !self.is_revoked() && index > 0 && self.members.get(index).is_some_and(|m| m.status.is_invited())
+    pub fn invitation_open(&self, index: MemberIndex) -> bool {
+        !self.is_revoked() && !index.is_owner() && self.member(index).is_some_and(|m| m.status.is_invited())
+    }
+
+    /// Member `index`, if there is one.
+    pub fn member(&self, index: MemberIndex) -> Option<&Member> {
+        self.members.get(index.get())
+    }
+
+    /// Member `index`, if there is one, to change it.
+    pub fn member_mut(&mut self, index: MemberIndex) -> Option<&mut Member> {
+        self.members.get_mut(index.get())
+    }
+
+    /// The recipients' indexes (every member but the owner), in order.
+    pub fn recipient_indexes(&self) -> impl Iterator<Item = MemberIndex> {
+        (1..self.members.len()).map(MemberIndex)
     }
 
     /// Whether new members may still join (invitation links, added recipients): not once the
@@ -509,8 +541,8 @@ impl Sharing {
     }
 
     /// Whether a recipient at `index` may write to the owner.
-    pub fn member_may_write(&self, index: usize) -> bool {
-        index > 0 && self.members.get(index).is_some_and(|m| !m.read_only) && self.has_sync_rule()
+    pub fn member_may_write(&self, index: MemberIndex) -> bool {
+        !index.is_owner() && self.member(index).is_some_and(|m| !m.read_only) && self.has_sync_rule()
     }
 }
 

@@ -52,7 +52,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::model::{now_rfc3339, Member, MemberStatus, Rule, Sharing, SharingId};
+use super::model::{now_rfc3339, Member, MemberIndex, MemberStatus, Rule, Sharing, SharingId};
 use super::protocol::{
     Document, Lenient, Notice, NoticeAttributes, NoticeMeta, NoticeOwner, RequestAttributes, RequestMeta,
     RequestResource, SharingRequest,
@@ -94,14 +94,14 @@ fn bad(reason: impl Into<String>) -> SharingError {
 
 /// The token that lets member `index`'s instance fetch its request back (owner side): derived
 /// from the instance key and the member's nonce, never stored, distinct from the `state`.
-pub fn request_token(inst: &Instance, s: &Sharing, index: usize) -> Option<String> {
-    let nonce = s.members.get(index)?.state_nonce.as_deref()?;
+pub fn request_token(inst: &Instance, s: &Sharing, index: MemberIndex) -> Option<String> {
+    let nonce = s.member(index)?.state_nonce.as_deref()?;
     Some(inst.derive_secret("sharing-request", &[s.id(), nonce]))
 }
 
-fn member_by_token(inst: &Instance, s: &Sharing, token: &str) -> Option<usize> {
+fn member_by_token(inst: &Instance, s: &Sharing, token: &str) -> Option<MemberIndex> {
     let mut found = None;
-    for i in 1..s.members.len() {
+    for i in s.recipient_indexes() {
         if request_token(inst, s, i).is_some_and(|t| Instance::secrets_match(token, &t)) {
             found = Some(i);
         }
@@ -110,7 +110,7 @@ fn member_by_token(inst: &Instance, s: &Sharing, token: &str) -> Option<usize> {
 }
 
 /// The notice the owner sends in `PUT /sharings/:id` for member `index`.
-pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
+pub fn notice(inst: &Instance, s: &Sharing, index: MemberIndex) -> Option<Value> {
     let token = request_token(inst, s, index)?;
     let owner = s.members.first()?;
     let owner = NoticeOwner {
@@ -127,20 +127,27 @@ pub fn notice(inst: &Instance, s: &Sharing, index: usize) -> Option<Value> {
     serde_json::to_value(Document { data }).ok()
 }
 
+/// Whether member `member`'s address, name and email are shown to member `target`: only the
+/// owner's and `target`'s own; every other member is reduced to its status, public name and
+/// read-only flag. The one rule of the sharing request and of the member list
+/// (`service::members_document`).
+pub fn shows_address(member: MemberIndex, target: MemberIndex) -> bool {
+    member.is_owner() || member == target
+}
+
 /// The request for member `target`, as its instance fetches it: Cozy's `PUT /sharings/:id`
 /// body, without any secret; the other members reduced to their status and public name, the
 /// rules' document ids transformed with the member's key (see `sharing::xor`), local rules left
 /// out.
-pub fn request_document(s: &Sharing, target: usize) -> SharingRequest {
+pub fn request_document(s: &Sharing, target: MemberIndex) -> SharingRequest {
     let mut shown = s.clone();
-    if let Some(key) = s.members.get(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sharing::xor::parse_key)
-    {
+    if let Some(key) = s.member(target).and_then(|m| m.xor_key.as_deref()).and_then(crate::sharing::xor::parse_key) {
         for r in shown.rules.iter_mut().filter(|r| r.selector.is_none()) {
             r.values = r.values.iter().map(|v| crate::sharing::xor::xor_id(v, &key)).collect();
         }
     }
     for (i, m) in shown.members.iter_mut().enumerate() {
-        if i != 0 && i != target {
+        if !shows_address(MemberIndex(i), target) {
             m.instance = None;
             m.email = None;
             m.name = None;
@@ -186,7 +193,7 @@ pub async fn serve(inst: &Instance, id: &SharingId, token: &str) -> Result<Value
     let refused = || SharingError::Forbidden("invalid request token, or the invitation is closed".into());
     let s = load(inst.store.as_ref(), id).await?.filter(|s| s.owner).ok_or_else(refused)?;
     let index = member_by_token(inst, &s, token).ok_or_else(refused)?;
-    if !s.invitation_open(index) || s.members[index].instance.is_none() {
+    if !s.invitation_open(index) || s.member(index).is_none_or(|m| m.instance.is_none()) {
         return Err(refused());
     }
     let mut doc = request_document(&s, index);
@@ -208,21 +215,21 @@ struct Shown<'a> {
 
 /// The digest of a request as member `target` sees it: SHA-256 (hex) of its owner's address
 /// and name, its description, its rules and whether the member is read-only.
-pub fn digest(s: &Sharing, target: usize) -> String {
+pub fn digest(s: &Sharing, target: MemberIndex) -> String {
     let owner = s.members.first();
     let shown = Shown {
         owner: owner.and_then(|m| m.instance.as_deref()),
         owner_name: owner.and_then(|m| m.public_name.as_deref()),
         description: &s.description,
         rules: &s.rules,
-        read_only: s.members.get(target).is_some_and(|m| m.read_only),
+        read_only: s.member(target).is_some_and(|m| m.read_only),
     };
     hex::encode(Sha256::digest(serde_json::to_vec(&shown).unwrap_or_default()))
 }
 
 /// The digest of the request the owner offers member `index` (owner side): that of the
 /// request document once read back as a recipient reads it.
-pub fn offered_digest(s: &Sharing, index: usize) -> Result<String> {
+pub fn offered_digest(s: &Sharing, index: MemberIndex) -> Result<String> {
     let bytes = serde_json::to_vec(&wire(&request_document(s, index))?).map_err(|e| bad(e.to_string()))?;
     let (offered, _) = parse_document(&bytes, &SharingId::parse(s.id()).map_err(bad)?, usize::MAX)?;
     Ok(digest(&offered, index))
@@ -500,7 +507,7 @@ async fn check_pending_room_after(cx: &Context, store: &dyn Store, owner: &str) 
 }
 
 /// Sends member `index` its notice (owner side); answers the recipient's reply.
-pub async fn send_notice(cx: &Context, inst: &Instance, s: &Sharing, index: usize, peer: &Url) -> Result<Value> {
+pub async fn send_notice(cx: &Context, inst: &Instance, s: &Sharing, index: MemberIndex, peer: &Url) -> Result<Value> {
     let body = notice(inst, s, index).ok_or_else(|| bad("this member has no invitation"))?;
     Ok(cx.federation.call_open(Method::PUT, peer, &format!("/sharings/{}", s.id()), Some(&body)).await?)
 }
@@ -560,11 +567,11 @@ mod tests {
     #[test]
     fn the_largest_request_fits_the_fetch_limit() {
         let s = largest(crate::config::FederationConfig::default().max_members);
-        let size = serde_json::to_vec(&wire(&request_document(&s, 1)).unwrap()).unwrap().len();
+        let size = serde_json::to_vec(&wire(&request_document(&s, MemberIndex(1))).unwrap()).unwrap().len();
         assert!(size > MAX_REQUEST_BYTES / 2, "the worst case is really built: {size} bytes");
         assert!(size < MAX_REQUEST_BYTES, "{size} bytes");
         // ...and reads back with the same digest.
-        assert_eq!(offered_digest(&s, 1).unwrap(), offered_digest(&s, 1).unwrap());
+        assert_eq!(offered_digest(&s, MemberIndex(1)).unwrap(), offered_digest(&s, MemberIndex(1)).unwrap());
     }
 
     /// A small sharing with fixed times, nonces and keys.
@@ -600,7 +607,7 @@ mod tests {
     #[test]
     fn the_request_document_is_pinned_byte_for_byte() {
         let s = small();
-        let text = serde_json::to_string(&wire(&request_document(&s, 2)).unwrap()).unwrap();
+        let text = serde_json::to_string(&wire(&request_document(&s, MemberIndex(2))).unwrap()).unwrap();
         let id = s.id();
         let expected = format!(
             concat!(
@@ -623,7 +630,7 @@ mod tests {
     fn the_recipient_reads_the_state_and_checks_each_rule_as_one_made_here() {
         let s = small();
         let id = SharingId::parse(s.id()).unwrap();
-        let mut doc = request_document(&s, 2);
+        let mut doc = request_document(&s, MemberIndex(2));
         doc.meta = Some(RequestMeta { state: Some("the-state".into()) });
         let bytes = serde_json::to_vec(&wire(&doc).unwrap()).unwrap();
         let (read, state) = parse_document(&bytes, &id, 100).unwrap();
@@ -675,7 +682,7 @@ mod tests {
     fn a_request_document_reads_back_as_it_was_offered() {
         let mut s = largest(3);
         s.rules = vec![Rule::from_input(&json!({"title": "t", "doctype": "io.cozy.notes", "values": ["a"]})).unwrap()];
-        let bytes = serde_json::to_vec(&wire(&request_document(&s, 2)).unwrap()).unwrap();
+        let bytes = serde_json::to_vec(&wire(&request_document(&s, MemberIndex(2))).unwrap()).unwrap();
         let (read, state) = parse_document(&bytes, &SharingId::parse(s.id()).unwrap(), 100).unwrap();
         assert_eq!(state, None, "no state unless the owner gives the member its own");
         assert_eq!(read.rules, s.rules);
@@ -686,15 +693,15 @@ mod tests {
         // A change in what is shown changes the digest.
         let mut other = read.clone();
         other.rules[0].values = vec!["b".into()];
-        assert_ne!(digest(&read, 2), digest(&other, 2));
+        assert_ne!(digest(&read, MemberIndex(2)), digest(&other, MemberIndex(2)));
         let mut ro = read.clone();
         ro.members[2].read_only = !ro.members[2].read_only;
-        assert_ne!(digest(&read, 2), digest(&ro, 2));
+        assert_ne!(digest(&read, MemberIndex(2)), digest(&ro, MemberIndex(2)));
         // Over-long lists stop the parse.
-        let mut doc = wire(&request_document(&s, 2)).unwrap();
+        let mut doc = wire(&request_document(&s, MemberIndex(2))).unwrap();
         doc["data"]["attributes"]["rules"][0]["values"] = json!(vec!["x"; MAX_VALUES_PER_RULE + 1]);
         assert!(parse_document(&serde_json::to_vec(&doc).unwrap(), &SharingId::parse(s.id()).unwrap(), 100).is_err());
-        let mut doc = wire(&request_document(&s, 2)).unwrap();
+        let mut doc = wire(&request_document(&s, MemberIndex(2))).unwrap();
         doc["data"]["attributes"]["members"] = json!(vec![json!({"status": "ready"}); MAX_WIRE_MEMBERS + 1]);
         assert!(parse_document(&serde_json::to_vec(&doc).unwrap(), &SharingId::parse(s.id()).unwrap(), 2000).is_err());
     }

@@ -41,11 +41,11 @@ impl Tracking {
 
     /// Makes sure the store tracks `sharing` before a write for it is applied (a sharing that
     /// has just become active, or an instance just opened).
-    pub async fn ensure(&self, inst: &Instance, sharing: &str) -> Result<(), StoreError> {
+    pub async fn ensure(&self, inst: &Instance, sharing: &SharingId) -> Result<(), StoreError> {
         let known = self
             .tracked
             .lock()
-            .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(sharing)))
+            .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(sharing.as_str())))
             .unwrap_or(false);
         if !known {
             self.refresh(inst).await?;

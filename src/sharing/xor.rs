@@ -44,11 +44,7 @@ pub struct IdMap {
 
 impl IdMap {
     pub fn for_member(s: &Sharing, member: MemberIndex) -> IdMap {
-        let key = if s.owner {
-            s.members.get(member.get()).and_then(|m| m.xor_key.as_deref()).and_then(parse_key)
-        } else {
-            None
-        };
+        let key = if s.owner { s.member(member).and_then(|m| m.xor_key.as_deref()).and_then(parse_key) } else { None };
         IdMap { key }
     }
 

@@ -457,7 +457,7 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
             let (member, creds) = (self.member, self.creds.clone());
             let id = self.sharing.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
             sharing::update(self.inst.store.as_ref(), &id, |s| {
-                if let Some(m) = s.members.get_mut(member.get()).filter(|m| m.outbound.is_some()) {
+                if let Some(m) = s.member_mut(member).filter(|m| m.outbound.is_some()) {
                     m.outbound = Some(creds.clone());
                 }
                 Ok(())

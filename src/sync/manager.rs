@@ -395,12 +395,7 @@ async fn run_one(
         Err(SyncError::RevokeRequested) => {
             let Some(id) = s.id.clone() else { return };
             tracing::info!(instance = %inst.domain, sharing = %id, "a removal revokes the sharing");
-            let outcome = if s.owner {
-                service::revoke(&cx, &inst, &id, None).await
-            } else {
-                service::leave(&cx, &inst, &id).await
-            };
-            if let Err(e) = outcome {
+            if let Err(e) = service::end(&cx, &inst, &id).await {
                 tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "revocation failed");
             }
         }

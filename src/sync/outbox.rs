@@ -52,7 +52,7 @@ async fn deliver(cx: &Context, inst: &Instance, entry: &Entry) -> Outcome {
         Ok(None) => return Outcome::Drop("sharing no longer exists".into()),
         Err(e) => return Outcome::retry(e.to_string()),
     };
-    let Some(member) = sharing.members.get(entry.member_index.get()) else {
+    let Some(member) = sharing.member(entry.member_index) else {
         return Outcome::Drop("no such member".into());
     };
     let (Some(mut creds), Some(base)) = (member.outbound.clone(), member.instance.clone()) else {

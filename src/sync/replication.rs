@@ -481,7 +481,7 @@ pub struct PeerTarget {
 /// Where and how this instance reaches member `member` of `s`: its address and the
 /// credentials it gave us (documents and file content both go this way).
 pub(crate) fn member_link(s: &Sharing, member: MemberIndex) -> Result<(Url, PeerCredentials), SyncError> {
-    let m = s.members.get(member.get()).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
+    let m = s.member(member).ok_or_else(|| SyncError::Protocol("no such member".into()))?;
     let creds = m.outbound.clone().ok_or_else(|| SyncError::Protocol("no credentials for this member".into()))?;
     let base = m
         .instance
@@ -510,7 +510,7 @@ impl PeerTarget {
         if self.creds != before {
             let (member, creds) = (self.member, self.creds.clone());
             sharing::update(self.inst.store.as_ref(), &self.sharing_id, |s| {
-                if let Some(m) = s.members.get_mut(member.get()).filter(|m| m.outbound.is_some()) {
+                if let Some(m) = s.member_mut(member).filter(|m| m.outbound.is_some()) {
                     m.outbound = Some(creds.clone());
                 }
                 Ok(())

@@ -36,7 +36,7 @@ pub async fn load(app: &TestApp, inst: &TestInstance, id: &str) -> Sharing {
 pub async fn link(app: &TestApp, owner: &TestInstance, id: &str, index: usize) -> String {
     let inst = app.instance(&owner.domain);
     let s = sharing::load(inst.store.as_ref(), &SharingId::parse(id).unwrap()).await.unwrap().unwrap();
-    service::invitation_link(&app.sharing, &inst, &s, index).unwrap()
+    service::invitation_link(&app.sharing, &inst, &s, hearth::sharing::MemberIndex(index)).unwrap()
 }
 
 pub fn hidden(html: &str, name: &str) -> String {

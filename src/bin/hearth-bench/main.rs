@@ -251,7 +251,7 @@ async fn hearth_initial_sync(n: usize) -> anyhow::Result<Rate> {
         "relationships": {"recipients": {"data": [{"instance": format!("http://{b}")}]}}}});
     let s = service::create(&svc, &alice, &scope, &request).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let id = SharingId::parse(s.id()).map_err(anyhow::Error::msg)?;
-    let state = service::member_state(&alice, &s, 1).context("state")?;
+    let state = service::member_state(&alice, &s, hearth::sharing::MemberIndex(1)).context("state")?;
     service::discover(&svc, &alice, &id, &state, &format!("http://{b}")).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Measure::start();
     let digest = service::pending_digest(&svc, &bob, &id).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -49,7 +49,7 @@ pub(super) async fn discovery_page(inst: Inst, req: HttpRequest) -> HttpResponse
         }
         Ok((id, hidden, Discovery::Ask { sharing, index })) => {
             let owner = sharing.members[0].public_name.clone().unwrap_or_default();
-            let known = sharing.members.get(index).and_then(|m| m.instance.clone()).unwrap_or_default();
+            let known = sharing.member(index).and_then(|m| m.instance.clone()).unwrap_or_default();
             let hidden = hidden
                 .map(|(name, value)| format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(&value)))
                 .unwrap_or_default();
@@ -172,9 +172,12 @@ pub(super) async fn authorize_page(inst: Inst, session: Option<PageSession>, req
         }
         return small_page(StatusCode::OK, "Sharing", text);
     }
-    let my_index =
-        s.members.iter().position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner);
-    let digest = crate::sharing::request::digest(&s, my_index.unwrap_or(0));
+    let my_index = s
+        .members
+        .iter()
+        .position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner)
+        .map(MemberIndex);
+    let digest = crate::sharing::request::digest(&s, my_index.unwrap_or(MemberIndex::OWNER));
     let csrf = csrf_token(&inst.0, &req).unwrap_or_default();
     if json {
         return HttpResponse::Ok()
@@ -302,7 +305,7 @@ async fn discovery_lookup(
             }
         };
         // No member yet: the index past the last one shows an empty address field.
-        let index = s.members.len();
+        let index = MemberIndex(s.members.len());
         return Ok((Some(("invitation", code)), Discovery::Ask { sharing: Box::new(s), index }));
     }
     let state = preview_state(inst, req, id, None).await?;

@@ -166,7 +166,7 @@ pub(in crate::http) async fn replicating_peer(
     let s =
         sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
-        s.members.get(index.get()).is_some_and(|m| m.status == MemberStatus::Ready)
+        s.member(index).is_some_and(|m| m.status == MemberStatus::Ready)
     } else {
         index.is_owner() && s.active
     };
@@ -229,7 +229,7 @@ pub(super) async fn replication_bulk_docs(
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
-    svc.sharing.tracking.ensure(&inst.0, s.id()).await?;
+    svc.sharing.tracking.ensure(&inst.0, &id).await?;
     let files = svc.files.of(&inst.0).await.ok();
     let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
@@ -238,12 +238,7 @@ pub(super) async fn replication_bulk_docs(
         crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: from };
     svc.sync.note_received_refusals(&key, &applied.refused);
     if applied.revoke {
-        let outcome = if s.owner {
-            service::revoke(&svc.sharing, &inst.0, &id, None).await
-        } else {
-            service::leave(&svc.sharing, &inst.0, &id).await
-        };
-        outcome?;
+        service::end(&svc.sharing, &inst.0, &id).await?;
     }
     svc.sync.wake();
     Ok(HttpResponse::Ok().json(applied.refused))

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::model::{is_internal_doctype, now_rfc3339, SharingId};
+use super::model::{is_internal_doctype, now_rfc3339, MemberIndex, SharingId};
 use super::{Result, SharingError};
 use crate::auth::{random_hex, PermissionSet, Verb};
 use crate::instance::Instance;
@@ -672,7 +672,7 @@ pub struct Grant {
     /// argon2 hash of the link's password: the request also needs the password cookie.
     pub password_hash: Option<String>,
     /// For previews: the sharing and the member the code belongs to.
-    pub member: Option<(SharingId, usize)>,
+    pub member: Option<(SharingId, MemberIndex)>,
     /// The JSON:API view `GET /permissions/self` answers.
     pub view: Value,
 }

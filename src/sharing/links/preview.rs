@@ -7,15 +7,15 @@ use serde_json::json;
 use super::{set_to_api, Grant, KIND_PREVIEW, PERMISSIONS_DOCTYPE, PREVIEW_PREFIX};
 use crate::auth::PermissionSet;
 use crate::instance::Instance;
-use crate::sharing::model::{MemberStatus, Sharing, SharingId};
+use crate::sharing::model::{MemberIndex, MemberStatus, Sharing, SharingId};
 use crate::sharing::{load, update, Context, Result};
 
 /// The preview code of member `index`, when the sharing has a preview path (owner side).
-pub fn preview_code(inst: &Instance, s: &Sharing, index: usize) -> Option<String> {
-    if !s.owner || s.preview_path.is_none() || index == 0 {
+pub fn preview_code(inst: &Instance, s: &Sharing, index: MemberIndex) -> Option<String> {
+    if !s.owner || s.preview_path.is_none() || index.is_owner() {
         return None;
     }
-    let nonce = s.members.get(index)?.state_nonce.as_deref()?;
+    let nonce = s.member(index)?.state_nonce.as_deref()?;
     let mac = inst.derive_secret("sharing-preview", &[s.id(), nonce]);
     Some(format!("{PREVIEW_PREFIX}{}_{mac}", s.id()))
 }
@@ -29,7 +29,7 @@ pub fn preview_page_path(s: &Sharing) -> Option<String> {
 
 /// The invitation link of a member of a sharing with a preview path: its preview page with its
 /// preview code.
-pub fn preview_link(cx: &Context, inst: &Instance, s: &Sharing, index: usize) -> Option<String> {
+pub fn preview_link(cx: &Context, inst: &Instance, s: &Sharing, index: MemberIndex) -> Option<String> {
     let code = preview_code(inst, s, index)?;
     let path = preview_page_path(s)?;
     Some(format!("{}{path}?sharecode={code}", cx.federation.instance_url(inst.domain.as_str())))
@@ -62,7 +62,7 @@ pub(super) async fn resolve_preview(inst: &Instance, code: &str) -> Result<Optio
         return Ok(None);
     };
     let mut found = None;
-    for i in 1..s.members.len() {
+    for i in s.recipient_indexes() {
         if preview_code(inst, &s, i).is_some_and(|expected| Instance::secrets_match(code, &expected)) {
             found = Some(i);
         }
@@ -77,7 +77,7 @@ pub(super) async fn resolve_preview(inst: &Instance, code: &str) -> Result<Optio
     let s = if matches!(status, MemberStatus::MailNotSent | MemberStatus::Pending) {
         // The first use of the code means the member saw the invitation.
         let (_, s) = update(inst.store.as_ref(), &sid, |s| {
-            if let Some(m) = s.members.get_mut(index) {
+            if let Some(m) = s.member_mut(index) {
                 if matches!(m.status, MemberStatus::MailNotSent | MemberStatus::Pending) {
                     m.status = MemberStatus::Seen;
                 }
@@ -85,7 +85,7 @@ pub(super) async fn resolve_preview(inst: &Instance, code: &str) -> Result<Optio
             Ok(())
         })
         .await?;
-        tracing::info!(instance = %inst.domain, sharing = %sid, member = index, "preview seen");
+        tracing::info!(instance = %inst.domain, sharing = %sid, member = index.get(), "preview seen");
         s
     } else {
         s

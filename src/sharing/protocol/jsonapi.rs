@@ -332,7 +332,7 @@ impl Notice {
 /// and its invitation's URL (`{"data": [link, ...]}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvitationLink {
-    pub index: usize,
+    pub index: MemberIndex,
     pub invitation: String,
 }
 
@@ -671,7 +671,7 @@ mod tests {
         let links = json!({"data": [{"index": 3, "invitation": "http://x/i"}, {"index": "3"}, 4]});
         assert_eq!(
             InvitationLink::parse_answer(&links),
-            vec![InvitationLink { index: 3, invitation: "http://x/i".into() }]
+            vec![InvitationLink { index: MemberIndex(3), invitation: "http://x/i".into() }]
         );
         let back = Document { data: InvitationLink::parse_answer(&links) };
         assert_eq!(serde_json::to_string(&back).unwrap(), r#"{"data":[{"index":3,"invitation":"http://x/i"}]}"#);

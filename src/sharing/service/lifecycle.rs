@@ -6,13 +6,12 @@ use super::*;
 /// Revokes members on the owner (`index` None: everyone). The local effect is immediate; each
 /// ready member is told through the outbox.
 pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option<MemberIndex>) -> Result<Sharing> {
-    let index = index.map(MemberIndex::get);
     let store = inst.store.as_ref();
     // Credentials die first: once a member shows as revoked, its tokens must already fail.
     if let Some(current) = load(store, id).await?.filter(|s| s.owner) {
-        let targets: Vec<usize> = match index {
+        let targets: Vec<MemberIndex> = match index {
             Some(i) => vec![i],
-            None => (1..current.members.len()).collect(),
+            None => current.recipient_indexes().collect(),
         };
         delete_inbound_clients(inst, &current, &targets).await?;
     }
@@ -20,11 +19,11 @@ pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option
         if !s.owner {
             return Err(SharingError::Forbidden("only the owner revokes members".into()));
         }
-        let targets: Vec<usize> = match index {
-            Some(0) => return Err(bad("the owner cannot be revoked; revoke the sharing instead")),
-            Some(i) if i < s.members.len() => vec![i],
+        let targets: Vec<MemberIndex> = match index {
+            Some(i) if i.is_owner() => return Err(bad("the owner cannot be revoked; revoke the sharing instead")),
+            Some(i) if s.member(i).is_some() => vec![i],
             Some(_) => return Err(SharingError::NotFound("no such member".into())),
-            None => (1..s.members.len()).collect(),
+            None => s.recipient_indexes().collect(),
         };
         let mut done = Vec::new();
         if index.is_none() {
@@ -51,20 +50,33 @@ pub async fn revoke(cx: &Context, inst: &Instance, id: &SharingId, index: Option
             oauth::delete_client(inst, &c).await?;
         }
         if notify {
-            let mut e = Entry::new(id, MemberIndex(i), Method::DELETE, format!("/sharings/{id}"));
+            let mut e = Entry::new(id, i, Method::DELETE, format!("/sharings/{id}"));
             e.forget_credentials = true;
             outbox::enqueue(cx, inst, e).await?;
         }
-        tracing::info!(instance = %inst.domain, sharing = %id, member = i, "member revoked");
+        tracing::info!(instance = %inst.domain, sharing = %id, member = i.get(), "member revoked");
     }
     cx.sharing_changed(inst, id).await?;
     tell_members(cx, inst, &s).await?;
     Ok(s)
 }
 
-pub(super) async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[usize]) -> Result<()> {
+/// Ends sharing `id` on this instance, whichever side it is: on the owner the sharing is
+/// revoked for every member ([`revoke`] with no index), on a recipient this instance leaves it
+/// ([`leave`]). What a removal under a `remove: revoke` rule, a shared root going to the trash,
+/// and `hearth sharings revoke` without a member do.
+pub async fn end(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Sharing> {
+    let s = load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
+    if s.owner {
+        revoke(cx, inst, id, None).await
+    } else {
+        leave(cx, inst, id).await
+    }
+}
+
+pub(super) async fn delete_inbound_clients(inst: &Instance, s: &Sharing, members: &[MemberIndex]) -> Result<()> {
     for i in members {
-        if let Some(c) = s.members.get(*i).and_then(|m| m.inbound_client_id.as_deref()) {
+        if let Some(c) = s.member(*i).and_then(|m| m.inbound_client_id.as_deref()) {
             oauth::delete_client(inst, c).await?;
         }
     }
@@ -78,7 +90,7 @@ pub async fn leave(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Shar
         load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     let me = own_index(cx, inst, &current);
     if !current.owner {
-        delete_inbound_clients(inst, &current, &[0]).await?;
+        delete_inbound_clients(inst, &current, &[MemberIndex::OWNER]).await?;
     }
     let (client, s) = update(inst.store.as_ref(), id, |s| {
         if s.owner {
@@ -111,7 +123,7 @@ pub async fn leave(cx: &Context, inst: &Instance, id: &SharingId) -> Result<Shar
 /// `DELETE /sharings/:id` from the owner, on a recipient: we were revoked.
 pub async fn revoked_by_owner(cx: &Context, inst: &Instance, id: &SharingId) -> Result<()> {
     if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|s| !s.owner) {
-        delete_inbound_clients(inst, &current, &[0]).await?;
+        delete_inbound_clients(inst, &current, &[MemberIndex::OWNER]).await?;
     }
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         if s.owner {
@@ -138,16 +150,14 @@ pub async fn revoked_by_owner(cx: &Context, inst: &Instance, id: &SharingId) -> 
 }
 
 /// `DELETE /sharings/:id/answer` from a member, on the owner: that member left.
-pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, member: MemberIndex) -> Result<()> {
-    let index = member.get();
-    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| index > 0) {
+pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, index: MemberIndex) -> Result<()> {
+    if let Some(current) = load(inst.store.as_ref(), id).await?.filter(|_| !index.is_owner()) {
         delete_inbound_clients(inst, &current, &[index]).await?;
     }
     let (client, _) = update(inst.store.as_ref(), id, |s| {
         let m = s
-            .members
-            .get_mut(index)
-            .filter(|_| index > 0)
+            .member_mut(index)
+            .filter(|_| !index.is_owner())
             .ok_or_else(|| SharingError::NotFound("no such member".into()))?;
         m.status = MemberStatus::Revoked;
         m.outbound = None;
@@ -160,7 +170,7 @@ pub async fn member_left(cx: &Context, inst: &Instance, id: &SharingId, member: 
     if let Some(c) = client {
         oauth::delete_client(inst, &c).await?;
     }
-    tracing::info!(instance = %inst.domain, sharing = %id, member = index, "member left");
+    tracing::info!(instance = %inst.domain, sharing = %id, member = index.get(), "member left");
     cx.sharing_changed(inst, id).await?;
     tell_members_of(cx, inst, id).await?;
     Ok(())
@@ -173,16 +183,15 @@ pub async fn set_read_only(
     cx: &Context,
     inst: &Instance,
     id: &SharingId,
-    member: MemberIndex,
+    index: MemberIndex,
     read_only: bool,
 ) -> Result<Sharing> {
-    let index = member.get();
     let store = inst.store.as_ref();
     let s = load(store, id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     if !s.owner {
         return Err(SharingError::Forbidden("only the owner changes permissions".into()));
     }
-    if index == 0 || index >= s.members.len() {
+    if index.is_owner() || s.member(index).is_none() {
         return Err(SharingError::NotFound("no such member".into()));
     }
     let ready = s.members[index].status == MemberStatus::Ready;
@@ -195,7 +204,7 @@ pub async fn set_read_only(
             oauth::create_sharing_client(
                 inst,
                 id.as_str(),
-                member,
+                index,
                 &sharing_scope(id, write),
                 &format!("Sharing {name}"),
                 cx.config.federation.access_token_ttl_secs,
@@ -207,7 +216,7 @@ pub async fn set_read_only(
     };
     let new_client = issued.as_ref().map(|c| c.client_id.clone());
     let (old_client, s) = update(store, id, |s| {
-        let m = s.members.get_mut(index).ok_or_else(|| SharingError::NotFound("no such member".into()))?;
+        let m = s.member_mut(index).ok_or_else(|| SharingError::NotFound("no such member".into()))?;
         m.read_only = read_only;
         Ok(match &new_client {
             Some(c) => m.inbound_client_id.replace(c.clone()),
@@ -219,7 +228,7 @@ pub async fn set_read_only(
         oauth::delete_client(inst, &c).await?;
     }
     if let Some(issued) = issued {
-        let mut e = Entry::new(id, member, Method::POST, format!("/sharings/{id}/credentials"));
+        let mut e = Entry::new(id, index, Method::POST, format!("/sharings/{id}/credentials"));
         let notice = Answer { read_only: Some(read_only), ..Answer::with_credentials(&issued) };
         e.body = Some(to_value(Document::resource(CREDENTIALS_TYPE, id.as_str(), notice)));
         outbox::enqueue(cx, inst, e).await?;
@@ -252,7 +261,12 @@ pub(super) async fn revoke_rule_emptied(inst: &Instance, s: &Sharing) -> Result<
 /// recipient leaves it (its copy is its own to keep or destroy). Done before the trash write,
 /// so tracking has stopped when the root moves: no removal of it ever reaches the other side.
 /// Answers the sharings ended.
-pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files, id: &str) -> Result<Vec<SharingId>> {
+pub async fn trashing(
+    cx: &Context,
+    inst: &Instance,
+    files: &crate::files::Files,
+    id: &DocId,
+) -> Result<Vec<SharingId>> {
     let failed =
         |e: crate::files::FilesError| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!("{e}")));
     let mut ended = Vec::new();
@@ -265,7 +279,7 @@ pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files
         let mut root_inside = false;
         for root in s.rules.iter().filter(|r| r.subtree()).flat_map(|r| r.values.iter()) {
             match files.get(root).await {
-                Ok(item) if !item.trashed() && item.lineage().any(|a| a == id) => {
+                Ok(item) if !item.trashed() && item.lineage().any(|a| a == id.as_str()) => {
                     root_inside = true;
                     break;
                 }
@@ -277,11 +291,7 @@ pub async fn trashing(cx: &Context, inst: &Instance, files: &crate::files::Files
             continue;
         }
         tracing::info!(instance = %inst.domain, sharing = %sid, "the shared root goes to the trash: the sharing ends here");
-        if s.owner {
-            revoke(cx, inst, &sid, None).await?;
-        } else {
-            leave(cx, inst, &sid).await?;
-        }
+        end(cx, inst, &sid).await?;
         ended.push(sid);
     }
     Ok(ended)
@@ -298,7 +308,7 @@ pub async fn read_only_roots(cx: &Context, inst: &Instance) -> Result<Vec<String
         if s.owner || !s.active || s.is_revoked() {
             continue;
         }
-        let read_only = own_index(cx, inst, &s).and_then(|i| s.members.get(i)).is_some_and(|m| m.read_only);
+        let read_only = own_index(cx, inst, &s).and_then(|i| s.member(i)).is_some_and(|m| m.read_only);
         if read_only {
             roots.extend(s.rules.iter().filter(|r| r.subtree() && !r.local).flat_map(|r| r.values.iter().cloned()));
         }

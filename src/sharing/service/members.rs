@@ -16,8 +16,8 @@ fn members_path(id: &SharingId) -> String {
 
 /// The member list as member `target` is shown it: every member's status, public name and
 /// read-only flag, by index (the indices are the owner's); the address, name and email only of
-/// the owner and of `target` itself, as in the sharing request (see `request::request_document`).
-pub fn members_document(s: &Sharing, target: usize) -> Value {
+/// the owner and of `target` itself, as in the sharing request (see `request::shows_address`).
+pub fn members_document(s: &Sharing, target: MemberIndex) -> Value {
     let members: Vec<WireMember> = s
         .members
         .iter()
@@ -29,7 +29,7 @@ pub fn members_document(s: &Sharing, target: usize) -> Value {
                 public_name: m.public_name.clone(),
                 ..WireMember::default()
             };
-            if i == 0 || i == target {
+            if request::shows_address(MemberIndex(i), target) {
                 (o.name, o.email, o.instance) = (m.name.clone(), m.email.clone(), m.instance.clone());
             }
             o
@@ -47,6 +47,7 @@ pub async fn tell_members(cx: &Context, inst: &Instance, s: &Sharing) -> Result<
     }
     let id = s.id.clone().ok_or_else(|| bad("sharing without id"))?;
     for (i, m) in s.members.iter().enumerate().skip(1) {
+        let i = MemberIndex(i);
         let key = format!("members-{id}-{i}");
         if m.status != MemberStatus::Ready || m.outbound.is_none() {
             // Revoked or gone: a list still waiting for it is not its business any more.
@@ -55,7 +56,7 @@ pub async fn tell_members(cx: &Context, inst: &Instance, s: &Sharing) -> Result<
             }
             continue;
         }
-        let mut e = Entry::new(&id, MemberIndex(i), Method::PUT, members_path(&id));
+        let mut e = Entry::new(&id, i, Method::PUT, members_path(&id));
         e.body = Some(members_document(s, i));
         outbox::enqueue_replacing(cx, inst, &key, e).await?;
     }
@@ -121,7 +122,7 @@ pub async fn receive_members(cx: &Context, inst: &Instance, id: &SharingId, body
             if public_name.is_some() {
                 m.public_name = public_name;
             }
-            if Some(i) != me {
+            if Some(MemberIndex(i)) != me {
                 if name.is_some() {
                     m.name = name;
                 }
@@ -148,7 +149,7 @@ pub async fn forward_recipients(
     inst: &Instance,
     id: &SharingId,
     body: &Value,
-) -> Result<(Sharing, Vec<(usize, String)>)> {
+) -> Result<(Sharing, Vec<(MemberIndex, String)>)> {
     let s = load(inst.store.as_ref(), id).await?.ok_or_else(|| SharingError::NotFound("no such sharing".into()))?;
     if !s.open_sharing {
         return Err(SharingError::Forbidden(
@@ -156,7 +157,7 @@ pub async fn forward_recipients(
         ));
     }
     let me = own_index(cx, inst, &s);
-    if !s.active || s.is_revoked() || me.is_none_or(|i| s.members[i].status != MemberStatus::Ready) {
+    if !s.active || s.is_revoked() || me.and_then(|i| s.member(i)).is_none_or(|m| m.status != MemberStatus::Ready) {
         return Err(SharingError::Forbidden("only a ready member of the sharing adds recipients".into()));
     }
     let rels = Relationships::of(body);
@@ -204,7 +205,7 @@ pub async fn forward_recipients(
             });
         }
     };
-    let links: Vec<(usize, String)> =
+    let links: Vec<(MemberIndex, String)> =
         InvitationLink::parse_answer(&answer).into_iter().map(|l| (l.index, l.invitation)).collect();
     let max = cx.config.federation.max_members;
     let ((), s) = update(inst.store.as_ref(), id, |s| {
@@ -215,7 +216,7 @@ pub async fn forward_recipients(
         }
         for ((index, _), r) in links.iter().zip(&given) {
             // The owner's indices: the ones it has not told us of yet are appended in order.
-            if *index == s.members.len() && *index < max {
+            if index.get() == s.members.len() && index.get() < max {
                 let mut m = Member::new(MemberStatus::MailNotSent);
                 (m.name, m.email, m.instance) = (r.name.clone(), r.email.clone(), r.instance.clone());
                 m.read_only = true;

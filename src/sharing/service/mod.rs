@@ -42,15 +42,15 @@ fn bad(reason: impl Into<String>) -> SharingError {
 
 /// The invitation `state` of a member: derived from the instance key and the member's nonce,
 /// so it is never stored and can be shown again to the owner.
-pub fn member_state(inst: &Instance, sharing: &Sharing, index: usize) -> Option<String> {
-    let nonce = sharing.members.get(index)?.state_nonce.as_deref()?;
+pub fn member_state(inst: &Instance, sharing: &Sharing, index: MemberIndex) -> Option<String> {
+    let nonce = sharing.member(index)?.state_nonce.as_deref()?;
     Some(inst.derive_secret("sharing-state", &[sharing.id(), nonce]))
 }
 
 /// The member an invitation `state` belongs to (constant-time comparison with each member's).
-pub fn member_by_state(inst: &Instance, sharing: &Sharing, state: &str) -> Option<usize> {
+pub fn member_by_state(inst: &Instance, sharing: &Sharing, state: &str) -> Option<MemberIndex> {
     let mut found = None;
-    for i in 1..sharing.members.len() {
+    for i in sharing.recipient_indexes() {
         if let Some(expected) = member_state(inst, sharing, i) {
             if Instance::secrets_match(state, &expected) {
                 found = Some(i);
@@ -60,7 +60,7 @@ pub fn member_by_state(inst: &Instance, sharing: &Sharing, state: &str) -> Optio
     found
 }
 
-pub fn invitation_link(cx: &Context, inst: &Instance, sharing: &Sharing, index: usize) -> Option<String> {
+pub fn invitation_link(cx: &Context, inst: &Instance, sharing: &Sharing, index: MemberIndex) -> Option<String> {
     let state = member_state(inst, sharing, index)?;
     // With a preview path, the link opens the preview page (its code leads to discovery).
     if let Some(preview) = links::preview_link(cx, inst, sharing, index) {
@@ -87,9 +87,12 @@ fn closed_conflict(s: &Sharing) -> SharingError {
 }
 
 /// The index of this instance among the members of a sharing it received.
-fn own_index(cx: &Context, inst: &Instance, s: &Sharing) -> Option<usize> {
+fn own_index(cx: &Context, inst: &Instance, s: &Sharing) -> Option<MemberIndex> {
     let me = cx.federation.instance_url(inst.domain.as_str());
-    s.members.iter().position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner)
+    s.members
+        .iter()
+        .position(|m| m.instance.as_deref() == Some(me.as_str()) && m.status != MemberStatus::Owner)
+        .map(MemberIndex)
 }
 
 fn owner_url(s: &Sharing) -> Result<Url> {
@@ -129,10 +132,10 @@ pub fn peer_may(perms: &PermissionSet, id: &SharingId, verb: Verb) -> bool {
 }
 
 /// Invitation links of the members who have not answered yet, for the owner.
-pub fn invitations(cx: &Context, inst: &Instance, s: &Sharing) -> Vec<(usize, Member, String)> {
-    (1..s.members.len())
+pub fn invitations(cx: &Context, inst: &Instance, s: &Sharing) -> Vec<(MemberIndex, Member, String)> {
+    s.recipient_indexes()
         .filter(|i| s.invitation_open(*i))
-        .filter_map(|i| invitation_link(cx, inst, s, i).map(|l| (i, s.members[i].clone(), l)))
+        .filter_map(|i| Some((i, s.member(i)?.clone(), invitation_link(cx, inst, s, i)?)))
         .collect()
 }
 

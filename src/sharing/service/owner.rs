@@ -98,8 +98,8 @@ fn same_instance(a: &str, b: &str) -> bool {
 /// The member a recipient names already, as Cozy's `addMember` matches them: by email when
 /// one is given, else by instance address. Only members still in the sharing (invited or
 /// ready) count: one who refused or was revoked is added anew.
-pub(super) fn existing_member(s: &Sharing, r: &RecipientInput) -> Option<usize> {
-    (1..s.members.len()).find(|&i| {
+pub(super) fn existing_member(s: &Sharing, r: &RecipientInput) -> Option<MemberIndex> {
+    s.recipient_indexes().find(|&i| {
         let m = &s.members[i];
         let current = m.status == MemberStatus::Ready || m.status.is_invited();
         let same = match (&r.email, &r.instance) {
@@ -112,7 +112,12 @@ pub(super) fn existing_member(s: &Sharing, r: &RecipientInput) -> Option<usize> 
 }
 
 /// Adds `r` unless it names a member already there (see [`existing_member`]).
-fn add_or_find(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Option<usize>) -> (usize, AddOutcome) {
+fn add_or_find(
+    s: &mut Sharing,
+    r: RecipientInput,
+    read_only: bool,
+    added_by: Option<MemberIndex>,
+) -> (MemberIndex, AddOutcome) {
     match existing_member(s, &r) {
         Some(i) if s.members[i].status == MemberStatus::Ready => (i, AddOutcome::AlreadyMember),
         Some(i) => (i, AddOutcome::InvitedAgain),
@@ -120,7 +125,12 @@ fn add_or_find(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Op
     }
 }
 
-pub(super) fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, added_by: Option<usize>) -> usize {
+pub(super) fn add_member(
+    s: &mut Sharing,
+    r: RecipientInput,
+    read_only: bool,
+    added_by: Option<MemberIndex>,
+) -> MemberIndex {
     let mut m = Member::new(MemberStatus::MailNotSent);
     m.name = r.name;
     m.email = r.email.filter(|e| e.len() <= 320);
@@ -130,7 +140,7 @@ pub(super) fn add_member(s: &mut Sharing, r: RecipientInput, read_only: bool, ad
     m.xor_key = Some(random_hex(16));
     m.added_by = added_by;
     s.members.push(m);
-    s.members.len() - 1
+    MemberIndex(s.members.len() - 1)
 }
 
 /// `POST /sharings/`: validates the JSON:API body, checks every rule is within the caller's
@@ -243,12 +253,13 @@ pub async fn send_invitations(cx: &Context, inst: &Instance, s: Sharing) -> Resu
 
 /// [`send_invitations`], and the invitation of the members `again` (invited, not answered) once
 /// more, whatever their status.
-async fn send_invitations_again(cx: &Context, inst: &Instance, s: Sharing, again: &[usize]) -> Result<Sharing> {
+async fn send_invitations_again(cx: &Context, inst: &Instance, s: Sharing, again: &[MemberIndex]) -> Result<Sharing> {
     if cx.config.mail.smtp_url.is_none() {
         return Ok(s);
     }
     let mut sent = Vec::new();
     for (i, m) in s.members.iter().enumerate().skip(1) {
+        let i = MemberIndex(i);
         let due = m.status == MemberStatus::MailNotSent || (again.contains(&i) && s.invitation_open(i));
         let (Some(email), true) = (m.email.as_deref(), due) else { continue };
         let Some(link) = invitation_link(cx, inst, &s, i) else { continue };
@@ -257,7 +268,7 @@ async fn send_invitations_again(cx: &Context, inst: &Instance, s: Sharing, again
         match mail::send_invitation(&cx.config.mail, &invitation).await {
             Ok(()) => sent.push(i),
             Err(e) => {
-                tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = i, error = %e, "invitation mail not sent")
+                tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = i.get(), error = %e, "invitation mail not sent")
             }
         }
     }
@@ -267,7 +278,7 @@ async fn send_invitations_again(cx: &Context, inst: &Instance, s: Sharing, again
     let id = s.id.clone().ok_or_else(|| bad("sharing without id"))?;
     let ((), s) = update(inst.store.as_ref(), &id, |s| {
         for i in &sent {
-            if let Some(m) = s.members.get_mut(*i).filter(|m| m.status == MemberStatus::MailNotSent) {
+            if let Some(m) = s.member_mut(*i).filter(|m| m.status == MemberStatus::MailNotSent) {
                 m.status = MemberStatus::Pending;
             }
         }
@@ -288,7 +299,7 @@ pub async fn add_recipients(
     inst: &Instance,
     id: &SharingId,
     body: &Value,
-) -> Result<(Sharing, Vec<(usize, AddOutcome)>)> {
+) -> Result<(Sharing, Vec<(MemberIndex, AddOutcome)>)> {
     let rels = Relationships::of(body);
     let rw = resolve_recipients(inst, rels.recipients.as_ref()).await?;
     let ro = resolve_recipients(inst, rels.read_only_recipients.as_ref()).await?;
@@ -304,7 +315,7 @@ pub async fn add_recipients(
             return Err(revoked_conflict());
         }
         let all = rw.iter().map(|r| (r, false)).chain(ro.iter().map(|r| (r, true)));
-        let outcomes: Vec<(usize, AddOutcome)> =
+        let outcomes: Vec<(MemberIndex, AddOutcome)> =
             all.map(|(r, read_only)| add_or_find(s, r.clone(), read_only, None)).collect();
         if s.members.len() > max {
             return Err(bad(format!("a sharing has at most {max} members")));
@@ -312,7 +323,8 @@ pub async fn add_recipients(
         Ok(outcomes)
     })
     .await?;
-    let again: Vec<usize> = outcomes.iter().filter(|(_, o)| *o == AddOutcome::InvitedAgain).map(|(i, _)| *i).collect();
+    let again: Vec<MemberIndex> =
+        outcomes.iter().filter(|(_, o)| *o == AddOutcome::InvitedAgain).map(|(i, _)| *i).collect();
     let s = send_invitations_again(cx, inst, s, &again).await?;
     if outcomes.iter().any(|(_, o)| *o == AddOutcome::Added) {
         tell_members(cx, inst, &s).await?;
@@ -329,8 +341,7 @@ pub async fn add_delegated(
     id: &SharingId,
     caller: MemberIndex,
     body: &Value,
-) -> Result<Vec<(usize, String)>> {
-    let caller_index = caller.get();
+) -> Result<Vec<(MemberIndex, String)>> {
     let list = resolve_recipients_inline(Relationships::of(body).recipients.as_ref())?;
     if list.is_empty() {
         return Err(bad("no recipients given"));
@@ -343,11 +354,11 @@ pub async fn add_delegated(
         if !s.accepts_members() {
             return Err(revoked_conflict());
         }
-        if s.members.get(caller_index).map(|m| m.status) != Some(MemberStatus::Ready) {
+        if s.member(caller).map(|m| m.status) != Some(MemberStatus::Ready) {
             return Err(SharingError::Forbidden("only ready members may add recipients".into()));
         }
-        let added: Vec<(usize, AddOutcome)> =
-            list.iter().map(|r| add_or_find(s, r.clone(), true, Some(caller_index))).collect();
+        let added: Vec<(MemberIndex, AddOutcome)> =
+            list.iter().map(|r| add_or_find(s, r.clone(), true, Some(caller))).collect();
         if s.members.len() > max {
             return Err(bad(format!("a sharing has at most {max} members")));
         }
@@ -360,7 +371,7 @@ pub async fn add_delegated(
     // them: another member's (or the owner's) invitation is not theirs to pass on.
     Ok(added
         .into_iter()
-        .filter(|(i, o)| *o != AddOutcome::AlreadyMember && s.members[*i].added_by == Some(caller_index))
+        .filter(|(i, o)| *o != AddOutcome::AlreadyMember && s.members[*i].added_by == Some(caller))
         .filter_map(|(i, _)| invitation_link(cx, inst, &s, i).map(|l| (i, l)))
         .collect())
 }
@@ -383,7 +394,7 @@ pub(super) fn resolve_recipients_inline(rel: Option<&Value>) -> Result<Vec<Recip
 /// Where a member's invitation stands, for the discovery page.
 pub enum Discovery {
     /// Ask for the recipient's instance address (pre-filled when known).
-    Ask { sharing: Box<Sharing>, index: usize },
+    Ask { sharing: Box<Sharing>, index: MemberIndex },
     /// Already answered or revoked: nothing to do.
     Done { status: MemberStatus },
 }
@@ -449,7 +460,7 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str
         })
         .await;
         if let Err(r) = restored {
-            tracing::warn!(instance = %inst.domain, sharing = %id, member = index, error = %r, "failed to restore a member after a failed notice");
+            tracing::warn!(instance = %inst.domain, sharing = %id, member = index.get(), error = %r, "failed to restore a member after a failed notice");
         }
         return Err(e);
     }
@@ -461,8 +472,8 @@ pub async fn discover(cx: &Context, inst: &Instance, id: &SharingId, state: &str
 /// Refuses to send `peer` a request through member `index` when another member of the sharing
 /// is already that instance, invited or ready: the instance would refuse it (a request names
 /// each instance once, and an active sharing is not asked again), and the person is already in.
-pub(crate) fn already_there(s: &Sharing, index: usize, peer: &str) -> Result<()> {
-    let other = (1..s.members.len()).filter(|&i| i != index).map(|i| &s.members[i]).find(|m| {
+pub(crate) fn already_there(s: &Sharing, index: MemberIndex, peer: &str) -> Result<()> {
+    let other = s.recipient_indexes().filter(|&i| i != index).map(|i| &s.members[i]).find(|m| {
         (m.status == MemberStatus::Ready || m.status.is_invited())
             && m.instance.as_deref().is_some_and(|u| same_instance(u, peer))
     });
@@ -520,7 +531,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
             Ok(())
         })
         .await?;
-        tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing refused");
+        tracing::info!(instance = %inst.domain, sharing = %id, member = index.get(), "sharing refused");
         tell_members_of(cx, inst, id).await?;
         let refused = Answer { refused: Some(true), ..Answer::default() };
         return Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), refused)));
@@ -544,7 +555,7 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
     let issued = oauth::create_sharing_client(
         inst,
         id.as_str(),
-        MemberIndex(index),
+        index,
         &sharing_scope(id, write),
         &format!("Sharing {name}"),
         ttl,
@@ -574,14 +585,11 @@ pub async fn process_answer(cx: &Context, inst: &Instance, id: &SharingId, body:
             return Err(e);
         }
     };
-    tracing::info!(instance = %inst.domain, sharing = %id, member = index, "sharing accepted by member");
+    tracing::info!(instance = %inst.domain, sharing = %id, member = index.get(), "sharing accepted by member");
     cx.sharing_changed(inst, id).await?;
     tell_members_of(cx, inst, id).await?;
-    let attributes = Answer {
-        member_index: Some(MemberIndex(index)),
-        read_only: Some(read_only),
-        ..Answer::with_credentials(&issued)
-    };
+    let attributes =
+        Answer { member_index: Some(index), read_only: Some(read_only), ..Answer::with_credentials(&issued) };
     Ok(to_value(Document::resource(ANSWER_TYPE, id.as_str(), attributes)))
 }
 

@@ -32,7 +32,7 @@ pub(super) async fn load_request(cx: &Context, inst: &Instance, id: &SharingId) 
 /// acceptance page carries and [`accept`] checks.
 pub async fn pending_digest(cx: &Context, inst: &Instance, id: &SharingId) -> Result<String> {
     let s = load_request(cx, inst, id).await?;
-    Ok(request::digest(&s, own_index(cx, inst, &s).unwrap_or(0)))
+    Ok(request::digest(&s, own_index(cx, inst, &s).unwrap_or(MemberIndex::OWNER)))
 }
 
 /// Accepting on the recipient: checks that the request is still the one shown (`digest`, from
@@ -42,7 +42,7 @@ pub async fn pending_digest(cx: &Context, inst: &Instance, id: &SharingId) -> Re
 pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, digest: &str) -> Result<Sharing> {
     let store = inst.store.as_ref();
     let s = load_request(cx, inst, id).await?;
-    let me = own_index(cx, inst, &s).unwrap_or(0);
+    let me = own_index(cx, inst, &s).unwrap_or(MemberIndex::OWNER);
     let my_url = cx.federation.instance_url(inst.domain.as_str());
     let shown = request::digest(&s, me);
     if !Instance::secrets_match(digest, &shown) {
@@ -85,7 +85,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
     };
     // This instance's member is the one the request is addressed to (`request::receive` made
     // sure there is exactly one); an owner naming another index is not followed.
-    if attrs.member_index.is_some_and(|i| i.get() != me) {
+    if attrs.member_index.is_some_and(|i| i != me) {
         tracing::warn!(instance = %inst.domain, sharing = %id, "the owner's answer names another member index; ignored");
     }
     let read_only = attrs.read_only == Some(true);
@@ -100,7 +100,7 @@ pub async fn accept(cx: &Context, inst: &Instance, id: &SharingId, state: &str, 
         owner.outbound = Some(creds.clone());
         owner.inbound_client_id = Some(client_id.clone());
         if let Some(i) = own_index(cx, inst, s) {
-            if let Some(m) = s.members.get_mut(i) {
+            if let Some(m) = s.member_mut(i) {
                 m.status = MemberStatus::Ready;
                 m.read_only = read_only;
             }
