@@ -250,6 +250,17 @@ async fn invitation_requests_are_validated_and_links_expire() {
             .0,
         403
     );
+    // Credentials are judged before the body is read: without a token, a malformed body gets
+    // the 401, not a 400 that would tell an anonymous caller how its body was read.
+    let http = browser();
+    for token in [None, Some(other.as_str())] {
+        let mut post = http.post(alice.url(&format!("/sharings/{id}/invitations"))).body("{not json");
+        if let Some(t) = token {
+            post = post.bearer_auth(t);
+        }
+        let status = post.send().await.unwrap().status();
+        assert_eq!(status, if token.is_some() { 403 } else { 401 }, "{token:?}");
+    }
 
     // The default lifetime is 72 hours.
     let (_, _, v) = new_link(&alice, &token, &id, json!({"permissions": ["read"]})).await;

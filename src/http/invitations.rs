@@ -8,9 +8,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::callers::InvitationCreator;
+use super::callers::{InvitationCreator, ManagedSharing};
 use super::permissions::{code_failed, reserve_code_attempt};
-use super::sharings::{load_managed, sharing_id};
 use super::{jsonapi, state_of};
 use super::{parse_json, path, read_body, ApiError, ApiResult, Inst, Query};
 use crate::sharing;
@@ -64,9 +63,7 @@ async fn create(
 }
 
 /// `GET /sharings/:id/invitations` — the owner's active links with their accept counts.
-async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let s = load_managed(&inst, &req, &id).await?;
+async fn list(ManagedSharing { sharing: s, .. }: ManagedSharing) -> ApiResult<HttpResponse> {
     if !s.owner {
         return Err(ApiError::Forbidden("invitation links are kept by the sharing's owner".into()));
     }
@@ -76,9 +73,7 @@ async fn list(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 
 /// `DELETE /sharings/:id/invitations/:inv?revoke_members=true` — the link (and re-shares made
 /// from it) stops working; the members it made stay unless `revoke_members`.
-async fn revoke(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    load_managed(&inst, &req, &id).await?;
+async fn revoke(inst: Inst, ManagedSharing { id, .. }: ManagedSharing, req: HttpRequest) -> ApiResult<HttpResponse> {
     let inv = path::param(&req, "inv")?;
     let revoke_members = Query::of(&req)?.flag("revoke_members")?;
     let s = invitations::revoke(&state_of(&req)?.sharing, &inst.0, &id, &inv, revoke_members).await?;
@@ -104,9 +99,11 @@ async fn details(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
 
 /// `POST /sharings/:id/discard` — on a recipient: leaves an accepted sharing (as
 /// `DELETE /sharings/:id/recipients/self`), or drops a request not accepted.
-async fn discard(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let id = sharing_id(&req)?;
-    let s = load_managed(&inst, &req, &id).await?;
+async fn discard(
+    inst: Inst,
+    ManagedSharing { id, sharing: s }: ManagedSharing,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     if s.owner {
         return Err(ApiError::bad_request("the owner revokes the sharing instead of discarding it"));
     }

@@ -11,10 +11,10 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::callers::AppCaller;
-use super::sharings::{load_managed, may_manage};
+use super::callers::{AppCaller, ManagedSharing};
+use super::sharings::may_manage;
 use super::{jsonapi, state_of};
-use super::{parse_json, path, read_body, ApiError, ApiResult, Inst};
+use super::{parse_json, read_body, ApiError, ApiResult, Inst};
 use crate::instance::Instance;
 use crate::sharing::service;
 use crate::sharing::{self, MemberIndex, MemberStatus, Sharing, SharingId};
@@ -56,9 +56,11 @@ async fn list(inst: Inst, AppCaller { perms, .. }: AppCaller, req: HttpRequest) 
 }
 
 /// The request `:id` as the caller may answer it, and the state to answer with.
-async fn answerable(inst: &Inst, req: &HttpRequest) -> ApiResult<(SharingId, String)> {
-    let id = SharingId::parse(&path::param(req, "id")?).map_err(ApiError::BadRequest)?;
-    let s = load_managed(inst, req, &id).await?;
+fn answerable(
+    inst: &Inst,
+    req: &HttpRequest,
+    ManagedSharing { id, sharing: s }: ManagedSharing,
+) -> ApiResult<(SharingId, String)> {
     if s.owner {
         return Err(ApiError::NotFound("no such sharing request: this instance owns the sharing".into()));
     }
@@ -76,8 +78,8 @@ async fn answerable(inst: &Inst, req: &HttpRequest) -> ApiResult<(SharingId, Str
 
 /// `POST /sharings/:id/accept` `{"digest"}` — accepts, as the acceptance page does: 409 when the
 /// request changed since the digest was read (or was answered); 200 with the active sharing.
-async fn accept(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
-    let (id, state) = answerable(&inst, &req).await?;
+async fn accept(inst: Inst, m: ManagedSharing, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
+    let (id, state) = answerable(&inst, &req, m)?;
     let body = parse_json(&read_body(&req, payload, 64 * 1024).await?)?;
     let digest = body.get("digest").and_then(Value::as_str).ok_or_else(|| {
         ApiError::bad_request("accepting needs the digest of the request shown (GET /sharings/requests)")
@@ -88,8 +90,8 @@ async fn accept(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResul
 
 /// `POST /sharings/:id/refuse` — refuses; the owner's instance is told (its member becomes
 /// `refused`). 200 with the sharing.
-async fn refuse(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
-    let (id, state) = answerable(&inst, &req).await?;
+async fn refuse(inst: Inst, m: ManagedSharing, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let (id, state) = answerable(&inst, &req, m)?;
     service::refuse(&state_of(&req)?.sharing, &inst.0, &id, &state).await?;
     let s = loaded(&inst.0, &id).await?;
     Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})))
