@@ -176,7 +176,7 @@ pub trait ContentTarget<C> {
 /// concurrently keeps up to [`IN_FLIGHT`] of them in flight, starting the next one as soon as
 /// one is answered (a window, not lock-step), so one large file does not hold up the small ones
 /// after it, and the receiver's fsyncs of several files overlap.
-pub const GROUP: usize = 32;
+pub const GROUP: usize = 64;
 
 /// Puts in flight at once, at most, for a target that sends concurrently (see [`GROUP`]).
 pub const IN_FLIGHT: usize = 8;

@@ -54,6 +54,11 @@ pub struct ReceivedContent {
     expected_md5: String,
     /// Its bytes, counted against the quota while it is received.
     reserved: Reserved,
+    /// Body chunks (as small as the socket's reads, a few KiB) gathered into blocks of
+    /// `Upload::BLOCK`, which go to the hasher and the writer, as an upload's do: one hand-over
+    /// to the hashing thread per block rather than per chunk (each one a wake-up of that thread),
+    /// and large writes.
+    block: bytes::BytesMut,
     _writing: Writing,
 }
 
@@ -72,8 +77,25 @@ impl ReceivedContent {
                 self.expected_size
             )));
         }
-        self.md5.update(chunk.clone()).await?;
-        self.writer.write(chunk).await?;
+        if self.block.is_empty() && chunk.len() >= super::Upload::BLOCK {
+            return self.hand_over(chunk).await;
+        }
+        if self.block.is_empty() {
+            // A block, or what is left of the file when that is less.
+            let left = self.expected_size - (self.size - chunk.len() as u64);
+            self.block.reserve(left.min(super::Upload::BLOCK as u64) as usize);
+        }
+        self.block.extend_from_slice(&chunk);
+        if self.block.len() >= super::Upload::BLOCK {
+            let block = self.block.split().freeze();
+            self.hand_over(block).await?;
+        }
+        Ok(())
+    }
+
+    async fn hand_over(&mut self, block: Bytes) -> Result<()> {
+        self.md5.update(block.clone()).await?;
+        self.writer.write(block).await?;
         Ok(())
     }
 
@@ -174,6 +196,21 @@ impl Files {
         Ok(out)
     }
 
+    /// Of `ids`, the files that have a version (what the content channel offers, as
+    /// [`Files::current_versions`], from the index alone: no document is read): its size each,
+    /// `None` for the others. For counting what is pending, at every status request.
+    pub async fn version_sizes(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
+        self.sync().await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(match self.index.get(id).await? {
+                Some(e) if e.kind == Kind::File && e.vfs_id.is_some() => Some(e.size),
+                _ => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// Of `ids`, the files whose current version's bytes are not here: (size) each, `None`
     /// for the others.
     pub async fn missing_content(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
@@ -225,6 +262,7 @@ impl Files {
             expected_size,
             expected_md5,
             reserved,
+            block: bytes::BytesMut::new(),
             _writing: writing,
         }))
     }
@@ -269,8 +307,16 @@ impl Files {
 
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
-    pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
-        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, reserved, _writing } = r;
+    pub async fn finish_received(&self, mut r: ReceivedContent) -> Result<u64> {
+        if !r.block.is_empty() {
+            let block = r.block.split().freeze();
+            if let Err(e) = r.hand_over(block).await {
+                r.abort().await;
+                return Err(e);
+            }
+        }
+        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, reserved, block: _, _writing } =
+            r;
         let digest = match md5.finish().await {
             Ok(d) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d),
             Err(e) => {

@@ -59,7 +59,9 @@ const BATCH: usize = 200;
 /// looks again, in milliseconds.
 const WAITING_MS: u64 = 1000;
 /// How often the worker looks for links whose content is behind, besides being woken.
-const TICK: Duration = Duration::from_millis(250);
+/// (Metadata landing on the member moves the replication checkpoint without waking this worker:
+/// the content of the first files follows within one tick.)
+const TICK: Duration = Duration::from_millis(100);
 
 fn checkpoints() -> Doctype {
     Doctype::parse(CHECKPOINTS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
@@ -181,7 +183,7 @@ pub async fn pending(inst: &Instance, files: &Files, sharing: &SharingId, since:
         let Some(last) = rows.last() else { break };
         at = last.seq;
         let ids = offered_ids(&rows, &doctype);
-        for (_, size, _) in files.current_versions(&ids).await.map_err(files_error)?.into_iter().flatten() {
+        for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
         }

@@ -81,6 +81,17 @@ fn hwm_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// CPU seconds (user and system) process `pid` has used so far.
+fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command's name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').context("no ) in stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).context("utime")?.parse::<f64>()? + f.get(12).context("stime")?.parse::<f64>()?;
+    // In clock ticks, which Linux counts at `USER_HZ`, 100 a second, whatever the kernel's tick.
+    Ok(ticks / 100.0)
+}
+
 fn write_source(path: &Path, len: usize, seed: u64) -> anyhow::Result<String> {
     use std::io::Write;
     let base = hearth::files::sample::pattern(MIB.min(len.max(1)), seed);
@@ -106,6 +117,8 @@ struct Server {
     data: PathBuf,
     port: u16,
     hearth: PathBuf,
+    /// The servers' log filter, from `HEARTH_BENCH_LOG`; their logs then go to `<data>/serve.log`.
+    log: Option<String>,
 }
 
 impl Server {
@@ -120,7 +133,7 @@ impl Server {
             .env("HEARTH_FILES__QUOTA_BYTES", (8u64 << 30).to_string())
             .env("HEARTH_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
             .env("HEARTH_FEDERATION__ALLOW_HTTP", "true")
-            .env("HEARTH_LOG", "warn");
+            .env("HEARTH_LOG", self.log.as_deref().unwrap_or("warn"));
     }
 
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -136,7 +149,12 @@ impl Server {
     async fn serve(&self, client: &reqwest::Client) -> anyhow::Result<Serve> {
         let mut cmd = Command::new(&self.hearth);
         self.env(&mut cmd);
-        let serve = Serve(cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).spawn()?);
+        // With `HEARTH_BENCH_LOG`, each server's log goes to `<data>/serve.log` (see the module docs).
+        let log = match self.log {
+            Some(_) => Stdio::from(std::fs::File::create(self.data.join("serve.log"))?),
+            None => Stdio::null(),
+        };
+        let serve = Serve(cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn()?);
         let started = Instant::now();
         while !client
             .get(format!("http://127.0.0.1:{}/status", self.port))
@@ -227,10 +245,14 @@ fn mb_s(bytes: u64, d: Duration) -> f64 {
 
 pub async fn run(raw: Vec<String>) -> anyhow::Result<()> {
     let a = args(raw)?;
-    super::in_scratch_dir(a.dir.as_deref(), async |root| bench(&a, &root).await).await
+    // `HEARTH_BENCH_LOG` is this program's: the configuration loaded below, and the servers,
+    // would refuse it as an unknown `HEARTH_` key.
+    let log = std::env::var("HEARTH_BENCH_LOG").ok();
+    std::env::remove_var("HEARTH_BENCH_LOG");
+    super::in_scratch_dir(a.dir.as_deref(), async |root| bench(&a, &root, log).await).await
 }
 
-async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
+async fn bench(a: &Args, root: &Path, log: Option<String>) -> anyhow::Result<()> {
     let hearth = super::hearth_binary()?;
     let large = a.large_mb * MIB;
     let each = (a.total_mb * MIB - large) / (a.files - 1);
@@ -269,8 +291,9 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     let (cp, durable) = (cps[0], durables[0]);
 
     let free = || std::net::TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port()));
-    let alice = Server { name: "alice", data: root.join("alice"), port: free()??, hearth: hearth.clone() };
-    let bob = Server { name: "bob", data: root.join("bob"), port: free()??, hearth: hearth.clone() };
+    let alice =
+        Server { name: "alice", data: root.join("alice"), port: free()??, hearth: hearth.clone(), log: log.clone() };
+    let bob = Server { name: "bob", data: root.join("bob"), port: free()??, hearth: hearth.clone(), log: log.clone() };
     alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "bench"])?;
     bob.cli(&["instances", "add", &bob.domain(), "--passphrase", "bench"])?;
     let ta = alice.cli(&[
@@ -349,12 +372,27 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     let bob_inst = core.registry.get(&Domain::parse(&bob.domain()).map_err(anyhow::Error::msg)?)?.context("bob")?;
     let id = SharingId::parse(&sid).map_err(anyhow::Error::msg)?;
     let digest = service::pending_digest(&core.sharing, &bob_inst, &id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cpu_before = (cpu_s(serve_a.0.id())?, cpu_s(serve_b.0.id())?);
     let t = Instant::now();
+    let accepted_at = std::time::SystemTime::now();
     service::accept(&core.sharing, &bob_inst, &id, &state, &digest).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let accepted = t.elapsed();
     let deadline = t + Duration::from_secs(1800);
+    // Phases, as the polls see them (to within a poll): every document on bob, and the first
+    // file's content acknowledged.
+    let (mut metadata_done, mut first_content) = (None, None);
     loop {
         let st = alice.json(&client, reqwest::Method::GET, &format!("/sharings/{sid}/status"), &ta, None).await?;
         let m = &st["data"]["attributes"]["members"][1];
+        if metadata_done.is_none()
+            && m["replication"]["pending"] == json!(0)
+            && m["replication"]["last_seq"].as_u64().is_some_and(|s| s > 0)
+        {
+            metadata_done = Some(t.elapsed());
+        }
+        if first_content.is_none() && m["content"]["files_sent"].as_u64().is_some_and(|n| n > 0) {
+            first_content = Some(t.elapsed());
+        }
         let done = m["replication"]["pending"] == json!(0)
             && m["content"]["files_pending"] == json!(0)
             && m["replication"]["last_seq"].as_u64().is_some_and(|s| s > 0);
@@ -370,6 +408,7 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let share = t.elapsed();
+    let cpu = (cpu_s(serve_a.0.id())? - cpu_before.0, cpu_s(serve_b.0.id())? - cpu_before.1);
     let (hwm_a, hwm_b) = (hwm_mib(serve_a.0.id())?, hwm_mib(serve_b.0.id())?);
 
     // Every file on bob, byte for byte.
@@ -390,6 +429,15 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
         }
     }
     drop((serve_a, serve_b));
+    if log.is_some() {
+        let kept = std::env::temp_dir().join(format!("hearth-bench-folder-{}", std::process::id()));
+        std::fs::create_dir_all(&kept)?;
+        for s in [&alice, &bob] {
+            std::fs::copy(s.data.join("serve.log"), kept.join(format!("{}.log", s.name)))?;
+        }
+        let at = accepted_at.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        println!("servers' logs kept in {} (bob's acceptance began at {at:.3} s after the epoch)", kept.display());
+    }
 
     let row = |what: &str, d: Duration| {
         println!("{what:<52}{:>10.1} MB/s {:>9.2} s", mb_s(total, d), d.as_secs_f64());
@@ -401,6 +449,15 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     row("  its median", median(&durables));
     row("upload of the folder to alice, one file at a time", upload);
     row("sharing: from bob's acceptance to all content on bob", share);
+    let phase = |what: &str, d: Option<Duration>| match d {
+        Some(d) => println!("  {what:<50}{:>9.2} s", d.as_secs_f64()),
+        None => println!("  {what:<50}{:>11}", "-"),
+    };
+    phase("of which: acceptance answered after", Some(accepted));
+    phase("first file's content acknowledged, polled, at", first_content);
+    phase("every document on bob, polled, at", metadata_done);
+    println!("{:<52}{:>10.2} s", "  CPU time of alice's server while sharing", cpu.0);
+    println!("{:<52}{:>10.2} s", "  CPU time of bob's server while sharing", cpu.1);
     println!(
         "{:<52}{:>10.2}x",
         "ratio sharing / durable copy (the target)",
