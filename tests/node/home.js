@@ -90,7 +90,10 @@ async function logIn(page, base, passphrase, keyboardOnly) {
   await page.goto(base + '/');
   await page.waitForURL((u) => u.pathname === '/auth/login');
   if (keyboardOnly) {
-    // The passphrase field has the focus on arrival; Enter submits.
+    // The passphrase field has the focus on arrival (`autofocus`, which the browser applies at
+    // its next rendering step, after the load: typed before, the keys went nowhere); Enter
+    // submits.
+    await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'passphrase');
     await page.keyboard.type(passphrase);
     await Promise.all([page.waitForURL((u) => u.pathname === '/'), page.keyboard.press('Enter')]);
   } else {
