@@ -62,7 +62,9 @@ fn forged_notice(id: &str, owner: &str, nonce: &str, token: &str) -> Value {
 }
 
 /// A stand-in for an instance someone runs: answers every request with a sharing request for
-/// the id in its path, addressed to `recipient`, with the attacker's rules; counts the requests.
+/// the id in its path, addressed to `recipient`, with the attacker's rules and the answer state
+/// `forged-state`; counts the requests. An answer (`POST .../answer`) gets credentials and
+/// `member_index` 0, the owner's own entry.
 async fn forging_owner(recipient: String) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -84,12 +86,37 @@ async fn forging_owner(recipient: String) -> (String, Arc<AtomicUsize>) {
                     }
                 }
                 let head = String::from_utf8_lossy(&buf).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let (method, path) = {
+                    let mut words = head.split_whitespace();
+                    (words.next().unwrap_or_default().to_owned(), words.next().unwrap_or_default().to_owned())
+                };
+                // The body, read whole before answering (closing on unread bytes resets).
+                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + length {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
                 let id = path.split('/').nth(2).unwrap_or_default();
-                let body = json!({"data": {"type": "io.cozy.sharings", "id": id, "attributes": {
-                    "description": "holiday notes", "rules": [friends_rule()],
-                    "members": [{"status": "owner", "instance": me, "public_name": "alice"},
-                                {"status": "seen", "instance": recipient}]}}})
+                let body = if method == "POST" && path.ends_with("/answer") {
+                    json!({"data": {"type": "io.cozy.sharings.answer", "id": id, "attributes": {
+                        "member_index": 0,
+                        "client": {"client_id": "mallory-client", "client_secret": "mallory-secret"},
+                        "access_token": {"access_token": "mallory-access", "refresh_token": "mallory-refresh",
+                                         "scope": "x", "token_type": "bearer"}}}})
+                } else {
+                    json!({"data": {"type": "io.cozy.sharings", "id": id, "attributes": {
+                        "description": "holiday notes", "rules": [friends_rule()],
+                        "members": [{"status": "owner", "instance": me, "public_name": "alice"},
+                                    {"status": "seen", "instance": recipient}]}},
+                           "meta": {"state": "forged-state"}})
+                }
                 .to_string();
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -220,6 +247,38 @@ async fn an_instance_speaks_only_for_the_sharing_ids_it_issued() {
     let b = browser();
     let page = log_in_and_open(&b, &bob, &bob.url(&format!("/auth/authorize/sharing?sharing_id={own}&state=x"))).await;
     assert!(page.contains(&format!("<code>{mallory}</code>")), "{page}");
+}
+
+/// An owner's answer to an acceptance names the member index it took the answer for; the
+/// recipient's own entry is the one the request was addressed to, whatever that index says: an
+/// answer naming the owner's entry (0) does not make the owner a ready member nor leave the
+/// recipient's entry unaccepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owners_answer_naming_another_member_index_is_not_followed() {
+    let app = spawn_app().await;
+    let bob = app.add_instance("bob", PASS);
+    let (mallory, _) = forging_owner(format!("http://{}", bob.domain)).await;
+    let id = SharingId::derived(&mallory, "abad1dea");
+    let (s, v) = bob
+        .call(
+            Method::PUT,
+            &format!("/sharings/{id}"),
+            None,
+            Some(forged_notice(id.as_str(), &mallory, "abad1dea", "t")),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let inst = app.instance(&bob.domain);
+    let digest = service::pending_digest(&app.sharing, &inst, &id).await.unwrap();
+    let accepted = service::accept(&app.sharing, &inst, &id, "forged-state", &digest).await.unwrap();
+    let stored = hearth::sharing::load(inst.store.as_ref(), &id).await.unwrap().unwrap();
+    for s in [&accepted, &stored] {
+        assert_eq!(s.members[0].status, MemberStatus::Owner, "{:?}", s.members[0]);
+        assert_eq!(s.members[0].instance.as_deref(), Some(mallory.as_str()));
+        assert!(s.members[0].outbound.is_some(), "the owner's credentials are kept on the owner's entry");
+        assert_eq!(s.members[1].status, MemberStatus::Ready, "{:?}", s.members[1]);
+        assert!(s.active);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,11 @@ impl Files {
     /// Of `ids`, the files that have a version (what the content channel offers, as
     /// [`Files::current_versions`], from the index alone: no document is read): its size each,
     /// `None` for the others. For counting what is pending, at every status request.
+    ///
+    /// Two differences with what is offered, both passing: a file document without an
+    /// `md5sum` (hearth always writes one; a peer's document may lack it) is counted here and
+    /// never offered, until the content checkpoint passes its row; and the size is the index's,
+    /// which may lag the document by one edit.
     pub async fn version_sizes(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
         self.sync().await?;
         let mut out = Vec::with_capacity(ids.len());
