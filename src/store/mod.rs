@@ -329,6 +329,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn all_docs(&self, doctype: &Doctype, query: &AllDocsQuery) -> Result<AllDocs, StoreError>;
 
+    /// Reads a `_local` document. `_local` ids stay `&str` here and in the calls below: they are
+    /// not document ids (hearth's checkpoint and settings names, the checkpoint ids a PouchDB
+    /// client picks), are never replicated, and CouchDB takes any string after `_local/`.
     async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError>;
 
     /// Writes a `_local` document whatever its revision (hearth's own checkpoints and settings;
