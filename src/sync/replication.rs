@@ -249,6 +249,12 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
+    /// Whether document `id` is, as of now, out of the sharing here (tracked, and removed).
+    async fn still_out(&self, doctype: &Doctype, id: &DocId) -> Result<bool, SyncError> {
+        let states = self.inst.store.shared_state(self.sharing.sharing_id(), doctype, std::slice::from_ref(id)).await?;
+        Ok(states.get(id).is_some_and(|st| st.removed))
+    }
+
     /// A removal on top of a document's current winner: the tombstone and the winner (with its
     /// history) to build it from; nothing when the winner is a deletion already.
     async fn departure_from_winner(
@@ -399,8 +405,16 @@ impl Source for LocalSource {
                 let mut tombstone = tombstones.remove(&(doctype.clone(), id.clone()));
                 if tombstone.is_some() && !found.iter().any(|f| matches!(f, OpenRev::Found(_))) {
                     // The document changed since its row was read (renamed after it left, say):
-                    // the revision the tombstone was to follow is no longer readable. The
-                    // removal follows the current winner instead (still a removal there).
+                    // the revision the tombstone was to follow is no longer readable (CouchDB
+                    // keeps only leaves' bodies). If it is still out of the sharing here, the
+                    // removal follows the current winner instead. If it came back meanwhile
+                    // (an item the owner restored into the shared folder, say), nothing is sent
+                    // for it now: a removal on top of the revision that brought it back would
+                    // win on the member over that revision, and the newer row that brought it
+                    // back comes in a later batch.
+                    if !self.still_out(&doctype, &id).await? {
+                        continue;
+                    }
                     (tombstone, found) = self.departure_from_winner(&doctype, &id).await?;
                 }
                 let alive = self.alive.contains(&format!("{doctype}/{peer_id}"));
