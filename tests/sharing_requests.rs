@@ -61,6 +61,11 @@ fn forged_notice(id: &str, owner: &str, nonce: &str, token: &str) -> Value {
         "meta": {"request_token": token}}})
 }
 
+/// Sends `who` a forged notice for `id` with the owner address and nonce given (token `t`).
+async fn send_forged(who: &TestInstance, id: &SharingId, owner: &str, nonce: &str) -> (u16, Value) {
+    who.call(Method::PUT, &format!("/sharings/{id}"), None, Some(forged_notice(id.as_str(), owner, nonce, "t"))).await
+}
+
 /// A stand-in for an instance someone runs: answers every request with a sharing request for
 /// the id in its path, addressed to `recipient`, with the attacker's rules and the answer state
 /// `forged-state`; counts the requests. An answer (`POST .../answer`) gets credentials and
@@ -232,14 +237,7 @@ async fn an_instance_speaks_only_for_the_sharing_ids_it_issued() {
     // Under an id of its own, mallory's request is stored as what it is: mallory's, and bob's
     // page says which instance it comes from, whatever name it gives itself.
     let own = SharingId::derived(&mallory, "abad1dea");
-    let (s, v) = bob
-        .call(
-            Method::PUT,
-            &format!("/sharings/{own}"),
-            None,
-            Some(forged_notice(own.as_str(), &mallory, "abad1dea", "t")),
-        )
-        .await;
+    let (s, v) = send_forged(&bob, &own, &mallory, "abad1dea").await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let s = hearth::sharing::load(app.instance(&bob.domain).store.as_ref(), &own).await.unwrap().unwrap();
@@ -259,14 +257,7 @@ async fn an_owners_answer_naming_another_member_index_is_not_followed() {
     let bob = app.add_instance("bob", PASS);
     let (mallory, _) = forging_owner(format!("http://{}", bob.domain)).await;
     let id = SharingId::derived(&mallory, "abad1dea");
-    let (s, v) = bob
-        .call(
-            Method::PUT,
-            &format!("/sharings/{id}"),
-            None,
-            Some(forged_notice(id.as_str(), &mallory, "abad1dea", "t")),
-        )
-        .await;
+    let (s, v) = send_forged(&bob, &id, &mallory, "abad1dea").await;
     assert_eq!(s, 200, "{v}");
     let inst = app.instance(&bob.domain);
     let digest = service::pending_digest(&app.sharing, &inst, &id).await.unwrap();

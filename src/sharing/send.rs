@@ -20,9 +20,11 @@
 //!   and is alive here: the member gets a deletion instead of the new content), sent when the
 //!   rule's `update` or `remove` lets it flow this way.
 //!
-//! (One more rule is applied on the revisions themselves, in `sync::replication`: a removal
+//! (Two more rules are applied on the revisions themselves, in `sync::replication`: a removal
 //! that is not the document's winner here, the document being alive and in the sharing, is
-//! history and is not sent; see `files::shared`, "Re-entry".)
+//! history and is not sent; see `files::shared`, "Re-entry". And a departure whose revision is
+//! no longer readable when it is fetched follows the current winner only while the document is
+//! still out of the sharing: one that came back meanwhile gets nothing, its newer row follows.)
 
 use super::model::{ChangeKind, Flow, Sharing};
 use crate::store::{MemberIndex, SharedChange};

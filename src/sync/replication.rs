@@ -255,6 +255,14 @@ impl LocalSource {
         Ok(states.get(id).is_some_and(|st| st.removed))
     }
 
+    /// The revision of this instance's removal on top of `winner` (derived from it and from the
+    /// removal's body, so the same whenever it is made); `None` for a revision at the
+    /// generation limit, which cannot get a child.
+    fn departure_rev(&self, winner: &Rev) -> Option<Rev> {
+        let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
+        hearth_replicator::rev::new_rev(Some(winner), true, body.as_bytes()).ok()
+    }
+
     /// A removal on top of a document's current winner: the tombstone and the winner (with its
     /// history) to build it from; nothing when the winner is a deletion already.
     async fn departure_from_winner(
@@ -266,10 +274,7 @@ impl LocalSource {
         let Some((winner, false)) = leaves.get(id).and_then(|l| l.first()).cloned() else {
             return Ok((None, Vec::new()));
         };
-        let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
-        let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(&winner), true, body.as_bytes()) else {
-            return Ok((None, Vec::new()));
-        };
+        let Some(tombstone) = self.departure_rev(&winner) else { return Ok((None, Vec::new())) };
         let found = self.inst.store.open_revs_many(doctype, vec![(id.clone(), vec![winner])]).await?;
         Ok((Some(tombstone), found.into_iter().next().map(|(_, f)| f).unwrap_or_default()))
     }
@@ -348,8 +353,7 @@ impl Source for LocalSource {
                     // tombstone's id is derived from that revision. For files, the member
                     // keeps a dissociated copy (Cozy; see `files::shared`).
                     let Some((winner, _)) = l.first() else { continue };
-                    let body = crate::sharing::protocol::departure_body(self.inst.domain.as_str());
-                    let Ok(tombstone) = hearth_replicator::rev::new_rev(Some(winner), true, body.as_bytes()) else {
+                    let Some(tombstone) = self.departure_rev(winner) else {
                         // A winner at the generation limit cannot get a child: its peers keep it.
                         tracing::warn!(doc = %key, rev = %winner, "no removal sent: the revision is at the generation limit");
                         continue;
