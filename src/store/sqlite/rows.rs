@@ -307,6 +307,51 @@ pub(super) fn record_shared(
              ON CONFLICT (sharing_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
         )?
         .query_row(params![sharing], |r| r.get(0))?;
+    write_shared(tx, sharing, doctype, id, seq, rule_index, removed, entry)
+}
+
+/// [`record_shared`] for many documents entering `sharing` at once (an initial set): the
+/// sharing's sequence is read and written once, not per document. `joined` is
+/// `(id, rule_index)`, numbered in that order.
+pub(super) fn record_joined(
+    tx: &Transaction<'_>,
+    sharing: &str,
+    doctype: &str,
+    joined: &[(String, usize)],
+    entry: Entry,
+) -> Result<(), StoreError> {
+    if joined.is_empty() {
+        return Ok(());
+    }
+    let last: i64 = tx
+        .prepare_cached("SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1")?
+        .query_row(params![sharing], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut seq = last;
+    for (id, rule_index) in joined {
+        seq += 1;
+        write_shared(tx, sharing, doctype, id, seq, *rule_index, false, entry)?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO sharing_seqs (sharing_id, last_seq) VALUES (?1, ?2)
+         ON CONFLICT (sharing_id) DO UPDATE SET last_seq = ?2",
+    )?
+    .execute(params![sharing, seq])?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_shared(
+    tx: &Transaction<'_>,
+    sharing: &str,
+    doctype: &str,
+    id: &str,
+    seq: i64,
+    rule_index: usize,
+    removed: bool,
+    entry: Entry,
+) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed, joined, initial, origin)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?7, ?8)
@@ -322,6 +367,35 @@ pub(super) fn record_shared(
         entry.initial,
         entry.origin.map(|o| o.get() as i64)
     ])?;
+    Ok(())
+}
+
+/// Calls `f` with each live document of `doctype` that is not in `sharing` (no row, or a
+/// removed one), in id order, with its winning revision's body (empty when it has none).
+/// Reads only: `f` must not write to the tables it scans.
+pub(super) fn each_unshared_live(
+    conn: &Connection,
+    sharing: &str,
+    doctype: &str,
+    mut f: impl FnMut(String, Body) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.id, b.body FROM docs d
+         LEFT JOIN bodies b ON b.doctype = d.doctype AND b.id = d.id AND b.rev = d.winner
+         WHERE d.doctype = ?1 AND d.deleted = 0 AND NOT EXISTS (
+             SELECT 1 FROM shared s WHERE s.sharing_id = ?2 AND s.doctype = d.doctype AND s.id = d.id
+             AND s.removed = 0)
+         ORDER BY d.id",
+    )?;
+    let mut rows = stmt.query(params![doctype, sharing])?;
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let body = match row.get::<_, Option<Vec<u8>>>(1)? {
+            Some(bytes) => parse_body(&id, bytes)?,
+            None => Body::default(),
+        };
+        f(id, body)?;
+    }
     Ok(())
 }
 

@@ -430,45 +430,45 @@ impl Store for SqliteStore {
                 return Ok(0);
             }
             let rules: Vec<&TrackRule> = ctx.tracking.iter().filter(|r| r.sharing_id == sharing_id).collect();
+            let entry = Entry { initial: true, origin: None };
             let mut added = 0;
             for rule in &rules {
-                // Candidates: the listed ids for id rules, every live document otherwise.
-                let candidates: Vec<(String, String)> = match &rule.selector {
-                    None => {
-                        let mut stmt = tx.prepare_cached(
-                            "SELECT id, winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0",
-                        )?;
-                        let mut found = Vec::new();
-                        for v in &rule.values {
-                            if let Some(row) = stmt
-                                .query_row(params![rule.doctype.as_str(), v], |r| Ok((r.get(0)?, r.get(1)?)))
-                                .optional()?
-                            {
-                                found.push(row);
-                            }
-                        }
-                        found
-                    }
-                    Some(_) => tx
-                        .prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0 ORDER BY id")?
-                        .query_map(params![rule.doctype.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?,
+                // The first matching rule of the sharing wins, as for later writes.
+                let first = |id: &str, body: &Body| {
+                    rules.iter().find(|r| r.matches(rule.doctype.as_str(), id, body)).map(|r| r.rule_index)
                 };
-                for (id, winner) in candidates {
-                    if shared_row(tx, &sharing_id, rule.doctype.as_str(), &id)?.is_some_and(|st| !st.removed) {
-                        continue;
+                let mut joined = Vec::new();
+                match &rule.selector {
+                    // Id rules: the listed documents.
+                    None => {
+                        let mut stmt = tx
+                            .prepare_cached("SELECT winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0")?;
+                        let mut seen = HashSet::new();
+                        for v in &rule.values {
+                            if !seen.insert(v) {
+                                continue;
+                            }
+                            let winner: Option<String> =
+                                stmt.query_row(params![rule.doctype.as_str(), v], |r| r.get(0)).optional()?;
+                            let Some(winner) = winner else { continue };
+                            if shared_row(tx, &sharing_id, rule.doctype.as_str(), v)?.is_some_and(|st| !st.removed) {
+                                continue;
+                            }
+                            let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {v}")))?;
+                            let body = load_body(tx, rule.doctype.as_str(), v, &rev)?.unwrap_or_default();
+                            joined.extend(first(v, &body).map(|i| (v.clone(), i)));
+                        }
                     }
-                    let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
-                    let body = load_body(tx, rule.doctype.as_str(), &id, &rev)?.unwrap_or_default();
-                    // The first matching rule of the sharing wins, as for later writes.
-                    let first =
-                        rules.iter().find(|r| r.matches(rule.doctype.as_str(), &id, &body)).map(|r| r.rule_index);
-                    if let Some(rule_index) = first {
-                        let entry = Entry { initial: true, origin: None };
-                        record_shared(tx, &sharing_id, rule.doctype.as_str(), &id, rule_index, false, entry)?;
-                        added += 1;
-                    }
+                    // Selector rules: every live document, read with its body in one scan.
+                    Some(_) => each_unshared_live(tx, &sharing_id, rule.doctype.as_str(), |id, body| {
+                        if let Some(i) = first(&id, &body) {
+                            joined.push((id, i));
+                        }
+                        Ok(())
+                    })?,
                 }
+                record_joined(tx, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
+                added += joined.len() as u64;
             }
             // Subtree rules: the documents under a shared one, a level per pass, so parents
             // come before their children in the feed.
@@ -480,31 +480,20 @@ impl Store for SqliteStore {
             };
             for doctype in subtree {
                 loop {
-                    let live: Vec<(String, String)> = tx
-                        .prepare_cached("SELECT id, winner FROM docs WHERE doctype = ?1 AND deleted = 0 ORDER BY id")?
-                        .query_map(params![doctype], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?;
                     let mut joined = Vec::new();
-                    for (id, winner) in live {
-                        if shared_row(tx, &sharing_id, doctype, &id)?.is_some_and(|st| !st.removed) {
-                            continue;
-                        }
-                        let rev: Rev = winner.parse().map_err(|_| StoreError::Corrupt(format!("winner of {id}")))?;
-                        let body = load_body(tx, doctype, &id, &rev)?.unwrap_or_default();
+                    each_unshared_live(tx, &sharing_id, doctype, |id, body| {
                         let parent = TrackRule::parent_of(&ctx.tracking, doctype, &body);
                         let parent = parent_rule(tx, &sharing_id, doctype, parent.as_deref())?;
                         if let Some(r) = rules.iter().find(|r| r.matches_in(doctype, &id, &body, parent)) {
                             joined.push((id, r.rule_index));
                         }
-                    }
+                        Ok(())
+                    })?;
                     if joined.is_empty() {
                         break;
                     }
-                    for (id, rule_index) in joined {
-                        let entry = Entry { initial: true, origin: None };
-                        record_shared(tx, &sharing_id, doctype, &id, rule_index, false, entry)?;
-                        added += 1;
-                    }
+                    record_joined(tx, &sharing_id, doctype, &joined, entry)?;
+                    added += joined.len() as u64;
                 }
             }
             Ok(added)
