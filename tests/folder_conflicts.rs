@@ -1139,14 +1139,15 @@ async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_m
     let alice = one.add_instance("alice", PASS);
     let bob = two.add_instance("bob", PASS);
     let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
-    // Bob's quota has no room: the documents arrive, their bytes are refused for now.
+    // Bob's quota has no room: the documents arrive, their bytes are refused for now (every
+    // file is larger than the quota's one byte).
     let bob_store = two.instance(&bob.domain).store.clone();
     hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
     let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
     let d = mkdir(&alice, &ta, &projects, "D").await;
-    upload(&alice, &ta, &d, "f.txt", b"f").await;
+    upload(&alice, &ta, &d, "f.txt", b"f-bytes").await;
     let e = mkdir(&alice, &ta, &d, "E").await;
-    upload(&alice, &ta, &e, "h.txt", b"h").await;
+    upload(&alice, &ta, &e, "h.txt", b"h-bytes").await;
     upload(&alice, &ta, &projects, "stays.txt", b"stays").await;
     let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
     let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, SYNC)]), rw, json!([])).await;
@@ -1167,8 +1168,8 @@ async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_m
     // Room again: the copy gets the bytes of what left, as the shared folder gets its own.
     hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
     for (path, data) in [
-        ("/.cozy_trash/D/f.txt".to_owned(), b"f".as_slice()),
-        ("/.cozy_trash/D/E/h.txt".to_owned(), b"h"),
+        ("/.cozy_trash/D/f.txt".to_owned(), b"f-bytes".as_slice()),
+        ("/.cozy_trash/D/E/h.txt".to_owned(), b"h-bytes"),
         (format!("{SHARED}/stays.txt"), b"stays"),
     ] {
         eventually(WAIT, &format!("bob can read {path}"), || async {
