@@ -58,9 +58,9 @@ const BATCH: usize = 200;
 /// How long a link whose files wait for content not on this instance yet waits before it
 /// looks again, in milliseconds.
 const WAITING_MS: u64 = 1000;
-/// How often the worker looks for links whose content is behind, besides being woken (by
-/// content received, and by each batch of metadata a member acknowledged; see
-/// [`ContentSender::with_bell`]): a retry that falls due is noticed within one tick.
+/// How often the worker looks for links whose content is behind, besides being woken.
+/// (Metadata landing on the member moves the replication checkpoint without waking this worker:
+/// the content of the first files follows within one tick.)
 const TICK: Duration = Duration::from_millis(100);
 
 fn checkpoints() -> Doctype {
@@ -137,17 +137,10 @@ fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct ContentSender {
     states: Mutex<HashMap<PeerKey, LinkState>>,
-    wake: Arc<Notify>,
+    wake: Notify,
 }
 
 impl ContentSender {
-    /// Senders woken by `bell` too: the document replicator rings it when a batch of a sharing
-    /// with files reached a member ([`super::manager::SyncManager::content_bell`]), so their
-    /// content starts at once instead of at the next tick.
-    pub fn with_bell(bell: Arc<Notify>) -> ContentSender {
-        ContentSender { states: Mutex::default(), wake: bell }
-    }
-
     /// Look at every link now (metadata or content arrived).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -243,7 +236,7 @@ fn files_error(e: crate::files::FilesError) -> SyncError {
     }
 }
 
-pub(super) fn has_files_rule(s: &Sharing) -> bool {
+fn has_files_rule(s: &Sharing) -> bool {
     s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE && !r.local)
 }
 

@@ -120,9 +120,6 @@ pub struct SyncManager {
     wake: Notify,
     /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
     outbox: Notify,
-    /// Rung after each batch of a sharing with files that a member acknowledged: the files'
-    /// content can go (see `content::ContentSender::with_bell`).
-    content: Arc<Notify>,
 }
 
 impl Default for SyncManager {
@@ -134,7 +131,6 @@ impl Default for SyncManager {
             seen: Mutex::default(),
             wake: Notify::new(),
             outbox: Notify::new(),
-            content: Arc::new(Notify::new()),
         }
     }
 }
@@ -208,12 +204,6 @@ impl SyncManager {
     /// Resolves when an outbox entry was added (see [`SyncHandle::wake_outbox`]).
     pub async fn outbox_added(&self) {
         self.outbox.notified().await
-    }
-
-    /// The bell rung when a member acknowledged a batch of a sharing with files (for
-    /// `content::ContentSender::with_bell`).
-    pub fn content_bell(&self) -> Arc<Notify> {
-        self.content.clone()
     }
 
     /// Asks the worker to look at every instance now (after a write through a peer or the CLI).
@@ -350,16 +340,11 @@ async fn run_one(
     let position = manager.with_state(&key, |st| st.position).unwrap_or(0);
     let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member, position) {
         Ok((mut source, mut target)) => {
-            let files = super::content::has_files_rule(&s);
             replicate::run(&mut source, &mut target, &limits, |r| {
                 manager.with_state(&key, |st| {
                     st.processed = r.changes_read;
                     st.total = st.total.max(r.changes_read);
                 });
-                // The batch is acknowledged and checkpointed: its files' content may go.
-                if files && r.docs_sent > 0 {
-                    manager.content.notify_one();
-                }
             })
             .await
         }
