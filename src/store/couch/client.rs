@@ -129,7 +129,11 @@ impl CouchServer {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the keep-alive of the servers met in front of CouchDB or standing in for it
+            // (Node's HTTP server, PouchDB Server's, closes idle connections after 5 s; Apache's
+            // default is 5 s too): a connection kept longer can be reused just as the server
+            // resets it ("Connection reset by peer" on a request that never reached it).
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .context("failed to build the CouchDB HTTP client")?;
         let password = config.password.as_ref().map(|p| p.expose_secret().to_owned());
