@@ -118,3 +118,60 @@ async fn pending_matches_a_full_count_across_feed_buckets_and_in_older_files() {
     let seven = store.get(&t, &DocId::parse("d0007").unwrap(), GetOptions::default()).await.unwrap();
     assert_eq!(seven.doc.body.as_str(), r#"{"i":7,"gen":1}"#);
 }
+
+/// Version 4 of the schema keeps bodies in a rowid table: a file written by version 3 (bodies
+/// in a `WITHOUT ROWID` table) is converted when opened, every body as it was written, and
+/// takes writes as before.
+#[tokio::test]
+async fn a_file_of_schema_3_keeps_every_body_when_bodies_move_to_a_rowid_table() {
+    use hearth::store::{Body, DocId, DocWrite, Doctype, GetOptions, Store};
+    use hearth_replicator::rev::Rev;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite");
+    let t = Doctype::parse("io.hearth.bodies").unwrap();
+    // Small bodies, bodies over a quarter page and bodies over several pages, as written.
+    let text = |i: usize| format!(r#"{{"i" : {i}, "pad":"{}"}}"#, "x".repeat([10, 1500, 20_000][i % 3]));
+    let doc = |i: usize| DocWrite {
+        id: DocId::parse(&format!("d{i:03}")).unwrap(),
+        rev: Some(Rev::new(1, format!("r{i}"))),
+        revisions: Some(vec![Rev::new(1, format!("r{i}"))]),
+        deleted: false,
+        body: Body::parse(&text(i)).unwrap(),
+    };
+    let table_sql = |path: &std::path::Path| -> String {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT sql FROM sqlite_master WHERE name = 'bodies'", [], |r| r.get(0))
+            .unwrap()
+    };
+    {
+        let store = SqliteStore::open(&path, 1000).unwrap();
+        assert!(store.bulk_docs(&t, (0..90).map(doc).collect(), false).await.unwrap().is_empty());
+    }
+    assert!(!table_sql(&path).contains("WITHOUT ROWID"), "a new file has a rowid table");
+    // As version 3 wrote it.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "BEGIN;
+             CREATE TABLE old_bodies (doctype TEXT NOT NULL, id TEXT NOT NULL, rev TEXT NOT NULL,
+                 body BLOB NOT NULL, PRIMARY KEY (doctype, id, rev)) WITHOUT ROWID;
+             INSERT INTO old_bodies SELECT doctype, id, rev, body FROM bodies;
+             DROP TABLE bodies;
+             ALTER TABLE old_bodies RENAME TO bodies;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )
+        .unwrap();
+    assert!(table_sql(&path).contains("WITHOUT ROWID"));
+
+    let store = SqliteStore::open(&path, 1000).unwrap();
+    assert!(!table_sql(&path).contains("WITHOUT ROWID"), "converted when opened");
+    for i in 0..90 {
+        let got = store.get(&t, &DocId::parse(&format!("d{i:03}")).unwrap(), GetOptions::default()).await.unwrap();
+        assert_eq!(got.doc.body.as_str(), Body::parse(&text(i)).unwrap().as_str(), "body of d{i:03}");
+    }
+    assert!(store.bulk_docs(&t, (90..99).map(doc).collect(), false).await.unwrap().is_empty());
+    assert_eq!(store.db_info(&t).await.unwrap().doc_count, 99);
+}

@@ -35,10 +35,19 @@ use super::*;
 
 /// 3: `feed_counts` (filled from `docs` when an older file is opened), and where and how each
 /// document entered its sharing (`shared.joined`, `initial`, `origin`; `sharing_starts`).
-const SCHEMA_VERSION: i64 = 3;
+/// 4: `bodies` is a rowid table (see [`BODIES`]).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Sequence numbers per `feed_counts` bucket.
 pub const FEED_BUCKET: u64 = 1024;
+
+/// The bodies of leaf revisions. A rowid table, unlike the others: a row of a `WITHOUT ROWID`
+/// table keeps at most about a quarter of a page (1,002 bytes of 4,096) in its b-tree page
+/// and puts the rest on an overflow page of its own, so every body over about 1 KB took a
+/// whole extra page, mostly empty, to write and to read; a rowid table keeps up to 4,061
+/// bytes in place (SQLite's file format, "B-tree Page Format", the `X` and `M` thresholds).
+/// The key is then also kept in the primary key's index. Version 4 of the schema.
+const BODIES: &str = "bodies";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS doctypes (
@@ -47,6 +56,13 @@ CREATE TABLE IF NOT EXISTS doctypes (
     doc_count INTEGER NOT NULL,
     del_count INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bodies (
+    doctype TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (doctype, id, rev)
+);
 CREATE TABLE IF NOT EXISTS docs (
     doctype TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -58,13 +74,6 @@ CREATE TABLE IF NOT EXISTS docs (
     PRIMARY KEY (doctype, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (doctype, seq);
-CREATE TABLE IF NOT EXISTS bodies (
-    doctype TEXT NOT NULL,
-    id TEXT NOT NULL,
-    rev TEXT NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (doctype, id, rev)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shared (
     sharing_id TEXT NOT NULL,
     doctype TEXT NOT NULL,
@@ -162,6 +171,26 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
 /// Brings a database written by an older hearth to [`SCHEMA_VERSION`] (`SCHEMA` has already
 /// created whatever table was missing).
 fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    if (1..4).contains(&from) {
+        // Version 4: bodies move to a rowid table (see [`BODIES`]), copied as they are.
+        let sql: Option<String> = conn
+            .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [BODIES], |r| r.get(0))
+            .optional()?;
+        if sql.is_some_and(|sql| sql.to_ascii_uppercase().contains("WITHOUT ROWID")) {
+            conn.execute_batch(
+                "CREATE TABLE bodies_v4 (
+                     doctype TEXT NOT NULL,
+                     id TEXT NOT NULL,
+                     rev TEXT NOT NULL,
+                     body BLOB NOT NULL,
+                     PRIMARY KEY (doctype, id, rev)
+                 );
+                 INSERT INTO bodies_v4 (doctype, id, rev, body) SELECT doctype, id, rev, body FROM bodies;
+                 DROP TABLE bodies;
+                 ALTER TABLE bodies_v4 RENAME TO bodies;",
+            )?;
+        }
+    }
     if (1..3).contains(&from) {
         // Version 3: where and how each document entered its sharing. Older rows get
         // `joined = 0`, which every member's checkpoint is past: their documents count as
@@ -195,18 +224,21 @@ impl SqliteStore {
         // Only a new or older file is written to: opening must work on a full disk, where the
         // store then serves reads and refuses writes (`StoreError::Full`).
         if version < SCHEMA_VERSION {
-            conn.execute_batch(SCHEMA).context("failed to create the schema")?;
-            migrate(&conn, version).context("failed to upgrade the schema")?;
+            // In one transaction: a crash while upgrading leaves the file as it was.
+            let tx = conn.unchecked_transaction().context("failed to start the schema upgrade")?;
+            tx.execute_batch(SCHEMA).context("failed to create the schema")?;
+            migrate(&tx, version).context("failed to upgrade the schema")?;
             if version < 3 {
                 // Files from before `feed_counts`: count the feed once.
-                conn.execute(
+                tx.execute(
                     "INSERT OR REPLACE INTO feed_counts (doctype, bucket, docs)
                      SELECT doctype, seq / ?1, COUNT(*) FROM docs GROUP BY doctype, seq / ?1",
                     params![FEED_BUCKET as i64],
                 )
                 .context("failed to count the changes feeds")?;
             }
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit().context("failed to upgrade the schema")?;
         }
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
