@@ -116,11 +116,28 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-/// A queued write: runs in its savepoint, and answers how to acknowledge it once the group's
-/// commit is known (`None`: committed; `Some(e)`: the commit failed).
+/// A queued write: runs in the group's transaction (in a savepoint of its own when the group
+/// holds other writes), says whether it failed, and answers how to acknowledge it once the
+/// group's commit is known (`None`: committed; `Some(e)`: the commit failed).
 /// A group that cannot be written gives each of its writes the error instead (`Err`).
-type Job = Box<dyn FnOnce(Result<(&Transaction<'_>, &WriteCtx), StoreError>) -> Ack + Send>;
+type Job = Box<dyn FnOnce(Result<Group<'_>, StoreError>) -> Done + Send>;
 type Ack = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+/// What a queued write runs in.
+struct Group<'a> {
+    tx: &'a Transaction<'a>,
+    ctx: &'a WriteCtx,
+    /// The only write of its group: it needs no savepoint, as a failure rolls back the whole
+    /// transaction. (A savepoint held open over a large write makes SQLite copy every page it
+    /// changes into the statement journal, which spills to a temporary file past 64 KiB.)
+    alone: bool,
+}
+
+/// A write that has run: whether it failed, and how to acknowledge it.
+struct Done {
+    failed: bool,
+    ack: Ack,
+}
 
 struct Inner {
     path: PathBuf,
@@ -137,6 +154,50 @@ struct Inner {
 struct WriteCtx {
     revs_limit: usize,
     tracking: Arc<Vec<TrackRule>>,
+    seqs: SharingSeqs,
+}
+
+/// The sharings' feed sequences (`sharing_seqs`) as one group's transaction advances them:
+/// each is read once, advanced here, and written back once before the commit, instead of an
+/// `UPDATE … RETURNING` per document entering or changing in a sharing. A write rolled back
+/// alone within the group (its savepoint) leaves a gap in its sharing's numbers, never a
+/// number used twice.
+#[derive(Default)]
+struct SharingSeqs(std::cell::RefCell<HashMap<String, (i64, bool)>>);
+
+impl SharingSeqs {
+    /// Reserves `n` numbers of `sharing`'s feed; answers the first.
+    fn take(&self, tx: &Transaction<'_>, sharing: &str, n: i64) -> Result<i64, StoreError> {
+        let mut seqs = self.0.borrow_mut();
+        let entry = match seqs.get_mut(sharing) {
+            Some(e) => e,
+            None => {
+                let last: i64 = tx
+                    .prepare_cached("SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1")?
+                    .query_row(params![sharing], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                seqs.entry(sharing.to_owned()).or_insert((last, false))
+            }
+        };
+        let first = entry.0 + 1;
+        *entry = (entry.0 + n, true);
+        Ok(first)
+    }
+
+    /// Writes the advanced sequences back, in the group's transaction.
+    fn flush(&self, tx: &Transaction<'_>) -> Result<(), StoreError> {
+        for (sharing, (last, advanced)) in self.0.borrow_mut().iter_mut() {
+            if std::mem::take(advanced) {
+                tx.prepare_cached(
+                    "INSERT INTO sharing_seqs (sharing_id, last_seq) VALUES (?1, ?2)
+                     ON CONFLICT (sharing_id) DO UPDATE SET last_seq = ?2",
+                )?
+                .execute(params![sharing, *last])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn internal(e: impl Into<anyhow::Error>) -> StoreError {
@@ -288,15 +349,18 @@ impl SqliteStore {
         let (sender, receiver) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |group| {
             let out = match group {
-                Ok((tx, ctx)) => in_savepoint(tx, |tx| f(tx, ctx)),
+                Ok(Group { tx, ctx, alone: true }) => f(tx, ctx),
+                Ok(Group { tx, ctx, alone: false }) => in_savepoint(tx, |tx| f(tx, ctx)),
                 Err(e) => Err(e),
             };
-            Box::new(move |failed: Option<StoreError>| {
+            let failed = out.is_err();
+            let ack: Ack = Box::new(move |failed: Option<StoreError>| {
                 let _ = sender.send(match (failed, out) {
                     (Some(e), Ok(_)) => Err(e),
                     (_, out) => out,
                 });
-            })
+            });
+            Done { failed, ack }
         });
         let leader = {
             let mut queue = self.inner.queue.lock().map_err(|_| internal(anyhow::anyhow!("write queue poisoned")))?;
@@ -351,8 +415,25 @@ fn commit_group(inner: &Inner) {
         Ok(t) => t,
         Err(e) => return fail_all(jobs, e),
     };
-    let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking };
-    let acks: Vec<Ack> = jobs.into_iter().map(|job| job(Ok((&tx, &ctx)))).collect();
+    let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking, seqs: SharingSeqs::default() };
+    let alone = jobs.len() == 1;
+    let done: Vec<Done> = jobs.into_iter().map(|job| job(Ok(Group { tx: &tx, ctx: &ctx, alone }))).collect();
+    if alone && done.iter().all(|d| d.failed) {
+        // The only write failed: nothing of it may be committed (it ran without a savepoint).
+        drop(tx);
+        for d in done {
+            (d.ack)(None);
+        }
+        return;
+    }
+    let acks: Vec<Ack> = done.into_iter().map(|d| d.ack).collect();
+    if let Err(e) = ctx.seqs.flush(&tx) {
+        let mut errors = errors_for(acks.len(), e);
+        for ack in acks {
+            ack(errors.pop());
+        }
+        return;
+    }
     match tx.commit() {
         Ok(()) => {
             inner.commits.send_modify(|n| *n += 1);
@@ -378,7 +459,7 @@ fn fail_all(jobs: Vec<Job>, error: StoreError) {
     let mut errors = errors_for(jobs.len(), error);
     for job in jobs {
         if let Some(e) = errors.pop() {
-            job(Err(e))(None);
+            (job(Err(e)).ack)(None);
         }
     }
 }
@@ -441,5 +522,57 @@ mod tests {
         json::put(&store, &t, &id, None, body()).await.expect("write after healing");
         let feed = store.shared_changes(&SharingId::parse("e1").expect("id"), 0, 10).await.expect("feed");
         assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    /// A write that fails commits nothing, whether it is alone in its group (no savepoint: the
+    /// transaction is rolled back) or not (its savepoint is); the sharing feed's numbers it
+    /// took are never given to another document.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_write_commits_nothing_alone_or_in_a_group_and_its_feed_numbers_are_not_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open"));
+        let sharing = SharingId::parse("e1").expect("sharing id");
+        let record = |id: &'static str, fail: bool| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |tx, ctx| {
+                        record_shared(tx, &ctx.seqs, "e1", "io.hearth.notes", id, 0, false, Entry::default())?;
+                        if fail {
+                            return Err(StoreError::Conflict);
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        let feed = |store: Arc<SqliteStore>, sharing: SharingId| async move {
+            let rows = store.shared_changes(&sharing, 0, 100).await.expect("feed");
+            rows.into_iter().map(|c| (c.id.as_str().to_owned(), c.seq)).collect::<Vec<_>>()
+        };
+
+        assert!(matches!(record("alone", true).await, Err(StoreError::Conflict)));
+        assert_eq!(feed(store.clone(), sharing.clone()).await, vec![], "nothing of the failed write");
+
+        // Two writes in one group: the writer is held until both are queued.
+        let held = store.inner.writer.lock().expect("writer");
+        let failing = tokio::spawn(record("failing", true));
+        let passing = tokio::spawn(record("passing", false));
+        while store.inner.queue.lock().expect("queue").len() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(held);
+        assert!(matches!(failing.await.expect("task"), Err(StoreError::Conflict)));
+        passing.await.expect("task").expect("the other write of the group commits");
+        let rows = feed(store.clone(), sharing.clone()).await;
+        assert_eq!(rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["passing"]);
+
+        record("later", false).await.expect("write");
+        let rows = feed(store.clone(), sharing.clone()).await;
+        let seqs: Vec<u64> = rows.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(rows.len(), 2);
+        assert!(seqs[0] < seqs[1], "numbers only grow: {rows:?}");
+        let info = store.shared_info(&sharing, 0).await.expect("info");
+        assert_eq!(info.last_seq, seqs[1], "the sequence written back is the last one given");
     }
 }

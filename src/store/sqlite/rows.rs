@@ -200,7 +200,7 @@ pub(super) fn save_doc(
             Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
-        track_doc(tx, &ctx.tracking, u.doctype, u.id, winner.deleted, &body, Track::Write(u.join))?;
+        track_doc(tx, ctx, u.doctype, u.id, winner.deleted, &body, Track::Write(u.join))?;
     }
     Ok(())
 }
@@ -218,7 +218,7 @@ pub(super) enum Track<'a> {
 /// says. Returns the rows recorded.
 pub(super) fn track_doc(
     tx: &Transaction<'_>,
-    rules: &[TrackRule],
+    ctx: &WriteCtx,
     doctype: &str,
     id: &str,
     deleted: bool,
@@ -229,6 +229,7 @@ pub(super) fn track_doc(
         Track::Write(join) => (join, false),
         Track::MembershipOnly => (None, true),
     };
+    let rules = ctx.tracking.as_slice();
     let mut recorded = 0;
     let mut sharings: Vec<&str> =
         rules.iter().filter(|r| r.doctype == doctype).map(|r| r.sharing_id.as_str()).collect();
@@ -248,7 +249,7 @@ pub(super) fn track_doc(
             continue;
         }
         if let TrackAction::Record { rule_index, removed } = action {
-            record_shared(tx, sharing, doctype, id, rule_index, removed, entry)?;
+            record_shared(tx, &ctx.seqs, sharing, doctype, id, rule_index, removed, entry)?;
             recorded += 1;
         }
     }
@@ -292,8 +293,10 @@ pub(super) struct Entry {
     pub(super) origin: Option<MemberIndex>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn record_shared(
     tx: &Transaction<'_>,
+    seqs: &SharingSeqs,
     sharing: &str,
     doctype: &str,
     id: &str,
@@ -301,20 +304,15 @@ pub(super) fn record_shared(
     removed: bool,
     entry: Entry,
 ) -> Result<(), StoreError> {
-    let seq: i64 = tx
-        .prepare_cached(
-            "INSERT INTO sharing_seqs (sharing_id, last_seq) VALUES (?1, 1)
-             ON CONFLICT (sharing_id) DO UPDATE SET last_seq = last_seq + 1 RETURNING last_seq",
-        )?
-        .query_row(params![sharing], |r| r.get(0))?;
+    let seq = seqs.take(tx, sharing, 1)?;
     write_shared(tx, sharing, doctype, id, seq, rule_index, removed, entry)
 }
 
-/// [`record_shared`] for many documents entering `sharing` at once (an initial set): the
-/// sharing's sequence is read and written once, not per document. `joined` is
-/// `(id, rule_index)`, numbered in that order.
+/// [`record_shared`] for many documents entering `sharing` at once (an initial set).
+/// `joined` is `(id, rule_index)`, numbered in that order.
 pub(super) fn record_joined(
     tx: &Transaction<'_>,
+    seqs: &SharingSeqs,
     sharing: &str,
     doctype: &str,
     joined: &[(String, usize)],
@@ -323,21 +321,10 @@ pub(super) fn record_joined(
     if joined.is_empty() {
         return Ok(());
     }
-    let last: i64 = tx
-        .prepare_cached("SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1")?
-        .query_row(params![sharing], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    let mut seq = last;
-    for (id, rule_index) in joined {
-        seq += 1;
+    let first = seqs.take(tx, sharing, joined.len() as i64)?;
+    for (seq, (id, rule_index)) in (first..).zip(joined) {
         write_shared(tx, sharing, doctype, id, seq, *rule_index, false, entry)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO sharing_seqs (sharing_id, last_seq) VALUES (?1, ?2)
-         ON CONFLICT (sharing_id) DO UPDATE SET last_seq = ?2",
-    )?
-    .execute(params![sharing, seq])?;
     Ok(())
 }
 

@@ -467,7 +467,7 @@ impl Store for SqliteStore {
                         Ok(())
                     })?,
                 }
-                record_joined(tx, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
+                record_joined(tx, &ctx.seqs, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
                 added += joined.len() as u64;
             }
             // Subtree rules: the documents under a shared one, a level per pass, so parents
@@ -492,7 +492,7 @@ impl Store for SqliteStore {
                     if joined.is_empty() {
                         break;
                     }
-                    record_joined(tx, &sharing_id, doctype, &joined, entry)?;
+                    record_joined(tx, &ctx.seqs, &sharing_id, doctype, &joined, entry)?;
                     added += joined.len() as u64;
                 }
             }
@@ -544,7 +544,7 @@ impl Store for SqliteStore {
                     // No tracking rule of this sharing for the doctype (rules changing under
                     // it): the row is recorded here, as the write's tracking would not.
                     let entry = Entry { initial: false, origin: Some(origin) };
-                    record_shared(tx, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
+                    record_shared(tx, &ctx.seqs, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
                 }
                 let join = join.filter(|_| tracked);
                 match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], Prior { existing, join })?.pop() {
@@ -575,8 +575,7 @@ impl Store for SqliteStore {
                 let Some(winner) = row.tree.winner() else { continue };
                 let body = load_body(tx, &doctype, id.as_str(), &winner.rev)?.unwrap_or_default();
                 let before = if winner.deleted { 0 } else { removed_rows(id)? };
-                let recorded =
-                    track_doc(tx, &ctx.tracking, &doctype, id.as_str(), winner.deleted, &body, Track::MembershipOnly)?;
+                let recorded = track_doc(tx, ctx, &doctype, id.as_str(), winner.deleted, &body, Track::MembershipOnly)?;
                 out.recorded += recorded;
                 if recorded > 0 && before > 0 && removed_rows(id)? < before {
                     out.rejoined.push(id.clone());
