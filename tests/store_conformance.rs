@@ -104,16 +104,25 @@ async fn pending_matches_a_full_count_across_feed_buckets_and_in_older_files() {
         assert!(store.bulk_docs(&t, moved, false).await.unwrap().is_empty());
         check(&store, &t).await;
     }
-    // As a file of schema 2 would be: no counts, and a body stored with spaces.
+    // As a file of schema 2 would be: no counts, bodies in a WITHOUT ROWID table (until
+    // schema 4), and a body stored with spaces.
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "DELETE FROM feed_counts; PRAGMA user_version = 2;
+             CREATE TABLE old_bodies (doctype TEXT NOT NULL, id TEXT NOT NULL, rev TEXT NOT NULL,
+                 body BLOB NOT NULL, PRIMARY KEY (doctype, id, rev)) WITHOUT ROWID;
+             INSERT INTO old_bodies SELECT doctype, id, rev, body FROM bodies;
+             DROP TABLE bodies;
+             ALTER TABLE old_bodies RENAME TO bodies;
              UPDATE bodies SET body = CAST('{\"i\": 7, \"gen\" : 1}' AS BLOB) WHERE id = 'd0007';",
         )
         .unwrap();
     }
     let store = SqliteStore::open(&path, 1000).unwrap();
+    let version: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 4, "upgraded to the current schema");
     check(&store, &t).await;
     let seven = store.get(&t, &DocId::parse("d0007").unwrap(), GetOptions::default()).await.unwrap();
     assert_eq!(seven.doc.body.as_str(), r#"{"i":7,"gen":1}"#);
@@ -168,6 +177,9 @@ async fn a_file_of_schema_3_keeps_every_body_when_bodies_move_to_a_rowid_table()
 
     let store = SqliteStore::open(&path, 1000).unwrap();
     assert!(!table_sql(&path).contains("WITHOUT ROWID"), "converted when opened");
+    let version: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 4);
     for i in 0..90 {
         let got = store.get(&t, &DocId::parse(&format!("d{i:03}")).unwrap(), GetOptions::default()).await.unwrap();
         assert_eq!(got.doc.body.as_str(), Body::parse(&text(i)).unwrap().as_str(), "body of d{i:03}");

@@ -133,9 +133,9 @@ struct Group<'a> {
     alone: bool,
 }
 
-/// A write that has run: whether it failed, and how to acknowledge it.
+/// A write that has run: its error (a copy) if it failed, and how to acknowledge it.
 struct Done {
-    failed: bool,
+    failed: Option<StoreError>,
     ack: Ack,
 }
 
@@ -160,10 +160,12 @@ struct WriteCtx {
 /// The sharings' feed sequences (`sharing_seqs`) as one group's transaction advances them:
 /// each is read once, advanced here, and written back once before the commit, instead of an
 /// `UPDATE … RETURNING` per document entering or changing in a sharing. A write rolled back
-/// alone within the group (its savepoint) leaves a gap in its sharing's numbers, never a
-/// number used twice.
+/// alone within its group (its savepoint) gives back the numbers it took (see
+/// [`commit_group`]), as its rows are gone with it.
 #[derive(Default)]
 struct SharingSeqs(std::cell::RefCell<HashMap<String, (i64, bool)>>);
+
+type SeqsSnapshot = HashMap<String, (i64, bool)>;
 
 impl SharingSeqs {
     /// Reserves `n` numbers of `sharing`'s feed; answers the first.
@@ -172,17 +174,28 @@ impl SharingSeqs {
         let entry = match seqs.get_mut(sharing) {
             Some(e) => e,
             None => {
+                // The feed's own last row too: the numbers go on past it whatever the counter
+                // says (one lookup in `shared_by_seq`).
                 let last: i64 = tx
-                    .prepare_cached("SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1")?
-                    .query_row(params![sharing], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
+                    .prepare_cached(
+                        "SELECT MAX(COALESCE((SELECT last_seq FROM sharing_seqs WHERE sharing_id = ?1), 0),
+                                    COALESCE((SELECT MAX(seq) FROM shared WHERE sharing_id = ?1), 0))",
+                    )?
+                    .query_row(params![sharing], |r| r.get(0))?;
                 seqs.entry(sharing.to_owned()).or_insert((last, false))
             }
         };
         let first = entry.0 + 1;
         *entry = (entry.0 + n, true);
         Ok(first)
+    }
+
+    fn snapshot(&self) -> SeqsSnapshot {
+        self.0.borrow().clone()
+    }
+
+    fn restore(&self, snapshot: SeqsSnapshot) {
+        *self.0.borrow_mut() = snapshot;
     }
 
     /// Writes the advanced sequences back, in the group's transaction.
@@ -232,26 +245,6 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
 /// Brings a database written by an older hearth to [`SCHEMA_VERSION`] (`SCHEMA` has already
 /// created whatever table was missing).
 fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
-    if (1..4).contains(&from) {
-        // Version 4: bodies move to a rowid table (see [`BODIES`]), copied as they are.
-        let sql: Option<String> = conn
-            .query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1", [BODIES], |r| r.get(0))
-            .optional()?;
-        if sql.is_some_and(|sql| sql.to_ascii_uppercase().contains("WITHOUT ROWID")) {
-            conn.execute_batch(
-                "CREATE TABLE bodies_v4 (
-                     doctype TEXT NOT NULL,
-                     id TEXT NOT NULL,
-                     rev TEXT NOT NULL,
-                     body BLOB NOT NULL,
-                     PRIMARY KEY (doctype, id, rev)
-                 );
-                 INSERT INTO bodies_v4 (doctype, id, rev, body) SELECT doctype, id, rev, body FROM bodies;
-                 DROP TABLE bodies;
-                 ALTER TABLE bodies_v4 RENAME TO bodies;",
-            )?;
-        }
-    }
     if (1..3).contains(&from) {
         // Version 3: where and how each document entered its sharing. Older rows get
         // `joined = 0`, which every member's checkpoint is past: their documents count as
@@ -271,6 +264,46 @@ fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Whether `bodies` is still the `WITHOUT ROWID` table of schema 3 and older (see [`BODIES`]).
+fn bodies_without_rowid(conn: &Connection) -> rusqlite::Result<bool> {
+    let wr: Option<bool> = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE",
+            [BODIES],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(wr == Some(true))
+}
+
+/// Schema 4: copies `bodies` into a rowid table (see [`BODIES`]), in a transaction of its own
+/// that also sets the version. It needs about the table's size again in free space: on a full
+/// disk it fails, the file stays at version 3 (which every query reads as well) and the next
+/// opening tries again.
+fn bodies_to_rowid(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    if bodies_without_rowid(&tx)? {
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS bodies_v4;
+             CREATE TABLE bodies_v4 (
+                 doctype TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 rev TEXT NOT NULL,
+                 body BLOB NOT NULL,
+                 PRIMARY KEY (doctype, id, rev)
+             );
+             INSERT INTO bodies_v4 (doctype, id, rev, body) SELECT doctype, id, rev, body FROM bodies;
+             DROP TABLE bodies;
+             ALTER TABLE bodies_v4 RENAME TO bodies;",
+        )?;
+    }
+    tx.pragma_update(None, "user_version", 4)?;
+    tx.commit()?;
+    // The copy went through the WAL: give its space back.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, revs_limit: usize) -> anyhow::Result<SqliteStore> {
@@ -284,9 +317,13 @@ impl SqliteStore {
         }
         // Only a new or older file is written to: opening must work on a full disk, where the
         // store then serves reads and refuses writes (`StoreError::Full`).
-        if version < SCHEMA_VERSION {
-            // In one transaction: a crash while upgrading leaves the file as it was.
-            let tx = conn.unchecked_transaction().context("failed to start the schema upgrade")?;
+        if version < 3 {
+            // In one transaction: a crash while upgrading leaves the file as it was. (The
+            // version is read again under the transaction's lock: another process may have
+            // upgraded the file meanwhile.)
+            let tx = Transaction::new_unchecked(&conn, rusqlite::TransactionBehavior::Immediate)
+                .context("failed to start the schema upgrade")?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
             tx.execute_batch(SCHEMA).context("failed to create the schema")?;
             migrate(&tx, version).context("failed to upgrade the schema")?;
             if version < 3 {
@@ -298,8 +335,20 @@ impl SqliteStore {
                 )
                 .context("failed to count the changes feeds")?;
             }
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            // A new file has a rowid `bodies` already: it is at version 4 at once.
+            let to = if bodies_without_rowid(&tx)? { 3 } else { SCHEMA_VERSION };
+            tx.pragma_update(None, "user_version", to.max(version))?;
             tx.commit().context("failed to upgrade the schema")?;
+        }
+        if version < SCHEMA_VERSION && bodies_without_rowid(&conn)? {
+            if let Err(e) = bodies_to_rowid(&conn) {
+                tracing::warn!(file = %path.display(), error = %e,
+                    "bodies were not moved to the faster layout of schema 4 (the file stays at version 3, read as before); the next start tries again");
+            }
+        } else if version == 3 {
+            // Bodies already in a rowid table: only the number is behind (left so on a full
+            // disk, which the next opening fixes).
+            let _ = conn.pragma_update(None, "user_version", SCHEMA_VERSION);
         }
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
@@ -353,7 +402,7 @@ impl SqliteStore {
                 Ok(Group { tx, ctx, alone: false }) => in_savepoint(tx, |tx| f(tx, ctx)),
                 Err(e) => Err(e),
             };
-            let failed = out.is_err();
+            let failed = out.as_ref().err().map(copy_error);
             let ack: Ack = Box::new(move |failed: Option<StoreError>| {
                 let _ = sender.send(match (failed, out) {
                     (Some(e), Ok(_)) => Err(e),
@@ -390,7 +439,12 @@ fn in_savepoint<T>(
             Ok(v)
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO write; RELEASE write")?;
+            if tx.execute_batch("ROLLBACK TO write; RELEASE write").is_err() {
+                // The savepoint cannot be undone (SQLite may have rolled the transaction back
+                // itself, after an I/O error or a full disk): the whole group is given up
+                // (see `commit_group`), with this write's own error.
+                let _ = tx.execute_batch("ROLLBACK");
+            }
             Err(e)
         }
     }
@@ -417,8 +471,28 @@ fn commit_group(inner: &Inner) {
     };
     let ctx = WriteCtx { revs_limit: inner.revs_limit, tracking, seqs: SharingSeqs::default() };
     let alone = jobs.len() == 1;
-    let done: Vec<Done> = jobs.into_iter().map(|job| job(Ok(Group { tx: &tx, ctx: &ctx, alone }))).collect();
-    if alone && done.iter().all(|d| d.failed) {
+    let mut done: Vec<Done> = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter();
+    while let Some(job) = jobs.next() {
+        let before = (!alone).then(|| ctx.seqs.snapshot());
+        let d = job(Ok(Group { tx: &tx, ctx: &ctx, alone }));
+        if let (Some(e), true) = (&d.failed, tx.is_autocommit()) {
+            // SQLite rolled the transaction back (see `in_savepoint`): nothing of the group
+            // is written, and what is left of it is not run.
+            let e = copy_error(e);
+            done.push(d);
+            for d in done {
+                (d.ack)(Some(copy_error(&e)));
+            }
+            return fail_all(jobs.collect(), e);
+        }
+        if let (Some(before), Some(_)) = (before, &d.failed) {
+            // Rolled back alone: the numbers it took are free again.
+            ctx.seqs.restore(before);
+        }
+        done.push(d);
+    }
+    if alone && done.iter().all(|d| d.failed.is_some()) {
         // The only write failed: nothing of it may be committed (it ran without a savepoint).
         drop(tx);
         for d in done {
@@ -467,7 +541,15 @@ fn fail_all(jobs: Vec<Job>, error: StoreError) {
 /// The error of a failed group, once per write (store errors are not `Clone`: the first write
 /// gets the error itself, the others a copy of the same kind).
 fn errors_for(n: usize, e: StoreError) -> Vec<StoreError> {
-    let copy = |e: &StoreError| match e {
+    let mut out: Vec<StoreError> = (1..n).map(|_| copy_error(&e)).collect();
+    out.push(e);
+    out.reverse();
+    out
+}
+
+/// A store error of the same kind and message (store errors are not `Clone`).
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
         StoreError::Unavailable(x) => StoreError::Unavailable(anyhow::anyhow!("{x:#}")),
         StoreError::Full(x) => StoreError::Full(anyhow::anyhow!("{x:#}")),
         StoreError::Internal(x) => StoreError::Internal(anyhow::anyhow!("{x:#}")),
@@ -475,11 +557,7 @@ fn errors_for(n: usize, e: StoreError) -> Vec<StoreError> {
         StoreError::NotFound => StoreError::NotFound,
         StoreError::Deleted => StoreError::Deleted,
         StoreError::Conflict => StoreError::Conflict,
-    };
-    let mut out: Vec<StoreError> = (1..n).map(|_| copy(&e)).collect();
-    out.push(e);
-    out.reverse();
-    out
+    }
 }
 
 mod rows;
@@ -526,7 +604,7 @@ mod tests {
 
     /// A write that fails commits nothing, whether it is alone in its group (no savepoint: the
     /// transaction is rolled back) or not (its savepoint is); the sharing feed's numbers it
-    /// took are never given to another document.
+    /// took are free again, and no number is ever given to two rows.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_write_commits_nothing_alone_or_in_a_group_and_its_feed_numbers_are_not_reused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -566,14 +644,12 @@ mod tests {
         assert!(matches!(failing.await.expect("task"), Err(StoreError::Conflict)));
         passing.await.expect("task").expect("the other write of the group commits");
         let rows = feed(store.clone(), sharing.clone()).await;
-        assert_eq!(rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["passing"]);
+        assert_eq!(rows, vec![("passing".to_owned(), 1)], "the failed writes' numbers are taken again");
 
         record("later", false).await.expect("write");
         let rows = feed(store.clone(), sharing.clone()).await;
-        let seqs: Vec<u64> = rows.iter().map(|(_, seq)| *seq).collect();
-        assert_eq!(rows.len(), 2);
-        assert!(seqs[0] < seqs[1], "numbers only grow: {rows:?}");
+        assert_eq!(rows, vec![("passing".to_owned(), 1), ("later".to_owned(), 2)]);
         let info = store.shared_info(&sharing, 0).await.expect("info");
-        assert_eq!(info.last_seq, seqs[1], "the sequence written back is the last one given");
+        assert_eq!(info.last_seq, 2, "the sequence written back is the last one given");
     }
 }
