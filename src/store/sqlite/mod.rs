@@ -283,18 +283,12 @@ fn bodies_without_rowid(conn: &Connection) -> rusqlite::Result<bool> {
 fn bodies_to_rowid(conn: &Connection) -> rusqlite::Result<()> {
     let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     if bodies_without_rowid(&tx)? {
+        // The old table is set aside and `SCHEMA` creates the new one, as in a new file.
+        tx.execute_batch("ALTER TABLE bodies RENAME TO bodies_v3;")?;
+        tx.execute_batch(SCHEMA)?;
         tx.execute_batch(
-            "DROP TABLE IF EXISTS bodies_v4;
-             CREATE TABLE bodies_v4 (
-                 doctype TEXT NOT NULL,
-                 id TEXT NOT NULL,
-                 rev TEXT NOT NULL,
-                 body BLOB NOT NULL,
-                 PRIMARY KEY (doctype, id, rev)
-             );
-             INSERT INTO bodies_v4 (doctype, id, rev, body) SELECT doctype, id, rev, body FROM bodies;
-             DROP TABLE bodies;
-             ALTER TABLE bodies_v4 RENAME TO bodies;",
+            "INSERT INTO bodies (doctype, id, rev, body) SELECT doctype, id, rev, body FROM bodies_v3;
+             DROP TABLE bodies_v3;",
         )?;
     }
     tx.pragma_update(None, "user_version", 4)?;
@@ -345,10 +339,6 @@ impl SqliteStore {
                 tracing::warn!(file = %path.display(), error = %e,
                     "bodies were not moved to the faster layout of schema 4 (the file stays at version 3, read as before); the next start tries again");
             }
-        } else if version == 3 {
-            // Bodies already in a rowid table: only the number is behind (left so on a full
-            // disk, which the next opening fixes).
-            let _ = conn.pragma_update(None, "user_version", SCHEMA_VERSION);
         }
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
