@@ -2,7 +2,10 @@
 //! the store (`Store::set_tracking`), which then records, in the same transaction as each
 //! write, the documents entering, changing in and leaving each sharing (see `store::tracking`
 //! for the mechanics). A sharing that becomes active on its owner has its existing matching
-//! documents added (its initial set); one that ends has its feed forgotten.
+//! documents added (its initial set), in parts, by a background task the replication worker
+//! starts (`sync::manager`): its first documents replicate while the rest is taken, and an
+//! owner that stopped midway takes it again when it starts. One that ends has its feed
+//! forgotten.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -20,7 +23,16 @@ pub struct Tracking {
     lock: tokio::sync::Mutex<()>,
     /// Per instance, the sharings whose rules the store was last given.
     tracked: Mutex<HashMap<String, HashSet<String>>>,
+    /// Per instance, the sharings whose initial set this process took or is taking, with
+    /// whether it is done.
+    initial: Mutex<HashMap<String, HashMap<String, bool>>>,
 }
+
+/// Documents each part of an initial set scans (see [`Store::track_existing_part`]): a part
+/// holds the store's writer for a few milliseconds.
+///
+/// [`Store::track_existing_part`]: crate::store::Store::track_existing_part
+const INITIAL_SET_PART: usize = 2_000;
 
 impl Tracking {
     async fn refresh_locked(&self, inst: &Instance) -> Result<Vec<Sharing>, StoreError> {
@@ -53,20 +65,96 @@ impl Tracking {
         Ok(())
     }
 
-    /// After a sharing changed state: update tracking; when it is active on the owner, add the
-    /// documents that already match (initial sync); when it ended, forget its feed. Holds the
-    /// lock throughout, so the initial scan uses the rules just set.
+    /// After a sharing changed state: update tracking; when it ended, forget its feed (an
+    /// active owner's initial set is [`Tracking::take_initial_set`]'s).
     pub async fn changed(&self, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
         let _guard = self.lock.lock().await;
         let all = self.refresh_locked(inst).await?;
         if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
-            if s.active && s.owner {
-                let added = inst.store.track_existing(id).await?;
-                tracing::info!(instance = %inst.domain, sharing = %id, added, "initial tracking");
-            } else if !s.active {
+            if !s.active {
                 inst.store.untrack(id).await?;
+                self.forget_initial(inst, id.as_str());
             }
         }
         Ok(())
+    }
+
+    /// The active sharings of `all` this instance owns whose initial set this process has not
+    /// taken nor begun: each is marked begun, for the caller to take with
+    /// [`Tracking::take_initial_set`].
+    pub fn initial_sets_due(&self, inst: &Instance, all: &[Sharing]) -> Vec<SharingId> {
+        let Ok(mut initial) = self.initial.lock() else { return Vec::new() };
+        let begun = initial.entry(inst.domain.to_string()).or_default();
+        let mut due = Vec::new();
+        for id in all.iter().filter(|s| s.active && s.owner).filter_map(|s| s.id.as_ref()) {
+            if !begun.contains_key(id.as_str()) {
+                begun.insert(id.to_string(), false);
+                due.push(id.clone());
+            }
+        }
+        due
+    }
+
+    /// Whether the initial set of `id` (an active sharing this instance owns) is still being
+    /// taken, or not yet begun, by this process: its feed does not hold everything yet.
+    pub fn initial_set_pending(&self, inst: &Instance, id: &SharingId) -> bool {
+        self.initial
+            .lock()
+            .map(|i| i.get(inst.domain.as_str()).and_then(|m| m.get(id.as_str())) != Some(&true))
+            .unwrap_or(false)
+    }
+
+    fn forget_initial(&self, inst: &Instance, id: &str) {
+        if let Ok(mut initial) = self.initial.lock() {
+            if let Some(m) = initial.get_mut(inst.domain.as_str()) {
+                m.remove(id);
+            }
+        }
+    }
+
+    /// Takes the initial set of sharing `id` (see `Store::track_existing_part`), a part at a
+    /// time, each under the lock and only while the store tracks the sharing (one revoked
+    /// meanwhile stops it); answers the documents added. A store that already holds the set
+    /// (taken before a restart) adds nothing. On an error, the set is left to be taken again.
+    pub async fn take_initial_set(&self, inst: &Instance, id: &SharingId) -> Result<u64, StoreError> {
+        let mut resume: Option<String> = None;
+        let (mut added, mut parts) = (0, 0);
+        loop {
+            let part = {
+                let _guard = self.lock.lock().await;
+                let tracked = self
+                    .tracked
+                    .lock()
+                    .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(id.as_str())))
+                    .unwrap_or(false);
+                if !tracked {
+                    self.forget_initial(inst, id.as_str());
+                    return Ok(added);
+                }
+                match inst.store.track_existing_part(id, resume.as_deref(), INITIAL_SET_PART).await {
+                    Ok(part) => {
+                        // Marked done under the lock: a revocation right after forgets it.
+                        if part.next.is_none() {
+                            if let Ok(mut initial) = self.initial.lock() {
+                                initial.entry(inst.domain.to_string()).or_default().insert(id.to_string(), true);
+                            }
+                        }
+                        part
+                    }
+                    Err(e) => {
+                        self.forget_initial(inst, id.as_str());
+                        return Err(e);
+                    }
+                }
+            };
+            added += part.added;
+            parts += 1;
+            resume = part.next;
+            if resume.is_none() {
+                break;
+            }
+        }
+        tracing::info!(instance = %inst.domain, sharing = %id, added, parts, "initial tracking");
+        Ok(added)
     }
 }

@@ -74,6 +74,7 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     bodies_come_back_exactly_as_written(store).await;
     changes_count_the_rows_still_pending(store).await;
     documents_join_later_only_by_rules_that_let_them(store).await;
+    initial_sets_taken_in_parts_hold_each_document_once(store).await;
     received_documents_are_judged_on_what_their_write_finds(store).await;
     shared_documents_are_listed_by_page(store).await;
     pages_start_after_a_key_and_say_whether_more_follow(store).await;
@@ -686,6 +687,63 @@ pub(crate) fn track_rule(
         joins,
         parent_field: None,
     }
+}
+
+/// An initial set taken a part at a time (`track_existing_part`, parts of 3 documents here),
+/// with writes between the parts: every document that matches when the scan reaches it is in
+/// the set once, with the first rule it matches; one deleted or changed before the scan reaches
+/// it is not in it (or, on a backend that takes the set in one call, is removed from it by the
+/// write that came after); and once the set is taken, asking again adds nothing.
+pub async fn initial_sets_taken_in_parts_hold_each_document_once(store: &dyn Store) {
+    let t = dt("parts");
+    let sharing = &SharingId::parse("2123456789abcdef0123456789abcdef").expect("sharing id");
+    let mut revs = BTreeMap::new();
+    for i in 0..10 {
+        let list = if i == 3 { "l2" } else { "l1" };
+        let doc = format!("a{i}");
+        revs.insert(doc.clone(), put(store, &t, edit(&doc, None, false, json!({"list": list}))).await.expect("put"));
+    }
+    put(store, &t, edit("zz", None, false, json!({}))).await.expect("zz");
+    store.set_tracking(vec![
+        track_rule(sharing, &t, 0, None, &["zz", "a5", "zz"], true),
+        track_rule(sharing, &t, 1, Some("list"), &["l1"], true),
+    ]);
+    let (mut resume, mut added, mut parts) = (None::<String>, 0, 0);
+    loop {
+        let part = store.track_existing_part(sharing, resume.as_deref(), 3).await.expect("part");
+        added += part.added;
+        parts += 1;
+        if parts == 1 {
+            // Between the parts: one new matching document, one deleted and one changed so it
+            // no longer matches, both ahead of where the scan is.
+            put(store, &t, edit("b-new", None, false, json!({"list": "l1"}))).await.expect("new");
+            put(store, &t, edit("a9", Some(&revs["a9"]), true, json!({}))).await.expect("delete");
+            put(store, &t, edit("a8", Some(&revs["a8"]), false, json!({"list": "l2"}))).await.expect("change");
+        }
+        match part.next {
+            Some(next) => resume = Some(next),
+            None => break,
+        }
+        assert!(parts < 100, "the parts never end");
+    }
+    let feed = store.shared_changes(sharing, 0, 100).await.expect("feed");
+    let live: BTreeMap<&str, usize> =
+        feed.iter().filter(|c| !c.removed).map(|c| (c.id.as_str(), c.rule_index)).collect();
+    assert_eq!(
+        live.keys().copied().collect::<Vec<_>>(),
+        ["a0", "a1", "a2", "a4", "a5", "a6", "a7", "b-new", "zz"],
+        "{feed:?}"
+    );
+    assert_eq!((live["a5"], live["zz"], live["a0"]), (0, 0, 1), "the first matching rule wins");
+    assert_eq!(feed.len(), feed.iter().map(|c| c.id.as_str()).collect::<std::collections::HashSet<_>>().len());
+    let initial = feed.iter().filter(|c| c.initial).count() as u64;
+    assert_eq!(added, initial, "the parts count what they added");
+    assert!(!feed.iter().any(|c| c.id.as_str() == "b-new" && c.initial), "b-new entered by its own write");
+    let again = store.track_existing_part(sharing, None, 3).await.expect("again");
+    assert_eq!((again.added, again.next), (0, None), "a taken set is taken once");
+    assert_eq!(store.track_existing(sharing).await.expect("again, whole"), 0);
+    store.untrack(sharing).await.expect("untrack");
+    store.set_tracking(Vec::new());
 }
 
 /// `add: none`: documents matching when the sharing starts are in it, documents that begin to

@@ -24,7 +24,9 @@ use async_trait::async_trait;
 pub use body::Body;
 pub use doc::{DocId, Doctype, MemberIndex, SharingId};
 use hearth_replicator::rev::Rev;
-pub use tracking::{Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, Verdict};
+pub use tracking::{
+    Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, TrackedPart, Verdict,
+};
 
 /// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
 /// `ENOSPC`/`EDQUOT` (for writes outside the stores, e.g. the registry).
@@ -392,6 +394,24 @@ pub trait Store: Send + Sync + 'static {
     /// later calls (another member accepting) add nothing, since documents that began to match
     /// meanwhile are `add`'s to decide. Returns how many were added.
     async fn track_existing(&self, sharing_id: &SharingId) -> Result<u64, StoreError>;
+
+    /// [`Store::track_existing`] in parts, each in a transaction of its own that scans about
+    /// `limit` documents (at least one), so a large initial set neither holds the writer nor
+    /// delays the first documents' replication: `resume` is the previous part's
+    /// [`TrackedPart::next`] (`None` to begin). The start is marked by the part that finishes,
+    /// so a crash between parts leaves the set to be taken again (recording a document twice
+    /// changes nothing). Documents written between parts are tracked by their own writes; the
+    /// scan judges each document as it finds it, as CouchDB's paged `_all_docs` scan does.
+    /// The default takes the whole set in one call.
+    async fn track_existing_part(
+        &self,
+        sharing_id: &SharingId,
+        resume: Option<&str>,
+        limit: usize,
+    ) -> Result<TrackedPart, StoreError> {
+        let _ = (resume, limit);
+        Ok(TrackedPart { added: self.track_existing(sharing_id).await?, next: None })
+    }
 
     /// Judges and writes documents received from member `origin` of `sharing_id` (replicated
     /// writes, `new_edits=false` semantics), each judgement in one transaction with its write:

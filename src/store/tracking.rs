@@ -182,6 +182,16 @@ pub fn matching_rules(
     (first.map(|r| r.rule_index), joining.map(|r| r.rule_index))
 }
 
+/// What one call of [`Store::track_existing_part`](super::Store::track_existing_part) did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackedPart {
+    /// Documents this part added to the sharing's initial set.
+    pub added: u64,
+    /// Where the next part starts (an opaque position to hand back), or `None` once the whole
+    /// set is recorded: the sharing's start is then marked, and later calls add nothing.
+    pub next: Option<String>,
+}
+
 /// What [`Store::retrack`](super::Store::retrack) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Retracked {

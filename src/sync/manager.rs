@@ -286,6 +286,16 @@ async fn plan(
     sweep: bool,
 ) -> Result<(), StoreError> {
     let sharings = cx.tracking.refresh(inst).await?;
+    // An owner's sharing that became active (or was left half taken by a stop) takes its
+    // initial set in the background: each part's commit wakes this loop, which sends it.
+    for id in cx.tracking.initial_sets_due(inst, &sharings) {
+        let (cx, inst) = (cx.clone(), inst.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cx.tracking.take_initial_set(&inst, &id).await {
+                tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "initial tracking failed");
+            }
+        });
+    }
     for s in sharings {
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };

@@ -12,6 +12,13 @@
 //! one connection (SQLite has one writer anyway); reads use a small pool of their own
 //! connections, which WAL lets run alongside a write.
 //!
+//! WAL checkpoints (copying committed pages into the database file, which lets the WAL start
+//! over) run on a connection and thread of their own, started after a commit leaves the WAL
+//! past [`CHECKPOINT_BYTES`]: SQLite's own automatic checkpoint would run inside that commit,
+//! holding the writer and the acknowledgements of its group (10-14 ms instead of 2-3 for a
+//! 500-document group). The writer still checkpoints by itself past
+//! [`CHECKPOINT_FALLBACK_PAGES`], should the background ones fall behind.
+//!
 //! Writes are committed in groups: the writes that arrive while one transaction is being
 //! written wait in a queue, and the next transaction takes them all, each in a savepoint of its
 //! own (a write that fails is rolled back alone, the others commit). One fsync then covers the
@@ -109,6 +116,15 @@ CREATE TABLE IF NOT EXISTS locals (
 ) WITHOUT ROWID;
 ";
 
+/// The WAL size past which a commit starts a background checkpoint (about SQLite's default
+/// of 1,000 pages). The WAL is truncated each time it starts over (`journal_size_limit` 0), so
+/// its file's size is what was written since.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// The WAL size, in pages, past which the writer checkpoints by itself in its commit (SQLite's
+/// automatic checkpoint), should background checkpoints not keep up: 64 MiB of 4 KiB pages.
+const CHECKPOINT_FALLBACK_PAGES: i64 = 16_384;
+
 /// Reader connections kept open per instance.
 const MAX_IDLE_READERS: usize = 4;
 
@@ -148,6 +164,8 @@ struct Inner {
     revs_limit: usize,
     tracking: tracking::Rules,
     commits: watch::Sender<u64>,
+    /// A background checkpoint is running (see the module docs).
+    checkpointing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a write transaction needs besides the connection.
@@ -340,6 +358,10 @@ impl SqliteStore {
                     "bodies were not moved to the faster layout of schema 4 (the file stays at version 3, read as before); the next start tries again");
             }
         }
+        // Checkpoints run in the background (see the module docs); the WAL is truncated when it
+        // starts over, so that its size says how much it holds.
+        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
+        conn.pragma_update(None, "journal_size_limit", 0)?;
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -350,6 +372,7 @@ impl SqliteStore {
                 revs_limit: revs_limit.max(1),
                 tracking: tracking::Rules::default(),
                 commits,
+                checkpointing: Arc::default(),
             }),
         })
     }
@@ -504,6 +527,7 @@ fn commit_group(inner: &Inner) {
             for ack in acks {
                 ack(None);
             }
+            checkpoint_when_due(inner);
         }
         Err(e) => {
             let mut errors = errors_for(acks.len(), e.into());
@@ -511,6 +535,38 @@ fn commit_group(inner: &Inner) {
                 ack(errors.pop());
             }
         }
+    }
+}
+
+/// Starts a background checkpoint when the WAL holds more than [`CHECKPOINT_BYTES`] and none
+/// is running. `PASSIVE`: it copies what no reader still needs, without waiting for anyone, and
+/// writes go on meanwhile (the WAL starts over at the first write after a checkpoint that
+/// copied everything; until then, the next commit starts another).
+fn checkpoint_when_due(inner: &Inner) {
+    use std::sync::atomic::Ordering;
+    let mut wal = inner.path.clone().into_os_string();
+    wal.push("-wal");
+    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    if size < CHECKPOINT_BYTES || inner.checkpointing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (path, running) = (inner.path.clone(), inner.checkpointing.clone());
+    let started = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        let outcome = open_connection(&path).map_err(|e| e.to_string()).and_then(|conn| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| e.to_string())
+        });
+        match outcome {
+            Ok((busy, log, copied)) => tracing::debug!(file = %path.display(), busy, log, copied, "checkpoint"),
+            // The writer's own checkpoint (past the fallback size) covers a failing one.
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "background checkpoint failed"),
+        }
+        running.store(false, Ordering::Release);
+    });
+    if started.is_err() {
+        inner.checkpointing.store(false, Ordering::Release);
     }
 }
 
@@ -590,6 +646,106 @@ mod tests {
         json::put(&store, &t, &id, None, body()).await.expect("write after healing");
         let feed = store.shared_changes(&SharingId::parse("e1").expect("id"), 0, 10).await.expect("feed");
         assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    /// Commits start checkpoints in the background once the WAL is past `CHECKPOINT_BYTES` (the
+    /// writer's own would wait for 64 MiB): the pages reach the database file, and the first
+    /// write after the checkpoint starts the WAL over, truncated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_growing_wal_is_checkpointed_in_the_background_and_starts_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        let store = SqliteStore::open(&path, 1000).expect("open");
+        let t = Doctype::parse("io.hearth.notes").expect("doctype");
+        let text = "x".repeat(1000);
+        let wal = dir.path().join("db.sqlite-wal");
+        for batch in 0..60 {
+            let docs = (0..100)
+                .map(|i| DocWrite {
+                    id: DocId::parse(&format!("d{batch}-{i}")).expect("id"),
+                    rev: None,
+                    revisions: None,
+                    deleted: false,
+                    body: Body::from_map(json!({"text": text}).as_object().expect("object")),
+                })
+                .collect();
+            store.bulk_docs(&t, docs, true).await.expect("write");
+        }
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        // Wait for the last checkpoint, then write once more: the WAL starts over.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.inner.checkpointing.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "the checkpoint never ended");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(size(&path) > 4 << 20, "the database file holds the pages: {} bytes", size(&path));
+        let (mut last, mut written) = (u64::MAX, 0);
+        for i in 0..50 {
+            written += 1;
+            json::put(
+                &store,
+                &t,
+                &DocId::parse(&format!("after{i}")).expect("id"),
+                None,
+                json!({"n": i}).as_object().cloned().expect("object"),
+            )
+            .await
+            .expect("write");
+            last = size(&wal);
+            if last < CHECKPOINT_BYTES {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(last < CHECKPOINT_BYTES, "the WAL started over and was truncated: {last} bytes");
+        assert_eq!(store.db_info(&t).await.expect("info").doc_count, 6000 + written, "nothing was lost");
+    }
+
+    /// An initial set is taken in parts of the size asked (id rules' values count), each
+    /// resuming after the last document the previous one scanned, and only the last part marks
+    /// the sharing started.
+    #[tokio::test]
+    async fn an_initial_set_is_taken_in_parts_that_each_scan_at_most_their_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
+        let t = Doctype::parse("io.hearth.notes").expect("doctype");
+        let sharing = SharingId::parse("e2").expect("sharing id");
+        for i in 0..7 {
+            let id = DocId::parse(&format!("d{i}")).expect("id");
+            json::put(&store, &t, &id, None, json!({"list": "l"}).as_object().cloned().expect("object"))
+                .await
+                .expect("put");
+        }
+        let rule = |i, selector: Option<&str>, values: &[&str]| TrackRule {
+            sharing_id: sharing.clone(),
+            rule_index: i,
+            doctype: t.clone(),
+            selector: selector.map(str::to_owned),
+            values: values.iter().map(|v| v.to_string()).collect(),
+            joins: true,
+            parent_field: None,
+        };
+        store.set_tracking(vec![rule(0, None, &["d6"]), rule(1, Some("list"), &["l"])]);
+        let mut resume = None;
+        let mut steps = Vec::new();
+        loop {
+            let part = store.track_existing_part(&sharing, resume.as_deref(), 2).await.expect("part");
+            let fed = store.shared_changes(&sharing, 0, 100).await.expect("feed").len();
+            steps.push((part.added, part.next.clone(), fed));
+            match part.next {
+                Some(next) => resume = Some(next),
+                None => break,
+            }
+        }
+        let next = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            steps,
+            [(2, next("1:d0"), 2), (2, next("1:d2"), 4), (2, next("1:d4"), 6), (1, None, 7)],
+            "d6 by its id rule with d0, then two documents a part"
+        );
+        // Resuming from any position once the set is taken adds nothing.
+        let again = store.track_existing_part(&sharing, Some("1:d0"), 2).await.expect("again");
+        assert_eq!((again.added, again.next), (0, None));
     }
 
     /// A write that fails commits nothing, whether it is alone in its group (no savepoint: the

@@ -358,23 +358,29 @@ fn write_shared(
 }
 
 /// Calls `f` with each live document of `doctype` that is not in `sharing` (no row, or a
-/// removed one), in id order, with its winning revision's body (empty when it has none).
-/// Reads only: `f` must not write to the tables it scans.
+/// removed one), in id order from the first id past `after` ("" for all), with its winning
+/// revision's body (empty when it has none), for at most `limit` documents; answers how many
+/// it passed. Reads only: `f` must not write to the tables it scans.
 pub(super) fn each_unshared_live(
     conn: &Connection,
     sharing: &str,
     doctype: &str,
+    after: &str,
+    limit: usize,
     mut f: impl FnMut(String, Body) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.id, b.body FROM docs d
          LEFT JOIN bodies b ON b.doctype = d.doctype AND b.id = d.id AND b.rev = d.winner
-         WHERE d.doctype = ?1 AND d.deleted = 0 AND NOT EXISTS (
+         WHERE d.doctype = ?1 AND d.id > ?3 AND d.deleted = 0 AND NOT EXISTS (
              SELECT 1 FROM shared s WHERE s.sharing_id = ?2 AND s.doctype = d.doctype AND s.id = d.id
              AND s.removed = 0)
-         ORDER BY d.id",
+         ORDER BY d.id LIMIT ?4",
     )?;
-    let mut rows = stmt.query(params![doctype, sharing])?;
+    // SQLite reads a negative limit as none.
+    let limit = i64::try_from(limit).unwrap_or(-1);
+    let mut rows = stmt.query(params![doctype, sharing, after, limit])?;
+    let mut seen = 0;
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let body = match row.get::<_, Option<Vec<u8>>>(1)? {
@@ -382,8 +388,9 @@ pub(super) fn each_unshared_live(
             None => Body::default(),
         };
         f(id, body)?;
+        seen += 1;
     }
-    Ok(())
+    Ok(seen)
 }
 
 pub(super) fn apply_interactive(

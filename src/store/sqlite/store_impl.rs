@@ -420,26 +420,45 @@ impl Store for SqliteStore {
     }
 
     async fn track_existing(&self, sharing_id: &SharingId) -> Result<u64, StoreError> {
-        let sharing_id = sharing_id.as_str();
-        let sharing_id = sharing_id.to_owned();
+        Ok(self.track_existing_part(sharing_id, None, usize::MAX).await?.added)
+    }
+
+    async fn track_existing_part(
+        &self,
+        sharing_id: &SharingId,
+        resume: Option<&str>,
+        limit: usize,
+    ) -> Result<TrackedPart, StoreError> {
+        // The position: the rule being scanned (its place among the sharing's rules) and the
+        // last id a selector rule's scan passed.
+        let (mut position, mut after) = match resume {
+            None => (0, String::new()),
+            Some(p) => p
+                .split_once(':')
+                .and_then(|(rule, id)| Some((rule.parse::<usize>().ok()?, id.to_owned())))
+                .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("not a tracking position: {p:?}")))?,
+        };
+        let sharing_id = sharing_id.as_str().to_owned();
         self.write(move |tx, ctx| {
-            let started = tx
-                .prepare_cached("INSERT INTO sharing_starts (sharing_id) VALUES (?1) ON CONFLICT DO NOTHING")?
-                .execute(params![sharing_id])?;
-            if started == 0 {
-                return Ok(0);
+            let started: Option<i64> = tx
+                .prepare_cached("SELECT 1 FROM sharing_starts WHERE sharing_id = ?1")?
+                .query_row(params![sharing_id], |r| r.get(0))
+                .optional()?;
+            if started.is_some() {
+                return Ok(TrackedPart { added: 0, next: None });
             }
             let rules: Vec<&TrackRule> = ctx.tracking.iter().filter(|r| r.sharing_id == sharing_id).collect();
             let entry = Entry { initial: true, origin: None };
             let mut added = 0;
-            for rule in &rules {
+            let mut budget = limit.max(1);
+            while let Some(rule) = rules.get(position) {
                 // The first matching rule of the sharing wins, as for later writes.
                 let first = |id: &str, body: &Body| {
                     rules.iter().find(|r| r.matches(rule.doctype.as_str(), id, body)).map(|r| r.rule_index)
                 };
                 let mut joined = Vec::new();
                 match &rule.selector {
-                    // Id rules: the listed documents.
+                    // Id rules: the listed documents, in one part.
                     None => {
                         let mut stmt = tx
                             .prepare_cached("SELECT winner FROM docs WHERE doctype = ?1 AND id = ?2 AND deleted = 0")?;
@@ -458,20 +477,37 @@ impl Store for SqliteStore {
                             let body = load_body(tx, rule.doctype.as_str(), v, &rev)?.unwrap_or_default();
                             joined.extend(first(v, &body).map(|i| (v.clone(), i)));
                         }
+                        budget = budget.saturating_sub(seen.len());
                     }
-                    // Selector rules: every live document, read with its body in one scan.
-                    Some(_) => each_unshared_live(tx, &sharing_id, rule.doctype.as_str(), |id, body| {
-                        if let Some(i) = first(&id, &body) {
-                            joined.push((id, i));
+                    // Selector rules: every live document, read with its body in one scan, in
+                    // parts of `budget` documents.
+                    Some(_) => {
+                        let mut last = None;
+                        let scanned =
+                            each_unshared_live(tx, &sharing_id, rule.doctype.as_str(), &after, budget, |id, body| {
+                                if let Some(i) = first(&id, &body) {
+                                    joined.push((id.clone(), i));
+                                }
+                                last = Some(id);
+                                Ok(())
+                            })?;
+                        if scanned >= budget {
+                            // Maybe more: the next part goes on after the last one seen.
+                            record_joined(tx, &ctx.seqs, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
+                            added += joined.len() as u64;
+                            let after = last.unwrap_or(after);
+                            return Ok(TrackedPart { added, next: Some(format!("{position}:{after}")) });
                         }
-                        Ok(())
-                    })?,
+                        budget -= scanned;
+                    }
                 }
                 record_joined(tx, &ctx.seqs, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
                 added += joined.len() as u64;
+                position += 1;
+                after.clear();
             }
             // Subtree rules: the documents under a shared one, a level per pass, so parents
-            // come before their children in the feed.
+            // come before their children in the feed; in the last part.
             let subtree: Vec<&str> = {
                 let mut d: Vec<&str> =
                     rules.iter().filter(|r| r.parent_field.is_some()).map(|r| r.doctype.as_str()).collect();
@@ -481,7 +517,7 @@ impl Store for SqliteStore {
             for doctype in subtree {
                 loop {
                     let mut joined = Vec::new();
-                    each_unshared_live(tx, &sharing_id, doctype, |id, body| {
+                    each_unshared_live(tx, &sharing_id, doctype, "", usize::MAX, |id, body| {
                         let parent = TrackRule::parent_of(&ctx.tracking, doctype, &body);
                         let parent = parent_rule(tx, &sharing_id, doctype, parent.as_deref())?;
                         if let Some(r) = rules.iter().find(|r| r.matches_in(doctype, &id, &body, parent)) {
@@ -496,7 +532,9 @@ impl Store for SqliteStore {
                     added += joined.len() as u64;
                 }
             }
-            Ok(added)
+            tx.prepare_cached("INSERT INTO sharing_starts (sharing_id) VALUES (?1) ON CONFLICT DO NOTHING")?
+                .execute(params![sharing_id])?;
+            Ok(TrackedPart { added, next: None })
         })
         .await
     }
