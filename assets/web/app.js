@@ -165,7 +165,7 @@
 
   // A member's sync state (GET /sharings/:id/status): state, documents pending, refused
   // documents with the latest reason, the last error, and file contents still to send.
-  function syncText(m) {
+  function syncText(m, initialSetPending) {
     const rep = m.replication;
     const content = m.content || (rep && rep.content);
     if (!rep && !content) return m.status === 'owner' ? '—' : '';
@@ -174,6 +174,7 @@
       parts.push(rep.health);
       if (rep.running) parts.push('running');
       parts.push((rep.pending || 0) + ' pending');
+      if (initialSetPending) parts.push('initial set still being taken');
       const refused = Array.isArray(rep.refused_docs) ? rep.refused_docs.length : Number(rep.refused_docs) || 0;
       if (refused) {
         const why = rep.last_refusal && rep.last_refusal.reason ? ' (' + rep.last_refusal.reason + ')' : '';
@@ -204,10 +205,12 @@
         const id = card.getAttribute('data-sharing');
         try {
           const st = await api('GET', '/sharings/' + encodeURIComponent(id) + '/status');
+          const taking = st.data.attributes.initial_set_pending === true;
+          if (taking) anyBusy = true;
           for (const m of st.data.attributes.members) {
             const cell = document.getElementById('sync-' + id + '-' + m.index);
             if (!cell) continue;
-            cell.textContent = syncText(m) || '—';
+            cell.textContent = syncText(m, taking) || '—';
             const content = m.content || (m.replication && m.replication.content);
             if ((content && (content.files_pending || content.bytes_pending)) || (m.replication && m.replication.running)) {
               anyBusy = true;

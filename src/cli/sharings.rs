@@ -180,6 +180,9 @@ fn print_status(status: &serde_json::Value) {
         if a["active"] == true { "active" } else { "inactive" },
         a["documents"]
     );
+    if a["initial_set_pending"] == true {
+        println!("Its initial set (what matched its rules when it started) is still being added to its feed.");
+    }
     println!(
         "{:<4} {:<14} {:<20} {:<9} {:>8} {:>8} {:<26} LAST ERROR",
         "#", "STATUS", "NAME", "STATE", "PENDING", "REFUSED", "LAST SUCCESS"
@@ -288,7 +291,7 @@ fn json_u64(n: u64) -> serde_json::Value {
 }
 
 /// What is still not at rest, in one line per member (and the content still to arrive here).
-fn still_pending(members: &[serde_json::Value], missing: &serde_json::Value) -> String {
+fn still_pending(members: &[serde_json::Value], missing: &serde_json::Value, taking_initial_set: bool) -> String {
     let mut lines: Vec<String> = members
         .iter()
         .filter(|m| !m["replication"].is_null())
@@ -310,6 +313,9 @@ fn still_pending(members: &[serde_json::Value], missing: &serde_json::Value) -> 
             missing["files"],
             bytes(&missing["bytes"])
         ));
+    }
+    if taking_initial_set {
+        lines.push("  the initial set is still being added to the sharing's feed".to_owned());
     }
     lines.join("\n")
 }
@@ -375,6 +381,9 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
         }
         let missing = &attributes["content_missing"];
         done &= missing["files"].as_u64().unwrap_or(0) == 0;
+        // Nothing pending is not at rest while the initial set is still being taken.
+        let taking = attributes["initial_set_pending"] == true;
+        done &= !taking;
         if done {
             for b in by_member.values() {
                 b.finish();
@@ -400,7 +409,7 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
             anyhow::bail!(
                 "not up to date after {}s (--timeout); still pending:\n{}\n{background}",
                 timeout.as_secs(),
-                still_pending(&members, missing)
+                still_pending(&members, missing, taking)
             );
         }
         tokio::select! {
@@ -409,7 +418,7 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
                 for b in by_member.values() {
                     b.abandon();
                 }
-                anyhow::bail!("interrupted; still pending:\n{}\n{background}", still_pending(&members, missing));
+                anyhow::bail!("interrupted; still pending:\n{}\n{background}", still_pending(&members, missing, taking));
             }
         }
     }

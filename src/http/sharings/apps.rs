@@ -214,7 +214,9 @@ pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: Htt
 /// replicates with (or that sent it something refused) has `refused_received`
 /// (`crate::sync::manager::ReceivedRefusals`: `docs`, `last` with `doc`, `reason`, `at`): what
 /// this instance refused of what that member sent it (a read-only member's own edits, say),
-/// since the server started.
+/// since the server started. An active sharing this instance owns has `initial_set_pending`:
+/// true while the documents that matched its rules when it started are still being added to
+/// its feed, a part at a time (`pending` counts only those added so far).
 pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest) -> ApiResult<HttpResponse> {
     let ReadableSharing { id, sharing: s } = caller;
     let svc = state_of(&req)?;
@@ -255,6 +257,9 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
     let info = inst.0.store.shared_info(&id, u64::MAX).await?;
     let mut attributes = json!({"owner": s.owner, "active": s.active, "documents": info.docs,
         "last_seq": info.last_seq, "members": members});
+    if s.owner && s.active {
+        attributes["initial_set_pending"] = json!(svc.sharing.tracking.initial_set_pending(&inst.0, &id));
+    }
     if let Some(files) = &files {
         let (count, bytes) = crate::sync::content::missing_here(&inst.0, files, &id).await.map_err(sync_error)?;
         attributes["content_missing"] = json!({"files": count, "bytes": bytes});
