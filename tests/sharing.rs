@@ -401,3 +401,66 @@ async fn an_outbox_entry_with_an_invalid_sharing_id_is_dropped() {
     })
     .await;
 }
+
+/// An owner stopped before its sharing's initial set was all in the feed (here: the feed and
+/// its start marker forgotten, the state a stop between two parts leaves) takes the set again
+/// when it starts, and its status says whether the set is still being taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_set_a_stop_left_untaken_is_taken_when_the_owner_starts_again() {
+    let mut one = spawn_app().await;
+    let two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let token = one.token(&alice, "io.cozy.notes");
+    for n in ["n1", "n2", "n3", "n4"] {
+        put_doc(&alice, &token, "io.cozy.notes", n, json!({"title": n})).await;
+    }
+    let id = share(
+        &one,
+        &alice,
+        json!([rule_with("io.cozy.notes", Some("title"), &["n1", "n2", "n3"], ("sync", "sync", "sync"))]),
+        &[(&bob, false)],
+    )
+    .await;
+    let sid = sharing::SharingId::parse(&id).unwrap();
+    let feed = |app: &common::TestApp| {
+        let store = app.instance(&alice.domain).store.clone();
+        let sid = sid.clone();
+        async move {
+            let mut ids: Vec<String> = store
+                .shared_changes(&sid, 0, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id.as_str().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    eventually(15, "the initial set is in the feed", || async { feed(&one).await == ["n1", "n2", "n3"] }).await;
+    let status = |app_token: String| {
+        let alice = &alice;
+        let id = id.clone();
+        async move {
+            let (s, v) = alice.call(Method::GET, &format!("/sharings/{id}/status"), Some(&app_token), None).await;
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    };
+    eventually(10, "the status says the set is taken", || async {
+        status(token.clone()).await["data"]["attributes"]["initial_set_pending"] == false
+    })
+    .await;
+    one.instance(&alice.domain).store.untrack(&sid).await.unwrap();
+    assert!(feed(&one).await.is_empty());
+    one.restart().await;
+    eventually(15, "the set is taken again at start-up", || async { feed(&one).await == ["n1", "n2", "n3"] }).await;
+    let v = status(token.clone()).await;
+    assert_eq!(v["data"]["attributes"]["initial_set_pending"], false, "{v}");
+    // And bob still holds exactly the shared notes.
+    for n in ["n1", "n2", "n3"] {
+        let bob_id = id_on(&one, &alice, &id, 1, n).await;
+        assert!(winner(&two, &bob, "io.cozy.notes", &bob_id).await.is_some(), "{n} on bob");
+    }
+}
