@@ -115,7 +115,10 @@ async fn pending_matches_a_full_count_across_feed_buckets_and_in_older_files() {
              INSERT INTO old_bodies SELECT doctype, id, rev, body FROM bodies;
              DROP TABLE bodies;
              ALTER TABLE old_bodies RENAME TO bodies;
-             UPDATE bodies SET body = CAST('{\"i\": 7, \"gen\" : 1}' AS BLOB) WHERE id = 'd0007';",
+             UPDATE bodies SET body = CAST('{\"i\": 7, \"gen\" : 1}' AS BLOB) WHERE id = 'd0007';
+             DROP TABLE sharing_starts;
+             INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed)
+                 VALUES ('5123456789abcdef0123456789abcdef', 'io.hearth.buckets', 'd0001', 1, 0, 0);",
         )
         .unwrap();
     }
@@ -126,6 +129,20 @@ async fn pending_matches_a_full_count_across_feed_buckets_and_in_older_files() {
     check(&store, &t).await;
     let seven = store.get(&t, &DocId::parse("d0007").unwrap(), GetOptions::default()).await.unwrap();
     assert_eq!(seven.doc.body.as_str(), r#"{"i":7,"gen":1}"#);
+    // Schema 2 took an initial set in one transaction and marked no start: a sharing with a
+    // feed has its set, and asking for it again adds nothing.
+    let sharing = hearth::sharing::SharingId::parse("5123456789abcdef0123456789abcdef").unwrap();
+    store.set_tracking(vec![hearth::store::TrackRule {
+        sharing_id: sharing.clone(),
+        rule_index: 0,
+        doctype: t.clone(),
+        selector: None,
+        values: vec!["d0002".into()],
+        joins: true,
+        parent_field: None,
+    }]);
+    let part = store.track_existing_part(&sharing, None, 100).await.unwrap();
+    assert_eq!((part.added, part.next), (0, None), "the set of a sharing of schema 2 is taken already");
 }
 
 /// Version 4 of the schema keeps bodies in a rowid table: a file written by version 3 (bodies

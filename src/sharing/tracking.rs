@@ -23,9 +23,26 @@ pub struct Tracking {
     lock: tokio::sync::Mutex<()>,
     /// Per instance, the sharings whose rules the store was last given.
     tracked: Mutex<HashMap<String, HashSet<String>>>,
-    /// Per instance, the sharings whose initial set this process took or is taking, with
-    /// whether it is done.
-    initial: Mutex<HashMap<String, HashMap<String, bool>>>,
+    /// Per instance, the sharings whose initial set this process took or is taking.
+    initial: Mutex<HashMap<String, HashMap<String, InitialSet>>>,
+    /// The last [`InitialSet::generation`] given.
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// Where the initial set of one sharing stands in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InitialSet {
+    /// Which taking of the set this is: a sharing that ends and starts again while a task is
+    /// taking its set gets a new one, and the older task stops at its next part.
+    generation: u64,
+    done: bool,
+}
+
+/// One sharing whose initial set is to be taken (see [`Tracking::initial_sets_due`]).
+#[derive(Clone, Debug)]
+pub struct InitialSetDue {
+    pub sharing: SharingId,
+    generation: u64,
 }
 
 /// Documents each part of an initial set scans (see [`Store::track_existing_part`]): a part
@@ -82,14 +99,15 @@ impl Tracking {
     /// The active sharings of `all` this instance owns whose initial set this process has not
     /// taken nor begun: each is marked begun, for the caller to take with
     /// [`Tracking::take_initial_set`].
-    pub fn initial_sets_due(&self, inst: &Instance, all: &[Sharing]) -> Vec<SharingId> {
+    pub fn initial_sets_due(&self, inst: &Instance, all: &[Sharing]) -> Vec<InitialSetDue> {
         let Ok(mut initial) = self.initial.lock() else { return Vec::new() };
         let begun = initial.entry(inst.domain.to_string()).or_default();
         let mut due = Vec::new();
         for id in all.iter().filter(|s| s.active && s.owner).filter_map(|s| s.id.as_ref()) {
             if !begun.contains_key(id.as_str()) {
-                begun.insert(id.to_string(), false);
-                due.push(id.clone());
+                let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                begun.insert(id.to_string(), InitialSet { generation, done: false });
+                due.push(InitialSetDue { sharing: id.clone(), generation });
             }
         }
         due
@@ -100,7 +118,19 @@ impl Tracking {
     pub fn initial_set_pending(&self, inst: &Instance, id: &SharingId) -> bool {
         self.initial
             .lock()
-            .map(|i| i.get(inst.domain.as_str()).and_then(|m| m.get(id.as_str())) != Some(&true))
+            .map(|i| !i.get(inst.domain.as_str()).and_then(|m| m.get(id.as_str())).is_some_and(|s| s.done))
+            .unwrap_or(false)
+    }
+
+    /// Whether `due` is still the current taking of its sharing's set.
+    fn current(&self, inst: &Instance, due: &InitialSetDue) -> bool {
+        self.initial
+            .lock()
+            .map(|i| {
+                i.get(inst.domain.as_str())
+                    .and_then(|m| m.get(due.sharing.as_str()))
+                    .is_some_and(|s| s.generation == due.generation)
+            })
             .unwrap_or(false)
     }
 
@@ -112,11 +142,13 @@ impl Tracking {
         }
     }
 
-    /// Takes the initial set of sharing `id` (see `Store::track_existing_part`), a part at a
-    /// time, each under the lock and only while the store tracks the sharing (one revoked
-    /// meanwhile stops it); answers the documents added. A store that already holds the set
-    /// (taken before a restart) adds nothing. On an error, the set is left to be taken again.
-    pub async fn take_initial_set(&self, inst: &Instance, id: &SharingId) -> Result<u64, StoreError> {
+    /// Takes the initial set of `due.sharing` (see `Store::track_existing_part`), a part at a
+    /// time, each under the lock and only while the store tracks the sharing and `due` is its
+    /// current taking (a sharing that ended, and maybe started again, meanwhile stops it);
+    /// answers the documents added. A store that already holds the set (taken before a
+    /// restart) adds nothing. On an error, the set is left to be taken again.
+    pub async fn take_initial_set(&self, inst: &Instance, due: &InitialSetDue) -> Result<u64, StoreError> {
+        let id = &due.sharing;
         let mut resume: Option<String> = None;
         let (mut added, mut parts) = (0, 0);
         loop {
@@ -127,8 +159,7 @@ impl Tracking {
                     .lock()
                     .map(|t| t.get(inst.domain.as_str()).is_some_and(|set| set.contains(id.as_str())))
                     .unwrap_or(false);
-                if !tracked {
-                    self.forget_initial(inst, id.as_str());
+                if !tracked || !self.current(inst, due) {
                     return Ok(added);
                 }
                 match inst.store.track_existing_part(id, resume.as_deref(), INITIAL_SET_PART).await {
@@ -136,7 +167,10 @@ impl Tracking {
                         // Marked done under the lock: a revocation right after forgets it.
                         if part.next.is_none() {
                             if let Ok(mut initial) = self.initial.lock() {
-                                initial.entry(inst.domain.to_string()).or_default().insert(id.to_string(), true);
+                                initial
+                                    .entry(inst.domain.to_string())
+                                    .or_default()
+                                    .insert(id.to_string(), InitialSet { generation: due.generation, done: true });
                             }
                         }
                         part

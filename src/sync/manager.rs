@@ -250,7 +250,7 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
                 .unwrap_or(true);
             if changed || sweep_due {
                 let started = Instant::now();
-                let planned = plan(&cx, &manager, &inst, sweep_due).await;
+                let planned = plan(&cx, &manager, &inst, sweep_due, &cancel).await;
                 tracing::debug!(instance = %inst.domain, counter, us = started.elapsed().as_micros() as u64, "planned");
                 if let Err(e) = planned {
                     tracing::error!(instance = %inst.domain, error = ?e, "replication planning failed");
@@ -284,15 +284,20 @@ async fn plan(
     manager: &Arc<SyncManager>,
     inst: &Arc<Instance>,
     sweep: bool,
+    cancel: &CancellationToken,
 ) -> Result<(), StoreError> {
     let sharings = cx.tracking.refresh(inst).await?;
     // An owner's sharing that became active (or was left half taken by a stop) takes its
     // initial set in the background: each part's commit wakes this loop, which sends it.
-    for id in cx.tracking.initial_sets_due(inst, &sharings) {
-        let (cx, inst) = (cx.clone(), inst.clone());
+    for due in cx.tracking.initial_sets_due(inst, &sharings) {
+        let (cx, inst, cancel) = (cx.clone(), inst.clone(), cancel.clone());
         tokio::spawn(async move {
-            if let Err(e) = cx.tracking.take_initial_set(&inst, &id).await {
-                tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "initial tracking failed");
+            // Stopped with the workers, between two parts (a part is one transaction).
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                taken = cx.tracking.take_initial_set(&inst, &due) => if let Err(e) = taken {
+                    tracing::error!(instance = %inst.domain, sharing = %due.sharing, error = %e, "initial tracking failed");
+                },
             }
         });
     }

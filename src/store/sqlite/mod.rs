@@ -116,10 +116,15 @@ CREATE TABLE IF NOT EXISTS locals (
 ) WITHOUT ROWID;
 ";
 
-/// The WAL size past which a commit starts a background checkpoint (about SQLite's default
-/// of 1,000 pages). The WAL is truncated each time it starts over (`journal_size_limit` 0), so
-/// its file's size is what was written since.
+/// The WAL size past which a commit asks for a background checkpoint (about SQLite's default
+/// of 1,000 pages). It is also the WAL's `journal_size_limit`: each time the WAL starts over,
+/// SQLite truncates its file to this size, and later commits write over it in place (no size
+/// change to sync); the file grows past it only when more than this was written since.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// The least time between two background checkpoints of one file (a reader holding an old
+/// snapshot keeps the WAL from starting over, and every commit asks again meanwhile).
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The WAL size, in pages, past which the writer checkpoints by itself in its commit (SQLite's
 /// automatic checkpoint), should background checkpoints not keep up: 64 MiB of 4 KiB pages.
@@ -164,8 +169,9 @@ struct Inner {
     revs_limit: usize,
     tracking: tracking::Rules,
     commits: watch::Sender<u64>,
-    /// A background checkpoint is running (see the module docs).
-    checkpointing: Arc<std::sync::atomic::AtomicBool>,
+    /// Asks the background checkpointer for a checkpoint (see [`checkpoint_when_due`]); it
+    /// starts with the first request and ends when the store is dropped.
+    checkpoints: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 /// What a write transaction needs besides the connection.
@@ -278,6 +284,9 @@ fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
                 conn.execute_batch(ddl)?;
             }
         }
+        // Version 2 took a sharing's initial set in one transaction and marked no start: a
+        // sharing with a feed has its set, and is not to take it again.
+        conn.execute_batch("INSERT OR IGNORE INTO sharing_starts (sharing_id) SELECT DISTINCT sharing_id FROM shared")?;
     }
     Ok(())
 }
@@ -361,7 +370,7 @@ impl SqliteStore {
         // Checkpoints run in the background (see the module docs); the WAL is truncated when it
         // starts over, so that its size says how much it holds.
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
-        conn.pragma_update(None, "journal_size_limit", 0)?;
+        conn.pragma_update(None, "journal_size_limit", CHECKPOINT_BYTES as i64)?;
         let (commits, _) = watch::channel(0);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -372,7 +381,7 @@ impl SqliteStore {
                 revs_limit: revs_limit.max(1),
                 tracking: tracking::Rules::default(),
                 commits,
-                checkpointing: Arc::default(),
+                checkpoints: Mutex::new(None),
             }),
         })
     }
@@ -538,35 +547,58 @@ fn commit_group(inner: &Inner) {
     }
 }
 
-/// Starts a background checkpoint when the WAL holds more than [`CHECKPOINT_BYTES`] and none
-/// is running. `PASSIVE`: it copies what no reader still needs, without waiting for anyone, and
-/// writes go on meanwhile (the WAL starts over at the first write after a checkpoint that
-/// copied everything; until then, the next commit starts another).
+/// Asks for a background checkpoint when the WAL holds more than [`CHECKPOINT_BYTES`]. The
+/// checkpointer, a thread with a connection of its own, runs `PASSIVE` checkpoints: each copies
+/// what no reader still needs, without waiting for anyone, while writes go on (the WAL starts
+/// over at the first write after a checkpoint that copied everything; until then, commits ask
+/// again). Requests made while one is pending are one request.
 fn checkpoint_when_due(inner: &Inner) {
-    use std::sync::atomic::Ordering;
     let mut wal = inner.path.clone().into_os_string();
     wal.push("-wal");
-    let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    if size < CHECKPOINT_BYTES || inner.checkpointing.swap(true, Ordering::AcqRel) {
+    if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) <= CHECKPOINT_BYTES {
         return;
     }
-    let (path, running) = (inner.path.clone(), inner.checkpointing.clone());
-    let started = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
-        let outcome = open_connection(&path).map_err(|e| e.to_string()).and_then(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            })
-            .map_err(|e| e.to_string())
+    let Ok(mut sender) = inner.checkpoints.lock() else { return };
+    if sender.is_none() {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let path = inner.path.clone();
+        let started =
+            std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpointer(&path, rx));
+        if started.is_err() {
+            return;
+        }
+        *sender = Some(tx);
+    }
+    if let Some(tx) = sender.as_ref() {
+        // Full: a checkpoint is asked for already.
+        let _ = tx.try_send(());
+    }
+}
+
+/// The background checkpointer of the database at `path`: one `PASSIVE` checkpoint per request,
+/// at least [`CHECKPOINT_INTERVAL`] apart, until the store is dropped.
+fn checkpointer(path: &Path, requests: std::sync::mpsc::Receiver<()>) {
+    // Never creates the file: an instance removed meanwhile stays removed.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match Connection::open_with_flags(path, flags)
+        .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // The writer's own checkpoint (past the fallback size) covers for it.
+            tracing::warn!(file = %path.display(), error = %e, "the background checkpointer could not open the file");
+            return;
+        }
+    };
+    while requests.recv().is_ok() {
+        let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
         });
         match outcome {
             Ok((busy, log, copied)) => tracing::debug!(file = %path.display(), busy, log, copied, "checkpoint"),
-            // The writer's own checkpoint (past the fallback size) covers a failing one.
             Err(e) => tracing::warn!(file = %path.display(), error = %e, "background checkpoint failed"),
         }
-        running.store(false, Ordering::Release);
-    });
-    if started.is_err() {
-        inner.checkpointing.store(false, Ordering::Release);
+        std::thread::sleep(CHECKPOINT_INTERVAL);
     }
 }
 
@@ -648,9 +680,9 @@ mod tests {
         assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 
-    /// Commits start checkpoints in the background once the WAL is past `CHECKPOINT_BYTES` (the
-    /// writer's own would wait for 64 MiB): the pages reach the database file, and the first
-    /// write after the checkpoint starts the WAL over, truncated.
+    /// Commits ask for checkpoints in the background once the WAL is past `CHECKPOINT_BYTES` (the
+    /// writer's own would wait for 64 MiB): the pages reach the database file, and a write after
+    /// the checkpoint starts the WAL over, truncated to `CHECKPOINT_BYTES`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_growing_wal_is_checkpointed_in_the_background_and_starts_over() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -672,13 +704,13 @@ mod tests {
             store.bulk_docs(&t, docs, true).await.expect("write");
         }
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        // Wait for the last checkpoint, then write once more: the WAL starts over.
+        // The pages reach the database file while nothing else writes.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while store.inner.checkpointing.load(std::sync::atomic::Ordering::Acquire) {
-            assert!(std::time::Instant::now() < deadline, "the checkpoint never ended");
+        while size(&path) <= 4 << 20 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint: the file is {} bytes", size(&path));
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert!(size(&path) > 4 << 20, "the database file holds the pages: {} bytes", size(&path));
+        tokio::time::sleep(CHECKPOINT_INTERVAL * 3).await;
         let (mut last, mut written) = (u64::MAX, 0);
         for i in 0..50 {
             written += 1;
@@ -692,12 +724,12 @@ mod tests {
             .await
             .expect("write");
             last = size(&wal);
-            if last < CHECKPOINT_BYTES {
+            if last <= CHECKPOINT_BYTES {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        assert!(last < CHECKPOINT_BYTES, "the WAL started over and was truncated: {last} bytes");
+        assert!(last <= CHECKPOINT_BYTES, "the WAL started over and was truncated: {last} bytes");
         assert_eq!(store.db_info(&t).await.expect("info").doc_count, 6000 + written, "nothing was lost");
     }
 
@@ -710,11 +742,15 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
         let sharing = SharingId::parse("e2").expect("sharing id");
-        for i in 0..7 {
-            let id = DocId::parse(&format!("d{i}")).expect("id");
-            json::put(&store, &t, &id, None, json!({"list": "l"}).as_object().cloned().expect("object"))
-                .await
-                .expect("put");
+        // Seven that match, then five that do not (scanned, never shared: only the position
+        // says they were seen).
+        for (prefix, list, n) in [("d", "l", 7), ("e", "m", 5)] {
+            for i in 0..n {
+                let id = DocId::parse(&format!("{prefix}{i}")).expect("id");
+                json::put(&store, &t, &id, None, json!({"list": list}).as_object().cloned().expect("object"))
+                    .await
+                    .expect("put");
+            }
         }
         let rule = |i, selector: Option<&str>, values: &[&str]| TrackRule {
             sharing_id: sharing.clone(),
@@ -736,12 +772,21 @@ mod tests {
                 Some(next) => resume = Some(next),
                 None => break,
             }
+            assert!(steps.len() < 20, "the parts never end: {steps:?}");
         }
         let next = |s: &str| Some(s.to_owned());
         assert_eq!(
             steps,
-            [(2, next("1:d0"), 2), (2, next("1:d2"), 4), (2, next("1:d4"), 6), (1, None, 7)],
-            "d6 by its id rule with d0, then two documents a part"
+            [
+                (2, next("1:d0"), 2),
+                (2, next("1:d2"), 4),
+                (2, next("1:d4"), 6),
+                (1, next("1:e0"), 7),
+                (0, next("1:e2"), 7),
+                (0, next("1:e4"), 7),
+                (0, None, 7)
+            ],
+            "d6 by its id rule with d0, then two documents a part, matching or not"
         );
         // Resuming from any position once the set is taken adds nothing.
         let again = store.track_existing_part(&sharing, Some("1:d0"), 2).await.expect("again");
