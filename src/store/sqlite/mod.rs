@@ -752,14 +752,8 @@ mod tests {
                     .expect("put");
             }
         }
-        let rule = |i, selector: Option<&str>, values: &[&str]| TrackRule {
-            sharing_id: sharing.clone(),
-            rule_index: i,
-            doctype: t.clone(),
-            selector: selector.map(str::to_owned),
-            values: values.iter().map(|v| v.to_string()).collect(),
-            joins: true,
-            parent_field: None,
+        let rule = |i, selector, values: &[&str]| {
+            crate::store::conformance::track_rule(&sharing, &t, i, selector, values, true)
         };
         store.set_tracking(vec![rule(0, None, &["d6"]), rule(1, Some("list"), &["l"])]);
         let mut resume = None;
