@@ -13,11 +13,13 @@
 //! connections, which WAL lets run alongside a write.
 //!
 //! WAL checkpoints (copying committed pages into the database file, which lets the WAL start
-//! over) run on a connection and thread of their own, started after a commit leaves the WAL
-//! past [`CHECKPOINT_BYTES`]: SQLite's own automatic checkpoint would run inside that commit,
-//! holding the writer and the acknowledgements of its group (10-14 ms instead of 2-3 for a
-//! 500-document group). The writer still checkpoints by itself past
-//! [`CHECKPOINT_FALLBACK_PAGES`], should the background ones fall behind.
+//! over) run on the writer right after a group's acknowledgements, once the WAL is past
+//! [`CHECKPOINT_BYTES`]: SQLite's own automatic checkpoint runs inside the `COMMIT` that
+//! crosses its threshold, before that group is acknowledged (10-14 ms instead of 2-3 for a
+//! 500-document group). Run by the writer between two groups, a checkpoint copies everything
+//! and the next write starts the WAL over (one run by another connection while writes go on
+//! never catches up, and the WAL grows). SQLite's own still runs past
+//! [`CHECKPOINT_FALLBACK_PAGES`], should these fail.
 //!
 //! Writes are committed in groups: the writes that arrive while one transaction is being
 //! written wait in a queue, and the next transaction takes them all, each in a savepoint of its
@@ -116,18 +118,14 @@ CREATE TABLE IF NOT EXISTS locals (
 ) WITHOUT ROWID;
 ";
 
-/// The WAL size past which a commit asks for a background checkpoint (about SQLite's default
-/// of 1,000 pages). It is also the WAL's `journal_size_limit`: each time the WAL starts over,
+/// The WAL size past which the writer checkpoints after a commit (about SQLite's default of
+/// 1,000 pages). It is also the WAL's `journal_size_limit`: each time the WAL starts over,
 /// SQLite truncates its file to this size, and later commits write over it in place (no size
 /// change to sync); the file grows past it only when more than this was written since.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 
-/// The least time between two background checkpoints of one file (a reader holding an old
-/// snapshot keeps the WAL from starting over, and every commit asks again meanwhile).
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// The WAL size, in pages, past which the writer checkpoints by itself in its commit (SQLite's
-/// automatic checkpoint), should background checkpoints not keep up: 64 MiB of 4 KiB pages.
+/// The WAL size, in pages, past which SQLite's automatic checkpoint runs in the commit itself,
+/// should the checkpoints after commits fail: 64 MiB of 4 KiB pages.
 const CHECKPOINT_FALLBACK_PAGES: i64 = 16_384;
 
 /// Reader connections kept open per instance.
@@ -169,9 +167,6 @@ struct Inner {
     revs_limit: usize,
     tracking: tracking::Rules,
     commits: watch::Sender<u64>,
-    /// Asks the background checkpointer for a checkpoint (see [`checkpoint_when_due`]); it
-    /// starts with the first request and ends when the store is dropped.
-    checkpoints: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 /// What a write transaction needs besides the connection.
@@ -367,8 +362,8 @@ impl SqliteStore {
                     "bodies were not moved to the faster layout of schema 4 (the file stays at version 3, read as before); the next start tries again");
             }
         }
-        // Checkpoints run in the background (see the module docs); the WAL is truncated when it
-        // starts over, so that its size says how much it holds.
+        // Checkpoints run after acknowledgements (see the module docs); the WAL is truncated when
+        // it starts over, so that its size says how much it holds.
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_FALLBACK_PAGES)?;
         conn.pragma_update(None, "journal_size_limit", CHECKPOINT_BYTES as i64)?;
         let (commits, _) = watch::channel(0);
@@ -381,7 +376,6 @@ impl SqliteStore {
                 revs_limit: revs_limit.max(1),
                 tracking: tracking::Rules::default(),
                 commits,
-                checkpoints: Mutex::new(None),
             }),
         })
     }
@@ -536,7 +530,7 @@ fn commit_group(inner: &Inner) {
             for ack in acks {
                 ack(None);
             }
-            checkpoint_when_due(inner);
+            checkpoint_when_due(&inner.path, &conn);
         }
         Err(e) => {
             let mut errors = errors_for(acks.len(), e.into());
@@ -547,58 +541,22 @@ fn commit_group(inner: &Inner) {
     }
 }
 
-/// Asks for a background checkpoint when the WAL holds more than [`CHECKPOINT_BYTES`]. The
-/// checkpointer, a thread with a connection of its own, runs `PASSIVE` checkpoints: each copies
-/// what no reader still needs, without waiting for anyone, while writes go on (the WAL starts
-/// over at the first write after a checkpoint that copied everything; until then, commits ask
-/// again). Requests made while one is pending are one request.
-fn checkpoint_when_due(inner: &Inner) {
-    let mut wal = inner.path.clone().into_os_string();
+/// Checkpoints the database at `path` on the writer `conn` (between two groups, after the
+/// acknowledgements of the last one) when its WAL holds more than [`CHECKPOINT_BYTES`].
+/// `PASSIVE`: it copies what no reader still needs, without waiting for anyone.
+fn checkpoint_when_due(path: &Path, conn: &Connection) {
+    let mut wal = path.to_path_buf().into_os_string();
     wal.push("-wal");
     if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) <= CHECKPOINT_BYTES {
         return;
     }
-    let Ok(mut sender) = inner.checkpoints.lock() else { return };
-    if sender.is_none() {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
-        let path = inner.path.clone();
-        let started =
-            std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || checkpointer(&path, rx));
-        if started.is_err() {
-            return;
-        }
-        *sender = Some(tx);
-    }
-    if let Some(tx) = sender.as_ref() {
-        // Full: a checkpoint is asked for already.
-        let _ = tx.try_send(());
-    }
-}
-
-/// The background checkpointer of the database at `path`: one `PASSIVE` checkpoint per request,
-/// at least [`CHECKPOINT_INTERVAL`] apart, until the store is dropped.
-fn checkpointer(path: &Path, requests: std::sync::mpsc::Receiver<()>) {
-    // Never creates the file: an instance removed meanwhile stays removed.
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = match Connection::open_with_flags(path, flags)
-        .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            // The writer's own checkpoint (past the fallback size) covers for it.
-            tracing::warn!(file = %path.display(), error = %e, "the background checkpointer could not open the file");
-            return;
-        }
-    };
-    while requests.recv().is_ok() {
-        let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match outcome {
-            Ok((busy, log, copied)) => tracing::debug!(file = %path.display(), busy, log, copied, "checkpoint"),
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "background checkpoint failed"),
-        }
-        std::thread::sleep(CHECKPOINT_INTERVAL);
+    let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match outcome {
+        Ok((busy, log, copied)) => tracing::debug!(file = %path.display(), busy, log, copied, "checkpoint"),
+        // SQLite's own checkpoint, past the fallback size, covers for a failing one.
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "checkpoint failed"),
     }
 }
 
@@ -680,57 +638,58 @@ mod tests {
         assert_eq!(feed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 
-    /// Commits ask for checkpoints in the background once the WAL is past `CHECKPOINT_BYTES` (the
-    /// writer's own would wait for 64 MiB): the pages reach the database file, and a write after
-    /// the checkpoint starts the WAL over, truncated to `CHECKPOINT_BYTES`.
+    /// The writer checkpoints after its commits once the WAL is past `CHECKPOINT_BYTES` (SQLite's
+    /// own would wait for 64 MiB): the pages reach the database file, and the next write starts
+    /// the WAL over, truncated to `CHECKPOINT_BYTES`, so it never grows much past that, even
+    /// while writes keep coming from several tasks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_growing_wal_is_checkpointed_in_the_background_and_starts_over() {
+    async fn a_growing_wal_is_checkpointed_after_commits_and_starts_over() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db.sqlite");
-        let store = SqliteStore::open(&path, 1000).expect("open");
+        let store = Arc::new(SqliteStore::open(&path, 1000).expect("open"));
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
-        let text = "x".repeat(1000);
         let wal = dir.path().join("db.sqlite-wal");
-        for batch in 0..60 {
-            let docs = (0..100)
-                .map(|i| DocWrite {
-                    id: DocId::parse(&format!("d{batch}-{i}")).expect("id"),
-                    rev: None,
-                    revisions: None,
-                    deleted: false,
-                    body: Body::from_map(json!({"text": text}).as_object().expect("object")),
-                })
-                .collect();
-            store.bulk_docs(&t, docs, true).await.expect("write");
-        }
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        // The pages reach the database file while nothing else writes.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while size(&path) <= 4 << 20 {
-            assert!(std::time::Instant::now() < deadline, "no checkpoint: the file is {} bytes", size(&path));
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let (store, t, wal) = (store.clone(), t.clone(), wal.clone());
+                tokio::spawn(async move {
+                    let mut largest = 0;
+                    for batch in 0..20 {
+                        let docs = (0..100)
+                            .map(|i| DocWrite {
+                                id: DocId::parse(&format!("w{w}-{batch}-{i}")).expect("id"),
+                                rev: None,
+                                revisions: None,
+                                deleted: false,
+                                body: Body::from_map(json!({"text": "x".repeat(1000)}).as_object().expect("object")),
+                            })
+                            .collect();
+                        store.bulk_docs(&t, docs, true).await.expect("write");
+                        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+                    }
+                    largest
+                })
+            })
+            .collect();
+        let mut largest = 0;
+        for w in writers {
+            largest = largest.max(w.await.expect("writer"));
         }
-        tokio::time::sleep(CHECKPOINT_INTERVAL * 3).await;
-        let (mut last, mut written) = (u64::MAX, 0);
-        for i in 0..50 {
-            written += 1;
-            json::put(
-                &store,
-                &t,
-                &DocId::parse(&format!("after{i}")).expect("id"),
-                None,
-                json!({"n": i}).as_object().cloned().expect("object"),
-            )
-            .await
-            .expect("write");
-            last = size(&wal);
-            if last <= CHECKPOINT_BYTES {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        assert!(last <= CHECKPOINT_BYTES, "the WAL started over and was truncated: {last} bytes");
-        assert_eq!(store.db_info(&t).await.expect("info").doc_count, 6000 + written, "nothing was lost");
+        // 6,000 documents of 1 KB: about 4 times the threshold went through the WAL.
+        assert!(size(&path) > CHECKPOINT_BYTES, "the pages reached the database file: {} bytes", size(&path));
+        assert!(largest <= CHECKPOINT_BYTES + (2 << 20), "the WAL started over: it reached {largest} bytes");
+        json::put(
+            store.as_ref(),
+            &t,
+            &DocId::parse("last").expect("id"),
+            None,
+            json!({}).as_object().cloned().expect("object"),
+        )
+        .await
+        .expect("write");
+        assert!(size(&wal) <= CHECKPOINT_BYTES, "the WAL is truncated when it starts over: {} bytes", size(&wal));
+        assert_eq!(store.db_info(&t).await.expect("info").doc_count, 6001, "nothing was lost");
     }
 
     /// An initial set is taken in parts of the size asked (id rules' values count), each
