@@ -176,7 +176,11 @@ impl Tracking {
                         part
                     }
                     Err(e) => {
-                        self.forget_initial(inst, id.as_str());
+                        // Left to be taken again (by the next plan), unless a newer taking
+                        // has begun already.
+                        if self.current(inst, due) {
+                            self.forget_initial(inst, id.as_str());
+                        }
                         return Err(e);
                     }
                 }
