@@ -160,6 +160,8 @@ struct Done {
 
 struct Inner {
     path: PathBuf,
+    /// The WAL file beside it (its size says when to checkpoint, see [`checkpoint_when_due`]).
+    wal: PathBuf,
     writer: Mutex<Connection>,
     /// Writes waiting for the next group commit (see the module docs).
     queue: Mutex<Vec<Job>>,
@@ -370,6 +372,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
+                wal: {
+                    let mut wal = path.to_path_buf().into_os_string();
+                    wal.push("-wal");
+                    wal.into()
+                },
                 writer: Mutex::new(conn),
                 queue: Mutex::new(Vec::new()),
                 readers: Mutex::new(Vec::new()),
@@ -530,7 +537,7 @@ fn commit_group(inner: &Inner) {
             for ack in acks {
                 ack(None);
             }
-            checkpoint_when_due(&inner.path, &conn);
+            checkpoint_when_due(inner, &conn);
         }
         Err(e) => {
             let mut errors = errors_for(acks.len(), e.into());
@@ -541,15 +548,14 @@ fn commit_group(inner: &Inner) {
     }
 }
 
-/// Checkpoints the database at `path` on the writer `conn` (between two groups, after the
+/// Checkpoints the database on the writer `conn` (between two groups, after the
 /// acknowledgements of the last one) when its WAL holds more than [`CHECKPOINT_BYTES`].
 /// `PASSIVE`: it copies what no reader still needs, without waiting for anyone.
-fn checkpoint_when_due(path: &Path, conn: &Connection) {
-    let mut wal = path.to_path_buf().into_os_string();
-    wal.push("-wal");
-    if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) <= CHECKPOINT_BYTES {
+fn checkpoint_when_due(inner: &Inner, conn: &Connection) {
+    if std::fs::metadata(&inner.wal).map(|m| m.len()).unwrap_or(0) <= CHECKPOINT_BYTES {
         return;
     }
+    let path = &inner.path;
     let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     });
