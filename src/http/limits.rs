@@ -103,31 +103,30 @@ impl Limits {
             .collect()
     }
 
-    /// Checks a peer's `_bulk_docs` body (`{"<doctype>": [documents], "_initial": [keys]}`)
-    /// before it is read into documents: at most `max_bulk_docs_count` documents in all (and as
-    /// many `_initial` keys), each within `max_document_size`. A body of another shape passes,
-    /// for the reader to refuse with its own reason.
-    pub fn peer_bulk_docs(&self, body: &[u8]) -> ApiResult<()> {
-        // More members than documents allowed (and `_initial`) is more documents, or empty
-        // lists nobody sends.
-        let members = match object_at_most(body, self.bulk_docs.saturating_add(1)) {
-            Ok(m) => m,
-            Err(Bounded::TooMany) => return Err(self.too_many_docs()),
-            Err(Bounded::Invalid(_)) => return Ok(()),
+    /// Reads a peer's `_bulk_docs` body (`{"<doctype>": [documents], "_initial": [keys]}`) in
+    /// one pass, its members in order and each member's elements unparsed text (see
+    /// [`crate::sharing::protocol::BulkDocs::from_members`]): at most `max_bulk_docs_count`
+    /// documents in all (and as many `_initial` keys), else 413 `max_bulk_docs_count_exceeded`
+    /// at the first one past it; each document within `max_document_size`, else 413
+    /// `document_too_large`; a body of another shape is a 400 naming what is wrong.
+    pub fn peer_bulk_docs<'a>(&self, body: &'a [u8]) -> ApiResult<Vec<(String, Vec<&'a RawValue>)>> {
+        let over = Cell::new(false);
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let read = (&mut de)
+            .deserialize_map(PeerBulkDocs { max: self.bulk_docs, over: &over })
+            .and_then(|v| de.end().map(|_| v));
+        let members = match read {
+            Ok(members) => members,
+            Err(_) if over.get() => return Err(self.too_many_docs()),
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                return Err(ApiError::bad_request(e.to_string().split(" at line").next().unwrap_or_default()))
+            }
+            Err(e) => return Err(invalid(body, &e, "the body")),
         };
-        let mut docs = 0usize;
-        for (key, value) in members {
-            // `_initial` lists some of the documents.
-            let left = if key.starts_with('_') { self.bulk_docs } else { self.bulk_docs - docs };
-            let list = match array_at_most(value.get().as_bytes(), left) {
-                Ok(list) => list,
-                Err(Bounded::TooMany) => return Err(self.too_many_docs()),
-                Err(Bounded::Invalid(_)) => return Ok(()),
-            };
+        for (key, list) in &members {
             if key.starts_with('_') {
                 continue;
             }
-            docs += list.len();
             for doc in list {
                 // The text is longer than the body it holds: only long ones are measured.
                 if doc.get().len() <= self.document {
@@ -139,7 +138,60 @@ impl Limits {
                 }
             }
         }
-        Ok(())
+        Ok(members)
+    }
+}
+
+/// The visitor of a peer's `_bulk_docs` body: an object of at most `max + 1` arrays, `max`
+/// elements in all not counting `_` members (`_initial`), each of those at most `max` long too.
+struct PeerBulkDocs<'f> {
+    max: usize,
+    over: &'f Cell<bool>,
+}
+
+impl<'de> Visitor<'de> for PeerBulkDocs<'_> {
+    type Value = Vec<(String, Vec<&'de RawValue>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of doctypes")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        let mut docs = 0usize;
+        while let Some(key) = map.next_key::<String>()? {
+            // More members than documents allowed (and `_initial`) is more documents, or
+            // empty lists nobody sends.
+            if out.len() > self.max {
+                self.over.set(true);
+                return Err(A::Error::custom(format!("more than {} members", self.max + 1)));
+            }
+            let meta = key.starts_with('_');
+            let max = if meta { self.max } else { self.max - docs };
+            let list = map.next_value_seed(Elements { max, over: self.over, meta })?;
+            if !meta {
+                docs += list.len();
+            }
+            out.push((key, list));
+        }
+        Ok(out)
+    }
+}
+
+/// One member of a peer's `_bulk_docs`: an array of at most `max` elements, kept unparsed.
+struct Elements<'f> {
+    max: usize,
+    over: &'f Cell<bool>,
+    /// `_initial` (keys), not documents: named in the error for another shape.
+    meta: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Elements<'_> {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        let what = if self.meta { "an array of document keys" } else { "an array of documents for each doctype" };
+        deserializer.deserialize_seq(ArrayAtMost { max: self.max, over: self.over, what })
     }
 }
 
@@ -174,7 +226,8 @@ pub enum Bounded {
 pub fn array_at_most(json: &[u8], max: usize) -> Result<Vec<&RawValue>, Bounded> {
     let over = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(json);
-    let out = (&mut de).deserialize_seq(ArrayAtMost { max, over: &over }).and_then(|v| de.end().map(|_| v));
+    let out =
+        (&mut de).deserialize_seq(ArrayAtMost { max, over: &over, what: "an array" }).and_then(|v| de.end().map(|_| v));
     out.map_err(|e| if over.get() { Bounded::TooMany } else { Bounded::Invalid(e) })
 }
 
@@ -190,13 +243,15 @@ pub fn object_at_most(json: &[u8], max: usize) -> Result<Vec<(String, &RawValue)
 struct ArrayAtMost<'f> {
     max: usize,
     over: &'f Cell<bool>,
+    /// What was expected, for the error of another shape.
+    what: &'static str,
 }
 
 impl<'de> Visitor<'de> for ArrayAtMost<'_> {
     type Value = Vec<&'de RawValue>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array")
+        f.write_str(self.what)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -277,9 +332,28 @@ mod tests {
         assert!(l.peer_bulk_docs(long_meta.as_bytes()).is_ok());
         let big = l.peer_bulk_docs(br#"{"io.a": [{"_id":"big","v":"0123456789abcdef"}]}"#).unwrap_err();
         assert!(matches!(&big, ApiError::Limit { error: "document_too_large", reason } if reason == "big"), "{big:?}");
-        // Other shapes are left to the reader.
-        assert!(l.peer_bulk_docs(b"[1]").is_ok());
-        assert!(l.peer_bulk_docs(b"{\"io.a\": 3}").is_ok());
+        // The elements stay the text they were.
+        let read = l.peer_bulk_docs(br#"{"io.a": [{"_id":"x", "v":1.50}], "_initial": ["io.a/x"]}"#).unwrap();
+        let texts: Vec<(&str, Vec<&str>)> =
+            read.iter().map(|(k, v)| (k.as_str(), v.iter().map(|d| d.get()).collect())).collect();
+        assert_eq!(texts, [("io.a", vec![r#"{"_id":"x", "v":1.50}"#]), ("_initial", vec![r#""io.a/x""#])]);
+        // `_initial` counts apart, within the same limit.
+        assert!(l.peer_bulk_docs(br#"{"io.a": [{}, {}, {}], "_initial": ["a", "b", "c"]}"#).is_ok());
+        let keys = l.peer_bulk_docs(br#"{"_initial": ["a", "b", "c", "d"]}"#).unwrap_err();
+        assert!(matches!(keys, ApiError::Limit { error: "max_bulk_docs_count_exceeded", .. }), "{keys:?}");
+        // Other shapes are 400s that say what is wrong.
+        for (bad, says) in [
+            (&b"[1]"[..], "object of doctypes"),
+            (b"{\"io.a\": 3}", "an array of documents"),
+            (b"{\"_initial\": {}}", "an array of document keys"),
+            (b"{\"io.a\": [1,", "invalid JSON"),
+            (b"  ", "body is empty"),
+        ] {
+            match l.peer_bulk_docs(bad) {
+                Err(ApiError::BadRequest(reason)) => assert!(reason.contains(says), "{reason}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
     }
 
     #[test]

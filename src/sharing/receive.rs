@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use hearth_replicator::rev::Rev;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::model::{ChangeKind, Flow, Sharing, FILES_DOCTYPE, FILES_PARENT};
@@ -101,21 +102,20 @@ pub async fn bulk_docs(
     s: &Sharing,
     from: MemberIndex,
     may_write: bool,
-    body: &[u8],
+    request: BulkDocs<&RawValue>,
 ) -> Result<Applied> {
     let map = IdMap::for_member(s, from);
-    let request = BulkDocs::parse(body).map_err(SharingError::BadRequest)?;
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {
         let mut peer_ids = Vec::with_capacity(docs.len());
         let mut writes = Vec::with_capacity(docs.len());
         let mut claimed: HashSet<DocId> = HashSet::new();
         for d in docs {
-            let mut w = match parse_doc(&d, None, false) {
+            let mut w = match parse_doc(d, None, false) {
                 Ok(w) => w,
                 // A document that names its id is refused alone (`_attachments`, say): the
                 // peer sees why, the rest of the batch applies.
-                Err(reason) => match peer_doc_id(&d) {
+                Err(reason) => match peer_doc_id(d) {
                     Some(id) => {
                         let doctype = doctype.as_str().to_owned();
                         applied.refused.push(Refused { id, doctype, error: "bad_request".into(), reason });

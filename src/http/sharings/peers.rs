@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::http::callers::{PeerCaller, ReplicatingPeer};
-use crate::sharing::protocol::{Document, InvitationLink};
+use crate::sharing::protocol::{BulkDocs, Document, InvitationLink};
 
 /// `PUT /sharings/:id` — on a recipient, from the owner's instance: the notice of a sharing
 /// request (at most 64 KiB); the request itself is fetched back from the owner (see
@@ -225,13 +225,13 @@ pub(super) async fn replication_bulk_docs(
     // Kept as text: documents are parsed as written (see `store::body`).
     let limits = Limits::of(&req);
     let body = read_body(&req, payload, limits.request).await?;
-    limits.peer_bulk_docs(&body)?;
+    let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
     let svc = state_of(&req)?;
     // Received documents must land in this sharing's feed (to be relayed, and recognised as
     // in the sharing later): the store must know its rules before applying them.
     svc.sharing.tracking.ensure(&inst.0, &id).await?;
     let files = svc.files.of(&inst.0).await.ok();
-    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, &body).await?;
+    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, request).await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
         refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
     let key =

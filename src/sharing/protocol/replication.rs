@@ -166,14 +166,22 @@ pub const INITIAL: &str = "_initial";
 /// doctype, so the member never collides with one.
 ///
 /// Documents stay the text they were read as (see `store::body`): the sender never parses
-/// them, and the receiver splits each into its `_` members and its body as written.
-#[derive(Debug, Default)]
-pub struct BulkDocs {
-    pub docs: BTreeMap<Doctype, Vec<Box<RawValue>>>,
+/// them (`D` is `Box<RawValue>`), and the receiver reads the request once, each document a
+/// slice of its text (`D` is `&RawValue`, see [`BulkDocs::from_members`]), then splits each
+/// into its `_` members and its body as written.
+#[derive(Debug)]
+pub struct BulkDocs<D = Box<RawValue>> {
+    pub docs: BTreeMap<Doctype, Vec<D>>,
     pub initial: BTreeSet<String>,
 }
 
-impl Serialize for BulkDocs {
+impl<D> Default for BulkDocs<D> {
+    fn default() -> Self {
+        BulkDocs { docs: BTreeMap::new(), initial: BTreeSet::new() }
+    }
+}
+
+impl<D: Serialize> Serialize for BulkDocs<D> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let extra = usize::from(!self.initial.is_empty());
@@ -188,26 +196,24 @@ impl Serialize for BulkDocs {
     }
 }
 
-impl BulkDocs {
-    /// Reads a body (the request's JSON text); the reason names what is wrong (a 400 for the
-    /// sender).
-    pub fn parse(body: &[u8]) -> Result<BulkDocs, String> {
-        let obj: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => "the body must be an object of doctypes".to_string(),
-            _ => format!("invalid JSON: {e}"),
-        })?;
+impl<'a> BulkDocs<&'a RawValue> {
+    /// A request from the members of its body as read (each member's elements unparsed, in
+    /// the body's order: `http::limits::Limits::peer_bulk_docs` reads them within the
+    /// limits); the reason names what is wrong (a 400 for the sender). A doctype named twice
+    /// has the documents of both.
+    pub fn from_members(members: Vec<(String, Vec<&'a RawValue>)>) -> Result<Self, String> {
         let mut out = BulkDocs::default();
-        for (key, value) in obj {
+        for (key, elements) in members {
             if key == INITIAL {
-                let keys: Vec<String> = serde_json::from_str(value.get())
-                    .map_err(|_| "_initial must be an array of document keys".to_string())?;
-                out.initial.extend(keys);
+                for k in elements {
+                    let k: String = serde_json::from_str(k.get())
+                        .map_err(|_| "_initial must be an array of document keys".to_string())?;
+                    out.initial.insert(k);
+                }
                 continue;
             }
             let doctype = Doctype::parse(&key)?;
-            let docs: Vec<Box<RawValue>> = serde_json::from_str(value.get())
-                .map_err(|_| "each doctype needs an array of documents".to_string())?;
-            out.docs.insert(doctype, docs);
+            out.docs.entry(doctype).or_default().extend(elements);
         }
         Ok(out)
     }
@@ -243,23 +249,42 @@ impl Refused {
 mod tests {
     use super::*;
 
+    /// Reads a body as the receiver does, without its limits.
+    pub(super) fn read(body: &str) -> Result<BulkDocs<&RawValue>, String> {
+        let members: Vec<(String, Vec<&RawValue>)> = serde_json::from_str::<BTreeMap<String, Vec<&RawValue>>>(body)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        BulkDocs::from_members(members)
+    }
+
     #[test]
     fn bulk_docs_bodies_round_trip_and_bad_ones_are_refused() {
         let body = r#"{"io.cozy.notes":[{"_id":"a","_rev":"1-x","n":1.50}],"_initial":["io.cozy.notes/a"]}"#;
-        let parsed = BulkDocs::parse(body.as_bytes()).unwrap();
+        let parsed = read(body).unwrap();
         assert_eq!(parsed.initial.iter().collect::<Vec<_>>(), ["io.cozy.notes/a"]);
         assert_eq!(serde_json::to_string(&parsed).unwrap(), body, "documents travel as written");
         let plain = r#"{"io.cozy.notes":[]}"#;
-        assert!(BulkDocs::parse(plain.as_bytes()).unwrap().initial.is_empty());
-        assert_eq!(serde_json::to_string(&BulkDocs::parse(plain.as_bytes()).unwrap()).unwrap(), plain);
+        assert!(read(plain).unwrap().initial.is_empty());
+        assert_eq!(serde_json::to_string(&read(plain).unwrap()).unwrap(), plain);
         for bad in ["[]", r#"{"Bad":[]}"#, r#"{"io.cozy.notes":1}"#, r#"{"_initial":[1]}"#, "{"] {
-            assert!(BulkDocs::parse(bad.as_bytes()).is_err(), "{bad}");
+            assert!(read(bad).is_err(), "{bad}");
         }
+        // A doctype named twice (JSON allows it) has the documents of both.
+        let (a, b): (Box<RawValue>, Box<RawValue>) = (
+            RawValue::from_string(r#"{"_id":"a"}"#.into()).unwrap(),
+            RawValue::from_string(r#"{"_id":"b"}"#.into()).unwrap(),
+        );
+        let twice =
+            BulkDocs::from_members(vec![("io.cozy.notes".into(), vec![&*a]), ("io.cozy.notes".into(), vec![&*b])])
+                .unwrap();
+        assert_eq!(serde_json::to_string(&twice).unwrap(), r#"{"io.cozy.notes":[{"_id":"a"},{"_id":"b"}]}"#);
     }
 }
 
 #[cfg(test)]
 mod wire_tests {
+    use super::tests::read;
     use super::*;
 
     /// The `_revs_diff` request of the sharing seed (`POST /sharings/:id/_revs_diff`).
@@ -339,7 +364,7 @@ mod wire_tests {
     #[test]
     fn the_seeds_bulk_docs_request_and_answer_round_trip() {
         let seed = r#"{"io.cozy.files":[{"_id":"44f5752a-2cec-11e8-b227-abfc3cfd4b6e","_rev":"4-2ee767305024673cfb3f5af037cd2729","_revisions":{"start":4,"ids":["2ee767305024673cfb3f5af037cd2729","753875d51501a6b1883a9d62b4d33f91"]}}]}"#;
-        let parsed = BulkDocs::parse(seed.as_bytes()).unwrap();
+        let parsed = read(seed).unwrap();
         assert_eq!(parsed.docs.len(), 1);
         assert_eq!(serde_json::to_string(&parsed).unwrap(), seed);
         assert!(Refused::parse_answer(&json("[]")).is_empty());
