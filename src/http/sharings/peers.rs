@@ -163,8 +163,13 @@ pub(in crate::http) async fn replicating_peer(
     verb: Verb,
 ) -> ApiResult<(Sharing, MemberIndex)> {
     let index = peer(inst, req, id, verb).await?;
-    let s =
-        sharing::load(inst.0.store.as_ref(), id).await?.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
+    let s = if index.is_owner() {
+        // The owner may call before this recipient has recorded its acceptance.
+        service::acceptance_recorded(&inst.0, id).await?
+    } else {
+        sharing::load(inst.0.store.as_ref(), id).await?
+    };
+    let s = s.ok_or_else(|| ApiError::NotFound("no such sharing".into()))?;
     let ready = if s.owner {
         s.member(index).is_some_and(|m| m.status == MemberStatus::Ready)
     } else {
@@ -172,7 +177,8 @@ pub(in crate::http) async fn replicating_peer(
     };
     if index.is_owner() && s.accepting_here() {
         // The owner's token is valid, so this recipient is accepting (see
-        // `Sharing::accepting_here`): a transient failure for the owner's replicator.
+        // `Sharing::accepting_here`), and still after `ACCEPTANCE_WAIT`: a transient failure
+        // for the owner's replicator.
         return Err(ApiError::NotReadyYet("this instance is still recording its acceptance of this sharing".into()));
     }
     if !ready || !s.active {

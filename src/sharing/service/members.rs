@@ -90,6 +90,7 @@ pub async fn receive_members(cx: &Context, inst: &Instance, id: &SharingId, body
         let text = |t: Option<String>| t.map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>());
         wire.push((status, text(item.public_name), text(item.name), text(item.email), item.read_only));
     }
+    acceptance_recorded(inst, id).await?;
     let ((), s) = update(inst.store.as_ref(), id, |s| {
         let me = own_index(cx, inst, s);
         if s.accepting_here() {

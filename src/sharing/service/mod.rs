@@ -101,6 +101,30 @@ fn owner_url(s: &Sharing) -> Result<Url> {
     Url::parse(raw).map_err(|_| bad("invalid owner address"))
 }
 
+/// How long a call from the owner waits for this recipient to finish recording its acceptance
+/// before it is answered "not ready yet" (see [`acceptance_recorded`]).
+pub const ACCEPTANCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On a recipient, for a call from the owner: the sharing once this instance has finished
+/// recording its acceptance (see `Sharing::accepting_here`), read again every 5 ms for at most
+/// [`ACCEPTANCE_WAIT`]; `None` when there is no such sharing. The owner learns of the
+/// acceptance before the recipient has stored it, and its replicator starts at once: its first
+/// request waits here the few milliseconds that takes, instead of being answered 503 and
+/// retried after a back-off (with its batch read again). A sharing still being accepted after
+/// the wait is returned as it is, for the caller's 503.
+pub async fn acceptance_recorded(inst: &Instance, id: &SharingId) -> Result<Option<Sharing>> {
+    let started = std::time::Instant::now();
+    loop {
+        let s = load(inst.store.as_ref(), id).await?;
+        match s {
+            Some(s) if s.accepting_here() && started.elapsed() < ACCEPTANCE_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            s => return Ok(s),
+        }
+    }
+}
+
 /// A call from the owner while this recipient still records its acceptance (see
 /// `Sharing::accepting_here`).
 fn still_accepting() -> SharingError {

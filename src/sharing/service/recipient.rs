@@ -166,6 +166,7 @@ pub async fn receive_credentials(inst: &Instance, id: &SharingId, body: &Value) 
     let attrs = notice.attributes().ok_or_else(|| bad("data.attributes missing"))?.cloned().unwrap_or_default();
     let creds = attrs.peer_credentials().ok_or_else(|| bad("client and access_token required"))?;
     let read_only = attrs.read_only == Some(true);
+    acceptance_recorded(inst, id).await?;
     update(inst.store.as_ref(), id, |s| {
         if s.accepting_here() {
             return Err(still_accepting());
