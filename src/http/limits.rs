@@ -106,20 +106,24 @@ impl Limits {
     /// Reads a peer's `_bulk_docs` body (`{"<doctype>": [documents], "_initial": [keys]}`) in
     /// one pass, its members in order and each member's elements unparsed text (see
     /// [`crate::sharing::protocol::BulkDocs::from_members`]): at most `max_bulk_docs_count`
-    /// documents in all (and as many `_initial` keys), else 413 `max_bulk_docs_count_exceeded`
+    /// documents in all, and as many `_initial` keys, else 413 `max_bulk_docs_count_exceeded`
     /// at the first one past it; each document within `max_document_size`, else 413
-    /// `document_too_large`; a body of another shape is a 400 naming what is wrong.
+    /// `document_too_large`. A body of another shape, or naming a member twice, is a 400 whose
+    /// reason says what is wrong without quoting the body.
     pub fn peer_bulk_docs<'a>(&self, body: &'a [u8]) -> ApiResult<Vec<(String, Vec<&'a RawValue>)>> {
-        let over = Cell::new(false);
+        let state = Reading::default();
         let mut de = serde_json::Deserializer::from_slice(body);
         let read = (&mut de)
-            .deserialize_map(PeerBulkDocs { max: self.bulk_docs, over: &over })
+            .deserialize_map(PeerBulkDocs { max: self.bulk_docs, state: &state })
             .and_then(|v| de.end().map(|_| v));
         let members = match read {
             Ok(members) => members,
-            Err(_) if over.get() => return Err(self.too_many_docs()),
+            Err(_) if state.over.get() => return Err(self.too_many_docs()),
+            // A value of another type than expected (serde's message would quote it).
             Err(e) if e.classify() == serde_json::error::Category::Data => {
-                return Err(ApiError::bad_request(e.to_string().split(" at line").next().unwrap_or_default()))
+                return Err(ApiError::bad_request(
+                    state.shape.get().unwrap_or("the body must be an object of doctypes"),
+                ))
             }
             Err(e) => return Err(invalid(body, &e, "the body")),
         };
@@ -142,11 +146,21 @@ impl Limits {
     }
 }
 
-/// The visitor of a peer's `_bulk_docs` body: an object of at most `max + 1` arrays, `max`
-/// elements in all not counting `_` members (`_initial`), each of those at most `max` long too.
+/// What reading a peer's `_bulk_docs` found wrong, for the answer.
+#[derive(Default)]
+struct Reading {
+    /// More than the limit allows.
+    over: Cell<bool>,
+    /// The 400's reason when a member is not what it should be.
+    shape: Cell<Option<&'static str>>,
+}
+
+/// The visitor of a peer's `_bulk_docs` body: an object of at most `max + 1` arrays, each
+/// named once, `max` elements in all not counting `_` members (`_initial`), each of those at
+/// most `max` long too.
 struct PeerBulkDocs<'f> {
     max: usize,
-    over: &'f Cell<bool>,
+    state: &'f Reading,
 }
 
 impl<'de> Visitor<'de> for PeerBulkDocs<'_> {
@@ -157,18 +171,25 @@ impl<'de> Visitor<'de> for PeerBulkDocs<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
+        let mut out: Vec<(String, Vec<&'de RawValue>)> = Vec::new();
+        let mut named = std::collections::HashSet::new();
         let mut docs = 0usize;
         while let Some(key) = map.next_key::<String>()? {
             // More members than documents allowed (and `_initial`) is more documents, or
             // empty lists nobody sends.
             if out.len() > self.max {
-                self.over.set(true);
+                self.state.over.set(true);
                 return Err(A::Error::custom(format!("more than {} members", self.max + 1)));
+            }
+            // JSON allows a name twice; a second list of the same doctype (or of `_initial`)
+            // would be read as what, and would escape the count of `_initial` keys.
+            if !named.insert(key.clone()) {
+                self.state.shape.set(Some(crate::sharing::protocol::NAMED_TWICE));
+                return Err(A::Error::custom("a member is named twice"));
             }
             let meta = key.starts_with('_');
             let max = if meta { self.max } else { self.max - docs };
-            let list = map.next_value_seed(Elements { max, over: self.over, meta })?;
+            let list = map.next_value_seed(Elements { max, state: self.state, meta })?;
             if !meta {
                 docs += list.len();
             }
@@ -181,7 +202,7 @@ impl<'de> Visitor<'de> for PeerBulkDocs<'_> {
 /// One member of a peer's `_bulk_docs`: an array of at most `max` elements, kept unparsed.
 struct Elements<'f> {
     max: usize,
-    over: &'f Cell<bool>,
+    state: &'f Reading,
     /// `_initial` (keys), not documents: named in the error for another shape.
     meta: bool,
 }
@@ -190,8 +211,18 @@ impl<'de> serde::de::DeserializeSeed<'de> for Elements<'_> {
     type Value = Vec<&'de RawValue>;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        let what = if self.meta { "an array of document keys" } else { "an array of documents for each doctype" };
-        deserializer.deserialize_seq(ArrayAtMost { max: self.max, over: self.over, what })
+        let (what, reason) = if self.meta {
+            ("an array of document keys", "_initial must be an array of document keys")
+        } else {
+            ("an array of documents", "each doctype needs an array of documents")
+        };
+        // Used only when the error is about a type (the caller checks): a syntax error inside
+        // the member is reported as such.
+        deserializer.deserialize_seq(ArrayAtMost { max: self.max, over: &self.state.over, what }).inspect_err(|_| {
+            if self.state.shape.get().is_none() {
+                self.state.shape.set(Some(reason));
+            }
+        })
     }
 }
 
@@ -341,16 +372,25 @@ mod tests {
         assert!(l.peer_bulk_docs(br#"{"io.a": [{}, {}, {}], "_initial": ["a", "b", "c"]}"#).is_ok());
         let keys = l.peer_bulk_docs(br#"{"_initial": ["a", "b", "c", "d"]}"#).unwrap_err();
         assert!(matches!(keys, ApiError::Limit { error: "max_bulk_docs_count_exceeded", .. }), "{keys:?}");
-        // Other shapes are 400s that say what is wrong.
+        // A member named twice is refused: a second `_initial` would escape its count.
+        let twice = l.peer_bulk_docs(br#"{"_initial": ["a", "b", "c"], "_initial": ["d"]}"#).unwrap_err();
+        assert!(matches!(&twice, ApiError::BadRequest(r) if r.contains("named once")), "{twice:?}");
+        assert!(l.peer_bulk_docs(br#"{"io.a": [{}], "io.a": [{}]}"#).is_err());
+        // Other shapes are 400s that say what is wrong, never quoting the body.
         for (bad, says) in [
-            (&b"[1]"[..], "object of doctypes"),
-            (b"{\"io.a\": 3}", "an array of documents"),
-            (b"{\"_initial\": {}}", "an array of document keys"),
-            (b"{\"io.a\": [1,", "invalid JSON"),
-            (b"  ", "body is empty"),
+            (&br#""secret-token""#[..], "the body must be an object of doctypes"),
+            (b"[1]", "the body must be an object of doctypes"),
+            (br#"{"io.a": "secret-token"}"#, "each doctype needs an array of documents"),
+            (br#"{"io.a": [], "_initial": {"k": "secret-token"}}"#, "_initial must be an array of document keys"),
+            (br#"{"io.a": [{"x": "secret-token"}"#, "invalid JSON"),
+            (br#"{"io.a": [{"x": tru}]}"#, "invalid JSON"),
+            (b"  ", "request body is empty"),
         ] {
             match l.peer_bulk_docs(bad) {
-                Err(ApiError::BadRequest(reason)) => assert!(reason.contains(says), "{reason}"),
+                Err(ApiError::BadRequest(reason)) => {
+                    assert!(reason.starts_with(says), "{reason}");
+                    assert!(!reason.contains("secret"), "{reason}");
+                }
                 other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
             }
         }

@@ -438,9 +438,10 @@ impl Sharing {
     /// On a recipient, called by the owner with valid credentials: still recording its own
     /// acceptance. The owner learns of the acceptance (the recipient's answer) before the
     /// recipient stores it as active, and may push documents or send the member list at once;
-    /// such a call is answered "not ready yet" (503 with `Retry-After`), a transient failure
-    /// the owner retries, not a refusal. (A request never accepted gave the owner no
-    /// credentials, so only an acceptance under way gets there.)
+    /// such a call waits for the acceptance to be recorded (`service::acceptance_recorded`,
+    /// at most `ACCEPTANCE_WAIT`), and only past that is answered "not ready yet" (503 with
+    /// `Retry-After`), a transient failure the owner retries, not a refusal. (A request never
+    /// accepted gave the owner no credentials, so only an acceptance under way gets there.)
     pub fn accepting_here(&self) -> bool {
         !self.owner
             && !self.active

@@ -155,7 +155,9 @@ pub(super) fn basic_auth(req: &HttpRequest) -> Option<(String, String)> {
 }
 
 /// The sharing as seen by a member's instance calling it: must be active, and the caller a
-/// ready member (any member on the owner, the owner on a recipient).
+/// ready member (any member on the owner, the owner on a recipient). On a recipient, a call
+/// from the owner made while this instance still records its acceptance waits for it
+/// (`service::acceptance_recorded`, at most `ACCEPTANCE_WAIT`), then is a 503 past that.
 pub(in crate::http) async fn replicating_peer(
     inst: &Inst,
     req: &HttpRequest,

@@ -199,12 +199,16 @@ impl<D: Serialize> Serialize for BulkDocs<D> {
 impl<'a> BulkDocs<&'a RawValue> {
     /// A request from the members of its body as read (each member's elements unparsed, in
     /// the body's order: `http::limits::Limits::peer_bulk_docs` reads them within the
-    /// limits); the reason names what is wrong (a 400 for the sender). A doctype named twice
-    /// has the documents of both.
+    /// limits); the reason names what is wrong (a 400 for the sender), such as a member named
+    /// twice.
     pub fn from_members(members: Vec<(String, Vec<&'a RawValue>)>) -> Result<Self, String> {
         let mut out = BulkDocs::default();
+        let mut initial_seen = false;
         for (key, elements) in members {
             if key == INITIAL {
+                if std::mem::replace(&mut initial_seen, true) {
+                    return Err(NAMED_TWICE.into());
+                }
                 for k in elements {
                     let k: String = serde_json::from_str(k.get())
                         .map_err(|_| "_initial must be an array of document keys".to_string())?;
@@ -213,11 +217,17 @@ impl<'a> BulkDocs<&'a RawValue> {
                 continue;
             }
             let doctype = Doctype::parse(&key)?;
-            out.docs.entry(doctype).or_default().extend(elements);
+            if out.docs.insert(doctype, elements).is_some() {
+                return Err(NAMED_TWICE.into());
+            }
         }
         Ok(out)
     }
 }
+
+/// The reason given for a `_bulk_docs` body that names a doctype, or `_initial`, twice (JSON
+/// allows it; the receiver does not guess which list is meant).
+pub const NAMED_TWICE: &str = "each doctype, and _initial, is named once in the body";
 
 /// One document the receiver did not write, in the `_bulk_docs` answer (an array, `[]` when
 /// every document was written). `error` is `forbidden` for a refusal by the sharing's rules or
@@ -270,15 +280,15 @@ mod tests {
         for bad in ["[]", r#"{"Bad":[]}"#, r#"{"io.cozy.notes":1}"#, r#"{"_initial":[1]}"#, "{"] {
             assert!(read(bad).is_err(), "{bad}");
         }
-        // A doctype named twice (JSON allows it) has the documents of both.
-        let (a, b): (Box<RawValue>, Box<RawValue>) = (
-            RawValue::from_string(r#"{"_id":"a"}"#.into()).unwrap(),
-            RawValue::from_string(r#"{"_id":"b"}"#.into()).unwrap(),
-        );
-        let twice =
-            BulkDocs::from_members(vec![("io.cozy.notes".into(), vec![&*a]), ("io.cozy.notes".into(), vec![&*b])])
-                .unwrap();
-        assert_eq!(serde_json::to_string(&twice).unwrap(), r#"{"io.cozy.notes":[{"_id":"a"},{"_id":"b"}]}"#);
+        // A member named twice (JSON allows it) is refused, whichever it is.
+        let a = RawValue::from_string(r#"{"_id":"a"}"#.into()).unwrap();
+        let key = RawValue::from_string(r#""io.cozy.notes/a""#.into()).unwrap();
+        for twice in [
+            vec![("io.cozy.notes".to_string(), vec![&*a]), ("io.cozy.notes".to_string(), vec![])],
+            vec![(INITIAL.to_string(), vec![&*key]), (INITIAL.to_string(), vec![])],
+        ] {
+            assert_eq!(BulkDocs::from_members(twice).unwrap_err(), NAMED_TWICE);
+        }
     }
 }
 

@@ -106,19 +106,23 @@ fn owner_url(s: &Sharing) -> Result<Url> {
 pub const ACCEPTANCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// On a recipient, for a call from the owner: the sharing once this instance has finished
-/// recording its acceptance (see `Sharing::accepting_here`), read again every 5 ms for at most
-/// [`ACCEPTANCE_WAIT`]; `None` when there is no such sharing. The owner learns of the
-/// acceptance before the recipient has stored it, and its replicator starts at once: its first
-/// request waits here the few milliseconds that takes, instead of being answered 503 and
-/// retried after a back-off (with its batch read again). A sharing still being accepted after
-/// the wait is returned as it is, for the caller's 503.
+/// recording its acceptance (see `Sharing::accepting_here`), read again after 5 ms, then after
+/// twice as long each time up to 100 ms, for at most [`ACCEPTANCE_WAIT`]; `None` when there is
+/// no such sharing; a store error as it is. The owner learns of the acceptance before the
+/// recipient has stored it, and its replicator starts at once: its first request waits here
+/// the few milliseconds that takes, instead of being answered 503 and retried after a
+/// back-off (with its batch read again). A sharing still being accepted after the wait (a
+/// recipient stopped between the owner's answer and its own record) is returned as it is,
+/// for the caller's 503.
 pub async fn acceptance_recorded(inst: &Instance, id: &SharingId) -> Result<Option<Sharing>> {
     let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
     loop {
         let s = load(inst.store.as_ref(), id).await?;
         match s {
             Some(s) if s.accepting_here() && started.elapsed() < ACCEPTANCE_WAIT => {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
             }
             s => return Ok(s),
         }
