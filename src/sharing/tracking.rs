@@ -116,22 +116,20 @@ impl Tracking {
     /// Whether the initial set of `id` (an active sharing this instance owns) is still being
     /// taken, or not yet begun, by this process: its feed does not hold everything yet.
     pub fn initial_set_pending(&self, inst: &Instance, id: &SharingId) -> bool {
-        self.initial
-            .lock()
-            .map(|i| !i.get(inst.domain.as_str()).and_then(|m| m.get(id.as_str())).is_some_and(|s| s.done))
-            .unwrap_or(false)
+        match self.initial.lock() {
+            Ok(initial) => !initial.get(inst.domain.as_str()).and_then(|m| m.get(id.as_str())).is_some_and(|s| s.done),
+            Err(_) => false,
+        }
     }
 
     /// Whether `due` is still the current taking of its sharing's set.
     fn current(&self, inst: &Instance, due: &InitialSetDue) -> bool {
-        self.initial
-            .lock()
-            .map(|i| {
-                i.get(inst.domain.as_str())
-                    .and_then(|m| m.get(due.sharing.as_str()))
-                    .is_some_and(|s| s.generation == due.generation)
-            })
-            .unwrap_or(false)
+        self.initial_set(inst, due.sharing.as_str()).is_some_and(|s| s.generation == due.generation)
+    }
+
+    /// Where the initial set of sharing `id` stands in this process, if it was begun.
+    fn initial_set(&self, inst: &Instance, id: &str) -> Option<InitialSet> {
+        self.initial.lock().ok()?.get(inst.domain.as_str())?.get(id).copied()
     }
 
     fn forget_initial(&self, inst: &Instance, id: &str) {

@@ -457,6 +457,8 @@ impl Store for SqliteStore {
                     rules.iter().find(|r| r.matches(rule.doctype.as_str(), id, body)).map(|r| r.rule_index)
                 };
                 let mut joined = Vec::new();
+                // Where the next part starts, when this one stops inside the rule's scan.
+                let mut stop = None;
                 match &rule.selector {
                     // Id rules: the listed documents, in one part.
                     None => {
@@ -493,16 +495,16 @@ impl Store for SqliteStore {
                             })?;
                         if scanned >= budget {
                             // Maybe more: the next part goes on after the last one seen.
-                            record_joined(tx, &ctx.seqs, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
-                            added += joined.len() as u64;
-                            let after = last.unwrap_or(after);
-                            return Ok(TrackedPart { added, next: Some(format!("{position}:{after}")) });
+                            stop = Some(format!("{position}:{}", last.as_deref().unwrap_or(&after)));
                         }
-                        budget -= scanned;
+                        budget = budget.saturating_sub(scanned);
                     }
                 }
                 record_joined(tx, &ctx.seqs, &sharing_id, rule.doctype.as_str(), &joined, entry)?;
                 added += joined.len() as u64;
+                if stop.is_some() {
+                    return Ok(TrackedPart { added, next: stop });
+                }
                 position += 1;
                 after.clear();
             }
