@@ -18,12 +18,21 @@ pub fn parse_key(hex: &str) -> Option<Vec<u8>> {
     key.filter(|k| !k.is_empty())
 }
 
-/// XORs the lowercase hex digits (`0-9a-f`) of `id` with `key` (cycled). Uppercase letters
-/// are left alone: a digit may become a letter, and only lowercase keeps the mapping its own
-/// inverse.
+/// XORs the lowercase hex digits (`0-9a-f`) of `id` with `key` (cycled by character
+/// position). Uppercase letters are left alone: a digit may become a letter, and only
+/// lowercase keeps the mapping its own inverse.
 pub fn xor_id(id: &str, key: &[u8]) -> String {
     if key.is_empty() {
         return id.to_owned();
+    }
+    if id.is_ascii() {
+        // One byte per character: the same positions, without decoding (hearth's and Cozy's
+        // ids are all ASCII; this runs for every id sent to or received from a member).
+        let bytes = id.bytes().enumerate().map(|(i, b)| match hex_value(b) {
+            Some(d) => HEX_DIGITS[usize::from((d ^ key[i % key.len()]) & 0xf)],
+            None => b,
+        });
+        return bytes.map(char::from).collect();
     }
     id.chars()
         .enumerate()
@@ -35,6 +44,17 @@ pub fn xor_id(id: &str, key: &[u8]) -> String {
             c => c,
         })
         .collect()
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The value of a lowercase hex digit.
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
 }
 
 /// The id transformation between this instance and member `from` (only the owner has keys).
@@ -101,5 +121,42 @@ mod tests {
         let other = parse_key("ffffffffffffffffffffffffffffffff").unwrap();
         assert_ne!(xor_id("612acf1c", &key), xor_id("612acf1c", &other));
         assert!(parse_key("not hex").is_none());
+    }
+
+    /// The character-by-character transform, as it was before the ASCII path.
+    fn xor_by_chars(id: &str, key: &[u8]) -> String {
+        id.chars()
+            .enumerate()
+            .map(|(i, c)| match c.to_digit(16).filter(|_| !c.is_ascii_uppercase()) {
+                Some(d) => char::from_digit(d ^ u32::from(key[i % key.len()]), 16).unwrap_or(c),
+                None => c,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ascii_ids_and_other_ids_are_transformed_by_character_position() {
+        let key = parse_key("0123456789abcdef0123456789abcdef").unwrap();
+        let short = parse_key("f1").unwrap();
+        // Non-ASCII characters before hex digits shift byte positions but not character ones.
+        for id in ["é0a1", "0a1é", "ü612acf1c-1d72-11e8-b043-ef239d3074dd", "日本0123abc", "a", "0", "-"] {
+            for k in [&key, &short] {
+                assert_eq!(xor_id(id, k), xor_by_chars(id, k), "{id}");
+            }
+        }
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet: Vec<char> = "0123456789abcdefABCDEFxyz-_:é".chars().collect();
+        for _ in 0..2000 {
+            let len = (next() % 40) as usize;
+            let id: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            assert_eq!(xor_id(&id, &key), xor_by_chars(&id, &key), "{id}");
+            assert_eq!(xor_id(&xor_id(&id, &key), &key), id);
+        }
     }
 }
