@@ -661,6 +661,23 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     let leaves = store.doc_leaves(&t, &[id("early"), id("nope")]).await.expect("leaves");
     assert_eq!(leaves.len(), 1);
     assert_eq!(leaves[&id("early")][0].0.pos, 2);
+    // The feed with each row's leaves, as a replicator reads it: rows it does not keep are
+    // left out, but counted among those read and passed by `last_seq`.
+    let every: KeepRow = std::sync::Arc::new(|_| true);
+    let page = store.shared_changes_with_leaves(sharing, back[0].seq, 100, every.clone()).await.expect("page");
+    assert_eq!((page.read, page.last_seq), (2, last[1].seq));
+    let rows: Vec<(&str, u64, bool)> = page.rows.iter().map(|(r, l)| (r.id.as_str(), l[0].0.pos, l[0].1)).collect();
+    assert_eq!(rows, [("byid", 2, true), ("early", 2, false)], "each row with its winner first");
+    assert_eq!(page.rows[0].0, last[0]);
+    assert_eq!(page.rows[1].1, store.doc_leaves(&t, &[id("early")]).await.expect("leaves")[&id("early")]);
+    let not_byid: KeepRow = std::sync::Arc::new(|r| r.id.as_str() != "byid");
+    let some = store.shared_changes_with_leaves(sharing, back[0].seq, 100, not_byid).await.expect("kept");
+    assert_eq!((some.read, some.last_seq), (2, last[1].seq));
+    assert_eq!(some.rows.iter().map(|(r, _)| r.id.as_str()).collect::<Vec<_>>(), ["early"]);
+    let one = store.shared_changes_with_leaves(sharing, back[0].seq, 1, every.clone()).await.expect("limit");
+    assert_eq!((one.read, one.last_seq, one.rows.len()), (1, last[0].seq, 1));
+    let none = store.shared_changes_with_leaves(sharing, last[1].seq, 100, every).await.expect("end");
+    assert_eq!((none.read, none.last_seq, none.rows.len()), (0, last[1].seq, 0));
     store.untrack(sharing).await.expect("untrack");
     assert!(store.shared_changes(sharing, 0, 100).await.expect("empty").is_empty());
     // Forgotten, the sharing starts again from what matches now.

@@ -25,7 +25,8 @@ pub use body::Body;
 pub use doc::{DocId, Doctype, MemberIndex, SharingId};
 use hearth_replicator::rev::Rev;
 pub use tracking::{
-    Judge, Received, Retracked, SharedChange, SharedInfo, SharedState, Standing, TrackRule, TrackedPart, Verdict,
+    Judge, KeepRow, Received, Retracked, SharedChange, SharedChangesPage, SharedInfo, SharedState, Standing, TrackRule,
+    TrackedPart, Verdict,
 };
 
 /// Whether an error's chain says the disk is full: SQLite's `SQLITE_FULL`, or an I/O error
@@ -460,6 +461,55 @@ pub trait Store: Send + Sync + 'static {
         doctype: &Doctype,
         ids: &[DocId],
     ) -> Result<HashMap<DocId, SharedState>, StoreError>;
+
+    /// A page of `sharing_id`'s feed after `since` (at most `limit` rows read, as
+    /// [`Store::shared_changes`]), with the leaves of each kept row's document as of that row:
+    /// what a replicator reads of every batch (`sync::replication::LocalSource::changes`).
+    /// Rows `keep` refuses are left out and their leaves are not read.
+    ///
+    /// A row goes only with leaves its write made: when the document was written again
+    /// between reading the row and reading its leaves (moved out of the sharing, say), the row
+    /// is left out, and its newer row comes in a later page. This default reads the feed, the
+    /// leaves and the rows again in three calls and leaves out the rows that moved; a backend
+    /// that reads all three in one snapshot (SQLite) answers in one call.
+    async fn shared_changes_with_leaves(
+        &self,
+        sharing_id: &SharingId,
+        since: u64,
+        limit: usize,
+        keep: KeepRow,
+    ) -> Result<SharedChangesPage, StoreError> {
+        let rows = self.shared_changes(sharing_id, since, limit).await?;
+        let (read, last_seq) = (rows.len(), rows.last().map_or(since, |r| r.seq));
+        let rows: Vec<SharedChange> = rows.into_iter().filter(|r| keep(r)).collect();
+        let mut by_doctype: BTreeMap<Doctype, Vec<DocId>> = BTreeMap::new();
+        for r in &rows {
+            by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
+        }
+        let mut leaves: HashMap<(Doctype, DocId), Vec<(Rev, bool)>> = HashMap::new();
+        let mut current: HashMap<(Doctype, DocId), u64> = HashMap::new();
+        for (doctype, ids) in by_doctype {
+            for (id, l) in self.doc_leaves(&doctype, &ids).await? {
+                leaves.insert((doctype.clone(), id), l);
+            }
+            for (id, st) in self.shared_state(sharing_id, &doctype, &ids).await? {
+                current.insert((doctype.clone(), id), st.seq);
+            }
+        }
+        let rows = rows
+            .into_iter()
+            .filter_map(|r| {
+                let doc = (r.doctype.clone(), r.id.clone());
+                // Read after the row, the leaves may be of a later write: the row read again
+                // after them says whether one happened.
+                if current.get(&doc) != Some(&r.seq) {
+                    return None;
+                }
+                leaves.remove(&doc).map(|l| (r, l))
+            })
+            .collect();
+        Ok(SharedChangesPage { rows, read, last_seq })
+    }
 
     async fn shared_info(&self, sharing_id: &SharingId, since: u64) -> Result<SharedInfo, StoreError>;
 

@@ -222,6 +222,26 @@ pub struct SharedChange {
     pub origin: Option<super::MemberIndex>,
 }
 
+/// Which rows of a sharing's feed a replicator wants, with their documents' leaves (see
+/// `Store::shared_changes_with_leaves`): rows it returns `false` for are left out, and their
+/// leaves are not read. Called on the store's own thread, so it must be cheap.
+pub type KeepRow = std::sync::Arc<dyn Fn(&SharedChange) -> bool + Send + Sync>;
+
+/// A page of a sharing's feed, each row with its document's leaves as of that row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedChangesPage {
+    /// The rows kept, in feed order, each with its document's leaf revisions (winner first,
+    /// with their deleted flags, as `Store::doc_leaves`). A row whose document has no
+    /// revision tree is left out.
+    pub rows: Vec<(SharedChange, Vec<(hearth_replicator::rev::Rev, bool)>)>,
+    /// How many rows of the feed were read, kept or not: a page that read `limit` rows may
+    /// have more after it.
+    pub read: usize,
+    /// The sequence of the last row read (`since` when there was none): where the next page
+    /// starts.
+    pub last_seq: u64,
+}
+
 /// A document's membership in a sharing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedState {

@@ -29,7 +29,7 @@ use crate::sharing::send::{self, ToMember};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, MemberIndex, SharingId};
 use crate::store::doc::render_as;
-use crate::store::{Body, DocId, Doctype, OpenRev, SharedChange, StoreError};
+use crate::store::{Body, DocId, Doctype, KeepRow, OpenRev, StoreError};
 
 pub const CHECKPOINTS_DOCTYPE: &str = "io.hearth.replication";
 
@@ -298,42 +298,22 @@ impl Source for LocalSource {
 
     async fn changes(&mut self, since: u64, limit: usize) -> Result<ChangeBatch, SyncError> {
         let mut step = Step::start("changes", 0);
-        let rows = self.inst.store.shared_changes(self.sharing.sharing_id(), since, limit).await?;
-        step.docs = rows.len();
-        let pending = rows.len() >= limit;
-        let last_seq = rows.last().map_or(since, |r| r.seq);
         // What came from this member and has not changed here since (the row's latest change
         // is the write that brought it) is not sent back: the member holds every revision of
         // it, so it is not even asked about (no echo of an initial sync to its sender), and its
         // leaves are not read. A document under a `remove: revoke` rule is still looked at, as
         // its deletion must end the sharing here too.
-        let rows: Vec<SharedChange> =
-            rows.into_iter().filter(|r| !send::is_echo(&self.sharing, self.member, r)).collect();
-        let mut by_doctype: BTreeMap<Doctype, Vec<DocId>> = BTreeMap::new();
-        for r in &rows {
-            by_doctype.entry(r.doctype.clone()).or_default().push(r.id.clone());
-        }
-        let mut leaves: HashMap<(Doctype, DocId), Vec<(Rev, bool)>> = HashMap::new();
-        let mut current: HashMap<(Doctype, DocId), u64> = HashMap::new();
-        for (doctype, ids) in by_doctype {
-            for (id, l) in self.inst.store.doc_leaves(&doctype, &ids).await? {
-                leaves.insert((doctype.clone(), id), l);
-            }
-            for (id, st) in self.inst.store.shared_state(self.sharing.sharing_id(), &doctype, &ids).await? {
-                current.insert((doctype.clone(), id), st.seq);
-            }
-        }
-        let mut changes = Vec::with_capacity(rows.len());
+        let (sharing, member) = (self.sharing.clone(), self.member);
+        let keep: KeepRow = Arc::new(move |r| !send::is_echo(&sharing, member, r));
+        let page = self.inst.store.shared_changes_with_leaves(self.sharing.sharing_id(), since, limit, keep).await?;
+        step.docs = page.read;
+        let pending = page.read >= limit;
+        let last_seq = page.last_seq;
+        let mut changes = Vec::with_capacity(page.rows.len());
         let mut initial = Vec::new();
-        for r in rows {
-            let doc = (r.doctype.clone(), r.id.clone());
-            // The leaves were read after the row, and the row checked again after them: a
-            // document written meanwhile (moved out of the sharing, say) has a newer row, and
-            // must not go with leaves this row did not see. The newer row comes in a later batch.
-            if current.get(&doc) != Some(&r.seq) {
-                continue;
-            }
-            let Some(l) = leaves.remove(&doc) else { continue };
+        // Each row goes with the leaves of its own write (a document written again meanwhile
+        // is left out of this page: its newer row comes in a later one).
+        for (r, l) in page.rows {
             let deleted = l.first().is_some_and(|(_, d)| *d);
             let key = format!("{}/{}", r.doctype, self.ids.convert(r.id.as_str()));
             match send::judge(&self.sharing, self.member, &r, deleted, since) {

@@ -267,6 +267,39 @@ pub(super) fn parent_rule(
     Ok(shared_row(conn, sharing, doctype, parent)?.filter(|st| !st.removed).map(|st| st.rule_index))
 }
 
+/// Rows of `sharing_id`'s feed after `since`, at most `limit`, in order.
+pub(super) fn shared_change_rows(
+    conn: &Connection,
+    sharing_id: &str,
+    since: u64,
+    limit: usize,
+) -> Result<Vec<SharedChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, doctype, id, rule, removed, joined, initial, origin FROM shared
+         WHERE sharing_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    type Row = (i64, String, String, i64, bool, i64, bool, Option<i64>);
+    let rows: Vec<Row> = stmt
+        .query_map(params![sharing_id, since as i64, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(seq, doctype, id, rule, removed, joined, initial, origin)| {
+            Ok(SharedChange {
+                seq: seq as u64,
+                doctype: Doctype::parse(&doctype).map_err(StoreError::Corrupt)?,
+                id: DocId::parse(&id).map_err(StoreError::Corrupt)?,
+                rule_index: rule as usize,
+                removed,
+                joined: joined as u64,
+                initial,
+                origin: origin.map(|o| MemberIndex(o as usize)),
+            })
+        })
+        .collect()
+}
+
 pub(super) fn shared_row(
     conn: &Connection,
     sharing: &str,
