@@ -35,13 +35,22 @@ CREATE TABLE IF NOT EXISTS nodes (
     name_key TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes (dir_id, name, id);
-CREATE INDEX IF NOT EXISTS nodes_by_name_key ON nodes (dir_id, name_key);
+-- Name checks (`child_named`) find their rows and their order here: without `name, id` the
+-- planner walked every child of the directory through `nodes_by_parent` instead, at each
+-- upload, create or rename (O(children) each).
+DROP INDEX IF EXISTS nodes_by_name_key;
+CREATE INDEX IF NOT EXISTS nodes_by_name ON nodes (dir_id, name_key, name, id);
 CREATE INDEX IF NOT EXISTS nodes_by_vfs ON nodes (vfs_id);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// The first child of a directory (`?1`) with a name key (`?2`), by (name, id), other than
+/// `?3`: found and ordered by `nodes_by_name` alone, whatever the directory holds.
+const CHILD_NAMED: &str = "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
+     WHERE dir_id = ?1 AND name_key = ?2 AND id != ?3 ORDER BY name, id LIMIT 1";
 
 /// Feed rows read per catch-up step.
 const CATCH_UP_BATCH: usize = 500;
@@ -214,15 +223,7 @@ impl Index {
     /// writes it) is one name.
     pub async fn child_named(&self, dir: &str, name: &str, except: Option<&str>) -> Result<Option<Entry>, FilesError> {
         let (dir, name, except) = (dir.to_owned(), model::name_key(name), except.unwrap_or_default().to_owned());
-        self.with(move |c| {
-            c.prepare_cached(
-                "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
-                 WHERE dir_id = ?1 AND name_key = ?2 AND id != ?3 ORDER BY name, id LIMIT 1",
-            )?
-            .query_row(params![dir, name, except], entry)
-            .optional()
-        })
-        .await
+        self.with(move |c| c.prepare_cached(CHILD_NAMED)?.query_row(params![dir, name, except], entry).optional()).await
     }
 
     /// Children of `dir` ordered by (name, id), after `after` (exclusive), at most `limit`.
@@ -417,5 +418,67 @@ mod tests {
         index.with(|c| c.execute("INSERT INTO meta (key, value) VALUES ('seq', 7)", []).map(|_| ())).await.unwrap();
         drop(index);
         assert_eq!(Index::open(&path).unwrap().seq().await.unwrap(), 7);
+    }
+
+    /// A name check reads the rows of that name, not every child of the directory: the plan
+    /// uses `nodes_by_name` for both the lookup and the order (an index of
+    /// `(dir_id, name_key)` alone made SQLite walk the directory by `nodes_by_parent`).
+    #[tokio::test]
+    async fn a_name_check_reads_only_the_rows_of_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        {
+            // An index of the earlier schema gets the new index when opened.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("DROP INDEX nodes_by_name; CREATE INDEX nodes_by_name_key ON nodes (dir_id, name_key);")
+                .unwrap();
+        }
+        let index = Index::open(&path).unwrap();
+        let (plan, indexes) = index
+            .with(|c| {
+                let plan: Vec<String> = c
+                    .prepare(&format!("EXPLAIN QUERY PLAN {CHILD_NAMED}"))?
+                    .query_map(params!["d", "a", ""], |r| r.get(3))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let indexes: Vec<String> = c
+                    .prepare(
+                        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'nodes' ORDER BY name",
+                    )?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok((plan.join("; "), indexes))
+            })
+            .await
+            .unwrap();
+        assert!(plan.contains("nodes_by_name (dir_id=? AND name_key=?)") && !plan.contains("TEMP B-TREE"), "{plan}");
+        assert!(indexes.contains(&"nodes_by_name".to_string()) && !indexes.contains(&"nodes_by_name_key".to_string()));
+        // Same answers: the first by (name, id) of the names with that key, `except` left out.
+        index
+            .with(|c| {
+                let mut insert = c.prepare(
+                    "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed, name_key)
+                     VALUES (?1, 'd', ?2, 1, 0, NULL, 0, ?3)",
+                )?;
+                for i in 0..1000 {
+                    let name = format!("n{i}");
+                    insert.execute(params![format!("id{i}"), name, model::name_key(&name)])?;
+                }
+                insert.execute(params!["z", "caf\u{e9}", model::name_key("caf\u{e9}")])?;
+                insert.execute(params!["y", "cafe\u{301}", model::name_key("cafe\u{301}")])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let found = |name: &'static str, except: Option<&'static str>| {
+            let index = &index;
+            async move { index.child_named("d", name, except).await.unwrap().map(|e| e.id) }
+        };
+        assert_eq!(found("n500", None).await.as_deref(), Some("id500"));
+        assert_eq!(found("n500", Some("id500")).await, None);
+        // `e` + U+0301 sorts before `é` byte for byte: either spelling finds it first.
+        assert_eq!(found("caf\u{e9}", None).await.as_deref(), Some("y"));
+        assert_eq!(found("caf\u{e9}", Some("y")).await.as_deref(), Some("z"));
+        assert_eq!(found("nope", None).await, None);
     }
 }
