@@ -52,6 +52,21 @@ CREATE TABLE IF NOT EXISTS meta (
 const CHILD_NAMED: &str = "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
      WHERE dir_id = ?1 AND name_key = ?2 AND id != ?3 ORDER BY name, id LIMIT 1";
 
+/// A page of a directory's (`?1`) children after the cursor (`?2` name, `?3` id), at most `?4`.
+const CHILDREN: &str = "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
+     WHERE dir_id = ?1 AND (name, id) > (?2, ?3) ORDER BY name, id LIMIT ?4";
+
+/// Nodes under a directory (`?1`), at most `?2` levels down, the deepest first, at most `?3`.
+/// `CROSS JOIN` keeps the subtree as the outer loop, each node then found by its key: left to
+/// itself, SQLite 3.46 scanned a whole index of `nodes` for every call instead.
+const DESCENDANTS: &str = "WITH RECURSIVE down(id, depth) AS (
+        SELECT id, 1 FROM nodes WHERE dir_id = ?1
+        UNION ALL
+        SELECT n.id, down.depth + 1 FROM down JOIN nodes n ON n.dir_id = down.id WHERE down.depth < ?2
+     )
+     SELECT n.id, n.dir_id, n.name, n.kind, n.size, n.vfs_id, n.trashed
+     FROM down CROSS JOIN nodes n ON n.id = down.id ORDER BY down.depth DESC LIMIT ?3";
+
 /// Feed rows read per catch-up step.
 const CATCH_UP_BATCH: usize = 500;
 /// Deepest tree walked up from a node; deeper chains (or cycles, which concurrent moves on two
@@ -234,16 +249,11 @@ impl Index {
         limit: usize,
     ) -> Result<Vec<Entry>, FilesError> {
         let dir = dir.to_owned();
+        // No cursor is ("", ""), before every row: ids are never empty. A row-value comparison,
+        // so that the index seeks to the cursor instead of reading the directory from its start.
         let (name, id) = after.unwrap_or_default();
-        let has_after = !name.is_empty() || !id.is_empty();
         self.with(move |c| {
-            c.prepare_cached(
-                "SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes
-                 WHERE dir_id = ?1 AND (?2 = 0 OR name > ?3 OR (name = ?3 AND id > ?4))
-                 ORDER BY name, id LIMIT ?5",
-            )?
-            .query_map(params![dir, has_after, name, id, limit as i64], entry)?
-            .collect()
+            c.prepare_cached(CHILDREN)?.query_map(params![dir, name, id, limit as i64], entry)?.collect()
         })
         .await
     }
@@ -286,17 +296,7 @@ impl Index {
     pub async fn descendants(&self, dir: &str, limit: usize) -> Result<Vec<Entry>, FilesError> {
         let dir = dir.to_owned();
         self.with(move |c| {
-            c.prepare_cached(
-                "WITH RECURSIVE down(id, depth) AS (
-                    SELECT id, 1 FROM nodes WHERE dir_id = ?1
-                    UNION ALL
-                    SELECT n.id, down.depth + 1 FROM down JOIN nodes n ON n.dir_id = down.id WHERE down.depth < ?2
-                 )
-                 SELECT n.id, n.dir_id, n.name, n.kind, n.size, n.vfs_id, n.trashed
-                 FROM down JOIN nodes n ON n.id = down.id ORDER BY down.depth DESC LIMIT ?3",
-            )?
-            .query_map(params![dir, MAX_DEPTH, limit as i64], entry)?
-            .collect()
+            c.prepare_cached(DESCENDANTS)?.query_map(params![dir, MAX_DEPTH, limit as i64], entry)?.collect()
         })
         .await
     }
@@ -480,5 +480,63 @@ mod tests {
         assert_eq!(found("caf\u{e9}", None).await.as_deref(), Some("y"));
         assert_eq!(found("caf\u{e9}", Some("y")).await.as_deref(), Some("z"));
         assert_eq!(found("nope", None).await, None);
+    }
+
+    /// The plan of a statement, its steps joined by "; ".
+    async fn plan_of(index: &Index, sql: &'static str, params: Vec<rusqlite::types::Value>) -> String {
+        index
+            .with(move |c| {
+                let steps: Vec<String> = c
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                    .query_map(rusqlite::params_from_iter(params), |r| r.get(3))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Ok(steps.join("; "))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A page of children seeks to its cursor, and a batch of descendants reads the subtree
+    /// and then each node by its key: neither reads more of the index the bigger it gets.
+    #[tokio::test]
+    async fn pages_of_children_and_descendants_read_only_their_rows() {
+        use rusqlite::types::Value::{Integer, Text};
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let children =
+            plan_of(&index, CHILDREN, vec![Text("d".into()), Text("a".into()), Text("b".into()), Integer(9)]).await;
+        assert!(children.contains("(dir_id=? AND (name,id)>(?,?))") && !children.contains("TEMP B-TREE"), "{children}");
+        let descendants = plan_of(&index, DESCENDANTS, vec![Text("d".into()), Integer(9), Integer(9)]).await;
+        assert!(descendants.contains("SEARCH n USING PRIMARY KEY (id=?)"), "{descendants}");
+        assert!(!descendants.contains("SCAN n"), "{descendants}");
+        // Same answers: 1,000 children in pages of 64, then a two-level subtree deepest first.
+        index
+            .with(|c| {
+                let mut insert = c.prepare(
+                    "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed, name_key)
+                     VALUES (?1, ?2, ?3, 1, 0, NULL, 0, ?3)",
+                )?;
+                for i in 0..1000 {
+                    // Two children share each name: the id orders them.
+                    insert.execute(params![format!("id{i:04}"), "d", format!("n{:03}", i / 2)])?;
+                }
+                insert.execute(params!["sub", "id0007", "x"])?;
+                insert.execute(params!["subsub", "sub", "y"])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = index.children("d", after.clone(), 64).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some((last.name.clone(), last.id.clone()));
+            seen.extend(page.into_iter().map(|e| e.id));
+        }
+        assert_eq!(seen, (0..1000).map(|i| format!("id{i:04}")).collect::<Vec<_>>());
+        let under: Vec<String> = index.descendants("id0007", 10).await.unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(under, ["subsub", "sub"]);
+        assert_eq!(index.descendants("d", 3).await.unwrap().first().map(|e| e.id.as_str()), Some("subsub"));
     }
 }

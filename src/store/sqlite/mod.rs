@@ -614,6 +614,35 @@ mod tests {
     use super::*;
     use crate::store::json;
 
+    /// A document's removed rows in a sharing (counted for every node of a moved folder, in
+    /// the writer) and a page of a sharing's documents are found by key: counting every
+    /// sharing's rows of a document walked the whole `shared` table, and a page re-read its
+    /// doctype from the start.
+    #[tokio::test]
+    async fn sharing_lookups_read_only_their_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
+        let plans = store
+            .read(|conn| {
+                let plan = |sql: &str, n: usize| -> Result<String, StoreError> {
+                    let steps: Vec<String> = conn
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(rusqlite::params_from_iter((0..n).map(|_| "x")), |r| r.get(3))?
+                        .collect::<Result<_, _>>()?;
+                    Ok(steps.join("; "))
+                };
+                Ok((plan(store_impl::REMOVED_ROWS, 3)?, plan(store_impl::SHARED_DOCS, 4)?))
+            })
+            .await
+            .expect("plans");
+        assert_eq!(plans.0, "SEARCH shared USING PRIMARY KEY (sharing_id=? AND doctype=? AND id=?)");
+        assert!(
+            plans.1.contains("(sharing_id=? AND (doctype,id)>(?,?))") && !plans.1.contains("TEMP B-TREE"),
+            "{}",
+            plans.1
+        );
+    }
+
     #[tokio::test]
     async fn a_write_fails_and_commits_nothing_while_the_tracking_rules_are_poisoned() {
         let dir = tempfile::tempdir().expect("tempdir");

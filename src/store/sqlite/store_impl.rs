@@ -1,6 +1,19 @@
 //! The `Store` trait over the tables of one instance's database file.
 
+use std::collections::BTreeSet;
+
 use super::*;
+
+/// The removed rows of a document (`?2`, `?3`) in one sharing (`?1`): one look-up by key.
+pub(super) const REMOVED_ROWS: &str =
+    "SELECT COUNT(*) FROM shared WHERE sharing_id = ?1 AND doctype = ?2 AND id = ?3 AND removed = 1";
+
+/// A page of a sharing's (`?1`) live documents after the cursor (`?2` doctype, `?3` id), at
+/// most `?4`: a row-value comparison, so that the key seeks to the cursor.
+pub(super) const SHARED_DOCS: &str =
+    "SELECT s.doctype, s.id FROM shared s JOIN docs d ON d.doctype = s.doctype AND d.id = s.id
+     WHERE s.sharing_id = ?1 AND s.removed = 0 AND d.deleted = 0 AND (s.doctype, s.id) > (?2, ?3)
+     ORDER BY s.doctype, s.id LIMIT ?4";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -605,10 +618,22 @@ impl Store for SqliteStore {
             if !ctx.tracking.iter().any(|r| r.doctype == doctype) {
                 return Ok(out);
             }
+            // Only the sharings tracking the doctype can change here (`track_doc` writes no
+            // other's rows), so only theirs are counted: each a look-up by primary key (counting
+            // every sharing's rows of the document walked the whole table, in the writer).
+            let sharings: BTreeSet<String> = ctx
+                .tracking
+                .iter()
+                .filter(|r| r.doctype == doctype)
+                .map(|r| r.sharing_id.as_str().to_owned())
+                .collect();
             let removed_rows = |id: &DocId| -> Result<i64, StoreError> {
-                Ok(tx
-                    .prepare_cached("SELECT COUNT(*) FROM shared WHERE doctype = ?1 AND id = ?2 AND removed = 1")?
-                    .query_row(params![doctype, id.as_str()], |r| r.get(0))?)
+                let mut stmt = tx.prepare_cached(REMOVED_ROWS)?;
+                let mut n = 0i64;
+                for sharing in &sharings {
+                    n += stmt.query_row(params![sharing, doctype, id.as_str()], |r| r.get::<_, i64>(0))?;
+                }
+                Ok(n)
             };
             for id in &ids {
                 let Some(row) = load_doc(tx, &doctype, id.as_str())? else { continue };
@@ -638,12 +663,7 @@ impl Store for SqliteStore {
             after.map_or((String::new(), String::new()), |(t, i)| (t.as_str().to_owned(), i.as_str().to_owned()));
         self.read(move |conn| {
             let rows: Vec<(String, String)> = conn
-                .prepare_cached(
-                    "SELECT s.doctype, s.id FROM shared s JOIN docs d ON d.doctype = s.doctype AND d.id = s.id
-                     WHERE s.sharing_id = ?1 AND s.removed = 0 AND d.deleted = 0
-                       AND (s.doctype > ?2 OR (s.doctype = ?2 AND s.id > ?3))
-                     ORDER BY s.doctype, s.id LIMIT ?4",
-                )?
+                .prepare_cached(SHARED_DOCS)?
                 .query_map(params![sharing_id, after_doctype, after_id, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             rows.into_iter()
