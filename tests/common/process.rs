@@ -84,6 +84,11 @@ impl ServerProcess {
         }
     }
 
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, and waits for the process to end.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

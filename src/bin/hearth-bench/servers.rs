@@ -147,6 +147,13 @@ impl Server {
         Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
     }
 
+    /// Starts the peak resident memory over from the current one (Linux `clear_refs` 5), so
+    /// that the next [`Server::peak_rss_mib`] covers what happens from now on.
+    fn reset_peak_rss(&self) -> Option<()> {
+        let pid = self.child.as_ref()?.id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").ok()
+    }
+
     /// CPU time the server process used so far (user and system), in seconds.
     fn cpu_secs(&self) -> Option<f64> {
         let pid = self.child.as_ref()?.id();
@@ -286,8 +293,12 @@ struct Figures {
     sync_vs_pouchdb: Option<f64>,
     /// Propagation of single writes: rate (writes/s) → (p50 ms, p99 ms, max ms, writes).
     propagation: Vec<Propagation>,
+    /// Peak resident memory from the acceptance on (the sync and the propagation runs).
     sender_peak_rss_mib: Option<f64>,
     recipient_peak_rss_mib: Option<f64>,
+    /// The sender's peak while the bench loads the documents into it (`_bulk_docs` of 1,000
+    /// documents each), before the sharing exists: a client's load, not the sync.
+    sender_load_peak_rss_mib: Option<f64>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -360,6 +371,10 @@ async fn two_servers(n: usize, size: usize, rates: &[usize], seconds: f64, f: &m
     let mut jar = Jar::default();
     let form = open_invitation(&http, &link, &bob, &mut jar).await?;
 
+    f.sender_load_peak_rss_mib = alice.peak_rss_mib();
+    if alice.reset_peak_rss().is_none() || bob.reset_peak_rss().is_none() {
+        eprintln!("warning: the peak RSS could not be reset: the figures include the load");
+    }
     let cpu = alice.cpu_secs().zip(bob.cpu_secs()).map(|(a, b)| a + b);
     let started = Instant::now();
     let resp = http.post(bob.url("/auth/authorize/sharing")).header("cookie", jar.header()).form(&form).send().await?;
@@ -558,4 +573,5 @@ fn print(f: &Figures) {
     }
     let mib = |m: Option<f64>| m.map_or("?".into(), |m| format!("{m:.1} MiB"));
     row("peak RSS: sender, recipient", format!("{}  {}", mib(f.sender_peak_rss_mib), mib(f.recipient_peak_rss_mib)));
+    row("  sender's peak while the bench loaded it", mib(f.sender_load_peak_rss_mib));
 }
