@@ -1,6 +1,7 @@
 //! Errors that say where the fault is: a peer address refused by the SSRF guard is the caller's
-//! 400 (no connection is made, nothing failed upstream), and a full disk is a 507 that leaves
-//! reads working, also after a restart on that full disk.
+//! 400 (no connection is made, nothing failed upstream), a full disk is a 507 that leaves
+//! reads working, also after a restart on that full disk, and an instance whose store a newer
+//! hearth wrote is a 503 saying so, its file untouched.
 
 mod common;
 
@@ -135,5 +136,43 @@ async fn a_full_disk_answers_507_keeps_reads_working_and_the_server_starts_read_
     std::fs::remove_file(data.join("reserve")).unwrap();
     let (s, body) = alice.call(Method::PUT, "/data/io.cozy.notes/after", Some(&token), Some(json!({"ok": 1}))).await;
     assert_eq!(s, 201, "{body}");
+    app.stop().await;
+}
+
+/// The `user_version` (schema) of an SQLite file.
+fn schema_of(path: &Path) -> i64 {
+    rusqlite::Connection::open(path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn an_instance_a_newer_hearth_wrote_answers_503_saying_so_and_its_file_is_left_as_it_is() {
+    let mut app = common::spawn_app_with(|c| c.store = hearth::config::StoreKind::Sqlite).await;
+    let alice = app.add_instance("alice", PASS);
+    let token = app.token(&alice, "io.cozy.notes");
+    let (s, body) = alice.call(Method::PUT, "/data/io.cozy.notes/kept", Some(&token), Some(json!({"n": 1}))).await;
+    assert_eq!(s, 201, "{body}");
+    app.stop().await;
+    let file = app.registry.instance_db_path(&hearth::instance::Domain::parse(&alice.domain).unwrap());
+    let current = schema_of(&file);
+    let newer = current + 1;
+    rusqlite::Connection::open(&file).unwrap().pragma_update(None, "user_version", newer).unwrap();
+
+    app.restart().await;
+    for (method, body) in [(Method::GET, None), (Method::PUT, Some(json!({"n": 2})))] {
+        let (s, answer) = alice.call(method.clone(), "/data/io.cozy.notes/kept", Some(&token), body).await;
+        assert_eq!((s, answer["error"].as_str()), (503, Some("service_unavailable")), "{method}: {answer}");
+        let reason = answer["reason"].as_str().unwrap();
+        assert!(reason.contains("newer version of hearth") && reason.contains(&format!("schema {newer}")), "{reason}");
+        assert!(!reason.contains(app.dir.path().to_str().unwrap()), "the path stays out: {reason}");
+    }
+    app.stop().await;
+    assert_eq!(schema_of(&file), newer, "not upgraded, nor written down");
+
+    // Given back the schema this hearth reads, the instance serves its data again, the write
+    // refused above not in it.
+    rusqlite::Connection::open(&file).unwrap().pragma_update(None, "user_version", current).unwrap();
+    app.restart().await;
+    let (s, doc) = alice.call(Method::GET, "/data/io.cozy.notes/kept", Some(&token), None).await;
+    assert_eq!((s, &doc["n"]), (200, &json!(1)), "{doc}");
     app.stop().await;
 }

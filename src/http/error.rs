@@ -52,6 +52,10 @@ pub enum ApiError {
     /// nothing is logged); the reason says what.
     #[error("{0}")]
     NotReadyYet(String),
+    /// 503 without `Retry-After`: the instance's data was written by a newer hearth, which this
+    /// one neither reads nor writes; the reason says so.
+    #[error("{0}")]
+    NewerData(String),
     /// 507: the disk is full. Nothing was written; reads keep working.
     #[error("the server's disk is full: nothing was written, and writes are refused until space is freed (reads still work)")]
     InsufficientStorage,
@@ -78,7 +82,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "bad_content_type",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => "too_many_requests",
-            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) => "service_unavailable",
+            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) | ApiError::NewerData(_) => "service_unavailable",
             ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal_server_error",
         }
@@ -120,7 +124,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests | ApiError::RetryAfter(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReadyYet(_) | ApiError::NewerData(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

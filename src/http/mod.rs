@@ -100,7 +100,23 @@ fn instance_of(req: &HttpRequest) -> ApiResult<Arc<Instance>> {
         .ok_or_else(|| ApiError::bad_request("missing Host header"))?;
     let unknown = || ApiError::NotFound("no instance for this host".into());
     let domain = Domain::parse(host).map_err(|_| unknown())?;
-    state.registry.get(&domain).map_err(ApiError::Internal)?.ok_or_else(unknown)
+    state.registry.get(&domain).map_err(instance_unavailable)?.ok_or_else(unknown)
+}
+
+/// Why an instance hosted here could not be opened, as an answer: 503 when a newer hearth
+/// wrote its store (the schema numbers, not the file's path), else an internal error.
+fn instance_unavailable(e: anyhow::Error) -> ApiError {
+    match e.chain().find_map(|c| c.downcast_ref::<crate::store::sqlite::NewerSchema>()) {
+        Some(newer) => {
+            tracing::warn!(error = %newer, "an instance's store was written by a newer hearth: its requests get 503");
+            ApiError::NewerData(format!(
+                "this instance's data was written by a newer version of hearth (store schema {}, this server reads \
+             up to {}): it is left untouched; upgrade hearth to serve it",
+                newer.found, newer.supported
+            ))
+        }
+        None => ApiError::Internal(e),
+    }
 }
 
 /// The bearer token of a request, if any.

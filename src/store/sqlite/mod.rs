@@ -322,8 +322,20 @@ fn bodies_to_rowid(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A store file written by a newer hearth (a schema above [`SCHEMA_VERSION`]): this one
+/// neither reads nor writes it. Requests for its instance are answered 503 saying so (the
+/// path stays out of the answer; see `http::instance_of`).
+#[derive(Debug, thiserror::Error)]
+#[error("{} was written by a newer hearth (schema {found}; this one reads up to {supported})", path.display())]
+pub struct NewerSchema {
+    pub path: PathBuf,
+    pub found: i64,
+    pub supported: i64,
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`: [`NewerSchema`] (in the
+    /// `anyhow` chain) for a file a newer hearth wrote.
     pub fn open(path: &Path, revs_limit: usize) -> anyhow::Result<SqliteStore> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
@@ -331,7 +343,7 @@ impl SqliteStore {
         let conn = open_connection(path)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            anyhow::bail!("{} was written by a newer hearth (schema {version})", path.display());
+            return Err(NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION }.into());
         }
         // Only a new or older file is written to: opening must work on a full disk, where the
         // store then serves reads and refuses writes (`StoreError::Full`).
