@@ -272,6 +272,7 @@ async fn a_token_holders_large_requests_cost_a_small_multiple_of_their_size() {
 }
 
 /// The variables of a running process, from `/proc/<pid>/environ`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn environment(pid: u32) -> Vec<String> {
     let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("/proc/PID/environ");
     raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
@@ -283,7 +284,6 @@ fn environment(pid: u32) -> Vec<String> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test]
 async fn the_server_runs_with_few_malloc_arenas_unless_told_otherwise() {
-    assert!(std::env::var_os("MALLOC_ARENA_MAX").is_none(), "run the tests without MALLOC_ARENA_MAX");
     let dir = tempfile::tempdir().unwrap();
     for d in ["a", "b"] {
         std::fs::create_dir(dir.path().join(d)).unwrap();

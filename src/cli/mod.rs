@@ -145,26 +145,28 @@ pub fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Arenas glibc's malloc may use in `hearth serve`, unless `MALLOC_ARENA_MAX` is set.
-const MALLOC_ARENAS: &str = "2";
-
 /// glibc's malloc gives threads arenas of their own (up to 8 per core) and keeps what each one
-/// frees. A sender reading 10 KB documents on the store's threads peaked at 110 MiB of resident
-/// memory at 20k documents and 132 MiB at 100k; with two arenas, 65–76 MiB at the same speed
-/// (`hearth-bench servers`). glibc reads the limit only when a process starts, so the server
-/// starts itself again with it, once (the same process id, arguments and environment), unless
-/// `MALLOC_ARENA_MAX` is set already: by its first start, or by whoever runs it.
+/// frees. A sharing sender reading 10 KB documents on the store's threads peaked at 110–116 MiB
+/// of resident memory at 20k documents and 132–134 MiB at 100k; with two arenas, 65–78 MiB, at
+/// the same speed (`hearth-bench servers`). glibc reads the limit only when a process starts, so
+/// the server starts itself again with `MALLOC_ARENA_MAX=2`, once, unless that variable is set
+/// already (by its first start, or by whoever runs it): the same process id, arguments (`argv[0]`
+/// included) and environment; the process name (`comm`) becomes the binary's file name when it
+/// was started through a symlink.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
+        const ARENAS: &str = "2";
         if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
             return;
         }
         let Ok(exe) = std::env::current_exe() else { return };
+        let mut args = std::env::args_os();
         let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("MALLOC_ARENA_MAX", MALLOC_ARENAS)
+            .arg0(args.next().unwrap_or_default())
+            .args(args)
+            .env("MALLOC_ARENA_MAX", ARENAS)
             .exec();
         // `exec` returns only when it failed (the binary was replaced meanwhile, say).
         eprintln!("warning: hearth serve goes on with glibc's default malloc arenas: {err}");

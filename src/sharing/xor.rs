@@ -29,7 +29,8 @@ pub fn xor_id(id: &str, key: &[u8]) -> String {
         // One byte per character: the same positions, without decoding (hearth's and Cozy's
         // ids are all ASCII; this runs for every id sent to or received from a member).
         let bytes = id.bytes().enumerate().map(|(i, b)| match hex_value(b) {
-            Some(d) => HEX_DIGITS[usize::from((d ^ key[i % key.len()]) & 0xf)],
+            // A key byte past 15 (not from `parse_key`) leaves the digit, as `from_digit` does.
+            Some(d) => HEX_DIGITS.get(usize::from(d ^ key[i % key.len()])).copied().unwrap_or(b),
             None => b,
         });
         return bytes.map(char::from).collect();
@@ -138,9 +139,11 @@ mod tests {
     fn ascii_ids_and_other_ids_are_transformed_by_character_position() {
         let key = parse_key("0123456789abcdef0123456789abcdef").unwrap();
         let short = parse_key("f1").unwrap();
+        // Bytes past 15 come from no `parse_key`, but the function takes any: both paths agree.
+        let wide = vec![0x1f_u8, 3, 200];
         // Non-ASCII characters before hex digits shift byte positions but not character ones.
         for id in ["é0a1", "0a1é", "ü612acf1c-1d72-11e8-b043-ef239d3074dd", "日本0123abc", "a", "0", "-"] {
-            for k in [&key, &short] {
+            for k in [&key, &short, &wide] {
                 assert_eq!(xor_id(id, k), xor_by_chars(id, k), "{id}");
             }
         }

@@ -293,7 +293,8 @@ struct Figures {
     sync_vs_pouchdb: Option<f64>,
     /// Propagation of single writes: rate (writes/s) → (p50 ms, p99 ms, max ms, writes).
     propagation: Vec<Propagation>,
-    /// Peak resident memory from the acceptance on (the sync and the propagation runs).
+    /// Peak resident memory once the documents are loaded: the sharing's creation, the
+    /// acceptance, the sync and the propagation runs.
     sender_peak_rss_mib: Option<f64>,
     recipient_peak_rss_mib: Option<f64>,
     /// The sender's peak while the bench loads the documents into it (`_bulk_docs` of 1,000
@@ -361,6 +362,11 @@ async fn two_servers(n: usize, size: usize, rates: &[usize], seconds: f64, f: &m
         let url = alice.url(&format!("/data/{DOCTYPE}/_bulk_docs"));
         call(&http, reqwest::Method::POST, &url, &token, Some(&json!({"docs": docs}))).await?;
     }
+    f.sender_load_peak_rss_mib = alice.peak_rss_mib();
+    let (reset_alice, reset_bob) = (alice.reset_peak_rss(), bob.reset_peak_rss());
+    if reset_alice.is_none() || reset_bob.is_none() {
+        eprintln!("warning: the peak RSS could not be reset: the figures include the load");
+    }
     let request = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "bench", "rules": [
         {"title": "bench", "doctype": DOCTYPE, "selector": "list_id", "values": ["bench"], "add": "sync", "update": "sync", "remove": "sync"}]},
         "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
@@ -371,10 +377,6 @@ async fn two_servers(n: usize, size: usize, rates: &[usize], seconds: f64, f: &m
     let mut jar = Jar::default();
     let form = open_invitation(&http, &link, &bob, &mut jar).await?;
 
-    f.sender_load_peak_rss_mib = alice.peak_rss_mib();
-    if alice.reset_peak_rss().is_none() || bob.reset_peak_rss().is_none() {
-        eprintln!("warning: the peak RSS could not be reset: the figures include the load");
-    }
     let cpu = alice.cpu_secs().zip(bob.cpu_secs()).map(|(a, b)| a + b);
     let started = Instant::now();
     let resp = http.post(bob.url("/auth/authorize/sharing")).header("cookie", jar.header()).form(&form).send().await?;
