@@ -1274,3 +1274,58 @@ async fn names_that_differ_only_by_unicode_normalization_are_one_name() {
         .collect();
     assert_eq!(names.len(), 4, "the trash, café, other and Århus: {names:?}");
 }
+
+/// A chain of `n` nested directories under `dir`, named `{prefix}1`…: the first and the last.
+async fn chain(i: &TestInstance, token: &str, dir: &str, prefix: &str, n: usize) -> (String, String) {
+    let (mut first, mut last) = (String::new(), dir.to_owned());
+    for k in 1..=n {
+        let (status, v) = mkdir(i, token, &last, &format!("{prefix}{k}")).await;
+        assert_eq!(status, 201, "{prefix}{k}: {v}");
+        last = id_of(&v);
+        if k == 1 {
+            first = last.clone();
+        }
+    }
+    (first, last)
+}
+
+/// A move may not take a tree past the depth a new directory may have (512 levels): two trees
+/// of 300 levels joined by one move made nodes that no walk from the root or from the trash
+/// reached, so emptying the trash left them behind, still counted in the quota (found by
+/// replaying ownCloud's ocis#1077, "trashbin cannot delete a deep tree").
+#[tokio::test]
+async fn a_move_that_would_nest_items_too_deep_is_refused_and_the_trash_empties_whole() {
+    let (_app, alice, token) = setup().await;
+    let patch = |dir: &str| json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": dir}}});
+    let (a1, a300) = chain(&alice, &token, ROOT, "a", 300).await;
+    let (b1, b300) = chain(&alice, &token, ROOT, "b", 300).await;
+    let (status, leaf) = upload(&alice, &token, &b300, "leaf.bin", b"deep").await;
+    assert_eq!(status, 201, "{leaf}");
+    let (status, v) = alice.call(Method::PATCH, &format!("/files/{b1}"), Some(&token), Some(patch(&a300))).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("at most 512 levels"), "{v}");
+    let (status, v) = alice.call(Method::GET, &format!("/files/{b1}"), Some(&token), None).await;
+    assert_eq!((status, v["data"]["attributes"]["dir_id"].as_str()), (200, Some(ROOT)), "stayed where it was: {v}");
+    // Within the limit the move is made: b1 (300 levels with the leaf under it) under a200.
+    let (status, v) = alice
+        .call(
+            Method::GET,
+            &format!("/files/metadata?Path={}", enc(&(1..=200).map(|k| format!("/a{k}")).collect::<String>())),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let a200 = id_of(&v);
+    let (status, v) = alice.call(Method::PATCH, &format!("/files/{b1}"), Some(&token), Some(patch(&a200))).await;
+    assert_eq!(status, 200, "{v}");
+    // Trashed and emptied, nothing of either tree is left.
+    let (status, v) = alice.call(Method::DELETE, &format!("/files/{a1}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = alice.call(Method::DELETE, "/files/trash", Some(&token), None).await;
+    assert_eq!(status, 204, "{v}");
+    for id in [a1, a300, b1, b300, id_of(&leaf)] {
+        let (status, v) = alice.call(Method::GET, &format!("/files/{id}"), Some(&token), None).await;
+        assert_eq!(status, 404, "{id}: {v}");
+    }
+}

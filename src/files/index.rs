@@ -301,6 +301,24 @@ impl Index {
         .await
     }
 
+    /// How many levels of nodes there are under `dir` (0 for none), counted up to
+    /// `MAX_DEPTH + 1`: a subtree deeper than that reads as `MAX_DEPTH + 1`.
+    pub async fn height(&self, dir: &str) -> Result<i64, FilesError> {
+        let dir = dir.to_owned();
+        self.with(move |c| {
+            c.prepare_cached(
+                "WITH RECURSIVE down(id, depth) AS (
+                    SELECT id, 1 FROM nodes WHERE dir_id = ?1
+                    UNION ALL
+                    SELECT n.id, down.depth + 1 FROM down JOIN nodes n ON n.dir_id = down.id WHERE down.depth <= ?2
+                 )
+                 SELECT COALESCE(MAX(depth), 0) FROM down",
+            )?
+            .query_row(params![dir, MAX_DEPTH], |r| r.get(0))
+        })
+        .await
+    }
+
     /// Ids of the nodes under `dir` (not `dir` itself), the shallowest first: each one comes
     /// after its parent, so a caller going through them in order sees a parent settled before
     /// what it holds (the cascade of a move, see `Files::cascade`).

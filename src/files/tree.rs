@@ -38,6 +38,18 @@ impl Files {
             if target.iter().any(|e| e.id == item.id) {
                 return Err(bad("a directory cannot move into itself or one of its descendants"));
             }
+            if item.kind() == Kind::Directory && Some(dir_id.as_str()) != item.dir_id() {
+                // Every node must stay within `MAX_DEPTH` levels of the root, as a new directory
+                // does (`writable_dir`): deeper ones could no longer be walked to from the root
+                // or from a directory trashed above them, and emptying the trash left them.
+                let deepest = target.len() as i64 + self.index.height(&item.id).await?;
+                if deepest > index::MAX_DEPTH {
+                    return Err(bad(format!(
+                        "this move would put items {deepest} levels deep: at most {} levels are allowed",
+                        index::MAX_DEPTH
+                    )));
+                }
+            }
             self.check_free(&dir_id, &name, Some(&item.id)).await?;
             model::set(&mut body, "name", json!(name));
             model::set(&mut body, "dir_id", json!(dir_id));
