@@ -288,7 +288,13 @@ impl Files {
         index_path: &std::path::Path,
         default_quota: u64,
     ) -> Result<Files> {
-        let index = Index::open(index_path).map_err(FilesError::Internal)?;
+        // On the blocking pool: the first open after an upgrade may build an index of the
+        // whole tree (seconds, for a big one), which must not hold a runtime worker.
+        let path = index_path.to_owned();
+        let index = tokio::task::spawn_blocking(move || Index::open(&path))
+            .await
+            .map_err(|e| FilesError::Internal(e.into()))?
+            .map_err(FilesError::Internal)?;
         let files = Files {
             store,
             content,
