@@ -128,9 +128,21 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
         }
         let (vfs_id, _, _) = bob_files.current_version(id).await.unwrap().unwrap();
         let path = format!("/sharings/{sid}/io.cozy.files/{}/content?vfs_id={vfs_id}", enc(id));
-        let resp = alice.req(Method::PUT, &path, Some(&token)).body(data.clone()).send().await.unwrap();
-        assert_eq!(resp.status().as_u16(), 413);
-        let v: Value = resp.json().await.unwrap();
+        // Bob's replicator retries this file meanwhile: while one of its attempts is being
+        // read, alice answers 409 "being received already" (one transfer of a version at a
+        // time); sent again then, it gets the quota's answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(WAIT);
+        let (st, v) = loop {
+            let resp = alice.req(Method::PUT, &path, Some(&token)).body(data.clone()).send().await.unwrap();
+            let st = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            let busy = st == 409 && v["reason"].as_str().is_some_and(|r| r.contains("being received already"));
+            if !busy || std::time::Instant::now() > deadline {
+                break (st, v);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(st, 413, "{v}");
         assert_eq!(v["error"], "too_large", "{v}");
         assert!(v["reason"].as_str().unwrap().contains("quota"), "{v}");
         // What is true: this file's size and the room left for it.
