@@ -33,12 +33,13 @@ impl Files {
         let name = p.name.clone().unwrap_or_else(|| item.name().to_owned());
         let dir_id = p.dir_id.clone().unwrap_or_else(|| item.dir_id().unwrap_or(ROOT_ID).to_owned());
         let mut body = item.body.clone();
+        let moves_directory = item.kind() == Kind::Directory && Some(dir_id.as_str()) != item.dir_id();
         if name != item.name() || Some(dir_id.as_str()) != item.dir_id() {
             let target = self.writable_dir(&dir_id).await?;
             if target.iter().any(|e| e.id == item.id) {
                 return Err(bad("a directory cannot move into itself or one of its descendants"));
             }
-            if item.kind() == Kind::Directory && Some(dir_id.as_str()) != item.dir_id() {
+            if moves_directory {
                 // Every node must stay within `MAX_DEPTH` levels of the root, as a new directory
                 // does (`writable_dir`): deeper ones could no longer be walked to from the root
                 // or from a directory trashed above them, and emptying the trash left them.
@@ -72,7 +73,7 @@ impl Files {
         }
         model::set(&mut body, "updated_at", json!(p.updated_at.unwrap_or_else(now)));
         self.write_doc(id, Some(&item.rev), false, body).await?;
-        if item.kind() == Kind::Directory && Some(dir_id.as_str()) != item.dir_id() {
+        if moves_directory {
             self.cascade(id).await?;
         }
         self.sync().await?;

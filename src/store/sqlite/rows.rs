@@ -39,6 +39,15 @@ pub(super) fn encode_leaves(tree: &RevTree) -> String {
     serde_json::to_string(&leaves).unwrap_or_else(|_| "[]".into())
 }
 
+/// The leaves of a document (winner first, with their deleted flags); `None` when it has no tree.
+pub(super) fn leaves_of(conn: &Connection, doctype: &str, id: &str) -> Result<Option<Vec<(Rev, bool)>>, StoreError> {
+    let leaves: Option<String> = conn
+        .prepare_cached("SELECT leaves FROM docs WHERE doctype = ?1 AND id = ?2")?
+        .query_row(params![doctype, id], |r| r.get(0))
+        .optional()?;
+    leaves.map(|l| decode_leaves(id, &l)).transpose()
+}
+
 pub(super) fn decode_leaves(id: &str, s: &str) -> Result<Vec<(Rev, bool)>, StoreError> {
     let raw: Vec<(String, bool)> =
         serde_json::from_str(s).map_err(|_| StoreError::Corrupt(format!("leaves of {id}")))?;

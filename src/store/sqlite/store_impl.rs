@@ -414,13 +414,10 @@ impl Store for SqliteStore {
     ) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
         let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT leaves FROM docs WHERE doctype = ?1 AND id = ?2")?;
             let mut out = HashMap::with_capacity(ids.len());
             for id in ids {
-                let leaves: Option<String> = stmt.query_row(params![doctype, id.as_str()], |r| r.get(0)).optional()?;
-                if let Some(l) = leaves {
-                    let decoded = decode_leaves(id.as_str(), &l)?;
-                    out.insert(id, decoded);
+                if let Some(leaves) = leaves_of(conn, &doctype, id.as_str())? {
+                    out.insert(id, leaves);
                 }
             }
             Ok(out)
@@ -615,9 +612,6 @@ impl Store for SqliteStore {
         let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
         self.write(move |tx, ctx| {
             let mut out = Retracked::default();
-            if !ctx.tracking.iter().any(|r| r.doctype == doctype) {
-                return Ok(out);
-            }
             // Only the sharings tracking the doctype can change here (`track_doc` writes no
             // other's rows), so only theirs are counted: each a look-up by primary key (counting
             // every sharing's rows of the document walked the whole table, in the writer).
@@ -627,6 +621,9 @@ impl Store for SqliteStore {
                 .filter(|r| r.doctype == doctype)
                 .map(|r| r.sharing_id.as_str().to_owned())
                 .collect();
+            if sharings.is_empty() {
+                return Ok(out);
+            }
             let removed_rows = |id: &DocId| -> Result<i64, StoreError> {
                 let mut stmt = tx.prepare_cached(REMOVED_ROWS)?;
                 let mut n = 0i64;
@@ -702,14 +699,10 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let rows = shared_change_rows(conn, &sharing_id, since, limit)?;
             let (read, last_seq) = (rows.len(), rows.last().map_or(since, |r| r.seq));
-            let mut stmt = conn.prepare_cached("SELECT leaves FROM docs WHERE doctype = ?1 AND id = ?2")?;
             let mut kept = Vec::with_capacity(rows.len());
             for r in rows.into_iter().filter(|r| keep(r)) {
-                let leaves: Option<String> =
-                    stmt.query_row(params![r.doctype.as_str(), r.id.as_str()], |row| row.get(0)).optional()?;
-                if let Some(l) = leaves {
-                    let decoded = decode_leaves(r.id.as_str(), &l)?;
-                    kept.push((r, decoded));
+                if let Some(leaves) = leaves_of(conn, r.doctype.as_str(), r.id.as_str())? {
+                    kept.push((r, leaves));
                 }
             }
             Ok(SharedChangesPage { rows: kept, read, last_seq })
