@@ -159,6 +159,11 @@ pub struct FilesConfig {
     /// leaves nothing (a stalled body would otherwise hold its connection and temporary
     /// content for ever).
     pub body_idle_secs: u64,
+    /// With the "fs" backend: write content, and read it from aligned offsets, with direct I/O
+    /// (`O_DIRECT`), bypassing the page cache, where the filesystem allows it (see
+    /// `files::content::DIRECT_ALIGN`). Turn off on slow drives, or to let the page cache keep
+    /// files read over and over.
+    pub direct_io: bool,
     pub s3: S3Config,
 }
 
@@ -177,6 +182,7 @@ impl Default for FilesConfig {
             orphan_grace_secs: 3600,
             sweep_secs: 3600,
             body_idle_secs: 60,
+            direct_io: true,
             s3: S3Config::default(),
         }
     }

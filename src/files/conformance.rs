@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 
-use super::content::{ContentError, ContentKey, ContentStore};
+use super::content::{Block, ContentError, ContentKey, ContentStore};
 
 fn key(s: &str) -> ContentKey {
     ContentKey::parse(s).unwrap_or_else(|e| panic!("{e}"))
@@ -37,6 +37,7 @@ pub async fn run(store: &dyn ContentStore) {
     deleting_is_idempotent_and_unknown_keys_are_not_found(store).await;
     listing_finds_committed_objects_by_prefix(store).await;
     objects_larger_than_one_part_stream_through(store).await;
+    sizes_around_block_and_alignment_edges_read_back(store).await;
 }
 
 pub async fn written_objects_read_back_byte_for_byte(store: &dyn ContentStore) {
@@ -135,4 +136,47 @@ pub async fn objects_larger_than_one_part_stream_through(store: &dyn ContentStor
     w.abort().await;
     assert_eq!(store.size(&k2).await.unwrap(), None);
     store.delete(&k).await.unwrap();
+}
+
+/// Objects whose sizes fall on and beside the edges of 4 KiB units (direct I/O's, on the
+/// filesystem) and of 1 MiB blocks, written as blocks of odd chunks, single chunks before and
+/// between them, and read back whole and from the edges.
+pub async fn sizes_around_block_and_alignment_edges_read_back(store: &dyn ContentStore) {
+    const MIB: usize = 1024 * 1024;
+    let sizes = [0, 1, 4095, 4096, 4097, MIB - 1, MIB, MIB + 1, 2 * MIB + 4097];
+    for (i, len) in sizes.into_iter().enumerate() {
+        let k = key(&format!("files/gg/edge{i}"));
+        let data = pattern(len, 20 + i as u64);
+        let mut w = store.create(&k).await.unwrap_or_else(|e| panic!("create {k}: {e:?}"));
+        // A first chunk alone, then blocks of 8,191-byte chunks (up to 128 of them), with a
+        // lone chunk of 100 bytes after every block.
+        let first = len.min(777);
+        w.write(Bytes::copy_from_slice(&data[..first])).await.unwrap();
+        let mut at = first;
+        while at < len {
+            let mut block = Block::default();
+            for _ in 0..128 {
+                let n = (len - at).min(8191);
+                block.push(Bytes::copy_from_slice(&data[at..at + n]));
+                at += n;
+                if at == len {
+                    break;
+                }
+            }
+            w.write_block(block).await.unwrap_or_else(|e| panic!("write_block {k}: {e:?}"));
+            let n = (len - at).min(100);
+            w.write(Bytes::copy_from_slice(&data[at..at + n])).await.unwrap();
+            at += n;
+        }
+        w.commit().await.unwrap_or_else(|e| panic!("commit {k}: {e:?}"));
+        assert_eq!(store.size(&k).await.unwrap(), Some(len as u64), "size of {len} bytes");
+        assert!(read_all(store, &k, None).await == data, "object of {len} bytes");
+        for start in [4096, MIB, len.saturating_sub(1)] {
+            if start < len {
+                let got = read_all(store, &k, Some(start as u64..len as u64)).await;
+                assert!(got == data[start..], "object of {len} bytes from {start}");
+            }
+        }
+        store.delete(&k).await.unwrap();
+    }
 }

@@ -78,7 +78,7 @@ use hearth_replicator::rev::Rev;
 use md5::Digest;
 use serde_json::{json, Value};
 
-pub use content::{ContentBackend, ContentError, ContentKey, ContentStore, ContentWriter};
+pub use content::{Block, ContentBackend, ContentError, ContentKey, ContentStore, ContentWriter};
 use index::{Entry, Index};
 pub use model::Kind;
 use registry::ensure_dir_in;
@@ -87,7 +87,7 @@ pub use registry::{
     SHARED_WITH_ME_NAME,
 };
 pub use tree::Patch;
-use upload::{Hasher, Reservations, Reserved, Writing};
+use upload::{Reservations, Reserved, Sink, Writing};
 pub use upload::{Upload, UploadSpec, UploadTarget};
 
 use crate::store::{
@@ -583,7 +583,7 @@ mod tests {
     async fn an_item_read_while_the_index_lags_describes_one_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("store"));
-        let content = Arc::new(content::FsContent::open(&dir.path().join("content")).expect("content"));
+        let content = Arc::new(content::FsContent::open(&dir.path().join("content"), true).expect("content"));
         let files = Files::open(store.clone(), content, &dir.path().join("index.sqlite"), 1 << 30).await.expect("open");
         let id = DocId::parse("f1").expect("id");
         let rev = json::put(store.as_ref(), &doctype(), &id, None, file_body("3", "old", "aaa111")).await.expect("v1");

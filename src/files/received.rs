@@ -14,7 +14,7 @@
 //! A cut transfer leaves a temporary object the sweep removes; the version is registered as
 //! being written for the duration, so the sweep never takes it half-way.
 
-use super::{internal, version_key, ContentWriter, Files, FilesError, Hasher, Kind, Reserved, Result, Writing};
+use super::{internal, version_key, Files, FilesError, Kind, Reserved, Result, Sink, Writing};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
@@ -47,18 +47,12 @@ impl ContentNeed {
 /// [`Files::finish_received`]. Dropping it discards what was written.
 pub struct ReceivedContent {
     vfs_id: String,
-    writer: Box<dyn ContentWriter>,
-    md5: Hasher,
+    sink: Sink,
     size: u64,
     expected_size: u64,
     expected_md5: String,
     /// Its bytes, counted against the quota while it is received.
     reserved: Reserved,
-    /// Body chunks (as small as the socket's reads, a few KiB) gathered into blocks of
-    /// `Upload::BLOCK`, which go to the hasher and the writer, as an upload's do: one hand-over
-    /// to the hashing thread per block rather than per chunk (each one a wake-up of that thread),
-    /// and large writes.
-    block: bytes::BytesMut,
     _writing: Writing,
 }
 
@@ -77,31 +71,12 @@ impl ReceivedContent {
                 self.expected_size
             )));
         }
-        if self.block.is_empty() && chunk.len() >= super::Upload::BLOCK {
-            return self.hand_over(chunk).await;
-        }
-        if self.block.is_empty() {
-            // A block, or what is left of the file when that is less.
-            let left = self.expected_size - (self.size - chunk.len() as u64);
-            self.block.reserve(left.min(super::Upload::BLOCK as u64) as usize);
-        }
-        self.block.extend_from_slice(&chunk);
-        if self.block.len() >= super::Upload::BLOCK {
-            let block = self.block.split().freeze();
-            self.hand_over(block).await?;
-        }
-        Ok(())
-    }
-
-    async fn hand_over(&mut self, block: Bytes) -> Result<()> {
-        self.md5.update(block.clone()).await?;
-        self.writer.write(block).await?;
-        Ok(())
+        self.sink.push(chunk).await
     }
 
     /// Drops what was written (the temporary object goes).
     pub async fn abort(self) {
-        self.writer.abort().await;
+        self.sink.writer.abort().await;
     }
 }
 
@@ -261,13 +236,11 @@ impl Files {
         let writer = self.content.create(&key).await?;
         Ok(Some(ReceivedContent {
             vfs_id: vfs_id.to_owned(),
-            writer,
-            md5: Hasher::start(),
+            sink: Sink::new(writer),
             size: 0,
             expected_size,
             expected_md5,
             reserved,
-            block: bytes::BytesMut::new(),
             _writing: writing,
         }))
     }
@@ -312,23 +285,10 @@ impl Files {
 
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
-    pub async fn finish_received(&self, mut r: ReceivedContent) -> Result<u64> {
-        if !r.block.is_empty() {
-            let block = r.block.split().freeze();
-            if let Err(e) = r.hand_over(block).await {
-                r.abort().await;
-                return Err(e);
-            }
-        }
-        let ReceivedContent { vfs_id, writer, md5, size, expected_size, expected_md5, reserved, block: _, _writing } =
-            r;
-        let digest = match md5.finish().await {
-            Ok(d) => base64::Engine::encode(&base64::engine::general_purpose::STANDARD, d),
-            Err(e) => {
-                writer.abort().await;
-                return Err(e);
-            }
-        };
+    pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
+        let ReceivedContent { vfs_id, sink, size, expected_size, expected_md5, reserved, _writing } = r;
+        let (digest, writer) = sink.finish().await?;
+        let digest = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
         if size != expected_size || digest != expected_md5 {
             writer.abort().await;
             return Err(FilesError::Precondition(format!(

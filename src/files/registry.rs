@@ -165,7 +165,7 @@ impl FilesRegistry {
     pub fn new(config: &crate::config::Config) -> anyhow::Result<FilesRegistry> {
         let backend: Arc<dyn ContentBackend> = match config.files.backend {
             crate::config::FilesBackendKind::Fs => {
-                Arc::new(content::FsBackend::new(config.data_dir.join("files").join("content")))
+                Arc::new(content::FsBackend::new(config.data_dir.join("files").join("content"), config.files.direct_io))
             }
             crate::config::FilesBackendKind::S3 => {
                 Arc::new(content::S3Backend::new(&content::S3Settings::from_config(&config.files.s3)?)?)

@@ -72,37 +72,15 @@ pub struct Upload {
     target: UploadTarget,
     spec: UploadSpec,
     vfs_id: String,
-    writer: Box<dyn ContentWriter>,
-    md5: Hasher,
+    sink: Sink,
     size: u64,
     /// Bytes this upload may still take: the declared size, or what the quota leaves.
     reserved: Reserved,
     quota_room: u64,
-    /// Body chunks (as small as the socket's reads) gathered into blocks of
-    /// [`Upload::BLOCK`], which go to the hasher and the content writer: few hand-overs, large
-    /// writes.
-    block: bytes::BytesMut,
     _writing: Writing,
 }
 
 impl Upload {
-    pub(super) const BLOCK: usize = 1024 * 1024;
-
-    /// Hands the gathered block to the hasher and the writer.
-    pub(super) async fn flush_block(&mut self) -> Result<()> {
-        if self.block.is_empty() {
-            return Ok(());
-        }
-        let block = self.block.split().freeze();
-        self.hand_over(block).await
-    }
-
-    pub(super) async fn hand_over(&mut self, block: Bytes) -> Result<()> {
-        self.md5.update(block.clone()).await?;
-        self.writer.write(block).await?;
-        Ok(())
-    }
-
     /// Writes one chunk of the body: 413 (`QuotaExceeded`) as soon as the body goes past the
     /// quota, 400 past its declared `Content-Length`.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
@@ -122,30 +100,72 @@ impl Upload {
             *total += more;
             self.reserved.bytes += more;
         }
-        if self.block.is_empty() && chunk.len() >= Self::BLOCK {
-            self.size = new_size;
-            return self.hand_over(chunk).await;
-        }
-        if self.block.is_empty() {
-            // A block, or what is left of a declared body when that is less.
-            let left = self.spec.declared_size.map_or(u64::MAX, |d| d - self.size);
-            self.block.reserve(left.min(Self::BLOCK as u64) as usize);
-        }
         self.size = new_size;
-        self.block.extend_from_slice(&chunk);
-        if self.block.len() >= Self::BLOCK {
-            self.flush_block().await?;
+        self.sink.push(chunk).await
+    }
+}
+
+/// Where the bytes of an upload or of a received file go: the chunks, as they came, gathered
+/// into blocks ([`Block`]) of about [`Sink::BLOCK`] bytes, each handed to the hashing thread
+/// ([`Hasher`]) and to the content writer: few hand-overs, large (vectored) writes, and no
+/// copy of the bytes on the way.
+pub(super) struct Sink {
+    pub(super) writer: Box<dyn ContentWriter>,
+    md5: Hasher,
+    block: Block,
+}
+
+impl Sink {
+    pub(super) const BLOCK: usize = 1024 * 1024;
+    /// A block is handed over at this many chunks even when smaller (a client sending tiny
+    /// chunks): one vectored write takes at most 1,024.
+    const MAX_CHUNKS: usize = 1024;
+
+    pub(super) fn new(writer: Box<dyn ContentWriter>) -> Sink {
+        Sink { writer, md5: Hasher::start(), block: Block::default() }
+    }
+
+    pub(super) async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.block.push(chunk);
+        if self.block.len() >= Self::BLOCK || self.block.chunks().len() >= Self::MAX_CHUNKS {
+            self.flush().await?;
         }
         Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
+        }
+        let block = self.block.take();
+        self.md5.update(block.clone()).await?;
+        self.writer.write_block(block).await?;
+        Ok(())
+    }
+
+    /// Hands over what is left and waits for the hash: the MD5 of every byte pushed, and the
+    /// writer, to commit or abort. On an error the writer is aborted.
+    pub(super) async fn finish(mut self) -> Result<([u8; 16], Box<dyn ContentWriter>)> {
+        if let Err(e) = self.flush().await {
+            self.writer.abort().await;
+            return Err(e);
+        }
+        match self.md5.finish().await {
+            Ok(digest) => Ok((digest, self.writer)),
+            Err(e) => {
+                self.writer.abort().await;
+                Err(e)
+            }
+        }
     }
 }
 
 /// The MD5 of an upload, computed on a thread of its own while the chunks are written, so
 /// hashing and writing overlap (MD5 runs at about the speed of a disk: one after the other,
-/// they would halve an upload's throughput). At most [`Hasher::QUEUE`] blocks (of
-/// [`Upload::BLOCK`]) wait for it.
+/// they would halve an upload's throughput). At most [`Hasher::QUEUE`] blocks (of about
+/// [`Sink::BLOCK`] bytes) wait for it.
 pub(super) struct Hasher {
-    pub(super) chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    pub(super) blocks: Option<tokio::sync::mpsc::Sender<Block>>,
     pub(super) digest: tokio::task::JoinHandle<[u8; 16]>,
 }
 
@@ -153,24 +173,26 @@ impl Hasher {
     pub(super) const QUEUE: usize = 4;
 
     pub(super) fn start() -> Hasher {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(Self::QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Block>(Self::QUEUE);
         let digest = tokio::task::spawn_blocking(move || {
             let mut md5 = md5::Md5::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                md5.update(&chunk);
+            while let Some(block) = rx.blocking_recv() {
+                for chunk in block.chunks() {
+                    md5.update(chunk);
+                }
             }
             md5.finalize().into()
         });
-        Hasher { chunks: Some(tx), digest }
+        Hasher { blocks: Some(tx), digest }
     }
 
-    pub(super) async fn update(&mut self, chunk: Bytes) -> Result<()> {
-        let tx = self.chunks.as_ref().ok_or_else(|| internal("hasher closed"))?;
-        tx.send(chunk).await.map_err(|_| internal("the hashing thread stopped"))
+    pub(super) async fn update(&mut self, block: Block) -> Result<()> {
+        let tx = self.blocks.as_ref().ok_or_else(|| internal("hasher closed"))?;
+        tx.send(block).await.map_err(|_| internal("the hashing thread stopped"))
     }
 
     pub(super) async fn finish(mut self) -> Result<[u8; 16]> {
-        self.chunks = None;
+        self.blocks = None;
         (&mut self.digest).await.map_err(|e| FilesError::Internal(e.into()))
     }
 }
@@ -212,35 +234,14 @@ impl Files {
         let writing = Writing { set: self.writing.clone(), vfs_id: vfs_id.clone() };
         let key = version_key(&vfs_id).ok_or_else(|| internal("invalid version id"))?;
         let writer = self.content.create(&key).await?;
-        Ok(Upload {
-            target,
-            spec,
-            vfs_id,
-            writer,
-            md5: Hasher::start(),
-            size: 0,
-            reserved,
-            quota_room,
-            block: bytes::BytesMut::new(),
-            _writing: writing,
-        })
+        Ok(Upload { target, spec, vfs_id, sink: Sink::new(writer), size: 0, reserved, quota_room, _writing: writing })
     }
 
     /// Ends an upload whose whole body was written: checks size and MD5, commits the content,
     /// then writes the document that points at it (the switch), and removes the old version.
-    pub async fn finish_upload(&self, mut upload: Upload) -> Result<Item> {
-        if let Err(e) = upload.flush_block().await {
-            upload.writer.abort().await;
-            return Err(e);
-        }
-        let Upload { target, spec, vfs_id, writer, md5, size, reserved, quota_room: _, block: _, _writing } = upload;
-        let digest = match md5.finish().await {
-            Ok(d) => d,
-            Err(e) => {
-                writer.abort().await;
-                return Err(e);
-            }
-        };
+    pub async fn finish_upload(&self, upload: Upload) -> Result<Item> {
+        let Upload { target, spec, vfs_id, sink, size, reserved, quota_room: _, _writing } = upload;
+        let (digest, writer) = sink.finish().await?;
         if let Some(declared) = spec.declared_size {
             if size != declared {
                 writer.abort().await;

@@ -1,24 +1,29 @@
-//! The local filesystem backend (see the module above for its layout and commit protocol).
+//! The local filesystem backend (see the module above for its layout and commit protocol, and
+//! [`super::direct`] for its direct I/O).
 
+use super::direct::{read_direct, set_direct, AlignedBuf, DirectWriter, DIRECT_ALIGN, DIRECT_MIN};
 use super::*;
 
-/// Chunks read from a file for a download.
-pub(super) const READ_CHUNK: usize = 1024 * 1024;
+/// Chunks read from a file for a download (into an [`AlignedBuf`]).
+pub(super) const READ_CHUNK: usize = super::direct::BUF_BYTES;
 
 /// The filesystem backend: each instance's content under `<root>/<instance>/`.
 pub struct FsBackend {
     root: PathBuf,
+    direct: bool,
 }
 
 impl FsBackend {
-    pub fn new(root: PathBuf) -> FsBackend {
-        FsBackend { root }
+    /// `direct`: write and read files of `DIRECT_MIN` bytes or more with direct I/O where the
+    /// filesystem allows it (see [`super::direct`]; `files.direct_io`).
+    pub fn new(root: PathBuf, direct: bool) -> FsBackend {
+        FsBackend { root, direct }
     }
 }
 
 impl ContentBackend for FsBackend {
     fn open(&self, instance: &str) -> anyhow::Result<Arc<dyn ContentStore>> {
-        Ok(Arc::new(FsContent::open(&self.root.join(instance))?))
+        Ok(Arc::new(FsContent::open(&self.root.join(instance), self.direct)?))
     }
 
     fn destroy(&self, instance: &str) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>> {
@@ -42,16 +47,19 @@ pub struct FsContent {
     /// Directories under `objects` whose entry in their parent this process has synced (see
     /// [`publish`]).
     durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
+    /// Whether direct I/O is tried (see [`super::direct`]).
+    direct: bool,
 }
 
 impl FsContent {
-    pub fn open(dir: &Path) -> anyhow::Result<FsContent> {
+    /// The content under `dir`; `direct` as for [`FsBackend::new`].
+    pub fn open(dir: &Path, direct: bool) -> anyhow::Result<FsContent> {
         let objects = dir.join("objects");
         let tmp = dir.join("tmp");
         for d in [&objects, &tmp] {
             std::fs::create_dir_all(d).map_err(|e| anyhow::anyhow!("failed to create {}: {e}", d.display()))?;
         }
-        Ok(FsContent { objects, tmp, live: Default::default(), durable_dirs: Default::default() })
+        Ok(FsContent { objects, tmp, live: Default::default(), durable_dirs: Default::default(), direct })
     }
 
     fn path(&self, key: &ContentKey) -> PathBuf {
@@ -84,8 +92,14 @@ pub(super) struct FsWriter {
     file: Option<Arc<std::fs::File>>,
     /// Small chunks gathered until they make a block.
     pending: bytes::BytesMut,
-    /// The block being written, if any: at most one, so writes stay in order.
-    in_flight: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// The block being written, if any: at most one, so writes stay in order. The
+    /// [`DirectWriter`] travels with it and comes back.
+    in_flight: Option<tokio::task::JoinHandle<io::Result<Option<DirectWriter>>>>,
+    /// With direct I/O allowed (`files.direct_io`): what the bytes go through (see
+    /// [`super::direct`]), while no write holds it.
+    direct: Option<DirectWriter>,
+    /// Whether direct I/O is allowed.
+    direct_allowed: bool,
     /// A background `fdatasync`, if one runs (see [`WRITEBACK_BYTES`]).
     syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
     /// Bytes handed to blocking writes so far, and how many there were when the last
@@ -110,6 +124,9 @@ impl Drop for FsWriter {
         if let Ok(mut live) = self.live.lock() {
             live.remove(&self.tmp);
         }
+        if let Some(d) = self.direct.take() {
+            d.discard();
+        }
     }
 }
 
@@ -121,9 +138,13 @@ impl FsWriter {
     /// Waits for the block being written, if any.
     async fn settle(&mut self) -> Result<(), ContentError> {
         if let Some(task) = self.in_flight.take() {
-            task.await
+            let direct = task
+                .await
                 .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("a write task failed: {e}")))?
                 .map_err(|e| ContentError::io(e, "failed to write content"))?;
+            if direct.is_some() {
+                self.direct = direct;
+            }
         }
         Ok(())
     }
@@ -138,19 +159,22 @@ impl FsWriter {
         Ok(())
     }
 
-    /// Hands `block` to a blocking task once the previous one is written; returns without
-    /// waiting for it, so the next block can arrive meanwhile. Starts a background sync every
-    /// [`WRITEBACK_BYTES`].
-    async fn submit(&mut self, block: Bytes) -> Result<(), ContentError> {
+    /// Hands `chunks` (consecutive) to a blocking task once the previous ones are written, as one
+    /// vectored write; returns without waiting for it, so the next block can arrive meanwhile.
+    /// Starts a background sync every [`WRITEBACK_BYTES`].
+    async fn submit(&mut self, chunks: Vec<Bytes>) -> Result<(), ContentError> {
         self.settle().await?;
         let file = self.file.clone().ok_or_else(Self::closed)?;
-        let start = self.written;
-        self.written += block.len() as u64;
+        let before = self.written;
+        self.written += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
         let sync_file = file.clone();
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            file.write_all_at(&block, start)
-        }));
+        self.in_flight = Some(match self.direct.take() {
+            Some(direct) => tokio::task::spawn_blocking(move || direct.write(&file, &chunks, before).map(Some)),
+            // Writes go at the file's offset: one block at a time, in order, and nothing else
+            // moves it.
+            None if self.direct_allowed => return Err(Self::closed()),
+            None => tokio::task::spawn_blocking(move || write_all_vectored(&file, &chunks).map(|()| None)),
+        });
         let sync_done = self.syncing.as_ref().is_none_or(|t| t.is_finished());
         if sync_done && self.written - self.sync_mark >= WRITEBACK_BYTES {
             self.settle_sync().await?;
@@ -161,6 +185,27 @@ impl FsWriter {
     }
 }
 
+/// Writes every byte of `chunks` at `file`'s offset, by `writev`s of at most [`IOV_MAX`] slices.
+fn write_all_vectored(mut file: &std::fs::File, chunks: &[Bytes]) -> io::Result<()> {
+    use std::io::{IoSlice, Write};
+    for group in chunks.chunks(IOV_MAX) {
+        let mut slices: Vec<IoSlice<'_>> = group.iter().map(|c| IoSlice::new(c)).collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match file.write_vectored(left) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Slices one `writev` takes at most (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
 #[async_trait]
 impl ContentWriter for FsWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), ContentError> {
@@ -168,32 +213,55 @@ impl ContentWriter for FsWriter {
             return Err(Self::closed());
         }
         if self.pending.is_empty() && chunk.len() >= WRITE_BLOCK {
-            // A whole block already (what an upload hands over): written as it is, uncopied.
-            return self.submit(chunk).await;
+            // A whole block already: written as it is, uncopied.
+            return self.submit(vec![chunk]).await;
         }
         self.pending.extend_from_slice(&chunk);
         if self.pending.len() >= WRITE_BLOCK {
             let block = self.pending.split().freeze();
             self.pending.reserve(WRITE_BLOCK);
-            self.submit(block).await?;
+            self.submit(vec![block]).await?;
         }
         Ok(())
+    }
+
+    /// The chunks as they are, uncopied, in one write (after what `write` gathered).
+    async fn write_block(&mut self, block: Block) -> Result<(), ContentError> {
+        if self.file.is_none() {
+            return Err(Self::closed());
+        }
+        let mut chunks = Vec::with_capacity(block.chunks().len() + 1);
+        if !self.pending.is_empty() {
+            chunks.push(self.pending.split().freeze());
+        }
+        chunks.extend(block.into_chunks());
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.submit(chunks).await
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), ContentError> {
         if !self.pending.is_empty() {
             let block = self.pending.split().freeze();
-            self.submit(block).await?;
+            self.submit(vec![block]).await?;
         }
         self.settle().await?;
         self.settle_sync().await?;
         let file = self.file.take().ok_or_else(Self::closed)?;
         let (tmp, dest, objects, durable) =
             (self.tmp.clone(), self.dest.clone(), self.objects.clone(), self.durable_dirs.clone());
-        // The whole commit on one thread of the blocking pool (one hand-over, not one per step).
-        let renamed = tokio::task::spawn_blocking(move || publish(&file, &tmp, &dest, &objects, &durable))
-            .await
-            .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("the commit task failed: {e}")))?;
+        let (direct, written) = (self.direct.take(), self.written);
+        // The whole commit on one thread of the blocking pool (one hand-over, not one per step):
+        // the direct writer's last bytes, then the publication.
+        let renamed = tokio::task::spawn_blocking(move || {
+            if let Some(Err(e)) = direct.map(|d| d.finish(&file, written)) {
+                return (false, Err(e));
+            }
+            publish(&file, &tmp, &dest, &objects, &durable)
+        })
+        .await
+        .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("the commit task failed: {e}")))?;
         let (moved, outcome) = renamed;
         if moved {
             self.done = true;
@@ -255,9 +323,12 @@ pub(super) fn publish(
 /// of the blocking pool, the next block read while the caller sends the previous one (from the
 /// first poll on). Holds no
 /// thread while the caller waits (a slow client costs a block of memory, not a thread).
-pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>) -> ContentStream {
+///
+/// With `direct` (a file in direct mode, `range` starting on a [`DIRECT_ALIGN`] boundary), every block starts on one: each read asks for whole units, and a short count
+/// comes only at the end of the file.
+pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>, direct: bool) -> ContentStream {
     type Pending = tokio::task::JoinHandle<io::Result<Bytes>>;
-    fn start(file: &Arc<std::fs::File>, at: u64, end: u64) -> Option<Pending> {
+    fn start(file: &Arc<std::fs::File>, at: u64, end: u64, direct: bool) -> Option<Pending> {
         if at >= end {
             return None;
         }
@@ -265,15 +336,27 @@ pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>) -> Conten
         let file = file.clone();
         Some(tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            let mut buf = bytes::BytesMut::zeroed(len);
-            file.read_exact_at(&mut buf, at)?;
-            Ok(buf.freeze())
+            if !direct && len < DIRECT_MIN as usize {
+                // A small file's block: memory of its size.
+                let mut buf = bytes::BytesMut::zeroed(len);
+                file.read_exact_at(&mut buf, at)?;
+                return Ok(buf.freeze());
+            }
+            // A pooled buffer: it goes back to the pool once the block is sent and dropped.
+            let mut buf = AlignedBuf::take();
+            if direct {
+                read_direct(&file, &mut buf, len, at)?;
+            } else {
+                file.read_exact_at(&mut buf.bytes_mut()[..len], at)?;
+            }
+            buf.filled = len;
+            Ok(buf.into_bytes())
         }))
     }
     // The first block is read when the stream is first polled: a stream made ahead of its
     // turn (the content channel reads a group of files before sending them) holds no block.
-    futures_util::stream::try_unfold((file, range.start, range.end, None), |(file, at, end, pending)| async move {
-        let Some(pending) = pending.or_else(|| start(&file, at, end)) else {
+    futures_util::stream::try_unfold((file, range.start, range.end, None), move |(file, at, end, pending)| async move {
+        let Some(pending) = pending.or_else(|| start(&file, at, end, direct)) else {
             return Ok(None);
         };
         let block = pending
@@ -281,7 +364,7 @@ pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>) -> Conten
             .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("a read task failed: {e}")))?
             .map_err(|e| ContentError::io(e, "failed to read content"))?;
         let at = at + block.len() as u64;
-        let next = start(&file, at, end);
+        let next = start(&file, at, end, direct);
         Ok(Some((block, (file, at, end, next))))
     })
     .boxed()
@@ -313,6 +396,8 @@ impl ContentStore for FsContent {
             file: Some(Arc::new(file.into_std().await)),
             pending: bytes::BytesMut::new(),
             in_flight: None,
+            direct: self.direct.then(DirectWriter::new),
+            direct_allowed: self.direct,
             syncing: None,
             written: 0,
             sync_mark: 0,
@@ -327,16 +412,19 @@ impl ContentStore for FsContent {
 
     async fn read(&self, key: &ContentKey, range: Option<Range<u64>>) -> Result<ContentStream, ContentError> {
         let path = self.path(key);
-        let (file, size) = tokio::task::spawn_blocking(move || {
+        let aligned = range.as_ref().is_none_or(|r| r.start % DIRECT_ALIGN as u64 == 0);
+        let direct = self.direct && aligned;
+        let (file, size, direct) = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(path)?;
             let size = file.metadata()?.len();
-            Ok::<_, io::Error>((file, size))
+            let direct = direct && size >= DIRECT_MIN && set_direct(&file, true)?;
+            Ok::<_, io::Error>((file, size, direct))
         })
         .await
         .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("an open task failed: {e}")))?
         .map_err(|e| ContentError::io(e, "failed to open content"))?;
         let range = clamp(range, size)?;
-        Ok(read_blocks(Arc::new(file), range))
+        Ok(read_blocks(Arc::new(file), range, direct))
     }
 
     async fn size(&self, key: &ContentKey) -> Result<Option<u64>, ContentError> {
