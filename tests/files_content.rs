@@ -70,7 +70,7 @@ async fn the_filesystem_backend_passes_the_conformance_suite() {
     }
 }
 
-/// Whether the filesystem of `dir` takes `O_DIRECT` (tmpfs does not).
+/// Whether the filesystem of `dir` takes `O_DIRECT` (ramfs does not, nor tmpfs before Linux 6.6).
 fn takes_direct_io(dir: &std::path::Path) -> bool {
     use rustix::fs::OFlags;
     let probe = std::fs::File::create(dir.join("probe")).unwrap();

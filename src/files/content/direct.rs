@@ -23,9 +23,15 @@
 //!   bytes, from memory aligned the same. Bytes go through an [`AlignedBuf`], written a whole
 //!   buffer at a time; the tail of a file (less than one unit) is written through the page cache
 //!   at commit, after the descriptor leaves direct mode.
-//! - **Where the filesystem refuses `O_DIRECT`** (tmpfs, for one), files are written and read
-//!   through the page cache: the descriptor is opened without it and switched with `fcntl`
-//!   (`F_SETFL`) when a transfer qualifies, and a refusal leaves it as it was.
+//! - **Where the filesystem refuses `O_DIRECT`** (ramfs, ecryptfs, CIFS, tmpfs before Linux
+//!   6.6), files are written and read through the page cache: the descriptor is opened without
+//!   it and switched with `fcntl` (`F_SETFL`) when a transfer qualifies, and a refusal leaves it
+//!   as it was. Some filesystems take the switch and then refuse each transfer with `EINVAL`
+//!   (overlayfs over one without direct I/O, scylladb/seastar#3518; shiftfs, canonical/raft#48;
+//!   alignments over 4 KiB, facebook/rocksdb#14671): the descriptor leaves direct mode and the
+//!   same transfer is made again through the page cache ([`direct_or_buffered`]); positional
+//!   I/O makes that retry exact. Where pages are larger than [`DIRECT_ALIGN`] (some arm64 and
+//!   ppc64le kernels, whose ZFS wants page alignment), direct I/O is not tried.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -46,12 +52,35 @@ pub(super) const BUF_BYTES: usize = 1024 * 1024;
 /// filesystem refuses direct I/O.
 pub(super) fn set_direct(file: &std::fs::File, on: bool) -> io::Result<bool> {
     use rustix::fs::OFlags;
+    if on && rustix::param::page_size() > DIRECT_ALIGN {
+        return Ok(false);
+    }
     let flags = rustix::fs::fcntl_getfl(file)?;
     let wanted = if on { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
     match rustix::fs::fcntl_setfl(file, wanted) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::INVAL) if on => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `transfer` (a positional read or write on `file`, in direct mode), and once more
+/// through the page cache, the descriptor out of direct mode, if the filesystem refused it with
+/// `EINVAL` (see the module docs). Returns its result and whether the descriptor is still in
+/// direct mode.
+pub(super) fn direct_or_buffered<T>(
+    file: &std::fs::File,
+    mut transfer: impl FnMut() -> io::Result<T>,
+) -> io::Result<(T, bool)> {
+    match transfer() {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            set_direct(file, false)?;
+            tracing::warn!(
+                "the filesystem took O_DIRECT, then refused a transfer: this file goes through the page cache"
+            );
+            Ok((transfer()?, false))
+        }
+        other => Ok((other?, true)),
     }
 }
 
@@ -159,7 +188,14 @@ impl DirectWriter {
                     if self.mode == Mode::Untried {
                         self.mode = if set_direct(file, true)? { Mode::On } else { Mode::Refused };
                     }
-                    file.write_all_at(self.buf.bytes(), at)?;
+                    if self.mode == Mode::On {
+                        let buf = &self.buf;
+                        if !direct_or_buffered(file, || file.write_all_at(buf.bytes(), at))?.1 {
+                            self.mode = Mode::Refused;
+                        }
+                    } else {
+                        file.write_all_at(self.buf.bytes(), at)?;
+                    }
                     at += BUF_BYTES as u64;
                     self.buf.filled = 0;
                 }
@@ -181,9 +217,14 @@ impl DirectWriter {
         if self.mode == Mode::On {
             from = filled / DIRECT_ALIGN * DIRECT_ALIGN;
             if from > 0 {
-                file.write_all_at(&self.buf.bytes()[..from], at)?;
+                let buf = &self.buf;
+                if !direct_or_buffered(file, || file.write_all_at(&buf.bytes()[..from], at))?.1 {
+                    self.mode = Mode::Refused;
+                }
             }
-            set_direct(file, false)?;
+            if self.mode == Mode::On {
+                set_direct(file, false)?;
+            }
         }
         if from < filled {
             file.write_all_at(&self.buf.bytes()[from..filled], at + from as u64)?;
@@ -199,8 +240,14 @@ impl DirectWriter {
 }
 
 /// Reads `len` bytes at `at` (a multiple of [`DIRECT_ALIGN`]) of a file in direct mode into
-/// `buf`: whole units are asked for, and the file's end cuts the last one short.
+/// `buf`: whole units are asked for, and the file's end cuts the last one short. A refusal
+/// (`EINVAL`) takes the descriptor out of direct mode and reads through the page cache (see
+/// [`direct_or_buffered`]); the stream's next reads find it so.
 pub(super) fn read_direct(file: &std::fs::File, buf: &mut AlignedBuf, len: usize, at: u64) -> io::Result<()> {
+    direct_or_buffered(file, || read_units(file, buf, len, at)).map(|_| ())
+}
+
+fn read_units(file: &std::fs::File, buf: &mut AlignedBuf, len: usize, at: u64) -> io::Result<()> {
     let whole = len.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
     let mut got = 0;
     while got < len {
@@ -216,4 +263,51 @@ pub(super) fn read_direct(file: &std::fs::File, buf: &mut AlignedBuf, len: usize
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `file`'s descriptor is in direct mode.
+    fn is_direct(file: &std::fs::File) -> bool {
+        rustix::fs::fcntl_getfl(file).unwrap().contains(rustix::fs::OFlags::DIRECT)
+    }
+
+    /// A transfer the filesystem refuses in direct mode (here: from memory off the alignment,
+    /// which ext4 refuses with `EINVAL`, as overlayfs over ramfs refuses any) is made through
+    /// the page cache, exactly, and the descriptor leaves direct mode.
+    #[test]
+    fn a_refused_direct_transfer_is_made_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        if !set_direct(&file, true).unwrap() {
+            eprintln!("skipped: the filesystem of {} refuses O_DIRECT", dir.path().display());
+            return;
+        }
+        let mut buf = AlignedBuf::take();
+        for (i, b) in buf.bytes_mut().iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        // Aligned: written directly, still direct.
+        let (_, still) = direct_or_buffered(&file, || file.write_all_at(&buf.bytes()[..DIRECT_ALIGN], 0)).unwrap();
+        assert!(still && is_direct(&file), "an aligned write stays direct");
+        // Memory one byte off the alignment: refused by the kernel, then made buffered.
+        let odd = &buf.bytes()[1..1 + DIRECT_ALIGN];
+        let refused = file.write_all_at(odd, DIRECT_ALIGN as u64);
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(rustix::io::Errno::INVAL.raw_os_error()));
+        let (_, still) = direct_or_buffered(&file, || file.write_all_at(odd, DIRECT_ALIGN as u64)).unwrap();
+        assert!(!still && !is_direct(&file), "the descriptor left direct mode");
+        let mut want = buf.bytes()[..DIRECT_ALIGN].to_vec();
+        want.extend_from_slice(odd);
+        assert!(std::fs::read(&path).unwrap() == want, "both writes landed, in place");
+        // Reading: an odd length in direct mode is refused, then read through the cache.
+        assert!(set_direct(&file, true).unwrap());
+        let mut into = vec![0u8; 100];
+        let (_, still) = direct_or_buffered(&file, || file.read_exact_at(&mut into, 10)).unwrap();
+        assert!(!still && !is_direct(&file));
+        assert_eq!(into, want[10..110]);
+        buf.give_back();
+    }
 }
