@@ -159,48 +159,49 @@ enum Mode {
     Refused,
 }
 
-/// A file written through an [`AlignedBuf`] (see the module docs). It moves to the blocking
-/// task that writes each block, and back.
+/// A file written through an [`AlignedBuf`] (see the module docs), taken from the pool at the
+/// first bytes. It moves to the blocking task that writes each block, and back.
 pub(super) struct DirectWriter {
-    buf: AlignedBuf,
+    buf: Option<AlignedBuf>,
     mode: Mode,
 }
 
 impl DirectWriter {
     pub(super) fn new() -> DirectWriter {
-        DirectWriter { buf: AlignedBuf::take(), mode: Mode::Untried }
+        DirectWriter { buf: None, mode: Mode::Untried }
     }
 
     /// Copies `chunks` into the buffer, writing it out each time it is full (directly, once
     /// the file has one full buffer: past [`DIRECT_MIN`]). `before`: bytes of the file before
     /// these; the buffer holds the last `before % BUF_BYTES` of them.
     pub(super) fn write(mut self, file: &std::fs::File, chunks: &[Bytes], before: u64) -> io::Result<DirectWriter> {
-        let mut at = before - self.buf.filled as u64;
+        let mut buf = self.buf.take().unwrap_or_else(AlignedBuf::take);
+        let mut at = before - buf.filled as u64;
         for chunk in chunks {
             let mut c: &[u8] = chunk;
             while !c.is_empty() {
-                let filled = self.buf.filled;
+                let filled = buf.filled;
                 let n = c.len().min(BUF_BYTES - filled);
-                self.buf.bytes_mut()[filled..filled + n].copy_from_slice(&c[..n]);
-                self.buf.filled += n;
+                buf.bytes_mut()[filled..filled + n].copy_from_slice(&c[..n]);
+                buf.filled += n;
                 c = &c[n..];
-                if self.buf.filled == BUF_BYTES {
+                if buf.filled == BUF_BYTES {
                     if self.mode == Mode::Untried {
                         self.mode = if set_direct(file, true)? { Mode::On } else { Mode::Refused };
                     }
                     if self.mode == Mode::On {
-                        let buf = &self.buf;
                         if !direct_or_buffered(file, || file.write_all_at(buf.bytes(), at))?.1 {
                             self.mode = Mode::Refused;
                         }
                     } else {
-                        file.write_all_at(self.buf.bytes(), at)?;
+                        file.write_all_at(buf.bytes(), at)?;
                     }
                     at += BUF_BYTES as u64;
-                    self.buf.filled = 0;
+                    buf.filled = 0;
                 }
             }
         }
+        self.buf = Some(buf);
         Ok(self)
     }
 
@@ -208,7 +209,8 @@ impl DirectWriter {
     /// units directly when the file qualifies, then the rest through the page cache, the
     /// descriptor out of direct mode. The buffer goes back to the pool.
     pub(super) fn finish(mut self, file: &std::fs::File, written: u64) -> io::Result<()> {
-        let filled = self.buf.filled;
+        let Some(buf) = self.buf.take() else { return Ok(()) };
+        let filled = buf.filled;
         let at = written - filled as u64;
         if self.mode == Mode::Untried && written >= DIRECT_MIN {
             self.mode = if set_direct(file, true)? { Mode::On } else { Mode::Refused };
@@ -216,26 +218,25 @@ impl DirectWriter {
         let mut from = 0;
         if self.mode == Mode::On {
             from = filled / DIRECT_ALIGN * DIRECT_ALIGN;
-            if from > 0 {
-                let buf = &self.buf;
-                if !direct_or_buffered(file, || file.write_all_at(&buf.bytes()[..from], at))?.1 {
-                    self.mode = Mode::Refused;
-                }
+            if from > 0 && !direct_or_buffered(file, || file.write_all_at(&buf.bytes()[..from], at))?.1 {
+                self.mode = Mode::Refused;
             }
             if self.mode == Mode::On {
                 set_direct(file, false)?;
             }
         }
         if from < filled {
-            file.write_all_at(&self.buf.bytes()[from..filled], at + from as u64)?;
+            file.write_all_at(&buf.bytes()[from..filled], at + from as u64)?;
         }
-        self.buf.give_back();
+        buf.give_back();
         Ok(())
     }
 
     /// Gives the buffer back without writing (an aborted write).
     pub(super) fn discard(self) {
-        self.buf.give_back();
+        if let Some(buf) = self.buf {
+            buf.give_back();
+        }
     }
 }
 

@@ -213,7 +213,8 @@ impl ContentWriter for FsWriter {
             return Err(Self::closed());
         }
         if self.pending.is_empty() && chunk.len() >= WRITE_BLOCK {
-            // A whole block already: written as it is, uncopied.
+            // A whole block already: handed over as it is (copied only into a direct writer's
+            // aligned buffer).
             return self.submit(vec![chunk]).await;
         }
         self.pending.extend_from_slice(&chunk);
@@ -225,7 +226,8 @@ impl ContentWriter for FsWriter {
         Ok(())
     }
 
-    /// The chunks as they are, uncopied, in one write (after what `write` gathered).
+    /// The chunks as they are, in one write (after what `write` gathered): vectored, or copied
+    /// into a direct writer's aligned buffer.
     async fn write_block(&mut self, block: Block) -> Result<(), ContentError> {
         if self.file.is_none() {
             return Err(Self::closed());
@@ -242,6 +244,10 @@ impl ContentWriter for FsWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), ContentError> {
+        if self.direct_allowed && self.direct.is_none() && self.in_flight.is_none() {
+            // A write failed (its task took the direct writer): nothing may be published.
+            return Err(Self::closed());
+        }
         if !self.pending.is_empty() {
             let block = self.pending.split().freeze();
             self.submit(vec![block]).await?;
@@ -337,7 +343,8 @@ pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>, direct: b
         Some(tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             if !direct && len < DIRECT_MIN as usize {
-                // A small file's block: memory of its size.
+                // A block of a file read through the page cache, smaller than a direct file's
+                // smallest: memory of its size rather than a pooled megabyte.
                 let mut buf = bytes::BytesMut::zeroed(len);
                 file.read_exact_at(&mut buf, at)?;
                 return Ok(buf.freeze());
