@@ -327,11 +327,12 @@ pub(super) fn publish(
 
 /// Reads `range` of `file` in blocks of [`READ_CHUNK`], each by one positional read on a thread
 /// of the blocking pool, the next block read while the caller sends the previous one (from the
-/// first poll on). Holds no
-/// thread while the caller waits (a slow client costs a block of memory, not a thread).
+/// first poll on). Holds no thread while the caller waits (a slow client costs a block of
+/// memory, not a thread).
 ///
-/// With `direct` (a file in direct mode, `range` starting on a [`DIRECT_ALIGN`] boundary), every block starts on one: each read asks for whole units, and a short count
-/// comes only at the end of the file.
+/// With `direct` (a file in direct mode, `range` starting on a [`DIRECT_ALIGN`] boundary),
+/// every block starts on one: each read asks for whole units, and a short count comes only at
+/// the end of the file.
 pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>, direct: bool) -> ContentStream {
     type Pending = tokio::task::JoinHandle<io::Result<Bytes>>;
     fn start(file: &Arc<std::fs::File>, at: u64, end: u64, direct: bool) -> Option<Pending> {
