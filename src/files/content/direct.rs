@@ -296,8 +296,14 @@ mod tests {
         assert!(still && is_direct(&file), "an aligned write stays direct");
         // Memory one byte off the alignment: refused by the kernel, then made buffered.
         let odd = &buf.bytes()[1..1 + DIRECT_ALIGN];
-        let refused = file.write_all_at(odd, DIRECT_ALIGN as u64);
-        assert_eq!(refused.unwrap_err().raw_os_error(), Some(rustix::io::Errno::INVAL.raw_os_error()));
+        match file.write_all_at(odd, DIRECT_ALIGN as u64) {
+            Ok(()) => {
+                // tmpfs (Linux 6.6 and later) takes unaligned direct I/O: nothing to refuse.
+                eprintln!("skipped: the filesystem of {} takes unaligned direct I/O", dir.path().display());
+                return;
+            }
+            Err(e) => assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::INVAL.raw_os_error())),
+        }
         let (_, still) = direct_or_buffered(&file, || file.write_all_at(odd, DIRECT_ALIGN as u64)).unwrap();
         assert!(!still && !is_direct(&file), "the descriptor left direct mode");
         let mut want = buf.bytes()[..DIRECT_ALIGN].to_vec();
