@@ -75,9 +75,14 @@ pub(super) fn direct_or_buffered<T>(
     match transfer() {
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
             set_direct(file, false)?;
-            tracing::warn!(
-                "the filesystem took O_DIRECT, then refused a transfer: this file goes through the page cache"
-            );
+            // Once per process: on such a filesystem every large file comes here.
+            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "the filesystem took O_DIRECT, then refused a transfer: such files go through the page cache \
+                     (files.direct_io = false avoids the first try)"
+                );
+            }
             Ok((transfer()?, false))
         }
         other => Ok((other?, true)),
