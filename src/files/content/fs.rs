@@ -78,7 +78,7 @@ async fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Blocks handed to the disk by a filesystem writer: smaller chunks are gathered up to this
 /// size first, so each write is one system call on a thread of the blocking pool.
-pub(super) const WRITE_BLOCK: usize = 1024 * 1024;
+pub(super) const WRITE_BLOCK: usize = super::direct::BUF_BYTES;
 
 /// Every this many bytes written, a writer starts an `fdatasync` of its file in the background
 /// (at most one at a time), so the disk works while the body still arrives and the `fsync` of
