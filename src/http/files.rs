@@ -533,7 +533,7 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
             read_only.check(target.lineage())?;
         }
     }
-    let item = files.patch(&id, p).await?;
+    let item = crate::http::to_completion(async move { Ok(files.patch(&id, p).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -551,9 +551,13 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     // that will be refused anyway (already there, stale `If-Match`) ends none.
     if !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev) {
         let doc_id = crate::store::DocId::parse(&id).map_err(|_| ApiError::bad_request("invalid file id"))?;
-        crate::sharing::service::trashing(&state_of(&req)?.sharing, &inst.0, &files, &doc_id).await?;
+        let (cx, inst, files) = (state_of(&req)?.sharing.clone(), inst.0.clone(), files.clone());
+        crate::http::to_completion(
+            async move { Ok(crate::sharing::service::trashing(&cx, &inst, &files, &doc_id).await?) },
+        )
+        .await?;
     }
-    let item = files.trash(&id, if_match).await?;
+    let item = crate::http::to_completion(async move { Ok(files.trash(&id, if_match).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -582,7 +586,7 @@ async fn empty_trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let trash = files.get(TRASH_ID).await?;
     caller.check(Verb::Delete, trash.lineage())?;
-    files.empty_trash().await?;
+    crate::http::to_completion(async move { Ok(files.empty_trash().await?) }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -595,7 +599,7 @@ async fn restore(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let item = files.get(&id).await?;
     caller.check(Verb::Post, item.lineage())?;
     ReadOnlyRoots::of(&req, &inst).await?.check_restore(&files, &item).await?;
-    let item = files.restore(&id).await?;
+    let item = crate::http::to_completion(async move { Ok(files.restore(&id).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -606,7 +610,7 @@ async fn destroy(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Delete, item.lineage())?;
-    files.destroy(&id).await?;
+    crate::http::to_completion(async move { Ok(files.destroy(&id).await?) }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -51,6 +51,20 @@ pub struct AppState {
     pub content: Arc<crate::sync::content::ContentSender>,
 }
 
+/// Runs a write of several steps on a task of its own, and waits for it: actix drops a
+/// handler's future when its client goes away (a closed connection, a peer's request deadline),
+/// and a write cut between its steps would leave them half done for good. A received
+/// removal's dissociated copy, an owner's settlement, a moved directory's subtree follow their
+/// write in separate steps; a retry would not bring them back, since the write itself is
+/// already there. So a write that has begun ends as it would have, whoever still waits for it.
+pub async fn to_completion<T, F>(work: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|e| ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}")))?
+}
+
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/status", web::get().to(status))
         .configure(login::routes)
@@ -273,4 +287,30 @@ pub(crate) fn jsonapi(status: actix_web::http::StatusCode, v: Value) -> HttpResp
         .content_type("application/vnd.api+json")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
         .body(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler dropped half-way (its client gone) does not stop the write it began: the
+    /// write's remaining steps run, and end.
+    #[tokio::test]
+    async fn a_write_ends_when_the_request_that_began_it_is_dropped() {
+        let (began, began_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ended, ended_rx) = tokio::sync::oneshot::channel();
+        let handler = tokio::spawn(to_completion(async move {
+            let _ = began.send(());
+            let _ = release_rx.await;
+            let _ = ended.send("the last step");
+            Ok(())
+        }));
+        began_rx.await.expect("the write began");
+        handler.abort();
+        assert!(handler.await.is_err_and(|e| e.is_cancelled()), "the handler was dropped");
+        release.send(()).expect("the write is still there after its handler was dropped");
+        let last = tokio::time::timeout(std::time::Duration::from_secs(10), ended_rx).await;
+        assert_eq!(last.expect("in time").expect("the write ran to its end"), "the last step");
+    }
 }

@@ -233,13 +233,18 @@ pub(super) async fn replication_bulk_docs(
     // Kept as text: documents are parsed as written (see `store::body`).
     let limits = Limits::of(&req);
     let body = read_body(&req, payload, limits.request).await?;
-    let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
     let svc = state_of(&req)?;
-    // Received documents must land in this sharing's feed (to be relayed, and recognised as
-    // in the sharing later): the store must know its rules before applying them.
-    svc.sharing.tracking.ensure(&inst.0, &id).await?;
-    let files = svc.files.of(&inst.0).await.ok();
-    let applied = crate::sharing::receive::bulk_docs(&inst.0, files.as_deref(), &s, from, may_write, request).await?;
+    let (sharing, registry) = (svc.sharing.clone(), svc.files.clone());
+    let (inst_, s_, id_) = (inst.0.clone(), s.clone(), id.clone());
+    let applied = crate::http::to_completion(async move {
+        let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
+        // Received documents must land in this sharing's feed (to be relayed, and recognised
+        // as in the sharing later): the store must know its rules before applying them.
+        sharing.tracking.ensure(&inst_, &id_).await?;
+        let files = registry.of(&inst_).await.ok();
+        Ok(crate::sharing::receive::bulk_docs(&inst_, files.as_deref(), &s_, from, may_write, request).await?)
+    })
+    .await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
         refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
     let key =
