@@ -65,6 +65,24 @@ impl Core {
     }
 }
 
+/// Stops an [`Application`]: its background workers first, with whatever replication run or
+/// content round they have under way (dropped as a crash would drop it: each resumes from its
+/// checkpoint), then its server, which lets requests in flight finish (`graceful`, up to 5 s).
+/// Once [`Stopper::stop`] returns, nothing of the application reaches a peer any more.
+#[derive(Clone)]
+pub struct Stopper {
+    server: ServerHandle,
+    cancel: CancellationToken,
+}
+
+impl Stopper {
+    /// Both are told at once, when called; the future resolves once the server has stopped.
+    pub fn stop(&self, graceful: bool) -> impl std::future::Future<Output = ()> {
+        self.cancel.cancel();
+        self.server.stop(graceful)
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -145,9 +163,9 @@ impl Application {
         self.core.registry.clone()
     }
 
-    /// A handle to stop the server from elsewhere.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// A handle to stop the application from elsewhere.
+    pub fn handle(&self) -> Stopper {
+        Stopper { server: self.server.handle(), cancel: self.cancel.clone() }
     }
 
     /// The sharing layer's context (tests and the benchmark drive sharing operations with it).

@@ -250,7 +250,10 @@ pub async fn run(
 ) {
     loop {
         for inst in registry.opened() {
-            if let Err(e) = plan(&cx, &files, &sender, &inst).await {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if let Err(e) = plan(&cx, &files, &sender, &inst, &cancel).await {
                 tracing::warn!(instance = %inst.domain, error = %e, "content planning failed");
             }
         }
@@ -267,6 +270,7 @@ async fn plan(
     files: &Arc<FilesRegistry>,
     sender: &Arc<ContentSender>,
     inst: &Arc<Instance>,
+    cancel: &CancellationToken,
 ) -> Result<(), SyncError> {
     for s in sharing::list(inst.store.as_ref()).await? {
         if !has_files_rule(&s) {
@@ -288,9 +292,14 @@ async fn plan(
             let f = files.of(inst).await.map_err(files_error)?;
             sender.with_state(&key, |st| st.schedule.started());
             let backoff = super::backoff(&cx.config);
-            let (cx, sender, inst, s) = (cx.clone(), sender.clone(), inst.clone(), s.clone());
+            let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
             tokio::spawn(async move {
-                let outcome = round(&cx.federation, &inst, &f, &s, member, link_seq).await;
+                // Stopped with the workers, even half-way: a round resumes from its checkpoint.
+                let outcome = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    outcome = round(&cx.federation, &inst, &f, &s, member, link_seq) => outcome,
+                };
                 sender.with_state(&key, |st| {
                     let now = now_ms();
                     match &outcome {

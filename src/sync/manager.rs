@@ -239,6 +239,9 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
         }
         let mut commits = Vec::new();
         for inst in registry.opened() {
+            if cancel.is_cancelled() {
+                return;
+            }
             // Subscribed before the counter is read: a commit after this read wakes the wait below.
             let mut rx = inst.store.subscribe();
             let counter = *rx.borrow_and_update();
@@ -331,7 +334,16 @@ async fn plan(
                 st.processed = 0;
                 st.total = 0;
             });
-            tokio::spawn(run_one(cx.clone(), manager.clone(), inst.clone(), s.clone(), member, key));
+            // Stopped with the workers, even half-way: a run resumes from its checkpoint.
+            let run = run_one(cx.clone(), manager.clone(), inst.clone(), s.clone(), member, key);
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {}
+                    _ = run => {}
+                }
+            });
         }
     }
     Ok(())

@@ -56,7 +56,7 @@ pub struct TestApp {
     pub client: Client,
     pub dir: Arc<tempfile::TempDir>,
     pub config: Config,
-    handle: Option<actix_web::dev::ServerHandle>,
+    handle: Option<hearth::app::Stopper>,
 }
 
 pub async fn spawn_app() -> TestApp {
