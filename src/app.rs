@@ -52,8 +52,9 @@ impl Core {
     }
 
     /// What the HTTP handlers reach.
-    fn state(&self) -> AppState {
+    fn state(&self, writes: http::Writes) -> AppState {
         AppState {
+            writes,
             config: self.config.clone(),
             registry: self.registry.clone(),
             sharing: self.sharing.clone(),
@@ -67,19 +68,35 @@ impl Core {
 
 /// Stops an [`Application`]: its background workers first, with whatever replication run or
 /// content round they have under way (dropped as a crash would drop it: each resumes from its
-/// checkpoint), then its server, which lets requests in flight finish (`graceful`, up to 5 s).
-/// Once [`Stopper::stop`] returns, nothing of the application reaches a peer any more.
+/// checkpoint), then its server, which lets requests in flight finish (`graceful`, up to 5 s),
+/// and last the writes of several steps under way ([`http::Writes`], up to [`WRITES_GRACE`]).
 #[derive(Clone)]
 pub struct Stopper {
     server: ServerHandle,
     cancel: CancellationToken,
+    writes: http::Writes,
 }
 
+/// How long a stop waits for the writes under way to end.
+pub const WRITES_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Stopper {
-    /// Both are told at once, when called; the future resolves once the server has stopped.
+    /// The workers and the server are told at once, when called; the future resolves once the
+    /// server has stopped and the writes under way have ended.
     pub fn stop(&self, graceful: bool) -> impl std::future::Future<Output = ()> {
         self.cancel.cancel();
-        self.server.stop(graceful)
+        let server = self.server.stop(graceful);
+        let writes = self.writes.clone();
+        async move {
+            server.await;
+            drain(&writes).await;
+        }
+    }
+}
+
+async fn drain(writes: &http::Writes) {
+    if !writes.drain(WRITES_GRACE).await {
+        tracing::warn!(grace_secs = WRITES_GRACE.as_secs(), "writes still under way at the stop were left unfinished");
     }
 }
 
@@ -89,6 +106,7 @@ pub struct Application {
     core: Core,
     /// Stops the background workers when the application is dropped or stopped.
     cancel: CancellationToken,
+    writes: http::Writes,
 }
 
 impl Application {
@@ -121,7 +139,9 @@ impl Application {
             cancel.clone(),
         ));
         tokio::spawn(manager::run(registry, sharing, sync, cancel.clone()));
-        let state = web::Data::new(core.state());
+        // On this runtime, which outlives the HTTP workers' own.
+        let writes = http::Writes::new(tokio::runtime::Handle::current());
+        let state = web::Data::new(core.state(writes.clone()));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -152,7 +172,7 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(5)
         .run();
-        Ok(Application { port, server, core, cancel })
+        Ok(Application { port, server, core, cancel, writes })
     }
 
     pub fn port(&self) -> u16 {
@@ -165,7 +185,7 @@ impl Application {
 
     /// A handle to stop the application from elsewhere.
     pub fn handle(&self) -> Stopper {
-        Stopper { server: self.server.handle(), cancel: self.cancel.clone() }
+        Stopper { server: self.server.handle(), cancel: self.cancel.clone(), writes: self.writes.clone() }
     }
 
     /// The sharing layer's context (tests and the benchmark drive sharing operations with it).
@@ -187,6 +207,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.cancel.cancel();
+        drain(&self.writes).await;
         result
     }
 }

@@ -299,7 +299,6 @@ impl World {
         [a, tree(&self.bob, &self.tb, SHARED, Some(&self.keys[0])).await, c]
     }
 
-    /// Waits until the three trees are the same (and alice's is not empty); answers it.
     /// Waits until the three trees are the same (and alice's is not empty) while every link
     /// is at rest (nothing running, nothing pending), and stay so on a second read: a moment
     /// where the trees happen to agree halfway through settling a conflict does not count.

@@ -533,7 +533,7 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
             read_only.check(target.lineage())?;
         }
     }
-    let item = crate::http::to_completion(async move { Ok(files.patch(&id, p).await?) }).await?;
+    let item = state_of(&req)?.writes.to_completion(async move { Ok(files.patch(&id, p).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -549,15 +549,19 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let if_match = if_match(&req)?;
     // A sharing whose root goes to the trash ends first (see `service::trashing`); a trash
     // that will be refused anyway (already there, stale `If-Match`) ends none.
-    if !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev) {
-        let doc_id = crate::store::DocId::parse(&id).map_err(|_| ApiError::bad_request("invalid file id"))?;
-        let (cx, inst, files) = (state_of(&req)?.sharing.clone(), inst.0.clone(), files.clone());
-        crate::http::to_completion(
-            async move { Ok(crate::sharing::service::trashing(&cx, &inst, &files, &doc_id).await?) },
-        )
+    let ends_sharing = !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev);
+    let doc_id = crate::store::DocId::parse(&id).map_err(|_| ApiError::bad_request("invalid file id"))?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let item = state
+        .writes
+        .to_completion(async move {
+            if ends_sharing {
+                crate::sharing::service::trashing(&cx, &inst, &files, &doc_id).await?;
+            }
+            Ok(files.trash(&id, if_match).await?)
+        })
         .await?;
-    }
-    let item = crate::http::to_completion(async move { Ok(files.trash(&id, if_match).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -586,7 +590,7 @@ async fn empty_trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let trash = files.get(TRASH_ID).await?;
     caller.check(Verb::Delete, trash.lineage())?;
-    crate::http::to_completion(async move { Ok(files.empty_trash().await?) }).await?;
+    state_of(&req)?.writes.to_completion(async move { Ok(files.empty_trash().await?) }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -599,7 +603,7 @@ async fn restore(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let item = files.get(&id).await?;
     caller.check(Verb::Post, item.lineage())?;
     ReadOnlyRoots::of(&req, &inst).await?.check_restore(&files, &item).await?;
-    let item = crate::http::to_completion(async move { Ok(files.restore(&id).await?) }).await?;
+    let item = state_of(&req)?.writes.to_completion(async move { Ok(files.restore(&id).await?) }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -610,7 +614,7 @@ async fn destroy(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Delete, item.lineage())?;
-    crate::http::to_completion(async move { Ok(files.destroy(&id).await?) }).await?;
+    state_of(&req)?.writes.to_completion(async move { Ok(files.destroy(&id).await?) }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -49,20 +49,47 @@ pub struct AppState {
     /// The realtime readers, one per instance with subscribers.
     pub realtime: Arc<realtime::Hubs>,
     pub content: Arc<crate::sync::content::ContentSender>,
+    /// Writes of several steps, run to their end.
+    pub writes: Writes,
 }
 
-/// Runs a write of several steps on a task of its own, and waits for it: actix drops a
-/// handler's future when its client goes away (a closed connection, a peer's request deadline),
-/// and a write cut between its steps would leave them half done for good. A received
-/// removal's dissociated copy, an owner's settlement, a moved directory's subtree follow their
-/// write in separate steps; a retry would not bring them back, since the write itself is
-/// already there. So a write that has begun ends as it would have, whoever still waits for it.
-pub async fn to_completion<T, F>(work: F) -> ApiResult<T>
-where
-    T: Send + 'static,
-    F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
-{
-    tokio::spawn(work).await.map_err(|e| ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}")))?
+/// Writes of several steps, run to their end: actix drops a handler's future when its client
+/// goes away (a closed connection, a peer's request deadline), and a write cut between its
+/// steps would leave them half done for good. A received removal's dissociated copy, an
+/// owner's settlement, a moved directory's subtree, a revocation's notices follow their first
+/// write in separate steps, and a retry would not bring them back, since that write is already
+/// there. So such a write runs on a task of its own, on the application's runtime (not on the
+/// actix worker's, which goes as soon as the worker stops), and stopping the application
+/// waits for it ([`Writes::drain`]).
+#[derive(Clone)]
+pub struct Writes {
+    runtime: tokio::runtime::Handle,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Writes {
+    /// Writes run on `runtime`: the application's, outliving its HTTP workers.
+    pub fn new(runtime: tokio::runtime::Handle) -> Writes {
+        Writes { runtime, tracker: tokio_util::task::TaskTracker::new() }
+    }
+
+    /// Runs `work` to its end, whether or not the caller still waits for it; its outcome.
+    pub async fn to_completion<T, F>(&self, work: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
+    {
+        self.tracker
+            .spawn_on(work, &self.runtime)
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}")))?
+    }
+
+    /// Takes no more writes and waits up to `grace` for those under way; whether they all ended.
+    pub async fn drain(&self, grace: std::time::Duration) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -300,17 +327,23 @@ mod tests {
         let (began, began_rx) = tokio::sync::oneshot::channel();
         let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
         let (ended, ended_rx) = tokio::sync::oneshot::channel();
-        let handler = tokio::spawn(to_completion(async move {
-            let _ = began.send(());
-            let _ = release_rx.await;
-            let _ = ended.send("the last step");
-            Ok(())
-        }));
+        let writes = Writes::new(tokio::runtime::Handle::current());
+        let w = writes.clone();
+        let handler = tokio::spawn(async move {
+            w.to_completion(async move {
+                let _ = began.send(());
+                let _ = release_rx.await;
+                let _ = ended.send("the last step");
+                Ok(())
+            })
+            .await
+        });
         began_rx.await.expect("the write began");
         handler.abort();
         assert!(handler.await.is_err_and(|e| e.is_cancelled()), "the handler was dropped");
         release.send(()).expect("the write is still there after its handler was dropped");
-        let last = tokio::time::timeout(std::time::Duration::from_secs(10), ended_rx).await;
-        assert_eq!(last.expect("in time").expect("the write ran to its end"), "the last step");
+        // Stopping waits for it.
+        assert!(writes.drain(std::time::Duration::from_secs(10)).await, "the write ended in time");
+        assert_eq!(ended_rx.await.expect("the write ran to its end"), "the last step");
     }
 }

@@ -179,7 +179,13 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
     loop {
         let mut wait = sweep;
         for inst in registry.opened() {
-            match process(&cx, &inst).await {
+            // Stopped with the workers, even between two deliveries (each is retried).
+            let processed = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                processed = process(&cx, &inst) => processed,
+            };
+            match processed {
                 Ok(Some(due)) => {
                     let until = Duration::from_millis(due.saturating_sub(now_ms()));
                     wait = wait.min(until.max(Duration::from_millis(10)));

@@ -156,7 +156,9 @@ pub(super) async fn revoke_all(
     ManagedSharing { id, .. }: ManagedSharing,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, None).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let s = state.writes.to_completion(async move { Ok(service::revoke(&cx, &inst, &id, None).await?) }).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -166,7 +168,9 @@ pub(super) async fn revoke_one(
     ManagedMember { id, index, .. }: ManagedMember,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let s = service::revoke(&state_of(&req)?.sharing, &inst.0, &id, Some(index)).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let s = state.writes.to_completion(async move { Ok(service::revoke(&cx, &inst, &id, Some(index)).await?) }).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -176,7 +180,9 @@ pub(super) async fn leave(
     ManagedSharing { id, .. }: ManagedSharing,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let s = service::leave(&state_of(&req)?.sharing, &inst.0, &id).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let s = state.writes.to_completion(async move { Ok(service::leave(&cx, &inst, &id).await?) }).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -187,7 +193,12 @@ pub(super) async fn read_only(
     value: bool,
 ) -> ApiResult<HttpResponse> {
     let ManagedMember { id, index, .. } = caller;
-    let s = service::set_read_only(&state_of(&req)?.sharing, &inst.0, &id, index, value).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let s = state
+        .writes
+        .to_completion(async move { Ok(service::set_read_only(&cx, &inst, &id, index, value).await?) })
+        .await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 

@@ -32,14 +32,21 @@ pub(super) async fn request_fetch(inst: Inst, req: HttpRequest) -> ApiResult<Htt
 /// `DELETE /sharings/:id` — on a recipient, from the owner: this instance was revoked.
 pub(super) async fn revoked_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     caller.owner_only()?;
-    service::revoked_by_owner(&state_of(&req)?.sharing, &inst.0, &caller.id).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    state.writes.to_completion(async move { Ok(service::revoked_by_owner(&cx, &inst, &caller.id).await?) }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `DELETE /sharings/:id/answer` — on the owner, from a member's instance: it left.
 pub(super) async fn left_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     caller.member_only()?;
-    service::member_left(&state_of(&req)?.sharing, &inst.0, &caller.id, caller.index).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    state
+        .writes
+        .to_completion(async move { Ok(service::member_left(&cx, &inst, &caller.id, caller.index).await?) })
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -61,7 +68,10 @@ pub(super) async fn credentials_notification(
 pub(super) async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let out = service::process_answer(&state_of(&req)?.sharing, &inst.0, &id, &body).await?;
+    let state = state_of(&req)?;
+    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
+    let out =
+        state.writes.to_completion(async move { Ok(service::process_answer(&cx, &inst, &id, &body).await?) }).await?;
     Ok(jsonapi(StatusCode::OK, out))
 }
 
@@ -236,23 +246,31 @@ pub(super) async fn replication_bulk_docs(
     let svc = state_of(&req)?;
     let (sharing, registry) = (svc.sharing.clone(), svc.files.clone());
     let (inst_, s_, id_) = (inst.0.clone(), s.clone(), id.clone());
-    let applied = crate::http::to_completion(async move {
-        let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
-        // Received documents must land in this sharing's feed (to be relayed, and recognised
-        // as in the sharing later): the store must know its rules before applying them.
-        sharing.tracking.ensure(&inst_, &id_).await?;
-        let files = registry.of(&inst_).await.ok();
-        Ok(crate::sharing::receive::bulk_docs(&inst_, files.as_deref(), &s_, from, may_write, request).await?)
-    })
-    .await?;
+    let (cx, sync) = (svc.sharing.clone(), svc.sync.clone());
+    let applied = svc
+        .writes
+        .to_completion(async move {
+            let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
+            // Received documents must land in this sharing's feed (to be relayed, and recognised
+            // as in the sharing later): the store must know its rules before applying them.
+            sharing.tracking.ensure(&inst_, &id_).await?;
+            let files = registry.of(&inst_).await.ok();
+            let applied =
+                crate::sharing::receive::bulk_docs(&inst_, files.as_deref(), &s_, from, may_write, request).await?;
+            let key = crate::sync::manager::PeerKey {
+                domain: inst_.domain.to_string(),
+                sharing: id_.to_string(),
+                member: from,
+            };
+            sync.note_received_refusals(&key, &applied.refused);
+            if applied.revoke {
+                service::end(&cx, &inst_, &id_).await?;
+            }
+            Ok(applied)
+        })
+        .await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
         refused = applied.refused.len(), us = started.elapsed().as_micros() as u64, "received documents");
-    let key =
-        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member: from };
-    svc.sync.note_received_refusals(&key, &applied.refused);
-    if applied.revoke {
-        service::end(&svc.sharing, &inst.0, &id).await?;
-    }
     svc.sync.wake();
     Ok(HttpResponse::Ok().json(applied.refused))
 }
