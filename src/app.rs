@@ -69,7 +69,8 @@ impl Core {
 /// Stops an [`Application`]: its background workers first, with whatever replication run or
 /// content round they have under way (dropped as a crash would drop it: each resumes from its
 /// checkpoint), then its server, which lets requests in flight finish (`graceful`, up to 5 s),
-/// and last the writes of several steps under way ([`http::Writes`], up to [`WRITES_GRACE`]).
+/// and last the writes of several steps under way ([`http::Writes`], up to [`WRITES_GRACE`];
+/// one still running then is not cut, and ends on its own).
 #[derive(Clone)]
 pub struct Stopper {
     server: ServerHandle,
@@ -203,7 +204,8 @@ impl Application {
         self.core.sync.clone()
     }
 
-    /// Serves until stopped (by the handle or a signal), then stops the background workers.
+    /// Serves until stopped (by the handle or a signal), then stops the background workers and
+    /// waits for the writes under way (see [`Stopper`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         self.cancel.cancel();

@@ -186,6 +186,18 @@ async fn the_owner_trashing_the_shared_folder_revokes_the_sharing_and_members_ke
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trashing_the_root_or_the_trash_is_refused_and_ends_no_sharing() {
+    let w = World::new().await;
+    for id in [ROOT, "io.cozy.files.trash-dir"] {
+        let (s, v) = w.alice.call(Method::DELETE, &format!("/files/{id}"), Some(&w.ta), None).await;
+        assert_eq!(s, 403, "{v}");
+    }
+    let on_alice = load(&w.one, &w.alice, &w.sid).await;
+    assert!(on_alice.active && on_alice.revoked_at.is_none(), "the sharing goes on");
+    assert_eq!(on_alice.members[1].status, MemberStatus::Ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restoring_a_shared_folder_the_owner_trashed_does_not_share_it_again() {
     let w = World::new().await;
     trash(&w.alice, &w.ta, &w.projects).await;

@@ -549,7 +549,11 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let if_match = if_match(&req)?;
     // A sharing whose root goes to the trash ends first (see `service::trashing`); a trash
     // that will be refused anyway (already there, stale `If-Match`) ends none.
-    let ends_sharing = !item.trashed() && if_match.as_ref().is_none_or(|r| *r == item.rev);
+    // The root and the trash themselves are refused by `Files::trash`: they end nothing.
+    let ends_sharing = item.id != ROOT_ID
+        && item.id != TRASH_ID
+        && !item.trashed()
+        && if_match.as_ref().is_none_or(|r| *r == item.rev);
     let doc_id = crate::store::DocId::parse(&id).map_err(|_| ApiError::bad_request("invalid file id"))?;
     let state = state_of(&req)?;
     let (cx, inst) = (state.sharing.clone(), inst.0.clone());

@@ -85,7 +85,8 @@ impl Writes {
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}")))?
     }
 
-    /// Takes no more writes and waits up to `grace` for those under way; whether they all ended.
+    /// Waits up to `grace` for the writes under way (and any begun meanwhile) to end; whether
+    /// they all did. Those still running go on after it.
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()

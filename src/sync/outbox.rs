@@ -179,7 +179,10 @@ pub async fn run(registry: Arc<Registry>, cx: Arc<Context>, manager: Arc<SyncMan
     loop {
         let mut wait = sweep;
         for inst in registry.opened() {
-            // Stopped with the workers, even between two deliveries (each is retried).
+            // Stopped with the workers, even in the middle of a delivery: an entry delivered
+            // but not yet marked so is sent again later (each notice may be received twice;
+            // the member list and the credentials, where only the newest counts, are kept one
+            // per member, so an older one never follows a newer one).
             let processed = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,

@@ -244,16 +244,15 @@ pub(super) async fn replication_bulk_docs(
     let limits = Limits::of(&req);
     let body = read_body(&req, payload, limits.request).await?;
     let svc = state_of(&req)?;
-    let (sharing, registry) = (svc.sharing.clone(), svc.files.clone());
+    let (cx, registry, sync) = (svc.sharing.clone(), svc.files.clone(), svc.sync.clone());
     let (inst_, s_, id_) = (inst.0.clone(), s.clone(), id.clone());
-    let (cx, sync) = (svc.sharing.clone(), svc.sync.clone());
     let applied = svc
         .writes
         .to_completion(async move {
             let request = BulkDocs::from_members(limits.peer_bulk_docs(&body)?).map_err(ApiError::BadRequest)?;
             // Received documents must land in this sharing's feed (to be relayed, and recognised
             // as in the sharing later): the store must know its rules before applying them.
-            sharing.tracking.ensure(&inst_, &id_).await?;
+            cx.tracking.ensure(&inst_, &id_).await?;
             let files = registry.of(&inst_).await.ok();
             let applied =
                 crate::sharing::receive::bulk_docs(&inst_, files.as_deref(), &s_, from, may_write, request).await?;

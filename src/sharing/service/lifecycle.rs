@@ -231,7 +231,9 @@ pub async fn set_read_only(
         let mut e = Entry::new(id, index, Method::POST, format!("/sharings/{id}/credentials"));
         let notice = Answer { read_only: Some(read_only), ..Answer::with_credentials(&issued) };
         e.body = Some(to_value(Document::resource(CREDENTIALS_TYPE, id.as_str(), notice)));
-        outbox::enqueue(cx, inst, e).await?;
+        // One per member, the newest replacing one not delivered yet: an older one landing
+        // after it would leave the member a client deleted here.
+        outbox::enqueue_replacing(cx, inst, &super::members::credentials_key(id, index), e).await?;
     }
     tell_members(cx, inst, &s).await?;
     Ok(s)

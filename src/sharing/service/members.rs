@@ -53,6 +53,7 @@ pub async fn tell_members(cx: &Context, inst: &Instance, s: &Sharing) -> Result<
             // Revoked or gone: a list still waiting for it is not its business any more.
             if m.status == MemberStatus::Revoked {
                 outbox::cancel(inst, &key).await?;
+                outbox::cancel(inst, &credentials_key(&id, i)).await?;
             }
             continue;
         }
@@ -61,6 +62,12 @@ pub async fn tell_members(cx: &Context, inst: &Instance, s: &Sharing) -> Result<
         outbox::enqueue_replacing(cx, inst, &key, e).await?;
     }
     Ok(())
+}
+
+/// The outbox key of member `i`'s credentials notice (one waits at most; see
+/// `lifecycle::set_read_only`).
+pub(super) fn credentials_key(id: &SharingId, i: MemberIndex) -> String {
+    format!("credentials-{id}-{i}")
 }
 
 /// Loads the sharing once more and tells its members (see [`tell_members`]).
