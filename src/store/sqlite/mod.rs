@@ -697,21 +697,23 @@ mod tests {
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
         let wal = dir.path().join("db.sqlite-wal");
         let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        // A new document of about 1 KB.
+        fn kilobyte(id: String) -> DocWrite {
+            DocWrite {
+                id: DocId::parse(&id).expect("id"),
+                rev: None,
+                revisions: None,
+                deleted: false,
+                body: Body::from_map(json!({"text": "x".repeat(1000)}).as_object().expect("object")),
+            }
+        }
         let writers: Vec<_> = (0..3)
             .map(|w| {
                 let (store, t, wal) = (store.clone(), t.clone(), wal.clone());
                 tokio::spawn(async move {
                     let mut largest = 0;
                     for batch in 0..20 {
-                        let docs = (0..100)
-                            .map(|i| DocWrite {
-                                id: DocId::parse(&format!("w{w}-{batch}-{i}")).expect("id"),
-                                rev: None,
-                                revisions: None,
-                                deleted: false,
-                                body: Body::from_map(json!({"text": "x".repeat(1000)}).as_object().expect("object")),
-                            })
-                            .collect();
+                        let docs = (0..100).map(|i| kilobyte(format!("w{w}-{batch}-{i}"))).collect();
                         store.bulk_docs(&t, docs, true).await.expect("write");
                         largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
                     }
@@ -732,15 +734,7 @@ mod tests {
         let mut extra = 0;
         while size(&wal) <= CHECKPOINT_BYTES {
             assert!(extra < 10_000, "the WAL never went past the threshold: {} bytes", size(&wal));
-            let docs = (0..10)
-                .map(|i| DocWrite {
-                    id: DocId::parse(&format!("x-{extra}-{i}")).expect("id"),
-                    rev: None,
-                    revisions: None,
-                    deleted: false,
-                    body: Body::from_map(json!({"text": "x".repeat(1000)}).as_object().expect("object")),
-                })
-                .collect();
+            let docs = (0..10).map(|i| kilobyte(format!("x-{extra}-{i}"))).collect();
             store.bulk_docs(&t, docs, true).await.expect("write");
             extra += 10;
         }
