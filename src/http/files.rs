@@ -533,7 +533,7 @@ async fn patch(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult
             read_only.check(target.lineage())?;
         }
     }
-    let item = state_of(&req)?.writes.to_completion(async move { Ok(files.patch(&id, p).await?) }).await?;
+    let item = state_of(&req)?.writes.to_completion(async move { files.patch(&id, p).await }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -563,7 +563,7 @@ async fn trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
             if ends_sharing {
                 crate::sharing::service::trashing(&cx, &inst, &files, &doc_id).await?;
             }
-            Ok(files.trash(&id, if_match).await?)
+            Ok::<_, ApiError>(files.trash(&id, if_match).await?)
         })
         .await?;
     one(StatusCode::OK, &item)
@@ -594,7 +594,7 @@ async fn empty_trash(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let trash = files.get(TRASH_ID).await?;
     caller.check(Verb::Delete, trash.lineage())?;
-    state_of(&req)?.writes.to_completion(async move { Ok(files.empty_trash().await?) }).await?;
+    state_of(&req)?.writes.to_completion(async move { files.empty_trash().await }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -607,7 +607,7 @@ async fn restore(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let item = files.get(&id).await?;
     caller.check(Verb::Post, item.lineage())?;
     ReadOnlyRoots::of(&req, &inst).await?.check_restore(&files, &item).await?;
-    let item = state_of(&req)?.writes.to_completion(async move { Ok(files.restore(&id).await?) }).await?;
+    let item = state_of(&req)?.writes.to_completion(async move { files.restore(&id).await }).await?;
     one(StatusCode::OK, &item)
 }
 
@@ -618,7 +618,7 @@ async fn destroy(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse> {
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id).await?;
     caller.check(Verb::Delete, item.lineage())?;
-    state_of(&req)?.writes.to_completion(async move { Ok(files.destroy(&id).await?) }).await?;
+    state_of(&req)?.writes.to_completion(async move { files.destroy(&id).await }).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

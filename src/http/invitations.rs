@@ -109,8 +109,9 @@ async fn discard(
     }
     let cx = &state_of(&req)?.sharing;
     if s.active {
-        let (cx, inst) = (cx.clone(), inst.0.clone());
-        let s = state_of(&req)?.writes.to_completion(async move { Ok(service::leave(&cx, &inst, &id).await?) }).await?;
+        let s = state_of(&req)?
+            .sharing_write(&inst.0, |cx, inst| async move { service::leave(&cx, &inst, &id).await })
+            .await?;
         return Ok(jsonapi(StatusCode::OK, json!({"data": s.to_api()})));
     }
     // A pending request: the owner is told, as for a refusal (its member becomes `refused`,

@@ -74,15 +74,17 @@ impl Writes {
     }
 
     /// Runs `work` to its end, whether or not the caller still waits for it; its outcome.
-    pub async fn to_completion<T, F>(&self, work: F) -> ApiResult<T>
+    pub async fn to_completion<T, E, F>(&self, work: F) -> ApiResult<T>
     where
         T: Send + 'static,
-        F: std::future::Future<Output = ApiResult<T>> + Send + 'static,
+        E: Send + 'static,
+        ApiError: From<E>,
+        F: std::future::Future<Output = Result<T, E>> + Send + 'static,
     {
-        self.tracker
-            .spawn_on(work, &self.runtime)
-            .await
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}")))?
+        match self.tracker.spawn_on(work, &self.runtime).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(e) => Err(ApiError::Internal(anyhow::anyhow!("a write stopped before its end: {e}"))),
+        }
     }
 
     /// Waits up to `grace` for the writes under way (and any begun meanwhile) to end; whether
@@ -90,6 +92,19 @@ impl Writes {
     pub async fn drain(&self, grace: std::time::Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+    }
+}
+
+impl AppState {
+    /// A sharing operation on `inst`, run to its end ([`Writes::to_completion`]): `work` gets
+    /// the sharing layer's context and the instance.
+    pub async fn sharing_write<T, F, Fut>(&self, inst: &Arc<Instance>, work: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<sharing::Context>, Arc<Instance>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sharing::SharingError>> + Send + 'static,
+    {
+        self.writes.to_completion(work(self.sharing.clone(), inst.clone())).await
     }
 }
 
@@ -335,7 +350,7 @@ mod tests {
                 let _ = began.send(());
                 let _ = release_rx.await;
                 let _ = ended.send("the last step");
-                Ok(())
+                Ok::<_, ApiError>(())
             })
             .await
         });

@@ -156,9 +156,9 @@ pub(super) async fn revoke_all(
     ManagedSharing { id, .. }: ManagedSharing,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    let s = state.writes.to_completion(async move { Ok(service::revoke(&cx, &inst, &id, None).await?) }).await?;
+    let s = state_of(&req)?
+        .sharing_write(&inst.0, |cx, inst| async move { service::revoke(&cx, &inst, &id, None).await })
+        .await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -168,9 +168,9 @@ pub(super) async fn revoke_one(
     ManagedMember { id, index, .. }: ManagedMember,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    let s = state.writes.to_completion(async move { Ok(service::revoke(&cx, &inst, &id, Some(index)).await?) }).await?;
+    let s = state_of(&req)?
+        .sharing_write(&inst.0, |cx, inst| async move { service::revoke(&cx, &inst, &id, Some(index)).await })
+        .await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -180,9 +180,8 @@ pub(super) async fn leave(
     ManagedSharing { id, .. }: ManagedSharing,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    let s = state.writes.to_completion(async move { Ok(service::leave(&cx, &inst, &id).await?) }).await?;
+    let s =
+        state_of(&req)?.sharing_write(&inst.0, |cx, inst| async move { service::leave(&cx, &inst, &id).await }).await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }
 
@@ -193,11 +192,8 @@ pub(super) async fn read_only(
     value: bool,
 ) -> ApiResult<HttpResponse> {
     let ManagedMember { id, index, .. } = caller;
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    let s = state
-        .writes
-        .to_completion(async move { Ok(service::set_read_only(&cx, &inst, &id, index, value).await?) })
+    let s = state_of(&req)?
+        .sharing_write(&inst.0, |cx, inst| async move { service::set_read_only(&cx, &inst, &id, index, value).await })
         .await?;
     Ok(jsonapi(StatusCode::OK, doc(&s)))
 }

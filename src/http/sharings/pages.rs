@@ -257,11 +257,11 @@ pub(super) async fn authorize_post(
             "accept" => {
                 let digest =
                     form.digest.as_deref().ok_or_else(|| ApiError::bad_request("the form needs the digest"))?;
-                let (cx, inst, state, digest) =
-                    (svc.sharing.clone(), inst.0.clone(), form.state.clone(), digest.to_owned());
+                let (state, digest) = (form.state.clone(), digest.to_owned());
                 let s = svc
-                    .writes
-                    .to_completion(async move { Ok(service::accept(&cx, &inst, &id, &state, &digest).await?) })
+                    .sharing_write(&inst.0, |cx, inst| async move {
+                        service::accept(&cx, &inst, &id, &state, &digest).await
+                    })
                     .await?;
                 Ok(("You accepted the sharing. The documents will appear on your instance.", s))
             }

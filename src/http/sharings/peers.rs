@@ -32,20 +32,20 @@ pub(super) async fn request_fetch(inst: Inst, req: HttpRequest) -> ApiResult<Htt
 /// `DELETE /sharings/:id` — on a recipient, from the owner: this instance was revoked.
 pub(super) async fn revoked_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     caller.owner_only()?;
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    state.writes.to_completion(async move { Ok(service::revoked_by_owner(&cx, &inst, &caller.id).await?) }).await?;
+    state_of(&req)?
+        .sharing_write(&inst.0, |cx, inst| async move { service::revoked_by_owner(&cx, &inst, &caller.id).await })
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// `DELETE /sharings/:id/answer` — on the owner, from a member's instance: it left.
 pub(super) async fn left_notification(inst: Inst, caller: PeerCaller, req: HttpRequest) -> ApiResult<HttpResponse> {
     caller.member_only()?;
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    state
-        .writes
-        .to_completion(async move { Ok(service::member_left(&cx, &inst, &caller.id, caller.index).await?) })
+    state_of(&req)?
+        .sharing_write(
+            &inst.0,
+            |cx, inst| async move { service::member_left(&cx, &inst, &caller.id, caller.index).await },
+        )
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -68,10 +68,9 @@ pub(super) async fn credentials_notification(
 pub(super) async fn answer(inst: Inst, req: HttpRequest, payload: web::Payload) -> ApiResult<HttpResponse> {
     let id = sharing_id(&req)?;
     let body = anonymous_json_body(&req, payload).await?;
-    let state = state_of(&req)?;
-    let (cx, inst) = (state.sharing.clone(), inst.0.clone());
-    let out =
-        state.writes.to_completion(async move { Ok(service::process_answer(&cx, &inst, &id, &body).await?) }).await?;
+    let out = state_of(&req)?
+        .sharing_write(&inst.0, |cx, inst| async move { service::process_answer(&cx, &inst, &id, &body).await })
+        .await?;
     Ok(jsonapi(StatusCode::OK, out))
 }
 
@@ -265,7 +264,7 @@ pub(super) async fn replication_bulk_docs(
             if applied.revoke {
                 service::end(&cx, &inst_, &id_).await?;
             }
-            Ok(applied)
+            Ok::<_, ApiError>(applied)
         })
         .await?;
     tracing::info!(instance = %inst.0.domain, sharing = %id, member = from.get(), accepted = applied.accepted,
