@@ -322,8 +322,23 @@ async fn pouchdb_server_replication(
     Ok(rate(n, elapsed))
 }
 
+/// What `--help` prints: the forms of the command line (the module docs say what each measures).
+const USAGE: &str = "\
+usage:
+  hearth-bench [--docs N] [--branches N] [--pouchdb-server PATH]   store, sync and conflicts
+  hearth-bench files [--large-mb N] [--small N] [--small-kb N] [--runs N] [--dir PATH]
+  hearth-bench folder [--files N] [--total-mb N] [--large-mb N] [--dir PATH]
+  hearth-bench servers [--docs N,N] [--sizes-kb N,N] [--rates N,N] [--seconds S] [--json]
+  hearth-bench realtime [--docs N] [--stalled N]
+The hearth binary next to this one serves files, folder, servers and realtime: build both
+with `cargo build --release --bins`. README.md, \"Benchmark\", says what each line means.";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     if std::env::args().nth(1).as_deref() == Some("files") {
         return files::run(std::env::args().skip(2).collect()).await;
     }
