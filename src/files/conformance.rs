@@ -36,6 +36,7 @@ pub async fn run(store: &dyn ContentStore) {
     nothing_is_visible_before_commit_nor_after_abort(store).await;
     deleting_is_idempotent_and_unknown_keys_are_not_found(store).await;
     listing_finds_committed_objects_by_prefix(store).await;
+    sizes_of_many_keys_answer_each_in_order(store).await;
     objects_larger_than_one_part_stream_through(store).await;
     sizes_around_block_and_alignment_edges_read_back(store).await;
 }
@@ -49,6 +50,19 @@ pub async fn written_objects_read_back_byte_for_byte(store: &dyn ContentStore) {
         assert_eq!(store.size(&k).await.unwrap(), Some(len as u64));
         store.delete(&k).await.unwrap();
     }
+}
+
+pub async fn sizes_of_many_keys_answer_each_in_order(store: &dyn ContentStore) {
+    let (a, b, absent) = (key("files/ab/sizes-a"), key("files/ab/sizes-b"), key("files/ab/sizes-none"));
+    write(store, &a, &pattern(10, 1), 10).await;
+    write(store, &b, &pattern(70_000, 2), 65_536).await;
+    let asked = [b.clone(), absent.clone(), a.clone(), b.clone()];
+    let got = store.sizes(&asked).await.unwrap_or_else(|e| panic!("sizes: {e:?}"));
+    assert_eq!(got, vec![Some(70_000), None, Some(10), Some(70_000)], "sizes of {asked:?}");
+    assert_eq!(store.sizes(&[]).await.unwrap(), Vec::<Option<u64>>::new(), "no key, no size");
+    store.delete(&a).await.unwrap();
+    store.delete(&b).await.unwrap();
+    assert_eq!(store.sizes(&[a, b]).await.unwrap(), vec![None, None], "deleted objects have no size");
 }
 
 pub async fn ranges_read_the_bytes_asked_for(store: &dyn ContentStore) {

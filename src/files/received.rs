@@ -14,6 +14,8 @@
 //! A cut transfer leaves a temporary object the sweep removes; the version is registered as
 //! being written for the duration, so the sweep never takes it half-way.
 
+use super::content::ContentKey;
+use super::index::Entry;
 use super::{internal, version_key, Files, FilesError, Kind, Reserved, Result, Sink, Writing};
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -85,7 +87,13 @@ impl Files {
     /// it: (size, md5sum). `None` when the winning document is not a file naming `vfs_id`.
     /// (The index must have been caught up.)
     async fn named_version(&self, id: &str, vfs_id: &str) -> Result<Option<(u64, String)>> {
-        let Some(entry) = self.index.get(id).await? else { return Ok(None) };
+        let entry = self.index.get(id).await?;
+        self.named_in(id, vfs_id, entry).await
+    }
+
+    /// [`Files::named_version`] with the index's entry of `id` already read.
+    async fn named_in(&self, id: &str, vfs_id: &str, entry: Option<Entry>) -> Result<Option<(u64, String)>> {
+        let Some(entry) = entry else { return Ok(None) };
         if entry.kind != Kind::File || entry.vfs_id.as_deref() != Some(vfs_id) {
             return Ok(None);
         }
@@ -102,35 +110,46 @@ impl Files {
     /// Whether this instance lacks the bytes of each version `vfs_id` of file `id` asked about.
     pub async fn content_needs(&self, asked: &[(String, String)]) -> Result<Vec<ContentNeed>> {
         self.sync().await?;
+        // What the documents here name, then the bytes of those named and not being written,
+        // looked at all at once.
+        let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
+        let entries = self.index.get_many(&ids).await?;
         let mut out = Vec::with_capacity(asked.len());
-        for (id, vfs_id) in asked {
-            out.push(self.content_need(id, vfs_id).await?);
+        for ((id, vfs_id), entry) in asked.iter().zip(entries) {
+            out.push(if self.named_here(id, vfs_id, entry).await?.is_none() {
+                Some(ContentNeed::Stale)
+            } else if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
+                Some(ContentNeed::InProgress)
+            } else {
+                None
+            });
         }
-        Ok(out)
+        let keys = asked
+            .iter()
+            .zip(&out)
+            .filter(|(_, need)| need.is_none())
+            .map(|((_, vfs_id), _)| version_key(vfs_id).ok_or_else(|| internal("invalid version id")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut sizes = self.content.sizes(&keys).await?.into_iter();
+        Ok(out
+            .into_iter()
+            .map(|need| {
+                need.unwrap_or_else(|| match sizes.next().flatten() {
+                    Some(_) => ContentNeed::Present,
+                    None => ContentNeed::Missing,
+                })
+            })
+            .collect())
     }
 
     /// The version `vfs_id` of file `id` as [`Files::named_version`], or else as the
     /// dissociated copy of `id` names it (a file that left the sharing before its bytes arrived
     /// here: the copy kept of it still lacks them, see `files::shared`).
-    async fn named_here(&self, id: &str, vfs_id: &str) -> Result<Option<(u64, String)>> {
-        match self.named_version(id, vfs_id).await? {
+    async fn named_here(&self, id: &str, vfs_id: &str, entry: Option<Entry>) -> Result<Option<(u64, String)>> {
+        match self.named_in(id, vfs_id, entry).await? {
             Some(v) => Ok(Some(v)),
             None => self.named_version(&super::shared::dissociated_id(id), vfs_id).await,
         }
-    }
-
-    async fn content_need(&self, id: &str, vfs_id: &str) -> Result<ContentNeed> {
-        if self.named_here(id, vfs_id).await?.is_none() {
-            return Ok(ContentNeed::Stale);
-        }
-        if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
-            return Ok(ContentNeed::InProgress);
-        }
-        let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
-        Ok(match self.content.size(&key).await? {
-            Some(_) => ContentNeed::Present,
-            None => ContentNeed::Missing,
-        })
     }
 
     /// Whether the bytes of file `id`'s current version are here (a directory: true).
@@ -157,11 +176,15 @@ impl Files {
     /// [`Files::current_version`] of each id, with whether its bytes are here.
     pub async fn current_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
         self.sync().await?;
+        let entries = self.index.get_many(ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let version = match self.index.get(id).await? {
+        for (id, entry) in ids.iter().zip(entries) {
+            let version = match entry {
                 Some(entry) if entry.kind == Kind::File => match entry.vfs_id {
-                    Some(vfs_id) => self.named_version(id, &vfs_id).await?.map(|(size, md5)| (vfs_id, size, md5)),
+                    Some(ref vfs_id) => {
+                        let named = self.named_in(id, vfs_id, Some(entry.clone())).await?;
+                        named.map(|(size, md5)| (vfs_id.clone(), size, md5))
+                    }
                     None => None,
                 },
                 _ => None,
@@ -181,29 +204,37 @@ impl Files {
     /// which may lag the document by one edit.
     pub async fn version_sizes(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
         self.sync().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(match self.index.get(id).await? {
+        let entries = self.index.get_many(ids).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| match e {
                 Some(e) if e.kind == Kind::File && e.vfs_id.is_some() => Some(e.size),
                 _ => None,
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// Of `ids`, the files whose current version's bytes are not here: (size) each, `None`
-    /// for the others.
+    /// for the others. One index lookup and one look at the content store for all of them
+    /// (this counts at every status request).
     pub async fn missing_content(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
         self.sync().await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let missing = match self.index.get(id).await? {
-                Some(e) if e.kind == Kind::File && !self.has_content_synced(id).await? => Some(e.size),
-                _ => None,
-            };
-            out.push(missing);
-        }
-        Ok(out)
+        let entries = self.index.get_many(ids).await?;
+        // Files: their size, and the key of their version when they name a valid one.
+        let files: Vec<Option<(u64, Option<ContentKey>)>> = entries
+            .into_iter()
+            .map(|e| e.filter(|e| e.kind == Kind::File).map(|e| (e.size, e.vfs_id.as_deref().and_then(version_key))))
+            .collect();
+        let keys: Vec<ContentKey> = files.iter().flatten().filter_map(|(_, k)| k.clone()).collect();
+        let mut present = self.content.sizes(&keys).await?.into_iter().map(|s| s.is_some());
+        Ok(files
+            .into_iter()
+            .map(|f| match f {
+                Some((size, Some(_))) => (!present.next().unwrap_or(false)).then_some(size),
+                Some((size, None)) => Some(size),
+                None => None,
+            })
+            .collect())
     }
 
     /// Starts receiving version `vfs_id` of file `id`: `Conflict` when the document here does
@@ -211,7 +242,8 @@ impl Files {
     /// here already (nothing to write).
     pub async fn begin_received(&self, id: &str, vfs_id: &str) -> Result<Option<ReceivedContent>> {
         self.sync().await?;
-        let Some((expected_size, expected_md5)) = self.named_here(id, vfs_id).await? else {
+        let entry = self.index.get(id).await?;
+        let Some((expected_size, expected_md5)) = self.named_here(id, vfs_id, entry).await? else {
             return Err(FilesError::Conflict("the file here does not name this version".into()));
         };
         let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;

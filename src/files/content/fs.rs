@@ -443,6 +443,22 @@ impl ContentStore for FsContent {
         }
     }
 
+    async fn sizes(&self, keys: &[ContentKey]) -> Result<Vec<Option<u64>>, ContentError> {
+        let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
+        tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| match std::fs::metadata(p) {
+                    Ok(m) => Ok(Some(m.len())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(ContentError::io(e, "failed to read content metadata")),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("a metadata task failed: {e}")))?
+    }
+
     async fn delete(&self, key: &ContentKey) -> Result<(), ContentError> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {

@@ -187,6 +187,16 @@ pub trait ContentStore: Send + Sync + 'static {
     /// The object's size, `None` when it does not exist.
     async fn size(&self, key: &ContentKey) -> Result<Option<u64>, ContentError>;
 
+    /// [`ContentStore::size`] of each key, in order. A backend that can look at many objects
+    /// at once (the filesystem: one blocking task for all) says so here.
+    async fn sizes(&self, keys: &[ContentKey]) -> Result<Vec<Option<u64>>, ContentError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.size(key).await?);
+        }
+        Ok(out)
+    }
+
     /// Removes the object; removing an absent object is not an error.
     async fn delete(&self, key: &ContentKey) -> Result<(), ContentError>;
 
