@@ -215,6 +215,22 @@ async fn a_file_whose_content_has_not_arrived_answers_a_json_409_and_the_channel
     assert_eq!(v["error"], "conflict", "{v}");
     let st = status(&app, &bob, &sid).await;
     assert_eq!(st["content_missing"], json!({"files": 1, "bytes": 10_000}), "{st}");
+    // What bob answers a sender for each version offered, asked all at once: the bytes are
+    // missing; another version of the file, or a file unknown here, is stale; while a
+    // reception of the version is under way it is in progress, and once one ends, present.
+    use hearth::files::received::ContentNeed::{InProgress, Missing, Present, Stale};
+    let asked = |v: &str| {
+        vec![
+            (on_bob.clone(), v.to_owned()),
+            (on_bob.clone(), "othervfs1".to_owned()),
+            ("nofile".to_owned(), v.to_owned()),
+        ]
+    };
+    assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Missing, Stale, Stale]);
+    let receiving = files.begin_received(&on_bob, &vfs_id).await.unwrap().expect("the bytes are not here");
+    assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [InProgress, Stale, Stale]);
+    receiving.abort().await;
+    assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Missing, Stale, Stale], "aborted");
 
     // The content routes want the member's token: a user's token, none, or a bad one get 401/403
     // and change nothing.
@@ -248,4 +264,5 @@ async fn a_file_whose_content_has_not_arrived_answers_a_json_409_and_the_channel
     assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.text().await);
     let (s, got) = download(&bob, &tb, "/Shared with me/Docs/x.bin").await;
     assert_eq!((s, got == data), (200, true));
+    assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Present, Stale, Stale]);
 }

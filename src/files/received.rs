@@ -3,8 +3,8 @@
 //! bytes come apart, on the content channel (`sync::content` sends them, `http::content`
 //! receives them), and are stored here under the *same* version id the sender uses. So the
 //! content of a file is here exactly when the object its document names exists:
-//! - [`Files::content_need`] answers, for a version a member offers, whether this instance
-//!   lacks it (the "which files need content" question of Cozy's files sharing);
+//! - [`Files::content_needs`] answers, for the versions a member offers, whether this instance
+//!   lacks each (the "which files need content" question of Cozy's files sharing);
 //! - [`Files::begin_received`] / [`ReceivedContent::write`] / [`Files::finish_received`] write
 //!   it to a temporary object while computing its MD5 and size, check both against the
 //!   *document here* (never against what the sender claims), then commit the object, which
@@ -110,36 +110,41 @@ impl Files {
     /// Whether this instance lacks the bytes of each version `vfs_id` of file `id` asked about.
     pub async fn content_needs(&self, asked: &[(String, String)]) -> Result<Vec<ContentNeed>> {
         self.sync().await?;
-        // What the documents here name, then the bytes of those named and not being written,
-        // looked at all at once.
         let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
         let entries = self.index.get_many(&ids).await?;
-        let mut out = Vec::with_capacity(asked.len());
+        // The versions the documents here name (the others are stale)...
+        let mut named = Vec::with_capacity(asked.len());
         for ((id, vfs_id), entry) in asked.iter().zip(entries) {
-            out.push(if self.named_here(id, vfs_id, entry).await?.is_none() {
-                Some(ContentNeed::Stale)
-            } else if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) {
-                Some(ContentNeed::InProgress)
-            } else {
-                None
+            named.push(match self.named_here(id, vfs_id, entry).await? {
+                Some(_) => Some(version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?),
+                None => None,
             });
         }
-        let keys = asked
-            .iter()
-            .zip(&out)
-            .filter(|(_, need)| need.is_none())
-            .map(|((_, vfs_id), _)| version_key(vfs_id).ok_or_else(|| internal("invalid version id")))
-            .collect::<Result<Vec<_>>>()?;
-        let mut sizes = self.content.sizes(&keys).await?.into_iter();
-        Ok(out
-            .into_iter()
-            .map(|need| {
-                need.unwrap_or_else(|| match sizes.next().flatten() {
-                    Some(_) => ContentNeed::Present,
-                    None => ContentNeed::Missing,
-                })
-            })
-            .collect())
+        // ...then whether their bytes are here, all at once, and only for those absent whether
+        // they are being written: a reception committed in between is present, one begun in
+        // between is in progress (looked at the other way round, it would be answered missing
+        // and its sender refused with a conflict).
+        let keys: Vec<ContentKey> = named.iter().flatten().cloned().collect();
+        let mut here = self.present(&keys).await?.into_iter();
+        let mut out = Vec::with_capacity(asked.len());
+        for ((_, vfs_id), key) in asked.iter().zip(named) {
+            out.push(match key {
+                None => ContentNeed::Stale,
+                Some(_) if here.next().unwrap_or(false) => ContentNeed::Present,
+                Some(_) if self.writing.lock().is_ok_and(|w| w.contains(vfs_id)) => ContentNeed::InProgress,
+                Some(_) => ContentNeed::Missing,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether the object of each key is in the content store, in order (one call for all).
+    async fn present(&self, keys: &[ContentKey]) -> Result<Vec<bool>> {
+        let sizes = self.content.sizes(keys).await?;
+        if sizes.len() != keys.len() {
+            return Err(internal(&format!("the content store answered {} sizes for {} keys", sizes.len(), keys.len())));
+        }
+        Ok(sizes.into_iter().map(|s| s.is_some()).collect())
     }
 
     /// The version `vfs_id` of file `id` as [`Files::named_version`], or else as the
@@ -182,8 +187,9 @@ impl Files {
             let version = match entry {
                 Some(entry) if entry.kind == Kind::File => match entry.vfs_id {
                     Some(ref vfs_id) => {
-                        let named = self.named_in(id, vfs_id, Some(entry.clone())).await?;
-                        named.map(|(size, md5)| (vfs_id.clone(), size, md5))
+                        let vfs_id = vfs_id.clone();
+                        let named = self.named_in(id, &vfs_id, Some(entry)).await?;
+                        named.map(|(size, md5)| (vfs_id, size, md5))
                     }
                     None => None,
                 },
@@ -226,7 +232,7 @@ impl Files {
             .map(|e| e.filter(|e| e.kind == Kind::File).map(|e| (e.size, e.vfs_id.as_deref().and_then(version_key))))
             .collect();
         let keys: Vec<ContentKey> = files.iter().flatten().filter_map(|(_, k)| k.clone()).collect();
-        let mut present = self.content.sizes(&keys).await?.into_iter().map(|s| s.is_some());
+        let mut present = self.present(&keys).await?.into_iter();
         Ok(files
             .into_iter()
             .map(|f| match f {
@@ -294,10 +300,20 @@ impl Files {
             // go at once, under this lock (`finish_received`): never here besides, even once
             // its object is committed.
             let mut seen = self.writing.lock().map_err(|_| internal("writing set poisoned"))?.clone();
+            let mut counted: Vec<(ContentKey, u64)> = Vec::new();
             for (vfs_id, bytes) in self.index.file_versions().await? {
                 let Some(key) = version_key(&vfs_id) else { continue };
-                if seen.insert(vfs_id) && self.content.size(&key).await?.is_some() {
-                    present = present.saturating_add(bytes);
+                if seen.insert(vfs_id) {
+                    counted.push((key, bytes));
+                }
+            }
+            // Looked at a thousand at a time (one call each), not one by one under the lock.
+            for part in counted.chunks(1000) {
+                let keys: Vec<ContentKey> = part.iter().map(|(k, _)| k.clone()).collect();
+                for ((_, bytes), here) in part.iter().zip(self.present(&keys).await?) {
+                    if here {
+                        present = present.saturating_add(*bytes);
+                    }
                 }
             }
             let receiving = *self.receiving.bytes.lock().map_err(|_| internal("reservations poisoned"))?;

@@ -444,6 +444,9 @@ impl ContentStore for FsContent {
     }
 
     async fn sizes(&self, keys: &[ContentKey]) -> Result<Vec<Option<u64>>, ContentError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let paths: Vec<PathBuf> = keys.iter().map(|k| self.path(k)).collect();
         tokio::task::spawn_blocking(move || {
             paths

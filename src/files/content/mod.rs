@@ -187,8 +187,10 @@ pub trait ContentStore: Send + Sync + 'static {
     /// The object's size, `None` when it does not exist.
     async fn size(&self, key: &ContentKey) -> Result<Option<u64>, ContentError>;
 
-    /// [`ContentStore::size`] of each key, in order. A backend that can look at many objects
-    /// at once (the filesystem: one blocking task for all) says so here.
+    /// [`ContentStore::size`] of each key: exactly one answer per key, in the order of
+    /// `keys`; the first error fails the whole call (no partial answer). A backend that can
+    /// look at many objects at once (the filesystem: one blocking task for all; S3: several
+    /// requests in flight) says so here.
     async fn sizes(&self, keys: &[ContentKey]) -> Result<Vec<Option<u64>>, ContentError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
