@@ -145,15 +145,18 @@ impl Index {
         self.with(|c| c.execute_batch("DELETE FROM nodes; DELETE FROM meta;")).await
     }
 
-    /// Applies every change of the feed after the index's sequence; returns the new sequence.
-    pub async fn catch_up(&self, store: &dyn Store, doctype: &Doctype) -> Result<u64, FilesError> {
+    /// Applies every change of the feed after the index's sequence; returns the new sequence
+    /// and the bytes of every file in the index then (trashed ones too, as in Cozy), kept up to
+    /// date by each catch-up and read with the sequence: a catch-up with nothing to apply, as
+    /// at most requests, costs two hand-overs to the blocking pool.
+    pub async fn catch_up(&self, store: &dyn Store, doctype: &Doctype) -> Result<(u64, u64), FilesError> {
         let _one = self.catching_up.lock().await;
-        let mut since = self.seq().await?;
+        let (mut since, mut used) = self.with(|c| Ok((meta(c, "seq")?, meta(c, "bytes")?))).await?;
         loop {
             let q = ChangesQuery { since, limit: Some(CATCH_UP_BATCH), include_docs: true, ..Default::default() };
             let changes = store.changes(doctype, &q).await?;
             if changes.rows.is_empty() {
-                return Ok(since);
+                return Ok((since, used));
             }
             let full = changes.rows.len() >= CATCH_UP_BATCH;
             let rows: Vec<(String, Option<Node>)> = changes
@@ -168,57 +171,59 @@ impl Index {
                 })
                 .collect();
             let last = changes.last_seq;
-            self.with(move |c| {
-                let tx = c.transaction()?;
-                let mut bytes = meta(&tx, "bytes")? as i64;
-                for (id, node) in rows {
-                    let old: i64 = tx
-                        .prepare_cached("SELECT size FROM nodes WHERE id = ?1 AND kind = 1")?
-                        .query_row(params![id], |r| r.get(0))
-                        .optional()?
-                        .unwrap_or(0);
-                    bytes -= old;
-                    match node {
-                        None => {
-                            tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute(params![id])?;
-                        }
-                        Some(n) => {
-                            if n.kind == Kind::File {
-                                bytes += n.size.min(i64::MAX as u64) as i64;
+            used = self
+                .with(move |c| {
+                    let tx = c.transaction()?;
+                    let mut bytes = meta(&tx, "bytes")? as i64;
+                    for (id, node) in rows {
+                        let old: i64 = tx
+                            .prepare_cached("SELECT size FROM nodes WHERE id = ?1 AND kind = 1")?
+                            .query_row(params![id], |r| r.get(0))
+                            .optional()?
+                            .unwrap_or(0);
+                        bytes -= old;
+                        match node {
+                            None => {
+                                tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?.execute(params![id])?;
                             }
-                            tx.prepare_cached(
-                                "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed, name_key)
+                            Some(n) => {
+                                if n.kind == Kind::File {
+                                    bytes += n.size.min(i64::MAX as u64) as i64;
+                                }
+                                tx.prepare_cached(
+                                    "INSERT INTO nodes (id, dir_id, name, kind, size, vfs_id, trashed, name_key)
                                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                                  ON CONFLICT (id) DO UPDATE SET dir_id = ?2, name = ?3, kind = ?4, size = ?5,
                                    vfs_id = ?6, trashed = ?7, name_key = ?8",
-                            )?
-                            .execute(params![
-                                id,
-                                n.dir_id,
-                                n.name,
-                                n.kind as i64,
-                                n.size.min(i64::MAX as u64) as i64,
-                                n.vfs_id,
-                                n.trashed,
-                                model::name_key(&n.name)
-                            ])?;
+                                )?
+                                .execute(params![
+                                    id,
+                                    n.dir_id,
+                                    n.name,
+                                    n.kind as i64,
+                                    n.size.min(i64::MAX as u64) as i64,
+                                    n.vfs_id,
+                                    n.trashed,
+                                    model::name_key(&n.name)
+                                ])?;
+                            }
                         }
                     }
-                }
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
-                )?
-                .execute(params![last as i64])?;
-                tx.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('bytes', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
-                )?
-                .execute(params![bytes.max(0)])?;
-                tx.commit()
-            })
-            .await?;
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES ('seq', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                    )?
+                    .execute(params![last as i64])?;
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES ('bytes', ?1) ON CONFLICT (key) DO UPDATE SET value = ?1",
+                    )?
+                    .execute(params![bytes.max(0)])?;
+                    tx.commit()?;
+                    Ok(bytes.max(0) as u64)
+                })
+                .await?;
             since = last;
             if !full {
-                return Ok(since);
+                return Ok((since, used));
             }
         }
     }
@@ -344,12 +349,6 @@ impl Index {
             .collect()
         })
         .await
-    }
-
-    /// Bytes of every file in the index (trashed ones too, as in Cozy), kept up to date by
-    /// each catch-up.
-    pub async fn used_bytes(&self) -> Result<u64, FilesError> {
-        self.with(|c| meta(c, "bytes")).await
     }
 
     /// Every file's current version and size: (vfs_id, size).

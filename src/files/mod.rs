@@ -330,8 +330,8 @@ impl Files {
     }
     /// Catches the index up with the store.
     pub async fn sync(&self) -> Result<()> {
-        self.index.catch_up(self.store.as_ref(), &doctype()).await?;
-        self.used.store(self.index.used_bytes().await?, Ordering::SeqCst);
+        let (_, used) = self.index.catch_up(self.store.as_ref(), &doctype()).await?;
+        self.used.store(used, Ordering::SeqCst);
         Ok(())
     }
 
