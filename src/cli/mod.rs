@@ -220,10 +220,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let names: Vec<String> = registry.list()?.into_iter().map(|r| r.domain.to_string()).collect();
         println!("hearth listening on http://{} serving {}", config.listen.replace(":0", &format!(":{port}")), names.join(", "));
         let handle = app.handle();
+        // Ctrl-C or SIGTERM (a service manager's stop): the workers first, then the server
+        // (see `app::Stopper`). actix's own handler of these signals stops the server alone.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                handle.stop(true).await;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = term.recv() => {}
             }
+            handle.stop(true).await;
         });
         app.run_until_stopped().await?;
         Ok(())

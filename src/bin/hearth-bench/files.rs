@@ -429,7 +429,7 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     }
     let (rss_start, _) = memory_mib(pid)?;
 
-    // The large file: each run times the references, then hearth, back to back.
+    // The large file: each run times each reference right before what it is compared with.
     let (mut cp_large, mut cp_large_sync, mut md5_large) = (None, None, None);
     let (mut up_large, mut down_large) = (None, None);
     let (mut hwm_up, mut hwm_down) = (0f64, 0f64);
@@ -452,15 +452,15 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
         walls[2].push(t.elapsed());
         up_large = Timed::best(up_large, timed(t.elapsed(), Some(Cpu::now(pid).since(c))));
         hwm_up = hwm_up.max(memory_mib(pid)?.1);
-        // `cp`, the download's reference, right before the download: both then write a new
-        // gigabyte into the page cache in the same state of memory. (Timed first in the run,
-        // `cp` took the pages the last run's download had just freed while the download came
-        // seconds after the last file deleted: on a VM that hands freed memory back to its host,
-        // fresh pages cost a fault each, and `cp` ran 6x faster than in its first run.)
+        // `cp`, the download's reference, right before the download, and neither's copy
+        // deleted until both are done: each writes a new gigabyte into the page cache, neither
+        // into pages the other just freed. (Timed first in the run, `cp` took the pages the last
+        // run's download had just freed, while the download came seconds after the last file
+        // was deleted: on a VM that hands freed memory back to its host, fresh pages cost a
+        // fault each, and `cp` ran 6x faster than in its own first run.)
         let w = cp(&large_src, &copy, false, false)?;
         walls[0].push(w);
         cp_large = Timed::best(cp_large, timed(w, None));
-        std::fs::remove_file(&copy)?;
         let dl = root.join("download.bin");
         let (t, c) = (Instant::now(), Cpu::now(pid));
         std::thread::scope(|sc| sc.spawn(|| server.download_large(&large_id, &dl)).join())
@@ -472,6 +472,7 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
             bail!("the large file came back different");
         }
         std::fs::remove_file(&dl)?;
+        std::fs::remove_file(&copy)?;
         server.remove(&large_id).await?;
     }
     let [Some(cp_large), Some(cp_large_sync), Some(md5_large), Some(up_large), Some(down_large)] =

@@ -329,6 +329,7 @@ usage:
   hearth-bench files [--large-mb N] [--small N] [--small-kb N] [--runs N] [--dir PATH]
   hearth-bench folder [--files N] [--total-mb N] [--large-mb N] [--dir PATH]
   hearth-bench servers [--docs N,N] [--sizes-kb N,N] [--rates N,N] [--seconds S] [--json]
+                       [--pouchdb-server PATH]
   hearth-bench realtime [--docs N] [--stalled N]
 The hearth binary next to this one serves files, folder, servers and realtime: build both
 with `cargo build --release --bins`. README.md, \"Benchmark\", says what each line means.";
