@@ -404,6 +404,28 @@ impl Files {
         Ok(item)
     }
 
+    /// The winning revision and body of each live document of `keys` (one read for all), by id;
+    /// deleted and unknown ones are left out.
+    async fn live_docs(&self, keys: Vec<DocId>) -> Result<HashMap<String, (Rev, Body)>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let q = AllDocsQuery { keys: Some(keys), include_docs: true, ..Default::default() };
+        Ok(self
+            .store
+            .all_docs(&doctype(), &q)
+            .await?
+            .rows
+            .into_iter()
+            .filter_map(|row| match row {
+                AllDocsRow::Doc { id, rev, deleted: false, doc: Some(d) } => {
+                    Some((id.as_str().to_owned(), (rev, d.body)))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A page of a directory's children, ordered by name, after `cursor`; the cursor of the
     /// next page when there may be one; the total number of children.
     pub async fn children(
@@ -418,20 +440,7 @@ impl Files {
         let count = self.index.count_children(&dir.id).await?;
         let mut items = Vec::with_capacity(entries.len());
         let keys: Vec<DocId> = entries.iter().filter_map(|e| DocId::parse(&e.id).ok()).collect();
-        let q = AllDocsQuery { keys: Some(keys), include_docs: true, ..Default::default() };
-        let docs: HashMap<String, (Rev, Body)> = self
-            .store
-            .all_docs(&doctype(), &q)
-            .await?
-            .rows
-            .into_iter()
-            .filter_map(|row| match row {
-                AllDocsRow::Doc { id, rev, deleted: false, doc: Some(d) } => {
-                    Some((id.as_str().to_owned(), (rev, d.body)))
-                }
-                _ => None,
-            })
-            .collect();
+        let docs = self.live_docs(keys).await?;
         for e in entries {
             if let Some((rev, body)) = docs.get(&e.id) {
                 // The node's own fields from the revision listed (see `load`).

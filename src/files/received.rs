@@ -17,6 +17,7 @@
 use super::content::ContentKey;
 use super::index::Entry;
 use super::{internal, version_key, Files, FilesError, Kind, Reserved, Result, Sink, Writing};
+use crate::store::DocId;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
 
@@ -83,43 +84,53 @@ impl ReceivedContent {
 }
 
 impl Files {
-    /// The version `vfs_id` of file `id` (ids of this instance) and what its document says of
-    /// it: (size, md5sum). `None` when the winning document is not a file naming `vfs_id`.
-    /// (The index must have been caught up.)
-    async fn named_version(&self, id: &str, vfs_id: &str) -> Result<Option<(u64, String)>> {
-        let entry = self.index.get(id).await?;
-        self.named_in(id, vfs_id, entry).await
-    }
-
-    /// [`Files::named_version`] with the index's entry of `id` already read.
-    async fn named_in(&self, id: &str, vfs_id: &str, entry: Option<Entry>) -> Result<Option<(u64, String)>> {
-        let Some(entry) = entry else { return Ok(None) };
-        if entry.kind != Kind::File || entry.vfs_id.as_deref() != Some(vfs_id) {
-            return Ok(None);
-        }
-        // Size, version and md5sum all from the document read (the index may lag it).
-        let item = match self.load(id).await {
-            Ok(item) => item,
-            Err(FilesError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
+    /// For each (file `id`, version `vfs_id`) asked (ids of this instance), what its document
+    /// says of that version: (size, md5sum); `None` when the winning document is not a file
+    /// naming `vfs_id`. The index must have been caught up: it picks the candidates (one
+    /// lookup), then their documents are read (one read for all) and decide, since the index
+    /// may lag them: a revision received since must never pair its `md5sum` with another
+    /// version (see `Files::load`).
+    async fn named_versions(&self, asked: &[(String, String)]) -> Result<Vec<Option<(u64, String)>>> {
+        let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
+        let entries = self.index.get_many(&ids).await?;
+        let candidate = |(_, vfs_id): &(String, String), e: &Option<Entry>| {
+            e.as_ref().is_some_and(|e| e.kind == Kind::File && e.vfs_id.as_deref() == Some(vfs_id.as_str()))
         };
-        let named = item.ancestry.first().is_some_and(|e| e.kind == Kind::File && e.vfs_id.as_deref() == Some(vfs_id));
-        Ok(item.md5sum().filter(|_| named).map(|md5| (item.size(), md5)))
+        let keys: Vec<DocId> = asked
+            .iter()
+            .zip(&entries)
+            .filter(|(a, e)| candidate(a, e))
+            .filter_map(|((id, _), _)| DocId::parse(id).ok())
+            .collect();
+        let docs = self.live_docs(keys).await?;
+        Ok(asked
+            .iter()
+            .zip(&entries)
+            .map(|(a, e)| {
+                let (id, vfs_id) = a;
+                let (_, body) = docs.get(id).filter(|_| candidate(a, e))?;
+                let node = super::model::node_of(id, body)?;
+                let named = node.kind == Kind::File && node.vfs_id.as_deref() == Some(vfs_id.as_str());
+                let md5 = body.get("md5sum").and_then(|v| v.as_str().map(str::to_owned));
+                md5.filter(|_| named).map(|md5| (node.size, md5))
+            })
+            .collect())
     }
 
     /// Whether this instance lacks the bytes of each version `vfs_id` of file `id` asked about.
     pub async fn content_needs(&self, asked: &[(String, String)]) -> Result<Vec<ContentNeed>> {
         self.sync().await?;
-        let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
-        let entries = self.index.get_many(&ids).await?;
         // The versions the documents here name (the others are stale)...
-        let mut named = Vec::with_capacity(asked.len());
-        for ((id, vfs_id), entry) in asked.iter().zip(entries) {
-            named.push(match self.named_here(id, vfs_id, entry).await? {
-                Some(_) => Some(version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?),
-                None => None,
-            });
-        }
+        let named = self
+            .named_here(asked)
+            .await?
+            .into_iter()
+            .zip(asked)
+            .map(|(named, (_, vfs_id))| match named {
+                Some(_) => version_key(vfs_id).map(Some).ok_or_else(|| internal("invalid version id")),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<Option<ContentKey>>>>()?;
         // ...then whether their bytes are here, all at once, and only for those absent whether
         // they are being written: a reception committed in between is present, one begun in
         // between is in progress (looked at the other way round, it would be answered missing
@@ -147,14 +158,21 @@ impl Files {
         Ok(sizes.into_iter().map(|s| s.is_some()).collect())
     }
 
-    /// The version `vfs_id` of file `id` as [`Files::named_version`], or else as the
+    /// Each version `vfs_id` of file `id` as [`Files::named_versions`], or else as the
     /// dissociated copy of `id` names it (a file that left the sharing before its bytes arrived
     /// here: the copy kept of it still lacks them, see `files::shared`).
-    async fn named_here(&self, id: &str, vfs_id: &str, entry: Option<Entry>) -> Result<Option<(u64, String)>> {
-        match self.named_in(id, vfs_id, entry).await? {
-            Some(v) => Ok(Some(v)),
-            None => self.named_version(&super::shared::dissociated_id(id), vfs_id).await,
+    async fn named_here(&self, asked: &[(String, String)]) -> Result<Vec<Option<(u64, String)>>> {
+        let mut named = self.named_versions(asked).await?;
+        let missed: Vec<usize> = (0..asked.len()).filter(|&i| named[i].is_none()).collect();
+        if missed.is_empty() {
+            return Ok(named);
         }
+        let copies: Vec<(String, String)> =
+            missed.iter().map(|&i| (super::shared::dissociated_id(&asked[i].0), asked[i].1.clone())).collect();
+        for (i, copy) in missed.into_iter().zip(self.named_versions(&copies).await?) {
+            named[i] = copy;
+        }
+        Ok(named)
     }
 
     /// Whether the bytes of file `id`'s current version are here (a directory: true).
@@ -181,21 +199,22 @@ impl Files {
     /// [`Files::current_version`] of each id, with whether its bytes are here.
     pub async fn current_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
         self.sync().await?;
-        let entries = self.index.get_many(ids).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, entry) in ids.iter().zip(entries) {
-            let version = match entry {
-                Some(entry) if entry.kind == Kind::File => match entry.vfs_id {
-                    Some(ref vfs_id) => {
-                        let vfs_id = vfs_id.clone();
-                        let named = self.named_in(id, &vfs_id, Some(entry)).await?;
-                        named.map(|(size, md5)| (vfs_id, size, md5))
-                    }
-                    None => None,
-                },
+        // The version each file's index entry names, then what its document says of it.
+        let asked: Vec<(usize, (String, String))> = self
+            .index
+            .get_many(ids)
+            .await?
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Some(Entry { kind: Kind::File, id, vfs_id: Some(v), .. }) => Some((i, (id, v))),
                 _ => None,
-            };
-            out.push(version);
+            })
+            .collect();
+        let pairs: Vec<(String, String)> = asked.iter().map(|(_, a)| a.clone()).collect();
+        let mut out = vec![None; ids.len()];
+        for ((i, (_, vfs_id)), named) in asked.into_iter().zip(self.named_versions(&pairs).await?) {
+            out[i] = named.map(|(size, md5)| (vfs_id, size, md5));
         }
         Ok(out)
     }
@@ -248,8 +267,8 @@ impl Files {
     /// here already (nothing to write).
     pub async fn begin_received(&self, id: &str, vfs_id: &str) -> Result<Option<ReceivedContent>> {
         self.sync().await?;
-        let entry = self.index.get(id).await?;
-        let Some((expected_size, expected_md5)) = self.named_here(id, vfs_id, entry).await? else {
+        let asked = [(id.to_owned(), vfs_id.to_owned())];
+        let Some((expected_size, expected_md5)) = self.named_here(&asked).await?.pop().flatten() else {
             return Err(FilesError::Conflict("the file here does not name this version".into()));
         };
         let key = version_key(vfs_id).ok_or_else(|| internal("invalid version id"))?;
