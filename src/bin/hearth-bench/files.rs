@@ -17,6 +17,9 @@
 //! * download: `GET /files/download/…` by a plain blocking HTTP/1.1 client on a thread of its
 //!   own, the body written to a file in 1 MiB reads as it arrives, not fsynced, not hashed (the
 //!   MD5 check of every byte runs after the timing, and a mismatch fails the bench);
+//! * the same bytes over loopback TCP with no server (a thread reading the file into a socket,
+//!   the same client writing them out): what any network download costs at least, the socket
+//!   copies and the client's write, which `cp`'s copy inside the kernel does not pay;
 //! * the same for the small files, one request at a time (each read or written whole), against
 //!   `cp -r` of their directory;
 //! * CPU seconds (user + system, `/proc/PID/stat`) of the server and of this client in each
@@ -190,6 +193,45 @@ fn cp(src: &Path, dst: &Path, recursive: bool, fsync: bool) -> anyhow::Result<Du
         std::fs::File::open(dst)?.sync_all()?;
     }
     Ok(started.elapsed())
+}
+
+/// The same bytes over loopback TCP with no server in between: a thread reads `src` 1 MiB at
+/// a time and writes each block to a socket; the download's lean client reads it 1 MiB at a
+/// time into `dst` (the page cache, no fsync). What any HTTP download costs at least on this
+/// machine: the socket copies both ways and the client's write, which `cp`'s copy inside the
+/// kernel does not pay. The time from the connection to the last byte written.
+fn loopback(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::scope(|sc| {
+        let sender = sc.spawn(move || -> anyhow::Result<()> {
+            let (mut conn, _) = listener.accept()?;
+            let mut file = std::fs::File::open(src)?;
+            let mut buf = vec![0u8; MIB];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                conn.write_all(&buf[..n])?;
+            }
+        });
+        let started = Instant::now();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        let mut out = std::fs::File::create(dst)?;
+        let mut buf = vec![0u8; MIB];
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+        }
+        let took = started.elapsed();
+        sender.join().map_err(|_| anyhow::anyhow!("the loopback sender panicked"))??;
+        Ok(took)
+    })
 }
 
 struct Server {
@@ -434,8 +476,9 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     let (mut up_large, mut down_large) = (None, None);
     let (mut hwm_up, mut hwm_down) = (0f64, 0f64);
     let timed = |wall: Duration, cpu: Option<Cpu>| Timed { wall, cpu };
-    // Every run's wall time of: cp, cp + fsync, upload, download (for the medians).
-    let mut walls: [Vec<Duration>; 4] = Default::default();
+    // Every run's wall time of: cp, cp + fsync, upload, download, loopback (for the medians).
+    let mut walls: [Vec<Duration>; 5] = Default::default();
+    let mut loop_large = None;
     for run in 0..a.runs {
         let copy = root.join("cp-large.bin");
         let w = cp(&large_src, &copy, false, true)?;
@@ -461,6 +504,13 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
         let w = cp(&large_src, &copy, false, false)?;
         walls[0].push(w);
         cp_large = Timed::best(cp_large, timed(w, None));
+        // The bare network transfer into a third new gigabyte, before the download in even runs
+        // and after it in odd ones: whichever comes later takes fresher pages.
+        let over_tcp = root.join("loopback.bin");
+        let mut bare = None;
+        if run % 2 == 0 {
+            bare = Some(loopback(&large_src, &over_tcp)?);
+        }
         let dl = root.join("download.bin");
         let (t, c) = (Instant::now(), Cpu::now(pid));
         std::thread::scope(|sc| sc.spawn(|| server.download_large(&large_id, &dl)).join())
@@ -468,15 +518,23 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
         walls[3].push(t.elapsed());
         down_large = Timed::best(down_large, timed(t.elapsed(), Some(Cpu::now(pid).since(c))));
         hwm_down = hwm_down.max(memory_mib(pid)?.1);
+        if run % 2 == 1 {
+            bare = Some(loopback(&large_src, &over_tcp)?);
+        }
+        if let Some(w) = bare {
+            walls[4].push(w);
+            loop_large = Timed::best(loop_large, timed(w, None));
+        }
         if md5_of(&dl)? != large_md5 {
             bail!("the large file came back different");
         }
-        std::fs::remove_file(&dl)?;
-        std::fs::remove_file(&copy)?;
+        for f in [&dl, &copy, &over_tcp] {
+            std::fs::remove_file(f)?;
+        }
         server.remove(&large_id).await?;
     }
-    let [Some(cp_large), Some(cp_large_sync), Some(md5_large), Some(up_large), Some(down_large)] =
-        [cp_large, cp_large_sync, md5_large, up_large, down_large]
+    let [Some(cp_large), Some(cp_large_sync), Some(md5_large), Some(up_large), Some(down_large), Some(loop_large)] =
+        [cp_large, cp_large_sync, md5_large, up_large, down_large, loop_large]
     else {
         bail!("no run");
     };
@@ -517,6 +575,7 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     row("cp + fsync, large file (reference)", large, cp_large_sync);
     row("md5 of the large file, one core (reference)", large, md5_large);
     row("hearth upload, large file (md5 + write + fsync)", large, up_large);
+    row("loopback TCP, same client, no server (reference)", large, loop_large);
     row("hearth download, large file (no fsync)", large, down_large);
     let ratio = |what: &str, t: Timed, reference: Timed| {
         println!("{what:<52}{:>10.2}x", reference.wall.as_secs_f64() / t.wall.as_secs_f64());
@@ -524,15 +583,17 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     ratio("ratio upload / (cp + fsync)", up_large, cp_large_sync);
     ratio("ratio upload / md5 alone", up_large, md5_large);
     ratio("ratio download / cp", down_large, cp_large);
+    ratio("ratio download / loopback TCP", down_large, loop_large);
     for w in &mut walls {
         w.sort();
     }
     let median = |i: usize| walls[i][walls[i].len() / 2].as_secs_f64();
     println!(
-        "{:<52}{:>10.2}x {:>9.2}x",
-        format!("medians of {} runs: ratio upload, download", a.runs),
+        "{:<52}{:>10.2}x {:>9.2}x {:>9.2}x",
+        format!("medians of {} runs: upload, download, vs loopback", a.runs),
         median(1) / median(2),
-        median(0) / median(3)
+        median(0) / median(3),
+        median(4) / median(3)
     );
     row(&format!("cp -r, {} small files (reference)", a.small), small_bytes, timed(cp_small, None));
     row("hearth upload, small files, one at a time", small_bytes, up_small);
