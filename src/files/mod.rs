@@ -407,10 +407,18 @@ impl Files {
     /// The winning revision and body of each live document of `keys` (one read for all), by id;
     /// deleted and unknown ones are left out.
     async fn live_docs(&self, keys: Vec<DocId>) -> Result<HashMap<String, (Rev, Body)>> {
+        let rows = self.live_rows(keys, true).await?;
+        Ok(rows.into_iter().filter_map(|(id, rev, body)| Some((id.as_str().to_owned(), (rev, body?)))).collect())
+    }
+
+    /// The id and winning revision of each live document of `keys`, with its body when
+    /// `include_docs` (one read for all, in the order of `keys`); deleted and unknown ones are
+    /// left out.
+    async fn live_rows(&self, keys: Vec<DocId>, include_docs: bool) -> Result<Vec<(DocId, Rev, Option<Body>)>> {
         if keys.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         }
-        let q = AllDocsQuery { keys: Some(keys), include_docs: true, ..Default::default() };
+        let q = AllDocsQuery { keys: Some(keys), include_docs, ..Default::default() };
         Ok(self
             .store
             .all_docs(&doctype(), &q)
@@ -418,9 +426,7 @@ impl Files {
             .rows
             .into_iter()
             .filter_map(|row| match row {
-                AllDocsRow::Doc { id, rev, deleted: false, doc: Some(d) } => {
-                    Some((id.as_str().to_owned(), (rev, d.body)))
-                }
+                AllDocsRow::Doc { id, rev, deleted: false, doc } => Some((id, rev, doc.map(|d| d.body))),
                 _ => None,
             })
             .collect())

@@ -223,19 +223,8 @@ impl Files {
     /// Deletes documents, then their content.
     pub(super) async fn delete_nodes(&self, nodes: &[Entry]) -> Result<()> {
         let keys: Vec<DocId> = nodes.iter().filter_map(|e| DocId::parse(&e.id).ok()).collect();
-        let q = AllDocsQuery { keys: Some(keys), ..Default::default() };
-        let writes: Vec<DocWrite> = self
-            .store
-            .all_docs(&doctype(), &q)
-            .await?
-            .rows
-            .into_iter()
-            .filter_map(|row| match row {
-                AllDocsRow::Doc { id, rev, deleted: false, .. } => {
-                    Some(DocWrite { id, rev: Some(rev), revisions: None, deleted: true, body: Body::empty() })
-                }
-                _ => None,
-            })
+        let writes: Vec<DocWrite> = (self.live_rows(keys, false).await?.into_iter())
+            .map(|(id, rev, _)| DocWrite { id, rev: Some(rev), revisions: None, deleted: true, body: Body::empty() })
             .collect();
         for r in self.store.bulk_docs(&doctype(), writes, true).await? {
             if let WriteResult::Conflict { id } | WriteResult::Rejected { id, .. } = r {
