@@ -70,7 +70,8 @@ impl Core {
 /// content round they have under way (dropped as a crash would drop it: each resumes from its
 /// checkpoint), then its server, which lets requests in flight finish (`graceful`, up to 5 s),
 /// and last the writes of several steps under way ([`http::Writes`], up to [`WRITES_GRACE`];
-/// one still running then is not cut, and ends on its own).
+/// one still running then is not cut by the stop: it ends on its own in a process that goes on,
+/// and is cut when the process exits, as `hearth serve` then does).
 #[derive(Clone)]
 pub struct Stopper {
     server: ServerHandle,
@@ -172,6 +173,10 @@ impl Application {
         .tcp_nodelay(true)
         .listen(listener)?
         .shutdown_timeout(5)
+        // Signals are the embedder's to handle, through `Stopper` (`hearth serve` turns Ctrl-C and
+        // SIGTERM into a graceful stop, workers first): actix's own handlers stopped the server
+        // alone, and on Ctrl-C without letting the requests in flight finish.
+        .disable_signals()
         .run();
         Ok(Application { port, server, core, cancel, writes })
     }

@@ -220,17 +220,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let names: Vec<String> = registry.list()?.into_iter().map(|r| r.domain.to_string()).collect();
         println!("hearth listening on http://{} serving {}", config.listen.replace(":0", &format!(":{port}")), names.join(", "));
         let handle = app.handle();
-        // Ctrl-C or SIGTERM (a service manager's stop): the workers first, then the server
-        // (see `app::Stopper`). actix's own handler of these signals stops the server alone.
+        // Ctrl-C or SIGTERM (a service manager's stop) stop it gracefully, workers first (see
+        // `app::Stopper`; the server does not handle signals itself).
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
+            let interrupt = async {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    // No Ctrl-C handler: SIGTERM alone stops it.
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = interrupt => {}
                 _ = term.recv() => {}
             }
+            tracing::info!("stopping: replication now, requests in flight within 5 s, writes they began within 30 s");
             handle.stop(true).await;
         });
         app.run_until_stopped().await?;
-        Ok(())
-    })
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // Blocking work still running (a write past its grace, an fsync on a stalled disk) does not
+    // hold the exit for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(())
 }

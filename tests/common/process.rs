@@ -92,6 +92,29 @@ impl ServerProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sends `signal` (a name `kill -s` takes: `INT`, `TERM`) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running server");
+        let status = Command::new("kill").args(["-s", signal, &pid.to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -s {signal} {pid}");
+    }
+
+    /// Waits up to `within` for the process to exit by itself: its exit status, `None` when it
+    /// is still running then (it is left running, and killed when dropped).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, and waits for the process to end.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
