@@ -149,8 +149,22 @@ impl Index {
     /// and the bytes of every file in the index then (trashed ones too, as in Cozy), kept up to
     /// date by each catch-up and read with the sequence: a catch-up with nothing to apply, as
     /// at most requests, costs two hand-overs to the blocking pool.
-    pub async fn catch_up(&self, store: &dyn Store, doctype: &Doctype) -> Result<(u64, u64), FilesError> {
+    ///
+    /// `used` is set to those bytes before another catch-up can run: concurrent ones store
+    /// theirs in the order they ran, the last one's last.
+    pub async fn catch_up(
+        &self,
+        store: &dyn Store,
+        doctype: &Doctype,
+        used: &std::sync::atomic::AtomicU64,
+    ) -> Result<(u64, u64), FilesError> {
         let _one = self.catching_up.lock().await;
+        let (since, bytes) = self.catch_up_locked(store, doctype).await?;
+        used.store(bytes, std::sync::atomic::Ordering::SeqCst);
+        Ok((since, bytes))
+    }
+
+    async fn catch_up_locked(&self, store: &dyn Store, doctype: &Doctype) -> Result<(u64, u64), FilesError> {
         let (mut since, mut used) = self.with(|c| Ok((meta(c, "seq")?, meta(c, "bytes")?))).await?;
         loop {
             let q = ChangesQuery { since, limit: Some(CATCH_UP_BATCH), include_docs: true, ..Default::default() };

@@ -330,8 +330,7 @@ impl Files {
     }
     /// Catches the index up with the store.
     pub async fn sync(&self) -> Result<()> {
-        let (_, used) = self.index.catch_up(self.store.as_ref(), &doctype()).await?;
-        self.used.store(used, Ordering::SeqCst);
+        self.index.catch_up(self.store.as_ref(), &doctype(), &self.used).await?;
         Ok(())
     }
 

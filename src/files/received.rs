@@ -93,6 +93,15 @@ impl Files {
     async fn named_versions(&self, asked: &[(String, String)]) -> Result<Vec<Option<(u64, String)>>> {
         let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
         let entries = self.index.get_many(&ids).await?;
+        self.named_in(asked, entries).await
+    }
+
+    /// [`Files::named_versions`] with the index's entries of the files already read.
+    async fn named_in(
+        &self,
+        asked: &[(String, String)],
+        entries: Vec<Option<Entry>>,
+    ) -> Result<Vec<Option<(u64, String)>>> {
         let candidate = |(_, vfs_id): &(String, String), e: &Option<Entry>| {
             e.as_ref().is_some_and(|e| e.kind == Kind::File && e.vfs_id.as_deref() == Some(vfs_id.as_str()))
         };
@@ -200,23 +209,18 @@ impl Files {
     pub async fn current_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
         self.sync().await?;
         // The version each file's index entry names, then what its document says of it.
-        let asked: Vec<(usize, (String, String))> = self
-            .index
-            .get_many(ids)
-            .await?
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, e)| match e {
-                Some(Entry { kind: Kind::File, id, vfs_id: Some(v), .. }) => Some((i, (id, v))),
-                _ => None,
+        let entries = self.index.get_many(ids).await?;
+        let asked: Vec<(String, String)> = ids
+            .iter()
+            .zip(&entries)
+            .map(|(id, e)| match e {
+                Some(Entry { kind: Kind::File, vfs_id: Some(v), .. }) => (id.clone(), v.clone()),
+                // Never named: no index entry names an empty version.
+                _ => (id.clone(), String::new()),
             })
             .collect();
-        let pairs: Vec<(String, String)> = asked.iter().map(|(_, a)| a.clone()).collect();
-        let mut out = vec![None; ids.len()];
-        for ((i, (_, vfs_id)), named) in asked.into_iter().zip(self.named_versions(&pairs).await?) {
-            out[i] = named.map(|(size, md5)| (vfs_id, size, md5));
-        }
-        Ok(out)
+        let named = self.named_in(&asked, entries).await?;
+        Ok(asked.into_iter().zip(named).map(|((_, v), n)| n.map(|(size, md5)| (v, size, md5))).collect())
     }
 
     /// Of `ids`, the files that have a version (what the content channel offers, as

@@ -27,9 +27,11 @@
 //! * the server's resident memory before, and its peak (`VmHWM`) after each phase, in MiB.
 //!
 //! Large-file figures and their references are the best of `--runs` (the machine is shared),
-//! each run timing each reference right before what it is compared with (`cp` + fsync and MD5
-//! before the upload, `cp` before the download), with the source in the page cache (warm
-//! reads, for `cp` as for the client); the ratios of the medians follow.
+//! each run timing each reference next to what it is compared with (`cp` + fsync and MD5 right
+//! before the upload, `cp` right before the download, the loopback transfer before the download
+//! in even runs and after it in odd ones), with the source in the page cache (warm reads, for
+//! `cp` as for the client); the ratios of the medians follow. The download's step holds about
+//! five times the large file in the page cache (source, the server's object, and three copies).
 //! The upload's reference is `cp` + fsync: the same durability as hearth's (one fsync of the
 //! file before the answer; hearth also fsyncs the directory, which costs one journal commit).
 
@@ -204,6 +206,10 @@ fn loopback(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
+    // Connected before the sender's thread waits to accept (the backlog completes the
+    // handshake): a failed connection is an error here, not a thread waiting forever.
+    let started = Instant::now();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
     std::thread::scope(|sc| {
         let sender = sc.spawn(move || -> anyhow::Result<()> {
             let (mut conn, _) = listener.accept()?;
@@ -217,8 +223,6 @@ fn loopback(src: &Path, dst: &Path) -> anyhow::Result<Duration> {
                 conn.write_all(&buf[..n])?;
             }
         });
-        let started = Instant::now();
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
         let mut out = std::fs::File::create(dst)?;
         let mut buf = vec![0u8; MIB];
         loop {
@@ -471,7 +475,7 @@ async fn bench(a: &Args, root: &Path) -> anyhow::Result<()> {
     }
     let (rss_start, _) = memory_mib(pid)?;
 
-    // The large file: each run times each reference right before what it is compared with.
+    // The large file: each run times each reference next to what it is compared with.
     let (mut cp_large, mut cp_large_sync, mut md5_large) = (None, None, None);
     let (mut up_large, mut down_large) = (None, None);
     let (mut hwm_up, mut hwm_down) = (0f64, 0f64);
