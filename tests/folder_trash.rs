@@ -302,3 +302,32 @@ async fn a_sharing_accepted_after_shared_with_me_was_destroyed_gets_it_made_agai
     second_sharing(&w).await;
     second_lands_out_of_the_trash(&w, "/Shared with me/Second").await;
 }
+
+/// Bob holds two copies of alice's `a.txt` (the same folder shared twice): both name the same
+/// content version. Destroying one copy (leaving the first sharing, emptying the trash) keeps
+/// the other's bytes; they used to be deleted with the copy, and the other answered 409 for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_one_of_two_copies_of_a_file_keeps_the_bytes_of_the_other() {
+    let w = World::new().await;
+    let rule = json!({"title": "Again", "doctype": FILES, "values": [w.projects], "add": "sync", "update": "sync", "remove": "sync"});
+    let rw = json!([{"instance": format!("http://{}", w.bob.domain)}]);
+    let again = create_sharing(&w.alice, &w.ta, json!([rule]), rw, json!([])).await;
+    answer_invitation(&link(&w.one, &w.alice, &again, 1).await, &w.bob, "accept").await;
+    let bytes_at = |path: &'static str| {
+        let w = &w;
+        async move {
+            let resp = w.bob.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(&w.tb)).send().await;
+            let resp = resp.unwrap();
+            (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    for path in ["/Shared with me/Team/a.txt", "/Shared with me/Again/a.txt"] {
+        eventually(WAIT, path, || async { bytes_at(path).await == (200, b"alpha".to_vec()) }).await;
+    }
+    trash(&w.bob, &w.tb, &id_at(&w.bob, &w.tb, SHARED).await.unwrap()).await;
+    let (s, v) = w.bob.call(Method::DELETE, "/files/trash", Some(&w.tb), None).await;
+    assert!(s == 200 || s == 204, "empty trash: {s} {v}");
+    assert!(id_at(&w.bob, &w.tb, SHARED).await.is_none(), "the first copy is destroyed");
+    assert_eq!(bytes_at("/Shared with me/Again/a.txt").await, (200, b"alpha".to_vec()), "the other copy's bytes");
+    assert!(load(&w.two, &w.bob, &again).await.active);
+}

@@ -213,7 +213,10 @@ impl Files {
     /// more, and that nothing is writing: what the sweep would remove later, removed when the
     /// write that left them unnamed is made (a received version replacing another, or winning
     /// over a read-only member's own edit, which that member may not keep as a conflict copy:
-    /// only the owner settles conflicts into copies). Answers how many were deleted.
+    /// only the owner settles conflicts into copies; an upload replacing a file's content; items
+    /// destroyed). A version another document still names stays: a dissociated copy, or the copy
+    /// a second sharing of the same files made, names the version of the file it came from.
+    /// Answers how many were deleted.
     pub async fn release_versions(&self, versions: &std::collections::HashSet<String>) -> Result<usize> {
         if versions.is_empty() {
             return Ok(0);

@@ -231,13 +231,14 @@ impl Files {
                 return Err(FilesError::Conflict(format!("{id} changed meanwhile: try again")));
             }
         }
+        // The index learns of the deletions (the callers read it again to go on).
         self.sync().await?;
-        for e in nodes {
-            if let Some(key) = e.vfs_id.as_deref().and_then(version_key) {
-                if let Err(err) = self.content.delete(&key).await {
-                    tracing::warn!(error = ?err, "failed to delete destroyed content; the sweep will");
-                }
-            }
+        // Their content, unless another document still names it: a dissociated copy, or the
+        // copy a second sharing of the same files made, names the version of the file it came
+        // from, and destroying one of them must not take the other's bytes.
+        let versions: std::collections::HashSet<String> = nodes.iter().filter_map(|e| e.vfs_id.clone()).collect();
+        if let Err(e) = self.release_versions(&versions).await {
+            tracing::warn!(error = ?e, "failed to delete destroyed content; the sweep will");
         }
         Ok(())
     }

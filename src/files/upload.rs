@@ -262,10 +262,10 @@ impl Files {
         drop(reserved);
         match outcome {
             Ok((item, old)) => {
-                if let Some(old) = old.and_then(|v| version_key(&v)) {
-                    if let Err(e) = self.content.delete(&old).await {
-                        tracing::warn!(error = ?e, "failed to delete a replaced version; the sweep will");
-                    }
+                // The replaced version goes unless another document still names it (a
+                // dissociated copy of this file, say).
+                if let Err(e) = self.release_versions(&old.into_iter().collect()).await {
+                    tracing::warn!(error = ?e, "failed to delete a replaced version; the sweep will");
                 }
                 Ok(item)
             }
