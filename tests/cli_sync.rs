@@ -86,4 +86,10 @@ async fn sync_is_not_up_to_date_while_content_is_pending() {
     let member = &status["data"]["attributes"]["members"][1];
     assert_eq!(member["replication"]["pending"], 0, "the metadata went: {status}");
     assert_eq!(member["content"]["files_pending"], 1, "{status}");
+    // Bob refuses the bytes: the member's state is degraded, never healthy, in the table too.
+    assert_eq!(member["health"], "degraded", "{status}");
+    let table = alice.cli(&["sharings", "status", &alice.domain(), &sid]);
+    let row = table.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("degraded") && !row.contains("healthy"), "{table}");
+    assert!(table.contains("quota"), "{table}");
 }

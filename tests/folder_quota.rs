@@ -83,6 +83,17 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
         c["last_error"].as_str().is_some_and(|e| e.contains("quota"))
     })
     .await;
+    // Its documents are all accepted, yet alice's copy lacks bytes: the member is degraded,
+    // never healthy, for as long as she refuses them.
+    let m = status(&app, &bob, &sid).await["members"][0].clone();
+    assert_eq!(m["content"]["health"], "degraded", "{m}");
+    assert!(m["content"]["refused_files"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["health"], "degraded", "{m}");
+    // Alice's status says what she refused of what bob sent, and why.
+    let received = status(&app, &alice, &sid).await["members"][1]["refused_received"].clone();
+    assert!(received["docs"].as_u64().unwrap() >= 1, "{received}");
+    assert!(received["last"]["reason"].as_str().is_some_and(|r| r.contains("quota")), "{received}");
+    assert!(received["last"]["doc"].as_str().is_some_and(|d| d.starts_with("io.cozy.files/")), "{received}");
     // The small file after the refused ones still arrives.
     eventually(WAIT, "the small file reaches alice", || async {
         download(&alice, &ta, "/Team/small.bin", &small).await == (200, true)
@@ -166,6 +177,8 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
         c["files_pending"] == json!(0) && c["last_error"].is_null()
     })
     .await;
+    let m = status(&app, &bob, &sid).await["members"][0].clone();
+    assert_eq!((&m["content"]["refused_files"], &m["health"]), (&json!(0), &json!("healthy")), "{m}");
 }
 
 use common::flow::PASS;

@@ -171,7 +171,7 @@
     if (!rep && !content) return m.status === 'owner' ? '—' : '';
     const parts = [];
     if (rep) {
-      parts.push(rep.health);
+      parts.push(m.health || rep.health);
       if (rep.running) parts.push('running');
       parts.push((rep.pending || 0) + ' pending');
       if (initialSetPending) parts.push('initial set still being taken');
@@ -182,6 +182,7 @@
       }
       if (rep.last_error) parts.push('error: ' + rep.last_error);
     }
+    if (content && content.last_error) parts.push('files: ' + content.last_error);
     if (content && (content.files_pending || content.bytes_pending)) {
       parts.push('files: ' + (content.files_pending || 0) + ' to send, ' + bytes(content.bytes_pending || 0));
     } else if (content) {
@@ -215,7 +216,7 @@
             if ((content && (content.files_pending || content.bytes_pending)) || (m.replication && m.replication.running)) {
               anyBusy = true;
             }
-            const h = m.replication && m.replication.health;
+            const h = m.health || (m.replication && m.replication.health);
             cell.className = 'sync' + (h ? ' health-' + h : '');
           }
         } catch (e) {

@@ -65,6 +65,26 @@ impl Health {
             h => h,
         }
     }
+
+    /// The worse of two links' healths, for one member whose documents and file contents
+    /// travel on two links: `down` before `retrying` before `degraded` before `healthy` before
+    /// `idle` (a link that never ran hides nothing the other shows).
+    pub fn worst(self, other: Health) -> Health {
+        fn rank(h: Health) -> u8 {
+            match h {
+                Health::Idle => 0,
+                Health::Healthy => 1,
+                Health::Degraded => 2,
+                Health::Retrying => 3,
+                Health::Down => 4,
+            }
+        }
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
 }
 
 /// The schedule of one link.
@@ -246,6 +266,22 @@ mod tests {
         assert!(!s.due(1_000));
         s.force();
         assert!(s.due(1_000) && s.take_dirty() && !s.take_dirty());
+    }
+
+    #[test]
+    fn a_member_shows_the_worse_of_its_two_links() {
+        use Health::*;
+        for (a, b, shown) in [
+            (Idle, Idle, Idle),
+            (Idle, Healthy, Healthy),
+            (Healthy, Degraded, Degraded),
+            (Retrying, Degraded, Retrying),
+            (Down, Retrying, Down),
+            (Healthy, Down, Down),
+        ] {
+            assert_eq!(a.worst(b), shown, "{a:?} and {b:?}");
+            assert_eq!(b.worst(a), shown, "{b:?} and {a:?}");
+        }
     }
 
     #[test]

@@ -196,7 +196,13 @@ fn print_status(status: &serde_json::Value) {
             m["index"].as_u64().unwrap_or_default(),
             text(&m["status"]),
             text(&m["name"]),
-            if r.is_null() { "-".into() } else { text(&r["health"]) },
+            // The worse of its documents' and its content's (`health`; servers before it: the
+            // documents').
+            if r.is_null() {
+                "-".into()
+            } else {
+                text(if m["health"].is_string() { &m["health"] } else { &r["health"] })
+            },
             number(&r["pending"]),
             number(&r["refused_docs"]),
             text(&r["last_success"]),
@@ -370,7 +376,7 @@ async fn follow_sync(server: &ServerApi, id: &SharingId, timeout: std::time::Dur
             let total = r["total"].as_u64().unwrap_or(0).max(r["processed"].as_u64().unwrap_or(0) + p.docs);
             bar.set_length(total.max(1));
             bar.set_position(total.saturating_sub(p.docs));
-            let health = r["health"].as_str().unwrap_or("");
+            let health = m["health"].as_str().or(r["health"].as_str()).unwrap_or("");
             let error = m["content"]["last_error"].as_str().or(r["last_error"].as_str());
             bar.set_message(format!(
                 "{health}; {}{}",

@@ -134,7 +134,8 @@ async fn put_content(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let id = IdMap::for_member(&s, from).convert(&path::param(&req, "file_id")?);
+    let theirs = path::param(&req, "file_id")?;
+    let id = IdMap::for_member(&s, from).convert(&theirs);
     let doc = DocId::parse(&id).map_err(|e| ApiError::bad_request(format!("file id: {e}")))?;
     let q = super::Query::of(&req)?;
     let vfs_id = version_param(q.get("vfs_id").ok_or_else(|| ApiError::bad_request("vfs_id is required"))?)?;
@@ -146,11 +147,25 @@ async fn put_content(
     }
     let files = state_of(&req)?.files.of(&inst.0).await?;
     let begun = match files.begin_received(&id, &vfs_id).await {
-        Err(e @ crate::files::FilesError::QuotaExceeded(_)) => {
+        Err(crate::files::FilesError::QuotaExceeded(reason)) => {
             // Over this instance's quota: the body is read (and dropped) before the refusal, so
             // that the sender surely gets the answer rather than a cut connection.
             while let Some(Ok(_)) = payload.next().await {}
-            return Err(e.into());
+            // Shown in this instance's status too (`refused_received`), as the documents it
+            // refuses are: its copy of the sharing lacks these bytes.
+            let key = crate::sync::manager::PeerKey {
+                domain: inst.0.domain.to_string(),
+                sharing: s.id().to_owned(),
+                member: from,
+            };
+            let refused = crate::sharing::protocol::Refused {
+                id: theirs,
+                doctype: crate::files::DOCTYPE.to_owned(),
+                error: "too_large".into(),
+                reason: reason.clone(),
+            };
+            state_of(&req)?.sync.note_received_refusals(&key, &[refused]);
+            return Err(ApiError::QuotaExceeded(reason));
         }
         r => r?,
     };

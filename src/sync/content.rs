@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
-use hearth_replicator::schedule::LinkSchedule;
+use hearth_replicator::schedule::{Health, LinkSchedule};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,14 +116,23 @@ pub struct ContentStatus {
     /// The content checkpoint (a sequence of the sharing feed).
     pub last_seq: u64,
     pub running: bool,
+    /// As a documents link's (`hearth_replicator::schedule::Health`): `healthy` once a round
+    /// delivered everything, `retrying`/`down` while rounds fail, and `degraded` while the
+    /// member refuses content it was sent (over its quota, say): its copy lacks those bytes.
+    pub health: Health,
+    /// Files the member refused in the last round (0 once a round delivers everything).
+    pub refused_files: u64,
     pub last_error: Option<String>,
 }
 
 /// In-process state of one content link: its schedule (the replicator's, as for documents:
-/// backoff with jitter, never giving up) and the last error.
+/// backoff with jitter, never giving up), the files refused in the last round, how many
+/// rounds in a row were refused (the backoff of a refusal), and the last error.
 #[derive(Clone, Debug, Default)]
 struct LinkState {
     schedule: LinkSchedule,
+    refused: u64,
+    refusals: u32,
     last_error: Option<String>,
 }
 
@@ -169,6 +178,8 @@ impl ContentSender {
             bytes_sent: record.bytes_sent,
             last_seq: record.last_seq,
             running: st.schedule.running,
+            health: st.schedule.health.with_refusals(st.refused > 0),
+            refused_files: st.refused,
             last_error: st.last_error,
         })
     }
@@ -305,14 +316,18 @@ async fn plan(
                     match &outcome {
                         Ok((Outcome::Done, _)) => {
                             st.last_error = None;
+                            (st.refused, st.refusals) = (0, 0);
                             st.schedule.succeeded();
                         }
                         // The rest was delivered; these files hold the checkpoint until their
                         // bytes are here (shown, never a silent stall).
-                        // The member refused some (over its quota): shown, and retried with a
-                        // growing wait, as a failure is.
+                        // The member refused some (over its quota): the link runs, its member's
+                        // copy is incomplete (`degraded`, never `healthy`), and it is retried
+                        // with a growing wait, as a failure is.
                         Ok((Outcome::Blocked, Held { refused: Some(reason), count, .. })) => {
-                            st.schedule.failed(now, &backoff, rand::random());
+                            (st.refused, st.refusals) = (*count, st.refusals.saturating_add(1));
+                            st.schedule.succeeded();
+                            st.schedule.wait(now, backoff.delay_ms(st.refusals - 1, rand::random()));
                             st.last_error = Some(format!("the member refused {count} file(s): {reason}"));
                             tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
                                 reason = %reason, "the member refused file content, will retry");

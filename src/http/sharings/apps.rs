@@ -216,7 +216,10 @@ pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: Htt
 /// reason) and `pending`, the changes past `last_seq`. For a sharing of files, each such member
 /// also has `content` (`crate::sync::content::ContentStatus`: `files_pending`, `bytes_pending`
 /// still to deliver to it, `files_sent`, `bytes_sent`, its content checkpoint `last_seq`,
-/// `running`, `last_error`), and the sharing `content_missing` (`files`, `bytes`): the files of
+/// `running`, `health`, `refused_files`, `last_error`); each such member has `health`, the
+/// worse of its documents' and its content's (`Health::worst`: a member refusing file
+/// content is `degraded` even while its documents are all accepted), and the sharing
+/// `content_missing` (`files`, `bytes`): the files of
 /// the sharing whose content has not arrived on this instance yet. Each member this instance
 /// replicates with (or that sent it something refused) has `refused_received`
 /// (`crate::sync::manager::ReceivedRefusals`: `docs`, `last` with `doc`, `reason`, `at`): what
@@ -248,6 +251,7 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
             let record = crate::sync::replication::read_link(&inst.0, id.as_str(), member).await?;
             let link = crate::sync::manager::LinkStatus::new(svc.sync.state(&key), record);
             let info = inst.0.store.shared_info(&id, link.last_seq).await?;
+            let mut health = link.health;
             let mut rep = serde_json::to_value(link).unwrap_or(Value::Null);
             rep["pending"] = json!(info.pending);
             // What the run has to process: what it did and what is left (runs learn their
@@ -256,8 +260,11 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
             rep["total"] = json!(total);
             entry["replication"] = rep;
             if let Some(files) = &files {
-                entry["content"] = content_status(&svc.content, &inst.0, files, &s, member).await?;
+                let content = svc.content.status(&inst.0, files, &s, member).await.map_err(sync_error)?;
+                health = health.worst(content.health);
+                entry["content"] = serde_json::to_value(content).unwrap_or(Value::Null);
             }
+            entry["health"] = json!(health);
         }
         members.push(entry);
     }
@@ -275,18 +282,6 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
         StatusCode::OK,
         json!({"data": {"type": "io.cozy.sharings.status", "id": id.as_str(), "attributes": attributes}}),
     ))
-}
-
-/// The `content` of a member in the status (see `sync::content::ContentStatus`).
-pub(super) async fn content_status(
-    sender: &crate::sync::content::ContentSender,
-    inst: &crate::instance::Instance,
-    files: &crate::files::Files,
-    s: &Sharing,
-    member: MemberIndex,
-) -> ApiResult<Value> {
-    let status = sender.status(inst, files, s, member).await.map_err(sync_error)?;
-    Ok(serde_json::to_value(status).unwrap_or(Value::Null))
 }
 
 pub(super) fn sync_error(e: crate::sync::replication::SyncError) -> ApiError {
