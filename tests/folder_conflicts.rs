@@ -1180,6 +1180,48 @@ async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_m
     assert_eq!(at_path(&alice, &ta, "/D").await, Some(d));
 }
 
+/// A member moves a file out of the shared folder before its bytes reached it: the file is
+/// its own now, outside the sharing, and still gets the bytes of the version it names (they
+/// used to be answered `stale` for good, the file 409 forever: found by replaying a crash of
+/// the sender during such a move).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_a_member_moved_out_before_its_bytes_arrived_gets_them() {
+    let one = spawn_app().await;
+    let two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+    // Bob's quota has no room: the documents arrive, their bytes are refused for now.
+    let bob_store = two.instance(&bob.domain).store.clone();
+    hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+    upload(&alice, &ta, &projects, "f.txt", b"f-bytes").await;
+    upload(&alice, &ta, &projects, "stays.txt", b"stays").await;
+    let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, SYNC)]), rw, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    let f_path = format!("{SHARED}/f.txt");
+    eventually(WAIT, "the documents reach bob", || async { at_path(&bob, &tb, &f_path).await.is_some() }).await;
+    assert!(content_at(&bob, &tb, &f_path).await.is_none(), "no room for the bytes yet");
+    // Bob moves f.txt out, to his root: it leaves the sharing everywhere.
+    let f = at_path(&bob, &tb, &f_path).await.unwrap();
+    patch(&bob, &tb, &f, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "f.txt leaves alice's folder", || async {
+        at_path(&alice, &ta, "/Projects/f.txt").await.is_none()
+    })
+    .await;
+    // Room again: bob's own f.txt gets the bytes of the version it names.
+    hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
+    let stays = format!("{SHARED}/stays.txt");
+    for (path, data) in [("/f.txt", b"f-bytes".as_slice()), (stays.as_str(), b"stays")] {
+        eventually(WAIT, &format!("bob can read {path}"), || async {
+            content_at(&bob, &tb, path).await.as_deref() == Some(data)
+        })
+        .await;
+    }
+    assert_eq!(at_path(&bob, &tb, "/f.txt").await, Some(f), "the file bob moved keeps its id");
+}
+
 /// A read-only member's change through `/files` at or below the shared root: the status and
 /// the reason of the refusal.
 async fn refused_read_only(i: &TestInstance, token: &str, method: Method, path: &str, body: Option<Vec<u8>>) {

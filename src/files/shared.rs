@@ -79,7 +79,9 @@
 //! directory holds what the directory held. A file whose bytes had not arrived yet when it
 //! left still gets them: the sender goes on offering the content of what left, and the
 //! member takes the bytes of the version its copy names (`files::received`), never of a
-//! later one.
+//! later one. So does a file a member moved out itself before its bytes arrived (its own file
+//! now, under the same id): the owner, which keeps a dissociated copy of it, offers the
+//! version that copy names (`sync::content`).
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;

@@ -6,9 +6,10 @@
 //!
 //! - `POST /sharings/:id/io.cozy.files/_content_diff` — `{"<file-id>": {"vfs_id": "<v>"}, ...}`
 //!   (at most [`MAX_DIFF`] files) → `{"<file-id>": "missing" | "present" | "stale" |
-//!   "in_progress"}` (see `files::received::ContentNeed`); a file not in the sharing is
-//!   `stale`. Ids are in the caller's id space, transformed by the owner as for documents
-//!   (`sharing::xor`).
+//!   "in_progress"}` (see `files::received::ContentNeed`); a file that was never in the
+//!   sharing is `stale` (one that left it, here or elsewhere, is answered for the version it
+//!   or its dissociated copy names). Ids are in the caller's id space, transformed by the
+//!   owner as for documents (`sharing::xor`).
 //! - `PUT /sharings/:id/io.cozy.files/:file-id/content?vfs_id=<v>` — the bytes of that version
 //!   (`Content-Length` required). Written to a temporary object, checked against the size and
 //!   `md5sum` of the document *here*, then made visible at once: 201 `{"ok": true, "size": N}`;
@@ -73,11 +74,14 @@ impl<const SENDS: bool> FromRequest for ContentPeer<SENDS> {
     }
 }
 
-/// Which of `ids` are files in sharing `s` here.
-async fn in_sharing(inst: &Inst, s: &Sharing, ids: &[DocId]) -> ApiResult<std::collections::HashSet<DocId>> {
+/// Which of `ids` are files of sharing `s` here: in it, or that left it (moved out or trashed,
+/// here or by another member). A file that left before its bytes arrived still takes the bytes
+/// of the version it (or its dissociated copy) names, never of another: `files::received`
+/// answers `stale` for any other version, and the bytes are checked against the document here.
+async fn of_sharing(inst: &Inst, s: &Sharing, ids: &[DocId]) -> ApiResult<std::collections::HashSet<DocId>> {
     let doctype = crate::files::doctype();
     let states = inst.0.store.shared_state(s.sharing_id(), &doctype, ids).await?;
-    Ok(states.into_iter().filter(|(_, st)| !st.removed).map(|(id, _)| id).collect())
+    Ok(states.into_keys().collect())
 }
 
 fn version_param(v: &str) -> ApiResult<String> {
@@ -113,7 +117,7 @@ async fn content_diff(
         wanted.push((doc, version_param(&offer.vfs_id)?));
     }
     let docs: Vec<DocId> = wanted.iter().map(|(id, _)| id.clone()).collect();
-    let shared = in_sharing(&inst, &s, &docs).await?;
+    let shared = of_sharing(&inst, &s, &docs).await?;
     let files = state_of(&req)?.files.of(&inst.0).await?;
     let (in_it, outside): (Vec<_>, Vec<_>) = wanted.into_iter().partition(|(id, _)| shared.contains(id));
     let asked: Vec<(String, String)> = in_it.into_iter().map(|(id, v)| (id.to_string(), v)).collect();
@@ -142,8 +146,8 @@ async fn put_content(
     if req.headers().get(header::CONTENT_LENGTH).is_none() {
         return Err(ApiError::bad_request("Content-Length is required"));
     }
-    if !in_sharing(&inst, &s, std::slice::from_ref(&doc)).await?.contains(&doc) {
-        return Err(ApiError::ConflictWith("this file is not in the sharing here (yet)".into()));
+    if !of_sharing(&inst, &s, std::slice::from_ref(&doc)).await?.contains(&doc) {
+        return Err(ApiError::ConflictWith("this file is not of the sharing here (yet)".into()));
     }
     let files = state_of(&req)?.files.of(&inst.0).await?;
     let begun = match files.begin_received(&id, &vfs_id).await {

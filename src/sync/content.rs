@@ -403,7 +403,18 @@ impl ContentSource for LocalContent<'_> {
         if !refused.is_empty() {
             ids.retain(|id| !refused.contains_key(&format!("{}/{id}", crate::files::DOCTYPE)));
         }
-        let versions = self.files.current_versions(&ids).await.map_err(files_error)?;
+        let mut versions = self.files.current_versions(&ids).await.map_err(files_error)?;
+        // A file a member moved out of the sharing is gone here (its removal reached this
+        // instance, which keeps a dissociated copy of it): the copy names the version the
+        // member's file, its own now, may still lack, and that is what is offered, under the
+        // file's id (the member takes it only for the version its file names).
+        let gone: Vec<usize> = (0..ids.len()).filter(|&i| versions[i].is_none()).collect();
+        if !gone.is_empty() {
+            let copies: Vec<String> = gone.iter().map(|&i| crate::files::shared::dissociated_id(&ids[i])).collect();
+            for (i, v) in gone.into_iter().zip(self.files.current_versions(&copies).await.map_err(files_error)?) {
+                versions[i] = v;
+            }
+        }
         let seqs: HashMap<&str, u64> = rows.iter().map(|r| (r.id.as_str(), r.seq)).collect();
         let mut offers = Vec::new();
         for (id, version) in ids.iter().zip(versions) {
