@@ -175,7 +175,8 @@ pub trait ContentTarget<C> {
 /// Files read and handed together to [`ContentTarget::put_many`] by [`run`]. A target that sends
 /// concurrently keeps up to [`IN_FLIGHT`] of them in flight, starting the next one as soon as
 /// one is answered (a window, not lock-step), so one large file does not hold up the small ones
-/// after it, and the receiver's fsyncs of several files overlap.
+/// after it in its group, and the receiver's fsyncs of several files overlap. The next group
+/// is read once this one is settled: files past the group wait for its slowest file.
 pub const GROUP: usize = 64;
 
 /// Puts in flight at once, at most, for a target that sends concurrently (see [`GROUP`]).

@@ -554,12 +554,20 @@ impl Peer<'_> {
             crate::files::encode_id(&o.key),
             o.version
         );
-        // A generous deadline: a minute, plus a second per megabyte.
-        let deadline = Duration::from_secs(60 + o.size / 1_000_000);
         let headers = [("Content-Length", o.size.to_string()), ("Content-MD5", o.md5sum.clone())];
-        self.federation
-            .put_stream(&self.creds, &self.base, &path, &headers, reqwest::Body::wrap_stream(content), deadline)
+        let progress = Progress::new();
+        let body = reqwest::Body::wrap_stream(progress.counting(content));
+        let put = self.federation.put_stream(&self.creds, &self.base, &path, &headers, body, TRANSFER_BOUND);
+        watched(put, &progress, STALL)
             .await
+            .map_err(|Stalled { sent }| {
+                SyncError::Protocol(format!(
+                    "the transfer of a file stalled: nothing moved for {} s after {sent} of its {} bytes (it is \
+                     sent again, whole, at the next try)",
+                    STALL.as_secs(),
+                    o.size
+                ))
+            })?
             .map_err(SyncError::from)
             .inspect_err(|e| {
                 if let (Some(reason), Ok(mut last)) = (is_refusal(e), self.refusal.lock()) {
@@ -567,6 +575,78 @@ impl Peer<'_> {
                 }
             })?;
         Ok(())
+    }
+}
+
+/// A file's transfer that moves no byte for this long is given up, and tried again with the
+/// link's backoff: a slow link delivers a large file however long it takes, as long as it
+/// moves (a deadline on the whole transfer cut slow links off for good: each try started over
+/// and hit the same deadline). Counted from the last chunk the transfer took, up to the
+/// member's answer, which follows its check of the MD5 and its commit.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The bound on one file's transfer as a whole, far past any real one (a terabyte at 4 MB/s);
+/// [`STALL`] is what ends a stuck transfer.
+const TRANSFER_BOUND: Duration = Duration::from_secs(3 * 86_400);
+
+/// How far a transfer has come: bytes taken from its source, and when it last took some
+/// (milliseconds since `started`).
+struct Progress {
+    started: tokio::time::Instant,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    moved_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A transfer given up by [`watched`], after `sent` bytes.
+#[derive(Debug, PartialEq)]
+struct Stalled {
+    sent: u64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { started: tokio::time::Instant::now(), sent: Arc::default(), moved_ms: Arc::default() }
+    }
+
+    /// `stream`, counting what is taken from it.
+    fn counting<S, E>(&self, stream: S) -> impl futures_util::Stream<Item = Result<bytes::Bytes, E>>
+    where
+        S: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+    {
+        use futures_util::StreamExt;
+        use std::sync::atomic::Ordering::Relaxed;
+        let (started, sent, moved_ms) = (self.started, self.sent.clone(), self.moved_ms.clone());
+        stream.inspect(move |chunk| {
+            if let Ok(b) = chunk {
+                sent.fetch_add(b.len() as u64, Relaxed);
+                moved_ms.store(started.elapsed().as_millis() as u64, Relaxed);
+            }
+        })
+    }
+
+    fn idle(&self) -> Duration {
+        let moved = Duration::from_millis(self.moved_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(moved)
+    }
+}
+
+/// Runs `transfer` until it ends, or until its source has not moved for `stall`.
+async fn watched<T>(
+    transfer: impl std::future::Future<Output = T>,
+    progress: &Progress,
+    stall: Duration,
+) -> Result<T, Stalled> {
+    tokio::pin!(transfer);
+    let look = (stall / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            out = &mut transfer => return Ok(out),
+            _ = tokio::time::sleep(look) => {
+                if progress.idle() >= stall {
+                    return Err(Stalled { sent: progress.sent.load(std::sync::atomic::Ordering::Relaxed) });
+                }
+            }
+        }
     }
 }
 
@@ -609,4 +689,43 @@ async fn round(
     }
     let refused = if report.refused > 0 { target.refusal.lock().ok().and_then(|r| r.clone()) } else { None };
     Ok((outcome, Held { waiting: report.waiting, count: report.refused, refused }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// A chunk every `every`, `n` times, then the end (or, with `hang`, never the end).
+    fn slow(n: usize, every: Duration, hang: bool) -> impl futures_util::Stream<Item = Result<bytes::Bytes, ()>> {
+        futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(bytes::Bytes::from_static(b"0123456789")), i + 1))
+        })
+    }
+
+    async fn drain(s: impl futures_util::Stream<Item = Result<bytes::Bytes, ()>>) -> usize {
+        s.fold(0, |n, c| async move { n + c.map_or(0, |b| b.len()) }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_transfer_that_keeps_moving_is_never_cut() {
+        // 300 chunks, one every 50 s: 4 hours and more, each gap under the stall.
+        let p = Progress::new();
+        let body = p.counting(slow(300, Duration::from_secs(50), false));
+        assert_eq!(watched(drain(body), &p, Duration::from_secs(60)).await, Ok(3000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_that_stops_moving_is_given_up_with_what_it_sent() {
+        let p = Progress::new();
+        let body = p.counting(slow(7, Duration::from_secs(1), true));
+        assert_eq!(watched(drain(body), &p, Duration::from_secs(60)).await, Err(Stalled { sent: 70 }));
+    }
 }
