@@ -1131,17 +1131,33 @@ async fn a_directory_the_owner_moves_out_or_trashes_stays_whole_in_each_members_
     w.no_refusals().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_members_copy() {
+/// Alice and Bob on two servers, with their files tokens; bob's quota has no room (one byte),
+/// so the documents shared with him arrive and their bytes are refused until it is lifted
+/// (`set_instance_quota(bob_store, None)`).
+struct NoRoom {
+    one: TestApp,
+    _two: TestApp,
+    alice: TestInstance,
+    bob: TestInstance,
+    ta: String,
+    tb: String,
+    bob_store: std::sync::Arc<dyn hearth::store::Store>,
+}
+
+async fn bob_without_room() -> NoRoom {
     let one = spawn_app().await;
     let two = spawn_app().await;
     let alice = one.add_instance("alice", PASS);
     let bob = two.add_instance("bob", PASS);
     let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
-    // Bob's quota has no room: the documents arrive, their bytes are refused for now (every
-    // file is larger than the quota's one byte).
     let bob_store = two.instance(&bob.domain).store.clone();
     hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    NoRoom { one, _two: two, alice, bob, ta, tb, bob_store }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_members_copy() {
+    let NoRoom { one, _two, alice, bob, ta, tb, bob_store } = bob_without_room().await;
     let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
     let d = mkdir(&alice, &ta, &projects, "D").await;
     upload(&alice, &ta, &d, "f.txt", b"f-bytes").await;
@@ -1186,14 +1202,7 @@ async fn a_directory_that_left_before_its_files_bytes_arrived_gets_them_in_the_m
 /// the sender during such a move).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_a_member_moved_out_before_its_bytes_arrived_gets_them() {
-    let one = spawn_app().await;
-    let two = spawn_app().await;
-    let alice = one.add_instance("alice", PASS);
-    let bob = two.add_instance("bob", PASS);
-    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
-    // Bob's quota has no room: the documents arrive, their bytes are refused for now.
-    let bob_store = two.instance(&bob.domain).store.clone();
-    hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    let NoRoom { one, _two, alice, bob, ta, tb, bob_store } = bob_without_room().await;
     let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
     upload(&alice, &ta, &projects, "f.txt", b"f-bytes").await;
     upload(&alice, &ta, &projects, "stays.txt", b"stays").await;
