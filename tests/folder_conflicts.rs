@@ -1231,6 +1231,32 @@ async fn a_file_a_member_moved_out_before_its_bytes_arrived_gets_them() {
     assert_eq!(at_path(&bob, &tb, "/f.txt").await, Some(f), "the file bob moved keeps its id");
 }
 
+/// What a sender offers of a file gone from it (a member moved it out; it keeps a dissociated
+/// copy): the version its copy names while the copy is as it was made, with its bytes here;
+/// nothing once the copy changed (it is its owner's own file then: what it holds after it left
+/// must never reach a member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_version_a_file_had_when_it_left_is_offered_for_it() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let ta = app.token(&alice, FILES);
+    let f = upload(&alice, &ta, ROOT, "f.txt", b"f-bytes").await;
+    let files = app.files.of(&app.instance(&alice.domain)).await.unwrap();
+    let (v1, _, _) = files.current_version(&f).await.unwrap().unwrap();
+    let copy = files.dissociate(&f, None).await.unwrap().expect("a copy is kept");
+    assert_eq!(copy, hearth::files::shared::dissociated_id(&f));
+    assert_eq!(files.current_version(&f).await.unwrap(), None, "the file is gone");
+    let left = files.left_versions(std::slice::from_ref(&f)).await.unwrap();
+    assert_eq!(left[0].as_ref().map(|(v, size, _)| (v.as_str(), *size)), Some((v1.as_str(), 7)));
+    // Restored, the copy is its owner's file: nothing is offered for the file any more.
+    let (st, v) = alice.call(Method::POST, &format!("/files/trash/{}", enc(&copy)), Some(&ta), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(files.left_versions(std::slice::from_ref(&f)).await.unwrap(), vec![None]);
+    // A file that never left has nothing of the kind.
+    let g = upload(&alice, &ta, ROOT, "g.txt", b"g").await;
+    assert_eq!(files.left_versions(&[g]).await.unwrap(), vec![None]);
+}
+
 /// A read-only member's change through `/files` at or below the shared root: the status and
 /// the reason of the refusal.
 async fn refused_read_only(i: &TestInstance, token: &str, method: Method, path: &str, body: Option<Vec<u8>>) {

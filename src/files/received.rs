@@ -223,6 +223,43 @@ impl Files {
         Ok(asked.into_iter().zip(named).map(|((_, v), n)| n.map(|(size, md5)| (v, size, md5))).collect())
     }
 
+    /// For each of `ids`, files gone from this instance, the version its dissociated copy names
+    /// (as [`Files::current_versions`]), when the copy is as it was made and its bytes are here;
+    /// else `None`. A copy at its first revision names the version the file had when it left a
+    /// sharing (`files::shared`, "Leaving keeps a copy"), which the sharing's members knew: a
+    /// member whose own file (moved out by it before the bytes arrived) names that version still
+    /// lacks them. A copy changed since (its owner's own file now: restored, renamed, given new
+    /// content) is never offered, so nothing made after the file left reaches a member; and a
+    /// copy whose bytes are not here is not offered either (nothing could arrive for it).
+    pub async fn left_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
+        let copies: Vec<String> = ids.iter().map(|id| super::shared::dissociated_id(id)).collect();
+        let mut versions = self.current_versions(&copies).await?;
+        let named: Vec<DocId> = copies
+            .iter()
+            .zip(&versions)
+            .filter(|(_, v)| v.is_some())
+            .filter_map(|(c, _)| DocId::parse(c).ok())
+            .collect();
+        if named.is_empty() {
+            return Ok(versions);
+        }
+        let leaves = self.store.doc_leaves(&super::doctype(), &named).await?;
+        let keys: Vec<ContentKey> = versions.iter().flatten().filter_map(|(v, _, _)| version_key(v)).collect();
+        let mut here = self.present(&keys).await?.into_iter();
+        for (copy, v) in copies.iter().zip(versions.iter_mut()) {
+            let Some((vfs_id, _, _)) = v else { continue };
+            let first = DocId::parse(copy)
+                .ok()
+                .and_then(|d| leaves.get(&d).cloned())
+                .is_some_and(|l| l.len() == 1 && l[0].0.pos == 1 && !l[0].1);
+            let present = version_key(vfs_id).is_some() && here.next().unwrap_or(false);
+            if !(first && present) {
+                *v = None;
+            }
+        }
+        Ok(versions)
+    }
+
     /// Of `ids`, the files that have a version (what the content channel offers, as
     /// [`Files::current_versions`], from the index alone: no document is read): its size each,
     /// `None` for the others. For counting what is pending, at every status request.

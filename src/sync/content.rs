@@ -332,10 +332,14 @@ async fn plan(
                             tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
                                 reason = %reason, "the member refused file content, will retry");
                         }
+                        // The round ran and the member refused nothing: the link is well, and
+                        // looks again soon.
                         Ok((Outcome::Blocked, Held { waiting, .. })) => {
                             st.last_error = Some(format!(
                                 "{waiting} file(s) wait for content that is not on this instance yet, or that the member is receiving"
                             ));
+                            (st.refused, st.refusals) = (0, 0);
+                            st.schedule.succeeded();
                             st.schedule.wait(now, WAITING_MS);
                         }
                         Err(e) => {
@@ -405,13 +409,13 @@ impl ContentSource for LocalContent<'_> {
         }
         let mut versions = self.files.current_versions(&ids).await.map_err(files_error)?;
         // A file a member moved out of the sharing is gone here (its removal reached this
-        // instance, which keeps a dissociated copy of it): the copy names the version the
-        // member's file, its own now, may still lack, and that is what is offered, under the
-        // file's id (the member takes it only for the version its file names).
+        // instance, which keeps a dissociated copy of it): the version it had when it left is
+        // offered, under the file's id, for the member's own file may still lack its bytes
+        // (`Files::left_versions` says which, and never anything made after it left).
         let gone: Vec<usize> = (0..ids.len()).filter(|&i| versions[i].is_none()).collect();
         if !gone.is_empty() {
-            let copies: Vec<String> = gone.iter().map(|&i| crate::files::shared::dissociated_id(&ids[i])).collect();
-            for (i, v) in gone.into_iter().zip(self.files.current_versions(&copies).await.map_err(files_error)?) {
+            let asked: Vec<String> = gone.iter().map(|&i| ids[i].clone()).collect();
+            for (i, v) in gone.into_iter().zip(self.files.left_versions(&asked).await.map_err(files_error)?) {
                 versions[i] = v;
             }
         }
@@ -555,18 +559,26 @@ impl Peer<'_> {
             o.version
         );
         let headers = [("Content-Length", o.size.to_string()), ("Content-MD5", o.md5sum.clone())];
-        let progress = Progress::new();
+        let progress = Progress::new(o.size);
         let body = reqwest::Body::wrap_stream(progress.counting(content));
         let put = self.federation.put_stream(&self.creds, &self.base, &path, &headers, body, TRANSFER_BOUND);
-        watched(put, &progress, STALL)
+        watched(put, &progress, STALL, ANSWER)
             .await
             .map_err(|Stalled { sent }| {
-                SyncError::Protocol(format!(
-                    "the transfer of a file stalled: nothing moved for {} s after {sent} of its {} bytes (it is \
-                     sent again, whole, at the next try)",
-                    STALL.as_secs(),
-                    o.size
-                ))
+                SyncError::Protocol(if sent < o.size {
+                    format!(
+                        "the transfer of a file stalled: nothing moved for {} s after {sent} of its {} bytes (it is \
+                         sent again, whole, at the next try)",
+                        STALL.as_secs(),
+                        o.size
+                    )
+                } else {
+                    format!(
+                        "the member did not answer within {} s of the last of a file's {sent} bytes (it is sent \
+                         again at the next try)",
+                        ANSWER.as_secs()
+                    )
+                })
             })?
             .map_err(SyncError::from)
             .inspect_err(|e| {
@@ -581,17 +593,24 @@ impl Peer<'_> {
 /// A file's transfer that moves no byte for this long is given up, and tried again with the
 /// link's backoff: a slow link delivers a large file however long it takes, as long as it
 /// moves (a deadline on the whole transfer cut slow links off for good: each try started over
-/// and hit the same deadline). Counted from the last chunk the transfer took, up to the
-/// member's answer, which follows its check of the MD5 and its commit.
+/// and hit the same deadline). Counted from the last chunk the transfer took, until the last
+/// byte is taken; then [`ANSWER`] applies.
 const STALL: Duration = Duration::from_secs(60);
+
+/// How long the member may take to answer once it has every byte of a file: it checks the
+/// MD5 (computed as the bytes arrive) and makes the file durable (a flush and an fsync of what
+/// the disk has not written yet, which a slow disk takes minutes over for a large file; S3
+/// completes its upload).
+const ANSWER: Duration = Duration::from_secs(15 * 60);
 
 /// The bound on one file's transfer as a whole, far past any real one (a terabyte at 4 MB/s);
 /// [`STALL`] is what ends a stuck transfer.
 const TRANSFER_BOUND: Duration = Duration::from_secs(3 * 86_400);
 
-/// How far a transfer has come: bytes taken from its source, and when it last took some
-/// (milliseconds since `started`).
+/// How far a transfer of `size` bytes has come: bytes taken from its source, and when it last
+/// took some (milliseconds since `started`).
 struct Progress {
+    size: u64,
     started: tokio::time::Instant,
     sent: Arc<std::sync::atomic::AtomicU64>,
     moved_ms: Arc<std::sync::atomic::AtomicU64>,
@@ -604,8 +623,8 @@ struct Stalled {
 }
 
 impl Progress {
-    fn new() -> Progress {
-        Progress { started: tokio::time::Instant::now(), sent: Arc::default(), moved_ms: Arc::default() }
+    fn new(size: u64) -> Progress {
+        Progress { size, started: tokio::time::Instant::now(), sent: Arc::default(), moved_ms: Arc::default() }
     }
 
     /// `stream`, counting what is taken from it.
@@ -630,11 +649,13 @@ impl Progress {
     }
 }
 
-/// Runs `transfer` until it ends, or until its source has not moved for `stall`.
+/// Runs `transfer` until it ends, or until its source has not moved for `stall` while bytes
+/// are left to send, or for `answer` once all are taken.
 async fn watched<T>(
     transfer: impl std::future::Future<Output = T>,
     progress: &Progress,
     stall: Duration,
+    answer: Duration,
 ) -> Result<T, Stalled> {
     tokio::pin!(transfer);
     let look = (stall / 4).max(Duration::from_millis(10));
@@ -642,7 +663,8 @@ async fn watched<T>(
         tokio::select! {
             out = &mut transfer => return Ok(out),
             _ = tokio::time::sleep(look) => {
-                if progress.idle() >= stall {
+                let sent_all = progress.sent.load(std::sync::atomic::Ordering::Relaxed) >= progress.size;
+                if progress.idle() >= if sent_all { answer } else { stall } {
                     return Err(Stalled { sent: progress.sent.load(std::sync::atomic::Ordering::Relaxed) });
                 }
             }
@@ -696,6 +718,8 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
+    const MINUTE: Duration = Duration::from_secs(60);
+
     /// A chunk every `every`, `n` times, then the end (or, with `hang`, never the end).
     fn slow(n: usize, every: Duration, hang: bool) -> impl futures_util::Stream<Item = Result<bytes::Bytes, ()>> {
         futures_util::stream::unfold(0, move |i| async move {
@@ -717,15 +741,34 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_transfer_that_keeps_moving_is_never_cut() {
         // 300 chunks, one every 50 s: 4 hours and more, each gap under the stall.
-        let p = Progress::new();
+        let p = Progress::new(3000);
         let body = p.counting(slow(300, Duration::from_secs(50), false));
-        assert_eq!(watched(drain(body), &p, Duration::from_secs(60)).await, Ok(3000));
+        assert_eq!(watched(drain(body), &p, MINUTE, 10 * MINUTE).await, Ok(3000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_committing_a_whole_file_gets_the_answers_time_not_the_stalls() {
+        // Every byte sent, then 5 minutes of the member's fsync before it answers.
+        let p = Progress::new(50);
+        let transfer = async {
+            let n = drain(p.counting(slow(5, Duration::from_secs(1), false))).await;
+            tokio::time::sleep(5 * MINUTE).await;
+            n
+        };
+        assert_eq!(watched(transfer, &p, MINUTE, 10 * MINUTE).await, Ok(50));
+        // An answer that never comes is given up once its time is past.
+        let p = Progress::new(50);
+        let transfer = async {
+            drain(p.counting(slow(5, Duration::from_secs(1), false))).await;
+            std::future::pending::<usize>().await
+        };
+        assert_eq!(watched(transfer, &p, MINUTE, 10 * MINUTE).await, Err(Stalled { sent: 50 }));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_transfer_that_stops_moving_is_given_up_with_what_it_sent() {
-        let p = Progress::new();
+        let p = Progress::new(100);
         let body = p.counting(slow(7, Duration::from_secs(1), true));
-        assert_eq!(watched(drain(body), &p, Duration::from_secs(60)).await, Err(Stalled { sent: 70 }));
+        assert_eq!(watched(drain(body), &p, MINUTE, 10 * MINUTE).await, Err(Stalled { sent: 70 }));
     }
 }
