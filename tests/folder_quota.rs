@@ -1,13 +1,14 @@
 //! A files sharing obeys the receiving instance's quota (cozy-stack#2578), over real HTTP
 //! between instances: content a member sends past the receiver's quota is refused (413, the
 //! reason naming the quota), nothing is kept, and the sender shows it in its status, holds the
-//! file and retries it later, while the files after it still go.
+//! file and retries it later, while the files after it still go. A sender whose content body
+//! stalls is answered 408 and leaves nothing, as an upload is.
 
 mod common;
 
 use common::bytes::{bytes_of, enc, md5_b64};
 use common::flow::{answer_invitation, create_sharing, link, load, peer_token};
-use common::{eventually, spawn_app, TestApp, TestInstance};
+use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -182,3 +183,78 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
 }
 
 use common::flow::PASS;
+
+/// Content whose body stalls (`Content-Length` 10,000, 10 bytes sent, the socket kept open) is
+/// answered 408 after `files.body_idle_secs`, keeps nothing, and leaves the version free for
+/// the next transfer, which lands whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_whose_body_stalls_gets_a_408_and_the_next_transfer_lands() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Alice's links wait a minute or two after a failure: the transfer below is the only one.
+    let one = spawn_app_with(|c| {
+        c.replication.retry_base_ms = 120_000;
+        c.replication.retry_max_ms = 120_000;
+    })
+    .await;
+    let two = spawn_app_with(|c| c.files.body_idle_secs = 1).await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, "io.cozy.files"), two.token(&bob, "io.cozy.files"));
+    let bob_store = two.instance(&bob.domain).store.clone();
+    hearth::files::set_instance_quota(bob_store.as_ref(), Some(1)).await.unwrap();
+    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["data"]["id"].as_str().unwrap().to_owned();
+    let data = bytes_of(3, 10_000);
+    let f = upload(&alice, &ta, &team, "f.bin", &data).await;
+    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let sid =
+        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
+            .await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    // Bob refuses the bytes once (his quota); alice waits before she tries again.
+    eventually(WAIT, "alice's first transfer is refused", || async {
+        status(&one, &alice, &sid).await["members"][1]["content"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("quota"))
+    })
+    .await;
+    hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
+    let path = "/Shared with me/Team/f.bin";
+    let (s, v) = bob.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(&tb), None).await;
+    assert_eq!(s, 200, "{v}");
+    let on_bob = v["data"]["id"].as_str().unwrap().to_owned();
+    let files = one.files.of(&one.instance(&alice.domain)).await.unwrap();
+    let (vfs_id, _, _) = files.current_version(&f).await.unwrap().unwrap();
+    let token = peer_token(&load(&one, &alice, &sid).await, 1);
+    let put = format!("/sharings/{sid}/io.cozy.files/{}/content?vfs_id={vfs_id}", enc(&on_bob));
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", bob.port)).await.unwrap();
+    let head = format!(
+        "PUT {put} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 10000\r\n\r\n0123456789",
+        bob.domain
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "no answer to a stalled body: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(download(&bob, &tb, path, &data).await.0, 409, "nothing was kept");
+    // The version is free again: sent whole, it lands.
+    let resp = bob.req(Method::PUT, &put, Some(&token)).body(data.clone()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await.unwrap_or_default());
+    assert_eq!(download(&bob, &tb, path, &data).await, (200, true));
+}

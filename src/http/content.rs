@@ -17,7 +17,8 @@
 //!   does not name that version or it is being received already; 412 when the bytes do not
 //!   match (nothing kept); 403 from a read-only member; 413 `too_large` when the bytes do not
 //!   fit this instance's quota (`files::received`, nothing kept: the sender holds the file and
-//!   retries later).
+//!   retries later); 408 when the body sends nothing for `files.body_idle_secs` (nothing kept,
+//!   the version free for the next transfer).
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -176,7 +177,22 @@ async fn put_content(
     let Some(mut received) = begun else {
         return Ok(HttpResponse::Ok().json(json!({"ok": true, "size": null, "present": true})));
     };
-    while let Some(chunk) = payload.next().await {
+    // A sender whose body sends nothing for `files.body_idle_secs` is answered 408, as an
+    // upload is: the version is no longer being received (a later transfer may take it) and
+    // its quota reservation goes.
+    let idle = std::time::Duration::from_secs(state_of(&req)?.config.files.body_idle_secs.max(1));
+    loop {
+        let next = match tokio::time::timeout(idle, payload.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                received.abort().await;
+                return Err(ApiError::RequestTimeout(format!(
+                    "the request body sent nothing for {} s",
+                    idle.as_secs()
+                )));
+            }
+        };
+        let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
