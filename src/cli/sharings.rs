@@ -215,10 +215,15 @@ fn print_status(status: &serde_json::Value) {
         }
         // What this instance refused of what the member sent (a read-only member's edits).
         let received = &m["refused_received"];
-        if received["docs"].as_u64().unwrap_or(0) > 0 {
+        let (docs, files) = (received["docs"].as_u64().unwrap_or(0), received["files"].as_u64().unwrap_or(0));
+        if docs > 0 || files > 0 {
+            let what = match (docs, files) {
+                (d, 0) => format!("{d} document(s)"),
+                (0, f) => format!("the content of {f} file(s)"),
+                (d, f) => format!("{d} document(s) and the content of {f} file(s)"),
+            };
             println!(
-                "     refused here: {} document(s) it sent, last {} ({}): {}",
-                received["docs"],
+                "     refused here: {what} it sent, last {} ({}): {}",
                 text(&received["last"]["doc"]),
                 text(&received["last"]["at"]),
                 text(&received["last"]["reason"])

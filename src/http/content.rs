@@ -169,7 +169,7 @@ async fn put_content(
                 error: "too_large".into(),
                 reason: reason.clone(),
             };
-            state_of(&req)?.sync.note_received_refusals(&key, &[refused]);
+            state_of(&req)?.sync.note_refused_content(&key, refused);
             return Err(ApiError::QuotaExceeded(reason));
         }
         r => r?,
@@ -210,6 +210,9 @@ async fn put_content(
     // crash test, tests/folder_crash.rs, accounts for it from the objects on disk).
     tracing::info!(instance = %inst.0.domain, sharing = %s.id(), member = from.get(), file = %id, version = %vfs_id,
         size, "received file content");
+    let key =
+        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: s.id().to_owned(), member: from };
+    state_of(&req)?.sync.note_taken_content(&key, &theirs);
     // The owner relays what a recipient sent to the other members: wake the senders.
     state_of(&req)?.content.wake();
     Ok(HttpResponse::Created().json(json!({"ok": true, "size": size})))

@@ -222,7 +222,8 @@ pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: Htt
 /// `content_missing` (`files`, `bytes`): the files of
 /// the sharing whose content has not arrived on this instance yet. Each member this instance
 /// replicates with (or that sent it something refused) has `refused_received`
-/// (`crate::sync::manager::ReceivedRefusals`: `docs`, `last` with `doc`, `reason`, `at`): what
+/// (`crate::sync::manager::ReceivedRefusals`: `docs`, `files` whose content is refused now,
+/// `last` with `doc`, `reason`, `at`): what
 /// this instance refused of what that member sent it (a read-only member's own edits, say),
 /// since the server started. An active sharing this instance owns has `initial_set_pending`:
 /// true while the documents that matched its rules when it started are still being added to
@@ -244,7 +245,7 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
         let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member };
         let received = svc.sync.received_refusals(&key);
-        if targets.contains(&member) || received.docs > 0 {
+        if targets.contains(&member) || received.docs > 0 || received.files > 0 {
             entry["refused_received"] = serde_json::to_value(received).unwrap_or(Value::Null);
         }
         if targets.contains(&member) {
