@@ -627,6 +627,47 @@ async fn concurrent_edits_end_with_the_same_winner_and_the_same_conflict_copy_on
     w.no_refusals().await;
 }
 
+/// Bob's edit loses to alice's, which is a generation ahead, before its bytes reached her (her
+/// quota refuses them for now): her conflict copy of it comes back to bob, who alone holds the
+/// bytes, and keeps them until they reach her. They used to be deleted on bob as soon as
+/// alice's version won there, and the copy answered 409 everywhere for good (found replaying
+/// cozy-stack#2559 with three writers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_losing_edit_keeps_its_bytes_for_the_owners_conflict_copy() {
+    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "report.txt", b"v1").await;
+    })
+    .await;
+    let report = at_path(&w.alice, &w.ta, "/Projects/report.txt").await.unwrap();
+    let alice_store = w.one.instance(&w.alice.domain).store.clone();
+    let used = w.one.files.of(&w.one.instance(&w.alice.domain)).await.unwrap().used().await.unwrap();
+    // Room on alice for her own small edits, not for bob's 100 kB.
+    hearth::files::set_instance_quota(alice_store.as_ref(), Some(used + 10_000)).await.unwrap();
+    let bobs = vec![b'b'; 100_000];
+    w.cut_bob(async |w| {
+        assert_eq!(replace(&w.alice, &w.ta, &report, b"alice 2").await, 200);
+        assert_eq!(replace(&w.alice, &w.ta, &report, b"alice 3").await, 200);
+    })
+    .await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&report), &bobs).await, 200)).await;
+    // Alice's version wins everywhere; bob's is her conflict copy, on bob too.
+    let copy_on_bob = format!("{SHARED}/report (2).txt");
+    eventually(WAIT, "the copy of bob's edit reaches bob, and alice's version wins there", || async {
+        at_path(&w.bob, &w.tb, &copy_on_bob).await.is_some()
+            && content_at(&w.bob, &w.tb, &format!("{SHARED}/report.txt")).await.as_deref()
+                == Some(b"alice 3".as_slice())
+    })
+    .await;
+    assert!(content_at(&w.alice, &w.ta, "/Projects/report (2).txt").await.is_none(), "no room on alice yet");
+    hearth::files::set_instance_quota(alice_store.as_ref(), None).await.unwrap();
+    for (i, tok, path) in [(&w.alice, &w.ta, "/Projects/report (2).txt".to_owned()), (&w.bob, &w.tb, copy_on_bob)] {
+        eventually(WAIT, &format!("{}: {path} holds bob's edit", i.domain), || async {
+            content_at(i, tok, &path).await.as_deref() == Some(bobs.as_slice())
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_name_made_on_two_sides_keeps_the_owners_item_and_renames_the_other_everywhere() {
     let (mut w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {

@@ -331,3 +331,58 @@ async fn destroying_one_of_two_copies_of_a_file_keeps_the_bytes_of_the_other() {
     assert_eq!(bytes_at("/Shared with me/Again/a.txt").await, (200, b"alpha".to_vec()), "the other copy's bytes");
     assert!(load(&w.two, &w.bob, &again).await.active);
 }
+
+/// Two sharings with the same title, and a folder of bob's own of that name first: each lands
+/// in "Shared with me" under a name of its own (`Team (2)`, `Team (3)`, as Cozy names them),
+/// reachable by path, and keeps it as the owner's later changes arrive (found replaying
+/// several sharings accepted by one recipient: three folders named `shared` side by side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharings_with_the_same_title_land_under_names_of_their_own() {
+    let w = World::new().await;
+    // Bob's own folder of the name the next sharing's title gives.
+    let (s, v) = w
+        .bob
+        .call(Method::POST, "/files/io.cozy.files.shared-with-me-dir?Type=directory&Name=Team%20(2)", Some(&w.tb), None)
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let other = mkdir(&w.alice, &w.ta, ROOT, "Other").await;
+    upload(&w.alice, &w.ta, &other, "b.txt", b"bravo").await;
+    let rule = json!({"title": "Team", "doctype": FILES, "values": [other], "add": "sync", "update": "sync", "remove": "sync"});
+    let rw = json!([{"instance": format!("http://{}", w.bob.domain)}]);
+    let sid = create_sharing(&w.alice, &w.ta, json!([rule]), rw, json!([])).await;
+    answer_invitation(&link(&w.one, &w.alice, &sid, 1).await, &w.bob, "accept").await;
+    eventually(WAIT, "b.txt reaches bob under Team (3)", || async {
+        id_at(&w.bob, &w.tb, "/Shared with me/Team (3)/b.txt").await.is_some()
+    })
+    .await;
+    let root = attrs_at(&w.bob, &w.tb, "/Shared with me/Team (3)").await.unwrap();
+    assert_eq!(root["attributes"]["path"], json!("/Shared with me/Team (3)"), "{root}");
+    assert!(id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some(), "the first sharing's Team is intact");
+    // The owner renames her folder: bob's copy keeps its name here.
+    let (s, v) = w
+        .alice
+        .call(
+            Method::PATCH,
+            &format!("/files/{other}"),
+            Some(&w.ta),
+            Some(json!({"data": {"type": FILES, "attributes": {"name": "Renamed"}}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    upload(&w.alice, &w.ta, &other, "c.txt", b"charlie").await;
+    eventually(WAIT, "c.txt reaches bob under Team (3)", || async {
+        id_at(&w.bob, &w.tb, "/Shared with me/Team (3)/c.txt").await.is_some()
+    })
+    .await;
+    let (s, v) = w.bob.call(Method::GET, "/files/io.cozy.files.shared-with-me-dir", Some(&w.tb), None).await;
+    assert_eq!(s, 200, "{v}");
+    let mut names: Vec<String> = v["included"]
+        .as_array()
+        .or(v["data"]["relationships"]["contents"]["data"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["attributes"]["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Team", "Team (2)", "Team (3)"], "{v}");
+}

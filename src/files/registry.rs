@@ -65,6 +65,18 @@ impl Files {
     /// first free ` (n)` when the root holds that name now; what it held when it went to the
     /// trash stays there (the user trashed it): each such item moves to the trash itself,
     /// restorable into "Shared with me", as Cozy does.
+    /// The name a shared root received as `id` takes in "Shared with me": the one it has
+    /// there already (the recipient may have renamed it), else `title` (the rule's), made free
+    /// as Cozy does (`title (2)`...): two sharings with the same title, or a folder of the
+    /// recipient's own of that name, never make two items of one name there.
+    pub async fn shared_root_name(&self, id: &str, title: &str, kind: Kind) -> Result<String> {
+        self.sync().await?;
+        if let Some(e) = self.index.get(id).await?.filter(|e| e.dir_id.as_deref() == Some(SHARED_WITH_ME_ID)) {
+            return Ok(e.name);
+        }
+        self.free_name(SHARED_WITH_ME_ID, title, kind, id).await
+    }
+
     pub async fn ensure_shared_with_me(&self) -> Result<()> {
         let _lock = self.writes.lock().await;
         self.sync().await?;

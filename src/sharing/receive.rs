@@ -97,14 +97,29 @@ pub struct Applied {
 /// for the echo of a removal this instance made, which is moot: it only hands back what this
 /// instance sent. Documents are split into their `_` members and their body as written (see
 /// `store::body`), never parsed into numbers.
+/// The files of the receiving instance, for what a batch of `io.cozy.files` changes there.
+#[derive(Clone, Copy)]
+pub struct FilesHere<'a> {
+    pub files: &'a crate::files::Files,
+    /// The content versions a batch leaves unnamed are left to the sweep (`files.sweep_secs`,
+    /// past `files.orphan_grace_secs`) rather than deleted at once: on a recipient whose own
+    /// edits reach the owner (`service::edits_come_back`), its version that loses to the
+    /// owner's comes back as the owner's conflict copy, and only this instance holds its
+    /// bytes until its content link delivers them (they were deleted before the copy came
+    /// back, and the copy answered 409 everywhere for good).
+    pub keep_unnamed: bool,
+}
+
 pub async fn bulk_docs(
     inst: &Instance,
-    files: Option<&crate::files::Files>,
+    files: Option<FilesHere<'_>>,
     s: &Sharing,
     from: MemberIndex,
     may_write: bool,
     request: BulkDocs<&RawValue>,
 ) -> Result<Applied> {
+    let keep_unnamed = files.is_some_and(|f| f.keep_unnamed);
+    let files = files.map(|f| f.files);
     let map = IdMap::for_member(s, from);
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {
@@ -144,9 +159,10 @@ pub async fn bulk_docs(
             if doctype.as_str() == FILES_DOCTYPE { Some(TreeBefore::read(inst, s, &writes).await?) } else { None };
         // The content versions these files name before the write: those the write leaves
         // unnamed (a version replaced, or one losing to the owner's, such as a read-only
-        // member's own edit) are deleted once the batch is written, not at the next sweep.
+        // member's own edit) are deleted once the batch is written, not at the next sweep;
+        // unless they may come back as the owner's conflict copy (`FilesHere::keep_unnamed`).
         let named_before = match (files, &tree) {
-            (Some(files), Some(_)) => {
+            (Some(files), Some(_)) if !keep_unnamed => {
                 let ids: Vec<DocId> = writes.iter().map(|w| w.id.clone()).collect();
                 files.versions_named(&ids).await.map_err(files_failed)?
             }
@@ -477,7 +493,20 @@ async fn place_shared_root(
         .map_err(|e| SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!(e.to_string()))))?;
         w.body.set(FILES_PARENT, &raw(crate::files::SHARED_WITH_ME_ID)?);
         if !rule.title.is_empty() {
-            w.body.set("name", &raw(&rule.title)?);
+            let name = match files {
+                Some(files) => {
+                    let kind = if w.body.get("type") == Some(Value::String("file".into())) {
+                        crate::files::Kind::File
+                    } else {
+                        crate::files::Kind::Directory
+                    };
+                    files.shared_root_name(w.id.as_str(), &rule.title, kind).await.map_err(|e| {
+                        SharingError::Store(crate::store::StoreError::Internal(anyhow::anyhow!(e.to_string())))
+                    })?
+                }
+                None => rule.title.clone(),
+            };
+            w.body.set("name", &raw(&name)?);
         }
     }
     Ok(())

@@ -253,8 +253,11 @@ pub(super) async fn replication_bulk_docs(
             // as in the sharing later): the store must know its rules before applying them.
             cx.tracking.ensure(&inst_, &id_).await?;
             let files = registry.of(&inst_).await.ok();
-            let applied =
-                crate::sharing::receive::bulk_docs(&inst_, files.as_deref(), &s_, from, may_write, request).await?;
+            let files = files.as_deref().map(|f| crate::sharing::receive::FilesHere {
+                files: f,
+                keep_unnamed: service::edits_come_back(&cx, &inst_, &s_),
+            });
+            let applied = crate::sharing::receive::bulk_docs(&inst_, files, &s_, from, may_write, request).await?;
             let key = crate::sync::manager::PeerKey {
                 domain: inst_.domain.to_string(),
                 sharing: id_.to_string(),
