@@ -1115,34 +1115,15 @@ async fn every_refusal_is_a_json_error_even_for_methods_and_bytes_actix_refuses(
 /// ended with a 408 after `files.body_idle_secs`, and leaves no file and no quota used.
 #[tokio::test]
 async fn a_stalled_upload_body_ends_with_a_408_and_leaves_nothing() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|c| c.files.body_idle_secs = 1).await;
     let alice = app.add_instance("alice", "pa");
     let token = app.token(&alice, "io.cozy.files");
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let head = format!(
         "POST /files/{ROOT}?Type=file&Name=stalled.bin HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n0123456789",
         alice.domain
     );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer to a stalled body: {}", String::from_utf8_lossy(&answer));
-    let text = String::from_utf8_lossy(&answer);
+    let text = common::raw_answer(app.port, &head, 20).await.expect("an answer to a stalled body");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"request_timeout\""), "{text}");
     assert!(children(&alice, &token, ROOT, 30).await.iter().all(|c| c["id"] == TRASH), "nothing was created");

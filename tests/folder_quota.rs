@@ -194,7 +194,6 @@ use common::flow::PASS;
 /// the next transfer, which lands whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_whose_body_stalls_gets_a_408_and_the_next_transfer_lands() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Alice's links wait a minute or two after a failure: the transfer below is the only one.
     let one = spawn_app_with(|c| {
         c.replication.retry_base_ms = 120_000;
@@ -233,29 +232,11 @@ async fn content_whose_body_stalls_gets_a_408_and_the_next_transfer_lands() {
     let (vfs_id, _, _) = files.current_version(&f).await.unwrap().unwrap();
     let token = peer_token(&load(&one, &alice, &sid).await, 1);
     let put = format!("/sharings/{sid}/io.cozy.files/{}/content?vfs_id={vfs_id}", enc(&on_bob));
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", bob.port)).await.unwrap();
     let head = format!(
         "PUT {put} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Length: 10000\r\n\r\n0123456789",
         bob.domain
     );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = sock.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
-                break;
-            }
-        }
-    })
-    .await;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "no answer to a stalled body: {text}");
+    let text = common::raw_answer(bob.port, &head, 20).await.expect("an answer to a stalled body");
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert_eq!(download(&bob, &tb, path, &data).await.0, 409, "nothing was kept");
     // The version is free again: sent whole, it lands.

@@ -220,3 +220,28 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+/// Writes `request` (raw HTTP/1.1, possibly a body cut short) to the server on `port`, keeps
+/// the socket open, and reads the answer until its JSON body ends or `wait_secs` pass: the
+/// answer's text, or `None` when none came in time.
+pub async fn raw_answer(port: u16, request: &str, wait_secs: u64) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(wait_secs), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| String::from_utf8_lossy(&answer).into_owned())
+}
