@@ -57,14 +57,6 @@ pub async fn ensure_shared_with_me(store: &dyn crate::store::Store) -> Result<()
 }
 
 impl Files {
-    /// The "Shared with me" directory, ready to take a received shared root: made when missing
-    /// (never made, or destroyed), and brought back to the root when it is in the trash, itself
-    /// or with a directory holding it, or no longer attached to the root. A root placed in it
-    /// would otherwise land in the trash, where emptying the trash destroys it (cozy-stack
-    /// `EnsureSharedWithMeDir`, PR #3442 and #4475). It comes back under its name, or the
-    /// first free ` (n)` when the root holds that name now; what it held when it went to the
-    /// trash stays there (the user trashed it): each such item moves to the trash itself,
-    /// restorable into "Shared with me", as Cozy does.
     /// The name a shared root received as `id` takes in "Shared with me": the one it has
     /// there already (the recipient may have renamed it), else `title` (the rule's), made free
     /// as Cozy does (`title (2)`...): two sharings with the same title, or a folder of the
@@ -77,6 +69,14 @@ impl Files {
         self.free_name(SHARED_WITH_ME_ID, title, kind, id).await
     }
 
+    /// The "Shared with me" directory, ready to take a received shared root: made when missing
+    /// (never made, or destroyed), and brought back to the root when it is in the trash, itself
+    /// or with a directory holding it, or no longer attached to the root. A root placed in it
+    /// would otherwise land in the trash, where emptying the trash destroys it (cozy-stack
+    /// `EnsureSharedWithMeDir`, PR #3442 and #4475). It comes back under its name, or the
+    /// first free ` (n)` when the root holds that name now; what it held when it went to the
+    /// trash stays there (the user trashed it): each such item moves to the trash itself,
+    /// restorable into "Shared with me", as Cozy does.
     pub async fn ensure_shared_with_me(&self) -> Result<()> {
         let _lock = self.writes.lock().await;
         self.sync().await?;

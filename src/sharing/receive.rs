@@ -90,13 +90,6 @@ pub struct Applied {
     pub revoke: bool,
 }
 
-/// `_bulk_docs` from member `from` (the request as read, each document a slice of its text):
-/// each document judged ([`judge`]) and written in one store transaction; the refused ones
-/// reported. A member whose token may not write (`may_write` false: read-only, or without
-/// `sync` rules) has every document refused with [`super::protocol::READ_ONLY_REFUSAL`], but
-/// for the echo of a removal this instance made, which is moot: it only hands back what this
-/// instance sent. Documents are split into their `_` members and their body as written (see
-/// `store::body`), never parsed into numbers.
 /// The files of the receiving instance, for what a batch of `io.cozy.files` changes there.
 #[derive(Clone, Copy)]
 pub struct FilesHere<'a> {
@@ -110,6 +103,13 @@ pub struct FilesHere<'a> {
     pub keep_unnamed: bool,
 }
 
+/// `_bulk_docs` from member `from` (the request as read, each document a slice of its text):
+/// each document judged ([`judge`]) and written in one store transaction; the refused ones
+/// reported. A member whose token may not write (`may_write` false: read-only, or without
+/// `sync` rules) has every document refused with [`super::protocol::READ_ONLY_REFUSAL`], but
+/// for the echo of a removal this instance made, which is moot: it only hands back what this
+/// instance sent. Documents are split into their `_` members and their body as written (see
+/// `store::body`), never parsed into numbers.
 pub async fn bulk_docs(
     inst: &Instance,
     files: Option<FilesHere<'_>>,

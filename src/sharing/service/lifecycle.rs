@@ -299,11 +299,6 @@ pub async fn trashing(
     Ok(ended)
 }
 
-/// The shared roots (ids on this instance) of the live sharings this instance received
-/// read-only: the values of their files rules by id (`Rule::subtree`). On a recipient a
-/// root's id is already the one it holds (the owner transforms ids before sending, see
-/// `sharing::xor`). `/files` refuses a change at or below one of them (nextcloud/server#17819:
-/// accepted here, the owner would refuse it and the member's tree would never match again).
 /// Whether this instance is a recipient of `s` whose own edits reach the owner (it may write,
 /// and `s` has `sync` rules): a version of its own that loses to the owner's there comes back
 /// as the owner's conflict copy (`files::shared`), whose bytes only this instance may hold.
@@ -311,6 +306,11 @@ pub fn edits_come_back(cx: &Context, inst: &Instance, s: &Sharing) -> bool {
     !s.owner && s.has_sync_rule() && own_index(cx, inst, s).and_then(|i| s.member(i)).is_some_and(|m| !m.read_only)
 }
 
+/// The shared roots (ids on this instance) of the live sharings this instance received
+/// read-only: the values of their files rules by id (`Rule::subtree`). On a recipient a
+/// root's id is already the one it holds (the owner transforms ids before sending, see
+/// `sharing::xor`). `/files` refuses a change at or below one of them (nextcloud/server#17819:
+/// accepted here, the owner would refuse it and the member's tree would never match again).
 pub async fn read_only_roots(cx: &Context, inst: &Instance) -> Result<Vec<String>> {
     let mut roots = Vec::new();
     for s in crate::sharing::list(inst.store.as_ref()).await? {
