@@ -141,6 +141,9 @@ async fn put_content(
 ) -> ApiResult<HttpResponse> {
     let theirs = path::param(&req, "file_id")?;
     let id = IdMap::for_member(&s, from).convert(&theirs);
+    // What this instance refuses of the member's content, and takes, shows in its status.
+    let key =
+        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: s.id().to_owned(), member: from };
     let doc = DocId::parse(&id).map_err(|e| ApiError::bad_request(format!("file id: {e}")))?;
     let q = super::Query::of(&req)?;
     let vfs_id = version_param(q.get("vfs_id").ok_or_else(|| ApiError::bad_request("vfs_id is required"))?)?;
@@ -158,18 +161,7 @@ async fn put_content(
             while let Some(Ok(_)) = payload.next().await {}
             // Shown in this instance's status too (`refused_received`), as the documents it
             // refuses are: its copy of the sharing lacks these bytes.
-            let key = crate::sync::manager::PeerKey {
-                domain: inst.0.domain.to_string(),
-                sharing: s.id().to_owned(),
-                member: from,
-            };
-            let refused = crate::sharing::protocol::Refused {
-                id: theirs,
-                doctype: crate::files::DOCTYPE.to_owned(),
-                error: "too_large".into(),
-                reason: reason.clone(),
-            };
-            state_of(&req)?.sync.note_refused_content(&key, refused);
+            state_of(&req)?.sync.note_refused_content(&key, &theirs, &reason);
             return Err(ApiError::QuotaExceeded(reason));
         }
         r => r?,
@@ -210,8 +202,6 @@ async fn put_content(
     // crash test, tests/folder_crash.rs, accounts for it from the objects on disk).
     tracing::info!(instance = %inst.0.domain, sharing = %s.id(), member = from.get(), file = %id, version = %vfs_id,
         size, "received file content");
-    let key =
-        crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: s.id().to_owned(), member: from };
     state_of(&req)?.sync.note_taken_content(&key, &theirs);
     // The owner relays what a recipient sent to the other members: wake the senders.
     state_of(&req)?.content.wake();

@@ -105,14 +105,18 @@ impl LinkStatus {
 pub struct ReceivedRefusals {
     /// Documents refused (each refusal counted, a document sent again counts again).
     pub docs: u64,
-    /// Files whose content is refused now (over this instance's quota): each counted once
-    /// however often it is sent again, and no more once its content is taken.
-    pub files: u64,
-    #[serde(skip)]
-    refused_files: std::collections::BTreeSet<String>,
+    /// Files whose content is refused now (over this instance's quota), as the member names
+    /// them: each counted once however often it is sent again, and no more once its content
+    /// is taken. Shown as `files`, their count.
+    #[serde(rename = "files", serialize_with = "count")]
+    pub refused_files: std::collections::BTreeSet<String>,
     /// The last one: `<doctype>/<id>` as the member sent it (its own id), the reason, when
     /// (RFC 3339).
     pub last: Option<LastRefusal>,
+}
+
+fn count<S: serde::Serializer>(set: &std::collections::BTreeSet<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(set.len() as u64)
 }
 
 pub struct SyncManager {
@@ -188,17 +192,16 @@ impl SyncManager {
         }
     }
 
-    /// Notes that the content of file `refused.id` (as the member names it) sent by member
-    /// `key.member` was refused (`http::content`, over the quota): counted in `files` once,
-    /// and the last refusal.
-    pub fn note_refused_content(&self, key: &PeerKey, refused: crate::sharing::protocol::Refused) {
+    /// Notes that the content of file `id` (as the member names it) sent by member
+    /// `key.member` was refused for `reason` (`http::content`, over the quota): counted once in
+    /// `refused_files`, and the last refusal.
+    pub fn note_refused_content(&self, key: &PeerKey, id: &str, reason: &str) {
         if let Ok(mut m) = self.received.lock() {
             let r = m.entry(key.clone()).or_default();
-            r.refused_files.insert(refused.id.clone());
-            r.files = r.refused_files.len() as u64;
+            r.refused_files.insert(id.to_owned());
             r.last = Some(LastRefusal {
-                doc: format!("{}/{}", refused.doctype, refused.id),
-                reason: refused.reason,
+                doc: format!("{}/{id}", crate::files::DOCTYPE),
+                reason: reason.to_owned(),
                 at: now_rfc3339(),
             });
         }
@@ -209,9 +212,7 @@ impl SyncManager {
     pub fn note_taken_content(&self, key: &PeerKey, id: &str) {
         if let Ok(mut m) = self.received.lock() {
             if let Some(r) = m.get_mut(key) {
-                if r.refused_files.remove(id) {
-                    r.files = r.refused_files.len() as u64;
-                }
+                r.refused_files.remove(id);
             }
         }
     }

@@ -245,7 +245,7 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
         let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member };
         let received = svc.sync.received_refusals(&key);
-        if targets.contains(&member) || received.docs > 0 || received.files > 0 {
+        if targets.contains(&member) || received.docs > 0 || !received.refused_files.is_empty() {
             entry["refused_received"] = serde_json::to_value(received).unwrap_or(Value::Null);
         }
         if targets.contains(&member) {
