@@ -23,7 +23,8 @@
 //!
 //! A file whose bytes are not here yet (the owner relaying a recipient's file to the other
 //! members before it arrived) stops the round there; it goes on when the bytes arrive (the
-//! receiving route wakes this worker) or at the next retry. Failures back off from 1 s to 30 s.
+//! receiving route wakes this worker) or at the next retry. Failures and refusals back off as the
+//! replicator's do (`replication.retry_base_ms` doubling up to `retry_max_ms`).
 //!
 //! `files_pending` and `bytes_pending` of [`ContentStatus`] are computed from the same state:
 //! the files of the sharing whose row is past the content checkpoint.
