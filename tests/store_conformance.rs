@@ -125,7 +125,7 @@ async fn pending_matches_a_full_count_across_feed_buckets_and_in_older_files() {
     let store = SqliteStore::open(&path, 1000).unwrap();
     let version: i64 =
         rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 4, "upgraded to the current schema");
+    assert_eq!(version, 5, "upgraded to the current schema");
     check(&store, &t).await;
     let seven = store.get(&t, &DocId::parse("d0007").unwrap(), GetOptions::default()).await.unwrap();
     assert_eq!(seven.doc.body.as_str(), r#"{"i":7,"gen":1}"#);
@@ -196,11 +196,74 @@ async fn a_file_of_schema_3_keeps_every_body_when_bodies_move_to_a_rowid_table()
     assert!(!table_sql(&path).contains("WITHOUT ROWID"), "converted when opened");
     let version: i64 =
         rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     for i in 0..90 {
         let got = store.get(&t, &DocId::parse(&format!("d{i:03}")).unwrap(), GetOptions::default()).await.unwrap();
         assert_eq!(got.doc.body.as_str(), Body::parse(&text(i)).unwrap().as_str(), "body of d{i:03}");
     }
     assert!(store.bulk_docs(&t, (90..99).map(doc).collect(), false).await.unwrap().is_empty());
     assert_eq!(store.db_info(&t).await.unwrap().doc_count, 99);
+}
+
+/// Version 5 of the schema keeps the revision a document left its sharing at
+/// (`shared.left_rev`): a file written by version 4 gets the column when opened, its removed
+/// rows say nothing of it (their files' content is not offered any more), and removals
+/// recorded from then on have it.
+#[tokio::test]
+async fn a_file_of_schema_4_gets_the_revision_documents_leave_at_and_its_older_removals_have_none() {
+    use hearth::store::{Body, DocId, DocWrite, Doctype, Store, TrackRule};
+    use hearth_replicator::rev::Rev;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.sqlite");
+    let t = Doctype::parse("io.hearth.leaving").unwrap();
+    let sharing = hearth::sharing::SharingId::parse("6123456789abcdef0123456789abcdef").unwrap();
+    let rules = vec![TrackRule {
+        sharing_id: sharing.clone(),
+        rule_index: 0,
+        doctype: t.clone(),
+        selector: Some("list".into()),
+        values: vec!["in".into()],
+        joins: true,
+        parent_field: None,
+    }];
+    let edit = |id: &str, parent: Option<&Rev>, list: &str| DocWrite {
+        id: DocId::parse(id).unwrap(),
+        rev: parent.cloned(),
+        revisions: None,
+        deleted: false,
+        body: Body::parse(&format!(r#"{{"list":"{list}"}}"#)).unwrap(),
+    };
+    async fn put(store: &SqliteStore, t: &Doctype, w: DocWrite) -> Rev {
+        match store.bulk_docs(t, vec![w], true).await.unwrap().pop() {
+            Some(hearth::store::WriteResult::Ok { rev, .. }) => rev,
+            other => panic!("{other:?}"),
+        }
+    }
+    let b = {
+        let store = SqliteStore::open(&path, 1000).unwrap();
+        store.set_tracking(rules.clone());
+        let a = put(&store, &t, edit("a", None, "in")).await;
+        let b = put(&store, &t, edit("b", None, "in")).await;
+        put(&store, &t, edit("a", Some(&a), "out")).await;
+        b
+    };
+    // As version 4 wrote it.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("BEGIN; ALTER TABLE shared DROP COLUMN left_rev; PRAGMA user_version = 4; COMMIT;")
+        .unwrap();
+
+    let store = SqliteStore::open(&path, 1000).unwrap();
+    let version: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, 5);
+    store.set_tracking(rules);
+    let feed = store.shared_changes(&sharing, 0, 10).await.unwrap();
+    let older: Vec<_> = feed.iter().map(|c| (c.id.as_str(), c.removed, c.left_rev.clone())).collect();
+    assert_eq!(older, [("b", false, None), ("a", true, None)], "an older removal says nothing of its revision");
+    let b2 = put(&store, &t, edit("b", Some(&b), "out")).await;
+    let feed = store.shared_changes(&sharing, 0, 10).await.unwrap();
+    let now: Vec<_> = feed.iter().map(|c| (c.id.as_str(), c.removed, c.left_rev.clone())).collect();
+    assert_eq!(now, [("a", true, None), ("b", true, Some(b2))]);
 }

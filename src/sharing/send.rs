@@ -102,6 +102,7 @@ mod tests {
             joined,
             initial: false,
             origin: None,
+            left_rev: None,
         }
     }
 

@@ -70,6 +70,7 @@ pub async fn run_all(store: &dyn Store, revs_limit: usize) {
     all_docs_ranges_keys_and_counts(store).await;
     local_documents_have_no_history_and_stay_out_of_the_feed(store).await;
     sharing_feeds_follow_every_write(store).await;
+    removed_rows_keep_the_revision_their_document_left_at(store).await;
     branches_of_one_document_in_one_batch_all_count(store).await;
     bodies_come_back_exactly_as_written(store).await;
     changes_count_the_rows_still_pending(store).await;
@@ -683,6 +684,50 @@ pub async fn sharing_feeds_follow_every_write(store: &dyn Store) {
     // Forgotten, the sharing starts again from what matches now.
     assert_eq!(store.track_existing(sharing).await.expect("restart"), 2);
     store.untrack(sharing).await.expect("untrack again");
+    store.set_tracking(Vec::new());
+}
+
+/// A removed row keeps the revision its document left at (`SharedChange::left_rev`): the
+/// write that took it out, or for a cascade (`retrack`) its winner then. Later edits of the
+/// document record nothing and leave it as it was; rows in the sharing have none, and a
+/// document coming back loses it.
+pub async fn removed_rows_keep_the_revision_their_document_left_at(store: &dyn Store) {
+    let t = dt("leaving");
+    let sharing = &SharingId::parse("3123456789abcdef0123456789abcdef").expect("sharing id");
+    // A subtree rule: "root" by id, and whatever has a parent in the sharing.
+    let subtree =
+        TrackRule { parent_field: Some("dir_id".into()), ..track_rule(sharing, &t, 0, None, &["root"], true) };
+    store.set_tracking(vec![subtree]);
+    let feed = || async { store.shared_changes(sharing, 0, 100).await.expect("feed") };
+    let row = |feed: &[SharedChange], doc: &str| {
+        feed.iter().find(|c| c.id.as_str() == doc).cloned().unwrap_or_else(|| panic!("no row for {doc}: {feed:?}"))
+    };
+    put(store, &t, edit("root", None, false, json!({}))).await.expect("root");
+    let sub = put(store, &t, edit("sub", None, false, json!({"dir_id": "root"}))).await.expect("sub");
+    let f = put(store, &t, edit("f", None, false, json!({"dir_id": "sub"}))).await.expect("f");
+    let g = put(store, &t, edit("g", None, false, json!({"dir_id": "root"}))).await.expect("g");
+    let all = feed().await;
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.iter().all(|c| !c.removed && c.left_rev.is_none()), "{all:?}");
+    // Leaving by its own write: the revision of that write.
+    let g2 = put(store, &t, edit("g", Some(&g), false, json!({"dir_id": "elsewhere"}))).await.expect("g leaves");
+    let left = row(&feed().await, "g");
+    assert!(left.removed);
+    assert_eq!(left.left_rev, Some(g2.clone()));
+    // An edit after it left: no row, the removal still says where it left.
+    let g3 = put(store, &t, edit("g", Some(&g2), false, json!({"dir_id": "elsewhere", "v": 2}))).await.expect("edit");
+    assert_eq!(row(&feed().await, "g"), left, "an edit of a document out of the sharing records nothing");
+    // Leaving with its parent: the directory at its move, what it holds at its winner then.
+    let sub2 = put(store, &t, edit("sub", Some(&sub), false, json!({"dir_id": "elsewhere"}))).await.expect("sub");
+    assert_eq!(store.retrack(&t, &[id("f")]).await.expect("cascade").recorded, 1);
+    let now = feed().await;
+    assert_eq!((row(&now, "sub").removed, row(&now, "sub").left_rev), (true, Some(sub2)));
+    assert_eq!((row(&now, "f").removed, row(&now, "f").left_rev), (true, Some(f)));
+    // Coming back: in the sharing again, with no such revision.
+    put(store, &t, edit("g", Some(&g3), false, json!({"dir_id": "root"}))).await.expect("g comes back");
+    let back = row(&feed().await, "g");
+    assert_eq!((back.removed, back.left_rev), (false, None));
+    store.untrack(sharing).await.expect("untrack");
     store.set_tracking(Vec::new());
 }
 

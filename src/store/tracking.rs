@@ -220,6 +220,16 @@ pub struct SharedChange {
     pub initial: bool,
     /// The member it was received from, when it entered the sharing that way.
     pub origin: Option<super::MemberIndex>,
+    /// For a removed row, the document's winning revision when it left: the revision whose
+    /// write took it out of the sharing, or for a cascade ([`Store::retrack`](super::Store::retrack))
+    /// its winner when its parent moved. `None` for a row in the sharing, and for a removed
+    /// row recorded before this field (an SQLite file before schema 5, a CouchDB state
+    /// without it), which says nothing of when its document left. A document whose winner is still this revision
+    /// holds nothing made after it left the sharing: only then is a file's content offered for
+    /// such a row (`Files::offered_versions`). On CouchDB, writes the sequencer numbers in one
+    /// page count as one change (see `store::couch`, "Sequence numbers"): a move and an edit
+    /// made before the move was numbered leave at the edit's revision.
+    pub left_rev: Option<hearth_replicator::rev::Rev>,
 }
 
 /// Which rows of a sharing's feed a replicator wants, with their documents' leaves (see

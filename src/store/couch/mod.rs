@@ -98,11 +98,11 @@
 //! tracking: this is how "tracking in the same transaction as the write" carries over. The rules
 //! applied are those in force when the change is numbered, normally right after the write.
 //! Each document's membership is `t/<sharing>/<doctype>/<id>` (`{seq, rule, removed, joined,
-//! initial, origin}`, updated under MVCC, the latest sequence winning), and the sharing's feed
-//! is a chain of `u/<sharing>/<first>` batches numbered like the document batches; a feed row
-//! counts only if it is still its document's latest. `s/<sharing>` marks a sharing whose
-//! initial set was taken (`track_existing` writes it once the set is recorded; later calls stop
-//! there). A received document's membership is recorded before its write (see "Atomicity"),
+//! initial, origin, left_rev}`, updated under MVCC, the latest sequence winning), and the
+//! sharing's feed is a chain of `u/<sharing>/<first>` batches numbered like the document
+//! batches; a feed row counts only if it is still its document's latest. `s/<sharing>` marks a
+//! sharing whose initial set was taken (`track_existing` writes it once the set is recorded;
+//! later calls stop there). A received document's membership is recorded before its write (see "Atomicity"),
 //! so the two get different rows; the state keeps the revision the write brings, and the
 //! write's row, if that revision is still the winner and nothing changed in between, becomes
 //! its `joined` row: as on SQLite, `joined == seq` means the document has not changed here

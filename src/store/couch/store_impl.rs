@@ -579,6 +579,7 @@ impl Store for CouchStore {
                 // Only a document's latest row counts.
                 let Some((_, st)) = states.get(key).filter(|(_, st)| st.seq == seq) else { continue };
                 let (Ok(doctype), Ok(id)) = (Doctype::parse(&row.0), DocId::parse(&row.1)) else { continue };
+                let left_rev = st.left_rev.as_deref().map(parse_rev).transpose()?;
                 out.push(SharedChange {
                     seq,
                     doctype,
@@ -588,6 +589,7 @@ impl Store for CouchStore {
                     joined: st.joined,
                     initial: st.initial,
                     origin: st.origin.map(MemberIndex),
+                    left_rev,
                 });
                 if out.len() >= limit {
                     break;

@@ -38,6 +38,11 @@ pub(super) struct TrackState {
     /// (`SharedChange::joined`). Cleared by any later row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) arrival: Option<String>,
+    /// For a removed state, the revision the document left at (`SharedChange::left_rev`);
+    /// absent from states written by older versions. Set by each row, never kept from an
+    /// older state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) left_rev: Option<String>,
 }
 
 impl TrackState {
@@ -65,11 +70,14 @@ pub(super) struct ShareRecord {
     entry: Entry,
     /// The row is the write of a received document's `arrival`: its state's `joined` moves to it.
     arrived: bool,
+    /// For a removed row, the revision the document left at ([`TrackState::left_rev`]).
+    left_rev: Option<String>,
 }
 
 impl ShareRecord {
     pub(super) fn new(doctype: &str, id: &str, rule: usize, removed: bool, entry: Entry) -> ShareRecord {
-        ShareRecord { doctype: doctype.to_owned(), id: id.to_owned(), rule, removed, entry, arrived: false }
+        let (doctype, id) = (doctype.to_owned(), id.to_owned());
+        ShareRecord { doctype, id, rule, removed, entry, arrived: false, left_rev: None }
     }
 }
 
@@ -177,6 +185,8 @@ impl CouchStore {
                     let arrival = arriving.remove(row.0.as_str());
                     record.arrived =
                         !removed && arrival.is_some_and(|rev| row.1.first().map(String::as_str) == Some(rev));
+                    // Leaving: the winner whose body no longer matches.
+                    record.left_rev = row.1.first().filter(|_| removed).cloned();
                     records.push(record);
                 }
             }
@@ -230,6 +240,7 @@ impl CouchStore {
                     initial: r.entry.initial,
                     origin: r.entry.origin,
                     arrival: r.entry.arrival.clone(),
+                    left_rev: r.left_rev.clone(),
                 };
                 (track_key(sharing, &r.doctype, &r.id), state, r.arrived)
             })

@@ -45,7 +45,8 @@ use super::*;
 /// 3: `feed_counts` (filled from `docs` when an older file is opened), and where and how each
 /// document entered its sharing (`shared.joined`, `initial`, `origin`; `sharing_starts`).
 /// 4: `bodies` is a rowid table (see [`BODIES`]).
-const SCHEMA_VERSION: i64 = 4;
+/// 5: `shared.left_rev`, the revision a document left its sharing at (`SharedChange::left_rev`).
+const SCHEMA_VERSION: i64 = 5;
 
 /// Sequence numbers per `feed_counts` bucket.
 pub const FEED_BUCKET: u64 = 1024;
@@ -93,6 +94,7 @@ CREATE TABLE IF NOT EXISTS shared (
     joined INTEGER NOT NULL DEFAULT 0,
     initial INTEGER NOT NULL DEFAULT 0,
     origin INTEGER,
+    left_rev TEXT,
     PRIMARY KEY (sharing_id, doctype, id)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS shared_by_seq ON shared (sharing_id, seq);
@@ -263,24 +265,31 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Brings a database written by an older hearth to [`SCHEMA_VERSION`] (`SCHEMA` has already
-/// created whatever table was missing).
+/// Brings a database written by an older hearth (schema `from`, 0 for a new file) to
+/// [`SCHEMA_VERSION`], the layout of `bodies` apart ([`bodies_to_rowid`]); `SCHEMA` has already
+/// created whatever table was missing.
 fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
-    if (1..3).contains(&from) {
-        // Version 3: where and how each document entered its sharing. Older rows get
-        // `joined = 0`, which every member's checkpoint is past: their documents count as
-        // already known to every member, as version 2 assumed.
-        let columns: Vec<String> =
-            conn.prepare("PRAGMA table_info(shared)")?.query_map([], |r| r.get(1))?.collect::<Result<_, _>>()?;
-        for (name, ddl) in [
-            ("joined", "ALTER TABLE shared ADD COLUMN joined INTEGER NOT NULL DEFAULT 0"),
-            ("initial", "ALTER TABLE shared ADD COLUMN initial INTEGER NOT NULL DEFAULT 0"),
-            ("origin", "ALTER TABLE shared ADD COLUMN origin INTEGER"),
-        ] {
-            if !columns.iter().any(|c| c == name) {
-                conn.execute_batch(ddl)?;
-            }
+    if from == 0 {
+        return Ok(());
+    }
+    // Columns `shared` gained. Version 3: where and how each document entered its sharing.
+    // Older rows get `joined = 0`, which every member's checkpoint is past: their documents
+    // count as already known to every member, as version 2 assumed. Version 5: the revision a
+    // document left its sharing at; older removed rows have none, and the content of their
+    // files is not offered any more (see `SharedChange::left_rev`).
+    let columns: Vec<String> =
+        conn.prepare("PRAGMA table_info(shared)")?.query_map([], |r| r.get(1))?.collect::<Result<_, _>>()?;
+    for (name, ddl) in [
+        ("joined", "ALTER TABLE shared ADD COLUMN joined INTEGER NOT NULL DEFAULT 0"),
+        ("initial", "ALTER TABLE shared ADD COLUMN initial INTEGER NOT NULL DEFAULT 0"),
+        ("origin", "ALTER TABLE shared ADD COLUMN origin INTEGER"),
+        ("left_rev", "ALTER TABLE shared ADD COLUMN left_rev TEXT"),
+    ] {
+        if !columns.iter().any(|c| c == name) {
+            conn.execute_batch(ddl)?;
         }
+    }
+    if from < 3 {
         // Version 2 took a sharing's initial set in one transaction and marked no start: a
         // sharing with a feed has its set, and is not to take it again.
         conn.execute_batch("INSERT OR IGNORE INTO sharing_starts (sharing_id) SELECT DISTINCT sharing_id FROM shared")?;
@@ -301,9 +310,9 @@ fn bodies_without_rowid(conn: &Connection) -> rusqlite::Result<bool> {
 }
 
 /// Schema 4: copies `bodies` into a rowid table (see [`BODIES`]), in a transaction of its own
-/// that also sets the version. It needs about the table's size again in free space: on a full
-/// disk it fails, the file stays at version 3 (which every query reads as well) and the next
-/// opening tries again.
+/// that also sets the version (to [`SCHEMA_VERSION`]: [`migrate`] made every other change
+/// before). It needs about the table's size again in free space: on a full disk it fails, the
+/// file stays at version 3 (which every query reads as well) and the next opening tries again.
 fn bodies_to_rowid(conn: &Connection) -> rusqlite::Result<()> {
     let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     if bodies_without_rowid(&tx)? {
@@ -315,7 +324,7 @@ fn bodies_to_rowid(conn: &Connection) -> rusqlite::Result<()> {
              DROP TABLE bodies_v3;",
         )?;
     }
-    tx.pragma_update(None, "user_version", 4)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     // The copy went through the WAL: give its space back.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -346,8 +355,10 @@ impl SqliteStore {
             return Err(NewerSchema { path: path.to_owned(), found: version, supported: SCHEMA_VERSION }.into());
         }
         // Only a new or older file is written to: opening must work on a full disk, where the
-        // store then serves reads and refuses writes (`StoreError::Full`).
-        if version < 3 {
+        // store then serves reads and refuses writes (`StoreError::Full`). (An older file's
+        // columns take a few pages: on a full disk that upgrade fails, and the file opens once
+        // there is room.)
+        if version < SCHEMA_VERSION {
             // In one transaction: a crash while upgrading leaves the file as it was. (The
             // version is read again under the transaction's lock: another process may have
             // upgraded the file meanwhile.)
@@ -365,7 +376,8 @@ impl SqliteStore {
                 )
                 .context("failed to count the changes feeds")?;
             }
-            // A new file has a rowid `bodies` already: it is at version 4 at once.
+            // A new file has a rowid `bodies` already; an older one whose bodies have not moved
+            // yet stays at version 3 until they do (below).
             let to = if bodies_without_rowid(&tx)? { 3 } else { SCHEMA_VERSION };
             tx.pragma_update(None, "user_version", to.max(version))?;
             tx.commit().context("failed to upgrade the schema")?;
@@ -818,7 +830,7 @@ mod tests {
             async move {
                 store
                     .write(move |tx, ctx| {
-                        record_shared(tx, &ctx.seqs, "e1", "io.hearth.notes", id, 0, false, Entry::default())?;
+                        record_shared(tx, &ctx.seqs, "e1", "io.hearth.notes", id, 0, None, Entry::default())?;
                         if fail {
                             return Err(StoreError::Conflict);
                         }

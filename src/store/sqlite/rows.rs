@@ -209,7 +209,7 @@ pub(super) fn save_doc(
             Some((_, written)) => (*written).clone(),
             None => load_body(tx, u.doctype, u.id, &winner.rev)?.unwrap_or_default(),
         };
-        track_doc(tx, ctx, u.doctype, u.id, winner.deleted, &body, Track::Write(u.join))?;
+        track_doc(tx, ctx, u.doctype, u.id, (&winner.rev, winner.deleted), &body, Track::Write(u.join))?;
     }
     Ok(())
 }
@@ -224,13 +224,14 @@ pub(super) enum Track<'a> {
 }
 
 /// Updates every sharing's feed for one written document (see `tracking::decide`), as `how`
-/// says. Returns the rows recorded.
+/// says: `winner` is its winning revision and whether it is deleted, `body` that revision's.
+/// Returns the rows recorded.
 pub(super) fn track_doc(
     tx: &Transaction<'_>,
     ctx: &WriteCtx,
     doctype: &str,
     id: &str,
-    deleted: bool,
+    (winner, deleted): (&Rev, bool),
     body: &Body,
     how: Track<'_>,
 ) -> Result<u64, StoreError> {
@@ -258,7 +259,8 @@ pub(super) fn track_doc(
             continue;
         }
         if let TrackAction::Record { rule_index, removed } = action {
-            record_shared(tx, &ctx.seqs, sharing, doctype, id, rule_index, removed, entry)?;
+            let left_rev = removed.then_some(winner);
+            record_shared(tx, &ctx.seqs, sharing, doctype, id, rule_index, left_rev, entry)?;
             recorded += 1;
         }
     }
@@ -284,17 +286,20 @@ pub(super) fn shared_change_rows(
     limit: usize,
 ) -> Result<Vec<SharedChange>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, doctype, id, rule, removed, joined, initial, origin FROM shared
+        "SELECT seq, doctype, id, rule, removed, joined, initial, origin, left_rev FROM shared
          WHERE sharing_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
-    type Row = (i64, String, String, i64, bool, i64, bool, Option<i64>);
+    type Row = (i64, String, String, i64, bool, i64, bool, Option<i64>, Option<String>);
     let rows: Vec<Row> = stmt
         .query_map(params![sharing_id, since as i64, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
         })?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
-        .map(|(seq, doctype, id, rule, removed, joined, initial, origin)| {
+        .map(|(seq, doctype, id, rule, removed, joined, initial, origin, left_rev)| {
+            let left_rev = left_rev
+                .map(|r| r.parse::<Rev>().map_err(|e| StoreError::Corrupt(format!("left_rev of {id}: {e}"))))
+                .transpose()?;
             Ok(SharedChange {
                 seq: seq as u64,
                 doctype: Doctype::parse(&doctype).map_err(StoreError::Corrupt)?,
@@ -304,6 +309,7 @@ pub(super) fn shared_change_rows(
                 joined: joined as u64,
                 initial,
                 origin: origin.map(|o| MemberIndex(o as usize)),
+                left_rev,
             })
         })
         .collect()
@@ -335,6 +341,8 @@ pub(super) struct Entry {
     pub(super) origin: Option<MemberIndex>,
 }
 
+/// Records a row of `sharing`'s feed for one document: in the sharing, or with `left_rev`,
+/// removed from it at that revision (`SharedChange::left_rev`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record_shared(
     tx: &Transaction<'_>,
@@ -343,11 +351,11 @@ pub(super) fn record_shared(
     doctype: &str,
     id: &str,
     rule_index: usize,
-    removed: bool,
+    left_rev: Option<&Rev>,
     entry: Entry,
 ) -> Result<(), StoreError> {
     let seq = seqs.take(tx, sharing, 1)?;
-    write_shared(tx, sharing, doctype, id, seq, rule_index, removed, entry)
+    write_shared(tx, sharing, doctype, id, seq, rule_index, left_rev, entry)
 }
 
 /// [`record_shared`] for many documents entering `sharing` at once (an initial set).
@@ -365,7 +373,7 @@ pub(super) fn record_joined(
     }
     let first = seqs.take(tx, sharing, joined.len() as i64)?;
     for (seq, (id, rule_index)) in (first..).zip(joined) {
-        write_shared(tx, sharing, doctype, id, seq, *rule_index, false, entry)?;
+        write_shared(tx, sharing, doctype, id, seq, *rule_index, None, entry)?;
     }
     Ok(())
 }
@@ -378,13 +386,13 @@ fn write_shared(
     id: &str,
     seq: i64,
     rule_index: usize,
-    removed: bool,
+    left_rev: Option<&Rev>,
     entry: Entry,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed, joined, initial, origin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?7, ?8)
-         ON CONFLICT (sharing_id, doctype, id) DO UPDATE SET seq = ?4, rule = ?5, removed = ?6",
+        "INSERT INTO shared (sharing_id, doctype, id, seq, rule, removed, joined, initial, origin, left_rev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?4, ?7, ?8, ?9)
+         ON CONFLICT (sharing_id, doctype, id) DO UPDATE SET seq = ?4, rule = ?5, removed = ?6, left_rev = ?9",
     )?
     .execute(params![
         sharing,
@@ -392,9 +400,10 @@ fn write_shared(
         id,
         seq,
         rule_index as i64,
-        removed,
+        left_rev.is_some(),
         entry.initial,
-        entry.origin.map(|o| o.get() as i64)
+        entry.origin.map(|o| o.get() as i64),
+        left_rev.map(Rev::to_string)
     ])?;
     Ok(())
 }

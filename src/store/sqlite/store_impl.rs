@@ -594,7 +594,7 @@ impl Store for SqliteStore {
                     // No tracking rule of this sharing for the doctype (rules changing under
                     // it): the row is recorded here, as the write's tracking would not.
                     let entry = Entry { initial: false, origin: Some(origin) };
-                    record_shared(tx, &ctx.seqs, &sharing_id, &doctype, w.id.as_str(), j.rule, false, entry)?;
+                    record_shared(tx, &ctx.seqs, &sharing_id, &doctype, w.id.as_str(), j.rule, None, entry)?;
                 }
                 let join = join.filter(|_| tracked);
                 match apply_replicated(tx, ctx, &mut counters, &doctype, &w.id, &[w], Prior { existing, join })?.pop() {
@@ -637,7 +637,8 @@ impl Store for SqliteStore {
                 let Some(winner) = row.tree.winner() else { continue };
                 let body = load_body(tx, &doctype, id.as_str(), &winner.rev)?.unwrap_or_default();
                 let before = if winner.deleted { 0 } else { removed_rows(id)? };
-                let recorded = track_doc(tx, ctx, &doctype, id.as_str(), winner.deleted, &body, Track::MembershipOnly)?;
+                let winner = (&winner.rev, winner.deleted);
+                let recorded = track_doc(tx, ctx, &doctype, id.as_str(), winner, &body, Track::MembershipOnly)?;
                 out.recorded += recorded;
                 if recorded > 0 && before > 0 && removed_rows(id)? < before {
                     out.rejoined.push(id.clone());
