@@ -1298,6 +1298,72 @@ async fn only_the_version_a_file_had_when_it_left_is_offered_for_it() {
     assert_eq!(files.left_versions(&[g]).await.unwrap(), vec![None]);
 }
 
+/// What the owner offers of files it moved out of the shared folder itself (live here, their
+/// rows in the sharing's feed removed), to a member whose content checkpoint is before those
+/// rows: a file still as it left, its version (the member's copy of it, without its bytes,
+/// gets them); a file edited after it left, nothing. Its new content was offered before, and
+/// a member answering `missing` for it (whatever its copy names) would have been sent bytes
+/// made after the file left the sharing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_owner_moved_out_is_offered_only_as_it_was_when_it_left() {
+    let NoRoom { one, _two, alice, bob, ta, tb, bob_store } = bob_without_room().await;
+    let projects = mkdir(&alice, &ta, ROOT, "Projects").await;
+    let edited = upload(&alice, &ta, &projects, "edited.txt", b"as it left").await;
+    let kept = upload(&alice, &ta, &projects, "kept.txt", b"kept-bytes").await;
+    let rw = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([files_rule(&projects, SYNC)]), rw, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    eventually(WAIT, "the documents reach bob", || async {
+        at_path(&bob, &tb, &format!("{SHARED}/edited.txt")).await.is_some()
+            && at_path(&bob, &tb, &format!("{SHARED}/kept.txt")).await.is_some()
+    })
+    .await;
+    assert!(content_at(&bob, &tb, &format!("{SHARED}/kept.txt")).await.is_none(), "no room for the bytes yet");
+    // Alice moves both out (bob keeps copies, without their bytes), then edits one.
+    patch(&alice, &ta, &edited, json!({"dir_id": ROOT})).await;
+    patch(&alice, &ta, &kept, json!({"dir_id": ROOT})).await;
+    eventually(WAIT, "bob keeps copies of both", || async {
+        let trash = trash_list(&bob, &tb).await;
+        trash.contains_key("edited.txt") && trash.contains_key("kept.txt")
+    })
+    .await;
+    // Bob's content checkpoint is held before the rows of both (he refuses their bytes).
+    let inst = one.instance(&alice.domain);
+    let member = hearth::sharing::MemberIndex(1);
+    let checkpoint = hearth::sync::content::read_record(&inst, &sid, member).await.unwrap().last_seq;
+    assert_eq!(replace(&alice, &ta, &edited, b"made after it left").await, 200);
+
+    let files = one.files.of(&inst).await.unwrap();
+    let (after, _, _) = files.current_version(&edited).await.unwrap().unwrap();
+    let (kept_version, _, _) = files.current_version(&kept).await.unwrap().unwrap();
+    let sharing = hearth::sharing::SharingId::parse(&sid).unwrap();
+    let rows: Vec<_> = inst
+        .store
+        .shared_changes(&sharing, checkpoint, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| [&edited, &kept].contains(&&r.id.to_string()))
+        .collect();
+    assert_eq!(rows.len(), 2, "both rows are past bob's content checkpoint: {rows:?}");
+    assert!(rows.iter().all(|r| r.removed), "{rows:?}");
+    let offered: BTreeMap<String, Option<String>> = rows
+        .iter()
+        .map(|r| r.id.to_string())
+        .zip(files.offered_versions(&rows).await.unwrap().into_iter().map(|v| v.map(|(v, _, _)| v)))
+        .collect();
+    assert_eq!(offered[&edited], None, "the version made after edited.txt left is never offered (it is {after})");
+    assert_eq!(offered[&kept], Some(kept_version), "kept.txt is offered as it left");
+    // Room again: bob's copy of kept.txt gets its bytes; his copy of edited.txt names a version
+    // whose bytes are gone from alice (replaced), and gets nothing.
+    hearth::files::set_instance_quota(bob_store.as_ref(), None).await.unwrap();
+    eventually(WAIT, "bob's copy of kept.txt gets its bytes", || async {
+        content_at(&bob, &tb, "/.cozy_trash/kept.txt").await.as_deref() == Some(b"kept-bytes".as_slice())
+    })
+    .await;
+    assert_eq!(content_at(&bob, &tb, "/.cozy_trash/edited.txt").await, None);
+}
+
 /// A read-only member's change through `/files` at or below the shared root: the status and
 /// the reason of the refusal.
 async fn refused_read_only(i: &TestInstance, token: &str, method: Method, path: &str, body: Option<Vec<u8>>) {

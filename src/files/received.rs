@@ -17,8 +17,10 @@
 use super::content::ContentKey;
 use super::index::Entry;
 use super::{internal, version_key, Files, FilesError, Kind, Reserved, Result, Sink, Writing};
+use crate::store::tracking::SharedChange;
 use crate::store::DocId;
 use bytes::Bytes;
+use hearth_replicator::rev::Rev;
 use std::sync::atomic::Ordering;
 
 /// What this instance needs of one version of a file a member offers.
@@ -93,15 +95,17 @@ impl Files {
     async fn named_versions(&self, asked: &[(String, String)]) -> Result<Vec<Option<(u64, String)>>> {
         let ids: Vec<String> = asked.iter().map(|(id, _)| id.clone()).collect();
         let entries = self.index.get_many(&ids).await?;
-        self.named_in(asked, entries).await
+        let named = self.named_in(asked, entries).await?;
+        Ok(named.into_iter().map(|n| n.map(|(_, size, md5)| (size, md5))).collect())
     }
 
-    /// [`Files::named_versions`] with the index's entries of the files already read.
+    /// [`Files::named_versions`] with the index's entries of the files already read, each with
+    /// the revision of the document read (the winner that names the version).
     async fn named_in(
         &self,
         asked: &[(String, String)],
         entries: Vec<Option<Entry>>,
-    ) -> Result<Vec<Option<(u64, String)>>> {
+    ) -> Result<Vec<Option<(Rev, u64, String)>>> {
         let candidate = |(_, vfs_id): &(String, String), e: &Option<Entry>| {
             e.as_ref().is_some_and(|e| e.kind == Kind::File && e.vfs_id.as_deref() == Some(vfs_id.as_str()))
         };
@@ -117,11 +121,11 @@ impl Files {
             .zip(&entries)
             .map(|(a, e)| {
                 let (id, vfs_id) = a;
-                let (_, body) = docs.get(id).filter(|_| candidate(a, e))?;
+                let (rev, body) = docs.get(id).filter(|_| candidate(a, e))?;
                 let node = super::model::node_of(id, body)?;
                 let named = node.kind == Kind::File && node.vfs_id.as_deref() == Some(vfs_id.as_str());
                 let md5 = body.get("md5sum").and_then(|v| v.as_str().map(str::to_owned));
-                md5.filter(|_| named).map(|md5| (node.size, md5))
+                md5.filter(|_| named).map(|md5| (rev.clone(), node.size, md5))
             })
             .collect())
     }
@@ -207,6 +211,11 @@ impl Files {
 
     /// [`Files::current_version`] of each id, with whether its bytes are here.
     pub async fn current_versions(&self, ids: &[String]) -> Result<Vec<Option<(String, u64, String)>>> {
+        Ok(self.current_at(ids).await?.into_iter().map(|v| v.map(|(_, v)| v)).collect())
+    }
+
+    /// [`Files::current_versions`], each with the revision of the document it was read from.
+    async fn current_at(&self, ids: &[String]) -> Result<Vec<Option<(Rev, (String, u64, String))>>> {
         self.sync().await?;
         // The version each file's index entry names, then what its document says of it.
         let entries = self.index.get_many(ids).await?;
@@ -220,7 +229,43 @@ impl Files {
             })
             .collect();
         let named = self.named_in(&asked, entries).await?;
-        Ok(asked.into_iter().zip(named).map(|((_, v), n)| n.map(|(size, md5)| (v, size, md5))).collect())
+        Ok(asked.into_iter().zip(named).map(|((_, v), n)| n.map(|(rev, size, md5)| (rev, (v, size, md5)))).collect())
+    }
+
+    /// What the content channel offers for each of these rows of a sharing's feed (rows of
+    /// files, in any order; `sync::content` sends them), as [`Files::current_versions`]:
+    /// (vfs_id, size, md5sum), or `None` when nothing is to be offered. Never anything made
+    /// after a file left the sharing (the rule of `files::shared`, "Leaving keeps a copy"):
+    /// - a file in the sharing: its current version;
+    /// - a file that left the sharing and is live here (a `removed` row: moved out, on this
+    ///   instance): its current version only while its winning revision is still the one it
+    ///   left at (`SharedChange::left_rev`), so a member whose dissociated copy names that
+    ///   version still gets its bytes. Once the file changed here, nothing: new content would
+    ///   reach a member that answers `missing` for it, whatever its copy names (a rename or a
+    ///   move, which keeps the content, offers nothing either: the revision is all the row
+    ///   knows). A removed row without that revision (recorded before it was kept) offers
+    ///   nothing: it cannot tell, and a copy left without its bytes is the lesser harm;
+    /// - for the others (a file gone from here: a member moved it out, and this instance keeps
+    ///   a dissociated copy of it): the version its copy names, as [`Files::left_versions`]
+    ///   says (nothing made after it left either).
+    pub async fn offered_versions(&self, rows: &[SharedChange]) -> Result<Vec<Option<(String, u64, String)>>> {
+        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        let mut versions: Vec<Option<(String, u64, String)>> = rows
+            .iter()
+            .zip(self.current_at(&ids).await?)
+            .map(|(row, current)| {
+                let (rev, version) = current?;
+                (!row.removed || row.left_rev.as_ref() == Some(&rev)).then_some(version)
+            })
+            .collect();
+        let gone: Vec<usize> = (0..ids.len()).filter(|&i| versions[i].is_none()).collect();
+        if !gone.is_empty() {
+            let asked: Vec<String> = gone.iter().map(|&i| ids[i].clone()).collect();
+            for (i, v) in gone.into_iter().zip(self.left_versions(&asked).await?) {
+                versions[i] = v;
+            }
+        }
+        Ok(versions)
     }
 
     /// For each of `ids`, files gone from this instance, the version its dissociated copy names
@@ -264,10 +309,11 @@ impl Files {
     /// [`Files::current_versions`], from the index alone: no document is read): its size each,
     /// `None` for the others. For counting what is pending, at every status request.
     ///
-    /// Two differences with what is offered, both passing: a file document without an
-    /// `md5sum` (hearth always writes one; a peer's document may lack it) is counted here and
-    /// never offered, until the content checkpoint passes its row; and the size is the index's,
-    /// which may lag the document by one edit.
+    /// Three differences with what is offered ([`Files::offered_versions`]), all passing: a file
+    /// document without an `md5sum` (hearth always writes one; a peer's document may lack it),
+    /// and a file that left the sharing and changed here since (or whose row does not say when
+    /// it left), are counted here and never offered, until the content checkpoint passes their
+    /// row; and the size is the index's, which may lag the document by one edit.
     pub async fn version_sizes(&self, ids: &[String]) -> Result<Vec<Option<u64>>> {
         self.sync().await?;
         let entries = self.index.get_many(ids).await?;

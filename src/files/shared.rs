@@ -81,7 +81,10 @@
 //! member takes the bytes of the version its copy names (`files::received`), never of a
 //! later one. So does a file a member moved out itself before its bytes arrived (its own file
 //! now, under the same id): the owner, which keeps a dissociated copy of it, offers the
-//! version that copy names (`sync::content`).
+//! version that copy names (`sync::content`). A sender never offers anything made after an
+//! item left, whatever a member answers: a file moved out on the sender is offered only while
+//! it is still at the revision it left at, a dissociated copy only while it is as it was made
+//! (`Files::offered_versions`).
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;

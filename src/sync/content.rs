@@ -194,12 +194,13 @@ pub async fn pending(inst: &Instance, files: &Files, sharing: &SharingId, since:
         let rows = inst.store.shared_changes(sharing, at, 1000).await?;
         let Some(last) = rows.last() else { break };
         at = last.seq;
-        let ids = offered_ids(&rows, &doctype);
+        let read = rows.len();
+        let ids: Vec<String> = offered_rows(rows, &doctype).iter().map(|r| r.id.to_string()).collect();
         for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
         }
-        if rows.len() < 1000 {
+        if read < 1000 {
             break;
         }
     }
@@ -232,13 +233,18 @@ fn file_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) ->
     rows.iter().filter(|r| &r.doctype == doctype && !r.removed).map(|r| r.id.to_string()).collect()
 }
 
-/// The ids of the rows of files (and directories) offered to a member: those in the sharing,
-/// and those that left it. A file that left before its bytes reached the member is kept
-/// there as a dissociated copy naming the version it had (`files::shared`, "Leaving keeps a
-/// copy"): the member answers whether that copy lacks the version offered, and takes its
-/// bytes only for the version its copy names (never a later one).
-fn offered_ids(rows: &[crate::store::tracking::SharedChange], doctype: &Doctype) -> Vec<String> {
-    rows.iter().filter(|r| &r.doctype == doctype).map(|r| r.id.to_string()).collect()
+/// The rows of files (and directories) whose content may be offered to a member: those in the
+/// sharing, and those that left it. A file that left before its bytes reached the member is
+/// kept there as a dissociated copy naming the version it had (`files::shared`, "Leaving keeps
+/// a copy"): the member answers whether that copy lacks the version offered, and takes its
+/// bytes only for the version its copy names; and only that version is offered for it
+/// (`Files::offered_versions`), so a member that answers otherwise gets nothing made after
+/// the file left either.
+fn offered_rows(
+    rows: Vec<crate::store::tracking::SharedChange>,
+    doctype: &Doctype,
+) -> Vec<crate::store::tracking::SharedChange> {
+    rows.into_iter().filter(|r| &r.doctype == doctype).collect()
 }
 
 fn files_error(e: crate::files::FilesError) -> SyncError {
@@ -401,30 +407,22 @@ impl ContentSource for LocalContent<'_> {
         let full = rows.len() >= limit;
         let rows: Vec<_> = rows.into_iter().take_while(|r| r.seq <= upto).collect();
         let last_seq = rows.last().map_or(since, |r| r.seq);
-        let mut ids = offered_ids(&rows, &crate::files::doctype());
+        let mut files = offered_rows(rows, &crate::files::doctype());
         // A file whose metadata the member refused (a read-only member's edit, say) has no
         // content to deliver there: its row is passed over.
         let refused = read_link(self.inst, self.sharing.id(), self.member).await?.refused;
         if !refused.is_empty() {
-            ids.retain(|id| !refused.contains_key(&format!("{}/{id}", crate::files::DOCTYPE)));
+            files.retain(|r| !refused.contains_key(&format!("{}/{}", crate::files::DOCTYPE, r.id)));
         }
-        let mut versions = self.files.current_versions(&ids).await.map_err(files_error)?;
-        // A file a member moved out of the sharing is gone here (its removal reached this
-        // instance, which keeps a dissociated copy of it): the version it had when it left is
-        // offered, under the file's id, for the member's own file may still lack its bytes
-        // (`Files::left_versions` says which, and never anything made after it left).
-        let gone: Vec<usize> = (0..ids.len()).filter(|&i| versions[i].is_none()).collect();
-        if !gone.is_empty() {
-            let asked: Vec<String> = gone.iter().map(|&i| ids[i].clone()).collect();
-            for (i, v) in gone.into_iter().zip(self.files.left_versions(&asked).await.map_err(files_error)?) {
-                versions[i] = v;
-            }
-        }
-        let seqs: HashMap<&str, u64> = rows.iter().map(|r| (r.id.as_str(), r.seq)).collect();
+        // What is offered for a file that left the sharing (moved out here, or by a member):
+        // only the version it had when it left, never anything made after
+        // (`Files::offered_versions`).
+        let versions = self.files.offered_versions(&files).await.map_err(files_error)?;
         let mut offers = Vec::new();
-        for (id, version) in ids.iter().zip(versions) {
-            if let (Some((vfs_id, size, md5sum)), Some(seq)) = (version, seqs.get(id.as_str())) {
-                offers.push(FileOffer { seq: *seq, key: self.ids.convert(id), version: vfs_id, size, md5sum });
+        for (row, version) in files.iter().zip(versions) {
+            if let Some((vfs_id, size, md5sum)) = version {
+                let key = self.ids.convert(row.id.as_str());
+                offers.push(FileOffer { seq: row.seq, key, version: vfs_id, size, md5sum });
             }
         }
         offers.sort_by_key(|o| o.seq);
