@@ -5,10 +5,10 @@
 //! 1. read the files whose feed row is past the content checkpoint and at most `upto` (the
 //!    replication checkpoint: their metadata reached the member), in feed order;
 //! 2. ask the target which of their versions it lacks ([`Need`]);
-//! 3. stream each missing version whose bytes are here, in groups of [`GROUP`]
-//!    ([`ContentTarget::put_many`], up to [`IN_FLIGHT`] at once), and save the checkpoint at each file's row once the target
-//!    acknowledged it and every file before it (outcomes settle in feed order); when all of a
-//!    batch is settled, at its end.
+//! 3. stream each missing version whose bytes are here, largest first, up to [`IN_FLIGHT`] at
+//!    once ([`ContentTarget::put_many`]), and save the checkpoint at each file's row once the
+//!    target acknowledged it and every file before it (outcomes settle in feed order, whatever
+//!    order they were sent in); when all of a batch is settled, at its end.
 //!
 //! Resuming after any failure or crash is therefore from the last file delivered, and a file the
 //! target has is answered [`Need::Present`]: a completed file is never sent again. A file whose
@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+
+use futures_util::{Stream, StreamExt};
 
 /// One file to offer: its feed row, its id on the target, its version and size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,92 +144,148 @@ pub trait ContentTarget<C> {
         false
     }
 
-    /// Sends several versions, each as [`ContentTarget::put`] would, and answers each one's
-    /// outcome in their order. A target may send them at once (several files in flight); by
-    /// default they go one after the other, stopping at the first failure that is not a
-    /// refusal (the ones after it are answered with `None`: not attempted).
-    fn put_many(
-        &mut self,
-        batch: Vec<(FileOffer, C)>,
-    ) -> impl Future<Output = Vec<Option<Result<(), Self::Error>>>> + Send
+    /// Sends the versions `files` yields, each as [`ContentTarget::put`] would, and answers
+    /// each one attempted with its outcome, in the order they were answered. A target may send
+    /// several at once (up to [`IN_FLIGHT`], taking the next from `files` as soon as one is
+    /// answered); by default they go one after the other. After a failure that is not a refusal
+    /// no new one is taken from `files` (the ones in flight finish): those not taken are not
+    /// answered, and were not attempted.
+    fn put_many<F>(&mut self, files: F) -> impl Future<Output = Vec<(FileOffer, Result<(), Self::Error>)>> + Send
     where
+        F: Stream<Item = (FileOffer, C)> + Send,
         Self: Send,
         Self::Error: Send,
         C: Send,
     {
         async move {
-            let mut out = Vec::with_capacity(batch.len());
-            let mut failed = false;
-            for (offer, content) in batch {
-                if failed {
-                    out.push(None);
-                    continue;
-                }
+            let mut files = std::pin::pin!(files);
+            let mut out = Vec::new();
+            while let Some((offer, content)) = files.next().await {
                 let r = self.put(&offer, content).await;
-                failed = r.as_ref().is_err_and(|e| !self.refused(e));
-                out.push(Some(r));
+                let failed = r.as_ref().is_err_and(|e| !self.refused(e));
+                out.push((offer, r));
+                if failed {
+                    break;
+                }
             }
             out
         }
     }
 }
 
-/// Files read and handed together to [`ContentTarget::put_many`] by [`run`]. A target that sends
-/// concurrently keeps up to [`IN_FLIGHT`] of them in flight, starting the next one as soon as
-/// one is answered (a window, not lock-step), so one large file does not hold up the small ones
-/// after it in its group, and the receiver's fsyncs of several files overlap. The next group
-/// is read once this one is settled: files past the group wait for its slowest file.
-pub const GROUP: usize = 64;
-
-/// Puts in flight at once, at most, for a target that sends concurrently (see [`GROUP`]).
+/// Files in flight at once, at most, for a target that sends concurrently
+/// ([`ContentTarget::put_many`]): a window over each batch of offers, the next file started as
+/// soon as one is answered, so small files are not held up by one another's round trips and
+/// fsyncs, nor by a large one, and the receiver's fsyncs of several files overlap.
 pub const IN_FLIGHT: usize = 8;
 
-/// Sends the files of `group` (read, in feed order) and settles their outcomes in order: each
-/// one delivered is saved with the checkpoint moved past it unless an earlier one is held; the
-/// first failure is answered after the deliveries before it were saved.
-async fn send_group<S, T, E>(
+/// How the files a batch lacks are sent: the largest first (in feed order among equals), each
+/// read only when the window takes it. A large file then travels while the small ones of its
+/// batch go around it, instead of last and alone, and the batch ends on small files: the
+/// window drains quickly before the next batch's diff. Which file is sent when does not move
+/// the checkpoint: outcomes settle in feed order ([`settle`]).
+fn sending_order(offers: &[FileOffer], needs: &HashMap<String, Need>) -> Vec<FileOffer> {
+    let mut order: Vec<FileOffer> =
+        offers.iter().filter(|o| needs.get(&o.key) == Some(&Need::Missing)).cloned().collect();
+    order.sort_by_key(|o| std::cmp::Reverse(o.size));
+    order
+}
+
+/// What became of each file of a batch, by feed row (`seq`).
+struct Sent<E> {
+    /// Answered by the target.
+    answered: HashMap<u64, Result<(), E>>,
+    /// Missing on the target, but their bytes are not here (yet).
+    unread: std::collections::HashSet<u64>,
+}
+
+/// Settles a batch's outcomes in feed order: each file delivered is saved, with the checkpoint
+/// moved past it unless a file before it is held (bytes not here, being received, refused) or
+/// was not delivered (failed, or never attempted after a failure); the first failure is
+/// answered after every delivery was saved.
+#[allow(clippy::too_many_arguments)]
+async fn settle<S, T, E>(
     source: &mut S,
-    target: &mut T,
-    group: &mut Vec<(FileOffer, S::Content)>,
+    target: &T,
+    offers: &[FileOffer],
+    needs: &HashMap<String, Need>,
+    mut sent: Sent<E>,
     checkpoint: &mut u64,
     held: &mut bool,
     report: &mut ContentReport,
 ) -> Result<(), E>
 where
     S: ContentSource<Error = E>,
-    T: ContentTarget<S::Content, Error = E> + Send,
-    E: Send,
+    T: ContentTarget<S::Content, Error = E>,
 {
-    if group.is_empty() {
-        return Ok(());
-    }
-    let batch = std::mem::take(group);
-    let offers: Vec<FileOffer> = batch.iter().map(|(o, _)| o.clone()).collect();
-    let outcomes = target.put_many(batch).await;
     let mut failure = None;
-    for (offer, outcome) in offers.iter().zip(outcomes) {
-        match outcome {
-            Some(Ok(())) => {
-                report.files_sent += 1;
-                report.bytes_sent += offer.size;
-                if !*held && failure.is_none() {
-                    *checkpoint = offer.seq;
-                    report.last_seq = *checkpoint;
-                }
-                source.save_checkpoint(*checkpoint, Some(offer)).await?;
-            }
-            Some(Err(e)) if target.refused(&e) => {
+    // A file before this one was not delivered, nor held: the checkpoint stays before it.
+    let mut gap = false;
+    for offer in offers {
+        match needs.get(&offer.key) {
+            Some(Need::Missing) if sent.unread.contains(&offer.seq) => {
                 *held = true;
                 report.waiting += 1;
-                report.refused += 1;
             }
-            Some(Err(e)) if failure.is_none() => failure = Some(e),
-            Some(Err(_)) | None => {}
+            Some(Need::Missing) => match sent.answered.remove(&offer.seq) {
+                Some(Ok(())) => {
+                    report.files_sent += 1;
+                    report.bytes_sent += offer.size;
+                    if !*held && !gap {
+                        *checkpoint = offer.seq;
+                        report.last_seq = *checkpoint;
+                    }
+                    source.save_checkpoint(*checkpoint, Some(offer)).await?;
+                }
+                Some(Err(e)) if target.refused(&e) => {
+                    *held = true;
+                    report.waiting += 1;
+                    report.refused += 1;
+                }
+                Some(Err(e)) => {
+                    gap = true;
+                    failure.get_or_insert(e);
+                }
+                None => gap = true,
+            },
+            Some(Need::InProgress) => {
+                *held = true;
+                report.waiting += 1;
+            }
+            Some(Need::Present | Need::Stale) | None => {}
         }
     }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The files a batch sends, read as the target takes them ([`read_next`]).
+struct Reading<'a, S: ContentSource> {
+    source: &'a mut S,
+    order: std::vec::IntoIter<FileOffer>,
+    /// Files passed over: their bytes are not here (yet).
+    unread: &'a mut std::collections::HashSet<u64>,
+    /// A failed read, which ends the stream.
+    error: &'a mut Option<S::Error>,
+}
+
+/// The next file of `r` whose bytes are here, with its content.
+async fn read_next<'a, S: ContentSource + 'a>(r: Reading<'a, S>) -> Option<((FileOffer, S::Content), Reading<'a, S>)> {
+    let mut r = r;
+    loop {
+        let offer = r.order.next()?;
+        match r.source.read(&offer).await {
+            Ok(Some(content)) => return Some(((offer, content), r)),
+            Ok(None) => {
+                r.unread.insert(offer.seq);
+            }
+            Err(e) => {
+                *r.error = Some(e);
+                return None;
+            }
+        }
     }
 }
 
@@ -239,7 +297,7 @@ pub async fn run<S, T, E>(
     limit: usize,
 ) -> Result<(Outcome, ContentReport), E>
 where
-    S: ContentSource<Error = E>,
+    S: ContentSource<Error = E> + Send,
     T: ContentTarget<S::Content, Error = E> + Send,
     E: Send,
 {
@@ -262,32 +320,25 @@ where
             return finish(report, held);
         }
         let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
-        // Up to `GROUP` missing files are read, then sent together; their outcomes are
-        // settled in feed order, so the checkpoint only ever moves past files delivered (one
-        // delivered after a failed one is held back, answered `Present` next time).
-        let mut group: Vec<(FileOffer, S::Content)> = Vec::new();
-        let mut offers = batch.offers.iter().peekable();
-        while let Some(offer) = offers.next() {
-            match needs.get(&offer.key) {
-                Some(Need::Missing) => match source.read(offer).await? {
-                    Some(content) => group.push((offer.clone(), content)),
-                    None => {
-                        // Sent in order: what is grouped goes first, then this one is held.
-                        send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
-                        held = true;
-                        report.waiting += 1;
-                    }
-                },
-                Some(Need::InProgress) => {
-                    send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
-                    held = true;
-                    report.waiting += 1;
-                }
-                Some(Need::Present | Need::Stale) | None => {}
-            }
-            if group.len() >= GROUP || offers.peek().is_none() {
-                send_group(source, target, &mut group, &mut checkpoint, &mut held, &mut report).await?;
-            }
+        let mut unread = std::collections::HashSet::new();
+        let mut read_error = None;
+        let answered = {
+            let reading = Reading {
+                source: &mut *source,
+                order: sending_order(&batch.offers, &needs).into_iter(),
+                unread: &mut unread,
+                error: &mut read_error,
+            };
+            // Boxed: the stream's type, named once, keeps rustc's `Send` check of a task running
+            // this (rust-lang/rust#102211) from meeting the lifetimes inside it.
+            let files: futures_util::stream::BoxStream<'_, (FileOffer, S::Content)> =
+                Box::pin(futures_util::stream::unfold(reading, read_next));
+            target.put_many(files).await
+        };
+        let sent = Sent { answered: answered.into_iter().map(|(o, r)| (o.seq, r)).collect(), unread };
+        settle(source, target, &batch.offers, &needs, sent, &mut checkpoint, &mut held, &mut report).await?;
+        if let Some(e) = read_error {
+            return Err(e);
         }
         cursor = cursor.max(batch.last_seq);
         if !held && batch.last_seq > checkpoint {

@@ -529,3 +529,82 @@ fn a_file_whose_bytes_never_come_holds_the_checkpoint_but_not_the_files_after_it
         assert_eq!(target.puts, 5);
     });
 }
+
+// The files a batch lacks go largest first, so a large file travels while the small ones go
+// around it; the checkpoint still moves in feed order only.
+
+/// Files 1..=n of the given sizes, all of whose bytes are here.
+struct SizedSource {
+    sizes: Vec<u64>,
+    checkpoint: u64,
+}
+
+impl ContentSource for SizedSource {
+    type Error = String;
+    type Content = ();
+    async fn checkpoint(&mut self) -> Result<u64, String> {
+        Ok(self.checkpoint)
+    }
+    async fn offers(&mut self, since: u64, upto: u64, limit: usize) -> Result<OfferBatch, String> {
+        let offers: Vec<FileOffer> = (since + 1..=upto.min(self.sizes.len() as u64))
+            .take(limit)
+            .map(|seq| FileOffer { size: self.sizes[seq as usize - 1], ..numbered(seq) })
+            .collect();
+        let last_seq = offers.last().map_or(since, |o| o.seq);
+        Ok(OfferBatch { offers, last_seq, pending: last_seq < upto })
+    }
+    async fn read(&mut self, _: &FileOffer) -> Result<Option<()>, String> {
+        Ok(Some(()))
+    }
+    async fn save_checkpoint(&mut self, seq: u64, _: Option<&FileOffer>) -> Result<(), String> {
+        assert!(seq >= self.checkpoint, "the checkpoint never goes back");
+        self.checkpoint = seq;
+        Ok(())
+    }
+}
+
+/// Records the order files are put in; putting `failing` fails (a cut link, not a refusal).
+#[derive(Default)]
+struct OrderTarget {
+    held: HashSet<String>,
+    order: Vec<String>,
+    failing: Option<String>,
+}
+
+impl ContentTarget<()> for OrderTarget {
+    type Error = String;
+    async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, String> {
+        Ok(offers
+            .iter()
+            .map(|o| (o.key.clone(), if self.held.contains(&o.key) { Need::Present } else { Need::Missing }))
+            .collect())
+    }
+    async fn put(&mut self, offer: &FileOffer, _: ()) -> Result<(), String> {
+        self.order.push(offer.key.clone());
+        if self.failing.as_ref() == Some(&offer.key) {
+            return Err(format!("{} cut", offer.key));
+        }
+        assert!(self.held.insert(offer.key.clone()), "{} sent twice", offer.key);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_largest_files_go_first_and_the_checkpoint_moves_in_feed_order_only() {
+    block_on(async {
+        let mut source = SizedSource { sizes: vec![10, 50, 10, 90, 10], checkpoint: 0 };
+        let mut target = OrderTarget { failing: Some("f2".into()), ..OrderTarget::default() };
+        // f4 (the largest) goes, then f2 fails: nothing smaller is attempted, and f4, delivered,
+        // does not move the checkpoint past f1, which was not.
+        let failed = content::run(&mut source, &mut target, 5, 10).await;
+        assert_eq!(failed, Err("f2 cut".to_owned()));
+        assert_eq!(target.order, ["f4", "f2"]);
+        assert_eq!(source.checkpoint, 0, "f1 was never delivered");
+        // The link is back: the rest goes, largest first, and f4 is not sent again.
+        target.failing = None;
+        target.order.clear();
+        let (outcome, report) = content::run(&mut source, &mut target, 5, 10).await.unwrap();
+        assert_eq!((outcome, report.files_sent, source.checkpoint), (Outcome::Done, 4, 5));
+        assert_eq!(target.order, ["f2", "f1", "f3", "f5"], "largest first, feed order among equals");
+    });
+}

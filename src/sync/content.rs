@@ -517,34 +517,36 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
         is_refusal(e).is_some()
     }
 
-    /// The files of a group go each on its own request, up to `content::IN_FLIGHT` at once, the
-    /// next one starting as soon as one is answered: small files are not held up by one
-    /// another's round trips and fsyncs, nor by a large one, and the member's fsyncs of files
-    /// received at once overlap. After a failure that is not a refusal no new file starts (those
-    /// are answered `None`); the ones in flight finish.
-    async fn put_many(
-        &mut self,
-        batch: Vec<(FileOffer, crate::files::content::ContentStream)>,
-    ) -> Vec<Option<Result<(), SyncError>>> {
+    /// Each file goes on its own request, up to `content::IN_FLIGHT` at once, the next one
+    /// taken as soon as one is answered: small files are not held up by one another's round
+    /// trips and fsyncs, nor by a large one, and the member's fsyncs of files received at once
+    /// overlap. After a failure that is not a refusal no new file is taken; the ones in flight
+    /// finish.
+    async fn put_many<F>(&mut self, files: F) -> Vec<(FileOffer, Result<(), SyncError>)>
+    where
+        F: futures_util::Stream<Item = (FileOffer, crate::files::content::ContentStream)> + Send,
+    {
         use futures_util::StreamExt;
-        let n = batch.len();
-        let mut waiting = batch.into_iter();
-        let mut running = futures_util::stream::FuturesOrdered::new();
-        let mut out = Vec::with_capacity(n);
-        let mut failed = false;
+        let mut files = std::pin::pin!(files);
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut out = Vec::new();
+        let (mut more, mut failed) = (true, false);
         let this = &*self;
-        let start =
-            |(o, c): (FileOffer, crate::files::content::ContentStream)| async move { this.put_one(&o, c).await };
+        let start = |(o, c): (FileOffer, crate::files::content::ContentStream)| async move {
+            let r = this.put_one(&o, c).await;
+            (o, r)
+        };
         loop {
-            while running.len() < content::IN_FLIGHT && !failed {
-                let Some(next) = waiting.next() else { break };
-                running.push_back(start(next));
+            while more && !failed && running.len() < content::IN_FLIGHT {
+                match files.next().await {
+                    Some(file) => running.push(start(file)),
+                    None => more = false,
+                }
             }
-            let Some(r) = running.next().await else { break };
+            let Some((o, r)) = running.next().await else { break };
             failed |= r.as_ref().is_err_and(|e| is_refusal(e).is_none());
-            out.push(Some(r));
+            out.push((o, r));
         }
-        out.extend(waiting.map(|_| None));
         out
     }
 }
