@@ -105,6 +105,19 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
     let c = status(&app, &bob, &sid).await["members"][0]["content"].clone();
     assert!(c["files_pending"].as_u64().unwrap() >= 2, "{c}");
     assert!(c["bytes_pending"].as_u64().unwrap() >= 6 * MB as u64, "{c}");
+    // Pending is what alice lacks: not the small file, delivered after the held ones (the
+    // checkpoint stays before those).
+    eventually(WAIT, "bob counts as pending only the big files alice lacks", || async {
+        let mut lacking = 0u64;
+        for (name, data) in &big {
+            if download(&alice, &ta, &format!("/Team/{name}"), data).await != (200, true) {
+                lacking += 1;
+            }
+        }
+        let c = &status(&app, &bob, &sid).await["members"][0]["content"];
+        c["files_pending"] == json!(lacking) && c["bytes_pending"] == json!(lacking * 3 * MB as u64)
+    })
+    .await;
     // At most one big file fits on alice (3 MB of 4 MB); the others are not there.
     let mut here = 0;
     for (name, data) in &big {

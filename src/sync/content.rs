@@ -34,7 +34,9 @@
 //! files wait and since when, until they come (`hearth_replicator::content::Stall`).
 //!
 //! `files_pending` and `bytes_pending` of [`ContentStatus`] are computed from the same state:
-//! the files of the sharing whose row is past the content checkpoint.
+//! the files of the sharing whose row is past the content checkpoint, less those the last
+//! round that ran to its end delivered or found not needed past a file it held ([`Settled`]:
+//! kept in memory, so until the first round after a restart they are counted).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -147,12 +149,34 @@ struct LinkState {
     refused: u64,
     refusals: u32,
     stall: Stall,
+    settled: Option<Settled>,
     last_error: Option<String>,
+}
+
+/// What the last round that ran to its end settled: every file whose row is at most `upto`
+/// was delivered or not needed, but for the rows in `held`. A held file keeps the content
+/// checkpoint before it while the files after it go: without this, they would count as
+/// pending until it is delivered. Still true after later rounds fail (they deliver, never
+/// undo), and after edits: a file edited since has its row past `upto`.
+#[derive(Clone, Debug, Default)]
+struct Settled {
+    upto: u64,
+    held: BTreeSet<u64>,
+}
+
+impl Settled {
+    /// Whether the file of this feed row may still lack its content on the member.
+    fn pending(settled: Option<&Settled>, seq: u64) -> bool {
+        settled.is_none_or(|s| seq > s.upto || s.held.contains(&seq))
+    }
 }
 
 impl LinkState {
     /// Takes in how a round that ended at `now_ms` went.
     fn settle(&mut self, outcome: &Result<(Outcome, Held), SyncError>, now_ms: u64, backoff: &Backoff, jitter: u64) {
+        if let Ok((_, held)) = outcome {
+            self.settled = Some(Settled { upto: held.upto, held: held.seqs.clone() });
+        }
         match outcome {
             Ok((Outcome::Done, _)) => {
                 self.last_error = None;
@@ -269,10 +293,11 @@ impl ContentSender {
         s: &Sharing,
         member: MemberIndex,
     ) -> Result<ContentStatus, SyncError> {
-        let record = read_record(inst, s.id(), member).await?;
-        let (files_pending, bytes_pending) = pending(inst, files, s.sharing_id(), record.last_seq).await?;
         let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
         let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
+        let record = read_record(inst, s.id(), member).await?;
+        let (files_pending, bytes_pending) =
+            pending(inst, files, s.sharing_id(), record.last_seq, st.settled.as_ref()).await?;
         let (health, last_error) = st.view(self.now_ms(), self.wait_ms);
         Ok(ContentStatus {
             files_pending,
@@ -288,20 +313,29 @@ impl ContentSender {
     }
 }
 
-/// Files of sharing `sharing` whose feed row is past `since`, and their bytes.
-pub async fn pending(inst: &Instance, files: &Files, sharing: &SharingId, since: u64) -> Result<(u64, u64), SyncError> {
+/// Files of sharing `sharing` whose feed row is past `since` and that `settled` does not say
+/// are delivered, and their bytes.
+async fn pending(
+    inst: &Instance,
+    files: &Files,
+    sharing: &SharingId,
+    since: u64,
+    settled: Option<&Settled>,
+) -> Result<(u64, u64), SyncError> {
     let doctype = crate::files::doctype();
     let (mut count, mut bytes, mut at) = (0, 0, since);
     loop {
         let rows = inst.store.shared_changes(sharing, at, 1000).await?;
         let Some(last) = rows.last() else { break };
         at = last.seq;
+        let full = rows.len() >= 1000;
+        let rows: Vec<_> = rows.into_iter().filter(|r| Settled::pending(settled, r.seq)).collect();
         let ids = offered_ids(&rows, &doctype);
         for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
         }
-        if rows.len() < 1000 {
+        if !full {
             break;
         }
     }
@@ -752,7 +786,8 @@ async fn watched<T>(
 
 /// What a round left held: files waiting, how many of them the member refused, and the reason
 /// of the last refusal; the others (key and version: a [`Stall`]'s), and whether the bytes of
-/// one of those not here are arriving.
+/// one of those not here are arriving; the rows of them all, and the row the round went up to
+/// (a [`Settled`]).
 #[derive(Debug, Default)]
 struct Held {
     waiting: u64,
@@ -760,6 +795,8 @@ struct Held {
     refused: Option<String>,
     waits: BTreeSet<(String, String)>,
     arriving: bool,
+    seqs: BTreeSet<u64>,
+    upto: u64,
 }
 
 /// Delivers the content of the files past the content checkpoint, up to `link_seq`.
@@ -792,8 +829,9 @@ async fn round(
             bytes = report.bytes_sent, "sent file content");
     }
     let refused = if report.refused > 0 { target.refusal.lock().ok().and_then(|r| r.clone()) } else { None };
-    let mut held = Held { waiting: report.waiting, count: report.refused, refused, ..Held::default() };
+    let mut held = Held { waiting: report.waiting, count: report.refused, refused, upto: link_seq, ..Held::default() };
     for (offer, why) in &report.held {
+        held.seqs.insert(offer.seq);
         match why {
             Hold::NotHere => held.arriving |= files.arriving(&offer.version),
             Hold::Receiving => {}
@@ -897,7 +935,7 @@ mod tests {
         let both = || {
             let waits = [("x".to_owned(), "v1".to_owned())].into();
             let refused = Some("over quota".to_owned());
-            Ok((Outcome::Blocked, Held { waiting: 2, count: 1, refused, waits, arriving: false }))
+            Ok((Outcome::Blocked, Held { waiting: 2, count: 1, refused, waits, ..Held::default() }))
         };
         let shown = rounds(&sender, &mut st, 61, both).await;
         assert!(shown.iter().all(|h| *h == Health::Degraded), "a refusal shows at once: {shown:?}");
@@ -907,6 +945,17 @@ mod tests {
             said.starts_with("the member refused 1 file(s): over quota; 1 file(s) have waited for content since"),
             "{said}"
         );
+    }
+
+    #[test]
+    fn files_delivered_past_a_held_one_are_not_pending() {
+        // The last round went up to row 10 and held the file of row 4.
+        let settled = Settled { upto: 10, held: [4].into() };
+        for (seq, pending) in [(4, true), (5, false), (10, false), (11, true)] {
+            assert_eq!(Settled::pending(Some(&settled), seq), pending, "row {seq}");
+        }
+        // No round ran to its end yet (a restart): all past the checkpoint.
+        assert!(Settled::pending(None, 5));
     }
 
     #[tokio::test(start_paused = true)]
