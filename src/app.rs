@@ -47,7 +47,7 @@ impl Core {
         let sync = Arc::new(SyncManager::default());
         let sharing = Arc::new(sharing::Context::new(config.clone(), federation, sync.clone()));
         let files = Arc::new(crate::files::FilesRegistry::new(&config)?);
-        let content = Arc::new(ContentSender::default());
+        let content = Arc::new(ContentSender::new(&config.replication));
         Ok(Core { config, registry, sharing, sync, files, content })
     }
 

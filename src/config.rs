@@ -234,6 +234,11 @@ pub struct ReplicationConfig {
     pub retry_base_ms: u64,
     /// Longest delay between retries, in milliseconds (jitter is applied below it).
     pub retry_max_ms: u64,
+    /// How long, in milliseconds, a files sharing's content link may wait on the same files
+    /// (their bytes not on this instance and none arriving, or the member saying it is
+    /// receiving them) before the member shows `degraded`. Bytes arriving, or one of the files
+    /// delivered, start the wait over (`hearth_replicator::content::Stall`).
+    pub content_wait_max_ms: u64,
     /// How often background work (outbox, replication sweep) looks for due items, in ms.
     pub sweep_ms: u64,
 }
@@ -246,6 +251,7 @@ impl Default for ReplicationConfig {
             max_batch_bytes: 8 * 1024 * 1024,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
+            content_wait_max_ms: 120_000,
             sweep_ms: 1000,
         }
     }

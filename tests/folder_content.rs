@@ -227,10 +227,14 @@ async fn a_file_whose_content_has_not_arrived_answers_a_json_409_and_the_channel
         ]
     };
     assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Missing, Stale, Stale]);
+    assert!(!files.arriving(&vfs_id));
     let receiving = files.begin_received(&on_bob, &vfs_id).await.unwrap().expect("the bytes are not here");
     assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [InProgress, Stale, Stale]);
+    // Its bytes are arriving, for a sender relaying them from here (`sync::content`).
+    assert!(files.arriving(&vfs_id));
     receiving.abort().await;
     assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Missing, Stale, Stale], "aborted");
+    assert!(!files.arriving(&vfs_id));
 
     // The content routes want the member's token: a user's token, none, or a bad one get 401/403
     // and change nothing.

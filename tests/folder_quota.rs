@@ -105,6 +105,19 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
     let c = status(&app, &bob, &sid).await["members"][0]["content"].clone();
     assert!(c["files_pending"].as_u64().unwrap() >= 2, "{c}");
     assert!(c["bytes_pending"].as_u64().unwrap() >= 6 * MB as u64, "{c}");
+    // Pending is what alice lacks: not the small file, delivered after the held ones (the
+    // checkpoint stays before those).
+    eventually(WAIT, "bob counts as pending only the big files alice lacks", || async {
+        let mut lacking = 0u64;
+        for (name, data) in &big {
+            if download(&alice, &ta, &format!("/Team/{name}"), data).await != (200, true) {
+                lacking += 1;
+            }
+        }
+        let c = &status(&app, &bob, &sid).await["members"][0]["content"];
+        c["files_pending"] == json!(lacking) && c["bytes_pending"] == json!(lacking * 3 * MB as u64)
+    })
+    .await;
     // At most one big file fits on alice (3 MB of 4 MB); the others are not there.
     let mut here = 0;
     for (name, data) in &big {
@@ -243,4 +256,70 @@ async fn content_whose_body_stalls_gets_a_408_and_the_next_transfer_lands() {
     let resp = bob.req(Method::PUT, &put, Some(&token)).body(data.clone()).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().await.unwrap_or_default());
     assert_eq!(download(&bob, &tb, path, &data).await, (200, true));
+}
+
+/// Bob's file never reaches alice (her quota refuses its bytes), so alice's link to carol waits
+/// for bytes that do not come: once that wait has lasted `replication.content_wait_max_ms`,
+/// carol shows `degraded` on alice, saying how many files wait and since when (it used to stay
+/// `healthy` for good, the file answering 409 on carol). Once the bytes come, she is healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_bytes_do_not_come_shows_degraded_once_the_wait_lasts_and_healthy_once_they_come() {
+    let app = spawn_app_with(|c| c.replication.content_wait_max_ms = 2_000).await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let carol = app.add_instance("carol", PASS);
+    let (ta, tb, tc) =
+        (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"), app.token(&carol, "io.cozy.files"));
+    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["data"]["id"].as_str().unwrap().to_owned();
+    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let recipients =
+        json!([{"instance": format!("http://{}", bob.domain)}, {"instance": format!("http://{}", carol.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([rule]), recipients, json!([])).await;
+    let s = load(&app, &alice, &sid).await;
+    let index_of = |i: &TestInstance| {
+        s.members.iter().position(|m| m.instance.as_deref() == Some(&format!("http://{}", i.domain))).unwrap()
+    };
+    let (on_bob, on_carol) = (index_of(&bob), index_of(&carol));
+    answer_invitation(&link(&app, &alice, &sid, on_bob).await, &bob, "accept").await;
+    answer_invitation(&link(&app, &alice, &sid, on_carol).await, &carol, "accept").await;
+    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
+    eventually(WAIT, "the shared folder reaches bob", || async {
+        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
+    })
+    .await;
+    let bob_team =
+        bob.call(Method::GET, &team_path, Some(&tb), None).await.1["data"]["id"].as_str().unwrap().to_owned();
+
+    // Alice has no room: bob's file reaches her and carol, its bytes neither.
+    let alice_store = app.instance(&alice.domain).store.clone();
+    hearth::files::set_instance_quota(alice_store.as_ref(), Some(1)).await.unwrap();
+    let data = bytes_of(5, 10_000);
+    upload(&bob, &tb, &bob_team, "f.bin", &data).await;
+    let path = "/Shared with me/Team/f.bin";
+    eventually(WAIT, "the file reaches carol, without its bytes", || async {
+        download(&carol, &tc, path, &data).await.0 == 409
+    })
+    .await;
+    eventually(WAIT, "alice shows carol degraded once the wait has lasted", || async {
+        let m = &status(&app, &alice, &sid).await["members"][on_carol];
+        m["content"]["health"] == "degraded" && m["health"] == "degraded"
+    })
+    .await;
+    let m = status(&app, &alice, &sid).await["members"][on_carol].clone();
+    let said = m["content"]["last_error"].as_str().unwrap_or_default();
+    assert!(said.starts_with("1 file(s) have waited for content since 20"), "{m}");
+    assert_eq!((&m["content"]["files_pending"], &m["content"]["refused_files"]), (&json!(1), &json!(0)), "{m}");
+    assert_eq!(m["replication"]["health"], "healthy", "its documents are all delivered: {m}");
+
+    // Room again: bob's retry brings the bytes, alice relays them, carol is healthy.
+    hearth::files::set_instance_quota(alice_store.as_ref(), None).await.unwrap();
+    eventually(WAIT, "the bytes reach carol", || async { download(&carol, &tc, path, &data).await == (200, true) })
+        .await;
+    eventually(WAIT, "alice shows carol healthy, nothing waiting", || async {
+        let m = &status(&app, &alice, &sid).await["members"][on_carol];
+        m["health"] == "healthy" && m["content"]["last_error"].is_null() && m["content"]["files_pending"] == json!(0)
+    })
+    .await;
 }

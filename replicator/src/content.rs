@@ -16,11 +16,15 @@
 //! elsewhere, is passed over: the run delivers the files after it, keeps the checkpoint before
 //! it, and ends as [`Outcome::Blocked`].
 //!
+//! Such a wait is no failure, and usually a short one (a relay whose bytes are on their way).
+//! One that lasts shows: [`Stall`] says when a link has waited on the same files for longer
+//! than a bound, and the caller reports it (`degraded`, as a refusal is).
+//!
 //! The target's side of the contract (see `tests/content_simulation.rs`, which checks both
 //! under faults): it answers `Missing` only for the version its current document names and
 //! whose bytes it lacks, and makes bytes visible only whole and verified against that document.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
 use futures_util::{Stream, StreamExt};
@@ -93,6 +97,17 @@ pub enum Outcome {
     Blocked,
 }
 
+/// Why a run passed over a file and held the checkpoint before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Its bytes are not here (yet): [`ContentSource::read`] answered `None`.
+    NotHere,
+    /// The target is receiving it from elsewhere ([`Need::InProgress`]).
+    Receiving,
+    /// The target refused it ([`ContentTarget::refused`]).
+    Refused,
+}
+
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContentReport {
@@ -103,6 +118,9 @@ pub struct ContentReport {
     pub waiting: u64,
     /// Files the target refused ([`ContentTarget::refused`]), also passed over.
     pub refused: u64,
+    /// The files passed over (counted in `waiting`), in feed order, and why. Every other file
+    /// whose row the run read was delivered or not needed.
+    pub held: Vec<(FileOffer, Hold)>,
 }
 
 pub trait ContentSource {
@@ -226,6 +244,7 @@ where
             Some(Need::Missing) if sent.unread.contains(&offer.seq) => {
                 *held = true;
                 report.waiting += 1;
+                report.held.push((offer.clone(), Hold::NotHere));
             }
             Some(Need::Missing) => match sent.answered.remove(&offer.seq) {
                 Some(Ok(())) => {
@@ -241,6 +260,7 @@ where
                     *held = true;
                     report.waiting += 1;
                     report.refused += 1;
+                    report.held.push((offer.clone(), Hold::Refused));
                 }
                 Some(Err(e)) => {
                     gap = true;
@@ -251,6 +271,7 @@ where
             Some(Need::InProgress) => {
                 *held = true;
                 report.waiting += 1;
+                report.held.push((offer.clone(), Hold::Receiving));
             }
             Some(Need::Present | Need::Stale) | None => {}
         }
@@ -349,5 +370,129 @@ where
         if !batch.pending {
             return finish(report, held);
         }
+    }
+}
+
+/// How long a content link has waited on the same files, as pure state (the caller gives the
+/// time, in milliseconds on any monotonic clock, as to `schedule::LinkSchedule`). The files are
+/// those a run held because their bytes are not here ([`Hold::NotHere`]) or the target is
+/// receiving them from elsewhere ([`Hold::Receiving`]), each named by its key and version (a
+/// new version of a file is a new wait). Refused files are not among them: a refusal shows
+/// at once.
+///
+/// The wait starts when a run first holds files, and starts over whenever it moves: a file
+/// held before is not held any more (delivered, or no longer needed: the member has it, the
+/// file changed or left), or the bytes of a held file are arriving here (a large transfer under
+/// way is no stall, however long it takes). Files joining the wait do not restart it. So a
+/// relay of many files, whose bytes arrive here one after another (the ones behind a large
+/// file wait for it), does not stall while they come. The price: a file whose bytes never come
+/// shows once nothing else the link waits for has moved for the bound, not while other held
+/// files keep being delivered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stall {
+    /// The files the last run held (key, version).
+    held: BTreeSet<(String, String)>,
+    /// Since when (ms) the link has waited on them without any moving.
+    since_ms: Option<u64>,
+}
+
+/// A lasting wait: how many files, and since when (ms, on the caller's clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stalled {
+    pub files: usize,
+    pub since_ms: u64,
+}
+
+impl Stall {
+    /// A run ended at `now_ms` holding `held` (nothing held: the wait is over); `arriving`:
+    /// bytes of one of them are arriving here now.
+    pub fn held(&mut self, now_ms: u64, held: BTreeSet<(String, String)>, arriving: bool) {
+        let moved = arriving || self.since_ms.is_none() || !self.held.is_subset(&held);
+        if held.is_empty() {
+            self.since_ms = None;
+        } else if moved {
+            self.since_ms = Some(now_ms);
+        }
+        self.held = held;
+    }
+
+    /// A run delivered everything: nothing waits.
+    pub fn clear(&mut self) {
+        *self = Stall::default();
+    }
+
+    /// At `now_ms`, whether the link has waited on the same files for `bound_ms` or more.
+    pub fn stalled(&self, now_ms: u64, bound_ms: u64) -> Option<Stalled> {
+        let since_ms = self.since_ms?;
+        (now_ms.saturating_sub(since_ms) >= bound_ms).then_some(Stalled { files: self.held.len(), since_ms })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two minutes, in ms.
+    const BOUND: u64 = 120_000;
+
+    fn files(keys: &[&str]) -> BTreeSet<(String, String)> {
+        keys.iter().map(|k| (k.to_string(), format!("{k}-v1"))).collect()
+    }
+
+    #[test]
+    fn a_wait_on_the_same_files_stalls_past_the_bound_and_ends_when_they_come() {
+        let mut w = Stall::default();
+        assert_eq!(w.stalled(0, BOUND), None, "nothing held");
+        // x is held from 1 s on, looked at every second: no stall before the bound.
+        for t in (1_000..=BOUND).step_by(1_000) {
+            w.held(t, files(&["x"]), false);
+            assert_eq!(w.stalled(t, BOUND), None, "at {t} ms");
+        }
+        assert_eq!(w.stalled(BOUND + 1_000, BOUND), Some(Stalled { files: 1, since_ms: 1_000 }));
+        // y joins the wait: still the same one, since the same time.
+        w.held(BOUND + 2_000, files(&["x", "y"]), false);
+        assert_eq!(w.stalled(BOUND + 2_000, BOUND), Some(Stalled { files: 2, since_ms: 1_000 }));
+        // y is delivered: the wait moved, and starts over for x.
+        w.held(BOUND + 3_000, files(&["x"]), false);
+        assert_eq!(w.stalled(BOUND + 3_000, BOUND), None);
+        assert_eq!(w.stalled(2 * BOUND + 3_000, BOUND), Some(Stalled { files: 1, since_ms: BOUND + 3_000 }));
+        // x comes too: nothing is held, nothing stalls, however long after.
+        w.held(2 * BOUND + 4_000, BTreeSet::new(), false);
+        assert_eq!(w.stalled(10 * BOUND, BOUND), None);
+        // A run that delivered everything ends a stall as well.
+        w.held(10 * BOUND, files(&["z"]), false);
+        assert!(w.stalled(12 * BOUND, BOUND).is_some());
+        w.clear();
+        assert_eq!(w.stalled(12 * BOUND, BOUND), None);
+    }
+
+    #[test]
+    fn bytes_arriving_for_a_held_file_are_no_stall_however_long_they_take() {
+        let mut w = Stall::default();
+        // Three hours of a large file arriving here, looked at every second.
+        for t in (0..3 * 3_600_000).step_by(1_000) {
+            w.held(t, files(&["big", "behind"]), true);
+            assert_eq!(w.stalled(t, BOUND), None, "at {t} ms");
+        }
+        // The transfer stops (its sender went away): the wait counts from the last time bytes
+        // were seen arriving.
+        let last = 3 * 3_600_000 - 1_000;
+        for t in (last + 1_000..last + BOUND).step_by(1_000) {
+            w.held(t, files(&["big", "behind"]), false);
+            assert_eq!(w.stalled(t, BOUND), None, "at {t} ms");
+        }
+        assert_eq!(w.stalled(last + BOUND, BOUND), Some(Stalled { files: 2, since_ms: last }));
+    }
+
+    #[test]
+    fn a_new_version_of_a_held_file_is_a_new_wait() {
+        let mut w = Stall::default();
+        w.held(0, files(&["x"]), false);
+        assert!(w.stalled(BOUND, BOUND).is_some());
+        let v2: BTreeSet<_> = [("x".to_owned(), "x-v2".to_owned())].into();
+        w.held(BOUND, v2.clone(), false);
+        assert_eq!(w.stalled(BOUND, BOUND), None);
+        w.held(2 * BOUND, v2, false);
+        assert_eq!(w.stalled(2 * BOUND, BOUND), Some(Stalled { files: 1, since_ms: BOUND }));
     }
 }

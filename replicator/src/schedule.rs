@@ -47,8 +47,8 @@ pub enum Health {
     Idle,
     /// The last run delivered everything, and the member refuses none of the documents sent.
     Healthy,
-    /// Runs succeed, but the member refused documents that it has not written since: its copy
-    /// is incomplete.
+    /// Runs succeed, but the member refused documents that it has not written since (or, for
+    /// file content, the link has waited too long on the same files): its copy is incomplete.
     Degraded,
     /// The last run failed; retrying with backoff.
     Retrying,
@@ -58,7 +58,9 @@ pub enum Health {
 
 impl Health {
     /// The health to show, given whether the member refuses documents it was sent: a link
-    /// that runs well but whose member refuses documents is `Degraded`, never `Healthy`.
+    /// that runs well but whose member refuses documents is `Degraded`, never `Healthy`. (A
+    /// content link passes as well whether it has waited too long on the same files, see
+    /// `content::Stall`: its member's copy lacks them just the same.)
     pub fn with_refusals(self, refused: bool) -> Health {
         match self {
             Health::Idle | Health::Healthy if refused => Health::Degraded,

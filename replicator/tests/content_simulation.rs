@@ -34,7 +34,7 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
+use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Hold, Need, OfferBatch, Outcome};
 
 struct Rng(u64);
 
@@ -517,6 +517,7 @@ fn a_file_whose_bytes_never_come_holds_the_checkpoint_but_not_the_files_after_it
         let (outcome, report) = content::run(&mut source, &mut target, 5, 2).await.unwrap();
         assert_eq!(outcome, Outcome::Blocked);
         assert_eq!((report.files_sent, report.waiting), (4, 1));
+        assert_eq!(report.held, vec![(numbered(2), Hold::NotHere)], "the report names the file held, and why");
         assert_eq!(source.checkpoint, 1, "the checkpoint stays before the missing file");
         assert!(["f1", "f3", "f4", "f5"].iter().all(|k| target.held.contains(*k)));
         // Again, still without its bytes: nothing is sent twice.

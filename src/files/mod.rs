@@ -268,6 +268,9 @@ pub struct Files {
     /// Held from the checks of a tree write to its document write.
     writes: tokio::sync::Mutex<()>,
     writing: Arc<Mutex<HashSet<String>>>,
+    /// The versions being received from sharing members past their checks (see
+    /// [`Files::arriving`]).
+    arriving: Arc<Mutex<HashSet<String>>>,
     reservations: Arc<Reservations>,
     /// Bytes of content being received from sharing members (see `received`), and the lock
     /// under which a reception's quota check and a commit of received content happen.
@@ -301,6 +304,7 @@ impl Files {
             index,
             writes: tokio::sync::Mutex::new(()),
             writing: Default::default(),
+            arriving: Default::default(),
             reservations: Default::default(),
             receiving: Default::default(),
             receiving_check: tokio::sync::Mutex::new(()),

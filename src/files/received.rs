@@ -59,6 +59,8 @@ pub struct ReceivedContent {
     /// Its bytes, counted against the quota while it is received.
     reserved: Reserved,
     _writing: Writing,
+    /// Its version among those arriving (see [`Files::arriving`]).
+    _arriving: Writing,
 }
 
 impl ReceivedContent {
@@ -378,6 +380,9 @@ impl Files {
         }
         let reserved = self.reserve_received(expected_size).await?;
         let writer = self.content.create(&key).await?;
+        // Past its checks: its bytes are arriving (a refused one never was).
+        self.arriving.lock().map_err(|_| internal("arriving set poisoned"))?.insert(vfs_id.to_owned());
+        let arriving = Writing { set: self.arriving.clone(), vfs_id: vfs_id.to_owned() };
         Ok(Some(ReceivedContent {
             vfs_id: vfs_id.to_owned(),
             sink: Sink::new(writer),
@@ -386,7 +391,16 @@ impl Files {
             expected_md5,
             reserved,
             _writing: writing,
+            _arriving: arriving,
         }))
+    }
+
+    /// Whether the bytes of version `vfs_id` are being received here now: a reception that
+    /// passed its checks and has not ended (one whose sender stops sending ends after
+    /// `files.body_idle_secs`). The content sender tells a relay waiting for bytes on their way
+    /// from one waiting for bytes that do not come (`hearth_replicator::content::Stall`).
+    pub fn arriving(&self, vfs_id: &str) -> bool {
+        self.arriving.lock().is_ok_and(|a| a.contains(vfs_id))
     }
 
     /// Counts `size` bytes being received against the instance's quota, as a local upload is
@@ -440,7 +454,7 @@ impl Files {
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
     pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
-        let ReceivedContent { vfs_id, sink, size, expected_size, expected_md5, reserved, _writing } = r;
+        let ReceivedContent { vfs_id, sink, size, expected_size, expected_md5, reserved, _writing, _arriving } = r;
         let (digest, writer) = sink.finish().await?;
         let digest = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
         if size != expected_size || digest != expected_md5 {
@@ -459,6 +473,7 @@ impl Files {
             let _check = self.receiving_check.lock().await;
             drop(reserved);
             drop(_writing);
+            drop(_arriving);
         }
         tracing::debug!(version = %vfs_id, size, "received content committed");
         Ok(size)

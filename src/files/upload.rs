@@ -52,7 +52,8 @@ impl Drop for Reserved {
     }
 }
 
-/// A content version being written by this process (see "The sweep").
+/// A content version being written by this process (see "The sweep"), or another set's
+/// registration of a version, removed when dropped.
 pub(super) struct Writing {
     pub(super) set: Arc<Mutex<HashSet<String>>>,
     pub(super) vfs_id: String,

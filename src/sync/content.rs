@@ -26,15 +26,26 @@
 //! receiving route wakes this worker) or at the next retry. Failures and refusals back off as the
 //! replicator's do (`replication.retry_base_ms` doubling up to `retry_max_ms`).
 //!
+//! Such a wait, or one on a file the member says it is receiving, leaves the link `healthy`
+//! while it moves: a held file delivered, or bytes of one arriving here
+//! ([`Files::arriving`](crate::files::Files::arriving)), start it over. One on the same files
+//! that lasts `replication.content_wait_max_ms` (bytes that never come: lost, or only on a
+//! member that cannot send them) shows: the link is `degraded` and `last_error` says how many
+//! files wait and since when, until they come (`hearth_replicator::content::Stall`).
+//!
 //! `files_pending` and `bytes_pending` of [`ContentStatus`] are computed from the same state:
-//! the files of the sharing whose row is past the content checkpoint.
+//! the files of the sharing whose row is past the content checkpoint, less those the last
+//! round that ran to its end delivered or found not needed past a file it held ([`Settled`]:
+//! kept in memory, so until the first round after a restart they are counted).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hearth_replicator::content::{self, ContentSource, ContentTarget, FileOffer, Need, OfferBatch, Outcome};
-use hearth_replicator::schedule::{Health, LinkSchedule};
+use hearth_replicator::content::{
+    self, ContentSource, ContentTarget, FileOffer, Hold, Need, OfferBatch, Outcome, Stall,
+};
+use hearth_replicator::schedule::{Backoff, Health, LinkSchedule};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,7 +130,9 @@ pub struct ContentStatus {
     pub running: bool,
     /// As a documents link's (`hearth_replicator::schedule::Health`): `healthy` once a round
     /// delivered everything, `retrying`/`down` while rounds fail, and `degraded` while the
-    /// member refuses content it was sent (over its quota, say): its copy lacks those bytes.
+    /// member refuses content it was sent (over its quota, say), or while the link has waited
+    /// on the same files for `replication.content_wait_max_ms` (see the module docs): its copy
+    /// lacks those bytes.
     pub health: Health,
     /// Files the member refused in the last round (0 once a round delivers everything).
     pub refused_files: u64,
@@ -128,32 +141,144 @@ pub struct ContentStatus {
 
 /// In-process state of one content link: its schedule (the replicator's, as for documents:
 /// backoff with jitter, never giving up), the files refused in the last round, how many
-/// rounds in a row were refused (the backoff of a refusal), and the last error.
+/// rounds in a row were refused (the backoff of a refusal), the files it waits for and since
+/// when, and the last error.
 #[derive(Clone, Debug, Default)]
 struct LinkState {
     schedule: LinkSchedule,
     refused: u64,
     refusals: u32,
+    stall: Stall,
+    settled: Option<Settled>,
     last_error: Option<String>,
 }
 
-/// The schedules' clock: milliseconds since the first look (monotonic).
-fn now_ms() -> u64 {
-    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_millis() as u64
+/// What the last round that ran to its end settled: every file whose row is at most `upto`
+/// was delivered or not needed, but for the rows in `held`. A held file keeps the content
+/// checkpoint before it while the files after it go: without this, they would count as
+/// pending until it is delivered. Still true after later rounds fail (they deliver, never
+/// undo), and after edits: a file edited since has its row past `upto`.
+#[derive(Clone, Debug, Default)]
+struct Settled {
+    upto: u64,
+    held: BTreeSet<u64>,
+}
+
+impl Settled {
+    /// Whether the file of this feed row may still lack its content on the member.
+    fn pending(settled: Option<&Settled>, seq: u64) -> bool {
+        settled.is_none_or(|s| seq > s.upto || s.held.contains(&seq))
+    }
+}
+
+impl LinkState {
+    /// Takes in how a round that ended at `now_ms` went.
+    fn settle(&mut self, outcome: &Result<(Outcome, Held), SyncError>, now_ms: u64, backoff: &Backoff, jitter: u64) {
+        if let Ok((_, held)) = outcome {
+            self.settled = Some(Settled { upto: held.upto, held: held.seqs.clone() });
+        }
+        match outcome {
+            Ok((Outcome::Done, _)) => {
+                self.last_error = None;
+                (self.refused, self.refusals) = (0, 0);
+                self.stall.clear();
+                self.schedule.succeeded();
+            }
+            // The rest was delivered; these files hold the checkpoint until their bytes are
+            // here (shown, never a silent stall).
+            // The member refused some (over its quota): the link runs, its member's copy is
+            // incomplete (`degraded`, never `healthy`), and it is retried with a growing wait,
+            // as a failure is.
+            Ok((Outcome::Blocked, held @ Held { refused: Some(reason), count, .. })) => {
+                (self.refused, self.refusals) = (*count, self.refusals.saturating_add(1));
+                self.stall.held(now_ms, held.waits.clone(), held.arriving);
+                self.schedule.succeeded();
+                self.schedule.wait(now_ms, backoff.delay_ms(self.refusals - 1, jitter));
+                self.last_error = Some(format!("the member refused {count} file(s): {reason}"));
+            }
+            // The round ran and the member refused nothing: the link is well, and looks again
+            // soon; a wait that lasts shows ([`LinkState::view`]).
+            Ok((Outcome::Blocked, held)) => {
+                self.last_error = Some(format!(
+                    "{} file(s) wait for content that is not on this instance yet, or that the member is receiving",
+                    held.waiting
+                ));
+                (self.refused, self.refusals) = (0, 0);
+                self.stall.held(now_ms, held.waits.clone(), held.arriving);
+                self.schedule.succeeded();
+                self.schedule.wait(now_ms, WAITING_MS);
+            }
+            // The files it waits for are as they were: a failed round saw nothing of them.
+            Err(e) => {
+                self.schedule.failed(now_ms, backoff, jitter);
+                self.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// The health and last error to show at `now_ms`: a wait on the same files for `wait_ms`
+    /// or more degrades a link that runs well, as a refusal does, and says so.
+    fn view(&self, now_ms: u64, wait_ms: u64) -> (Health, Option<String>) {
+        let stalled = self.stall.stalled(now_ms, wait_ms);
+        let health = self.schedule.health.with_refusals(self.refused > 0 || stalled.is_some());
+        let last_error = match stalled {
+            // A failing link's error says more.
+            Some(stalled) if matches!(self.schedule.health, Health::Idle | Health::Healthy) => {
+                let waits = stalled_message(stalled, now_ms);
+                Some(match (self.refused, &self.last_error) {
+                    (0, _) | (_, None) => waits,
+                    (_, Some(refusal)) => format!("{refusal}; {waits}"),
+                })
+            }
+            _ => self.last_error.clone(),
+        };
+        (health, last_error)
+    }
+}
+
+/// "N file(s) have waited for content since <RFC 3339>", the time taken back from the
+/// schedules' clock.
+fn stalled_message(stalled: content::Stalled, now_ms: u64) -> String {
+    let ago = time::Duration::milliseconds(now_ms.saturating_sub(stalled.since_ms).min(i64::MAX as u64) as i64);
+    let since = (time::OffsetDateTime::now_utc() - ago)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!(
+        "{} file(s) have waited for content since {since}: not on this instance and none arriving, or the member \
+         says it is receiving them",
+        stalled.files
+    )
 }
 
 /// The content senders of one application: per-link state, and the bell that wakes them.
-#[derive(Default)]
 pub struct ContentSender {
     states: Mutex<HashMap<PeerKey, LinkState>>,
     wake: Notify,
+    /// The origin of the schedules' clock (milliseconds since); tokio's, so that tests may
+    /// pause it.
+    epoch: tokio::time::Instant,
+    /// `replication.content_wait_max_ms`.
+    wait_ms: u64,
 }
 
 impl ContentSender {
+    pub fn new(config: &crate::config::ReplicationConfig) -> ContentSender {
+        ContentSender {
+            states: Mutex::default(),
+            wake: Notify::new(),
+            epoch: tokio::time::Instant::now(),
+            wait_ms: config.content_wait_max_ms,
+        }
+    }
+
     /// Look at every link now (metadata or content arrived).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// The schedules' clock: milliseconds since this sender was made (monotonic).
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn with_state<T>(&self, key: &PeerKey, f: impl FnOnce(&mut LinkState) -> T) -> Option<T> {
@@ -168,10 +293,12 @@ impl ContentSender {
         s: &Sharing,
         member: MemberIndex,
     ) -> Result<ContentStatus, SyncError> {
-        let record = read_record(inst, s.id(), member).await?;
-        let (files_pending, bytes_pending) = pending(inst, files, s.sharing_id(), record.last_seq).await?;
         let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
         let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
+        let record = read_record(inst, s.id(), member).await?;
+        let (files_pending, bytes_pending) =
+            pending(inst, files, s.sharing_id(), record.last_seq, st.settled.as_ref()).await?;
+        let (health, last_error) = st.view(self.now_ms(), self.wait_ms);
         Ok(ContentStatus {
             files_pending,
             bytes_pending,
@@ -179,28 +306,36 @@ impl ContentSender {
             bytes_sent: record.bytes_sent,
             last_seq: record.last_seq,
             running: st.schedule.running,
-            health: st.schedule.health.with_refusals(st.refused > 0),
+            health,
             refused_files: st.refused,
-            last_error: st.last_error,
+            last_error,
         })
     }
 }
 
-/// Files of sharing `sharing` whose feed row is past `since`, and their bytes.
-pub async fn pending(inst: &Instance, files: &Files, sharing: &SharingId, since: u64) -> Result<(u64, u64), SyncError> {
+/// Files of sharing `sharing` whose feed row is past `since` and that `settled` does not say
+/// are delivered, and their bytes.
+async fn pending(
+    inst: &Instance,
+    files: &Files,
+    sharing: &SharingId,
+    since: u64,
+    settled: Option<&Settled>,
+) -> Result<(u64, u64), SyncError> {
     let doctype = crate::files::doctype();
     let (mut count, mut bytes, mut at) = (0, 0, since);
     loop {
         let rows = inst.store.shared_changes(sharing, at, 1000).await?;
         let Some(last) = rows.last() else { break };
         at = last.seq;
-        let read = rows.len();
+        let full = rows.len() >= 1000;
+        let rows: Vec<_> = rows.into_iter().filter(|r| Settled::pending(settled, r.seq)).collect();
         let ids: Vec<String> = offered_rows(rows, &doctype).iter().map(|r| r.id.to_string()).collect();
         for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
         }
-        if read < 1000 {
+        if !full {
             break;
         }
     }
@@ -297,7 +432,9 @@ async fn plan(
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
             let idle = sender
-                .with_state(&key, |st| !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= now_ms()))
+                .with_state(&key, |st| {
+                    !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms())
+                })
                 .unwrap_or(false);
             if !idle {
                 continue;
@@ -318,45 +455,18 @@ async fn plan(
                     _ = cancel.cancelled() => return,
                     outcome = round(&cx.federation, &inst, &f, &s, member, link_seq) => outcome,
                 };
-                sender.with_state(&key, |st| {
-                    let now = now_ms();
-                    match &outcome {
-                        Ok((Outcome::Done, _)) => {
-                            st.last_error = None;
-                            (st.refused, st.refusals) = (0, 0);
-                            st.schedule.succeeded();
-                        }
-                        // The rest was delivered; these files hold the checkpoint until their
-                        // bytes are here (shown, never a silent stall).
-                        // The member refused some (over its quota): the link runs, its member's
-                        // copy is incomplete (`degraded`, never `healthy`), and it is retried
-                        // with a growing wait, as a failure is.
-                        Ok((Outcome::Blocked, Held { refused: Some(reason), count, .. })) => {
-                            (st.refused, st.refusals) = (*count, st.refusals.saturating_add(1));
-                            st.schedule.succeeded();
-                            st.schedule.wait(now, backoff.delay_ms(st.refusals - 1, rand::random()));
-                            st.last_error = Some(format!("the member refused {count} file(s): {reason}"));
-                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
-                                reason = %reason, "the member refused file content, will retry");
-                        }
-                        // The round ran and the member refused nothing: the link is well, and
-                        // looks again soon.
-                        Ok((Outcome::Blocked, Held { waiting, .. })) => {
-                            st.last_error = Some(format!(
-                                "{waiting} file(s) wait for content that is not on this instance yet, or that the member is receiving"
-                            ));
-                            (st.refused, st.refusals) = (0, 0);
-                            st.schedule.succeeded();
-                            st.schedule.wait(now, WAITING_MS);
-                        }
-                        Err(e) => {
-                            st.schedule.failed(now, &backoff, rand::random());
-                            st.last_error = Some(e.to_string());
-                            tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
-                                "content transfer failed, will retry");
-                        }
+                sender.with_state(&key, |st| st.settle(&outcome, sender.now_ms(), &backoff, rand::random()));
+                match &outcome {
+                    Ok((Outcome::Blocked, Held { refused: Some(reason), count, .. })) => {
+                        tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), refused = count,
+                            reason = %reason, "the member refused file content, will retry");
                     }
-                });
+                    Err(e) => {
+                        tracing::warn!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
+                            "content transfer failed, will retry");
+                    }
+                    Ok(_) => {}
+                }
                 sender.wake();
             });
         }
@@ -674,11 +784,18 @@ async fn watched<T>(
 }
 
 /// What a round left held: files waiting, how many of them the member refused, and the reason
-/// of the last refusal.
+/// of the last refusal; the others (key and version: a [`Stall`]'s), and whether the bytes of
+/// one of those not here are arriving; the rows of them all, and the row the round went up to
+/// (a [`Settled`]).
+#[derive(Debug, Default)]
 struct Held {
     waiting: u64,
     count: u64,
     refused: Option<String>,
+    waits: BTreeSet<(String, String)>,
+    arriving: bool,
+    seqs: BTreeSet<u64>,
+    upto: u64,
 }
 
 /// Delivers the content of the files past the content checkpoint, up to `link_seq`.
@@ -711,7 +828,17 @@ async fn round(
             bytes = report.bytes_sent, "sent file content");
     }
     let refused = if report.refused > 0 { target.refusal.lock().ok().and_then(|r| r.clone()) } else { None };
-    Ok((outcome, Held { waiting: report.waiting, count: report.refused, refused }))
+    let mut held = Held { waiting: report.waiting, count: report.refused, refused, upto: link_seq, ..Held::default() };
+    for (offer, why) in &report.held {
+        held.seqs.insert(offer.seq);
+        match why {
+            Hold::NotHere => held.arriving |= files.arriving(&offer.version),
+            Hold::Receiving => {}
+            Hold::Refused => continue,
+        }
+        held.waits.insert((offer.key.clone(), offer.version.clone()));
+    }
+    Ok((outcome, held))
 }
 
 #[cfg(test)]
@@ -737,6 +864,97 @@ mod tests {
 
     async fn drain(s: impl futures_util::Stream<Item = Result<bytes::Bytes, ()>>) -> usize {
         s.fold(0, |n, c| async move { n + c.map_or(0, |b| b.len()) }).await
+    }
+
+    /// A round that ended blocked on file `x` (version `v1`), its bytes arriving here or not.
+    fn waiting_on_x(arriving: bool) -> Result<(Outcome, Held), SyncError> {
+        let waits = [("x".to_owned(), "v1".to_owned())].into();
+        Ok((Outcome::Blocked, Held { waiting: 1, waits, arriving, ..Held::default() }))
+    }
+
+    /// Rounds every `WAITING_MS` for `secs` seconds, as the worker runs them while files wait,
+    /// each ending as `outcome` says; answers the health shown after each.
+    async fn rounds(
+        sender: &ContentSender,
+        st: &mut LinkState,
+        secs: u64,
+        outcome: impl Fn() -> Result<(Outcome, Held), SyncError>,
+    ) -> Vec<Health> {
+        let backoff = Backoff { base_ms: 1000, max_ms: 300_000 };
+        let mut shown = Vec::new();
+        for _ in 0..secs * 1000 / WAITING_MS {
+            tokio::time::advance(Duration::from_millis(WAITING_MS)).await;
+            st.schedule.started();
+            st.settle(&outcome(), sender.now_ms(), &backoff, 0);
+            shown.push(st.view(sender.now_ms(), sender.wait_ms).0);
+        }
+        shown
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_on_the_same_files_past_the_bound_degrades_the_link_until_they_come() {
+        let config = crate::config::ReplicationConfig { content_wait_max_ms: 120_000, ..Default::default() };
+        let sender = ContentSender::new(&config);
+        let mut st = LinkState::default();
+        // The first two minutes of a wait: healthy, and saying what it waits for.
+        let shown = rounds(&sender, &mut st, 120, || waiting_on_x(false)).await;
+        assert!(shown.iter().all(|h| *h == Health::Healthy), "{shown:?}");
+        let (_, said) = st.view(sender.now_ms(), sender.wait_ms);
+        assert!(said.as_deref().is_some_and(|e| e.starts_with("1 file(s) wait for content")), "{said:?}");
+        // Past them, still the same file: degraded, saying how many files and since when.
+        let shown = rounds(&sender, &mut st, 1, || waiting_on_x(false)).await;
+        assert_eq!(shown, [Health::Degraded]);
+        let (_, said) = st.view(sender.now_ms(), sender.wait_ms);
+        let said = said.unwrap_or_default();
+        assert!(said.starts_with("1 file(s) have waited for content since "), "{said}");
+        let since = said.trim_start_matches("1 file(s) have waited for content since ").split(':').next();
+        assert!(since.is_some_and(|d| d.len() == 13 && d.contains('T')), "an RFC 3339 time: {said}");
+        // A round that fails is retrying (worse), with its own error.
+        st.schedule.started();
+        let failed: Result<(Outcome, Held), SyncError> = Err(SyncError::Protocol("cut".into()));
+        st.settle(&failed, sender.now_ms(), &Backoff { base_ms: 1000, max_ms: 300_000 }, 0);
+        assert_eq!(st.view(sender.now_ms(), sender.wait_ms), (Health::Retrying, Some("cut".into())));
+        // Bytes of it arriving here (a large transfer, three hours long): no stall.
+        let shown = rounds(&sender, &mut st, 3 * 3600, || waiting_on_x(true)).await;
+        assert!(shown.iter().all(|h| *h == Health::Healthy), "degraded while bytes arrived");
+        // They stop arriving: degraded again once the bound has passed since they last did.
+        let shown = rounds(&sender, &mut st, 120, || waiting_on_x(false)).await;
+        assert_eq!((shown[118], shown[119]), (Health::Healthy, Health::Degraded));
+        // They come: the round delivers everything, and the link is healthy again.
+        st.schedule.started();
+        st.settle(&Ok((Outcome::Done, Held::default())), sender.now_ms(), &Backoff { base_ms: 1, max_ms: 1 }, 0);
+        assert_eq!(st.view(sender.now_ms(), sender.wait_ms), (Health::Healthy, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_whose_member_refuses_and_whose_other_files_wait_too_long_says_both() {
+        let config = crate::config::ReplicationConfig { content_wait_max_ms: 60_000, ..Default::default() };
+        let sender = ContentSender::new(&config);
+        let mut st = LinkState::default();
+        let both = || {
+            let waits = [("x".to_owned(), "v1".to_owned())].into();
+            let refused = Some("over quota".to_owned());
+            Ok((Outcome::Blocked, Held { waiting: 2, count: 1, refused, waits, ..Held::default() }))
+        };
+        let shown = rounds(&sender, &mut st, 61, both).await;
+        assert!(shown.iter().all(|h| *h == Health::Degraded), "a refusal shows at once: {shown:?}");
+        let (_, said) = st.view(sender.now_ms(), sender.wait_ms);
+        let said = said.unwrap_or_default();
+        assert!(
+            said.starts_with("the member refused 1 file(s): over quota; 1 file(s) have waited for content since"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn files_delivered_past_a_held_one_are_not_pending() {
+        // The last round went up to row 10 and held the file of row 4.
+        let settled = Settled { upto: 10, held: [4].into() };
+        for (seq, pending) in [(4, true), (5, false), (10, false), (11, true)] {
+            assert_eq!(Settled::pending(Some(&settled), seq), pending, "row {seq}");
+        }
+        // No round ran to its end yet (a restart): all past the checkpoint.
+        assert!(Settled::pending(None, 5));
     }
 
     #[tokio::test(start_paused = true)]

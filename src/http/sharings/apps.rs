@@ -218,7 +218,9 @@ pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: Htt
 /// still to deliver to it, `files_sent`, `bytes_sent`, its content checkpoint `last_seq`,
 /// `running`, `health`, `refused_files`, `last_error`); each such member has `health`, the
 /// worse of its documents' and its content's (`Health::worst`: a member refusing file
-/// content is `degraded` even while its documents are all accepted), and the sharing
+/// content, or whose content has waited on the same files for
+/// `replication.content_wait_max_ms`, is `degraded` even while its documents are all
+/// accepted), and the sharing
 /// `content_missing` (`files`, `bytes`): the files of
 /// the sharing whose content has not arrived on this instance yet. Each member this instance
 /// replicates with (or that sent it something refused) has `refused_received`
