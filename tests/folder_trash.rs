@@ -386,3 +386,51 @@ async fn sharings_with_the_same_title_land_under_names_of_their_own() {
     names.sort();
     assert_eq!(names, ["Team", "Team (2)", "Team (3)"], "{v}");
 }
+
+/// Several sharings of one title accepted at once: their roots, received together, each take a
+/// name of their own in "Shared with me" (each saw the title free and took it, when naming and
+/// writing a root were apart).
+#[actix_web::test]
+async fn sharings_of_one_title_accepted_at_once_take_names_of_their_own() {
+    let w = World::new().await;
+    let rw = json!([{"instance": format!("http://{}", w.bob.domain)}]);
+    let mut links = Vec::new();
+    for n in 0..5 {
+        let dir = mkdir(&w.alice, &w.ta, ROOT, &format!("Crew {n}")).await;
+        upload(&w.alice, &w.ta, &dir, &format!("f{n}.txt"), format!("file {n}").as_bytes()).await;
+        let rule = json!({"title": "Crew", "doctype": FILES, "values": [dir], "add": "sync", "update": "sync", "remove": "sync"});
+        let sid = create_sharing(&w.alice, &w.ta, json!([rule]), rw.clone(), json!([])).await;
+        links.push(link(&w.one, &w.alice, &sid, 1).await);
+    }
+    futures_util::future::join_all(links.iter().map(|l| answer_invitation(l, &w.bob, "accept"))).await;
+    let names = || async {
+        let (s, v) = w.bob.call(Method::GET, "/files/io.cozy.files.shared-with-me-dir", Some(&w.tb), None).await;
+        assert_eq!(s, 200, "{v}");
+        let mut names: Vec<String> = v["included"]
+            .as_array()
+            .or(v["data"]["relationships"]["contents"]["data"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["attributes"]["name"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("Crew"))
+            .collect();
+        names.sort();
+        names
+    };
+    let roots = ["Crew", "Crew (2)", "Crew (3)", "Crew (4)", "Crew (5)"];
+    eventually(WAIT, "five Crew roots reach bob", || async { names().await.len() >= 5 }).await;
+    assert_eq!(names().await, roots);
+    // Each file in one of them, reachable by its path.
+    let w = &w;
+    let found = |n: usize| async move {
+        let mut found = 0;
+        for root in roots {
+            found += usize::from(id_at(&w.bob, &w.tb, &format!("/Shared with me/{root}/f{n}.txt")).await.is_some());
+        }
+        found
+    };
+    for n in 0..5 {
+        eventually(WAIT, "the file reaches bob", || async { found(n).await > 0 }).await;
+        assert_eq!(found(n).await, 1, "f{n}.txt is in one root");
+    }
+}

@@ -276,6 +276,9 @@ pub struct Files {
     /// under which a reception's quota check and a commit of received content happen.
     receiving: Arc<Reservations>,
     receiving_check: tokio::sync::Mutex<()>,
+    /// Held from naming a received shared root in "Shared with me"
+    /// ([`Files::shared_root_name`]) until its write: see [`Files::naming_shared_roots`].
+    shared_roots: tokio::sync::Mutex<()>,
     used: AtomicU64,
     default_quota: u64,
     /// When this process opened the instance's files (see [`ContentStore::exclusive`]).
@@ -308,6 +311,7 @@ impl Files {
             reservations: Default::default(),
             receiving: Default::default(),
             receiving_check: tokio::sync::Mutex::new(()),
+            shared_roots: tokio::sync::Mutex::new(()),
             used: AtomicU64::new(0),
             default_quota,
             opened_at: SystemTime::now(),

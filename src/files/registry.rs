@@ -61,12 +61,22 @@ impl Files {
     /// there already (the recipient may have renamed it), else `title` (the rule's), made free
     /// as Cozy does (`title (2)`...): two sharings with the same title, or a folder of the
     /// recipient's own of that name, never make two items of one name there.
+    ///
+    /// The name is free when it is chosen: hold [`Files::naming_shared_roots`] until the root
+    /// is written under it, or two roots received at once take the same one.
     pub async fn shared_root_name(&self, id: &str, title: &str, kind: Kind) -> Result<String> {
         self.sync().await?;
         if let Some(e) = self.index.get(id).await?.filter(|e| e.dir_id.as_deref() == Some(SHARED_WITH_ME_ID)) {
             return Ok(e.name);
         }
         self.free_name(SHARED_WITH_ME_ID, title, kind, id).await
+    }
+
+    /// The lock under which a received shared root is named ([`Files::shared_root_name`]) and
+    /// written: two sharings with one title accepted at once, their first documents received
+    /// together, each saw the title free and took it.
+    pub async fn naming_shared_roots(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared_roots.lock().await
     }
 
     /// The "Shared with me" directory, ready to take a received shared root: made when missing

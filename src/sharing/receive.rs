@@ -123,6 +123,8 @@ pub async fn bulk_docs(
     let map = IdMap::for_member(s, from);
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {
+        // Held once a shared root is named here, until it is written under that name.
+        let mut naming = None;
         let mut peer_ids = Vec::with_capacity(docs.len());
         let mut writes = Vec::with_capacity(docs.len());
         let mut claimed: HashSet<DocId> = HashSet::new();
@@ -144,7 +146,7 @@ pub async fn bulk_docs(
             w.id = DocId::parse(&map.convert(&peer_id)).map_err(SharingError::BadRequest)?;
             map.convert_fields(doctype.as_str(), &mut w.body);
             if !w.deleted {
-                place_shared_root(inst, files, s, &doctype, &mut w).await?;
+                place_shared_root(inst, files, s, &doctype, &mut w, &mut naming).await?;
             }
             if request.initial.contains(&format!("{doctype}/{peer_id}")) {
                 claimed.insert(w.id.clone());
@@ -203,6 +205,8 @@ pub async fn bulk_docs(
             .collect();
         let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
         let outcomes = inst.store.apply_received(s.sharing_id(), from, &doctype, writes, judge).await?;
+        // Written: the next root named sees this one (naming catches the index up first).
+        drop(naming.take());
         if let (Some(files), Some(tree)) = (files, &tree) {
             let written: Vec<((DocId, bool), bool)> = written_ids
                 .into_iter()
@@ -461,12 +465,16 @@ fn parents_first(peer_ids: Vec<String>, writes: Vec<DocWrite>) -> (Vec<String>, 
 /// when needed) under the rule's title; on the owner, where the owner keeps it. Its `dir_id`
 /// and `name` are therefore local members: set here on what a peer sends, whatever it says
 /// (Cozy does the same; the revision is the same everywhere, the placement is each member's).
-async fn place_shared_root(
+///
+/// `naming` takes [`crate::files::Files::naming_shared_roots`] before a root is named on a
+/// recipient; the caller holds it until the root is written.
+async fn place_shared_root<'f>(
     inst: &Instance,
-    files: Option<&crate::files::Files>,
+    files: Option<&'f crate::files::Files>,
     s: &Sharing,
     doctype: &Doctype,
     w: &mut DocWrite,
+    naming: &mut Option<tokio::sync::MutexGuard<'f, ()>>,
 ) -> Result<()> {
     let Some(rule) =
         s.rules.iter().find(|r| r.subtree() && r.doctype == doctype.as_str() && r.values.contains(&w.id.to_string()))
@@ -495,6 +503,9 @@ async fn place_shared_root(
         if !rule.title.is_empty() {
             let name = match files {
                 Some(files) => {
+                    if naming.is_none() {
+                        *naming = Some(files.naming_shared_roots().await);
+                    }
                     let kind = if w.body.get("type") == Some(Value::String("file".into())) {
                         crate::files::Kind::File
                     } else {
