@@ -5,10 +5,11 @@
 //! 1. read the files whose feed row is past the content checkpoint and at most `upto` (the
 //!    replication checkpoint: their metadata reached the member), in feed order;
 //! 2. ask the target which of their versions it lacks ([`Need`]);
-//! 3. stream each missing version whose bytes are here, largest first, up to [`IN_FLIGHT`] at
-//!    once ([`ContentTarget::put_many`]), and save the checkpoint at each file's row once the
-//!    target acknowledged it and every file before it (outcomes settle in feed order, whatever
-//!    order they were sent in); when all of a batch is settled, at its end.
+//! 3. stream each missing version whose bytes are here, up to [`IN_FLIGHT`] at once
+//!    ([`ContentTarget::put_many`]; files of [`LARGE`] bytes or more first, on up to half the
+//!    window, the others in feed order), and save the checkpoint at each file's row once the
+//!    target acknowledged it and every file before it (outcomes settle in feed order, as they
+//!    come, whatever order the files went in); when all of a batch is settled, at its end.
 //!
 //! Resuming after any failure or crash is therefore from the last file delivered, and a file the
 //! target has is answered [`Need::Present`]: a completed file is never sent again. A file whose
@@ -27,6 +28,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 
+use std::task::Poll;
+
+use futures_channel::mpsc;
 use futures_util::{Stream, StreamExt};
 
 /// One file to offer: its feed row, its id on the target, its version and size.
@@ -162,13 +166,26 @@ pub trait ContentTarget<C> {
         false
     }
 
-    /// Sends the versions `files` yields, each as [`ContentTarget::put`] would, and answers
-    /// each one attempted with its outcome, in the order they were answered. A target may send
-    /// several at once (up to [`IN_FLIGHT`], taking the next from `files` as soon as one is
-    /// answered); by default they go one after the other. After a failure that is not a refusal
-    /// no new one is taken from `files` (the ones in flight finish): those not taken are not
-    /// answered, and were not attempted.
-    fn put_many<F>(&mut self, files: F) -> impl Future<Output = Vec<(FileOffer, Result<(), Self::Error>)>> + Send
+    /// What became of a put, as [`run`] settles it: delivered, refused for now
+    /// ([`ContentTarget::refused`]), or failed.
+    fn answer(&self, r: Result<(), Self::Error>) -> Answer<Self::Error> {
+        match r {
+            Ok(()) => Answer::Delivered,
+            Err(e) if self.refused(&e) => Answer::Refused(e),
+            Err(e) => Answer::Failed(e),
+        }
+    }
+
+    /// Sends the versions `files` yields, each as [`ContentTarget::put`] would, and answers each
+    /// one it took on `answers` as soon as it is answered ([`ContentTarget::answer`]). A target
+    /// may send several at once (up to [`IN_FLIGHT`], taking the next from `files` as soon as
+    /// one is answered); by default they go one after the other. After a failure no new one is
+    /// taken (the ones in flight finish, and are answered); every one taken is answered.
+    fn put_many<F>(
+        &mut self,
+        files: F,
+        answers: mpsc::UnboundedSender<(FileOffer, Answer<Self::Error>)>,
+    ) -> impl Future<Output = ()> + Send
     where
         F: Stream<Item = (FileOffer, C)> + Send,
         Self: Send,
@@ -177,137 +194,239 @@ pub trait ContentTarget<C> {
     {
         async move {
             let mut files = std::pin::pin!(files);
-            let mut out = Vec::new();
             while let Some((offer, content)) = files.next().await {
                 let r = self.put(&offer, content).await;
-                let failed = r.as_ref().is_err_and(|e| !self.refused(e));
-                out.push((offer, r));
+                let answer = self.answer(r);
+                let failed = matches!(answer, Answer::Failed(_));
+                let _ = answers.unbounded_send((offer, answer));
                 if failed {
                     break;
                 }
             }
-            out
         }
     }
+}
+
+/// A put as [`run`] settles it (see [`ContentTarget::answer`]).
+#[derive(Debug)]
+pub enum Answer<E> {
+    Delivered,
+    Refused(E),
+    Failed(E),
 }
 
 /// Files in flight at once, at most, for a target that sends concurrently
 /// ([`ContentTarget::put_many`]): a window over each batch of offers, the next file started as
 /// soon as one is answered, so small files are not held up by one another's round trips and
-/// fsyncs, nor by a large one, and the receiver's fsyncs of several files overlap.
+/// fsyncs, and the receiver's fsyncs of several files overlap.
 pub const IN_FLIGHT: usize = 8;
 
-/// How the files a batch lacks are sent: the largest first (in feed order among equals), each
-/// read only when the window takes it. A large file then travels while the small ones of its
-/// batch go around it, instead of last and alone, and the batch ends on small files: the
-/// window drains quickly before the next batch's diff. Which file is sent when does not move
-/// the checkpoint: outcomes settle in feed order ([`settle`]).
-fn sending_order(offers: &[FileOffer], needs: &HashMap<String, Need>) -> Vec<FileOffer> {
-    let mut order: Vec<FileOffer> =
-        offers.iter().filter(|o| needs.get(&o.key) == Some(&Need::Missing)).cloned().collect();
-    order.sort_by_key(|o| std::cmp::Reverse(o.size));
-    order
+/// Files this large or larger go ahead of the others of their batch ([`Batch::next`]), on up
+/// to half the window.
+pub const LARGE: u64 = 16 * 1024 * 1024;
+
+/// Where each file of a batch stands.
+enum Slot<E> {
+    /// Nothing to send: the target has it, or does not name it.
+    Skip,
+    /// Passed over: the target is receiving it, or its bytes are not here.
+    Held(Hold),
+    /// To send.
+    Waiting,
+    /// Handed to the target, not answered yet.
+    Sent,
+    Answered(Answer<E>),
 }
 
-/// What became of each file of a batch, by feed row (`seq`).
-struct Sent<E> {
-    /// Answered by the target.
-    answered: HashMap<u64, Result<(), E>>,
-    /// Missing on the target, but their bytes are not here (yet).
-    unread: std::collections::HashSet<u64>,
+/// One batch of offers being sent: which file goes next, and how far the checkpoint may move
+/// (outcomes settle in feed order, whatever order the files went in).
+struct Batch<'o, E> {
+    offers: &'o [FileOffer],
+    slots: Vec<Slot<E>>,
+    /// Files before this index (in feed order) are settled.
+    settled: usize,
+    /// A file settled so far was not delivered nor held (failed, or never answered): the
+    /// checkpoint stays before it.
+    gap: bool,
+    failure: Option<E>,
 }
 
-/// Settles a batch's outcomes in feed order: each file delivered is saved, with the checkpoint
-/// moved past it unless a file before it is held (bytes not here, being received, refused) or
-/// was not delivered (failed, or never attempted after a failure); the first failure is
-/// answered after every delivery was saved.
-#[allow(clippy::too_many_arguments)]
-async fn settle<S, T, E>(
-    source: &mut S,
-    target: &T,
-    offers: &[FileOffer],
-    needs: &HashMap<String, Need>,
-    mut sent: Sent<E>,
-    checkpoint: &mut u64,
-    held: &mut bool,
-    report: &mut ContentReport,
-) -> Result<(), E>
-where
-    S: ContentSource<Error = E>,
-    T: ContentTarget<S::Content, Error = E>,
-{
-    let mut failure = None;
-    // A file before this one was not delivered, nor held: the checkpoint stays before it.
-    let mut gap = false;
-    for offer in offers {
-        match needs.get(&offer.key) {
-            Some(Need::Missing) if sent.unread.contains(&offer.seq) => {
-                *held = true;
-                report.waiting += 1;
-                report.held.push((offer.clone(), Hold::NotHere));
+impl<'o, E> Batch<'o, E> {
+    fn new(offers: &'o [FileOffer], needs: &HashMap<String, Need>) -> Batch<'o, E> {
+        let slots = offers
+            .iter()
+            .map(|o| match needs.get(&o.key) {
+                Some(Need::Missing) => Slot::Waiting,
+                Some(Need::InProgress) => Slot::Held(Hold::Receiving),
+                Some(Need::Present | Need::Stale) | None => Slot::Skip,
+            })
+            .collect();
+        Batch { offers, slots, settled: 0, gap: false, failure: None }
+    }
+
+    /// The file to send next (by index), if any waits: the largest waiting one of [`LARGE`]
+    /// bytes or more while fewer than half the window carry such files, so that a large file
+    /// travels while the small ones go around it instead of last and alone; otherwise the
+    /// first waiting in feed order, so small files keep going (and settle, moving the
+    /// checkpoint) while large ones travel.
+    fn next(&self) -> Option<usize> {
+        let waiting = |i: &usize| matches!(self.slots[*i], Slot::Waiting);
+        let all = 0..self.offers.len();
+        let large_in_flight =
+            all.clone().filter(|&i| matches!(self.slots[i], Slot::Sent) && self.offers[i].size >= LARGE).count();
+        if large_in_flight < IN_FLIGHT / 2 {
+            let largest = all
+                .clone()
+                .filter(waiting)
+                .filter(|&i| self.offers[i].size >= LARGE)
+                .max_by_key(|&i| (self.offers[i].size, std::cmp::Reverse(i)));
+            if largest.is_some() {
+                return largest;
             }
-            Some(Need::Missing) => match sent.answered.remove(&offer.seq) {
-                Some(Ok(())) => {
-                    report.files_sent += 1;
-                    report.bytes_sent += offer.size;
-                    if !*held && !gap {
+        }
+        all.clone().find(|i| waiting(i) && self.offers[*i].size < LARGE).or_else(|| all.clone().find(waiting))
+    }
+
+    /// Settles the files answered or held at the head of the feed order: the checkpoint moves
+    /// past each one delivered unless one before it is held or was not delivered.
+    fn settle(&mut self, checkpoint: &mut u64, held: &mut bool, report: &mut ContentReport) {
+        while self.settled < self.offers.len() {
+            let offer = &self.offers[self.settled];
+            match std::mem::replace(&mut self.slots[self.settled], Slot::Skip) {
+                Slot::Skip => {}
+                Slot::Held(why) => {
+                    *held = true;
+                    report.waiting += 1;
+                    report.held.push((offer.clone(), why));
+                }
+                Slot::Answered(Answer::Delivered) => {
+                    if !*held && !self.gap {
                         *checkpoint = offer.seq;
                         report.last_seq = *checkpoint;
                     }
-                    source.save_checkpoint(*checkpoint, Some(offer)).await?;
                 }
-                Some(Err(e)) if target.refused(&e) => {
+                Slot::Answered(Answer::Refused(_)) => {
                     *held = true;
                     report.waiting += 1;
                     report.refused += 1;
                     report.held.push((offer.clone(), Hold::Refused));
                 }
-                Some(Err(e)) => {
-                    gap = true;
-                    failure.get_or_insert(e);
+                Slot::Answered(Answer::Failed(e)) => {
+                    self.gap = true;
+                    self.failure.get_or_insert(e);
                 }
-                None => gap = true,
-            },
-            Some(Need::InProgress) => {
-                *held = true;
-                report.waiting += 1;
-                report.held.push((offer.clone(), Hold::Receiving));
+                slot @ (Slot::Waiting | Slot::Sent) => {
+                    self.slots[self.settled] = slot;
+                    return;
+                }
             }
-            Some(Need::Present | Need::Stale) | None => {}
+            self.settled += 1;
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+
+    /// Once the target answered all it took: the files it never took (after a failure) or
+    /// never answered are not delivered. One never answered without a failure (a target
+    /// breaking its contract) holds the run, so the checkpoint never passes it.
+    fn finish(&mut self, checkpoint: &mut u64, held: &mut bool, report: &mut ContentReport) {
+        for slot in &mut self.slots[self.settled..] {
+            if matches!(slot, Slot::Waiting | Slot::Sent) {
+                self.gap = true;
+                *slot = Slot::Skip;
+            }
+        }
+        if self.gap && self.failure.is_none() {
+            *held = true;
+        }
+        self.settle(checkpoint, held, report);
     }
 }
 
-/// The files a batch sends, read as the target takes them ([`read_next`]).
-struct Reading<'a, S: ContentSource> {
-    source: &'a mut S,
-    order: std::vec::IntoIter<FileOffer>,
-    /// Files passed over: their bytes are not here (yet).
-    unread: &'a mut std::collections::HashSet<u64>,
-    /// A failed read, which ends the stream.
-    error: &'a mut Option<S::Error>,
+/// What the sending side of a batch is told: a free place in the window, a file answered, or
+/// the target done.
+enum Event<E> {
+    Room,
+    Closed,
+    Answer(Option<(FileOffer, Answer<E>)>),
 }
 
-/// The next file of `r` whose bytes are here, with its content.
-async fn read_next<'a, S: ContentSource + 'a>(r: Reading<'a, S>) -> Option<((FileOffer, S::Content), Reading<'a, S>)> {
-    let mut r = r;
+/// Feeds a batch's files to the target as its window takes them, each read only then, and
+/// settles each answer as it comes: a file delivered is saved at once (counted, with the
+/// checkpoint as far as the feed order allows), so progress shows while large files travel.
+/// Returns a failed read, if one ended the feeding.
+#[allow(clippy::too_many_arguments)]
+async fn feed<S, E>(
+    source: &mut S,
+    batch: &mut Batch<'_, E>,
+    mut files: mpsc::Sender<(FileOffer, S::Content)>,
+    mut answers: mpsc::UnboundedReceiver<(FileOffer, Answer<E>)>,
+    checkpoint: &mut u64,
+    held: &mut bool,
+    report: &mut ContentReport,
+) -> Result<Option<E>, E>
+where
+    S: ContentSource<Error = E>,
+{
+    let mut read_error = None;
+    let mut feeding = true;
     loop {
-        let offer = r.order.next()?;
-        match r.source.read(&offer).await {
-            Ok(Some(content)) => return Some(((offer, content), r)),
-            Ok(None) => {
-                r.unread.insert(offer.seq);
+        if feeding && batch.next().is_none() {
+            files.close_channel();
+            feeding = false;
+        }
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(a) = answers.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Answer(a));
             }
-            Err(e) => {
-                *r.error = Some(e);
-                return None;
+            if feeding {
+                match files.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Event::Room),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Answer(None) => break,
+            Event::Answer(Some((offer, answer))) => {
+                let Some(i) = batch.offers.iter().position(|o| o.seq == offer.seq) else { continue };
+                let delivered = matches!(answer, Answer::Delivered);
+                batch.slots[i] = Slot::Answered(answer);
+                batch.settle(checkpoint, held, report);
+                if delivered {
+                    report.files_sent += 1;
+                    report.bytes_sent += offer.size;
+                    source.save_checkpoint(*checkpoint, Some(&offer)).await?;
+                }
+            }
+            Event::Closed => feeding = false,
+            Event::Room => {
+                let Some(i) = batch.next() else { continue };
+                let offer = batch.offers[i].clone();
+                match source.read(&offer).await {
+                    Ok(Some(content)) => {
+                        batch.slots[i] = Slot::Sent;
+                        if files.start_send((offer, content)).is_err() {
+                            batch.slots[i] = Slot::Waiting;
+                            feeding = false;
+                        }
+                    }
+                    Ok(None) => {
+                        batch.slots[i] = Slot::Held(Hold::NotHere);
+                        batch.settle(checkpoint, held, report);
+                    }
+                    Err(e) => {
+                        read_error = Some(e);
+                        files.close_channel();
+                        feeding = false;
+                    }
+                }
             }
         }
     }
+    batch.finish(checkpoint, held, report);
+    Ok(read_error)
 }
 
 /// Delivers the content of the files past the source's checkpoint, up to `upto`.
@@ -336,38 +455,31 @@ where
         if cursor >= upto {
             return finish(report, held);
         }
-        let batch = source.offers(cursor, upto, limit.max(1)).await?;
-        if batch.last_seq <= cursor && batch.offers.is_empty() {
+        let offers = source.offers(cursor, upto, limit.max(1)).await?;
+        if offers.last_seq <= cursor && offers.offers.is_empty() {
             return finish(report, held);
         }
-        let needs = if batch.offers.is_empty() { HashMap::new() } else { target.diff(&batch.offers).await? };
-        let mut unread = std::collections::HashSet::new();
-        let mut read_error = None;
-        let answered = {
-            let reading = Reading {
-                source: &mut *source,
-                order: sending_order(&batch.offers, &needs).into_iter(),
-                unread: &mut unread,
-                error: &mut read_error,
-            };
-            // Boxed: the stream's type, named once, keeps rustc's `Send` check of a task running
-            // this (rust-lang/rust#102211) from meeting the lifetimes inside it.
-            let files: futures_util::stream::BoxStream<'_, (FileOffer, S::Content)> =
-                Box::pin(futures_util::stream::unfold(reading, read_next));
-            target.put_many(files).await
-        };
-        let sent = Sent { answered: answered.into_iter().map(|(o, r)| (o.seq, r)).collect(), unread };
-        settle(source, target, &batch.offers, &needs, sent, &mut checkpoint, &mut held, &mut report).await?;
-        if let Some(e) = read_error {
+        let needs = if offers.offers.is_empty() { HashMap::new() } else { target.diff(&offers.offers).await? };
+        let mut batch = Batch::new(&offers.offers, &needs);
+        // A window of one file ahead of the target's: it takes the next as soon as it has room.
+        let (files_tx, files_rx) = mpsc::channel(0);
+        let (answers_tx, answers_rx) = mpsc::unbounded();
+        let (_, fed) = futures_util::future::join(
+            target.put_many(files_rx, answers_tx),
+            feed(source, &mut batch, files_tx, answers_rx, &mut checkpoint, &mut held, &mut report),
+        )
+        .await;
+        let read_error = fed?;
+        if let Some(e) = batch.failure.take().or(read_error) {
             return Err(e);
         }
-        cursor = cursor.max(batch.last_seq);
-        if !held && batch.last_seq > checkpoint {
-            source.save_checkpoint(batch.last_seq, None).await?;
-            checkpoint = batch.last_seq;
+        cursor = cursor.max(offers.last_seq);
+        if !held && offers.last_seq > checkpoint {
+            source.save_checkpoint(offers.last_seq, None).await?;
+            checkpoint = offers.last_seq;
             report.last_seq = checkpoint;
         }
-        if !batch.pending {
+        if !offers.pending {
             return finish(report, held);
         }
     }
@@ -431,6 +543,65 @@ impl Stall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer(seq: u64, size: u64) -> FileOffer {
+        FileOffer { seq, key: format!("f{seq}"), version: format!("v{seq}"), size, md5sum: String::new() }
+    }
+
+    #[test]
+    fn large_files_go_first_on_half_the_window_and_the_others_in_feed_order() {
+        // Six large files (seq 1..=6, the later the larger), then four small ones.
+        let offers: Vec<FileOffer> = (1..=10).map(|seq| offer(seq, if seq <= 6 { LARGE + seq } else { 10 })).collect();
+        let needs = offers.iter().map(|o| (o.key.clone(), Need::Missing)).collect();
+        let mut batch: Batch<'_, ()> = Batch::new(&offers, &needs);
+        let mut picked = Vec::new();
+        while let Some(i) = batch.next() {
+            batch.slots[i] = Slot::Sent;
+            picked.push(offers[i].seq);
+            if picked.len() == IN_FLIGHT {
+                break;
+            }
+        }
+        assert_eq!(picked, [6, 5, 4, 3, 7, 8, 9, 10], "four large ones, the largest first, then the small ones");
+        // A large one answered: the next large one takes its place.
+        batch.slots[5] = Slot::Answered(Answer::Delivered);
+        assert_eq!(batch.next().map(|i| offers[i].seq), Some(2));
+    }
+
+    #[test]
+    fn answers_settle_in_feed_order_as_they_come() {
+        let offers = vec![offer(1, 10), offer(2, LARGE), offer(3, 10), offer(4, 10)];
+        let mut needs: HashMap<String, Need> = offers.iter().map(|o| (o.key.clone(), Need::Missing)).collect();
+        needs.insert("f4".into(), Need::Present);
+        let mut batch: Batch<'_, ()> = Batch::new(&offers, &needs);
+        let (mut checkpoint, mut held, mut report) = (0, false, ContentReport::default());
+        for i in 0..3 {
+            batch.slots[i] = Slot::Sent;
+        }
+        // f3, then f1 answered while f2 (large) travels: the checkpoint passes f1 only.
+        batch.slots[2] = Slot::Answered(Answer::Delivered);
+        batch.settle(&mut checkpoint, &mut held, &mut report);
+        assert_eq!(checkpoint, 0);
+        batch.slots[0] = Slot::Answered(Answer::Delivered);
+        batch.settle(&mut checkpoint, &mut held, &mut report);
+        assert_eq!(checkpoint, 1, "f2 is still on its way");
+        // f2 delivered: past f3, and f4 (present) is settled with them.
+        batch.slots[1] = Slot::Answered(Answer::Delivered);
+        batch.settle(&mut checkpoint, &mut held, &mut report);
+        assert_eq!((checkpoint, batch.settled, held), (3, 4, false));
+    }
+
+    #[test]
+    fn a_file_taken_and_never_answered_holds_the_run() {
+        let offers = vec![offer(1, 10), offer(2, 10)];
+        let needs = offers.iter().map(|o| (o.key.clone(), Need::Missing)).collect();
+        let mut batch: Batch<'_, ()> = Batch::new(&offers, &needs);
+        let (mut checkpoint, mut held, mut report) = (0, false, ContentReport::default());
+        batch.slots[0] = Slot::Sent;
+        batch.slots[1] = Slot::Answered(Answer::Delivered);
+        batch.finish(&mut checkpoint, &mut held, &mut report);
+        assert_eq!((checkpoint, held), (0, true), "the end of the batch must not save past f1");
+    }
 
     /// Two minutes, in ms.
     const BOUND: u64 = 120_000;

@@ -14,16 +14,19 @@
 //!    against the document it holds before making it visible.
 //! 3. The content checkpoint (`_local` `content-<sharing>-<member>` of
 //!    `io.hearth.replication`, [`ContentRecord`]) moves past each row once its content is
-//!    delivered or not needed, and is written after each file sent: after a cut connection or
-//!    a crash of either side the next round starts after the last delivered file, and a file
-//!    the member already has is answered `present` by the diff, so it is never sent again.
+//!    delivered or not needed (rows settle in feed order, as the member answers each file), and
+//!    is written at most every [`CHECKPOINT_EVERY`] while files go: after a cut connection or a
+//!    crash of either side the next round starts after the last delivered file it recorded, and
+//!    a file the member already has is answered `present` by the diff, so it is never sent
+//!    again.
 //!
 //! A file whose document the member refused (see the link's `LinkRecord::refused`) is passed
 //! over: there is nothing to deliver for it.
 //!
 //! A file whose bytes are not here yet (the owner relaying a recipient's file to the other
-//! members before it arrived) stops the round there; it goes on when the bytes arrive (the
-//! receiving route wakes this worker) or at the next retry. Failures and refusals back off as the
+//! members before it arrived) is passed over and holds the checkpoint before it, while the
+//! files after it go; it goes when the bytes arrive (the receiving route wakes this worker) or
+//! at the next retry. Failures and refusals back off as the
 //! replicator's do (`replication.retry_base_ms` doubling up to `retry_max_ms`).
 //!
 //! Such a wait, or one on a file the member says it is receiving, leaves the link `healthy`
@@ -43,7 +46,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_replicator::content::{
-    self, ContentSource, ContentTarget, FileOffer, Hold, Need, OfferBatch, Outcome, Stall,
+    self, Answer, ContentSource, ContentTarget, FileOffer, Hold, Need, OfferBatch, Outcome, Stall,
 };
 use hearth_replicator::schedule::{Backoff, Health, LinkSchedule};
 use reqwest::Method;
@@ -149,6 +152,10 @@ struct LinkState {
     refused: u64,
     refusals: u32,
     stall: Stall,
+    /// When the round running now started: a wait is judged as of then while it runs (it may
+    /// be delivering the very files waited for, or their bytes arriving, which only its end
+    /// tells).
+    round_started_ms: Option<u64>,
     settled: Option<Settled>,
     last_error: Option<String>,
 }
@@ -174,6 +181,7 @@ impl Settled {
 impl LinkState {
     /// Takes in how a round that ended at `now_ms` went.
     fn settle(&mut self, outcome: &Result<(Outcome, Held), SyncError>, now_ms: u64, backoff: &Backoff, jitter: u64) {
+        self.round_started_ms = None;
         if let Ok((_, held)) = outcome {
             self.settled = Some(Settled { upto: held.upto, held: held.seqs.clone() });
         }
@@ -219,7 +227,11 @@ impl LinkState {
     /// The health and last error to show at `now_ms`: a wait on the same files for `wait_ms`
     /// or more degrades a link that runs well, as a refusal does, and says so.
     fn view(&self, now_ms: u64, wait_ms: u64) -> (Health, Option<String>) {
-        let stalled = self.stall.stalled(now_ms, wait_ms);
+        let judged_at = match self.round_started_ms {
+            Some(started) if self.schedule.running => started.min(now_ms),
+            _ => now_ms,
+        };
+        let stalled = self.stall.stalled(judged_at, wait_ms);
         let health = self.schedule.health.with_refusals(self.refused > 0 || stalled.is_some());
         let last_error = match stalled {
             // A failing link's error says more.
@@ -445,7 +457,11 @@ async fn plan(
                 continue;
             }
             let f = files.of(inst).await.map_err(files_error)?;
-            sender.with_state(&key, |st| st.schedule.started());
+            let now = sender.now_ms();
+            sender.with_state(&key, |st| {
+                st.schedule.started();
+                st.round_started_ms = Some(now);
+            });
             let backoff = super::backoff(&cx.config);
             let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
             tokio::spawn(async move {
@@ -628,18 +644,20 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
     }
 
     /// Each file goes on its own request, up to `content::IN_FLIGHT` at once, the next one
-    /// taken as soon as one is answered: small files are not held up by one another's round
-    /// trips and fsyncs, nor by a large one, and the member's fsyncs of files received at once
-    /// overlap. After a failure that is not a refusal no new file is taken; the ones in flight
-    /// finish.
-    async fn put_many<F>(&mut self, files: F) -> Vec<(FileOffer, Result<(), SyncError>)>
-    where
+    /// taken as soon as one is answered, and each answered as soon as its request is: small
+    /// files are not held up by one another's round trips and fsyncs, nor by a large one, and
+    /// the member's fsyncs of files received at once overlap. After a failure that is not a
+    /// refusal no new file is taken; the ones in flight finish.
+    async fn put_many<F>(
+        &mut self,
+        files: F,
+        answers: futures_channel::mpsc::UnboundedSender<(FileOffer, Answer<SyncError>)>,
+    ) where
         F: futures_util::Stream<Item = (FileOffer, crate::files::content::ContentStream)> + Send,
     {
         use futures_util::StreamExt;
         let mut files = std::pin::pin!(files);
         let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut out = Vec::new();
         let (mut more, mut failed) = (true, false);
         let this = &*self;
         let start = |(o, c): (FileOffer, crate::files::content::ContentStream)| async move {
@@ -647,17 +665,43 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
             (o, r)
         };
         loop {
-            while more && !failed && running.len() < content::IN_FLIGHT {
-                match files.next().await {
-                    Some(file) => running.push(start(file)),
-                    None => more = false,
+            let room = more && !failed;
+            if running.is_empty() && !room {
+                break;
+            }
+            // An answer, or with room in the window the next file, whichever comes first (a
+            // file not here yet must not keep answers from being settled).
+            let next = if room && running.len() < content::IN_FLIGHT && !running.is_empty() {
+                match futures_util::future::select(running.next(), files.next()).await {
+                    futures_util::future::Either::Left((Some(answered), _)) => Err(answered),
+                    // Not empty: never.
+                    futures_util::future::Either::Left((None, _)) => continue,
+                    futures_util::future::Either::Right((file, _)) => Ok(file),
+                }
+            } else if room && running.len() < content::IN_FLIGHT {
+                Ok(files.next().await)
+            } else {
+                match running.next().await {
+                    Some(answered) => Err(answered),
+                    None => break,
+                }
+            };
+            match next {
+                Ok(Some(file)) => running.push(start(file)),
+                Ok(None) => more = false,
+                Err((o, r)) => {
+                    // As `ContentTarget::answer` (not called: rustc's `Send` check of this
+                    // future fails on it, rust-lang/rust#102211).
+                    let answer = match r {
+                        Ok(()) => Answer::Delivered,
+                        Err(e) if is_refusal(&e).is_some() => Answer::Refused(e),
+                        Err(e) => Answer::Failed(e),
+                    };
+                    failed |= matches!(answer, Answer::Failed(_));
+                    let _ = answers.unbounded_send((o, answer));
                 }
             }
-            let Some((o, r)) = running.next().await else { break };
-            failed |= r.as_ref().is_err_and(|e| is_refusal(e).is_none());
-            out.push((o, r));
         }
-        out
     }
 }
 
@@ -889,6 +933,25 @@ mod tests {
             shown.push(st.view(sender.now_ms(), sender.wait_ms).0);
         }
         shown
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_round_after_a_wait_shows_no_stall_until_it_ends() {
+        let config = crate::config::ReplicationConfig { content_wait_max_ms: 120_000, ..Default::default() };
+        let sender = ContentSender::new(&config);
+        let backoff = Backoff { base_ms: 1000, max_ms: 300_000 };
+        let mut st = LinkState::default();
+        // A round ends waiting on x, its bytes arriving; the next starts and sends x for 5 min.
+        st.schedule.started();
+        st.settle(&waiting_on_x(true), sender.now_ms(), &backoff, 0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        st.schedule.started();
+        st.round_started_ms = Some(sender.now_ms());
+        tokio::time::advance(5 * MINUTE).await;
+        assert_eq!(st.view(sender.now_ms(), sender.wait_ms).0, Health::Healthy, "x is on its way");
+        // It ends still waiting on x (it was not here after all): the wait counts from before.
+        st.settle(&waiting_on_x(false), sender.now_ms(), &backoff, 0);
+        assert_eq!(st.view(sender.now_ms(), sender.wait_ms).0, Health::Degraded);
     }
 
     #[tokio::test(start_paused = true)]

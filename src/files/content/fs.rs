@@ -362,7 +362,7 @@ pub(super) fn read_blocks(file: Arc<std::fs::File>, range: Range<u64>, direct: b
         }))
     }
     // The first block is read when the stream is first polled: a stream made ahead of its
-    // turn (the content channel reads a group of files before sending them) holds no block.
+    // turn (the content channel opens each file one ahead of its window) holds no block.
     futures_util::stream::try_unfold((file, range.start, range.end, None), move |(file, at, end, pending)| async move {
         let Some(pending) = pending.or_else(|| start(&file, at, end, direct)) else {
             return Ok(None);
