@@ -61,13 +61,7 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
         create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
             .await;
     answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
-    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
-    eventually(WAIT, "the shared folder reaches bob", || async {
-        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
-    })
-    .await;
-    let bob_team =
-        bob.call(Method::GET, &team_path, Some(&tb), None).await.1["data"]["id"].as_str().unwrap().to_owned();
+    let bob_team = shared_team(&bob, &tb).await;
 
     // Bob puts three 3 MB files in the folder, then a small one.
     let big: Vec<(String, Vec<u8>)> = (0..3).map(|n| (format!("big-{n}.bin"), bytes_of(n, 3 * MB))).collect();
@@ -284,13 +278,7 @@ async fn a_relay_whose_bytes_do_not_come_shows_degraded_once_the_wait_lasts_and_
     let (on_bob, on_carol) = (index_of(&bob), index_of(&carol));
     answer_invitation(&link(&app, &alice, &sid, on_bob).await, &bob, "accept").await;
     answer_invitation(&link(&app, &alice, &sid, on_carol).await, &carol, "accept").await;
-    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
-    eventually(WAIT, "the shared folder reaches bob", || async {
-        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
-    })
-    .await;
-    let bob_team =
-        bob.call(Method::GET, &team_path, Some(&tb), None).await.1["data"]["id"].as_str().unwrap().to_owned();
+    let bob_team = shared_team(&bob, &tb).await;
 
     // Alice has no room: bob's file reaches her and carol, its bytes neither.
     let alice_store = app.instance(&alice.domain).store.clone();
@@ -322,4 +310,14 @@ async fn a_relay_whose_bytes_do_not_come_shows_degraded_once_the_wait_lasts_and_
         m["health"] == "healthy" && m["content"]["last_error"].is_null() && m["content"]["files_pending"] == json!(0)
     })
     .await;
+}
+
+/// The id of the shared folder on `member`, once it has reached it under "Shared with me/Team".
+async fn shared_team(member: &TestInstance, token: &str) -> String {
+    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
+    eventually(WAIT, "the shared folder reaches the member", || async {
+        member.call(Method::GET, &team_path, Some(token), None).await.0 == 200
+    })
+    .await;
+    member.call(Method::GET, &team_path, Some(token), None).await.1["data"]["id"].as_str().unwrap().to_owned()
 }

@@ -374,6 +374,11 @@ async fn sharings_with_the_same_title_land_under_names_of_their_own() {
         id_at(&w.bob, &w.tb, "/Shared with me/Team (3)/c.txt").await.is_some()
     })
     .await;
+    assert_eq!(shared_with_me(&w).await, ["Team", "Team (2)", "Team (3)"]);
+}
+
+/// The names in bob's "Shared with me", sorted.
+async fn shared_with_me(w: &World) -> Vec<String> {
     let (s, v) = w.bob.call(Method::GET, "/files/io.cozy.files.shared-with-me-dir", Some(&w.tb), None).await;
     assert_eq!(s, 200, "{v}");
     let mut names: Vec<String> = v["included"]
@@ -384,7 +389,7 @@ async fn sharings_with_the_same_title_land_under_names_of_their_own() {
         .filter_map(|c| c["attributes"]["name"].as_str().map(str::to_owned))
         .collect();
     names.sort();
-    assert_eq!(names, ["Team", "Team (2)", "Team (3)"], "{v}");
+    names
 }
 
 /// Several sharings of one title accepted at once: their roots, received together, each take a
@@ -403,20 +408,7 @@ async fn sharings_of_one_title_accepted_at_once_take_names_of_their_own() {
         links.push(link(&w.one, &w.alice, &sid, 1).await);
     }
     futures_util::future::join_all(links.iter().map(|l| answer_invitation(l, &w.bob, "accept"))).await;
-    let names = || async {
-        let (s, v) = w.bob.call(Method::GET, "/files/io.cozy.files.shared-with-me-dir", Some(&w.tb), None).await;
-        assert_eq!(s, 200, "{v}");
-        let mut names: Vec<String> = v["included"]
-            .as_array()
-            .or(v["data"]["relationships"]["contents"]["data"].as_array())
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["attributes"]["name"].as_str().map(str::to_owned))
-            .filter(|n| n.starts_with("Crew"))
-            .collect();
-        names.sort();
-        names
-    };
+    let names = || async { shared_with_me(&w).await.into_iter().filter(|n| n.starts_with("Crew")).collect::<Vec<_>>() };
     let roots = ["Crew", "Crew (2)", "Crew (3)", "Crew (4)", "Crew (5)"];
     eventually(WAIT, "five Crew roots reach bob", || async { names().await.len() >= 5 }).await;
     assert_eq!(names().await, roots);
