@@ -156,6 +156,13 @@ struct LinkState {
     /// be delivering the very files waited for, or their bytes arriving, which only its end
     /// tells).
     round_started_ms: Option<u64>,
+    /// The rows the round running now goes up to (its `upto`).
+    running_upto: u64,
+    /// A round ahead runs (see [`Ahead`]).
+    ahead_running: bool,
+    /// Rows whose files rounds ahead delivered, past the last settled round's `upto`: not
+    /// pending, though the checkpoint has not passed them yet.
+    delivered_ahead: Arc<Mutex<BTreeSet<u64>>>,
     settled: Option<Settled>,
     last_error: Option<String>,
 }
@@ -184,6 +191,9 @@ impl LinkState {
         self.round_started_ms = None;
         if let Ok((_, held)) = outcome {
             self.settled = Some(Settled { upto: held.upto, held: held.seqs.clone() });
+            if let Ok(mut ahead) = self.delivered_ahead.lock() {
+                ahead.retain(|seq| *seq > held.upto);
+            }
         }
         match outcome {
             Ok((Outcome::Done, _)) => {
@@ -308,8 +318,9 @@ impl ContentSender {
         let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
         let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
         let record = read_record(inst, s.id(), member).await?;
+        let ahead = st.delivered_ahead.lock().map(|a| a.clone()).unwrap_or_default();
         let (files_pending, bytes_pending) =
-            pending(inst, files, s.sharing_id(), record.last_seq, st.settled.as_ref()).await?;
+            pending(inst, files, s.sharing_id(), record.last_seq, st.settled.as_ref(), &ahead).await?;
         let (health, last_error) = st.view(self.now_ms(), self.wait_ms);
         Ok(ContentStatus {
             files_pending,
@@ -325,14 +336,15 @@ impl ContentSender {
     }
 }
 
-/// Files of sharing `sharing` whose feed row is past `since` and that `settled` does not say
-/// are delivered, and their bytes.
+/// Files of sharing `sharing` whose feed row is past `since` and that neither `settled` nor
+/// `ahead` (rows delivered by rounds ahead) says are delivered, and their bytes.
 async fn pending(
     inst: &Instance,
     files: &Files,
     sharing: &SharingId,
     since: u64,
     settled: Option<&Settled>,
+    ahead: &BTreeSet<u64>,
 ) -> Result<(u64, u64), SyncError> {
     let doctype = crate::files::doctype();
     let (mut count, mut bytes, mut at) = (0, 0, since);
@@ -341,7 +353,8 @@ async fn pending(
         let Some(last) = rows.last() else { break };
         at = last.seq;
         let full = rows.len() >= 1000;
-        let rows: Vec<_> = rows.into_iter().filter(|r| Settled::pending(settled, r.seq)).collect();
+        let rows: Vec<_> =
+            rows.into_iter().filter(|r| Settled::pending(settled, r.seq) && !ahead.contains(&r.seq)).collect();
         let ids: Vec<String> = offered_rows(rows, &doctype).iter().map(|r| r.id.to_string()).collect();
         for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
@@ -443,15 +456,23 @@ async fn plan(
         }
         for member in targets(&s) {
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
-            let idle = sender
+            let (idle, ahead_from) = sender
                 .with_state(&key, |st| {
-                    !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms())
+                    let idle = !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms());
+                    (idle, (st.schedule.running && !st.ahead_running).then_some(st.running_upto))
                 })
-                .unwrap_or(false);
-            if !idle {
+                .unwrap_or((false, None));
+            if !idle && ahead_from.is_none() {
                 continue;
             }
             let link_seq = read_checkpoint(inst, s.id(), member).await?;
+            if let Some(since) = ahead_from.filter(|since| !idle && link_seq > *since) {
+                start_ahead(cx, files, sender, inst, &s, key, since, link_seq, cancel).await?;
+                continue;
+            }
+            if !idle {
+                continue;
+            }
             let record = read_record(inst, s.id(), member).await?;
             if link_seq <= record.last_seq {
                 continue;
@@ -461,6 +482,7 @@ async fn plan(
             sender.with_state(&key, |st| {
                 st.schedule.started();
                 st.round_started_ms = Some(now);
+                st.running_upto = link_seq;
             });
             let backoff = super::backoff(&cx.config);
             let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
@@ -469,7 +491,7 @@ async fn plan(
                 let outcome = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
-                    outcome = round(&cx.federation, &inst, &f, &s, member, link_seq) => outcome,
+                    outcome = round(&cx.federation, &inst, &f, &s, member, link_seq, None) => outcome,
                 };
                 sender.with_state(&key, |st| st.settle(&outcome, sender.now_ms(), &backoff, rand::random()));
                 match &outcome {
@@ -490,6 +512,62 @@ async fn plan(
     Ok(())
 }
 
+/// A round ahead of the one running on a link: it delivers the files of the rows past the
+/// running round's `upto` (written since it started: in a sharing already running, each upload
+/// is a row of its own) without waiting for that round to end, so files written after a large
+/// one do not wait for it. It never moves the checkpoint (the running round owns it): the next
+/// round offers those rows again and the member answers `present`, so nothing is sent twice;
+/// meanwhile they are not counted as pending ([`LinkState::delivered_ahead`]). Its failures
+/// and refusals are left to the rounds that own the checkpoint, which meet them again.
+struct Ahead {
+    since: u64,
+    delivered: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+/// Starts a round ahead on link `key` for the rows in `(since, upto]` (see [`Ahead`]), unless
+/// one runs.
+#[allow(clippy::too_many_arguments)]
+async fn start_ahead(
+    cx: &Arc<Context>,
+    files: &Arc<FilesRegistry>,
+    sender: &Arc<ContentSender>,
+    inst: &Arc<Instance>,
+    s: &Sharing,
+    key: PeerKey,
+    since: u64,
+    upto: u64,
+    cancel: &CancellationToken,
+) -> Result<(), SyncError> {
+    let f = files.of(inst).await.map_err(files_error)?;
+    let Some(delivered) = sender
+        .with_state(&key, |st| {
+            let free = st.schedule.running && !st.ahead_running;
+            st.ahead_running |= free;
+            free.then(|| st.delivered_ahead.clone())
+        })
+        .flatten()
+    else {
+        return Ok(());
+    };
+    let member = key.member;
+    let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let ahead = Ahead { since, delivered };
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            outcome = round(&cx.federation, &inst, &f, &s, member, upto, Some(ahead)) => outcome,
+        };
+        sender.with_state(&key, |st| st.ahead_running = false);
+        if let Err(e) = outcome {
+            tracing::debug!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
+                "a round ahead ended early: the next round takes its files");
+        }
+        sender.wake();
+    });
+    Ok(())
+}
+
 /// How often, at most, a content link's record is written while files are delivered (see
 /// `LocalContent::save_checkpoint`).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -502,16 +580,31 @@ struct LocalContent<'a> {
     member: MemberIndex,
     ids: IdMap,
     record: ContentRecord,
+    /// Files delivered (and their bytes) since the record was last written.
+    unsaved: (u64, u64),
+    /// This is a round ahead (see [`Ahead`]).
+    ahead: Option<Ahead>,
     /// The record moved since it was last written.
     dirty: bool,
     written_at: Option<Instant>,
 }
 
 impl LocalContent<'_> {
-    /// Writes the record if it moved since it was last written.
+    /// Writes the record if it moved since it was last written: the files delivered since are
+    /// added to the stored counts, and the checkpoint is set, unless this is a round ahead
+    /// (which never moves it). Read and written under [`RECORD_WRITES`], so that a round and a
+    /// round ahead on one link count both.
     async fn flush(&mut self) -> Result<(), SyncError> {
         if self.dirty {
-            write_record(self.inst, self.sharing.id(), self.member, &self.record).await?;
+            let _writing = RECORD_WRITES.lock().await;
+            let mut stored = read_record(self.inst, self.sharing.id(), self.member).await?;
+            stored.files_sent += self.unsaved.0;
+            stored.bytes_sent += self.unsaved.1;
+            if self.ahead.is_none() {
+                stored.last_seq = self.record.last_seq;
+            }
+            write_record(self.inst, self.sharing.id(), self.member, &stored).await?;
+            self.unsaved = (0, 0);
             self.dirty = false;
             self.written_at = Some(Instant::now());
         }
@@ -519,13 +612,16 @@ impl LocalContent<'_> {
     }
 }
 
+/// The lock under which content records are read and written back (see `LocalContent::flush`).
+static RECORD_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl ContentSource for LocalContent<'_> {
     type Error = SyncError;
     type Content = crate::files::content::ContentStream;
 
     async fn checkpoint(&mut self) -> Result<u64, SyncError> {
         self.record = read_record(self.inst, self.sharing.id(), self.member).await?;
-        Ok(self.record.last_seq)
+        Ok(self.ahead.as_ref().map_or(self.record.last_seq, |a| a.since.max(self.record.last_seq)))
     }
 
     async fn offers(&mut self, since: u64, upto: u64, limit: usize) -> Result<OfferBatch, SyncError> {
@@ -574,10 +670,19 @@ impl ContentSource for LocalContent<'_> {
     /// answers `present` for it, so it is still never sent twice, and a small file no longer
     /// costs a durable write of its own here.
     async fn save_checkpoint(&mut self, seq: u64, sent: Option<&FileOffer>) -> Result<(), SyncError> {
-        self.record.last_seq = seq;
+        match (&self.ahead, sent) {
+            // A round ahead never moves the checkpoint; what it delivers is no longer pending.
+            (Some(_), None) => return Ok(()),
+            (Some(ahead), Some(o)) => {
+                if let Ok(mut delivered) = ahead.delivered.lock() {
+                    delivered.insert(o.seq);
+                }
+            }
+            (None, _) => self.record.last_seq = seq,
+        }
         if let Some(o) = sent {
-            self.record.files_sent += 1;
-            self.record.bytes_sent += o.size;
+            self.unsaved.0 += 1;
+            self.unsaved.1 += o.size;
         }
         self.dirty = true;
         if sent.is_none() || self.written_at.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY) {
@@ -850,6 +955,7 @@ async fn round(
     s: &Sharing,
     member: MemberIndex,
     link_seq: u64,
+    ahead: Option<Ahead>,
 ) -> Result<(Outcome, Held), SyncError> {
     let (base, creds) = super::replication::member_link(s, member)?;
     let mut target = Peer { federation, inst, sharing: s, member, base, creds, refusal: Mutex::new(None) };
@@ -860,6 +966,8 @@ async fn round(
         member,
         ids: IdMap::for_member(s, member),
         record: Default::default(),
+        unsaved: (0, 0),
+        ahead,
         dirty: false,
         written_at: None,
     };

@@ -152,7 +152,13 @@ impl TestApp {
     }
 
     pub fn add_instance(&self, name: &str, passphrase: &str) -> TestInstance {
-        let domain = format!("{name}.localhost:{}", self.port);
+        self.add_instance_at(name, passphrase, self.port)
+    }
+
+    /// An instance of this app whose domain names `port` rather than the app's: peers and the
+    /// test reach it there (a proxy in front of the app, say).
+    pub fn add_instance_at(&self, name: &str, passphrase: &str, port: u16) -> TestInstance {
+        let domain = format!("{name}.localhost:{port}");
         self.registry
             .add(NewInstance {
                 domain: Domain::parse(&domain).expect("domain"),
@@ -161,7 +167,7 @@ impl TestApp {
                 public_name: Some(name.to_owned()),
             })
             .expect("add instance");
-        TestInstance { domain, port: self.port, client: self.client.clone() }
+        TestInstance { domain, port, client: self.client.clone() }
     }
 
     pub fn instance(&self, domain: &str) -> Arc<hearth::instance::Instance> {

@@ -1,0 +1,125 @@
+//! A file written into a running files sharing after a large one reaches the member while the
+//! large one still travels (syncthing#1509: small files stuck behind a huge one): a round ahead
+//! delivers the rows written since the running round started, and the next round, which owns
+//! the checkpoint, finds them there (nothing is sent twice). Over real HTTP, alice's requests
+//! to bob going through a proxy that carries 2 MB/s towards bob.
+
+mod common;
+
+use common::bytes::{bytes_of, enc, md5_b64};
+use common::flow::{answer_invitation, create_sharing, link, PASS};
+use common::{eventually, spawn_app, TestApp, TestInstance};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROOT: &str = "io.cozy.files.root-dir";
+const WAIT: u64 = 90;
+const MB: usize = 1_000_000;
+
+/// A TCP proxy to 127.0.0.1:`to` on a port of its own, whose client-to-server direction carries
+/// at most `rate` bytes a second (the other way goes as fast as it can).
+async fn throttled_proxy(to: u16, rate: usize) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { return };
+                let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
+                    (client.into_split(), server.into_split());
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                        if to_server.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs_f64(n as f64 / rate as f64)).await;
+                    }
+                    let _ = to_server.shutdown().await;
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                    let _ = to_client.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    port
+}
+
+async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) {
+    let resp = i
+        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+        .header("Content-MD5", md5_b64(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+}
+
+/// `GET /files/download?Path=`: the status, and whether the body is `data`.
+async fn download(i: &TestInstance, token: &str, path: &str, data: &[u8]) -> (u16, bool) {
+    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (status, body.as_ref() == data)
+}
+
+async fn content_of_bob(app: &TestApp, alice: &TestInstance, sid: &str) -> Value {
+    let token = app.token(alice, "io.cozy.sharings");
+    let (s, v) = alice.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["attributes"]["members"][1]["content"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance_at("bob", PASS, throttled_proxy(app.port, 2 * MB).await);
+    let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
+    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["data"]["id"].as_str().unwrap().to_owned();
+    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let sid =
+        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
+            .await;
+    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
+    eventually(WAIT, "the shared folder reaches bob", || async {
+        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
+    })
+    .await;
+
+    // A 16 MB file (8 s at 2 MB/s), then once its transfer runs, a small one.
+    let (big, small) = (bytes_of(1, 16 * MB), bytes_of(2, 1_000));
+    upload(&alice, &ta, &team, "big.bin", &big).await;
+    eventually(WAIT, "the large file's transfer runs", || async {
+        content_of_bob(&app, &alice, &sid).await["running"] == json!(true)
+    })
+    .await;
+    upload(&alice, &ta, &team, "small.txt", &small).await;
+    eventually(WAIT, "the small file reaches bob", || async {
+        download(&bob, &tb, "/Shared with me/Team/small.txt", &small).await == (200, true)
+    })
+    .await;
+    let (big_status, _) = download(&bob, &tb, "/Shared with me/Team/big.bin", &big).await;
+    assert_eq!(big_status, 409, "the small file came while the large one still travelled");
+    // It comes too, and each file was sent once.
+    eventually(WAIT, "the large file reaches bob", || async {
+        download(&bob, &tb, "/Shared with me/Team/big.bin", &big).await == (200, true)
+    })
+    .await;
+    eventually(WAIT, "alice has nothing pending for bob", || async {
+        let c = content_of_bob(&app, &alice, &sid).await;
+        c["files_pending"] == json!(0) && c["running"] == json!(false)
+    })
+    .await;
+    let c = content_of_bob(&app, &alice, &sid).await;
+    assert_eq!((c["files_sent"].clone(), c["bytes_sent"].clone()), (json!(2), json!(16 * MB + 1_000)), "{c}");
+}
