@@ -96,8 +96,8 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
     })
     .await;
 
-    // A 16 MB file (8 s at 2 MB/s), then once its transfer runs, a small one.
-    let (big, small) = (bytes_of(1, 16 * MB), bytes_of(2, 1_000));
+    // A 24 MB file (12 s at 2 MB/s), then once its transfer runs, a small one.
+    let (big, small) = (bytes_of(1, 24 * MB), bytes_of(2, 1_000));
     upload(&alice, &ta, &team, "big.bin", &big).await;
     eventually(WAIT, "the large file's transfer runs", || async {
         content_of_bob(&app, &alice, &sid).await["running"] == json!(true)
@@ -121,5 +121,5 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
     })
     .await;
     let c = content_of_bob(&app, &alice, &sid).await;
-    assert_eq!((c["files_sent"].clone(), c["bytes_sent"].clone()), (json!(2), json!(16 * MB + 1_000)), "{c}");
+    assert_eq!((c["files_sent"].clone(), c["bytes_sent"].clone()), (json!(2), json!(24 * MB + 1_000)), "{c}");
 }
