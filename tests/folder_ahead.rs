@@ -100,7 +100,8 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
     let (big, small) = (bytes_of(1, 24 * MB), bytes_of(2, 1_000));
     upload(&alice, &ta, &team, "big.bin", &big).await;
     eventually(WAIT, "the large file's transfer runs", || async {
-        content_of_bob(&app, &alice, &sid).await["running"] == json!(true)
+        let c = content_of_bob(&app, &alice, &sid).await;
+        c["running"] == json!(true) && c["bytes_pending"].as_u64().is_some_and(|b| b >= 24 * MB as u64)
     })
     .await;
     upload(&alice, &ta, &team, "small.txt", &small).await;

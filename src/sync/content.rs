@@ -156,15 +156,31 @@ struct LinkState {
     /// be delivering the very files waited for, or their bytes arriving, which only its end
     /// tells).
     round_started_ms: Option<u64>,
-    /// The rows the round running now goes up to (its `upto`).
+    /// The rows the round running now goes up to (its `upto`), and how far rounds ahead have
+    /// gone past it since it started: a round ahead covers only rows past both, once each.
     running_upto: u64,
+    ahead_upto: u64,
     /// A round ahead runs (see [`Ahead`]).
     ahead_running: bool,
     /// Rows whose files rounds ahead delivered, past the last settled round's `upto`: not
     /// pending, though the checkpoint has not passed them yet.
     delivered_ahead: Arc<Mutex<BTreeSet<u64>>>,
+    /// What the rounds of this link did that their record does not say yet ([`Live`]).
+    live: Arc<Mutex<Live>>,
     settled: Option<Settled>,
     last_error: Option<String>,
+}
+
+/// What the rounds of a link did since they last wrote its record (written at most every
+/// [`CHECKPOINT_EVERY`], and only when a file is answered: a large file travelling for minutes
+/// after a small one would leave the small one unsaid): the status adds it to the record's.
+/// Changed with the record under [`RECORD_WRITES`], so the sum is exact.
+#[derive(Clone, Copy, Debug, Default)]
+struct Live {
+    files_sent: u64,
+    bytes_sent: u64,
+    /// The checkpoint of the round running, past the record's.
+    last_seq: u64,
 }
 
 /// What the last round that ran to its end settled: every file whose row is at most `upto`
@@ -317,18 +333,23 @@ impl ContentSender {
     ) -> Result<ContentStatus, SyncError> {
         let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
         let st = self.with_state(&key, |st| st.clone()).unwrap_or_default();
-        let record = read_record(inst, s.id(), member).await?;
+        let (record, live) = {
+            let _writes = RECORD_WRITES.lock().await;
+            let record = read_record(inst, s.id(), member).await?;
+            (record, st.live.lock().map(|l| *l).unwrap_or_default())
+        };
+        let last_seq = record.last_seq.max(live.last_seq);
         let ahead = st.delivered_ahead.lock().map(|a| a.clone()).unwrap_or_default();
         let (files_pending, bytes_pending) =
-            pending(inst, files, s.sharing_id(), record.last_seq, st.settled.as_ref(), &ahead).await?;
+            pending(inst, files, s.sharing_id(), last_seq, st.settled.as_ref(), &ahead).await?;
         let (health, last_error) = st.view(self.now_ms(), self.wait_ms);
         Ok(ContentStatus {
             files_pending,
             bytes_pending,
-            files_sent: record.files_sent,
-            bytes_sent: record.bytes_sent,
-            last_seq: record.last_seq,
-            running: st.schedule.running,
+            files_sent: record.files_sent + live.files_sent,
+            bytes_sent: record.bytes_sent + live.bytes_sent,
+            last_seq,
+            running: st.schedule.running || st.ahead_running,
             health,
             refused_files: st.refused,
             last_error,
@@ -458,8 +479,13 @@ async fn plan(
             let key = PeerKey { domain: inst.domain.to_string(), sharing: s.id().to_owned(), member };
             let (idle, ahead_from) = sender
                 .with_state(&key, |st| {
-                    let idle = !st.schedule.running && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms());
-                    (idle, (st.schedule.running && !st.ahead_running).then_some(st.running_upto))
+                    // Never two rounds of a link over the same rows: a round waits for the round
+                    // ahead to end (which wakes this worker).
+                    let idle = !st.schedule.running
+                        && !st.ahead_running
+                        && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms());
+                    let ahead = st.schedule.running && !st.ahead_running;
+                    (idle, ahead.then_some(st.running_upto.max(st.ahead_upto)))
                 })
                 .unwrap_or((false, None));
             if !idle && ahead_from.is_none() {
@@ -479,11 +505,14 @@ async fn plan(
             }
             let f = files.of(inst).await.map_err(files_error)?;
             let now = sender.now_ms();
-            sender.with_state(&key, |st| {
+            let Some(live) = sender.with_state(&key, |st| {
                 st.schedule.started();
                 st.round_started_ms = Some(now);
-                st.running_upto = link_seq;
-            });
+                (st.running_upto, st.ahead_upto) = (link_seq, link_seq);
+                st.live.clone()
+            }) else {
+                continue;
+            };
             let backoff = super::backoff(&cx.config);
             let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
             tokio::spawn(async move {
@@ -491,7 +520,7 @@ async fn plan(
                 let outcome = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
-                    outcome = round(&cx.federation, &inst, &f, &s, member, link_seq, None) => outcome,
+                    outcome = round(&cx.federation, &inst, &f, &s, member, link_seq, None, live) => outcome,
                 };
                 sender.with_state(&key, |st| st.settle(&outcome, sender.now_ms(), &backoff, rand::random()));
                 match &outcome {
@@ -516,9 +545,13 @@ async fn plan(
 /// running round's `upto` (written since it started: in a sharing already running, each upload
 /// is a row of its own) without waiting for that round to end, so files written after a large
 /// one do not wait for it. It never moves the checkpoint (the running round owns it): the next
-/// round offers those rows again and the member answers `present`, so nothing is sent twice;
-/// meanwhile they are not counted as pending ([`LinkState::delivered_ahead`]). Its failures
-/// and refusals are left to the rounds that own the checkpoint, which meet them again.
+/// round, which starts only once the round ahead has ended, offers those rows again and the
+/// member answers `present`, so nothing is sent twice; meanwhile they are not counted as
+/// pending ([`LinkState::delivered_ahead`]). Each row is covered by one round ahead at most
+/// (`LinkState::ahead_upto`). Its failures and refusals are left to the rounds that own the
+/// checkpoint, which meet them again. One case sends a file twice: a file of the running
+/// round's batch not sent yet whose row moves past that round's `upto` with the same version
+/// (renamed meanwhile) goes in both; the member answers the second `present` or 409.
 struct Ahead {
     since: u64,
     delivered: Arc<Mutex<BTreeSet<u64>>>,
@@ -539,11 +572,13 @@ async fn start_ahead(
     cancel: &CancellationToken,
 ) -> Result<(), SyncError> {
     let f = files.of(inst).await.map_err(files_error)?;
-    let Some(delivered) = sender
+    let Some((delivered, live)) = sender
         .with_state(&key, |st| {
-            let free = st.schedule.running && !st.ahead_running;
-            st.ahead_running |= free;
-            free.then(|| st.delivered_ahead.clone())
+            let free = st.schedule.running && !st.ahead_running && upto > st.running_upto.max(st.ahead_upto);
+            if free {
+                (st.ahead_running, st.ahead_upto) = (true, upto);
+            }
+            free.then(|| (st.delivered_ahead.clone(), st.live.clone()))
         })
         .flatten()
     else {
@@ -552,18 +587,25 @@ async fn start_ahead(
     let member = key.member;
     let (cx, sender, inst, s, cancel) = (cx.clone(), sender.clone(), inst.clone(), s.clone(), cancel.clone());
     tokio::spawn(async move {
+        // The link takes rounds again however this one ends (a panic included).
+        struct Ended(Arc<ContentSender>, PeerKey);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.with_state(&self.1, |st| st.ahead_running = false);
+                self.0.wake();
+            }
+        }
+        let _ended = Ended(sender.clone(), key.clone());
         let ahead = Ahead { since, delivered };
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            outcome = round(&cx.federation, &inst, &f, &s, member, upto, Some(ahead)) => outcome,
+            outcome = round(&cx.federation, &inst, &f, &s, member, upto, Some(ahead), live) => outcome,
         };
-        sender.with_state(&key, |st| st.ahead_running = false);
         if let Err(e) = outcome {
             tracing::debug!(instance = %inst.domain, sharing = %s.id(), member = member.get(), error = %e,
                 "a round ahead ended early: the next round takes its files");
         }
-        sender.wake();
     });
     Ok(())
 }
@@ -584,6 +626,8 @@ struct LocalContent<'a> {
     unsaved: (u64, u64),
     /// This is a round ahead (see [`Ahead`]).
     ahead: Option<Ahead>,
+    /// What this round did past the record, with the link's other round ([`Live`]).
+    live: Arc<Mutex<Live>>,
     /// The record moved since it was last written.
     dirty: bool,
     written_at: Option<Instant>,
@@ -604,6 +648,10 @@ impl LocalContent<'_> {
                 stored.last_seq = self.record.last_seq;
             }
             write_record(self.inst, self.sharing.id(), self.member, &stored).await?;
+            if let Ok(mut live) = self.live.lock() {
+                live.files_sent = live.files_sent.saturating_sub(self.unsaved.0);
+                live.bytes_sent = live.bytes_sent.saturating_sub(self.unsaved.1);
+            }
             self.unsaved = (0, 0);
             self.dirty = false;
             self.written_at = Some(Instant::now());
@@ -679,6 +727,15 @@ impl ContentSource for LocalContent<'_> {
                 }
             }
             (None, _) => self.record.last_seq = seq,
+        }
+        if let Ok(mut live) = self.live.lock() {
+            if self.ahead.is_none() {
+                live.last_seq = seq;
+            }
+            if let Some(o) = sent {
+                live.files_sent += 1;
+                live.bytes_sent += o.size;
+            }
         }
         if let Some(o) = sent {
             self.unsaved.0 += 1;
@@ -948,6 +1005,7 @@ struct Held {
 }
 
 /// Delivers the content of the files past the content checkpoint, up to `link_seq`.
+#[allow(clippy::too_many_arguments)]
 async fn round(
     federation: &Federation,
     inst: &Instance,
@@ -956,6 +1014,7 @@ async fn round(
     member: MemberIndex,
     link_seq: u64,
     ahead: Option<Ahead>,
+    live: Arc<Mutex<Live>>,
 ) -> Result<(Outcome, Held), SyncError> {
     let (base, creds) = super::replication::member_link(s, member)?;
     let mut target = Peer { federation, inst, sharing: s, member, base, creds, refusal: Mutex::new(None) };
@@ -968,6 +1027,7 @@ async fn round(
         record: Default::default(),
         unsaved: (0, 0),
         ahead,
+        live,
         dirty: false,
         written_at: None,
     };
