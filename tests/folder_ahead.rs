@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::bytes::{bytes_of, enc, md5_b64};
+use common::bytes::{bytes_of, download, enc, upload};
 use common::flow::{answer_invitation, create_sharing, link, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
@@ -48,25 +48,6 @@ async fn throttled_proxy(to: u16, rate: usize) -> u16 {
         }
     });
     port
-}
-
-async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) {
-    let resp = i
-        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
-        .header("Content-MD5", md5_b64(data))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-}
-
-/// `GET /files/download?Path=`: the status, and whether the body is `data`.
-async fn download(i: &TestInstance, token: &str, path: &str, data: &[u8]) -> (u16, bool) {
-    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap();
-    (status, body.as_ref() == data)
 }
 
 async fn content_of_bob(app: &TestApp, alice: &TestInstance, sid: &str) -> Value {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::bytes::{bytes_of, enc, md5_b64};
+use common::bytes::{bytes_of, download, enc, upload};
 use common::flow::{answer_invitation, create_sharing, link, load, peer_token};
 use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
 use reqwest::Method;
@@ -15,29 +15,6 @@ use serde_json::{json, Value};
 const ROOT: &str = "io.cozy.files.root-dir";
 const WAIT: u64 = 90;
 const MB: usize = 1_000_000;
-
-async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
-    let (s, v) = {
-        let resp = i
-            .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
-            .header("Content-MD5", md5_b64(data))
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-    };
-    assert_eq!(s, 201, "{v}");
-    v["data"]["id"].as_str().unwrap().to_owned()
-}
-
-/// `GET /files/download?Path=`: the status, and whether the body is `data`.
-async fn download(i: &TestInstance, token: &str, path: &str, data: &[u8]) -> (u16, bool) {
-    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.bytes().await.unwrap();
-    (status, body.as_ref() == data)
-}
 
 async fn status(app: &TestApp, i: &TestInstance, sid: &str) -> Value {
     let token = app.token(i, "io.cozy.sharings");

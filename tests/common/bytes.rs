@@ -17,3 +17,28 @@ pub fn bytes_of(seed: u64, len: usize) -> Vec<u8> {
 pub fn md5_b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
 }
+
+/// Uploads `data` as file `name` into directory `dir` (`POST /files/:dir`, with its MD5):
+/// asserts 201 and answers the new file's id.
+pub async fn upload(i: &super::TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
+    let resp = i
+        .req(reqwest::Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
+        .header("Content-MD5", md5_b64(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 201, "{v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `GET /files/download?Path=`: the status, and whether the body is `data`.
+pub async fn download(i: &super::TestInstance, token: &str, path: &str, data: &[u8]) -> (u16, bool) {
+    let resp =
+        i.req(reqwest::Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (status, body.as_ref() == data)
+}
