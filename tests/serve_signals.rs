@@ -19,7 +19,9 @@ const CHUNK: usize = 256 * 1024;
 const CHUNKS: usize = 6;
 
 /// Uploads `name` into the root with its body sent in [`CHUNKS`] chunks 200 ms apart, telling
-/// `sent_first` once the first chunk went; the answer's status and JSON.
+/// `sent_first` once the first two chunks went (the server has the request by then: told at the
+/// first chunk, a loaded machine could signal before the server accepted the connection, which
+/// a stop then refuses: no request was in flight); the answer's status and JSON.
 async fn slow_upload(
     domain: &str,
     token: &str,
@@ -31,7 +33,7 @@ async fn slow_upload(
     let mut sent_first = Some(sent_first);
     let chunks = futures_util::stream::unfold(0usize, move |i| {
         let data = data.clone();
-        let first = if i == 0 { sent_first.take() } else { None };
+        let first = if i == 2 { sent_first.take() } else { None };
         async move {
             if i == CHUNKS {
                 return None;
@@ -40,8 +42,8 @@ async fn slow_upload(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             if let Some(tx) = first {
-                // Told just before the chunk is handed over: the signal comes while the body
-                // is still on its way either way.
+                // Told once the chunks before were taken by the connection, just before this
+                // one is handed over: the signal comes while the body is still on its way.
                 let _ = tx.send(());
             }
             Some((Ok::<_, std::io::Error>(data.slice(i * CHUNK..(i + 1) * CHUNK)), i + 1))
