@@ -179,7 +179,7 @@ struct LinkState {
 struct Live {
     files_sent: u64,
     bytes_sent: u64,
-    /// The checkpoint of the round running, past the record's.
+    /// The checkpoint of the round running, past the record's (0 once it ended).
     last_seq: u64,
 }
 
@@ -205,6 +205,10 @@ impl LinkState {
     /// Takes in how a round that ended at `now_ms` went.
     fn settle(&mut self, outcome: &Result<(Outcome, Held), SyncError>, now_ms: u64, backoff: &Backoff, jitter: u64) {
         self.round_started_ms = None;
+        // The round wrote its checkpoint to the record before it ended: the record says it.
+        if let Ok(mut live) = self.live.lock() {
+            live.last_seq = 0;
+        }
         if let Ok((_, held)) = outcome {
             self.settled = Some(Settled { upto: held.upto, held: held.seqs.clone() });
             if let Ok(mut ahead) = self.delivered_ahead.lock() {
