@@ -6,15 +6,14 @@
 
 mod common;
 
-use common::bytes::{bytes_of, download, enc, upload};
-use common::flow::{answer_invitation, create_sharing, link, PASS};
+use common::bytes::{bytes_of, download, upload};
+use common::flow::{share_team_folder, shared_team, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROOT: &str = "io.cozy.files.root-dir";
 const WAIT: u64 = 90;
 const MB: usize = 1_000_000;
 
@@ -63,19 +62,8 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
     let alice = app.add_instance("alice", PASS);
     let bob = app.add_instance_at("bob", PASS, throttled_proxy(app.port, 2 * MB).await);
     let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
-    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
-    assert_eq!(s, 201, "{v}");
-    let team = v["data"]["id"].as_str().unwrap().to_owned();
-    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let sid =
-        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
-            .await;
-    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
-    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
-    eventually(WAIT, "the shared folder reaches bob", || async {
-        bob.call(Method::GET, &team_path, Some(&tb), None).await.0 == 200
-    })
-    .await;
+    let (team, sid) = share_team_folder(&app, &alice, &ta, &bob).await;
+    shared_team(&bob, &tb).await;
 
     // A 24 MB file (12 s at 2 MB/s), then once its transfer runs, a small one.
     let (big, small) = (bytes_of(1, 24 * MB), bytes_of(2, 1_000));

@@ -7,7 +7,7 @@
 mod common;
 
 use common::bytes::{bytes_of, download, enc, upload};
-use common::flow::{answer_invitation, create_sharing, link, load, peer_token};
+use common::flow::{answer_invitation, create_sharing, link, load, peer_token, share_team_folder, shared_team};
 use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -30,14 +30,7 @@ async fn content_from_a_member_past_the_owners_quota_is_refused_shown_and_retrie
     let bob = app.add_instance("bob", PASS);
     let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(4 * MB as u64)).await.unwrap();
-    let (s, v) = alice.call(Method::POST, &format!("/files/{ROOT}?Type=directory&Name=Team"), Some(&ta), None).await;
-    assert_eq!(s, 201, "{v}");
-    let team = v["data"]["id"].as_str().unwrap().to_owned();
-    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let sid =
-        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
-            .await;
-    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let (_, sid) = share_team_folder(&app, &alice, &ta, &bob).await;
     let bob_team = shared_team(&bob, &tb).await;
 
     // Bob puts three 3 MB files in the folder, then a small one.
@@ -287,14 +280,4 @@ async fn a_relay_whose_bytes_do_not_come_shows_degraded_once_the_wait_lasts_and_
         m["health"] == "healthy" && m["content"]["last_error"].is_null() && m["content"]["files_pending"] == json!(0)
     })
     .await;
-}
-
-/// The id of the shared folder on `member`, once it has reached it under "Shared with me/Team".
-async fn shared_team(member: &TestInstance, token: &str) -> String {
-    let team_path = format!("/files/metadata?Path={}", enc("/Shared with me/Team"));
-    eventually(WAIT, "the shared folder reaches the member", || async {
-        member.call(Method::GET, &team_path, Some(token), None).await.0 == 200
-    })
-    .await;
-    member.call(Method::GET, &team_path, Some(token), None).await.1["data"]["id"].as_str().unwrap().to_owned()
 }

@@ -169,11 +169,7 @@ pub trait ContentTarget<C> {
     /// What became of a put, as [`run`] settles it: delivered, refused for now
     /// ([`ContentTarget::refused`]), or failed.
     fn answer(&self, r: Result<(), Self::Error>) -> Answer<Self::Error> {
-        match r {
-            Ok(()) => Answer::Delivered,
-            Err(e) if self.refused(&e) => Answer::Refused(e),
-            Err(e) => Answer::Failed(e),
-        }
+        Answer::of(r, |e| self.refused(e))
     }
 
     /// Sends the versions `files` yields, each as [`ContentTarget::put`] would, and answers each
@@ -213,6 +209,17 @@ pub enum Answer<E> {
     Delivered,
     Refused(E),
     Failed(E),
+}
+
+impl<E> Answer<E> {
+    /// The answer to a put's result, `refused` telling a refusal from a failure.
+    pub fn of(r: Result<(), E>, refused: impl FnOnce(&E) -> bool) -> Answer<E> {
+        match r {
+            Ok(()) => Answer::Delivered,
+            Err(e) if refused(&e) => Answer::Refused(e),
+            Err(e) => Answer::Failed(e),
+        }
+    }
 }
 
 /// Files in flight at once, at most, for a target that sends concurrently

@@ -156,10 +156,9 @@ struct LinkState {
     /// be delivering the very files waited for, or their bytes arriving, which only its end
     /// tells).
     round_started_ms: Option<u64>,
-    /// The rows the round running now goes up to (its `upto`), and how far rounds ahead have
-    /// gone past it since it started: a round ahead covers only rows past both, once each.
-    running_upto: u64,
-    ahead_upto: u64,
+    /// How far the round running now and the rounds ahead of it have gone (the round's
+    /// `upto`, then each round ahead's): a round ahead covers only rows past it, once each.
+    covered_upto: u64,
     /// A round ahead runs (see [`Ahead`]).
     ahead_running: bool,
     /// Rows whose files rounds ahead delivered, past the last settled round's `upto`: not
@@ -489,7 +488,7 @@ async fn plan(
                         && !st.ahead_running
                         && st.schedule.next_at_ms.is_none_or(|t| t <= sender.now_ms());
                     let ahead = st.schedule.running && !st.ahead_running;
-                    (idle, ahead.then_some(st.running_upto.max(st.ahead_upto)))
+                    (idle, ahead.then_some(st.covered_upto))
                 })
                 .unwrap_or((false, None));
             if !idle && ahead_from.is_none() {
@@ -512,7 +511,7 @@ async fn plan(
             let Some(live) = sender.with_state(&key, |st| {
                 st.schedule.started();
                 st.round_started_ms = Some(now);
-                (st.running_upto, st.ahead_upto) = (link_seq, link_seq);
+                st.covered_upto = link_seq;
                 st.live.clone()
             }) else {
                 continue;
@@ -552,7 +551,7 @@ async fn plan(
 /// round, which starts only once the round ahead has ended, offers those rows again and the
 /// member answers `present`, so nothing is sent twice; meanwhile they are not counted as
 /// pending ([`LinkState::delivered_ahead`]). Each row is covered by one round ahead at most
-/// (`LinkState::ahead_upto`). Its failures and refusals are left to the rounds that own the
+/// (`LinkState::covered_upto`). Its failures and refusals are left to the rounds that own the
 /// checkpoint, which meet them again. One case sends a file twice: a file of the running
 /// round's batch not sent yet whose row moves past that round's `upto` with the same version
 /// (renamed meanwhile) goes in both; the member answers the second `present` or 409.
@@ -578,9 +577,9 @@ async fn start_ahead(
     let f = files.of(inst).await.map_err(files_error)?;
     let Some((delivered, live)) = sender
         .with_state(&key, |st| {
-            let free = st.schedule.running && !st.ahead_running && upto > st.running_upto.max(st.ahead_upto);
+            let free = st.schedule.running && !st.ahead_running && upto > st.covered_upto;
             if free {
-                (st.ahead_running, st.ahead_upto) = (true, upto);
+                (st.ahead_running, st.covered_upto) = (true, upto);
             }
             free.then(|| (st.delivered_ahead.clone(), st.live.clone()))
         })
@@ -856,13 +855,9 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
                 Ok(Some(file)) => running.push(start(file)),
                 Ok(None) => more = false,
                 Err((o, r)) => {
-                    // As `ContentTarget::answer` (not called: rustc's `Send` check of this
-                    // future fails on it, rust-lang/rust#102211).
-                    let answer = match r {
-                        Ok(()) => Answer::Delivered,
-                        Err(e) if is_refusal(&e).is_some() => Answer::Refused(e),
-                        Err(e) => Answer::Failed(e),
-                    };
+                    // Not `ContentTarget::answer`: rustc's `Send` check of this future fails on a
+                    // call of it (rust-lang/rust#102211).
+                    let answer = Answer::of(r, |e| is_refusal(e).is_some());
                     failed |= matches!(answer, Answer::Failed(_));
                     let _ = answers.unbounded_send((o, answer));
                 }

@@ -204,3 +204,33 @@ pub async fn replication_state(inst: &TestInstance, token: &str, sid: &str, memb
     assert_eq!(s, 200, "{v}");
     v["data"]["attributes"]["members"][member]["replication"].clone()
 }
+
+/// Shares a new folder `Team` of `owner` (`token` covering `io.cozy.files`) with `recipient`,
+/// `sync` both ways, and has the recipient accept: the folder's id and the sharing's id.
+pub async fn share_team_folder(
+    app: &TestApp,
+    owner: &TestInstance,
+    token: &str,
+    recipient: &TestInstance,
+) -> (String, String) {
+    let (s, v) =
+        owner.call(Method::POST, "/files/io.cozy.files.root-dir?Type=directory&Name=Team", Some(token), None).await;
+    assert_eq!(s, 201, "{v}");
+    let team = v["data"]["id"].as_str().unwrap().to_owned();
+    let rule = json!({"title": "Team", "doctype": "io.cozy.files", "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", recipient.domain)}]);
+    let sid = create_sharing(owner, token, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(app, owner, &sid, 1).await, recipient, "accept").await;
+    (team, sid)
+}
+
+/// The id of the shared folder on `member` (`token` covering `io.cozy.files`), once it has
+/// reached it under "Shared with me/Team".
+pub async fn shared_team(member: &TestInstance, token: &str) -> String {
+    let team_path = format!("/files/metadata?Path={}", super::bytes::enc("/Shared with me/Team"));
+    super::eventually(90, "the shared folder reaches the member", || async {
+        member.call(Method::GET, &team_path, Some(token), None).await.0 == 200
+    })
+    .await;
+    member.call(Method::GET, &team_path, Some(token), None).await.1["data"]["id"].as_str().unwrap().to_owned()
+}
