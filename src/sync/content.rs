@@ -65,7 +65,7 @@ use crate::sharing::model::{PeerCredentials, Sharing};
 use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context, MemberIndex};
-use crate::store::{Body, Doctype, SharingId, StoreError};
+use crate::store::{Body, DocId, Doctype, SharingId, StoreError};
 
 /// Feed rows looked at per content diff (the receiver takes at most
 /// `http::content::MAX_DIFF` files per request).
@@ -698,8 +698,20 @@ impl ContentSource for LocalContent<'_> {
         // only the version it had when it left, never anything made after
         // (`Files::offered_versions`).
         let versions = self.files.offered_versions(&files).await.map_err(files_error)?;
+        // Read after the versions: a file written since its row was read (moved out, then
+        // edited, say) may name a version made after it left; its newer row comes later in the
+        // feed and decides for it, so it is passed over here.
+        let ids: Vec<DocId> = files.iter().map(|r| r.id.clone()).collect();
+        let now = if ids.is_empty() {
+            Default::default()
+        } else {
+            self.inst.store.shared_state(self.sharing.sharing_id(), &crate::files::doctype(), &ids).await?
+        };
         let mut offers = Vec::new();
         for (row, version) in files.iter().zip(versions) {
+            if now.get(&row.id).is_none_or(|state| state.seq != row.seq) {
+                continue;
+            }
             if let Some((vfs_id, size, md5sum)) = version {
                 let key = self.ids.convert(row.id.as_str());
                 offers.push(FileOffer { seq: row.seq, key, version: vfs_id, size, md5sum });
