@@ -379,15 +379,8 @@ async fn pending(
         let full = rows.len() >= 1000;
         let rows: Vec<_> =
             rows.into_iter().filter(|r| Settled::pending(settled, r.seq) && !ahead.contains(&r.seq)).collect();
-        // A file in the sharing is counted by its version from the index alone (a status is
-        // polled); one that left it (rare) by what is offered for it, which reads its document:
-        // the version it left with, or nothing once it changed (`Files::offered_versions`).
-        let (left, inside): (Vec<_>, Vec<_>) = offered_rows(rows, &doctype).into_iter().partition(|r| r.removed);
-        let ids: Vec<String> = inside.iter().map(|r| r.id.to_string()).collect();
-        let sizes = files.version_sizes(&ids).await.map_err(files_error)?.into_iter();
-        let offered =
-            if left.is_empty() { Vec::new() } else { files.offered_versions(&left).await.map_err(files_error)? };
-        for size in sizes.flatten().chain(offered.into_iter().flatten().map(|(_, size, _)| size)) {
+        let ids: Vec<String> = offered_rows(rows, &doctype).iter().map(|r| r.id.to_string()).collect();
+        for size in files.version_sizes(&ids).await.map_err(files_error)?.into_iter().flatten() {
             count += 1;
             bytes += size;
         }
