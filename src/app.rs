@@ -122,6 +122,16 @@ impl Application {
         // Before serving: every open instance's store knows the rules of its sharings.
         for inst in registry.opened() {
             sharing.tracking.refresh(&inst).await?;
+            // Follow-ups of received files that a stop cut short (`sharing::receive`): run
+            // before the instance serves. One that fails again is logged and kept for the
+            // next start; the instance serves all the same.
+            let replayed = match files.of(&inst).await {
+                Ok(f) => crate::sharing::receive::replay_follow_ups(&inst, &f).await.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
+            if let Err(e) = replayed {
+                tracing::error!(instance = %inst.domain, error = ?e, "replaying the follow-ups of received files failed");
+            }
         }
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(registry.clone(), sharing.clone(), sync.clone(), cancel.clone()));

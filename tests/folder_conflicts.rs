@@ -1270,6 +1270,12 @@ async fn a_file_a_member_moved_out_before_its_bytes_arrived_gets_them() {
         .await;
     }
     assert_eq!(at_path(&bob, &tb, "/f.txt").await, Some(f), "the file bob moved keeps its id");
+    // Every received batch's follow-ups ran: no journal entry is left on either side.
+    let journal = hearth::store::Doctype::parse(hearth::sharing::receive::JOURNAL_DOCTYPE).unwrap();
+    for (app, i) in [(&one, &alice), (&_two, &bob)] {
+        let left = app.instance(&i.domain).store.local_docs(&journal).await.unwrap();
+        assert!(left.is_empty(), "{:?}", left.iter().map(|d| &d.id).collect::<Vec<_>>());
+    }
 }
 
 /// What a sender offers of a file gone from it (a member moved it out; it keeps a dissociated

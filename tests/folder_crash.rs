@@ -298,3 +298,77 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     );
     assert_eq!(versions_on_disk(&bob), received, "bob's objects are the files received");
 }
+
+/// A kill between the write of a received removal and what follows it: the member keeps a
+/// dissociated copy of a file the owner moved out of the folder (`files::shared`, "Leaving
+/// keeps a copy"). The owner sees the removal's revision on the member after the restart and
+/// never sends it again, so the copy comes from the member's journal of follow-ups, replayed
+/// at its start (`sharing::receive::replay_follow_ups`). bob aborts right after the write
+/// (`HEARTH_TEST_ABORT_AFTER_RECEIVED_REMOVAL`): SIGABRT, as sudden as SIGKILL there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Server::new("alice", root.path().join("a"), vec![]);
+    let abort = (hearth::sharing::receive::ABORT_AFTER_REMOVAL, "1".to_owned());
+    let mut bob = Server::new("bob", root.path().join("b"), vec![abort]);
+    alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
+    bob.cli(&["instances", "add", &bob.domain(), "--passphrase", common::flow::PASS]);
+    let ta = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
+    let ts = alice
+        .cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files", "--scope", "io.cozy.sharings"])
+        .trim()
+        .to_owned();
+    let tb = bob.cli(&["instances", "token", &bob.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
+    alice.start().await;
+    bob.start().await;
+    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 5));
+    let dir = call(
+        &alice.domain(),
+        reqwest::Method::POST,
+        "/files/io.cozy.files.root-dir?Type=directory&Name=Media",
+        &ta,
+        None,
+    )
+    .await["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let file = upload(&alice.domain(), &ta, &dir, "f.bin", &base, 7, 20_000).await;
+    let md5 = md5_of(&base, 7, 20_000);
+    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "holiday notes", "rules": [
+        {"title": "Media", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"}]},
+        "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
+    let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", &ts, Some(body)).await;
+    let sid = created["data"]["id"].as_str().unwrap().to_owned();
+    let links = alice.cli(&["sharings", "invitations", &alice.domain(), &sid]);
+    let link = links.split_whitespace().find(|w| w.starts_with("http")).unwrap().to_owned();
+    let recipient = TestInstance { domain: bob.domain(), port: bob.port, client: browser() };
+    answer_invitation(&link, &recipient, "accept").await;
+    let shared = "/Shared with me/Media/f.bin";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
+        assert!(Instant::now() < deadline, "f.bin never reached bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Alice moves f.bin out of the folder: bob writes the removal, and dies before its copy.
+    let attrs = json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": "io.cozy.files.root-dir"}}});
+    call(&alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &ta, Some(attrs)).await;
+    let status = bob.wait_exit(Duration::from_secs(60)).expect("bob aborts on the removal");
+    assert!(!status.success(), "{status:?}");
+    bob.extra_env.clear();
+    bob.start().await;
+    // The removal is written: the file is gone from the shared folder, and bob keeps a copy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gone = download(&bob.domain(), &tb, shared).await.0 == 404;
+        let copy = download(&bob.domain(), &tb, "/.cozy_trash/f.bin").await;
+        if gone && copy == (200, md5.clone()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob has no copy of f.bin (shared one gone: {gone}, copy: {copy:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(bob.log_path()).unwrap();
+    assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
+}

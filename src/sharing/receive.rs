@@ -204,7 +204,19 @@ pub async fn bulk_docs(
             })
             .collect();
         let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
+        // What follows the write is journaled before it, and the entry removed once done: a
+        // process killed in between (or a follow-up that fails) finds it at its next start
+        // (`replay_follow_ups`), since the peer, which sees its revisions here then, never
+        // sends them again.
+        let journal = match (files, &tree) {
+            (Some(_), Some(tree)) => Some(Journal::write(inst, s, &writes, &written_ids, tree).await?),
+            _ => None,
+        };
         let outcomes = inst.store.apply_received(s.sharing_id(), from, &doctype, writes, judge).await?;
+        if written_ids.iter().any(|(_, removal)| *removal) && std::env::var_os(ABORT_AFTER_REMOVAL).is_some() {
+            tracing::warn!("{ABORT_AFTER_REMOVAL} is set: aborting after a received removal, before its follow-ups");
+            std::process::abort();
+        }
         // Written: the next root named sees this one (naming catches the index up first).
         drop(naming.take());
         if let (Some(files), Some(tree)) = (files, &tree) {
@@ -223,6 +235,9 @@ pub async fn bulk_docs(
             let written: Vec<(DocId, bool)> =
                 written.into_iter().map(|((id, removal), _)| (id.clone(), removal && !alive.contains(&id))).collect();
             tree.follow_up(inst, files, s, &written).await?;
+            if let Some(journal) = &journal {
+                journal.done(inst).await;
+            }
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
             if released > 0 {
                 tracing::info!(instance = %inst.domain, sharing = %s.id(), released, "content no file names any more deleted");
@@ -297,6 +312,142 @@ fn restore_orphans(
         }
     }
     (ids, out, relocations)
+}
+
+/// Where the follow-ups of received files are journaled: `_local` documents, one per batch
+/// being written (see [`Journal`]).
+pub const JOURNAL_DOCTYPE: &str = "io.hearth.journal";
+
+/// Set (to anything) in the environment of `hearth serve`, a process aborts right after it
+/// writes a received batch of files holding a removal, before that batch's follow-ups (the
+/// dissociated copy): the crash tests' (`tests/folder_crash.rs`) way to stop it exactly
+/// there. Never set otherwise.
+pub const ABORT_AFTER_REMOVAL: &str = "HEARTH_TEST_ABORT_AFTER_RECEIVED_REMOVAL";
+
+fn journal_doctype() -> Doctype {
+    Doctype::parse(JOURNAL_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
+}
+
+/// One journaled batch of received files: what [`TreeBefore::follow_up`] needs to run again,
+/// written before the batch and removed once its follow-ups are done. Shape (a `_local`
+/// document of [`JOURNAL_DOCTYPE`], id `<sharing>-<random>`): `{"sharing": id, "writes":
+/// [{"id", "rev", "removal", "live"}], "before": {id: "<the document before, as written>"}}`.
+/// Bodies are kept as their text, so they come back byte for byte (numbers of any size).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    sharing: String,
+    writes: Vec<JournaledWrite>,
+    before: std::collections::HashMap<String, String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournaledWrite {
+    id: String,
+    rev: Option<String>,
+    removal: bool,
+    live: bool,
+}
+
+/// A batch's journal entry while its follow-ups are pending.
+struct Journal {
+    id: String,
+}
+
+impl Journal {
+    async fn write(
+        inst: &Instance,
+        s: &Sharing,
+        writes: &[DocWrite],
+        written_ids: &[(DocId, bool)],
+        tree: &TreeBefore,
+    ) -> Result<Journal> {
+        let entry = JournalEntry {
+            sharing: s.id().to_owned(),
+            writes: writes
+                .iter()
+                .zip(written_ids)
+                .map(|(w, (_, removal))| JournaledWrite {
+                    id: w.id.to_string(),
+                    rev: w.rev.as_ref().map(|r| r.to_string()),
+                    removal: *removal,
+                    live: !w.deleted,
+                })
+                .collect(),
+            before: tree.before.iter().map(|(id, b)| (id.to_string(), b.as_str().to_owned())).collect(),
+        };
+        let body = serde_json::to_string(&entry)
+            .map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal entry: {e}"))))?;
+        let body = Body::parse(&body).map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!(e))))?;
+        let id = format!("{}-{}", s.id(), crate::auth::random_hex(8));
+        inst.store.put_local(&journal_doctype(), &id, body).await?;
+        Ok(Journal { id })
+    }
+
+    /// The follow-ups are done: the entry goes (if that fails, the next start runs them again,
+    /// which finds nothing left to do).
+    async fn done(&self, inst: &Instance) {
+        if let Err(e) = inst.store.delete_local(&journal_doctype(), &self.id).await {
+            tracing::warn!(instance = %inst.domain, entry = %self.id, error = %e, "failed to clear a follow-up journal entry");
+        }
+    }
+}
+
+/// Runs the follow-ups of every batch of files journaled and not done (a process killed
+/// between a received write and its follow-ups, or follow-ups that failed), then clears their
+/// entries; at start, before serving. A write counts as made when its revision is a leaf of
+/// its document now (a batch killed before its write made none: nothing follows). Follow-ups
+/// that already ran find nothing left to do (a dissociated copy is made once, a settled
+/// conflict is settled), and a removal of a document that has a live revision again is not
+/// followed up. Answers how many entries were replayed.
+pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::Files) -> Result<usize> {
+    let doctype = crate::files::doctype();
+    let mut replayed = 0;
+    for local in inst.store.local_docs(&journal_doctype()).await? {
+        let Ok(entry) = serde_json::from_str::<JournalEntry>(local.body.as_str()) else {
+            tracing::warn!(instance = %inst.domain, entry = %local.id, "dropping an unreadable follow-up journal entry");
+            let _ = inst.store.delete_local(&journal_doctype(), &local.id).await;
+            continue;
+        };
+        let journal = Journal { id: local.id };
+        let sharing = super::SharingId::parse(&entry.sharing).ok();
+        let s = match &sharing {
+            Some(id) => super::load(inst.store.as_ref(), id).await?,
+            None => None,
+        };
+        let Some(s) = s.filter(|s| s.active) else {
+            journal.done(inst).await;
+            continue;
+        };
+        let ids: Vec<DocId> = entry.writes.iter().filter_map(|w| DocId::parse(&w.id).ok()).collect();
+        let leaves = inst.store.doc_leaves(&doctype, &ids).await?;
+        let mut written: Vec<(DocId, bool, bool)> = Vec::new();
+        for w in &entry.writes {
+            let (Ok(id), Some(rev)) = (DocId::parse(&w.id), w.rev.as_deref()) else { continue };
+            let Some(leaves) = leaves.get(&id).filter(|l| l.iter().any(|(r, _)| r.to_string() == rev)) else {
+                continue;
+            };
+            // A removal is followed up only while the document has no live revision: one it has
+            // now may have come after the entry (the file came back), and removing it then would
+            // lose it; without a copy kept, at worst.
+            let removal = w.removal && leaves.iter().all(|(_, deleted)| *deleted);
+            written.push((id, removal, w.live));
+        }
+        let alive: HashSet<DocId> = written.iter().filter(|(_, _, live)| *live).map(|(id, _, _)| id.clone()).collect();
+        let written: Vec<(DocId, bool)> =
+            written.into_iter().map(|(id, removal, _)| (id.clone(), removal && !alive.contains(&id))).collect();
+        let mut before = std::collections::HashMap::new();
+        for (id, body) in entry.before {
+            if let (Ok(id), Ok(body)) = (DocId::parse(&id), Body::parse(&body)) {
+                before.insert(id, body);
+            }
+        }
+        let tree = TreeBefore { before, orphans: Default::default() };
+        tree.follow_up(inst, files, &s, &written).await?;
+        tracing::info!(instance = %inst.domain, sharing = %s.id(), docs = written.len(), "replayed the follow-ups of a received batch");
+        journal.done(inst).await;
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// What a batch of `io.cozy.files` needs known of the tree before it is written, for what
