@@ -121,13 +121,18 @@ impl Drop for Server {
     }
 }
 
-/// Every regular file under `dir`, with its size.
+/// Every regular file under `dir`, with its size. A file the server removes while it is
+/// listed (its sweep, after a restart) is left out.
 fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => panic!("{}: {err}", e.path().display()),
+            };
             if m.is_dir() {
                 stack.push(e.path());
             } else {
