@@ -168,12 +168,19 @@ async fn download(domain: &str, token: &str, path: &str) -> (u16, String) {
     (status, md5)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_without_resending_completed_files() {
-    let root = tempfile::tempdir().unwrap();
-    let fs = vec![("HEARTH_FILES__BACKEND", "fs".to_owned())];
-    let mut alice = Server::new("alice", root.path().join("a"), fs.clone());
-    let mut bob = Server::new("bob", root.path().join("b"), fs);
+/// alice's and bob's servers, each with its instance, started: alice's files token, her files and
+/// sharings token, bob's files token. `bob_env`: settings of bob's beyond the shared ones.
+struct Pair {
+    alice: Server,
+    bob: Server,
+    ta: String,
+    ts: String,
+    tb: String,
+}
+
+async fn pair(root: &Path, alice_env: Vec<(&'static str, String)>, bob_env: Vec<(&'static str, String)>) -> Pair {
+    let mut alice = Server::new("alice", root.join("a"), alice_env);
+    let mut bob = Server::new("bob", root.join("b"), bob_env);
     alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
     bob.cli(&["instances", "add", &bob.domain(), "--passphrase", common::flow::PASS]);
     let ta = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
@@ -184,24 +191,38 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     let tb = bob.cli(&["instances", "token", &bob.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
     alice.start().await;
     bob.start().await;
+    Pair { alice, bob, ta, ts, tb }
+}
 
+/// A directory `name` in `parent` on `domain`: its id.
+async fn mkdir(domain: &str, token: &str, parent: &str, name: &str) -> String {
+    let path = format!("/files/{parent}?Type=directory&Name={name}");
+    call(domain, reqwest::Method::POST, &path, token, None).await["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// alice shares her directory `dir` ("Media") with bob, read-write (`ts`: her sharings token);
+/// bob accepts. The sharing's id.
+async fn share_media(alice: &Server, ts: &str, bob: &Server, dir: &str) -> String {
+    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "holiday notes", "rules": [
+        {"title": "Media", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"}]},
+        "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
+    let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", ts, Some(body)).await;
+    let sid = created["data"]["id"].as_str().unwrap().to_owned();
+    let links = alice.cli(&["sharings", "invitations", &alice.domain(), &sid]);
+    let link = links.split_whitespace().find(|w| w.starts_with("http")).unwrap().to_owned();
+    let recipient = TestInstance { domain: bob.domain(), port: bob.port, client: browser() };
+    answer_invitation(&link, &recipient, "accept").await;
+    sid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_without_resending_completed_files() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = vec![("HEARTH_FILES__BACKEND", "fs".to_owned())];
+    let Pair { mut alice, mut bob, ta, ts, tb } = pair(root.path(), fs.clone(), fs).await;
     let base = Bytes::from(hearth::files::conformance::pattern(MIB, 3));
-    let dir = call(
-        &alice.domain(),
-        reqwest::Method::POST,
-        "/files/io.cozy.files.root-dir?Type=directory&Name=Media",
-        &ta,
-        None,
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let sub = call(&alice.domain(), reqwest::Method::POST, &format!("/files/{dir}?Type=directory&Name=sub"), &ta, None)
-        .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
+    let sub = mkdir(&alice.domain(), &ta, &dir, "sub").await;
     let mut expected = Vec::new();
     for n in 0..SMALL {
         let (parent, prefix) = if n % 2 == 0 { (&dir, "") } else { (&sub, "sub/") };
@@ -213,15 +234,7 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
     upload(&alice.domain(), &ta, &sub, "big.bin", &base, 1000, BIG).await;
     expected.push(("sub/big.bin".into(), md5_of(&base, 1000, BIG)));
 
-    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "holiday notes", "rules": [
-        {"title": "Media", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"}]},
-        "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
-    let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", &ts, Some(body)).await;
-    let sid = created["data"]["id"].as_str().unwrap().to_owned();
-    let links = alice.cli(&["sharings", "invitations", &alice.domain(), &sid]);
-    let link = links.split_whitespace().find(|w| w.starts_with("http")).unwrap().to_owned();
-    let recipient = TestInstance { domain: bob.domain(), port: bob.port, client: browser() };
-    answer_invitation(&link, &recipient, "accept").await;
+    share_media(&alice, &ts, &bob, &dir).await;
 
     let big = "/Shared with me/Media/sub/big.bin";
     let mut kills = 0;
@@ -308,42 +321,13 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
     let root = tempfile::tempdir().unwrap();
-    let mut alice = Server::new("alice", root.path().join("a"), vec![]);
     let abort = (hearth::sharing::receive::ABORT_AFTER_REMOVAL, "1".to_owned());
-    let mut bob = Server::new("bob", root.path().join("b"), vec![abort]);
-    alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
-    bob.cli(&["instances", "add", &bob.domain(), "--passphrase", common::flow::PASS]);
-    let ta = alice.cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
-    let ts = alice
-        .cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.files", "--scope", "io.cozy.sharings"])
-        .trim()
-        .to_owned();
-    let tb = bob.cli(&["instances", "token", &bob.domain(), "--scope", "io.cozy.files"]).trim().to_owned();
-    alice.start().await;
-    bob.start().await;
+    let Pair { alice, mut bob, ta, ts, tb } = pair(root.path(), vec![], vec![abort]).await;
     let base = Bytes::from(hearth::files::conformance::pattern(MIB, 5));
-    let dir = call(
-        &alice.domain(),
-        reqwest::Method::POST,
-        "/files/io.cozy.files.root-dir?Type=directory&Name=Media",
-        &ta,
-        None,
-    )
-    .await["data"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
     let file = upload(&alice.domain(), &ta, &dir, "f.bin", &base, 7, 20_000).await;
     let md5 = md5_of(&base, 7, 20_000);
-    let body = json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "holiday notes", "rules": [
-        {"title": "Media", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"}]},
-        "relationships": {"recipients": {"data": [{"instance": format!("http://{}", bob.domain())}]}}}});
-    let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", &ts, Some(body)).await;
-    let sid = created["data"]["id"].as_str().unwrap().to_owned();
-    let links = alice.cli(&["sharings", "invitations", &alice.domain(), &sid]);
-    let link = links.split_whitespace().find(|w| w.starts_with("http")).unwrap().to_owned();
-    let recipient = TestInstance { domain: bob.domain(), port: bob.port, client: browser() };
-    answer_invitation(&link, &recipient, "accept").await;
+    share_media(&alice, &ts, &bob, &dir).await;
     let shared = "/Shared with me/Media/f.bin";
     let deadline = Instant::now() + Duration::from_secs(120);
     while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
