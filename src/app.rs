@@ -125,11 +125,7 @@ impl Application {
             // Follow-ups of received files that a stop cut short (`sharing::receive`): run
             // before the instance serves. One that fails again is logged and kept for the
             // next start; the instance serves all the same.
-            let replayed = match files.of(&inst).await {
-                Ok(f) => crate::sharing::receive::replay_follow_ups(&inst, &f).await.map_err(anyhow::Error::from),
-                Err(e) => Err(anyhow::Error::from(e)),
-            };
-            if let Err(e) = replayed {
+            if let Err(e) = crate::sharing::receive::replay_follow_ups(&inst, &files).await {
                 tracing::error!(instance = %inst.domain, error = ?e, "replaying the follow-ups of received files failed");
             }
         }

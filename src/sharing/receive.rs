@@ -208,11 +208,15 @@ pub async fn bulk_docs(
         // process killed in between (or a follow-up that fails) finds it at its next start
         // (`replay_follow_ups`), since the peer, which sees its revisions here then, never
         // sends them again.
-        let journal = match (files, &tree) {
-            (Some(_), Some(tree)) => Some(Journal::write(inst, s, &writes, &written_ids, tree).await?),
+        // A recipient follows up only removals and moved directories, which `before` holds.
+        let mut journal = match (files, &tree) {
+            (Some(_), Some(tree)) if s.owner || !tree.before.is_empty() => {
+                Some(Journal::write(inst, s, from, &writes, &written_ids, tree).await?)
+            }
             _ => None,
         };
         let outcomes = inst.store.apply_received(s.sharing_id(), from, &doctype, writes, judge).await?;
+        #[cfg(debug_assertions)]
         if written_ids.iter().any(|(_, removal)| *removal) && std::env::var_os(ABORT_AFTER_REMOVAL).is_some() {
             tracing::warn!("{ABORT_AFTER_REMOVAL} is set: aborting after a received removal, before its follow-ups");
             std::process::abort();
@@ -235,7 +239,7 @@ pub async fn bulk_docs(
             let written: Vec<(DocId, bool)> =
                 written.into_iter().map(|((id, removal), _)| (id.clone(), removal && !alive.contains(&id))).collect();
             tree.follow_up(inst, files, s, &written).await?;
-            if let Some(journal) = &journal {
+            if let Some(journal) = journal.take() {
                 journal.done(inst).await;
             }
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
@@ -321,7 +325,7 @@ pub const JOURNAL_DOCTYPE: &str = "io.hearth.journal";
 /// Set (to anything) in the environment of `hearth serve`, a process aborts right after it
 /// writes a received batch of files holding a removal, before that batch's follow-ups (the
 /// dissociated copy): the crash tests' (`tests/folder_crash.rs`) way to stop it exactly
-/// there. Never set otherwise.
+/// there. Never set otherwise; release builds do not look.
 pub const ABORT_AFTER_REMOVAL: &str = "HEARTH_TEST_ABORT_AFTER_RECEIVED_REMOVAL";
 
 fn journal_doctype() -> Doctype {
@@ -346,21 +350,43 @@ struct JournaledWrite {
     rev: Option<String>,
     removal: bool,
     live: bool,
+    /// For a removal: the document's live leaves before the write (an edit made here that the
+    /// removal did not reach, which its follow-up turns into the dissociated copy).
+    #[serde(default)]
+    live_before: Vec<String>,
 }
 
-/// A batch's journal entry while its follow-ups are pending.
+/// A batch's journal entry while its follow-ups are pending: its id is a slot of the link
+/// (`<sharing>-<member>-<n>`, the lowest not in use in this process), so a link writes over
+/// the same few entries rather than leaving one name per batch behind (CouchDB keeps a marker
+/// per `_local` name).
 struct Journal {
     id: String,
+    /// The slot, freed when dropped.
+    slot: (String, String),
 }
+
+/// The journal slots in use, by (instance, entry id): a slot whose entry was not cleared (its
+/// follow-ups failed, or clearing it did) stays taken until the next start replays it.
+static JOURNAL_SLOTS: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 impl Journal {
     async fn write(
         inst: &Instance,
         s: &Sharing,
+        from: MemberIndex,
         writes: &[DocWrite],
         written_ids: &[(DocId, bool)],
         tree: &TreeBefore,
     ) -> Result<Journal> {
+        let removed: Vec<DocId> =
+            written_ids.iter().filter(|(_, removal)| *removal).map(|(id, _)| id.clone()).collect();
+        let leaves = if removed.is_empty() {
+            Default::default()
+        } else {
+            inst.store.doc_leaves(&crate::files::doctype(), &removed).await?
+        };
         let entry = JournalEntry {
             sharing: s.id().to_owned(),
             writes: writes
@@ -371,6 +397,11 @@ impl Journal {
                     rev: w.rev.as_ref().map(|r| r.to_string()),
                     removal: *removal,
                     live: !w.deleted,
+                    live_before: leaves
+                        .get(&w.id)
+                        .filter(|_| *removal)
+                        .map(|l| l.iter().filter(|(_, deleted)| !deleted).map(|(r, _)| r.to_string()).collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             before: tree.before.iter().map(|(id, b)| (id.to_string(), b.as_str().to_owned())).collect(),
@@ -378,76 +409,118 @@ impl Journal {
         let body = serde_json::to_string(&entry)
             .map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal entry: {e}"))))?;
         let body = Body::parse(&body).map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!(e))))?;
-        let id = format!("{}-{}", s.id(), crate::auth::random_hex(8));
-        inst.store.put_local(&journal_doctype(), &id, body).await?;
-        Ok(Journal { id })
+        let journal = {
+            let mut slots = JOURNAL_SLOTS
+                .lock()
+                .map_err(|_| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal slots poisoned"))))?;
+            let domain = inst.domain.to_string();
+            let slot = (0..)
+                .map(|n| (domain.clone(), format!("{}-{}-{n}", s.id(), from.get())))
+                .find(|slot| !slots.contains(slot))
+                .unwrap_or_else(|| unreachable!("an unbounded range"));
+            slots.insert(slot.clone());
+            Journal { id: slot.1.clone(), slot }
+        };
+        inst.store.put_local(&journal_doctype(), &journal.id, body).await?;
+        Ok(journal)
     }
 
     /// The follow-ups are done: the entry goes (if that fails, the next start runs them again,
     /// which finds nothing left to do).
-    async fn done(&self, inst: &Instance) {
-        if let Err(e) = inst.store.delete_local(&journal_doctype(), &self.id).await {
-            tracing::warn!(instance = %inst.domain, entry = %self.id, error = %e, "failed to clear a follow-up journal entry");
+    async fn done(self, inst: &Instance) {
+        match inst.store.delete_local(&journal_doctype(), &self.id).await {
+            Ok(()) | Err(StoreError::NotFound) => {
+                if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
+                    slots.remove(&self.slot);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(instance = %inst.domain, entry = %self.id, error = %e, "failed to clear a follow-up journal entry");
+            }
+        }
+    }
+
+    /// The entry stays (its follow-ups failed): so does its slot, until the next start.
+    fn keep(self) {
+        if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
+            slots.insert(self.slot);
         }
     }
 }
 
 /// Runs the follow-ups of every batch of files journaled and not done (a process killed
 /// between a received write and its follow-ups, or follow-ups that failed), then clears their
-/// entries; at start, before serving. A write counts as made when its revision is a leaf of
-/// its document now (a batch killed before its write made none: nothing follows). Follow-ups
-/// that already ran find nothing left to do (a dissociated copy is made once, a settled
-/// conflict is settled), and a removal of a document that has a live revision again is not
-/// followed up. Answers how many entries were replayed.
-pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::Files) -> Result<usize> {
-    let doctype = crate::files::doctype();
+/// entries; at start, before serving (the files of an instance are opened only if it has
+/// entries). A write counts as made when its revision is a leaf of its document now (a batch
+/// killed before its write made none: nothing follows). A removal is followed up while the
+/// document's live leaves are among those it had before the write (an edit the removal did
+/// not reach becomes the copy, as it would have), not once it has another (it came back
+/// since: removing that would lose it). Follow-ups that already ran find nothing left to do (a
+/// dissociated copy is made once, a settled conflict is settled). An entry that fails is
+/// logged and kept for the next start; the others still run. Answers how many were replayed.
+pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::FilesRegistry) -> Result<usize> {
+    let entries = inst.store.local_docs(&journal_doctype()).await?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let files = files.of(inst).await.map_err(files_failed)?;
     let mut replayed = 0;
-    for local in inst.store.local_docs(&journal_doctype()).await? {
+    for local in entries {
+        let journal = Journal { slot: (inst.domain.to_string(), local.id.clone()), id: local.id };
         let Ok(entry) = serde_json::from_str::<JournalEntry>(local.body.as_str()) else {
-            tracing::warn!(instance = %inst.domain, entry = %local.id, "dropping an unreadable follow-up journal entry");
-            let _ = inst.store.delete_local(&journal_doctype(), &local.id).await;
-            continue;
-        };
-        let journal = Journal { id: local.id };
-        let sharing = super::SharingId::parse(&entry.sharing).ok();
-        let s = match &sharing {
-            Some(id) => super::load(inst.store.as_ref(), id).await?,
-            None => None,
-        };
-        let Some(s) = s.filter(|s| s.active) else {
+            tracing::warn!(instance = %inst.domain, entry = %journal.id, "dropping an unreadable follow-up journal entry");
             journal.done(inst).await;
             continue;
         };
-        let ids: Vec<DocId> = entry.writes.iter().filter_map(|w| DocId::parse(&w.id).ok()).collect();
-        let leaves = inst.store.doc_leaves(&doctype, &ids).await?;
-        let mut written: Vec<(DocId, bool, bool)> = Vec::new();
-        for w in &entry.writes {
-            let (Ok(id), Some(rev)) = (DocId::parse(&w.id), w.rev.as_deref()) else { continue };
-            let Some(leaves) = leaves.get(&id).filter(|l| l.iter().any(|(r, _)| r.to_string() == rev)) else {
-                continue;
-            };
-            // A removal is followed up only while the document has no live revision: one it has
-            // now may have come after the entry (the file came back), and removing it then would
-            // lose it; without a copy kept, at worst.
-            let removal = w.removal && leaves.iter().all(|(_, deleted)| *deleted);
-            written.push((id, removal, w.live));
-        }
-        let alive: HashSet<DocId> = written.iter().filter(|(_, _, live)| *live).map(|(id, _, _)| id.clone()).collect();
-        let written: Vec<(DocId, bool)> =
-            written.into_iter().map(|(id, removal, _)| (id.clone(), removal && !alive.contains(&id))).collect();
-        let mut before = std::collections::HashMap::new();
-        for (id, body) in entry.before {
-            if let (Ok(id), Ok(body)) = (DocId::parse(&id), Body::parse(&body)) {
-                before.insert(id, body);
+        match replay(inst, &files, entry).await {
+            Ok(true) => {
+                replayed += 1;
+                journal.done(inst).await;
+            }
+            Ok(false) => journal.done(inst).await,
+            Err(e) => {
+                tracing::error!(instance = %inst.domain, entry = %journal.id, error = %e,
+                    "replaying the follow-ups of a received batch failed: kept for the next start");
+                journal.keep();
             }
         }
-        let tree = TreeBefore { before, orphans: Default::default() };
-        tree.follow_up(inst, files, &s, &written).await?;
-        tracing::info!(instance = %inst.domain, sharing = %s.id(), docs = written.len(), "replayed the follow-ups of a received batch");
-        journal.done(inst).await;
-        replayed += 1;
     }
     Ok(replayed)
+}
+
+/// One entry of [`replay_follow_ups`]: false when its sharing is gone or inactive here.
+async fn replay(inst: &Instance, files: &crate::files::Files, entry: JournalEntry) -> Result<bool> {
+    let doctype = crate::files::doctype();
+    let s = match super::SharingId::parse(&entry.sharing) {
+        Ok(id) => super::load(inst.store.as_ref(), &id).await?,
+        Err(_) => None,
+    };
+    let Some(s) = s.filter(|s| s.active) else { return Ok(false) };
+    let ids: Vec<DocId> = entry.writes.iter().filter_map(|w| DocId::parse(&w.id).ok()).collect();
+    let leaves = inst.store.doc_leaves(&doctype, &ids).await?;
+    let mut written: Vec<(DocId, bool, bool)> = Vec::new();
+    for w in &entry.writes {
+        let (Ok(id), Some(rev)) = (DocId::parse(&w.id), w.rev.as_deref()) else { continue };
+        let Some(leaves) = leaves.get(&id).filter(|l| l.iter().any(|(r, _)| r.to_string() == rev)) else {
+            continue;
+        };
+        let removal = w.removal
+            && leaves.iter().filter(|(_, deleted)| !deleted).all(|(r, _)| w.live_before.contains(&r.to_string()));
+        written.push((id, removal, w.live));
+    }
+    let alive: HashSet<DocId> = written.iter().filter(|(_, _, live)| *live).map(|(id, _, _)| id.clone()).collect();
+    let written: Vec<(DocId, bool)> =
+        written.into_iter().map(|(id, removal, _)| (id.clone(), removal && !alive.contains(&id))).collect();
+    let mut before = std::collections::HashMap::new();
+    for (id, body) in entry.before {
+        if let (Ok(id), Ok(body)) = (DocId::parse(&id), Body::parse(&body)) {
+            before.insert(id, body);
+        }
+    }
+    let tree = TreeBefore { before, orphans: Default::default() };
+    tree.follow_up(inst, files, &s, &written).await?;
+    tracing::info!(instance = %inst.domain, sharing = %s.id(), docs = written.len(), "replayed the follow-ups of a received batch");
+    Ok(true)
 }
 
 /// What a batch of `io.cozy.files` needs known of the tree before it is written, for what
