@@ -319,7 +319,7 @@ fn restore_orphans(
 }
 
 /// Where the follow-ups of received files are journaled: `_local` documents, one per batch
-/// being written (see [`Journal`]).
+/// whose follow-ups are pending (see [`Journal`]).
 pub const JOURNAL_DOCTYPE: &str = "io.hearth.journal";
 
 /// Set (to anything) in the environment of `hearth serve`, a process aborts right after it
@@ -334,8 +334,9 @@ fn journal_doctype() -> Doctype {
 
 /// One journaled batch of received files: what [`TreeBefore::follow_up`] needs to run again,
 /// written before the batch and removed once its follow-ups are done. Shape (a `_local`
-/// document of [`JOURNAL_DOCTYPE`], id `<sharing>-<random>`): `{"sharing": id, "writes":
-/// [{"id", "rev", "removal", "live"}], "before": {id: "<the document before, as written>"}}`.
+/// document of [`JOURNAL_DOCTYPE`], id `<sharing>-<member>-<n>`, see [`Journal`]):
+/// `{"sharing": id, "writes": [{"id", "rev", "removal", "live", "live_before"}], "before":
+/// {id: "<the document before, as written>"}}`.
 /// Bodies are kept as their text, so they come back byte for byte (numbers of any size).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct JournalEntry {
@@ -362,7 +363,7 @@ struct JournaledWrite {
 /// per `_local` name).
 struct Journal {
     id: String,
-    /// The slot, freed when dropped.
+    /// The slot: (instance, entry id), freed once the entry is cleared.
     slot: (String, String),
 }
 
@@ -421,7 +422,12 @@ impl Journal {
             slots.insert(slot.clone());
             Journal { id: slot.1.clone(), slot }
         };
-        inst.store.put_local(&journal_doctype(), &journal.id, body).await?;
+        if let Err(e) = inst.store.put_local(&journal_doctype(), &journal.id, body).await {
+            if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
+                slots.remove(&journal.slot);
+            }
+            return Err(e.into());
+        }
         Ok(journal)
     }
 
