@@ -12,10 +12,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
+use common::bytes::{enc, md5_b64 as md5_of, upload};
 use common::flow::{answer_invitation, create_sharing, link, load, replication_state, winner, PASS};
 use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
-use md5::Digest;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -24,26 +23,6 @@ const ROOT: &str = "io.cozy.files.root-dir";
 /// cores beside every other test (a wait returns as soon as the trees agree).
 const WAIT: u64 = 90;
 const FILES: &str = "io.cozy.files";
-
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-fn md5_of(data: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(data))
-}
-
-async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8]) -> String {
-    let resp = i
-        .req(Method::POST, &format!("/files/{}?Type=file&Name={}", enc(dir), enc(name)), Some(token))
-        .header("Content-MD5", md5_of(data))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    let v: Value = resp.json().await.unwrap();
-    v["data"]["id"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_owned()
-}
 
 /// `PUT /files/:id`: new content for a file; answers the status.
 async fn replace(i: &TestInstance, token: &str, id: &str, data: &[u8]) -> u16 {
