@@ -123,8 +123,8 @@ impl Application {
         for inst in registry.opened() {
             sharing.tracking.refresh(&inst).await?;
             // Follow-ups of received files that a stop cut short (`sharing::receive`): run
-            // before the instance serves. One that fails again is logged and kept for the
-            // next start; the instance serves all the same.
+            // before the instance serves. One that fails again is logged and retried while
+            // the server runs (below); the instance serves all the same.
             if let Err(e) = crate::sharing::receive::replay_follow_ups(&inst, &files).await {
                 tracing::error!(instance = %inst.domain, error = ?e, "replaying the follow-ups of received files failed");
             }
@@ -137,6 +137,14 @@ impl Application {
             sharing.clone(),
             files.clone(),
             content,
+            cancel.clone(),
+        ));
+        // Follow-ups of received files that failed, retried with the replicator's backoff.
+        tokio::spawn(crate::sharing::receive::run_follow_up_retries(
+            registry.clone(),
+            files.clone(),
+            std::time::Duration::from_millis(config.replication.retry_base_ms.max(1)),
+            std::time::Duration::from_millis(config.replication.retry_max_ms.max(1)),
             cancel.clone(),
         ));
         tokio::spawn(crate::files::run_sweeps(

@@ -356,3 +356,44 @@ async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
     let log = std::fs::read_to_string(bob.log_path()).unwrap();
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
+
+/// Follow-ups that fail while the member runs (a busy store, a full disk since freed) are
+/// retried without waiting for a restart (`sharing::receive::retry_follow_ups`): the owner
+/// never sends the removal again, so without the retry bob would have no copy until his next
+/// start. bob's first follow-ups of a removal fail once, before they run
+/// (`HEARTH_TEST_FAIL_RECEIVED_FOLLOW_UPS_ONCE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let fail = (hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE, "1".to_owned());
+    let Pair { alice, bob, ta, ts, tb } = pair(root.path(), vec![], vec![fail]).await;
+    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 6));
+    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
+    let file = upload(&alice.domain(), &ta, &dir, "g.bin", &base, 8, 30_000).await;
+    let md5 = md5_of(&base, 8, 30_000);
+    share_media(&alice, &ts, &bob, &dir).await;
+    let shared = "/Shared with me/Media/g.bin";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
+        assert!(Instant::now() < deadline, "g.bin never reached bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Alice moves g.bin out: bob writes the removal, and its follow-ups fail.
+    let attrs = json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": "io.cozy.files.root-dir"}}});
+    call(&alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &ta, Some(attrs)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gone = download(&bob.domain(), &tb, shared).await.0 == 404;
+        let copy = download(&bob.domain(), &tb, "/.cozy_trash/g.bin").await;
+        if gone && copy == (200, md5.clone()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob has no copy of g.bin (shared one gone: {gone}, copy: {copy:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bob.runs, 1, "bob was not restarted");
+    let log = std::fs::read_to_string(bob.log_path()).unwrap();
+    assert!(log.contains("the follow-ups of a received batch failed: retried later"), "{log}");
+    assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
+}

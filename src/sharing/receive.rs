@@ -238,7 +238,23 @@ pub async fn bulk_docs(
                 written.iter().filter(|(_, live)| *live).map(|((id, _), _)| id.clone()).collect();
             let written: Vec<(DocId, bool)> =
                 written.into_iter().map(|((id, removal), _)| (id.clone(), removal && !alive.contains(&id))).collect();
-            tree.follow_up(inst, files, s, &written).await?;
+            #[cfg(debug_assertions)]
+            let injected = injected_follow_up_failure(&written);
+            #[cfg(not(debug_assertions))]
+            let injected = Ok(());
+            let followed = match injected {
+                Ok(()) => tree.follow_up(inst, files, s, &written).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = followed {
+                // Retried while the process runs (`retry_follow_ups`), and at the next start.
+                if let Some(journal) = journal.take() {
+                    tracing::warn!(instance = %inst.domain, sharing = %s.id(), entry = %journal.id, error = %e,
+                        "the follow-ups of a received batch failed: retried later");
+                    journal.retry_later();
+                }
+                return Err(e);
+            }
             if let Some(journal) = journal.take() {
                 journal.done(inst).await;
             }
@@ -328,6 +344,25 @@ pub const JOURNAL_DOCTYPE: &str = "io.hearth.journal";
 /// there. Never set otherwise; release builds do not look.
 pub const ABORT_AFTER_REMOVAL: &str = "HEARTH_TEST_ABORT_AFTER_RECEIVED_REMOVAL";
 
+/// Set (to anything) in the environment of `hearth serve`, the first follow-ups of a received
+/// batch holding a removal fail once, before they run (the entry stays, as for any failure of
+/// them): the tests' (`tests/folder_crash.rs`) way to have follow-ups retried
+/// while the process runs ([`retry_follow_ups`]). Never set otherwise; release builds do not
+/// look.
+pub const FAIL_FOLLOW_UPS_ONCE: &str = "HEARTH_TEST_FAIL_RECEIVED_FOLLOW_UPS_ONCE";
+
+#[cfg(debug_assertions)]
+fn injected_follow_up_failure(written: &[(DocId, bool)]) -> Result<()> {
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if written.iter().any(|(_, removal)| *removal)
+        && std::env::var_os(FAIL_FOLLOW_UPS_ONCE).is_some()
+        && !FAILED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(SharingError::Store(StoreError::Internal(anyhow::anyhow!("{FAIL_FOLLOW_UPS_ONCE} is set"))));
+    }
+    Ok(())
+}
+
 fn journal_doctype() -> Doctype {
     Doctype::parse(JOURNAL_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
 }
@@ -368,8 +403,14 @@ struct Journal {
 }
 
 /// The journal slots in use, by (instance, entry id): a slot whose entry was not cleared (its
-/// follow-ups failed, or clearing it did) stays taken until the next start replays it.
+/// follow-ups failed, or clearing it did) stays taken until a replay clears it.
 static JOURNAL_SLOTS: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The entries whose follow-ups failed in this process, by (instance, entry id): replayed by
+/// [`retry_follow_ups`] until they succeed (their slots stay taken meanwhile, so no batch
+/// writes over them).
+static TO_RETRY: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 impl Journal {
@@ -431,25 +472,33 @@ impl Journal {
         Ok(journal)
     }
 
-    /// The follow-ups are done: the entry goes (if that fails, the next start runs them again,
-    /// which finds nothing left to do).
+    /// The follow-ups are done: the entry goes (if that fails, a retry runs them again, which
+    /// finds nothing left to do, and clears it).
     async fn done(self, inst: &Instance) {
         match inst.store.delete_local(&journal_doctype(), &self.id).await {
             Ok(()) | Err(StoreError::NotFound) => {
+                if let Ok(mut retry) = TO_RETRY.lock() {
+                    retry.remove(&self.slot);
+                }
                 if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
                     slots.remove(&self.slot);
                 }
             }
             Err(e) => {
                 tracing::warn!(instance = %inst.domain, entry = %self.id, error = %e, "failed to clear a follow-up journal entry");
+                self.retry_later();
             }
         }
     }
 
-    /// The entry stays (its follow-ups failed): so does its slot, until the next start.
-    fn keep(self) {
+    /// The entry stays (its follow-ups failed): so does its slot, and [`retry_follow_ups`]
+    /// replays it.
+    fn retry_later(self) {
         if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
-            slots.insert(self.slot);
+            slots.insert(self.slot.clone());
+        }
+        if let Ok(mut retry) = TO_RETRY.lock() {
+            retry.insert(self.slot);
         }
     }
 }
@@ -463,7 +512,8 @@ impl Journal {
 /// not reach becomes the copy, as it would have), not once it has another (it came back
 /// since: removing that would lose it). Follow-ups that already ran find nothing left to do (a
 /// dissociated copy is made once, a settled conflict is settled). An entry that fails is
-/// logged and kept for the next start; the others still run. Answers how many were replayed.
+/// logged and kept: [`retry_follow_ups`] tries it again while the process runs, and the next
+/// start does; the others still run. Answers how many were replayed.
 pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::FilesRegistry) -> Result<usize> {
     let entries = inst.store.local_docs(&journal_doctype()).await?;
     if entries.is_empty() {
@@ -473,25 +523,112 @@ pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::FilesRegis
     let mut replayed = 0;
     for local in entries {
         let journal = Journal { slot: (inst.domain.to_string(), local.id.clone()), id: local.id };
-        let Ok(entry) = serde_json::from_str::<JournalEntry>(local.body.as_str()) else {
-            tracing::warn!(instance = %inst.domain, entry = %journal.id, "dropping an unreadable follow-up journal entry");
-            journal.done(inst).await;
-            continue;
-        };
-        match replay(inst, &files, entry).await {
-            Ok(true) => {
-                replayed += 1;
-                journal.done(inst).await;
-            }
-            Ok(false) => journal.done(inst).await,
-            Err(e) => {
-                tracing::error!(instance = %inst.domain, entry = %journal.id, error = %e,
-                    "replaying the follow-ups of a received batch failed: kept for the next start");
-                journal.keep();
-            }
-        }
+        replayed += usize::from(replay_entry(inst, &files, journal, local.body.as_str()).await);
     }
     Ok(replayed)
+}
+
+/// Replays the entries of `inst` whose follow-ups failed in this process (while receiving,
+/// or at start), as [`replay_follow_ups`] does at start: the follow-ups of a batch that met a
+/// passing failure (a busy store, a full disk since freed) run without waiting for a restart.
+/// Answers (replayed, still failing). Called by [`run_follow_up_retries`].
+pub async fn retry_follow_ups(inst: &Instance, files: &crate::files::FilesRegistry) -> Result<(usize, usize)> {
+    let domain = inst.domain.to_string();
+    let slots: Vec<(String, String)> = match TO_RETRY.lock() {
+        Ok(retry) => retry.iter().filter(|(d, _)| *d == domain).cloned().collect(),
+        Err(_) => return Err(SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal retries poisoned")))),
+    };
+    if slots.is_empty() {
+        return Ok((0, 0));
+    }
+    let files = files.of(inst).await.map_err(files_failed)?;
+    let (mut replayed, mut failing) = (0, 0);
+    for slot in slots {
+        let journal = Journal { id: slot.1.clone(), slot: slot.clone() };
+        let local = match inst.store.get_local(&journal_doctype(), &journal.id).await {
+            Ok(local) => local,
+            // Cleared meanwhile.
+            Err(StoreError::NotFound) => {
+                if let Ok(mut retry) = TO_RETRY.lock() {
+                    retry.remove(&slot);
+                }
+                if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
+                    slots.remove(&slot);
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if replay_entry(inst, &files, journal, local.body.as_str()).await {
+            replayed += 1;
+        }
+        if TO_RETRY.lock().is_ok_and(|retry| retry.contains(&slot)) {
+            failing += 1;
+        }
+    }
+    Ok((replayed, failing))
+}
+
+/// Whether entries wait for [`retry_follow_ups`].
+pub fn follow_ups_to_retry() -> bool {
+    TO_RETRY.lock().is_ok_and(|retry| !retry.is_empty())
+}
+
+/// Retries the follow-ups that failed ([`retry_follow_ups`]) for as long as `cancel` is not
+/// cancelled: `base` after a failure, then twice as long after each failure in a row, up to
+/// `max` (the replicator's backoff, `replication.retry_base_ms` and `retry_max_ms`); it looks
+/// every `base` while nothing fails.
+pub async fn run_follow_up_retries(
+    registry: Arc<crate::instance::Registry>,
+    files: Arc<crate::files::FilesRegistry>,
+    base: std::time::Duration,
+    max: std::time::Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut wait = base;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if !follow_ups_to_retry() {
+            wait = base;
+            continue;
+        }
+        let mut failing = 0;
+        for inst in registry.opened() {
+            match retry_follow_ups(&inst, &files).await {
+                Ok((_, f)) => failing += f,
+                Err(e) => {
+                    failing += 1;
+                    tracing::warn!(instance = %inst.domain, error = %e, "retrying the follow-ups of received files failed");
+                }
+            }
+        }
+        wait = if failing > 0 { (wait * 2).min(max).max(base) } else { base };
+    }
+}
+
+/// Replays one journal entry (`body`, its text) and clears it, or keeps it for a retry when it
+/// fails: whether it was replayed.
+async fn replay_entry(inst: &Instance, files: &crate::files::Files, journal: Journal, body: &str) -> bool {
+    let Ok(entry) = serde_json::from_str::<JournalEntry>(body) else {
+        tracing::warn!(instance = %inst.domain, entry = %journal.id, "dropping an unreadable follow-up journal entry");
+        journal.done(inst).await;
+        return false;
+    };
+    match replay(inst, files, entry).await {
+        Ok(replayed) => {
+            journal.done(inst).await;
+            replayed
+        }
+        Err(e) => {
+            tracing::error!(instance = %inst.domain, entry = %journal.id, error = %e,
+                "replaying the follow-ups of a received batch failed: retried later");
+            journal.retry_later();
+            false
+        }
+    }
 }
 
 /// One entry of [`replay_follow_ups`]: false when its sharing is gone or inactive here.
