@@ -137,6 +137,7 @@ impl Application {
             sharing.clone(),
             files.clone(),
             content,
+            sync.clone(),
             cancel.clone(),
         ));
         // Follow-ups of received files that failed, retried with the replicator's backoff.

@@ -73,9 +73,9 @@ const BATCH: usize = 200;
 /// How long a link whose files wait for content not on this instance yet waits before it
 /// looks again, in milliseconds.
 const WAITING_MS: u64 = 1000;
-/// How often the worker looks for links whose content is behind, besides being woken.
-/// (Metadata landing on the member moves the replication checkpoint without waking this worker:
-/// the content of the first files follows within one tick.)
+/// How often the worker looks for links whose content is behind, besides being woken (by
+/// content arriving, and by each replication batch landing on a member: the content of its
+/// files follows at once).
 const TICK: Duration = Duration::from_millis(100);
 
 fn checkpoints() -> Doctype {
@@ -448,6 +448,7 @@ pub async fn run(
     cx: Arc<Context>,
     files: Arc<FilesRegistry>,
     sender: Arc<ContentSender>,
+    sync: Arc<super::manager::SyncManager>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -462,6 +463,7 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = sender.wake.notified() => {}
+            _ = sync.batch_landed() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
     }

@@ -129,6 +129,9 @@ pub struct SyncManager {
     wake: Notify,
     /// Signalled when an outbox entry is added, so it is sent without waiting for the sweep.
     outbox: Notify,
+    /// Signalled when a replication batch landed on a member (its checkpoint moved): the
+    /// content of the files in it may go (`sync::content` waits on it besides its tick).
+    landed: Notify,
 }
 
 impl Default for SyncManager {
@@ -140,6 +143,7 @@ impl Default for SyncManager {
             seen: Mutex::default(),
             wake: Notify::new(),
             outbox: Notify::new(),
+            landed: Notify::new(),
         }
     }
 }
@@ -236,6 +240,12 @@ impl SyncManager {
     }
 
     /// Resolves when an outbox entry was added (see [`SyncHandle::wake_outbox`]).
+    /// Waits until a replication batch lands on a member (its checkpoint saved) after the last
+    /// wait, or at once if one did meanwhile.
+    pub async fn batch_landed(&self) {
+        self.landed.notified().await;
+    }
+
     pub async fn outbox_added(&self) {
         self.outbox.notified().await
     }
@@ -406,6 +416,7 @@ async fn run_one(
                     st.processed = r.changes_read;
                     st.total = st.total.max(r.changes_read);
                 });
+                manager.landed.notify_one();
             })
             .await
         }
