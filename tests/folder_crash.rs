@@ -397,3 +397,60 @@ async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
     assert!(log.contains("the follow-ups of a received batch failed: retried later"), "{log}");
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
+
+/// A retry of follow-ups runs while the member serves: a batch of the same sharing arriving
+/// between its judgement (a removal) and its follow-ups (the copy, and the removal from the
+/// shared tree) must not be undone by it. alice moves the file out, bob's follow-ups fail
+/// once, and while the retry waits between the two (`HEARTH_TEST_SLOW_REPLAY_MS`), alice moves
+/// the file back in. Without a guard, the retry removed the file that came back, and the
+/// removal reached alice: her file ended in her trash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_follow_ups_does_not_remove_a_file_that_came_back_meanwhile() {
+    let root = tempfile::tempdir().unwrap();
+    let fail = (hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE, "1".to_owned());
+    let slow = (hearth::sharing::receive::SLOW_REPLAY_MS, "2000".to_owned());
+    let Pair { alice, bob, ta, ts, tb } = pair(root.path(), vec![], vec![fail, slow]).await;
+    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 9));
+    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
+    let file = upload(&alice.domain(), &ta, &dir, "h.bin", &base, 10, 25_000).await;
+    let md5 = md5_of(&base, 10, 25_000);
+    share_media(&alice, &ts, &bob, &dir).await;
+    let shared = "/Shared with me/Media/h.bin";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
+        assert!(Instant::now() < deadline, "h.bin never reached bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Out, then back in while bob's retry of the removal's follow-ups waits.
+    let move_to = |dir: &str| json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": dir}}});
+    let patch = format!("/files/{file}");
+    call(&alice.domain(), reqwest::Method::PATCH, &patch, &ta, Some(move_to("io.cozy.files.root-dir"))).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(bob.log_path()).unwrap().contains("the follow-ups of a received batch failed") {
+        assert!(Instant::now() < deadline, "bob's follow-ups never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call(&alice.domain(), reqwest::Method::PATCH, &patch, &ta, Some(move_to(&dir))).await;
+
+    // Once the retry ran and the move back reached bob, both have the file in the folder.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(bob.log_path()).unwrap();
+        let theirs = download(&alice.domain(), &ta, "/Media/h.bin").await;
+        let mine = download(&bob.domain(), &tb, shared).await;
+        if log.contains("replayed the follow-ups of a received batch")
+            && theirs == (200, md5.clone())
+            && mine == (200, md5.clone())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice's h.bin: {theirs:?}, bob's: {mine:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it stays so once everything settled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(download(&alice.domain(), &ta, "/Media/h.bin").await, (200, md5.clone()));
+    assert_eq!(download(&bob.domain(), &tb, shared).await, (200, md5));
+}

@@ -205,10 +205,16 @@ pub async fn bulk_docs(
             .collect();
         let live: Vec<bool> = writes.iter().map(|w| !w.deleted).collect();
         // What follows the write is journaled before it, and the entry removed once done: a
-        // process killed in between (or a follow-up that fails) finds it at its next start
-        // (`replay_follow_ups`), since the peer, which sees its revisions here then, never
-        // sends them again.
+        // process killed in between finds it at its next start (`replay_follow_ups`), a batch
+        // whose follow-ups fail has them retried (`retry_follow_ups`), since the peer, which
+        // sees its revisions here then, never sends them again.
         // A recipient follows up only removals and moved directories, which `before` holds.
+        // Batches of one sharing run at once, a replay of its journal while serving alone.
+        let guard = guard(inst.domain.as_str(), s.id());
+        let _batches = match files {
+            Some(_) => Some(guard.read().await),
+            None => None,
+        };
         let mut journal = match (files, &tree) {
             (Some(_), Some(tree)) if s.owner || !tree.before.is_empty() => {
                 Some(Journal::write(inst, s, from, &writes, &written_ids, tree).await?)
@@ -247,11 +253,11 @@ pub async fn bulk_docs(
                 Err(e) => Err(e),
             };
             if let Err(e) = followed {
-                // Retried while the process runs (`retry_follow_ups`), and at the next start.
-                if let Some(journal) = journal.take() {
+                // The entry stays: retried while the process runs (`retry_follow_ups`), and at
+                // the next start.
+                if let Some(journal) = &journal {
                     tracing::warn!(instance = %inst.domain, sharing = %s.id(), entry = %journal.id, error = %e,
                         "the follow-ups of a received batch failed: retried later");
-                    journal.retry_later();
                 }
                 return Err(e);
             }
@@ -351,6 +357,11 @@ pub const ABORT_AFTER_REMOVAL: &str = "HEARTH_TEST_ABORT_AFTER_RECEIVED_REMOVAL"
 /// look.
 pub const FAIL_FOLLOW_UPS_ONCE: &str = "HEARTH_TEST_FAIL_RECEIVED_FOLLOW_UPS_ONCE";
 
+/// Set to a number of milliseconds in the environment of `hearth serve`, a replay of journaled
+/// follow-ups waits that long between judging the writes and following them up: the tests'
+/// way to have a batch arrive in between. Never set otherwise; release builds do not look.
+pub const SLOW_REPLAY_MS: &str = "HEARTH_TEST_SLOW_REPLAY_MS";
+
 #[cfg(debug_assertions)]
 fn injected_follow_up_failure(written: &[(DocId, bool)]) -> Result<()> {
     static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -395,23 +406,53 @@ struct JournaledWrite {
 /// A batch's journal entry while its follow-ups are pending: its id is a slot of the link
 /// (`<sharing>-<member>-<n>`, the lowest not in use in this process), so a link writes over
 /// the same few entries rather than leaving one name per batch behind (CouchDB keeps a marker
-/// per `_local` name).
+/// per `_local` name). One dropped before [`Journal::done`] cleared it (its follow-ups failed,
+/// or the batch failed between the entry and them) is retried ([`retry_follow_ups`]).
 struct Journal {
     id: String,
     /// The slot: (instance, entry id), freed once the entry is cleared.
     slot: (String, String),
+    cleared: bool,
 }
 
-/// The journal slots in use, by (instance, entry id): a slot whose entry was not cleared (its
-/// follow-ups failed, or clearing it did) stays taken until a replay clears it.
-static JOURNAL_SLOTS: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+type Slot = (String, String);
 
-/// The entries whose follow-ups failed in this process, by (instance, entry id): replayed by
-/// [`retry_follow_ups`] until they succeed (their slots stay taken meanwhile, so no batch
-/// writes over them).
-static TO_RETRY: std::sync::Mutex<std::collections::BTreeSet<(String, String)>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The journal's state in this process: the slots in use, by (instance, entry id), and what
+/// waits for [`retry_follow_ups`]. A slot whose entry was not cleared stays taken until a
+/// replay clears it, so no batch writes over it.
+#[derive(Default)]
+struct Slots {
+    taken: std::collections::BTreeSet<Slot>,
+    /// Entries whose follow-ups failed, with their tries so far and when they are due again.
+    retry: BTreeMap<Slot, Retry>,
+    /// Instances whose replay at start failed as a whole (their entries could not be listed):
+    /// they take no new entry until [`retry_follow_ups`] replays them all.
+    unreplayed: std::collections::BTreeSet<String>,
+}
+
+#[derive(Clone, Copy)]
+struct Retry {
+    failures: u32,
+    due: std::time::Instant,
+}
+
+static SLOTS: std::sync::LazyLock<std::sync::Mutex<Slots>> = std::sync::LazyLock::new(Default::default);
+
+fn slots() -> Result<std::sync::MutexGuard<'static, Slots>> {
+    SLOTS.lock().map_err(|_| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal slots poisoned"))))
+}
+
+/// Received batches of files and replays of their follow-ups, per (instance, sharing): batches
+/// share it (they run at once), a replay while serving holds it alone. A replay judges a
+/// removal from the document's leaves, then makes its copy: a batch written in between (the
+/// owner moving the file back in) would be removed with it.
+type Guards = std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::RwLock<()>>>>;
+static GUARDS: std::sync::LazyLock<Guards> = std::sync::LazyLock::new(Default::default);
+
+fn guard(domain: &str, sharing: &str) -> Arc<tokio::sync::RwLock<()>> {
+    let mut guards = GUARDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    guards.entry((domain.to_owned(), sharing.to_owned())).or_default().clone()
+}
 
 impl Journal {
     async fn write(
@@ -451,22 +492,28 @@ impl Journal {
         let body = serde_json::to_string(&entry)
             .map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal entry: {e}"))))?;
         let body = Body::parse(&body).map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!(e))))?;
-        let journal = {
-            let mut slots = JOURNAL_SLOTS
-                .lock()
-                .map_err(|_| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal slots poisoned"))))?;
+        let mut journal = {
+            let mut slots = slots()?;
             let domain = inst.domain.to_string();
+            if slots.unreplayed.contains(&domain) {
+                // Its entries are not known: a new one could write over one still pending.
+                return Err(SharingError::Store(StoreError::Internal(anyhow::anyhow!(
+                    "the follow-ups journaled before the last start are not replayed yet"
+                ))));
+            }
             let slot = (0..)
                 .map(|n| (domain.clone(), format!("{}-{}-{n}", s.id(), from.get())))
-                .find(|slot| !slots.contains(slot))
+                .find(|slot| !slots.taken.contains(slot))
                 .unwrap_or_else(|| unreachable!("an unbounded range"));
-            slots.insert(slot.clone());
-            Journal { id: slot.1.clone(), slot }
+            slots.taken.insert(slot.clone());
+            Journal { id: slot.1.clone(), slot, cleared: false }
         };
         if let Err(e) = inst.store.put_local(&journal_doctype(), &journal.id, body).await {
-            if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
-                slots.remove(&journal.slot);
+            // Not written: nothing to clear or retry.
+            if let Ok(mut slots) = slots() {
+                slots.taken.remove(&journal.slot);
             }
+            journal.cleared = true;
             return Err(e.into());
         }
         Ok(journal)
@@ -474,33 +521,43 @@ impl Journal {
 
     /// The follow-ups are done: the entry goes (if that fails, a retry runs them again, which
     /// finds nothing left to do, and clears it).
-    async fn done(self, inst: &Instance) {
+    async fn done(mut self, inst: &Instance) {
         match inst.store.delete_local(&journal_doctype(), &self.id).await {
             Ok(()) | Err(StoreError::NotFound) => {
-                if let Ok(mut retry) = TO_RETRY.lock() {
-                    retry.remove(&self.slot);
+                if let Ok(mut slots) = slots() {
+                    slots.retry.remove(&self.slot);
+                    slots.taken.remove(&self.slot);
                 }
-                if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
-                    slots.remove(&self.slot);
-                }
+                self.cleared = true;
             }
             Err(e) => {
                 tracing::warn!(instance = %inst.domain, entry = %self.id, error = %e, "failed to clear a follow-up journal entry");
-                self.retry_later();
             }
         }
     }
+}
 
-    /// The entry stays (its follow-ups failed): so does its slot, and [`retry_follow_ups`]
-    /// replays it.
-    fn retry_later(self) {
-        if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
-            slots.insert(self.slot.clone());
+impl Drop for Journal {
+    /// Not cleared: the entry stays, so does its slot, and [`retry_follow_ups`] replays it,
+    /// `base` later at first, then twice as long after each failure ([`retry_delay`]).
+    fn drop(&mut self) {
+        if self.cleared {
+            return;
         }
-        if let Ok(mut retry) = TO_RETRY.lock() {
-            retry.insert(self.slot);
-        }
+        let mut slots = SLOTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slots.taken.insert(self.slot.clone());
+        // A first failure is due at once (the retry loop looks every `base`); a retry that
+        // failed set its next try before it ran.
+        let retry =
+            slots.retry.entry(self.slot.clone()).or_insert(Retry { failures: 0, due: std::time::Instant::now() });
+        retry.failures = retry.failures.saturating_add(1);
     }
+}
+
+/// How long after its `failures`-th failure in a row an entry is tried again: `base`, doubling
+/// up to `max` (the replicator's backoff, `replication.retry_base_ms` and `retry_max_ms`).
+fn retry_delay(failures: u32, base: std::time::Duration, max: std::time::Duration) -> std::time::Duration {
+    base.saturating_mul(1u32 << failures.saturating_sub(1).min(20)).min(max).max(base)
 }
 
 /// Runs the follow-ups of every batch of files journaled and not done (a process killed
@@ -513,71 +570,108 @@ impl Journal {
 /// since: removing that would lose it). Follow-ups that already ran find nothing left to do (a
 /// dissociated copy is made once, a settled conflict is settled). An entry that fails is
 /// logged and kept: [`retry_follow_ups`] tries it again while the process runs, and the next
-/// start does; the others still run. Answers how many were replayed.
+/// start does; the others still run. When the entries cannot be listed, the instance takes no
+/// new entry (its batches of files are answered with an error, and sent again) until
+/// [`retry_follow_ups`] replays them. Answers how many were replayed.
 pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::FilesRegistry) -> Result<usize> {
-    let entries = inst.store.local_docs(&journal_doctype()).await?;
+    let domain = inst.domain.to_string();
+    let entries = match inst.store.local_docs(&journal_doctype()).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            slots()?.unreplayed.insert(domain);
+            return Err(e.into());
+        }
+    };
     if entries.is_empty() {
+        slots()?.unreplayed.remove(&domain);
         return Ok(0);
     }
-    let files = files.of(inst).await.map_err(files_failed)?;
+    let files = match files.of(inst).await {
+        Ok(files) => files,
+        Err(e) => {
+            slots()?.unreplayed.insert(domain);
+            return Err(files_failed(e));
+        }
+    };
+    {
+        // Taken before any replay: a batch received meanwhile writes none of them over.
+        let mut slots = slots()?;
+        slots.unreplayed.remove(&domain);
+        slots.taken.extend(entries.iter().map(|local| (domain.clone(), local.id.clone())));
+    }
     let mut replayed = 0;
     for local in entries {
-        let journal = Journal { slot: (inst.domain.to_string(), local.id.clone()), id: local.id };
+        let journal = Journal { slot: (domain.clone(), local.id.clone()), id: local.id, cleared: false };
         replayed += usize::from(replay_entry(inst, &files, journal, local.body.as_str()).await);
     }
     Ok(replayed)
 }
 
-/// Replays the entries of `inst` whose follow-ups failed in this process (while receiving,
-/// or at start), as [`replay_follow_ups`] does at start: the follow-ups of a batch that met a
-/// passing failure (a busy store, a full disk since freed) run without waiting for a restart.
-/// Answers (replayed, still failing). Called by [`run_follow_up_retries`].
-pub async fn retry_follow_ups(inst: &Instance, files: &crate::files::FilesRegistry) -> Result<(usize, usize)> {
+/// Replays the entries of `inst` whose follow-ups failed in this process and are due (see
+/// [`retry_delay`]), as [`replay_follow_ups`] does at start, or all its entries if that failed:
+/// the follow-ups of a batch that met a passing failure (a busy store, a full disk since freed)
+/// run without waiting for a restart. Each replay holds its sharing's batches off (see
+/// [`GUARDS`]). Answers how many were replayed. Called by [`run_follow_up_retries`].
+pub async fn retry_follow_ups(
+    inst: &Instance,
+    files: &crate::files::FilesRegistry,
+    base: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<usize> {
     let domain = inst.domain.to_string();
-    let slots: Vec<(String, String)> = match TO_RETRY.lock() {
-        Ok(retry) => retry.iter().filter(|(d, _)| *d == domain).cloned().collect(),
-        Err(_) => return Err(SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal retries poisoned")))),
+    let now = std::time::Instant::now();
+    let (unreplayed, due): (bool, Vec<Slot>) = {
+        let slots = slots()?;
+        let due = slots
+            .retry
+            .iter()
+            .filter(|(slot, r)| slot.0 == domain && r.due <= now)
+            .map(|(slot, _)| slot.clone())
+            .collect();
+        (slots.unreplayed.contains(&domain), due)
     };
-    if slots.is_empty() {
-        return Ok((0, 0));
+    if unreplayed {
+        return replay_follow_ups(inst, files).await;
+    }
+    if due.is_empty() {
+        return Ok(0);
     }
     let files = files.of(inst).await.map_err(files_failed)?;
-    let (mut replayed, mut failing) = (0, 0);
-    for slot in slots {
-        let journal = Journal { id: slot.1.clone(), slot: slot.clone() };
+    let mut replayed = 0;
+    for slot in due {
+        {
+            // The next try, should this one fail.
+            let mut slots = slots()?;
+            if let Some(r) = slots.retry.get_mut(&slot) {
+                r.due = now + retry_delay(r.failures.saturating_add(1), base, max);
+            }
+        }
+        let journal = Journal { id: slot.1.clone(), slot: slot.clone(), cleared: false };
         let local = match inst.store.get_local(&journal_doctype(), &journal.id).await {
             Ok(local) => local,
             // Cleared meanwhile.
             Err(StoreError::NotFound) => {
-                if let Ok(mut retry) = TO_RETRY.lock() {
-                    retry.remove(&slot);
-                }
-                if let Ok(mut slots) = JOURNAL_SLOTS.lock() {
-                    slots.remove(&slot);
-                }
+                journal.done(inst).await;
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(instance = %inst.domain, entry = %journal.id, error = %e, "reading a follow-up journal entry failed");
+                continue;
+            }
         };
-        if replay_entry(inst, &files, journal, local.body.as_str()).await {
-            replayed += 1;
-        }
-        if TO_RETRY.lock().is_ok_and(|retry| retry.contains(&slot)) {
-            failing += 1;
-        }
+        replayed += usize::from(replay_entry(inst, &files, journal, local.body.as_str()).await);
     }
-    Ok((replayed, failing))
+    Ok(replayed)
 }
 
-/// Whether entries wait for [`retry_follow_ups`].
-pub fn follow_ups_to_retry() -> bool {
-    TO_RETRY.lock().is_ok_and(|retry| !retry.is_empty())
+/// Whether entries of `domain` wait for [`retry_follow_ups`].
+fn to_retry(domain: &str) -> bool {
+    SLOTS.lock().is_ok_and(|s| s.unreplayed.contains(domain) || s.retry.keys().any(|(d, _)| d == domain))
 }
 
-/// Retries the follow-ups that failed ([`retry_follow_ups`]) for as long as `cancel` is not
-/// cancelled: `base` after a failure, then twice as long after each failure in a row, up to
-/// `max` (the replicator's backoff, `replication.retry_base_ms` and `retry_max_ms`); it looks
-/// every `base` while nothing fails.
+/// Retries the follow-ups that failed ([`retry_follow_ups`]) every `base`, each entry with its
+/// own backoff ([`retry_delay`]), until `cancel` is cancelled. Entries of instances no longer
+/// open are forgotten (a removed instance's entries go with it).
 pub async fn run_follow_up_retries(
     registry: Arc<crate::instance::Registry>,
     files: Arc<crate::files::FilesRegistry>,
@@ -585,38 +679,42 @@ pub async fn run_follow_up_retries(
     max: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
 ) {
-    let mut wait = base;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(base) => {}
         }
-        if !follow_ups_to_retry() {
-            wait = base;
-            continue;
+        let open = registry.opened();
+        if let Ok(mut slots) = SLOTS.lock() {
+            let domains: std::collections::HashSet<String> = open.iter().map(|i| i.domain.to_string()).collect();
+            slots.retry.retain(|(d, _), _| domains.contains(d));
+            slots.unreplayed.retain(|d| domains.contains(d));
         }
-        let mut failing = 0;
-        for inst in registry.opened() {
-            match retry_follow_ups(&inst, &files).await {
-                Ok((_, f)) => failing += f,
-                Err(e) => {
-                    failing += 1;
-                    tracing::warn!(instance = %inst.domain, error = %e, "retrying the follow-ups of received files failed");
-                }
+        for inst in open {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if !to_retry(inst.domain.as_str()) {
+                continue;
+            }
+            if let Err(e) = retry_follow_ups(&inst, &files, base, max).await {
+                tracing::warn!(instance = %inst.domain, error = %e, "retrying the follow-ups of received files failed");
             }
         }
-        wait = if failing > 0 { (wait * 2).min(max).max(base) } else { base };
     }
 }
 
 /// Replays one journal entry (`body`, its text) and clears it, or keeps it for a retry when it
-/// fails: whether it was replayed.
+/// fails: whether it was replayed. While serving, the replay holds the batches of its sharing
+/// off ([`GUARDS`]).
 async fn replay_entry(inst: &Instance, files: &crate::files::Files, journal: Journal, body: &str) -> bool {
     let Ok(entry) = serde_json::from_str::<JournalEntry>(body) else {
         tracing::warn!(instance = %inst.domain, entry = %journal.id, "dropping an unreadable follow-up journal entry");
         journal.done(inst).await;
         return false;
     };
+    let guard = guard(inst.domain.as_str(), &entry.sharing);
+    let _alone = guard.write().await;
     match replay(inst, files, entry).await {
         Ok(replayed) => {
             journal.done(inst).await;
@@ -624,8 +722,7 @@ async fn replay_entry(inst: &Instance, files: &crate::files::Files, journal: Jou
         }
         Err(e) => {
             tracing::error!(instance = %inst.domain, entry = %journal.id, error = %e,
-                "replaying the follow-ups of a received batch failed: retried later");
-            journal.retry_later();
+                "replaying the journaled follow-ups of a received batch failed: retried later");
             false
         }
     }
@@ -661,6 +758,10 @@ async fn replay(inst: &Instance, files: &crate::files::Files, entry: JournalEntr
         }
     }
     let tree = TreeBefore { before, orphans: Default::default() };
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(SLOW_REPLAY_MS).ok().and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     tree.follow_up(inst, files, &s, &written).await?;
     tracing::info!(instance = %inst.domain, sharing = %s.id(), docs = written.len(), "replayed the follow-ups of a received batch");
     Ok(true)
