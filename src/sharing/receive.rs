@@ -123,6 +123,15 @@ pub async fn bulk_docs(
     let map = IdMap::for_member(s, from);
     let mut applied = Applied { accepted: 0, refused: Vec::new(), revoke: false };
     for (doctype, docs) in request.docs {
+        // Batches of files of one sharing run at once, a replay of its journal while serving
+        // alone: taken before anything of the tree is read (and before `naming`, which other
+        // sharings' batches wait on), given back once the follow-ups are done.
+        let mut batches = match files {
+            Some(_) if doctype.as_str() == FILES_DOCTYPE => {
+                Some(guard(inst.domain.as_str(), s.id()).read_owned().await)
+            }
+            _ => None,
+        };
         // Held once a shared root is named here, until it is written under that name.
         let mut naming = None;
         let mut peer_ids = Vec::with_capacity(docs.len());
@@ -209,12 +218,6 @@ pub async fn bulk_docs(
         // whose follow-ups fail has them retried (`retry_follow_ups`), since the peer, which
         // sees its revisions here then, never sends them again.
         // A recipient follows up only removals and moved directories, which `before` holds.
-        // Batches of one sharing run at once, a replay of its journal while serving alone.
-        let guard = guard(inst.domain.as_str(), s.id());
-        let _batches = match files {
-            Some(_) => Some(guard.read().await),
-            None => None,
-        };
         let mut journal = match (files, &tree) {
             (Some(_), Some(tree)) if s.owner || !tree.before.is_empty() => {
                 Some(Journal::write(inst, s, from, &writes, &written_ids, tree).await?)
@@ -264,6 +267,7 @@ pub async fn bulk_docs(
             if let Some(journal) = journal.take() {
                 journal.done(inst).await;
             }
+            drop(batches.take());
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
             if released > 0 {
                 tracing::info!(instance = %inst.domain, sharing = %s.id(), released, "content no file names any more deleted");
@@ -439,7 +443,8 @@ struct Retry {
 static SLOTS: std::sync::LazyLock<std::sync::Mutex<Slots>> = std::sync::LazyLock::new(Default::default);
 
 fn slots() -> Result<std::sync::MutexGuard<'static, Slots>> {
-    SLOTS.lock().map_err(|_| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal slots poisoned"))))
+    // Nothing panics while holding it; should something, its sets are still whole.
+    Ok(SLOTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 /// Received batches of files and replays of their follow-ups, per (instance, sharing): batches
@@ -669,9 +674,11 @@ fn to_retry(domain: &str) -> bool {
     SLOTS.lock().is_ok_and(|s| s.unreplayed.contains(domain) || s.retry.keys().any(|(d, _)| d == domain))
 }
 
-/// Retries the follow-ups that failed ([`retry_follow_ups`]) every `base`, each entry with its
-/// own backoff ([`retry_delay`]), until `cancel` is cancelled. Entries of instances no longer
-/// open are forgotten (a removed instance's entries go with it).
+/// Retries the follow-ups that failed ([`retry_follow_ups`]) of the instances of `registry`
+/// every `base`, each entry with its own backoff ([`retry_delay`]), and an instance whose
+/// retry fails as a whole (its files cannot be opened, its store answers errors) with one of
+/// its own, until `cancel` is cancelled. (The journal's state is the process's: entries of
+/// an instance removed while serving stay listed, and are not looked at.)
 pub async fn run_follow_up_retries(
     registry: Arc<crate::instance::Registry>,
     files: Arc<crate::files::FilesRegistry>,
@@ -679,26 +686,32 @@ pub async fn run_follow_up_retries(
     max: std::time::Duration,
     cancel: tokio_util::sync::CancellationToken,
 ) {
+    let mut failing: std::collections::HashMap<String, Retry> = Default::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(base) => {}
         }
-        let open = registry.opened();
-        if let Ok(mut slots) = SLOTS.lock() {
-            let domains: std::collections::HashSet<String> = open.iter().map(|i| i.domain.to_string()).collect();
-            slots.retry.retain(|(d, _), _| domains.contains(d));
-            slots.unreplayed.retain(|d| domains.contains(d));
-        }
-        for inst in open {
+        let now = std::time::Instant::now();
+        for inst in registry.opened() {
             if cancel.is_cancelled() {
                 return;
             }
-            if !to_retry(inst.domain.as_str()) {
+            let domain = inst.domain.to_string();
+            if !to_retry(&domain) || failing.get(&domain).is_some_and(|r| r.due > now) {
                 continue;
             }
-            if let Err(e) = retry_follow_ups(&inst, &files, base, max).await {
-                tracing::warn!(instance = %inst.domain, error = %e, "retrying the follow-ups of received files failed");
+            match retry_follow_ups(&inst, &files, base, max).await {
+                Ok(_) => {
+                    failing.remove(&domain);
+                }
+                Err(e) => {
+                    // The instance as a whole (its files, its store): backed off as an entry is.
+                    let r = failing.entry(domain).or_insert(Retry { failures: 0, due: now });
+                    r.failures = r.failures.saturating_add(1);
+                    r.due = now + retry_delay(r.failures, base, max);
+                    tracing::warn!(instance = %inst.domain, error = %e, "retrying the follow-ups of received files failed");
+                }
             }
         }
     }

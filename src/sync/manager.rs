@@ -408,6 +408,8 @@ async fn run_one(
         max_bytes: cx.config.replication.max_batch_bytes.max(1),
     };
     let started = Instant::now();
+    // The content of a files sharing's files follows their documents (`sync::content`).
+    let files_sharing = s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE);
     let position = manager.with_state(&key, |st| st.position).unwrap_or(0);
     let result = match replication::endpoints(cx.federation.clone(), inst.clone(), &s, member, position) {
         Ok((mut source, mut target)) => {
@@ -416,7 +418,9 @@ async fn run_one(
                     st.processed = r.changes_read;
                     st.total = st.total.max(r.changes_read);
                 });
-                manager.landed.notify_one();
+                if files_sharing {
+                    manager.landed.notify_one();
+                }
             })
             .await
         }
