@@ -215,6 +215,51 @@ async fn share_media(alice: &Server, ts: &str, bob: &Server, dir: &str) -> Strin
     sid
 }
 
+/// alice's and bob's servers (`bob_env` as for [`pair`]), alice's folder "Media" holding one
+/// file `name` (`size` bytes of pattern `seed`) shared with bob, and the file on bob: the pair,
+/// alice's file id, her folder's id, the file's MD5, and its path on bob.
+async fn one_shared_file(
+    root: &Path,
+    bob_env: Vec<(&'static str, String)>,
+    name: &str,
+    seed: u64,
+    size: usize,
+) -> (Pair, String, String, String, String) {
+    let p = pair(root, vec![], bob_env).await;
+    let base = Bytes::from(hearth::files::conformance::pattern(MIB, seed));
+    let dir = mkdir(&p.alice.domain(), &p.ta, "io.cozy.files.root-dir", "Media").await;
+    let file = upload(&p.alice.domain(), &p.ta, &dir, name, &base, seed + 2, size).await;
+    let md5 = md5_of(&base, seed + 2, size);
+    share_media(&p.alice, &p.ts, &p.bob, &dir).await;
+    let shared = format!("/Shared with me/Media/{name}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while download(&p.bob.domain(), &p.tb, &shared).await != (200, md5.clone()) {
+        assert!(Instant::now() < deadline, "{name} never reached bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (p, file, dir, md5, shared)
+}
+
+/// Moves alice's file `file` to `dir`.
+async fn move_file(p: &Pair, file: &str, dir: &str) {
+    let attrs = json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": dir}}});
+    call(&p.alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &p.ta, Some(attrs)).await;
+}
+
+/// Waits until bob's `shared` is gone and his trash holds `name` with the bytes of `md5`.
+async fn wait_for_the_copy(p: &Pair, shared: &str, name: &str, md5: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gone = download(&p.bob.domain(), &p.tb, shared).await.0 == 404;
+        let copy = download(&p.bob.domain(), &p.tb, &format!("/.cozy_trash/{name}")).await;
+        if gone && copy.0 == 200 && copy.1 == md5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob has no copy of {name} (shared one gone: {gone}, copy: {copy:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_without_resending_completed_files() {
     let root = tempfile::tempdir().unwrap();
@@ -322,38 +367,17 @@ async fn a_folder_share_survives_sigkill_of_either_side_during_a_large_file_with
 async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
     let root = tempfile::tempdir().unwrap();
     let abort = (hearth::sharing::receive::ABORT_AFTER_REMOVAL, "1".to_owned());
-    let Pair { alice, mut bob, ta, ts, tb } = pair(root.path(), vec![], vec![abort]).await;
-    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 5));
-    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
-    let file = upload(&alice.domain(), &ta, &dir, "f.bin", &base, 7, 20_000).await;
-    let md5 = md5_of(&base, 7, 20_000);
-    share_media(&alice, &ts, &bob, &dir).await;
-    let shared = "/Shared with me/Media/f.bin";
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
-        assert!(Instant::now() < deadline, "f.bin never reached bob");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut p, file, _, md5, shared) = one_shared_file(root.path(), vec![abort], "f.bin", 5, 20_000).await;
 
     // Alice moves f.bin out of the folder: bob writes the removal, and dies before its copy.
-    let attrs = json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": "io.cozy.files.root-dir"}}});
-    call(&alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &ta, Some(attrs)).await;
-    let status = bob.wait_exit(Duration::from_secs(60)).expect("bob aborts on the removal");
+    move_file(&p, &file, "io.cozy.files.root-dir").await;
+    let status = p.bob.wait_exit(Duration::from_secs(60)).expect("bob aborts on the removal");
     assert!(!status.success(), "{status:?}");
-    bob.extra_env.clear();
-    bob.start().await;
+    p.bob.extra_env.clear();
+    p.bob.start().await;
     // The removal is written: the file is gone from the shared folder, and bob keeps a copy.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let gone = download(&bob.domain(), &tb, shared).await.0 == 404;
-        let copy = download(&bob.domain(), &tb, "/.cozy_trash/f.bin").await;
-        if gone && copy == (200, md5.clone()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bob has no copy of f.bin (shared one gone: {gone}, copy: {copy:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let log = std::fs::read_to_string(bob.log_path()).unwrap();
+    wait_for_the_copy(&p, &shared, "f.bin", &md5).await;
+    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
 
@@ -366,34 +390,13 @@ async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
 async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
     let root = tempfile::tempdir().unwrap();
     let fail = (hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE, "1".to_owned());
-    let Pair { alice, bob, ta, ts, tb } = pair(root.path(), vec![], vec![fail]).await;
-    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 6));
-    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
-    let file = upload(&alice.domain(), &ta, &dir, "g.bin", &base, 8, 30_000).await;
-    let md5 = md5_of(&base, 8, 30_000);
-    share_media(&alice, &ts, &bob, &dir).await;
-    let shared = "/Shared with me/Media/g.bin";
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
-        assert!(Instant::now() < deadline, "g.bin never reached bob");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (p, file, _, md5, shared) = one_shared_file(root.path(), vec![fail], "g.bin", 6, 30_000).await;
 
     // Alice moves g.bin out: bob writes the removal, and its follow-ups fail.
-    let attrs = json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": "io.cozy.files.root-dir"}}});
-    call(&alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &ta, Some(attrs)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let gone = download(&bob.domain(), &tb, shared).await.0 == 404;
-        let copy = download(&bob.domain(), &tb, "/.cozy_trash/g.bin").await;
-        if gone && copy == (200, md5.clone()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bob has no copy of g.bin (shared one gone: {gone}, copy: {copy:?})");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(bob.runs, 1, "bob was not restarted");
-    let log = std::fs::read_to_string(bob.log_path()).unwrap();
+    move_file(&p, &file, "io.cozy.files.root-dir").await;
+    wait_for_the_copy(&p, &shared, "g.bin", &md5).await;
+    assert_eq!(p.bob.runs, 1, "bob was not restarted");
+    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
     assert!(log.contains("the follow-ups of a received batch failed: retried later"), "{log}");
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
@@ -409,37 +412,25 @@ async fn a_retry_of_follow_ups_does_not_remove_a_file_that_came_back_meanwhile()
     let root = tempfile::tempdir().unwrap();
     let fail = (hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE, "1".to_owned());
     let slow = (hearth::sharing::receive::SLOW_REPLAY_MS, "2000".to_owned());
-    let Pair { alice, bob, ta, ts, tb } = pair(root.path(), vec![], vec![fail, slow]).await;
-    let base = Bytes::from(hearth::files::conformance::pattern(MIB, 9));
-    let dir = mkdir(&alice.domain(), &ta, "io.cozy.files.root-dir", "Media").await;
-    let file = upload(&alice.domain(), &ta, &dir, "h.bin", &base, 10, 25_000).await;
-    let md5 = md5_of(&base, 10, 25_000);
-    share_media(&alice, &ts, &bob, &dir).await;
-    let shared = "/Shared with me/Media/h.bin";
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while download(&bob.domain(), &tb, shared).await != (200, md5.clone()) {
-        assert!(Instant::now() < deadline, "h.bin never reached bob");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (p, file, dir, md5, shared) = one_shared_file(root.path(), vec![fail, slow], "h.bin", 9, 25_000).await;
 
     // Out, then back in while bob's retry of the removal's follow-ups waits.
-    let move_to = |dir: &str| json!({"data": {"type": "io.cozy.files", "attributes": {"dir_id": dir}}});
-    let patch = format!("/files/{file}");
-    call(&alice.domain(), reqwest::Method::PATCH, &patch, &ta, Some(move_to("io.cozy.files.root-dir"))).await;
+    move_file(&p, &file, "io.cozy.files.root-dir").await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(bob.log_path()).unwrap().contains("the follow-ups of a received batch failed") {
+    while !std::fs::read_to_string(p.bob.log_path()).unwrap().contains("the follow-ups of a received batch failed") {
         assert!(Instant::now() < deadline, "bob's follow-ups never failed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    call(&alice.domain(), reqwest::Method::PATCH, &patch, &ta, Some(move_to(&dir))).await;
+    move_file(&p, &file, &dir).await;
 
     // Once the retry ran and the move back reached bob, both have the file in the folder.
+    let (alice, bob) = (p.alice.domain(), p.bob.domain());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let log = std::fs::read_to_string(bob.log_path()).unwrap();
-        let theirs = download(&alice.domain(), &ta, "/Media/h.bin").await;
-        let mine = download(&bob.domain(), &tb, shared).await;
+        let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
+        let theirs = download(&alice, &p.ta, "/Media/h.bin").await;
+        let mine = download(&bob, &p.tb, &shared).await;
         if log.contains("replayed the follow-ups of a received batch")
             && theirs == (200, md5.clone())
             && mine == (200, md5.clone())
@@ -451,6 +442,6 @@ async fn a_retry_of_follow_ups_does_not_remove_a_file_that_came_back_meanwhile()
     }
     // And it stays so once everything settled.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(download(&alice.domain(), &ta, "/Media/h.bin").await, (200, md5.clone()));
-    assert_eq!(download(&bob.domain(), &tb, shared).await, (200, md5));
+    assert_eq!(download(&alice, &p.ta, "/Media/h.bin").await, (200, md5.clone()));
+    assert_eq!(download(&bob, &p.tb, &shared).await, (200, md5));
 }
