@@ -720,6 +720,40 @@ async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_an
     w.no_refusals().await;
 }
 
+/// A file that left the folder once (bob keeps a copy of it), came back, and is trashed by
+/// alice while bob edits it: bob keeps his edit too, in a second copy. (The copy's id was
+/// derived from the file's alone: the second dissociation found the first copy, made none, and
+/// deleted the edit; its bytes were in no document anywhere. After a bug replay of
+/// syncthing/syncthing#2077's delete-against-modify.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_dissociated_before_and_trashed_against_an_edit_keeps_the_edit_in_a_second_copy() {
+    let (mut w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "plan.txt", b"v1").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
+    // Out (bob keeps a copy of v1), then back in.
+    patch(&w.alice, &w.ta, &plan, json!({"dir_id": "io.cozy.files.root-dir"})).await;
+    eventually(WAIT, "bob keeps a copy of v1", || async {
+        trash_list(&w.bob, &w.tb).await.get("plan.txt").is_some_and(|c| c["md5sum"] == json!(md5_of(b"v1")))
+    })
+    .await;
+    patch(&w.alice, &w.ta, &plan, json!({"dir_id": projects})).await;
+    w.converged_to("plan.txt is back", |t| t.contains_key("/plan.txt")).await;
+    // Trashed on alice's side, edited on bob's.
+    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    let t = w.converged("the trash wins the shared tree").await;
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
+    eventually(WAIT, "bob keeps his edit and his first copy", || async {
+        let md5s: Vec<Value> = trash_list(&w.bob, &w.tb).await.into_values().map(|c| c["md5sum"].clone()).collect();
+        md5s.contains(&json!(md5_of(b"bob's edit"))) && md5s.contains(&json!(md5_of(b"v1")))
+    })
+    .await;
+    w.no_refusals().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_members_file_edits_stay_on_its_instance_and_a_forced_push_is_refused() {
     let (w, _) = World::new(SYNC, &["bob"], async |alice, ta, projects| {

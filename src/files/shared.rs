@@ -106,6 +106,14 @@ pub fn dissociated_id(id: &str) -> String {
     hex::encode(md5::Md5::digest(format!("dissociated/{id}").as_bytes()))
 }
 
+/// The id of a later dissociated copy of file `id`, of its version `vfs_id`: a file that left
+/// a sharing, came back, and left again with other bytes (an edit made here meanwhile, say)
+/// keeps those too, in a copy of their own (derived as well: one per version, however often
+/// the removal is received).
+fn dissociated_version_id(id: &str, vfs_id: &str) -> String {
+    hex::encode(md5::Md5::digest(format!("dissociated/{id}/{vfs_id}").as_bytes()))
+}
+
 /// The id of the conflict copy of `id` made from its losing revision `rev`: derived from both
 /// (as Cozy's `conflictID`), so settling the same conflict twice makes one copy.
 pub fn conflict_id(id: &str, rev: &Rev) -> String {
@@ -242,23 +250,45 @@ impl Files {
         Ok(released)
     }
 
-    /// After a removal of `id` was received and written: deletes what is left of it (a live
-    /// leaf the removal did not reach: an edit made here meanwhile) and keeps a dissociated copy
-    /// in the trash, of that edit if there was one, else of `before` (its version before the
-    /// removal). Answers the copy's id, `None` when there was nothing to keep or the copy exists.
+    /// After a removal of `id` was received and written: keeps a dissociated copy in the trash
+    /// of what is left of it (a live leaf the removal did not reach: an edit made here
+    /// meanwhile) if there is one, else of `before` (its version before the removal), then
+    /// deletes that leaf. The copy is made first, so a process killed in between finds the
+    /// edit still there, and the copy of it made (its id is derived). A file dissociated before
+    /// (it left, came back, and leaves again) gets a second copy when its bytes differ from the
+    /// first copy's ([`dissociated_version_id`]). Answers the copy's id, `None` when there was
+    /// nothing to keep or the copy exists.
     pub async fn dissociate(&self, id: &str, before: Option<Body>) -> Result<Option<String>> {
         let _lock = self.writes.lock().await;
         let doc = DocId::parse(id).map_err(FilesError::BadRequest)?;
         let live = self.live_leaves(&doc).await?;
         let kept = live.first().map(|(_, b)| b.clone()).or(before);
+        let made = match kept {
+            Some(body) => self.dissociated_copy(id, body).await?,
+            None => None,
+        };
         for (rev, _) in &live {
             self.write_new(id, Some(rev), true, Body::empty()).await?;
         }
-        let Some(mut body) = kept else { return Ok(None) };
+        Ok(made)
+    }
+
+    /// The copy of [`Files::dissociate`], of `body` (a version of `id`): its id, `None` when it
+    /// exists already.
+    async fn dissociated_copy(&self, id: &str, mut body: Body) -> Result<Option<String>> {
         self.sync().await?;
-        let copy = dissociated_id(id);
-        if self.index.get(&copy).await?.is_some() {
-            return Ok(None);
+        let mut copy = dissociated_id(id);
+        if let Some(first) = self.index.get(&copy).await? {
+            let version = str_of(&body, "internal_vfs_id");
+            match version {
+                Some(v) if first.kind == Kind::File && first.vfs_id.as_deref() != Some(v.as_str()) => {
+                    copy = dissociated_version_id(id, &v);
+                    if self.index.get(&copy).await?.is_some() {
+                        return Ok(None);
+                    }
+                }
+                _ => return Ok(None),
+            }
         }
         let kind = kind_of(&body);
         let old_dir = str_of(&body, "dir_id");
