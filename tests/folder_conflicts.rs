@@ -720,6 +720,36 @@ async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_an
     w.no_refusals().await;
 }
 
+/// A file trashed on alice's side and edited on bob's, then restored by alice: it is shared
+/// again, and stays. (Bob deleted his edit once he had kept it in his copy; that deletion,
+/// taken by alice for a removal once the file was back, removed her restored file, and the
+/// removal went back to bob. After a bug replay of syncthing/syncthing#2077's
+/// delete-against-modify.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_restored_after_a_trash_against_an_edit_is_shared_again_and_stays() {
+    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+        upload(alice, ta, projects, "plan.txt", b"v1").await;
+        upload(alice, ta, projects, "stays.txt", b"stays").await;
+    })
+    .await;
+    let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
+    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    w.converged_to("the trash wins the shared tree", |t| !t.contains_key("/plan.txt")).await;
+    eventually(WAIT, "bob keeps his edit", || async {
+        trash_list(&w.bob, &w.tb).await.get("plan.txt").is_some_and(|c| c["md5sum"] == json!(md5_of(b"bob's edit")))
+    })
+    .await;
+    let (s, v) = w.alice.call(Method::POST, &format!("/files/trash/{}", enc(&plan)), Some(&w.ta), None).await;
+    assert_eq!(s, 200, "{v}");
+    w.converged_to("plan.txt is shared again", |t| t.contains_key("/plan.txt")).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let t = w.converged("everything settled").await;
+    assert!(t.contains_key("/plan.txt"), "{t:?}");
+    assert_eq!(at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.as_deref(), Some(plan.as_str()));
+    w.no_refusals().await;
+}
+
 /// A file that left the folder once (bob keeps a copy of it), came back, and is trashed by
 /// alice while bob edits it: bob keeps his edit too, in a second copy. (The copy's id was
 /// derived from the file's alone: the second dissociation found the first copy, made none, and

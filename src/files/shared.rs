@@ -95,9 +95,12 @@ use super::model::{self, Kind};
 use super::{child_path, doctype, Files, FilesError, Result, TRASH_ID, TRASH_NAME};
 use crate::store::{Body, DocId, DocWrite, GetOptions, StoreError, WriteResult};
 
-/// The member marking the deletion of a settled conflict's losing leaf (`true`), which a
-/// member receiving it tells from a removal (a removal leaves a dissociated copy; this does
-/// not: the document lives on as its winner).
+/// The member marking the deletion of a leaf that is no removal (`true`), which a member
+/// receiving it tells from a removal (a removal leaves a dissociated copy; this does not): a
+/// settled conflict's losing leaf (the document lives on as its winner), or the edit a
+/// dissociation kept in its copy (the removal that caused it travels by itself; taken for a
+/// removal, this deletion removed the document wherever it had come back, restored from a
+/// trash, say).
 pub const CONFLICT_LOSER: &str = "conflict_loser";
 
 /// The id of the dissociated copy of `id` (a derived one, so a removal received twice makes
@@ -268,7 +271,9 @@ impl Files {
             None => None,
         };
         for (rev, _) in &live {
-            self.write_new(id, Some(rev), true, Body::empty()).await?;
+            let mut mark = Body::empty();
+            model::set(&mut mark, CONFLICT_LOSER, json!(true));
+            self.write_new(id, Some(rev), true, mark).await?;
         }
         Ok(made)
     }
