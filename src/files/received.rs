@@ -173,19 +173,24 @@ impl Files {
         Ok(sizes.into_iter().map(|s| s.is_some()).collect())
     }
 
-    /// Each version `vfs_id` of file `id` as [`Files::named_versions`], or else as the
-    /// dissociated copy of `id` names it (a file that left the sharing before its bytes arrived
-    /// here: the copy kept of it still lacks them, see `files::shared`).
+    /// Each version `vfs_id` of file `id` as [`Files::named_versions`], or else as a
+    /// dissociated copy of `id` names it, the first one or the one of that version (a file that
+    /// left the sharing before its bytes arrived here: the copy kept of it still lacks them,
+    /// see `files::shared`).
     async fn named_here(&self, asked: &[(String, String)]) -> Result<Vec<Option<(u64, String)>>> {
         let mut named = self.named_versions(asked).await?;
-        let missed: Vec<usize> = (0..asked.len()).filter(|&i| named[i].is_none()).collect();
-        if missed.is_empty() {
-            return Ok(named);
-        }
-        let copies: Vec<(String, String)> =
-            missed.iter().map(|&i| (super::shared::dissociated_id(&asked[i].0), asked[i].1.clone())).collect();
-        for (i, copy) in missed.into_iter().zip(self.named_versions(&copies).await?) {
-            named[i] = copy;
+        let copy_ids: [fn(&str, &str) -> String; 2] =
+            [|id, _| super::shared::dissociated_id(id), |id, vfs_id| super::shared::dissociated_version_id(id, vfs_id)];
+        for copy_id in copy_ids {
+            let missed: Vec<usize> = (0..asked.len()).filter(|&i| named[i].is_none()).collect();
+            if missed.is_empty() {
+                break;
+            }
+            let copies: Vec<(String, String)> =
+                missed.iter().map(|&i| (copy_id(&asked[i].0, &asked[i].1), asked[i].1.clone())).collect();
+            for (i, copy) in missed.into_iter().zip(self.named_versions(&copies).await?) {
+                named[i] = copy;
+            }
         }
         Ok(named)
     }

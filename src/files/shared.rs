@@ -113,7 +113,7 @@ pub fn dissociated_id(id: &str) -> String {
 /// a sharing, came back, and left again with other bytes (an edit made here meanwhile, say)
 /// keeps those too, in a copy of their own (derived as well: one per version, however often
 /// the removal is received).
-fn dissociated_version_id(id: &str, vfs_id: &str) -> String {
+pub(super) fn dissociated_version_id(id: &str, vfs_id: &str) -> String {
     hex::encode(md5::Md5::digest(format!("dissociated/{id}/{vfs_id}").as_bytes()))
 }
 
