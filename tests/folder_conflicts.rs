@@ -695,16 +695,29 @@ async fn an_item_added_to_a_directory_deleted_meanwhile_is_restored_into_the_sha
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_and_the_editor_keeps_the_edit() {
-    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
+/// Alice's `/Projects` holding plan.txt ("v1") and stays.txt, shared with sync rules: the
+/// world, the folder's id, plan.txt's id.
+async fn plan_and_stays() -> (World, String, String) {
+    let (w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
         upload(alice, ta, projects, "plan.txt", b"v1").await;
         upload(alice, ta, projects, "stays.txt", b"stays").await;
     })
     .await;
     let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
-    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
-    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    (w, projects, plan)
+}
+
+/// Alice trashes `plan` while bob, cut off, replaces its content with "bob's edit"; then they
+/// meet.
+async fn trashed_by_alice_edited_by_bob(w: &mut World, plan: &str) {
+    w.cut_bob(async |w| trash(&w.alice, &w.ta, plan).await).await;
+    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(plan), b"bob's edit").await, 200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_and_the_editor_keeps_the_edit() {
+    let (mut w, _, plan) = plan_and_stays().await;
+    trashed_by_alice_edited_by_bob(&mut w, &plan).await;
     let t = w.converged("the trash wins the shared tree").await;
     assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
     // Bob's edit is kept, in his trash; alice's trash has her version.
@@ -727,14 +740,8 @@ async fn a_file_trashed_on_one_side_and_edited_on_the_other_leaves_the_folder_an
 /// delete-against-modify.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_restored_after_a_trash_against_an_edit_is_shared_again_and_stays() {
-    let (mut w, _) = World::new(SYNC, &[], async |alice, ta, projects| {
-        upload(alice, ta, projects, "plan.txt", b"v1").await;
-        upload(alice, ta, projects, "stays.txt", b"stays").await;
-    })
-    .await;
-    let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
-    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
-    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    let (mut w, _, plan) = plan_and_stays().await;
+    trashed_by_alice_edited_by_bob(&mut w, &plan).await;
     w.converged_to("the trash wins the shared tree", |t| !t.contains_key("/plan.txt")).await;
     eventually(WAIT, "bob keeps his edit", || async {
         trash_list(&w.bob, &w.tb).await.get("plan.txt").is_some_and(|c| c["md5sum"] == json!(md5_of(b"bob's edit")))
@@ -757,12 +764,7 @@ async fn a_file_restored_after_a_trash_against_an_edit_is_shared_again_and_stays
 /// syncthing/syncthing#2077's delete-against-modify.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_dissociated_before_and_trashed_against_an_edit_keeps_the_edit_in_a_second_copy() {
-    let (mut w, projects) = World::new(SYNC, &[], async |alice, ta, projects| {
-        upload(alice, ta, projects, "plan.txt", b"v1").await;
-        upload(alice, ta, projects, "stays.txt", b"stays").await;
-    })
-    .await;
-    let plan = at_path(&w.alice, &w.ta, "/Projects/plan.txt").await.unwrap();
+    let (mut w, projects, plan) = plan_and_stays().await;
     // Out (bob keeps a copy of v1), then back in.
     patch(&w.alice, &w.ta, &plan, json!({"dir_id": "io.cozy.files.root-dir"})).await;
     eventually(WAIT, "bob keeps a copy of v1", || async {
@@ -771,9 +773,7 @@ async fn a_file_dissociated_before_and_trashed_against_an_edit_keeps_the_edit_in
     .await;
     patch(&w.alice, &w.ta, &plan, json!({"dir_id": projects})).await;
     w.converged_to("plan.txt is back", |t| t.contains_key("/plan.txt")).await;
-    // Trashed on alice's side, edited on bob's.
-    w.cut_bob(async |w| trash(&w.alice, &w.ta, &plan).await).await;
-    w.heal_bob(async |w| assert_eq!(replace(&w.bob, &w.tb, &w.on_bob(&plan), b"bob's edit").await, 200)).await;
+    trashed_by_alice_edited_by_bob(&mut w, &plan).await;
     let t = w.converged("the trash wins the shared tree").await;
     assert_eq!(t.keys().collect::<Vec<_>>(), ["/stays.txt"], "{t:?}");
     eventually(WAIT, "bob keeps his edit and his first copy", || async {
