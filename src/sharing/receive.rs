@@ -442,9 +442,9 @@ struct Retry {
 
 static SLOTS: std::sync::LazyLock<std::sync::Mutex<Slots>> = std::sync::LazyLock::new(Default::default);
 
-fn slots() -> Result<std::sync::MutexGuard<'static, Slots>> {
+fn slots() -> std::sync::MutexGuard<'static, Slots> {
     // Nothing panics while holding it; should something, its sets are still whole.
-    Ok(SLOTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    SLOTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Received batches of files and replays of their follow-ups, per (instance, sharing): batches
@@ -498,7 +498,7 @@ impl Journal {
             .map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!("journal entry: {e}"))))?;
         let body = Body::parse(&body).map_err(|e| SharingError::Store(StoreError::Internal(anyhow::anyhow!(e))))?;
         let mut journal = {
-            let mut slots = slots()?;
+            let mut slots = slots();
             let domain = inst.domain.to_string();
             if slots.unreplayed.contains(&domain) {
                 // Its entries are not known: a new one could write over one still pending.
@@ -515,9 +515,7 @@ impl Journal {
         };
         if let Err(e) = inst.store.put_local(&journal_doctype(), &journal.id, body).await {
             // Not written: nothing to clear or retry.
-            if let Ok(mut slots) = slots() {
-                slots.taken.remove(&journal.slot);
-            }
+            slots().taken.remove(&journal.slot);
             journal.cleared = true;
             return Err(e.into());
         }
@@ -529,10 +527,9 @@ impl Journal {
     async fn done(mut self, inst: &Instance) {
         match inst.store.delete_local(&journal_doctype(), &self.id).await {
             Ok(()) | Err(StoreError::NotFound) => {
-                if let Ok(mut slots) = slots() {
-                    slots.retry.remove(&self.slot);
-                    slots.taken.remove(&self.slot);
-                }
+                let mut slots = slots();
+                slots.retry.remove(&self.slot);
+                slots.taken.remove(&self.slot);
                 self.cleared = true;
             }
             Err(e) => {
@@ -549,7 +546,7 @@ impl Drop for Journal {
         if self.cleared {
             return;
         }
-        let mut slots = SLOTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = slots();
         slots.taken.insert(self.slot.clone());
         // A first failure is due at once (the retry loop looks every `base`); a retry that
         // failed set its next try before it ran.
@@ -583,24 +580,24 @@ pub async fn replay_follow_ups(inst: &Instance, files: &crate::files::FilesRegis
     let entries = match inst.store.local_docs(&journal_doctype()).await {
         Ok(entries) => entries,
         Err(e) => {
-            slots()?.unreplayed.insert(domain);
+            slots().unreplayed.insert(domain);
             return Err(e.into());
         }
     };
     if entries.is_empty() {
-        slots()?.unreplayed.remove(&domain);
+        slots().unreplayed.remove(&domain);
         return Ok(0);
     }
     let files = match files.of(inst).await {
         Ok(files) => files,
         Err(e) => {
-            slots()?.unreplayed.insert(domain);
+            slots().unreplayed.insert(domain);
             return Err(files_failed(e));
         }
     };
     {
         // Taken before any replay: a batch received meanwhile writes none of them over.
-        let mut slots = slots()?;
+        let mut slots = slots();
         slots.unreplayed.remove(&domain);
         slots.taken.extend(entries.iter().map(|local| (domain.clone(), local.id.clone())));
     }
@@ -626,7 +623,7 @@ pub async fn retry_follow_ups(
     let domain = inst.domain.to_string();
     let now = std::time::Instant::now();
     let (unreplayed, due): (bool, Vec<Slot>) = {
-        let slots = slots()?;
+        let slots = slots();
         let due = slots
             .retry
             .iter()
@@ -646,7 +643,7 @@ pub async fn retry_follow_ups(
     for slot in due {
         {
             // The next try, should this one fail.
-            let mut slots = slots()?;
+            let mut slots = slots();
             if let Some(r) = slots.retry.get_mut(&slot) {
                 r.due = now + retry_delay(r.failures.saturating_add(1), base, max);
             }
@@ -671,7 +668,8 @@ pub async fn retry_follow_ups(
 
 /// Whether entries of `domain` wait for [`retry_follow_ups`].
 fn to_retry(domain: &str) -> bool {
-    SLOTS.lock().is_ok_and(|s| s.unreplayed.contains(domain) || s.retry.keys().any(|(d, _)| d == domain))
+    let s = slots();
+    s.unreplayed.contains(domain) || s.retry.keys().any(|(d, _)| d == domain)
 }
 
 /// Retries the follow-ups that failed ([`retry_follow_ups`]) of the instances of `registry`
