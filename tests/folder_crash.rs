@@ -401,6 +401,23 @@ async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
 
+/// A batch of files that comes while the member's files cannot be opened (a CouchDB that does
+/// not answer while their index catches up, a disk error) is answered 503 and sent again: it
+/// was written without them, its removal without the dissociated copy, and the owner never
+/// sent it again. bob's files cannot be opened for the first batch holding a removal, once
+/// (`HEARTH_TEST_FAIL_FILES_FOR_A_RECEIVED_REMOVAL_ONCE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_files_that_comes_while_they_cannot_be_opened_is_sent_again() {
+    let root = tempfile::tempdir().unwrap();
+    let fail = (hearth::sharing::receive::FAIL_FILES_FOR_A_REMOVAL_ONCE, "1".to_owned());
+    let (p, file, _, md5, shared) = one_shared_file(root.path(), vec![fail], "k.bin", 12, 20_000).await;
+
+    move_file(&p, &file, "io.cozy.files.root-dir").await;
+    wait_for_the_copy(&p, &shared, "k.bin", &md5).await;
+    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
+    assert!(log.contains("could not be opened: answered 503"), "{log}");
+}
+
 /// A retry of follow-ups runs while the member serves: a batch of the same sharing arriving
 /// between its judgement (a removal) and its follow-ups (the copy, and the removal from the
 /// shared tree) must not be undone by it. alice moves the file out, bob's follow-ups fail

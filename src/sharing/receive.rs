@@ -103,6 +103,43 @@ pub struct FilesHere<'a> {
     pub keep_unnamed: bool,
 }
 
+/// Set (to anything) in the environment of `hearth serve`, this instance's files cannot be
+/// opened for the first received batch of files holding a deletion, once: the tests'
+/// (`tests/folder_crash.rs`) way to have a batch of files answered 503. Never set otherwise;
+/// release builds do not look.
+pub const FAIL_FILES_FOR_A_REMOVAL_ONCE: &str = "HEARTH_TEST_FAIL_FILES_FOR_A_RECEIVED_REMOVAL_ONCE";
+
+/// The files of `inst` for a received batch: `None` when the batch holds no file. A batch of
+/// files is never written without them: its documents follow the tree's rules (the shared
+/// root's place, orphans, conflicts) and its follow-ups need them (a removal's dissociated
+/// copy), and the peer never sends a batch again once it is answered. When they cannot be
+/// opened (a CouchDB that does not answer while the index catches up, a disk error):
+/// `Store(Unavailable)`, answered 503, and the peer sends the batch again after its backoff.
+pub async fn files_for_batch(
+    registry: &crate::files::FilesRegistry,
+    inst: &Instance,
+    request: &BulkDocs<&RawValue>,
+) -> Result<Option<Arc<crate::files::Files>>> {
+    let Some(docs) = request.docs.iter().find_map(|(d, docs)| (d.as_str() == FILES_DOCTYPE).then_some(docs)) else {
+        return Ok(None);
+    };
+    #[cfg(debug_assertions)]
+    let injected = injected_files_failure(docs);
+    #[cfg(not(debug_assertions))]
+    let injected: std::result::Result<(), crate::files::FilesError> = {
+        let _ = docs;
+        Ok(())
+    };
+    let opened = match injected {
+        Ok(()) => registry.of(inst).await,
+        Err(e) => Err(e),
+    };
+    opened.map(Some).map_err(|e| {
+        tracing::warn!(instance = %inst.domain, error = %e, "a batch of files came while this instance's files could not be opened: answered 503");
+        SharingError::Store(StoreError::Unavailable(anyhow::anyhow!("this instance's files cannot be opened now: {e}")))
+    })
+}
+
 /// `_bulk_docs` from member `from` (the request as read, each document a slice of its text):
 /// each document judged ([`judge`]) and written in one store transaction; the refused ones
 /// reported. A member whose token may not write (`may_write` false: read-only, or without
@@ -365,6 +402,18 @@ pub const FAIL_FOLLOW_UPS_ONCE: &str = "HEARTH_TEST_FAIL_RECEIVED_FOLLOW_UPS_ONC
 /// follow-ups waits that long between judging the writes and following them up: the tests'
 /// way to have a batch arrive in between. Never set otherwise; release builds do not look.
 pub const SLOW_REPLAY_MS: &str = "HEARTH_TEST_SLOW_REPLAY_MS";
+
+#[cfg(debug_assertions)]
+fn injected_files_failure(docs: &[&RawValue]) -> std::result::Result<(), crate::files::FilesError> {
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if docs.iter().any(|d| d.get().contains("\"_deleted\":true"))
+        && std::env::var_os(FAIL_FILES_FOR_A_REMOVAL_ONCE).is_some()
+        && !FAILED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return Err(crate::files::FilesError::Internal(anyhow::anyhow!("{FAIL_FILES_FOR_A_REMOVAL_ONCE} is set")));
+    }
+    Ok(())
+}
 
 #[cfg(debug_assertions)]
 fn injected_follow_up_failure(written: &[(DocId, bool)]) -> Result<()> {

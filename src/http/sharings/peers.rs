@@ -252,7 +252,7 @@ pub(super) async fn replication_bulk_docs(
             // Received documents must land in this sharing's feed (to be relayed, and recognised
             // as in the sharing later): the store must know its rules before applying them.
             cx.tracking.ensure(&inst_, &id_).await?;
-            let files = registry.of(&inst_).await.ok();
+            let files = crate::sharing::receive::files_for_batch(&registry, &inst_, &request).await?;
             let files = files.as_deref().map(|f| crate::sharing::receive::FilesHere {
                 files: f,
                 keep_unnamed: service::edits_come_back(&cx, &inst_, &s_),
