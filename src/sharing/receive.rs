@@ -503,8 +503,12 @@ fn slots() -> std::sync::MutexGuard<'static, Slots> {
 type Guards = std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::RwLock<()>>>>;
 static GUARDS: std::sync::LazyLock<Guards> = std::sync::LazyLock::new(Default::default);
 
+/// The guard of (instance, sharing). Guards nobody holds go (only the map has them: no task
+/// waits on them or is between taking and locking one), so the map holds those in use, not
+/// one per sharing ever received, and a new one is as good as a free one.
 fn guard(domain: &str, sharing: &str) -> Arc<tokio::sync::RwLock<()>> {
     let mut guards = GUARDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    guards.retain(|_, g| Arc::strong_count(g) > 1);
     guards.entry((domain.to_owned(), sharing.to_owned())).or_default().clone()
 }
 
@@ -1201,6 +1205,22 @@ pub(super) mod tests {
     use super::*;
     use crate::sharing::model::{Member, MemberStatus, Rule};
     use crate::store::SharedState;
+
+    /// A guard in use is the one every batch of its (instance, sharing) gets; once nobody
+    /// holds it, it leaves the map (a guard per sharing ever received was kept for good).
+    #[tokio::test]
+    async fn a_guard_is_shared_while_held_and_forgotten_once_free() {
+        let key = ("guards.test".to_owned(), super::super::SharingId::generate().to_string());
+        let held = guard(&key.0, &key.1).read_owned().await;
+        let again = guard(&key.0, &key.1);
+        assert!(again.try_write().is_err(), "a second guard was made while the first was held");
+        drop(again);
+        assert!(GUARDS.lock().unwrap().contains_key(&key));
+        drop(held);
+        // Any later call prunes it.
+        drop(guard("guards.test", &super::super::SharingId::generate().to_string()));
+        assert!(!GUARDS.lock().unwrap().contains_key(&key), "a free guard stayed");
+    }
 
     /// An active sharing between an owner and one recipient, seen from the owner's side when
     /// `owner`, with two rules of this policy: by id (index 0), and by selector (`list`, 1).
