@@ -135,8 +135,10 @@ pub async fn files_for_batch(
         Err(e) => Err(e),
     };
     opened.map(Some).map_err(|e| {
-        tracing::warn!(instance = %inst.domain, error = %e, "a batch of files came while this instance's files could not be opened: answered 503");
-        SharingError::Store(StoreError::Unavailable(anyhow::anyhow!("this instance's files cannot be opened now: {e}")))
+        let e = anyhow::Error::new(e).context("this instance's files cannot be opened now");
+        tracing::warn!(instance = %inst.domain, error = format!("{e:#}"),
+            "a batch of files came while this instance's files could not be opened: answered 503");
+        SharingError::Store(StoreError::Unavailable(e))
     })
 }
 
@@ -146,7 +148,8 @@ pub async fn files_for_batch(
 /// `sync` rules) has every document refused with [`super::protocol::READ_ONLY_REFUSAL`], but
 /// for the echo of a removal this instance made, which is moot: it only hands back what this
 /// instance sent. Documents are split into their `_` members and their body as written (see
-/// `store::body`), never parsed into numbers.
+/// `store::body`), never parsed into numbers. A batch holding files needs `files`
+/// ([`files_for_batch`]): without them it is `Store(Unavailable)`, nothing written.
 pub async fn bulk_docs(
     inst: &Instance,
     files: Option<FilesHere<'_>>,
@@ -166,6 +169,11 @@ pub async fn bulk_docs(
         let mut batches = match files {
             Some(_) if doctype.as_str() == FILES_DOCTYPE => {
                 Some(guard(inst.domain.as_str(), s.id()).read_owned().await)
+            }
+            // Never written without them (see `files_for_batch`).
+            None if doctype.as_str() == FILES_DOCTYPE => {
+                let e = anyhow::anyhow!("a batch of files without this instance's files");
+                return Err(SharingError::Store(StoreError::Unavailable(e)));
             }
             _ => None,
         };
@@ -332,7 +340,7 @@ pub async fn bulk_docs(
 }
 
 fn files_failed(e: crate::files::FilesError) -> SharingError {
-    SharingError::Store(StoreError::Internal(anyhow::anyhow!("{e}")))
+    SharingError::Store(StoreError::Internal(anyhow::Error::new(e)))
 }
 
 /// On the owner, each new item whose parent left the sharing (rule 3 of `files::shared`) is
