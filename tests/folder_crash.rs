@@ -246,6 +246,23 @@ async fn move_file(p: &Pair, file: &str, dir: &str) {
     call(&p.alice.domain(), reqwest::Method::PATCH, &format!("/files/{file}"), &p.ta, Some(attrs)).await;
 }
 
+/// One file shared with bob, whose server runs with `fault` set (a test knob of
+/// `sharing::receive`), then moved out of the folder by alice: once bob has its dissociated
+/// copy, the pair and bob's log.
+async fn moved_out_with_a_fault(
+    root: &Path,
+    fault: &'static str,
+    name: &str,
+    seed: u64,
+    size: usize,
+) -> (Pair, String) {
+    let (p, file, _, md5, shared) = one_shared_file(root, vec![(fault, "1".to_owned())], name, seed, size).await;
+    move_file(&p, &file, "io.cozy.files.root-dir").await;
+    wait_for_the_copy(&p, &shared, name, &md5).await;
+    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
+    (p, log)
+}
+
 /// Waits until bob's `shared` is gone and his trash holds `name` with the bytes of `md5`.
 async fn wait_for_the_copy(p: &Pair, shared: &str, name: &str, md5: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -389,14 +406,10 @@ async fn a_removal_written_just_before_a_kill_still_leaves_the_members_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
     let root = tempfile::tempdir().unwrap();
-    let fail = (hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE, "1".to_owned());
-    let (p, file, _, md5, shared) = one_shared_file(root.path(), vec![fail], "g.bin", 6, 30_000).await;
-
     // Alice moves g.bin out: bob writes the removal, and its follow-ups fail.
-    move_file(&p, &file, "io.cozy.files.root-dir").await;
-    wait_for_the_copy(&p, &shared, "g.bin", &md5).await;
+    let fail = hearth::sharing::receive::FAIL_FOLLOW_UPS_ONCE;
+    let (p, log) = moved_out_with_a_fault(root.path(), fail, "g.bin", 6, 30_000).await;
     assert_eq!(p.bob.runs, 1, "bob was not restarted");
-    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
     assert!(log.contains("the follow-ups of a received batch failed: retried later"), "{log}");
     assert!(log.contains("replayed the follow-ups of a received batch"), "{log}");
 }
@@ -409,12 +422,8 @@ async fn follow_ups_that_fail_are_retried_while_the_member_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_files_that_comes_while_they_cannot_be_opened_is_sent_again() {
     let root = tempfile::tempdir().unwrap();
-    let fail = (hearth::sharing::receive::FAIL_FILES_FOR_A_REMOVAL_ONCE, "1".to_owned());
-    let (p, file, _, md5, shared) = one_shared_file(root.path(), vec![fail], "k.bin", 12, 20_000).await;
-
-    move_file(&p, &file, "io.cozy.files.root-dir").await;
-    wait_for_the_copy(&p, &shared, "k.bin", &md5).await;
-    let log = std::fs::read_to_string(p.bob.log_path()).unwrap();
+    let fail = hearth::sharing::receive::FAIL_FILES_FOR_A_REMOVAL_ONCE;
+    let (_p, log) = moved_out_with_a_fault(root.path(), fail, "k.bin", 12, 20_000).await;
     assert!(log.contains("could not be opened: answered 503"), "{log}");
 }
 
