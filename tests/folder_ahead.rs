@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::bytes::{bytes_of, download, upload};
+use common::bytes::{bytes_of, download, enc, upload};
 use common::flow::{share_team_folder, shared_team, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
@@ -92,4 +92,62 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
     .await;
     let c = content_of_bob(&app, &alice, &sid).await;
     assert_eq!((c["files_sent"].clone(), c["bytes_sent"].clone()), (json!(2), json!(24 * MB + 1_000)), "{c}");
+}
+
+/// A revocation while files' bytes are on their way, some in flight and others waiting their
+/// turn (found by replaying a revocation during a transfer): bob keeps his copies, as after any
+/// revocation, and those whose bytes arrived download whole. Those whose bytes will never come
+/// now answer 404 saying so, not 409 "retry later" for good, as they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_revocation_files_whose_bytes_never_came_say_so() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance_at("bob", PASS, throttled_proxy(app.port, 2 * MB).await);
+    let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
+    let (team, sid) = share_team_folder(&app, &alice, &ta, &bob).await;
+    shared_team(&bob, &tb).await;
+    let mut files = Vec::new();
+    for n in 0..6u64 {
+        let data = bytes_of(70 + n, 16 * MB);
+        upload(&alice, &ta, &team, &format!("big{n}.bin"), &data).await;
+        files.push((format!("big{n}.bin"), data));
+    }
+    eventually(WAIT, "a large file's transfer to bob runs", || async {
+        let c = content_of_bob(&app, &alice, &sid).await;
+        c["running"] == json!(true) && c["bytes_pending"].as_u64().is_some_and(|b| b >= 16 * MB as u64)
+    })
+    .await;
+    let ts = app.token(&alice, "io.cozy.sharings");
+    let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{sid}/recipients/1"), Some(&ts), None).await;
+    assert!(s == 204 || s == 200, "revoke: {s} {v}");
+
+    // Once the transfers under way end, each file bob keeps is whole, or says its bytes will
+    // not come.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(WAIT);
+    loop {
+        let (mut settled, mut never) = (true, 0);
+        seen.clear();
+        for (name, data) in &files {
+            let path = format!("/Shared with me/Team/{name}");
+            let resp = bob.req(Method::GET, &format!("/files/download?Path={}", enc(&path)), Some(&tb)).send().await;
+            let resp = resp.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap();
+            let said = String::from_utf8_lossy(&body).into_owned();
+            if status == 200 && body.as_ref() == data.as_slice() {
+                // Whole.
+            } else if status == 404 && said.contains("no active sharing brings it") {
+                never += 1;
+            } else {
+                settled = false;
+            }
+            seen.push(format!("{name}: {status} {}", if status == 200 { "(bytes)" } else { said.as_str() }));
+        }
+        if settled && never > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "bob's files after the revocation: {seen:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

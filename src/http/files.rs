@@ -627,7 +627,7 @@ async fn download_by_id(inst: Inst, req: HttpRequest) -> ApiResult<HttpResponse>
     let caller = Caller::of(&inst, &req).await?;
     let files = files_of(&req, &inst).await?;
     let item = files.get(&id_param(&req)?).await?;
-    serve(&files, &caller, &req, item).await
+    serve(&inst, &files, &caller, &req, item).await
 }
 
 /// `GET /files/download?Path=/a/b.txt` — the content, by path.
@@ -637,7 +637,7 @@ async fn download_by_path(inst: Inst, req: HttpRequest) -> ApiResult<HttpRespons
     let q = Query::of_single(&req)?;
     let p = q.get("Path").ok_or_else(|| ApiError::bad_request("Path is required"))?;
     let item = caller.at_path(&files, p).await?;
-    serve(&files, &caller, &req, item).await
+    serve(&inst, &files, &caller, &req, item).await
 }
 
 /// The one byte range of a `Range: bytes=…` header (RFC 9110 §14.1.2), as `start..end`;
@@ -706,11 +706,43 @@ pub const DOWNLOAD_CSP: &str =
 pub const CONTENT_PENDING: &str =
     "this file's content has not arrived on this instance yet (a sharing is still transferring it): retry later";
 
+/// The reason of the 404 a download answers for a file whose content is not here and that no
+/// active sharing brings: one received by a sharing that ended (revoked, or left) before its
+/// bytes arrived. Never "retry later" for bytes nothing will deliver.
+pub const CONTENT_NEVER_ARRIVED: &str =
+    "this file's content is not on this instance, and no active sharing brings it (the sharing that brought the \
+     file ended before its bytes arrived)";
+
+/// Why the content of `item` (a file) is not here: still on its way (409 [`CONTENT_PENDING`])
+/// when an active sharing of files has the file or one of its ancestors as its shared root,
+/// or when it is in the trash (a dissociated copy takes the bytes of its version through the
+/// sharing it left) while one is active; else it will not come (404 [`CONTENT_NEVER_ARRIVED`]).
+async fn content_missing(inst: &Inst, item: &Item) -> ApiError {
+    let sharings = match crate::sharing::list(inst.0.store.as_ref()).await {
+        Ok(s) => s,
+        Err(e) => return e.into(),
+    };
+    let mut roots = sharings
+        .iter()
+        .filter(|s| s.active)
+        .flat_map(|s| s.rules.iter())
+        .filter(|r| r.doctype == files::DOCTYPE && !r.local)
+        .flat_map(|r| r.values.iter())
+        .peekable();
+    let any = roots.peek().is_some();
+    let under = roots.any(|root| item.lineage().any(|id| id == root));
+    if under || (any && item.trashed()) {
+        ApiError::ConflictWith(CONTENT_PENDING.into())
+    } else {
+        ApiError::NotFound(CONTENT_NEVER_ARRIVED.into())
+    }
+}
+
 /// Streams a file's content: `ETag` (its MD5), 304 for a matching `If-None-Match`, 206 with
 /// `Content-Range` for one satisfiable `Range` (honoured only when `If-Range`, if any, names
 /// the current ETag), 416 for an unsatisfiable one, `Content-Disposition` inline (attachment
 /// with `Dl=1`). `HEAD` answers the same status and headers without reading the content.
-async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) -> ApiResult<HttpResponse> {
+async fn serve(inst: &Inst, files: &Files, caller: &Caller, req: &HttpRequest, item: Item) -> ApiResult<HttpResponse> {
     caller.check(Verb::Get, item.lineage())?;
     if item.kind() != Kind::File {
         return Err(ApiError::bad_request("a directory has no content to download"));
@@ -764,21 +796,22 @@ async fn serve(files: &Files, caller: &Caller, req: &HttpRequest, item: Item) ->
         // The headers a GET would have, `Content-Length` included, and no body: the content is
         // only looked up, not read (a file whose content has not arrived answers as GET does).
         if files.content.size(&key).await.map_err(FilesError::Content)?.is_none() {
-            return Err(ApiError::ConflictWith(CONTENT_PENDING.into()));
+            return Err(content_missing(inst, &item).await);
         }
         return Ok(resp.body(actix_web::body::SizedStream::new(
             len,
             futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let stream = files.content.read(&key, range.clone()).await.map_err(|e| match e {
+    let stream = match files.content.read(&key, range.clone()).await {
+        Ok(stream) => stream,
         // A file received by sharing before its content (or whose content is lost): never
         // served as if complete, never a 5xx.
-        files::ContentError::NotFound => {
+        Err(files::ContentError::NotFound) => {
             tracing::debug!(file = %item.id, content = %key, "download of a file whose content is not here");
-            ApiError::ConflictWith(CONTENT_PENDING.into())
+            return Err(content_missing(inst, &item).await);
         }
-        e => FilesError::Content(e).into(),
-    })?;
+        Err(e) => return Err(FilesError::Content(e).into()),
+    };
     Ok(resp.body(actix_web::body::SizedStream::new(len, stream)))
 }
