@@ -56,14 +56,31 @@ async fn content_of_bob(app: &TestApp, alice: &TestInstance, sid: &str) -> Value
     v["data"]["attributes"]["members"][1]["content"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
+/// alice's "Team" folder shared with bob, whose instance alice reaches through
+/// [`throttled_proxy`] at 2 MB/s; `ta`, `tb`: their files tokens, `sid`: the sharing.
+struct Team {
+    app: TestApp,
+    alice: TestInstance,
+    bob: TestInstance,
+    ta: String,
+    tb: String,
+    team: String,
+    sid: String,
+}
+
+async fn team_shared_through_a_slow_proxy() -> Team {
     let app = spawn_app().await;
     let alice = app.add_instance("alice", PASS);
     let bob = app.add_instance_at("bob", PASS, throttled_proxy(app.port, 2 * MB).await);
     let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
     let (team, sid) = share_team_folder(&app, &alice, &ta, &bob).await;
     shared_team(&bob, &tb).await;
+    Team { app, alice, bob, ta, tb, team, sid }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
+    let Team { app, alice, bob, ta, tb, team, sid } = team_shared_through_a_slow_proxy().await;
 
     // A 24 MB file (12 s at 2 MB/s), then once its transfer runs, a small one.
     let (big, small) = (bytes_of(1, 24 * MB), bytes_of(2, 1_000));
@@ -100,12 +117,7 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
 /// now answer 404 saying so, not 409 "retry later" for good, as they did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_revocation_files_whose_bytes_never_came_say_so() {
-    let app = spawn_app().await;
-    let alice = app.add_instance("alice", PASS);
-    let bob = app.add_instance_at("bob", PASS, throttled_proxy(app.port, 2 * MB).await);
-    let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
-    let (team, sid) = share_team_folder(&app, &alice, &ta, &bob).await;
-    shared_team(&bob, &tb).await;
+    let Team { app, alice, bob, ta, tb, team, sid } = team_shared_through_a_slow_proxy().await;
     let mut files = Vec::new();
     for n in 0..6u64 {
         let data = bytes_of(70 + n, 16 * MB);
