@@ -722,16 +722,12 @@ async fn content_missing(inst: &Inst, item: &Item) -> ApiError {
         Ok(s) => s,
         Err(e) => return e.into(),
     };
-    let mut roots = sharings
-        .iter()
-        .filter(|s| s.active)
-        .flat_map(|s| s.rules.iter())
+    let roots: Vec<&String> = (sharings.iter().filter(|s| s.active).flat_map(|s| s.rules.iter()))
         .filter(|r| r.doctype == files::DOCTYPE && !r.local)
         .flat_map(|r| r.values.iter())
-        .peekable();
-    let any = roots.peek().is_some();
-    let under = roots.any(|root| item.lineage().any(|id| id == root));
-    if under || (any && item.trashed()) {
+        .collect();
+    let under = item.lineage().any(|id| roots.iter().any(|root| *root == id));
+    if under || (!roots.is_empty() && item.trashed()) {
         ApiError::ConflictWith(CONTENT_PENDING.into())
     } else {
         ApiError::NotFound(CONTENT_NEVER_ARRIVED.into())

@@ -123,14 +123,7 @@ pub async fn files_for_batch(
     let Some(docs) = request.docs.iter().find_map(|(d, docs)| (d.as_str() == FILES_DOCTYPE).then_some(docs)) else {
         return Ok(None);
     };
-    #[cfg(debug_assertions)]
-    let injected = injected_files_failure(docs);
-    #[cfg(not(debug_assertions))]
-    let injected: std::result::Result<(), crate::files::FilesError> = {
-        let _ = docs;
-        Ok(())
-    };
-    let opened = match injected {
+    let opened = match injected_files_failure(docs) {
         Ok(()) => registry.of(inst).await,
         Err(e) => Err(e),
     };
@@ -420,6 +413,11 @@ fn injected_files_failure(docs: &[&RawValue]) -> std::result::Result<(), crate::
     {
         return Err(crate::files::FilesError::Internal(anyhow::anyhow!("{FAIL_FILES_FOR_A_REMOVAL_ONCE} is set")));
     }
+    Ok(())
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_files_failure(_: &[&RawValue]) -> std::result::Result<(), crate::files::FilesError> {
     Ok(())
 }
 
