@@ -69,6 +69,9 @@ const DESCENDANTS: &str = "WITH RECURSIVE down(id, depth) AS (
 
 /// Feed rows read per catch-up step.
 const CATCH_UP_BATCH: usize = 500;
+
+/// The most ids a lookup may name to run on the caller's thread ([`Index::with_point`]).
+const POINT_READ_KEYS: usize = 16;
 /// Deepest tree walked up from a node; deeper chains (or cycles, which concurrent moves on two
 /// replicas can make) have no path.
 pub const MAX_DEPTH: i64 = 512;
@@ -135,9 +138,25 @@ impl Index {
         .map_err(internal)?
     }
 
+    /// [`Index::with`] for a read of a few rows by key: run on the caller's thread when the
+    /// connection is free at once (tens of microseconds, less than the two thread hand-overs of
+    /// a trip to the blocking pool), else on the pool, never waiting for the lock here.
+    async fn with_point<T: Send + 'static>(
+        &self,
+        point: bool,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, FilesError> {
+        if point {
+            if let Ok(mut conn) = self.conn.try_lock() {
+                return f(&mut conn).map_err(internal);
+            }
+        }
+        self.with(f).await
+    }
+
     /// The feed sequence the index reflects.
     pub async fn seq(&self) -> Result<u64, FilesError> {
-        self.with(|c| meta(c, "seq")).await
+        self.with_point(true, |c| meta(c, "seq")).await
     }
 
     /// Starts over from sequence 0 (the store was replaced or emptied under the index).
@@ -165,7 +184,7 @@ impl Index {
     }
 
     async fn catch_up_locked(&self, store: &dyn Store, doctype: &Doctype) -> Result<(u64, u64), FilesError> {
-        let (mut since, mut used) = self.with(|c| Ok((meta(c, "seq")?, meta(c, "bytes")?))).await?;
+        let (mut since, mut used) = self.with_point(true, |c| Ok((meta(c, "seq")?, meta(c, "bytes")?))).await?;
         loop {
             let q = ChangesQuery { since, limit: Some(CATCH_UP_BATCH), include_docs: true, ..Default::default() };
             let changes = store.changes(doctype, &q).await?;
@@ -251,7 +270,7 @@ impl Index {
     /// woken, then the task) cost more than the lookups.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, FilesError> {
         let ids = ids.to_vec();
-        self.with(move |c| {
+        self.with_point(ids.len() <= POINT_READ_KEYS, move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT id, dir_id, name, kind, size, vfs_id, trashed FROM nodes WHERE id = ?1")?;
             ids.iter().map(|id| stmt.query_row(params![id], entry).optional()).collect()
@@ -264,7 +283,10 @@ impl Index {
     /// writes it) is one name.
     pub async fn child_named(&self, dir: &str, name: &str, except: Option<&str>) -> Result<Option<Entry>, FilesError> {
         let (dir, name, except) = (dir.to_owned(), model::name_key(name), except.unwrap_or_default().to_owned());
-        self.with(move |c| c.prepare_cached(CHILD_NAMED)?.query_row(params![dir, name, except], entry).optional()).await
+        self.with_point(true, move |c| {
+            c.prepare_cached(CHILD_NAMED)?.query_row(params![dir, name, except], entry).optional()
+        })
+        .await
     }
 
     /// Children of `dir` ordered by (name, id), after `after` (exclusive), at most `limit`.
