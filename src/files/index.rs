@@ -146,12 +146,20 @@ impl Index {
         point: bool,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, FilesError> {
-        if point {
-            if let Ok(mut conn) = self.conn.try_lock() {
-                return f(&mut conn).map_err(internal);
-            }
-        }
-        self.with(f).await
+        let ran = match point {
+            true => match self.conn.try_lock() {
+                Ok(mut conn) => Ok(f(&mut conn).map_err(internal)),
+                Err(_) => Err(f),
+            },
+            false => Err(f),
+        };
+        let out = match ran {
+            Ok(out) => out,
+            Err(f) => return self.with(f).await,
+        };
+        // A loop of lookups gives its thread back now and then (tokio's task budget).
+        tokio::task::coop::consume_budget().await;
+        out
     }
 
     /// The feed sequence the index reflects.
@@ -167,7 +175,9 @@ impl Index {
     /// Applies every change of the feed after the index's sequence; returns the new sequence
     /// and the bytes of every file in the index then (trashed ones too, as in Cozy), kept up to
     /// date by each catch-up and read with the sequence: a catch-up with nothing to apply, as
-    /// at most requests, costs two hand-overs to the blocking pool.
+    /// at most requests, costs the index's sequence, read on the calling thread when nothing
+    /// holds the index, and the store's answer that nothing is new (on SQLite, a read of its
+    /// counter on the calling thread when a reader connection is idle).
     ///
     /// `used` is set to those bytes before another catch-up can run: concurrent ones store
     /// theirs in the order they ran, the last one's last.
@@ -265,9 +275,10 @@ impl Index {
         Ok(self.get_many(&[id.to_owned()]).await?.pop().flatten())
     }
 
-    /// [`Index::get`] of each id, in order, in one hand-over to the blocking pool: the status
-    /// of a sharing counts its files at each request, and one hand-over per file (a thread
-    /// woken, then the task) cost more than the lookups.
+    /// [`Index::get`] of each id, in order, in one read: on the calling thread for a few ids
+    /// ([`Index::with_point`]), else in one hand-over to the blocking pool. The status of a
+    /// sharing counts its files at each request, and one hand-over per file (a thread woken,
+    /// then the task) cost more than the lookups.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Entry>>, FilesError> {
         let ids = ids.to_vec();
         self.with_point(ids.len() <= POINT_READ_KEYS, move |c| {

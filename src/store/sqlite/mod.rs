@@ -138,6 +138,28 @@ const MAX_IDLE_READERS: usize = 4;
 /// The most documents a read may name to run on the caller's thread ([`SqliteStore::read_point`]).
 const POINT_READ_KEYS: usize = 16;
 
+/// The most bytes of stored bodies a read may load to run on the caller's thread (parsing a
+/// body costs about its size in time): larger ones go to the blocking pool.
+const POINT_READ_BYTES: u64 = 64 * 1024;
+
+/// For [`SqliteStore::read_point`]: a read that loads no body.
+fn no_bodies(_: &Connection) -> Result<u64, StoreError> {
+    Ok(0)
+}
+
+/// For [`SqliteStore::read_point`]: the bytes of the stored bodies of every leaf of documents
+/// `ids` of `doctype`, `times` over (a read may name a revision several times).
+fn leaf_bodies(conn: &Connection, doctype: &str, ids: &[&str], times: usize) -> Result<u64, StoreError> {
+    let ids = serde_json::to_string(ids).map_err(internal)?;
+    let bytes: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(length(body)), 0) FROM bodies
+             WHERE doctype = ?1 AND id IN (SELECT value FROM json_each(?2))",
+        )?
+        .query_row(params![doctype, ids], |r| r.get(0))?;
+    Ok((bytes.max(0) as u64).saturating_mul(times.max(1) as u64))
+}
+
 pub struct SqliteStore {
     inner: Arc<Inner>,
 }
@@ -193,12 +215,22 @@ impl Inner {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let out = conn.unchecked_transaction().map_err(StoreError::from).and_then(|tx| f(&tx));
+        self.give_back(conn);
+        out
+    }
+
+    /// Whether an idle reader connection is in the pool now (a point read would run inline).
+    fn reader_idle(&self) -> bool {
+        self.readers.lock().is_ok_and(|pool| !pool.is_empty())
+    }
+
+    /// Puts an idle reader connection back in the pool, unless it is full.
+    fn give_back(&self, conn: Connection) {
         if let Ok(mut pool) = self.readers.lock() {
             if pool.len() < MAX_IDLE_READERS {
                 pool.push(conn);
             }
         }
-        out
     }
 }
 
@@ -460,22 +492,47 @@ impl SqliteStore {
     }
 
     /// A read of a few rows by key ([`POINT_READ_KEYS`] documents at most, which the caller
-    /// vouches for with `point`): run on the caller's thread when an idle reader connection is
-    /// there, else as [`SqliteStore::read`]. It takes tens of microseconds, less than the two
-    /// thread hand-overs of a trip to the blocking pool (a thread woken for it, then the task:
-    /// the receiving end of a files sharing made about eight such reads per file). WAL lets a
-    /// reader run alongside the writer without waiting for it.
-    async fn read_point<T, F>(&self, point: bool, f: F) -> Result<T, StoreError>
+    /// vouches for with `point`) whose stored bodies, as `bytes` counts them in the same
+    /// snapshot, come to at most [`POINT_READ_BYTES`]: run on the caller's thread when an idle
+    /// reader connection is there, else as [`SqliteStore::read`]. It takes tens of
+    /// microseconds, less than the two thread hand-overs of a trip to the blocking pool (a
+    /// thread woken for it, then the task: the receiving end of a files sharing made about
+    /// eight such reads per file). WAL lets a reader run alongside the writer without waiting
+    /// for it. A loop of such reads gives its thread back now and then (tokio's task budget),
+    /// and a panic in `f` is an internal error, as from the pool.
+    async fn read_point<T, F>(
+        &self,
+        point: bool,
+        bytes: impl FnOnce(&Connection) -> Result<u64, StoreError>,
+        f: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        if point {
-            if let Some(conn) = self.inner.pooled_reader()? {
-                return self.inner.read_with(conn, f);
-            }
+        let conn = if point { self.inner.pooled_reader()? } else { None };
+        let Some(conn) = conn else { return self.read(f).await };
+        let mut f = Some(f);
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let out = (|| {
+                let tx = conn.unchecked_transaction()?;
+                if bytes(&tx)? > POINT_READ_BYTES {
+                    return Ok(None);
+                }
+                let f = f.take().ok_or_else(|| internal(anyhow::anyhow!("a point read ran twice")))?;
+                f(&tx).map(Some)
+            })();
+            self.inner.give_back(conn);
+            out
+        }));
+        tokio::task::coop::consume_budget().await;
+        match (ran, f) {
+            (Ok(Ok(Some(out))), _) => Ok(out),
+            (Ok(Ok(None)), Some(f)) => self.read(f).await,
+            (Ok(Err(e)), _) => Err(e),
+            (Ok(Ok(None)), None) => Err(internal(anyhow::anyhow!("a point read lost its read"))),
+            (Err(_), _) => Err(internal(anyhow::anyhow!("a read panicked"))),
         }
-        self.read(f).await
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -710,16 +767,26 @@ mod tests {
 
     /// A read of a few documents by key runs on the calling thread once a reader connection is
     /// idle (no trip to the blocking pool), and sees what was acknowledged before it; a read
-    /// of more keys, or with no idle reader, goes to the pool.
+    /// of more keys or larger bodies, or with no idle reader, goes to the pool; a panic in a
+    /// read is an internal error.
     #[tokio::test]
     async fn point_reads_run_where_they_are_called_and_see_every_acknowledged_write() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(&dir.path().join("db.sqlite"), 1000).expect("open");
         let here = std::thread::current().id();
-        let thread = |point: bool| store.read_point(point, |_| Ok(std::thread::current().id()));
-        assert_ne!(thread(true).await.expect("first read"), here, "no reader was idle: the pool opened one");
-        assert_eq!(thread(true).await.expect("point read"), here);
-        assert_ne!(thread(false).await.expect("scan"), here);
+        let thread =
+            |point: bool, bytes: u64| store.read_point(point, move |_| Ok(bytes), |_| Ok(std::thread::current().id()));
+        assert_ne!(thread(true, 0).await.expect("first read"), here, "no reader was idle: the pool opened one");
+        assert_eq!(thread(true, 0).await.expect("point read"), here);
+        assert_eq!(thread(true, POINT_READ_BYTES).await.expect("point read of bodies"), here);
+        assert_ne!(
+            thread(true, POINT_READ_BYTES + 1).await.expect("large bodies"),
+            here,
+            "large bodies go to the pool"
+        );
+        assert_ne!(thread(false, 0).await.expect("scan"), here);
+        let panicked = store.read_point(true, no_bodies, |_| -> Result<(), StoreError> { panic!("in a read") }).await;
+        assert!(matches!(panicked, Err(StoreError::Internal(_))), "{panicked:?}");
 
         let t = Doctype::parse("io.hearth.notes").expect("doctype");
         for i in 0..20 {

@@ -33,7 +33,9 @@ impl Store for SqliteStore {
 
     async fn get(&self, doctype: &Doctype, id: &DocId, opts: GetOptions) -> Result<DocView, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
-        self.read_point(true, move |conn| {
+        let (of, key) = (doctype.clone(), id.as_str().to_owned());
+        let bytes = move |conn: &Connection| leaf_bodies(conn, &of, &[&key], 1);
+        self.read_point(true, bytes, move |conn| {
             let row = load_doc(conn, &doctype, id.as_str())?.ok_or(StoreError::NotFound)?;
             let rev = requested_rev(&row.tree, opts.rev.clone())?;
             let doc = doc_rev(conn, &doctype, &id, &row.tree, &rev, opts.revs)?.ok_or(StoreError::NotFound)?;
@@ -50,7 +52,15 @@ impl Store for SqliteStore {
         latest: bool,
     ) -> Result<Vec<OpenRev>, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.clone());
-        self.read_point(true, move |conn| open_revs_in(conn, &doctype, &id, revs, latest)).await
+        // Each revision named is read (and parsed) once per time it is named.
+        let times = match &revs {
+            OpenRevs::All => 1,
+            OpenRevs::Some(named) => named.len(),
+        };
+        let (of, key) = (doctype.clone(), id.as_str().to_owned());
+        let bytes = move |conn: &Connection| leaf_bodies(conn, &of, &[&key], times);
+        self.read_point(times <= POINT_READ_KEYS, bytes, move |conn| open_revs_in(conn, &doctype, &id, revs, latest))
+            .await
     }
 
     async fn open_revs_many(
@@ -59,7 +69,7 @@ impl Store for SqliteStore {
         wanted: Vec<(DocId, Vec<Rev>)>,
     ) -> Result<Vec<(DocId, Vec<OpenRev>)>, StoreError> {
         let doctype = doctype.as_str().to_owned();
-        self.read_point(wanted.len() <= POINT_READ_KEYS, move |conn| {
+        self.read(move |conn| {
             wanted
                 .into_iter()
                 .map(|(id, revs)| Ok((id.clone(), open_revs_in(conn, &doctype, &id, OpenRevs::Some(revs), false)?)))
@@ -117,10 +127,10 @@ impl Store for SqliteStore {
         // Nothing after `since` (the doctype's counter, which numbered every row, is not past
         // it): answered by a point read, without a trip to the blocking pool. Most catch-ups of
         // the files index, one or two per request on files, find nothing.
-        if query.limit != Some(0) {
+        if query.limit != Some(0) && self.inner.reader_idle() {
             let probe = doctype.clone();
             let last: Option<i64> = self
-                .read_point(true, move |conn| {
+                .read_point(true, no_bodies, move |conn| {
                     Ok(conn
                         .prepare_cached("SELECT last_seq FROM doctypes WHERE doctype = ?1")?
                         .query_row(params![probe], |r| r.get(0))
@@ -227,7 +237,7 @@ impl Store for SqliteStore {
         revs: BTreeMap<DocId, Vec<Rev>>,
     ) -> Result<BTreeMap<DocId, RevsDiff>, StoreError> {
         let doctype = doctype.as_str().to_owned();
-        self.read_point(revs.len() <= POINT_READ_KEYS, move |conn| {
+        self.read_point(revs.len() <= POINT_READ_KEYS, no_bodies, move |conn| {
             let mut out = BTreeMap::new();
             for (id, wanted) in revs {
                 let (missing, possible_ancestors) = match load_doc(conn, &doctype, id.as_str())? {
@@ -249,7 +259,14 @@ impl Store for SqliteStore {
     async fn all_docs(&self, doctype: &Doctype, query: &AllDocsQuery) -> Result<AllDocs, StoreError> {
         let doctype = doctype.as_str().to_owned();
         let query = query.clone();
-        self.read_point(query.keys.as_ref().is_some_and(|k| k.len() <= POINT_READ_KEYS), move |conn| {
+        let keys: Vec<String> = query.keys.iter().flatten().map(|k| k.as_str().to_owned()).collect();
+        let (of, include_docs) = (doctype.clone(), query.include_docs);
+        let bytes = move |conn: &Connection| match include_docs {
+            true => leaf_bodies(conn, &of, &keys.iter().map(String::as_str).collect::<Vec<_>>(), 1),
+            false => Ok(0),
+        };
+        let point = query.keys.as_ref().is_some_and(|k| k.len() <= POINT_READ_KEYS);
+        self.read_point(point, bytes, move |conn| {
             let total: i64 = conn
                 .prepare_cached("SELECT doc_count FROM doctypes WHERE doctype = ?1")?
                 .query_row(params![doctype], |r| r.get(0))
@@ -348,7 +365,15 @@ impl Store for SqliteStore {
 
     async fn get_local(&self, doctype: &Doctype, id: &str) -> Result<LocalDoc, StoreError> {
         let (doctype, id) = (doctype.as_str().to_owned(), id.to_owned());
-        self.read_point(true, move |conn| {
+        let (of, key) = (doctype.clone(), id.clone());
+        let bytes = move |conn: &Connection| -> Result<u64, StoreError> {
+            let n: Option<i64> = conn
+                .prepare_cached("SELECT length(body) FROM locals WHERE doctype = ?1 AND id = ?2")?
+                .query_row(params![of, key], |r| r.get(0))
+                .optional()?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        };
+        self.read_point(true, bytes, move |conn| {
             let row: Option<(i64, Vec<u8>)> = conn
                 .prepare_cached("SELECT rev, body FROM locals WHERE doctype = ?1 AND id = ?2")?
                 .query_row(params![doctype, id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -430,7 +455,7 @@ impl Store for SqliteStore {
         ids: &[DocId],
     ) -> Result<HashMap<DocId, Vec<(Rev, bool)>>, StoreError> {
         let (doctype, ids) = (doctype.as_str().to_owned(), ids.to_vec());
-        self.read_point(ids.len() <= POINT_READ_KEYS, move |conn| {
+        self.read_point(ids.len() <= POINT_READ_KEYS, no_bodies, move |conn| {
             let mut out = HashMap::with_capacity(ids.len());
             for id in ids {
                 if let Some(leaves) = leaves_of(conn, &doctype, id.as_str())? {
@@ -736,7 +761,7 @@ impl Store for SqliteStore {
     ) -> Result<HashMap<DocId, SharedState>, StoreError> {
         let sharing_id = sharing_id.as_str();
         let (sharing_id, doctype, ids) = (sharing_id.to_owned(), doctype.as_str().to_owned(), ids.to_vec());
-        self.read_point(ids.len() <= POINT_READ_KEYS, move |conn| {
+        self.read_point(ids.len() <= POINT_READ_KEYS, no_bodies, move |conn| {
             let mut out = HashMap::new();
             for id in ids {
                 if let Some(st) = shared_row(conn, &sharing_id, &doctype, id.as_str())? {
