@@ -513,25 +513,22 @@ impl SqliteStore {
         let conn = if point { self.inner.pooled_reader()? } else { None };
         let Some(conn) = conn else { return self.read(f).await };
         let mut f = Some(f);
+        // `f` runs only when the bodies are small; otherwise it is still here, for the pool.
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let out = (|| {
-                let tx = conn.unchecked_transaction()?;
-                if bytes(&tx)? > POINT_READ_BYTES {
+            self.inner.read_with(conn, |tx| {
+                if bytes(tx)? > POINT_READ_BYTES {
                     return Ok(None);
                 }
                 let f = f.take().ok_or_else(|| internal(anyhow::anyhow!("a point read ran twice")))?;
-                f(&tx).map(Some)
-            })();
-            self.inner.give_back(conn);
-            out
+                f(tx).map(Some)
+            })
         }));
         tokio::task::coop::consume_budget().await;
-        match (ran, f) {
-            (Ok(Ok(Some(out))), _) => Ok(out),
-            (Ok(Ok(None)), Some(f)) => self.read(f).await,
-            (Ok(Err(e)), _) => Err(e),
-            (Ok(Ok(None)), None) => Err(internal(anyhow::anyhow!("a point read lost its read"))),
-            (Err(_), _) => Err(internal(anyhow::anyhow!("a read panicked"))),
+        match ran {
+            Ok(Ok(Some(out))) => Ok(out),
+            Ok(Ok(None)) => self.read(f.ok_or_else(|| internal(anyhow::anyhow!("a point read lost its read")))?).await,
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(internal(anyhow::anyhow!("a read panicked"))),
         }
     }
 
