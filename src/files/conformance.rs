@@ -39,6 +39,43 @@ pub async fn run(store: &dyn ContentStore) {
     sizes_of_many_keys_answer_each_in_order(store).await;
     objects_larger_than_one_part_stream_through(store).await;
     sizes_around_block_and_alignment_edges_read_back(store).await;
+    objects_put_whole_are_written_only_once_verified(store).await;
+}
+
+/// [`ContentStore::put_verified`]: the check sees every byte, in order; refused, nothing is
+/// readable (and nothing is left to list); accepted, the object reads back byte for byte, at
+/// sizes on both sides of the direct-I/O threshold.
+pub async fn objects_put_whole_are_written_only_once_verified(store: &dyn ContentStore) {
+    for (i, len) in [0usize, 1, 4097, 300_000, 1024 * 1024].into_iter().enumerate() {
+        let data = pattern(len, 40 + i as u64);
+        let mut block = Block::default();
+        for c in data.chunks(8192) {
+            block.push(Bytes::copy_from_slice(c));
+        }
+        let refused = key(&format!("files/ee/whole-refused{i}"));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let saw = seen.clone();
+        let verdict = store
+            .put_verified(
+                &refused,
+                block.clone(),
+                Box::new(move |chunks| {
+                    saw.lock().unwrap().extend(chunks.iter().flat_map(|c| c.iter().copied()));
+                    Err("no".into())
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("put_verified {refused}: {e:?}"));
+        assert_eq!(verdict, Err("no".to_owned()), "the check's refusal comes back");
+        assert!(*seen.lock().unwrap() == data, "the check saw the {len} bytes, in order");
+        assert_eq!(store.size(&refused).await.unwrap(), None, "a refused object of {len} bytes is not there");
+        let accepted = key(&format!("files/ee/whole{i}"));
+        let verdict = store.put_verified(&accepted, block, Box::new(|_| Ok(()))).await;
+        assert_eq!(verdict.unwrap_or_else(|e| panic!("put_verified {accepted}: {e:?}")), Ok(()));
+        assert_eq!(read_all(store, &accepted, None).await, data, "object of {len} bytes put whole");
+        store.delete(&accepted).await.unwrap();
+    }
+    assert!(store.list("files/ee/").await.unwrap().is_empty(), "nothing is left of the objects put whole");
 }
 
 pub async fn written_objects_read_back_byte_for_byte(store: &dyn ContentStore) {

@@ -14,13 +14,14 @@
 //! A cut transfer leaves a temporary object the sweep removes; the version is registered as
 //! being written for the duration, so the sweep never takes it half-way.
 
-use super::content::ContentKey;
+use super::content::{Block, ContentKey};
 use super::index::Entry;
 use super::{internal, version_key, Files, FilesError, Kind, Reserved, Result, Sink, Writing};
 use crate::store::tracking::SharedChange;
 use crate::store::DocId;
 use bytes::Bytes;
 use hearth_replicator::rev::Rev;
+use md5::Digest;
 use std::sync::atomic::Ordering;
 
 /// What this instance needs of one version of a file a member offers.
@@ -52,7 +53,7 @@ impl ContentNeed {
 /// [`Files::finish_received`]. Dropping it discards what was written.
 pub struct ReceivedContent {
     vfs_id: String,
-    sink: Sink,
+    body: Body,
     size: u64,
     expected_size: u64,
     expected_md5: String,
@@ -78,13 +79,41 @@ impl ReceivedContent {
                 self.expected_size
             )));
         }
-        self.sink.push(chunk).await
+        match &mut self.body {
+            Body::Streamed(sink) => sink.push(chunk).await,
+            Body::Whole(_, block) => {
+                block.push(chunk);
+                if block.chunks().len() >= Sink::MAX_CHUNKS {
+                    // A sender of tiny chunks: gathered into one, so the block's list stays short.
+                    let mut one = bytes::BytesMut::with_capacity(block.len());
+                    for c in block.take().into_chunks() {
+                        one.extend_from_slice(&c);
+                    }
+                    block.push(one.freeze());
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Drops what was written (the temporary object goes).
     pub async fn abort(self) {
-        self.sink.writer.abort().await;
+        if let Body::Streamed(sink) = self.body {
+            sink.writer.abort().await;
+        }
     }
+}
+
+/// Where a received version's bytes go until [`Files::finish_received`].
+enum Body {
+    /// To a temporary object as they come, hashed on the way ([`Sink`]): a version larger than
+    /// [`Sink::BLOCK`].
+    Streamed(Sink),
+    /// Kept in memory (at most [`Sink::BLOCK`] bytes, the size of a block a [`Sink`] gathers
+    /// anyway), then checked and written in one go (`ContentStore::put_verified`): no
+    /// temporary object, hashing thread or write task for each of the many small files of a
+    /// folder.
+    Whole(ContentKey, Block),
 }
 
 impl Files {
@@ -384,13 +413,17 @@ impl Files {
             return Ok(None);
         }
         let reserved = self.reserve_received(expected_size).await?;
-        let writer = self.content.create(&key).await?;
+        let body = if expected_size <= Sink::BLOCK as u64 {
+            Body::Whole(key, Block::default())
+        } else {
+            Body::Streamed(Sink::new(self.content.create(&key).await?))
+        };
         // Past its checks: its bytes are arriving (a refused one never was).
         self.arriving.lock().map_err(|_| internal("arriving set poisoned"))?.insert(vfs_id.to_owned());
         let arriving = Writing { set: self.arriving.clone(), vfs_id: vfs_id.to_owned() };
         Ok(Some(ReceivedContent {
             vfs_id: vfs_id.to_owned(),
-            sink: Sink::new(writer),
+            body,
             size: 0,
             expected_size,
             expected_md5,
@@ -459,19 +492,38 @@ impl Files {
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
     pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
-        let ReceivedContent { vfs_id, sink, size, expected_size, expected_md5, reserved, _writing, _arriving } = r;
-        let (digest, writer) = sink.finish().await?;
-        let digest = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
-        if size != expected_size || digest != expected_md5 {
-            writer.abort().await;
-            return Err(FilesError::Precondition(format!(
-                "the content received ({size} bytes, md5 {digest}) is not the file's ({expected_size} bytes, md5 \
-                 {expected_md5}): nothing was kept"
-            )));
-        }
+        let ReceivedContent { vfs_id, body, size, expected_size, expected_md5, reserved, _writing, _arriving } = r;
+        let refused = move |digest: [u8; 16]| {
+            let digest = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
+            (size != expected_size || digest != expected_md5).then(|| {
+                format!(
+                    "the content received ({size} bytes, md5 {digest}) is not the file's ({expected_size} bytes, md5 \
+                     {expected_md5}): nothing was kept"
+                )
+            })
+        };
         // Committed outside the quota lock, so that the commits (fsyncs) of files received at
         // once overlap, and the filesystem folds them into few journal commits.
-        writer.commit().await?;
+        match body {
+            Body::Streamed(sink) => {
+                let (digest, writer) = sink.finish().await?;
+                if let Some(reason) = refused(digest) {
+                    writer.abort().await;
+                    return Err(FilesError::Precondition(reason));
+                }
+                writer.commit().await?;
+            }
+            Body::Whole(key, block) => {
+                let verify = Box::new(move |chunks: &[Bytes]| {
+                    let mut md5 = md5::Md5::new();
+                    for c in chunks {
+                        md5.update(c);
+                    }
+                    refused(md5.finalize().into()).map_or(Ok(()), Err)
+                });
+                self.content.put_verified(&key, block, verify).await?.map_err(FilesError::Precondition)?;
+            }
+        }
         {
             // The bytes go from "being received" (`reserved`, and the version in the writing
             // set, which the quota check skips among the present) to "here" at once.

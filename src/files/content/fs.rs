@@ -418,6 +418,49 @@ impl ContentStore for FsContent {
         }))
     }
 
+    /// The check, the temporary file, its write (direct from [`DIRECT_MIN`] bytes, as a
+    /// writer's), and the commit ([`publish`]) in one task of the blocking pool.
+    async fn put_verified(&self, key: &ContentKey, block: Block, verify: Verify) -> Result<Verdict, ContentError> {
+        let tmp = self.tmp.join(uuid::Uuid::new_v4().simple().to_string());
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(tmp.clone());
+        }
+        let (dest, objects, durable, direct) =
+            (self.path(key), self.objects.clone(), self.durable_dirs.clone(), self.direct);
+        let task_tmp = tmp.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let tmp = task_tmp;
+            if let Err(reason) = verify(block.chunks()) {
+                return Ok(Err(reason));
+            }
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(|e| ContentError::io(e, "failed to create a temporary file"))?;
+            let len = block.len() as u64;
+            let written = if direct {
+                DirectWriter::new().write(&file, block.chunks(), 0).and_then(|d| d.finish(&file, len))
+            } else {
+                write_all_vectored(&file, block.chunks())
+            };
+            let (moved, outcome) = match written {
+                Ok(()) => publish(&file, &tmp, &dest, &objects, &durable),
+                Err(e) => (false, Err(e)),
+            };
+            if !moved {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            outcome.map(Ok).map_err(|e| ContentError::io(e, "failed to commit content"))
+        })
+        .await
+        .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("a commit task failed: {e}")));
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(&tmp);
+        }
+        outcome?
+    }
+
     async fn read(&self, key: &ContentKey, range: Option<Range<u64>>) -> Result<ContentStream, ContentError> {
         let path = self.path(key);
         let aligned = range.as_ref().is_none_or(|r| r.start % DIRECT_ALIGN as u64 == 0);
@@ -435,8 +478,12 @@ impl ContentStore for FsContent {
         Ok(read_blocks(Arc::new(file), range, direct))
     }
 
+    /// One `stat`, on the calling thread: it reads a directory entry and an inode that are in
+    /// memory but for a cold start (the objects' directories are few and used by every file),
+    /// and a trip to the blocking pool would cost more than the call (two context switches; a
+    /// received file looks twice). [`ContentStore::sizes`] of many keys still goes to the pool.
     async fn size(&self, key: &ContentKey) -> Result<Option<u64>, ContentError> {
-        match tokio::fs::metadata(self.path(key)).await {
+        match std::fs::metadata(self.path(key)) {
             Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ContentError::io(e, "failed to read content metadata")),

@@ -153,6 +153,13 @@ impl Block {
     }
 }
 
+/// The check of [`ContentStore::put_verified`]: given the object's chunks, `Err(reason)` to
+/// refuse them.
+pub type Verify = Box<dyn FnOnce(&[Bytes]) -> Verdict + Send>;
+
+/// What [`Verify`] answers: `Err(reason)` when the bytes are refused (nothing written).
+pub type Verdict = Result<(), String>;
+
 /// One object being written. Nothing is readable under its key before [`ContentWriter::commit`]
 /// returns; dropping the writer (a cut connection) or [`ContentWriter::abort`] discards it.
 #[async_trait]
@@ -178,6 +185,30 @@ pub trait ContentStore: Send + Sync + 'static {
     /// Starts writing the object `key`. Keys are fresh for each object: committing over an
     /// existing key is not supported (hearth never does it).
     async fn create(&self, key: &ContentKey) -> Result<Box<dyn ContentWriter>, ContentError>;
+
+    /// Writes the object `key` whole, from `block` (bytes already in memory), if `verify`
+    /// accepts them: `verify` runs first, on a thread where blocking is allowed, and when it
+    /// answers `Err(reason)` nothing is written and the reason comes back (`Ok(Err(reason))`).
+    /// Otherwise the object is committed as by a writer ([`ContentWriter::commit`]): durable and
+    /// readable under its key, atomically. For objects that arrive whole before they are
+    /// checked (a received file of at most one block, `files::received`): the filesystem does
+    /// the check, the write and the commit in one task of the blocking pool, where a writer
+    /// takes one hand-over for its creation, one per write and one for its commit.
+    async fn put_verified(&self, key: &ContentKey, block: Block, verify: Verify) -> Result<Verdict, ContentError> {
+        let (block, verdict) = tokio::task::spawn_blocking(move || {
+            let verdict = verify(block.chunks());
+            (block, verdict)
+        })
+        .await
+        .map_err(|e| ContentError::Unavailable(anyhow::anyhow!("a check task failed: {e}")))?;
+        if verdict.is_err() {
+            return Ok(verdict);
+        }
+        let mut writer = self.create(key).await?;
+        writer.write_block(block).await?;
+        writer.commit().await?;
+        Ok(Ok(()))
+    }
 
     /// The object's bytes, or those in `range` (end exclusive, clamped to the object's size).
     /// `NotFound` for an unknown key, `BadRange` for a range starting at or past the end of a
