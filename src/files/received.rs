@@ -194,7 +194,7 @@ impl Files {
     }
 
     /// Whether the object of each key is in the content store, in order (one call for all).
-    async fn present(&self, keys: &[ContentKey]) -> Result<Vec<bool>> {
+    pub(super) async fn present(&self, keys: &[ContentKey]) -> Result<Vec<bool>> {
         let sizes = self.content.sizes(keys).await?;
         if sizes.len() != keys.len() {
             return Err(internal(&format!("the content store answered {} sizes for {} keys", sizes.len(), keys.len())));

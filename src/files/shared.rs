@@ -85,11 +85,32 @@
 //! item left, whatever a member answers: a file moved out on the sender is offered only while
 //! it is still at the revision it left at, a dissociated copy only while it is as it was made
 //! (`Files::offered_versions`).
+//!
+//! # A sharing that ends takes back the files whose bytes never came
+//!
+//! Cozy creates the document of a shared file only with its content, so a Cozy user never sees
+//! a file that cannot be opened. Here the document comes first and the bytes follow
+//! (`files::received`), so when a sharing ends on an instance (revoked by the owner, left by a
+//! member, for everyone or for the last member) the files of it whose bytes never arrived
+//! would stay in the tree for good, each download a 404. They go to the trash instead, as any
+//! trashed file does ([`Files::trash_contentless`]: `trashed`, `restore_path` where they were):
+//! never destroyed, so the user can still restore or destroy them. The rest of the copy stays
+//! (Cozy's rule: members keep their copies). `sharing::ended` picks the candidates from the
+//! sharing's feed when it ends, before the feed is forgotten, and keeps a durable record so it
+//! happens once per (instance, sharing); here, each candidate is judged twice, when picked
+//! ([`Files::contentless`]: bytes being received, or absent) and again under the write lock
+//! just before it moves, each time looking whether its bytes are being received *before*
+//! looking whether they are here (the other order would miss a reception that commits in
+//! between, and take a file whose bytes just landed for one without), and it moves only when it is
+//! still a file outside the trash, under no root the caller keeps (another live sharing
+//! holds it: its bytes may come that way), whose bytes are neither being received nor here.
+//! Directories never move this way.
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;
 use serde_json::json;
 
+use super::content::ContentKey;
 use super::index;
 use super::model::{self, Kind};
 use super::{child_path, doctype, Files, FilesError, Result, TRASH_ID, TRASH_NAME};
@@ -322,6 +343,80 @@ impl Files {
         let written = self.write_new(&copy, None, false, body).await?;
         self.sync().await?;
         Ok(written.then_some(copy))
+    }
+
+    /// Whether version `vfs_id` is being received here now, or written at all (a reception
+    /// between its checks and [`Files::arriving`], an upload): a lock that cannot be read
+    /// says yes (nothing moves on a doubt).
+    fn receiving(&self, vfs_id: &str) -> bool {
+        self.arriving(vfs_id) || self.writing.lock().map_or(true, |w| w.contains(vfs_id))
+    }
+
+    /// Of `ids`, the files (outside the trash) whose current version's bytes are being
+    /// received, or else are not here (looked at in that order, see "A sharing that ends" in
+    /// the module docs), in the order given: the candidates of [`Files::trash_contentless`],
+    /// which judges them again (one being received may yet fail).
+    pub async fn contentless(&self, ids: &[String]) -> Result<Vec<String>> {
+        self.sync().await?;
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let entries = self.index.get_many(chunk).await?;
+            let mut files: Vec<(String, Option<ContentKey>)> = Vec::new();
+            for (id, e) in chunk.iter().zip(entries) {
+                let Some(e) = e.filter(|e| e.kind == Kind::File && !e.trashed) else { continue };
+                let Some(vfs_id) = e.vfs_id else { continue };
+                let Some(key) = super::version_key(&vfs_id) else { continue };
+                files.push((id.clone(), (!self.receiving(&vfs_id)).then_some(key)));
+            }
+            let keys: Vec<ContentKey> = files.iter().filter_map(|(_, k)| k.clone()).collect();
+            let mut here = self.present(&keys).await?.into_iter();
+            for (id, key) in files {
+                if key.is_none() || !here.next().unwrap_or(true) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves to the trash each of `ids` that is, judged again under the write lock, a file
+    /// outside the trash, under none of the directories `keep_under`, whose current version's
+    /// bytes are neither being received nor here (see "A sharing that ends" in the module
+    /// docs). Answers what moved, and the ids kept only because their bytes were being
+    /// received (their reception may still fail: the caller looks at them again once it
+    /// ended). A file changed meanwhile by someone else (a conflict) stays: it is theirs now.
+    pub async fn trash_contentless(&self, ids: &[String], keep_under: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+        let (mut moved, mut receiving) = (Vec::new(), Vec::new());
+        for id in ids {
+            let _lock = self.writes.lock().await;
+            self.sync().await?;
+            let item = match self.load(id).await {
+                Ok(item) => item,
+                Err(FilesError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if item.kind() != Kind::File || item.trashed() || item.lineage().any(|a| keep_under.iter().any(|k| k == a))
+            {
+                continue;
+            }
+            let Some(vfs_id) = item.ancestry.first().and_then(|e| e.vfs_id.clone()) else { continue };
+            let Some(key) = super::version_key(&vfs_id) else { continue };
+            if self.receiving(&vfs_id) {
+                receiving.push(id.clone());
+                continue;
+            }
+            if self.content.size(&key).await?.is_some() {
+                continue;
+            }
+            let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
+            match self.trash_locked(&item, &restore_path).await {
+                Ok(()) => moved.push(id.clone()),
+                Err(FilesError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.sync().await?;
+        Ok((moved, receiving))
     }
 
     /// On the owner, after a member's version of `id` was written: settles it by the conflict
