@@ -45,8 +45,8 @@ impl Core {
         let registry = Arc::new(Registry::open(config.clone())?);
         let federation = Arc::new(Federation::new(&config)?);
         let sync = Arc::new(SyncManager::default());
-        let sharing = Arc::new(sharing::Context::new(config.clone(), federation, sync.clone()));
         let files = Arc::new(crate::files::FilesRegistry::new(&config)?);
+        let sharing = Arc::new(sharing::Context::new(config.clone(), federation, sync.clone(), files.clone()));
         let content = Arc::new(ContentSender::new(&config.replication));
         Ok(Core { config, registry, sharing, sync, files, content })
     }
@@ -128,6 +128,11 @@ impl Application {
             if let Err(e) = crate::sharing::receive::replay_follow_ups(&inst, &files).await {
                 tracing::error!(instance = %inst.domain, error = ?e, "replaying the follow-ups of received files failed");
             }
+            // Sharings that ended before a stop let them move their files whose bytes never
+            // arrived to the trash (`sharing::ended`).
+            if let Err(e) = crate::sharing::ended::complete(&sharing, &inst).await {
+                tracing::error!(instance = %inst.domain, error = %e, "completing the ends of sharings failed");
+            }
         }
         let cancel = CancellationToken::new();
         tokio::spawn(outbox::run(registry.clone(), sharing.clone(), sync.clone(), cancel.clone()));
@@ -148,6 +153,7 @@ impl Application {
             std::time::Duration::from_millis(config.replication.retry_max_ms.max(1)),
             cancel.clone(),
         ));
+        tokio::spawn(crate::sharing::ended::run_retries(registry.clone(), sharing.clone(), cancel.clone()));
         tokio::spawn(crate::files::run_sweeps(
             registry.clone(),
             files,

@@ -708,7 +708,9 @@ pub const CONTENT_PENDING: &str =
 
 /// The reason of the 404 a download answers for a file whose content is not here and that no
 /// active sharing brings: one received by a sharing that ended (revoked, or left) before its
-/// bytes arrived. Never "retry later" for bytes nothing will deliver.
+/// bytes arrived. Never "retry later" for bytes nothing will deliver. Such a file goes to the
+/// trash when the sharing ends (`sharing::ended`); this still answers for one the user restored
+/// from there, or one whose bytes were lost.
 pub const CONTENT_NEVER_ARRIVED: &str =
     "this file's content is not on this instance, and no active sharing brings it (the sharing that brought the \
      file ended before its bytes arrived)";

@@ -6,6 +6,7 @@
 //! are optimistic (the current revision is the parent; a concurrent writer makes us re-read and
 //! re-apply), which is also what makes single-use invitation states safe under races.
 
+pub mod ended;
 pub mod invitations;
 pub mod links;
 pub mod mail;
@@ -86,24 +87,38 @@ pub struct Context {
     /// Permits for the fetch-backs unauthenticated sharing requests cause (see [`request`]):
     /// at most [`request::MAX_CONCURRENT_FETCHES`] at once.
     pub request_fetches: Semaphore,
+    /// Each instance's files: a sharing that ends moves its files whose bytes never arrived
+    /// to the trash ([`ended`]).
+    pub files: Arc<crate::files::FilesRegistry>,
+    /// (instance, sharing) pairs whose end records [`ended::run_retries`] settles again.
+    pub(crate) end_retries: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl Context {
-    pub fn new(config: Arc<Config>, federation: Arc<Federation>, sync: Arc<dyn SyncHandle>) -> Context {
+    pub fn new(
+        config: Arc<Config>,
+        federation: Arc<Federation>,
+        sync: Arc<dyn SyncHandle>,
+        files: Arc<crate::files::FilesRegistry>,
+    ) -> Context {
         Context {
             config,
             federation,
             tracking: tracking::Tracking::default(),
             sync,
             request_fetches: Semaphore::new(request::MAX_CONCURRENT_FETCHES),
+            files,
+            end_retries: Default::default(),
         }
     }
 
     /// After a sharing changed state: tracking follows (see [`tracking::Tracking::changed`]),
-    /// and replication is woken.
+    /// replication is woken, and when the sharing ended, its files whose bytes never arrived
+    /// go to the trash ([`ended`]).
     pub async fn sharing_changed(&self, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
-        self.tracking.changed(inst, id).await?;
+        self.tracking.changed(inst, id, &self.files).await?;
         self.sync.wake_replication();
+        ended::settle_logged(self, inst, id).await;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use super::model::Sharing;
 use super::SharingId;
+use crate::files::FilesRegistry;
 use crate::instance::Instance;
 use crate::store::StoreError;
 
@@ -82,13 +83,21 @@ impl Tracking {
         Ok(())
     }
 
-    /// After a sharing changed state: update tracking; when it ended, forget its feed (an
-    /// active owner's initial set is [`Tracking::take_initial_set`]'s).
-    pub async fn changed(&self, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
+    /// After a sharing changed state: update tracking; when it ended, record its files whose
+    /// bytes never arrived (`sharing::ended`: from its feed, which says what was in it), then
+    /// forget its feed (an active owner's initial set is [`Tracking::take_initial_set`]'s).
+    /// When the record cannot be made, the feed stays, for `ended::complete` at next start.
+    pub async fn changed(&self, inst: &Instance, id: &SharingId, files: &FilesRegistry) -> Result<(), StoreError> {
         let _guard = self.lock.lock().await;
         let all = self.refresh_locked(inst).await?;
         if let Some(s) = all.iter().find(|s| s.id() == id.as_str()) {
             if !s.active {
+                // The store no longer tracks it (`refresh_locked`): its feed is still.
+                if let Err(e) = super::ended::record(inst, files, s).await {
+                    tracing::error!(instance = %inst.domain, sharing = %id, error = %e,
+                        "recording the files of an ended sharing failed; done at next start");
+                    return Ok(());
+                }
                 inst.store.untrack(id).await?;
                 self.forget_initial(inst, id.as_str());
             }

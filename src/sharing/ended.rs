@@ -1,0 +1,222 @@
+//! When a files sharing ends on an instance, its files whose bytes never arrived go to the
+//! trash (issue 13). The documents of shared files come by the replicator before their bytes
+//! (`files::received`); Cozy only ever creates a shared file's document with its content, so
+//! a Cozy user never meets a file that cannot be opened. Members keep their copies when a
+//! sharing ends (Cozy's rule, DESIGN.md section 3.6), but a file whose bytes nothing will bring
+//! any more would stay there for good, each download a 404 (`http::files`,
+//! `CONTENT_NEVER_ARRIVED`): such files move to the trash instead (never destroyed: the user
+//! restores or destroys them). The rule, in the order it runs:
+//!
+//! 1. **When**: the sharing becomes inactive on this instance (revoked for everyone or for its
+//!    last member on the owner; left, or revoked by the owner, on a member), in
+//!    [`Tracking::changed`](super::tracking::Tracking::changed), after the store stopped
+//!    tracking it and *before* its feed is forgotten (`Store::untrack`): the feed is what says
+//!    which documents were in the sharing.
+//! 2. **Candidates**: the files of the feed (rows of `io.cozy.files` in the sharing) whose
+//!    bytes are being received (judged again in step 3), or else are not here
+//!    (`Files::contentless`). On the owner, only
+//!    documents that came from a member (the row's `origin`): the owner's own files have their
+//!    bytes here, and this never touches one. They are written down in a durable record, a
+//!    `_local` document `<sharing id>` of [`ENDS_DOCTYPE`], before the feed goes.
+//! 3. **Acting** ([`settle`]): each candidate moves to the trash with the normal trash write
+//!    (`Files::trash_contentless`) when, judged again under the files write lock, it is still
+//!    a file outside the trash, not under the shared root of another live sharing of this
+//!    instance (a file can be in two sharings: its bytes may come by the other), whose bytes
+//!    are neither being received nor here. Directories never move. A candidate whose bytes
+//!    are being received then stays in the record, and is judged again once the reception
+//!    ended ([`run_retries`], every second): committed, it stays; cut (the sender lost its
+//!    credentials with the sharing), it goes.
+//! 4. **Once**: the record is made once per (instance, sharing), never again while it exists,
+//!    and is marked done (kept, with what moved) once every candidate was judged. So a
+//!    replay (another state change of the ended sharing, a restart) never moves a file the
+//!    user restored from the trash since. A sharing that ends, becomes active again and ends
+//!    again is not looked at the second time.
+//!
+//! A crash between the end and the trashing: the record is written before the feed goes, and
+//! marked done only after acting, so [`complete`], at start, settles every record not done
+//! (moving a file twice is impossible: one in the trash is passed over); and a sharing found
+//! inactive with its feed still there (a crash before the record, or a record that failed)
+//! has it made then, and its feed forgotten. What is left alone: a member revoked (or leaving)
+//! while the owner's sharing goes on with others keeps, on the owner, the files it sent whose
+//! bytes never came (moving them would send their removal to every other member).
+
+use serde::{Deserialize, Serialize};
+
+use super::model::Sharing;
+use super::{Context, MemberIndex, SharingId};
+use crate::files::{FilesError, FilesRegistry};
+use crate::instance::Instance;
+use crate::store::{Body, Doctype, StoreError};
+
+/// Where the records of ended sharings are kept: one `_local` document per sharing, named by
+/// its id.
+pub const ENDS_DOCTYPE: &str = "io.hearth.sharing-ends";
+
+fn ends() -> Doctype {
+    Doctype::parse(ENDS_DOCTYPE).unwrap_or_else(|_| unreachable!("static doctype"))
+}
+
+/// Feed rows read at once when picking the candidates.
+const PAGE: usize = 1000;
+
+/// The record of an ended sharing (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndRecord {
+    /// Files (ids here) still to be judged.
+    pub candidates: Vec<String>,
+    /// Files moved to the trash.
+    pub trashed: Vec<String>,
+    /// Every candidate was judged: the record is never acted on again.
+    pub done: bool,
+}
+
+fn files_failed(e: FilesError) -> StoreError {
+    StoreError::Internal(anyhow::anyhow!("{e}"))
+}
+
+/// The record of sharing `id` on `inst`, if one was made.
+pub async fn read_record(inst: &Instance, id: &SharingId) -> Result<Option<EndRecord>, StoreError> {
+    match inst.store.get_local(&ends(), id.as_str()).await {
+        Ok(doc) => serde_json::from_str(doc.body.as_str())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("end record of sharing {id}: {e}"))),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+async fn write_record(inst: &Instance, id: &SharingId, r: &EndRecord) -> Result<(), StoreError> {
+    let body = match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(m)) => Body::from_map(&m),
+        _ => return Err(StoreError::Internal(anyhow::anyhow!("an end record does not serialise"))),
+    };
+    inst.store.put_local(&ends(), id.as_str(), body).await?;
+    Ok(())
+}
+
+/// Steps 1 and 2 of the module docs, for `s`, which has just become inactive and whose feed is
+/// still there: writes its record, unless it has one. No record is made when nothing is a
+/// candidate.
+pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) -> Result<(), StoreError> {
+    let id = s.sharing_id();
+    if !s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) || read_record(inst, id).await?.is_some() {
+        return Ok(());
+    }
+    let doctype = crate::files::doctype();
+    let mut ids = Vec::new();
+    let mut since = 0;
+    loop {
+        let rows = inst.store.shared_changes(id, since, PAGE).await?;
+        let Some(last) = rows.last() else { break };
+        since = last.seq;
+        let read = rows.len();
+        ids.extend(
+            rows.into_iter()
+                .filter(|r| r.doctype == doctype && !r.removed)
+                // On the owner, only what came from a member (see the module docs).
+                .filter(|r| !s.owner || r.origin.is_some_and(|o| o != MemberIndex::OWNER))
+                .map(|r| r.id.as_str().to_owned()),
+        );
+        if read < PAGE {
+            break;
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let candidates = files.of(inst).await.map_err(files_failed)?.contentless(&ids).await.map_err(files_failed)?;
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(instance = %inst.domain, sharing = %id, files = candidates.len(),
+        "the sharing ended before the bytes of some of its files arrived: they go to the trash");
+    write_record(inst, id, &EndRecord { candidates, ..Default::default() }).await
+}
+
+/// Step 3 of the module docs: judges the candidates of sharing `id`'s record, if it has one not
+/// done, and moves those that fit to the trash. Answers whether candidates are left (bytes
+/// being received): [`run_retries`] looks at them again.
+pub async fn settle(inst: &Instance, files: &FilesRegistry, id: &SharingId) -> Result<bool, StoreError> {
+    let Some(mut rec) = read_record(inst, id).await?.filter(|r| !r.done) else { return Ok(false) };
+    let files = files.of(inst).await.map_err(files_failed)?;
+    // The shared roots of the other live sharings: what is under them may still get its bytes.
+    let keep: Vec<String> = super::list(inst.store.as_ref())
+        .await?
+        .iter()
+        .filter(|o| o.active && o.sharing_id() != id)
+        .flat_map(|o| o.rules.iter().filter(|r| r.subtree() && !r.local).flat_map(|r| r.values.iter().cloned()))
+        .collect();
+    let (moved, receiving) = files.trash_contentless(&rec.candidates, &keep).await.map_err(files_failed)?;
+    if !moved.is_empty() {
+        tracing::info!(instance = %inst.domain, sharing = %id, files = moved.len(),
+            "files whose bytes never arrived before the sharing ended moved to the trash");
+    }
+    rec.trashed.extend(moved);
+    rec.done = receiving.is_empty();
+    rec.candidates = receiving;
+    write_record(inst, id, &rec).await?;
+    Ok(!rec.done)
+}
+
+/// [`settle`] for `id` on `inst`, its failures logged (the record stays, for [`complete`] or
+/// [`run_retries`]): what follows a sharing's end at once.
+pub async fn settle_logged(cx: &Context, inst: &Instance, id: &SharingId) {
+    let again = match settle(inst, &cx.files, id).await {
+        Ok(left) => left,
+        Err(e) => {
+            tracing::error!(instance = %inst.domain, sharing = %id, error = %e,
+                "moving the files whose bytes never arrived to the trash failed; retried later");
+            true
+        }
+    };
+    if again {
+        if let Ok(mut r) = cx.end_retries.lock() {
+            r.insert((inst.domain.to_string(), id.to_string()));
+        }
+    }
+}
+
+/// At start, for each instance: the end of every inactive sharing whose feed is still there is
+/// recorded and its feed forgotten (see the module docs), then every record not done is
+/// settled. Answers the records settled.
+pub async fn complete(cx: &Context, inst: &Instance) -> Result<usize, StoreError> {
+    let mut settled = 0;
+    for s in super::list(inst.store.as_ref()).await? {
+        let Some(id) = s.id.clone() else { continue };
+        if !s.active && !inst.store.shared_changes(&id, 0, 1).await?.is_empty() {
+            cx.tracking.changed(inst, &id, &cx.files).await?;
+        }
+        if read_record(inst, &id).await?.is_some_and(|r| !r.done) {
+            settle_logged(cx, inst, &id).await;
+            settled += 1;
+        }
+    }
+    Ok(settled)
+}
+
+/// Settles again, every second, the records [`settle_logged`] left with candidates (bytes that
+/// were being received) or failed on, until `cancel` is cancelled.
+pub async fn run_retries(
+    registry: std::sync::Arc<crate::instance::Registry>,
+    cx: std::sync::Arc<Context>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let due: Vec<(String, String)> =
+            cx.end_retries.lock().map(|mut r| std::mem::take(&mut *r).into_iter().collect()).unwrap_or_default();
+        if due.is_empty() {
+            continue;
+        }
+        for inst in registry.opened() {
+            for (_, id) in due.iter().filter(|(d, _)| d.as_str() == inst.domain.as_str()) {
+                let Ok(id) = SharingId::parse(id) else { continue };
+                settle_logged(&cx, &inst, &id).await;
+            }
+        }
+    }
+}
