@@ -114,7 +114,8 @@ async fn a_file_written_after_a_large_one_does_not_wait_for_its_transfer() {
 /// A revocation while files' bytes are on their way, some in flight and others waiting their
 /// turn (found by replaying a revocation during a transfer): bob keeps his copies, as after any
 /// revocation, and those whose bytes arrived download whole. Those whose bytes will never come
-/// now answer 404 saying so, not 409 "retry later" for good, as they did.
+/// go to his trash (`sharing::ended`), once the transfers under way ended: not a 409 "retry
+/// later" for good, as they were, nor a file left in his tree that answers 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_revocation_files_whose_bytes_never_came_say_so() {
     let Team { app, alice, bob, ta, tb, team, sid } = team_shared_through_a_slow_proxy().await;
@@ -133,13 +134,17 @@ async fn after_a_revocation_files_whose_bytes_never_came_say_so() {
     let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{sid}/recipients/1"), Some(&ts), None).await;
     assert!(s == 204 || s == 200, "revoke: {s} {v}");
 
-    // Once the transfers under way end, each file bob keeps is whole, or says its bytes will
-    // not come.
+    // Once the transfers under way end, each file bob keeps is whole in his tree, or in his
+    // trash.
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(WAIT);
     loop {
         let (mut settled, mut never) = (true, 0);
         seen.clear();
+        let (s, trash) = bob.call(Method::GET, "/files/trash", Some(&tb), None).await;
+        assert_eq!(s, 200, "{trash}");
+        let trashed: Vec<&str> =
+            trash["data"].as_array().unwrap().iter().filter_map(|d| d["attributes"]["name"].as_str()).collect();
         for (name, data) in &files {
             let path = format!("/Shared with me/Team/{name}");
             let resp = bob.req(Method::GET, &format!("/files/download?Path={}", enc(&path)), Some(&tb)).send().await;
@@ -147,14 +152,16 @@ async fn after_a_revocation_files_whose_bytes_never_came_say_so() {
             let status = resp.status().as_u16();
             let body = resp.bytes().await.unwrap();
             let said = String::from_utf8_lossy(&body).into_owned();
-            if status == 200 && body.as_ref() == data.as_slice() {
+            let in_trash = trashed.contains(&name.as_str());
+            if status == 200 && body.as_ref() == data.as_slice() && !in_trash {
                 // Whole.
-            } else if status == 404 && said.contains("no active sharing brings it") {
+            } else if status == 404 && in_trash {
                 never += 1;
             } else {
                 settled = false;
             }
-            seen.push(format!("{name}: {status} {}", if status == 200 { "(bytes)" } else { said.as_str() }));
+            let what = if status == 200 { "(bytes)" } else { said.as_str() };
+            seen.push(format!("{name}: {status} {what}, in the trash: {in_trash}"));
         }
         if settled && never > 0 {
             break;

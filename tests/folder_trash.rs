@@ -426,3 +426,133 @@ async fn sharings_of_one_title_accepted_at_once_take_names_of_their_own() {
         assert_eq!(found(n).await, 1, "f{n}.txt is in one root");
     }
 }
+
+/// The names of the items in `i`'s trash.
+async fn trash_names(i: &TestInstance, token: &str) -> Vec<String> {
+    let (s, v) = i.call(Method::GET, "/files/trash", Some(token), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"].as_array().unwrap().iter().map(|d| d["attributes"]["name"].as_str().unwrap().to_owned()).collect()
+}
+
+/// `GET /files/download?Path=`: the status and the body.
+async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
+    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
+    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+}
+
+/// A sharing that ends takes back what it never delivered (`sharing::ended`): bob's copy keeps
+/// every file whose bytes arrived, byte for byte, and the one whose bytes never came (his
+/// quota refuses them) goes to his trash, restorable where it was, rather than stay in his
+/// tree as a file that answers 404 for good. Once: restored by bob, it stays, a restart
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_moves_to_the_trash_only_the_files_whose_bytes_never_arrived() {
+    let one = spawn_app().await;
+    let mut two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+    // Bob's quota takes the small files, never the big one's bytes.
+    hearth::files::set_instance_quota(two.instance(&bob.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
+    let team = mkdir(&alice, &ta, ROOT, "Team").await;
+    let sub = mkdir(&alice, &ta, &team, "Sub").await;
+    let small: Vec<(String, Vec<u8>)> = (0..3u8).map(|n| (format!("small-{n}.txt"), vec![b'a' + n; 20_000])).collect();
+    upload(&alice, &ta, &team, &small[0].0, &small[0].1).await;
+    upload(&alice, &ta, &team, &small[1].0, &small[1].1).await;
+    upload(&alice, &ta, &sub, &small[2].0, &small[2].1).await;
+    let big = vec![7u8; 3_000_000];
+    upload(&alice, &ta, &team, "big.bin", &big).await;
+    let rule =
+        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    let small_path =
+        |n: usize| if n == 2 { format!("{SHARED}/Sub/{}", small[n].0) } else { format!("{SHARED}/{}", small[n].0) };
+    eventually(WAIT, "the small files reach bob whole, the big one's document without its bytes", || async {
+        for (n, (_, data)) in small.iter().enumerate() {
+            if download(&bob, &tb, &small_path(n)).await != (200, data.clone()) {
+                return false;
+            }
+        }
+        download(&bob, &tb, &format!("{SHARED}/big.bin")).await.0 == 409
+    })
+    .await;
+    let big_id = id_at(&bob, &tb, &format!("{SHARED}/big.bin")).await.unwrap();
+
+    let ts = one.token(&alice, "io.cozy.sharings");
+    let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{sid}/recipients"), Some(&ts), None).await;
+    assert!(s == 200 || s == 204, "revoke: {s} {v}");
+    eventually(WAIT, "the big file goes to bob's trash", || async {
+        trash_names(&bob, &tb).await == ["big.bin"] && attrs_at(&bob, &tb, &format!("{SHARED}/big.bin")).await.is_none()
+    })
+    .await;
+    let (s, v) = bob.call(Method::GET, &format!("/files/{big_id}"), Some(&tb), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"]["attributes"]["trashed"], json!(true), "{v}");
+    assert_eq!(v["data"]["attributes"]["restore_path"], json!(SHARED), "{v}");
+    assert!(!load(&two, &bob, &sid).await.active);
+    // What arrived stays, whole, and alice's own tree is untouched.
+    for (n, (_, data)) in small.iter().enumerate() {
+        assert_eq!(download(&bob, &tb, &small_path(n)).await, (200, data.clone()), "{}", small[n].0);
+    }
+    assert!(attrs_at(&bob, &tb, &format!("{SHARED}/Sub")).await.is_some());
+    assert_eq!(download(&alice, &ta, "/Team/big.bin").await, (200, big.clone()));
+    assert!(trash_names(&alice, &ta).await.is_empty());
+
+    // Restored by bob, it stays where he put it, a restart included: the end is acted on once.
+    let (s, v) = bob.call(Method::POST, &format!("/files/trash/{big_id}"), Some(&tb), None).await;
+    assert_eq!(s, 200, "restore: {v}");
+    two.restart().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(id_at(&bob, &tb, &format!("{SHARED}/big.bin")).await.as_deref(), Some(big_id.as_str()));
+    assert!(trash_names(&bob, &tb).await.is_empty());
+}
+
+/// On the owner, a member leaving takes back only what that member sent and never delivered:
+/// bob's file whose bytes alice's quota refused goes to her trash when the sharing ends, while
+/// her own file and bob's file whose bytes came stay; bob's copy loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_never_came() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
+    let team = mkdir(&alice, &ta, ROOT, "Team").await;
+    let mine = vec![b'm'; 30_000];
+    upload(&alice, &ta, &team, "mine.txt", &mine).await;
+    let rule =
+        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    eventually(WAIT, "alice's file reaches bob", || async {
+        download(&bob, &tb, &format!("{SHARED}/mine.txt")).await == (200, mine.clone())
+    })
+    .await;
+    let bob_team = id_at(&bob, &tb, SHARED).await.unwrap();
+    let (small, big) = (vec![b's'; 20_000], vec![9u8; 3_000_000]);
+    upload(&bob, &tb, &bob_team, "small.txt", &small).await;
+    upload(&bob, &tb, &bob_team, "big.bin", &big).await;
+    eventually(WAIT, "bob's small file reaches alice whole, the big one's document without its bytes", || async {
+        download(&alice, &ta, "/Team/small.txt").await == (200, small.clone())
+            && download(&alice, &ta, "/Team/big.bin").await.0 == 409
+    })
+    .await;
+
+    let tsb = app.token(&bob, "io.cozy.sharings");
+    let (s, v) = bob.call(Method::DELETE, &format!("/sharings/{sid}/recipients/self"), Some(&tsb), None).await;
+    assert!(s == 200 || s == 204, "leave: {s} {v}");
+    eventually(WAIT, "bob's big file goes to alice's trash", || async {
+        trash_names(&alice, &ta).await == ["big.bin"] && attrs_at(&alice, &ta, "/Team/big.bin").await.is_none()
+    })
+    .await;
+    assert!(!load(&app, &alice, &sid).await.active);
+    assert_eq!(download(&alice, &ta, "/Team/mine.txt").await, (200, mine.clone()));
+    assert_eq!(download(&alice, &ta, "/Team/small.txt").await, (200, small.clone()));
+    // Bob's copy: everything, whole, nothing in his trash.
+    assert_eq!(download(&bob, &tb, &format!("{SHARED}/big.bin")).await, (200, big));
+    assert_eq!(download(&bob, &tb, &format!("{SHARED}/mine.txt")).await, (200, mine));
+    assert!(trash_names(&bob, &tb).await.is_empty());
+}
