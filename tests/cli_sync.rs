@@ -1,6 +1,7 @@
 //! `hearth sharings sync`: it reports "Up to date" only when every ready member's metadata and
 //! content are at rest, says what is still pending when it gives up, and says plainly when no
-//! member is ready to sync with. Real `hearth serve` processes on loopback, the real CLI.
+//! member is ready to sync with. `hearth sharings revoke`: done by the running server when
+//! there is one, here otherwise. Real `hearth serve` processes on loopback, the real CLI.
 
 mod common;
 
@@ -92,4 +93,52 @@ async fn sync_is_not_up_to_date_while_content_is_pending() {
     let row = table.lines().find(|l| l.starts_with("1 ")).unwrap_or_else(|| panic!("{table}"));
     assert!(row.contains("degraded") && !row.contains("healthy"), "{table}");
     assert!(table.contains("quota"), "{table}");
+}
+
+/// The running server revokes (only it knows which bytes it is receiving, see
+/// `sharing::ended`): its log says so, and the sharing is inactive as the server serves it.
+/// With no server, the CLI revokes the next sharing itself, and the server finds it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_goes_through_the_running_server_and_is_done_here_without_one() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alice = Server::new("alice", root.path().join("a"), vec![]);
+    alice.cli(&["instances", "add", &alice.domain(), "--passphrase", "pa"]);
+    let token = alice
+        .cli(&["instances", "token", &alice.domain(), "--scope", "io.cozy.notes", "--scope", "io.cozy.sharings"])
+        .trim()
+        .to_owned();
+    alice.start().await;
+    call(&alice.domain(), reqwest::Method::PUT, "/data/io.cozy.notes/n1", &token, Some(json!({"t": 1}))).await;
+    let create = |member: &str| {
+        json!({"data": {"type": "io.cozy.sharings", "attributes": {"description": "notes", "rules": [
+            {"title": "n", "doctype": "io.cozy.notes", "values": ["n1"], "add": "sync", "update": "sync", "remove": "sync"}]},
+            "relationships": {"recipients": {"data": [{"name": member, "email": format!("{member}@example.org")}]}}}})
+    };
+    let mut ids = Vec::new();
+    for member in ["bob", "carol"] {
+        let created = call(&alice.domain(), reqwest::Method::POST, "/sharings/", &token, Some(create(member))).await;
+        ids.push(created["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let domain = alice.domain();
+    let revoked = async |sid: &str| {
+        let s = call(&domain, reqwest::Method::GET, &format!("/sharings/{sid}"), &token, None).await;
+        s["data"]["attributes"]["revoked_at"].is_string()
+    };
+    assert!(!revoked(&ids[0]).await && !revoked(&ids[1]).await, "not revoked yet");
+    let out = alice.cli_output(&["sharings", "revoke", &alice.domain(), &ids[0]]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Revoked by the running server"), "{said}");
+    let log = std::fs::read_to_string(alice.log_path()).unwrap();
+    assert!(log.lines().any(|l| l.contains(&ids[0]) && l.contains("member revoked")), "the server revoked: {log}");
+    assert!(revoked(&ids[0]).await, "the server serves the sharing as revoked");
+
+    alice.kill();
+    let out = alice.cli_output(&["sharings", "revoke", &alice.domain(), &ids[1]]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("Revoked here"), "{said}");
+    assert!(said.contains("inactive"), "{said}");
+    alice.start().await;
+    assert!(revoked(&ids[1]).await, "the revocation made by the CLI holds");
 }

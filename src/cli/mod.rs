@@ -68,7 +68,9 @@ pub(crate) enum SharingsCmd {
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
     },
-    /// Revoke a sharing (every member), or one member with --member.
+    /// Revoke a sharing (every member), or one member with --member; on a recipient, leave it.
+    /// Done by the running server when one answers at `listen` (as `DELETE
+    /// /sharings/:id/recipients[/:index|/self]`), here otherwise.
     Revoke {
         domain: String,
         id: String,

@@ -109,17 +109,35 @@ pub(super) async fn run(core: Core, cmd: SharingsCmd) -> anyhow::Result<()> {
         SharingsCmd::Revoke { domain, id, member } => {
             let inst = open(&domain)?;
             let id = sid(&id)?;
-            let s = match (sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")?, member) {
-                (s, Some(m)) if s.owner => service::revoke(&cx, &inst, &id, Some(sharing::MemberIndex(m))).await?,
-                (_, Some(_)) => {
+            let s = sharing::load(inst.store.as_ref(), &id).await?.context("no such sharing")?;
+            // The route of the sharing API that does the same (`http::sharings`).
+            let path = match (s.owner, member) {
+                (true, Some(m)) => format!("/sharings/{id}/recipients/{m}"),
+                (false, Some(_)) => {
                     anyhow::bail!("only the owner revokes a member; on a recipient, revoke leaves the sharing")
                 }
-                (_, None) => service::end(&cx, &inst, &id).await?,
+                (true, None) => format!("/sharings/{id}/recipients"),
+                (false, None) => format!("/sharings/{id}/recipients/self"),
             };
-            println!(
-                "Revoked. The peers are told by the running server (hearth serve); sharing is now {}.",
-                if s.active { "active" } else { "inactive" }
-            );
+            // Through the running server when there is one: the end of a files sharing judges
+            // which files' bytes are still arriving (`sharing::ended`), which only the process
+            // receiving them knows. Here only when no server answers.
+            let server = ServerApi::new(&core, &inst)?;
+            let active = match server.try_send(reqwest::Method::DELETE, &path).await? {
+                Some(answer) => {
+                    print!("Revoked by the running server; ");
+                    answer["data"]["attributes"]["active"] == true
+                }
+                None => {
+                    let s = match member {
+                        Some(m) => service::revoke(&cx, &inst, &id, Some(sharing::MemberIndex(m))).await?,
+                        None => service::end(&cx, &inst, &id).await?,
+                    };
+                    print!("Revoked here (no server answered at {}: it tells the peers once it runs); ", server.base);
+                    s.active
+                }
+            };
+            println!("sharing is now {}.", if active { "active" } else { "inactive" });
         }
     }
     Ok(())
@@ -146,20 +164,28 @@ impl ServerApi {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = self
+        self.try_send(method, path).await?.with_context(|| format!("is `hearth serve` running on {}?", self.base))
+    }
+
+    /// [`ServerApi::send`], `None` when no server accepts the connection.
+    async fn try_send(&self, method: reqwest::Method, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let sent = self
             .client
             .request(method, format!("{}{path}", self.base))
             .header("Host", &self.host)
             .bearer_auth(&self.token)
             .send()
-            .await
-            .with_context(|| format!("is `hearth serve` running on {}?", self.base))?;
+            .await;
+        let resp = match sent {
+            Err(e) if e.is_connect() => return Ok(None),
+            sent => sent.with_context(|| format!("calling the server at {}", self.base))?,
+        };
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
             anyhow::bail!("the server answered {status}: {}", body["reason"].as_str().unwrap_or("no reason"));
         }
-        Ok(body)
+        Ok(Some(body))
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
