@@ -96,8 +96,8 @@
 //! trashed file does ([`Files::trash_contentless`]: `trashed`, `restore_path` where they were):
 //! never destroyed, so the user can still restore or destroy them. The rest of the copy stays
 //! (Cozy's rule: members keep their copies). `sharing::ended` picks the candidates from the
-//! sharing's feed when it ends, before the feed is forgotten, and keeps a durable record so it
-//! happens once per (instance, sharing); here, each candidate is judged twice, when picked
+//! sharing's feed when it ends, before the feed is forgotten, and keeps a durable record so a
+//! file moves once at most; here, each candidate is judged twice, when picked
 //! ([`Files::contentless`]: bytes being received, or absent) and again under the write lock
 //! just before it moves, each time looking whether its bytes are being received *before*
 //! looking whether they are here (the other order would miss a reception that commits in
@@ -167,6 +167,15 @@ pub struct Settled {
     pub restored: bool,
     /// Renamed (its name was taken in its directory).
     pub renamed: bool,
+}
+
+/// What [`Files::trash_contentless`] did with one file.
+enum Contentless {
+    Moved,
+    /// Its bytes are being received: judged again later.
+    Receiving,
+    /// Not one to move (anything else).
+    Stays,
 }
 
 impl Files {
@@ -382,41 +391,53 @@ impl Files {
     /// Moves to the trash each of `ids` that is, judged again under the write lock, a file
     /// outside the trash, under none of the directories `keep_under`, whose current version's
     /// bytes are neither being received nor here (see "A sharing that ends" in the module
-    /// docs). Answers what moved, and the ids kept only because their bytes were being
-    /// received (their reception may still fail: the caller looks at them again once it
-    /// ended). A file changed meanwhile by someone else (a conflict) stays: it is theirs now.
+    /// docs). Answers what moved, and the ids left to judge again: those whose bytes were being
+    /// received (their reception may still fail: the caller looks at them again once it ended),
+    /// and those whose judging failed (logged). A file changed meanwhile by someone else (a
+    /// conflict) stays: it is theirs now.
     pub async fn trash_contentless(&self, ids: &[String], keep_under: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-        let (mut moved, mut receiving) = (Vec::new(), Vec::new());
+        let (mut moved, mut left) = (Vec::new(), Vec::new());
         for id in ids {
-            let _lock = self.writes.lock().await;
-            self.sync().await?;
-            let item = match self.load(id).await {
-                Ok(item) => item,
-                Err(FilesError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            if item.kind() != Kind::File || item.trashed() || item.lineage().any(|a| keep_under.iter().any(|k| k == a))
-            {
-                continue;
-            }
-            let Some(vfs_id) = item.ancestry.first().and_then(|e| e.vfs_id.clone()) else { continue };
-            let Some(key) = super::version_key(&vfs_id) else { continue };
-            if self.receiving(&vfs_id) {
-                receiving.push(id.clone());
-                continue;
-            }
-            if self.content.size(&key).await?.is_some() {
-                continue;
-            }
-            let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
-            match self.trash_locked(&item, &restore_path).await {
-                Ok(()) => moved.push(id.clone()),
-                Err(FilesError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+            match self.trash_if_contentless(id, keep_under).await {
+                Ok(Contentless::Moved) => moved.push(id.clone()),
+                Ok(Contentless::Receiving) => left.push(id.clone()),
+                Ok(Contentless::Stays) => {}
+                Err(e) => {
+                    tracing::warn!(file = %id, error = %e, "judging a file whose bytes never arrived failed; again later");
+                    left.push(id.clone());
+                }
             }
         }
         self.sync().await?;
-        Ok((moved, receiving))
+        Ok((moved, left))
+    }
+
+    /// One file of [`Files::trash_contentless`].
+    async fn trash_if_contentless(&self, id: &str, keep_under: &[String]) -> Result<Contentless> {
+        let _lock = self.writes.lock().await;
+        self.sync().await?;
+        let item = match self.load(id).await {
+            Ok(item) => item,
+            Err(FilesError::NotFound(_)) => return Ok(Contentless::Stays),
+            Err(e) => return Err(e),
+        };
+        if item.kind() != Kind::File || item.trashed() || item.lineage().any(|a| keep_under.iter().any(|k| k == a)) {
+            return Ok(Contentless::Stays);
+        }
+        let Some(vfs_id) = item.ancestry.first().and_then(|e| e.vfs_id.clone()) else { return Ok(Contentless::Stays) };
+        let Some(key) = super::version_key(&vfs_id) else { return Ok(Contentless::Stays) };
+        if self.receiving(&vfs_id) {
+            return Ok(Contentless::Receiving);
+        }
+        if self.content.size(&key).await?.is_some() {
+            return Ok(Contentless::Stays);
+        }
+        let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
+        match self.trash_locked(&item, &restore_path).await {
+            Ok(()) => Ok(Contentless::Moved),
+            Err(FilesError::Conflict(_)) => Ok(Contentless::Stays),
+            Err(e) => Err(e),
+        }
     }
 
     /// On the owner, after a member's version of `id` was written: settles it by the conflict

@@ -25,12 +25,18 @@
 //!    are neither being received nor here. Directories never move. A candidate whose bytes
 //!    are being received then stays in the record, and is judged again once the reception
 //!    ended ([`run_retries`], every second): committed, it stays; cut (the sender lost its
-//!    credentials with the sharing), it goes.
-//! 4. **Once**: the record is made once per (instance, sharing), never again while it exists,
-//!    and is marked done (kept, with what moved) once every candidate was judged. So a
-//!    replay (another state change of the ended sharing, a restart) never moves a file the
-//!    user restored from the trash since. A sharing that ends, becomes active again and ends
-//!    again is not looked at the second time.
+//!    credentials with the sharing), it goes. So is one whose judging failed (a store error),
+//!    while what moved is written down. Settles run one at a time, so none writes back a
+//!    record another changed. Only the process that receives knows which bytes are arriving:
+//!    `hearth sharings revoke` asks the running server to end the sharing, and ends it itself
+//!    only when no server answers.
+//! 4. **Once per file**: each end adds a round to the record (its candidates), which is marked
+//!    done (kept, with what moved) once every candidate was judged; a file an earlier round
+//!    moved is never a candidate again. So a replay (another state change of the ended
+//!    sharing, a restart) never moves a file the user restored from the trash since, and a
+//!    sharing that ends, becomes active again (an owner whose last member left takes a new
+//!    one) and ends again has its second end looked at too. A round not settled when the
+//!    sharing becomes active again is dropped: its files are in the sharing again.
 //!
 //! A crash between the end and the trashing: the record is written before the feed goes, and
 //! marked done only after acting, so [`complete`], at start, settles every record not done
@@ -96,12 +102,17 @@ async fn write_record(inst: &Instance, id: &SharingId, r: &EndRecord) -> Result<
 }
 
 /// Steps 1 and 2 of the module docs, for `s`, which has just become inactive and whose feed is
-/// still there: writes its record, unless it has one. No record is made when nothing is a
+/// still there: writes a round of its record (the candidates of this end, with those of a round
+/// not settled yet, less the files an earlier end moved). No record is made when nothing is a
 /// candidate.
 pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) -> Result<(), StoreError> {
     let id = s.sharing_id();
-    if !s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) || read_record(inst, id).await?.is_some() {
+    if !s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) {
         return Ok(());
+    }
+    let mut rec = read_record(inst, id).await?.unwrap_or_default();
+    if rec.done {
+        rec.candidates.clear();
     }
     let doctype = crate::files::doctype();
     let mut ids = Vec::new();
@@ -122,6 +133,8 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
             break;
         }
     }
+    // Once per file: one an earlier end moved (and the user may have restored) never again.
+    ids.retain(|i| !rec.trashed.contains(i) && !rec.candidates.contains(i));
     if ids.is_empty() {
         return Ok(());
     }
@@ -131,14 +144,34 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
     }
     tracing::info!(instance = %inst.domain, sharing = %id, files = candidates.len(),
         "the sharing ended before the bytes of some of its files arrived: they go to the trash");
-    write_record(inst, id, &EndRecord { candidates, ..Default::default() }).await
+    rec.candidates.extend(candidates);
+    rec.done = false;
+    write_record(inst, id, &rec).await
 }
 
 /// Step 3 of the module docs: judges the candidates of sharing `id`'s record, if it has one not
 /// done, and moves those that fit to the trash. Answers whether candidates are left (bytes
 /// being received): [`run_retries`] looks at them again.
-pub async fn settle(inst: &Instance, files: &FilesRegistry, id: &SharingId) -> Result<bool, StoreError> {
+///
+/// Settles run one at a time in a process (`settling`): each reads the record, acts, and writes
+/// it back, and two at once could write back a stale one (a candidate moved by the other, then
+/// restored by the user, would move again).
+async fn settle(
+    inst: &Instance,
+    files: &FilesRegistry,
+    id: &SharingId,
+    settling: &tokio::sync::Mutex<()>,
+) -> Result<bool, StoreError> {
+    let _alone = settling.lock().await;
     let Some(mut rec) = read_record(inst, id).await?.filter(|r| !r.done) else { return Ok(false) };
+    if super::load(inst.store.as_ref(), id).await?.is_some_and(|s| s.active) {
+        // Active again (an owner whose last member left took a new one): the round's files are
+        // in the sharing again, their bytes may come. Dropped; the next end makes its own.
+        rec.candidates.clear();
+        rec.done = true;
+        write_record(inst, id, &rec).await?;
+        return Ok(false);
+    }
     let files = files.of(inst).await.map_err(files_failed)?;
     // The shared roots of the other live sharings: what is under them may still get its bytes.
     let keep: Vec<String> = super::list(inst.store.as_ref())
@@ -147,14 +180,14 @@ pub async fn settle(inst: &Instance, files: &FilesRegistry, id: &SharingId) -> R
         .filter(|o| o.active && o.sharing_id() != id)
         .flat_map(|o| o.rules.iter().filter(|r| r.subtree() && !r.local).flat_map(|r| r.values.iter().cloned()))
         .collect();
-    let (moved, receiving) = files.trash_contentless(&rec.candidates, &keep).await.map_err(files_failed)?;
+    let (moved, left) = files.trash_contentless(&rec.candidates, &keep).await.map_err(files_failed)?;
     if !moved.is_empty() {
         tracing::info!(instance = %inst.domain, sharing = %id, files = moved.len(),
             "files whose bytes never arrived before the sharing ended moved to the trash");
     }
     rec.trashed.extend(moved);
-    rec.done = receiving.is_empty();
-    rec.candidates = receiving;
+    rec.done = left.is_empty();
+    rec.candidates = left;
     write_record(inst, id, &rec).await?;
     Ok(!rec.done)
 }
@@ -162,7 +195,7 @@ pub async fn settle(inst: &Instance, files: &FilesRegistry, id: &SharingId) -> R
 /// [`settle`] for `id` on `inst`, its failures logged (the record stays, for [`complete`] or
 /// [`run_retries`]): what follows a sharing's end at once.
 pub async fn settle_logged(cx: &Context, inst: &Instance, id: &SharingId) {
-    let again = match settle(inst, &cx.files, id).await {
+    let again = match settle(inst, &cx.files, id, &cx.end_settling).await {
         Ok(left) => left,
         Err(e) => {
             tracing::error!(instance = %inst.domain, sharing = %id, error = %e,
@@ -184,7 +217,11 @@ pub async fn complete(cx: &Context, inst: &Instance) -> Result<usize, StoreError
     let mut settled = 0;
     for s in super::list(inst.store.as_ref()).await? {
         let Some(id) = s.id.clone() else { continue };
-        if !s.active && !inst.store.shared_changes(&id, 0, 1).await?.is_empty() {
+        // Only an ended sharing has a record (it never becomes active again).
+        if s.active || !s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) {
+            continue;
+        }
+        if !inst.store.shared_changes(&id, 0, 1).await?.is_empty() {
             cx.tracking.changed(inst, &id, &cx.files).await?;
         }
         if read_record(inst, &id).await?.is_some_and(|r| !r.done) {

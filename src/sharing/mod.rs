@@ -92,6 +92,8 @@ pub struct Context {
     pub files: Arc<crate::files::FilesRegistry>,
     /// (instance, sharing) pairs whose end records [`ended::run_retries`] settles again.
     pub(crate) end_retries: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Held by each settling of an end record (see [`ended`]): one at a time.
+    pub(crate) end_settling: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -109,6 +111,7 @@ impl Context {
             request_fetches: Semaphore::new(request::MAX_CONCURRENT_FETCHES),
             files,
             end_retries: Default::default(),
+            end_settling: Default::default(),
         }
     }
 
