@@ -65,6 +65,9 @@ pub struct ReceivedContent {
 }
 
 impl ReceivedContent {
+    /// Chunks smaller than this are gathered before they go in a [`Body::Whole`]'s block.
+    const SMALL: usize = 4096;
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -81,15 +84,17 @@ impl ReceivedContent {
         }
         match &mut self.body {
             Body::Streamed(sink) => sink.push(chunk).await,
-            Body::Whole(_, block) => {
-                block.push(chunk);
-                if block.chunks().len() >= Sink::MAX_CHUNKS {
-                    // A sender of tiny chunks: gathered into one, so the block's list stays short.
-                    let mut one = bytes::BytesMut::with_capacity(block.len());
-                    for c in block.take().into_chunks() {
-                        one.extend_from_slice(&c);
+            Body::Whole(_, block, small) => {
+                // Chunks under `SMALL` (a sender of tiny chunks) are gathered, each byte copied
+                // once, so the block's list stays short (at most two entries per `SMALL` bytes).
+                if chunk.len() < Self::SMALL {
+                    small.extend_from_slice(&chunk);
+                    if small.len() >= Self::SMALL {
+                        block.push(small.split().freeze());
                     }
-                    block.push(one.freeze());
+                } else {
+                    block.push(small.split().freeze());
+                    block.push(chunk);
                 }
                 Ok(())
             }
@@ -113,7 +118,7 @@ enum Body {
     /// anyway), then checked and written in one go (`ContentStore::put_verified`): no
     /// temporary object, hashing thread or write task for each of the many small files of a
     /// folder.
-    Whole(ContentKey, Block),
+    Whole(ContentKey, Block, bytes::BytesMut),
 }
 
 impl Files {
@@ -414,7 +419,7 @@ impl Files {
         }
         let reserved = self.reserve_received(expected_size).await?;
         let body = if expected_size <= Sink::BLOCK as u64 {
-            Body::Whole(key, Block::default())
+            Body::Whole(key, Block::default(), bytes::BytesMut::new())
         } else {
             Body::Streamed(Sink::new(self.content.create(&key).await?))
         };
@@ -513,7 +518,8 @@ impl Files {
                 }
                 writer.commit().await?;
             }
-            Body::Whole(key, block) => {
+            Body::Whole(key, mut block, small) => {
+                block.push(small.freeze());
                 let verify = Box::new(move |chunks: &[Bytes]| {
                     let mut md5 = md5::Md5::new();
                     for c in chunks {

@@ -120,7 +120,7 @@ impl Sink {
     pub(super) const BLOCK: usize = 1024 * 1024;
     /// A block is handed over at this many chunks even when smaller (a client sending tiny
     /// chunks): one vectored write takes at most 1,024.
-    pub(super) const MAX_CHUNKS: usize = 1024;
+    const MAX_CHUNKS: usize = 1024;
 
     pub(super) fn new(writer: Box<dyn ContentWriter>) -> Sink {
         Sink { writer, md5: Hasher::start(), block: Block::default() }
