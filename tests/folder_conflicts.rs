@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::bytes::{enc, md5_b64 as md5_of, upload};
+use common::bytes::{enc, md5_b64 as md5_of, mkdir, upload};
 use common::flow::{answer_invitation, create_sharing, link, load, replication_state, winner, PASS};
 use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
 use reqwest::Method;
@@ -47,14 +47,6 @@ async fn replace_past_files_api(app: &TestApp, i: &TestInstance, id: &str, data:
     let mut up = files.begin_upload(target, hearth::files::UploadSpec::default()).await.unwrap();
     up.write(bytes::Bytes::copy_from_slice(data)).await.unwrap();
     files.finish_upload(up).await.unwrap();
-}
-
-async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
-    let (s, v) = i
-        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
-        .await;
-    assert_eq!(s, 201, "mkdir: {v}");
-    v["data"]["id"].as_str().unwrap().to_owned()
 }
 
 async fn patch(i: &TestInstance, token: &str, id: &str, attrs: Value) {

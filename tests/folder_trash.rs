@@ -6,6 +6,7 @@
 mod common;
 
 use base64::Engine;
+use common::bytes::mkdir;
 use common::flow::{answer_invitation, create_sharing, link, load, winner, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use hearth::sharing::MemberStatus;
@@ -33,14 +34,6 @@ async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8
         .unwrap();
     let v: Value = resp.json().await.unwrap();
     v["data"]["id"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_owned()
-}
-
-async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
-    let (s, v) = i
-        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
-        .await;
-    assert_eq!(s, 201, "mkdir: {v}");
-    v["data"]["id"].as_str().unwrap().to_owned()
 }
 
 async fn trash(i: &TestInstance, token: &str, id: &str) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::bytes::{bytes_of, enc, upload};
+use common::bytes::{bytes_of, enc, mkdir, upload};
 use common::flow::{answer_invitation, create_sharing, link, load, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
@@ -13,14 +13,6 @@ const ROOT: &str = "io.cozy.files.root-dir";
 const WAIT: u64 = 90;
 const FILES: &str = "io.cozy.files";
 const SHARED: &str = "/Shared with me/Team";
-
-async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
-    let (s, v) = i
-        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
-        .await;
-    assert_eq!(s, 201, "mkdir: {v}");
-    v["data"]["id"].as_str().unwrap().to_owned()
-}
 
 async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
     let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
@@ -220,8 +212,8 @@ async fn sharing_a_folder_again_after_a_revocation_carries_edits_without_duplica
     assert!(trash_names(&bob, &tb).await.is_empty());
 }
 
-/// The same sharing ending twice on the owner (`sharing::ended`, "once per (instance,
-/// sharing)"): bob leaves before the bytes of his big file came (alice's quota), and it goes to
+/// The same sharing ending twice on the owner (`sharing::ended`, one round per
+/// end): bob leaves before the bytes of his big file came (alice's quota), and it goes to
 /// alice's trash; alice then adds carol to the same sharing, which becomes active again; carol
 /// leaves before the bytes of her big file came. Her file must go to alice's trash like bob's,
 /// not stay in alice's folder as a file that answers 404 for good.

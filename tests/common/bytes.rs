@@ -42,3 +42,18 @@ pub async fn download(i: &super::TestInstance, token: &str, path: &str, data: &[
     let body = resp.bytes().await.unwrap();
     (status, body.as_ref() == data)
 }
+
+/// Makes directory `name` in directory `dir` (`POST /files/:dir?Type=directory`): asserts 201
+/// and answers its id.
+pub async fn mkdir(i: &super::TestInstance, token: &str, dir: &str, name: &str) -> String {
+    let (s, v) = i
+        .call(
+            reqwest::Method::POST,
+            &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201, "mkdir: {v}");
+    v["data"]["id"].as_str().unwrap().to_owned()
+}
