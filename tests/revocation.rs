@@ -344,6 +344,14 @@ async fn a_member_who_left_does_not_come_back_in() {
     let again =
         service::pending_digest(&one.sharing, &one.instance(&bob.domain), &SharingId::parse(&id).unwrap()).await;
     assert!(matches!(again, Err(SharingError::Conflict(_))), "{again:?}");
+    // Nor as a recipient the owner adds again (nextcloud/server#21107): a clear refusal, not
+    // a seat bob's instance would never take.
+    let body = json!({"data": {"type": "io.cozy.sharings", "relationships": {"recipients": {"data": [
+        {"instance": format!("http://{}", bob.domain)}]}}}});
+    let owner = one.token(&alice, "io.cozy.sharings");
+    let (s, v) = alice.call(Method::POST, &format!("/sharings/{id}/recipients"), Some(&owner), Some(body)).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["reason"].as_str().is_some_and(|r| r.contains("only a new sharing")), "{v}");
     let s = load(&one, &alice, &id).await;
     assert!(s.active && s.members[1].status == MemberStatus::Ready, "carol stays");
     assert_eq!(s.members.len(), 3, "no new member for bob: {:?}", s.members);

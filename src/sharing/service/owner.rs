@@ -314,6 +314,19 @@ pub async fn add_recipients(
         if !s.accepts_members() {
             return Err(revoked_conflict());
         }
+        // A member revoked (or who left) does not come back as a recipient added again, as
+        // through an invitation link (`invitations`): its instance refuses a second request
+        // for a sharing it answered, so the seat would wait for good. Only a new sharing
+        // brings it back.
+        if let Some(u) = rw.iter().chain(&ro).filter_map(|r| r.instance.as_deref()).find(|u| {
+            s.members.iter().skip(1).any(|m| {
+                m.status == MemberStatus::Revoked && m.instance.as_deref().is_some_and(|x| same_instance(x, u))
+            })
+        }) {
+            return Err(SharingError::Conflict(format!(
+                "{u} left this sharing or was revoked from it: only a new sharing brings it back"
+            )));
+        }
         let all = rw.iter().map(|r| (r, false)).chain(ro.iter().map(|r| (r, true)));
         let outcomes: Vec<(MemberIndex, AddOutcome)> =
             all.map(|(r, read_only)| add_or_find(s, r.clone(), read_only, None)).collect();
