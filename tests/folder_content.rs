@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::bytes::{bytes_of, enc, md5_b64};
+use common::bytes::{bytes_of, enc, md5_b64, mkdir, replace};
 use common::flow::{answer_invitation, create_sharing, link, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
@@ -25,26 +25,6 @@ async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8
     v["data"]["id"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_owned()
 }
 
-async fn replace(i: &TestInstance, token: &str, id: &str, data: &[u8]) {
-    let resp = i
-        .req(Method::PUT, &format!("/files/{}", enc(id)), Some(token))
-        .header("Content-MD5", md5_b64(data))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
-}
-
-async fn mkdir(i: &TestInstance, token: &str, dir: &str, name: &str) -> String {
-    let (s, v) = i
-        .call(Method::POST, &format!("/files/{}?Type=directory&Name={}", enc(dir), enc(name)), Some(token), None)
-        .await;
-    assert_eq!(s, 201, "{v}");
-    v["data"]["id"].as_str().unwrap().to_owned()
-}
-
-/// `GET /files/download?Path=`: status and body. A 200 must carry the bytes its ETag names.
 async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
     let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
     let status = resp.status().as_u16();

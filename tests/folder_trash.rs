@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::bytes::mkdir;
+use common::bytes::{md5_b64, mkdir, replace};
 use common::flow::{answer_invitation, create_sharing, link, load, winner, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use hearth::sharing::MemberStatus;
@@ -548,4 +548,112 @@ async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_n
     assert_eq!(download(&bob, &tb, &format!("{SHARED}/big.bin")).await, (200, big));
     assert_eq!(download(&bob, &tb, &format!("{SHARED}/mine.txt")).await, (200, mine));
     assert!(trash_names(&bob, &tb).await.is_empty());
+}
+
+/// The content objects of `i`'s files, after a sweep that takes every unnamed one at once.
+async fn objects_after_sweep(app: &TestApp, i: &TestInstance) -> usize {
+    let files = app.files.of(&app.instance(&i.domain)).await.unwrap();
+    files.sweep(std::time::Duration::ZERO).await.unwrap();
+    files.content.list("files/").await.unwrap().len()
+}
+
+/// An edit whose bytes never came does not cost the file its bytes (`files::held`): bob's copy
+/// of a.txt had its bytes when alice's edit of it came without them (bob's quota refuses
+/// them); the revocation gives bob's a.txt back the bytes it had, in place, rather than move it
+/// to the trash, sweeps and restarts included. An edit whose bytes do come keeps no previous
+/// version behind. Bug replay: the bytes it had were deleted as soon as the edit's document was
+/// written, and the file went to the trash unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_gives_a_file_whose_edit_never_came_whole_the_bytes_it_had() {
+    let one = spawn_app().await;
+    let mut two = spawn_app().await;
+    let alice = one.add_instance("alice", PASS);
+    let bob = two.add_instance("bob", PASS);
+    let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
+    hearth::files::set_instance_quota(two.instance(&bob.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
+    let team = mkdir(&alice, &ta, ROOT, "Team").await;
+    let first = vec![b'a'; 20_000];
+    let a = upload(&alice, &ta, &team, "a.txt", &first).await;
+    let rule =
+        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    let path = format!("{SHARED}/a.txt");
+    eventually(WAIT, "a.txt reaches bob whole", || async { download(&bob, &tb, &path).await == (200, first.clone()) })
+        .await;
+    // An edit whose bytes come: the version it replaced goes.
+    let second = vec![b'b'; 30_000];
+    replace(&alice, &ta, &a, &second).await;
+    eventually(WAIT, "the edit reaches bob whole, and only its bytes are kept", || async {
+        download(&bob, &tb, &path).await == (200, second.clone()) && objects_after_sweep(&two, &bob).await == 1
+    })
+    .await;
+    // An edit whose bytes never come: past bob's quota.
+    replace(&alice, &ta, &a, &vec![9u8; 3_000_000]).await;
+    eventually(WAIT, "the edit's document reaches bob without its bytes", || async {
+        download(&bob, &tb, &path).await.0 == 409
+    })
+    .await;
+    assert_eq!(objects_after_sweep(&two, &bob).await, 1, "the bytes bob had are kept while the edit's are awaited");
+    // A restart in between (its sweep included) forgets nothing of it.
+    two.restart().await;
+    assert_eq!(download(&bob, &tb, &path).await.0, 409);
+    assert_eq!(objects_after_sweep(&two, &bob).await, 1);
+
+    let ts = one.token(&alice, "io.cozy.sharings");
+    let (s, v) = alice.call(Method::DELETE, &format!("/sharings/{sid}/recipients"), Some(&ts), None).await;
+    assert!(s == 200 || s == 204, "revoke: {s} {v}");
+    eventually(WAIT, "bob's a.txt has the bytes it had again", || async {
+        download(&bob, &tb, &path).await == (200, second.clone())
+    })
+    .await;
+    let attrs = attrs_at(&bob, &tb, &path).await.unwrap();
+    assert_eq!(attrs["attributes"]["md5sum"], json!(md5_b64(&second)), "{attrs}");
+    assert_eq!(attrs["attributes"]["size"], json!("30000"), "{attrs}");
+    assert!(trash_names(&bob, &tb).await.is_empty());
+    two.restart().await;
+    assert_eq!(download(&bob, &tb, &path).await, (200, second.clone()));
+    assert_eq!(objects_after_sweep(&two, &bob).await, 1);
+    assert!(trash_names(&bob, &tb).await.is_empty());
+}
+
+/// On the owner, the same for its own file: bob's edit of alice's file, whose bytes alice's
+/// quota refuses, does not cost alice her file when bob leaves: it has her bytes again, in
+/// place; bob keeps his edit. Bug replay: alice's file went to her trash, her bytes deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_back() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
+    let team = mkdir(&alice, &ta, ROOT, "Team").await;
+    let mine = vec![b'm'; 30_000];
+    upload(&alice, &ta, &team, "mine.txt", &mine).await;
+    let rule =
+        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let bobs = format!("{SHARED}/mine.txt");
+    eventually(WAIT, "alice's file reaches bob", || async { download(&bob, &tb, &bobs).await == (200, mine.clone()) })
+        .await;
+    let big = vec![9u8; 3_000_000];
+    replace(&bob, &tb, &id_at(&bob, &tb, &bobs).await.unwrap(), &big).await;
+    eventually(WAIT, "bob's edit reaches alice without its bytes", || async {
+        download(&alice, &ta, "/Team/mine.txt").await.0 == 409
+    })
+    .await;
+
+    let tsb = app.token(&bob, "io.cozy.sharings");
+    let (s, v) = bob.call(Method::DELETE, &format!("/sharings/{sid}/recipients/self"), Some(&tsb), None).await;
+    assert!(s == 200 || s == 204, "leave: {s} {v}");
+    eventually(WAIT, "alice's file has her bytes again", || async {
+        download(&alice, &ta, "/Team/mine.txt").await == (200, mine.clone())
+    })
+    .await;
+    assert!(trash_names(&alice, &ta).await.is_empty());
+    assert_eq!(objects_after_sweep(&app, &alice).await, 1);
+    assert_eq!(download(&bob, &tb, &bobs).await, (200, big));
 }

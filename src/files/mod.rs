@@ -58,6 +58,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod content;
+mod held;
 pub mod index;
 pub mod model;
 pub mod received;
@@ -79,6 +80,7 @@ use md5::Digest;
 use serde_json::{json, Value};
 
 pub use content::{Block, ContentBackend, ContentError, ContentKey, ContentStore, ContentWriter};
+pub use held::{Held, HELD_DOCTYPE};
 use index::{Entry, Index};
 pub use model::Kind;
 use registry::ensure_dir_in;
@@ -283,6 +285,8 @@ pub struct Files {
     default_quota: u64,
     /// When this process opened the instance's files (see [`ContentStore::exclusive`]).
     opened_at: SystemTime,
+    /// Previous versions kept while a received edit's bytes are on their way (see `held`).
+    holds: held::Holds,
 }
 
 impl Files {
@@ -315,7 +319,9 @@ impl Files {
             used: AtomicU64::new(0),
             default_quota,
             opened_at: SystemTime::now(),
+            holds: Default::default(),
         };
+        files.load_holds().await?;
         // A store emptied or replaced under the index (an instance removed and made again):
         // start over.
         let info = files.store.db_info(&doctype()).await?;

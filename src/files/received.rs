@@ -52,6 +52,8 @@ impl ContentNeed {
 /// A received version being written: feed it with [`ReceivedContent::write`], then
 /// [`Files::finish_received`]. Dropping it discards what was written.
 pub struct ReceivedContent {
+    /// The file (its id here) and the version received.
+    file: String,
     vfs_id: String,
     body: Body,
     size: u64,
@@ -427,6 +429,7 @@ impl Files {
         self.arriving.lock().map_err(|_| internal("arriving set poisoned"))?.insert(vfs_id.to_owned());
         let arriving = Writing { set: self.arriving.clone(), vfs_id: vfs_id.to_owned() };
         Ok(Some(ReceivedContent {
+            file: id.to_owned(),
             vfs_id: vfs_id.to_owned(),
             body,
             size: 0,
@@ -497,7 +500,8 @@ impl Files {
     /// Ends a reception: the size and MD5 must be the document's (`Precondition` otherwise,
     /// nothing kept), then the object is committed, which makes it visible whole.
     pub async fn finish_received(&self, r: ReceivedContent) -> Result<u64> {
-        let ReceivedContent { vfs_id, body, size, expected_size, expected_md5, reserved, _writing, _arriving } = r;
+        let ReceivedContent { file, vfs_id, body, size, expected_size, expected_md5, reserved, _writing, _arriving } =
+            r;
         let refused = move |digest: [u8; 16]| {
             let digest = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
             (size != expected_size || digest != expected_md5).then(|| {
@@ -539,6 +543,10 @@ impl Files {
             drop(_arriving);
         }
         tracing::debug!(version = %vfs_id, size, "received content committed");
+        // The previous version held for it (see `held`) is not needed any more.
+        if let Err(e) = self.release_holds(&[file]).await {
+            tracing::warn!(version = %vfs_id, error = %e, "releasing a held version failed; the sweep will");
+        }
         Ok(size)
     }
 }

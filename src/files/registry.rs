@@ -20,6 +20,8 @@ impl Files {
             cutoff = cutoff.max(self.opened_at);
         }
         let temporary = self.content.sweep_incomplete(cutoff).await?;
+        // Holds whose file has its bytes again (or is gone) go first: their versions with them.
+        self.release_holds(&self.held_files()).await?;
         let objects = self.content.list("files/").await?;
         self.sync().await?;
         let mut swept = Swept { objects: objects.len() as u64, removed: 0, temporary };
@@ -34,7 +36,8 @@ impl Files {
             if self.writing.lock().map_or(true, |w| w.contains(&vfs_id)) {
                 continue;
             }
-            if self.index.references(&vfs_id).await? {
+            // A hold is looked at after the index: see `held`, step 1.
+            if self.index.references(&vfs_id).await? || self.is_held(&vfs_id).await? {
                 continue;
             }
             self.content.delete(&obj.key).await?;

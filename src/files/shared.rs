@@ -104,7 +104,8 @@
 //! between, and take a file whose bytes just landed for one without), and it moves only when it is
 //! still a file outside the trash, under no root the caller keeps (another live sharing
 //! holds it: its bytes may come that way), whose bytes are neither being received nor here.
-//! Directories never move this way.
+//! Directories never move this way. A file that had its bytes here before an edit whose bytes
+//! never came does not move either: it gets back the version it had (`files::held`).
 
 use hearth_replicator::rev::Rev;
 use md5::Digest;
@@ -172,10 +173,23 @@ pub struct Settled {
 /// What [`Files::trash_contentless`] did with one file.
 enum Contentless {
     Moved,
+    /// It got back the version held for it (see `held`).
+    Reverted,
     /// Its bytes are being received: judged again later.
     Receiving,
     /// Not one to move (anything else).
     Stays,
+}
+
+/// What [`Files::trash_contentless`] did with the files it was given (ids here).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TakenBack {
+    /// Moved to the trash.
+    pub moved: Vec<String>,
+    /// Given back the version they had before the edit whose bytes never came (see `held`).
+    pub reverted: Vec<String>,
+    /// To judge again: their bytes were being received, or judging them failed (logged).
+    pub left: Vec<String>,
 }
 
 impl Files {
@@ -271,7 +285,11 @@ impl Files {
         let mut released = 0;
         for v in versions {
             // The registry first, then the index, as the sweep does (see "The sweep").
-            if self.writing.lock().map_or(true, |w| w.contains(v)) || self.index.references(v).await? {
+            // A hold last, after the index (see `held`, step 1).
+            if self.writing.lock().map_or(true, |w| w.contains(v))
+                || self.index.references(v).await?
+                || self.is_held(v).await?
+            {
                 continue;
             }
             let Some(key) = super::version_key(v) else { continue };
@@ -391,25 +409,28 @@ impl Files {
     /// Moves to the trash each of `ids` that is, judged again under the write lock, a file
     /// outside the trash, under none of the directories `keep_under`, whose current version's
     /// bytes are neither being received nor here (see "A sharing that ends" in the module
-    /// docs). Answers what moved, and the ids left to judge again: those whose bytes were being
-    /// received (their reception may still fail: the caller looks at them again once it ended),
-    /// and those whose judging failed (logged). A file changed meanwhile by someone else (a
+    /// docs); one that has its previous version held (an edit whose bytes never came, see
+    /// `held`) gets that version back instead. Answers what moved, what was given its previous
+    /// version back, and the ids left to judge again: those whose bytes were being received
+    /// (their reception may still fail: the caller looks at them again once it ended), and
+    /// those whose judging failed (logged). A file changed meanwhile by someone else (a
     /// conflict) stays: it is theirs now.
-    pub async fn trash_contentless(&self, ids: &[String], keep_under: &[String]) -> Result<(Vec<String>, Vec<String>)> {
-        let (mut moved, mut left) = (Vec::new(), Vec::new());
+    pub async fn trash_contentless(&self, ids: &[String], keep_under: &[String]) -> Result<TakenBack> {
+        let mut out = TakenBack::default();
         for id in ids {
             match self.trash_if_contentless(id, keep_under).await {
-                Ok(Contentless::Moved) => moved.push(id.clone()),
-                Ok(Contentless::Receiving) => left.push(id.clone()),
+                Ok(Contentless::Moved) => out.moved.push(id.clone()),
+                Ok(Contentless::Reverted) => out.reverted.push(id.clone()),
+                Ok(Contentless::Receiving) => out.left.push(id.clone()),
                 Ok(Contentless::Stays) => {}
                 Err(e) => {
                     tracing::warn!(file = %id, error = %e, "judging a file whose bytes never arrived failed; again later");
-                    left.push(id.clone());
+                    out.left.push(id.clone());
                 }
             }
         }
         self.sync().await?;
-        Ok((moved, left))
+        Ok(out)
     }
 
     /// One file of [`Files::trash_contentless`].
@@ -431,6 +452,12 @@ impl Files {
         }
         if self.content.size(&key).await?.is_some() {
             return Ok(Contentless::Stays);
+        }
+        match self.revert_held(&item).await {
+            Ok(true) => return Ok(Contentless::Reverted),
+            Ok(false) => {}
+            Err(FilesError::Conflict(_)) => return Ok(Contentless::Stays),
+            Err(e) => return Err(e),
         }
         let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
         match self.trash_locked(&item, &restore_path).await {

@@ -15,10 +15,13 @@
 //! 2. **Candidates**: the files of the feed (rows of `io.cozy.files` in the sharing) whose
 //!    bytes are being received (judged again in step 3), or else are not here
 //!    (`Files::contentless`). On the owner, only
-//!    documents that came from a member (the row's `origin`): the owner's own files have their
-//!    bytes here, and this never touches one. They are written down in a durable record, a
-//!    `_local` document `<sharing id>` of [`ENDS_DOCTYPE`], before the feed goes.
-//! 3. **Acting** ([`settle`]): each candidate moves to the trash with the normal trash write
+//!    documents that came from a member (the row's `origin`), and its own files whose previous
+//!    version is held for a member's edit (`files::held`): the owner's own files otherwise have
+//!    their bytes here, and this never touches one. They are written down in a durable record,
+//!    a `_local` document `<sharing id>` of [`ENDS_DOCTYPE`], before the feed goes.
+//! 3. **Acting** ([`settle`]): a candidate whose previous version is held (an edit whose bytes
+//!    never came) gets it back (`files::held`): it had its bytes before the edit, and keeps
+//!    them. Any other moves to the trash with the normal trash write
 //!    (`Files::trash_contentless`) when, judged again under the files write lock, it is still
 //!    a file outside the trash, not under the shared root of another live sharing of this
 //!    instance (a file can be in two sharings: its bytes may come by the other), whose bytes
@@ -73,6 +76,9 @@ pub struct EndRecord {
     pub candidates: Vec<String>,
     /// Files moved to the trash.
     pub trashed: Vec<String>,
+    /// Files given back the version they had before an edit whose bytes never came
+    /// (`files::held`).
+    pub reverted: Vec<String>,
     /// Every candidate was judged: the record is never acted on again.
     pub done: bool,
 }
@@ -115,6 +121,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
         rec.candidates.clear();
     }
     let doctype = crate::files::doctype();
+    let files = files.of(inst).await.map_err(files_failed)?;
     let mut ids = Vec::new();
     let mut since = 0;
     loop {
@@ -125,8 +132,13 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
         ids.extend(
             rows.into_iter()
                 .filter(|r| r.doctype == doctype && !r.removed)
-                // On the owner, only what came from a member (see the module docs).
-                .filter(|r| !s.owner || r.origin.is_some_and(|o| o != MemberIndex::OWNER))
+                // On the owner, only what came from a member, or what a member's edit
+                // replaced (see the module docs).
+                .filter(|r| {
+                    !s.owner
+                        || r.origin.is_some_and(|o| o != MemberIndex::OWNER)
+                        || files.held_of(r.id.as_str()).is_some()
+                })
                 .map(|r| r.id.as_str().to_owned()),
         );
         if read < PAGE {
@@ -138,7 +150,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
     if ids.is_empty() {
         return Ok(());
     }
-    let candidates = files.of(inst).await.map_err(files_failed)?.contentless(&ids).await.map_err(files_failed)?;
+    let candidates = files.contentless(&ids).await.map_err(files_failed)?;
     if candidates.is_empty() {
         return Ok(());
     }
@@ -180,14 +192,19 @@ async fn settle(
         .filter(|o| o.active && o.sharing_id() != id)
         .flat_map(|o| o.rules.iter().filter(|r| r.subtree() && !r.local).flat_map(|r| r.values.iter().cloned()))
         .collect();
-    let (moved, left) = files.trash_contentless(&rec.candidates, &keep).await.map_err(files_failed)?;
-    if !moved.is_empty() {
-        tracing::info!(instance = %inst.domain, sharing = %id, files = moved.len(),
+    let taken = files.trash_contentless(&rec.candidates, &keep).await.map_err(files_failed)?;
+    if !taken.moved.is_empty() {
+        tracing::info!(instance = %inst.domain, sharing = %id, files = taken.moved.len(),
             "files whose bytes never arrived before the sharing ended moved to the trash");
     }
-    rec.trashed.extend(moved);
-    rec.done = left.is_empty();
-    rec.candidates = left;
+    if !taken.reverted.is_empty() {
+        tracing::info!(instance = %inst.domain, sharing = %id, files = taken.reverted.len(),
+            "files whose edit's bytes never arrived before the sharing ended got their previous content back");
+    }
+    rec.trashed.extend(taken.moved);
+    rec.reverted.extend(taken.reverted);
+    rec.done = taken.left.is_empty();
+    rec.candidates = taken.left;
     write_record(inst, id, &rec).await?;
     Ok(!rec.done)
 }

@@ -217,6 +217,11 @@ pub async fn bulk_docs(
             }
             _ => Default::default(),
         };
+        // An edit whose bytes are not here yet keeps the version it replaces (`files::held`),
+        // written down before the write that stops naming it.
+        if let (Some(files), Some(_)) = (files, &tree) {
+            files.hold_replaced(&writes, !keep_unnamed).await.map_err(files_failed)?;
+        }
         let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
         if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
             (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);

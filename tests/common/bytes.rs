@@ -57,3 +57,16 @@ pub async fn mkdir(i: &super::TestInstance, token: &str, dir: &str, name: &str) 
     assert_eq!(s, 201, "mkdir: {v}");
     v["data"]["id"].as_str().unwrap().to_owned()
 }
+
+/// Gives file `id` new content `data` (`PUT /files/:id`, with its MD5): asserts 200.
+pub async fn replace(i: &super::TestInstance, token: &str, id: &str, data: &[u8]) {
+    let resp = i
+        .req(reqwest::Method::PUT, &format!("/files/{}", enc(id)), Some(token))
+        .header("Content-MD5", md5_b64(data))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(status, 200, "replace: {:?}", resp.text().await);
+}
