@@ -433,6 +433,38 @@ async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
     (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
 }
 
+/// Alice shares her directory `team` as "Team" (sync both ways) with bob, who accepts: the
+/// sharing's id.
+async fn share_team(one: &TestApp, alice: &TestInstance, ta: &str, bob: &TestInstance, team: &str) -> String {
+    let rule =
+        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
+    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
+    let sid = create_sharing(alice, ta, json!([rule]), to, json!([])).await;
+    answer_invitation(&link(one, alice, &sid, 1).await, bob, "accept").await;
+    sid
+}
+
+/// Alice's `/Team` holding file `name` (`data`), shared with bob ([`share_team`]), once the file
+/// reached bob whole: (the directory's id, the file's id, the sharing's id). Each instance
+/// comes with its token.
+async fn team_with(
+    one: &TestApp,
+    (alice, ta): (&TestInstance, &str),
+    (bob, tb): (&TestInstance, &str),
+    name: &str,
+    data: &[u8],
+) -> (String, String, String) {
+    let team = mkdir(alice, ta, ROOT, "Team").await;
+    let file = upload(alice, ta, &team, name, data).await;
+    let sid = share_team(one, alice, ta, bob, &team).await;
+    let path = format!("{SHARED}/{name}");
+    eventually(WAIT, &format!("{name} reaches bob whole"), || async {
+        download(bob, tb, &path).await == (200, data.to_vec())
+    })
+    .await;
+    (team, file, sid)
+}
+
 /// A sharing that ends takes back what it never delivered (`sharing::ended`): bob's copy keeps
 /// every file whose bytes arrived, byte for byte, and the one whose bytes never came (his
 /// quota refuses them) goes to his trash, restorable where it was, rather than stay in his
@@ -455,11 +487,7 @@ async fn a_revocation_moves_to_the_trash_only_the_files_whose_bytes_never_arrive
     upload(&alice, &ta, &sub, &small[2].0, &small[2].1).await;
     let big = vec![7u8; 3_000_000];
     upload(&alice, &ta, &team, "big.bin", &big).await;
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
-    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
-    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    let sid = share_team(&one, &alice, &ta, &bob, &team).await;
     let small_path =
         |n: usize| if n == 2 { format!("{SHARED}/Sub/{}", small[n].0) } else { format!("{SHARED}/{}", small[n].0) };
     eventually(WAIT, "the small files reach bob whole, the big one's document without its bytes", || async {
@@ -512,18 +540,8 @@ async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_n
     let bob = app.add_instance("bob", PASS);
     let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
-    let team = mkdir(&alice, &ta, ROOT, "Team").await;
     let mine = vec![b'm'; 30_000];
-    upload(&alice, &ta, &team, "mine.txt", &mine).await;
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
-    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
-    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
-    eventually(WAIT, "alice's file reaches bob", || async {
-        download(&bob, &tb, &format!("{SHARED}/mine.txt")).await == (200, mine.clone())
-    })
-    .await;
+    let (_, _, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &mine).await;
     let bob_team = id_at(&bob, &tb, SHARED).await.unwrap();
     let (small, big) = (vec![b's'; 20_000], vec![9u8; 3_000_000]);
     upload(&bob, &tb, &bob_team, "small.txt", &small).await;
@@ -571,17 +589,9 @@ async fn a_revocation_gives_a_file_whose_edit_never_came_whole_the_bytes_it_had(
     let bob = two.add_instance("bob", PASS);
     let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
     hearth::files::set_instance_quota(two.instance(&bob.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
-    let team = mkdir(&alice, &ta, ROOT, "Team").await;
     let first = vec![b'a'; 20_000];
-    let a = upload(&alice, &ta, &team, "a.txt", &first).await;
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
-    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
-    answer_invitation(&link(&one, &alice, &sid, 1).await, &bob, "accept").await;
+    let (_, a, sid) = team_with(&one, (&alice, &ta), (&bob, &tb), "a.txt", &first).await;
     let path = format!("{SHARED}/a.txt");
-    eventually(WAIT, "a.txt reaches bob whole", || async { download(&bob, &tb, &path).await == (200, first.clone()) })
-        .await;
     // An edit whose bytes come: the version it replaced goes.
     let second = vec![b'b'; 30_000];
     replace(&alice, &ta, &a, &second).await;
@@ -628,17 +638,9 @@ async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_
     let bob = app.add_instance("bob", PASS);
     let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
-    let team = mkdir(&alice, &ta, ROOT, "Team").await;
     let mine = vec![b'm'; 30_000];
-    upload(&alice, &ta, &team, "mine.txt", &mine).await;
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
-    let sid = create_sharing(&alice, &ta, json!([rule]), to, json!([])).await;
-    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let (_, _, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &mine).await;
     let bobs = format!("{SHARED}/mine.txt");
-    eventually(WAIT, "alice's file reaches bob", || async { download(&bob, &tb, &bobs).await == (200, mine.clone()) })
-        .await;
     let big = vec![9u8; 3_000_000];
     replace(&bob, &tb, &id_at(&bob, &tb, &bobs).await.unwrap(), &big).await;
     eventually(WAIT, "bob's edit reaches alice without its bytes", || async {
