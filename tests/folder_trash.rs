@@ -10,9 +10,11 @@ use common::bytes::{md5_b64, mkdir, replace};
 use common::flow::{answer_invitation, create_sharing, link, load, winner, PASS};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use hearth::sharing::MemberStatus;
+use hearth::store::{Body, DocId, DocWrite, GetOptions};
 use md5::Digest;
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 
 const ROOT: &str = "io.cozy.files.root-dir";
 const WAIT: u64 = 90;
@@ -658,4 +660,143 @@ async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_
     assert!(trash_names(&alice, &ta).await.is_empty());
     assert_eq!(objects_after_sweep(&app, &alice).await, 1);
     assert_eq!(download(&bob, &tb, &bobs).await, (200, big));
+}
+
+/// A later upload of the owner's own is the version kept (review of `files::held`): bob's edit,
+/// whose bytes alice's quota refuses, holds her first version; she then uploads a new one
+/// herself, and bob edits again, his bytes refused again. When bob leaves, her file has her
+/// upload back: the hold follows the last version whose bytes were here. It used to keep the
+/// first hold, and her upload was deleted as soon as bob's second edit was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_given_back_is_the_last_one_whose_bytes_were_here() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
+    hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
+    let v1 = vec![b'm'; 30_000];
+    let (_, a, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &v1).await;
+    let bobs = format!("{SHARED}/mine.txt");
+    let on_bob = id_at(&bob, &tb, &bobs).await.unwrap();
+    replace(&bob, &tb, &on_bob, &vec![9u8; 3_000_000]).await;
+    eventually(WAIT, "bob's edit reaches alice without its bytes", || async {
+        download(&alice, &ta, "/Team/mine.txt").await.0 == 409
+    })
+    .await;
+    let v3 = vec![b'o'; 40_000];
+    replace(&alice, &ta, &a, &v3).await;
+    eventually(WAIT, "alice's upload reaches bob", || async { download(&bob, &tb, &bobs).await == (200, v3.clone()) })
+        .await;
+    replace(&bob, &tb, &on_bob, &vec![8u8; 3_100_000]).await;
+    eventually(WAIT, "bob's second edit reaches alice without its bytes", || async {
+        download(&alice, &ta, "/Team/mine.txt").await.0 == 409
+    })
+    .await;
+    assert_eq!(objects_after_sweep(&app, &alice).await, 1, "only alice's upload is kept while bob's bytes are awaited");
+
+    let t = app.token(&bob, "io.cozy.sharings");
+    let (s, v) = bob.call(Method::DELETE, &format!("/sharings/{sid}/recipients/self"), Some(&t), None).await;
+    assert!(s == 200 || s == 204, "leave: {s} {v}");
+    eventually(WAIT, "alice's file has her upload back", || async {
+        download(&alice, &ta, "/Team/mine.txt").await == (200, v3.clone())
+    })
+    .await;
+    assert!(trash_names(&alice, &ta).await.is_empty());
+}
+
+/// The document of file `id` on `i` as a write of its next revision, and `i`'s files.
+async fn next_revision(app: &TestApp, i: &TestInstance, id: &str) -> (DocWrite, std::sync::Arc<hearth::files::Files>) {
+    let inst = app.instance(&i.domain);
+    let files = app.files.of(&inst).await.unwrap();
+    let doc_id = DocId::parse(id).unwrap();
+    let view = inst.store.get(&hearth::files::doctype(), &doc_id, GetOptions::default()).await.unwrap();
+    let w = DocWrite { id: doc_id, rev: Some(view.doc.rev), revisions: None, deleted: false, body: view.doc.body };
+    (w, files)
+}
+
+/// `w` naming version `vfs` of `data`'s MD5 and size, as an edit received from a member does.
+fn naming(mut w: DocWrite, vfs: &str, data: &[u8]) -> DocWrite {
+    let mut m: serde_json::Map<String, Value> = serde_json::from_str(w.body.as_str()).unwrap();
+    m.insert("internal_vfs_id".into(), json!(vfs));
+    m.insert("md5sum".into(), json!(md5_b64(data)));
+    m.insert("size".into(), json!(data.len().to_string()));
+    w.body = Body::from_map(&m);
+    w
+}
+
+async fn write(app: &TestApp, i: &TestInstance, w: DocWrite) {
+    let inst = app.instance(&i.domain);
+    let r = inst.store.bulk_docs(&hearth::files::doctype(), vec![w], true).await.unwrap();
+    assert!(matches!(r[0], hearth::store::WriteResult::Ok { .. }), "{r:?}");
+}
+
+/// The steps of a received batch (`sharing::receive`) run by hand around a sweep (review of
+/// `files::held`): a sweep between the hold and the write (another process's: the batch's
+/// guard does not order it) must not take the hold for a moot one because the file still
+/// names the held version; the version is kept through the write and the release that
+/// follows, and given back when the sharing ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_between_a_hold_and_its_write_keeps_the_hold() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let ta = app.token(&alice, FILES);
+    let v1 = vec![b'a'; 20_000];
+    let id = common::bytes::upload(&alice, &ta, ROOT, "a.txt", &v1).await;
+    let (w, files) = next_revision(&app, &alice, &id).await;
+    let v1_id = files.get(&id).await.unwrap().ancestry[0].vfs_id.clone().unwrap();
+    let edit = naming(w, "0123456789abcdef0123456789abcdef", b"x");
+    drop(files.hold_replaced(std::slice::from_ref(&edit), true).await.unwrap());
+    files.sweep(std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(files.held_files().await.unwrap(), HashSet::from([id.clone()]));
+    let guard = files.hold_replaced(std::slice::from_ref(&edit), true).await.unwrap();
+    write(&app, &alice, edit).await;
+    assert_eq!(files.release_versions(&HashSet::from([v1_id])).await.unwrap(), 0);
+    drop(guard);
+    files.sweep(std::time::Duration::ZERO).await.unwrap();
+    let taken = files.trash_contentless(std::slice::from_ref(&id), &[]).await.unwrap();
+    assert_eq!(taken.reverted, std::slice::from_ref(&id), "{taken:?}");
+    assert_eq!(download(&alice, &ta, "/a.txt").await, (200, v1));
+    assert!(files.held_files().await.unwrap().is_empty());
+}
+
+/// Bytes of an edit committing while a batch with a later edit is under way (review of
+/// `files::held`): the release that follows the commit waits for the batch, so the version
+/// held for the first edit is not released while the second one, whose bytes are not here
+/// either, relies on it; the file gets it back when the sharing ends. Both versions were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_committed_while_a_later_edit_is_written_cost_nothing() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let ta = app.token(&alice, FILES);
+    let v1 = vec![b'a'; 20_000];
+    let id = common::bytes::upload(&alice, &ta, ROOT, "a.txt", &v1).await;
+    let (w, files) = next_revision(&app, &alice, &id).await;
+    let v1_id = files.get(&id).await.unwrap().ancestry[0].vfs_id.clone().unwrap();
+    let v2 = vec![b'b'; 1000];
+    let v2_id = "1123456789abcdef0123456789abcdef";
+    let e2 = naming(w, v2_id, &v2);
+    let guard = files.hold_replaced(std::slice::from_ref(&e2), true).await.unwrap();
+    write(&app, &alice, e2).await;
+    files.release_versions(&HashSet::from([v1_id])).await.unwrap();
+    drop(guard);
+
+    let (w, _) = next_revision(&app, &alice, &id).await;
+    let e3 = naming(w, "2123456789abcdef0123456789abcdef", b"c");
+    let guard = files.hold_replaced(std::slice::from_ref(&e3), true).await.unwrap();
+    // The second edit's bytes commit meanwhile (the content channel runs beside the batches).
+    let mut r = files.begin_received(&id, v2_id).await.unwrap().unwrap();
+    r.write(bytes::Bytes::from(v2.clone())).await.unwrap();
+    let received = tokio::spawn({
+        let files = files.clone();
+        async move { files.finish_received(r).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    write(&app, &alice, e3).await;
+    files.release_versions(&HashSet::from([v2_id.to_owned()])).await.unwrap();
+    drop(guard);
+    assert_eq!(received.await.unwrap(), 1000);
+
+    let taken = files.trash_contentless(std::slice::from_ref(&id), &[]).await.unwrap();
+    assert_eq!(taken.reverted, std::slice::from_ref(&id), "{taken:?}");
+    assert_eq!(download(&alice, &ta, "/a.txt").await, (200, v1));
 }

@@ -3,9 +3,9 @@
 //! A member's edit of a file comes as a new document (a new `internal_vfs_id`, `md5sum`, `size`)
 //! before its bytes (`files::received`). Until they land, the file answers 409 "retry later".
 //! Were the previous version's bytes deleted at once, as a replaced version's are, and the bytes
-//! of the edit never came (the sharing ends first: revoked, left, the sender's quota or disk
-//! gone), the file would be lost on this instance, the bytes it had before the edit included:
-//! on the owner, its own file. So the previous version is *held*:
+//! of the edit never came (the sharing ends first: revoked, left, the receiver's quota or disk
+//! full), the file would be lost on this instance, the bytes it had before the edit included:
+//! on the owner, its own file. So the last version whose bytes were here is *held*:
 //!
 //! 1. **When**: a received batch is about to replace a file's current version, whose bytes are
 //!    here, by one whose bytes are not ([`Files::hold_replaced`], before the batch is written).
@@ -14,24 +14,35 @@
 //!    stops naming it: so neither the release that follows a received batch
 //!    (`Files::release_versions`) nor the sweep ever deletes it (both look at the holds after the
 //!    index said nothing names the version: a hold written after that look belongs to a write
-//!    made after it, when the version was still named). One hold per file: a second edit whose
-//!    bytes do not come either keeps the first hold (the last version whose bytes were here).
-//! 2. **Released** when the file's current version has its bytes here: at once when received
-//!    bytes are committed ([`Files::finish_received`]), otherwise at the next sweep (an upload
-//!    replaced it, the file was destroyed or removed). The held version then goes as the
-//!    batch that replaced it would have let it go: deleted at once if nothing names it, or left
-//!    to the sweep on a member whose own edits come back as the owner's conflict copies
-//!    (`sharing::receive::FilesHere::keep_unnamed`).
+//!    made after it, when the version was still named). The file's older holds then go (the
+//!    version held now is newer, and here). A second edit whose bytes do not come either, on top
+//!    of one whose bytes have not come, keeps the hold there is: the last version whose bytes
+//!    were here.
+//! 2. **Released** when the file's current version, another one, has its bytes here, or the
+//!    file is gone (destroyed, removed): looked at when received bytes are committed
+//!    ([`Files::finish_received`]), when an upload replaces the content, and by every sweep, for
+//!    every record (those another process serving the instance made too). A file in the trash
+//!    whose bytes never came keeps its hold. The held version then goes as the batch that
+//!    replaced it would have let it go: deleted at once if nothing names it, or left to the
+//!    sweep on a member whose own edits come back as the owner's conflict copies
+//!    (`sharing::receive::FilesHere::keep_unnamed`). A received batch holds
+//!    [`Files::hold_replaced`]'s guard from its holds to its release; a release waits for the
+//!    batches under way, so it never judges a file between its hold and the write that follows
+//!    (the file still names the held version then, and the hold would look moot), nor releases
+//!    a hold that a batch relies on to skip making its own.
 //! 3. **Used** when the sharing ends before the bytes came (`sharing::ended`): the file gets its
 //!    held version back ([`Files::revert_held`]: a new revision naming it, with its `md5sum`
-//!    and `size`, the rest of the document as received) instead of moving to the trash. The
-//!    edit whose bytes never came is dropped; nothing the instance had is lost.
+//!    and `size`, the rest of the document as received) instead of moving to the trash (one in
+//!    the trash gets it back there). The edit whose bytes never came is dropped; nothing the
+//!    instance had is lost. The records are read from the store there, so the process that
+//!    settles the end uses the holds whichever process made them.
 //!
 //! What a hold does not do: a held version is not counted in the quota's bytes used (the
 //! document counts the edit's size), and while the edit's bytes are awaited the file still
 //! answers 409: its document says the edit, whose bytes these are not.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,34 +72,52 @@ pub struct Held {
     pub release: bool,
 }
 
-/// The holds of one instance in this process, by file: (held version, its record).
-pub(super) type Holds = std::sync::Mutex<HashMap<String, (String, Held)>>;
+/// The holds of one instance as this process last read or wrote them, by held version, and
+/// the lock between received batches (shared) and releases (exclusive): see step 2.
+#[derive(Default)]
+pub(super) struct Holds {
+    known: std::sync::Mutex<HashMap<String, Held>>,
+    batches: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Held by a received batch of files from its holds until the versions it leaves unnamed are
+/// released (see step 2 of the module docs).
+pub struct HoldGuard(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
 
 impl Files {
-    /// Reads the records of the holds (at open).
-    pub(super) async fn load_holds(&self) -> Result<()> {
-        let mut by_file = HashMap::new();
+    /// Reads every hold record from the store (this process's view of them made anew).
+    pub(super) async fn load_holds(&self) -> Result<HashMap<String, Held>> {
+        let mut all = HashMap::new();
         for doc in self.store.local_docs(&held()).await? {
             match serde_json::from_str::<Held>(doc.body.as_str()) {
                 Ok(h) => {
-                    by_file.insert(h.file.clone(), (doc.id, h));
+                    all.insert(doc.id, h);
                 }
                 Err(e) => tracing::warn!(version = %doc.id, error = %e, "an unreadable hold record is ignored"),
             }
         }
-        *self.holds.lock().map_err(|_| internal("holds poisoned"))? = by_file;
-        Ok(())
+        *self.holds.known.lock().map_err(|_| internal("holds poisoned"))? = all.clone();
+        Ok(all)
     }
 
-    /// The hold of file `id`, if it has one: (held version, record).
-    pub fn held_of(&self, id: &str) -> Option<(String, Held)> {
-        self.holds.lock().ok()?.get(id).cloned()
+    /// The files (ids here) that have a hold, read from the store.
+    pub async fn held_files(&self) -> Result<HashSet<String>> {
+        Ok(self.load_holds().await?.into_values().map(|h| h.file).collect())
     }
 
-    /// Whether version `vfs_id` is held (see the module docs). Asks the store, so that holds
-    /// made by another process serving the same instance count too.
+    /// The holds of file `id` this process knows of: (held version, record).
+    fn known_holds_of(&self, id: &str) -> Vec<(String, Held)> {
+        self.holds
+            .known
+            .lock()
+            .map(|k| k.iter().filter(|(_, h)| h.file == id).map(|(v, h)| (v.clone(), h.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether version `vfs_id` is held (see the module docs). Asks the store when this process
+    /// knows of no such hold, so that holds another process made count too.
     pub(super) async fn is_held(&self, vfs_id: &str) -> Result<bool> {
-        if self.holds.lock().map_or(true, |h| h.values().any(|(v, _)| v == vfs_id)) {
+        if self.holds.known.lock().map_or(true, |k| k.contains_key(vfs_id)) {
             return Ok(true);
         }
         match self.store.get_local(&held(), vfs_id).await {
@@ -101,9 +130,11 @@ impl Files {
     /// Step 1 of the module docs, for a batch of received file documents about to be written:
     /// holds the current version of each file it replaces by a version whose bytes are not
     /// here. `release`: whether a version the hold leaves unnamed is deleted when the hold
-    /// goes ([`Held::release`]). Answers the holds made.
-    pub async fn hold_replaced(&self, writes: &[DocWrite], release: bool) -> Result<usize> {
-        // The new version each live file document names, where it differs from the one here.
+    /// goes ([`Held::release`]). Answers the guard the batch keeps until it has released what
+    /// it left unnamed.
+    pub async fn hold_replaced(&self, writes: &[DocWrite], release: bool) -> Result<HoldGuard> {
+        let guard = HoldGuard(self.holds.batches.clone().read_owned().await);
+        // The files whose live document is replaced by one naming another version.
         let ids: Vec<String> = writes.iter().map(|w| w.id.as_str().to_owned()).collect();
         self.sync().await?;
         let entries = self.index.get_many(&ids).await?;
@@ -111,37 +142,47 @@ impl Files {
         for (w, e) in writes.iter().zip(entries) {
             let Some(Some(current)) = e.filter(|e| e.kind == Kind::File).map(|e| e.vfs_id) else { continue };
             let new = w.body.get("internal_vfs_id").and_then(|v| v.as_str().map(str::to_owned));
-            let Some(new) = new.filter(|n| !w.deleted && *n != current) else { continue };
-            if self.held_of(w.id.as_str()).is_none() {
+            if let Some(new) = new.filter(|n| !w.deleted && *n != current) {
                 replaced.push((w.id.as_str().to_owned(), current, new));
             }
         }
         if replaced.is_empty() {
-            return Ok(0);
+            return Ok(guard);
         }
         // Held only when the current version's bytes are here and the new one's are not.
         let keys = |pick: fn(&(String, String, String)) -> &String| -> Result<Vec<ContentKey>> {
             replaced.iter().map(|r| version_key(pick(r)).ok_or_else(|| internal("invalid version id"))).collect()
         };
         let (now, next) = (self.present(&keys(|r| &r.1)?).await?, self.present(&keys(|r| &r.2)?).await?);
-        let mut made = 0;
-        for ((id, current, _), (here, coming)) in replaced.iter().zip(now.into_iter().zip(next)) {
-            if !here || coming {
-                continue;
-            }
-            let Some(doc) = DocId::parse(id).ok() else { continue };
-            let Some((_, body)) = self.live_docs(vec![doc]).await?.remove(id.as_str()) else { continue };
-            if body.get("internal_vfs_id").and_then(|v| v.as_str().map(str::to_owned)).as_ref() != Some(current) {
-                continue;
-            }
-            let Some(md5sum) = body.get("md5sum").and_then(|v| v.as_str().map(str::to_owned)) else { continue };
-            let Some(size) = body.get("size") else { continue };
-            let h = Held { file: id.clone(), md5sum, size, release };
-            self.write_hold(current, &h).await?;
-            self.holds.lock().map_err(|_| internal("holds poisoned"))?.insert(id.clone(), (current.clone(), h));
-            made += 1;
+        let picked: Vec<(String, String)> = replaced
+            .into_iter()
+            .zip(now.into_iter().zip(next))
+            .filter(|(_, (here, coming))| *here && !coming)
+            .map(|((id, current, _), _)| (id, current))
+            .collect();
+        if picked.is_empty() {
+            return Ok(guard);
         }
-        Ok(made)
+        let docs = self.live_docs(picked.iter().filter_map(|(id, _)| DocId::parse(id).ok()).collect()).await?;
+        for (id, current) in picked {
+            // The document must still name it (the index may lag), with what to give back.
+            let Some((_, body)) = docs.get(&id) else { continue };
+            let field = |f: &str| body.get(f);
+            if field("internal_vfs_id").and_then(|v| v.as_str().map(str::to_owned)).as_ref() != Some(&current) {
+                continue;
+            }
+            let (Some(md5sum), Some(size)) =
+                (field("md5sum").and_then(|v| v.as_str().map(str::to_owned)), field("size"))
+            else {
+                continue;
+            };
+            let older = self.known_holds_of(&id);
+            self.write_hold(&current, &Held { file: id.clone(), md5sum, size, release }).await?;
+            // Its older holds are moot: this version is newer, and here.
+            let older: Vec<(String, Held)> = older.into_iter().filter(|(v, _)| *v != current).collect();
+            self.drop_holds(older).await?;
+        }
+        Ok(guard)
     }
 
     async fn write_hold(&self, vfs_id: &str, h: &Held) -> Result<()> {
@@ -150,63 +191,101 @@ impl Files {
             _ => return Err(internal("a hold does not serialise")),
         };
         self.store.put_local(&held(), vfs_id, body).await?;
+        self.holds.known.lock().map_err(|_| internal("holds poisoned"))?.insert(vfs_id.to_owned(), h.clone());
         Ok(())
     }
 
-    /// Drops the hold of file `id` (its record, then this process's note of it); its version is
-    /// then released if nothing names it and the hold says so ([`Held::release`]), else left
-    /// to the sweep. Answers whether it had one.
-    async fn drop_hold(&self, id: &str) -> Result<bool> {
-        let Some((vfs_id, h)) = self.held_of(id) else { return Ok(false) };
-        match self.store.delete_local(&held(), &vfs_id).await {
-            Ok(()) | Err(StoreError::NotFound) => {}
-            Err(e) => return Err(e.into()),
+    /// Drops these holds (each record, then this process's note of it); each version is then
+    /// released if nothing names it and its hold says so ([`Held::release`]), else left to the
+    /// sweep.
+    async fn drop_holds(&self, holds: Vec<(String, Held)>) -> Result<()> {
+        let mut released = HashSet::new();
+        for (vfs_id, h) in holds {
+            match self.store.delete_local(&held(), &vfs_id).await {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.holds.known.lock().map_err(|_| internal("holds poisoned"))?.remove(&vfs_id);
+            if h.release {
+                released.insert(vfs_id);
+            }
         }
-        self.holds.lock().map_err(|_| internal("holds poisoned"))?.remove(id);
-        if h.release {
-            self.release_versions(&HashSet::from([vfs_id])).await?;
-        }
-        Ok(true)
+        self.release_versions(&released).await?;
+        Ok(())
     }
 
-    /// Step 2 of the module docs: drops the hold of each of `ids` whose file's current version
-    /// has its bytes here, or which is no longer a file here. Answers the holds dropped.
-    pub(super) async fn release_holds(&self, ids: &[String]) -> Result<usize> {
-        let ids: Vec<String> = ids.iter().filter(|id| self.held_of(id).is_some()).cloned().collect();
-        if ids.is_empty() {
+    /// Step 2 of the module docs: drops the holds of each of `ids` whose current version has
+    /// its bytes here, or which is no longer a file here. `from_store`: the holds are read
+    /// from the store (every process's), else only those this process knows of are looked at.
+    /// Answers the holds dropped.
+    pub(super) async fn release_holds(&self, ids: &[String], from_store: bool) -> Result<usize> {
+        if !from_store && ids.iter().all(|id| self.known_holds_of(id).is_empty()) {
+            return Ok(0);
+        }
+        let _alone = self.holds.batches.write().await;
+        let all = if from_store {
+            self.load_holds().await?
+        } else {
+            self.holds.known.lock().map_err(|_| internal("holds poisoned"))?.clone()
+        };
+        let asked: HashSet<&String> = ids.iter().collect();
+        let mut by_file: HashMap<String, Vec<(String, Held)>> = HashMap::new();
+        for (v, h) in all.into_iter().filter(|(_, h)| asked.contains(&h.file)) {
+            by_file.entry(h.file.clone()).or_default().push((v, h));
+        }
+        if by_file.is_empty() {
             return Ok(0);
         }
         self.sync().await?;
-        let entries = self.index.get_many(&ids).await?;
+        let files: Vec<String> = by_file.keys().cloned().collect();
+        let entries = self.index.get_many(&files).await?;
         let mut dropped = 0;
-        for (id, e) in ids.iter().zip(entries) {
-            let key =
-                e.filter(|e| e.kind == Kind::File && !e.trashed).and_then(|e| e.vfs_id).and_then(|v| version_key(&v));
-            let settled = match key {
-                Some(key) => self.content.size(&key).await?.is_some(),
-                None => true,
+        for (id, e) in files.iter().zip(entries) {
+            let holds = by_file.remove(id).unwrap_or_default();
+            let settled: Vec<(String, Held)> = match e.filter(|e| e.kind == Kind::File) {
+                // Gone.
+                None => holds,
+                Some(e) => {
+                    let Some(current) = e.vfs_id else { continue };
+                    let Some(key) = version_key(&current) else { continue };
+                    if self.content.size(&key).await?.is_none() {
+                        continue;
+                    }
+                    // Never one the file still names: between a hold and its batch's write (in
+                    // another process, which the lock does not order), it looks moot.
+                    holds.into_iter().filter(|(v, _)| *v != current).collect()
+                }
             };
-            if settled && self.drop_hold(id).await? {
-                dropped += 1;
-            }
+            dropped += settled.len();
+            self.drop_holds(settled).await?;
         }
         Ok(dropped)
     }
 
-    /// Every hold of this process, by file (for the sweep).
-    pub(super) fn held_files(&self) -> Vec<String> {
-        self.holds.lock().map(|h| h.keys().cloned().collect()).unwrap_or_default()
+    /// Every file with a hold, for the sweep: read from the store.
+    pub(super) async fn release_all_holds(&self) -> Result<usize> {
+        let files: Vec<String> = self.held_files().await?.into_iter().collect();
+        if files.is_empty() {
+            return Ok(0);
+        }
+        self.release_holds(&files, true).await
     }
 
     /// Step 3 of the module docs, under the write lock, for `item`, a file whose current
-    /// version's bytes never came: gives it its held version back. Answers whether it did
-    /// (false: no hold, or the held bytes are gone).
+    /// version's bytes never came: gives it its held version back (one whose bytes are here).
+    /// Answers whether it did (false: no hold, or the held bytes are gone).
     pub(super) async fn revert_held(&self, item: &super::Item) -> Result<bool> {
-        let Some((vfs_id, h)) = self.held_of(&item.id) else { return Ok(false) };
-        let Some(key) = version_key(&vfs_id) else { return Ok(false) };
-        if self.content.size(&key).await?.is_none() {
-            return Ok(false);
+        let holds: Vec<(String, Held)> =
+            self.load_holds().await?.into_iter().filter(|(_, h)| h.file == item.id).collect();
+        let mut back = None;
+        for (vfs_id, h) in &holds {
+            let Some(key) = version_key(vfs_id) else { continue };
+            if self.content.size(&key).await?.is_some() {
+                back = Some((vfs_id.clone(), h.clone()));
+                break;
+            }
         }
+        let Some((vfs_id, h)) = back else { return Ok(false) };
         let mut body = item.body.clone();
         model::set(&mut body, "internal_vfs_id", serde_json::json!(vfs_id));
         model::set(&mut body, "md5sum", serde_json::json!(h.md5sum));
@@ -214,7 +293,7 @@ impl Files {
         model::set(&mut body, "updated_at", serde_json::json!(super::now()));
         self.write_doc(&item.id, Some(&item.rev), false, body).await?;
         self.sync().await?;
-        self.drop_hold(&item.id).await?;
+        self.drop_holds(holds).await?;
         Ok(true)
     }
 }

@@ -80,7 +80,7 @@ use md5::Digest;
 use serde_json::{json, Value};
 
 pub use content::{Block, ContentBackend, ContentError, ContentKey, ContentStore, ContentWriter};
-pub use held::{Held, HELD_DOCTYPE};
+pub use held::{Held, HoldGuard, HELD_DOCTYPE};
 use index::{Entry, Index};
 pub use model::Kind;
 use registry::ensure_dir_in;

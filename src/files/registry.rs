@@ -21,7 +21,7 @@ impl Files {
         }
         let temporary = self.content.sweep_incomplete(cutoff).await?;
         // Holds whose file has its bytes again (or is gone) go first: their versions with them.
-        self.release_holds(&self.held_files()).await?;
+        self.release_all_holds().await?;
         let objects = self.content.list("files/").await?;
         self.sync().await?;
         let mut swept = Swept { objects: objects.len() as u64, removed: 0, temporary };

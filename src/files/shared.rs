@@ -379,18 +379,23 @@ impl Files {
         self.arriving(vfs_id) || self.writing.lock().map_or(true, |w| w.contains(vfs_id))
     }
 
-    /// Of `ids`, the files (outside the trash) whose current version's bytes are being
+    /// Of `ids`, the files (outside the trash, or in it with a hold: see `held`) whose current
+    /// version's bytes are being
     /// received, or else are not here (looked at in that order, see "A sharing that ends" in
     /// the module docs), in the order given: the candidates of [`Files::trash_contentless`],
     /// which judges them again (one being received may yet fail).
     pub async fn contentless(&self, ids: &[String]) -> Result<Vec<String>> {
         self.sync().await?;
+        let held = self.held_files().await?;
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
             let entries = self.index.get_many(chunk).await?;
             let mut files: Vec<(String, Option<ContentKey>)> = Vec::new();
             for (id, e) in chunk.iter().zip(entries) {
-                let Some(e) = e.filter(|e| e.kind == Kind::File && !e.trashed) else { continue };
+                // One in the trash only to get its held version back (see `held`).
+                let Some(e) = e.filter(|e| e.kind == Kind::File && (!e.trashed || held.contains(id))) else {
+                    continue;
+                };
                 let Some(vfs_id) = e.vfs_id else { continue };
                 let Some(key) = super::version_key(&vfs_id) else { continue };
                 files.push((id.clone(), (!self.receiving(&vfs_id)).then_some(key)));
@@ -442,7 +447,7 @@ impl Files {
             Err(FilesError::NotFound(_)) => return Ok(Contentless::Stays),
             Err(e) => return Err(e),
         };
-        if item.kind() != Kind::File || item.trashed() || item.lineage().any(|a| keep_under.iter().any(|k| k == a)) {
+        if item.kind() != Kind::File || item.lineage().any(|a| keep_under.iter().any(|k| k == a)) {
             return Ok(Contentless::Stays);
         }
         let Some(vfs_id) = item.ancestry.first().and_then(|e| e.vfs_id.clone()) else { return Ok(Contentless::Stays) };
@@ -458,6 +463,9 @@ impl Files {
             Ok(false) => {}
             Err(FilesError::Conflict(_)) => return Ok(Contentless::Stays),
             Err(e) => return Err(e),
+        }
+        if item.trashed() {
+            return Ok(Contentless::Stays);
         }
         let restore_path = item.ancestry.get(1..).and_then(index::path_of).unwrap_or_else(|| "/".into());
         match self.trash_locked(&item, &restore_path).await {

@@ -264,9 +264,12 @@ impl Files {
         match outcome {
             Ok((item, old)) => {
                 // The replaced version goes unless another document still names it (a
-                // dissociated copy of this file, say).
+                // dissociated copy of this file, say); a version held for it is moot now.
                 if let Err(e) = self.release_versions(&old.into_iter().collect()).await {
                     tracing::warn!(error = ?e, "failed to delete a replaced version; the sweep will");
+                }
+                if let Err(e) = self.release_holds(std::slice::from_ref(&item.id), false).await {
+                    tracing::warn!(error = ?e, "failed to release a held version; the sweep will");
                 }
                 Ok(item)
             }

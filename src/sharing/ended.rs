@@ -122,6 +122,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
     }
     let doctype = crate::files::doctype();
     let files = files.of(inst).await.map_err(files_failed)?;
+    let held = if s.owner { files.held_files().await.map_err(files_failed)? } else { Default::default() };
     let mut ids = Vec::new();
     let mut since = 0;
     loop {
@@ -135,9 +136,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
                 // On the owner, only what came from a member, or what a member's edit
                 // replaced (see the module docs).
                 .filter(|r| {
-                    !s.owner
-                        || r.origin.is_some_and(|o| o != MemberIndex::OWNER)
-                        || files.held_of(r.id.as_str()).is_some()
+                    !s.owner || r.origin.is_some_and(|o| o != MemberIndex::OWNER) || held.contains(r.id.as_str())
                 })
                 .map(|r| r.id.as_str().to_owned()),
         );

@@ -219,9 +219,11 @@ pub async fn bulk_docs(
         };
         // An edit whose bytes are not here yet keeps the version it replaces (`files::held`),
         // written down before the write that stops naming it.
-        if let (Some(files), Some(_)) = (files, &tree) {
-            files.hold_replaced(&writes, !keep_unnamed).await.map_err(files_failed)?;
-        }
+        // The guard is kept until what the batch leaves unnamed is released.
+        let holding = match (files, &tree) {
+            (Some(files), Some(_)) => Some(files.hold_replaced(&writes, !keep_unnamed).await.map_err(files_failed)?),
+            _ => None,
+        };
         let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
         if let Some(tree) = tree.as_ref().filter(|t| !t.orphans.is_empty()) {
             (peer_ids, writes, relocations) = restore_orphans(s, tree, peer_ids, writes);
@@ -312,6 +314,7 @@ pub async fn bulk_docs(
             }
             drop(batches.take());
             let released = files.release_versions(&named_before).await.map_err(files_failed)?;
+            drop(holding);
             if released > 0 {
                 tracing::info!(instance = %inst.domain, sharing = %s.id(), released, "content no file names any more deleted");
             }
