@@ -745,10 +745,10 @@ async fn a_sweep_between_a_hold_and_its_write_keeps_the_hold() {
     let (w, files) = next_revision(&app, &alice, &id).await;
     let v1_id = files.get(&id).await.unwrap().ancestry[0].vfs_id.clone().unwrap();
     let edit = naming(w, "0123456789abcdef0123456789abcdef", b"x");
-    drop(files.hold_replaced(std::slice::from_ref(&edit), true).await.unwrap());
+    drop(files.hold_replaced(std::slice::from_ref(&edit), true, None).await.unwrap());
     files.sweep(std::time::Duration::ZERO).await.unwrap();
     assert_eq!(files.held_files().await.unwrap(), HashSet::from([id.clone()]));
-    let guard = files.hold_replaced(std::slice::from_ref(&edit), true).await.unwrap();
+    let guard = files.hold_replaced(std::slice::from_ref(&edit), true, None).await.unwrap();
     write(&app, &alice, edit).await;
     assert_eq!(files.release_versions(&HashSet::from([v1_id])).await.unwrap(), 0);
     drop(guard);
@@ -775,14 +775,14 @@ async fn bytes_committed_while_a_later_edit_is_written_cost_nothing() {
     let v2 = vec![b'b'; 1000];
     let v2_id = "1123456789abcdef0123456789abcdef";
     let e2 = naming(w, v2_id, &v2);
-    let guard = files.hold_replaced(std::slice::from_ref(&e2), true).await.unwrap();
+    let guard = files.hold_replaced(std::slice::from_ref(&e2), true, None).await.unwrap();
     write(&app, &alice, e2).await;
     files.release_versions(&HashSet::from([v1_id])).await.unwrap();
     drop(guard);
 
     let (w, _) = next_revision(&app, &alice, &id).await;
     let e3 = naming(w, "2123456789abcdef0123456789abcdef", b"c");
-    let guard = files.hold_replaced(std::slice::from_ref(&e3), true).await.unwrap();
+    let guard = files.hold_replaced(std::slice::from_ref(&e3), true, None).await.unwrap();
     // The second edit's bytes commit meanwhile (the content channel runs beside the batches).
     let mut r = files.begin_received(&id, v2_id).await.unwrap().unwrap();
     r.write(bytes::Bytes::from(v2.clone())).await.unwrap();

@@ -258,7 +258,6 @@ async fn a_file_deleted_while_an_edits_bytes_are_in_flight_is_restored_with_the_
 /// again (as when bob was her only member), readable, not left answering 409 for good; carol
 /// gets them back too; nothing in alice's trash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a hold is used only when the whole sharing ends; with carol left, alice's own file answers 409 for good"]
 async fn a_member_leaving_while_others_stay_gives_the_owners_file_whose_edit_never_came_her_bytes_back() {
     let mut one = spawn_app().await;
     let two = spawn_app().await;

@@ -37,6 +37,15 @@
 //!    instance had is lost. The records are read from the store there, so the process that
 //!    settles the end uses the holds whichever process made them.
 //!
+//! 4. **Used** too, on the owner, when the member whose edit is awaited leaves or is revoked
+//!    while the sharing goes on with others ([`Files::revert_departed`], from
+//!    `sharing::ended::members_departed`): members talk only to the owner, so the bytes of a
+//!    member's edit that the owner lacks can come from that member alone. The file gets its
+//!    held version back if that edit is still its current version; the new revision reaches
+//!    the other members as any edit of the owner's, and they get its bytes from the owner. A
+//!    member's edit on top of the awaited one becomes the awaited edit (its sender's leaving
+//!    is what counts then).
+//!
 //! What a hold does not do: a held version is not counted in the quota's bytes used (the
 //! document counts the edit's size), and while the edit's bytes are awaited the file still
 //! answers 409: its document says the edit, whose bytes these are not.
@@ -70,6 +79,19 @@ pub struct Held {
     /// `sharing::receive::FilesHere::keep_unnamed`).
     #[serde(default)]
     pub release: bool,
+    /// The edit awaited: the version that replaced this one (or the latest edit since, whose
+    /// bytes are not here either), the sharing it came by and the member (its index there)
+    /// that sent it. On the owner, that member gone is the end of the wait (step 4).
+    #[serde(default)]
+    pub awaited: Option<Awaited>,
+}
+
+/// The edit a hold waits for (see [`Held::awaited`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Awaited {
+    pub version: String,
+    pub sharing: String,
+    pub from: usize,
 }
 
 /// The holds of one instance as this process last read or wrote them, by held version, and
@@ -129,10 +151,17 @@ impl Files {
 
     /// Step 1 of the module docs, for a batch of received file documents about to be written:
     /// holds the current version of each file it replaces by a version whose bytes are not
-    /// here. `release`: whether a version the hold leaves unnamed is deleted when the hold
-    /// goes ([`Held::release`]). Answers the guard the batch keeps until it has released what
-    /// it left unnamed.
-    pub async fn hold_replaced(&self, writes: &[DocWrite], release: bool) -> Result<HoldGuard> {
+    /// here, and notes the edit awaited (`from`: the sharing and the member that sent the
+    /// batch) on the hold there is of a file whose bytes are awaited already. `release`:
+    /// whether a version the hold leaves unnamed is deleted when the hold goes
+    /// ([`Held::release`]). Answers the guard the batch keeps until it has released what it
+    /// left unnamed.
+    pub async fn hold_replaced(
+        &self,
+        writes: &[DocWrite],
+        release: bool,
+        from: Option<(&str, usize)>,
+    ) -> Result<HoldGuard> {
         let guard = HoldGuard(self.holds.batches.clone().read_owned().await);
         // The files whose live document is replaced by one naming another version.
         let ids: Vec<String> = writes.iter().map(|w| w.id.as_str().to_owned()).collect();
@@ -154,17 +183,28 @@ impl Files {
             replaced.iter().map(|r| version_key(pick(r)).ok_or_else(|| internal("invalid version id"))).collect()
         };
         let (now, next) = (self.present(&keys(|r| &r.1)?).await?, self.present(&keys(|r| &r.2)?).await?);
-        let picked: Vec<(String, String)> = replaced
-            .into_iter()
-            .zip(now.into_iter().zip(next))
-            .filter(|(_, (here, coming))| *here && !coming)
-            .map(|((id, current, _), _)| (id, current))
-            .collect();
+        let awaited =
+            |new: &str| from.map(|(s, i)| Awaited { version: new.to_owned(), sharing: s.to_owned(), from: i });
+        let mut picked: Vec<(String, String, String)> = Vec::new();
+        for ((id, current, new), (here, coming)) in replaced.into_iter().zip(now.into_iter().zip(next)) {
+            if coming {
+                continue;
+            }
+            if here {
+                picked.push((id, current, new));
+                continue;
+            }
+            // Awaited already: the hold there is now waits for this edit.
+            for (v, mut h) in self.known_holds_of(&id) {
+                h.awaited = awaited(&new);
+                self.write_hold(&v, &h).await?;
+            }
+        }
         if picked.is_empty() {
             return Ok(guard);
         }
-        let docs = self.live_docs(picked.iter().filter_map(|(id, _)| DocId::parse(id).ok()).collect()).await?;
-        for (id, current) in picked {
+        let docs = self.live_docs(picked.iter().filter_map(|(id, _, _)| DocId::parse(id).ok()).collect()).await?;
+        for (id, current, new) in picked {
             // The document must still name it (the index may lag), with what to give back.
             let Some((_, body)) = docs.get(&id) else { continue };
             let field = |f: &str| body.get(f);
@@ -177,7 +217,8 @@ impl Files {
                 continue;
             };
             let older = self.known_holds_of(&id);
-            self.write_hold(&current, &Held { file: id.clone(), md5sum, size, release }).await?;
+            self.write_hold(&current, &Held { file: id.clone(), md5sum, size, release, awaited: awaited(&new) })
+                .await?;
             // Its older holds are moot: this version is newer, and here.
             let older: Vec<(String, Held)> = older.into_iter().filter(|(v, _)| *v != current).collect();
             self.drop_holds(older).await?;
@@ -269,6 +310,46 @@ impl Files {
             return Ok(0);
         }
         self.release_holds(&files, true).await
+    }
+
+    /// Step 4 of the module docs, on the owner of sharing `sharing`, still active: gives back
+    /// its held version to each file whose awaited edit came from a member `gone` says is no
+    /// longer in the sharing, and is still the file's current version, with its bytes neither
+    /// here nor being received. The new revision goes to the members left, as any edit of the
+    /// owner's. Answers the files given their version back.
+    pub async fn revert_departed(&self, sharing: &str, gone: impl Fn(usize) -> bool) -> Result<Vec<String>> {
+        let due: Vec<(String, String)> = self
+            .load_holds()
+            .await?
+            .into_values()
+            .filter_map(|h| {
+                let a = h.awaited?;
+                (a.sharing == sharing && gone(a.from)).then_some((h.file, a.version))
+            })
+            .collect();
+        let mut reverted = Vec::new();
+        for (id, version) in due {
+            let _lock = self.writes.lock().await;
+            self.sync().await?;
+            let item = match self.load(&id).await {
+                Ok(item) => item,
+                Err(super::FilesError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if item.kind() != Kind::File || item.ancestry.first().and_then(|e| e.vfs_id.as_deref()) != Some(&version) {
+                continue;
+            }
+            let Some(key) = version_key(&version) else { continue };
+            if self.receiving(&version) || self.content.size(&key).await?.is_some() {
+                continue;
+            }
+            match self.revert_held(&item).await {
+                Ok(true) => reverted.push(id),
+                Ok(false) | Err(super::FilesError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(reverted)
     }
 
     /// Step 3 of the module docs, under the write lock, for `item`, a file whose current

@@ -375,7 +375,7 @@ impl Files {
     /// Whether version `vfs_id` is being received here now, or written at all (a reception
     /// between its checks and [`Files::arriving`], an upload): a lock that cannot be read
     /// says yes (nothing moves on a doubt).
-    fn receiving(&self, vfs_id: &str) -> bool {
+    pub(super) fn receiving(&self, vfs_id: &str) -> bool {
         self.arriving(vfs_id) || self.writing.lock().map_or(true, |w| w.contains(vfs_id))
     }
 

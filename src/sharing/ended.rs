@@ -47,7 +47,8 @@
 //! inactive with its feed still there (a crash before the record, or a record that failed)
 //! has it made then, and its feed forgotten. What is left alone: a member revoked (or leaving)
 //! while the owner's sharing goes on with others keeps, on the owner, the files it sent whose
-//! bytes never came (moving them would send their removal to every other member).
+//! bytes never came (moving them would send their removal to every other member); its edits
+//! of files whose bytes never came are undone though ([`members_departed`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -226,6 +227,33 @@ pub async fn settle_logged(cx: &Context, inst: &Instance, id: &SharingId) {
     }
 }
 
+/// On the owner of sharing `id` while it stays active (a member left or was revoked, others
+/// remain): each file whose awaited edit came from a member no longer in it gets back the
+/// version held for it (`files::held`, step 4). Failures are logged; the next state change of
+/// the sharing, or the next start, looks again.
+pub async fn members_departed(cx: &Context, inst: &Instance, id: &SharingId) {
+    let s = match super::load(inst.store.as_ref(), id).await {
+        Ok(Some(s)) if s.owner && s.active && s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) => s,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::error!(instance = %inst.domain, sharing = %id, error = %e, "reading a sharing failed");
+            return;
+        }
+    };
+    let gone = |i: usize| s.member(MemberIndex(i)).is_none_or(|m| m.status == super::MemberStatus::Revoked);
+    let reverted = match cx.files.of(inst).await {
+        Ok(files) => files.revert_departed(id.as_str(), gone).await,
+        Err(e) => Err(e),
+    };
+    match reverted {
+        Ok(r) if !r.is_empty() => tracing::info!(instance = %inst.domain, sharing = %id, files = r.len(),
+            "files whose edit's bytes can no longer come (its member left) got their previous content back"),
+        Ok(_) => {}
+        Err(e) => tracing::error!(instance = %inst.domain, sharing = %id, error = %e,
+            "giving back the previous content of files a departed member edited failed; retried at the next change"),
+    }
+}
+
 /// At start, for each instance: the end of every inactive sharing whose feed is still there is
 /// recorded and its feed forgotten (see the module docs), then every record not done is
 /// settled. Answers the records settled.
@@ -233,6 +261,9 @@ pub async fn complete(cx: &Context, inst: &Instance) -> Result<usize, StoreError
     let mut settled = 0;
     for s in super::list(inst.store.as_ref()).await? {
         let Some(id) = s.id.clone() else { continue };
+        if s.active && s.owner {
+            members_departed(cx, inst, &id).await;
+        }
         // Only an ended sharing has a record (it never becomes active again).
         if s.active || !s.rules.iter().any(|r| r.doctype == crate::files::DOCTYPE) {
             continue;

@@ -117,11 +117,14 @@ impl Context {
 
     /// After a sharing changed state: tracking follows (see [`tracking::Tracking::changed`]),
     /// replication is woken, and when the sharing ended, its files whose bytes never arrived
-    /// go to the trash ([`ended`]).
+    /// go to the trash ([`ended`]); on an owner whose sharing goes on, the files whose awaited
+    /// edit came from a member gone get their previous content back
+    /// ([`ended::members_departed`]).
     pub async fn sharing_changed(&self, inst: &Instance, id: &SharingId) -> Result<(), StoreError> {
         self.tracking.changed(inst, id, &self.files).await?;
         self.sync.wake_replication();
         ended::settle_logged(self, inst, id).await;
+        ended::members_departed(self, inst, id).await;
         Ok(())
     }
 }

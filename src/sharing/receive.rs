@@ -221,7 +221,10 @@ pub async fn bulk_docs(
         // written down before the write that stops naming it.
         // The guard is kept until what the batch leaves unnamed is released.
         let holding = match (files, &tree) {
-            (Some(files), Some(_)) => Some(files.hold_replaced(&writes, !keep_unnamed).await.map_err(files_failed)?),
+            (Some(files), Some(_)) => {
+                let from = Some((s.id(), from.get()));
+                Some(files.hold_replaced(&writes, !keep_unnamed, from).await.map_err(files_failed)?)
+            }
             _ => None,
         };
         let mut relocations: HashSet<(DocId, Rev)> = HashSet::new();
