@@ -209,7 +209,6 @@ async fn a_rename_made_while_an_edits_bytes_are_in_flight_keeps_the_owners_bytes
 /// is readable, with the bytes bob had before the edit (nothing bob had is lost, as
 /// `files::held` promises), not an unreadable file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the copy kept when a.txt left the sharing names the edit, and the hold of a.txt went with it: restored, the copy answers 404"]
 async fn a_file_deleted_while_an_edits_bytes_are_in_flight_is_restored_with_the_bytes_it_had() {
     let one = spawn_app().await;
     let two = spawn_app().await;

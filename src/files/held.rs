@@ -46,6 +46,12 @@
 //!    member's edit on top of the awaited one becomes the awaited edit (its sender's leaving
 //!    is what counts then).
 //!
+//! 5. **Kept by a copy**: a file that leaves the sharing while its edit's bytes are awaited
+//!    (moved out, trashed or removed by another member) is kept here as a dissociated copy
+//!    (`files::shared`, "Leaving keeps a copy"); the copy names the held version, what this
+//!    instance had, rather than the edit, whose bytes may never come
+//!    ([`Files::with_held_version`]). The hold then goes with the file it was made for.
+//!
 //! What a hold does not do: a held version is not counted in the quota's bytes used (the
 //! document counts the edit's size), and while the edit's bytes are awaited the file still
 //! answers 409: its document says the edit, whose bytes these are not.
@@ -350,6 +356,30 @@ impl Files {
             }
         }
         Ok(reverted)
+    }
+
+    /// `body`, a version of file `id` about to be kept as a dissociated copy (`files::shared`,
+    /// "Leaving keeps a copy"), under the write lock: when the bytes of the version it names
+    /// are not here and `id` has a held version whose bytes are, the copy names the held one
+    /// instead, what this instance had (step 5 of the module docs).
+    pub(super) async fn with_held_version(&self, id: &str, body: Body) -> Result<Body> {
+        let named = body.get("internal_vfs_id").and_then(|v| v.as_str().and_then(version_key));
+        let Some(named) = named else { return Ok(body) };
+        if self.content.size(&named).await?.is_some() {
+            return Ok(body);
+        }
+        let holds: Vec<(String, Held)> = self.load_holds().await?.into_iter().filter(|(_, h)| h.file == id).collect();
+        for (vfs_id, h) in holds {
+            let Some(key) = version_key(&vfs_id) else { continue };
+            if self.content.size(&key).await?.is_some() {
+                let mut body = body;
+                model::set(&mut body, "internal_vfs_id", serde_json::json!(vfs_id));
+                model::set(&mut body, "md5sum", serde_json::json!(h.md5sum));
+                model::set(&mut body, "size", h.size);
+                return Ok(body);
+            }
+        }
+        Ok(body)
     }
 
     /// Step 3 of the module docs, under the write lock, for `item`, a file whose current

@@ -315,7 +315,11 @@ impl Files {
         let live = self.live_leaves(&doc).await?;
         let kept = live.first().map(|(_, b)| b.clone()).or(before);
         let made = match kept {
-            Some(body) => self.dissociated_copy(id, body).await?,
+            // Of what this instance has: an edit whose bytes are awaited leaves its held version.
+            Some(body) => {
+                let body = self.with_held_version(id, body).await?;
+                self.dissociated_copy(id, body).await?
+            }
             None => None,
         };
         for (rev, _) in &live {
