@@ -8,6 +8,9 @@ mod common;
 use base64::Engine;
 use common::bytes::{md5_b64, mkdir, replace};
 use common::flow::{answer_invitation, create_sharing, link, load, winner, PASS};
+use common::folder::{
+    attrs_at, download, id_at, objects_after_sweep, share, team, trash_names, FILES, ROOT, SHARED, WAIT,
+};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use hearth::sharing::MemberStatus;
 use hearth::store::{Body, DocId, DocWrite, GetOptions};
@@ -15,11 +18,6 @@ use md5::Digest;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-
-const ROOT: &str = "io.cozy.files.root-dir";
-const WAIT: u64 = 90;
-const FILES: &str = "io.cozy.files";
-const SHARED: &str = "/Shared with me/Team";
 
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -41,16 +39,6 @@ async fn upload(i: &TestInstance, token: &str, dir: &str, name: &str, data: &[u8
 async fn trash(i: &TestInstance, token: &str, id: &str) {
     let (s, v) = i.call(Method::DELETE, &format!("/files/{}", enc(id)), Some(token), None).await;
     assert_eq!(s, 200, "trash: {v}");
-}
-
-/// `GET /files/metadata?Path=`: the item's attributes, if there is one.
-async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
-    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
-    (s == 200).then(|| v["data"].clone())
-}
-
-async fn id_at(i: &TestInstance, token: &str, path: &str) -> Option<String> {
-    attrs_at(i, token, path).await.map(|d| d["id"].as_str().unwrap().to_owned())
 }
 
 /// Alice (on `one`) shares `/Projects` holding `a.txt` with bob (on `two`), who accepts.
@@ -422,51 +410,6 @@ async fn sharings_of_one_title_accepted_at_once_take_names_of_their_own() {
     }
 }
 
-/// The names of the items in `i`'s trash.
-async fn trash_names(i: &TestInstance, token: &str) -> Vec<String> {
-    let (s, v) = i.call(Method::GET, "/files/trash", Some(token), None).await;
-    assert_eq!(s, 200, "{v}");
-    v["data"].as_array().unwrap().iter().map(|d| d["attributes"]["name"].as_str().unwrap().to_owned()).collect()
-}
-
-/// `GET /files/download?Path=`: the status and the body.
-async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
-    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
-    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
-}
-
-/// Alice shares her directory `team` as "Team" (sync both ways) with bob, who accepts: the
-/// sharing's id.
-async fn share_team(one: &TestApp, alice: &TestInstance, ta: &str, bob: &TestInstance, team: &str) -> String {
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [team], "add": "sync", "update": "sync", "remove": "sync"});
-    let to = json!([{"instance": format!("http://{}", bob.domain)}]);
-    let sid = create_sharing(alice, ta, json!([rule]), to, json!([])).await;
-    answer_invitation(&link(one, alice, &sid, 1).await, bob, "accept").await;
-    sid
-}
-
-/// Alice's `/Team` holding file `name` (`data`), shared with bob ([`share_team`]), once the file
-/// reached bob whole: (the directory's id, the file's id, the sharing's id). Each instance
-/// comes with its token.
-async fn team_with(
-    one: &TestApp,
-    (alice, ta): (&TestInstance, &str),
-    (bob, tb): (&TestInstance, &str),
-    name: &str,
-    data: &[u8],
-) -> (String, String, String) {
-    let team = mkdir(alice, ta, ROOT, "Team").await;
-    let file = upload(alice, ta, &team, name, data).await;
-    let sid = share_team(one, alice, ta, bob, &team).await;
-    let path = format!("{SHARED}/{name}");
-    eventually(WAIT, &format!("{name} reaches bob whole"), || async {
-        download(bob, tb, &path).await == (200, data.to_vec())
-    })
-    .await;
-    (team, file, sid)
-}
-
 /// A sharing that ends takes back what it never delivered (`sharing::ended`): bob's copy keeps
 /// every file whose bytes arrived, byte for byte, and the one whose bytes never came (his
 /// quota refuses them) goes to his trash, restorable where it was, rather than stay in his
@@ -489,7 +432,7 @@ async fn a_revocation_moves_to_the_trash_only_the_files_whose_bytes_never_arrive
     upload(&alice, &ta, &sub, &small[2].0, &small[2].1).await;
     let big = vec![7u8; 3_000_000];
     upload(&alice, &ta, &team, "big.bin", &big).await;
-    let sid = share_team(&one, &alice, &ta, &bob, &team).await;
+    let sid = share((&one, &alice, &ta), &[(&two, &bob, &tb)], &team).await;
     let small_path =
         |n: usize| if n == 2 { format!("{SHARED}/Sub/{}", small[n].0) } else { format!("{SHARED}/{}", small[n].0) };
     eventually(WAIT, "the small files reach bob whole, the big one's document without its bytes", || async {
@@ -543,7 +486,7 @@ async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_n
     let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
     let mine = vec![b'm'; 30_000];
-    let (_, _, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &mine).await;
+    let (_, _, sid) = team((&app, &alice, &ta), &[(&app, &bob, &tb)], "mine.txt", &mine).await;
     let bob_team = id_at(&bob, &tb, SHARED).await.unwrap();
     let (small, big) = (vec![b's'; 20_000], vec![9u8; 3_000_000]);
     upload(&bob, &tb, &bob_team, "small.txt", &small).await;
@@ -570,13 +513,6 @@ async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_n
     assert!(trash_names(&bob, &tb).await.is_empty());
 }
 
-/// The content objects of `i`'s files, after a sweep that takes every unnamed one at once.
-async fn objects_after_sweep(app: &TestApp, i: &TestInstance) -> usize {
-    let files = app.files.of(&app.instance(&i.domain)).await.unwrap();
-    files.sweep(std::time::Duration::ZERO).await.unwrap();
-    files.content.list("files/").await.unwrap().len()
-}
-
 /// An edit whose bytes never came does not cost the file its bytes (`files::held`): bob's copy
 /// of a.txt had its bytes when alice's edit of it came without them (bob's quota refuses
 /// them); the revocation gives bob's a.txt back the bytes it had, in place, rather than move it
@@ -592,7 +528,7 @@ async fn a_revocation_gives_a_file_whose_edit_never_came_whole_the_bytes_it_had(
     let (ta, tb) = (one.token(&alice, FILES), two.token(&bob, FILES));
     hearth::files::set_instance_quota(two.instance(&bob.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
     let first = vec![b'a'; 20_000];
-    let (_, a, sid) = team_with(&one, (&alice, &ta), (&bob, &tb), "a.txt", &first).await;
+    let (_, a, sid) = team((&one, &alice, &ta), &[(&two, &bob, &tb)], "a.txt", &first).await;
     let path = format!("{SHARED}/a.txt");
     // An edit whose bytes come: the version it replaced goes.
     let second = vec![b'b'; 30_000];
@@ -641,7 +577,7 @@ async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_
     let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
     let mine = vec![b'm'; 30_000];
-    let (_, _, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &mine).await;
+    let (_, _, sid) = team((&app, &alice, &ta), &[(&app, &bob, &tb)], "mine.txt", &mine).await;
     let bobs = format!("{SHARED}/mine.txt");
     let big = vec![9u8; 3_000_000];
     replace(&bob, &tb, &id_at(&bob, &tb, &bobs).await.unwrap(), &big).await;
@@ -675,7 +611,7 @@ async fn the_version_given_back_is_the_last_one_whose_bytes_were_here() {
     let (ta, tb) = (app.token(&alice, FILES), app.token(&bob, FILES));
     hearth::files::set_instance_quota(app.instance(&alice.domain).store.as_ref(), Some(1_000_000)).await.unwrap();
     let v1 = vec![b'm'; 30_000];
-    let (_, a, sid) = team_with(&app, (&alice, &ta), (&bob, &tb), "mine.txt", &v1).await;
+    let (_, a, sid) = team((&app, &alice, &ta), &[(&app, &bob, &tb)], "mine.txt", &v1).await;
     let bobs = format!("{SHARED}/mine.txt");
     let on_bob = id_at(&bob, &tb, &bobs).await.unwrap();
     replace(&bob, &tb, &on_bob, &vec![9u8; 3_000_000]).await;

@@ -5,104 +5,19 @@
 
 mod common;
 
-use common::bytes::{enc, md5_b64, mkdir, replace, upload};
-use common::flow::{answer_invitation, create_sharing, link, load, PASS};
-use common::{eventually, spawn_app, TestApp, TestInstance};
+use common::bytes::{enc, md5_b64, replace};
+use common::flow::{load, PASS};
+use common::folder::{
+    attrs_at, download, id_at, leave, objects_after_sweep, revoke_all, team, trash, trash_names, FILES, SHARED, WAIT,
+};
+use common::{eventually, spawn_app, TestInstance};
 use reqwest::Method;
-use serde_json::{json, Value};
-
-const ROOT: &str = "io.cozy.files.root-dir";
-const WAIT: u64 = 90;
-const FILES: &str = "io.cozy.files";
-const SHARED: &str = "/Shared with me/Team";
-
-async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
-    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
-    (s == 200).then(|| v["data"].clone())
-}
-
-async fn id_at(i: &TestInstance, token: &str, path: &str) -> Option<String> {
-    attrs_at(i, token, path).await.map(|d| d["id"].as_str().unwrap().to_owned())
-}
-
-async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
-    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
-    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
-}
-
-/// The trash: (name, id) of each item, sorted by name.
-async fn trash(i: &TestInstance, token: &str) -> Vec<(String, String)> {
-    let (s, v) = i.call(Method::GET, "/files/trash?page%5Blimit%5D=1000", Some(token), None).await;
-    assert_eq!(s, 200, "{v}");
-    let mut n: Vec<(String, String)> = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| (d["attributes"]["name"].as_str().unwrap().to_owned(), d["id"].as_str().unwrap().to_owned()))
-        .collect();
-    n.sort();
-    n
-}
-
-async fn trash_names(i: &TestInstance, token: &str) -> Vec<String> {
-    trash(i, token).await.into_iter().map(|(n, _)| n).collect()
-}
+use serde_json::json;
 
 async fn rename(i: &TestInstance, token: &str, id: &str, name: &str) {
     let body = json!({"data": {"type": "io.cozy.files", "id": id, "attributes": {"name": name}}});
     let (s, v) = i.call(Method::PATCH, &format!("/files/{}", enc(id)), Some(token), Some(body)).await;
     assert_eq!(s, 200, "rename: {v}");
-}
-
-async fn leave(app: &TestApp, who: &TestInstance, sid: &str) {
-    let t = app.token(who, "io.cozy.sharings");
-    let (s, v) = who.call(Method::DELETE, &format!("/sharings/{sid}/recipients/self"), Some(&t), None).await;
-    assert!(s == 200 || s == 204, "leave: {s} {v}");
-}
-
-async fn revoke_all(app: &TestApp, owner: &TestInstance, sid: &str) {
-    let t = app.token(owner, "io.cozy.sharings");
-    let (s, v) = owner.call(Method::DELETE, &format!("/sharings/{sid}/recipients"), Some(&t), None).await;
-    assert!(s == 200 || s == 204, "revoke: {s} {v}");
-}
-
-/// The content objects of `i`'s files, after a sweep that takes every unnamed one at once.
-async fn objects_after_sweep(app: &TestApp, i: &TestInstance) -> usize {
-    let files = app.files.of(&app.instance(&i.domain)).await.unwrap();
-    files.sweep(std::time::Duration::ZERO).await.unwrap();
-    files.content.list("files/").await.unwrap().len()
-}
-
-/// Alice (on `owner`) makes `/Team` holding file `name` (`data`) and shares it, sync both
-/// ways, with every one of `members` (each on its app), who all accept; answers once the file
-/// reached every member whole: (the directory's id, the file's id, the sharing's id).
-async fn team(
-    owner: (&TestApp, &TestInstance, &str),
-    members: &[(&TestApp, &TestInstance, &str)],
-    name: &str,
-    data: &[u8],
-) -> (String, String, String) {
-    let (app, alice, ta) = owner;
-    let dir = mkdir(alice, ta, ROOT, "Team").await;
-    let file = upload(alice, ta, &dir, name, data).await;
-    let rule =
-        json!({"title": "Team", "doctype": FILES, "values": [dir], "add": "sync", "update": "sync", "remove": "sync"});
-    let to: Vec<Value> = members.iter().map(|(_, m, _)| json!({"instance": format!("http://{}", m.domain)})).collect();
-    let sid = create_sharing(alice, ta, json!([rule]), json!(to), json!([])).await;
-    let s = load(app, alice, &sid).await;
-    for (i, m) in s.members.iter().enumerate().skip(1) {
-        let who =
-            members.iter().find(|(_, r, _)| m.instance.as_deref() == Some(&format!("http://{}", r.domain))).unwrap().1;
-        answer_invitation(&link(app, alice, &sid, i).await, who, "accept").await;
-    }
-    let path = format!("{SHARED}/{name}");
-    for (_, m, tm) in members {
-        eventually(WAIT, &format!("{name} reaches {} whole", m.domain), || async {
-            download(m, tm, &path).await == (200, data.to_vec())
-        })
-        .await;
-    }
-    (dir, file, sid)
 }
 
 /// Replays syncthing/syncthing#3998 ("Is it possible that syncthing may have reverted a file

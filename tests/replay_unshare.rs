@@ -5,37 +5,10 @@ mod common;
 
 use common::bytes::{bytes_of, enc, mkdir, upload};
 use common::flow::{answer_invitation, create_sharing, link, load, PASS};
+use common::folder::{attrs_at, download, id_at, leave, trash_names, FILES, ROOT, SHARED, WAIT};
 use common::{eventually, spawn_app, TestApp, TestInstance};
 use reqwest::Method;
 use serde_json::{json, Value};
-
-const ROOT: &str = "io.cozy.files.root-dir";
-const WAIT: u64 = 90;
-const FILES: &str = "io.cozy.files";
-const SHARED: &str = "/Shared with me/Team";
-
-async fn attrs_at(i: &TestInstance, token: &str, path: &str) -> Option<Value> {
-    let (s, v) = i.call(Method::GET, &format!("/files/metadata?Path={}", enc(path)), Some(token), None).await;
-    (s == 200).then(|| v["data"].clone())
-}
-
-async fn id_at(i: &TestInstance, token: &str, path: &str) -> Option<String> {
-    attrs_at(i, token, path).await.map(|d| d["id"].as_str().unwrap().to_owned())
-}
-
-async fn download(i: &TestInstance, token: &str, path: &str) -> (u16, Vec<u8>) {
-    let resp = i.req(Method::GET, &format!("/files/download?Path={}", enc(path)), Some(token)).send().await.unwrap();
-    (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
-}
-
-async fn trash_names(i: &TestInstance, token: &str) -> Vec<String> {
-    let (s, v) = i.call(Method::GET, "/files/trash?page%5Blimit%5D=1000", Some(token), None).await;
-    assert_eq!(s, 200, "{v}");
-    let mut n: Vec<String> =
-        v["data"].as_array().unwrap().iter().map(|d| d["attributes"]["name"].as_str().unwrap().to_owned()).collect();
-    n.sort();
-    n
-}
 
 /// The names of the files directly in directory `id`.
 async fn children(i: &TestInstance, token: &str, id: &str) -> Vec<String> {
@@ -50,12 +23,6 @@ async fn children(i: &TestInstance, token: &str, id: &str) -> Vec<String> {
         .collect();
     n.sort();
     n
-}
-
-async fn leave(app: &TestApp, who: &TestInstance, sid: &str) {
-    let t = app.token(who, "io.cozy.sharings");
-    let (s, v) = who.call(Method::DELETE, &format!("/sharings/{sid}/recipients/self"), Some(&t), None).await;
-    assert!(s == 200 || s == 204, "leave: {s} {v}");
 }
 
 async fn revoke_all(app: &TestApp, owner: &TestInstance, sid: &str) {

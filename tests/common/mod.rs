@@ -6,6 +6,7 @@
 
 pub mod bytes;
 pub mod flow;
+pub mod folder;
 pub mod logs;
 pub mod process;
 
