@@ -736,3 +736,19 @@ async fn bytes_committed_while_a_later_edit_is_written_cost_nothing() {
     assert_eq!(taken.reverted, std::slice::from_ref(&id), "{taken:?}");
     assert_eq!(download(&alice, &ta, "/a.txt").await, (200, v1));
 }
+
+/// A received edit naming a version that is no valid key (a peer's document may say anything)
+/// is nothing to hold for, and no error: the batch goes on to be judged as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_naming_an_invalid_version_holds_nothing_and_fails_nothing() {
+    let app = spawn_app().await;
+    let alice = app.add_instance("alice", PASS);
+    let ta = app.token(&alice, FILES);
+    let id = common::bytes::upload(&alice, &ta, ROOT, "a.txt", b"alpha").await;
+    let (w, files) = next_revision(&app, &alice, &id).await;
+    for bad in ["../../etc/passwd", "", "a/b", "x"] {
+        let edit = naming(w.clone(), bad, b"x");
+        drop(files.hold_replaced(std::slice::from_ref(&edit), true, None).await.unwrap());
+    }
+    assert!(files.held_files().await.unwrap().is_empty());
+}

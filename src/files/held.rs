@@ -177,7 +177,10 @@ impl Files {
         for (w, e) in writes.iter().zip(entries) {
             let Some(Some(current)) = e.filter(|e| e.kind == Kind::File).map(|e| e.vfs_id) else { continue };
             let new = w.body.get("internal_vfs_id").and_then(|v| v.as_str().map(str::to_owned));
-            if let Some(new) = new.filter(|n| !w.deleted && *n != current) {
+            // A version that names no valid key (a peer's document may say anything) has no
+            // bytes to wait for: nothing to hold for it.
+            let valid = |v: &String| version_key(v).is_some();
+            if let Some(new) = new.filter(|n| !w.deleted && *n != current && valid(n) && valid(&current)) {
                 replaced.push((w.id.as_str().to_owned(), current, new));
             }
         }
@@ -185,10 +188,10 @@ impl Files {
             return Ok(guard);
         }
         // Held only when the current version's bytes are here and the new one's are not.
-        let keys = |pick: fn(&(String, String, String)) -> &String| -> Result<Vec<ContentKey>> {
-            replaced.iter().map(|r| version_key(pick(r)).ok_or_else(|| internal("invalid version id"))).collect()
+        let keys = |pick: fn(&(String, String, String)) -> &String| -> Vec<ContentKey> {
+            replaced.iter().filter_map(|r| version_key(pick(r))).collect()
         };
-        let (now, next) = (self.present(&keys(|r| &r.1)?).await?, self.present(&keys(|r| &r.2)?).await?);
+        let (now, next) = (self.present(&keys(|r| &r.1)).await?, self.present(&keys(|r| &r.2)).await?);
         let awaited =
             |new: &str| from.map(|(s, i)| Awaited { version: new.to_owned(), sharing: s.to_owned(), from: i });
         let mut picked: Vec<(String, String, String)> = Vec::new();
