@@ -513,6 +513,15 @@ async fn a_member_leaving_moves_to_the_owners_trash_only_its_files_whose_bytes_n
     assert!(trash_names(&bob, &tb).await.is_empty());
 }
 
+/// The files whose content `i` refuses now of what `member` sends (its status, that member's
+/// `refused_received`).
+async fn refused_here(app: &TestApp, i: &TestInstance, sid: &str, member: usize) -> u64 {
+    let t = app.token(i, "io.cozy.sharings");
+    let (s, v) = i.call(Method::GET, &format!("/sharings/{sid}/status"), Some(&t), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]["attributes"]["members"][member]["refused_received"]["files"].as_u64().unwrap_or(0)
+}
+
 /// An edit whose bytes never came does not cost the file its bytes (`files::held`): bob's copy
 /// of a.txt had its bytes when alice's edit of it came without them (bob's quota refuses
 /// them); the revocation gives bob's a.txt back the bytes it had, in place, rather than move it
@@ -581,8 +590,8 @@ async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_
     let bobs = format!("{SHARED}/mine.txt");
     let big = vec![9u8; 3_000_000];
     replace(&bob, &tb, &id_at(&bob, &tb, &bobs).await.unwrap(), &big).await;
-    eventually(WAIT, "bob's edit reaches alice without its bytes", || async {
-        download(&alice, &ta, "/Team/mine.txt").await.0 == 409
+    eventually(WAIT, "bob's edit reaches alice without its bytes, refused by her quota", || async {
+        download(&alice, &ta, "/Team/mine.txt").await.0 == 409 && refused_here(&app, &alice, &sid, 1).await == 1
     })
     .await;
 
@@ -596,6 +605,9 @@ async fn a_member_leaving_gives_the_owners_file_whose_edit_never_came_her_bytes_
     assert!(trash_names(&alice, &ta).await.is_empty());
     assert_eq!(objects_after_sweep(&app, &alice).await, 1);
     assert_eq!(download(&bob, &tb, &bobs).await, (200, big));
+    // Refused *now* no more: bob left, nothing of his can come (the new-user review saw an
+    // ended sharing still say "refused here").
+    assert_eq!(refused_here(&app, &alice, &sid, 1).await, 0);
 }
 
 /// A later upload of the owner's own is the version kept (review of `files::held`): bob's edit,

@@ -225,6 +225,7 @@ pub(super) async fn remove_read_only(inst: Inst, caller: ManagedMember, req: Htt
 /// the sharing whose content has not arrived on this instance yet. Each member this instance
 /// replicates with (or that sent it something refused) has `refused_received`
 /// (`crate::sync::manager::ReceivedRefusals`: `docs`, `files` whose content is refused now,
+/// 0 once the sharing ended or the member left,
 /// `last` with `doc`, `reason`, `at`): what
 /// this instance refused of what that member sent it (a read-only member's own edits, say),
 /// since the server started. An active sharing this instance owns has `initial_set_pending`:
@@ -246,7 +247,13 @@ pub(super) async fn status(inst: Inst, caller: ReadableSharing, req: HttpRequest
         let mut entry = json!({"index": member, "status": m.status.as_str(), "read_only": m.read_only,
             "name": m.public_name.clone().or_else(|| m.name.clone()).or_else(|| m.email.clone())});
         let key = crate::sync::manager::PeerKey { domain: inst.0.domain.to_string(), sharing: id.to_string(), member };
-        let received = svc.sync.received_refusals(&key);
+        let mut received = svc.sync.received_refusals(&key);
+        // Refused *now* only while that member may still send them: not once it left, was
+        // revoked, or the sharing ended (the new-user review saw a revoked sharing still say
+        // "refused here").
+        if !s.active || m.status == crate::sharing::MemberStatus::Revoked {
+            received.refused_files.clear();
+        }
         if targets.contains(&member) || received.docs > 0 || !received.refused_files.is_empty() {
             entry["refused_received"] = serde_json::to_value(received).unwrap_or(Value::Null);
         }
