@@ -110,7 +110,9 @@ pub(super) struct Holds {
 
 /// Held by a received batch of files from its holds until the versions it leaves unnamed are
 /// released (see step 2 of the module docs).
-pub struct HoldGuard(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
+pub struct HoldGuard {
+    _batch: tokio::sync::OwnedRwLockReadGuard<()>,
+}
 
 impl Files {
     /// Reads every hold record from the store (this process's view of them made anew).
@@ -168,7 +170,7 @@ impl Files {
         release: bool,
         from: Option<(&str, usize)>,
     ) -> Result<HoldGuard> {
-        let guard = HoldGuard(self.holds.batches.clone().read_owned().await);
+        let guard = HoldGuard { _batch: self.holds.batches.clone().read_owned().await };
         // The files whose live document is replaced by one naming another version.
         let ids: Vec<String> = writes.iter().map(|w| w.id.as_str().to_owned()).collect();
         self.sync().await?;
@@ -264,23 +266,31 @@ impl Files {
         Ok(())
     }
 
-    /// Step 2 of the module docs: drops the holds of each of `ids` whose current version has
-    /// its bytes here, or which is no longer a file here. `from_store`: the holds are read
-    /// from the store (every process's), else only those this process knows of are looked at.
-    /// Answers the holds dropped.
-    pub(super) async fn release_holds(&self, ids: &[String], from_store: bool) -> Result<usize> {
-        if !from_store && ids.iter().all(|id| self.known_holds_of(id).is_empty()) {
+    /// Step 2 of the module docs for file `id`, after its content changed here (received
+    /// bytes committed, an upload): drops its holds this process knows of if they are settled.
+    /// Nothing is read when it has none (the common case, on every received file).
+    pub(super) async fn release_holds(&self, id: &str) -> Result<usize> {
+        if self.known_holds_of(id).is_empty() {
             return Ok(0);
         }
         let _alone = self.holds.batches.write().await;
-        let all = if from_store {
-            self.load_holds().await?
-        } else {
-            self.holds.known.lock().map_err(|_| internal("holds poisoned"))?.clone()
-        };
-        let asked: HashSet<&String> = ids.iter().collect();
+        let known = self.holds.known.lock().map_err(|_| internal("holds poisoned"))?.clone();
+        self.release_settled(known.into_iter().filter(|(_, h)| h.file == id).collect()).await
+    }
+
+    /// Step 2 of the module docs for every hold, read from the store (those another process
+    /// made too): the sweep's. Answers the holds dropped.
+    pub(super) async fn release_all_holds(&self) -> Result<usize> {
+        let _alone = self.holds.batches.write().await;
+        let all = self.load_holds().await?;
+        self.release_settled(all.into_iter().collect()).await
+    }
+
+    /// Drops those of `holds` whose file's current version, another one, has its bytes here, or
+    /// which is no longer a file here; the batches' lock held. Answers the holds dropped.
+    async fn release_settled(&self, holds: Vec<(String, Held)>) -> Result<usize> {
         let mut by_file: HashMap<String, Vec<(String, Held)>> = HashMap::new();
-        for (v, h) in all.into_iter().filter(|(_, h)| asked.contains(&h.file)) {
+        for (v, h) in holds {
             by_file.entry(h.file.clone()).or_default().push((v, h));
         }
         if by_file.is_empty() {
@@ -310,15 +320,6 @@ impl Files {
             self.drop_holds(settled).await?;
         }
         Ok(dropped)
-    }
-
-    /// Every file with a hold, for the sweep: read from the store.
-    pub(super) async fn release_all_holds(&self) -> Result<usize> {
-        let files: Vec<String> = self.held_files().await?.into_iter().collect();
-        if files.is_empty() {
-            return Ok(0);
-        }
-        self.release_holds(&files, true).await
     }
 
     /// Step 4 of the module docs, on the owner of sharing `sharing`, still active: gives back
@@ -365,49 +366,54 @@ impl Files {
     /// "Leaving keeps a copy"), under the write lock: when the bytes of the version it names
     /// are not here and `id` has a held version whose bytes are, the copy names the held one
     /// instead, what this instance had (step 5 of the module docs).
-    pub(super) async fn with_held_version(&self, id: &str, body: Body) -> Result<Body> {
+    pub(super) async fn with_held_version(&self, id: &str, mut body: Body) -> Result<Body> {
         let named = body.get("internal_vfs_id").and_then(|v| v.as_str().and_then(version_key));
         let Some(named) = named else { return Ok(body) };
         if self.content.size(&named).await?.is_some() {
             return Ok(body);
         }
-        let holds: Vec<(String, Held)> = self.load_holds().await?.into_iter().filter(|(_, h)| h.file == id).collect();
-        for (vfs_id, h) in holds {
-            let Some(key) = version_key(&vfs_id) else { continue };
-            if self.content.size(&key).await?.is_some() {
-                let mut body = body;
-                model::set(&mut body, "internal_vfs_id", serde_json::json!(vfs_id));
-                model::set(&mut body, "md5sum", serde_json::json!(h.md5sum));
-                model::set(&mut body, "size", h.size);
-                return Ok(body);
-            }
+        let holds = self.stored_holds_of(id).await?;
+        if let Some((vfs_id, h)) = self.first_present(&holds).await? {
+            naming_held(&mut body, vfs_id, h);
         }
         Ok(body)
+    }
+
+    /// The holds of file `id`, read from the store: (held version, record).
+    async fn stored_holds_of(&self, id: &str) -> Result<Vec<(String, Held)>> {
+        Ok(self.load_holds().await?.into_iter().filter(|(_, h)| h.file == id).collect())
+    }
+
+    /// The first of `holds` whose bytes are here.
+    async fn first_present<'h>(&self, holds: &'h [(String, Held)]) -> Result<Option<(&'h String, &'h Held)>> {
+        for (vfs_id, h) in holds {
+            let Some(key) = version_key(vfs_id) else { continue };
+            if self.content.size(&key).await?.is_some() {
+                return Ok(Some((vfs_id, h)));
+            }
+        }
+        Ok(None)
     }
 
     /// Step 3 of the module docs, under the write lock, for `item`, a file whose current
     /// version's bytes never came: gives it its held version back (one whose bytes are here).
     /// Answers whether it did (false: no hold, or the held bytes are gone).
     pub(super) async fn revert_held(&self, item: &super::Item) -> Result<bool> {
-        let holds: Vec<(String, Held)> =
-            self.load_holds().await?.into_iter().filter(|(_, h)| h.file == item.id).collect();
-        let mut back = None;
-        for (vfs_id, h) in &holds {
-            let Some(key) = version_key(vfs_id) else { continue };
-            if self.content.size(&key).await?.is_some() {
-                back = Some((vfs_id.clone(), h.clone()));
-                break;
-            }
-        }
-        let Some((vfs_id, h)) = back else { return Ok(false) };
+        let holds = self.stored_holds_of(&item.id).await?;
+        let Some((vfs_id, h)) = self.first_present(&holds).await? else { return Ok(false) };
         let mut body = item.body.clone();
-        model::set(&mut body, "internal_vfs_id", serde_json::json!(vfs_id));
-        model::set(&mut body, "md5sum", serde_json::json!(h.md5sum));
-        model::set(&mut body, "size", h.size);
+        naming_held(&mut body, vfs_id, h);
         model::set(&mut body, "updated_at", serde_json::json!(super::now()));
         self.write_doc(&item.id, Some(&item.rev), false, body).await?;
         self.sync().await?;
         self.drop_holds(holds).await?;
         Ok(true)
     }
+}
+
+/// Makes `body` name held version `vfs_id` (its `internal_vfs_id`, `md5sum` and `size`).
+fn naming_held(body: &mut Body, vfs_id: &str, h: &Held) {
+    model::set(body, "internal_vfs_id", serde_json::json!(vfs_id));
+    model::set(body, "md5sum", serde_json::json!(h.md5sum));
+    model::set(body, "size", h.size.clone());
 }

@@ -544,7 +544,7 @@ impl Files {
         }
         tracing::debug!(version = %vfs_id, size, "received content committed");
         // The previous version held for it (see `held`) is not needed any more.
-        if let Err(e) = self.release_holds(&[file], false).await {
+        if let Err(e) = self.release_holds(&file).await {
             tracing::warn!(version = %vfs_id, error = %e, "releasing a held version failed; the sweep will");
         }
         Ok(size)

@@ -383,14 +383,13 @@ impl Files {
         self.arriving(vfs_id) || self.writing.lock().map_or(true, |w| w.contains(vfs_id))
     }
 
-    /// Of `ids`, the files (outside the trash, or in it with a hold: see `held`) whose current
-    /// version's bytes are being
+    /// Of `ids`, the files (outside the trash, or in it with a hold: one of `held`, the files
+    /// [`Files::held_files`] answers, see `held`) whose current version's bytes are being
     /// received, or else are not here (looked at in that order, see "A sharing that ends" in
     /// the module docs), in the order given: the candidates of [`Files::trash_contentless`],
     /// which judges them again (one being received may yet fail).
-    pub async fn contentless(&self, ids: &[String]) -> Result<Vec<String>> {
+    pub async fn contentless(&self, ids: &[String], held: &std::collections::HashSet<String>) -> Result<Vec<String>> {
         self.sync().await?;
-        let held = self.held_files().await?;
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
             let entries = self.index.get_many(chunk).await?;

@@ -268,7 +268,7 @@ impl Files {
                 if let Err(e) = self.release_versions(&old.into_iter().collect()).await {
                     tracing::warn!(error = ?e, "failed to delete a replaced version; the sweep will");
                 }
-                if let Err(e) = self.release_holds(std::slice::from_ref(&item.id), false).await {
+                if let Err(e) = self.release_holds(&item.id).await {
                     tracing::warn!(error = ?e, "failed to release a held version; the sweep will");
                 }
                 Ok(item)

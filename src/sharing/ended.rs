@@ -123,7 +123,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
     }
     let doctype = crate::files::doctype();
     let files = files.of(inst).await.map_err(files_failed)?;
-    let held = if s.owner { files.held_files().await.map_err(files_failed)? } else { Default::default() };
+    let held = files.held_files().await.map_err(files_failed)?;
     let mut ids = Vec::new();
     let mut since = 0;
     loop {
@@ -150,7 +150,7 @@ pub(super) async fn record(inst: &Instance, files: &FilesRegistry, s: &Sharing) 
     if ids.is_empty() {
         return Ok(());
     }
-    let candidates = files.contentless(&ids).await.map_err(files_failed)?;
+    let candidates = files.contentless(&ids, &held).await.map_err(files_failed)?;
     if candidates.is_empty() {
         return Ok(());
     }
