@@ -31,13 +31,10 @@ use super::sharings::replicating_peer;
 use super::{instance_of, parse_json, path, read_body, state_of, ApiError, ApiResult, Inst};
 use crate::auth::Verb;
 use crate::files::received::ContentNeed;
-use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest};
+use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, MAX_DIFF};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{MemberIndex, Sharing, SharingId};
 use crate::store::DocId;
-
-/// Files one `_content_diff` may ask about.
-pub const MAX_DIFF: usize = 1000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/sharings/{id}/io.cozy.files/_content_diff", web::post().to(content_diff))

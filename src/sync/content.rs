@@ -62,14 +62,18 @@ use crate::federation::client::Federation;
 use crate::files::{Files, FilesRegistry};
 use crate::instance::{Instance, Registry};
 use crate::sharing::model::{PeerCredentials, Sharing};
-use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
+use crate::sharing::protocol::{ContentDiffAnswer, ContentDiffRequest, ContentOffer, MAX_DIFF};
 use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context, MemberIndex};
 use crate::store::{Body, DocId, Doctype, SharingId, StoreError};
 
-/// Feed rows looked at per content diff (the receiver takes at most
-/// `http::content::MAX_DIFF` files per request).
-const BATCH: usize = 200;
+/// Feed rows looked at per content diff: as many as the receiver takes files in one
+/// ([`MAX_DIFF`]). A batch's window drains at its end, and its large files go ahead of its small
+/// ones only within it (`hearth_replicator::content`). With batches of 200 rows, the 300 MiB
+/// file at the end of `hearth-bench folder`'s 1,000 started 0.85 s into the sharing, once the
+/// 800 small files before it had been offered, and ended with the last of them; with 1,000 it
+/// starts with the first.
+const BATCH: usize = MAX_DIFF;
 /// How long a link whose files wait for content not on this instance yet waits before it
 /// looks again, in milliseconds.
 const WAITING_MS: u64 = 1000;

@@ -22,7 +22,7 @@ pub mod jsonapi;
 pub mod replication;
 pub mod request;
 
-pub use content::{ContentDiffAnswer, ContentDiffRequest, ContentOffer};
+pub use content::{ContentDiffAnswer, ContentDiffRequest, ContentOffer, MAX_DIFF};
 pub use jsonapi::*;
 pub use replication::*;
 pub use request::{RequestAttributes, RequestMeta, RequestResource, SharingRequest, MAX_WIRE_MEMBERS};
