@@ -6,7 +6,7 @@ mod common;
 
 use common::bytes::{bytes_of, enc, md5_b64, mkdir, replace};
 use common::flow::{answer_invitation, create_sharing, link, PASS};
-use common::{eventually, spawn_app, TestApp, TestInstance};
+use common::{eventually, spawn_app, spawn_app_with, TestApp, TestInstance};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -235,9 +235,25 @@ async fn a_file_whose_content_has_not_arrived_answers_a_json_409_and_the_channel
     assert_eq!(resp.status().as_u16(), 401);
     assert_eq!(download(&bob, &tb, "/Shared with me/Docs/x.bin").await.0, 409, "still pending");
 
-    // Wrong bytes from the member itself are refused (412), nothing kept.
+    // The member's own token asking about more files than a diff takes: 413, a JSON error, and
+    // nothing changes.
     let s = common::flow::load(&app, &alice, &sid).await;
     let peer = common::flow::peer_token(&s, 1);
+    let too_many: serde_json::Map<String, Value> = (0..=hearth::sharing::protocol::MAX_DIFF)
+        .map(|n| (format!("{n:032x}"), json!({"vfs_id": "abc"})))
+        .chain([(on_bob.clone(), json!({"vfs_id": vfs_id}))])
+        .collect();
+    let resp = bob
+        .req(Method::POST, &format!("/sharings/{sid}/io.cozy.files/_content_diff"), Some(&peer))
+        .json(&too_many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].is_string() && v["reason"].as_str().is_some_and(|r| r.contains("1000")), "{v}");
+
+    // Wrong bytes from the member itself are refused (412), nothing kept.
     let mut wrong = data.clone();
     wrong[0] ^= 1;
     let resp = bob.req(Method::PUT, &path, Some(&peer)).body(wrong).send().await.unwrap();
@@ -249,4 +265,43 @@ async fn a_file_whose_content_has_not_arrived_answers_a_json_409_and_the_channel
     let (s, got) = download(&bob, &tb, "/Shared with me/Docs/x.bin").await;
     assert_eq!((s, got == data), (200, true));
     assert_eq!(files.content_needs(&asked(&vfs_id)).await.unwrap(), [Present, Stale, Stale]);
+}
+
+/// More files than one content diff request asks about (`sync::content` asks 500 at a time,
+/// in batches of 1,000 feed rows): metadata in one replication batch, so the first round reads
+/// them all in one batch, asked in two parts; every file arrives whole and is sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_more_files_than_a_diff_request_asks_about_arrives_whole_each_sent_once() {
+    let app = spawn_app_with(|c| c.replication.batch_size = 1000).await;
+    let alice = app.add_instance("alice", PASS);
+    let bob = app.add_instance("bob", PASS);
+    let (ta, tb) = (app.token(&alice, "io.cozy.files"), app.token(&bob, "io.cozy.files"));
+    let dir = mkdir(&alice, &ta, ROOT, "Many").await;
+    let n = hearth::sharing::protocol::MAX_DIFF / 2 + 30;
+    let mut files = Vec::with_capacity(n);
+    for i in 0..n {
+        let data = bytes_of(i as u64, 100 + i);
+        upload(&alice, &ta, &dir, &format!("f{i}.bin"), &data).await;
+        files.push((format!("f{i}.bin"), data));
+    }
+    let rule = json!({"title": "Many", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"});
+    let sid =
+        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
+            .await;
+    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    eventually(WAIT, "alice's status shows nothing pending for bob", || async {
+        let st = status(&app, &alice, &sid).await;
+        let m = &st["members"][1];
+        m["content"]["files_pending"] == json!(0) && m["replication"]["pending"] == json!(0)
+    })
+    .await;
+    let st = status(&app, &alice, &sid).await;
+    assert_eq!(st["members"][1]["content"]["files_sent"], json!(n), "each file sent once: {st}");
+    let st = status(&app, &bob, &sid).await;
+    assert_eq!(st["content_missing"], json!({"files": 0, "bytes": 0}), "{st}");
+    for (name, data) in &files {
+        let (s, got) = download(&bob, &tb, &format!("/Shared with me/Many/{name}")).await;
+        assert_eq!(s, 200, "{name}");
+        assert!(got == *data, "{name}: the bytes are alice's");
+    }
 }

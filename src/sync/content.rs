@@ -67,13 +67,18 @@ use crate::sharing::xor::IdMap;
 use crate::sharing::{self, Context, MemberIndex};
 use crate::store::{Body, DocId, Doctype, SharingId, StoreError};
 
-/// Feed rows looked at per content diff: as many as the receiver takes files in one
-/// ([`MAX_DIFF`]). A batch's window drains at its end, and its large files go ahead of its small
-/// ones only within it (`hearth_replicator::content`). With batches of 200 rows, the 300 MiB
-/// file at the end of `hearth-bench folder`'s 1,000 started 0.85 s into the sharing, once the
-/// 800 small files before it had been offered, and ended with the last of them; with 1,000 it
-/// starts with the first.
+/// Feed rows read per batch of a round: as many as the receiver takes files in one content
+/// diff ([`MAX_DIFF`]; asked in [`DIFF_FILES`] parts). A batch's window drains at its end, and
+/// its large files go ahead of its small ones only within it (`hearth_replicator::content`):
+/// with batches of 200 rows, the 300 MiB file of `hearth-bench folder`, in a later batch of
+/// its round, started 0.85 s into a sharing of 2.1 to 2.5 s, and ended with the last small
+/// files; in one batch of the round's rows, it starts with the first files.
 const BATCH: usize = MAX_DIFF;
+/// Files asked about per `_content_diff` request (see `Peer::diff`): two requests per batch,
+/// so a receiver whose content store checks each version with a request of its own (S3) has
+/// half as many to make before it answers.
+const DIFF_FILES: usize = MAX_DIFF / 2;
+const _: () = assert!(DIFF_FILES <= MAX_DIFF && BATCH <= MAX_DIFF);
 /// How long a link whose files wait for content not on this instance yet waits before it
 /// looks again, in milliseconds.
 const WAITING_MS: u64 = 1000;
@@ -794,28 +799,13 @@ fn is_refusal(e: &SyncError) -> Option<&str> {
 impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
     type Error = SyncError;
 
+    /// One request per [`DIFF_FILES`] offers, one after the other.
     async fn diff(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, SyncError> {
-        let body = ContentDiffRequest(
-            offers.iter().map(|o| (o.key.clone(), ContentOffer { vfs_id: o.version.clone() })).collect(),
-        );
-        let path = format!("/sharings/{}/io.cozy.files/_content_diff", self.sharing.id());
-        let before = self.creds.clone();
-        let answer = self.federation.call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&body)).await;
-        if self.creds != before {
-            // Keep refreshed credentials, as the replicator does.
-            let (member, creds) = (self.member, self.creds.clone());
-            let id = self.sharing.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
-            sharing::update(self.inst.store.as_ref(), &id, |s| {
-                if let Some(m) = s.member_mut(member).filter(|m| m.outbound.is_some()) {
-                    m.outbound = Some(creds.clone());
-                }
-                Ok(())
-            })
-            .await
-            .map_err(|e| SyncError::Protocol(format!("storing refreshed credentials: {e}")))?;
+        let mut needs = HashMap::with_capacity(offers.len());
+        for part in offers.chunks(DIFF_FILES) {
+            needs.extend(self.diff_part(part).await?);
         }
-        let answer = ContentDiffAnswer::parse(answer?).map_err(SyncError::Protocol)?;
-        Ok(answer.0.into_iter().filter_map(|(k, v)| Need::parse(&v).map(|n| (k, n))).collect())
+        Ok(needs)
     }
 
     async fn put(&mut self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {
@@ -885,6 +875,31 @@ impl ContentTarget<crate::files::content::ContentStream> for Peer<'_> {
 }
 
 impl Peer<'_> {
+    /// Asks the member which of `offers` (at most [`MAX_DIFF`]) it lacks.
+    async fn diff_part(&mut self, offers: &[FileOffer]) -> Result<HashMap<String, Need>, SyncError> {
+        let body = ContentDiffRequest(
+            offers.iter().map(|o| (o.key.clone(), ContentOffer { vfs_id: o.version.clone() })).collect(),
+        );
+        let path = format!("/sharings/{}/io.cozy.files/_content_diff", self.sharing.id());
+        let before = self.creds.clone();
+        let answer = self.federation.call_peer(&mut self.creds, &self.base, Method::POST, &path, Some(&body)).await;
+        if self.creds != before {
+            // Keep refreshed credentials, as the replicator does.
+            let (member, creds) = (self.member, self.creds.clone());
+            let id = self.sharing.id.clone().ok_or_else(|| SyncError::Protocol("sharing without id".into()))?;
+            sharing::update(self.inst.store.as_ref(), &id, |s| {
+                if let Some(m) = s.member_mut(member).filter(|m| m.outbound.is_some()) {
+                    m.outbound = Some(creds.clone());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| SyncError::Protocol(format!("storing refreshed credentials: {e}")))?;
+        }
+        let answer = ContentDiffAnswer::parse(answer?).map_err(SyncError::Protocol)?;
+        Ok(answer.0.into_iter().filter_map(|(k, v)| Need::parse(&v).map(|n| (k, n))).collect())
+    }
+
     async fn put_one(&self, o: &FileOffer, content: crate::files::content::ContentStream) -> Result<(), SyncError> {
         let path = format!(
             "/sharings/{}/io.cozy.files/{}/content?vfs_id={}",

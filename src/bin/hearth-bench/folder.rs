@@ -21,8 +21,8 @@
 //!   its own; from bob's acceptance to every file's content present on bob (alice's status
 //!   shows nothing pending for bob, metadata nor content; bob's shows no content missing) is
 //!   the sharing time, in MB/s and as a ratio of the references. The statuses are polled every
-//!   100 ms, and every 10 ms once at most 16 files are left, so the end is seen within about
-//!   10 ms plus the two statuses;
+//!   100 ms, and every 10 ms once at most 16 files are left to deliver, so the end is seen
+//!   within about 10 ms plus the two statuses;
 //! * every file is then downloaded from bob and its MD5 compared with the source's;
 //! * the peak resident memory (`VmHWM`) of each server.
 
@@ -416,10 +416,12 @@ async fn bench(a: &Args, root: &Path, log: Option<String>) -> anyhow::Result<()>
             bail!("the folder was not shared in 30 minutes: {m}");
         }
         // Every 100 ms while files go (each status reads the rows past the checkpoint, on the
-        // servers being measured), every 10 ms once at most a window's worth of files is left,
-        // so that the end is seen within about 10 ms plus a status, not 100.
-        let left = m["content"]["files_pending"].as_u64().unwrap_or(u64::MAX);
-        let tail = m["replication"]["pending"] == json!(0) && left <= 16;
+        // servers being measured), every 10 ms once at most 16 files are left to deliver, so
+        // that the end is seen within about 10 ms plus the statuses, not 100. Counted from
+        // `files_sent` (every delivery, as it is answered): `files_pending` counts the files
+        // after one still travelling until its round ends.
+        let sent = m["content"]["files_sent"].as_u64().unwrap_or(0);
+        let tail = m["replication"]["pending"] == json!(0) && sent + 16 >= files.len() as u64;
         tokio::time::sleep(Duration::from_millis(if tail { 10 } else { 100 })).await;
     }
     let share = t.elapsed();
