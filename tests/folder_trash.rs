@@ -70,8 +70,9 @@ impl World {
         let s = load(&one, &alice, &sid).await;
         let key = hearth::sharing::xor::parse_key(s.members[1].xor_key.as_deref().unwrap()).unwrap();
         let w = World { one, two, alice, bob, ta, tb, sid, projects, key };
-        eventually(WAIT, "a.txt reaches bob", || async {
-            id_at(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await.is_some()
+        // Its bytes too: a file whose bytes never came goes to the trash when the sharing ends.
+        eventually(WAIT, "a.txt reaches bob, bytes and all", || async {
+            download(&w.bob, &w.tb, &format!("{SHARED}/a.txt")).await == (200, b"alpha".to_vec())
         })
         .await;
         w
