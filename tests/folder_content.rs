@@ -284,11 +284,7 @@ async fn a_folder_of_more_files_than_a_diff_request_asks_about_arrives_whole_eac
         upload(&alice, &ta, &dir, &format!("f{i}.bin"), &data).await;
         files.push((format!("f{i}.bin"), data));
     }
-    let rule = json!({"title": "Many", "doctype": "io.cozy.files", "values": [dir], "add": "sync", "update": "sync", "remove": "sync"});
-    let sid =
-        create_sharing(&alice, &ta, json!([rule]), json!([{"instance": format!("http://{}", bob.domain)}]), json!([]))
-            .await;
-    answer_invitation(&link(&app, &alice, &sid, 1).await, &bob, "accept").await;
+    let sid = common::folder::share((&app, &alice, &ta), &[(&app, &bob, &tb)], &dir).await;
     eventually(WAIT, "alice's status shows nothing pending for bob", || async {
         let st = status(&app, &alice, &sid).await;
         let m = &st["members"][1];
@@ -300,7 +296,7 @@ async fn a_folder_of_more_files_than_a_diff_request_asks_about_arrives_whole_eac
     let st = status(&app, &bob, &sid).await;
     assert_eq!(st["content_missing"], json!({"files": 0, "bytes": 0}), "{st}");
     for (name, data) in &files {
-        let (s, got) = download(&bob, &tb, &format!("/Shared with me/Many/{name}")).await;
+        let (s, got) = download(&bob, &tb, &format!("/Shared with me/Team/{name}")).await;
         assert_eq!(s, 200, "{name}");
         assert!(got == *data, "{name}: the bytes are alice's");
     }

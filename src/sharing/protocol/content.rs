@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::object;
 
-/// Files one `_content_diff` may ask about; a receiver answers 413 beyond. A sender's batch
-/// of feed rows is at most this long, so it never asks for more.
+/// Files one `_content_diff` may ask about; a receiver answers 413 beyond. A sender asks
+/// about half as many per request (`sync::content`).
 pub const MAX_DIFF: usize = 1000;
 
 /// One file's version on offer: `{"vfs_id": "<version>"}`.
